@@ -1,0 +1,107 @@
+"""KuaiSAR-R in the MRFF paper's preprocessed format, split exactly as the paper's code does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mrff_secure.data.client_data import AttributeTable, ClientData
+from mrff_secure.data.csv_table import check_range, column_index, int_column, read_table
+from mrff_secure.data.split import leave_one_out
+from mrff_secure.errors import DataFormatError
+
+NAME = "KuaiSAR-R"
+
+
+def _feature_names(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataFormatError(f"{path}: file not found")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise DataFormatError(f"{path}: lists no feature names")
+    return names
+
+
+def _attribute_table(path: Path, id_column: str, names: list[str], num_rows: int, pad_row_zero: bool) -> AttributeTable:
+    """Read a feature table indexed by `id_column`; ids must cover 0..num_rows-1 exactly once."""
+    header, rows = read_table(path)
+    ids = int_column(path, header, rows, id_column)
+    check_range(path, id_column, ids, 0, num_rows - 1)
+    if len(np.unique(ids)) != len(ids) or len(ids) != num_rows:
+        raise DataFormatError(f"{path}, column '{id_column}': ids must be unique and cover 0..{num_rows - 1}")
+    tokens = np.zeros((num_rows, len(names)), dtype=np.int64)
+    vocab = []
+    for j, name in enumerate(names):
+        column_index(path, header, name)
+        values = int_column(path, header, rows, name)
+        check_range(path, name, values, 0)
+        tokens[ids, j] = values
+        vocab.append(int(values.max()) + 2)  # + padding index max+1
+    if pad_row_zero:
+        tokens[0] = np.array(vocab) - 1
+    spans = tuple((j, j + 1) for j in range(len(names)))
+    return AttributeTable(tuple(names), tuple(vocab), spans, tokens)
+
+
+def load_kuaisar_r(data_dir: str | Path, maxlen: int = 65) -> ClientData:
+    """Load `df.csv`, the feature tables and the two feature-name files from `data_dir`."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataFormatError(f"{data_dir}: KuaiSAR-R directory not found")
+    user_names = _feature_names(data_dir / "KuaiSAR-R_user_feature_dict.txt")
+    item_names = _feature_names(data_dir / "KuaiSAR-R_video_feature_dict.txt")
+
+    item_path = data_dir / "video_features.csv"
+    header, rows = read_table(item_path)
+    video_ids = int_column(item_path, header, rows, "video_id")
+    check_range(item_path, "video_id", video_ids, 0)
+    pad_replacement = int(video_ids.max()) + 1  # item 0 is padding; the real item 0 moves here
+    video_ids[video_ids == 0] = pad_replacement
+    num_item_rows = pad_replacement + 1
+    if len(np.unique(video_ids)) != len(video_ids) or len(video_ids) != pad_replacement:
+        raise DataFormatError(f"{item_path}, column 'video_id': ids must be unique and cover 0..{pad_replacement - 1}")
+    item_tokens = np.zeros((num_item_rows, len(item_names)), dtype=np.int64)
+    item_vocab = []
+    for j, name in enumerate(item_names):
+        values = int_column(item_path, header, rows, name)
+        check_range(item_path, name, values, 0)
+        item_tokens[video_ids, j] = values
+        item_vocab.append(int(values.max()) + 2)
+    item_tokens[0] = np.array(item_vocab) - 1  # the padding row holds every field's padding index
+    items = AttributeTable(tuple(item_names), tuple(item_vocab), tuple((j, j + 1) for j in range(len(item_names))), item_tokens)
+
+    user_path = data_dir / "user_features.csv"
+    header, rows = read_table(user_path)
+    user_ids = int_column(user_path, header, rows, "user_id")
+    num_users = int(user_ids.max()) + 1 if len(user_ids) else 0
+    users = _attribute_table(user_path, "user_id", user_names, num_users, pad_row_zero=False)
+
+    inter_path = data_dir / "df.csv"
+    header, rows = read_table(inter_path)
+    inter_users = int_column(inter_path, header, rows, "user_id")
+    check_range(inter_path, "user_id", inter_users, 0, num_users - 1)
+    inter_items = int_column(inter_path, header, rows, "video_id")
+    check_range(inter_path, "video_id", inter_items, 0, pad_replacement - 1)
+    inter_items[inter_items == 0] = pad_replacement
+    clicks = int_column(inter_path, header, rows, "is_click")
+    check_range(inter_path, "is_click", clicks, 0, 1)
+    ts_idx = column_index(inter_path, header, "timestamp")
+    try:
+        timestamps = np.array([float(r[ts_idx]) for r in rows])
+    except ValueError:
+        raise DataFormatError(f"{inter_path}, column 'timestamp': non-numeric value") from None
+    missing = np.setdiff1d(np.arange(num_users), inter_users)
+    if len(missing):
+        raise DataFormatError(f"{inter_path}: user {missing[0]} (and {len(missing) - 1} more) has no interactions")
+
+    seqs = leave_one_out(np.arange(num_users), inter_users, inter_items, clicks, timestamps, maxlen, str(inter_path))
+    num_train = int(seqs.pop("num_train_interactions"))
+    return ClientData(
+        name=NAME,
+        user_attributes=users,
+        item_attributes=items,
+        num_train_interactions=num_train,
+        user_ids=np.arange(num_users, dtype=np.int64),
+        **seqs,
+    )

@@ -1,0 +1,129 @@
+"""The flat update vector of DESIGN.md and its inverse.
+
+    [ shared delta | for each block, for each group: group delta (or zeros) |
+      for each block: one-hot of the client's group | number of local examples ]
+
+Every client sends every group slot, so the vector's shape never reveals a
+client's group. Private parameters have no place in the layout: `UpdateLayout`
+is built from the shared and group parameters only, and refuses any other name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mrff_secure.errors import ConfigError
+from mrff_secure.federation.roles import Role, parameter_roles
+
+
+@dataclass(frozen=True)
+class UpdateLayout:
+    shared_names: tuple[str, ...]
+    shared_shapes: tuple[tuple[int, ...], ...]
+    group_names: tuple[tuple[str, ...], ...]  # per block: names of that block's stacked group parameters
+    group_shapes: tuple[tuple[tuple[int, ...], ...], ...]  # per block: shapes without the group dim
+    num_groups: int
+
+    @staticmethod
+    def from_model(model: nn.Module) -> "UpdateLayout":
+        roles = parameter_roles(model)
+        params = dict(model.named_parameters())
+        shared = [n for n, r in roles.items() if r is Role.SHARED]
+        blocks: list[list[str]] = []
+        num_groups = 0
+        for module_name, module in model.named_modules():
+            if getattr(type(module), "parameter_role", None) is Role.GROUP:
+                names = [f"{module_name}.{n}" for n, _ in module.named_parameters()]
+                sizes = {params[n].shape[0] for n in names}
+                if len(sizes) != 1:
+                    raise ConfigError(f"group module {module_name} has parameters with different group counts {sizes}")
+                num_groups = sizes.pop()
+                blocks.append(names)
+        return UpdateLayout(
+            shared_names=tuple(shared),
+            shared_shapes=tuple(tuple(params[n].shape) for n in shared),
+            group_names=tuple(tuple(b) for b in blocks),
+            group_shapes=tuple(tuple(tuple(params[n].shape[1:]) for n in b) for b in blocks),
+            num_groups=num_groups,
+        )
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.group_names)
+
+    @property
+    def shared_size(self) -> int:
+        return sum(math.prod(s) for s in self.shared_shapes)
+
+    @property
+    def group_size(self) -> int:
+        """Size of one group slot (one group's FFN in one block); equal across blocks."""
+        sizes = {sum(math.prod(s) for s in b) for b in self.group_shapes}
+        return sizes.pop() if sizes else 0
+
+    @property
+    def delta_size(self) -> int:
+        """Size of the part that is clipped and noised: shared plus every group slot."""
+        return self.shared_size + self.num_blocks * self.num_groups * self.group_size
+
+    @property
+    def count_size(self) -> int:
+        return self.num_blocks * self.num_groups
+
+    @property
+    def size(self) -> int:
+        return self.delta_size + self.count_size + 1
+
+    def build(self, deltas: dict[str, torch.Tensor], routes: torch.Tensor | None, num_examples: torch.Tensor,
+              suppressed: torch.Tensor | None = None) -> torch.Tensor:
+        """Update vectors (clients, size) from per-client deltas (clients, *param shape).
+
+        Group deltas are (clients, groups, *shape) and already zero outside the
+        routed slot. `suppressed` (blocks, groups) bool zeroes the slots of
+        groups below the minimum size for every client.
+        """
+        unknown = set(deltas) - set(self.shared_names) - {n for b in self.group_names for n in b}
+        if unknown:
+            raise ConfigError(f"parameters {sorted(unknown)} have no place in the update vector (private?)")
+        clients = num_examples.shape[0]
+        parts = [deltas[n].reshape(clients, -1) for n in self.shared_names]
+        for block, names in enumerate(self.group_names):
+            stacked = torch.cat([deltas[n].reshape(clients, self.num_groups, -1) for n in names], dim=-1)
+            if suppressed is not None:
+                stacked = stacked * (~suppressed[block]).to(stacked.dtype).view(1, -1, 1)
+            parts.append(stacked.reshape(clients, -1))  # (clients, groups * group_size)
+        if self.count_size:
+            one_hot = torch.nn.functional.one_hot(routes.long(), self.num_groups).to(num_examples.dtype)
+            parts.append(one_hot.reshape(clients, -1))  # (clients, blocks * groups)
+        parts.append(num_examples.reshape(clients, 1))
+        return torch.cat(parts, dim=1)
+
+    def split(self, vector: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Inverse of `build` for one vector (e.g. a sum): shared parts, group parts, counts, example count.
+
+        Group parts come back stacked (groups, *shape) per name; counts are (blocks, groups).
+        """
+        if vector.shape != (self.size,):
+            raise ConfigError(f"update vector has shape {tuple(vector.shape)}, layout expects ({self.size},)")
+        offset = 0
+        shared = {}
+        for name, shape in zip(self.shared_names, self.shared_shapes):
+            n = math.prod(shape)
+            shared[name] = vector[offset:offset + n].view(shape)
+            offset += n
+        groups = {}
+        for names, shapes in zip(self.group_names, self.group_shapes):
+            block = vector[offset:offset + self.num_groups * self.group_size].view(self.num_groups, self.group_size)
+            inner = 0
+            for name, shape in zip(names, shapes):
+                n = math.prod(shape)
+                groups[name] = block[:, inner:inner + n].reshape(self.num_groups, *shape)
+                inner += n
+            offset += self.num_groups * self.group_size
+        counts = vector[offset:offset + self.count_size].view(self.num_blocks, self.num_groups)
+        offset += self.count_size
+        return shared, groups, counts, vector[offset]

@@ -1,0 +1,139 @@
+"""Building blocks shared by the backbones: attribute embeddings, feed-forward, causal attention.
+
+Every module here works on ONE user's sequence: (seq, hidden). The federation
+engine vectorizes over users with `torch.func.vmap`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mrff_secure.data.client_data import AttributeTable
+from mrff_secure.federation.roles import Role
+
+
+class AttributeEmbedding(nn.Module):
+    """Concatenation of one embedding per attribute field (token_seq fields: mean of their tokens)."""
+
+    def __init__(self, table: AttributeTable, dim: int) -> None:
+        super().__init__()
+        self.spans = table.spans
+        self.padding = tuple(v - 1 for v in table.vocab_sizes)
+        self.tables = nn.ParameterList()
+        for vocab in table.vocab_sizes:
+            weight = torch.randn(vocab, dim)
+            weight[vocab - 1] = 0.0  # padding row
+            self.tables.append(nn.Parameter(weight))
+        self.register_buffer("tokens", torch.as_tensor(table.tokens), persistent=False)
+        self.out_dim = dim * len(table.vocab_sizes)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens[rows]  # (..., width)
+        parts = []
+        for weight, pad, (lo, hi) in zip(self.tables, self.padding, self.spans):
+            field = tokens[..., lo:hi]  # (..., w)
+            emb = F.embedding(field, weight, padding_idx=pad)  # (..., w, dim)
+            if hi - lo == 1:
+                parts.append(emb[..., 0, :])
+            else:
+                real = (field != pad).unsqueeze(-1).to(emb.dtype)
+                parts.append((emb * real).sum(-2) / real.sum(-2).clamp(min=1.0))
+        return torch.cat(parts, dim=-1)  # (..., fields * dim)
+
+
+def initial_user_vectors(table: AttributeTable, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """Every user's starting user embedding: lookups in one seeded table per field, concatenated.
+
+    Users with equal attributes start equal (as with shared tables); from then on
+    each user's vector is private and trained on its own device.
+    """
+    embedding = AttributeEmbedding(table, dim)
+    with torch.no_grad():
+        for weight in embedding.tables:
+            weight.copy_(torch.randn(weight.shape, generator=generator))
+            weight[-1] = 0.0
+        return embedding(torch.arange(table.num_rows)).detach()  # (users, fields * dim)
+
+
+class UserEmbedding(nn.Module):
+    """One user's embedding vector. Private: it never leaves the device."""
+
+    parameter_role = Role.PRIVATE
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.vector = nn.Parameter(torch.zeros(dim))
+
+    def forward(self) -> torch.Tensor:
+        return self.vector
+
+
+def _uniform_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
+    bound = 1.0 / math.sqrt(fan_in)
+    return nn.init.uniform_(tensor, -bound, bound)
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN: linear, ReLU, linear, with dropout (SASRec's point-wise FFN, no residual here)."""
+
+    def __init__(self, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(_uniform_(torch.empty(hidden, hidden), hidden))
+        self.b1 = nn.Parameter(_uniform_(torch.empty(hidden), hidden))
+        self.w2 = nn.Parameter(_uniform_(torch.empty(hidden, hidden), hidden))
+        self.b2 = nn.Parameter(_uniform_(torch.empty(hidden), hidden))
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.dropout(F.linear(x, self.w1, self.b1), self.dropout, self.training).relu()
+        return F.dropout(F.linear(h, self.w2, self.b2), self.dropout, self.training)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with queries from a (layer-normed) input and keys/values from another."""
+
+    def __init__(self, hidden: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if hidden % num_heads:
+            raise ValueError(f"hidden size {hidden} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.in_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(3 * hidden, hidden)))
+        self.in_bias = nn.Parameter(torch.zeros(3 * hidden))
+        self.out_weight = nn.Parameter(_uniform_(torch.empty(hidden, hidden), hidden))
+        self.out_bias = nn.Parameter(torch.zeros(hidden))
+
+    def forward(self, query: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        seq, hidden = query.shape
+        w_q, w_kv = self.in_weight.split([hidden, 2 * hidden])
+        b_q, b_kv = self.in_bias.split([hidden, 2 * hidden])
+        q = F.linear(query, w_q, b_q)  # (seq, hidden)
+        k, v = F.linear(source, w_kv, b_kv).chunk(2, dim=-1)
+        head = hidden // self.num_heads
+        q, k, v = (t.view(seq, self.num_heads, head).transpose(0, 1) for t in (q, k, v))  # (heads, seq, head)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(head)  # (heads, seq, seq)
+        causal = torch.ones(seq, seq, dtype=torch.bool, device=query.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+        weights = F.dropout(scores.softmax(-1), self.dropout, self.training)
+        out = (weights @ v).transpose(0, 1).reshape(seq, hidden)
+        return F.linear(out, self.out_weight, self.out_bias)
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU after each hidden layer (and, if `relu_last`, after the last)."""
+
+    def __init__(self, dims: list[int], relu_last: bool = False) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.relu_last = relu_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1 or self.relu_last:
+                x = x.relu()
+        return x

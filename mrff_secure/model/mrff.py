@@ -1,0 +1,76 @@
+"""The MRFF feed-forward part (Eqs. 4-5): user-specific FFN plus the routed group FFN.
+
+A gate `softmax(MLP([mean of non-padding positions ; user embedding]))` picks
+one group per user per block (argmax). Group FFNs are independent parameters,
+stacked as (groups, ...) so that no two groups can alias. The paper adds the
+routed group FFN unscaled ("paper"); "scaled" multiplies it by the gate
+probability (Switch-style) so the gate also learns from the task loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mrff_secure.federation.roles import Role
+from mrff_secure.model.layers import MLP, FeedForward, _uniform_
+
+
+class UserFeedForward(FeedForward):
+    """The user-specific FFN. Private: it never leaves the device."""
+
+    parameter_role = Role.PRIVATE
+
+
+class GroupFeedForwards(nn.Module):
+    """`num_groups` independent FFNs stacked along dim 0; one is applied per user."""
+
+    parameter_role = Role.GROUP
+
+    def __init__(self, hidden: int, num_groups: int, dropout: float) -> None:
+        super().__init__()
+        self.num_groups = num_groups
+        self.w1 = nn.Parameter(_uniform_(torch.empty(num_groups, hidden, hidden), hidden))
+        self.b1 = nn.Parameter(_uniform_(torch.empty(num_groups, hidden), hidden))
+        self.w2 = nn.Parameter(_uniform_(torch.empty(num_groups, hidden, hidden), hidden))
+        self.b2 = nn.Parameter(_uniform_(torch.empty(num_groups, hidden), hidden))
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, route_one_hot: torch.Tensor) -> torch.Tensor:
+        # Select the routed group's weights; other slots get exactly zero gradient.
+        w1 = torch.einsum("g,gij->ij", route_one_hot, self.w1)
+        b1 = route_one_hot @ self.b1
+        w2 = torch.einsum("g,gij->ij", route_one_hot, self.w2)
+        b2 = route_one_hot @ self.b2
+        h = F.dropout(F.linear(x, w1, b1), self.dropout, self.training).relu()
+        return F.dropout(F.linear(h, w2, b2), self.dropout, self.training)
+
+
+class MRFFFeedForward(nn.Module):
+    """Gate + user FFN + group FFNs. Returns the output, the gate probabilities and the route."""
+
+    def __init__(self, hidden: int, user_dim: int, num_groups: int, gate_hidden_dims: tuple[int, ...],
+                 dropout: float, routing: str) -> None:
+        super().__init__()
+        self.gate = MLP([hidden + user_dim, *gate_hidden_dims, num_groups])
+        self.user_ffn = UserFeedForward(hidden, dropout)
+        self.group_ffns = GroupFeedForwards(hidden, num_groups, dropout)
+        self.routing = routing
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor, user: torch.Tensor,
+                route: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (seq, hidden); real: (seq,) 1.0 at non-padding positions; user: (user_dim,).
+
+        `route` forces the group (used for local steps after the first, so that a
+        client trains and uploads one group per round).
+        """
+        summary = (x * real.unsqueeze(-1)).sum(0) / real.sum().clamp(min=1.0)  # (hidden,)
+        probs = self.gate(torch.cat([summary, user])).softmax(-1)  # (groups,)
+        if route is None:
+            route = probs.argmax()
+        one_hot = (torch.arange(probs.shape[0], device=x.device) == route).to(x.dtype)
+        group_out = self.group_ffns(x, one_hot)
+        if self.routing == "scaled":
+            group_out = group_out * (probs * one_hot).sum()
+        return self.user_ffn(x) + group_out, probs, route

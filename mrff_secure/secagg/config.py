@@ -1,0 +1,109 @@
+"""The one configuration object of secure aggregation, validated on construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mrff_secure.errors import ConfigError
+
+MAX_MODULUS_BITS = 62
+MAX_CLIENT_ID = 2**31 - 3
+"""Client ids are Shamir x-coordinates minus one in the field GF(2^31 - 1)."""
+
+
+def default_num_neighbours(num_clients: int) -> int:
+    """k = min(n - 1, 2 * ceil(log2 n)): O(log n) neighbours, as SecAgg+ suggests."""
+    return min(num_clients - 1, 2 * math.ceil(math.log2(num_clients)))
+
+
+def default_threshold(num_neighbours: int) -> int:
+    """t = floor(k / 2) + 1: a strict majority of the neighbours.
+
+    A majority makes it impossible for a server to collect t self-mask shares
+    and t key shares of the same client from two disjoint sets of honest
+    neighbours, which is what the consistency check relies on.
+    """
+    return num_neighbours // 2 + 1
+
+
+def required_modulus_bits(num_clients: int, max_abs: int) -> int:
+    """The smallest b such that any sum of `num_clients` values in [-max_abs, max_abs] fits in Z_{2^b}.
+
+    The centred range of Z_{2^b} is [-2^(b-1), 2^(b-1) - 1], so we need
+    num_clients * max_abs <= 2^(b-1) - 1.
+    """
+    return max(2, (num_clients * max_abs).bit_length() + 1)
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Parameters of one secure-aggregation round.
+
+    num_clients: the most clients that can take part (sizes the modulus).
+    vector_length: integers each client sums.
+    max_abs: every client input coordinate lies in [-max_abs, max_abs].
+    modulus_bits: b, the ring Z_{2^b}; None picks the smallest b that cannot wrap.
+    num_neighbours: k, neighbours per client in the SecAgg+ graph; None = default_num_neighbours(n).
+    threshold: t, Shamir threshold among a client's neighbours; None = floor(k/2) + 1.
+    """
+
+    num_clients: int
+    vector_length: int
+    max_abs: int
+    modulus_bits: int | None = None
+    num_neighbours: int | None = None
+    threshold: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_clients", "vector_length", "max_abs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be an int, got {value!r}")
+        if self.num_clients < 3:
+            raise ConfigError(f"num_clients must be >= 3 for secure aggregation to hide anything, got {self.num_clients}")
+        if self.num_clients > MAX_CLIENT_ID + 1:
+            raise ConfigError(f"num_clients must be <= {MAX_CLIENT_ID + 1}, got {self.num_clients}")
+        if self.vector_length < 1:
+            raise ConfigError(f"vector_length must be >= 1, got {self.vector_length}")
+        if self.max_abs < 1:
+            raise ConfigError(f"max_abs must be >= 1, got {self.max_abs}")
+
+        needed = required_modulus_bits(self.num_clients, self.max_abs)
+        bits = needed if self.modulus_bits is None else self.modulus_bits
+        if bits > MAX_MODULUS_BITS:
+            raise ConfigError(
+                f"{self.num_clients} clients x max_abs {self.max_abs} need a {needed}-bit modulus, "
+                f"above the supported {MAX_MODULUS_BITS} bits; lower the quantization levels"
+            )
+        if bits < needed:
+            raise ConfigError(
+                f"modulus_bits={bits} could wrap: {self.num_clients} clients x max_abs {self.max_abs} = "
+                f"{self.num_clients * self.max_abs} needs 2^(b-1) - 1 >= that, i.e. modulus_bits >= {needed}"
+            )
+        object.__setattr__(self, "modulus_bits", bits)
+
+        k = default_num_neighbours(self.num_clients) if self.num_neighbours is None else self.num_neighbours
+        if not 2 <= k <= self.num_clients - 1:
+            raise ConfigError(f"num_neighbours must be in [2, {self.num_clients - 1}] for {self.num_clients} clients, got {k}")
+        object.__setattr__(self, "num_neighbours", k)
+
+        t = default_threshold(k) if self.threshold is None else self.threshold
+        if not k // 2 + 1 <= t <= k:
+            raise ConfigError(
+                f"threshold must be a strict majority of the {k} neighbours, in [{k // 2 + 1}, {k}], got {t}"
+            )
+        object.__setattr__(self, "threshold", t)
+
+    @property
+    def bits(self) -> int:
+        """modulus_bits, typed as int (always set after validation)."""
+        return int(self.modulus_bits)  # type: ignore[arg-type]
+
+    @property
+    def k(self) -> int:
+        return int(self.num_neighbours)  # type: ignore[arg-type]
+
+    @property
+    def t(self) -> int:
+        return int(self.threshold)  # type: ignore[arg-type]

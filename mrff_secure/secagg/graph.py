@@ -1,0 +1,79 @@
+"""The SecAgg+ neighbour graph, derived from public randomness the server cannot choose.
+
+seed = SHA-256(domain | version | round id | every advertised key bundle in
+client-id order). The seed keys an AES-256-CTR keystream that draws a
+pseudorandom ordering of the clients; on that ring each client is joined to
+the floor(k/2) clients on either side (a Harary graph), plus the client
+opposite when k is odd. The graph is symmetric; every client has exactly k
+neighbours, except that one client has k - 1 when k and n are both odd (no
+client ever has more than k, which keeps t > degree / 2), and n - 1 when
+k >= n - 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from mrff_secure.errors import SecAggError
+from mrff_secure.secagg.primitives import PROTOCOL_VERSION, keystream_random
+
+_DOMAIN = b"mrff-secagg-graph"
+
+
+def graph_seed(round_id: int, bundles: Mapping[int, bytes]) -> bytes:
+    """32-byte public seed from the round id and each client's signed key bundle (bytes), sorted by id."""
+    digest = hashlib.sha256()
+    digest.update(_DOMAIN + struct.pack(">BQI", PROTOCOL_VERSION, round_id, len(bundles)))
+    for client_id in sorted(bundles):
+        blob = bundles[client_id]
+        digest.update(struct.pack(">II", client_id, len(blob)) + blob)
+    return digest.digest()
+
+
+def ring_order(seed: bytes, client_ids: Iterable[int]) -> list[int]:
+    """The clients in a pseudorandom order drawn from the seed's keystream (64 random bits each)."""
+    ids = sorted(client_ids)
+    keys = np.frombuffer(keystream_random(seed)(8 * len(ids)), dtype="<u8")
+    order = np.lexsort((np.asarray(ids, dtype=np.int64), keys))  # ties (2^-64) broken by id
+    return [ids[i] for i in order]
+
+
+def _neighbour_positions(position: int, n: int, k: int) -> set[int]:
+    if k >= n - 1:
+        return set(range(n)) - {position}
+    half = k // 2
+    result = {(position + step) % n for step in range(1, half + 1)}
+    result |= {(position - step) % n for step in range(1, half + 1)}
+    if k % 2 == 1:
+        if n % 2 == 0:
+            result.add((position + n // 2) % n)
+        else:
+            # Odd k and odd n: i ~ i + (n+1)/2 for i in [0, (n-3)/2]; position (n-1)/2 gets no extra edge.
+            span = (n + 1) // 2
+            if position + span < n:
+                result.add(position + span)
+            elif position - span >= 0:
+                result.add(position - span)
+    result.discard(position)
+    return result
+
+
+def neighbours_of(seed: bytes, client_ids: Iterable[int], k: int, client_id: int) -> tuple[int, ...]:
+    """The sorted neighbours of one client (what a client computes for itself)."""
+    ring = ring_order(seed, client_ids)
+    try:
+        position = ring.index(client_id)
+    except ValueError as exc:
+        raise SecAggError(f"client {client_id} is not in the graph") from exc
+    return tuple(sorted(ring[p] for p in _neighbour_positions(position, len(ring), k)))
+
+
+def neighbour_graph(seed: bytes, client_ids: Iterable[int], k: int) -> dict[int, tuple[int, ...]]:
+    """Every client's sorted neighbours (what the server computes)."""
+    ring = ring_order(seed, client_ids)
+    n = len(ring)
+    return {ring[i]: tuple(sorted(ring[p] for p in _neighbour_positions(i, n, k))) for i in range(n)}

@@ -1,0 +1,450 @@
+"""Typed protocol messages with a fixed-width binary encoding.
+
+Every message is a frozen dataclass. Wire format: version (u8) | type tag (u8)
+| round id (u64) | body. All integers are big-endian and fixed-width; lists
+are a u32 count followed by the items; variable-length bytes are a u32 length
+followed by the bytes. Masked vectors are carried bit-packed (see packing.py).
+Decoding rejects unknown versions and tags, short or trailing bytes, and
+wrong field lengths with ProtocolViolation. No pickle, no dicts on the wire.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+from mrff_secure.errors import ProtocolViolation
+from mrff_secure.secagg.primitives import PROTOCOL_VERSION, PUBLIC_KEY_BYTES, SIGNATURE_BYTES
+from mrff_secure.secagg.shamir import SHARE_VALUE_BYTES, Share
+
+_HEADER = struct.Struct(">BBQ")
+_MAX_U32 = 2**32 - 1
+_MAX_U64 = 2**64 - 1
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def u8(self, value: int) -> None:
+        self._parts.append(struct.pack(">B", value))
+
+    def u32(self, value: int) -> None:
+        if not isinstance(value, int) or not 0 <= value <= _MAX_U32:
+            raise ProtocolViolation(f"value {value!r} does not fit in u32")
+        self._parts.append(struct.pack(">I", value))
+
+    def fixed(self, data: bytes, size: int, what: str) -> None:
+        if not isinstance(data, bytes) or len(data) != size:
+            raise ProtocolViolation(f"{what} must be {size} bytes")
+        self._parts.append(data)
+
+    def blob(self, data: bytes) -> None:
+        self.u32(len(data))
+        self._parts.append(bytes(data))
+
+    def ids(self, values: tuple[int, ...]) -> None:
+        self.u32(len(values))
+        for v in values:
+            self.u32(v)
+
+    def result(self) -> bytes:
+        return b"".join(self._parts)
+
+
+class _Reader:
+    def __init__(self, data: bytes, offset: int) -> None:
+        self._data = data
+        self._pos = offset
+
+    def _take(self, size: int) -> bytes:
+        if size < 0 or self._pos + size > len(self._data):
+            raise ProtocolViolation("message is truncated")
+        chunk = self._data[self._pos:self._pos + size]
+        self._pos += size
+        return chunk
+
+    def u8(self) -> int:
+        return self._take(1)[0]
+
+    def u32(self) -> int:
+        return struct.unpack(">I", self._take(4))[0]
+
+    def fixed(self, size: int) -> bytes:
+        return self._take(size)
+
+    def blob(self) -> bytes:
+        return self._take(self.u32())
+
+    def count(self, min_item_bytes: int) -> int:
+        n = self.u32()
+        if n * min_item_bytes > len(self._data) - self._pos:
+            raise ProtocolViolation("list count exceeds the message size")
+        return n
+
+    def ids(self) -> tuple[int, ...]:
+        return tuple(self.u32() for _ in range(self.count(4)))
+
+    def finish(self) -> None:
+        if self._pos != len(self._data):
+            raise ProtocolViolation(f"{len(self._data) - self._pos} trailing bytes after the message")
+
+
+M = TypeVar("M", bound="Message")
+
+
+class Message:
+    """Base of the wire messages: header handling and dispatch by tag."""
+
+    TAG: ClassVar[int] = 0
+    round_id: int
+
+    def _write(self, w: _Writer) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def _read(cls: type[M], r: _Reader, round_id: int) -> M:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        if not isinstance(self.round_id, int) or not 0 <= self.round_id <= _MAX_U64:
+            raise ProtocolViolation(f"round id {self.round_id!r} does not fit in u64")
+        w = _Writer()
+        self._write(w)
+        return _HEADER.pack(PROTOCOL_VERSION, self.TAG, self.round_id) + w.result()
+
+    @classmethod
+    def from_bytes(cls: type[M], data: bytes) -> M:
+        message = decode(data)
+        if not isinstance(message, cls):
+            raise ProtocolViolation(f"expected {cls.__name__}, got {type(message).__name__}")
+        return message
+
+
+def decode(data: bytes) -> Message:
+    """Decode any message; raise ProtocolViolation on anything malformed."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) < _HEADER.size:
+        raise ProtocolViolation("message shorter than its header")
+    data = bytes(data)
+    version, tag, round_id = _HEADER.unpack_from(data)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolViolation(f"protocol version {version} is not supported (expected {PROTOCOL_VERSION})")
+    cls = _BY_TAG.get(tag)
+    if cls is None:
+        raise ProtocolViolation(f"unknown message type tag {tag}")
+    reader = _Reader(data, _HEADER.size)
+    message = cls._read(reader, round_id)
+    reader.finish()
+    return message
+
+
+# --- stage 0: advertise keys ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys(Message):
+    """Client -> server: two fresh X25519 public keys signed with the client's Ed25519 identity key."""
+
+    TAG: ClassVar[int] = 1
+    round_id: int
+    client_id: int
+    cipher_public_key: bytes  # X25519, encrypts shares in transit
+    mask_public_key: bytes  # X25519, derives pairwise masks
+    signature: bytes  # Ed25519 over signed_payload()
+
+    def signed_payload(self) -> bytes:
+        return (b"mrff-secagg-keys" + struct.pack(">BQI", PROTOCOL_VERSION, self.round_id, self.client_id)
+                + self.cipher_public_key + self.mask_public_key)
+
+    def body(self) -> bytes:
+        """The bundle as it enters the graph seed (and the roster): id | keys | signature."""
+        w = _Writer()
+        self._write(w)
+        return w.result()
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(self.client_id)
+        w.fixed(self.cipher_public_key, PUBLIC_KEY_BYTES, "cipher public key")
+        w.fixed(self.mask_public_key, PUBLIC_KEY_BYTES, "mask public key")
+        w.fixed(self.signature, SIGNATURE_BYTES, "signature")
+
+    @classmethod
+    def _read(cls, r: _Reader, round_id: int) -> "AdvertiseKeys":
+        return cls(round_id, r.u32(), r.fixed(PUBLIC_KEY_BYTES), r.fixed(PUBLIC_KEY_BYTES), r.fixed(SIGNATURE_BYTES))
+
+
+_BUNDLE_BYTES = 4 + 2 * PUBLIC_KEY_BYTES + SIGNATURE_BYTES
+
+
+@dataclass(frozen=True)
+class KeyRoster(Message):
+    """Server -> clients: every advertised key bundle of the round, sorted by client id."""
+
+    TAG: ClassVar[int] = 2
+    round_id: int
+    bundles: tuple[AdvertiseKeys, ...]
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(len(self.bundles))
+        for bundle in self.bundles:
+            if bundle.round_id != self.round_id:
+                raise ProtocolViolation("a roster bundle belongs to another round")
+            bundle._write(w)
+
+    @classmethod
+    def _read(cls, r: _Reader, round_id: int) -> "KeyRoster":
+        n = r.count(_BUNDLE_BYTES)
+        return cls(round_id, tuple(AdvertiseKeys._read(r, round_id) for _ in range(n)))
+
+
+# --- stage 1: share keys -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SharePayload:
+    """Plaintext of one encrypted share: sender | receiver | self-mask share | key share (96 bytes).
+
+    Both shares are evaluated at x = receiver + 1.
+    """
+
+    sender: int
+    receiver: int
+    self_mask_share: bytes
+    key_share: bytes
+
+    SIZE: ClassVar[int] = 8 + 2 * SHARE_VALUE_BYTES
+
+    def to_bytes(self) -> bytes:
+        w = _Writer()
+        w.u32(self.sender)
+        w.u32(self.receiver)
+        w.fixed(self.self_mask_share, SHARE_VALUE_BYTES, "self-mask share")
+        w.fixed(self.key_share, SHARE_VALUE_BYTES, "key share")
+        return w.result()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "SharePayload":
+        r = _Reader(data, 0)
+        payload = cls(r.u32(), r.u32(), r.fixed(SHARE_VALUE_BYTES), r.fixed(SHARE_VALUE_BYTES))
+        r.finish()
+        return payload
+
+
+@dataclass(frozen=True)
+class EncryptedShare:
+    """One AES-GCM sealed SharePayload from sender to receiver (the server only routes it)."""
+
+    sender: int
+    receiver: int
+    ciphertext: bytes
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(self.sender)
+        w.u32(self.receiver)
+        w.blob(self.ciphertext)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> "EncryptedShare":
+        return cls(r.u32(), r.u32(), r.blob())
+
+
+@dataclass(frozen=True)
+class ShareKeys(Message):
+    """Client -> server: one encrypted share for each neighbour."""
+
+    TAG: ClassVar[int] = 3
+    round_id: int
+    client_id: int
+    shares: tuple[EncryptedShare, ...]
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(self.client_id)
+        w.u32(len(self.shares))
+        for share in self.shares:
+            share._write(w)
+
+    @classmethod
+    def _read(cls, r: _Reader, round_id: int) -> "ShareKeys":
+        client_id = r.u32()
+        return cls(round_id, client_id, tuple(EncryptedShare._read(r) for _ in range(r.count(12))))
+
+
+@dataclass(frozen=True)
+class ShareDelivery(Message):
+    """Server -> client: the encrypted shares its neighbours addressed to it."""
+
+    TAG: ClassVar[int] = 4
+    round_id: int
+    receiver: int
+    shares: tuple[EncryptedShare, ...]
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(self.receiver)
+        w.u32(len(self.shares))
+        for share in self.shares:
+            share._write(w)
+
+    @classmethod
+    def _read(cls, r: _Reader, round_id: int) -> "ShareDelivery":
+        receiver = r.u32()
+        return cls(round_id, receiver, tuple(EncryptedShare._read(r) for _ in range(r.count(12))))
+
+
+# --- stage 2: masked input -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MaskedInput(Message):
+    """Client -> server: the masked vector, bit-packed to modulus_bits per value."""
+
+    TAG: ClassVar[int] = 5
+    round_id: int
+    client_id: int
+    modulus_bits: int
+    length: int
+    payload: bytes
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(self.client_id)
+        w.u8(self.modulus_bits)
+        w.u32(self.length)
+        w.blob(self.payload)
+
+    @classmethod
+    def _read(cls, r: _Reader, round_id: int) -> "MaskedInput":
+        return cls(round_id, r.u32(), r.u8(), r.u32(), r.blob())
+
+
+# --- stage 3: consistency check ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SurvivorList(Message):
+    """Server -> surviving clients: the sorted ids whose masked input the server holds (U3)."""
+
+    TAG: ClassVar[int] = 6
+    round_id: int
+    survivors: tuple[int, ...]
+
+    def _write(self, w: _Writer) -> None:
+        w.ids(self.survivors)
+
+    @classmethod
+    def _read(cls, r: _Reader, round_id: int) -> "SurvivorList":
+        return cls(round_id, r.ids())
+
+
+@dataclass(frozen=True)
+class ConsistencySignature(Message):
+    """Client -> server: the client's Ed25519 signature of (round, graph seed, survivor list)."""
+
+    TAG: ClassVar[int] = 7
+    round_id: int
+    client_id: int
+    signature: bytes
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(self.client_id)
+        w.fixed(self.signature, SIGNATURE_BYTES, "signature")
+
+    @classmethod
+    def _read(cls, r: _Reader, round_id: int) -> "ConsistencySignature":
+        return cls(round_id, r.u32(), r.fixed(SIGNATURE_BYTES))
+
+
+def consistency_payload(round_id: int, seed: bytes, survivors: tuple[int, ...]) -> bytes:
+    """What each surviving client signs: binds the round, the graph (its seed) and U3."""
+    w = _Writer()
+    w.ids(survivors)
+    return b"mrff-secagg-survivors" + struct.pack(">BQ", PROTOCOL_VERSION, round_id) + seed + w.result()
+
+
+# --- stage 4: unmask ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(Message):
+    """Server -> client: which neighbours survived (send their self-mask share) and which dropped
+    (send their key share), with the neighbours' consistency signatures as proof."""
+
+    TAG: ClassVar[int] = 8
+    round_id: int
+    receiver: int
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    signatures: tuple[ConsistencySignature, ...]
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(self.receiver)
+        w.ids(self.survivors)
+        w.ids(self.dropped)
+        w.u32(len(self.signatures))
+        for sig in self.signatures:
+            if sig.round_id != self.round_id:
+                raise ProtocolViolation("a consistency signature belongs to another round")
+            sig._write(w)
+
+    @classmethod
+    def _read(cls, r: _Reader, round_id: int) -> "UnmaskRequest":
+        receiver = r.u32()
+        survivors = r.ids()
+        dropped = r.ids()
+        n = r.count(4 + SIGNATURE_BYTES)
+        return cls(round_id, receiver, survivors, dropped,
+                   tuple(ConsistencySignature._read(r, round_id) for _ in range(n)))
+
+
+@dataclass(frozen=True)
+class OwnedShare:
+    """A share of the secret of client `owner` (x = the responder's id + 1)."""
+
+    owner: int
+    share: Share
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(self.owner)
+        w.u32(self.share.x)
+        w.fixed(self.share.value, SHARE_VALUE_BYTES, "share value")
+
+    @classmethod
+    def _read(cls, r: _Reader) -> "OwnedShare":
+        owner, x = r.u32(), r.u32()
+        value = r.fixed(SHARE_VALUE_BYTES)
+        try:
+            return cls(owner, Share(x, value))
+        except Exception as exc:  # Share validates x; re-type as a wire error
+            raise ProtocolViolation(f"malformed share: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class UnmaskResponse(Message):
+    """Client -> server: self-mask shares of surviving neighbours, key shares of dropped ones."""
+
+    TAG: ClassVar[int] = 9
+    round_id: int
+    client_id: int
+    self_mask_shares: tuple[OwnedShare, ...]
+    key_shares: tuple[OwnedShare, ...]
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(self.client_id)
+        for group in (self.self_mask_shares, self.key_shares):
+            w.u32(len(group))
+            for item in group:
+                item._write(w)
+
+    @classmethod
+    def _read(cls, r: _Reader, round_id: int) -> "UnmaskResponse":
+        client_id = r.u32()
+        item = 8 + SHARE_VALUE_BYTES
+        self_mask = tuple(OwnedShare._read(r) for _ in range(r.count(item)))
+        keys = tuple(OwnedShare._read(r) for _ in range(r.count(item)))
+        return cls(round_id, client_id, self_mask, keys)
+
+
+_BY_TAG: dict[int, type[Message]] = {
+    cls.TAG: cls
+    for cls in (AdvertiseKeys, KeyRoster, ShareKeys, ShareDelivery, MaskedInput, SurvivorList,
+                ConsistencySignature, UnmaskRequest, UnmaskResponse)
+}

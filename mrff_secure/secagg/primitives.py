@@ -1,0 +1,180 @@
+"""Cryptographic primitives of secure aggregation, as bytes -> bytes functions over `cryptography`.
+
+Nothing here is hand-rolled: X25519 key agreement, HKDF-SHA256 with labelled
+`info`, AES-256-CTR as the mask generator, AES-256-GCM for shares in transit
+and Ed25519 signatures all come from `cryptography`. Integers in labels and
+associated data are big-endian and fixed-width.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Callable
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from mrff_secure.errors import AuthenticationError, ProtocolViolation
+
+PROTOCOL_VERSION = 1
+KEY_BYTES = 32
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+NONCE_BYTES = 12
+_DOMAIN = b"mrff-secagg"
+
+# Purposes of derived keys (HKDF info labels). One label, one use.
+PURPOSE_SHARE_ENCRYPTION = b"share-encryption"
+PURPOSE_PAIRWISE_MASK = b"pairwise-mask"
+PURPOSE_SELF_MASK = b"self-mask"
+
+RandomBytes = Callable[[int], bytes]
+"""A source of random bytes: os.urandom in production, a seeded keystream in tests."""
+
+
+def system_random(n: int) -> bytes:
+    """The default randomness source: the operating system's CSPRNG."""
+    return os.urandom(n)
+
+
+def keystream_random(seed: bytes) -> RandomBytes:
+    """A deterministic randomness seam for known-answer tests: AES-256-CTR keystream of `seed`.
+
+    Never use it in production; it exists so tests can be byte-exact.
+    """
+    if len(seed) != KEY_BYTES:
+        raise ValueError(f"keystream seed must be {KEY_BYTES} bytes, got {len(seed)}")
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+
+    def draw(n: int) -> bytes:
+        return encryptor.update(bytes(n))
+
+    return draw
+
+
+# --- identity keys and signatures (Ed25519) ---------------------------------------------
+
+
+def generate_identity_key() -> Ed25519PrivateKey:
+    """A long-term Ed25519 identity key of a client."""
+    return Ed25519PrivateKey.generate()
+
+
+def identity_public_bytes(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes_raw()
+
+
+def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
+    return key.sign(message)
+
+
+def verify(public_key: bytes, signature: bytes, message: bytes) -> None:
+    """Raise AuthenticationError unless `signature` is valid for `message` under `public_key`."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError) as exc:
+        raise AuthenticationError("signature did not verify") from exc
+
+
+# --- key agreement (X25519) and derivation (HKDF-SHA256) ---------------------------------
+
+
+def generate_agreement_key(random: RandomBytes = system_random) -> X25519PrivateKey:
+    """An ephemeral X25519 key; `random` is the seam for known-answer tests."""
+    return X25519PrivateKey.from_private_bytes(random(KEY_BYTES))
+
+
+def agreement_private_bytes(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes_raw()
+
+
+def agreement_key_from_bytes(private_bytes: bytes) -> X25519PrivateKey:
+    """Rebuild an X25519 key from 32 raw bytes (the server does this for a dropped client's key)."""
+    return X25519PrivateKey.from_private_bytes(private_bytes)
+
+
+def agreement_public_bytes(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes_raw()
+
+
+def agree(private_key: X25519PrivateKey, peer_public_key: bytes) -> bytes:
+    """The raw X25519 shared secret with a peer; raise ProtocolViolation on a degenerate key."""
+    try:
+        return private_key.exchange(X25519PublicKey.from_public_bytes(peer_public_key))
+    except ValueError as exc:  # wrong length or an all-zero (small-order) shared secret
+        raise ProtocolViolation(f"peer agreement key rejected: {exc}") from exc
+
+
+def hkdf_info(purpose: bytes, round_id: int, low_id: int, high_id: int) -> bytes:
+    """The labelled HKDF info: domain | version (u8) | purpose | round (u64) | id pair (2 x u32), big-endian."""
+    return (
+        _DOMAIN
+        + struct.pack(">B", PROTOCOL_VERSION)
+        + struct.pack(">B", len(purpose))
+        + purpose
+        + struct.pack(">QII", round_id, low_id, high_id)
+    )
+
+
+def derive_key(secret: bytes, *, purpose: bytes, round_id: int, id_a: int, id_b: int) -> bytes:
+    """A 256-bit key for one purpose, one round and one unordered pair of clients (HKDF-SHA256)."""
+    low, high = (id_a, id_b) if id_a <= id_b else (id_b, id_a)
+    return HKDF(
+        algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=hkdf_info(purpose, round_id, low, high)
+    ).derive(secret)
+
+
+# --- mask generator (AES-256-CTR keystream) ------------------------------------------------
+
+
+def word_dtype(modulus_bits: int) -> np.dtype:
+    """The unsigned word that holds ring elements mod 2^bits (uint32 up to 32 bits, else uint64)."""
+    return np.dtype("<u4") if modulus_bits <= 32 else np.dtype("<u8")
+
+
+def expand_mask(key: bytes, length: int, modulus_bits: int) -> np.ndarray:
+    """`length` uniform elements of Z_{2^bits} from the AES-256-CTR keystream of a 256-bit key.
+
+    Each key is derived for a single (purpose, round, pair), so the all-zero
+    counter block never repeats under a key. Words are little-endian; the top
+    bits are cleared, which keeps uniformity because 2^bits divides the word size.
+    """
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"mask key must be {KEY_BYTES} bytes, got {len(key)}")
+    dtype = word_dtype(modulus_bits)
+    stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(length * dtype.itemsize))
+    words = np.frombuffer(stream, dtype=dtype).copy()  # (length,)
+    if modulus_bits < dtype.itemsize * 8:
+        words &= dtype.type((1 << modulus_bits) - 1)
+    return words
+
+
+# --- authenticated encryption of shares (AES-256-GCM) ------------------------------------
+
+
+def _share_ad(sender: int, receiver: int, round_id: int) -> bytes:
+    return _DOMAIN + struct.pack(">BQII", PROTOCOL_VERSION, round_id, sender, receiver)
+
+
+def seal(key: bytes, plaintext: bytes, *, sender: int, receiver: int, round_id: int,
+         random: RandomBytes = system_random) -> bytes:
+    """nonce (12 bytes) | AES-256-GCM ciphertext+tag, with AD = version | round | sender | receiver."""
+    nonce = random(NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, _share_ad(sender, receiver, round_id))
+
+
+def open_sealed(key: bytes, sealed: bytes, *, sender: int, receiver: int, round_id: int) -> bytes:
+    """Inverse of `seal`; any tampering, wrong key or wrong AD raises one opaque AuthenticationError."""
+    if len(sealed) < NONCE_BYTES + 16:
+        raise AuthenticationError("ciphertext did not verify")
+    try:
+        return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _share_ad(sender, receiver, round_id))
+    except InvalidTag as exc:
+        raise AuthenticationError("ciphertext did not verify") from exc
