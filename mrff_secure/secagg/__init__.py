@@ -1,0 +1,30 @@
+"""Transport-agnostic secure aggregation: SecAgg (Bonawitz et al., CCS 2017) with the sparse
+neighbour graph of SecAgg+ (Bell et al., CCS 2020). It sums integer vectors mod 2^b; it knows
+nothing about models or networks.
+
+Modules, one concept each: primitives (crypto from `cryptography`), shamir, encoding (fixed
+point), packing (bit-packing), graph (neighbours), masking (mask arithmetic), messages (wire
+format), stages, client and server (state machines), inmemory (a whole round in one process),
+groupwise (the update-vector layout and the two-phase round).
+"""
+
+from mrff_secure.secagg.client import ClientSession
+from mrff_secure.secagg.config import SecAggConfig, required_modulus_bits
+from mrff_secure.secagg.encoding import InputRangeError, dequantize, from_ring, quantize, to_ring
+from mrff_secure.secagg.server import AggregateResult, ServerSession
+from mrff_secure.secagg.stages import ShareKind, Stage
+
+__all__ = [
+    "AggregateResult",
+    "ClientSession",
+    "InputRangeError",
+    "SecAggConfig",
+    "ServerSession",
+    "ShareKind",
+    "Stage",
+    "dequantize",
+    "from_ring",
+    "quantize",
+    "required_modulus_bits",
+    "to_ring",
+]

@@ -1,0 +1,317 @@
+"""The client side of a secure-aggregation round: a state machine that any transport drives.
+
+Each public method is one protocol stage. It first checks that the session is
+in that stage and that the message belongs to this round and this client;
+any refusal raises a typed SecAggError and moves the session to ABORTED, after
+which it answers nothing. Secrets (agreement keys, b_u, received shares) never
+leave the session except as the protocol prescribes.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+from typing import Callable, Mapping, ParamSpec, TypeVar
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from mrff_secure.errors import AggregationAborted, ConfigError, ProtocolViolation
+from mrff_secure.secagg import masking, packing, primitives, shamir
+from mrff_secure.secagg.config import MAX_CLIENT_ID, SecAggConfig
+from mrff_secure.secagg.encoding import InputRangeError, to_ring
+from mrff_secure.secagg.graph import graph_seed, neighbours_of
+from mrff_secure.secagg.messages import (
+    AdvertiseKeys,
+    ConsistencySignature,
+    EncryptedShare,
+    KeyRoster,
+    MaskedInput,
+    Message,
+    OwnedShare,
+    SharePayload,
+    ShareDelivery,
+    ShareKeys,
+    SurvivorList,
+    UnmaskRequest,
+    UnmaskResponse,
+    consistency_payload,
+)
+from mrff_secure.secagg.stages import ShareKind, Stage
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _stage(expected: Stage, following: Stage) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Check the stage before the step; advance on success, abort the session on any failure."""
+
+    def decorate(step: Callable[P, R]) -> Callable[P, R]:
+        @wraps(step)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            self = args[0]
+            if self.stage is not expected:  # type: ignore[attr-defined]
+                raise ProtocolViolation(
+                    f"client {self.client_id}: {step.__name__} is not allowed in stage "  # type: ignore[attr-defined]
+                    f"{self.stage.name} (expected {expected.name})"  # type: ignore[attr-defined]
+                )
+            try:
+                result = step(*args, **kwargs)
+            except BaseException:
+                self.stage = Stage.ABORTED  # type: ignore[attr-defined]
+                raise
+            self.stage = following  # type: ignore[attr-defined]
+            return result
+
+        return run
+
+    return decorate
+
+
+def _sorted_unique(ids: tuple[int, ...], what: str) -> None:
+    if any(a >= b for a, b in zip(ids, ids[1:])):
+        raise ProtocolViolation(f"{what} must be sorted by client id without repeats")
+
+
+class ClientSession:
+    """One client's side of one round. Usage: advertise_keys -> share_keys -> masked_input ->
+    consistency_check -> unmask, each taking the server's message and returning the reply."""
+
+    def __init__(self, config: SecAggConfig, *, round_id: int, client_id: int, identity_key: Ed25519PrivateKey,
+                 peer_identities: Mapping[int, bytes], random: primitives.RandomBytes = primitives.system_random
+                 ) -> None:
+        """peer_identities maps every client id that may take part to its raw Ed25519 public key
+        (the PKI, established out of band); `random` is the randomness seam for tests."""
+        if not isinstance(client_id, int) or not 0 <= client_id <= MAX_CLIENT_ID:
+            raise ConfigError(f"client_id must be an int in [0, {MAX_CLIENT_ID}], got {client_id!r}")
+        if not isinstance(round_id, int) or not 0 <= round_id < 2**64:
+            raise ConfigError(f"round_id must be a u64, got {round_id!r}")
+        own = peer_identities.get(client_id)
+        if own != primitives.identity_public_bytes(identity_key):
+            raise ConfigError(f"peer_identities does not hold client {client_id}'s own identity key")
+        self.config = config
+        self.round_id = round_id
+        self.client_id = client_id
+        self.stage = Stage.ADVERTISE_KEYS
+        self._identity_key = identity_key
+        self._identities = dict(peer_identities)
+        self._random = random
+        self._cipher_key = primitives.generate_agreement_key(random)
+        self._mask_key = primitives.generate_agreement_key(random)
+        self._advert: AdvertiseKeys | None = None
+        self._roster: dict[int, AdvertiseKeys] = {}
+        self._seed = b""
+        self.neighbours: tuple[int, ...] = ()
+        self._self_mask_seed = b""
+        self._held: dict[int, SharePayload] = {}  # shares neighbours gave us, by sender
+        self._signed_survivors: tuple[int, ...] | None = None
+        self._revealed: dict[int, ShareKind] = {}
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _check_round(self, message: Message) -> None:
+        if message.round_id != self.round_id:
+            raise ProtocolViolation(
+                f"client {self.client_id}: message {type(message).__name__} is for round {message.round_id}, "
+                f"this is round {self.round_id} (replayed or misrouted)"
+            )
+
+    def _check_addressee(self, receiver: int) -> None:
+        if receiver != self.client_id:
+            raise ProtocolViolation(f"client {self.client_id}: message addressed to client {receiver}")
+
+    def _cipher_key_with(self, peer: int) -> bytes:
+        secret = primitives.agree(self._cipher_key, self._roster[peer].cipher_public_key)
+        return primitives.derive_key(secret, purpose=primitives.PURPOSE_SHARE_ENCRYPTION,
+                                     round_id=self.round_id, id_a=self.client_id, id_b=peer)
+
+    # --- stage 0 ---------------------------------------------------------------------------
+
+    @_stage(Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS)
+    def advertise_keys(self) -> AdvertiseKeys:
+        """Fresh X25519 keys for this round, signed with the identity key."""
+        unsigned = AdvertiseKeys(self.round_id, self.client_id, primitives.agreement_public_bytes(self._cipher_key),
+                                 primitives.agreement_public_bytes(self._mask_key), bytes(64))
+        signature = primitives.sign(self._identity_key, unsigned.signed_payload())
+        self._advert = AdvertiseKeys(unsigned.round_id, unsigned.client_id, unsigned.cipher_public_key,
+                                     unsigned.mask_public_key, signature)
+        return self._advert
+
+    # --- stage 1 ---------------------------------------------------------------------------
+
+    @_stage(Stage.SHARE_KEYS, Stage.MASKED_INPUT)
+    def share_keys(self, roster: KeyRoster) -> ShareKeys:
+        """Verify every signed key bundle, derive the neighbour graph, and send each neighbour
+        an encrypted share of our self-mask seed and of our mask-agreement private key."""
+        self._check_round(roster)
+        ids = tuple(b.client_id for b in roster.bundles)
+        _sorted_unique(ids, "the key roster")
+        if len(ids) > self.config.num_clients:
+            raise ProtocolViolation(
+                f"roster has {len(ids)} clients but the modulus was sized for {self.config.num_clients}")
+        for bundle in roster.bundles:
+            if bundle.round_id != self.round_id:
+                raise ProtocolViolation(f"key bundle of client {bundle.client_id} is for round {bundle.round_id}")
+            identity = self._identities.get(bundle.client_id)
+            if identity is None:
+                raise ProtocolViolation(f"roster names client {bundle.client_id}, which has no known identity key")
+            primitives.verify(identity, bundle.signature, bundle.signed_payload())
+        roster_map = {b.client_id: b for b in roster.bundles}
+        if roster_map.get(self.client_id) != self._advert:
+            raise ProtocolViolation(f"client {self.client_id}: the roster does not carry our own key bundle")
+        self._roster = roster_map
+        self._seed = graph_seed(self.round_id, {b.client_id: b.body() for b in roster.bundles})
+        self.neighbours = neighbours_of(self._seed, ids, self.config.k, self.client_id)
+        t = self.config.t
+        if len(self.neighbours) < t:
+            raise AggregationAborted(
+                f"client {self.client_id}: {len(self.neighbours)} neighbours, fewer than the threshold t={t}")
+        if 2 * t <= len(self.neighbours):
+            raise ConfigError(f"threshold t={t} is not a strict majority of our {len(self.neighbours)} neighbours")
+
+        self._self_mask_seed = self._random(shamir.SECRET_BYTES)
+        mask_private = primitives.agreement_private_bytes(self._mask_key)
+        shares = shamir.split_many([self._self_mask_seed, mask_private], [v + 1 for v in self.neighbours], t,
+                                   random=self._random)
+        sealed = []
+        for peer, (self_share, key_share) in zip(self.neighbours, shares):
+            payload = SharePayload(self.client_id, peer, self_share.value, key_share.value).to_bytes()
+            ciphertext = primitives.seal(self._cipher_key_with(peer), payload, sender=self.client_id,
+                                         receiver=peer, round_id=self.round_id, random=self._random)
+            sealed.append(EncryptedShare(self.client_id, peer, ciphertext))
+        return ShareKeys(self.round_id, self.client_id, tuple(sealed))
+
+    # --- stage 2 ---------------------------------------------------------------------------
+
+    @_stage(Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK)
+    def masked_input(self, delivery: ShareDelivery, vector: np.ndarray) -> MaskedInput:
+        """Decrypt the shares our neighbours sent, then upload our input masked with our self mask
+        and one pairwise mask per neighbour that shared with us. `vector` holds signed integers in
+        [-max_abs, max_abs] (see encoding.quantize), length config.vector_length."""
+        self._check_round(delivery)
+        self._check_addressee(delivery.receiver)
+        held: dict[int, SharePayload] = {}
+        for item in delivery.shares:
+            if item.receiver != self.client_id or item.sender not in self.neighbours or item.sender in held:
+                raise ProtocolViolation(
+                    f"client {self.client_id}: unexpected share from {item.sender} to {item.receiver}")
+            plaintext = primitives.open_sealed(self._cipher_key_with(item.sender), item.ciphertext,
+                                               sender=item.sender, receiver=self.client_id, round_id=self.round_id)
+            payload = SharePayload.from_bytes(plaintext)
+            if payload.sender != item.sender or payload.receiver != self.client_id:
+                raise ProtocolViolation(f"client {self.client_id}: share payload names the wrong pair")
+            held[item.sender] = payload
+        t = self.config.t
+        if len(held) < t:
+            raise AggregationAborted(
+                f"client {self.client_id}: only {len(held)} neighbours shared keys, fewer than t={t}")
+
+        values = np.asarray(vector)
+        if values.shape != (self.config.vector_length,):
+            raise InputRangeError(f"input has shape {values.shape}, expected ({self.config.vector_length},)")
+        bits = self.config.bits
+        ring = to_ring(values, bits, max_abs=self.config.max_abs)
+        length = self.config.vector_length
+        masked = ring.astype(primitives.word_dtype(bits))  # (d,) word dtype
+        masked += masking.self_mask(self._self_mask_seed, round_id=self.round_id, client_id=self.client_id,
+                                    length=length, modulus_bits=bits)
+        for peer in sorted(held):
+            secret = primitives.agree(self._mask_key, self._roster[peer].mask_public_key)
+            mask = masking.pairwise_mask(secret, round_id=self.round_id, id_a=self.client_id, id_b=peer,
+                                         length=length, modulus_bits=bits)
+            masking.apply_signed(masked, mask, owner=self.client_id, peer=peer)
+        masking.reduce(masked, bits)
+        self._held = held
+        return MaskedInput(self.round_id, self.client_id, bits, length, packing.pack(masked, bits))
+
+    # --- stage 3 ---------------------------------------------------------------------------
+
+    @_stage(Stage.CONSISTENCY_CHECK, Stage.UNMASK)
+    def consistency_check(self, survivor_list: SurvivorList) -> ConsistencySignature:
+        """Sign the survivor list (with the graph seed), after checking it makes sense to us."""
+        self._check_round(survivor_list)
+        survivors = survivor_list.survivors
+        _sorted_unique(survivors, "the survivor list")
+        if self.client_id not in survivors:
+            raise ProtocolViolation(f"client {self.client_id}: survivor list omits us, yet asks us to sign it")
+        unknown = set(survivors) - set(self._roster)
+        if unknown:
+            raise ProtocolViolation(f"survivor list names clients that never advertised keys: {sorted(unknown)}")
+        surviving_neighbours = set(survivors) & set(self.neighbours)
+        not_shared = surviving_neighbours - set(self._held)
+        if not_shared:
+            raise ProtocolViolation(
+                f"client {self.client_id}: survivors {sorted(not_shared)} never shared keys with us")
+        t = self.config.t
+        if len(surviving_neighbours) < t:
+            raise AggregationAborted(
+                f"client {self.client_id}: {len(surviving_neighbours)} of our neighbours survived, fewer than t={t}")
+        self._signed_survivors = survivors
+        signature = primitives.sign(self._identity_key, consistency_payload(self.round_id, self._seed, survivors))
+        return ConsistencySignature(self.round_id, self.client_id, signature)
+
+    # --- stage 4 ---------------------------------------------------------------------------
+
+    @_stage(Stage.UNMASK, Stage.DONE)
+    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        """Reveal the self-mask share of each surviving neighbour and the key share of each dropped
+        one, only if the lists agree with the survivor list that >= t neighbours signed."""
+        self._check_round(request)
+        self._check_addressee(request.receiver)
+        signed = self._signed_survivors
+        if signed is None:  # unreachable through the stage machine; kept as a guard
+            raise ProtocolViolation("no survivor list was signed in this round")
+        survivors, dropped = request.survivors, request.dropped
+        _sorted_unique(survivors, "the survivor list")
+        _sorted_unique(dropped, "the dropped list")
+        both = set(survivors) & set(dropped)
+        if both:
+            raise ProtocolViolation(
+                f"client {self.client_id}: clients {sorted(both)} are listed both as survivors and dropped; "
+                "refusing to reveal both shares of a peer")
+        strangers = (set(survivors) | set(dropped)) - set(self._held)
+        if strangers:
+            raise ProtocolViolation(
+                f"client {self.client_id}: {sorted(strangers)} are not neighbours that shared keys with us")
+        signed_set = set(signed)
+        if not set(survivors) <= signed_set:
+            raise ProtocolViolation(
+                f"survivors {sorted(set(survivors) - signed_set)} are not on the survivor list we signed")
+        if set(dropped) & signed_set:
+            raise ProtocolViolation(
+                f"clients {sorted(set(dropped) & signed_set)} are called dropped but are on the survivor list we signed")
+        t = self.config.t
+        if len(survivors) < t:
+            raise ProtocolViolation(f"client {self.client_id}: only {len(survivors)} surviving neighbours listed, need t={t}")
+
+        payload = consistency_payload(self.round_id, self._seed, signed)
+        signers: set[int] = set()
+        for sig in request.signatures:
+            if sig.round_id != self.round_id:
+                raise ProtocolViolation(f"a consistency signature is from round {sig.round_id}")
+            if sig.client_id in signers or sig.client_id not in self.neighbours or sig.client_id not in signed_set:
+                raise ProtocolViolation(f"unexpected consistency signature from client {sig.client_id}")
+            primitives.verify(self._identities[sig.client_id], sig.signature, payload)
+            signers.add(sig.client_id)
+        if len(signers) < t:
+            raise ProtocolViolation(
+                f"client {self.client_id}: {len(signers)} neighbours signed the survivor list, need t={t}")
+
+        for peer in survivors:
+            if self._revealed.get(peer, ShareKind.SELF_MASK) is not ShareKind.SELF_MASK:
+                raise ProtocolViolation(f"already revealed the key share of {peer}; refusing its self-mask share")
+        for peer in dropped:
+            if self._revealed.get(peer, ShareKind.KEY) is not ShareKind.KEY:
+                raise ProtocolViolation(f"already revealed the self-mask share of {peer}; refusing its key share")
+        x = self.client_id + 1
+        self_mask_shares = []
+        for peer in survivors:
+            self._revealed[peer] = ShareKind.SELF_MASK
+            self_mask_shares.append(OwnedShare(peer, shamir.Share(x, self._held[peer].self_mask_share)))
+        key_shares = []
+        for peer in dropped:
+            self._revealed[peer] = ShareKind.KEY
+            key_shares.append(OwnedShare(peer, shamir.Share(x, self._held[peer].key_share)))
+        return UnmaskResponse(self.round_id, self.client_id, tuple(self_mask_shares), tuple(key_shares))
+
+
+__all__ = ["ClientSession", "Stage"]
