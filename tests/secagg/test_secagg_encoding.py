@@ -1,0 +1,154 @@
+"""Fixed-point encoding, modulus sizing, and bit-packing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mrff_secure.errors import ConfigError, ProtocolViolation
+from mrff_secure.secagg import packing
+from mrff_secure.secagg.config import SecAggConfig, required_modulus_bits
+from mrff_secure.secagg.encoding import (
+    InputRangeError,
+    check_no_wrap,
+    dequantize,
+    from_ring,
+    quantize,
+    to_ring,
+)
+
+
+def test_encoding_known_answers(vectors):
+    data = vectors("encoding")
+    for case in data["generate"]:
+        q = quantize(np.array(case["x"]), clip=case["clip"], levels=case["levels"],
+                     rng=np.random.default_rng(case["seed"]))
+        assert q.tolist() == case["q"]
+    for case in data["ring"]:
+        ring = to_ring(np.array(case["q"], dtype=np.int64), case["bits"])
+        assert [str(int(v)) for v in ring] == case["ring"]
+        assert from_ring(ring, case["bits"]).tolist() == case["q"]
+
+
+def test_quantize_clips_and_is_unbiased():
+    rng = np.random.default_rng(0)
+    x = np.array([-3.0, -1.0, -0.3337, 0.0, 0.1234, 0.999, 5.0])
+    draws = np.stack([quantize(x, clip=1.0, levels=10, rng=rng) for _ in range(20000)])  # (draws, d)
+    assert draws.min() >= -10 and draws.max() <= 10
+    mean = dequantize(draws.mean(axis=0), clip=1.0, levels=10)
+    expected = np.clip(x, -1, 1)
+    assert np.allclose(mean, expected, atol=0.005)
+    # values on the grid are exact
+    assert np.array_equal(quantize(np.array([0.5, -0.2]), clip=1.0, levels=10, rng=rng), [5, -2])
+
+
+def test_quantize_per_coordinate_clip():
+    rng = np.random.default_rng(1)
+    q = quantize(np.array([1.0, 1.0, -4.0]), clip=np.array([1.0, 2.0, 4.0]), levels=8, rng=rng)
+    assert q.tolist() == [8, 4, -8]
+    assert np.allclose(dequantize(q, clip=np.array([1.0, 2.0, 4.0]), levels=8), [1.0, 1.0, -4.0])
+
+
+@pytest.mark.parametrize("bad", [
+    lambda r: quantize(np.array([np.nan]), clip=1.0, levels=4, rng=r),
+    lambda r: quantize(np.array([[1.0]]), clip=1.0, levels=4, rng=r),
+])
+def test_quantize_rejects_bad_input(bad):
+    with pytest.raises(InputRangeError):
+        bad(np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("clip, levels", [(0.0, 4), (-1.0, 4), (float("inf"), 4), (1.0, 0), (1.0, 2.5)])
+def test_quantize_rejects_bad_range(clip, levels):
+    with pytest.raises(ConfigError):
+        quantize(np.array([0.1]), clip=clip, levels=levels, rng=np.random.default_rng(0))
+
+
+@settings(max_examples=50, deadline=None)
+@given(bits=st.integers(2, 62), data=st.data())
+def test_ring_roundtrip(bits, data):
+    half = 2 ** (bits - 1)
+    values = data.draw(st.lists(st.integers(-half, half - 1), min_size=1, max_size=20))
+    q = np.array(values, dtype=np.int64)
+    assert np.array_equal(from_ring(to_ring(q, bits), bits), q)
+
+
+def test_to_ring_refuses_out_of_range():
+    with pytest.raises(InputRangeError, match="exceeds max_abs 5"):
+        to_ring(np.array([6]), 8, max_abs=5)
+    with pytest.raises(InputRangeError):
+        to_ring(np.array([0.5]), 8)
+
+
+def test_modulus_sized_so_sums_cannot_wrap():
+    for n, max_abs in [(3, 1), (100, 2**15), (2000, 2**20 - 1), (7, 255)]:
+        bits = required_modulus_bits(n, max_abs)
+        assert n * max_abs <= 2 ** (bits - 1) - 1 < 2 * n * max_abs + 1 or bits == 2
+        check_no_wrap(n, max_abs, bits)
+        with pytest.raises(ConfigError, match=str(n * max_abs)):
+            check_no_wrap(n, max_abs, bits - 1)
+
+
+def test_config_refuses_a_wrapping_modulus_naming_the_numbers():
+    with pytest.raises(ConfigError) as info:
+        SecAggConfig(num_clients=1000, vector_length=10, max_abs=2**16, modulus_bits=20)
+    message = str(info.value)
+    assert "1000" in message and "65536" in message and "modulus_bits=20" in message and "27" in message
+    assert SecAggConfig(num_clients=1000, vector_length=10, max_abs=2**16).modulus_bits == 27
+    with pytest.raises(ConfigError, match="62"):
+        SecAggConfig(num_clients=10**6, vector_length=1, max_abs=2**50)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"num_clients": 2}, {"vector_length": 0}, {"max_abs": 0}, {"num_neighbours": 1},
+    {"num_neighbours": 10}, {"threshold": 2, "num_neighbours": 6}, {"threshold": 7, "num_neighbours": 6},
+    {"num_clients": 5.0},
+])
+def test_config_validation(kwargs):
+    base = {"num_clients": 10, "vector_length": 4, "max_abs": 100}
+    base.update(kwargs)
+    with pytest.raises(ConfigError):
+        SecAggConfig(**base)
+
+
+def test_config_defaults():
+    config = SecAggConfig(num_clients=100, vector_length=4, max_abs=100)
+    assert (config.k, config.t) == (14, 8)
+    small = SecAggConfig(num_clients=3, vector_length=4, max_abs=100)
+    assert (small.k, small.t) == (2, 2)
+
+
+# --- packing ---------------------------------------------------------------------------
+
+
+def test_packing_known_answers(vectors):
+    data = vectors("packing")
+    for case in data["generate"]:
+        values = np.array([int(v) for v in case["values"]], dtype=np.uint64)
+        assert packing.pack(values, case["bits"]).hex() == case["packed"]
+        assert np.array_equal(packing.unpack(bytes.fromhex(case["packed"]), case["bits"], len(values)), values)
+    for case in data["invalid"]:
+        with pytest.raises(ProtocolViolation):
+            packing.unpack(bytes.fromhex(case["packed"]), case["bits"], case["count"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.integers(1, 64), data=st.data())
+def test_packing_roundtrip(bits, data):
+    values = data.draw(st.lists(st.integers(0, 2**bits - 1), min_size=0, max_size=40))
+    arr = np.array(values, dtype=np.uint64)
+    packed = packing.pack(arr, bits)
+    assert len(packed) == packing.packed_size(len(values), bits)
+    assert np.array_equal(packing.unpack(packed, bits, len(values)), arr)
+
+
+def test_pack_refuses_values_that_do_not_fit():
+    with pytest.raises(ValueError):
+        packing.pack(np.array([8], dtype=np.uint64), 3)
+
+
+def test_upload_bits_per_value_is_the_modulus_width():
+    values = np.arange(60000, dtype=np.uint64) % 2**20
+    assert len(packing.pack(values, 20)) * 8 / 60000 == 20

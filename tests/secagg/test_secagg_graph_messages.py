@@ -1,0 +1,115 @@
+"""Neighbour graph from public randomness; typed messages and their fixed-width encoding."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mrff_secure.errors import ProtocolViolation
+from mrff_secure.secagg import messages as m
+from mrff_secure.secagg.graph import graph_seed, neighbour_graph, neighbours_of
+from mrff_secure.secagg.shamir import Share
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 9, 10, 31, 64])
+def test_graph_symmetric_with_k_neighbours(n):
+    seed = os.urandom(32)
+    for k in range(2, n):
+        graph = neighbour_graph(seed, range(100, 100 + n), k)
+        for u, neighbours in graph.items():
+            assert u not in neighbours
+            assert all(u in graph[v] for v in neighbours)
+            assert neighbours == neighbours_of(seed, range(100, 100 + n), k, u)
+        degrees = sorted(len(v) for v in graph.values())
+        expected = min(k, n - 1)
+        assert degrees[-1] == expected and degrees[1] == expected and degrees[0] >= expected - 1
+
+
+def test_graph_depends_on_round_and_every_key():
+    bundles = {i: os.urandom(132) for i in range(20)}
+    seed = graph_seed(1, bundles)
+    assert seed == graph_seed(1, dict(reversed(list(bundles.items()))))
+    assert seed != graph_seed(2, bundles)
+    changed = dict(bundles)
+    changed[7] = os.urandom(132)
+    assert seed != graph_seed(1, changed)
+    assert neighbour_graph(seed, range(20), 4) != neighbour_graph(graph_seed(2, bundles), range(20), 4)
+
+
+def _sample_messages() -> list[m.Message]:
+    share = Share(5, bytes(range(44)))
+    sig = m.ConsistencySignature(3, 4, bytes([1]) * 64)
+    return [
+        m.AdvertiseKeys(3, 4, bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 64),
+        m.KeyRoster(3, (m.AdvertiseKeys(3, 4, bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 64),
+                        m.AdvertiseKeys(3, 9, bytes([4]) * 32, bytes([5]) * 32, bytes([6]) * 64))),
+        m.ShareKeys(3, 4, (m.EncryptedShare(4, 5, b"abc"), m.EncryptedShare(4, 6, b""))),
+        m.ShareDelivery(3, 5, (m.EncryptedShare(4, 5, b"abc"),)),
+        m.MaskedInput(3, 4, 20, 2, b"\x01\x02\x03\x04\x05"),
+        m.SurvivorList(3, (1, 2, 3)),
+        sig,
+        m.UnmaskRequest(3, 4, (1, 2), (7,), (sig,)),
+        m.UnmaskResponse(3, 4, (m.OwnedShare(1, share),), (m.OwnedShare(7, share), m.OwnedShare(8, share))),
+        m.SurvivorList(2**64 - 1, ()),
+    ]
+
+
+@pytest.mark.parametrize("message", _sample_messages(), ids=lambda x: type(x).__name__)
+def test_message_roundtrip(message):
+    data = message.to_bytes()
+    assert data[0] == 1 and data[1] == message.TAG
+    assert int.from_bytes(data[2:10], "big") == message.round_id
+    assert type(message).from_bytes(data) == message
+    assert m.decode(data) == message
+    for cut in range(len(data)):
+        with pytest.raises(ProtocolViolation):
+            m.decode(data[:cut])
+    with pytest.raises(ProtocolViolation):
+        m.decode(data + b"\x00")
+
+
+def test_header_checks():
+    data = m.SurvivorList(3, (1,)).to_bytes()
+    with pytest.raises(ProtocolViolation, match="version"):
+        m.decode(b"\x02" + data[1:])
+    with pytest.raises(ProtocolViolation, match="tag"):
+        m.decode(data[:1] + b"\xee" + data[2:])
+    with pytest.raises(ProtocolViolation, match="expected AdvertiseKeys"):
+        m.AdvertiseKeys.from_bytes(data)
+
+
+def test_known_encoding():
+    data = m.SurvivorList(0x0102, (7, 9)).to_bytes()
+    assert data.hex() == "01" "06" "0000000000000102" "00000002" "00000007" "00000009"
+
+
+def test_writer_refuses_wrong_field_sizes():
+    with pytest.raises(ProtocolViolation):
+        m.AdvertiseKeys(3, 4, bytes(31), bytes(32), bytes(64)).to_bytes()
+    with pytest.raises(ProtocolViolation):
+        m.SurvivorList(3, (-1,)).to_bytes()
+    with pytest.raises(ProtocolViolation):
+        m.SurvivorList(2**64, ()).to_bytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_never_crash_the_decoder(data):
+    try:
+        m.decode(data)
+    except ProtocolViolation:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(_sample_messages()), st.integers(0, 10**6), st.integers(0, 255))
+def test_bit_flips_are_decoded_or_rejected(message, position, value):
+    data = bytearray(message.to_bytes())
+    data[position % len(data)] = value
+    try:
+        m.decode(bytes(data))
+    except ProtocolViolation:
+        pass
