@@ -1,0 +1,224 @@
+"""The full round: exact sums, dropouts at every stage, thresholds, and mask uniformity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mrff_secure.errors import AggregationAborted, ProtocolViolation
+from mrff_secure.secagg import packing
+from mrff_secure.secagg.client import ClientSession
+from mrff_secure.secagg.config import SecAggConfig
+from mrff_secure.secagg.encoding import from_ring, quantize, to_ring
+from mrff_secure.secagg.inmemory import make_identities, run_round, wire
+from mrff_secure.secagg.messages import MaskedInput
+from mrff_secure.secagg.server import ServerSession
+from mrff_secure.secagg.stages import Stage
+
+
+def _inputs(n: int, d: int, max_abs: int, seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {c: rng.integers(-max_abs, max_abs + 1, d) for c in range(n)}
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(3, 12), d=st.integers(1, 16), log_max=st.integers(0, 30), data=st.data())
+def test_secure_sum_equals_plain_sum(n, d, log_max, data):
+    k = data.draw(st.integers(2, n - 1))
+    max_abs = 2**log_max
+    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=max_abs, num_neighbours=k)
+    ids = sorted(data.draw(st.sets(st.integers(0, 2**31 - 3), min_size=n, max_size=n)))
+    values = data.draw(st.lists(st.integers(-max_abs, max_abs), min_size=n * d, max_size=n * d))
+    inputs = {c: np.array(values[i * d:(i + 1) * d], dtype=np.int64) for i, c in enumerate(ids)}
+    result = run_round(config, round_id=data.draw(st.integers(0, 2**64 - 1)), inputs=inputs)
+    plain = np.sum(np.stack(list(inputs.values())), axis=0)
+    assert np.array_equal(result.total, plain)
+    modular = np.bitwise_and(sum(to_ring(v, config.bits) for v in inputs.values()), (1 << config.bits) - 1)
+    assert np.array_equal(result.ring_sum, modular)
+    assert result.survivors == tuple(ids)
+
+
+def test_secure_sum_of_quantized_floats():
+    rng = np.random.default_rng(3)
+    n, d, levels = 9, 50, 2**12
+    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=levels)
+    floats = {c: rng.normal(scale=0.3, size=d) for c in range(n)}
+    quantized = {c: quantize(x, clip=1.0, levels=levels, rng=rng) for c, x in floats.items()}
+    result = run_round(config, round_id=1, inputs=quantized)
+    assert np.array_equal(result.total, sum(quantized.values()))
+    assert np.allclose(result.total / levels, sum(np.clip(x, -1, 1) for x in floats.values()), atol=n / levels)
+
+
+def test_wide_modulus_uses_uint64_words():
+    config = SecAggConfig(num_clients=5, vector_length=8, max_abs=2**50)
+    assert config.bits == 54
+    inputs = _inputs(5, 8, 2**50)
+    assert np.array_equal(run_round(config, round_id=2, inputs=inputs).total, sum(inputs.values()))
+
+
+@pytest.mark.parametrize("stage", [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT,
+                                   Stage.CONSISTENCY_CHECK, Stage.UNMASK])
+def test_dropouts_at_each_stage(stage):
+    n, d = 14, 20
+    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=1000, num_neighbours=8)  # t = 5
+    inputs = _inputs(n, d, 1000, seed=stage.value)
+    dropped = {2, 9}
+    result = run_round(config, round_id=11, inputs=inputs, dropouts={stage: dropped})
+    in_sum = [c for c in range(n) if stage.value > Stage.MASKED_INPUT.value or c not in dropped]
+    assert result.survivors == tuple(in_sum)
+    assert np.array_equal(result.total, sum(inputs[c] for c in in_sum))
+
+
+def test_dropouts_spread_over_all_stages():
+    n, d = 20, 10
+    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=50, num_neighbours=10)  # t = 6
+    inputs = _inputs(n, d, 50, seed=5)
+    schedule = {Stage.ADVERTISE_KEYS: {0}, Stage.SHARE_KEYS: {5}, Stage.MASKED_INPUT: {10},
+                Stage.CONSISTENCY_CHECK: {15}, Stage.UNMASK: {19}}
+    result = run_round(config, round_id=12, inputs=inputs, dropouts=schedule)
+    expected = [c for c in range(n) if c not in {0, 5, 10}]
+    assert result.survivors == tuple(expected)
+    assert np.array_equal(result.total, sum(inputs[c] for c in expected))
+
+
+# --- just enough / one too many --------------------------------------------------------
+
+N, K = 12, 4  # t = 3: a client can lose k - t = 1 neighbour
+TARGET = 0
+
+
+def _drop_neighbours(stage: Stage, how_many: int):
+    def schedule(graph):
+        return {stage: set(graph[TARGET][:how_many])}
+
+    return schedule
+
+
+@pytest.mark.parametrize("stage", [Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK])
+def test_just_enough_neighbours_survive(stage):
+    config = SecAggConfig(num_clients=N, vector_length=6, max_abs=100, num_neighbours=K)
+    assert config.t == 3
+    inputs = _inputs(N, 6, 100, seed=21)
+    result = run_round(config, round_id=21, inputs=inputs, dropouts=_drop_neighbours(stage, K - config.t))
+    assert TARGET in result.survivors
+    assert np.array_equal(result.total, sum(inputs[c] for c in result.survivors))
+
+
+@pytest.mark.parametrize("stage", [Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK])
+def test_one_too_many_dropouts_abort(stage):
+    config = SecAggConfig(num_clients=N, vector_length=6, max_abs=100, num_neighbours=K)
+    inputs = _inputs(N, 6, 100, seed=22)
+    with pytest.raises(AggregationAborted):
+        run_round(config, round_id=22, inputs=inputs, dropouts=_drop_neighbours(stage, K - config.t + 1))
+
+
+def test_too_few_clients_abort_before_anything_is_shared():
+    config = SecAggConfig(num_clients=10, vector_length=3, max_abs=10, num_neighbours=6)  # t = 4
+    inputs = _inputs(10, 3, 10)
+    with pytest.raises(AggregationAborted, match="advertised"):
+        run_round(config, round_id=1, inputs=inputs, dropouts={Stage.ADVERTISE_KEYS: set(range(6))})
+
+
+def test_aborted_server_returns_nothing():
+    config = SecAggConfig(num_clients=N, vector_length=6, max_abs=100, num_neighbours=K)
+    _, directory = make_identities(list(range(N)))
+    server = ServerSession(config, round_id=1, identities=directory)
+    with pytest.raises(AggregationAborted):
+        server.close_advertise_keys()
+    assert server.stage is Stage.ABORTED
+    with pytest.raises(ProtocolViolation):
+        server.finish()
+
+
+# --- stage machine ----------------------------------------------------------------------
+
+
+def test_client_rejects_out_of_order_calls_and_stays_aborted():
+    config = SecAggConfig(num_clients=5, vector_length=3, max_abs=10)
+    keys, directory = make_identities(list(range(5)))
+    client = ClientSession(config, round_id=1, client_id=0, identity_key=keys[0], peer_identities=directory)
+    with pytest.raises(ProtocolViolation, match="expected UNMASK"):
+        client.unmask(None)  # type: ignore[arg-type]
+    assert client.stage is Stage.ADVERTISE_KEYS  # an out-of-order call changes nothing
+    client.advertise_keys()
+    with pytest.raises(ProtocolViolation, match="ADVERTISE_KEYS"):
+        client.advertise_keys()
+    from mrff_secure.secagg.messages import KeyRoster
+
+    with pytest.raises(ProtocolViolation):
+        client.share_keys(KeyRoster(2, ()))  # wrong round
+    assert client.stage is Stage.ABORTED
+    with pytest.raises(ProtocolViolation, match="ABORTED"):
+        client.share_keys(KeyRoster(1, ()))
+
+
+def test_client_refuses_a_wrong_identity_directory():
+    config = SecAggConfig(num_clients=5, vector_length=3, max_abs=10)
+    keys, directory = make_identities(list(range(5)))
+    from mrff_secure.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        ClientSession(config, round_id=1, client_id=0, identity_key=keys[1], peer_identities=directory)
+
+
+def test_server_ignores_bad_client_messages_and_goes_on():
+    n = 6
+    config = SecAggConfig(num_clients=n, vector_length=4, max_abs=10)
+    keys, directory = make_identities(list(range(n)))
+    server = ServerSession(config, round_id=3, identities=directory)
+    clients = [ClientSession(config, round_id=3, client_id=c, identity_key=keys[c], peer_identities=directory)
+               for c in range(n)]
+    adverts = [c.advertise_keys() for c in clients]
+    for a in adverts:
+        server.receive_advertise_keys(a)
+    with pytest.raises(ProtocolViolation, match="already"):
+        server.receive_advertise_keys(adverts[0])
+    roster = server.close_advertise_keys()
+    for c in clients:
+        server.receive_share_keys(c.share_keys(roster))
+    deliveries = server.close_share_keys()
+    masked = [c.masked_input(deliveries[c.client_id], np.arange(4)) for c in clients]
+    with pytest.raises(ProtocolViolation, match="expected 4 of"):
+        server.receive_masked_input(MaskedInput(3, 0, config.bits, 3, packing.pack(np.zeros(3, np.uint64), config.bits)))
+    with pytest.raises(ProtocolViolation):
+        server.receive_masked_input(MaskedInput(3, 0, config.bits, 4, b"\x00"))
+    for m in masked:
+        server.receive_masked_input(wire(m))
+    survivors = server.close_masked_input()
+    for c in clients:
+        server.receive_consistency_signature(c.consistency_check(survivors))
+    requests = server.close_consistency_check()
+    for c in clients:
+        server.receive_unmask_response(c.unmask(requests[c.client_id]))
+    assert np.array_equal(server.finish().total, n * np.arange(4))
+
+
+# --- what the server sees ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [16, 20, 32])
+def test_masked_vector_is_uniform(bits):
+    """One client's upload, for an all-zero input, passes a chi-square test over its bytes."""
+    n, d = 8, 4096
+    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=1, modulus_bits=bits)
+    keys, directory = make_identities(list(range(n)))
+    server = ServerSession(config, round_id=9, identities=directory)
+    clients = [ClientSession(config, round_id=9, client_id=c, identity_key=keys[c], peer_identities=directory)
+               for c in range(n)]
+    for c in clients:
+        server.receive_advertise_keys(c.advertise_keys())
+    roster = server.close_advertise_keys()
+    for c in clients:
+        server.receive_share_keys(c.share_keys(roster))
+    deliveries = server.close_share_keys()
+    upload = clients[0].masked_input(deliveries[0], np.zeros(d, dtype=np.int64))
+    assert len(upload.payload) * 8 == d * bits  # bits per value = the modulus width
+    data = np.frombuffer(upload.payload, dtype=np.uint8)
+    counts = np.bincount(data, minlength=256)
+    expected = data.size / 256
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 330.5, chi2  # 255 degrees of freedom, p = 0.001
+    values = from_ring(packing.unpack(upload.payload, bits, d), bits)
+    assert np.count_nonzero(values == 0) < 20  # the zero input does not show through
