@@ -1,0 +1,43 @@
+"""Differential privacy: clipping, noise mechanisms, accounting (opacus), calibration, `mrff privacy`.
+
+Modules: ``config`` (DPConfig), ``clipping``, ``sensitivity`` (the unclipped count part),
+``mechanisms`` (Gaussian, distributed discrete Gaussian, Skellam), ``rotation`` (randomized
+Hadamard), ``discretize`` (scaling, conditional rounding, modular clipping), ``distributed``
+(encode/decode plan for secure aggregation), ``accounting``, ``calibration``, ``ledger``,
+``command`` (the CLI's logic).
+"""
+
+from .accounting import (
+    Epsilons,
+    discrete_epsilon,
+    epsilon,
+    gaussian_epsilons,
+    local_upload_epsilon,
+    prv_epsilon,
+    rdp_epsilon,
+)
+from .calibration import epsilon_for_noise_multiplier, noise_multiplier_for_epsilon, resolve_noise_multiplier
+from .clipping import clip_l2, clip_prefix_l2
+from .command import add_privacy_arguments, privacy_main, privacy_report
+from .config import DPConfig, default_delta, min_survivors
+from .distributed import DistributedEncoder, DistributedPlan, choose_scale, plan_distributed
+from .ledger import PrivacyLedger
+from .mechanisms import (
+    DistributedDiscreteGaussian,
+    DistributedSkellam,
+    GaussianMechanism,
+    NoiseMechanism,
+    check_survivors,
+)
+from .rotation import RandomizedHadamard
+from .sensitivity import compose_noise_multipliers, count_part_sensitivity, effective_noise_multiplier
+
+__all__ = [
+    "DPConfig", "DistributedDiscreteGaussian", "DistributedEncoder", "DistributedPlan", "DistributedSkellam",
+    "Epsilons", "GaussianMechanism", "NoiseMechanism", "PrivacyLedger", "RandomizedHadamard",
+    "add_privacy_arguments", "check_survivors", "choose_scale", "clip_l2", "clip_prefix_l2",
+    "compose_noise_multipliers", "count_part_sensitivity", "default_delta", "discrete_epsilon",
+    "effective_noise_multiplier", "epsilon", "epsilon_for_noise_multiplier", "gaussian_epsilons",
+    "local_upload_epsilon", "min_survivors", "noise_multiplier_for_epsilon", "plan_distributed",
+    "privacy_main", "privacy_report", "prv_epsilon", "rdp_epsilon", "resolve_noise_multiplier",
+]

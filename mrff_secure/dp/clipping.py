@@ -36,7 +36,9 @@ def _clip_numpy(x: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray]:
         raise PrivacyError("clip_l2 got a non-finite value (NaN or inf) in the update")
     rows = np.atleast_2d(x).astype(np.float64)  # (clients, d)
     norms = np.linalg.norm(rows, axis=1)  # (clients,)
-    factor = np.minimum(1.0, clip / np.maximum(norms, np.finfo(np.float64).tiny))
+    factor = np.ones_like(norms)
+    over = norms > clip
+    factor[over] = clip / norms[over]
     out = (rows * factor[:, None]).astype(x.dtype)
     # Rounding (the product, then the cast back to x.dtype) can leave a norm a few ulps above C.
     for _ in range(64):
@@ -57,7 +59,7 @@ def _clip_torch(x: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tenso
         raise PrivacyError("clip_l2 got a non-finite value (NaN or inf) in the update")
     rows = torch.atleast_2d(x).to(torch.float64)  # (clients, d)
     norms = torch.linalg.vector_norm(rows, dim=1)  # (clients,)
-    factor = torch.clamp(clip / torch.clamp(norms, min=torch.finfo(torch.float64).tiny), max=1.0)
+    factor = torch.where(norms > clip, clip / torch.clamp(norms, min=clip), torch.ones_like(norms))
     out = (rows * factor[:, None]).to(x.dtype)
     shrink = 1.0 - 4.0 * torch.finfo(x.dtype).eps
     for _ in range(64):

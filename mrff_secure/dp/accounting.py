@@ -1,0 +1,295 @@
+"""Privacy accounting: opacus' PRV (headline) and RDP (cross-check) accountants, user level.
+
+Gaussian case (local mode, and the continuous limit of distributed mode): the history is
+[(noise_multiplier, sample_rate, steps), ...] exactly as opacus' accountants keep it; one step is
+one round, the unit of privacy is one user (add/remove), ``sample_rate`` is the Poisson
+client-sampling rate. Amplification by sampling assumes the adversary does not learn which users
+took part in a round; set sample_rate=1 (worst case) where it does.
+
+Conventions: a history with a z = 0 entry that touches a user yields ``math.inf`` (no noise, no
+guarantee, never 0); an empty history yields 0.0 (nothing released). The PRV accountant breaks
+down numerically for very large epsilons (it can return ``inf`` or, worse, a too-small finite
+value near 709 where exp overflows): we skip it when RDP already exceeds ``PRV_MAX_EPSILON`` and
+discard a non-finite or overflow-range result; the report then carries ``prv=None`` and a note.
+
+Discrete mechanisms (distributed mode): the RDP bounds of the distributed discrete Gaussian
+(Kairouz, Liu, Steinke 2021, Prop. 14) and of Skellam (Agarwal, Kairouz, Liu 2021, Thm. 3.5 /
+Cor. 3.6), written here from the papers, composed over rounds and converted with opacus'
+``get_privacy_spent``. We do NOT amplify them by sampling (conservative): every round counts.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+from mrff_secure.errors import PrivacyError
+
+from .discretize import rounded_l1_bound, rounded_l2_bound
+
+HistoryEntry = tuple[float, float, int]
+PRV_MAX_EPSILON = 500.0  # skip PRV beyond this RDP epsilon (numerically unreliable, and slow)
+PRV_OVERFLOW_EPSILON = 700.0  # a PRV result at or above this is exp-overflow garbage
+PRV_EPS_ERROR = 0.01
+# Integer orders for the discrete bounds (Skellam's bound is stated for integer alpha > 1).
+DISCRETE_ORDERS: tuple[int, ...] = tuple(range(2, 129)) + (160, 192, 256, 384, 512, 1024)
+
+
+def _check_delta(delta: float) -> float:
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < delta < 1.0:
+        raise PrivacyError(f"delta must be a number in (0, 1), got {delta!r}")
+    return float(delta)
+
+
+def _check_entry(entry: Sequence[float]) -> HistoryEntry:
+    if len(entry) != 3:
+        raise PrivacyError(f"a history entry is (noise_multiplier, sample_rate, steps), got {entry!r}")
+    z, q, steps = entry
+    if isinstance(z, bool) or not isinstance(z, (int, float)) or not math.isfinite(z) or z < 0:
+        raise PrivacyError(f"noise_multiplier must be a finite number >= 0, got {z!r}")
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 <= q <= 1.0:
+        raise PrivacyError(f"sample_rate must be in [0, 1], got {q!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise PrivacyError(f"steps must be an integer >= 0, got {steps!r}")
+    return float(z), float(q), int(steps)
+
+
+def normalize_history(history: Sequence[Sequence[float]]) -> list[HistoryEntry]:
+    """Validate, drop entries that touch no user (steps 0 or sample_rate 0), merge neighbours."""
+    out: list[HistoryEntry] = []
+    for entry in history:
+        z, q, steps = _check_entry(entry)
+        if steps == 0 or q == 0.0:
+            continue
+        if out and out[-1][0] == z and out[-1][1] == q:
+            out[-1] = (z, q, out[-1][2] + steps)
+        else:
+            out.append((z, q, steps))
+    return out
+
+
+def rdp_epsilon(*, history: Sequence[Sequence[float]], delta: float) -> float:
+    """Epsilon from opacus' RDPAccountant (its default orders) for a Gaussian history."""
+    delta = _check_delta(delta)
+    hist = normalize_history(history)
+    if not hist:
+        return 0.0
+    if any(z == 0.0 for z, _, _ in hist):
+        return math.inf
+    acc = RDPAccountant()
+    acc.history = list(hist)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(acc.get_epsilon(delta=delta))
+
+
+def prv_epsilon(*, history: Sequence[Sequence[float]], delta: float, eps_error: float = PRV_EPS_ERROR) -> float:
+    """Epsilon from opacus' PRVAccountant (upper bound) for a Gaussian history.
+
+    Raises PrivacyError when the accountant fails or returns a value in its overflow range.
+    """
+    delta = _check_delta(delta)
+    hist = normalize_history(history)
+    if not hist:
+        return 0.0
+    if any(z == 0.0 for z, _, _ in hist):
+        return math.inf
+    acc = PRVAccountant()
+    acc.history = list(hist)
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            eps = float(acc.get_epsilon(delta=delta, eps_error=eps_error))
+    except (RuntimeError, ValueError, FloatingPointError, OverflowError) as exc:
+        raise PrivacyError(f"the PRV accountant failed on {hist}: {exc}") from exc
+    if not math.isfinite(eps) or eps >= PRV_OVERFLOW_EPSILON:
+        raise PrivacyError(f"the PRV accountant returned {eps} for {hist}: outside its numerical range")
+    return eps
+
+
+@dataclass(frozen=True)
+class Epsilons:
+    """Epsilon at ``delta`` from both accountants. ``prv`` is None where PRV could not be trusted
+    (see ``prv_note``); ``headline`` is PRV when available, else RDP."""
+
+    prv: float | None
+    rdp: float
+    delta: float
+    prv_note: str | None = None
+
+    @property
+    def headline(self) -> float:
+        return self.prv if self.prv is not None else self.rdp
+
+
+def gaussian_epsilons(*, history: Sequence[Sequence[float]], delta: float) -> Epsilons:
+    """PRV (headline) and RDP (cross-check) epsilons of a Gaussian history at ``delta``."""
+    rdp = rdp_epsilon(history=history, delta=delta)
+    if rdp == 0.0 or math.isinf(rdp):
+        return Epsilons(prv=rdp, rdp=rdp, delta=float(delta))
+    if rdp > PRV_MAX_EPSILON:
+        return Epsilons(
+            prv=None, rdp=rdp, delta=float(delta),
+            prv_note=f"PRV not computed: RDP epsilon {rdp:.4g} > {PRV_MAX_EPSILON:g} is beyond its numerical range",
+        )
+    try:
+        prv = prv_epsilon(history=history, delta=delta)
+    except PrivacyError as exc:
+        return Epsilons(prv=None, rdp=rdp, delta=float(delta), prv_note=str(exc))
+    return Epsilons(prv=prv, rdp=rdp, delta=float(delta))
+
+
+def epsilon(*, noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> Epsilons:
+    """User-level epsilon after ``rounds`` rounds of Poisson client sampling at ``sample_rate``."""
+    return gaussian_epsilons(history=[(noise_multiplier, sample_rate, rounds)], delta=delta)
+
+
+def local_upload_epsilon(*, noise_multiplier: float, delta: float) -> Epsilons:
+    """Epsilon of one local-mode upload seen on its own (one step, sample_rate 1)."""
+    return gaussian_epsilons(history=[(noise_multiplier, 1.0, 1)], delta=delta)
+
+
+# ---------------------------------------------------------------- discrete mechanisms
+
+
+def _orders(orders: Sequence[float]) -> np.ndarray:
+    arr = np.asarray(orders, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0 or np.any(arr <= 1.0) or np.any(arr != np.floor(arr)):
+        raise PrivacyError("RDP orders for the discrete mechanisms must be integers > 1")
+    return arr
+
+
+def ddg_tau(*, share_sigma: float, n_shares: int) -> float:
+    """tau = 10 * sum_{k=1}^{n-1} exp(-2 pi^2 sigma^2 k / (k+1)) (Kairouz et al. 2021)."""
+    k = np.arange(1, n_shares, dtype=np.float64)
+    return float(10.0 * np.sum(np.exp(-2.0 * math.pi**2 * share_sigma**2 * k / (k + 1.0))))
+
+
+def ddg_rdp(
+    *, orders: Sequence[float], l2_sensitivity: float, l1_sensitivity: float, share_sigma: float,
+    n_shares: int, dim: int,
+) -> np.ndarray:
+    """RDP of a sum of ``n_shares`` discrete Gaussians N_Z(0, sigma^2) per coordinate in ``dim``
+    coordinates, for an integer difference of L2 norm <= Delta2, L1 norm <= Delta1
+    (Kairouz, Liu, Steinke 2021, Prop. 14; needs sigma >= 1/2). With a = Delta2 / (sqrt(n) sigma),
+    b = Delta1 / (sqrt(n) sigma):
+
+        eps(alpha) = min( alpha a^2 / 2 + tau d,
+                          alpha / 2 (a^2 + 2 b tau + tau^2 d),
+                          alpha / 2 (a + tau sqrt(d))^2 )
+    """
+    if share_sigma < 0.5:
+        raise PrivacyError(f"the discrete Gaussian bound needs share sigma >= 1/2, got {share_sigma}")
+    if n_shares < 1 or dim < 1:
+        raise PrivacyError(f"n_shares and dim must be >= 1, got {n_shares}, {dim}")
+    alpha = _orders(orders)
+    root = math.sqrt(n_shares) * share_sigma
+    a = l2_sensitivity / root
+    b = l1_sensitivity / root
+    tau = ddg_tau(share_sigma=share_sigma, n_shares=n_shares)
+    t1 = alpha * a * a / 2.0 + tau * dim
+    t2 = alpha / 2.0 * (a * a + 2.0 * b * tau + tau * tau * dim)
+    t3 = alpha / 2.0 * (a + tau * math.sqrt(dim)) ** 2
+    return np.minimum(np.minimum(t1, t2), t3)
+
+
+def skellam_rdp(
+    *, orders: Sequence[float], l2_sensitivity: float, l1_sensitivity: float, total_variance: float
+) -> np.ndarray:
+    """RDP of the multi-dimensional Skellam mechanism with per-coordinate variance V (integer
+    alpha > 1; Agarwal, Kairouz, Liu 2021, written with V = 2 mu):
+
+        eps(alpha) = alpha Delta2^2 / (2 V) + min( ((2 alpha - 1) Delta2^2 + 6 Delta1) / (4 V^2),
+                                                   3 Delta1 / (2 V) )
+    """
+    if total_variance <= 0:
+        raise PrivacyError(f"Skellam total variance must be > 0, got {total_variance}")
+    alpha = _orders(orders)
+    d2sq = l2_sensitivity**2
+    v = total_variance
+    extra = np.minimum(((2.0 * alpha - 1.0) * d2sq + 6.0 * l1_sensitivity) / (4.0 * v * v), 3.0 * l1_sensitivity / (2.0 * v))
+    return alpha * d2sq / (2.0 * v) + extra
+
+
+def rdp_to_epsilon(*, orders: Sequence[float], rdp: Sequence[float], delta: float) -> float:
+    """(epsilon, delta) from an RDP curve, by opacus' ``get_privacy_spent``."""
+    delta = _check_delta(delta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eps, _ = get_privacy_spent(orders=list(orders), rdp=list(rdp), delta=delta)
+    return float(eps)
+
+
+def gaussian_rdp_epsilon_at_orders(
+    *, noise_multiplier: float, rounds: int, delta: float, orders: Sequence[float] = DISCRETE_ORDERS
+) -> float:
+    """The continuous Gaussian's epsilon (no sampling) at the same orders as the discrete bounds:
+    the limit the discrete figures approach as the scale grows."""
+    if noise_multiplier == 0:
+        return math.inf
+    rdp = compute_rdp(q=1.0, noise_multiplier=noise_multiplier, steps=rounds, orders=list(orders))
+    return rdp_to_epsilon(orders=orders, rdp=rdp, delta=delta)
+
+
+@dataclass(frozen=True)
+class DiscreteAccount:
+    """The discrete mechanism's guarantee and the integer-domain quantities behind it."""
+
+    mechanism: str
+    epsilon: float
+    delta: float
+    rounds: int
+    l2_sensitivity: float  # rounded-vector bound, integer units
+    l1_sensitivity: float
+    total_std: float  # std of the sum's noise over n_min shares, integer units (z * C * scale)
+    n_shares: int
+
+
+def discrete_epsilon(
+    *, mechanism: str, noise_multiplier: float, clip: float, scale: float, dim: int, n_min: int,
+    rounds: int, delta: float, beta: float, l2_bound: float | None = None,
+    orders: Sequence[float] = DISCRETE_ORDERS,
+) -> DiscreteAccount:
+    """Epsilon of ``rounds`` rounds of a distributed discrete mechanism, worst case n_min shares.
+
+    ``dim`` is the rotated (padded) length; ``l2_bound`` the float L2 bound of a client's whole
+    vector (defaults to ``clip``; larger when an unclipped count part rides along); the noise in
+    the sum has std z * C * scale over n_min shares. No amplification by sampling.
+    """
+    if mechanism not in ("discrete_gaussian", "skellam"):
+        raise PrivacyError(f"mechanism must be 'discrete_gaussian' or 'skellam', got {mechanism!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise PrivacyError(f"rounds must be an integer >= 0, got {rounds!r}")
+    if isinstance(n_min, bool) or not isinstance(n_min, int) or n_min < 1:
+        raise PrivacyError(f"n_min must be a positive integer, got {n_min!r}")
+    if not (math.isfinite(clip) and clip > 0 and math.isfinite(scale) and scale > 0):
+        raise PrivacyError(f"clip and scale must be finite and > 0, got {clip!r}, {scale!r}")
+    if not math.isfinite(noise_multiplier) or noise_multiplier < 0:
+        raise PrivacyError(f"noise_multiplier must be finite and >= 0, got {noise_multiplier!r}")
+    delta = _check_delta(delta)
+    bound = clip if l2_bound is None else l2_bound
+    if not math.isfinite(bound) or bound < clip:
+        raise PrivacyError(f"l2_bound must be finite and >= clip={clip}, got {l2_bound!r}")
+    d2 = rounded_l2_bound(scaled_norm=bound * scale, dim=dim, beta=beta)
+    d1 = rounded_l1_bound(l2_bound=d2, dim=dim)
+    total_std = noise_multiplier * clip * scale
+    account = dict(mechanism=mechanism, delta=delta, rounds=rounds, l2_sensitivity=d2,
+                   l1_sensitivity=d1, total_std=total_std, n_shares=n_min)
+    if rounds == 0:
+        return DiscreteAccount(epsilon=0.0, **account)
+    if total_std == 0.0:
+        return DiscreteAccount(epsilon=math.inf, **account)
+    if mechanism == "discrete_gaussian":
+        per_round = ddg_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1,
+                            share_sigma=total_std / math.sqrt(n_min), n_shares=n_min, dim=dim)
+    else:
+        per_round = skellam_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1,
+                                total_variance=total_std**2)
+    eps = rdp_to_epsilon(orders=orders, rdp=per_round * rounds, delta=delta)
+    return DiscreteAccount(epsilon=eps, **account)

@@ -1,0 +1,213 @@
+"""Noise mechanisms behind one interface: ``mechanism.add_noise(x, *, rng) -> noisy x``.
+
+- :class:`GaussianMechanism` (floats, local mode): std z*C on every coordinate, numpy or torch.
+- :class:`DistributedDiscreteGaussian` and :class:`DistributedSkellam` (integers, distributed
+  mode): each client adds one share of variance (z*C*scale)^2 / n_min to its rotated, scaled,
+  rounded vector, so that a secure sum over at least n_min = ceil(n * (1 - max_dropout_fraction))
+  clients carries total variance >= (z*C*scale)^2. If fewer than n_min clients survive a round,
+  the sum's noise falls short of what was accounted: :func:`check_survivors` refuses that round.
+
+z = 0 adds no noise at all (the input comes back unchanged, as a copy).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from mrff_secure.errors import PrivacyError
+
+
+def _nonneg(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise PrivacyError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _positive(name: str, value: float) -> float:
+    v = _nonneg(name, value)
+    if v == 0.0:
+        raise PrivacyError(f"{name} must be > 0, got {value!r}")
+    return v
+
+
+def _check_n_min(n_min: int) -> int:
+    if isinstance(n_min, bool) or not isinstance(n_min, int) or n_min < 1:
+        raise PrivacyError(f"n_min must be a positive integer, got {n_min!r}")
+    return n_min
+
+
+def check_survivors(*, survivors: int, n_min: int) -> None:
+    """Refuse a distributed round whose survivors carry less noise than the accounting assumed."""
+    if survivors < n_min:
+        raise PrivacyError(
+            f"only {survivors} clients survived but the noise shares assume at least n_min={n_min}: "
+            "the sum would carry less noise than accounted; refuse the round"
+        )
+
+
+class NoiseMechanism(ABC):
+    """A noise mechanism: what one client (or the server in tests) adds to one vector or a batch."""
+
+    name: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def noise_std(self) -> float:
+        """Per-coordinate standard deviation of the noise one call adds (in the input's units)."""
+
+    @abstractmethod
+    def add_noise(self, x: Any, *, rng: Any) -> Any:
+        """Return ``x`` plus fresh noise on every coordinate (shape and type preserved)."""
+
+
+class GaussianMechanism(NoiseMechanism):
+    """Float Gaussian noise of std z*C on every coordinate (local mode: the full noise per upload).
+
+    ``add_noise`` takes numpy with a ``np.random.Generator`` or torch with a ``torch.Generator``
+    (the vectorized simulation's (clients, d) tensors).
+    """
+
+    name = "gaussian"
+
+    def __init__(self, *, noise_multiplier: float, clip: float) -> None:
+        self.noise_multiplier = _nonneg("noise_multiplier", noise_multiplier)
+        self.clip = _positive("clip", clip)
+
+    @property
+    def noise_std(self) -> float:
+        return self.noise_multiplier * self.clip
+
+    def add_noise(self, x: Any, *, rng: Any) -> Any:
+        std = self.noise_std
+        if isinstance(x, torch.Tensor):
+            if not torch.is_floating_point(x):
+                raise PrivacyError(f"GaussianMechanism needs a floating-point tensor, got {x.dtype}")
+            if not isinstance(rng, torch.Generator):
+                raise PrivacyError("a torch tensor needs a torch.Generator as rng")
+            if std == 0.0:
+                return x.clone()
+            noise = torch.randn(x.shape, generator=rng, dtype=x.dtype, device=x.device)
+            return x + noise * std
+        if isinstance(x, np.ndarray):
+            if not np.issubdtype(x.dtype, np.floating):
+                raise PrivacyError(f"GaussianMechanism needs a floating-point array, got {x.dtype}")
+            if not isinstance(rng, np.random.Generator):
+                raise PrivacyError("a numpy array needs a numpy.random.Generator as rng")
+            if std == 0.0:
+                return x.copy()
+            return (x + rng.normal(0.0, std, size=x.shape)).astype(x.dtype, copy=False)
+        raise PrivacyError(f"add_noise takes a numpy array or a torch tensor, got {type(x).__name__}")
+
+
+def sample_discrete_gaussian(sigma: float, size: int | tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Draw N_Z(0, sigma^2) (P[k] proportional to exp(-k^2 / (2 sigma^2))) as int64.
+
+    Rejection from a discrete Laplace of scale t = floor(sigma) + 1 (Canonne, Kamath, Steinke
+    2020, Alg. 3), vectorized; the Laplace is the difference of two geometric variables. The
+    acceptance test is computed in floating point (not the paper's exact-arithmetic version).
+    """
+    s = _positive("sigma", sigma)
+    shape = (size,) if isinstance(size, int) else tuple(size)
+    count = int(np.prod(shape, dtype=np.int64))
+    t = math.floor(s) + 1
+    p = -math.expm1(-1.0 / t)  # 1 - exp(-1/t)
+    out = np.empty(count, dtype=np.int64)
+    todo = np.arange(count)
+    while todo.size:
+        k = todo.size
+        y = rng.geometric(p, size=k).astype(np.int64) - rng.geometric(p, size=k).astype(np.int64)
+        accept_prob = np.exp(-((np.abs(y) - s * s / t) ** 2) / (2.0 * s * s))
+        ok = rng.random(k) < accept_prob
+        out[todo[ok]] = y[ok]
+        todo = todo[~ok]
+    return out.reshape(shape)
+
+
+def sample_skellam(variance: float, size: int | tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Draw symmetric Skellam noise Poisson(v/2) - Poisson(v/2) (variance v) as int64."""
+    v = _positive("variance", variance)
+    shape = (size,) if isinstance(size, int) else tuple(size)
+    return rng.poisson(v / 2.0, size=shape).astype(np.int64) - rng.poisson(v / 2.0, size=shape).astype(np.int64)
+
+
+class _DistributedIntegerMechanism(NoiseMechanism):
+    """One client's integer noise share: variance (z * C * scale)^2 / n_min per coordinate."""
+
+    def __init__(self, *, noise_multiplier: float, clip: float, scale: float, n_min: int) -> None:
+        self.noise_multiplier = _nonneg("noise_multiplier", noise_multiplier)
+        self.clip = _positive("clip", clip)
+        self.scale = _positive("scale", scale)
+        self.n_min = _check_n_min(n_min)
+
+    @property
+    def total_std(self) -> float:
+        """Std of the noise in a sum over n_min shares, integer units: z * C * scale."""
+        return self.noise_multiplier * self.clip * self.scale
+
+    @property
+    def share_variance(self) -> float:
+        """Variance of one client's share, integer units: (z C scale)^2 / n_min."""
+        return self.total_std**2 / self.n_min
+
+    @property
+    def noise_std(self) -> float:
+        return math.sqrt(self.share_variance)
+
+    def _check_input(self, x: Any, rng: Any) -> None:
+        if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.integer):
+            raise PrivacyError(f"{type(self).__name__} adds noise to integer numpy arrays (the rounded vector)")
+        if not isinstance(rng, np.random.Generator):
+            raise PrivacyError("rng must be a numpy.random.Generator")
+
+    @abstractmethod
+    def _sample(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray: ...
+
+    def add_noise(self, x: Any, *, rng: Any) -> np.ndarray:
+        self._check_input(x, rng)
+        if self.share_variance == 0.0:
+            return x.astype(np.int64, copy=True)
+        return x.astype(np.int64) + self._sample(x.shape, rng)
+
+
+class DistributedDiscreteGaussian(_DistributedIntegerMechanism):
+    """Distributed discrete Gaussian (Kairouz, Liu, Steinke 2021): share N_Z(0, sigma^2).
+
+    Their RDP bound (Prop. 14) needs sigma >= 1/2 per share: construction refuses a smaller
+    nonzero share (raise ``scale``).
+    """
+
+    name = "discrete_gaussian"
+
+    def __init__(self, *, noise_multiplier: float, clip: float, scale: float, n_min: int) -> None:
+        super().__init__(noise_multiplier=noise_multiplier, clip=clip, scale=scale, n_min=n_min)
+        if 0.0 < self.noise_std < 0.5:
+            raise PrivacyError(
+                f"discrete Gaussian share sigma={self.noise_std:.4g} < 1/2 (z={noise_multiplier}, C={clip}, "
+                f"scale={scale}, n_min={n_min}); the accounting bound needs sigma >= 1/2: raise the scale"
+            )
+
+    def _sample(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        return sample_discrete_gaussian(self.noise_std, shape, rng)
+
+
+class DistributedSkellam(_DistributedIntegerMechanism):
+    """Distributed Skellam (Agarwal, Kairouz, Liu 2021): share Poisson(v/2) - Poisson(v/2).
+
+    Sums of Skellam shares are exactly Skellam with the summed variance.
+    """
+
+    name = "skellam"
+
+    def _sample(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        return sample_skellam(self.share_variance, shape, rng)
+
+
+DISTRIBUTED_MECHANISM_CLASSES: dict[str, type[_DistributedIntegerMechanism]] = {
+    "discrete_gaussian": DistributedDiscreteGaussian,
+    "skellam": DistributedSkellam,
+}
