@@ -68,7 +68,7 @@ class FederationConfig:
     seed: int = 0
     min_group_size: int = 1  # plain simulation: no suppression; secure rounds use >= 2 (default 5)
     eval_every: int = 1
-    chunk_size: int = 0  # clients per vectorized chunk (0 = all at once)
+    chunk_size: int = 64  # clients per vectorized chunk (0 = all at once); bounds memory, avoids page-fault churn
 
     def __post_init__(self) -> None:
         if self.rounds < 0:

@@ -45,18 +45,24 @@ class LocalResult:
     routes: torch.Tensor  # (clients, blocks) long; (clients, 0) without MRFF
 
 
-def _optimizer_step(name: str, p: torch.Tensor, g: torch.Tensor, state: dict, step: int, optimizer: str,
-                    lr: float) -> torch.Tensor:
-    if optimizer == "sgd":
-        return p - lr * g
+def _adam_step(g: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None, step: int, lr: float,
+               last_step: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The change Adam makes to a parameter at `step` (1-based), as torch.optim.Adam computes it.
+
+    At the first step from a fresh state m_hat = g and v_hat = g^2, so the change is
+    -lr * g / (|g| + eps); that case runs in place on `g` without keeping state
+    (the hot path of the paper's one-step setup) when no later step needs the state.
+    """
     beta1, beta2 = ADAM_BETAS
-    m, v = state.get(name, (torch.zeros_like(g), torch.zeros_like(g)))
+    if step == 1 and last_step:
+        denom = g.abs().add_(ADAM_EPS)
+        return g.div_(denom).mul_(-lr), None
+    m, v = state if state is not None else (torch.zeros_like(g), torch.zeros_like(g))
     m = m * beta1 + (1 - beta1) * g
     v = v * beta2 + (1 - beta2) * g * g
-    state[name] = (m, v)
     bias1, bias2 = 1 - beta1 ** step, 1 - beta2 ** step
     denom = v.sqrt() / (bias2 ** 0.5) + ADAM_EPS
-    return p - (lr / bias1) * m / denom
+    return -(lr / bias1) * m / denom, (m, v)
 
 
 def train_clients(model: nn.Module, global_params: dict[str, torch.Tensor], private: dict[str, torch.Tensor],
@@ -64,28 +70,35 @@ def train_clients(model: nn.Module, global_params: dict[str, torch.Tensor], priv
                   group_fractions: torch.Tensor | None, *, balance_alpha: float, local_steps: int,
                   optimizer: str, lr: float) -> LocalResult:
     """Train a chunk of clients. private: (clients, *shape); seq/target/label: (clients, maxlen)."""
-    params = {**global_params, **private}
-    batched = {name: name in private for name in params}
-    state: dict = {}
+    names = list(global_params) + list(private)
+    deltas: dict[str, torch.Tensor] = {}  # accumulated change per parameter, (clients, *shape)
+    state: dict[str, tuple | None] = {}
     routes = None
 
     def loss_fn(p, s, t, y, r):
         return client_loss(model, p, s, t, y, group_fractions, balance_alpha, r)
 
     for step in range(1, local_steps + 1):
-        in_dims = ({n: (0 if b else None) for n, b in batched.items()}, 0, 0, 0, None if routes is None else 0)
-        grads, step_routes = vmap(grad(loss_fn, has_aux=True), in_dims=in_dims, randomness="different")(
-            params, seq, target, label, routes
-        )
-        if routes is None:
-            routes = step_routes if step_routes.numel() else None
-        params = {n: _optimizer_step(n, params[n], grads[n], state, step, optimizer, lr) for n in params}
-        batched = {n: True for n in params}
-    deltas = {n: params[n] - global_params[n] for n in global_params}
+        if step == 1:
+            params = {**global_params, **private}
+            in_dims = {n: (0 if n in private else None) for n in names}
+        else:
+            params = {n: (global_params[n] if n in global_params else private[n]) + deltas[n] for n in names}
+            in_dims = {n: 0 for n in names}
+        grads, step_routes = vmap(grad(loss_fn, has_aux=True), in_dims=(in_dims, 0, 0, 0, None if routes is None else 0),
+                                  randomness="different")(params, seq, target, label, routes)
+        if routes is None and step_routes.numel():
+            routes = step_routes  # the route of the first step holds for the whole round
+        for n in names:
+            if optimizer == "sgd":
+                change = grads[n].mul_(-lr)
+            else:
+                change, state[n] = _adam_step(grads[n], state.get(n), step, lr, step == local_steps)
+            deltas[n] = change if n not in deltas else deltas[n].add_(change)
     clients = seq.shape[0]
     return LocalResult(
-        deltas=deltas,
-        private={n: params[n].detach() for n in private},
+        deltas={n: deltas[n] for n in global_params},
+        private={n: private[n] + deltas[n] for n in private},
         routes=routes if routes is not None else torch.zeros(clients, 0, dtype=torch.long),
     )
 

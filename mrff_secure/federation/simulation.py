@@ -92,14 +92,17 @@ class FederatedSimulation:
                 self.private[n] = user_init.clone() if n == "user.vector" else p.detach().expand(users, *p.shape).clone()
         blocks, groups = self.layout.num_blocks, self.layout.num_groups
         # Balance loss uses last round's fractions; before any round, uniform (its gradient is then zero).
-        self.group_fractions = torch.full((blocks, groups), 1.0 / max(groups, 1)) if groups else None
+        self.group_fractions = torch.full((blocks, groups), 1.0 / max(groups, 1), dtype=self.global_params[next(iter(self.global_params))].dtype) if groups else None
         self.round_index = 0
         self._tensors = {
             name: torch.as_tensor(getattr(data, name))
             for name in ("train_seq", "train_target", "train_label", "val_seq", "val_item", "val_label",
                          "test_seq", "test_item", "test_label")
         }
-        self.num_examples = (self._tensors["train_target"] != 0).sum(1).to(torch.float32)
+        self.dtype = next(self.model.parameters()).dtype
+        for name in ("train_label", "val_label", "test_label"):
+            self._tensors[name] = self._tensors[name].to(self.dtype)
+        self.num_examples = (self._tensors["train_target"] != 0).sum(1).to(self.dtype)
 
     # ----------------------------------------------------------------- rounds
     def sample_clients(self, round_index: int) -> np.ndarray:
@@ -120,7 +123,7 @@ class FederatedSimulation:
         participants = self.sample_clients(r)
         torch.manual_seed(self.federation.seed * 1_000_003 + r)  # dropout noise, reproducible per round
         self.model.train()
-        vectors, routes_all = [], []
+        chunks = []
         for rows in self._chunks(participants):
             idx = torch.as_tensor(rows)
             result = train_clients(
@@ -131,20 +134,25 @@ class FederatedSimulation:
             )
             for n, t in result.private.items():
                 self.private[n][idx] = t
-            routes_all.append(result.routes)
-            vectors.append((result.deltas, result.routes, self.num_examples[idx]))
-        routes = torch.cat(routes_all)  # (clients, blocks)
+            chunks.append((idx, result))
         groups = self.layout.num_groups
-        # Phase 1: group counts alone. Phase 2: updates, with slots of too-small groups zeroed.
-        counts = (torch.nn.functional.one_hot(routes, groups).sum(0).to(torch.float32) if groups
+        routes = torch.cat([result.routes for _, result in chunks])  # (clients, blocks)
+        # Phase 1: the group counts alone. Phase 2: the updates, with slots of too-small groups zeroed.
+        counts = (torch.nn.functional.one_hot(routes, groups).sum(0).to(self.dtype) if groups
                   else torch.zeros(0, 0))
         suppressed = (counts > 0) & (counts < self.federation.min_group_size) if groups else None
-        update_vectors = torch.cat([
-            self.layout.build(deltas, chunk_routes, n_ex, suppressed) for deltas, chunk_routes, n_ex in vectors
-        ])  # (clients, layout.size)
-        if self.update_transform is not None:
-            update_vectors = self.update_transform(update_vectors, r)
-        summed = update_vectors.sum(0)
+        keep_individual = self.observer is not None and self.plain_individual_view
+        summed = torch.zeros(self.layout.size, dtype=self.dtype)
+        individual = []
+        while chunks:
+            idx, result = chunks.pop(0)
+            vectors = self.layout.build(result.deltas, result.routes, self.num_examples[idx], suppressed)
+            del result
+            if self.update_transform is not None:
+                vectors = self.update_transform(vectors, r)
+            summed += vectors.sum(0)
+            if keep_individual:
+                individual.append(vectors)
         averaging_counts = counts.masked_fill(suppressed, 0.0) if groups else counts
         self.global_params = apply_sum(self.global_params, self.layout, summed, len(participants), averaging_counts)
         if groups:
@@ -152,7 +160,7 @@ class FederatedSimulation:
         if self.observer is not None:
             self.observer.on_round(ServerView(
                 round_index=r, participants=participants, layout=self.layout, group_counts=counts,
-                summed_update=summed, individual_updates=update_vectors if self.plain_individual_view else None,
+                summed_update=summed, individual_updates=torch.cat(individual) if keep_individual else None,
             ))
         self.round_index += 1
         return RoundResult(r, len(participants), counts.to(torch.long).tolist(), time.perf_counter() - start)

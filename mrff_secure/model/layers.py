@@ -72,6 +72,14 @@ class UserEmbedding(nn.Module):
         return self.vector
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout from uniform draws (several times faster on CPU than bernoulli_ under vmap)."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.rand_like(x) >= p
+    return x * keep * (1.0 / (1.0 - p))
+
+
 def _uniform_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
     bound = 1.0 / math.sqrt(fan_in)
     return nn.init.uniform_(tensor, -bound, bound)
@@ -89,8 +97,8 @@ class FeedForward(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.dropout(F.linear(x, self.w1, self.b1), self.dropout, self.training).relu()
-        return F.dropout(F.linear(h, self.w2, self.b2), self.dropout, self.training)
+        h = dropout(F.linear(x, self.w1, self.b1), self.dropout, self.training).relu()
+        return dropout(F.linear(h, self.w2, self.b2), self.dropout, self.training)
 
 
 class CausalSelfAttention(nn.Module):
@@ -118,7 +126,7 @@ class CausalSelfAttention(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(head)  # (heads, seq, seq)
         causal = torch.ones(seq, seq, dtype=torch.bool, device=query.device).tril()
         scores = scores.masked_fill(~causal, float("-inf"))
-        weights = F.dropout(scores.softmax(-1), self.dropout, self.training)
+        weights = dropout(scores.softmax(-1), self.dropout, self.training)
         out = (weights @ v).transpose(0, 1).reshape(seq, hidden)
         return F.linear(out, self.out_weight, self.out_bias)
 

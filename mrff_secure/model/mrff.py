@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrff_secure.federation.roles import Role
-from mrff_secure.model.layers import MLP, FeedForward, _uniform_
+from mrff_secure.model.layers import MLP, FeedForward, _uniform_, dropout
 
 
 class UserFeedForward(FeedForward):
@@ -43,8 +43,8 @@ class GroupFeedForwards(nn.Module):
         b1 = route_one_hot @ self.b1
         w2 = torch.einsum("g,gij->ij", route_one_hot, self.w2)
         b2 = route_one_hot @ self.b2
-        h = F.dropout(F.linear(x, w1, b1), self.dropout, self.training).relu()
-        return F.dropout(F.linear(h, w2, b2), self.dropout, self.training)
+        h = dropout(F.linear(x, w1, b1), self.dropout, self.training).relu()
+        return dropout(F.linear(h, w2, b2), self.dropout, self.training)
 
 
 class MRFFFeedForward(nn.Module):

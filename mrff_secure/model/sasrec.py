@@ -18,7 +18,7 @@ from torch import nn
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.model.layers import MLP, AttributeEmbedding, CausalSelfAttention, FeedForward, UserEmbedding
+from mrff_secure.model.layers import MLP, AttributeEmbedding, CausalSelfAttention, FeedForward, UserEmbedding, dropout
 from mrff_secure.model.mrff import MRFFFeedForward
 
 
@@ -69,7 +69,7 @@ class SASRec(nn.Module):
         real = (seq != 0).to(self.positions.dtype)  # (seq,)
         user = self.user()
         x = self.items(seq) * math.sqrt(self.hidden) + self.positions  # (seq, hidden)
-        x = F.dropout(x, self.config.dropout, self.training) * real.unsqueeze(-1)
+        x = dropout(x, self.config.dropout, self.training) * real.unsqueeze(-1)
         all_probs, all_routes = [], []
         for i, block in enumerate(self.blocks):
             x, probs, route = block(x, real, user, None if routes is None else routes[i])
