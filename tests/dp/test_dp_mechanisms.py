@@ -1,0 +1,137 @@
+"""Noise statistics: seeded, tolerances of 6 standard errors of the sample variance."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mrff_secure.dp.mechanisms import (
+    DistributedDiscreteGaussian,
+    DistributedSkellam,
+    GaussianMechanism,
+    NoiseMechanism,
+    check_survivors,
+    sample_discrete_gaussian,
+    sample_skellam,
+)
+from mrff_secure.errors import PrivacyError
+
+
+def _var_tolerance(variance: float, n: int, excess_kurtosis: float = 0.0) -> float:
+    # SE of the sample variance: variance * sqrt(2 / (n - 1) + excess_kurtosis / n)
+    return 6.0 * variance * math.sqrt(2.0 / (n - 1) + excess_kurtosis / n)
+
+
+def test_interface():
+    for mech in (GaussianMechanism(noise_multiplier=1.0, clip=1.0),
+                 DistributedSkellam(noise_multiplier=1.0, clip=1.0, scale=10.0, n_min=4)):
+        assert isinstance(mech, NoiseMechanism)
+        assert mech.noise_std > 0
+
+
+@pytest.mark.parametrize("z, clip", [(0.1, 1.0), (0.5, 2.0), (1.3, 0.25)])
+def test_gaussian_numpy_std_is_z_times_c(z, clip):
+    mech = GaussianMechanism(noise_multiplier=z, clip=clip)
+    x = np.zeros((50, 1000))
+    noise = mech.add_noise(x, rng=np.random.default_rng(7)) - x
+    n = noise.size
+    target = (z * clip) ** 2
+    assert abs(noise.var() - target) <= _var_tolerance(target, n)
+    assert abs(noise.mean()) <= 6 * z * clip / math.sqrt(n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gaussian_torch_batch(dtype):
+    z, clip = 0.3, 1.5
+    mech = GaussianMechanism(noise_multiplier=z, clip=clip)
+    x = torch.ones((64, 800), dtype=dtype)  # (clients, d)
+    gen = torch.Generator().manual_seed(3)
+    noisy = mech.add_noise(x, rng=gen)
+    assert noisy.dtype == dtype and noisy.shape == x.shape
+    noise = (noisy - x).double()
+    target = (z * clip) ** 2
+    assert abs(noise.var().item() - target) <= _var_tolerance(target, noise.numel())
+    # same seed, same noise
+    again = mech.add_noise(x, rng=torch.Generator().manual_seed(3))
+    assert torch.equal(again, noisy)
+
+
+def test_zero_noise_multiplier_adds_nothing():
+    mech = GaussianMechanism(noise_multiplier=0.0, clip=1.0)
+    x = np.arange(6.0)
+    out = mech.add_noise(x, rng=np.random.default_rng(0))
+    assert np.array_equal(out, x) and out is not x
+    t = torch.arange(6.0)
+    assert torch.equal(mech.add_noise(t, rng=torch.Generator()), t)
+    ints = np.arange(5, dtype=np.int64)
+    for cls in (DistributedDiscreteGaussian, DistributedSkellam):
+        m = cls(noise_multiplier=0.0, clip=1.0, scale=100.0, n_min=3)
+        assert np.array_equal(m.add_noise(ints, rng=np.random.default_rng(0)), ints)
+
+
+def test_rng_must_match_array_type():
+    mech = GaussianMechanism(noise_multiplier=1.0, clip=1.0)
+    with pytest.raises(PrivacyError):
+        mech.add_noise(torch.zeros(3), rng=np.random.default_rng(0))
+    with pytest.raises(PrivacyError):
+        mech.add_noise(np.zeros(3), rng=torch.Generator())
+    with pytest.raises(PrivacyError):
+        DistributedSkellam(noise_multiplier=1.0, clip=1.0, scale=10.0, n_min=2).add_noise(
+            np.zeros(3), rng=np.random.default_rng(0))  # floats, not integers
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 3.7, 40.0])
+def test_discrete_gaussian_sampler(sigma):
+    x = sample_discrete_gaussian(sigma, 200_000, np.random.default_rng(11))
+    assert x.dtype == np.int64
+    # exact variance of N_Z(0, sigma^2) by summing its pmf
+    k = np.arange(-int(12 * sigma) - 10, int(12 * sigma) + 11)
+    w = np.exp(-(k**2) / (2 * sigma**2))
+    var = float((w * k**2).sum() / w.sum())
+    assert abs(x.var() - var) <= _var_tolerance(var, x.size, excess_kurtosis=1.0)
+    assert abs(x.mean()) <= 6 * math.sqrt(var / x.size)
+    # pmf of 0 (chi-square-free check of the shape at the mode)
+    p0 = 1.0 / w.sum()
+    assert abs((x == 0).mean() - p0) <= 6 * math.sqrt(p0 * (1 - p0) / x.size)
+
+
+def test_skellam_sampler():
+    x = sample_skellam(12.5, 200_000, np.random.default_rng(5))
+    assert abs(x.var() - 12.5) <= _var_tolerance(12.5, x.size, excess_kurtosis=1 / 12.5)
+
+
+@pytest.mark.parametrize("cls", [DistributedDiscreteGaussian, DistributedSkellam])
+@pytest.mark.parametrize("n, frac", [(10, 0.0), (25, 0.2)])
+def test_distributed_shares_sum_to_target_variance(cls, n, frac):
+    z, clip, scale = 0.7, 1.0, 64.0
+    n_min = math.ceil(n * (1 - frac))
+    mech = cls(noise_multiplier=z, clip=clip, scale=scale, n_min=n_min)
+    assert mech.share_variance == pytest.approx((z * clip * scale) ** 2 / n_min)
+    d = 4000
+    rng = np.random.default_rng(2024)
+    zeros = np.zeros((n_min, d), dtype=np.int64)  # the worst case: exactly n_min survivors
+    total = mech.add_noise(zeros, rng=rng).sum(axis=0)  # (d,)
+    target = (z * clip * scale) ** 2
+    assert abs(total.var() - target) <= _var_tolerance(target, d, excess_kurtosis=1 / target)
+    # with all n clients present the sum carries at least the target
+    full = mech.add_noise(np.zeros((n, d), dtype=np.int64), rng=rng).sum(axis=0)
+    assert full.var() >= target - _var_tolerance(target, d, excess_kurtosis=1 / target)
+
+
+def test_discrete_gaussian_share_below_half_refused():
+    with pytest.raises(PrivacyError, match="sigma"):
+        DistributedDiscreteGaussian(noise_multiplier=0.1, clip=1.0, scale=1.0, n_min=100)
+
+
+def test_check_survivors():
+    check_survivors(survivors=8, n_min=8)
+    with pytest.raises(PrivacyError, match="n_min=8"):
+        check_survivors(survivors=7, n_min=8)
+
+
+@pytest.mark.parametrize("bad", [dict(noise_multiplier=-1.0, clip=1.0), dict(noise_multiplier=1.0, clip=0.0),
+                                 dict(noise_multiplier=float("nan"), clip=1.0)])
+def test_bad_parameters(bad):
+    with pytest.raises(PrivacyError):
+        GaussianMechanism(**bad)
