@@ -1,0 +1,114 @@
+"""`mrff ...`: the command line. Thin: parse, build configs, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mrff_secure.config import FederationConfig, ModelConfig
+from mrff_secure.errors import MrffError
+
+DATASETS = ("synthetic", "kuaisar-r", "recbole")
+
+
+def load_dataset(args: argparse.Namespace):
+    from mrff_secure.data import load_kuaisar_r, load_recbole, make_synthetic
+
+    if args.dataset == "synthetic":
+        return make_synthetic(num_users=args.synthetic_users, seed=args.data_seed,
+                              maxlen=args.maxlen or 30)
+    if args.data_dir is None:
+        raise MrffError(f"--dataset {args.dataset} needs --data-dir DIR")
+    if args.dataset == "kuaisar-r":
+        return load_kuaisar_r(args.data_dir, maxlen=args.maxlen or 65)
+    return load_recbole(args.data_dir, name=args.recbole_name, maxlen=args.maxlen or 50,
+                        label_field=args.label_field, rating_threshold=args.rating_threshold)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=DATASETS, default="synthetic", help="synthetic needs no download")
+    p.add_argument("--data-dir", type=Path, help="folder of the dataset files (kuaisar-r, recbole)")
+    p.add_argument("--recbole-name", help="atomic file stem (default: the folder name)")
+    p.add_argument("--label-field", default="label", help="recbole: 0/1 label column, else rating >= threshold")
+    p.add_argument("--rating-threshold", type=float, default=4.0)
+    p.add_argument("--synthetic-users", type=int, default=400)
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic generator")
+    p.add_argument("--backbone", choices=("sasrec",), default="sasrec")
+    p.add_argument("--no-mrff", action="store_true", help="plain shared FFN: the FedSASRec baseline")
+    p.add_argument("--groups", type=int, default=4)
+    p.add_argument("--blocks", type=int, default=2)
+    p.add_argument("--heads", type=int, default=1)
+    p.add_argument("--attribute-dim", type=int, default=8)
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--maxlen", type=int, default=0, help="0 = dataset default (kuaisar-r 65, recbole 50, synthetic 30)")
+    p.add_argument("--routing", choices=("paper", "scaled"), default="paper")
+    p.add_argument("--balance-alpha", type=float, default=0.1)
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--local-steps", type=int, default=1)
+    p.add_argument("--client-fraction", type=float, default=1.0)
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--eval-every", type=int, default=1)
+    p.add_argument("--chunk-size", type=int, default=64, help="clients per vectorized chunk (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON to stdout")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def train_main(args: argparse.Namespace) -> int:
+    from mrff_secure.experiment import run_training
+
+    data = load_dataset(args)
+    model_config = ModelConfig(
+        backbone=args.backbone, attribute_dim=args.attribute_dim, num_blocks=args.blocks, num_heads=args.heads,
+        dropout=args.dropout, maxlen=data.maxlen, mrff=not args.no_mrff, num_groups=args.groups,
+        balance_alpha=args.balance_alpha, routing=args.routing,
+    )
+    federation = FederationConfig(
+        rounds=args.rounds, local_steps=args.local_steps, client_fraction=args.client_fraction,
+        optimizer=args.optimizer, lr=args.lr, seed=args.seed, eval_every=args.eval_every, chunk_size=args.chunk_size,
+    )
+    summary = run_training(data, model_config, federation, args.out, progress=not args.no_progress,
+                           extra_config={"dataset": args.dataset})
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        auc = summary.get("test_auc")
+        print(f"{data.name}: best validation round {summary.get('best_round')}, test AUC "
+              f"{auc if auc is None else round(auc, 4)}, test LogLoss {summary.get('test_logloss')}; "
+              f"wrote {args.out}/summary.json, metrics.jsonl, training.png")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mrff", description="MRFF federated recommendation with secure aggregation and DP")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train in the vectorized simulation and write a run folder")
+    add_train_arguments(train)
+    train.set_defaults(handler=train_main)
+    try:
+        from mrff_secure.dp.command import add_privacy_arguments, privacy_main
+    except ImportError:  # the DP package is not present in this build
+        pass
+    else:
+        privacy = sub.add_parser("privacy", help="epsilon for a noise multiplier, or the noise for a target epsilon")
+        add_privacy_arguments(privacy)
+        privacy.set_defaults(handler=privacy_main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except MrffError as exc:
+        print(f"mrff {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
