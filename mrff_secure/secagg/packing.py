@@ -17,26 +17,57 @@ def packed_size(count: int, bits: int) -> int:
     return (count * bits + 7) // 8
 
 
+def _positions(count: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each value: the 64-bit word it starts in and its bit shift within that word."""
+    offsets = np.arange(count, dtype=np.uint64) * np.uint64(bits)  # (count,)
+    return offsets >> np.uint64(6), offsets & np.uint64(63)
+
+
 def pack(values: np.ndarray, bits: int) -> bytes:
     """Pack unsigned values < 2^bits (1 <= bits <= 64) into packed_size(len, bits) bytes."""
     if not 1 <= bits <= 64:
         raise ValueError(f"bits must be in [1, 64], got {bits}")
-    words = np.ascontiguousarray(np.asarray(values).astype("<u8"))  # (n,)
-    if bits < 64 and words.size and int(words.max()) >> bits:
+    words = np.ascontiguousarray(np.asarray(values).astype(np.uint64))  # (n,)
+    count = words.size
+    if bits < 64 and count and int(words.max()) >> bits:
         raise ValueError(f"a value does not fit in {bits} bits")
-    bit_matrix = np.unpackbits(words.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")  # (n, 64)
-    return np.packbits(bit_matrix[:, :bits].reshape(-1), bitorder="little").tobytes()
+    num_words = (count * bits + 63) // 64
+    out = np.zeros(num_words + 1, dtype=np.uint64)  # (words + 1,): one spare word for the last spill
+    if count:
+        word, shift = _positions(count, bits)
+        # Low parts: value << shift lands in its start word. Bit ranges are disjoint, so adding the
+        # parts of all values that start in one word is the same as OR-ing them; every word has a
+        # start because bits <= 64.
+        low = words << shift  # uint64 shift drops the bits that spill over
+        starts = np.flatnonzero(np.r_[True, word[1:] != word[:-1]])
+        out[word[starts]] = np.add.reduceat(low, starts)
+        # High parts: the bits that spill into the next word (at most one value spills per word).
+        spills = np.flatnonzero(shift + np.uint64(bits) > np.uint64(64))
+        if spills.size:
+            out[word[spills] + np.uint64(1)] += words[spills] >> (np.uint64(64) - shift[spills])
+    return out.astype("<u8").tobytes()[:packed_size(count, bits)]
 
 
 def unpack(data: bytes, bits: int, count: int) -> np.ndarray:
     """Inverse of pack; raise ProtocolViolation if the length or the padding is wrong. (count,) uint64."""
     if not 1 <= bits <= 64:
         raise ProtocolViolation(f"bits must be in [1, 64], got {bits}")
-    if len(data) != packed_size(count, bits):
-        raise ProtocolViolation(f"packed vector has {len(data)} bytes, expected {packed_size(count, bits)}")
-    stream = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")  # (8 * bytes,)
-    if stream[count * bits:].any():
+    size = packed_size(count, bits)
+    if len(data) != size:
+        raise ProtocolViolation(f"packed vector has {len(data)} bytes, expected {size}")
+    used = count * bits % 8
+    if used and data[-1] >> used:
         raise ProtocolViolation("packed vector has non-zero padding bits")
-    bit_matrix = np.zeros((count, 64), dtype=np.uint8)
-    bit_matrix[:, :bits] = stream[: count * bits].reshape(count, bits)
-    return np.packbits(bit_matrix, axis=1, bitorder="little").reshape(-1).view("<u8").astype(np.uint64)
+    num_words = (count * bits + 63) // 64
+    buffer = bytes(data) + bytes((num_words + 1) * 8 - size)
+    stream = np.frombuffer(buffer, dtype="<u8").astype(np.uint64)  # (words + 1,)
+    if count == 0:
+        return np.zeros(0, dtype=np.uint64)
+    word, shift = _positions(count, bits)
+    values = stream[word] >> shift
+    spills = np.flatnonzero(shift + np.uint64(bits) > np.uint64(64))
+    if spills.size:
+        values[spills] |= stream[word[spills] + np.uint64(1)] << (np.uint64(64) - shift[spills])
+    if bits < 64:
+        values &= np.uint64((1 << bits) - 1)
+    return values
