@@ -32,6 +32,18 @@ from .mechanisms import DISTRIBUTED_MECHANISM_CLASSES, check_survivors
 from .rotation import RandomizedHadamard, next_power_of_two
 
 DEFAULT_TARGET_CLIP_PROBABILITY = 1e-6
+# Keep the scaled floats exactly representable around their fractional part (float64 has 52
+# mantissa bits) and the Skellam/Poisson parameters within numpy's sampler range.
+MAX_SCALED_NORM = 2.0**40
+MAX_SHARE_VARIANCE = 2.0**60
+
+
+def max_scale(*, l2_bound: float, noise_std: float, n_min: int) -> float:
+    """The largest scale the float64 pipeline and the samplers support."""
+    cap = MAX_SCALED_NORM / l2_bound
+    if noise_std > 0:
+        cap = min(cap, math.sqrt(MAX_SHARE_VARIANCE * n_min) / noise_std)
+    return cap
 
 
 def _clip_report(*, mechanism: str, l2_bound: float, scale: float, padded_dim: int, n_clients: int,
@@ -61,7 +73,9 @@ def choose_scale(
                             n_clients=n_clients, n_min=n_min, noise_std=noise_std,
                             modulus_bits=modulus_bits).any_coordinate
 
-    lo, hi = 1e-12, float(2**modulus_bits)
+    lo, hi = 1e-12, min(float(2**modulus_bits), max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min))
+    if prob(hi) <= target_clip_probability:
+        lo = hi
     if prob(lo) > target_clip_probability:
         raise PrivacyError(
             f"modulus 2^{modulus_bits} is too small for {n_clients} clients: even the rounding "
@@ -154,6 +168,11 @@ def plan_distributed(
                              target_clip_probability=target_clip_probability)
     elif not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise PrivacyError(f"scale must be finite and > 0, got {scale!r}")
+    elif scale > max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min):
+        raise PrivacyError(
+            f"scale={scale} exceeds the supported maximum "
+            f"{max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min):.4g} (float64 / sampler range)"
+        )
     # constructing the mechanism validates the share (discrete Gaussian sigma >= 1/2)
     mech = DISTRIBUTED_MECHANISM_CLASSES[mechanism](noise_multiplier=noise_multiplier, clip=clip,
                                                      scale=float(scale), n_min=n_min)
