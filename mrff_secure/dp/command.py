@@ -15,7 +15,7 @@ import math
 import sys
 from typing import Any
 
-from mrff_secure.errors import MrffError
+from mrff_secure.errors import ConfigError, MrffError
 
 from .accounting import discrete_epsilon, epsilon, local_upload_epsilon
 from .calibration import noise_multiplier_for_epsilon
@@ -78,11 +78,11 @@ def privacy_report(
     config = DPConfig(mode=mode, clip=clip, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
                       delta=delta, mechanism=mechanism, max_dropout_fraction=max_dropout_fraction)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise MrffError(f"--rounds must be an integer >= 1, got {rounds!r}")
+        raise ConfigError(f"--rounds must be an integer >= 1, got {rounds!r}")
     if not 0.0 < sample_rate <= 1.0:
-        raise MrffError(f"--sample-rate must be in (0, 1], got {sample_rate!r}")
+        raise ConfigError(f"--sample-rate must be in (0, 1], got {sample_rate!r}")
     if not math.isfinite(count_sensitivity) or count_sensitivity < 0:
-        raise MrffError(f"--count-sensitivity must be finite and >= 0, got {count_sensitivity!r}")
+        raise ConfigError(f"--count-sensitivity must be finite and >= 0, got {count_sensitivity!r}")
     d = config.resolve_delta(clients)
     notes: list[str] = []
     ratio = clip / math.sqrt(clip * clip + count_sensitivity * count_sensitivity)  # z_eff / z
