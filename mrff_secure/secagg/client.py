@@ -105,6 +105,7 @@ class ClientSession:
         self._held: dict[int, SharePayload] = {}  # shares neighbours gave us, by sender
         self._signed_survivors: tuple[int, ...] | None = None
         self._revealed: dict[int, ShareKind] = {}
+        self._cipher_keys: dict[int, bytes] = {}
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -120,9 +121,14 @@ class ClientSession:
             raise ProtocolViolation(f"client {self.client_id}: message addressed to client {receiver}")
 
     def _cipher_key_with(self, peer: int) -> bytes:
-        secret = primitives.agree(self._cipher_key, self._roster[peer].cipher_public_key)
-        return primitives.derive_key(secret, purpose=primitives.PURPOSE_SHARE_ENCRYPTION,
-                                     round_id=self.round_id, id_a=self.client_id, id_b=peer)
+        """The pair's share-encryption key, derived once (when we encrypt to the peer) and reused."""
+        key = self._cipher_keys.get(peer)
+        if key is None:
+            secret = primitives.agree(self._cipher_key, self._roster[peer].cipher_public_key)
+            key = primitives.derive_key(secret, purpose=primitives.PURPOSE_SHARE_ENCRYPTION,
+                                        round_id=self.round_id, id_a=self.client_id, id_b=peer)
+            self._cipher_keys[peer] = key
+        return key
 
     # --- stage 0 ---------------------------------------------------------------------------
 

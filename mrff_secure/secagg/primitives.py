@@ -139,18 +139,35 @@ def word_dtype(modulus_bits: int) -> np.dtype:
     return np.dtype("<u4") if modulus_bits <= 32 else np.dtype("<u8")
 
 
+_zeros = bytes(0)
+
+
+def _zero_bytes(size: int) -> memoryview:
+    """A shared read-only all-zero buffer of at least `size` bytes (the CTR plaintext)."""
+    global _zeros
+    if len(_zeros) < size:
+        _zeros = bytes(size)
+    return memoryview(_zeros)[:size]
+
+
 def expand_mask(key: bytes, length: int, modulus_bits: int) -> np.ndarray:
     """`length` uniform elements of Z_{2^bits} from the AES-256-CTR keystream of a 256-bit key.
 
     Each key is derived for a single (purpose, round, pair), so the all-zero
     counter block never repeats under a key. Words are little-endian; the top
     bits are cleared, which keeps uniformity because 2^bits divides the word size.
+    The keystream is written straight into the result's memory (no copies).
     """
     if len(key) != KEY_BYTES:
         raise ValueError(f"mask key must be {KEY_BYTES} bytes, got {len(key)}")
     dtype = word_dtype(modulus_bits)
-    stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(length * dtype.itemsize))
-    words = np.frombuffer(stream, dtype=dtype).copy()  # (length,)
+    size = length * dtype.itemsize
+    buffer = np.empty(size + 15, dtype=np.uint8)  # update_into wants block_size - 1 spare bytes
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+    written = encryptor.update_into(_zero_bytes(size), buffer)
+    if written != size:
+        raise RuntimeError("short keystream")  # cannot happen with CTR; guards the view below
+    words = buffer[:size].view(dtype)  # (length,)
     if modulus_bits < dtype.itemsize * 8:
         words &= dtype.type((1 << modulus_bits) - 1)
     return words
