@@ -1,0 +1,106 @@
+"""Parameter roles come from module structure; private parameters can never enter the update vector."""
+
+import pytest
+import torch
+
+from mrff_secure.config import FederationConfig, ModelConfig
+from mrff_secure.data import make_synthetic
+from mrff_secure.errors import ConfigError
+from mrff_secure.federation.roles import Role, parameter_roles
+from mrff_secure.federation.simulation import FederatedSimulation
+from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.model import build_model
+from mrff_secure.model.layers import UserEmbedding
+from mrff_secure.model.mrff import GroupFeedForwards, UserFeedForward
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic(num_users=12, num_items=30, min_interactions=5, max_interactions=12, maxlen=8, seed=1)
+
+
+def test_roles_follow_module_types(data):
+    model = build_model(ModelConfig(maxlen=8), data)
+    roles = parameter_roles(model)
+    for module_name, module in model.named_modules():
+        for name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{name}" if module_name else name
+            if isinstance(module, (UserEmbedding, UserFeedForward)):
+                assert roles[full] is Role.PRIVATE
+            elif isinstance(module, GroupFeedForwards):
+                assert roles[full] is Role.GROUP
+    private = {n for n, r in roles.items() if r is Role.PRIVATE}
+    assert private == {"user.vector"} | {f"blocks.{b}.ffn.user_ffn.{p}" for b in range(2) for p in ("w1", "b1", "w2", "b2")}
+    # the gate is shared even though it sits inside the MRFF module
+    assert roles["blocks.0.ffn.gate.layers.0.weight"] is Role.SHARED
+
+
+def test_layout_has_no_private_parameter_and_refuses_one(data):
+    model = build_model(ModelConfig(maxlen=8, num_groups=3), data)
+    layout = UpdateLayout.from_model(model)
+    roles = parameter_roles(model)
+    in_vector = set(layout.shared_names) | {n for b in layout.group_names for n in b}
+    assert not any(roles[n] is Role.PRIVATE for n in in_vector)
+    params = dict(model.named_parameters())
+    private_size = sum(p.numel() for n, p in params.items() if roles[n] is Role.PRIVATE)
+    total = sum(p.numel() for p in params.values())
+    assert layout.delta_size == total - private_size
+    assert layout.size == layout.delta_size + 2 * 3 + 1
+    deltas = {n: torch.zeros(2, *params[n].shape) for n in in_vector}
+    deltas["user.vector"] = torch.zeros(2, *params["user.vector"].shape)
+    with pytest.raises(ConfigError, match="user.vector"):
+        layout.build(deltas, torch.zeros(2, 2, dtype=torch.long), torch.ones(2))
+
+
+def test_private_values_are_not_recoverable_from_what_the_server_sees(data):
+    """Change only the private state of one client: the server's view changes only through training, and
+    the vector has no coordinate equal to the private vector (it is not a copy)."""
+    seen = []
+
+    class Observer:
+        def on_round(self, view):
+            seen.append(view)
+
+    sim = FederatedSimulation(data, ModelConfig(maxlen=8, dropout=0.0), FederationConfig(rounds=1), observer=Observer())
+    marker = torch.full_like(sim.private["user.vector"][3], 12345.0)
+    sim.private["user.vector"][3] = marker
+    sim.train_round()
+    vectors = seen[0].individual_updates
+    assert vectors.shape == (data.num_users, sim.layout.size)
+    assert not torch.isclose(vectors, torch.tensor(12345.0)).any()
+
+
+def test_build_split_round_trip(data):
+    model = build_model(ModelConfig(maxlen=8, num_groups=3), data)
+    layout = UpdateLayout.from_model(model)
+    params = dict(model.named_parameters())
+    gen = torch.Generator().manual_seed(0)
+    deltas = {n: torch.randn(1, *params[n].shape, generator=gen) for n in layout.shared_names}
+    routes = torch.tensor([[2, 0]])
+    for block, names in enumerate(layout.group_names):
+        for n in names:
+            full = torch.zeros(1, *params[n].shape)
+            full[0, routes[0, block]] = torch.randn(params[n].shape[1:], generator=gen)
+            deltas[n] = full
+    vector = layout.build(deltas, routes, torch.tensor([7.0]))[0]
+    shared, groups, counts, examples = layout.split(vector)
+    for n in layout.shared_names:
+        assert torch.equal(shared[n], deltas[n][0])
+    for names in layout.group_names:
+        for n in names:
+            assert torch.equal(groups[n], deltas[n][0])
+    assert counts.tolist() == [[0, 0, 1], [1, 0, 0]] and examples == 7
+    with pytest.raises(ConfigError, match="shape"):
+        layout.split(vector[:-1])
+
+
+def test_suppressed_groups_send_zeros(data):
+    model = build_model(ModelConfig(maxlen=8, num_groups=2), data)
+    layout = UpdateLayout.from_model(model)
+    params = dict(model.named_parameters())
+    deltas = {n: torch.ones(1, *params[n].shape) for n in layout.shared_names + tuple(x for b in layout.group_names for x in b)}
+    suppressed = torch.tensor([[True, False], [False, False]])
+    vector = layout.build(deltas, torch.tensor([[0, 0]]), torch.ones(1), suppressed)[0]
+    _, groups, _, _ = layout.split(vector)
+    assert groups[layout.group_names[0][0]][0].abs().sum() == 0
+    assert groups[layout.group_names[0][0]][1].abs().sum() > 0
