@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -89,14 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train in the vectorized simulation and write a run folder")
     add_train_arguments(train)
     train.set_defaults(handler=train_main)
-    try:
-        from mrff_secure.dp.command import add_privacy_arguments, privacy_main
-    except ImportError:  # the DP package is not present in this build
-        pass
-    else:
-        privacy = sub.add_parser("privacy", help="epsilon for a noise multiplier, or the noise for a target epsilon")
-        add_privacy_arguments(privacy)
-        privacy.set_defaults(handler=privacy_main)
+    from mrff_secure.dp.command import add_privacy_arguments, privacy_main
+
+    privacy = sub.add_parser("privacy", help="epsilon for a noise multiplier, or the noise for a target epsilon")
+    add_privacy_arguments(privacy)
+    privacy.set_defaults(handler=privacy_main)
+    # The network commands (server, client, certs, run-local, audit-log) register themselves.
+    for module_name in ("server.command", "client.command"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(sub)
     return parser
 
 
