@@ -1,0 +1,49 @@
+"""Ed25519 signatures over the signed bodies of the wire protocol (round and phase parameters).
+
+The server signs with its parameter-signing key; clients hold the public key
+out of band (`mrff certs` writes both) and refuse any body that does not verify.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from mrff_secure.errors import AuthenticationError, ConfigError
+
+DOMAIN = b"mrff-secure/v1/signed-body\x00"
+
+
+def sign_body(key: Ed25519PrivateKey, body: bytes) -> bytes:
+    return key.sign(DOMAIN + body)
+
+
+def verify_body(public_key: Ed25519PublicKey, body: bytes, signature: bytes) -> None:
+    """Raise AuthenticationError (opaque) unless `signature` is the server's signature of `body`."""
+    try:
+        public_key.verify(bytes(signature), DOMAIN + bytes(body))
+    except (InvalidSignature, ValueError) as exc:
+        raise AuthenticationError("signed parameters do not verify against the server's signing key") from exc
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot read the signing key {path}: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot read the signing public key {path}: {exc}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{path} is not an Ed25519 public key")
+    return key
