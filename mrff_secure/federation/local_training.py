@@ -105,18 +105,15 @@ def train_clients(model: nn.Module, global_params: dict[str, torch.Tensor], priv
 
 def predict_clients(model: nn.Module, global_params: dict[str, torch.Tensor], private: dict[str, torch.Tensor],
                     seq: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
-    """Click probabilities (clients,) of one candidate per client (the model must be in eval mode).
+    """Click probabilities (clients,) of one candidate per client, scored from the last position.
 
-    The candidate is scored from the last position: it is the target there.
+    The model must be in eval mode.
     """
     params = {**global_params, **private}
     in_dims = ({n: (0 if n in private else None) for n in params}, 0, 0)
-    targets = torch.zeros_like(seq)
-    targets[:, -1] = candidate
 
-    def last_logit(p, s, t):
-        logits, _, _ = functional_call(model, p, (s, t))
-        return logits[-1]
+    def logit(p, s, c):
+        return functional_call(model, p, (s, c))[0]
 
     with torch.no_grad():
-        return torch.sigmoid(vmap(last_logit, in_dims=in_dims)(params, seq, targets))
+        return torch.sigmoid(vmap(logit, in_dims=in_dims)(params, seq, candidate))

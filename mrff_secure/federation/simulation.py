@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from mrff_secure.allocator import keep_freed_memory
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.federation.aggregation import apply_sum
@@ -77,6 +78,7 @@ class FederatedSimulation:
         self.data, self.model_config, self.federation = data, model_config, federation
         self.observer, self.plain_individual_view = observer, plain_individual_view
         self.update_transform = update_transform
+        keep_freed_memory()
         torch.manual_seed(federation.seed)
         self.model = build_model(model_config, data)
         self.roles = parameter_roles(self.model)

@@ -93,7 +93,7 @@ class UpdateLayout:
         parts = [deltas[n].reshape(clients, -1) for n in self.shared_names]
         for block, names in enumerate(self.group_names):
             stacked = torch.cat([deltas[n].reshape(clients, self.num_groups, -1) for n in names], dim=-1)
-            if suppressed is not None:
+            if suppressed is not None and bool(suppressed[block].any()):
                 stacked = stacked * (~suppressed[block]).to(stacked.dtype).view(1, -1, 1)
             parts.append(stacked.reshape(clients, -1))  # (clients, groups * group_size)
         if self.count_size:

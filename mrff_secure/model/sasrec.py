@@ -88,11 +88,12 @@ class SASRec(nn.Module):
         return self.output(self.predict(x)).squeeze(-1)
 
     def forward(self, seq: torch.Tensor, targets: torch.Tensor, routes: torch.Tensor | None = None):
-        """Training: logits (seq,) of the next item at each position, gate probs, routes."""
-        features, probs, routes = self.encode(seq, routes)
-        return self.score(features, targets), probs, routes
+        """Logits, gate probs (blocks, groups) and routes (blocks,).
 
-    def predict_last(self, seq: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
-        """Inference: logit of one candidate after the sequence (from the last position)."""
-        features, _, _ = self.encode(seq)
-        return self.score(features[-1], candidate)
+        targets (seq,): training, the next item at every position -> logits (seq,).
+        targets (): inference, one candidate scored from the last position -> a scalar logit.
+        """
+        features, probs, routes = self.encode(seq, routes)
+        if targets.dim() == 0:
+            features = features[-1]  # (hidden,)
+        return self.score(features, targets), probs, routes
