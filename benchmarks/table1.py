@@ -75,6 +75,19 @@ def summarize(runs: dict[str, list[dict]], rounds: int, started: float) -> dict:
     }
 
 
+def partial_run(method: str, seed: int, folder: Path) -> dict:
+    """What an unfinished run reached: rounds done and its best-validation round so far (not a result)."""
+    path = folder / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    rows = [r for r in rows if r.get("val_auc") is not None]
+    entry = {"method": method, "seed": seed, "rounds_done": len(rows)}
+    if rows:
+        best = max(rows, key=lambda r: r["val_auc"])
+        entry.update(best_round_so_far=best["round"], val_auc=best["val_auc"], test_auc=best["test_auc"],
+                     test_logloss=best["test_logloss"])
+    return entry
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=500)
@@ -85,6 +98,8 @@ def main() -> int:
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "table1")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "table1_kuaisar_r.json")
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--collect-only", action="store_true",
+                        help="launch nothing: write the JSON from finished runs, listing unfinished ones as partial")
     args = parser.parse_args()
     started = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "MPLBACKEND": "Agg"}
@@ -109,6 +124,12 @@ def main() -> int:
         return True
 
     pending = [(m, s) for m, s in pending if not collect(m, s)]
+    if args.collect_only:
+        result = summarize(runs, args.rounds, started)
+        result["unfinished_runs"] = [partial_run(m, s, run_dir(m, s)) for m, s in pending]
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["targets"], indent=2))
+        return 0
     while pending or running:
         while pending and len(running) < args.parallel:
             method, seed = pending.pop(0)
