@@ -3,11 +3,13 @@
 RUN_DIR/metrics.jsonl  one JSON line per round (round, val/test AUC and LogLoss, group sizes, seconds)
 RUN_DIR/summary.json   best-validation round, its test AUC (with a DeLong 95% interval) and LogLoss,
                        parameter counts, per-user inference time, configuration
+RUN_DIR/predictions.npz  the best round's validation and test probabilities and labels (no pickle)
 RUN_DIR/training.png   validation AUC and group sizes per block per round (the paper's Fig. 2)
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -23,7 +25,7 @@ from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.federation.roles import Role
 from mrff_secure.federation.simulation import FederatedSimulation
-from mrff_secure.metrics import auc_confidence_interval
+from mrff_secure.metrics import apply_temperature, auc_confidence_interval, fit_temperature, log_loss
 
 PAPER_SASREC_PARAMETERS = 52_720  # Table 3, KuaiSAR-R
 
@@ -92,7 +94,7 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
     metrics_path.write_text("")  # a fresh run starts a fresh log
     rows: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
-    best_test_probs = None
+    best_test_probs = best_val_probs = None
     iterator = range(federation.rounds)
     if progress:
         from tqdm import tqdm
@@ -112,7 +114,7 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
             if best is None or (math.isfinite(val.auc) and val.auc > best["val_auc"]):
                 best = {"round": r, "val_auc": val.auc, "val_logloss": val.log_loss,
                         "test_auc": test.auc, "test_logloss": test.log_loss}
-                best_test_probs = test.probabilities
+                best_test_probs, best_val_probs = test.probabilities, val.probabilities
             if progress:
                 iterator.set_postfix(val_auc=f"{val.auc:.4f}", test_auc=f"{test.auc:.4f}")
         rows.append(row)
@@ -135,6 +137,17 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
             test_auc=_finite(best["test_auc"]), test_logloss=_finite(best["test_logloss"]),
             test_auc_ci95=[_finite(low), _finite(high)],
         )
+        # Post-hoc temperature scaling fitted on validation (reported beside the raw figure, never instead of it).
+        temperature = fit_temperature(data.val_label, best_val_probs)
+        summary["calibration"] = {
+            "method": "temperature scaling fitted on the validation predictions of the best round",
+            "temperature": temperature,
+            "test_logloss_calibrated": _finite(log_loss(data.test_label, apply_temperature(best_test_probs, temperature))),
+        }
+        buffer = io.BytesIO()
+        np.savez(buffer, user_ids=data.user_ids, val_probability=best_val_probs, val_label=data.val_label,
+                 test_probability=best_test_probs, test_label=data.test_label, best_round=np.int64(best["round"]))
+        write_bytes_atomic(out / "predictions.npz", buffer.getvalue())
     write_json_atomic(out / "summary.json", summary)
     if rows:
         plot_training(rows, out / "training.png")

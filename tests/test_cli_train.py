@@ -25,6 +25,11 @@ def test_train_writes_run_folder(tmp_path, capsys):
     assert low <= summary["test_auc"] <= high
     assert summary["parameters"]["private"] > 0 and summary["inference_ms_per_user"] > 0
     assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import numpy as np
+
+    with np.load(out / "predictions.npz", allow_pickle=False) as saved:
+        assert saved["test_probability"].shape == (60,) and int(saved["best_round"]) == summary["best_round"]
+    assert summary["calibration"]["temperature"] > 0
 
 
 def test_no_mrff_baseline_has_no_groups(tmp_path, capsys):

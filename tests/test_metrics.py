@@ -45,3 +45,17 @@ def test_bad_labels():
         auc([0, 2], [0.1, 0.2])
     with pytest.raises(ConfigError, match="differ in length"):
         log_loss([0, 1], [0.1])
+
+
+def test_temperature_scaling_fixes_overconfidence_and_keeps_auc():
+    from mrff_secure.metrics import apply_temperature, fit_temperature
+
+    rng = np.random.default_rng(1)
+    true_logit = rng.normal(0.0, 1.5, 20000)
+    labels = (rng.random(20000) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    overconfident = 1 / (1 + np.exp(-3.0 * true_logit))  # logits three times too large
+    t = fit_temperature(labels, overconfident)
+    assert t == pytest.approx(3.0, rel=0.1)
+    calibrated = apply_temperature(overconfident, t)
+    assert log_loss(labels, calibrated) < log_loss(labels, overconfident)
+    assert auc(labels, calibrated) == pytest.approx(auc(labels, overconfident))
