@@ -18,6 +18,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 import torch
+from torch.func import functional_call, vmap
 
 from mrff_secure.allocator import keep_freed_memory
 from mrff_secure.config import FederationConfig, ModelConfig
@@ -190,9 +191,6 @@ class FederatedSimulation:
 
     def routes(self) -> np.ndarray:
         """Every user's current group per block (eval mode, validation sequence): (users, blocks)."""
-        # Exposed for analysis of the learned grouping (e.g. against synthetic ground truth).
-        from torch.func import functional_call, vmap
-
         if not self.layout.num_groups:
             return np.zeros((self.data.num_users, 0), dtype=np.int64)
         self.model.eval()

@@ -80,7 +80,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep * (1.0 / (1.0 - p))
 
 
-def _uniform_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
+def uniform_init_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
     bound = 1.0 / math.sqrt(fan_in)
     return nn.init.uniform_(tensor, -bound, bound)
 
@@ -90,10 +90,10 @@ class FeedForward(nn.Module):
 
     def __init__(self, hidden: int, dropout: float) -> None:
         super().__init__()
-        self.w1 = nn.Parameter(_uniform_(torch.empty(hidden, hidden), hidden))
-        self.b1 = nn.Parameter(_uniform_(torch.empty(hidden), hidden))
-        self.w2 = nn.Parameter(_uniform_(torch.empty(hidden, hidden), hidden))
-        self.b2 = nn.Parameter(_uniform_(torch.empty(hidden), hidden))
+        self.w1 = nn.Parameter(uniform_init_(torch.empty(hidden, hidden), hidden))
+        self.b1 = nn.Parameter(uniform_init_(torch.empty(hidden), hidden))
+        self.w2 = nn.Parameter(uniform_init_(torch.empty(hidden, hidden), hidden))
+        self.b2 = nn.Parameter(uniform_init_(torch.empty(hidden), hidden))
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,7 +112,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.in_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(3 * hidden, hidden)))
         self.in_bias = nn.Parameter(torch.zeros(3 * hidden))
-        self.out_weight = nn.Parameter(_uniform_(torch.empty(hidden, hidden), hidden))
+        self.out_weight = nn.Parameter(uniform_init_(torch.empty(hidden, hidden), hidden))
         self.out_bias = nn.Parameter(torch.zeros(hidden))
 
     def forward(self, query: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

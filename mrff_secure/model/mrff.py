@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrff_secure.federation.roles import Role
-from mrff_secure.model.layers import MLP, FeedForward, _uniform_, dropout
+from mrff_secure.model.layers import MLP, FeedForward, uniform_init_, dropout
 
 
 class UserFeedForward(FeedForward):
@@ -31,10 +31,10 @@ class GroupFeedForwards(nn.Module):
     def __init__(self, hidden: int, num_groups: int, dropout: float) -> None:
         super().__init__()
         self.num_groups = num_groups
-        self.w1 = nn.Parameter(_uniform_(torch.empty(num_groups, hidden, hidden), hidden))
-        self.b1 = nn.Parameter(_uniform_(torch.empty(num_groups, hidden), hidden))
-        self.w2 = nn.Parameter(_uniform_(torch.empty(num_groups, hidden, hidden), hidden))
-        self.b2 = nn.Parameter(_uniform_(torch.empty(num_groups, hidden), hidden))
+        self.w1 = nn.Parameter(uniform_init_(torch.empty(num_groups, hidden, hidden), hidden))
+        self.b1 = nn.Parameter(uniform_init_(torch.empty(num_groups, hidden), hidden))
+        self.w2 = nn.Parameter(uniform_init_(torch.empty(num_groups, hidden, hidden), hidden))
+        self.b2 = nn.Parameter(uniform_init_(torch.empty(num_groups, hidden), hidden))
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, route_one_hot: torch.Tensor) -> torch.Tensor:

@@ -61,8 +61,9 @@ class SASRec(nn.Module):
         self.positions = nn.Parameter(torch.randn(config.maxlen, hidden))
         self.blocks = nn.ModuleList(Block(hidden, user_dim, config) for _ in range(config.num_blocks))
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
-        self.predict = MLP([2 * hidden + user_dim, *config.prediction_dims], relu_last=True)
-        self.output = nn.Linear(([2 * hidden + user_dim, *config.prediction_dims])[-1], 1)
+        prediction_dims = [2 * hidden + user_dim, *config.prediction_dims]
+        self.predict = MLP(prediction_dims, relu_last=True)
+        self.output = nn.Linear(prediction_dims[-1], 1)
 
     def encode(self, seq: torch.Tensor, routes: torch.Tensor | None = None):
         """seq: (maxlen,) item rows. Returns features (maxlen, hidden), gate probs (blocks, groups), routes (blocks,)."""
