@@ -47,3 +47,11 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError(f"{path} is not an Ed25519 public key")
     return key
+
+
+ENROL_DOMAIN = b"mrff-secure/v1/enrol\x00"
+
+
+def enrol_payload(client_id: int, public_key: bytes) -> bytes:
+    """What a client signs at enrolment to prove it holds the identity key it enrols."""
+    return ENROL_DOMAIN + int(client_id).to_bytes(4, "big") + bytes(public_key)

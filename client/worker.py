@@ -1,0 +1,378 @@
+"""One logical client: its own connection, keys and private state; it trains and drives the
+secure-aggregation client state machine through each round.
+
+It refuses a server whose TLS certificate does not chain to the given CA (the channel never
+connects) and any round whose signed parameters do not verify under the server's signing key.
+Unreachable server: reconnect with exponential backoff and jitter. Server restarted (session
+unknown): enrol again and pick up the current round.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import grpc
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from mrff_secure.config import ModelConfig
+from mrff_secure.data.client_data import ClientData
+from mrff_secure.errors import AggregationAborted, AuthenticationError, ConfigError, MrffError, SecAggError
+from mrff_secure.federation.client_update import (
+    RoundSpec,
+    build_global,
+    client_rng,
+    counts_input,
+    initial_private,
+    model_config_from_json,
+    torch_seed,
+    train_user,
+    update_input,
+)
+from mrff_secure.federation.roles import Role, parameter_roles
+from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.secagg import messages, packing, primitives
+from mrff_secure.secagg.client import ClientSession
+from mrff_secure.secagg.config import SecAggConfig
+from mrff_secure.secagg.encoding import to_ring
+from mrff_secure.wire import limits, signing, tensors
+from mrff_secure.wire.v1 import coordinator_pb2 as pb
+from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
+from client.state import UserStore
+
+log = logging.getLogger("mrff.client")
+
+STAGE_BY_NAME = {"advertise_keys": pb.ADVERTISE_KEYS, "share_keys": pb.SHARE_KEYS, "masked_input": pb.MASKED_INPUT,
+                 "consistency_check": pb.CONSISTENCY_CHECK, "unmask": pb.UNMASK}
+PHASE_BY_NAME = {"counts": pb.COUNTS, "update": pb.UPDATE}
+POLL_MS = 10_000
+
+
+class ClientFailure(MrffError):
+    """A logical client gave up (server unreachable, enrolment refused, untrustworthy server)."""
+
+
+class _Reconnected(Exception):
+    """The server forgot our session (it restarted): we enrolled again."""
+
+
+class _RoundFailed(Exception):
+    """This round cannot go on for us (aborted, dropped, refused); wait for the next one."""
+
+
+@dataclass
+class ProcessShared:
+    """What the logical clients of one process share: the dataset, one model per configuration, and
+    a lock around local training (torch's global RNG seeds dropout, so training is serialized)."""
+
+    data: ClientData
+    train_lock: threading.Lock = field(default_factory=threading.Lock)
+    _models: dict = field(default_factory=dict)
+
+    def model(self, config: ModelConfig, seed: int):
+        key = (repr(config), seed)
+        with self.train_lock:
+            if key not in self._models:
+                model, params = build_global(config, self.data, seed)
+                roles = parameter_roles(model)
+                private = {n: (tuple(p.shape), p.dtype) for n, p in model.named_parameters() if roles[n] is Role.PRIVATE}
+                shared = {n: (tuple(t.shape), t.dtype) for n, t in params.items()}
+                self._models[key] = (model, UpdateLayout.from_model(model), shared, private)
+            return self._models[key]
+
+
+@dataclass(frozen=True)
+class Connection:
+    target: str
+    credentials: grpc.ChannelCredentials | None  # None: insecure (only with --insecure)
+    enrol_token: str
+    signing_key: Ed25519PublicKey
+    retry_timeout: float = 120.0
+    server_name: str | None = None  # TLS name override (the certificate's host name)
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Testing hook: after submitting (round, phase, stage), stop and call `on_pause` (the test
+    then kills the process). None of it runs unless `mrff client --pause-after` is given."""
+
+    round_id: int
+    phase: int
+    stage: int
+    on_pause: Callable[[int], None]
+
+
+class LogicalClient:
+    def __init__(self, user: int, connection: Connection, store: UserStore, shared: ProcessShared, *,
+                 client_seed: int, fault: FaultInjection | None = None, stop: threading.Event | None = None) -> None:
+        self.user = user
+        self.connection = connection
+        self.store = store
+        self.shared = shared
+        self.client_seed = client_seed
+        self.fault = fault
+        self.stop = stop or threading.Event()
+        self.identity = store.identity_key()
+        self.identity_public = primitives.identity_public_bytes(self.identity)
+        options = limits.client_options()
+        if connection.server_name:
+            options.append(("grpc.ssl_target_name_override", connection.server_name))
+        if connection.credentials is None:
+            self.channel = grpc.insecure_channel(connection.target, options=options)
+        else:
+            self.channel = grpc.secure_channel(connection.target, connection.credentials, options=options)
+        self.stub = pb_grpc.CoordinatorStub(self.channel)
+        self.session = b""
+        self.rounds_played = 0
+
+    # ------------------------------------------------------------------ rpc
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((limits.META_CLIENT, str(self.user)), (limits.META_SESSION, self.session.hex()))
+
+    def _call(self, method, request, *, timeout: float, enrol: bool = False):
+        delay, started = 0.2, time.monotonic()
+        while True:
+            if self.stop.is_set():
+                raise ClientFailure(f"user {self.user}: stopped")
+            try:
+                if enrol:
+                    return method(request, timeout=timeout,
+                                  metadata=((limits.META_ENROL_TOKEN, self.connection.enrol_token),))
+                return method(request, timeout=timeout, metadata=self._metadata())
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    if time.monotonic() - started > self.connection.retry_timeout:
+                        raise ClientFailure(
+                            f"user {self.user}: server {self.connection.target} unreachable for "
+                            f"{self.connection.retry_timeout:.0f}s ({code.name}: {exc.details()}); if the server is "
+                            "up, check the CA certificate and the server name") from exc
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if code == grpc.StatusCode.UNAUTHENTICATED and not enrol and "session" in (exc.details() or ""):
+                    self.enrol()
+                    raise _Reconnected() from exc
+                raise
+
+    def enrol(self) -> None:
+        request = pb.EnrolRequest(protocol_version=limits.PROTOCOL_VERSION, client_id=self.user,
+                                  identity_public_key=self.identity_public,
+                                  proof=primitives.sign(self.identity, signing.enrol_payload(self.user, self.identity_public)))
+        try:
+            reply = self._call(self.stub.Enrol, request, timeout=30.0, enrol=True)
+        except grpc.RpcError as exc:
+            raise ClientFailure(f"user {self.user}: enrolment refused: {exc.code().name}: {exc.details()}") from exc
+        self.session = reply.session_token
+
+    def _submit(self, body: pb.RoundBody, phase: int, stage: int, message: messages.Message) -> None:
+        try:
+            self._call(self.stub.Submit, pb.SubmitRequest(round_id=body.round_id, phase=phase, stage=stage,
+                                                          payload=message.to_bytes()), timeout=60.0)
+        except grpc.RpcError as exc:
+            raise _RoundFailed(f"submit {pb.Stage.Name(stage)}: {exc.code().name}: {exc.details()}") from exc
+        fault = self.fault
+        if fault is not None and (fault.round_id, fault.phase, fault.stage) == (body.round_id, phase, stage):
+            fault.on_pause(self.user)
+            self.stop.wait()
+            raise ClientFailure("paused by fault injection")
+
+    def _fetch(self, body: pb.RoundBody, phase: int, stage: int) -> pb.FetchReply:
+        while True:
+            try:
+                reply = self._call(self.stub.Fetch, pb.FetchRequest(round_id=body.round_id, phase=phase, stage=stage,
+                                                                    wait_ms=POLL_MS), timeout=POLL_MS / 1000 + 30)
+            except grpc.RpcError as exc:
+                raise _RoundFailed(f"fetch {pb.Stage.Name(stage)}: {exc.code().name}: {exc.details()}") from exc
+            if not reply.pending:
+                return reply
+
+    def _verified(self, signed: pb.SignedBody, message_type):
+        signing.verify_body(self.connection.signing_key, signed.body, signed.signature)
+        return message_type.FromString(signed.body)
+
+    # --------------------------------------------------------------- rounds
+    def run(self) -> None:
+        """Enrol, then play every round this client is sampled for, until the server says finished."""
+        self.enrol()
+        after = -1
+        while True:
+            try:
+                reply = self._call(self.stub.GetRound, pb.GetRoundRequest(after_round=after, wait_ms=POLL_MS),
+                                   timeout=POLL_MS / 1000 + 30)
+                if reply.pending:
+                    continue
+                body = self._verified(reply.round, pb.RoundBody)
+                after = body.round_id
+                self.store.resolve(body.last_completed_round)
+                if body.finished:
+                    log.info("user %d: run finished after round %d", self.user, body.last_completed_round)
+                    return
+                if self.user in body.participants:
+                    self._play(body)
+            except _Reconnected:
+                after = -1  # the restarted server may replay a round we saw: take part again
+            except _RoundFailed as exc:
+                log.info("user %d: round %d: %s", self.user, after, exc)
+                self.store.discard()
+            except AuthenticationError as exc:
+                raise ClientFailure(f"user {self.user}: refusing the server: {exc}") from exc
+
+    def _play(self, body: pb.RoundBody) -> None:
+        config = model_config_from_json(body.training.model_config_json)
+        model, layout, shared_template, private_template = self.shared.model(config, body.training.model_seed)
+        try:
+            params = tensors.from_proto(body.parameters, shared_template)
+        except MrffError as exc:
+            raise AuthenticationError(f"round {body.round_id}: parameters do not match the model: {exc}") from exc
+        if tensors.digest(params) != body.model_digest:
+            raise AuthenticationError(f"round {body.round_id}: parameters do not match the signed digest")
+        if (body.num_blocks, body.num_groups) != (layout.num_blocks, layout.num_groups):
+            raise AuthenticationError("announced group layout does not match the model")
+        spec = RoundSpec(local_steps=body.training.local_steps, optimizer=body.training.optimizer,
+                         lr=body.training.lr, dp_mode=body.dp.mode, clip=body.dp.clip,
+                         noise_multiplier=body.dp.noise_multiplier, min_survivors=max(body.dp.min_survivors, 1),
+                         quant_range=body.quantization.range, levels=body.quantization.levels,
+                         max_examples=body.quantization.max_examples, min_group_size=body.min_group_size)
+        directory = {i.client_id: bytes(i.public_key) for i in body.identities}
+        if directory.get(self.user) != self.identity_public:
+            raise _RoundFailed("the round's identity directory does not hold our key")
+        dtype = next(iter(params.values())).dtype
+        fractions = (torch.tensor(list(body.group_fractions), dtype=dtype).reshape(layout.num_blocks, layout.num_groups)
+                     if layout.num_groups else None)
+        private = self.store.load_private(private_template)
+        r = body.round_id
+        with self.shared.train_lock:  # the model object is shared: read and train it one thread at a time
+            if private is None:
+                private = initial_private(model, self.shared.data, config, body.training.model_seed, self.user)
+            update = train_user(model, params, private, self.shared.data, self.user, fractions, spec, config,
+                                torch_seed(self.client_seed, r, self.user))
+        self.store.save_pending(r, update.private)
+        rng = client_rng(self.client_seed, r, self.user)
+        counts = counts_input(layout, update) if layout.num_groups else np.zeros(1, dtype=np.int64)
+        self._phase(body, pb.COUNTS, body.counts_secagg, counts, directory)
+        start = self._fetch(body, pb.UPDATE, pb.ADVERTISE_KEYS)
+        phase_body = self._verified(start.phase_start, pb.UpdatePhaseBody)
+        if phase_body.round_id != r or phase_body.run_id != body.run_id:
+            raise AuthenticationError("phase parameters are for another round")
+        suppressed = np.asarray(list(phase_body.suppressed), dtype=bool)
+        if suppressed.size != layout.num_blocks * layout.num_groups:
+            raise AuthenticationError("suppression mask has the wrong size")
+        vector = update_input(layout, update, suppressed.reshape(layout.num_blocks, layout.num_groups), spec, rng)
+        self._phase(body, pb.UPDATE, body.update_secagg, vector, directory)
+        outcome = self._fetch(body, pb.UPDATE, pb.OUTCOME).outcome
+        if outcome.completed:
+            self.store.commit(r)
+            self.rounds_played += 1
+        else:
+            self.store.discard()
+            log.info("user %d: round %d aborted: %s", self.user, r, outcome.reason)
+
+    def _phase(self, body: pb.RoundBody, phase: int, params: pb.SecAggParameters, vector: np.ndarray,
+               directory: dict[int, bytes]) -> None:
+        try:
+            config = SecAggConfig(num_clients=params.num_clients, vector_length=params.vector_length,
+                                  max_abs=params.max_abs, modulus_bits=params.modulus_bits,
+                                  num_neighbours=params.num_neighbours, threshold=params.threshold)
+        except ConfigError as exc:
+            raise AuthenticationError(f"announced secure-aggregation parameters are invalid: {exc}") from exc
+        if config.vector_length != vector.size:
+            raise AuthenticationError(f"announced vector length {config.vector_length} != ours {vector.size}")
+        sid = params.secagg_round_id
+        if not body.secure:
+            ring = to_ring(vector, config.bits, max_abs=config.max_abs)
+            self._submit(body, phase, pb.MASKED_INPUT, messages.MaskedInput(
+                sid, self.user, config.bits, config.vector_length, packing.pack(ring, config.bits)))
+            return
+        try:
+            session = ClientSession(config, round_id=sid, client_id=self.user, identity_key=self.identity,
+                                    peer_identities=directory)
+            self._submit(body, phase, pb.ADVERTISE_KEYS, session.advertise_keys())
+            roster = messages.KeyRoster.from_bytes(self._fetch(body, phase, pb.SHARE_KEYS).payload)
+            self._submit(body, phase, pb.SHARE_KEYS, session.share_keys(roster))
+            delivery = messages.ShareDelivery.from_bytes(self._fetch(body, phase, pb.MASKED_INPUT).payload)
+            self._submit(body, phase, pb.MASKED_INPUT, session.masked_input(delivery, vector))
+            survivors = messages.SurvivorList.from_bytes(self._fetch(body, phase, pb.CONSISTENCY_CHECK).payload)
+            self._submit(body, phase, pb.CONSISTENCY_CHECK, session.consistency_check(survivors))
+            request = messages.UnmaskRequest.from_bytes(self._fetch(body, phase, pb.UNMASK).payload)
+            self._submit(body, phase, pb.UNMASK, session.unmask(request))
+        except (AggregationAborted, SecAggError, ConfigError) as exc:
+            raise _RoundFailed(f"secure aggregation refused or aborted: {exc}") from exc
+
+
+def parse_users(text: str) -> list[int]:
+    """'0-99', '3,5,7' or '0-9,20' -> sorted unique ids."""
+    users: set[int] = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError(part)
+                users.update(range(lo, hi + 1))
+            elif part:
+                users.add(int(part))
+    except ValueError as exc:
+        raise ConfigError(f"--users must look like 0-99 or 1,2,5, got {text!r}") from exc
+    if not users or min(users) < 0:
+        raise ConfigError(f"--users must name non-negative ids, got {text!r}")
+    return sorted(users)
+
+
+def parse_pause(text: str) -> tuple[int, int, int]:
+    """'ROUND:PHASE:STAGE', e.g. '1:update:share_keys'."""
+    try:
+        r, phase, stage = text.split(":")
+        return int(r), PHASE_BY_NAME[phase], STAGE_BY_NAME[stage]
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"--pause-after must be ROUND:{{counts,update}}:STAGE, got {text!r}") from exc
+
+
+def run_process(users: list[int], connection: Connection, state_dir: Path, data: ClientData, *,
+                client_seed: int, pause: tuple[int, int, int] | None = None) -> int:
+    """Run every logical client of this process in its own thread; 0 if all finished the run."""
+    torch.set_num_threads(1)
+    if max(users) >= data.num_users:
+        raise ConfigError(f"user {max(users)} does not exist: the dataset has {data.num_users} users")
+    shared = ProcessShared(data)
+    stop = threading.Event()
+    failures: list[str] = []
+    paused: set[int] = set()
+    pause_lock = threading.Lock()
+
+    def on_pause(user: int) -> None:
+        with pause_lock:
+            paused.add(user)
+            if len(paused) == len(users):
+                print(f"PAUSED users={len(users)}", flush=True)
+
+    fault = None if pause is None else FaultInjection(*pause, on_pause=on_pause)
+
+    def body(user: int) -> None:
+        try:
+            LogicalClient(user, connection, UserStore(state_dir, user), shared, client_seed=client_seed,
+                          fault=fault, stop=stop).run()
+        except ClientFailure as exc:
+            failures.append(str(exc))
+        except MrffError as exc:
+            failures.append(f"user {user}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - reported, not swallowed
+            log.exception("user %d failed", user)
+            failures.append(f"user {user}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=body, args=(u,), name=f"user-{u}", daemon=True) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise ClientFailure(f"{len(failures)} of {len(users)} logical clients failed; first: {failures[0]}")
+    return 0

@@ -1,0 +1,216 @@
+"""One client's round and the server's update, as pure functions shared by the network client
+(`client/`), the coordinator (`server/`) and the in-memory reference run that tests compare them to.
+
+Client: train one user (a chunk of 1 of `train_clients`), then build its two secure-sum
+inputs: the one-hot group counts (phase 1) and the encoded update vector (phase 2: clip the
+delta part to C, add Gaussian noise in the DP modes, quantize with stochastic rounding; the count
+part is carried exactly). Server: decode the exact integer sum and apply it (`apply_sum`).
+
+Randomness is explicit: every client draws its rounding and noise from
+`client_rng(client_seed, round, user)` and seeds torch (dropout) from `torch_seed(...)`, so a
+networked run and the reference run with the same seeds give the same integers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from mrff_secure.config import ModelConfig
+from mrff_secure.data.client_data import ClientData
+from mrff_secure.dp.clipping import clip_l2
+from mrff_secure.errors import ConfigError
+from mrff_secure.federation.aggregation import apply_sum
+from mrff_secure.federation.local_training import train_clients
+from mrff_secure.federation.roles import Role, parameter_roles
+from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.model import build_model
+from mrff_secure.model.layers import initial_user_vectors
+from mrff_secure.secagg.config import SecAggConfig
+from mrff_secure.secagg.encoding import dequantize, quantize
+
+DP_MODES = ("off", "local", "distributed")
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """What every participant of a round must agree on besides the model (sent signed by the server)."""
+
+    local_steps: int = 1
+    optimizer: str = "adam"
+    lr: float = 0.1
+    dp_mode: str = "off"
+    clip: float = 1.0
+    noise_multiplier: float = 0.0
+    min_survivors: int = 1  # distributed mode: each client's noise is sized for this many survivors
+    quant_range: float = 1.0
+    levels: int = 4096
+    max_examples: int = 65
+    min_group_size: int = 5
+
+    def __post_init__(self) -> None:
+        if self.dp_mode not in DP_MODES:
+            raise ConfigError(f"dp mode must be one of {DP_MODES}, got {self.dp_mode!r}")
+        for name in ("clip", "quant_range", "lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ConfigError(f"noise_multiplier must be finite and >= 0, got {self.noise_multiplier!r}")
+        for name in ("local_steps", "levels", "max_examples", "min_survivors"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.min_group_size, int) or self.min_group_size < 2:
+            raise ConfigError(f"min_group_size must be an int >= 2 (a group of one leaks), got {self.min_group_size!r}")
+
+    @property
+    def noise_std(self) -> float:
+        """Standard deviation of the noise each client adds to each delta coordinate."""
+        if self.dp_mode == "off":
+            return 0.0
+        sigma = self.noise_multiplier * self.clip
+        return sigma if self.dp_mode == "local" else sigma / math.sqrt(self.min_survivors)
+
+
+def model_config_json(config: ModelConfig) -> str:
+    return json.dumps(asdict(config), sort_keys=True)
+
+
+def model_config_from_json(text: str) -> ModelConfig:
+    try:
+        fields = json.loads(text)
+        if not isinstance(fields, dict):
+            raise ValueError("not an object")
+        for key in ("gate_hidden_dims", "prediction_dims"):
+            if key in fields:
+                fields[key] = tuple(fields[key])
+        return ModelConfig(**fields)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model configuration is not valid: {exc}") from exc
+
+
+def build_global(config: ModelConfig, data: ClientData, model_seed: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The model and its initial shared and group parameters (as FederatedSimulation builds them)."""
+    torch.manual_seed(model_seed)
+    model = build_model(config, data)
+    roles = parameter_roles(model)
+    params = {n: p.detach().clone() for n, p in model.named_parameters() if roles[n] is not Role.PRIVATE}
+    return model, params
+
+
+def initial_private(model: torch.nn.Module, data: ClientData, config: ModelConfig, model_seed: int,
+                    user: int) -> dict[str, torch.Tensor]:
+    """User `user`'s starting private parameters (no batch dimension)."""
+    roles = parameter_roles(model)
+    vectors = initial_user_vectors(data.user_attributes, config.attribute_dim,
+                                   torch.Generator().manual_seed(model_seed + 1))  # (users, dim)
+    out = {}
+    for n, p in model.named_parameters():
+        if roles[n] is Role.PRIVATE:
+            out[n] = vectors[user].clone() if n == "user.vector" else p.detach().clone()
+    return out
+
+
+def client_rng(client_seed: int, round_id: int, user: int) -> np.random.Generator:
+    """The generator of a client's rounding and noise in one round. client_seed is the client's secret."""
+    return np.random.default_rng([client_seed, round_id, user])
+
+
+def torch_seed(client_seed: int, round_id: int, user: int) -> int:
+    digest = hashlib.sha256(f"mrff-dropout|{client_seed}|{round_id}|{user}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class LocalUpdate:
+    deltas: dict[str, torch.Tensor]  # (1, *shape)
+    private: dict[str, torch.Tensor]  # no batch dimension
+    routes: torch.Tensor  # (1, blocks)
+    num_examples: torch.Tensor  # (1,)
+
+
+def train_user(model: torch.nn.Module, global_params: Mapping[str, torch.Tensor], private: Mapping[str, torch.Tensor],
+               data: ClientData, user: int, group_fractions: torch.Tensor | None, spec: RoundSpec,
+               config: ModelConfig, seed: int) -> LocalUpdate:
+    """Train one user's local steps from the global model (a chunk of one client)."""
+    dtype = next(iter(global_params.values())).dtype
+    idx = slice(user, user + 1)
+    seq = torch.as_tensor(data.train_seq[idx])
+    target = torch.as_tensor(data.train_target[idx])
+    label = torch.as_tensor(data.train_label[idx]).to(dtype)
+    torch.manual_seed(seed)
+    model.train()
+    result = train_clients(model, dict(global_params), {n: t.unsqueeze(0) for n, t in private.items()}, seq, target,
+                           label, group_fractions, balance_alpha=config.balance_alpha, local_steps=spec.local_steps,
+                           optimizer=spec.optimizer, lr=spec.lr)
+    examples = (target != 0).sum(1).to(dtype)  # (1,)
+    return LocalUpdate(result.deltas, {n: t[0].clone() for n, t in result.private.items()}, result.routes, examples)
+
+
+def counts_input(layout: UpdateLayout, update: LocalUpdate) -> np.ndarray:
+    """Phase-1 input: (blocks * groups,) int64 one-hot of the user's group per block."""
+    hot = torch.nn.functional.one_hot(update.routes[0].long(), layout.num_groups)  # (blocks, groups)
+    return hot.reshape(-1).numpy().astype(np.int64)
+
+
+def suppressed_groups(counts: np.ndarray, layout: UpdateLayout, min_group_size: int) -> np.ndarray:
+    """(blocks, groups) bool: the slots every client zeroes because the group is too small to hide a user."""
+    return np.asarray(counts, dtype=np.int64).reshape(layout.num_blocks, layout.num_groups) < min_group_size
+
+
+def update_input(layout: UpdateLayout, update: LocalUpdate, suppressed: np.ndarray, spec: RoundSpec,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Phase-2 input: (layout.size,) int64. Delta part clipped (DP), noised (DP), quantized; counts exact."""
+    mask = torch.as_tensor(np.asarray(suppressed, dtype=bool))
+    vector = layout.build(update.deltas, update.routes, update.num_examples, mask)[0]  # (size,)
+    values = vector.detach().to(torch.float64).numpy()
+    delta = values[:layout.delta_size]
+    if spec.dp_mode != "off":
+        delta, _ = clip_l2(delta, spec.clip)
+        if spec.noise_std > 0:
+            delta = delta + rng.normal(0.0, spec.noise_std, size=delta.shape)
+    q = quantize(delta, clip=spec.quant_range, levels=spec.levels, rng=rng)
+    counts = values[layout.delta_size:]
+    if counts[-1] > spec.max_examples:
+        raise ConfigError(f"user has {int(counts[-1])} examples, above max_examples={spec.max_examples}")
+    return np.concatenate([q, counts.astype(np.int64)])
+
+
+def secagg_configs(layout: UpdateLayout, spec: RoundSpec, num_clients: int, *,
+                   options: Mapping[str, int] | None = None) -> tuple[SecAggConfig, SecAggConfig]:
+    """(phase-1 config, phase-2 config) of a round with `num_clients` participants."""
+    extra = dict(options or {})
+    counts = SecAggConfig(num_clients=num_clients, vector_length=max(layout.count_size, 1), max_abs=1, **extra)
+    update = SecAggConfig(num_clients=num_clients, vector_length=layout.size,
+                          max_abs=max(spec.levels, spec.max_examples), **extra)
+    return counts, update
+
+
+@dataclass(frozen=True)
+class AppliedRound:
+    params: dict[str, torch.Tensor]
+    group_counts: np.ndarray  # (blocks, groups) of the phase-2 survivors
+    group_fractions: torch.Tensor | None
+    examples: int
+
+
+def apply_update(global_params: Mapping[str, torch.Tensor], layout: UpdateLayout, total: np.ndarray,
+                 survivors: int, suppressed: np.ndarray, spec: RoundSpec) -> AppliedRound:
+    """Decode the exact phase-2 sum of `survivors` clients and take the global step."""
+    total = np.asarray(total, dtype=np.int64)
+    if total.shape != (layout.size,):
+        raise ConfigError(f"sum has shape {total.shape}, layout expects ({layout.size},)")
+    dtype = next(iter(global_params.values())).dtype
+    delta = dequantize(total[:layout.delta_size], clip=spec.quant_range, levels=spec.levels)
+    summed = torch.from_numpy(np.concatenate([delta, total[layout.delta_size:].astype(np.float64)])).to(dtype)
+    counts = total[layout.delta_size:layout.delta_size + layout.count_size].reshape(layout.num_blocks, layout.num_groups)
+    averaging = torch.from_numpy(np.where(np.asarray(suppressed, dtype=bool), 0, counts)).to(dtype)
+    params = apply_sum(dict(global_params), layout, summed, survivors, averaging)
+    fractions = torch.from_numpy(counts).to(dtype) / survivors if layout.num_groups else None
+    return AppliedRound(params, counts, fractions, int(total[-1]))

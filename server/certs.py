@@ -1,0 +1,128 @@
+"""`mrff certs`: a development PKI made with `cryptography` alone.
+
+Writes into one folder: ca.crt / ca.key (a self-signed CA), server.crt / server.key (SANs:
+localhost, 127.0.0.1 and any --host), client.crt / client.key (for mutual TLS), signing.key /
+signing.pub (Ed25519: the server signs round parameters, clients verify them) and enrol.token.
+Private keys are written atomically with mode 0600. For development and tests, not production.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from mrff_secure.atomic import write_bytes_atomic
+from mrff_secure.errors import ConfigError
+
+VALIDITY_DAYS = 365
+
+
+@dataclass(frozen=True)
+class CertPaths:
+    folder: Path
+
+    def __getattr__(self, name: str) -> Path:  # ca_crt -> folder / "ca.crt"
+        files = {"ca_crt": "ca.crt", "ca_key": "ca.key", "server_crt": "server.crt", "server_key": "server.key",
+                 "client_crt": "client.crt", "client_key": "client.key", "signing_key": "signing.key",
+                 "signing_pub": "signing.pub", "token": "enrol.token"}
+        if name not in files:
+            raise AttributeError(name)
+        return self.folder / files[name]
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    write_bytes_atomic(path, data)
+    os.chmod(path, 0o600)
+
+
+def _key_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mrff-secure development"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return x509.SubjectAlternativeName(names)
+
+
+def _leaf(ca_key, ca_name: x509.Name, common_name: str, usage, hosts: list[str] | None, now: dt.datetime):
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(ca_name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=VALIDITY_DAYS))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+    if hosts:
+        builder = builder.add_extension(_san(hosts), critical=False)
+    return key, builder.sign(ca_key, hashes.SHA256())
+
+
+def make_dev_pki(folder: Path, *, hosts: list[str] | None = None, overwrite: bool = False) -> CertPaths:
+    """Create the development CA, server and client certificates, the signing key and the token."""
+    paths = CertPaths(Path(folder))
+    if paths.ca_key.exists() and not overwrite:
+        raise ConfigError(f"{paths.ca_key} exists; pass --overwrite to replace the development PKI")
+    hosts = ["localhost", "127.0.0.1"] + [h for h in (hosts or []) if h not in ("localhost", "127.0.0.1")]
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("mrff-secure development CA")
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=VALIDITY_DAYS))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    server_key, server_cert = _leaf(ca_key, ca_name, hosts[0], ExtendedKeyUsageOID.SERVER_AUTH, hosts, now)
+    client_key, client_cert = _leaf(ca_key, ca_name, "mrff-client", ExtendedKeyUsageOID.CLIENT_AUTH, None, now)
+    signing = Ed25519PrivateKey.generate()
+    pem = serialization.Encoding.PEM
+    _write_private(paths.ca_key, _key_pem(ca_key))
+    write_bytes_atomic(paths.ca_crt, ca.public_bytes(pem))
+    _write_private(paths.server_key, _key_pem(server_key))
+    write_bytes_atomic(paths.server_crt, server_cert.public_bytes(pem))
+    _write_private(paths.client_key, _key_pem(client_key))
+    write_bytes_atomic(paths.client_crt, client_cert.public_bytes(pem))
+    _write_private(paths.signing_key, _key_pem(signing))
+    write_bytes_atomic(paths.signing_pub, signing.public_key().public_bytes(
+        pem, serialization.PublicFormat.SubjectPublicKeyInfo))
+    _write_private(paths.token, (secrets.token_urlsafe(32) + "\n").encode())
+    return paths
+
+
+def read_token(path: Path) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the enrolment token {path}: {exc}") from exc
+    if not token:
+        raise ConfigError(f"enrolment token file {path} is empty")
+    return token
+
+
+def read_file(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc}") from exc

@@ -1,0 +1,563 @@
+"""The coordinator: enrolment, round sampling, the two secure sums per round with per-stage
+deadlines, the DP mode, the global update, checkpoints and the audit log. Transport-free: the
+gRPC servicer (service.py) calls `enrol`, `get_round`, `submit` and `fetch`; `run` drives rounds.
+
+Concurrency: one driver thread runs rounds; request threads only validate messages and hand them
+to the open stage under one condition variable. A stage closes when every expected client has
+answered or at its deadline; whoever is missing is a dropout. Crypto-heavy closing steps run
+outside the lock while no stage is open, so late messages are refused, never half-applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mrff_secure.config import ModelConfig
+from mrff_secure.data.client_data import ClientData
+from mrff_secure.dp.config import min_survivors
+from mrff_secure.dp.ledger import PrivacyLedger
+from mrff_secure.errors import AggregationAborted, AuthenticationError, ConfigError, ProtocolViolation, SecAggError
+from mrff_secure.federation.client_update import (
+    RoundSpec,
+    apply_update,
+    build_global,
+    model_config_json,
+    secagg_configs,
+    suppressed_groups,
+)
+from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.secagg import messages, packing, primitives
+from mrff_secure.secagg.config import MAX_CLIENT_ID, SecAggConfig
+from mrff_secure.secagg.encoding import from_ring
+from mrff_secure.secagg.server import ServerSession
+from mrff_secure.wire import signing, tensors
+from mrff_secure.wire.v1 import coordinator_pb2 as pb
+from server import checkpoint
+from server.audit import AuditLog
+from server.errors import (
+    BadSignature,
+    EnrolmentRefused,
+    Malformed,
+    NotParticipant,
+    Replay,
+    RoundAborted,
+    ShuttingDown,
+    UnknownClient,
+    WrongLength,
+    WrongRound,
+    WrongStage,
+)
+
+log = logging.getLogger("mrff.server")
+
+COUNTS, UPDATE = pb.COUNTS, pb.UPDATE
+PHASE_NAMES = {COUNTS: "counts", UPDATE: "update"}
+STAGE_NAMES = {pb.ADVERTISE_KEYS: "advertise_keys", pb.SHARE_KEYS: "share_keys", pb.MASKED_INPUT: "masked_input",
+               pb.CONSISTENCY_CHECK: "consistency_check", pb.UNMASK: "unmask", pb.OUTCOME: "outcome"}
+EXPECTED_MESSAGE = {pb.ADVERTISE_KEYS: messages.AdvertiseKeys, pb.SHARE_KEYS: messages.ShareKeys,
+                    pb.MASKED_INPUT: messages.MaskedInput, pb.CONSISTENCY_CHECK: messages.ConsistencySignature,
+                    pb.UNMASK: messages.UnmaskResponse}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the coordinator runs rounds (saved in the run folder; `--resume` reads it back)."""
+
+    rounds: int = 3
+    seed: int = 0
+    client_fraction: float = 1.0
+    min_clients: int = 3
+    secure: bool = True
+    train_timeout: float = 120.0  # announcement -> advertise keys of the counts phase (local training)
+    stage_timeout: float = 30.0  # every other stage
+    dp_delta: float = 1e-5
+    max_dropout_fraction: float = 0.3  # distributed DP: noise sized for ceil(n * (1 - f)) survivors
+    num_neighbours: int | None = None
+    threshold: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ConfigError(f"rounds must be >= 0, got {self.rounds}")
+        if self.min_clients < 3:
+            raise ConfigError(f"min_clients must be >= 3 (secure aggregation needs 3), got {self.min_clients}")
+        if not 0.0 < self.client_fraction <= 1.0:
+            raise ConfigError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
+        for name in ("train_timeout", "stage_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.max_dropout_fraction < 1.0:
+            raise ConfigError(f"max_dropout_fraction must be in [0, 1), got {self.max_dropout_fraction}")
+
+    def secagg_options(self) -> dict[str, int]:
+        return {k: v for k, v in (("num_neighbours", self.num_neighbours), ("threshold", self.threshold)) if v is not None}
+
+
+class _Stopped(Exception):
+    pass
+
+
+@dataclass
+class _Phase:
+    phase: int
+    config: SecAggConfig
+    secagg_round_id: int
+    session: ServerSession | None = None
+    stage: int | None = None  # the stage accepting submissions; None between stages
+    expected: set[int] = field(default_factory=set)
+    received: set[int] = field(default_factory=set)
+    outbox: dict[int, dict[int, bytes]] = field(default_factory=dict)  # stage -> client -> server message
+    plain: dict[int, np.ndarray] = field(default_factory=dict)
+    dropouts: dict[str, list[int]] = field(default_factory=dict)
+    survivors: tuple[int, ...] = ()
+
+
+@dataclass
+class _Round:
+    round_id: int
+    participants: tuple[int, ...]
+    spec: RoundSpec
+    announcement: pb.SignedBody
+    phases: dict[int, _Phase] = field(default_factory=dict)
+    current_phase: int | None = None
+    phase_start: pb.SignedBody | None = None
+    outcome: pb.RoundOutcome | None = None
+
+
+def secagg_parameters(config: SecAggConfig, secagg_round_id: int) -> pb.SecAggParameters:
+    return pb.SecAggParameters(secagg_round_id=secagg_round_id, num_clients=config.num_clients,
+                               vector_length=config.vector_length, max_abs=config.max_abs,
+                               modulus_bits=config.bits, num_neighbours=config.k, threshold=config.t)
+
+
+class Coordinator:
+    """One training run's server state. `run()` plays the rounds; the other public methods are
+    called by request threads."""
+
+    def __init__(self, run_dir: Path, settings: ServerSettings, model_config: ModelConfig, data: ClientData,
+                 spec: RoundSpec, signing_key, *, resume: bool = False) -> None:
+        self.run_dir = Path(run_dir)
+        self.settings, self.model_config, self.base_spec = settings, model_config, spec
+        self._signing_key = signing_key
+        self.model, params = build_global(model_config, data, settings.seed)
+        self.layout = UpdateLayout.from_model(self.model)
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._sessions: dict[int, bytes] = {}
+        self._active: set[int] = set()
+        self._round: _Round | None = None
+        self._outcomes: dict[int, pb.RoundOutcome] = {}
+        self._announcement: tuple[int, pb.SignedBody] | None = None
+        self.error: BaseException | None = None
+        self.audit = AuditLog(self.run_dir / "audit.jsonl")
+        if resume:
+            params, meta = checkpoint.load(self.run_dir)
+            self._restore(params, meta)
+            self.audit.append({"type": "resumed", "next_round": self.next_round, "model_digest": self.model_digest(),
+                               "repaired": self.audit.repaired}, sync=True)
+        else:
+            if (self.run_dir / checkpoint.FILENAME).exists():
+                raise ConfigError(f"{self.run_dir} already holds a run; use --resume {self.run_dir} or a new folder")
+            self.run_id = secrets.token_hex(8)
+            self.params = params
+            self.next_round = 0
+            self.last_completed = -1
+            groups = self.layout.num_groups
+            self.group_fractions = (torch.full((self.layout.num_blocks, groups), 1.0 / groups,
+                                               dtype=next(iter(params.values())).dtype) if groups else None)
+            self.ledger = PrivacyLedger(delta=settings.dp_delta)
+            self._identities: dict[int, bytes] = {}
+            self._checkpoint()
+            self.audit.append({"type": "run_started", "run_id": self.run_id, "settings": dataclasses.asdict(settings),
+                               "spec": dataclasses.asdict(spec), "model_config": model_config_json(model_config),
+                               "model_digest": self.model_digest()}, sync=True)
+
+    # ------------------------------------------------------------------ state
+    def model_digest(self) -> str:
+        return tensors.digest(self.params).hex()
+
+    def _checkpoint(self) -> None:
+        meta: dict[str, Any] = {
+            "run_id": self.run_id, "next_round": self.next_round, "last_completed_round": self.last_completed,
+            "group_fractions": None if self.group_fractions is None else self.group_fractions.tolist(),
+            "ledger": self.ledger.state_dict(), "rng": {"sampling": "numpy.default_rng([seed, round])",
+                                                        "seed": self.settings.seed},
+            "identities": {str(c): k.hex() for c, k in sorted(self._identities.items())},
+            "model_digest": self.model_digest(), "model_config": model_config_json(self.model_config),
+        }
+        checkpoint.save(self.run_dir, self.params, meta)
+
+    def _restore(self, params: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        from mrff_secure.errors import CheckpointError
+
+        if list(params) != list(self.params_template()):
+            raise CheckpointError(f"{self.run_dir}: checkpoint parameters do not match the model")
+        for name, (shape, dtype) in self.params_template().items():
+            if tuple(params[name].shape) != shape or params[name].dtype != dtype:
+                raise CheckpointError(f"{self.run_dir}: parameter {name} has the wrong shape or dtype")
+        if meta.get("model_config") != model_config_json(self.model_config):
+            raise CheckpointError(f"{self.run_dir}: the checkpoint was made with another model configuration")
+        self.params = params
+        if tensors.digest(params).hex() != meta.get("model_digest"):
+            raise CheckpointError(f"{self.run_dir}: checkpoint parameters do not match their recorded digest")
+        self.run_id = str(meta["run_id"])
+        self.next_round = int(meta["next_round"])
+        self.last_completed = int(meta["last_completed_round"])
+        fractions = meta.get("group_fractions")
+        dtype = next(iter(params.values())).dtype
+        self.group_fractions = None if fractions is None else torch.tensor(fractions, dtype=dtype)
+        self.ledger = PrivacyLedger(delta=self.settings.dp_delta)
+        self.ledger.load_state_dict(meta["ledger"])
+        self._identities = {int(c): bytes.fromhex(k) for c, k in meta.get("identities", {}).items()}
+
+    def params_template(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return {n: (tuple(t.shape), t.dtype) for n, t in self._template.items()}
+
+    @property
+    def _template(self) -> dict[str, torch.Tensor]:
+        from mrff_secure.federation.roles import Role, parameter_roles
+
+        roles = parameter_roles(self.model)
+        return {n: p for n, p in self.model.named_parameters() if roles[n] is not Role.PRIVATE}
+
+    # -------------------------------------------------------------- requests
+    def enrol(self, client_id: int, public_key: bytes, proof: bytes) -> bytes:
+        if not 0 <= client_id <= MAX_CLIENT_ID:
+            raise Malformed(f"client id {client_id} is outside [0, {MAX_CLIENT_ID}]")
+        if len(public_key) != primitives.PUBLIC_KEY_BYTES:
+            raise Malformed(f"identity key must be {primitives.PUBLIC_KEY_BYTES} bytes, got {len(public_key)}")
+        try:
+            primitives.verify(public_key, proof, signing.enrol_payload(client_id, public_key))
+        except AuthenticationError as exc:
+            raise BadSignature("enrolment proof does not verify under the identity key") from exc
+        with self._cond:
+            known = self._identities.get(client_id)
+            if known is not None and not hmac.compare_digest(known, public_key):
+                raise EnrolmentRefused(f"client id {client_id} is already bound to another identity key")
+            self._identities[client_id] = public_key
+            token = secrets.token_bytes(32)
+            self._sessions[client_id] = token
+            self._active.add(client_id)
+            self._cond.notify_all()
+        return token
+
+    def authenticate(self, client_id: int, token: bytes) -> bool:
+        with self._cond:
+            expected = self._sessions.get(client_id)
+            if expected is None or not hmac.compare_digest(expected, token):
+                return False
+            self._active.add(client_id)
+            return True
+
+    def _wait(self, deadline: float) -> bool:
+        """Wait on the condition until notified or the deadline; False once the deadline passed."""
+        if self._stopped:
+            raise ShuttingDown("the coordinator is shutting down")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        self._cond.wait(remaining)
+        return True
+
+    def get_round(self, after_round: int, wait: float) -> pb.SignedBody | None:
+        deadline = time.monotonic() + wait
+        with self._cond:
+            while True:
+                if self._announcement is not None and self._announcement[0] > after_round:
+                    return self._announcement[1]
+                if not self._wait(deadline):
+                    return None
+
+    def submit(self, client_id: int, round_id: int, phase: int, stage: int, payload: bytes) -> None:
+        with self._cond:
+            rs = self._round
+            if rs is None or rs.outcome is not None or rs.round_id != round_id:
+                current = "none" if rs is None or rs.outcome is not None else rs.round_id
+                raise WrongRound(f"round {round_id} is not running (current round: {current})")
+            if client_id not in rs.participants:
+                raise NotParticipant(f"client {client_id} is not a participant of round {round_id}")
+            ps = rs.phases.get(phase)
+            if ps is None or rs.current_phase != phase:
+                raise WrongStage(f"phase {PHASE_NAMES.get(phase, phase)} is not open in round {round_id}")
+            if stage not in EXPECTED_MESSAGE:
+                raise WrongStage(f"stage {stage} takes no client messages")
+            if ps.stage != stage:
+                open_stage = STAGE_NAMES.get(ps.stage, "none (closing)") if ps.stage is not None else "none (closing)"
+                raise WrongStage(f"stage {STAGE_NAMES[stage]} is not open (open: {open_stage})")
+            if client_id not in ps.expected:
+                raise NotParticipant(f"client {client_id} is not expected at stage {STAGE_NAMES[stage]} "
+                                     "(it dropped out of an earlier stage)")
+            if client_id in ps.received:
+                raise Replay(f"client {client_id} already answered stage {STAGE_NAMES[stage]}")
+            try:
+                message = messages.decode(payload)
+            except ProtocolViolation as exc:
+                raise Malformed(f"payload does not parse: {exc}") from exc
+            if type(message) is not EXPECTED_MESSAGE[stage]:
+                raise Malformed(f"stage {STAGE_NAMES[stage]} takes {EXPECTED_MESSAGE[stage].__name__}, "
+                                f"got {type(message).__name__}")
+            if message.client_id != client_id:
+                raise NotParticipant(f"client {client_id} sent a message in the name of client {message.client_id}")
+            if message.round_id != ps.secagg_round_id:
+                raise WrongRound(f"message is for secagg round {message.round_id}, expected {ps.secagg_round_id}")
+            if isinstance(message, messages.MaskedInput) and (
+                    message.length != ps.config.vector_length or message.modulus_bits != ps.config.bits):
+                raise WrongLength(f"vector of {message.length} values x {message.modulus_bits} bits, expected "
+                                  f"{ps.config.vector_length} x {ps.config.bits}")
+            try:
+                if ps.session is None:  # plain aggregation
+                    ps.plain[client_id] = packing.unpack(message.payload, message.modulus_bits, message.length)
+                else:
+                    receive = {pb.ADVERTISE_KEYS: ps.session.receive_advertise_keys,
+                               pb.SHARE_KEYS: ps.session.receive_share_keys,
+                               pb.MASKED_INPUT: ps.session.receive_masked_input,
+                               pb.CONSISTENCY_CHECK: ps.session.receive_consistency_signature,
+                               pb.UNMASK: ps.session.receive_unmask_response}[stage]
+                    receive(message)
+            except AuthenticationError as exc:
+                raise BadSignature(f"stage {STAGE_NAMES[stage]}: signature does not verify") from exc
+            except SecAggError as exc:
+                raise Malformed(f"stage {STAGE_NAMES[stage]}: {exc}") from exc
+            ps.received.add(client_id)
+            if ps.received >= ps.expected:
+                self._cond.notify_all()
+
+    def fetch(self, client_id: int, round_id: int, phase: int, stage: int, wait: float) -> tuple[str, Any] | None:
+        deadline = time.monotonic() + wait
+        with self._cond:
+            while True:
+                if stage == pb.OUTCOME and round_id in self._outcomes:
+                    return "outcome", self._outcomes[round_id]
+                rs = self._round
+                if rs is None or rs.round_id != round_id:
+                    raise WrongRound(f"round {round_id} is not running")
+                if client_id not in rs.participants:
+                    raise NotParticipant(f"client {client_id} is not a participant of round {round_id}")
+                if phase not in (COUNTS, UPDATE):
+                    raise Malformed(f"unknown phase {phase}")
+                if stage == pb.OUTCOME:
+                    pass
+                elif phase == UPDATE and stage == pb.ADVERTISE_KEYS:
+                    if rs.phase_start is not None:
+                        return "phase_start", rs.phase_start
+                elif stage in (pb.SHARE_KEYS, pb.MASKED_INPUT, pb.CONSISTENCY_CHECK, pb.UNMASK):
+                    ps = rs.phases.get(phase)
+                    box = None if ps is None else ps.outbox.get(stage)
+                    if box is not None:
+                        if client_id not in box:
+                            raise NotParticipant(f"client {client_id} has no part in stage {STAGE_NAMES[stage]} "
+                                                 "(dropped out of an earlier stage)")
+                        return "payload", box[client_id]
+                else:
+                    raise WrongStage(f"stage {stage} has nothing to fetch in phase {PHASE_NAMES[phase]}")
+                if rs.outcome is not None and not rs.outcome.completed:
+                    raise RoundAborted(f"round {round_id} was aborted: {rs.outcome.reason}")
+                if not self._wait(deadline):
+                    return None
+
+    def record_rejection(self, client_id: int | None, method: str, status: str, reason: str) -> None:
+        rs = self._round
+        self.audit.append({"type": "rejected", "client": client_id, "method": method, "status": status,
+                           "reason": reason[:500], "round": None if rs is None else rs.round_id})
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    # ---------------------------------------------------------------- rounds
+    def run(self) -> None:
+        """Play the remaining rounds, then announce the end. Returns when done or stopped."""
+        try:
+            while self.next_round < self.settings.rounds:
+                self._play_round(self.next_round)
+            self._announce(self.next_round, self._body(self.next_round, (), None, finished=True))
+            self.audit.append({"type": "run_finished", "rounds": self.next_round, "model_digest": self.model_digest()},
+                              sync=True)
+        except (_Stopped, ShuttingDown):
+            log.info("coordinator stopped")
+        except BaseException as exc:  # surfaced by the command; the process must not hang silently
+            self.error = exc
+            log.exception("coordinator failed")
+            raise
+
+    def _sign(self, body) -> pb.SignedBody:
+        data = body.SerializeToString()
+        return pb.SignedBody(body=data, signature=signing.sign_body(self._signing_key, data))
+
+    def _announce(self, round_id: int, body: pb.SignedBody) -> None:
+        with self._cond:
+            self._announcement = (round_id, body)
+            self._cond.notify_all()
+
+    def _body(self, round_id: int, participants: tuple[int, ...], spec: RoundSpec | None, *,
+              finished: bool = False, configs: tuple[SecAggConfig, SecAggConfig] | None = None) -> pb.SignedBody:
+        body = pb.RoundBody(run_id=self.run_id, round_id=round_id, finished=finished,
+                            last_completed_round=self.last_completed, secure=self.settings.secure)
+        if not finished and spec is not None and configs is not None:
+            body.participants.extend(participants)
+            body.identities.extend(pb.Identity(client_id=c, public_key=self._identities[c]) for c in participants)
+            body.parameters.extend(tensors.to_proto(self.params))
+            if self.group_fractions is not None:
+                body.group_fractions.extend(self.group_fractions.reshape(-1).tolist())
+            body.num_blocks, body.num_groups = self.layout.num_blocks, self.layout.num_groups
+            body.counts_secagg.CopyFrom(secagg_parameters(configs[0], 2 * round_id))
+            body.update_secagg.CopyFrom(secagg_parameters(configs[1], 2 * round_id + 1))
+            body.dp.CopyFrom(pb.DPParameters(mode=spec.dp_mode, clip=spec.clip, noise_multiplier=spec.noise_multiplier,
+                                             min_survivors=spec.min_survivors))
+            body.quantization.CopyFrom(pb.QuantizationParameters(range=spec.quant_range, levels=spec.levels,
+                                                                 max_examples=spec.max_examples))
+            body.training.CopyFrom(pb.TrainingParameters(local_steps=spec.local_steps, optimizer=spec.optimizer,
+                                                         lr=spec.lr, model_seed=self.settings.seed,
+                                                         model_config_json=model_config_json(self.model_config)))
+            body.min_group_size = spec.min_group_size
+            body.model_digest = tensors.digest(self.params)
+        return self._sign(body)
+
+    def _sample(self, round_id: int) -> tuple[int, ...]:
+        """Wait for enough active clients, then sample (reproducibly from the seed and the round)."""
+        with self._cond:
+            while True:
+                eligible = sorted(self._active & set(self._sessions))
+                if len(eligible) >= self.settings.min_clients:
+                    break
+                self._wait(time.monotonic() + 1.0)
+        if self.settings.client_fraction >= 1.0:
+            return tuple(eligible)
+        rng = np.random.default_rng([self.settings.seed, round_id])
+        k = max(self.settings.min_clients, int(round(len(eligible) * self.settings.client_fraction)))
+        return tuple(int(c) for c in np.sort(rng.choice(eligible, size=min(k, len(eligible)), replace=False)))
+
+    def _play_round(self, r: int) -> None:
+        participants = self._sample(r)
+        n = len(participants)
+        spec = dataclasses.replace(self.base_spec, min_survivors=min_survivors(n, self.settings.max_dropout_fraction))
+        started = time.perf_counter()
+        cpu0 = time.process_time()
+        configs = secagg_configs(self.layout, spec, n, options=self.settings.secagg_options())
+        rs = _Round(r, participants, spec, self._body(r, participants, spec, configs=configs))
+        with self._cond:
+            self._round = rs
+        self._announce(r, rs.announcement)
+        record: dict[str, Any] = {"type": "round", "round": r, "participants": list(participants),
+                                  "secure": self.settings.secure, "dp_mode": spec.dp_mode, "phases": {}}
+        try:
+            counts, survivors1 = self._phase(rs, COUNTS, configs[0], 2 * r, set(participants),
+                                             self.settings.train_timeout, record)
+            suppressed = suppressed_groups(counts[:self.layout.count_size], self.layout, spec.min_group_size)
+            start = pb.UpdatePhaseBody(run_id=self.run_id, round_id=r, suppressed=suppressed.reshape(-1).tolist())
+            with self._cond:
+                rs.phase_start = self._sign(start)
+                self._cond.notify_all()
+            total, survivors2 = self._phase(rs, UPDATE, configs[1], 2 * r + 1, set(survivors1),
+                                            self.settings.stage_timeout, record)
+            applied = apply_update(self.params, self.layout, total, len(survivors2), suppressed, spec)
+        except AggregationAborted as exc:
+            outcome = pb.RoundOutcome(round_id=r, completed=False, reason=str(exc))
+            record.update(type="round_aborted", reason=str(exc), model_digest=self.model_digest())
+        else:
+            self.params = applied.params
+            self.group_fractions = applied.group_fractions
+            self.last_completed = r
+            z = spec.noise_multiplier if spec.dp_mode != "off" else 0.0
+            self.ledger.record_round(noise_multiplier=z, sample_rate=self.settings.client_fraction)
+            eps_prv, eps_rdp = self.ledger.epsilon() if z > 0 else (None, float("inf"))
+            outcome = pb.RoundOutcome(round_id=r, completed=True, survivors=len(survivors2))
+            record.update(group_counts=applied.group_counts.tolist(), suppressed=suppressed.astype(int).tolist(),
+                          examples=applied.examples, model_digest=self.model_digest(),
+                          epsilon={"prv": eps_prv, "rdp": None if eps_rdp == float("inf") else eps_rdp,
+                                   "delta": self.ledger.delta, "noiseless_round": z == 0})
+        record.update(seconds=round(time.perf_counter() - started, 4),
+                      server_cpu_seconds=round(time.process_time() - cpu0, 4))
+        self.next_round = r + 1
+        self._checkpoint()
+        self.audit.append(record, sync=True)
+        with self._cond:
+            rs.outcome = outcome
+            rs.current_phase = None
+            self._outcomes[r] = outcome
+            for old in [k for k in self._outcomes if k < r - 8]:
+                del self._outcomes[old]
+            self._cond.notify_all()
+        log.info("round %d %s in %.2fs", r, "completed" if outcome.completed else f"aborted: {outcome.reason}",
+                 time.perf_counter() - started)
+
+    # ---------------------------------------------------------------- stages
+    def _stage(self, ps: _Phase, record: dict, stage: int, expected: set[int], timeout: float,
+               outbox: dict[int, bytes] | None = None) -> set[int]:
+        """Publish the stage's server messages, open it, wait for the expected clients or the deadline."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if outbox is not None:
+                ps.outbox[stage] = outbox
+            ps.stage, ps.expected, ps.received = stage, set(expected), set()
+            self._cond.notify_all()
+            while not ps.received >= ps.expected:
+                if self._stopped:
+                    raise _Stopped()
+                if not self._wait(deadline):
+                    break
+            ps.stage = None
+            missing = sorted(ps.expected - ps.received)
+            received = set(ps.received)
+            for c in missing:
+                self._active.discard(c)  # until its next call: a dead client is not sampled again
+        record["phases"].setdefault(PHASE_NAMES[ps.phase], {"dropouts": {}})["dropouts"][STAGE_NAMES[stage]] = missing
+        return received
+
+    def _phase(self, rs: _Round, phase: int, config: SecAggConfig, secagg_round_id: int, expected: set[int],
+               first_timeout: float, record: dict) -> tuple[np.ndarray, tuple[int, ...]]:
+        ps = _Phase(phase, config, secagg_round_id)
+        with self._cond:
+            rs.phases[phase] = ps
+            rs.current_phase = phase
+        timeout = self.settings.stage_timeout
+        spec = rs.spec
+        if not self.settings.secure:
+            got = self._stage(ps, record, pb.MASKED_INPUT, expected, first_timeout)
+            survivors = tuple(sorted(got))
+            self._check_survivors(phase, spec, len(survivors), config)
+            total = np.zeros(config.vector_length, dtype=np.uint64)
+            for c in survivors:
+                total += ps.plain[c]
+            total &= np.uint64((1 << config.bits) - 1)
+            record["phases"][PHASE_NAMES[phase]]["survivors"] = list(survivors)
+            return from_ring(total, config.bits), survivors
+        ps.session = ServerSession(config, round_id=secagg_round_id,
+                                   identities={c: self._identities[c] for c in rs.participants})
+        session = ps.session
+        self._stage(ps, record, pb.ADVERTISE_KEYS, expected, first_timeout)
+        roster = session.close_advertise_keys()
+        roster_bytes = roster.to_bytes()
+        ids = {b.client_id for b in roster.bundles}
+        self._stage(ps, record, pb.SHARE_KEYS, ids, timeout, {c: roster_bytes for c in ids})
+        deliveries = session.close_share_keys()
+        self._stage(ps, record, pb.MASKED_INPUT, set(deliveries), timeout,
+                    {c: d.to_bytes() for c, d in deliveries.items()})
+        survivor_list = session.close_masked_input()
+        self._check_survivors(phase, spec, len(survivor_list.survivors), config)
+        listed = survivor_list.to_bytes()
+        self._stage(ps, record, pb.CONSISTENCY_CHECK, set(survivor_list.survivors), timeout,
+                    {c: listed for c in survivor_list.survivors})
+        requests = session.close_consistency_check()
+        self._stage(ps, record, pb.UNMASK, set(requests), timeout, {c: q.to_bytes() for c, q in requests.items()})
+        result = session.finish()
+        record["phases"][PHASE_NAMES[phase]]["survivors"] = list(result.survivors)
+        return result.total, result.survivors
+
+    def _check_survivors(self, phase: int, spec: RoundSpec, survivors: int, config: SecAggConfig) -> None:
+        if survivors < 1:
+            raise AggregationAborted(f"no client sent its {PHASE_NAMES[phase]} input")
+        if phase == UPDATE and spec.dp_mode == "distributed" and survivors < spec.min_survivors:
+            raise AggregationAborted(f"{survivors} survivors carry less noise than the {spec.min_survivors} "
+                                     "the distributed DP mode was sized for; nothing is released")

@@ -1,0 +1,203 @@
+"""The gRPC boundary of the coordinator: a thin servicer, the authentication interceptor, and
+`create_server(address, coordinator, ...) -> (server, port)`.
+
+Requests arrive as raw bytes and are parsed here, so a message that is not valid protobuf gets
+INVALID_ARGUMENT (not gRPC's generic INTERNAL) and an audit-log entry. Domain errors from the
+coordinator become one gRPC status each, only here.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from mrff_secure.wire import limits
+from mrff_secure.wire.v1 import coordinator_pb2 as pb
+from server import errors
+from server.certs import read_file
+from server.coordinator import Coordinator
+
+log = logging.getLogger("mrff.server")
+
+SERVICE = "mrff_secure.v1.Coordinator"
+
+STATUS = {
+    errors.Malformed: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.WrongLength: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.UnknownClient: grpc.StatusCode.UNAUTHENTICATED,
+    errors.BadSignature: grpc.StatusCode.UNAUTHENTICATED,
+    errors.EnrolmentRefused: grpc.StatusCode.PERMISSION_DENIED,
+    errors.NotParticipant: grpc.StatusCode.PERMISSION_DENIED,
+    errors.WrongRound: grpc.StatusCode.OUT_OF_RANGE,
+    errors.WrongStage: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Replay: grpc.StatusCode.ALREADY_EXISTS,
+    errors.RoundAborted: grpc.StatusCode.ABORTED,
+    errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+}
+NOT_AUDITED = (errors.RoundAborted, errors.ShuttingDown)  # outcomes, not bad input
+
+
+class Oversized(errors.Rejected):
+    pass
+
+
+STATUS[Oversized] = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # set: mutual TLS, clients must present a certificate from this CA
+
+
+def _metadata(context_or_details) -> dict[str, str]:
+    items = (context_or_details.invocation_metadata() if hasattr(context_or_details, "invocation_metadata")
+             and callable(context_or_details.invocation_metadata) else context_or_details.invocation_metadata)
+    return {k: v for k, v in (items or ()) if isinstance(v, str)}
+
+
+def _client_id(metadata: dict[str, str]) -> int | None:
+    value = metadata.get(limits.META_CLIENT, "")
+    return int(value) if value.isdigit() and len(value) <= 10 else None
+
+
+def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    def handler(request: bytes, context: grpc.ServicerContext) -> None:
+        context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(handler)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Enrol needs the enrolment token; every other call a live session (client id + session token)."""
+
+    def __init__(self, coordinator: Coordinator, enrol_token: str) -> None:
+        self._coordinator = coordinator
+        self._token = enrol_token.encode()
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method or ""
+        if not method.startswith(f"/{SERVICE}/"):
+            return continuation(handler_call_details)
+        metadata = _metadata(handler_call_details)
+        name = method.rsplit("/", 1)[-1]
+        if name == "Enrol":
+            given = metadata.get(limits.META_ENROL_TOKEN, "").encode()
+            if not hmac.compare_digest(given, self._token):
+                self._coordinator.record_rejection(None, name, "UNAUTHENTICATED", "missing or wrong enrolment token")
+                return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong enrolment token")
+            return continuation(handler_call_details)
+        client = _client_id(metadata)
+        try:
+            session = bytes.fromhex(metadata.get(limits.META_SESSION, ""))
+        except ValueError:
+            session = b""
+        if client is None or not self._coordinator.authenticate(client, session):
+            self._coordinator.record_rejection(client, name, "UNAUTHENTICATED", "unknown client or session")
+            return _deny(grpc.StatusCode.UNAUTHENTICATED,
+                         "unknown client or session: enrol first (sessions end when the server restarts)")
+        return continuation(handler_call_details)
+
+
+class CoordinatorService:
+    """Parses requests, calls the coordinator, maps its errors to statuses."""
+
+    def __init__(self, coordinator: Coordinator, max_upload_bytes: int) -> None:
+        self.coordinator = coordinator
+        self.max_upload = max_upload_bytes
+
+    def _call(self, name: str, request_type, raw: bytes, context: grpc.ServicerContext,
+              body: Callable[[int | None, object], object]) -> bytes:
+        client = _client_id(_metadata(context))
+        try:
+            if len(raw) > self.max_upload:
+                raise Oversized(f"message of {len(raw)} bytes exceeds the limit of {self.max_upload}")
+            try:
+                request = request_type.FromString(raw)
+            except (DecodeError, ValueError) as exc:
+                raise errors.Malformed(f"{request_type.__name__} does not parse: {exc}") from exc
+            return body(client, request).SerializeToString()
+        except errors.Rejected as exc:
+            code = STATUS.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT)
+            if not isinstance(exc, NOT_AUDITED):
+                self.coordinator.record_rejection(client, name, code.name, str(exc))
+            context.abort(code, str(exc))
+        except grpc.RpcError:
+            raise
+        except Exception:  # a bug: answer INTERNAL, keep serving
+            log.exception("internal error in %s", name)
+            context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+
+    def enrol(self, raw: bytes, context) -> bytes:
+        def body(_client, request: pb.EnrolRequest) -> pb.EnrolReply:
+            if request.protocol_version != limits.PROTOCOL_VERSION:
+                raise errors.Malformed(f"protocol version {request.protocol_version} is not supported "
+                                       f"(this server speaks {limits.PROTOCOL_VERSION})")
+            token = self.coordinator.enrol(request.client_id, request.identity_public_key, request.proof)
+            return pb.EnrolReply(session_token=token, run_id=self.coordinator.run_id)
+
+        return self._call("Enrol", pb.EnrolRequest, raw, context, body)
+
+    def get_round(self, raw: bytes, context) -> bytes:
+        def body(_client, request: pb.GetRoundRequest) -> pb.GetRoundReply:
+            wait = min(request.wait_ms, limits.MAX_WAIT_MS) / 1000.0
+            signed = self.coordinator.get_round(request.after_round, wait)
+            return pb.GetRoundReply(pending=True) if signed is None else pb.GetRoundReply(round=signed)
+
+        return self._call("GetRound", pb.GetRoundRequest, raw, context, body)
+
+    def submit(self, raw: bytes, context) -> bytes:
+        def body(client, request: pb.SubmitRequest) -> pb.SubmitReply:
+            self.coordinator.submit(client, request.round_id, request.phase, request.stage, request.payload)
+            return pb.SubmitReply()
+
+        return self._call("Submit", pb.SubmitRequest, raw, context, body)
+
+    def fetch(self, raw: bytes, context) -> bytes:
+        def body(client, request: pb.FetchRequest) -> pb.FetchReply:
+            wait = min(request.wait_ms, limits.MAX_WAIT_MS) / 1000.0
+            got = self.coordinator.fetch(client, request.round_id, request.phase, request.stage, wait)
+            if got is None:
+                return pb.FetchReply(pending=True)
+            kind, value = got
+            return pb.FetchReply(**{kind: value})
+
+        return self._call("Fetch", pb.FetchRequest, raw, context, body)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods = {"Enrol": self.enrol, "GetRound": self.get_round, "Submit": self.submit, "Fetch": self.fetch}
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()})
+
+
+def create_server(address: str, coordinator: Coordinator, *, enrol_token: str, tls: TlsFiles | None,
+                  max_upload_bytes: int = limits.DEFAULT_MAX_UPLOAD_BYTES, max_workers: int = 2048
+                  ) -> tuple[grpc.Server, int]:
+    """A started-ready (not yet started) server bound to `address` ("host:port", port 0 = any);
+    returns (server, bound port). tls=None binds an insecure port: only for `--insecure`."""
+    # gRPC's own cap is 4x ours, so most oversized messages reach the servicer and get audited.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mrff-rpc"),
+                         interceptors=[AuthInterceptor(coordinator, enrol_token)],
+                         options=limits.server_options(4 * max_upload_bytes))
+    server.add_generic_rpc_handlers([CoordinatorService(coordinator, max_upload_bytes).handler()])
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(read_file(tls.key, "server key"), read_file(tls.cert, "server certificate"))],
+            root_certificates=None if tls.client_ca is None else read_file(tls.client_ca, "client CA"),
+            require_client_auth=tls.client_ca is not None)
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        from mrff_secure.errors import ConfigError
+
+        raise ConfigError(f"could not bind {address}")
+    return server, port
