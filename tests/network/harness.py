@@ -1,0 +1,131 @@
+"""Real processes on 127.0.0.1 for the network tests: `mrff server` and `mrff client` started with
+subprocess, addressed by the port the server reports, and stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from mrff_secure.config import ModelConfig
+from mrff_secure.data import make_synthetic
+
+ROOT = Path(__file__).resolve().parents[2]
+USERS = 12
+MAXLEN = 10
+DATA_ARGS = ["--dataset", "synthetic", "--synthetic-users", str(USERS), "--maxlen", str(MAXLEN), "--data-seed", "0"]
+MODEL_ARGS = ["--attribute-dim", "4", "--dropout", "0.0"]
+
+
+def data():
+    return make_synthetic(num_users=USERS, maxlen=MAXLEN, seed=0)
+
+
+def model_config() -> ModelConfig:
+    return ModelConfig(attribute_dim=4, dropout=0.0, maxlen=MAXLEN)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+class Proc:
+    """A child process whose stdout lines are collected by a reader thread."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = open(log, "w")
+        self.popen = subprocess.Popen([sys.executable, "-m", "mrff_secure.cli"] + args, stdout=subprocess.PIPE,
+                                      stderr=self.log, text=True, cwd=ROOT, env=_env())
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.popen.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def wait_line(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.popen.poll() is not None and self.lines.empty():
+                    break
+                continue
+            if line.startswith(prefix):
+                return line.strip()
+        raise AssertionError(f"no line starting with {prefix!r} within {timeout}s; stderr: {self.stderr()[-3000:]}")
+
+    def stderr(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+
+def start_server(tmp: Path, certs: Path, run_dir: Path, *, extra: list[str] = (), resume: bool = False,
+                 address: str = "127.0.0.1:0", name: str = "server") -> tuple[Proc, str]:
+    args = ["server", "--address", address, "--certs", str(certs), "--linger", "2"]
+    args += ["--resume", str(run_dir)] if resume else ["--run-dir", str(run_dir)] + DATA_ARGS + MODEL_ARGS + list(extra)
+    proc = Proc(args, tmp / f"{name}.log")
+    line = proc.wait_line("LISTENING", timeout=90)
+    return proc, line.split()[1]
+
+
+def start_clients(tmp: Path, certs: Path, address: str, users: str, *, seed: int = 7, extra: list[str] = (),
+                  name: str = "clients") -> Proc:
+    args = ["client", "--server", address, "--users", users, "--certs", str(certs),
+            "--state-dir", str(tmp / "state"), "--client-seed", str(seed), "--retry-timeout", "60"] + DATA_ARGS + list(extra)
+    return Proc(args, tmp / f"{name}-{users}.log")
+
+
+def audit_records(run_dir: Path) -> list[dict]:
+    path = run_dir / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for_record(run_dir: Path, predicate, timeout: float, procs: list[Proc] = ()) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in audit_records(run_dir):
+            if predicate(record):
+                return record
+        time.sleep(0.2)
+    logs = "\n".join(p.stderr()[-2000:] for p in procs)
+    raise AssertionError(f"no matching audit record within {timeout}s; logs:\n{logs}")
+
+
+def round_records(run_dir: Path) -> list[dict]:
+    return [r for r in audit_records(run_dir) if r["type"] in ("round", "round_aborted")]
