@@ -1,0 +1,51 @@
+"""Kill the server (SIGKILL) after round 2, restart it with --resume: round 3 starts, clients
+reconnect on their own, and the final model equals an uninterrupted run's (the in-memory
+reference, which test_secure_round shows equals an uninterrupted gRPC run bit for bit)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mrff_secure.federation.client_update import RoundSpec
+from tests.network import harness
+from tests.network.reference import run_reference
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_server_killed_after_round_2_resumes_at_round_3_with_same_final_model(tmp_path, certs, procs) -> None:
+    run_dir = tmp_path / "run"
+    server, address = harness.start_server(tmp_path, certs, run_dir, extra=[
+        "--rounds", "3", "--min-clients", "8", "--min-group-size", "2", "--dp", "local", "--clip", "0.5",
+        "--noise-multiplier", "0.05", "--stage-timeout", "60"])
+    procs.append(server)
+    procs.append(harness.start_clients(tmp_path, certs, address, "0-3", seed=11))
+    procs.append(harness.start_clients(tmp_path, certs, address, "4-7", seed=11))
+    harness.wait_for_record(run_dir, lambda r: r["type"] == "round" and r["round"] == 1, timeout=150, procs=procs)
+    server.kill()
+    assert server.popen.returncode == -9
+
+    resumed, address2 = harness.start_server(tmp_path, certs, run_dir, resume=True, address=address, name="resumed")
+    procs.append(resumed)
+    assert address2 == address
+    assert resumed.wait(timeout=200) == 0, resumed.stderr()
+    for client in procs[1:3]:
+        assert client.wait(timeout=60) == 0, client.stderr()
+
+    records = harness.audit_records(run_dir)
+    resumed_record = next(r for r in records if r["type"] == "resumed")
+    assert resumed_record["next_round"] == 2
+    rounds = harness.round_records(run_dir)
+    assert [(r["type"], r["round"]) for r in rounds] == [("round", 0), ("round", 1), ("round", 2)]
+    assert records.index(resumed_record) < records.index(rounds[2])
+    spec = RoundSpec(**records[0]["spec"])
+    expected = run_reference(harness.data(), harness.model_config(), spec, seed=0, client_seed=11, rounds=3,
+                             users=list(range(8)))
+    assert [r["model_digest"] for r in rounds] == expected
+    assert records[-1]["type"] == "run_finished" and records[-1]["model_digest"] == expected[-1]
+    verify = subprocess.run([sys.executable, "-m", "mrff_secure.cli", "audit-log", "verify", str(run_dir)],
+                            capture_output=True, text=True, cwd=harness.ROOT, timeout=60)
+    assert verify.returncode == 0, verify.stdout
