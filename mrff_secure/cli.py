@@ -54,14 +54,69 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=1)
     p.add_argument("--chunk-size", type=int, default=64, help="clients per vectorized chunk (0 = all)")
     p.add_argument("--seed", type=int, default=0)
+    privacy = p.add_argument_group("privacy", "differential privacy and secure aggregation")
+    privacy.add_argument("--dp", choices=("off", "local", "distributed"), default="off",
+                         help="off: no noise (epsilon inf); local: every client adds the full noise z*C; "
+                              "distributed: noise shares under secure aggregation")
+    privacy.add_argument("--clip", type=float, default=None, metavar="C",
+                         help="L2 clip bound of each update's delta part (needed with --dp local/distributed "
+                              "or --secure-aggregation)")
+    noise = privacy.add_mutually_exclusive_group()
+    noise.add_argument("--noise-multiplier", type=float, default=None, metavar="Z", help="noise std / C")
+    noise.add_argument("--target-epsilon", type=float, default=None, metavar="E",
+                       help="calibrate z to reach this epsilon over --rounds (PRV accountant)")
+    privacy.add_argument("--delta", type=float, default=None, help="delta (default 1/n^1.1 for n users)")
+    privacy.add_argument("--dp-mechanism", choices=("gaussian", "ddg", "discrete_gaussian", "skellam"), default=None,
+                         help="local: gaussian; distributed: ddg (= discrete_gaussian, default) or skellam")
+    privacy.add_argument("--max-dropout-fraction", type=float, default=0.0, metavar="F",
+                         help="distributed: noise shares assume at most this fraction of clients drops")
+    privacy.add_argument("--secure-aggregation", choices=("off", "fast", "inmemory"), default=None,
+                         help="secure sum of the updates: fast (the ring sum the protocol outputs) or inmemory "
+                              "(the real secagg state machines; small rounds); default fast with --dp distributed")
+    privacy.add_argument("--modulus-bits", type=int, default=None, metavar="B",
+                         help="secure-aggregation ring Z_{2^B} (default 48)")
+    privacy.add_argument("--noise-sampling", choices=("per_client", "aggregate"), default="per_client",
+                         help="distributed with the fast path: aggregate draws the summed noise shares once "
+                              "(a simulation shortcut)")
+    privacy.add_argument("--min-group-size", type=int, default=None,
+                         help="groups below this phase-1 count send zeros (default 5 with secure aggregation)")
+    privacy.add_argument("--count-cap", type=int, default=None,
+                         help="the example count is uploaded as min(count, cap)/cap (default: the sequence length)")
     p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder")
     p.add_argument("--json", action="store_true", help="print the summary as JSON to stdout")
     p.add_argument("--no-progress", action="store_true")
 
 
+def privacy_settings(args: argparse.Namespace):
+    """PrivacySettings from the train arguments (ConfigError names the bad combination)."""
+    from mrff_secure.dp import DPConfig
+    from mrff_secure.errors import ConfigError
+    from mrff_secure.federation.privacy_pipeline import DEFAULT_MODULUS_BITS, PrivacySettings
+
+    secure = args.secure_aggregation or ("fast" if args.dp == "distributed" else "off")
+    if args.dp == "off" and (args.noise_multiplier not in (None, 0.0) or args.target_epsilon is not None):
+        raise ConfigError("--noise-multiplier/--target-epsilon need --dp local or --dp distributed")
+    if (args.dp != "off" or secure != "off") and args.clip is None:
+        raise ConfigError("--clip C is required with --dp local/distributed or secure aggregation")
+    if args.dp != "off" and args.noise_multiplier is None and args.target_epsilon is None:
+        raise ConfigError(f"--dp {args.dp} needs --noise-multiplier Z or --target-epsilon E")
+    mechanism = {"ddg": "discrete_gaussian"}.get(args.dp_mechanism, args.dp_mechanism)
+    dp = DPConfig(mode=args.dp, clip=args.clip if args.clip is not None else 1.0,
+                  noise_multiplier=args.noise_multiplier if args.dp != "off" else None,
+                  target_epsilon=args.target_epsilon, delta=args.delta,
+                  mechanism=mechanism if args.dp != "off" else None, max_dropout_fraction=args.max_dropout_fraction)
+    if args.dp == "off" and mechanism is not None and secure == "off":
+        raise ConfigError("--dp-mechanism needs --dp local or --dp distributed")
+    return PrivacySettings(dp=dp, secure_sum=secure,
+                           modulus_bits=args.modulus_bits if args.modulus_bits is not None else DEFAULT_MODULUS_BITS,
+                           noise_sampling=args.noise_sampling, count_cap=args.count_cap,
+                           min_group_size=args.min_group_size)
+
+
 def train_main(args: argparse.Namespace) -> int:
     from mrff_secure.experiment import run_training
 
+    privacy = privacy_settings(args)
     data = load_dataset(args)
     model_config = ModelConfig(
         backbone=args.backbone, attribute_dim=args.attribute_dim, num_blocks=args.blocks, num_heads=args.heads,
@@ -73,13 +128,14 @@ def train_main(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, lr=args.lr, seed=args.seed, eval_every=args.eval_every, chunk_size=args.chunk_size,
     )
     summary = run_training(data, model_config, federation, args.out, progress=not args.no_progress,
-                           extra_config={"dataset": args.dataset})
+                           extra_config={"dataset": args.dataset}, privacy=privacy)
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
         auc = summary.get("test_auc")
         print(f"{data.name}: best validation round {summary.get('best_round')}, test AUC "
               f"{auc if auc is None else round(auc, 4)}, test LogLoss {summary.get('test_logloss')}; "
+              f"epsilon (PRV) {summary['privacy']['epsilon_prv']} at delta {summary['privacy']['delta']:.3g}; "
               f"wrote {args.out}/summary.json, metrics.jsonl, training.png")
     return 0
 

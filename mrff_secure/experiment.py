@@ -1,8 +1,10 @@
 """A training run: rounds of the simulation, evaluation, and the run folder's files.
 
-RUN_DIR/metrics.jsonl  one JSON line per round (round, val/test AUC and LogLoss, group sizes, seconds)
+RUN_DIR/metrics.jsonl  one JSON line per round (round, val/test AUC and LogLoss, group sizes, seconds,
+                       the epsilon spent so far: epsilon_prv / epsilon_rdp, "inf" when there is no noise)
 RUN_DIR/summary.json   best-validation round, its test AUC (with a DeLong 95% interval) and LogLoss,
-                       parameter counts, per-user inference time, configuration
+                       parameter counts, per-user inference time, configuration, and a `privacy` object
+                       (mode, mechanism, z, C, delta, epsilons, count-part treatment, sampling note)
 RUN_DIR/predictions.npz  the best round's validation and test probabilities and labels (no pickle)
 RUN_DIR/training.png   validation AUC and group sizes per block per round (the paper's Fig. 2)
 """
@@ -23,6 +25,7 @@ import torch
 from mrff_secure.atomic import write_bytes_atomic, write_json_atomic
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
+from mrff_secure.federation.privacy_pipeline import PrivacyPipeline, PrivacySettings
 from mrff_secure.federation.roles import Role
 from mrff_secure.federation.simulation import FederatedSimulation
 from mrff_secure.metrics import apply_temperature, auc_confidence_interval, fit_temperature, log_loss
@@ -85,11 +88,21 @@ def plot_training(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run_training(data: ClientData, model_config: ModelConfig, federation: FederationConfig, out_dir: str | Path,
-                 progress: bool = True, extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train for `federation.rounds` rounds, evaluating every `eval_every`; write the run folder; return the summary."""
+                 progress: bool = True, extra_config: dict[str, Any] | None = None,
+                 privacy: PrivacySettings | None = None) -> dict[str, Any]:
+    """Train for `federation.rounds` rounds, evaluating every `eval_every`; write the run folder; return the summary.
+
+    `privacy` selects local DP, or secure aggregation with or without distributed DP; None (or DP
+    off without secure aggregation) is the plain path, reported with an infinite epsilon.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sim = FederatedSimulation(data, model_config, federation)
+    sim = FederatedSimulation(data, model_config, federation, privacy=privacy)
+    settings = privacy if privacy is not None else PrivacySettings()
+    # The plain path has no pipeline in the simulation; this one only keeps its (infinite) account.
+    accountant = sim.privacy if sim.privacy is not None else PrivacyPipeline(
+        settings, layout=sim.layout, num_users=max(data.num_users, 2), maxlen=data.maxlen, rounds=federation.rounds,
+        sample_rate=federation.client_fraction, seed=federation.seed)
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")  # a fresh run starts a fresh log
     rows: list[dict[str, Any]] = []
@@ -104,6 +117,9 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
         result = sim.train_round()
         row: dict[str, Any] = {"round": r, "participants": result.participants,
                                "group_sizes": result.group_counts, "train_seconds": round(result.seconds, 4)}
+        row.update(accountant.record_round())
+        if result.clipped_fraction is not None:
+            row["clipped_fraction"] = round(result.clipped_fraction, 4)
         if (r + 1) % federation.eval_every == 0 or r == federation.rounds - 1:
             start = time.perf_counter()
             val = sim.evaluate("val")
@@ -128,7 +144,9 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
         "parameters": parameter_counts(sim),
         "paper_sasrec_parameters": PAPER_SASREC_PARAMETERS,
         "inference_ms_per_user": round(inference_ms_per_user(sim), 5),
-        "config": {"model": asdict(model_config), "federation": asdict(federation), **(extra_config or {})},
+        "config": {"model": asdict(model_config), "federation": asdict(federation),
+                   "privacy": accountant.describe(), **(extra_config or {})},
+        "privacy": accountant.summary(participants_per_round=len(sim.sample_clients(0))),
     }
     if best is not None:
         _, low, high = auc_confidence_interval(data.test_label, best_test_probs)

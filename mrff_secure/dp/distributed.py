@@ -36,13 +36,22 @@ DEFAULT_TARGET_CLIP_PROBABILITY = 1e-6
 # mantissa bits) and the Skellam/Poisson parameters within numpy's sampler range.
 MAX_SCALED_NORM = 2.0**40
 MAX_SHARE_VARIANCE = 2.0**60
+# numpy's Poisson sampler (PTRS) loses accuracy for very large means: measured variance / mean of
+# 1.035 at lambda = 1e15 and 1.42 at 1e16, within 1% up to 1e14. Skellam shares are two Poissons
+# of mean variance / 2, so their variance is capped at 2^46 (lambda <= 2^45 ~ 3.5e13).
+MAX_SKELLAM_SHARE_VARIANCE = 2.0**46
 
 
-def max_scale(*, l2_bound: float, noise_std: float, n_min: int) -> float:
+def max_share_variance(mechanism: str | None) -> float:
+    """The largest share variance whose samples the mechanism's sampler draws accurately."""
+    return MAX_SKELLAM_SHARE_VARIANCE if mechanism == "skellam" else MAX_SHARE_VARIANCE
+
+
+def max_scale(*, l2_bound: float, noise_std: float, n_min: int, mechanism: str | None = None) -> float:
     """The largest scale the float64 pipeline and the samplers support."""
     cap = MAX_SCALED_NORM / l2_bound
     if noise_std > 0:
-        cap = min(cap, math.sqrt(MAX_SHARE_VARIANCE * n_min) / noise_std)
+        cap = min(cap, math.sqrt(max_share_variance(mechanism) * n_min) / noise_std)
     return cap
 
 
@@ -73,7 +82,8 @@ def choose_scale(
                             n_clients=n_clients, n_min=n_min, noise_std=noise_std,
                             modulus_bits=modulus_bits).any_coordinate
 
-    lo, hi = 1e-12, min(float(2**modulus_bits), max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min))
+    lo, hi = 1e-12, min(float(2**modulus_bits),
+                        max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min, mechanism=mechanism))
     if prob(hi) <= target_clip_probability:
         lo = hi
     if prob(lo) > target_clip_probability:
@@ -168,10 +178,11 @@ def plan_distributed(
                              target_clip_probability=target_clip_probability)
     elif not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise PrivacyError(f"scale must be finite and > 0, got {scale!r}")
-    elif scale > max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min):
+    elif scale > max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min, mechanism=mechanism):
         raise PrivacyError(
             f"scale={scale} exceeds the supported maximum "
-            f"{max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min):.4g} (float64 / sampler range)"
+            f"{max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min, mechanism=mechanism):.4g} "
+            "(float64 / sampler range)"
         )
     # constructing the mechanism validates the share (discrete Gaussian sigma >= 1/2)
     mech = DISTRIBUTED_MECHANISM_CLASSES[mechanism](noise_multiplier=noise_multiplier, clip=clip,

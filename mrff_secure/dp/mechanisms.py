@@ -104,6 +104,9 @@ class GaussianMechanism(NoiseMechanism):
         raise PrivacyError(f"add_noise takes a numpy array or a torch tensor, got {type(x).__name__}")
 
 
+SKELLAM_MAX_VARIANCE = 2.0**46  # see distributed.MAX_SKELLAM_SHARE_VARIANCE
+
+
 def sample_discrete_gaussian(sigma: float, size: int | tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """Draw N_Z(0, sigma^2) (P[k] proportional to exp(-k^2 / (2 sigma^2))) as int64.
 
@@ -129,8 +132,13 @@ def sample_discrete_gaussian(sigma: float, size: int | tuple[int, ...], rng: np.
 
 
 def sample_skellam(variance: float, size: int | tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Draw symmetric Skellam noise Poisson(v/2) - Poisson(v/2) (variance v) as int64."""
+    """Draw symmetric Skellam noise Poisson(v/2) - Poisson(v/2) (variance v) as int64.
+
+    Refuses v > 2^46: numpy's Poisson sampler is inaccurate for means far above 1e14.
+    """
     v = _positive("variance", variance)
+    if v > SKELLAM_MAX_VARIANCE * (1.0 + 1e-9):  # the planner caps at exactly 2^46
+        raise PrivacyError(f"Skellam variance {v:.4g} > 2^46: numpy's Poisson sampler is inaccurate there; lower the scale")
     shape = (size,) if isinstance(size, int) else tuple(size)
     return rng.poisson(v / 2.0, size=shape).astype(np.int64) - rng.poisson(v / 2.0, size=shape).astype(np.int64)
 

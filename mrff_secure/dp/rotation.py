@@ -28,14 +28,57 @@ def next_power_of_two(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
+_RADIX_BITS = 5  # Hadamard blocks of 32 x 32 for the matrix-product form
+_HADAMARD_CACHE: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+
+def _hadamard(size: int, dtype: torch.dtype) -> torch.Tensor:
+    """The Sylvester Hadamard matrix of a power-of-two size (+1/-1 entries), cached."""
+    key = (size, dtype)
+    if key not in _HADAMARD_CACHE:
+        h = torch.ones(1, 1, dtype=dtype)
+        while h.shape[0] < size:
+            h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+        _HADAMARD_CACHE[key] = h
+    return _HADAMARD_CACHE[key]
+
+
+def _fwht_matmul(x: torch.Tensor) -> torch.Tensor:
+    """The same transform as a few batched products with 32 x 32 Hadamard blocks (H_p = H_a (x) H_b (x) ...).
+
+    Several times faster than the butterflies on large float inputs (BLAS instead of ~log2(p)
+    passes over memory); the floating-point summation order differs, so results agree with the
+    butterflies to rounding (exactly for integer-valued inputs below 2^53).
+    """
+    p = x.shape[-1]
+    lead = tuple(x.shape[:-1])
+    rows = math.prod(lead) if lead else 1
+    y = x.reshape(rows, p)
+    outer, bits_left = 1, p.bit_length() - 1
+    while bits_left:
+        bits = min(_RADIX_BITS, bits_left)
+        f = 1 << bits
+        inner = p // (outer * f)
+        y = torch.matmul(_hadamard(f, x.dtype), y.reshape(rows * outer, f, inner))  # (rows*outer, f, inner)
+        outer *= f
+        bits_left -= bits
+    return y.reshape(lead + (p,))
+
+
 def fwht(x: Array) -> Array:
     """Unnormalized fast Walsh-Hadamard transform over the last axis (length a power of two).
 
     fwht(fwht(x)) == p * x exactly for integer input; numpy or torch, any leading shape.
+    Floating-point inputs of length >= 64 take the matrix-product form (`_fwht_matmul`).
     """
     p = x.shape[-1]
     if p < 1 or p & (p - 1):
         raise PrivacyError(f"fwht needs a power-of-two length, got {p}")
+    if p >= 64:
+        if isinstance(x, torch.Tensor) and torch.is_floating_point(x):
+            return _fwht_matmul(x)
+        if isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64):
+            return _fwht_matmul(torch.from_numpy(np.ascontiguousarray(x))).numpy()
     lead = tuple(x.shape[:-1])
     h = 1
     y = x

@@ -8,6 +8,12 @@ parameters stay in `private` and never enter an update vector.
 An observer receives a `ServerView` per round: exactly what the server saw
 (the individual update vectors when aggregation is plain, only the sums
 otherwise) and nothing more. The attacks suite plugs in there.
+
+With a `PrivacyPipeline` (`federation.privacy_pipeline`) a round runs in local-DP
+mode (each client clips and noises its upload; the observer gets the noisy
+uploads) or in secure mode (two secure sums, counts then updates, under
+distributed DP or none; the observer gets only the sums). Without one, or with
+DP off and no secure aggregation, the original plain path runs unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.federation.aggregation import apply_sum
 from mrff_secure.federation.local_training import predict_clients, train_clients
+from mrff_secure.federation.privacy_pipeline import PrivacyPipeline, PrivacySettings
 from mrff_secure.federation.roles import Role, parameter_roles
 from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.metrics import auc, log_loss
@@ -39,9 +46,9 @@ class ServerView:
     round_index: int
     participants: np.ndarray  # client rows that were sampled
     layout: UpdateLayout
-    group_counts: torch.Tensor  # (blocks, groups) from the count phase
-    summed_update: torch.Tensor  # (layout.size,)
-    individual_updates: torch.Tensor | None  # (clients, layout.size) only when aggregation is plain
+    group_counts: torch.Tensor  # (blocks, groups): the count phase's (noisy under DP; local DP: from the uploads)
+    summed_update: torch.Tensor  # (layout.size,) the (decoded) sum the server obtained
+    individual_updates: torch.Tensor | None  # (clients, layout.size) without secure aggregation (noisy under local DP)
 
 
 class RoundObserver(Protocol):
@@ -52,8 +59,9 @@ class RoundObserver(Protocol):
 class RoundResult:
     round_index: int
     participants: int
-    group_counts: list[list[int]]  # (blocks, groups)
+    group_counts: list[list[int]]  # (blocks, groups), true counts (the simulation's ground truth)
     seconds: float
+    clipped_fraction: float | None = None  # share of uploads whose delta part was clipped (DP modes)
 
 
 @dataclass
@@ -69,11 +77,16 @@ class FederatedSimulation:
 
     `plain_individual_view` decides the threat model the observer gets: True
     hands it every client's update (no secure aggregation), False only the sums.
+    `privacy` (PrivacySettings) turns on local DP or secure aggregation (with or
+    without distributed DP); secure modes never hand the observer individual updates.
+    `update_transform(vectors, round)` runs on each chunk's plain vectors, before
+    any clipping, noise or encoding.
     """
 
     def __init__(self, data: ClientData, model_config: ModelConfig, federation: FederationConfig,
                  observer: RoundObserver | None = None, plain_individual_view: bool = True,
-                 update_transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> None:
+                 update_transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+                 privacy: PrivacySettings | None = None) -> None:
         if model_config.maxlen != data.maxlen:
             model_config = ModelConfig(**{**model_config.__dict__, "maxlen": data.maxlen})
         self.data, self.model_config, self.federation = data, model_config, federation
@@ -106,6 +119,11 @@ class FederatedSimulation:
         for name in ("train_label", "val_label", "test_label"):
             self._tensors[name] = self._tensors[name].to(self.dtype)
         self.num_examples = (self._tensors["train_target"] != 0).sum(1).to(self.dtype)
+        self.privacy: PrivacyPipeline | None = None
+        if privacy is not None and not privacy.plain:
+            self.privacy = PrivacyPipeline(privacy, layout=self.layout, num_users=users, maxlen=data.maxlen,
+                                           rounds=federation.rounds, sample_rate=federation.client_fraction,
+                                           seed=federation.seed)
 
     # ----------------------------------------------------------------- rounds
     def sample_clients(self, round_index: int) -> np.ndarray:
@@ -120,10 +138,8 @@ class FederatedSimulation:
         size = self.federation.chunk_size or len(rows)
         return [rows[i:i + size] for i in range(0, len(rows), size)]
 
-    def train_round(self) -> RoundResult:
-        start = time.perf_counter()
-        r = self.round_index
-        participants = self.sample_clients(r)
+    def _train_chunks(self, participants: np.ndarray, r: int) -> list:
+        """Local training of every participant, chunk by chunk: [(row index tensor, LocalResult)]."""
         torch.manual_seed(self.federation.seed * 1_000_003 + r)  # dropout noise, reproducible per round
         self.model.train()
         chunks = []
@@ -138,6 +154,15 @@ class FederatedSimulation:
             for n, t in result.private.items():
                 self.private[n][idx] = t
             chunks.append((idx, result))
+        return chunks
+
+    def train_round(self) -> RoundResult:
+        if self.privacy is not None:
+            return self._train_round_private()
+        start = time.perf_counter()
+        r = self.round_index
+        participants = self.sample_clients(r)
+        chunks = self._train_chunks(participants, r)
         groups = self.layout.num_groups
         routes = torch.cat([result.routes for _, result in chunks])  # (clients, blocks)
         # Phase 1: the group counts alone. Phase 2: the updates, with slots of too-small groups zeroed.
@@ -167,6 +192,77 @@ class FederatedSimulation:
             ))
         self.round_index += 1
         return RoundResult(r, len(participants), counts.to(torch.long).tolist(), time.perf_counter() - start)
+
+    def _train_round_private(self) -> RoundResult:
+        """One round under local DP or secure aggregation (see the module docstring)."""
+        pipeline = self.privacy
+        start = time.perf_counter()
+        r = self.round_index
+        participants = self.sample_clients(r)
+        n = len(participants)
+        chunks = self._train_chunks(participants, r)
+        groups = self.layout.num_groups
+        routes = torch.cat([result.routes for _, result in chunks])  # (clients, blocks)
+        true_counts = (torch.nn.functional.one_hot(routes, groups).sum(0).to(self.dtype) if groups
+                       else torch.zeros(0, 0))
+
+        def plain_vectors(idx: torch.Tensor, result, suppressed: torch.Tensor | None) -> torch.Tensor:
+            vectors = self.layout.build(result.deltas, result.routes, pipeline.scaled_examples(self.num_examples[idx]),
+                                        suppressed)
+            return self.update_transform(vectors, r) if self.update_transform is not None else vectors
+
+        clipped = 0
+        if pipeline.mode == "local":
+            # No count phase in the clear: the server learns counts only from the noisy uploads.
+            generator = pipeline.round_generator(r)
+            summed = torch.zeros(self.layout.size, dtype=self.dtype)
+            individual = []
+            while chunks:
+                idx, result = chunks.pop(0)
+                uploads, norms = pipeline.privatize_local(plain_vectors(idx, result, None), generator)
+                del result
+                clipped += int((norms > pipeline.clip).sum())
+                summed += uploads.sum(0)
+                if self.observer is not None:
+                    individual.append(uploads)
+            _, _, noisy_counts, _ = self.layout.split(summed)
+            server_counts = noisy_counts.clone() if groups else torch.zeros(0, 0)
+            averaging_counts = pipeline.local_averaging_counts(server_counts) if groups else server_counts
+            fractions = server_counts.clamp(min=0) / n if groups else None
+            individual_view = torch.cat(individual) if self.observer is not None else None
+        else:
+            # Phase 1: the secure count sum. Phase 2: the updates, slots of too-small groups zeroed.
+            one_hots = torch.nn.functional.one_hot(routes, groups).reshape(n, -1).to(self.dtype) if groups else None
+            server_counts = pipeline.secure_counts(participants, one_hots, r) if groups else torch.zeros(0, 0)
+            suppressed = pipeline.suppressed(server_counts) if groups else None
+            norm_rows: list[np.ndarray] = []
+
+            def encoded_chunks():
+                while chunks:
+                    idx, result = chunks.pop(0)
+                    vectors = plain_vectors(idx, result, suppressed)
+                    del result
+                    head = vectors[:, :self.layout.delta_size].to(torch.float64)
+                    norm_rows.append(torch.linalg.vector_norm(head, dim=1).numpy())
+                    yield idx.numpy(), vectors.to(torch.float64).numpy()  # client ids are the data rows
+
+            total = pipeline.secure_update_sum(participants, encoded_chunks(), r)
+            summed = torch.as_tensor(total, dtype=self.dtype)
+            clipped = int(sum((rows > pipeline.clip).sum() for rows in norm_rows))
+            averaging_counts = server_counts.masked_fill(suppressed, 0.0) if groups else server_counts
+            fractions = server_counts / n if groups else None
+            individual_view = None
+        self.global_params = apply_sum(self.global_params, self.layout, summed, n, averaging_counts)
+        if groups:
+            self.group_fractions = fractions
+        if self.observer is not None:
+            self.observer.on_round(ServerView(
+                round_index=r, participants=participants, layout=self.layout, group_counts=server_counts,
+                summed_update=summed, individual_updates=individual_view,
+            ))
+        self.round_index += 1
+        return RoundResult(r, n, true_counts.to(torch.long).tolist(), time.perf_counter() - start,
+                           clipped_fraction=clipped / n)
 
     # ------------------------------------------------------------- evaluation
     def predict(self, split: str, rows: np.ndarray | None = None) -> np.ndarray:

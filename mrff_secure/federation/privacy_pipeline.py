@@ -1,0 +1,439 @@
+"""What a round's uploads go through under a privacy mode, and what it costs in epsilon.
+
+Modes (``PrivacySettings``):
+
+- plain (DP off, no secure aggregation): untouched; the simulation's original path runs.
+- local DP: each client clips the delta part of its update vector to L2 norm C, uploads the
+  example count as min(count, cap) / cap, and adds Gaussian noise of std z*C to EVERY coordinate
+  (delta part, group one-hots, example count). The server sees each noisy upload.
+- secure (distributed DP, or DP off with secure aggregation): each client clips, then encodes
+  with `mrff_secure.dp.DistributedEncoder` (rotation, scaling, conditional rounding, discrete
+  noise share) into the ring Z_{2^b}; the server obtains only the ring sum of each phase.
+
+The count part (one-hot group per block, example count / cap) is never clipped: its L2
+sensitivity is S = sqrt(blocks + 1) by construction (`dp.count_part_sensitivity`) and it rides
+under the same noise, so the accountant sees the whole vector's multiplier
+z*C / sqrt(C^2 + S^2), not z (`dp.effective_noise_multiplier`).
+
+Which group counts the server divides by (decided here, once):
+- local mode: there is no secure aggregation, so a count phase in the clear would reveal every
+  client's group with no noise at all. The server therefore uses the NOISY counts, the sum of the
+  noisy one-hots it received, for averaging (a group keeps its FFN when its noisy count is below
+  max(min_group_size, 1)) and for the next round's balance-loss fractions: post-processing of
+  the DP uploads, no extra privacy cost. The shared part is divided by the number of uploads
+  (public: the server sees who uploaded).
+- secure mode: the two-phase round. Phase 1 secure-sums the one-hots alone with its own noise
+  (multiplier z relative to the one-hots' sensitivity sqrt(blocks), std z*sqrt(blocks)); the
+  server rounds the decoded counts to integers, suppresses the groups below min_group_size and
+  divides group sums by these same phase-1 counts. Phase 2 secure-sums the full vectors with the
+  suppressed slots zeroed. Both releases are accounted together
+  (`dp.compose_noise_multipliers`, exact for Gaussian releases of one round).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mrff_secure.dp import (
+    DPConfig,
+    DistributedEncoder,
+    GaussianMechanism,
+    PrivacyLedger,
+    clip_prefix_l2,
+    compose_noise_multipliers,
+    count_part_sensitivity,
+    local_upload_epsilon,
+    noise_multiplier_for_epsilon,
+    plan_distributed,
+)
+from mrff_secure.dp.accounting import DISCRETE_ORDERS, ddg_rdp, rdp_to_epsilon, skellam_rdp
+from mrff_secure.dp.discretize import centered_lift, rounded_l1_bound, rounded_l2_bound, wrap_to_modulus
+from mrff_secure.dp.distributed import DistributedPlan, max_scale, max_share_variance
+from mrff_secure.dp.mechanisms import sample_discrete_gaussian, sample_skellam
+from mrff_secure.errors import ConfigError, PrivacyError
+from mrff_secure.federation.secure_sum import BACKENDS, max_abs_for, open_session, round_id_for
+from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.secagg.groupwise import DEFAULT_MIN_GROUP_SIZE, check_min_group_size
+
+SECURE_SUM_CHOICES = ("off",) + BACKENDS
+NOISE_SAMPLING = ("per_client", "aggregate")
+DEFAULT_MODULUS_BITS = 48
+# Per-client headroom: a client's integer coordinate stays below max_abs unless its noise share
+# exceeds this many standard deviations (probability < 1e-80 per coordinate).
+SHARE_TAIL_SIGMAS = 20.0
+SAMPLING_NOTE = (
+    "The accountant assumes Poisson client sampling at rate q = client_fraction; the simulation draws a "
+    "fixed-size uniform subset, so for q < 1 the amplification is an approximation (and assumes the "
+    "adversary does not learn who took part). With q = 1 (every client every round) no amplification "
+    "is claimed. Unit of privacy: one user (add/remove), every round counted."
+)
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """The privacy choices of a training run (validated; see the module docstring).
+
+    secure_sum: "off" (no secure aggregation), "fast" (modular sum of the clients' ring vectors,
+    what the protocol outputs) or "inmemory" (the real secagg state machines; small rounds).
+    noise_sampling (secure mode): "per_client" (every client draws its share; the faithful
+    default) or "aggregate" (fast path only: clients encode without noise and the ring sum gets
+    one draw of the summed shares; exact in distribution for Skellam, within the D_inf bound tau
+    of Kairouz et al. 2021 for the discrete Gaussian).
+    count_cap: the example count is uploaded as min(count, cap) / cap (None: the sequence length).
+    min_group_size: None = 5 with secure aggregation, 1 otherwise; never below 2 when secure.
+    """
+
+    dp: DPConfig = field(default_factory=DPConfig)
+    secure_sum: str = "off"
+    modulus_bits: int = DEFAULT_MODULUS_BITS
+    noise_sampling: str = "per_client"
+    count_cap: int | None = None
+    min_group_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dp, DPConfig):
+            raise ConfigError(f"PrivacySettings.dp must be a DPConfig, got {type(self.dp).__name__}")
+        if self.secure_sum not in SECURE_SUM_CHOICES:
+            raise ConfigError(f"secure_sum must be one of {SECURE_SUM_CHOICES}, got {self.secure_sum!r}")
+        if self.dp.mode == "distributed" and self.secure_sum == "off":
+            raise ConfigError("distributed DP needs secure aggregation: set secure_sum to 'fast' or 'inmemory'")
+        if self.dp.mode == "local" and self.secure_sum != "off":
+            raise ConfigError("local DP runs without secure aggregation here (each noisy upload is seen); "
+                              f"got secure_sum={self.secure_sum!r}")
+        if isinstance(self.modulus_bits, bool) or not isinstance(self.modulus_bits, int) \
+                or not 8 <= self.modulus_bits <= 62:
+            raise ConfigError(f"modulus_bits must be an integer in [8, 62], got {self.modulus_bits!r}")
+        if self.noise_sampling not in NOISE_SAMPLING:
+            raise ConfigError(f"noise_sampling must be one of {NOISE_SAMPLING}, got {self.noise_sampling!r}")
+        if self.noise_sampling == "aggregate" and self.secure_sum != "fast":
+            raise ConfigError("noise_sampling='aggregate' is a shortcut of the fast secure sum only")
+        if self.count_cap is not None and (isinstance(self.count_cap, bool) or not isinstance(self.count_cap, int)
+                                           or self.count_cap < 1):
+            raise ConfigError(f"count_cap must be a positive integer, got {self.count_cap!r}")
+        if self.min_group_size is not None:
+            if isinstance(self.min_group_size, bool) or not isinstance(self.min_group_size, int) \
+                    or self.min_group_size < 1:
+                raise ConfigError(f"min_group_size must be a positive integer, got {self.min_group_size!r}")
+            if self.secure:
+                check_min_group_size(self.min_group_size)
+
+    @property
+    def secure(self) -> bool:
+        return self.secure_sum != "off"
+
+    @property
+    def plain(self) -> bool:
+        """DP off and no secure aggregation: the simulation's original path."""
+        return not self.dp.enabled and not self.secure
+
+    @property
+    def resolved_min_group_size(self) -> int:
+        if self.min_group_size is not None:
+            return self.min_group_size
+        return DEFAULT_MIN_GROUP_SIZE if self.secure else 1
+
+
+def json_epsilon(value: float | None) -> float | str | None:
+    """JSON has no infinity: inf -> "inf" (as `mrff privacy` prints it); None stays null."""
+    if value is None:
+        return None
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return float(value)
+
+
+def _discrete_round_rdp(plan: DistributedPlan, orders: tuple[int, ...]) -> np.ndarray:
+    """RDP curve of one release under `plan` (the per-round term of `dp.discrete_epsilon`)."""
+    d2 = rounded_l2_bound(scaled_norm=plan.l2_bound * plan.scale, dim=plan.padded_dim, beta=plan.beta)
+    d1 = rounded_l1_bound(l2_bound=d2, dim=plan.padded_dim)
+    total_std = plan.noise_multiplier * plan.clip * plan.scale
+    if total_std == 0.0:
+        return np.full(len(orders), np.inf)
+    if plan.mechanism == "discrete_gaussian":
+        return ddg_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1, share_sigma=total_std / math.sqrt(plan.n_min),
+                       n_shares=plan.n_min, dim=plan.padded_dim)
+    return skellam_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1, total_variance=total_std**2)
+
+
+@dataclass
+class _SecurePlans:
+    """The phase-1 (counts) and phase-2 (update) plans for rounds of `n` participants."""
+
+    counts: DistributedPlan | None
+    update: DistributedPlan
+
+
+class PrivacyPipeline:
+    """Privacy of one training run: per-round client transforms, secure sums, and the ledger."""
+
+    def __init__(self, settings: PrivacySettings, *, layout: UpdateLayout, num_users: int, maxlen: int,
+                 rounds: int, sample_rate: float, seed: int) -> None:
+        self.settings = settings
+        self.dp = settings.dp
+        self.layout = layout
+        self.num_users, self.rounds, self.sample_rate, self.seed = num_users, rounds, sample_rate, seed
+        self.count_cap = settings.count_cap if settings.count_cap is not None else maxlen
+        self.min_group_size = settings.resolved_min_group_size
+        self.delta = self.dp.resolve_delta(num_users)
+        self.clip = float(self.dp.clip)
+        blocks = layout.num_blocks if layout.num_groups else 0
+        self.blocks = blocks
+        self.count_sensitivity = count_part_sensitivity(blocks=blocks, max_example_count=1.0)
+        ratio = self._accounted_multiplier(1.0)  # accounted z per unit of z (linear in z)
+        if not self.dp.enabled:
+            self.noise_multiplier = 0.0
+        elif self.dp.noise_multiplier is not None:
+            self.noise_multiplier = float(self.dp.noise_multiplier)
+        else:
+            target = self.dp.target_epsilon
+            if target is None:  # DPConfig guarantees one of the two
+                raise PrivacyError("DPConfig has neither noise_multiplier nor target_epsilon")
+            z_accounted = noise_multiplier_for_epsilon(target_epsilon=target, delta=self.delta,
+                                                       sample_rate=sample_rate, rounds=max(rounds, 1))
+            self.noise_multiplier = z_accounted / ratio
+        self.accounted_noise_multiplier = self._accounted_multiplier(self.noise_multiplier)
+        self.ledger = PrivacyLedger(delta=self.delta)
+        self._plans: dict[int, _SecurePlans] = {}
+        self.last_ring_sums: dict[int, np.ndarray] = {}  # phase -> ring sum of the last round (audit, tests)
+
+    # ------------------------------------------------------------ properties
+    @property
+    def mode(self) -> str:
+        if self.dp.mode == "local":
+            return "local"
+        return "secure" if self.settings.secure else "plain"
+
+    @property
+    def mechanism(self) -> str:
+        if self.mode == "secure":
+            return self.dp.mechanism if self.dp.mechanism is not None else "discrete_gaussian"
+        return self.dp.mechanism_name
+
+    def _accounted_multiplier(self, z: float) -> float:
+        """The noise multiplier the accountant sees for one round at client multiplier z."""
+        c, s = self.clip, self.count_sensitivity
+        if self.dp.mode == "local":
+            return z * c / math.sqrt(c * c + s * s)
+        if self.settings.secure:
+            parts = [(math.sqrt(c * c + s * s), z * c)]
+            if self.blocks:
+                parts.append((math.sqrt(self.blocks), z * math.sqrt(self.blocks)))
+            return compose_noise_multipliers(parts)
+        return 0.0
+
+    def scaled_examples(self, num_examples: torch.Tensor) -> torch.Tensor:
+        """The uploaded example count: min(count, cap) / cap, in [0, 1] (sensitivity 1)."""
+        return num_examples.clamp(max=float(self.count_cap)) / float(self.count_cap)
+
+    # ------------------------------------------------------------ local mode
+    def round_generator(self, round_index: int) -> torch.Generator:
+        """The local-mode noise generator of a round (a simulation seam: real clients use OS randomness)."""
+        return torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, round_index, 11]).generate_state(1)[0]))
+
+    def privatize_local(self, vectors: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip each row's delta part to C and add N(0, (zC)^2) to every coordinate; return (uploads, norms)."""
+        clipped, norms = clip_prefix_l2(vectors, clip=self.clip, prefix_len=self.layout.delta_size)
+        noisy = GaussianMechanism(noise_multiplier=self.noise_multiplier, clip=self.clip).add_noise(clipped, rng=generator)
+        return noisy, norms
+
+    def local_averaging_counts(self, noisy_counts: torch.Tensor) -> torch.Tensor:
+        """Counts to divide group sums by: the noisy counts, 0 (keep the FFN) below max(min_group_size, 1)."""
+        floor = max(self.min_group_size, 1)
+        return torch.where(noisy_counts >= floor, noisy_counts, torch.zeros_like(noisy_counts))
+
+    # ------------------------------------------------------------ secure mode
+    def _plans_for(self, n: int) -> _SecurePlans:
+        if n in self._plans:
+            return self._plans[n]
+        if n < 3:
+            raise ConfigError(f"secure aggregation needs at least 3 participants per round, got {n}")
+        bits = self.settings.modulus_bits
+        max_abs = max_abs_for(n, bits)
+        mech, frac, z = self.mechanism, self.dp.max_dropout_fraction, self.noise_multiplier
+
+        def plan(dim: int, clip: float, clip_len: int | None, extra: float) -> DistributedPlan:
+            base = dict(mechanism=mech, dim=dim, n_clients=n, max_dropout_fraction=frac, clip=clip,
+                        noise_multiplier=z, modulus_bits=bits, clip_len=clip_len, extra_sensitivity=extra,
+                        beta=self.dp.rounding_beta)
+            auto = plan_distributed(**base)
+            # Each client's integer coordinates must stay within the secure sum's max_abs
+            # (|coordinate| <= rounded L2 bound <= l2 * scale + sqrt(p), plus its noise share).
+            share_std = z * clip / math.sqrt(auto.n_min)
+            cap = (max_abs - math.sqrt(auto.padded_dim)) / (auto.l2_bound + SHARE_TAIL_SIGMAS * share_std)
+            cap = min(cap, max_scale(l2_bound=auto.l2_bound, noise_std=z * clip, n_min=auto.n_min, mechanism=mech))
+            if self.settings.noise_sampling == "aggregate" and z > 0:
+                # one draw of the summed shares must stay within the sampler's accurate range too
+                cap = min(cap, math.sqrt(max_share_variance(mech) * auto.n_min / n) / (z * clip))
+            if cap <= 0:
+                raise ConfigError(f"a {bits}-bit modulus leaves no room for {n} clients: raise modulus_bits")
+            return auto if auto.scale <= cap else plan_distributed(**base, scale=cap)
+
+        delta = self.layout.delta_size
+        update = plan(self.layout.size, self.clip, delta, self.count_sensitivity)
+        counts = plan(self.layout.count_size, math.sqrt(self.blocks), None, 0.0) if self.blocks else None
+        self._plans[n] = _SecurePlans(counts=counts, update=update)
+        return self._plans[n]
+
+    def _rotation_seed(self, round_index: int, phase: int) -> int:
+        # Public and shared by the round's clients and the server (the server un-rotates the sum).
+        return int(np.random.SeedSequence([self.seed, round_index, phase, 23]).generate_state(1)[0])
+
+    def _secure_sum(self, plan: DistributedPlan, participants: np.ndarray, chunks, round_index: int,
+                    phase: int) -> np.ndarray:
+        """Encode each chunk (ids, float vectors (chunk, dim)), secure-sum, decode: the float sum (dim,)."""
+        n = len(participants)
+        encoder = DistributedEncoder(plan, rotation_seed=self._rotation_seed(round_index, phase))
+        aggregate = self.settings.noise_sampling == "aggregate" and plan.noise_multiplier > 0
+        client_encoder = encoder
+        if aggregate:
+            quiet = plan_distributed(mechanism=plan.mechanism, dim=plan.dim, n_clients=plan.n_clients,
+                                     max_dropout_fraction=self.dp.max_dropout_fraction, clip=plan.clip,
+                                     noise_multiplier=0.0, modulus_bits=plan.modulus_bits, clip_len=plan.clip_len,
+                                     extra_sensitivity=plan.extra_sensitivity, beta=plan.beta, scale=plan.scale)
+            client_encoder = DistributedEncoder(quiet, rotation_seed=self._rotation_seed(round_index, phase))
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, round_index, phase, 31]))
+        session = open_session(self.settings.secure_sum, num_clients=n, dim=plan.padded_dim,
+                               modulus_bits=plan.modulus_bits, round_id=round_id_for(round_index, phase))
+        for ids, vectors in chunks:
+            session.add(ids, client_encoder.encode(vectors, rng=rng))  # (chunk, padded) residues
+        ring = session.finish()
+        if aggregate:
+            # One draw of the sum of n shares per coordinate (see PrivacySettings.noise_sampling).
+            total_var = n * encoder.mechanism.share_variance
+            if plan.mechanism == "skellam":
+                noise = sample_skellam(total_var, plan.padded_dim, rng)
+            else:
+                noise = sample_discrete_gaussian(math.sqrt(total_var), plan.padded_dim, rng)
+            ring = wrap_to_modulus(centered_lift(ring, modulus_bits=plan.modulus_bits) + noise,
+                                   modulus_bits=plan.modulus_bits)
+        self.last_ring_sums[phase] = ring.copy()
+        return encoder.decode(ring, survivors=n)
+
+    def secure_counts(self, participants: np.ndarray, one_hots: torch.Tensor, round_index: int) -> torch.Tensor:
+        """Phase 1: the secure (noisy when DP is on) sum of the one-hots, rounded to integers >= 0. (blocks, groups)."""
+        plan = self._plans_for(len(participants)).counts
+        if plan is None:
+            return torch.zeros(0, 0, dtype=one_hots.dtype)
+        chunks = [(participants, one_hots.to(torch.float64).numpy())]  # (clients, blocks * groups): tiny
+        total = self._secure_sum(plan, participants, chunks, round_index, phase=1)
+        counts = np.clip(np.rint(total), 0, None).reshape(self.layout.num_blocks, self.layout.num_groups)
+        return torch.as_tensor(counts, dtype=one_hots.dtype)
+
+    def secure_update_sum(self, participants: np.ndarray, chunks, round_index: int) -> np.ndarray:
+        """Phase 2: `chunks` yields (client ids, float vectors (chunk, layout.size)); returns the decoded float sum."""
+        plan = self._plans_for(len(participants)).update
+        return self._secure_sum(plan, participants, chunks, round_index, phase=2)
+
+    def suppressed(self, counts: torch.Tensor) -> torch.Tensor:
+        """(blocks, groups) bool: phase-1 counts below min_group_size (nonzero ones; empty slots are zero anyway)."""
+        return (counts > 0) & (counts < self.min_group_size)
+
+    # ------------------------------------------------------------ accounting
+    def record_round(self) -> dict[str, Any]:
+        """Record one finished round; return the epsilon spent so far (JSON-ready) for metrics.jsonl."""
+        self.ledger.record_round(noise_multiplier=self.accounted_noise_multiplier, sample_rate=self.sample_rate)
+        eps = self.ledger.epsilons()
+        row: dict[str, Any] = {"epsilon_prv": json_epsilon(eps.prv), "epsilon_rdp": json_epsilon(eps.rdp)}
+        if eps.prv is None:
+            row["epsilon_prv_note"] = eps.prv_note
+        return row
+
+    def discrete_epsilon(self, rounds: int, n: int) -> float | None:
+        """Epsilon of the integer mechanisms themselves (both phases, every round, no sampling amplification)."""
+        if self.mode != "secure" or rounds < 1:
+            return None
+        plans = self._plans_for(n)
+        curve = _discrete_round_rdp(plans.update, DISCRETE_ORDERS)
+        if plans.counts is not None:
+            curve = curve + _discrete_round_rdp(plans.counts, DISCRETE_ORDERS)
+        if not np.all(np.isfinite(curve)):
+            return math.inf
+        return rdp_to_epsilon(orders=DISCRETE_ORDERS, rdp=curve * rounds, delta=self.delta)
+
+    def summary(self, *, participants_per_round: int | None) -> dict[str, Any]:
+        """The run summary's `privacy` object (JSON-ready: inf as "inf")."""
+        eps = self.ledger.epsilons()
+        mode = {"plain": "off", "local": "local", "secure": self.dp.mode}[self.mode]
+        out: dict[str, Any] = {
+            "mode": mode,
+            "secure_aggregation": self.settings.secure_sum,
+            "mechanism": self.mechanism,
+            "noise_multiplier": self.noise_multiplier,
+            "target_epsilon": self.dp.target_epsilon,
+            "clip": self.clip if self.dp.enabled or self.settings.secure else None,
+            "noise_std": self.noise_multiplier * self.clip if self.dp.enabled else 0.0,
+            "delta": self.delta,
+            "delta_source": "given" if self.dp.delta is not None else f"default 1/n^1.1 with n={self.num_users} users",
+            "rounds_accounted": self.ledger.rounds,
+            "sample_rate": self.sample_rate,
+            "accounted_noise_multiplier": self.accounted_noise_multiplier,
+            "epsilon_prv": json_epsilon(eps.prv),
+            "epsilon_rdp": json_epsilon(eps.rdp),
+            "epsilon_prv_note": eps.prv_note,
+            "min_group_size": self.min_group_size,
+            "sampling_note": SAMPLING_NOTE,
+            "count_part": self._count_part_note(),
+            "notes": [],
+        }
+        if not self.dp.enabled:
+            out["notes"].append("DP off: no clipping, no noise, no guarantee; epsilon is infinite (never 0)")
+        if self.mode == "local":
+            upload = local_upload_epsilon(noise_multiplier=self.accounted_noise_multiplier, delta=self.delta)
+            out["epsilon_per_upload_prv"] = json_epsilon(upload.prv)
+            out["epsilon_per_upload_rdp"] = json_epsilon(upload.rdp)
+            out["epsilon_per_upload_note"] = upload.prv_note
+        if self.mode == "secure":
+            n = participants_per_round or 0
+            plans = self._plans_for(n) if n >= 3 else None
+            out["noise_sampling"] = self.settings.noise_sampling
+            out["modulus_bits"] = self.settings.modulus_bits
+            out["max_dropout_fraction"] = self.dp.max_dropout_fraction
+            if plans is not None:
+                p = plans.update
+                out["update_plan"] = {"dim": p.dim, "padded_dim": p.padded_dim, "scale": p.scale, "n_min": p.n_min,
+                                      "l2_bound": p.l2_bound, "share_variance": p.share_variance,
+                                      "modular_clipping_probability": p.clipping.any_coordinate,
+                                      "per_client_max_abs": max_abs_for(n, p.modulus_bits)}
+                if plans.counts is not None:
+                    c = plans.counts
+                    out["count_plan"] = {"dim": c.dim, "clip": c.clip, "scale": c.scale,
+                                         "noise_std_counts": c.noise_multiplier * c.clip,
+                                         "modular_clipping_probability": c.clipping.any_coordinate}
+                out["epsilon_discrete"] = json_epsilon(self.discrete_epsilon(self.ledger.rounds, n))
+                out["notes"].append(
+                    "epsilon_prv/rdp: the Gaussian limit of the two secure sums per round (total std z*C on the "
+                    f"update, z*sqrt(blocks) on the counts, over >= n_min={p.n_min} surviving shares); "
+                    "epsilon_discrete: RDP bound of the integer mechanisms themselves, both phases, every round")
+            if self.settings.noise_sampling == "aggregate":
+                out["notes"].append(
+                    "noise_sampling=aggregate: clients encoded without noise and the ring sum received one draw of "
+                    "the summed shares (exact in distribution for Skellam; within D_inf <= tau for the discrete "
+                    "Gaussian, Kairouz et al. 2021) - a simulation shortcut, never a client behaviour")
+        return out
+
+    def _count_part_note(self) -> dict[str, Any]:
+        if self.mode == "plain":
+            return {"uploaded": "one-hot group per block and the raw example count", "noised": False}
+        averaging = ("noisy counts summed from the noisy uploads (post-processing; no count phase in the clear)"
+                     if self.mode == "local" else
+                     "phase-1 secure count sum (noisy when DP is on), rounded; the same counts decide suppression")
+        return {
+            "uploaded": "one-hot group per block (weight 1) and min(examples, cap) / cap",
+            "count_cap": self.count_cap,
+            "clipped": False,
+            "noised": self.dp.enabled,
+            "l2_sensitivity": self.count_sensitivity,
+            "treatment": "accounted: the accountant uses z*C/sqrt(C^2 + S^2) for the whole vector, S = sqrt(blocks + 1)",
+            "averaging_counts": averaging,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as a JSON-able dict (for the run's config)."""
+        out = asdict(self.settings)
+        out["dp"] = self.dp.to_dict()
+        return out
