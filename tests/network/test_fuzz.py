@@ -1,0 +1,233 @@
+"""Over 1,000 malformed or hostile messages against a real server process: every one is refused
+with a specific gRPC status (never OK, INTERNAL or UNKNOWN) and an audit-log entry, and the
+server then completes a normal round, without the hostile participant and without releasing a
+partial sum.
+
+Before the round: garbage bytes, mutated requests, missing/wrong enrolment tokens, wrong
+sessions, bad enrolment proofs, identity conflicts, oversized messages, wrong rounds. During
+the round, as a sampled participant: a bad key signature, messages in another client's name,
+for the wrong phase, stage or secagg round, of the wrong type, replays, vectors of the wrong
+length or modulus; then it stalls, and the round goes on without it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import grpc
+import numpy as np
+import pytest
+
+from mrff_secure.secagg import messages, packing, primitives
+from mrff_secure.secagg.client import ClientSession
+from mrff_secure.secagg.config import SecAggConfig
+from mrff_secure.wire import limits, signing
+from mrff_secure.wire.v1 import coordinator_pb2 as pb
+from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
+from server.certs import read_token
+from tests.network import harness
+
+pytestmark = pytest.mark.timeout(300)
+
+SERVICE = "/mrff_secure.v1.Coordinator/"
+METHODS = ("Enrol", "GetRound", "Submit", "Fetch")
+ACCEPTABLE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+              grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS,
+              grpc.StatusCode.RESOURCE_EXHAUSTED}
+HOSTILE = 500
+
+
+class Fuzzer:
+    def __init__(self, address: str, certs) -> None:
+        credentials = grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes())
+        self.channel = grpc.secure_channel(address, credentials, options=limits.client_options())
+        self.stub = pb_grpc.CoordinatorStub(self.channel)
+        self.raw = {m: self.channel.unary_unary(SERVICE + m) for m in METHODS}
+        self.token = read_token(certs / "enrol.token")
+        self.codes: Counter = Counter()
+        self.sent = 0
+        self.rng = random.Random(1234)
+        self.key = primitives.generate_identity_key()
+        self.public = primitives.identity_public_bytes(self.key)
+        self.session = b""
+
+    def meta(self, client: int = HOSTILE, session: bytes | None = None):
+        return ((limits.META_CLIENT, str(client)), (limits.META_SESSION, (self.session if session is None else session).hex()))
+
+    def expect_refused(self, call, *allowed: grpc.StatusCode) -> grpc.StatusCode:
+        """Send one hostile message; it must be refused with a clear status."""
+        self.sent += 1
+        try:
+            call()
+        except grpc.RpcError as exc:
+            code = exc.code()
+            assert code in ACCEPTABLE, (code, exc.details())
+            assert exc.details(), code
+            if allowed:
+                assert code in allowed, (code, exc.details())
+            self.codes[code] += 1
+            return code
+        raise AssertionError("a hostile message was accepted")
+
+    def enrol_request(self, client=HOSTILE, key=None, public=None, version=limits.PROTOCOL_VERSION, proof=None):
+        key = key or self.key
+        public = public or self.public
+        return pb.EnrolRequest(protocol_version=version, client_id=client, identity_public_key=public,
+                               proof=proof if proof is not None else primitives.sign(key, signing.enrol_payload(client, public)))
+
+    def garbage(self) -> bytes:
+        size = self.rng.choice([1, 3, 17, 64, 300, 2000])
+        return bytes(self.rng.getrandbits(8) for _ in range(size))
+
+
+def before_round(f: Fuzzer) -> None:
+    token_meta = ((limits.META_ENROL_TOKEN, f.token),)
+    # 1. garbage bytes to every method, with and without credentials
+    for i in range(300):
+        method = METHODS[i % 4]
+        meta = token_meta if method == "Enrol" else f.meta(client=i, session=bytes(32))
+        f.expect_refused(lambda: f.raw[method](f.garbage(), metadata=meta, timeout=10))
+    # 2. enrolment without, or with a wrong, token
+    for i in range(60):
+        meta = () if i % 2 else ((limits.META_ENROL_TOKEN, f.token + "x"),)
+        f.expect_refused(lambda: f.stub.Enrol(f.enrol_request(), metadata=meta, timeout=10),
+                         grpc.StatusCode.UNAUTHENTICATED)
+    # 3. bad enrolment content: version, key size, proof by another key, proof for another id
+    other = primitives.generate_identity_key()
+    bad = [f.enrol_request(version=2), f.enrol_request(public=b"\x01" * 31),
+           f.enrol_request(proof=primitives.sign(other, signing.enrol_payload(HOSTILE, f.public))),
+           f.enrol_request(proof=primitives.sign(f.key, signing.enrol_payload(HOSTILE + 1, f.public))),
+           f.enrol_request(client=2**31)]
+    for i in range(100):
+        f.expect_refused(lambda: f.stub.Enrol(bad[i % len(bad)], metadata=token_meta, timeout=10),
+                         grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
+    # 4. mutated valid requests (flipped bytes) to Enrol
+    valid = f.enrol_request().SerializeToString()
+    for _ in range(100):
+        data = bytearray(valid)
+        for _ in range(f.rng.randint(1, 4)):
+            data[f.rng.randrange(len(data))] ^= 1 << f.rng.randrange(8)
+        f.expect_refused(lambda: f.raw["Enrol"](bytes(data), metadata=token_meta, timeout=10))
+    # 5. now enrol for real, and hit session checks and round checks
+    f.session = f.stub.Enrol(f.enrol_request(), metadata=token_meta, timeout=10).session_token
+    for i in range(100):
+        f.expect_refused(lambda: f.stub.GetRound(pb.GetRoundRequest(after_round=-1, wait_ms=0),
+                                                 metadata=f.meta(session=bytes(32)), timeout=10),
+                         grpc.StatusCode.UNAUTHENTICATED)
+    for i in range(100):
+        request = pb.SubmitRequest(round_id=f.rng.randrange(2**40), phase=f.rng.choice([0, 1, 2, 9]),
+                                   stage=f.rng.randrange(8), payload=f.garbage())
+        f.expect_refused(lambda: f.stub.Submit(request, metadata=f.meta(), timeout=10), grpc.StatusCode.OUT_OF_RANGE)
+    for i in range(100):
+        request = pb.FetchRequest(round_id=f.rng.randrange(1, 2**40), phase=1, stage=f.rng.randrange(8), wait_ms=0)
+        f.expect_refused(lambda: f.stub.Fetch(request, metadata=f.meta(), timeout=10), grpc.StatusCode.OUT_OF_RANGE)
+    # 6. mutated valid Submit requests from the enrolled client
+    valid = pb.SubmitRequest(round_id=0, phase=1, stage=1, payload=b"\x01\x01" + bytes(40)).SerializeToString()
+    for _ in range(60):
+        data = bytearray(valid)
+        for _ in range(f.rng.randint(1, 4)):
+            data[f.rng.randrange(len(data))] ^= 1 << f.rng.randrange(8)
+        f.expect_refused(lambda: f.raw["Submit"](bytes(data), metadata=f.meta(), timeout=10))
+    # 7. a second identity key for an enrolled id
+    for i in range(20):
+        f.expect_refused(lambda: f.stub.Enrol(f.enrol_request(key=other, public=primitives.identity_public_bytes(other)),
+                                              metadata=token_meta, timeout=10), grpc.StatusCode.PERMISSION_DENIED)
+    # 8. oversized (server runs with --max-upload-mib 1)
+    for i in range(4):
+        request = pb.SubmitRequest(round_id=0, phase=1, stage=1, payload=bytes((1 << 20) + 10 + i))
+        f.expect_refused(lambda: f.stub.Submit(request, metadata=f.meta(), timeout=30),
+                         grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def submit(f: Fuzzer, round_id: int, phase: int, stage: int, message_bytes: bytes, *allowed):
+    request = pb.SubmitRequest(round_id=round_id, phase=phase, stage=stage, payload=message_bytes)
+    return f.expect_refused(lambda: f.stub.Submit(request, metadata=f.meta(), timeout=30), *allowed)
+
+
+def fetch(f: Fuzzer, round_id: int, phase: int, stage: int) -> pb.FetchReply:
+    while True:
+        reply = f.stub.Fetch(pb.FetchRequest(round_id=round_id, phase=phase, stage=stage, wait_ms=5000),
+                             metadata=f.meta(), timeout=60)
+        if not reply.pending:
+            return reply
+
+
+def during_round(f: Fuzzer, certs) -> None:
+    reply = f.stub.GetRound(pb.GetRoundRequest(after_round=-1, wait_ms=30000), metadata=f.meta(), timeout=60)
+    assert not reply.pending
+    signing.verify_body(signing.load_public_key(certs / "signing.pub"), reply.round.body, reply.round.signature)
+    body = pb.RoundBody.FromString(reply.round.body)
+    assert HOSTILE in body.participants
+    r, params = body.round_id, body.counts_secagg
+    config = SecAggConfig(num_clients=params.num_clients, vector_length=params.vector_length, max_abs=params.max_abs,
+                          modulus_bits=params.modulus_bits, num_neighbours=params.num_neighbours,
+                          threshold=params.threshold)
+    sid = params.secagg_round_id
+    directory = {i.client_id: bytes(i.public_key) for i in body.identities}
+    session = ClientSession(config, round_id=sid, client_id=HOSTILE, identity_key=f.key, peer_identities=directory)
+    advert = session.advertise_keys()
+    forged = messages.AdvertiseKeys(sid, HOSTILE, advert.cipher_public_key, advert.mask_public_key, bytes(64))
+    in_name_of_0 = messages.AdvertiseKeys(sid, 0, advert.cipher_public_key, advert.mask_public_key, advert.signature)
+    other_round = messages.AdvertiseKeys(sid + 7, HOSTILE, advert.cipher_public_key, advert.mask_public_key,
+                                         advert.signature)
+    wrong_type = messages.ConsistencySignature(sid, HOSTILE, bytes(64))
+    for i in range(10):
+        submit(f, r, pb.COUNTS, pb.ADVERTISE_KEYS, forged.to_bytes(), grpc.StatusCode.UNAUTHENTICATED)
+        submit(f, r, pb.COUNTS, pb.ADVERTISE_KEYS, in_name_of_0.to_bytes(), grpc.StatusCode.PERMISSION_DENIED)
+        submit(f, r, pb.COUNTS, pb.ADVERTISE_KEYS, other_round.to_bytes(), grpc.StatusCode.OUT_OF_RANGE)
+        submit(f, r, pb.COUNTS, pb.ADVERTISE_KEYS, wrong_type.to_bytes(), grpc.StatusCode.INVALID_ARGUMENT)
+        submit(f, r, pb.COUNTS, pb.ADVERTISE_KEYS, f.garbage(), grpc.StatusCode.INVALID_ARGUMENT)
+        submit(f, r, pb.COUNTS, pb.SHARE_KEYS, advert.to_bytes(), grpc.StatusCode.FAILED_PRECONDITION)
+        submit(f, r, pb.UPDATE, pb.ADVERTISE_KEYS, advert.to_bytes(), grpc.StatusCode.FAILED_PRECONDITION)
+        submit(f, r + 1, pb.COUNTS, pb.ADVERTISE_KEYS, advert.to_bytes(), grpc.StatusCode.OUT_OF_RANGE)
+        submit(f, r, pb.COUNTS, pb.OUTCOME, advert.to_bytes(), grpc.StatusCode.FAILED_PRECONDITION)
+    f.stub.Submit(pb.SubmitRequest(round_id=r, phase=pb.COUNTS, stage=pb.ADVERTISE_KEYS, payload=advert.to_bytes()),
+                  metadata=f.meta(), timeout=30)  # the one honest message: it joins the round
+    for i in range(5):  # replays: ALREADY_EXISTS while the stage is open, FAILED_PRECONDITION once it closed
+        submit(f, r, pb.COUNTS, pb.ADVERTISE_KEYS, advert.to_bytes(),
+               grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION)
+    roster = messages.KeyRoster.from_bytes(fetch(f, r, pb.COUNTS, pb.SHARE_KEYS).payload)
+    share = session.share_keys(roster)
+    f.stub.Submit(pb.SubmitRequest(round_id=r, phase=pb.COUNTS, stage=pb.SHARE_KEYS, payload=share.to_bytes()),
+                  metadata=f.meta(), timeout=30)
+    delivery = messages.ShareDelivery.from_bytes(fetch(f, r, pb.COUNTS, pb.MASKED_INPUT).payload)
+    assert delivery.receiver == HOSTILE
+    bits, length = config.bits, config.vector_length
+    too_long = messages.MaskedInput(sid, HOSTILE, bits, length + 1, packing.pack(np.zeros(length + 1, np.uint64), bits))
+    wrong_bits = messages.MaskedInput(sid, HOSTILE, bits + 1, length, packing.pack(np.zeros(length, np.uint64), bits + 1))
+    for i in range(10):
+        submit(f, r, pb.COUNTS, pb.MASKED_INPUT, too_long.to_bytes(), grpc.StatusCode.INVALID_ARGUMENT)
+        submit(f, r, pb.COUNTS, pb.MASKED_INPUT, wrong_bits.to_bytes(), grpc.StatusCode.INVALID_ARGUMENT)
+    # ... and now it stalls: no masked input. The round must go on without it.
+
+
+def test_fuzz_thousand_hostile_messages_then_a_normal_round(tmp_path, certs, procs) -> None:
+    run_dir = tmp_path / "run"
+    server, address = harness.start_server(tmp_path, certs, run_dir, extra=[
+        "--rounds", "1", "--min-clients", "5", "--min-group-size", "2", "--stage-timeout", "8",
+        "--train-timeout", "60", "--max-upload-mib", "1"])
+    procs.append(server)
+    f = Fuzzer(address, certs)
+    before_round(f)
+    clients = harness.start_clients(tmp_path, certs, address, "0-3")
+    procs.append(clients)
+    during_round(f, certs)
+    assert server.wait(timeout=200) == 0, server.stderr()
+    assert clients.wait(timeout=60) == 0, clients.stderr()
+
+    assert f.sent >= 1000
+    assert sum(f.codes.values()) == f.sent
+    records = harness.audit_records(run_dir)
+    rejected = [r for r in records if r["type"] == "rejected"]
+    assert len(rejected) >= f.sent  # one entry per refused message (the clients' own late calls may add some)
+    rounds = harness.round_records(run_dir)
+    assert len(rounds) == 1 and rounds[0]["type"] == "round"
+    assert HOSTILE in rounds[0]["participants"]
+    assert rounds[0]["phases"]["counts"]["dropouts"]["masked_input"] == [HOSTILE]
+    assert rounds[0]["phases"]["counts"]["survivors"] == [0, 1, 2, 3]
+    assert rounds[0]["phases"]["update"]["survivors"] == [0, 1, 2, 3]
+    assert set(f.codes) >= {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
+                            grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OUT_OF_RANGE,
+                            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    f.channel.close()
