@@ -1,0 +1,131 @@
+"""Unit tests of the audit log, the server checkpoint and the client's private store (no network)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from client.state import UserStore
+from client.worker import parse_pause, parse_users
+from mrff_secure.errors import CheckpointError, ConfigError
+from server import checkpoint
+from server.audit import AuditLog, read_records, verify
+from tests.network.harness import ROOT
+
+
+def write_log(path, n=4):
+    log = AuditLog(path)
+    for i in range(n):
+        log.append({"type": "round", "round": i, "model_digest": f"{i:064x}"}, sync=True)
+    log.close()
+
+
+def test_audit_chain_verifies_and_links(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_log(path)
+    report = verify(path)
+    assert report.ok and report.records == 4
+    records = read_records(path)
+    assert records[0]["prev"] == "0" * 64
+    assert all(b["prev"] == a["digest"] for a, b in zip(records, records[1:]))
+
+
+@pytest.mark.parametrize("damage", ["edit", "delete", "swap", "insert"])
+def test_audit_tampering_is_detected(tmp_path, damage) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_log(path)
+    lines = path.read_text().splitlines()
+    if damage == "edit":
+        lines[1] = lines[1].replace('"round":1', '"round":7')
+    elif damage == "delete":
+        del lines[2]
+    elif damage == "swap":
+        lines[1], lines[2] = lines[2], lines[1]
+    else:
+        lines.insert(2, lines[1])
+    path.write_text("\n".join(lines) + "\n")
+    report = verify(path)
+    assert not report.ok and report.problem
+    cli = subprocess.run([sys.executable, "-m", "mrff_secure.cli", "audit-log", "verify", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert cli.returncode == 1 and "BROKEN" in cli.stdout and "line 2" in cli.stdout
+
+
+def test_torn_last_line_is_cut_on_reopen_and_noted(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 3)
+    with open(path, "ab") as handle:
+        handle.write(b'{"type":"round","rou')  # a crash mid-append
+    assert verify(path).torn_tail
+    log = AuditLog(path)
+    assert log.repaired
+    log.append({"type": "resumed", "repaired": log.repaired}, sync=True)
+    log.close()
+    assert verify(path).ok and verify(path).records == 4
+
+
+def test_damaged_audit_log_is_refused_on_open(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 3)
+    path.write_text(path.read_text().replace('"round":1', '"round":2'))
+    with pytest.raises(CheckpointError):
+        AuditLog(path)
+
+
+def test_checkpoint_round_trip_and_corruption(tmp_path) -> None:
+    params = {"a": torch.randn(3, 4), "b": torch.randn(5)}
+    checkpoint.save(tmp_path, params, {"next_round": 3})
+    loaded, meta = checkpoint.load(tmp_path)
+    assert meta["next_round"] == 3 and list(loaded) == ["a", "b"]
+    assert all(torch.equal(loaded[k], params[k]) for k in params)
+    assert not list(tmp_path.glob(".*tmp"))  # atomic write left no temporary file
+    data = (tmp_path / checkpoint.FILENAME).read_bytes()
+    (tmp_path / checkpoint.FILENAME).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        checkpoint.load(tmp_path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        checkpoint.load(tmp_path / "missing")
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path) -> None:
+    np.savez(tmp_path / checkpoint.FILENAME, __meta__=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(CheckpointError):
+        checkpoint.load(tmp_path)
+
+
+def test_user_store_commits_only_completed_rounds(tmp_path) -> None:
+    store = UserStore(tmp_path, 3)
+    key = store.identity_key()
+    assert store.identity_key().private_bytes_raw() == key.private_bytes_raw()  # stable across restarts
+    template = {"user.vector": ((4,), torch.float32)}
+    assert store.load_private(template) is None
+    store.save_pending(0, {"user.vector": torch.ones(4)})
+    assert store.commit(0)
+    assert torch.equal(store.load_private(template)["user.vector"], torch.ones(4))
+    store.save_pending(1, {"user.vector": torch.full((4,), 2.0)})
+    store.resolve(last_completed_round=0)  # round 1 never completed: discarded
+    assert store.pending_round() is None
+    assert torch.equal(store.load_private(template)["user.vector"], torch.ones(4))
+    store.save_pending(2, {"user.vector": torch.full((4,), 3.0)})
+    store.resolve(last_completed_round=2)  # completed while we were away: committed
+    assert torch.equal(store.load_private(template)["user.vector"], torch.full((4,), 3.0))
+    with pytest.raises(CheckpointError):
+        store.load_private({"user.vector": ((5,), torch.float32)})
+    store.private_path.write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        store.load_private(template)
+
+
+def test_cli_value_parsing() -> None:
+    assert parse_users("0-3,7") == [0, 1, 2, 3, 7]
+    assert parse_pause("1:update:share_keys") == (1, 2, 2)
+    for bad in ("", "5-2", "a-b", "-1"):
+        with pytest.raises(ConfigError):
+            parse_users(bad)
+    with pytest.raises(ConfigError):
+        parse_pause("1:updates:share_keys")
