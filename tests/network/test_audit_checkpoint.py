@@ -51,6 +51,15 @@ def test_audit_tampering_is_detected(tmp_path, damage) -> None:
     path.write_text("\n".join(lines) + "\n")
     report = verify(path)
     assert not report.ok and report.problem
+
+
+def test_audit_log_verify_command(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_log(path)
+    ok = subprocess.run([sys.executable, "-m", "mrff_secure.cli", "audit-log", "verify", str(tmp_path)],
+                        capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: 4 records")
+    path.write_text(path.read_text().replace('"round":1', '"round":7'))
     cli = subprocess.run([sys.executable, "-m", "mrff_secure.cli", "audit-log", "verify", str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert cli.returncode == 1 and "BROKEN" in cli.stdout and "line 2" in cli.stdout
