@@ -25,7 +25,7 @@ def scenario(tmp_path_factory, certs):
     started: list[harness.Proc] = []
     try:
         server, address = harness.start_server(tmp, certs, run_dir, extra=[
-            "--rounds", "3", "--min-clients", "9", "--min-group-size", "2", "--stage-timeout", "8"])
+            "--rounds", "3", "--min-clients", "9", "--min-group-size", "2", "--stage-timeout", "6"])
         started.append(server)
         a = harness.start_clients(tmp, certs, address, "0-2")
         b = harness.start_clients(tmp, certs, address, "3-5", extra=["--pause-after", "1:update:share_keys"])
