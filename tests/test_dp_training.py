@@ -96,7 +96,10 @@ def test_local_mode_averages_with_the_noisy_counts_from_the_uploads(data):
     _, _, noisy_counts, _ = view.layout.split(view.summed_update)
     assert torch.equal(view.group_counts, noisy_counts)
     assert not torch.equal(noisy_counts, torch.tensor(result.group_counts, dtype=noisy_counts.dtype))
-    expected = apply_sum(before, view.layout, view.summed_update, 12, sim.privacy.local_averaging_counts(noisy_counts))
+    floor = sim.privacy.local_count_floor(12)
+    assert floor == pytest.approx(3 * 0.3 * 0.5 * math.sqrt(12))  # three stds of the count noise
+    averaging = torch.where(noisy_counts >= floor, noisy_counts, torch.zeros_like(noisy_counts))
+    expected = apply_sum(before, view.layout, view.summed_update, 12, averaging)
     for name, value in expected.items():
         assert torch.equal(sim.global_params[name], value), name
     assert torch.equal(sim.group_fractions, noisy_counts.clamp(min=0) / 12)

@@ -80,15 +80,19 @@ def conditional_randomized_round(
         raise PrivacyError(f"expected (d,) or (clients, d), got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise PrivacyError("conditional_randomized_round got a non-finite value")
-    rows = np.atleast_2d(x).astype(np.float64)  # (clients, d)
+    rows = np.asarray(np.atleast_2d(x), dtype=np.float64)  # (clients, d)
     floor = np.floor(rows)
     frac = rows - floor
     out = np.empty(rows.shape, dtype=np.int64)
     todo = np.arange(rows.shape[0])
     bound_sq = bound * bound
     for _ in range(max_tries):
-        draw = floor[todo] + (rng.random(frac[todo].shape) < frac[todo])  # (todo, d)
+        every = todo.size == rows.shape[0]  # skip the gather copies on the first (usually only) draw
+        base, fraction = (floor, frac) if every else (floor[todo], frac[todo])
+        draw = base + (rng.random(fraction.shape) < fraction)  # (todo, d)
         ok = np.einsum("ij,ij->i", draw, draw) <= bound_sq
+        if every and ok.all():
+            return draw.astype(np.int64).reshape(x.shape)
         out[todo[ok]] = draw[ok].astype(np.int64)
         todo = todo[~ok]
         if todo.size == 0:
@@ -104,7 +108,7 @@ def wrap_to_modulus(v: np.ndarray, *, modulus_bits: int) -> np.ndarray:
     b = _check_int("modulus_bits", modulus_bits, 2)
     if b > MAX_MODULUS_BITS:
         raise PrivacyError(f"modulus_bits must be <= {MAX_MODULUS_BITS}, got {b}")
-    return np.mod(np.asarray(v, dtype=np.int64), np.int64(1) << b)
+    return np.asarray(v, dtype=np.int64) & ((np.int64(1) << b) - 1)  # == mod 2^b in two's complement
 
 
 def centered_lift(u: np.ndarray, *, modulus_bits: int) -> np.ndarray:

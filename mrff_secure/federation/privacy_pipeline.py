@@ -19,7 +19,8 @@ Which group counts the server divides by (decided here, once):
 - local mode: there is no secure aggregation, so a count phase in the clear would reveal every
   client's group with no noise at all. The server therefore uses the NOISY counts, the sum of the
   noisy one-hots it received, for averaging (a group keeps its FFN when its noisy count is below
-  max(min_group_size, 1)) and for the next round's balance-loss fractions: post-processing of
+  max(min_group_size, 1, 3 z C sqrt(n)), three stds of the count noise) and for the next round's
+  balance-loss fractions (clamped at 0): post-processing of
   the DP uploads, no extra privacy cost. The shared part is divided by the number of uploads
   (public: the server sees who uploaded).
 - secure mode: the two-phase round. Phase 1 secure-sums the one-hots alone with its own noise
@@ -66,6 +67,7 @@ DEFAULT_MODULUS_BITS = 48
 # Per-client headroom: a client's integer coordinate stays below max_abs unless its noise share
 # exceeds this many standard deviations (probability < 1e-80 per coordinate).
 SHARE_TAIL_SIGMAS = 20.0
+LOCAL_COUNT_SIGMAS = 3.0  # local mode: a group FFN moves only when its noisy count clears 3 noise stds
 SAMPLING_NOTE = (
     "The accountant assumes Poisson client sampling at rate q = client_fraction; the simulation draws a "
     "fixed-size uniform subset, so for q < 1 the amplification is an approximation (and assumes the "
@@ -241,9 +243,19 @@ class PrivacyPipeline:
         noisy = GaussianMechanism(noise_multiplier=self.noise_multiplier, clip=self.clip).add_noise(clipped, rng=generator)
         return noisy, norms
 
-    def local_averaging_counts(self, noisy_counts: torch.Tensor) -> torch.Tensor:
-        """Counts to divide group sums by: the noisy counts, 0 (keep the FFN) below max(min_group_size, 1)."""
-        floor = max(self.min_group_size, 1)
+    def local_count_floor(self, num_uploads: int) -> float:
+        """The smallest noisy count a group FFN is updated with: max(min_group_size, 1, 3 sigma).
+
+        sigma = z*C*sqrt(n) is the std of the noise in a summed count (public: z, C and n are
+        known). Below three sigmas a count is indistinguishable from noise, and dividing a
+        noise-dominated slot sum by it would move the FFN by noise of order 1/count per coordinate.
+        """
+        sigma = self.noise_multiplier * self.clip * math.sqrt(num_uploads)
+        return max(float(self.min_group_size), 1.0, LOCAL_COUNT_SIGMAS * sigma)
+
+    def local_averaging_counts(self, noisy_counts: torch.Tensor, num_uploads: int) -> torch.Tensor:
+        """Counts to divide group sums by: the noisy counts, or 0 (keep the FFN) below `local_count_floor`."""
+        floor = self.local_count_floor(num_uploads)
         return torch.where(noisy_counts >= floor, noisy_counts, torch.zeros_like(noisy_counts))
 
     # ------------------------------------------------------------ secure mode
@@ -419,7 +431,8 @@ class PrivacyPipeline:
     def _count_part_note(self) -> dict[str, Any]:
         if self.mode == "plain":
             return {"uploaded": "one-hot group per block and the raw example count", "noised": False}
-        averaging = ("noisy counts summed from the noisy uploads (post-processing; no count phase in the clear)"
+        averaging = ("noisy counts summed from the noisy uploads (post-processing; no count phase in the clear); a "
+                     "group FFN is updated only when its noisy count >= max(min_group_size, 1, 3 z C sqrt(n))"
                      if self.mode == "local" else
                      "phase-1 secure count sum (noisy when DP is on), rounded; the same counts decide suppression")
         return {

@@ -55,13 +55,13 @@ def _check_chunk(client_ids: np.ndarray, residues: np.ndarray, dim: int, modulus
         raise InputRangeError(f"residues have shape {values.shape}, expected ({len(client_ids)}, {dim})")
     if values.dtype.kind not in "iu":
         raise InputRangeError(f"residues must be integers, got dtype {values.dtype}")
-    ring = values.astype(np.uint64) & np.uint64((1 << modulus_bits) - 1)
-    if values.size:
+    mask = np.uint64((1 << modulus_bits) - 1)
+    ring = values.astype(np.uint64) & mask
+    # the centred value r lies in [-max_abs, max_abs] iff (r + max_abs) mod 2^b <= 2 max_abs (one pass)
+    if values.size and int(((ring + np.uint64(max_abs)) & mask).max()) > 2 * max_abs:
         signed = from_ring(ring, modulus_bits)  # centred representatives, (clients, dim)
-        worst = int(np.abs(signed).max())
-        if worst > max_abs:
-            raise InputRangeError(
-                f"input coordinate {worst} exceeds max_abs {max_abs} that the {modulus_bits}-bit modulus was sized for")
+        raise InputRangeError(f"input coordinate {int(np.abs(signed).max())} exceeds max_abs {max_abs} that the "
+                              f"{modulus_bits}-bit modulus was sized for")
     return ring
 
 

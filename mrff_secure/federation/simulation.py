@@ -227,7 +227,7 @@ class FederatedSimulation:
                     individual.append(uploads)
             _, _, noisy_counts, _ = self.layout.split(summed)
             server_counts = noisy_counts.clone() if groups else torch.zeros(0, 0)
-            averaging_counts = pipeline.local_averaging_counts(server_counts) if groups else server_counts
+            averaging_counts = pipeline.local_averaging_counts(server_counts, n) if groups else server_counts
             fractions = server_counts.clamp(min=0) / n if groups else None
             individual_view = torch.cat(individual) if self.observer is not None else None
         else:
