@@ -154,7 +154,7 @@ def server_main(args: argparse.Namespace) -> int:
     driver.start()
     while driver.is_alive():
         driver.join(0.5)
-    if coordinator.error is None and not coordinator._stopped:
+    if coordinator.error is None and not coordinator.stopped:
         time.sleep(args.linger)  # let clients fetch the last outcome and the end-of-run announcement
     coordinator.stop()
     server.stop(grace=1.0).wait()

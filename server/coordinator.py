@@ -158,6 +158,7 @@ class Coordinator:
         self._round: _Round | None = None
         self._outcomes: dict[int, pb.RoundOutcome] = {}
         self._announcement: tuple[int, pb.SignedBody] | None = None
+        self._wire = {"received": 0, "sent": 0, "calls": 0}  # protobuf message bytes of the current round
         self.error: BaseException | None = None
         self.audit = AuditLog(self.run_dir / "audit.jsonl")
         if resume:
@@ -365,10 +366,21 @@ class Coordinator:
                 if not self._wait(deadline):
                     return None
 
+    def count_bytes(self, received: int, sent: int) -> None:
+        """Message bytes of one call (protobuf payloads, without gRPC/HTTP2/TLS framing)."""
+        with self._cond:
+            self._wire["received"] += received
+            self._wire["sent"] += sent
+            self._wire["calls"] += 1
+
     def record_rejection(self, client_id: int | None, method: str, status: str, reason: str) -> None:
         rs = self._round
         self.audit.append({"type": "rejected", "client": client_id, "method": method, "status": status,
                            "reason": reason[:500], "round": None if rs is None else rs.round_id})
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
 
     def stop(self) -> None:
         with self._cond:
@@ -448,6 +460,7 @@ class Coordinator:
         rs = _Round(r, participants, spec, self._body(r, participants, spec, configs=configs))
         with self._cond:
             self._round = rs
+            self._wire = {"received": 0, "sent": 0, "calls": 0}
         self._announce(r, rs.announcement)
         record: dict[str, Any] = {"type": "round", "round": r, "participants": list(participants),
                                   "secure": self.settings.secure, "dp_mode": spec.dp_mode, "phases": {}}
@@ -477,8 +490,12 @@ class Coordinator:
                           examples=applied.examples, model_digest=self.model_digest(),
                           epsilon={"prv": eps_prv, "rdp": None if eps_rdp == float("inf") else eps_rdp,
                                    "delta": self.ledger.delta, "noiseless_round": z == 0})
+        with self._cond:
+            wire = dict(self._wire)
         record.update(seconds=round(time.perf_counter() - started, 4),
-                      server_cpu_seconds=round(time.process_time() - cpu0, 4))
+                      server_cpu_seconds=round(time.process_time() - cpu0, 4),
+                      wire_bytes={**wire, "per_participant": round((wire["received"] + wire["sent"]) / n, 1),
+                                  "announcement": len(rs.announcement.body) + len(rs.announcement.signature)})
         self.next_round = r + 1
         self._checkpoint()
         self.audit.append(record, sync=True)

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 
 from mrff_secure.wire import limits
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
+from mrff_secure.errors import ConfigError
 from server import errors
 from server.certs import read_file
 from server.coordinator import Coordinator
@@ -58,9 +59,8 @@ class TlsFiles:
     client_ca: Path | None = None  # set: mutual TLS, clients must present a certificate from this CA
 
 
-def _metadata(context_or_details) -> dict[str, str]:
-    items = (context_or_details.invocation_metadata() if hasattr(context_or_details, "invocation_metadata")
-             and callable(context_or_details.invocation_metadata) else context_or_details.invocation_metadata)
+def _metadata(items) -> dict[str, str]:
+    """Text metadata as a dict (binary "-bin" entries are ignored: we define none)."""
     return {k: v for k, v in (items or ()) if isinstance(v, str)}
 
 
@@ -87,7 +87,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method or ""
         if not method.startswith(f"/{SERVICE}/"):
             return continuation(handler_call_details)
-        metadata = _metadata(handler_call_details)
+        metadata = _metadata(handler_call_details.invocation_metadata)
         name = method.rsplit("/", 1)[-1]
         if name == "Enrol":
             given = metadata.get(limits.META_ENROL_TOKEN, "").encode()
@@ -116,7 +116,7 @@ class CoordinatorService:
 
     def _call(self, name: str, request_type, raw: bytes, context: grpc.ServicerContext,
               body: Callable[[int | None, object], object]) -> bytes:
-        client = _client_id(_metadata(context))
+        client = _client_id(_metadata(context.invocation_metadata()))
         try:
             if len(raw) > self.max_upload:
                 raise Oversized(f"message of {len(raw)} bytes exceeds the limit of {self.max_upload}")
@@ -124,7 +124,9 @@ class CoordinatorService:
                 request = request_type.FromString(raw)
             except (DecodeError, ValueError) as exc:
                 raise errors.Malformed(f"{request_type.__name__} does not parse: {exc}") from exc
-            return body(client, request).SerializeToString()
+            response = body(client, request).SerializeToString()
+            self.coordinator.count_bytes(len(raw), len(response))
+            return response
         except errors.Rejected as exc:
             code = STATUS.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT)
             if not isinstance(exc, NOT_AUDITED):
@@ -188,16 +190,17 @@ def create_server(address: str, coordinator: Coordinator, *, enrol_token: str, t
                          interceptors=[AuthInterceptor(coordinator, enrol_token)],
                          options=limits.server_options(4 * max_upload_bytes))
     server.add_generic_rpc_handlers([CoordinatorService(coordinator, max_upload_bytes).handler()])
-    if tls is None:
-        port = server.add_insecure_port(address)
-    else:
-        credentials = grpc.ssl_server_credentials(
-            [(read_file(tls.key, "server key"), read_file(tls.cert, "server certificate"))],
-            root_certificates=None if tls.client_ca is None else read_file(tls.client_ca, "client CA"),
-            require_client_auth=tls.client_ca is not None)
-        port = server.add_secure_port(address, credentials)
+    try:
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(read_file(tls.key, "server key"), read_file(tls.cert, "server certificate"))],
+                root_certificates=None if tls.client_ca is None else read_file(tls.client_ca, "client CA"),
+                require_client_auth=tls.client_ca is not None)
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # newer gRPC raises instead of returning 0
+        raise ConfigError(f"could not bind {address}: {exc}") from exc
     if port == 0:
-        from mrff_secure.errors import ConfigError
-
         raise ConfigError(f"could not bind {address}")
     return server, port

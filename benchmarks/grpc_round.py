@@ -1,0 +1,152 @@
+"""Round latency, server CPU and bytes on the wire of `mrff server` + `mrff client` over loopback.
+
+For each number of logical clients (default 100, 500, 1000, spread over 4 client processes) and
+each aggregation (secure: the two-phase SecAgg+ sum; plain: unmasked sums over the same gRPC/TLS
+transport), runs a real server process and the client processes on 127.0.0.1 with the KuaiSAR-R
+model (default ModelConfig) and reads the numbers the server records in its audit log:
+
+- seconds: wall time of the round, from the announcement to the checkpointed global update
+  (includes local training, which is identical in both modes);
+- server_cpu_seconds: CPU time of the whole server process (all threads) during the round;
+- wire_bytes: protobuf message bytes received + sent by the server, per participant (no
+  gRPC/HTTP2/TLS framing), and the size of the signed round announcement (the model download).
+
+Round 0 includes warm-up (model building in each client process); the headline uses the last
+round. Results are written after every configuration, so a partial run still leaves a file.
+
+    nice -n 10 python benchmarks/grpc_round.py [--sizes 100 500 1000] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "KuaiSAR-R"
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "grpc_round.json"
+TARGET_RATIO = 1.5
+
+
+def run_one(n: int, mode: str, *, processes: int, rounds: int, data_dir: Path, pki: Path, work: Path,
+            timeout: float) -> dict:
+    import grpc  # noqa: F401  (fail early if missing)
+
+    run_dir = work / f"{mode}-{n}"
+    data_args = ["--dataset", "kuaisar-r", "--data-dir", str(data_dir)]
+    cmd = [sys.executable, "-m", "mrff_secure.cli"]
+    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    server = subprocess.Popen(cmd + ["server", "--run-dir", str(run_dir), "--address", "127.0.0.1:0", "--certs",
+                                     str(pki), "--linger", "2", "--rounds", str(rounds), "--min-clients", str(n),
+                                     "--aggregation", mode, "--train-timeout", "1800", "--stage-timeout", "1800"]
+                              + data_args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    clients = []
+    try:
+        line = server.stdout.readline()
+        if not line.startswith("LISTENING"):
+            raise RuntimeError(f"server did not start: {line!r}")
+        address = line.split()[1]
+        per = -(-n // processes)
+        for i in range(processes):
+            lo, hi = i * per, min(n, (i + 1) * per) - 1
+            if lo <= hi:
+                clients.append(subprocess.Popen(
+                    cmd + ["client", "--server", address, "--users", f"{lo}-{hi}", "--certs", str(pki),
+                           "--state-dir", str(run_dir / "clients"), "--retry-timeout", "600"] + data_args,
+                    cwd=ROOT, stdout=subprocess.DEVNULL))
+        codes = [p.wait(timeout=timeout) for p in clients]
+        server_code = server.wait(timeout=120)
+    finally:
+        for p in clients + [server]:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    records = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
+    rounds_out = [{k: r.get(k) for k in ("round", "type", "seconds", "server_cpu_seconds", "wire_bytes")}
+                  | {"survivors": len(r.get("phases", {}).get("update", {}).get("survivors", []))}
+                  for r in records if r["type"] in ("round", "round_aborted")]
+    return {"clients": n, "mode": mode, "client_processes": processes, "exit_codes": codes + [server_code],
+            "rounds": rounds_out, "run_wall_seconds": round(time.perf_counter() - started, 2),
+            "all_processes_cpu_seconds": round((usage1.ru_utime + usage1.ru_stime)
+                                               - (usage0.ru_utime + usage0.ru_stime), 2)}
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    out = []
+    for n in sorted({r["clients"] for r in results}):
+        by_mode = {r["mode"]: r for r in results if r["clients"] == n}
+        row = {"clients": n}
+        for mode, r in by_mode.items():
+            last = r["rounds"][-1] if r["rounds"] else {}
+            row[mode] = {"round_seconds": last.get("seconds"), "server_cpu_seconds": last.get("server_cpu_seconds"),
+                         "bytes_per_client": (last.get("wire_bytes") or {}).get("per_participant"),
+                         "completed": last.get("type") == "round"}
+        if "secure" in row and "plain" in row and row["plain"]["round_seconds"]:
+            ratio = row["secure"]["round_seconds"] / row["plain"]["round_seconds"]
+            row["secure_over_plain_latency"] = round(ratio, 3)
+            row["target_secure_over_plain_at_most"] = TARGET_RATIO
+            row["target_met"] = ratio <= TARGET_RATIO
+        out.append(row)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 1000])
+    parser.add_argument("--modes", nargs="+", default=["plain", "secure"], choices=["plain", "secure"])
+    parser.add_argument("--client-processes", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--timeout", type=float, default=3600.0, help="per configuration")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
+    args = parser.parse_args()
+    if not (args.data_dir / "df.csv").is_file():
+        raise SystemExit(f"KuaiSAR-R not found at {args.data_dir}")
+    import grpc
+    import torch
+
+    environment = {"python": platform.python_version(), "torch": torch.__version__, "grpc": grpc.__version__,
+                   "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(), "platform": platform.platform(),
+                   "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="mrff-grpc-bench-") as tmp:
+        work = Path(tmp)
+        subprocess.run([sys.executable, "-m", "mrff_secure.cli", "certs", "--out", str(work / "pki")], check=True,
+                       cwd=ROOT, stdout=subprocess.DEVNULL)
+        for n in args.sizes:
+            for mode in args.modes:
+                print(f"{mode} n={n} ...", flush=True)
+                try:
+                    result = run_one(n, mode, processes=args.client_processes, rounds=args.rounds,
+                                     data_dir=args.data_dir, pki=work / "pki", work=work, timeout=args.timeout)
+                except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+                    result = {"clients": n, "mode": mode, "error": f"{type(exc).__name__}: {exc}", "rounds": []}
+                results.append(result)
+                print(json.dumps(result["rounds"][-1] if result["rounds"] else result), flush=True)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                payload = {"benchmark": "grpc_round", "environment": environment, "note": args.note,
+                           "config": {"sizes": args.sizes, "modes": args.modes, "rounds": args.rounds,
+                                      "client_processes": args.client_processes, "model": "ModelConfig() defaults",
+                                      "dataset": "KuaiSAR-R", "tls": True, "dp": "off"},
+                           "summary": summarize([r for r in results if r["rounds"]]), "runs": results,
+                           "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                tmp_out = args.out.with_suffix(".json.tmp")
+                tmp_out.write_text(json.dumps(payload, indent=2) + "\n")
+                os.replace(tmp_out, args.out)
+    print(json.dumps(summarize([r for r in results if r["rounds"]]), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
