@@ -201,7 +201,7 @@ def main() -> int:
             "benchmark": "table2", "dataset": "KuaiSAR-R", "method": "FedSASRec w/ MRFF",
             "setup": "paper's reference setup: Adam lr 0.1 fresh each round, one local step, all 1,791 clients per "
                      "round, dropout 0.5, 2 blocks, 1 head, 4 groups, alpha 0.1, seed 0, test metric at the "
-                     "best-validation round (validation every round)",
+                     f"best-validation round (validation every {args.eval_every} round(s) and at the last)",
             "rounds": rounds, "paper_rounds": PAPER_ROUNDS,
             "rounds_note": (f"reduced rounds ({rounds['local']} local, {rounds['distributed']} distributed) because CPU "
                             f"was shared with the Table 1 benchmark; the full {PAPER_ROUNDS}-round runs are left for "

@@ -102,7 +102,7 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
     # The plain path has no pipeline in the simulation; this one only keeps its (infinite) account.
     accountant = sim.privacy if sim.privacy is not None else PrivacyPipeline(
         settings, layout=sim.layout, num_users=max(data.num_users, 2), maxlen=data.maxlen, rounds=federation.rounds,
-        sample_rate=federation.client_fraction, seed=federation.seed)
+        sample_rate=federation.client_fraction, seed=federation.seed, federation_min_group_size=federation.min_group_size)
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")  # a fresh run starts a fresh log
     rows: list[dict[str, Any]] = []

@@ -166,5 +166,7 @@ def test_secure_settings_are_validated():
         secure(backend="inmemory", sampling="aggregate")
     with pytest.raises(ConfigError):
         PrivacySettings(secure_sum="fast", modulus_bits=70)
-    assert PrivacySettings(secure_sum="fast").resolved_min_group_size == 5
-    assert PrivacySettings().resolved_min_group_size == 1
+    assert PrivacySettings(secure_sum="fast").resolved_min_group_size() == 5
+    assert PrivacySettings(secure_sum="fast").resolved_min_group_size(7) == 7  # the federation's own setting
+    assert PrivacySettings(secure_sum="fast", min_group_size=3).resolved_min_group_size(7) == 3
+    assert PrivacySettings().resolved_min_group_size() == 1

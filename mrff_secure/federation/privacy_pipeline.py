@@ -87,7 +87,8 @@ class PrivacySettings:
     one draw of the summed shares; exact in distribution for Skellam, within the D_inf bound tau
     of Kairouz et al. 2021 for the discrete Gaussian).
     count_cap: the example count is uploaded as min(count, cap) / cap (None: the sequence length).
-    min_group_size: None = 5 with secure aggregation, 1 otherwise; never below 2 when secure.
+    min_group_size: None = the federation's min_group_size when it is above 1, else 5 with secure
+    aggregation and 1 without; never below 2 when secure.
     """
 
     dp: DPConfig = field(default_factory=DPConfig)
@@ -133,10 +134,14 @@ class PrivacySettings:
         """DP off and no secure aggregation: the simulation's original path."""
         return not self.dp.enabled and not self.secure
 
-    @property
-    def resolved_min_group_size(self) -> int:
+    def resolved_min_group_size(self, federation_min_group_size: int = 1) -> int:
+        """The minimum group size in force (see the class docstring); ConfigError below 2 when secure."""
         if self.min_group_size is not None:
             return self.min_group_size
+        if federation_min_group_size > 1:
+            if self.secure:
+                check_min_group_size(federation_min_group_size)
+            return federation_min_group_size
         return DEFAULT_MIN_GROUP_SIZE if self.secure else 1
 
 
@@ -174,13 +179,13 @@ class PrivacyPipeline:
     """Privacy of one training run: per-round client transforms, secure sums, and the ledger."""
 
     def __init__(self, settings: PrivacySettings, *, layout: UpdateLayout, num_users: int, maxlen: int,
-                 rounds: int, sample_rate: float, seed: int) -> None:
+                 rounds: int, sample_rate: float, seed: int, federation_min_group_size: int = 1) -> None:
         self.settings = settings
         self.dp = settings.dp
         self.layout = layout
         self.num_users, self.rounds, self.sample_rate, self.seed = num_users, rounds, sample_rate, seed
         self.count_cap = settings.count_cap if settings.count_cap is not None else maxlen
-        self.min_group_size = settings.resolved_min_group_size
+        self.min_group_size = settings.resolved_min_group_size(federation_min_group_size)
         self.delta = self.dp.resolve_delta(num_users)
         self.clip = float(self.dp.clip)
         blocks = layout.num_blocks if layout.num_groups else 0

@@ -123,7 +123,7 @@ class FederatedSimulation:
         if privacy is not None and not privacy.plain:
             self.privacy = PrivacyPipeline(privacy, layout=self.layout, num_users=users, maxlen=data.maxlen,
                                            rounds=federation.rounds, sample_rate=federation.client_fraction,
-                                           seed=federation.seed)
+                                           seed=federation.seed, federation_min_group_size=federation.min_group_size)
 
     # ----------------------------------------------------------------- rounds
     def sample_clients(self, round_index: int) -> np.ndarray:
