@@ -475,8 +475,8 @@ class Coordinator:
             total, survivors2 = self._phase(rs, UPDATE, configs[1], 2 * r + 1, set(survivors1),
                                             self.settings.stage_timeout, record)
             applied = apply_update(self.params, self.layout, total, len(survivors2), suppressed, spec)
-        except AggregationAborted as exc:
-            outcome = pb.RoundOutcome(round_id=r, completed=False, reason=str(exc))
+        except (SecAggError, ConfigError) as exc:  # AggregationAborted, or a sum that cannot be used
+            outcome = pb.RoundOutcome(round_id=r, completed=False, reason=f"{type(exc).__name__}: {exc}")
             record.update(type="round_aborted", reason=str(exc), model_digest=self.model_digest())
         else:
             self.params = applied.params

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ from client.worker import parse_pause, parse_users
 from mrff_secure.errors import CheckpointError, ConfigError
 from server import checkpoint
 from server.audit import AuditLog, read_records, verify
-from tests.network.harness import ROOT
 
 
 def write_log(path, n=4):
@@ -53,16 +50,17 @@ def test_audit_tampering_is_detected(tmp_path, damage) -> None:
     assert not report.ok and report.problem
 
 
-def test_audit_log_verify_command(tmp_path) -> None:
+def test_audit_log_verify_command(tmp_path, capsys) -> None:
+    from mrff_secure.cli import main
+
     path = tmp_path / "audit.jsonl"
     write_log(path)
-    ok = subprocess.run([sys.executable, "-m", "mrff_secure.cli", "audit-log", "verify", str(tmp_path)],
-                        capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert ok.returncode == 0 and ok.stdout.startswith("ok: 4 records")
+    assert main(["audit-log", "verify", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("ok: 4 records")
     path.write_text(path.read_text().replace('"round":1', '"round":7'))
-    cli = subprocess.run([sys.executable, "-m", "mrff_secure.cli", "audit-log", "verify", str(tmp_path)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert cli.returncode == 1 and "BROKEN" in cli.stdout and "line 2" in cli.stdout
+    assert main(["audit-log", "verify", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "BROKEN" in out and "line 2" in out
 
 
 def test_torn_last_line_is_cut_on_reopen_and_noted(tmp_path) -> None:
