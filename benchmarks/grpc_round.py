@@ -73,7 +73,8 @@ def run_one(n: int, mode: str, *, processes: int, rounds: int, data_dir: Path, p
     usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     records = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
     rounds_out = [{k: r.get(k) for k in ("round", "type", "seconds", "server_cpu_seconds", "wire_bytes")}
-                  | {"survivors": len(r.get("phases", {}).get("update", {}).get("survivors", []))}
+                  | {"survivors": len(r.get("phases", {}).get("update", {}).get("survivors", [])),
+                     "stage_seconds": {ph: v.get("stage_seconds") for ph, v in r.get("phases", {}).items()}}
                   for r in records if r["type"] in ("round", "round_aborted")]
     return {"clients": n, "mode": mode, "client_processes": processes, "exit_codes": codes + [server_code],
             "rounds": rounds_out, "run_wall_seconds": round(time.perf_counter() - started, 2),

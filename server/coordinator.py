@@ -513,7 +513,8 @@ class Coordinator:
     def _stage(self, ps: _Phase, record: dict, stage: int, expected: set[int], timeout: float,
                outbox: dict[int, bytes] | None = None) -> set[int]:
         """Publish the stage's server messages, open it, wait for the expected clients or the deadline."""
-        deadline = time.monotonic() + timeout
+        opened = time.monotonic()
+        deadline = opened + timeout
         with self._cond:
             if outbox is not None:
                 ps.outbox[stage] = outbox
@@ -529,7 +530,9 @@ class Coordinator:
             received = set(ps.received)
             for c in missing:
                 self._active.discard(c)  # until its next call: a dead client is not sampled again
-        record["phases"].setdefault(PHASE_NAMES[ps.phase], {"dropouts": {}})["dropouts"][STAGE_NAMES[stage]] = missing
+        entry = record["phases"].setdefault(PHASE_NAMES[ps.phase], {"dropouts": {}, "stage_seconds": {}})
+        entry["dropouts"][STAGE_NAMES[stage]] = missing
+        entry["stage_seconds"][STAGE_NAMES[stage]] = round(time.monotonic() - opened, 4)  # open -> last answer
         return received
 
     def _phase(self, rs: _Round, phase: int, config: SecAggConfig, secagg_round_id: int, expected: set[int],

@@ -136,3 +136,21 @@ def test_cli_value_parsing() -> None:
             parse_users(bad)
     with pytest.raises(ConfigError):
         parse_pause("1:updates:share_keys")
+
+
+def test_server_command_refuses_bad_run_folders(tmp_path, certs, capsys) -> None:
+    from mrff_secure.cli import main
+
+    base = ["--certs", str(certs), "--synthetic-users", "8", "--maxlen", "10", "--attribute-dim", "4"]
+    assert main(["server", "--resume", str(tmp_path / "nothing")] + base) == 2
+    assert "cannot resume" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.npz").write_bytes(b"x")
+    assert main(["server", "--run-dir", str(run)] + base) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    (run / "server.json").write_text('{"synthetic_users": 8, "maxlen": 10, "attribute_dim": 4}')
+    assert main(["server", "--resume", str(run), "--address", "127.0.0.1:0"] + base) == 2  # corrupt checkpoint
+    assert "corrupt" in capsys.readouterr().err
+    assert main(["server", "--run-dir", str(tmp_path / "r2"), "--resume", str(run)] + base) == 2
+    assert "exactly one" in capsys.readouterr().err
