@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +27,14 @@ from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.dp.config import min_survivors
 from mrff_secure.dp.ledger import PrivacyLedger
-from mrff_secure.errors import AggregationAborted, AuthenticationError, ConfigError, ProtocolViolation, SecAggError
+from mrff_secure.errors import (
+    AggregationAborted,
+    AuthenticationError,
+    CheckpointError,
+    ConfigError,
+    ProtocolViolation,
+    SecAggError,
+)
 from mrff_secure.federation.client_update import (
     RoundSpec,
     apply_update,
@@ -36,6 +43,7 @@ from mrff_secure.federation.client_update import (
     secagg_configs,
     suppressed_groups,
 )
+from mrff_secure.federation.roles import Role, parameter_roles
 from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.secagg import messages, packing, primitives
 from mrff_secure.secagg.config import MAX_CLIENT_ID, SecAggConfig
@@ -53,7 +61,6 @@ from server.errors import (
     Replay,
     RoundAborted,
     ShuttingDown,
-    UnknownClient,
     WrongLength,
     WrongRound,
     WrongStage,
@@ -199,8 +206,6 @@ class Coordinator:
         checkpoint.save(self.run_dir, self.params, meta)
 
     def _restore(self, params: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        from mrff_secure.errors import CheckpointError
-
         if list(params) != list(self.params_template()):
             raise CheckpointError(f"{self.run_dir}: checkpoint parameters do not match the model")
         for name, (shape, dtype) in self.params_template().items():
@@ -226,8 +231,6 @@ class Coordinator:
 
     @property
     def _template(self) -> dict[str, torch.Tensor]:
-        from mrff_secure.federation.roles import Role, parameter_roles
-
         roles = parameter_roles(self.model)
         return {n: p for n, p in self.model.named_parameters() if roles[n] is not Role.PRIVATE}
 
