@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from mrff_secure.federation.client_update import RoundSpec
-from tests.network import harness
-from tests.network.reference import run_reference
+from . import harness
+from .reference import run_reference
 
 pytestmark = pytest.mark.timeout(300)
 

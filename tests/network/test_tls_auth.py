@@ -11,7 +11,7 @@ from mrff_secure.wire import limits, signing
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
 from server.certs import make_dev_pki, read_token
-from tests.network import harness
+from . import harness
 
 pytestmark = pytest.mark.timeout(240)
 
