@@ -203,4 +203,6 @@ def test_local_round_uses_no_phase_one_in_the_clear(data):
                                   privacy=local(0.5))
         sim.train_round()
         counts.append(observer.views[0].group_counts)
-    assert not np.allclose(counts[0].numpy(), np.round(counts[0].numpy()))
+    for noisy in counts:
+        assert not np.allclose(noisy.numpy(), np.round(noisy.numpy()))  # not integer counts: noisy sums
+    assert not torch.equal(counts[0], counts[1])
