@@ -42,7 +42,8 @@ def summarize(runs: dict[str, list[dict]], rounds: int, started: float) -> dict:
         losses = [s["test_logloss"] for s in summaries]
         entry = {
             "seeds": [s["seed"] for s in summaries],
-            "per_seed": [{k: s[k] for k in ("seed", "best_round", "test_auc", "test_logloss", "test_auc_ci95", "val_auc")}
+            "per_seed": [{**{k: s[k] for k in ("seed", "best_round", "test_auc", "test_logloss", "test_auc_ci95", "val_auc")},
+                          "test_logloss_temperature_scaled": (s.get("calibration") or {}).get("test_logloss_calibrated")}
                          for s in summaries],
             "test_auc_mean": statistics.fmean(aucs) if aucs else None,
             "test_auc_std": statistics.stdev(aucs) if len(aucs) > 1 else None,
@@ -50,6 +51,12 @@ def summarize(runs: dict[str, list[dict]], rounds: int, started: float) -> dict:
             "test_logloss_std": statistics.stdev(losses) if len(losses) > 1 else None,
             "parameters": summaries[0]["parameters"] if summaries else None,
         }
+        scaled = [p["test_logloss_temperature_scaled"] for p in entry["per_seed"] if p["test_logloss_temperature_scaled"] is not None]
+        entry["test_logloss_temperature_scaled_mean"] = statistics.fmean(scaled) if scaled else None
+        entry["test_logloss_temperature_scaled_note"] = (
+            "post-hoc temperature fitted on validation predictions of the best round; not the paper's protocol, "
+            f"reported beside the raw LogLoss; available for {len(scaled)} of {len(summaries)} seeds "
+            "(runs started before the feature have none)")
         paper = PAPER.get(method.replace(" (scaled routing)", ""))
         if paper:
             entry["paper"] = paper
