@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -464,19 +464,24 @@ class Coordinator:
         with self._cond:
             self._round = rs
             self._wire = {"received": 0, "sent": 0, "calls": 0}
-        self._announce(r, rs.announcement)
+
+        def announce() -> None:  # under the lock, once the counts phase accepts inputs
+            self._announcement = (r, rs.announcement)
+
         record: dict[str, Any] = {"type": "round", "round": r, "participants": list(participants),
                                   "secure": self.settings.secure, "dp_mode": spec.dp_mode, "phases": {}}
         try:
             counts, survivors1 = self._phase(rs, COUNTS, configs[0], 2 * r, set(participants),
-                                             self.settings.train_timeout, record)
+                                             self.settings.train_timeout, record, on_open=announce)
             suppressed = suppressed_groups(counts[:self.layout.count_size], self.layout, spec.min_group_size)
-            start = pb.UpdatePhaseBody(run_id=self.run_id, round_id=r, suppressed=suppressed.reshape(-1).tolist())
-            with self._cond:
-                rs.phase_start = self._sign(start)
-                self._cond.notify_all()
+            start = self._sign(pb.UpdatePhaseBody(run_id=self.run_id, round_id=r,
+                                                  suppressed=suppressed.reshape(-1).tolist()))
+
+            def publish_start() -> None:  # runs under the lock once the phase's first stage is open
+                rs.phase_start = start
+
             total, survivors2 = self._phase(rs, UPDATE, configs[1], 2 * r + 1, set(survivors1),
-                                            self.settings.stage_timeout, record)
+                                            self.settings.stage_timeout, record, on_open=publish_start)
             applied = apply_update(self.params, self.layout, total, len(survivors2), suppressed, spec)
         except (SecAggError, ConfigError) as exc:  # AggregationAborted, or a sum that cannot be used
             outcome = pb.RoundOutcome(round_id=r, completed=False, reason=f"{type(exc).__name__}: {exc}")
@@ -514,14 +519,17 @@ class Coordinator:
 
     # ---------------------------------------------------------------- stages
     def _stage(self, ps: _Phase, record: dict, stage: int, expected: set[int], timeout: float,
-               outbox: dict[int, bytes] | None = None) -> set[int]:
-        """Publish the stage's server messages, open it, wait for the expected clients or the deadline."""
+               outbox: dict[int, bytes] | None = None, on_open: Callable[[], None] | None = None) -> set[int]:
+        """Open the stage, then publish its server messages (a client that reads them can answer at
+        once), and wait for the expected clients or the deadline."""
         opened = time.monotonic()
         deadline = opened + timeout
         with self._cond:
+            ps.stage, ps.expected, ps.received = stage, set(expected), set()
             if outbox is not None:
                 ps.outbox[stage] = outbox
-            ps.stage, ps.expected, ps.received = stage, set(expected), set()
+            if on_open is not None:
+                on_open()
             self._cond.notify_all()
             while not ps.received >= ps.expected:
                 if self._stopped:
@@ -539,15 +547,19 @@ class Coordinator:
         return received
 
     def _phase(self, rs: _Round, phase: int, config: SecAggConfig, secagg_round_id: int, expected: set[int],
-               first_timeout: float, record: dict) -> tuple[np.ndarray, tuple[int, ...]]:
+               first_timeout: float, record: dict, on_open: Callable[[], None] | None = None
+               ) -> tuple[np.ndarray, tuple[int, ...]]:
         ps = _Phase(phase, config, secagg_round_id)
+        if self.settings.secure:
+            ps.session = ServerSession(config, round_id=secagg_round_id,
+                                       identities={c: self._identities[c] for c in rs.participants})
         with self._cond:
             rs.phases[phase] = ps
             rs.current_phase = phase
         timeout = self.settings.stage_timeout
         spec = rs.spec
         if not self.settings.secure:
-            got = self._stage(ps, record, pb.MASKED_INPUT, expected, first_timeout)
+            got = self._stage(ps, record, pb.MASKED_INPUT, expected, first_timeout, on_open=on_open)
             survivors = tuple(sorted(got))
             self._check_survivors(phase, spec, len(survivors), config)
             total = np.zeros(config.vector_length, dtype=np.uint64)
@@ -556,10 +568,8 @@ class Coordinator:
             total &= np.uint64((1 << config.bits) - 1)
             record["phases"][PHASE_NAMES[phase]]["survivors"] = list(survivors)
             return from_ring(total, config.bits), survivors
-        ps.session = ServerSession(config, round_id=secagg_round_id,
-                                   identities={c: self._identities[c] for c in rs.participants})
         session = ps.session
-        self._stage(ps, record, pb.ADVERTISE_KEYS, expected, first_timeout)
+        self._stage(ps, record, pb.ADVERTISE_KEYS, expected, first_timeout, on_open=on_open)
         roster = session.close_advertise_keys()
         roster_bytes = roster.to_bytes()
         ids = {b.client_id for b in roster.bundles}
