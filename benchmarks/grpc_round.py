@@ -46,7 +46,7 @@ def run_one(n: int, mode: str, *, processes: int, rounds: int, data_dir: Path, p
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     server = subprocess.Popen(cmd + ["server", "--run-dir", str(run_dir), "--address", "127.0.0.1:0", "--certs",
-                                     str(pki), "--linger", "2", "--rounds", str(rounds), "--min-clients", str(n),
+                                     str(pki), "--linger", "60", "--rounds", str(rounds), "--min-clients", str(n),
                                      "--aggregation", mode, "--train-timeout", "1800", "--stage-timeout", "1800"]
                               + data_args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     clients = []

@@ -148,7 +148,7 @@ class LogicalClient:
                 return method(request, timeout=timeout, metadata=self._metadata())
             except grpc.RpcError as exc:
                 code = exc.code()
-                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
                     if time.monotonic() - started > self.connection.retry_timeout:
                         raise ClientFailure(
                             f"user {self.user}: server {self.connection.target} unreachable for "

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_tls_arguments(p)
     p.add_argument("--max-upload-mib", type=int, default=64, help="largest accepted client message")
     p.add_argument("--max-workers", type=int, default=2048, help="request threads (one per waiting client)")
-    p.add_argument("--linger", type=float, default=5.0, help="seconds to keep serving after the last round")
+    p.add_argument("--linger", type=float, default=60.0,
+                   help="after the last round, serve until every client has the end-of-run message, at most this long")
     p.add_argument("-v", "--verbose", action="store_true")
     options.add(p, options.DATA)
     options.add(p, options.MODEL)
@@ -154,8 +155,11 @@ def server_main(args: argparse.Namespace) -> int:
     driver.start()
     while driver.is_alive():
         driver.join(0.5)
-    if coordinator.error is None and not coordinator.stopped:
-        time.sleep(args.linger)  # let clients fetch the last outcome and the end-of-run announcement
+    linger_until = time.monotonic() + args.linger
+    while coordinator.error is None and not coordinator.stopped and time.monotonic() < linger_until:
+        if coordinator.all_saw_finish():  # every client has the end-of-run announcement
+            break
+        time.sleep(0.2)
     coordinator.stop()
     server.stop(grace=1.0).wait()
     coordinator.audit.close()
@@ -183,7 +187,7 @@ def run_local_main(args: argparse.Namespace) -> int:
     security = ["--insecure"] if args.insecure else []
     cmd = [sys.executable, "-m", "mrff_secure.cli"]
     server = subprocess.Popen(cmd + ["server", "--run-dir", str(run_dir / "server"), "--address", "127.0.0.1:0",
-                                     "--certs", str(certs.folder), "--linger", "3"] + security + data_argv
+                                     "--certs", str(certs.folder), "--linger", "30"] + security + data_argv
                               + options.to_argv(args, options.MODEL) + rounds_argv,
                               stdout=subprocess.PIPE, text=True)
     clients: list[subprocess.Popen] = []

@@ -166,6 +166,8 @@ class Coordinator:
         self._outcomes: dict[int, pb.RoundOutcome] = {}
         self._announcement: tuple[int, pb.SignedBody] | None = None
         self._wire = {"received": 0, "sent": 0, "calls": 0}  # protobuf message bytes of the current round
+        self._finished = False
+        self._saw_finish: set[int] = set()
         self.error: BaseException | None = None
         self.audit = AuditLog(self.run_dir / "audit.jsonl")
         if resume:
@@ -273,11 +275,13 @@ class Coordinator:
         self._cond.wait(remaining)
         return True
 
-    def get_round(self, after_round: int, wait: float) -> pb.SignedBody | None:
+    def get_round(self, after_round: int, wait: float, client_id: int | None = None) -> pb.SignedBody | None:
         deadline = time.monotonic() + wait
         with self._cond:
             while True:
                 if self._announcement is not None and self._announcement[0] > after_round:
+                    if self._finished and client_id is not None:
+                        self._saw_finish.add(client_id)
                     return self._announcement[1]
                 if not self._wait(deadline):
                     return None
@@ -381,6 +385,11 @@ class Coordinator:
         self.audit.append({"type": "rejected", "client": client_id, "method": method, "status": status,
                            "reason": reason[:500], "round": None if rs is None else rs.round_id})
 
+    def all_saw_finish(self) -> bool:
+        """Every client enrolled with this server process has received the end-of-run announcement."""
+        with self._cond:
+            return self._finished and set(self._sessions) <= self._saw_finish
+
     @property
     def stopped(self) -> bool:
         return self._stopped
@@ -396,7 +405,10 @@ class Coordinator:
         try:
             while self.next_round < self.settings.rounds:
                 self._play_round(self.next_round)
-            self._announce(self.next_round, self._body(self.next_round, (), None, finished=True))
+            final = self._body(self.next_round, (), None, finished=True)
+            with self._cond:
+                self._finished = True
+            self._announce(self.next_round, final)
             self.audit.append({"type": "run_finished", "rounds": self.next_round, "model_digest": self.model_digest()},
                               sync=True)
         except (_Stopped, ShuttingDown):

@@ -149,9 +149,9 @@ class CoordinatorService:
         return self._call("Enrol", pb.EnrolRequest, raw, context, body)
 
     def get_round(self, raw: bytes, context) -> bytes:
-        def body(_client, request: pb.GetRoundRequest) -> pb.GetRoundReply:
+        def body(client, request: pb.GetRoundRequest) -> pb.GetRoundReply:
             wait = min(request.wait_ms, limits.MAX_WAIT_MS) / 1000.0
-            signed = self.coordinator.get_round(request.after_round, wait)
+            signed = self.coordinator.get_round(request.after_round, wait, client)
             return pb.GetRoundReply(pending=True) if signed is None else pb.GetRoundReply(round=signed)
 
         return self._call("GetRound", pb.GetRoundRequest, raw, context, body)
