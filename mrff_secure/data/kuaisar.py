@@ -23,25 +23,19 @@ def _feature_names(path: Path) -> list[str]:
     return names
 
 
-def _attribute_table(path: Path, id_column: str, names: list[str], num_rows: int, pad_row_zero: bool) -> AttributeTable:
-    """Read a feature table indexed by `id_column`; ids must cover 0..num_rows-1 exactly once."""
-    header, rows = read_table(path)
-    ids = int_column(path, header, rows, id_column)
-    check_range(path, id_column, ids, 0, num_rows - 1)
-    if len(np.unique(ids)) != len(ids) or len(ids) != num_rows:
-        raise DataFormatError(f"{path}, column '{id_column}': ids must be unique and cover 0..{num_rows - 1}")
+def _attribute_table(path: Path, header: list[str], rows: list[list[str]], row_ids: np.ndarray,
+                     names: list[str], num_rows: int, pad_row_zero: bool) -> AttributeTable:
+    """One token column per feature; row `row_ids[i]` holds file line i. Padding index = max + 1."""
     tokens = np.zeros((num_rows, len(names)), dtype=np.int64)
     vocab = []
     for j, name in enumerate(names):
-        column_index(path, header, name)
         values = int_column(path, header, rows, name)
         check_range(path, name, values, 0)
-        tokens[ids, j] = values
+        tokens[row_ids, j] = values
         vocab.append(int(values.max()) + 2)  # + padding index max+1
     if pad_row_zero:
-        tokens[0] = np.array(vocab) - 1
-    spans = tuple((j, j + 1) for j in range(len(names)))
-    return AttributeTable(tuple(names), tuple(vocab), spans, tokens)
+        tokens[0] = np.array(vocab) - 1  # the padding row holds every field's padding index
+    return AttributeTable(tuple(names), tuple(vocab), tuple((j, j + 1) for j in range(len(names))), tokens)
 
 
 def load_kuaisar_r(data_dir: str | Path, maxlen: int = 65) -> ClientData:
@@ -61,21 +55,16 @@ def load_kuaisar_r(data_dir: str | Path, maxlen: int = 65) -> ClientData:
     num_item_rows = pad_replacement + 1
     if len(np.unique(video_ids)) != len(video_ids) or len(video_ids) != pad_replacement:
         raise DataFormatError(f"{item_path}, column 'video_id': ids must be unique and cover 0..{pad_replacement - 1}")
-    item_tokens = np.zeros((num_item_rows, len(item_names)), dtype=np.int64)
-    item_vocab = []
-    for j, name in enumerate(item_names):
-        values = int_column(item_path, header, rows, name)
-        check_range(item_path, name, values, 0)
-        item_tokens[video_ids, j] = values
-        item_vocab.append(int(values.max()) + 2)
-    item_tokens[0] = np.array(item_vocab) - 1  # the padding row holds every field's padding index
-    items = AttributeTable(tuple(item_names), tuple(item_vocab), tuple((j, j + 1) for j in range(len(item_names))), item_tokens)
+    items = _attribute_table(item_path, header, rows, video_ids, item_names, num_item_rows, pad_row_zero=True)
 
     user_path = data_dir / "user_features.csv"
     header, rows = read_table(user_path)
     user_ids = int_column(user_path, header, rows, "user_id")
-    num_users = int(user_ids.max()) + 1 if len(user_ids) else 0
-    users = _attribute_table(user_path, "user_id", user_names, num_users, pad_row_zero=False)
+    num_users = int(user_ids.max()) + 1
+    check_range(user_path, "user_id", user_ids, 0)
+    if len(np.unique(user_ids)) != len(user_ids) or len(user_ids) != num_users:
+        raise DataFormatError(f"{user_path}, column 'user_id': ids must be unique and cover 0..{num_users - 1}")
+    users = _attribute_table(user_path, header, rows, user_ids, user_names, num_users, pad_row_zero=False)
 
     inter_path = data_dir / "df.csv"
     header, rows = read_table(inter_path)
