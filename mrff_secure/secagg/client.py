@@ -9,25 +9,32 @@ leave the session except as the protocol prescribes.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import wraps
 from typing import Callable, Mapping, ParamSpec, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from mrff_secure.errors import AggregationAborted, ConfigError, ProtocolViolation
+from mrff_secure.errors import AggregationAborted, AuthenticationError, ConfigError, ProtocolViolation
 from mrff_secure.secagg import masking, packing, primitives, shamir
 from mrff_secure.secagg.config import MAX_CLIENT_ID, SecAggConfig
+from mrff_secure.secagg.context import SessionContext
 from mrff_secure.secagg.encoding import InputRangeError, to_ring
 from mrff_secure.secagg.graph import graph_seed, neighbours_of
+from mrff_secure.secagg.identity import ClientCredential, verify_credential
 from mrff_secure.secagg.messages import (
+    PURPOSE_GRAPH_SEED,
+    PURPOSE_SELF_MASK_SEED,
     AdvertiseKeys,
     ConsistencySignature,
     EncryptedShare,
-    KeyRoster,
     MaskedInput,
     Message,
+    Neighbourhood,
     OwnedShare,
+    ParticipantSet,
+    SeedReveal,
     SharePayload,
     ShareDelivery,
     ShareKeys,
@@ -36,6 +43,7 @@ from mrff_secure.secagg.messages import (
     UnmaskResponse,
     consistency_payload,
 )
+from mrff_secure.secagg.policy import SecAggPolicy
 from mrff_secure.secagg.stages import ShareKind, Stage
 
 P = ParamSpec("P")
@@ -73,35 +81,56 @@ def _sorted_unique(ids: tuple[int, ...], what: str) -> None:
 
 
 class ClientSession:
-    """One client's side of one round. Usage: advertise_keys -> share_keys -> masked_input ->
-    consistency_check -> unmask, each taking the server's message and returning the reply."""
+    """One client's side of one session. Usage: advertise_keys -> reveal_seed -> share_keys ->
+    masked_input -> consistency_check -> unmask, each taking the server's message and returning
+    the reply.
 
-    def __init__(self, config: SecAggConfig, *, round_id: int, client_id: int, identity_key: Ed25519PrivateKey,
-                 peer_identities: Mapping[int, bytes], random: primitives.RandomBytes = primitives.system_random
+    The client trusts no directory from the server: each neighbour's identity key comes from that
+    neighbour's credential, verified under the identity authority's key. It verifies only its own
+    neighbours (O(k) signatures); a participant-set entry that names no real client can only land
+    next to honest clients, which then refuse the round.
+    """
+
+    def __init__(self, config: SecAggConfig, *, context: SessionContext, client_id: int,
+                 identity_key: Ed25519PrivateKey, credential: ClientCredential, authority_public_key: bytes,
+                 policy: SecAggPolicy | None = None, random: primitives.RandomBytes = primitives.system_random
                  ) -> None:
-        """peer_identities maps every client id that may take part to its raw Ed25519 public key
-        (the PKI, established out of band); `random` is the randomness seam for tests."""
+        """credential: this client's own, issued by the authority whose raw Ed25519 public key is
+        `authority_public_key`; policy: the client's floors (default SecAggPolicy()); `random` is the
+        randomness seam for known-answer tests."""
         if not isinstance(client_id, int) or not 0 <= client_id <= MAX_CLIENT_ID:
             raise ConfigError(f"client_id must be an int in [0, {MAX_CLIENT_ID}], got {client_id!r}")
-        if not isinstance(round_id, int) or not 0 <= round_id < 2**64:
-            raise ConfigError(f"round_id must be a u64, got {round_id!r}")
-        own = peer_identities.get(client_id)
-        if own != primitives.identity_public_bytes(identity_key):
-            raise ConfigError(f"peer_identities does not hold client {client_id}'s own identity key")
+        if not isinstance(context, SessionContext):
+            raise ConfigError(f"context must be a SessionContext, got {type(context).__name__}")
+        try:
+            certified = verify_credential(authority_public_key, credential, client_id=client_id)
+        except AuthenticationError as exc:
+            raise ConfigError(f"client {client_id}: our own credential is not the authority's statement for "
+                              "this client id") from exc
+        if certified != primitives.identity_public_bytes(identity_key):
+            raise ConfigError(f"client {client_id}: our credential certifies another identity key")
+        self.policy = policy if policy is not None else SecAggPolicy()
+        self.policy.check_config(config)  # refuse weak parameters before revealing anything
         self.config = config
-        self.round_id = round_id
+        self.context = context
+        self._context_bytes = context.to_bytes()
+        self.round_id = context.round_id
         self.client_id = client_id
         self.stage = Stage.ADVERTISE_KEYS
         self._identity_key = identity_key
-        self._identities = dict(peer_identities)
+        self._credential = credential
+        self._authority = bytes(authority_public_key)
         self._random = random
         self._cipher_key = primitives.generate_agreement_key(random)
         self._mask_key = primitives.generate_agreement_key(random)
+        self._graph_reveal = random(primitives.KEY_BYTES)
+        self._self_mask_seed = random(shamir.SECRET_BYTES)
         self._advert: AdvertiseKeys | None = None
-        self._roster: dict[int, AdvertiseKeys] = {}
+        self._participants: ParticipantSet | None = None
+        self._roster: dict[int, AdvertiseKeys] = {}  # the neighbours' verified bundles
+        self._identities: dict[int, bytes] = {}  # the neighbours' certified identity keys
         self._seed = b""
         self.neighbours: tuple[int, ...] = ()
-        self._self_mask_seed = b""
         self._held: dict[int, SharePayload] = {}  # shares neighbours gave us, by sender
         self._signed_survivors: tuple[int, ...] | None = None
         self._revealed: dict[int, ShareKind] = {}
@@ -130,43 +159,85 @@ class ClientSession:
             self._cipher_keys[peer] = key
         return key
 
+    def _verified_bundle(self, bundle: AdvertiseKeys, expected_digest: bytes) -> bytes:
+        """Check a neighbour's bundle against the participant set and the authority; its identity key."""
+        if bundle.round_id != self.round_id:
+            raise ProtocolViolation(f"key bundle of client {bundle.client_id} is for round {bundle.round_id}")
+        if bundle.digest() != expected_digest:
+            raise ProtocolViolation(f"key bundle of client {bundle.client_id} differs from the one the participant "
+                                    "set fixed")
+        try:
+            identity = verify_credential(self._authority, bundle.credential, client_id=bundle.client_id)
+        except AuthenticationError as exc:
+            raise AuthenticationError(f"client {bundle.client_id} has no credential from our identity authority") from exc
+        primitives.verify(identity, bundle.signature, bundle.signed_payload(self._context_bytes))
+        return identity
+
     # --- stage 0 ---------------------------------------------------------------------------
 
-    @_stage(Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS)
+    @_stage(Stage.ADVERTISE_KEYS, Stage.REVEAL_SEED)
     def advertise_keys(self) -> AdvertiseKeys:
-        """Fresh X25519 keys for this round, signed with the identity key."""
-        unsigned = AdvertiseKeys(self.round_id, self.client_id, primitives.agreement_public_bytes(self._cipher_key),
-                                 primitives.agreement_public_bytes(self._mask_key), bytes(64))
-        signature = primitives.sign(self._identity_key, unsigned.signed_payload())
-        self._advert = AdvertiseKeys(unsigned.round_id, unsigned.client_id, unsigned.cipher_public_key,
-                                     unsigned.mask_public_key, signature)
+        """Fresh X25519 keys and commitments for this session, signed with the identity key."""
+        ctx = self._context_bytes
+        unsigned = AdvertiseKeys(
+            self.round_id, self.client_id, primitives.agreement_public_bytes(self._cipher_key),
+            primitives.agreement_public_bytes(self._mask_key),
+            primitives.commitment(PURPOSE_GRAPH_SEED, ctx, self.client_id, self._graph_reveal),
+            primitives.commitment(PURPOSE_SELF_MASK_SEED, ctx, self.client_id, self._self_mask_seed),
+            self._credential, bytes(primitives.SIGNATURE_BYTES))
+        self._advert = replace(unsigned, signature=primitives.sign(self._identity_key, unsigned.signed_payload(ctx)))
         return self._advert
 
     # --- stage 1 ---------------------------------------------------------------------------
 
-    @_stage(Stage.SHARE_KEYS, Stage.MASKED_INPUT)
-    def share_keys(self, roster: KeyRoster) -> ShareKeys:
-        """Verify every signed key bundle, derive the neighbour graph, and send each neighbour
-        an encrypted share of our self-mask seed and of our mask-agreement private key."""
-        self._check_round(roster)
-        ids = tuple(b.client_id for b in roster.bundles)
-        _sorted_unique(ids, "the key roster")
+    @_stage(Stage.REVEAL_SEED, Stage.SHARE_KEYS)
+    def reveal_seed(self, participants: ParticipantSet) -> SeedReveal:
+        """Check the fixed participant set (size, our own entry), then open our graph commitment."""
+        self._check_round(participants)
+        ids = participants.client_ids
+        _sorted_unique(ids, "the participant set")
         if len(ids) > self.config.num_clients:
             raise ProtocolViolation(
-                f"roster has {len(ids)} clients but the modulus was sized for {self.config.num_clients}")
-        for bundle in roster.bundles:
-            if bundle.round_id != self.round_id:
-                raise ProtocolViolation(f"key bundle of client {bundle.client_id} is for round {bundle.round_id}")
-            identity = self._identities.get(bundle.client_id)
-            if identity is None:
-                raise ProtocolViolation(f"roster names client {bundle.client_id}, which has no known identity key")
-            primitives.verify(identity, bundle.signature, bundle.signed_payload())
-        roster_map = {b.client_id: b for b in roster.bundles}
-        if roster_map.get(self.client_id) != self._advert:
-            raise ProtocolViolation(f"client {self.client_id}: the roster does not carry our own key bundle")
-        self._roster = roster_map
-        self._seed = graph_seed(self.round_id, {b.client_id: b.body() for b in roster.bundles})
+                f"participant set has {len(ids)} clients but the modulus was sized for {self.config.num_clients}")
+        self.policy.check_participants(len(ids))
+        own = [e for e in participants.entries if e.client_id == self.client_id]
+        advert = self._advert
+        if advert is None or len(own) != 1 or own[0].bundle_digest != advert.digest() \
+                or own[0].graph_commitment != advert.graph_commitment:
+            raise ProtocolViolation(f"client {self.client_id}: the participant set does not carry our own key bundle")
+        self._participants = participants
+        return SeedReveal(self.round_id, self.client_id, self._graph_reveal)
+
+    # --- stage 2 ---------------------------------------------------------------------------
+
+    @_stage(Stage.SHARE_KEYS, Stage.MASKED_INPUT)
+    def share_keys(self, neighbourhood: Neighbourhood) -> ShareKeys:
+        """Check every reveal against its commitment, derive the graph, verify our neighbours' bundles
+        (credential and signature), and send each neighbour an encrypted share of our self-mask seed and
+        of our mask-agreement private key."""
+        self._check_round(neighbourhood)
+        self._check_addressee(neighbourhood.receiver)
+        participants = self._participants
+        if participants is None:  # unreachable through the stage machine
+            raise ProtocolViolation("no participant set was fixed in this session")
+        ctx = self._context_bytes
+        entries = participants.entries
+        if len(neighbourhood.reveals) != len(entries):
+            raise ProtocolViolation(f"{len(neighbourhood.reveals)} reveals for {len(entries)} participants")
+        for entry, reveal in zip(entries, neighbourhood.reveals):
+            if primitives.commitment(PURPOSE_GRAPH_SEED, ctx, entry.client_id, reveal) != entry.graph_commitment:
+                raise ProtocolViolation(f"the reveal of client {entry.client_id} does not open its commitment")
+        self._seed = graph_seed(ctx, participants.digest(), neighbourhood.reveals)
+        ids = participants.client_ids
         self.neighbours = neighbours_of(self._seed, ids, self.config.k, self.client_id)
+        if tuple(b.client_id for b in neighbourhood.bundles) != self.neighbours:
+            raise ProtocolViolation(f"client {self.client_id}: the server sent the bundles of "
+                                    f"{[b.client_id for b in neighbourhood.bundles]}, our neighbours are "
+                                    f"{list(self.neighbours)}")
+        digests = {e.client_id: e.bundle_digest for e in entries}
+        for bundle in neighbourhood.bundles:
+            self._identities[bundle.client_id] = self._verified_bundle(bundle, digests[bundle.client_id])
+            self._roster[bundle.client_id] = bundle
         t = self.config.t
         if len(self.neighbours) < t:
             raise AggregationAborted(
@@ -174,7 +245,6 @@ class ClientSession:
         if 2 * t <= len(self.neighbours):
             raise ConfigError(f"threshold t={t} is not a strict majority of our {len(self.neighbours)} neighbours")
 
-        self._self_mask_seed = self._random(shamir.SECRET_BYTES)
         mask_private = primitives.agreement_private_bytes(self._mask_key)
         shares = shamir.split_many([self._self_mask_seed, mask_private], [v + 1 for v in self.neighbours], t,
                                    random=self._random)
@@ -186,7 +256,7 @@ class ClientSession:
             sealed.append(EncryptedShare(self.client_id, peer, ciphertext))
         return ShareKeys(self.round_id, self.client_id, tuple(sealed))
 
-    # --- stage 2 ---------------------------------------------------------------------------
+    # --- stage 3 ---------------------------------------------------------------------------
 
     @_stage(Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK)
     def masked_input(self, delivery: ShareDelivery, vector: np.ndarray) -> MaskedInput:
@@ -229,7 +299,7 @@ class ClientSession:
         self._held = held
         return MaskedInput(self.round_id, self.client_id, bits, length, packing.pack(masked, bits))
 
-    # --- stage 3 ---------------------------------------------------------------------------
+    # --- stage 4 ---------------------------------------------------------------------------
 
     @_stage(Stage.CONSISTENCY_CHECK, Stage.UNMASK)
     def consistency_check(self, survivor_list: SurvivorList) -> ConsistencySignature:
@@ -239,9 +309,11 @@ class ClientSession:
         _sorted_unique(survivors, "the survivor list")
         if self.client_id not in survivors:
             raise ProtocolViolation(f"client {self.client_id}: survivor list omits us, yet asks us to sign it")
-        unknown = set(survivors) - set(self._roster)
+        participants = self._participants.client_ids if self._participants is not None else ()
+        unknown = set(survivors) - set(participants)
         if unknown:
-            raise ProtocolViolation(f"survivor list names clients that never advertised keys: {sorted(unknown)}")
+            raise ProtocolViolation(f"survivor list names clients outside the participant set: {sorted(unknown)}")
+        self.policy.check_survivors(len(survivors))
         surviving_neighbours = set(survivors) & set(self.neighbours)
         not_shared = surviving_neighbours - set(self._held)
         if not_shared:
@@ -252,10 +324,10 @@ class ClientSession:
             raise AggregationAborted(
                 f"client {self.client_id}: {len(surviving_neighbours)} of our neighbours survived, fewer than t={t}")
         self._signed_survivors = survivors
-        signature = primitives.sign(self._identity_key, consistency_payload(self.round_id, self._seed, survivors))
+        signature = primitives.sign(self._identity_key, consistency_payload(self._context_bytes, self._seed, survivors))
         return ConsistencySignature(self.round_id, self.client_id, signature)
 
-    # --- stage 4 ---------------------------------------------------------------------------
+    # --- stage 5 ---------------------------------------------------------------------------
 
     @_stage(Stage.UNMASK, Stage.DONE)
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
@@ -288,8 +360,12 @@ class ClientSession:
         t = self.config.t
         if len(survivors) < t:
             raise ProtocolViolation(f"client {self.client_id}: only {len(survivors)} surviving neighbours listed, need t={t}")
+        held = set(self._held)
+        if set(survivors) != held & signed_set or set(dropped) != held - signed_set:
+            raise ProtocolViolation(f"client {self.client_id}: the request's lists differ from the survivor list we "
+                                    "signed, restricted to the neighbours that shared keys with us")
 
-        payload = consistency_payload(self.round_id, self._seed, signed)
+        payload = consistency_payload(self._context_bytes, self._seed, signed)
         signers: set[int] = set()
         for sig in request.signatures:
             if sig.round_id != self.round_id:

@@ -17,14 +17,23 @@ def default_num_neighbours(num_clients: int) -> int:
     return min(num_clients - 1, 2 * math.ceil(math.log2(num_clients)))
 
 
-def default_threshold(num_neighbours: int) -> int:
-    """t = floor(k / 2) + 1: a strict majority of the neighbours.
+DEFAULT_CORRUPT_NEIGHBOURS = 2
+"""c_max of the default policy: the corrupt neighbours (sybils, colluders) a client withstands."""
 
-    A majority makes it impossible for a server to collect t self-mask shares
-    and t key shares of the same client from two disjoint sets of honest
-    neighbours, which is what the consistency check relies on.
+
+def threshold_for(num_neighbours: int, corrupt_neighbours: int) -> int:
+    """The smallest t with 2t - k > c_max (see policy.py for why)."""
+    return (num_neighbours + corrupt_neighbours) // 2 + 1
+
+
+def default_threshold(num_neighbours: int, corrupt_neighbours: int = DEFAULT_CORRUPT_NEIGHBOURS) -> int:
+    """t = the smallest threshold that withstands `corrupt_neighbours` colluding neighbours, at most k.
+
+    With c colluding neighbours a server unmasks a client by a split view iff c >= 2t - k; t = floor(k/2) + 1
+    (a bare majority) fails to 2 colluders at even k, 1 at odd k (SECURITY-REVIEW.md W2). Where k is
+    too small for the bound, t = k (clients whose policy needs more refuse such a round).
     """
-    return num_neighbours // 2 + 1
+    return min(num_neighbours, max(num_neighbours // 2 + 1, threshold_for(num_neighbours, corrupt_neighbours)))
 
 
 def required_modulus_bits(num_clients: int, max_abs: int) -> int:
@@ -45,7 +54,8 @@ class SecAggConfig:
     max_abs: every client input coordinate lies in [-max_abs, max_abs].
     modulus_bits: b, the ring Z_{2^b}; None picks the smallest b that cannot wrap.
     num_neighbours: k, neighbours per client in the SecAgg+ graph; None = default_num_neighbours(n).
-    threshold: t, Shamir threshold among a client's neighbours; None = floor(k/2) + 1.
+    threshold: t, Shamir threshold among a client's neighbours; None = default_threshold(k): withstands
+        DEFAULT_CORRUPT_NEIGHBOURS colluding neighbours.
     """
 
     num_clients: int

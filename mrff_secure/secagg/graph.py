@@ -1,20 +1,21 @@
-"""The SecAgg+ neighbour graph, derived from public randomness the server cannot choose.
+"""The SecAgg+ neighbour graph, derived from randomness revealed after the participants are fixed.
 
-seed = SHA-256(domain | version | round id | every advertised key bundle in
-client-id order). The seed keys an AES-256-CTR keystream that draws a
-pseudorandom ordering of the clients; on that ring each client is joined to
-the floor(k/2) clients on either side (a Harary graph), plus the client
-opposite when k is odd. The graph is symmetric; every client has exactly k
-neighbours, except that one client has k - 1 when k and n are both odd (no
-client ever has more than k, which keeps t > degree / 2), and n - 1 when
-k >= n - 1.
+seed = SHA-256(domain | session context | digest of the participant set | every participant's
+reveal, in participant order). Each client committed to its reveal in its key bundle, before the
+participant set was fixed, so neither the server nor colluding clients can steer the graph by
+choosing bundles or participants (W3 of SECURITY-REVIEW.md): a colluder can only withhold its
+reveal, which aborts the session. The seed keys an AES-256-CTR keystream that draws a
+pseudorandom ordering of the clients; on that ring each client is joined to the floor(k/2)
+clients on either side (a Harary graph), plus the client opposite when k is odd. The graph is
+symmetric; every client has exactly k neighbours, except that one client has k - 1 when k and n
+are both odd, and n - 1 when k >= n - 1.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Iterable, Mapping
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -24,13 +25,11 @@ from mrff_secure.secagg.primitives import PROTOCOL_VERSION, keystream_random
 _DOMAIN = b"mrff-secagg-graph"
 
 
-def graph_seed(round_id: int, bundles: Mapping[int, bytes]) -> bytes:
-    """32-byte public seed from the round id and each client's signed key bundle (bytes), sorted by id."""
-    digest = hashlib.sha256()
-    digest.update(_DOMAIN + struct.pack(">BQI", PROTOCOL_VERSION, round_id, len(bundles)))
-    for client_id in sorted(bundles):
-        blob = bundles[client_id]
-        digest.update(struct.pack(">II", client_id, len(blob)) + blob)
+def graph_seed(context: bytes, participant_digest: bytes, reveals: Sequence[bytes]) -> bytes:
+    """The 32-byte public seed of the graph (see the module docstring)."""
+    digest = hashlib.sha256(_DOMAIN + struct.pack(">BI", PROTOCOL_VERSION, len(reveals)) + context + participant_digest)
+    for reveal in reveals:
+        digest.update(reveal)
     return digest.digest()
 
 

@@ -7,7 +7,8 @@ to_bytes/from_bytes, so what runs here is what a transport carries.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Collection, Mapping, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -15,8 +16,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mrff_secure.errors import AggregationAborted
 from mrff_secure.secagg import primitives
 from mrff_secure.secagg.client import ClientSession
-from mrff_secure.secagg.config import SecAggConfig
+from mrff_secure.secagg.config import DEFAULT_CORRUPT_NEIGHBOURS, SecAggConfig
+from mrff_secure.secagg.context import SessionContext
+from mrff_secure.secagg.identity import ClientCredential, issue_credential
 from mrff_secure.secagg.messages import Message
+from mrff_secure.secagg.policy import SecAggPolicy
 from mrff_secure.secagg.server import AggregateResult, ServerSession
 from mrff_secure.secagg.stages import Stage
 
@@ -28,33 +32,59 @@ def wire(message: M) -> M:
     return type(message).from_bytes(message.to_bytes())
 
 
-def make_identities(client_ids: list[int]) -> tuple[dict[int, Ed25519PrivateKey], dict[int, bytes]]:
-    """Fresh identity keys for a set of clients, and the public directory (the PKI)."""
+@dataclass(frozen=True)
+class Identities:
+    """A throwaway identity authority and one certified identity key per client (simulation, tests)."""
+
+    authority_key: Ed25519PrivateKey
+    keys: dict[int, Ed25519PrivateKey]
+    credentials: dict[int, ClientCredential]
+
+    @property
+    def authority_public_key(self) -> bytes:
+        return primitives.identity_public_bytes(self.authority_key)
+
+    def session(self, config: SecAggConfig, context: SessionContext, client_id: int,
+                policy: SecAggPolicy | None = None) -> ClientSession:
+        return ClientSession(config, context=context, client_id=client_id, identity_key=self.keys[client_id],
+                             credential=self.credentials[client_id], authority_public_key=self.authority_public_key,
+                             policy=policy)
+
+
+def make_identities(client_ids: Collection[int]) -> Identities:
+    """Fresh identity keys for a set of clients, certified by a fresh authority."""
+    authority = primitives.generate_identity_key()
     keys = {c: primitives.generate_identity_key() for c in client_ids}
-    return keys, {c: primitives.identity_public_bytes(k) for c, k in keys.items()}
+    credentials = {c: issue_credential(authority, c, primitives.identity_public_bytes(k)) for c, k in keys.items()}
+    return Identities(authority, keys, credentials)
+
+
+def simulation_policy(config: SecAggConfig) -> SecAggPolicy:
+    """The policy of simulated honest clients: the default, with c_max lowered to what (k, t) allow."""
+    return SecAggPolicy(corrupt_neighbours=max(0, min(DEFAULT_CORRUPT_NEIGHBOURS, 2 * config.t - config.k - 1)))
 
 
 Dropouts = Mapping[Stage, set[int]]
 
 
 def run_round(config: SecAggConfig, *, round_id: int, inputs: Mapping[int, np.ndarray],
-              identity_keys: Mapping[int, Ed25519PrivateKey] | None = None,
+              identities: Identities | None = None, policy: SecAggPolicy | None = None,
+              context: SessionContext | None = None,
               dropouts: Dropouts | Callable[[Mapping[int, tuple[int, ...]]], Dropouts] | None = None
               ) -> AggregateResult:
     """Run one secure sum of `inputs` (client id -> signed int vector) in memory.
 
     dropouts[s] lists the clients that send nothing from stage s on (s in
-    ADVERTISE_KEYS .. UNMASK); it may also be a function of the neighbour
-    graph, called once the graph is known (then it cannot drop at
-    ADVERTISE_KEYS). A client that aborts its own session with
-    AggregationAborted (too few neighbours left) counts as dropped. Raises
-    AggregationAborted if the survivors cannot recover the sum.
+    ADVERTISE_KEYS .. UNMASK; a dropout at REVEAL_SEED aborts the session); it
+    may also be a function of the neighbour graph, called once the graph is
+    known (then it cannot drop before SHARE_KEYS). A client that aborts its own
+    session with AggregationAborted (too few neighbours left) counts as
+    dropped. Raises AggregationAborted if the survivors cannot recover the sum.
     """
     ids = sorted(inputs)
-    if identity_keys is None:
-        identity_keys, directory = make_identities(ids)
-    else:
-        directory = {c: primitives.identity_public_bytes(k) for c, k in identity_keys.items()}
+    identities = identities if identities is not None else make_identities(ids)
+    context = context if context is not None else SessionContext.fresh(round_id=round_id)
+    policy = policy if policy is not None else simulation_policy(config)
     gone: set[int] = set()
     drops: Dropouts = {} if dropouts is None or callable(dropouts) else dropouts
 
@@ -69,21 +99,26 @@ def run_round(config: SecAggConfig, *, round_id: int, inputs: Mapping[int, np.nd
             gone.add(client)  # the client gave up on the round: a dropout as far as the server can tell
             return None
 
-    server = ServerSession(config, round_id=round_id, identities=directory)
-    clients = {c: ClientSession(config, round_id=round_id, client_id=c, identity_key=identity_keys[c],
-                                peer_identities=directory) for c in ids}
+    server = ServerSession(config, context=context, authority_public_key=identities.authority_public_key,
+                           participants=ids)
+    clients = {c: identities.session(config, context, c, policy) for c in ids}
 
     for c in alive(Stage.ADVERTISE_KEYS):
         server.receive_advertise_keys(wire(clients[c].advertise_keys()))
-    roster = wire(server.close_advertise_keys())
+    participants = wire(server.close_advertise_keys())
+    for c in alive(Stage.REVEAL_SEED):
+        if c in participants.client_ids:
+            server.receive_seed_reveal(wire(clients[c].reveal_seed(participants)))
+    neighbourhoods = server.close_reveal_seed()
     if callable(dropouts):
         drops = dropouts(server.graph)
-        if drops.get(Stage.ADVERTISE_KEYS):
-            raise ValueError("a graph-dependent dropout schedule cannot drop clients at ADVERTISE_KEYS")
+        if drops.get(Stage.ADVERTISE_KEYS) or drops.get(Stage.REVEAL_SEED):
+            raise ValueError("a graph-dependent dropout schedule cannot drop clients before SHARE_KEYS")
     for c in alive(Stage.SHARE_KEYS):
-        reply = step(c, lambda: clients[c].share_keys(roster))
-        if reply is not None:
-            server.receive_share_keys(reply)  # type: ignore[arg-type]
+        if c in neighbourhoods:
+            reply = step(c, lambda: clients[c].share_keys(wire(neighbourhoods[c])))
+            if reply is not None:
+                server.receive_share_keys(reply)  # type: ignore[arg-type]
     deliveries = server.close_share_keys()
     for c in alive(Stage.MASKED_INPUT):
         if c in deliveries:

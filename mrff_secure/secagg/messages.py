@@ -10,11 +10,13 @@ wrong field lengths with ProtocolViolation. No pickle, no dicts on the wire.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
 from mrff_secure.errors import ProtocolViolation
+from mrff_secure.secagg.identity import ClientCredential
 from mrff_secure.secagg.primitives import PROTOCOL_VERSION, PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from mrff_secure.secagg.shamir import SHARE_VALUE_BYTES, Share
 
@@ -142,60 +144,149 @@ def decode(data: bytes) -> Message:
 # --- stage 0: advertise keys ------------------------------------------------------------
 
 
+COMMITMENT_BYTES = 32
+PURPOSE_GRAPH_SEED = b"graph-seed"
+PURPOSE_SELF_MASK_SEED = b"self-mask-seed"
+
+
 @dataclass(frozen=True)
 class AdvertiseKeys(Message):
-    """Client -> server: two fresh X25519 public keys signed with the client's Ed25519 identity key."""
+    """Client -> server: two fresh X25519 public keys, commitments to the client's graph-seed
+    contribution and to its self-mask seed, and its credential from the identity authority; signed
+    with the certified identity key over the session context (see `signed_payload`)."""
 
     TAG: ClassVar[int] = 1
     round_id: int
     client_id: int
     cipher_public_key: bytes  # X25519, encrypts shares in transit
     mask_public_key: bytes  # X25519, derives pairwise masks
-    signature: bytes  # Ed25519 over signed_payload()
+    graph_commitment: bytes  # commitment to the 32 bytes revealed at REVEAL_SEED
+    self_mask_commitment: bytes  # commitment to b_u, checked by the server after reconstruction
+    credential: ClientCredential  # (client id -> identity key), signed by the identity authority
+    signature: bytes  # Ed25519 by the identity key over signed_payload(context)
 
-    def signed_payload(self) -> bytes:
-        return (b"mrff-secagg-keys" + struct.pack(">BQI", PROTOCOL_VERSION, self.round_id, self.client_id)
-                + self.cipher_public_key + self.mask_public_key)
+    def signed_payload(self, context: bytes) -> bytes:
+        """What the identity key signs: label | session context | id | keys | commitments."""
+        return (b"mrff-secagg-keys" + context + struct.pack(">I", self.client_id) + self.cipher_public_key
+                + self.mask_public_key + self.graph_commitment + self.self_mask_commitment)
 
-    def body(self) -> bytes:
-        """The bundle as it enters the graph seed (and the roster): id | keys | signature."""
-        w = _Writer()
-        self._write(w)
-        return w.result()
+    def digest(self) -> bytes:
+        """SHA-256 of the whole encoded bundle: what the participant set fixes."""
+        return hashlib.sha256(self.to_bytes()).digest()
 
     def _write(self, w: _Writer) -> None:
         w.u32(self.client_id)
         w.fixed(self.cipher_public_key, PUBLIC_KEY_BYTES, "cipher public key")
         w.fixed(self.mask_public_key, PUBLIC_KEY_BYTES, "mask public key")
+        w.fixed(self.graph_commitment, COMMITMENT_BYTES, "graph commitment")
+        w.fixed(self.self_mask_commitment, COMMITMENT_BYTES, "self-mask commitment")
+        w.fixed(self.credential.to_bytes(), ClientCredential.SIZE, "credential")
         w.fixed(self.signature, SIGNATURE_BYTES, "signature")
 
     @classmethod
     def _read(cls, r: _Reader, round_id: int) -> "AdvertiseKeys":
-        return cls(round_id, r.u32(), r.fixed(PUBLIC_KEY_BYTES), r.fixed(PUBLIC_KEY_BYTES), r.fixed(SIGNATURE_BYTES))
+        return cls(round_id, r.u32(), r.fixed(PUBLIC_KEY_BYTES), r.fixed(PUBLIC_KEY_BYTES), r.fixed(COMMITMENT_BYTES),
+                   r.fixed(COMMITMENT_BYTES), ClientCredential.from_bytes(r.fixed(ClientCredential.SIZE)),
+                   r.fixed(SIGNATURE_BYTES))
 
 
-_BUNDLE_BYTES = 4 + 2 * PUBLIC_KEY_BYTES + SIGNATURE_BYTES
+_BUNDLE_BYTES = 4 + 2 * PUBLIC_KEY_BYTES + 2 * COMMITMENT_BYTES + ClientCredential.SIZE + SIGNATURE_BYTES
 
 
 @dataclass(frozen=True)
-class KeyRoster(Message):
-    """Server -> clients: every advertised key bundle of the round, sorted by client id."""
+class ParticipantEntry:
+    """One participant as the participant set fixes it: id, graph commitment, digest of its bundle."""
+
+    client_id: int
+    graph_commitment: bytes
+    bundle_digest: bytes
+
+    SIZE: ClassVar[int] = 4 + 2 * COMMITMENT_BYTES
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(self.client_id)
+        w.fixed(self.graph_commitment, COMMITMENT_BYTES, "graph commitment")
+        w.fixed(self.bundle_digest, COMMITMENT_BYTES, "bundle digest")
+
+    @classmethod
+    def _read(cls, r: _Reader) -> "ParticipantEntry":
+        return cls(r.u32(), r.fixed(COMMITMENT_BYTES), r.fixed(COMMITMENT_BYTES))
+
+
+@dataclass(frozen=True)
+class ParticipantSet(Message):
+    """Server -> clients (stage REVEAL_SEED): the participants, fixed before any seed is revealed.
+    Sorted by client id. Entries are not signed by their clients: a client verifies the bundles of
+    its own neighbours only (against the digests here), O(k) signatures, not O(n)."""
 
     TAG: ClassVar[int] = 2
     round_id: int
+    entries: tuple[ParticipantEntry, ...]
+
+    @property
+    def client_ids(self) -> tuple[int, ...]:
+        return tuple(e.client_id for e in self.entries)
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.to_bytes()).digest()
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(len(self.entries))
+        for entry in self.entries:
+            entry._write(w)
+
+    @classmethod
+    def _read(cls, r: _Reader, round_id: int) -> "ParticipantSet":
+        n = r.count(ParticipantEntry.SIZE)
+        return cls(round_id, tuple(ParticipantEntry._read(r) for _ in range(n)))
+
+
+@dataclass(frozen=True)
+class SeedReveal(Message):
+    """Client -> server (stage REVEAL_SEED): the opening of the client's graph commitment."""
+
+    TAG: ClassVar[int] = 10
+    round_id: int
+    client_id: int
+    reveal: bytes
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(self.client_id)
+        w.fixed(self.reveal, COMMITMENT_BYTES, "seed reveal")
+
+    @classmethod
+    def _read(cls, r: _Reader, round_id: int) -> "SeedReveal":
+        return cls(round_id, r.u32(), r.fixed(COMMITMENT_BYTES))
+
+
+@dataclass(frozen=True)
+class Neighbourhood(Message):
+    """Server -> one client (stage SHARE_KEYS): every participant's reveal (in participant-set
+    order: the graph seed needs them all) and the full key bundles of the receiver's neighbours."""
+
+    TAG: ClassVar[int] = 11
+    round_id: int
+    receiver: int
+    reveals: tuple[bytes, ...]
     bundles: tuple[AdvertiseKeys, ...]
 
     def _write(self, w: _Writer) -> None:
+        w.u32(self.receiver)
+        w.u32(len(self.reveals))
+        for reveal in self.reveals:
+            w.fixed(reveal, COMMITMENT_BYTES, "seed reveal")
         w.u32(len(self.bundles))
         for bundle in self.bundles:
             if bundle.round_id != self.round_id:
-                raise ProtocolViolation("a roster bundle belongs to another round")
+                raise ProtocolViolation("a neighbour bundle belongs to another round")
             bundle._write(w)
 
     @classmethod
-    def _read(cls, r: _Reader, round_id: int) -> "KeyRoster":
-        n = r.count(_BUNDLE_BYTES)
-        return cls(round_id, tuple(AdvertiseKeys._read(r, round_id) for _ in range(n)))
+    def _read(cls, r: _Reader, round_id: int) -> "Neighbourhood":
+        receiver = r.u32()
+        reveals = tuple(r.fixed(COMMITMENT_BYTES) for _ in range(r.count(COMMITMENT_BYTES)))
+        bundles = tuple(AdvertiseKeys._read(r, round_id) for _ in range(r.count(_BUNDLE_BYTES)))
+        return cls(round_id, receiver, reveals, bundles)
 
 
 # --- stage 1: share keys -------------------------------------------------------------------
@@ -353,11 +444,12 @@ class ConsistencySignature(Message):
         return cls(round_id, r.u32(), r.fixed(SIGNATURE_BYTES))
 
 
-def consistency_payload(round_id: int, seed: bytes, survivors: tuple[int, ...]) -> bytes:
-    """What each surviving client signs: binds the round, the graph (its seed) and U3."""
+def consistency_payload(context: bytes, seed: bytes, survivors: tuple[int, ...]) -> bytes:
+    """What each surviving client signs: binds the session context, the graph (its seed, which
+    covers the participant set) and U3."""
     w = _Writer()
     w.ids(survivors)
-    return b"mrff-secagg-survivors" + struct.pack(">BQ", PROTOCOL_VERSION, round_id) + seed + w.result()
+    return b"mrff-secagg-survivors" + context + seed + w.result()
 
 
 # --- stage 4: unmask ----------------------------------------------------------------------
@@ -445,6 +537,6 @@ class UnmaskResponse(Message):
 
 _BY_TAG: dict[int, type[Message]] = {
     cls.TAG: cls
-    for cls in (AdvertiseKeys, KeyRoster, ShareKeys, ShareDelivery, MaskedInput, SurvivorList,
-                ConsistencySignature, UnmaskRequest, UnmaskResponse)
+    for cls in (AdvertiseKeys, ParticipantSet, SeedReveal, Neighbourhood, ShareKeys, ShareDelivery, MaskedInput,
+                SurvivorList, ConsistencySignature, UnmaskRequest, UnmaskResponse)
 }

@@ -8,6 +8,7 @@ associated data are big-endian and fixed-width.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from typing import Callable
@@ -110,6 +111,37 @@ def agree(private_key: X25519PrivateKey, peer_public_key: bytes) -> bytes:
         return private_key.exchange(X25519PublicKey.from_public_bytes(peer_public_key))
     except ValueError as exc:  # wrong length or an all-zero (small-order) shared secret
         raise ProtocolViolation(f"peer agreement key rejected: {exc}") from exc
+
+
+_FIELD_PRIME = 2**255 - 19
+_PROBE_KEY = X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+
+
+def check_agreement_public_key(public_key: bytes) -> None:
+    """Refuse an X25519 public key that is not a canonical encoding of a point of large order.
+
+    A small-order point makes every shared secret all-zero (cryptography raises on it), so a bundle
+    carrying one would make every honest neighbour abort (W10): refuse it where it is advertised.
+    Non-canonical encodings (top bit set, or u >= 2^255 - 19) are refused too.
+    """
+    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
+        raise ProtocolViolation(f"agreement key must be {PUBLIC_KEY_BYTES} bytes")
+    u = int.from_bytes(public_key, "little")
+    if u >> 255 or u >= _FIELD_PRIME:
+        raise ProtocolViolation("agreement key is not a canonical X25519 encoding")
+    try:
+        _PROBE_KEY.exchange(X25519PublicKey.from_public_bytes(public_key))
+    except ValueError as exc:
+        raise ProtocolViolation("agreement key is a small-order point") from exc
+
+
+def commitment(purpose: bytes, context: bytes, client_id: int, secret: bytes) -> bytes:
+    """SHA-256 commitment to a 32-byte random `secret` (hiding because the secret is uniformly random,
+    binding by collision resistance), labelled with its purpose, the session context and the client."""
+    if len(secret) != KEY_BYTES:
+        raise ValueError(f"committed secrets are {KEY_BYTES} bytes, got {len(secret)}")
+    return hashlib.sha256(_DOMAIN + b"-commit" + struct.pack(">B", len(purpose)) + purpose + context
+                          + struct.pack(">I", client_id) + secret).digest()
 
 
 def hkdf_info(purpose: bytes, round_id: int, low_id: int, high_id: int) -> bytes:

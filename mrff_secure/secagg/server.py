@@ -11,21 +11,28 @@ AggregationAborted and nothing partial is ever returned.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Collection
 
 import numpy as np
 
 from mrff_secure.errors import AggregationAborted, ProtocolViolation, SecAggError
 from mrff_secure.secagg import masking, packing, primitives, shamir
 from mrff_secure.secagg.config import SecAggConfig
+from mrff_secure.secagg.context import SessionContext
 from mrff_secure.secagg.encoding import from_ring
 from mrff_secure.secagg.graph import graph_seed, neighbour_graph
+from mrff_secure.secagg.identity import verify_credential
 from mrff_secure.secagg.messages import (
+    PURPOSE_GRAPH_SEED,
+    PURPOSE_SELF_MASK_SEED,
     AdvertiseKeys,
     ConsistencySignature,
-    KeyRoster,
     MaskedInput,
     Message,
+    Neighbourhood,
+    ParticipantEntry,
+    ParticipantSet,
+    SeedReveal,
     ShareDelivery,
     ShareKeys,
     SurvivorList,
@@ -47,15 +54,24 @@ class AggregateResult:
 
 
 class ServerSession:
-    """The server's side of one round (transport-agnostic)."""
+    """The server's side of one session (transport-agnostic). An honest server; the hostile ones
+    of the tests subclass or bypass it, and the clients' checks are what stop them."""
 
-    def __init__(self, config: SecAggConfig, *, round_id: int, identities: Mapping[int, bytes]) -> None:
-        """identities maps each client id allowed in the round to its raw Ed25519 public key."""
+    def __init__(self, config: SecAggConfig, *, context: SessionContext, authority_public_key: bytes,
+                 participants: Collection[int] | None = None) -> None:
+        """authority_public_key: the identity authority's raw Ed25519 key (clients carry its
+        credentials); participants: the client ids invited to the session (None: any certified client)."""
         self.config = config
-        self.round_id = round_id
+        self.context = context
+        self._context_bytes = context.to_bytes()
+        self.round_id = context.round_id
         self.stage = Stage.ADVERTISE_KEYS
-        self._identities = dict(identities)
+        self._authority = bytes(authority_public_key)
+        self._invited = None if participants is None else frozenset(participants)
         self._bundles: dict[int, AdvertiseKeys] = {}  # U1
+        self._identities: dict[int, bytes] = {}  # certified identity keys of U1
+        self.participants: ParticipantSet | None = None
+        self._reveals: dict[int, bytes] = {}
         self._seed = b""
         self.graph: dict[int, tuple[int, ...]] = {}
         self._share_keys: dict[int, ShareKeys] = {}  # U2
@@ -79,32 +95,71 @@ class ServerSession:
         self.stage = Stage.ABORTED
         return AggregationAborted(f"round {self.round_id} aborted: {reason}")
 
+    def bundle(self, client_id: int) -> AdvertiseKeys:
+        return self._bundles[client_id]
+
     # --- stage 0 ---------------------------------------------------------------------------
 
     def receive_advertise_keys(self, message: AdvertiseKeys) -> None:
+        """Admit a bundle only with a credential from the authority, a valid signature over this
+        session's context and two valid agreement keys (W1, W10, W11)."""
         self._expect(Stage.ADVERTISE_KEYS, message)
-        identity = self._identities.get(message.client_id)
-        if identity is None:
-            raise ProtocolViolation(f"client {message.client_id} is not registered for this round")
-        if message.client_id in self._bundles:
-            raise ProtocolViolation(f"client {message.client_id} already advertised keys")
+        client = message.client_id
+        if self._invited is not None and client not in self._invited:
+            raise ProtocolViolation(f"client {client} is not invited to this session")
+        if client in self._bundles:
+            raise ProtocolViolation(f"client {client} already advertised keys")
         if len(self._bundles) >= self.config.num_clients:
             raise ProtocolViolation(f"round already has the maximum of {self.config.num_clients} clients")
-        primitives.verify(identity, message.signature, message.signed_payload())
-        self._bundles[message.client_id] = message
+        identity = verify_credential(self._authority, message.credential, client_id=client)
+        primitives.verify(identity, message.signature, message.signed_payload(self._context_bytes))
+        primitives.check_agreement_public_key(message.cipher_public_key)
+        primitives.check_agreement_public_key(message.mask_public_key)
+        self._bundles[client] = message
+        self._identities[client] = identity
 
-    def close_advertise_keys(self) -> KeyRoster:
-        """End stage 0: the roster of signed keys; the graph follows from it."""
+    def close_advertise_keys(self) -> ParticipantSet:
+        """End stage 0: fix the participant set (ids, graph commitments, bundle digests)."""
         self._expect(Stage.ADVERTISE_KEYS)
-        if len(self._bundles) < self.config.t + 1:
-            raise self._abort(f"{len(self._bundles)} clients advertised keys, need at least t + 1 = {self.config.t + 1}")
-        ids = sorted(self._bundles)
-        self._seed = graph_seed(self.round_id, {i: self._bundles[i].body() for i in ids})
-        self.graph = neighbour_graph(self._seed, ids, self.config.k)
-        self.stage = Stage.SHARE_KEYS
-        return KeyRoster(self.round_id, tuple(self._bundles[i] for i in ids))
+        if len(self._bundles) < max(3, self.config.t + 1):
+            raise self._abort(f"{len(self._bundles)} clients advertised keys, need at least "
+                              f"{max(3, self.config.t + 1)}")
+        self.participants = ParticipantSet(self.round_id, tuple(
+            ParticipantEntry(c, self._bundles[c].graph_commitment, self._bundles[c].digest())
+            for c in sorted(self._bundles)))
+        self.stage = Stage.REVEAL_SEED
+        return self.participants
 
     # --- stage 1 ---------------------------------------------------------------------------
+
+    def receive_seed_reveal(self, message: SeedReveal) -> None:
+        self._expect(Stage.REVEAL_SEED, message)
+        client = message.client_id
+        if client not in self._bundles or client in self._reveals:
+            raise ProtocolViolation(f"unexpected SeedReveal from client {client}")
+        expected = self._bundles[client].graph_commitment
+        if primitives.commitment(PURPOSE_GRAPH_SEED, self._context_bytes, client, message.reveal) != expected:
+            raise ProtocolViolation(f"the reveal of client {client} does not open its commitment")
+        self._reveals[client] = message.reveal
+
+    def close_reveal_seed(self) -> dict[int, Neighbourhood]:
+        """End stage 1: the graph from every reveal; each client gets the reveals and its neighbours'
+        bundles. A missing reveal aborts the session: a seed over a subset the server picks would let
+        it choose among graphs."""
+        self._expect(Stage.REVEAL_SEED)
+        missing = sorted(set(self._bundles) - set(self._reveals))
+        if missing:
+            raise self._abort(f"participants {missing[:10]} did not reveal their graph seed")
+        ids = sorted(self._bundles)
+        reveals = tuple(self._reveals[c] for c in ids)
+        assert self.participants is not None
+        self._seed = graph_seed(self._context_bytes, self.participants.digest(), reveals)
+        self.graph = neighbour_graph(self._seed, ids, self.config.k)
+        self.stage = Stage.SHARE_KEYS
+        return {c: Neighbourhood(self.round_id, c, reveals, tuple(self._bundles[v] for v in self.graph[c]))
+                for c in ids}
+
+    # --- stage 2 ---------------------------------------------------------------------------
 
     def receive_share_keys(self, message: ShareKeys) -> None:
         self._expect(Stage.SHARE_KEYS, message)
@@ -129,7 +184,7 @@ class ServerSession:
         return {u: ShareDelivery(self.round_id, u, tuple(sorted(shares, key=lambda s: s.sender)))
                 for u, shares in inbox.items()}
 
-    # --- stage 2 ---------------------------------------------------------------------------
+    # --- stage 3 ---------------------------------------------------------------------------
 
     def receive_masked_input(self, message: MaskedInput) -> None:
         self._expect(Stage.MASKED_INPUT, message)
@@ -166,14 +221,14 @@ class ServerSession:
         self.stage = Stage.CONSISTENCY_CHECK
         return SurvivorList(self.round_id, self.survivors)
 
-    # --- stage 3 ---------------------------------------------------------------------------
+    # --- stage 4 ---------------------------------------------------------------------------
 
     def receive_consistency_signature(self, message: ConsistencySignature) -> None:
         self._expect(Stage.CONSISTENCY_CHECK, message)
         sender = message.client_id
         if sender not in self._masked or sender in self._signatures:
             raise ProtocolViolation(f"unexpected ConsistencySignature from client {sender}")
-        payload = consistency_payload(self.round_id, self._seed, self.survivors)
+        payload = consistency_payload(self._context_bytes, self._seed, self.survivors)
         primitives.verify(self._identities[sender], message.signature, payload)
         self._signatures[sender] = message
 
@@ -195,7 +250,7 @@ class ServerSession:
         self.stage = Stage.UNMASK
         return requests
 
-    # --- stage 4 ---------------------------------------------------------------------------
+    # --- stage 5 ---------------------------------------------------------------------------
 
     def receive_unmask_response(self, message: UnmaskResponse) -> None:
         self._expect(Stage.UNMASK, message)
@@ -235,6 +290,10 @@ class ServerSession:
             total += self._masked[u]
         for u in self.survivors:
             seed = self._combine(self_shares[u], u)
+            committed = self._bundles[u].self_mask_commitment
+            if primitives.commitment(PURPOSE_SELF_MASK_SEED, self._context_bytes, u, seed) != committed:
+                raise self._abort(f"the self-mask seed of client {u} rebuilt from its shares does not match its "
+                                  "commitment (a corrupted share, or a client that masked with another seed)")
             total -= masking.self_mask(seed, round_id=self.round_id, client_id=u, length=length, modulus_bits=bits)
         for v in sorted(key_shares):
             private = self._combine(key_shares[v], v)
@@ -249,6 +308,11 @@ class ServerSession:
                 # survivor u added sign(u, v) * mask; remove it
                 masking.apply_signed(total, mask, owner=v, peer=u)
         masking.reduce(total, bits)
-        self.stage = Stage.DONE
         ring_sum = total.astype(np.uint64)
-        return AggregateResult(self.round_id, self.survivors, ring_sum, from_ring(ring_sum, bits))
+        exact = from_ring(ring_sum, bits)
+        bound = len(self.survivors) * self.config.max_abs
+        if exact.size and int(np.abs(exact).max()) > bound:
+            raise self._abort(f"the decoded sum leaves the range +-{bound} that {len(self.survivors)} inputs of "
+                              f"max_abs {self.config.max_abs} allow (an input or a mask was not what it claimed)")
+        self.stage = Stage.DONE
+        return AggregateResult(self.round_id, self.survivors, ring_sum, exact)

@@ -6,15 +6,23 @@ from enum import Enum
 
 
 class Stage(Enum):
-    """advertise keys -> share keys -> masked input -> consistency check -> unmask -> done (or aborted)."""
+    """advertise keys -> reveal seed -> share keys -> masked input -> consistency check -> unmask -> done
+    (or aborted).
+
+    ADVERTISE_KEYS: each client sends its keys, its credential and commitments to its graph-seed
+    contribution and its self-mask seed. REVEAL_SEED: once the participant set is fixed, each client
+    opens its graph-seed commitment; the neighbour graph follows from every opening, so nobody who
+    chose a bundle could know the graph it would give.
+    """
 
     ADVERTISE_KEYS = 0
-    SHARE_KEYS = 1
-    MASKED_INPUT = 2
-    CONSISTENCY_CHECK = 3
-    UNMASK = 4
-    DONE = 5
-    ABORTED = 6
+    REVEAL_SEED = 1
+    SHARE_KEYS = 2
+    MASKED_INPUT = 3
+    CONSISTENCY_CHECK = 4
+    UNMASK = 5
+    DONE = 6
+    ABORTED = 7
 
 
 class ShareKind(Enum):
