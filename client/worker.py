@@ -31,6 +31,7 @@ from mrff_secure.federation.client_update import (
     client_rng,
     counts_input,
     initial_private,
+    suppressed_groups,
     model_config_from_json,
     torch_seed,
     train_user,
@@ -41,10 +42,13 @@ from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.secagg import messages, packing, primitives
 from mrff_secure.secagg.client import ClientSession
 from mrff_secure.secagg.config import SecAggConfig
+from mrff_secure.secagg.context import SessionContext, run_context_id
+from mrff_secure.secagg.policy import PolicyViolation
 from mrff_secure.secagg.encoding import to_ring
 from mrff_secure.wire import limits, signing, tensors
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
+from client.policy import ClientPolicy
 from client.state import UserStore
 
 log = logging.getLogger("mrff.client")
@@ -111,12 +115,15 @@ class FaultInjection:
 
 class LogicalClient:
     def __init__(self, user: int, connection: Connection, store: UserStore, shared: ProcessShared, *,
-                 client_seed: int, fault: FaultInjection | None = None, stop: threading.Event | None = None) -> None:
+                 client_seed: int, fault: FaultInjection | None = None, stop: threading.Event | None = None,
+                 policy: ClientPolicy | None = None) -> None:
         self.user = user
         self.connection = connection
         self.store = store
         self.shared = shared
         self.client_seed = client_seed
+        self.policy = policy if policy is not None else ClientPolicy()
+        self._masked_rounds: set[tuple[str, int]] = set()  # (run id, round) we sent an input for
         self.fault = fault
         self.stop = stop or threading.Event()
         self.identity = store.identity_key()
@@ -236,14 +243,22 @@ class LogicalClient:
             raise AuthenticationError(f"round {body.round_id}: parameters do not match the signed digest")
         if (body.num_blocks, body.num_groups) != (layout.num_blocks, layout.num_groups):
             raise AuthenticationError("announced group layout does not match the model")
-        spec = RoundSpec(local_steps=body.training.local_steps, optimizer=body.training.optimizer,
-                         lr=body.training.lr, dp_mode=body.dp.mode, clip=body.dp.clip,
-                         noise_multiplier=body.dp.noise_multiplier, min_survivors=max(body.dp.min_survivors, 1),
-                         quant_range=body.quantization.range, levels=body.quantization.levels,
-                         max_examples=body.quantization.max_examples, min_group_size=body.min_group_size)
-        directory = {i.client_id: bytes(i.public_key) for i in body.identities}
-        if directory.get(self.user) != self.identity_public:
-            raise _RoundFailed("the round's identity directory does not hold our key")
+        try:
+            spec = RoundSpec(local_steps=body.training.local_steps, optimizer=body.training.optimizer,
+                             lr=body.training.lr, dp_mode=body.dp.mode, clip=body.dp.clip,
+                             noise_multiplier=body.dp.noise_multiplier, min_survivors=max(body.dp.min_survivors, 1),
+                             quant_range=body.quantization.range, levels=body.quantization.levels,
+                             max_examples=body.quantization.max_examples, min_group_size=body.min_group_size)
+            # Our own policy decides, before we train or reveal anything (the signature only says who proposed it).
+            self.policy.check_round(secure=body.secure, spec=spec)
+        except (ConfigError, PolicyViolation) as exc:
+            raise _RoundFailed(f"refusing round {body.round_id}: {exc}") from exc
+        round_key = (body.run_id, body.round_id)
+        if round_key in self._masked_rounds:
+            # A second session for a round we already masked an input for would let the server difference
+            # two sums over different participant sets that both hold our (nearly identical) update.
+            raise _RoundFailed(f"refusing round {body.round_id} of run {body.run_id}: we already sent an input "
+                               "for it in another session")
         dtype = next(iter(params.values())).dtype
         fractions = (torch.tensor(list(body.group_fractions), dtype=dtype).reshape(layout.num_blocks, layout.num_groups)
                      if layout.num_groups else None)
@@ -257,16 +272,21 @@ class LogicalClient:
         self.store.save_pending(r, update.private)
         rng = client_rng(self.client_seed, r, self.user)
         counts = counts_input(layout, update) if layout.num_groups else np.zeros(1, dtype=np.int64)
-        self._phase(body, pb.COUNTS, body.counts_secagg, counts, directory)
+        self._masked_rounds.add(round_key)
+        counts_session = self._phase(body, pb.COUNTS, body.counts_secagg, counts)
         start = self._fetch(body, pb.UPDATE, pb.ADVERTISE_KEYS)
         phase_body = self._verified(start.phase_start, pb.UpdatePhaseBody)
         if phase_body.round_id != r or phase_body.run_id != body.run_id:
             raise AuthenticationError("phase parameters are for another round")
-        suppressed = np.asarray(list(phase_body.suppressed), dtype=bool)
-        if suppressed.size != layout.num_blocks * layout.num_groups:
-            raise AuthenticationError("suppression mask has the wrong size")
-        vector = update_input(layout, update, suppressed.reshape(layout.num_blocks, layout.num_groups), spec, rng)
-        self._phase(body, pb.UPDATE, body.update_secagg, vector, directory)
+        group_counts = np.asarray(list(phase_body.group_counts), dtype=np.int64)
+        if group_counts.size != layout.num_blocks * layout.num_groups:
+            raise AuthenticationError("phase-1 group counts have the wrong size")
+        # We decide which slots to zero, from the phase-1 counts and the minimum group size our policy accepted.
+        suppressed = suppressed_groups(group_counts, layout, spec.min_group_size)
+        vector = update_input(layout, update, suppressed, spec, rng)
+        phase1_survivors = None if counts_session is None else counts_session.signed_survivors
+        self._phase(body, pb.UPDATE, body.update_secagg, vector, allowed=phase1_survivors,
+                    noise_survivors=spec.min_survivors if spec.dp_mode == "distributed" else 0)
         outcome = self._fetch(body, pb.UPDATE, pb.OUTCOME).outcome
         if outcome.completed:
             self.store.commit(r)
@@ -275,8 +295,9 @@ class LogicalClient:
             self.store.discard()
             log.info("user %d: round %d aborted: %s", self.user, r, outcome.reason)
 
-    def _phase(self, body: pb.RoundBody, phase: int, params: pb.SecAggParameters, vector: np.ndarray,
-               directory: dict[int, bytes]) -> None:
+    def _phase(self, body: pb.RoundBody, phase: int, params: pb.SecAggParameters, vector: np.ndarray, *,
+               allowed: tuple[int, ...] | None = None, noise_survivors: int = 0) -> ClientSession | None:
+        """Run one secure sum of `vector`; returns the finished client session (None without secagg)."""
         try:
             config = SecAggConfig(num_clients=params.num_clients, vector_length=params.vector_length,
                                   max_abs=params.max_abs, modulus_bits=params.modulus_bits,
@@ -290,13 +311,19 @@ class LogicalClient:
             ring = to_ring(vector, config.bits, max_abs=config.max_abs)
             self._submit(body, phase, pb.MASKED_INPUT, messages.MaskedInput(
                 sid, self.user, config.bits, config.vector_length, packing.pack(ring, config.bits)))
-            return
+            return None
         try:
-            session = ClientSession(config, round_id=sid, client_id=self.user, identity_key=self.identity,
-                                    peer_identities=directory)
+            context = SessionContext(run_context_id(body.run_id), phase, sid, bytes(params.session_nonce))
+            session = ClientSession(config, context=context, client_id=self.user, identity_key=self.identity,
+                                    credential=self.credential,
+                                    authority_public_key=self.connection.authority_public_key,
+                                    policy=self.policy.session_policy(config, noise_survivors=noise_survivors),
+                                    allowed_participants=allowed)
             self._submit(body, phase, pb.ADVERTISE_KEYS, session.advertise_keys())
-            roster = messages.KeyRoster.from_bytes(self._fetch(body, phase, pb.SHARE_KEYS).payload)
-            self._submit(body, phase, pb.SHARE_KEYS, session.share_keys(roster))
+            participants = messages.ParticipantSet.from_bytes(self._fetch(body, phase, pb.REVEAL_SEED).payload)
+            self._submit(body, phase, pb.REVEAL_SEED, session.reveal_seed(participants))
+            neighbourhood = messages.Neighbourhood.from_bytes(self._fetch(body, phase, pb.SHARE_KEYS).payload)
+            self._submit(body, phase, pb.SHARE_KEYS, session.share_keys(neighbourhood))
             delivery = messages.ShareDelivery.from_bytes(self._fetch(body, phase, pb.MASKED_INPUT).payload)
             self._submit(body, phase, pb.MASKED_INPUT, session.masked_input(delivery, vector))
             survivors = messages.SurvivorList.from_bytes(self._fetch(body, phase, pb.CONSISTENCY_CHECK).payload)
@@ -305,6 +332,7 @@ class LogicalClient:
             self._submit(body, phase, pb.UNMASK, session.unmask(request))
         except (AggregationAborted, SecAggError, ConfigError) as exc:
             raise _RoundFailed(f"secure aggregation refused or aborted: {exc}") from exc
+        return session
 
 
 def parse_users(text: str) -> list[int]:
@@ -337,7 +365,7 @@ def parse_pause(text: str) -> tuple[int, int, int]:
 
 
 def run_process(users: list[int], connection: Connection, state_dir: Path, data: ClientData, *,
-                client_seed: int, pause: tuple[int, int, int] | None = None) -> int:
+                client_seed: int, pause: tuple[int, int, int] | None = None, policy: ClientPolicy | None = None) -> int:
     """Run every logical client of this process in its own thread; 0 if all finished the run."""
     torch.set_num_threads(1)
     if max(users) >= data.num_users:
@@ -359,7 +387,7 @@ def run_process(users: list[int], connection: Connection, state_dir: Path, data:
     def body(user: int) -> None:
         try:
             LogicalClient(user, connection, UserStore(state_dir, user), shared, client_seed=client_seed,
-                          fault=fault, stop=stop).run()
+                          fault=fault, stop=stop, policy=policy).run()
         except ClientFailure as exc:
             failures.append(str(exc))
         except MrffError as exc:

@@ -47,6 +47,7 @@ from mrff_secure.federation.roles import Role, parameter_roles
 from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.secagg import messages, packing, primitives
 from mrff_secure.secagg.config import MAX_CLIENT_ID, SecAggConfig
+from mrff_secure.secagg.context import NONCE_BYTES, SessionContext, run_context_id
 from mrff_secure.secagg.encoding import from_ring
 from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire import signing, tensors
@@ -70,11 +71,12 @@ log = logging.getLogger("mrff.server")
 
 COUNTS, UPDATE = pb.COUNTS, pb.UPDATE
 PHASE_NAMES = {COUNTS: "counts", UPDATE: "update"}
-STAGE_NAMES = {pb.ADVERTISE_KEYS: "advertise_keys", pb.SHARE_KEYS: "share_keys", pb.MASKED_INPUT: "masked_input",
-               pb.CONSISTENCY_CHECK: "consistency_check", pb.UNMASK: "unmask", pb.OUTCOME: "outcome"}
-EXPECTED_MESSAGE = {pb.ADVERTISE_KEYS: messages.AdvertiseKeys, pb.SHARE_KEYS: messages.ShareKeys,
-                    pb.MASKED_INPUT: messages.MaskedInput, pb.CONSISTENCY_CHECK: messages.ConsistencySignature,
-                    pb.UNMASK: messages.UnmaskResponse}
+STAGE_NAMES = {pb.ADVERTISE_KEYS: "advertise_keys", pb.REVEAL_SEED: "reveal_seed", pb.SHARE_KEYS: "share_keys",
+               pb.MASKED_INPUT: "masked_input", pb.CONSISTENCY_CHECK: "consistency_check", pb.UNMASK: "unmask",
+               pb.OUTCOME: "outcome"}
+EXPECTED_MESSAGE = {pb.ADVERTISE_KEYS: messages.AdvertiseKeys, pb.REVEAL_SEED: messages.SeedReveal,
+                    pb.SHARE_KEYS: messages.ShareKeys, pb.MASKED_INPUT: messages.MaskedInput,
+                    pb.CONSISTENCY_CHECK: messages.ConsistencySignature, pb.UNMASK: messages.UnmaskResponse}
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class _Phase:
     phase: int
     config: SecAggConfig
     secagg_round_id: int
+    nonce: bytes
     session: ServerSession | None = None
     stage: int | None = None  # the stage accepting submissions; None between stages
     expected: set[int] = field(default_factory=set)
@@ -141,10 +144,11 @@ class _Round:
     outcome: pb.RoundOutcome | None = None
 
 
-def secagg_parameters(config: SecAggConfig, secagg_round_id: int) -> pb.SecAggParameters:
+def secagg_parameters(config: SecAggConfig, secagg_round_id: int, nonce: bytes) -> pb.SecAggParameters:
     return pb.SecAggParameters(secagg_round_id=secagg_round_id, num_clients=config.num_clients,
                                vector_length=config.vector_length, max_abs=config.max_abs,
-                               modulus_bits=config.bits, num_neighbours=config.k, threshold=config.t)
+                               modulus_bits=config.bits, num_neighbours=config.k, threshold=config.t,
+                               session_nonce=nonce)
 
 
 class Coordinator:
@@ -327,6 +331,7 @@ class Coordinator:
                     ps.plain[client_id] = packing.unpack(message.payload, message.modulus_bits, message.length)
                 else:
                     receive = {pb.ADVERTISE_KEYS: ps.session.receive_advertise_keys,
+                               pb.REVEAL_SEED: ps.session.receive_seed_reveal,
                                pb.SHARE_KEYS: ps.session.receive_share_keys,
                                pb.MASKED_INPUT: ps.session.receive_masked_input,
                                pb.CONSISTENCY_CHECK: ps.session.receive_consistency_signature,
@@ -358,7 +363,7 @@ class Coordinator:
                 elif phase == UPDATE and stage == pb.ADVERTISE_KEYS:
                     if rs.phase_start is not None:
                         return "phase_start", rs.phase_start
-                elif stage in (pb.SHARE_KEYS, pb.MASKED_INPUT, pb.CONSISTENCY_CHECK, pb.UNMASK):
+                elif stage in (pb.REVEAL_SEED, pb.SHARE_KEYS, pb.MASKED_INPUT, pb.CONSISTENCY_CHECK, pb.UNMASK):
                     ps = rs.phases.get(phase)
                     box = None if ps is None else ps.outbox.get(stage)
                     if box is not None:
@@ -428,18 +433,18 @@ class Coordinator:
             self._cond.notify_all()
 
     def _body(self, round_id: int, participants: tuple[int, ...], spec: RoundSpec | None, *,
-              finished: bool = False, configs: tuple[SecAggConfig, SecAggConfig] | None = None) -> pb.SignedBody:
+              finished: bool = False, configs: tuple[SecAggConfig, SecAggConfig] | None = None,
+              nonces: tuple[bytes, bytes] = (b"", b"")) -> pb.SignedBody:
         body = pb.RoundBody(run_id=self.run_id, round_id=round_id, finished=finished,
                             last_completed_round=self.last_completed, secure=self.settings.secure)
         if not finished and spec is not None and configs is not None:
             body.participants.extend(participants)
-            body.identities.extend(pb.Identity(client_id=c, public_key=self._identities[c]) for c in participants)
             body.parameters.extend(tensors.to_proto(self.params))
             if self.group_fractions is not None:
                 body.group_fractions.extend(self.group_fractions.reshape(-1).tolist())
             body.num_blocks, body.num_groups = self.layout.num_blocks, self.layout.num_groups
-            body.counts_secagg.CopyFrom(secagg_parameters(configs[0], 2 * round_id))
-            body.update_secagg.CopyFrom(secagg_parameters(configs[1], 2 * round_id + 1))
+            body.counts_secagg.CopyFrom(secagg_parameters(configs[0], 2 * round_id, nonces[0]))
+            body.update_secagg.CopyFrom(secagg_parameters(configs[1], 2 * round_id + 1, nonces[1]))
             body.dp.CopyFrom(pb.DPParameters(mode=spec.dp_mode, clip=spec.clip, noise_multiplier=spec.noise_multiplier,
                                              min_survivors=spec.min_survivors))
             body.quantization.CopyFrom(pb.QuantizationParameters(range=spec.quant_range, levels=spec.levels,
@@ -472,7 +477,8 @@ class Coordinator:
         started = time.perf_counter()
         cpu0 = time.process_time()
         configs = secagg_configs(self.layout, spec, n, options=self.settings.secagg_options())
-        rs = _Round(r, participants, spec, self._body(r, participants, spec, configs=configs))
+        nonces = (secrets.token_bytes(NONCE_BYTES), secrets.token_bytes(NONCE_BYTES))  # fresh per session
+        rs = _Round(r, participants, spec, self._body(r, participants, spec, configs=configs, nonces=nonces))
         with self._cond:
             self._round = rs
             self._wire = {"received": 0, "sent": 0, "calls": 0}
@@ -483,16 +489,16 @@ class Coordinator:
         record: dict[str, Any] = {"type": "round", "round": r, "participants": list(participants),
                                   "secure": self.settings.secure, "dp_mode": spec.dp_mode, "phases": {}}
         try:
-            counts, survivors1 = self._phase(rs, COUNTS, configs[0], 2 * r, set(participants),
+            counts, survivors1 = self._phase(rs, COUNTS, configs[0], 2 * r, nonces[0], set(participants),
                                              self.settings.train_timeout, record, on_open=announce)
             suppressed = suppressed_groups(counts[:self.layout.count_size], self.layout, spec.min_group_size)
             start = self._sign(pb.UpdatePhaseBody(run_id=self.run_id, round_id=r,
-                                                  suppressed=suppressed.reshape(-1).tolist()))
+                                                  group_counts=counts[:self.layout.count_size].tolist()))
 
             def publish_start() -> None:  # runs under the lock once the phase's first stage is open
                 rs.phase_start = start
 
-            total, survivors2 = self._phase(rs, UPDATE, configs[1], 2 * r + 1, set(survivors1),
+            total, survivors2 = self._phase(rs, UPDATE, configs[1], 2 * r + 1, nonces[1], set(survivors1),
                                             self.settings.stage_timeout, record, on_open=publish_start)
             applied = apply_update(self.params, self.layout, total, len(survivors2), suppressed, spec)
         except (SecAggError, ConfigError) as exc:  # AggregationAborted, or a sum that cannot be used
@@ -558,13 +564,14 @@ class Coordinator:
         entry["stage_seconds"][STAGE_NAMES[stage]] = round(time.monotonic() - opened, 4)  # open -> last answer
         return received
 
-    def _phase(self, rs: _Round, phase: int, config: SecAggConfig, secagg_round_id: int, expected: set[int],
-               first_timeout: float, record: dict, on_open: Callable[[], None] | None = None
+    def _phase(self, rs: _Round, phase: int, config: SecAggConfig, secagg_round_id: int, nonce: bytes,
+               expected: set[int], first_timeout: float, record: dict, on_open: Callable[[], None] | None = None
                ) -> tuple[np.ndarray, tuple[int, ...]]:
-        ps = _Phase(phase, config, secagg_round_id)
+        ps = _Phase(phase, config, secagg_round_id, nonce)
         if self.settings.secure:
-            ps.session = ServerSession(config, round_id=secagg_round_id,
-                                       identities={c: self._identities[c] for c in rs.participants})
+            context = SessionContext(run_context_id(self.run_id), phase, secagg_round_id, nonce)
+            ps.session = ServerSession(config, context=context, authority_public_key=self.authority_public_key,
+                                       participants=expected)
         with self._cond:
             rs.phases[phase] = ps
             rs.current_phase = phase
@@ -582,10 +589,12 @@ class Coordinator:
             return from_ring(total, config.bits), survivors
         session = ps.session
         self._stage(ps, record, pb.ADVERTISE_KEYS, expected, first_timeout, on_open=on_open)
-        roster = session.close_advertise_keys()
-        roster_bytes = roster.to_bytes()
-        ids = {b.client_id for b in roster.bundles}
-        self._stage(ps, record, pb.SHARE_KEYS, ids, timeout, {c: roster_bytes for c in ids})
+        participant_set = session.close_advertise_keys()
+        listed_participants = participant_set.to_bytes()
+        ids = set(participant_set.client_ids)
+        self._stage(ps, record, pb.REVEAL_SEED, ids, timeout, {c: listed_participants for c in ids})
+        neighbourhoods = session.close_reveal_seed()
+        self._stage(ps, record, pb.SHARE_KEYS, ids, timeout, {c: m.to_bytes() for c, m in neighbourhoods.items()})
         deliveries = session.close_share_keys()
         self._stage(ps, record, pb.MASKED_INPUT, set(deliveries), timeout,
                     {c: d.to_bytes() for c, d in deliveries.items()})

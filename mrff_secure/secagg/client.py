@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import wraps
-from typing import Callable, Mapping, ParamSpec, TypeVar
+from typing import Callable, Collection, ParamSpec, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -93,11 +93,13 @@ class ClientSession:
 
     def __init__(self, config: SecAggConfig, *, context: SessionContext, client_id: int,
                  identity_key: Ed25519PrivateKey, credential: ClientCredential, authority_public_key: bytes,
-                 policy: SecAggPolicy | None = None, random: primitives.RandomBytes = primitives.system_random
-                 ) -> None:
+                 policy: SecAggPolicy | None = None, allowed_participants: Collection[int] | None = None,
+                 random: primitives.RandomBytes = primitives.system_random) -> None:
         """credential: this client's own, issued by the authority whose raw Ed25519 public key is
-        `authority_public_key`; policy: the client's floors (default SecAggPolicy()); `random` is the
-        randomness seam for known-answer tests."""
+        `authority_public_key`; policy: the client's floors (default SecAggPolicy());
+        allowed_participants: if given, a participant set naming anyone else is refused (binds the
+        update phase of a round to the survivors of its counts phase); `random` is the randomness
+        seam for known-answer tests."""
         if not isinstance(client_id, int) or not 0 <= client_id <= MAX_CLIENT_ID:
             raise ConfigError(f"client_id must be an int in [0, {MAX_CLIENT_ID}], got {client_id!r}")
         if not isinstance(context, SessionContext):
@@ -117,6 +119,7 @@ class ClientSession:
         self.round_id = context.round_id
         self.client_id = client_id
         self.stage = Stage.ADVERTISE_KEYS
+        self._allowed = None if allowed_participants is None else frozenset(allowed_participants)
         self._identity_key = identity_key
         self._credential = credential
         self._authority = bytes(authority_public_key)
@@ -148,6 +151,11 @@ class ClientSession:
     def _check_addressee(self, receiver: int) -> None:
         if receiver != self.client_id:
             raise ProtocolViolation(f"client {self.client_id}: message addressed to client {receiver}")
+
+    @property
+    def signed_survivors(self) -> tuple[int, ...] | None:
+        """The survivor list this client signed (None before the consistency check)."""
+        return self._signed_survivors
 
     def _cipher_key_with(self, peer: int) -> bytes:
         """The pair's share-encryption key, derived once (when we encrypt to the peer) and reused."""
@@ -200,6 +208,9 @@ class ClientSession:
             raise ProtocolViolation(
                 f"participant set has {len(ids)} clients but the modulus was sized for {self.config.num_clients}")
         self.policy.check_participants(len(ids))
+        if self._allowed is not None and not set(ids) <= self._allowed:
+            raise ProtocolViolation(f"client {self.client_id}: the participant set names "
+                                    f"{sorted(set(ids) - self._allowed)[:10]}, who may not take part in this session")
         own = [e for e in participants.entries if e.client_id == self.client_id]
         advert = self._advert
         if advert is None or len(own) != 1 or own[0].bundle_digest != advert.digest() \

@@ -10,6 +10,7 @@ every run, the nonce does not repeat.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -52,3 +53,8 @@ class SessionContext:
         """domain | version (u8) | run id (16) | phase (u8) | round id (u64) | nonce (32), big-endian."""
         return (_DOMAIN + struct.pack(">B", PROTOCOL_VERSION) + self.run_id + struct.pack(">BQ", self.phase, self.round_id)
                 + self.nonce)
+
+
+def run_context_id(run_id: str) -> bytes:
+    """The 16-byte run id of a networked run's sessions: SHA-256 of the run's id string, truncated."""
+    return hashlib.sha256(b"mrff-secagg-run|" + run_id.encode("utf-8")).digest()[:RUN_ID_BYTES]

@@ -23,6 +23,7 @@ class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONSISTENCY_CHECK: _ClassVar[Stage]
     UNMASK: _ClassVar[Stage]
     OUTCOME: _ClassVar[Stage]
+    REVEAL_SEED: _ClassVar[Stage]
 PHASE_UNSPECIFIED: Phase
 COUNTS: Phase
 UPDATE: Phase
@@ -33,6 +34,7 @@ MASKED_INPUT: Stage
 CONSISTENCY_CHECK: Stage
 UNMASK: Stage
 OUTCOME: Stage
+REVEAL_SEED: Stage
 
 class EnrolRequest(_message.Message):
     __slots__ = ("protocol_version", "client_id", "identity_public_key", "proof")
@@ -75,7 +77,7 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class SecAggParameters(_message.Message):
-    __slots__ = ("secagg_round_id", "num_clients", "vector_length", "max_abs", "modulus_bits", "num_neighbours", "threshold")
+    __slots__ = ("secagg_round_id", "num_clients", "vector_length", "max_abs", "modulus_bits", "num_neighbours", "threshold", "session_nonce")
     SECAGG_ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_CLIENTS_FIELD_NUMBER: _ClassVar[int]
     VECTOR_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +85,7 @@ class SecAggParameters(_message.Message):
     MODULUS_BITS_FIELD_NUMBER: _ClassVar[int]
     NUM_NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SESSION_NONCE_FIELD_NUMBER: _ClassVar[int]
     secagg_round_id: int
     num_clients: int
     vector_length: int
@@ -90,7 +93,8 @@ class SecAggParameters(_message.Message):
     modulus_bits: int
     num_neighbours: int
     threshold: int
-    def __init__(self, secagg_round_id: _Optional[int] = ..., num_clients: _Optional[int] = ..., vector_length: _Optional[int] = ..., max_abs: _Optional[int] = ..., modulus_bits: _Optional[int] = ..., num_neighbours: _Optional[int] = ..., threshold: _Optional[int] = ...) -> None: ...
+    session_nonce: bytes
+    def __init__(self, secagg_round_id: _Optional[int] = ..., num_clients: _Optional[int] = ..., vector_length: _Optional[int] = ..., max_abs: _Optional[int] = ..., modulus_bits: _Optional[int] = ..., num_neighbours: _Optional[int] = ..., threshold: _Optional[int] = ..., session_nonce: _Optional[bytes] = ...) -> None: ...
 
 class DPParameters(_message.Message):
     __slots__ = ("mode", "clip", "noise_multiplier", "min_survivors")
@@ -128,23 +132,14 @@ class TrainingParameters(_message.Message):
     model_config_json: str
     def __init__(self, local_steps: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., model_seed: _Optional[int] = ..., model_config_json: _Optional[str] = ...) -> None: ...
 
-class Identity(_message.Message):
-    __slots__ = ("client_id", "public_key")
-    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
-    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
-    client_id: int
-    public_key: bytes
-    def __init__(self, client_id: _Optional[int] = ..., public_key: _Optional[bytes] = ...) -> None: ...
-
 class RoundBody(_message.Message):
-    __slots__ = ("run_id", "round_id", "finished", "last_completed_round", "secure", "participants", "identities", "parameters", "group_fractions", "num_blocks", "num_groups", "counts_secagg", "update_secagg", "dp", "quantization", "training", "min_group_size", "model_digest")
+    __slots__ = ("run_id", "round_id", "finished", "last_completed_round", "secure", "participants", "parameters", "group_fractions", "num_blocks", "num_groups", "counts_secagg", "update_secagg", "dp", "quantization", "training", "min_group_size", "model_digest")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     LAST_COMPLETED_ROUND_FIELD_NUMBER: _ClassVar[int]
     SECURE_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
-    IDENTITIES_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     GROUP_FRACTIONS_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -162,7 +157,6 @@ class RoundBody(_message.Message):
     last_completed_round: int
     secure: bool
     participants: _containers.RepeatedScalarFieldContainer[int]
-    identities: _containers.RepeatedCompositeFieldContainer[Identity]
     parameters: _containers.RepeatedCompositeFieldContainer[Tensor]
     group_fractions: _containers.RepeatedScalarFieldContainer[float]
     num_blocks: int
@@ -174,17 +168,17 @@ class RoundBody(_message.Message):
     training: TrainingParameters
     min_group_size: int
     model_digest: bytes
-    def __init__(self, run_id: _Optional[str] = ..., round_id: _Optional[int] = ..., finished: _Optional[bool] = ..., last_completed_round: _Optional[int] = ..., secure: _Optional[bool] = ..., participants: _Optional[_Iterable[int]] = ..., identities: _Optional[_Iterable[_Union[Identity, _Mapping]]] = ..., parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., group_fractions: _Optional[_Iterable[float]] = ..., num_blocks: _Optional[int] = ..., num_groups: _Optional[int] = ..., counts_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., update_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., dp: _Optional[_Union[DPParameters, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationParameters, _Mapping]] = ..., training: _Optional[_Union[TrainingParameters, _Mapping]] = ..., min_group_size: _Optional[int] = ..., model_digest: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., round_id: _Optional[int] = ..., finished: _Optional[bool] = ..., last_completed_round: _Optional[int] = ..., secure: _Optional[bool] = ..., participants: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., group_fractions: _Optional[_Iterable[float]] = ..., num_blocks: _Optional[int] = ..., num_groups: _Optional[int] = ..., counts_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., update_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., dp: _Optional[_Union[DPParameters, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationParameters, _Mapping]] = ..., training: _Optional[_Union[TrainingParameters, _Mapping]] = ..., min_group_size: _Optional[int] = ..., model_digest: _Optional[bytes] = ...) -> None: ...
 
 class UpdatePhaseBody(_message.Message):
-    __slots__ = ("run_id", "round_id", "suppressed")
+    __slots__ = ("run_id", "round_id", "group_counts")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
-    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    GROUP_COUNTS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round_id: int
-    suppressed: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, run_id: _Optional[str] = ..., round_id: _Optional[int] = ..., suppressed: _Optional[_Iterable[bool]] = ...) -> None: ...
+    group_counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, run_id: _Optional[str] = ..., round_id: _Optional[int] = ..., group_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetRoundRequest(_message.Message):
     __slots__ = ("after_round", "wait_ms")
