@@ -124,6 +124,7 @@ class LogicalClient:
         self.client_seed = client_seed
         self.policy = policy if policy is not None else ClientPolicy()
         self._masked_rounds: set[tuple[str, int]] = set()  # (run id, round) we sent an input for
+        self._warned_dp_off = False
         self.fault = fault
         self.stop = stop or threading.Event()
         self.identity = store.identity_key()
@@ -253,6 +254,10 @@ class LogicalClient:
             self.policy.check_round(secure=body.secure, spec=spec)
         except (ConfigError, PolicyViolation) as exc:
             raise _RoundFailed(f"refusing round {body.round_id}: {exc}") from exc
+        if spec.dp_mode == "off" and body.secure and not self._warned_dp_off:
+            self._warned_dp_off = True
+            log.warning("user %d: the server runs with DP off: secure aggregation alone protects this client only "
+                        "against an honest-but-curious server (SECURITY.md)", self.user)
         round_key = (body.run_id, body.round_id)
         if round_key in self._masked_rounds:
             # A second session for a round we already masked an input for would let the server difference
@@ -281,10 +286,17 @@ class LogicalClient:
         group_counts = np.asarray(list(phase_body.group_counts), dtype=np.int64)
         if group_counts.size != layout.num_blocks * layout.num_groups:
             raise AuthenticationError("phase-1 group counts have the wrong size")
+        phase1_survivors = None if counts_session is None else counts_session.signed_survivors
+        if spec.dp_mode == "off" and phase1_survivors is not None and layout.num_groups:
+            # Exact counts: every block's counts add up to the survivors we signed (a cheap check of a lie;
+            # a server that moves counts between groups is not caught: see SECURITY.md).
+            per_block = group_counts.reshape(layout.num_blocks, layout.num_groups).sum(axis=1)
+            if np.any(per_block != len(phase1_survivors)):
+                raise _RoundFailed(f"refusing round {r}: the phase-1 counts add up to {per_block.tolist()} per block, "
+                                   f"but {len(phase1_survivors)} clients survived phase 1")
         # We decide which slots to zero, from the phase-1 counts and the minimum group size our policy accepted.
         suppressed = suppressed_groups(group_counts, layout, spec.min_group_size)
         vector = update_input(layout, update, suppressed, spec, rng)
-        phase1_survivors = None if counts_session is None else counts_session.signed_survivors
         self._phase(body, pb.UPDATE, body.update_secagg, vector, allowed=phase1_survivors,
                     noise_survivors=spec.min_survivors if spec.dp_mode == "distributed" else 0)
         outcome = self._fetch(body, pb.UPDATE, pb.OUTCOME).outcome
