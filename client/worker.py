@@ -278,7 +278,8 @@ class LogicalClient:
         rng = client_rng(self.client_seed, r, self.user)
         counts = counts_input(layout, update) if layout.num_groups else np.zeros(1, dtype=np.int64)
         self._masked_rounds.add(round_key)
-        counts_session = self._phase(body, pb.COUNTS, body.counts_secagg, counts)
+        noise_survivors = spec.min_survivors if spec.dp_mode == "distributed" else 0
+        counts_session = self._phase(body, pb.COUNTS, body.counts_secagg, counts, noise_survivors=noise_survivors)
         start = self._fetch(body, pb.UPDATE, pb.ADVERTISE_KEYS)
         phase_body = self._verified(start.phase_start, pb.UpdatePhaseBody)
         if phase_body.round_id != r or phase_body.run_id != body.run_id:
@@ -298,7 +299,7 @@ class LogicalClient:
         suppressed = suppressed_groups(group_counts, layout, spec.min_group_size)
         vector = update_input(layout, update, suppressed, spec, rng)
         self._phase(body, pb.UPDATE, body.update_secagg, vector, allowed=phase1_survivors,
-                    noise_survivors=spec.min_survivors if spec.dp_mode == "distributed" else 0)
+                    noise_survivors=noise_survivors)
         outcome = self._fetch(body, pb.UPDATE, pb.OUTCOME).outcome
         if outcome.completed:
             self.store.commit(r)

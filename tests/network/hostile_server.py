@@ -1,0 +1,68 @@
+"""A lying coordinator for the malicious-server tests: the real `mrff server`, with one lie patched in.
+
+Run as `python tests/network/hostile_server.py LIE -- SERVER-ARGS...`. Each lie changes what the
+server proposes or does in a way an honest client must refuse (SECURITY-REVIEW.md):
+
+- weak-threshold (W2): announce t = floor(k/2) + 1, so 2t - k <= 2 colluding neighbours could unmask.
+- huge-noise-survivors (W7): announce min_survivors = 10^6, so each client's noise share is ~0.
+- drop-below-noise-survivors (W7): announce noise sized for every participant (min_survivors = n),
+  then drop one client's update: the sum would carry less noise than the clients were told.
+- tiny-k (W3): announce k = 2 neighbours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from mrff_secure.secagg.config import SecAggConfig
+from mrff_secure.secagg.server import ServerSession
+from server import coordinator
+
+LIES = ("weak-threshold", "huge-noise-survivors", "drop-below-noise-survivors", "tiny-k")
+
+
+def _patch_configs(change) -> None:
+    honest = coordinator.secagg_configs
+
+    def lying(layout, spec, num_clients, *, options=None):
+        return tuple(change(c) for c in honest(layout, spec, num_clients, options=options))
+
+    coordinator.secagg_configs = lying
+
+
+def install(lie: str) -> None:
+    if lie == "weak-threshold":
+        _patch_configs(lambda c: SecAggConfig(num_clients=c.num_clients, vector_length=c.vector_length,
+                                              max_abs=c.max_abs, modulus_bits=c.bits, num_neighbours=c.k,
+                                              threshold=c.k // 2 + 1))
+    elif lie == "tiny-k":
+        _patch_configs(lambda c: SecAggConfig(num_clients=c.num_clients, vector_length=c.vector_length,
+                                              max_abs=c.max_abs, modulus_bits=c.bits, num_neighbours=2, threshold=2))
+    elif lie == "huge-noise-survivors":
+        coordinator.min_survivors = lambda n, fraction: 10**6
+    elif lie == "drop-below-noise-survivors":
+        coordinator.min_survivors = lambda n, fraction: n
+        honest_receive = ServerSession.receive_masked_input
+        victim: dict[int, int] = {}
+
+        def receive(self, message):
+            # phase 2 only (odd secagg round ids): ignore the first upload, as if that client had dropped
+            if self.round_id % 2 == 1 and victim.setdefault(self.round_id, message.client_id) == message.client_id:
+                return
+            honest_receive(self, message)
+
+        ServerSession.receive_masked_input = receive
+        coordinator.Coordinator._check_survivors = lambda self, *args: None  # and skip the honest server's own check
+    else:
+        raise SystemExit(f"unknown lie {lie!r}; one of {LIES}")
+
+
+if __name__ == "__main__":
+    lie, separator, *server_args = sys.argv[1:]
+    if separator != "--":
+        raise SystemExit("usage: hostile_server.py LIE -- SERVER-ARGS...")
+    install(lie)
+    from mrff_secure.cli import main
+
+    sys.exit(main(["server", *server_args]))

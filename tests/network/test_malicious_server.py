@@ -1,0 +1,78 @@
+"""A lying coordinator over real gRPC, with real client processes on 127.0.0.1: the clients refuse.
+
+The server is the real `mrff server` with one lie patched in (tests/network/hostile_server.py).
+Each test checks that no round completes (nothing is released), and that the clients name the
+reason: their own policy, not the server's word, decided (SECURITY-REVIEW.md W2, W3, W7)."""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from . import harness
+
+pytestmark = pytest.mark.timeout(240)
+
+HOSTILE = harness.ROOT / "tests" / "network" / "hostile_server.py"
+
+
+class HostileServer(harness.Proc):
+    def __init__(self, lie: str, args: list[str], log) -> None:  # same as Proc, another entry point
+        self.log = open(log, "w")
+        self.popen = subprocess.Popen([sys.executable, str(HOSTILE), lie, "--"] + args, stdout=subprocess.PIPE,
+                                      stderr=self.log, text=True, cwd=harness.ROOT, env=harness._env())
+        self.lines = queue.Queue()
+        self.output = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+
+def _run(tmp_path, certs, procs, lie: str, server_extra: list[str], client_extra: list[str] = ()) -> tuple[list, str]:
+    run_dir = tmp_path / "run"
+    args = ["--address", "127.0.0.1:0", "--certs", str(certs), "--linger", "2", "--run-dir", str(run_dir),
+            "--rounds", "1", "--min-clients", "8", "--stage-timeout", "8", "--min-group-size", "2"]
+    server = HostileServer(lie, args + harness.DATA_ARGS + harness.MODEL_ARGS + server_extra, tmp_path / "server.log")
+    procs.append(server)
+    address = server.wait_line("LISTENING", timeout=90).split()[1]
+    clients = harness.start_clients(tmp_path, certs, address, "0-7", extra=["-v", *client_extra])
+    procs.append(clients)
+    assert server.wait(timeout=200) == 0, server.stderr()[-3000:]
+    clients.wait(timeout=60)
+    rounds = harness.round_records(run_dir)
+    return rounds, clients.stderr()
+
+
+def test_weak_threshold_is_refused_before_anything_is_revealed(tmp_path, certs, procs) -> None:
+    rounds, log = _run(tmp_path, certs, procs, "weak-threshold", [])
+    assert [r["type"] for r in rounds] == ["round_aborted"]
+    assert "2t - k = 2" in log and "corrupt_neighbours=2" in log
+    counts = rounds[0]["phases"]["counts"]["dropouts"]
+    assert counts["advertise_keys"] == list(range(8))  # no client even advertised keys
+
+
+def test_tiny_k_is_refused(tmp_path, certs, procs) -> None:
+    rounds, log = _run(tmp_path, certs, procs, "tiny-k", [])
+    assert [r["type"] for r in rounds] == ["round_aborted"]
+    assert "2t - k" in log
+    assert rounds[0]["phases"]["counts"]["dropouts"]["advertise_keys"] == list(range(8))
+
+
+def test_noise_sized_for_absent_survivors_is_refused(tmp_path, certs, procs) -> None:
+    rounds, log = _run(tmp_path, certs, procs, "huge-noise-survivors",
+                       ["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1"])
+    assert [r["type"] for r in rounds] == ["round_aborted"]
+    assert "sized for 1000000 survivors" in log
+    assert rounds[0]["phases"]["counts"]["dropouts"]["advertise_keys"] == list(range(8))
+
+
+def test_survivor_list_below_the_noise_survivors_is_not_unmasked(tmp_path, certs, procs) -> None:
+    rounds, log = _run(tmp_path, certs, procs, "drop-below-noise-survivors",
+                       ["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1", "--threshold", "5"],
+                       ["--corrupt-neighbours", "1"])
+    assert [r["type"] for r in rounds] == ["round_aborted"]
+    assert "7 survivors, below the policy's min_survivors=8" in log
+    update = rounds[0]["phases"]["update"]["dropouts"]
+    assert update["consistency_check"] == sorted(update["consistency_check"]) and len(update["consistency_check"]) == 7
