@@ -145,8 +145,8 @@ def test_distributed_accounting_composes_both_phases(data, tmp_path):
     summary = run_training(data, MODEL, FederationConfig(rounds=1, chunk_size=0), tmp_path, progress=False,
                            privacy=settings)
     privacy = summary["privacy"]
-    s = count_part_sensitivity(blocks=2, max_example_count=1.0)
-    z_round = compose_noise_multipliers([(math.sqrt(clip**2 + s**2), z * clip), (math.sqrt(2), z * math.sqrt(2))])
+    # phase 2 carries the example count (<= 1) but no one-hots (W5); phase 1 the one-hots of 2 blocks
+    z_round = compose_noise_multipliers([(math.sqrt(clip**2 + 1.0), z * clip), (math.sqrt(2), z * math.sqrt(2))])
     assert privacy["accounted_noise_multiplier"] == pytest.approx(z_round)
     assert privacy["epsilon_rdp"] == pytest.approx(
         epsilon(noise_multiplier=z_round, sample_rate=1.0, rounds=1, delta=privacy["delta"]).rdp)

@@ -172,7 +172,7 @@ def modular_clipping_probability(
 
     def log_mgf(t: float) -> float:
         out = proxy * t * t / 2.0
-        if mechanism == "skellam":
+        if mechanism == "skellam" and var > 0:  # (cosh overflows for the large t of a noise-free sum)
             out += n * var * (math.cosh(t) - 1.0)  # 2 * (var/2) * (cosh t - 1) per share
         return out
 

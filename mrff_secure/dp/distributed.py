@@ -147,12 +147,23 @@ class DistributedPlan:
 
 
 def plan_distributed(
-    *, mechanism: str, dim: int, n_clients: int, max_dropout_fraction: float, clip: float,
-    noise_multiplier: float, modulus_bits: int, clip_len: int | None = None,
+    *, mechanism: str, dim: int, n_clients: int, clip: float, noise_multiplier: float, modulus_bits: int,
+    max_dropout_fraction: float | None = None, n_min: int | None = None, clip_len: int | None = None,
     extra_sensitivity: float = 0.0, beta: float = DEFAULT_ROUNDING_BETA, scale: float | None = None,
     target_clip_probability: float = DEFAULT_TARGET_CLIP_PROBABILITY,
 ) -> DistributedPlan:
-    """Fix a round's distributed-DP parameters; ``scale=None`` picks it with :func:`choose_scale`."""
+    """Fix a round's distributed-DP parameters; ``scale=None`` picks it with :func:`choose_scale`.
+
+    The noise shares are sized for n_min survivors: give exactly one of ``max_dropout_fraction``
+    (n_min = ceil(n (1 - f))) and ``n_min`` itself (1 <= n_min <= n_clients).
+    """
+    if (max_dropout_fraction is None) == (n_min is None):
+        raise PrivacyError("plan_distributed needs exactly one of max_dropout_fraction and n_min")
+    if isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 1:
+        raise PrivacyError(f"n_clients must be a positive integer, got {n_clients!r}")
+    if n_min is not None and (isinstance(n_min, bool) or not isinstance(n_min, int) or not 1 <= n_min <= n_clients):
+        raise PrivacyError(f"n_min (the survivors the noise shares are sized for) must be an integer in "
+                           f"[1, n_clients={n_clients}], got {n_min!r}")
     if mechanism not in DISTRIBUTED_MECHANISM_CLASSES:
         raise PrivacyError(f"mechanism must be one of {tuple(DISTRIBUTED_MECHANISM_CLASSES)}, got {mechanism!r}")
     if isinstance(modulus_bits, bool) or not isinstance(modulus_bits, int) or not 2 <= modulus_bits <= MAX_MODULUS_BITS:
@@ -169,7 +180,8 @@ def plan_distributed(
         raise PrivacyError(f"noise_multiplier must be finite and >= 0, got {noise_multiplier!r}")
     if not math.isfinite(clip) or clip <= 0:
         raise PrivacyError(f"clip must be finite and > 0, got {clip!r}")
-    n_min = min_survivors(n_clients, max_dropout_fraction)
+    if n_min is None:
+        n_min = min_survivors(n_clients, max_dropout_fraction)
     l2_bound = math.sqrt(clip * clip + extra_sensitivity * extra_sensitivity)
     noise_std = noise_multiplier * clip
     if scale is None:

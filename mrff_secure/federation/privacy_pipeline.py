@@ -6,9 +6,11 @@ Modes (``PrivacySettings``):
 - local DP: each client clips the delta part of its update vector to L2 norm C, uploads the
   example count as min(count, cap) / cap, and adds Gaussian noise of std z*C to EVERY coordinate
   (delta part, group one-hots, example count). The server sees each noisy upload.
-- secure (distributed DP, or DP off with secure aggregation): each client clips, then encodes
-  with `mrff_secure.dp.DistributedEncoder` (rotation, scaling, conditional rounding, discrete
-  noise share) into the ring Z_{2^b}; the server obtains only the ring sum of each phase.
+- secure (distributed DP, or DP off with secure aggregation): each client encodes with the
+  functions the network client shares, `federation.client_encoding` (`secure_round_plans`,
+  `counts_upload`, `update_upload`, `decode_sum`: clip, rotation, scaling, conditional rounding,
+  discrete noise share on every coordinate) into the ring Z_{2^b}; the server obtains only the
+  ring sum of each phase. Rounding and noise come from `secure_generator()` (OS entropy).
 
 The count part (one-hot group per block, example count / cap) is never clipped: its L2
 sensitivity is S = sqrt(blocks + 1) by construction (`dp.count_part_sensitivity`) and it rides
@@ -27,7 +29,9 @@ Which group counts the server divides by (decided here, once):
   (multiplier z relative to the one-hots' sensitivity sqrt(blocks), std z*sqrt(blocks)); the
   server rounds the decoded counts to integers, suppresses the groups below min_group_size and
   divides group sums by these same phase-1 counts. Phase 2 secure-sums the full vectors with the
-  suppressed slots zeroed. Both releases are accounted together
+  suppressed slots zeroed and the one-hot coordinates zeroed (W5: otherwise phase-1 minus phase-2
+  counts would reveal the groups of clients that dropped in between); its count part is the
+  example count alone, sensitivity 1. Both releases are accounted together
   (`dp.compose_noise_multipliers`, exact for Gaussian releases of one round).
 """
 
@@ -42,7 +46,6 @@ import torch
 
 from mrff_secure.dp import (
     DPConfig,
-    DistributedEncoder,
     GaussianMechanism,
     PrivacyLedger,
     clip_prefix_l2,
@@ -50,13 +53,23 @@ from mrff_secure.dp import (
     count_part_sensitivity,
     local_upload_epsilon,
     noise_multiplier_for_epsilon,
-    plan_distributed,
 )
 from mrff_secure.dp.accounting import DISCRETE_ORDERS, ddg_rdp, rdp_to_epsilon, skellam_rdp
-from mrff_secure.dp.discretize import centered_lift, rounded_l1_bound, rounded_l2_bound, wrap_to_modulus
-from mrff_secure.dp.distributed import DistributedPlan, max_scale, max_share_variance
-from mrff_secure.dp.mechanisms import sample_discrete_gaussian, sample_skellam
+from mrff_secure.dp.discretize import rounded_l1_bound, rounded_l2_bound
+from mrff_secure.dp.distributed import DistributedPlan
 from mrff_secure.errors import ConfigError, PrivacyError
+from mrff_secure.federation.client_encoding import (
+    PHASE2_COUNT_SENSITIVITY,
+    SecureRoundPlans,
+    add_to_ring,
+    counts_upload,
+    decode_sum,
+    secure_generator,
+    secure_round_plans,
+    summed_noise_shares,
+    update_upload,
+    without_noise,
+)
 from mrff_secure.federation.secure_sum import BACKENDS, max_abs_for, open_session, round_id_for
 from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.secagg.groupwise import DEFAULT_MIN_GROUP_SIZE, check_min_group_size
@@ -64,9 +77,6 @@ from mrff_secure.secagg.groupwise import DEFAULT_MIN_GROUP_SIZE, check_min_group
 SECURE_SUM_CHOICES = ("off",) + BACKENDS
 NOISE_SAMPLING = ("per_client", "aggregate")
 DEFAULT_MODULUS_BITS = 48
-# Per-client headroom: a client's integer coordinate stays below max_abs unless its noise share
-# exceeds this many standard deviations (probability < 1e-80 per coordinate).
-SHARE_TAIL_SIGMAS = 20.0
 LOCAL_COUNT_SIGMAS = 3.0  # local mode: a group FFN moves only when its noisy count clears 3 noise stds
 SAMPLING_NOTE = (
     "The accountant assumes Poisson client sampling at rate q = client_fraction; the simulation draws a "
@@ -89,6 +99,9 @@ class PrivacySettings:
     count_cap: the example count is uploaded as min(count, cap) / cap (None: the sequence length).
     min_group_size: None = the federation's min_group_size when it is above 1, else 5 with secure
     aggregation and 1 without; never below 2 when secure.
+    insecure_reproducible_noise: a DEBUGGING switch, off by default: draw the DP noise from the run
+    seed instead of the operating system's entropy. Anyone who knows the seed can then remove the
+    noise; every output of such a run says "not private".
     """
 
     dp: DPConfig = field(default_factory=DPConfig)
@@ -97,6 +110,7 @@ class PrivacySettings:
     noise_sampling: str = "per_client"
     count_cap: int | None = None
     min_group_size: int | None = None
+    insecure_reproducible_noise: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.dp, DPConfig):
@@ -118,6 +132,8 @@ class PrivacySettings:
         if self.count_cap is not None and (isinstance(self.count_cap, bool) or not isinstance(self.count_cap, int)
                                            or self.count_cap < 1):
             raise ConfigError(f"count_cap must be a positive integer, got {self.count_cap!r}")
+        if not isinstance(self.insecure_reproducible_noise, bool):
+            raise ConfigError(f"insecure_reproducible_noise must be a bool, got {self.insecure_reproducible_noise!r}")
         if self.min_group_size is not None:
             if isinstance(self.min_group_size, bool) or not isinstance(self.min_group_size, int) \
                     or self.min_group_size < 1:
@@ -167,14 +183,6 @@ def _discrete_round_rdp(plan: DistributedPlan, orders: tuple[int, ...]) -> np.nd
     return skellam_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1, total_variance=total_std**2)
 
 
-@dataclass
-class _SecurePlans:
-    """The phase-1 (counts) and phase-2 (update) plans for rounds of `n` participants."""
-
-    counts: DistributedPlan | None
-    update: DistributedPlan
-
-
 class PrivacyPipeline:
     """Privacy of one training run: per-round client transforms, secure sums, and the ledger."""
 
@@ -205,7 +213,7 @@ class PrivacyPipeline:
             self.noise_multiplier = z_accounted / ratio
         self.accounted_noise_multiplier = self._accounted_multiplier(self.noise_multiplier)
         self.ledger = PrivacyLedger(delta=self.delta)
-        self._plans: dict[int, _SecurePlans] = {}
+        self._plans: dict[int, SecureRoundPlans] = {}
         self.last_ring_sums: dict[int, np.ndarray] = {}  # phase -> ring sum of the last round (audit, tests)
 
     # ------------------------------------------------------------ properties
@@ -227,7 +235,8 @@ class PrivacyPipeline:
         if self.dp.mode == "local":
             return z * c / math.sqrt(c * c + s * s)
         if self.settings.secure:
-            parts = [(math.sqrt(c * c + s * s), z * c)]
+            # phase 2: delta part (<= C) and example count (<= 1); its one-hots are zero (W5)
+            parts = [(math.sqrt(c * c + PHASE2_COUNT_SENSITIVITY**2), z * c)]
             if self.blocks:
                 parts.append((math.sqrt(self.blocks), z * math.sqrt(self.blocks)))
             return compose_noise_multipliers(parts)
@@ -264,72 +273,53 @@ class PrivacyPipeline:
         return torch.where(noisy_counts >= floor, noisy_counts, torch.zeros_like(noisy_counts))
 
     # ------------------------------------------------------------ secure mode
-    def _plans_for(self, n: int) -> _SecurePlans:
-        if n in self._plans:
-            return self._plans[n]
-        if n < 3:
-            raise ConfigError(f"secure aggregation needs at least 3 participants per round, got {n}")
-        bits = self.settings.modulus_bits
-        max_abs = max_abs_for(n, bits)
-        mech, frac, z = self.mechanism, self.dp.max_dropout_fraction, self.noise_multiplier
-
-        def plan(dim: int, clip: float, clip_len: int | None, extra: float) -> DistributedPlan:
-            base = dict(mechanism=mech, dim=dim, n_clients=n, max_dropout_fraction=frac, clip=clip,
-                        noise_multiplier=z, modulus_bits=bits, clip_len=clip_len, extra_sensitivity=extra,
-                        beta=self.dp.rounding_beta)
-            auto = plan_distributed(**base)
-            # Each client's integer coordinates must stay within the secure sum's max_abs
-            # (|coordinate| <= rounded L2 bound <= l2 * scale + sqrt(p), plus its noise share).
-            share_std = z * clip / math.sqrt(auto.n_min)
-            cap = (max_abs - math.sqrt(auto.padded_dim)) / (auto.l2_bound + SHARE_TAIL_SIGMAS * share_std)
-            cap = min(cap, max_scale(l2_bound=auto.l2_bound, noise_std=z * clip, n_min=auto.n_min, mechanism=mech))
-            if self.settings.noise_sampling == "aggregate" and z > 0:
-                # one draw of the summed shares must stay within the sampler's accurate range too
-                cap = min(cap, math.sqrt(max_share_variance(mech) * auto.n_min / n) / (z * clip))
-            if cap <= 0:
-                raise ConfigError(f"a {bits}-bit modulus leaves no room for {n} clients: raise modulus_bits")
-            return auto if auto.scale <= cap else plan_distributed(**base, scale=cap)
-
-        delta = self.layout.delta_size
-        update = plan(self.layout.size, self.clip, delta, self.count_sensitivity)
-        counts = plan(self.layout.count_size, math.sqrt(self.blocks), None, 0.0) if self.blocks else None
-        self._plans[n] = _SecurePlans(counts=counts, update=update)
+    def _plans_for(self, n: int) -> SecureRoundPlans:
+        """The round's plans from public parameters (`client_encoding.secure_round_plans`), cached per n."""
+        if n not in self._plans:
+            layout = self.layout
+            self._plans[n] = secure_round_plans(
+                delta_size=layout.delta_size, num_blocks=layout.num_blocks if layout.num_groups else 0,
+                num_groups=layout.num_groups, dp_mode="distributed" if self.dp.enabled else "off",
+                mechanism=self.mechanism, clip=self.clip, noise_multiplier=self.noise_multiplier, n_clients=n,
+                n_min=self.dp.min_survivors(n), modulus_bits=self.settings.modulus_bits, count_cap=self.count_cap,
+                rounding_beta=self.dp.rounding_beta, single_noise_draw=self.settings.noise_sampling == "aggregate")
         return self._plans[n]
 
-    def _rotation_seed(self, round_index: int, phase: int) -> int:
-        # Public and shared by the round's clients and the server (the server un-rotates the sum).
+    def rotation_seed(self, round_index: int, phase: int) -> int:
+        """The rotation seed of a round's phase: public, shared by the round's clients and the server."""
         return int(np.random.SeedSequence([self.seed, round_index, phase, 23]).generate_state(1)[0])
 
-    def _secure_sum(self, plan: DistributedPlan, participants: np.ndarray, chunks, round_index: int,
-                    phase: int) -> np.ndarray:
-        """Encode each chunk (ids, float vectors (chunk, dim)), secure-sum, decode: the float sum (dim,)."""
+    def noise_generator(self, round_index: int, phase: int) -> np.random.Generator:
+        """The generator of a phase's DP randomness (rounding and noise shares, or local-mode noise).
+
+        `client_encoding.secure_generator()` (OS entropy) unless the run asked for
+        insecure_reproducible_noise, a debugging switch that derives it from the run seed and marks
+        every output of the run as not private.
+        """
+        if self.settings.insecure_reproducible_noise:
+            return np.random.default_rng(np.random.SeedSequence([self.seed, round_index, phase, 31]))
+        return secure_generator()
+
+    def _secure_sum(self, phase: int, participants: np.ndarray, chunks, round_index: int) -> np.ndarray:
+        """Encode each chunk (ids, float rows) with the shared client encoding, secure-sum, decode (dim,)."""
         n = len(participants)
-        encoder = DistributedEncoder(plan, rotation_seed=self._rotation_seed(round_index, phase))
+        plans = self._plans_for(n)
+        plan = plans.counts if phase == 1 else plans.update
         aggregate = self.settings.noise_sampling == "aggregate" and plan.noise_multiplier > 0
-        client_encoder = encoder
-        if aggregate:
-            quiet = plan_distributed(mechanism=plan.mechanism, dim=plan.dim, n_clients=plan.n_clients,
-                                     max_dropout_fraction=self.dp.max_dropout_fraction, clip=plan.clip,
-                                     noise_multiplier=0.0, modulus_bits=plan.modulus_bits, clip_len=plan.clip_len,
-                                     extra_sensitivity=plan.extra_sensitivity, beta=plan.beta, scale=plan.scale)
-            client_encoder = DistributedEncoder(quiet, rotation_seed=self._rotation_seed(round_index, phase))
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, round_index, phase, 31]))
+        client_plans = without_noise(plans) if aggregate else plans
+        upload = counts_upload if phase == 1 else update_upload
+        seed = self.rotation_seed(round_index, phase)
+        rng = self.noise_generator(round_index, phase)
         session = open_session(self.settings.secure_sum, num_clients=n, dim=plan.padded_dim,
                                modulus_bits=plan.modulus_bits, round_id=round_id_for(round_index, phase))
         for ids, vectors in chunks:
-            session.add(ids, client_encoder.encode(vectors, rng=rng))  # (chunk, padded) residues
+            session.add(ids, upload(client_plans, vectors, rotation_seed=seed, rng=rng))  # (chunk, padded) residues
         ring = session.finish()
         if aggregate:
             # One draw of the sum of n shares per coordinate (see PrivacySettings.noise_sampling).
-            total_var = n * encoder.mechanism.share_variance
-            if plan.mechanism == "skellam":
-                noise = sample_skellam(total_var, plan.padded_dim, rng)
-            else:
-                noise = sample_discrete_gaussian(math.sqrt(total_var), plan.padded_dim, rng)
-            ring = wrap_to_modulus(centered_lift(ring, modulus_bits=plan.modulus_bits) + noise,
-                                   modulus_bits=plan.modulus_bits)
+            ring = add_to_ring(plan, ring, summed_noise_shares(plan, n, rng))
         self.last_ring_sums[phase] = ring.copy()
-        return encoder.decode(ring, survivors=n)
+        return decode_sum(plan, ring, survivors=n, rotation_seed=seed)
 
     def secure_counts(self, participants: np.ndarray, one_hots: torch.Tensor, round_index: int) -> torch.Tensor:
         """Phase 1: the secure (noisy when DP is on) sum of the one-hots, rounded to integers >= 0. (blocks, groups)."""
@@ -337,14 +327,16 @@ class PrivacyPipeline:
         if plan is None:
             return torch.zeros(0, 0, dtype=one_hots.dtype)
         chunks = [(participants, one_hots.to(torch.float64).numpy())]  # (clients, blocks * groups): tiny
-        total = self._secure_sum(plan, participants, chunks, round_index, phase=1)
+        total = self._secure_sum(1, participants, chunks, round_index)
         counts = np.clip(np.rint(total), 0, None).reshape(self.layout.num_blocks, self.layout.num_groups)
         return torch.as_tensor(counts, dtype=one_hots.dtype)
 
     def secure_update_sum(self, participants: np.ndarray, chunks, round_index: int) -> np.ndarray:
-        """Phase 2: `chunks` yields (client ids, float vectors (chunk, layout.size)); returns the decoded float sum."""
-        plan = self._plans_for(len(participants)).update
-        return self._secure_sum(plan, participants, chunks, round_index, phase=2)
+        """Phase 2: `chunks` yields (client ids, float vectors (chunk, layout.size)); returns the decoded float sum.
+
+        The decoded one-hot coordinates are noise around zero (phase 2 carries no one-hots, W5).
+        """
+        return self._secure_sum(2, participants, chunks, round_index)
 
     def suppressed(self, counts: torch.Tensor) -> torch.Tensor:
         """(blocks, groups) bool: phase-1 counts below min_group_size (nonzero ones; empty slots are zero anyway)."""
