@@ -36,6 +36,14 @@ single_noise_draw=False) -> SecureRoundPlans``
     The generator of all DP randomness (rounding and noise): numpy's PCG64 seeded from 256 bits of
     operating-system entropy (os.urandom). Never seed noise from an experiment seed.
 
+Wiring (network): `client_update.round_plans_for_spec(layout, spec, n, modulus_bits=...)` builds
+the plans from a RoundSpec, `client_update.secure_update_vector(layout, update, suppressed, cap)`
+the phase-2 float vector, `client_update.encoded_secagg_configs(plans)` the two SecAggConfigs
+(vector length = padded_dim, max_abs = plans.max_abs, the plans' modulus). The secagg state
+machines take centred signed integers: `secagg.encoding.from_ring(residues, plans.modulus_bits)`.
+``rotation_seed`` is public (the server announces one per round and phase and decodes with it);
+``rng`` is `secure_generator()` on a real client, a fresh one per phase.
+
 Each client encodes with the pipeline of `mrff_secure.dp.distributed` (clip, randomized Hadamard
 rotation under the round's public ``rotation_seed``, scaling, conditional randomized rounding,
 its discrete Gaussian or Skellam noise share of variance (z C scale)^2 / n_min on every
