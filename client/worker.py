@@ -24,18 +24,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.errors import AggregationAborted, AuthenticationError, ConfigError, MrffError, SecAggError
+from mrff_secure.errors import AggregationAborted, AuthenticationError, ConfigError, MrffError, PrivacyError, SecAggError
+from mrff_secure.federation.client_encoding import counts_upload, secure_generator, update_upload
 from mrff_secure.federation.client_update import (
     RoundSpec,
     build_global,
-    client_rng,
     counts_input,
     initial_private,
+    public_rotation_seed,
+    round_plans,
     suppressed_groups,
+    update_vector,
     model_config_from_json,
     torch_seed,
     train_user,
-    update_input,
 )
 from mrff_secure.federation.roles import Role, parameter_roles
 from mrff_secure.federation.update_vector import UpdateLayout
@@ -44,7 +46,7 @@ from mrff_secure.secagg.client import ClientSession
 from mrff_secure.secagg.config import SecAggConfig
 from mrff_secure.secagg.context import SessionContext, run_context_id
 from mrff_secure.secagg.policy import PolicyViolation
-from mrff_secure.secagg.encoding import to_ring
+from mrff_secure.secagg.encoding import from_ring, to_ring
 from mrff_secure.wire import limits, signing, tensors
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
@@ -116,13 +118,14 @@ class FaultInjection:
 class LogicalClient:
     def __init__(self, user: int, connection: Connection, store: UserStore, shared: ProcessShared, *,
                  client_seed: int, fault: FaultInjection | None = None, stop: threading.Event | None = None,
-                 policy: ClientPolicy | None = None) -> None:
+                 policy: ClientPolicy | None = None, reproducible_noise: bool = False) -> None:
         self.user = user
         self.connection = connection
         self.store = store
         self.shared = shared
         self.client_seed = client_seed
         self.policy = policy if policy is not None else ClientPolicy()
+        self.reproducible_noise = reproducible_noise  # debugging only: noise from client_seed, NOT private
         self._masked_rounds: set[tuple[str, int]] = set()  # (run id, round) we sent an input for
         self._warned_dp_off = False
         self.fault = fault
@@ -248,8 +251,8 @@ class LogicalClient:
             spec = RoundSpec(local_steps=body.training.local_steps, optimizer=body.training.optimizer,
                              lr=body.training.lr, dp_mode=body.dp.mode, clip=body.dp.clip,
                              noise_multiplier=body.dp.noise_multiplier, min_survivors=max(body.dp.min_survivors, 1),
-                             quant_range=body.quantization.range, levels=body.quantization.levels,
-                             max_examples=body.quantization.max_examples, min_group_size=body.min_group_size)
+                             mechanism=body.dp.mechanism, modulus_bits=body.dp.modulus_bits,
+                             count_cap=body.dp.count_cap, min_group_size=body.min_group_size)
             # Our own policy decides, before we train or reveal anything (the signature only says who proposed it).
             self.policy.check_round(secure=body.secure, spec=spec)
         except (ConfigError, PolicyViolation) as exc:
@@ -275,11 +278,20 @@ class LogicalClient:
             update = train_user(model, params, private, self.shared.data, self.user, fractions, spec, config,
                                 torch_seed(self.client_seed, r, self.user))
         self.store.save_pending(r, update.private)
-        rng = client_rng(self.client_seed, r, self.user)
-        counts = counts_input(layout, update) if layout.num_groups else np.zeros(1, dtype=np.int64)
+        try:
+            # Computed by us from the public parameters: the announced lengths and ranges must match.
+            plans = round_plans(spec, layout, len(body.participants))
+        except (ConfigError, PrivacyError) as exc:
+            raise _RoundFailed(f"refusing round {r}: its privacy parameters are impossible: {exc}") from exc
+        if plans.counts is not None:
+            counts = counts_upload(plans, counts_input(layout, update), rng=self._generator(r, pb.COUNTS),
+                                   rotation_seed=public_rotation_seed(body.training.model_seed, r, pb.COUNTS))
+        else:
+            counts = np.zeros(1, dtype=np.int64)  # no groups: phase 1 sums nothing, it only fixes the survivors
         self._masked_rounds.add(round_key)
         noise_survivors = spec.min_survivors if spec.dp_mode == "distributed" else 0
-        counts_session = self._phase(body, pb.COUNTS, body.counts_secagg, counts, noise_survivors=noise_survivors)
+        counts_session = self._phase(body, pb.COUNTS, body.counts_secagg, counts, plans,
+                                     noise_survivors=noise_survivors)
         start = self._fetch(body, pb.UPDATE, pb.ADVERTISE_KEYS)
         phase_body = self._verified(start.phase_start, pb.UpdatePhaseBody)
         if phase_body.round_id != r or phase_body.run_id != body.run_id:
@@ -297,8 +309,10 @@ class LogicalClient:
                                    f"but {len(phase1_survivors)} clients survived phase 1")
         # We decide which slots to zero, from the phase-1 counts and the minimum group size our policy accepted.
         suppressed = suppressed_groups(group_counts, layout, spec.min_group_size)
-        vector = update_input(layout, update, suppressed, spec, rng)
-        self._phase(body, pb.UPDATE, body.update_secagg, vector, allowed=phase1_survivors,
+        vector = update_upload(plans, update_vector(layout, update, suppressed, spec.count_cap),
+                               rng=self._generator(r, pb.UPDATE),
+                               rotation_seed=public_rotation_seed(body.training.model_seed, r, pb.UPDATE))
+        self._phase(body, pb.UPDATE, body.update_secagg, vector, plans, allowed=phase1_survivors,
                     noise_survivors=noise_survivors)
         outcome = self._fetch(body, pb.UPDATE, pb.OUTCOME).outcome
         if outcome.completed:
@@ -308,20 +322,33 @@ class LogicalClient:
             self.store.discard()
             log.info("user %d: round %d aborted: %s", self.user, r, outcome.reason)
 
-    def _phase(self, body: pb.RoundBody, phase: int, params: pb.SecAggParameters, vector: np.ndarray, *,
-               allowed: tuple[int, ...] | None = None, noise_survivors: int = 0) -> ClientSession | None:
-        """Run one secure sum of `vector`; returns the finished client session (None without secagg)."""
+    def _generator(self, round_id: int, phase: int) -> np.random.Generator:
+        """The generator of this client's rounding and noise: OS entropy, unless reproducible noise was
+        asked for (a debugging switch: such a run is not private, and says so)."""
+        if not self.reproducible_noise:
+            return secure_generator()
+        return np.random.default_rng([self.client_seed, round_id, phase, self.user])
+
+    def _phase(self, body: pb.RoundBody, phase: int, params: pb.SecAggParameters, residues: np.ndarray,
+               plans, *, allowed: tuple[int, ...] | None = None, noise_survivors: int = 0) -> ClientSession | None:
+        """Run one secure sum of our ring residues; returns the finished client session (None without secagg)."""
         try:
             config = SecAggConfig(num_clients=params.num_clients, vector_length=params.vector_length,
                                   max_abs=params.max_abs, modulus_bits=params.modulus_bits,
                                   num_neighbours=params.num_neighbours, threshold=params.threshold)
         except ConfigError as exc:
             raise AuthenticationError(f"announced secure-aggregation parameters are invalid: {exc}") from exc
-        if config.vector_length != vector.size:
-            raise AuthenticationError(f"announced vector length {config.vector_length} != ours {vector.size}")
+        plan = plans.counts if phase == pb.COUNTS else plans.update
+        expected = ((len(body.participants), 1, 1, config.bits) if plan is None else
+                    (len(body.participants), plan.padded_dim, plans.max_abs, plan.modulus_bits))
+        announced = (config.num_clients, config.vector_length, config.max_abs, config.bits)
+        if announced != expected or residues.size != config.vector_length:
+            raise _RoundFailed(f"refusing round {body.round_id}: announced (clients, length, max_abs, modulus bits) "
+                               f"{announced} differ from {expected}, computed from the round's public parameters")
+        signed = from_ring(np.asarray(residues, dtype=np.int64).astype(np.uint64), config.bits)  # centred
         sid = params.secagg_round_id
         if not body.secure:
-            ring = to_ring(vector, config.bits, max_abs=config.max_abs)
+            ring = to_ring(signed, config.bits, max_abs=config.max_abs)
             self._submit(body, phase, pb.MASKED_INPUT, messages.MaskedInput(
                 sid, self.user, config.bits, config.vector_length, packing.pack(ring, config.bits)))
             return None
@@ -338,7 +365,7 @@ class LogicalClient:
             neighbourhood = messages.Neighbourhood.from_bytes(self._fetch(body, phase, pb.SHARE_KEYS).payload)
             self._submit(body, phase, pb.SHARE_KEYS, session.share_keys(neighbourhood))
             delivery = messages.ShareDelivery.from_bytes(self._fetch(body, phase, pb.MASKED_INPUT).payload)
-            self._submit(body, phase, pb.MASKED_INPUT, session.masked_input(delivery, vector))
+            self._submit(body, phase, pb.MASKED_INPUT, session.masked_input(delivery, signed))
             survivors = messages.SurvivorList.from_bytes(self._fetch(body, phase, pb.CONSISTENCY_CHECK).payload)
             self._submit(body, phase, pb.CONSISTENCY_CHECK, session.consistency_check(survivors))
             request = messages.UnmaskRequest.from_bytes(self._fetch(body, phase, pb.UNMASK).payload)
@@ -378,7 +405,8 @@ def parse_pause(text: str) -> tuple[int, int, int]:
 
 
 def run_process(users: list[int], connection: Connection, state_dir: Path, data: ClientData, *,
-                client_seed: int, pause: tuple[int, int, int] | None = None, policy: ClientPolicy | None = None) -> int:
+                client_seed: int, pause: tuple[int, int, int] | None = None, policy: ClientPolicy | None = None,
+                reproducible_noise: bool = False) -> int:
     """Run every logical client of this process in its own thread; 0 if all finished the run."""
     torch.set_num_threads(1)
     if max(users) >= data.num_users:
@@ -400,7 +428,7 @@ def run_process(users: list[int], connection: Connection, state_dir: Path, data:
     def body(user: int) -> None:
         try:
             LogicalClient(user, connection, UserStore(state_dir, user), shared, client_seed=client_seed,
-                          fault=fault, stop=stop, policy=policy).run()
+                          fault=fault, stop=stop, policy=policy, reproducible_noise=reproducible_noise).run()
         except ClientFailure as exc:
             failures.append(str(exc))
         except MrffError as exc:

@@ -32,15 +32,19 @@ from mrff_secure.errors import (
     AuthenticationError,
     CheckpointError,
     ConfigError,
+    PrivacyError,
     ProtocolViolation,
     SecAggError,
 )
+from mrff_secure.federation.client_encoding import decode_counts, decode_sum
 from mrff_secure.federation.client_update import (
     RoundSpec,
-    apply_update,
+    apply_decoded,
     build_global,
     model_config_json,
-    secagg_configs,
+    plan_configs,
+    public_rotation_seed,
+    round_plans,
     suppressed_groups,
 )
 from mrff_secure.federation.roles import Role, parameter_roles
@@ -446,9 +450,8 @@ class Coordinator:
             body.counts_secagg.CopyFrom(secagg_parameters(configs[0], 2 * round_id, nonces[0]))
             body.update_secagg.CopyFrom(secagg_parameters(configs[1], 2 * round_id + 1, nonces[1]))
             body.dp.CopyFrom(pb.DPParameters(mode=spec.dp_mode, clip=spec.clip, noise_multiplier=spec.noise_multiplier,
-                                             min_survivors=spec.min_survivors))
-            body.quantization.CopyFrom(pb.QuantizationParameters(range=spec.quant_range, levels=spec.levels,
-                                                                 max_examples=spec.max_examples))
+                                             min_survivors=spec.min_survivors, mechanism=spec.mechanism,
+                                             modulus_bits=spec.modulus_bits, count_cap=spec.count_cap))
             body.training.CopyFrom(pb.TrainingParameters(local_steps=spec.local_steps, optimizer=spec.optimizer,
                                                          lr=spec.lr, model_seed=self.settings.seed,
                                                          model_config_json=model_config_json(self.model_config)))
@@ -476,7 +479,8 @@ class Coordinator:
         spec = dataclasses.replace(self.base_spec, min_survivors=min_survivors(n, self.settings.max_dropout_fraction))
         started = time.perf_counter()
         cpu0 = time.process_time()
-        configs = secagg_configs(self.layout, spec, n, options=self.settings.secagg_options())
+        plans = round_plans(spec, self.layout, n)
+        configs = plan_configs(plans, n, options=self.settings.secagg_options())
         nonces = (secrets.token_bytes(NONCE_BYTES), secrets.token_bytes(NONCE_BYTES))  # fresh per session
         rs = _Round(r, participants, spec, self._body(r, participants, spec, configs=configs, nonces=nonces))
         with self._cond:
@@ -489,19 +493,27 @@ class Coordinator:
         record: dict[str, Any] = {"type": "round", "round": r, "participants": list(participants),
                                   "secure": self.settings.secure, "dp_mode": spec.dp_mode, "phases": {}}
         try:
-            counts, survivors1 = self._phase(rs, COUNTS, configs[0], 2 * r, nonces[0], set(participants),
-                                             self.settings.train_timeout, record, on_open=announce)
-            suppressed = suppressed_groups(counts[:self.layout.count_size], self.layout, spec.min_group_size)
-            start = self._sign(pb.UpdatePhaseBody(run_id=self.run_id, round_id=r,
-                                                  group_counts=counts[:self.layout.count_size].tolist()))
+            ring1, survivors1 = self._phase(rs, COUNTS, configs[0], 2 * r, nonces[0], set(participants),
+                                            self.settings.train_timeout, record, on_open=announce)
+            seed = self.settings.seed
+            if plans.counts is not None:  # the phase-1 sum, decoded (noisy under DP) and rounded to counts >= 0
+                counts = decode_counts(plans, ring1, survivors=len(survivors1),
+                                       rotation_seed=public_rotation_seed(seed, r, COUNTS))
+            else:
+                counts = np.zeros((0, 0), dtype=np.int64)
+            suppressed = suppressed_groups(counts.reshape(-1), self.layout, spec.min_group_size)
+            start = self._sign(pb.UpdatePhaseBody(run_id=self.run_id, round_id=r, group_counts=counts.reshape(-1).tolist()))
 
             def publish_start() -> None:  # runs under the lock once the phase's first stage is open
                 rs.phase_start = start
 
-            total, survivors2 = self._phase(rs, UPDATE, configs[1], 2 * r + 1, nonces[1], set(survivors1),
+            ring2, survivors2 = self._phase(rs, UPDATE, configs[1], 2 * r + 1, nonces[1], set(survivors1),
                                             self.settings.stage_timeout, record, on_open=publish_start)
-            applied = apply_update(self.params, self.layout, total, len(survivors2), suppressed, spec)
-        except (SecAggError, ConfigError) as exc:  # AggregationAborted, or a sum that cannot be used
+            summed = decode_sum(plans.update, ring2, survivors=len(survivors2),
+                                rotation_seed=public_rotation_seed(seed, r, UPDATE))
+            applied = apply_decoded(self.params, self.layout, summed, survivors=len(survivors2),
+                                    phase1_survivors=len(survivors1), counts=counts, suppressed=suppressed)
+        except (SecAggError, ConfigError, PrivacyError) as exc:  # aborted, or a sum that cannot be used
             outcome = pb.RoundOutcome(round_id=r, completed=False, reason=f"{type(exc).__name__}: {exc}")
             record.update(type="round_aborted", reason=str(exc), model_digest=self.model_digest())
         else:
@@ -513,7 +525,7 @@ class Coordinator:
             eps_prv, eps_rdp = self.ledger.epsilon() if z > 0 else (None, float("inf"))
             outcome = pb.RoundOutcome(round_id=r, completed=True, survivors=len(survivors2))
             record.update(group_counts=applied.group_counts.tolist(), suppressed=suppressed.astype(int).tolist(),
-                          examples=applied.examples, model_digest=self.model_digest(),
+                          examples=round(applied.examples, 3), model_digest=self.model_digest(),
                           epsilon={"prv": eps_prv, "rdp": None if eps_rdp == float("inf") else eps_rdp,
                                    "delta": self.ledger.delta, "noiseless_round": z == 0})
         with self._cond:
@@ -586,7 +598,7 @@ class Coordinator:
                 total += ps.plain[c]
             total &= np.uint64((1 << config.bits) - 1)
             record["phases"][PHASE_NAMES[phase]]["survivors"] = list(survivors)
-            return from_ring(total, config.bits), survivors
+            return total.astype(np.int64), survivors
         session = ps.session
         self._stage(ps, record, pb.ADVERTISE_KEYS, expected, first_timeout, on_open=on_open)
         participant_set = session.close_advertise_keys()
@@ -607,7 +619,7 @@ class Coordinator:
         self._stage(ps, record, pb.UNMASK, set(requests), timeout, {c: q.to_bytes() for c, q in requests.items()})
         result = session.finish()
         record["phases"][PHASE_NAMES[phase]]["survivors"] = list(result.survivors)
-        return result.total, result.survivors
+        return result.ring_sum.astype(np.int64), result.survivors
 
     def _check_survivors(self, phase: int, spec: RoundSpec, survivors: int, config: SecAggConfig) -> None:
         if survivors < 1:

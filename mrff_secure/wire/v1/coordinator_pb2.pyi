@@ -97,26 +97,22 @@ class SecAggParameters(_message.Message):
     def __init__(self, secagg_round_id: _Optional[int] = ..., num_clients: _Optional[int] = ..., vector_length: _Optional[int] = ..., max_abs: _Optional[int] = ..., modulus_bits: _Optional[int] = ..., num_neighbours: _Optional[int] = ..., threshold: _Optional[int] = ..., session_nonce: _Optional[bytes] = ...) -> None: ...
 
 class DPParameters(_message.Message):
-    __slots__ = ("mode", "clip", "noise_multiplier", "min_survivors")
+    __slots__ = ("mode", "clip", "noise_multiplier", "min_survivors", "mechanism", "modulus_bits", "count_cap")
     MODE_FIELD_NUMBER: _ClassVar[int]
     CLIP_FIELD_NUMBER: _ClassVar[int]
     NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     MIN_SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    MODULUS_BITS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_CAP_FIELD_NUMBER: _ClassVar[int]
     mode: str
     clip: float
     noise_multiplier: float
     min_survivors: int
-    def __init__(self, mode: _Optional[str] = ..., clip: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., min_survivors: _Optional[int] = ...) -> None: ...
-
-class QuantizationParameters(_message.Message):
-    __slots__ = ("range", "levels", "max_examples")
-    RANGE_FIELD_NUMBER: _ClassVar[int]
-    LEVELS_FIELD_NUMBER: _ClassVar[int]
-    MAX_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
-    range: float
-    levels: int
-    max_examples: int
-    def __init__(self, range: _Optional[float] = ..., levels: _Optional[int] = ..., max_examples: _Optional[int] = ...) -> None: ...
+    mechanism: str
+    modulus_bits: int
+    count_cap: int
+    def __init__(self, mode: _Optional[str] = ..., clip: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., min_survivors: _Optional[int] = ..., mechanism: _Optional[str] = ..., modulus_bits: _Optional[int] = ..., count_cap: _Optional[int] = ...) -> None: ...
 
 class TrainingParameters(_message.Message):
     __slots__ = ("local_steps", "optimizer", "lr", "model_seed", "model_config_json")
@@ -133,7 +129,7 @@ class TrainingParameters(_message.Message):
     def __init__(self, local_steps: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., model_seed: _Optional[int] = ..., model_config_json: _Optional[str] = ...) -> None: ...
 
 class RoundBody(_message.Message):
-    __slots__ = ("run_id", "round_id", "finished", "last_completed_round", "secure", "participants", "parameters", "group_fractions", "num_blocks", "num_groups", "counts_secagg", "update_secagg", "dp", "quantization", "training", "min_group_size", "model_digest")
+    __slots__ = ("run_id", "round_id", "finished", "last_completed_round", "secure", "participants", "parameters", "group_fractions", "num_blocks", "num_groups", "counts_secagg", "update_secagg", "dp", "training", "min_group_size", "model_digest")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
@@ -147,7 +143,6 @@ class RoundBody(_message.Message):
     COUNTS_SECAGG_FIELD_NUMBER: _ClassVar[int]
     UPDATE_SECAGG_FIELD_NUMBER: _ClassVar[int]
     DP_FIELD_NUMBER: _ClassVar[int]
-    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     MIN_GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -164,11 +159,10 @@ class RoundBody(_message.Message):
     counts_secagg: SecAggParameters
     update_secagg: SecAggParameters
     dp: DPParameters
-    quantization: QuantizationParameters
     training: TrainingParameters
     min_group_size: int
     model_digest: bytes
-    def __init__(self, run_id: _Optional[str] = ..., round_id: _Optional[int] = ..., finished: _Optional[bool] = ..., last_completed_round: _Optional[int] = ..., secure: _Optional[bool] = ..., participants: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., group_fractions: _Optional[_Iterable[float]] = ..., num_blocks: _Optional[int] = ..., num_groups: _Optional[int] = ..., counts_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., update_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., dp: _Optional[_Union[DPParameters, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationParameters, _Mapping]] = ..., training: _Optional[_Union[TrainingParameters, _Mapping]] = ..., min_group_size: _Optional[int] = ..., model_digest: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., round_id: _Optional[int] = ..., finished: _Optional[bool] = ..., last_completed_round: _Optional[int] = ..., secure: _Optional[bool] = ..., participants: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., group_fractions: _Optional[_Iterable[float]] = ..., num_blocks: _Optional[int] = ..., num_groups: _Optional[int] = ..., counts_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., update_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., dp: _Optional[_Union[DPParameters, _Mapping]] = ..., training: _Optional[_Union[TrainingParameters, _Mapping]] = ..., min_group_size: _Optional[int] = ..., model_digest: _Optional[bytes] = ...) -> None: ...
 
 class UpdatePhaseBody(_message.Message):
     __slots__ = ("run_id", "round_id", "group_counts")
