@@ -104,6 +104,7 @@ def _server_settings(args: argparse.Namespace):
 
 
 def server_main(args: argparse.Namespace) -> int:
+    from mrff_secure.dp.config import default_delta
     from server.certs import CertPaths, read_token
     from server.coordinator import Coordinator
     from server.service import TlsFiles, create_server
@@ -131,6 +132,11 @@ def server_main(args: argparse.Namespace) -> int:
         write_json_atomic(run_dir / SETTINGS_FILE, {k: (str(v) if isinstance(v, Path) else v)
                                                     for k, v in vars(args).items() if k in keys})
     data = options.load_data(args)
+    if args.dp_delta is None:
+        args.dp_delta = default_delta(data.num_users)  # as mrff train: 1/n^1.1 over the dataset's users
+    if args.dp == "off" and args.aggregation == "secure":
+        print("NOTE --dp off: secure aggregation alone protects clients only against an honest-but-curious "
+              "server (SECURITY.md)", flush=True)
     certs = CertPaths(args.certs)
     signing_key = signing.load_private_key(certs.signing_key)
     token = read_token(args.token_file or certs.token)

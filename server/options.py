@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from mrff_secure.config import ModelConfig
-from mrff_secure.federation.client_update import DP_MODES, RoundSpec
+from mrff_secure.errors import ConfigError
+from mrff_secure.federation.client_update import RoundSpec
+
+NETWORK_DP_MODES = ("off", "distributed")
 
 Option = tuple[str, dict[str, Any]]
 
@@ -46,13 +49,16 @@ ROUNDS: list[Option] = [
                            help="plain: unmasked sums over the same transport (a baseline for benchmarks)")),
     ("--train-timeout", dict(type=float, default=120.0, help="seconds for local training (announcement to keys)")),
     ("--stage-timeout", dict(type=float, default=30.0, help="seconds per secure-aggregation stage")),
-    ("--dp", dict(choices=DP_MODES, default="off")),
-    ("--clip", dict(type=float, default=1.0, help="L2 bound C of the delta part (DP modes)")),
-    ("--noise-multiplier", dict(type=float, default=0.0)),
-    ("--dp-delta", dict(type=float, default=1e-5)),
+    ("--dp", dict(choices=NETWORK_DP_MODES, default="off",
+                  help="distributed: discrete noise shares under secure aggregation; off: secure aggregation "
+                       "alone (protects only against an honest-but-curious server)")),
+    ("--clip", dict(type=float, default=1.0, help="L2 bound C of the delta part")),
+    ("--noise-multiplier", dict(type=float, default=None, help="z: total noise std z*C (or --target-epsilon)")),
+    ("--target-epsilon", dict(type=float, default=None, help="calibrate z to spend this epsilon over --rounds")),
+    ("--dp-mechanism", dict(choices=("discrete_gaussian", "skellam"), default="discrete_gaussian")),
+    ("--dp-delta", dict(type=float, default=None, help="default 1/n^1.1, n = the dataset's users (as mrff train)")),
     ("--max-dropout-fraction", dict(type=float, default=0.3)),
-    ("--quant-range", dict(type=float, default=0.0, help="per-coordinate range; 0 = C + 4 sigma with DP, else 1")),
-    ("--levels", dict(type=int, default=4096)),
+    ("--modulus-bits", dict(type=int, default=32, help="the ring Z_{2^b} of the secure sums")),
     ("--min-group-size", dict(type=int, default=5)),
     ("--local-steps", dict(type=int, default=1)),
     ("--optimizer", dict(choices=("adam", "sgd"), default="adam")),
@@ -92,9 +98,29 @@ def model_config(args: argparse.Namespace, maxlen: int) -> ModelConfig:
 
 
 def round_spec(args: argparse.Namespace, maxlen: int) -> RoundSpec:
-    quant = args.quant_range
-    if quant <= 0:
-        quant = args.clip + 4 * args.noise_multiplier * args.clip if args.dp != "off" else 1.0
+    """The round parameters the server proposes, validated as `mrff train` validates its own.
+
+    Refused: distributed DP without secure aggregation; DP with no noise; both --noise-multiplier and
+    --target-epsilon. z from --target-epsilon is calibrated by the server once the model's layout is
+    known (see server.command), so here it is a placeholder of 1.0 until then.
+    """
+    secure = getattr(args, "aggregation", "secure") == "secure"
+    z = args.noise_multiplier
+    target = getattr(args, "target_epsilon", None)
+    if args.dp == "distributed":
+        if not secure:
+            raise ConfigError("--dp distributed needs secure aggregation: its noise is split among the clients "
+                              "and only the secure sum carries all of it (drop --aggregation plain)")
+        if z is not None and target is not None:
+            raise ConfigError("give --noise-multiplier or --target-epsilon, not both")
+        if target is None and (z is None or z <= 0):
+            raise ConfigError("--dp distributed with no noise gives no privacy: give --noise-multiplier > 0 "
+                              "or --target-epsilon (or run --dp off, and say so)")
+        if target is not None and not (target > 0):
+            raise ConfigError(f"--target-epsilon must be > 0, got {target}")
+    elif z not in (None, 0.0) or target is not None:
+        raise ConfigError("--noise-multiplier/--target-epsilon need --dp distributed")
     return RoundSpec(local_steps=args.local_steps, optimizer=args.optimizer, lr=args.lr, dp_mode=args.dp,
-                     clip=args.clip, noise_multiplier=args.noise_multiplier, quant_range=quant, levels=args.levels,
-                     max_examples=maxlen, min_group_size=args.min_group_size)
+                     clip=args.clip, noise_multiplier=(z if z is not None else (1.0 if target else 0.0)),
+                     min_group_size=args.min_group_size, mechanism=args.dp_mechanism, modulus_bits=args.modulus_bits,
+                     count_cap=maxlen, max_examples=maxlen)
