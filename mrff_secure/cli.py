@@ -82,6 +82,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                          help="groups below this phase-1 count send zeros (default 5 with secure aggregation)")
     privacy.add_argument("--count-cap", type=int, default=None,
                          help="the example count is uploaded as min(count, cap)/cap (default: the sequence length)")
+    privacy.add_argument("--clip-from-private-data", action="store_true",
+                         help="declare that C was chosen by looking at private data (e.g. measured update norms): "
+                              "the run then lists that choice as released outside the guarantee")
+    privacy.add_argument("--insecure-reproducible-noise", action="store_true",
+                         help="DEBUGGING ONLY: draw the DP noise from --seed instead of the OS's entropy; anyone who "
+                              "knows the seed can remove it, and every output of the run says 'not private'")
     p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder")
     p.add_argument("--json", action="store_true", help="print the summary as JSON to stdout")
     p.add_argument("--no-progress", action="store_true")
@@ -110,7 +116,9 @@ def privacy_settings(args: argparse.Namespace):
     return PrivacySettings(dp=dp, secure_sum=secure,
                            modulus_bits=args.modulus_bits if args.modulus_bits is not None else DEFAULT_MODULUS_BITS,
                            noise_sampling=args.noise_sampling, count_cap=args.count_cap,
-                           min_group_size=args.min_group_size)
+                           min_group_size=args.min_group_size,
+                           insecure_reproducible_noise=args.insecure_reproducible_noise,
+                           clip_from_private_data=args.clip_from_private_data)
 
 
 def train_main(args: argparse.Namespace) -> int:
@@ -132,11 +140,16 @@ def train_main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
-        auc = summary.get("test_auc")
-        print(f"{data.name}: best validation round {summary.get('best_round')}, test AUC "
-              f"{auc if auc is None else round(auc, 4)}, test LogLoss {summary.get('test_logloss')}; "
-              f"epsilon (PRV) {summary['privacy']['epsilon_prv']} at delta {summary['privacy']['delta']:.3g}; "
-              f"wrote {args.out}/summary.json, metrics.jsonl, training.png")
+        from mrff_secure.experiment import OPERATOR_ONLY
+
+        p = summary["privacy"]
+        evaluation = summary[OPERATOR_ONLY]
+        auc = evaluation.get("test_auc")
+        guarantee = (f"epsilon {p['epsilon']} at delta {p['delta']:.3g} ({p['adjacency']}, {p['mechanism']})"
+                     if p["private"] else f"NOT PRIVATE (epsilon {p['epsilon']})")
+        print(f"{data.name}: {guarantee}; wrote {args.out}/summary.json, metrics.jsonl. Operator only (outside the "
+              f"guarantee, in {args.out}/{OPERATOR_ONLY}/): best validation round {evaluation.get('best_round')}, "
+              f"test AUC {auc if auc is None else round(auc, 4)}, test LogLoss {evaluation.get('test_logloss')}")
     return 0
 
 

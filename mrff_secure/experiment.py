@@ -1,12 +1,21 @@
 """A training run: rounds of the simulation, evaluation, and the run folder's files.
 
-RUN_DIR/metrics.jsonl  one JSON line per round (round, val/test AUC and LogLoss, group sizes, seconds,
-                       the epsilon spent so far: epsilon_prv / epsilon_rdp, "inf" when there is no noise)
-RUN_DIR/summary.json   best-validation round, its test AUC (with a DeLong 95% interval) and LogLoss,
-                       parameter counts, per-user inference time, configuration, and a `privacy` object
-                       (mode, mechanism, z, C, delta, epsilons, count-part treatment, sampling note)
-RUN_DIR/predictions.npz  the best round's validation and test probabilities and labels (no pickle)
-RUN_DIR/training.png   validation AUC and group sizes per block per round (the paper's Fig. 2)
+What a run writes, by what covers it (the run's summary.json lists the same under "outputs"):
+
+RUN_DIR/summary.json   shareable: configuration, parameter counts, inference time, and the `privacy`
+                       object (mode, mechanism, z, C, delta, the headline epsilon with its bound and
+                       adjacency, the Gaussian-limit figures for reference, "private": false when the
+                       run carries no guarantee)
+RUN_DIR/metrics.jsonl  shareable: one JSON line per round (round, participants, seconds, the epsilon
+                       spent so far, and the group counts the server itself saw: the noisy counts
+                       under DP, covered by the epsilon)
+RUN_DIR/operator-only/ released OUTSIDE the guarantee, for the operator alone:
+    metrics.jsonl      per round: the true group sizes, the fraction of clipped uploads, validation and
+                       test AUC / LogLoss on private held-out data
+    evaluation.json    best-validation round, its test AUC (DeLong 95% interval) and LogLoss, the
+                       temperature calibration, the number of training interactions
+    predictions.npz    the best round's per-user validation and test probabilities and labels (no pickle)
+    training.png       validation AUC and true group sizes per block per round (the paper's Fig. 2)
 """
 
 from __future__ import annotations
@@ -87,25 +96,56 @@ def plot_training(rows: list[dict[str, Any]], path: Path) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+OPERATOR_ONLY = "operator-only"
+
+
+def output_classification(privacy: dict[str, Any]) -> dict[str, Any]:
+    """What the run folder holds, by what covers it (summary.json's "outputs")."""
+    covered = ("covered by the epsilon in privacy" if privacy.get("private") else
+               "NOT covered: this run carries no guarantee (privacy.private is false)")
+    outside = {
+        f"{OPERATOR_ONLY}/metrics.jsonl": "true group sizes per round, fraction of clipped uploads, validation and "
+                                          "test AUC / LogLoss on private held-out data",
+        f"{OPERATOR_ONLY}/evaluation.json": "best round, test AUC and LogLoss with interval, temperature, number of "
+                                            "training interactions: computed on private data without noise",
+        f"{OPERATOR_ONLY}/predictions.npz": "per-user click probabilities on private held-out items",
+        f"{OPERATOR_ONLY}/training.png": "validation AUC and true group sizes per round",
+    }
+    if privacy.get("clip") is not None and "private data" in str(privacy.get("clip_choice", "")):
+        outside["the clip bound C (summary.json privacy.clip)"] = "chosen from private data (declared)"
+    return {
+        "covered_by_epsilon": {"metrics.jsonl: epsilon, group_counts_seen_by_server": covered,
+                               "the trained global model (not written by `mrff train`)": covered},
+        "public": {"summary.json: config, parameters, privacy, users, inference_ms_per_user": "configuration, "
+                   "model size and timing; the number of users is visible to the server",
+                   "metrics.jsonl: round, participants, train_seconds": "who takes part is visible to the server"},
+        "outside_the_guarantee": outside,
+    }
+
+
 def run_training(data: ClientData, model_config: ModelConfig, federation: FederationConfig, out_dir: str | Path,
                  progress: bool = True, extra_config: dict[str, Any] | None = None,
                  privacy: PrivacySettings | None = None) -> dict[str, Any]:
-    """Train for `federation.rounds` rounds, evaluating every `eval_every`; write the run folder; return the summary.
+    """Train for `federation.rounds` rounds, evaluating every `eval_every`; write the run folder.
 
-    `privacy` selects local DP, or secure aggregation with or without distributed DP; None (or DP
-    off without secure aggregation) is the plain path, reported with an infinite epsilon.
+    Returns summary.json's content plus, under "operator-only", the evaluation written to
+    operator-only/evaluation.json (see the module docstring). `privacy` selects local DP, or secure
+    aggregation with or without distributed DP; None (or DP off without secure aggregation) is the
+    plain path, reported with an infinite epsilon and "private": false.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    operator = out / OPERATOR_ONLY
+    operator.mkdir(parents=True, exist_ok=True)
     sim = FederatedSimulation(data, model_config, federation, privacy=privacy)
     settings = privacy if privacy is not None else PrivacySettings()
     # The plain path has no pipeline in the simulation; this one only keeps its (infinite) account.
     accountant = sim.privacy if sim.privacy is not None else PrivacyPipeline(
         settings, layout=sim.layout, num_users=max(data.num_users, 2), maxlen=data.maxlen, rounds=federation.rounds,
         sample_rate=federation.client_fraction, seed=federation.seed, federation_min_group_size=federation.min_group_size)
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")  # a fresh run starts a fresh log
-    rows: list[dict[str, Any]] = []
+    metrics_path, operator_metrics_path = out / "metrics.jsonl", operator / "metrics.jsonl"
+    metrics_path.write_text("")  # a fresh run starts fresh logs
+    operator_metrics_path.write_text("")
+    rows: list[dict[str, Any]] = []  # operator-only rows (with the true group sizes and evaluations)
     best: dict[str, Any] | None = None
     best_test_probs = best_val_probs = None
     iterator = range(federation.rounds)
@@ -115,9 +155,11 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
         iterator = tqdm(iterator, desc=f"training {data.name}", unit="round")
     for r in iterator:
         result = sim.train_round()
-        row: dict[str, Any] = {"round": r, "participants": result.participants,
-                               "group_sizes": result.group_counts, "train_seconds": round(result.seconds, 4)}
-        row.update(accountant.record_round())
+        public: dict[str, Any] = {"round": r, "participants": result.participants,
+                                  "train_seconds": round(result.seconds, 4),
+                                  "group_counts_seen_by_server": result.server_group_counts}
+        public.update(accountant.record_round())
+        row: dict[str, Any] = {"round": r, "group_sizes": result.group_counts}
         if result.clipped_fraction is not None:
             row["clipped_fraction"] = round(result.clipped_fraction, 4)
         if (r + 1) % federation.eval_every == 0 or r == federation.rounds - 1:
@@ -135,29 +177,34 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
                 iterator.set_postfix(val_auc=f"{val.auc:.4f}", test_auc=f"{test.auc:.4f}")
         rows.append(row)
         with metrics_path.open("a") as handle:
+            handle.write(json.dumps(public) + "\n")
+        with operator_metrics_path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
+    privacy_summary = accountant.summary(participants_per_round=len(sim.sample_clients(0)))
     summary: dict[str, Any] = {
         "dataset": data.name,
         "users": data.num_users,
-        "train_interactions": data.num_train_interactions,
         "rounds": federation.rounds,
         "parameters": parameter_counts(sim),
         "paper_sasrec_parameters": PAPER_SASREC_PARAMETERS,
         "inference_ms_per_user": round(inference_ms_per_user(sim), 5),
         "config": {"model": asdict(model_config), "federation": asdict(federation),
                    "privacy": accountant.describe(), **(extra_config or {})},
-        "privacy": accountant.summary(participants_per_round=len(sim.sample_clients(0))),
+        "privacy": privacy_summary,
+        "outputs": output_classification(privacy_summary),
     }
+    evaluation: dict[str, Any] = {"outside_the_guarantee": "computed on private data without noise; operator only",
+                                  "train_interactions": data.num_train_interactions}
     if best is not None:
         _, low, high = auc_confidence_interval(data.test_label, best_test_probs)
-        summary.update(
+        evaluation.update(
             best_round=best["round"], val_auc=_finite(best["val_auc"]), val_logloss=_finite(best["val_logloss"]),
             test_auc=_finite(best["test_auc"]), test_logloss=_finite(best["test_logloss"]),
             test_auc_ci95=[_finite(low), _finite(high)],
         )
         # Post-hoc temperature scaling fitted on validation (reported beside the raw figure, never instead of it).
         temperature = fit_temperature(data.val_label, best_val_probs)
-        summary["calibration"] = {
+        evaluation["calibration"] = {
             "method": "temperature scaling fitted on the validation predictions of the best round",
             "temperature": temperature,
             "test_logloss_calibrated": _finite(log_loss(data.test_label, apply_temperature(best_test_probs, temperature))),
@@ -165,8 +212,9 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
         buffer = io.BytesIO()
         np.savez(buffer, user_ids=data.user_ids, val_probability=best_val_probs, val_label=data.val_label,
                  test_probability=best_test_probs, test_label=data.test_label, best_round=np.int64(best["round"]))
-        write_bytes_atomic(out / "predictions.npz", buffer.getvalue())
+        write_bytes_atomic(operator / "predictions.npz", buffer.getvalue())
+    write_json_atomic(operator / "evaluation.json", evaluation)
     write_json_atomic(out / "summary.json", summary)
     if rows:
-        plot_training(rows, out / "training.png")
-    return summary
+        plot_training(rows, operator / "training.png")
+    return {**summary, OPERATOR_ONLY: evaluation}

@@ -1,4 +1,5 @@
-"""`mrff train` end to end on the embedded synthetic data: run folder files, --json, clear errors."""
+"""`mrff train` end to end on the embedded synthetic data: run folder files (shareable ones apart from
+operator-only/ outputs), --json, clear errors."""
 
 import json
 import subprocess
@@ -12,24 +13,38 @@ def test_train_writes_run_folder(tmp_path, capsys):
     code = main(["train", "--dataset", "synthetic", "--synthetic-users", "60", "--maxlen", "12", "--rounds", "3",
                  "--out", str(out), "--json", "--no-progress", "--seed", "1"])
     assert code == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary == json.loads((out / "summary.json").read_text())
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [l["round"] for l in lines] == [0, 1, 2]
+    printed = json.loads(capsys.readouterr().out)
+    evaluation = printed.pop("operator-only")
+    summary = json.loads((out / "summary.json").read_text())
+    assert printed == summary
+    assert evaluation == json.loads((out / "operator-only" / "evaluation.json").read_text())
+    # nothing computed on private data without noise in the shareable files
+    assert not {"test_auc", "val_auc", "best_round", "calibration", "train_interactions"} & set(summary)
+    public = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["round"] for l in public] == [0, 1, 2]
+    for line in public:
+        assert not {"val_auc", "test_auc", "group_sizes", "clipped_fraction"} & set(line)
+        assert {"participants", "epsilon", "private", "group_counts_seen_by_server"} <= set(line)
+        assert line["private"] is False and line["epsilon"] == "inf"  # DP off: no guarantee
+    lines = [json.loads(l) for l in (out / "operator-only" / "metrics.jsonl").read_text().splitlines()]
     for line in lines:
-        assert {"val_auc", "val_logloss", "test_auc", "test_logloss", "group_sizes", "train_seconds"} <= set(line)
+        assert {"val_auc", "val_logloss", "test_auc", "test_logloss", "group_sizes"} <= set(line)
         assert len(line["group_sizes"]) == 2 and sum(line["group_sizes"][0]) == 60
     best = max(lines, key=lambda l: l["val_auc"])
-    assert summary["best_round"] == best["round"] and summary["test_auc"] == best["test_auc"]
-    low, high = summary["test_auc_ci95"]
-    assert low <= summary["test_auc"] <= high
+    assert evaluation["best_round"] == best["round"] and evaluation["test_auc"] == best["test_auc"]
+    low, high = evaluation["test_auc_ci95"]
+    assert low <= evaluation["test_auc"] <= high
     assert summary["parameters"]["private"] > 0 and summary["inference_ms_per_user"] > 0
-    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "operator-only" / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "training.png").exists() and not (out / "predictions.npz").exists()
     import numpy as np
 
-    with np.load(out / "predictions.npz", allow_pickle=False) as saved:
-        assert saved["test_probability"].shape == (60,) and int(saved["best_round"]) == summary["best_round"]
-    assert summary["calibration"]["temperature"] > 0
+    with np.load(out / "operator-only" / "predictions.npz", allow_pickle=False) as saved:
+        assert saved["test_probability"].shape == (60,) and int(saved["best_round"]) == evaluation["best_round"]
+    assert evaluation["calibration"]["temperature"] > 0
+    outside = summary["outputs"]["outside_the_guarantee"]
+    assert {"operator-only/metrics.jsonl", "operator-only/evaluation.json", "operator-only/predictions.npz",
+            "operator-only/training.png"} <= set(outside)
 
 
 def test_no_mrff_baseline_has_no_groups(tmp_path, capsys):
@@ -38,7 +53,7 @@ def test_no_mrff_baseline_has_no_groups(tmp_path, capsys):
                  "--out", str(out), "--json", "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["parameters"]["group"] == 0
-    assert json.loads((out / "metrics.jsonl").read_text())["group_sizes"] == []
+    assert json.loads((out / "operator-only" / "metrics.jsonl").read_text())["group_sizes"] == []
 
 
 def test_missing_data_dir_is_a_clear_error(capsys):

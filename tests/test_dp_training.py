@@ -15,8 +15,6 @@ from mrff_secure.data import make_synthetic
 from mrff_secure.dp import (
     DPConfig,
     compose_noise_multipliers,
-    count_part_sensitivity,
-    effective_noise_multiplier,
     epsilon,
     local_upload_epsilon,
 )
@@ -69,10 +67,11 @@ def test_local_uploads_are_clipped_and_noised_on_every_coordinate(data):
         sim.train_round()
         views[z] = observer.views[0]
     layout = views[0.0].layout
-    quiet = views[0.0].individual_updates  # z = 0: clipped, exactly no noise
+    quiet = views[0.0].individual_updates  # z = 0: clipped and snapped to the grid, no noise
     assert quiet.shape == (12, layout.size)
     norms = torch.linalg.vector_norm(quiet[:, :layout.delta_size].double(), dim=1)
-    assert float(norms.max()) <= 0.5
+    # clipped to C; the grid moves a vector by at most 2^-21 C (accounted), the float32 cast by ~1e-7 relative
+    assert float(norms.max()) <= 0.5 * (1 + 2.0**-21) * (1 + 1.2e-7)
     tail = quiet[:, layout.delta_size:]
     assert set(tail[:, :-1].unique().tolist()) <= {0.0, 1.0}  # the one-hots, unclipped and unnoised
     assert torch.all(tail[:, :-1].sum(1) == layout.num_blocks)
@@ -105,40 +104,41 @@ def test_local_mode_averages_with_the_noisy_counts_from_the_uploads(data):
     assert torch.equal(sim.group_fractions, noisy_counts.clamp(min=0) / 12)
 
 
-def test_local_accounting_covers_the_count_part(data, tmp_path):
+def test_local_accounting_is_replace_one_with_the_count_part(data, tmp_path):
     z, clip, rounds = 0.9, 0.5, 2
     summary = run_training(data, MODEL, FederationConfig(rounds=rounds, chunk_size=0), tmp_path, progress=False,
                            privacy=local(z, clip))
     privacy = summary["privacy"]
-    s = count_part_sensitivity(blocks=2, max_example_count=1.0)
-    z_eff = effective_noise_multiplier(noise_multiplier=z, clip=clip, extra_sensitivity=s)
+    # D4: the server sees identified uploads: replace-one, sensitivity sqrt(4C^2 + 2B + 1) (+ the grid's 2^-20 C)
+    z_eff = z * clip / (math.sqrt(4 * clip**2 + 2 * 2 + 1) + 2.0**-20 * clip)
+    assert privacy["adjacency"] == "replace-one"
     assert privacy["accounted_noise_multiplier"] == pytest.approx(z_eff)
-    assert privacy["accounted_noise_multiplier"] < z  # the unclipped count part costs privacy
+    assert privacy["mechanism"] == "grid_discrete_gaussian" and privacy["private"] is True
     expected = epsilon(noise_multiplier=z_eff, sample_rate=1.0, rounds=rounds, delta=privacy["delta"])
-    assert privacy["epsilon_prv"] == pytest.approx(expected.prv)
-    assert privacy["epsilon_rdp"] == pytest.approx(expected.rdp)
+    assert privacy["epsilon"] == pytest.approx(expected.rdp)  # the proven RDP bound, every round
+    assert privacy["gaussian_limit"]["epsilon_prv"] == pytest.approx(expected.prv)
     upload = local_upload_epsilon(noise_multiplier=z_eff, delta=privacy["delta"])
-    assert privacy["epsilon_per_upload_prv"] == pytest.approx(upload.prv)
+    assert privacy["epsilon_per_round"] == pytest.approx(upload.rdp)
     assert privacy["delta"] == pytest.approx(1 / 12**1.1)
-    assert privacy["count_part"]["l2_sensitivity"] == pytest.approx(math.sqrt(3))
-    assert "Poisson" in privacy["sampling_note"]
+    assert "no amplification" in privacy["sampling"]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1]
-    assert rows[0]["epsilon_rdp"] < rows[1]["epsilon_rdp"] == pytest.approx(expected.rdp)
-    assert all(0.0 <= r["clipped_fraction"] <= 1.0 for r in rows)
+    assert rows[0]["epsilon"] < rows[1]["epsilon"] == pytest.approx(expected.rdp)
+    operator = [json.loads(line) for line in (tmp_path / "operator-only" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["clipped_fraction"] <= 1.0 for r in operator)
 
 
 def test_dp_off_run_reports_an_infinite_epsilon_never_zero(data, tmp_path):
     summary = run_training(data, MODEL, FederationConfig(rounds=1, chunk_size=0), tmp_path, progress=False)
-    assert summary["privacy"]["mode"] == "off"
-    assert summary["privacy"]["epsilon_prv"] == "inf" and summary["privacy"]["epsilon_rdp"] == "inf"
+    assert summary["privacy"]["mode"] == "off" and summary["privacy"]["private"] is False
+    assert summary["privacy"]["epsilon"] == "inf" and summary["privacy"]["gaussian_limit"]["epsilon_rdp"] == "inf"
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
-    assert row["epsilon_prv"] == "inf" and row["epsilon_rdp"] == "inf"
+    assert row["epsilon"] == "inf" and row["private"] is False
     # valid strict JSON (no Infinity tokens)
     json.loads((tmp_path / "summary.json").read_text(), parse_constant=lambda name: pytest.fail(name))
 
 
-def test_distributed_accounting_composes_both_phases(data, tmp_path):
+def test_distributed_accounting_composes_both_phases_and_headlines_the_discrete_bound(data, tmp_path):
     z, clip = 1.1, 0.5
     settings = PrivacySettings(dp=DPConfig(mode="distributed", clip=clip, noise_multiplier=z), secure_sum="fast",
                                min_group_size=2)
@@ -148,19 +148,53 @@ def test_distributed_accounting_composes_both_phases(data, tmp_path):
     # phase 2 carries the example count (<= 1) but no one-hots (W5); phase 1 the one-hots of 2 blocks
     z_round = compose_noise_multipliers([(math.sqrt(clip**2 + 1.0), z * clip), (math.sqrt(2), z * math.sqrt(2))])
     assert privacy["accounted_noise_multiplier"] == pytest.approx(z_round)
-    assert privacy["epsilon_rdp"] == pytest.approx(
+    assert privacy["gaussian_limit"]["epsilon_rdp"] == pytest.approx(
         epsilon(noise_multiplier=z_round, sample_rate=1.0, rounds=1, delta=privacy["delta"]).rdp)
     assert privacy["mode"] == "distributed" and privacy["secure_aggregation"] == "fast"
-    assert privacy["epsilon_discrete"] >= privacy["epsilon_rdp"] * 0.99  # the integer mechanism costs a bit more
+    assert privacy["adjacency"] == "zero-out" and privacy["epsilon_replace_one"] > privacy["epsilon"]
+    # D6: the headline is the integer mechanism's proven bound, not its Gaussian limit
+    assert privacy["epsilon"] >= privacy["gaussian_limit"]["epsilon_rdp"] * 0.99
+    assert "discrete_gaussian" in privacy["epsilon_bound"]
     assert privacy["min_group_size"] == 2
 
 
-def test_target_epsilon_is_met(data, tmp_path):
-    settings = PrivacySettings(dp=DPConfig(mode="local", clip=0.5, target_epsilon=8.0))
-    summary = run_training(data, MODEL, FederationConfig(rounds=2, chunk_size=0), tmp_path, progress=False,
+@pytest.mark.parametrize("mode", ["local", "distributed"])
+def test_calibrating_with_mrff_privacy_then_training_at_that_z_spends_the_target(data, tmp_path, mode):
+    """D3: `mrff privacy --target-epsilon` and `mrff train` account a round the same way."""
+    from mrff_secure.dp.command import privacy_report
+    from mrff_secure.federation.simulation import FederatedSimulation as Sim
+
+    target, rounds, clip = 6.0, 3, 0.5
+    layout = Sim(data, MODEL, FederationConfig(rounds=rounds)).layout
+    report = privacy_report(rounds=rounds, clients=12, mode=mode, target_epsilon=target, clip=clip, blocks=2,
+                            groups=2, dim=layout.delta_size if mode == "distributed" else None)
+    secure = "fast" if mode == "distributed" else "off"
+    settings = PrivacySettings(dp=DPConfig(mode=mode, clip=clip, noise_multiplier=report["noise_multiplier"]),
+                               secure_sum=secure, min_group_size=2 if mode == "distributed" else None)
+    summary = run_training(data, MODEL, FederationConfig(rounds=rounds, chunk_size=0), tmp_path, progress=False,
                            privacy=settings)
-    assert summary["privacy"]["epsilon_prv"] <= 8.0 * 1.01
-    assert summary["privacy"]["epsilon_prv"] >= 8.0 * 0.9  # calibrated, not wildly over-noised
+    assert summary["privacy"]["epsilon"] == pytest.approx(report["epsilon"], rel=1e-9)
+    assert target * 0.99 <= summary["privacy"]["epsilon"] <= target
+    # and `mrff train --target-epsilon` calibrates to the same z
+    calibrated = PrivacySettings(dp=DPConfig(mode=mode, clip=clip, target_epsilon=target), secure_sum=secure,
+                                 min_group_size=2 if mode == "distributed" else None)
+    summary = run_training(data, MODEL, FederationConfig(rounds=rounds, chunk_size=0), tmp_path / "t", progress=False,
+                           privacy=calibrated)
+    assert summary["privacy"]["noise_multiplier"] == pytest.approx(report["noise_multiplier"], rel=1e-9)
+
+
+def test_no_amplification_is_claimed_when_a_fraction_of_clients_takes_part(data, tmp_path):
+    """D5: a fixed-size subset, participation visible: the headline is a user in every round."""
+    z, clip, rounds = 2.0, 0.5, 4
+    summary = run_training(data, MODEL, FederationConfig(rounds=rounds, chunk_size=0, client_fraction=0.5), tmp_path,
+                           progress=False, privacy=local(z, clip))
+    privacy = summary["privacy"]
+    z_eff = privacy["accounted_noise_multiplier"]
+    every_round = epsilon(noise_multiplier=z_eff, sample_rate=1.0, rounds=rounds, delta=privacy["delta"]).rdp
+    amplified = epsilon(noise_multiplier=z_eff, sample_rate=0.5, rounds=rounds, delta=privacy["delta"]).rdp
+    assert privacy["epsilon"] == pytest.approx(every_round) and privacy["epsilon"] > amplified
+    assert privacy["typical_user"]["rounds"] == 2
+    assert privacy["typical_user"]["epsilon"] < privacy["epsilon"] and "not a guarantee" in privacy["typical_user"]["meaning"]
 
 
 def test_cli_train_with_local_dp_writes_the_privacy_summary(tmp_path, capsys):
@@ -171,7 +205,7 @@ def test_cli_train_with_local_dp_writes_the_privacy_summary(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["privacy"]["mode"] == "local" and summary["privacy"]["noise_multiplier"] == 1.0
     assert summary["privacy"]["clip"] == 0.5
-    assert isinstance(summary["privacy"]["epsilon_prv"], float)
+    assert isinstance(summary["privacy"]["epsilon"], float) and summary["privacy"]["private"] is True
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -206,3 +240,75 @@ def test_local_round_uses_no_phase_one_in_the_clear(data):
     for noisy in counts:
         assert not np.allclose(noisy.numpy(), np.round(noisy.numpy()))  # not integer counts: noisy sums
     assert not torch.equal(counts[0], counts[1])
+
+
+# ---------------------------------------------------------------- D1: noise nobody can regenerate
+
+
+def strip_local_noise_with_the_seed(uploads: np.ndarray, seed: int, round_index: int, z: float,
+                                    clip: float) -> list[np.ndarray]:
+    """The D1 attacker: knowing the run seed (summary.json records it), regenerate the noise and subtract it.
+
+    Tries the seed derivation the simulation used before (torch.randn) and the one of the
+    debugging switch insecure_reproducible_noise (numpy, grid discrete Gaussian).
+    """
+    from mrff_secure.dp.mechanisms import GridDiscreteGaussian, sample_discrete_gaussian
+
+    old = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, round_index, 11]).generate_state(1)[0]))
+    old_noise = torch.randn(uploads.shape, generator=old, dtype=torch.float32).double().numpy() * z * clip
+    rng = np.random.default_rng(np.random.SeedSequence([seed, round_index, 0, 31]))
+    grid = GridDiscreteGaussian(noise_multiplier=z, clip=clip, dim=uploads.shape[1])
+    new_noise = sample_discrete_gaussian(grid.noise_std / grid.gamma, uploads.shape, rng) * grid.gamma
+    return [uploads - old_noise, uploads - new_noise]
+
+
+@pytest.mark.parametrize("reproducible", [False, True])
+def test_an_observer_who_knows_the_seed_cannot_strip_the_local_noise(data, reproducible):
+    z, clip, seed = 0.7, 0.5, 3
+    uploads = {}
+    for noise in (0.0, z):
+        observer = Recorder()
+        settings = PrivacySettings(dp=DPConfig(mode="local", clip=clip, noise_multiplier=noise),
+                                   insecure_reproducible_noise=reproducible)
+        sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=1, chunk_size=0, seed=seed), observer=observer,
+                                  privacy=settings)
+        sim.train_round()
+        uploads[noise] = observer.views[0].individual_updates.double().numpy()
+    exact = uploads[0.0]  # the clipped uploads themselves (z = 0, same training)
+    errors = [np.abs(guess - exact).max() for guess in strip_local_noise_with_the_seed(uploads[z], seed, 0, z, clip)]
+    if reproducible:
+        assert min(errors) < 1e-5  # the debugging switch: the attack recovers every clipped upload
+        assert sim.privacy.summary()["private"] is False
+    else:
+        assert min(errors) > z * clip  # OS entropy: the regenerated noise is unrelated to the real one
+
+
+# ---------------------------------------------------------------- D8 and the not-private switch
+
+
+def test_insecure_reproducible_noise_marks_every_output_not_private(data, tmp_path):
+    settings = PrivacySettings(dp=DPConfig(mode="local", clip=0.5, noise_multiplier=1.0),
+                               insecure_reproducible_noise=True)
+    summary = run_training(data, MODEL, FederationConfig(rounds=2, chunk_size=0), tmp_path, progress=False,
+                           privacy=settings)
+    assert summary["privacy"]["private"] is False and "NOT PRIVATE" in summary["privacy"]["not_private"]
+    assert "run seed" in summary["privacy"]["noise_source"]
+    assert "NOT covered" in summary["outputs"]["covered_by_epsilon"]["metrics.jsonl: epsilon, group_counts_seen_by_server"]
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        assert row["private"] is False and "NOT PRIVATE" in row["not_private"]
+    default = run_training(data, MODEL, FederationConfig(rounds=1, chunk_size=0), tmp_path / "d", progress=False,
+                           privacy=local(1.0))
+    assert default["privacy"]["private"] is True and "os.urandom" in default["privacy"]["noise_source"]
+
+
+def test_a_clip_bound_from_private_data_is_flagged(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["train", "--synthetic-users", "10", "--maxlen", "8", "--rounds", "1", "--no-progress",
+                     "--dp", "local", "--clip", "0.5", "--noise-multiplier", "1.0", "--clip-from-private-data",
+                     "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "private data" in summary["privacy"]["clip_choice"]
+    assert any("clip bound" in key for key in summary["outputs"]["outside_the_guarantee"])
+    assert "Operator only" in capsys.readouterr().out

@@ -4,7 +4,8 @@ Modules: ``config`` (DPConfig), ``clipping``, ``sensitivity`` (the unclipped cou
 ``mechanisms`` (Gaussian, distributed discrete Gaussian, Skellam), ``rotation`` (randomized
 Hadamard), ``discretize`` (scaling, conditional rounding, modular clipping), ``distributed``
 (encode/decode plan for secure aggregation), ``accounting``, ``calibration``, ``ledger``,
-``command`` (the CLI's logic).
+``release`` (the one accounting of a training round, used by `mrff privacy`, `mrff train` and the
+coordinator), ``command`` (the CLI's logic).
 """
 
 from .accounting import (
@@ -26,15 +27,18 @@ from .mechanisms import (
     DistributedDiscreteGaussian,
     DistributedSkellam,
     GaussianMechanism,
+    GridDiscreteGaussian,
     NoiseMechanism,
     check_survivors,
 )
+from .release import PrivacyAccount, RoundRelease, RunAccountant, account_rounds, calibrate_noise_multiplier
 from .rotation import RandomizedHadamard
 from .sensitivity import compose_noise_multipliers, count_part_sensitivity, effective_noise_multiplier
 
 __all__ = [
     "DPConfig", "DistributedDiscreteGaussian", "DistributedEncoder", "DistributedPlan", "DistributedSkellam",
-    "Epsilons", "GaussianMechanism", "NoiseMechanism", "PrivacyLedger", "RandomizedHadamard",
+    "Epsilons", "GaussianMechanism", "GridDiscreteGaussian", "PrivacyAccount", "RoundRelease", "RunAccountant",
+    "account_rounds", "calibrate_noise_multiplier", "NoiseMechanism", "PrivacyLedger", "RandomizedHadamard",
     "add_privacy_arguments", "check_survivors", "choose_scale", "clip_l2", "clip_prefix_l2",
     "compose_noise_multipliers", "count_part_sensitivity", "default_delta", "discrete_epsilon",
     "effective_noise_multiplier", "epsilon", "epsilon_for_noise_multiplier", "gaussian_epsilons",

@@ -1,6 +1,11 @@
 """Noise mechanisms behind one interface: ``mechanism.add_noise(x, *, rng) -> noisy x``.
 
-- :class:`GaussianMechanism` (floats, local mode): std z*C on every coordinate, numpy or torch.
+- :class:`GaussianMechanism` (floats): std z*C on every coordinate, numpy or torch. Floating-point
+  Gaussian noise leaks through its low-order bits (Mironov 2012; Jin et al. 2022): kept for
+  reference and tests, never used for a release.
+- :class:`GridDiscreteGaussian` (local mode): the input snapped to a grid of spacing gamma (a power
+  of two) plus gamma times a discrete Gaussian N_Z(0, (z C / gamma)^2): every output is an exact
+  grid point, whatever the input's low bits (Canonne, Kamath, Steinke 2020).
 - :class:`DistributedDiscreteGaussian` and :class:`DistributedSkellam` (integers, distributed
   mode): each client adds one share of variance (z*C*scale)^2 / n_min to its rotated, scaled,
   rounded vector, so that a secure sum over at least n_min = ceil(n * (1 - max_dropout_fraction))
@@ -102,6 +107,62 @@ class GaussianMechanism(NoiseMechanism):
                 return x.copy()
             return (x + rng.normal(0.0, std, size=x.shape)).astype(x.dtype, copy=False)
         raise PrivacyError(f"add_noise takes a numpy array or a torch tensor, got {type(x).__name__}")
+
+
+GRID_SLACK = 2.0**-20  # the grid's rounding adds at most GRID_SLACK * C to an upload's L2 sensitivity
+MAX_GRID_UNITS = 2.0**50  # |grid coordinate| bound: products with gamma stay exact in float64
+
+
+def grid_spacing(*, clip: float, dim: int) -> float:
+    """gamma = the largest power of two with sqrt(dim) * gamma <= GRID_SLACK * C.
+
+    Snapping a vector to the nearest grid point moves it by at most sqrt(dim) * gamma / 2 in L2, so
+    two snapped vectors differ by at most their float difference plus GRID_SLACK * C.
+    """
+    c = _positive("clip", clip)
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise PrivacyError(f"dim must be a positive integer, got {dim!r}")
+    return 2.0 ** math.floor(math.log2(c * GRID_SLACK / math.sqrt(dim)))
+
+
+class GridDiscreteGaussian(NoiseMechanism):
+    """Local-mode noise safe in floating point: snap to the grid gamma Z, add gamma * N_Z(0, (zC/gamma)^2).
+
+    The release is gamma * (round(x / gamma) + k) with k integer, computed exactly (every value
+    below 2^50 grid units), so it is a discrete Gaussian mechanism on integers: its Renyi DP is at
+    most that of the continuous Gaussian with the same sensitivity and std (Canonne, Kamath,
+    Steinke 2020, Prop. 5 and composition over coordinates), for an L2 sensitivity of the snapped
+    vector <= the float sensitivity + GRID_SLACK * C (see `grid_spacing`). The sampler's acceptance
+    test is computed in float64 (`sample_discrete_gaussian`), not in exact arithmetic.
+    Input and output are numpy float64 arrays (d,) or (clients, d).
+    """
+
+    name = "grid_discrete_gaussian"
+
+    def __init__(self, *, noise_multiplier: float, clip: float, dim: int) -> None:
+        self.noise_multiplier = _nonneg("noise_multiplier", noise_multiplier)
+        self.clip = _positive("clip", clip)
+        self.dim = dim
+        self.gamma = grid_spacing(clip=clip, dim=dim)
+        if self.noise_std / self.gamma > MAX_GRID_UNITS / 64:
+            raise PrivacyError(f"noise std {self.noise_std:.4g} is too large for the grid {self.gamma:.4g}")
+
+    @property
+    def noise_std(self) -> float:
+        return self.noise_multiplier * self.clip
+
+    def add_noise(self, x: Any, *, rng: Any) -> np.ndarray:
+        if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating) or x.shape[-1] != self.dim:
+            raise PrivacyError(f"GridDiscreteGaussian takes a float numpy array of shape (..., {self.dim})")
+        if not isinstance(rng, np.random.Generator):
+            raise PrivacyError("rng must be a numpy.random.Generator")
+        units = np.rint(x.astype(np.float64) / self.gamma)  # exact: gamma is a power of two
+        if not np.all(np.isfinite(units)) or np.abs(units).max(initial=0.0) > MAX_GRID_UNITS / 2:
+            raise PrivacyError("input outside the grid's exact range (clip it first)")
+        k = units.astype(np.int64)
+        if self.noise_std > 0.0:
+            k = k + sample_discrete_gaussian(self.noise_std / self.gamma, k.shape, rng)
+        return k.astype(np.float64) * self.gamma
 
 
 SKELLAM_MAX_VARIANCE = 2.0**46  # see distributed.MAX_SKELLAM_SHARE_VARIANCE

@@ -4,35 +4,39 @@ Modes (``PrivacySettings``):
 
 - plain (DP off, no secure aggregation): untouched; the simulation's original path runs.
 - local DP: each client clips the delta part of its update vector to L2 norm C, uploads the
-  example count as min(count, cap) / cap, and adds Gaussian noise of std z*C to EVERY coordinate
-  (delta part, group one-hots, example count). The server sees each noisy upload.
+  example count as min(count, cap) / cap, and adds noise of std z*C to EVERY coordinate (delta
+  part, group one-hots, example count) with `dp.GridDiscreteGaussian` (snapped to a fine grid,
+  discrete Gaussian noise: no floating-point leak). The server sees each noisy upload.
 - secure (distributed DP, or DP off with secure aggregation): each client encodes with the
   functions the network client shares, `federation.client_encoding` (`secure_round_plans`,
   `counts_upload`, `update_upload`, `decode_sum`: clip, rotation, scaling, conditional rounding,
   discrete noise share on every coordinate) into the ring Z_{2^b}; the server obtains only the
-  ring sum of each phase. Rounding and noise come from `secure_generator()` (OS entropy).
+  ring sum of each phase.
 
-The count part (one-hot group per block, example count / cap) is never clipped: its L2
-sensitivity is S = sqrt(blocks + 1) by construction (`dp.count_part_sensitivity`) and it rides
-under the same noise, so the accountant sees the whole vector's multiplier
-z*C / sqrt(C^2 + S^2), not z (`dp.effective_noise_multiplier`).
+All DP randomness (local noise; rounding and noise shares) comes from
+`client_encoding.secure_generator()`, seeded from the operating system's entropy, never from the
+run seed, unless the run sets the debugging switch ``insecure_reproducible_noise``, in which case
+every output says "not private".
+
+Accounting: one function for every command, `dp.release` (`RoundRelease`, `RunAccountant`,
+`account_rounds`, `calibrate_noise_multiplier`): the headline is the proven bound of the mechanism
+actually used, under the adjacency the server's view allows (replace-one in local mode, zero-out
+under secure aggregation), for a user who takes part in every round (no amplification by
+sampling). See that module.
 
 Which group counts the server divides by (decided here, once):
 - local mode: there is no secure aggregation, so a count phase in the clear would reveal every
   client's group with no noise at all. The server therefore uses the NOISY counts, the sum of the
   noisy one-hots it received, for averaging (a group keeps its FFN when its noisy count is below
   max(min_group_size, 1, 3 z C sqrt(n)), three stds of the count noise) and for the next round's
-  balance-loss fractions (clamped at 0): post-processing of
-  the DP uploads, no extra privacy cost. The shared part is divided by the number of uploads
-  (public: the server sees who uploaded).
+  balance-loss fractions (clamped at 0): post-processing of the DP uploads, no extra privacy
+  cost. The shared part is divided by the number of uploads (public: the server sees who uploaded).
 - secure mode: the two-phase round. Phase 1 secure-sums the one-hots alone with its own noise
-  (multiplier z relative to the one-hots' sensitivity sqrt(blocks), std z*sqrt(blocks)); the
-  server rounds the decoded counts to integers, suppresses the groups below min_group_size and
-  divides group sums by these same phase-1 counts. Phase 2 secure-sums the full vectors with the
-  suppressed slots zeroed and the one-hot coordinates zeroed (W5: otherwise phase-1 minus phase-2
-  counts would reveal the groups of clients that dropped in between); its count part is the
-  example count alone, sensitivity 1. Both releases are accounted together
-  (`dp.compose_noise_multipliers`, exact for Gaussian releases of one round).
+  (std z*sqrt(blocks)); the server rounds the decoded counts to integers, suppresses the groups
+  below min_group_size and divides group sums by these same phase-1 counts. Phase 2 secure-sums
+  the full vectors with the suppressed slots zeroed and the one-hot coordinates zeroed (W5:
+  otherwise phase-1 minus phase-2 counts would reveal the groups of clients that dropped in
+  between); its count part is the example count alone, sensitivity 1.
 """
 
 from __future__ import annotations
@@ -44,28 +48,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrff_secure.dp import (
-    DPConfig,
-    GaussianMechanism,
-    PrivacyLedger,
-    clip_prefix_l2,
-    compose_noise_multipliers,
-    count_part_sensitivity,
-    local_upload_epsilon,
-    noise_multiplier_for_epsilon,
-)
-from mrff_secure.dp.accounting import DISCRETE_ORDERS, ddg_rdp, rdp_to_epsilon, skellam_rdp
-from mrff_secure.dp.discretize import rounded_l1_bound, rounded_l2_bound
-from mrff_secure.dp.distributed import DistributedPlan
+from mrff_secure.dp import DPConfig, clip_prefix_l2
+from mrff_secure.dp.mechanisms import GridDiscreteGaussian
+from mrff_secure.dp.release import RoundRelease, RunAccountant, calibrate_noise_multiplier, participants_per_round
 from mrff_secure.errors import ConfigError, PrivacyError
 from mrff_secure.federation.client_encoding import (
-    PHASE2_COUNT_SENSITIVITY,
     SecureRoundPlans,
     add_to_ring,
     counts_upload,
     decode_sum,
     secure_generator,
-    secure_round_plans,
     summed_noise_shares,
     update_upload,
     without_noise,
@@ -78,12 +70,8 @@ SECURE_SUM_CHOICES = ("off",) + BACKENDS
 NOISE_SAMPLING = ("per_client", "aggregate")
 DEFAULT_MODULUS_BITS = 48
 LOCAL_COUNT_SIGMAS = 3.0  # local mode: a group FFN moves only when its noisy count clears 3 noise stds
-SAMPLING_NOTE = (
-    "The accountant assumes Poisson client sampling at rate q = client_fraction; the simulation draws a "
-    "fixed-size uniform subset, so for q < 1 the amplification is an approximation (and assumes the "
-    "adversary does not learn who took part). With q = 1 (every client every round) no amplification "
-    "is claimed. Unit of privacy: one user (add/remove), every round counted."
-)
+NOT_PRIVATE = ("NOT PRIVATE: insecure_reproducible_noise drew the DP noise from the run seed; anyone who knows "
+               "the seed can remove it")
 
 
 @dataclass(frozen=True)
@@ -102,6 +90,8 @@ class PrivacySettings:
     insecure_reproducible_noise: a DEBUGGING switch, off by default: draw the DP noise from the run
     seed instead of the operating system's entropy. Anyone who knows the seed can then remove the
     noise; every output of such a run says "not private".
+    clip_from_private_data: the operator declares that C was chosen by looking at private data
+    (e.g. measured update norms): the choice itself is then released outside the guarantee.
     """
 
     dp: DPConfig = field(default_factory=DPConfig)
@@ -111,6 +101,7 @@ class PrivacySettings:
     count_cap: int | None = None
     min_group_size: int | None = None
     insecure_reproducible_noise: bool = False
+    clip_from_private_data: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.dp, DPConfig):
@@ -132,8 +123,9 @@ class PrivacySettings:
         if self.count_cap is not None and (isinstance(self.count_cap, bool) or not isinstance(self.count_cap, int)
                                            or self.count_cap < 1):
             raise ConfigError(f"count_cap must be a positive integer, got {self.count_cap!r}")
-        if not isinstance(self.insecure_reproducible_noise, bool):
-            raise ConfigError(f"insecure_reproducible_noise must be a bool, got {self.insecure_reproducible_noise!r}")
+        for name in ("insecure_reproducible_noise", "clip_from_private_data"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.min_group_size is not None:
             if isinstance(self.min_group_size, bool) or not isinstance(self.min_group_size, int) \
                     or self.min_group_size < 1:
@@ -170,36 +162,23 @@ def json_epsilon(value: float | None) -> float | str | None:
     return float(value)
 
 
-def _discrete_round_rdp(plan: DistributedPlan, orders: tuple[int, ...]) -> np.ndarray:
-    """RDP curve of one release under `plan` (the per-round term of `dp.discrete_epsilon`)."""
-    d2 = rounded_l2_bound(scaled_norm=plan.l2_bound * plan.scale, dim=plan.padded_dim, beta=plan.beta)
-    d1 = rounded_l1_bound(l2_bound=d2, dim=plan.padded_dim)
-    total_std = plan.noise_multiplier * plan.clip * plan.scale
-    if total_std == 0.0:
-        return np.full(len(orders), np.inf)
-    if plan.mechanism == "discrete_gaussian":
-        return ddg_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1, share_sigma=total_std / math.sqrt(plan.n_min),
-                       n_shares=plan.n_min, dim=plan.padded_dim)
-    return skellam_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1, total_variance=total_std**2)
-
-
 class PrivacyPipeline:
-    """Privacy of one training run: per-round client transforms, secure sums, and the ledger."""
+    """Privacy of one training run: per-round client transforms, secure sums, and the accountant."""
 
     def __init__(self, settings: PrivacySettings, *, layout: UpdateLayout, num_users: int, maxlen: int,
-                 rounds: int, sample_rate: float, seed: int, federation_min_group_size: int = 1) -> None:
+                 rounds: int, sample_rate: float, seed: int, federation_min_group_size: int = 1,
+                 participants: int | None = None) -> None:
         self.settings = settings
         self.dp = settings.dp
         self.layout = layout
         self.num_users, self.rounds, self.sample_rate, self.seed = num_users, rounds, sample_rate, seed
+        self.participants = participants if participants is not None else participants_per_round(num_users, sample_rate)
         self.count_cap = settings.count_cap if settings.count_cap is not None else maxlen
         self.min_group_size = settings.resolved_min_group_size(federation_min_group_size)
         self.delta = self.dp.resolve_delta(num_users)
         self.clip = float(self.dp.clip)
-        blocks = layout.num_blocks if layout.num_groups else 0
-        self.blocks = blocks
-        self.count_sensitivity = count_part_sensitivity(blocks=blocks, max_example_count=1.0)
-        ratio = self._accounted_multiplier(1.0)  # accounted z per unit of z (linear in z)
+        self.blocks = layout.num_blocks if layout.num_groups else 0
+        template = self._release(0.0 if not self.dp.enabled else 1.0)
         if not self.dp.enabled:
             self.noise_multiplier = 0.0
         elif self.dp.noise_multiplier is not None:
@@ -208,13 +187,25 @@ class PrivacyPipeline:
             target = self.dp.target_epsilon
             if target is None:  # DPConfig guarantees one of the two
                 raise PrivacyError("DPConfig has neither noise_multiplier nor target_epsilon")
-            z_accounted = noise_multiplier_for_epsilon(target_epsilon=target, delta=self.delta,
-                                                       sample_rate=sample_rate, rounds=max(rounds, 1))
-            self.noise_multiplier = z_accounted / ratio
-        self.accounted_noise_multiplier = self._accounted_multiplier(self.noise_multiplier)
-        self.ledger = PrivacyLedger(delta=self.delta)
+            self.noise_multiplier = calibrate_noise_multiplier(template, target_epsilon=target,
+                                                               rounds=max(rounds, 1), delta=self.delta)
+        self.release = template.with_noise_multiplier(self.noise_multiplier)
+        self.accountant = RunAccountant(self.release, delta=self.delta, sample_rate=sample_rate)
+        self.accounted_noise_multiplier = self.release.accounted_noise_multiplier()
         self._plans: dict[int, SecureRoundPlans] = {}
         self.last_ring_sums: dict[int, np.ndarray] = {}  # phase -> ring sum of the last round (audit, tests)
+
+    def _release(self, z: float, participants: int | None = None) -> RoundRelease:
+        """The public description of this run's rounds at noise multiplier z (`dp.release`)."""
+        n = self.participants if participants is None else participants
+        return RoundRelease(
+            dp_mode=self.dp.mode, secure_aggregation=self.settings.secure, clip=self.clip, noise_multiplier=z,
+            num_blocks=self.blocks, num_groups=self.layout.num_groups if self.blocks else 0,
+            delta_size=self.layout.delta_size, participants=n,
+            n_min=self.dp.min_survivors(n) if self.settings.secure else None,
+            mechanism=self.mechanism if self.dp.mode == "distributed" else None,
+            modulus_bits=self.settings.modulus_bits, count_cap=self.count_cap, rounding_beta=self.dp.rounding_beta,
+            single_noise_draw=self.settings.noise_sampling == "aggregate")
 
     # ------------------------------------------------------------ properties
     @property
@@ -227,35 +218,41 @@ class PrivacyPipeline:
     def mechanism(self) -> str:
         if self.mode == "secure":
             return self.dp.mechanism if self.dp.mechanism is not None else "discrete_gaussian"
+        if self.mode == "local":
+            return GridDiscreteGaussian.name
         return self.dp.mechanism_name
 
-    def _accounted_multiplier(self, z: float) -> float:
-        """The noise multiplier the accountant sees for one round at client multiplier z."""
-        c, s = self.clip, self.count_sensitivity
-        if self.dp.mode == "local":
-            return z * c / math.sqrt(c * c + s * s)
-        if self.settings.secure:
-            # phase 2: delta part (<= C) and example count (<= 1); its one-hots are zero (W5)
-            parts = [(math.sqrt(c * c + PHASE2_COUNT_SENSITIVITY**2), z * c)]
-            if self.blocks:
-                parts.append((math.sqrt(self.blocks), z * math.sqrt(self.blocks)))
-            return compose_noise_multipliers(parts)
-        return 0.0
+    @property
+    def private(self) -> bool:
+        """False when the run's outputs carry no guarantee at all (DP off, or reproducible noise)."""
+        return self.dp.enabled and self.noise_multiplier > 0 and not self.settings.insecure_reproducible_noise
 
     def scaled_examples(self, num_examples: torch.Tensor) -> torch.Tensor:
         """The uploaded example count: min(count, cap) / cap, in [0, 1] (sensitivity 1)."""
         return num_examples.clamp(max=float(self.count_cap)) / float(self.count_cap)
 
-    # ------------------------------------------------------------ local mode
-    def round_generator(self, round_index: int) -> torch.Generator:
-        """The local-mode noise generator of a round (a simulation seam: real clients use OS randomness)."""
-        return torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, round_index, 11]).generate_state(1)[0]))
+    def noise_generator(self, round_index: int, phase: int) -> np.random.Generator:
+        """The generator of a round's DP randomness (phase 0: local noise; 1, 2: the secure phases).
 
-    def privatize_local(self, vectors: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clip each row's delta part to C and add N(0, (zC)^2) to every coordinate; return (uploads, norms)."""
-        clipped, norms = clip_prefix_l2(vectors, clip=self.clip, prefix_len=self.layout.delta_size)
-        noisy = GaussianMechanism(noise_multiplier=self.noise_multiplier, clip=self.clip).add_noise(clipped, rng=generator)
-        return noisy, norms
+        `client_encoding.secure_generator()` (OS entropy) unless the run asked for
+        insecure_reproducible_noise, a debugging switch that derives it from the run seed and marks
+        every output of the run as not private.
+        """
+        if self.settings.insecure_reproducible_noise:
+            return np.random.default_rng(np.random.SeedSequence([self.seed, round_index, phase, 31]))
+        return secure_generator()
+
+    # ------------------------------------------------------------ local mode
+    def privatize_local(self, vectors: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip each row's delta part to C, add grid discrete Gaussian noise of std z*C to every coordinate.
+
+        Returns (uploads in the vectors' dtype: a post-processing cast, norms before clipping).
+        """
+        rows = vectors.detach().to(torch.float64).numpy()  # (clients, size)
+        clipped, norms = clip_prefix_l2(rows, clip=self.clip, prefix_len=self.layout.delta_size)
+        mechanism = GridDiscreteGaussian(noise_multiplier=self.noise_multiplier, clip=self.clip, dim=rows.shape[1])
+        noisy = mechanism.add_noise(clipped, rng=rng)
+        return torch.from_numpy(noisy).to(vectors.dtype), torch.from_numpy(np.asarray(norms))
 
     def local_count_floor(self, num_uploads: int) -> float:
         """The smallest noisy count a group FFN is updated with: max(min_group_size, 1, 3 sigma).
@@ -276,29 +273,14 @@ class PrivacyPipeline:
     def _plans_for(self, n: int) -> SecureRoundPlans:
         """The round's plans from public parameters (`client_encoding.secure_round_plans`), cached per n."""
         if n not in self._plans:
-            layout = self.layout
-            self._plans[n] = secure_round_plans(
-                delta_size=layout.delta_size, num_blocks=layout.num_blocks if layout.num_groups else 0,
-                num_groups=layout.num_groups, dp_mode="distributed" if self.dp.enabled else "off",
-                mechanism=self.mechanism, clip=self.clip, noise_multiplier=self.noise_multiplier, n_clients=n,
-                n_min=self.dp.min_survivors(n), modulus_bits=self.settings.modulus_bits, count_cap=self.count_cap,
-                rounding_beta=self.dp.rounding_beta, single_noise_draw=self.settings.noise_sampling == "aggregate")
+            if n < 3:
+                raise ConfigError(f"secure aggregation needs at least 3 participants per round, got {n}")
+            self._plans[n] = self._release(self.noise_multiplier, n).plans()
         return self._plans[n]
 
     def rotation_seed(self, round_index: int, phase: int) -> int:
         """The rotation seed of a round's phase: public, shared by the round's clients and the server."""
         return int(np.random.SeedSequence([self.seed, round_index, phase, 23]).generate_state(1)[0])
-
-    def noise_generator(self, round_index: int, phase: int) -> np.random.Generator:
-        """The generator of a phase's DP randomness (rounding and noise shares, or local-mode noise).
-
-        `client_encoding.secure_generator()` (OS entropy) unless the run asked for
-        insecure_reproducible_noise, a debugging switch that derives it from the run seed and marks
-        every output of the run as not private.
-        """
-        if self.settings.insecure_reproducible_noise:
-            return np.random.default_rng(np.random.SeedSequence([self.seed, round_index, phase, 31]))
-        return secure_generator()
 
     def _secure_sum(self, phase: int, participants: np.ndarray, chunks, round_index: int) -> np.ndarray:
         """Encode each chunk (ids, float rows) with the shared client encoding, secure-sum, decode (dim,)."""
@@ -345,64 +327,50 @@ class PrivacyPipeline:
     # ------------------------------------------------------------ accounting
     def record_round(self) -> dict[str, Any]:
         """Record one finished round; return the epsilon spent so far (JSON-ready) for metrics.jsonl."""
-        self.ledger.record_round(noise_multiplier=self.accounted_noise_multiplier, sample_rate=self.sample_rate)
-        eps = self.ledger.epsilons()
-        row: dict[str, Any] = {"epsilon_prv": json_epsilon(eps.prv), "epsilon_rdp": json_epsilon(eps.rdp)}
-        if eps.prv is None:
-            row["epsilon_prv_note"] = eps.prv_note
+        eps = self.accountant.record_round()
+        row: dict[str, Any] = {"epsilon": json_epsilon(eps), "private": self.private}
+        if self.settings.insecure_reproducible_noise:
+            row["not_private"] = NOT_PRIVATE
         return row
 
-    def discrete_epsilon(self, rounds: int, n: int) -> float | None:
-        """Epsilon of the integer mechanisms themselves (both phases, every round, no sampling amplification)."""
-        if self.mode != "secure" or rounds < 1:
-            return None
-        plans = self._plans_for(n)
-        curve = _discrete_round_rdp(plans.update, DISCRETE_ORDERS)
-        if plans.counts is not None:
-            curve = curve + _discrete_round_rdp(plans.counts, DISCRETE_ORDERS)
-        if not np.all(np.isfinite(curve)):
-            return math.inf
-        return rdp_to_epsilon(orders=DISCRETE_ORDERS, rdp=curve * rounds, delta=self.delta)
-
-    def summary(self, *, participants_per_round: int | None) -> dict[str, Any]:
+    def summary(self, *, participants_per_round: int | None = None) -> dict[str, Any]:
         """The run summary's `privacy` object (JSON-ready: inf as "inf")."""
-        eps = self.ledger.epsilons()
+        account = self.accountant.account()
         mode = {"plain": "off", "local": "local", "secure": self.dp.mode}[self.mode]
         out: dict[str, Any] = {
+            "private": self.private,
             "mode": mode,
             "secure_aggregation": self.settings.secure_sum,
-            "mechanism": self.mechanism,
             "noise_multiplier": self.noise_multiplier,
             "target_epsilon": self.dp.target_epsilon,
             "clip": self.clip if self.dp.enabled or self.settings.secure else None,
+            "clip_choice": ("chosen from private data (declared): the choice of C is released outside the guarantee"
+                            if self.settings.clip_from_private_data else
+                            "stated by the operator; the run cannot check that it was chosen without private data"),
             "noise_std": self.noise_multiplier * self.clip if self.dp.enabled else 0.0,
-            "delta": self.delta,
+            "noise_source": ("run seed (insecure_reproducible_noise): NOT PRIVATE"
+                             if self.settings.insecure_reproducible_noise else
+                             "operating-system entropy (client_encoding.secure_generator: PCG64 seeded from os.urandom)"),
             "delta_source": "given" if self.dp.delta is not None else f"default 1/n^1.1 with n={self.num_users} users",
-            "rounds_accounted": self.ledger.rounds,
             "sample_rate": self.sample_rate,
-            "accounted_noise_multiplier": self.accounted_noise_multiplier,
-            "epsilon_prv": json_epsilon(eps.prv),
-            "epsilon_rdp": json_epsilon(eps.rdp),
-            "epsilon_prv_note": eps.prv_note,
+            "participants_per_round": self.participants,
             "min_group_size": self.min_group_size,
-            "sampling_note": SAMPLING_NOTE,
             "count_part": self._count_part_note(),
-            "notes": [],
+            **account.to_json(),
         }
-        if not self.dp.enabled:
-            out["notes"].append("DP off: no clipping, no noise, no guarantee; epsilon is infinite (never 0)")
-        if self.mode == "local":
-            upload = local_upload_epsilon(noise_multiplier=self.accounted_noise_multiplier, delta=self.delta)
-            out["epsilon_per_upload_prv"] = json_epsilon(upload.prv)
-            out["epsilon_per_upload_rdp"] = json_epsilon(upload.rdp)
-            out["epsilon_per_upload_note"] = upload.prv_note
+        out["notes"] = list(out["notes"])
+        if self.settings.insecure_reproducible_noise:
+            out["not_private"] = NOT_PRIVATE
+            out["notes"].insert(0, NOT_PRIVATE)
+        if self.settings.clip_from_private_data:
+            out["notes"].append("C was chosen from private data: that choice is not covered by epsilon")
         if self.mode == "secure":
-            n = participants_per_round or 0
-            plans = self._plans_for(n) if n >= 3 else None
+            n = participants_per_round or self.participants
             out["noise_sampling"] = self.settings.noise_sampling
             out["modulus_bits"] = self.settings.modulus_bits
             out["max_dropout_fraction"] = self.dp.max_dropout_fraction
-            if plans is not None:
+            if n >= 3:
+                plans = self._plans_for(n)
                 p = plans.update
                 out["update_plan"] = {"dim": p.dim, "padded_dim": p.padded_dim, "scale": p.scale, "n_min": p.n_min,
                                       "l2_bound": p.l2_bound, "share_variance": p.share_variance,
@@ -413,11 +381,6 @@ class PrivacyPipeline:
                     out["count_plan"] = {"dim": c.dim, "clip": c.clip, "scale": c.scale,
                                          "noise_std_counts": c.noise_multiplier * c.clip,
                                          "modular_clipping_probability": c.clipping.any_coordinate}
-                out["epsilon_discrete"] = json_epsilon(self.discrete_epsilon(self.ledger.rounds, n))
-                out["notes"].append(
-                    "epsilon_prv/rdp: the Gaussian limit of the two secure sums per round (total std z*C on the "
-                    f"update, z*sqrt(blocks) on the counts, over >= n_min={p.n_min} surviving shares); "
-                    "epsilon_discrete: RDP bound of the integer mechanisms themselves, both phases, every round")
             if self.settings.noise_sampling == "aggregate":
                 out["notes"].append(
                     "noise_sampling=aggregate: clients encoded without noise and the ring sum received one draw of "
@@ -428,18 +391,21 @@ class PrivacyPipeline:
     def _count_part_note(self) -> dict[str, Any]:
         if self.mode == "plain":
             return {"uploaded": "one-hot group per block and the raw example count", "noised": False}
-        averaging = ("noisy counts summed from the noisy uploads (post-processing; no count phase in the clear); a "
-                     "group FFN is updated only when its noisy count >= max(min_group_size, 1, 3 z C sqrt(n))"
-                     if self.mode == "local" else
-                     "phase-1 secure count sum (noisy when DP is on), rounded; the same counts decide suppression")
+        if self.mode == "local":
+            return {
+                "uploaded": "one-hot group per block (weight 1) and min(examples, cap) / cap, in every upload",
+                "count_cap": self.count_cap, "clipped": False, "noised": self.dp.enabled,
+                "treatment": "in the replace-one sensitivity sqrt(4C^2 + 2B + 1) of each upload",
+                "averaging_counts": "noisy counts summed from the noisy uploads (post-processing; no count phase in "
+                                    "the clear); a group FFN is updated only when its noisy count >= "
+                                    "max(min_group_size, 1, 3 z C sqrt(n))",
+            }
         return {
-            "uploaded": "one-hot group per block (weight 1) and min(examples, cap) / cap",
-            "count_cap": self.count_cap,
-            "clipped": False,
-            "noised": self.dp.enabled,
-            "l2_sensitivity": self.count_sensitivity,
-            "treatment": "accounted: the accountant uses z*C/sqrt(C^2 + S^2) for the whole vector, S = sqrt(blocks + 1)",
-            "averaging_counts": averaging,
+            "uploaded": "phase 1: one-hot group per block (zero-out sensitivity sqrt(B)); phase 2: min(examples, cap) "
+                        "/ cap beside the clipped delta part (sensitivity sqrt(C^2 + 1)); phase-2 one-hots are zero",
+            "count_cap": self.count_cap, "clipped": False, "noised": self.dp.enabled,
+            "averaging_counts": "phase-1 secure count sum (noisy when DP is on), rounded; the same counts decide "
+                                "suppression",
         }
 
     def describe(self) -> dict[str, Any]:

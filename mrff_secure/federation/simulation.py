@@ -62,6 +62,7 @@ class RoundResult:
     group_counts: list[list[int]]  # (blocks, groups), true counts (the simulation's ground truth)
     seconds: float
     clipped_fraction: float | None = None  # share of uploads whose delta part was clipped (DP modes)
+    server_group_counts: list[list[float]] | None = None  # (blocks, groups) the counts the server saw (noisy under DP)
 
 
 @dataclass
@@ -191,7 +192,8 @@ class FederatedSimulation:
                 summed_update=summed, individual_updates=torch.cat(individual) if keep_individual else None,
             ))
         self.round_index += 1
-        return RoundResult(r, len(participants), counts.to(torch.long).tolist(), time.perf_counter() - start)
+        return RoundResult(r, len(participants), counts.to(torch.long).tolist(), time.perf_counter() - start,
+                           server_group_counts=counts.tolist())
 
     def _train_round_private(self) -> RoundResult:
         """One round under local DP or secure aggregation (see the module docstring)."""
@@ -214,7 +216,7 @@ class FederatedSimulation:
         clipped = 0
         if pipeline.mode == "local":
             # No count phase in the clear: the server learns counts only from the noisy uploads.
-            generator = pipeline.round_generator(r)
+            generator = pipeline.noise_generator(r, 0)  # OS entropy unless the run is marked not private
             summed = torch.zeros(self.layout.size, dtype=self.dtype)
             individual = []
             while chunks:
@@ -261,8 +263,9 @@ class FederatedSimulation:
                 summed_update=summed, individual_updates=individual_view,
             ))
         self.round_index += 1
+        seen = [[round(float(c), 4) for c in row] for row in server_counts.tolist()]
         return RoundResult(r, n, true_counts.to(torch.long).tolist(), time.perf_counter() - start,
-                           clipped_fraction=clipped / n)
+                           clipped_fraction=clipped / n, server_group_counts=seen)
 
     # ------------------------------------------------------------- evaluation
     def predict(self, split: str, rows: np.ndarray | None = None) -> np.ndarray:

@@ -135,3 +135,47 @@ def test_check_survivors():
 def test_bad_parameters(bad):
     with pytest.raises(PrivacyError):
         GaussianMechanism(**bad)
+
+
+# ---------------------------------------------------------------- D7: local noise safe in floating point
+
+
+def test_grid_spacing_bounds_the_snapping_slack():
+    from mrff_secure.dp.mechanisms import GRID_SLACK, grid_spacing
+
+    for clip, dim in ((0.5, 13), (18.0, 71386), (1e-3, 1)):
+        gamma = grid_spacing(clip=clip, dim=dim)
+        assert math.log2(gamma) == int(math.log2(gamma))  # a power of two: x / gamma is exact
+        assert GRID_SLACK * clip / 2 < math.sqrt(dim) * gamma <= GRID_SLACK * clip
+
+
+def test_grid_gaussian_outputs_do_not_depend_on_the_inputs_low_bits():
+    """Mironov's attack reads the input from the low bits of x + float noise; the grid mechanism has none."""
+    from mrff_secure.dp.mechanisms import GridDiscreteGaussian
+
+    mech = GridDiscreteGaussian(noise_multiplier=0.7, clip=0.5, dim=2000)
+    rng = np.random.default_rng(0)
+    points = np.round(rng.normal(0, 0.01, size=(3, 2000)) / mech.gamma) * mech.gamma
+    x = points + mech.gamma * rng.uniform(-0.4, 0.4, size=points.shape)
+    nudged = points + mech.gamma * rng.uniform(-0.4, 0.4, size=points.shape)  # same grid points, other low bits
+    out = mech.add_noise(x, rng=np.random.default_rng(5))
+    assert np.array_equal(out, mech.add_noise(nudged, rng=np.random.default_rng(5)))
+    units = out / mech.gamma
+    assert np.array_equal(units, np.round(units))  # every output is an exact grid point
+    float_mech = GaussianMechanism(noise_multiplier=0.7, clip=0.5)  # the construction D7 forbids
+    assert not np.array_equal(float_mech.add_noise(x, rng=np.random.default_rng(5)),
+                              float_mech.add_noise(nudged, rng=np.random.default_rng(5)))
+    noise = out - np.round(x / mech.gamma) * mech.gamma
+    assert abs(noise.std() / 0.35 - 1) < 0.03  # 6,000 draws of std z*C
+
+
+def test_grid_gaussian_refuses_what_it_cannot_represent_exactly():
+    from mrff_secure.dp.mechanisms import GridDiscreteGaussian
+
+    mech = GridDiscreteGaussian(noise_multiplier=1.0, clip=1.0, dim=4)
+    with pytest.raises(PrivacyError, match="grid"):
+        mech.add_noise(np.full(4, 1e12), rng=np.random.default_rng(0))
+    with pytest.raises(PrivacyError, match="shape"):
+        mech.add_noise(np.zeros(5), rng=np.random.default_rng(0))
+    with pytest.raises(PrivacyError, match="too large"):
+        GridDiscreteGaussian(noise_multiplier=1e12, clip=1.0, dim=4)

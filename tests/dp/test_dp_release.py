@@ -1,0 +1,88 @@
+"""The one accounting of a round (`dp.release`): adjacency per view, both phases, the discrete headline,
+no amplification, calibration to the headline, and the thin stateful accountant."""
+
+import math
+
+import pytest
+
+from mrff_secure.dp import epsilon
+from mrff_secure.dp.release import RoundRelease, RunAccountant, account_rounds, calibrate_noise_multiplier
+from mrff_secure.errors import ConfigError, PrivacyError
+
+DELTA = 1e-5
+
+
+def release(mode="distributed", z=1.0, **changes):
+    base = dict(dp_mode=mode, secure_aggregation=mode == "distributed", clip=0.5, noise_multiplier=z, num_blocks=2,
+                num_groups=4, delta_size=500, participants=50, n_min=50,
+                mechanism="discrete_gaussian" if mode == "distributed" else None)
+    return RoundRelease(**{**base, **changes})
+
+
+def test_sensitivities_follow_the_servers_view():
+    local = release("local")
+    assert local.adjacency == "replace-one"
+    assert local.gaussian_parts() == [(pytest.approx(math.sqrt(4 * 0.25 + 2 * 2 + 1) + 2.0**-20 * 0.5), 0.5)]
+    secure = release()
+    assert secure.adjacency == "zero-out"
+    assert secure.gaussian_parts() == [(pytest.approx(math.sqrt(0.25 + 1)), 0.5), (pytest.approx(math.sqrt(2)),
+                                                                                     pytest.approx(math.sqrt(2)))]
+    assert secure.gaussian_parts("replace-one") == [(pytest.approx(math.sqrt(1 + 1)), 0.5),
+                                                    (pytest.approx(2.0), pytest.approx(math.sqrt(2)))]
+    assert release(num_blocks=0, num_groups=0).gaussian_parts() == [(pytest.approx(math.sqrt(1.25)), 0.5)]
+
+
+def test_headline_is_the_discrete_bound_and_grows_with_every_round():
+    account = account_rounds(release(), rounds=20, delta=DELTA)
+    assert account.epsilon >= account.gaussian_limit.rdp * 0.99
+    assert account.epsilon_replace_one > account.epsilon
+    assert account_rounds(release(), rounds=40, delta=DELTA).epsilon > account.epsilon
+    assert math.isinf(account_rounds(release(z=0.0), rounds=1, delta=DELTA).epsilon)
+    assert math.isinf(account_rounds(release("off", z=0.0, secure_aggregation=True), rounds=1, delta=DELTA).epsilon)
+    assert account_rounds(release(), rounds=0, delta=DELTA).epsilon == 0.0
+
+
+def test_sampling_never_amplifies_the_headline():
+    full = account_rounds(release("local"), rounds=30, delta=DELTA)
+    sampled = account_rounds(release("local"), rounds=30, delta=DELTA, sample_rate=0.1)
+    assert sampled.epsilon == full.epsilon
+    assert sampled.typical_rounds == 3 and sampled.epsilon_typical < full.epsilon
+    z_acc = release("local").accounted_noise_multiplier()
+    assert full.epsilon > epsilon(noise_multiplier=z_acc, sample_rate=0.1, rounds=30, delta=DELTA).rdp
+
+
+@pytest.mark.parametrize("mode,mechanism", [("local", None), ("distributed", "discrete_gaussian"),
+                                            ("distributed", "skellam")])
+def test_calibration_reaches_the_headline_target(mode, mechanism):
+    template = release(mode, z=0.0 if mode == "local" else 1.0, mechanism=mechanism)
+    z = calibrate_noise_multiplier(template, target_epsilon=5.0, rounds=10, delta=DELTA)
+    eps = account_rounds(template.with_noise_multiplier(z), rounds=10, delta=DELTA).epsilon
+    assert 5.0 * 0.99 <= eps <= 5.0
+
+
+def test_run_accountant_records_rounds_and_restores_its_state():
+    acc = RunAccountant(release(), delta=DELTA)
+    first = acc.record_round()
+    second = acc.record_round()
+    assert 0 < first < second == pytest.approx(account_rounds(release(), rounds=2, delta=DELTA).epsilon)
+    other = RunAccountant(release(), delta=DELTA)
+    other.load_state_dict(acc.state_dict())
+    assert other.epsilon() == second
+    with pytest.raises(PrivacyError):
+        other.load_state_dict({"version": 1, "rounds": -1})
+
+
+@pytest.mark.parametrize("changes,needle", [
+    (dict(dp_mode="local", secure_aggregation=True), "local DP"),
+    (dict(secure_aggregation=False), "needs secure aggregation"),
+    (dict(dp_mode="off"), "DP is off"),
+    (dict(mechanism="gaussian"), "mechanism"),
+    (dict(num_blocks=0), "num_blocks"),
+    (dict(clip=0.0), "clip"),
+])
+def test_bad_releases_are_refused(changes, needle):
+    with pytest.raises(ConfigError, match=needle):
+        release(**changes)
+    with pytest.raises(ConfigError, match="DP"):
+        calibrate_noise_multiplier(release("off", z=0.0, secure_aggregation=True), target_epsilon=1.0, rounds=1,
+                                   delta=DELTA)
