@@ -191,6 +191,12 @@ def _round_curve(release: RoundRelease, factor: float) -> np.ndarray:
     return curve
 
 
+def round_rdp_curve(release: RoundRelease, *, replace_one: bool = False) -> np.ndarray:
+    """The RDP curve (at DISCRETE_ORDERS) of one round of a distributed release, both phases; zero-out
+    adjacency, or replace-one (sensitivities doubled). For callers whose rounds differ (the coordinator)."""
+    return _round_curve(release, 2.0 if replace_one else 1.0)
+
+
 def _headline(release: RoundRelease, rounds: int, delta: float, *, adjacency: str | None = None,
               curve: np.ndarray | None = None) -> float:
     """The proven epsilon of ``rounds`` rounds (see the module docstring)."""
