@@ -103,6 +103,27 @@ def _server_settings(args: argparse.Namespace):
                           threshold=args.threshold)
 
 
+def _calibrated(spec, args: argparse.Namespace, data):
+    """The spec with z calibrated to --target-epsilon over --rounds, by the accountant the server then uses,
+    for the expected participants per round: max(--min-clients, the dataset's users x --client-fraction)."""
+    import dataclasses
+
+    from mrff_secure.dp.config import min_survivors
+    from mrff_secure.dp.release import participants_per_round
+    from mrff_secure.federation.client_update import build_global
+    from mrff_secure.federation.update_vector import UpdateLayout
+    from server.privacy import calibrate
+
+    model, _ = build_global(options.model_config(args, data.maxlen), data, args.seed)
+    n = max(args.min_clients, participants_per_round(data.num_users, args.client_fraction))
+    sized = dataclasses.replace(spec, min_survivors=min_survivors(n, args.max_dropout_fraction))
+    z = calibrate(sized, UpdateLayout.from_model(model), participants=n, target_epsilon=args.target_epsilon,
+                  rounds=args.rounds, delta=args.dp_delta)
+    print(f"CALIBRATED noise multiplier {z:.6g} for epsilon {args.target_epsilon} over {args.rounds} rounds of "
+          f"{n} clients (delta {args.dp_delta:.3g}, zero-out adjacency)", flush=True)
+    return dataclasses.replace(spec, noise_multiplier=z)
+
+
 def server_main(args: argparse.Namespace) -> int:
     from mrff_secure.dp.config import default_delta
     from server.certs import CertPaths, read_token
@@ -140,8 +161,11 @@ def server_main(args: argparse.Namespace) -> int:
     certs = CertPaths(args.certs)
     signing_key = signing.load_private_key(certs.signing_key)
     token = read_token(args.token_file or certs.token)
+    spec = options.round_spec(args, data.maxlen)
+    if getattr(args, "target_epsilon", None) is not None:
+        spec = _calibrated(spec, args, data)
     coordinator = Coordinator(run_dir, _server_settings(args), options.model_config(args, data.maxlen), data,
-                              options.round_spec(args, data.maxlen), signing_key, resume=resume)
+                              spec, signing_key, resume=resume)
     tls = None if args.insecure else TlsFiles(certs.server_crt, certs.server_key, certs.ca_crt if args.mtls else None)
     server, port = create_server(args.address, coordinator, enrol_token=token, tls=tls,
                                  max_upload_bytes=args.max_upload_mib << 20, max_workers=args.max_workers)

@@ -26,7 +26,6 @@ import torch
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.dp.config import min_survivors
-from mrff_secure.dp.ledger import PrivacyLedger
 from mrff_secure.errors import (
     AggregationAborted,
     AuthenticationError,
@@ -58,6 +57,7 @@ from mrff_secure.wire import signing, tensors
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server import checkpoint
 from server.audit import AuditLog
+from server.privacy import NetworkLedger, round_release
 from server.errors import (
     BadSignature,
     EnrolmentRefused,
@@ -193,7 +193,7 @@ class Coordinator:
             groups = self.layout.num_groups
             self.group_fractions = (torch.full((self.layout.num_blocks, groups), 1.0 / groups,
                                                dtype=next(iter(params.values())).dtype) if groups else None)
-            self.ledger = PrivacyLedger(delta=settings.dp_delta)
+            self.ledger = NetworkLedger(delta=settings.dp_delta)
             self._identities: dict[int, bytes] = {}
             self._checkpoint()
             self.audit.append({"type": "run_started", "run_id": self.run_id, "settings": dataclasses.asdict(settings),
@@ -232,7 +232,7 @@ class Coordinator:
         fractions = meta.get("group_fractions")
         dtype = next(iter(params.values())).dtype
         self.group_fractions = None if fractions is None else torch.tensor(fractions, dtype=dtype)
-        self.ledger = PrivacyLedger(delta=self.settings.dp_delta)
+        self.ledger = NetworkLedger(delta=self.settings.dp_delta)
         self.ledger.load_state_dict(meta["ledger"])
         self._identities = {int(c): bytes.fromhex(k) for c, k in meta.get("identities", {}).items()}
 
@@ -520,14 +520,10 @@ class Coordinator:
             self.params = applied.params
             self.group_fractions = applied.group_fractions
             self.last_completed = r
-            z = spec.noise_multiplier if spec.dp_mode != "off" else 0.0
-            self.ledger.record_round(noise_multiplier=z, sample_rate=self.settings.client_fraction)
-            eps_prv, eps_rdp = self.ledger.epsilon() if z > 0 else (None, float("inf"))
+            epsilon = self.ledger.record_round(round_release(spec, self.layout, n))
             outcome = pb.RoundOutcome(round_id=r, completed=True, survivors=len(survivors2))
             record.update(group_counts=applied.group_counts.tolist(), suppressed=suppressed.astype(int).tolist(),
-                          examples=round(applied.examples, 3), model_digest=self.model_digest(),
-                          epsilon={"prv": eps_prv, "rdp": None if eps_rdp == float("inf") else eps_rdp,
-                                   "delta": self.ledger.delta, "noiseless_round": z == 0})
+                          examples=round(applied.examples, 3), model_digest=self.model_digest(), epsilon=epsilon)
         with self._cond:
             wire = dict(self._wire)
         record.update(seconds=round(time.perf_counter() - started, 4),
