@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 import grpc
@@ -20,16 +21,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dir", type=Path, default=Path("client-state"),
                    help="per-user keys and private parameters (user-<id>/)")
     p.add_argument("--certs", type=Path, default=Path("certs"),
-                   help="folder with ca.crt, signing.pub, enrol.token (and client.crt/key for --mtls)")
+                   help="folder with ca.crt, signing.pub, identity-ca.pub (and client.crt/key for --mtls)")
     p.add_argument("--ca", type=Path, help="CA certificate that signed the server's (default: CERTS/ca.crt)")
     p.add_argument("--signing-pub", type=Path, help="server's parameter-signing key (default: CERTS/signing.pub)")
-    p.add_argument("--token-file", type=Path, help="enrolment token (default: CERTS/enrol.token)")
+    p.add_argument("--identity-ca", type=Path, help="the identity authority's public key (default: CERTS/identity-ca.pub)")
     p.add_argument("--mtls", action="store_true", help="present CERTS/client.crt (server runs with --mtls)")
     p.add_argument("--server-name", help="TLS name to check in the server's certificate (default: the host)")
     p.add_argument("--insecure", action="store_true", help="plaintext gRPC: only for debugging on loopback")
     p.add_argument("--retry-timeout", type=float, default=120.0, help="give up after this long without a server")
     p.add_argument("--client-seed", type=int, default=None,
-                   help="seed of rounding, noise and dropout (default: random; fix it only for reproducibility tests)")
+                   help="seed of local training's dropout (default: random; fix it only for reproducibility tests)")
+    p.add_argument("--insecure-reproducible-noise", action="store_true",
+                   help="DEBUGGING ONLY, NOT PRIVATE: draw rounding and DP noise from --client-seed instead of the "
+                        "operating system's entropy (anyone who knows the seed can strip the noise)")
+    g = p.add_argument_group("privacy policy (what this client refuses, whatever the server proposes)")
+    g.add_argument("--policy", type=Path, help="JSON file of policy fields (client/policy.py); flags override it")
+    g.add_argument("--min-participants", type=int)
+    g.add_argument("--corrupt-neighbours", type=int, help="c_max: colluding neighbours to withstand (2t - k > c_max)")
+    g.add_argument("--min-survivors", type=int)
+    g.add_argument("--min-noise-multiplier", type=float)
+    g.add_argument("--max-clip", type=float)
+    g.add_argument("--min-group-size", type=int, dest="policy_min_group_size",
+                   help="the least minimum group size accepted (default 5)")
+    g.add_argument("--require-dp", action="store_true", help="refuse rounds with DP off")
+    g.add_argument("--allow-plain", action="store_true", help="accept unmasked aggregation (benchmarks only)")
     p.add_argument("--pause-after", metavar="ROUND:PHASE:STAGE",
                    help="fault injection for tests: stop after submitting this stage and wait to be killed")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -39,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def client_main(args: argparse.Namespace) -> int:
     from client.worker import Connection, parse_pause, parse_users, run_process
-    from server.certs import CertPaths, read_file, read_token
+    from client.policy import ClientPolicy
+    from server.certs import CertPaths, load_authority_public_key, read_file
     from mrff_secure.wire import signing
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -57,10 +73,20 @@ def client_main(args: argparse.Namespace) -> int:
     elif args.mtls:
         raise ConfigError("--mtls needs TLS; drop --insecure")
     connection = Connection(target=args.server, credentials=credentials,
-                            enrol_token=read_token(args.token_file or certs.token),
                             signing_key=signing.load_public_key(args.signing_pub or certs.signing_pub),
+                            authority_public_key=load_authority_public_key(args.identity_ca or certs.identity_ca_pub),
                             retry_timeout=args.retry_timeout, server_name=args.server_name)
     seed = args.client_seed if args.client_seed is not None else int.from_bytes(os.urandom(8), "big") >> 1
     data = options.load_data(args)
     pause = parse_pause(args.pause_after) if args.pause_after else None
-    return run_process(users, connection, args.state_dir, data, client_seed=seed, pause=pause)
+    policy = ClientPolicy.from_file(args.policy) if args.policy else ClientPolicy()
+    policy = policy.with_overrides(min_participants=args.min_participants, corrupt_neighbours=args.corrupt_neighbours,
+                                   min_survivors=args.min_survivors, min_noise_multiplier=args.min_noise_multiplier,
+                                   max_clip=args.max_clip, allow_plain=True if args.allow_plain else None,
+                                   min_group_size=args.policy_min_group_size,
+                                   dp_modes=("distributed",) if args.require_dp else None)
+    if args.insecure_reproducible_noise:
+        print("WARNING --insecure-reproducible-noise: this client's DP noise is derived from --client-seed; "
+              "its uploads are NOT PRIVATE", file=sys.stderr, flush=True)
+    return run_process(users, connection, args.state_dir, data, client_seed=seed, pause=pause, policy=policy,
+                       reproducible_noise=args.insecure_reproducible_noise)

@@ -1,6 +1,7 @@
 """One logical client's files: its identity key and its private parameters, written atomically.
 
     STATE_DIR/user-<id>/identity.key   Ed25519 private key (PEM, mode 0600), made on first start
+    STATE_DIR/user-<id>/credential.bin the identity authority's credential for that key (`mrff certs issue-client`)
     STATE_DIR/user-<id>/private.npz    committed private parameters (user embedding, user FFN)
     STATE_DIR/user-<id>/pending.npz    parameters trained in a round whose outcome is not known yet
 
@@ -23,7 +24,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mrff_secure.atomic import write_bytes_atomic
-from mrff_secure.errors import CheckpointError
+from mrff_secure.errors import AuthenticationError, CheckpointError, ProtocolViolation
+from mrff_secure.secagg.identity import ClientCredential, verify_credential
 
 ROUND_KEY = "__round__"
 
@@ -40,6 +42,29 @@ class UserStore:
     @property
     def pending_path(self) -> Path:
         return self.folder / "pending.npz"
+
+    @property
+    def credential_path(self) -> Path:
+        return self.folder / "credential.bin"
+
+    def credential(self, authority_public_key: bytes) -> ClientCredential:
+        """This user's credential, checked against the identity authority and our own identity key."""
+        path = self.credential_path
+        try:
+            credential = ClientCredential.from_bytes(path.read_bytes())
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"{path} is missing: run `mrff certs issue-client` for user {self.user} "
+                                  "(the identity authority certifies each client's identity key)") from exc
+        except (OSError, ProtocolViolation) as exc:
+            raise CheckpointError(f"{path} is not a readable credential: {exc}") from exc
+        try:
+            certified = verify_credential(authority_public_key, credential, client_id=self.user)
+        except AuthenticationError as exc:
+            raise CheckpointError(f"{path} is not the identity authority's credential for user {self.user} "
+                                  "(another authority, or another id)") from exc
+        if certified != self.identity_key().public_key().public_bytes_raw():
+            raise CheckpointError(f"{path} certifies another identity key than {self.folder / 'identity.key'}")
+        return credential
 
     def identity_key(self) -> Ed25519PrivateKey:
         path = self.folder / "identity.key"

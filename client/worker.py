@@ -98,8 +98,8 @@ class ProcessShared:
 class Connection:
     target: str
     credentials: grpc.ChannelCredentials | None  # None: insecure (only with --insecure)
-    enrol_token: str
     signing_key: Ed25519PublicKey
+    authority_public_key: bytes  # the identity authority's raw Ed25519 key: peers' credentials verify under it
     retry_timeout: float = 120.0
     server_name: str | None = None  # TLS name override (the certificate's host name)
 
@@ -132,6 +132,7 @@ class LogicalClient:
         self.stop = stop or threading.Event()
         self.identity = store.identity_key()
         self.identity_public = primitives.identity_public_bytes(self.identity)
+        self.credential = store.credential(connection.authority_public_key)  # refuses to start without one
         options = limits.client_options()
         if connection.server_name:
             options.append(("grpc.ssl_target_name_override", connection.server_name))
@@ -154,8 +155,7 @@ class LogicalClient:
                 raise ClientFailure(f"user {self.user}: stopped")
             try:
                 if enrol:
-                    return method(request, timeout=timeout,
-                                  metadata=((limits.META_ENROL_TOKEN, self.connection.enrol_token),))
+                    return method(request, timeout=timeout)
                 return method(request, timeout=timeout, metadata=self._metadata())
             except grpc.RpcError as exc:
                 code = exc.code()
@@ -176,7 +176,8 @@ class LogicalClient:
     def enrol(self) -> None:
         request = pb.EnrolRequest(protocol_version=limits.PROTOCOL_VERSION, client_id=self.user,
                                   identity_public_key=self.identity_public,
-                                  proof=primitives.sign(self.identity, signing.enrol_payload(self.user, self.identity_public)))
+                                  proof=primitives.sign(self.identity, signing.enrol_payload(self.user, self.identity_public)),
+                                  credential=self.credential.to_bytes())
         try:
             reply = self._call(self.stub.Enrol, request, timeout=30.0, enrol=True)
         except grpc.RpcError as exc:

@@ -1,9 +1,12 @@
 """`mrff certs`: a development PKI made with `cryptography` alone.
 
-Writes into one folder: ca.crt / ca.key (a self-signed CA), server.crt / server.key (SANs:
+Writes into one folder: ca.crt / ca.key (a self-signed TLS CA), server.crt / server.key (SANs:
 localhost, 127.0.0.1 and any --host), client.crt / client.key (for mutual TLS), signing.key /
-signing.pub (Ed25519: the server signs round parameters, clients verify them) and enrol.token.
-Private keys are written atomically with mode 0600. For development and tests, not production.
+signing.pub (Ed25519: the server signs round parameters, clients verify them) and
+identity-ca.key / identity-ca.pub (Ed25519: the identity authority, which certifies each client's
+identity key; keep identity-ca.key offline, away from the server). `mrff certs issue-client`
+issues one credential per client (mrff_secure.secagg.identity). Private keys are written
+atomically with mode 0600. For development and tests, not production.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mrff_secure.atomic import write_bytes_atomic
-from mrff_secure.errors import ConfigError
+from mrff_secure.errors import ConfigError, ProtocolViolation
+from mrff_secure.secagg.identity import ClientCredential, issue_credential
 
 VALIDITY_DAYS = 365
 
@@ -34,7 +37,8 @@ class CertPaths:
     def __getattr__(self, name: str) -> Path:  # ca_crt -> folder / "ca.crt"
         files = {"ca_crt": "ca.crt", "ca_key": "ca.key", "server_crt": "server.crt", "server_key": "server.key",
                  "client_crt": "client.crt", "client_key": "client.key", "signing_key": "signing.key",
-                 "signing_pub": "signing.pub", "token": "enrol.token"}
+                 "signing_pub": "signing.pub", "identity_ca_key": "identity-ca.key",
+                 "identity_ca_pub": "identity-ca.pub"}
         if name not in files:
             raise AttributeError(name)
         return self.folder / files[name]
@@ -78,7 +82,7 @@ def _leaf(ca_key, ca_name: x509.Name, common_name: str, usage, hosts: list[str] 
 
 
 def make_dev_pki(folder: Path, *, hosts: list[str] | None = None, overwrite: bool = False) -> CertPaths:
-    """Create the development CA, server and client certificates, the signing key and the token."""
+    """Create the development CA, server and client certificates, the signing key and the identity authority."""
     paths = CertPaths(Path(folder))
     if paths.ca_key.exists() and not overwrite:
         raise ConfigError(f"{paths.ca_key} exists; pass --overwrite to replace the development PKI")
@@ -107,18 +111,53 @@ def make_dev_pki(folder: Path, *, hosts: list[str] | None = None, overwrite: boo
     _write_private(paths.signing_key, _key_pem(signing))
     write_bytes_atomic(paths.signing_pub, signing.public_key().public_bytes(
         pem, serialization.PublicFormat.SubjectPublicKeyInfo))
-    _write_private(paths.token, (secrets.token_urlsafe(32) + "\n").encode())
+    authority = Ed25519PrivateKey.generate()
+    _write_private(paths.identity_ca_key, _key_pem(authority))
+    write_bytes_atomic(paths.identity_ca_pub, authority.public_key().public_bytes(
+        pem, serialization.PublicFormat.SubjectPublicKeyInfo))
     return paths
 
 
-def read_token(path: Path) -> str:
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the enrolment token {path}: {exc}") from exc
-    if not token:
-        raise ConfigError(f"enrolment token file {path} is empty")
-    return token
+def load_authority_public_key(path: Path) -> bytes:
+    """The identity authority's raw Ed25519 public key (32 bytes) from its PEM file."""
+    from mrff_secure.wire.signing import load_public_key
+
+    return load_public_key(path).public_bytes_raw()
+
+
+def issue_client_credential(paths: CertPaths, client_id: int, identity_public_key: bytes, out: Path, *,
+                            force: bool = False) -> ClientCredential:
+    """Sign (client id -> identity key) with the identity authority and write the credential (100 bytes).
+
+    An existing credential at `out` for another key is never replaced without `force`: re-binding an
+    id to another key is exactly what the authority exists to prevent."""
+    from mrff_secure.wire.signing import load_private_key
+
+    authority = load_private_key(paths.identity_ca_key)
+    credential = issue_credential(authority, client_id, identity_public_key)
+    out = Path(out)
+    if out.exists() and not force:
+        try:
+            existing = ClientCredential.from_bytes(out.read_bytes())
+        except ProtocolViolation:
+            existing = None
+        if existing is None or existing.client_id != client_id or existing.identity_public_key != identity_public_key:
+            raise ConfigError(f"{out} already holds a credential for another identity key or id; re-binding client "
+                              f"{client_id} needs --force")
+    write_bytes_atomic(out, credential.to_bytes())
+    return credential
+
+
+def issue_state_credentials(paths: CertPaths, users: list[int], state_dir: Path, *, force: bool = False) -> int:
+    """Development form: make each user's identity key in its client state folder (if missing) and write
+    its credential there (STATE_DIR/user-<id>/credential.bin). Returns the number issued."""
+    from client.state import UserStore
+
+    for user in users:
+        store = UserStore(state_dir, user)
+        issue_client_credential(paths, user, store.identity_key().public_key().public_bytes_raw(),
+                                store.credential_path, force=force)
+    return len(users)
 
 
 def read_file(path: Path, what: str) -> bytes:

@@ -24,8 +24,7 @@ ENDPOINT_FILE = "endpoint.json"
 
 def _add_tls_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--certs", type=Path, default=Path("certs"),
-                   help="folder written by `mrff certs` (server.crt/key, ca.crt, signing.key, enrol.token)")
-    p.add_argument("--token-file", type=Path, help="enrolment token (default: CERTS/enrol.token)")
+                   help="folder written by `mrff certs` (server.crt/key, ca.crt, signing.key, identity-ca.pub)")
     p.add_argument("--mtls", action="store_true", help="require client certificates signed by CERTS/ca.crt")
     p.add_argument("--insecure", action="store_true", help="plaintext gRPC (no TLS): only for debugging on loopback")
 
@@ -46,11 +45,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     options.add(p, options.ROUNDS)
     p.set_defaults(handler=server_main)
 
-    c = sub.add_parser("certs", help="make a development CA, server and client certificates, signing key, token")
+    c = sub.add_parser("certs", help="make a development PKI (TLS CA, server/client certificates, signing key, "
+                                     "identity authority); `mrff certs issue-client` certifies clients")
     c.add_argument("--out", type=Path, default=Path("certs"))
     c.add_argument("--host", action="append", default=[], help="extra server host name or IP (repeatable)")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(handler=certs_main)
+    csub = c.add_subparsers(dest="certs_command")
+    i = csub.add_parser("issue-client", help="the identity authority certifies client identity keys (offline)")
+    i.add_argument("--certs", type=Path, default=Path("certs"), help="folder holding identity-ca.key")
+    i.add_argument("--client-id", type=int, help="one client: its id (with --identity-pub and --out)")
+    i.add_argument("--identity-pub", type=Path, help="one client: its Ed25519 identity public key (PEM)")
+    i.add_argument("--out", type=Path, help="one client: where to write its credential")
+    i.add_argument("--users", help="development form: ids like 0-99; keys and credentials in --state-dir")
+    i.add_argument("--state-dir", type=Path, help="development form: the clients' state folder (user-<id>/)")
+    i.add_argument("--force", action="store_true", help="replace a credential that binds the id to another key")
+    i.set_defaults(handler=issue_client_main)
 
     a = sub.add_parser("audit-log", help="inspect a run's hash-chained audit log")
     asub = a.add_subparsers(dest="audit_command", required=True)
@@ -65,6 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--insecure", action="store_true")
     r.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     r.add_argument("--client-seed", type=int, default=None)
+    r.add_argument("--insecure-reproducible-noise", action="store_true",
+                   help="DEBUGGING ONLY, NOT PRIVATE: clients derive their DP noise from --client-seed")
     options.add(r, options.DATA)
     options.add(r, options.MODEL)
     options.add(r, options.ROUNDS)
@@ -77,7 +89,28 @@ def certs_main(args: argparse.Namespace) -> int:
 
     paths = make_dev_pki(args.out, hosts=args.host, overwrite=args.overwrite)
     print(f"wrote the development PKI to {paths.folder}: ca.crt, server.crt/key, client.crt/key, "
-          "signing.key/pub, enrol.token (keys mode 0600; for development only)")
+          "signing.key/pub, identity-ca.key/pub (keys mode 0600; for development only; keep identity-ca.key "
+          "offline and certify clients with `mrff certs issue-client`)")
+    return 0
+
+
+def issue_client_main(args: argparse.Namespace) -> int:
+    from client.worker import parse_users
+    from mrff_secure.wire.signing import load_public_key
+    from server.certs import CertPaths, issue_client_credential, issue_state_credentials
+
+    paths = CertPaths(args.certs)
+    if args.users is not None:
+        if args.state_dir is None or args.client_id is not None or args.out is not None:
+            raise ConfigError("the development form takes --users and --state-dir (not --client-id/--out)")
+        count = issue_state_credentials(paths, parse_users(args.users), args.state_dir, force=args.force)
+        print(f"issued {count} credentials into {args.state_dir}/user-<id>/credential.bin")
+        return 0
+    if args.client_id is None or args.identity_pub is None or args.out is None:
+        raise ConfigError("give --client-id, --identity-pub and --out (or --users with --state-dir)")
+    key = load_public_key(args.identity_pub).public_bytes_raw()
+    issue_client_credential(paths, args.client_id, key, args.out, force=args.force)
+    print(f"issued the credential of client {args.client_id} to {args.out}")
     return 0
 
 
@@ -126,7 +159,7 @@ def _calibrated(spec, args: argparse.Namespace, data):
 
 def server_main(args: argparse.Namespace) -> int:
     from mrff_secure.dp.config import default_delta
-    from server.certs import CertPaths, read_token
+    from server.certs import CertPaths, load_authority_public_key
     from server.coordinator import Coordinator
     from server.service import TlsFiles, create_server
     from mrff_secure.wire import signing
@@ -160,14 +193,14 @@ def server_main(args: argparse.Namespace) -> int:
               "server (SECURITY.md)", flush=True)
     certs = CertPaths(args.certs)
     signing_key = signing.load_private_key(certs.signing_key)
-    token = read_token(args.token_file or certs.token)
     spec = options.round_spec(args, data.maxlen)
     if getattr(args, "target_epsilon", None) is not None:
         spec = _calibrated(spec, args, data)
     coordinator = Coordinator(run_dir, _server_settings(args), options.model_config(args, data.maxlen), data,
-                              spec, signing_key, resume=resume)
+                              spec, signing_key, authority_public_key=load_authority_public_key(certs.identity_ca_pub),
+                              resume=resume)
     tls = None if args.insecure else TlsFiles(certs.server_crt, certs.server_key, certs.ca_crt if args.mtls else None)
-    server, port = create_server(args.address, coordinator, enrol_token=token, tls=tls,
+    server, port = create_server(args.address, coordinator, tls=tls,
                                  max_upload_bytes=args.max_upload_mib << 20, max_workers=args.max_workers)
     host = args.address.rsplit(":", 1)[0]
     server.start()
@@ -202,7 +235,7 @@ def server_main(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ run-local
 def run_local_main(args: argparse.Namespace) -> int:
     from server.audit import read_records, verify
-    from server.certs import CertPaths, make_dev_pki
+    from server.certs import CertPaths, issue_state_credentials, make_dev_pki
 
     if args.client_processes < 1 or args.users < 3:
         raise ConfigError("run-local needs --client-processes >= 1 and --users >= 3")
@@ -211,6 +244,7 @@ def run_local_main(args: argparse.Namespace) -> int:
         raise ConfigError(f"{run_dir} is not empty; choose a new --run-dir")
     certs = CertPaths(run_dir / "certs")
     make_dev_pki(certs.folder)
+    issue_state_credentials(certs, list(range(args.users)), run_dir / "clients")
     data_argv = options.to_argv(args, options.DATA)
     args.min_clients = max(args.min_clients, args.users)
     rounds_argv = options.to_argv(args, options.ROUNDS)
@@ -227,6 +261,12 @@ def run_local_main(args: argparse.Namespace) -> int:
             raise MrffError(f"the server did not start (said {line!r})")
         address = line.split()[1]
         print(line.strip(), flush=True)
+        # run-local plays both sides: its clients' policy accepts what its server proposes (and no less)
+        client_policy = ["--min-group-size", str(args.min_group_size)]
+        if args.aggregation == "plain":
+            client_policy.append("--allow-plain")
+        if args.insecure_reproducible_noise:
+            client_policy.append("--insecure-reproducible-noise")
         per = -(-args.users // args.client_processes)
         seed = args.client_seed if args.client_seed is not None else int.from_bytes(os.urandom(4), "big")
         for i in range(args.client_processes):
@@ -235,7 +275,8 @@ def run_local_main(args: argparse.Namespace) -> int:
                 break
             clients.append(subprocess.Popen(cmd + ["client", "--server", address, "--users", f"{lo}-{hi}",
                                                    "--certs", str(certs.folder), "--state-dir", str(run_dir / "clients"),
-                                                   "--client-seed", str(seed)] + security + data_argv))
+                                                   "--client-seed", str(seed)] + security + data_argv
+                                            + client_policy))
         deadline = time.monotonic() + args.timeout
         while any(p.poll() is None for p in clients + [server]):
             failed = [p.returncode for p in clients + [server] if p.poll() not in (None, 0)]

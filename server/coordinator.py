@@ -51,6 +51,7 @@ from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.secagg import messages, packing, primitives
 from mrff_secure.secagg.config import MAX_CLIENT_ID, SecAggConfig
 from mrff_secure.secagg.context import NONCE_BYTES, SessionContext, run_context_id
+from mrff_secure.secagg.identity import ClientCredential, verify_credential
 from mrff_secure.secagg.encoding import from_ring
 from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire import signing, tensors
@@ -160,10 +161,11 @@ class Coordinator:
     called by request threads."""
 
     def __init__(self, run_dir: Path, settings: ServerSettings, model_config: ModelConfig, data: ClientData,
-                 spec: RoundSpec, signing_key, *, resume: bool = False) -> None:
+                 spec: RoundSpec, signing_key, *, authority_public_key: bytes, resume: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.settings, self.model_config, self.base_spec = settings, model_config, spec
         self._signing_key = signing_key
+        self.authority_public_key = bytes(authority_public_key)  # the identity authority (credentials)
         self.model, params = build_global(model_config, data, settings.seed)
         self.layout = UpdateLayout.from_model(self.model)
         self._cond = threading.Condition()
@@ -245,11 +247,21 @@ class Coordinator:
         return {n: p for n, p in self.model.named_parameters() if roles[n] is not Role.PRIVATE}
 
     # -------------------------------------------------------------- requests
-    def enrol(self, client_id: int, public_key: bytes, proof: bytes) -> bytes:
+    def enrol(self, client_id: int, public_key: bytes, proof: bytes, credential: bytes) -> bytes:
         if not 0 <= client_id <= MAX_CLIENT_ID:
             raise Malformed(f"client id {client_id} is outside [0, {MAX_CLIENT_ID}]")
         if len(public_key) != primitives.PUBLIC_KEY_BYTES:
             raise Malformed(f"identity key must be {primitives.PUBLIC_KEY_BYTES} bytes, got {len(public_key)}")
+        try:
+            certified = verify_credential(self.authority_public_key, ClientCredential.from_bytes(credential),
+                                          client_id=client_id)
+        except ProtocolViolation as exc:
+            raise EnrolmentRefused(f"no readable credential from the identity authority: {exc}") from exc
+        except AuthenticationError as exc:
+            raise EnrolmentRefused(f"the credential is not the identity authority's statement for client "
+                                   f"{client_id}") from exc
+        if not hmac.compare_digest(certified, public_key):
+            raise EnrolmentRefused(f"the credential of client {client_id} certifies another identity key")
         try:
             primitives.verify(public_key, proof, signing.enrol_payload(client_id, public_key))
         except AuthenticationError as exc:

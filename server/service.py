@@ -8,7 +8,6 @@ coordinator become one gRPC status each, only here.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from concurrent import futures
 from dataclasses import dataclass
@@ -77,11 +76,11 @@ def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Enrol needs the enrolment token; every other call a live session (client id + session token)."""
+    """Enrol is open (the coordinator checks the credential from the identity authority and a proof of
+    the key); every other call needs a live session (client id + session token)."""
 
-    def __init__(self, coordinator: Coordinator, enrol_token: str) -> None:
+    def __init__(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
-        self._token = enrol_token.encode()
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method or ""
@@ -90,10 +89,6 @@ class AuthInterceptor(grpc.ServerInterceptor):
         metadata = _metadata(handler_call_details.invocation_metadata)
         name = method.rsplit("/", 1)[-1]
         if name == "Enrol":
-            given = metadata.get(limits.META_ENROL_TOKEN, "").encode()
-            if not hmac.compare_digest(given, self._token):
-                self._coordinator.record_rejection(None, name, "UNAUTHENTICATED", "missing or wrong enrolment token")
-                return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong enrolment token")
             return continuation(handler_call_details)
         client = _client_id(metadata)
         try:
@@ -143,7 +138,8 @@ class CoordinatorService:
             if request.protocol_version != limits.PROTOCOL_VERSION:
                 raise errors.Malformed(f"protocol version {request.protocol_version} is not supported "
                                        f"(this server speaks {limits.PROTOCOL_VERSION})")
-            token = self.coordinator.enrol(request.client_id, request.identity_public_key, request.proof)
+            token = self.coordinator.enrol(request.client_id, request.identity_public_key, request.proof,
+                                           request.credential)
             return pb.EnrolReply(session_token=token, run_id=self.coordinator.run_id)
 
         return self._call("Enrol", pb.EnrolRequest, raw, context, body)
@@ -180,14 +176,14 @@ class CoordinatorService:
             name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()})
 
 
-def create_server(address: str, coordinator: Coordinator, *, enrol_token: str, tls: TlsFiles | None,
+def create_server(address: str, coordinator: Coordinator, *, tls: TlsFiles | None,
                   max_upload_bytes: int = limits.DEFAULT_MAX_UPLOAD_BYTES, max_workers: int = 2048
                   ) -> tuple[grpc.Server, int]:
     """A started-ready (not yet started) server bound to `address` ("host:port", port 0 = any);
     returns (server, bound port). tls=None binds an insecure port: only for `--insecure`."""
     # gRPC's own cap is 4x ours, so most oversized messages reach the servicer and get audited.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mrff-rpc"),
-                         interceptors=[AuthInterceptor(coordinator, enrol_token)],
+                         interceptors=[AuthInterceptor(coordinator)],
                          options=limits.server_options(4 * max_upload_bytes))
     server.add_generic_rpc_handlers([CoordinatorService(coordinator, max_upload_bytes).handler()])
     try:

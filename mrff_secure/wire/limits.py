@@ -13,7 +13,6 @@ MAX_CLIENT_SEND_BYTES = 64 * MIB
 MAX_WAIT_MS = 30_000
 """Longest long-poll the server honours in GetRound / Fetch."""
 
-META_ENROL_TOKEN = "x-mrff-enrol-token"
 META_CLIENT = "x-mrff-client"
 META_SESSION = "x-mrff-session"
 

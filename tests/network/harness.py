@@ -102,8 +102,17 @@ def start_server(tmp: Path, certs: Path, run_dir: Path, *, extra: list[str] = ()
     return proc, line.split()[1]
 
 
+def issue_credentials(certs: Path, users: str, state_dir: Path) -> None:
+    """The identity authority certifies the users' identity keys (made in their state folders if missing)."""
+    from client.worker import parse_users
+    from server.certs import CertPaths, issue_state_credentials
+
+    issue_state_credentials(CertPaths(certs), parse_users(users), state_dir)
+
+
 def start_clients(tmp: Path, certs: Path, address: str, users: str, *, seed: int = 7, extra: list[str] = (),
                   name: str = "clients") -> Proc:
+    issue_credentials(certs, users, tmp / "state")
     args = ["client", "--server", address, "--users", users, "--certs", str(certs),
             "--state-dir", str(tmp / "state"), "--client-seed", str(seed), "--retry-timeout", "60"] + DATA_ARGS + list(extra)
     return Proc(args, tmp / f"{name}-{users}.log")
