@@ -3,7 +3,7 @@ with a specific gRPC status (never OK, INTERNAL or UNKNOWN) and an audit-log ent
 server then completes a normal round, without the hostile participant and without releasing a
 partial sum.
 
-Before the round: garbage bytes, mutated requests, missing/wrong enrolment tokens, wrong
+Before the round: garbage bytes, mutated requests, missing/foreign/mismatched credentials, wrong
 sessions, bad enrolment proofs, identity conflicts, oversized messages, wrong rounds. During
 the round, as a sampled participant: a bad key signature, messages in another client's name,
 for the wrong phase, stage or secagg round, of the wrong type, replays, vectors of the wrong
@@ -12,6 +12,7 @@ length or modulus; then it stalls, and the round goes on without it.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 
@@ -22,10 +23,12 @@ import pytest
 from mrff_secure.secagg import messages, packing, primitives
 from mrff_secure.secagg.client import ClientSession
 from mrff_secure.secagg.config import SecAggConfig
+from mrff_secure.secagg.context import SessionContext, run_context_id
+from mrff_secure.secagg.identity import issue_credential
+from mrff_secure.secagg.policy import SecAggPolicy
 from mrff_secure.wire import limits, signing
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
-from server.certs import read_token
 from . import harness
 
 pytestmark = pytest.mark.timeout(300)
@@ -44,12 +47,14 @@ class Fuzzer:
         self.channel = grpc.secure_channel(address, credentials, options=limits.client_options())
         self.stub = pb_grpc.CoordinatorStub(self.channel)
         self.raw = {m: self.channel.unary_unary(SERVICE + m) for m in METHODS}
-        self.token = read_token(certs / "enrol.token")
         self.codes: Counter = Counter()
         self.sent = 0
         self.rng = random.Random(1234)
         self.key = primitives.generate_identity_key()
         self.public = primitives.identity_public_bytes(self.key)
+        self.authority = signing.load_private_key(certs / "identity-ca.key")
+        self.authority_public = primitives.identity_public_bytes(self.authority)
+        self.credential = issue_credential(self.authority, HOSTILE, self.public)  # a certified, hostile client
         self.session = b""
 
     def meta(self, client: int = HOSTILE, session: bytes | None = None):
@@ -70,11 +75,13 @@ class Fuzzer:
             return code
         raise AssertionError("a hostile message was accepted")
 
-    def enrol_request(self, client=HOSTILE, key=None, public=None, version=limits.PROTOCOL_VERSION, proof=None):
+    def enrol_request(self, client=HOSTILE, key=None, public=None, version=limits.PROTOCOL_VERSION, proof=None,
+                      credential=None):
         key = key or self.key
         public = public or self.public
         return pb.EnrolRequest(protocol_version=version, client_id=client, identity_public_key=public,
-                               proof=proof if proof is not None else primitives.sign(key, signing.enrol_payload(client, public)))
+                               proof=proof if proof is not None else primitives.sign(key, signing.enrol_payload(client, public)),
+                               credential=(self.credential.to_bytes() if credential is None else credential))
 
     def garbage(self) -> bytes:
         size = self.rng.choice([1, 3, 17, 64, 300, 2000])
@@ -82,17 +89,22 @@ class Fuzzer:
 
 
 def before_round(f: Fuzzer) -> None:
-    token_meta = ((limits.META_ENROL_TOKEN, f.token),)
+    token_meta = ()
     # 1. garbage bytes to every method, with and without credentials
     for i in range(300):
         method = METHODS[i % 4]
         meta = token_meta if method == "Enrol" else f.meta(client=i, session=bytes(32))
         f.expect_refused(lambda: f.raw[method](f.garbage(), metadata=meta, timeout=10))
-    # 2. enrolment without, or with a wrong, token
+    # 2. enrolment (W1) without a credential, with one from another authority, for another id or another key
+    foreign = primitives.generate_identity_key()
+    stranger = primitives.generate_identity_key()
+    no_credential = [b"", bytes(100), f.credential.to_bytes()[:-1],
+                     issue_credential(foreign, HOSTILE, f.public).to_bytes(),
+                     issue_credential(f.authority, HOSTILE + 1, f.public).to_bytes(),
+                     issue_credential(f.authority, HOSTILE, primitives.identity_public_bytes(stranger)).to_bytes()]
     for i in range(60):
-        meta = () if i % 2 else ((limits.META_ENROL_TOKEN, f.token + "x"),)
-        f.expect_refused(lambda: f.stub.Enrol(f.enrol_request(), metadata=meta, timeout=10),
-                         grpc.StatusCode.UNAUTHENTICATED)
+        request = f.enrol_request(credential=no_credential[i % len(no_credential)])
+        f.expect_refused(lambda: f.stub.Enrol(request, timeout=10), grpc.StatusCode.PERMISSION_DENIED)
     # 3. bad enrolment content: version, key size, proof by another key, proof for another id
     other = primitives.generate_identity_key()
     bad = [f.enrol_request(version=2), f.enrol_request(public=b"\x01" * 31),
@@ -129,9 +141,12 @@ def before_round(f: Fuzzer) -> None:
         for _ in range(f.rng.randint(1, 4)):
             data[f.rng.randrange(len(data))] ^= 1 << f.rng.randrange(8)
         f.expect_refused(lambda: f.raw["Submit"](bytes(data), metadata=f.meta(), timeout=10))
-    # 7. a second identity key for an enrolled id
+    # 7. a second identity key for an enrolled id: even with a credential the authority issued for it (re-keyed),
+    # the server keeps the first binding of the run
+    rekeyed = issue_credential(f.authority, HOSTILE, primitives.identity_public_bytes(other)).to_bytes()
     for i in range(20):
-        f.expect_refused(lambda: f.stub.Enrol(f.enrol_request(key=other, public=primitives.identity_public_bytes(other)),
+        f.expect_refused(lambda: f.stub.Enrol(f.enrol_request(key=other, public=primitives.identity_public_bytes(other),
+                                                              credential=rekeyed),
                                               metadata=token_meta, timeout=10), grpc.StatusCode.PERMISSION_DENIED)
     # 8. oversized (server runs with --max-upload-mib 1)
     for i in range(4):
@@ -164,13 +179,13 @@ def during_round(f: Fuzzer, certs) -> None:
                           modulus_bits=params.modulus_bits, num_neighbours=params.num_neighbours,
                           threshold=params.threshold)
     sid = params.secagg_round_id
-    directory = {i.client_id: bytes(i.public_key) for i in body.identities}
-    session = ClientSession(config, round_id=sid, client_id=HOSTILE, identity_key=f.key, peer_identities=directory)
+    context = SessionContext(run_context_id(body.run_id), pb.COUNTS, sid, bytes(params.session_nonce))
+    session = ClientSession(config, context=context, client_id=HOSTILE, identity_key=f.key, credential=f.credential,
+                            authority_public_key=f.authority_public, policy=SecAggPolicy(corrupt_neighbours=1))
     advert = session.advertise_keys()
-    forged = messages.AdvertiseKeys(sid, HOSTILE, advert.cipher_public_key, advert.mask_public_key, bytes(64))
-    in_name_of_0 = messages.AdvertiseKeys(sid, 0, advert.cipher_public_key, advert.mask_public_key, advert.signature)
-    other_round = messages.AdvertiseKeys(sid + 7, HOSTILE, advert.cipher_public_key, advert.mask_public_key,
-                                         advert.signature)
+    forged = dataclasses.replace(advert, signature=bytes(64))
+    in_name_of_0 = dataclasses.replace(advert, client_id=0)
+    other_round = dataclasses.replace(advert, round_id=sid + 7)
     wrong_type = messages.ConsistencySignature(sid, HOSTILE, bytes(64))
     for i in range(10):
         submit(f, r, pb.COUNTS, pb.ADVERTISE_KEYS, forged.to_bytes(), grpc.StatusCode.UNAUTHENTICATED)
@@ -187,8 +202,12 @@ def during_round(f: Fuzzer, certs) -> None:
     for i in range(5):  # replays: ALREADY_EXISTS while the stage is open, FAILED_PRECONDITION once it closed
         submit(f, r, pb.COUNTS, pb.ADVERTISE_KEYS, advert.to_bytes(),
                grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION)
-    roster = messages.KeyRoster.from_bytes(fetch(f, r, pb.COUNTS, pb.SHARE_KEYS).payload)
-    share = session.share_keys(roster)
+    participants = messages.ParticipantSet.from_bytes(fetch(f, r, pb.COUNTS, pb.REVEAL_SEED).payload)
+    reveal = session.reveal_seed(participants)
+    f.stub.Submit(pb.SubmitRequest(round_id=r, phase=pb.COUNTS, stage=pb.REVEAL_SEED, payload=reveal.to_bytes()),
+                  metadata=f.meta(), timeout=30)
+    neighbourhood = messages.Neighbourhood.from_bytes(fetch(f, r, pb.COUNTS, pb.SHARE_KEYS).payload)
+    share = session.share_keys(neighbourhood)
     f.stub.Submit(pb.SubmitRequest(round_id=r, phase=pb.COUNTS, stage=pb.SHARE_KEYS, payload=share.to_bytes()),
                   metadata=f.meta(), timeout=30)
     delivery = messages.ShareDelivery.from_bytes(fetch(f, r, pb.COUNTS, pb.MASKED_INPUT).payload)
@@ -206,11 +225,13 @@ def test_fuzz_thousand_hostile_messages_then_a_normal_round(tmp_path, certs, pro
     run_dir = tmp_path / "run"
     server, address = harness.start_server(tmp_path, certs, run_dir, extra=[
         "--rounds", "1", "--min-clients", "5", "--min-group-size", "2", "--stage-timeout", "8",
-        "--train-timeout", "60", "--max-upload-mib", "1"])
+        "--train-timeout", "60", "--max-upload-mib", "1", "--threshold", "3"])
     procs.append(server)
     f = Fuzzer(address, certs)
     before_round(f)
-    clients = harness.start_clients(tmp_path, certs, address, "0-3")
+    # 5 clients, k = 4, t = 3: the clients withstand 1 colluding neighbour (2t - k = 2 > 1)
+    clients = harness.start_clients(tmp_path, certs, address, "0-3",
+                                    extra=["--corrupt-neighbours", "1", "--min-group-size", "2"])
     procs.append(clients)
     during_round(f, certs)
     assert server.wait(timeout=200) == 0, server.stderr()
