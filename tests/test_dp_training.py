@@ -312,3 +312,14 @@ def test_a_clip_bound_from_private_data_is_flagged(tmp_path, capsys):
     assert "private data" in summary["privacy"]["clip_choice"]
     assert any("clip bound" in key for key in summary["outputs"]["outside_the_guarantee"])
     assert "Operator only" in capsys.readouterr().out
+
+
+def test_the_summary_records_the_release_it_accounted(data, tmp_path):
+    from mrff_secure.dp import RoundRelease, account_rounds
+
+    summary = run_training(data, MODEL, FederationConfig(rounds=2, chunk_size=0), tmp_path, progress=False,
+                           privacy=PrivacySettings(dp=DPConfig(mode="distributed", clip=0.5, noise_multiplier=1.0),
+                                                   secure_sum="fast", min_group_size=2))
+    p = json.loads((tmp_path / "summary.json").read_text())["privacy"]
+    again = account_rounds(RoundRelease(**p["release"]), rounds=2, delta=p["delta"])
+    assert again.epsilon == summary["privacy"]["epsilon"]

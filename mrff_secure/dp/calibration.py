@@ -61,7 +61,11 @@ def epsilon_for_noise_multiplier(
 
 
 def resolve_noise_multiplier(config: DPConfig, *, rounds: int, sample_rate: float, n_users: int) -> float:
-    """The run's z: 0 when DP is off, the configured z, or z calibrated (PRV) to target_epsilon."""
+    """z from a DPConfig alone: 0 when DP is off, the configured z, or the Gaussian-limit PRV calibration.
+
+    NOT the accounting of a training round (no count part, amplification by sampling assumed): runs
+    and `mrff privacy` calibrate with `dp.release.calibrate_noise_multiplier`.
+    """
     if not config.enabled:
         return 0.0
     if config.noise_multiplier is not None:

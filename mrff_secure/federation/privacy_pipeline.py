@@ -357,6 +357,8 @@ class PrivacyPipeline:
             "min_group_size": self.min_group_size,
             "count_part": self._count_part_note(),
             **account.to_json(),
+            # exactly what was accounted: `dp.account_rounds(dp.RoundRelease(**release), rounds=..., delta=...)`
+            "release": dict(self.release.__dict__),
         }
         out["notes"] = list(out["notes"])
         if self.settings.insecure_reproducible_noise:
