@@ -39,11 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-workers", type=int, default=2048, help="request threads (one per waiting client)")
     p.add_argument("--linger", type=float, default=60.0,
                    help="after the last round, serve until every client has the end-of-run message, at most this long")
+    p.add_argument("--schema", type=Path, help="the dataset's public schema (`mrff schema`): the server then reads "
+                                               "no dataset file (default: derive it from --dataset)")
     p.add_argument("-v", "--verbose", action="store_true")
     options.add(p, options.DATA)
     options.add(p, options.MODEL)
     options.add(p, options.ROUNDS)
     p.set_defaults(handler=server_main)
+
+    sc = sub.add_parser("schema", help="write a dataset's public schema (no user rows) for `mrff server --schema`")
+    sc.add_argument("--out", type=Path, required=True)
+    options.add(sc, options.DATA)
+    sc.set_defaults(handler=schema_main)
 
     c = sub.add_parser("certs", help="make a development PKI (TLS CA, server/client certificates, signing key, "
                                      "identity authority); `mrff certs issue-client` certifies clients")
@@ -91,6 +98,18 @@ def certs_main(args: argparse.Namespace) -> int:
     print(f"wrote the development PKI to {paths.folder}: ca.crt, server.crt/key, client.crt/key, "
           "signing.key/pub, identity-ca.key/pub (keys mode 0600; for development only; keep identity-ca.key "
           "offline and certify clients with `mrff certs issue-client`)")
+    return 0
+
+
+def schema_main(args: argparse.Namespace) -> int:
+    from mrff_secure.data.schema import PublicSchema
+
+    data = options.load_data(args)
+    schema = PublicSchema.of(data)
+    schema.save(args.out)
+    print(f"wrote the public schema of {schema.name} to {args.out}: {schema.item_attributes.num_rows} items, "
+          f"{schema.user_attributes.num_fields} user fields, maxlen {schema.maxlen}, population {schema.population} "
+          "(no user rows)")
     return 0
 
 
@@ -158,6 +177,7 @@ def _calibrated(spec, args: argparse.Namespace, data):
 
 
 def server_main(args: argparse.Namespace) -> int:
+    from mrff_secure.data.schema import PublicSchema
     from mrff_secure.dp.config import default_delta
     from server.certs import CertPaths, load_authority_public_key
     from server.coordinator import Coordinator
@@ -177,15 +197,18 @@ def server_main(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot resume: {saved} is missing or unreadable ({exc})") from exc
         for key in stored:  # the run's own settings win; deployment flags (address, TLS) come from the command
-            setattr(args, key, Path(stored[key]) if key == "data_dir" and stored[key] else stored[key])
+            setattr(args, key, Path(stored[key]) if key in ("data_dir", "schema") and stored[key] else stored[key])
     else:
-        keys = [flag[2:].replace("-", "_") for flag, _ in options.DATA + options.MODEL + options.ROUNDS]
+        keys = [flag[2:].replace("-", "_") for flag, _ in options.DATA + options.MODEL + options.ROUNDS] + ["schema"]
         run_dir.mkdir(parents=True, exist_ok=True)
         if (run_dir / "checkpoint.npz").exists():
             raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
         write_json_atomic(run_dir / SETTINGS_FILE, {k: (str(v) if isinstance(v, Path) else v)
                                                     for k, v in vars(args).items() if k in keys})
-    data = options.load_data(args)
+    if args.schema is not None:
+        data = PublicSchema.load(args.schema)  # no user data in this process at all
+    else:
+        data = PublicSchema.of(options.load_data(args))  # the dataset files are read, only the schema is kept
     if args.dp_delta is None:
         args.dp_delta = default_delta(data.num_users)  # as mrff train: 1/n^1.1 over the dataset's users
     if args.dp == "off" and args.aggregation == "secure":

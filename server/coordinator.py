@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mrff_secure.config import ModelConfig
-from mrff_secure.data.client_data import ClientData
+from mrff_secure.data.schema import PublicSchema
 from mrff_secure.dp.config import min_survivors
 from mrff_secure.errors import (
     AggregationAborted,
@@ -160,13 +160,13 @@ class Coordinator:
     """One training run's server state. `run()` plays the rounds; the other public methods are
     called by request threads."""
 
-    def __init__(self, run_dir: Path, settings: ServerSettings, model_config: ModelConfig, data: ClientData,
+    def __init__(self, run_dir: Path, settings: ServerSettings, model_config: ModelConfig, schema: PublicSchema,
                  spec: RoundSpec, signing_key, *, authority_public_key: bytes, resume: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.settings, self.model_config, self.base_spec = settings, model_config, spec
         self._signing_key = signing_key
         self.authority_public_key = bytes(authority_public_key)  # the identity authority (credentials)
-        self.model, params = build_global(model_config, data, settings.seed)
+        self.model, params = build_global(model_config, schema, settings.seed)  # no user data: the public schema
         self.layout = UpdateLayout.from_model(self.model)
         self._cond = threading.Condition()
         self._stopped = False

@@ -53,3 +53,12 @@ def test_unreadable_schema_names_the_file(tmp_path) -> None:
     path.write_text("{not json")
     with pytest.raises(DataFormatError, match="schema.json"):
         PublicSchema.load(path)
+
+
+def test_mrff_schema_command_writes_a_schema_the_server_can_use(tmp_path) -> None:
+    from mrff_secure.cli import main
+
+    out = tmp_path / "schema.json"
+    assert main(["schema", "--out", str(out), "--dataset", "synthetic", "--synthetic-users", "30", "--maxlen", "7"]) == 0
+    schema = PublicSchema.load(out)
+    assert (schema.population, schema.maxlen, schema.user_attributes.num_rows) == (30, 7, 0)

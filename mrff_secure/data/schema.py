@@ -6,7 +6,7 @@ sizes, the sequence length), but no user's rows. `PublicSchema.of(data)` strips 
 down to that; `mrff schema` writes it to a JSON file that `mrff server --schema FILE` reads, so a
 server process never opens a user's interactions or attributes.
 
-File format (JSON): {"format": "mrff-public-schema", "version": 1, "name", "maxlen",
+File format (JSON): {"format": "mrff-public-schema", "version": 1, "name", "maxlen", "population",
 "items": {"field_names", "vocab_sizes", "spans", "tokens" (rows x width ints)},
 "user_fields": {"field_names", "vocab_sizes", "spans"}}.
 """
@@ -31,31 +31,36 @@ VERSION = 1
 @dataclass(frozen=True)
 class PublicSchema:
     """name, item_attributes (the catalogue, row 0 = padding), user_attributes (fields and vocabularies,
-    zero rows) and maxlen. It has the two attribute tables `build_model` reads, like ClientData."""
+    zero rows), maxlen and population (the number of users: the deployment's size, which sets the default
+    delta 1/n^1.1). It has the two attribute tables `build_model` reads, like ClientData."""
 
     name: str
     item_attributes: AttributeTable
     user_attributes: AttributeTable
     maxlen: int
+    population: int
 
     def __post_init__(self) -> None:
         if self.user_attributes.num_rows != 0:
             raise DataFormatError("a public schema holds no user rows")
-        if isinstance(self.maxlen, bool) or not isinstance(self.maxlen, int) or self.maxlen < 1:
-            raise DataFormatError(f"maxlen must be a positive int, got {self.maxlen!r}")
+        for name in ("maxlen", "population"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DataFormatError(f"{name} must be a positive int, got {value!r}")
 
     @classmethod
     def of(cls, data: ClientData) -> "PublicSchema":
         users = data.user_attributes
         empty = AttributeTable(users.field_names, users.vocab_sizes, users.spans,
                                np.zeros((0, users.tokens.shape[1]), dtype=np.int64))
-        return cls(data.name, data.item_attributes, empty, data.maxlen)
+        return cls(data.name, data.item_attributes, empty, data.maxlen, data.num_users)
 
     # ------------------------------------------------------------------ files
     def to_json(self) -> dict[str, Any]:
         items, users = self.item_attributes, self.user_attributes
         return {
             "format": FORMAT, "version": VERSION, "name": self.name, "maxlen": self.maxlen,
+            "population": self.population,
             "items": {"field_names": list(items.field_names), "vocab_sizes": list(items.vocab_sizes),
                       "spans": [list(s) for s in items.spans], "tokens": items.tokens.tolist()},
             "user_fields": {"field_names": list(users.field_names), "vocab_sizes": list(users.vocab_sizes),
@@ -96,4 +101,10 @@ class PublicSchema:
                                            tuple(tuple(map(int, s)) for s in users["spans"]),
                                            np.zeros((0, width), dtype=np.int64)),
             maxlen=int(doc["maxlen"]),
+            population=int(doc["population"]),
         )
+
+    @property
+    def num_users(self) -> int:
+        """The population (as ClientData.num_users), for the defaults that depend on it."""
+        return self.population
