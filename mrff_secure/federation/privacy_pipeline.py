@@ -242,6 +242,14 @@ class PrivacyPipeline:
             return np.random.default_rng(np.random.SeedSequence([self.seed, round_index, phase, 31]))
         return secure_generator()
 
+    def client_noise_generator(self, round_index: int, phase: int, client: int) -> np.random.Generator:
+        """Reproducible mode only: one client's generator of a secure phase, the very one a network client
+        run with --insecure-reproducible-noise --client-seed SEED draws from (SEED = the run seed), so that
+        a networked run can be compared with this simulation bit for bit."""
+        if not self.settings.insecure_reproducible_noise:
+            raise PrivacyError("per-client reproducible generators exist only with insecure_reproducible_noise")
+        return np.random.default_rng([self.seed, round_index, phase, int(client)])
+
     # ------------------------------------------------------------ local mode
     def privatize_local(self, vectors: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip each row's delta part to C, add grid discrete Gaussian noise of std z*C to every coordinate.
@@ -294,8 +302,15 @@ class PrivacyPipeline:
         rng = self.noise_generator(round_index, phase)
         session = open_session(self.settings.secure_sum, num_clients=n, dim=plan.padded_dim,
                                modulus_bits=plan.modulus_bits, round_id=round_id_for(round_index, phase))
+        per_client = self.settings.insecure_reproducible_noise and not aggregate
         for ids, vectors in chunks:
-            session.add(ids, upload(client_plans, vectors, rotation_seed=seed, rng=rng))  # (chunk, padded) residues
+            if per_client:  # each client from its own generator, as a network client draws
+                residues = np.stack([upload(client_plans, row, rotation_seed=seed,
+                                            rng=self.client_noise_generator(round_index, phase, c))
+                                     for c, row in zip(ids, vectors)])
+            else:
+                residues = upload(client_plans, vectors, rotation_seed=seed, rng=rng)
+            session.add(ids, residues)  # (chunk, padded) residues
         ring = session.finish()
         if aggregate:
             # One draw of the sum of n shares per coordinate (see PrivacySettings.noise_sampling).
@@ -321,8 +336,9 @@ class PrivacyPipeline:
         return self._secure_sum(2, participants, chunks, round_index)
 
     def suppressed(self, counts: torch.Tensor) -> torch.Tensor:
-        """(blocks, groups) bool: phase-1 counts below min_group_size (nonzero ones; empty slots are zero anyway)."""
-        return (counts > 0) & (counts < self.min_group_size)
+        """(blocks, groups) bool: phase-1 counts below min_group_size, zero included (a noisy count can read 0
+        while a member exists: its slot must be zeroed too). The network client applies the same rule."""
+        return counts < self.min_group_size
 
     # ------------------------------------------------------------ accounting
     def record_round(self) -> dict[str, Any]:

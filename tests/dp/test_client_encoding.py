@@ -82,10 +82,11 @@ def test_simulation_encoder_equals_the_shared_functions_bit_for_bit(mechanism, b
         dp_mode="distributed", mechanism=mechanism, clip=0.5, noise_multiplier=0.7, n_clients=12, n_min=12,
         modulus_bits=48, count_cap=data.maxlen)
     one_hots = vectors[:, layout.delta_size:layout.delta_size + layout.count_size]
-    phase1 = counts_upload(plans, one_hots, rotation_seed=pipeline.rotation_seed(0, 1),
-                           rng=pipeline.noise_generator(0, 1))
-    phase2 = update_upload(plans, vectors, rotation_seed=pipeline.rotation_seed(0, 2),
-                           rng=pipeline.noise_generator(0, 2))
+    # each client from its own generator: [run seed, round, phase, client id], as a network client draws
+    phase1 = np.stack([counts_upload(plans, one_hots[c], rotation_seed=pipeline.rotation_seed(0, 1),
+                                     rng=np.random.default_rng([0, 0, 1, c])) for c in range(12)])
+    phase2 = np.stack([update_upload(plans, vectors[c], rotation_seed=pipeline.rotation_seed(0, 2),
+                                     rng=np.random.default_rng([0, 0, 2, c])) for c in range(12)])
     assert np.array_equal(ring_sum(phase1, 48), pipeline.last_ring_sums[1])
     assert np.array_equal(ring_sum(phase2, 48), pipeline.last_ring_sums[2])
 
