@@ -3,19 +3,25 @@
 Run: python benchmarks/secagg.py --out benchmarks/results/secagg.json [--quick]
 
 What is measured how (also written into the JSON):
-- full: the whole protocol in one process (ClientSession/ServerSession, every message
-  through to_bytes/from_bytes), all n clients. Client times are medians over the clients,
-  server times are the sum of the server's work in each stage (receives + close).
-- probe: for large n, all n clients advertise keys (so the roster and the graph are real),
-  then one probe client and its neighbours run share keys, and the probe masks its input.
-  That is exactly the probe's work in stages 0-2; stages 3-4 are O(k) and measured in
-  the full runs.
-- floor: in the same process, right after each client measurement, k X25519 agreements
-  plus k mask expansions of d values (what any pairwise-mask client must do).
-- server_components (n = 1000, 2000): the server's unmask work measured from its parts
-  (n(1-p) Shamir combines and self-mask expansions, pn dropped keys x k pairwise masks,
-  the sum of n vectors), because the full protocol at those n spends minutes in
-  client-side signature checks that a benchmark run cannot afford. Labelled as such.
+- full: the whole protocol in one process (ClientSession/ServerSession of mrff_secure.secagg, six
+  stages ADVERTISE_KEYS -> REVEAL_SEED -> SHARE_KEYS -> MASKED_INPUT -> CONSISTENCY_CHECK -> UNMASK),
+  all n clients, every message through to_bytes/from_bytes. Each client step is timed from the
+  parse of the server's message to its reply's bytes; each server step from the parse of the
+  client's bytes through `receive_*`; each `close_*` (and `finish`) with the serialization of what
+  it sends (a broadcast -- participant set, survivor list -- is serialized once, parsed by every
+  client). "session_setup" is the ClientSession constructor (own credential check, two fresh X25519
+  keys). Client times are medians over the clients, server times the sum of the server's work in
+  each stage. Input generation is not timed. Dropouts (dropout > 0) leave at MASKED_INPUT, after
+  sharing keys: the costly case (the server rebuilds their keys and k pairwise masks each).
+- floor: in the same process, after the round: k X25519 agreements plus k mask expansions of d
+  values (what any pairwise-mask client must do); floor_with_verify_s adds k Ed25519
+  verifications (real neighbour bundle signatures), the O(k) authentication a SecAgg+ client
+  cannot skip.
+- The old "probe" (one client's stages 0-2 inside a roster of n) and "server_components" modes are
+  gone: since commit 3d99296 a client verifies only its k neighbours (O(k) signatures, not O(n)),
+  so full rounds at n = 1000 are affordable and measure everything directly. What per-client work
+  is still O(n) (parsing the participant set, checking n graph-seed reveals) shows in the
+  reveal_seed and share_keys stage times; benchmarks/secagg_round.py breaks a 1,791-client round down.
 Timings come from a shared 2-core machine with other work running: noisy; medians.
 """
 
@@ -29,6 +35,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Collection
 
 import numpy as np
 
@@ -36,14 +43,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cryptography  # noqa: E402
 
-from mrff_secure.secagg import masking, primitives, shamir  # noqa: E402
-from mrff_secure.secagg.client import ClientSession  # noqa: E402
+from mrff_secure.errors import AggregationAborted  # noqa: E402
+from mrff_secure.secagg import primitives, shamir  # noqa: E402
 from mrff_secure.secagg.config import SecAggConfig  # noqa: E402
-from mrff_secure.secagg.inmemory import make_identities, wire  # noqa: E402
+from mrff_secure.secagg.context import SessionContext  # noqa: E402
+from mrff_secure.secagg.inmemory import Identities, make_identities, simulation_policy  # noqa: E402
+from mrff_secure.secagg.messages import (  # noqa: E402
+    AdvertiseKeys,
+    ConsistencySignature,
+    MaskedInput,
+    Neighbourhood,
+    ParticipantSet,
+    SeedReveal,
+    ShareDelivery,
+    ShareKeys,
+    SurvivorList,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from mrff_secure.secagg.policy import SecAggPolicy  # noqa: E402
 from mrff_secure.secagg.server import ServerSession  # noqa: E402
 
 LEVELS = 2**15  # quantization levels per side: 16-bit values before summing
-STAGES = ["advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask"]
+STAGES = ["session_setup", "advertise_keys", "reveal_seed", "share_keys", "masked_input", "consistency_check",
+          "unmask"]
 
 
 def _timed(fn, *args, **kwargs):
@@ -54,6 +77,150 @@ def _timed(fn, *args, **kwargs):
 
 def _median(values):
     return statistics.median(values) if values else None
+
+
+def environment() -> dict:
+    return {
+        "python": platform.python_version(), "numpy": np.__version__, "cryptography": cryptography.__version__,
+        "machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+        "note": "shared 2-core machine with concurrent work (training runs, test suites): timings are noisy",
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def client_input(seed: int, client: int, d: int, max_abs: int) -> np.ndarray:
+    """Client `client`'s input, drawn lazily from its own seeded generator: (d,) int64 in [-max_abs, max_abs]."""
+    return np.random.default_rng([seed, client]).integers(-max_abs, max_abs + 1, d)
+
+
+def instrumented_round(config: SecAggConfig, *, round_id: int, input_for: Callable[[int], np.ndarray],
+                       drop_at_masked_input: Collection[int] | Callable[[dict], Collection[int]] = (),
+                       identities: Identities | None = None,
+                       policy: SecAggPolicy | None = None) -> dict:
+    """One secure sum of all config.num_clients clients, every stage timed (see the module docstring).
+
+    drop_at_masked_input: the clients that fall silent at MASKED_INPUT, or a function of the neighbour
+    graph returning them (called, untimed, once the graph is fixed). Inputs are generated by
+    `input_for(client)` when the client masks (untimed), never all held at once; the expected sum is accumulated on the side and checked against the server's result.
+    Returns the timings, byte counts, the server session (for the floor) and the survivors.
+    """
+    n = config.num_clients
+    ids = list(range(n))
+    identities = identities if identities is not None else make_identities(ids)
+    policy = policy if policy is not None else simulation_policy(config)
+    context = SessionContext.fresh(round_id=round_id)
+    clock = time.perf_counter
+    client_t: dict[str, list[float]] = {s: [] for s in STAGES}
+    server_t: dict[str, float] = {s: 0.0 for s in STAGES}
+    up = {s: 0 for s in STAGES}
+    down = {s: 0 for s in STAGES}
+    gone: set[int] = set()
+    dropped: set[int] = set() if callable(drop_at_masked_input) else set(drop_at_masked_input)
+    wall_start = clock()
+
+    def exchange(stage: str, client: int, client_step: Callable[[], object], reply_type, receive) -> bool:
+        """The client's step and reply serialization (client time); the server's parse and receive
+        (server time). A client that gives up (AggregationAborted) counts as dropped."""
+        start = clock()
+        try:
+            data = client_step().to_bytes()  # type: ignore[attr-defined]
+        except AggregationAborted:
+            client_t[stage].append(clock() - start)
+            gone.add(client)
+            return False
+        middle = clock()
+        receive(reply_type.from_bytes(data))
+        server_t[stage] += clock() - middle
+        client_t[stage].append(middle - start)
+        up[stage] += len(data)
+        return True
+
+    def close(stage: str, fn: Callable[[], object]):
+        start = clock()
+        result = fn()
+        server_t[stage] += clock() - start
+        return result
+
+    server = ServerSession(config, context=context, authority_public_key=identities.authority_public_key,
+                           participants=ids)
+    clients = {}
+    for c in ids:
+        session, seconds = _timed(identities.session, config, context, c, policy)
+        clients[c] = session
+        client_t["session_setup"].append(seconds)
+
+    for c in ids:
+        exchange("advertise_keys", c, clients[c].advertise_keys, AdvertiseKeys, server.receive_advertise_keys)
+    pset = close("advertise_keys", lambda: server.close_advertise_keys().to_bytes())
+    down["advertise_keys"] = len(pset) * n
+
+    for c in ids:
+        exchange("reveal_seed", c, lambda: clients[c].reveal_seed(ParticipantSet.from_bytes(pset)), SeedReveal,
+                 server.receive_seed_reveal)
+    neighbourhoods = close("reveal_seed", lambda: {c: m.to_bytes() for c, m in server.close_reveal_seed().items()})
+    down["reveal_seed"] = sum(len(b) for b in neighbourhoods.values())
+    if callable(drop_at_masked_input):
+        dropped = set(drop_at_masked_input(server.graph))
+
+    for c in ids:
+        exchange("share_keys", c, lambda: clients[c].share_keys(Neighbourhood.from_bytes(neighbourhoods[c])),
+                 ShareKeys, server.receive_share_keys)
+    del neighbourhoods
+    deliveries = close("share_keys", lambda: {c: m.to_bytes() for c, m in server.close_share_keys().items()})
+    down["share_keys"] = sum(len(b) for b in deliveries.values())
+
+    expected = np.zeros(config.vector_length, dtype=np.int64)
+    payload_bytes: list[int] = []  # the packed masked vector of each upload
+    for c in ids:
+        if c in dropped or c in gone or c not in deliveries:
+            continue
+        x = input_for(c)  # untimed
+        if exchange("masked_input", c, lambda: clients[c].masked_input(ShareDelivery.from_bytes(deliveries[c]), x),
+                    MaskedInput, lambda m: (payload_bytes.append(len(m.payload)), server.receive_masked_input(m))):
+            expected += x
+    del deliveries
+    survivors = close("masked_input", lambda: server.close_masked_input().to_bytes())
+    survivor_ids = SurvivorList.from_bytes(survivors).survivors
+    down["masked_input"] = len(survivors) * len(survivor_ids)
+
+    for c in survivor_ids:
+        if c not in gone:
+            exchange("consistency_check", c, lambda: clients[c].consistency_check(SurvivorList.from_bytes(survivors)),
+                     ConsistencySignature, server.receive_consistency_signature)
+    requests = close("consistency_check", lambda: {c: m.to_bytes() for c, m in server.close_consistency_check().items()})
+    down["consistency_check"] = sum(len(b) for b in requests.values())
+
+    for c, request in requests.items():
+        exchange("unmask", c, lambda: clients[c].unmask(UnmaskRequest.from_bytes(request)), UnmaskResponse,
+                 server.receive_unmask_response)
+    result = close("unmask", server.finish)
+    wall = clock() - wall_start
+    if not np.array_equal(result.total, expected):
+        raise RuntimeError("benchmark round returned a wrong sum")
+    client_sum = {s: sum(v) for s, v in client_t.items()}
+    return {
+        "n": n, "d": config.vector_length, "k": config.k, "t": config.t, "modulus_bits": config.bits,
+        "client_times": client_t, "client_sum_s": client_sum, "server_s": server_t,
+        "round_s": sum(client_sum.values()) + sum(server_t.values()),
+        "wall_s_incl_untimed_input_generation": wall,
+        "bytes_up": up, "bytes_down": down, "masked_payload_bytes": max(payload_bytes),
+        "survivors": len(result.survivors), "dropped_at_masked_input": len(dropped), "gave_up": sorted(gone),
+        "sum_exact": True, "server": server, "context": context,
+    }
+
+
+def recoverable_dropouts(graph: dict[int, tuple[int, ...]], fraction: float, t: int, seed: int,
+                         tries: int = 10_000) -> set[int]:
+    """A uniformly drawn set of round(fraction * n) clients, redrawn until the round stays recoverable
+    (every client keeps >= t surviving neighbours), so a benchmark round never aborts by chance."""
+    ids = sorted(graph)
+    count = int(round(fraction * len(ids)))
+    rng = np.random.default_rng(seed)
+    for _ in range(tries):
+        dropped = set(rng.choice(ids, count, replace=False).tolist())
+        if all(sum(v not in dropped for v in graph[u]) >= t for u in ids):
+            return dropped
+    raise RuntimeError(f"no recoverable set of {count} dropouts found in {tries} draws")
 
 
 def floor_time(k: int, d: int, bits: int, reps: int = 3) -> float:
@@ -70,134 +237,42 @@ def floor_time(k: int, d: int, bits: int, reps: int = 3) -> float:
     return _median(times)
 
 
-def full_round(n: int, d: int, dropout: float, *, k: int | None = None, seed: int = 0) -> dict:
-    """The whole protocol with all n clients; dropouts leave after share keys (the costly case)."""
-    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=LEVELS, num_neighbours=k)
-    keys, directory = make_identities(list(range(n)))
-    rng = np.random.default_rng(seed)
-    inputs = {c: rng.integers(-LEVELS, LEVELS + 1, d) for c in range(n)}
-    dropped = set(rng.choice(n, int(round(dropout * n)), replace=False).tolist())
-    client_t = {s: [] for s in STAGES}
-    server_t = {s: 0.0 for s in STAGES}
-    server = ServerSession(config, round_id=seed, identities=directory)
-    clients = {c: ClientSession(config, round_id=seed, client_id=c, identity_key=keys[c], peer_identities=directory)
-               for c in range(n)}
-
-    def client_step(stage, fn, *args):
-        message, seconds = _timed(fn, *args)
-        client_t[stage].append(seconds)
-        return wire(message)
-
-    def server_step(stage, fn, *args):
-        result, seconds = _timed(fn, *args)
-        server_t[stage] += seconds
-        return result
-
-    for c in range(n):
-        server_step("advertise_keys", server.receive_advertise_keys, client_step("advertise_keys", clients[c].advertise_keys))
-    roster = server_step("advertise_keys", server.close_advertise_keys)
-    for c in range(n):
-        server_step("share_keys", server.receive_share_keys, client_step("share_keys", clients[c].share_keys, roster))
-    deliveries = server_step("share_keys", server.close_share_keys)
-    upload_bytes = 0
-    for c in range(n):
-        if c in dropped:
-            continue
-        msg = client_step("masked_input", clients[c].masked_input, deliveries[c], inputs[c])
-        upload_bytes = len(msg.payload)
-        server_step("masked_input", server.receive_masked_input, msg)
-    survivors = server_step("masked_input", server.close_masked_input)
-    for c in survivors.survivors:
-        server_step("consistency_check", server.receive_consistency_signature,
-                    client_step("consistency_check", clients[c].consistency_check, survivors))
-    requests = server_step("consistency_check", server.close_consistency_check)
-    for c, request in requests.items():
-        server_step("unmask", server.receive_unmask_response, client_step("unmask", clients[c].unmask, request))
-    result = server_step("unmask", server.finish)
-    expected = sum(inputs[c] for c in range(n) if c not in dropped)
-    if not np.array_equal(result.total, expected):
-        raise RuntimeError("benchmark round returned a wrong sum")
-    client_median = {s: _median(v) for s, v in client_t.items()}
-    return {
-        "method": "full",
-        "n": n, "d": d, "dropout": dropout, "k": config.k, "t": config.t, "modulus_bits": config.bits,
-        "upload_bits_per_value": upload_bytes * 8 / d,
-        "client_s": client_median,
-        "client_total_s": sum(v for v in client_median.values() if v is not None),
-        "server_s": server_t,
-        "server_total_s": sum(server_t.values()),
-        "floor_s": floor_time(config.k, d, config.bits),
-        "sum_exact": True,
-    }
-
-
-def probe_client(n: int, d: int, *, k: int | None = None, reps: int = 3) -> dict:
-    """One client's stages 0-2 in a real roster of n clients (see the module docstring)."""
-    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=LEVELS, num_neighbours=k)
-    keys, directory = make_identities(list(range(n)))
-    times = {s: [] for s in STAGES[:3]}
-    floors = []
-    upload_bits = None
-    for rep in range(reps):
-        server = ServerSession(config, round_id=rep, identities=directory)
-        clients = {c: ClientSession(config, round_id=rep, client_id=c, identity_key=keys[c],
-                                    peer_identities=directory) for c in range(n)}
-        probe = 0
-        advert, seconds = _timed(clients[probe].advertise_keys)
-        times["advertise_keys"].append(seconds)
-        server.receive_advertise_keys(advert)
-        for c in range(1, n):
-            server.receive_advertise_keys(clients[c].advertise_keys())
-        roster = wire(server.close_advertise_keys())
-        neighbours = server.graph[probe]
-        message, seconds = _timed(clients[probe].share_keys, roster)
-        times["share_keys"].append(seconds)
-        server.receive_share_keys(message)
-        for c in neighbours:
-            server.receive_share_keys(clients[c].share_keys(roster))
-        deliveries = server.close_share_keys()
-        x = np.random.default_rng(rep).integers(-LEVELS, LEVELS + 1, d)
-        upload, seconds = _timed(clients[probe].masked_input, deliveries[probe], x)
-        times["masked_input"].append(seconds)
-        upload_bits = len(upload.payload) * 8 / d
-        floors.append(floor_time(len(neighbours), d, config.bits, reps=1))
-    client = {s: _median(v) for s, v in times.items()}
-    return {"method": "probe", "n": n, "d": d, "k": config.k, "t": config.t, "modulus_bits": config.bits,
-            "upload_bits_per_value": upload_bits, "client_s": client,
-            "client_total_stages_0_2_s": sum(client.values()), "floor_s": _median(floors), "reps": reps}
-
-
-def server_components(n: int, d: int, dropout: float, *, reps: int = 1) -> dict:
-    """The server's unmask work at size n, timed from the very calls ServerSession.finish makes."""
-    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=LEVELS)
-    k, t, bits = config.k, config.t, config.bits
-    n_drop = int(round(dropout * n))
-    n_alive = n - n_drop
-    rng = np.random.default_rng(0)
-    vectors = rng.integers(0, 2**bits, (n_alive, d), dtype=np.uint64).astype(primitives.word_dtype(bits))
-    seed_shares = shamir.split(os.urandom(32), k, t)
-    peer_keys = [primitives.agreement_public_bytes(primitives.generate_agreement_key()) for _ in range(k)]
+def verify_time(server: ServerSession, context: SessionContext, client: int, reps: int = 3) -> float:
+    """k Ed25519 verifications of `client`'s neighbours' real bundle signatures (median of reps)."""
+    ctx = context.to_bytes()
+    items = [(b.credential.identity_public_key, b.signature, b.signed_payload(ctx))
+             for b in (server.bundle(v) for v in server.graph[client])]
     times = []
     for _ in range(reps):
         start = time.perf_counter()
-        total = masking.zeros(d, bits)
-        for row in vectors:
-            total += row
-        for u in range(n_alive):
-            seed = shamir.combine(seed_shares, t)
-            total -= masking.self_mask(seed, round_id=0, client_id=u, length=d, modulus_bits=bits)
-        key_shares = shamir.split(primitives.agreement_private_bytes(primitives.generate_agreement_key()), k, t)
-        for v in range(n_drop):
-            private = primitives.agreement_key_from_bytes(shamir.combine(key_shares, t))
-            primitives.agreement_public_bytes(private)
-            for j, peer in enumerate(peer_keys):
-                secret = primitives.agree(private, peer)
-                masking.apply_signed(total, masking.pairwise_mask(secret, round_id=0, id_a=v, id_b=j, length=d,
-                                                                  modulus_bits=bits), owner=v, peer=j)
-        masking.reduce(total, bits)
+        for key, signature, payload in items:
+            primitives.verify(key, signature, payload)
         times.append(time.perf_counter() - start)
-    return {"method": "server_components", "n": n, "d": d, "dropout": dropout, "k": k, "t": t,
-            "modulus_bits": bits, "server_unmask_s": _median(times), "reps": reps}
+    return _median(times)
+
+
+def full_round(n: int, d: int, dropout: float, *, k: int | None = None, seed: int = 0) -> dict:
+    """The whole protocol with all n clients; dropouts leave at MASKED_INPUT (the costly case)."""
+    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=LEVELS, num_neighbours=k)
+    run = instrumented_round(config, round_id=seed, input_for=lambda c: client_input(seed, c, d, LEVELS),
+                             drop_at_masked_input=lambda graph: recoverable_dropouts(graph, dropout, config.t, seed))
+    client_median = {s: _median(v) for s, v in run["client_times"].items()}
+    floor = floor_time(config.k, d, config.bits)
+    verify = _median([verify_time(run["server"], run["context"], c, reps=1) for c in range(min(n, 10))])
+    return {
+        "method": "full",
+        "n": n, "d": d, "dropout": dropout, "k": config.k, "t": config.t, "modulus_bits": config.bits,
+        "upload_bits_per_value": run["masked_payload_bytes"] * 8 / d,
+        "client_s": client_median,
+        "client_total_s": sum(v for v in client_median.values() if v is not None),
+        "server_s": run["server_s"],
+        "server_total_s": sum(run["server_s"].values()),
+        "round_s": run["round_s"],
+        "floor_s": floor,
+        "floor_with_verify_s": floor + verify,
+        "survivors": run["survivors"], "gave_up": run["gave_up"],
+        "sum_exact": True,
+    }
 
 
 def shamir_bench(n: int = 100, t: int = 51, reps: int = 21) -> dict:
@@ -213,21 +288,29 @@ def shamir_bench(n: int = 100, t: int = 51, reps: int = 21) -> dict:
     return {"n": n, "t": t, "split_s": _median(split_t), "combine_s": _median(combine_t), "reps": reps}
 
 
+def _merge(runs: list[dict]) -> dict:
+    """Medians over repetitions of one configuration."""
+    if len(runs) == 1:
+        return {**runs[0], "reps": 1}
+    merged = dict(runs[0])
+    merged["client_s"] = {s: _median([r["client_s"][s] for r in runs]) for s in STAGES}
+    merged["server_s"] = {s: _median([r["server_s"][s] for r in runs]) for s in STAGES}
+    for key in ("client_total_s", "server_total_s", "round_s", "floor_s", "floor_with_verify_s"):
+        merged[key] = _median([r[key] for r in runs])
+    merged["gave_up"] = sorted({c for r in runs for c in r["gave_up"]})
+    merged["reps"] = len(runs)
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/secagg.json"))
     parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
     args = parser.parse_args()
     d = 2000 if args.quick else 60_000
-    full_sizes = [(100, 3)] if args.quick else [(100, 3), (500, 1)]
-    probe_sizes = [] if args.quick else [1000, 2000]
+    full_sizes = [(100, 3)] if args.quick else [(100, 3), (500, 1), (1000, 1)]
     report: dict = {
-        "environment": {
-            "python": platform.python_version(), "numpy": np.__version__, "cryptography": cryptography.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count(),
-            "note": "shared 2-core machine with concurrent work: timings are noisy; medians reported",
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
+        "environment": environment(),
         "methods": __doc__,
         "levels": LEVELS,
         "runs": [],
@@ -239,32 +322,20 @@ def main() -> None:
 
     for n, reps in full_sizes:
         for dropout in (0.0, 0.1):
-            runs = [full_round(n, d, dropout, seed=r) for r in range(reps)]
-            entry = runs[0] if reps == 1 else {
-                **runs[0],
-                "client_s": {s: _median([r["client_s"][s] for r in runs]) for s in STAGES},
-                "client_total_s": _median([r["client_total_s"] for r in runs]),
-                "server_s": {s: _median([r["server_s"][s] for r in runs]) for s in STAGES},
-                "server_total_s": _median([r["server_total_s"] for r in runs]),
-                "floor_s": _median([r["floor_s"] for r in runs]),
-            }
-            entry["reps"] = reps
+            entry = _merge([full_round(n, d, dropout, seed=r) for r in range(reps)])
             entry["masked_input_over_floor"] = entry["client_s"]["masked_input"] / entry["floor_s"]
             entry["client_total_over_floor"] = entry["client_total_s"] / entry["floor_s"]
+            entry["client_total_over_floor_with_verify"] = entry["client_total_s"] / entry["floor_with_verify_s"]
             log(entry)
-    for n in probe_sizes:
-        entry = probe_client(n, d)
-        entry["masked_input_over_floor"] = entry["client_s"]["masked_input"] / entry["floor_s"]
-        log(entry)
-        for dropout in (0.0, 0.1):
-            log(server_components(n, d, dropout))
 
     # anchors and targets
     anchor_d = 2000 if args.quick else 50_000
     masking_anchor = {}
     for k in (10, 99):
-        probe = probe_client(100, anchor_d, k=k, reps=3)
-        masking_anchor[k] = probe
+        runs = [full_round(100, anchor_d, 0.0, k=k, seed=20 + r) for r in range(3)]
+        m = _merge(runs)
+        masking_anchor[k] = {"n": 100, "d": anchor_d, "k": m["k"], "t": m["t"], "modulus_bits": m["modulus_bits"],
+                             "client_s": m["client_s"], "floor_s": m["floor_s"], "reps": 3}
     server_anchor = {}
     for dropout in (0.0, 0.1):
         runs = [full_round(100, anchor_d, dropout, k=11, seed=50 + r) for r in range(3)]
@@ -276,16 +347,19 @@ def main() -> None:
                          "server_unmask_n100_k11_d50k": {str(k): v for k, v in server_anchor.items()},
                          "shamir_n100_t51": sh}
 
-    full = [r for r in report["runs"] if r["method"] == "full"]
-    probes = [r for r in report["runs"] if r["method"] == "probe"]
-    worst_ratio = max([r["masked_input_over_floor"] for r in full + probes])
-    bits_ok = all(r["upload_bits_per_value"] == r["modulus_bits"] for r in full + probes)
+    full = report["runs"]
+    worst_ratio = max(r["masked_input_over_floor"] for r in full)
+    bits_ok = all(r["upload_bits_per_value"] == r["modulus_bits"] for r in full)
     unmask_10 = server_anchor[0.1]["server_unmask_s"]
     report["targets"] = [
         {"target": "client time <= 2x the floor (masked-input stage: k agreements + k expansions + self mask + packing)",
-         "measured": f"worst masked_input/floor = {worst_ratio:.2f}", "met": worst_ratio <= 2.0},
-        {"target": "client total per round <= 2x the floor (all stages, incl. O(n) roster signature checks)",
+         "measured": f"worst masked_input/floor = {worst_ratio:.2f}",
+         "per_run": {f"n={r['n']} p={r['dropout']}": round(r["masked_input_over_floor"], 2) for r in full},
+         "met": worst_ratio <= 2.0},
+        {"target": "client total per round <= 2x the floor (all stages; floor = k agreements + k expansions)",
          "measured": ", ".join(f"n={r['n']} p={r['dropout']}: {r['client_total_over_floor']:.1f}x" for r in full),
+         "measured_vs_floor_with_k_verifications": ", ".join(
+             f"n={r['n']} p={r['dropout']}: {r['client_total_over_floor_with_verify']:.1f}x" for r in full),
          "met": all(r["client_total_over_floor"] <= 2.0 for r in full)},
         {"target": "Shamir n=100 t=51 share <= 20 ms", "measured_ms": sh["split_s"] * 1e3,
          "anchor_flower_ms": 385, "met": sh["split_s"] <= 0.020},
@@ -299,7 +373,15 @@ def main() -> None:
         {"target": "client masking d=50k, k=99 (anchor 121 ms)",
          "measured_ms": masking_anchor[99]["client_s"]["masked_input"] * 1e3, "informational": True},
         {"target": "upload bits per value = the modulus width, not 64",
-         "measured": {f"n={r['n']}": r["upload_bits_per_value"] for r in full + probes}, "met": bits_ok},
+         "measured": {f"n={r['n']}": r["upload_bits_per_value"] for r in full}, "met": bits_ok},
+    ]
+    report["notes"] = [
+        "Since commit 3d99296 (O(k) neighbour verification) the probe and server_components modes are gone: "
+        "full rounds at n = 1000 now take seconds, not the ~O(n^2) signature checks of before (the previous "
+        "secagg.json had client_total/floor = 34x at n=500, mostly roster signature checks).",
+        "The masked-input floor is k agreements + k expansions only; the client's masked_input also does the "
+        "self mask (one more expansion), to_ring, k in-place adds, packing to b bits and k AES-GCM decryptions "
+        "of the received shares. See benchmarks/secagg_round.py for a 1,791-client round with a profile.",
     ]
     if args.quick:
         report["quick"] = "smoke run with d=2000: not the committed numbers"
