@@ -58,7 +58,7 @@ def client_main(args: argparse.Namespace) -> int:
     from server.certs import CertPaths, load_authority_public_key, read_file
     from mrff_secure.wire import signing
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, force=True,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     users = parse_users(args.users)
     certs = CertPaths(args.certs)

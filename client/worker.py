@@ -289,7 +289,6 @@ class LogicalClient:
                                    rotation_seed=public_rotation_seed(body.training.model_seed, r, pb.COUNTS))
         else:
             counts = np.zeros(1, dtype=np.int64)  # no groups: phase 1 sums nothing, it only fixes the survivors
-        self._masked_rounds.add(round_key)
         noise_survivors = spec.min_survivors if spec.dp_mode == "distributed" else 0
         counts_session = self._phase(body, pb.COUNTS, body.counts_secagg, counts, plans,
                                      noise_survivors=noise_survivors)
@@ -349,6 +348,7 @@ class LogicalClient:
         signed = from_ring(np.asarray(residues, dtype=np.int64).astype(np.uint64), config.bits)  # centred
         sid = params.secagg_round_id
         if not body.secure:
+            self._masked_rounds.add((body.run_id, body.round_id))
             ring = to_ring(signed, config.bits, max_abs=config.max_abs)
             self._submit(body, phase, pb.MASKED_INPUT, messages.MaskedInput(
                 sid, self.user, config.bits, config.vector_length, packing.pack(ring, config.bits)))
@@ -366,7 +366,9 @@ class LogicalClient:
             neighbourhood = messages.Neighbourhood.from_bytes(self._fetch(body, phase, pb.SHARE_KEYS).payload)
             self._submit(body, phase, pb.SHARE_KEYS, session.share_keys(neighbourhood))
             delivery = messages.ShareDelivery.from_bytes(self._fetch(body, phase, pb.MASKED_INPUT).payload)
-            self._submit(body, phase, pb.MASKED_INPUT, session.masked_input(delivery, signed))
+            masked = session.masked_input(delivery, signed)
+            self._masked_rounds.add((body.run_id, body.round_id))  # from here on a sum may hold our input
+            self._submit(body, phase, pb.MASKED_INPUT, masked)
             survivors = messages.SurvivorList.from_bytes(self._fetch(body, phase, pb.CONSISTENCY_CHECK).payload)
             self._submit(body, phase, pb.CONSISTENCY_CHECK, session.consistency_check(survivors))
             request = messages.UnmaskRequest.from_bytes(self._fetch(body, phase, pb.UNMASK).payload)

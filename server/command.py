@@ -184,7 +184,7 @@ def server_main(args: argparse.Namespace) -> int:
     from server.service import TlsFiles, create_server
     from mrff_secure.wire import signing
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, force=True,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if (args.run_dir is None) == (args.resume is None):
         raise ConfigError("give exactly one of --run-dir DIR (new run) and --resume RUN_DIR")

@@ -21,6 +21,8 @@ USERS = 12
 MAXLEN = 10
 DATA_ARGS = ["--dataset", "synthetic", "--synthetic-users", str(USERS), "--maxlen", str(MAXLEN), "--data-seed", "0"]
 MODEL_ARGS = ["--attribute-dim", "4", "--dropout", "0.0"]
+# The test servers run with tiny groups (12 users): their clients' policy accepts a minimum group size of 2.
+CLIENT_POLICY = ["--min-group-size", "2"]
 
 
 def data():
@@ -114,7 +116,8 @@ def start_clients(tmp: Path, certs: Path, address: str, users: str, *, seed: int
                   name: str = "clients") -> Proc:
     issue_credentials(certs, users, tmp / "state")
     args = ["client", "--server", address, "--users", users, "--certs", str(certs),
-            "--state-dir", str(tmp / "state"), "--client-seed", str(seed), "--retry-timeout", "60"] + DATA_ARGS + list(extra)
+            "--state-dir", str(tmp / "state"), "--client-seed", str(seed), "--retry-timeout", "60"] + DATA_ARGS
+    args += CLIENT_POLICY + list(extra)  # a test's own flags come last and win
     return Proc(args, tmp / f"{name}-{users}.log")
 
 

@@ -12,23 +12,38 @@ server proposes or does in a way an honest client must refuse (SECURITY-REVIEW.m
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 from mrff_secure.secagg.config import SecAggConfig
 from mrff_secure.secagg.server import ServerSession
+from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server import coordinator
 
 LIES = ("weak-threshold", "huge-noise-survivors", "drop-below-noise-survivors", "tiny-k")
 
 
 def _patch_configs(change) -> None:
-    honest = coordinator.secagg_configs
+    honest = coordinator.plan_configs
 
-    def lying(layout, spec, num_clients, *, options=None):
-        return tuple(change(c) for c in honest(layout, spec, num_clients, options=options))
+    def lying(plans, num_clients, *, options=None):
+        return tuple(change(c) for c in honest(plans, num_clients, options=options))
 
-    coordinator.secagg_configs = lying
+    coordinator.plan_configs = lying
+
+
+def _patch_announced_dp(change) -> None:
+    """Sign a round body whose DP parameters differ from what the server itself computes with."""
+    honest = coordinator.Coordinator._body
+
+    def lying(self, *args, **kwargs):
+        signed = honest(self, *args, **kwargs)
+        body = pb.RoundBody.FromString(signed.body)
+        if body.finished:
+            return signed
+        change(body.dp)
+        return self._sign(body)
+
+    coordinator.Coordinator._body = lying
 
 
 def install(lie: str) -> None:
@@ -40,7 +55,7 @@ def install(lie: str) -> None:
         _patch_configs(lambda c: SecAggConfig(num_clients=c.num_clients, vector_length=c.vector_length,
                                               max_abs=c.max_abs, modulus_bits=c.bits, num_neighbours=2, threshold=2))
     elif lie == "huge-noise-survivors":
-        coordinator.min_survivors = lambda n, fraction: 10**6
+        _patch_announced_dp(lambda dp: setattr(dp, "min_survivors", 10**6))
     elif lie == "drop-below-noise-survivors":
         coordinator.min_survivors = lambda n, fraction: n
         honest_receive = ServerSession.receive_masked_input

@@ -33,7 +33,7 @@ class HostileServer(harness.Proc):
 def _run(tmp_path, certs, procs, lie: str, server_extra: list[str], client_extra: list[str] = ()) -> tuple[list, str]:
     run_dir = tmp_path / "run"
     args = ["--address", "127.0.0.1:0", "--certs", str(certs), "--linger", "2", "--run-dir", str(run_dir),
-            "--rounds", "1", "--min-clients", "8", "--stage-timeout", "8", "--min-group-size", "2"]
+            "--rounds", "1", "--min-clients", "8", "--stage-timeout", "8", "--train-timeout", "15", "--min-group-size", "2"]
     server = HostileServer(lie, args + harness.DATA_ARGS + harness.MODEL_ARGS + server_extra, tmp_path / "server.log")
     procs.append(server)
     address = server.wait_line("LISTENING", timeout=90).split()[1]
@@ -64,14 +64,13 @@ def test_noise_sized_for_absent_survivors_is_refused(tmp_path, certs, procs) -> 
     rounds, log = _run(tmp_path, certs, procs, "huge-noise-survivors",
                        ["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1"])
     assert [r["type"] for r in rounds] == ["round_aborted"]
-    assert "sized for 1000000 survivors" in log
+    assert "n_min=1000000 survivors cannot exceed the 8 participants" in log
     assert rounds[0]["phases"]["counts"]["dropouts"]["advertise_keys"] == list(range(8))
 
 
 def test_survivor_list_below_the_noise_survivors_is_not_unmasked(tmp_path, certs, procs) -> None:
     rounds, log = _run(tmp_path, certs, procs, "drop-below-noise-survivors",
-                       ["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1", "--threshold", "5"],
-                       ["--corrupt-neighbours", "1"])
+                       ["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1"])
     assert [r["type"] for r in rounds] == ["round_aborted"]
     assert "7 survivors, below the policy's min_survivors=8" in log
     update = rounds[0]["phases"]["update"]["dropouts"]
