@@ -1,6 +1,7 @@
 """Client processes killed (SIGKILL, by PID) in the middle of a round.
 
-Scenario, 9 users in three processes A (0-2), B (3-5), C (6-8); threshold t = 5 of k = 8:
+Scenario, 9 users in three processes A (0-2), B (3-5), C (6-8); threshold t = 5 of k = 8 (the
+clients' policy withstands c_max = 1 colluding neighbour: 2t - k = 2 > 1):
 round 0: C stops after submitting share-keys of the update phase and is killed -> the round
 completes with the exact sum of A and B; round 1: B and C (restarted) are killed at the same
 point -> 3 survivors < t, the round aborts and releases nothing; round 2: B and C restarted,
@@ -16,6 +17,8 @@ from . import harness
 from .reference import run_reference
 
 pytestmark = pytest.mark.timeout(300)
+# c_max = 1 to match t = 5 of k = 8; reproducible noise so that the in-memory reference can redo the rounding
+POLICY = ["--corrupt-neighbours", "1", "--insecure-reproducible-noise"]
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +28,17 @@ def scenario(tmp_path_factory, certs):
     started: list[harness.Proc] = []
     try:
         server, address = harness.start_server(tmp, certs, run_dir, extra=[
-            "--rounds", "3", "--min-clients", "9", "--min-group-size", "2", "--stage-timeout", "6"])
+            "--rounds", "3", "--min-clients", "9", "--min-group-size", "2", "--stage-timeout", "6", "--threshold", "5"])
         started.append(server)
-        a = harness.start_clients(tmp, certs, address, "0-2")
-        b = harness.start_clients(tmp, certs, address, "3-5", extra=["--pause-after", "1:update:share_keys"])
-        c = harness.start_clients(tmp, certs, address, "6-8", extra=["--pause-after", "0:update:share_keys"])
+        a = harness.start_clients(tmp, certs, address, "0-2", extra=POLICY)
+        b = harness.start_clients(tmp, certs, address, "3-5", extra=POLICY + ["--pause-after", "1:update:share_keys"])
+        c = harness.start_clients(tmp, certs, address, "6-8", extra=POLICY + ["--pause-after", "0:update:share_keys"])
         started += [a, b, c]
         c.wait_line("PAUSED", timeout=120)
         c.kill()
         round0 = harness.wait_for_record(run_dir, lambda r: r.get("round") == 0 and r["type"].startswith("round"),
                                          timeout=90, procs=started)
-        c2 = harness.start_clients(tmp, certs, address, "6-8", extra=["--pause-after", "1:update:share_keys"],
+        c2 = harness.start_clients(tmp, certs, address, "6-8", extra=POLICY + ["--pause-after", "1:update:share_keys"],
                                    name="clients-restart1")
         started.append(c2)
         b.wait_line("PAUSED", timeout=120)
@@ -44,8 +47,8 @@ def scenario(tmp_path_factory, certs):
         c2.kill()
         round1 = harness.wait_for_record(run_dir, lambda r: r.get("round") == 1 and r["type"].startswith("round"),
                                          timeout=90, procs=started)
-        b3 = harness.start_clients(tmp, certs, address, "3-5", name="clients-restart2")
-        c3 = harness.start_clients(tmp, certs, address, "6-8", name="clients-restart2")
+        b3 = harness.start_clients(tmp, certs, address, "3-5", name="clients-restart2", extra=POLICY)
+        c3 = harness.start_clients(tmp, certs, address, "6-8", name="clients-restart2", extra=POLICY)
         started += [b3, c3]
         server_code = server.wait(timeout=150)
         codes = [p.wait(timeout=60) for p in (a, b3, c3)]

@@ -1,30 +1,62 @@
-"""A secure round with DP over gRPC gives the model of the in-memory run, bit for bit.
+"""A secure round with DP over gRPC gives the model of FederatedSimulation itself, bit for bit.
 
-Driven through `mrff run-local` (which starts a real server process and P client processes on
-127.0.0.1 with a fresh development PKI), so the end-to-end command is exercised too."""
+Driven through `mrff run-local` (a real server process and P client processes on 127.0.0.1 with a
+fresh development PKI and credentials), so the end-to-end command is exercised too. The clients run
+with --insecure-reproducible-noise: each draws its rounding and DP noise from default_rng([client
+seed, round, phase, user]), which the simulation's reproducible mode uses too; with OS entropy (the
+default) no two runs could be compared. Everything else is the one per-client path: training
+(`train_clients`), the encoding (`client_encoding`), the decoding and the global step."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
-from mrff_secure.federation.client_update import RoundSpec
+from mrff_secure.config import FederationConfig
+from mrff_secure.dp import DPConfig
+from mrff_secure.federation.privacy_pipeline import PrivacySettings
+from mrff_secure.federation.simulation import FederatedSimulation
+from mrff_secure.wire import tensors
 from . import harness
-from .reference import run_reference
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(300)
+
+USERS = 8
 
 
-def test_secure_dp_rounds_over_grpc_equal_in_memory_bit_for_bit(tmp_path) -> None:
+def simulated_digests(rounds: int) -> list[str]:
+    data = harness.data().subset(np.arange(USERS))
+    privacy = PrivacySettings(dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=0.5,
+                                          mechanism="discrete_gaussian", max_dropout_fraction=0.3),
+                              secure_sum="inmemory", modulus_bits=32, min_group_size=2,
+                              insecure_reproducible_noise=True)
+    sim = FederatedSimulation(data, harness.model_config(), FederationConfig(rounds=rounds, seed=0, chunk_size=1),
+                              privacy=privacy)
+    digests = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the client processes train: float reductions depend on the thread count
+    try:
+        for _ in range(rounds):
+            sim.train_round()
+            digests.append(tensors.digest(sim.global_params).hex())
+    finally:
+        torch.set_num_threads(threads)
+    return digests
+
+
+def test_secure_dp_rounds_over_grpc_equal_the_simulation_bit_for_bit(tmp_path) -> None:
     run_dir = tmp_path / "local"
     done = subprocess.run(
-        [sys.executable, "-m", "mrff_secure.cli", "run-local", "--client-processes", "2", "--users", "8",
-         "--run-dir", str(run_dir), "--client-seed", "7", "--rounds", "2", "--dp", "distributed", "--clip", "1.0",
-         "--noise-multiplier", "0.5", "--min-group-size", "2", "--stage-timeout", "60", "--timeout", "200"]
+        [sys.executable, "-m", "mrff_secure.cli", "run-local", "--client-processes", "2", "--users", str(USERS),
+         "--run-dir", str(run_dir), "--client-seed", "0", "--insecure-reproducible-noise", "--rounds", "2",
+         "--dp", "distributed", "--clip", "1.0", "--noise-multiplier", "0.5", "--min-group-size", "2",
+         "--stage-timeout", "60", "--timeout", "250"]
         + harness.DATA_ARGS + harness.MODEL_ARGS,
-        capture_output=True, text=True, cwd=harness.ROOT, timeout=230)
+        capture_output=True, text=True, cwd=harness.ROOT, timeout=280)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2/2 rounds completed; audit log intact" in done.stdout
     assert "(TLS)" in done.stdout
@@ -34,14 +66,13 @@ def test_secure_dp_rounds_over_grpc_equal_in_memory_bit_for_bit(tmp_path) -> Non
     started = records[0]
     rounds = harness.round_records(server_dir)
     assert [r["type"] for r in rounds] == ["round", "round"]
-    for r in rounds:
-        assert r["participants"] == list(range(8)) and r["secure"]
-        assert r["phases"]["update"]["survivors"] == list(range(8))
-        assert r["epsilon"]["rdp"] is not None and r["epsilon"]["rdp"] > 0
-    spec = RoundSpec(**started["spec"])
-    assert spec.dp_mode == "distributed" and spec.noise_std > 0
-    expected = run_reference(harness.data(), harness.model_config(), spec, seed=0, client_seed=7, rounds=2,
-                             users=list(range(8)))
+    for i, r in enumerate(rounds):
+        assert r["participants"] == list(range(USERS)) and r["secure"]
+        assert r["phases"]["update"]["survivors"] == list(range(USERS))
+        assert r["epsilon"]["adjacency"] == "zero-out" and r["epsilon"]["rounds_accounted"] == i + 1
+        assert 0 < r["epsilon"]["epsilon"] < r["epsilon"]["epsilon_replace_one"]
+    assert started["spec"]["dp_mode"] == "distributed" and started["spec"]["noise_multiplier"] == 0.5
+    expected = simulated_digests(2)
     assert [r["model_digest"] for r in rounds] == expected
     assert rounds[0]["model_digest"] != started["model_digest"]  # the model moved
     assert f"model_digest={expected[-1]}" in done.stdout
