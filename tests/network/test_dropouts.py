@@ -69,10 +69,11 @@ def test_client_killed_after_share_keys_round_completes_with_exact_survivor_sum(
     assert scenario["round0"]["phases"]["counts"]["survivors"] == list(range(9))
     spec = RoundSpec(**scenario["records"][0]["spec"])
     expected = run_reference(harness.data(), harness.model_config(), spec, seed=0, client_seed=7, rounds=1,
-                             users=list(range(9)), drops={0: {"update": {6, 7, 8}}})
+                             users=list(range(9)), drops={0: {"update": {6, 7, 8}}},
+                             options={"threshold": 5})
     assert round0["model_digest"] == expected[0]  # the exact sum of the six survivors, applied
     everyone = run_reference(harness.data(), harness.model_config(), spec, seed=0, client_seed=7, rounds=1,
-                             users=list(range(9)))
+                             users=list(range(9)), options={"threshold": 5})
     assert everyone[0] != expected[0]  # the dropouts really changed the sum
 
 
