@@ -213,7 +213,7 @@ def server_main(args: argparse.Namespace) -> int:
         args.dp_delta = default_delta(data.num_users)  # as mrff train: 1/n^1.1 over the dataset's users
     if args.dp == "off" and args.aggregation == "secure":
         print("NOTE --dp off: secure aggregation alone protects clients only against an honest-but-curious "
-              "server (SECURITY.md)", flush=True)
+              "server (SECURITY.md)", file=sys.stderr, flush=True)
     certs = CertPaths(args.certs)
     signing_key = signing.load_private_key(certs.signing_key)
     spec = options.round_spec(args, data.maxlen)
