@@ -59,6 +59,7 @@ STAGE_BY_NAME = {"advertise_keys": pb.ADVERTISE_KEYS, "share_keys": pb.SHARE_KEY
                  "consistency_check": pb.CONSISTENCY_CHECK, "unmask": pb.UNMASK}
 PHASE_BY_NAME = {"counts": pb.COUNTS, "update": pb.UPDATE}
 POLL_MS = 10_000
+_DP_OFF_WARNED = threading.Event()
 
 
 class ClientFailure(MrffError):
@@ -127,7 +128,6 @@ class LogicalClient:
         self.policy = policy if policy is not None else ClientPolicy()
         self.reproducible_noise = reproducible_noise  # debugging only: noise from client_seed, NOT private
         self._masked_rounds: set[tuple[str, int]] = set()  # (run id, round) we sent an input for
-        self._warned_dp_off = False
         self.fault = fault
         self.stop = stop or threading.Event()
         self.identity = store.identity_key()
@@ -258,8 +258,8 @@ class LogicalClient:
             self.policy.check_round(secure=body.secure, spec=spec)
         except (ConfigError, PolicyViolation) as exc:
             raise _RoundFailed(f"refusing round {body.round_id}: {exc}") from exc
-        if spec.dp_mode == "off" and body.secure and not self._warned_dp_off:
-            self._warned_dp_off = True
+        if spec.dp_mode == "off" and body.secure and not _DP_OFF_WARNED.is_set():
+            _DP_OFF_WARNED.set()  # once per process, not once per logical client
             log.warning("user %d: the server runs with DP off: secure aggregation alone protects this client only "
                         "against an honest-but-curious server (SECURITY.md)", self.user)
         round_key = (body.run_id, body.round_id)
