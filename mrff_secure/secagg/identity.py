@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import ClassVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -66,8 +67,17 @@ def issue_credential(authority_key: Ed25519PrivateKey, client_id: int, identity_
 def verify_credential(authority_public_key: bytes, credential: ClientCredential, *,
                       client_id: int | None = None) -> bytes:
     """Return the certified identity key; raise AuthenticationError unless the authority signed it
-    (and, when `client_id` is given, it certifies that id)."""
+    (and, when `client_id` is given, it certifies that id).
+
+    Credentials are long-lived and the same peers meet every round, so a verified (authority,
+    credential) pair is remembered for the process (exact bytes; only successes are cached)."""
     if client_id is not None and credential.client_id != client_id:
         raise AuthenticationError("credential is for another client id")
-    primitives.verify(authority_public_key, credential.signature, credential.signed_payload())
+    _verified(bytes(authority_public_key), credential.signature, credential.signed_payload())
     return credential.identity_public_key
+
+
+@lru_cache(maxsize=1 << 16)
+def _verified(authority_public_key: bytes, signature: bytes, payload: bytes) -> bool:
+    primitives.verify(authority_public_key, signature, payload)  # raises, and failures are not cached
+    return True
