@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from mrff_secure.errors import ProtocolViolation
 from mrff_secure.secagg import messages as m
 from mrff_secure.secagg.graph import graph_seed, neighbour_graph, neighbours_of
+from mrff_secure.secagg.identity import ClientCredential
 from mrff_secure.secagg.shamir import Share
 
 
@@ -28,24 +29,37 @@ def test_graph_symmetric_with_k_neighbours(n):
         assert degrees[-1] == expected and degrees[1] == expected and degrees[0] >= expected - 1
 
 
-def test_graph_depends_on_round_and_every_key():
-    bundles = {i: os.urandom(132) for i in range(20)}
-    seed = graph_seed(1, bundles)
-    assert seed == graph_seed(1, dict(reversed(list(bundles.items()))))
-    assert seed != graph_seed(2, bundles)
-    changed = dict(bundles)
-    changed[7] = os.urandom(132)
-    assert seed != graph_seed(1, changed)
-    assert neighbour_graph(seed, range(20), 4) != neighbour_graph(graph_seed(2, bundles), range(20), 4)
+def test_graph_seed_depends_on_context_participants_and_every_reveal():
+    reveals = [os.urandom(32) for _ in range(20)]
+    context, participants = os.urandom(60), os.urandom(32)
+    seed = graph_seed(context, participants, reveals)
+    assert seed == graph_seed(context, participants, list(reveals))
+    assert seed != graph_seed(os.urandom(60), participants, reveals)
+    assert seed != graph_seed(context, os.urandom(32), reveals)
+    for i in (0, 7, 19):  # any one participant's reveal changes the graph: nobody who chose a bundle knew it
+        changed = list(reveals)
+        changed[i] = os.urandom(32)
+        assert seed != graph_seed(context, participants, changed)
+    assert neighbour_graph(seed, range(20), 4) != neighbour_graph(graph_seed(context, participants, reveals[::-1]),
+                                                                 range(20), 4)
+
+
+def _bundle(client: int) -> m.AdvertiseKeys:
+    credential = ClientCredential(client, bytes([5]) * 32, bytes([6]) * 64)
+    return m.AdvertiseKeys(3, client, bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32, bytes([4]) * 32, credential,
+                           bytes([3]) * 64)
 
 
 def _sample_messages() -> list[m.Message]:
     share = Share(5, bytes(range(44)))
     sig = m.ConsistencySignature(3, 4, bytes([1]) * 64)
+    bundle = _bundle(4)
     return [
-        m.AdvertiseKeys(3, 4, bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 64),
-        m.KeyRoster(3, (m.AdvertiseKeys(3, 4, bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 64),
-                        m.AdvertiseKeys(3, 9, bytes([4]) * 32, bytes([5]) * 32, bytes([6]) * 64))),
+        bundle,
+        m.ParticipantSet(3, (m.ParticipantEntry(4, bytes([7]) * 32, bytes([8]) * 32),
+                             m.ParticipantEntry(9, bytes([9]) * 32, bytes([10]) * 32))),
+        m.SeedReveal(3, 4, bytes([11]) * 32),
+        m.Neighbourhood(3, 4, (bytes([12]) * 32, bytes([13]) * 32), (bundle, _bundle(9))),
         m.ShareKeys(3, 4, (m.EncryptedShare(4, 5, b"abc"), m.EncryptedShare(4, 6, b""))),
         m.ShareDelivery(3, 5, (m.EncryptedShare(4, 5, b"abc"),)),
         m.MaskedInput(3, 4, 20, 2, b"\x01\x02\x03\x04\x05"),
@@ -87,8 +101,13 @@ def test_known_encoding():
 
 
 def test_writer_refuses_wrong_field_sizes():
+    credential = ClientCredential(4, bytes(32), bytes(64))
     with pytest.raises(ProtocolViolation):
-        m.AdvertiseKeys(3, 4, bytes(31), bytes(32), bytes(64)).to_bytes()
+        m.AdvertiseKeys(3, 4, bytes(31), bytes(32), bytes(32), bytes(32), credential, bytes(64)).to_bytes()
+    with pytest.raises(ProtocolViolation):
+        m.AdvertiseKeys(3, 4, bytes(32), bytes(32), bytes(31), bytes(32), credential, bytes(64)).to_bytes()
+    with pytest.raises(ProtocolViolation):
+        m.SeedReveal(3, 4, bytes(33)).to_bytes()
     with pytest.raises(ProtocolViolation):
         m.SurvivorList(3, (-1,)).to_bytes()
     with pytest.raises(ProtocolViolation):
