@@ -12,10 +12,12 @@ from mrff_secure.secagg import packing
 from mrff_secure.secagg.client import ClientSession
 from mrff_secure.secagg.config import SecAggConfig
 from mrff_secure.secagg.encoding import from_ring, quantize, to_ring
-from mrff_secure.secagg.inmemory import make_identities, run_round, wire
-from mrff_secure.secagg.messages import MaskedInput
+from mrff_secure.secagg.inmemory import make_identities, run_round, simulation_policy, wire
+from mrff_secure.secagg.context import SessionContext
+from mrff_secure.secagg.messages import MaskedInput, ParticipantSet
 from mrff_secure.secagg.server import ServerSession
 from mrff_secure.secagg.stages import Stage
+from .roundkit import Round
 
 
 def _inputs(n: int, d: int, max_abs: int, seed: int = 0) -> dict[int, np.ndarray]:
@@ -62,7 +64,7 @@ def test_wide_modulus_uses_uint64_words():
                                    Stage.CONSISTENCY_CHECK, Stage.UNMASK])
 def test_dropouts_at_each_stage(stage):
     n, d = 14, 20
-    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=1000, num_neighbours=8)  # t = 5
+    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=1000, num_neighbours=8, threshold=5)
     inputs = _inputs(n, d, 1000, seed=stage.value)
     dropped = {2, 9}
     result = run_round(config, round_id=11, inputs=inputs, dropouts={stage: dropped})
@@ -71,9 +73,15 @@ def test_dropouts_at_each_stage(stage):
     assert np.array_equal(result.total, sum(inputs[c] for c in in_sum))
 
 
+def test_a_dropout_at_reveal_seed_aborts_cleanly():
+    config = SecAggConfig(num_clients=10, vector_length=5, max_abs=50)
+    with pytest.raises(AggregationAborted, match="did not reveal"):
+        run_round(config, round_id=4, inputs=_inputs(10, 5, 50), dropouts={Stage.REVEAL_SEED: {3}})
+
+
 def test_dropouts_spread_over_all_stages():
     n, d = 20, 10
-    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=50, num_neighbours=10)  # t = 6
+    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=50, num_neighbours=10, threshold=6)
     inputs = _inputs(n, d, 50, seed=5)
     schedule = {Stage.ADVERTISE_KEYS: {0}, Stage.SHARE_KEYS: {5}, Stage.MASKED_INPUT: {10},
                 Stage.CONSISTENCY_CHECK: {15}, Stage.UNMASK: {19}}
@@ -85,7 +93,7 @@ def test_dropouts_spread_over_all_stages():
 
 # --- just enough / one too many --------------------------------------------------------
 
-N, K = 12, 4  # t = 3: a client can lose k - t = 1 neighbour
+N, K = 12, 4  # t = 3 (c_max = 1): a client can lose k - t = 1 neighbour
 TARGET = 0
 
 
@@ -98,7 +106,7 @@ def _drop_neighbours(stage: Stage, how_many: int):
 
 @pytest.mark.parametrize("stage", [Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK])
 def test_just_enough_neighbours_survive(stage):
-    config = SecAggConfig(num_clients=N, vector_length=6, max_abs=100, num_neighbours=K)
+    config = SecAggConfig(num_clients=N, vector_length=6, max_abs=100, num_neighbours=K, threshold=3)
     assert config.t == 3
     inputs = _inputs(N, 6, 100, seed=21)
     result = run_round(config, round_id=21, inputs=inputs, dropouts=_drop_neighbours(stage, K - config.t))
@@ -108,14 +116,14 @@ def test_just_enough_neighbours_survive(stage):
 
 @pytest.mark.parametrize("stage", [Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK])
 def test_one_too_many_dropouts_abort(stage):
-    config = SecAggConfig(num_clients=N, vector_length=6, max_abs=100, num_neighbours=K)
+    config = SecAggConfig(num_clients=N, vector_length=6, max_abs=100, num_neighbours=K, threshold=3)
     inputs = _inputs(N, 6, 100, seed=22)
     with pytest.raises(AggregationAborted):
         run_round(config, round_id=22, inputs=inputs, dropouts=_drop_neighbours(stage, K - config.t + 1))
 
 
 def test_too_few_clients_abort_before_anything_is_shared():
-    config = SecAggConfig(num_clients=10, vector_length=3, max_abs=10, num_neighbours=6)  # t = 4
+    config = SecAggConfig(num_clients=10, vector_length=3, max_abs=10, num_neighbours=6, threshold=4)
     inputs = _inputs(10, 3, 10)
     with pytest.raises(AggregationAborted, match="advertised"):
         run_round(config, round_id=1, inputs=inputs, dropouts={Stage.ADVERTISE_KEYS: set(range(6))})
@@ -123,8 +131,9 @@ def test_too_few_clients_abort_before_anything_is_shared():
 
 def test_aborted_server_returns_nothing():
     config = SecAggConfig(num_clients=N, vector_length=6, max_abs=100, num_neighbours=K)
-    _, directory = make_identities(list(range(N)))
-    server = ServerSession(config, round_id=1, identities=directory)
+    identities = make_identities(list(range(N)))
+    server = ServerSession(config, context=SessionContext.fresh(round_id=1),
+                           authority_public_key=identities.authority_public_key)
     with pytest.raises(AggregationAborted):
         server.close_advertise_keys()
     assert server.stage is Stage.ABORTED
@@ -137,62 +146,55 @@ def test_aborted_server_returns_nothing():
 
 def test_client_rejects_out_of_order_calls_and_stays_aborted():
     config = SecAggConfig(num_clients=5, vector_length=3, max_abs=10)
-    keys, directory = make_identities(list(range(5)))
-    client = ClientSession(config, round_id=1, client_id=0, identity_key=keys[0], peer_identities=directory)
+    identities = make_identities(list(range(5)))
+    client = identities.session(config, SessionContext.fresh(round_id=1), 0, simulation_policy(config))
     with pytest.raises(ProtocolViolation, match="expected UNMASK"):
         client.unmask(None)  # type: ignore[arg-type]
     assert client.stage is Stage.ADVERTISE_KEYS  # an out-of-order call changes nothing
     client.advertise_keys()
     with pytest.raises(ProtocolViolation, match="ADVERTISE_KEYS"):
         client.advertise_keys()
-    from mrff_secure.secagg.messages import KeyRoster
-
     with pytest.raises(ProtocolViolation):
-        client.share_keys(KeyRoster(2, ()))  # wrong round
+        client.reveal_seed(ParticipantSet(2, ()))  # wrong round
     assert client.stage is Stage.ABORTED
     with pytest.raises(ProtocolViolation, match="ABORTED"):
-        client.share_keys(KeyRoster(1, ()))
+        client.reveal_seed(ParticipantSet(1, ()))
 
 
-def test_client_refuses_a_wrong_identity_directory():
+def test_client_refuses_a_credential_for_another_key_or_id():
     config = SecAggConfig(num_clients=5, vector_length=3, max_abs=10)
-    keys, directory = make_identities(list(range(5)))
+    identities = make_identities(list(range(5)))
+    context = SessionContext.fresh(round_id=1)
     from mrff_secure.errors import ConfigError
 
-    with pytest.raises(ConfigError):
-        ClientSession(config, round_id=1, client_id=0, identity_key=keys[1], peer_identities=directory)
+    with pytest.raises(ConfigError, match="another identity key|not the authority"):
+        ClientSession(config, context=context, client_id=0, identity_key=identities.keys[1],
+                      credential=identities.credentials[0], authority_public_key=identities.authority_public_key)
+    with pytest.raises(ConfigError, match="not the authority"):
+        ClientSession(config, context=context, client_id=0, identity_key=identities.keys[0],
+                      credential=identities.credentials[1], authority_public_key=identities.authority_public_key)
 
 
 def test_server_ignores_bad_client_messages_and_goes_on():
     n = 6
     config = SecAggConfig(num_clients=n, vector_length=4, max_abs=10)
-    keys, directory = make_identities(list(range(n)))
-    server = ServerSession(config, round_id=3, identities=directory)
-    clients = [ClientSession(config, round_id=3, client_id=c, identity_key=keys[c], peer_identities=directory)
-               for c in range(n)]
-    adverts = [c.advertise_keys() for c in clients]
+    r = Round(config, range(n), round_id=3)
+    adverts = [c.advertise_keys() for c in r.clients.values()]
     for a in adverts:
-        server.receive_advertise_keys(a)
+        r.server.receive_advertise_keys(a)
     with pytest.raises(ProtocolViolation, match="already"):
-        server.receive_advertise_keys(adverts[0])
-    roster = server.close_advertise_keys()
-    for c in clients:
-        server.receive_share_keys(c.share_keys(roster))
-    deliveries = server.close_share_keys()
-    masked = [c.masked_input(deliveries[c.client_id], np.arange(4)) for c in clients]
+        r.server.receive_advertise_keys(adverts[0])
+    r.participants = r.server.close_advertise_keys()
+    r.reveal()
+    r.share()
+    masked = [c.masked_input(r.deliveries[c.client_id], np.arange(4)) for c in r.clients.values()]
     with pytest.raises(ProtocolViolation, match="expected 4 of"):
-        server.receive_masked_input(MaskedInput(3, 0, config.bits, 3, packing.pack(np.zeros(3, np.uint64), config.bits)))
+        r.server.receive_masked_input(MaskedInput(3, 0, config.bits, 3, packing.pack(np.zeros(3, np.uint64), config.bits)))
     with pytest.raises(ProtocolViolation):
-        server.receive_masked_input(MaskedInput(3, 0, config.bits, 4, b"\x00"))
+        r.server.receive_masked_input(MaskedInput(3, 0, config.bits, 4, b"\x00"))
     for m in masked:
-        server.receive_masked_input(wire(m))
-    survivors = server.close_masked_input()
-    for c in clients:
-        server.receive_consistency_signature(c.consistency_check(survivors))
-    requests = server.close_consistency_check()
-    for c in clients:
-        server.receive_unmask_response(c.unmask(requests[c.client_id]))
-    assert np.array_equal(server.finish().total, n * np.arange(4))
+        r.server.receive_masked_input(wire(m))
+    assert np.array_equal(r.finish_honestly().total, n * np.arange(4))
 
 
 # --- what the server sees ---------------------------------------------------------------
@@ -203,16 +205,10 @@ def test_masked_vector_is_uniform(bits):
     """One client's upload, for an all-zero input, passes a chi-square test over its bytes."""
     n, d = 8, 4096
     config = SecAggConfig(num_clients=n, vector_length=d, max_abs=1, modulus_bits=bits)
-    keys, directory = make_identities(list(range(n)))
-    server = ServerSession(config, round_id=9, identities=directory)
-    clients = [ClientSession(config, round_id=9, client_id=c, identity_key=keys[c], peer_identities=directory)
-               for c in range(n)]
-    for c in clients:
-        server.receive_advertise_keys(c.advertise_keys())
-    roster = server.close_advertise_keys()
-    for c in clients:
-        server.receive_share_keys(c.share_keys(roster))
-    deliveries = server.close_share_keys()
+    r = Round(config, range(n), round_id=9)
+    r.advertise()
+    r.reveal()
+    clients, deliveries = r.clients, r.share()
     upload = clients[0].masked_input(deliveries[0], np.zeros(d, dtype=np.int64))
     assert len(upload.payload) * 8 == d * bits  # bits per value = the modulus width
     data = np.frombuffer(upload.payload, dtype=np.uint8)
