@@ -115,9 +115,12 @@ def test_config_validation(kwargs):
 
 def test_config_defaults():
     config = SecAggConfig(num_clients=100, vector_length=4, max_abs=100)
-    assert (config.k, config.t) == (14, 8)
+    assert (config.k, config.t) == (14, 9)  # 2t - k = 4 > 2 colluding neighbours (the default c_max)
+    assert 2 * config.t - config.k > 2
+    assert SecAggConfig(num_clients=1791, vector_length=4, max_abs=1).t == 13  # k = 22, t <= k - 1
     small = SecAggConfig(num_clients=3, vector_length=4, max_abs=100)
     assert (small.k, small.t) == (2, 2)
+    assert SecAggConfig(num_clients=5, vector_length=4, max_abs=1).t == 3  # k = 4: t = k - 1 (one dropout survives)
 
 
 # --- packing ---------------------------------------------------------------------------
