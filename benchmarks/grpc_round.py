@@ -11,6 +11,9 @@ model (default ModelConfig) and reads the numbers the server records in its audi
 - wire_bytes: protobuf message bytes received + sent by the server, per participant (no
   gRPC/HTTP2/TLS framing), and the size of the signed round announcement (the model download).
 
+Both modes encode with the same DP encoder (here DP off: clipping, rotation, rounding into a
+32-bit ring); plain sends the residues unmasked (clients run with --allow-plain), secure runs the
+six SecAgg+ stages per phase (participant set, seed reveal, O(k) neighbour verification, ...).
 Round 0 includes warm-up (model building in each client process); the headline uses the last
 round. Results are written after every configuration, so a partial run still leaves a file.
 
@@ -43,6 +46,9 @@ def run_one(n: int, mode: str, *, processes: int, rounds: int, data_dir: Path, p
     run_dir = work / f"{mode}-{n}"
     data_args = ["--dataset", "kuaisar-r", "--data-dir", str(data_dir)]
     cmd = [sys.executable, "-m", "mrff_secure.cli"]
+    # the identity authority certifies every client (offline, before the run: not timed)
+    subprocess.run(cmd + ["certs", "issue-client", "--certs", str(pki), "--users", f"0-{n - 1}", "--state-dir",
+                          str(run_dir / "clients")], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     server = subprocess.Popen(cmd + ["server", "--run-dir", str(run_dir), "--address", "127.0.0.1:0", "--certs",
@@ -61,7 +67,8 @@ def run_one(n: int, mode: str, *, processes: int, rounds: int, data_dir: Path, p
             if lo <= hi:
                 clients.append(subprocess.Popen(
                     cmd + ["client", "--server", address, "--users", f"{lo}-{hi}", "--certs", str(pki),
-                           "--state-dir", str(run_dir / "clients"), "--retry-timeout", "600"] + data_args,
+                           "--state-dir", str(run_dir / "clients"), "--retry-timeout", "600"] + data_args
+                    + (["--allow-plain"] if mode == "plain" else []),
                     cwd=ROOT, stdout=subprocess.DEVNULL))
         codes = [p.wait(timeout=timeout) for p in clients]
         server_code = server.wait(timeout=120)
