@@ -8,8 +8,8 @@ part is carried exactly). Server: decode the exact integer sum and apply it (`ap
 
 The secure encoding (clip, rotate, round, discrete noise share on every coordinate, one-hots
 only in phase 1) lives in `federation.client_encoding`, shared with the simulation;
-`secure_update_vector`, `round_plans_for_spec` and `encoded_secagg_configs` below connect a
-`RoundSpec` and a `LocalUpdate` to it. `counts_input` / `update_input` are the older encoding
+`round_plans`, `update_vector`, `plan_configs`, `public_rotation_seed` and `apply_decoded` below connect a
+`RoundSpec` and a `LocalUpdate` to it (network client and coordinator). `counts_input` / `update_input` are the older encoding
 (exact one-hots and example count, continuous noise on the delta part only), kept until the
 network path is wired to the shared one.
 
@@ -24,7 +24,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from mrff_secure.data.client_data import ClientData
 from mrff_secure.dp.clipping import clip_l2
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.aggregation import apply_sum
-from mrff_secure.federation.client_encoding import SecureRoundPlans, scaled_example_count, secure_round_plans
+from mrff_secure.federation.client_encoding import SecureRoundPlans, secure_round_plans
 from mrff_secure.federation.local_training import train_clients
 from mrff_secure.federation.roles import Role, parameter_roles
 from mrff_secure.federation.update_vector import UpdateLayout
@@ -42,9 +42,6 @@ from mrff_secure.model import build_model
 from mrff_secure.model.layers import initial_user_vectors
 from mrff_secure.secagg.config import SecAggConfig
 from mrff_secure.secagg.encoding import dequantize, quantize
-
-if TYPE_CHECKING:
-    from mrff_secure.federation.client_encoding import SecureRoundPlans
 
 DP_MODES = ("off", "local", "distributed")
 
@@ -203,37 +200,6 @@ def update_input(layout: UpdateLayout, update: LocalUpdate, suppressed: np.ndarr
     return np.concatenate([q, counts.astype(np.int64)])
 
 
-def secure_update_vector(layout: UpdateLayout, update: LocalUpdate, suppressed: np.ndarray | None,
-                         count_cap: int) -> np.ndarray:
-    """The float layout vector `client_encoding.update_upload` takes: (layout.size,) float64.
-
-    Suppressed group slots zeroed, the example count as min(count, cap) / cap.
-    """
-    mask = None if suppressed is None else torch.as_tensor(np.asarray(suppressed, dtype=bool))
-    examples = torch.as_tensor(scaled_example_count(update.num_examples.detach().double().numpy(), count_cap))
-    vector = layout.build({n: t.double() for n, t in update.deltas.items()}, update.routes, examples, mask)[0]
-    return vector.detach().numpy().astype(np.float64)
-
-
-def round_plans_for_spec(layout: UpdateLayout, spec: RoundSpec, num_clients: int, *, modulus_bits: int,
-                         mechanism: str | None = None) -> SecureRoundPlans:
-    """`client_encoding.secure_round_plans` from a RoundSpec: n_min = spec.min_survivors, cap = spec.max_examples."""
-    return secure_round_plans(
-        delta_size=layout.delta_size, num_blocks=layout.num_blocks if layout.num_groups else 0,
-        num_groups=layout.num_groups, dp_mode=spec.dp_mode, mechanism=mechanism, clip=spec.clip,
-        noise_multiplier=spec.noise_multiplier if spec.dp_mode != "off" else 0.0, n_clients=num_clients,
-        n_min=spec.min_survivors, modulus_bits=modulus_bits, count_cap=spec.max_examples)
-
-
-def encoded_secagg_configs(plans: SecureRoundPlans, *, options: Mapping[str, int] | None = None
-                           ) -> tuple[SecAggConfig | None, SecAggConfig]:
-    """(phase-1, phase-2) SecAggConfigs for the residues of `client_encoding` (None: no count phase)."""
-    extra = dict(options or {})
-    common = dict(num_clients=plans.n_clients, max_abs=plans.max_abs, modulus_bits=plans.modulus_bits, **extra)
-    counts = SecAggConfig(vector_length=plans.counts.padded_dim, **common) if plans.counts is not None else None
-    return counts, SecAggConfig(vector_length=plans.update.padded_dim, **common)
-
-
 def secagg_configs(layout: UpdateLayout, spec: RoundSpec, num_clients: int, *,
                    options: Mapping[str, int] | None = None) -> tuple[SecAggConfig, SecAggConfig]:
     """(phase-1 config, phase-2 config) of a round with `num_clients` participants."""
@@ -271,12 +237,10 @@ def apply_update(global_params: Mapping[str, torch.Tensor], layout: UpdateLayout
 # ----------------------------------------------------------------- secure rounds over the network
 
 
-def round_plans(spec: RoundSpec, layout: UpdateLayout, num_clients: int) -> "SecureRoundPlans":
+def round_plans(spec: RoundSpec, layout: UpdateLayout, num_clients: int) -> SecureRoundPlans:
     """The two integer plans of a secure round, from its public parameters only: the server sizes the
     secure sums with them, and each client computes them itself and compares (never trusting the
     announced lengths). Same function as the simulation's secure path (client_encoding)."""
-    from mrff_secure.federation.client_encoding import secure_round_plans
-
     if spec.dp_mode == "local":
         raise ConfigError("local DP has no secure sum; the network runs DP under secure aggregation "
                           "(--dp distributed) or none (--dp off)")
@@ -302,7 +266,7 @@ def update_vector(layout: UpdateLayout, update: LocalUpdate, suppressed: np.ndar
     return vector.detach().to(torch.float64).numpy()
 
 
-def plan_configs(plans: "SecureRoundPlans", num_clients: int, *,
+def plan_configs(plans: SecureRoundPlans, num_clients: int, *,
                  options: Mapping[str, int] | None = None) -> tuple[SecAggConfig, SecAggConfig]:
     """(phase-1 config, phase-2 config): the secure sums sized by the round's plans. Without groups,
     phase 1 sums one zero per client (it only fixes the survivors the update phase is bound to)."""

@@ -241,11 +241,11 @@ def test_network_helpers_feed_the_shared_encoding():
     from mrff_secure.federation.client_update import (
         RoundSpec,
         build_global,
-        encoded_secagg_configs,
         initial_private,
-        round_plans_for_spec,
-        secure_update_vector,
+        plan_configs,
+        round_plans,
         train_user,
+        update_vector,
     )
     from mrff_secure.federation.update_vector import UpdateLayout
 
@@ -253,16 +253,17 @@ def test_network_helpers_feed_the_shared_encoding():
     config = ModelConfig(maxlen=8, num_groups=2, dropout=0.0)
     model, params = build_global(config, data, 0)
     layout = UpdateLayout.from_model(model)
-    spec = RoundSpec(dp_mode="distributed", clip=0.5, noise_multiplier=1.0, min_survivors=5, max_examples=8)
+    spec = RoundSpec(dp_mode="distributed", clip=0.5, noise_multiplier=1.0, min_survivors=5, count_cap=8,
+                     modulus_bits=48)
     fractions = torch.full((layout.num_blocks, 2), 0.5)
     update = train_user(model, params, initial_private(model, data, config, 0, 1), data, 1, fractions, spec, config, 3)
-    plans = round_plans_for_spec(layout, spec, 6, modulus_bits=48)
+    plans = round_plans(spec, layout, 6)
     assert plans.n_min == 5 and plans.count_cap == 8 and plans.size == layout.size
-    vector = secure_update_vector(layout, update, np.zeros((layout.num_blocks, 2), dtype=bool), plans.count_cap)
+    vector = update_vector(layout, update, np.zeros((layout.num_blocks, 2), dtype=bool), plans.count_cap)
     assert vector.shape == (layout.size,) and 0 < vector[-1] <= 1.0
     residues = update_upload(plans, vector, rotation_seed=1, rng=secure_generator())
-    counts_config, update_config = encoded_secagg_configs(plans)
+    counts_config, update_config = plan_configs(plans, 6)
     assert residues.shape == (update_config.vector_length,)
     assert counts_config.vector_length == plans.counts.padded_dim and update_config.max_abs == plans.max_abs
     with pytest.raises(ConfigError, match="local DP"):
-        round_plans_for_spec(layout, RoundSpec(dp_mode="local", clip=0.5, noise_multiplier=1.0), 6, modulus_bits=48)
+        round_plans(RoundSpec(dp_mode="local", clip=0.5, noise_multiplier=1.0), layout, 6)
