@@ -36,10 +36,10 @@ single_noise_draw=False) -> SecureRoundPlans``
     The generator of all DP randomness (rounding and noise): numpy's PCG64 seeded from 256 bits of
     operating-system entropy (os.urandom). Never seed noise from an experiment seed.
 
-Wiring (network): `client_update.round_plans_for_spec(layout, spec, n, modulus_bits=...)` builds
-the plans from a RoundSpec, `client_update.secure_update_vector(layout, update, suppressed, cap)`
-the phase-2 float vector, `client_update.encoded_secagg_configs(plans)` the two SecAggConfigs
-(vector length = padded_dim, max_abs = plans.max_abs, the plans' modulus). The secagg state
+Wiring (network, `federation.client_update`): `round_plans(spec, layout, n)` builds the plans from a
+RoundSpec, `update_vector(layout, update, suppressed, cap)` the phase-2 float vector,
+`plan_configs(plans, n)` the two SecAggConfigs (vector length = padded_dim, max_abs =
+plans.max_abs, the plans' modulus), `apply_decoded(...)` the global step. The secagg state
 machines take centred signed integers: `secagg.encoding.from_ring(residues, plans.modulus_bits)`.
 ``rotation_seed`` is public (the server announces one per round and phase and decodes with it);
 ``rng`` is `secure_generator()` on a real client, a fresh one per phase.
