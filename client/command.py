@@ -51,6 +51,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     options.add(p, options.DATA)
     p.set_defaults(handler=client_main)
 
+    k = sub.add_parser("client-key", help="make the users' identity keys and export their public keys for the "
+                                          "identity authority (`mrff certs issue-client --identity-pub`)")
+    k.add_argument("--users", required=True, help="user ids, e.g. 0-99 or 1,5,9")
+    k.add_argument("--state-dir", type=Path, default=Path("client-state"),
+                   help="the clients' state folder: keys are made in user-<id>/identity.key if missing")
+    k.add_argument("--out-dir", type=Path, required=True, help="where to write user-<id>.pub (public keys only)")
+    k.set_defaults(handler=client_key_main)
+
+
+def client_key_main(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+
+    from client.state import UserStore
+    from client.worker import parse_users
+    from mrff_secure.atomic import write_bytes_atomic
+
+    users = parse_users(args.users)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for user in users:
+        public = UserStore(args.state_dir, user).identity_key().public_key()
+        write_bytes_atomic(args.out_dir / f"user-{user}.pub", public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    print(f"wrote {len(users)} public keys to {args.out_dir}/user-<id>.pub: send them to the identity authority "
+          f"(`mrff certs issue-client --client-id ID --identity-pub user-ID.pub --out credential.bin`) and put each "
+          f"credential in {args.state_dir}/user-<id>/credential.bin")
+    return 0
+
+
+def check_credentials(users: list[int], state_dir: Path, authority_public_key: bytes) -> None:
+    """Refuse to start unless every hosted user holds the identity authority's credential for its own key."""
+    from client.state import UserStore
+    from mrff_secure.errors import CheckpointError
+
+    problems = []
+    for user in users:
+        try:
+            UserStore(state_dir, user).credential(authority_public_key)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+    if problems:
+        more = f" ({len(problems) - 1} more users have the same problem or another)" if len(problems) > 1 else ""
+        raise ConfigError(f"{problems[0]}{more}")
+
 
 def client_main(args: argparse.Namespace) -> int:
     from client.worker import Connection, parse_pause, parse_users, run_process
@@ -76,6 +119,7 @@ def client_main(args: argparse.Namespace) -> int:
                             signing_key=signing.load_public_key(args.signing_pub or certs.signing_pub),
                             authority_public_key=load_authority_public_key(args.identity_ca or certs.identity_ca_pub),
                             retry_timeout=args.retry_timeout, server_name=args.server_name)
+    check_credentials(users, args.state_dir, connection.authority_public_key)  # before data, before the network
     seed = args.client_seed if args.client_seed is not None else int.from_bytes(os.urandom(8), "big") >> 1
     data = options.load_data(args)
     pause = parse_pause(args.pause_after) if args.pause_after else None

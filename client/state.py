@@ -57,17 +57,32 @@ class UserStore:
                                   "(the identity authority certifies each client's identity key)") from exc
         except (OSError, ProtocolViolation) as exc:
             raise CheckpointError(f"{path} is not a readable credential: {exc}") from exc
+        if credential.client_id != self.user:
+            raise CheckpointError(f"{path} is not the identity authority's credential for user {self.user}: it "
+                                  f"certifies client {credential.client_id}; run `mrff certs issue-client` for "
+                                  f"user {self.user}")
         try:
             certified = verify_credential(authority_public_key, credential, client_id=self.user)
         except AuthenticationError as exc:
-            raise CheckpointError(f"{path} is not the identity authority's credential for user {self.user} "
-                                  "(another authority, or another id)") from exc
+            raise CheckpointError(f"{path} is not the identity authority's credential for user {self.user}: it "
+                                  "does not verify under the identity authority's key (identity-ca.pub in --certs, "
+                                  "or --identity-ca); have it issued by that authority (`mrff certs issue-client`)"
+                                  ) from exc
+        if not self.identity_path.exists():
+            raise CheckpointError(f"{self.identity_path} is missing: the key {path} certifies is gone; make a new "
+                                  f"key (`mrff client-key`) and have it certified (`mrff certs issue-client --force`)")
         if certified != self.identity_key().public_key().public_bytes_raw():
-            raise CheckpointError(f"{path} certifies another identity key than {self.folder / 'identity.key'}")
+            raise CheckpointError(f"{path} certifies another identity key than {self.identity_path}: have this key "
+                                  "certified (`mrff certs issue-client`)")
         return credential
 
+    @property
+    def identity_path(self) -> Path:
+        return self.folder / "identity.key"
+
     def identity_key(self) -> Ed25519PrivateKey:
-        path = self.folder / "identity.key"
+        """This user's Ed25519 identity key, made (mode 0600) on first use."""
+        path = self.identity_path
         if path.exists():
             try:
                 key = serialization.load_pem_private_key(path.read_bytes(), password=None)

@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mrff_secure.atomic import write_bytes_atomic
 from mrff_secure.errors import ConfigError, ProtocolViolation
+from mrff_secure.secagg.config import MAX_CLIENT_ID
 from mrff_secure.secagg.identity import ClientCredential, issue_credential
 
 VALIDITY_DAYS = 365
@@ -119,44 +120,84 @@ def make_dev_pki(folder: Path, *, hosts: list[str] | None = None, overwrite: boo
 
 
 def load_authority_public_key(path: Path) -> bytes:
-    """The identity authority's raw Ed25519 public key (32 bytes) from its PEM file."""
+    """The identity authority's raw Ed25519 public key (32 bytes) from its PEM file (identity-ca.pub)."""
     from mrff_secure.wire.signing import load_public_key
 
-    return load_public_key(path).public_bytes_raw()
+    return load_public_key(path, "identity authority's public key (identity-ca.pub, made by `mrff certs`)"
+                           ).public_bytes_raw()
+
+
+def load_authority_key(paths: CertPaths) -> Ed25519PrivateKey:
+    """The identity authority's private key (identity-ca.key): only `mrff certs issue-client` needs it."""
+    from mrff_secure.wire.signing import load_private_key
+
+    return load_private_key(paths.identity_ca_key, "identity authority's key (identity-ca.key, made by `mrff certs`; "
+                                                   "--certs names its folder)")
+
+
+def load_identity_public_key(path: Path) -> bytes:
+    """A client's Ed25519 identity public key (PEM, `mrff client-key`) as raw 32 bytes."""
+    from mrff_secure.wire.signing import load_public_key
+
+    return load_public_key(path, "client's identity public key").public_bytes_raw()
+
+
+def _check_client_id(client_id: int) -> None:
+    if not 0 <= client_id <= MAX_CLIENT_ID:
+        raise ConfigError(f"client id {client_id} is outside [0, {MAX_CLIENT_ID}]: the server would refuse it")
+
+
+def _conflict(out: Path, client_id: int, identity_public_key: bytes) -> str | None:
+    """Why writing (client_id -> key) to `out` would re-bind an id, or None if it would not."""
+    if not out.exists():
+        return None
+    try:
+        existing = ClientCredential.from_bytes(out.read_bytes())
+    except (OSError, ProtocolViolation):
+        return f"{out} exists and is not a readable credential"
+    if existing.client_id != client_id:
+        return f"{out} holds the credential of client {existing.client_id}, not {client_id}"
+    if existing.identity_public_key != identity_public_key:
+        return f"{out} binds client {client_id} to another identity key"
+    return None
 
 
 def issue_client_credential(paths: CertPaths, client_id: int, identity_public_key: bytes, out: Path, *,
-                            force: bool = False) -> ClientCredential:
+                            force: bool = False, authority: Ed25519PrivateKey | None = None) -> ClientCredential:
     """Sign (client id -> identity key) with the identity authority and write the credential (100 bytes).
 
-    An existing credential at `out` for another key is never replaced without `force`: re-binding an
-    id to another key is exactly what the authority exists to prevent."""
-    from mrff_secure.wire.signing import load_private_key
-
-    authority = load_private_key(paths.identity_ca_key)
+    An existing credential at `out` for another key or id is never replaced without `force`: re-binding
+    an id to another key is exactly what the authority exists to prevent."""
+    _check_client_id(client_id)
+    authority = authority if authority is not None else load_authority_key(paths)
     credential = issue_credential(authority, client_id, identity_public_key)
     out = Path(out)
-    if out.exists() and not force:
-        try:
-            existing = ClientCredential.from_bytes(out.read_bytes())
-        except ProtocolViolation:
-            existing = None
-        if existing is None or existing.client_id != client_id or existing.identity_public_key != identity_public_key:
-            raise ConfigError(f"{out} already holds a credential for another identity key or id; re-binding client "
-                              f"{client_id} needs --force")
+    problem = _conflict(out, client_id, credential.identity_public_key)
+    if problem is not None and not force:
+        raise ConfigError(f"{problem}; re-binding client {client_id} needs --force (only if that client really "
+                          "has a new identity key)")
     write_bytes_atomic(out, credential.to_bytes())
     return credential
 
 
 def issue_state_credentials(paths: CertPaths, users: list[int], state_dir: Path, *, force: bool = False) -> int:
     """Development form: make each user's identity key in its client state folder (if missing) and write
-    its credential there (STATE_DIR/user-<id>/credential.bin). Returns the number issued."""
+    its credential there (STATE_DIR/user-<id>/credential.bin). Every user is checked before any
+    credential is written, so a refusal leaves the folder as it was. Returns the number issued."""
     from client.state import UserStore
 
     for user in users:
-        store = UserStore(state_dir, user)
-        issue_client_credential(paths, user, store.identity_key().public_key().public_bytes_raw(),
-                                store.credential_path, force=force)
+        _check_client_id(user)
+    authority = load_authority_key(paths)
+    stores = [UserStore(state_dir, user) for user in users]
+    keys = [store.identity_key().public_key().public_bytes_raw() for store in stores]
+    problems = [p for p in (_conflict(s.credential_path, s.user, k) for s, k in zip(stores, keys)) if p]
+    if problems and not force:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(f"{problems[0]}{more}; re-binding needs --force (only if those clients really have new "
+                          "identity keys); no credential was written")
+    for store, key in zip(stores, keys):
+        issue_client_credential(paths, store.user, key, store.credential_path, force=True, authority=authority)
     return len(users)
 
 

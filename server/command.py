@@ -59,10 +59,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(handler=certs_main)
     csub = c.add_subparsers(dest="certs_command")
-    i = csub.add_parser("issue-client", help="the identity authority certifies client identity keys (offline)")
+    i = csub.add_parser("issue-client", help="the identity authority certifies client identity keys (offline)",
+                        description="Sign (client id -> identity key) with CERTS/identity-ca.key. One client: "
+                                    "--client-id N --identity-pub FILE --out FILE. Development: --users 0-99 "
+                                    "--state-dir DIR makes missing keys in DIR/user-<id>/ and writes each "
+                                    "credential.bin beside them. An id bound to another key is refused without --force.")
     i.add_argument("--certs", type=Path, default=Path("certs"), help="folder holding identity-ca.key")
     i.add_argument("--client-id", type=int, help="one client: its id (with --identity-pub and --out)")
-    i.add_argument("--identity-pub", type=Path, help="one client: its Ed25519 identity public key (PEM)")
+    i.add_argument("--identity-pub", type=Path,
+                   help="one client: its Ed25519 identity public key (PEM, written by `mrff client-key`)")
     i.add_argument("--out", type=Path, help="one client: where to write its credential")
     i.add_argument("--users", help="development form: ids like 0-99; keys and credentials in --state-dir")
     i.add_argument("--state-dir", type=Path, help="development form: the clients' state folder (user-<id>/)")
@@ -115,21 +120,22 @@ def schema_main(args: argparse.Namespace) -> int:
 
 def issue_client_main(args: argparse.Namespace) -> int:
     from client.worker import parse_users
-    from mrff_secure.wire.signing import load_public_key
-    from server.certs import CertPaths, issue_client_credential, issue_state_credentials
+    from server.certs import CertPaths, issue_client_credential, issue_state_credentials, load_identity_public_key
 
     paths = CertPaths(args.certs)
     if args.users is not None:
-        if args.state_dir is None or args.client_id is not None or args.out is not None:
-            raise ConfigError("the development form takes --users and --state-dir (not --client-id/--out)")
+        if args.state_dir is None or args.client_id is not None or args.out is not None or args.identity_pub:
+            raise ConfigError("the development form takes --users and --state-dir (not --client-id, --identity-pub "
+                              "or --out)")
         count = issue_state_credentials(paths, parse_users(args.users), args.state_dir, force=args.force)
         print(f"issued {count} credentials into {args.state_dir}/user-<id>/credential.bin")
         return 0
-    if args.client_id is None or args.identity_pub is None or args.out is None:
-        raise ConfigError("give --client-id, --identity-pub and --out (or --users with --state-dir)")
-    key = load_public_key(args.identity_pub).public_bytes_raw()
+    if args.client_id is None or args.identity_pub is None or args.out is None or args.state_dir is not None:
+        raise ConfigError("give --client-id, --identity-pub and --out (or, for development, --users with --state-dir)")
+    key = load_identity_public_key(args.identity_pub)
     issue_client_credential(paths, args.client_id, key, args.out, force=args.force)
-    print(f"issued the credential of client {args.client_id} to {args.out}")
+    print(f"issued the credential of client {args.client_id} to {args.out}: copy it to the client's "
+          f"STATE_DIR/user-{args.client_id}/credential.bin")
     return 0
 
 

@@ -29,23 +29,25 @@ def verify_body(public_key: Ed25519PublicKey, body: bytes, signature: bytes) -> 
         raise AuthenticationError("signed parameters do not verify against the server's signing key") from exc
 
 
-def load_private_key(path: Path) -> Ed25519PrivateKey:
+def load_private_key(path: Path, what: str = "signing key") -> Ed25519PrivateKey:
+    """An Ed25519 private key from a PEM file; `what` names it in the error."""
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot read the signing key {path}: {exc}") from exc
+        raise ConfigError(f"cannot read the {what} {path}: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path} is not an Ed25519 private key")
+        raise ConfigError(f"{path} (the {what}) is not an Ed25519 private key")
     return key
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
+def load_public_key(path: Path, what: str = "signing public key") -> Ed25519PublicKey:
+    """An Ed25519 public key from a PEM file; `what` names it in the error."""
     try:
         key = serialization.load_pem_public_key(Path(path).read_bytes())
     except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot read the signing public key {path}: {exc}") from exc
+        raise ConfigError(f"cannot read the {what} {path}: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{path} is not an Ed25519 public key")
+        raise ConfigError(f"{path} (the {what}) is not an Ed25519 public key")
     return key
 
 
