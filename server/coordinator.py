@@ -57,7 +57,7 @@ from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire import signing, tensors
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server import checkpoint
-from server.audit import AuditLog
+from server.audit import AuditLog, read_records
 from server.privacy import NetworkLedger, round_release
 from server.errors import (
     BadSignature,
@@ -183,6 +183,7 @@ class Coordinator:
         if resume:
             params, meta = checkpoint.load(self.run_dir)
             self._restore(params, meta)
+            self._restore_enrolments()
             self.audit.append({"type": "resumed", "next_round": self.next_round, "model_digest": self.model_digest(),
                                "repaired": self.audit.repaired}, sync=True)
         else:
@@ -238,6 +239,13 @@ class Coordinator:
         self.ledger.load_state_dict(meta["ledger"])
         self._identities = {int(c): bytes.fromhex(k) for c, k in meta.get("identities", {}).items()}
 
+    def _restore_enrolments(self) -> None:
+        """Bindings made after the last checkpoint are in the audit log ("enrolled" records): a resumed
+        server keeps every (client id -> identity key) it ever accepted in this run."""
+        for record in read_records(self.audit.path):
+            if record.get("type") == "enrolled":
+                self._identities.setdefault(int(record["client"]), bytes.fromhex(record["identity_key"]))
+
     def params_template(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         return {n: (tuple(t.shape), t.dtype) for n, t in self._template.items()}
 
@@ -269,8 +277,11 @@ class Coordinator:
         with self._cond:
             known = self._identities.get(client_id)
             if known is not None and not hmac.compare_digest(known, public_key):
-                raise EnrolmentRefused(f"client id {client_id} is already bound to another identity key")
-            self._identities[client_id] = public_key
+                raise EnrolmentRefused(f"client id {client_id} is already bound to another identity key in this run")
+            if known is None:  # a new binding: audited with its credential, so a resumed server keeps it
+                self._identities[client_id] = public_key
+                self.audit.append({"type": "enrolled", "client": client_id, "identity_key": public_key.hex(),
+                                   "credential": bytes(credential).hex()})
             token = secrets.token_bytes(32)
             self._sessions[client_id] = token
             self._active.add(client_id)

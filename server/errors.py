@@ -22,7 +22,7 @@ class UnknownClient(Rejected):
 
 
 class EnrolmentRefused(Rejected):
-    """Wrong enrolment token, or a client id already bound to another identity key."""
+    """No valid credential from the identity authority for (client id, key), or an id already bound to another key."""
 
 
 class NotParticipant(Rejected):
