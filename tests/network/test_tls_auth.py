@@ -11,24 +11,28 @@ from mrff_secure.secagg import primitives
 from mrff_secure.wire import limits, signing
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
-from mrff_secure.secagg.identity import issue_credential
+from mrff_secure.secagg.identity import ClientCredential, issue_credential
 from server.certs import make_dev_pki
 from . import harness
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def enrol(address: str, credentials, authority_folder, client: int = 900, *, credential_id: int | None = None):
-    """Enrol a fresh key as `client`, with a credential from the authority in `authority_folder` (None: none)
-    issued for `credential_id` (default: the same id)."""
+def enrol(address: str, credentials, authority_folder, client: int = 900, *, credential_id: int | None = None,
+          key=None, credential_key=None):
+    """Enrol `key` (default: a fresh one) as `client`, with a credential from the authority in
+    `authority_folder` (None: none) issued for `credential_id` (default: the same id) and for the public
+    key of `credential_key` (default: the enrolled key)."""
     channel = (grpc.secure_channel(address, credentials) if credentials is not None
                else grpc.insecure_channel(address))
-    key = primitives.generate_identity_key()
+    key = key if key is not None else primitives.generate_identity_key()
     public = primitives.identity_public_bytes(key)
     credential = b""
     if authority_folder is not None:
         authority = signing.load_private_key(authority_folder / "identity-ca.key")
-        credential = issue_credential(authority, client if credential_id is None else credential_id, public).to_bytes()
+        certified = public if credential_key is None else primitives.identity_public_bytes(credential_key)
+        credential = issue_credential(authority, client if credential_id is None else credential_id,
+                                      certified).to_bytes()
     request = pb.EnrolRequest(protocol_version=limits.PROTOCOL_VERSION, client_id=client, identity_public_key=public,
                               proof=primitives.sign(key, signing.enrol_payload(client, public)), credential=credential)
     try:
@@ -59,9 +63,21 @@ def test_tls_credentials_and_signed_parameters(tmp_path, certs, procs) -> None:
     assert code_of(lambda: enrol(address, good_ca, stranger)) == grpc.StatusCode.PERMISSION_DENIED
     assert code_of(lambda: enrol(address, good_ca, certs, client=902, credential_id=903)) == \
         grpc.StatusCode.PERMISSION_DENIED
+    certified_elsewhere = primitives.generate_identity_key()  # a genuine credential, but for another key
+    assert code_of(lambda: enrol(address, good_ca, certs, client=902, credential_key=certified_elsewhere)) == \
+        grpc.StatusCode.PERMISSION_DENIED
     assert enrol(address, good_ca, certs, client=901).session_token  # the right CA and credential do join
-    refusals = [r for r in harness.audit_records(run_dir) if r["type"] == "rejected" and r["method"] == "Enrol"]
-    assert len(refusals) == 3 and all(r["status"] == "PERMISSION_DENIED" for r in refusals)
+    records = harness.audit_records(run_dir)
+    refusals = [r for r in records if r["type"] == "rejected" and r["method"] == "Enrol"]
+    assert [r["status"] for r in refusals] == ["PERMISSION_DENIED"] * 4
+    assert "no readable credential" in refusals[0]["reason"]
+    assert "not the identity authority's statement for client 900" in refusals[1]["reason"]
+    assert "not the identity authority's statement for client 902" in refusals[2]["reason"]
+    assert "certifies another identity key" in refusals[3]["reason"]
+    enrolled = [r for r in records if r["type"] == "enrolled"]
+    assert [r["client"] for r in enrolled] == [901]  # only the certified client was bound, with its credential
+    assert ClientCredential.from_bytes(bytes.fromhex(enrolled[0]["credential"])).identity_public_key.hex() == \
+        enrolled[0]["identity_key"]
 
     # Started together to save time. Clients 2-4 hold another signing key: they refuse the round the
     # server announces (901 above never answers and is dropped with them). Client 1 trusts another
@@ -93,6 +109,43 @@ def test_a_client_without_a_credential_refuses_to_start(tmp_path, certs) -> None
     proc.stop()
 
 
+def _rotate_key(state, user: int) -> None:
+    (state / f"user-{user}" / "identity.key").unlink()
+    client_store(state, user).identity_key()  # a new key; the credential still certifies the old one
+
+
+def _copy_credential_of_user_4(state, user: int) -> None:
+    (state / f"user-{user}" / "credential.bin").write_bytes((state / "user-4" / "credential.bin").read_bytes())
+
+
+def _truncate(state, user: int) -> None:
+    path = state / f"user-{user}" / "credential.bin"
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+def client_store(state, user: int):
+    from client.state import UserStore
+
+    return UserStore(state, user)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_rotate_key, "credential.bin certifies another identity key than"),
+    (_copy_credential_of_user_4, "is not the identity authority's credential for user 3: it certifies client 4"),
+    (_truncate, "credential.bin is not a readable credential"),
+])
+def test_a_client_refuses_to_start_with_a_credential_for_another_key_or_id(tmp_path, certs, damage, message) -> None:
+    state = tmp_path / "state"
+    harness.issue_credentials(certs, "3-4", state)
+    damage(state, 3)
+    proc = harness.Proc(["client", "--server", "127.0.0.1:9", "--users", "3-4", "--certs", str(certs),
+                         "--state-dir", str(state), "--retry-timeout", "2"] + harness.DATA_ARGS, tmp_path / "c.log")
+    assert proc.wait(timeout=60) == 2
+    assert message in proc.stderr() and "user-3" in proc.stderr()
+    assert "unreachable" not in proc.stderr()  # refused before it tried the network
+    proc.stop()
+
+
 def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> None:
     import subprocess
     import sys
@@ -118,7 +171,80 @@ def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> 
     assert issue(first).returncode == 0  # the same binding again is fine
     refused = issue(second)
     assert refused.returncode == 2 and "needs --force" in refused.stderr
+    assert ClientCredential.from_bytes(out.read_bytes()).identity_public_key == \
+        signing.load_public_key(first).public_bytes_raw()  # untouched
     assert issue(second, "--force").returncode == 0
+    assert ClientCredential.from_bytes(out.read_bytes()).identity_public_key == \
+        signing.load_public_key(second).public_bytes_raw()
+
+    # the other refusals: no authority key in --certs, a file that is no Ed25519 public key, an id the server refuses
+    assert "identity authority's key" in issue(first, "--certs", str(tmp_path)).stderr
+    (tmp_path / "garbage.pem").write_text("not a key")
+    assert "client's identity public key" in issue(tmp_path / "garbage.pem").stderr
+    big = subprocess.run([sys.executable, "-m", "mrff_secure.cli", "certs", "issue-client", "--certs", str(certs),
+                          "--client-id", str(2**31), "--identity-pub", str(first), "--out", str(tmp_path / "x.bin")],
+                         capture_output=True, text=True, cwd=harness.ROOT, env=harness._env(), timeout=60)
+    assert big.returncode == 2 and "is outside" in big.stderr and not (tmp_path / "x.bin").exists()
+
+
+def test_issue_client_bulk_form_refuses_to_rebind_without_force(tmp_path, certs) -> None:
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "mrff_secure.cli", *args], capture_output=True, text=True,
+                              cwd=harness.ROOT, env=harness._env(), timeout=60)
+
+    def bulk(*extra):
+        return cli("certs", "issue-client", "--certs", str(certs), "--users", "0-2", "--state-dir", str(state), *extra)
+
+    assert bulk().returncode == 0
+    authority = (certs / "identity-ca.pub")
+    from server.certs import load_authority_public_key
+
+    for user in range(3):
+        client_store(state, user).credential(load_authority_public_key(authority))  # made keys, certified them
+    assert oct((state / "user-0" / "identity.key").stat().st_mode & 0o777) == "0o600"
+    assert bulk().returncode == 0  # the same bindings again are fine
+    _rotate_key(state, 1)
+    before = {u: (state / f"user-{u}" / "credential.bin").read_bytes() for u in range(3)}
+    refused = bulk()
+    assert refused.returncode == 2 and "user-1/credential.bin binds client 1 to another identity key" in refused.stderr
+    assert "needs --force" in refused.stderr
+    assert {u: (state / f"user-{u}" / "credential.bin").read_bytes() for u in range(3)} == before  # nothing written
+    assert bulk("--force").returncode == 0
+    client_store(state, 1).credential(load_authority_public_key(authority))
+
+    # the deployment form: the client makes its key and exports the public key; the authority certifies it
+    made = cli("client-key", "--users", "7", "--state-dir", str(state), "--out-dir", str(tmp_path / "pubs"))
+    assert made.returncode == 0, made.stderr
+    assert b"PRIVATE" not in (tmp_path / "pubs" / "user-7.pub").read_bytes()
+    single = cli("certs", "issue-client", "--certs", str(certs), "--client-id", "7", "--identity-pub",
+                 str(tmp_path / "pubs" / "user-7.pub"), "--out", str(state / "user-7" / "credential.bin"))
+    assert single.returncode == 0, single.stderr
+    client_store(state, 7).credential(load_authority_public_key(authority))
+
+
+def test_a_resumed_server_keeps_every_binding_of_the_run(tmp_path, certs, procs) -> None:
+    """Bindings made after the last checkpoint survive a crash (from the audit log): a second key for an
+    enrolled id is refused by the resumed server even with a credential the authority issued for it."""
+    run_dir = tmp_path / "run"
+    server, address = harness.start_server(tmp_path, certs, run_dir, extra=["--min-clients", "50"])
+    procs.append(server)
+    channel = grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes())
+    first = primitives.generate_identity_key()
+    assert enrol(address, channel, certs, client=7, key=first).session_token
+    server.kill()  # no round ran: the checkpoint on disk predates the enrolment
+    resumed, address = harness.start_server(tmp_path, certs, run_dir, resume=True, name="resumed")
+    procs.append(resumed)
+    rekeyed = primitives.generate_identity_key()  # re-certified by the authority (issue-client --force)
+    assert code_of(lambda: enrol(address, channel, certs, client=7, key=rekeyed)) == grpc.StatusCode.PERMISSION_DENIED
+    assert enrol(address, channel, certs, client=7, key=first).session_token  # the bound key still joins
+    refusal = [r for r in harness.audit_records(run_dir) if r["type"] == "rejected"][-1]
+    assert (refusal["method"], refusal["status"]) == ("Enrol", "PERMISSION_DENIED")
+    assert "already bound to another identity key" in refusal["reason"]
 
 
 def test_mutual_tls_requires_a_client_certificate(tmp_path, certs, procs) -> None:
