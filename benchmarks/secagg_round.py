@@ -1,7 +1,16 @@
-"""One in-memory SecAgg+ round at KuaiSAR-R scale (1,791 clients, d = 71,386) against the crypto floor.
+"""One in-memory SecAgg+ round at KuaiSAR-R scale (1,791 clients, d = 131,072, 32-bit ring) against the crypto floor.
 
 Run: python benchmarks/secagg_round.py --out benchmarks/results/secagg_round.json
-     [--reps 3] [--dropout-reps 1] [--profile-n 300] [--check-d] [--quick]
+     [--reps 3] [--dropout-reps 1] [--raw-d-reps 1] [--profile-n 300,1791] [--no-check-d] [--quick]
+
+Sizes: the phase-2 secure sum of a real KuaiSAR-R round is the update vector padded by the DP
+encoder's plan to a power of two (mrff_secure.federation.client_encoding.secure_round_plans ->
+plans.update.padded_dim): the flat update vector has 71,386 coordinates, the padded one 131,072.
+d = the padded length is THE round; the raw length is measured too (--raw-d-reps), for comparison.
+Both are re-derived from ../shared/datasets/KuaiSAR-R in a subprocess when it exists (d_check in
+the JSON; torch stays out of this process), else the hard-coded values are used and d_check says so.
+The ring is what a 32-bit network round uses (RoundSpec.modulus_bits = 32): modulus_bits = 32,
+max_abs = (2^31 - 1) // n = 1,199,042 (federation.secure_sum.max_abs_for), default k and t.
 
 What is measured how (also written into the JSON):
 - round: one secure sum of n = 1,791 clients (the KuaiSAR-R user count) in one process, with the
@@ -12,7 +21,7 @@ What is measured how (also written into the JSON):
   sends: server time; a broadcast is serialized once). session_setup = the ClientSession constructor
   (own credential check, two fresh X25519 keys). round_s = the sum of every client's and the server's
   time (what one process spends; input generation is excluded). Default k and t of SecAggConfig
-  for n = 1,791; max_abs = 2^15 levels; the modulus from SecAggConfig. Inputs are integers in
+  for n = 1,791; modulus_bits = 32, max_abs = (2^31 - 1) // n. Inputs are integers in
   [-max_abs, max_abs] drawn per client from a seeded generator when the client masks (never all in
   memory); the server's sum is checked exactly against the sum of the inputs.
 - floor (THE crypto floor of the brief), measured in the same process right after each round: per
@@ -68,7 +77,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from secagg import (  # noqa: E402
-    LEVELS,
     STAGES,
     client_input,
     environment,
@@ -96,11 +104,14 @@ from mrff_secure.secagg.server import ServerSession  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N_KUAISAR_R = 1791
-D_KUAISAR_R = 71_386
-D_SOURCE = ("UpdateLayout.from_model(build_model(ModelConfig(maxlen=data.maxlen), load_kuaisar_r(...))).size on "
-            "../shared/datasets/KuaiSAR-R, checked 2026-11: 71,377 delta coordinates (shared 33,745 + 2 blocks x "
-            "4 groups x 4,704) + 8 one-hot + 1 example count = 71,386; 1,791 users. Hard-coded so the benchmark "
-            "imports neither torch nor the dataset; --check-d re-derives it in a subprocess.")
+D_RAW = 71_386
+D_PADDED = 131_072
+MODULUS_BITS = 32
+D_SOURCE = ("raw: UpdateLayout.from_model(build_model(ModelConfig(maxlen=data.maxlen), load_kuaisar_r(...))).size on "
+            "../shared/datasets/KuaiSAR-R: 71,377 delta coordinates (shared 33,745 + 2 blocks x 4 groups x 4,704) + "
+            "8 one-hot + 1 example count = 71,386; padded: secure_round_plans(...).update.padded_dim via "
+            "client_update.round_plans(RoundSpec(...), layout, 1791) = 131,072 (dp off and distributed alike); "
+            "1,791 users. Hard-coded fallbacks; d_check re-derives them in a subprocess.")
 FLOOR_SAMPLE = 50
 
 CHECK_D = """
@@ -109,26 +120,39 @@ from mrff_secure.data import load_kuaisar_r
 from mrff_secure.config import ModelConfig
 from mrff_secure.model import build_model
 from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.federation.client_update import RoundSpec, round_plans
 data = load_kuaisar_r({path!r})
 layout = UpdateLayout.from_model(build_model(ModelConfig(maxlen=data.maxlen), data))
-print(json.dumps({{"users": data.num_users, "size": layout.size, "delta_size": layout.delta_size,
-                  "count_size": layout.count_size}}))
+out = {{"users": data.num_users, "size": layout.size, "delta_size": layout.delta_size,
+       "count_size": layout.count_size}}
+for mode, spec in (("off", RoundSpec(dp_mode="off", modulus_bits={bits})),
+                   ("distributed", RoundSpec(dp_mode="distributed", noise_multiplier=1.0,
+                                             min_survivors=data.num_users // 2, modulus_bits={bits}))):
+    plans = round_plans(spec, layout, data.num_users)
+    out["padded_dim_dp_" + mode] = plans.update.padded_dim
+    out["counts_padded_dim_dp_" + mode] = None if plans.counts is None else plans.counts.padded_dim
+print(json.dumps(out))
 """
 
 
 def check_d() -> dict:
-    """Re-derive (n, d) from the dataset in a subprocess (torch stays out of this process)."""
+    """Re-derive n, the raw and the padded d from the dataset in a subprocess (torch stays out of this process)."""
     path = ROOT.parent / "shared" / "datasets" / "KuaiSAR-R"
     if not path.is_dir():
-        return {"checked": False, "reason": f"{path} is absent: fell back to d = {D_KUAISAR_R}"}
-    out = subprocess.run([sys.executable, "-c", CHECK_D.format(path=str(path))], capture_output=True, text=True,
-                         cwd=ROOT, timeout=600)
+        return {"checked": False, "reason": f"{path} is absent: fell back to d = {D_PADDED} (raw {D_RAW})"}
+    out = subprocess.run([sys.executable, "-c", CHECK_D.format(path=str(path), bits=MODULUS_BITS)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
     if out.returncode != 0:
         return {"checked": False, "reason": f"layout check failed ({out.stderr.strip()[-300:]}): fell back to "
-                                            f"d = {D_KUAISAR_R}"}
+                                            f"d = {D_PADDED} (raw {D_RAW})"}
     found = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"checked": True, **found, "matches_hard_coded": found["size"] == D_KUAISAR_R
-            and found["users"] == N_KUAISAR_R}
+    return {"checked": True, **found, "matches_hard_coded": found["size"] == D_RAW and found["users"] == N_KUAISAR_R
+            and found["padded_dim_dp_off"] == D_PADDED == found["padded_dim_dp_distributed"]}
+
+
+def make_config(n: int, d: int, bits: int = MODULUS_BITS) -> SecAggConfig:
+    """What a b-bit network round uses: modulus_bits = b, max_abs = (2^(b-1) - 1) // n, default k and t."""
+    return SecAggConfig(num_clients=n, vector_length=d, max_abs=((1 << (bits - 1)) - 1) // n, modulus_bits=bits)
 
 
 def _median(values):
@@ -364,7 +388,7 @@ def _category(filename: str, name: str) -> str:
 
 def profile_round(n: int, d: int, seed: int = 900, top: int = 30) -> dict:
     """cProfile of one instrumented round of n clients (the identities are made outside the profile)."""
-    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=LEVELS)
+    config = make_config(n, d)
     identities = make_identities(list(range(n)))
     profiler = cProfile.Profile()
 
@@ -406,7 +430,7 @@ def profile_round(n: int, d: int, seed: int = 900, top: int = 30) -> dict:
 def linear_pieces(n: int, d: int, reps: int = 5) -> dict:
     """Per-client work that grows with n (not crypto), timed at full n on one client of a real session
     (median of reps): every client repeats it, so the round pays it n times (O(n^2) in all)."""
-    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=LEVELS)
+    config = make_config(n, d)
     identities = make_identities(list(range(n)))
     context = SessionContext.fresh(round_id=1)
     ctx = context.to_bytes()
@@ -626,26 +650,62 @@ def accounting(report: dict) -> dict:
     }
 
 
+def headline(report: dict) -> dict:
+    """The answer in a few numbers: round time, floor and ratio of each measured variant (medians)."""
+    out = {}
+    for label in ("round", "round_dropout_10pct", "round_raw_d"):
+        if label not in report:
+            continue
+        sm = report[label]["summary"]
+        out[label] = {
+            "d": report[label]["d"], "reps": sm["reps"], "round_s": round(sm["round_s"], 2),
+            "client_total_s": round(sm["client_total_s"], 2), "server_total_s": round(sm["server_total_s"], 2),
+            "floor_s": round(sm["floor_s"], 2), "ratio": round(sm["ratio_round_over_floor"], 2),
+            "round_cpu_s": round(sm["round_cpu_s"], 2), "floor_cpu_s": round(sm["floor_cpu_s"], 2),
+            "ratio_cpu": round(sm["ratio_round_over_floor_cpu"], 2),
+            "target_le_2x_met": sm["target_round_le_2x_floor_met"],
+            "stages_client_sum_s / server_s": {s: [round(v["client_sum_s"], 2), round(v["server_s"], 2)]
+                                               for s, v in sm["stages"].items()},
+        }
+    out["note"] = ("round_s = sum over clients of client time + server time, every message serialized and parsed; "
+                   "floor = k X25519 agreements + k mask expansions of d values + k Ed25519 verifications per client, "
+                   f"measured on {FLOOR_SAMPLE} sampled clients in the same process and scaled to n; medians over reps; "
+                   "shared noisy 2-core machine")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/secagg_round.json"))
     parser.add_argument("--n", type=int, default=N_KUAISAR_R)
-    parser.add_argument("--d", type=int, default=D_KUAISAR_R)
+    parser.add_argument("--d", type=int, default=None, help="default: the padded length (d_check or 131,072)")
+    parser.add_argument("--raw-d-reps", type=int, default=1,
+                        help="reps of the same round at the raw (unpadded) length (0: skip)")
+    parser.add_argument("--no-check-d", action="store_true", help="do not re-derive d from the dataset")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--dropout-reps", type=int, default=1, help="reps of the 10%%-dropout round (0: skip)")
     parser.add_argument("--profile-n", type=str, default="300,1791",
                         help="comma-separated n of the profiled rounds ('' or 0: none)")
-    parser.add_argument("--check-d", action="store_true", help="re-derive d from the dataset (subprocess, torch)")
     parser.add_argument("--quick", action="store_true", help="n=120, d=5000, one rep of each: a smoke run")
     args = parser.parse_args()
     if args.quick:
         args.n, args.d, args.reps, args.dropout_reps, args.profile_n = 120, 5000, 1, 1, "60"
+        args.raw_d_reps, args.no_check_d = min(args.raw_d_reps, 1), True
     report: dict = {"environment": environment(), "methods": __doc__}
     report["d_source"] = D_SOURCE
-    if args.check_d:
+    d_padded, d_raw = D_PADDED, D_RAW
+    if not args.no_check_d:
         report["d_check"] = check_d()
         print(json.dumps(report["d_check"]), flush=True)
-    config = SecAggConfig(num_clients=args.n, vector_length=args.d, max_abs=LEVELS)
+        if report["d_check"]["checked"]:
+            d_padded, d_raw = report["d_check"]["padded_dim_dp_off"], report["d_check"]["size"]
+    if args.d is None:
+        args.d = d_padded
+    if args.quick:
+        d_raw = 3000
+    report["sizes"] = {"raw_update_vector_length": d_raw, "padded_length (benchmarked as the real round)": args.d,
+                       "from_dataset": bool(report.get("d_check", {}).get("checked"))}
+    config = make_config(args.n, args.d)
     report["config"] = {"n": config.num_clients, "d": config.vector_length, "max_abs": config.max_abs,
                         "modulus_bits": config.bits, "k": config.k, "t": config.t,
                         "word_dtype": str(primitives.word_dtype(config.bits))}
@@ -657,10 +717,10 @@ def main() -> None:
     sample = sorted(np.random.default_rng(7).choice(config.num_clients, min(FLOOR_SAMPLE, config.num_clients),
                                                     replace=False).tolist())
 
-    def run(label: str, dropout: float, reps: int) -> None:
+    def run(label: str, dropout: float, reps: int, cfg: SecAggConfig = config) -> None:
         rounds = []
         for rep in range(reps):
-            result = one_round(config, identities, seed=rep + (100 if dropout else 0), dropout=dropout, sample=sample)
+            result = one_round(cfg, identities, seed=rep + (100 if dropout else 0), dropout=dropout, sample=sample)
             rounds.append(result)
             print(json.dumps({"label": label, "rep": rep, "round_s": result["round_s"],
                               "floor_s": result["floor"]["floor_s"], "ratio": result["ratio_round_over_floor"],
@@ -670,13 +730,17 @@ def main() -> None:
                               "stages": {s: (round(v["client_sum_s"], 2), round(v["server_s"], 2))
                                          for s, v in result["stages"].items()}}), flush=True)
             gc.collect()
-        report[label] = {"summary": summarize(rounds), "rounds": rounds}
+        report[label] = {"d": cfg.vector_length, "summary": summarize(rounds), "rounds": rounds}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")  # partial results survive an interruption
 
     run("round", 0.0, args.reps)
     if args.dropout_reps:
         run("round_dropout_10pct", 0.1, args.dropout_reps)
+    if args.raw_d_reps:
+        run("round_raw_d", 0.0, args.raw_d_reps, make_config(args.n, d_raw))
+    report["headline"] = headline(report)
+    print(json.dumps(report["headline"], indent=1), flush=True)
     report["linear_per_client_pieces"] = linear_pieces(args.n, args.d)
     print(json.dumps(report["linear_per_client_pieces"]), flush=True)
     report["vector_pieces"] = vector_pieces(config)
