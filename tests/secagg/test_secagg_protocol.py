@@ -75,8 +75,45 @@ def test_dropouts_at_each_stage(stage):
 
 def test_a_dropout_at_reveal_seed_aborts_cleanly():
     config = SecAggConfig(num_clients=10, vector_length=5, max_abs=50)
-    with pytest.raises(AggregationAborted, match="did not reveal"):
+    with pytest.raises(AggregationAborted, match=r"participants \[3\] did not reveal their graph seed"):
         run_round(config, round_id=4, inputs=_inputs(10, 5, 50), dropouts={Stage.REVEAL_SEED: {3}})
+    # stage by stage: the server aborts before any graph or share exists, and refuses everything after
+    r = Round(config, range(10), round_id=4)
+    participants = r.advertise()
+    for c in range(10):
+        if c != 3:
+            r.server.receive_seed_reveal(wire(r.clients[c].reveal_seed(participants)))
+    with pytest.raises(AggregationAborted, match="did not reveal"):
+        r.server.close_reveal_seed()
+    assert r.server.stage is Stage.ABORTED and r.server.graph == {}
+    late = r.clients[3].reveal_seed(participants)
+    for refused in (lambda: r.server.receive_seed_reveal(late), r.server.close_reveal_seed, r.server.close_share_keys,
+                    r.server.finish):
+        with pytest.raises(ProtocolViolation, match="server is in stage ABORTED"):
+            refused()
+    # the clients revealed nothing but their bundles and graph-seed openings: none has shared a key
+    assert all(client.stage is Stage.SHARE_KEYS and client.neighbours == () for client in r.clients.values())
+
+
+@pytest.mark.parametrize("stage", [Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK])
+def test_one_dropout_at_each_stage_from_share_keys_on_with_the_default_threshold(stage):
+    """Default k = 6 and t = 5 (the threshold stays below k): one neighbour of client 0 falls silent at
+    each stage from SHARE_KEYS on, and the survivors' sum is exact (the dropped client is in it iff it
+    uploaded)."""
+    n, d = 12, 7
+    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=1000, num_neighbours=6)
+    assert (config.k, config.t) == (6, 5)
+    inputs = _inputs(n, d, 1000, seed=40 + stage.value)
+    dropped = []
+
+    def schedule(graph):
+        dropped.append(graph[0][0])
+        return {stage: {graph[0][0]}}
+
+    result = run_round(config, round_id=40, inputs=inputs, dropouts=schedule)
+    uploaded = stage.value > Stage.MASKED_INPUT.value
+    assert result.survivors == tuple(c for c in range(n) if uploaded or c != dropped[0])
+    assert np.array_equal(result.total, sum(inputs[c] for c in result.survivors))
 
 
 def test_dropouts_spread_over_all_stages():
