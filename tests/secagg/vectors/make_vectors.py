@@ -11,8 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mrff_secure.secagg import packing, primitives, shamir
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from mrff_secure.secagg import messages, packing, primitives, shamir
+from mrff_secure.secagg.context import SessionContext
 from mrff_secure.secagg.encoding import quantize, to_ring
+from mrff_secure.secagg.graph import graph_seed, neighbour_graph
+from mrff_secure.secagg.identity import issue_credential
 
 HERE = Path(__file__).parent
 
@@ -62,8 +67,66 @@ def encoding_vectors() -> dict:
     return {"generate": generate, "ring": ring}
 
 
+def protocol_vectors() -> dict:
+    """The session context, credentials, commitments, key bundles, participant set, graph seed and graph,
+    consistency payload and the stage-1 messages, all from fixed keys and bytes (Ed25519 is deterministic)."""
+    context = SessionContext(bytes(range(16)), 1, 0x0102030405060708, bytes(range(32, 64)))
+    ctx = context.to_bytes()
+    authority = Ed25519PrivateKey.from_private_bytes(bytes([0xA0]) * 32)
+    bundles, entries, reveals, identities, secrets = [], [], [], [], []
+    for client in (3, 7, 11, 20):
+        identity = Ed25519PrivateKey.from_private_bytes(bytes([client]) * 32)
+        credential = issue_credential(authority, client, primitives.identity_public_bytes(identity))
+        cipher = primitives.agreement_key_from_bytes(bytes([client + 100]) * 32)
+        mask = primitives.agreement_key_from_bytes(bytes([client + 150]) * 32)
+        reveal, self_seed = bytes([client + 1]) * 32, bytes([client + 2]) * 32
+        secrets.append({"identity_key": (bytes([client]) * 32).hex(), "cipher_key": (bytes([client + 100]) * 32).hex(),
+                        "mask_key": (bytes([client + 150]) * 32).hex(), "self_mask_seed": self_seed.hex()})
+        unsigned = messages.AdvertiseKeys(
+            context.round_id, client, primitives.agreement_public_bytes(cipher), primitives.agreement_public_bytes(mask),
+            primitives.commitment(messages.PURPOSE_GRAPH_SEED, ctx, client, reveal),
+            primitives.commitment(messages.PURPOSE_SELF_MASK_SEED, ctx, client, self_seed), credential, bytes(64))
+        bundle = messages.AdvertiseKeys(**{**unsigned.__dict__, "signature": primitives.sign(
+            identity, unsigned.signed_payload(ctx))})
+        bundles.append(bundle)
+        identities.append(identity)
+        reveals.append(reveal)
+        entries.append(messages.ParticipantEntry(client, bundle.graph_commitment, bundle.digest()))
+    participants = messages.ParticipantSet(context.round_id, tuple(entries))
+    seed = graph_seed(ctx, participants.digest(), reveals)
+    graph = neighbour_graph(seed, participants.client_ids, 2)
+    survivors = (3, 7, 20)
+    payload = messages.consistency_payload(ctx, seed, survivors)
+    signature = primitives.sign(identities[0], payload)
+    neighbourhood = messages.Neighbourhood(context.round_id, 3, tuple(reveals),
+                                           tuple(b for b in bundles if b.client_id in graph[3]))
+    return {
+        "context": {"run_id": context.run_id.hex(), "phase": context.phase, "round_id": context.round_id,
+                    "nonce": context.nonce.hex(), "bytes": ctx.hex()},
+        "authority_key": (bytes([0xA0]) * 32).hex(),
+        "authority_public_key": primitives.identity_public_bytes(authority).hex(),
+        "clients": [{"client_id": b.client_id, **secret, "reveal": r.hex(), "credential": b.credential.to_bytes().hex(),
+                     "bundle": b.to_bytes().hex(), "digest": b.digest().hex()}
+                    for b, r, secret in zip(bundles, reveals, secrets)],
+        "participant_set": {"bytes": participants.to_bytes().hex(), "digest": participants.digest().hex()},
+        "seed_reveal": messages.SeedReveal(context.round_id, 3, reveals[0]).to_bytes().hex(),
+        "graph_seed": seed.hex(),
+        "graph_k2": {str(c): list(v) for c, v in graph.items()},
+        "consistency": {"survivors": list(survivors), "payload": payload.hex(), "signature_by_3": signature.hex()},
+        "neighbourhood_of_3": neighbourhood.to_bytes().hex(),
+        "invalid": [
+            {"reason": "participant count beyond the message", "error": "list count exceeds the message size",
+             "bytes": participants.to_bytes()[:10].hex() + "000000ff"},
+            {"reason": "truncated bundle", "error": "truncated", "bytes": bundles[0].to_bytes()[:-1].hex()},
+            {"reason": "trailing byte", "error": "1 trailing bytes",
+             "bytes": messages.SeedReveal(context.round_id, 3, reveals[0]).to_bytes().hex() + "00"},
+        ],
+    }
+
+
 def main() -> None:
-    for name, build in [("shamir", shamir_vectors), ("packing", packing_vectors), ("encoding", encoding_vectors)]:
+    for name, build in [("shamir", shamir_vectors), ("packing", packing_vectors), ("encoding", encoding_vectors),
+                        ("protocol", protocol_vectors)]:
         (HERE / f"{name}.json").write_text(json.dumps(build(), indent=1) + "\n")
 
 
