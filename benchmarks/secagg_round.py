@@ -10,7 +10,7 @@ d = the padded length is THE round; the raw length is measured too (--raw-d-reps
 Both are re-derived from ../shared/datasets/KuaiSAR-R in a subprocess when it exists (d_check in
 the JSON; torch stays out of this process), else the hard-coded values are used and d_check says so.
 The ring is what a 32-bit network round uses (RoundSpec.modulus_bits = 32): modulus_bits = 32,
-max_abs = (2^31 - 1) // n = 1,199,042 (federation.secure_sum.max_abs_for), default k and t.
+max_abs = (2^31 - 1) // (2n) = 599,520 (federation.secure_sum.max_abs_for: one guard bit), default k and t.
 
 What is measured how (also written into the JSON):
 - round: one secure sum of n = 1,791 clients (the KuaiSAR-R user count) in one process, with the
@@ -21,7 +21,7 @@ What is measured how (also written into the JSON):
   sends: server time; a broadcast is serialized once). session_setup = the ClientSession constructor
   (own credential check, two fresh X25519 keys). round_s = the sum of every client's and the server's
   time (what one process spends; input generation is excluded). Default k and t of SecAggConfig
-  for n = 1,791; modulus_bits = 32, max_abs = (2^31 - 1) // n. Inputs are integers in
+  for n = 1,791; modulus_bits = 32, max_abs = (2^31 - 1) // (2n). Inputs are integers in
   [-max_abs, max_abs] drawn per client from a seeded generator when the client masks (never all in
   memory); the server's sum is checked exactly against the sum of the inputs.
 - floor (THE crypto floor of the brief), measured in the same process right after each round: per
@@ -86,7 +86,7 @@ from secagg import (  # noqa: E402
 
 from mrff_secure.secagg import identity as identity_module  # noqa: E402
 from mrff_secure.secagg import masking, packing, primitives, shamir  # noqa: E402
-from mrff_secure.secagg.config import SecAggConfig  # noqa: E402
+from mrff_secure.secagg.config import SecAggConfig, guard_bits  # noqa: E402
 from mrff_secure.secagg.context import SessionContext  # noqa: E402
 from mrff_secure.secagg.encoding import to_ring  # noqa: E402
 from mrff_secure.secagg.graph import graph_seed, neighbours_of  # noqa: E402
@@ -151,8 +151,11 @@ def check_d() -> dict:
 
 
 def make_config(n: int, d: int, bits: int = MODULUS_BITS) -> SecAggConfig:
-    """What a b-bit network round uses: modulus_bits = b, max_abs = (2^(b-1) - 1) // n, default k and t."""
-    return SecAggConfig(num_clients=n, vector_length=d, max_abs=((1 << (bits - 1)) - 1) // n, modulus_bits=bits)
+    """What a b-bit network round uses: modulus_bits = b, max_abs = (2^(b-1) - 1) // (n 2^g) with the range
+    check's guard bits g = guard_bits(d) (federation.secure_sum.max_abs_for, without importing torch),
+    default k and t."""
+    return SecAggConfig(num_clients=n, vector_length=d, max_abs=((1 << (bits - 1)) - 1) // (n << guard_bits(d)),
+                        modulus_bits=bits)
 
 
 def _median(values):

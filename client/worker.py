@@ -338,9 +338,10 @@ class LogicalClient:
                                   num_neighbours=params.num_neighbours, threshold=params.threshold)
         except ConfigError as exc:
             raise AuthenticationError(f"announced secure-aggregation parameters are invalid: {exc}") from exc
-        plan = plans.counts if phase == pb.COUNTS else plans.update
+        plan, plan_max_abs = ((plans.counts, plans.counts_max_abs) if phase == pb.COUNTS else
+                              (plans.update, plans.update_max_abs))
         expected = ((len(body.participants), 1, 1, config.bits) if plan is None else
-                    (len(body.participants), plan.padded_dim, plans.max_abs, plan.modulus_bits))
+                    (len(body.participants), plan.padded_dim, plan_max_abs, plan.modulus_bits))
         announced = (config.num_clients, config.vector_length, config.max_abs, config.bits)
         if announced != expected or residues.size != config.vector_length:
             raise _RoundFailed(f"refusing round {body.round_id}: announced (clients, length, max_abs, modulus bits) "

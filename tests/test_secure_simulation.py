@@ -54,7 +54,7 @@ def secure(z=0.5, backend="fast", mechanism=None, sampling="per_client", clip=0.
 def test_ring_sum_and_inmemory_secagg_agree_bit_for_bit_on_random_residues():
     rng = np.random.default_rng(0)
     n, dim, bits = 5, 37, 20
-    limit = max_abs_for(n, bits)
+    limit = max_abs_for(n, bits, vector_length=dim)
     signed = rng.integers(-limit, limit + 1, size=(n, dim))
     residues = np.mod(signed, 1 << bits)
     fast = RingSum(num_clients=n, dim=dim, modulus_bits=bits)
@@ -68,8 +68,8 @@ def test_ring_sum_and_inmemory_secagg_agree_bit_for_bit_on_random_residues():
 
 
 def test_secure_sums_refuse_out_of_range_inputs_and_repeated_clients():
-    n, bits = 4, 16
-    limit = max_abs_for(n, bits)
+    n, bits = 4, 24  # a length-3 sum keeps guard_bits(3) = 14 bits of headroom
+    limit = max_abs_for(n, bits, vector_length=3)
     too_big = np.full((1, 3), limit + 1)
     for session in (RingSum(num_clients=n, dim=3, modulus_bits=bits),
                     InMemorySecAgg(num_clients=n, dim=3, modulus_bits=bits, round_id=0)):

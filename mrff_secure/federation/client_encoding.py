@@ -8,8 +8,9 @@ noise_multiplier, n_clients, n_min, modulus_bits, count_cap, rounding_beta=DEFAU
 single_noise_draw=False) -> SecureRoundPlans``
     The round's two `DistributedPlan`s: ``.counts`` (phase 1: the group one-hots, length
     blocks * groups; None when the model has no groups) and ``.update`` (phase 2: the whole layout
-    vector ``[delta | one-hots | example count]``, length ``.size``), plus ``.max_abs`` (the
-    per-client integer bound the secure sum is sized for: the SecAggConfig's max_abs) and the
+    vector ``[delta | one-hots | example count]``, length ``.size``), plus ``.counts_max_abs`` and
+    ``.update_max_abs`` (the per-client integer bound each phase's secure sum is sized for: its
+    SecAggConfig's max_abs, with the range check's guard bits for that phase's length) and the
     inputs. dp_mode "off" (secure aggregation, no noise: noise_multiplier must be 0) or
     "distributed". n_min: the survivors each client's noise share is sized for (a client should
     refuse an n_min above what its policy accepts; the server must refuse to decode a sum over
@@ -39,7 +40,7 @@ single_noise_draw=False) -> SecureRoundPlans``
 Wiring (network, `federation.client_update`): `round_plans(spec, layout, n)` builds the plans from a
 RoundSpec, `update_vector(layout, update, suppressed, cap)` the phase-2 float vector,
 `plan_configs(plans, n)` the two SecAggConfigs (vector length = padded_dim, max_abs =
-plans.max_abs, the plans' modulus), `apply_decoded(...)` the global step. The secagg state
+plans.counts_max_abs / plans.update_max_abs, the plans' modulus), `apply_decoded(...)` the global step. The secagg state
 machines take centred signed integers: `secagg.encoding.from_ring(residues, plans.modulus_bits)`.
 ``rotation_seed`` is public (the server announces one per round and phase and decodes with it);
 ``rng`` is `secure_generator()` on a real client, a fresh one per phase.
@@ -71,6 +72,7 @@ from mrff_secure.dp.distributed import (
     DistributedPlan,
     max_scale,
     max_share_variance,
+    next_power_of_two,
     plan_distributed,
 )
 from mrff_secure.dp.mechanisms import sample_discrete_gaussian, sample_skellam
@@ -124,7 +126,8 @@ class SecureRoundPlans:
     n_clients: int
     n_min: int
     modulus_bits: int
-    max_abs: int
+    counts_max_abs: int | None  # None without groups
+    update_max_abs: int
     count_cap: int
     dp_mode: str
 
@@ -191,20 +194,25 @@ def secure_round_plans(
         raise ConfigError(f"n_min={n_min} survivors cannot exceed the {n} participants")
     count_cap = _int("count_cap", count_cap, 1)
     bits = _int("modulus_bits", modulus_bits, 2)
-    max_abs = max_abs_for(n, bits)  # ConfigError when the modulus cannot hold n clients
     if not (isinstance(rounding_beta, (int, float)) and 0.0 <= rounding_beta < 1.0):
         raise ConfigError(f"rounding_beta must be in [0, 1), got {rounding_beta!r}")
-    common = dict(mechanism=mech, n=n, n_min=n_min, z=z, bits=bits, beta=float(rounding_beta), max_abs=max_abs,
+    common = dict(mechanism=mech, n=n, n_min=n_min, z=z, bits=bits, beta=float(rounding_beta),
                   single_noise_draw=single_noise_draw)
     size = delta_size + num_blocks * num_groups + 1
-    update = _phase_plan(dim=size, clip=clip, clip_len=delta_size, extra=PHASE2_COUNT_SENSITIVITY, **common)
-    counts = None
+    # each phase's bound leaves the range check guard bits for its own (padded) length; ConfigError when
+    # the modulus cannot hold n clients
+    update_max_abs = max_abs_for(n, bits, vector_length=next_power_of_two(size))
+    update = _phase_plan(dim=size, clip=clip, clip_len=delta_size, extra=PHASE2_COUNT_SENSITIVITY,
+                         max_abs=update_max_abs, **common)
+    counts, counts_max_abs = None, None
     if num_groups:
+        counts_max_abs = max_abs_for(n, bits, vector_length=next_power_of_two(num_blocks * num_groups))
         counts = _phase_plan(dim=num_blocks * num_groups, clip=math.sqrt(num_blocks), clip_len=None, extra=0.0,
-                             **common)
+                             max_abs=counts_max_abs, **common)
     return SecureRoundPlans(counts=counts, update=update, delta_size=delta_size, num_blocks=num_blocks,
-                            num_groups=num_groups, n_clients=n, n_min=n_min, modulus_bits=bits, max_abs=max_abs,
-                            count_cap=count_cap, dp_mode=dp_mode)
+                            num_groups=num_groups, n_clients=n, n_min=n_min, modulus_bits=bits,
+                            counts_max_abs=counts_max_abs, update_max_abs=update_max_abs, count_cap=count_cap,
+                            dp_mode=dp_mode)
 
 
 def without_noise(plans: SecureRoundPlans) -> SecureRoundPlans:

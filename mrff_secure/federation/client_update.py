@@ -274,10 +274,10 @@ def plan_configs(plans: SecureRoundPlans, num_clients: int, *,
     if plans.counts is None:
         counts = SecAggConfig(num_clients=num_clients, vector_length=1, max_abs=1, **extra)
     else:
-        counts = SecAggConfig(num_clients=num_clients, vector_length=plans.counts.padded_dim, max_abs=plans.max_abs,
-                              modulus_bits=plans.counts.modulus_bits, **extra)
-    update = SecAggConfig(num_clients=num_clients, vector_length=plans.update.padded_dim, max_abs=plans.max_abs,
-                          modulus_bits=plans.update.modulus_bits, **extra)
+        counts = SecAggConfig(num_clients=num_clients, vector_length=plans.counts.padded_dim,
+                              max_abs=plans.counts_max_abs, modulus_bits=plans.counts.modulus_bits, **extra)
+    update = SecAggConfig(num_clients=num_clients, vector_length=plans.update.padded_dim,
+                          max_abs=plans.update_max_abs, modulus_bits=plans.update.modulus_bits, **extra)
     return counts, update
 
 

@@ -62,7 +62,7 @@ from mrff_secure.federation.client_encoding import (
     update_upload,
     without_noise,
 )
-from mrff_secure.federation.secure_sum import BACKENDS, max_abs_for, open_session, round_id_for
+from mrff_secure.federation.secure_sum import BACKENDS, open_session, round_id_for
 from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.secagg.groupwise import DEFAULT_MIN_GROUP_SIZE, check_min_group_size
 
@@ -393,7 +393,7 @@ class PrivacyPipeline:
                 out["update_plan"] = {"dim": p.dim, "padded_dim": p.padded_dim, "scale": p.scale, "n_min": p.n_min,
                                       "l2_bound": p.l2_bound, "share_variance": p.share_variance,
                                       "modular_clipping_probability": p.clipping.any_coordinate,
-                                      "per_client_max_abs": max_abs_for(n, p.modulus_bits)}
+                                      "per_client_max_abs": plans.update_max_abs}
                 if plans.counts is not None:
                     c = plans.counts
                     out["count_plan"] = {"dim": c.dim, "clip": c.clip, "scale": c.scale,

@@ -10,8 +10,10 @@ produces). The server may learn only their sum mod 2^b. Two backends:
   client drops out (the masks cancel exactly). For the large simulation.
 
 Both refuse an input coordinate outside [-max_abs, max_abs] (as signed, centred values), where
-max_abs = floor((2^(b-1) - 1) / n) is the range that lets n inputs sum without wrapping: the
-secure-aggregation layer sizes its modulus that way, so the fast path checks the same rule.
+max_abs = floor((2^(b-1) - 1) / (n 2^g)) lets n inputs sum without wrapping with g =
+`secagg.config.guard_bits(d)` bits to spare (the headroom that gives the server's output range
+check its power): the secure-aggregation layer sizes its modulus that way, so the fast path checks
+the same rule.
 """
 
 from __future__ import annotations
@@ -21,22 +23,25 @@ from typing import Protocol
 import numpy as np
 
 from mrff_secure.errors import ConfigError
-from mrff_secure.secagg.config import MAX_MODULUS_BITS, SecAggConfig
+from mrff_secure.secagg.config import MAX_MODULUS_BITS, SecAggConfig, guard_bits
 from mrff_secure.secagg.encoding import InputRangeError, from_ring
 from mrff_secure.secagg.inmemory import run_round
 
 BACKENDS = ("fast", "inmemory")
 
 
-def max_abs_for(num_clients: int, modulus_bits: int) -> int:
-    """The largest per-client |coordinate| such that `num_clients` of them sum without wrapping mod 2^b."""
+def max_abs_for(num_clients: int, modulus_bits: int, *, vector_length: int) -> int:
+    """The largest per-client |coordinate| such that `num_clients` of them sum without wrapping mod 2^b,
+    with guard_bits(vector_length) bits of headroom left for the range check (SecAggConfig's rule)."""
     if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
         raise ConfigError(f"num_clients must be a positive integer, got {num_clients!r}")
     if isinstance(modulus_bits, bool) or not isinstance(modulus_bits, int) or not 2 <= modulus_bits <= MAX_MODULUS_BITS:
         raise ConfigError(f"modulus_bits must be an integer in [2, {MAX_MODULUS_BITS}], got {modulus_bits!r}")
-    value = ((1 << (modulus_bits - 1)) - 1) // num_clients
+    guard = guard_bits(vector_length)
+    value = ((1 << (modulus_bits - 1)) - 1) // (num_clients << guard)
     if value < 1:
-        raise ConfigError(f"a {modulus_bits}-bit modulus cannot hold a sum over {num_clients} clients")
+        raise ConfigError(f"a {modulus_bits}-bit modulus cannot hold a sum over {num_clients} clients with "
+                          f"{guard} guard bits")
     return value
 
 
@@ -70,7 +75,7 @@ class RingSum:
 
     def __init__(self, *, num_clients: int, dim: int, modulus_bits: int) -> None:
         self.num_clients, self.dim, self.modulus_bits = num_clients, dim, modulus_bits
-        self.max_abs = max_abs_for(num_clients, modulus_bits)
+        self.max_abs = max_abs_for(num_clients, modulus_bits, vector_length=dim)
         self._total = np.zeros(dim, dtype=np.uint64)  # wraps mod 2^64, a multiple of 2^b
         self._seen: set[int] = set()
 
@@ -95,7 +100,7 @@ class InMemorySecAgg:
     def __init__(self, *, num_clients: int, dim: int, modulus_bits: int, round_id: int) -> None:
         if num_clients < 3:
             raise ConfigError(f"secure aggregation needs at least 3 clients, got {num_clients}")
-        self.max_abs = max_abs_for(num_clients, modulus_bits)
+        self.max_abs = max_abs_for(num_clients, modulus_bits, vector_length=dim)
         self.config = SecAggConfig(num_clients=num_clients, vector_length=dim, max_abs=self.max_abs,
                                    modulus_bits=modulus_bits)
         self.dim, self.modulus_bits, self.round_id = dim, modulus_bits, round_id

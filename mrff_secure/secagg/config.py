@@ -39,13 +39,33 @@ def default_threshold(num_neighbours: int, corrupt_neighbours: int = DEFAULT_COR
     return min(cap, max(num_neighbours // 2 + 1, threshold_for(num_neighbours, corrupt_neighbours)))
 
 
-def required_modulus_bits(num_clients: int, max_abs: int) -> int:
-    """The smallest b such that any sum of `num_clients` values in [-max_abs, max_abs] fits in Z_{2^b}.
+RANGE_CHECK_SECURITY_BITS = 40
+"""The server's output range check lets a vector of uniform junk through with probability <= 2^-40."""
+
+
+def guard_bits(vector_length: int) -> int:
+    """Headroom bits g above the largest honest sum: g >= 1 and g * d >= RANGE_CHECK_SECURITY_BITS.
+
+    After unmasking, the server refuses a sum with a coordinate outside +-(survivors x max_abs). A mask
+    that was not what it claimed (a dealer that masked with another seed than it shared, a corrupted
+    share of a dropped client's key) leaves the sum uniform over the ring in every coordinate; one
+    coordinate lands in the honest range with probability (2 n max_abs + 1) / 2^b <= 2^-g when
+    n x max_abs x 2^g <= 2^(b-1) - 1, so all d of them with probability <= 2^-(g d) <= 2^-40. Without
+    headroom (max_abs = (2^(b-1) - 1) // n) the check catches almost nothing.
+    """
+    if isinstance(vector_length, bool) or not isinstance(vector_length, int) or vector_length < 1:
+        raise ConfigError(f"vector_length must be a positive int, got {vector_length!r}")
+    return max(1, -(-RANGE_CHECK_SECURITY_BITS // vector_length))
+
+
+def required_modulus_bits(num_clients: int, max_abs: int, *, vector_length: int) -> int:
+    """The smallest b such that any sum of `num_clients` values in [-max_abs, max_abs] fits in Z_{2^b}
+    with guard_bits(vector_length) bits to spare.
 
     The centred range of Z_{2^b} is [-2^(b-1), 2^(b-1) - 1], so we need
-    num_clients * max_abs <= 2^(b-1) - 1.
+    num_clients * max_abs * 2^g <= 2^(b-1) - 1.
     """
-    return max(2, (num_clients * max_abs).bit_length() + 1)
+    return max(2, ((num_clients * max_abs) << guard_bits(vector_length)).bit_length() + 1)
 
 
 @dataclass(frozen=True)
@@ -55,7 +75,8 @@ class SecAggConfig:
     num_clients: the most clients that can take part (sizes the modulus).
     vector_length: integers each client sums.
     max_abs: every client input coordinate lies in [-max_abs, max_abs].
-    modulus_bits: b, the ring Z_{2^b}; None picks the smallest b that cannot wrap.
+    modulus_bits: b, the ring Z_{2^b}; None picks the smallest b that cannot wrap and leaves the
+        range check guard_bits(vector_length) bits of headroom (a smaller b is refused).
     num_neighbours: k, neighbours per client in the SecAgg+ graph; None = default_num_neighbours(n).
     threshold: t, Shamir threshold among a client's neighbours; None = default_threshold(k): withstands
         DEFAULT_CORRUPT_NEIGHBOURS colluding neighbours.
@@ -82,7 +103,8 @@ class SecAggConfig:
         if self.max_abs < 1:
             raise ConfigError(f"max_abs must be >= 1, got {self.max_abs}")
 
-        needed = required_modulus_bits(self.num_clients, self.max_abs)
+        needed = required_modulus_bits(self.num_clients, self.max_abs, vector_length=self.vector_length)
+        guard = guard_bits(self.vector_length)
         bits = needed if self.modulus_bits is None else self.modulus_bits
         if bits > MAX_MODULUS_BITS:
             raise ConfigError(
@@ -91,8 +113,9 @@ class SecAggConfig:
             )
         if bits < needed:
             raise ConfigError(
-                f"modulus_bits={bits} could wrap: {self.num_clients} clients x max_abs {self.max_abs} = "
-                f"{self.num_clients * self.max_abs} needs 2^(b-1) - 1 >= that, i.e. modulus_bits >= {needed}"
+                f"modulus_bits={bits} leaves no room for the range check: {self.num_clients} clients x max_abs "
+                f"{self.max_abs} x 2^{guard} guard bits = {(self.num_clients * self.max_abs) << guard} needs "
+                f"2^(b-1) - 1 >= that, i.e. modulus_bits >= {needed}"
             )
         object.__setattr__(self, "modulus_bits", bits)
 

@@ -4,7 +4,7 @@ A float x with per-coordinate clipping range [-c, c] becomes an integer
 q in [-L, L] (L = `levels`) by unbiased stochastic rounding of x * L / c:
 E[q] = x * L / c exactly. Integers are stored in the ring in two's
 complement, and a sum of n inputs is decoded by the centred lift, which is
-exact as long as n * L <= 2^(b-1) - 1 (SecAggConfig enforces it).
+exact as long as n * L <= 2^(b-1) - 1 (SecAggConfig enforces it, with guard bits to spare).
 """
 
 from __future__ import annotations
@@ -12,20 +12,22 @@ from __future__ import annotations
 import numpy as np
 
 from mrff_secure.errors import ConfigError, SecAggError
-from mrff_secure.secagg.config import MAX_MODULUS_BITS, required_modulus_bits
+from mrff_secure.secagg.config import MAX_MODULUS_BITS, guard_bits, required_modulus_bits
 
 
 class InputRangeError(SecAggError, ValueError):
     """A client input lies outside the range the modulus was sized for."""
 
 
-def check_no_wrap(num_clients: int, max_abs: int, modulus_bits: int) -> None:
-    """Refuse a (clients, range, modulus) combination whose sum could wrap, naming the numbers."""
-    needed = required_modulus_bits(num_clients, max_abs)
+def check_no_wrap(num_clients: int, max_abs: int, modulus_bits: int, *, vector_length: int) -> None:
+    """Refuse a (clients, range, modulus) combination whose sum could wrap or leaves the range check no
+    guard bits (config.guard_bits), naming the numbers."""
+    needed = required_modulus_bits(num_clients, max_abs, vector_length=vector_length)
     if modulus_bits < needed or modulus_bits > MAX_MODULUS_BITS:
         raise ConfigError(
             f"modulus of {modulus_bits} bits cannot hold the sum of {num_clients} clients x max_abs {max_abs} "
-            f"= {num_clients * max_abs}: need between {needed} and {MAX_MODULUS_BITS} bits"
+            f"= {num_clients * max_abs} with {guard_bits(vector_length)} guard bits: need between {needed} and "
+            f"{MAX_MODULUS_BITS} bits"
         )
 
 

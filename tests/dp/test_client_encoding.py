@@ -22,6 +22,7 @@ from mrff_secure.federation.client_encoding import (
     update_upload,
 )
 from mrff_secure.federation.privacy_pipeline import PrivacySettings
+from mrff_secure.secagg.config import guard_bits
 from mrff_secure.federation.simulation import FederatedSimulation
 
 DELTA, BLOCKS, GROUPS = 300, 2, 3
@@ -174,7 +175,10 @@ def test_decoded_sum_of_uploads_is_the_true_clipped_sum(mechanism):
 def test_secure_aggregation_without_dp_has_no_noise_share():
     plans = plans_for(z=0.0, dp_mode="off")
     assert plans.update.share_variance == 0.0 and plans.counts.share_variance == 0.0
-    assert plans.dp_mode == "off" and plans.max_abs == ((1 << 47) - 1) // 40
+    assert plans.dp_mode == "off"
+    # each phase keeps guard_bits(its padded length) of headroom for the range check
+    assert plans.update_max_abs == ((1 << 47) - 1) // (40 << guard_bits(plans.update.padded_dim))
+    assert plans.counts_max_abs == ((1 << 47) - 1) // (40 << guard_bits(plans.counts.padded_dim))
 
 
 # ------------------------------------------------------------------ the generator
@@ -264,6 +268,7 @@ def test_network_helpers_feed_the_shared_encoding():
     residues = update_upload(plans, vector, rotation_seed=1, rng=secure_generator())
     counts_config, update_config = plan_configs(plans, 6)
     assert residues.shape == (update_config.vector_length,)
-    assert counts_config.vector_length == plans.counts.padded_dim and update_config.max_abs == plans.max_abs
+    assert counts_config.vector_length == plans.counts.padded_dim and update_config.max_abs == plans.update_max_abs
+    assert counts_config.max_abs == plans.counts_max_abs
     with pytest.raises(ConfigError, match="local DP"):
         round_plans(RoundSpec(dp_mode="local", clip=0.5, noise_multiplier=1.0), layout, 6)

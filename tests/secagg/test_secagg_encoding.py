@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mrff_secure.errors import ConfigError, ProtocolViolation
 from mrff_secure.secagg import packing
-from mrff_secure.secagg.config import SecAggConfig, required_modulus_bits
+from mrff_secure.secagg.config import RANGE_CHECK_SECURITY_BITS, SecAggConfig, guard_bits, required_modulus_bits
 from mrff_secure.secagg.encoding import (
     InputRangeError,
     check_no_wrap,
@@ -82,21 +82,41 @@ def test_to_ring_refuses_out_of_range():
         to_ring(np.array([0.5]), 8)
 
 
-def test_modulus_sized_so_sums_cannot_wrap():
-    for n, max_abs in [(3, 1), (100, 2**15), (2000, 2**20 - 1), (7, 255)]:
-        bits = required_modulus_bits(n, max_abs)
-        assert n * max_abs <= 2 ** (bits - 1) - 1 < 2 * n * max_abs + 1 or bits == 2
-        check_no_wrap(n, max_abs, bits)
+def test_modulus_sized_so_sums_cannot_wrap_with_guard_bits_to_spare():
+    for n, max_abs, d in [(3, 1, 1), (100, 2**15, 1000), (2000, 2**20 - 1, 8), (7, 255, 41)]:
+        bits, g = required_modulus_bits(n, max_abs, vector_length=d), guard_bits(d)
+        assert g >= 1 and g * d >= RANGE_CHECK_SECURITY_BITS and (g == 1 or (g - 1) * d < RANGE_CHECK_SECURITY_BITS)
+        headroom = n * max_abs * 2**g
+        assert headroom <= 2 ** (bits - 1) - 1 < 2 * headroom + 1 or bits == 2
+        check_no_wrap(n, max_abs, bits, vector_length=d)
         with pytest.raises(ConfigError, match=str(n * max_abs)):
-            check_no_wrap(n, max_abs, bits - 1)
+            check_no_wrap(n, max_abs, bits - 1, vector_length=d)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(3, 10**6), max_abs=st.integers(1, 2**24), d=st.integers(1, 10**6))
+def test_junk_passes_the_range_check_with_probability_at_most_two_to_minus_forty(n, max_abs, d):
+    """At the modulus SecAggConfig picks, a uniform ring element lies within +-(s max_abs) for any s <= n
+    with probability (2 s max_abs + 1) / 2^b <= 2^-g, so a vector of d uniform coordinates passes the
+    server's range check with probability <= 2^-(g d) <= 2^-40."""
+    bits = required_modulus_bits(n, max_abs, vector_length=d)
+    assume(bits <= 62)
+    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=max_abs)
+    assert config.bits == bits
+    g = guard_bits(d)
+    assert (2 * n * max_abs + 1) * 2**g <= 2**bits
+    assert g * d >= 40
 
 
 def test_config_refuses_a_wrapping_modulus_naming_the_numbers():
     with pytest.raises(ConfigError) as info:
         SecAggConfig(num_clients=1000, vector_length=10, max_abs=2**16, modulus_bits=20)
     message = str(info.value)
-    assert "1000" in message and "65536" in message and "modulus_bits=20" in message and "27" in message
-    assert SecAggConfig(num_clients=1000, vector_length=10, max_abs=2**16).modulus_bits == 27
+    # 1000 x 2^16 x 2^4 guard bits (4 x 10 coordinates >= 40) = 1,048,576,000 < 2^30: 31 bits
+    assert "1000" in message and "65536" in message and "modulus_bits=20" in message and "31" in message
+    assert "2^4 guard bits" in message
+    assert SecAggConfig(num_clients=1000, vector_length=10, max_abs=2**16).modulus_bits == 31
+    assert SecAggConfig(num_clients=1000, vector_length=40, max_abs=2**16).modulus_bits == 28
     with pytest.raises(ConfigError, match="62"):
         SecAggConfig(num_clients=10**6, vector_length=1, max_abs=2**50)
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from mrff_secure.errors import AggregationAborted, AuthenticationError, ConfigError, ProtocolViolation, SecAggError
+from mrff_secure.federation.secure_sum import max_abs_for
 from mrff_secure.secagg import packing, primitives, shamir
 from mrff_secure.secagg.config import SecAggConfig
 from mrff_secure.secagg.context import SessionContext
@@ -779,9 +780,10 @@ def test_a_dealer_masking_with_a_seed_other_than_it_committed_to_aborts():
 def test_a_dealer_masking_with_another_seed_than_it_shared_is_caught_by_the_range_check():
     """The target commits to and shares its seed, but masks with another: the server removes the shared
     seed's mask and what is left of the target's input is uniform over the ring, so some of the 64
-    coordinates leave the range 12 inputs of max_abs 1000 can sum to (each stays in it with probability
-    24001/32768, all 64 with probability 2e-9)."""
+    coordinates leave the range 12 inputs of max_abs 1000 can sum to (the 16-bit ring keeps one guard bit
+    for d = 64: each stays in it with probability 24001/65536, all 64 with probability 1e-28)."""
     config = _config(vector_length=64)
+    assert config.bits == 16
     inputs = _inputs(13, d=64)
     r = Round(config, range(N), round_id=13, policy=SecAggPolicy())
     r.advertise(), r.reveal(), r.share()
@@ -791,27 +793,34 @@ def test_a_dealer_masking_with_another_seed_than_it_shared_is_caught_by_the_rang
         _finish_with(r)
 
 
-def test_a_dealer_masking_with_another_seed_aborts_at_production_sizing():
-    # BUG (reported, mrff_secure/secagg/server.py ServerSession.finish, the range check): the only
-    # defence against a dealer that masks with a seed other than the one it shared (or any client
-    # uploading junk) is the output range check, and its power is the fraction of the ring outside
-    # +-(survivors x max_abs). The federation sizes max_abs = (2^(b-1) - 1) // n
-    # (federation/secure_sum.max_abs_for), which leaves no headroom: here 12 x 2730 = 32760 of the
-    # 16-bit ring's 32767, so a junk coordinate is caught with probability 15/65536 and the round
-    # returns a silently wrong sum. Fix: size the ring with guard bits (e.g. SecAggConfig requiring
-    # 2^(b-1) > 2^g x n x max_abs, so junk passes with probability <= 2^(-g d)), or document that the
-    # range check detects junk only with probability 1 - ((2 s max_abs + 1) / 2^b)^d.
-    bits, n = 16, N
-    max_abs = ((1 << (bits - 1)) - 1) // n  # federation.secure_sum.max_abs_for(12, 16)
+@pytest.mark.parametrize("trial", range(4))
+def test_a_dealer_masking_with_another_seed_aborts_at_production_sizing(trial):
+    """The federation's own sizing (max_abs_for: the largest inputs a 16-bit ring holds for 12 clients
+    of length 32, with guard_bits(32) = 2 bits to spare) still leaves the range check its power: the junk
+    that a dealer's other seed leaves is caught (it would pass with probability <= 2^-64)."""
+    bits = 16
+    max_abs = max_abs_for(N, bits, vector_length=D)
+    assert max_abs == ((1 << 15) - 1) // (N << 2)
     config = _config(max_abs=max_abs, modulus_bits=bits)
-    inputs = _inputs(14, max_abs=max_abs)
-    r = Round(config, range(N), round_id=14, policy=SecAggPolicy(), seed=b"production sizing")
+    inputs = _inputs(14 + trial, max_abs=max_abs)
+    r = Round(config, range(N), round_id=14 + trial, policy=SecAggPolicy(), seed=b"production sizing %d" % trial)
     r.advertise(), r.reveal(), r.share()
-    r.clients[TARGET]._self_mask_seed = derive(b"another seed", 14)
+    r.clients[TARGET]._self_mask_seed = derive(b"another seed", 14 + trial)
     r.mask(inputs)
-    with pytest.raises(AggregationAborted, match="range"):
-        result = _finish_with(r)
-        assert not np.array_equal(result.total, sum(inputs.values()))  # what happens now: a wrong sum
+    with pytest.raises(AggregationAborted, match=r"leaves the range \+-%d" % (N * max_abs)):
+        _finish_with(r)
+
+
+def test_a_ring_without_guard_bits_is_refused_before_any_key_exists():
+    """The sizing that made the range check blind (12 x 2730 = 32760 of the 16-bit ring's 32767: junk
+    passed a coordinate with probability 1 - 15/65536) is refused by the config every client builds, naming
+    the guard bits and the modulus it would need; one bit more is accepted."""
+    no_headroom = ((1 << 15) - 1) // N
+    with pytest.raises(ConfigError, match=r"modulus_bits=16 leaves no room for the range check.*2\^2 guard bits.*"
+                                          r"modulus_bits >= 18"):
+        _config(max_abs=no_headroom, modulus_bits=16)
+    assert _config(max_abs=no_headroom, modulus_bits=18).bits == 18
+    assert _config(max_abs=no_headroom).bits == 18
 
 
 def test_an_out_of_range_input_is_caught_by_the_output_range_check():
