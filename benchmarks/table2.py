@@ -70,7 +70,7 @@ def measure_norms(data_dir: Path, rounds: int) -> dict:
     norms: dict[int, list] = {}
     sim = None
 
-    def tap(vectors, round_index):
+    def tap(vectors, round_index, client_rows):
         head = vectors[:, :sim.layout.delta_size].to(torch.float64)
         norms.setdefault(round_index, []).append(torch.linalg.vector_norm(head, dim=1).numpy())
         return vectors

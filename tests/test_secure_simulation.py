@@ -39,7 +39,7 @@ class VectorTap:
     def __init__(self):
         self.rows = []
 
-    def __call__(self, vectors, round_index):
+    def __call__(self, vectors, round_index, client_rows):
         self.rows.append(vectors.clone())
         return vectors
 

@@ -33,6 +33,7 @@ from mrff_secure.federation.aggregation import apply_sum
 from mrff_secure.federation.local_training import predict_clients, train_clients
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline, PrivacySettings
 from mrff_secure.federation.roles import Role, parameter_roles
+from mrff_secure.federation.threat_model import PLAIN, threat_model_for
 from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.metrics import auc, log_loss
 from mrff_secure.model import build_model
@@ -49,6 +50,7 @@ class ServerView:
     group_counts: torch.Tensor  # (blocks, groups): the count phase's (noisy under DP; local DP: from the uploads)
     summed_update: torch.Tensor  # (layout.size,) the (decoded) sum the server obtained
     individual_updates: torch.Tensor | None  # (clients, layout.size) without secure aggregation (noisy under local DP)
+    threat_model: str = PLAIN  # which view this is (federation.threat_model): attacks check it
 
 
 class RoundObserver(Protocol):
@@ -80,13 +82,14 @@ class FederatedSimulation:
     hands it every client's update (no secure aggregation), False only the sums.
     `privacy` (PrivacySettings) turns on local DP or secure aggregation (with or
     without distributed DP); secure modes never hand the observer individual updates.
-    `update_transform(vectors, round)` runs on each chunk's plain vectors, before
-    any clipping, noise or encoding.
+    `update_transform(vectors, round, rows)` runs on each chunk's plain vectors (rows: the
+    chunk's client rows, int64 numpy), before any clipping, noise or encoding (the canary audit
+    inserts its canaries there). Every `ServerView` says its `threat_model`.
     """
 
     def __init__(self, data: ClientData, model_config: ModelConfig, federation: FederationConfig,
                  observer: RoundObserver | None = None, plain_individual_view: bool = True,
-                 update_transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+                 update_transform: Callable[[torch.Tensor, int, np.ndarray], torch.Tensor] | None = None,
                  privacy: PrivacySettings | None = None) -> None:
         if model_config.maxlen != data.maxlen:
             model_config = ModelConfig(**{**model_config.__dict__, "maxlen": data.maxlen})
@@ -120,6 +123,7 @@ class FederatedSimulation:
         for name in ("train_label", "val_label", "test_label"):
             self._tensors[name] = self._tensors[name].to(self.dtype)
         self.num_examples = (self._tensors["train_target"] != 0).sum(1).to(self.dtype)
+        self.threat_model = threat_model_for(privacy, plain_individual_view=plain_individual_view)
         self.privacy: PrivacyPipeline | None = None
         if privacy is not None and not privacy.plain:
             self.privacy = PrivacyPipeline(privacy, layout=self.layout, num_users=users, maxlen=data.maxlen,
@@ -178,7 +182,7 @@ class FederatedSimulation:
             vectors = self.layout.build(result.deltas, result.routes, self.num_examples[idx], suppressed)
             del result
             if self.update_transform is not None:
-                vectors = self.update_transform(vectors, r)
+                vectors = self.update_transform(vectors, r, idx.numpy())
             summed += vectors.sum(0)
             if keep_individual:
                 individual.append(vectors)
@@ -190,6 +194,7 @@ class FederatedSimulation:
             self.observer.on_round(ServerView(
                 round_index=r, participants=participants, layout=self.layout, group_counts=counts,
                 summed_update=summed, individual_updates=torch.cat(individual) if keep_individual else None,
+                threat_model=self.threat_model,
             ))
         self.round_index += 1
         return RoundResult(r, len(participants), counts.to(torch.long).tolist(), time.perf_counter() - start,
@@ -211,7 +216,7 @@ class FederatedSimulation:
         def plain_vectors(idx: torch.Tensor, result, suppressed: torch.Tensor | None) -> torch.Tensor:
             vectors = self.layout.build(result.deltas, result.routes, pipeline.scaled_examples(self.num_examples[idx]),
                                         suppressed)
-            return self.update_transform(vectors, r) if self.update_transform is not None else vectors
+            return self.update_transform(vectors, r, idx.numpy()) if self.update_transform is not None else vectors
 
         clipped = 0
         if pipeline.mode == "local":
@@ -260,7 +265,7 @@ class FederatedSimulation:
         if self.observer is not None:
             self.observer.on_round(ServerView(
                 round_index=r, participants=participants, layout=self.layout, group_counts=server_counts,
-                summed_update=summed, individual_updates=individual_view,
+                summed_update=summed, individual_updates=individual_view, threat_model=self.threat_model,
             ))
         self.round_index += 1
         seen = [[round(float(c), 4) for c in row] for row in server_counts.tolist()]

@@ -67,7 +67,7 @@ def test_simulation_encoder_equals_the_shared_functions_bit_for_bit(mechanism, b
     data = make_synthetic(num_users=12, num_items=40, min_interactions=4, max_interactions=10, maxlen=8, seed=1)
     rows = []
 
-    def tap(vectors, round_index):
+    def tap(vectors, round_index, client_rows):
         rows.append(vectors.clone())
         return vectors
 
