@@ -174,7 +174,8 @@ def run_cell(cell: Cell, data: ClientData, *, model: ModelConfig, rounds: int, c
 
 
 def _num(value) -> float:
-    return float(value) if not isinstance(value, str) else float(value.replace("nan", "nan"))
+    """A JSON-ready number ("inf", "nan" strings included) back to float."""
+    return float(value)
 
 
 def evaluate_rules(results: list[dict]) -> dict[str, Any]:
@@ -260,27 +261,51 @@ def run_grid(data: ClientData, cells: list[Cell], *, model: ModelConfig | None =
             "cells": results, "rules": evaluate_rules(results)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from mrff_secure.data import make_synthetic
-
-    parser = argparse.ArgumentParser(prog="python -m attacks.grid", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", choices=("synthetic", "kuaisar-r"), default="synthetic")
+    parser.add_argument("--data-dir", type=Path, default=None, help="KuaiSAR-R folder (with --dataset kuaisar-r)")
     parser.add_argument("--users", type=int, default=400, help="synthetic users")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--canaries", type=int, default=100)
-    parser.add_argument("--levels", type=float, nargs="+", default=[0.1, 0.3, 0.5])
-    parser.add_argument("--targets", type=float, nargs="+", default=[1.0, 4.0])
+    parser.add_argument("--clip", type=float, default=1.0, help="the public clip bound C of the DP cells")
+    parser.add_argument("--levels", type=float, nargs="+", default=[0.1, 0.3, 0.5], help="noise multipliers")
+    parser.add_argument("--targets", type=float, nargs="+", default=[1.0, 4.0], help="calibrated target epsilons")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    data = make_synthetic(num_users=args.users)
+    parser.add_argument("--out", type=Path, required=True, help="the grid's JSON")
+
+
+def grid_main(args: argparse.Namespace) -> int:
+    from mrff_secure.data import load_kuaisar_r, make_synthetic
+
+    if args.dataset == "kuaisar-r":
+        if args.data_dir is None:
+            raise ConfigError("--dataset kuaisar-r needs --data-dir")
+        data = load_kuaisar_r(args.data_dir)
+    else:
+        data = make_synthetic(num_users=args.users)
     cells = default_cells(levels=tuple(args.levels), targets=tuple(args.targets), seeds=tuple(args.seeds))
-    report = run_grid(data, cells, rounds=args.rounds, canaries=args.canaries,
+    report = run_grid(data, cells, rounds=args.rounds, canaries=args.canaries, clip=args.clip,
                       progress=lambda r: print(f"{r['cell']}: {r['scores']} ({r['seconds']:.1f} s)", flush=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(args.out)  # atomic: a reader never sees half a grid
     for name, rule in sorted(report["rules"].items()):
         print(f"{name}: {rule['verdict']}")
     return 0
+
+
+def register(sub) -> None:
+    """`mrff attack-grid`: the grid from the command line."""
+    parser = sub.add_parser("attack-grid", help="run every attack in every threat-model cell and check the rules R0-R5")
+    add_arguments(parser)
+    parser.set_defaults(handler=grid_main)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attacks.grid", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return grid_main(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,222 @@
+"""The attacks have power where they should (plain, no noise), are at chance where they should be
+(data the model never saw), refuse views of other threat models, and the claim checks can fail."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attacks.bounds import clopper_pearson, epsilon_lower_bound, split_half_bound
+from attacks.canary import CanaryAudit, with_canaries
+from attacks.grid import Cell, evaluate_rules, run_grid
+from attacks.membership import item_membership
+from attacks.reconstruction import reconstruct_rows
+from attacks.recorder import RowRecorder
+from attacks.rows import ItemRows, touched_rows
+from mrff_secure.config import FederationConfig, ModelConfig
+from mrff_secure.data import make_synthetic
+from mrff_secure.dp import DPConfig
+from mrff_secure.federation.privacy_pipeline import PrivacySettings
+from mrff_secure.federation.simulation import FederatedSimulation
+from mrff_secure.federation.threat_model import (
+    LOCAL_DP,
+    MALICIOUS_SERVER,
+    PLAIN,
+    SECAGG,
+    SECAGG_DP,
+    ThreatModelError,
+    require_view,
+)
+
+MODEL = ModelConfig(maxlen=12, attribute_dim=4, num_blocks=1, prediction_dims=(8,))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic(num_users=60, num_items=120, maxlen=12, min_interactions=5, max_interactions=12, seed=3)
+
+
+def _recorded(data, rounds=2, **kwargs):
+    probe = FederatedSimulation(data, MODEL, FederationConfig(rounds=0))
+    recorder = RowRecorder(ItemRows.from_layout(probe.layout, data.item_attributes), data.num_users)
+    sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=rounds), observer=recorder, **kwargs)
+    for _ in range(rounds):
+        sim.train_round()
+    return recorder
+
+
+# ------------------------------------------------------------------ threat models
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({}, PLAIN),
+    ({"plain_individual_view": False}, SECAGG),
+    ({"privacy": PrivacySettings(dp=DPConfig(mode="local", clip=1.0, noise_multiplier=1.0))}, LOCAL_DP),
+    ({"privacy": PrivacySettings(dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0),
+                                 secure_sum="fast")}, SECAGG_DP),
+    ({"privacy": PrivacySettings(secure_sum="fast")}, SECAGG),
+])
+def test_every_view_names_its_threat_model_and_sum_views_hold_no_individual_update(data, kwargs, expected):
+    recorder = _recorded(data, rounds=1, **kwargs)
+    assert recorder.threat_model == expected
+    assert (recorder.individual_views == 0) == (expected in (SECAGG, SECAGG_DP))
+
+
+def test_attacks_refuse_views_of_other_threat_models(data):
+    recorder = _recorded(data, rounds=1)
+    recorder.threat_model = MALICIOUS_SERVER
+    for attack in (reconstruct_rows, item_membership):
+        with pytest.raises(ThreatModelError, match="malicious-server"):
+            attack(recorder, data)
+    with pytest.raises(ThreatModelError, match="unknown threat model"):
+        require_view("curious", (PLAIN,), "x")
+
+
+# ------------------------------------------------------------------ power and chance
+
+
+def test_reconstruction_and_membership_have_power_on_raw_updates(data):
+    recorder = _recorded(data)
+    recon = reconstruct_rows(recorder, data)
+    assert recon["f1"] >= 0.95 and recon["auc"] >= 0.95 and recon["threshold"] == 0.0
+    assert recon["advantage_auc"] > 0.1  # beyond what popularity alone gives
+    membership = item_membership(recorder, data)
+    assert membership["auc"] > membership["baseline_auc"] + 0.1
+
+
+def test_attacks_are_at_chance_on_users_the_model_never_saw(data):
+    """The recorder saw training on other users: scored against these users' truth, nothing is learnt
+    beyond the population (per-user advantage near zero)."""
+    other = make_synthetic(num_users=60, num_items=120, maxlen=12, min_interactions=5, max_interactions=12, seed=11)
+    recorder = _recorded(other)
+    recon = reconstruct_rows(recorder, data)
+    assert abs(recon["auc"] - 0.5) < 0.1 or recon["advantage_auc"] < 0.05
+    assert recon["advantage_auc"] < 0.05
+    membership = item_membership(recorder, data)
+    assert membership["advantage_auc"] < 0.05
+
+
+def test_sums_hide_the_user_beyond_the_population_baseline(data):
+    recorder = _recorded(data, plain_individual_view=False)
+    assert recorder.individual_views == 0
+    assert reconstruct_rows(recorder, data)["advantage_auc"] < 0.05
+    assert item_membership(recorder, data)["advantage_auc"] < 0.05
+
+
+def test_touched_rows_are_the_attribute_rows_of_the_training_items(data):
+    rows = ItemRows.from_layout(FederatedSimulation(data, MODEL, FederationConfig(rounds=0)).layout,
+                                data.item_attributes)
+    truth = touched_rows(data, rows)
+    user = 4
+    items = np.unique(np.r_[data.train_seq[user], data.train_target[user]])
+    expected = set()
+    for item in items[items != 0]:
+        for field, ((lo, _), offset) in enumerate(zip(data.item_attributes.spans, rows.field_offsets)):
+            expected.add(int(offset + data.item_attributes.tokens[item, lo]))
+    assert set(np.flatnonzero(truth[user])) == expected
+    assert not truth[:, rows.padding_rows].any()
+
+
+# ------------------------------------------------------------------ bounds
+
+
+@settings(max_examples=100, deadline=None)
+@given(trials=st.integers(1, 500), data=st.data())
+def test_clopper_pearson_brackets_the_observed_rate(trials, data):
+    successes = data.draw(st.integers(0, trials))
+    lower, upper = clopper_pearson(successes, trials, 0.025)
+    assert 0.0 <= lower <= successes / trials <= upper <= 1.0
+
+
+def test_the_lower_bound_is_valid_for_a_mechanism_of_known_epsilon():
+    """Randomized response at epsilon = 1: over 300 audits of 200 canaries, the 95% bound exceeds the true
+    epsilon in at most 5% of them (plus binomial slack), and a perfect test certifies no more than ln-ish(m)."""
+    rng = np.random.default_rng(0)
+    eps, m, trials = 1.0, 200, 300
+    keep = math.exp(eps) / (1 + math.exp(eps))
+    violations = 0
+    for t in range(trials):
+        included = rng.random(m) < 0.5
+        answer = np.where(rng.random(m) < keep, included, ~included)
+        violations += split_half_bound(answer.astype(float), included, delta=0.0, seed=t)["epsilon_lower_bound"] > eps
+    assert violations <= 0.05 * trials + 3 * math.sqrt(0.05 * 0.95 * trials)
+    assert epsilon_lower_bound(100, 0, 0, 100, delta=0.0) < math.log(100)
+
+
+# ------------------------------------------------------------------ canary audit and the rules
+
+
+def _canary_cell(data, *, z: float, rounds: int = 3, canaries: int = 60):
+    audited = with_canaries(data, canaries)
+    layout = FederatedSimulation(audited, MODEL, FederationConfig(rounds=0)).layout
+    audit = CanaryAudit(layout, first_row=data.num_users, num_canaries=canaries, clip=1.0, clip_uploads=z > 0)
+    privacy = PrivacySettings(dp=DPConfig(mode="local", clip=1.0, noise_multiplier=z)) if z > 0 else None
+    sim = FederatedSimulation(audited, MODEL, FederationConfig(rounds=rounds), observer=audit,
+                              update_transform=audit.transform, privacy=privacy)
+    for _ in range(rounds):
+        sim.train_round()
+    return audit
+
+
+def test_canaries_are_separated_without_noise_and_the_mechanism_check_matches_the_true_noise(data):
+    assert _canary_cell(data, z=0.0).result(noise_multiplier=0.0, delta=1e-5)["canary_auc"] == 1.0
+    audit = _canary_cell(data, z=1.0, rounds=4, canaries=120)
+    truthful = audit.result(noise_multiplier=1.0, delta=1e-5)["mechanism"]
+    assert truthful["mu_hat_95"][0] <= truthful["claimed_mu"] <= truthful["mu_hat_95"][1] + 0.5
+    assert 0.75 < truthful["measured_noise_multiplier"] < 1.3
+
+
+def test_the_rules_fail_when_the_claim_is_false(data):
+    """The same noisy cell audited against a false claim: noise twice what was used (R2 fails) and an
+    epsilon far below what the canaries show (R1 fails); the true claim passes both."""
+    audit = _canary_cell(data, z=0.3, rounds=3, canaries=120)
+
+    def cell(claimed_z: float, claimed_eps: float) -> dict:
+        canary = audit.result(noise_multiplier=claimed_z, delta=1e-5)
+        return {"cell": f"local-dp z={claimed_z}", "threat_model": LOCAL_DP, "seed": 0, "noise_multiplier": claimed_z,
+                "target_epsilon": None, "claim": {"epsilon": claimed_eps}, "canary": canary,
+                "scores": {"reconstruction_auc": 0.5, "membership_auc": 0.5, "canary_auc": canary["canary_auc"]}}
+
+    false_rules = evaluate_rules([cell(0.6, 0.2)])
+    assert false_rules["R2"]["verdict"] == "fails" and false_rules["R1"]["verdict"] == "fails"
+    true_rules = evaluate_rules([cell(0.3, 500.0)])
+    assert true_rules["R2"]["verdict"] == "holds" and true_rules["R1"]["verdict"] == "not refutable at m"
+
+
+def test_a_small_grid_runs_end_to_end_with_a_verdict_for_every_rule(data):
+    cells = [Cell(PLAIN), Cell(SECAGG), Cell(SECAGG_DP, noise_multiplier=1.0), Cell(LOCAL_DP, noise_multiplier=1.0),
+             Cell(LOCAL_DP, noise_multiplier=3.0)]
+    report = run_grid(data, cells, model=MODEL, rounds=2, canaries=40)
+    json.dumps(report)  # JSON-ready
+    assert {r["threat_model"] for r in report["cells"]} == {PLAIN, SECAGG, SECAGG_DP, LOCAL_DP}
+    assert set(report["rules"]) == {"R0", "R1", "R2", "R3", "R4", "R5"}
+    assert report["rules"]["R4"]["verdict"] == "holds"
+    assert "secure aggregation alone is not DP" in report["rules"]["R4"]["cells"]["secagg z=0 seed=0"]["finding"]
+    dp = [r for r in report["cells"] if r["threat_model"] == SECAGG_DP][0]
+    assert dp["claim"]["adjacency"] and dp["claim"]["epsilon"] != "inf"
+
+
+def test_cells_refuse_impossible_levels():
+    with pytest.raises(Exception, match="no noise"):
+        Cell(PLAIN, noise_multiplier=0.5)
+    with pytest.raises(Exception, match="noise multiplier > 0"):
+        Cell(LOCAL_DP)
+    with pytest.raises(Exception, match="threat model"):
+        Cell(MALICIOUS_SERVER)
+
+
+def test_the_grid_runs_from_the_cli(tmp_path, capsys):
+    from mrff_secure import cli
+
+    out = tmp_path / "grid.json"
+    code = cli.main(["attack-grid", "--users", "30", "--rounds", "1", "--canaries", "20", "--levels", "1.0",
+                     "--targets", "4", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert len(report["cells"]) == 6 and "R1" in report["rules"]
+    assert "R0:" in capsys.readouterr().out
