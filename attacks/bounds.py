@@ -77,3 +77,61 @@ def split_half_bound(scores: np.ndarray, included: np.ndarray, *, delta: float, 
     return {"epsilon_lower_bound": epsilon_lower_bound(tp, fn, fp, tn, delta=delta, alpha=alpha),
             "max_certifiable": epsilon_lower_bound(positives, 0, 0, negatives, delta=delta, alpha=alpha),
             "threshold": threshold, "confidence": 1 - alpha, "evaluated": {"tp": tp, "fn": fn, "fp": fp, "tn": tn}}
+
+
+def claimed_tradeoff(fpr: float, *, epsilon: float, delta: float) -> float:
+    """The largest TPR an (epsilon, delta)-DP mechanism allows at `fpr` (both inequalities of DP)."""
+    if math.isinf(epsilon):
+        return 1.0
+    return min(1.0, math.exp(epsilon) * fpr + delta, 1.0 - math.exp(-epsilon) * (1.0 - fpr - delta))
+
+
+def tradeoff_check(scores: np.ndarray, included: np.ndarray, *, epsilon: float, delta: float,
+                   fprs=(0.01, 0.05, 0.1), alpha: float = 0.05, seed: int = 0) -> dict:
+    """R3: at each target FPR, the threshold is the (1 - FPR) quantile of the excluded canaries' scores of
+    one random half; on the other half the lower bound on TPR must not exceed the claimed trade-off
+    curve at the upper bound on FPR (Clopper-Pearson, alpha split over 2 rates x the FPR targets)."""
+    scores, included = np.asarray(scores, dtype=np.float64), np.asarray(included, dtype=bool)
+    order = np.random.default_rng(seed + 1).permutation(scores.size)
+    choose, evaluate = order[: scores.size // 2], order[scores.size // 2:]
+    a = alpha / (2 * len(fprs))
+    points, violated = [], False
+    out_a = scores[choose][~included[choose]]
+    for target in fprs:
+        threshold = float(np.quantile(out_a, 1.0 - target)) if out_a.size else math.inf
+        tp, fn, fp, tn = _counts(scores[evaluate], included[evaluate], threshold)
+        tpr_lo, _ = clopper_pearson(tp, tp + fn, a)
+        _, fpr_hi = clopper_pearson(fp, fp + tn, a)
+        allowed = claimed_tradeoff(fpr_hi, epsilon=epsilon, delta=delta)
+        points.append({"target_fpr": target, "threshold": threshold, "tpr_lower": tpr_lo, "fpr_upper": fpr_hi,
+                       "claimed_max_tpr": allowed, "violated": tpr_lo > allowed})
+        violated |= tpr_lo > allowed
+    return {"verdict": "fails" if violated else "holds", "points": points, "confidence": 1 - alpha}
+
+
+def one_run_bound(scores: np.ndarray, included: np.ndarray, *, guess_fraction: float = 0.2, beta: float = 0.05) -> dict:
+    """The one-run audit of Steinke, Nasr, Jagielski (NeurIPS 2023), delta = 0 form, as a second opinion:
+    guess "in" for the top `guess_fraction` of scores and "out" for the bottom one (fixed in advance);
+    under epsilon-DP the correct guesses are dominated by Binomial(r, e^eps / (1 + e^eps)), so the
+    largest epsilon at which v or more correct guesses still has probability >= beta is the bound.
+    It ignores delta (the run's delta > 0 would lower it slightly): informational, not a verdict."""
+    scores, included = np.asarray(scores, dtype=np.float64), np.asarray(included, dtype=bool)
+    k = max(1, int(guess_fraction * scores.size))
+    order = np.argsort(scores, kind="stable")
+    correct = int(included[order[-k:]].sum() + (~included[order[:k]]).sum())
+    guesses = 2 * k
+
+    def tail(eps: float) -> float:  # P[Bin(guesses, p_eps) >= correct]
+        p = 1.0 / (1.0 + math.exp(-eps))
+        return float(stats.binom.sf(correct - 1, guesses, p))
+
+    if tail(0.0) >= beta:
+        bound = 0.0
+    else:
+        lo, hi = 0.0, 50.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if tail(mid) < beta else (lo, mid)
+        bound = lo
+    return {"epsilon_lower_bound": bound, "guesses": guesses, "correct": correct, "confidence": 1 - beta,
+            "note": "delta = 0 form (Steinke, Nasr, Jagielski 2023): informational"}

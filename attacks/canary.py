@@ -28,7 +28,7 @@ import secrets
 import numpy as np
 import torch
 
-from attacks.bounds import split_half_bound
+from attacks.bounds import one_run_bound, split_half_bound
 from attacks.scores import binary_scores
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.errors import ConfigError
@@ -124,6 +124,8 @@ class CanaryAudit:
                "threat_model": self.threat_model, "sealed_seed": str(self.seed)}
         out.update({f"canary_{k}": v for k, v in binary_scores(included, scores).items()})
         out["bound"] = split_half_bound(scores, included, delta=delta, alpha=alpha, seed=self.seed % (2**32))
+        out["one_run"] = one_run_bound(scores, included)
+        out["scores"], out["included"] = scores.tolist(), included.tolist()  # unsealed: the audit is over
         inside, outside = scores[included], scores[~included]
         sd = math.sqrt(0.5 * (inside.var(ddof=1) + outside.var(ddof=1))) if min(inside.size, outside.size) > 1 else 0.0
         claimed_mu = math.sqrt(self.rounds) / noise_multiplier if noise_multiplier > 0 else math.inf

@@ -5,23 +5,32 @@ A cell = (threat model, noise level, seed). Noise levels are noise multipliers z
 target epsilon (the accountant calibrates z: the cells where a lower bound can refute a claim). Each
 cell trains a fresh simulation with m canary clients (`attacks.canary`) for R rounds and runs, on the
 view of its threat model only: interaction reconstruction (`attacks.reconstruction`), interaction
-membership inference (`attacks.membership`) and the canary audit. The accountant's epsilon (the
-headline, with its adjacency) sits beside every result.
+membership inference (`attacks.membership`), user-attribute inference (`attacks.attributes`),
+group-membership inference (`attacks.groups`) and the canary audit. Cells with a client fraction
+below 1 (the server sees who took part in each sum) have no canaries (a canary must be in every
+round) and add disaggregation across rounds (`attacks.disaggregation`). The accountant's epsilon
+(the headline, with its adjacency) sits beside every result.
 
 Rules (verdicts: holds / fails / inconclusive / not refutable at m):
-- R0 power, at plain noise 0: reconstruction F1 >= 0.95, interaction-MIA AUC >= 0.9, canary AUC = 1.
+- R0 power, at plain noise 0: reconstruction F1 >= 0.95, interaction-MIA AUC >= 0.9, attribute
+  inference >= 0.2 above the majority baseline, group inference accuracy >= 0.95, canary AUC = 1.
   An attack without power proves nothing elsewhere: the verdict is inconclusive and names it.
 - R1 bound, every DP cell: the canary epsilon lower bound (95%, split half) <= the claimed epsilon;
   "not refutable at m" where the claim exceeds what m canaries can certify.
 - R2 mechanism, every DP cell: the 95% interval of mu_hat does not lie above the claimed mu =
   sqrt(R)/z (more separation than the mechanism allows = less noise than claimed).
-- R4 secure aggregation, every secagg / secagg+dp cell: no individual update in any view, and the
-  per-user attacks gain at most 0.05 AUC over the population baseline. Canaries separated at secagg
-  noise 0 are reported as "secure aggregation alone is not DP".
-- R5 monotone, per threat model: no attack's AUC grows by more than 0.05 from one noise level to a
-  larger one.
-R3 (the f-DP trade-off curve) and the attribute, group-membership and disaggregation attacks of the
-issue are not in this version: the result says so.
+- R3 trade-off, every DP cell: at FPR 0.01, 0.05, 0.1 the canary test's lower confidence bound on
+  TPR stays under the claimed (epsilon, delta) curve at the upper bound on FPR.
+- R4 secure aggregation, every secagg / secagg+dp cell: no individual update in any view, and no
+  per-user attack gains significantly more than 0.05 (AUC or accuracy; more than 0.05 + 2.33
+  standard errors) over the population baseline (under secagg+dp disaggregation across rounds
+  included). Canaries separated at secagg noise 0, and what attacks recover under secagg with
+  sampling, are reported as findings: "secure aggregation alone is not DP".
+- R5 monotone, per threat model: no attack's score grows significantly (by more than 0.05 + 2.33
+  combined standard errors) from one noise level to a larger one. Under sum views the population-level
+  reconstruction and membership scores are left to R4.
+The one-run bound (Steinke, Nasr, Jagielski 2023, delta = 0 form) is reported beside R1 as a second
+opinion, never as a verdict.
 """
 
 from __future__ import annotations
@@ -39,11 +48,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from attacks.attributes import UserColumnRecorder, infer_attributes
+from attacks.bounds import tradeoff_check
 from attacks.canary import CanaryAudit, with_canaries
+from attacks.disaggregation import disaggregate
+from attacks.groups import GroupRecorder, infer_groups
 from attacks.membership import item_membership
 from attacks.reconstruction import reconstruct_rows
 from attacks.recorder import RowRecorder
 from attacks.rows import ItemRows
+from attacks.scores import accuracy_standard_error, auc_standard_error
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.dp import DPConfig
@@ -54,10 +68,16 @@ from mrff_secure.federation.threat_model import LOCAL_DP, PLAIN, SECAGG, SECAGG_
 
 GRID_THREAT_MODELS = (PLAIN, SECAGG, SECAGG_DP, LOCAL_DP)
 DP_THREAT_MODELS = (SECAGG_DP, LOCAL_DP)
-POWER = {"reconstruction_f1": 0.95, "membership_auc": 0.9, "canary_auc": 1.0}
+POWER = {"reconstruction_f1": 0.95, "membership_auc": 0.9, "attribute_advantage": 0.2, "group_accuracy": 0.95,
+         "canary_auc": 1.0}
 R4_MAX_ADVANTAGE = 0.05
 R5_TOLERANCE = 0.05
-ATTACK_AUCS = ("reconstruction_auc", "membership_auc", "canary_auc")
+SIGNIFICANCE_Z = 2.33  # a gain breaks a rule only when it exceeds the tolerance by 2.33 standard errors (1%)
+ATTACK_SCORES = ("reconstruction_auc", "membership_auc", "attribute_advantage", "group_advantage", "canary_auc")
+SUM_VIEW_POPULATION_SCORES = ("reconstruction_auc", "membership_auc")
+"""Under a sum view these score every user alike (population level, judged against the population by R4),
+so R5 does not read them there."""
+SAMPLED_ROUNDS = 30  # cells with a client fraction below 1: enough rounds in and out for every user
 
 
 @dataclass(frozen=True)
@@ -66,8 +86,12 @@ class Cell:
     noise_multiplier: float = 0.0  # used when target_epsilon is None
     target_epsilon: float | None = None
     seed: int = 0
+    client_fraction: float = 1.0
+    rounds: int | None = None  # None: the grid's rounds
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.client_fraction <= 1.0:
+            raise ConfigError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
         if self.threat_model not in GRID_THREAT_MODELS:
             raise ConfigError(f"a grid cell's threat model must be one of {GRID_THREAT_MODELS}, got {self.threat_model!r}")
         dp = self.threat_model in DP_THREAT_MODELS
@@ -79,7 +103,8 @@ class Cell:
     @property
     def name(self) -> str:
         level = f"eps={self.target_epsilon:g}" if self.target_epsilon is not None else f"z={self.noise_multiplier:g}"
-        return f"{self.threat_model} {level} seed={self.seed}"
+        sampled = f" q={self.client_fraction:g}" if self.client_fraction < 1.0 else ""
+        return f"{self.threat_model} {level}{sampled} seed={self.seed}"
 
     def privacy(self, clip: float) -> tuple[PrivacySettings | None, bool]:
         """(settings, plain_individual_view) of the cell's simulation."""
@@ -93,13 +118,17 @@ class Cell:
         return PrivacySettings(dp=dp, secure_sum="fast" if self.threat_model == SECAGG_DP else "off"), True
 
 
-def default_cells(*, levels=(0.1, 0.3, 0.5), targets=(1.0, 4.0), seeds=(0,)) -> list[Cell]:
+def default_cells(*, levels=(0.1, 0.3, 0.5), targets=(1.0, 4.0), seeds=(0,), sampled: float | None = 0.1) -> list[Cell]:
     cells = []
     for seed in seeds:
         cells += [Cell(PLAIN, seed=seed), Cell(SECAGG, seed=seed)]
         for model in DP_THREAT_MODELS:
             cells += [Cell(model, noise_multiplier=z, seed=seed) for z in levels]
             cells += [Cell(model, target_epsilon=e, seed=seed) for e in targets]
+        if sampled is not None:  # disaggregation across rounds: secure aggregation alone, and with DP
+            cells += [Cell(SECAGG, seed=seed, client_fraction=sampled, rounds=SAMPLED_ROUNDS),
+                      Cell(SECAGG_DP, noise_multiplier=max(levels), seed=seed, client_fraction=sampled,
+                           rounds=SAMPLED_ROUNDS)]
     return cells
 
 
@@ -128,54 +157,107 @@ def _clean(value: Any) -> Any:
     return value
 
 
+class _Chain:
+    """Several update transforms, one after the other (each sees the previous one's output)."""
+
+    def __init__(self, *transforms) -> None:
+        self.transforms = transforms
+
+    def __call__(self, vectors, round_index, rows):
+        for transform in self.transforms:
+            vectors = transform(vectors, round_index, rows)
+        return vectors
+
+
 def run_cell(cell: Cell, data: ClientData, *, model: ModelConfig, rounds: int, canaries: int, clip: float) -> dict:
-    """Train one cell with its canaries and run every attack on its view."""
+    """Train one cell (with its canaries when every client takes part) and run every attack on its view."""
     start = time.perf_counter()
     torch.manual_seed(cell.seed)
-    audited = with_canaries(data, canaries, seed=cell.seed)
+    rounds = cell.rounds if cell.rounds is not None else rounds
+    with_audit = cell.client_fraction >= 1.0 and canaries > 0
+    audited = with_canaries(data, canaries, seed=cell.seed) if with_audit else data
     settings, individual = cell.privacy(clip)
-    federation = FederationConfig(rounds=rounds, seed=cell.seed)
-    probe_layout = FederatedSimulation(audited, model, FederationConfig(rounds=0, seed=cell.seed)).layout
-    recorder = RowRecorder(ItemRows.from_layout(probe_layout, audited.item_attributes), audited.num_users)
-    audit = CanaryAudit(probe_layout, first_row=data.num_users, num_canaries=canaries, clip=clip,
-                        clip_uploads=cell.threat_model in DP_THREAT_MODELS)
-    sim = FederatedSimulation(audited, model, federation, observer=_Both(recorder, audit),
-                              update_transform=audit.transform, plain_individual_view=individual, privacy=settings)
+    federation = FederationConfig(rounds=rounds, seed=cell.seed, client_fraction=cell.client_fraction)
+    probe = FederatedSimulation(audited, model, FederationConfig(rounds=0, seed=cell.seed))
+    layout = probe.layout
+    recorder = RowRecorder(ItemRows.from_layout(layout, audited.item_attributes), audited.num_users)
+    columns = UserColumnRecorder(layout, probe.model.user_dim, audited.num_users)
+    groups = GroupRecorder(layout, audited.num_users)
+    observers, transforms = [recorder, columns, groups], [groups.transform]
+    audit = None
+    if with_audit:
+        audit = CanaryAudit(layout, first_row=data.num_users, num_canaries=canaries, clip=clip,
+                            clip_uploads=cell.threat_model in DP_THREAT_MODELS)
+        observers.append(audit)
+        transforms.append(audit.transform)
+    sim = FederatedSimulation(audited, model, federation, observer=_Both(*observers),
+                              update_transform=_Chain(*transforms), plain_individual_view=individual, privacy=settings)
     for _ in range(rounds):
         sim.train_round()
         if sim.privacy is not None:
             sim.privacy.record_round()
     if sim.privacy is not None:
         privacy = sim.privacy.summary()
-        claimed = privacy["epsilon"]
         z, delta = sim.privacy.noise_multiplier, sim.privacy.delta
-        claim = {"epsilon": claimed, "delta": delta, "adjacency": privacy["adjacency"], "mechanism": privacy["mechanism"],
-                 "noise_multiplier": z, "clip": clip, "rounds": rounds, "epsilon_bound": privacy["epsilon_bound"],
-                 "noise_source": privacy["noise_source"]}
+        claim = {"epsilon": privacy["epsilon"], "delta": delta, "adjacency": privacy["adjacency"],
+                 "mechanism": privacy["mechanism"], "noise_multiplier": z, "clip": clip, "rounds": rounds,
+                 "sample_rate": cell.client_fraction, "epsilon_bound": privacy["epsilon_bound"],
+                 "noise_source": privacy["noise_source"], "sampling": privacy["sampling"]}
     else:
         z, delta = 0.0, 1.0 / audited.num_users ** 1.1
         claim = {"epsilon": "inf", "delta": delta, "adjacency": None, "mechanism": None, "noise_multiplier": 0.0,
-                 "clip": None, "rounds": rounds}
+                 "clip": None, "rounds": rounds, "sample_rate": cell.client_fraction}
     recon = reconstruct_rows(recorder, data)
     membership = item_membership(recorder, data, seed=cell.seed)
-    canary = audit.result(noise_multiplier=z, delta=delta)
+    attributes = infer_attributes(columns, data, model, seed=cell.seed)
+    group_result = infer_groups(groups, data.num_users)
+    canary = audit.result(noise_multiplier=z, delta=delta) if audit is not None else None
+    disaggregation = (disaggregate(recorder, data) if cell.threat_model in SUM_VIEWS and cell.client_fraction < 1.0
+                      else None)
     utility = sim.evaluate("test")
+    scores = {"reconstruction_f1": recon["f1"], "reconstruction_auc": recon["auc"], "membership_auc": membership["auc"],
+              "attribute_advantage": attributes["mean_advantage"],
+              "group_accuracy": group_result.get("accuracy"), "group_advantage": group_result.get("advantage"),
+              "canary_auc": canary["canary_auc"] if canary else None}
+    users = data.num_users
+    errors = {"reconstruction_auc": auc_standard_error(recon["auc"], recon["positives"], recon["negatives"]),
+              "membership_auc": auc_standard_error(membership["auc"], membership["positives"], membership["negatives"]),
+              "attribute_advantage": max(accuracy_standard_error(f["accuracy"], users)
+                                         for f in attributes["fields"].values()),
+              "group_advantage": (accuracy_standard_error(group_result["accuracy"], users)
+                                  if group_result.get("applicable") else None),
+              "canary_auc": (auc_standard_error(canary["canary_auc"], canary["canary_positives"],
+                                                canary["canary_negatives"]) if canary else None)}
+    if disaggregation and disaggregation.get("applicable"):
+        rare = disaggregation.get("rare_rows", {})
+        scores["disaggregation_rare_auc"] = rare.get("auc")
+        scores["disaggregation_rare_advantage"] = rare.get("advantage_auc")
+        if rare.get("applicable", True) and rare.get("auc") is not None:
+            errors["disaggregation_rare_advantage"] = auc_standard_error(rare["auc"], rare["positives"], rare["negatives"])
     return _clean({
-        "cell": cell.name, "threat_model": cell.threat_model, "seed": cell.seed,
+        "cell": cell.name, "threat_model": cell.threat_model, "seed": cell.seed, "client_fraction": cell.client_fraction,
         "noise_multiplier": z, "target_epsilon": cell.target_epsilon, "claim": claim,
         "view": {"rounds": recorder.rounds, "rounds_with_individual_updates": recorder.individual_views},
-        "reconstruction": recon, "membership": membership, "canary": canary,
+        "reconstruction": recon, "membership": membership, "attributes": attributes, "groups": group_result,
+        "canary": canary, "disaggregation": disaggregation,
         "utility": {"test_auc": utility.auc, "test_log_loss": utility.log_loss,
                     "note": "evaluated on private held-out data without noise: operator only"},
-        "scores": {"reconstruction_f1": recon["f1"], "reconstruction_auc": recon["auc"],
-                   "membership_auc": membership["auc"], "canary_auc": canary["canary_auc"]},
-        "seconds": time.perf_counter() - start,
+        "scores": scores, "standard_errors": errors, "seconds": time.perf_counter() - start,
     })
 
 
 def _num(value) -> float:
     """A JSON-ready number ("inf", "nan" strings included) back to float."""
     return float(value)
+
+
+def _verdict(cells: dict) -> str:
+    verdicts = {c["verdict"] for c in cells.values()}
+    if "fails" in verdicts:
+        return "fails"
+    if not verdicts:
+        return "inconclusive"
+    return "holds" if verdicts == {"holds"} else ("not refutable at m" if "not refutable at m" in verdicts else "holds")
 
 
 def evaluate_rules(results: list[dict]) -> dict[str, Any]:
@@ -185,57 +267,83 @@ def evaluate_rules(results: list[dict]) -> dict[str, Any]:
     if not plain:
         rules["R0"] = {"verdict": "inconclusive", "evidence": "no plain cell: the attacks' power is unknown"}
     else:
-        lacking = sorted({name for r in plain for name, bar in POWER.items() if not _num(r["scores"][name]) >= bar})
+        lacking = sorted({name for r in plain for name, bar in POWER.items()
+                          if r["scores"].get(name) is None or not _num(r["scores"][name]) >= bar})
         rules["R0"] = {"verdict": "holds" if not lacking else "inconclusive",
                        "attacks_without_power": lacking, "thresholds": POWER,
-                       "evidence": {r["cell"]: {k: r["scores"][k] for k in POWER} for r in plain},
-                       "not_implemented": ["attribute inference", "group-membership inference",
-                                           "disaggregation across rounds"]}
-    r1, r2 = {}, {}
+                       "evidence": {r["cell"]: {k: r["scores"].get(k) for k in POWER} for r in plain}}
+    r1, r2, r3 = {}, {}, {}
     for r in results:
-        if r["threat_model"] not in DP_THREAT_MODELS:
+        if r["threat_model"] not in DP_THREAT_MODELS or not r.get("canary"):
             continue
-        claimed, bound = _num(r["claim"]["epsilon"]), r["canary"]["bound"]
+        claimed, delta, bound = _num(r["claim"]["epsilon"]), _num(r["claim"]["delta"]), r["canary"]["bound"]
         lower, ceiling = _num(bound["epsilon_lower_bound"]), _num(bound["max_certifiable"])
         verdict = "fails" if lower > claimed else ("not refutable at m" if claimed >= ceiling else "holds")
         r1[r["cell"]] = {"verdict": verdict, "epsilon_lower_bound": lower, "claimed_epsilon": claimed,
-                         "max_certifiable": ceiling, "canaries": r["canary"]["canaries"]}
+                         "max_certifiable": ceiling, "canaries": r["canary"]["canaries"],
+                         "one_run_second_opinion": r["canary"]["one_run"]["epsilon_lower_bound"]}
         mech = r["canary"]["mechanism"]
         low = _num(mech["mu_hat_95"][0])
         r2[r["cell"]] = {"verdict": "fails" if low > _num(mech["claimed_mu"]) else "holds", **mech}
-    for name, cells in (("R1", r1), ("R2", r2)):
-        verdicts = {c["verdict"] for c in cells.values()}
-        rules[name] = {"verdict": "fails" if "fails" in verdicts else ("holds" if verdicts == {"holds"} else
-                                                                       ("not refutable at m" if verdicts else "inconclusive")),
-                       "cells": cells}
+        r3[r["cell"]] = tradeoff_check(np.asarray(r["canary"]["scores"]), np.asarray(r["canary"]["included"]),
+                                       epsilon=claimed, delta=delta, seed=r["seed"])
+    rules["R1"] = {"verdict": _verdict(r1), "cells": r1}
+    rules["R2"] = {"verdict": _verdict(r2), "cells": r2}
+    rules["R3"] = {"verdict": _verdict(r3), "cells": _clean(r3)}
     r4 = {}
     for r in results:
         if r["threat_model"] not in SUM_VIEWS:
             continue
-        advantage = max(_num(r["reconstruction"]["advantage_auc"]), _num(r["membership"]["advantage_auc"]))
-        ok = r["view"]["rounds_with_individual_updates"] == 0 and advantage <= R4_MAX_ADVANTAGE
+        se = r.get("standard_errors", {})
+        gains = {"reconstruction": (_num(r["reconstruction"]["advantage_auc"]), se.get("reconstruction_auc")),
+                 "membership": (_num(r["membership"]["advantage_auc"]), se.get("membership_auc")),
+                 "attributes": (_num(r["attributes"]["max_advantage"]), se.get("attribute_advantage"))}
+        if r["groups"].get("applicable"):
+            gains["groups"] = (_num(r["groups"]["advantage"]), se.get("group_advantage"))
+        if r["scores"].get("disaggregation_rare_advantage") is not None:
+            gains["disaggregation_rare_rows"] = (_num(r["scores"]["disaggregation_rare_advantage"]),
+                                                 se.get("disaggregation_rare_advantage"))
+        significant = {name: gain for name, (gain, error) in gains.items()
+                       if gain > R4_MAX_ADVANTAGE + SIGNIFICANCE_Z * (_num(error) if error is not None else 0.0)}
+        findings = []
+        sampled_secagg = r["threat_model"] == SECAGG and r.get("client_fraction", 1.0) < 1.0
+        if sampled_secagg and significant:
+            findings.append(f"with sampling the server sees who took part, and sums over few clients betray them "
+                            f"({', '.join(f'{k} {v:+.3f}' for k, v in significant.items())} over the population): "
+                            "secure aggregation alone is not DP")
+        if r["threat_model"] == SECAGG and r["scores"].get("canary_auc") is not None \
+                and _num(r["scores"]["canary_auc"]) > 0.9:
+            findings.append(f"canary AUC {_num(r['scores']['canary_auc']):.3f} at noise 0: secure aggregation alone is "
+                            "not DP (a user's presence shows in the sums)")
+        counted = {} if sampled_secagg else significant  # a noiseless sampled cell is a finding, not a claim
+        ok = r["view"]["rounds_with_individual_updates"] == 0 and not counted
         entry = {"verdict": "holds" if ok else "fails", "individual_views": r["view"]["rounds_with_individual_updates"],
-                 "max_advantage_over_population_auc": advantage}
-        if r["threat_model"] == SECAGG and _num(r["scores"]["canary_auc"]) > 0.9:
-            entry["finding"] = (f"canary AUC {r['scores']['canary_auc']:.3f} at noise 0: secure aggregation alone is "
-                                "not DP (a user's presence shows in the sums)")
+                 "advantages_over_population": {k: {"gain": g, "standard_error": e} for k, (g, e) in gains.items()},
+                 "significant_gains": significant}
+        if findings:
+            entry["finding"] = " ; ".join(findings)
         r4[r["cell"]] = entry
-    rules["R4"] = {"verdict": "fails" if any(c["verdict"] == "fails" for c in r4.values()) else
-                   ("holds" if r4 else "inconclusive"), "max_advantage": R4_MAX_ADVANTAGE, "cells": r4}
+    rules["R4"] = {"verdict": _verdict(r4), "max_advantage": R4_MAX_ADVANTAGE, "cells": r4}
     r5 = {}
     for model in DP_THREAT_MODELS:
         for seed in sorted({r["seed"] for r in results}):
             cells = sorted((r for r in results if r["threat_model"] == model and r["seed"] == seed
-                            and r["target_epsilon"] is None), key=lambda r: _num(r["noise_multiplier"]))
-            for attack in ATTACK_AUCS:
-                values = [_num(c["scores"][attack]) for c in cells]
-                rises = [(a, b) for a, b in zip(values, values[1:]) if b > a + R5_TOLERANCE]
+                            and r["target_epsilon"] is None and r.get("client_fraction", 1.0) >= 1.0),
+                           key=lambda r: _num(r["noise_multiplier"]))
+            for attack in ATTACK_SCORES:
+                if model in SUM_VIEWS and attack in SUM_VIEW_POPULATION_SCORES:
+                    continue
+                usable = [c for c in cells if c["scores"].get(attack) is not None]
+                values = [_num(c["scores"][attack]) for c in usable]
+                errors = [_num(c.get("standard_errors", {}).get(attack) or 0.0) for c in usable]
+                if len(values) < 2:
+                    continue
+                rises = [(a, b) for a, b, ea, eb in zip(values, values[1:], errors, errors[1:])
+                         if b > a + R5_TOLERANCE + SIGNIFICANCE_Z * (ea * ea + eb * eb) ** 0.5]
                 r5[f"{model} seed={seed} {attack}"] = {"verdict": "fails" if rises else "holds",
-                                                       "noise_multipliers": [c["noise_multiplier"] for c in cells],
-                                                       "values": values}
-    rules["R5"] = {"verdict": "fails" if any(c["verdict"] == "fails" for c in r5.values()) else
-                   ("holds" if r5 else "inconclusive"), "tolerance": R5_TOLERANCE, "series": r5}
-    rules["R3"] = {"verdict": "not evaluated", "evidence": "the f-DP trade-off check is not in this version"}
+                                                       "noise_multipliers": [c["noise_multiplier"] for c in usable],
+                                                       "values": values, "standard_errors": errors}
+    rules["R5"] = {"verdict": _verdict(r5), "tolerance": R5_TOLERANCE, "series": r5}
     return rules
 
 
@@ -271,7 +379,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--levels", type=float, nargs="+", default=[0.1, 0.3, 0.5], help="noise multipliers")
     parser.add_argument("--targets", type=float, nargs="+", default=[1.0, 4.0], help="calibrated target epsilons")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--sampled-fraction", type=float, default=0.1,
+                        help="client fraction of the disaggregation cells (0 = no such cells)")
     parser.add_argument("--out", type=Path, required=True, help="the grid's JSON")
+    parser.add_argument("--plots", type=Path, default=None, help="folder for the plots (PNG)")
 
 
 def grid_main(args: argparse.Namespace) -> int:
@@ -283,13 +394,19 @@ def grid_main(args: argparse.Namespace) -> int:
         data = load_kuaisar_r(args.data_dir)
     else:
         data = make_synthetic(num_users=args.users)
-    cells = default_cells(levels=tuple(args.levels), targets=tuple(args.targets), seeds=tuple(args.seeds))
+    cells = default_cells(levels=tuple(args.levels), targets=tuple(args.targets), seeds=tuple(args.seeds),
+                          sampled=args.sampled_fraction or None)
     report = run_grid(data, cells, rounds=args.rounds, canaries=args.canaries, clip=args.clip,
                       progress=lambda r: print(f"{r['cell']}: {r['scores']} ({r['seconds']:.1f} s)", flush=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(args.out.suffix + ".tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     tmp.replace(args.out)  # atomic: a reader never sees half a grid
+    if args.plots is not None:
+        from attacks.plots import write_plots
+
+        for path in write_plots(report, args.plots):
+            print(f"wrote {path}")
     for name, rule in sorted(report["rules"].items()):
         print(f"{name}: {rule['verdict']}")
     return 0

@@ -27,6 +27,8 @@ class RowRecorder:
         self.rounds_seen = np.zeros(num_users, dtype=np.int64)
         self.rounds = 0
         self.individual_views = 0  # rounds whose view held individual updates (R4 evidence)
+        self.sum_energy: list[np.ndarray] = []  # per round of a sum view: (num_rows,) energies of the sum
+        self.participation: list[np.ndarray] = []  # per round: (num_users,) bool, who took part
 
     def on_round(self, view: ServerView) -> None:
         if self.threat_model is None:
@@ -41,6 +43,11 @@ class RowRecorder:
             self.individual_views += 1
         else:
             summed = self.rows.take(view.summed_update.detach().to("cpu").double().numpy())  # (num_rows, dim)
-            self.energy[participants] += np.square(summed).sum(-1)[None, :]
+            row_energy = np.square(summed).sum(-1)
+            self.energy[participants] += row_energy[None, :]
+            self.sum_energy.append(row_energy)
+        took_part = np.zeros(self.num_users, dtype=bool)
+        took_part[participants] = True
+        self.participation.append(took_part)
         self.rounds_seen[participants] += 1
         self.rounds += 1

@@ -35,3 +35,21 @@ def f1(labels: np.ndarray, predicted: np.ndarray) -> float:
     tp = int((labels & predicted).sum())
     denominator = int(labels.sum()) + int(predicted.sum())
     return 1.0 if denominator == 0 else 2.0 * tp / denominator
+
+
+def auc_standard_error(auc_value: float, positives: int, negatives: int) -> float:
+    """Hanley and McNeil (1982): the standard error of an AUC from its positives and negatives
+    (independent pairs assumed; a lower bound on the error where scores are shared across users)."""
+    a = float(auc_value)
+    if not (0.0 <= a <= 1.0) or positives < 1 or negatives < 1:
+        return float("nan")
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    variance = (a * (1 - a) + (positives - 1) * (q1 - a * a) + (negatives - 1) * (q2 - a * a)) / (positives * negatives)
+    return float(max(variance, 0.0) ** 0.5)
+
+
+def accuracy_standard_error(accuracy: float, trials: int) -> float:
+    """Binomial standard error of an accuracy over `trials` independent guesses."""
+    if trials < 1:
+        return float("nan")
+    return float((accuracy * (1 - accuracy) / trials) ** 0.5)

@@ -11,7 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attacks.bounds import clopper_pearson, epsilon_lower_bound, split_half_bound
+from attacks.attributes import UserColumnRecorder, attribute_templates, infer_attributes
+from attacks.bounds import claimed_tradeoff, clopper_pearson, epsilon_lower_bound, one_run_bound, split_half_bound, tradeoff_check
+from attacks.disaggregation import disaggregate
+from attacks.groups import GroupRecorder, infer_groups
 from attacks.canary import CanaryAudit, with_canaries
 from attacks.grid import Cell, evaluate_rules, run_grid
 from attacks.membership import item_membership
@@ -179,13 +182,15 @@ def test_the_rules_fail_when_the_claim_is_false(data):
     def cell(claimed_z: float, claimed_eps: float) -> dict:
         canary = audit.result(noise_multiplier=claimed_z, delta=1e-5)
         return {"cell": f"local-dp z={claimed_z}", "threat_model": LOCAL_DP, "seed": 0, "noise_multiplier": claimed_z,
-                "target_epsilon": None, "claim": {"epsilon": claimed_eps}, "canary": canary,
+                "target_epsilon": None, "claim": {"epsilon": claimed_eps, "delta": 1e-5}, "canary": canary,
                 "scores": {"reconstruction_auc": 0.5, "membership_auc": 0.5, "canary_auc": canary["canary_auc"]}}
 
     false_rules = evaluate_rules([cell(0.6, 0.2)])
     assert false_rules["R2"]["verdict"] == "fails" and false_rules["R1"]["verdict"] == "fails"
+    assert false_rules["R3"]["verdict"] == "fails"
     true_rules = evaluate_rules([cell(0.3, 500.0)])
     assert true_rules["R2"]["verdict"] == "holds" and true_rules["R1"]["verdict"] == "not refutable at m"
+    assert true_rules["R3"]["verdict"] == "holds"
 
 
 def test_a_small_grid_runs_end_to_end_with_a_verdict_for_every_rule(data):
@@ -215,8 +220,107 @@ def test_the_grid_runs_from_the_cli(tmp_path, capsys):
 
     out = tmp_path / "grid.json"
     code = cli.main(["attack-grid", "--users", "30", "--rounds", "1", "--canaries", "20", "--levels", "1.0",
-                     "--targets", "4", "--out", str(out)])
+                     "--targets", "4", "--sampled-fraction", "0", "--out", str(out), "--plots", str(tmp_path / "plots")])
     assert code == 0
     report = json.loads(out.read_text())
-    assert len(report["cells"]) == 6 and "R1" in report["rules"]
-    assert "R0:" in capsys.readouterr().out
+    assert len(report["cells"]) == 6 and set(report["rules"]) == {"R0", "R1", "R2", "R3", "R4", "R5"}
+    printed = capsys.readouterr().out
+    assert "R0:" in printed and "canary_roc.png" in printed
+    for name in ("canary_roc.png", "attack_vs_noise.png", "bound_vs_claim.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ attributes, groups, disaggregation
+
+
+def _views(data, rounds=2, **kwargs):
+    probe = FederatedSimulation(data, MODEL, FederationConfig(rounds=0))
+    columns = UserColumnRecorder(probe.layout, probe.model.user_dim, data.num_users)
+    groups = GroupRecorder(probe.layout, data.num_users)
+
+    class Both:
+        def on_round(self, view):
+            columns.on_round(view)
+            groups.on_round(view)
+
+    sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=rounds, **kwargs.pop("federation", {})),
+                              observer=Both(), update_transform=groups.transform, **kwargs)
+    for _ in range(rounds):
+        sim.train_round()
+    return columns, groups
+
+
+def test_templates_are_the_starting_user_vectors(data):
+    sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=0, seed=5))
+    templates = attribute_templates(data.user_attributes, MODEL, seed=5)
+    dim = MODEL.attribute_dim
+    start = sim.private["user.vector"].numpy()
+    for user in (0, 7):
+        for f, (lo, _) in enumerate(data.user_attributes.spans):
+            value = data.user_attributes.tokens[user, lo]
+            assert np.allclose(start[user, f * dim:(f + 1) * dim], templates[f][value])
+
+
+def test_attribute_and_group_inference_have_power_on_raw_updates_and_none_on_sums(data):
+    columns, groups = _views(data)
+    attributes = infer_attributes(columns, data, MODEL, seed=0)
+    # R0's bar (0.2 above the majority); 4-dimensional templates of this tiny model sometimes collide
+    assert attributes["mean_advantage"] >= 0.2 and min(f["accuracy"] for f in attributes["fields"].values()) > 0.8
+    grouped = infer_groups(groups, data.num_users)
+    assert grouped["accuracy"] == 1.0 and grouped["advantage"] > 0.2
+    columns, groups = _views(data, plain_individual_view=False)
+    assert infer_attributes(columns, data, MODEL, seed=0)["max_advantage"] <= 0.1
+    summed = infer_groups(groups, data.num_users)
+    assert summed["accuracy"] == summed["majority_baseline"]  # the counts' largest group, for everyone
+
+
+def test_attribute_inference_is_at_chance_with_a_wrong_seed(data):
+    """The templates come from the run's public seed: with another seed the attack knows nothing."""
+    columns, _ = _views(data)
+    assert infer_attributes(columns, data, MODEL, seed=123)["mean_advantage"] < 0.15
+
+
+def test_disaggregation_finds_rare_rows_under_sampling_and_dp_stops_it():
+    sparse = make_synthetic(num_users=60, num_items=120, maxlen=12, min_interactions=3, max_interactions=4, seed=3)
+
+    def run(**kwargs):
+        probe = FederatedSimulation(sparse, MODEL, FederationConfig(rounds=0))
+        recorder = RowRecorder(ItemRows.from_layout(probe.layout, sparse.item_attributes), sparse.num_users)
+        sim = FederatedSimulation(sparse, MODEL, FederationConfig(rounds=30, client_fraction=0.1), observer=recorder,
+                                  **kwargs)
+        for _ in range(30):
+            sim.train_round()
+        return disaggregate(recorder, sparse)
+
+    plain_sums = run(plain_individual_view=False)
+    assert plain_sums["rare_rows"]["auc"] > 0.85 and plain_sums["rare_rows"]["advantage_auc"] > 0.15
+    noisy = run(privacy=PrivacySettings(dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=0.5),
+                                        secure_sum="fast"))
+    assert noisy["rare_rows"]["advantage_auc"] < 0.05
+
+
+def test_disaggregation_needs_rounds_without_the_user(data):
+    recorder = _recorded(data, rounds=2, plain_individual_view=False)
+    assert disaggregate(recorder, data)["applicable"] is False
+    with pytest.raises(ThreatModelError):
+        disaggregate(_recorded(data, rounds=1), data)
+
+
+# ------------------------------------------------------------------ R3 and the one-run bound
+
+
+def test_the_tradeoff_check_fails_a_claim_the_test_beats_and_passes_the_truth():
+    rng = np.random.default_rng(1)
+    included = rng.random(400) < 0.5
+    scores = included * 3.0 + rng.normal(size=400)  # Gaussian DP with mu = 3: epsilon ~ 12 at small delta
+    assert tradeoff_check(scores, included, epsilon=0.5, delta=1e-5)["verdict"] == "fails"
+    assert tradeoff_check(scores, included, epsilon=20.0, delta=1e-5)["verdict"] == "holds"
+    assert claimed_tradeoff(0.1, epsilon=math.log(2), delta=0.0) == pytest.approx(0.2)
+
+
+def test_the_one_run_bound_grows_with_separation_and_is_zero_at_chance():
+    rng = np.random.default_rng(2)
+    included = rng.random(1000) < 0.5
+    chance = one_run_bound(rng.normal(size=1000), included)["epsilon_lower_bound"]
+    separated = one_run_bound(included * 5.0 + rng.normal(size=1000), included)["epsilon_lower_bound"]
+    assert chance < 0.3 and separated > 2.0
