@@ -29,6 +29,7 @@ Rules (verdicts: holds / fails / inconclusive / not refutable at m):
 - R5 monotone, per threat model: no attack's score grows significantly (by more than 0.05 + 2.33
   combined standard errors) from one noise level to a larger one. Under sum views the population-level
   reconstruction and membership scores are left to R4.
+- malicious-server: every active attack of `attacks.active` refused by the real client code.
 The one-run bound (Steinke, Nasr, Jagielski 2023, delta = 0 form) is reported beside R1 as a second
 opinion, never as a verdict.
 """
@@ -48,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from attacks.active import run_active_attacks
 from attacks.attributes import UserColumnRecorder, infer_attributes
 from attacks.bounds import tradeoff_check
 from attacks.canary import CanaryAudit, with_canaries
@@ -364,9 +366,13 @@ def run_grid(data: ClientData, cells: list[Cell], *, model: ModelConfig | None =
         results.append(run_cell(cell, data, model=model, rounds=rounds, canaries=canaries, clip=clip))
         if progress is not None:
             progress(results[-1])
+    active = run_active_attacks()
+    rules = evaluate_rules(results)
+    rules["malicious-server"] = {"verdict": active["verdict"], "leaked": active["leaked"],
+                                 "refused": sorted(n for n, r in active["attacks"].items() if r["outcome"] == "refused")}
     return {"dataset": data.name, "users": data.num_users, "rounds": rounds, "canaries": canaries, "clip": clip,
             "commit": _commit(), "python": platform.python_version(), "torch": torch.__version__,
-            "cells": results, "rules": evaluate_rules(results)}
+            "cells": results, "malicious_server": active, "rules": rules}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -199,7 +199,7 @@ def test_a_small_grid_runs_end_to_end_with_a_verdict_for_every_rule(data):
     report = run_grid(data, cells, model=MODEL, rounds=2, canaries=40)
     json.dumps(report)  # JSON-ready
     assert {r["threat_model"] for r in report["cells"]} == {PLAIN, SECAGG, SECAGG_DP, LOCAL_DP}
-    assert set(report["rules"]) == {"R0", "R1", "R2", "R3", "R4", "R5"}
+    assert set(report["rules"]) == {"R0", "R1", "R2", "R3", "R4", "R5", "malicious-server"}
     assert report["rules"]["R4"]["verdict"] == "holds"
     assert "secure aggregation alone is not DP" in report["rules"]["R4"]["cells"]["secagg z=0 seed=0"]["finding"]
     dp = [r for r in report["cells"] if r["threat_model"] == SECAGG_DP][0]
@@ -223,7 +223,7 @@ def test_the_grid_runs_from_the_cli(tmp_path, capsys):
                      "--targets", "4", "--sampled-fraction", "0", "--out", str(out), "--plots", str(tmp_path / "plots")])
     assert code == 0
     report = json.loads(out.read_text())
-    assert len(report["cells"]) == 6 and set(report["rules"]) == {"R0", "R1", "R2", "R3", "R4", "R5"}
+    assert len(report["cells"]) == 6 and set(report["rules"]) == {"R0", "R1", "R2", "R3", "R4", "R5", "malicious-server"}
     printed = capsys.readouterr().out
     assert "R0:" in printed and "canary_roc.png" in printed
     for name in ("canary_roc.png", "attack_vs_noise.png", "bound_vs_claim.png"):
@@ -324,3 +324,18 @@ def test_the_one_run_bound_grows_with_separation_and_is_zero_at_chance():
     chance = one_run_bound(rng.normal(size=1000), included)["epsilon_lower_bound"]
     separated = one_run_bound(included * 5.0 + rng.normal(size=1000), included)["epsilon_lower_bound"]
     assert chance < 0.3 and separated > 2.0
+
+
+# ------------------------------------------------------------------ malicious-server cells
+
+
+def test_active_attacks_are_refused_and_leak_once_the_policy_is_weakened():
+    from attacks.active import run_active_attacks
+    from mrff_secure.secagg.policy import SecAggPolicy
+
+    report = run_active_attacks()
+    assert report["verdict"] == "holds" and not report["leaked"]
+    assert all(r["outcome"] == "refused" and r["error"] for r in report["attacks"].values())
+    weak = run_active_attacks(SecAggPolicy(corrupt_neighbours=0, min_survivors=3))
+    assert weak["verdict"] == "fails"
+    assert set(weak["leaked"]) == {"weak threshold (2t - k <= c_max)", "unmask below the survivor floor"}

@@ -17,6 +17,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
+from attacks.protocol_round import Round, derive
 from mrff_secure.errors import AggregationAborted, AuthenticationError, ConfigError, ProtocolViolation, SecAggError
 from mrff_secure.federation.secure_sum import max_abs_for
 from mrff_secure.secagg import packing, primitives, shamir
@@ -47,7 +48,6 @@ from mrff_secure.secagg.messages import (
 from mrff_secure.secagg.policy import PolicyViolation, SecAggPolicy
 from mrff_secure.secagg.server import ServerSession
 from mrff_secure.secagg.stages import Stage
-from .roundkit import Round, derive
 
 N, K, D = 12, 6, 32  # default t = 5: 2t - k = 4 > c_max = 2
 TARGET = 5

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from attacks.protocol_round import Round
 from mrff_secure.errors import AggregationAborted, ProtocolViolation
 from mrff_secure.secagg import packing
 from mrff_secure.secagg.client import ClientSession
@@ -17,7 +18,6 @@ from mrff_secure.secagg.context import SessionContext
 from mrff_secure.secagg.messages import MaskedInput, ParticipantSet
 from mrff_secure.secagg.server import ServerSession
 from mrff_secure.secagg.stages import Stage
-from .roundkit import Round
 
 
 def _inputs(n: int, d: int, max_abs: int, seed: int = 0) -> dict[int, np.ndarray]:

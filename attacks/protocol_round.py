@@ -1,4 +1,5 @@
-"""A round driven stage by stage with an honest ServerSession, so a test can tamper between stages,
+"""A secure-aggregation round driven stage by stage with an honest ServerSession, so that an attack (the
+malicious-server cells of the grid, `attacks.active`, and the hostile tests) can tamper between stages,
 and the attacker's tools: colluders' signatures on any survivor list, and the last step of an attack
 (strip the target's masks with whatever secrets were collected).
 
