@@ -81,8 +81,8 @@ def split_half_bound(scores: np.ndarray, included: np.ndarray, *, delta: float, 
 
 def claimed_tradeoff(fpr: float, *, epsilon: float, delta: float) -> float:
     """The largest TPR an (epsilon, delta)-DP mechanism allows at `fpr` (both inequalities of DP)."""
-    if math.isinf(epsilon):
-        return 1.0
+    if epsilon > 700.0:  # e^epsilon overflows; the curve is 1 at any FPR > 0 long before
+        return 1.0 if fpr > 0 or delta > 0 else 0.0
     return min(1.0, math.exp(epsilon) * fpr + delta, 1.0 - math.exp(-epsilon) * (1.0 - fpr - delta))
 
 

@@ -15,10 +15,12 @@ Rules (verdicts: holds / fails / inconclusive / not refutable at m):
 - R0 power, at plain noise 0: reconstruction F1 >= 0.95, interaction-MIA AUC >= 0.9, attribute
   inference >= 0.2 above the majority baseline, group inference accuracy >= 0.95, canary AUC = 1.
   An attack without power proves nothing elsewhere: the verdict is inconclusive and names it.
-- R1 bound, every DP cell: the canary epsilon lower bound (95%, split half) <= the claimed epsilon;
+- R1 bound, every DP cell: the canary epsilon lower bound (split half) <= the claimed epsilon;
   "not refutable at m" where the claim exceeds what m canaries can certify.
-- R2 mechanism, every DP cell: the 95% interval of mu_hat does not lie above the claimed mu =
-  sqrt(R)/z (more separation than the mechanism allows = less noise than claimed).
+- R2 mechanism, every DP cell: the interval of mu_hat does not lie above the claimed mu = sqrt(R)/z
+  (more separation than the mechanism allows = less noise than claimed).
+  R1, R2 and R3 hold for all DP cells together at 95% (Bonferroni over the cells: each cell's bound or
+  interval at 1 - 0.05 / cells), so a grid of 30 cells does not fail one claim by chance.
 - R3 trade-off, every DP cell: at FPR 0.01, 0.05, 0.1 the canary test's lower confidence bound on
   TPR stays under the claimed (epsilon, delta) curve at the upper bound on FPR.
 - R4 secure aggregation, every secagg / secagg+dp cell: no individual update in any view, and no
@@ -44,14 +46,15 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from scipy import stats
 
 from attacks.active import run_active_attacks
 from attacks.attributes import UserColumnRecorder, infer_attributes
-from attacks.bounds import tradeoff_check
+from attacks.bounds import split_half_bound, tradeoff_check
 from attacks.canary import CanaryAudit, with_canaries
 from attacks.disaggregation import disaggregate
 from attacks.groups import GroupRecorder, infer_groups
@@ -62,7 +65,7 @@ from attacks.rows import ItemRows
 from attacks.scores import accuracy_standard_error, auc_standard_error
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.dp import DPConfig
+from mrff_secure.dp import DPConfig, account_rounds
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.privacy_pipeline import PrivacySettings
 from mrff_secure.federation.simulation import FederatedSimulation
@@ -74,6 +77,7 @@ POWER = {"reconstruction_f1": 0.95, "membership_auc": 0.9, "attribute_advantage"
          "canary_auc": 1.0}
 R4_MAX_ADVANTAGE = 0.05
 R5_TOLERANCE = 0.05
+FAMILY_CONFIDENCE = 0.95  # R1-R3 hold together for every DP cell of the grid at this confidence (Bonferroni)
 SIGNIFICANCE_Z = 2.33  # a gain breaks a rule only when it exceeds the tolerance by 2.33 standard errors (1%)
 ATTACK_SCORES = ("reconstruction_auc", "membership_auc", "attribute_advantage", "group_advantage", "canary_auc")
 SUM_VIEW_POPULATION_SCORES = ("reconstruction_auc", "membership_auc")
@@ -90,8 +94,14 @@ class Cell:
     seed: int = 0
     client_fraction: float = 1.0
     rounds: int | None = None  # None: the grid's rounds
+    misreport_noise: float = 1.0
+    """TESTING THE AUDIT ONLY: the claim (the accountant's epsilon, the mechanism check) is made for
+    noise_multiplier x misreport_noise while the noise actually added is noise_multiplier: with a
+    factor > 1 the claim is false, and the audit must say so."""
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.misreport_noise, (int, float)) and self.misreport_noise > 0):
+            raise ConfigError(f"misreport_noise must be > 0, got {self.misreport_noise!r}")
         if not 0.0 < self.client_fraction <= 1.0:
             raise ConfigError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
         if self.threat_model not in GRID_THREAT_MODELS:
@@ -102,11 +112,22 @@ class Cell:
         if not dp and (self.noise_multiplier != 0.0 or self.target_epsilon is not None):
             raise ConfigError(f"a {self.threat_model} cell has no noise")
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"threat_model": self.threat_model, "noise_multiplier": self.noise_multiplier,
+                "target_epsilon": self.target_epsilon, "seed": self.seed, "client_fraction": self.client_fraction,
+                "rounds": self.rounds, "misreport_noise": self.misreport_noise}
+
+    @property
+    def slug(self) -> str:
+        """A file name for the cell's result."""
+        return "".join(ch if ch.isalnum() or ch in "=.-" else "_" for ch in self.name)
+
     @property
     def name(self) -> str:
         level = f"eps={self.target_epsilon:g}" if self.target_epsilon is not None else f"z={self.noise_multiplier:g}"
         sampled = f" q={self.client_fraction:g}" if self.client_fraction < 1.0 else ""
-        return f"{self.threat_model} {level}{sampled} seed={self.seed}"
+        lie = f" MISREPORTED x{self.misreport_noise:g}" if self.misreport_noise != 1.0 else ""
+        return f"{self.threat_model} {level}{sampled}{lie} seed={self.seed}"
 
     def privacy(self, clip: float) -> tuple[PrivacySettings | None, bool]:
         """(settings, plain_individual_view) of the cell's simulation."""
@@ -171,8 +192,10 @@ class _Chain:
         return vectors
 
 
-def run_cell(cell: Cell, data: ClientData, *, model: ModelConfig, rounds: int, canaries: int, clip: float) -> dict:
-    """Train one cell (with its canaries when every client takes part) and run every attack on its view."""
+def run_cell(cell: Cell, data: ClientData, *, model: ModelConfig, rounds: int, canaries: int, clip: float,
+             on_round: Callable[[int, int], None] | None = None) -> dict:
+    """Train one cell (with its canaries when every client takes part) and run every attack on its view.
+    `on_round(done, total)` is called after each round (a progress bar)."""
     start = time.perf_counter()
     torch.manual_seed(cell.seed)
     rounds = cell.rounds if cell.rounds is not None else rounds
@@ -194,17 +217,25 @@ def run_cell(cell: Cell, data: ClientData, *, model: ModelConfig, rounds: int, c
         transforms.append(audit.transform)
     sim = FederatedSimulation(audited, model, federation, observer=_Both(*observers),
                               update_transform=_Chain(*transforms), plain_individual_view=individual, privacy=settings)
-    for _ in range(rounds):
+    for done in range(1, rounds + 1):
         sim.train_round()
         if sim.privacy is not None:
             sim.privacy.record_round()
+        if on_round is not None:
+            on_round(done, rounds)
     if sim.privacy is not None:
         privacy = sim.privacy.summary()
         z, delta = sim.privacy.noise_multiplier, sim.privacy.delta
+        if cell.misreport_noise != 1.0:  # the deliberately false claim of an audit test
+            z = z * cell.misreport_noise
+            account = account_rounds(sim.privacy.release.with_noise_multiplier(z), rounds=rounds, delta=delta,
+                                     sample_rate=cell.client_fraction)
+            privacy = {**privacy, **account.to_json()}
         claim = {"epsilon": privacy["epsilon"], "delta": delta, "adjacency": privacy["adjacency"],
                  "mechanism": privacy["mechanism"], "noise_multiplier": z, "clip": clip, "rounds": rounds,
                  "sample_rate": cell.client_fraction, "epsilon_bound": privacy["epsilon_bound"],
-                 "noise_source": privacy["noise_source"], "sampling": privacy["sampling"]}
+                 "noise_source": privacy["noise_source"], "sampling": privacy["sampling"],
+                 "modulus_bits": privacy.get("modulus_bits"), "min_group_size": privacy.get("min_group_size")}
     else:
         z, delta = 0.0, 1.0 / audited.num_users ** 1.1
         claim = {"epsilon": "inf", "delta": delta, "adjacency": None, "mechanism": None, "noise_multiplier": 0.0,
@@ -238,7 +269,8 @@ def run_cell(cell: Cell, data: ClientData, *, model: ModelConfig, rounds: int, c
             errors["disaggregation_rare_advantage"] = auc_standard_error(rare["auc"], rare["positives"], rare["negatives"])
     return _clean({
         "cell": cell.name, "threat_model": cell.threat_model, "seed": cell.seed, "client_fraction": cell.client_fraction,
-        "noise_multiplier": z, "target_epsilon": cell.target_epsilon, "claim": claim,
+        "noise_multiplier": z, "target_epsilon": cell.target_epsilon, "misreport_noise": cell.misreport_noise,
+        "claim": claim,
         "view": {"rounds": recorder.rounds, "rounds_with_individual_updates": recorder.individual_views},
         "reconstruction": recon, "membership": membership, "attributes": attributes, "groups": group_result,
         "canary": canary, "disaggregation": disaggregation,
@@ -258,7 +290,7 @@ def _verdict(cells: dict) -> str:
     if "fails" in verdicts:
         return "fails"
     if not verdicts:
-        return "inconclusive"
+        return "not applicable"
     return "holds" if verdicts == {"holds"} else ("not refutable at m" if "not refutable at m" in verdicts else "holds")
 
 
@@ -275,23 +307,31 @@ def evaluate_rules(results: list[dict]) -> dict[str, Any]:
                        "attacks_without_power": lacking, "thresholds": POWER,
                        "evidence": {r["cell"]: {k: r["scores"].get(k) for k in POWER} for r in plain}}
     r1, r2, r3 = {}, {}, {}
-    for r in results:
-        if r["threat_model"] not in DP_THREAT_MODELS or not r.get("canary"):
-            continue
-        claimed, delta, bound = _num(r["claim"]["epsilon"]), _num(r["claim"]["delta"]), r["canary"]["bound"]
+    audited = [r for r in results if r["threat_model"] in DP_THREAT_MODELS and r.get("canary")]
+    # Bonferroni over the cells: every claim of the grid holds together at FAMILY_CONFIDENCE, so that a
+    # grid of 30 cells does not fail one by chance (each cell's test at 1 - 0.05 / 30)
+    alpha = (1.0 - FAMILY_CONFIDENCE) / max(1, len(audited))
+    z_crit = float(stats.norm.ppf(1.0 - alpha / 2))
+    for r in audited:
+        claimed, delta = _num(r["claim"]["epsilon"]), _num(r["claim"]["delta"])
+        scores, included = np.asarray(r["canary"]["scores"]), np.asarray(r["canary"]["included"], dtype=bool)
+        bound = split_half_bound(scores, included, delta=delta, alpha=alpha, seed=int(r["canary"]["sealed_seed"]) % 2**32)
         lower, ceiling = _num(bound["epsilon_lower_bound"]), _num(bound["max_certifiable"])
         verdict = "fails" if lower > claimed else ("not refutable at m" if claimed >= ceiling else "holds")
         r1[r["cell"]] = {"verdict": verdict, "epsilon_lower_bound": lower, "claimed_epsilon": claimed,
-                         "max_certifiable": ceiling, "canaries": r["canary"]["canaries"],
+                         "max_certifiable": ceiling, "canaries": r["canary"]["canaries"], "confidence_per_cell": 1 - alpha,
                          "one_run_second_opinion": r["canary"]["one_run"]["epsilon_lower_bound"]}
-        mech = r["canary"]["mechanism"]
-        low = _num(mech["mu_hat_95"][0])
-        r2[r["cell"]] = {"verdict": "fails" if low > _num(mech["claimed_mu"]) else "holds", **mech}
-        r3[r["cell"]] = tradeoff_check(np.asarray(r["canary"]["scores"]), np.asarray(r["canary"]["included"]),
-                                       epsilon=claimed, delta=delta, seed=r["seed"])
-    rules["R1"] = {"verdict": _verdict(r1), "cells": r1}
-    rules["R2"] = {"verdict": _verdict(r2), "cells": r2}
-    rules["R3"] = {"verdict": _verdict(r3), "cells": _clean(r3)}
+        mech = dict(r["canary"]["mechanism"])
+        mu_hat, (low95, high95) = _num(mech["mu_hat"]), (_num(x) for x in mech["mu_hat_95"])
+        se = (high95 - low95) / (2 * 1.96) if math.isfinite(high95 - low95) else 0.0
+        interval = [mu_hat - z_crit * se, mu_hat + z_crit * se] if math.isfinite(mu_hat) else [mu_hat, mu_hat]
+        r2[r["cell"]] = {"verdict": "fails" if interval[0] > _num(mech["claimed_mu"]) else "holds", **mech,
+                         "mu_hat_family": interval, "confidence_per_cell": 1 - alpha}
+        r3[r["cell"]] = tradeoff_check(scores, included, epsilon=claimed, delta=delta, alpha=alpha, seed=r["seed"])
+    family = {"family_confidence": FAMILY_CONFIDENCE, "cells_tested": len(audited)}
+    rules["R1"] = {"verdict": _verdict(r1), **family, "cells": r1}
+    rules["R2"] = {"verdict": _verdict(r2), **family, "cells": r2}
+    rules["R3"] = {"verdict": _verdict(r3), **family, "cells": _clean(r3)}
     r4 = {}
     for r in results:
         if r["threat_model"] not in SUM_VIEWS:
@@ -366,6 +406,11 @@ def run_grid(data: ClientData, cells: list[Cell], *, model: ModelConfig | None =
         results.append(run_cell(cell, data, model=model, rounds=rounds, canaries=canaries, clip=clip))
         if progress is not None:
             progress(results[-1])
+    return grid_report(data, results, rounds=rounds, canaries=canaries, clip=clip)
+
+
+def grid_report(data: ClientData, results: list[dict], *, rounds: int, canaries: int, clip: float) -> dict[str, Any]:
+    """The grid's report from finished cells: the malicious-server cells, the rules, provenance."""
     active = run_active_attacks()
     rules = evaluate_rules(results)
     rules["malicious-server"] = {"verdict": active["verdict"], "leaked": active["leaked"],
@@ -409,7 +454,7 @@ def grid_main(args: argparse.Namespace) -> int:
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     tmp.replace(args.out)  # atomic: a reader never sees half a grid
     if args.plots is not None:
-        from attacks.plots import write_plots
+        from mrff_secure.report.plots import write_plots
 
         for path in write_plots(report, args.plots):
             print(f"wrote {path}")

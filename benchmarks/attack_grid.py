@@ -59,7 +59,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     if args.plots is not None:
-        from attacks.plots import write_plots
+        from mrff_secure.report.plots import write_plots
 
         write_plots(report, args.plots)
     print(f"{len(cells)} cells in {seconds:.1f} s")

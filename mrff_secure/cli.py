@@ -164,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     privacy = sub.add_parser("privacy", help="epsilon for a noise multiplier, or the noise for a target epsilon")
     add_privacy_arguments(privacy)
     privacy.set_defaults(handler=privacy_main)
-    # The network commands (server, client, certs, run-local, audit-log) and the attack grid register themselves.
-    for module_name in ("server.command", "client.command", "attacks.grid"):
+    # The network commands (server, client, certs, run-local, audit-log), the attack grid, the audit and the
+    # report register themselves.
+    for module_name in ("server.command", "client.command", "attacks.grid", "attacks.audit", "mrff_secure.report.write"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

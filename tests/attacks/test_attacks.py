@@ -316,6 +316,8 @@ def test_the_tradeoff_check_fails_a_claim_the_test_beats_and_passes_the_truth():
     assert tradeoff_check(scores, included, epsilon=0.5, delta=1e-5)["verdict"] == "fails"
     assert tradeoff_check(scores, included, epsilon=20.0, delta=1e-5)["verdict"] == "holds"
     assert claimed_tradeoff(0.1, epsilon=math.log(2), delta=0.0) == pytest.approx(0.2)
+    assert claimed_tradeoff(0.01, epsilon=2540.0, delta=1e-5) == 1.0  # claims in the thousands do not overflow
+    assert claimed_tradeoff(0.01, epsilon=float("inf"), delta=0.0) == 1.0
 
 
 def test_the_one_run_bound_grows_with_separation_and_is_zero_at_chance():

@@ -1,5 +1,6 @@
 """The grid's plots: canary ROC curves on log-log axes, attack scores against noise per threat model,
-and the empirical epsilon lower bound against the claimed epsilon. PNG files; matplotlib (Agg)."""
+the empirical epsilon lower bound against the claimed epsilon, and utility against noise (the paper's
+Table 2 curve). PNG files; matplotlib (Agg). Input: the grid's report (attacks.grid.grid_report)."""
 
 from __future__ import annotations
 
@@ -99,6 +100,27 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
            title="claims against the canary bound")
     ax.legend(fontsize=7)
     path = out_dir / "bound_vs_claim.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in models:
+        by_z: dict[float, list[float]] = {}
+        for c in cells:
+            if c["threat_model"] == model and c["target_epsilon"] is None and c.get("client_fraction", 1.0) >= 1.0:
+                by_z.setdefault(_number(c["noise_multiplier"]), []).append(_number(c["utility"]["test_auc"]))
+        if by_z:
+            zs = sorted(by_z)
+            ax.plot(zs, [float(np.mean(by_z[z])) for z in zs], marker="o", label=model)
+    plain = [_number(c["utility"]["test_auc"]) for c in cells if c["threat_model"] == "plain"]
+    if plain:
+        ax.axhline(float(np.mean(plain)), color="k", ls=":", lw=1, label="plain (no noise)")
+    ax.set(xlabel="noise multiplier z (std z*C, C = 1)", ylabel="test AUC (operator only)",
+           title="utility against noise")
+    ax.legend(fontsize=7)
+    path = out_dir / "utility_vs_noise.png"
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,0 +1,151 @@
+"""`mrff audit` end to end (exit codes, resume) and the report: every section, one set of numbers in
+JSON, Markdown and HTML, the signature, and the HTML in a real browser (Debian's chromium)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from mrff_secure import cli
+from mrff_secure.report import REPORT_SCHEMA, write_report
+from mrff_secure.report.tables import fmt
+from mrff_secure.report.write import verify_report_signature
+
+FIXTURE = Path(__file__).parent / "fixtures" / "audit_small" / "grid.json"
+SECTIONS = ("Verdicts", "Privacy statement", "Claimed epsilon per cell", "Threat models: what the server saw",
+            "Mechanism", "Attacks (score +- standard error)", "Power of the attacks (R0)",
+            "Malicious server: active attacks", "Plots", "Utility", "Network run", "Reproducibility", "Integrity")
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture()
+def audit_dir(tmp_path):
+    folder = tmp_path / "audit"
+    folder.mkdir()
+    shutil.copy(FIXTURE, folder / "grid.json")
+    return folder
+
+
+def _keys(tmp_path):
+    key = Ed25519PrivateKey.generate()
+    private, public = tmp_path / "signing.key", tmp_path / "signing.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def test_every_section_is_rendered_and_the_numbers_agree(audit_dir, tmp_path):
+    private, public = _keys(tmp_path)
+    paths = write_report(audit_dir, signing_key=private)
+    report = json.loads(paths["json"].read_text())
+    markdown, page = paths["md"].read_text(), paths["html"].read_text()
+    assert report["schema"] == REPORT_SCHEMA and report["kind"] == "audit"
+    for title in SECTIONS:
+        assert f"## {title}" in markdown, title
+        assert f">{title}</h2>" in page, title
+    for row in report["verdicts"]:
+        assert f"| {row['rule']} | {row['claim']} | {row['verdict']} |" in markdown
+    for row in report["attacks"]:  # the attack table: the same formatted numbers in both renderings
+        for key in ("canary_auc", "reconstruction_f1", "membership_auc"):
+            shown = fmt(row[key]) if row.get(f"{key}_se") is None else f"{fmt(row[key])} +- {fmt(row[f'{key}_se'])}"
+            assert shown in markdown and shown in page, (row["cell"], key, shown)
+    for cell, epsilon in report["privacy_statement"]["epsilon"].items():
+        assert f"**{cell}**: {fmt(epsilon)}" in markdown and f"<td>{fmt(epsilon)}</td>" in page
+    assert len(report["plots"]) == 4 and all((audit_dir / p).stat().st_size > 0 for p in report["plots"])
+    assert page.count("data:image/png;base64,") == 4 and "http://" not in page and "https://" not in page
+    digest = re.search(r"SHA-256 of report.json: `([0-9a-f]{64})`", markdown).group(1)
+    assert digest in page
+    assert verify_report_signature(audit_dir, public)
+    tampered = paths["json"].read_text().replace('"holds"', '"fails"', 1)
+    paths["json"].write_text(tampered)
+    assert not verify_report_signature(audit_dir, public)
+
+
+def test_reports_of_training_runs_and_refusal_of_other_folders(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--synthetic-users", "10", "--maxlen", "8", "--rounds", "1", "--no-progress",
+                     "--dp", "local", "--clip", "1.0", "--noise-multiplier", "1.0", "--out", str(run)]) == 0
+    assert cli.main(["report", str(run)]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["kind"] == "training" and report["verdicts"][0]["verdict"] == "not audited"
+    assert "replace-one" in report["privacy_statement"]["text"]
+    assert cli.main(["report", str(tmp_path / "empty")]) == 1
+    assert "nothing to report on" in capsys.readouterr().out
+
+
+def _audit(out, *extra):
+    return cli.main(["audit", "--users", "40", "--rounds", "2", "--canaries", "40", "--levels", "0.3",
+                     "--targets", "4", "--sampled-fraction", "0", "--no-progress", "--out", str(out), *extra])
+
+
+def test_audit_exit_codes_resume_and_a_claim_made_false(tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert _audit(out, "--cells", "plain", "local-dp z=0.3") == 0
+    grid = json.loads((out / "grid.json").read_text())
+    assert [c["cell"] for c in grid["cells"]] == ["plain z=0 seed=0", "local-dp z=0.3 seed=0"]
+    assert (out / "report.html").is_file()
+    # resume: a finished cell is read back, a missing one run again
+    (out / "cells" / "local-dp_z=0.3_seed=0.json").unlink()
+    capsys.readouterr()
+    assert _audit(out, "--cells", "plain", "local-dp z=0.3") == 0
+    assert "plain z=0 seed=0: resumed from" in capsys.readouterr().out
+    assert json.loads((out / "grid.json").read_text())["cells"][0] == grid["cells"][0]
+    # another configuration in the same folder is refused, naming what differs (exit 1)
+    assert _audit(out, "--cells", "plain", "local-dp z=0.3", "--canaries", "30") == 1
+    assert "differs in ['canaries']" in capsys.readouterr().out
+    # the accountant told twice the noise actually added: the audit must say a claim fails (exit 3)
+    lie = tmp_path / "lie"
+    assert _audit(lie, "--cells", "plain", "local-dp z=0.3", "--misreport-noise", "2") == 3
+    rules = json.loads((lie / "grid.json").read_text())["rules"]
+    assert rules["R2"]["verdict"] == "fails"
+
+
+def test_bad_audit_configurations_are_refused(tmp_path, capsys):
+    config = tmp_path / "audit.json"
+    config.write_text(json.dumps({"rounds": 2, "colour": "blue"}))
+    assert cli.main(["audit", "--config", str(config), "--out", str(tmp_path / "a")]) == 1
+    assert "unknown keys ['colour']" in capsys.readouterr().out
+    assert cli.main(["audit", "--dataset", "kuaisar-r", "--out", str(tmp_path / "b")]) == 1
+    assert "needs --data-dir" in capsys.readouterr().out
+    assert cli.main(["audit", "--cells", "nothing-like-this", "--out", str(tmp_path / "c"), "--no-progress"]) == 1
+    assert "matches none" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(BROWSER is None and not os.environ.get("MRFF_REQUIRE_BROWSER"),
+                    reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_html_report_in_a_real_browser(audit_dir, tmp_path):
+    """Headless Chromium opens report.html from disk with the network off: no console errors, every plot
+    decoded with a non-zero size, the verdict table visible."""
+    from playwright.sync_api import sync_playwright
+
+    assert BROWSER is not None, "MRFF_REQUIRE_BROWSER is set but chromium is missing"
+    paths = write_report(audit_dir)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
+        context = browser.new_context(offline=True)
+        page = context.new_page()
+        errors = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        requests = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(paths["html"].resolve().as_uri())
+        sizes = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        assert len(sizes) == 4 and all(done and w > 0 and h > 0 for done, w, h in sizes), sizes
+        assert page.is_visible("#verdicts") and page.is_visible("table")
+        rows = page.locator("table").first.locator("tr").count()
+        assert rows == len(json.loads(paths["json"].read_text())["verdicts"]) + 1
+        page.screenshot(path=str(tmp_path / "report.png"))
+        browser.close()
+    assert errors == []
+    assert all(url.startswith(("file:", "data:")) for url in requests), requests
+    assert (tmp_path / "report.png").stat().st_size > 10_000
