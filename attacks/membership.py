@@ -31,7 +31,8 @@ def item_membership(recorder: RowRecorder, data: ClientData, *, seed: int = 0) -
     members = user_item_matrix(data)  # (users, items)
     popularity = members.sum(0).astype(np.float64)
     popularity[0] = 0.0
-    signature = {i: item_rows[i].tobytes() for i in range(1, data.num_items)}
+    _, signature = np.unique(item_rows, axis=0, return_inverse=True)  # items with the same rows share an id
+    signature = signature.reshape(-1)
     seen = members.copy()
     for name in ("val_seq", "test_seq"):
         values = getattr(data, name)
@@ -46,10 +47,9 @@ def item_membership(recorder: RowRecorder, data: ClientData, *, seed: int = 0) -
         member_items = member_items[member_items != 0]
         if member_items.size == 0:
             continue
-        member_signatures = {signature[i] for i in member_items}
         candidates = np.flatnonzero(~seen[u])
         candidates = candidates[candidates != 0]
-        clash = np.array([signature[i] in member_signatures for i in candidates], dtype=bool)
+        clash = np.isin(signature[candidates], signature[member_items])
         excluded += int(clash.sum())
         candidates = candidates[~clash]
         weights = popularity[candidates] + 1.0

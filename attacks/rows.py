@@ -89,5 +89,9 @@ def user_item_matrix(data: ClientData) -> np.ndarray:
 
 def touched_rows(data: ClientData, rows: ItemRows) -> np.ndarray:
     """Ground truth, (users, num_rows) bool: the rows each user's training items touch."""
-    item_matrix = rows.item_matrix(data.item_attributes).astype(np.int32)
-    return (user_item_matrix(data).astype(np.int32) @ item_matrix) > 0
+    item_matrix = rows.item_matrix(data.item_attributes)
+    truth = np.zeros((data.num_users, rows.num_rows), dtype=bool)
+    for user in range(data.num_users):
+        items = np.unique(np.concatenate([data.train_seq[user], data.train_target[user]]))
+        truth[user] = item_matrix[items[items != 0]].any(0)
+    return truth
