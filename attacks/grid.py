@@ -42,7 +42,6 @@ import argparse
 import json
 import math
 import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +69,7 @@ from mrff_secure.errors import ConfigError
 from mrff_secure.federation.privacy_pipeline import PrivacySettings
 from mrff_secure.federation.simulation import FederatedSimulation
 from mrff_secure.federation.threat_model import LOCAL_DP, PLAIN, SECAGG, SECAGG_DP, SUM_VIEWS
+from mrff_secure.report.build import source_commit
 
 GRID_THREAT_MODELS = (PLAIN, SECAGG, SECAGG_DP, LOCAL_DP)
 DP_THREAT_MODELS = (SECAGG_DP, LOCAL_DP)
@@ -389,14 +389,6 @@ def evaluate_rules(results: list[dict]) -> dict[str, Any]:
     return rules
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run_grid(data: ClientData, cells: list[Cell], *, model: ModelConfig | None = None, rounds: int = 5,
              canaries: int = 100, clip: float = 1.0, progress=None) -> dict[str, Any]:
     """Every cell, then the rules. `progress(cell_result)` is called after each cell."""
@@ -416,7 +408,7 @@ def grid_report(data: ClientData, results: list[dict], *, rounds: int, canaries:
     rules["malicious-server"] = {"verdict": active["verdict"], "leaked": active["leaked"],
                                  "refused": sorted(n for n, r in active["attacks"].items() if r["outcome"] == "refused")}
     return {"dataset": data.name, "users": data.num_users, "rounds": rounds, "canaries": canaries, "clip": clip,
-            "commit": _commit(), "python": platform.python_version(), "torch": torch.__version__,
+            "commit": source_commit(), "python": platform.python_version(), "torch": torch.__version__,
             "cells": results, "malicious_server": active, "rules": rules}
 
 

@@ -73,7 +73,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _commit() -> str:
+def source_commit() -> str:
+    """The git commit of this checkout ("unknown" outside a git checkout)."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).resolve().parent).stdout.strip()
@@ -197,7 +198,7 @@ def _audit_report(folder: Path) -> dict[str, Any]:
                      "target_epsilon": c.get("target_epsilon"), "test_auc": _number(c["utility"]["test_auc"])}
                     for c in cells],
         "network": {"applicable": False, "reason": "an audit runs in the simulation; see a network run's report"},
-        "reproducibility": {"commit": grid.get("commit", _commit()), "config": config,
+        "reproducibility": {"commit": grid.get("commit", source_commit()), "config": config,
                             "config_digest": grid.get("config_digest"), "dataset": dataset_checksum(config),
                             "seeds": sorted({c["seed"] for c in cells}), "versions": _versions(),
                             "plain_cell_example": plain["cell"] if plain else None},
@@ -228,7 +229,7 @@ def _training_report(folder: Path) -> dict[str, Any]:
         "attacks": [], "power": {"applicable": False, "reason": "no attacks were run on a training run"},
         "rules": {}, "malicious_server": None, "utility": [],
         "network": {"applicable": False, "reason": "a simulation run"},
-        "reproducibility": {"commit": _commit(), "config": summary.get("config"), "versions": _versions(),
+        "reproducibility": {"commit": source_commit(), "config": summary.get("config"), "versions": _versions(),
                             "seeds": [summary.get("config", {}).get("federation", {}).get("seed")]},
     }
 
@@ -272,7 +273,7 @@ def _network_report(folder: Path) -> dict[str, Any]:
                                          "(MASKED_INPUT), a consistency signature and the unmask response; nothing in "
                                          "the clear about its update"),
                     "rounds": per_round},
-        "reproducibility": {"commit": _commit(), "config": settings, "run_id": started.get("run_id"),
+        "reproducibility": {"commit": source_commit(), "config": settings, "run_id": started.get("run_id"),
                             "versions": _versions()},
     }
 
