@@ -28,8 +28,9 @@ Rules (verdicts: holds / fails / inconclusive / not refutable at m):
   standard errors) over the population baseline (under secagg+dp disaggregation across rounds
   included). Canaries separated at secagg noise 0, and what attacks recover under secagg with
   sampling, are reported as findings: "secure aggregation alone is not DP".
-- R5 monotone, per threat model: no attack's score grows significantly (by more than 0.05 + 2.33
-  combined standard errors) from one noise level to a larger one. Under sum views the population-level
+- R5 monotone, per threat model: no attack's score above chance grows significantly (by more than
+  0.05 + 2.33 combined standard errors) from one noise level to a larger one (scores below chance, an
+  AUC under 0.5 or an accuracy under the majority baseline, count as chance). Under sum views the population-level
   reconstruction and membership scores are left to R4.
 - malicious-server: every active attack of `attacks.active` refused by the real client code.
 The one-run bound (Steinke, Nasr, Jagielski 2023, delta = 0 form) is reported beside R1 as a second
@@ -80,6 +81,10 @@ R5_TOLERANCE = 0.05
 FAMILY_CONFIDENCE = 0.95  # R1-R3 hold together for every DP cell of the grid at this confidence (Bonferroni)
 SIGNIFICANCE_Z = 2.33  # a gain breaks a rule only when it exceeds the tolerance by 2.33 standard errors (1%)
 ATTACK_SCORES = ("reconstruction_auc", "membership_auc", "attribute_advantage", "group_advantage", "canary_auc")
+CHANCE = {"reconstruction_auc": 0.5, "membership_auc": 0.5, "attribute_advantage": 0.0, "group_advantage": 0.0,
+          "canary_auc": 0.5}
+"""Where each score carries no signal: R5 reads max(score, chance), since a score moving about below
+chance is no attack getting stronger."""
 SUM_VIEW_POPULATION_SCORES = ("reconstruction_auc", "membership_auc")
 """Under a sum view these score every user alike (population level, judged against the population by R4),
 so R5 does not read them there."""
@@ -376,7 +381,7 @@ def evaluate_rules(results: list[dict]) -> dict[str, Any]:
                 if model in SUM_VIEWS and attack in SUM_VIEW_POPULATION_SCORES:
                     continue
                 usable = [c for c in cells if c["scores"].get(attack) is not None]
-                values = [_num(c["scores"][attack]) for c in usable]
+                values = [max(_num(c["scores"][attack]), CHANCE[attack]) for c in usable]
                 errors = [_num(c.get("standard_errors", {}).get(attack) or 0.0) for c in usable]
                 if len(values) < 2:
                     continue

@@ -341,3 +341,17 @@ def test_active_attacks_are_refused_and_leak_once_the_policy_is_weakened():
     weak = run_active_attacks(SecAggPolicy(corrupt_neighbours=0, min_survivors=3))
     assert weak["verdict"] == "fails"
     assert set(weak["leaked"]) == {"weak threshold (2t - k <= c_max)", "unmask below the survivor floor"}
+
+
+def test_r5_fails_on_an_attack_that_grows_with_noise_and_ignores_moves_below_chance():
+    def cell(z, canary_auc, attribute_advantage):
+        return {"cell": f"local-dp z={z}", "threat_model": LOCAL_DP, "seed": 0, "noise_multiplier": z,
+                "target_epsilon": None, "claim": {"epsilon": 1e3, "delta": 1e-5},
+                "scores": {"canary_auc": canary_auc, "attribute_advantage": attribute_advantage},
+                "standard_errors": {"canary_auc": 0.01, "attribute_advantage": 0.01}}
+
+    growing = evaluate_rules([cell(0.1, 0.6, -0.2), cell(0.5, 0.9, -0.05)])["R5"]
+    assert growing["verdict"] == "fails"
+    assert growing["series"]["local-dp seed=0 canary_auc"]["verdict"] == "fails"
+    assert growing["series"]["local-dp seed=0 attribute_advantage"]["verdict"] == "holds"  # -0.2 -> -0.05: chance
+    assert evaluate_rules([cell(0.1, 0.9, 0.3), cell(0.5, 0.6, 0.1)])["R5"]["verdict"] == "holds"
