@@ -208,10 +208,10 @@ def run_cell(cell: Cell, data: ClientData, *, model: ModelConfig, rounds: int, c
     audited = with_canaries(data, canaries, seed=cell.seed) if with_audit else data
     settings, individual = cell.privacy(clip)
     federation = FederationConfig(rounds=rounds, seed=cell.seed, client_fraction=cell.client_fraction)
-    probe = FederatedSimulation(audited, model, FederationConfig(rounds=0, seed=cell.seed))
-    layout = probe.layout
+    sim = FederatedSimulation(audited, model, federation, plain_individual_view=individual, privacy=settings)
+    layout = sim.layout
     recorder = RowRecorder(ItemRows.from_layout(layout, audited.item_attributes), audited.num_users)
-    columns = UserColumnRecorder(layout, probe.model.user_dim, audited.num_users)
+    columns = UserColumnRecorder(layout, sim.model.user_dim, audited.num_users)
     groups = GroupRecorder(layout, audited.num_users)
     observers, transforms = [recorder, columns, groups], [groups.transform]
     audit = None
@@ -220,8 +220,7 @@ def run_cell(cell: Cell, data: ClientData, *, model: ModelConfig, rounds: int, c
                             clip_uploads=cell.threat_model in DP_THREAT_MODELS)
         observers.append(audit)
         transforms.append(audit.transform)
-    sim = FederatedSimulation(audited, model, federation, observer=_Both(*observers),
-                              update_transform=_Chain(*transforms), plain_individual_view=individual, privacy=settings)
+    sim.observer, sim.update_transform = _Both(*observers), _Chain(*transforms)  # attached before any round
     for done in range(1, rounds + 1):
         sim.train_round()
         if sim.privacy is not None:

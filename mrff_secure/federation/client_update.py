@@ -1,21 +1,12 @@
 """One client's round and the server's update, as pure functions shared by the network client
 (`client/`), the coordinator (`server/`) and the in-memory reference run that tests compare them to.
 
-Client: train one user (a chunk of 1 of `train_clients`), then build its two secure-sum
-inputs: the one-hot group counts (phase 1) and the encoded update vector (phase 2: clip the
-delta part to C, add Gaussian noise in the DP modes, quantize with stochastic rounding; the count
-part is carried exactly). Server: decode the exact integer sum and apply it (`apply_sum`).
-
-The secure encoding (clip, rotate, round, discrete noise share on every coordinate, one-hots
-only in phase 1) lives in `federation.client_encoding`, shared with the simulation;
-`round_plans`, `update_vector`, `plan_configs`, `public_rotation_seed` and `apply_decoded` below connect a
-`RoundSpec` and a `LocalUpdate` to it (network client and coordinator). `counts_input` / `update_input` are the older encoding
-(exact one-hots and example count, continuous noise on the delta part only), kept until the
-network path is wired to the shared one.
-
-Randomness is explicit: every client draws its rounding and noise from
-`client_rng(client_seed, round, user)` and seeds torch (dropout) from `torch_seed(...)`, so a
-networked run and the reference run with the same seeds give the same integers.
+Client: train one user (a chunk of 1 of `train_clients`). The secure encoding of its update
+(clip, rotate, round, discrete noise share on every coordinate, one-hots only in phase 1) lives in
+`federation.client_encoding`, shared with the simulation; `round_plans`, `update_vector`,
+`plan_configs`, `public_rotation_seed` and `apply_decoded` below connect a `RoundSpec` and a
+`LocalUpdate` to it (network client and coordinator). DP noise and rounding come from
+`client_encoding.secure_generator()` (OS entropy); torch (dropout) is seeded from `torch_seed(...)`.
 """
 
 from __future__ import annotations
@@ -31,7 +22,6 @@ import torch
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.dp.clipping import clip_l2
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.aggregation import apply_sum
 from mrff_secure.federation.client_encoding import SecureRoundPlans, secure_round_plans
@@ -41,7 +31,6 @@ from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.model import build_model
 from mrff_secure.model.layers import initial_user_vectors
 from mrff_secure.secagg.config import SecAggConfig
-from mrff_secure.secagg.encoding import dequantize, quantize
 
 DP_MODES = ("off", "local", "distributed")
 
@@ -87,14 +76,6 @@ class RoundSpec:
         if isinstance(self.count_cap, bool) or not isinstance(self.count_cap, int) or self.count_cap < 1:
             raise ConfigError(f"count_cap must be an int >= 1, got {self.count_cap!r}")
 
-    @property
-    def noise_std(self) -> float:
-        """Standard deviation of the noise each client adds to each delta coordinate."""
-        if self.dp_mode == "off":
-            return 0.0
-        sigma = self.noise_multiplier * self.clip
-        return sigma if self.dp_mode == "local" else sigma / math.sqrt(self.min_survivors)
-
 
 def model_config_json(config: ModelConfig) -> str:
     return json.dumps(asdict(config), sort_keys=True)
@@ -135,11 +116,6 @@ def initial_private(model: torch.nn.Module, data: ClientData, config: ModelConfi
     return out
 
 
-def client_rng(client_seed: int, round_id: int, user: int) -> np.random.Generator:
-    """The generator of a client's rounding and noise in one round. client_seed is the client's secret."""
-    return np.random.default_rng([client_seed, round_id, user])
-
-
 def torch_seed(client_seed: int, round_id: int, user: int) -> int:
     digest = hashlib.sha256(f"mrff-dropout|{client_seed}|{round_id}|{user}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -172,7 +148,7 @@ def train_user(model: torch.nn.Module, global_params: Mapping[str, torch.Tensor]
 
 
 def counts_input(layout: UpdateLayout, update: LocalUpdate) -> np.ndarray:
-    """Phase-1 input: (blocks * groups,) int64 one-hot of the user's group per block."""
+    """Phase-1 input before encoding: (blocks * groups,) int64 one-hot of the user's group per block."""
     hot = torch.nn.functional.one_hot(update.routes[0].long(), layout.num_groups)  # (blocks, groups)
     return hot.reshape(-1).numpy().astype(np.int64)
 
@@ -182,56 +158,12 @@ def suppressed_groups(counts: np.ndarray, layout: UpdateLayout, min_group_size: 
     return np.asarray(counts, dtype=np.int64).reshape(layout.num_blocks, layout.num_groups) < min_group_size
 
 
-def update_input(layout: UpdateLayout, update: LocalUpdate, suppressed: np.ndarray, spec: RoundSpec,
-                 rng: np.random.Generator) -> np.ndarray:
-    """Phase-2 input: (layout.size,) int64. Delta part clipped (DP), noised (DP), quantized; counts exact."""
-    mask = torch.as_tensor(np.asarray(suppressed, dtype=bool))
-    vector = layout.build(update.deltas, update.routes, update.num_examples, mask)[0]  # (size,)
-    values = vector.detach().to(torch.float64).numpy()
-    delta = values[:layout.delta_size]
-    if spec.dp_mode != "off":
-        delta, _ = clip_l2(delta, spec.clip)
-        if spec.noise_std > 0:
-            delta = delta + rng.normal(0.0, spec.noise_std, size=delta.shape)
-    q = quantize(delta, clip=spec.quant_range, levels=spec.levels, rng=rng)
-    counts = values[layout.delta_size:]
-    if counts[-1] > spec.max_examples:
-        raise ConfigError(f"user has {int(counts[-1])} examples, above max_examples={spec.max_examples}")
-    return np.concatenate([q, counts.astype(np.int64)])
-
-
-def secagg_configs(layout: UpdateLayout, spec: RoundSpec, num_clients: int, *,
-                   options: Mapping[str, int] | None = None) -> tuple[SecAggConfig, SecAggConfig]:
-    """(phase-1 config, phase-2 config) of a round with `num_clients` participants."""
-    extra = dict(options or {})
-    counts = SecAggConfig(num_clients=num_clients, vector_length=max(layout.count_size, 1), max_abs=1, **extra)
-    update = SecAggConfig(num_clients=num_clients, vector_length=layout.size,
-                          max_abs=max(spec.levels, spec.max_examples), **extra)
-    return counts, update
-
-
 @dataclass(frozen=True)
 class AppliedRound:
     params: dict[str, torch.Tensor]
-    group_counts: np.ndarray  # (blocks, groups) of the phase-2 survivors
+    group_counts: np.ndarray  # (blocks, groups) of the phase-1 counts the step averaged with
     group_fractions: torch.Tensor | None
     examples: float  # the summed example counts (scaled to [0, 1] each and noisy in secure rounds)
-
-
-def apply_update(global_params: Mapping[str, torch.Tensor], layout: UpdateLayout, total: np.ndarray,
-                 survivors: int, suppressed: np.ndarray, spec: RoundSpec) -> AppliedRound:
-    """Decode the exact phase-2 sum of `survivors` clients and take the global step."""
-    total = np.asarray(total, dtype=np.int64)
-    if total.shape != (layout.size,):
-        raise ConfigError(f"sum has shape {total.shape}, layout expects ({layout.size},)")
-    dtype = next(iter(global_params.values())).dtype
-    delta = dequantize(total[:layout.delta_size], clip=spec.quant_range, levels=spec.levels)
-    summed = torch.from_numpy(np.concatenate([delta, total[layout.delta_size:].astype(np.float64)])).to(dtype)
-    counts = total[layout.delta_size:layout.delta_size + layout.count_size].reshape(layout.num_blocks, layout.num_groups)
-    averaging = torch.from_numpy(np.where(np.asarray(suppressed, dtype=bool), 0, counts)).to(dtype)
-    params = apply_sum(dict(global_params), layout, summed, survivors, averaging)
-    fractions = torch.from_numpy(counts).to(dtype) / survivors if layout.num_groups else None
-    return AppliedRound(params, counts, fractions, int(total[-1]))
 
 
 # ----------------------------------------------------------------- secure rounds over the network

@@ -29,6 +29,15 @@ def _number(value) -> float:
     return float(value) if value is not None else float("nan")
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_plots(report: dict, out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -56,10 +65,7 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
            title=f"canary audit ROC (seed {seed})")
     ax.legend(fontsize=6)
     path = out_dir / "canary_roc.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, path))
 
     models = ("secagg+dp", "local-dp")
     fig, axes = plt.subplots(1, len(models), figsize=(11, 4), sharey=True)
@@ -78,10 +84,7 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     axes[0].set_ylabel("attack score (mean over seeds)")
     axes[-1].legend(fontsize=7)
     path = out_dir / "attack_vs_noise.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, path))
 
     fig, ax = plt.subplots(figsize=(6, 5))
     for model, marker in zip(models, ("o", "s")):
@@ -100,10 +103,7 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
            title="claims against the canary bound")
     ax.legend(fontsize=7)
     path = out_dir / "bound_vs_claim.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, path))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for model in models:
@@ -121,8 +121,5 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
            title="utility against noise")
     ax.legend(fontsize=7)
     path = out_dir / "utility_vs_noise.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, path))
     return written

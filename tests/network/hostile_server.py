@@ -8,6 +8,9 @@ server proposes or does in a way an honest client must refuse (SECURITY-REVIEW.m
 - drop-below-noise-survivors (W7): announce noise sized for every participant (min_survivors = n),
   then drop one client's update: the sum would carry less noise than the clients were told.
 - tiny-k (W3): announce k = 2 neighbours.
+- no-guard-bits (W8): announce max_abs = (2^(b-1) - 1) // n, the largest bound that cannot wrap, with
+  no guard bits left: the output range check would then let junk (a dealer masking with another seed)
+  through almost surely.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server import coordinator
 
-LIES = ("weak-threshold", "huge-noise-survivors", "drop-below-noise-survivors", "tiny-k")
+LIES = ("weak-threshold", "huge-noise-survivors", "drop-below-noise-survivors", "tiny-k", "no-guard-bits")
 
 
 def _patch_configs(change) -> None:
@@ -54,6 +57,15 @@ def install(lie: str) -> None:
     elif lie == "tiny-k":
         _patch_configs(lambda c: SecAggConfig(num_clients=c.num_clients, vector_length=c.vector_length,
                                               max_abs=c.max_abs, modulus_bits=c.bits, num_neighbours=2, threshold=2))
+    elif lie == "no-guard-bits":
+        honest = coordinator.secagg_parameters
+
+        def blind(config, secagg_round_id, nonce):
+            params = honest(config, secagg_round_id, nonce)
+            params.max_abs = ((1 << (config.bits - 1)) - 1) // config.num_clients
+            return params
+
+        coordinator.secagg_parameters = blind
     elif lie == "huge-noise-survivors":
         _patch_announced_dp(lambda dp: setattr(dp, "min_survivors", 10**6))
     elif lie == "drop-below-noise-survivors":

@@ -60,6 +60,15 @@ def test_tiny_k_is_refused(tmp_path, certs, procs) -> None:
     assert rounds[0]["phases"]["counts"]["dropouts"]["advertise_keys"] == list(range(8))
 
 
+def test_a_ring_announced_without_guard_bits_is_refused(tmp_path, certs, procs) -> None:
+    """W8 over gRPC: a server announcing an input bound that leaves its range check blind is refused by every
+    client's own config check, before any key is advertised."""
+    rounds, log = _run(tmp_path, certs, procs, "no-guard-bits", [])
+    assert [r["type"] for r in rounds] == ["round_aborted"]
+    assert "leaves no room for the range check" in log
+    assert rounds[0]["phases"]["counts"]["dropouts"]["advertise_keys"] == list(range(8))
+
+
 def test_noise_sized_for_absent_survivors_is_refused(tmp_path, certs, procs) -> None:
     rounds, log = _run(tmp_path, certs, procs, "huge-noise-survivors",
                        ["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1"])
