@@ -39,7 +39,7 @@ from mrff_secure.errors import ConfigError
 AUDIT_DEFAULTS: dict[str, Any] = {
     "dataset": "synthetic", "data_dir": None, "recbole_name": None, "users": 400, "rounds": 5, "canaries": 100,
     "clip": 1.0, "levels": [0.1, 0.3, 0.5], "targets": [1.0, 4.0], "seeds": [0], "sampled_fraction": 0.1,
-    "cells": None, "misreport_noise": 1.0,
+    "cells": None, "misreport_noise": 1.0, "confidence": 0.95,
 }
 EXIT_HOLDS, EXIT_ERROR, EXIT_CLAIM_FAILS = 0, 1, 3
 
@@ -73,6 +73,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("users", "rounds", "canaries"):
         if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < (0 if key == "canaries" else 1):
             raise ConfigError(f"{key} must be a positive integer, got {config[key]!r}")
+    confidence = config["confidence"]
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.5 <= confidence < 1.0:
+        raise ConfigError(f"--confidence must be in [0.5, 1), got {confidence!r}")
     return config
 
 
@@ -179,7 +182,8 @@ def run_audit(out: Path, config: dict[str, Any], *, workers: int = 1, progress: 
             write_json_atomic(path, result)
             results[cell.name] = result
     ordered = [results[c.name] for c in cells]
-    report = grid_report(data, ordered, rounds=config["rounds"], canaries=config["canaries"], clip=config["clip"])
+    report = grid_report(data, ordered, rounds=config["rounds"], canaries=config["canaries"], clip=config["clip"],
+                         family_confidence=config["confidence"])
     report["config"], report["config_digest"] = config, config_digest(config)
     write_json_atomic(out / "grid.json", report)
     return report
@@ -217,6 +221,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cells", nargs="+", default=None, help="run only the cells whose name contains one of these")
     p.add_argument("--misreport-noise", type=float, default=None,
                    help="TESTING THE AUDIT ONLY: claim z x FACTOR while adding z (a false claim the audit must catch)")
+    p.add_argument("--confidence", type=float, default=None,
+                   help="R1-R3 hold together over the DP cells at this confidence (default 0.95): an honest "
+                        "mechanism fails by chance with probability at most 1 - confidence")
     p.add_argument("--workers", type=int, default=1, help="cells run in parallel processes (default 1)")
     p.add_argument("--signing-key", type=Path, default=None, help="Ed25519 key (PEM) that signs report.json's SHA-256")
     p.add_argument("--no-progress", action="store_true")

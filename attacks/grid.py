@@ -78,7 +78,7 @@ POWER = {"reconstruction_f1": 0.95, "membership_auc": 0.9, "attribute_advantage"
          "canary_auc": 1.0}
 R4_MAX_ADVANTAGE = 0.05
 R5_TOLERANCE = 0.05
-FAMILY_CONFIDENCE = 0.95  # R1-R3 hold together for every DP cell of the grid at this confidence (Bonferroni)
+FAMILY_CONFIDENCE = 0.95  # default: R1-R3 hold together for every DP cell of the grid at this confidence (Bonferroni)
 SIGNIFICANCE_Z = 2.33  # a gain breaks a rule only when it exceeds the tolerance by 2.33 standard errors (1%)
 ATTACK_SCORES = ("reconstruction_auc", "membership_auc", "attribute_advantage", "group_advantage", "canary_auc")
 CHANCE = {"reconstruction_auc": 0.5, "membership_auc": 0.5, "attribute_advantage": 0.0, "group_advantage": 0.0,
@@ -298,8 +298,13 @@ def _verdict(cells: dict) -> str:
     return "holds" if verdicts == {"holds"} else ("not refutable at m" if "not refutable at m" in verdicts else "holds")
 
 
-def evaluate_rules(results: list[dict]) -> dict[str, Any]:
-    """The verdict of every rule, with its evidence."""
+def evaluate_rules(results: list[dict], *, family_confidence: float = FAMILY_CONFIDENCE) -> dict[str, Any]:
+    """The verdict of every rule, with its evidence. R1-R3 hold together over all DP cells at
+    `family_confidence`: an honest mechanism fails one of them by chance with probability at most
+    1 - family_confidence (the canary noise is fresh in every run), a false claim fails them the more
+    surely the lower it is."""
+    if not 0.5 <= family_confidence < 1.0:
+        raise ConfigError(f"the audit's confidence must be in [0.5, 1), got {family_confidence!r}")
     rules: dict[str, Any] = {}
     plain = [r for r in results if r["threat_model"] == PLAIN]
     if not plain:
@@ -312,9 +317,9 @@ def evaluate_rules(results: list[dict]) -> dict[str, Any]:
                        "evidence": {r["cell"]: {k: r["scores"].get(k) for k in POWER} for r in plain}}
     r1, r2, r3 = {}, {}, {}
     audited = [r for r in results if r["threat_model"] in DP_THREAT_MODELS and r.get("canary")]
-    # Bonferroni over the cells: every claim of the grid holds together at FAMILY_CONFIDENCE, so that a
-    # grid of 30 cells does not fail one by chance (each cell's test at 1 - 0.05 / 30)
-    alpha = (1.0 - FAMILY_CONFIDENCE) / max(1, len(audited))
+    # Bonferroni over the cells: every claim of the grid holds together at family_confidence, so that a
+    # grid of 30 cells does not fail one by chance (at 0.95 each cell's test at 1 - 0.05 / 30)
+    alpha = (1.0 - family_confidence) / max(1, len(audited))
     z_crit = float(stats.norm.ppf(1.0 - alpha / 2))
     for r in audited:
         claimed, delta = _num(r["claim"]["epsilon"]), _num(r["claim"]["delta"])
@@ -332,7 +337,7 @@ def evaluate_rules(results: list[dict]) -> dict[str, Any]:
         r2[r["cell"]] = {"verdict": "fails" if interval[0] > _num(mech["claimed_mu"]) else "holds", **mech,
                          "mu_hat_family": interval, "confidence_per_cell": 1 - alpha}
         r3[r["cell"]] = tradeoff_check(scores, included, epsilon=claimed, delta=delta, alpha=alpha, seed=r["seed"])
-    family = {"family_confidence": FAMILY_CONFIDENCE, "cells_tested": len(audited)}
+    family = {"family_confidence": family_confidence, "cells_tested": len(audited)}
     rules["R1"] = {"verdict": _verdict(r1), **family, "cells": r1}
     rules["R2"] = {"verdict": _verdict(r2), **family, "cells": r2}
     rules["R3"] = {"verdict": _verdict(r3), **family, "cells": _clean(r3)}
@@ -405,10 +410,11 @@ def run_grid(data: ClientData, cells: list[Cell], *, model: ModelConfig | None =
     return grid_report(data, results, rounds=rounds, canaries=canaries, clip=clip)
 
 
-def grid_report(data: ClientData, results: list[dict], *, rounds: int, canaries: int, clip: float) -> dict[str, Any]:
+def grid_report(data: ClientData, results: list[dict], *, rounds: int, canaries: int, clip: float,
+                family_confidence: float = FAMILY_CONFIDENCE) -> dict[str, Any]:
     """The grid's report from finished cells: the malicious-server cells, the rules, provenance."""
     active = run_active_attacks()
-    rules = evaluate_rules(results)
+    rules = evaluate_rules(results, family_confidence=family_confidence)
     rules["malicious-server"] = {"verdict": active["verdict"], "leaked": active["leaked"],
                                  "refused": sorted(n for n, r in active["attacks"].items() if r["outcome"] == "refused")}
     return {"dataset": data.name, "users": data.num_users, "rounds": rounds, "canaries": canaries, "clip": clip,

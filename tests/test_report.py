@@ -83,6 +83,10 @@ def test_reports_of_training_runs_and_refusal_of_other_folders(tmp_path, capsys)
 
 
 def _audit(out, *extra):
+    # honest runs at 0.999: the canary noise is fresh each run, and at the default 0.95 an honest mechanism
+    # fails R1-R3 by chance in up to 5% of runs (R2 did, once, in CI)
+    if "--misreport-noise" not in extra:
+        extra = ("--confidence", "0.999", *extra)
     return cli.main(["audit", "--users", "40", "--rounds", "2", "--canaries", "40", "--levels", "0.3",
                      "--targets", "4", "--sampled-fraction", "0", "--no-progress", "--out", str(out), *extra])
 

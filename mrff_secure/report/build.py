@@ -139,6 +139,8 @@ def _verdicts(rules: dict[str, Any]) -> list[dict[str, Any]]:
             for item in items.values():
                 counts[item["verdict"]] = counts.get(item["verdict"], 0) + 1
             evidence = ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) or "no applicable cell"
+            if "family_confidence" in body and items:
+                evidence += f" (together at {body['family_confidence']:g} confidence over {body['cells_tested']} cells)"
         out.append({"claim": RULE_CLAIMS.get(rule, rule), "rule": rule, "verdict": body["verdict"], "evidence": evidence})
     return out
 
