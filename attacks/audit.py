@@ -1,12 +1,13 @@
 """`mrff audit`: the product's main job. Train under each threat model and noise level of the grid, run
 every attack, evaluate the rules, write the report.
 
-    mrff audit --out runs/audit                      # synthetic data, the default grid, <= 5 min on 2 cores
-    mrff audit --dataset kuaisar-r --data-dir DIR --out runs/audit-kuaisar
-    mrff audit --config audit.json --cells "local-dp" "plain" --out runs/audit
+    mrff audit --run-dir runs/audit                  # synthetic data, the default grid, <= 5 min on 2 cores
+    mrff audit --dataset kuaisar-r --data-dir DIR --run-dir runs/audit-kuaisar
+    mrff audit --config run.toml --cells "local-dp" "plain" --run-dir runs/audit
 
 The audit folder:
-    audit-config.json   the resolved configuration and its SHA-256 (a resumed audit must match it)
+    config.toml         the resolved configuration (tables data, privacy, audit), for --config
+    audit-config.json   the same as the grid reads it, with its SHA-256 (a resumed audit must match it)
     cells/<cell>.json   one finished cell each, written atomically: an interrupted audit resumes from them
     grid.json           every cell, the malicious-server cells and the rules (attacks.grid)
     report.json / report.md / report.html and the plots: `mrff report` (mrff_secure.report)
@@ -14,11 +15,13 @@ The audit folder:
 Exit code: 0 when every claim holds (each rule "holds", "not refutable at m" (no evidence against it
 that m canaries could give) or "not applicable" (no cell of its kind)), 3 when a claim fails or the
 audit is inconclusive (no attack had power, or the canary audit that R1-R3 rest on had none; an
-attack without power is named in R0 and its results prove nothing), 1 on errors (bad configuration,
-unreadable data).
+attack without power is named in R0 and its results prove nothing), 2 on a usage error (a bad
+option or configuration), 1 on other errors (unreadable data).
 
-`--config FILE`: a JSON object with any of the option names below (underscores), e.g.
-{"dataset": "synthetic", "rounds": 5, "levels": [0.1, 0.3, 0.5]}; flags given on the command line win.
+`--config FILE`: the TOML run configuration shared by every command (`mrff_secure.options`): the audit
+reads [data] dataset, data_dir, recbole_name, synthetic_users; [privacy] clip; and its own [audit]
+table (rounds_per_cell, canaries, levels, targets, seeds, sampled_fraction, cells, confidence,
+misreport_noise). Flags and --set win over the file.
 """
 
 from __future__ import annotations
@@ -31,52 +34,23 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from attacks.grid import Cell, default_cells, grid_report, run_cell
+from mrff_secure import options
 from mrff_secure.atomic import write_json_atomic
-from mrff_secure.config import ModelConfig
 from mrff_secure.errors import ConfigError
 
-AUDIT_DEFAULTS: dict[str, Any] = {
-    "dataset": "synthetic", "data_dir": None, "recbole_name": None, "users": 400, "rounds": 5, "canaries": 100,
-    "clip": 1.0, "levels": [0.1, 0.3, 0.5], "targets": [1.0, 4.0], "seeds": [0], "sampled_fraction": 0.1,
-    "cells": None, "misreport_noise": 1.0, "confidence": 0.95,
-}
-EXIT_HOLDS, EXIT_ERROR, EXIT_CLAIM_FAILS = 0, 1, 3
-
-
-def load_config(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the audit configuration {path}: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ConfigError(f"the audit configuration {path} must be a JSON object")
-    unknown = sorted(set(value) - set(AUDIT_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"the audit configuration {path} has unknown keys {unknown}; known: {sorted(AUDIT_DEFAULTS)}")
-    return value
+EXIT_HOLDS, EXIT_ERROR, EXIT_USAGE, EXIT_CLAIM_FAILS = 0, 1, 2, 3
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, then the --config file, then the flags given."""
-    config = dict(AUDIT_DEFAULTS)
-    if args.config is not None:
-        config.update(load_config(args.config))
-    for key in AUDIT_DEFAULTS:
-        value = getattr(args, key, None)
-        if value is not None:
-            config[key] = str(value) if isinstance(value, Path) else value
-    if config["dataset"] not in ("synthetic", "kuaisar-r", "recbole"):
-        raise ConfigError(f"dataset must be synthetic, kuaisar-r or recbole, got {config['dataset']!r}")
+    """The audit's configuration from the shared options (defaults < --config < --set < flags)."""
+    config = options.flat(options.resolve(args, "audit"))
     if config["dataset"] != "synthetic" and not config["data_dir"]:
         raise ConfigError(f"--dataset {config['dataset']} needs --data-dir DIR")
-    for key in ("users", "rounds", "canaries"):
-        if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < (0 if key == "canaries" else 1):
-            raise ConfigError(f"{key} must be a positive integer, got {config[key]!r}")
-    confidence = config["confidence"]
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.5 <= confidence < 1.0:
-        raise ConfigError(f"--confidence must be in [0.5, 1), got {confidence!r}")
-    return config
+    return {"dataset": config["dataset"], "data_dir": config["data_dir"], "recbole_name": config["recbole_name"],
+            "users": config["synthetic_users"], "rounds": config["rounds_per_cell"], "canaries": config["canaries"],
+            "clip": config["clip"], "levels": config["levels"], "targets": config["targets"], "seeds": config["seeds"],
+            "sampled_fraction": config["sampled_fraction"], "cells": config["cells"],
+            "misreport_noise": config["misreport_noise"], "confidence": config["confidence"]}
 
 
 def config_digest(config: dict[str, Any]) -> str:
@@ -93,7 +67,9 @@ def load_data(config: dict[str, Any]):
     return load_recbole(Path(config["data_dir"]), name=config["recbole_name"])
 
 
-def audit_cells(config: dict[str, Any]) -> list[Cell]:
+def audit_cells(config: dict[str, Any]) -> list:
+    from attacks.grid import Cell, default_cells
+
     cells = default_cells(levels=tuple(config["levels"]), targets=tuple(config["targets"]),
                           seeds=tuple(config["seeds"]), sampled=config["sampled_fraction"] or None)
     if config["misreport_noise"] != 1.0:
@@ -130,6 +106,9 @@ def _cell_worker(payload: tuple[dict, dict, str]) -> dict:
     cell_dict, config, path = payload
     import torch
 
+    from attacks.grid import Cell, run_cell
+    from mrff_secure.config import ModelConfig
+
     torch.set_num_threads(1)
     cell = Cell(**cell_dict)
     data = load_data(config)
@@ -141,6 +120,9 @@ def _cell_worker(payload: tuple[dict, dict, str]) -> dict:
 
 def run_audit(out: Path, config: dict[str, Any], *, workers: int = 1, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the audit in `out`; returns the grid report (also written to out/grid.json)."""
+    from attacks.grid import grid_report, run_cell
+    from mrff_secure.config import ModelConfig
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _prepare(out, config)
@@ -204,58 +186,29 @@ def exit_code(rules: dict[str, Any]) -> int:
     return EXIT_HOLDS
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None, help="JSON file with any of these options (flags win)")
-    p.add_argument("--dataset", choices=("synthetic", "kuaisar-r", "recbole"), default=None)
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--recbole-name", default=None)
-    p.add_argument("--users", type=int, default=None, help="synthetic users (default 400)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds per cell (default 5)")
-    p.add_argument("--canaries", type=int, default=None, help="canary clients per cell (default 100)")
-    p.add_argument("--clip", type=float, default=None, help="the public clip bound C of the DP cells (default 1)")
-    p.add_argument("--levels", type=float, nargs="+", default=None, help="noise multipliers (default 0.1 0.3 0.5)")
-    p.add_argument("--targets", type=float, nargs="+", default=None, help="calibrated target epsilons (default 1 4)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None)
-    p.add_argument("--sampled-fraction", type=float, default=None,
-                   help="client fraction of the disaggregation cells (default 0.1; 0 = none)")
-    p.add_argument("--cells", nargs="+", default=None, help="run only the cells whose name contains one of these")
-    p.add_argument("--misreport-noise", type=float, default=None,
-                   help="TESTING THE AUDIT ONLY: claim z x FACTOR while adding z (a false claim the audit must catch)")
-    p.add_argument("--confidence", type=float, default=None,
-                   help="R1-R3 hold together over the DP cells at this confidence (default 0.95): an honest "
-                        "mechanism fails by chance with probability at most 1 - confidence")
-    p.add_argument("--workers", type=int, default=1, help="cells run in parallel processes (default 1)")
-    p.add_argument("--signing-key", type=Path, default=None, help="Ed25519 key (PEM) that signs report.json's SHA-256")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", type=Path, required=True, help="the audit folder (resumable)")
-
-
 def audit_main(args: argparse.Namespace) -> int:
-    from mrff_secure.errors import MrffError
-
-    try:
-        return _audit(args)
-    except MrffError as exc:
-        print(f"mrff audit: error: {exc}")
-        return EXIT_ERROR
-
-
-def _audit(args: argparse.Namespace) -> int:
+    """`mrff audit` (parser in mrff_secure.cli); errors propagate to the CLI's one-line handler."""
     from mrff_secure.report import write_report
 
-    config = resolve_config(args)
     if args.workers < 1 or args.workers > (os.cpu_count() or 1) * 4:
         raise ConfigError(f"--workers must be in [1, {(os.cpu_count() or 1) * 4}], got {args.workers}")
-    grid = run_audit(args.out, config, workers=args.workers, progress=not args.no_progress)
-    paths = write_report(args.out, signing_key=args.signing_key)
+    resolved = options.resolve(args, "audit")
+    config = resolve_config(args)
+    out = Path(args.run_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--run-dir {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--run-dir {out}: cannot create it ({exc.strerror or exc})") from exc
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"--run-dir {out} is not writable")
+    _prepare(out, config)
+    options.write_config(out, resolved, "audit")
+    grid = run_audit(out, config, workers=args.workers, progress=not args.no_progress)
+    paths = write_report(out, signing_key=args.signing_key)
     code = exit_code(grid["rules"])
     for name, rule in grid["rules"].items():
         print(f"{name}: {rule['verdict']}")
     print(f"report: {paths['html']} ({'every claim holds' if code == 0 else 'A CLAIM FAILS OR THE AUDIT IS INCONCLUSIVE'})")
     return code
-
-
-def register(sub) -> None:
-    parser = sub.add_parser("audit", help="the privacy audit: every threat model and noise level, attacks, rules, report")
-    add_arguments(parser)
-    parser.set_defaults(handler=audit_main)

@@ -465,13 +465,6 @@ def grid_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    """`mrff attack-grid`: the grid from the command line."""
-    parser = sub.add_parser("attack-grid", help="run every attack in every threat-model cell and check the rules R0-R5")
-    add_arguments(parser)
-    parser.set_defaults(handler=grid_main)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attacks.grid", description=__doc__.splitlines()[0])
     add_arguments(parser)

@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep the audit folder here")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="mrff-audit-")) / "audit"
-    argv = ["audit", "--dataset", args.dataset, "--out", str(folder), "--no-progress"]
+    argv = ["audit", "--dataset", args.dataset, "--run-dir", str(folder), "--no-progress"]
     if args.data_dir is not None:
         argv += ["--data-dir", str(args.data_dir)]
     start = time.perf_counter()

@@ -53,7 +53,7 @@ def run_one(n: int, mode: str, *, processes: int, rounds: int, data_dir: Path, p
     started = time.perf_counter()
     server = subprocess.Popen(cmd + ["server", "--run-dir", str(run_dir), "--address", "127.0.0.1:0", "--certs",
                                      str(pki), "--linger", "60", "--rounds", str(rounds), "--min-clients", str(n),
-                                     "--aggregation", mode, "--train-timeout", "1800", "--stage-timeout", "1800"]
+                                     "--secure-aggregation", {"secure": "on", "plain": "off"}[mode], "--train-timeout", "1800", "--stage-timeout", "1800"]
                               + data_args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     clients = []
     try:

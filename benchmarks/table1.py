@@ -29,7 +29,7 @@ AUC_STANDARD_ERROR_NOTE = "one held-out item per user: 1,791 labels, AUC standar
 
 def run_args(method: str, seed: int, rounds: int, data_dir: Path, out: Path, routing: str) -> list[str]:
     args = [sys.executable, "-m", "mrff_secure.cli", "train", "--dataset", "kuaisar-r", "--data-dir", str(data_dir),
-            "--rounds", str(rounds), "--seed", str(seed), "--out", str(out), "--no-progress", "--routing", routing]
+            "--rounds", str(rounds), "--seed", str(seed), "--run-dir", str(out), "--no-progress", "--routing", routing]
     if method == "FedSASRec":
         args.append("--no-mrff")
     return args

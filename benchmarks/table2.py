@@ -49,10 +49,10 @@ def run_name(mode: str, z: float, rounds: int) -> str:
 def run_args(mode: str, z: float, rounds: int, clip: float, data_dir: Path, out: Path, eval_every: int,
              mechanism: str, noise_sampling: str) -> list[str]:
     args = [sys.executable, "-m", "mrff_secure.cli", "train", "--dataset", "kuaisar-r", "--data-dir", str(data_dir),
-            "--rounds", str(rounds), "--seed", "0", "--out", str(out), "--no-progress", "--eval-every", str(eval_every),
+            "--rounds", str(rounds), "--seed", "0", "--run-dir", str(out), "--no-progress", "--eval-every", str(eval_every),
             "--dp", mode, "--clip", repr(clip), "--noise-multiplier", repr(z), "--clip-from-private-data"]
     if mode == "distributed":
-        args += ["--secure-aggregation", "fast", "--dp-mechanism", mechanism, "--noise-sampling", noise_sampling]
+        args += ["--secure-aggregation", "on", "--mechanism", mechanism, "--noise-sampling", noise_sampling]
     return args
 
 

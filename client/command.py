@@ -3,53 +3,42 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
-import grpc
-
+from mrff_secure import options
 from mrff_secure.errors import ConfigError
-from server import options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="run logical clients against `mrff server` (TLS by default)")
-    p.add_argument("--server", default="127.0.0.1:50051", help="host:port of the coordinator")
+    p.add_argument("--server", default="127.0.0.1:50051", help="host:port of the coordinator (default: 127.0.0.1:50051)")
     p.add_argument("--users", required=True, help="user ids hosted here, e.g. 0-99 or 1,5,9")
     p.add_argument("--state-dir", type=Path, default=Path("client-state"),
-                   help="per-user keys and private parameters (user-<id>/)")
-    p.add_argument("--certs", type=Path, default=Path("certs"),
-                   help="folder with ca.crt, signing.pub, identity-ca.pub (and client.crt/key for --mtls)")
+                   help="per-user keys and private parameters (user-<id>/; default: client-state)")
     p.add_argument("--ca", type=Path, help="CA certificate that signed the server's (default: CERTS/ca.crt)")
     p.add_argument("--signing-pub", type=Path, help="server's parameter-signing key (default: CERTS/signing.pub)")
     p.add_argument("--identity-ca", type=Path, help="the identity authority's public key (default: CERTS/identity-ca.pub)")
-    p.add_argument("--mtls", action="store_true", help="present CERTS/client.crt (server runs with --mtls)")
     p.add_argument("--server-name", help="TLS name to check in the server's certificate (default: the host)")
-    p.add_argument("--insecure", action="store_true", help="plaintext gRPC: only for debugging on loopback")
-    p.add_argument("--retry-timeout", type=float, default=120.0, help="give up after this long without a server")
     p.add_argument("--client-seed", type=int, default=None,
                    help="seed of local training's dropout (default: random; fix it only for reproducibility tests)")
-    p.add_argument("--insecure-reproducible-noise", action="store_true",
-                   help="DEBUGGING ONLY, NOT PRIVATE: draw rounding and DP noise from --client-seed instead of the "
-                        "operating system's entropy (anyone who knows the seed can strip the noise)")
     g = p.add_argument_group("privacy policy (what this client refuses, whatever the server proposes)")
     g.add_argument("--policy", type=Path, help="JSON file of policy fields (client/policy.py); flags override it")
-    g.add_argument("--min-participants", type=int)
+    g.add_argument("--min-participants", type=int, help="the least participants of a round (default: the policy's)")
     g.add_argument("--corrupt-neighbours", type=int, help="c_max: colluding neighbours to withstand (2t - k > c_max)")
-    g.add_argument("--min-survivors", type=int)
-    g.add_argument("--min-noise-multiplier", type=float)
-    g.add_argument("--max-clip", type=float)
+    g.add_argument("--min-survivors", type=int, help="the least survivors an unmask request may name")
+    g.add_argument("--min-noise-multiplier", type=float, help="refuse rounds with less noise (DP on)")
+    g.add_argument("--max-clip", type=float, help="refuse rounds with a larger clip bound")
     g.add_argument("--min-group-size", type=int, dest="policy_min_group_size",
                    help="the least minimum group size accepted (default 5)")
     g.add_argument("--require-dp", action="store_true", help="refuse rounds with DP off")
     g.add_argument("--allow-plain", action="store_true", help="accept unmasked aggregation (benchmarks only)")
     p.add_argument("--pause-after", metavar="ROUND:PHASE:STAGE",
                    help="fault injection for tests: stop after submitting this stage and wait to be killed")
-    p.add_argument("-v", "--verbose", action="store_true")
-    options.add(p, options.DATA)
-    p.set_defaults(handler=client_main)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, with gRPC's own lines")
+    options.add_options(p, "client")
+    p.set_defaults(handler="client.command:client_main")
 
     k = sub.add_parser("client-key", help="make the users' identity keys and export their public keys for the "
                                           "identity authority (`mrff certs issue-client --identity-pub`)")
@@ -57,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--state-dir", type=Path, default=Path("client-state"),
                    help="the clients' state folder: keys are made in user-<id>/identity.key if missing")
     k.add_argument("--out-dir", type=Path, required=True, help="where to write user-<id>.pub (public keys only)")
-    k.set_defaults(handler=client_key_main)
+    k.set_defaults(handler="client.command:client_key_main")
 
 
 def client_key_main(args: argparse.Namespace) -> int:
@@ -96,13 +85,15 @@ def check_credentials(users: list[int], state_dir: Path, authority_public_key: b
 
 
 def client_main(args: argparse.Namespace) -> int:
+    import grpc
+
     from client.worker import Connection, parse_pause, parse_users, run_process
     from client.policy import ClientPolicy
     from server.certs import CertPaths, load_authority_public_key, read_file
     from mrff_secure.wire import signing
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, force=True,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    options.resolve(args, "client")
+    options.check_port(args.server, flag="--server")
     users = parse_users(args.users)
     certs = CertPaths(args.certs)
     credentials = None
@@ -121,7 +112,7 @@ def client_main(args: argparse.Namespace) -> int:
                             retry_timeout=args.retry_timeout, server_name=args.server_name)
     check_credentials(users, args.state_dir, connection.authority_public_key)  # before data, before the network
     seed = args.client_seed if args.client_seed is not None else int.from_bytes(os.urandom(8), "big") >> 1
-    data = options.load_data(args)
+    data = options.load_dataset(args)
     pause = parse_pause(args.pause_after) if args.pause_after else None
     policy = ClientPolicy.from_file(args.policy) if args.policy else ClientPolicy()
     policy = policy.with_overrides(min_participants=args.min_participants, corrupt_neighbours=args.corrupt_neighbours,

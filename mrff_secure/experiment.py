@@ -16,6 +16,11 @@ RUN_DIR/operator-only/ released OUTSIDE the guarantee, for the operator alone:
                        temperature calibration, the number of training interactions
     predictions.npz    the best round's per-user validation and test probabilities and labels (no pickle)
     training.png       validation AUC and true group sizes per block per round (the paper's Fig. 2)
+RUN_DIR/checkpoint.npz the state after the last checkpointed round (model, every user's private part,
+                       the privacy ledger, the best evaluation so far): held by the operator, it holds
+                       private parameters; `mrff train --resume` continues from it with the same result
+                       as an uninterrupted run (the noise aside, which is fresh OS entropy)
+RUN_DIR/config.toml    the resolved configuration (written by `mrff train`)
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from mrff_secure.atomic import write_bytes_atomic, write_json_atomic
+from mrff_secure.checkpoint import load_arrays, save_arrays
+from mrff_secure.errors import CheckpointError
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline, PrivacySettings
@@ -40,6 +47,16 @@ from mrff_secure.federation.simulation import FederatedSimulation
 from mrff_secure.metrics import apply_temperature, auc_confidence_interval, fit_temperature, log_loss
 
 PAPER_SASREC_PARAMETERS = 52_720  # Table 3, KuaiSAR-R
+CHECKPOINT = "checkpoint.npz"
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped between rounds on request; the checkpoint holds `rounds_done` rounds."""
+
+    def __init__(self, rounds_done: int) -> None:
+        super().__init__(rounds_done)
+        self.rounds_done = rounds_done
 
 
 def parameter_counts(sim: FederatedSimulation) -> dict[str, int]:
@@ -123,15 +140,65 @@ def output_classification(privacy: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _save_checkpoint(out: Path, sim: FederatedSimulation, accountant: PrivacyPipeline, best: dict | None,
+                     best_probs: tuple[np.ndarray, np.ndarray] | None, fingerprint: str) -> None:
+    arrays = {f"sim/{k}": v for k, v in sim.state_arrays().items()}
+    if best_probs is not None:
+        arrays["best/test_probability"], arrays["best/val_probability"] = best_probs
+    meta = {"format": CHECKPOINT_FORMAT, "rounds_done": sim.round_index, "fingerprint": fingerprint,
+            "accountant": accountant.accountant.state_dict(),
+            "best": None if best is None else {k: _finite(v) if isinstance(v, float) else v for k, v in best.items()}}
+    save_arrays(out / CHECKPOINT, arrays, meta)
+
+
+def _load_checkpoint(out: Path, sim: FederatedSimulation, accountant: PrivacyPipeline, fingerprint: str):
+    arrays, meta = load_arrays(out / CHECKPOINT)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{out / CHECKPOINT}: unsupported format {meta.get('format')!r}")
+    if meta.get("fingerprint") != fingerprint:
+        raise CheckpointError(f"{out / CHECKPOINT} belongs to another configuration or dataset than {out}/config.toml")
+    sim.load_state_arrays({k[4:]: v for k, v in arrays.items() if k.startswith("sim/")}, meta["rounds_done"])
+    accountant.accountant.load_state_dict(meta["accountant"])
+    best = meta.get("best")
+    if best is not None:
+        best = {k: (float("nan") if v is None and k != "round" else v) for k, v in best.items()}
+    probs = ((arrays["best/test_probability"], arrays["best/val_probability"])
+             if "best/test_probability" in arrays else None)
+    return int(meta["rounds_done"]), best, probs
+
+
+def _read_rows(path: Path, rounds_done: int) -> list[dict[str, Any]]:
+    """The rows of a metrics file for the rounds a checkpoint holds (later rows were lost with the crash)."""
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                break  # a torn last line
+            if isinstance(row, dict) and isinstance(row.get("round"), int) and row["round"] < rounds_done:
+                rows.append(row)
+    return rows
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
 def run_training(data: ClientData, model_config: ModelConfig, federation: FederationConfig, out_dir: str | Path,
                  progress: bool = True, extra_config: dict[str, Any] | None = None,
-                 privacy: PrivacySettings | None = None) -> dict[str, Any]:
+                 privacy: PrivacySettings | None = None, *, checkpoint_every: int = 10, resume: bool = False,
+                 fingerprint: str = "", should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Train for `federation.rounds` rounds, evaluating every `eval_every`; write the run folder.
 
     Returns summary.json's content plus, under "operator-only", the evaluation written to
     operator-only/evaluation.json (see the module docstring). `privacy` selects local DP, or secure
     aggregation with or without distributed DP; None (or DP off without secure aggregation) is the
     plain path, reported with an infinite epsilon and "private": false.
+
+    A checkpoint is written every `checkpoint_every` rounds and after the last. `resume` continues
+    from it (its `fingerprint`, a digest of the configuration, must match). `should_stop()` is asked
+    after every round: when true, the round's checkpoint is written and TrainingInterrupted raised.
     """
     out = Path(out_dir)
     operator = out / OPERATOR_ONLY
@@ -143,16 +210,25 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
         settings, layout=sim.layout, num_users=max(data.num_users, 2), maxlen=data.maxlen, rounds=federation.rounds,
         sample_rate=federation.client_fraction, seed=federation.seed, federation_min_group_size=federation.min_group_size)
     metrics_path, operator_metrics_path = out / "metrics.jsonl", operator / "metrics.jsonl"
-    metrics_path.write_text("")  # a fresh run starts fresh logs
-    operator_metrics_path.write_text("")
-    rows: list[dict[str, Any]] = []  # operator-only rows (with the true group sizes and evaluations)
     best: dict[str, Any] | None = None
     best_test_probs = best_val_probs = None
-    iterator = range(federation.rounds)
+    first = 0
+    if resume:
+        first, best, probs = _load_checkpoint(out, sim, accountant, fingerprint)
+        if probs is not None:
+            best_test_probs, best_val_probs = probs
+        rows = _read_rows(operator_metrics_path, first)  # operator-only rows (true group sizes, evaluations)
+        _write_rows(metrics_path, _read_rows(metrics_path, first))
+        _write_rows(operator_metrics_path, rows)
+    else:
+        metrics_path.write_text("")  # a fresh run starts fresh logs
+        operator_metrics_path.write_text("")
+        rows = []
+    iterator = range(first, federation.rounds)
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(iterator, desc=f"training {data.name}", unit="round")
+        iterator = tqdm(iterator, desc=f"training {data.name}", unit="round", initial=first, total=federation.rounds)
     for r in iterator:
         result = sim.train_round()
         public: dict[str, Any] = {"round": r, "participants": result.participants,
@@ -180,6 +256,12 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
             handle.write(json.dumps(public) + "\n")
         with operator_metrics_path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
+        stopping = should_stop is not None and should_stop()
+        if stopping or (r + 1) % checkpoint_every == 0 or r == federation.rounds - 1:
+            _save_checkpoint(out, sim, accountant, best,
+                             None if best_test_probs is None else (best_test_probs, best_val_probs), fingerprint)
+        if stopping and r < federation.rounds - 1:
+            raise TrainingInterrupted(r + 1)
     privacy_summary = accountant.summary(participants_per_round=len(sim.sample_clients(0)))
     summary: dict[str, Any] = {
         "dataset": data.name,

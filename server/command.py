@@ -13,51 +13,50 @@ import threading
 import time
 from pathlib import Path
 
+from mrff_secure import options
 from mrff_secure.atomic import write_json_atomic
 from mrff_secure.errors import ConfigError, MrffError
-from server import options
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-SETTINGS_FILE = "server.json"
 ENDPOINT_FILE = "endpoint.json"
+CONFIG_FILE = "config.toml"
+NETWORK_DP_MODES = ("off", "distributed")
 
 
-def _add_tls_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--certs", type=Path, default=Path("certs"),
-                   help="folder written by `mrff certs` (server.crt/key, ca.crt, signing.key, identity-ca.pub)")
-    p.add_argument("--mtls", action="store_true", help="require client certificates signed by CERTS/ca.crt")
-    p.add_argument("--insecure", action="store_true", help="plaintext gRPC (no TLS): only for debugging on loopback")
+def _check_out_file(path: Path, flag: str = "--out") -> None:
+    """An output file's folder must be creatable and the path must not be a folder."""
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot create its folder ({exc.strerror or exc})") from exc
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"{flag} {path}: its folder is not writable")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("server", help="run the gRPC coordinator (TLS by default)")
-    p.add_argument("--run-dir", type=Path, help="folder of the checkpoint and the audit log (new run)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR after a crash")
-    p.add_argument("--address", default=DEFAULT_ADDRESS, help="host:port to bind (port 0 = any free port)")
-    _add_tls_arguments(p)
-    p.add_argument("--max-upload-mib", type=int, default=64, help="largest accepted client message")
-    p.add_argument("--max-workers", type=int, default=2048, help="request threads (one per waiting client)")
-    p.add_argument("--linger", type=float, default=60.0,
-                   help="after the last round, serve until every client has the end-of-run message, at most this long")
+    p = sub.add_parser("server", help="run the gRPC coordinator (TLS by default)",
+                       description="The coordinator of secure rounds over gRPC. A new run needs --run-dir; "
+                                   "--run-dir DIR --resume continues it after a crash with its own configuration.")
+    p.add_argument("--run-dir", type=Path, required=True, help="folder of the checkpoint, the audit log and config.toml")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir after a crash")
     p.add_argument("--schema", type=Path, help="the dataset's public schema (`mrff schema`): the server then reads "
                                                "no dataset file (default: derive it from --dataset)")
-    p.add_argument("-v", "--verbose", action="store_true")
-    options.add(p, options.DATA)
-    options.add(p, options.MODEL)
-    options.add(p, options.ROUNDS)
-    p.set_defaults(handler=server_main)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, with gRPC's own lines")
+    options.add_options(p, "server")
+    p.set_defaults(handler="server.command:server_main")
 
     sc = sub.add_parser("schema", help="write a dataset's public schema (no user rows) for `mrff server --schema`")
-    sc.add_argument("--out", type=Path, required=True)
-    options.add(sc, options.DATA)
-    sc.set_defaults(handler=schema_main)
+    sc.add_argument("--out", type=Path, required=True, help="the schema file to write")
+    options.add_options(sc, "schema")
+    sc.set_defaults(handler="server.command:schema_main")
 
     c = sub.add_parser("certs", help="make a development PKI (TLS CA, server/client certificates, signing key, "
                                      "identity authority); `mrff certs issue-client` certifies clients")
-    c.add_argument("--out", type=Path, default=Path("certs"))
+    c.add_argument("--out", type=Path, default=Path("certs"), help="the folder to write (default: certs)")
     c.add_argument("--host", action="append", default=[], help="extra server host name or IP (repeatable)")
-    c.add_argument("--overwrite", action="store_true")
-    c.set_defaults(handler=certs_main)
+    c.add_argument("--overwrite", action="store_true", help="replace an existing PKI in --out")
+    c.set_defaults(handler="server.command:certs_main")
     csub = c.add_subparsers(dest="certs_command")
     i = csub.add_parser("issue-client", help="the identity authority certifies client identity keys (offline)",
                         description="Sign (client id -> identity key) with CERTS/identity-ca.key. One client: "
@@ -72,33 +71,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--users", help="development form: ids like 0-99; keys and credentials in --state-dir")
     i.add_argument("--state-dir", type=Path, help="development form: the clients' state folder (user-<id>/)")
     i.add_argument("--force", action="store_true", help="replace a credential that binds the id to another key")
-    i.set_defaults(handler=issue_client_main)
+    i.set_defaults(handler="server.command:issue_client_main")
 
     a = sub.add_parser("audit-log", help="inspect a run's hash-chained audit log")
     asub = a.add_subparsers(dest="audit_command", required=True)
     v = asub.add_parser("verify", help="check every record's digest and the chain")
     v.add_argument("run_dir", type=Path)
-    v.set_defaults(handler=audit_verify_main)
+    v.set_defaults(handler="server.command:audit_verify_main")
 
     r = sub.add_parser("run-local", help="a server and P client processes on loopback, end to end")
-    r.add_argument("--client-processes", type=int, default=2)
-    r.add_argument("--users", type=int, default=20, help="logical clients, spread over the processes")
-    r.add_argument("--run-dir", type=Path, default=Path("runs/local"))
-    r.add_argument("--insecure", action="store_true")
-    r.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
-    r.add_argument("--client-seed", type=int, default=None)
-    r.add_argument("--insecure-reproducible-noise", action="store_true",
-                   help="DEBUGGING ONLY, NOT PRIVATE: clients derive their DP noise from --client-seed")
-    options.add(r, options.DATA)
-    options.add(r, options.MODEL)
-    options.add(r, options.ROUNDS)
-    r.set_defaults(handler=run_local_main)
+    r.add_argument("--client-processes", type=int, default=2, help="client processes (default: 2)")
+    r.add_argument("--clients", type=int, default=20, help="logical clients (users 0..N-1), spread over the "
+                                                           "processes (default: 20)")
+    r.add_argument("--run-dir", type=Path, default=Path("runs/local"), help="a new folder (default: runs/local)")
+    r.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds (default: 3600)")
+    r.add_argument("--client-seed", type=int, default=None, help="seed of the clients' dropout (default: random)")
+    r.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    options.add_options(r, "run-local")
+    r.set_defaults(handler="server.command:run_local_main")
 
 
 # ------------------------------------------------------------------ certs / audit
 def certs_main(args: argparse.Namespace) -> int:
     from server.certs import make_dev_pki
 
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file; `mrff certs` writes a folder")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {args.out}: cannot create it ({exc.strerror or exc})") from exc
+    if not os.access(args.out, os.W_OK):
+        raise ConfigError(f"--out {args.out} is not writable")
     paths = make_dev_pki(args.out, hosts=args.host, overwrite=args.overwrite)
     print(f"wrote the development PKI to {paths.folder}: ca.crt, server.crt/key, client.crt/key, "
           "signing.key/pub, identity-ca.key/pub (keys mode 0600; for development only; keep identity-ca.key "
@@ -109,7 +113,9 @@ def certs_main(args: argparse.Namespace) -> int:
 def schema_main(args: argparse.Namespace) -> int:
     from mrff_secure.data.schema import PublicSchema
 
-    data = options.load_data(args)
+    options.resolve(args, "schema")
+    _check_out_file(args.out)
+    data = options.load_dataset(args)
     schema = PublicSchema.of(data)
     schema.save(args.out)
     print(f"wrote the public schema of {schema.name} to {args.out}: {schema.item_attributes.num_rows} items, "
@@ -123,6 +129,8 @@ def issue_client_main(args: argparse.Namespace) -> int:
     from server.certs import CertPaths, issue_client_credential, issue_state_credentials, load_identity_public_key
 
     paths = CertPaths(args.certs)
+    if args.out is not None:
+        _check_out_file(args.out)
     if args.users is not None:
         if args.state_dir is None or args.client_id is not None or args.out is not None or args.identity_pub:
             raise ConfigError("the development form takes --users and --state-dir (not --client-id, --identity-pub "
@@ -151,12 +159,48 @@ def audit_verify_main(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ server
+def round_spec(args: argparse.Namespace, maxlen: int):
+    """The round parameters the server proposes, validated as `mrff train` validates its own.
+
+    Refused: DP modes the network does not run; distributed DP without secure aggregation; DP with no
+    noise; both --noise-multiplier and --target-epsilon. z from --target-epsilon is calibrated by the
+    server once the model's layout is known (see `_calibrated`), so here it is a placeholder of 1.0.
+    """
+    from mrff_secure.federation.client_update import RoundSpec
+
+    if args.dp not in NETWORK_DP_MODES:
+        raise ConfigError(f"--dp {args.dp} is not available on the network (only off or distributed: a network client "
+                          "adds its share of the noise under secure aggregation)")
+    if args.secure_aggregation == "inmemory":
+        raise ConfigError("--secure-aggregation inmemory is for `mrff train`; the network runs the protocol for real")
+    secure = args.secure_aggregation != "off"
+    z, target = args.noise_multiplier, args.target_epsilon
+    mechanism = args.mechanism or "discrete_gaussian"
+    if args.dp == "distributed":
+        if not secure:
+            raise ConfigError("--dp distributed needs secure aggregation: its noise is split among the clients "
+                              "and only the secure sum carries all of it (drop --secure-aggregation off)")
+        if z is not None and target is not None:
+            raise ConfigError("give --noise-multiplier or --target-epsilon, not both")
+        if target is None and (z is None or z <= 0):
+            raise ConfigError("--dp distributed with no noise gives no privacy: give --noise-multiplier > 0 "
+                              "or --target-epsilon (or run --dp off, and say so)")
+        if mechanism == "gaussian":
+            raise ConfigError("--dp distributed uses an integer mechanism: --mechanism discrete_gaussian or skellam")
+    elif z not in (None, 0.0) or target is not None:
+        raise ConfigError("--noise-multiplier/--target-epsilon need --dp distributed")
+    return RoundSpec(local_steps=args.local_steps, optimizer=args.optimizer, lr=args.lr, dp_mode=args.dp,
+                     clip=args.clip, noise_multiplier=(z if z is not None else (1.0 if target else 0.0)),
+                     min_group_size=args.min_group_size, mechanism=mechanism, modulus_bits=args.modulus_bits,
+                     count_cap=maxlen, max_examples=maxlen)
+
+
 def _server_settings(args: argparse.Namespace):
     from server.coordinator import ServerSettings
 
     return ServerSettings(rounds=args.rounds, seed=args.seed, client_fraction=args.client_fraction,
-                          min_clients=args.min_clients, secure=args.aggregation == "secure",
-                          train_timeout=args.train_timeout, stage_timeout=args.stage_timeout, dp_delta=args.dp_delta,
+                          min_clients=args.min_clients, secure=args.secure_aggregation != "off",
+                          train_timeout=args.train_timeout, stage_timeout=args.stage_timeout, dp_delta=args.delta,
                           max_dropout_fraction=args.max_dropout_fraction, num_neighbours=args.num_neighbours,
                           threshold=args.threshold)
 
@@ -176,10 +220,39 @@ def _calibrated(spec, args: argparse.Namespace, data):
     n = max(args.min_clients, participants_per_round(data.num_users, args.client_fraction))
     sized = dataclasses.replace(spec, min_survivors=min_survivors(n, args.max_dropout_fraction))
     z = calibrate(sized, UpdateLayout.from_model(model), participants=n, target_epsilon=args.target_epsilon,
-                  rounds=args.rounds, delta=args.dp_delta)
+                  rounds=args.rounds, delta=args.delta)
     print(f"CALIBRATED noise multiplier {z:.6g} for epsilon {args.target_epsilon} over {args.rounds} rounds of "
-          f"{n} clients (delta {args.dp_delta:.3g}, zero-out adjacency)", flush=True)
+          f"{n} clients (delta {args.delta:.3g}, zero-out adjacency)", flush=True)
     return dataclasses.replace(spec, noise_multiplier=z)
+
+
+def _resolve_server(args: argparse.Namespace) -> dict:
+    """A new run: the command's configuration. --resume: the run's own config.toml, except the
+    deployment ([network]: address, TLS, timeouts), which comes from the command."""
+    run_dir = Path(args.run_dir)
+    stored = run_dir / CONFIG_FILE
+    if args.resume:
+        run_settings = [n for n in options.COMMAND_OPTIONS["server"]
+                        if options.BY_NAME[n].table != "network" and getattr(args, n, None) is not None]
+        if run_settings or args.config is not None:
+            flags = ", ".join(options.BY_NAME[n].flag for n in run_settings) or "--config"
+            raise ConfigError(f"--resume continues the run with its own configuration ({stored}); drop {flags}")
+        if not stored.is_file():
+            raise ConfigError(f"cannot resume: {stored} is missing (is --run-dir a server run folder?)")
+        args.config = stored
+        return options.resolve(args, "server")
+    config = options.resolve(args, "server")
+    if (run_dir / "checkpoint.npz").exists() or (run_dir / "audit.jsonl").exists():
+        raise ConfigError(f"{run_dir} already holds a run; add --resume to continue it, or choose another --run-dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--run-dir {run_dir}: cannot create it ({exc.strerror or exc})") from exc
+    if not os.access(run_dir, os.W_OK):
+        raise ConfigError(f"--run-dir {run_dir} is not writable")
+    run_config = {t: body for t, body in config.items() if t != "network"}
+    options.write_config(run_dir, run_config, "server")
+    return config
 
 
 def server_main(args: argparse.Namespace) -> int:
@@ -190,40 +263,22 @@ def server_main(args: argparse.Namespace) -> int:
     from server.service import TlsFiles, create_server
     from mrff_secure.wire import signing
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, force=True,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if (args.run_dir is None) == (args.resume is None):
-        raise ConfigError("give exactly one of --run-dir DIR (new run) and --resume RUN_DIR")
-    resume = args.resume is not None
-    run_dir = Path(args.resume if resume else args.run_dir)
-    if resume:
-        saved = run_dir / SETTINGS_FILE
-        try:
-            stored = json.loads(saved.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot resume: {saved} is missing or unreadable ({exc})") from exc
-        for key in stored:  # the run's own settings win; deployment flags (address, TLS) come from the command
-            setattr(args, key, Path(stored[key]) if key in ("data_dir", "schema") and stored[key] else stored[key])
-    else:
-        keys = [flag[2:].replace("-", "_") for flag, _ in options.DATA + options.MODEL + options.ROUNDS] + ["schema"]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / "checkpoint.npz").exists():
-            raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
-        write_json_atomic(run_dir / SETTINGS_FILE, {k: (str(v) if isinstance(v, Path) else v)
-                                                    for k, v in vars(args).items() if k in keys})
+    _resolve_server(args)
+    options.check_port(args.address, allow_any=True)
+    resume, run_dir = args.resume, Path(args.run_dir)
     if args.schema is not None:
         data = PublicSchema.load(args.schema)  # no user data in this process at all
     else:
-        data = PublicSchema.of(options.load_data(args))  # the dataset files are read, only the schema is kept
-    if args.dp_delta is None:
-        args.dp_delta = default_delta(data.num_users)  # as mrff train: 1/n^1.1 over the dataset's users
-    if args.dp == "off" and args.aggregation == "secure":
+        data = PublicSchema.of(options.load_dataset(args))  # the dataset files are read, only the schema is kept
+    if args.delta is None:
+        args.delta = default_delta(data.num_users)  # as mrff train: 1/n^1.1 over the dataset's users
+    if args.dp == "off" and args.secure_aggregation != "off":
         print("NOTE --dp off: secure aggregation alone protects clients only against an honest-but-curious "
               "server (SECURITY.md)", file=sys.stderr, flush=True)
     certs = CertPaths(args.certs)
     signing_key = signing.load_private_key(certs.signing_key)
-    spec = options.round_spec(args, data.maxlen)
-    if getattr(args, "target_epsilon", None) is not None:
+    spec = round_spec(args, data.maxlen)
+    if args.target_epsilon is not None:
         spec = _calibrated(spec, args, data)
     coordinator = Coordinator(run_dir, _server_settings(args), options.model_config(args, data.maxlen), data,
                               spec, signing_key, authority_public_key=load_authority_public_key(certs.identity_ca_pub),
@@ -257,8 +312,16 @@ def server_main(args: argparse.Namespace) -> int:
     coordinator.audit.close()
     if coordinator.error is not None:
         raise MrffError(f"coordinator failed: {coordinator.error}")
-    print(f"DONE rounds={coordinator.next_round} model_digest={coordinator.model_digest()}", flush=True)
-    return 0
+    from server.audit import read_records
+
+    records = read_records(run_dir / "audit.jsonl")
+    completed = sum(r.get("type") == "round" for r in records)
+    aborted = sum(r.get("type") == "round_aborted" for r in records)
+    finished = any(r.get("type") == "run_finished" for r in records)
+    print(f"DONE {completed} of {args.rounds} rounds completed, {aborted} aborted; run "
+          f"{'finished' if finished else 'NOT FINISHED (resume it with --resume)'}; "
+          f"model_digest={coordinator.model_digest()}", flush=True)
+    return 0 if finished else 1
 
 
 # ------------------------------------------------------------------ run-local
@@ -266,23 +329,29 @@ def run_local_main(args: argparse.Namespace) -> int:
     from server.audit import read_records, verify
     from server.certs import CertPaths, issue_state_credentials, make_dev_pki
 
-    if args.client_processes < 1 or args.users < 3:
-        raise ConfigError("run-local needs --client-processes >= 1 and --users >= 3")
+    config = options.resolve(args, "run-local")
+    if args.client_processes < 1:
+        raise ConfigError(f"--client-processes must be >= 1, got {args.client_processes}")
+    if args.clients < 3:
+        raise ConfigError(f"--clients must be >= 3, got {args.clients}")
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout must be > 0, got {args.timeout}")
+    round_spec(args, 1)  # the server's own checks, before any process starts
     run_dir = Path(args.run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"{run_dir} is not empty; choose a new --run-dir")
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise ConfigError(f"--run-dir {run_dir} is not an empty folder; choose a new --run-dir")
     certs = CertPaths(run_dir / "certs")
     make_dev_pki(certs.folder)
-    issue_state_credentials(certs, list(range(args.users)), run_dir / "clients")
-    data_argv = options.to_argv(args, options.DATA)
-    args.min_clients = max(args.min_clients, args.users)
-    rounds_argv = options.to_argv(args, options.ROUNDS)
+    issue_state_credentials(certs, list(range(args.clients)), run_dir / "clients")
+    config["federation"]["min_clients"] = max(args.min_clients, args.clients)
+    # one configuration for both sides: the server and every client read the same file
+    shared = options.write_config(run_dir, config, "run-local")
     security = ["--insecure"] if args.insecure else []
+    verbose = ["-v"] if args.verbose else []
     cmd = [sys.executable, "-m", "mrff_secure.cli"]
-    server = subprocess.Popen(cmd + ["server", "--run-dir", str(run_dir / "server"), "--address", "127.0.0.1:0",
-                                     "--certs", str(certs.folder), "--linger", "30"] + security + data_argv
-                              + options.to_argv(args, options.MODEL) + rounds_argv,
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(cmd + ["server", "--config", str(shared), "--run-dir", str(run_dir / "server"),
+                                     "--address", "127.0.0.1:0", "--certs", str(certs.folder), "--linger", "30"]
+                              + security + verbose, stdout=subprocess.PIPE, text=True)
     clients: list[subprocess.Popen] = []
     try:
         line = server.stdout.readline()
@@ -292,20 +361,20 @@ def run_local_main(args: argparse.Namespace) -> int:
         print(line.strip(), flush=True)
         # run-local plays both sides: its clients' policy accepts what its server proposes (and no less)
         client_policy = ["--min-group-size", str(args.min_group_size)]
-        if args.aggregation == "plain":
+        if args.secure_aggregation == "off":
             client_policy.append("--allow-plain")
         if args.insecure_reproducible_noise:
             client_policy.append("--insecure-reproducible-noise")
-        per = -(-args.users // args.client_processes)
+        per = -(-args.clients // args.client_processes)
         seed = args.client_seed if args.client_seed is not None else int.from_bytes(os.urandom(4), "big")
         for i in range(args.client_processes):
-            lo, hi = i * per, min(args.users, (i + 1) * per) - 1
+            lo, hi = i * per, min(args.clients, (i + 1) * per) - 1
             if lo > hi:
                 break
             clients.append(subprocess.Popen(cmd + ["client", "--server", address, "--users", f"{lo}-{hi}",
                                                    "--certs", str(certs.folder), "--state-dir", str(run_dir / "clients"),
-                                                   "--client-seed", str(seed)] + security + data_argv
-                                            + client_policy))
+                                                   "--client-seed", str(seed), "--config", str(shared)]
+                                            + security + verbose + client_policy))
         deadline = time.monotonic() + args.timeout
         while any(p.poll() is None for p in clients + [server]):
             failed = [p.returncode for p in clients + [server] if p.poll() not in (None, 0)]

@@ -11,7 +11,7 @@ from mrff_secure.cli import main
 def test_train_writes_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", "--dataset", "synthetic", "--synthetic-users", "60", "--maxlen", "12", "--rounds", "3",
-                 "--out", str(out), "--json", "--no-progress", "--seed", "1"])
+                 "--run-dir", str(out), "--json", "--no-progress", "--seed", "1"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     evaluation = printed.pop("operator-only")
@@ -50,7 +50,7 @@ def test_train_writes_run_folder(tmp_path, capsys):
 def test_no_mrff_baseline_has_no_groups(tmp_path, capsys):
     out = tmp_path / "base"
     assert main(["train", "--synthetic-users", "40", "--maxlen", "10", "--rounds", "1", "--no-mrff",
-                 "--out", str(out), "--json", "--no-progress"]) == 0
+                 "--run-dir", str(out), "--json", "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["parameters"]["group"] == 0
     assert json.loads((out / "operator-only" / "metrics.jsonl").read_text())["group_sizes"] == []
@@ -62,8 +62,8 @@ def test_missing_data_dir_is_a_clear_error(capsys):
 
 
 def test_bad_config_is_a_clear_error(tmp_path, capsys):
-    assert main(["train", "--rounds", "1", "--dropout", "1.5", "--out", str(tmp_path / "x")]) == 2
-    assert "dropout must be in [0, 1), got 1.5" in capsys.readouterr().err
+    assert main(["train", "--rounds", "1", "--dropout", "1.5", "--run-dir", str(tmp_path / "x")]) == 2
+    assert "--dropout must be < 1, got 1.5" in capsys.readouterr().err  # the flag, not ModelConfig.dropout
 
 
 def test_console_script_runs():

@@ -200,7 +200,7 @@ def test_no_amplification_is_claimed_when_a_fraction_of_clients_takes_part(data,
 def test_cli_train_with_local_dp_writes_the_privacy_summary(tmp_path, capsys):
     out = tmp_path / "run"
     code = cli.main(["train", "--synthetic-users", "10", "--maxlen", "8", "--rounds", "1", "--no-progress",
-                     "--dp", "local", "--clip", "0.5", "--noise-multiplier", "1.0", "--out", str(out), "--json"])
+                     "--dp", "local", "--clip", "0.5", "--noise-multiplier", "1.0", "--run-dir", str(out), "--json"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["privacy"]["mode"] == "local" and summary["privacy"]["noise_multiplier"] == 1.0
@@ -209,23 +209,23 @@ def test_cli_train_with_local_dp_writes_the_privacy_summary(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--dp", "local", "--noise-multiplier", "1"], "--clip"),
+    (["--dp", "local", "--noise-multiplier", "1", "--mechanism", "skellam"], "--mechanism"),
     (["--dp", "local", "--clip", "1"], "--noise-multiplier"),
     (["--noise-multiplier", "1"], "need --dp"),
-    (["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1", "--min-group-size", "1"], "min_group_size"),
+    (["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1", "--min-group-size", "1"], "--min-group-size must be >= 2"),
     (["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1", "--secure-aggregation", "off"], "secure"),
-    (["--dp", "local", "--clip", "-1", "--noise-multiplier", "1"], "clip"),
+    (["--dp", "local", "--clip", "-1", "--noise-multiplier", "1"], "--clip must be > 0"),
 ])
 def test_cli_train_rejects_bad_privacy_arguments(tmp_path, capsys, argv, needle):
-    code = cli.main(["train", "--synthetic-users", "10", "--rounds", "1", "--no-progress", "--out", str(tmp_path), *argv])
+    code = cli.main(["train", "--synthetic-users", "10", "--rounds", "1", "--no-progress", "--run-dir", str(tmp_path), *argv])
     assert code == 2
     assert needle in capsys.readouterr().err
 
 
-def test_cli_noise_multiplier_and_target_epsilon_are_exclusive(tmp_path):
-    with pytest.raises(SystemExit):
-        cli.main(["train", "--dp", "local", "--clip", "1", "--noise-multiplier", "1", "--target-epsilon", "3",
-                  "--out", str(tmp_path)])
+def test_cli_noise_multiplier_and_target_epsilon_are_exclusive(tmp_path, capsys):
+    assert cli.main(["train", "--dp", "local", "--clip", "1", "--noise-multiplier", "1", "--target-epsilon", "3",
+                     "--run-dir", str(tmp_path)]) == 2
+    assert "give --noise-multiplier or --target-epsilon, not both" in capsys.readouterr().err
 
 
 def test_local_round_uses_no_phase_one_in_the_clear(data):
@@ -306,7 +306,7 @@ def test_a_clip_bound_from_private_data_is_flagged(tmp_path, capsys):
     out = tmp_path / "run"
     code = cli.main(["train", "--synthetic-users", "10", "--maxlen", "8", "--rounds", "1", "--no-progress",
                      "--dp", "local", "--clip", "0.5", "--noise-multiplier", "1.0", "--clip-from-private-data",
-                     "--out", str(out)])
+                     "--run-dir", str(out)])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert "private data" in summary["privacy"]["clip_choice"]

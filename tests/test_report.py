@@ -73,7 +73,7 @@ def test_every_section_is_rendered_and_the_numbers_agree(audit_dir, tmp_path):
 def test_reports_of_training_runs_and_refusal_of_other_folders(tmp_path, capsys):
     run = tmp_path / "run"
     assert cli.main(["train", "--synthetic-users", "10", "--maxlen", "8", "--rounds", "1", "--no-progress",
-                     "--dp", "local", "--clip", "1.0", "--noise-multiplier", "1.0", "--out", str(run)]) == 0
+                     "--dp", "local", "--clip", "1.0", "--noise-multiplier", "1.0", "--run-dir", str(run)]) == 0
     assert cli.main(["report", str(run)]) == 0
     report = json.loads((run / "report.json").read_text())
     assert report["kind"] == "training" and report["verdicts"][0]["verdict"] == "not audited"
@@ -87,8 +87,8 @@ def _audit(out, *extra):
     # fails R1-R3 by chance in up to 5% of runs (R2 did, once, in CI)
     if "--misreport-noise" not in extra:
         extra = ("--confidence", "0.999", *extra)
-    return cli.main(["audit", "--users", "40", "--rounds", "2", "--canaries", "40", "--levels", "0.3",
-                     "--targets", "4", "--sampled-fraction", "0", "--no-progress", "--out", str(out), *extra])
+    return cli.main(["audit", "--synthetic-users", "40", "--rounds-per-cell", "2", "--canaries", "40", "--levels", "0.3",
+                     "--targets", "4", "--sampled-fraction", "0", "--no-progress", "--run-dir", str(out), *extra])
 
 
 def test_audit_exit_codes_resume_and_a_claim_made_false(tmp_path, capsys):
@@ -103,9 +103,9 @@ def test_audit_exit_codes_resume_and_a_claim_made_false(tmp_path, capsys):
     assert _audit(out, "--cells", "plain", "local-dp z=0.3") == 0
     assert "plain z=0 seed=0: resumed from" in capsys.readouterr().out
     assert json.loads((out / "grid.json").read_text())["cells"][0] == grid["cells"][0]
-    # another configuration in the same folder is refused, naming what differs (exit 1)
-    assert _audit(out, "--cells", "plain", "local-dp z=0.3", "--canaries", "30") == 1
-    assert "differs in ['canaries']" in capsys.readouterr().out
+    # another configuration in the same folder is refused, naming what differs (a usage error: exit 2)
+    assert _audit(out, "--cells", "plain", "local-dp z=0.3", "--canaries", "30") == 2
+    assert "differs in ['canaries']" in capsys.readouterr().err
     # the accountant told four times the noise actually added: the audit must say a claim fails (exit 3).
     # (claimed mu = sqrt(2)/1.2 = 1.18 against a true 4.71 with a standard error of about 0.6: missed with
     # probability ~1e-4; at a factor of 2 the miss would be ~4%, too often for a test)
@@ -116,14 +116,14 @@ def test_audit_exit_codes_resume_and_a_claim_made_false(tmp_path, capsys):
 
 
 def test_bad_audit_configurations_are_refused(tmp_path, capsys):
-    config = tmp_path / "audit.json"
-    config.write_text(json.dumps({"rounds": 2, "colour": "blue"}))
-    assert cli.main(["audit", "--config", str(config), "--out", str(tmp_path / "a")]) == 1
-    assert "unknown keys ['colour']" in capsys.readouterr().out
-    assert cli.main(["audit", "--dataset", "kuaisar-r", "--out", str(tmp_path / "b")]) == 1
-    assert "needs --data-dir" in capsys.readouterr().out
-    assert cli.main(["audit", "--cells", "nothing-like-this", "--out", str(tmp_path / "c"), "--no-progress"]) == 1
-    assert "matches none" in capsys.readouterr().out
+    config = tmp_path / "audit.toml"
+    config.write_text("[audit]\nrounds_per_cell = 2\ncolour = \"blue\"\n")
+    assert cli.main(["audit", "--config", str(config), "--run-dir", str(tmp_path / "a")]) == 2
+    assert "unknown keys ['colour'] in [audit]" in capsys.readouterr().err
+    assert cli.main(["audit", "--dataset", "kuaisar-r", "--run-dir", str(tmp_path / "b")]) == 2
+    assert "needs --data-dir" in capsys.readouterr().err
+    assert cli.main(["audit", "--cells", "nothing-like-this", "--run-dir", str(tmp_path / "c"), "--no-progress"]) == 2
+    assert "matches none" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(BROWSER is None and not os.environ.get("MRFF_REQUIRE_BROWSER"),

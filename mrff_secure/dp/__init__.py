@@ -19,7 +19,7 @@ from .accounting import (
 )
 from .calibration import epsilon_for_noise_multiplier, noise_multiplier_for_epsilon, resolve_noise_multiplier
 from .clipping import clip_l2, clip_prefix_l2
-from .command import add_privacy_arguments, privacy_main, privacy_report
+from .command import privacy_main, privacy_report
 from .config import DPConfig, default_delta, min_survivors
 from .distributed import DistributedEncoder, DistributedPlan, choose_scale, plan_distributed
 from .ledger import PrivacyLedger
@@ -39,7 +39,6 @@ __all__ = [
     "DPConfig", "DistributedDiscreteGaussian", "DistributedEncoder", "DistributedPlan", "DistributedSkellam",
     "Epsilons", "GaussianMechanism", "GridDiscreteGaussian", "PrivacyAccount", "RoundRelease", "RunAccountant",
     "account_rounds", "calibrate_noise_multiplier", "NoiseMechanism", "PrivacyLedger", "RandomizedHadamard",
-    "add_privacy_arguments", "check_survivors", "choose_scale", "clip_l2", "clip_prefix_l2",
     "compose_noise_multipliers", "count_part_sensitivity", "default_delta", "discrete_epsilon",
     "effective_noise_multiplier", "epsilon", "epsilon_for_noise_multiplier", "gaussian_epsilons",
     "local_upload_epsilon", "min_survivors", "noise_multiplier_for_epsilon", "plan_distributed",

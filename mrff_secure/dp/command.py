@@ -1,6 +1,6 @@
 """The ``mrff privacy`` subcommand: epsilon for a noise multiplier, or the multiplier for a target.
 
-``mrff_secure/cli.py`` calls :func:`add_privacy_arguments` on its subparser and
+``mrff_secure/cli.py`` builds the parser from the shared options (`mrff_secure.options`) and calls
 :func:`privacy_main` with the parsed arguments. The numbers come from :func:`privacy_report`
 (a pure function returning a JSON-able dict), which describes the round with `release.RoundRelease`
 and accounts it with `release.account_rounds` / `release.calibrate_noise_multiplier`: the same
@@ -21,42 +21,6 @@ from mrff_secure.errors import ConfigError, MrffError
 
 from .config import DPConfig
 from .release import RoundRelease, account_rounds, calibrate_noise_multiplier, participants_per_round
-
-
-def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``mrff privacy`` options to ``parser`` (the same accounting as ``mrff train``)."""
-    noise = parser.add_mutually_exclusive_group(required=True)
-    noise.add_argument("--noise-multiplier", type=float, metavar="Z",
-                       help="noise std / clip bound (z); 0 means no noise (epsilon = inf)")
-    noise.add_argument("--target-epsilon", type=float, metavar="E",
-                       help="calibrate z so that the headline epsilon (the proven bound) reaches E")
-    parser.add_argument("--rounds", type=int, required=True, metavar="R", help="training rounds")
-    parser.add_argument("--clients", type=int, required=True, metavar="N",
-                        help="number of users (clients); sets the default delta 1/N^1.1")
-    parser.add_argument("--sample-rate", type=float, default=1.0, metavar="Q",
-                        help="fraction of clients per round (default 1). No amplification is claimed: the server "
-                             "sees who takes part; a typical user's figure (Q*R rounds) is shown beside the headline")
-    parser.add_argument("--mode", choices=("local", "distributed"), default="local",
-                        help="local: each client adds the full noise; distributed: shares under secure aggregation")
-    parser.add_argument("--delta", type=float, default=None, metavar="D", help="delta (default 1/N^1.1)")
-    parser.add_argument("--clip", type=float, default=1.0, metavar="C", help="L2 clip bound of the delta part (default 1.0)")
-    parser.add_argument("--blocks", type=int, default=2, metavar="B",
-                        help="model blocks with group one-hots (as `mrff train --blocks`, default 2); the count "
-                             "part's sensitivity follows from it")
-    parser.add_argument("--groups", type=int, default=4, metavar="G",
-                        help="groups per block (as `mrff train --groups`, default 4); 0 = no groups (--no-mrff)")
-    parser.add_argument("--dim", type=int, default=None, metavar="D",
-                        help="distributed mode (required): length of the clipped delta part (a run's "
-                             "privacy.update_plan.dim minus blocks*groups+1)")
-    parser.add_argument("--mechanism", choices=("discrete_gaussian", "skellam"), default=None,
-                        help="distributed mode's integer mechanism (default discrete_gaussian)")
-    parser.add_argument("--max-dropout-fraction", type=float, default=0.0, metavar="F",
-                        help="distributed mode: noise shares assume at most this fraction drops (default 0)")
-    parser.add_argument("--modulus-bits", type=int, default=48, metavar="B",
-                        help="distributed mode: secure-aggregation modulus 2^B (default 48, as mrff train)")
-    parser.add_argument("--noise-sampling", choices=("per_client", "aggregate"), default="per_client",
-                        help="distributed mode: as `mrff train --noise-sampling` (it can lower the scale)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _jsonable(value: Any) -> Any:
@@ -158,18 +122,29 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def privacy_main(args: argparse.Namespace) -> int:
-    """Run ``mrff privacy`` with parsed ``args``; print the report; return the exit status."""
-    try:
-        report = privacy_report(
-            rounds=args.rounds, clients=args.clients, sample_rate=args.sample_rate, mode=args.mode,
-            noise_multiplier=args.noise_multiplier, target_epsilon=args.target_epsilon, delta=args.delta,
-            clip=args.clip, blocks=args.blocks, groups=args.groups, dim=args.dim, mechanism=args.mechanism,
-            max_dropout_fraction=args.max_dropout_fraction, modulus_bits=args.modulus_bits,
-            noise_sampling=args.noise_sampling,
-        )
-    except MrffError as exc:
-        print(f"mrff privacy: error: {exc}", file=sys.stderr)
-        return 2
+    """Run ``mrff privacy`` (parser in mrff_secure.cli, options from mrff_secure.options); print the report."""
+    from mrff_secure import options
+
+    options.resolve(args, "privacy")
+    if args.dp == "off":
+        raise ConfigError("--dp off adds no noise: epsilon is inf. Give --dp local or --dp distributed")
+    if (args.noise_multiplier is None) == (args.target_epsilon is None):
+        raise ConfigError("give exactly one of --noise-multiplier Z and --target-epsilon E")
+    if isinstance(args.clients, bool) or args.clients < 2:
+        raise ConfigError(f"--clients must be >= 2, got {args.clients}")
+    if args.dp == "local" and args.mechanism not in (None, "gaussian"):
+        raise ConfigError(f"--dp local adds Gaussian noise; --mechanism {args.mechanism} is for --dp distributed")
+    if args.dp == "distributed" and args.mechanism == "gaussian":
+        raise ConfigError("--dp distributed uses an integer mechanism: --mechanism discrete_gaussian or skellam")
+    report = privacy_report(
+        rounds=args.rounds, clients=args.clients, sample_rate=args.client_fraction, mode=args.dp,
+        noise_multiplier=args.noise_multiplier, target_epsilon=args.target_epsilon, delta=args.delta,
+        clip=args.clip, blocks=args.blocks, groups=args.groups if args.mrff else 0, dim=args.dim,
+        mechanism=args.mechanism if args.dp == "distributed" else None,
+        max_dropout_fraction=args.max_dropout_fraction if args.dp == "distributed" else 0.0,
+        modulus_bits=args.modulus_bits,
+        noise_sampling=args.noise_sampling,
+    )
     if args.json:
         print(json.dumps(report, sort_keys=True, allow_nan=False))
     else:

@@ -130,6 +130,35 @@ class FederatedSimulation:
                                            rounds=federation.rounds, sample_rate=federation.client_fraction,
                                            seed=federation.seed, federation_min_group_size=federation.min_group_size)
 
+    # ----------------------------------------------------------------- checkpoints
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Everything a round changes (the model, every user's private part, last round's group
+        fractions), as named arrays for a checkpoint; `round_index` goes beside them."""
+        arrays = {f"global/{n}": t.detach().numpy().copy() for n, t in self.global_params.items()}
+        arrays.update({f"private/{n}": t.detach().numpy().copy() for n, t in self.private.items()})
+        if self.group_fractions is not None:
+            arrays["group_fractions"] = self.group_fractions.numpy().copy()
+        return arrays
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray], round_index: int) -> None:
+        """The state of `state_arrays`, checked name by name and shape by shape against this model."""
+        from mrff_secure.errors import CheckpointError
+
+        expected = self.state_arrays()
+        missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+        if missing or extra:
+            raise CheckpointError(f"the checkpoint does not match this model and dataset (missing {missing[:3]}, "
+                                  f"unexpected {extra[:3]})")
+        for name, reference in expected.items():
+            if arrays[name].shape != reference.shape or arrays[name].dtype != reference.dtype:
+                raise CheckpointError(f"the checkpoint's {name} is {arrays[name].dtype}{list(arrays[name].shape)}, "
+                                      f"this model's {reference.dtype}{list(reference.shape)}")
+        self.global_params = {n: torch.from_numpy(arrays[f"global/{n}"]) for n in self.global_params}
+        self.private = {n: torch.from_numpy(arrays[f"private/{n}"]) for n in self.private}
+        if self.group_fractions is not None:
+            self.group_fractions = torch.from_numpy(arrays["group_fractions"])
+        self.round_index = int(round_index)
+
     # ----------------------------------------------------------------- rounds
     def sample_clients(self, round_index: int) -> np.ndarray:
         users = self.data.num_users

@@ -218,11 +218,11 @@ def test_cells_refuse_impossible_levels():
         Cell(MALICIOUS_SERVER)
 
 
-def test_the_grid_runs_from_the_cli(tmp_path, capsys):
-    from mrff_secure import cli
+def test_the_grid_runs_from_its_module_command(tmp_path, capsys):
+    from attacks.grid import main
 
     out = tmp_path / "grid.json"
-    code = cli.main(["attack-grid", "--users", "30", "--rounds", "1", "--canaries", "20", "--levels", "1.0",
+    code = main(["--users", "30", "--rounds", "1", "--canaries", "20", "--levels", "1.0",
                      "--targets", "4", "--sampled-fraction", "0", "--out", str(out), "--plots", str(tmp_path / "plots")])
     assert code == 0
     report = json.loads(out.read_text())

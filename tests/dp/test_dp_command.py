@@ -1,11 +1,11 @@
-import argparse
 import json
 import math
 
 import pytest
 
 from mrff_secure.dp.accounting import epsilon, local_upload_epsilon
-from mrff_secure.dp.command import add_privacy_arguments, privacy_main, privacy_report
+from mrff_secure import cli
+from mrff_secure.dp.command import privacy_report
 from mrff_secure.dp.sensitivity import compose_noise_multipliers, effective_noise_multiplier
 
 KEYS = {"mechanism", "mode", "noise_multiplier", "clip", "delta", "epsilon", "epsilon_bound", "adjacency",
@@ -13,9 +13,9 @@ KEYS = {"mechanism", "mode", "noise_multiplier", "clip", "delta", "epsilon", "ep
 
 
 def _run(argv, capsys):
-    parser = argparse.ArgumentParser(prog="mrff privacy")
-    add_privacy_arguments(parser)
-    rc = privacy_main(parser.parse_args(argv))
+    if "--dp" not in argv:
+        argv = [*argv, "--dp", "local"]
+    rc = cli.main(["privacy", *argv])
     out = capsys.readouterr()
     return rc, out.out, out.err
 
@@ -26,7 +26,7 @@ def local_z_eff(z, clip=1.0, blocks=2):
 
 
 def test_local_json_is_replace_one_with_the_layouts_count_part_and_no_amplification(capsys):
-    rc, out, _ = _run(["--noise-multiplier", "1.0", "--rounds", "50", "--clients", "1000", "--sample-rate", "0.1",
+    rc, out, _ = _run(["--noise-multiplier", "1.0", "--rounds", "50", "--clients", "1000", "--client-fraction", "0.1",
                        "--json"], capsys)
     assert rc == 0
     data = json.loads(out)
@@ -66,12 +66,12 @@ def test_target_epsilon_calibrates_the_headline(capsys):
 
 
 def test_noise_options_are_mutually_exclusive_and_one_is_required(capsys):
-    parser = argparse.ArgumentParser()
-    add_privacy_arguments(parser)
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--noise-multiplier", "1", "--target-epsilon", "2", "--rounds", "1", "--clients", "10"])
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--rounds", "1", "--clients", "10"])
+    rc, _, err = _run(["--noise-multiplier", "1", "--target-epsilon", "2", "--rounds", "1", "--clients", "10"], capsys)
+    assert rc == 2 and "exactly one of --noise-multiplier" in err
+    rc, _, err = _run(["--rounds", "1", "--clients", "10"], capsys)
+    assert rc == 2 and "exactly one of --noise-multiplier" in err
+    rc, _, err = _run(["--rounds", "1", "--clients", "10", "--noise-multiplier", "1", "--dp", "off"], capsys)
+    assert rc == 2 and "--dp off adds no noise" in err
 
 
 def test_bad_values_exit_nonzero_with_a_message(capsys):
@@ -79,12 +79,12 @@ def test_bad_values_exit_nonzero_with_a_message(capsys):
     assert rc == 2 and "clip" in err
     rc, _, err = _run(["--noise-multiplier", "-1", "--rounds", "1", "--clients", "10"], capsys)
     assert rc == 2 and "-1" in err
-    rc, _, err = _run(["--noise-multiplier", "1", "--rounds", "1", "--clients", "10", "--mode", "distributed"], capsys)
+    rc, _, err = _run(["--noise-multiplier", "1", "--rounds", "1", "--clients", "10", "--dp", "distributed"], capsys)
     assert rc == 2 and "--dim" in err
 
 
 def test_distributed_report_headlines_the_discrete_bound_of_both_phases(capsys):
-    rc, out, _ = _run(["--noise-multiplier", "1.0", "--rounds", "10", "--clients", "100", "--mode", "distributed",
+    rc, out, _ = _run(["--noise-multiplier", "1.0", "--rounds", "10", "--clients", "100", "--dp", "distributed",
                        "--max-dropout-fraction", "0.2", "--dim", "1000", "--modulus-bits", "32", "--json"], capsys)
     data = json.loads(out)
     assert rc == 0 and KEYS <= set(data)

@@ -98,7 +98,7 @@ class Proc:
 def start_server(tmp: Path, certs: Path, run_dir: Path, *, extra: list[str] = (), resume: bool = False,
                  address: str = "127.0.0.1:0", name: str = "server") -> tuple[Proc, str]:
     args = ["server", "--address", address, "--certs", str(certs), "--linger", "2"]
-    args += ["--resume", str(run_dir)] if resume else ["--run-dir", str(run_dir)] + DATA_ARGS + MODEL_ARGS + list(extra)
+    args += ["--run-dir", str(run_dir), "--resume"] if resume else ["--run-dir", str(run_dir)] + DATA_ARGS + MODEL_ARGS + list(extra)
     proc = Proc(args, tmp / f"{name}.log")
     line = proc.wait_line("LISTENING", timeout=90)
     return proc, line.split()[1]

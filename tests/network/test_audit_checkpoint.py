@@ -142,15 +142,21 @@ def test_server_command_refuses_bad_run_folders(tmp_path, certs, capsys) -> None
     from mrff_secure.cli import main
 
     base = ["--certs", str(certs), "--synthetic-users", "8", "--maxlen", "10", "--attribute-dim", "4"]
-    assert main(["server", "--resume", str(tmp_path / "nothing")] + base) == 2
+    assert main(["server", "--run-dir", str(tmp_path / "nothing"), "--resume", "--certs", str(certs)]) == 2
     assert "cannot resume" in capsys.readouterr().err
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoint.npz").write_bytes(b"x")
     assert main(["server", "--run-dir", str(run)] + base) == 2
     assert "already holds a run" in capsys.readouterr().err
-    (run / "server.json").write_text('{"synthetic_users": 8, "maxlen": 10, "attribute_dim": 4}')
-    assert main(["server", "--resume", str(run), "--address", "127.0.0.1:0"] + base) == 2  # corrupt checkpoint
-    assert "corrupt" in capsys.readouterr().err
-    assert main(["server", "--run-dir", str(tmp_path / "r2"), "--resume", str(run)] + base) == 2
-    assert "exactly one" in capsys.readouterr().err
+    (run / "config.toml").write_text("[data]\nsynthetic_users = 8\nmaxlen = 10\n[model]\nattribute_dim = 4\n")
+    # a corrupt checkpoint is a runtime failure (exit 1), named in one line
+    assert main(["server", "--run-dir", str(run), "--resume", "--address", "127.0.0.1:0", "--certs", str(certs)]) == 1
+    err = capsys.readouterr().err
+    assert "corrupt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    (run / "checkpoint.npz").write_bytes(b"")  # empty: once an EOFError traceback
+    assert main(["server", "--run-dir", str(run), "--resume", "--address", "127.0.0.1:0", "--certs", str(certs)]) == 1
+    assert "empty, cut short or corrupt" in capsys.readouterr().err
+    # a resumed run keeps its own configuration: a run setting on the command line is refused, naming it
+    assert main(["server", "--run-dir", str(run), "--resume"] + base) == 2
+    assert "drop --synthetic-users, --maxlen, --attribute-dim" in capsys.readouterr().err

@@ -1,0 +1,440 @@
+"""The run configuration: one table of every quantity the commands share, one name and one default each.
+
+A quantity lives in one table per concern (data, model, federation, privacy, network, audit) and has
+one flag (`privacy.noise_multiplier` is `--noise-multiplier` in every command that takes it). A
+command's value of a quantity is, by increasing precedence: the default here, the `--config` TOML
+file (tables named like the concerns), `--set table.key=value` overrides, then the flag. The resolved
+configuration is written as `config.toml` into every run folder, so `--config RUN/config.toml`
+repeats a run.
+
+This module imports nothing heavy (no torch, no opacus): `mrff --help` builds every parser from it.
+Values are checked here, against the flag's name ("--noise-multiplier must be >= 0"), before any
+configuration object of the library sees them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from mrff_secure.errors import ConfigError
+
+TABLES = ("data", "model", "federation", "privacy", "network", "audit")
+
+
+@dataclass(frozen=True)
+class Option:
+    table: str
+    name: str  # the key in the table; the flag is --name with dashes
+    kind: type  # int, float, str, bool, Path, or list (of `item`)
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    low: float | None = None  # inclusive bound
+    high: float | None = None  # inclusive bound
+    above: float | None = None  # exclusive lower bound
+    below: float | None = None  # exclusive upper bound
+    item: type = float  # element type of a list option
+    optional: bool = False  # None is a value ("not set": the help says what happens then)
+    negative_flag: str | None = None  # bool options that default to True: the flag that sets False
+
+    @property
+    def key(self) -> str:
+        return f"{self.table}.{self.name}"
+
+    @property
+    def flag(self) -> str:
+        if self.negative_flag:
+            return self.negative_flag
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return self.name
+
+    def check(self, value: Any, source: str) -> Any:
+        """The value, converted and checked; ConfigError naming `source` (a flag or a config key)."""
+        if value is None:
+            if self.optional:
+                return None
+            raise ConfigError(f"{source} needs a value")
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{source} must be true or false, got {value!r}")
+            return value
+        if self.kind is list:
+            if not isinstance(value, list) or not value:
+                raise ConfigError(f"{source} must be a non-empty list, got {value!r}")
+            return [self._scalar(v, source, self.item) for v in value]
+        return self._scalar(value, source, self.kind)
+
+    def _scalar(self, value: Any, source: str, kind: type) -> Any:
+        if kind is Path:
+            if not isinstance(value, (str, Path)) or not str(value):
+                raise ConfigError(f"{source} must be a path, got {value!r}")
+            return str(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise ConfigError(f"{source} must be a string, got {value!r}")
+            if self.choices is not None and value not in self.choices:
+                raise ConfigError(f"{source} must be one of {', '.join(self.choices)}; got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source} must be a number, got {value!r}")
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ConfigError(f"{source} must be an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{source} must be finite, got {value!r}")
+        if self.low is not None and value < self.low:
+            raise ConfigError(f"{source} must be >= {self.low:g}, got {value:g}")
+        if self.high is not None and value > self.high:
+            raise ConfigError(f"{source} must be <= {self.high:g}, got {value:g}")
+        if self.above is not None and not value > self.above:
+            raise ConfigError(f"{source} must be > {self.above:g}, got {value:g}")
+        if self.below is not None and not value < self.below:
+            raise ConfigError(f"{source} must be < {self.below:g}, got {value:g}")
+        return value
+
+
+def _o(table: str, name: str, kind: type, default: Any, help: str, **kw: Any) -> Option:
+    return Option(table, name, kind, default, help, **kw)
+
+
+OPTIONS: tuple[Option, ...] = (
+    # ---------------------------------------------------------------- data
+    _o("data", "dataset", str, "synthetic", "synthetic (embedded, no download), kuaisar-r or recbole",
+       choices=("synthetic", "kuaisar-r", "recbole")),
+    _o("data", "data_dir", Path, None, "folder of the dataset files (kuaisar-r, recbole)", optional=True),
+    _o("data", "recbole_name", str, None, "recbole: atomic file stem (not set: the folder name)", optional=True),
+    _o("data", "label_field", str, "label", "recbole: 0/1 label column, else rating >= --rating-threshold"),
+    _o("data", "rating_threshold", float, 4.0, "recbole: a rating at least this is a click"),
+    _o("data", "synthetic_users", int, 400, "users of the synthetic dataset", low=3),
+    _o("data", "data_seed", int, 0, "seed of the synthetic generator", low=0),
+    _o("data", "maxlen", int, 0, "history length; 0 = the dataset's default (kuaisar-r 65, recbole 50, synthetic 30)",
+       low=0),
+    # ---------------------------------------------------------------- model
+    _o("model", "backbone", str, "sasrec", "the sequence model", choices=("sasrec",)),
+    _o("model", "mrff", bool, True, "MRFF's user and group feed-forward parts; --no-mrff: one shared feed-forward "
+                                     "part (the FedSASRec baseline)", negative_flag="--no-mrff"),
+    _o("model", "groups", int, 4, "user groups per block", low=1),
+    _o("model", "blocks", int, 2, "transformer blocks", low=1),
+    _o("model", "heads", int, 1, "attention heads", low=1),
+    _o("model", "attribute_dim", int, 8, "embedding size of each attribute", low=1),
+    _o("model", "dropout", float, 0.5, "dropout rate", low=0.0, below=1.0),
+    _o("model", "routing", str, "paper", "paper: FFN_u(h) + FFN_g(h); scaled: FFN_u(h) + p_g FFN_g(h)",
+       choices=("paper", "scaled")),
+    _o("model", "balance_alpha", float, 0.1, "weight of the group-balance loss", low=0.0),
+    # ---------------------------------------------------------------- federation
+    _o("federation", "rounds", int, 30, "training rounds", low=1),
+    _o("federation", "local_steps", int, 1, "optimizer steps per client per round", low=1),
+    _o("federation", "client_fraction", float, 1.0, "fraction of the clients sampled each round", above=0.0, high=1.0),
+    _o("federation", "optimizer", str, "adam", "the clients' optimizer (fresh each round)", choices=("adam", "sgd")),
+    _o("federation", "lr", float, 0.1, "the clients' learning rate", above=0.0),
+    _o("federation", "seed", int, 0, "model initialisation, client sampling and dropout", low=0),
+    _o("federation", "eval_every", int, 1, "rounds between evaluations", low=1),
+    _o("federation", "chunk_size", int, 64, "simulation: clients per vectorized chunk (0 = all)", low=0),
+    _o("federation", "checkpoint_every", int, 10, "mrff train: rounds between checkpoints (--resume continues from "
+                                                  "the last)", low=1),
+    _o("federation", "min_clients", int, 3, "network: a round starts once this many clients are enrolled", low=1),
+    # ---------------------------------------------------------------- privacy
+    _o("privacy", "dp", str, "off", "off: no noise (epsilon inf); local: every client adds the full noise z*C; "
+                                    "distributed: noise shares under secure aggregation",
+       choices=("off", "local", "distributed")),
+    _o("privacy", "clip", float, 1.0, "L2 clip bound C of each update's delta part", above=0.0),
+    _o("privacy", "noise_multiplier", float, None, "z: noise std / C (or --target-epsilon)", low=0.0, optional=True),
+    _o("privacy", "target_epsilon", float, None, "calibrate z to spend this epsilon over --rounds", above=0.0,
+       optional=True),
+    _o("privacy", "delta", float, None, "delta of (epsilon, delta); not set: 1/n^1.1 for n users", above=0.0,
+       below=1.0, optional=True),
+    _o("privacy", "mechanism", str, None, "local: gaussian; distributed: discrete_gaussian (not set) or skellam",
+       choices=("gaussian", "discrete_gaussian", "skellam"), optional=True),
+    _o("privacy", "max_dropout_fraction", float, 0.3, "distributed: the noise shares stay sufficient if at most "
+                                                      "this fraction of the clients drops", low=0.0, below=1.0),
+    _o("privacy", "secure_aggregation", str, None, "on: the server learns only group-wise sums; off: plain "
+                                                   "uploads; inmemory (mrff train): the real protocol state machines "
+                                                   "in memory. Not set: on with --dp distributed and for the network "
+                                                   "server, off otherwise", choices=("off", "on", "inmemory"),
+       optional=True),
+    _o("privacy", "modulus_bits", int, 32, "the secure sums' ring Z_{2^B}", low=8, high=62),
+    _o("privacy", "min_group_size", int, 5, "secure aggregation: groups with fewer clients in phase 1 send zeros",
+       low=2),
+    _o("privacy", "noise_sampling", str, "per_client", "mrff train, distributed: aggregate draws the summed noise "
+                                                      "shares once (a simulation shortcut)",
+       choices=("per_client", "aggregate")),
+    _o("privacy", "count_cap", int, None, "the example count is uploaded as min(count, cap)/cap (not set: the "
+                                          "history length)", low=1, optional=True),
+    _o("privacy", "clip_from_private_data", bool, False, "declare that C was chosen from private data (listed as "
+                                                         "released outside the guarantee)"),
+    _o("privacy", "insecure_reproducible_noise", bool, False, "DEBUGGING ONLY, NOT PRIVATE: draw the DP noise from "
+                                                              "the seed instead of the OS's entropy"),
+    # ---------------------------------------------------------------- network
+    _o("network", "address", str, "127.0.0.1:50051", "host:port (the server binds it, clients connect to it; "
+                                                     "port 0: any free port, server only)"),
+    _o("network", "certs", Path, "certs", "folder written by `mrff certs`"),
+    _o("network", "mtls", bool, False, "mutual TLS: clients present CERTS/client.crt"),
+    _o("network", "insecure", bool, False, "plaintext gRPC (no TLS): only for debugging on loopback"),
+    _o("network", "train_timeout", float, 120.0, "seconds for local training (announcement to keys)", above=0.0),
+    _o("network", "stage_timeout", float, 30.0, "seconds per secure-aggregation stage", above=0.0),
+    _o("network", "num_neighbours", int, None, "secure aggregation graph degree (not set: every other client)",
+       low=2, optional=True),
+    _o("network", "threshold", int, None, "Shamir threshold t (not set: from the client policy's rule)", low=2,
+       optional=True),
+    _o("network", "max_upload_mib", int, 64, "largest accepted client message", low=1),
+    _o("network", "max_workers", int, 2048, "server request threads (one per waiting client)", low=1),
+    _o("network", "linger", float, 60.0, "after the last round, serve until every client has the end-of-run "
+                                         "message, at most this long", low=0.0),
+    _o("network", "retry_timeout", float, 120.0, "client: keep reconnecting for this long while the server is "
+                                                 "unavailable", above=0.0),
+    # ---------------------------------------------------------------- audit
+    _o("audit", "rounds_per_cell", int, 5, "training rounds of every cell", low=1),
+    _o("audit", "canaries", int, 100, "canary clients per cell", low=0),
+    _o("audit", "levels", list, [0.1, 0.3, 0.5], "noise multipliers of the DP cells", above=0.0),
+    _o("audit", "targets", list, [1.0, 4.0], "calibrated target epsilons of the DP cells", above=0.0),
+    _o("audit", "seeds", list, [0], "seeds: every cell once per seed", item=int, low=0),
+    _o("audit", "sampled_fraction", float, 0.1, "client fraction of the disaggregation cells (0 = none)", low=0.0,
+       high=1.0),
+    _o("audit", "cells", list, None, "run only the cells whose name contains one of these", item=str, optional=True),
+    _o("audit", "confidence", float, 0.95, "R1-R3 hold together over the DP cells at this confidence: an honest "
+                                           "mechanism fails by chance with probability at most 1 - confidence",
+       low=0.5, below=1.0),
+    _o("audit", "misreport_noise", float, 1.0, "TESTING THE AUDIT ONLY: claim z x FACTOR while adding z", above=0.0),
+)
+BY_KEY = {o.key: o for o in OPTIONS}
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+assert len(BY_NAME) == len(OPTIONS), "option names must be unique across tables"
+
+# Which quantities each command takes (by name); the rest of a --config file is ignored by it.
+_DATA = ("dataset", "data_dir", "recbole_name", "label_field", "rating_threshold", "synthetic_users", "data_seed",
+         "maxlen")
+_MODEL = ("backbone", "mrff", "groups", "blocks", "heads", "attribute_dim", "dropout", "routing", "balance_alpha")
+_TRAINING = ("rounds", "local_steps", "client_fraction", "optimizer", "lr", "seed")
+_NETWORK_PRIVACY = ("dp", "clip", "noise_multiplier", "target_epsilon", "delta", "mechanism", "max_dropout_fraction",
+                    "secure_aggregation", "modulus_bits", "min_group_size")
+COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "train": _DATA + _MODEL + _TRAINING + ("eval_every", "chunk_size", "checkpoint_every") + _NETWORK_PRIVACY
+             + ("noise_sampling", "count_cap", "clip_from_private_data", "insecure_reproducible_noise"),
+    "server": _DATA + _MODEL + _TRAINING + ("min_clients",) + _NETWORK_PRIVACY
+              + ("address", "certs", "mtls", "insecure", "train_timeout", "stage_timeout", "num_neighbours",
+                 "threshold", "max_upload_mib", "max_workers", "linger"),
+    "run-local": _DATA + _MODEL + _TRAINING + ("min_clients",) + _NETWORK_PRIVACY
+                 + ("insecure", "train_timeout", "stage_timeout", "num_neighbours", "threshold",
+                    "insecure_reproducible_noise"),
+    "client": _DATA + ("certs", "mtls", "insecure", "retry_timeout", "insecure_reproducible_noise"),
+    "schema": _DATA,
+    "privacy": ("rounds", "client_fraction", "dp", "clip", "noise_multiplier", "target_epsilon", "delta", "mechanism",
+                "max_dropout_fraction", "modulus_bits", "noise_sampling", "blocks", "groups", "mrff"),
+    "audit": ("dataset", "data_dir", "recbole_name", "synthetic_users", "clip", "rounds_per_cell", "canaries",
+              "levels", "targets", "seeds", "sampled_fraction", "cells", "confidence", "misreport_noise"),
+}
+
+
+def _default_text(option: Option) -> str:
+    if option.default is None:
+        return "not set"
+    if option.kind is bool:
+        return "on" if option.default else "off"
+    if isinstance(option.default, list):
+        return " ".join(str(v) for v in option.default)
+    return str(option.default)
+
+
+def add_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """Every option of `command`, grouped by table, with its default in the help; plus --config and --set."""
+    parser.add_argument("--config", type=Path, default=None, metavar="TOML",
+                        help="run configuration (tables data, model, federation, privacy, network, audit); "
+                             "flags and --set win over it")
+    parser.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE", dest="overrides",
+                        help="override one configuration value (repeatable), e.g. --set privacy.clip=0.5")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name in COMMAND_OPTIONS[command]:
+        option = BY_NAME[name]
+        group = groups.get(option.table)
+        if group is None:
+            group = groups[option.table] = parser.add_argument_group(f"[{option.table}]")
+        text = f"{option.help} (default: {_default_text(option)})"
+        if option.kind is bool:
+            if option.negative_flag:
+                group.add_argument(option.flag, dest=option.dest, action="store_const", const=False, default=None,
+                                   help=text)
+            else:
+                group.add_argument(option.flag, dest=option.dest, action="store_const", const=True, default=None,
+                                   help=text)
+        elif option.kind is list:
+            group.add_argument(option.flag, dest=option.dest, nargs="+", type=_arg_type(option.item, option),
+                               default=None, help=text)
+        else:
+            group.add_argument(option.flag, dest=option.dest, type=_arg_type(option.kind, option), default=None,
+                               choices=option.choices, help=text)
+
+
+def _arg_type(kind: type, option: Option) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        if kind in (str, Path):
+            return text
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{'an integer' if kind is int else 'a number'} expected, got {text!r}")
+
+    convert.__name__ = "integer" if kind is int else ("number" if kind is float else "value")
+    return convert
+
+
+def load_toml(path: Path) -> dict[str, dict[str, Any]]:
+    """The tables of a configuration file; unknown tables or keys are refused, naming them."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path} is not valid TOML: {exc}") from exc
+    for table, body in raw.items():
+        if table not in TABLES:
+            raise ConfigError(f"--config {path}: unknown table [{table}]; known: {', '.join(TABLES)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"--config {path}: {table} must be a table ([{table}])")
+        unknown = sorted(k for k in body if f"{table}.{k}" not in BY_KEY)
+        if unknown:
+            known = sorted(o.name for o in OPTIONS if o.table == table)
+            raise ConfigError(f"--config {path}: unknown keys {unknown} in [{table}]; known: {known}")
+    return raw
+
+
+def _parse_override(text: str) -> tuple[Option, Any]:
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep:
+        raise ConfigError(f"--set {text!r}: expected TABLE.KEY=VALUE")
+    option = BY_KEY.get(key) or BY_NAME.get(key)
+    if option is None:
+        raise ConfigError(f"--set {text!r}: unknown key {key!r} (e.g. privacy.clip, federation.rounds)")
+    value = value.strip()
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value  # a bare word: a string
+    if value in ("none", "null", ""):
+        parsed = None
+    return option, parsed
+
+
+def resolve(args: argparse.Namespace, command: str) -> dict[str, dict[str, Any]]:
+    """The command's configuration (defaults < --config < --set < flags), checked; also set on `args`
+    under each option's name, so that handlers read `args.noise_multiplier` whatever the source."""
+    names = COMMAND_OPTIONS[command]
+    values: dict[str, tuple[Any, str]] = {n: (BY_NAME[n].default, BY_NAME[n].flag) for n in names}
+    if getattr(args, "config", None) is not None:
+        for table, body in load_toml(args.config).items():
+            for key, value in body.items():
+                if key in values:
+                    values[key] = (value, f"{table}.{key} in {args.config}")
+    for text in getattr(args, "overrides", []) or []:
+        option, value = _parse_override(text)
+        if option.name not in values:
+            raise ConfigError(f"--set {option.key}: `mrff {command}` has no such setting")
+        values[option.name] = (value, f"--set {option.key}")
+    for name in names:
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = (str(given) if isinstance(given, Path) else given, BY_NAME[name].flag)
+    config: dict[str, dict[str, Any]] = {}
+    for name in names:
+        option = BY_NAME[name]
+        value, source = values[name]
+        checked = option.check(value, source)
+        config.setdefault(option.table, {})[name] = checked
+        setattr(args, name, Path(checked) if option.kind is Path and checked is not None else checked)
+    return config
+
+
+def flat(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {k: v for body in config.values() for k, v in body.items()}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def to_toml(config: dict[str, dict[str, Any]], header: str = "") -> str:
+    """The configuration as TOML (a value that is not set is a comment: TOML has no null)."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for table in TABLES:
+        body = config.get(table)
+        if not body:
+            continue
+        lines += ["", f"[{table}]"]
+        for key, value in body.items():
+            lines.append(f"# {key} is not set" if value is None else f"{key} = {_toml_value(value)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def write_config(folder: Path, config: dict[str, dict[str, Any]], command: str) -> Path:
+    """config.toml in `folder`: the resolved configuration, readable back with --config."""
+    from mrff_secure.atomic import write_bytes_atomic
+
+    path = Path(folder) / "config.toml"
+    write_bytes_atomic(path, to_toml(config, f"the resolved configuration of `mrff {command}`; "
+                                             f"repeat it with `mrff {command} --config {path}`").encode())
+    return path
+
+
+def check_port(address: str, *, flag: str = "--address", allow_any: bool = False) -> str:
+    """host:port with a port in 1-65535 (0 too, for a server asking for any free port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{flag} must be HOST:PORT, got {address!r}")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"{flag} {address!r}: the port must be a number") from None
+    if not (1 <= number <= 65535 or (allow_any and number == 0)):
+        raise ConfigError(f"{flag} {address!r}: the port must be in 1-65535{' (or 0: any free port)' if allow_any else ''}")
+    return address
+
+
+def load_dataset(args: argparse.Namespace):
+    """The dataset the resolved [data] options name (imports the data package only now)."""
+    from mrff_secure.data import load_kuaisar_r, load_recbole, make_synthetic
+
+    maxlen = getattr(args, "maxlen", 0) or 0
+    if args.dataset == "synthetic":
+        return make_synthetic(num_users=args.synthetic_users, seed=getattr(args, "data_seed", 0), maxlen=maxlen or 30)
+    if args.data_dir is None:
+        raise ConfigError(f"--dataset {args.dataset} needs --data-dir DIR")
+    if args.dataset == "kuaisar-r":
+        return load_kuaisar_r(Path(args.data_dir), maxlen=maxlen or 65)
+    return load_recbole(Path(args.data_dir), name=args.recbole_name, maxlen=maxlen or 50,
+                        label_field=args.label_field, rating_threshold=args.rating_threshold)
+
+
+def model_config(args: argparse.Namespace, maxlen: int):
+    """The ModelConfig of the resolved [model] options."""
+    from mrff_secure.config import ModelConfig
+
+    return ModelConfig(backbone=args.backbone, attribute_dim=args.attribute_dim, num_blocks=args.blocks,
+                       num_heads=args.heads, dropout=args.dropout, maxlen=maxlen, mrff=args.mrff,
+                       num_groups=args.groups, balance_alpha=args.balance_alpha, routing=args.routing)
+
+
+def fmt_epsilon(value: Any) -> str:
+    """An epsilon as every command prints it: "inf" for no guarantee, else 4 significant digits."""
+    if value is None or value == "inf" or (isinstance(value, float) and math.isinf(value)):
+        return "inf"
+    return f"{float(value):.4g}"
