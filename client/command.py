@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                           "identity authority (`mrff certs issue-client --identity-pub`)")
     k.add_argument("--users", required=True, help="user ids, e.g. 0-99 or 1,5,9")
     k.add_argument("--state-dir", type=Path, default=Path("client-state"),
-                   help="the clients' state folder: keys are made in user-<id>/identity.key if missing")
+                   help="the clients' state folder: keys are made in user-<id>/identity.key if missing "
+                        "(default: client-state)")
     k.add_argument("--out-dir", type=Path, required=True, help="where to write user-<id>.pub (public keys only)")
     k.set_defaults(handler="client.command:client_key_main")
 

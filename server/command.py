@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "--client-id N --identity-pub FILE --out FILE. Development: --users 0-99 "
                                     "--state-dir DIR makes missing keys in DIR/user-<id>/ and writes each "
                                     "credential.bin beside them. An id bound to another key is refused without --force.")
-    i.add_argument("--certs", type=Path, default=Path("certs"), help="folder holding identity-ca.key")
+    i.add_argument("--certs", type=Path, default=Path("certs"), help="folder holding identity-ca.key (default: certs)")
     i.add_argument("--client-id", type=int, help="one client: its id (with --identity-pub and --out)")
     i.add_argument("--identity-pub", type=Path,
                    help="one client: its Ed25519 identity public key (PEM, written by `mrff client-key`)")
@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("audit-log", help="inspect a run's hash-chained audit log")
     asub = a.add_subparsers(dest="audit_command", required=True)
     v = asub.add_parser("verify", help="check every record's digest and the chain")
-    v.add_argument("run_dir", type=Path)
+    v.add_argument("run_dir", type=Path, help="the server's run folder (or a run-local folder)")
     v.set_defaults(handler="server.command:audit_verify_main")
 
     r = sub.add_parser("run-local", help="a server and P client processes on loopback, end to end")
@@ -240,8 +240,12 @@ def _resolve_server(args: argparse.Namespace) -> dict:
         if not stored.is_file():
             raise ConfigError(f"cannot resume: {stored} is missing (is --run-dir a server run folder?)")
         args.config = stored
-        return options.resolve(args, "server")
+        config = options.resolve(args, "server")
+        options.check_port(args.address, allow_any=True)
+        return config
     config = options.resolve(args, "server")
+    options.check_port(args.address, allow_any=True)
+    round_spec(args, 1)  # every check of the round parameters before anything is written
     if (run_dir / "checkpoint.npz").exists() or (run_dir / "audit.jsonl").exists():
         raise ConfigError(f"{run_dir} already holds a run; add --resume to continue it, or choose another --run-dir")
     try:
@@ -264,7 +268,6 @@ def server_main(args: argparse.Namespace) -> int:
     from mrff_secure.wire import signing
 
     _resolve_server(args)
-    options.check_port(args.address, allow_any=True)
     resume, run_dir = args.resume, Path(args.run_dir)
     if args.schema is not None:
         data = PublicSchema.load(args.schema)  # no user data in this process at all
