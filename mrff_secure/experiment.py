@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import time
 from dataclasses import asdict
@@ -38,7 +39,7 @@ import torch
 
 from mrff_secure.atomic import write_bytes_atomic, write_json_atomic
 from mrff_secure.checkpoint import load_arrays, save_arrays
-from mrff_secure.errors import CheckpointError
+from mrff_secure.errors import CheckpointError, MrffError
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline, PrivacySettings
@@ -46,6 +47,7 @@ from mrff_secure.federation.roles import Role
 from mrff_secure.federation.simulation import FederatedSimulation
 from mrff_secure.metrics import apply_temperature, auc_confidence_interval, fit_temperature, log_loss
 
+log = logging.getLogger(__name__)
 PAPER_SASREC_PARAMETERS = 52_720  # Table 3, KuaiSAR-R
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_FORMAT = 1
@@ -229,8 +231,13 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
         from tqdm import tqdm
 
         iterator = tqdm(iterator, desc=f"training {data.name}", unit="round", initial=first, total=federation.rounds)
+    warnings: list[str] = []
     for r in iterator:
         result = sim.train_round()
+        if not all(bool(torch.isfinite(t).all()) for t in sim.global_params.values()):
+            raise MrffError(f"training diverged in round {r}: the global model has non-finite values (the last "
+                            f"checkpoint holds round {(r // checkpoint_every) * checkpoint_every}); lower --lr or "
+                            "--clip, or add --local-steps 1")
         public: dict[str, Any] = {"round": r, "participants": result.participants,
                                   "train_seconds": round(result.seconds, 4),
                                   "group_counts_seen_by_server": result.server_group_counts}
@@ -245,12 +252,19 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
             row.update(val_auc=_finite(val.auc), val_logloss=_finite(val.log_loss),
                        test_auc=_finite(test.auc), test_logloss=_finite(test.log_loss),
                        eval_seconds=round(time.perf_counter() - start, 4))
+            if best is not None and math.isfinite(val.log_loss) and math.isfinite(best["val_logloss"]) \
+                    and val.log_loss > 2 * best["val_logloss"] and not warnings:
+                warnings.append(f"validation LogLoss grew from {best['val_logloss']:.4f} (round {best['round']}) to "
+                                f"{val.log_loss:.4f} (round {r}): training may be diverging (operator-only evaluation)")
+                log.warning(warnings[-1])
             if best is None or (math.isfinite(val.auc) and val.auc > best["val_auc"]):
                 best = {"round": r, "val_auc": val.auc, "val_logloss": val.log_loss,
                         "test_auc": test.auc, "test_logloss": test.log_loss}
                 best_test_probs, best_val_probs = test.probabilities, val.probabilities
             if progress:
                 iterator.set_postfix(val_auc=f"{val.auc:.4f}", test_auc=f"{test.auc:.4f}")
+        log.info("round %d: %d participants, %.2f s, epsilon so far %s", r, result.participants, result.seconds,
+                 public.get("epsilon"))
         rows.append(row)
         with metrics_path.open("a") as handle:
             handle.write(json.dumps(public) + "\n")
@@ -276,7 +290,7 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
         "outputs": output_classification(privacy_summary),
     }
     evaluation: dict[str, Any] = {"outside_the_guarantee": "computed on private data without noise; operator only",
-                                  "train_interactions": data.num_train_interactions}
+                                  "train_interactions": data.num_train_interactions, "warnings": warnings}
     if best is not None:
         _, low, high = auc_confidence_interval(data.test_label, best_test_probs)
         evaluation.update(

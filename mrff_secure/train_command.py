@@ -155,6 +155,6 @@ def train_main(args: argparse.Namespace) -> int:
           f"(outside the guarantee, in {args.run_dir}/{OPERATOR_ONLY}/): best validation round "
           f"{evaluation.get('best_round')}, test AUC {'n/a' if auc is None else f'{auc:.4f}'}, test LogLoss "
           f"{'n/a' if loss is None else f'{loss:.4f}'}")
-    for warning in p.get("warnings", []):
+    for warning in p.get("warnings", []) + evaluation.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -222,3 +222,12 @@ def test_a_damaged_training_checkpoint_is_named(tmp_path, capsys):
     assert cli.main(["train", "--resume", "--run-dir", str(run), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "checkpoint.npz is empty, cut short or corrupt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_verbose_logs_each_round_even_after_opacus_is_imported(tmp_path):
+    # opacus installs a root handler on import; -v must still log (logging is configured with force=True)
+    result = mrff("train", "-v", "--rounds", "2", "--run-dir", str(tmp_path / "r"), *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert "INFO round 0:" in result.stderr and "INFO round 1:" in result.stderr
+    quiet = mrff("train", "--rounds", "2", "--run-dir", str(tmp_path / "q"), *SMALL)
+    assert quiet.returncode == 0 and "INFO" not in quiet.stderr
