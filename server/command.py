@@ -316,7 +316,9 @@ def server_main(args: argparse.Namespace) -> int:
     if coordinator.error is not None:
         raise MrffError(f"coordinator failed: {coordinator.error}")
     from server.audit import read_records
+    from server.results import write_results
 
+    write_results(run_dir)  # metrics.jsonl, summary.json, training.png, as mrff train writes them
     records = read_records(run_dir / "audit.jsonl")
     completed = sum(r.get("type") == "round" for r in records)
     aborted = sum(r.get("type") == "round_aborted" for r in records)

@@ -563,8 +563,12 @@ class Coordinator:
             for old in [k for k in self._outcomes if k < r - 8]:
                 del self._outcomes[old]
             self._cond.notify_all()
-        log.info("round %d %s in %.2fs", r, "completed" if outcome.completed else f"aborted: {outcome.reason}",
-                 time.perf_counter() - started)
+        dropouts = sorted({c for phase in record["phases"].values() for stage in phase["dropouts"].values() for c in stage})
+        eps = record.get("epsilon", {}).get("epsilon") if outcome.completed else None
+        print(f"[ROUND {r}] {'completed' if outcome.completed else 'ABORTED: ' + outcome.reason}: {n} participants, "
+              f"{len(dropouts)} dropped, {record['seconds']:.2f} s"
+              + (f", epsilon so far {eps if isinstance(eps, str) else format(eps, '.4g')}" if eps is not None else ""),
+              flush=True)
 
     # ---------------------------------------------------------------- stages
     def _stage(self, ps: _Phase, record: dict, stage: int, expected: set[int], timeout: float,

@@ -9,6 +9,7 @@ default) no two runs could be compared. Everything else is the one per-client pa
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -76,3 +77,16 @@ def test_secure_dp_rounds_over_grpc_equal_the_simulation_bit_for_bit(tmp_path) -
     assert [r["model_digest"] for r in rounds] == expected
     assert rounds[0]["model_digest"] != started["model_digest"]  # the model moved
     assert f"model_digest={expected[-1]}" in done.stdout
+    # the network run gives results in the files mrff train writes, derived from what the server saw
+    assert "[ROUND 0] completed" in done.stdout and "[ROUND 1] completed" in done.stdout
+    assert "DONE 2 of 2 rounds completed, 0 aborted; run finished" in done.stdout
+    metrics = [json.loads(line) for line in (server_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == [0, 1] and all(m["completed"] for m in metrics)
+    assert [m["epsilon"] for m in metrics] == [r["epsilon"]["epsilon"] for r in rounds]  # epsilon per round
+    assert all(m["phases"]["update"]["survivors"] == USERS and m["bytes_per_participant"] > 0 for m in metrics)
+    summary = json.loads((server_dir / "summary.json").read_text())
+    assert summary["finished"] and summary["rounds_completed"] == 2 and summary["model_digest"] == expected[-1]
+    assert summary["privacy"]["mechanism"] == "discrete_gaussian" and summary["privacy"]["private"] is True
+    assert summary["privacy"]["epsilon"] == rounds[-1]["epsilon"]["epsilon"]
+    assert summary["evaluation"]["available"] is False  # said, not invented
+    assert (server_dir / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

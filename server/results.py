@@ -1,0 +1,128 @@
+"""A network run's results, in the files `mrff train` writes: metrics.jsonl, summary.json, training.png.
+
+Everything here is derived from the run's audit log (`server/audit.py`), so it says exactly what the
+server saw and released, nothing more:
+
+RUN_DIR/metrics.jsonl  one line per round: completed or aborted, participants, survivors of each
+                       phase, dropouts, seconds, the group counts the server decoded (noisy under DP:
+                       covered by the epsilon), the epsilon spent so far with its delta and adjacency,
+                       and the bytes on the wire per participant
+RUN_DIR/summary.json   rounds planned / completed / aborted, whether the run finished, the final model
+                       digest, the round parameters, the privacy account of the last completed round
+                       (the mechanism actually used), and the evaluation available
+RUN_DIR/training.png   epsilon, survivors and seconds per round
+
+Evaluation: the network clients keep their held-out items; no federated evaluation travels through
+the secure sum yet, so the summary says so (`"evaluation": {"available": false, ...}`) rather than
+report a number computed elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mrff_secure.atomic import write_bytes_atomic, write_json_atomic
+
+ROUND_TYPES = ("round", "round_aborted")
+NO_EVALUATION = ("the clients keep their held-out items and no federated evaluation runs through the secure sum "
+                 "yet: a network run reports no AUC or LogLoss")
+
+
+def _phase_rows(record: dict[str, Any]) -> dict[str, Any]:
+    phases = record.get("phases", {})
+    out: dict[str, Any] = {}
+    for name, phase in phases.items():
+        dropouts = sorted({c for stage in phase.get("dropouts", {}).values() for c in stage})
+        out[name] = {"survivors": len(phase.get("survivors", [])), "dropouts": len(dropouts)}
+    return out
+
+
+def metrics_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    last_epsilon: dict[str, Any] | None = None
+    for record in records:
+        if record.get("type") not in ROUND_TYPES:
+            continue
+        completed = record["type"] == "round"
+        if completed and isinstance(record.get("epsilon"), dict):
+            last_epsilon = record["epsilon"]
+        wire = record.get("wire_bytes", {})
+        row: dict[str, Any] = {
+            "round": record.get("round"), "completed": completed, "participants": len(record.get("participants", [])),
+            "phases": _phase_rows(record), "seconds": record.get("seconds"),
+            "bytes_per_participant": wire.get("per_participant"),
+            "epsilon": (last_epsilon or {}).get("epsilon", "inf"),
+            "delta": (last_epsilon or {}).get("delta"), "adjacency": (last_epsilon or {}).get("adjacency"),
+        }
+        if completed:
+            row["group_counts_seen_by_server"] = record.get("group_counts")
+        else:
+            row["reason"] = record.get("reason")
+        rows.append(row)
+    return rows
+
+
+def summary_of(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    started = next((r for r in records if r.get("type") == "run_started"), {})
+    finished = next((r for r in records if r.get("type") == "run_finished"), None)
+    completed = [r for r in records if r.get("type") == "round"]
+    planned = started.get("settings", {}).get("rounds")
+    privacy = dict(completed[-1]["epsilon"]) if completed and isinstance(completed[-1].get("epsilon"), dict) else {
+        "epsilon": "inf", "note": "no completed round"}
+    spec = started.get("spec", {})
+    privacy.update(mode=spec.get("dp_mode"), mechanism=spec.get("mechanism") if spec.get("dp_mode") != "off" else None,
+                   noise_multiplier=spec.get("noise_multiplier"), clip=spec.get("clip"),
+                   private=spec.get("dp_mode") not in (None, "off") and privacy.get("epsilon") != "inf")
+    return {
+        "kind": "network", "run_id": started.get("run_id"), "rounds": planned,
+        "rounds_completed": len(completed), "rounds_aborted": sum(not r["completed"] for r in rows),
+        "finished": finished is not None,
+        "model_digest": (finished or (completed[-1] if completed else {})).get("model_digest"),
+        "round_parameters": spec, "settings": started.get("settings", {}), "privacy": privacy,
+        "evaluation": {"available": False, "reason": NO_EVALUATION},
+    }
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in rows]
+    epsilon = [float(r["epsilon"]) if r["epsilon"] not in (None, "inf") else float("nan") for r in rows]
+    survivors = [r["phases"].get("update", {}).get("survivors", 0) if r["completed"] else 0 for r in rows]
+    seconds = [r["seconds"] or 0.0 for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].plot(rounds, epsilon, marker="o")
+    axes[0].set_title("epsilon spent (inf: not drawn)")
+    axes[1].bar(rounds, survivors)
+    axes[1].set_title("survivors of the update phase")
+    axes[2].plot(rounds, seconds, marker="o")
+    axes[2].set_title("seconds per round")
+    for ax in axes:
+        ax.set_xlabel("round")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def write_results(run_dir: Path) -> dict[str, Any]:
+    """metrics.jsonl, summary.json and training.png of the run in `run_dir`, from its audit log."""
+    from server.audit import read_records
+
+    run_dir = Path(run_dir)
+    records = read_records(run_dir / "audit.jsonl")
+    rows = metrics_rows(records)
+    write_bytes_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    summary = summary_of(records, rows)
+    write_json_atomic(run_dir / "summary.json", summary)
+    if rows:
+        plot(rows, run_dir / "training.png")
+    return summary
