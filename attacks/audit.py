@@ -194,15 +194,7 @@ def audit_main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be in [1, {(os.cpu_count() or 1) * 4}], got {args.workers}")
     resolved = options.resolve(args, "audit")
     config = resolve_config(args)
-    out = Path(args.run_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--run-dir {out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--run-dir {out}: cannot create it ({exc.strerror or exc})") from exc
-    if not os.access(out, os.W_OK):
-        raise ConfigError(f"--run-dir {out} is not writable")
+    out = options.writable_folder(args.run_dir, "--run-dir")
     _prepare(out, config)
     options.write_config(out, resolved, "audit")
     grid = run_audit(out, config, workers=args.workers, progress=not args.no_progress)

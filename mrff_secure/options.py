@@ -438,3 +438,28 @@ def fmt_epsilon(value: Any) -> str:
     if value is None or value == "inf" or (isinstance(value, float) and math.isinf(value)):
         return "inf"
     return f"{float(value):.4g}"
+
+
+def writable_folder(path: Path, flag: str) -> Path:
+    """`path` as a folder this process can write (created if missing); ConfigError naming `flag`."""
+    import os
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path} is not writable ({exc.strerror or exc})") from exc
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{flag} {path} is not writable")
+    return path
+
+
+def writable_file(path: Path, flag: str) -> Path:
+    """`path` as a file this process can write: not a folder, its folder writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file name")
+    writable_folder(path.parent, f"{flag} {path}: its folder")
+    return path

@@ -38,13 +38,7 @@ def _prepare_run_dir(args: argparse.Namespace) -> None:
             (run_dir / name).unlink(missing_ok=True)
         for name in RUN_FOLDERS:
             shutil.rmtree(run_dir / name, ignore_errors=True)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".mrff-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"--run-dir {run_dir} is not writable ({exc.strerror or exc})") from exc
+    options.writable_folder(run_dir, "--run-dir")
 
 
 def _resume_configuration(args: argparse.Namespace) -> None:

@@ -22,18 +22,6 @@ CONFIG_FILE = "config.toml"
 NETWORK_DP_MODES = ("off", "distributed")
 
 
-def _check_out_file(path: Path, flag: str = "--out") -> None:
-    """An output file's folder must be creatable and the path must not be a folder."""
-    if path.is_dir():
-        raise ConfigError(f"{flag} {path} is a folder; give a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{flag} {path}: cannot create its folder ({exc.strerror or exc})") from exc
-    if not os.access(path.parent, os.W_OK):
-        raise ConfigError(f"{flag} {path}: its folder is not writable")
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("server", help="run the gRPC coordinator (TLS by default)",
                        description="The coordinator of secure rounds over gRPC. A new run needs --run-dir; "
@@ -95,14 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def certs_main(args: argparse.Namespace) -> int:
     from server.certs import make_dev_pki
 
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} is a file; `mrff certs` writes a folder")
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--out {args.out}: cannot create it ({exc.strerror or exc})") from exc
-    if not os.access(args.out, os.W_OK):
-        raise ConfigError(f"--out {args.out} is not writable")
+    options.writable_folder(args.out, "--out")
     paths = make_dev_pki(args.out, hosts=args.host, overwrite=args.overwrite)
     print(f"wrote the development PKI to {paths.folder}: ca.crt, server.crt/key, client.crt/key, "
           "signing.key/pub, identity-ca.key/pub (keys mode 0600; for development only; keep identity-ca.key "
@@ -114,7 +95,7 @@ def schema_main(args: argparse.Namespace) -> int:
     from mrff_secure.data.schema import PublicSchema
 
     options.resolve(args, "schema")
-    _check_out_file(args.out)
+    options.writable_file(args.out, "--out")
     data = options.load_dataset(args)
     schema = PublicSchema.of(data)
     schema.save(args.out)
@@ -130,7 +111,7 @@ def issue_client_main(args: argparse.Namespace) -> int:
 
     paths = CertPaths(args.certs)
     if args.out is not None:
-        _check_out_file(args.out)
+        options.writable_file(args.out, "--out")
     if args.users is not None:
         if args.state_dir is None or args.client_id is not None or args.out is not None or args.identity_pub:
             raise ConfigError("the development form takes --users and --state-dir (not --client-id, --identity-pub "
@@ -248,12 +229,7 @@ def _resolve_server(args: argparse.Namespace) -> dict:
     round_spec(args, 1)  # every check of the round parameters before anything is written
     if (run_dir / "checkpoint.npz").exists() or (run_dir / "audit.jsonl").exists():
         raise ConfigError(f"{run_dir} already holds a run; add --resume to continue it, or choose another --run-dir")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--run-dir {run_dir}: cannot create it ({exc.strerror or exc})") from exc
-    if not os.access(run_dir, os.W_OK):
-        raise ConfigError(f"--run-dir {run_dir} is not writable")
+    options.writable_folder(run_dir, "--run-dir")
     run_config = {t: body for t, body in config.items() if t != "network"}
     options.write_config(run_dir, run_config, "server")
     return config
