@@ -167,6 +167,7 @@ class Coordinator:
         self._signing_key = signing_key
         self.authority_public_key = bytes(authority_public_key)  # the identity authority (credentials)
         self.model, params = build_global(model_config, schema, settings.seed)  # no user data: the public schema
+        self.schema_digest, self.schema_summary = schema.digest(), schema.describe()
         self.layout = UpdateLayout.from_model(self.model)
         self._cond = threading.Condition()
         self._stopped = False
@@ -480,6 +481,7 @@ class Coordinator:
                                                          model_config_json=model_config_json(self.model_config)))
             body.min_group_size = spec.min_group_size
             body.model_digest = tensors.digest(self.params)
+            body.schema_digest, body.schema_summary = self.schema_digest, self.schema_summary
         return self._sign(body)
 
     def _sample(self, round_id: int) -> tuple[int, ...]:

@@ -55,6 +55,21 @@ class PublicSchema:
                                np.zeros((0, users.tokens.shape[1]), dtype=np.int64))
         return cls(data.name, data.item_attributes, empty, data.maxlen, data.num_users)
 
+    def digest(self) -> str:
+        """SHA-256 of everything that shapes the model (catalogue, user fields, history length); the
+        population is left out, since a client need not know the deployment's size."""
+        import hashlib
+
+        body = {k: v for k, v in self.to_json().items() if k not in ("population", "name")}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    def describe(self) -> str:
+        """One line naming what differs when two schemas do."""
+        items, users = self.item_attributes, self.user_attributes
+        return (f"{self.name}: {items.num_rows - 1} items with fields {list(items.field_names)} (vocabularies "
+                f"{list(items.vocab_sizes)}), user fields {list(users.field_names)} (vocabularies "
+                f"{list(users.vocab_sizes)}), maxlen {self.maxlen}")
+
     # ------------------------------------------------------------------ files
     def to_json(self) -> dict[str, Any]:
         items, users = self.item_attributes, self.user_attributes
