@@ -10,13 +10,15 @@ takes part).
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import numpy as np
 
-from mrff_secure.dp.accounting import DISCRETE_ORDERS, rdp_to_epsilon
-from mrff_secure.dp.release import ADJACENCY_TEXT, ZERO_OUT, RoundRelease, calibrate_noise_multiplier, round_rdp_curve
+from mrff_secure.dp.accounting import DISCRETE_ORDERS, json_epsilon, rdp_to_epsilon
+from mrff_secure.dp.release import ADJACENCY_TEXT, ZERO_OUT, RoundRelease, calibrate_release, privacy_warnings, \
+    round_rdp_curve
 from mrff_secure.errors import CheckpointError
 from mrff_secure.federation.client_update import RoundSpec
 from mrff_secure.federation.update_vector import UpdateLayout
@@ -36,9 +38,14 @@ def round_release(spec: RoundSpec, layout: UpdateLayout, participants: int) -> R
 
 def calibrate(spec: RoundSpec, layout: UpdateLayout, *, participants: int, target_epsilon: float, rounds: int,
               delta: float) -> float:
-    """z that spends `target_epsilon` over `rounds` rounds of `participants` clients (same accountant)."""
-    return calibrate_noise_multiplier(round_release(spec, layout, participants), target_epsilon=target_epsilon,
-                                      rounds=max(rounds, 1), delta=delta)
+    """z that spends `target_epsilon` over `rounds` rounds of `participants` clients: the headline of the
+    ledger below (the discrete bound of the mechanism the clients encode), so the ledger's epsilon after
+    `rounds` such rounds is <= the target and close to it. What the calibration had to say is logged."""
+    calibration = calibrate_release(round_release(spec, layout, participants), target_epsilon=target_epsilon,
+                                    rounds=max(rounds, 1), delta=delta)
+    for note in calibration.notes:
+        logging.getLogger(__name__).warning("calibration: %s", note)
+    return calibration.noise_multiplier
 
 
 class NetworkLedger:
@@ -71,15 +78,16 @@ class NetworkLedger:
         return rdp_to_epsilon(orders=DISCRETE_ORDERS, rdp=curve, delta=self.delta)
 
     def summary(self) -> dict[str, Any]:
-        def j(v: float) -> float | str:
-            return "inf" if math.isinf(v) else float(v)
-
-        return {"epsilon": j(self.epsilon(self._zero_out)), "delta": self.delta, "rounds_accounted": self.rounds,
+        """JSON-ready: epsilons as floats or "inf" (a noiseless round: no guarantee, never 0.0 or null)."""
+        eps = self.epsilon(self._zero_out)
+        return {"epsilon": json_epsilon(eps), "delta": self.delta, "rounds_accounted": self.rounds,
                 "noiseless_rounds": self.noiseless_rounds, "adjacency": ZERO_OUT,
                 "adjacency_meaning": ADJACENCY_TEXT[ZERO_OUT],
-                "epsilon_replace_one": j(self.epsilon(self._replace_one)),
+                "epsilon_replace_one": json_epsilon(self.epsilon(self._replace_one)),
                 "bound": "RDP of the distributed integer mechanism as the clients encoded it, both phases, every "
-                         "completed round, for a user in every round (no amplification by sampling)"}
+                         "completed round, for a user in every round (no amplification by sampling)",
+                "warnings": privacy_warnings(epsilon=eps, delta=self.delta,
+                                             noise_multiplier=0.0 if self.noiseless_rounds else 1.0)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": 1, "delta": self.delta, "rounds": self.rounds, "noiseless_rounds": self.noiseless_rounds,

@@ -31,14 +31,22 @@ from .mechanisms import (
     NoiseMechanism,
     check_survivors,
 )
-from .release import PrivacyAccount, RoundRelease, RunAccountant, account_rounds, calibrate_noise_multiplier
+from .release import (
+    Calibration,
+    PrivacyAccount,
+    RoundRelease,
+    RunAccountant,
+    account_rounds,
+    calibrate_noise_multiplier,
+    calibrate_release,
+)
 from .rotation import RandomizedHadamard
 from .sensitivity import compose_noise_multipliers, count_part_sensitivity, effective_noise_multiplier
 
 __all__ = [
     "DPConfig", "DistributedDiscreteGaussian", "DistributedEncoder", "DistributedPlan", "DistributedSkellam",
     "Epsilons", "GaussianMechanism", "GridDiscreteGaussian", "PrivacyAccount", "RoundRelease", "RunAccountant",
-    "account_rounds", "calibrate_noise_multiplier", "NoiseMechanism", "PrivacyLedger", "RandomizedHadamard",
+    "account_rounds", "calibrate_noise_multiplier", "calibrate_release", "Calibration", "NoiseMechanism", "PrivacyLedger", "RandomizedHadamard",
     "compose_noise_multipliers", "count_part_sensitivity", "default_delta", "discrete_epsilon",
     "effective_noise_multiplier", "epsilon", "epsilon_for_noise_multiplier", "gaussian_epsilons",
     "local_upload_epsilon", "min_survivors", "noise_multiplier_for_epsilon", "plan_distributed",

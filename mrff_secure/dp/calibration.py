@@ -1,29 +1,181 @@
 """Calibration between a target (epsilon, delta) and the noise multiplier z.
 
-target -> z: opacus' ``get_noise_multiplier`` (binary search over its PRV or RDP accountant),
-returning the smallest z found whose epsilon is <= the target (within ``epsilon_tolerance``).
+target -> z: a bracketed search over z in [Z_MIN, Z_MAX] (:func:`search_noise_multiplier`), for the
+Gaussian accountants here and for the one accounting of a round in `dp.release`. It returns the
+smallest z found whose epsilon is <= the target, so accounting the returned z gives at most the
+target (and close to it). Every accountant call it makes is bounded in time: RDP and the discrete
+bounds are closed forms, PRV is only asked where its grid is small (`accounting.prv_out_of_range`;
+elsewhere the RDP bound is used and a note says so), and the search stops at a time budget with the
+best valid z found so far (and a note). A target no z in range reaches is refused; a target so
+large that even Z_MIN spends less is answered with Z_MIN (a valid bound) and a note.
 z -> epsilon: :func:`mrff_secure.dp.accounting.epsilon`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-
-import numpy as np
-from opacus.accountants.utils import get_noise_multiplier
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from mrff_secure.errors import PrivacyError
 
-from .accounting import Epsilons, epsilon
+from .accounting import (
+    Epsilons,
+    epsilon,
+    gaussian_epsilons,
+    gaussian_headline_epsilon,
+    prv_out_of_range,
+    rdp_epsilon,
+    rdp_epsilon_upper_estimate,
+)
 from .config import DPConfig
+
+Z_MIN = 1e-3  # noise std 1/1000 of the clip bound: epsilons in the millions; no calibration goes below
+Z_MAX = 1e6  # opacus' own ceiling (MAX_SIGMA)
+CALIBRATION_SECONDS = 4.0  # time budget of one calibration; past it, the best valid z so far is returned
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The outcome of :func:`search_noise_multiplier`.
+
+    noise_multiplier: the smallest z found with epsilon(z) <= target; epsilon: its epsilon;
+    status: "converged", "at_min" (even the smallest z spends at most the target: z = that bound), or
+    "time_budget" (stopped early: still a valid z, but perhaps larger than needed);
+    lower: the largest z seen whose epsilon exceeds the target (None for "at_min"); evaluations: calls made.
+    """
+
+    noise_multiplier: float
+    epsilon: float
+    status: str
+    lower: float | None
+    evaluations: int
+
+    def note(self, target_epsilon: float, what: str = "epsilon") -> str | None:
+        """A sentence for the report's notes where the search did not simply converge."""
+        if self.status == "at_min":
+            return (f"target epsilon {target_epsilon:g} is above the {what} {self.epsilon:.4g} of the smallest noise "
+                    f"multiplier the calibration considers (z = {self.noise_multiplier:g}): z = "
+                    f"{self.noise_multiplier:g} is used and its epsilon reported")
+        if self.status == "time_budget":
+            return (f"calibration stopped at its {CALIBRATION_SECONDS:g} s budget after {self.evaluations} accountant "
+                    f"calls: z = {self.noise_multiplier:.6g} spends {self.epsilon:.4g} <= {target_epsilon:g} (valid), "
+                    f"the smallest such z is above {self.lower:.6g}")
+        return None
+
+
+def _log_interpolate(lo: float, e_lo: float, hi: float, e_hi: float, target: float) -> float | None:
+    """Where log epsilon crosses log target on the line through the bracket's ends (log z axis)."""
+    if not (math.isfinite(e_lo) and math.isfinite(e_hi) and e_hi > 0 and e_lo > e_hi):
+        return None
+    t = (math.log(e_lo) - math.log(target)) / (math.log(e_lo) - math.log(e_hi))
+    t = min(max(t, 0.02), 0.98)
+    return math.exp(math.log(lo) + t * (math.log(hi) - math.log(lo)))
+
+
+def search_noise_multiplier(
+    eps: Callable[[float], float], *, target_epsilon: float, start: float, rtol: float = 1e-4,
+    epsilon_tolerance: float | None = None, z_min: float = Z_MIN, z_max: float = Z_MAX,
+    time_budget: float = CALIBRATION_SECONDS, first_factor: float = 2.0,
+) -> SearchResult:
+    """The smallest z in [z_min, z_max] (to ``rtol``, or until target - epsilon <= ``epsilon_tolerance``)
+    with eps(z) <= target_epsilon, for an epsilon that falls as z grows (a non-monotone eps only
+    loosens the result: the z returned always had eps(z) <= target when evaluated).
+
+    The bracket grows from ``start`` by factors f, f^2, f^4, ... (f = ``first_factor``: a few calls even
+    for a far start), then log-log interpolation with a probe just across each guess narrows it
+    (usually 3-9 calls in all), with a bisection step wherever that did not halve the bracket; past
+    ``time_budget`` seconds the best valid z so far is returned ("time_budget"). PrivacyError when even
+    z_max spends more than the target.
+    """
+    deadline = time.monotonic() + time_budget
+    calls = 0
+
+    def f(z: float) -> float:
+        nonlocal calls
+        calls += 1
+        value = eps(z)
+        return math.inf if math.isnan(value) else value
+
+    z = min(max(start if math.isfinite(start) and start > 0 else 1.0, z_min), z_max)
+    e = f(z)
+    factor = float(first_factor)
+    if e <= target_epsilon:
+        hi, e_hi, lo, e_lo = z, e, None, math.inf
+        while hi > z_min:
+            cand = max(hi / factor, z_min)
+            e_c = f(cand)
+            if e_c > target_epsilon:
+                lo, e_lo = cand, e_c
+                break
+            hi, e_hi = cand, e_c
+            factor *= factor
+        if lo is None:
+            return SearchResult(hi, e_hi, "at_min", None, calls)
+    else:
+        lo, e_lo, hi, e_hi = z, e, None, math.inf
+        while lo < z_max:
+            cand = min(lo * factor, z_max)
+            e_c = f(cand)
+            if e_c <= target_epsilon:
+                hi, e_hi = cand, e_c
+                break
+            lo, e_lo = cand, e_c
+            factor *= factor
+        if hi is None:
+            raise PrivacyError(f"cannot reach epsilon {target_epsilon:g}: even z = {z_max:g} spends {e_lo:.4g}")
+
+    def done() -> bool:
+        if hi / lo <= 1.0 + rtol:
+            return True
+        return epsilon_tolerance is not None and target_epsilon - e_hi <= epsilon_tolerance
+
+    def take(p: float) -> bool:
+        """Evaluate p inside the bracket and move one end to it; True when p spends at most the target."""
+        nonlocal lo, e_lo, hi, e_hi
+        e_p = f(p)
+        if e_p <= target_epsilon:
+            hi, e_hi = p, e_p
+            return True
+        lo, e_lo = p, e_p
+        return False
+
+    while not done():
+        if time.monotonic() > deadline:
+            return SearchResult(hi, e_hi, "time_budget", lo, calls)
+        width = math.log(hi / lo)
+        guess = _log_interpolate(lo, e_lo, hi, e_hi, target_epsilon)
+        if guess is not None and lo < guess < hi:
+            below = take(guess)
+            # a probe just across the guess (rtol / 2 away): where the guess was good, it closes the bracket
+            probe = guess / (1.0 + rtol / 2.0) if below else guess * (1.0 + rtol / 2.0)
+            if not done() and lo < probe < hi:
+                take(probe)
+        if not done() and math.log(hi / lo) > 0.5 * width:  # interpolation did not halve it: bisect once
+            take(math.sqrt(lo * hi))
+    return SearchResult(hi, e_hi, "converged", lo, calls)
+
+
+def _gaussian_start(*, target_epsilon: float, delta: float, rounds: int, sample_rate: float) -> float:
+    """A first guess of z from the Gaussian's RDP at q = 1: eps ~ a^2 / 2 + a sqrt(2 log(1/delta)), a = sqrt(T)/z."""
+    log_inv = math.log(1.0 / delta)
+    a = -math.sqrt(2.0 * log_inv) + math.sqrt(2.0 * log_inv + 2.0 * target_epsilon)
+    z = math.sqrt(rounds) / a if a > 0 else Z_MAX
+    return z * (sample_rate if sample_rate < 1.0 else 1.0) ** 0.5
 
 
 def noise_multiplier_for_epsilon(
     *, target_epsilon: float, delta: float, sample_rate: float, rounds: int,
-    accountant: str = "prv", epsilon_tolerance: float = 0.01,
+    accountant: str = "prv", epsilon_tolerance: float = 0.01, notes: list[str] | None = None,
 ) -> float:
-    """Smallest z (to the search's precision) with epsilon(z) <= target_epsilon at ``delta``."""
+    """Smallest z (to the search's precision: target - epsilon <= epsilon_tolerance, or z to 1e-6) with
+    epsilon(z) <= target_epsilon at ``delta``, Poisson sampling at ``sample_rate``.
+
+    accountant "rdp": opacus' RDP; "prv": the headline of :func:`gaussian_epsilons` (PRV where it is
+    in range, else the RDP bound). RDP calibrates first (cheap); PRV only refines it where it is in
+    range at that z. What the search had to fall back to is appended to ``notes`` (if given).
+    """
     if isinstance(target_epsilon, bool) or not isinstance(target_epsilon, (int, float)) \
             or not math.isfinite(target_epsilon) or target_epsilon <= 0:
         raise PrivacyError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
@@ -37,20 +189,49 @@ def noise_multiplier_for_epsilon(
         raise PrivacyError(f"accountant must be 'prv' or 'rdp', got {accountant!r}")
     if not epsilon_tolerance > 0:
         raise PrivacyError(f"epsilon_tolerance must be > 0, got {epsilon_tolerance!r}")
+    target, q, delta = float(target_epsilon), float(sample_rate), float(delta)
+    tol = min(float(epsilon_tolerance), 0.01 * target)
+
+    def rdp(z: float) -> float:
+        return rdp_epsilon(history=[(z, q, rounds)], delta=delta)
+
+    def rdp_estimate(z: float) -> float:
+        return rdp_epsilon_upper_estimate(history=[(z, q, rounds)], delta=delta)
+
+    what = f"epsilon={target:g} at delta={delta:g} with sample_rate={q:g} over {rounds} rounds ({accountant})"
+    try:  # a start from the integer orders' RDP (milliseconds a call; its z is a little larger)
+        start = search_noise_multiplier(rdp_estimate, target_epsilon=target, rtol=1e-3, start=_gaussian_start(
+            target_epsilon=target, delta=delta, rounds=rounds, sample_rate=q)).noise_multiplier
+    except PrivacyError:
+        start = Z_MAX
+    deadline = time.monotonic() + CALIBRATION_SECONDS
     try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            z = get_noise_multiplier(
-                target_epsilon=float(target_epsilon), target_delta=float(delta),
-                sample_rate=float(sample_rate), steps=rounds, accountant=accountant,
-                epsilon_tolerance=epsilon_tolerance,
-            )
-    except (ValueError, RuntimeError) as exc:
-        raise PrivacyError(
-            f"cannot reach epsilon={target_epsilon} at delta={delta} with sample_rate={sample_rate} "
-            f"over {rounds} rounds ({accountant}): {exc}"
-        ) from exc
-    return float(z)
+        found = search_noise_multiplier(rdp, target_epsilon=target, rtol=1e-6, epsilon_tolerance=tol,
+                                        start=start, first_factor=1.25, time_budget=CALIBRATION_SECONDS)
+    except PrivacyError as exc:
+        raise PrivacyError(f"cannot reach {what}: {exc}") from exc
+    extra = [found.note(target, "RDP epsilon")]
+    if accountant == "prv" and found.status != "at_min":
+        reason = prv_out_of_range(history=[(found.noise_multiplier, q, rounds)], delta=delta, rdp=found.epsilon)
+        if reason is not None:
+            extra.append(f"calibration: {reason}")
+        else:
+            def headline(z: float) -> float:
+                return gaussian_headline_epsilon(history=[(z, q, rounds)], delta=delta)
+
+            try:
+                found = search_noise_multiplier(headline, target_epsilon=target, rtol=1e-6, epsilon_tolerance=tol,
+                                                start=found.noise_multiplier, first_factor=1.25,
+                                                time_budget=max(deadline - time.monotonic(), 0.0))
+            except PrivacyError as exc:
+                raise PrivacyError(f"cannot reach {what}: {exc}") from exc
+            extra.append(found.note(target))
+            fallback = gaussian_epsilons(history=[(found.noise_multiplier, q, rounds)], delta=delta).prv_note
+            if fallback is not None:
+                extra.append(f"calibration: {fallback}")
+    if notes is not None:
+        notes.extend(n for n in extra if n)
+    return float(found.noise_multiplier)
 
 
 def epsilon_for_noise_multiplier(
@@ -63,8 +244,9 @@ def epsilon_for_noise_multiplier(
 def resolve_noise_multiplier(config: DPConfig, *, rounds: int, sample_rate: float, n_users: int) -> float:
     """z from a DPConfig alone: 0 when DP is off, the configured z, or the Gaussian-limit PRV calibration.
 
-    NOT the accounting of a training round (no count part, amplification by sampling assumed): runs
-    and `mrff privacy` calibrate with `dp.release.calibrate_noise_multiplier`.
+    NOT the accounting of a training round (no count part, amplification by sampling assumed, and
+    under distributed DP not the discrete bound the run reports): runs and `mrff privacy` calibrate
+    with `dp.release.calibrate_noise_multiplier`.
     """
     if not config.enabled:
         return 0.0

@@ -4,9 +4,15 @@
 :func:`privacy_main` with the parsed arguments. The numbers come from :func:`privacy_report`
 (a pure function returning a JSON-able dict), which describes the round with `release.RoundRelease`
 and accounts it with `release.account_rounds` / `release.calibrate_noise_multiplier`: the same
-function `mrff train` uses, so a z calibrated here spends exactly the target in training. JSON has no infinity: an infinite epsilon (z = 0:
-no noise, no guarantee) is printed as the string "inf"; an epsilon the PRV accountant could not
-compute reliably is null, with the reason in "notes".
+function `mrff train` uses, so a z calibrated here spends exactly the target in training (the
+headline: the proven bound of the mechanism used, discrete under --dp distributed).
+
+Epsilon one way: JSON has no infinity, so an infinite epsilon (z = 0: no noise, no guarantee) is
+the string "inf" in the JSON and printed as "inf" (never null, never 0.0). Where the PRV accountant
+is out of its range (a huge epsilon, or so many rounds that its grid would take minutes), the
+Gaussian limit's "epsilon_prv" carries the RDP bound instead, with "accountant": "rdp" and the
+reason in "notes". "warnings" lists no noise, epsilon > 10 and delta >= 1/n; the text output
+prints them as "warning: ..." and epsilons to 4 significant digits.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ from typing import Any
 
 from mrff_secure.errors import ConfigError, MrffError
 
+from .accounting import json_epsilon
 from .config import DPConfig
-from .release import RoundRelease, account_rounds, calibrate_noise_multiplier, participants_per_round
+from .release import RoundRelease, account_rounds, calibrate_release, participants_per_round, privacy_warnings
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
+    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
+        return json_epsilon(value)
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -45,12 +52,12 @@ def privacy_report(
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ConfigError(f"--rounds must be an integer >= 1, got {rounds!r}")
     if not 0.0 < sample_rate <= 1.0:
-        raise ConfigError(f"--sample-rate must be in (0, 1], got {sample_rate!r}")
+        raise ConfigError(f"--client-fraction must be in (0, 1], got {sample_rate!r}")
     for name, value in (("--blocks", blocks), ("--groups", groups)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
     if mode == "distributed" and dim is None:
-        raise ConfigError("--mode distributed accounts the integer mechanism itself: pass --dim (the length of the "
+        raise ConfigError("--dp distributed accounts the integer mechanism itself: pass --dim (the length of the "
                           "clipped delta part; a run prints it as privacy.update_plan.dim - blocks*groups - 1)")
     d = config.resolve_delta(clients)
     n = participants_per_round(clients, sample_rate)
@@ -62,18 +69,23 @@ def privacy_report(
         n_min=config.min_survivors(n) if mode == "distributed" else None,
         mechanism=config.mechanism_name if mode == "distributed" else None, modulus_bits=modulus_bits,
         single_noise_draw=noise_sampling == "aggregate")
+    calibration_notes: tuple[str, ...] = ()
     if config.target_epsilon is not None:
-        z = calibrate_noise_multiplier(release, target_epsilon=config.target_epsilon, rounds=rounds, delta=d)
+        calibration = calibrate_release(release, target_epsilon=config.target_epsilon, rounds=rounds, delta=d)
+        z, calibration_notes = calibration.noise_multiplier, calibration.notes
     else:
         z = float(config.noise_multiplier)  # type: ignore[arg-type]
     release = release.with_noise_multiplier(z)
     account = account_rounds(release, rounds=rounds, delta=d, sample_rate=sample_rate)
+    accounted = account.to_json()
+    accounted["notes"] = [*(f"calibration: {n}" for n in calibration_notes), *accounted["notes"]]
     report: dict[str, Any] = {
         "mode": mode, "noise_multiplier": z, "clip": clip, "noise_std": z * clip,
         "blocks": release.num_blocks, "groups": release.num_groups,
         "delta_source": "given" if delta is not None else f"default 1/n^1.1 with n={clients}",
         "rounds": rounds, "clients": clients, "sample_rate": sample_rate, "participants_per_round": n,
-        "target_epsilon": target_epsilon, **account.to_json(),
+        "target_epsilon": target_epsilon, **accounted,
+        "warnings": privacy_warnings(epsilon=account.epsilon, delta=d, noise_multiplier=z, n_users=clients),
     }
     if mode == "distributed":
         plans = release.plans()
@@ -86,38 +98,59 @@ def privacy_report(
     return _jsonable(report)
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, digits: int = 4) -> str:
+    """A number as the text report prints it: ``digits`` significant digits, "inf" for infinity."""
     if value is None:
         return "n/a"
+    if value == "inf" or (isinstance(value, float) and math.isinf(value) and value > 0):
+        return "inf"
     if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:.6g}"
+        return f"{value:.{digits}g}"
     return str(value)
 
 
+def _fmt_eps(value: Any) -> str:
+    """An epsilon: 4 significant digits rounded up (a bound is never printed below itself), "inf" for no
+    guarantee (as every command prints it)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        exponent = math.floor(math.log10(value)) - 3
+        value = math.ceil(value / 10.0**exponent - 1e-9) * 10.0**exponent
+    return _fmt(float(value) if isinstance(value, int) and not isinstance(value, bool) else value, 4)
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """Human-readable lines for :func:`privacy_report`'s dict."""
+    """Human-readable lines for :func:`privacy_report`'s dict (epsilons to 4 significant digits; z to 6, the
+    calibrated z being rounded up to 6 so that the printed z is the one accounted)."""
+    limit = report["gaussian_limit"]
+    prv = (_fmt_eps(limit["epsilon_prv"]) if limit.get("accountant", "prv") == "prv"
+           else "out of range (RDP bound used, see notes)")
     lines = [
         f"mode: {report['mode']}   mechanism: {report['mechanism']}   adjacency: {report['adjacency']}",
-        f"noise multiplier z: {_fmt(report['noise_multiplier'])} (accounted {_fmt(report['accounted_noise_multiplier'])})"
-        f"   clip C: {_fmt(report['clip'])}   noise std: {_fmt(report['noise_std'])}",
+        f"noise multiplier z: {_fmt(report['noise_multiplier'], 6)} (accounted "
+        f"{_fmt(report['accounted_noise_multiplier'], 4)})   clip C: {_fmt(report['clip'], 6)}   noise std: "
+        f"{_fmt(report['noise_std'], 6)}",
         f"rounds: {report['rounds']}   clients: {report['clients']}   per round: {report['participants_per_round']}"
         f"   blocks x groups: {report['blocks']} x {report['groups']}",
-        f"delta: {_fmt(report['delta'])} ({report['delta_source']})",
-        f"epsilon (headline, a user in every round): {_fmt(report['epsilon'])}   bound: {report['epsilon_bound']}",
-        f"Gaussian limit (reference only): PRV {_fmt(report['gaussian_limit']['epsilon_prv'])}, "
-        f"RDP {_fmt(report['gaussian_limit']['epsilon_rdp'])}",
-        f"epsilon of one round: {_fmt(report['epsilon_per_round'])}",
+        f"delta: {_fmt(report['delta'], 4)} ({report['delta_source']})",
+    ]
+    if report.get("target_epsilon") is not None:
+        lines.append(f"target epsilon: {_fmt_eps(float(report['target_epsilon']))}")
+    lines += [
+        f"epsilon (headline, a user in every round): {_fmt_eps(report['epsilon'])}   bound: {report['epsilon_bound']}",
+        f"Gaussian limit (reference only): PRV {prv}, RDP {_fmt_eps(limit['epsilon_rdp'])}",
+        f"epsilon of one round: {_fmt_eps(report['epsilon_per_round'])}",
     ]
     if "typical_user" in report:
         t = report["typical_user"]
-        lines.append(f"typical user ({t['rounds']} rounds; not a guarantee for every user): {_fmt(t['epsilon'])}")
+        lines.append(f"typical user ({t['rounds']} rounds; not a guarantee for every user): {_fmt_eps(t['epsilon'])}")
     if "epsilon_replace_one" in report:
-        lines.append(f"the same release under replace-one adjacency: {_fmt(report['epsilon_replace_one'])}")
+        lines.append(f"the same release under replace-one adjacency: {_fmt_eps(report['epsilon_replace_one'])}")
     if "n_min" in report:
-        lines.append(f"noise shares assume >= {report['n_min']} survivors; scale {_fmt(report['scale'])}; modular "
-                     f"clipping probability {_fmt(report['modular_clipping_probability'])}")
+        lines.append(f"noise shares assume >= {report['n_min']} survivors; scale {_fmt(report['scale'], 6)}; modular "
+                     f"clipping probability {_fmt(report['modular_clipping_probability'], 3)}")
     lines.append(f"sampling: {report['sampling']}")
     lines.extend(f"note: {n}" for n in report["notes"])
+    lines.extend(f"warning: {w}" for w in report.get("warnings", []))
     return "\n".join(lines)
 
 

@@ -53,9 +53,15 @@ class PrivacyLedger:
         return gaussian_epsilons(history=self._history, delta=self.delta)
 
     def epsilon(self) -> tuple[float | None, float]:
-        """(epsilon_prv, epsilon_rdp) so far; inf after any noiseless round, 0.0 before any round."""
+        """(epsilon_prv, epsilon_rdp) so far; inf after any noiseless round, 0.0 before any round. epsilon_prv is
+        None where PRV is out of range (:meth:`epsilons` gives the reason; :meth:`to_json` the RDP fallback)."""
         e = self.epsilons()
         return e.prv, e.rdp
+
+    def to_json(self) -> dict[str, Any]:
+        """The epsilons so far, JSON-ready: "inf" after a noiseless round (never null, never 0.0), the RDP bound
+        in place of PRV where PRV is out of range ("accountant": "rdp", the reason in "prv_note")."""
+        return {**self.epsilons().to_json(), "rounds": self.rounds}
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state: {"version", "delta", "history": [[z, q, rounds], ...]}."""

@@ -45,8 +45,17 @@ import numpy as np
 
 from mrff_secure.errors import ConfigError, PrivacyError
 
-from .accounting import DISCRETE_ORDERS, Epsilons, ddg_rdp, gaussian_epsilons, rdp_epsilon, rdp_to_epsilon, skellam_rdp
-from .calibration import noise_multiplier_for_epsilon
+from .accounting import (
+    DISCRETE_ORDERS,
+    Epsilons,
+    ddg_rdp,
+    gaussian_epsilons,
+    json_epsilon,
+    rdp_epsilon,
+    rdp_to_epsilon,
+    skellam_rdp,
+)
+from .calibration import Z_MAX, search_noise_multiplier
 from .config import DEFAULT_ROUNDING_BETA, DISTRIBUTED_MECHANISMS
 from .discretize import rounded_l1_bound, rounded_l2_bound
 from .distributed import DistributedPlan
@@ -63,6 +72,7 @@ ADJACENCY_TEXT = {
 SAMPLING_TEXT = ("no amplification by sampling: the server learns who takes part in a round and the simulation draws "
                  "a fixed-size subset (not Poisson); the headline accounts a user who takes part in every round")
 CALIBRATION_RTOL = 1e-4
+WEAK_EPSILON = 10.0  # above this the report warns: a weak guarantee
 
 
 def participants_per_round(num_users: int, client_fraction: float) -> int:
@@ -233,23 +243,26 @@ class PrivacyAccount:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
-        def j(v: float | None) -> float | str | None:
-            if v is None:
-                return None
-            return ("inf" if v > 0 else "-inf") if math.isinf(v) else float(v)
-
+        """JSON-ready: every epsilon a float or "inf" (never null, never 0.0 for no guarantee). The Gaussian
+        limit's ``epsilon_prv`` is the RDP bound where PRV was out of range (``accountant`` "rdp", the
+        reason in ``prv_note`` and in ``notes``)."""
+        j = json_epsilon
+        limit = self.gaussian_limit
+        notes = list(self.notes)
+        if limit.prv_note and not any(limit.prv_note in n for n in notes):
+            notes.append(f"Gaussian limit (reference only, at the accounted multiplier): {limit.prv_note}")
         out = {
             "epsilon": j(self.epsilon), "delta": self.delta, "rounds_accounted": self.rounds,
             "adjacency": self.adjacency, "adjacency_meaning": ADJACENCY_TEXT[self.adjacency],
             "epsilon_bound": self.bound, "mechanism": self.mechanism,
             "accounted_noise_multiplier": self.accounted_noise_multiplier,
-            "gaussian_limit": {"epsilon_prv": j(self.gaussian_limit.prv), "epsilon_rdp": j(self.gaussian_limit.rdp),
-                               "prv_note": self.gaussian_limit.prv_note,
+            "gaussian_limit": {"epsilon_prv": j(limit.headline), "epsilon_rdp": j(limit.rdp),
+                               "accountant": limit.accountant, "prv_note": limit.prv_note,
                                "meaning": "the continuous Gaussian at the same sensitivity and std, every round: "
                                           "reference only, not the guarantee of the mechanism used"},
             "epsilon_per_round": j(self.epsilon_per_round),
             "sampling": SAMPLING_TEXT,
-            "notes": list(self.notes),
+            "notes": notes,
         }
         if self.epsilon_replace_one is not None:
             out["epsilon_replace_one"] = j(self.epsilon_replace_one)
@@ -291,7 +304,7 @@ def account_rounds(release: RoundRelease, *, rounds: int, delta: float, sample_r
     if release.secure_aggregation:
         replace_one = _headline(release, rounds, delta, adjacency=REPLACE_ONE) if release.dp_mode == "distributed" \
             else math.inf
-    per_round = _headline(release, 1, delta, curve=curve) if rounds else None
+    per_round = _headline(release, 1, delta, curve=curve)
     typical_rounds = typical = None
     if sample_rate < 1.0 and rounds:
         typical_rounds = max(1, round(sample_rate * rounds))
@@ -303,51 +316,105 @@ def account_rounds(release: RoundRelease, *, rounds: int, delta: float, sample_r
         epsilon_typical=typical, notes=tuple(notes))
 
 
-def calibrate_noise_multiplier(release: RoundRelease, *, target_epsilon: float, rounds: int, delta: float) -> float:
-    """The smallest z (to CALIBRATION_RTOL) whose headline epsilon over ``rounds`` rounds is <= target.
+@dataclass(frozen=True)
+class Calibration:
+    """A calibrated noise multiplier, the headline epsilon it spends, and what the search had to say."""
 
-    ``release``'s own noise_multiplier is ignored. Local mode: opacus' RDP calibration of the
-    accounted multiplier, scaled back to z. Distributed mode: bisection on the discrete bound (the
-    plans are rebuilt for every z, as the clients would).
+    noise_multiplier: float
+    epsilon: float
+    target_epsilon: float
+    notes: tuple[str, ...] = ()
+
+
+def _round_up(z: float, digits: int = 6) -> float:
+    """z rounded up to ``digits`` significant digits (so that the printed z is the z accounted)."""
+    if z <= 0 or not math.isfinite(z):
+        return z
+    exponent = math.floor(math.log10(z)) - digits + 1
+    unit = 10.0**exponent
+    return float(f"{math.ceil(z / unit - 1e-9) * unit:.{digits}g}")
+
+
+def calibrate_release(release: RoundRelease, *, target_epsilon: float, rounds: int, delta: float) -> Calibration:
+    """The smallest z (to CALIBRATION_RTOL, rounded up to 6 significant digits) whose headline epsilon over
+    ``rounds`` rounds is <= target: the proven bound of the mechanism used (local: the grid discrete
+    Gaussian's RDP; distributed: the discrete Gaussian's / Skellam's RDP over the integer plans, rebuilt
+    for every z as the clients would), never its Gaussian limit. So accounting the returned z gives at
+    most the target, and close to it (z to 1e-4 relative).
+
+    ``release``'s own noise_multiplier is ignored. z is searched in [Z_MIN, Z_MAX] (every call a closed
+    form, the search bounded in time): a target that even Z_MAX misses is refused (ConfigError naming
+    --target-epsilon); a target above what Z_MIN spends is answered with Z_MIN and a note.
     """
     if release.dp_mode == "off":
         raise ConfigError("a target epsilon needs DP (local or distributed)")
-    if not (isinstance(target_epsilon, (int, float)) and math.isfinite(target_epsilon) and target_epsilon > 0):
+    if isinstance(target_epsilon, bool) or not isinstance(target_epsilon, (int, float)) \
+            or not math.isfinite(target_epsilon) or target_epsilon <= 0:
         raise PrivacyError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise PrivacyError(f"rounds must be an integer >= 1, got {rounds!r}")
-    unit = release.with_noise_multiplier(1.0)
-    ratio = unit.accounted_noise_multiplier()  # accounted multiplier per unit of z (linear in z)
-    z_gauss = noise_multiplier_for_epsilon(target_epsilon=target_epsilon, delta=delta, sample_rate=1.0,
-                                           rounds=rounds, accountant="rdp") / ratio
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < delta < 1.0:
+        raise PrivacyError(f"delta must be in (0, 1), got {delta!r}")
+    target = float(target_epsilon)
+    unusable: list[str] = []
 
     def eps(z: float) -> float:
         try:
-            return _headline(release.with_noise_multiplier(z), rounds, delta)
-        except PrivacyError:  # e.g. a share too fine for the modulus: treat as unusable
+            value = _headline(release.with_noise_multiplier(z), rounds, delta)
+        except PrivacyError as exc:  # e.g. a share too fine for the modulus: treat as unusable
+            unusable.append(str(exc))
             return math.inf
+        return math.inf if math.isnan(value) else value
 
-    if release.dp_mode == "local":
-        z = z_gauss * (1.0 + 1e-9)  # guard the last bit of the round trip through `ratio`
-        if eps(z) > target_epsilon:
-            raise PrivacyError(f"calibration failed to reach epsilon {target_epsilon}")
-        return z
-    lo, hi = z_gauss * 0.5, z_gauss
-    while eps(lo) <= target_epsilon:  # the bracket's lower end must miss the target
-        lo, hi = lo * 0.5, lo
-    for _ in range(60):
-        if eps(hi) <= target_epsilon:
-            break
-        lo, hi = hi, hi * 2.0
-    else:
-        raise PrivacyError(f"no noise multiplier reaches epsilon {target_epsilon} under the discrete bound")
-    while hi / lo > 1.0 + CALIBRATION_RTOL:
-        mid = math.sqrt(lo * hi)
-        if eps(mid) <= target_epsilon:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    # start: the Gaussian whose accounted multiplier (linear in z) spends the target, by its RDP closed form
+    ratio = release.with_noise_multiplier(1.0).accounted_noise_multiplier()
+    log_inv = math.log(1.0 / delta)
+    a = -math.sqrt(2.0 * log_inv) + math.sqrt(2.0 * log_inv + 2.0 * target)
+    start = math.sqrt(rounds) / a / ratio if a > 0 and ratio > 0 else 1.0
+    try:
+        found = search_noise_multiplier(eps, target_epsilon=target, start=start, rtol=CALIBRATION_RTOL)
+    except PrivacyError as exc:
+        bound = "discrete bound" if release.dp_mode == "distributed" else "RDP bound"
+        why = (f"the integer plan is unusable up to z = {Z_MAX:g} ({unusable[-1]})" if unusable and "spends inf" in str(exc)
+               else f"even z = {Z_MAX:g} spends more ({exc})")
+        raise ConfigError(f"--target-epsilon {target:g} cannot be reached over {rounds} rounds at delta {delta:.3g} "
+                          f"under the {release.mechanism_name} {bound}: {why}; raise --target-epsilon or --delta, "
+                          "or lower --rounds") from exc
+    z, e = found.noise_multiplier, found.epsilon
+    notes: list[str] = []
+    if found.status == "at_min":
+        notes.append(found.note(target, "headline epsilon") or "")
+    elif found.status == "time_budget":
+        notes.append(found.note(target) or "")
+    rounded = _round_up(z)
+    if rounded != z and rounded <= Z_MAX:
+        e_rounded = eps(rounded)
+        if e_rounded <= target:
+            z, e = rounded, e_rounded
+    if not e <= target:  # unreachable: the search only returns z it saw spend <= target
+        raise PrivacyError(f"calibration failed to reach epsilon {target:g} (z = {z:g} spends {e:.4g})")
+    return Calibration(noise_multiplier=z, epsilon=e, target_epsilon=target, notes=tuple(n for n in notes if n))
+
+
+def calibrate_noise_multiplier(release: RoundRelease, *, target_epsilon: float, rounds: int, delta: float) -> float:
+    """z of :func:`calibrate_release` (its headline epsilon over ``rounds`` rounds is <= target, and close)."""
+    return calibrate_release(release, target_epsilon=target_epsilon, rounds=rounds, delta=delta).noise_multiplier
+
+
+def privacy_warnings(*, epsilon: float, delta: float, noise_multiplier: float, n_users: int | None = None,
+                     weak_epsilon: float = WEAK_EPSILON) -> list[str]:
+    """The warnings every privacy report carries: no noise, a weak epsilon (> 10), delta >= 1/n for n users."""
+    out: list[str] = []
+    if noise_multiplier == 0:
+        out.append("no noise (z = 0): no privacy guarantee, epsilon is inf")
+    elif math.isnan(epsilon) or epsilon > weak_epsilon:
+        shown = "inf" if math.isnan(epsilon) or math.isinf(epsilon) else f"{epsilon:.4g}"
+        out.append(f"epsilon {shown} > {weak_epsilon:g}: a weak guarantee (an attacker's odds of telling whether a "
+                   f"user took part can grow by up to e^{shown})")
+    if n_users is not None and n_users >= 1 and delta >= 1.0 / n_users:
+        out.append(f"delta {delta:.3g} >= 1/n = {1.0 / n_users:.3g} (n = {n_users} users): a mechanism that publishes "
+                   "one random user's data in full meets this delta; use delta < 1/n (default 1/n^1.1)")
+    return out
 
 
 class RunAccountant:

@@ -18,8 +18,10 @@ def test_round_trip_epsilon_z_epsilon(accountant, target, q, rounds):
     delta = 1e-5
     z = noise_multiplier_for_epsilon(target_epsilon=target, delta=delta, sample_rate=q, rounds=rounds,
                                      accountant=accountant, epsilon_tolerance=0.01)
-    assert z == get_noise_multiplier(target_epsilon=target, target_delta=delta, sample_rate=q, steps=rounds,
-                                     accountant=accountant, epsilon_tolerance=0.01)
+    # our own bracketed search (bounded in time) lands in the same window as opacus' bisection
+    assert z == pytest.approx(get_noise_multiplier(target_epsilon=target, target_delta=delta, sample_rate=q,
+                                                   steps=rounds, accountant=accountant, epsilon_tolerance=0.01),
+                              rel=2e-3)
     eps = epsilon_for_noise_multiplier(noise_multiplier=z, delta=delta, sample_rate=q, rounds=rounds)
     got = eps.prv if accountant == "prv" else eps.rdp
     assert target - 0.01 <= got <= target
