@@ -244,3 +244,12 @@ def test_ctrl_c_in_privacy_is_one_line_and_exit_130():
         pytest.skip("the command finished before the interrupt arrived")
     assert proc.returncode == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == "mrff privacy: interrupted"
+
+
+def test_a_weak_epsilon_is_a_warning_in_the_summary_and_on_stderr(tmp_path):
+    result = mrff("train", "--rounds", "1", "--dp", "local", "--noise-multiplier", "0.3", "--run-dir",
+                  str(tmp_path / "r"), *SMALL)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert any("> 10: a weak guarantee" in w for w in summary["privacy"]["warnings"])
+    assert "warning: epsilon" in result.stderr and "> 10" in result.stderr

@@ -377,6 +377,12 @@ class PrivacyPipeline:
             "release": dict(self.release.__dict__),
         }
         out["notes"] = list(out["notes"])
+        from mrff_secure.dp.release import privacy_warnings
+
+        headline = out["epsilon"]
+        out["warnings"] = privacy_warnings(epsilon=float("inf") if headline == "inf" else float(headline),
+                                           delta=self.delta, noise_multiplier=self.noise_multiplier,
+                                           n_users=self.num_users) if self.dp.enabled else []
         if self.settings.insecure_reproducible_noise:
             out["not_private"] = NOT_PRIVATE
             out["notes"].insert(0, NOT_PRIVATE)
