@@ -42,3 +42,20 @@ def test_one_label_gives_no_auc_and_a_malformed_sum_is_refused():
     with pytest.raises(ConfigError, match="label"):
         ev.client_vector({"val": (0.5, 2), "test": (0.5, 0)})
     assert int(ev.client_vector({s: (0.0, 1) for s in ev.SPLITS}).max()) == ev.MAX_ABS
+
+
+def test_a_clients_held_out_scores_are_the_simulations_predictions():
+    from mrff_secure.config import FederationConfig, ModelConfig
+    from mrff_secure.data import make_synthetic
+    from mrff_secure.federation.client_update import evaluate_user
+    from mrff_secure.federation.simulation import FederatedSimulation
+
+    data = make_synthetic(num_users=10, maxlen=6)
+    sim = FederatedSimulation(data, ModelConfig(maxlen=6, attribute_dim=4), FederationConfig(rounds=1))
+    sim.train_round()
+    for split in ev.SPLITS:
+        expected = sim.predict(split)
+        for user in range(data.num_users):
+            scores = evaluate_user(sim.model, sim.global_params, {n: t[user] for n, t in sim.private.items()}, data, user)
+            assert scores[split][0] == pytest.approx(float(expected[user]), abs=1e-6)
+            assert scores[split][1] == int(getattr(data, f"{split}_label")[user])

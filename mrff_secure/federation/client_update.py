@@ -147,6 +147,23 @@ def train_user(model: torch.nn.Module, global_params: Mapping[str, torch.Tensor]
     return LocalUpdate(result.deltas, {n: t[0].clone() for n, t in result.private.items()}, result.routes, examples)
 
 
+def evaluate_user(model: torch.nn.Module, global_params: Mapping[str, torch.Tensor],
+                  private: Mapping[str, torch.Tensor], data: ClientData, user: int) -> dict[str, tuple[float, int]]:
+    """The user's click probability and label of its held-out item of each split (val, test), with the
+    model it received and its private part: its input to the federated evaluation (evaluation_sum)."""
+    from mrff_secure.federation.local_training import predict_clients
+
+    model.eval()
+    idx = slice(user, user + 1)
+    batch = {n: t.unsqueeze(0) for n, t in private.items()}
+    out = {}
+    for split in ("val", "test"):
+        probability = predict_clients(model, dict(global_params), batch, torch.as_tensor(getattr(data, f"{split}_seq")[idx]),
+                                      torch.as_tensor(getattr(data, f"{split}_item")[idx]))
+        out[split] = (float(probability[0]), int(getattr(data, f"{split}_label")[user]))
+    return out
+
+
 def counts_input(layout: UpdateLayout, update: LocalUpdate) -> np.ndarray:
     """Phase-1 input before encoding: (blocks * groups,) int64 one-hot of the user's group per block."""
     hot = torch.nn.functional.one_hot(update.routes[0].long(), layout.num_groups)  # (blocks, groups)
