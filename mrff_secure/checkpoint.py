@@ -35,6 +35,9 @@ def load_arrays(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is empty, cut short or corrupt (not an .npz archive); restore it from a "
+                              "backup or start a new run")
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(bytes(archive[META]).decode())

@@ -86,6 +86,8 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="the privacy report (JSON, Markdown, HTML) of audit, training or network runs")
     p.add_argument("folders", nargs="+", type=Path, help="audit, training (mrff train) or network (mrff server) folders")
     p.add_argument("--signing-key", type=Path, default=None, help="Ed25519 key (PEM) that signs report.json's SHA-256")
+    p.add_argument("--signing-pub", type=Path, default=None,
+                   help="network runs: the server's signing public key, to check the audit log's signatures")
     p.set_defaults(handler="mrff_secure.report.write:report_main")
 
 

@@ -59,10 +59,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--force", action="store_true", help="replace a credential that binds the id to another key")
     i.set_defaults(handler="server.command:issue_client_main")
 
-    a = sub.add_parser("audit-log", help="inspect a run's hash-chained audit log")
+    a = sub.add_parser("audit-log", help="inspect a run's hash-chained, signed audit log")
     asub = a.add_subparsers(dest="audit_command", required=True)
-    v = asub.add_parser("verify", help="check every record's digest and the chain")
+    v = asub.add_parser("verify", help="check the chain and the server's signatures; exit 0 only for an intact, "
+                                       "signed, finished run",
+                        description="Exit 0: intact, every signature valid, signed through run_finished. Exit 1: "
+                                    "broken (empty, altered, rewritten, signed by another key) or unfinished (the "
+                                    "run did not finish, or the log was cut). One line says which.")
     v.add_argument("run_dir", type=Path, help="the server's run folder (or a run-local folder)")
+    v.add_argument("--signing-pub", type=Path, default=None,
+                   help="the server's signing public key you trust (default: certs/signing.pub, or RUN_DIR/certs/"
+                        "signing.pub for a run-local folder)")
+    v.add_argument("--allow-unfinished", action="store_true",
+                   help="exit 0 for an intact, signed log of a run that has not finished (yet)")
     v.set_defaults(handler="server.command:audit_verify_main")
 
     r = sub.add_parser("run-local", help="a server and P client processes on loopback, end to end")
@@ -127,13 +136,26 @@ def issue_client_main(args: argparse.Namespace) -> int:
 
 
 def audit_verify_main(args: argparse.Namespace) -> int:
-    from server.audit import verify
+    from mrff_secure.wire import signing
+    from server.audit import find_log, verify
 
-    report = verify(Path(args.run_dir) / "audit.jsonl")
+    log_path = find_log(args.run_dir)
+    key_path = args.signing_pub
+    if key_path is None:
+        local = Path(args.run_dir) / "certs" / "signing.pub"
+        key_path = local if local.is_file() else Path("certs") / "signing.pub"
+    if not key_path.is_file():
+        raise ConfigError(f"no signing public key at {key_path}: pass --signing-pub FILE (the server's signing.pub)")
+    report = verify(log_path, signing.load_public_key(key_path))
     if report.ok:
-        print(f"ok: {report.records} records, chain intact, last digest {report.last_digest}")
+        print(f"ok: {report.records} records, chain intact, signed by {key_path} through the end of the finished run; "
+              f"last digest {report.last_digest}")
         return 0
-    print(f"BROKEN after {report.records} good records: {report.problem}")
+    if report.status == "unfinished":
+        print(f"UNFINISHED: {report.records} records, chain intact, signed through line {report.signed_through + 1}: "
+              f"{report.problem}")
+        return 0 if args.allow_unfinished else 1
+    print(f"BROKEN ({log_path}): {report.problem}")
     return 1
 
 
@@ -374,7 +396,9 @@ def run_local_main(args: argparse.Namespace) -> int:
                 except subprocess.TimeoutExpired:
                     p.kill()
     print(tail.strip(), flush=True)
-    report = verify(run_dir / "server" / "audit.jsonl")
+    from mrff_secure.wire import signing
+
+    report = verify(run_dir / "server" / "audit.jsonl", signing.load_public_key(certs.signing_pub))
     rounds = [r for r in read_records(run_dir / "server" / "audit.jsonl") if r["type"] in ("round", "round_aborted")]
     completed = sum(r["type"] == "round" for r in rounds)
     print(f"run-local: {completed}/{len(rounds)} rounds completed; audit log "

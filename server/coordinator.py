@@ -11,7 +11,9 @@ outside the lock while no stage is open, so late messages are refused, never hal
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
+import json
 import logging
 import secrets
 import threading
@@ -57,7 +59,7 @@ from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire import signing, tensors
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server import checkpoint
-from server.audit import AuditLog, read_records
+from server.audit import AuditLog, read_records, software_version
 from server.privacy import NetworkLedger, round_release
 from server.errors import (
     BadSignature,
@@ -180,7 +182,14 @@ class Coordinator:
         self._finished = False
         self._saw_finish: set[int] = set()
         self.error: BaseException | None = None
-        self.audit = AuditLog(self.run_dir / "audit.jsonl")
+        self.config_digest = hashlib.sha256(json.dumps(
+            {"settings": dataclasses.asdict(settings), "spec": dataclasses.asdict(spec),
+             "model_config": model_config_json(model_config), "schema": self.schema_digest},
+            sort_keys=True).encode()).hexdigest()
+        self.audit = AuditLog(self.run_dir / "audit.jsonl", signing_key, config_digest=self.config_digest)
+        if resume and self.audit.finished:
+            raise ConfigError(f"the run in {self.run_dir} has finished (its audit log ends with a signed run_finished): "
+                              "it is not resumed; start a new run in another --run-dir")
         if resume:
             params, meta = checkpoint.load(self.run_dir)
             self._restore(params, meta)
@@ -202,7 +211,8 @@ class Coordinator:
             self._checkpoint()
             self.audit.append({"type": "run_started", "run_id": self.run_id, "settings": dataclasses.asdict(settings),
                                "spec": dataclasses.asdict(spec), "model_config": model_config_json(model_config),
-                               "model_digest": self.model_digest()}, sync=True)
+                               "model_digest": self.model_digest(), "software": software_version(),
+                               "config_digest": self.config_digest}, sync=True)
 
     # ------------------------------------------------------------------ state
     def model_digest(self) -> str:

@@ -17,9 +17,14 @@ from mrff_secure.report.render import render_html, render_markdown
 SIGNATURE_DOMAIN = b"mrff-secure/v1/report-sha256\x00"
 
 
-def write_report(folder: Path, *, signing_key: Path | None = None) -> dict[str, Path]:
+def write_report(folder: Path, *, signing_key: Path | None = None, audit_public_key: Path | None = None) -> dict[str, Path]:
     folder = Path(folder)
-    report = build_report(folder)
+    trusted = None
+    if audit_public_key is not None:
+        from mrff_secure.wire.signing import load_public_key
+
+        trusted = load_public_key(audit_public_key, "server's signing public key")
+    report = build_report(folder, audit_public_key=trusted)
     if report["kind"] == "audit":
         from mrff_secure.report.plots import write_plots
 
@@ -62,7 +67,7 @@ def report_main(args: argparse.Namespace) -> int:
     code = 0
     for folder in args.folders:
         try:
-            paths = write_report(folder, signing_key=args.signing_key)
+            paths = write_report(folder, signing_key=args.signing_key, audit_public_key=args.signing_pub)
         except (MrffError, OSError, ValueError) as exc:
             print(f"mrff report: {folder}: {exc}")
             code = 1
