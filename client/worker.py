@@ -1,35 +1,38 @@
 """One logical client: its own connection, keys and private state; it trains and drives the
-secure-aggregation client state machine through each round.
+secure-aggregation client state machine through each round (the protocol and round logic; the
+network side, retries and the classification of connection failures are in client/transport.py).
 
-It refuses a server whose TLS certificate does not chain to the given CA (the channel never
-connects) and any round whose signed parameters do not verify under the server's signing key.
-Unreachable server: reconnect with exponential backoff and jitter. Server restarted (session
-unknown): enrol again and pick up the current round.
+It refuses any round whose signed parameters do not verify under the server's signing key. Server
+restarted (session unknown): the transport enrols again and we pick up the current round. Each
+process prints one line per round on stdout for its logical clients: "[ROUND n] users 0-3: ...".
 """
 
 from __future__ import annotations
 
 import logging
-import random
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, TextIO
 
 import grpc
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.errors import AggregationAborted, AuthenticationError, ConfigError, MrffError, PrivacyError, SecAggError
+from mrff_secure.data.schema import PublicSchema
+from mrff_secure.errors import (AggregationAborted, AuthenticationError, ConfigError, ConnectionFailed, MrffError,
+                                 PrivacyError, SecAggError)
+from mrff_secure.federation import evaluation_sum
 from mrff_secure.federation.client_encoding import counts_upload, secure_generator, update_upload
 from mrff_secure.federation.client_update import (
     RoundSpec,
     build_global,
     counts_input,
+    evaluate_user,
     initial_private,
     public_rotation_seed,
     round_plans,
@@ -49,9 +52,12 @@ from mrff_secure.secagg.policy import PolicyViolation
 from mrff_secure.secagg.encoding import from_ring, to_ring
 from mrff_secure.wire import limits, signing, tensors
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
-from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
 from client.policy import ClientPolicy
 from client.state import UserStore
+from client.transport import ClientFailure, Connection, Reconnected, Transport
+
+__all__ = ["ClientFailure", "Connection", "FaultInjection", "LogicalClient", "ProcessShared", "RoundReporter",
+           "parse_pause", "parse_users", "run_process"]
 
 log = logging.getLogger("mrff.client")
 
@@ -60,14 +66,6 @@ STAGE_BY_NAME = {"advertise_keys": pb.ADVERTISE_KEYS, "share_keys": pb.SHARE_KEY
 PHASE_BY_NAME = {"counts": pb.COUNTS, "update": pb.UPDATE}
 POLL_MS = 10_000
 _DP_OFF_WARNED = threading.Event()
-
-
-class ClientFailure(MrffError):
-    """A logical client gave up (server unreachable, enrolment refused, untrustworthy server)."""
-
-
-class _Reconnected(Exception):
-    """The server forgot our session (it restarted): we enrolled again."""
 
 
 class _RoundFailed(Exception):
@@ -82,6 +80,12 @@ class ProcessShared:
     data: ClientData
     train_lock: threading.Lock = field(default_factory=threading.Lock)
     _models: dict = field(default_factory=dict)
+    schema_digest: str = field(init=False)  # of our own data: a server announcing another schema is refused
+    schema_summary: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        schema = PublicSchema.of(self.data)
+        self.schema_digest, self.schema_summary = schema.digest(), schema.describe()
 
     def model(self, config: ModelConfig, seed: int):
         key = (repr(config), seed)
@@ -96,16 +100,6 @@ class ProcessShared:
 
 
 @dataclass(frozen=True)
-class Connection:
-    target: str
-    credentials: grpc.ChannelCredentials | None  # None: insecure (only with --insecure)
-    signing_key: Ed25519PublicKey
-    authority_public_key: bytes  # the identity authority's raw Ed25519 key: peers' credentials verify under it
-    retry_timeout: float = 120.0
-    server_name: str | None = None  # TLS name override (the certificate's host name)
-
-
-@dataclass(frozen=True)
 class FaultInjection:
     """Testing hook: after submitting (round, phase, stage), stop and call `on_pause` (the test
     then kills the process). None of it runs unless `mrff client --pause-after` is given."""
@@ -116,10 +110,74 @@ class FaultInjection:
     on_pause: Callable[[int], None]
 
 
+@dataclass
+class RoundResult:
+    """What one logical client did in one round, for the round's line."""
+
+    participants: tuple[int, ...]
+    started: float
+    ended: float = 0.0
+    examples: float = 0.0
+    uploaded: int = 0  # bytes of the payloads we submitted
+    status: str = "completed"  # or "aborted: ...", "refused: ...", "interrupted: ..."
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+
+
+def _ids(users: Iterable[int]) -> str:
+    users = sorted(users)
+    if len(users) == 1:
+        return f"user {users[0]}"
+    if users == list(range(users[0], users[-1] + 1)):
+        return f"users {users[0]}-{users[-1]}"
+    return f"users {','.join(map(str, users))}" if len(users) <= 6 else f"{len(users)} users"
+
+
+class RoundReporter:
+    """One stdout line per round for the logical clients of this process, once each of them that the
+    round sampled is done with it (or when a later round or the end of the process comes first):
+    "[ROUND 3] users 0-3: trained 160 examples, uploaded 4.8 MiB, 2.1 s"."""
+
+    def __init__(self, users: Iterable[int], out: TextIO | None = None) -> None:
+        self.users = frozenset(users)
+        self.out = out
+        self._lock = threading.Lock()
+        self._pending: dict[int, dict[int, RoundResult]] = {}
+
+    def record(self, round_id: int, user: int, result: RoundResult) -> None:
+        with self._lock:
+            self._pending.setdefault(round_id, {})[user] = result
+            for older in sorted(r for r in self._pending if r < round_id):
+                self._emit(older)
+            expected = self.users.intersection(result.participants)
+            if expected <= set(self._pending[round_id]):
+                self._emit(round_id)
+
+    def flush(self) -> None:
+        with self._lock:
+            for round_id in sorted(self._pending):
+                self._emit(round_id)
+
+    def _emit(self, round_id: int) -> None:
+        results = self._pending.pop(round_id)
+        done = list(results.values())
+        seconds = max(r.ended for r in done) - min(r.started for r in done)
+        line = (f"[ROUND {round_id}] {_ids(results)}: trained {sum(r.examples for r in done):.0f} examples, "
+                f"uploaded {_size(sum(r.uploaded for r in done))}, {seconds:.1f} s")
+        failed = [r.status for r in done if r.status != "completed"]
+        if failed:
+            reason = failed[0] if len(failed[0]) <= 120 else failed[0][:117] + "..."
+            line += f"; {len(failed)} of {len(done)} not completed, {reason}" if len(done) > 1 else f"; {reason}"
+        print(line, file=self.out or sys.stdout, flush=True)
+
+
 class LogicalClient:
     def __init__(self, user: int, connection: Connection, store: UserStore, shared: ProcessShared, *,
                  client_seed: int, fault: FaultInjection | None = None, stop: threading.Event | None = None,
-                 policy: ClientPolicy | None = None, reproducible_noise: bool = False) -> None:
+                 policy: ClientPolicy | None = None, reproducible_noise: bool = False,
+                 reporter: RoundReporter | None = None) -> None:
         self.user = user
         self.connection = connection
         self.store = store
@@ -130,66 +188,36 @@ class LogicalClient:
         self._masked_rounds: set[tuple[str, int]] = set()  # (run id, round) we sent an input for
         self.fault = fault
         self.stop = stop or threading.Event()
+        self.reporter = reporter
         self.identity = store.identity_key()
         self.identity_public = primitives.identity_public_bytes(self.identity)
         self.credential = store.credential(connection.authority_public_key)  # refuses to start without one
-        options = limits.client_options()
-        if connection.server_name:
-            options.append(("grpc.ssl_target_name_override", connection.server_name))
-        if connection.credentials is None:
-            self.channel = grpc.insecure_channel(connection.target, options=options)
-        else:
-            self.channel = grpc.secure_channel(connection.target, connection.credentials, options=options)
-        self.stub = pb_grpc.CoordinatorStub(self.channel)
-        self.session = b""
+        self.transport = Transport(user, connection, stop=self.stop, enrol_request=self._enrol_request)
         self.rounds_played = 0
+        self._result: RoundResult | None = None  # the round being played
 
     # ------------------------------------------------------------------ rpc
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((limits.META_CLIENT, str(self.user)), (limits.META_SESSION, self.session.hex()))
-
-    def _call(self, method, request, *, timeout: float, enrol: bool = False):
-        delay, started = 0.2, time.monotonic()
-        while True:
-            if self.stop.is_set():
-                raise ClientFailure(f"user {self.user}: stopped")
-            try:
-                if enrol:
-                    return method(request, timeout=timeout)
-                return method(request, timeout=timeout, metadata=self._metadata())
-            except grpc.RpcError as exc:
-                code = exc.code()
-                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-                    if time.monotonic() - started > self.connection.retry_timeout:
-                        raise ClientFailure(
-                            f"user {self.user}: server {self.connection.target} unreachable for "
-                            f"{self.connection.retry_timeout:.0f}s ({code.name}: {exc.details()}); if the server is "
-                            "up, check the CA certificate and the server name") from exc
-                    time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 5.0)
-                    continue
-                if code == grpc.StatusCode.UNAUTHENTICATED and not enrol and "session" in (exc.details() or ""):
-                    self.enrol()
-                    raise _Reconnected() from exc
-                raise
+    def _enrol_request(self) -> pb.EnrolRequest:
+        proof = primitives.sign(self.identity, signing.enrol_payload(self.user, self.identity_public))
+        return pb.EnrolRequest(protocol_version=limits.PROTOCOL_VERSION, client_id=self.user,
+                               identity_public_key=self.identity_public, proof=proof,
+                               credential=self.credential.to_bytes())
 
     def enrol(self) -> None:
-        request = pb.EnrolRequest(protocol_version=limits.PROTOCOL_VERSION, client_id=self.user,
-                                  identity_public_key=self.identity_public,
-                                  proof=primitives.sign(self.identity, signing.enrol_payload(self.user, self.identity_public)),
-                                  credential=self.credential.to_bytes())
-        try:
-            reply = self._call(self.stub.Enrol, request, timeout=30.0, enrol=True)
-        except grpc.RpcError as exc:
-            raise ClientFailure(f"user {self.user}: enrolment refused: {exc.code().name}: {exc.details()}") from exc
-        self.session = reply.session_token
+        self.transport.enrol()
+
+    def close(self) -> None:
+        self.transport.close()
 
     def _submit(self, body: pb.RoundBody, phase: int, stage: int, message: messages.Message) -> None:
+        payload = message.to_bytes()
         try:
-            self._call(self.stub.Submit, pb.SubmitRequest(round_id=body.round_id, phase=phase, stage=stage,
-                                                          payload=message.to_bytes()), timeout=60.0)
+            self.transport.call("Submit", pb.SubmitRequest(round_id=body.round_id, phase=phase, stage=stage,
+                                                           payload=payload), timeout=60.0)
         except grpc.RpcError as exc:
             raise _RoundFailed(f"submit {pb.Stage.Name(stage)}: {exc.code().name}: {exc.details()}") from exc
+        if self._result is not None:
+            self._result.uploaded += len(payload)
         fault = self.fault
         if fault is not None and (fault.round_id, fault.phase, fault.stage) == (body.round_id, phase, stage):
             fault.on_pause(self.user)
@@ -199,8 +227,8 @@ class LogicalClient:
     def _fetch(self, body: pb.RoundBody, phase: int, stage: int) -> pb.FetchReply:
         while True:
             try:
-                reply = self._call(self.stub.Fetch, pb.FetchRequest(round_id=body.round_id, phase=phase, stage=stage,
-                                                                    wait_ms=POLL_MS), timeout=POLL_MS / 1000 + 30)
+                reply = self.transport.call("Fetch", pb.FetchRequest(round_id=body.round_id, phase=phase, stage=stage,
+                                                                     wait_ms=POLL_MS), timeout=POLL_MS / 1000 + 30)
             except grpc.RpcError as exc:
                 raise _RoundFailed(f"fetch {pb.Stage.Name(stage)}: {exc.code().name}: {exc.details()}") from exc
             if not reply.pending:
@@ -217,8 +245,12 @@ class LogicalClient:
         after = -1
         while True:
             try:
-                reply = self._call(self.stub.GetRound, pb.GetRoundRequest(after_round=after, wait_ms=POLL_MS),
-                                   timeout=POLL_MS / 1000 + 30)
+                try:
+                    reply = self.transport.call("GetRound", pb.GetRoundRequest(after_round=after, wait_ms=POLL_MS),
+                                                timeout=POLL_MS / 1000 + 30)
+                except grpc.RpcError as exc:
+                    raise ClientFailure(f"user {self.user}: the server refused GetRound: {exc.code().name}: "
+                                        f"{exc.details()}") from exc
                 if reply.pending:
                     continue
                 body = self._verified(reply.round, pb.RoundBody)
@@ -228,8 +260,8 @@ class LogicalClient:
                     log.info("user %d: run finished after round %d", self.user, body.last_completed_round)
                     return
                 if self.user in body.participants:
-                    self._play(body)
-            except _Reconnected:
+                    self._play_reported(body)
+            except Reconnected:
                 after = -1  # the restarted server may replay a round we saw: take part again
             except _RoundFailed as exc:
                 log.info("user %d: round %d: %s", self.user, after, exc)
@@ -237,7 +269,38 @@ class LogicalClient:
             except AuthenticationError as exc:
                 raise ClientFailure(f"user {self.user}: refusing the server: {exc}") from exc
 
+    def _play_reported(self, body: pb.RoundBody) -> None:
+        """_play, and this client's part of the round's line (not for a client that gives up)."""
+        result = self._result = RoundResult(tuple(body.participants), time.monotonic())
+        try:
+            self._play(body)
+        except _RoundFailed as exc:
+            result.status = f"refused: {exc}" if str(exc).startswith("refusing") else f"failed: {exc}"
+            self._report(body, result)
+            raise
+        except Reconnected:
+            result.status = "interrupted: the server restarted"
+            self._report(body, result)
+            raise
+        finally:
+            self._result = None
+        self._report(body, result)
+
+    def _report(self, body: pb.RoundBody, result: RoundResult) -> None:
+        result.ended = time.monotonic()
+        if self.reporter is not None and not self.stop.is_set():
+            self.reporter.record(body.round_id, self.user, result)
+
+    def _check_schema(self, body: pb.RoundBody) -> None:
+        """The server's model must be built for our data (catalogue, user fields, history length): another
+        schema is a different deployment, or a misconfigured one; no round of it is played, ever."""
+        if body.schema_digest != self.shared.schema_digest:
+            theirs = body.schema_summary or "(not announced)"
+            raise ClientFailure(f"user {self.user}: refusing the server: its data schema differs from ours; "
+                                f"server: {theirs}; this client: {self.shared.schema_summary}")
+
     def _play(self, body: pb.RoundBody) -> None:
+        self._check_schema(body)
         config = model_config_from_json(body.training.model_config_json)
         model, layout, shared_template, private_template = self.shared.model(config, body.training.model_seed)
         try:
@@ -276,8 +339,14 @@ class LogicalClient:
         with self.shared.train_lock:  # the model object is shared: read and train it one thread at a time
             if private is None:
                 private = initial_private(model, self.shared.data, config, body.training.model_seed, self.user)
+            # The federated evaluation scores the model we received, with our private part before training.
+            evaluation_input = (evaluation_sum.client_vector(evaluate_user(model, params, private, self.shared.data,
+                                                                           self.user))
+                                if body.HasField("evaluation_secagg") else None)
             update = train_user(model, params, private, self.shared.data, self.user, fractions, spec, config,
                                 torch_seed(self.client_seed, r, self.user))
+        if self._result is not None:
+            self._result.examples = float(update.num_examples.sum())
         self.store.save_pending(r, update.private)
         try:
             # Computed by us from the public parameters: the announced lengths and ranges must match.
@@ -312,8 +381,10 @@ class LogicalClient:
         vector = update_upload(plans, update_vector(layout, update, suppressed, spec.count_cap),
                                rng=self._generator(r, pb.UPDATE),
                                rotation_seed=public_rotation_seed(body.training.model_seed, r, pb.UPDATE))
-        self._phase(body, pb.UPDATE, body.update_secagg, vector, plans, allowed=phase1_survivors,
-                    noise_survivors=noise_survivors)
+        update_session = self._phase(body, pb.UPDATE, body.update_secagg, vector, plans, allowed=phase1_survivors,
+                                     noise_survivors=noise_survivors)
+        if evaluation_input is not None:
+            self._evaluation(body, evaluation_input, None if update_session is None else update_session.signed_survivors)
         outcome = self._fetch(body, pb.UPDATE, pb.OUTCOME).outcome
         if outcome.completed:
             self.store.commit(r)
@@ -321,6 +392,17 @@ class LogicalClient:
         else:
             self.store.discard()
             log.info("user %d: round %d aborted: %s", self.user, r, outcome.reason)
+            if self._result is not None:
+                self._result.status = f"aborted: {outcome.reason}"
+
+    def _evaluation(self, body: pb.RoundBody, scores: np.ndarray, update_survivors: tuple[int, ...] | None) -> None:
+        """Our held-out scores through the evaluation's secure sum, among the update phase's survivors. Its
+        failure costs the round nothing: the update is already in the server's sum."""
+        try:
+            self._fetch(body, pb.EVALUATION, pb.ADVERTISE_KEYS)  # the phase is open
+            self._phase(body, pb.EVALUATION, body.evaluation_secagg, scores, None, allowed=update_survivors)
+        except _RoundFailed as exc:
+            log.info("user %d: round %d: the federated evaluation failed: %s", self.user, body.round_id, exc)
 
     def _generator(self, round_id: int, phase: int) -> np.random.Generator:
         """The generator of this client's rounding and noise: OS entropy, unless reproducible noise was
@@ -338,10 +420,16 @@ class LogicalClient:
                                   num_neighbours=params.num_neighbours, threshold=params.threshold)
         except ConfigError as exc:
             raise AuthenticationError(f"announced secure-aggregation parameters are invalid: {exc}") from exc
-        plan, plan_max_abs = ((plans.counts, plans.counts_max_abs) if phase == pb.COUNTS else
-                              (plans.update, plans.update_max_abs))
-        expected = ((len(body.participants), 1, 1, config.bits) if plan is None else
-                    (len(body.participants), plan.padded_dim, plan_max_abs, plan.modulus_bits))
+        n = len(body.participants)
+        if phase == pb.EVALUATION:  # fixed by the public encoding (evaluation_sum), the modulus sized to fit
+            expected = (n, evaluation_sum.LENGTH, evaluation_sum.MAX_ABS,
+                        SecAggConfig(num_clients=n, vector_length=evaluation_sum.LENGTH,
+                                     max_abs=evaluation_sum.MAX_ABS).bits)
+        else:
+            plan, plan_max_abs = ((plans.counts, plans.counts_max_abs) if phase == pb.COUNTS else
+                                  (plans.update, plans.update_max_abs))
+            expected = ((n, 1, 1, config.bits) if plan is None else
+                        (n, plan.padded_dim, plan_max_abs, plan.modulus_bits))
         announced = (config.num_clients, config.vector_length, config.max_abs, config.bits)
         if announced != expected or residues.size != config.vector_length:
             raise _RoundFailed(f"refusing round {body.round_id}: announced (clients, length, max_abs, modulus bits) "
@@ -429,23 +517,52 @@ def run_process(users: list[int], connection: Connection, state_dir: Path, data:
 
     fault = None if pause is None else FaultInjection(*pause, on_pause=on_pause)
 
+    reporter = RoundReporter(users)
+    clients: list[LogicalClient] = []
+    clients_lock = threading.Lock()
+    unreachable: list[ConnectionFailed] = []
+
+    def give_up(exc: ConnectionFailed) -> None:
+        """The server cannot be reached: the other logical clients cannot reach it either; stop them now
+        (closing a channel ends the calls in flight on it)."""
+        with clients_lock:
+            unreachable.append(exc)
+            stop.set()
+            for client in clients:
+                client.close()
+
     def body(user: int) -> None:
+        client = None
         try:
-            LogicalClient(user, connection, UserStore(state_dir, user), shared, client_seed=client_seed,
-                          fault=fault, stop=stop, policy=policy, reproducible_noise=reproducible_noise).run()
+            client = LogicalClient(user, connection, UserStore(state_dir, user), shared, client_seed=client_seed,
+                                   fault=fault, stop=stop, policy=policy, reproducible_noise=reproducible_noise,
+                                   reporter=reporter)
+            with clients_lock:
+                clients.append(client)
+            if stop.is_set():
+                raise ClientFailure(f"user {user}: stopped")
+            client.run()
+        except ConnectionFailed as exc:
+            give_up(exc)
         except ClientFailure as exc:
             failures.append(str(exc))
         except MrffError as exc:
             failures.append(f"user {user}: {exc}")
-        except Exception as exc:  # noqa: BLE001 - reported, not swallowed
-            log.exception("user %d failed", user)
+        except Exception as exc:  # noqa: BLE001 - reported, not swallowed; the traceback with -v
+            log.info("user %d failed", user, exc_info=True)
             failures.append(f"user {user}: {type(exc).__name__}: {exc}")
+        finally:
+            if client is not None:
+                client.close()
 
     threads = [threading.Thread(target=body, args=(u,), name=f"user-{u}", daemon=True) for u in users]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    reporter.flush()
+    if unreachable:
+        raise unreachable[0]  # one line: the cause, the same for every logical client of this process
     if failures:
         raise ClientFailure(f"{len(failures)} of {len(users)} logical clients failed; first: {failures[0]}")
     return 0

@@ -35,3 +35,7 @@ class AggregationAborted(SecAggError):
 
 class PrivacyError(MrffError, ValueError):
     """Invalid privacy parameters or an impossible privacy target."""
+
+
+class ConnectionFailed(MrffError):
+    """The server cannot be reached, or refuses the connection for a reason retrying does not fix (TLS)."""

@@ -233,10 +233,25 @@ def test_verbose_logs_each_round_even_after_opacus_is_imported(tmp_path):
     assert quiet.returncode == 0 and "INFO" not in quiet.stderr
 
 
+def _wait_for_sigint_handler(pid: int, timeout: float = 30.0) -> None:
+    """Until the interpreter has installed its SIGINT handler (Linux: SigCgt in /proc/PID/status)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return
+        caught = next((int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:")), 0)
+        if caught & (1 << (signal.SIGINT - 1)):
+            return
+        time.sleep(0.02)
+
+
 def test_ctrl_c_in_privacy_is_one_line_and_exit_130():
     proc = subprocess.Popen([sys.executable, "-m", "mrff_secure.cli", "privacy", "--dp", "local", "--target-epsilon",
                              "3", "--rounds", "300", "--clients", "1000"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    _wait_for_sigint_handler(proc.pid)  # a SIGINT before Python's own handler kills the process (-2)
     time.sleep(0.5)  # inside the handler: importing the accountants takes longer than this
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

@@ -1,0 +1,263 @@
+"""The network side of one logical client: its gRPC channel, retries with exponential backoff and
+jitter, enrolling again when a restarted server forgot our session, and the classification of
+failures into the ones worth waiting out and the ones retrying never fixes.
+
+Transient, retried for `Connection.retry_timeout` (120 s by default): the server restarting once we
+have reached it (connection refused, connection reset), UNAVAILABLE, deadlines.
+
+Permanent, ended within seconds with one `ConnectionFailed` line naming the cause: the TLS handshake
+fails (the server's certificate is not signed by our CA, or does not name the host we asked for; the
+server requires a client certificate we do not present; one side does not speak TLS). A permanent
+error is only believed once it has lasted `CONFIRM_S` (a server killed in the middle of a handshake
+is not a wrong CA); after we reached the server once, `CONFIRM_AFTER_CONTACT_S`.
+
+Nothing listening (connection refused) or a host name that does not resolve, before the first
+contact: a server may still be starting, so this is retried, but only for `Connection.connect_timeout`
+(default: 10 s, or the retry timeout if that is shorter), then `ConnectionFailed`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from mrff_secure.errors import ConnectionFailed, MrffError
+from mrff_secure.wire import limits
+from mrff_secure.wire.v1 import coordinator_pb2 as pb
+from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
+
+CONNECT_TIMEOUT = 10.0  # nothing listening at start: how long we wait for a server still starting
+CONFIRM_S = 2.0  # a permanent-looking error must last this long before we give up
+CONFIRM_AFTER_CONTACT_S = 10.0  # ... and this long once we have reached the server (it may be restarting)
+MAX_BACKOFF = 5.0
+# gRPC's own reconnection backoff grows to 120 s by default: a restarted server would be found late.
+CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5_000)]
+RETRIED_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+
+
+class ClientFailure(MrffError):
+    """A logical client gave up (server unreachable, enrolment refused, untrustworthy server)."""
+
+
+class Reconnected(Exception):
+    """The server forgot our session (it restarted): we enrolled again."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    target: str
+    credentials: grpc.ChannelCredentials | None  # None: insecure (only with --insecure)
+    signing_key: Ed25519PublicKey
+    authority_public_key: bytes  # the identity authority's raw Ed25519 key: peers' credentials verify under it
+    retry_timeout: float = 120.0  # transient failures (a server restarting) are retried this long
+    server_name: str | None = None  # TLS name override (the certificate's host name)
+    connect_timeout: float | None = None  # nothing listening before the first contact (None: CONNECT_TIMEOUT)
+    ca_file: Path | str | None = None  # only named in messages: the CA the credentials trust
+    client_certificate: bool | None = None  # only for messages: the credentials hold one (None: unknown)
+
+    @property
+    def first_contact_timeout(self) -> float:
+        wanted = CONNECT_TIMEOUT if self.connect_timeout is None else self.connect_timeout
+        return min(wanted, self.retry_timeout)
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    kind: str  # refused, resolve, tls_ca, tls_name, client_cert, not_tls, needs_tls, tls, transient
+    reason: str  # gRPC's words, shortened
+
+    @property
+    def permanent(self) -> bool:
+        return self.kind in ("tls_ca", "tls_name", "client_cert", "not_tls", "needs_tls", "tls")
+
+    @property
+    def before_contact_only(self) -> bool:
+        """Bounded by the first-contact timeout until we have reached the server once."""
+        return self.kind in ("refused", "resolve")
+
+
+_OPENSSL = re.compile(r"OPENSSL_internal:([A-Z0-9_]+)(?::\s*([^:]+))?")
+_CA_PROBLEMS = ("CERTIFICATE_VERIFY_FAILED", "BAD_SIGNATURE", "certificate signature failure", "local issuer",
+                "self signed", "self-signed", "unknown ca", "UNKNOWN_CA")
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST", "record layer failure")
+
+
+def _tls_reason(text: str) -> str:
+    """'certificate signature failure' out of BoringSSL's 'error:1a000064:ECDSA routines:OPENSSL_internal:
+    BAD_SIGNATURE: certificate signature failure: OK'."""
+    match = _OPENSSL.search(text)
+    if match is None:
+        return text.rsplit("Tls handshake failed", 1)[-1].strip(" :()") or "TLS handshake failed"
+    words = (match.group(2) or "").strip()
+    return words if words and words != "OK" else match.group(1)
+
+
+def classify(exc: grpc.RpcError, *, tls: bool) -> Diagnosis:
+    """What an UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED failure of gRPC means (from its details: gRPC
+    gives no structured cause). Only a failure to connect ('failed to connect to all addresses') can be
+    permanent: an established connection that breaks is a server going away."""
+    details = exc.details() or ""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return Diagnosis("transient", f"{exc.code().name}: {details}")
+    if "errors resolving" in details or "DNS resolution failed" in details:
+        return Diagnosis("resolve", details.split("[", 1)[-1].rstrip("]"))
+    if "failed to connect to all addresses" not in details:
+        return Diagnosis("transient", details)
+    last = details.split("last error:", 1)[-1].strip()
+    if "Connection refused" in last:
+        return Diagnosis("refused", "connection refused")
+    if "Hostname Verification" in last or ("hostname" in last.lower() and "verif" in last.lower()):
+        return Diagnosis("tls_name", "host name verification failed")
+    if "Tls handshake failed" in last or "SSL_ERROR" in last:
+        reason = _tls_reason(last)
+        if any(s in last for s in _NOT_TLS):
+            return Diagnosis("not_tls", reason)
+        if any(s in last for s in _CA_PROBLEMS):
+            return Diagnosis("tls_ca", reason)
+        return Diagnosis("tls", reason)
+    if last.endswith("Socket closed") or "Connection reset" in last:
+        # The server hung up on a connection it had accepted. With TLS: after our side of the handshake
+        # (gRPC's servers check the client certificate then, and close without an alert). In plaintext: a
+        # TLS server dropping bytes that are no TLS record.
+        return Diagnosis("client_cert" if tls else "needs_tls", "the server closed the connection")
+    return Diagnosis("transient", last)
+
+
+def describe(diagnosis: Diagnosis, connection: Connection) -> str:
+    """One line naming the cause of a permanent failure, and what to do about it."""
+    target = connection.target
+    where = f"cannot connect to {target}:"
+    ca = (f"CA {connection.ca_file}" if connection.ca_file else
+          "the CA this client trusts (--ca, default CERTS/ca.crt)")
+    kind, reason = diagnosis.kind, diagnosis.reason
+    if kind == "tls_ca":
+        return f"{where} the server's certificate is not signed by {ca}: TLS handshake failed ({reason})"
+    if kind == "tls_name":
+        host = connection.server_name or target.rsplit(":", 1)[0]
+        return (f"{where} the server's certificate does not name {host} (TLS host name check failed); "
+                "connect with a name in its certificate or pass --server-name")
+    if kind == "client_cert":
+        if connection.client_certificate:
+            return (f"{where} the server refused our client certificate (mutual TLS): it is not signed by the CA "
+                    "the server trusts for clients")
+        if connection.client_certificate is None:
+            return (f"{where} the server closed the connection after the TLS handshake: it requires a client "
+                    "certificate (mutual TLS): pass --mtls, with a client certificate (CERTS/client.crt, client.key) "
+                    "signed by the CA the server trusts for clients")
+        return (f"{where} the server requires a client certificate (mutual TLS): pass --mtls "
+                "(the client certificate and key are read from CERTS/client.crt and CERTS/client.key)")
+    if kind == "not_tls":
+        return (f"{where} the server does not speak TLS (TLS handshake failed: {reason}); it was started with "
+                "--insecure, or it is not an mrff server")
+    if kind == "needs_tls":
+        return (f"{where} the server closed the connection at once: it expects TLS and this client was started "
+                "with --insecure")
+    if kind == "tls":
+        return f"{where} TLS handshake failed ({reason})"
+    raise AssertionError(kind)
+
+
+def _unreachable(diagnosis: Diagnosis, connection: Connection, waited: float, contacted: bool) -> str:
+    target = connection.target
+    if diagnosis.kind == "refused" and not contacted:
+        return (f"nothing listening at {target} (connection refused, for {waited:.0f} s): start the server first, "
+                "or check --server")
+    if diagnosis.kind == "resolve":
+        return f"cannot connect to {target}: its host name does not resolve ({diagnosis.reason})"
+    return (f"server {target} unreachable for {waited:.0f} s ({diagnosis.reason}); it did not come back within "
+            "--retry-timeout")
+
+
+class Transport:
+    """One channel to the coordinator, for one logical client; every RPC goes through `call`."""
+
+    def __init__(self, user: int, connection: Connection, *, stop: threading.Event,
+                 enrol_request: Callable[[], pb.EnrolRequest]) -> None:
+        self.user = user
+        self.connection = connection
+        self.stop = stop
+        self._enrol_request = enrol_request
+        options = limits.client_options() + list(CHANNEL_OPTIONS)
+        if connection.server_name:
+            options.append(("grpc.ssl_target_name_override", connection.server_name))
+        if connection.credentials is None:
+            self.channel = grpc.insecure_channel(connection.target, options=options)
+        else:
+            self.channel = grpc.secure_channel(connection.target, connection.credentials, options=options)
+        self.stub = pb_grpc.CoordinatorStub(self.channel)
+        self.session = b""
+        self.contacted = False  # the server answered at least once (a refusal is then a restart)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((limits.META_CLIENT, str(self.user)), (limits.META_SESSION, self.session.hex()))
+
+    def enrol(self) -> None:
+        """Enrol (again): a new session. ClientFailure if the server refuses us."""
+        try:
+            reply = self._retrying(self.stub.Enrol, self._enrol_request(), timeout=30.0, metadata=None)
+        except grpc.RpcError as exc:
+            raise ClientFailure(f"user {self.user}: enrolment refused: {exc.code().name}: {exc.details()}") from exc
+        self.session = reply.session_token
+
+    def call(self, name: str, request, *, timeout: float):
+        """The RPC `name` in our session. Reconnected if the server forgot the session (we enrolled again);
+        grpc.RpcError for the server's refusals; ConnectionFailed if it cannot be reached."""
+        try:
+            return self._retrying(getattr(self.stub, name), request, timeout=timeout, metadata=self._metadata())
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED and "session" in (exc.details() or ""):
+                self.enrol()
+                raise Reconnected() from exc
+            raise
+
+    def _retrying(self, method, request, *, timeout: float, metadata):
+        delay = 0.2
+        failing_since = None  # when this run of failures began
+        streak: tuple[str, float] | None = None  # (kind, since) of a permanent-looking failure
+        tls = self.connection.credentials is not None
+        while True:
+            if self.stop.is_set():
+                raise ClientFailure(f"user {self.user}: stopped")
+            try:
+                reply = method(request, timeout=timeout, metadata=metadata)
+                self.contacted = True
+                return reply
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRIED_CODES:
+                    self.contacted = True  # the server itself answered
+                    raise
+                if self.stop.is_set():  # our own close() cancelled it
+                    raise ClientFailure(f"user {self.user}: stopped") from exc
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                diagnosis = classify(exc, tls=tls)
+                if diagnosis.permanent:
+                    if streak is None or streak[0] != diagnosis.kind:
+                        streak = (diagnosis.kind, now)
+                    if now - streak[1] >= (CONFIRM_AFTER_CONTACT_S if self.contacted else CONFIRM_S):
+                        raise ConnectionFailed(describe(diagnosis, self.connection)) from exc
+                else:
+                    streak = None
+                budget = self.connection.retry_timeout
+                if diagnosis.before_contact_only and not self.contacted:
+                    budget = self.connection.first_contact_timeout
+                waited = now - failing_since
+                if waited >= budget:
+                    raise ConnectionFailed(describe(diagnosis, self.connection) if diagnosis.permanent else
+                                           _unreachable(diagnosis, self.connection, waited, self.contacted)) from exc
+                pause = delay * (0.5 + random.random())
+                if streak is not None:  # look again soon: the point is to be sure, not to wait
+                    pause = min(pause, 0.5)
+                self.stop.wait(min(pause, max(budget - waited, 0.05)))
+                delay = min(delay * 2, MAX_BACKOFF)
