@@ -221,10 +221,10 @@ _NETWORK_PRIVACY = ("dp", "clip", "noise_multiplier", "target_epsilon", "delta",
 COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
     "train": _DATA + _MODEL + _TRAINING + ("eval_every", "chunk_size", "checkpoint_every") + _NETWORK_PRIVACY
              + ("noise_sampling", "count_cap", "clip_from_private_data", "insecure_reproducible_noise"),
-    "server": _DATA + _MODEL + _TRAINING + ("min_clients",) + _NETWORK_PRIVACY
+    "server": _DATA + _MODEL + _TRAINING + ("min_clients", "eval_every") + _NETWORK_PRIVACY
               + ("address", "certs", "mtls", "insecure", "train_timeout", "stage_timeout", "num_neighbours",
                  "threshold", "max_upload_mib", "max_workers", "linger"),
-    "run-local": _DATA + _MODEL + _TRAINING + ("min_clients",) + _NETWORK_PRIVACY
+    "run-local": _DATA + _MODEL + _TRAINING + ("min_clients", "eval_every") + _NETWORK_PRIVACY
                  + ("insecure", "train_timeout", "stage_timeout", "num_neighbours", "threshold",
                     "insecure_reproducible_noise"),
     "client": _DATA + ("certs", "mtls", "insecure", "retry_timeout", "insecure_reproducible_noise"),

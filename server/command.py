@@ -203,7 +203,7 @@ def _server_settings(args: argparse.Namespace):
                           min_clients=args.min_clients, secure=args.secure_aggregation != "off",
                           train_timeout=args.train_timeout, stage_timeout=args.stage_timeout, dp_delta=args.delta,
                           max_dropout_fraction=args.max_dropout_fraction, num_neighbours=args.num_neighbours,
-                          threshold=args.threshold)
+                          threshold=args.threshold, eval_every=args.eval_every)
 
 
 def _calibrated(spec, args: argparse.Namespace, data):

@@ -37,6 +37,7 @@ from mrff_secure.errors import (
     ProtocolViolation,
     SecAggError,
 )
+from mrff_secure.federation import evaluation_sum
 from mrff_secure.federation.client_encoding import decode_counts, decode_sum
 from mrff_secure.federation.client_update import (
     RoundSpec,
@@ -76,8 +77,9 @@ from server.errors import (
 
 log = logging.getLogger("mrff.server")
 
-COUNTS, UPDATE = pb.COUNTS, pb.UPDATE
-PHASE_NAMES = {COUNTS: "counts", UPDATE: "update"}
+COUNTS, UPDATE, EVALUATION = pb.COUNTS, pb.UPDATE, pb.EVALUATION
+PHASE_NAMES = {COUNTS: "counts", UPDATE: "update", EVALUATION: "evaluation"}
+EVALUATION_SESSION_BASE = 1 << 40  # secagg round ids of the evaluation sums: 2^40 + round (never 2r, 2r + 1)
 STAGE_NAMES = {pb.ADVERTISE_KEYS: "advertise_keys", pb.REVEAL_SEED: "reveal_seed", pb.SHARE_KEYS: "share_keys",
                pb.MASKED_INPUT: "masked_input", pb.CONSISTENCY_CHECK: "consistency_check", pb.UNMASK: "unmask",
                pb.OUTCOME: "outcome"}
@@ -101,8 +103,11 @@ class ServerSettings:
     max_dropout_fraction: float = 0.3  # distributed DP: noise sized for ceil(n * (1 - f)) survivors
     num_neighbours: int | None = None
     threshold: int | None = None
+    eval_every: int = 1  # federated evaluation every this many rounds (and at the last)
 
     def __post_init__(self) -> None:
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 1:
+            raise ConfigError(f"--eval-every must be an int >= 1, got {self.eval_every!r}")
         if self.rounds < 0:
             raise ConfigError(f"rounds must be >= 0, got {self.rounds}")
         if self.min_clients < 3:
@@ -117,6 +122,28 @@ class ServerSettings:
 
     def secagg_options(self) -> dict[str, int]:
         return {k: v for k, v in (("num_neighbours", self.num_neighbours), ("threshold", self.threshold)) if v is not None}
+
+    def evaluates(self, round_id: int) -> bool:
+        """Round `round_id` ends with a federated evaluation of the model it started from."""
+        return round_id % self.eval_every == 0 or round_id == self.rounds - 1
+
+
+def _evaluation_text(evaluation: dict[str, Any] | None) -> str:
+    """', validation AUC 0.6821 LogLoss 0.6512 (starting model, 8 clients)' for the round's line."""
+    if not evaluation:
+        return ""
+    if not evaluation.get("available"):
+        return ", evaluation failed"
+    val = evaluation["val"]
+    auc = "n/a" if val["auc"] is None else f"{val['auc']:.4f}"
+    loss = "n/a" if val["log_loss"] is None else f"{val['log_loss']:.4f}"
+    return f", validation AUC {auc} LogLoss {loss} (starting model, {evaluation['clients']} clients)"
+
+
+def evaluation_config(num_clients: int, options: dict[str, int] | None = None) -> SecAggConfig:
+    """The evaluation sum's parameters: every client can check them from the public constants alone."""
+    return SecAggConfig(num_clients=num_clients, vector_length=evaluation_sum.LENGTH, max_abs=evaluation_sum.MAX_ABS,
+                        **(options or {}))
 
 
 class _Stopped(Exception):
@@ -148,6 +175,8 @@ class _Round:
     phases: dict[int, _Phase] = field(default_factory=dict)
     current_phase: int | None = None
     phase_start: pb.SignedBody | None = None
+    announcement_evaluates: bool = False  # the announcement carries evaluation parameters
+    evaluation_open: bool = False  # the evaluation phase accepts inputs
     outcome: pb.RoundOutcome | None = None
 
 
@@ -394,13 +423,18 @@ class Coordinator:
                     raise WrongRound(f"round {round_id} is not running")
                 if client_id not in rs.participants:
                     raise NotParticipant(f"client {client_id} is not a participant of round {round_id}")
-                if phase not in (COUNTS, UPDATE):
+                if phase not in (COUNTS, UPDATE, EVALUATION):
                     raise Malformed(f"unknown phase {phase}")
                 if stage == pb.OUTCOME:
                     pass
                 elif phase == UPDATE and stage == pb.ADVERTISE_KEYS:
                     if rs.phase_start is not None:
                         return "phase_start", rs.phase_start
+                elif phase == EVALUATION and stage == pb.ADVERTISE_KEYS:
+                    if not rs.announcement_evaluates:
+                        raise WrongStage(f"round {round_id} has no evaluation")
+                    if rs.evaluation_open:
+                        return "payload", b""  # nothing to read: the phase is open, send your keys
                 elif stage in (pb.REVEAL_SEED, pb.SHARE_KEYS, pb.MASKED_INPUT, pb.CONSISTENCY_CHECK, pb.UNMASK):
                     ps = rs.phases.get(phase)
                     box = None if ps is None else ps.outbox.get(stage)
@@ -472,7 +506,7 @@ class Coordinator:
 
     def _body(self, round_id: int, participants: tuple[int, ...], spec: RoundSpec | None, *,
               finished: bool = False, configs: tuple[SecAggConfig, SecAggConfig] | None = None,
-              nonces: tuple[bytes, bytes] = (b"", b"")) -> pb.SignedBody:
+              nonces: tuple[bytes, ...] = (b"", b""), evaluation: SecAggConfig | None = None) -> pb.SignedBody:
         body = pb.RoundBody(run_id=self.run_id, round_id=round_id, finished=finished,
                             last_completed_round=self.last_completed, secure=self.settings.secure)
         if not finished and spec is not None and configs is not None:
@@ -483,6 +517,9 @@ class Coordinator:
             body.num_blocks, body.num_groups = self.layout.num_blocks, self.layout.num_groups
             body.counts_secagg.CopyFrom(secagg_parameters(configs[0], 2 * round_id, nonces[0]))
             body.update_secagg.CopyFrom(secagg_parameters(configs[1], 2 * round_id + 1, nonces[1]))
+            if evaluation is not None:
+                body.evaluation_secagg.CopyFrom(secagg_parameters(evaluation, EVALUATION_SESSION_BASE + round_id,
+                                                                  nonces[2]))
             body.dp.CopyFrom(pb.DPParameters(mode=spec.dp_mode, clip=spec.clip, noise_multiplier=spec.noise_multiplier,
                                              min_survivors=spec.min_survivors, mechanism=spec.mechanism,
                                              modulus_bits=spec.modulus_bits, count_cap=spec.count_cap))
@@ -516,8 +553,11 @@ class Coordinator:
         cpu0 = time.process_time()
         plans = round_plans(spec, self.layout, n)
         configs = plan_configs(plans, n, options=self.settings.secagg_options())
-        nonces = (secrets.token_bytes(NONCE_BYTES), secrets.token_bytes(NONCE_BYTES))  # fresh per session
-        rs = _Round(r, participants, spec, self._body(r, participants, spec, configs=configs, nonces=nonces))
+        nonces = tuple(secrets.token_bytes(NONCE_BYTES) for _ in range(3))  # fresh per session
+        evaluation = evaluation_config(n, self.settings.secagg_options()) if self.settings.evaluates(r) else None
+        rs = _Round(r, participants, spec, self._body(r, participants, spec, configs=configs, nonces=nonces,
+                                                      evaluation=evaluation), announcement_evaluates=evaluation is not None)
+        evaluated_model = self.model_digest()
         with self._cond:
             self._round = rs
             self._wire = {"received": 0, "sent": 0, "calls": 0}
@@ -559,6 +599,9 @@ class Coordinator:
             outcome = pb.RoundOutcome(round_id=r, completed=True, survivors=len(survivors2))
             record.update(group_counts=applied.group_counts.tolist(), suppressed=suppressed.astype(int).tolist(),
                           examples=round(applied.examples, 3), model_digest=self.model_digest(), epsilon=epsilon)
+            if evaluation is not None:
+                record["evaluation"] = self._evaluate(rs, evaluation, nonces[2], survivors2, record,
+                                                      evaluated_model)
         with self._cond:
             wire = dict(self._wire)
         record.update(seconds=round(time.perf_counter() - started, 4),
@@ -579,8 +622,29 @@ class Coordinator:
         eps = record.get("epsilon", {}).get("epsilon") if outcome.completed else None
         print(f"[ROUND {r}] {'completed' if outcome.completed else 'ABORTED: ' + outcome.reason}: {n} participants, "
               f"{len(dropouts)} dropped, {record['seconds']:.2f} s"
-              + (f", epsilon so far {eps if isinstance(eps, str) else format(eps, '.4g')}" if eps is not None else ""),
-              flush=True)
+              + (f", epsilon so far {eps if isinstance(eps, str) else format(eps, '.4g')}" if eps is not None else "")
+              + _evaluation_text(record.get("evaluation")), flush=True)
+
+    def _evaluate(self, rs: _Round, config: SecAggConfig, nonce: bytes, survivors: tuple[int, ...], record: dict,
+                  evaluated_model: str) -> dict[str, Any]:
+        """The federated evaluation of the model round `rs` started from, over the update phase's survivors:
+        a secure sum of their held-out score histograms (evaluation_sum). Its failure leaves the round
+        completed (the model step is already decided) and is recorded, not raised."""
+
+        def open_phase() -> None:  # under the lock, once the phase's first stage is open
+            rs.evaluation_open = True
+
+        out: dict[str, Any] = {"evaluated_model": evaluated_model, "outside_the_guarantee": evaluation_sum.OUTSIDE_THE_GUARANTEE}
+        try:
+            ring, clients = self._phase(rs, EVALUATION, config, EVALUATION_SESSION_BASE + rs.round_id, nonce,
+                                        set(survivors), self.settings.stage_timeout, record, on_open=open_phase)
+            splits = evaluation_sum.decode(from_ring(ring.astype(np.uint64), config.bits))
+        except (SecAggError, ConfigError) as exc:
+            log.warning("round %d: federated evaluation failed: %s", rs.round_id, exc)
+            out.update(available=False, reason=f"{type(exc).__name__}: {exc}")
+            return out
+        out.update(available=True, clients=len(clients), **{split: e.to_json() for split, e in splits.items()})
+        return out
 
     # ---------------------------------------------------------------- stages
     def _stage(self, ps: _Phase, record: dict, stage: int, expected: set[int], timeout: float,

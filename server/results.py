@@ -12,9 +12,13 @@ RUN_DIR/summary.json   rounds planned / completed / aborted, whether the run fin
                        (the mechanism actually used), and the evaluation available
 RUN_DIR/training.png   epsilon, survivors and seconds per round
 
-Evaluation: the network clients keep their held-out items; no federated evaluation travels through
-the secure sum yet, so the summary says so (`"evaluation": {"available": false, ...}`) rather than
-report a number computed elsewhere.
+Evaluation is federated (federation/evaluation_sum.py): in an evaluated round each client scores its
+own held-out validation and test items with the model the round started from (after the previous
+round) and its private part, and the secure sum of their score histograms by label, log-losses and
+counts gives the server the binned AUC and the mean LogLoss, nothing per client. The metrics row of
+round r carries them (`val_auc`, ..., `evaluated_after_round` r - 1, `evaluation_clients`); the
+summary's `best` is the row with the best validation AUC. That exact aggregate of held-out data is
+outside the run's epsilon, and both files say so (`outside_the_guarantee`).
 """
 
 from __future__ import annotations
@@ -26,8 +30,7 @@ from typing import Any
 from mrff_secure.atomic import write_bytes_atomic, write_json_atomic
 
 ROUND_TYPES = ("round", "round_aborted")
-NO_EVALUATION = ("the clients keep their held-out items and no federated evaluation runs through the secure sum "
-                 "yet: a network run reports no AUC or LogLoss")
+NO_EVALUATION = "no round of this run completed a federated evaluation"
 
 
 def _phase_rows(record: dict[str, Any]) -> dict[str, Any]:
@@ -58,10 +61,38 @@ def metrics_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         if completed:
             row["group_counts_seen_by_server"] = record.get("group_counts")
+            row.update(_evaluation_row(record))
         else:
             row["reason"] = record.get("reason")
         rows.append(row)
     return rows
+
+
+def _evaluation_row(record: dict[str, Any]) -> dict[str, Any]:
+    evaluation = record.get("evaluation")
+    if not evaluation:
+        return {}
+    if not evaluation.get("available"):
+        return {"evaluation_failed": evaluation.get("reason")}
+    return {"val_auc": evaluation["val"]["auc"], "val_logloss": evaluation["val"]["log_loss"],
+            "test_auc": evaluation["test"]["auc"], "test_logloss": evaluation["test"]["log_loss"],
+            "evaluation_clients": evaluation.get("clients"), "evaluated_after_round": record.get("round") - 1,
+            "evaluated_model": evaluation.get("evaluated_model")}
+
+
+def evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best evaluated row on validation AUC, and what the evaluation is."""
+    from mrff_secure.federation.evaluation_sum import BINS, OUTSIDE_THE_GUARANTEE
+
+    evaluated = [r for r in rows if r.get("val_auc") is not None]
+    if not evaluated:
+        return {"available": False, "reason": NO_EVALUATION, "outside_the_guarantee": OUTSIDE_THE_GUARANTEE}
+    best = max(evaluated, key=lambda r: r["val_auc"])
+    keys = ("val_auc", "val_logloss", "test_auc", "test_logloss", "evaluation_clients", "evaluated_after_round",
+            "evaluated_model")
+    return {"available": True, "kind": f"federated: secure sum of held-out score histograms ({BINS} bins per label)",
+            "rounds_evaluated": len(evaluated), "best": {"round": best["round"], **{k: best.get(k) for k in keys}},
+            "outside_the_guarantee": OUTSIDE_THE_GUARANTEE}
 
 
 def summary_of(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -81,7 +112,7 @@ def summary_of(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dic
         "finished": finished is not None,
         "model_digest": (finished or (completed[-1] if completed else {})).get("model_digest"),
         "round_parameters": spec, "settings": started.get("settings", {}), "privacy": privacy,
-        "evaluation": {"available": False, "reason": NO_EVALUATION},
+        "evaluation": evaluation_summary(rows),
     }
 
 

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n mrff_secure/v1/coordinator.proto\x12\x0emrff_secure.v1\"{\n\x0c\x45nrolRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\tclient_id\x18\x02 \x01(\r\x12\x1b\n\x13identity_public_key\x18\x03 \x01(\x0c\x12\r\n\x05proof\x18\x04 \x01(\x0c\x12\x12\n\ncredential\x18\x05 \x01(\x0c\"3\n\nEnrolReply\x12\x15\n\rsession_token\x18\x01 \x01(\x0c\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"-\n\nSignedBody\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\r\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xc0\x01\n\x10SecAggParameters\x12\x17\n\x0fsecagg_round_id\x18\x01 \x01(\x04\x12\x13\n\x0bnum_clients\x18\x02 \x01(\r\x12\x15\n\rvector_length\x18\x03 \x01(\r\x12\x0f\n\x07max_abs\x18\x04 \x01(\x04\x12\x14\n\x0cmodulus_bits\x18\x05 \x01(\r\x12\x16\n\x0enum_neighbours\x18\x06 \x01(\r\x12\x11\n\tthreshold\x18\x07 \x01(\r\x12\x15\n\rsession_nonce\x18\x08 \x01(\x0c\"\x97\x01\n\x0c\x44PParameters\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0c\n\x04\x63lip\x18\x02 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x03 \x01(\x01\x12\x15\n\rmin_survivors\x18\x04 \x01(\r\x12\x11\n\tmechanism\x18\x05 \x01(\t\x12\x14\n\x0cmodulus_bits\x18\x06 \x01(\r\x12\x11\n\tcount_cap\x18\x07 \x01(\r\"w\n\x12TrainingParameters\x12\x13\n\x0blocal_steps\x18\x01 \x01(\r\x12\x11\n\toptimizer\x18\x02 \x01(\t\x12\n\n\x02lr\x18\x03 \x01(\x01\x12\x12\n\nmodel_seed\x18\x04 \x01(\x04\x12\x19\n\x11model_config_json\x18\x05 \x01(\t\"\xab\x04\n\tRoundBody\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x1c\n\x14last_completed_round\x18\x04 \x01(\x03\x12\x0e\n\x06secure\x18\x05 \x01(\x08\x12\x14\n\x0cparticipants\x18\x06 \x03(\r\x12*\n\nparameters\x18\x08 \x03(\x0b\x32\x16.mrff_secure.v1.Tensor\x12\x17\n\x0fgroup_fractions\x18\t \x03(\x01\x12\x12\n\nnum_blocks\x18\n \x01(\r\x12\x12\n\nnum_groups\x18\x0b \x01(\r\x12\x37\n\rcounts_secagg\x18\x0c \x01(\x0b\x32 .mrff_secure.v1.SecAggParameters\x12\x37\n\rupdate_secagg\x18\r \x01(\x0b\x32 .mrff_secure.v1.SecAggParameters\x12(\n\x02\x64p\x18\x0e \x01(\x0b\x32\x1c.mrff_secure.v1.DPParameters\x12\x34\n\x08training\x18\x10 \x01(\x0b\x32\".mrff_secure.v1.TrainingParameters\x12\x16\n\x0emin_group_size\x18\x11 \x01(\r\x12\x14\n\x0cmodel_digest\x18\x12 \x01(\x0c\x12\x15\n\rschema_digest\x18\x13 \x01(\t\x12\x16\n\x0eschema_summary\x18\x14 \x01(\tJ\x04\x08\x07\x10\x08J\x04\x08\x0f\x10\x10\"O\n\x0fUpdatePhaseBody\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x14\n\x0cgroup_counts\x18\x04 \x03(\x03J\x04\x08\x03\x10\x04\"7\n\x0fGetRoundRequest\x12\x13\n\x0b\x61\x66ter_round\x18\x01 \x01(\x03\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"K\n\rGetRoundReply\x12\x0f\n\x07pending\x18\x01 \x01(\x08\x12)\n\x05round\x18\x02 \x01(\x0b\x32\x1a.mrff_secure.v1.SignedBody\"~\n\rSubmitRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12$\n\x05phase\x18\x02 \x01(\x0e\x32\x15.mrff_secure.v1.Phase\x12$\n\x05stage\x18\x03 \x01(\x0e\x32\x15.mrff_secure.v1.Stage\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"\r\n\x0bSubmitReply\"}\n\x0c\x46\x65tchRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12$\n\x05phase\x18\x02 \x01(\x0e\x32\x15.mrff_secure.v1.Phase\x12$\n\x05stage\x18\x03 \x01(\x0e\x32\x15.mrff_secure.v1.Stage\x12\x0f\n\x07wait_ms\x18\x04 \x01(\r\"V\n\x0cRoundOutcome\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\tcompleted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tsurvivors\x18\x04 \x01(\r\"\x9c\x01\n\nFetchReply\x12\x0f\n\x07pending\x18\x01 \x01(\x08\x12\x11\n\x07payload\x18\x02 \x01(\x0cH\x00\x12\x31\n\x0bphase_start\x18\x03 \x01(\x0b\x32\x1a.mrff_secure.v1.SignedBodyH\x00\x12/\n\x07outcome\x18\x04 \x01(\x0b\x32\x1c.mrff_secure.v1.RoundOutcomeH\x00\x42\x06\n\x04kind*6\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\n\n\x06\x43OUNTS\x10\x01\x12\n\n\x06UPDATE\x10\x02*\x95\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x44VERTISE_KEYS\x10\x01\x12\x0e\n\nSHARE_KEYS\x10\x02\x12\x10\n\x0cMASKED_INPUT\x10\x03\x12\x15\n\x11\x43ONSISTENCY_CHECK\x10\x04\x12\n\n\x06UNMASK\x10\x05\x12\x0b\n\x07OUTCOME\x10\x06\x12\x0f\n\x0bREVEAL_SEED\x10\x07\x32\xa5\x02\n\x0b\x43oordinator\x12\x41\n\x05\x45nrol\x12\x1c.mrff_secure.v1.EnrolRequest\x1a\x1a.mrff_secure.v1.EnrolReply\x12J\n\x08GetRound\x12\x1f.mrff_secure.v1.GetRoundRequest\x1a\x1d.mrff_secure.v1.GetRoundReply\x12\x44\n\x06Submit\x12\x1d.mrff_secure.v1.SubmitRequest\x1a\x1b.mrff_secure.v1.SubmitReply\x12\x41\n\x05\x46\x65tch\x12\x1c.mrff_secure.v1.FetchRequest\x1a\x1a.mrff_secure.v1.FetchReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n mrff_secure/v1/coordinator.proto\x12\x0emrff_secure.v1\"{\n\x0c\x45nrolRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\tclient_id\x18\x02 \x01(\r\x12\x1b\n\x13identity_public_key\x18\x03 \x01(\x0c\x12\r\n\x05proof\x18\x04 \x01(\x0c\x12\x12\n\ncredential\x18\x05 \x01(\x0c\"3\n\nEnrolReply\x12\x15\n\rsession_token\x18\x01 \x01(\x0c\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"-\n\nSignedBody\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\r\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xc0\x01\n\x10SecAggParameters\x12\x17\n\x0fsecagg_round_id\x18\x01 \x01(\x04\x12\x13\n\x0bnum_clients\x18\x02 \x01(\r\x12\x15\n\rvector_length\x18\x03 \x01(\r\x12\x0f\n\x07max_abs\x18\x04 \x01(\x04\x12\x14\n\x0cmodulus_bits\x18\x05 \x01(\r\x12\x16\n\x0enum_neighbours\x18\x06 \x01(\r\x12\x11\n\tthreshold\x18\x07 \x01(\r\x12\x15\n\rsession_nonce\x18\x08 \x01(\x0c\"\x97\x01\n\x0c\x44PParameters\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0c\n\x04\x63lip\x18\x02 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x03 \x01(\x01\x12\x15\n\rmin_survivors\x18\x04 \x01(\r\x12\x11\n\tmechanism\x18\x05 \x01(\t\x12\x14\n\x0cmodulus_bits\x18\x06 \x01(\r\x12\x11\n\tcount_cap\x18\x07 \x01(\r\"w\n\x12TrainingParameters\x12\x13\n\x0blocal_steps\x18\x01 \x01(\r\x12\x11\n\toptimizer\x18\x02 \x01(\t\x12\n\n\x02lr\x18\x03 \x01(\x01\x12\x12\n\nmodel_seed\x18\x04 \x01(\x04\x12\x19\n\x11model_config_json\x18\x05 \x01(\t\"\xe8\x04\n\tRoundBody\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x1c\n\x14last_completed_round\x18\x04 \x01(\x03\x12\x0e\n\x06secure\x18\x05 \x01(\x08\x12\x14\n\x0cparticipants\x18\x06 \x03(\r\x12*\n\nparameters\x18\x08 \x03(\x0b\x32\x16.mrff_secure.v1.Tensor\x12\x17\n\x0fgroup_fractions\x18\t \x03(\x01\x12\x12\n\nnum_blocks\x18\n \x01(\r\x12\x12\n\nnum_groups\x18\x0b \x01(\r\x12\x37\n\rcounts_secagg\x18\x0c \x01(\x0b\x32 .mrff_secure.v1.SecAggParameters\x12\x37\n\rupdate_secagg\x18\r \x01(\x0b\x32 .mrff_secure.v1.SecAggParameters\x12(\n\x02\x64p\x18\x0e \x01(\x0b\x32\x1c.mrff_secure.v1.DPParameters\x12\x34\n\x08training\x18\x10 \x01(\x0b\x32\".mrff_secure.v1.TrainingParameters\x12\x16\n\x0emin_group_size\x18\x11 \x01(\r\x12\x14\n\x0cmodel_digest\x18\x12 \x01(\x0c\x12\x15\n\rschema_digest\x18\x13 \x01(\t\x12\x16\n\x0eschema_summary\x18\x14 \x01(\t\x12;\n\x11\x65valuation_secagg\x18\x15 \x01(\x0b\x32 .mrff_secure.v1.SecAggParametersJ\x04\x08\x07\x10\x08J\x04\x08\x0f\x10\x10\"O\n\x0fUpdatePhaseBody\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x14\n\x0cgroup_counts\x18\x04 \x03(\x03J\x04\x08\x03\x10\x04\"7\n\x0fGetRoundRequest\x12\x13\n\x0b\x61\x66ter_round\x18\x01 \x01(\x03\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"K\n\rGetRoundReply\x12\x0f\n\x07pending\x18\x01 \x01(\x08\x12)\n\x05round\x18\x02 \x01(\x0b\x32\x1a.mrff_secure.v1.SignedBody\"~\n\rSubmitRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12$\n\x05phase\x18\x02 \x01(\x0e\x32\x15.mrff_secure.v1.Phase\x12$\n\x05stage\x18\x03 \x01(\x0e\x32\x15.mrff_secure.v1.Stage\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"\r\n\x0bSubmitReply\"}\n\x0c\x46\x65tchRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12$\n\x05phase\x18\x02 \x01(\x0e\x32\x15.mrff_secure.v1.Phase\x12$\n\x05stage\x18\x03 \x01(\x0e\x32\x15.mrff_secure.v1.Stage\x12\x0f\n\x07wait_ms\x18\x04 \x01(\r\"V\n\x0cRoundOutcome\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\tcompleted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tsurvivors\x18\x04 \x01(\r\"\x9c\x01\n\nFetchReply\x12\x0f\n\x07pending\x18\x01 \x01(\x08\x12\x11\n\x07payload\x18\x02 \x01(\x0cH\x00\x12\x31\n\x0bphase_start\x18\x03 \x01(\x0b\x32\x1a.mrff_secure.v1.SignedBodyH\x00\x12/\n\x07outcome\x18\x04 \x01(\x0b\x32\x1c.mrff_secure.v1.RoundOutcomeH\x00\x42\x06\n\x04kind*F\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\n\n\x06\x43OUNTS\x10\x01\x12\n\n\x06UPDATE\x10\x02\x12\x0e\n\nEVALUATION\x10\x03*\x95\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x44VERTISE_KEYS\x10\x01\x12\x0e\n\nSHARE_KEYS\x10\x02\x12\x10\n\x0cMASKED_INPUT\x10\x03\x12\x15\n\x11\x43ONSISTENCY_CHECK\x10\x04\x12\n\n\x06UNMASK\x10\x05\x12\x0b\n\x07OUTCOME\x10\x06\x12\x0f\n\x0bREVEAL_SEED\x10\x07\x32\xa5\x02\n\x0b\x43oordinator\x12\x41\n\x05\x45nrol\x12\x1c.mrff_secure.v1.EnrolRequest\x1a\x1a.mrff_secure.v1.EnrolReply\x12J\n\x08GetRound\x12\x1f.mrff_secure.v1.GetRoundRequest\x1a\x1d.mrff_secure.v1.GetRoundReply\x12\x44\n\x06Submit\x12\x1d.mrff_secure.v1.SubmitRequest\x1a\x1b.mrff_secure.v1.SubmitReply\x12\x41\n\x05\x46\x65tch\x12\x1c.mrff_secure.v1.FetchRequest\x1a\x1a.mrff_secure.v1.FetchReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mrff_secure.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PHASE']._serialized_start=2105
-  _globals['_PHASE']._serialized_end=2159
-  _globals['_STAGE']._serialized_start=2162
-  _globals['_STAGE']._serialized_end=2311
+  _globals['_PHASE']._serialized_start=2166
+  _globals['_PHASE']._serialized_end=2236
+  _globals['_STAGE']._serialized_start=2239
+  _globals['_STAGE']._serialized_end=2388
   _globals['_ENROLREQUEST']._serialized_start=52
   _globals['_ENROLREQUEST']._serialized_end=175
   _globals['_ENROLREPLY']._serialized_start=177
@@ -51,23 +51,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGPARAMETERS']._serialized_start=694
   _globals['_TRAININGPARAMETERS']._serialized_end=813
   _globals['_ROUNDBODY']._serialized_start=816
-  _globals['_ROUNDBODY']._serialized_end=1371
-  _globals['_UPDATEPHASEBODY']._serialized_start=1373
-  _globals['_UPDATEPHASEBODY']._serialized_end=1452
-  _globals['_GETROUNDREQUEST']._serialized_start=1454
-  _globals['_GETROUNDREQUEST']._serialized_end=1509
-  _globals['_GETROUNDREPLY']._serialized_start=1511
-  _globals['_GETROUNDREPLY']._serialized_end=1586
-  _globals['_SUBMITREQUEST']._serialized_start=1588
-  _globals['_SUBMITREQUEST']._serialized_end=1714
-  _globals['_SUBMITREPLY']._serialized_start=1716
-  _globals['_SUBMITREPLY']._serialized_end=1729
-  _globals['_FETCHREQUEST']._serialized_start=1731
-  _globals['_FETCHREQUEST']._serialized_end=1856
-  _globals['_ROUNDOUTCOME']._serialized_start=1858
-  _globals['_ROUNDOUTCOME']._serialized_end=1944
-  _globals['_FETCHREPLY']._serialized_start=1947
-  _globals['_FETCHREPLY']._serialized_end=2103
-  _globals['_COORDINATOR']._serialized_start=2314
-  _globals['_COORDINATOR']._serialized_end=2607
+  _globals['_ROUNDBODY']._serialized_end=1432
+  _globals['_UPDATEPHASEBODY']._serialized_start=1434
+  _globals['_UPDATEPHASEBODY']._serialized_end=1513
+  _globals['_GETROUNDREQUEST']._serialized_start=1515
+  _globals['_GETROUNDREQUEST']._serialized_end=1570
+  _globals['_GETROUNDREPLY']._serialized_start=1572
+  _globals['_GETROUNDREPLY']._serialized_end=1647
+  _globals['_SUBMITREQUEST']._serialized_start=1649
+  _globals['_SUBMITREQUEST']._serialized_end=1775
+  _globals['_SUBMITREPLY']._serialized_start=1777
+  _globals['_SUBMITREPLY']._serialized_end=1790
+  _globals['_FETCHREQUEST']._serialized_start=1792
+  _globals['_FETCHREQUEST']._serialized_end=1917
+  _globals['_ROUNDOUTCOME']._serialized_start=1919
+  _globals['_ROUNDOUTCOME']._serialized_end=2005
+  _globals['_FETCHREPLY']._serialized_start=2008
+  _globals['_FETCHREPLY']._serialized_end=2164
+  _globals['_COORDINATOR']._serialized_start=2391
+  _globals['_COORDINATOR']._serialized_end=2684
 # @@protoc_insertion_point(module_scope)

@@ -13,6 +13,7 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_UNSPECIFIED: _ClassVar[Phase]
     COUNTS: _ClassVar[Phase]
     UPDATE: _ClassVar[Phase]
+    EVALUATION: _ClassVar[Phase]
 
 class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -27,6 +28,7 @@ class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 PHASE_UNSPECIFIED: Phase
 COUNTS: Phase
 UPDATE: Phase
+EVALUATION: Phase
 STAGE_UNSPECIFIED: Stage
 ADVERTISE_KEYS: Stage
 SHARE_KEYS: Stage
@@ -131,7 +133,7 @@ class TrainingParameters(_message.Message):
     def __init__(self, local_steps: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., model_seed: _Optional[int] = ..., model_config_json: _Optional[str] = ...) -> None: ...
 
 class RoundBody(_message.Message):
-    __slots__ = ("run_id", "round_id", "finished", "last_completed_round", "secure", "participants", "parameters", "group_fractions", "num_blocks", "num_groups", "counts_secagg", "update_secagg", "dp", "training", "min_group_size", "model_digest", "schema_digest", "schema_summary")
+    __slots__ = ("run_id", "round_id", "finished", "last_completed_round", "secure", "participants", "parameters", "group_fractions", "num_blocks", "num_groups", "counts_secagg", "update_secagg", "dp", "training", "min_group_size", "model_digest", "schema_digest", "schema_summary", "evaluation_secagg")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +152,7 @@ class RoundBody(_message.Message):
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_SECAGG_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round_id: int
     finished: bool
@@ -168,7 +171,8 @@ class RoundBody(_message.Message):
     model_digest: bytes
     schema_digest: str
     schema_summary: str
-    def __init__(self, run_id: _Optional[str] = ..., round_id: _Optional[int] = ..., finished: _Optional[bool] = ..., last_completed_round: _Optional[int] = ..., secure: _Optional[bool] = ..., participants: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., group_fractions: _Optional[_Iterable[float]] = ..., num_blocks: _Optional[int] = ..., num_groups: _Optional[int] = ..., counts_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., update_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., dp: _Optional[_Union[DPParameters, _Mapping]] = ..., training: _Optional[_Union[TrainingParameters, _Mapping]] = ..., min_group_size: _Optional[int] = ..., model_digest: _Optional[bytes] = ..., schema_digest: _Optional[str] = ..., schema_summary: _Optional[str] = ...) -> None: ...
+    evaluation_secagg: SecAggParameters
+    def __init__(self, run_id: _Optional[str] = ..., round_id: _Optional[int] = ..., finished: _Optional[bool] = ..., last_completed_round: _Optional[int] = ..., secure: _Optional[bool] = ..., participants: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., group_fractions: _Optional[_Iterable[float]] = ..., num_blocks: _Optional[int] = ..., num_groups: _Optional[int] = ..., counts_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., update_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., dp: _Optional[_Union[DPParameters, _Mapping]] = ..., training: _Optional[_Union[TrainingParameters, _Mapping]] = ..., min_group_size: _Optional[int] = ..., model_digest: _Optional[bytes] = ..., schema_digest: _Optional[str] = ..., schema_summary: _Optional[str] = ..., evaluation_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ...) -> None: ...
 
 class UpdatePhaseBody(_message.Message):
     __slots__ = ("run_id", "round_id", "group_counts")
