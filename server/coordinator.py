@@ -557,7 +557,7 @@ class Coordinator:
         evaluation = evaluation_config(n, self.settings.secagg_options()) if self.settings.evaluates(r) else None
         rs = _Round(r, participants, spec, self._body(r, participants, spec, configs=configs, nonces=nonces,
                                                       evaluation=evaluation), announcement_evaluates=evaluation is not None)
-        evaluated_model = self.model_digest()
+        evaluated_model = self.model_digest() if evaluation is not None else ""  # the round's starting model
         with self._cond:
             self._round = rs
             self._wire = {"received": 0, "sent": 0, "calls": 0}

@@ -15,7 +15,8 @@ RUN_DIR/training.png   epsilon, survivors and seconds per round
 Evaluation is federated (federation/evaluation_sum.py): in an evaluated round each client scores its
 own held-out validation and test items with the model the round started from (after the previous
 round) and its private part, and the secure sum of their score histograms by label, log-losses and
-counts gives the server the binned AUC and the mean LogLoss, nothing per client. The metrics row of
+counts gives the server the binned AUC and the mean LogLoss (exact: two evaluations over survivor sets
+differing in one client difference to that client's held-out labels and bins). The metrics row of
 round r carries them (`val_auc`, ..., `evaluated_after_round` r - 1, `evaluation_clients`); the
 summary's `best` is the row with the best validation AUC. That exact aggregate of held-out data is
 outside the run's epsilon, and both files say so (`outside_the_guarantee`).

@@ -29,8 +29,9 @@ PER_SPLIT = 2 * BINS + 2
 LENGTH = len(SPLITS) * PER_SPLIT
 MAX_ABS = int(LOSS_CAP * 2**LOSS_FRACTION_BITS)  # the largest entry one client may input
 OUTSIDE_THE_GUARANTEE = ("federated evaluation: the exact secure sum of every client's held-out score histogram "
-                         "(by label, 128 bins), log-loss and count, per split; an aggregate of private held-out data "
-                         "NOT covered by epsilon")
+                         "(by label, 128 bins), log-loss and count, per split; an exact aggregate of private held-out "
+                         "data NOT covered by epsilon: two evaluations over survivor sets differing in one client "
+                         "reveal that client's held-out labels and score bins")
 
 
 def client_vector(scores: dict[str, tuple[float, int]]) -> np.ndarray:

@@ -11,6 +11,8 @@ server proposes or does in a way an honest client must refuse (SECURITY-REVIEW.m
 - no-guard-bits (W8): announce max_abs = (2^(b-1) - 1) // n, the largest bound that cannot wrap, with
   no guard bits left: the output range check would then let junk (a dealer masking with another seed)
   through almost surely.
+- weak-evaluation-threshold (W2 on the third sum): honest counts and update sums, but the federated
+  evaluation's sum announced with t = floor(k/2) + 1.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server import coordinator
 
-LIES = ("weak-threshold", "huge-noise-survivors", "drop-below-noise-survivors", "tiny-k", "no-guard-bits")
+LIES = ("weak-threshold", "huge-noise-survivors", "drop-below-noise-survivors", "tiny-k", "no-guard-bits",
+        "weak-evaluation-threshold")
 
 
 def _patch_configs(change) -> None:
@@ -54,6 +57,15 @@ def install(lie: str) -> None:
         _patch_configs(lambda c: SecAggConfig(num_clients=c.num_clients, vector_length=c.vector_length,
                                               max_abs=c.max_abs, modulus_bits=c.bits, num_neighbours=c.k,
                                               threshold=c.k // 2 + 1))
+    elif lie == "weak-evaluation-threshold":
+        honest_evaluation = coordinator.evaluation_config
+
+        def weak(num_clients, options=None):
+            c = honest_evaluation(num_clients, options)
+            return SecAggConfig(num_clients=c.num_clients, vector_length=c.vector_length, max_abs=c.max_abs,
+                                modulus_bits=c.bits, num_neighbours=c.k, threshold=c.k // 2 + 1)
+
+        coordinator.evaluation_config = weak
     elif lie == "tiny-k":
         _patch_configs(lambda c: SecAggConfig(num_clients=c.num_clients, vector_length=c.vector_length,
                                               max_abs=c.max_abs, modulus_bits=c.bits, num_neighbours=2, threshold=2))
