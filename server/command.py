@@ -197,7 +197,7 @@ def round_spec(args: argparse.Namespace, maxlen: int):
 
 
 def _server_settings(args: argparse.Namespace):
-    from server.coordinator import ServerSettings
+    from server.run_state import ServerSettings
 
     return ServerSettings(rounds=args.rounds, seed=args.seed, client_fraction=args.client_fraction,
                           min_clients=args.min_clients, secure=args.secure_aggregation != "off",

@@ -1,0 +1,179 @@
+"""A network run's durable state: what a restarted server needs to continue the run.
+
+`ServerSettings` (how rounds are run, saved with the run) and `RunState`: the run id, the global
+shared/group parameters, the round counters, the group fractions, the privacy ledger, the identity
+directory (client id -> identity key, never reassigned within a run), the configuration digest and
+the signed audit log. `RunState.create` starts a run in an empty folder; `RunState.resume` loads the
+checkpoint, checks it against the model and its digest, and re-reads the enrolments audited after
+the checkpoint. `save()` writes the checkpoint atomically (server/checkpoint.py). No locks and no
+transport here: the round driver (coordinator.py) owns when state changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mrff_secure.config import ModelConfig
+from mrff_secure.data.schema import PublicSchema
+from mrff_secure.errors import CheckpointError, ConfigError
+from mrff_secure.federation.client_update import RoundSpec, build_global, model_config_json
+from mrff_secure.federation.roles import Role, parameter_roles
+from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.wire import tensors
+from server import checkpoint
+from server.audit import AuditLog, read_records, software_version
+from server.privacy import NetworkLedger
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the coordinator runs rounds (saved in the run folder; `--resume` reads it back)."""
+
+    rounds: int = 3
+    seed: int = 0
+    client_fraction: float = 1.0
+    min_clients: int = 3
+    secure: bool = True
+    train_timeout: float = 120.0  # announcement -> advertise keys of the counts phase (local training)
+    stage_timeout: float = 30.0  # every other stage
+    dp_delta: float = 1e-5
+    max_dropout_fraction: float = 0.3  # distributed DP: noise sized for ceil(n * (1 - f)) survivors
+    num_neighbours: int | None = None
+    threshold: int | None = None
+    eval_every: int = 1  # federated evaluation every this many rounds (and at the last)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 1:
+            raise ConfigError(f"--eval-every must be an int >= 1, got {self.eval_every!r}")
+        if self.rounds < 0:
+            raise ConfigError(f"rounds must be >= 0, got {self.rounds}")
+        if self.min_clients < 3:
+            raise ConfigError(f"min_clients must be >= 3 (secure aggregation needs 3), got {self.min_clients}")
+        if not 0.0 < self.client_fraction <= 1.0:
+            raise ConfigError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
+        for name in ("train_timeout", "stage_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.max_dropout_fraction < 1.0:
+            raise ConfigError(f"max_dropout_fraction must be in [0, 1), got {self.max_dropout_fraction}")
+
+    def secagg_options(self) -> dict[str, int]:
+        return {k: v for k, v in (("num_neighbours", self.num_neighbours), ("threshold", self.threshold)) if v is not None}
+
+    def evaluates(self, round_id: int) -> bool:
+        """Round `round_id` ends with a federated evaluation of the model it started from."""
+        return round_id % self.eval_every == 0 or round_id == self.rounds - 1
+
+
+class RunState:
+    """One run's durable state (see the module docstring). Build with `create` or `resume`."""
+
+    run_id: str
+    params: dict[str, torch.Tensor]
+    next_round: int
+    last_completed: int
+    group_fractions: torch.Tensor | None
+    ledger: NetworkLedger
+    identities: dict[int, bytes]
+
+    def __init__(self, run_dir: Path, settings: ServerSettings, model_config: ModelConfig, schema: PublicSchema,
+                 spec: RoundSpec, signing_key) -> None:
+        self.run_dir = Path(run_dir)
+        self.settings, self.model_config, self.spec = settings, model_config, spec
+        self.model, self._initial_params = build_global(model_config, schema, settings.seed)  # the public schema only
+        self.schema_digest, self.schema_summary = schema.digest(), schema.describe()
+        self.layout = UpdateLayout.from_model(self.model)
+        self.config_digest = hashlib.sha256(json.dumps(
+            {"settings": dataclasses.asdict(settings), "spec": dataclasses.asdict(spec),
+             "model_config": model_config_json(model_config), "schema": self.schema_digest},
+            sort_keys=True).encode()).hexdigest()
+        self.audit = AuditLog(self.run_dir / "audit.jsonl", signing_key, config_digest=self.config_digest)
+
+    # ------------------------------------------------------------- creation
+    @classmethod
+    def create(cls, run_dir: Path, settings: ServerSettings, model_config: ModelConfig, schema: PublicSchema,
+               spec: RoundSpec, signing_key) -> "RunState":
+        state = cls(run_dir, settings, model_config, schema, spec, signing_key)
+        if (state.run_dir / checkpoint.FILENAME).exists():
+            raise ConfigError(f"{state.run_dir} already holds a run; use --resume {state.run_dir} or a new folder")
+        state.run_id = secrets.token_hex(8)
+        state.params = state._initial_params
+        state.next_round, state.last_completed = 0, -1
+        groups = state.layout.num_groups
+        dtype = next(iter(state.params.values())).dtype
+        state.group_fractions = (torch.full((state.layout.num_blocks, groups), 1.0 / groups, dtype=dtype)
+                                 if groups else None)
+        state.ledger = NetworkLedger(delta=settings.dp_delta)
+        state.identities = {}
+        state.save()
+        state.audit.append({"type": "run_started", "run_id": state.run_id, "settings": dataclasses.asdict(settings),
+                            "spec": dataclasses.asdict(spec), "model_config": model_config_json(model_config),
+                            "model_digest": state.model_digest(), "software": software_version(),
+                            "config_digest": state.config_digest}, sync=True)
+        return state
+
+    @classmethod
+    def resume(cls, run_dir: Path, settings: ServerSettings, model_config: ModelConfig, schema: PublicSchema,
+               spec: RoundSpec, signing_key) -> "RunState":
+        state = cls(run_dir, settings, model_config, schema, spec, signing_key)
+        if state.audit.finished:
+            raise ConfigError(f"the run in {state.run_dir} has finished (its audit log ends with a signed "
+                              "run_finished): it is not resumed; start a new run in another --run-dir")
+        params, meta = checkpoint.load(state.run_dir)
+        state._restore(params, meta)
+        for record in read_records(state.audit.path):  # bindings made after the checkpoint
+            if record.get("type") == "enrolled":
+                state.identities.setdefault(int(record["client"]), bytes.fromhex(record["identity_key"]))
+        state.audit.append({"type": "resumed", "next_round": state.next_round, "model_digest": state.model_digest(),
+                            "repaired": state.audit.repaired}, sync=True)
+        return state
+
+    def _restore(self, params: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        template = self.params_template()
+        if list(params) != list(template):
+            raise CheckpointError(f"{self.run_dir}: checkpoint parameters do not match the model")
+        for name, (shape, dtype) in template.items():
+            if tuple(params[name].shape) != shape or params[name].dtype != dtype:
+                raise CheckpointError(f"{self.run_dir}: parameter {name} has the wrong shape or dtype")
+        if meta.get("model_config") != model_config_json(self.model_config):
+            raise CheckpointError(f"{self.run_dir}: the checkpoint was made with another model configuration")
+        if tensors.digest(params).hex() != meta.get("model_digest"):
+            raise CheckpointError(f"{self.run_dir}: checkpoint parameters do not match their recorded digest")
+        self.params = params
+        self.run_id = str(meta["run_id"])
+        self.next_round = int(meta["next_round"])
+        self.last_completed = int(meta["last_completed_round"])
+        fractions = meta.get("group_fractions")
+        dtype = next(iter(params.values())).dtype
+        self.group_fractions = None if fractions is None else torch.tensor(fractions, dtype=dtype)
+        self.ledger = NetworkLedger(delta=self.settings.dp_delta)
+        self.ledger.load_state_dict(meta["ledger"])
+        self.identities = {int(c): bytes.fromhex(k) for c, k in meta.get("identities", {}).items()}
+
+    # ---------------------------------------------------------------- state
+    def model_digest(self) -> str:
+        return tensors.digest(self.params).hex()
+
+    def params_template(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        roles = parameter_roles(self.model)
+        return {n: (tuple(p.shape), p.dtype) for n, p in self.model.named_parameters() if roles[n] is not Role.PRIVATE}
+
+    def save(self) -> None:
+        """The checkpoint, written atomically."""
+        meta: dict[str, Any] = {
+            "run_id": self.run_id, "next_round": self.next_round, "last_completed_round": self.last_completed,
+            "group_fractions": None if self.group_fractions is None else self.group_fractions.tolist(),
+            "ledger": self.ledger.state_dict(), "rng": {"sampling": "numpy.default_rng([seed, round])",
+                                                        "seed": self.settings.seed},
+            "identities": {str(c): k.hex() for c, k in sorted(self.identities.items())},
+            "model_digest": self.model_digest(), "model_config": model_config_json(self.model_config),
+        }
+        checkpoint.save(self.run_dir, self.params, meta)
