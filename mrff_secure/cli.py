@@ -13,6 +13,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -124,8 +125,11 @@ def _handler(name):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the command line is read: still one line and 130
+        print("mrff: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     verbose = bool(getattr(args, "verbose", False))
     if not verbose:
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # raw gRPC core lines only with -v (read at grpc import)
@@ -154,5 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
+def entry() -> None:
+    """The `mrff` program: `main`, then the interpreter's exit with Ctrl-C ignored. Python restores the
+    default SIGINT action while it finalizes (torch's teardown takes a moment), so an interrupt that
+    arrives once the command has returned would otherwise kill the process (-2) instead of letting it
+    end with the command's own exit code."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
