@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the least minimum group size accepted (default 5)")
     g.add_argument("--require-dp", action="store_true", help="refuse rounds with DP off")
     g.add_argument("--allow-plain", action="store_true", help="accept unmasked aggregation (benchmarks only)")
+    g.add_argument("--no-evaluation", action="store_true",
+                   help="do not join the federated evaluation: its sum of held-out labels and scores is exact and "
+                        "outside epsilon (README: federated evaluation)")
     p.add_argument("--pause-after", metavar="ROUND:PHASE:STAGE",
                    help="fault injection for tests: stop after submitting this stage and wait to be killed")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, with gRPC's own lines")
@@ -119,8 +122,11 @@ def client_main(args: argparse.Namespace) -> int:
     policy = policy.with_overrides(min_participants=args.min_participants, corrupt_neighbours=args.corrupt_neighbours,
                                    min_survivors=args.min_survivors, min_noise_multiplier=args.min_noise_multiplier,
                                    max_clip=args.max_clip, allow_plain=True if args.allow_plain else None,
+                                   join_evaluation=False if args.no_evaluation else None,
                                    min_group_size=args.policy_min_group_size,
                                    dp_modes=("distributed",) if args.require_dp else None)
+    if not policy.join_evaluation:
+        print("NOTE this client's policy: no held-out scores for the federated evaluation", file=sys.stderr, flush=True)
     if args.insecure_reproducible_noise:
         print("WARNING --insecure-reproducible-noise: this client's DP noise is derived from --client-seed; "
               "its uploads are NOT PRIVATE", file=sys.stderr, flush=True)

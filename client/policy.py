@@ -5,7 +5,9 @@ client trains or reveals anything it checks the proposal against this policy: se
 on, the secure-aggregation floors (`SecAggPolicy`: participants, k, the threshold rule
 2t - k > c_max, survivors) and the DP floor (allowed modes, least noise multiplier, largest clip,
 least minimum group size). In the update phase it also refuses to sign a survivor list shorter than
-the `min_survivors` its noise share was sized for (W7 of SECURITY-REVIEW.md).
+the `min_survivors` its noise share was sized for (W7 of SECURITY-REVIEW.md). `join_evaluation`
+false keeps its held-out labels and scores out of the federated evaluation (an exact sum outside
+epsilon); the client says so when it enrols, so the evaluation does not wait for it.
 
 A policy is read from a JSON file (`mrff client --policy FILE`) whose keys are the field names
 below; flags override single fields. Unknown keys are an error, so a typo never weakens a policy.
@@ -26,7 +28,7 @@ from mrff_secure.secagg.config import DEFAULT_CORRUPT_NEIGHBOURS, SecAggConfig
 from mrff_secure.secagg.policy import PolicyViolation, SecAggPolicy
 
 POLICY_FIELDS = ("min_participants", "min_neighbours", "corrupt_neighbours", "min_survivors", "allow_plain",
-                 "dp_modes", "min_noise_multiplier", "max_clip", "min_group_size")
+                 "dp_modes", "min_noise_multiplier", "max_clip", "min_group_size", "join_evaluation")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class ClientPolicy:
     min_noise_multiplier: float = 0.0
     max_clip: float = math.inf
     min_group_size: int = 5
+    join_evaluation: bool = True  # send held-out scores to the federated evaluation (exact, outside epsilon)
     secagg: SecAggPolicy = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +63,8 @@ class ClientPolicy:
             raise ConfigError(f"policy min_group_size must be an int >= 2, got {self.min_group_size!r}")
         if not isinstance(self.allow_plain, bool):
             raise ConfigError(f"policy allow_plain must be true or false, got {self.allow_plain!r}")
+        if not isinstance(self.join_evaluation, bool):
+            raise ConfigError(f"policy join_evaluation must be true or false, got {self.join_evaluation!r}")
         object.__setattr__(self, "secagg", SecAggPolicy(
             min_participants=self.min_participants, min_neighbours=self.min_neighbours,
             corrupt_neighbours=self.corrupt_neighbours, min_survivors=self.min_survivors))

@@ -201,7 +201,8 @@ class LogicalClient:
         proof = primitives.sign(self.identity, signing.enrol_payload(self.user, self.identity_public))
         return pb.EnrolRequest(protocol_version=limits.PROTOCOL_VERSION, client_id=self.user,
                                identity_public_key=self.identity_public, proof=proof,
-                               credential=self.credential.to_bytes())
+                               credential=self.credential.to_bytes(),
+                               skips_evaluation=not self.policy.join_evaluation)
 
     def enrol(self) -> None:
         self.transport.enrol()
@@ -342,7 +343,7 @@ class LogicalClient:
             # The federated evaluation scores the model we received, with our private part before training.
             evaluation_input = (evaluation_sum.client_vector(evaluate_user(model, params, private, self.shared.data,
                                                                            self.user))
-                                if body.HasField("evaluation_secagg") else None)
+                                if body.HasField("evaluation_secagg") and self.policy.join_evaluation else None)
             update = train_user(model, params, private, self.shared.data, self.user, fractions, spec, config,
                                 torch_seed(self.client_seed, r, self.user))
         if self._result is not None:

@@ -131,7 +131,8 @@ class Coordinator:
         return self.state.params_template()
 
     # -------------------------------------------------------------- requests
-    def enrol(self, client_id: int, public_key: bytes, proof: bytes, credential: bytes) -> bytes:
+    def enrol(self, client_id: int, public_key: bytes, proof: bytes, credential: bytes, *,
+              skips_evaluation: bool = False) -> bytes:
         if not 0 <= client_id <= MAX_CLIENT_ID:
             raise Malformed(f"client id {client_id} is outside [0, {MAX_CLIENT_ID}]")
         if len(public_key) != primitives.PUBLIC_KEY_BYTES:
@@ -158,7 +159,7 @@ class Coordinator:
                 self.state.identities[client_id] = public_key
                 self.audit.append({"type": "enrolled", "client": client_id, "identity_key": public_key.hex(),
                                    "credential": bytes(credential).hex()})
-            return self.gate.open_session(client_id)
+            return self.gate.open_session(client_id, skips_evaluation=skips_evaluation)
 
     def authenticate(self, client_id: int, token: bytes) -> bool:
         return self.gate.authenticate(client_id, token)
@@ -331,8 +332,9 @@ class Coordinator:
 
         out: dict[str, Any] = {"evaluated_model": evaluated_model, "outside_the_guarantee": evaluation_sum.OUTSIDE_THE_GUARANTEE}
         try:
+            joining = set(survivors) - self.gate.skipping_evaluation()  # their policy: no held-out scores
             ring, clients = self._phase(rs, EVALUATION, config, EVALUATION_SESSION_BASE + rs.round_id, nonce,
-                                        set(survivors), self.settings.stage_timeout, record, on_open=open_phase)
+                                        joining, self.settings.stage_timeout, record, on_open=open_phase)
             splits = evaluation_sum.decode(from_ring(ring.astype(np.uint64), config.bits))
         except (SecAggError, ConfigError) as exc:
             log.warning("round %d: federated evaluation failed: %s", rs.round_id, exc)

@@ -139,7 +139,7 @@ class CoordinatorService:
                 raise errors.Malformed(f"protocol version {request.protocol_version} is not supported "
                                        f"(this server speaks {limits.PROTOCOL_VERSION})")
             token = self.coordinator.enrol(request.client_id, request.identity_public_key, request.proof,
-                                           request.credential)
+                                           request.credential, skips_evaluation=request.skips_evaluation)
             return pb.EnrolReply(session_token=token, run_id=self.coordinator.run_id)
 
         return self._call("Enrol", pb.EnrolRequest, raw, context, body)

@@ -99,13 +99,19 @@ class StageGate:
         self._wire = {"received": 0, "sent": 0, "calls": 0}  # protobuf message bytes of the current round
         self._finished = False
         self._saw_finish: set[int] = set()
+        self._skip_evaluation: set[int] = set()
 
     # ------------------------------------------------------------ sessions
-    def open_session(self, client_id: int) -> bytes:
-        """A fresh session token for an enrolled client (it replaces any earlier one)."""
+    def open_session(self, client_id: int, *, skips_evaluation: bool = False) -> bytes:
+        """A fresh session token for an enrolled client (it replaces any earlier one). `skips_evaluation`:
+        its policy sends no held-out scores, so the evaluation does not wait for it."""
         with self.condition:
             token = secrets.token_bytes(32)
             self._sessions[client_id] = token
+            if skips_evaluation:
+                self._skip_evaluation.add(client_id)
+            else:
+                self._skip_evaluation.discard(client_id)
             self._active.add(client_id)
             self.condition.notify_all()
         return token
@@ -117,6 +123,10 @@ class StageGate:
                 return False
             self._active.add(client_id)
             return True
+
+    def skipping_evaluation(self) -> set[int]:
+        with self.condition:
+            return set(self._skip_evaluation)
 
     def wait_for_clients(self, minimum: int) -> list[int]:
         """Block until at least `minimum` clients with a session are active; return them, sorted."""

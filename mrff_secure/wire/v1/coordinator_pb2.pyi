@@ -39,18 +39,20 @@ OUTCOME: Stage
 REVEAL_SEED: Stage
 
 class EnrolRequest(_message.Message):
-    __slots__ = ("protocol_version", "client_id", "identity_public_key", "proof", "credential")
+    __slots__ = ("protocol_version", "client_id", "identity_public_key", "proof", "credential", "skips_evaluation")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     PROOF_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    SKIPS_EVALUATION_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     client_id: int
     identity_public_key: bytes
     proof: bytes
     credential: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[int] = ..., identity_public_key: _Optional[bytes] = ..., proof: _Optional[bytes] = ..., credential: _Optional[bytes] = ...) -> None: ...
+    skips_evaluation: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[int] = ..., identity_public_key: _Optional[bytes] = ..., proof: _Optional[bytes] = ..., credential: _Optional[bytes] = ..., skips_evaluation: _Optional[bool] = ...) -> None: ...
 
 class EnrolReply(_message.Message):
     __slots__ = ("session_token", "run_id")
