@@ -256,7 +256,7 @@ def strip_local_noise_with_the_seed(uploads: np.ndarray, seed: int, round_index:
 
     old = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, round_index, 11]).generate_state(1)[0]))
     old_noise = torch.randn(uploads.shape, generator=old, dtype=torch.float32).double().numpy() * z * clip
-    rng = np.random.default_rng(np.random.SeedSequence([seed, round_index, 0, 31]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, round_index, 0, 31, 0]))  # chunk (row block) 0
     grid = GridDiscreteGaussian(noise_multiplier=z, clip=clip, dim=uploads.shape[1])
     new_noise = sample_discrete_gaussian(grid.noise_std / grid.gamma, uploads.shape, rng) * grid.gamma
     return [uploads - old_noise, uploads - new_noise]

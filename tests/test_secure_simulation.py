@@ -189,9 +189,9 @@ def test_an_observer_who_knows_the_seed_cannot_recover_the_true_group_counts(dat
     result = sim.train_round()
     pipeline = sim.privacy
     plans = pipeline._plans_for(12)
-    # the attacker's generator: the seed derivation the simulation used (and the debugging switch uses)
+    # the attacker's generator: the seed derivation of the summed noise draw (the debugging switch's; the
+    # clients' rounding draws come from their chunks' generators, PrivacyPipeline.chunk_generator)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0, 1, 31]))
-    rng.random((12, plans.counts.padded_dim))  # the clients' rounding draws come first (one pass: one-hots fit)
     noise = summed_noise_shares(plans.counts, 12, rng)
     stripped = add_to_ring(plans.counts, pipeline.last_ring_sums[1], -noise)
     guess = decode_counts(plans, stripped, survivors=12, rotation_seed=pipeline.rotation_seed(0, 1))

@@ -62,7 +62,7 @@ from mrff_secure.federation.client_encoding import (
     update_upload,
     without_noise,
 )
-from mrff_secure.federation.secure_sum import BACKENDS, open_session, round_id_for
+from mrff_secure.federation.secure_sum import BACKENDS, RingSum, open_session, round_id_for
 from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.secagg.groupwise import DEFAULT_MIN_GROUP_SIZE, check_min_group_size
 
@@ -242,6 +242,15 @@ class PrivacyPipeline:
             return np.random.default_rng(np.random.SeedSequence([self.seed, round_index, phase, 31]))
         return secure_generator()
 
+    def chunk_generator(self, round_index: int, phase: int, block: int) -> np.random.Generator:
+        """The generator of one chunk's DP randomness (local noise, or the rounding of a secure phase where
+        clients do not draw from their own generators). A chunk is a block of `chunk_size` user rows
+        (simulation.chunk_blocks), so the draws do not depend on how clients are spread over processes.
+        OS entropy unless the run is marked not private (insecure_reproducible_noise)."""
+        if self.settings.insecure_reproducible_noise:
+            return np.random.default_rng(np.random.SeedSequence([self.seed, round_index, phase, 31, int(block)]))
+        return secure_generator()
+
     def client_noise_generator(self, round_index: int, phase: int, client: int) -> np.random.Generator:
         """Reproducible mode only: one client's generator of a secure phase, the very one a network client
         run with --insecure-reproducible-noise --client-seed SEED draws from (SEED = the run seed), so that
@@ -290,46 +299,69 @@ class PrivacyPipeline:
         """The rotation seed of a round's phase: public, shared by the round's clients and the server."""
         return int(np.random.SeedSequence([self.seed, round_index, phase, 23]).generate_state(1)[0])
 
-    def _secure_sum(self, phase: int, participants: np.ndarray, chunks, round_index: int) -> np.ndarray:
-        """Encode each chunk (ids, float rows) with the shared client encoding, secure-sum, decode (dim,)."""
-        n = len(participants)
-        plans = self._plans_for(n)
+    def secure_session(self, phase: int, num_clients: int, round_index: int):
+        """A fresh secure-sum session of the configured backend for one phase of a round."""
+        plans = self._plans_for(num_clients)
+        plan = plans.counts if phase == 1 else plans.update
+        return open_session(self.settings.secure_sum, num_clients=num_clients, dim=plan.padded_dim,
+                            modulus_bits=plan.modulus_bits, round_id=round_id_for(round_index, phase))
+
+    def partial_session(self, phase: int, num_clients: int) -> RingSum:
+        """A ring sum over some of a round's clients (another process's share of the fast secure sum)."""
+        if self.settings.secure_sum != "fast":
+            raise ConfigError(f"secure_sum={self.settings.secure_sum!r} cannot be split over processes; use 'fast'")
+        plans = self._plans_for(num_clients)
+        plan = plans.counts if phase == 1 else plans.update
+        return RingSum(num_clients=num_clients, dim=plan.padded_dim, modulus_bits=plan.modulus_bits)
+
+    def encode_chunk(self, phase: int, num_clients: int, ids: np.ndarray, vectors: np.ndarray, round_index: int,
+                     block: int) -> np.ndarray:
+        """The clients' side of a secure phase: each row (float64) encoded with the shared client encoding
+        (clip, rotation, scaling, conditional rounding, noise share) into ring residues (chunk, padded)."""
+        plans = self._plans_for(num_clients)
         plan = plans.counts if phase == 1 else plans.update
         aggregate = self.settings.noise_sampling == "aggregate" and plan.noise_multiplier > 0
         client_plans = without_noise(plans) if aggregate else plans
         upload = counts_upload if phase == 1 else update_upload
         seed = self.rotation_seed(round_index, phase)
-        rng = self.noise_generator(round_index, phase)
-        session = open_session(self.settings.secure_sum, num_clients=n, dim=plan.padded_dim,
-                               modulus_bits=plan.modulus_bits, round_id=round_id_for(round_index, phase))
-        per_client = self.settings.insecure_reproducible_noise and not aggregate
-        for ids, vectors in chunks:
-            if per_client:  # each client from its own generator, as a network client draws
-                residues = np.stack([upload(client_plans, row, rotation_seed=seed,
-                                            rng=self.client_noise_generator(round_index, phase, c))
-                                     for c, row in zip(ids, vectors)])
-            else:
-                residues = upload(client_plans, vectors, rotation_seed=seed, rng=rng)
-            session.add(ids, residues)  # (chunk, padded) residues
-        ring = session.finish()
-        if aggregate:
+        if self.settings.insecure_reproducible_noise and not aggregate:  # each client from its own generator,
+            return np.stack([upload(client_plans, row, rotation_seed=seed,  # as a network client draws
+                                    rng=self.client_noise_generator(round_index, phase, c))
+                             for c, row in zip(ids, vectors)])
+        return upload(client_plans, vectors, rotation_seed=seed, rng=self.chunk_generator(round_index, phase, block))
+
+    def finish_secure_sum(self, phase: int, num_clients: int, ring: np.ndarray, round_index: int) -> np.ndarray:
+        """The server's side: the ring sum of the phase (plus the one summed noise draw of the 'aggregate'
+        shortcut), decoded to floats (dim,)."""
+        plans = self._plans_for(num_clients)
+        plan = plans.counts if phase == 1 else plans.update
+        if self.settings.noise_sampling == "aggregate" and plan.noise_multiplier > 0:
             # One draw of the sum of n shares per coordinate (see PrivacySettings.noise_sampling).
-            ring = add_to_ring(plan, ring, summed_noise_shares(plan, n, rng))
+            ring = add_to_ring(plan, ring, summed_noise_shares(plan, num_clients, self.noise_generator(round_index, phase)))
         self.last_ring_sums[phase] = ring.copy()
-        return decode_sum(plan, ring, survivors=n, rotation_seed=seed)
+        return decode_sum(plan, ring, survivors=num_clients, rotation_seed=self.rotation_seed(round_index, phase))
+
+    def _secure_sum(self, phase: int, participants: np.ndarray, chunks, round_index: int) -> np.ndarray:
+        """Encode each chunk (ids, float rows, block) with the shared client encoding, secure-sum, decode (dim,)."""
+        n = len(participants)
+        session = self.secure_session(phase, n, round_index)
+        for ids, vectors, block in chunks:
+            session.add(ids, self.encode_chunk(phase, n, ids, vectors, round_index, block))  # (chunk, padded)
+        return self.finish_secure_sum(phase, n, session.finish(), round_index)
 
     def secure_counts(self, participants: np.ndarray, one_hots: torch.Tensor, round_index: int) -> torch.Tensor:
         """Phase 1: the secure (noisy when DP is on) sum of the one-hots, rounded to integers >= 0. (blocks, groups)."""
         plan = self._plans_for(len(participants)).counts
         if plan is None:
             return torch.zeros(0, 0, dtype=one_hots.dtype)
-        chunks = [(participants, one_hots.to(torch.float64).numpy())]  # (clients, blocks * groups): tiny
+        chunks = [(participants, one_hots.to(torch.float64).numpy(), 0)]  # (clients, blocks * groups): tiny
         total = self._secure_sum(1, participants, chunks, round_index)
         counts = np.clip(np.rint(total), 0, None).reshape(self.layout.num_blocks, self.layout.num_groups)
         return torch.as_tensor(counts, dtype=one_hots.dtype)
 
     def secure_update_sum(self, participants: np.ndarray, chunks, round_index: int) -> np.ndarray:
-        """Phase 2: `chunks` yields (client ids, float vectors (chunk, layout.size)); returns the decoded float sum.
+        """Phase 2: `chunks` yields (client ids, float vectors (chunk, layout.size), row block); returns the
+        decoded float sum.
 
         The decoded one-hot coordinates are noise around zero (phase 2 carries no one-hots, W5).
         """

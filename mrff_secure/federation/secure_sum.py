@@ -89,6 +89,23 @@ class RingSum:
         self._seen.update(ids)
         self._total += ring.sum(axis=0, dtype=np.uint64)
 
+    def partial(self) -> tuple[np.ndarray, np.ndarray]:
+        """(client ids, running total mod 2^64) of the clients added here: one process's share of the sum."""
+        return np.array(sorted(self._seen), dtype=np.int64), self._total.copy()
+
+    def merge(self, client_ids: np.ndarray, total: np.ndarray) -> None:
+        """Add another session's `partial()` (its clients' residues were range-checked when added there)."""
+        ids = [int(c) for c in client_ids]
+        if self._seen.intersection(ids) or len(set(ids)) != len(ids):
+            raise InputRangeError("a client contributed twice to one secure sum")
+        if len(self._seen) + len(ids) > self.num_clients:
+            raise InputRangeError(f"more than the {self.num_clients} clients the modulus was sized for")
+        total = np.asarray(total)
+        if total.shape != (self.dim,) or total.dtype != np.uint64:
+            raise InputRangeError(f"a partial sum must be ({self.dim},) uint64, got {total.dtype}{list(total.shape)}")
+        self._seen.update(ids)
+        self._total += total
+
     def finish(self) -> np.ndarray:
         """(dim,) int64 residues in [0, 2^b): the sum mod 2^b."""
         return (self._total & np.uint64((1 << self.modulus_bits) - 1)).astype(np.int64)
