@@ -118,8 +118,52 @@ def _cell_worker(payload: tuple[dict, dict, str]) -> dict:
     return result
 
 
-def run_audit(out: Path, config: dict[str, Any], *, workers: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the audit in `out`; returns the grid report (also written to out/grid.json)."""
+def _ray_cell(cell_dict: dict, data, config: dict, threads: int) -> dict:
+    """One cell as a Ray task (anywhere in the cluster): the result comes back to the driver, which writes it."""
+    import torch
+
+    from attacks.grid import Cell, run_cell
+    from mrff_secure.config import ModelConfig
+
+    from mrff_secure.federation.ray_backend import writable_copy
+
+    torch.set_num_threads(int(threads))
+    data = writable_copy(data)
+    return run_cell(Cell(**cell_dict), data, model=ModelConfig(maxlen=data.maxlen), rounds=config["rounds"],
+                    canaries=config["canaries"], clip=config["clip"])
+
+
+def _run_on_ray(todo: list, data, config: dict[str, Any], results: dict[str, dict], *, address: str | None,
+                threads: int, progress: bool) -> None:
+    """Every cell of `todo` as a Ray task of `threads` CPUs; each result written as soon as it arrives."""
+    from mrff_secure.federation.ray_backend import connect, import_ray
+
+    ray = import_ray()
+    started = connect(ray, address, None)
+    try:
+        task = ray.remote(num_cpus=threads)(_ray_cell)
+        data_ref = ray.put(data)  # once, for every task: the nodes need no copy of the dataset on disk
+        pending = {task.remote(cell.to_dict(), data_ref, config, threads): (cell, path) for cell, path in todo}
+        print(f"{len(pending)} cells as Ray tasks on {int(ray.cluster_resources().get('CPU', 0))} CPUs", flush=True)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            cell, path = pending.pop(done[0])
+            result = ray.get(done[0])
+            write_json_atomic(path, result)
+            results[cell.name] = result
+            if progress:
+                print(f"{cell.name}: done in {result['seconds']:.1f} s", flush=True)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_audit(out: Path, config: dict[str, Any], *, workers: int = 1, progress: bool = True, backend: str = "single",
+              ray_address: str | None = None, threads_per_worker: int = 1) -> dict[str, Any]:
+    """Run (or resume) the audit in `out`; returns the grid report (also written to out/grid.json).
+
+    backend "single": the cells in this process, or in `workers` processes; "ray": every cell a Ray task
+    of `threads_per_worker` CPUs on the cluster at `ray_address` (None: a local Ray instance)."""
     from attacks.grid import grid_report, run_cell
     from mrff_secure.config import ModelConfig
 
@@ -143,7 +187,10 @@ def run_audit(out: Path, config: dict[str, Any], *, workers: int = 1, progress: 
                 print(f"{cell.name}: resumed from {path}", flush=True)
                 continue
         todo.append((cell, path))
-    if workers > 1 and len(todo) > 1:
+    if backend == "ray" and todo:
+        (out / "cells").mkdir(parents=True, exist_ok=True)
+        _run_on_ray(todo, data, config, results, address=ray_address, threads=threads_per_worker, progress=progress)
+    elif workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             payloads = [(c.to_dict(), config, str(p)) for c, p in todo]
             for (cell, _), result in zip(todo, pool.map(_cell_worker, payloads)):
@@ -197,7 +244,11 @@ def audit_main(args: argparse.Namespace) -> int:
     out = options.writable_folder(args.run_dir, "--run-dir")
     _prepare(out, config)
     options.write_config(out, resolved, "audit")
-    grid = run_audit(out, config, workers=args.workers, progress=not args.no_progress)
+    if args.backend == "ray" and args.workers != 1:
+        raise ConfigError("--workers is the single backend's process pool; with --backend ray every cell is a Ray "
+                          "task and the cluster's CPUs (--threads-per-worker each) decide how many run at once")
+    grid = run_audit(out, config, workers=args.workers, progress=not args.no_progress, backend=args.backend,
+                     ray_address=args.ray_address, threads_per_worker=args.threads_per_worker)
     paths = write_report(out, signing_key=args.signing_key)
     code = exit_code(grid["rules"])
     for name, rule in grid["rules"].items():

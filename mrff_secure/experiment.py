@@ -39,7 +39,7 @@ import torch
 
 from mrff_secure.atomic import write_bytes_atomic, write_json_atomic
 from mrff_secure.checkpoint import load_arrays, save_arrays
-from mrff_secure.errors import CheckpointError, MrffError
+from mrff_secure.errors import CheckpointError, ConfigError, MrffError
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline, PrivacySettings
@@ -190,7 +190,8 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 def run_training(data: ClientData, model_config: ModelConfig, federation: FederationConfig, out_dir: str | Path,
                  progress: bool = True, extra_config: dict[str, Any] | None = None,
                  privacy: PrivacySettings | None = None, *, checkpoint_every: int = 10, resume: bool = False,
-                 fingerprint: str = "", should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+                 fingerprint: str = "", should_stop: Callable[[], bool] | None = None, backend: str = "single",
+                 workers: int = 2, threads_per_worker: int = 1, ray_address: str | None = None) -> dict[str, Any]:
     """Train for `federation.rounds` rounds, evaluating every `eval_every`; write the run folder.
 
     Returns summary.json's content plus, under "operator-only", the evaluation written to
@@ -201,11 +202,33 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
     A checkpoint is written every `checkpoint_every` rounds and after the last. `resume` continues
     from it (its `fingerprint`, a digest of the configuration, must match). `should_stop()` is asked
     after every round: when true, the round's checkpoint is written and TrainingInterrupted raised.
+
+    `backend` "ray" shards the clients over `workers` Ray actors (federation.ray_backend; the same
+    result as "single", the default) on the cluster at `ray_address` or a local Ray instance.
     """
-    out = Path(out_dir)
+    if backend == "ray":
+        from mrff_secure.federation.ray_backend import RaySimulation
+
+        sim = RaySimulation(data, model_config, federation, privacy=privacy, workers=workers,
+                            threads_per_worker=threads_per_worker, address=ray_address)
+    elif backend == "single":
+        sim = FederatedSimulation(data, model_config, federation, privacy=privacy)
+    else:
+        raise ConfigError(f"--backend must be single or ray, got {backend!r}")
+    try:
+        return _run(sim, data, model_config, federation, Path(out_dir), progress, extra_config, privacy,
+                    checkpoint_every, resume, fingerprint, should_stop)
+    finally:
+        if backend == "ray":
+            sim.close()
+
+
+def _run(sim: FederatedSimulation, data: ClientData, model_config: ModelConfig, federation: FederationConfig,
+         out: Path, progress: bool, extra_config: dict[str, Any] | None, privacy: PrivacySettings | None,
+         checkpoint_every: int, resume: bool, fingerprint: str, should_stop: Callable[[], bool] | None
+         ) -> dict[str, Any]:
     operator = out / OPERATOR_ONLY
     operator.mkdir(parents=True, exist_ok=True)
-    sim = FederatedSimulation(data, model_config, federation, privacy=privacy)
     settings = privacy if privacy is not None else PrivacySettings()
     # The plain path has no pipeline in the simulation; this one only keeps its (infinite) account.
     accountant = sim.privacy if sim.privacy is not None else PrivacyPipeline(

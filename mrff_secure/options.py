@@ -1,6 +1,6 @@
 """The run configuration: one table of every quantity the commands share, one name and one default each.
 
-A quantity lives in one table per concern (data, model, federation, privacy, network, audit) and has
+A quantity lives in one table per concern (data, model, federation, privacy, network, audit, scale) and has
 one flag (`privacy.noise_multiplier` is `--noise-multiplier` in every command that takes it). A
 command's value of a quantity is, by increasing precedence: the default here, the `--config` TOML
 file (tables named like the concerns), `--set table.key=value` overrides, then the flag. The resolved
@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from mrff_secure.errors import ConfigError
 
-TABLES = ("data", "model", "federation", "privacy", "network", "audit")
+TABLES = ("data", "model", "federation", "privacy", "network", "audit", "scale")
 
 
 @dataclass(frozen=True)
@@ -206,6 +206,14 @@ OPTIONS: tuple[Option, ...] = (
                                            "mechanism fails by chance with probability at most 1 - confidence",
        low=0.5, below=1.0),
     _o("audit", "misreport_noise", float, 1.0, "TESTING THE AUDIT ONLY: claim z x FACTOR while adding z", above=0.0),
+    # ---------------------------------------------------------------- scale
+    _o("scale", "backend", str, "single", "single: this process; ray: clients sharded over Ray actors (train) or "
+                                         "cells as Ray tasks (audit); needs pip install -e '.[ray]'",
+       choices=("single", "ray")),
+    _o("scale", "ray_address", str, None, "ray: a running cluster (auto, or HOST:PORT of `ray start --head`); not "
+                                          "set: a local Ray instance for this command", optional=True),
+    _o("scale", "workers", int, 2, "ray, train: actors the clients are sharded over", low=1),
+    _o("scale", "threads_per_worker", int, 1, "ray: torch threads (and Ray CPUs) of each actor or audit cell", low=1),
 )
 BY_KEY = {o.key: o for o in OPTIONS}
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -220,7 +228,8 @@ _NETWORK_PRIVACY = ("dp", "clip", "noise_multiplier", "target_epsilon", "delta",
                     "secure_aggregation", "modulus_bits", "min_group_size")
 COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
     "train": _DATA + _MODEL + _TRAINING + ("eval_every", "chunk_size", "checkpoint_every") + _NETWORK_PRIVACY
-             + ("noise_sampling", "count_cap", "clip_from_private_data", "insecure_reproducible_noise"),
+             + ("noise_sampling", "count_cap", "clip_from_private_data", "insecure_reproducible_noise")
+             + ("backend", "ray_address", "workers", "threads_per_worker"),
     "server": _DATA + _MODEL + _TRAINING + ("min_clients", "eval_every") + _NETWORK_PRIVACY
               + ("address", "certs", "mtls", "insecure", "train_timeout", "stage_timeout", "num_neighbours",
                  "threshold", "max_upload_mib", "max_workers", "linger"),
@@ -232,7 +241,8 @@ COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
     "privacy": ("rounds", "client_fraction", "dp", "clip", "noise_multiplier", "target_epsilon", "delta", "mechanism",
                 "max_dropout_fraction", "modulus_bits", "noise_sampling", "blocks", "groups", "mrff"),
     "audit": ("dataset", "data_dir", "recbole_name", "synthetic_users", "clip", "rounds_per_cell", "canaries",
-              "levels", "targets", "seeds", "sampled_fraction", "cells", "confidence", "misreport_noise"),
+              "levels", "targets", "seeds", "sampled_fraction", "cells", "confidence", "misreport_noise",
+              "backend", "ray_address", "threads_per_worker"),
 }
 
 
@@ -249,7 +259,7 @@ def _default_text(option: Option) -> str:
 def add_options(parser: argparse.ArgumentParser, command: str) -> None:
     """Every option of `command`, grouped by table, with its default in the help; plus --config and --set."""
     parser.add_argument("--config", type=Path, default=None, metavar="TOML",
-                        help="run configuration (tables data, model, federation, privacy, network, audit); "
+                        help="run configuration (tables data, model, federation, privacy, network, audit, scale); "
                              "flags and --set win over it")
     parser.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE", dest="overrides",
                         help="override one configuration value (repeatable), e.g. --set privacy.clip=0.5")

@@ -88,7 +88,7 @@ def privacy_settings(args: argparse.Namespace):
 def fingerprint(config: dict) -> str:
     """What a checkpoint must match: the configuration minus the settings that do not change the result."""
     kept = {t: {k: v for k, v in body.items() if k not in ("eval_every", "checkpoint_every")}
-            for t, body in config.items()}
+            for t, body in config.items() if t != "scale"}  # a run may continue on another backend
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
@@ -123,9 +123,11 @@ def train_main(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         summary = run_training(data, model_config, federation, args.run_dir, progress=not args.no_progress,
-                               extra_config={"dataset": args.dataset}, privacy=privacy,
+                               extra_config={"dataset": args.dataset, "backend": args.backend}, privacy=privacy,
                                checkpoint_every=args.checkpoint_every, resume=args.resume,
-                               fingerprint=fingerprint(config), should_stop=lambda: bool(stop_requested))
+                               fingerprint=fingerprint(config), should_stop=lambda: bool(stop_requested),
+                               backend=args.backend, workers=args.workers, threads_per_worker=args.threads_per_worker,
+                               ray_address=args.ray_address)
     except TrainingInterrupted as stop:
         print(f"mrff train: interrupted after round {stop.rounds_done}; {args.run_dir} is consistent (checkpoint of "
               f"round {stop.rounds_done}): continue with `mrff train --resume --run-dir {args.run_dir}`",

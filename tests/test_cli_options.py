@@ -246,12 +246,27 @@ def _wait_for_sigint_handler(pid: int, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+def _wait_for_mapped(pid: int, library: str, timeout: float = 60.0) -> None:
+    """Until the process has mapped a file whose path contains `library` (Linux: /proc/PID/maps)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if library in Path(f"/proc/{pid}/maps").read_text():
+                return
+        except OSError:
+            return
+        time.sleep(0.01)
+
+
 def test_ctrl_c_in_privacy_is_one_line_and_exit_130():
     proc = subprocess.Popen([sys.executable, "-m", "mrff_secure.cli", "privacy", "--dp", "local", "--target-epsilon",
                              "3", "--rounds", "300", "--clients", "1000"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     _wait_for_sigint_handler(proc.pid)  # a SIGINT before Python's own handler kills the process (-2)
-    time.sleep(0.5)  # inside the handler: importing the accountants takes longer than this
+    # Inside the command: scipy is mapped once the accountants are being imported. (A fixed 0.5 s sleep
+    # here failed once, right after a full suite: starting Python itself took longer, and Ctrl-C during
+    # the interpreter's own start-up imports is Python's -2, before any of our code runs.)
+    _wait_for_mapped(proc.pid, "scipy")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     if proc.returncode == 0:

@@ -2,8 +2,8 @@
 
 A shard hosts the users of some whole row blocks (`chunk_blocks`: block k = user rows
 [k * chunk_size, (k + 1) * chunk_size)): their data and their private parameters, for the whole run.
-Each round it trains its sampled clients in vectorized chunks (one chunk per row block, its dropout
-randomness seeded by (seed, round, block)) and hands back only what clients send: the route of
+Each round it trains its sampled clients in vectorized chunks (a chunk is a row block's sampled clients, its
+dropout randomness seeded by (seed, round, block); `block_rows`) and hands back only what clients send: the route of
 each client (for the count phase) and then the sum of its clients' update vectors (plain), of their
 noisy uploads (local DP) or of their ring residues (secure aggregation, the 'fast' ring sum).
 
@@ -43,6 +43,16 @@ def chunk_blocks(rows: np.ndarray, chunk_size: int) -> list[tuple[int, np.ndarra
     starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
     ends = np.r_[starts[1:], len(rows)]
     return [(int(blocks[a]), rows[a:b]) for a, b in zip(starts, ends)]
+
+
+def block_rows(federation: FederationConfig) -> int:
+    """User rows per block (0: one block). With all clients in every round a block is `chunk_size` rows; when
+    a fraction q is sampled it is ceil(chunk_size / q) rows, so that a chunk (the block's sampled clients)
+    still holds about `chunk_size` clients."""
+    size = federation.chunk_size
+    if not size or federation.client_fraction >= 1.0:
+        return size
+    return int(np.ceil(size / federation.client_fraction))
 
 
 def chunk_seed(seed: int, round_index: int, block: int) -> int:
@@ -118,7 +128,7 @@ class ClientShard:
         self.model.train()
         self._trained = []
         routes = []
-        for block, rows in chunk_blocks(participants, self.federation.chunk_size):
+        for block, rows in chunk_blocks(participants, block_rows(self.federation)):
             torch.manual_seed(chunk_seed(self.federation.seed, round_index, block))
             local = self._local(rows)
             result = train_clients(
@@ -147,8 +157,12 @@ class ClientShard:
     # ----------------------------------------------------------------- uploads
     def plain_sum(self, suppressed: torch.Tensor | None, *, transform=None, round_index: int = 0,
                   keep_individual: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The sum of the trained clients' update vectors (and, if asked, the vectors themselves)."""
-        summed = torch.zeros(self.layout.size, dtype=self.dtype)
+        """The sum of the trained clients' update vectors, float64 (and, if asked, the vectors themselves).
+
+        Each chunk's float sum is added into a float64 total: the sum of a few float sums in float64 hardly
+        depends on their order, so shards' totals added by the server round to the same floats as one total
+        (a float32 result differs only where a float64 sum falls within 2^-53 of a float32 rounding point)."""
+        summed = torch.zeros(self.layout.size, dtype=torch.float64)
         individual = []
         for item in self._take():
             vectors = self._vectors(item, suppressed, scaled=False)
@@ -161,9 +175,10 @@ class ClientShard:
 
     def local_dp_sum(self, round_index: int, *, transform=None, keep_individual: bool = False
                      ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
-        """Local DP: the sum of the clients' clipped, noised uploads, how many were clipped, the uploads."""
+        """Local DP: the float64 sum of the clients' clipped, noised uploads (as `plain_sum`), how many were
+        clipped, the uploads."""
         pipeline = self._pipeline
-        summed = torch.zeros(self.layout.size, dtype=self.dtype)
+        summed = torch.zeros(self.layout.size, dtype=torch.float64)
         clipped, individual = 0, []
         for item in self._take():
             vectors = self._vectors(item, None, scaled=True)

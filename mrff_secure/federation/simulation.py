@@ -137,10 +137,12 @@ class FederatedSimulation:
         return self._shard.train(self.global_params, self.group_fractions, participants, r)
 
     def _plain_sum(self, suppressed, r: int, keep_individual: bool):
+        """(sum of the participants' update vectors, float64; their vectors if kept)."""
         return self._shard.plain_sum(suppressed, transform=self.update_transform, round_index=r,
                                      keep_individual=keep_individual)
 
     def _local_dp_sum(self, r: int, keep_individual: bool):
+        """(float64 sum of the noisy uploads, how many were clipped, the uploads if kept)."""
         return self._shard.local_dp_sum(r, transform=self.update_transform, keep_individual=keep_individual)
 
     def _secure_update_sum(self, suppressed, n: int, r: int) -> tuple[np.ndarray, int]:
@@ -208,6 +210,7 @@ class FederatedSimulation:
         suppressed = (counts > 0) & (counts < self.federation.min_group_size) if groups else None
         keep_individual = self.observer is not None and self.plain_individual_view
         summed, individual = self._plain_sum(suppressed, r, keep_individual)
+        summed = summed.to(self.dtype)
         averaging_counts = counts.masked_fill(suppressed, 0.0) if groups else counts
         self.global_params = apply_sum(self.global_params, self.layout, summed, len(participants), averaging_counts)
         if groups:
@@ -236,6 +239,7 @@ class FederatedSimulation:
         if pipeline.mode == "local":
             # No count phase in the clear: the server learns counts only from the noisy uploads.
             summed, clipped, individual_view = self._local_dp_sum(r, self.observer is not None)
+            summed = summed.to(self.dtype)
             _, _, noisy_counts, _ = self.layout.split(summed)
             server_counts = noisy_counts.clone() if groups else torch.zeros(0, 0)
             averaging_counts = pipeline.local_averaging_counts(server_counts, n) if groups else server_counts

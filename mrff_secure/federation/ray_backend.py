@@ -1,0 +1,291 @@
+"""The simulation spread over Ray actors (`mrff train --backend ray`).
+
+The population is cut into contiguous ranges of whole row blocks (a block is `chunk_size` user
+rows, the unit of vectorized training: `client_shard.chunk_blocks`), one range per actor. Each actor
+is a `ClientShard`: it receives its users' data once, creates their private parameters itself and
+keeps both for the whole run; private state never travels. A round: the driver (this process, the
+simulated server) puts the global model into Ray's object store once; every actor trains its
+sampled clients and returns their routes (the count phase's input); the driver forms the counts
+and the suppressed slots and asks each actor for its clients' sum: a float sum (plain or local DP)
+or, under secure aggregation, a partial ring sum of the clients' residues, merged at the driver
+exactly as a single ring sum would be. Everything the server does after that (decoding, noise of
+the 'aggregate' shortcut, `apply_sum`, accounting) is the single-process code, unchanged.
+
+Equal to the single process: a client's chunk, its dropout seed and its DP draws are defined by row
+blocks, so they are the same whichever actor trains them. Secure sums are ring sums, so the merged
+total is bit-identical; float sums are float64 totals of the same per-chunk float sums, added per actor
+and then across actors (`ClientShard.plain_sum`), and round to the same floats as one total except where
+a float64 total falls within 2^-53 of a float32 rounding point. Torch's kernels can round differently
+with another thread count: equality holds for equal `threads_per_worker` and single-process threads.
+
+Not supported here (refused with ConfigError, use the single process): an `update_transform` (a
+Python callable of the driver: the canary audit) and the 'inmemory' SecAgg+ protocol (its clients
+exchange keys and masks with each other across every shard).
+
+Ray moves arguments and results with its own serializer, which is built on pickle; this module
+hands it only numpy arrays, plain numbers and this package's frozen configuration dataclasses, and
+never unpickles anything itself. A Ray cluster runs arbitrary code for any of its members: use it
+only on machines and a network you trust (README, "Scale-out on Ray").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import numpy as np
+import torch
+
+from mrff_secure.config import FederationConfig, ModelConfig
+from mrff_secure.data.client_data import ClientData
+from mrff_secure.errors import ConfigError
+from mrff_secure.federation.client_shard import ClientShard, block_rows, model_and_private
+from mrff_secure.federation.privacy_pipeline import PrivacyPipeline, PrivacySettings
+from mrff_secure.federation.simulation import FederatedSimulation, RoundObserver
+
+INSTALL_HINT = "the ray backend needs Ray: pip install -e '.[ray]'"
+
+
+def import_ray():
+    """Ray, or a ConfigError that says how to install it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import ray
+    except ImportError as error:
+        raise ConfigError(f"{INSTALL_HINT} ({error})") from None
+    return ray
+
+
+def connect(ray, address: str | None, num_cpus: int | None) -> bool:
+    """Join the cluster at `address`, or start a local Ray instance with `num_cpus` CPUs (None: all of this
+    machine's) when `address` is None; nothing when Ray is already initialised. True if this call started
+    or joined it (the caller then shuts it down)."""
+    if ray.is_initialized():
+        return False
+    if address is None:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", configure_logging=False)
+    else:
+        try:
+            ray.init(address=address, logging_level="WARNING", configure_logging=False)
+        except ConnectionError as error:
+            raise ConfigError(f"--ray-address {address}: no Ray cluster answers there ({error})") from None
+    return True
+
+
+def writable_copy(data: ClientData) -> ClientData:
+    """Ray hands arrays over read-only (from its object store): a process's own writable copy."""
+    items = data.item_attributes
+    return dataclasses.replace(data.subset(np.arange(data.num_users)),
+                               item_attributes=dataclasses.replace(items, tokens=np.array(items.tokens)))
+
+
+def shard_rows(num_users: int, rows_per_block: int, workers: int) -> list[np.ndarray]:
+    """Contiguous ranges of whole row blocks (`client_shard.block_rows`; 0: one block), as even as blocks
+    allow, one per worker (none empty)."""
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    block = rows_per_block if rows_per_block else max(num_users, 1)
+    num_blocks = -(-num_users // block)
+    ranges = np.array_split(np.arange(num_blocks), min(workers, max(num_blocks, 1)))
+    return [np.arange(r[0] * block, min((r[-1] + 1) * block, num_users)) for r in ranges if len(r)]
+
+
+class ShardActor:
+    """One Ray actor: a ClientShard over a contiguous range of user rows (`first`, `first + users`)."""
+
+    def __init__(self, data: ClientData, first: int, model_config: ModelConfig, federation: FederationConfig,
+                 threads: int, pipeline_args: dict | None) -> None:
+        torch.set_num_threads(int(threads))
+        self.first = int(first)
+        data = writable_copy(data)
+        self.shard = ClientShard(data, model_config, federation, np.arange(data.num_users), threads=threads)
+        self.shard.rows = self.shard.rows + self.first  # global row ids; the data is this range only
+        if pipeline_args is not None:
+            self.shard.set_pipeline(PrivacyPipeline(layout=self.shard.layout, **pipeline_args))
+
+    def ready(self) -> int:
+        return len(self.shard.rows)
+
+    @staticmethod
+    def _global(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {n: torch.from_numpy(np.array(a)) for n, a in arrays.items()}
+
+    def train(self, global_arrays, fractions, participants, round_index):
+        fractions = None if fractions is None else torch.from_numpy(np.array(fractions))
+        return self.shard.train(self._global(global_arrays), fractions, participants, round_index).numpy()
+
+    def plain_sum(self, suppressed, round_index, keep_individual):
+        suppressed = None if suppressed is None else torch.from_numpy(np.array(suppressed))
+        summed, individual = self.shard.plain_sum(suppressed, round_index=round_index, keep_individual=keep_individual)
+        return summed.numpy(), None if individual is None else individual.numpy()
+
+    def local_dp_sum(self, round_index, keep_individual):
+        summed, clipped, individual = self.shard.local_dp_sum(round_index, keep_individual=keep_individual)
+        return summed.numpy(), clipped, None if individual is None else individual.numpy()
+
+    def secure_update(self, suppressed, num_clients, round_index):
+        suppressed = None if suppressed is None else torch.from_numpy(np.array(suppressed))
+        clipped, session = self.shard.secure_update(suppressed, num_clients, round_index)
+        ids, total = session.partial()
+        return clipped, ids, total
+
+    def predict(self, global_arrays, split, rows):
+        return self.shard.predict(self._global(global_arrays), split, rows).numpy()
+
+    def routes(self, global_arrays):
+        return self.shard.routes(self._global(global_arrays))
+
+    def private_arrays(self):
+        return self.shard.private_arrays()
+
+    def load_private_arrays(self, arrays):
+        self.shard.load_private_arrays(arrays)
+
+
+class RaySimulation(FederatedSimulation):
+    """`FederatedSimulation` with its clients on `workers` Ray actors (`threads_per_worker` torch threads
+    each). `address`: a running cluster ('auto', or host:port of `ray start --head`); None starts a local
+    Ray instance for this process (shut down by `close`) unless Ray is already initialised."""
+
+    def __init__(self, data: ClientData, model_config: ModelConfig, federation: FederationConfig,
+                 observer: RoundObserver | None = None, plain_individual_view: bool = True,
+                 update_transform: Callable | None = None, privacy: PrivacySettings | None = None, *,
+                 workers: int = 2, threads_per_worker: int = 1, address: str | None = None) -> None:
+        if update_transform is not None:
+            raise ConfigError("the ray backend does not run update transforms (the canary audit): use the "
+                              "single-process backend")
+        if privacy is not None and privacy.secure and privacy.secure_sum != "fast":
+            raise ConfigError(f"the ray backend needs secure_sum='fast' (the ring sum); {privacy.secure_sum!r} "
+                              "runs the SecAgg+ protocol between all clients in one process")
+        if threads_per_worker < 1:
+            raise ConfigError(f"--threads-per-worker must be >= 1, got {threads_per_worker}")
+        self._ray = import_ray()
+        self.workers, self.threads_per_worker, self.address = int(workers), int(threads_per_worker), address
+        self._shard_ranges = shard_rows(data.num_users, block_rows(federation), self.workers)
+        self._actors: list = []
+        self._started_ray = False
+        super().__init__(data, model_config, federation, observer, plain_individual_view, None, privacy)
+
+    # ------------------------------------------------------------------ shards
+    def _build_global(self):
+        model, global_params, _ = model_and_private(self.data.subset(np.zeros(0, dtype=np.int64)),
+                                                    self.model_config, self.federation, np.zeros(0, dtype=np.int64))
+        return model, global_params
+
+    def _start_shards(self) -> None:
+        ray = self._ray
+        self._started_ray = connect(ray, self.address, self.workers * self.threads_per_worker)
+        pipeline_args = None
+        if self.privacy is not None:
+            p = self.privacy
+            # The driver's calibrated noise multiplier, so that no actor calibrates again.
+            dp = dataclasses.replace(p.dp, noise_multiplier=p.noise_multiplier, target_epsilon=None) if p.dp.enabled else p.dp
+            pipeline_args = dict(settings=dataclasses.replace(p.settings, dp=dp), num_users=p.num_users,
+                                 maxlen=self.data.maxlen, rounds=p.rounds, sample_rate=p.sample_rate, seed=p.seed,
+                                 federation_min_group_size=self.federation.min_group_size,
+                                 participants=p.participants)
+        needed = len(self._shard_ranges) * self.threads_per_worker
+        available = int(ray.cluster_resources().get("CPU", 0))
+        if needed > available:  # the actors beyond the cluster's CPUs would wait forever to be placed
+            self.close()
+            raise ConfigError(f"--workers {len(self._shard_ranges)} x --threads-per-worker {self.threads_per_worker} "
+                              f"needs {needed} CPUs; the Ray cluster has {available}")
+        remote = ray.remote(num_cpus=self.threads_per_worker)(ShardActor)
+        self._actors = [remote.remote(self.data.subset(rows), int(rows[0]), self.model_config, self.federation,
+                                      self.threads_per_worker, pipeline_args) for rows in self._shard_ranges]
+        ray.get([a.ready.remote() for a in self._actors])
+
+    def close(self) -> None:
+        """Stop the actors (their private state goes with them) and a Ray instance this run started."""
+        ray = self._ray
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+            self._started_ray = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _split(self, sorted_rows: np.ndarray) -> list[np.ndarray]:
+        """`sorted_rows` cut at the shard boundaries: one (possibly empty) array per actor."""
+        starts = [int(r[0]) for r in self._shard_ranges[1:]]
+        return np.split(np.asarray(sorted_rows, dtype=np.int64), np.searchsorted(sorted_rows, starts))
+
+    def _global_ref(self):
+        return self._ray.put({n: t.detach().numpy() for n, t in self.global_params.items()})
+
+    def _each(self, method: str, *args) -> list:
+        return self._ray.get([getattr(a, method).remote(*args) for a in self._actors])
+
+    @property
+    def private(self) -> dict[str, torch.Tensor]:
+        """Every user's private parameters, gathered from the actors (a copy: writes do not reach them)."""
+        return {n: torch.from_numpy(v) for n, v in self._private_arrays().items()}
+
+    @private.setter
+    def private(self, value: dict[str, torch.Tensor]) -> None:
+        self._load_private_arrays({n: t.detach().numpy() for n, t in value.items()})
+
+    def _train(self, participants: np.ndarray, r: int) -> torch.Tensor:
+        ref = self._global_ref()
+        fractions = None if self.group_fractions is None else self.group_fractions.numpy()
+        parts = self._split(participants)
+        routes = self._ray.get([a.train.remote(ref, fractions, p, r) for a, p in zip(self._actors, parts)])
+        return torch.from_numpy(np.concatenate(routes))
+
+    def _plain_sum(self, suppressed, r: int, keep_individual: bool):
+        mask = None if suppressed is None else suppressed.numpy()
+        results = self._each("plain_sum", mask, r, keep_individual)
+        summed = torch.from_numpy(np.sum([s for s, _ in results], axis=0, dtype=np.float64))
+        individual = [i for _, i in results if i is not None]
+        return summed, (torch.from_numpy(np.concatenate(individual)) if keep_individual and individual else None)
+
+    def _local_dp_sum(self, r: int, keep_individual: bool):
+        results = self._each("local_dp_sum", r, keep_individual)
+        summed = torch.from_numpy(np.sum([s for s, _, _ in results], axis=0, dtype=np.float64))
+        individual = [i for _, _, i in results if i is not None]
+        return (summed, sum(c for _, c, _ in results),
+                torch.from_numpy(np.concatenate(individual)) if keep_individual and individual else None)
+
+    def _secure_update_sum(self, suppressed, n: int, r: int):
+        pipeline = self.privacy
+        mask = None if suppressed is None else suppressed.numpy()
+        session = pipeline.secure_session(2, n, r)
+        clipped = 0
+        for shard_clipped, ids, total in self._each("secure_update", mask, n, r):
+            session.merge(ids, total)
+            clipped += shard_clipped
+        return pipeline.finish_secure_sum(2, n, session.finish(), r), clipped
+
+    def _private_arrays(self) -> dict[str, np.ndarray]:
+        parts = self._each("private_arrays")
+        return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+
+    def _load_private_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        expected = self._each("private_arrays")
+        for n in expected[0]:
+            if n not in arrays:
+                raise ConfigError(f"private {n} missing")
+            total = sum(len(p[n]) for p in expected)
+            if len(arrays[n]) != total:
+                raise ConfigError(f"private {n}: {len(arrays[n])} users, expected {total}")
+        loads = []
+        for actor, rows in zip(self._actors, self._shard_ranges):
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            loads.append(actor.load_private_arrays.remote({n: np.ascontiguousarray(arrays[n][lo:hi]) for n in expected[0]}))
+        self._ray.get(loads)
+
+    def _predict(self, split: str, sorted_rows: np.ndarray) -> np.ndarray:
+        ref = self._global_ref()
+        parts = self._split(sorted_rows)
+        out = self._ray.get([a.predict.remote(ref, split, p) for a, p in zip(self._actors, parts)])
+        return np.concatenate(out)
+
+    def _routes(self) -> np.ndarray:
+        return np.concatenate(self._each("routes", self._global_ref()))
