@@ -42,8 +42,11 @@ def _prepare_run_dir(args: argparse.Namespace) -> None:
 
 
 def _resume_configuration(args: argparse.Namespace) -> None:
-    """--resume runs with the run's own configuration: it reads RUN/config.toml; other settings are refused."""
-    given = [options.BY_NAME[n].flag for n in options.COMMAND_OPTIONS["train"] if getattr(args, n, None) is not None]
+    """--resume runs with the run's own configuration: it reads RUN/config.toml; other settings are refused,
+    except the [scale] ones (--backend, --workers, ...): they do not change the result, so a run may continue
+    on another backend."""
+    given = [options.BY_NAME[n].flag for n in options.COMMAND_OPTIONS["train"]
+             if getattr(args, n, None) is not None and options.BY_NAME[n].table != "scale"]
     if given or args.config is not None or args.overrides:
         raise ConfigError(f"--resume continues the run with its own configuration ({args.run_dir}/config.toml); "
                           f"drop {', '.join(given) or '--config/--set'}")

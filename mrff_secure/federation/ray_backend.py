@@ -57,6 +57,23 @@ def import_ray():
     return ray
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT cluster address must accept a TCP connection (Ray itself retries a dead address for
+    minutes); 'auto' and ray:// addresses are left to Ray."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or address == "auto" or "://" in address:
+        return
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"--ray-address must be auto or HOST:PORT with a port in 1-65535, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ConfigError(f"--ray-address {address}: nothing accepts connections there ({error.strerror or error}); "
+                          "start the cluster with `ray start --head`") from None
+
+
 def connect(ray, address: str | None, num_cpus: int | None) -> bool:
     """Join the cluster at `address`, or start a local Ray instance with `num_cpus` CPUs (None: all of this
     machine's) when `address` is None; nothing when Ray is already initialised. True if this call started
@@ -66,6 +83,7 @@ def connect(ray, address: str | None, num_cpus: int | None) -> bool:
     if address is None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", configure_logging=False)
     else:
+        _check_reachable(address)
         try:
             ray.init(address=address, logging_level="WARNING", configure_logging=False)
         except ConnectionError as error:
