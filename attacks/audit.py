@@ -102,35 +102,30 @@ def _prepare(out: Path, config: dict[str, Any]) -> None:
     write_json_atomic(path, {"config": config, "digest": digest})
 
 
-def _cell_worker(payload: tuple[dict, dict, str]) -> dict:
-    cell_dict, config, path = payload
+def _cell_alone(cell_dict: dict, data, config: dict, threads: int) -> dict:
+    """One cell in a process of its own (a pool worker or a Ray task), on `threads` torch threads."""
     import torch
 
     from attacks.grid import Cell, run_cell
     from mrff_secure.config import ModelConfig
 
-    torch.set_num_threads(1)
-    cell = Cell(**cell_dict)
-    data = load_data(config)
-    result = run_cell(cell, data, model=ModelConfig(maxlen=data.maxlen), rounds=config["rounds"],
-                      canaries=config["canaries"], clip=config["clip"])
+    torch.set_num_threads(int(threads))
+    return run_cell(Cell(**cell_dict), data, model=ModelConfig(maxlen=data.maxlen), rounds=config["rounds"],
+                    canaries=config["canaries"], clip=config["clip"])
+
+
+def _cell_worker(payload: tuple[dict, dict, str]) -> dict:
+    cell_dict, config, path = payload
+    result = _cell_alone(cell_dict, load_data(config), config, 1)
     write_json_atomic(path, result)
     return result
 
 
 def _ray_cell(cell_dict: dict, data, config: dict, threads: int) -> dict:
     """One cell as a Ray task (anywhere in the cluster): the result comes back to the driver, which writes it."""
-    import torch
-
-    from attacks.grid import Cell, run_cell
-    from mrff_secure.config import ModelConfig
-
     from mrff_secure.federation.ray_backend import writable_copy
 
-    torch.set_num_threads(int(threads))
-    data = writable_copy(data)
-    return run_cell(Cell(**cell_dict), data, model=ModelConfig(maxlen=data.maxlen), rounds=config["rounds"],
-                    canaries=config["canaries"], clip=config["clip"])
+    return _cell_alone(cell_dict, writable_copy(data), config, threads)
 
 
 def _run_on_ray(todo: list, data, config: dict[str, Any], results: dict[str, dict], *, address: str | None,

@@ -99,7 +99,7 @@ class ClientShard:
         if len(self.rows) and (np.any(np.diff(self.rows) <= 0) or self.rows[0] < 0 or self.rows[-1] >= data.num_users):
             raise ConfigError("a shard's rows must be sorted, distinct user rows of the dataset")
         self.model_config, self.federation = model_config, federation
-        self.model, _, self.private = model_and_private(data, model_config, federation, self.rows)
+        self.model, self.initial_global, self.private = model_and_private(data, model_config, federation, self.rows)
         self.layout = UpdateLayout.from_model(self.model)
         index = torch.as_tensor(self.rows)
         self.dtype = next(self.model.parameters()).dtype
@@ -198,7 +198,7 @@ class ClientShard:
         part exceeded the clip, the session)."""
         pipeline = self._pipeline
         if session is None:
-            session = pipeline.partial_session(2, num_clients)
+            session = pipeline.partial_session(2, num_clients, round_index)
         clipped = 0
         for item in self._take():
             vectors = self._vectors(item, suppressed, scaled=True)
@@ -239,6 +239,9 @@ class ClientShard:
         return {n: t.detach().numpy().copy() for n, t in self.private.items()}
 
     def load_private_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        missing = sorted(set(self.private) - set(arrays))
+        if missing:
+            raise ConfigError(f"private parameters missing: {missing}")
         for n in self.private:
             if arrays[n].shape != tuple(self.private[n].shape):
                 raise ConfigError(f"private {n}: shape {arrays[n].shape}, expected {tuple(self.private[n].shape)}")

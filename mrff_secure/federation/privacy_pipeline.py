@@ -299,27 +299,27 @@ class PrivacyPipeline:
         """The rotation seed of a round's phase: public, shared by the round's clients and the server."""
         return int(np.random.SeedSequence([self.seed, round_index, phase, 23]).generate_state(1)[0])
 
+    def _phase_plan(self, phase: int, num_clients: int):
+        plans = self._plans_for(num_clients)
+        return plans, (plans.counts if phase == 1 else plans.update)
+
     def secure_session(self, phase: int, num_clients: int, round_index: int):
         """A fresh secure-sum session of the configured backend for one phase of a round."""
-        plans = self._plans_for(num_clients)
-        plan = plans.counts if phase == 1 else plans.update
+        _, plan = self._phase_plan(phase, num_clients)
         return open_session(self.settings.secure_sum, num_clients=num_clients, dim=plan.padded_dim,
                             modulus_bits=plan.modulus_bits, round_id=round_id_for(round_index, phase))
 
-    def partial_session(self, phase: int, num_clients: int) -> RingSum:
+    def partial_session(self, phase: int, num_clients: int, round_index: int) -> RingSum:
         """A ring sum over some of a round's clients (another process's share of the fast secure sum)."""
         if self.settings.secure_sum != "fast":
             raise ConfigError(f"secure_sum={self.settings.secure_sum!r} cannot be split over processes; use 'fast'")
-        plans = self._plans_for(num_clients)
-        plan = plans.counts if phase == 1 else plans.update
-        return RingSum(num_clients=num_clients, dim=plan.padded_dim, modulus_bits=plan.modulus_bits)
+        return self.secure_session(phase, num_clients, round_index)
 
     def encode_chunk(self, phase: int, num_clients: int, ids: np.ndarray, vectors: np.ndarray, round_index: int,
                      block: int) -> np.ndarray:
         """The clients' side of a secure phase: each row (float64) encoded with the shared client encoding
         (clip, rotation, scaling, conditional rounding, noise share) into ring residues (chunk, padded)."""
-        plans = self._plans_for(num_clients)
-        plan = plans.counts if phase == 1 else plans.update
+        plans, plan = self._phase_plan(phase, num_clients)
         aggregate = self.settings.noise_sampling == "aggregate" and plan.noise_multiplier > 0
         client_plans = without_noise(plans) if aggregate else plans
         upload = counts_upload if phase == 1 else update_upload
@@ -333,8 +333,7 @@ class PrivacyPipeline:
     def finish_secure_sum(self, phase: int, num_clients: int, ring: np.ndarray, round_index: int) -> np.ndarray:
         """The server's side: the ring sum of the phase (plus the one summed noise draw of the 'aggregate'
         shortcut), decoded to floats (dim,)."""
-        plans = self._plans_for(num_clients)
-        plan = plans.counts if phase == 1 else plans.update
+        _, plan = self._phase_plan(phase, num_clients)
         if self.settings.noise_sampling == "aggregate" and plan.noise_multiplier > 0:
             # One draw of the sum of n shares per coordinate (see PrivacySettings.noise_sampling).
             ring = add_to_ring(plan, ring, summed_noise_shares(plan, num_clients, self.noise_generator(round_index, phase)))
@@ -358,14 +357,6 @@ class PrivacyPipeline:
         total = self._secure_sum(1, participants, chunks, round_index)
         counts = np.clip(np.rint(total), 0, None).reshape(self.layout.num_blocks, self.layout.num_groups)
         return torch.as_tensor(counts, dtype=one_hots.dtype)
-
-    def secure_update_sum(self, participants: np.ndarray, chunks, round_index: int) -> np.ndarray:
-        """Phase 2: `chunks` yields (client ids, float vectors (chunk, layout.size), row block); returns the
-        decoded float sum.
-
-        The decoded one-hot coordinates are noise around zero (phase 2 carries no one-hots, W5).
-        """
-        return self._secure_sum(2, participants, chunks, round_index)
 
     def suppressed(self, counts: torch.Tensor) -> torch.Tensor:
         """(blocks, groups) bool: phase-1 counts below min_group_size, zero included (a noisy count can read 0

@@ -114,7 +114,6 @@ class ShardActor:
 
     def __init__(self, data: ClientData, first: int, model_config: ModelConfig, federation: FederationConfig,
                  threads: int, pipeline_args: dict | None) -> None:
-        torch.set_num_threads(int(threads))
         self.first = int(first)
         data = writable_copy(data)
         self.shard = ClientShard(data, model_config, federation, np.arange(data.num_users), threads=threads)
@@ -286,17 +285,14 @@ class RaySimulation(FederatedSimulation):
         return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
 
     def _load_private_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        expected = self._each("private_arrays")
-        for n in expected[0]:
-            if n not in arrays:
-                raise ConfigError(f"private {n} missing")
-            total = sum(len(p[n]) for p in expected)
-            if len(arrays[n]) != total:
-                raise ConfigError(f"private {n}: {len(arrays[n])} users, expected {total}")
+        """Each actor gets its users' rows of every array; it checks names and shapes itself."""
+        for n, value in arrays.items():
+            if len(value) != self.data.num_users:
+                raise ConfigError(f"private {n}: {len(value)} users, expected {self.data.num_users}")
         loads = []
         for actor, rows in zip(self._actors, self._shard_ranges):
             lo, hi = int(rows[0]), int(rows[-1]) + 1
-            loads.append(actor.load_private_arrays.remote({n: np.ascontiguousarray(arrays[n][lo:hi]) for n in expected[0]}))
+            loads.append(actor.load_private_arrays.remote({n: np.ascontiguousarray(v[lo:hi]) for n, v in arrays.items()}))
         self._ray.get(loads)
 
     def _predict(self, split: str, sorted_rows: np.ndarray) -> np.ndarray:

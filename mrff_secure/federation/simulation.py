@@ -33,7 +33,7 @@ from mrff_secure.data.client_data import ClientData
 from mrff_secure.federation.aggregation import apply_sum
 from mrff_secure.federation.client_shard import ClientShard
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline, PrivacySettings
-from mrff_secure.federation.roles import Role, parameter_roles
+from mrff_secure.federation.roles import parameter_roles
 from mrff_secure.federation.threat_model import PLAIN, threat_model_for
 from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.metrics import auc, log_loss
@@ -117,8 +117,7 @@ class FederatedSimulation:
     def _build_global(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         """The model and the global parameters; here the in-process shard of every user builds both."""
         self._shard = ClientShard(self.data, self.model_config, self.federation)
-        return self._shard.model, {n: p.detach().clone() for n, p in self._shard.model.named_parameters()
-                                   if parameter_roles(self._shard.model)[n] is not Role.PRIVATE}
+        return self._shard.model, self._shard.initial_global
 
     def _start_shards(self) -> None:
         self._shard.set_pipeline(self.privacy)
