@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 from mrff_secure.errors import ConfigError
 
-BACKBONES = ("sasrec",)
+SEQUENTIAL_BACKBONES = ("sasrec", "hstu", "llama")  # MRFF replaces their feed-forward part
+BASELINES = ("ncf", "pa")  # FedNCF's and FedPA's models: no feed-forward part for MRFF to replace
+BACKBONES = SEQUENTIAL_BACKBONES + BASELINES
 ROUTING_MODES = ("paper", "scaled")
 OPTIMIZERS = ("adam", "sgd")
 
@@ -41,7 +43,10 @@ class ModelConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.mrff and self.num_groups < 1:
+        if self.mrff and self.backbone in BASELINES:
+            raise ConfigError(f"backbone {self.backbone!r} is a non-sequential baseline with no feed-forward part "
+                              "for MRFF to replace; use it with mrff off (--no-mrff)")
+        if (self.mrff or self.backbone == "pa") and self.num_groups < 1:
             raise ConfigError(f"num_groups must be >= 1 with MRFF, got {self.num_groups}")
         if any(d < 1 for d in self.gate_hidden_dims + self.prediction_dims):
             raise ConfigError(f"layer sizes must be >= 1, got gate {self.gate_hidden_dims}, prediction {self.prediction_dims}")
@@ -52,8 +57,8 @@ class ModelConfig:
 
     @property
     def groups(self) -> int:
-        """Number of group slots per block (0 without MRFF)."""
-        return self.num_groups if self.mrff else 0
+        """Number of group slots per block (0 without MRFF; FedPA's model has its group adapters)."""
+        return self.num_groups if self.mrff or self.backbone == "pa" else 0
 
 
 @dataclass(frozen=True)

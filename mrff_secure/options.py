@@ -121,9 +121,11 @@ OPTIONS: tuple[Option, ...] = (
     _o("data", "maxlen", int, 0, "history length; 0 = the dataset's default (kuaisar-r 65, recbole 50, synthetic 30)",
        low=0),
     # ---------------------------------------------------------------- model
-    _o("model", "backbone", str, "sasrec", "the sequence model", choices=("sasrec",)),
+    _o("model", "backbone", str, "sasrec", "the model: a sequential backbone (sasrec, hstu, llama) or a "
+       "non-sequential baseline (ncf: FedNCF, pa: FedPA; both need --no-mrff)",
+       choices=("sasrec", "hstu", "llama", "ncf", "pa")),
     _o("model", "mrff", bool, True, "MRFF's user and group feed-forward parts; --no-mrff: one shared feed-forward "
-                                     "part (the FedSASRec baseline)", negative_flag="--no-mrff"),
+                                     "part (the plain backbone, e.g. FedSASRec)", negative_flag="--no-mrff"),
     _o("model", "groups", int, 4, "user groups per block", low=1),
     _o("model", "blocks", int, 2, "transformer blocks", low=1),
     _o("model", "heads", int, 1, "attention heads", low=1),

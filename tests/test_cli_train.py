@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from mrff_secure.cli import main
 
 
@@ -69,3 +71,22 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "mrff_secure.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "train" in result.stdout
+
+
+@pytest.mark.parametrize("flags,groups", [(["--backbone", "hstu"], True), (["--backbone", "llama", "--no-mrff"], False),
+                                          (["--backbone", "ncf", "--no-mrff"], False),
+                                          (["--backbone", "pa", "--no-mrff"], True)])
+def test_every_backbone_and_baseline_trains_through_mrff_train(tmp_path, capsys, flags, groups):
+    out = tmp_path / "run"
+    assert main(["train", "--synthetic-users", "40", "--maxlen", "10", "--rounds", "2", *flags,
+                 "--run-dir", str(out), "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["config"]["model"]["backbone"] == flags[1]
+    assert (summary["parameters"]["group"] > 0) == groups
+    evaluation = json.loads((out / "operator-only" / "evaluation.json").read_text())
+    assert 0.0 <= evaluation["test_auc"] <= 1.0 and evaluation["best_round"] in (0, 1)
+
+
+def test_baseline_with_mrff_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--rounds", "1", "--backbone", "ncf", "--run-dir", str(tmp_path / "x")]) == 2
+    assert "--no-mrff" in capsys.readouterr().err

@@ -104,3 +104,29 @@ def test_suppressed_groups_send_zeros(data):
     _, groups, _, _ = layout.split(vector)
     assert groups[layout.group_names[0][0]][0].abs().sum() == 0
     assert groups[layout.group_names[0][0]][1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("backbone,mrff,private_modules", [
+    ("hstu", True, {"user", "user_ffn"}), ("llama", True, {"user", "user_ffn"}),
+    ("ncf", False, {"user"}), ("pa", False, {"user", "user_adapters"}),
+])
+def test_every_model_declares_private_and_group_parts_structurally(data, backbone, mrff, private_modules):
+    """Private parameters are exactly those of the user-level modules; group ones are stacked per group; the
+    update vector holds neither a private name nor a parameter of the wrong size."""
+    model = build_model(ModelConfig(backbone=backbone, mrff=mrff, maxlen=8, num_groups=3), data)
+    roles = parameter_roles(model)
+    private = {n for n, r in roles.items() if r is Role.PRIVATE}
+    assert private and all(set(n.split(".")) & private_modules for n in private)
+    layout = UpdateLayout.from_model(model)
+    params = dict(model.named_parameters())
+    in_vector = set(layout.shared_names) | {n for b in layout.group_names for n in b}
+    assert not in_vector & private and in_vector | private == set(params)
+    for names in layout.group_names:
+        assert all(params[n].shape[0] == 3 for n in names)
+    assert layout.num_blocks == (2 if mrff else 1 if backbone == "pa" else 0)
+
+
+@pytest.mark.parametrize("backbone", ["ncf", "pa"])
+def test_baselines_refuse_mrff_by_name(backbone):
+    with pytest.raises(ConfigError, match=f"{backbone}.*--no-mrff"):
+        ModelConfig(backbone=backbone, mrff=True)

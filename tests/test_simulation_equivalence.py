@@ -41,10 +41,11 @@ def reference_round(sim: FederatedSimulation, fractions, local_steps: int, lr: f
             logits, probs, routes = model(seq, target, route)
             real = (target != 0).double()
             loss = (F.binary_cross_entropy_with_logits(logits, label, reduction="none") * real).sum() / real.sum().clamp(min=1)
-            loss = loss + sim.model_config.balance_alpha * groups * (fractions * probs).sum()
+            if probs is not None:
+                loss = loss + sim.model_config.balance_alpha * groups * (fractions * probs).sum()
             loss.backward()
             opt.step()
-            if route is None:
+            if route is None and routes is not None:
                 route = routes.detach()
         params = dict(model.named_parameters())
         for n in shared_sum:
@@ -91,6 +92,28 @@ def test_vectorized_round_matches_per_client_loop(local_steps, optimizer, routin
             torch.testing.assert_close(sim.global_params[n], value, atol=1e-5, rtol=1e-5)
         for n, value in expected_private.items():
             torch.testing.assert_close(sim.private[n], value, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone,mrff", [("hstu", True), ("hstu", False), ("llama", True), ("llama", False),
+                                           ("ncf", False), ("pa", False)])
+def test_every_backbone_and_baseline_round_matches_per_client_loop(backbone, mrff):
+    """Each model's vectorized rounds (two local Adam steps, so the forced route of the later step is used;
+    two rounds, so the balance loss has non-uniform fractions) equal one model per client with torch.optim."""
+    data = make_synthetic(num_users=20, num_items=50, min_interactions=5, max_interactions=18, maxlen=10, seed=4)
+    model_config = ModelConfig(backbone=backbone, mrff=mrff, dropout=0.0, maxlen=10, num_groups=3)
+    sim = FederatedSimulation(data, model_config, FederationConfig(rounds=2, local_steps=2, lr=0.05, chunk_size=6))
+    assert (sim.layout.num_groups > 0) == (mrff or backbone == "pa")
+    for _ in range(2):
+        fractions = sim.group_fractions.clone() if sim.group_fractions is not None else None
+        expected, expected_private, counts = reference_round(sim, fractions, 2, 0.05, "adam")
+        result = sim.train_round()
+        if sim.layout.num_groups:
+            assert torch.equal(torch.tensor(result.group_counts, dtype=counts.dtype), counts)
+        for n, value in expected.items():
+            torch.testing.assert_close(sim.global_params[n], value, atol=1e-5, rtol=1e-5)
+        for n, value in expected_private.items():
+            torch.testing.assert_close(sim.private[n], value, atol=1e-5, rtol=1e-5)
+        assert expected_private, "every model has private parameters (at least the user embedding)"
 
 
 def test_fedsasrec_round_matches_per_client_loop():

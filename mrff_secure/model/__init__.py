@@ -1,16 +1,24 @@
-"""Backbones and the MRFF block."""
+"""Backbones and baselines, each with its parameter roles declared by module structure."""
+
+from torch import nn
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.errors import ConfigError
+from mrff_secure.model.fedpa import PA
+from mrff_secure.model.hstu import HSTU
+from mrff_secure.model.llama import LLaMA
+from mrff_secure.model.ncf import NCF
 from mrff_secure.model.sasrec import SASRec
 
-
-def build_model(config: ModelConfig, data: ClientData) -> SASRec:
-    """The backbone named by `config.backbone`, with or without MRFF."""
-    if config.backbone == "sasrec":
-        return SASRec(config, data)
-    raise ConfigError(f"unknown backbone {config.backbone!r}")
+MODELS = {"sasrec": SASRec, "hstu": HSTU, "llama": LLaMA, "ncf": NCF, "pa": PA}
 
 
-__all__ = ["build_model", "SASRec"]
+def build_model(config: ModelConfig, data: ClientData) -> nn.Module:
+    """The model named by `config.backbone`: a sequential backbone with or without MRFF, or a baseline."""
+    if config.backbone not in MODELS:
+        raise ConfigError(f"unknown backbone {config.backbone!r}")
+    return MODELS[config.backbone](config, data)
+
+
+__all__ = ["build_model", "MODELS", "SASRec", "HSTU", "LLaMA", "NCF", "PA"]

@@ -85,20 +85,46 @@ def uniform_init_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
     return nn.init.uniform_(tensor, -bound, bound)
 
 
-class FeedForward(nn.Module):
-    """Position-wise FFN: linear, ReLU, linear, with dropout (SASRec's point-wise FFN, no residual here)."""
+FFN_KINDS = ("relu", "swiglu")
 
-    def __init__(self, hidden: int, dropout: float) -> None:
+
+def ffn_parameter_shapes(kind: str, hidden: int) -> dict[str, tuple[tuple[int, ...], int]]:
+    """The parameters of one feed-forward part of `kind`: name -> (shape, fan_in used to initialise it).
+
+    relu:   linear, ReLU, linear, with biases (SASRec's point-wise FFN; also HSTU's here).
+    swiglu: down(silu(gate x) * up x), no biases, inner size = hidden (LLaMA's feed-forward part).
+    """
+    if kind == "relu":
+        return {"w1": ((hidden, hidden), hidden), "b1": ((hidden,), hidden),
+                "w2": ((hidden, hidden), hidden), "b2": ((hidden,), hidden)}
+    if kind == "swiglu":
+        return {"w_gate": ((hidden, hidden), hidden), "w_up": ((hidden, hidden), hidden),
+                "w_down": ((hidden, hidden), hidden)}
+    raise ValueError(f"feed-forward kind must be one of {FFN_KINDS}, got {kind!r}")
+
+
+def apply_ffn(kind: str, weights: dict[str, torch.Tensor], x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """One feed-forward part of `kind` with the given (unstacked) weights, dropout `p` after each layer."""
+    if kind == "relu":
+        h = dropout(F.linear(x, weights["w1"], weights["b1"]), p, training).relu()
+        return dropout(F.linear(h, weights["w2"], weights["b2"]), p, training)
+    h = F.silu(F.linear(x, weights["w_gate"])) * F.linear(x, weights["w_up"])
+    return dropout(F.linear(dropout(h, p, training), weights["w_down"]), p, training)
+
+
+class FeedForward(nn.Module):
+    """A position-wise feed-forward part (no residual here); `kind` in FFN_KINDS."""
+
+    def __init__(self, hidden: int, dropout: float, kind: str = "relu") -> None:
         super().__init__()
-        self.w1 = nn.Parameter(uniform_init_(torch.empty(hidden, hidden), hidden))
-        self.b1 = nn.Parameter(uniform_init_(torch.empty(hidden), hidden))
-        self.w2 = nn.Parameter(uniform_init_(torch.empty(hidden, hidden), hidden))
-        self.b2 = nn.Parameter(uniform_init_(torch.empty(hidden), hidden))
+        self.kind = kind
+        for name, (shape, fan_in) in ffn_parameter_shapes(kind, hidden).items():
+            setattr(self, name, nn.Parameter(uniform_init_(torch.empty(shape), fan_in)))
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = dropout(F.linear(x, self.w1, self.b1), self.dropout, self.training).relu()
-        return dropout(F.linear(h, self.w2, self.b2), self.dropout, self.training)
+        weights = {name: getattr(self, name) for name in ffn_parameter_shapes(self.kind, x.shape[-1])}
+        return apply_ffn(self.kind, weights, x, self.dropout, self.training)
 
 
 class CausalSelfAttention(nn.Module):

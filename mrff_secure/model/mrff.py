@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrff_secure.federation.roles import Role
-from mrff_secure.model.layers import MLP, FeedForward, uniform_init_, dropout
+from mrff_secure.model.layers import MLP, FeedForward, apply_ffn, ffn_parameter_shapes, uniform_init_
 
 
 class UserFeedForward(FeedForward):
@@ -24,38 +24,33 @@ class UserFeedForward(FeedForward):
 
 
 class GroupFeedForwards(nn.Module):
-    """`num_groups` independent FFNs stacked along dim 0; one is applied per user."""
+    """`num_groups` independent FFNs of `kind` stacked along dim 0; one is applied per user."""
 
     parameter_role = Role.GROUP
 
-    def __init__(self, hidden: int, num_groups: int, dropout: float) -> None:
+    def __init__(self, hidden: int, num_groups: int, dropout: float, kind: str = "relu") -> None:
         super().__init__()
-        self.num_groups = num_groups
-        self.w1 = nn.Parameter(uniform_init_(torch.empty(num_groups, hidden, hidden), hidden))
-        self.b1 = nn.Parameter(uniform_init_(torch.empty(num_groups, hidden), hidden))
-        self.w2 = nn.Parameter(uniform_init_(torch.empty(num_groups, hidden, hidden), hidden))
-        self.b2 = nn.Parameter(uniform_init_(torch.empty(num_groups, hidden), hidden))
+        self.num_groups, self.kind = num_groups, kind
+        for name, (shape, fan_in) in ffn_parameter_shapes(kind, hidden).items():
+            setattr(self, name, nn.Parameter(uniform_init_(torch.empty(num_groups, *shape), fan_in)))
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, route_one_hot: torch.Tensor) -> torch.Tensor:
         # Select the routed group's weights; other slots get exactly zero gradient.
-        w1 = torch.einsum("g,gij->ij", route_one_hot, self.w1)
-        b1 = route_one_hot @ self.b1
-        w2 = torch.einsum("g,gij->ij", route_one_hot, self.w2)
-        b2 = route_one_hot @ self.b2
-        h = dropout(F.linear(x, w1, b1), self.dropout, self.training).relu()
-        return dropout(F.linear(h, w2, b2), self.dropout, self.training)
+        weights = {name: torch.tensordot(route_one_hot, getattr(self, name), dims=1)
+                   for name in ffn_parameter_shapes(self.kind, x.shape[-1])}
+        return apply_ffn(self.kind, weights, x, self.dropout, self.training)
 
 
 class MRFFFeedForward(nn.Module):
     """Gate + user FFN + group FFNs. Returns the output, the gate probabilities and the route."""
 
     def __init__(self, hidden: int, user_dim: int, num_groups: int, gate_hidden_dims: tuple[int, ...],
-                 dropout: float, routing: str) -> None:
+                 dropout: float, routing: str, kind: str = "relu") -> None:
         super().__init__()
         self.gate = MLP([hidden + user_dim, *gate_hidden_dims, num_groups])
-        self.user_ffn = UserFeedForward(hidden, dropout)
-        self.group_ffns = GroupFeedForwards(hidden, num_groups, dropout)
+        self.user_ffn = UserFeedForward(hidden, dropout, kind)
+        self.group_ffns = GroupFeedForwards(hidden, num_groups, dropout, kind)
         self.routing = routing
 
     def forward(self, x: torch.Tensor, real: torch.Tensor, user: torch.Tensor,
