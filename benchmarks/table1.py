@@ -1,10 +1,17 @@
-"""Table 1 on KuaiSAR-R: FedSASRec and FedSASRec w/ MRFF, several seeds, next to the paper's row.
+"""Table 1 on KuaiSAR-R: every row the dataset allows, the paper's setup and the tuned recipe, several seeds.
 
-Each run is `mrff train` in a subprocess (one torch thread each, `--parallel` at a
-time) writing its own run folder; finished runs are reused, so the benchmark can
-be resumed. Writes benchmarks/results/table1_kuaisar_r.json after every run.
+Rows: FedNCF, FedPA, FedSASRec, FedHSTU, FedLLaMA, the three backbones also w/ MRFF. Each run is `mrff train`
+in a subprocess (one torch thread each, `--parallel` at a time) writing its own run folder; finished runs are
+reused, so the benchmark can be resumed. The JSON is rewritten after every run.
 
-    python benchmarks/table1.py --rounds 500 --seeds 0 1 2 --parallel 2
+Recipes:
+  paper  the paper's setup (Adam lr 0.1 fresh each round, one step, every client, plain averaging), up to
+         --rounds rounds with early stopping after --paper-patience rounds without a better validation AUC
+         (the test metric is read at the best-validation round either way).
+  tuned  TUNED_FLAGS: chosen on validation AUC / LogLoss only (benchmarks/results/table1_tuning.json lists
+         every candidate tried, with validation figures only); test is read once, at the best-validation round.
+
+    python benchmarks/table1.py --recipes paper tuned --seeds 0 1 2 --parallel 2
 """
 
 from __future__ import annotations
@@ -20,144 +27,174 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "KuaiSAR-R"
-PAPER = {
-    "FedSASRec": {"auc": 0.7007, "logloss": 0.7105},
-    "FedSASRec w/ MRFF": {"auc": 0.7070, "logloss": 0.6583},
+METHODS = {  # name: (backbone, mrff)
+    "FedNCF": ("ncf", False), "FedPA": ("pa", False),
+    "FedSASRec": ("sasrec", False), "FedSASRec w/ MRFF": ("sasrec", True),
+    "FedHSTU": ("hstu", False), "FedHSTU w/ MRFF": ("hstu", True),
+    "FedLLaMA": ("llama", False), "FedLLaMA w/ MRFF": ("llama", True),
 }
+PAPER = {  # Table 1, KuaiSAR-R (AUC, LogLoss)
+    "FedNCF": (0.6710, 2.5670), "FedPA": (0.6707, 0.8055), "FedSASRec": (0.7007, 0.7105),
+    "FedSASRec w/ MRFF": (0.7070, 0.6583), "FedHSTU": (0.7030, 0.7338), "FedHSTU w/ MRFF": (0.7064, 0.6426),
+    "FedLLaMA": (0.7003, 0.7152), "FedLLaMA w/ MRFF": (0.7084, 0.6554),
+}
+TUNED_FLAGS = ["--lr", "0.01", "--server-optimizer", "avgm", "--server-momentum", "0.9", "--weight-decay", "1.0"]
 AUC_STANDARD_ERROR_NOTE = "one held-out item per user: 1,791 labels, AUC standard error about 0.014"
 
 
-def run_args(method: str, seed: int, rounds: int, data_dir: Path, out: Path, routing: str) -> list[str]:
-    args = [sys.executable, "-m", "mrff_secure.cli", "train", "--dataset", "kuaisar-r", "--data-dir", str(data_dir),
-            "--rounds", str(rounds), "--seed", str(seed), "--run-dir", str(out), "--no-progress", "--routing", routing]
-    if method == "FedSASRec":
-        args.append("--no-mrff")
-    return args
+def run_args(method: str, recipe: str, seed: int, args: argparse.Namespace, out: Path) -> list[str]:
+    backbone, mrff = METHODS[method]
+    argv = [sys.executable, "-m", "mrff_secure.cli", "train", "--dataset", "kuaisar-r", "--data-dir",
+            str(args.data_dir), "--seed", str(seed), "--run-dir", str(out), "--no-progress", "--backbone", backbone]
+    if not mrff:
+        argv.append("--no-mrff")
+    if recipe == "paper":
+        argv += ["--rounds", str(args.rounds), "--patience", str(args.paper_patience)]
+    else:
+        argv += ["--rounds", str(args.tuned_rounds), "--patience", str(args.tuned_patience), *TUNED_FLAGS]
+    return argv
 
 
-def summarize(runs: dict[str, list[dict]], rounds: int, started: float) -> dict:
-    table = {}
-    for method, summaries in runs.items():
-        aucs = [s["test_auc"] for s in summaries]
-        losses = [s["test_logloss"] for s in summaries]
-        entry = {
-            "seeds": [s["seed"] for s in summaries],
-            "per_seed": [{**{k: s[k] for k in ("seed", "best_round", "test_auc", "test_logloss", "test_auc_ci95", "val_auc")},
-                          "test_logloss_temperature_scaled": (s.get("calibration") or {}).get("test_logloss_calibrated")}
-                         for s in summaries],
-            "test_auc_mean": statistics.fmean(aucs) if aucs else None,
-            "test_auc_std": statistics.stdev(aucs) if len(aucs) > 1 else None,
-            "test_logloss_mean": statistics.fmean(losses) if losses else None,
-            "test_logloss_std": statistics.stdev(losses) if len(losses) > 1 else None,
-            "parameters": summaries[0]["parameters"] if summaries else None,
-        }
-        scaled = [p["test_logloss_temperature_scaled"] for p in entry["per_seed"] if p["test_logloss_temperature_scaled"] is not None]
-        entry["test_logloss_temperature_scaled_mean"] = statistics.fmean(scaled) if scaled else None
-        entry["test_logloss_temperature_scaled_note"] = (
-            "post-hoc temperature fitted on validation predictions of the best round; not the paper's protocol, "
-            f"reported beside the raw LogLoss; available for {len(scaled)} of {len(summaries)} seeds "
-            "(runs started before the feature have none)")
-        paper = PAPER.get(method.replace(" (scaled routing)", ""))
-        if paper:
-            entry["paper"] = paper
-        table[method] = entry
-    mrff, base = table.get("FedSASRec w/ MRFF"), table.get("FedSASRec")
-    targets = {}
-    if mrff and mrff["test_auc_mean"] is not None:
-        targets["mrff_auc_ge_0.7070"] = {"measured": mrff["test_auc_mean"], "met": mrff["test_auc_mean"] >= 0.7070}
-        targets["mrff_logloss_le_0.6583"] = {"measured": mrff["test_logloss_mean"], "met": mrff["test_logloss_mean"] <= 0.6583}
-        if base and base["test_auc_mean"] is not None:
-            gap = mrff["test_auc_mean"] - base["test_auc_mean"]
-            targets["mrff_better_than_fedsasrec"] = {
-                "auc_gap": gap, "logloss_gap": mrff["test_logloss_mean"] - base["test_logloss_mean"],
-                "met": gap > 0 and mrff["test_logloss_mean"] < base["test_logloss_mean"],
-                "within_noise": abs(gap) < 0.014,
-            }
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    return (statistics.fmean(values) if values else None, statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize_method(method: str, summaries: list[dict]) -> dict:
+    per_seed = [{k: s.get(k) for k in ("seed", "best_round", "rounds_run", "test_auc", "test_logloss",
+                                       "test_auc_ci95", "val_auc", "val_logloss")} for s in summaries]
+    auc_mean, auc_std = _mean_std([s["test_auc"] for s in summaries])
+    loss_mean, loss_std = _mean_std([s["test_logloss"] for s in summaries])
+    entry = {"seeds": [s["seed"] for s in summaries], "per_seed": per_seed,
+             "test_auc_mean": auc_mean, "test_auc_std": auc_std, "test_logloss_mean": loss_mean,
+             "test_logloss_std": loss_std, "parameters": summaries[0]["parameters"] if summaries else None,
+             "paper": {"auc": PAPER[method][0], "logloss": PAPER[method][1]}}
+    if auc_mean is not None:
+        entry["above_paper_row"] = {"auc": auc_mean > PAPER[method][0], "logloss": loss_mean < PAPER[method][1]}
+    return entry
+
+
+def compare(with_mrff: dict, without: dict) -> dict:
+    """MRFF against its own backbone: the gap, and whether it exceeds the seeds' spread."""
+    gap = with_mrff["test_auc_mean"] - without["test_auc_mean"]
+    spread = max(with_mrff["test_auc_std"] or 0.0, without["test_auc_std"] or 0.0)
+    return {"auc_gap": gap, "logloss_gap": with_mrff["test_logloss_mean"] - without["test_logloss_mean"],
+            "seed_spread": spread, "above_spread": gap > spread and len(with_mrff["seeds"]) > 1,
+            "statement": (f"MRFF {'above' if gap > 0 else 'below'} its backbone by {abs(gap):.4f} AUC, "
+                          + ("more than" if abs(gap) > spread else "within") + f" the seeds' spread ({spread:.4f}); "
+                          f"one seed's DeLong 95% interval is about +-0.024")}
+
+
+def summarize(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace, started: float,
+              carried: dict) -> dict:
+    table: dict[str, dict] = {}
+    for (method, recipe), summaries in runs.items():
+        if summaries:
+            table.setdefault(recipe, {})[method] = summarize_method(method, summaries)
+    for recipe, rows in carried.items():  # rows measured by an earlier run of this benchmark (same code)
+        for method, entry in rows.items():
+            table.setdefault(recipe, {}).setdefault(method, entry)
+    comparisons, targets = {}, {}
+    for recipe, rows in table.items():
+        for backbone in ("SASRec", "HSTU", "LLaMA"):
+            a, b = rows.get(f"Fed{backbone} w/ MRFF"), rows.get(f"Fed{backbone}")
+            if a and b and a["test_auc_mean"] is not None and b["test_auc_mean"] is not None:
+                comparisons[f"{recipe}: Fed{backbone} w/ MRFF vs Fed{backbone}"] = compare(a, b)
+            if a and a["test_auc_mean"] is not None:
+                targets[f"{recipe}: Fed{backbone} w/ MRFF above its paper row"] = {
+                    "auc": a["test_auc_mean"], "paper_auc": PAPER[f"Fed{backbone} w/ MRFF"][0],
+                    "logloss": a["test_logloss_mean"], "paper_logloss": PAPER[f"Fed{backbone} w/ MRFF"][1],
+                    "met": a["test_auc_mean"] > PAPER[f"Fed{backbone} w/ MRFF"][0]}
+    tuned = table.get("tuned", {}).get("FedSASRec w/ MRFF")
+    if tuned:
+        targets["tuned MRFF (SASRec) AUC >= 0.7100"] = {"measured": tuned["test_auc_mean"],
+                                                       "met": tuned["test_auc_mean"] >= 0.7100}
+        targets["tuned MRFF (SASRec) raw LogLoss <= 0.6583"] = {"measured": tuned["test_logloss_mean"],
+                                                               "met": tuned["test_logloss_mean"] <= 0.6583}
     return {
-        "benchmark": "table1", "dataset": "KuaiSAR-R", "rounds": rounds,
-        "setup": "paper's reference setup: Adam lr 0.1 fresh each round, one local step, all 1,791 clients per round, "
-                 "dropout 0.5, 2 blocks, 1 head, 4 groups, alpha 0.1, test metric at the best-validation round",
-        "note": AUC_STANDARD_ERROR_NOTE, "methods": table, "targets": targets,
+        "benchmark": "table1", "dataset": "KuaiSAR-R",
+        "recipes": {
+            "paper": f"Adam lr 0.1 fresh each round, one local step, all 1,791 clients, plain averaging, dropout 0.5, "
+                     f"2 blocks, 1 head, 4 groups, alpha 0.1; up to {args.rounds} rounds, early stopping after "
+                     f"{args.paper_patience} rounds without a better validation AUC; test at the best-validation round",
+            "tuned": "the paper's model and data with " + " ".join(TUNED_FLAGS) + f"; up to {args.tuned_rounds} "
+                     f"rounds, early stopping after {args.tuned_patience}; chosen on validation only "
+                     "(table1_tuning.json); test at the best-validation round, read once",
+        },
+        "note": AUC_STANDARD_ERROR_NOTE, "methods": table, "comparisons": comparisons, "targets": targets,
         "wall_seconds": round(time.time() - started, 1),
     }
-
-
-def partial_run(method: str, seed: int, folder: Path) -> dict:
-    """What an unfinished run reached: rounds done and its best-validation round so far (not a result)."""
-    path = folder / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    rows = [r for r in rows if r.get("val_auc") is not None]
-    entry = {"method": method, "seed": seed, "rounds_done": len(rows)}
-    if rows:
-        best = max(rows, key=lambda r: r["val_auc"])
-        entry.update(best_round_so_far=best["round"], val_auc=best["val_auc"], test_auc=best["test_auc"],
-                     test_logloss=best["test_logloss"])
-    return entry
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=500)
+    parser.add_argument("--paper-patience", type=int, default=50)
+    parser.add_argument("--tuned-rounds", type=int, default=300)
+    parser.add_argument("--tuned-patience", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=["FedSASRec w/ MRFF", "FedSASRec"])
-    parser.add_argument("--routing", choices=("paper", "scaled"), default="paper")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--recipes", nargs="+", default=["paper", "tuned"], choices=["paper", "tuned"])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "table1")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "table1_kuaisar_r.json")
+    parser.add_argument("--carry", type=Path, default=None,
+                        help="a JSON of this benchmark whose rows (recipe -> method) are kept where not rerun")
     parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--collect-only", action="store_true",
-                        help="launch nothing: write the JSON from finished runs, listing unfinished ones as partial")
+    parser.add_argument("--collect-only", action="store_true", help="launch nothing: write the JSON from finished runs")
     args = parser.parse_args()
     started = time.time()
+    carried = json.loads(args.carry.read_text())["carried_rows"] if args.carry else {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "MPLBACKEND": "Agg"}
-    suffix = "" if args.routing == "paper" else " (scaled routing)"
-    jobs = [(m, s) for s in args.seeds for m in args.methods]
-    pending, running = list(jobs), []
-    runs: dict[str, list[dict]] = {m + suffix: [] for m in args.methods}
+    jobs = [(m, r, s) for s in args.seeds for r in args.recipes for m in args.methods]
+    runs: dict[tuple[str, str], list[dict]] = {(m, r): [] for m in args.methods for r in args.recipes}
 
-    def run_dir(method: str, seed: int) -> Path:
-        tag = ("mrff" if "MRFF" in method else "sasrec") + ("" if args.routing == "paper" else "-scaled")
-        return args.runs_dir / f"{tag}-seed{seed}-r{args.rounds}"
+    def run_dir(method: str, recipe: str, seed: int) -> Path:
+        backbone, mrff = METHODS[method]
+        return args.runs_dir / f"{backbone}{'-mrff' if mrff else ''}-{recipe}-seed{seed}"
 
-    def collect(method: str, seed: int) -> bool:
-        path = run_dir(method, seed) / "summary.json"
-        if not path.is_file():
+    def collect(method: str, recipe: str, seed: int) -> bool:
+        folder = run_dir(method, recipe, seed)
+        if not (folder / "summary.json").is_file() or not (folder / "operator-only" / "evaluation.json").is_file():
             return False
-        summary = json.loads(path.read_text())
-        if summary.get("rounds") != args.rounds or "test_auc" not in summary:
+        summary = json.loads((folder / "summary.json").read_text())
+        evaluation = json.loads((folder / "operator-only" / "evaluation.json").read_text())
+        if "test_auc" not in evaluation:
             return False
-        summary["seed"] = seed
-        runs[method + suffix].append(summary)
+        runs[(method, recipe)].append({**evaluation, "seed": seed, "parameters": summary["parameters"],
+                                       "rounds_run": summary.get("rounds_run")})
         return True
 
-    pending = [(m, s) for m, s in pending if not collect(m, s)]
-    if args.collect_only:
-        result = summarize(runs, args.rounds, started)
-        result["unfinished_runs"] = [partial_run(m, s, run_dir(m, s)) for m, s in pending]
+    def write() -> dict:
+        result = summarize(runs, args, started, carried)
+        if carried:
+            result["carried_rows"] = carried
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result["targets"], indent=2))
+        return result
+
+    pending = [job for job in jobs if not collect(*job)]
+    if args.collect_only:
+        print(json.dumps(write()["targets"], indent=2))
         return 0
+    running = []
     while pending or running:
         while pending and len(running) < args.parallel:
-            method, seed = pending.pop(0)
-            proc = subprocess.Popen(run_args(method, seed, args.rounds, args.data_dir, run_dir(method, seed), args.routing),
+            job = pending.pop(0)
+            proc = subprocess.Popen(run_args(job[0], job[1], job[2], args, run_dir(*job)) + ["--overwrite"],
                                     env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            running.append((proc, method, seed))
+            running.append((proc, job))
         time.sleep(5)
         for item in list(running):
-            proc, method, seed = item
+            proc, job = item
             if proc.poll() is None:
                 continue
             running.remove(item)
-            if proc.returncode != 0 or not collect(method, seed):
-                print(f"{method} seed {seed} failed: {proc.stderr.read().decode()[-2000:]}", file=sys.stderr)
+            if proc.returncode != 0 or not collect(*job):
+                print(f"{job} failed: {proc.stderr.read().decode()[-2000:]}", file=sys.stderr)
                 return 1
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(summarize(runs, args.rounds, started), indent=2) + "\n")
-            print(f"done: {method} seed {seed}", flush=True)
-    result = summarize(runs, args.rounds, started)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["targets"], indent=2))
+            write()
+            print(f"done: {job}", flush=True)
+    print(json.dumps(write()["targets"], indent=2))
     return 0
 
 

@@ -6,6 +6,7 @@ The secure-aggregation and DP configurations live beside their code
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from mrff_secure.errors import ConfigError
@@ -15,6 +16,8 @@ BASELINES = ("ncf", "pa")  # FedNCF's and FedPA's models: no feed-forward part f
 BACKBONES = SEQUENTIAL_BACKBONES + BASELINES
 ROUTING_MODES = ("paper", "scaled")
 OPTIMIZERS = ("adam", "sgd")
+SERVER_OPTIMIZERS = ("avg", "avgm", "adam")  # plain averaging (the paper), FedAvgM, FedAdam (Reddi et al. 2021)
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,13 @@ class FederationConfig:
     min_group_size: int = 1  # plain simulation: no suppression; secure rounds use >= 2 (default 5)
     eval_every: int = 1
     chunk_size: int = 64  # clients per vectorized chunk (0 = all at once); bounds memory, avoids page-fault churn
+    # The tuned recipe (defaults: the paper's setup, unchanged)
+    server_optimizer: str = "avg"  # avg: x <- mean; avgm / adam: the mean's change is a pseudo-gradient
+    server_lr: float = 1.0
+    server_momentum: float = 0.9  # FedAvgM's momentum; FedAdam's beta1
+    weight_decay: float = 0.0  # the clients' decoupled weight decay (AdamW / SGDW), per local step
+    lr_schedule: str = "constant"  # cosine: the clients' lr decays as lr * (1 + cos(pi r / rounds)) / 2
+    patience: int = 0  # stop when validation AUC has not improved for this many rounds (0: run every round)
 
     def __post_init__(self) -> None:
         if self.rounds < 0:
@@ -92,3 +102,21 @@ class FederationConfig:
             raise ConfigError(f"eval_every must be >= 1, got {self.eval_every}")
         if self.chunk_size < 0:
             raise ConfigError(f"chunk_size must be >= 0, got {self.chunk_size}")
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            raise ConfigError(f"server_optimizer must be one of {SERVER_OPTIMIZERS}, got {self.server_optimizer!r}")
+        if not self.server_lr > 0:
+            raise ConfigError(f"server_lr must be > 0, got {self.server_lr}")
+        if not 0.0 <= self.server_momentum < 1.0:
+            raise ConfigError(f"server_momentum must be in [0, 1), got {self.server_momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.patience < 0:
+            raise ConfigError(f"patience must be >= 0, got {self.patience}")
+
+    def client_lr(self, round_index: int) -> float:
+        """The clients' learning rate in round `round_index` (0-based) under `lr_schedule`."""
+        if self.lr_schedule == "cosine" and self.rounds > 0:
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(round_index, self.rounds) / self.rounds))
+        return self.lr

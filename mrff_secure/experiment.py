@@ -249,7 +249,10 @@ def _run(sim: FederatedSimulation, data: ClientData, model_config: ModelConfig, 
         metrics_path.write_text("")  # a fresh run starts fresh logs
         operator_metrics_path.write_text("")
         rows = []
-    iterator = range(first, federation.rounds)
+    stopped_early = None  # rounds run when early stopping ended the run
+    if federation.patience and best is not None and first and first - 1 - best["round"] >= federation.patience:
+        stopped_early = first  # a resumed run that had already stopped early: nothing more to train
+    iterator = range(first, federation.rounds if stopped_early is None else first)
     if progress:
         from tqdm import tqdm
 
@@ -294,16 +297,24 @@ def _run(sim: FederatedSimulation, data: ClientData, model_config: ModelConfig, 
         with operator_metrics_path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         stopping = should_stop is not None and should_stop()
-        if stopping or (r + 1) % checkpoint_every == 0 or r == federation.rounds - 1:
+        converged = bool(federation.patience) and best is not None and r - best["round"] >= federation.patience
+        if converged:
+            stopped_early = r + 1
+            log.info("early stopping after round %d: validation AUC best at round %d", r, best["round"])
+        if converged or stopping or (r + 1) % checkpoint_every == 0 or r == federation.rounds - 1:
             _save_checkpoint(out, sim, accountant, best,
                              None if best_test_probs is None else (best_test_probs, best_val_probs), fingerprint)
-        if stopping and r < federation.rounds - 1:
+        if stopping and r < federation.rounds - 1 and not converged:
             raise TrainingInterrupted(r + 1)
+        if converged:
+            break
     privacy_summary = accountant.summary(participants_per_round=len(sim.sample_clients(0)))
     summary: dict[str, Any] = {
         "dataset": data.name,
         "users": data.num_users,
         "rounds": federation.rounds,
+        "rounds_run": stopped_early or federation.rounds,
+        "stopped_early": stopped_early is not None,
         "parameters": parameter_counts(sim),
         "paper_sasrec_parameters": PAPER_SASREC_PARAMETERS,
         "inference_ms_per_user": round(inference_ms_per_user(sim), 5),

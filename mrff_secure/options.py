@@ -141,6 +141,17 @@ OPTIONS: tuple[Option, ...] = (
     _o("federation", "optimizer", str, "adam", "the clients' optimizer (fresh each round)", choices=("adam", "sgd")),
     _o("federation", "lr", float, 0.1, "the clients' learning rate", above=0.0),
     _o("federation", "seed", int, 0, "model initialisation, client sampling and dropout", low=0),
+    _o("federation", "weight_decay", float, 0.0, "the clients' decoupled weight decay per local step (AdamW)", low=0.0),
+    _o("federation", "lr_schedule", str, "constant", "the clients' lr over rounds: constant, or cosine decay to 0 at "
+                                                      "--rounds", choices=("constant", "cosine")),
+    _o("federation", "server_optimizer", str, "avg", "avg: the new model is the clients' mean (the paper); avgm: "
+       "FedAvgM; adam: FedAdam (Reddi et al. 2021), on the mean's change", choices=("avg", "avgm", "adam")),
+    _o("federation", "server_lr", float, 1.0, "the server optimizer's learning rate (avg with 1: the mean itself)",
+       above=0.0),
+    _o("federation", "server_momentum", float, 0.9, "avgm: momentum; adam: beta1", low=0.0, below=1.0),
+    _o("federation", "patience", int, 0, "early stopping: stop once validation AUC has not improved for this many "
+                                         "rounds (0: run every round; not with --dp: the stopping round would "
+                                         "depend on private data outside the guarantee)", low=0),
     _o("federation", "eval_every", int, 1, "rounds between evaluations", low=1),
     _o("federation", "chunk_size", int, 64, "simulation: clients per vectorized chunk (0 = all)", low=0),
     _o("federation", "checkpoint_every", int, 10, "mrff train: rounds between checkpoints (--resume continues from "
@@ -226,10 +237,11 @@ _DATA = ("dataset", "data_dir", "recbole_name", "label_field", "rating_threshold
          "maxlen")
 _MODEL = ("backbone", "mrff", "groups", "blocks", "heads", "attribute_dim", "dropout", "routing", "balance_alpha")
 _TRAINING = ("rounds", "local_steps", "client_fraction", "optimizer", "lr", "seed")
+_RECIPE = ("weight_decay", "lr_schedule", "server_optimizer", "server_lr", "server_momentum", "patience")  # train only
 _NETWORK_PRIVACY = ("dp", "clip", "noise_multiplier", "target_epsilon", "delta", "mechanism", "max_dropout_fraction",
                     "secure_aggregation", "modulus_bits", "min_group_size")
 COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
-    "train": _DATA + _MODEL + _TRAINING + ("eval_every", "chunk_size", "checkpoint_every") + _NETWORK_PRIVACY
+    "train": _DATA + _MODEL + _TRAINING + ("eval_every", "chunk_size", "checkpoint_every") + _RECIPE + _NETWORK_PRIVACY
              + ("noise_sampling", "count_cap", "clip_from_private_data", "insecure_reproducible_noise")
              + ("backend", "ray_address", "workers", "threads_per_worker"),
     "server": _DATA + _MODEL + _TRAINING + ("min_clients", "eval_every") + _NETWORK_PRIVACY

@@ -112,7 +112,12 @@ def train_main(args: argparse.Namespace) -> int:
     federation = FederationConfig(
         rounds=args.rounds, local_steps=args.local_steps, client_fraction=args.client_fraction,
         optimizer=args.optimizer, lr=args.lr, seed=args.seed, eval_every=args.eval_every, chunk_size=args.chunk_size,
+        weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, server_optimizer=args.server_optimizer,
+        server_lr=args.server_lr, server_momentum=args.server_momentum, patience=args.patience,
     )
+    if args.patience and privacy.dp.enabled:
+        raise ConfigError("--patience stops on the validation AUC, computed on private data without noise: the "
+                          "stopping round would be a release outside the DP guarantee; give a fixed --rounds")
     if not args.resume:
         options.write_config(args.run_dir, config, "train")
     stop_requested = []

@@ -98,12 +98,27 @@ def test_suppressed_groups_send_zeros(data):
     model = build_model(ModelConfig(maxlen=8, num_groups=2), data)
     layout = UpdateLayout.from_model(model)
     params = dict(model.named_parameters())
-    deltas = {n: torch.ones(1, *params[n].shape) for n in layout.shared_names + tuple(x for b in layout.group_names for x in b)}
+    deltas = {n: torch.ones(2, *params[n].shape) for n in layout.shared_names + tuple(x for b in layout.group_names for x in b)}
     suppressed = torch.tensor([[True, False], [False, False]])
-    vector = layout.build(deltas, torch.tensor([[0, 0]]), torch.ones(1), suppressed)[0]
-    _, groups, _, _ = layout.split(vector)
-    assert groups[layout.group_names[0][0]][0].abs().sum() == 0
-    assert groups[layout.group_names[0][0]][1].abs().sum() > 0
+    # client 0 is in block 0's suppressed group 0, client 1 in its group 1
+    vectors = layout.build(deltas, torch.tensor([[0, 0], [1, 0]]), torch.ones(2), suppressed)
+    first, second = layout.split(vectors[0])[1], layout.split(vectors[1])[1]
+    name = layout.group_names[0][0]
+    assert first[name].abs().sum() == 0
+    assert second[name][1].abs().sum() > 0 and second[name][0].abs().sum() == 0
+
+
+def test_only_the_routed_slot_is_sent(data):
+    """A delta outside the routed slot (a weight decay moves every slot) never reaches the vector."""
+    model = build_model(ModelConfig(maxlen=8, num_groups=3), data)
+    layout = UpdateLayout.from_model(model)
+    params = dict(model.named_parameters())
+    deltas = {n: torch.ones(1, *params[n].shape) for n in layout.shared_names + tuple(x for b in layout.group_names for x in b)}
+    groups = layout.split(layout.build(deltas, torch.tensor([[2, 1]]), torch.ones(1))[0])[1]
+    for block, route in enumerate((2, 1)):
+        for name in layout.group_names[block]:
+            assert groups[name][route].abs().min() == 1
+            assert groups[name].abs().sum() == groups[name][route].abs().sum()
 
 
 @pytest.mark.parametrize("backbone,mrff,private_modules", [
@@ -130,3 +145,21 @@ def test_every_model_declares_private_and_group_parts_structurally(data, backbon
 def test_baselines_refuse_mrff_by_name(backbone):
     with pytest.raises(ConfigError, match=f"{backbone}.*--no-mrff"):
         ModelConfig(backbone=backbone, mrff=True)
+
+
+@pytest.mark.parametrize("backbone,mrff", [("sasrec", True), ("sasrec", False), ("pa", False)])
+def test_build_sum_is_the_sum_of_the_built_vectors(data, backbone, mrff):
+    model = build_model(ModelConfig(backbone=backbone, mrff=mrff, maxlen=8, num_groups=3), data)
+    layout = UpdateLayout.from_model(model)
+    params = dict(model.named_parameters())
+    gen = torch.Generator().manual_seed(1)
+    names = layout.shared_names + tuple(x for b in layout.group_names for x in b)
+    deltas = {n: torch.randn(9, *params[n].shape, generator=gen) for n in names}
+    routes = torch.randint(0, 3, (9, layout.num_blocks), generator=gen)
+    examples = torch.arange(9.0)
+    suppressed = torch.zeros(layout.num_blocks, 3, dtype=torch.bool)
+    if layout.num_blocks:
+        suppressed[0, 1] = True
+    for mask in (None, suppressed):
+        expected = layout.build(deltas, routes, examples, mask).sum(0)
+        torch.testing.assert_close(layout.build_sum(deltas, routes, examples, mask), expected, atol=1e-5, rtol=1e-6)

@@ -17,7 +17,8 @@ from mrff_secure.federation.roles import Role
 from mrff_secure.federation.simulation import FederatedSimulation
 
 
-def reference_round(sim: FederatedSimulation, fractions, local_steps: int, lr: float, optimizer: str):
+def reference_round(sim: FederatedSimulation, fractions, local_steps: int, lr: float, optimizer: str,
+                    weight_decay: float = 0.0):
     """One round, one client at a time, with torch.optim and autograd: the semantics the engine vectorizes."""
     data, roles = sim.data, sim.roles
     shared_sum = {n: torch.zeros_like(p) for n, p in sim.global_params.items() if roles[n] is Role.SHARED}
@@ -31,7 +32,11 @@ def reference_round(sim: FederatedSimulation, fractions, local_steps: int, lr: f
         with torch.no_grad():
             for n, p in model.named_parameters():
                 p.copy_(sim.global_params[n] if n in sim.global_params else sim.private[n][u])
-        opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(model.parameters(), lr=lr)
+        if optimizer == "adam":
+            opt = (torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay) if weight_decay
+                   else torch.optim.Adam(model.parameters(), lr=lr))
+        else:
+            opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
         seq = torch.as_tensor(data.train_seq[u])
         target = torch.as_tensor(data.train_target[u])
         label = torch.as_tensor(data.train_label[u]).double()
@@ -114,6 +119,22 @@ def test_every_backbone_and_baseline_round_matches_per_client_loop(backbone, mrf
         for n, value in expected_private.items():
             torch.testing.assert_close(sim.private[n], value, atol=1e-5, rtol=1e-5)
         assert expected_private, "every model has private parameters (at least the user embedding)"
+
+
+@pytest.mark.parametrize("optimizer,local_steps", [("adam", 1), ("adam", 3), ("sgd", 2)])
+def test_weight_decay_matches_torch_adamw_and_sgd(optimizer, local_steps):
+    data = make_synthetic(num_users=18, num_items=50, min_interactions=5, max_interactions=15, maxlen=9, seed=8)
+    lr = 0.05 if optimizer == "adam" else 0.5
+    sim = FederatedSimulation(data, ModelConfig(dropout=0.0, maxlen=9, num_groups=2),
+                              FederationConfig(rounds=1, local_steps=local_steps, optimizer=optimizer, lr=lr,
+                                               weight_decay=0.3, chunk_size=5))
+    expected, expected_private, _ = reference_round(sim, sim.group_fractions.clone(), local_steps, lr, optimizer,
+                                                    weight_decay=0.3)
+    sim.train_round()
+    for n, value in expected.items():
+        torch.testing.assert_close(sim.global_params[n], value, atol=1e-5, rtol=1e-5)
+    for n, value in expected_private.items():
+        torch.testing.assert_close(sim.private[n], value, atol=1e-5, rtol=1e-5)
 
 
 def test_fedsasrec_round_matches_per_client_loop():

@@ -25,3 +25,58 @@ def apply_sum(global_params: dict[str, torch.Tensor], layout: UpdateLayout, summ
             scale = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
             out[name] = global_params[name] + total * scale.view(-1, *([1] * (total.dim() - 1)))
     return out
+
+
+SERVER_ADAM_BETA2 = 0.99
+SERVER_ADAM_EPS = 1e-3  # Reddi et al.'s tau: the adaptivity floor
+
+
+class ServerOptimizer:
+    """The server's step from the averaged model (`apply_sum`'s result) to the next global model.
+
+    avg (the paper): x <- x + lr * (mean - x); lr 1 is the mean itself, exactly.
+    avgm (FedAvgM, Hsu et al. 2019): m <- beta m + (mean - x); x <- x + lr m.
+    adam (FedAdam, Reddi et al. 2021): m <- b1 m + (1 - b1) d; v <- b2 v + (1 - b2) d^2;
+    x <- x + lr m / (sqrt(v) + tau), with d = mean - x and no bias correction, as in the paper.
+    It acts only on what the server already holds (the decoded sums), so it changes no privacy guarantee.
+    """
+
+    def __init__(self, kind: str, lr: float, momentum: float) -> None:
+        self.kind, self.lr, self.momentum = kind, lr, momentum
+        self.first: dict[str, torch.Tensor] = {}
+        self.second: dict[str, torch.Tensor] = {}
+
+    def step(self, current: dict[str, torch.Tensor], averaged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.kind == "avg" and self.lr == 1.0:
+            return averaged
+        out = {}
+        for name, x in current.items():
+            change = averaged[name] - x
+            if self.kind == "avg":
+                out[name] = x + self.lr * change
+                continue
+            m = self.first.get(name, torch.zeros_like(x))
+            if self.kind == "avgm":
+                m = self.momentum * m + change
+                out[name] = x + self.lr * m
+            else:
+                m = self.momentum * m + (1 - self.momentum) * change
+                v = SERVER_ADAM_BETA2 * self.second.get(name, torch.zeros_like(x)) + (1 - SERVER_ADAM_BETA2) * change * change
+                self.second[name] = v
+                out[name] = x + self.lr * m / (v.sqrt() + SERVER_ADAM_EPS)
+            self.first[name] = m
+        return out
+
+    def state_arrays(self, current: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The optimizer's state for a checkpoint, 'server_m/<name>' and 'server_v/<name>' (zeros before the
+        first step, which is the same state); nothing for avg."""
+        arrays = {}
+        if self.kind in ("avgm", "adam"):
+            arrays.update({f"server_m/{n}": self.first.get(n, torch.zeros_like(x)) for n, x in current.items()})
+        if self.kind == "adam":
+            arrays.update({f"server_v/{n}": self.second.get(n, torch.zeros_like(x)) for n, x in current.items()})
+        return arrays
+
+    def load_state_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
+        self.first = {k[len("server_m/"):]: v for k, v in arrays.items() if k.startswith("server_m/")}
+        self.second = {k[len("server_v/"):]: v for k, v in arrays.items() if k.startswith("server_v/")}

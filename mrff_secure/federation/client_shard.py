@@ -135,7 +135,8 @@ class ClientShard:
                 self.model, global_params, {n: t[local] for n, t in self.private.items()},
                 self._tensors["train_seq"][local], self._tensors["train_target"][local],
                 self._tensors["train_label"][local], group_fractions, balance_alpha=self.model_config.balance_alpha,
-                local_steps=self.federation.local_steps, optimizer=self.federation.optimizer, lr=self.federation.lr)
+                local_steps=self.federation.local_steps, optimizer=self.federation.optimizer,
+                lr=self.federation.client_lr(round_index), weight_decay=self.federation.weight_decay)
             for n, t in result.private.items():
                 self.private[n][local] = t
             self._trained.append(_Trained(block, rows, local, result))
@@ -165,6 +166,10 @@ class ClientShard:
         summed = torch.zeros(self.layout.size, dtype=torch.float64)
         individual = []
         for item in self._take():
+            if transform is None and not keep_individual:  # nothing needs the vectors: sum per parameter
+                summed += self.layout.build_sum(item.result.deltas, item.result.routes, self.num_examples[item.local],
+                                                suppressed)
+                continue
             vectors = self._vectors(item, suppressed, scaled=False)
             if transform is not None:
                 vectors = transform(vectors, round_index, item.rows)

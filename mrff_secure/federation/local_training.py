@@ -4,7 +4,8 @@
 parameters enter unbatched at the first step (every client starts from the
 global model) and batched after it; private parameters are always batched.
 The optimizer (Adam or SGD, fresh each round) is written elementwise over the
-stacked tensors, matching `torch.optim.Adam` / `torch.optim.SGD` step for step.
+stacked tensors, matching `torch.optim.Adam` / `torch.optim.SGD` step for step
+(with a weight decay: `torch.optim.AdamW` / SGD's, which for SGD is the same).
 """
 
 from __future__ import annotations
@@ -68,8 +69,11 @@ def _adam_step(g: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None,
 def train_clients(model: nn.Module, global_params: dict[str, torch.Tensor], private: dict[str, torch.Tensor],
                   seq: torch.Tensor, target: torch.Tensor, label: torch.Tensor,
                   group_fractions: torch.Tensor | None, *, balance_alpha: float, local_steps: int,
-                  optimizer: str, lr: float) -> LocalResult:
-    """Train a chunk of clients. private: (clients, *shape); seq/target/label: (clients, maxlen)."""
+                  optimizer: str, lr: float, weight_decay: float = 0.0) -> LocalResult:
+    """Train a chunk of clients. private: (clients, *shape); seq/target/label: (clients, maxlen).
+
+    `weight_decay` is decoupled: every step also moves each parameter by -lr * weight_decay * its value.
+    """
     names = list(global_params) + list(private)
     deltas: dict[str, torch.Tensor] = {}  # accumulated change per parameter, (clients, *shape)
     state: dict[str, tuple | None] = {}
@@ -94,6 +98,8 @@ def train_clients(model: nn.Module, global_params: dict[str, torch.Tensor], priv
                 change = grads[n].mul_(-lr)
             else:
                 change, state[n] = _adam_step(grads[n], state.get(n), step, lr, step == local_steps)
+            if weight_decay:
+                change = change.sub_(params[n], alpha=lr * weight_decay)
             deltas[n] = change if n not in deltas else deltas[n].add_(change)
     clients = seq.shape[0]
     return LocalResult(

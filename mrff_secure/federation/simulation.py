@@ -30,7 +30,7 @@ import torch
 from mrff_secure.allocator import keep_freed_memory
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.federation.aggregation import apply_sum
+from mrff_secure.federation.aggregation import ServerOptimizer, apply_sum
 from mrff_secure.federation.client_shard import ClientShard
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline, PrivacySettings
 from mrff_secure.federation.roles import parameter_roles
@@ -104,6 +104,8 @@ class FederatedSimulation:
         # Balance loss uses last round's fractions; before any round, uniform (its gradient is then zero).
         self.group_fractions = torch.full((blocks, groups), 1.0 / max(groups, 1), dtype=self.global_params[next(iter(self.global_params))].dtype) if groups else None
         self.round_index = 0
+        self.server_optimizer = ServerOptimizer(federation.server_optimizer, federation.server_lr,
+                                                federation.server_momentum)
         self.dtype = next(self.model.parameters()).dtype
         self.threat_model = threat_model_for(privacy, plain_individual_view=plain_individual_view)
         self.privacy: PrivacyPipeline | None = None
@@ -154,8 +156,9 @@ class FederatedSimulation:
     # ----------------------------------------------------------------- checkpoints
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Everything a round changes (the model, every user's private part, last round's group
-        fractions), as named arrays for a checkpoint; `round_index` goes beside them."""
+        fractions, the server optimizer's state), as named arrays for a checkpoint; `round_index` goes beside them."""
         arrays = {f"global/{n}": t.detach().numpy().copy() for n, t in self.global_params.items()}
+        arrays.update({k: t.detach().numpy().copy() for k, t in self.server_optimizer.state_arrays(self.global_params).items()})
         arrays.update({f"private/{n}": v for n, v in self._private_arrays().items()})
         if self.group_fractions is not None:
             arrays["group_fractions"] = self.group_fractions.numpy().copy()
@@ -181,6 +184,8 @@ class FederatedSimulation:
                 raise CheckpointError(f"the checkpoint's {name} is {arrays[name].dtype}{list(arrays[name].shape)}, "
                                       f"this model's {reference.dtype}{list(reference.shape)}")
         self.global_params = {n: torch.from_numpy(arrays[f"global/{n}"]) for n in self.global_params}
+        self.server_optimizer.load_state_arrays({k: torch.from_numpy(v) for k, v in arrays.items()
+                                                 if k.startswith(("server_m/", "server_v/"))})
         self._load_private_arrays({n[len("private/"):]: v for n, v in arrays.items() if n.startswith("private/")})
         if self.group_fractions is not None:
             self.group_fractions = torch.from_numpy(arrays["group_fractions"])
@@ -211,7 +216,8 @@ class FederatedSimulation:
         summed, individual = self._plain_sum(suppressed, r, keep_individual)
         summed = summed.to(self.dtype)
         averaging_counts = counts.masked_fill(suppressed, 0.0) if groups else counts
-        self.global_params = apply_sum(self.global_params, self.layout, summed, len(participants), averaging_counts)
+        self.global_params = self.server_optimizer.step(
+            self.global_params, apply_sum(self.global_params, self.layout, summed, len(participants), averaging_counts))
         if groups:
             self.group_fractions = counts / len(participants)
         if self.observer is not None:
@@ -253,7 +259,8 @@ class FederatedSimulation:
             averaging_counts = server_counts.masked_fill(suppressed, 0.0) if groups else server_counts
             fractions = server_counts / n if groups else None
             individual_view = None
-        self.global_params = apply_sum(self.global_params, self.layout, summed, n, averaging_counts)
+        self.global_params = self.server_optimizer.step(
+            self.global_params, apply_sum(self.global_params, self.layout, summed, n, averaging_counts))
         if groups:
             self.group_fractions = fractions
         if self.observer is not None:

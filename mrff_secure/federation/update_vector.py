@@ -82,8 +82,9 @@ class UpdateLayout:
               suppressed: torch.Tensor | None = None) -> torch.Tensor:
         """Update vectors (clients, size) from per-client deltas (clients, *param shape).
 
-        Group deltas are (clients, groups, *shape) and already zero outside the
-        routed slot. `suppressed` (blocks, groups) bool zeroes the slots of
+        Group deltas are (clients, groups, *shape); only the routed slot is kept (the others are zero after
+        a plain step, but a weight decay also moves them, and what a client did not train must not be
+        averaged into a group it is not in). `suppressed` (blocks, groups) bool zeroes the slots of
         groups below the minimum size for every client.
         """
         unknown = set(deltas) - set(self.shared_names) - {n for b in self.group_names for n in b}
@@ -93,6 +94,8 @@ class UpdateLayout:
         parts = [deltas[n].reshape(clients, -1) for n in self.shared_names]
         for block, names in enumerate(self.group_names):
             stacked = torch.cat([deltas[n].reshape(clients, self.num_groups, -1) for n in names], dim=-1)
+            routed = torch.nn.functional.one_hot(routes[:, block].long(), self.num_groups).to(stacked.dtype)
+            stacked = stacked * routed.unsqueeze(-1)
             if suppressed is not None and bool(suppressed[block].any()):
                 stacked = stacked * (~suppressed[block]).to(stacked.dtype).view(1, -1, 1)
             parts.append(stacked.reshape(clients, -1))  # (clients, groups * group_size)
@@ -101,6 +104,27 @@ class UpdateLayout:
             parts.append(one_hot.reshape(clients, -1))  # (clients, blocks * groups)
         parts.append(num_examples.reshape(clients, 1))
         return torch.cat(parts, dim=1)
+
+    def build_sum(self, deltas: dict[str, torch.Tensor], routes: torch.Tensor | None, num_examples: torch.Tensor,
+                  suppressed: torch.Tensor | None = None) -> torch.Tensor:
+        """`build(...).sum(0)` without materialising the (clients, size) vectors: one reduction per parameter
+        (the plain simulation's sum when nothing needs the individual vectors)."""
+        unknown = set(deltas) - set(self.shared_names) - {n for b in self.group_names for n in b}
+        if unknown:
+            raise ConfigError(f"parameters {sorted(unknown)} have no place in the update vector (private?)")
+        clients = num_examples.shape[0]
+        parts = [deltas[n].reshape(clients, -1).sum(0) for n in self.shared_names]
+        for block, names in enumerate(self.group_names):
+            routed = torch.nn.functional.one_hot(routes[:, block].long(), self.num_groups).to(num_examples.dtype)
+            if suppressed is not None and bool(suppressed[block].any()):
+                routed = routed * (~suppressed[block]).to(routed.dtype)
+            per_name = [(deltas[n].reshape(clients, self.num_groups, -1) * routed.unsqueeze(-1)).sum(0) for n in names]
+            parts.append(torch.cat(per_name, dim=-1).reshape(-1))  # (groups * group_size,)
+        if self.count_size:
+            parts.append(torch.nn.functional.one_hot(routes.long(), self.num_groups).to(num_examples.dtype)
+                         .sum(0).reshape(-1))
+        parts.append(num_examples.sum().reshape(1))
+        return torch.cat(parts)
 
     def split(self, vector: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Inverse of `build` for one vector (e.g. a sum): shared parts, group parts, counts, example count.
