@@ -10,7 +10,6 @@ probability (Switch-style) so the gate also learns from the task loss.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mrff_secure.federation.roles import Role
