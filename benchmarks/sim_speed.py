@@ -65,6 +65,32 @@ def round_gflop(sim, data, clients: int = 16) -> float:
     return total / clients * data.num_users / 1e9
 
 
+def round_phases(sim, data, top: int = 12) -> dict:
+    """Where one round's time goes: local training vs the sum of the update vectors (median of 3 each), and the
+    operators with the most self CPU time in one profiled local training pass."""
+    import numpy as np
+    from torch.profiler import ProfilerActivity, profile
+
+    shard, everyone = sim._shard, np.arange(data.num_users)
+    train, summing = [], []
+    for r in range(3):
+        start = time.perf_counter()
+        shard.train(sim.global_params, sim.group_fractions, everyone, 100 + r)
+        train.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        shard.plain_sum(None)
+        summing.append(time.perf_counter() - start)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        shard.train(sim.global_params, sim.group_fractions, everyone, 200)
+    shard.plain_sum(None)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return {"local_training_seconds_median": round(statistics.median(train), 4),
+            "update_sum_seconds_median": round(statistics.median(summing), 4),
+            "profiled_training_top_ops": [{"op": e.key, "self_share": round(e.self_cpu_time_total / total, 4),
+                                           "calls": e.count} for e in events[:top]]}
+
+
 def measure_one(backbone: str, mrff: bool, repeats: int, chunk_size: int, data_dir: Path) -> dict:
     from mrff_secure.config import FederationConfig, ModelConfig
     from mrff_secure.data import load_kuaisar_r
@@ -85,7 +111,9 @@ def measure_one(backbone: str, mrff: bool, repeats: int, chunk_size: int, data_d
         start = time.perf_counter()
         sim.evaluate("val")
         evaluation.append(time.perf_counter() - start)
+    phases = round_phases(sim, data) if backbone == "sasrec" and mrff else None
     return {
+        "round_phases": phases,
         "train_round_seconds_median": statistics.median(train),
         "train_round_seconds_all": [round(t, 4) for t in train],
         "eval_pass_seconds_median": statistics.median(evaluation),
