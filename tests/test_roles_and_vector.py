@@ -163,3 +163,18 @@ def test_build_sum_is_the_sum_of_the_built_vectors(data, backbone, mrff):
     for mask in (None, suppressed):
         expected = layout.build(deltas, routes, examples, mask).sum(0)
         torch.testing.assert_close(layout.build_sum(deltas, routes, examples, mask), expected, atol=1e-5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backbone,mrff", [("hstu", True), ("llama", False), ("ncf", False), ("pa", False)])
+def test_a_network_client_builds_the_simulations_model_for_every_backbone(data, backbone, mrff):
+    """The server sends the model configuration as JSON; the client rebuilds the same initial global model."""
+    from mrff_secure.federation.client_update import build_global, model_config_from_json, model_config_json
+
+    config = ModelConfig(backbone=backbone, mrff=mrff, maxlen=8, num_groups=3)
+    received = model_config_from_json(model_config_json(config))
+    assert received == config
+    _, client_params = build_global(received, data, 3)
+    sim = FederatedSimulation(data, config, FederationConfig(rounds=1, seed=3))
+    assert client_params.keys() == sim.global_params.keys()
+    for name, value in sim.global_params.items():
+        assert torch.equal(client_params[name], value), name
