@@ -79,16 +79,16 @@ def test_build_split_round_trip(data):
     routes = torch.tensor([[2, 0]])
     for block, names in enumerate(layout.group_names):
         for n in names:
-            full = torch.zeros(1, *params[n].shape)
-            full[0, routes[0, block]] = torch.randn(params[n].shape[1:], generator=gen)
-            deltas[n] = full
+            deltas[n] = torch.randn(1, *params[n].shape[1:], generator=gen)  # the routed slot's change
     vector = layout.build(deltas, routes, torch.tensor([7.0]))[0]
     shared, groups, counts, examples = layout.split(vector)
     for n in layout.shared_names:
         assert torch.equal(shared[n], deltas[n][0])
-    for names in layout.group_names:
+    for block, names in enumerate(layout.group_names):
         for n in names:
-            assert torch.equal(groups[n], deltas[n][0])
+            expected = torch.zeros(params[n].shape)
+            expected[routes[0, block]] = deltas[n][0]
+            assert torch.equal(groups[n], expected)
     assert counts.tolist() == [[0, 0, 1], [1, 0, 0]] and examples == 7
     with pytest.raises(ConfigError, match="shape"):
         layout.split(vector[:-1])
@@ -98,7 +98,8 @@ def test_suppressed_groups_send_zeros(data):
     model = build_model(ModelConfig(maxlen=8, num_groups=2), data)
     layout = UpdateLayout.from_model(model)
     params = dict(model.named_parameters())
-    deltas = {n: torch.ones(2, *params[n].shape) for n in layout.shared_names + tuple(x for b in layout.group_names for x in b)}
+    deltas = {n: torch.ones(2, *params[n].shape) for n in layout.shared_names}
+    deltas.update({n: torch.ones(2, *params[n].shape[1:]) for b in layout.group_names for n in b})
     suppressed = torch.tensor([[True, False], [False, False]])
     # client 0 is in block 0's suppressed group 0, client 1 in its group 1
     vectors = layout.build(deltas, torch.tensor([[0, 0], [1, 0]]), torch.ones(2), suppressed)
@@ -109,16 +110,23 @@ def test_suppressed_groups_send_zeros(data):
 
 
 def test_only_the_routed_slot_is_sent(data):
-    """A delta outside the routed slot (a weight decay moves every slot) never reaches the vector."""
+    """A client's group delta lands in its routed slot only; a delta holding every slot is refused, by name."""
     model = build_model(ModelConfig(maxlen=8, num_groups=3), data)
     layout = UpdateLayout.from_model(model)
     params = dict(model.named_parameters())
-    deltas = {n: torch.ones(1, *params[n].shape) for n in layout.shared_names + tuple(x for b in layout.group_names for x in b)}
-    groups = layout.split(layout.build(deltas, torch.tensor([[2, 1]]), torch.ones(1))[0])[1]
-    for block, route in enumerate((2, 1)):
-        for name in layout.group_names[block]:
-            assert groups[name][route].abs().min() == 1
-            assert groups[name].abs().sum() == groups[name][route].abs().sum()
+    deltas = {n: torch.ones(1, *params[n].shape) for n in layout.shared_names}
+    deltas.update({n: torch.ones(1, *params[n].shape[1:]) for b in layout.group_names for n in b})
+    for vector in (layout.build(deltas, torch.tensor([[2, 1]]), torch.ones(1))[0],
+                   layout.build_sum(deltas, torch.tensor([[2, 1]]), torch.ones(1))):
+        groups = layout.split(vector)[1]
+        for block, route in enumerate((2, 1)):
+            for name in layout.group_names[block]:
+                assert groups[name][route].abs().min() == 1
+                assert groups[name].abs().sum() == groups[name][route].abs().sum()
+    name = layout.group_names[0][0]
+    deltas[name] = torch.ones(1, *params[name].shape)
+    with pytest.raises(ConfigError, match=f"group delta {name} has shape .*one routed slot per client"):
+        layout.build(deltas, torch.tensor([[2, 1]]), torch.ones(1))
 
 
 @pytest.mark.parametrize("backbone,mrff,private_modules", [
@@ -154,7 +162,8 @@ def test_build_sum_is_the_sum_of_the_built_vectors(data, backbone, mrff):
     params = dict(model.named_parameters())
     gen = torch.Generator().manual_seed(1)
     names = layout.shared_names + tuple(x for b in layout.group_names for x in b)
-    deltas = {n: torch.randn(9, *params[n].shape, generator=gen) for n in names}
+    deltas = {n: torch.randn(9, *(params[n].shape if n in layout.shared_names else params[n].shape[1:]), generator=gen)
+              for n in names}
     routes = torch.randint(0, 3, (9, layout.num_blocks), generator=gen)
     examples = torch.arange(9.0)
     suppressed = torch.zeros(layout.num_blocks, 3, dtype=torch.bool)

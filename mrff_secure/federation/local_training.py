@@ -6,6 +6,14 @@ global model) and batched after it; private parameters are always batched.
 The optimizer (Adam or SGD, fresh each round) is written elementwise over the
 stacked tensors, matching `torch.optim.Adam` / `torch.optim.SGD` step for step
 (with a weight decay: `torch.optim.AdamW` / SGD's, which for SGD is the same).
+
+Group parameters are trained through their routed slot only: the stacked
+(groups, *shape) tensors enter undifferentiated and the gradient is taken with
+respect to each client's routed change (`model.layers.add_group_parameter`),
+so a client's group gradient, optimizer state and delta have one group's size.
+That is the per-client loop's computation restricted to what a client sends:
+the other slots' gradients are exactly zero and their deltas (a weight decay
+alone) are never sent.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
+
+from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.model.layers import ROUTED_CHANGE_SUFFIX
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -41,7 +52,8 @@ def client_loss(model: nn.Module, params: dict[str, torch.Tensor], seq: torch.Te
 
 @dataclass
 class LocalResult:
-    deltas: dict[str, torch.Tensor]  # shared and group: (clients, *shape) final - global
+    deltas: dict[str, torch.Tensor]  # shared: (clients, *shape) final - global; group: (clients, *slot shape),
+    #                                   the change of each client's routed slot
     private: dict[str, torch.Tensor]  # private: (clients, *shape) after training
     routes: torch.Tensor  # (clients, blocks) long; (clients, 0) without MRFF
 
@@ -74,25 +86,36 @@ def train_clients(model: nn.Module, global_params: dict[str, torch.Tensor], priv
 
     `weight_decay` is decoupled: every step also moves each parameter by -lr * weight_decay * its value.
     """
-    names = list(global_params) + list(private)
-    deltas: dict[str, torch.Tensor] = {}  # accumulated change per parameter, (clients, *shape)
+    layout = UpdateLayout.from_model(model)
+    group_block = {n: block for block, names in enumerate(layout.group_names) for n in names}
+    stacked = {n: global_params[n] for n in group_block}  # enter undifferentiated
+    change_of = {n: n + ROUTED_CHANGE_SUFFIX for n in group_block}
+    base = {n: t for n, t in global_params.items() if n not in group_block}
+    base.update({change_of[n]: torch.zeros(global_params[n].shape[1:], dtype=global_params[n].dtype)
+                 for n in group_block})
+    names = list(base) + list(private)  # what is differentiated: shared, routed changes, private
+    deltas: dict[str, torch.Tensor] = {}  # accumulated change per name, (clients, *shape)
     state: dict[str, tuple | None] = {}
     routes = None
+    routed_global: dict[str, torch.Tensor] = {}  # group name -> (clients, *slot shape), once routes are known
 
-    def loss_fn(p, s, t, y, r):
-        return client_loss(model, p, s, t, y, group_fractions, balance_alpha, r)
+    def loss_fn(p, fixed, s, t, y, r):
+        return client_loss(model, {**p, **fixed}, s, t, y, group_fractions, balance_alpha, r)
 
     for step in range(1, local_steps + 1):
         if step == 1:
-            params = {**global_params, **private}
+            params = {**base, **private}
             in_dims = {n: (0 if n in private else None) for n in names}
         else:
-            params = {n: (global_params[n] if n in global_params else private[n]) + deltas[n] for n in names}
+            params = {n: (base[n] if n in base else private[n]) + deltas[n] for n in names}
             in_dims = {n: 0 for n in names}
-        grads, step_routes = vmap(grad(loss_fn, has_aux=True), in_dims=(in_dims, 0, 0, 0, None if routes is None else 0),
-                                  randomness="different")(params, seq, target, label, routes)
+        grads, step_routes = vmap(grad(loss_fn, has_aux=True),
+                                  in_dims=(in_dims, None, 0, 0, 0, None if routes is None else 0),
+                                  randomness="different")(params, stacked, seq, target, label, routes)
         if routes is None and step_routes.numel():
             routes = step_routes  # the route of the first step holds for the whole round
+            if weight_decay:
+                routed_global = {n: t[routes[:, group_block[n]]] for n, t in stacked.items()}
         for n in names:
             if optimizer == "sgd":
                 change = grads[n].mul_(-lr)
@@ -101,9 +124,12 @@ def train_clients(model: nn.Module, global_params: dict[str, torch.Tensor], priv
             if weight_decay:
                 change = change.sub_(params[n], alpha=lr * weight_decay)
             deltas[n] = change if n not in deltas else deltas[n].add_(change)
+        if weight_decay:  # a routed change decays with its slot's value: the routed global weight plus the change
+            for n in group_block:
+                deltas[change_of[n]].sub_(routed_global[n], alpha=lr * weight_decay)
     clients = seq.shape[0]
     return LocalResult(
-        deltas={n: deltas[n] for n in global_params},
+        deltas={n: deltas[change_of.get(n, n)] for n in global_params},
         private={n: private[n] + deltas[n] for n in private},
         routes=routes if routes is not None else torch.zeros(clients, 0, dtype=torch.long),
     )

@@ -78,27 +78,37 @@ class UpdateLayout:
     def size(self) -> int:
         return self.delta_size + self.count_size + 1
 
-    def build(self, deltas: dict[str, torch.Tensor], routes: torch.Tensor | None, num_examples: torch.Tensor,
-              suppressed: torch.Tensor | None = None) -> torch.Tensor:
-        """Update vectors (clients, size) from per-client deltas (clients, *param shape).
-
-        Group deltas are (clients, groups, *shape); only the routed slot is kept (the others are zero after
-        a plain step, but a weight decay also moves them, and what a client did not train must not be
-        averaged into a group it is not in). `suppressed` (blocks, groups) bool zeroes the slots of
-        groups below the minimum size for every client.
-        """
+    def _check_names(self, deltas: dict[str, torch.Tensor]) -> None:
         unknown = set(deltas) - set(self.shared_names) - {n for b in self.group_names for n in b}
         if unknown:
             raise ConfigError(f"parameters {sorted(unknown)} have no place in the update vector (private?)")
+
+    def _routed_slots(self, deltas: dict[str, torch.Tensor], block: int, clients: int) -> torch.Tensor:
+        """(clients, group_size): each client's change of its routed slot in `block`, the block's names concatenated."""
+        parts = []
+        for name, shape in zip(self.group_names[block], self.group_shapes[block]):
+            if tuple(deltas[name].shape) != (clients, *shape):
+                raise ConfigError(f"group delta {name} has shape {tuple(deltas[name].shape)}, expected "
+                                  f"{(clients, *shape)}: one routed slot per client")
+            parts.append(deltas[name].reshape(clients, -1))
+        return torch.cat(parts, dim=-1)
+
+    def build(self, deltas: dict[str, torch.Tensor], routes: torch.Tensor | None, num_examples: torch.Tensor,
+              suppressed: torch.Tensor | None = None) -> torch.Tensor:
+        """Update vectors (clients, size) from per-client deltas: shared (clients, *param shape); group
+        (clients, *slot shape), the change of the client's routed slot, placed in that slot (every other slot
+        is zero: what a client did not train is never averaged into a group it is not in). `suppressed`
+        (blocks, groups) bool zeroes the slots of groups below the minimum size for every client.
+        """
+        self._check_names(deltas)
         clients = num_examples.shape[0]
         parts = [deltas[n].reshape(clients, -1) for n in self.shared_names]
-        for block, names in enumerate(self.group_names):
-            stacked = torch.cat([deltas[n].reshape(clients, self.num_groups, -1) for n in names], dim=-1)
-            routed = torch.nn.functional.one_hot(routes[:, block].long(), self.num_groups).to(stacked.dtype)
-            stacked = stacked * routed.unsqueeze(-1)
+        for block in range(self.num_blocks):
+            slot = self._routed_slots(deltas, block, clients)
+            routed = torch.nn.functional.one_hot(routes[:, block].long(), self.num_groups).to(slot.dtype)
             if suppressed is not None and bool(suppressed[block].any()):
-                stacked = stacked * (~suppressed[block]).to(stacked.dtype).view(1, -1, 1)
-            parts.append(stacked.reshape(clients, -1))  # (clients, groups * group_size)
+                routed = routed * (~suppressed[block]).to(slot.dtype)
+            parts.append((routed.unsqueeze(-1) * slot.unsqueeze(1)).reshape(clients, -1))  # (clients, groups * size)
         if self.count_size:
             one_hot = torch.nn.functional.one_hot(routes.long(), self.num_groups).to(num_examples.dtype)
             parts.append(one_hot.reshape(clients, -1))  # (clients, blocks * groups)
@@ -108,17 +118,17 @@ class UpdateLayout:
     def build_sum(self, deltas: dict[str, torch.Tensor], routes: torch.Tensor | None, num_examples: torch.Tensor,
                   suppressed: torch.Tensor | None = None) -> torch.Tensor:
         """`build(...).sum(0)` without materialising the (clients, size) vectors: one reduction per parameter
-        (the plain simulation's sum when nothing needs the individual vectors)."""
-        unknown = set(deltas) - set(self.shared_names) - {n for b in self.group_names for n in b}
-        if unknown:
-            raise ConfigError(f"parameters {sorted(unknown)} have no place in the update vector (private?)")
+        and per group (the plain simulation's sum when nothing needs the individual vectors)."""
+        self._check_names(deltas)
         clients = num_examples.shape[0]
         parts = [deltas[n].reshape(clients, -1).sum(0) for n in self.shared_names]
-        for block, names in enumerate(self.group_names):
+        for block in range(self.num_blocks):
+            self._routed_slots(deltas, block, clients)  # checks the shapes
             routed = torch.nn.functional.one_hot(routes[:, block].long(), self.num_groups).to(num_examples.dtype)
             if suppressed is not None and bool(suppressed[block].any()):
                 routed = routed * (~suppressed[block]).to(routed.dtype)
-            per_name = [(deltas[n].reshape(clients, self.num_groups, -1) * routed.unsqueeze(-1)).sum(0) for n in names]
+            # per name, the same (clients, groups, n) reduction as `build(...).sum(0)`: the same float sums
+            per_name = [(routed.unsqueeze(-1) * deltas[n].reshape(clients, 1, -1)).sum(0) for n in self.group_names[block]]
             parts.append(torch.cat(per_name, dim=-1).reshape(-1))  # (groups * group_size,)
         if self.count_size:
             parts.append(torch.nn.functional.one_hot(routes.long(), self.num_groups).to(num_examples.dtype)

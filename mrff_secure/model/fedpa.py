@@ -23,7 +23,8 @@ from torch import nn
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.federation.roles import Role
-from mrff_secure.model.layers import MLP, AttributeEmbedding, UserEmbedding, uniform_init_
+from mrff_secure.model.layers import (MLP, AttributeEmbedding, UserEmbedding, add_group_parameter, routed_group_weight,
+                                      uniform_init_)
 
 PA_LAYER_DIMS = (64, 32)
 PA_RANK = 4
@@ -59,7 +60,7 @@ class GroupAdapters(nn.Module):
         for name, shape in _adapter_shapes(dims).items():
             init = (uniform_init_(torch.empty(num_groups, *shape), shape[1]) if name.startswith("down")
                     else torch.zeros(num_groups, *shape))
-            setattr(self, name, nn.Parameter(init))
+            add_group_parameter(self, name, init)
 
 
 class PA(nn.Module):
@@ -88,8 +89,8 @@ class PA(nn.Module):
         x = torch.cat([user.expand(*targets.shape, self.user_dim), self.items(targets)], dim=-1)
         for i, layer in enumerate(self.layers):
             own = F.linear(F.linear(x, getattr(self.user_adapters, f"down{i}")), getattr(self.user_adapters, f"up{i}"))
-            group_down = torch.tensordot(one_hot, getattr(self.group_adapters, f"down{i}"), dims=1)
-            group_up = torch.tensordot(one_hot, getattr(self.group_adapters, f"up{i}"), dims=1)
+            group_down = routed_group_weight(self.group_adapters, f"down{i}", one_hot)
+            group_up = routed_group_weight(self.group_adapters, f"up{i}", one_hot)
             group = F.linear(F.linear(x, group_down), group_up)
             x = (layer(x) + mix[i] * own + (1 - mix[i]) * group).relu()
         return self.output(x).squeeze(-1), probs.unsqueeze(0), route.unsqueeze(0)

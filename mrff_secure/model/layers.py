@@ -85,6 +85,27 @@ def uniform_init_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
     return nn.init.uniform_(tensor, -bound, bound)
 
 
+ROUTED_CHANGE_SUFFIX = "_routed_change"
+
+
+def add_group_parameter(module: nn.Module, name: str, stacked: torch.Tensor) -> None:
+    """Register `stacked` (groups, *shape) as parameter `name` of a group module, beside a zero buffer
+    `name + ROUTED_CHANGE_SUFFIX` (*shape): the change of the routed group's slot during local training.
+
+    Local training differentiates with respect to that buffer, not the stacked parameter, so that a client's
+    gradients and optimizer state have one group's size rather than `groups` times it (the other slots' would
+    be zero and are never sent). Outside local training it stays zero; it is not part of a checkpoint.
+    """
+    module.register_parameter(name, nn.Parameter(stacked))
+    module.register_buffer(name + ROUTED_CHANGE_SUFFIX, torch.zeros(stacked.shape[1:]), persistent=False)
+
+
+def routed_group_weight(module: nn.Module, name: str, route_one_hot: torch.Tensor) -> torch.Tensor:
+    """The routed group's slot of the stacked parameter `name` (other slots get exactly zero gradient), plus its
+    routed change (see `add_group_parameter`)."""
+    return torch.tensordot(route_one_hot, getattr(module, name), dims=1) + getattr(module, name + ROUTED_CHANGE_SUFFIX)
+
+
 FFN_KINDS = ("relu", "swiglu")
 
 

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from mrff_secure.federation.roles import Role
-from mrff_secure.model.layers import MLP, FeedForward, apply_ffn, ffn_parameter_shapes, uniform_init_
+from mrff_secure.model.layers import (MLP, FeedForward, add_group_parameter, apply_ffn, ffn_parameter_shapes,
+                                      routed_group_weight, uniform_init_)
 
 
 class UserFeedForward(FeedForward):
@@ -31,12 +32,11 @@ class GroupFeedForwards(nn.Module):
         super().__init__()
         self.num_groups, self.kind = num_groups, kind
         for name, (shape, fan_in) in ffn_parameter_shapes(kind, hidden).items():
-            setattr(self, name, nn.Parameter(uniform_init_(torch.empty(num_groups, *shape), fan_in)))
+            add_group_parameter(self, name, uniform_init_(torch.empty(num_groups, *shape), fan_in))
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, route_one_hot: torch.Tensor) -> torch.Tensor:
-        # Select the routed group's weights; other slots get exactly zero gradient.
-        weights = {name: torch.tensordot(route_one_hot, getattr(self, name), dims=1)
+        weights = {name: routed_group_weight(self, name, route_one_hot)
                    for name in ffn_parameter_shapes(self.kind, x.shape[-1])}
         return apply_ffn(self.kind, weights, x, self.dropout, self.training)
 
