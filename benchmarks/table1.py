@@ -55,6 +55,14 @@ def run_args(method: str, recipe: str, seed: int, args: argparse.Namespace, out:
     return argv
 
 
+def _commit() -> str:
+    """The commit (and whether the tree had changes) this JSON was written at; run folders do not record theirs."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "mrff_secure"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return head + (" (mrff_secure/ modified)" if dirty else "")
+
+
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return (statistics.fmean(values) if values else None, statistics.stdev(values) if len(values) > 1 else None)
 
@@ -76,12 +84,17 @@ def summarize_method(method: str, summaries: list[dict]) -> dict:
 def compare(with_mrff: dict, without: dict) -> dict:
     """MRFF against its own backbone: the gap, and whether it exceeds the seeds' spread."""
     gap = with_mrff["test_auc_mean"] - without["test_auc_mean"]
-    spread = max(with_mrff["test_auc_std"] or 0.0, without["test_auc_std"] or 0.0)
-    return {"auc_gap": gap, "logloss_gap": with_mrff["test_logloss_mean"] - without["test_logloss_mean"],
-            "seed_spread": spread, "above_spread": gap > spread and len(with_mrff["seeds"]) > 1,
-            "statement": (f"MRFF {'above' if gap > 0 else 'below'} its backbone by {abs(gap):.4f} AUC, "
-                          + ("more than" if abs(gap) > spread else "within") + f" the seeds' spread ({spread:.4f}); "
-                          f"one seed's DeLong 95% interval is about +-0.024")}
+    direction = f"MRFF {'above' if gap > 0 else 'below'} its backbone by {abs(gap):.4f} AUC, "
+    delong = "one seed's DeLong 95% interval is about +-0.024"
+    entry = {"auc_gap": gap, "logloss_gap": with_mrff["test_logloss_mean"] - without["test_logloss_mean"]}
+    if with_mrff["test_auc_std"] is None or without["test_auc_std"] is None:  # a single seed has no spread
+        seeds = min(len(with_mrff["seeds"]), len(without["seeds"]))
+        return {**entry, "seed_spread": None, "above_spread": False,
+                "statement": direction + f"from {seeds} seed(s) only: no seeds' spread to compare with; " + delong}
+    spread = max(with_mrff["test_auc_std"], without["test_auc_std"])
+    return {**entry, "seed_spread": spread, "above_spread": gap > spread,
+            "statement": direction + ("more than" if abs(gap) > spread else "within")
+            + f" the seeds' spread ({spread:.4f}); " + delong}
 
 
 def summarize(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace, started: float,
@@ -120,7 +133,7 @@ def summarize(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace,
                      f"rounds, early stopping after {args.tuned_patience}; chosen on validation only "
                      "(table1_tuning.json); test at the best-validation round, read once",
         },
-        "note": AUC_STANDARD_ERROR_NOTE, "methods": table, "comparisons": comparisons, "targets": targets,
+        "note": AUC_STANDARD_ERROR_NOTE, "collected_at_commit": _commit(), "methods": table, "comparisons": comparisons, "targets": targets,
         "wall_seconds": round(time.time() - started, 1),
     }
 
