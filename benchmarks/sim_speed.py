@@ -144,7 +144,10 @@ def main() -> int:
         name = f"{backbone}{' w/ MRFF' if mrff else ''}"
         proc = subprocess.run([sys.executable, __file__, "--one", backbone, "1" if mrff else "0", "--repeats",
                                str(args.repeats), "--chunk-size", str(args.chunk_size), "--data-dir", str(args.data_dir)],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True, check=False,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+        if proc.returncode:
+            raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(name, results[name]["train_round_seconds_median"], results[name]["eval_pass_seconds_median"], flush=True)
     rate_after = matmul_gflops(threads)
