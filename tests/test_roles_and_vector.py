@@ -94,12 +94,18 @@ def test_build_split_round_trip(data):
         layout.split(vector[:-1])
 
 
-def test_suppressed_groups_send_zeros(data):
-    model = build_model(ModelConfig(maxlen=8, num_groups=2), data)
+def _layout_with_unit_deltas(data, num_groups: int, clients: int):
+    """A model's layout, its parameters, and all-ones deltas: shared (clients, *shape), group (clients, *slot)."""
+    model = build_model(ModelConfig(maxlen=8, num_groups=num_groups), data)
     layout = UpdateLayout.from_model(model)
     params = dict(model.named_parameters())
-    deltas = {n: torch.ones(2, *params[n].shape) for n in layout.shared_names}
-    deltas.update({n: torch.ones(2, *params[n].shape[1:]) for b in layout.group_names for n in b})
+    deltas = {n: torch.ones(clients, *params[n].shape) for n in layout.shared_names}
+    deltas.update({n: torch.ones(clients, *params[n].shape[1:]) for b in layout.group_names for n in b})
+    return layout, params, deltas
+
+
+def test_suppressed_groups_send_zeros(data):
+    layout, params, deltas = _layout_with_unit_deltas(data, num_groups=2, clients=2)
     suppressed = torch.tensor([[True, False], [False, False]])
     # client 0 is in block 0's suppressed group 0, client 1 in its group 1
     vectors = layout.build(deltas, torch.tensor([[0, 0], [1, 0]]), torch.ones(2), suppressed)
@@ -111,11 +117,7 @@ def test_suppressed_groups_send_zeros(data):
 
 def test_only_the_routed_slot_is_sent(data):
     """A client's group delta lands in its routed slot only; a delta holding every slot is refused, by name."""
-    model = build_model(ModelConfig(maxlen=8, num_groups=3), data)
-    layout = UpdateLayout.from_model(model)
-    params = dict(model.named_parameters())
-    deltas = {n: torch.ones(1, *params[n].shape) for n in layout.shared_names}
-    deltas.update({n: torch.ones(1, *params[n].shape[1:]) for b in layout.group_names for n in b})
+    layout, params, deltas = _layout_with_unit_deltas(data, num_groups=3, clients=1)
     for vector in (layout.build(deltas, torch.tensor([[2, 1]]), torch.ones(1))[0],
                    layout.build_sum(deltas, torch.tensor([[2, 1]]), torch.ones(1))):
         groups = layout.split(vector)[1]
