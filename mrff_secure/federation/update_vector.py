@@ -83,15 +83,16 @@ class UpdateLayout:
         if unknown:
             raise ConfigError(f"parameters {sorted(unknown)} have no place in the update vector (private?)")
 
-    def _routed_slots(self, deltas: dict[str, torch.Tensor], block: int, clients: int) -> torch.Tensor:
-        """(clients, group_size): each client's change of its routed slot in `block`, the block's names concatenated."""
-        parts = []
+    def _check_slot_shapes(self, deltas: dict[str, torch.Tensor], block: int, clients: int) -> None:
         for name, shape in zip(self.group_names[block], self.group_shapes[block]):
             if tuple(deltas[name].shape) != (clients, *shape):
                 raise ConfigError(f"group delta {name} has shape {tuple(deltas[name].shape)}, expected "
                                   f"{(clients, *shape)}: one routed slot per client")
-            parts.append(deltas[name].reshape(clients, -1))
-        return torch.cat(parts, dim=-1)
+
+    def _routed_slots(self, deltas: dict[str, torch.Tensor], block: int, clients: int) -> torch.Tensor:
+        """(clients, group_size): each client's change of its routed slot in `block`, the block's names concatenated."""
+        self._check_slot_shapes(deltas, block, clients)
+        return torch.cat([deltas[name].reshape(clients, -1) for name in self.group_names[block]], dim=-1)
 
     def build(self, deltas: dict[str, torch.Tensor], routes: torch.Tensor | None, num_examples: torch.Tensor,
               suppressed: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,7 +124,7 @@ class UpdateLayout:
         clients = num_examples.shape[0]
         parts = [deltas[n].reshape(clients, -1).sum(0) for n in self.shared_names]
         for block in range(self.num_blocks):
-            self._routed_slots(deltas, block, clients)  # checks the shapes
+            self._check_slot_shapes(deltas, block, clients)
             routed = torch.nn.functional.one_hot(routes[:, block].long(), self.num_groups).to(num_examples.dtype)
             if suppressed is not None and bool(suppressed[block].any()):
                 routed = routed * (~suppressed[block]).to(routed.dtype)
