@@ -33,8 +33,8 @@ from attacks.scores import binary_scores
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.simulation import ServerView
-from mrff_secure.federation.threat_model import INDIVIDUAL_VIEWS, SUM_VIEWS, require_view
-from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.round.spec import INDIVIDUAL_VIEWS, SUM_VIEWS, require_view
+from mrff_secure.round.update_vector import UpdateLayout
 
 MAX_SUPPORT = 64
 

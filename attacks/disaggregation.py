@@ -22,7 +22,7 @@ from attacks.recorder import RowRecorder
 from attacks.rows import touched_rows
 from attacks.scores import binary_scores
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.federation.threat_model import SUM_VIEWS, require_view
+from mrff_secure.round.spec import SUM_VIEWS, require_view
 
 RARE_USERS = 5
 

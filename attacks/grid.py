@@ -65,15 +65,17 @@ from attacks.rows import ItemRows
 from attacks.scores import accuracy_standard_error, auc_standard_error
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.dp import DPConfig, account_rounds
+from mrff_secure.dp import DPConfig
+from mrff_secure.round.accountant import account_rounds
 from mrff_secure.errors import ConfigError
-from mrff_secure.federation.privacy_pipeline import PrivacySettings
+from mrff_secure.round.spec import PrivacySettings
+from mrff_secure.federation.privacy_summary import privacy_summary
 from mrff_secure.federation.simulation import FederatedSimulation
-from mrff_secure.federation.threat_model import LOCAL_DP, PLAIN, SECAGG, SECAGG_DP, SUM_VIEWS
+from mrff_secure.round.spec import SUM_VIEWS, SecureAggregation, ThreatModel
 from mrff_secure.report.build import source_commit
 
-GRID_THREAT_MODELS = (PLAIN, SECAGG, SECAGG_DP, LOCAL_DP)
-DP_THREAT_MODELS = (SECAGG_DP, LOCAL_DP)
+GRID_THREAT_MODELS = (ThreatModel.PLAIN, ThreatModel.SECAGG, ThreatModel.SECAGG_DP, ThreatModel.LOCAL_DP)
+DP_THREAT_MODELS = (ThreatModel.SECAGG_DP, ThreatModel.LOCAL_DP)
 POWER = {"reconstruction_f1": 0.95, "membership_auc": 0.9, "attribute_advantage": 0.2, "group_accuracy": 0.95,
          "canary_auc": 1.0}
 R4_MAX_ADVANTAGE = 0.05
@@ -136,26 +138,26 @@ class Cell:
 
     def privacy(self, clip: float) -> tuple[PrivacySettings | None, bool]:
         """(settings, plain_individual_view) of the cell's simulation."""
-        if self.threat_model == PLAIN:
+        if self.threat_model == ThreatModel.PLAIN:
             return None, True
-        if self.threat_model == SECAGG:
+        if self.threat_model == ThreatModel.SECAGG:
             return None, False
-        dp = DPConfig(mode="local" if self.threat_model == LOCAL_DP else "distributed", clip=clip,
+        dp = DPConfig(mode="local" if self.threat_model == ThreatModel.LOCAL_DP else "distributed", clip=clip,
                       noise_multiplier=None if self.target_epsilon is not None else self.noise_multiplier,
                       target_epsilon=self.target_epsilon)
-        return PrivacySettings(dp=dp, secure_sum="fast" if self.threat_model == SECAGG_DP else "off"), True
+        return PrivacySettings(dp=dp, secure_sum=SecureAggregation.FAST if self.threat_model == ThreatModel.SECAGG_DP else SecureAggregation.OFF), True
 
 
 def default_cells(*, levels=(0.1, 0.3, 0.5), targets=(1.0, 4.0), seeds=(0,), sampled: float | None = 0.1) -> list[Cell]:
     cells = []
     for seed in seeds:
-        cells += [Cell(PLAIN, seed=seed), Cell(SECAGG, seed=seed)]
+        cells += [Cell(ThreatModel.PLAIN, seed=seed), Cell(ThreatModel.SECAGG, seed=seed)]
         for model in DP_THREAT_MODELS:
             cells += [Cell(model, noise_multiplier=z, seed=seed) for z in levels]
             cells += [Cell(model, target_epsilon=e, seed=seed) for e in targets]
         if sampled is not None:  # disaggregation across rounds: secure aggregation alone, and with DP
-            cells += [Cell(SECAGG, seed=seed, client_fraction=sampled, rounds=SAMPLED_ROUNDS),
-                      Cell(SECAGG_DP, noise_multiplier=max(levels), seed=seed, client_fraction=sampled,
+            cells += [Cell(ThreatModel.SECAGG, seed=seed, client_fraction=sampled, rounds=SAMPLED_ROUNDS),
+                      Cell(ThreatModel.SECAGG_DP, noise_multiplier=max(levels), seed=seed, client_fraction=sampled,
                            rounds=SAMPLED_ROUNDS)]
     return cells
 
@@ -228,7 +230,7 @@ def run_cell(cell: Cell, data: ClientData, *, model: ModelConfig, rounds: int, c
         if on_round is not None:
             on_round(done, rounds)
     if sim.privacy is not None:
-        privacy = sim.privacy.summary()
+        privacy = privacy_summary(sim.privacy)
         z, delta = sim.privacy.noise_multiplier, sim.privacy.delta
         if cell.misreport_noise != 1.0:  # the deliberately false claim of an audit test
             z = z * cell.misreport_noise
@@ -306,7 +308,7 @@ def evaluate_rules(results: list[dict], *, family_confidence: float = FAMILY_CON
     if not 0.5 <= family_confidence < 1.0:
         raise ConfigError(f"the audit's confidence must be in [0.5, 1), got {family_confidence!r}")
     rules: dict[str, Any] = {}
-    plain = [r for r in results if r["threat_model"] == PLAIN]
+    plain = [r for r in results if r["threat_model"] == ThreatModel.PLAIN]
     if not plain:
         rules["R0"] = {"verdict": "inconclusive", "evidence": "no plain cell: the attacks' power is unknown"}
     else:
@@ -357,12 +359,12 @@ def evaluate_rules(results: list[dict], *, family_confidence: float = FAMILY_CON
         significant = {name: gain for name, (gain, error) in gains.items()
                        if gain > R4_MAX_ADVANTAGE + SIGNIFICANCE_Z * (_num(error) if error is not None else 0.0)}
         findings = []
-        sampled_secagg = r["threat_model"] == SECAGG and r.get("client_fraction", 1.0) < 1.0
+        sampled_secagg = r["threat_model"] == ThreatModel.SECAGG and r.get("client_fraction", 1.0) < 1.0
         if sampled_secagg and significant:
             findings.append(f"with sampling the server sees who took part, and sums over few clients betray them "
                             f"({', '.join(f'{k} {v:+.3f}' for k, v in significant.items())} over the population): "
                             "secure aggregation alone is not DP")
-        if r["threat_model"] == SECAGG and r["scores"].get("canary_auc") is not None \
+        if r["threat_model"] == ThreatModel.SECAGG and r["scores"].get("canary_auc") is not None \
                 and _num(r["scores"]["canary_auc"]) > 0.9:
             findings.append(f"canary AUC {_num(r['scores']['canary_auc']):.3f} at noise 0: secure aggregation alone is "
                             "not DP (a user's presence shows in the sums)")

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from mrff_secure.federation.simulation import ServerView
-from mrff_secure.federation.threat_model import INDIVIDUAL_VIEWS, SUM_VIEWS, require_view
-from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.round.spec import INDIVIDUAL_VIEWS, SUM_VIEWS, require_view
+from mrff_secure.round.update_vector import UpdateLayout
 
 
 class GroupRecorder:

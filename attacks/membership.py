@@ -20,7 +20,7 @@ from attacks.recorder import RowRecorder
 from attacks.rows import user_item_matrix
 from attacks.scores import binary_scores
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.federation.threat_model import INDIVIDUAL_VIEWS, SUM_VIEWS, require_view
+from mrff_secure.round.spec import INDIVIDUAL_VIEWS, SUM_VIEWS, require_view
 
 
 def item_membership(recorder: RowRecorder, data: ClientData, *, seed: int = 0) -> dict[str, float]:

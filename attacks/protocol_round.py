@@ -11,7 +11,7 @@ gives the same graph, bundles and masks, so a test can replay one graph under se
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -23,8 +23,9 @@ from mrff_secure.secagg.context import SessionContext
 from mrff_secure.secagg.encoding import from_ring
 from mrff_secure.secagg.graph import graph_seed
 from mrff_secure.secagg.identity import issue_credential
-from mrff_secure.secagg.inmemory import Identities, make_identities, simulation_policy, wire
+from mrff_secure.round.inmemory import Identities, make_identities, simulation_policy, wire
 from mrff_secure.secagg.messages import (
+    Message,
     ConsistencySignature,
     MaskedInput,
     Neighbourhood,
@@ -32,7 +33,9 @@ from mrff_secure.secagg.messages import (
     ShareDelivery,
     consistency_payload,
 )
+from mrff_secure.round.stages import BY_STAGE
 from mrff_secure.secagg.policy import SecAggPolicy
+from mrff_secure.secagg.stages import Stage
 from mrff_secure.secagg.server import AggregateResult, ServerSession
 
 
@@ -88,29 +91,37 @@ class Round:
     def round_id(self) -> int:
         return self.context.round_id
 
+    def _step(self, stage: Stage, deliveries: Mapping[int, Message | None],
+              inputs: Mapping[int, np.ndarray] | None = None) -> dict[int, Message]:
+        """Every client with a delivery takes `stage`'s step of the stage table; the server receives each reply
+        (every message through the 'wire'). Returns the replies."""
+        step = BY_STAGE[stage]
+        replies = {}
+        for c, delivered in deliveries.items():
+            reply = wire(step.client_step(self.clients[c], None if delivered is None else wire(delivered),
+                                          None if inputs is None else inputs[c]))
+            step.receive(self.server, reply)
+            replies[c] = reply
+        return replies
+
     def advertise(self) -> ParticipantSet:
-        for c in self.ids:
-            self.server.receive_advertise_keys(wire(self.clients[c].advertise_keys()))
+        self._step(Stage.ADVERTISE_KEYS, dict.fromkeys(self.ids))
         self.participants = wire(self.server.close_advertise_keys())
         return self.participants
 
     def reveal(self) -> dict[int, Neighbourhood]:
-        for c in self.ids:
-            self.server.receive_seed_reveal(wire(self.clients[c].reveal_seed(self.participants)))
+        self._step(Stage.REVEAL_SEED, dict.fromkeys(self.ids, self.participants))
         self.neighbourhoods = self.server.close_reveal_seed()
         return self.neighbourhoods
 
     def share(self) -> dict[int, ShareDelivery]:
-        for c in self.ids:
-            self.server.receive_share_keys(wire(self.clients[c].share_keys(wire(self.neighbourhoods[c]))))
+        self._step(Stage.SHARE_KEYS, {c: self.neighbourhoods[c] for c in self.ids})
         self.deliveries = self.server.close_share_keys()
         return self.deliveries
 
     def mask(self, inputs: dict[int, np.ndarray]) -> None:
-        for c in self.ids:
-            upload = wire(self.clients[c].masked_input(wire(self.deliveries[c]), inputs[c]))
-            self.server.receive_masked_input(upload)
-            self.uploads[c] = upload
+        replies = self._step(Stage.MASKED_INPUT, {c: self.deliveries[c] for c in self.ids}, inputs)
+        self.uploads.update(replies)  # type: ignore[arg-type]
 
     def until_masked(self, inputs: dict[int, np.ndarray]) -> "Round":
         self.advertise()
@@ -121,11 +132,8 @@ class Round:
 
     def finish_honestly(self) -> AggregateResult:
         survivors = wire(self.server.close_masked_input())
-        for c in survivors.survivors:
-            self.server.receive_consistency_signature(wire(self.clients[c].consistency_check(survivors)))
-        requests = self.server.close_consistency_check()
-        for c, request in requests.items():
-            self.server.receive_unmask_response(wire(self.clients[c].unmask(wire(request))))
+        self._step(Stage.CONSISTENCY_CHECK, dict.fromkeys(survivors.survivors, survivors))
+        self._step(Stage.UNMASK, self.server.close_consistency_check())
         return self.server.finish()
 
     # --- the attacker's tools ---------------------------------------------------------------

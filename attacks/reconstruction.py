@@ -20,7 +20,7 @@ from attacks.recorder import RowRecorder
 from attacks.rows import touched_rows
 from attacks.scores import binary_scores, f1
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.federation.threat_model import INDIVIDUAL_VIEWS, SUM_VIEWS, require_view
+from mrff_secure.round.spec import INDIVIDUAL_VIEWS, SUM_VIEWS, require_view
 
 NULL_QUANTILE = 0.99
 

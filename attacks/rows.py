@@ -16,7 +16,7 @@ import numpy as np
 
 from mrff_secure.data.client_data import AttributeTable, ClientData
 from mrff_secure.errors import ConfigError
-from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.round.update_vector import UpdateLayout
 
 ITEM_TABLE_PREFIX = "items.tables."
 

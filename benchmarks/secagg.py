@@ -49,20 +49,11 @@ from mrff_secure.secagg import identity as identity_module  # noqa: E402
 from mrff_secure.secagg import primitives, shamir  # noqa: E402
 from mrff_secure.secagg.config import SecAggConfig  # noqa: E402
 from mrff_secure.secagg.context import SessionContext  # noqa: E402
-from mrff_secure.secagg.inmemory import Identities, make_identities, simulation_policy  # noqa: E402
-from mrff_secure.secagg.messages import (  # noqa: E402
-    AdvertiseKeys,
-    ConsistencySignature,
-    MaskedInput,
-    Neighbourhood,
-    ParticipantSet,
-    SeedReveal,
-    ShareDelivery,
-    ShareKeys,
-    SurvivorList,
-    UnmaskRequest,
-    UnmaskResponse,
-)
+from mrff_secure.round.inmemory import Identities, make_identities, simulation_policy  # noqa: E402
+from mrff_secure.round.stages import STAGES as ROUND_STAGES  # noqa: E402
+from mrff_secure.round.stages import delivery_bytes  # noqa: E402
+from mrff_secure.secagg.messages import MaskedInput  # noqa: E402
+from mrff_secure.secagg.stages import Stage  # noqa: E402
 from mrff_secure.secagg.policy import SecAggPolicy  # noqa: E402
 from mrff_secure.secagg.server import ServerSession  # noqa: E402
 
@@ -187,52 +178,31 @@ def instrumented_round(config: SecAggConfig, *, round_id: int, input_for: Callab
         clients[c] = session
         client_t["session_setup"].append(seconds)
 
-    for c in ids:
-        exchange("advertise_keys", c, clients[c].advertise_keys, AdvertiseKeys, server.receive_advertise_keys)
-    pset = close("advertise_keys", lambda: server.close_advertise_keys().to_bytes())
-    down["advertise_keys"] = len(pset) * n
-
-    for c in ids:
-        exchange("reveal_seed", c, lambda: clients[c].reveal_seed(ParticipantSet.from_bytes(pset)), SeedReveal,
-                 server.receive_seed_reveal)
-    neighbourhoods = close("reveal_seed", lambda: {c: m.to_bytes() for c, m in server.close_reveal_seed().items()})
-    down["reveal_seed"] = sum(len(b) for b in neighbourhoods.values())
-    if callable(drop_at_masked_input):
-        dropped = set(drop_at_masked_input(server.graph))
-
-    for c in ids:
-        exchange("share_keys", c, lambda: clients[c].share_keys(Neighbourhood.from_bytes(neighbourhoods[c])),
-                 ShareKeys, server.receive_share_keys)
-    del neighbourhoods
-    deliveries = close("share_keys", lambda: {c: m.to_bytes() for c, m in server.close_share_keys().items()})
-    down["share_keys"] = sum(len(b) for b in deliveries.values())
-
     expected = np.zeros(config.vector_length, dtype=np.int64)
     payload_bytes: list[int] = []  # the packed masked vector of each upload
-    for c in ids:
-        if c in dropped or c in gone or c not in deliveries:
-            continue
-        x = input_for(c)  # untimed
-        if exchange("masked_input", c, lambda: clients[c].masked_input(ShareDelivery.from_bytes(deliveries[c]), x),
-                    MaskedInput, lambda m: (payload_bytes.append(len(m.payload)), server.receive_masked_input(m))):
-            expected += x
-    del deliveries
-    survivors = close("masked_input", lambda: server.close_masked_input().to_bytes())
-    survivor_ids = SurvivorList.from_bytes(survivors).survivors
-    down["masked_input"] = len(survivors) * len(survivor_ids)
 
-    for c in survivor_ids:
-        if c not in gone:
-            exchange("consistency_check", c, lambda: clients[c].consistency_check(SurvivorList.from_bytes(survivors)),
-                     ConsistencySignature, server.receive_consistency_signature)
-    requests = close("consistency_check",
-                     lambda: {c: m.to_bytes() for c, m in server.close_consistency_check().items()})
-    down["consistency_check"] = sum(len(b) for b in requests.values())
+    def receive_upload(message: MaskedInput) -> None:
+        payload_bytes.append(len(message.payload))
+        server.receive_masked_input(message)
 
-    for c, request in requests.items():
-        exchange("unmask", c, lambda: clients[c].unmask(UnmaskRequest.from_bytes(request)), UnmaskResponse,
-                 server.receive_unmask_response)
-    result = close("unmask", server.finish)
+    deliveries: dict[int, bytes | None] = dict.fromkeys(ids)  # what each client fetches before its step
+    for step in ROUND_STAGES:  # the one stage table (mrff_secure.round.stages)
+        masked = step.stage is Stage.MASKED_INPUT
+        if step.stage is Stage.SHARE_KEYS and callable(drop_at_masked_input):
+            dropped = set(drop_at_masked_input(server.graph))
+        for c, data in deliveries.items():
+            if c in gone or (masked and c in dropped):
+                continue
+            x = input_for(c) if masked else None  # untimed
+            run = (lambda: step.client_step(clients[c], None if data is None else step.delivered.from_bytes(data), x))
+            receive = receive_upload if masked else (lambda m: step.receive(server, m))
+            if exchange(step.name, c, run, step.submitted, receive) and masked:
+                expected += x
+        if step.close is None:
+            result = close(step.name, server.finish)
+            break
+        deliveries = close(step.name, lambda: delivery_bytes(step.close(server)))
+        down[step.name] = sum(len(b) for b in deliveries.values())
     wall = clock() - wall_start
     if not np.array_equal(result.total, expected):
         raise RuntimeError("benchmark round returned a wrong sum")

@@ -4,13 +4,13 @@ Run: python benchmarks/secagg_round.py --out benchmarks/results/secagg_round.jso
      [--reps 3] [--dropout-reps 1] [--raw-d-reps 1] [--profile-n 300,1791] [--no-check-d] [--quick]
 
 Sizes: the phase-2 secure sum of a real KuaiSAR-R round is the update vector padded by the DP
-encoder's plan to a power of two (mrff_secure.federation.client_encoding.secure_round_plans ->
+encoder's plan to a power of two (mrff_secure.round.encoding.secure_round_plans ->
 plans.update.padded_dim): the flat update vector has 71,386 coordinates, the padded one 131,072.
 d = the padded length is THE round; the raw length is measured too (--raw-d-reps), for comparison.
 Both are re-derived from ../shared/datasets/KuaiSAR-R in a subprocess when it exists (d_check in
 the JSON; torch stays out of this process), else the hard-coded values are used and d_check says so.
 The ring is what a 32-bit network round uses (RoundSpec.modulus_bits = 32): modulus_bits = 32,
-max_abs = (2^31 - 1) // (2n) = 599,520 (federation.secure_sum.max_abs_for: one guard bit), default k and t.
+max_abs = (2^31 - 1) // (2n) = 599,520 (secagg.config.max_abs_for: one guard bit), default k and t.
 
 What is measured how (also written into the JSON):
 - round: one secure sum of n = 1,791 clients (the KuaiSAR-R user count) in one process, with the
@@ -90,7 +90,7 @@ from mrff_secure.secagg.config import SecAggConfig, guard_bits  # noqa: E402
 from mrff_secure.secagg.context import SessionContext  # noqa: E402
 from mrff_secure.secagg.encoding import to_ring  # noqa: E402
 from mrff_secure.secagg.graph import graph_seed, neighbours_of  # noqa: E402
-from mrff_secure.secagg.inmemory import make_identities, simulation_policy  # noqa: E402
+from mrff_secure.round.inmemory import make_identities, simulation_policy  # noqa: E402
 from mrff_secure.secagg.messages import (  # noqa: E402
     PURPOSE_GRAPH_SEED,
     AdvertiseKeys,
@@ -117,17 +117,22 @@ FLOOR_SAMPLE = 50
 CHECK_D = """
 import json
 from mrff_secure.data import load_kuaisar_r
+import dataclasses
 from mrff_secure.config import ModelConfig
 from mrff_secure.model import build_model
-from mrff_secure.federation.update_vector import UpdateLayout
-from mrff_secure.federation.client_update import RoundSpec, round_plans
+from mrff_secure.round.update_vector import UpdateLayout
+from mrff_secure.round.encoding import round_plans
+from mrff_secure.round.spec import RoundSpec
 data = load_kuaisar_r({path!r})
 layout = UpdateLayout.from_model(build_model(ModelConfig(maxlen=data.maxlen), data))
 out = {{"users": data.num_users, "size": layout.size, "delta_size": layout.delta_size,
        "count_size": layout.count_size}}
-for mode, spec in (("off", RoundSpec(dp_mode="off", modulus_bits={bits})),
-                   ("distributed", RoundSpec(dp_mode="distributed", noise_multiplier=1.0,
-                                             min_survivors=data.num_users // 2, modulus_bits={bits}))):
+base = RoundSpec(local_steps=1, optimizer="adam", lr=0.1, dp_mode="off", clip=1.0, noise_multiplier=0.0,
+                 min_survivors=1, min_group_size=5, mechanism="discrete_gaussian", modulus_bits={bits},
+                 count_cap=data.maxlen)
+for mode, spec in (("off", base),
+                   ("distributed", dataclasses.replace(base, dp_mode="distributed", noise_multiplier=1.0,
+                                                       min_survivors=data.num_users // 2))):
     plans = round_plans(spec, layout, data.num_users)
     out["padded_dim_dp_" + mode] = plans.update.padded_dim
     out["counts_padded_dim_dp_" + mode] = None if plans.counts is None else plans.counts.padded_dim
@@ -152,7 +157,7 @@ def check_d() -> dict:
 
 def make_config(n: int, d: int, bits: int = MODULUS_BITS) -> SecAggConfig:
     """What a b-bit network round uses: modulus_bits = b, max_abs = (2^(b-1) - 1) // (n 2^g) with the range
-    check's guard bits g = guard_bits(d) (federation.secure_sum.max_abs_for, without importing torch),
+    check's guard bits g = guard_bits(d) (secagg.config.max_abs_for, without importing torch),
     default k and t."""
     return SecAggConfig(num_clients=n, vector_length=d, max_abs=((1 << (bits - 1)) - 1) // (n << guard_bits(d)),
                         modulus_bits=bits)

@@ -8,7 +8,7 @@ C is chosen from the measured distribution of unclipped delta norms (`--measure-
 from private data, so every run is started with `--clip-from-private-data` and lists it as released
 outside the guarantee.
 
-Epsilons come from the run's own accountant (`mrff_secure.dp.release`): the proven bound of the
+Epsilons come from the run's own accountant (`mrff_secure.round.accountant`): the proven bound of the
 mechanism used (local: grid discrete Gaussian, replace-one; distributed: the discrete mechanism's
 RDP bound over both phases, zero-out, with the replace-one figure beside it), a user in every
 round, no amplification. AUC and LogLoss come from each run's operator-only/ folder (evaluated on
@@ -125,7 +125,7 @@ def running_elsewhere(path: Path) -> int | None:
 
 def epsilon_at(privacy: dict, rounds: int) -> dict:
     """The run's own release re-accounted over `rounds` rounds (the same function the run used)."""
-    from mrff_secure.dp import RoundRelease, account_rounds
+    from mrff_secure.round.accountant import RoundRelease, account_rounds
 
     account = account_rounds(RoundRelease(**privacy["release"]), rounds=rounds, delta=privacy["delta"]).to_json()
     return {k: account.get(k) for k in ("epsilon", "epsilon_replace_one", "gaussian_limit")}

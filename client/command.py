@@ -57,7 +57,7 @@ def client_key_main(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
 
     from client.state import UserStore
-    from client.worker import parse_users
+    from client.process import parse_users
     from mrff_secure.atomic import write_bytes_atomic
 
     users = parse_users(args.users)
@@ -91,7 +91,7 @@ def check_credentials(users: list[int], state_dir: Path, authority_public_key: b
 def client_main(args: argparse.Namespace) -> int:
     import grpc
 
-    from client.worker import Connection, parse_pause, parse_users, run_process
+    from client.process import Connection, parse_pause, parse_users, run_process
     from client.policy import ClientPolicy
     from server.certs import CertPaths, load_authority_public_key, read_file
     from mrff_secure.wire import signing

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mrff_secure.errors import ConfigError
-from mrff_secure.federation.client_update import DP_MODES, RoundSpec
+from mrff_secure.round.spec import DP_MODES, RoundSpec
 from mrff_secure.secagg.config import DEFAULT_CORRUPT_NEIGHBOURS, SecAggConfig
 from mrff_secure.secagg.policy import PolicyViolation, SecAggPolicy
 

@@ -7,7 +7,7 @@ The secure-aggregation and DP configurations live beside their code
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mrff_secure.errors import ConfigError
 

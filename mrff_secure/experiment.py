@@ -42,7 +42,9 @@ from mrff_secure.checkpoint import load_arrays, save_arrays
 from mrff_secure.errors import CheckpointError, ConfigError, MrffError
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.federation.privacy_pipeline import PrivacyPipeline, PrivacySettings
+from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
+from mrff_secure.federation.privacy_summary import privacy_summary
+from mrff_secure.round.spec import PrivacySettings
 from mrff_secure.federation.roles import Role
 from mrff_secure.federation.simulation import FederatedSimulation
 from mrff_secure.metrics import apply_temperature, auc_confidence_interval, fit_temperature, log_loss
@@ -308,7 +310,7 @@ def _run(sim: FederatedSimulation, data: ClientData, model_config: ModelConfig, 
             raise TrainingInterrupted(r + 1)
         if converged:
             break
-    privacy_summary = accountant.summary(participants_per_round=len(sim.sample_clients(0)))
+    privacy_json = privacy_summary(accountant, participants_per_round=len(sim.sample_clients(0)))
     summary: dict[str, Any] = {
         "dataset": data.name,
         "users": data.num_users,
@@ -320,8 +322,8 @@ def _run(sim: FederatedSimulation, data: ClientData, model_config: ModelConfig, 
         "inference_ms_per_user": round(inference_ms_per_user(sim), 5),
         "config": {"model": asdict(model_config), "federation": asdict(federation),
                    "privacy": accountant.describe(), **(extra_config or {})},
-        "privacy": privacy_summary,
-        "outputs": output_classification(privacy_summary),
+        "privacy": privacy_json,
+        "outputs": output_classification(privacy_json),
     }
     evaluation: dict[str, Any] = {"outside_the_guarantee": "computed on private data without noise; operator only",
                                   "train_interactions": data.num_train_interactions, "warnings": warnings}

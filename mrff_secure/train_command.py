@@ -58,7 +58,7 @@ def _resume_configuration(args: argparse.Namespace) -> None:
 def privacy_settings(args: argparse.Namespace):
     """PrivacySettings from the resolved train options (ConfigError names the flag)."""
     from mrff_secure.dp import DPConfig
-    from mrff_secure.federation.privacy_pipeline import PrivacySettings
+    from mrff_secure.round.spec import PrivacySettings
 
     dp = args.dp
     secure = args.secure_aggregation or ("on" if dp == "distributed" else "off")

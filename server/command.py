@@ -113,7 +113,7 @@ def schema_main(args: argparse.Namespace) -> int:
 
 
 def issue_client_main(args: argparse.Namespace) -> int:
-    from client.worker import parse_users
+    from client.process import parse_users
     from server.certs import CertPaths, issue_client_credential, issue_state_credentials, load_identity_public_key
 
     paths = CertPaths(args.certs)
@@ -167,7 +167,7 @@ def round_spec(args: argparse.Namespace, maxlen: int):
     noise; both --noise-multiplier and --target-epsilon. z from --target-epsilon is calibrated by the
     server once the model's layout is known (see `_calibrated`), so here it is a placeholder of 1.0.
     """
-    from mrff_secure.federation.client_update import RoundSpec
+    from mrff_secure.round.spec import RoundSpec
 
     if args.dp not in NETWORK_DP_MODES:
         raise ConfigError(f"--dp {args.dp} is not available on the network (only off or distributed: a network client "
@@ -192,8 +192,8 @@ def round_spec(args: argparse.Namespace, maxlen: int):
         raise ConfigError("--noise-multiplier/--target-epsilon need --dp distributed")
     return RoundSpec(local_steps=args.local_steps, optimizer=args.optimizer, lr=args.lr, dp_mode=args.dp,
                      clip=args.clip, noise_multiplier=(z if z is not None else (1.0 if target else 0.0)),
-                     min_group_size=args.min_group_size, mechanism=mechanism, modulus_bits=args.modulus_bits,
-                     count_cap=maxlen, max_examples=maxlen)
+                     min_survivors=1, min_group_size=args.min_group_size, mechanism=mechanism,
+                     modulus_bits=args.modulus_bits, count_cap=maxlen)  # min_survivors: set per round
 
 
 def _server_settings(args: argparse.Namespace):
@@ -212,9 +212,9 @@ def _calibrated(spec, args: argparse.Namespace, data):
     import dataclasses
 
     from mrff_secure.dp.config import min_survivors
-    from mrff_secure.dp.release import participants_per_round
+    from mrff_secure.round.accountant import participants_per_round
     from mrff_secure.federation.client_update import build_global
-    from mrff_secure.federation.update_vector import UpdateLayout
+    from mrff_secure.round.update_vector import UpdateLayout
     from server.privacy import calibrate
 
     model, _ = build_global(options.model_config(args, data.maxlen), data, args.seed)

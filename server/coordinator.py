@@ -35,16 +35,12 @@ from mrff_secure.errors import (
     SecAggError,
 )
 from mrff_secure.federation import evaluation_sum
-from mrff_secure.federation.client_encoding import decode_counts, decode_sum
-from mrff_secure.federation.client_update import (
-    RoundSpec,
-    apply_decoded,
-    model_config_json,
-    plan_configs,
-    public_rotation_seed,
-    round_plans,
-    suppressed_groups,
-)
+from mrff_secure.federation.client_update import model_config_json
+from mrff_secure.round.aggregate import apply_decoded
+from mrff_secure.round.encoding import decode_counts, decode_sum, plan_configs, round_plans
+from mrff_secure.round.participant import rotation_seed, suppressed_groups
+from mrff_secure.round.spec import Phase, RoundSpec
+from mrff_secure.round.stages import STAGES, WIRE_NAMES, Stage, delivery_bytes
 from mrff_secure.secagg import primitives
 from mrff_secure.secagg.config import MAX_CLIENT_ID, SecAggConfig
 from mrff_secure.secagg.context import NONCE_BYTES, SessionContext, run_context_id
@@ -56,17 +52,7 @@ from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server.privacy import round_release
 from server.errors import BadSignature, EnrolmentRefused, Malformed, ShuttingDown
 from server.run_state import RunState, ServerSettings
-from server.stage_gate import (
-    COUNTS,
-    EVALUATION,
-    PHASE_NAMES,
-    STAGE_NAMES,
-    UPDATE,
-    PhaseState,
-    RoundState,
-    StageGate,
-    Stopped,
-)
+from server.stage_gate import PhaseState, RoundState, StageGate, Stopped
 
 log = logging.getLogger("mrff.server")
 
@@ -271,37 +257,38 @@ class Coordinator:
         record: dict[str, Any] = {"type": "round", "round": r, "participants": list(participants),
                                   "secure": self.settings.secure, "dp_mode": spec.dp_mode, "phases": {}}
         try:
-            ring1, survivors1 = self._phase(rs, COUNTS, configs[0], 2 * r, nonces[0], set(participants),
+            ring1, survivors1 = self._phase(rs, Phase.COUNTS, configs[0], 2 * r, nonces[0], set(participants),
                                             self.settings.train_timeout, record, on_open=announce)
             seed = self.settings.seed
             if plans.counts is not None:  # the phase-1 sum, decoded (noisy under DP) and rounded to counts >= 0
                 counts = decode_counts(plans, ring1, survivors=len(survivors1),
-                                       rotation_seed=public_rotation_seed(seed, r, COUNTS))
+                                       rotation_seed=rotation_seed(seed, r, Phase.COUNTS))
             else:
                 counts = np.zeros((0, 0), dtype=np.int64)
-            suppressed = suppressed_groups(counts.reshape(-1), self.layout, spec.min_group_size)
+            suppressed = suppressed_groups(counts, spec.min_group_size)
             start = self._sign(pb.UpdatePhaseBody(run_id=self.state.run_id, round_id=r, group_counts=counts.reshape(-1).tolist()))
 
             def publish_start() -> None:  # runs under the lock once the phase's first stage is open
                 rs.phase_start = start
 
-            ring2, survivors2 = self._phase(rs, UPDATE, configs[1], 2 * r + 1, nonces[1], set(survivors1),
+            ring2, survivors2 = self._phase(rs, Phase.UPDATE, configs[1], 2 * r + 1, nonces[1], set(survivors1),
                                             self.settings.stage_timeout, record, on_open=publish_start)
             summed = decode_sum(plans.update, ring2, survivors=len(survivors2),
-                                rotation_seed=public_rotation_seed(seed, r, UPDATE))
-            applied = apply_decoded(self.state.params, self.layout, summed, survivors=len(survivors2),
-                                    phase1_survivors=len(survivors1), counts=counts, suppressed=suppressed)
+                                rotation_seed=rotation_seed(seed, r, Phase.UPDATE))
+            applied, examples = apply_decoded(self.state.params, self.layout, summed, survivors=len(survivors2),
+                                              phase1_survivors=len(survivors1), counts=counts,
+                                              suppressed=suppressed)
         except (SecAggError, ConfigError, PrivacyError) as exc:  # aborted, or a sum that cannot be used
             outcome = pb.RoundOutcome(round_id=r, completed=False, reason=f"{type(exc).__name__}: {exc}")
             record.update(type="round_aborted", reason=str(exc), model_digest=self.model_digest())
         else:
-            self.state.params = applied.params
+            self.state.params = applied.averaged
             self.state.group_fractions = applied.group_fractions
             self.state.last_completed = r
             epsilon = self.state.ledger.record_round(round_release(spec, self.layout, n))
             outcome = pb.RoundOutcome(round_id=r, completed=True, survivors=len(survivors2))
-            record.update(group_counts=applied.group_counts.tolist(), suppressed=suppressed.astype(int).tolist(),
-                          examples=round(applied.examples, 3), model_digest=self.model_digest(), epsilon=epsilon)
+            record.update(group_counts=counts.tolist(), suppressed=suppressed.astype(int).tolist(),
+                          examples=round(examples, 3), model_digest=self.model_digest(), epsilon=epsilon)
             if evaluation is not None:
                 record["evaluation"] = self._evaluate(rs, evaluation, nonces[2], survivors2, record,
                                                       evaluated_model)
@@ -333,7 +320,7 @@ class Coordinator:
         out: dict[str, Any] = {"evaluated_model": evaluated_model, "outside_the_guarantee": evaluation_sum.OUTSIDE_THE_GUARANTEE}
         try:
             joining = set(survivors) - self.gate.skipping_evaluation()  # their policy: no held-out scores
-            ring, clients = self._phase(rs, EVALUATION, config, EVALUATION_SESSION_BASE + rs.round_id, nonce,
+            ring, clients = self._phase(rs, Phase.EVALUATION, config, EVALUATION_SESSION_BASE + rs.round_id, nonce,
                                         joining, self.settings.stage_timeout, record, on_open=open_phase)
             splits = evaluation_sum.decode(from_ring(ring.astype(np.uint64), config.bits))
         except (SecAggError, ConfigError) as exc:
@@ -349,57 +336,50 @@ class Coordinator:
         """Run one stage through the gate and record its dropouts and duration."""
         opened = time.monotonic()
         received, missing = self.gate.run_stage(ps, stage, expected, timeout, outbox, on_open)
-        entry = record["phases"].setdefault(PHASE_NAMES[ps.phase], {"dropouts": {}, "stage_seconds": {}})
-        entry["dropouts"][STAGE_NAMES[stage]] = missing
-        entry["stage_seconds"][STAGE_NAMES[stage]] = round(time.monotonic() - opened, 4)  # open -> last answer
+        entry = record["phases"].setdefault(Phase(ps.phase).label, {"dropouts": {}, "stage_seconds": {}})
+        entry["dropouts"][WIRE_NAMES[stage]] = missing
+        entry["stage_seconds"][WIRE_NAMES[stage]] = round(time.monotonic() - opened, 4)  # open -> last answer
         return received
 
-    def _phase(self, rs: RoundState, phase: int, config: SecAggConfig, secagg_round_id: int, nonce: bytes,
+    def _phase(self, rs: RoundState, phase: Phase, config: SecAggConfig, secagg_round_id: int, nonce: bytes,
                expected: set[int], first_timeout: float, record: dict, on_open: Callable[[], None] | None = None
                ) -> tuple[np.ndarray, tuple[int, ...]]:
+        """One secure sum of the round, stage by stage of the stage table (or one plain stage)."""
         ps = PhaseState(phase, config, secagg_round_id, nonce)
         if self.settings.secure:
             context = SessionContext(run_context_id(self.state.run_id), phase, secagg_round_id, nonce)
             ps.session = ServerSession(config, context=context, authority_public_key=self.authority_public_key,
                                        participants=expected)
         self.gate.open_phase(rs, ps)
-        timeout = self.settings.stage_timeout
-        spec = rs.spec
         if not self.settings.secure:
             got = self._stage(ps, record, pb.MASKED_INPUT, expected, first_timeout, on_open=on_open)
             survivors = tuple(sorted(got))
-            self._check_survivors(phase, spec, len(survivors), config)
+            self._check_survivors(phase, rs.spec, len(survivors))
             total = np.zeros(config.vector_length, dtype=np.uint64)
             for c in survivors:
                 total += ps.plain[c]
             total &= np.uint64((1 << config.bits) - 1)
-            record["phases"][PHASE_NAMES[phase]]["survivors"] = list(survivors)
+            record["phases"][phase.label]["survivors"] = list(survivors)
             return total.astype(np.int64), survivors
         session = ps.session
-        self._stage(ps, record, pb.ADVERTISE_KEYS, expected, first_timeout, on_open=on_open)
-        participant_set = session.close_advertise_keys()
-        listed_participants = participant_set.to_bytes()
-        ids = set(participant_set.client_ids)
-        self._stage(ps, record, pb.REVEAL_SEED, ids, timeout, {c: listed_participants for c in ids})
-        neighbourhoods = session.close_reveal_seed()
-        self._stage(ps, record, pb.SHARE_KEYS, ids, timeout, {c: m.to_bytes() for c, m in neighbourhoods.items()})
-        deliveries = session.close_share_keys()
-        self._stage(ps, record, pb.MASKED_INPUT, set(deliveries), timeout,
-                    {c: d.to_bytes() for c, d in deliveries.items()})
-        survivor_list = session.close_masked_input()
-        self._check_survivors(phase, spec, len(survivor_list.survivors), config)
-        listed = survivor_list.to_bytes()
-        self._stage(ps, record, pb.CONSISTENCY_CHECK, set(survivor_list.survivors), timeout,
-                    {c: listed for c in survivor_list.survivors})
-        requests = session.close_consistency_check()
-        self._stage(ps, record, pb.UNMASK, set(requests), timeout, {c: q.to_bytes() for c, q in requests.items()})
+        outbox: dict[int, bytes] | None = None
+        for step in STAGES:
+            first = outbox is None
+            self._stage(ps, record, step.wire, expected if first else set(outbox), first_timeout if first else
+                        self.settings.stage_timeout, outbox, on_open if first else None)
+            if step.close is None:
+                break
+            deliveries = step.close(session)
+            if step.stage is Stage.MASKED_INPUT:  # the survivors are known: refuse a sum that cannot be used
+                self._check_survivors(phase, rs.spec, len(deliveries))
+            outbox = delivery_bytes(deliveries)
         result = session.finish()
-        record["phases"][PHASE_NAMES[phase]]["survivors"] = list(result.survivors)
+        record["phases"][phase.label]["survivors"] = list(result.survivors)
         return result.ring_sum.astype(np.int64), result.survivors
 
-    def _check_survivors(self, phase: int, spec: RoundSpec, survivors: int, config: SecAggConfig) -> None:
+    def _check_survivors(self, phase: Phase, spec: RoundSpec, survivors: int) -> None:
         if survivors < 1:
-            raise AggregationAborted(f"no client sent its {PHASE_NAMES[phase]} input")
-        if phase == UPDATE and spec.dp_mode == "distributed" and survivors < spec.min_survivors:
+            raise AggregationAborted(f"no client sent its {phase.label} input")
+        if phase == Phase.UPDATE and spec.dp_mode == "distributed" and survivors < spec.min_survivors:
             raise AggregationAborted(f"{survivors} survivors carry less noise than the {spec.min_survivors} "
                                      "the distributed DP mode was sized for; nothing is released")

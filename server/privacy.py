@@ -1,4 +1,4 @@
-"""The coordinator's privacy accounting: the one accountant of `mrff_secure.dp.release`, per round.
+"""The coordinator's privacy accounting: the one accountant of `mrff_secure.round.accountant`, per round.
 
 A networked run's rounds differ (the participants, and so n_min and the integer plans, change with
 who is online), so each completed round adds the RDP curve of its own release (both phases, the
@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from mrff_secure.dp.accounting import DISCRETE_ORDERS, json_epsilon, rdp_to_epsilon
-from mrff_secure.dp.release import ADJACENCY_TEXT, ZERO_OUT, RoundRelease, calibrate_release, privacy_warnings, \
+from mrff_secure.round.accountant import ADJACENCY_TEXT, ZERO_OUT, RoundRelease, calibrate_release, privacy_warnings, \
     round_rdp_curve
 from mrff_secure.errors import CheckpointError
-from mrff_secure.federation.client_update import RoundSpec
-from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.round.spec import RoundSpec
+from mrff_secure.round.update_vector import UpdateLayout
 
 
 def round_release(spec: RoundSpec, layout: UpdateLayout, participants: int) -> RoundRelease:

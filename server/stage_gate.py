@@ -23,7 +23,8 @@ from typing import Any, Callable
 import numpy as np
 
 from mrff_secure.errors import AuthenticationError, ProtocolViolation, SecAggError
-from mrff_secure.federation.client_update import RoundSpec
+from mrff_secure.round.spec import Phase, RoundSpec
+from mrff_secure.round.stages import BY_WIRE, WIRE_NAMES
 from mrff_secure.secagg import messages, packing
 from mrff_secure.secagg.config import SecAggConfig
 from mrff_secure.secagg.server import ServerSession
@@ -40,15 +41,12 @@ from server.errors import (
     WrongStage,
 )
 
-COUNTS, UPDATE, EVALUATION = pb.COUNTS, pb.UPDATE, pb.EVALUATION
-PHASE_NAMES = {COUNTS: "counts", UPDATE: "update", EVALUATION: "evaluation"}
-STAGE_NAMES = {pb.ADVERTISE_KEYS: "advertise_keys", pb.REVEAL_SEED: "reveal_seed", pb.SHARE_KEYS: "share_keys",
-               pb.MASKED_INPUT: "masked_input", pb.CONSISTENCY_CHECK: "consistency_check", pb.UNMASK: "unmask",
-               pb.OUTCOME: "outcome"}
-EXPECTED_MESSAGE = {pb.ADVERTISE_KEYS: messages.AdvertiseKeys, pb.REVEAL_SEED: messages.SeedReveal,
-                    pb.SHARE_KEYS: messages.ShareKeys, pb.MASKED_INPUT: messages.MaskedInput,
-                    pb.CONSISTENCY_CHECK: messages.ConsistencySignature, pb.UNMASK: messages.UnmaskResponse}
 KEPT_OUTCOMES = 8  # outcomes of this many past rounds stay fetchable
+
+
+def _phase_label(phase: int) -> str:
+    """A phase's name for a message, or its number when a client named no known phase."""
+    return Phase(phase).label if phase in tuple(Phase) else str(phase)
 
 
 class Stopped(Exception):
@@ -169,23 +167,24 @@ class StageGate:
                 raise NotParticipant(f"client {client_id} is not a participant of round {round_id}")
             ps = rs.phases.get(phase)
             if ps is None or rs.current_phase != phase:
-                raise WrongStage(f"phase {PHASE_NAMES.get(phase, phase)} is not open in round {round_id}")
-            if stage not in EXPECTED_MESSAGE:
+                raise WrongStage(f"phase {_phase_label(phase)} is not open in round {round_id}")
+            step = BY_WIRE.get(stage)
+            if step is None:
                 raise WrongStage(f"stage {stage} takes no client messages")
             if ps.stage != stage:
-                open_stage = STAGE_NAMES.get(ps.stage, "none (closing)") if ps.stage is not None else "none (closing)"
-                raise WrongStage(f"stage {STAGE_NAMES[stage]} is not open (open: {open_stage})")
+                open_stage = WIRE_NAMES.get(ps.stage, "none (closing)") if ps.stage is not None else "none (closing)"
+                raise WrongStage(f"stage {step.name} is not open (open: {open_stage})")
             if client_id not in ps.expected:
-                raise NotParticipant(f"client {client_id} is not expected at stage {STAGE_NAMES[stage]} "
+                raise NotParticipant(f"client {client_id} is not expected at stage {WIRE_NAMES[stage]} "
                                      "(it dropped out of an earlier stage)")
             if client_id in ps.received:
-                raise Replay(f"client {client_id} already answered stage {STAGE_NAMES[stage]}")
+                raise Replay(f"client {client_id} already answered stage {WIRE_NAMES[stage]}")
             try:
                 message = messages.decode(payload)
             except ProtocolViolation as exc:
                 raise Malformed(f"payload does not parse: {exc}") from exc
-            if type(message) is not EXPECTED_MESSAGE[stage]:
-                raise Malformed(f"stage {STAGE_NAMES[stage]} takes {EXPECTED_MESSAGE[stage].__name__}, "
+            if type(message) is not step.submitted:
+                raise Malformed(f"stage {step.name} takes {step.submitted.__name__}, "
                                 f"got {type(message).__name__}")
             if message.client_id != client_id:
                 raise NotParticipant(f"client {client_id} sent a message in the name of client {message.client_id}")
@@ -199,17 +198,11 @@ class StageGate:
                 if ps.session is None:  # plain aggregation
                     ps.plain[client_id] = packing.unpack(message.payload, message.modulus_bits, message.length)
                 else:
-                    receive = {pb.ADVERTISE_KEYS: ps.session.receive_advertise_keys,
-                               pb.REVEAL_SEED: ps.session.receive_seed_reveal,
-                               pb.SHARE_KEYS: ps.session.receive_share_keys,
-                               pb.MASKED_INPUT: ps.session.receive_masked_input,
-                               pb.CONSISTENCY_CHECK: ps.session.receive_consistency_signature,
-                               pb.UNMASK: ps.session.receive_unmask_response}[stage]
-                    receive(message)
+                    step.receive(ps.session, message)
             except AuthenticationError as exc:
-                raise BadSignature(f"stage {STAGE_NAMES[stage]}: signature does not verify") from exc
+                raise BadSignature(f"stage {WIRE_NAMES[stage]}: signature does not verify") from exc
             except SecAggError as exc:
-                raise Malformed(f"stage {STAGE_NAMES[stage]}: {exc}") from exc
+                raise Malformed(f"stage {WIRE_NAMES[stage]}: {exc}") from exc
             ps.received.add(client_id)
             if ps.received >= ps.expected:
                 self.condition.notify_all()
@@ -225,14 +218,14 @@ class StageGate:
                     raise WrongRound(f"round {round_id} is not running")
                 if client_id not in rs.participants:
                     raise NotParticipant(f"client {client_id} is not a participant of round {round_id}")
-                if phase not in (COUNTS, UPDATE, EVALUATION):
+                if phase not in tuple(Phase):
                     raise Malformed(f"unknown phase {phase}")
                 if stage == pb.OUTCOME:
                     pass
-                elif phase == UPDATE and stage == pb.ADVERTISE_KEYS:
+                elif phase == Phase.UPDATE and stage == pb.ADVERTISE_KEYS:
                     if rs.phase_start is not None:
                         return "phase_start", rs.phase_start
-                elif phase == EVALUATION and stage == pb.ADVERTISE_KEYS:
+                elif phase == Phase.EVALUATION and stage == pb.ADVERTISE_KEYS:
                     if not rs.announcement_evaluates:
                         raise WrongStage(f"round {round_id} has no evaluation")
                     if rs.evaluation_open:
@@ -242,11 +235,11 @@ class StageGate:
                     box = None if ps is None else ps.outbox.get(stage)
                     if box is not None:
                         if client_id not in box:
-                            raise NotParticipant(f"client {client_id} has no part in stage {STAGE_NAMES[stage]} "
+                            raise NotParticipant(f"client {client_id} has no part in stage {WIRE_NAMES[stage]} "
                                                  "(dropped out of an earlier stage)")
                         return "payload", box[client_id]
                 else:
-                    raise WrongStage(f"stage {stage} has nothing to fetch in phase {PHASE_NAMES[phase]}")
+                    raise WrongStage(f"stage {stage} has nothing to fetch in phase {_phase_label(phase)}")
                 if rs.outcome is not None and not rs.outcome.completed:
                     raise RoundAborted(f"round {round_id} was aborted: {rs.outcome.reason}")
                 if not self._wait(deadline):

@@ -19,8 +19,9 @@ from mrff_secure.dp import (
     local_upload_epsilon,
 )
 from mrff_secure.experiment import run_training
-from mrff_secure.federation.aggregation import apply_sum
-from mrff_secure.federation.privacy_pipeline import PrivacySettings
+from mrff_secure.round.aggregate import apply_sum
+from mrff_secure.round.spec import PrivacySettings
+from mrff_secure.federation.privacy_summary import privacy_summary
 from mrff_secure.federation.simulation import FederatedSimulation
 
 MODEL = ModelConfig(maxlen=8, num_groups=2, dropout=0.0)
@@ -278,7 +279,7 @@ def test_an_observer_who_knows_the_seed_cannot_strip_the_local_noise(data, repro
     errors = [np.abs(guess - exact).max() for guess in strip_local_noise_with_the_seed(uploads[z], seed, 0, z, clip)]
     if reproducible:
         assert min(errors) < 1e-5  # the debugging switch: the attack recovers every clipped upload
-        assert sim.privacy.summary()["private"] is False
+        assert privacy_summary(sim.privacy)["private"] is False
     else:
         assert min(errors) > z * clip  # OS entropy: the regenerated noise is unrelated to the real one
 
@@ -315,7 +316,7 @@ def test_a_clip_bound_from_private_data_is_flagged(tmp_path, capsys):
 
 
 def test_the_summary_records_the_release_it_accounted(data, tmp_path):
-    from mrff_secure.dp import RoundRelease, account_rounds
+    from mrff_secure.round.accountant import RoundRelease, account_rounds
 
     summary = run_training(data, MODEL, FederationConfig(rounds=2, chunk_size=0), tmp_path, progress=False,
                            privacy=PrivacySettings(dp=DPConfig(mode="distributed", clip=0.5, noise_multiplier=1.0),

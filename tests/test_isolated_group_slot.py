@@ -13,9 +13,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 import pytest
 
-from mrff_secure.federation.client_encoding import decode_sum, scaled_example_count, secure_round_plans, update_upload
+from mrff_secure.round.participant import scaled_example_count
+from mrff_secure.round.encoding import decode_sum, secure_round_plans, update_upload
 
 DELTA, BLOCKS, GROUPS, SLOT = 4096, 1, 2, 512  # the target's slot: the last SLOT delta coordinates
 SIZE = DELTA + BLOCKS * GROUPS + 1
@@ -31,7 +33,7 @@ def _uploads(dp_mode: str, z: float, n: int, n_min: int, rng: np.random.Generato
     target = rng.normal(0, 0.5 / math.sqrt(SLOT), size=SLOT)  # norm ~0.5 < C: not clipped
     vectors[0, DELTA - SLOT:DELTA] = target  # only the target is in this slot; the others send zeros there
     vectors[:, DELTA] = 1.0  # their one-hots (zeroed by the encoder in phase 2 anyway)
-    vectors[:, -1] = scaled_example_count(np.full(n, 10), 20)
+    vectors[:, -1] = scaled_example_count(torch.full((n,), 10.0, dtype=torch.float64), 20).numpy()
     residues = np.stack([update_upload(plans, v, rotation_seed=9, rng=rng) for v in vectors])
     ring = np.mod(residues.sum(0), 1 << 48).astype(np.int64)
     recovered = decode_sum(plans.update, ring, survivors=n, rotation_seed=9)[DELTA - SLOT:DELTA]

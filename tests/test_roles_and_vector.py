@@ -8,7 +8,7 @@ from mrff_secure.data import make_synthetic
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.roles import Role, parameter_roles
 from mrff_secure.federation.simulation import FederatedSimulation
-from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.model import build_model
 from mrff_secure.model.layers import UserEmbedding
 from mrff_secure.model.mrff import GroupFeedForwards, UserFeedForward

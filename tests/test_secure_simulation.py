@@ -12,8 +12,9 @@ from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
 from mrff_secure.dp import DPConfig
 from mrff_secure.errors import ConfigError
-from mrff_secure.federation.privacy_pipeline import PrivacySettings
-from mrff_secure.federation.secure_sum import InMemorySecAgg, RingSum, max_abs_for
+from mrff_secure.round.spec import PrivacySettings
+from mrff_secure.round.secure_sum import InMemorySecAgg, RingSum
+from mrff_secure.secagg.config import max_abs_for
 from mrff_secure.federation.simulation import FederatedSimulation
 from mrff_secure.secagg.encoding import InputRangeError
 
@@ -181,7 +182,7 @@ def test_secure_settings_are_validated():
 @pytest.mark.parametrize("reproducible", [False, True])
 def test_an_observer_who_knows_the_seed_cannot_recover_the_true_group_counts(data, reproducible):
     """D1 under secure aggregation: regenerate the phase-1 noise from the run seed and subtract it."""
-    from mrff_secure.federation.client_encoding import add_to_ring, decode_counts, summed_noise_shares
+    from mrff_secure.round.encoding import add_to_ring, decode_counts, summed_noise_shares
 
     seed, z = 4, 5.0
     sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=1, chunk_size=0, seed=seed),

@@ -12,12 +12,16 @@ import time
 import numpy as np
 import pytest
 
-from mrff_secure.federation.client_update import RoundSpec
+from mrff_secure.round.spec import RoundSpec
 from mrff_secure.secagg import messages, packing
 from mrff_secure.secagg.config import SecAggConfig
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server.errors import Malformed, NotParticipant, Replay, ShuttingDown, WrongLength, WrongRound, WrongStage
-from server.stage_gate import COUNTS, UPDATE, PhaseState, RoundState, StageGate, Stopped
+from mrff_secure.round.spec import Phase
+from server.stage_gate import PhaseState, RoundState, StageGate, Stopped
+
+SPEC = RoundSpec(local_steps=1, optimizer="adam", lr=0.1, dp_mode="off", clip=1.0, noise_multiplier=0.0,
+                 min_survivors=1, min_group_size=5, mechanism="discrete_gaussian", modulus_bits=32, count_cap=65)
 
 PARTICIPANTS = (1, 2, 3)
 
@@ -40,9 +44,9 @@ def gate_with_phase():
     gate = StageGate()
     for c in PARTICIPANTS:
         gate.open_session(c)
-    rs = RoundState(4, PARTICIPANTS, RoundSpec(), announcement=pb.SignedBody(body=b"r4"))
+    rs = RoundState(4, PARTICIPANTS, SPEC, announcement=pb.SignedBody(body=b"r4"))
     gate.begin_round(rs)
-    ps = PhaseState(COUNTS, _config(), secagg_round_id=8, nonce=b"n" * 16)
+    ps = PhaseState(Phase.COUNTS, _config(), secagg_round_id=8, nonce=b"n" * 16)
     gate.open_phase(rs, ps)
     result: dict = {}
 
@@ -65,20 +69,20 @@ def gate_with_phase():
 def test_an_upload_is_taken_once_and_every_misdirected_one_is_refused_by_name(gate_with_phase):
     gate, rs, ps, driver, result = gate_with_phase
     config = ps.config
-    gate.submit(1, 4, COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config))
+    gate.submit(1, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config))
     assert np.array_equal(ps.plain[1], np.arange(6) + 1)
     refusals = [
-        (Replay, "already answered", lambda: gate.submit(1, 4, COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config))),
-        (WrongRound, "round 5 is not running", lambda: gate.submit(2, 5, COUNTS, pb.MASKED_INPUT, b"")),
-        (NotParticipant, "not a participant", lambda: gate.submit(9, 4, COUNTS, pb.MASKED_INPUT, b"")),
-        (WrongStage, "phase update is not open", lambda: gate.submit(2, 4, UPDATE, pb.MASKED_INPUT, b"")),
-        (WrongStage, "share_keys is not open", lambda: gate.submit(2, 4, COUNTS, pb.SHARE_KEYS, b"")),
-        (WrongStage, "takes no client messages", lambda: gate.submit(2, 4, COUNTS, pb.OUTCOME, b"")),
-        (Malformed, "does not parse", lambda: gate.submit(2, 4, COUNTS, pb.MASKED_INPUT, b"\x00junk")),
+        (Replay, "already answered", lambda: gate.submit(1, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config))),
+        (WrongRound, "round 5 is not running", lambda: gate.submit(2, 5, Phase.COUNTS, pb.MASKED_INPUT, b"")),
+        (NotParticipant, "not a participant", lambda: gate.submit(9, 4, Phase.COUNTS, pb.MASKED_INPUT, b"")),
+        (WrongStage, "phase update is not open", lambda: gate.submit(2, 4, Phase.UPDATE, pb.MASKED_INPUT, b"")),
+        (WrongStage, "share_keys is not open", lambda: gate.submit(2, 4, Phase.COUNTS, pb.SHARE_KEYS, b"")),
+        (WrongStage, "takes no client messages", lambda: gate.submit(2, 4, Phase.COUNTS, pb.OUTCOME, b"")),
+        (Malformed, "does not parse", lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, b"\x00junk")),
         (NotParticipant, "in the name of client 3",
-         lambda: gate.submit(2, 4, COUNTS, pb.MASKED_INPUT, _masked_input(2, 8, config, sender=3))),
-        (WrongRound, "secagg round 9", lambda: gate.submit(2, 4, COUNTS, pb.MASKED_INPUT, _masked_input(2, 9, config))),
-        (WrongLength, "expected 6", lambda: gate.submit(2, 4, COUNTS, pb.MASKED_INPUT,
+         lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 8, config, sender=3))),
+        (WrongRound, "secagg round 9", lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 9, config))),
+        (WrongLength, "expected 6", lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT,
                                                         _masked_input(2, 8, config, length=5))),
     ]
     for error, words, call in refusals:
@@ -90,13 +94,13 @@ def test_an_upload_is_taken_once_and_every_misdirected_one_is_refused_by_name(ga
 def test_a_stage_closes_at_its_deadline_naming_the_dropouts_and_late_uploads_are_refused(gate_with_phase):
     gate, rs, ps, driver, result = gate_with_phase
     config = ps.config
-    gate.submit(2, 4, COUNTS, pb.MASKED_INPUT, _masked_input(2, 8, config))
-    gate.submit(3, 4, COUNTS, pb.MASKED_INPUT, _masked_input(3, 8, config))
+    gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 8, config))
+    gate.submit(3, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(3, 8, config))
     driver.join(5)
     received, missing = result["stage"]
     assert received == {2, 3} and missing == [1]
     with pytest.raises(WrongStage, match="none \\(closing\\)"):
-        gate.submit(1, 4, COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config))
+        gate.submit(1, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config))
     assert set(ps.plain) == {2, 3}
     # the dropout is not sampled again until its next authenticated call
     token = gate.open_session(1)
@@ -108,7 +112,7 @@ def test_a_stage_with_every_answer_closes_before_its_deadline(gate_with_phase):
     gate, rs, ps, driver, result = gate_with_phase
     started = time.monotonic()
     for c in PARTICIPANTS:
-        gate.submit(c, 4, COUNTS, pb.MASKED_INPUT, _masked_input(c, 8, ps.config))
+        gate.submit(c, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(c, 8, ps.config))
     driver.join(5)
     assert time.monotonic() - started < 0.5
     assert result["stage"] == ({1, 2, 3}, [])
@@ -116,13 +120,13 @@ def test_a_stage_with_every_answer_closes_before_its_deadline(gate_with_phase):
 
 def test_fetch_waits_for_the_published_message_and_gives_each_client_only_its_own():
     gate = StageGate()
-    rs = RoundState(0, PARTICIPANTS, RoundSpec(), announcement=pb.SignedBody(body=b"r0"))
+    rs = RoundState(0, PARTICIPANTS, SPEC, announcement=pb.SignedBody(body=b"r0"))
     gate.begin_round(rs)
-    ps = PhaseState(UPDATE, _config(), secagg_round_id=1, nonce=b"n" * 16)
+    ps = PhaseState(Phase.UPDATE, _config(), secagg_round_id=1, nonce=b"n" * 16)
     gate.open_phase(rs, ps)
-    assert gate.fetch(1, 0, UPDATE, pb.REVEAL_SEED, wait=0.05) is None  # nothing published yet: waited, None
+    assert gate.fetch(1, 0, Phase.UPDATE, pb.REVEAL_SEED, wait=0.05) is None  # nothing published yet: waited, None
     got: dict = {}
-    reader = threading.Thread(target=lambda: got.update(one=gate.fetch(1, 0, UPDATE, pb.REVEAL_SEED, wait=5)))
+    reader = threading.Thread(target=lambda: got.update(one=gate.fetch(1, 0, Phase.UPDATE, pb.REVEAL_SEED, wait=5)))
     reader.start()
     time.sleep(0.05)
     stage = threading.Thread(target=lambda: gate.run_stage(ps, pb.REVEAL_SEED, {1, 2}, 0.3,
@@ -131,15 +135,15 @@ def test_fetch_waits_for_the_published_message_and_gives_each_client_only_its_ow
     reader.join(5)
     assert got["one"] == ("payload", b"for one")
     with pytest.raises(NotParticipant, match="no part in stage reveal_seed"):
-        gate.fetch(3, 0, UPDATE, pb.REVEAL_SEED, wait=0.1)
+        gate.fetch(3, 0, Phase.UPDATE, pb.REVEAL_SEED, wait=0.1)
     with pytest.raises(NotParticipant, match="not a participant"):
-        gate.fetch(7, 0, UPDATE, pb.REVEAL_SEED, wait=0.1)
+        gate.fetch(7, 0, Phase.UPDATE, pb.REVEAL_SEED, wait=0.1)
     with pytest.raises(Malformed, match="unknown phase"):
         gate.fetch(1, 0, 99, pb.REVEAL_SEED, wait=0.1)
     stage.join(5)
     outcome = pb.RoundOutcome(round_id=0, completed=True, survivors=2)
     gate.end_round(rs, outcome)
-    assert gate.fetch(3, 0, UPDATE, pb.OUTCOME, wait=0) == ("outcome", outcome)
+    assert gate.fetch(3, 0, Phase.UPDATE, pb.OUTCOME, wait=0) == ("outcome", outcome)
 
 
 def test_announcements_reach_waiting_clients_and_the_end_is_seen_by_all():
@@ -162,9 +166,9 @@ def test_announcements_reach_waiting_clients_and_the_end_is_seen_by_all():
 
 def test_stop_ends_a_waiting_stage_and_refuses_waiting_requests():
     gate = StageGate()
-    rs = RoundState(0, PARTICIPANTS, RoundSpec(), announcement=pb.SignedBody(body=b"r0"))
+    rs = RoundState(0, PARTICIPANTS, SPEC, announcement=pb.SignedBody(body=b"r0"))
     gate.begin_round(rs)
-    ps = PhaseState(COUNTS, _config(), secagg_round_id=0, nonce=b"n" * 16)
+    ps = PhaseState(Phase.COUNTS, _config(), secagg_round_id=0, nonce=b"n" * 16)
     gate.open_phase(rs, ps)
     raised: list = []
 

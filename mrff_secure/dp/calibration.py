@@ -1,7 +1,7 @@
 """Calibration between a target (epsilon, delta) and the noise multiplier z.
 
 target -> z: a bracketed search over z in [Z_MIN, Z_MAX] (:func:`search_noise_multiplier`), for the
-Gaussian accountants here and for the one accounting of a round in `dp.release`. It returns the
+Gaussian accountants here and for the one accounting of a round in `round.accountant`. It returns the
 smallest z found whose epsilon is <= the target, so accounting the returned z gives at most the
 target (and close to it). Every accountant call it makes is bounded in time: RDP and the discrete
 bounds are closed forms, PRV is only asked where its grid is small (`accounting.prv_out_of_range`;

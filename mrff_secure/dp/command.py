@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from typing import Any
 
-from mrff_secure.errors import ConfigError, MrffError
+from mrff_secure.errors import ConfigError
 
 from .accounting import json_epsilon
 from .config import DPConfig
-from .release import RoundRelease, account_rounds, calibrate_release, participants_per_round, privacy_warnings
+from mrff_secure.round.accountant import RoundRelease, account_rounds, calibrate_release, participants_per_round, privacy_warnings
 
 
 def _jsonable(value: Any) -> Any:
@@ -46,7 +45,7 @@ def privacy_report(
     clip: float = 1.0, blocks: int = 2, groups: int = 4, dim: int | None = None, mechanism: str | None = None,
     max_dropout_fraction: float = 0.0, modulus_bits: int = 48, noise_sampling: str = "per_client",
 ) -> dict[str, Any]:
-    """All the figures ``mrff privacy`` prints, as a dict, from `dp.release` (the accountant of `mrff train`)."""
+    """All the figures ``mrff privacy`` prints, as a dict, from `round.accountant` (the accountant of `mrff train`)."""
     config = DPConfig(mode=mode, clip=clip, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
                       delta=delta, mechanism=mechanism, max_dropout_fraction=max_dropout_fraction)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:

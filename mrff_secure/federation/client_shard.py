@@ -25,8 +25,10 @@ from mrff_secure.data.client_data import ClientData
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.local_training import LocalResult, predict_clients, train_clients
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
+from mrff_secure.round.participant import update_vectors
+from mrff_secure.round.spec import Phase
 from mrff_secure.federation.roles import Role, parameter_roles
-from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.model import build_model
 from mrff_secure.model.layers import initial_user_vectors
 
@@ -147,8 +149,9 @@ class ClientShard:
 
     def _vectors(self, item: _Trained, suppressed: torch.Tensor | None, scaled: bool) -> torch.Tensor:
         examples = self.num_examples[item.local]
-        if scaled:
-            examples = self._pipeline.scaled_examples(examples)
+        if scaled:  # what a privacy-preserving client uploads (`round.participant`)
+            return update_vectors(self.layout, item.result.deltas, item.result.routes, examples,
+                                  suppressed=suppressed, count_cap=self._pipeline.count_cap)
         return self.layout.build(item.result.deltas, item.result.routes, examples, suppressed)
 
     def _take(self):
@@ -203,7 +206,7 @@ class ClientShard:
         part exceeded the clip, the session)."""
         pipeline = self._pipeline
         if session is None:
-            session = pipeline.partial_session(2, num_clients, round_index)
+            session = pipeline.partial_session(Phase.UPDATE, num_clients, round_index)
         clipped = 0
         for item in self._take():
             vectors = self._vectors(item, suppressed, scaled=True)
@@ -212,7 +215,7 @@ class ClientShard:
             head = vectors[:, :self.layout.delta_size].to(torch.float64)
             clipped += int((torch.linalg.vector_norm(head, dim=1) > pipeline.clip).sum())
             rows64 = vectors.to(torch.float64).numpy()  # client ids are the data rows
-            session.add(item.rows, pipeline.encode_chunk(2, num_clients, item.rows, rows64, round_index, item.block))
+            session.add(item.rows, pipeline.encode_chunk(Phase.UPDATE, num_clients, item.rows, rows64, round_index, item.block))
         return clipped, session
 
     # --------------------------------------------------------------- evaluation

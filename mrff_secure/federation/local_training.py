@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.model.layers import ROUTED_CHANGE_SUFFIX
 
 ADAM_BETAS = (0.9, 0.999)

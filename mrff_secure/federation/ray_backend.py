@@ -41,7 +41,8 @@ from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.client_shard import ClientShard, block_rows, model_and_private
-from mrff_secure.federation.privacy_pipeline import PrivacyPipeline, PrivacySettings
+from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
+from mrff_secure.round.spec import Phase, PrivacySettings
 from mrff_secure.federation.simulation import FederatedSimulation, RoundObserver
 
 INSTALL_HINT = "the ray backend needs Ray: pip install -e '.[ray]'"
@@ -273,12 +274,12 @@ class RaySimulation(FederatedSimulation):
     def _secure_update_sum(self, suppressed, n: int, r: int):
         pipeline = self.privacy
         mask = None if suppressed is None else suppressed.numpy()
-        session = pipeline.secure_session(2, n, r)
+        session = pipeline.secure_session(Phase.UPDATE, n, r)
         clipped = 0
         for shard_clipped, ids, total in self._each("secure_update", mask, n, r):
             session.merge(ids, total)
             clipped += shard_clipped
-        return pipeline.finish_secure_sum(2, n, session.finish(), r), clipped
+        return pipeline.finish_secure_sum(Phase.UPDATE, n, session.finish(), r), clipped
 
     def _private_arrays(self) -> dict[str, np.ndarray]:
         parts = self._each("private_arrays")

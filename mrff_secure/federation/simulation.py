@@ -30,12 +30,13 @@ import torch
 from mrff_secure.allocator import keep_freed_memory
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.federation.aggregation import ServerOptimizer, apply_sum
+from mrff_secure.round.aggregate import ServerOptimizer, aggregate_round
+from mrff_secure.round.participant import group_one_hots, suppressed_groups
 from mrff_secure.federation.client_shard import ClientShard
-from mrff_secure.federation.privacy_pipeline import PrivacyPipeline, PrivacySettings
+from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
+from mrff_secure.round.spec import Phase, PrivacySettings, ThreatModel
 from mrff_secure.federation.roles import parameter_roles
-from mrff_secure.federation.threat_model import PLAIN, threat_model_for
-from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.metrics import auc, log_loss
 
 
@@ -49,7 +50,7 @@ class ServerView:
     group_counts: torch.Tensor  # (blocks, groups): the count phase's (noisy under DP; local DP: from the uploads)
     summed_update: torch.Tensor  # (layout.size,) the (decoded) sum the server obtained
     individual_updates: torch.Tensor | None  # (clients, layout.size) without secure aggregation (noisy under local DP)
-    threat_model: str = PLAIN  # which view this is (federation.threat_model): attacks check it
+    threat_model: ThreatModel = ThreatModel.PLAIN  # which view this is: attacks check it (`round.spec.require_view`)
 
 
 class RoundObserver(Protocol):
@@ -107,7 +108,7 @@ class FederatedSimulation:
         self.server_optimizer = ServerOptimizer(federation.server_optimizer, federation.server_lr,
                                                 federation.server_momentum)
         self.dtype = next(self.model.parameters()).dtype
-        self.threat_model = threat_model_for(privacy, plain_individual_view=plain_individual_view)
+        self.threat_model = ThreatModel.of(privacy, plain_individual_view=plain_individual_view)
         self.privacy: PrivacyPipeline | None = None
         if privacy is not None and not privacy.plain:
             self.privacy = PrivacyPipeline(privacy, layout=self.layout, num_users=users, maxlen=data.maxlen,
@@ -149,9 +150,9 @@ class FederatedSimulation:
     def _secure_update_sum(self, suppressed, n: int, r: int) -> tuple[np.ndarray, int]:
         """Phase 2 through the configured secure-sum backend: (decoded float sum, uploads clipped)."""
         pipeline = self.privacy
-        session = pipeline.secure_session(2, n, r)
+        session = pipeline.secure_session(Phase.UPDATE, n, r)
         clipped, session = self._shard.secure_update(suppressed, n, r, session, transform=self.update_transform)
-        return pipeline.finish_secure_sum(2, n, session.finish(), r), clipped
+        return pipeline.finish_secure_sum(Phase.UPDATE, n, session.finish(), r), clipped
 
     # ----------------------------------------------------------------- checkpoints
     def state_arrays(self) -> dict[str, np.ndarray]:
@@ -200,6 +201,15 @@ class FederatedSimulation:
         k = max(1, int(round(users * self.federation.client_fraction)))
         return np.sort(rng.choice(users, size=k, replace=False))
 
+    def _apply(self, summed: torch.Tensor, *, uploads: int, counts: torch.Tensor,
+               suppressed: torch.Tensor | None) -> None:
+        """The server's step (`round.aggregate`), then the server optimizer's."""
+        step = aggregate_round(self.global_params, self.layout, summed, uploads=uploads, counts=counts,
+                               suppressed=suppressed, counted_clients=uploads)
+        self.global_params = self.server_optimizer.step(self.global_params, step.averaged)
+        if step.group_fractions is not None:
+            self.group_fractions = step.group_fractions
+
     def train_round(self) -> RoundResult:
         if self.privacy is not None:
             return self._train_round_private()
@@ -211,15 +221,11 @@ class FederatedSimulation:
         # Phase 1: the group counts alone. Phase 2: the updates, with slots of too-small groups zeroed.
         counts = (torch.nn.functional.one_hot(routes, groups).sum(0).to(self.dtype) if groups
                   else torch.zeros(0, 0))
-        suppressed = (counts > 0) & (counts < self.federation.min_group_size) if groups else None
+        suppressed = suppressed_groups(counts, self.federation.min_group_size) if groups else None
         keep_individual = self.observer is not None and self.plain_individual_view
         summed, individual = self._plain_sum(suppressed, r, keep_individual)
         summed = summed.to(self.dtype)
-        averaging_counts = counts.masked_fill(suppressed, 0.0) if groups else counts
-        self.global_params = self.server_optimizer.step(
-            self.global_params, apply_sum(self.global_params, self.layout, summed, len(participants), averaging_counts))
-        if groups:
-            self.group_fractions = counts / len(participants)
+        self._apply(summed, uploads=len(participants), counts=counts, suppressed=suppressed)
         if self.observer is not None:
             self.observer.on_round(ServerView(
                 round_index=r, participants=participants, layout=self.layout, group_counts=counts,
@@ -247,22 +253,18 @@ class FederatedSimulation:
             summed = summed.to(self.dtype)
             _, _, noisy_counts, _ = self.layout.split(summed)
             server_counts = noisy_counts.clone() if groups else torch.zeros(0, 0)
-            averaging_counts = pipeline.local_averaging_counts(server_counts, n) if groups else server_counts
-            fractions = server_counts.clamp(min=0) / n if groups else None
+            # a group FFN moves only when its noisy count clears the floor; fractions from counts >= 0
+            self._apply(summed, uploads=n, counts=server_counts.clamp(min=0) if groups else server_counts,
+                        suppressed=server_counts < pipeline.local_count_floor(n) if groups else None)
         else:
             # Phase 1: the secure count sum. Phase 2: the updates, slots of too-small groups zeroed.
-            one_hots = torch.nn.functional.one_hot(routes, groups).reshape(n, -1).to(self.dtype) if groups else None
+            one_hots = group_one_hots(self.layout, routes).to(self.dtype) if groups else None
             server_counts = pipeline.secure_counts(participants, one_hots, r) if groups else torch.zeros(0, 0)
             suppressed = pipeline.suppressed(server_counts) if groups else None
             total, clipped = self._secure_update_sum(suppressed, n, r)
             summed = torch.as_tensor(total, dtype=self.dtype)
-            averaging_counts = server_counts.masked_fill(suppressed, 0.0) if groups else server_counts
-            fractions = server_counts / n if groups else None
+            self._apply(summed, uploads=n, counts=server_counts, suppressed=suppressed)
             individual_view = None
-        self.global_params = self.server_optimizer.step(
-            self.global_params, apply_sum(self.global_params, self.layout, summed, n, averaging_counts))
-        if groups:
-            self.group_fractions = fractions
         if self.observer is not None:
             self.observer.on_round(ServerView(
                 round_index=r, participants=participants, layout=self.layout, group_counts=server_counts,

@@ -166,7 +166,7 @@ def _statement(cells: list[dict]) -> dict[str, Any]:
         "server sees who takes part. Adjacency: replace-one where the server sees identified uploads "
         "(local DP), zero-out under secure aggregation. Not accounted for: " + "; ".join(not_accounted) + ".")
     return {"unit": "one user (all of a user's data)", "adjacency": adjacency, "epsilon": epsilons, "delta": deltas,
-            "accountant": "mrff_secure.dp.release.account_rounds (opacus RDP/PRV; discrete bounds)",
+            "accountant": "mrff_secure.round.accountant.account_rounds (opacus RDP/PRV; discrete bounds)",
             "sampling": "none claimed: a user in every round", "not_accounted": not_accounted, "text": text}
 
 

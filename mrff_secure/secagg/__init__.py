@@ -4,8 +4,8 @@ nothing about models or networks.
 
 Modules, one concept each: primitives (crypto from `cryptography`), shamir, encoding (fixed
 point), packing (bit-packing), graph (neighbours), masking (mask arithmetic), messages (wire
-format), stages, client and server (state machines), inmemory (a whole round in one process),
-groupwise (the update-vector layout and the two-phase round).
+format), stages, client and server (state machines). A whole round in one process, driven by
+the stage table, is `mrff_secure.round.inmemory`.
 """
 
 from mrff_secure.secagg.client import ClientSession

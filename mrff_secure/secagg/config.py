@@ -143,3 +143,18 @@ class SecAggConfig:
     @property
     def t(self) -> int:
         return int(self.threshold)  # type: ignore[arg-type]
+
+
+def max_abs_for(num_clients: int, modulus_bits: int, *, vector_length: int) -> int:
+    """The largest per-client |coordinate| such that `num_clients` of them sum without wrapping mod 2^b,
+    with guard_bits(vector_length) bits of headroom left for the range check (SecAggConfig's rule)."""
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        raise ConfigError(f"num_clients must be a positive integer, got {num_clients!r}")
+    if isinstance(modulus_bits, bool) or not isinstance(modulus_bits, int) or not 2 <= modulus_bits <= MAX_MODULUS_BITS:
+        raise ConfigError(f"modulus_bits must be an integer in [2, {MAX_MODULUS_BITS}], got {modulus_bits!r}")
+    guard = guard_bits(vector_length)
+    value = ((1 << (modulus_bits - 1)) - 1) // (num_clients << guard)
+    if value < 1:
+        raise ConfigError(f"a {modulus_bits}-bit modulus cannot hold a sum over {num_clients} clients with "
+                          f"{guard} guard bits")
+    return value

@@ -9,7 +9,6 @@ in uint64. A share is (x, 11 field elements); x is a client id + 1.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Sequence
 

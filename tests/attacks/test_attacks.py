@@ -24,17 +24,9 @@ from attacks.rows import ItemRows, touched_rows
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
 from mrff_secure.dp import DPConfig
-from mrff_secure.federation.privacy_pipeline import PrivacySettings
+from mrff_secure.round.spec import PrivacySettings
 from mrff_secure.federation.simulation import FederatedSimulation
-from mrff_secure.federation.threat_model import (
-    LOCAL_DP,
-    MALICIOUS_SERVER,
-    PLAIN,
-    SECAGG,
-    SECAGG_DP,
-    ThreatModelError,
-    require_view,
-)
+from mrff_secure.round.spec import ThreatModel, ThreatModelError, require_view
 
 MODEL = ModelConfig(maxlen=12, attribute_dim=4, num_blocks=1, prediction_dims=(8,))
 
@@ -57,27 +49,27 @@ def _recorded(data, rounds=2, **kwargs):
 
 
 @pytest.mark.parametrize("kwargs, expected", [
-    ({}, PLAIN),
-    ({"plain_individual_view": False}, SECAGG),
-    ({"privacy": PrivacySettings(dp=DPConfig(mode="local", clip=1.0, noise_multiplier=1.0))}, LOCAL_DP),
+    ({}, ThreatModel.PLAIN),
+    ({"plain_individual_view": False}, ThreatModel.SECAGG),
+    ({"privacy": PrivacySettings(dp=DPConfig(mode="local", clip=1.0, noise_multiplier=1.0))}, ThreatModel.LOCAL_DP),
     ({"privacy": PrivacySettings(dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0),
-                                 secure_sum="fast")}, SECAGG_DP),
-    ({"privacy": PrivacySettings(secure_sum="fast")}, SECAGG),
+                                 secure_sum="fast")}, ThreatModel.SECAGG_DP),
+    ({"privacy": PrivacySettings(secure_sum="fast")}, ThreatModel.SECAGG),
 ])
 def test_every_view_names_its_threat_model_and_sum_views_hold_no_individual_update(data, kwargs, expected):
     recorder = _recorded(data, rounds=1, **kwargs)
     assert recorder.threat_model == expected
-    assert (recorder.individual_views == 0) == (expected in (SECAGG, SECAGG_DP))
+    assert (recorder.individual_views == 0) == (expected in (ThreatModel.SECAGG, ThreatModel.SECAGG_DP))
 
 
 def test_attacks_refuse_views_of_other_threat_models(data):
     recorder = _recorded(data, rounds=1)
-    recorder.threat_model = MALICIOUS_SERVER
+    recorder.threat_model = ThreatModel.MALICIOUS_SERVER
     for attack in (reconstruct_rows, item_membership):
         with pytest.raises(ThreatModelError, match="malicious-server"):
             attack(recorder, data)
     with pytest.raises(ThreatModelError, match="unknown threat model"):
-        require_view("curious", (PLAIN,), "x")
+        require_view("curious", (ThreatModel.PLAIN,), "x")
 
 
 # ------------------------------------------------------------------ power and chance
@@ -184,7 +176,7 @@ def test_the_rules_fail_when_the_claim_is_false(data):
 
     def cell(claimed_z: float, claimed_eps: float) -> dict:
         canary = audit.result(noise_multiplier=claimed_z, delta=1e-5)
-        return {"cell": f"local-dp z={claimed_z}", "threat_model": LOCAL_DP, "seed": 0, "noise_multiplier": claimed_z,
+        return {"cell": f"local-dp z={claimed_z}", "threat_model": ThreatModel.LOCAL_DP, "seed": 0, "noise_multiplier": claimed_z,
                 "target_epsilon": None, "claim": {"epsilon": claimed_eps, "delta": 1e-5}, "canary": canary,
                 "scores": {"reconstruction_auc": 0.5, "membership_auc": 0.5, "canary_auc": canary["canary_auc"]}}
 
@@ -197,25 +189,25 @@ def test_the_rules_fail_when_the_claim_is_false(data):
 
 
 def test_a_small_grid_runs_end_to_end_with_a_verdict_for_every_rule(data):
-    cells = [Cell(PLAIN), Cell(SECAGG), Cell(SECAGG_DP, noise_multiplier=1.0), Cell(LOCAL_DP, noise_multiplier=1.0),
-             Cell(LOCAL_DP, noise_multiplier=3.0)]
+    cells = [Cell(ThreatModel.PLAIN), Cell(ThreatModel.SECAGG), Cell(ThreatModel.SECAGG_DP, noise_multiplier=1.0), Cell(ThreatModel.LOCAL_DP, noise_multiplier=1.0),
+             Cell(ThreatModel.LOCAL_DP, noise_multiplier=3.0)]
     report = run_grid(data, cells, model=MODEL, rounds=2, canaries=40)
     json.dumps(report)  # JSON-ready
-    assert {r["threat_model"] for r in report["cells"]} == {PLAIN, SECAGG, SECAGG_DP, LOCAL_DP}
+    assert {r["threat_model"] for r in report["cells"]} == {ThreatModel.PLAIN, ThreatModel.SECAGG, ThreatModel.SECAGG_DP, ThreatModel.LOCAL_DP}
     assert set(report["rules"]) == {"R0", "R1", "R2", "R3", "R4", "R5", "malicious-server"}
     assert report["rules"]["R4"]["verdict"] == "holds"
     assert "secure aggregation alone is not DP" in report["rules"]["R4"]["cells"]["secagg z=0 seed=0"]["finding"]
-    dp = [r for r in report["cells"] if r["threat_model"] == SECAGG_DP][0]
+    dp = [r for r in report["cells"] if r["threat_model"] == ThreatModel.SECAGG_DP][0]
     assert dp["claim"]["adjacency"] and dp["claim"]["epsilon"] != "inf"
 
 
 def test_cells_refuse_impossible_levels():
     with pytest.raises(Exception, match="no noise"):
-        Cell(PLAIN, noise_multiplier=0.5)
+        Cell(ThreatModel.PLAIN, noise_multiplier=0.5)
     with pytest.raises(Exception, match="noise multiplier > 0"):
-        Cell(LOCAL_DP)
+        Cell(ThreatModel.LOCAL_DP)
     with pytest.raises(Exception, match="threat model"):
-        Cell(MALICIOUS_SERVER)
+        Cell(ThreatModel.MALICIOUS_SERVER)
 
 
 def test_the_grid_runs_from_its_module_command(tmp_path, capsys):
@@ -352,7 +344,7 @@ def test_active_attacks_are_refused_and_leak_once_the_policy_is_weakened():
 
 def test_r5_fails_on_an_attack_that_grows_with_noise_and_ignores_moves_below_chance():
     def cell(z, canary_auc, attribute_advantage):
-        return {"cell": f"local-dp z={z}", "threat_model": LOCAL_DP, "seed": 0, "noise_multiplier": z,
+        return {"cell": f"local-dp z={z}", "threat_model": ThreatModel.LOCAL_DP, "seed": 0, "noise_multiplier": z,
                 "target_epsilon": None, "claim": {"epsilon": 1e3, "delta": 1e-5},
                 "scores": {"canary_auc": canary_auc, "attribute_advantage": attribute_advantage},
                 "standard_errors": {"canary_auc": 0.01, "attribute_advantage": 0.01}}

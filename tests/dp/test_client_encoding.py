@@ -1,4 +1,4 @@
-"""The one per-client encoding of secure rounds (`federation.client_encoding`): the simulation goes
+"""The one per-client encoding of secure rounds (`round.encoding`): the simulation goes
 through it bit for bit, phase 2 carries no group one-hots, noise covers every coordinate, decoding
 the sum of uploads gives the true sum, and impossible settings are refused by name."""
 
@@ -12,16 +12,16 @@ from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
 from mrff_secure.dp import DPConfig
 from mrff_secure.errors import ConfigError, PrivacyError
-from mrff_secure.federation.client_encoding import (
+from mrff_secure.round.participant import scaled_example_count
+from mrff_secure.round.encoding import (
     counts_upload,
     decode_counts,
     decode_sum,
-    scaled_example_count,
     secure_generator,
     secure_round_plans,
     update_upload,
 )
-from mrff_secure.federation.privacy_pipeline import PrivacySettings
+from mrff_secure.round.spec import PrivacySettings
 from mrff_secure.secagg.config import guard_bits
 from mrff_secure.federation.simulation import FederatedSimulation
 
@@ -43,7 +43,7 @@ def client_vectors(n, seed=0, clip=0.5):
     routes = rng.integers(0, GROUPS, size=(n, BLOCKS))
     hots = np.zeros((n, BLOCKS, GROUPS))
     hots[np.arange(n)[:, None], np.arange(BLOCKS)[None, :], routes] = 1.0
-    counts = scaled_example_count(rng.integers(1, 40, size=n), 20)
+    counts = scaled_example_count(torch.as_tensor(rng.integers(1, 40, size=n), dtype=torch.float64), 20).numpy()
     return np.concatenate([delta, hots.reshape(n, COUNT), counts[:, None]], axis=1), hots.reshape(n, COUNT)
 
 
@@ -241,29 +241,28 @@ def test_malformed_inputs_are_refused():
 
 
 def test_network_helpers_feed_the_shared_encoding():
-    """client_update's helpers turn a RoundSpec and one trained user into inputs of the shared functions."""
-    from mrff_secure.federation.client_update import (
-        RoundSpec,
-        build_global,
-        initial_private,
-        plan_configs,
-        round_plans,
-        train_user,
-        update_vector,
-    )
-    from mrff_secure.federation.update_vector import UpdateLayout
+    """The round package's helpers turn a RoundSpec and one trained user into inputs of the shared functions."""
+    import dataclasses
+
+    from mrff_secure.federation.client_update import build_global, initial_private, train_user
+    from mrff_secure.round.encoding import plan_configs, round_plans
+    from mrff_secure.round.participant import update_vectors
+    from mrff_secure.round.spec import RoundSpec
+    from mrff_secure.round.update_vector import UpdateLayout
 
     data = make_synthetic(num_users=6, num_items=30, min_interactions=4, max_interactions=8, maxlen=8, seed=2)
     config = ModelConfig(maxlen=8, num_groups=2, dropout=0.0)
     model, params = build_global(config, data, 0)
     layout = UpdateLayout.from_model(model)
-    spec = RoundSpec(dp_mode="distributed", clip=0.5, noise_multiplier=1.0, min_survivors=5, count_cap=8,
-                     modulus_bits=48)
+    spec = RoundSpec(local_steps=1, optimizer="adam", lr=0.1, dp_mode="distributed", clip=0.5, noise_multiplier=1.0,
+                     min_survivors=5, min_group_size=5, mechanism="discrete_gaussian", count_cap=8, modulus_bits=48)
     fractions = torch.full((layout.num_blocks, 2), 0.5)
     update = train_user(model, params, initial_private(model, data, config, 0, 1), data, 1, fractions, spec, config, 3)
     plans = round_plans(spec, layout, 6)
     assert plans.n_min == 5 and plans.count_cap == 8 and plans.size == layout.size
-    vector = update_vector(layout, update, np.zeros((layout.num_blocks, 2), dtype=bool), plans.count_cap)
+    vector = update_vectors(layout, update.deltas, update.routes, update.num_examples,
+                            suppressed=torch.zeros(layout.num_blocks, 2, dtype=torch.bool),
+                            count_cap=plans.count_cap)[0].detach().to(torch.float64).numpy()
     assert vector.shape == (layout.size,) and 0 < vector[-1] <= 1.0
     residues = update_upload(plans, vector, rotation_seed=1, rng=secure_generator())
     counts_config, update_config = plan_configs(plans, 6)
@@ -271,4 +270,4 @@ def test_network_helpers_feed_the_shared_encoding():
     assert counts_config.vector_length == plans.counts.padded_dim and update_config.max_abs == plans.update_max_abs
     assert counts_config.max_abs == plans.counts_max_abs
     with pytest.raises(ConfigError, match="local DP"):
-        round_plans(RoundSpec(dp_mode="local", clip=0.5, noise_multiplier=1.0), layout, 6)
+        round_plans(dataclasses.replace(spec, dp_mode="local"), layout, 6)

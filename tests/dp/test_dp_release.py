@@ -1,4 +1,4 @@
-"""The one accounting of a round (`dp.release`): adjacency per view, both phases, the discrete headline,
+"""The one accounting of a round (`round.accountant`): adjacency per view, both phases, the discrete headline,
 no amplification, calibration to the headline, and the thin stateful accountant."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 
 from mrff_secure.dp import epsilon
-from mrff_secure.dp.release import RoundRelease, RunAccountant, account_rounds, calibrate_noise_multiplier
+from mrff_secure.round.accountant import RoundRelease, RunAccountant, account_rounds, calibrate_noise_multiplier
 from mrff_secure.errors import ConfigError, PrivacyError
 
 DELTA = 1e-5

@@ -27,7 +27,7 @@ from mrff_secure.dp.accounting import (
 from mrff_secure.dp.calibration import Z_MIN, noise_multiplier_for_epsilon, search_noise_multiplier
 from mrff_secure.dp.command import format_report, privacy_report
 from mrff_secure.dp.ledger import PrivacyLedger
-from mrff_secure.dp.release import RoundRelease, account_rounds, calibrate_release
+from mrff_secure.round.accountant import RoundRelease, account_rounds, calibrate_release
 from mrff_secure.errors import ConfigError, PrivacyError
 
 LIMIT_S = 20.0  # the target is 10 s on a 2-core machine; twice that for a loaded CI box
@@ -198,15 +198,16 @@ def test_skellam_calibration_targets_the_discrete_headline(clients, dim, dropout
 
 
 def test_the_coordinators_calibration_spends_at_most_the_target_in_its_ledger():
-    from mrff_secure.federation.client_update import RoundSpec
-    from mrff_secure.federation.update_vector import UpdateLayout
+    from mrff_secure.round.spec import RoundSpec
+    from mrff_secure.round.update_vector import UpdateLayout
     from server.privacy import NetworkLedger, calibrate, round_release
 
     layout = UpdateLayout(shared_names=("a",), shared_shapes=((5000,),), group_names=(("g1",), ("g2",)),
                           group_shapes=(((100,),), ((100,),)), num_groups=4)
     for mechanism in ("skellam", "discrete_gaussian"):
-        spec = RoundSpec(dp_mode="distributed", clip=1.0, noise_multiplier=1.0, min_survivors=35,
-                         mechanism=mechanism, modulus_bits=32, count_cap=65)
+        spec = RoundSpec(local_steps=1, optimizer="adam", lr=0.1, dp_mode="distributed", clip=1.0,
+                         noise_multiplier=1.0, min_survivors=35, min_group_size=5, mechanism=mechanism,
+                         modulus_bits=32, count_cap=65)
         z = calibrate(spec, layout, participants=50, target_epsilon=8.0, rounds=20, delta=1e-5)
         ledger = NetworkLedger(1e-5)
         calibrated = RoundSpec(**{**spec.__dict__, "noise_multiplier": z})

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from client.state import UserStore
-from client.worker import parse_pause, parse_users
+from client.process import parse_pause, parse_users
 from mrff_secure.errors import CheckpointError, ConfigError
 from server import checkpoint
 from server.audit import AuditLog, read_records, verify

@@ -16,7 +16,7 @@ import pytest
 
 from client import transport
 from client.transport import Connection, Transport, classify
-from client.worker import RoundReporter, RoundResult
+from client.report import RoundReporter, RoundResult
 from mrff_secure.errors import ConnectionFailed
 from server.certs import make_dev_pki
 from . import harness

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mrff_secure.federation.client_update import RoundSpec
+from mrff_secure.round.spec import RoundSpec
 from . import harness
 from .reference import run_reference
 

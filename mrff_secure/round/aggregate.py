@@ -1,10 +1,41 @@
-"""Aggregation math: from the round's summed update vector to the new global parameters."""
+"""The server's step of a round: from the (decoded) sum of the update vectors and the group counts to the
+averaged model, then the server optimizer's step. Used by the simulation and the coordinator alike.
+
+Shared parts are divided by the number of uploads; group slots by the group counts the server holds
+(phase 1 under secure aggregation, noisy under DP), 0 where the group is suppressed (the FFN stays);
+next round's balance-loss fractions are the counts over the clients they were counted among.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
-from mrff_secure.federation.update_vector import UpdateLayout
+from mrff_secure.errors import ConfigError
+
+from mrff_secure.round.update_vector import UpdateLayout
+
+
+@dataclass(frozen=True)
+class AggregateStep:
+    """The averaged model of a round (before the server optimizer) and next round's group fractions."""
+
+    averaged: dict[str, torch.Tensor]
+    group_fractions: torch.Tensor | None  # (blocks, groups); None without groups
+
+
+def aggregate_round(global_params: dict[str, torch.Tensor], layout: UpdateLayout, summed: torch.Tensor, *,
+                    uploads: int, counts: torch.Tensor, suppressed: torch.Tensor | None,
+                    counted_clients: int) -> AggregateStep:
+    """The averaged model from a round's summed update vector (layout.size,): shared parts over `uploads`,
+    group slots over `counts` (blocks, groups) with the `suppressed` slots kept; fractions = counts /
+    counted_clients (the clients the counts were summed over)."""
+    if not layout.num_groups:
+        return AggregateStep(apply_sum(global_params, layout, summed, uploads, counts), None)
+    averaging = counts.masked_fill(suppressed, 0.0) if suppressed is not None else counts
+    return AggregateStep(apply_sum(global_params, layout, summed, uploads, averaging), counts / counted_clients)
 
 
 def apply_sum(global_params: dict[str, torch.Tensor], layout: UpdateLayout, summed: torch.Tensor,
@@ -25,6 +56,23 @@ def apply_sum(global_params: dict[str, torch.Tensor], layout: UpdateLayout, summ
             scale = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
             out[name] = global_params[name] + total * scale.view(-1, *([1] * (total.dim() - 1)))
     return out
+
+
+def apply_decoded(global_params: dict[str, torch.Tensor], layout: UpdateLayout, summed: np.ndarray, *,
+                  survivors: int, phase1_survivors: int, counts: np.ndarray,
+                  suppressed: np.ndarray) -> tuple[AggregateStep, float]:
+    """The coordinator's step from a decoded phase-2 sum (float, layout.size): `aggregate_round` over the
+    update phase's survivors with the phase-1 counts (fractions over the phase-1 survivors). Also returns
+    the summed example counts (scaled to [0, 1] each, noisy under DP)."""
+    dtype = next(iter(global_params.values())).dtype
+    total = torch.as_tensor(np.asarray(summed, dtype=np.float64), dtype=dtype)
+    if total.shape != (layout.size,):
+        raise ConfigError(f"decoded sum has shape {tuple(total.shape)}, layout expects ({layout.size},)")
+    group_counts = torch.as_tensor(np.asarray(counts), dtype=dtype)
+    mask = torch.as_tensor(np.asarray(suppressed, dtype=bool)) if layout.num_groups else None
+    step = aggregate_round(dict(global_params), layout, total, uploads=survivors, counts=group_counts,
+                           suppressed=mask, counted_clients=phase1_survivors)
+    return step, float(total[-1])
 
 
 SERVER_ADAM_BETA2 = 0.99

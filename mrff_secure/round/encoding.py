@@ -22,7 +22,7 @@ single_noise_draw=False) -> SecureRoundPlans``
 
 ``update_upload(plans, vector, *, rotation_seed, rng) -> residues``
     Phase 2. vector: (size,) or (clients, size) floats laid out as `UpdateLayout.build` does, with
-    the example count already scaled to min(count, cap) / cap (`scaled_example_count`) and the
+    the example count already scaled to min(count, cap) / cap (`round.participant.scaled_example_count`) and the
     suppressed group slots already zeroed. The one-hot coordinates are ZEROED here (W5 of the
     security review: phase-1 minus phase-2 counts would reveal the groups of clients that dropped
     between phases); the delta part is clipped to C; every coordinate, zeros included, gets the
@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +78,9 @@ from mrff_secure.dp.distributed import (
 )
 from mrff_secure.dp.mechanisms import sample_discrete_gaussian, sample_skellam
 from mrff_secure.errors import ConfigError, PrivacyError
-from mrff_secure.federation.secure_sum import max_abs_for
+from mrff_secure.round.spec import RoundSpec
+from mrff_secure.round.update_vector import UpdateLayout
+from mrff_secure.secagg.config import SecAggConfig, max_abs_for
 
 SECURE_DP_MODES = ("off", "distributed")
 # Per-client headroom: a client's integer coordinate stays below max_abs unless its noise share
@@ -228,15 +231,6 @@ def without_noise(plans: SecureRoundPlans) -> SecureRoundPlans:
     return SecureRoundPlans(**{**plans.__dict__, "counts": quiet(plans.counts), "update": quiet(plans.update)})
 
 
-def scaled_example_count(num_examples: np.ndarray | float, count_cap: int) -> np.ndarray:
-    """What a client uploads for its example count: min(count, cap) / cap, in [0, 1] (sensitivity 1)."""
-    cap = _int("count_cap", count_cap, 1)
-    values = np.asarray(num_examples, dtype=np.float64)
-    if np.any(values < 0) or not np.all(np.isfinite(values)):
-        raise PrivacyError("example counts must be finite and >= 0")
-    return np.minimum(values, float(cap)) / float(cap)
-
-
 def _rows(name: str, values: np.ndarray, length: int) -> np.ndarray:
     if not isinstance(values, np.ndarray) or values.ndim not in (1, 2) or values.shape[-1] != length:
         raise PrivacyError(f"{name} must be a numpy array of shape ({length},) or (clients, {length}), "
@@ -269,7 +263,7 @@ def update_upload(plans: SecureRoundPlans, vector: np.ndarray, *, rotation_seed:
     count = x[..., -1]
     if np.any(count < 0.0) or np.any(count > 1.0):
         raise PrivacyError("the example count must be uploaded as min(count, cap) / cap in [0, 1] "
-                           "(scaled_example_count); got a value outside")
+                           "(round.participant.scaled_example_count); got a value outside")
     return DistributedEncoder(plans.update, rotation_seed=rotation_seed).encode(x, rng=rng)
 
 
@@ -309,3 +303,36 @@ def add_to_ring(plan: DistributedPlan, ring_sum: np.ndarray, noise: np.ndarray) 
     """(ring_sum + noise) mod 2^b."""
     return wrap_to_modulus(centered_lift(ring_sum, modulus_bits=plan.modulus_bits) + noise,
                            modulus_bits=plan.modulus_bits)
+
+
+# ----------------------------------------------------------------- a networked round's plans and sessions
+
+
+def round_plans(spec: RoundSpec, layout: UpdateLayout, num_clients: int) -> SecureRoundPlans:
+    """The two integer plans of a networked secure round, from its public parameters only: the server sizes
+    the secure sums with them, and each client computes them itself and compares (never trusting the
+    announced lengths). The same function as the simulation's secure path."""
+    if spec.dp_mode == "local":
+        raise ConfigError("local DP has no secure sum; the network runs DP under secure aggregation "
+                          "(--dp distributed) or none (--dp off)")
+    distributed = spec.dp_mode == "distributed"
+    return secure_round_plans(delta_size=layout.delta_size, num_blocks=layout.num_blocks if layout.num_groups else 0,
+                              num_groups=layout.num_groups, dp_mode=spec.dp_mode, mechanism=spec.mechanism,
+                              clip=spec.clip, noise_multiplier=spec.noise_multiplier if distributed else 0.0,
+                              n_clients=num_clients, n_min=spec.min_survivors if distributed else 1,
+                              modulus_bits=spec.modulus_bits, count_cap=spec.count_cap)
+
+
+def plan_configs(plans: SecureRoundPlans, num_clients: int, *,
+                 options: Mapping[str, int] | None = None) -> tuple[SecAggConfig, SecAggConfig]:
+    """(phase-1 config, phase-2 config): the secure sums sized by the round's plans. Without groups,
+    phase 1 sums one zero per client (it only fixes the survivors the update phase is bound to)."""
+    extra = dict(options or {})
+    if plans.counts is None or plans.counts_max_abs is None:
+        counts = SecAggConfig(num_clients=num_clients, vector_length=1, max_abs=1, **extra)
+    else:
+        counts = SecAggConfig(num_clients=num_clients, vector_length=plans.counts.padded_dim,
+                              max_abs=plans.counts_max_abs, modulus_bits=plans.counts.modulus_bits, **extra)
+    update = SecAggConfig(num_clients=num_clients, vector_length=plans.update.padded_dim,
+                          max_abs=plans.update_max_abs, modulus_bits=plans.update.modulus_bits, **extra)
+    return counts, update

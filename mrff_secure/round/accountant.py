@@ -30,7 +30,7 @@ Headline: the proven bound of the mechanism actually used.
   ``get_privacy_spent``, every round at q = 1.
 - distributed: the RDP bounds of the distributed discrete Gaussian / Skellam (Kairouz, Liu,
   Steinke 2021; Agarwal, Kairouz, Liu 2021) over the round's integer plans (scale, padded
-  lengths, n_min) from `federation.client_encoding.secure_round_plans`, both phases.
+  lengths, n_min) from `round.encoding.secure_round_plans`, both phases.
 - DP off: infinite (never 0).
 The continuous Gaussian's PRV and RDP figures ("gaussian_limit") are shown for reference only.
 """
@@ -45,7 +45,7 @@ import numpy as np
 
 from mrff_secure.errors import ConfigError, PrivacyError
 
-from .accounting import (
+from mrff_secure.dp.accounting import (
     DISCRETE_ORDERS,
     Epsilons,
     ddg_rdp,
@@ -55,12 +55,13 @@ from .accounting import (
     rdp_to_epsilon,
     skellam_rdp,
 )
-from .calibration import Z_MAX, search_noise_multiplier
-from .config import DEFAULT_ROUNDING_BETA, DISTRIBUTED_MECHANISMS
-from .discretize import rounded_l1_bound, rounded_l2_bound
-from .distributed import DistributedPlan
-from .mechanisms import GRID_SLACK
-from .sensitivity import compose_noise_multipliers
+from mrff_secure.dp.calibration import Z_MAX, search_noise_multiplier
+from mrff_secure.dp.config import DEFAULT_ROUNDING_BETA, DISTRIBUTED_MECHANISMS
+from mrff_secure.dp.discretize import rounded_l1_bound, rounded_l2_bound
+from mrff_secure.dp.distributed import DistributedPlan
+from mrff_secure.dp.mechanisms import GRID_SLACK
+from mrff_secure.dp.sensitivity import compose_noise_multipliers
+from mrff_secure.round.encoding import SecureRoundPlans, secure_round_plans
 
 RELEASE_MODES = ("off", "local", "distributed")
 REPLACE_ONE = "replace-one"
@@ -162,12 +163,10 @@ class RoundRelease:
             return 0.0
         return compose_noise_multipliers(self.gaussian_parts(adjacency))
 
-    def plans(self):  # -> SecureRoundPlans | None (imported lazily: federation builds on dp)
+    def plans(self) -> SecureRoundPlans | None:
         """The round's integer plans (secure aggregation only), exactly as the clients encode."""
         if not self.secure_aggregation:
             return None
-        from mrff_secure.federation.client_encoding import secure_round_plans
-
         return secure_round_plans(
             delta_size=self.delta_size, num_blocks=self.num_blocks, num_groups=self.num_groups,
             dp_mode="distributed" if self.dp_mode == "distributed" else "off", mechanism=self.mechanism,

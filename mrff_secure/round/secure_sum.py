@@ -4,7 +4,7 @@ Clients hand in integer vectors as residues mod 2^b (what `mrff_secure.dp.Distri
 produces). The server may learn only their sum mod 2^b. Two backends:
 
 - `InMemorySecAgg` runs the real secure-aggregation state machines
-  (`mrff_secure.secagg.inmemory.run_round`: key agreement, Shamir shares, masks, unmasking) for
+  (`mrff_secure.round.inmemory.run_round`: key agreement, Shamir shares, masks, unmasking) for
   every client in one process. Faithful, and slow: for tests and small rounds.
 - `RingSum` adds the residues mod 2^b directly: the value the protocol provably outputs when no
   client drops out (the masks cancel exactly). For the large simulation.
@@ -23,26 +23,11 @@ from typing import Protocol
 import numpy as np
 
 from mrff_secure.errors import ConfigError
-from mrff_secure.secagg.config import MAX_MODULUS_BITS, SecAggConfig, guard_bits
+from mrff_secure.secagg.config import SecAggConfig, max_abs_for
 from mrff_secure.secagg.encoding import InputRangeError, from_ring
-from mrff_secure.secagg.inmemory import run_round
+from mrff_secure.round.inmemory import run_round
 
 BACKENDS = ("fast", "inmemory")
-
-
-def max_abs_for(num_clients: int, modulus_bits: int, *, vector_length: int) -> int:
-    """The largest per-client |coordinate| such that `num_clients` of them sum without wrapping mod 2^b,
-    with guard_bits(vector_length) bits of headroom left for the range check (SecAggConfig's rule)."""
-    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
-        raise ConfigError(f"num_clients must be a positive integer, got {num_clients!r}")
-    if isinstance(modulus_bits, bool) or not isinstance(modulus_bits, int) or not 2 <= modulus_bits <= MAX_MODULUS_BITS:
-        raise ConfigError(f"modulus_bits must be an integer in [2, {MAX_MODULUS_BITS}], got {modulus_bits!r}")
-    guard = guard_bits(vector_length)
-    value = ((1 << (modulus_bits - 1)) - 1) // (num_clients << guard)
-    if value < 1:
-        raise ConfigError(f"a {modulus_bits}-bit modulus cannot hold a sum over {num_clients} clients with "
-                          f"{guard} guard bits")
-    return value
 
 
 class SecureSumSession(Protocol):

@@ -1,6 +1,7 @@
-"""An in-memory driver of a whole round: the client and server state machines wired together.
+"""An in-memory driver of a whole secure sum: the client and server state machines wired together by the
+stage table (`round.stages`).
 
-For the simulation engine and the tests. Every message goes through
+For the simulation engine, the audit and the tests. Every message goes through
 to_bytes/from_bytes, so what runs here is what a transport carries.
 `dropouts` says which clients fall silent from which stage on.
 """
@@ -23,6 +24,7 @@ from mrff_secure.secagg.messages import Message
 from mrff_secure.secagg.policy import SecAggPolicy
 from mrff_secure.secagg.server import AggregateResult, ServerSession
 from mrff_secure.secagg.stages import Stage
+from mrff_secure.round.stages import STAGES
 
 M = TypeVar("M", bound=Message)
 
@@ -67,12 +69,19 @@ def simulation_policy(config: SecAggConfig) -> SecAggPolicy:
 Dropouts = Mapping[Stage, set[int]]
 
 
+def _wired(deliveries: Mapping[int, Message]) -> dict[int, Message]:
+    """Each delivery through the 'wire', a message shared by several clients serialized once."""
+    parsed: dict[int, Message] = {}
+    return {c: parsed.setdefault(id(m), wire(m)) for c, m in deliveries.items()}
+
+
 def run_round(config: SecAggConfig, *, round_id: int, inputs: Mapping[int, np.ndarray],
               identities: Identities | None = None, policy: SecAggPolicy | None = None,
               context: SessionContext | None = None,
               dropouts: Dropouts | Callable[[Mapping[int, tuple[int, ...]]], Dropouts] | None = None
               ) -> AggregateResult:
-    """Run one secure sum of `inputs` (client id -> signed int vector) in memory.
+    """Run one secure sum of `inputs` (client id -> signed int vector) in memory, stage by stage of
+    `round.stages.STAGES`.
 
     dropouts[s] lists the clients that send nothing from stage s on (s in
     ADVERTISE_KEYS .. UNMASK; a dropout at REVEAL_SEED aborts the session); it
@@ -87,54 +96,25 @@ def run_round(config: SecAggConfig, *, round_id: int, inputs: Mapping[int, np.nd
     policy = policy if policy is not None else simulation_policy(config)
     gone: set[int] = set()
     drops: Dropouts = {} if dropouts is None or callable(dropouts) else dropouts
-
-    def alive(stage: Stage) -> list[int]:
-        gone.update(drops.get(stage, set()))
-        return [c for c in ids if c not in gone]
-
-    def step(client: int, action: Callable[[], Message]) -> Message | None:
-        try:
-            return wire(action())
-        except AggregationAborted:
-            gone.add(client)  # the client gave up on the round: a dropout as far as the server can tell
-            return None
-
     server = ServerSession(config, context=context, authority_public_key=identities.authority_public_key,
                            participants=ids)
     clients = {c: identities.session(config, context, c, policy) for c in ids}
-
-    for c in alive(Stage.ADVERTISE_KEYS):
-        server.receive_advertise_keys(wire(clients[c].advertise_keys()))
-    participants = wire(server.close_advertise_keys())
-    for c in alive(Stage.REVEAL_SEED):
-        if c in participants.client_ids:
-            server.receive_seed_reveal(wire(clients[c].reveal_seed(participants)))
-    neighbourhoods = server.close_reveal_seed()
-    if callable(dropouts):
-        drops = dropouts(server.graph)
-        if drops.get(Stage.ADVERTISE_KEYS) or drops.get(Stage.REVEAL_SEED):
-            raise ValueError("a graph-dependent dropout schedule cannot drop clients before SHARE_KEYS")
-    for c in alive(Stage.SHARE_KEYS):
-        if c in neighbourhoods:
-            reply = step(c, lambda: clients[c].share_keys(wire(neighbourhoods[c])))
-            if reply is not None:
-                server.receive_share_keys(reply)  # type: ignore[arg-type]
-    deliveries = server.close_share_keys()
-    for c in alive(Stage.MASKED_INPUT):
-        if c in deliveries:
-            reply = step(c, lambda: clients[c].masked_input(wire(deliveries[c]), inputs[c]))
-            if reply is not None:
-                server.receive_masked_input(reply)  # type: ignore[arg-type]
-    survivor_list = wire(server.close_masked_input())
-    for c in alive(Stage.CONSISTENCY_CHECK):
-        if c in survivor_list.survivors:
-            reply = step(c, lambda: clients[c].consistency_check(survivor_list))
-            if reply is not None:
-                server.receive_consistency_signature(reply)  # type: ignore[arg-type]
-    requests = server.close_consistency_check()
-    for c in alive(Stage.UNMASK):
-        if c in requests:
-            reply = step(c, lambda: clients[c].unmask(wire(requests[c])))
-            if reply is not None:
-                server.receive_unmask_response(reply)  # type: ignore[arg-type]
+    deliveries: Mapping[int, Message | None] = dict.fromkeys(ids)
+    for step in STAGES:
+        if step.stage is Stage.SHARE_KEYS and callable(dropouts):
+            drops = dropouts(server.graph)
+            if drops.get(Stage.ADVERTISE_KEYS) or drops.get(Stage.REVEAL_SEED):
+                raise ValueError("a graph-dependent dropout schedule cannot drop clients before SHARE_KEYS")
+        gone.update(drops.get(step.stage, set()))
+        for c, delivered in deliveries.items():
+            if c in gone:
+                continue
+            try:
+                reply = wire(step.client_step(clients[c], delivered, inputs[c]))
+            except AggregationAborted:
+                gone.add(c)  # the client gave up on the round: a dropout as far as the server can tell
+                continue
+            step.receive(server, reply)
+        if step.close is not None:
+            deliveries = _wired(step.close(server))
     return server.finish()

@@ -1,0 +1,173 @@
+"""One client process: its logical clients, each in its own thread, sharing the dataset and one model per
+configuration; the command line's user ranges and fault-injection hook."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from client.policy import ClientPolicy
+from client.report import RoundReporter
+from client.state import UserStore
+from client.transport import ClientFailure, Connection
+from client.worker import LogicalClient
+from mrff_secure.config import ModelConfig
+from mrff_secure.data.client_data import ClientData
+from mrff_secure.data.schema import PublicSchema
+from mrff_secure.errors import ConfigError, ConnectionFailed, MrffError
+from mrff_secure.federation.client_update import build_global
+from mrff_secure.federation.roles import Role, parameter_roles
+from mrff_secure.round.spec import Phase
+from mrff_secure.round.stages import step_named
+from mrff_secure.round.update_vector import UpdateLayout
+
+log = logging.getLogger("mrff.client")
+
+__all__ = ["ClientFailure", "Connection", "FaultInjection", "ProcessShared", "parse_pause", "parse_users",
+           "run_process"]
+
+
+@dataclass
+class ProcessShared:
+    """What the logical clients of one process share: the dataset, one model per configuration, and
+    a lock around local training (torch's global RNG seeds dropout, so training is serialized)."""
+
+    data: ClientData
+    train_lock: threading.Lock = field(default_factory=threading.Lock)
+    _models: dict = field(default_factory=dict)
+    schema_digest: str = field(init=False)  # of our own data: a server announcing another schema is refused
+    schema_summary: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        schema = PublicSchema.of(self.data)
+        self.schema_digest, self.schema_summary = schema.digest(), schema.describe()
+
+    def model(self, config: ModelConfig, seed: int):
+        key = (repr(config), seed)
+        with self.train_lock:
+            if key not in self._models:
+                model, params = build_global(config, self.data, seed)
+                roles = parameter_roles(model)
+                private = {n: (tuple(p.shape), p.dtype) for n, p in model.named_parameters() if roles[n] is Role.PRIVATE}
+                shared = {n: (tuple(t.shape), t.dtype) for n, t in params.items()}
+                self._models[key] = (model, UpdateLayout.from_model(model), shared, private)
+            return self._models[key]
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Testing hook: after submitting (round, phase, stage), stop and call `on_pause` (the test
+    then kills the process). None of it runs unless `mrff client --pause-after` is given."""
+
+    round_id: int
+    phase: int
+    stage: int
+    on_pause: Callable[[int], None]
+
+
+def parse_users(text: str) -> list[int]:
+    """'0-99', '3,5,7' or '0-9,20' -> sorted unique ids."""
+    users: set[int] = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError(part)
+                users.update(range(lo, hi + 1))
+            elif part:
+                users.add(int(part))
+    except ValueError as exc:
+        raise ConfigError(f"--users must look like 0-99 or 1,2,5, got {text!r}") from exc
+    if not users or min(users) < 0:
+        raise ConfigError(f"--users must name non-negative ids, got {text!r}")
+    return sorted(users)
+
+
+def parse_pause(text: str) -> tuple[int, int, int]:
+    """'ROUND:PHASE:STAGE', e.g. '1:update:share_keys'."""
+    try:
+        r, phase, stage = text.split(":")
+        if phase not in (Phase.COUNTS.label, Phase.UPDATE.label):
+            raise ValueError(phase)
+        return int(r), Phase.from_label(phase), step_named(stage).wire
+    except (ValueError, ConfigError) as exc:
+        raise ConfigError(f"--pause-after must be ROUND:{{counts,update}}:STAGE, got {text!r}") from exc
+
+
+def run_process(users: list[int], connection: Connection, state_dir: Path, data: ClientData, *,
+                client_seed: int, pause: tuple[int, int, int] | None = None, policy: ClientPolicy | None = None,
+                reproducible_noise: bool = False) -> int:
+    """Run every logical client of this process in its own thread; 0 if all finished the run."""
+    torch.set_num_threads(1)
+    if max(users) >= data.num_users:
+        raise ConfigError(f"user {max(users)} does not exist: the dataset has {data.num_users} users")
+    shared = ProcessShared(data)
+    stop = threading.Event()
+    failures: list[str] = []
+    paused: set[int] = set()
+    pause_lock = threading.Lock()
+
+    def on_pause(user: int) -> None:
+        with pause_lock:
+            paused.add(user)
+            if len(paused) == len(users):
+                print(f"PAUSED users={len(users)}", flush=True)
+
+    fault = None if pause is None else FaultInjection(*pause, on_pause=on_pause)
+
+    reporter = RoundReporter(users)
+    clients: list[LogicalClient] = []
+    clients_lock = threading.Lock()
+    unreachable: list[ConnectionFailed] = []
+
+    def give_up(exc: ConnectionFailed) -> None:
+        """The server cannot be reached: the other logical clients cannot reach it either; stop them now
+        (closing a channel ends the calls in flight on it)."""
+        with clients_lock:
+            unreachable.append(exc)
+            stop.set()
+            for client in clients:
+                client.close()
+
+    def body(user: int) -> None:
+        client = None
+        try:
+            client = LogicalClient(user, connection, UserStore(state_dir, user), shared, client_seed=client_seed,
+                                   fault=fault, stop=stop, policy=policy, reproducible_noise=reproducible_noise,
+                                   reporter=reporter)
+            with clients_lock:
+                clients.append(client)
+            if stop.is_set():
+                raise ClientFailure(f"user {user}: stopped")
+            client.run()
+        except ConnectionFailed as exc:
+            give_up(exc)
+        except ClientFailure as exc:
+            failures.append(str(exc))
+        except MrffError as exc:
+            failures.append(f"user {user}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - reported, not swallowed; the traceback with -v
+            log.info("user %d failed", user, exc_info=True)
+            failures.append(f"user {user}: {type(exc).__name__}: {exc}")
+        finally:
+            if client is not None:
+                client.close()
+
+    threads = [threading.Thread(target=body, args=(u,), name=f"user-{u}", daemon=True) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reporter.flush()
+    if unreachable:
+        raise unreachable[0]  # one line: the cause, the same for every logical client of this process
+    if failures:
+        raise ClientFailure(f"{len(failures)} of {len(users)} logical clients failed; first: {failures[0]}")
+    return 0

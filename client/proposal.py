@@ -1,0 +1,112 @@
+"""What a network client checks in a round's signed proposal before it trains or reveals anything: the data
+schema, the parameters against their signed digest, the round's settings against its own policy, and the
+phase-1 counts the server announces. Each check raises, naming what does not hold."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import torch
+
+from client.policy import ClientPolicy
+from client.transport import ClientFailure
+from mrff_secure.errors import AuthenticationError, ConfigError, MrffError
+from mrff_secure.federation import evaluation_sum
+from mrff_secure.round.encoding import SecureRoundPlans
+from mrff_secure.round.spec import Phase, RoundSpec
+from mrff_secure.round.update_vector import UpdateLayout
+from mrff_secure.secagg.config import SecAggConfig
+from mrff_secure.secagg.policy import PolicyViolation
+from mrff_secure.wire import tensors
+from mrff_secure.wire.v1 import coordinator_pb2 as pb
+
+log = logging.getLogger("mrff.client")
+_DP_OFF_WARNED = threading.Event()
+
+
+def check_schema(body: pb.RoundBody, schema_digest: str, schema_summary: str, user: int) -> None:
+    """The server's model must be built for our data (catalogue, user fields, history length): another
+    schema is a different deployment, or a misconfigured one; no round of it is played, ever."""
+    if body.schema_digest != schema_digest:
+        theirs = body.schema_summary or "(not announced)"
+        raise ClientFailure(f"user {user}: refusing the server: its data schema differs from ours; "
+                            f"server: {theirs}; this client: {schema_summary}")
+
+
+def verified_parameters(body: pb.RoundBody, layout: UpdateLayout,
+                        template: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[str, torch.Tensor]:
+    """The announced global parameters, refused unless they fit the model and the signed digest."""
+    try:
+        params = tensors.from_proto(body.parameters, template)
+    except MrffError as exc:
+        raise AuthenticationError(f"round {body.round_id}: parameters do not match the model: {exc}") from exc
+    if tensors.digest(params) != body.model_digest:
+        raise AuthenticationError(f"round {body.round_id}: parameters do not match the signed digest")
+    if (body.num_blocks, body.num_groups) != (layout.num_blocks, layout.num_groups):
+        raise AuthenticationError("announced group layout does not match the model")
+    return params
+
+
+def accepted_spec(body: pb.RoundBody, policy: ClientPolicy, user: int) -> RoundSpec:
+    """The round's settings, refused (ConfigError, PolicyViolation) unless our own policy accepts them: the
+    signature only says who proposed them."""
+    spec = RoundSpec(local_steps=body.training.local_steps, optimizer=body.training.optimizer,
+                     lr=body.training.lr, dp_mode=body.dp.mode, clip=body.dp.clip,
+                     noise_multiplier=body.dp.noise_multiplier, min_survivors=max(body.dp.min_survivors, 1),
+                     mechanism=body.dp.mechanism, modulus_bits=body.dp.modulus_bits,
+                     count_cap=body.dp.count_cap, min_group_size=body.min_group_size)
+    policy.check_round(secure=body.secure, spec=spec)
+    if spec.dp_mode == "off" and body.secure and not _DP_OFF_WARNED.is_set():
+        _DP_OFF_WARNED.set()  # once per process, not once per logical client
+        log.warning("user %d: the server runs with DP off: secure aggregation alone protects this client only "
+                    "against an honest-but-curious server (SECURITY.md)", user)
+    return spec
+
+
+def phase1_counts(body: pb.RoundBody, phase_body: pb.UpdatePhaseBody, size: int) -> np.ndarray:
+    """The phase-1 group counts of the signed update-phase body, refused if for another round or mis-sized."""
+    if phase_body.round_id != body.round_id or phase_body.run_id != body.run_id:
+        raise AuthenticationError("phase parameters are for another round")
+    group_counts = np.asarray(list(phase_body.group_counts), dtype=np.int64)
+    if group_counts.size != size:
+        raise AuthenticationError("phase-1 group counts have the wrong size")
+    return group_counts
+
+
+def check_exact_counts(group_counts: np.ndarray, num_blocks: int, survivors: int) -> None:
+    """DP off: every block's counts add up to the survivors we signed (a cheap check of a lie; a server that
+    moves counts between groups is not caught: see SECURITY.md)."""
+    per_block = group_counts.reshape(num_blocks, -1).sum(axis=1)
+    if np.any(per_block != survivors):
+        raise PolicyViolation(f"the phase-1 counts add up to {per_block.tolist()} per block, "
+                              f"but {survivors} clients survived phase 1")
+
+
+def announced_secagg_config(params: pb.SecAggParameters, phase: Phase, num_clients: int,
+                            plans: SecureRoundPlans | None, input_length: int) -> SecAggConfig:
+    """A phase's announced secure-aggregation parameters, refused (PolicyViolation) unless the lengths and
+    ranges equal what we compute ourselves from the round's public parameters (AuthenticationError when
+    they are not even valid)."""
+    try:
+        config = SecAggConfig(num_clients=params.num_clients, vector_length=params.vector_length,
+                              max_abs=params.max_abs, modulus_bits=params.modulus_bits,
+                              num_neighbours=params.num_neighbours, threshold=params.threshold)
+    except ConfigError as exc:
+        raise AuthenticationError(f"announced secure-aggregation parameters are invalid: {exc}") from exc
+    n = num_clients
+    if phase == Phase.EVALUATION or plans is None:  # fixed by the public encoding, the modulus sized to fit
+        expected = (n, evaluation_sum.LENGTH, evaluation_sum.MAX_ABS,
+                    SecAggConfig(num_clients=n, vector_length=evaluation_sum.LENGTH,
+                                 max_abs=evaluation_sum.MAX_ABS).bits)
+    else:
+        plan, plan_max_abs = ((plans.counts, plans.counts_max_abs) if phase == Phase.COUNTS else
+                              (plans.update, plans.update_max_abs))
+        expected = ((n, 1, 1, config.bits) if plan is None else
+                    (n, plan.padded_dim, plan_max_abs, plan.modulus_bits))
+    announced = (config.num_clients, config.vector_length, config.max_abs, config.bits)
+    if announced != expected or input_length != config.vector_length:
+        raise PolicyViolation(f"announced (clients, length, max_abs, modulus bits) {announced} differ from "
+                              f"{expected}, computed from the round's public parameters")
+    return config
