@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from mrff_secure.round.participant import rotation_seed
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
 from mrff_secure.dp import DPConfig
@@ -189,13 +190,13 @@ def test_an_observer_who_knows_the_seed_cannot_recover_the_true_group_counts(dat
                               privacy=secure(z=z, sampling="aggregate", min_group_size=2, reproducible=reproducible))
     result = sim.train_round()
     pipeline = sim.privacy
-    plans = pipeline._plans_for(12)
+    plans = pipeline.plans_for(12)
     # the attacker's generator: the seed derivation of the summed noise draw (the debugging switch's; the
     # clients' rounding draws come from their chunks' generators, PrivacyPipeline.chunk_generator)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0, 1, 31]))
     noise = summed_noise_shares(plans.counts, 12, rng)
     stripped = add_to_ring(plans.counts, pipeline.last_ring_sums[1], -noise)
-    guess = decode_counts(plans, stripped, survivors=12, rotation_seed=pipeline.rotation_seed(0, 1))
+    guess = decode_counts(plans, stripped, survivors=12, rotation_seed=rotation_seed(pipeline.seed, 0, 1))
     error = np.abs(guess - np.array(result.group_counts)).sum()
     if reproducible:
         assert error == 0  # the debugging switch: exact true counts, as DP-REVIEW D1 found

@@ -345,7 +345,7 @@ def skellam_rdp(
     return alpha * d2sq / (2.0 * v) + extra
 
 
-def rdp_to_epsilon(*, orders: Sequence[float], rdp: Sequence[float], delta: float) -> float:
+def rdp_to_epsilon(*, orders: Sequence[float], rdp: Sequence[float] | np.ndarray, delta: float) -> float:
     """(epsilon, delta) from an RDP curve, by opacus' ``get_privacy_spent``."""
     delta = _check_delta(delta)
     curve = np.asarray(rdp, dtype=np.float64)

@@ -178,7 +178,7 @@ class RoundRelease:
         return RoundRelease(**{**self.__dict__, "noise_multiplier": float(z)})
 
 
-def discrete_round_rdp(plan: DistributedPlan, *, orders=DISCRETE_ORDERS, sensitivity_factor: float = 1.0) -> np.ndarray:
+def discrete_round_rdp(plan: DistributedPlan, *, orders: tuple[float, ...] = DISCRETE_ORDERS, sensitivity_factor: float = 1.0) -> np.ndarray:
     """RDP curve of one release under ``plan`` (zero-out; factor 2 bounds replace-one by the triangle inequality)."""
     d2 = sensitivity_factor * rounded_l2_bound(scaled_norm=plan.l2_bound * plan.scale, dim=plan.padded_dim,
                                                beta=plan.beta)
@@ -194,6 +194,8 @@ def discrete_round_rdp(plan: DistributedPlan, *, orders=DISCRETE_ORDERS, sensiti
 
 def _round_curve(release: RoundRelease, factor: float) -> np.ndarray:
     plans = release.plans()
+    if plans is None:
+        raise PrivacyError("a round without secure aggregation has no discrete RDP curve")
     curve = discrete_round_rdp(plans.update, sensitivity_factor=factor)
     if plans.counts is not None:
         curve = curve + discrete_round_rdp(plans.counts, sensitivity_factor=factor)

@@ -148,9 +148,11 @@ class SecureRoundPlans:
 def _phase_plan(*, mechanism: str, dim: int, n: int, n_min: int, clip: float, z: float, bits: int,
                 clip_len: int | None, extra: float, beta: float, max_abs: int, single_noise_draw: bool) -> DistributedPlan:
     """plan_distributed with the scale also capped so a client's coordinates stay within max_abs."""
-    base = dict(mechanism=mechanism, dim=dim, n_clients=n, n_min=n_min, clip=clip, noise_multiplier=z,
-                modulus_bits=bits, clip_len=clip_len, extra_sensitivity=extra, beta=beta)
-    auto = plan_distributed(**base)
+    def plan(scale: float | None = None) -> DistributedPlan:
+        return plan_distributed(mechanism=mechanism, dim=dim, n_clients=n, n_min=n_min, clip=clip, noise_multiplier=z,
+                                modulus_bits=bits, clip_len=clip_len, extra_sensitivity=extra, beta=beta, scale=scale)
+
+    auto = plan()
     # |coordinate| <= rounded L2 bound <= l2 * scale + sqrt(p), plus the noise share's tail
     share_std = z * clip / math.sqrt(n_min)
     cap = (max_abs - math.sqrt(auto.padded_dim)) / (auto.l2_bound + SHARE_TAIL_SIGMAS * share_std)
@@ -161,7 +163,7 @@ def _phase_plan(*, mechanism: str, dim: int, n: int, n_min: int, clip: float, z:
     if cap <= 0:
         raise ConfigError(f"a {bits}-bit modulus leaves no room for {n} clients of dimension {dim}: "
                           "raise modulus_bits")
-    return auto if auto.scale <= cap else plan_distributed(**base, scale=cap)
+    return auto if auto.scale <= cap else plan(cap)
 
 
 def secure_round_plans(
@@ -199,19 +201,22 @@ def secure_round_plans(
     bits = _int("modulus_bits", modulus_bits, 2)
     if not (isinstance(rounding_beta, (int, float)) and 0.0 <= rounding_beta < 1.0):
         raise ConfigError(f"rounding_beta must be in [0, 1), got {rounding_beta!r}")
-    common = dict(mechanism=mech, n=n, n_min=n_min, z=z, bits=bits, beta=float(rounding_beta),
-                  single_noise_draw=single_noise_draw)
+    def phase_plan(*, dim: int, clip: float, clip_len: int | None, extra: float, max_abs: int) -> DistributedPlan:
+        return _phase_plan(mechanism=mech, dim=dim, n=n, n_min=n_min, clip=clip, z=z, bits=bits, clip_len=clip_len,
+                           extra=extra, beta=float(rounding_beta), max_abs=max_abs,
+                           single_noise_draw=single_noise_draw)
+
     size = delta_size + num_blocks * num_groups + 1
     # each phase's bound leaves the range check guard bits for its own (padded) length; ConfigError when
     # the modulus cannot hold n clients
     update_max_abs = max_abs_for(n, bits, vector_length=next_power_of_two(size))
-    update = _phase_plan(dim=size, clip=clip, clip_len=delta_size, extra=PHASE2_COUNT_SENSITIVITY,
-                         max_abs=update_max_abs, **common)
+    update = phase_plan(dim=size, clip=clip, clip_len=delta_size, extra=PHASE2_COUNT_SENSITIVITY,
+                        max_abs=update_max_abs)
     counts, counts_max_abs = None, None
     if num_groups:
         counts_max_abs = max_abs_for(n, bits, vector_length=next_power_of_two(num_blocks * num_groups))
-        counts = _phase_plan(dim=num_blocks * num_groups, clip=math.sqrt(num_blocks), clip_len=None, extra=0.0,
-                             max_abs=counts_max_abs, **common)
+        counts = phase_plan(dim=num_blocks * num_groups, clip=math.sqrt(num_blocks), clip_len=None, extra=0.0,
+                            max_abs=counts_max_abs)
     return SecureRoundPlans(counts=counts, update=update, delta_size=delta_size, num_blocks=num_blocks,
                             num_groups=num_groups, n_clients=n, n_min=n_min, modulus_bits=bits,
                             counts_max_abs=counts_max_abs, update_max_abs=update_max_abs, count_cap=count_cap,

@@ -34,6 +34,12 @@ from mrff_secure.wire.v1 import coordinator_pb2 as pb
 Deliveries = Mapping[int, messages.Message]
 
 
+def _required(value: np.ndarray | None) -> np.ndarray:
+    if value is None:
+        raise ConfigError("the masked-input step needs the client's input vector")
+    return value
+
+
 def _to_each(message: messages.Message, recipients: tuple[int, ...]) -> dict[int, messages.Message]:
     """One message delivered to every listed client (the same object: serialized once, `delivery_bytes`)."""
     return dict.fromkeys(recipients, message)
@@ -74,7 +80,7 @@ STAGES: tuple[StageStep, ...] = (
               lambda client, d, _: client.share_keys(d),
               lambda server, m: server.receive_share_keys(m), lambda server: server.close_share_keys()),
     StageStep(Stage.MASKED_INPUT, pb.MASKED_INPUT, "masked_input", messages.ShareDelivery, messages.MaskedInput,
-              lambda client, d, value: client.masked_input(d, value),
+              lambda client, d, value: client.masked_input(d, _required(value)),
               lambda server, m: server.receive_masked_input(m), _close_masked_input),
     StageStep(Stage.CONSISTENCY_CHECK, pb.CONSISTENCY_CHECK, "consistency_check", messages.SurvivorList,
               messages.ConsistencySignature, lambda client, d, _: client.consistency_check(d),

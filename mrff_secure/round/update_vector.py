@@ -94,6 +94,14 @@ class UpdateLayout:
         self._check_slot_shapes(deltas, block, clients)
         return torch.cat([deltas[name].reshape(clients, -1) for name in self.group_names[block]], dim=-1)
 
+    def _routes(self, routes: torch.Tensor | None) -> torch.Tensor:
+        """The clients' routes (clients, blocks); a layout without groups takes None (an empty tensor here)."""
+        if routes is None:
+            if self.count_size:
+                raise ConfigError("a layout with groups needs each client's routes")
+            return torch.zeros(0, 0, dtype=torch.long)
+        return routes
+
     def build(self, deltas: dict[str, torch.Tensor], routes: torch.Tensor | None, num_examples: torch.Tensor,
               suppressed: torch.Tensor | None = None) -> torch.Tensor:
         """Update vectors (clients, size) from per-client deltas: shared (clients, *param shape); group
@@ -103,6 +111,7 @@ class UpdateLayout:
         """
         self._check_names(deltas)
         clients = num_examples.shape[0]
+        routes = self._routes(routes)
         parts = [deltas[n].reshape(clients, -1) for n in self.shared_names]
         for block in range(self.num_blocks):
             slot = self._routed_slots(deltas, block, clients)
@@ -122,6 +131,7 @@ class UpdateLayout:
         and per group (the plain simulation's sum when nothing needs the individual vectors)."""
         self._check_names(deltas)
         clients = num_examples.shape[0]
+        routes = self._routes(routes)
         parts = [deltas[n].reshape(clients, -1).sum(0) for n in self.shared_names]
         for block in range(self.num_blocks):
             self._check_slot_shapes(deltas, block, clients)

@@ -12,7 +12,7 @@ from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
 from mrff_secure.dp import DPConfig
 from mrff_secure.errors import ConfigError, PrivacyError
-from mrff_secure.round.participant import scaled_example_count
+from mrff_secure.round.participant import scaled_example_count, rotation_seed
 from mrff_secure.round.encoding import (
     counts_upload,
     decode_counts,
@@ -84,9 +84,9 @@ def test_simulation_encoder_equals_the_shared_functions_bit_for_bit(mechanism, b
         modulus_bits=48, count_cap=data.maxlen)
     one_hots = vectors[:, layout.delta_size:layout.delta_size + layout.count_size]
     # each client from its own generator: [run seed, round, phase, client id], as a network client draws
-    phase1 = np.stack([counts_upload(plans, one_hots[c], rotation_seed=pipeline.rotation_seed(0, 1),
+    phase1 = np.stack([counts_upload(plans, one_hots[c], rotation_seed=rotation_seed(pipeline.seed, 0, 1),
                                      rng=np.random.default_rng([0, 0, 1, c])) for c in range(12)])
-    phase2 = np.stack([update_upload(plans, vectors[c], rotation_seed=pipeline.rotation_seed(0, 2),
+    phase2 = np.stack([update_upload(plans, vectors[c], rotation_seed=rotation_seed(pipeline.seed, 0, 2),
                                      rng=np.random.default_rng([0, 0, 2, c])) for c in range(12)])
     assert np.array_equal(ring_sum(phase1, 48), pipeline.last_ring_sums[1])
     assert np.array_equal(ring_sum(phase2, 48), pipeline.last_ring_sums[2])
