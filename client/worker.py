@@ -42,7 +42,7 @@ from mrff_secure.federation.client_update import (
     torch_seed,
     train_user,
 )
-from mrff_secure.federation.roles import Role, parameter_roles
+from mrff_secure.model.roles import Role, parameter_roles
 from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.secagg import messages, packing, primitives
 from mrff_secure.secagg.client import ClientSession

@@ -43,7 +43,7 @@ from mrff_secure.errors import CheckpointError, ConfigError, MrffError
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline, PrivacySettings
-from mrff_secure.federation.roles import Role
+from mrff_secure.model.roles import Role
 from mrff_secure.federation.simulation import FederatedSimulation
 from mrff_secure.metrics import apply_temperature, auc_confidence_interval, fit_temperature, log_loss
 

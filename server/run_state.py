@@ -25,7 +25,7 @@ from mrff_secure.config import ModelConfig
 from mrff_secure.data.schema import PublicSchema
 from mrff_secure.errors import CheckpointError, ConfigError
 from mrff_secure.federation.client_update import RoundSpec, build_global, model_config_json
-from mrff_secure.federation.roles import Role, parameter_roles
+from mrff_secure.model.roles import Role, parameter_roles
 from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.wire import tensors
 from server import checkpoint

@@ -25,7 +25,7 @@ from mrff_secure.data.client_data import ClientData
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.local_training import LocalResult, predict_clients, train_clients
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
-from mrff_secure.federation.roles import Role, parameter_roles
+from mrff_secure.model.roles import Role, parameter_roles
 from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.model import build_model
 from mrff_secure.model.layers import initial_user_vectors

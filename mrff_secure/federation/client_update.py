@@ -26,7 +26,7 @@ from mrff_secure.errors import ConfigError
 from mrff_secure.federation.aggregation import apply_sum
 from mrff_secure.federation.client_encoding import SecureRoundPlans, secure_round_plans
 from mrff_secure.federation.local_training import train_clients
-from mrff_secure.federation.roles import Role, parameter_roles
+from mrff_secure.model.roles import Role, parameter_roles
 from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.model import build_model
 from mrff_secure.model.layers import initial_user_vectors

@@ -33,7 +33,7 @@ from mrff_secure.data.client_data import ClientData
 from mrff_secure.federation.aggregation import ServerOptimizer, apply_sum
 from mrff_secure.federation.client_shard import ClientShard
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline, PrivacySettings
-from mrff_secure.federation.roles import parameter_roles
+from mrff_secure.model.roles import parameter_roles
 from mrff_secure.federation.threat_model import PLAIN, threat_model_for
 from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.metrics import auc, log_loss
