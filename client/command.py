@@ -93,7 +93,7 @@ def client_main(args: argparse.Namespace) -> int:
 
     from client.worker import Connection, parse_pause, parse_users, run_process
     from client.policy import ClientPolicy
-    from server.certs import CertPaths, load_authority_public_key, read_file
+    from mrff_secure.pki import CertPaths, load_authority_public_key, read_file
     from mrff_secure.wire import signing
 
     options.resolve(args, "client")

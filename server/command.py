@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------ certs / audit
 def certs_main(args: argparse.Namespace) -> int:
-    from server.certs import make_dev_pki
+    from mrff_secure.pki import make_dev_pki
 
     options.writable_folder(args.out, "--out")
     paths = make_dev_pki(args.out, hosts=args.host, overwrite=args.overwrite)
@@ -114,7 +114,7 @@ def schema_main(args: argparse.Namespace) -> int:
 
 def issue_client_main(args: argparse.Namespace) -> int:
     from client.worker import parse_users
-    from server.certs import CertPaths, issue_client_credential, issue_state_credentials, load_identity_public_key
+    from mrff_secure.pki import CertPaths, issue_client_credential, issue_state_credentials, load_identity_public_key
 
     paths = CertPaths(args.certs)
     if args.out is not None:
@@ -258,7 +258,7 @@ def _resolve_server(args: argparse.Namespace) -> dict:
 def server_main(args: argparse.Namespace) -> int:
     from mrff_secure.data.schema import PublicSchema
     from mrff_secure.dp.config import default_delta
-    from server.certs import CertPaths, load_authority_public_key
+    from mrff_secure.pki import CertPaths, load_authority_public_key
     from server.coordinator import Coordinator
     from server.service import TlsFiles, create_server
     from mrff_secure.wire import signing
@@ -328,7 +328,7 @@ def server_main(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ run-local
 def run_local_main(args: argparse.Namespace) -> int:
     from server.audit import read_records, verify
-    from server.certs import CertPaths, issue_state_credentials, make_dev_pki
+    from mrff_secure.pki import CertPaths, issue_state_credentials, make_dev_pki
 
     config = options.resolve(args, "run-local")
     if args.client_processes < 1:

@@ -107,7 +107,7 @@ def start_server(tmp: Path, certs: Path, run_dir: Path, *, extra: list[str] = ()
 def issue_credentials(certs: Path, users: str, state_dir: Path) -> None:
     """The identity authority certifies the users' identity keys (made in their state folders if missing)."""
     from client.worker import parse_users
-    from server.certs import CertPaths, issue_state_credentials
+    from mrff_secure.pki import CertPaths, issue_state_credentials
 
     issue_state_credentials(CertPaths(certs), parse_users(users), state_dir)
 

@@ -18,7 +18,7 @@ from client import transport
 from client.transport import Connection, Transport, classify
 from client.worker import RoundReporter, RoundResult
 from mrff_secure.errors import ConnectionFailed
-from server.certs import make_dev_pki
+from mrff_secure.pki import make_dev_pki
 from . import harness
 
 pytestmark = pytest.mark.timeout(240)

@@ -12,7 +12,7 @@ from mrff_secure.wire import limits, signing
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
 from mrff_secure.secagg.identity import ClientCredential, issue_credential
-from server.certs import make_dev_pki
+from mrff_secure.pki import make_dev_pki
 from . import harness
 
 pytestmark = pytest.mark.timeout(240)
@@ -202,7 +202,7 @@ def test_issue_client_bulk_form_refuses_to_rebind_without_force(tmp_path, certs)
 
     assert bulk().returncode == 0
     authority = (certs / "identity-ca.pub")
-    from server.certs import load_authority_public_key
+    from mrff_secure.pki import load_authority_public_key
 
     for user in range(3):
         client_store(state, user).credential(load_authority_public_key(authority))  # made keys, certified them
