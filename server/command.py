@@ -137,7 +137,7 @@ def issue_client_main(args: argparse.Namespace) -> int:
 
 def audit_verify_main(args: argparse.Namespace) -> int:
     from mrff_secure.wire import signing
-    from server.audit import find_log, verify
+    from mrff_secure.audit_log import find_log, verify
 
     log_path = find_log(args.run_dir)
     key_path = args.signing_pub
@@ -311,7 +311,7 @@ def server_main(args: argparse.Namespace) -> int:
     coordinator.audit.close()
     if coordinator.error is not None:
         raise MrffError(f"coordinator failed: {coordinator.error}")
-    from server.audit import read_records
+    from mrff_secure.audit_log import read_records
     from server.results import write_results
 
     write_results(run_dir)  # metrics.jsonl, summary.json, training.png, as mrff train writes them
@@ -327,7 +327,7 @@ def server_main(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ run-local
 def run_local_main(args: argparse.Namespace) -> int:
-    from server.audit import read_records, verify
+    from mrff_secure.audit_log import read_records, verify
     from mrff_secure.pki import CertPaths, issue_state_credentials, make_dev_pki
 
     config = options.resolve(args, "run-local")

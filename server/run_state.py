@@ -29,7 +29,7 @@ from mrff_secure.model.roles import Role, parameter_roles
 from mrff_secure.federation.update_vector import UpdateLayout
 from mrff_secure.wire import tensors
 from server import checkpoint
-from server.audit import AuditLog, read_records, software_version
+from mrff_secure.audit_log import AuditLog, read_records, software_version
 from server.privacy import NetworkLedger
 
 

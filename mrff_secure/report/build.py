@@ -29,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mrff_secure.audit_log import read_records, verify
 from mrff_secure.errors import ConfigError
 
 REPORT_SCHEMA = "mrff-report/1"
@@ -237,8 +238,6 @@ def _training_report(folder: Path) -> dict[str, Any]:
 
 
 def _network_report(folder: Path, audit_public_key=None) -> dict[str, Any]:
-    from server.audit import read_records, verify
-
     log = folder / "audit.jsonl"
     check = verify(log, audit_public_key)
     records = read_records(log) if log.is_file() else []

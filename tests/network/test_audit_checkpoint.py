@@ -12,7 +12,7 @@ from client.state import UserStore
 from client.worker import parse_pause, parse_users
 from mrff_secure.errors import CheckpointError, ConfigError
 from server import checkpoint
-from server.audit import AuditLog, read_records, verify
+from mrff_secure.audit_log import AuditLog, read_records, verify
 
 
 def write_log(path, n=4):
