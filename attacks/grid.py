@@ -70,7 +70,7 @@ from mrff_secure.errors import ConfigError
 from mrff_secure.federation.privacy_pipeline import PrivacySettings
 from mrff_secure.federation.simulation import FederatedSimulation
 from mrff_secure.federation.threat_model import LOCAL_DP, PLAIN, SECAGG, SECAGG_DP, SUM_VIEWS
-from mrff_secure.report.build import source_commit
+from mrff_secure.provenance import source_commit
 
 GRID_THREAT_MODELS = (PLAIN, SECAGG, SECAGG_DP, LOCAL_DP)
 DP_THREAT_MODELS = (SECAGG_DP, LOCAL_DP)
