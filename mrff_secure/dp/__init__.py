@@ -1,11 +1,11 @@
-"""Differential privacy: clipping, noise mechanisms, accounting (opacus), calibration, `mrff privacy`.
+"""Differential privacy: clipping, noise mechanisms, accounting (opacus), calibration.
 
 Modules: ``config`` (DPConfig), ``clipping``, ``sensitivity`` (the unclipped count part),
 ``mechanisms`` (Gaussian, distributed discrete Gaussian, Skellam), ``rotation`` (randomized
 Hadamard), ``discretize`` (scaling, conditional rounding, modular clipping), ``distributed``
 (encode/decode plan for secure aggregation), ``accounting``, ``calibration``, ``ledger``,
 ``release`` (the one accounting of a training round, used by `mrff privacy`, `mrff train` and the
-coordinator), ``command`` (the CLI's logic).
+coordinator). The `mrff privacy` command is application code: `mrff_secure/app/privacy_command.py`.
 """
 
 from .accounting import (
@@ -19,7 +19,6 @@ from .accounting import (
 )
 from .calibration import epsilon_for_noise_multiplier, noise_multiplier_for_epsilon, resolve_noise_multiplier
 from .clipping import clip_l2, clip_prefix_l2
-from .command import privacy_main, privacy_report
 from .config import DPConfig, default_delta, min_survivors
 from .distributed import DistributedEncoder, DistributedPlan, choose_scale, plan_distributed
 from .ledger import PrivacyLedger
@@ -50,5 +49,5 @@ __all__ = [
     "compose_noise_multipliers", "count_part_sensitivity", "default_delta", "discrete_epsilon",
     "effective_noise_multiplier", "epsilon", "epsilon_for_noise_multiplier", "gaussian_epsilons",
     "local_upload_epsilon", "min_survivors", "noise_multiplier_for_epsilon", "plan_distributed",
-    "privacy_main", "privacy_report", "prv_epsilon", "rdp_epsilon", "resolve_noise_multiplier",
+    "prv_epsilon", "rdp_epsilon", "resolve_noise_multiplier",
 ]

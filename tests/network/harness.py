@@ -45,7 +45,7 @@ class Proc:
 
     def __init__(self, args: list[str], log: Path) -> None:
         self.log = open(log, "w")
-        self.popen = subprocess.Popen([sys.executable, "-m", "mrff_secure.cli"] + args, stdout=subprocess.PIPE,
+        self.popen = subprocess.Popen([sys.executable, "-m", "mrff_secure.app.cli"] + args, stdout=subprocess.PIPE,
                                       stderr=self.log, text=True, cwd=ROOT, env=_env())
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []

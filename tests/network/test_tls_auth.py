@@ -162,7 +162,7 @@ def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> 
     out = tmp_path / "cred.bin"
 
     def issue(key_file, *extra):
-        return subprocess.run([sys.executable, "-m", "mrff_secure.cli", "certs", "issue-client", "--certs", str(certs),
+        return subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "certs", "issue-client", "--certs", str(certs),
                                "--client-id", "5", "--identity-pub", str(key_file), "--out", str(out), *extra],
                               capture_output=True, text=True, cwd=harness.ROOT, env=harness._env(), timeout=60)
 
@@ -181,7 +181,7 @@ def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> 
     assert "identity authority's key" in issue(first, "--certs", str(tmp_path)).stderr
     (tmp_path / "garbage.pem").write_text("not a key")
     assert "client's identity public key" in issue(tmp_path / "garbage.pem").stderr
-    big = subprocess.run([sys.executable, "-m", "mrff_secure.cli", "certs", "issue-client", "--certs", str(certs),
+    big = subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "certs", "issue-client", "--certs", str(certs),
                           "--client-id", str(2**31), "--identity-pub", str(first), "--out", str(tmp_path / "x.bin")],
                          capture_output=True, text=True, cwd=harness.ROOT, env=harness._env(), timeout=60)
     assert big.returncode == 2 and "is outside" in big.stderr and not (tmp_path / "x.bin").exists()
@@ -194,7 +194,7 @@ def test_issue_client_bulk_form_refuses_to_rebind_without_force(tmp_path, certs)
     state = tmp_path / "state"
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "mrff_secure.cli", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", *args], capture_output=True, text=True,
                               cwd=harness.ROOT, env=harness._env(), timeout=60)
 
     def bulk(*extra):

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from mrff_secure import options
+from mrff_secure.app import options
 from mrff_secure.atomic import write_json_atomic
 from mrff_secure.errors import ConfigError, MrffError
 
@@ -30,19 +30,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                "no dataset file (default: derive it from --dataset)")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, with gRPC's own lines")
     options.add_options(p, "server")
-    p.set_defaults(handler="server.command:server_main")
+    p.set_defaults(handler="mrff_secure.app.server_command:server_main")
 
     sc = sub.add_parser("schema", help="write a dataset's public schema (no user rows) for `mrff server --schema`")
     sc.add_argument("--out", type=Path, required=True, help="the schema file to write")
     options.add_options(sc, "schema")
-    sc.set_defaults(handler="server.command:schema_main")
+    sc.set_defaults(handler="mrff_secure.app.server_command:schema_main")
 
     c = sub.add_parser("certs", help="make a development PKI (TLS CA, server/client certificates, signing key, "
                                      "identity authority); `mrff certs issue-client` certifies clients")
     c.add_argument("--out", type=Path, default=Path("certs"), help="the folder to write (default: certs)")
     c.add_argument("--host", action="append", default=[], help="extra server host name or IP (repeatable)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing PKI in --out")
-    c.set_defaults(handler="server.command:certs_main")
+    c.set_defaults(handler="mrff_secure.app.server_command:certs_main")
     csub = c.add_subparsers(dest="certs_command")
     i = csub.add_parser("issue-client", help="the identity authority certifies client identity keys (offline)",
                         description="Sign (client id -> identity key) with CERTS/identity-ca.key. One client: "
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--users", help="development form: ids like 0-99; keys and credentials in --state-dir")
     i.add_argument("--state-dir", type=Path, help="development form: the clients' state folder (user-<id>/)")
     i.add_argument("--force", action="store_true", help="replace a credential that binds the id to another key")
-    i.set_defaults(handler="server.command:issue_client_main")
+    i.set_defaults(handler="mrff_secure.app.server_command:issue_client_main")
 
     a = sub.add_parser("audit-log", help="inspect a run's hash-chained, signed audit log")
     asub = a.add_subparsers(dest="audit_command", required=True)
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "signing.pub for a run-local folder)")
     v.add_argument("--allow-unfinished", action="store_true",
                    help="exit 0 for an intact, signed log of a run that has not finished (yet)")
-    v.set_defaults(handler="server.command:audit_verify_main")
+    v.set_defaults(handler="mrff_secure.app.server_command:audit_verify_main")
 
     r = sub.add_parser("run-local", help="a server and P client processes on loopback, end to end")
     r.add_argument("--client-processes", type=int, default=2, help="client processes (default: 2)")
@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--client-seed", type=int, default=None, help="seed of the clients' dropout (default: random)")
     r.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     options.add_options(r, "run-local")
-    r.set_defaults(handler="server.command:run_local_main")
+    r.set_defaults(handler="mrff_secure.app.server_command:run_local_main")
 
 
 # ------------------------------------------------------------------ certs / audit
@@ -349,7 +349,7 @@ def run_local_main(args: argparse.Namespace) -> int:
     shared = options.write_config(run_dir, config, "run-local")
     security = ["--insecure"] if args.insecure else []
     verbose = ["-v"] if args.verbose else []
-    cmd = [sys.executable, "-m", "mrff_secure.cli"]
+    cmd = [sys.executable, "-m", "mrff_secure.app.cli"]
     server = subprocess.Popen(cmd + ["server", "--config", str(shared), "--run-dir", str(run_dir / "server"),
                                      "--address", "127.0.0.1:0", "--certs", str(certs.folder), "--linger", "30"]
                               + security + verbose, stdout=subprocess.PIPE, text=True)
