@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrff_secure import cli  # noqa: E402
+from mrff_secure.app import cli  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_SECONDS = 300.0

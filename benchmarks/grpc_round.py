@@ -45,7 +45,7 @@ def run_one(n: int, mode: str, *, processes: int, rounds: int, data_dir: Path, p
 
     run_dir = work / f"{mode}-{n}"
     data_args = ["--dataset", "kuaisar-r", "--data-dir", str(data_dir)]
-    cmd = [sys.executable, "-m", "mrff_secure.cli"]
+    cmd = [sys.executable, "-m", "mrff_secure.app.cli"]
     # the identity authority certifies every client (offline, before the run: not timed)
     subprocess.run(cmd + ["certs", "issue-client", "--certs", str(pki), "--users", f"0-{n - 1}", "--state-dir",
                           str(run_dir / "clients")], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -130,7 +130,7 @@ def main() -> int:
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="mrff-grpc-bench-") as tmp:
         work = Path(tmp)
-        subprocess.run([sys.executable, "-m", "mrff_secure.cli", "certs", "--out", str(work / "pki")], check=True,
+        subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "certs", "--out", str(work / "pki")], check=True,
                        cwd=ROOT, stdout=subprocess.DEVNULL)
         for n in args.sizes:
             for mode in args.modes:

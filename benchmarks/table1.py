@@ -44,7 +44,7 @@ AUC_STANDARD_ERROR_NOTE = "one held-out item per user: 1,791 labels, AUC standar
 
 def run_args(method: str, recipe: str, seed: int, args: argparse.Namespace, out: Path) -> list[str]:
     backbone, mrff = METHODS[method]
-    argv = [sys.executable, "-m", "mrff_secure.cli", "train", "--dataset", "kuaisar-r", "--data-dir",
+    argv = [sys.executable, "-m", "mrff_secure.app.cli", "train", "--dataset", "kuaisar-r", "--data-dir",
             str(args.data_dir), "--seed", str(seed), "--run-dir", str(out), "--no-progress", "--backbone", backbone]
     if not mrff:
         argv.append("--no-mrff")

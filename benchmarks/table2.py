@@ -48,7 +48,7 @@ def run_name(mode: str, z: float, rounds: int) -> str:
 
 def run_args(mode: str, z: float, rounds: int, clip: float, data_dir: Path, out: Path, eval_every: int,
              mechanism: str, noise_sampling: str) -> list[str]:
-    args = [sys.executable, "-m", "mrff_secure.cli", "train", "--dataset", "kuaisar-r", "--data-dir", str(data_dir),
+    args = [sys.executable, "-m", "mrff_secure.app.cli", "train", "--dataset", "kuaisar-r", "--data-dir", str(data_dir),
             "--rounds", str(rounds), "--seed", "0", "--run-dir", str(out), "--no-progress", "--eval-every", str(eval_every),
             "--dp", mode, "--clip", repr(clip), "--noise-multiplier", repr(z), "--clip-from-private-data"]
     if mode == "distributed":

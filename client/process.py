@@ -21,7 +21,7 @@ from mrff_secure.data.client_data import ClientData
 from mrff_secure.data.schema import PublicSchema
 from mrff_secure.errors import ConfigError, ConnectionFailed, MrffError
 from mrff_secure.federation.client_update import build_global
-from mrff_secure.federation.roles import Role, parameter_roles
+from mrff_secure.model.roles import Role, parameter_roles
 from mrff_secure.round.spec import Phase
 from mrff_secure.round.stages import step_named
 from mrff_secure.round.update_vector import UpdateLayout

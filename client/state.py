@@ -8,7 +8,8 @@
 A round's private parameters are committed only when the server reports the round completed
 (or a later announcement names it as the last completed round); otherwise they are discarded,
 so a crash or an aborted round never leaves a half-applied state. npz files are read with
-allow_pickle=False; damage raises CheckpointError naming the file.
+allow_pickle=False; damage raises CheckpointError naming the file. The identity key and the
+credential are the PKI's (`mrff_secure.pki.IdentityFiles`, which `mrff certs issue-client` uses too).
 """
 
 from __future__ import annotations
@@ -20,20 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mrff_secure.atomic import write_bytes_atomic
-from mrff_secure.errors import AuthenticationError, CheckpointError, ProtocolViolation
-from mrff_secure.secagg.identity import ClientCredential, verify_credential
+from mrff_secure.errors import CheckpointError
+from mrff_secure.pki import IdentityFiles
 
 ROUND_KEY = "__round__"
 
 
-class UserStore:
-    def __init__(self, root: Path, user: int) -> None:
-        self.folder = Path(root) / f"user-{user}"
-        self.user = user
+class UserStore(IdentityFiles):
+    """One logical client's folder: its identity (`IdentityFiles`) and its private parameters."""
 
     @property
     def private_path(self) -> Path:
@@ -42,60 +39,6 @@ class UserStore:
     @property
     def pending_path(self) -> Path:
         return self.folder / "pending.npz"
-
-    @property
-    def credential_path(self) -> Path:
-        return self.folder / "credential.bin"
-
-    def credential(self, authority_public_key: bytes) -> ClientCredential:
-        """This user's credential, checked against the identity authority and our own identity key."""
-        path = self.credential_path
-        try:
-            credential = ClientCredential.from_bytes(path.read_bytes())
-        except FileNotFoundError as exc:
-            raise CheckpointError(f"{path} is missing: run `mrff certs issue-client` for user {self.user} "
-                                  "(the identity authority certifies each client's identity key)") from exc
-        except (OSError, ProtocolViolation) as exc:
-            raise CheckpointError(f"{path} is not a readable credential: {exc}") from exc
-        if credential.client_id != self.user:
-            raise CheckpointError(f"{path} is not the identity authority's credential for user {self.user}: it "
-                                  f"certifies client {credential.client_id}; run `mrff certs issue-client` for "
-                                  f"user {self.user}")
-        try:
-            certified = verify_credential(authority_public_key, credential, client_id=self.user)
-        except AuthenticationError as exc:
-            raise CheckpointError(f"{path} is not the identity authority's credential for user {self.user}: it "
-                                  "does not verify under the identity authority's key (identity-ca.pub in --certs, "
-                                  "or --identity-ca); have it issued by that authority (`mrff certs issue-client`)"
-                                  ) from exc
-        if not self.identity_path.exists():
-            raise CheckpointError(f"{self.identity_path} is missing: the key {path} certifies is gone; make a new "
-                                  f"key (`mrff client-key`) and have it certified (`mrff certs issue-client --force`)")
-        if certified != self.identity_key().public_key().public_bytes_raw():
-            raise CheckpointError(f"{path} certifies another identity key than {self.identity_path}: have this key "
-                                  "certified (`mrff certs issue-client`)")
-        return credential
-
-    @property
-    def identity_path(self) -> Path:
-        return self.folder / "identity.key"
-
-    def identity_key(self) -> Ed25519PrivateKey:
-        """This user's Ed25519 identity key, made (mode 0600) on first use."""
-        path = self.identity_path
-        if path.exists():
-            try:
-                key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            except (ValueError, TypeError) as exc:
-                raise CheckpointError(f"{path} is not a readable private key: {exc}") from exc
-            if not isinstance(key, Ed25519PrivateKey):
-                raise CheckpointError(f"{path} is not an Ed25519 key")
-            return key
-        key = Ed25519PrivateKey.generate()
-        write_bytes_atomic(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                   serialization.NoEncryption()))
-        os.chmod(path, 0o600)
-        return key
 
     @staticmethod
     def _encode(tensors: dict[str, torch.Tensor], round_id: int) -> bytes:

@@ -1,6 +1,6 @@
 """A network run's results, in the files `mrff train` writes: metrics.jsonl, summary.json, training.png.
 
-Everything here is derived from the run's audit log (`server/audit.py`), so it says exactly what the
+Everything here is derived from the run's audit log (`mrff_secure/audit_log.py`), so it says exactly what the
 server saw and released, nothing more:
 
 RUN_DIR/metrics.jsonl  one line per round: completed or aborted, participants, survivors of each
@@ -147,7 +147,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def write_results(run_dir: Path) -> dict[str, Any]:
     """metrics.jsonl, summary.json and training.png of the run in `run_dir`, from its audit log."""
-    from server.audit import read_records
+    from mrff_secure.audit_log import read_records
 
     run_dir = Path(run_dir)
     records = read_records(run_dir / "audit.jsonl")

@@ -20,8 +20,8 @@ from google.protobuf.message import DecodeError
 from mrff_secure.wire import limits
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from mrff_secure.errors import ConfigError
+from mrff_secure.pki import read_file
 from server import errors
-from server.certs import read_file
 from server.coordinator import Coordinator
 
 log = logging.getLogger("mrff.server")

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mrff_secure import cli, options
+from mrff_secure.app import cli, options
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--synthetic-users", "12", "--maxlen", "6", "--attribute-dim", "4", "--no-progress"]
 
 
 def mrff(*argv: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mrff_secure.cli", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", *argv], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout, **kw)
 
 
@@ -43,7 +43,7 @@ def test_help_answers_in_under_a_second_without_torch_or_opacus():
         times.append(time.perf_counter() - start)
         assert result.returncode == 0 and "audit" in result.stdout
     assert sorted(times)[1] < 1.0, times  # the median of three, interpreter start included (4-5 s before)
-    probe = subprocess.run([sys.executable, "-c", "import sys, mrff_secure.cli as c; c.build_parser(); "
+    probe = subprocess.run([sys.executable, "-c", "import sys, mrff_secure.app.cli as c; c.build_parser(); "
                             "print(sorted(m for m in ('torch', 'opacus', 'grpc', 'pandas') if m in sys.modules))"],
                            capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert probe.stdout.strip() == "[]"
@@ -184,7 +184,7 @@ def test_ctrl_c_leaves_a_consistent_run_and_resume_gives_the_uninterrupted_resul
     reference = tmp_path / "reference"
     assert _train(reference) == 0
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "mrff_secure.cli", "train", "--rounds", "4", "--checkpoint-every", "2",
+    argv = [sys.executable, "-m", "mrff_secure.app.cli", "train", "--rounds", "4", "--checkpoint-every", "2",
             "--run-dir", str(run), *SMALL]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
@@ -259,7 +259,7 @@ def _wait_for_mapped(pid: int, library: str, timeout: float = 60.0) -> None:
 
 
 def test_ctrl_c_in_privacy_is_one_line_and_exit_130():
-    proc = subprocess.Popen([sys.executable, "-m", "mrff_secure.cli", "privacy", "--dp", "local", "--target-epsilon",
+    proc = subprocess.Popen([sys.executable, "-m", "mrff_secure.app.cli", "privacy", "--dp", "local", "--target-epsilon",
                              "3", "--rounds", "300", "--clients", "1000"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     _wait_for_sigint_handler(proc.pid)  # a SIGINT before Python's own handler kills the process (-2)
@@ -280,7 +280,7 @@ def test_ctrl_c_while_the_command_line_is_read_is_one_line_and_130(delay):
     # the defect: a SIGINT before main's handler (while the parser is built: slow under load) escaped as a
     # KeyboardInterrupt traceback and the process died of SIGINT (-2). A SIGINT during the interpreter's own
     # start-up (site) is Python's, before any of our code: the child says when our module is loaded.
-    code = ("import sys\nimport mrff_secure.cli as cli\nprint('loaded', flush=True)\n"
+    code = ("import sys\nimport mrff_secure.app.cli as cli\nprint('loaded', flush=True)\n"
             "sys.argv = ['mrff', 'privacy', '--dp', 'local', '--target-epsilon', '3', '--rounds', '300', "
             "'--clients', '1000']\ncli.entry()\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -299,7 +299,7 @@ def test_an_interrupt_after_the_command_returned_does_not_disturb_the_exit():
     # Python restores the default SIGINT action while it finalizes; `entry` ignores SIGINT once main has
     # returned, so a finished command keeps its exit code (an atexit hook interrupts during the exit)
     code = ("import atexit, os, signal, time\n"
-            "import mrff_secure.cli as cli\n"
+            "import mrff_secure.app.cli as cli\n"
             "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))\n"
             "cli.main = lambda: 0\n"
             "cli.entry()\n")

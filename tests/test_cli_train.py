@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mrff_secure.cli import main
+from mrff_secure.app.cli import main
 
 
 def test_train_writes_run_folder(tmp_path, capsys):
@@ -69,7 +69,7 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
 
 
 def test_console_script_runs():
-    result = subprocess.run([sys.executable, "-m", "mrff_secure.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "train" in result.stdout
 
 

@@ -56,7 +56,7 @@ def test_unreadable_schema_names_the_file(tmp_path) -> None:
 
 
 def test_mrff_schema_command_writes_a_schema_the_server_can_use(tmp_path) -> None:
-    from mrff_secure.cli import main
+    from mrff_secure.app.cli import main
 
     out = tmp_path / "schema.json"
     assert main(["schema", "--out", str(out), "--dataset", "synthetic", "--synthetic-users", "30", "--maxlen", "7"]) == 0

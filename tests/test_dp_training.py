@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrff_secure import cli
+from mrff_secure.app import cli
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
 from mrff_secure.dp import (
@@ -18,7 +18,7 @@ from mrff_secure.dp import (
     epsilon,
     local_upload_epsilon,
 )
-from mrff_secure.experiment import run_training
+from mrff_secure.app.experiment import run_training
 from mrff_secure.round.aggregate import apply_sum
 from mrff_secure.round.spec import PrivacySettings
 from mrff_secure.federation.privacy_summary import privacy_summary
@@ -162,7 +162,7 @@ def test_distributed_accounting_composes_both_phases_and_headlines_the_discrete_
 @pytest.mark.parametrize("mode", ["local", "distributed"])
 def test_calibrating_with_mrff_privacy_then_training_at_that_z_spends_the_target(data, tmp_path, mode):
     """D3: `mrff privacy --target-epsilon` and `mrff train` account a round the same way."""
-    from mrff_secure.dp.command import privacy_report
+    from mrff_secure.app.privacy_command import privacy_report
     from mrff_secure.federation.simulation import FederatedSimulation as Sim
 
     target, rounds, clip = 6.0, 3, 0.5

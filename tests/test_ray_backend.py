@@ -195,7 +195,7 @@ def test_the_ray_backend_refuses_what_it_cannot_run_the_same(local_ray, data):
 def _train(tmp_path, name, *extra):
     run = tmp_path / name
     done = subprocess.run(
-        [sys.executable, "-m", "mrff_secure.cli", "train", "--synthetic-users", "60", "--rounds", "2", "--blocks", "1",
+        [sys.executable, "-m", "mrff_secure.app.cli", "train", "--synthetic-users", "60", "--rounds", "2", "--blocks", "1",
          "--chunk-size", "16", "--run-dir", str(run), "--no-progress", *extra],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"})  # torch: 1 thread, as the actor
@@ -215,7 +215,7 @@ def test_mrff_train_backend_ray_writes_the_single_process_run(local_ray, tmp_pat
 
 
 def _audit(out, *extra):
-    from mrff_secure import cli
+    from mrff_secure.app import cli
 
     return cli.main(["audit", "--synthetic-users", "40", "--rounds-per-cell", "2", "--canaries", "40", "--levels", "0.3",
                      "--targets", "4", "--sampled-fraction", "0", "--no-progress", "--run-dir", str(out),
@@ -243,7 +243,7 @@ def test_ctrl_c_in_a_ray_run_keeps_the_run_folder_and_it_resumes(local_ray, tmp_
     import time
 
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "mrff_secure.cli", "train", "--synthetic-users", "60", "--rounds", "6", "--blocks",
+    argv = [sys.executable, "-m", "mrff_secure.app.cli", "train", "--synthetic-users", "60", "--rounds", "6", "--blocks",
             "1", "--chunk-size", "16", "--checkpoint-every", "1", "--run-dir", str(run), "--no-progress",
             "--backend", "ray", "--workers", "2"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -261,7 +261,7 @@ def test_ctrl_c_in_a_ray_run_keeps_the_run_folder_and_it_resumes(local_ray, tmp_
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "--resume" in err
     assert (run / "checkpoint.npz").exists() and not (run / "summary.json").exists()
-    from mrff_secure import cli
+    from mrff_secure.app import cli
 
     assert cli.main(["train", "--resume", "--run-dir", str(run), "--no-progress", "--backend", "single"]) == 0
     assert [json.loads(line)["round"] for line in metrics.read_text().splitlines()] == list(range(6))

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from mrff_secure import cli
+from mrff_secure.app import cli
 from mrff_secure.report import REPORT_SCHEMA, write_report
 from mrff_secure.report.tables import fmt
 from mrff_secure.report.write import verify_report_signature

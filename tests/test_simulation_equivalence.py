@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
-from mrff_secure.federation.roles import Role
+from mrff_secure.model.roles import Role
 from mrff_secure.federation.simulation import FederatedSimulation
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mrff_secure.cli import main
+from mrff_secure.app.cli import main
 
 COMMON = ["train", "--dataset", "synthetic", "--synthetic-users", "40", "--maxlen", "10", "--rounds", "2",
           "--seed", "3", "--checkpoint-every", "1", "--no-progress"]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mrff_secure.cli import main
+from mrff_secure.app.cli import main
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
 from mrff_secure.errors import ConfigError

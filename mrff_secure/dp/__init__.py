@@ -1,4 +1,4 @@
-"""Differential privacy: clipping, noise mechanisms, accounting (opacus), calibration, `mrff privacy`.
+"""Differential privacy: clipping, noise mechanisms, accounting (opacus), calibration.
 
 Modules: ``config`` (DPConfig), ``clipping``, ``sensitivity`` (the unclipped count part),
 ``mechanisms`` (Gaussian, distributed discrete Gaussian, Skellam), ``rotation`` (randomized

@@ -246,7 +246,7 @@ def resolve_noise_multiplier(config: DPConfig, *, rounds: int, sample_rate: floa
 
     NOT the accounting of a training round (no count part, amplification by sampling assumed, and
     under distributed DP not the discrete bound the run reports): runs and `mrff privacy` calibrate
-    with `dp.release.calibrate_noise_multiplier`.
+    with `round.accountant.calibrate_noise_multiplier`.
     """
     if not config.enabled:
         return 0.0

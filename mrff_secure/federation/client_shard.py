@@ -27,7 +27,7 @@ from mrff_secure.federation.local_training import LocalResult, predict_clients, 
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
 from mrff_secure.round.participant import update_vectors
 from mrff_secure.round.spec import Phase
-from mrff_secure.federation.roles import Role, parameter_roles
+from mrff_secure.model.roles import Role, parameter_roles
 from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.model import build_model
 from mrff_secure.model.layers import initial_user_vectors

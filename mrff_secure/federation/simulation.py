@@ -35,7 +35,7 @@ from mrff_secure.round.participant import group_one_hots, suppressed_groups
 from mrff_secure.federation.client_shard import ClientShard
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
 from mrff_secure.round.spec import Phase, PrivacySettings, ThreatModel
-from mrff_secure.federation.roles import parameter_roles
+from mrff_secure.model.roles import parameter_roles
 from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.metrics import auc, log_loss
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.federation.roles import Role
+from mrff_secure.model.roles import Role
 from mrff_secure.model.layers import (MLP, AttributeEmbedding, UserEmbedding, add_group_parameter, routed_group_weight,
                                       uniform_init_)
 

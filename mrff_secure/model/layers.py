@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrff_secure.data.client_data import AttributeTable
-from mrff_secure.federation.roles import Role
+from mrff_secure.model.roles import Role
 
 
 class AttributeEmbedding(nn.Module):

@@ -40,7 +40,7 @@ def feed_forward_part(ffn: nn.Module, x: torch.Tensor, real: torch.Tensor, user:
 
 
 class SequenceCTR(nn.Module):
-    """One user's sequential CTR model. Parameter roles come from module structure (see federation.roles).
+    """One user's sequential CTR model. Parameter roles come from module structure (see model.roles).
 
     Subclasses call `__init__` and then `_finish(blocks, final_norm)`; `uses_positions` says whether a
     learned absolute position embedding is added to the input (LLaMA-style models use rotary positions).

@@ -23,13 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mrff_secure.audit_log import read_records, verify
 from mrff_secure.errors import ConfigError
+from mrff_secure.provenance import source_commit
 
 REPORT_SCHEMA = "mrff-report/1"
 SCORE_COLUMNS = ("reconstruction_f1", "reconstruction_auc", "membership_auc", "attribute_advantage",
@@ -71,15 +72,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def source_commit() -> str:
-    """The git commit of this checkout ("unknown" outside a git checkout)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def dataset_checksum(config: dict[str, Any]) -> dict[str, Any]:
@@ -237,8 +229,6 @@ def _training_report(folder: Path) -> dict[str, Any]:
 
 
 def _network_report(folder: Path, audit_public_key=None) -> dict[str, Any]:
-    from server.audit import read_records, verify
-
     log = folder / "audit.jsonl"
     check = verify(log, audit_public_key)
     records = read_records(log) if log.is_file() else []

@@ -97,7 +97,7 @@ class RingSum:
 
 
 class InMemorySecAgg:
-    """The faithful path: one full secure-aggregation round (`secagg.inmemory.run_round`) at `finish`."""
+    """The faithful path: one full secure-aggregation round (`round.inmemory.run_round`) at `finish`."""
 
     def __init__(self, *, num_clients: int, dim: int, modulus_bits: int, round_id: int) -> None:
         if num_clients < 3:

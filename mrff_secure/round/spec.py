@@ -139,7 +139,7 @@ def _positive_int(name: str, value: object, low: int = 1) -> None:
 @dataclass(frozen=True)
 class RoundSpec:
     """What every participant of a networked round must agree on besides the model (sent signed by the
-    server). Every field is required: `mrff_secure.options` owns the defaults."""
+    server). Every field is required: `mrff_secure.app.options` owns the defaults."""
 
     local_steps: int
     optimizer: str

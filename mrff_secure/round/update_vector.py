@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mrff_secure.errors import ConfigError
-from mrff_secure.federation.roles import Role, parameter_roles
+from mrff_secure.model.roles import Role, parameter_roles
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,7 @@ def test_cells_refuse_impossible_levels():
 
 
 def test_the_grid_runs_from_its_module_command(tmp_path, capsys):
-    from attacks.grid import main
+    from mrff_secure.app.grid_command import main
 
     out = tmp_path / "grid.json"
     code = main(["--users", "30", "--rounds", "1", "--canaries", "20", "--levels", "1.0",

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from mrff_secure import cli
+from mrff_secure.app import cli
 from mrff_secure.dp.accounting import (
     PRV_MAX_GRID_POINTS,
     gaussian_epsilons,
@@ -25,7 +25,7 @@ from mrff_secure.dp.accounting import (
     rdp_epsilon,
 )
 from mrff_secure.dp.calibration import Z_MIN, noise_multiplier_for_epsilon, search_noise_multiplier
-from mrff_secure.dp.command import format_report, privacy_report
+from mrff_secure.app.privacy_command import format_report, privacy_report
 from mrff_secure.dp.ledger import PrivacyLedger
 from mrff_secure.round.accountant import RoundRelease, account_rounds, calibrate_release
 from mrff_secure.errors import ConfigError, PrivacyError

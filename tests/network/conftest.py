@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from server.certs import make_dev_pki
+from mrff_secure.pki import make_dev_pki
 
 
 @pytest.fixture(scope="session")

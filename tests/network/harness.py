@@ -45,7 +45,7 @@ class Proc:
 
     def __init__(self, args: list[str], log: Path) -> None:
         self.log = open(log, "w")
-        self.popen = subprocess.Popen([sys.executable, "-m", "mrff_secure.cli"] + args, stdout=subprocess.PIPE,
+        self.popen = subprocess.Popen([sys.executable, "-m", "mrff_secure.app.cli"] + args, stdout=subprocess.PIPE,
                                       stderr=self.log, text=True, cwd=ROOT, env=_env())
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
@@ -107,7 +107,7 @@ def start_server(tmp: Path, certs: Path, run_dir: Path, *, extra: list[str] = ()
 def issue_credentials(certs: Path, users: str, state_dir: Path) -> None:
     """The identity authority certifies the users' identity keys (made in their state folders if missing)."""
     from client.process import parse_users
-    from server.certs import CertPaths, issue_state_credentials
+    from mrff_secure.pki import CertPaths, issue_state_credentials
 
     issue_state_credentials(CertPaths(certs), parse_users(users), state_dir)
 

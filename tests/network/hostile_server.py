@@ -102,6 +102,6 @@ if __name__ == "__main__":
     if separator != "--":
         raise SystemExit("usage: hostile_server.py LIE -- SERVER-ARGS...")
     install(lie)
-    from mrff_secure.cli import main
+    from mrff_secure.app.cli import main
 
     sys.exit(main(["server", *server_args]))

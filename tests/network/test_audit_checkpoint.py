@@ -12,7 +12,7 @@ from client.state import UserStore
 from client.process import parse_pause, parse_users
 from mrff_secure.errors import CheckpointError, ConfigError
 from server import checkpoint
-from server.audit import AuditLog, read_records, verify
+from mrff_secure.audit_log import AuditLog, read_records, verify
 
 
 def write_log(path, n=4):
@@ -54,7 +54,7 @@ def test_audit_log_verify_command(tmp_path, capsys) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from mrff_secure.cli import main
+    from mrff_secure.app.cli import main
 
     key = Ed25519PrivateKey.generate()
     pub = tmp_path / "signing.pub"
@@ -150,7 +150,7 @@ def test_cli_value_parsing() -> None:
 
 
 def test_server_command_refuses_bad_run_folders(tmp_path, certs, capsys) -> None:
-    from mrff_secure.cli import main
+    from mrff_secure.app.cli import main
 
     base = ["--certs", str(certs), "--synthetic-users", "8", "--maxlen", "10", "--attribute-dim", "4"]
     assert main(["server", "--run-dir", str(tmp_path / "nothing"), "--resume", "--certs", str(certs)]) == 2

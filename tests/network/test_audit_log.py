@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mrff_secure.errors import CheckpointError
-from server.audit import AuditLog, read_records, record_digest, verify
+from mrff_secure.audit_log import AuditLog, read_records, record_digest, verify
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,7 @@ def _pem(key: Ed25519PrivateKey, folder: Path) -> Path:
 
 
 def _verify_cli(run_dir: Path, pub: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mrff_secure.cli", "audit-log", "verify", str(run_dir),
+    return subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "audit-log", "verify", str(run_dir),
                            "--signing-pub", str(pub), *extra], capture_output=True, text=True, cwd=ROOT, timeout=60)
 
 
@@ -127,7 +127,7 @@ def test_an_unsigned_log_and_a_missing_key_are_refused(tmp_path):
     _write_run(run / "audit.jsonl", None)  # a log written without a key: a chain anyone could rebuild
     key = Ed25519PrivateKey.generate()
     assert verify(run / "audit.jsonl", key.public_key()).problem.startswith("unsigned")
-    done = subprocess.run([sys.executable, "-m", "mrff_secure.cli", "audit-log", "verify", str(run), "--signing-pub",
+    done = subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "audit-log", "verify", str(run), "--signing-pub",
                            str(tmp_path / "missing.pub")], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 2 and "no signing public key" in done.stderr and "Traceback" not in done.stderr
 

@@ -1,7 +1,7 @@
 """A client that can never join stops within seconds with one line naming why (wrong CA, a server
 that requires a client certificate, a certificate for another host name, TLS against plaintext),
 nothing listening stops after a short retry, and a server that goes away after the first contact is
-waited for (--retry-timeout). The real `python -m mrff_secure.cli client`, default retry timeout.
+waited for (--retry-timeout). The real `python -m mrff_secure.app.cli client`, default retry timeout.
 Also: the transport's retry rules on scripted gRPC failures, and the one line per round."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from client import transport
 from client.transport import Connection, Transport, classify
 from client.report import RoundReporter, RoundResult
 from mrff_secure.errors import ConnectionFailed
-from server.certs import make_dev_pki
+from mrff_secure.pki import make_dev_pki
 from . import harness
 
 pytestmark = pytest.mark.timeout(240)

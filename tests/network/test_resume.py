@@ -56,14 +56,14 @@ def test_server_killed_after_round_2_resumes_at_round_3_with_same_final_model(tm
     assert [r["epsilon"]["rounds_accounted"] for r in rounds if r["type"] == "round"][-1] == \
         sum(r["type"] == "round" for r in rounds)  # the ledger survived the crash too
     assert records[-1]["type"] == "run_finished" and records[-1]["model_digest"] == rounds[3]["model_digest"]
-    verify = subprocess.run([sys.executable, "-m", "mrff_secure.cli", "audit-log", "verify", str(run_dir),
+    verify = subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "audit-log", "verify", str(run_dir),
                              "--signing-pub", str(certs / "signing.pub")],
                             capture_output=True, text=True, cwd=harness.ROOT, timeout=60)
     assert verify.returncode == 0, verify.stdout
     assert verify.returncode == 0 and verify.stdout.startswith("ok:"), verify.stdout
     # a finished run is not resumed: nothing is appended to its signed, finished log
     size = (run_dir / "audit.jsonl").stat().st_size
-    again = subprocess.run([sys.executable, "-m", "mrff_secure.cli", "server", "--run-dir", str(run_dir), "--resume",
+    again = subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "server", "--run-dir", str(run_dir), "--resume",
                             "--certs", str(certs), "--address", "127.0.0.1:0"],
                            capture_output=True, text=True, cwd=harness.ROOT, timeout=120)
     assert again.returncode == 2 and "has finished" in again.stderr and "Traceback" not in again.stderr

@@ -59,7 +59,7 @@ def simulated_run(rounds: int) -> tuple[list[str], list[dict]]:
 def test_secure_dp_rounds_over_grpc_equal_the_simulation_bit_for_bit(tmp_path) -> None:
     run_dir = tmp_path / "local"
     done = subprocess.run(
-        [sys.executable, "-m", "mrff_secure.cli", "run-local", "--client-processes", "2", "--clients", str(USERS),
+        [sys.executable, "-m", "mrff_secure.app.cli", "run-local", "--client-processes", "2", "--clients", str(USERS),
          "--run-dir", str(run_dir), "--client-seed", "0", "--insecure-reproducible-noise", "--rounds", "2",
          "--dp", "distributed", "--clip", "1.0", "--noise-multiplier", "0.5", "--min-group-size", "2",
          "--stage-timeout", "60", "--timeout", "250"]

@@ -12,7 +12,7 @@ from mrff_secure.wire import limits, signing
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
 from mrff_secure.secagg.identity import ClientCredential, issue_credential
-from server.certs import make_dev_pki
+from mrff_secure.pki import make_dev_pki
 from . import harness
 
 pytestmark = pytest.mark.timeout(240)
@@ -162,7 +162,7 @@ def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> 
     out = tmp_path / "cred.bin"
 
     def issue(key_file, *extra):
-        return subprocess.run([sys.executable, "-m", "mrff_secure.cli", "certs", "issue-client", "--certs", str(certs),
+        return subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "certs", "issue-client", "--certs", str(certs),
                                "--client-id", "5", "--identity-pub", str(key_file), "--out", str(out), *extra],
                               capture_output=True, text=True, cwd=harness.ROOT, env=harness._env(), timeout=60)
 
@@ -181,7 +181,7 @@ def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> 
     assert "identity authority's key" in issue(first, "--certs", str(tmp_path)).stderr
     (tmp_path / "garbage.pem").write_text("not a key")
     assert "client's identity public key" in issue(tmp_path / "garbage.pem").stderr
-    big = subprocess.run([sys.executable, "-m", "mrff_secure.cli", "certs", "issue-client", "--certs", str(certs),
+    big = subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "certs", "issue-client", "--certs", str(certs),
                           "--client-id", str(2**31), "--identity-pub", str(first), "--out", str(tmp_path / "x.bin")],
                          capture_output=True, text=True, cwd=harness.ROOT, env=harness._env(), timeout=60)
     assert big.returncode == 2 and "is outside" in big.stderr and not (tmp_path / "x.bin").exists()
@@ -194,7 +194,7 @@ def test_issue_client_bulk_form_refuses_to_rebind_without_force(tmp_path, certs)
     state = tmp_path / "state"
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "mrff_secure.cli", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", *args], capture_output=True, text=True,
                               cwd=harness.ROOT, env=harness._env(), timeout=60)
 
     def bulk(*extra):
@@ -202,7 +202,7 @@ def test_issue_client_bulk_form_refuses_to_rebind_without_force(tmp_path, certs)
 
     assert bulk().returncode == 0
     authority = (certs / "identity-ca.pub")
-    from server.certs import load_authority_public_key
+    from mrff_secure.pki import load_authority_public_key
 
     for user in range(3):
         client_store(state, user).credential(load_authority_public_key(authority))  # made keys, certified them

@@ -18,7 +18,7 @@ audit is inconclusive (no attack had power, or the canary audit that R1-R3 rest 
 attack without power is named in R0 and its results prove nothing), 2 on a usage error (a bad
 option or configuration), 1 on other errors (unreadable data).
 
-`--config FILE`: the TOML run configuration shared by every command (`mrff_secure.options`): the audit
+`--config FILE`: the TOML run configuration shared by every command (`mrff_secure.app.options`): the audit
 reads [data] dataset, data_dir, recbole_name, synthetic_users; [privacy] clip; and its own [audit]
 table (rounds_per_cell, canaries, levels, targets, seeds, sampled_fraction, cells, confidence,
 misreport_noise). Flags and --set win over the file.
@@ -34,7 +34,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mrff_secure import options
+from mrff_secure.app import options
 from mrff_secure.atomic import write_json_atomic
 from mrff_secure.errors import ConfigError
 
@@ -229,7 +229,7 @@ def exit_code(rules: dict[str, Any]) -> int:
 
 
 def audit_main(args: argparse.Namespace) -> int:
-    """`mrff audit` (parser in mrff_secure.cli); errors propagate to the CLI's one-line handler."""
+    """`mrff audit` (parser in mrff_secure.app.cli); errors propagate to the CLI's one-line handler."""
     from mrff_secure.report import write_report
 
     if args.workers < 1 or args.workers > (os.cpu_count() or 1) * 4:

@@ -1,8 +1,9 @@
 """`mrff ...`: the command line. Thin: parse, resolve the configuration, call the library, print.
 
-Building the parser imports nothing heavy (every option comes from `mrff_secure.options`; each
-command's handler is named "module:function" and imported when it runs), so `mrff --help` answers
-at once. Exit codes, for every command: 0 done (for `mrff audit`: every claim holds), 1 a runtime
+Building the parser imports nothing heavy (every option comes from `mrff_secure.app.options`, the
+network commands' parsers from `server_command` and `client_command`, which import nothing heavy at
+the top; each command's handler is named "module:function" and imported when it runs), so `mrff --help`
+answers at once. Exit codes, for every command: 0 done (for `mrff audit`: every claim holds), 1 a runtime
 failure (one line naming it), 2 a user mistake (one line naming the flag), 3 `mrff audit`: a claim
 fails or the audit is inconclusive, 130 interrupted (Ctrl-C; the run folder stays consistent).
 """
@@ -18,8 +19,9 @@ import sys
 from pathlib import Path
 
 from mrff_secure import __version__
+from mrff_secure.app import client_command, server_command
+from mrff_secure.app.options import add_options
 from mrff_secure.errors import ConfigError, MrffError
-from mrff_secure.options import add_options
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -50,7 +52,7 @@ def _add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     add_options(p, "train")
-    p.set_defaults(handler="mrff_secure.train_command:train_main")
+    p.set_defaults(handler="mrff_secure.app.train_command:train_main")
 
 
 def _add_privacy(sub) -> None:
@@ -65,7 +67,7 @@ def _add_privacy(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     add_options(p, "privacy")
-    p.set_defaults(handler="mrff_secure.dp.command:privacy_main")
+    p.set_defaults(handler="mrff_secure.app.privacy_command:privacy_main")
 
 
 def _add_audit(sub) -> None:
@@ -80,7 +82,7 @@ def _add_audit(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     add_options(p, "audit")
-    p.set_defaults(handler="attacks.audit:audit_main")
+    p.set_defaults(handler="mrff_secure.app.audit_command:audit_main")
 
 
 def _add_report(sub) -> None:
@@ -103,11 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_privacy(sub)
     _add_audit(sub)
     _add_report(sub)
-    from client.command import register as register_client
-    from server.command import register as register_server
-
-    register_server(sub)
-    register_client(sub)
+    server_command.register(sub)
+    client_command.register(sub)
     return parser
 
 

@@ -45,7 +45,7 @@ from mrff_secure.data.client_data import ClientData
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
 from mrff_secure.federation.privacy_summary import privacy_summary
 from mrff_secure.round.spec import PrivacySettings
-from mrff_secure.federation.roles import Role
+from mrff_secure.model.roles import Role
 from mrff_secure.federation.simulation import FederatedSimulation
 from mrff_secure.metrics import apply_temperature, auc_confidence_interval, fit_temperature, log_loss
 

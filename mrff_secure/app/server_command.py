@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from mrff_secure import options
+from mrff_secure.app import options
 from mrff_secure.atomic import write_json_atomic
 from mrff_secure.errors import ConfigError, MrffError
 
@@ -30,19 +30,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                "no dataset file (default: derive it from --dataset)")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, with gRPC's own lines")
     options.add_options(p, "server")
-    p.set_defaults(handler="server.command:server_main")
+    p.set_defaults(handler="mrff_secure.app.server_command:server_main")
 
     sc = sub.add_parser("schema", help="write a dataset's public schema (no user rows) for `mrff server --schema`")
     sc.add_argument("--out", type=Path, required=True, help="the schema file to write")
     options.add_options(sc, "schema")
-    sc.set_defaults(handler="server.command:schema_main")
+    sc.set_defaults(handler="mrff_secure.app.server_command:schema_main")
 
     c = sub.add_parser("certs", help="make a development PKI (TLS CA, server/client certificates, signing key, "
                                      "identity authority); `mrff certs issue-client` certifies clients")
     c.add_argument("--out", type=Path, default=Path("certs"), help="the folder to write (default: certs)")
     c.add_argument("--host", action="append", default=[], help="extra server host name or IP (repeatable)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing PKI in --out")
-    c.set_defaults(handler="server.command:certs_main")
+    c.set_defaults(handler="mrff_secure.app.server_command:certs_main")
     csub = c.add_subparsers(dest="certs_command")
     i = csub.add_parser("issue-client", help="the identity authority certifies client identity keys (offline)",
                         description="Sign (client id -> identity key) with CERTS/identity-ca.key. One client: "
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--users", help="development form: ids like 0-99; keys and credentials in --state-dir")
     i.add_argument("--state-dir", type=Path, help="development form: the clients' state folder (user-<id>/)")
     i.add_argument("--force", action="store_true", help="replace a credential that binds the id to another key")
-    i.set_defaults(handler="server.command:issue_client_main")
+    i.set_defaults(handler="mrff_secure.app.server_command:issue_client_main")
 
     a = sub.add_parser("audit-log", help="inspect a run's hash-chained, signed audit log")
     asub = a.add_subparsers(dest="audit_command", required=True)
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "signing.pub for a run-local folder)")
     v.add_argument("--allow-unfinished", action="store_true",
                    help="exit 0 for an intact, signed log of a run that has not finished (yet)")
-    v.set_defaults(handler="server.command:audit_verify_main")
+    v.set_defaults(handler="mrff_secure.app.server_command:audit_verify_main")
 
     r = sub.add_parser("run-local", help="a server and P client processes on loopback, end to end")
     r.add_argument("--client-processes", type=int, default=2, help="client processes (default: 2)")
@@ -83,12 +83,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--client-seed", type=int, default=None, help="seed of the clients' dropout (default: random)")
     r.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     options.add_options(r, "run-local")
-    r.set_defaults(handler="server.command:run_local_main")
+    r.set_defaults(handler="mrff_secure.app.server_command:run_local_main")
 
 
 # ------------------------------------------------------------------ certs / audit
 def certs_main(args: argparse.Namespace) -> int:
-    from server.certs import make_dev_pki
+    from mrff_secure.pki import make_dev_pki
 
     options.writable_folder(args.out, "--out")
     paths = make_dev_pki(args.out, hosts=args.host, overwrite=args.overwrite)
@@ -114,7 +114,7 @@ def schema_main(args: argparse.Namespace) -> int:
 
 def issue_client_main(args: argparse.Namespace) -> int:
     from client.process import parse_users
-    from server.certs import CertPaths, issue_client_credential, issue_state_credentials, load_identity_public_key
+    from mrff_secure.pki import CertPaths, issue_client_credential, issue_state_credentials, load_identity_public_key
 
     paths = CertPaths(args.certs)
     if args.out is not None:
@@ -137,7 +137,7 @@ def issue_client_main(args: argparse.Namespace) -> int:
 
 def audit_verify_main(args: argparse.Namespace) -> int:
     from mrff_secure.wire import signing
-    from server.audit import find_log, verify
+    from mrff_secure.audit_log import find_log, verify
 
     log_path = find_log(args.run_dir)
     key_path = args.signing_pub
@@ -258,7 +258,7 @@ def _resolve_server(args: argparse.Namespace) -> dict:
 def server_main(args: argparse.Namespace) -> int:
     from mrff_secure.data.schema import PublicSchema
     from mrff_secure.dp.config import default_delta
-    from server.certs import CertPaths, load_authority_public_key
+    from mrff_secure.pki import CertPaths, load_authority_public_key
     from server.coordinator import Coordinator
     from server.service import TlsFiles, create_server
     from mrff_secure.wire import signing
@@ -311,7 +311,7 @@ def server_main(args: argparse.Namespace) -> int:
     coordinator.audit.close()
     if coordinator.error is not None:
         raise MrffError(f"coordinator failed: {coordinator.error}")
-    from server.audit import read_records
+    from mrff_secure.audit_log import read_records
     from server.results import write_results
 
     write_results(run_dir)  # metrics.jsonl, summary.json, training.png, as mrff train writes them
@@ -327,8 +327,8 @@ def server_main(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ run-local
 def run_local_main(args: argparse.Namespace) -> int:
-    from server.audit import read_records, verify
-    from server.certs import CertPaths, issue_state_credentials, make_dev_pki
+    from mrff_secure.audit_log import read_records, verify
+    from mrff_secure.pki import CertPaths, issue_state_credentials, make_dev_pki
 
     config = options.resolve(args, "run-local")
     if args.client_processes < 1:
@@ -349,7 +349,7 @@ def run_local_main(args: argparse.Namespace) -> int:
     shared = options.write_config(run_dir, config, "run-local")
     security = ["--insecure"] if args.insecure else []
     verbose = ["-v"] if args.verbose else []
-    cmd = [sys.executable, "-m", "mrff_secure.cli"]
+    cmd = [sys.executable, "-m", "mrff_secure.app.cli"]
     server = subprocess.Popen(cmd + ["server", "--config", str(shared), "--run-dir", str(run_dir / "server"),
                                      "--address", "127.0.0.1:0", "--certs", str(certs.folder), "--linger", "30"]
                               + security + verbose, stdout=subprocess.PIPE, text=True)

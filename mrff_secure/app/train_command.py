@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from mrff_secure import options
+from mrff_secure.app import options
 from mrff_secure.errors import ConfigError
 
 RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "checkpoint.npz", "report.json", "report.md",
@@ -105,7 +105,7 @@ def train_main(args: argparse.Namespace) -> int:
     _prepare_run_dir(args)
 
     from mrff_secure.config import FederationConfig
-    from mrff_secure.experiment import OPERATOR_ONLY, TrainingInterrupted, run_training
+    from mrff_secure.app.experiment import OPERATOR_ONLY, TrainingInterrupted, run_training
 
     data = options.load_dataset(args)
     model_config = options.model_config(args, data.maxlen)

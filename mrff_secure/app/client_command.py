@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from mrff_secure import options
+from mrff_secure.app import options
 from mrff_secure.errors import ConfigError
 
 
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fault injection for tests: stop after submitting this stage and wait to be killed")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, with gRPC's own lines")
     options.add_options(p, "client")
-    p.set_defaults(handler="client.command:client_main")
+    p.set_defaults(handler="mrff_secure.app.client_command:client_main")
 
     k = sub.add_parser("client-key", help="make the users' identity keys and export their public keys for the "
                                           "identity authority (`mrff certs issue-client --identity-pub`)")
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the clients' state folder: keys are made in user-<id>/identity.key if missing "
                         "(default: client-state)")
     k.add_argument("--out-dir", type=Path, required=True, help="where to write user-<id>.pub (public keys only)")
-    k.set_defaults(handler="client.command:client_key_main")
+    k.set_defaults(handler="mrff_secure.app.client_command:client_key_main")
 
 
 def client_key_main(args: argparse.Namespace) -> int:
@@ -93,7 +93,7 @@ def client_main(args: argparse.Namespace) -> int:
 
     from client.process import Connection, parse_pause, parse_users, run_process
     from client.policy import ClientPolicy
-    from server.certs import CertPaths, load_authority_public_key, read_file
+    from mrff_secure.pki import CertPaths, load_authority_public_key, read_file
     from mrff_secure.wire import signing
 
     options.resolve(args, "client")

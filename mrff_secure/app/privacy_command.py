@@ -1,6 +1,6 @@
 """The ``mrff privacy`` subcommand: epsilon for a noise multiplier, or the multiplier for a target.
 
-``mrff_secure/cli.py`` builds the parser from the shared options (`mrff_secure.options`) and calls
+``mrff_secure/app/cli.py`` builds the parser from the shared options (`mrff_secure.app.options`) and calls
 :func:`privacy_main` with the parsed arguments. The numbers come from :func:`privacy_report`
 (a pure function returning a JSON-able dict), which describes the round with `release.RoundRelease`
 and accounts it with `release.account_rounds` / `release.calibrate_noise_multiplier`: the same
@@ -22,11 +22,17 @@ import json
 import math
 from typing import Any
 
-from mrff_secure.errors import ConfigError
-
-from .accounting import json_epsilon
-from .config import DPConfig
-from mrff_secure.round.accountant import RoundRelease, account_rounds, calibrate_release, participants_per_round, privacy_warnings
+from mrff_secure.app import options
+from mrff_secure.dp.accounting import json_epsilon
+from mrff_secure.dp.config import DPConfig
+from mrff_secure.round.accountant import (
+    RoundRelease,
+    account_rounds,
+    calibrate_release,
+    participants_per_round,
+    privacy_warnings,
+)
+from mrff_secure.errors import ConfigError, MrffError
 
 
 def _jsonable(value: Any) -> Any:
@@ -154,9 +160,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def privacy_main(args: argparse.Namespace) -> int:
-    """Run ``mrff privacy`` (parser in mrff_secure.cli, options from mrff_secure.options); print the report."""
-    from mrff_secure import options
-
+    """Run ``mrff privacy`` (parser in mrff_secure.app.cli, options from mrff_secure.app.options); print the report."""
     options.resolve(args, "privacy")
     if args.dp == "off":
         raise ConfigError("--dp off adds no noise: epsilon is inf. Give --dp local or --dp distributed")

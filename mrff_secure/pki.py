@@ -1,12 +1,14 @@
-"""`mrff certs`: a development PKI made with `cryptography` alone.
+"""The deployment's PKI, shared by server and client: a development PKI made with `cryptography` alone,
+the identity authority's credentials, and each client's identity key on disk.
 
-Writes into one folder: ca.crt / ca.key (a self-signed TLS CA), server.crt / server.key (SANs:
-localhost, 127.0.0.1 and any --host), client.crt / client.key (for mutual TLS), signing.key /
-signing.pub (Ed25519: the server signs round parameters, clients verify them) and
-identity-ca.key / identity-ca.pub (Ed25519: the identity authority, which certifies each client's
-identity key; keep identity-ca.key offline, away from the server). `mrff certs issue-client`
-issues one credential per client (mrff_secure.secagg.identity). Private keys are written
-atomically with mode 0600. For development and tests, not production.
+`make_dev_pki` (`mrff certs`) writes into one folder: ca.crt / ca.key (a self-signed TLS CA),
+server.crt / server.key (SANs: localhost, 127.0.0.1 and any --host), client.crt / client.key (for
+mutual TLS), signing.key / signing.pub (Ed25519: the server signs round parameters, clients verify
+them) and identity-ca.key / identity-ca.pub (Ed25519: the identity authority, which certifies each
+client's identity key; keep identity-ca.key offline, away from the server). `mrff certs issue-client`
+issues one credential per client (mrff_secure.secagg.identity). `IdentityFiles` is one client's
+identity key and credential in its state folder. Private keys are written atomically with mode 0600.
+For development and tests, not production.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mrff_secure.atomic import write_bytes_atomic
-from mrff_secure.errors import ConfigError, ProtocolViolation
+from mrff_secure.errors import AuthenticationError, CheckpointError, ConfigError, ProtocolViolation
 from mrff_secure.secagg.config import MAX_CLIENT_ID
-from mrff_secure.secagg.identity import ClientCredential, issue_credential
+from mrff_secure.secagg.identity import ClientCredential, issue_credential, verify_credential
 
 VALIDITY_DAYS = 365
 
@@ -43,6 +45,72 @@ class CertPaths:
         if name not in files:
             raise AttributeError(name)
         return self.folder / files[name]
+
+
+class IdentityFiles:
+    """One logical client's identity in its state folder (STATE_DIR/user-<id>/):
+
+        identity.key    its Ed25519 identity key (PEM, mode 0600), made on first use
+        credential.bin  the identity authority's credential for that key (`mrff certs issue-client`)
+    """
+
+    def __init__(self, root: Path, user: int) -> None:
+        self.folder = Path(root) / f"user-{user}"
+        self.user = user
+
+    @property
+    def credential_path(self) -> Path:
+        return self.folder / "credential.bin"
+
+    @property
+    def identity_path(self) -> Path:
+        return self.folder / "identity.key"
+
+    def credential(self, authority_public_key: bytes) -> ClientCredential:
+        """This user's credential, checked against the identity authority and our own identity key."""
+        path = self.credential_path
+        try:
+            credential = ClientCredential.from_bytes(path.read_bytes())
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"{path} is missing: run `mrff certs issue-client` for user {self.user} "
+                                  "(the identity authority certifies each client's identity key)") from exc
+        except (OSError, ProtocolViolation) as exc:
+            raise CheckpointError(f"{path} is not a readable credential: {exc}") from exc
+        if credential.client_id != self.user:
+            raise CheckpointError(f"{path} is not the identity authority's credential for user {self.user}: it "
+                                  f"certifies client {credential.client_id}; run `mrff certs issue-client` for "
+                                  f"user {self.user}")
+        try:
+            certified = verify_credential(authority_public_key, credential, client_id=self.user)
+        except AuthenticationError as exc:
+            raise CheckpointError(f"{path} is not the identity authority's credential for user {self.user}: it "
+                                  "does not verify under the identity authority's key (identity-ca.pub in --certs, "
+                                  "or --identity-ca); have it issued by that authority (`mrff certs issue-client`)"
+                                  ) from exc
+        if not self.identity_path.exists():
+            raise CheckpointError(f"{self.identity_path} is missing: the key {path} certifies is gone; make a new "
+                                  f"key (`mrff client-key`) and have it certified (`mrff certs issue-client --force`)")
+        if certified != self.identity_key().public_key().public_bytes_raw():
+            raise CheckpointError(f"{path} certifies another identity key than {self.identity_path}: have this key "
+                                  "certified (`mrff certs issue-client`)")
+        return credential
+
+    def identity_key(self) -> Ed25519PrivateKey:
+        """This user's Ed25519 identity key, made (mode 0600) on first use."""
+        path = self.identity_path
+        if path.exists():
+            try:
+                key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            except (ValueError, TypeError) as exc:
+                raise CheckpointError(f"{path} is not a readable private key: {exc}") from exc
+            if not isinstance(key, Ed25519PrivateKey):
+                raise CheckpointError(f"{path} is not an Ed25519 key")
+            return key
+        key = Ed25519PrivateKey.generate()
+        write_bytes_atomic(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+        os.chmod(path, 0o600)
+        return key
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -184,12 +252,10 @@ def issue_state_credentials(paths: CertPaths, users: list[int], state_dir: Path,
     """Development form: make each user's identity key in its client state folder (if missing) and write
     its credential there (STATE_DIR/user-<id>/credential.bin). Every user is checked before any
     credential is written, so a refusal leaves the folder as it was. Returns the number issued."""
-    from client.state import UserStore
-
     for user in users:
         _check_client_id(user)
     authority = load_authority_key(paths)
-    stores = [UserStore(state_dir, user) for user in users]
+    stores = [IdentityFiles(state_dir, user) for user in users]
     keys = [store.identity_key().public_key().public_bytes_raw() for store in stores]
     problems = [p for p in (_conflict(s.credential_path, s.user, k) for s, k in zip(stores, keys)) if p]
     if problems and not force:
