@@ -19,9 +19,9 @@ import numpy as np
 
 from attacks.protocol_round import Round
 from mrff_secure.errors import SecAggError
+from mrff_secure.round.inmemory import make_identities, wire
 from mrff_secure.secagg.config import SecAggConfig
 from mrff_secure.secagg.context import SessionContext
-from mrff_secure.round.inmemory import make_identities, wire
 from mrff_secure.secagg.messages import SurvivorList, UnmaskRequest
 from mrff_secure.secagg.policy import SecAggPolicy
 

@@ -28,9 +28,9 @@ from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import AttributeTable, ClientData
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.simulation import ServerView
+from mrff_secure.model.layers import initial_user_vectors
 from mrff_secure.round.spec import INDIVIDUAL_VIEWS, SUM_VIEWS, require_view
 from mrff_secure.round.update_vector import UpdateLayout
-from mrff_secure.model.layers import initial_user_vectors
 
 USER_FACING_WEIGHT = "predict.layers.0.weight"
 

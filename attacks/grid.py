@@ -63,13 +63,12 @@ from attacks.scores import accuracy_standard_error, auc_standard_error
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.dp import DPConfig
-from mrff_secure.round.accountant import account_rounds
 from mrff_secure.errors import ConfigError
-from mrff_secure.round.spec import PrivacySettings
 from mrff_secure.federation.privacy_summary import privacy_summary
 from mrff_secure.federation.simulation import FederatedSimulation
-from mrff_secure.round.spec import SUM_VIEWS, SecureAggregation, ThreatModel
 from mrff_secure.provenance import source_commit
+from mrff_secure.round.accountant import account_rounds
+from mrff_secure.round.spec import SUM_VIEWS, PrivacySettings, SecureAggregation, ThreatModel
 
 GRID_THREAT_MODELS = (ThreatModel.PLAIN, ThreatModel.SECAGG, ThreatModel.SECAGG_DP, ThreatModel.LOCAL_DP)
 DP_THREAT_MODELS = (ThreatModel.SECAGG_DP, ThreatModel.LOCAL_DP)

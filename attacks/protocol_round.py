@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from mrff_secure.round.inmemory import Identities, make_identities, simulation_policy, wire
+from mrff_secure.round.stages import BY_STAGE
 from mrff_secure.secagg import masking, packing, primitives, shamir
 from mrff_secure.secagg.client import ClientSession
 from mrff_secure.secagg.config import SecAggConfig
@@ -23,20 +25,18 @@ from mrff_secure.secagg.context import SessionContext
 from mrff_secure.secagg.encoding import from_ring
 from mrff_secure.secagg.graph import graph_seed
 from mrff_secure.secagg.identity import issue_credential
-from mrff_secure.round.inmemory import Identities, make_identities, simulation_policy, wire
 from mrff_secure.secagg.messages import (
-    Message,
     ConsistencySignature,
     MaskedInput,
+    Message,
     Neighbourhood,
     ParticipantSet,
     ShareDelivery,
     consistency_payload,
 )
-from mrff_secure.round.stages import BY_STAGE
 from mrff_secure.secagg.policy import SecAggPolicy
-from mrff_secure.secagg.stages import Stage
 from mrff_secure.secagg.server import AggregateResult, ServerSession
+from mrff_secure.secagg.stages import Stage
 
 
 def derive(seed: bytes, *labels: object) -> bytes:

@@ -45,17 +45,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cryptography  # noqa: E402
 
 from mrff_secure.errors import AggregationAborted  # noqa: E402
+from mrff_secure.round.inmemory import Identities, make_identities, simulation_policy  # noqa: E402
+from mrff_secure.round.stages import STAGES as ROUND_STAGES  # noqa: E402
+from mrff_secure.round.stages import delivery_bytes  # noqa: E402
 from mrff_secure.secagg import identity as identity_module  # noqa: E402
 from mrff_secure.secagg import primitives, shamir  # noqa: E402
 from mrff_secure.secagg.config import SecAggConfig  # noqa: E402
 from mrff_secure.secagg.context import SessionContext  # noqa: E402
-from mrff_secure.round.inmemory import Identities, make_identities, simulation_policy  # noqa: E402
-from mrff_secure.round.stages import STAGES as ROUND_STAGES  # noqa: E402
-from mrff_secure.round.stages import delivery_bytes  # noqa: E402
 from mrff_secure.secagg.messages import MaskedInput  # noqa: E402
-from mrff_secure.secagg.stages import Stage  # noqa: E402
 from mrff_secure.secagg.policy import SecAggPolicy  # noqa: E402
 from mrff_secure.secagg.server import ServerSession  # noqa: E402
+from mrff_secure.secagg.stages import Stage  # noqa: E402
 
 LEVELS = 2**15  # quantization levels per side: 16-bit values before summing
 STAGES = ["session_setup", "advertise_keys", "reveal_seed", "share_keys", "masked_input", "consistency_check",

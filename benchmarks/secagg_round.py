@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-from contextlib import contextmanager
 import json
 import os
 import pstats
@@ -69,6 +68,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -84,13 +84,13 @@ from secagg import (  # noqa: E402
     recoverable_dropouts,
 )
 
+from mrff_secure.round.inmemory import make_identities, simulation_policy  # noqa: E402
 from mrff_secure.secagg import identity as identity_module  # noqa: E402
 from mrff_secure.secagg import masking, packing, primitives, shamir  # noqa: E402
 from mrff_secure.secagg.config import SecAggConfig, guard_bits  # noqa: E402
 from mrff_secure.secagg.context import SessionContext  # noqa: E402
 from mrff_secure.secagg.encoding import to_ring  # noqa: E402
 from mrff_secure.secagg.graph import graph_seed, neighbours_of  # noqa: E402
-from mrff_secure.round.inmemory import make_identities, simulation_policy  # noqa: E402
 from mrff_secure.secagg.messages import (  # noqa: E402
     PURPOSE_GRAPH_SEED,
     AdvertiseKeys,
@@ -223,7 +223,7 @@ def measure_floor(server, context, config: SecAggConfig, sample: list[int]) -> d
 def unit_costs(config: SecAggConfig, reps: int = 200, which: int = 0) -> dict:
     """Median per-call times (seconds; which=0 wall, 1 CPU) of the primitives the protocol calls, keyed
     like the call counts of `counting_primitives` (verify, agree and expand_mask come from the floor)."""
-    d, bits, k, t = config.vector_length, config.bits, config.k, config.t
+    k, t = config.k, config.t
     key = os.urandom(32)
     identity = primitives.generate_identity_key()
     message = os.urandom(300)

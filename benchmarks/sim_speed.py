@@ -92,9 +92,9 @@ def round_phases(sim, data, top: int = 12) -> dict:
 
 
 def measure_one(backbone: str, mrff: bool, repeats: int, chunk_size: int, data_dir: Path) -> dict:
+    from mrff_secure.app.experiment import parameter_counts
     from mrff_secure.config import FederationConfig, ModelConfig
     from mrff_secure.data import load_kuaisar_r
-    from mrff_secure.app.experiment import parameter_counts
     from mrff_secure.federation.simulation import FederatedSimulation
 
     data = load_kuaisar_r(data_dir)

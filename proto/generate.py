@@ -11,7 +11,6 @@ temporary folder and fails if the checked-in files differ.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from pathlib import Path

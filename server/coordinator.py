@@ -44,13 +44,13 @@ from mrff_secure.round.stages import STAGES, WIRE_NAMES, Stage, delivery_bytes
 from mrff_secure.secagg import primitives
 from mrff_secure.secagg.config import MAX_CLIENT_ID, SecAggConfig
 from mrff_secure.secagg.context import NONCE_BYTES, SessionContext, run_context_id
-from mrff_secure.secagg.identity import ClientCredential, verify_credential
 from mrff_secure.secagg.encoding import from_ring
+from mrff_secure.secagg.identity import ClientCredential, verify_credential
 from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire import signing, tensors
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
-from server.privacy import round_release
 from server.errors import BadSignature, EnrolmentRefused, Malformed, ShuttingDown
+from server.privacy import round_release
 from server.run_state import RunState, ServerSettings
 from server.stage_gate import PhaseState, RoundState, StageGate, Stopped
 

@@ -17,9 +17,15 @@ from typing import Any
 import numpy as np
 
 from mrff_secure.dp.accounting import DISCRETE_ORDERS, json_epsilon, rdp_to_epsilon
-from mrff_secure.round.accountant import ADJACENCY_TEXT, ZERO_OUT, RoundRelease, calibrate_release, privacy_warnings, \
-    round_rdp_curve
 from mrff_secure.errors import CheckpointError
+from mrff_secure.round.accountant import (
+    ADJACENCY_TEXT,
+    ZERO_OUT,
+    RoundRelease,
+    calibrate_release,
+    privacy_warnings,
+    round_rdp_curve,
+)
 from mrff_secure.round.spec import RoundSpec
 from mrff_secure.round.update_vector import UpdateLayout
 

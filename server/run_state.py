@@ -21,16 +21,16 @@ from typing import Any
 
 import torch
 
+from mrff_secure.audit_log import AuditLog, read_records, software_version
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.schema import PublicSchema
 from mrff_secure.errors import CheckpointError, ConfigError
 from mrff_secure.federation.client_update import build_global, model_config_json
-from mrff_secure.round.spec import RoundSpec
 from mrff_secure.model.roles import Role, parameter_roles
+from mrff_secure.round.spec import RoundSpec
 from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.wire import tensors
 from server import checkpoint
-from mrff_secure.audit_log import AuditLog, read_records, software_version
 from server.privacy import NetworkLedger
 
 

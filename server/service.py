@@ -17,10 +17,10 @@ from typing import Callable
 import grpc
 from google.protobuf.message import DecodeError
 
-from mrff_secure.wire import limits
-from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from mrff_secure.errors import ConfigError
 from mrff_secure.pki import read_file
+from mrff_secure.wire import limits
+from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server import errors
 from server.coordinator import Coordinator
 

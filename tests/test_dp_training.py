@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mrff_secure.app import cli
+from mrff_secure.app.experiment import run_training
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
 from mrff_secure.dp import (
@@ -18,11 +19,10 @@ from mrff_secure.dp import (
     epsilon,
     local_upload_epsilon,
 )
-from mrff_secure.app.experiment import run_training
-from mrff_secure.round.aggregate import apply_sum
-from mrff_secure.round.spec import PrivacySettings
 from mrff_secure.federation.privacy_summary import privacy_summary
 from mrff_secure.federation.simulation import FederatedSimulation
+from mrff_secure.round.aggregate import apply_sum
+from mrff_secure.round.spec import PrivacySettings
 
 MODEL = ModelConfig(maxlen=8, num_groups=2, dropout=0.0)
 

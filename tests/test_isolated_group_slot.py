@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 import pytest
+import torch
 
-from mrff_secure.round.participant import scaled_example_count
 from mrff_secure.round.encoding import decode_sum, secure_round_plans, update_upload
+from mrff_secure.round.participant import scaled_example_count
 
 DELTA, BLOCKS, GROUPS, SLOT = 4096, 1, 2, 512  # the target's slot: the last SLOT delta coordinates
 SIZE = DELTA + BLOCKS * GROUPS + 1

@@ -17,9 +17,9 @@ from mrff_secure.data import make_synthetic
 from mrff_secure.dp import DPConfig
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.client_shard import block_rows, chunk_blocks
-from mrff_secure.round.spec import PrivacySettings
 from mrff_secure.federation.ray_backend import import_ray, shard_rows
 from mrff_secure.federation.simulation import FederatedSimulation
+from mrff_secure.round.spec import PrivacySettings
 
 MODEL = ModelConfig(maxlen=12, attribute_dim=4, num_blocks=1, prediction_dims=(8,))
 

@@ -6,12 +6,12 @@ import torch
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
 from mrff_secure.errors import ConfigError
-from mrff_secure.model.roles import Role, parameter_roles
 from mrff_secure.federation.simulation import FederatedSimulation
-from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.model import build_model
 from mrff_secure.model.layers import UserEmbedding
 from mrff_secure.model.mrff import GroupFeedForwards, UserFeedForward
+from mrff_secure.model.roles import Role, parameter_roles
+from mrff_secure.round.update_vector import UpdateLayout
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from mrff_secure.round.participant import rotation_seed
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
 from mrff_secure.dp import DPConfig
 from mrff_secure.errors import ConfigError
-from mrff_secure.round.spec import PrivacySettings
-from mrff_secure.round.secure_sum import InMemorySecAgg, RingSum
-from mrff_secure.secagg.config import max_abs_for
 from mrff_secure.federation.simulation import FederatedSimulation
+from mrff_secure.round.participant import rotation_seed
+from mrff_secure.round.secure_sum import InMemorySecAgg, RingSum
+from mrff_secure.round.spec import PrivacySettings
+from mrff_secure.secagg.config import max_abs_for
 from mrff_secure.secagg.encoding import InputRangeError
 
 MODEL = ModelConfig(maxlen=8, num_groups=2, dropout=0.0)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
-from mrff_secure.model.roles import Role
 from mrff_secure.federation.simulation import FederatedSimulation
+from mrff_secure.model.roles import Role
 
 
 def reference_round(sim: FederatedSimulation, fractions, local_steps: int, lr: float, optimizer: str,

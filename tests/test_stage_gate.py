@@ -12,12 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from mrff_secure.round.spec import RoundSpec
+from mrff_secure.round.spec import Phase, RoundSpec
 from mrff_secure.secagg import messages, packing
 from mrff_secure.secagg.config import SecAggConfig
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server.errors import Malformed, NotParticipant, Replay, ShuttingDown, WrongLength, WrongRound, WrongStage
-from mrff_secure.round.spec import Phase
 from server.stage_gate import PhaseState, RoundState, StageGate, Stopped
 
 SPEC = RoundSpec(local_steps=1, optimizer="adam", lr=0.1, dp_mode="off", clip=1.0, noise_multiplier=0.0,

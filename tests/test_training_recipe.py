@@ -11,8 +11,8 @@ from mrff_secure.app.cli import main
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
 from mrff_secure.errors import ConfigError
-from mrff_secure.round.aggregate import SERVER_ADAM_BETA2, SERVER_ADAM_EPS
 from mrff_secure.federation.simulation import FederatedSimulation
+from mrff_secure.round.aggregate import SERVER_ADAM_BETA2, SERVER_ADAM_EPS
 
 
 @pytest.fixture(scope="module")

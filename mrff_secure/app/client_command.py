@@ -56,8 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def client_key_main(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
 
-    from client.state import UserStore
     from client.process import parse_users
+    from client.state import UserStore
     from mrff_secure.atomic import write_bytes_atomic
 
     users = parse_users(args.users)
@@ -91,8 +91,8 @@ def check_credentials(users: list[int], state_dir: Path, authority_public_key: b
 def client_main(args: argparse.Namespace) -> int:
     import grpc
 
-    from client.process import Connection, parse_pause, parse_users, run_process
     from client.policy import ClientPolicy
+    from client.process import Connection, parse_pause, parse_users, run_process
     from mrff_secure.pki import CertPaths, load_authority_public_key, read_file
     from mrff_secure.wire import signing
 

@@ -39,15 +39,15 @@ import torch
 
 from mrff_secure.atomic import write_bytes_atomic, write_json_atomic
 from mrff_secure.checkpoint import load_arrays, save_arrays
-from mrff_secure.errors import CheckpointError, ConfigError, MrffError
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
+from mrff_secure.errors import CheckpointError, ConfigError, MrffError
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
 from mrff_secure.federation.privacy_summary import privacy_summary
-from mrff_secure.round.spec import PrivacySettings
-from mrff_secure.model.roles import Role
 from mrff_secure.federation.simulation import FederatedSimulation
 from mrff_secure.metrics import apply_temperature, auc_confidence_interval, fit_temperature, log_loss
+from mrff_secure.model.roles import Role
+from mrff_secure.round.spec import PrivacySettings
 
 log = logging.getLogger(__name__)
 PAPER_SASREC_PARAMETERS = 52_720  # Table 3, KuaiSAR-R

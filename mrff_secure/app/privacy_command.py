@@ -25,6 +25,7 @@ from typing import Any
 from mrff_secure.app import options
 from mrff_secure.dp.accounting import json_epsilon
 from mrff_secure.dp.config import DPConfig
+from mrff_secure.errors import ConfigError
 from mrff_secure.round.accountant import (
     RoundRelease,
     account_rounds,
@@ -32,7 +33,6 @@ from mrff_secure.round.accountant import (
     participants_per_round,
     privacy_warnings,
 )
-from mrff_secure.errors import ConfigError, MrffError
 
 
 def _jsonable(value: Any) -> Any:

@@ -136,8 +136,8 @@ def issue_client_main(args: argparse.Namespace) -> int:
 
 
 def audit_verify_main(args: argparse.Namespace) -> int:
-    from mrff_secure.wire import signing
     from mrff_secure.audit_log import find_log, verify
+    from mrff_secure.wire import signing
 
     log_path = find_log(args.run_dir)
     key_path = args.signing_pub
@@ -212,8 +212,8 @@ def _calibrated(spec, args: argparse.Namespace, data):
     import dataclasses
 
     from mrff_secure.dp.config import min_survivors
-    from mrff_secure.round.accountant import participants_per_round
     from mrff_secure.federation.client_update import build_global
+    from mrff_secure.round.accountant import participants_per_round
     from mrff_secure.round.update_vector import UpdateLayout
     from server.privacy import calibrate
 
@@ -259,9 +259,9 @@ def server_main(args: argparse.Namespace) -> int:
     from mrff_secure.data.schema import PublicSchema
     from mrff_secure.dp.config import default_delta
     from mrff_secure.pki import CertPaths, load_authority_public_key
+    from mrff_secure.wire import signing
     from server.coordinator import Coordinator
     from server.service import TlsFiles, create_server
-    from mrff_secure.wire import signing
 
     _resolve_server(args)
     resume, run_dir = args.resume, Path(args.run_dir)

@@ -104,8 +104,8 @@ def train_main(args: argparse.Namespace) -> int:
     privacy = privacy_settings(args)
     _prepare_run_dir(args)
 
-    from mrff_secure.config import FederationConfig
     from mrff_secure.app.experiment import OPERATOR_ONLY, TrainingInterrupted, run_training
+    from mrff_secure.config import FederationConfig
 
     data = options.load_dataset(args)
     model_config = options.model_config(args, data.maxlen)

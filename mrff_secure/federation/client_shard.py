@@ -25,12 +25,12 @@ from mrff_secure.data.client_data import ClientData
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.local_training import LocalResult, predict_clients, train_clients
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
-from mrff_secure.round.participant import update_vectors
-from mrff_secure.round.spec import Phase
-from mrff_secure.model.roles import Role, parameter_roles
-from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.model import build_model
 from mrff_secure.model.layers import initial_user_vectors
+from mrff_secure.model.roles import Role, parameter_roles
+from mrff_secure.round.participant import update_vectors
+from mrff_secure.round.spec import Phase
+from mrff_secure.round.update_vector import UpdateLayout
 
 DATA_ARRAYS = ("train_seq", "train_target", "train_label", "val_seq", "val_item", "val_label", "test_seq",
                "test_item", "test_label")

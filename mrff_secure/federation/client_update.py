@@ -17,9 +17,9 @@ from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.local_training import predict_clients, train_clients
-from mrff_secure.model.roles import Role, parameter_roles
 from mrff_secure.model import build_model
 from mrff_secure.model.layers import initial_user_vectors
+from mrff_secure.model.roles import Role, parameter_roles
 from mrff_secure.round.spec import RoundSpec
 
 

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.model.layers import ROUTED_CHANGE_SUFFIX
+from mrff_secure.round.update_vector import UpdateLayout
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8

@@ -42,8 +42,8 @@ from mrff_secure.data.client_data import ClientData
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.client_shard import ClientShard, block_rows, model_and_private
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
-from mrff_secure.round.spec import Phase, PrivacySettings
 from mrff_secure.federation.simulation import FederatedSimulation, RoundObserver
+from mrff_secure.round.spec import Phase, PrivacySettings
 
 INSTALL_HINT = "the ray backend needs Ray: pip install -e '.[ray]'"
 

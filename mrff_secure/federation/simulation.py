@@ -30,14 +30,14 @@ import torch
 from mrff_secure.allocator import keep_freed_memory
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.round.aggregate import ServerOptimizer, aggregate_round
-from mrff_secure.round.participant import group_one_hots, suppressed_groups
 from mrff_secure.federation.client_shard import ClientShard
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
-from mrff_secure.round.spec import Phase, PrivacySettings, ThreatModel
-from mrff_secure.model.roles import parameter_roles
-from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.metrics import auc, log_loss
+from mrff_secure.model.roles import parameter_roles
+from mrff_secure.round.aggregate import ServerOptimizer, aggregate_round
+from mrff_secure.round.participant import group_one_hots, suppressed_groups
+from mrff_secure.round.spec import Phase, PrivacySettings, ThreatModel
+from mrff_secure.round.update_vector import UpdateLayout
 
 
 @dataclass(frozen=True)

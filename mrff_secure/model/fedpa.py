@@ -22,9 +22,15 @@ from torch import nn
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
+from mrff_secure.model.layers import (
+    MLP,
+    AttributeEmbedding,
+    UserEmbedding,
+    add_group_parameter,
+    routed_group_weight,
+    uniform_init_,
+)
 from mrff_secure.model.roles import Role
-from mrff_secure.model.layers import (MLP, AttributeEmbedding, UserEmbedding, add_group_parameter, routed_group_weight,
-                                      uniform_init_)
 
 PA_LAYER_DIMS = (64, 32)
 PA_RANK = 4

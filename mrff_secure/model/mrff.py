@@ -12,9 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mrff_secure.model.layers import (
+    MLP,
+    FeedForward,
+    add_group_parameter,
+    apply_ffn,
+    ffn_parameter_shapes,
+    routed_group_weight,
+    uniform_init_,
+)
 from mrff_secure.model.roles import Role
-from mrff_secure.model.layers import (MLP, FeedForward, add_group_parameter, apply_ffn, ffn_parameter_shapes,
-                                      routed_group_weight, uniform_init_)
 
 
 class UserFeedForward(FeedForward):

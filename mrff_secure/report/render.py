@@ -9,7 +9,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mrff_secure.report.tables import attack_table, fmt, network_table, to_html, to_markdown, utility_table, verdict_table
+from mrff_secure.report.tables import (
+    attack_table,
+    fmt,
+    network_table,
+    to_html,
+    to_markdown,
+    utility_table,
+    verdict_table,
+)
 
 PLOT_TITLES = {
     "canary_roc.png": "Canary audit ROC (log-log)",

@@ -43,8 +43,6 @@ from typing import Any
 
 import numpy as np
 
-from mrff_secure.errors import ConfigError, PrivacyError
-
 from mrff_secure.dp.accounting import (
     DISCRETE_ORDERS,
     Epsilons,
@@ -61,6 +59,7 @@ from mrff_secure.dp.discretize import rounded_l1_bound, rounded_l2_bound
 from mrff_secure.dp.distributed import DistributedPlan
 from mrff_secure.dp.mechanisms import GRID_SLACK
 from mrff_secure.dp.sensitivity import compose_noise_multipliers
+from mrff_secure.errors import ConfigError, PrivacyError
 from mrff_secure.round.encoding import SecureRoundPlans, secure_round_plans
 
 RELEASE_MODES = ("off", "local", "distributed")

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from mrff_secure.errors import ConfigError
-
 from mrff_secure.round.update_vector import UpdateLayout
 
 

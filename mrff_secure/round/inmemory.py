@@ -15,6 +15,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mrff_secure.errors import AggregationAborted
+from mrff_secure.round.stages import STAGES
 from mrff_secure.secagg import primitives
 from mrff_secure.secagg.client import ClientSession
 from mrff_secure.secagg.config import DEFAULT_CORRUPT_NEIGHBOURS, SecAggConfig
@@ -24,7 +25,6 @@ from mrff_secure.secagg.messages import Message
 from mrff_secure.secagg.policy import SecAggPolicy
 from mrff_secure.secagg.server import AggregateResult, ServerSession
 from mrff_secure.secagg.stages import Stage
-from mrff_secure.round.stages import STAGES
 
 M = TypeVar("M", bound=Message)
 

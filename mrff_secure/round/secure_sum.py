@@ -23,9 +23,9 @@ from typing import Protocol
 import numpy as np
 
 from mrff_secure.errors import ConfigError
+from mrff_secure.round.inmemory import run_round
 from mrff_secure.secagg.config import SecAggConfig, max_abs_for
 from mrff_secure.secagg.encoding import InputRangeError, from_ring
-from mrff_secure.round.inmemory import run_round
 
 BACKENDS = ("fast", "inmemory")
 

@@ -276,7 +276,7 @@ class ServerSession:
         and return the exact sum. Abort if any needed secret has fewer than t shares."""
         self._expect(Stage.UNMASK)
         self._recoverable(set(self._responses))
-        t, bits, length = self.config.t, self.config.bits, self.config.vector_length
+        bits, length = self.config.bits, self.config.vector_length
         self_shares: dict[int, list[shamir.Share]] = {u: [] for u in self.survivors}
         key_shares: dict[int, list[shamir.Share]] = {}
         for response in self._responses.values():

@@ -12,11 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attacks.attributes import UserColumnRecorder, attribute_templates, infer_attributes
-from attacks.bounds import claimed_tradeoff, clopper_pearson, epsilon_lower_bound, one_run_bound, split_half_bound, tradeoff_check
-from attacks.disaggregation import disaggregate
-from attacks.groups import GroupRecorder, infer_groups
+from attacks.bounds import (
+    claimed_tradeoff,
+    clopper_pearson,
+    epsilon_lower_bound,
+    one_run_bound,
+    split_half_bound,
+    tradeoff_check,
+)
 from attacks.canary import CanaryAudit, with_canaries
+from attacks.disaggregation import disaggregate
 from attacks.grid import Cell, evaluate_rules, run_grid
+from attacks.groups import GroupRecorder, infer_groups
 from attacks.membership import item_membership
 from attacks.reconstruction import reconstruct_rows
 from attacks.recorder import RowRecorder
@@ -24,9 +31,8 @@ from attacks.rows import ItemRows, touched_rows
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
 from mrff_secure.dp import DPConfig
-from mrff_secure.round.spec import PrivacySettings
 from mrff_secure.federation.simulation import FederatedSimulation
-from mrff_secure.round.spec import ThreatModel, ThreatModelError, require_view
+from mrff_secure.round.spec import PrivacySettings, ThreatModel, ThreatModelError, require_view
 
 MODEL = ModelConfig(maxlen=12, attribute_dim=4, num_blocks=1, prediction_dims=(8,))
 

@@ -12,7 +12,7 @@ from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data import make_synthetic
 from mrff_secure.dp import DPConfig
 from mrff_secure.errors import ConfigError, PrivacyError
-from mrff_secure.round.participant import scaled_example_count, rotation_seed
+from mrff_secure.federation.simulation import FederatedSimulation
 from mrff_secure.round.encoding import (
     counts_upload,
     decode_counts,
@@ -21,9 +21,9 @@ from mrff_secure.round.encoding import (
     secure_round_plans,
     update_upload,
 )
+from mrff_secure.round.participant import rotation_seed, scaled_example_count
 from mrff_secure.round.spec import PrivacySettings
 from mrff_secure.secagg.config import guard_bits
-from mrff_secure.federation.simulation import FederatedSimulation
 
 DELTA, BLOCKS, GROUPS = 300, 2, 3
 COUNT = BLOCKS * GROUPS
@@ -133,10 +133,10 @@ def test_phase_two_count_coordinates_are_zero_before_noise_and_noised_after():
     z = 2.0
     noisy = plans_for(z=z, n=n, clip=clip)
     stds = []
-    for rotation_seed in range(40):  # 40 rounds x 6 count coordinates
-        total = decode_sum(noisy.update, ring_sum(update_upload(noisy, vectors, rotation_seed=rotation_seed,
+    for seed in range(40):  # 40 rounds x 6 count coordinates
+        total = decode_sum(noisy.update, ring_sum(update_upload(noisy, vectors, rotation_seed=seed,
                                                                 rng=secure_generator()), 48),
-                           survivors=n, rotation_seed=rotation_seed)
+                           survivors=n, rotation_seed=seed)
         stds.append(total[DELTA:])  # one-hot coordinates and the example count: pure noise / noise + count
     noise = np.array(stds)[:, :COUNT]
     assert abs(noise.std() / (z * clip) - 1.0) < 0.15  # 240 draws: noise of std z*C, centred on 0, not on the counts

@@ -3,9 +3,9 @@ import math
 
 import pytest
 
-from mrff_secure.dp.accounting import epsilon, local_upload_epsilon
 from mrff_secure.app import cli
 from mrff_secure.app.privacy_command import privacy_report
+from mrff_secure.dp.accounting import epsilon, local_upload_epsilon
 from mrff_secure.dp.sensitivity import compose_noise_multipliers, effective_noise_multiplier
 
 KEYS = {"mechanism", "mode", "noise_multiplier", "clip", "delta", "epsilon", "epsilon_bound", "adjacency",

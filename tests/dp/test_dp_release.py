@@ -6,8 +6,8 @@ import math
 import pytest
 
 from mrff_secure.dp import epsilon
-from mrff_secure.round.accountant import RoundRelease, RunAccountant, account_rounds, calibrate_noise_multiplier
 from mrff_secure.errors import ConfigError, PrivacyError
+from mrff_secure.round.accountant import RoundRelease, RunAccountant, account_rounds, calibrate_noise_multiplier
 
 DELTA = 1e-5
 

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from mrff_secure.app import cli
+from mrff_secure.app.privacy_command import format_report, privacy_report
 from mrff_secure.dp.accounting import (
     PRV_MAX_GRID_POINTS,
     gaussian_epsilons,
@@ -25,10 +26,9 @@ from mrff_secure.dp.accounting import (
     rdp_epsilon,
 )
 from mrff_secure.dp.calibration import Z_MIN, noise_multiplier_for_epsilon, search_noise_multiplier
-from mrff_secure.app.privacy_command import format_report, privacy_report
 from mrff_secure.dp.ledger import PrivacyLedger
-from mrff_secure.round.accountant import RoundRelease, account_rounds, calibrate_release
 from mrff_secure.errors import ConfigError, PrivacyError
+from mrff_secure.round.accountant import RoundRelease, account_rounds, calibrate_release
 
 LIMIT_S = 20.0  # the target is 10 s on a 2-core machine; twice that for a loaded CI box
 

@@ -21,12 +21,19 @@ from mrff_secure.data.client_data import ClientData
 from mrff_secure.dp.config import min_survivors
 from mrff_secure.federation.client_update import build_global, initial_private, torch_seed, train_user
 from mrff_secure.round.aggregate import apply_decoded
-from mrff_secure.round.encoding import counts_upload, decode_counts, decode_sum, plan_configs, round_plans, update_upload
+from mrff_secure.round.encoding import (
+    counts_upload,
+    decode_counts,
+    decode_sum,
+    plan_configs,
+    round_plans,
+    update_upload,
+)
+from mrff_secure.round.inmemory import run_round
 from mrff_secure.round.participant import group_one_hots, rotation_seed, suppressed_groups, update_vectors
 from mrff_secure.round.spec import RoundSpec
 from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.secagg.encoding import from_ring
-from mrff_secure.round.inmemory import run_round
 from mrff_secure.secagg.stages import Stage
 from mrff_secure.wire import tensors
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from client.state import UserStore
 from client.process import parse_pause, parse_users
+from client.state import UserStore
+from mrff_secure.audit_log import AuditLog, read_records, verify
 from mrff_secure.errors import CheckpointError, ConfigError
 from server import checkpoint
-from mrff_secure.audit_log import AuditLog, read_records, verify
 
 
 def write_log(path, n=4):

@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from mrff_secure.errors import CheckpointError
 from mrff_secure.audit_log import AuditLog, read_records, record_digest, verify
+from mrff_secure.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,10 +15,11 @@ import grpc
 import pytest
 
 from client import transport
-from client.transport import Connection, Transport, classify
 from client.report import RoundReporter, RoundResult
+from client.transport import Connection, Transport, classify
 from mrff_secure.errors import ConnectionFailed
 from mrff_secure.pki import make_dev_pki
+
 from . import harness
 
 pytestmark = pytest.mark.timeout(240)

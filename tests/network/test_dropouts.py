@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from mrff_secure.round.spec import RoundSpec
+
 from . import harness
 from .reference import run_reference
 

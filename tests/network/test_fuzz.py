@@ -29,6 +29,7 @@ from mrff_secure.secagg.policy import SecAggPolicy
 from mrff_secure.wire import limits, signing
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
+
 from . import harness
 
 pytestmark = pytest.mark.timeout(300)

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from mrff_secure.round.spec import RoundSpec
+
 from . import harness
 from .reference import run_reference
 

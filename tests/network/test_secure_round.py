@@ -21,9 +21,10 @@ from mrff_secure.config import FederationConfig
 from mrff_secure.dp import DPConfig
 from mrff_secure.federation import evaluation_sum
 from mrff_secure.federation.client_update import evaluate_user
-from mrff_secure.round.spec import PrivacySettings
 from mrff_secure.federation.simulation import FederatedSimulation
+from mrff_secure.round.spec import PrivacySettings
 from mrff_secure.wire import tensors
+
 from . import harness
 
 pytestmark = pytest.mark.timeout(300)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from mrff_secure.pki import make_dev_pki
 from mrff_secure.secagg import primitives
+from mrff_secure.secagg.identity import ClientCredential, issue_credential
 from mrff_secure.wire import limits, signing
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
-from mrff_secure.secagg.identity import ClientCredential, issue_credential
-from mrff_secure.pki import make_dev_pki
+
 from . import harness
 
 pytestmark = pytest.mark.timeout(240)

@@ -19,14 +19,13 @@ import pytest
 
 from attacks.protocol_round import Round, derive
 from mrff_secure.errors import AggregationAborted, AuthenticationError, ConfigError, ProtocolViolation, SecAggError
-from mrff_secure.secagg.config import max_abs_for
+from mrff_secure.round.inmemory import make_identities, wire
 from mrff_secure.secagg import packing, primitives, shamir
-from mrff_secure.secagg.config import SecAggConfig
+from mrff_secure.secagg.config import SecAggConfig, max_abs_for
 from mrff_secure.secagg.context import SessionContext
 from mrff_secure.secagg.encoding import to_ring
 from mrff_secure.secagg.graph import graph_seed, neighbour_graph
 from mrff_secure.secagg.identity import issue_credential
-from mrff_secure.round.inmemory import make_identities, wire
 from mrff_secure.secagg.messages import (
     PURPOSE_GRAPH_SEED,
     PURPOSE_SELF_MASK_SEED,

@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 
 from attacks.protocol_round import Round
 from mrff_secure.errors import AggregationAborted, ProtocolViolation
+from mrff_secure.round.inmemory import make_identities, run_round, simulation_policy, wire
 from mrff_secure.secagg import packing
 from mrff_secure.secagg.client import ClientSession
 from mrff_secure.secagg.config import MAX_MODULUS_BITS, SecAggConfig, required_modulus_bits
-from mrff_secure.secagg.encoding import from_ring, quantize, to_ring
-from mrff_secure.round.inmemory import make_identities, run_round, simulation_policy, wire
 from mrff_secure.secagg.context import SessionContext
+from mrff_secure.secagg.encoding import from_ring, quantize, to_ring
 from mrff_secure.secagg.messages import MaskedInput, ParticipantSet
 from mrff_secure.secagg.server import ServerSession
 from mrff_secure.secagg.stages import Stage

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mrff_secure.secagg import messages, packing, primitives, shamir
