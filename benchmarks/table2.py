@@ -125,7 +125,8 @@ def running_elsewhere(path: Path) -> int | None:
 
 def epsilon_at(privacy: dict, rounds: int) -> dict:
     """The run's own release re-accounted over `rounds` rounds (the same function the run used)."""
-    from mrff_secure.round.accountant import RoundRelease, account_rounds
+    from mrff_secure.round.accountant import account_rounds
+    from mrff_secure.round.release import RoundRelease
 
     account = account_rounds(RoundRelease(**privacy["release"]), rounds=rounds, delta=privacy["delta"]).to_json()
     return {k: account.get(k) for k in ("epsilon", "epsilon_replace_one", "gaussian_limit")}

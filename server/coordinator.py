@@ -50,7 +50,7 @@ from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire import signing, tensors
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server.errors import BadSignature, EnrolmentRefused, Malformed, ShuttingDown
-from server.privacy import round_release
+from server.privacy import ledger_summary, round_release
 from server.run_state import RunState, ServerSettings
 from server.stage_gate import PhaseState, RoundState, StageGate, Stopped
 
@@ -285,7 +285,8 @@ class Coordinator:
             self.state.params = applied.averaged
             self.state.group_fractions = applied.group_fractions
             self.state.last_completed = r
-            epsilon = self.state.ledger.record_round(round_release(spec, self.layout, n))
+            self.state.ledger.step(release=round_release(spec, self.layout, n))
+            epsilon = ledger_summary(self.state.ledger)
             outcome = pb.RoundOutcome(round_id=r, completed=True, survivors=len(survivors2))
             record.update(group_counts=counts.tolist(), suppressed=suppressed.astype(int).tolist(),
                           examples=round(examples, 3), model_digest=self.model_digest(), epsilon=epsilon)

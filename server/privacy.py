@@ -11,21 +11,11 @@ takes part).
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
-import numpy as np
-
-from mrff_secure.dp.accounting import DISCRETE_ORDERS, json_epsilon, rdp_to_epsilon
-from mrff_secure.errors import CheckpointError
-from mrff_secure.round.accountant import (
-    ADJACENCY_TEXT,
-    ZERO_OUT,
-    RoundRelease,
-    calibrate_release,
-    privacy_warnings,
-    round_rdp_curve,
-)
+from mrff_secure.dp.accounting import json_epsilon
+from mrff_secure.round.accountant import RoundAccountant, calibrate_release, privacy_warnings
+from mrff_secure.round.release import ADJACENCY_TEXT, ZERO_OUT, RoundRelease
 from mrff_secure.round.spec import RoundSpec
 from mrff_secure.round.update_vector import UpdateLayout
 
@@ -54,61 +44,15 @@ def calibrate(spec: RoundSpec, layout: UpdateLayout, *, participants: int, targe
     return calibration.noise_multiplier
 
 
-class NetworkLedger:
-    """RDP of the completed rounds (zero-out and replace-one), summed; JSON state for checkpoints."""
-
-    def __init__(self, delta: float) -> None:
-        self.delta = float(delta)
-        self.rounds = 0
-        self.noiseless_rounds = 0
-        self._zero_out = np.zeros(len(DISCRETE_ORDERS))
-        self._replace_one = np.zeros(len(DISCRETE_ORDERS))
-
-    def record_round(self, release: RoundRelease) -> dict[str, Any]:
-        """Account one completed round; return the epsilon so far (JSON-ready) for the audit record."""
-        self.rounds += 1
-        if release.dp_mode != "distributed" or release.noise_multiplier == 0:
-            self.noiseless_rounds += 1
-        else:
-            self._zero_out = self._zero_out + round_rdp_curve(release)
-            self._replace_one = self._replace_one + round_rdp_curve(release, replace_one=True)
-        return self.summary()
-
-    def epsilon(self, curve: np.ndarray) -> float:
-        if self.noiseless_rounds:
-            return math.inf
-        if self.rounds == 0:
-            return 0.0
-        if not np.all(np.isfinite(curve)):
-            return math.inf
-        return rdp_to_epsilon(orders=DISCRETE_ORDERS, rdp=curve, delta=self.delta)
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready: epsilons as floats or "inf" (a noiseless round: no guarantee, never 0.0 or null)."""
-        eps = self.epsilon(self._zero_out)
-        return {"epsilon": json_epsilon(eps), "delta": self.delta, "rounds_accounted": self.rounds,
-                "noiseless_rounds": self.noiseless_rounds, "adjacency": ZERO_OUT,
-                "adjacency_meaning": ADJACENCY_TEXT[ZERO_OUT],
-                "epsilon_replace_one": json_epsilon(self.epsilon(self._replace_one)),
-                "bound": "RDP of the distributed integer mechanism as the clients encoded it, both phases, every "
-                         "completed round, for a user in every round (no amplification by sampling)",
-                "warnings": privacy_warnings(epsilon=eps, delta=self.delta,
-                                             noise_multiplier=0.0 if self.noiseless_rounds else 1.0)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"version": 1, "delta": self.delta, "rounds": self.rounds, "noiseless_rounds": self.noiseless_rounds,
-                "zero_out": self._zero_out.tolist(), "replace_one": self._replace_one.tolist()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
-            if state["version"] != 1:
-                raise ValueError(f"version {state['version']!r}")
-            zero_out = np.asarray(state["zero_out"], dtype=np.float64)
-            replace_one = np.asarray(state["replace_one"], dtype=np.float64)
-            if zero_out.shape != (len(DISCRETE_ORDERS),) or replace_one.shape != zero_out.shape:
-                raise ValueError("curves have the wrong length")
-            self.delta, self.rounds = float(state["delta"]), int(state["rounds"])
-            self.noiseless_rounds = int(state["noiseless_rounds"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"the checkpoint's privacy ledger is not readable: {exc}") from exc
-        self._zero_out, self._replace_one = zero_out, replace_one
+def ledger_summary(ledger: RoundAccountant) -> dict[str, Any]:
+    """The coordinator's epsilon so far, JSON-ready for the audit record: epsilons as floats or "inf" (a
+    noiseless round: no guarantee, never 0.0 or null)."""
+    eps = ledger.epsilon()
+    return {"epsilon": json_epsilon(eps), "delta": ledger.delta, "rounds_accounted": ledger.rounds,
+            "noiseless_rounds": ledger.noiseless_rounds, "adjacency": ZERO_OUT,
+            "adjacency_meaning": ADJACENCY_TEXT[ZERO_OUT],
+            "epsilon_replace_one": json_epsilon(ledger.epsilon(replace_one=True)),
+            "bound": "RDP of the distributed integer mechanism as the clients encoded it, both phases, every "
+                     "completed round, for a user in every round (no amplification by sampling)",
+            "warnings": privacy_warnings(epsilon=eps, delta=ledger.delta,
+                                         noise_multiplier=0.0 if ledger.noiseless_rounds else 1.0)}

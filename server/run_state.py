@@ -24,14 +24,14 @@ import torch
 from mrff_secure.audit_log import AuditLog, read_records, software_version
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.schema import PublicSchema
-from mrff_secure.errors import CheckpointError, ConfigError
+from mrff_secure.errors import CheckpointError, ConfigError, PrivacyError
 from mrff_secure.federation.client_update import build_global, model_config_json
 from mrff_secure.model.roles import Role, parameter_roles
+from mrff_secure.round.accountant import RoundAccountant
 from mrff_secure.round.spec import RoundSpec
 from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.wire import tensors
 from server import checkpoint
-from server.privacy import NetworkLedger
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class RunState:
     next_round: int
     last_completed: int
     group_fractions: torch.Tensor | None
-    ledger: NetworkLedger
+    ledger: RoundAccountant
     identities: dict[int, bytes]
 
     def __init__(self, run_dir: Path, settings: ServerSettings, model_config: ModelConfig, schema: PublicSchema,
@@ -112,7 +112,7 @@ class RunState:
         dtype = next(iter(state.params.values())).dtype
         state.group_fractions = (torch.full((state.layout.num_blocks, groups), 1.0 / groups, dtype=dtype)
                                  if groups else None)
-        state.ledger = NetworkLedger(delta=settings.dp_delta)
+        state.ledger = RoundAccountant(delta=settings.dp_delta)
         state.identities = {}
         state.save()
         state.audit.append({"type": "run_started", "run_id": state.run_id, "settings": dataclasses.asdict(settings),
@@ -155,8 +155,11 @@ class RunState:
         fractions = meta.get("group_fractions")
         dtype = next(iter(params.values())).dtype
         self.group_fractions = None if fractions is None else torch.tensor(fractions, dtype=dtype)
-        self.ledger = NetworkLedger(delta=self.settings.dp_delta)
-        self.ledger.load_state_dict(meta["ledger"])
+        self.ledger = RoundAccountant(delta=self.settings.dp_delta)
+        try:
+            self.ledger.load_state_dict(meta["ledger"])
+        except PrivacyError as exc:
+            raise CheckpointError(f"the checkpoint's privacy ledger is not readable: {exc}") from exc
         self.identities = {int(c): bytes.fromhex(k) for c, k in meta.get("identities", {}).items()}
 
     # ---------------------------------------------------------------- state

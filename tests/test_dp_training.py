@@ -316,7 +316,8 @@ def test_a_clip_bound_from_private_data_is_flagged(tmp_path, capsys):
 
 
 def test_the_summary_records_the_release_it_accounted(data, tmp_path):
-    from mrff_secure.round.accountant import RoundRelease, account_rounds
+    from mrff_secure.round.accountant import account_rounds
+    from mrff_secure.round.release import RoundRelease
 
     summary = run_training(data, MODEL, FederationConfig(rounds=2, chunk_size=0), tmp_path, progress=False,
                            privacy=PrivacySettings(dp=DPConfig(mode="distributed", clip=0.5, noise_multiplier=1.0),

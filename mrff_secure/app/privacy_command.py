@@ -26,13 +26,8 @@ from mrff_secure.app import options
 from mrff_secure.dp.accounting import json_epsilon
 from mrff_secure.dp.config import DPConfig
 from mrff_secure.errors import ConfigError
-from mrff_secure.round.accountant import (
-    RoundRelease,
-    account_rounds,
-    calibrate_release,
-    participants_per_round,
-    privacy_warnings,
-)
+from mrff_secure.round.accountant import account_rounds, calibrate_release, privacy_warnings
+from mrff_secure.round.release import RoundRelease, participants_per_round
 
 
 def _jsonable(value: Any) -> Any:

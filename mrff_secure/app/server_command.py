@@ -213,7 +213,7 @@ def _calibrated(spec, args: argparse.Namespace, data):
 
     from mrff_secure.dp.config import min_survivors
     from mrff_secure.federation.client_update import build_global
-    from mrff_secure.round.accountant import participants_per_round
+    from mrff_secure.round.release import participants_per_round
     from mrff_secure.round.update_vector import UpdateLayout
     from server.privacy import calibrate
 

@@ -18,7 +18,7 @@ All DP randomness (local noise; rounding and noise shares) comes from
 run seed, unless the run sets the debugging switch ``insecure_reproducible_noise``, in which case
 every output says "not private".
 
-Accounting: one function for every command, `round.accountant` (`RoundRelease`, `RunAccountant`,
+Accounting: one function for every command, `round.accountant` (`RoundRelease`, `RoundAccountant`,
 `account_rounds`, `calibrate_noise_multiplier`): the headline is the proven bound of the mechanism
 actually used, under the adjacency the server's view allows (replace-one in local mode, zero-out
 under secure aggregation), for a user who takes part in every round (no amplification by
@@ -52,12 +52,7 @@ from mrff_secure.dp import clip_prefix_l2
 from mrff_secure.dp.accounting import json_epsilon
 from mrff_secure.dp.mechanisms import GridDiscreteGaussian
 from mrff_secure.errors import ConfigError, PrivacyError
-from mrff_secure.round.accountant import (
-    RoundRelease,
-    RunAccountant,
-    calibrate_noise_multiplier,
-    participants_per_round,
-)
+from mrff_secure.round.accountant import PrivacyAccount, RoundAccountant, account_rounds, calibrate_noise_multiplier
 from mrff_secure.round.encoding import SecureRoundPlans, add_to_ring, decode_sum, summed_noise_shares, without_noise
 from mrff_secure.round.participant import (
     SIMULATION_NOISE_STREAM,
@@ -67,6 +62,7 @@ from mrff_secure.round.participant import (
     rotation_seed,
     suppressed_groups,
 )
+from mrff_secure.round.release import RoundRelease, participants_per_round
 from mrff_secure.round.secure_sum import RingSum, open_session, round_id_for
 from mrff_secure.round.spec import Phase, PrivacySettings, SecureAggregation
 from mrff_secure.round.update_vector import UpdateLayout
@@ -104,7 +100,7 @@ class PrivacyPipeline:
             self.noise_multiplier = calibrate_noise_multiplier(template, target_epsilon=target,
                                                                rounds=max(rounds, 1), delta=self.delta)
         self.release = template.with_noise_multiplier(self.noise_multiplier)
-        self.accountant = RunAccountant(self.release, delta=self.delta, sample_rate=sample_rate)
+        self.accountant = RoundAccountant(delta=self.delta, sample_rate=sample_rate)
         self.accounted_noise_multiplier = self.release.accounted_noise_multiplier()
         self._plans: dict[int, SecureRoundPlans] = {}
         self.last_ring_sums: dict[int, np.ndarray] = {}  # phase -> ring sum of the last round (audit, tests)
@@ -252,11 +248,17 @@ class PrivacyPipeline:
     # ------------------------------------------------------------ accounting
     def record_round(self) -> dict[str, Any]:
         """Record one finished round; return the epsilon spent so far (JSON-ready) for metrics.jsonl."""
-        eps = self.accountant.record_round()
+        eps = self.accountant.step(release=self.release)
         row: dict[str, Any] = {"epsilon": json_epsilon(eps), "private": self.private}
         if self.settings.insecure_reproducible_noise:
             row["not_private"] = NOT_PRIVATE
         return row
+
+    def account(self) -> PrivacyAccount:
+        """The accountant's account of the rounds released so far (zero rounds of this run's release before any)."""
+        if not self.accountant.history:
+            return account_rounds(self.release, rounds=0, delta=self.delta, sample_rate=self.sample_rate)
+        return self.accountant.account()
 
     def describe(self) -> dict[str, Any]:
         """The settings as a JSON-able dict (for the run's config)."""

@@ -12,7 +12,7 @@ from mrff_secure.round.accountant import privacy_warnings
 
 def privacy_summary(pipeline: PrivacyPipeline, *, participants_per_round: int | None = None) -> dict[str, Any]:
     """The run summary's `privacy` object (JSON-ready: inf as "inf")."""
-    account = pipeline.accountant.account()
+    account = pipeline.account()
     mode = {"plain": "off", "local": "local", "secure": pipeline.dp.mode}[pipeline.mode]
     out: dict[str, Any] = {
         "private": pipeline.private,

@@ -1,23 +1,9 @@
-"""One accounting for every command: what a round releases about one user, and what that costs.
+"""What rounds cost one user: the accountant of a run (a history of round releases, in the shape of opacus'
+accountants), the account it reports, and the calibration of z to a target epsilon.
 
-`mrff privacy`, `mrff train` (`PrivacyPipeline`) and the coordinator describe a round with a
-`RoundRelease` (public parameters only: mode, mechanism, C, z, the model's layout, participants,
-n_min, modulus) and call :func:`account_rounds` (or :func:`calibrate_noise_multiplier` for a
-target epsilon), so that a calibrated z spends exactly what the run then reports.
-
-A round's releases (both phases under secure aggregation) are accounted together, with the count
-part's sensitivity taken from the layout (blocks with group one-hots, the capped example count).
-
-Adjacency (stated with every epsilon):
-
-- replace-one, wherever the server sees identified uploads (local DP; plain): one user's upload
-  replaced by any other. Delta parts differ by <= 2C, one-hots by sqrt(2) per block, example
-  counts by <= 1: L2 sensitivity sqrt(4 C^2 + 2 B + 1) (B = blocks with groups).
-- zero-out, under secure aggregation (Kairouz, McMahan et al. ICML 2021): one user's contribution
-  replaced by zeros (who took part is visible, what they sent is not). Phase 2 (delta <= C,
-  example count <= 1, no one-hots): sqrt(C^2 + 1); phase 1 (one-hots): sqrt(B). The replace-one
-  figure under secure aggregation (sensitivities doubled at most) is given beside it: about twice
-  the epsilon where epsilon is small, up to four times where it is large.
+`mrff privacy`, `mrff train` (`PrivacyPipeline`) and the coordinator describe each round with a
+`round.release.RoundRelease` and account the history of their rounds here, so that a calibrated z
+spends exactly what the run then reports; a client's own ledger accounts its releases the same way.
 
 Sampling: no amplification by sampling is claimed. The server learns who took part in every round
 (local uploads are identified; secure aggregation has a participant list) and the simulation draws
@@ -25,19 +11,19 @@ a fixed-size subset, not a Poisson sample. The headline accounts a user who take
 round; a typical user's figure (q * T rounds) is shown beside it, labelled as such.
 
 Headline: the proven bound of the mechanism actually used.
-- local: the grid discrete Gaussian (`mechanisms.GridDiscreteGaussian`): its RDP is at most the
+- local: the grid discrete Gaussian (`dp.mechanisms.GridDiscreteGaussian`): its RDP is at most the
   continuous Gaussian's at the same sensitivity (including the grid's slack), converted by opacus'
   ``get_privacy_spent``, every round at q = 1.
-- distributed: the RDP bounds of the distributed discrete Gaussian / Skellam (Kairouz, Liu,
-  Steinke 2021; Agarwal, Kairouz, Liu 2021) over the round's integer plans (scale, padded
-  lengths, n_min) from `round.encoding.secure_round_plans`, both phases.
-- DP off: infinite (never 0).
+- distributed: the RDP curves of the rounds' integer plans (`round.release.round_rdp_curve`), summed
+  over the history and converted once.
+- DP off (or z = 0) in any round: infinite (never 0).
 The continuous Gaussian's PRV and RDP figures ("gaussian_limit") are shown for reference only.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,182 +32,49 @@ import numpy as np
 from mrff_secure.dp.accounting import (
     DISCRETE_ORDERS,
     Epsilons,
-    ddg_rdp,
     gaussian_epsilons,
     json_epsilon,
     rdp_epsilon,
     rdp_to_epsilon,
-    skellam_rdp,
 )
 from mrff_secure.dp.calibration import Z_MAX, search_noise_multiplier
-from mrff_secure.dp.config import DEFAULT_ROUNDING_BETA, DISTRIBUTED_MECHANISMS
-from mrff_secure.dp.discretize import rounded_l1_bound, rounded_l2_bound
-from mrff_secure.dp.distributed import DistributedPlan
-from mrff_secure.dp.mechanisms import GRID_SLACK
-from mrff_secure.dp.sensitivity import compose_noise_multipliers
 from mrff_secure.errors import ConfigError, PrivacyError
-from mrff_secure.round.encoding import SecureRoundPlans, secure_round_plans
+from mrff_secure.round.release import ADJACENCY_TEXT, RoundRelease, round_rdp_curve
 
-RELEASE_MODES = ("off", "local", "distributed")
-REPLACE_ONE = "replace-one"
-ZERO_OUT = "zero-out"
-ADJACENCY_TEXT = {
-    REPLACE_ONE: "replace-one: one user's upload replaced by any other (the server sees identified uploads)",
-    ZERO_OUT: "zero-out: one user's contribution replaced by zeros (secure aggregation; who took part is visible)",
-}
 SAMPLING_TEXT = ("no amplification by sampling: the server learns who takes part in a round and the simulation draws "
                  "a fixed-size subset (not Poisson); the headline accounts a user who takes part in every round")
 CALIBRATION_RTOL = 1e-4
 WEAK_EPSILON = 10.0  # above this the report warns: a weak guarantee
+STATE_VERSION = 2
+
+History = Sequence[tuple[RoundRelease, int]]
 
 
-def participants_per_round(num_users: int, client_fraction: float) -> int:
-    """Clients per round as the simulation samples them: all, or max(1, round(users * fraction))."""
-    return num_users if client_fraction >= 1.0 else max(1, int(round(num_users * client_fraction)))
-
-
-@dataclass(frozen=True)
-class RoundRelease:
-    """The public description of one training round, as the accountant needs it.
-
-    dp_mode: "off", "local" or "distributed"; secure_aggregation: the server sees only sums.
-    num_blocks / num_groups: the layout's group one-hots (0 / 0 without groups); delta_size: the
-    clipped part's length; participants: clients per round; n_min: survivors the distributed noise
-    shares are sized for; mechanism: "discrete_gaussian" or "skellam" (distributed) - local mode
-    always uses the grid discrete Gaussian. modulus_bits, count_cap, rounding_beta and
-    single_noise_draw decide the integer plans (distributed).
-    """
-
-    dp_mode: str
-    secure_aggregation: bool
-    clip: float
-    noise_multiplier: float
-    num_blocks: int
-    num_groups: int
-    delta_size: int
-    participants: int
-    n_min: int | None = None
-    mechanism: str | None = None
-    modulus_bits: int = 48
-    count_cap: int = 1
-    rounding_beta: float = DEFAULT_ROUNDING_BETA
-    single_noise_draw: bool = False
-
-    def __post_init__(self) -> None:
-        if self.dp_mode not in RELEASE_MODES:
-            raise ConfigError(f"dp_mode must be one of {RELEASE_MODES}, got {self.dp_mode!r}")
-        if self.dp_mode == "local" and self.secure_aggregation:
-            raise ConfigError("local DP runs without secure aggregation (each noisy upload is seen)")
-        if self.dp_mode == "distributed" and not self.secure_aggregation:
-            raise ConfigError("distributed DP needs secure aggregation")
-        for name in ("clip", "noise_multiplier"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.clip <= 0:
-            raise ConfigError(f"clip must be > 0, got {self.clip!r}")
-        if self.dp_mode == "off" and self.noise_multiplier != 0:
-            raise ConfigError(f"noise_multiplier={self.noise_multiplier!r} but DP is off")
-        for name, low in (("num_blocks", 0), ("num_groups", 0), ("delta_size", 1), ("participants", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-        if (self.num_blocks == 0) != (self.num_groups == 0):
-            raise ConfigError(f"num_blocks={self.num_blocks}, num_groups={self.num_groups}: both 0 or both > 0")
-        if self.dp_mode == "distributed" and self.mechanism not in DISTRIBUTED_MECHANISMS:
-            raise ConfigError(f"distributed mechanism must be one of {DISTRIBUTED_MECHANISMS}, got {self.mechanism!r}")
-
-    @property
-    def adjacency(self) -> str:
-        return ZERO_OUT if self.secure_aggregation else REPLACE_ONE
-
-    @property
-    def mechanism_name(self) -> str:
-        if self.dp_mode == "local":
-            return "grid_discrete_gaussian"
-        if self.dp_mode == "distributed":
-            return str(self.mechanism)
-        return "none"
-
-    def gaussian_parts(self, adjacency: str | None = None) -> list[tuple[float, float]]:
-        """[(L2 sensitivity, noise std)] of the round's releases, float units, under ``adjacency``."""
-        adjacency = adjacency or self.adjacency
-        c, z, b = float(self.clip), float(self.noise_multiplier), self.num_blocks
-        if self.dp_mode == "local":
-            # one upload [delta | one-hots | count / cap], snapped to the grid (slack GRID_SLACK * C)
-            return [(math.sqrt(4 * c * c + 2 * b + 1) + GRID_SLACK * c, z * c)]
-        factor = 2.0 if adjacency == REPLACE_ONE else 1.0
-        parts = [(math.sqrt(factor**2 * c * c + 1.0), z * c)]  # phase 2: delta part and example count
-        if b:
-            parts.append((math.sqrt(factor * b), z * math.sqrt(b)))  # phase 1: one-hots (sqrt(2B) replace-one)
-        return parts
-
-    def accounted_noise_multiplier(self, adjacency: str | None = None) -> float:
-        """The one Gaussian multiplier equivalent to the round's releases (0 without noise)."""
-        if self.noise_multiplier == 0:
-            return 0.0
-        return compose_noise_multipliers(self.gaussian_parts(adjacency))
-
-    def plans(self) -> SecureRoundPlans | None:
-        """The round's integer plans (secure aggregation only), exactly as the clients encode."""
-        if not self.secure_aggregation:
-            return None
-        return secure_round_plans(
-            delta_size=self.delta_size, num_blocks=self.num_blocks, num_groups=self.num_groups,
-            dp_mode="distributed" if self.dp_mode == "distributed" else "off", mechanism=self.mechanism,
-            clip=self.clip, noise_multiplier=self.noise_multiplier, n_clients=self.participants,
-            n_min=self.n_min if self.n_min is not None else self.participants, modulus_bits=self.modulus_bits,
-            count_cap=self.count_cap, rounding_beta=self.rounding_beta, single_noise_draw=self.single_noise_draw)
-
-    def with_noise_multiplier(self, z: float) -> "RoundRelease":
-        return RoundRelease(**{**self.__dict__, "noise_multiplier": float(z)})
-
-
-def discrete_round_rdp(plan: DistributedPlan, *, orders: tuple[float, ...] = DISCRETE_ORDERS, sensitivity_factor: float = 1.0) -> np.ndarray:
-    """RDP curve of one release under ``plan`` (zero-out; factor 2 bounds replace-one by the triangle inequality)."""
-    d2 = sensitivity_factor * rounded_l2_bound(scaled_norm=plan.l2_bound * plan.scale, dim=plan.padded_dim,
-                                               beta=plan.beta)
-    d1 = sensitivity_factor * rounded_l1_bound(l2_bound=d2 / sensitivity_factor, dim=plan.padded_dim)
-    total_std = plan.noise_multiplier * plan.clip * plan.scale
-    if total_std == 0.0:
-        return np.full(len(orders), np.inf)
-    if plan.mechanism == "discrete_gaussian":
-        return ddg_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1,
-                       share_sigma=total_std / math.sqrt(plan.n_min), n_shares=plan.n_min, dim=plan.padded_dim)
-    return skellam_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1, total_variance=total_std**2)
-
-
-def _round_curve(release: RoundRelease, factor: float) -> np.ndarray:
-    plans = release.plans()
-    if plans is None:
-        raise PrivacyError("a round without secure aggregation has no discrete RDP curve")
-    curve = discrete_round_rdp(plans.update, sensitivity_factor=factor)
-    if plans.counts is not None:
-        curve = curve + discrete_round_rdp(plans.counts, sensitivity_factor=factor)
-    return curve
-
-
-def round_rdp_curve(release: RoundRelease, *, replace_one: bool = False) -> np.ndarray:
-    """The RDP curve (at DISCRETE_ORDERS) of one round of a distributed release, both phases; zero-out
-    adjacency, or replace-one (sensitivities doubled). For callers whose rounds differ (the coordinator)."""
-    return _round_curve(release, 2.0 if replace_one else 1.0)
-
-
-def _headline(release: RoundRelease, rounds: int, delta: float, *, adjacency: str | None = None,
-              curve: np.ndarray | None = None) -> float:
-    """The proven epsilon of ``rounds`` rounds (see the module docstring)."""
-    if rounds == 0:
+def history_epsilon(history: History, *, delta: float, replace_one: bool = False,
+                    curve_of: Callable[[RoundRelease, bool], np.ndarray] | None = None) -> float:
+    """The proven epsilon of a history [(release, rounds)] (see the module docstring). `curve_of(release,
+    replace_one)` gives a distributed release's RDP curve (default: `round_rdp_curve`; accountants cache it)."""
+    spent = [(release, rounds) for release, rounds in history if rounds]
+    if not spent:
         return 0.0
-    if release.dp_mode == "off" or release.noise_multiplier == 0:
+    if any(not release.noisy for release, _ in spent):
         return math.inf
-    if release.dp_mode == "local":
-        return rdp_epsilon(history=[(release.accounted_noise_multiplier(), 1.0, rounds)], delta=delta)
-    if curve is None:
-        factor = 2.0 if (adjacency or release.adjacency) == REPLACE_ONE else 1.0
-        curve = _round_curve(release, factor)
-    if not np.all(np.isfinite(curve)):
+    modes = {release.dp_mode for release, _ in spent}
+    if modes == {"local"}:
+        return rdp_epsilon(history=[(r.accounted_noise_multiplier(), 1.0, n) for r, n in spent], delta=delta)
+    if modes != {"distributed"}:
+        raise PrivacyError(f"a history mixes DP modes {sorted(modes)}: account each run on its own")
+    curve = curve_of or (lambda release, replace: round_rdp_curve(release, replace_one=replace))
+    total = sum(curve(release, replace_one) * rounds for release, rounds in spent)
+    if not np.all(np.isfinite(total)):
         return math.inf
-    return rdp_to_epsilon(orders=DISCRETE_ORDERS, rdp=curve * rounds, delta=delta)
+    return rdp_to_epsilon(orders=DISCRETE_ORDERS, rdp=total, delta=delta)
+
+
+def _headline(release: RoundRelease, rounds: int, delta: float, *, replace_one: bool = False,
+              curve_of: Callable[[RoundRelease, bool], np.ndarray] | None = None) -> float:
+    """The proven epsilon of ``rounds`` rounds of one release."""
+    return history_epsilon([(release, rounds)], delta=delta, replace_one=replace_one, curve_of=curve_of)
 
 
 @dataclass(frozen=True)
@@ -284,10 +137,14 @@ def account_rounds(release: RoundRelease, *, rounds: int, delta: float, sample_r
     if not 0.0 < sample_rate <= 1.0:
         raise PrivacyError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
     z_acc = release.accounted_noise_multiplier()
-    curve = None
-    if release.dp_mode == "distributed" and release.noise_multiplier > 0:
-        curve = _round_curve(release, 1.0)
-    eps = _headline(release, rounds, delta, curve=curve)
+    cached: dict[bool, np.ndarray] = {}
+
+    def curve(r: RoundRelease, replace: bool) -> np.ndarray:
+        if replace not in cached:
+            cached[replace] = round_rdp_curve(r, replace_one=replace)
+        return cached[replace]
+
+    eps = _headline(release, rounds, delta, curve_of=curve)
     limit = gaussian_epsilons(history=[(z_acc, 1.0, rounds)], delta=delta)
     notes: list[str] = []
     if release.dp_mode == "off":
@@ -302,13 +159,13 @@ def account_rounds(release: RoundRelease, *, rounds: int, delta: float, sample_r
                  "n_min shares), both phases per round, every round")
     replace_one = None
     if release.secure_aggregation:
-        replace_one = _headline(release, rounds, delta, adjacency=REPLACE_ONE) if release.dp_mode == "distributed" \
+        replace_one = _headline(release, rounds, delta, replace_one=True) if release.dp_mode == "distributed" \
             else math.inf
-    per_round = _headline(release, 1, delta, curve=curve)
+    per_round = _headline(release, 1, delta, curve_of=curve)
     typical_rounds = typical = None
     if sample_rate < 1.0 and rounds:
         typical_rounds = max(1, round(sample_rate * rounds))
-        typical = _headline(release, typical_rounds, delta, curve=curve)
+        typical = _headline(release, typical_rounds, delta, curve_of=curve)
     return PrivacyAccount(
         epsilon=eps, delta=float(delta), rounds=rounds, adjacency=release.adjacency, bound=bound,
         mechanism=release.mechanism_name, accounted_noise_multiplier=z_acc, gaussian_limit=limit,
@@ -417,39 +274,74 @@ def privacy_warnings(*, epsilon: float, delta: float, noise_multiplier: float, n
     return out
 
 
-class RunAccountant:
-    """The thin stateful side of :func:`account_rounds`: the rounds released so far and their epsilon.
+class RoundAccountant:
+    """The accountant of a run: the history of its round releases [(release, rounds)], in the shape of opacus'
+    accountants (consecutive equal releases share one entry), their epsilon converted once from the summed
+    RDP, and a JSON-able `state_dict` for checkpoints. Used by the simulation and the coordinator."""
 
-    The per-round discrete RDP curve is computed once, so recording a round is cheap.
-    """
-
-    def __init__(self, release: RoundRelease, *, delta: float, sample_rate: float = 1.0) -> None:
-        if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
+    def __init__(self, *, delta: float, sample_rate: float = 1.0) -> None:
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < delta < 1.0:
             raise PrivacyError(f"delta must be in (0, 1), got {delta!r}")
-        self.release, self.delta, self.sample_rate = release, float(delta), float(sample_rate)
-        self.rounds = 0
-        self._curve = (_round_curve(release, 1.0)
-                       if release.dp_mode == "distributed" and release.noise_multiplier > 0 else None)
+        if not 0.0 < sample_rate <= 1.0:
+            raise PrivacyError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+        self.delta, self.sample_rate = float(delta), float(sample_rate)
+        self.history: list[tuple[RoundRelease, int]] = []
+        self._curves: dict[tuple[RoundRelease, bool], np.ndarray] = {}
 
-    def epsilon(self, rounds: int | None = None) -> float:
-        """The headline epsilon after ``rounds`` rounds (default: those recorded)."""
-        return _headline(self.release, self.rounds if rounds is None else rounds, self.delta, curve=self._curve)
-
-    def record_round(self) -> float:
+    def step(self, *, release: RoundRelease) -> float:
         """One more round released; returns the headline epsilon so far."""
-        self.rounds += 1
+        if self.history and self.history[-1][0] == release:
+            self.history[-1] = (release, self.history[-1][1] + 1)
+        else:
+            self.history.append((release, 1))
         return self.epsilon()
 
+    @property
+    def rounds(self) -> int:
+        return sum(rounds for _, rounds in self.history)
+
+    @property
+    def noiseless_rounds(self) -> int:
+        """Rounds released without noise (any one makes epsilon infinite)."""
+        return sum(rounds for release, rounds in self.history if not release.noisy)
+
+    def _curve(self, release: RoundRelease, replace_one: bool) -> np.ndarray:
+        key = (release, replace_one)
+        if key not in self._curves:
+            self._curves[key] = round_rdp_curve(release, replace_one=replace_one)
+        return self._curves[key]
+
+    def epsilon(self, *, replace_one: bool = False) -> float:
+        """The headline epsilon of the history (replace_one: the same releases under replace-one adjacency)."""
+        return history_epsilon(self.history, delta=self.delta, replace_one=replace_one, curve_of=self._curve)
+
     def account(self) -> PrivacyAccount:
-        return account_rounds(self.release, rounds=self.rounds, delta=self.delta, sample_rate=self.sample_rate)
+        """The account of a history of one release (`account_rounds`): the simulation's rounds."""
+        releases = {release for release, _ in self.history}
+        if len(releases) != 1:
+            raise PrivacyError(f"account() describes a history of one release; this one has {len(releases)} "
+                               "(use epsilon())")
+        return account_rounds(releases.pop(), rounds=self.rounds, delta=self.delta, sample_rate=self.sample_rate)
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-able state for checkpoints: the rounds recorded (the release is the run's configuration)."""
-        return {"version": 1, "rounds": self.rounds}
+        """JSON-able state: delta, sample rate and the history (each release's public fields, its rounds)."""
+        return {"version": STATE_VERSION, "delta": self.delta, "sample_rate": self.sample_rate,
+                "history": [{"release": release.to_dict(), "rounds": rounds} for release, rounds in self.history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        rounds = state.get("rounds") if isinstance(state, dict) else None
-        if not isinstance(state, dict) or state.get("version") != 1 or isinstance(rounds, bool) \
-                or not isinstance(rounds, int) or rounds < 0:
-            raise PrivacyError("unsupported accountant state (expected {'version': 1, 'rounds': n >= 0})")
-        self.rounds = rounds
+        """Restore `state_dict`'s state; PrivacyError naming what is wrong (the history is revalidated)."""
+        try:
+            if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+                raise ValueError(f"expected version {STATE_VERSION}")
+            history = []
+            for entry in state["history"]:
+                rounds = entry["rounds"]
+                if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+                    raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+                history.append((RoundRelease(**entry["release"]), rounds))
+            delta, sample_rate = float(state["delta"]), float(state["sample_rate"])
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+            raise PrivacyError(f"unreadable accountant state: {exc}") from exc
+        if delta != self.delta:
+            raise PrivacyError(f"the accountant state is for delta {delta}, this run's is {self.delta}")
+        self.sample_rate, self.history = sample_rate, history

@@ -1,13 +1,15 @@
 """The one accounting of a round (`round.accountant`): adjacency per view, both phases, the discrete headline,
 no amplification, calibration to the headline, and the thin stateful accountant."""
 
+import json
 import math
 
 import pytest
 
 from mrff_secure.dp import epsilon
 from mrff_secure.errors import ConfigError, PrivacyError
-from mrff_secure.round.accountant import RoundRelease, RunAccountant, account_rounds, calibrate_noise_multiplier
+from mrff_secure.round.accountant import RoundAccountant, account_rounds, calibrate_noise_multiplier
+from mrff_secure.round.release import RoundRelease
 
 DELTA = 1e-5
 
@@ -60,16 +62,39 @@ def test_calibration_reaches_the_headline_target(mode, mechanism):
     assert 5.0 * 0.99 <= eps <= 5.0
 
 
-def test_run_accountant_records_rounds_and_restores_its_state():
-    acc = RunAccountant(release(), delta=DELTA)
-    first = acc.record_round()
-    second = acc.record_round()
-    assert 0 < first < second == pytest.approx(account_rounds(release(), rounds=2, delta=DELTA).epsilon)
-    other = RunAccountant(release(), delta=DELTA)
-    other.load_state_dict(acc.state_dict())
-    assert other.epsilon() == second
-    with pytest.raises(PrivacyError):
-        other.load_state_dict({"version": 1, "rounds": -1})
+def test_the_accountant_records_rounds_and_restores_its_state():
+    acc = RoundAccountant(delta=DELTA)
+    first = acc.step(release=release())
+    second = acc.step(release=release())
+    assert acc.history == [(release(), 2)]  # consecutive equal releases share one entry
+    assert 0 < first < second == account_rounds(release(), rounds=2, delta=DELTA).epsilon
+    other = RoundAccountant(delta=DELTA)
+    other.load_state_dict(json.loads(json.dumps(acc.state_dict())))
+    assert other.history == acc.history and other.epsilon() == second
+    for broken in ({"version": 1, "rounds": 2}, {**acc.state_dict(), "history": [{"release": {}, "rounds": 1}]},
+                   {**acc.state_dict(), "history": [{"release": release().to_dict(), "rounds": 0}]}):
+        with pytest.raises(PrivacyError, match="accountant state"):
+            other.load_state_dict(broken)
+    with pytest.raises(PrivacyError, match="delta"):
+        RoundAccountant(delta=DELTA / 2).load_state_dict(acc.state_dict())
+
+
+def test_a_history_of_differing_rounds_sums_their_curves():
+    """The coordinator's rounds differ (participants, n_min): the history composes them by adding RDP curves;
+    a noiseless round makes epsilon infinite; an account of several releases is refused by name."""
+    acc = RoundAccountant(delta=DELTA)
+    small, large = release(participants=50, n_min=30), release(participants=80, n_min=80)
+    acc.step(release=small)
+    acc.step(release=large)
+    acc.step(release=small)
+    assert [n for _, n in acc.history] == [1, 1, 1] and acc.rounds == 3
+    low, high = sorted(account_rounds(r, rounds=3, delta=DELTA).epsilon for r in (small, large))
+    assert low < high and low < acc.epsilon() < high  # between three rounds of either release
+    assert acc.epsilon(replace_one=True) > acc.epsilon()
+    with pytest.raises(PrivacyError, match="one release"):
+        acc.account()
+    acc.step(release=release(dp_mode="off", z=0.0, mechanism=None))
+    assert acc.epsilon() == math.inf and acc.noiseless_rounds == 1
 
 
 @pytest.mark.parametrize("changes,needle", [

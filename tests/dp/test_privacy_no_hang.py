@@ -28,7 +28,8 @@ from mrff_secure.dp.accounting import (
 from mrff_secure.dp.calibration import Z_MIN, noise_multiplier_for_epsilon, search_noise_multiplier
 from mrff_secure.dp.ledger import PrivacyLedger
 from mrff_secure.errors import ConfigError, PrivacyError
-from mrff_secure.round.accountant import RoundRelease, account_rounds, calibrate_release
+from mrff_secure.round.accountant import RoundAccountant, account_rounds, calibrate_release
+from mrff_secure.round.release import RoundRelease
 
 LIMIT_S = 20.0  # the target is 10 s on a 2-core machine; twice that for a loaded CI box
 
@@ -200,7 +201,7 @@ def test_skellam_calibration_targets_the_discrete_headline(clients, dim, dropout
 def test_the_coordinators_calibration_spends_at_most_the_target_in_its_ledger():
     from mrff_secure.round.spec import RoundSpec
     from mrff_secure.round.update_vector import UpdateLayout
-    from server.privacy import NetworkLedger, calibrate, round_release
+    from server.privacy import calibrate, ledger_summary, round_release
 
     layout = UpdateLayout(shared_names=("a",), shared_shapes=((5000,),), group_names=(("g1",), ("g2",)),
                           group_shapes=(((100,),), ((100,),)), num_groups=4)
@@ -209,11 +210,11 @@ def test_the_coordinators_calibration_spends_at_most_the_target_in_its_ledger():
                          noise_multiplier=1.0, min_survivors=35, min_group_size=5, mechanism=mechanism,
                          modulus_bits=32, count_cap=65)
         z = calibrate(spec, layout, participants=50, target_epsilon=8.0, rounds=20, delta=1e-5)
-        ledger = NetworkLedger(1e-5)
+        ledger = RoundAccountant(delta=1e-5)
         calibrated = RoundSpec(**{**spec.__dict__, "noise_multiplier": z})
         for _ in range(20):
-            summary = ledger.record_round(round_release(calibrated, layout, 50))
-        assert 0.9 * 8.0 <= summary["epsilon"] <= 8.0
+            ledger.step(release=round_release(calibrated, layout, 50))
+        assert 0.9 * 8.0 <= ledger_summary(ledger)["epsilon"] <= 8.0
 
 
 # ---------------------------------------------------------------- epsilon one way: "inf", warnings, precision
@@ -238,11 +239,11 @@ def test_infinite_epsilon_is_the_string_inf_everywhere(capsys):
     ledger = PrivacyLedger(delta=1e-5)
     ledger.record_round(noise_multiplier=0.0, sample_rate=1.0)
     assert ledger.to_json()["epsilon"] == "inf" and ledger.to_json()["epsilon_prv"] == "inf"
-    from server.privacy import NetworkLedger
+    from server.privacy import ledger_summary
 
-    network = NetworkLedger(1e-5)
-    network.record_round(distributed_release(dp_mode="off", noise_multiplier=0.0, mechanism=None))
-    summary = network.summary()
+    network = RoundAccountant(delta=1e-5)
+    network.step(release=distributed_release(dp_mode="off", noise_multiplier=0.0, mechanism=None))
+    summary = ledger_summary(network)
     assert summary["epsilon"] == "inf" and summary["epsilon_replace_one"] == "inf"
     assert any("no noise" in w for w in summary["warnings"])
     json.dumps(summary, allow_nan=False)
