@@ -65,7 +65,9 @@ def history_epsilon(history: History, *, delta: float, replace_one: bool = False
     if modes != {"distributed"}:
         raise PrivacyError(f"a history mixes DP modes {sorted(modes)}: account each run on its own")
     curve = curve_of or (lambda release, replace: round_rdp_curve(release, replace_one=replace))
-    total = sum(curve(release, replace_one) * rounds for release, rounds in spent)
+    total = np.zeros(len(DISCRETE_ORDERS))
+    for release, rounds in spent:
+        total = total + curve(release, replace_one) * rounds
     if not np.all(np.isfinite(total)):
         return math.inf
     return rdp_to_epsilon(orders=DISCRETE_ORDERS, rdp=total, delta=delta)
