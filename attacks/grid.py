@@ -63,11 +63,13 @@ from attacks.scores import accuracy_standard_error, auc_standard_error
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.dp import DPConfig
+from mrff_secure.dp.accounting import json_epsilon
 from mrff_secure.errors import ConfigError
-from mrff_secure.federation.privacy_summary import privacy_summary
+from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
+from mrff_secure.federation.privacy_summary import noise_source
 from mrff_secure.federation.simulation import FederatedSimulation
 from mrff_secure.provenance import source_commit
-from mrff_secure.round.accountant import account_rounds
+from mrff_secure.round.accountant import SAMPLING_TEXT, RoundAccountant
 from mrff_secure.round.spec import SUM_VIEWS, PrivacySettings, SecureAggregation, ThreatModel
 
 GRID_THREAT_MODELS = (ThreatModel.PLAIN, ThreatModel.SECAGG, ThreatModel.SECAGG_DP, ThreatModel.LOCAL_DP)
@@ -195,6 +197,30 @@ class _Chain:
         return vectors
 
 
+def _claim(pipeline: PrivacyPipeline, *, misreport_noise: float = 1.0) -> tuple[dict[str, Any], float, float]:
+    """The privacy claim a cell tests, read from the run's accountant: (claim, noise multiplier, delta).
+
+    misreport_noise != 1 builds the deliberately false claim of an audit test: the same history of releases
+    at a noise multiplier scaled by it, accounted as if that were the noise added.
+    """
+    accountant = pipeline.accountant
+    if misreport_noise != 1.0:
+        claimed = RoundAccountant(delta=accountant.delta, sample_rate=accountant.sample_rate)
+        for release, rounds in accountant.history:
+            for _ in range(rounds):
+                claimed.step(release=release.with_noise_multiplier(release.noise_multiplier * misreport_noise))
+        accountant = claimed
+    account = accountant.account()
+    release = accountant.history[-1][0]
+    claim = {"epsilon": json_epsilon(account.epsilon), "delta": account.delta, "adjacency": account.adjacency,
+             "mechanism": account.mechanism, "noise_multiplier": release.noise_multiplier, "clip": release.clip,
+             "rounds": account.rounds, "sample_rate": accountant.sample_rate, "epsilon_bound": account.bound,
+             "noise_source": noise_source(pipeline), "sampling": SAMPLING_TEXT,
+             "modulus_bits": release.modulus_bits if release.secure_aggregation else None,
+             "min_group_size": pipeline.min_group_size}
+    return claim, release.noise_multiplier, account.delta
+
+
 def run_cell(cell: Cell, data: ClientData, *, model: ModelConfig, rounds: int, canaries: int, clip: float,
              on_round: Callable[[int, int], None] | None = None) -> dict:
     """Train one cell (with its canaries when every client takes part) and run every attack on its view.
@@ -226,18 +252,7 @@ def run_cell(cell: Cell, data: ClientData, *, model: ModelConfig, rounds: int, c
         if on_round is not None:
             on_round(done, rounds)
     if sim.privacy is not None:
-        privacy = privacy_summary(sim.privacy)
-        z, delta = sim.privacy.noise_multiplier, sim.privacy.delta
-        if cell.misreport_noise != 1.0:  # the deliberately false claim of an audit test
-            z = z * cell.misreport_noise
-            account = account_rounds(sim.privacy.release.with_noise_multiplier(z), rounds=rounds, delta=delta,
-                                     sample_rate=cell.client_fraction)
-            privacy = {**privacy, **account.to_json()}
-        claim = {"epsilon": privacy["epsilon"], "delta": delta, "adjacency": privacy["adjacency"],
-                 "mechanism": privacy["mechanism"], "noise_multiplier": z, "clip": clip, "rounds": rounds,
-                 "sample_rate": cell.client_fraction, "epsilon_bound": privacy["epsilon_bound"],
-                 "noise_source": privacy["noise_source"], "sampling": privacy["sampling"],
-                 "modulus_bits": privacy.get("modulus_bits"), "min_group_size": privacy.get("min_group_size")}
+        claim, z, delta = _claim(sim.privacy, misreport_noise=cell.misreport_noise)
     else:
         z, delta = 0.0, 1.0 / audited.num_users ** 1.1
         claim = {"epsilon": "inf", "delta": delta, "adjacency": None, "mechanism": None, "noise_multiplier": 0.0,

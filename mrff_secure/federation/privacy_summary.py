@@ -10,6 +10,13 @@ from mrff_secure.federation.privacy_pipeline import NOT_PRIVATE, PrivacyPipeline
 from mrff_secure.round.accountant import privacy_warnings
 
 
+def noise_source(pipeline: PrivacyPipeline) -> str:
+    """Where the run's DP randomness came from, in words."""
+    if pipeline.settings.insecure_reproducible_noise:
+        return "run seed (insecure_reproducible_noise): NOT PRIVATE"
+    return "operating-system entropy (client_encoding.secure_generator: PCG64 seeded from os.urandom)"
+
+
 def privacy_summary(pipeline: PrivacyPipeline, *, participants_per_round: int | None = None) -> dict[str, Any]:
     """The run summary's `privacy` object (JSON-ready: inf as "inf")."""
     account = pipeline.account()
@@ -25,9 +32,7 @@ def privacy_summary(pipeline: PrivacyPipeline, *, participants_per_round: int | 
                         if pipeline.settings.clip_from_private_data else
                         "stated by the operator; the run cannot check that it was chosen without private data"),
         "noise_std": pipeline.noise_multiplier * pipeline.clip if pipeline.dp.enabled else 0.0,
-        "noise_source": ("run seed (insecure_reproducible_noise): NOT PRIVATE"
-                         if pipeline.settings.insecure_reproducible_noise else
-                         "operating-system entropy (client_encoding.secure_generator: PCG64 seeded from os.urandom)"),
+        "noise_source": noise_source(pipeline),
         "delta_source": "given" if pipeline.dp.delta is not None else f"default 1/n^1.1 with n={pipeline.num_users} users",
         "sample_rate": pipeline.sample_rate,
         "participants_per_round": pipeline.participants,
