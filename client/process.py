@@ -103,8 +103,9 @@ def parse_pause(text: str) -> tuple[int, int, int]:
 
 def run_process(users: list[int], connection: Connection, state_dir: Path, data: ClientData, *,
                 client_seed: int, pause: tuple[int, int, int] | None = None, policy: ClientPolicy | None = None,
-                reproducible_noise: bool = False) -> int:
-    """Run every logical client of this process in its own thread; 0 if all finished the run."""
+                reproducible_noise: bool = False, emit: Callable[[str], None]) -> int:
+    """Run every logical client of this process in its own thread; 0 if all finished the run. `emit` takes
+    the process's lines for the operator (one per round, and PAUSED under fault injection)."""
     torch.set_num_threads(1)
     if max(users) >= data.num_users:
         raise ConfigError(f"user {max(users)} does not exist: the dataset has {data.num_users} users")
@@ -118,11 +119,11 @@ def run_process(users: list[int], connection: Connection, state_dir: Path, data:
         with pause_lock:
             paused.add(user)
             if len(paused) == len(users):
-                print(f"PAUSED users={len(users)}", flush=True)
+                emit(f"PAUSED users={len(users)}")
 
     fault = None if pause is None else FaultInjection(*pause, on_pause=on_pause)
 
-    reporter = RoundReporter(users)
+    reporter = RoundReporter(users, emit)
     clients: list[LogicalClient] = []
     clients_lock = threading.Lock()
     unreachable: list[ConnectionFailed] = []

@@ -1,13 +1,11 @@
-"""The one stdout line per round that a client process prints for its logical clients:
+"""The one line per round that a client process reports for its logical clients:
 "[ROUND 3] users 0-3: trained 160 examples, uploaded 4.8 MiB, 2.1 s"."""
 
 from __future__ import annotations
 
-import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TextIO
 
 
 @dataclass
@@ -36,13 +34,13 @@ def _ids(users: Iterable[int]) -> str:
 
 
 class RoundReporter:
-    """One stdout line per round for the logical clients of this process, once each of them that the
+    """One line per round for the logical clients of this process, once each of them that the
     round sampled is done with it (or when a later round or the end of the process comes first):
     "[ROUND 3] users 0-3: trained 160 examples, uploaded 4.8 MiB, 2.1 s"."""
 
-    def __init__(self, users: Iterable[int], out: TextIO | None = None) -> None:
+    def __init__(self, users: Iterable[int], emit: Callable[[str], None]) -> None:
         self.users = frozenset(users)
-        self.out = out
+        self.emit = emit  # the command's output (a line, flushed)
         self._lock = threading.Lock()
         self._pending: dict[int, dict[int, RoundResult]] = {}
 
@@ -70,6 +68,6 @@ class RoundReporter:
         if failed:
             reason = failed[0] if len(failed[0]) <= 120 else failed[0][:117] + "..."
             line += f"; {len(failed)} of {len(done)} not completed, {reason}" if len(done) > 1 else f"; {reason}"
-        print(line, file=self.out or sys.stdout, flush=True)
+        self.emit(line)
 
 

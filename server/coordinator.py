@@ -91,8 +91,10 @@ class Coordinator:
     request threads."""
 
     def __init__(self, run_dir: Path, settings: ServerSettings, model_config: ModelConfig, schema: PublicSchema,
-                 spec: RoundSpec, signing_key, *, authority_public_key: bytes, resume: bool = False) -> None:
+                 spec: RoundSpec, signing_key, *, authority_public_key: bytes, resume: bool = False,
+                 on_round_line: Callable[[str], None] | None = None) -> None:
         self.settings, self.model_config, self.base_spec = settings, model_config, spec
+        self.on_round_line = on_round_line  # the operator's one line per round (the command prints it)
         self._signing_key = signing_key
         self.authority_public_key = bytes(authority_public_key)  # the identity authority (credentials)
         open_run = RunState.resume if resume else RunState.create
@@ -304,10 +306,12 @@ class Coordinator:
         self.gate.end_round(rs, outcome)
         dropouts = sorted({c for phase in record["phases"].values() for stage in phase["dropouts"].values() for c in stage})
         eps = record.get("epsilon", {}).get("epsilon") if outcome.completed else None
-        print(f"[ROUND {r}] {'completed' if outcome.completed else 'ABORTED: ' + outcome.reason}: {n} participants, "
-              f"{len(dropouts)} dropped, {record['seconds']:.2f} s"
-              + (f", epsilon so far {eps if isinstance(eps, str) else format(eps, '.4g')}" if eps is not None else "")
-              + _evaluation_text(record.get("evaluation")), flush=True)
+        if self.on_round_line is not None:
+            self.on_round_line(
+                f"[ROUND {r}] {'completed' if outcome.completed else 'ABORTED: ' + outcome.reason}: {n} participants, "
+                f"{len(dropouts)} dropped, {record['seconds']:.2f} s"
+                + (f", epsilon so far {eps if isinstance(eps, str) else format(eps, '.4g')}" if eps is not None else "")
+                + _evaluation_text(record.get("evaluation")))
 
     def _evaluate(self, rs: RoundState, config: SecAggConfig, nonce: bytes, survivors: tuple[int, ...], record: dict,
                   evaluated_model: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 then send zeros) can leave ONE honest client in a group slot of a released sum. A single server
 cannot prevent it; what protects the user is the DP noise on every coordinate of every slot.
 
-Played with the real per-client encoding (`client_encoding`): the target is alone in its slot,
+Played with the real per-client encoding (`round.encoding`): the target is alone in its slot,
 the other survivors (as many as the noise was sized for, which the client's policy enforces)
 contribute zeros there. The attacker decodes the slot: under distributed DP its error against the
 target's clipped delta has the std DP promises (z*C); with DP off it is exact, which is why

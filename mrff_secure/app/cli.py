@@ -91,7 +91,7 @@ def _add_report(sub) -> None:
     p.add_argument("--signing-key", type=Path, default=None, help="Ed25519 key (PEM) that signs report.json's SHA-256")
     p.add_argument("--signing-pub", type=Path, default=None,
                    help="network runs: the server's signing public key, to check the audit log's signatures")
-    p.set_defaults(handler="mrff_secure.report.write:report_main")
+    p.set_defaults(handler="mrff_secure.app.report_command:report_main")
 
 
 def build_parser() -> argparse.ArgumentParser:

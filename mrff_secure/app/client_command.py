@@ -131,4 +131,5 @@ def client_main(args: argparse.Namespace) -> int:
         print("WARNING --insecure-reproducible-noise: this client's DP noise is derived from --client-seed; "
               "its uploads are NOT PRIVATE", file=sys.stderr, flush=True)
     return run_process(users, connection, args.state_dir, data, client_seed=seed, pause=pause, policy=policy,
-                       reproducible_noise=args.insecure_reproducible_noise)
+                       reproducible_noise=args.insecure_reproducible_noise,
+                       emit=lambda line: print(line, flush=True))

@@ -281,7 +281,7 @@ def server_main(args: argparse.Namespace) -> int:
         spec = _calibrated(spec, args, data)
     coordinator = Coordinator(run_dir, _server_settings(args), options.model_config(args, data.maxlen), data,
                               spec, signing_key, authority_public_key=load_authority_public_key(certs.identity_ca_pub),
-                              resume=resume)
+                              resume=resume, on_round_line=lambda line: print(line, flush=True))
     tls = None if args.insecure else TlsFiles(certs.server_crt, certs.server_key, certs.ca_crt if args.mtls else None)
     server, port = create_server(args.address, coordinator, tls=tls,
                                  max_upload_bytes=args.max_upload_mib << 20, max_workers=args.max_workers)

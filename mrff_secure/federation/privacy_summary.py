@@ -14,7 +14,7 @@ def noise_source(pipeline: PrivacyPipeline) -> str:
     """Where the run's DP randomness came from, in words."""
     if pipeline.settings.insecure_reproducible_noise:
         return "run seed (insecure_reproducible_noise): NOT PRIVATE"
-    return "operating-system entropy (client_encoding.secure_generator: PCG64 seeded from os.urandom)"
+    return "operating-system entropy (round.encoding.secure_generator: PCG64 seeded from os.urandom)"
 
 
 def privacy_summary(pipeline: PrivacyPipeline, *, participants_per_round: int | None = None) -> dict[str, Any]:

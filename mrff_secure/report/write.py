@@ -4,13 +4,11 @@ SHA-256 of report.json's bytes)."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
 
 from mrff_secure.atomic import write_bytes_atomic
-from mrff_secure.errors import MrffError
 from mrff_secure.report.build import build_report
 from mrff_secure.report.render import render_html, render_markdown
 
@@ -61,23 +59,3 @@ def verify_report_signature(folder: Path, public_key_path: Path) -> bool:
     except InvalidSignature:
         return False
     return True
-
-
-def report_main(args: argparse.Namespace) -> int:
-    code = 0
-    for folder in args.folders:
-        try:
-            paths = write_report(folder, signing_key=args.signing_key, audit_public_key=args.signing_pub)
-        except (MrffError, OSError, ValueError) as exc:
-            print(f"mrff report: {folder}: {exc}")
-            code = 1
-            continue
-        print(f"wrote {paths['html']}, {paths['md']}, {paths['json']}")
-    return code
-
-
-def register(sub) -> None:
-    parser = sub.add_parser("report", help="the privacy report (JSON, Markdown, HTML) of audit, training or network runs")
-    parser.add_argument("folders", nargs="+", type=Path, help="audit, training (mrff train) or network (mrff server) folders")
-    parser.add_argument("--signing-key", type=Path, default=None, help="Ed25519 key (PEM) that signs report.json's SHA-256")
-    parser.set_defaults(handler=report_main)

@@ -37,10 +37,10 @@ single_noise_draw=False) -> SecureRoundPlans``
     The generator of all DP randomness (rounding and noise): numpy's PCG64 seeded from 256 bits of
     operating-system entropy (os.urandom). Never seed noise from an experiment seed.
 
-Wiring (network, `federation.client_update`): `round_plans(spec, layout, n)` builds the plans from a
-RoundSpec, `update_vector(layout, update, suppressed, cap)` the phase-2 float vector,
+A networked round: `round_plans(spec, layout, n)` builds the plans from a RoundSpec and
 `plan_configs(plans, n)` the two SecAggConfigs (vector length = padded_dim, max_abs =
-plans.counts_max_abs / plans.update_max_abs, the plans' modulus), `apply_decoded(...)` the global step. The secagg state
+plans.counts_max_abs / plans.update_max_abs, the plans' modulus); `round.participant` builds each
+phase's float vector and `round.aggregate.apply_decoded` takes the global step. The secagg state
 machines take centred signed integers: `secagg.encoding.from_ring(residues, plans.modulus_bits)`.
 ``rotation_seed`` is public (the server announces one per round and phase and decodes with it);
 ``rng`` is `secure_generator()` on a real client, a fresh one per phase.

@@ -237,7 +237,7 @@ def test_stop_ends_the_retry_loop() -> None:
 
 def test_one_line_per_round_for_the_clients_of_a_process() -> None:
     out = io.StringIO()
-    reporter = RoundReporter([0, 1, 2, 3], out=out)
+    reporter = RoundReporter([0, 1, 2, 3], lambda line: print(line, file=out, flush=True))
     participants = (0, 1, 2, 3, 4, 5)
     for user in range(4):
         assert out.getvalue() == ""  # not before every user of this process that the round sampled is done

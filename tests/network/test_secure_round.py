@@ -5,7 +5,7 @@ fresh development PKI and credentials), so the end-to-end command is exercised t
 with --insecure-reproducible-noise: each draws its rounding and DP noise from default_rng([client
 seed, round, phase, user]), which the simulation's reproducible mode uses too; with OS entropy (the
 default) no two runs could be compared. Everything else is the one per-client path: training
-(`train_clients`), the encoding (`client_encoding`), the decoding and the global step."""
+(`train_clients`), the encoding (`round.encoding`), the decoding and the global step."""
 
 from __future__ import annotations
 
