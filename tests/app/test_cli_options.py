@@ -17,7 +17,7 @@ import pytest
 
 from mrff_secure.app import cli, options
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--synthetic-users", "12", "--maxlen", "6", "--attribute-dim", "4", "--no-progress"]
 
 

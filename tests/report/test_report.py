@@ -18,7 +18,7 @@ from mrff_secure.report import REPORT_SCHEMA, write_report
 from mrff_secure.report.tables import fmt
 from mrff_secure.report.write import verify_report_signature
 
-FIXTURE = Path(__file__).parent / "fixtures" / "audit_small" / "grid.json"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "audit_small" / "grid.json"
 SECTIONS = ("Verdicts", "Privacy statement", "Claimed epsilon per cell", "Threat models: what the server saw",
             "Mechanism", "Attacks (score +- standard error)", "Power of the attacks (R0)",
             "Malicious server: active attacks", "Plots", "Utility", "Network run", "Reproducibility", "Integrity")
