@@ -136,13 +136,13 @@ class SecureRoundPlans:
 
     @property
     def count_size(self) -> int:
-        """Length of the one-hot part: blocks * groups (0 without groups)."""
-        return self.num_blocks * self.num_groups
+        """Length of the one-hot part: the count plan's dimension, blocks * groups (0 without groups)."""
+        return 0 if self.counts is None else self.counts.dim
 
     @property
     def size(self) -> int:
-        """Length of the layout vector phase 2 encodes: delta + one-hots + example count."""
-        return self.delta_size + self.count_size + 1
+        """Length of the layout vector phase 2 encodes (delta + one-hots + example count): the update plan's."""
+        return self.update.dim
 
 
 def _phase_plan(*, mechanism: str, dim: int, n: int, n_min: int, clip: float, z: float, bits: int,
