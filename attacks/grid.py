@@ -72,6 +72,7 @@ from mrff_secure.provenance import source_commit
 from mrff_secure.round.accountant import SAMPLING_TEXT, RoundAccountant
 from mrff_secure.round.spec import SUM_VIEWS, PrivacySettings, SecureAggregation, ThreatModel
 
+AUDIT_MODULUS_BITS = 48  # the ring of the grid's secure cells (its committed results were measured with it)
 GRID_THREAT_MODELS = (ThreatModel.PLAIN, ThreatModel.SECAGG, ThreatModel.SECAGG_DP, ThreatModel.LOCAL_DP)
 DP_THREAT_MODELS = (ThreatModel.SECAGG_DP, ThreatModel.LOCAL_DP)
 POWER = {"reconstruction_f1": 0.95, "membership_auc": 0.9, "attribute_advantage": 0.2, "group_accuracy": 0.95,
@@ -143,7 +144,9 @@ class Cell:
         dp = DPConfig(mode="local" if self.threat_model == ThreatModel.LOCAL_DP else "distributed", clip=clip,
                       noise_multiplier=None if self.target_epsilon is not None else self.noise_multiplier,
                       target_epsilon=self.target_epsilon)
-        return PrivacySettings(dp=dp, secure_sum=SecureAggregation.FAST if self.threat_model == ThreatModel.SECAGG_DP else SecureAggregation.OFF), True
+        if self.threat_model == ThreatModel.SECAGG_DP:
+            return PrivacySettings(dp=dp, secure_sum=SecureAggregation.FAST, modulus_bits=AUDIT_MODULUS_BITS), True
+        return PrivacySettings(dp=dp), True
 
 
 def default_cells(*, levels=(0.1, 0.3, 0.5), targets=(1.0, 4.0), seeds=(0,), sampled: float | None = 0.1) -> list[Cell]:

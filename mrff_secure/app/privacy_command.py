@@ -44,7 +44,8 @@ def privacy_report(
     *, rounds: int, clients: int, sample_rate: float = 1.0, mode: str = "local",
     noise_multiplier: float | None = None, target_epsilon: float | None = None, delta: float | None = None,
     clip: float = 1.0, blocks: int = 2, groups: int = 4, dim: int | None = None, mechanism: str | None = None,
-    max_dropout_fraction: float = 0.0, modulus_bits: int = 48, noise_sampling: str = "per_client",
+    max_dropout_fraction: float = 0.0, modulus_bits: int = options.BY_NAME["modulus_bits"].default,
+    noise_sampling: str = "per_client",
 ) -> dict[str, Any]:
     """All the figures ``mrff privacy`` prints, as a dict, from `round.accountant` (the accountant of `mrff train`)."""
     config = DPConfig(mode=mode, clip=clip, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
@@ -67,7 +68,9 @@ def privacy_report(
         num_blocks=blocks if with_groups else 0, num_groups=groups if with_groups else 0,
         delta_size=dim if dim is not None else 1, participants=n,
         n_min=config.min_survivors(n) if mode == "distributed" else None,
-        mechanism=config.mechanism_name if mode == "distributed" else None, modulus_bits=modulus_bits,
+        mechanism=config.mechanism_name if mode == "distributed" else None,
+        modulus_bits=modulus_bits if mode == "distributed" else None,
+        count_cap=1,  # the example count is uploaded scaled to [0, 1]: its cap does not enter the accounting
         single_noise_draw=noise_sampling == "aggregate")
     calibration_notes: tuple[str, ...] = ()
     if config.target_epsilon is not None:

@@ -68,10 +68,10 @@ class RoundRelease:
     num_groups: int
     delta_size: int
     participants: int
+    modulus_bits: int | None  # the ring of the secure sums (None without secure aggregation)
+    count_cap: int
     n_min: int | None = None
     mechanism: str | None = None
-    modulus_bits: int = 48
-    count_cap: int = 1
     rounding_beta: float = DEFAULT_ROUNDING_BETA
     single_noise_draw: bool = False
 
@@ -96,6 +96,8 @@ class RoundRelease:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         if (self.num_blocks == 0) != (self.num_groups == 0):
             raise ConfigError(f"num_blocks={self.num_blocks}, num_groups={self.num_groups}: both 0 or both > 0")
+        if self.secure_aggregation and (isinstance(self.modulus_bits, bool) or not isinstance(self.modulus_bits, int)):
+            raise ConfigError(f"secure aggregation needs an integer modulus_bits, got {self.modulus_bits!r}")
         if self.dp_mode == "distributed" and self.mechanism not in DISTRIBUTED_MECHANISMS:
             raise ConfigError(f"distributed mechanism must be one of {DISTRIBUTED_MECHANISMS}, got {self.mechanism!r}")
 
@@ -132,7 +134,7 @@ class RoundRelease:
 
     def plans(self) -> SecureRoundPlans | None:
         """The round's integer plans (secure aggregation only), exactly as the clients encode."""
-        if not self.secure_aggregation:
+        if not self.secure_aggregation or self.modulus_bits is None:  # __post_init__: secure implies a modulus
             return None
         return secure_round_plans(
             delta_size=self.delta_size, num_blocks=self.num_blocks, num_groups=self.num_groups,

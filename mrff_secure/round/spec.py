@@ -199,7 +199,7 @@ class PrivacySettings:
 
     dp: DPConfig = field(default_factory=DPConfig)
     secure_sum: SecureAggregation = SecureAggregation.OFF
-    modulus_bits: int = 48
+    modulus_bits: int | None = None  # the ring Z_{2^b} of the secure sums: required with secure aggregation
     noise_sampling: str = "per_client"
     count_cap: int | None = None
     min_group_size: int | None = None
@@ -218,8 +218,10 @@ class PrivacySettings:
         if self.dp.mode == "local" and self.secure:
             raise ConfigError("local DP runs without secure aggregation here (each noisy upload is seen); "
                               f"got secure_sum={self.secure_sum.value!r}")
-        if isinstance(self.modulus_bits, bool) or not isinstance(self.modulus_bits, int) \
-                or not 8 <= self.modulus_bits <= 62:
+        if self.modulus_bits is None and self.secure:
+            raise ConfigError("secure aggregation needs modulus_bits (the ring of the secure sums)")
+        if self.modulus_bits is not None and (isinstance(self.modulus_bits, bool) or not isinstance(self.modulus_bits, int)
+                                              or not 8 <= self.modulus_bits <= 62):
             raise ConfigError(f"modulus_bits must be an integer in [8, 62], got {self.modulus_bits!r}")
         if self.noise_sampling not in NOISE_SAMPLING:
             raise ConfigError(f"noise_sampling must be one of {NOISE_SAMPLING}, got {self.noise_sampling!r}")

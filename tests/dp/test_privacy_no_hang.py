@@ -44,13 +44,13 @@ def timed(fn, *args, **kwargs):
 
 def local_release(**changes):
     base = dict(dp_mode="local", secure_aggregation=False, clip=1.0, noise_multiplier=0.0, num_blocks=2,
-                num_groups=4, delta_size=1, participants=100)
+                num_groups=4, delta_size=1, participants=100, modulus_bits=None, count_cap=1)
     return RoundRelease(**{**base, **changes})
 
 
 def distributed_release(mechanism="skellam", **changes):
     base = dict(dp_mode="distributed", secure_aggregation=True, clip=1.0, noise_multiplier=1.0, num_blocks=2,
-                num_groups=4, delta_size=1000, participants=100, n_min=70, mechanism=mechanism, modulus_bits=32)
+                num_groups=4, delta_size=1000, participants=100, n_min=70, mechanism=mechanism, modulus_bits=32, count_cap=1)
     return RoundRelease(**{**base, **changes})
 
 

@@ -141,7 +141,7 @@ def test_dp_off_run_reports_an_infinite_epsilon_never_zero(data, tmp_path):
 
 def test_distributed_accounting_composes_both_phases_and_headlines_the_discrete_bound(data, tmp_path):
     z, clip = 1.1, 0.5
-    settings = PrivacySettings(dp=DPConfig(mode="distributed", clip=clip, noise_multiplier=z), secure_sum="fast",
+    settings = PrivacySettings(modulus_bits=48, dp=DPConfig(mode="distributed", clip=clip, noise_multiplier=z), secure_sum="fast",
                                min_group_size=2)
     summary = run_training(data, MODEL, FederationConfig(rounds=1, chunk_size=0), tmp_path, progress=False,
                            privacy=settings)
@@ -170,14 +170,14 @@ def test_calibrating_with_mrff_privacy_then_training_at_that_z_spends_the_target
     report = privacy_report(rounds=rounds, clients=12, mode=mode, target_epsilon=target, clip=clip, blocks=2,
                             groups=2, dim=layout.delta_size if mode == "distributed" else None)
     secure = "fast" if mode == "distributed" else "off"
-    settings = PrivacySettings(dp=DPConfig(mode=mode, clip=clip, noise_multiplier=report["noise_multiplier"]),
+    settings = PrivacySettings(modulus_bits=32, dp=DPConfig(mode=mode, clip=clip, noise_multiplier=report["noise_multiplier"]),
                                secure_sum=secure, min_group_size=2 if mode == "distributed" else None)
     summary = run_training(data, MODEL, FederationConfig(rounds=rounds, chunk_size=0), tmp_path, progress=False,
                            privacy=settings)
     assert summary["privacy"]["epsilon"] == pytest.approx(report["epsilon"], rel=1e-9)
     assert target * 0.99 <= summary["privacy"]["epsilon"] <= target
     # and `mrff train --target-epsilon` calibrates to the same z
-    calibrated = PrivacySettings(dp=DPConfig(mode=mode, clip=clip, target_epsilon=target), secure_sum=secure,
+    calibrated = PrivacySettings(modulus_bits=32, dp=DPConfig(mode=mode, clip=clip, target_epsilon=target), secure_sum=secure,
                                  min_group_size=2 if mode == "distributed" else None)
     summary = run_training(data, MODEL, FederationConfig(rounds=rounds, chunk_size=0), tmp_path / "t", progress=False,
                            privacy=calibrated)
@@ -320,7 +320,7 @@ def test_the_summary_records_the_release_it_accounted(data, tmp_path):
     from mrff_secure.round.release import RoundRelease
 
     summary = run_training(data, MODEL, FederationConfig(rounds=2, chunk_size=0), tmp_path, progress=False,
-                           privacy=PrivacySettings(dp=DPConfig(mode="distributed", clip=0.5, noise_multiplier=1.0),
+                           privacy=PrivacySettings(modulus_bits=48, dp=DPConfig(mode="distributed", clip=0.5, noise_multiplier=1.0),
                                                    secure_sum="fast", min_group_size=2))
     p = json.loads((tmp_path / "summary.json").read_text())["privacy"]
     again = account_rounds(RoundRelease(**p["release"]), rounds=2, delta=p["delta"])

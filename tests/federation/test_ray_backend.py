@@ -140,10 +140,10 @@ CASES = {
     "local DP": (FederationConfig(rounds=2, seed=3, chunk_size=32),
                  PrivacySettings(dp=DPConfig(mode="local", clip=1.0, noise_multiplier=0.5), **REPRODUCIBLE)),
     "secure, distributed DP": (FederationConfig(rounds=2, seed=4, chunk_size=32),
-                               PrivacySettings(dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0),
+                               PrivacySettings(modulus_bits=48, dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0),
                                                secure_sum="fast", **REPRODUCIBLE)),
     "secure, aggregate noise": (FederationConfig(rounds=2, seed=5, chunk_size=32, client_fraction=0.5),
-                                PrivacySettings(dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0),
+                                PrivacySettings(modulus_bits=48, dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0),
                                                 secure_sum="fast", noise_sampling="aggregate", **REPRODUCIBLE)),
 }
 
@@ -189,7 +189,7 @@ def test_the_ray_backend_refuses_what_it_cannot_run_the_same(local_ray, data):
     with pytest.raises(ConfigError, match="needs 4 CPUs; the Ray cluster has 3"):
         RaySimulation(data, MODEL, FederationConfig(rounds=1, chunk_size=16), workers=4)
     with pytest.raises(ConfigError, match="secure_sum='fast'"):
-        RaySimulation(data, MODEL, federation, privacy=PrivacySettings(secure_sum="inmemory"))
+        RaySimulation(data, MODEL, federation, privacy=PrivacySettings(modulus_bits=48, secure_sum="inmemory"))
 
 
 def _train(tmp_path, name, *extra):

@@ -16,7 +16,7 @@ DELTA = 1e-5
 
 def release(mode="distributed", z=1.0, **changes):
     base = dict(dp_mode=mode, secure_aggregation=mode == "distributed", clip=0.5, noise_multiplier=z, num_blocks=2,
-                num_groups=4, delta_size=500, participants=50, n_min=50,
+                num_groups=4, delta_size=500, participants=50, n_min=50, modulus_bits=48, count_cap=1,
                 mechanism="discrete_gaussian" if mode == "distributed" else None)
     return RoundRelease(**{**base, **changes})
 

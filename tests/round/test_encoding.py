@@ -71,7 +71,7 @@ def test_simulation_encoder_equals_the_shared_functions_bit_for_bit(mechanism, b
         rows.append(vectors.clone())
         return vectors
 
-    settings = PrivacySettings(dp=DPConfig(mode="distributed", clip=0.5, noise_multiplier=0.7, mechanism=mechanism),
+    settings = PrivacySettings(modulus_bits=48, dp=DPConfig(mode="distributed", clip=0.5, noise_multiplier=0.7, mechanism=mechanism),
                                secure_sum=backend, min_group_size=2, insecure_reproducible_noise=True)
     sim = FederatedSimulation(data, ModelConfig(maxlen=8, num_groups=2, dropout=0.0),
                               FederationConfig(rounds=1, chunk_size=0), update_transform=tap, privacy=settings)
