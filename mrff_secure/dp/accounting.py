@@ -84,15 +84,26 @@ def normalize_history(history: Sequence[Sequence[float]]) -> list[HistoryEntry]:
     return out
 
 
-def rdp_epsilon(*, history: Sequence[Sequence[float]], delta: float) -> float:
-    """Epsilon from opacus' RDPAccountant (its default orders) for a Gaussian history (inf where it
-    overflows: a z so small that no finite bound is proven)."""
+def _checked_history(
+    history: Sequence[Sequence[float]], delta: float
+) -> tuple[list[HistoryEntry], float, float | None]:
+    """The normalized history and checked delta, with the epsilon no accountant is needed for: 0.0 for
+    an empty history (nothing released), inf where an entry has no noise; None otherwise."""
     delta = _check_delta(delta)
     hist = normalize_history(history)
     if not hist:
-        return 0.0
+        return hist, delta, 0.0
     if any(z == 0.0 for z, _, _ in hist):
-        return math.inf
+        return hist, delta, math.inf
+    return hist, delta, None
+
+
+def rdp_epsilon(*, history: Sequence[Sequence[float]], delta: float) -> float:
+    """Epsilon from opacus' RDPAccountant (its default orders) for a Gaussian history (inf where it
+    overflows: a z so small that no finite bound is proven)."""
+    hist, delta, settled = _checked_history(history, delta)
+    if settled is not None:
+        return settled
     return _rdp_accountant_epsilon(hist, delta)
 
 
@@ -112,12 +123,9 @@ _ESTIMATE_ORDERS: tuple[int, ...] = tuple(range(2, 11)) + tuple(range(12, 64))
 
 def rdp_epsilon_upper_estimate(*, history: Sequence[Sequence[float]], delta: float) -> float:
     """RDP epsilon over the integer orders only: >= :func:`rdp_epsilon`, in milliseconds (for predictions)."""
-    delta = _check_delta(delta)
-    hist = normalize_history(history)
-    if not hist:
-        return 0.0
-    if any(z == 0.0 for z, _, _ in hist):
-        return math.inf
+    hist, delta, settled = _checked_history(history, delta)
+    if settled is not None:
+        return settled
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         curve = sum(compute_rdp(q=q, noise_multiplier=z, steps=steps, orders=list(_ESTIMATE_ORDERS))
@@ -176,12 +184,9 @@ def prv_epsilon(*, history: Sequence[Sequence[float]], delta: float, eps_error: 
     it is never called there), when the accountant fails, or when it returns a value in its
     overflow range.
     """
-    delta = _check_delta(delta)
-    hist = normalize_history(history)
-    if not hist:
-        return 0.0
-    if any(z == 0.0 for z, _, _ in hist):
-        return math.inf
+    hist, delta, settled = _checked_history(history, delta)
+    if settled is not None:
+        return settled
     reason = prv_out_of_range(history=hist, delta=delta, eps_error=eps_error)
     if reason is not None:
         raise PrivacyError(reason)
@@ -239,22 +244,6 @@ class Epsilons:
         return {"epsilon": json_epsilon(self.headline), "accountant": self.accountant,
                 "epsilon_prv": json_epsilon(self.headline), "epsilon_rdp": json_epsilon(self.rdp),
                 "prv_note": self.prv_note, "delta": self.delta}
-
-
-def gaussian_headline_epsilon(*, history: Sequence[Sequence[float]], delta: float) -> float:
-    """``gaussian_epsilons(...).headline`` without the RDP cross-check where PRV is in range (for searches)."""
-    delta = _check_delta(delta)
-    hist = normalize_history(history)
-    if not hist:
-        return 0.0
-    if any(z == 0.0 for z, _, _ in hist):
-        return math.inf
-    if prv_out_of_range(history=hist, delta=delta) is None:
-        try:
-            return _prv(hist, delta, PRV_EPS_ERROR)
-        except PrivacyError:
-            pass
-    return rdp_epsilon(history=hist, delta=delta)
 
 
 def gaussian_epsilons(*, history: Sequence[Sequence[float]], delta: float) -> Epsilons:

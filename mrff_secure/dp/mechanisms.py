@@ -1,9 +1,7 @@
 """Noise mechanisms behind one interface: ``mechanism.add_noise(x, *, rng) -> noisy x``.
 
-- :class:`GaussianMechanism` (floats): std z*C on every coordinate, numpy or torch. Floating-point
-  Gaussian noise leaks through its low-order bits (Mironov 2012; Jin et al. 2022): kept for
-  reference and tests, never used for a release.
-- :class:`GridDiscreteGaussian` (local mode): the input snapped to a grid of spacing gamma (a power
+- :class:`GridDiscreteGaussian` (local mode, in place of float Gaussian noise, which leaks through its
+  low-order bits: Mironov 2012; Jin et al. 2022): the input snapped to a grid of spacing gamma (a power
   of two) plus gamma times a discrete Gaussian N_Z(0, (z C / gamma)^2): every output is an exact
   grid point, whatever the input's low bits (Canonne, Kamath, Steinke 2020).
 - :class:`DistributedDiscreteGaussian` and :class:`DistributedSkellam` (integers, distributed
@@ -22,7 +20,6 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from mrff_secure.errors import PrivacyError
 
@@ -68,45 +65,6 @@ class NoiseMechanism(ABC):
     @abstractmethod
     def add_noise(self, x: Any, *, rng: Any) -> Any:
         """Return ``x`` plus fresh noise on every coordinate (shape and type preserved)."""
-
-
-class GaussianMechanism(NoiseMechanism):
-    """Float Gaussian noise of std z*C on every coordinate (local mode: the full noise per upload).
-
-    ``add_noise`` takes numpy with a ``np.random.Generator`` or torch with a ``torch.Generator``
-    (the vectorized simulation's (clients, d) tensors).
-    """
-
-    name = "gaussian"
-
-    def __init__(self, *, noise_multiplier: float, clip: float) -> None:
-        self.noise_multiplier = _nonneg("noise_multiplier", noise_multiplier)
-        self.clip = _positive("clip", clip)
-
-    @property
-    def noise_std(self) -> float:
-        return self.noise_multiplier * self.clip
-
-    def add_noise(self, x: Any, *, rng: Any) -> Any:
-        std = self.noise_std
-        if isinstance(x, torch.Tensor):
-            if not torch.is_floating_point(x):
-                raise PrivacyError(f"GaussianMechanism needs a floating-point tensor, got {x.dtype}")
-            if not isinstance(rng, torch.Generator):
-                raise PrivacyError("a torch tensor needs a torch.Generator as rng")
-            if std == 0.0:
-                return x.clone()
-            noise = torch.randn(x.shape, generator=rng, dtype=x.dtype, device=x.device)
-            return x + noise * std
-        if isinstance(x, np.ndarray):
-            if not np.issubdtype(x.dtype, np.floating):
-                raise PrivacyError(f"GaussianMechanism needs a floating-point array, got {x.dtype}")
-            if not isinstance(rng, np.random.Generator):
-                raise PrivacyError("a numpy array needs a numpy.random.Generator as rng")
-            if std == 0.0:
-                return x.copy()
-            return (x + rng.normal(0.0, std, size=x.shape)).astype(x.dtype, copy=False)
-        raise PrivacyError(f"add_noise takes a numpy array or a torch tensor, got {type(x).__name__}")
 
 
 GRID_SLACK = 2.0**-20  # the grid's rounding adds at most GRID_SLACK * C to an upload's L2 sensitivity
