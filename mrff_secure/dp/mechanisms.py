@@ -21,26 +21,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mrff_secure.checks import check_int, check_number
 from mrff_secure.errors import PrivacyError
-
-
-def _nonneg(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise PrivacyError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _positive(name: str, value: float) -> float:
-    v = _nonneg(name, value)
-    if v == 0.0:
-        raise PrivacyError(f"{name} must be > 0, got {value!r}")
-    return v
-
-
-def _check_n_min(n_min: int) -> int:
-    if isinstance(n_min, bool) or not isinstance(n_min, int) or n_min < 1:
-        raise PrivacyError(f"n_min must be a positive integer, got {n_min!r}")
-    return n_min
 
 
 def check_survivors(*, survivors: int, n_min: int) -> None:
@@ -77,9 +59,8 @@ def grid_spacing(*, clip: float, dim: int) -> float:
     Snapping a vector to the nearest grid point moves it by at most sqrt(dim) * gamma / 2 in L2, so
     two snapped vectors differ by at most their float difference plus GRID_SLACK * C.
     """
-    c = _positive("clip", clip)
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise PrivacyError(f"dim must be a positive integer, got {dim!r}")
+    c = check_number("clip", clip, low=0.0, low_open=True, error=PrivacyError)
+    check_int("dim", dim, low=1, error=PrivacyError)
     return 2.0 ** math.floor(math.log2(c * GRID_SLACK / math.sqrt(dim)))
 
 
@@ -98,8 +79,8 @@ class GridDiscreteGaussian(NoiseMechanism):
     name = "grid_discrete_gaussian"
 
     def __init__(self, *, noise_multiplier: float, clip: float, dim: int) -> None:
-        self.noise_multiplier = _nonneg("noise_multiplier", noise_multiplier)
-        self.clip = _positive("clip", clip)
+        self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, low=0.0, error=PrivacyError)
+        self.clip = check_number("clip", clip, low=0.0, low_open=True, error=PrivacyError)
         self.dim = dim
         self.gamma = grid_spacing(clip=clip, dim=dim)
         if self.noise_std / self.gamma > MAX_GRID_UNITS / 64:
@@ -133,7 +114,7 @@ def sample_discrete_gaussian(sigma: float, size: int | tuple[int, ...], rng: np.
     2020, Alg. 3), vectorized; the Laplace is the difference of two geometric variables. The
     acceptance test is computed in floating point (not the paper's exact-arithmetic version).
     """
-    s = _positive("sigma", sigma)
+    s = check_number("sigma", sigma, low=0.0, low_open=True, error=PrivacyError)
     shape = (size,) if isinstance(size, int) else tuple(size)
     count = int(np.prod(shape, dtype=np.int64))
     t = math.floor(s) + 1
@@ -155,7 +136,7 @@ def sample_skellam(variance: float, size: int | tuple[int, ...], rng: np.random.
 
     Refuses v > 2^46: numpy's Poisson sampler is inaccurate for means far above 1e14.
     """
-    v = _positive("variance", variance)
+    v = check_number("variance", variance, low=0.0, low_open=True, error=PrivacyError)
     if v > SKELLAM_MAX_VARIANCE * (1.0 + 1e-9):  # the planner caps at exactly 2^46
         raise PrivacyError(f"Skellam variance {v:.4g} > 2^46: numpy's Poisson sampler is inaccurate there; lower the scale")
     shape = (size,) if isinstance(size, int) else tuple(size)
@@ -166,10 +147,10 @@ class _DistributedIntegerMechanism(NoiseMechanism):
     """One client's integer noise share: variance (z * C * scale)^2 / n_min per coordinate."""
 
     def __init__(self, *, noise_multiplier: float, clip: float, scale: float, n_min: int) -> None:
-        self.noise_multiplier = _nonneg("noise_multiplier", noise_multiplier)
-        self.clip = _positive("clip", clip)
-        self.scale = _positive("scale", scale)
-        self.n_min = _check_n_min(n_min)
+        self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, low=0.0, error=PrivacyError)
+        self.clip = check_number("clip", clip, low=0.0, low_open=True, error=PrivacyError)
+        self.scale = check_number("scale", scale, low=0.0, low_open=True, error=PrivacyError)
+        self.n_min = check_int("n_min", n_min, low=1, error=PrivacyError)
 
     @property
     def total_std(self) -> float:

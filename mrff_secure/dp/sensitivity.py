@@ -11,13 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from mrff_secure.checks import check_number
 from mrff_secure.errors import PrivacyError
-
-
-def _nonneg(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise PrivacyError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def compose_noise_multipliers(parts: Sequence[tuple[float, float]]) -> float:
@@ -32,8 +27,8 @@ def compose_noise_multipliers(parts: Sequence[tuple[float, float]]) -> float:
         raise PrivacyError("compose_noise_multipliers needs at least one (sensitivity, std) part")
     total = 0.0
     for sens, std in parts:
-        s = _nonneg("sensitivity", sens)
-        sd = _nonneg("noise std", std)
+        s = check_number("sensitivity", sens, low=0.0, error=PrivacyError)
+        sd = check_number("noise std", std, low=0.0, error=PrivacyError)
         if s == 0.0:
             continue
         if sd == 0.0:

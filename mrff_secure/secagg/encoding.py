@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mrff_secure.checks import check_int
 from mrff_secure.errors import ConfigError, SecAggError
 from mrff_secure.secagg.config import MAX_MODULUS_BITS, guard_bits, required_modulus_bits
 
@@ -32,8 +33,7 @@ def check_no_wrap(num_clients: int, max_abs: int, modulus_bits: int, *, vector_l
 
 
 def _check_range(clip: float | np.ndarray, levels: int) -> np.ndarray:
-    if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
-        raise ConfigError(f"levels must be a positive int, got {levels!r}")
+    check_int("levels", levels, low=1)
     clip_arr = np.asarray(clip, dtype=np.float64)
     if not np.all(np.isfinite(clip_arr)) or np.any(clip_arr <= 0):
         raise ConfigError("clipping range must be finite and > 0 for every coordinate")
