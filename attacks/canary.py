@@ -30,8 +30,8 @@ import torch
 
 from attacks.bounds import one_run_bound, split_half_bound
 from attacks.scores import binary_scores
-from mrff_secure.data.client_data import ClientData
 from mrff_secure.checks import check_number
+from mrff_secure.data.client_data import ClientData
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.simulation import ServerView
 from mrff_secure.round.spec import INDIVIDUAL_VIEWS, SUM_VIEWS, require_view

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from mrff_secure.audit_log import AuditLog, read_records, software_version
+from mrff_secure.checks import check_int, check_number
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.schema import PublicSchema
-from mrff_secure.checks import check_int, check_number
 from mrff_secure.errors import CheckpointError, ConfigError
 from mrff_secure.federation.client_update import build_global, model_config_json
 from mrff_secure.model.roles import Role, parameter_roles

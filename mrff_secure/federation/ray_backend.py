@@ -37,9 +37,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from mrff_secure.checks import check_int
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.checks import check_int
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.client_shard import ClientShard, block_rows, model_and_private
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline

@@ -273,7 +273,7 @@ class ClientSession:
     def masked_input(self, delivery: ShareDelivery, vector: np.ndarray) -> MaskedInput:
         """Decrypt the shares our neighbours sent, then upload our input masked with our self mask
         and one pairwise mask per neighbour that shared with us. `vector` holds signed integers in
-        [-max_abs, max_abs] (see encoding.quantize), length config.vector_length."""
+        [-max_abs, max_abs], length config.vector_length."""
         self._check_round(delivery)
         self._check_addressee(delivery.receiver)
         held: dict[int, SharePayload] = {}
