@@ -15,6 +15,7 @@ import math
 import numpy as np
 from scipy import stats
 
+from mrff_secure.checks import check_number
 from mrff_secure.errors import ConfigError
 
 
@@ -22,8 +23,7 @@ def clopper_pearson(successes: int, trials: int, alpha: float) -> tuple[float, f
     """One-sided bounds at level alpha each: (lower, upper) on the success probability."""
     if trials < 0 or not 0 <= successes <= trials:
         raise ConfigError(f"need 0 <= successes <= trials, got {successes} of {trials}")
-    if not 0 < alpha < 1:
-        raise ConfigError(f"alpha must be in (0, 1), got {alpha}")
+    check_number("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
     lower = 0.0 if successes == 0 else float(stats.beta.ppf(alpha, successes, trials - successes + 1))
     upper = 1.0 if successes == trials else float(stats.beta.ppf(1 - alpha, successes + 1, trials - successes))
     return lower, upper

@@ -30,6 +30,7 @@ import torch
 
 from attacks.bounds import one_run_bound, split_half_bound
 from attacks.scores import binary_scores
+from mrff_secure.checks import check_number
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.simulation import ServerView
@@ -52,8 +53,7 @@ class CanaryAudit:
 
     def __init__(self, layout: UpdateLayout, *, first_row: int, num_canaries: int, clip: float,
                  clip_uploads: bool, seed: int | None = None) -> None:
-        if not (math.isfinite(clip) and clip > 0):
-            raise ConfigError(f"clip must be finite and > 0, got {clip!r}")
+        check_number("clip", clip, low=0.0, low_open=True)
         if layout.shared_size < 2 * num_canaries:
             raise ConfigError(f"{num_canaries} canaries need disjoint supports: the shared part has only "
                               f"{layout.shared_size} coordinates")

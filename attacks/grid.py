@@ -60,6 +60,7 @@ from attacks.reconstruction import reconstruct_rows
 from attacks.recorder import RowRecorder
 from attacks.rows import ItemRows
 from attacks.scores import accuracy_standard_error, auc_standard_error
+from mrff_secure.checks import check_choice, check_number
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.dp import DPConfig
@@ -106,12 +107,9 @@ class Cell:
     factor > 1 the claim is false, and the audit must say so."""
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.misreport_noise, (int, float)) and self.misreport_noise > 0):
-            raise ConfigError(f"misreport_noise must be > 0, got {self.misreport_noise!r}")
-        if not 0.0 < self.client_fraction <= 1.0:
-            raise ConfigError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
-        if self.threat_model not in GRID_THREAT_MODELS:
-            raise ConfigError(f"a grid cell's threat model must be one of {GRID_THREAT_MODELS}, got {self.threat_model!r}")
+        check_number("misreport_noise", self.misreport_noise, low=0.0, low_open=True)
+        check_number("client_fraction", self.client_fraction, low=0.0, high=1.0, low_open=True)
+        check_choice("a grid cell's threat model", self.threat_model, GRID_THREAT_MODELS)
         dp = self.threat_model in DP_THREAT_MODELS
         if dp and self.target_epsilon is None and not self.noise_multiplier > 0:
             raise ConfigError(f"a {self.threat_model} cell needs a noise multiplier > 0 or a target epsilon")
@@ -319,8 +317,7 @@ def evaluate_rules(results: list[dict], *, family_confidence: float = FAMILY_CON
     `family_confidence`: an honest mechanism fails one of them by chance with probability at most
     1 - family_confidence (the canary noise is fresh in every run), a false claim fails them the more
     surely the lower it is."""
-    if not 0.5 <= family_confidence < 1.0:
-        raise ConfigError(f"the audit's confidence must be in [0.5, 1), got {family_confidence!r}")
+    check_number("the audit's confidence", family_confidence, low=0.5, high=1.0, high_open=True)
     rules: dict[str, Any] = {}
     plain = [r for r in results if r["threat_model"] == ThreatModel.PLAIN]
     if not plain:

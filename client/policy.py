@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mrff_secure.checks import check_bool, check_int, check_number
 from mrff_secure.errors import ConfigError
 from mrff_secure.round.spec import DP_MODES, RoundSpec
 from mrff_secure.secagg.config import DEFAULT_CORRUPT_NEIGHBOURS, SecAggConfig
@@ -54,17 +55,12 @@ class ClientPolicy:
         unknown = set(self.dp_modes) - set(DP_MODES)
         if unknown or not self.dp_modes:
             raise ConfigError(f"policy dp_modes must be a non-empty subset of {DP_MODES}, got {list(self.dp_modes)}")
-        if not (isinstance(self.min_noise_multiplier, (int, float)) and math.isfinite(self.min_noise_multiplier)
-                and self.min_noise_multiplier >= 0):
-            raise ConfigError(f"policy min_noise_multiplier must be a finite number >= 0, got {self.min_noise_multiplier!r}")
-        if not (isinstance(self.max_clip, (int, float)) and self.max_clip > 0):
-            raise ConfigError(f"policy max_clip must be a number > 0, got {self.max_clip!r}")
-        if isinstance(self.min_group_size, bool) or not isinstance(self.min_group_size, int) or self.min_group_size < 2:
-            raise ConfigError(f"policy min_group_size must be an int >= 2, got {self.min_group_size!r}")
-        if not isinstance(self.allow_plain, bool):
-            raise ConfigError(f"policy allow_plain must be true or false, got {self.allow_plain!r}")
-        if not isinstance(self.join_evaluation, bool):
-            raise ConfigError(f"policy join_evaluation must be true or false, got {self.join_evaluation!r}")
+        check_number("policy min_noise_multiplier", self.min_noise_multiplier, low=0.0)
+        if self.max_clip != math.inf:  # the default: no bound on the clip
+            check_number("policy max_clip", self.max_clip, low=0.0, low_open=True)
+        check_int("policy min_group_size", self.min_group_size, low=2)
+        check_bool("policy allow_plain", self.allow_plain)
+        check_bool("policy join_evaluation", self.join_evaluation)
         object.__setattr__(self, "secagg", SecAggPolicy(
             min_participants=self.min_participants, min_neighbours=self.min_neighbours,
             corrupt_neighbours=self.corrupt_neighbours, min_survivors=self.min_survivors))

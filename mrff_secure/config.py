@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mrff_secure.checks import check_choice, check_int, check_number
 from mrff_secure.errors import ConfigError
 
 SEQUENTIAL_BACKBONES = ("sasrec", "hstu", "llama")  # MRFF replaces their feed-forward part
@@ -39,24 +40,19 @@ class ModelConfig:
     ffn_residual: bool = True  # standard SASRec residual around the feed-forward part
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ConfigError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        check_choice("backbone", self.backbone, BACKBONES)
         for name in ("attribute_dim", "num_blocks", "num_heads", "maxlen"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+            check_int(name, getattr(self, name), low=1)
+        check_number("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
         if self.mrff and self.backbone in BASELINES:
             raise ConfigError(f"backbone {self.backbone!r} is a non-sequential baseline with no feed-forward part "
                               "for MRFF to replace; use it with mrff off (--no-mrff)")
-        if (self.mrff or self.backbone == "pa") and self.num_groups < 1:
-            raise ConfigError(f"num_groups must be >= 1 with MRFF, got {self.num_groups}")
+        if self.mrff or self.backbone == "pa":
+            check_int("num_groups (with MRFF)", self.num_groups, low=1)
         if any(d < 1 for d in self.gate_hidden_dims + self.prediction_dims):
             raise ConfigError(f"layer sizes must be >= 1, got gate {self.gate_hidden_dims}, prediction {self.prediction_dims}")
-        if self.balance_alpha < 0:
-            raise ConfigError(f"balance_alpha must be >= 0, got {self.balance_alpha}")
-        if self.routing not in ROUTING_MODES:
-            raise ConfigError(f"routing must be one of {ROUTING_MODES}, got {self.routing!r}")
+        check_number("balance_alpha", self.balance_alpha, low=0.0)
+        check_choice("routing", self.routing, ROUTING_MODES)
 
     @property
     def groups(self) -> int:
@@ -86,34 +82,20 @@ class FederationConfig:
     patience: int = 0  # stop when validation AUC has not improved for this many rounds (0: run every round)
 
     def __post_init__(self) -> None:
-        if self.rounds < 0:
-            raise ConfigError(f"rounds must be >= 0, got {self.rounds}")
-        if self.local_steps < 1:
-            raise ConfigError(f"local_steps must be >= 1, got {self.local_steps}")
-        if not 0.0 < self.client_fraction <= 1.0:
-            raise ConfigError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.min_group_size < 1:
-            raise ConfigError(f"min_group_size must be >= 1, got {self.min_group_size}")
-        if self.eval_every < 1:
-            raise ConfigError(f"eval_every must be >= 1, got {self.eval_every}")
-        if self.chunk_size < 0:
-            raise ConfigError(f"chunk_size must be >= 0, got {self.chunk_size}")
-        if self.server_optimizer not in SERVER_OPTIMIZERS:
-            raise ConfigError(f"server_optimizer must be one of {SERVER_OPTIMIZERS}, got {self.server_optimizer!r}")
-        if not self.server_lr > 0:
-            raise ConfigError(f"server_lr must be > 0, got {self.server_lr}")
-        if not 0.0 <= self.server_momentum < 1.0:
-            raise ConfigError(f"server_momentum must be in [0, 1), got {self.server_momentum}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.patience < 0:
-            raise ConfigError(f"patience must be >= 0, got {self.patience}")
+        check_int("rounds", self.rounds, low=0)
+        check_int("local_steps", self.local_steps, low=1)
+        check_number("client_fraction", self.client_fraction, low=0.0, high=1.0, low_open=True)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_number("lr", self.lr, low=0.0, low_open=True)
+        check_int("min_group_size", self.min_group_size, low=1)
+        check_int("eval_every", self.eval_every, low=1)
+        check_int("chunk_size", self.chunk_size, low=0)
+        check_choice("server_optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
+        check_number("server_lr", self.server_lr, low=0.0, low_open=True)
+        check_number("server_momentum", self.server_momentum, low=0.0, high=1.0, high_open=True)
+        check_number("weight_decay", self.weight_decay, low=0.0)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_int("patience", self.patience, low=0)
 
     def client_lr(self, round_index: int) -> float:
         """The clients' learning rate in round `round_index` (0-based) under `lr_schedule`."""

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from mrff_secure.audit_log import AuditLog, read_records, software_version
+from mrff_secure.checks import check_int, check_number
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.schema import PublicSchema
 from mrff_secure.errors import CheckpointError, ConfigError, PrivacyError
@@ -52,19 +53,13 @@ class ServerSettings:
     eval_every: int = 1  # federated evaluation every this many rounds (and at the last)
 
     def __post_init__(self) -> None:
-        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 1:
-            raise ConfigError(f"--eval-every must be an int >= 1, got {self.eval_every!r}")
-        if self.rounds < 0:
-            raise ConfigError(f"rounds must be >= 0, got {self.rounds}")
-        if self.min_clients < 3:
-            raise ConfigError(f"min_clients must be >= 3 (secure aggregation needs 3), got {self.min_clients}")
-        if not 0.0 < self.client_fraction <= 1.0:
-            raise ConfigError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
-        for name in ("train_timeout", "stage_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0.0 <= self.max_dropout_fraction < 1.0:
-            raise ConfigError(f"max_dropout_fraction must be in [0, 1), got {self.max_dropout_fraction}")
+        check_int("--eval-every", self.eval_every, low=1)
+        check_int("rounds", self.rounds, low=0)
+        check_int("min_clients (secure aggregation needs 3)", self.min_clients, low=3)
+        check_number("client_fraction", self.client_fraction, low=0.0, high=1.0, low_open=True)
+        check_number("train_timeout", self.train_timeout, low=0.0, low_open=True)
+        check_number("stage_timeout", self.stage_timeout, low=0.0, low_open=True)
+        check_number("max_dropout_fraction", self.max_dropout_fraction, low=0.0, high=1.0, high_open=True)
 
     def secagg_options(self) -> dict[str, int]:
         return {k: v for k, v in (("num_neighbours", self.num_neighbours), ("threshold", self.threshold)) if v is not None}

@@ -3,6 +3,6 @@
 `cli` builds the parser (the shared run configuration comes from `options`) and runs one command:
 `train_command` (with `experiment`, a training run and its folder), `privacy_command`,
 `audit_command`, `server_command` (`mrff server`, `schema`, `certs`, `audit-log`, `run-local`) and
-`client_command` (`mrff client`, `client-key`); `grid_command` runs the audit grid alone. The top of
-the layers that import-linter checks (pyproject.toml): it may import every package; none imports it.
+`client_command` (`mrff client`, `client-key`). The top of the layers that import-linter checks
+(pyproject.toml): it may import every package; none imports it.
 """

@@ -36,6 +36,7 @@ from typing import Any
 
 from mrff_secure.app import options
 from mrff_secure.atomic import write_json_atomic
+from mrff_secure.checks import check_int
 from mrff_secure.errors import ConfigError
 
 EXIT_HOLDS, EXIT_ERROR, EXIT_USAGE, EXIT_CLAIM_FAILS = 0, 1, 2, 3
@@ -232,8 +233,7 @@ def audit_main(args: argparse.Namespace) -> int:
     """`mrff audit` (parser in mrff_secure.app.cli); errors propagate to the CLI's one-line handler."""
     from mrff_secure.report import write_report
 
-    if args.workers < 1 or args.workers > (os.cpu_count() or 1) * 4:
-        raise ConfigError(f"--workers must be in [1, {(os.cpu_count() or 1) * 4}], got {args.workers}")
+    check_int("--workers", args.workers, low=1, high=(os.cpu_count() or 1) * 4)
     resolved = options.resolve(args, "audit")
     config = resolve_config(args)
     out = options.writable_folder(args.run_dir, "--run-dir")

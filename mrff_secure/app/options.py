@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from mrff_secure.checks import check_bool
 from mrff_secure.errors import ConfigError
 
 TABLES = ("data", "model", "federation", "privacy", "network", "audit", "scale")
@@ -63,9 +64,7 @@ class Option:
                 return None
             raise ConfigError(f"{source} needs a value")
         if self.kind is bool:
-            if not isinstance(value, bool):
-                raise ConfigError(f"{source} must be true or false, got {value!r}")
-            return value
+            return check_bool(source, value)
         if self.kind is list:
             if not isinstance(value, list) or not value:
                 raise ConfigError(f"{source} must be a non-empty list, got {value!r}")

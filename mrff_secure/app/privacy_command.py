@@ -23,6 +23,7 @@ import math
 from typing import Any
 
 from mrff_secure.app import options
+from mrff_secure.checks import check_int, check_number
 from mrff_secure.dp.accounting import json_epsilon
 from mrff_secure.dp.config import DPConfig
 from mrff_secure.errors import ConfigError
@@ -50,13 +51,10 @@ def privacy_report(
     """All the figures ``mrff privacy`` prints, as a dict, from `round.accountant` (the accountant of `mrff train`)."""
     config = DPConfig(mode=mode, clip=clip, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
                       delta=delta, mechanism=mechanism, max_dropout_fraction=max_dropout_fraction)
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ConfigError(f"--rounds must be an integer >= 1, got {rounds!r}")
-    if not 0.0 < sample_rate <= 1.0:
-        raise ConfigError(f"--client-fraction must be in (0, 1], got {sample_rate!r}")
-    for name, value in (("--blocks", blocks), ("--groups", groups)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+    check_int("--rounds", rounds, low=1)
+    check_number("--client-fraction", sample_rate, low=0.0, high=1.0, low_open=True)
+    check_int("--blocks", blocks, low=0)
+    check_int("--groups", groups, low=0)
     if mode == "distributed" and dim is None:
         raise ConfigError("--dp distributed accounts the integer mechanism itself: pass --dim (the length of the "
                           "clipped delta part; a run prints it as privacy.update_plan.dim - blocks*groups - 1)")
@@ -164,8 +162,7 @@ def privacy_main(args: argparse.Namespace) -> int:
         raise ConfigError("--dp off adds no noise: epsilon is inf. Give --dp local or --dp distributed")
     if (args.noise_multiplier is None) == (args.target_epsilon is None):
         raise ConfigError("give exactly one of --noise-multiplier Z and --target-epsilon E")
-    if isinstance(args.clients, bool) or args.clients < 2:
-        raise ConfigError(f"--clients must be >= 2, got {args.clients}")
+    check_int("--clients", args.clients, low=2)
     if args.dp == "local" and args.mechanism not in (None, "gaussian"):
         raise ConfigError(f"--dp local adds Gaussian noise; --mechanism {args.mechanism} is for --dp distributed")
     if args.dp == "distributed" and args.mechanism == "gaussian":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mrff_secure.app import options
 from mrff_secure.atomic import write_json_atomic
+from mrff_secure.checks import check_int, check_number
 from mrff_secure.errors import ConfigError, MrffError
 
 ENDPOINT_FILE = "endpoint.json"
@@ -331,12 +332,9 @@ def run_local_main(args: argparse.Namespace) -> int:
     from mrff_secure.pki import CertPaths, issue_state_credentials, make_dev_pki
 
     config = options.resolve(args, "run-local")
-    if args.client_processes < 1:
-        raise ConfigError(f"--client-processes must be >= 1, got {args.client_processes}")
-    if args.clients < 3:
-        raise ConfigError(f"--clients must be >= 3, got {args.clients}")
-    if args.timeout <= 0:
-        raise ConfigError(f"--timeout must be > 0, got {args.timeout}")
+    check_int("--client-processes", args.client_processes, low=1)
+    check_int("--clients", args.clients, low=3)
+    check_number("--timeout", args.timeout, low=0.0, low_open=True)
     round_spec(args, 1)  # the server's own checks, before any process starts
     run_dir = Path(args.run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):

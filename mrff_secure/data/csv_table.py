@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,34 +47,48 @@ def column_index(path: Path, header: list[str], name: str) -> int:
     return header.index(name)
 
 
-def int_column(path: Path, header: list[str], rows: list[list[str]], name: str) -> np.ndarray:
-    """An integer column; integral floats such as '12.0' are accepted, anything else is refused."""
+def _parsed_column(path: Path, header: list[str], rows: list[list[str]], name: str,
+                   parse: Callable[[str], float], dtype: type) -> np.ndarray:
+    """Column `name`, each cell through `parse`, which raises ValueError saying what the cell is not."""
     idx = column_index(path, header, name)
-    out = np.empty(len(rows), dtype=np.int64)
+    out = np.empty(len(rows), dtype=dtype)
     for i, row in enumerate(rows):
         text = row[idx].strip()
         try:
-            value = float(text)
-        except ValueError:
-            raise DataFormatError(f"{path}, line {i + 2}, column '{name}': '{text}' is not an integer") from None
-        if not np.isfinite(value) or value != int(value):
-            raise DataFormatError(f"{path}, line {i + 2}, column '{name}': '{text}' is not an integer")
-        out[i] = int(value)
+            out[i] = parse(text)
+        except ValueError as exc:
+            raise DataFormatError(f"{path}, line {i + 2}, column '{name}': '{text}' {exc}") from None
     return out
+
+
+def _integer(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("is not an integer") from None
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError("is not an integer")
+    return int(value)
+
+
+def _finite_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError("is not finite")
+    return value
+
+
+def int_column(path: Path, header: list[str], rows: list[list[str]], name: str) -> np.ndarray:
+    """An integer column; integral floats such as '12.0' are accepted, anything else is refused."""
+    return _parsed_column(path, header, rows, name, _integer, np.int64)
 
 
 def float_column(path: Path, header: list[str], rows: list[list[str]], name: str) -> np.ndarray:
-    idx = column_index(path, header, name)
-    out = np.empty(len(rows), dtype=np.float64)
-    for i, row in enumerate(rows):
-        text = row[idx].strip()
-        try:
-            out[i] = float(text)
-        except ValueError:
-            raise DataFormatError(f"{path}, line {i + 2}, column '{name}': '{text}' is not a number") from None
-        if not np.isfinite(out[i]):
-            raise DataFormatError(f"{path}, line {i + 2}, column '{name}': '{text}' is not finite")
-    return out
+    """A column of finite numbers."""
+    return _parsed_column(path, header, rows, name, _finite_number, np.float64)
 
 
 def check_range(path: Path, name: str, values: np.ndarray, low: int, high: int | None = None) -> None:

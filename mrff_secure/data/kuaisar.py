@@ -23,6 +23,16 @@ def _feature_names(path: Path) -> list[str]:
     return names
 
 
+def _feature_rows(path: Path, id_column: str) -> tuple[list[str], list[list[str]], np.ndarray]:
+    """Header, rows and ids of a feature file whose `id_column` numbers its rows 0..n-1, each once."""
+    header, rows = read_table(path)
+    ids = int_column(path, header, rows, id_column)
+    check_range(path, id_column, ids, 0)
+    if len(np.unique(ids)) != len(ids) or int(ids.max()) != len(ids) - 1:
+        raise DataFormatError(f"{path}, column '{id_column}': ids must be unique and cover 0..{int(ids.max())}")
+    return header, rows, ids
+
+
 def _attribute_table(path: Path, header: list[str], rows: list[list[str]], row_ids: np.ndarray,
                      names: list[str], num_rows: int, pad_row_zero: bool) -> AttributeTable:
     """One token column per feature; row `row_ids[i]` holds file line i. Padding index = max + 1."""
@@ -47,23 +57,14 @@ def load_kuaisar_r(data_dir: str | Path, maxlen: int = 65) -> ClientData:
     item_names = _feature_names(data_dir / "KuaiSAR-R_video_feature_dict.txt")
 
     item_path = data_dir / "video_features.csv"
-    header, rows = read_table(item_path)
-    video_ids = int_column(item_path, header, rows, "video_id")
-    check_range(item_path, "video_id", video_ids, 0)
-    pad_replacement = int(video_ids.max()) + 1  # item 0 is padding; the real item 0 moves here
+    header, rows, video_ids = _feature_rows(item_path, "video_id")
+    pad_replacement = len(video_ids)  # item 0 is padding; the real item 0 moves here
     video_ids[video_ids == 0] = pad_replacement
-    num_item_rows = pad_replacement + 1
-    if len(np.unique(video_ids)) != len(video_ids) or len(video_ids) != pad_replacement:
-        raise DataFormatError(f"{item_path}, column 'video_id': ids must be unique and cover 0..{pad_replacement - 1}")
-    items = _attribute_table(item_path, header, rows, video_ids, item_names, num_item_rows, pad_row_zero=True)
+    items = _attribute_table(item_path, header, rows, video_ids, item_names, pad_replacement + 1, pad_row_zero=True)
 
     user_path = data_dir / "user_features.csv"
-    header, rows = read_table(user_path)
-    user_ids = int_column(user_path, header, rows, "user_id")
-    num_users = int(user_ids.max()) + 1
-    check_range(user_path, "user_id", user_ids, 0)
-    if len(np.unique(user_ids)) != len(user_ids) or len(user_ids) != num_users:
-        raise DataFormatError(f"{user_path}, column 'user_id': ids must be unique and cover 0..{num_users - 1}")
+    header, rows, user_ids = _feature_rows(user_path, "user_id")
+    num_users = len(user_ids)
     users = _attribute_table(user_path, header, rows, user_ids, user_names, num_users, pad_row_zero=False)
 
     inter_path = data_dir / "df.csv"
@@ -85,12 +86,5 @@ def load_kuaisar_r(data_dir: str | Path, maxlen: int = 65) -> ClientData:
         raise DataFormatError(f"{inter_path}: user {missing[0]} (and {len(missing) - 1} more) has no interactions")
 
     seqs = leave_one_out(np.arange(num_users), inter_users, inter_items, clicks, timestamps, maxlen, str(inter_path))
-    num_train = int(seqs.pop("num_train_interactions"))
-    return ClientData(
-        name=NAME,
-        user_attributes=users,
-        item_attributes=items,
-        num_train_interactions=num_train,
-        user_ids=np.arange(num_users, dtype=np.int64),
-        **seqs,
-    )
+    return ClientData(name=NAME, user_attributes=users, item_attributes=items,
+                      user_ids=np.arange(num_users, dtype=np.int64), **seqs)

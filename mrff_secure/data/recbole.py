@@ -170,12 +170,5 @@ def load_recbole(
         user_attrs = _id_table("user_id", len(user_order), False)
 
     seqs = leave_one_out(np.array(sorted(user_order)), users, items, labels, timestamps, maxlen, str(inter_path))
-    num_train = int(seqs.pop("num_train_interactions"))
-    return ClientData(
-        name=name,
-        user_attributes=user_attrs,
-        item_attributes=item_attrs,
-        num_train_interactions=num_train,
-        user_ids=np.arange(len(user_order), dtype=np.int64),
-        **seqs,
-    )
+    return ClientData(name=name, user_attributes=user_attrs, item_attributes=item_attrs,
+                      user_ids=np.arange(len(user_order), dtype=np.int64), **seqs)

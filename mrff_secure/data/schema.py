@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mrff_secure.atomic import write_bytes_atomic
+from mrff_secure.checks import check_int
 from mrff_secure.data.client_data import AttributeTable, ClientData
 from mrff_secure.errors import DataFormatError
 
@@ -43,10 +44,8 @@ class PublicSchema:
     def __post_init__(self) -> None:
         if self.user_attributes.num_rows != 0:
             raise DataFormatError("a public schema holds no user rows")
-        for name in ("maxlen", "population"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DataFormatError(f"{name} must be a positive int, got {value!r}")
+        check_int("maxlen", self.maxlen, low=1, error=DataFormatError)
+        check_int("population", self.population, low=1, error=DataFormatError)
 
     @classmethod
     def of(cls, data: ClientData) -> "PublicSchema":

@@ -26,11 +26,11 @@ def leave_one_out(
     timestamps: np.ndarray,
     maxlen: int,
     source: str,
-) -> dict[str, np.ndarray]:
+) -> dict[str, np.ndarray | int]:
     """Split interactions per user by (user, timestamp) with a stable sort (ties keep file order).
 
     `users` must be row indices 0..U-1 (in `user_order`'s numbering). Returns the
-    sequence arrays of `ClientData`. A user with fewer than 3 interactions is an
+    sequence arrays of `ClientData` and its `num_train_interactions`. A user with fewer than 3 interactions is an
     error naming the source, since it cannot have train, validation and test items.
     """
     num_users = len(user_order)
@@ -69,5 +69,4 @@ def leave_one_out(
         out["val_item"][u], out["val_label"][u] = seq[-2], lab[-2]
         out["test_seq"][u] = left_pad(seq[:-1], maxlen)
         out["test_item"][u], out["test_label"][u] = seq[-1], lab[-1]
-    out["num_train_interactions"] = np.int64(num_train)
-    return out
+    return {**out, "num_train_interactions": num_train}

@@ -82,13 +82,6 @@ def make_synthetic(
         np.arange(num_users), np.concatenate(all_users), np.concatenate(all_items),
         np.array(all_labels), np.concatenate(all_times), maxlen, "synthetic",
     )
-    num_train = int(seqs.pop("num_train_interactions"))
-    return ClientData(
-        name=f"synthetic(seed={seed})",
-        user_attributes=users,
-        item_attributes=items,
-        num_train_interactions=num_train,
-        user_ids=np.arange(num_users, dtype=np.int64),
-        ground_truth_groups=groups.astype(np.int64),
-        **seqs,
-    )
+    return ClientData(name=f"synthetic(seed={seed})", user_attributes=users, item_attributes=items,
+                      user_ids=np.arange(num_users, dtype=np.int64), ground_truth_groups=groups.astype(np.int64),
+                      **seqs)

@@ -36,6 +36,7 @@ import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
+from mrff_secure.checks import check_choice, check_int, check_number
 from mrff_secure.errors import PrivacyError
 
 from .discretize import rounded_l1_bound, rounded_l2_bound
@@ -52,22 +53,18 @@ DISCRETE_ORDERS: tuple[int, ...] = tuple(range(2, 129)) + (160, 192, 256, 384, 5
 
 
 def _check_delta(delta: float) -> float:
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < delta < 1.0:
-        raise PrivacyError(f"delta must be a number in (0, 1), got {delta!r}")
-    return float(delta)
+    return check_number("delta", delta, low=0.0, high=1.0, low_open=True, high_open=True, error=PrivacyError)
 
 
 def _check_entry(entry: Sequence[float]) -> HistoryEntry:
     if len(entry) != 3:
         raise PrivacyError(f"a history entry is (noise_multiplier, sample_rate, steps), got {entry!r}")
     z, q, steps = entry
-    if isinstance(z, bool) or not isinstance(z, (int, float)) or not math.isfinite(z) or z < 0:
-        raise PrivacyError(f"noise_multiplier must be a finite number >= 0, got {z!r}")
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 <= q <= 1.0:
-        raise PrivacyError(f"sample_rate must be in [0, 1], got {q!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise PrivacyError(f"steps must be an integer >= 0, got {steps!r}")
-    return float(z), float(q), int(steps)
+    if isinstance(steps, np.integer):  # a count from numpy is as good as an int
+        steps = int(steps)
+    return (check_number("noise_multiplier", z, low=0.0, error=PrivacyError),
+            check_number("sample_rate", q, low=0.0, high=1.0, error=PrivacyError),
+            check_int("steps", steps, low=0, error=PrivacyError))
 
 
 def normalize_history(history: Sequence[Sequence[float]]) -> list[HistoryEntry]:
@@ -84,15 +81,26 @@ def normalize_history(history: Sequence[Sequence[float]]) -> list[HistoryEntry]:
     return out
 
 
-def rdp_epsilon(*, history: Sequence[Sequence[float]], delta: float) -> float:
-    """Epsilon from opacus' RDPAccountant (its default orders) for a Gaussian history (inf where it
-    overflows: a z so small that no finite bound is proven)."""
+def _checked_history(
+    history: Sequence[Sequence[float]], delta: float
+) -> tuple[list[HistoryEntry], float, float | None]:
+    """The normalized history and checked delta, with the epsilon no accountant is needed for: 0.0 for
+    an empty history (nothing released), inf where an entry has no noise; None otherwise."""
     delta = _check_delta(delta)
     hist = normalize_history(history)
     if not hist:
-        return 0.0
+        return hist, delta, 0.0
     if any(z == 0.0 for z, _, _ in hist):
-        return math.inf
+        return hist, delta, math.inf
+    return hist, delta, None
+
+
+def rdp_epsilon(*, history: Sequence[Sequence[float]], delta: float) -> float:
+    """Epsilon from opacus' RDPAccountant (its default orders) for a Gaussian history (inf where it
+    overflows: a z so small that no finite bound is proven)."""
+    hist, delta, settled = _checked_history(history, delta)
+    if settled is not None:
+        return settled
     return _rdp_accountant_epsilon(hist, delta)
 
 
@@ -112,12 +120,9 @@ _ESTIMATE_ORDERS: tuple[int, ...] = tuple(range(2, 11)) + tuple(range(12, 64))
 
 def rdp_epsilon_upper_estimate(*, history: Sequence[Sequence[float]], delta: float) -> float:
     """RDP epsilon over the integer orders only: >= :func:`rdp_epsilon`, in milliseconds (for predictions)."""
-    delta = _check_delta(delta)
-    hist = normalize_history(history)
-    if not hist:
-        return 0.0
-    if any(z == 0.0 for z, _, _ in hist):
-        return math.inf
+    hist, delta, settled = _checked_history(history, delta)
+    if settled is not None:
+        return settled
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         curve = sum(compute_rdp(q=q, noise_multiplier=z, steps=steps, orders=list(_ESTIMATE_ORDERS))
@@ -176,12 +181,9 @@ def prv_epsilon(*, history: Sequence[Sequence[float]], delta: float, eps_error: 
     it is never called there), when the accountant fails, or when it returns a value in its
     overflow range.
     """
-    delta = _check_delta(delta)
-    hist = normalize_history(history)
-    if not hist:
-        return 0.0
-    if any(z == 0.0 for z, _, _ in hist):
-        return math.inf
+    hist, delta, settled = _checked_history(history, delta)
+    if settled is not None:
+        return settled
     reason = prv_out_of_range(history=hist, delta=delta, eps_error=eps_error)
     if reason is not None:
         raise PrivacyError(reason)
@@ -241,22 +243,6 @@ class Epsilons:
                 "prv_note": self.prv_note, "delta": self.delta}
 
 
-def gaussian_headline_epsilon(*, history: Sequence[Sequence[float]], delta: float) -> float:
-    """``gaussian_epsilons(...).headline`` without the RDP cross-check where PRV is in range (for searches)."""
-    delta = _check_delta(delta)
-    hist = normalize_history(history)
-    if not hist:
-        return 0.0
-    if any(z == 0.0 for z, _, _ in hist):
-        return math.inf
-    if prv_out_of_range(history=hist, delta=delta) is None:
-        try:
-            return _prv(hist, delta, PRV_EPS_ERROR)
-        except PrivacyError:
-            pass
-    return rdp_epsilon(history=hist, delta=delta)
-
-
 def gaussian_epsilons(*, history: Sequence[Sequence[float]], delta: float) -> Epsilons:
     """PRV (headline) and RDP (cross-check) epsilons of a Gaussian history at ``delta``; PRV only
     where it is fast and reliable (:func:`prv_out_of_range`), else the RDP bound with a note."""
@@ -314,8 +300,8 @@ def ddg_rdp(
     """
     if share_sigma < 0.5:
         raise PrivacyError(f"the discrete Gaussian bound needs share sigma >= 1/2, got {share_sigma}")
-    if n_shares < 1 or dim < 1:
-        raise PrivacyError(f"n_shares and dim must be >= 1, got {n_shares}, {dim}")
+    check_int("n_shares", n_shares, low=1, error=PrivacyError)
+    check_int("dim", dim, low=1, error=PrivacyError)
     alpha = _orders(orders)
     root = math.sqrt(n_shares) * share_sigma
     a = l2_sensitivity / root
@@ -336,8 +322,7 @@ def skellam_rdp(
         eps(alpha) = alpha Delta2^2 / (2 V) + min( ((2 alpha - 1) Delta2^2 + 6 Delta1) / (4 V^2),
                                                    3 Delta1 / (2 V) )
     """
-    if total_variance <= 0:
-        raise PrivacyError(f"Skellam total variance must be > 0, got {total_variance}")
+    check_number("Skellam total variance", total_variance, low=0.0, low_open=True, error=PrivacyError)
     alpha = _orders(orders)
     d2sq = l2_sensitivity**2
     v = total_variance
@@ -395,20 +380,14 @@ def discrete_epsilon(
     vector (defaults to ``clip``; larger when an unclipped count part rides along); the noise in
     the sum has std z * C * scale over n_min shares. No amplification by sampling.
     """
-    if mechanism not in ("discrete_gaussian", "skellam"):
-        raise PrivacyError(f"mechanism must be 'discrete_gaussian' or 'skellam', got {mechanism!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise PrivacyError(f"rounds must be an integer >= 0, got {rounds!r}")
-    if isinstance(n_min, bool) or not isinstance(n_min, int) or n_min < 1:
-        raise PrivacyError(f"n_min must be a positive integer, got {n_min!r}")
-    if not (math.isfinite(clip) and clip > 0 and math.isfinite(scale) and scale > 0):
-        raise PrivacyError(f"clip and scale must be finite and > 0, got {clip!r}, {scale!r}")
-    if not math.isfinite(noise_multiplier) or noise_multiplier < 0:
-        raise PrivacyError(f"noise_multiplier must be finite and >= 0, got {noise_multiplier!r}")
+    check_choice("mechanism", mechanism, ("discrete_gaussian", "skellam"), error=PrivacyError)
+    check_int("rounds", rounds, low=0, error=PrivacyError)
+    check_int("n_min", n_min, low=1, error=PrivacyError)
+    check_number("clip", clip, low=0.0, low_open=True, error=PrivacyError)
+    check_number("scale", scale, low=0.0, low_open=True, error=PrivacyError)
+    check_number("noise_multiplier", noise_multiplier, low=0.0, error=PrivacyError)
     delta = _check_delta(delta)
-    bound = clip if l2_bound is None else l2_bound
-    if not math.isfinite(bound) or bound < clip:
-        raise PrivacyError(f"l2_bound must be finite and >= clip={clip}, got {l2_bound!r}")
+    bound = clip if l2_bound is None else check_number("l2_bound", l2_bound, low=clip, error=PrivacyError)
     d2 = rounded_l2_bound(scaled_norm=bound * scale, dim=dim, beta=beta)
     d1 = rounded_l1_bound(l2_bound=d2, dim=dim)
     total_std = noise_multiplier * clip * scale

@@ -1,14 +1,11 @@
-"""Calibration between a target (epsilon, delta) and the noise multiplier z.
+"""Calibration from a target (epsilon, delta) to the noise multiplier z.
 
-target -> z: a bracketed search over z in [Z_MIN, Z_MAX] (:func:`search_noise_multiplier`), for the
-Gaussian accountants here and for the one accounting of a round in `round.accountant`. It returns the
-smallest z found whose epsilon is <= the target, so accounting the returned z gives at most the
-target (and close to it). Every accountant call it makes is bounded in time: RDP and the discrete
-bounds are closed forms, PRV is only asked where its grid is small (`accounting.prv_out_of_range`;
-elsewhere the RDP bound is used and a note says so), and the search stops at a time budget with the
-best valid z found so far (and a note). A target no z in range reaches is refused; a target so
-large that even Z_MIN spends less is answered with Z_MIN (a valid bound) and a note.
-z -> epsilon: :func:`mrff_secure.dp.accounting.epsilon`.
+target -> z: a bracketed search over z in [Z_MIN, Z_MAX] (:func:`search_noise_multiplier`), used by
+the one accounting of a round in `round.accountant`. It returns the smallest z found whose epsilon
+is <= the target, so accounting the returned z gives at most the target (and close to it). The
+search stops at a time budget with the best valid z found so far (and a note). A target no z in
+range reaches is refused; a target so large that even Z_MIN spends less is answered with Z_MIN (a
+valid bound) and a note. z -> epsilon: `round.accountant.account_rounds`.
 """
 
 from __future__ import annotations
@@ -19,17 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mrff_secure.errors import PrivacyError
-
-from .accounting import (
-    Epsilons,
-    epsilon,
-    gaussian_epsilons,
-    gaussian_headline_epsilon,
-    prv_out_of_range,
-    rdp_epsilon,
-    rdp_epsilon_upper_estimate,
-)
-from .config import DPConfig
 
 Z_MIN = 1e-3  # noise std 1/1000 of the clip bound: epsilons in the millions; no calibration goes below
 Z_MAX = 1e6  # opacus' own ceiling (MAX_SIGMA)
@@ -155,107 +141,3 @@ def search_noise_multiplier(
         if not done() and math.log(hi / lo) > 0.5 * width:  # interpolation did not halve it: bisect once
             take(math.sqrt(lo * hi))
     return SearchResult(hi, e_hi, "converged", lo, calls)
-
-
-def _gaussian_start(*, target_epsilon: float, delta: float, rounds: int, sample_rate: float) -> float:
-    """A first guess of z from the Gaussian's RDP at q = 1: eps ~ a^2 / 2 + a sqrt(2 log(1/delta)), a = sqrt(T)/z."""
-    log_inv = math.log(1.0 / delta)
-    a = -math.sqrt(2.0 * log_inv) + math.sqrt(2.0 * log_inv + 2.0 * target_epsilon)
-    z = math.sqrt(rounds) / a if a > 0 else Z_MAX
-    return z * (sample_rate if sample_rate < 1.0 else 1.0) ** 0.5
-
-
-def noise_multiplier_for_epsilon(
-    *, target_epsilon: float, delta: float, sample_rate: float, rounds: int,
-    accountant: str = "prv", epsilon_tolerance: float = 0.01, notes: list[str] | None = None,
-) -> float:
-    """Smallest z (to the search's precision: target - epsilon <= epsilon_tolerance, or z to 1e-6) with
-    epsilon(z) <= target_epsilon at ``delta``, Poisson sampling at ``sample_rate``.
-
-    accountant "rdp": opacus' RDP; "prv": the headline of :func:`gaussian_epsilons` (PRV where it is
-    in range, else the RDP bound). RDP calibrates first (cheap); PRV only refines it where it is in
-    range at that z. What the search had to fall back to is appended to ``notes`` (if given).
-    """
-    if isinstance(target_epsilon, bool) or not isinstance(target_epsilon, (int, float)) \
-            or not math.isfinite(target_epsilon) or target_epsilon <= 0:
-        raise PrivacyError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
-    if not isinstance(delta, (int, float)) or not 0.0 < delta < 1.0:
-        raise PrivacyError(f"delta must be in (0, 1), got {delta!r}")
-    if not isinstance(sample_rate, (int, float)) or not 0.0 < sample_rate <= 1.0:
-        raise PrivacyError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise PrivacyError(f"rounds must be an integer >= 1, got {rounds!r}")
-    if accountant not in ("prv", "rdp"):
-        raise PrivacyError(f"accountant must be 'prv' or 'rdp', got {accountant!r}")
-    if not epsilon_tolerance > 0:
-        raise PrivacyError(f"epsilon_tolerance must be > 0, got {epsilon_tolerance!r}")
-    target, q, delta = float(target_epsilon), float(sample_rate), float(delta)
-    tol = min(float(epsilon_tolerance), 0.01 * target)
-
-    def rdp(z: float) -> float:
-        return rdp_epsilon(history=[(z, q, rounds)], delta=delta)
-
-    def rdp_estimate(z: float) -> float:
-        return rdp_epsilon_upper_estimate(history=[(z, q, rounds)], delta=delta)
-
-    what = f"epsilon={target:g} at delta={delta:g} with sample_rate={q:g} over {rounds} rounds ({accountant})"
-    try:  # a start from the integer orders' RDP (milliseconds a call; its z is a little larger)
-        start = search_noise_multiplier(rdp_estimate, target_epsilon=target, rtol=1e-3, start=_gaussian_start(
-            target_epsilon=target, delta=delta, rounds=rounds, sample_rate=q)).noise_multiplier
-    except PrivacyError:
-        start = Z_MAX
-    deadline = time.monotonic() + CALIBRATION_SECONDS
-    try:
-        found = search_noise_multiplier(rdp, target_epsilon=target, rtol=1e-6, epsilon_tolerance=tol,
-                                        start=start, first_factor=1.25, time_budget=CALIBRATION_SECONDS)
-    except PrivacyError as exc:
-        raise PrivacyError(f"cannot reach {what}: {exc}") from exc
-    extra = [found.note(target, "RDP epsilon")]
-    if accountant == "prv" and found.status != "at_min":
-        reason = prv_out_of_range(history=[(found.noise_multiplier, q, rounds)], delta=delta, rdp=found.epsilon)
-        if reason is not None:
-            extra.append(f"calibration: {reason}")
-        else:
-            def headline(z: float) -> float:
-                return gaussian_headline_epsilon(history=[(z, q, rounds)], delta=delta)
-
-            try:
-                found = search_noise_multiplier(headline, target_epsilon=target, rtol=1e-6, epsilon_tolerance=tol,
-                                                start=found.noise_multiplier, first_factor=1.25,
-                                                time_budget=max(deadline - time.monotonic(), 0.0))
-            except PrivacyError as exc:
-                raise PrivacyError(f"cannot reach {what}: {exc}") from exc
-            extra.append(found.note(target))
-            fallback = gaussian_epsilons(history=[(found.noise_multiplier, q, rounds)], delta=delta).prv_note
-            if fallback is not None:
-                extra.append(f"calibration: {fallback}")
-    if notes is not None:
-        notes.extend(n for n in extra if n)
-    return float(found.noise_multiplier)
-
-
-def epsilon_for_noise_multiplier(
-    *, noise_multiplier: float, delta: float, sample_rate: float, rounds: int
-) -> Epsilons:
-    """z -> (PRV, RDP) epsilons; the inverse of :func:`noise_multiplier_for_epsilon`."""
-    return epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, rounds=rounds, delta=delta)
-
-
-def resolve_noise_multiplier(config: DPConfig, *, rounds: int, sample_rate: float, n_users: int) -> float:
-    """z from a DPConfig alone: 0 when DP is off, the configured z, or the Gaussian-limit PRV calibration.
-
-    NOT the accounting of a training round (no count part, amplification by sampling assumed, and
-    under distributed DP not the discrete bound the run reports): runs and `mrff privacy` calibrate
-    with `round.accountant.calibrate_noise_multiplier`.
-    """
-    if not config.enabled:
-        return 0.0
-    if config.noise_multiplier is not None:
-        return float(config.noise_multiplier)
-    target = config.target_epsilon
-    if target is None:  # unreachable: DPConfig validation guarantees one of the two
-        raise PrivacyError("DPConfig has neither noise_multiplier nor target_epsilon")
-    return noise_multiplier_for_epsilon(
-        target_epsilon=target, delta=config.resolve_delta(n_users),
-        sample_rate=sample_rate, rounds=rounds, accountant="prv",
-    )

@@ -7,21 +7,15 @@ a few ulps more if the division alone would land a hair above C).
 
 from __future__ import annotations
 
-import math
 from typing import TypeVar
 
 import numpy as np
 import torch
 
+from mrff_secure.checks import check_int, check_number
 from mrff_secure.errors import PrivacyError
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
-
-
-def _check_clip(clip: float) -> float:
-    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip) or clip <= 0:
-        raise PrivacyError(f"clip bound C must be a finite number > 0, got {clip!r}")
-    return float(clip)
 
 
 def _check_shape(ndim: int) -> None:
@@ -79,7 +73,7 @@ def clip_l2(x: Array, clip: float) -> tuple[Array, Array]:
     ``x`` is (d,) or (clients, d), numpy or torch (same type and dtype come back; norms are
     float64, shape () or (clients,)). Rows already within the bound are returned unchanged.
     """
-    clip = _check_clip(clip)
+    clip = check_number("clip bound C", clip, low=0.0, low_open=True, error=PrivacyError)
     if isinstance(x, torch.Tensor):
         _check_shape(x.ndim)
         return _clip_torch(x.detach(), clip)
@@ -93,14 +87,11 @@ def clip_prefix_l2(x: Array, *, clip: float, prefix_len: int) -> tuple[Array, Ar
     """Clip only the first ``prefix_len`` coordinates of each row (the delta part) to L2 norm C.
 
     The update layout is ``[delta part | count one-hots | example count]``; the tail is left
-    as it is (its sensitivity is fixed by construction, see ``sensitivity.py``). Returns the full
+    as it is (its sensitivity is fixed by construction, see ``release.py``). Returns the full
     rows and the delta part's original norms.
     """
-    if isinstance(prefix_len, bool) or not isinstance(prefix_len, int):
-        raise PrivacyError(f"prefix_len must be an integer, got {prefix_len!r}")
-    d = x.shape[-1]
-    if not 0 < prefix_len <= d:
-        raise PrivacyError(f"prefix_len must be in [1, {d}] for vectors of length {d}, got {prefix_len}")
+    length = x.shape[-1]
+    check_int(f"prefix_len (vectors of length {length})", prefix_len, low=1, high=length, error=PrivacyError)
     head, norms = clip_l2(x[..., :prefix_len], clip)
     if isinstance(x, torch.Tensor):
         return torch.cat([head, x[..., prefix_len:].detach()], dim=-1), norms

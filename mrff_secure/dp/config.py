@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mrff_secure.checks import check_choice, check_int, check_number
 from mrff_secure.errors import ConfigError
 
 MODES = ("off", "local", "distributed")
@@ -16,28 +17,16 @@ DEFAULT_MECHANISM = {"off": "none", "local": "gaussian", "distributed": "discret
 DEFAULT_ROUNDING_BETA = math.exp(-0.5)
 
 
-def _finite_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"DPConfig.{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ConfigError(f"DPConfig.{name} must be finite, got {value!r}")
-    return value
-
-
 def default_delta(n_users: int) -> float:
     """The default delta, 1 / n^1.1 for n users (strictly below 1/n, as add/remove DP needs)."""
-    if isinstance(n_users, bool) or not isinstance(n_users, int) or n_users < 2:
-        raise ConfigError(f"the number of users must be an integer >= 2 to derive delta, got {n_users!r}")
+    check_int("the number of users (to derive delta)", n_users, low=2)
     return 1.0 / float(n_users) ** 1.1
 
 
 def min_survivors(n_clients: int, max_dropout_fraction: float) -> int:
     """n_min = ceil(n * (1 - f)): the fewest clients whose noise shares the sum is guaranteed to hold."""
-    if isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 1:
-        raise ConfigError(f"n_clients must be a positive integer, got {n_clients!r}")
-    if not 0.0 <= max_dropout_fraction < 1.0:
-        raise ConfigError(f"max_dropout_fraction must be in [0, 1), got {max_dropout_fraction!r}")
+    check_int("n_clients", n_clients, low=1)
+    check_number("max_dropout_fraction", max_dropout_fraction, low=0.0, high=1.0, high_open=True)
     # The small epsilon keeps e.g. 10 * (1 - 0.3) = 7.000000000000001 from rounding up to 8.
     return max(1, math.ceil(n_clients * (1.0 - max_dropout_fraction) - 1e-9))
 
@@ -63,31 +52,17 @@ class DPConfig:
     rounding_beta: float = DEFAULT_ROUNDING_BETA
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"DPConfig.mode must be one of {MODES}, got {self.mode!r}")
-        clip = _finite_number("clip", self.clip)
-        if clip <= 0.0:
-            raise ConfigError(f"DPConfig.clip (C) must be > 0, got {self.clip!r}")
+        check_choice("DPConfig.mode", self.mode, MODES)
+        check_number("DPConfig.clip (C)", self.clip, low=0.0, low_open=True)
         if self.noise_multiplier is not None:
-            z = _finite_number("noise_multiplier", self.noise_multiplier)
-            if z < 0.0:
-                raise ConfigError(f"DPConfig.noise_multiplier (z) must be >= 0, got {self.noise_multiplier!r}")
+            check_number("DPConfig.noise_multiplier (z)", self.noise_multiplier, low=0.0)
         if self.target_epsilon is not None:
-            eps = _finite_number("target_epsilon", self.target_epsilon)
-            if eps <= 0.0:
-                raise ConfigError(f"DPConfig.target_epsilon must be > 0, got {self.target_epsilon!r}")
+            check_number("DPConfig.target_epsilon", self.target_epsilon, low=0.0, low_open=True)
         if self.delta is not None:
-            delta = _finite_number("delta", self.delta)
-            if not 0.0 < delta < 1.0:
-                raise ConfigError(f"DPConfig.delta must be in (0, 1), got {self.delta!r}")
-        frac = _finite_number("max_dropout_fraction", self.max_dropout_fraction)
-        if not 0.0 <= frac < 1.0:
-            raise ConfigError(
-                f"DPConfig.max_dropout_fraction must be in [0, 1), got {self.max_dropout_fraction!r}"
-            )
-        beta = _finite_number("rounding_beta", self.rounding_beta)
-        if not 0.0 <= beta < 1.0:
-            raise ConfigError(f"DPConfig.rounding_beta must be in [0, 1), got {self.rounding_beta!r}")
+            check_number("DPConfig.delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
+        frac = check_number("DPConfig.max_dropout_fraction", self.max_dropout_fraction, low=0.0, high=1.0,
+                            high_open=True)
+        check_number("DPConfig.rounding_beta", self.rounding_beta, low=0.0, high=1.0, high_open=True)
 
         if self.mode == "off":
             if self.noise_multiplier not in (None, 0, 0.0):

@@ -17,23 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
+from mrff_secure.checks import check_choice, check_int, check_number
 from mrff_secure.errors import PrivacyError
 
 MAX_MODULUS_BITS = 62  # int64 holds a centered value of 62 bits plus headroom for one addition
-
-
-def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PrivacyError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise PrivacyError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
-
-
-def _check_int(name: str, value: int, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise PrivacyError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 def rounded_l2_bound(*, scaled_norm: float, dim: int, beta: float) -> float:
@@ -43,11 +30,9 @@ def rounded_l2_bound(*, scaled_norm: float, dim: int, beta: float) -> float:
     min(c + sqrt(d), sqrt(c^2 + d/4 + sqrt(2 ln(1/beta)) (c + sqrt(d)/2))); with beta = 0 only
     the deterministic c + sqrt(d) (every coordinate moves by less than 1).
     """
-    c = _positive("scaled_norm", scaled_norm, allow_zero=True)
-    d = _check_int("dim", dim, 1)
-    b = _positive("beta", beta, allow_zero=True)
-    if b >= 1.0:
-        raise PrivacyError(f"beta must be in [0, 1), got {beta!r}")
+    c = check_number("scaled_norm", scaled_norm, low=0.0, error=PrivacyError)
+    d = check_int("dim", dim, low=1, error=PrivacyError)
+    b = check_number("beta", beta, low=0.0, high=1.0, high_open=True, error=PrivacyError)
     deterministic = c + math.sqrt(d)
     if b == 0.0:
         return deterministic
@@ -60,8 +45,8 @@ def rounded_l1_bound(*, l2_bound: float, dim: int) -> float:
 
     (|v_i| <= v_i^2 for integers, and Cauchy-Schwarz.)
     """
-    l2 = _positive("l2_bound", l2_bound, allow_zero=True)
-    d = _check_int("dim", dim, 1)
+    l2 = check_number("l2_bound", l2_bound, low=0.0, error=PrivacyError)
+    d = check_int("dim", dim, low=1, error=PrivacyError)
     return min(l2 * l2, math.sqrt(d) * l2)
 
 
@@ -73,7 +58,7 @@ def conditional_randomized_round(
     Each coordinate becomes floor(x) + Bernoulli(x - floor(x)) (unbiased). Raises PrivacyError
     if a row still exceeds the bound after ``max_tries`` draws (bound too small for the input).
     """
-    bound = _positive("norm_bound", norm_bound, allow_zero=True)
+    bound = check_number("norm_bound", norm_bound, low=0.0, error=PrivacyError)
     if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
         raise PrivacyError("conditional_randomized_round takes a floating-point numpy array")
     if x.ndim not in (1, 2):
@@ -105,17 +90,13 @@ def conditional_randomized_round(
 
 def wrap_to_modulus(v: np.ndarray, *, modulus_bits: int) -> np.ndarray:
     """Integers -> their residues in [0, 2^b) (int64)."""
-    b = _check_int("modulus_bits", modulus_bits, 2)
-    if b > MAX_MODULUS_BITS:
-        raise PrivacyError(f"modulus_bits must be <= {MAX_MODULUS_BITS}, got {b}")
+    b = check_int("modulus_bits", modulus_bits, low=2, high=MAX_MODULUS_BITS, error=PrivacyError)
     return np.asarray(v, dtype=np.int64) & ((np.int64(1) << b) - 1)  # == mod 2^b in two's complement
 
 
 def centered_lift(u: np.ndarray, *, modulus_bits: int) -> np.ndarray:
     """Residues mod 2^b -> the signed representatives in [-2^(b-1), 2^(b-1)) (int64)."""
-    b = _check_int("modulus_bits", modulus_bits, 2)
-    if b > MAX_MODULUS_BITS:
-        raise PrivacyError(f"modulus_bits must be <= {MAX_MODULUS_BITS}, got {b}")
+    b = check_int("modulus_bits", modulus_bits, low=2, high=MAX_MODULUS_BITS, error=PrivacyError)
     m = np.int64(1) << b
     r = np.mod(np.asarray(u, dtype=np.int64), m)
     return np.where(r >= (m >> 1), r - m, r)
@@ -157,14 +138,13 @@ def modular_clipping_probability(
     rounding errors are treated as unconditional randomized rounding; the rejection step of
     conditional rounding only discards draws of large norm.
     """
-    c = _positive("l2_bound", l2_bound, allow_zero=True)
-    s = _positive("scale", scale)
-    p = _check_int("padded_dim", padded_dim, 1)
-    n = _check_int("n_clients", n_clients, 1)
-    var = _positive("share_variance", share_variance, allow_zero=True)
-    b = _check_int("modulus_bits", modulus_bits, 2)
-    if mechanism not in ("discrete_gaussian", "skellam"):
-        raise PrivacyError(f"mechanism must be 'discrete_gaussian' or 'skellam', got {mechanism!r}")
+    c = check_number("l2_bound", l2_bound, low=0.0, error=PrivacyError)
+    s = check_number("scale", scale, low=0.0, low_open=True, error=PrivacyError)
+    p = check_int("padded_dim", padded_dim, low=1, error=PrivacyError)
+    n = check_int("n_clients", n_clients, low=1, error=PrivacyError)
+    var = check_number("share_variance", share_variance, low=0.0, error=PrivacyError)
+    b = check_int("modulus_bits", modulus_bits, low=2, error=PrivacyError)
+    check_choice("mechanism", mechanism, ("discrete_gaussian", "skellam"), error=PrivacyError)
     half = 2 ** (b - 1)
     proxy = (n * c * s) ** 2 / p + n / 4.0
     if mechanism == "discrete_gaussian":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mrff_secure.checks import check_choice, check_int, check_number
 from mrff_secure.errors import PrivacyError
 
 from .accounting import DiscreteAccount, discrete_epsilon
@@ -74,8 +75,8 @@ def choose_scale(
     to C * scale); the modulus caps it. For the discrete Gaussian the share sigma must also reach
     1/2; PrivacyError if the modulus leaves no admissible scale.
     """
-    if not 0.0 < target_clip_probability < 1.0:
-        raise PrivacyError(f"target_clip_probability must be in (0, 1), got {target_clip_probability!r}")
+    check_number("target_clip_probability", target_clip_probability, low=0.0, high=1.0, low_open=True,
+                 high_open=True, error=PrivacyError)
 
     def prob(s: float) -> float:
         return _clip_report(mechanism=mechanism, l2_bound=l2_bound, scale=s, padded_dim=padded_dim,
@@ -159,27 +160,19 @@ def plan_distributed(
     """
     if (max_dropout_fraction is None) == (n_min is None):
         raise PrivacyError("plan_distributed needs exactly one of max_dropout_fraction and n_min")
-    if isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 1:
-        raise PrivacyError(f"n_clients must be a positive integer, got {n_clients!r}")
-    if n_min is not None and (isinstance(n_min, bool) or not isinstance(n_min, int) or not 1 <= n_min <= n_clients):
-        raise PrivacyError(f"n_min (the survivors the noise shares are sized for) must be an integer in "
-                           f"[1, n_clients={n_clients}], got {n_min!r}")
-    if mechanism not in DISTRIBUTED_MECHANISM_CLASSES:
-        raise PrivacyError(f"mechanism must be one of {tuple(DISTRIBUTED_MECHANISM_CLASSES)}, got {mechanism!r}")
-    if isinstance(modulus_bits, bool) or not isinstance(modulus_bits, int) or not 2 <= modulus_bits <= MAX_MODULUS_BITS:
-        raise PrivacyError(f"modulus_bits must be an integer in [2, {MAX_MODULUS_BITS}], got {modulus_bits!r}")
+    check_int("n_clients", n_clients, low=1, error=PrivacyError)
+    if n_min is not None:
+        check_int("n_min (the survivors the noise shares are sized for)", n_min, low=1, high=n_clients,
+                  error=PrivacyError)
+    check_choice("mechanism", mechanism, DISTRIBUTED_MECHANISM_CLASSES, error=PrivacyError)
+    check_int("modulus_bits", modulus_bits, low=2, high=MAX_MODULUS_BITS, error=PrivacyError)
     padded = next_power_of_two(dim)
-    clip_len = dim if clip_len is None else clip_len
-    if isinstance(clip_len, bool) or not isinstance(clip_len, int) or not 1 <= clip_len <= dim:
-        raise PrivacyError(f"clip_len must be an integer in [1, {dim}], got {clip_len!r}")
+    clip_len = check_int("clip_len", dim if clip_len is None else clip_len, low=1, high=dim, error=PrivacyError)
     if clip_len == dim and extra_sensitivity != 0.0:
         raise PrivacyError("extra_sensitivity needs an unclipped tail (clip_len < dim)")
-    if not math.isfinite(extra_sensitivity) or extra_sensitivity < 0:
-        raise PrivacyError(f"extra_sensitivity must be finite and >= 0, got {extra_sensitivity!r}")
-    if not math.isfinite(noise_multiplier) or noise_multiplier < 0:
-        raise PrivacyError(f"noise_multiplier must be finite and >= 0, got {noise_multiplier!r}")
-    if not math.isfinite(clip) or clip <= 0:
-        raise PrivacyError(f"clip must be finite and > 0, got {clip!r}")
+    check_number("extra_sensitivity", extra_sensitivity, low=0.0, error=PrivacyError)
+    check_number("noise_multiplier", noise_multiplier, low=0.0, error=PrivacyError)
+    check_number("clip", clip, low=0.0, low_open=True, error=PrivacyError)
     if n_min is None:
         n_min = min_survivors(n_clients, max_dropout_fraction)
     l2_bound = math.sqrt(clip * clip + extra_sensitivity * extra_sensitivity)
@@ -188,14 +181,11 @@ def plan_distributed(
         scale = choose_scale(mechanism=mechanism, l2_bound=l2_bound, noise_std=noise_std, padded_dim=padded,
                              n_clients=n_clients, n_min=n_min, modulus_bits=modulus_bits,
                              target_clip_probability=target_clip_probability)
-    elif not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise PrivacyError(f"scale must be finite and > 0, got {scale!r}")
-    elif scale > max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min, mechanism=mechanism):
-        raise PrivacyError(
-            f"scale={scale} exceeds the supported maximum "
-            f"{max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min, mechanism=mechanism):.4g} "
-            "(float64 / sampler range)"
-        )
+    else:
+        check_number("scale", scale, low=0.0, low_open=True, error=PrivacyError)
+        largest = max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min, mechanism=mechanism)
+        if scale > largest:
+            raise PrivacyError(f"scale={scale} exceeds the supported maximum {largest:.4g} (float64 / sampler range)")
     # constructing the mechanism validates the share (discrete Gaussian sigma >= 1/2)
     mech = DISTRIBUTED_MECHANISM_CLASSES[mechanism](noise_multiplier=noise_multiplier, clip=clip,
                                                      scale=float(scale), n_min=n_min)

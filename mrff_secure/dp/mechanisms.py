@@ -1,9 +1,7 @@
 """Noise mechanisms behind one interface: ``mechanism.add_noise(x, *, rng) -> noisy x``.
 
-- :class:`GaussianMechanism` (floats): std z*C on every coordinate, numpy or torch. Floating-point
-  Gaussian noise leaks through its low-order bits (Mironov 2012; Jin et al. 2022): kept for
-  reference and tests, never used for a release.
-- :class:`GridDiscreteGaussian` (local mode): the input snapped to a grid of spacing gamma (a power
+- :class:`GridDiscreteGaussian` (local mode, in place of float Gaussian noise, which leaks through its
+  low-order bits: Mironov 2012; Jin et al. 2022): the input snapped to a grid of spacing gamma (a power
   of two) plus gamma times a discrete Gaussian N_Z(0, (z C / gamma)^2): every output is an exact
   grid point, whatever the input's low bits (Canonne, Kamath, Steinke 2020).
 - :class:`DistributedDiscreteGaussian` and :class:`DistributedSkellam` (integers, distributed
@@ -22,28 +20,9 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
+from mrff_secure.checks import check_int, check_number
 from mrff_secure.errors import PrivacyError
-
-
-def _nonneg(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise PrivacyError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _positive(name: str, value: float) -> float:
-    v = _nonneg(name, value)
-    if v == 0.0:
-        raise PrivacyError(f"{name} must be > 0, got {value!r}")
-    return v
-
-
-def _check_n_min(n_min: int) -> int:
-    if isinstance(n_min, bool) or not isinstance(n_min, int) or n_min < 1:
-        raise PrivacyError(f"n_min must be a positive integer, got {n_min!r}")
-    return n_min
 
 
 def check_survivors(*, survivors: int, n_min: int) -> None:
@@ -70,45 +49,6 @@ class NoiseMechanism(ABC):
         """Return ``x`` plus fresh noise on every coordinate (shape and type preserved)."""
 
 
-class GaussianMechanism(NoiseMechanism):
-    """Float Gaussian noise of std z*C on every coordinate (local mode: the full noise per upload).
-
-    ``add_noise`` takes numpy with a ``np.random.Generator`` or torch with a ``torch.Generator``
-    (the vectorized simulation's (clients, d) tensors).
-    """
-
-    name = "gaussian"
-
-    def __init__(self, *, noise_multiplier: float, clip: float) -> None:
-        self.noise_multiplier = _nonneg("noise_multiplier", noise_multiplier)
-        self.clip = _positive("clip", clip)
-
-    @property
-    def noise_std(self) -> float:
-        return self.noise_multiplier * self.clip
-
-    def add_noise(self, x: Any, *, rng: Any) -> Any:
-        std = self.noise_std
-        if isinstance(x, torch.Tensor):
-            if not torch.is_floating_point(x):
-                raise PrivacyError(f"GaussianMechanism needs a floating-point tensor, got {x.dtype}")
-            if not isinstance(rng, torch.Generator):
-                raise PrivacyError("a torch tensor needs a torch.Generator as rng")
-            if std == 0.0:
-                return x.clone()
-            noise = torch.randn(x.shape, generator=rng, dtype=x.dtype, device=x.device)
-            return x + noise * std
-        if isinstance(x, np.ndarray):
-            if not np.issubdtype(x.dtype, np.floating):
-                raise PrivacyError(f"GaussianMechanism needs a floating-point array, got {x.dtype}")
-            if not isinstance(rng, np.random.Generator):
-                raise PrivacyError("a numpy array needs a numpy.random.Generator as rng")
-            if std == 0.0:
-                return x.copy()
-            return (x + rng.normal(0.0, std, size=x.shape)).astype(x.dtype, copy=False)
-        raise PrivacyError(f"add_noise takes a numpy array or a torch tensor, got {type(x).__name__}")
-
-
 GRID_SLACK = 2.0**-20  # the grid's rounding adds at most GRID_SLACK * C to an upload's L2 sensitivity
 MAX_GRID_UNITS = 2.0**50  # |grid coordinate| bound: products with gamma stay exact in float64
 
@@ -119,9 +59,8 @@ def grid_spacing(*, clip: float, dim: int) -> float:
     Snapping a vector to the nearest grid point moves it by at most sqrt(dim) * gamma / 2 in L2, so
     two snapped vectors differ by at most their float difference plus GRID_SLACK * C.
     """
-    c = _positive("clip", clip)
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise PrivacyError(f"dim must be a positive integer, got {dim!r}")
+    c = check_number("clip", clip, low=0.0, low_open=True, error=PrivacyError)
+    check_int("dim", dim, low=1, error=PrivacyError)
     return 2.0 ** math.floor(math.log2(c * GRID_SLACK / math.sqrt(dim)))
 
 
@@ -140,8 +79,8 @@ class GridDiscreteGaussian(NoiseMechanism):
     name = "grid_discrete_gaussian"
 
     def __init__(self, *, noise_multiplier: float, clip: float, dim: int) -> None:
-        self.noise_multiplier = _nonneg("noise_multiplier", noise_multiplier)
-        self.clip = _positive("clip", clip)
+        self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, low=0.0, error=PrivacyError)
+        self.clip = check_number("clip", clip, low=0.0, low_open=True, error=PrivacyError)
         self.dim = dim
         self.gamma = grid_spacing(clip=clip, dim=dim)
         if self.noise_std / self.gamma > MAX_GRID_UNITS / 64:
@@ -175,7 +114,7 @@ def sample_discrete_gaussian(sigma: float, size: int | tuple[int, ...], rng: np.
     2020, Alg. 3), vectorized; the Laplace is the difference of two geometric variables. The
     acceptance test is computed in floating point (not the paper's exact-arithmetic version).
     """
-    s = _positive("sigma", sigma)
+    s = check_number("sigma", sigma, low=0.0, low_open=True, error=PrivacyError)
     shape = (size,) if isinstance(size, int) else tuple(size)
     count = int(np.prod(shape, dtype=np.int64))
     t = math.floor(s) + 1
@@ -197,7 +136,7 @@ def sample_skellam(variance: float, size: int | tuple[int, ...], rng: np.random.
 
     Refuses v > 2^46: numpy's Poisson sampler is inaccurate for means far above 1e14.
     """
-    v = _positive("variance", variance)
+    v = check_number("variance", variance, low=0.0, low_open=True, error=PrivacyError)
     if v > SKELLAM_MAX_VARIANCE * (1.0 + 1e-9):  # the planner caps at exactly 2^46
         raise PrivacyError(f"Skellam variance {v:.4g} > 2^46: numpy's Poisson sampler is inaccurate there; lower the scale")
     shape = (size,) if isinstance(size, int) else tuple(size)
@@ -208,10 +147,10 @@ class _DistributedIntegerMechanism(NoiseMechanism):
     """One client's integer noise share: variance (z * C * scale)^2 / n_min per coordinate."""
 
     def __init__(self, *, noise_multiplier: float, clip: float, scale: float, n_min: int) -> None:
-        self.noise_multiplier = _nonneg("noise_multiplier", noise_multiplier)
-        self.clip = _positive("clip", clip)
-        self.scale = _positive("scale", scale)
-        self.n_min = _check_n_min(n_min)
+        self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, low=0.0, error=PrivacyError)
+        self.clip = check_number("clip", clip, low=0.0, low_open=True, error=PrivacyError)
+        self.scale = check_number("scale", scale, low=0.0, low_open=True, error=PrivacyError)
+        self.n_min = check_int("n_min", n_min, low=1, error=PrivacyError)
 
     @property
     def total_std(self) -> float:

@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from mrff_secure.checks import check_int
 from mrff_secure.errors import PrivacyError
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
@@ -23,8 +24,7 @@ Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 def next_power_of_two(n: int) -> int:
     """Smallest power of two >= n (n >= 1)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise PrivacyError(f"dimension must be a positive integer, got {n!r}")
+    check_int("dimension", n, low=1, error=PrivacyError)
     return 1 << (n - 1).bit_length()
 
 
@@ -99,9 +99,7 @@ def _seed_to_int(seed: int | bytes) -> int:
         if len(seed) == 0:
             raise PrivacyError("rotation seed must not be empty")
         return int.from_bytes(seed, "big")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise PrivacyError(f"rotation seed must be a non-negative int or bytes, got {seed!r}")
-    return seed
+    return check_int("rotation seed (not bytes)", seed, low=0, error=PrivacyError)
 
 
 class RandomizedHadamard:

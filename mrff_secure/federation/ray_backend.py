@@ -37,6 +37,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from mrff_secure.checks import check_int
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.errors import ConfigError
@@ -102,8 +103,7 @@ def writable_copy(data: ClientData) -> ClientData:
 def shard_rows(num_users: int, rows_per_block: int, workers: int) -> list[np.ndarray]:
     """Contiguous ranges of whole row blocks (`client_shard.block_rows`; 0: one block), as even as blocks
     allow, one per worker (none empty)."""
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    check_int("--workers", workers, low=1)
     block = rows_per_block if rows_per_block else max(num_users, 1)
     num_blocks = -(-num_users // block)
     ranges = np.array_split(np.arange(num_blocks), min(workers, max(num_blocks, 1)))
@@ -176,8 +176,7 @@ class RaySimulation(FederatedSimulation):
         if privacy is not None and privacy.secure and privacy.secure_sum != "fast":
             raise ConfigError(f"the ray backend needs secure_sum='fast' (the ring sum); {privacy.secure_sum!r} "
                               "runs the SecAgg+ protocol between all clients in one process")
-        if threads_per_worker < 1:
-            raise ConfigError(f"--threads-per-worker must be >= 1, got {threads_per_worker}")
+        check_int("--threads-per-worker", threads_per_worker, low=1)
         self._ray = import_ray()
         self.workers, self.threads_per_worker, self.address = int(workers), int(threads_per_worker), address
         self._shard_ranges = shard_rows(data.num_users, block_rows(federation), self.workers)

@@ -22,14 +22,7 @@ from torch import nn
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.model.layers import (
-    MLP,
-    AttributeEmbedding,
-    UserEmbedding,
-    add_group_parameter,
-    routed_group_weight,
-    uniform_init_,
-)
+from mrff_secure.model.layers import MLP, UserItemModel, add_group_parameter, routed_group_weight, uniform_init_
 from mrff_secure.model.roles import Role
 
 PA_LAYER_DIMS = (64, 32)
@@ -69,14 +62,9 @@ class GroupAdapters(nn.Module):
             add_group_parameter(self, name, init)
 
 
-class PA(nn.Module):
+class PA(UserItemModel):
     def __init__(self, config: ModelConfig, data: ClientData) -> None:
-        super().__init__()
-        self.config = config
-        self.items = AttributeEmbedding(data.item_attributes, config.attribute_dim)
-        self.hidden = self.items.out_dim
-        self.user_dim = config.attribute_dim * data.user_attributes.num_fields
-        self.user = UserEmbedding(self.user_dim)
+        super().__init__(config, data)
         dims = [self.user_dim + self.hidden, *PA_LAYER_DIMS]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.user_adapters = UserAdapters(dims)

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrff_secure.data.client_data import AttributeTable
+from mrff_secure.config import ModelConfig
+from mrff_secure.data.client_data import AttributeTable, ClientData
 from mrff_secure.model.roles import Role
 
 
@@ -70,6 +71,19 @@ class UserEmbedding(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.vector
+
+
+class UserItemModel(nn.Module):
+    """Base of the non-sequential baselines (NCF, FedPA): they score one target item from its attribute
+    embedding (``items``, width ``hidden``) and the private user vector (``user``, width ``user_dim``)."""
+
+    def __init__(self, config: ModelConfig, data: ClientData) -> None:
+        super().__init__()
+        self.config = config
+        self.items = AttributeEmbedding(data.item_attributes, config.attribute_dim)
+        self.hidden = self.items.out_dim
+        self.user_dim = config.attribute_dim * data.user_attributes.num_fields
+        self.user = UserEmbedding(self.user_dim)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

@@ -15,19 +15,14 @@ from torch import nn
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.model.layers import MLP, AttributeEmbedding, UserEmbedding
+from mrff_secure.model.layers import MLP, UserItemModel
 
 NCF_MLP_DIMS = (64, 32, 16)
 
 
-class NCF(nn.Module):
+class NCF(UserItemModel):
     def __init__(self, config: ModelConfig, data: ClientData) -> None:
-        super().__init__()
-        self.config = config
-        self.items = AttributeEmbedding(data.item_attributes, config.attribute_dim)
-        self.hidden = self.items.out_dim
-        self.user_dim = config.attribute_dim * data.user_attributes.num_fields
-        self.user = UserEmbedding(self.user_dim)
+        super().__init__(config, data)
         self.item_projection = nn.Linear(self.hidden, self.user_dim)  # GMF needs equal sizes
         self.mlp = MLP([self.user_dim + self.hidden, *NCF_MLP_DIMS], relu_last=True)
         self.output = nn.Linear(self.user_dim + NCF_MLP_DIMS[-1], 1)

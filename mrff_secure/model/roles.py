@@ -31,8 +31,3 @@ def parameter_roles(model: nn.Module) -> dict[str, Role]:
 
     visit(model, "", Role.SHARED)
     return roles
-
-
-def names_with_role(model: nn.Module, role: Role) -> list[str]:
-    """Parameter names of one role, in the model's registration order (the layout order)."""
-    return [name for name, r in parameter_roles(model).items() if r is role]

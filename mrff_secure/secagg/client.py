@@ -16,6 +16,7 @@ from typing import Callable, Collection, ParamSpec, TypeVar
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from mrff_secure.checks import check_int
 from mrff_secure.errors import AggregationAborted, AuthenticationError, ConfigError, ProtocolViolation
 from mrff_secure.secagg import masking, packing, primitives, shamir
 from mrff_secure.secagg.config import MAX_CLIENT_ID, SecAggConfig
@@ -100,8 +101,7 @@ class ClientSession:
         allowed_participants: if given, a participant set naming anyone else is refused (binds the
         update phase of a round to the survivors of its counts phase); `random` is the randomness
         seam for known-answer tests."""
-        if not isinstance(client_id, int) or not 0 <= client_id <= MAX_CLIENT_ID:
-            raise ConfigError(f"client_id must be an int in [0, {MAX_CLIENT_ID}], got {client_id!r}")
+        check_int("client_id", client_id, low=0, high=MAX_CLIENT_ID)
         if not isinstance(context, SessionContext):
             raise ConfigError(f"context must be a SessionContext, got {type(context).__name__}")
         try:
@@ -273,7 +273,7 @@ class ClientSession:
     def masked_input(self, delivery: ShareDelivery, vector: np.ndarray) -> MaskedInput:
         """Decrypt the shares our neighbours sent, then upload our input masked with our self mask
         and one pairwise mask per neighbour that shared with us. `vector` holds signed integers in
-        [-max_abs, max_abs] (see encoding.quantize), length config.vector_length."""
+        [-max_abs, max_abs], length config.vector_length."""
         self._check_round(delivery)
         self._check_addressee(delivery.receiver)
         held: dict[int, SharePayload] = {}

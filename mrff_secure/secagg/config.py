@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mrff_secure.checks import check_int
 from mrff_secure.errors import ConfigError
 
 MAX_MODULUS_BITS = 62
@@ -53,8 +54,7 @@ def guard_bits(vector_length: int) -> int:
     n x max_abs x 2^g <= 2^(b-1) - 1, so all d of them with probability <= 2^-(g d) <= 2^-40. Without
     headroom (max_abs = (2^(b-1) - 1) // n) the check catches almost nothing.
     """
-    if isinstance(vector_length, bool) or not isinstance(vector_length, int) or vector_length < 1:
-        raise ConfigError(f"vector_length must be a positive int, got {vector_length!r}")
+    check_int("vector_length", vector_length, low=1)
     return max(1, -(-RANGE_CHECK_SECURITY_BITS // vector_length))
 
 
@@ -90,18 +90,10 @@ class SecAggConfig:
     threshold: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_clients", "vector_length", "max_abs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{name} must be an int, got {value!r}")
-        if self.num_clients < 3:
-            raise ConfigError(f"num_clients must be >= 3 for secure aggregation to hide anything, got {self.num_clients}")
-        if self.num_clients > MAX_CLIENT_ID + 1:
-            raise ConfigError(f"num_clients must be <= {MAX_CLIENT_ID + 1}, got {self.num_clients}")
-        if self.vector_length < 1:
-            raise ConfigError(f"vector_length must be >= 1, got {self.vector_length}")
-        if self.max_abs < 1:
-            raise ConfigError(f"max_abs must be >= 1, got {self.max_abs}")
+        # below 3 clients a sum hides nothing: each of two clients learns the other's input from it
+        check_int("num_clients", self.num_clients, low=3, high=MAX_CLIENT_ID + 1)
+        check_int("vector_length", self.vector_length, low=1)
+        check_int("max_abs", self.max_abs, low=1)
 
         needed = required_modulus_bits(self.num_clients, self.max_abs, vector_length=self.vector_length)
         guard = guard_bits(self.vector_length)
@@ -120,15 +112,11 @@ class SecAggConfig:
         object.__setattr__(self, "modulus_bits", bits)
 
         k = default_num_neighbours(self.num_clients) if self.num_neighbours is None else self.num_neighbours
-        if not 2 <= k <= self.num_clients - 1:
-            raise ConfigError(f"num_neighbours must be in [2, {self.num_clients - 1}] for {self.num_clients} clients, got {k}")
+        check_int(f"num_neighbours (of {self.num_clients} clients)", k, low=2, high=self.num_clients - 1)
         object.__setattr__(self, "num_neighbours", k)
 
         t = default_threshold(k) if self.threshold is None else self.threshold
-        if not k // 2 + 1 <= t <= k:
-            raise ConfigError(
-                f"threshold must be a strict majority of the {k} neighbours, in [{k // 2 + 1}, {k}], got {t}"
-            )
+        check_int(f"threshold (a strict majority of the {k} neighbours)", t, low=k // 2 + 1, high=k)
         object.__setattr__(self, "threshold", t)
 
     @property
@@ -148,10 +136,8 @@ class SecAggConfig:
 def max_abs_for(num_clients: int, modulus_bits: int, *, vector_length: int) -> int:
     """The largest per-client |coordinate| such that `num_clients` of them sum without wrapping mod 2^b,
     with guard_bits(vector_length) bits of headroom left for the range check (SecAggConfig's rule)."""
-    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
-        raise ConfigError(f"num_clients must be a positive integer, got {num_clients!r}")
-    if isinstance(modulus_bits, bool) or not isinstance(modulus_bits, int) or not 2 <= modulus_bits <= MAX_MODULUS_BITS:
-        raise ConfigError(f"modulus_bits must be an integer in [2, {MAX_MODULUS_BITS}], got {modulus_bits!r}")
+    check_int("num_clients", num_clients, low=1)
+    check_int("modulus_bits", modulus_bits, low=2, high=MAX_MODULUS_BITS)
     guard = guard_bits(vector_length)
     value = ((1 << (modulus_bits - 1)) - 1) // (num_clients << guard)
     if value < 1:

@@ -15,6 +15,7 @@ import os
 import struct
 from dataclasses import dataclass
 
+from mrff_secure.checks import check_int
 from mrff_secure.errors import ConfigError
 from mrff_secure.secagg.primitives import PROTOCOL_VERSION
 
@@ -36,10 +37,8 @@ class SessionContext:
     def __post_init__(self) -> None:
         if not isinstance(self.run_id, bytes) or len(self.run_id) != RUN_ID_BYTES:
             raise ConfigError(f"run_id must be {RUN_ID_BYTES} bytes, got {self.run_id!r}")
-        if isinstance(self.phase, bool) or not isinstance(self.phase, int) or not 0 <= self.phase < 256:
-            raise ConfigError(f"phase must be an int in [0, 255], got {self.phase!r}")
-        if isinstance(self.round_id, bool) or not isinstance(self.round_id, int) or not 0 <= self.round_id < 2**64:
-            raise ConfigError(f"round_id must be a u64, got {self.round_id!r}")
+        check_int("phase", self.phase, low=0, high=255)
+        check_int("round_id (a u64)", self.round_id, low=0, high=2**64 - 1)
         if not isinstance(self.nonce, bytes) or len(self.nonce) != NONCE_BYTES:
             raise ConfigError(f"nonce must be {NONCE_BYTES} bytes, got {self.nonce!r}")
 

@@ -1,10 +1,8 @@
-"""Fixed-point encoding of float vectors into the ring Z_{2^b}, and back.
+"""Signed integers in the ring Z_{2^b}, and back.
 
-A float x with per-coordinate clipping range [-c, c] becomes an integer
-q in [-L, L] (L = `levels`) by unbiased stochastic rounding of x * L / c:
-E[q] = x * L / c exactly. Integers are stored in the ring in two's
-complement, and a sum of n inputs is decoded by the centred lift, which is
-exact as long as n * L <= 2^(b-1) - 1 (SecAggConfig enforces it, with guard bits to spare).
+Integers are stored in two's complement; a sum of n inputs in [-max_abs, max_abs] is decoded by
+the centred lift, which is exact as long as n * max_abs <= 2^(b-1) - 1 (SecAggConfig enforces it,
+with guard bits to spare; `check_no_wrap` names the numbers where it does not hold).
 """
 
 from __future__ import annotations
@@ -29,41 +27,6 @@ def check_no_wrap(num_clients: int, max_abs: int, modulus_bits: int, *, vector_l
             f"= {num_clients * max_abs} with {guard_bits(vector_length)} guard bits: need between {needed} and "
             f"{MAX_MODULUS_BITS} bits"
         )
-
-
-def _check_range(clip: float | np.ndarray, levels: int) -> np.ndarray:
-    if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
-        raise ConfigError(f"levels must be a positive int, got {levels!r}")
-    clip_arr = np.asarray(clip, dtype=np.float64)
-    if not np.all(np.isfinite(clip_arr)) or np.any(clip_arr <= 0):
-        raise ConfigError("clipping range must be finite and > 0 for every coordinate")
-    return clip_arr
-
-
-def quantize(x: np.ndarray, *, clip: float | np.ndarray, levels: int, rng: np.random.Generator) -> np.ndarray:
-    """Clip x to [-clip, clip] (per coordinate if clip is an array) and stochastically round to [-levels, levels].
-
-    The rounding randomness comes from `rng`, which the caller owns: it must be
-    unpredictable to the server when the rounding is part of a DP mechanism.
-    Returns (d,) int64.
-    """
-    clip_arr = _check_range(clip, levels)
-    values = np.asarray(x, dtype=np.float64)
-    if values.ndim != 1:
-        raise InputRangeError(f"expected a 1-D vector, got shape {values.shape}")
-    if not np.all(np.isfinite(values)):
-        raise InputRangeError("input contains NaN or infinity")
-    scaled = np.clip(values, -clip_arr, clip_arr) * (levels / clip_arr)  # (d,) in [-L, L]
-    floor = np.floor(scaled)
-    round_up = rng.random(values.shape) < (scaled - floor)
-    q = floor.astype(np.int64) + round_up
-    return np.clip(q, -levels, levels)  # guards the float edge case scaled == L + tiny
-
-
-def dequantize(q: np.ndarray, *, clip: float | np.ndarray, levels: int) -> np.ndarray:
-    """Integers (a single input or a sum of inputs) back to floats: q * clip / levels. (d,) float64."""
-    clip_arr = _check_range(clip, levels)
-    return np.asarray(q, dtype=np.float64) * (clip_arr / levels)
 
 
 def to_ring(q: np.ndarray, modulus_bits: int, *, max_abs: int | None = None) -> np.ndarray:

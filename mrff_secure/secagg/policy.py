@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mrff_secure.checks import check_int
 from mrff_secure.errors import ConfigError, ProtocolViolation
 from mrff_secure.secagg.config import DEFAULT_CORRUPT_NEIGHBOURS, SecAggConfig, threshold_for
 
@@ -42,9 +43,7 @@ class SecAggPolicy:
 
     def __post_init__(self) -> None:
         for name in ("min_participants", "min_neighbours", "corrupt_neighbours", "min_survivors"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"policy {name} must be a non-negative int, got {value!r}")
+            check_int(f"policy {name}", getattr(self, name), low=0)
         if self.min_participants < 3:
             raise ConfigError(f"policy min_participants must be >= 3, got {self.min_participants}")
         if self.min_survivors < 3:

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mrff_secure.checks import check_int
 from mrff_secure.errors import SecAggError
 from mrff_secure.secagg.primitives import RandomBytes, system_random
 
@@ -32,8 +33,7 @@ class Share:
     value: bytes
 
     def __post_init__(self) -> None:
-        if not isinstance(self.x, int) or not 1 <= self.x < PRIME:
-            raise SecAggError(f"share x must be an int in [1, {PRIME - 1}], got {self.x!r}")
+        check_int("share x", self.x, low=1, high=PRIME - 1, error=SecAggError)
         if len(self.value) != SHARE_VALUE_BYTES:
             raise SecAggError(f"share value must be {SHARE_VALUE_BYTES} bytes, got {len(self.value)}")
 
@@ -86,8 +86,7 @@ def split_many(secrets: Sequence[bytes], xs: Sequence[int], threshold: int,
     Any `threshold` shares of a secret recover it; fewer are uniformly random.
     """
     points = _check_points(xs)
-    if not isinstance(threshold, int) or not 1 <= threshold <= points.size:
-        raise SecAggError(f"threshold must be in [1, {points.size}] (the number of shares), got {threshold!r}")
+    check_int("threshold (at most the number of shares)", threshold, low=1, high=points.size, error=SecAggError)
     constant = np.stack([_secret_to_limbs(s) for s in secrets])  # (secrets, limbs)
     coefficients = _random_field_elements((threshold - 1,) + constant.shape, random)  # (t-1, secrets, limbs)
     p = np.uint64(PRIME)
@@ -134,8 +133,7 @@ def combine(shares: Sequence[Share], threshold: int) -> bytes:
     Raise SecAggError if fewer than t shares are given, x repeats, or the
     interpolated value is not a well-formed secret (a sign of wrong shares).
     """
-    if not isinstance(threshold, int) or threshold < 1:
-        raise SecAggError(f"threshold must be a positive int, got {threshold!r}")
+    check_int("threshold", threshold, low=1, error=SecAggError)
     if len(shares) < threshold:
         raise SecAggError(f"need {threshold} shares to recover the secret, got {len(shares)}")
     used = list(shares[:threshold])

@@ -6,7 +6,7 @@ import pytest
 from mrff_secure.app import cli
 from mrff_secure.app.privacy_command import privacy_report
 from mrff_secure.dp.accounting import epsilon, local_upload_epsilon
-from mrff_secure.dp.sensitivity import compose_noise_multipliers, effective_noise_multiplier
+from mrff_secure.dp.sensitivity import compose_noise_multipliers
 
 KEYS = {"mechanism", "mode", "noise_multiplier", "clip", "delta", "epsilon", "epsilon_bound", "adjacency",
         "gaussian_limit", "rounds", "clients", "sample_rate", "blocks", "groups"}
@@ -108,7 +108,6 @@ def test_count_sensitivity_comes_from_the_layout_never_zero():
 
 
 def test_sensitivity_helpers():
-    assert effective_noise_multiplier(noise_multiplier=1.0, clip=1.0, extra_sensitivity=0.0) == 1.0
     # two releases of one round, (sensitivity, std): 1/sqrt((1/2)^2 + (1/2)^2)
     assert compose_noise_multipliers([(1.0, 2.0), (1.0, 2.0)]) == pytest.approx(math.sqrt(2))
     assert compose_noise_multipliers([(1.0, 2.0), (1.0, 0.0)]) == 0.0

@@ -216,21 +216,6 @@ def test_cells_refuse_impossible_levels():
         Cell(ThreatModel.MALICIOUS_SERVER)
 
 
-def test_the_grid_runs_from_its_module_command(tmp_path, capsys):
-    from mrff_secure.app.grid_command import main
-
-    out = tmp_path / "grid.json"
-    code = main(["--users", "30", "--rounds", "1", "--canaries", "20", "--levels", "1.0",
-                     "--targets", "4", "--sampled-fraction", "0", "--out", str(out), "--plots", str(tmp_path / "plots")])
-    assert code == 0
-    report = json.loads(out.read_text())
-    assert len(report["cells"]) == 6 and set(report["rules"]) == {"R0", "R1", "R2", "R3", "R4", "R5", "malicious-server"}
-    printed = capsys.readouterr().out
-    assert "R0:" in printed and "canary_roc.png" in printed
-    for name in ("canary_roc.png", "attack_vs_noise.png", "bound_vs_claim.png"):
-        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 # ------------------------------------------------------------------ attributes, groups, disaggregation
 
 

@@ -14,7 +14,7 @@ from mrff_secure.secagg import packing
 from mrff_secure.secagg.client import ClientSession
 from mrff_secure.secagg.config import MAX_MODULUS_BITS, SecAggConfig, required_modulus_bits
 from mrff_secure.secagg.context import SessionContext
-from mrff_secure.secagg.encoding import from_ring, quantize, to_ring
+from mrff_secure.secagg.encoding import from_ring, to_ring
 from mrff_secure.secagg.messages import MaskedInput, ParticipantSet
 from mrff_secure.secagg.server import ServerSession
 from mrff_secure.secagg.stages import Stage
@@ -42,17 +42,6 @@ def test_secure_sum_equals_plain_sum(n, d, log_max, data):
     modular = np.bitwise_and(sum(to_ring(v, config.bits) for v in inputs.values()), (1 << config.bits) - 1)
     assert np.array_equal(result.ring_sum, modular)
     assert result.survivors == tuple(ids)
-
-
-def test_secure_sum_of_quantized_floats():
-    rng = np.random.default_rng(3)
-    n, d, levels = 9, 50, 2**12
-    config = SecAggConfig(num_clients=n, vector_length=d, max_abs=levels)
-    floats = {c: rng.normal(scale=0.3, size=d) for c in range(n)}
-    quantized = {c: quantize(x, clip=1.0, levels=levels, rng=rng) for c, x in floats.items()}
-    result = run_round(config, round_id=1, inputs=quantized)
-    assert np.array_equal(result.total, sum(quantized.values()))
-    assert np.allclose(result.total / levels, sum(np.clip(x, -1, 1) for x in floats.values()), atol=n / levels)
 
 
 def test_wide_modulus_uses_uint64_words():

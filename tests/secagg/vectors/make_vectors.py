@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mrff_secure.secagg import messages, packing, primitives, shamir
 from mrff_secure.secagg.context import SessionContext
-from mrff_secure.secagg.encoding import quantize, to_ring
+from mrff_secure.secagg.encoding import to_ring
 from mrff_secure.secagg.graph import graph_seed, neighbour_graph
 from mrff_secure.secagg.identity import issue_credential
 
@@ -55,15 +55,9 @@ def packing_vectors() -> dict:
 
 
 def encoding_vectors() -> dict:
-    generate = []
-    for seed, clip, levels in [(0, 1.0, 255), (1, 0.5, 2**15), (2, 2.0, 7)]:
-        x = np.linspace(-2.5, 2.5, 11)
-        q = quantize(x, clip=clip, levels=levels, rng=np.random.default_rng(seed))
-        generate.append({"rng": f"numpy PCG64 seed {seed}", "seed": seed, "clip": clip, "levels": levels,
-                         "x": x.tolist(), "q": q.tolist()})
     ring = [{"bits": b, "q": q, "ring": [str(int(v)) for v in to_ring(np.array(q, dtype=np.int64), b)]}
             for b, q in [(8, [-128, -1, 0, 1, 127]), (33, [-(2**32), -5, 0, 2**32 - 1]), (62, [-(2**61), 2**61 - 1])]]
-    return {"generate": generate, "ring": ring}
+    return {"ring": ring}
 
 
 def protocol_vectors() -> dict:
