@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from mrff_secure.checks import check_int, check_number
 from mrff_secure.dp.accounting import (
     DISCRETE_ORDERS,
     Epsilons,
@@ -134,10 +135,8 @@ def account_rounds(release: RoundRelease, *, rounds: int, delta: float, sample_r
     sample_rate (the fraction of clients per round) only adds the labelled typical-user figure at
     max(1, round(q * rounds)) rounds; it never amplifies the headline.
     """
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise PrivacyError(f"rounds must be an integer >= 0, got {rounds!r}")
-    if not 0.0 < sample_rate <= 1.0:
-        raise PrivacyError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+    check_int("rounds", rounds, low=0, error=PrivacyError)
+    check_number("sample_rate", sample_rate, low=0.0, high=1.0, low_open=True, error=PrivacyError)
     z_acc = release.accounted_noise_multiplier()
     cached: dict[bool, np.ndarray] = {}
 
@@ -207,13 +206,9 @@ def calibrate_release(release: RoundRelease, *, target_epsilon: float, rounds: i
     """
     if release.dp_mode == "off":
         raise ConfigError("a target epsilon needs DP (local or distributed)")
-    if isinstance(target_epsilon, bool) or not isinstance(target_epsilon, (int, float)) \
-            or not math.isfinite(target_epsilon) or target_epsilon <= 0:
-        raise PrivacyError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise PrivacyError(f"rounds must be an integer >= 1, got {rounds!r}")
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < delta < 1.0:
-        raise PrivacyError(f"delta must be in (0, 1), got {delta!r}")
+    check_number("target_epsilon", target_epsilon, low=0.0, low_open=True, error=PrivacyError)
+    check_int("rounds", rounds, low=1, error=PrivacyError)
+    check_number("delta", delta, low=0.0, high=1.0, low_open=True, high_open=True, error=PrivacyError)
     target = float(target_epsilon)
     unusable: list[str] = []
 
@@ -282,10 +277,8 @@ class RoundAccountant:
     RDP, and a JSON-able `state_dict` for checkpoints. Used by the simulation and the coordinator."""
 
     def __init__(self, *, delta: float, sample_rate: float = 1.0) -> None:
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < delta < 1.0:
-            raise PrivacyError(f"delta must be in (0, 1), got {delta!r}")
-        if not 0.0 < sample_rate <= 1.0:
-            raise PrivacyError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+        check_number("delta", delta, low=0.0, high=1.0, low_open=True, high_open=True, error=PrivacyError)
+        check_number("sample_rate", sample_rate, low=0.0, high=1.0, low_open=True, error=PrivacyError)
         self.delta, self.sample_rate = float(delta), float(sample_rate)
         self.history: list[tuple[RoundRelease, int]] = []
         self._curves: dict[tuple[RoundRelease, bool], np.ndarray] = {}
@@ -337,12 +330,10 @@ class RoundAccountant:
                 raise ValueError(f"expected version {STATE_VERSION}")
             history = []
             for entry in state["history"]:
-                rounds = entry["rounds"]
-                if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-                    raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+                rounds = check_int("rounds", entry["rounds"], low=1, error=PrivacyError)
                 history.append((RoundRelease(**entry["release"]), rounds))
             delta, sample_rate = float(state["delta"]), float(state["sample_rate"])
-        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        except (KeyError, TypeError, ValueError, ConfigError, PrivacyError) as exc:
             raise PrivacyError(f"unreadable accountant state: {exc}") from exc
         if delta != self.delta:
             raise PrivacyError(f"the accountant state is for delta {delta}, this run's is {self.delta}")

@@ -66,6 +66,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mrff_secure.checks import check_int, check_number
 from mrff_secure.dp.config import DEFAULT_ROUNDING_BETA, DISTRIBUTED_MECHANISMS
 from mrff_secure.dp.discretize import centered_lift, wrap_to_modulus
 from mrff_secure.dp.distributed import (
@@ -102,19 +103,6 @@ def secure_generator() -> np.random.Generator:
     """
     entropy = int.from_bytes(os.urandom(OS_ENTROPY_BYTES), "little")
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
-
-
-def _int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _number(name: str, value: object, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (positive and value == 0):
-        raise ConfigError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -176,29 +164,29 @@ def secure_round_plans(
     single_noise_draw: a simulation shortcut (the ring sum receives one draw of the n summed
     shares); it only lowers the scale so that draw stays in the sampler's accurate range.
     """
-    delta_size = _int("delta_size", delta_size, 1)
-    num_blocks = _int("num_blocks", num_blocks, 0)
-    num_groups = _int("num_groups", num_groups, 0)
+    delta_size = check_int("delta_size", delta_size, low=1)
+    num_blocks = check_int("num_blocks", num_blocks, low=0)
+    num_groups = check_int("num_groups", num_groups, low=0)
     if (num_blocks == 0) != (num_groups == 0):
         raise ConfigError(f"num_blocks={num_blocks} and num_groups={num_groups}: both zero (no groups) or both > 0")
     if dp_mode not in SECURE_DP_MODES:
         raise ConfigError(f"dp_mode of a secure round must be one of {SECURE_DP_MODES}, got {dp_mode!r} "
                           "(local DP has no secure sum: each client sends its own fully noised vector)")
-    z = _number("noise_multiplier", noise_multiplier, positive=False)
+    z = check_number("noise_multiplier", noise_multiplier, low=0.0)
     if dp_mode == "off" and z != 0.0:
         raise ConfigError(f"noise_multiplier={noise_multiplier!r} but dp_mode='off' adds no noise")
-    clip = _number("clip", clip, positive=True)
+    clip = check_number("clip", clip, low=0.0, low_open=True)
     mech = "discrete_gaussian" if mechanism is None else mechanism
     if mech not in DISTRIBUTED_MECHANISMS:
         raise ConfigError(f"mechanism must be one of {DISTRIBUTED_MECHANISMS}, got {mechanism!r}")
-    n = _int("n_clients", n_clients, 1)
+    n = check_int("n_clients", n_clients, low=1)
     if n < 3:
         raise ConfigError(f"secure aggregation needs at least 3 participants per round, got {n}")
-    n_min = _int("n_min", n_min, 1)
+    n_min = check_int("n_min", n_min, low=1)
     if n_min > n:
         raise ConfigError(f"n_min={n_min} survivors cannot exceed the {n} participants")
-    count_cap = _int("count_cap", count_cap, 1)
-    bits = _int("modulus_bits", modulus_bits, 2)
+    count_cap = check_int("count_cap", count_cap, low=1)
+    bits = check_int("modulus_bits", modulus_bits, low=2)
     if not (isinstance(rounding_beta, (int, float)) and 0.0 <= rounding_beta < 1.0):
         raise ConfigError(f"rounding_beta must be in [0, 1), got {rounding_beta!r}")
     def phase_plan(*, dim: int, clip: float, clip_len: int | None, extra: float, max_abs: int) -> DistributedPlan:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mrff_secure.checks import check_int, check_number
 from mrff_secure.dp.accounting import DISCRETE_ORDERS, ddg_rdp, skellam_rdp
 from mrff_secure.dp.config import DEFAULT_ROUNDING_BETA, DISTRIBUTED_MECHANISMS
 from mrff_secure.dp.discretize import rounded_l1_bound, rounded_l2_bound
@@ -82,22 +83,17 @@ class RoundRelease:
             raise ConfigError("local DP runs without secure aggregation (each noisy upload is seen)")
         if self.dp_mode == "distributed" and not self.secure_aggregation:
             raise ConfigError("distributed DP needs secure aggregation")
-        for name in ("clip", "noise_multiplier"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.clip <= 0:
-            raise ConfigError(f"clip must be > 0, got {self.clip!r}")
+        check_number("clip", self.clip, low=0.0, low_open=True)
+        check_number("noise_multiplier", self.noise_multiplier, low=0.0)
         if self.dp_mode == "off" and self.noise_multiplier != 0:
             raise ConfigError(f"noise_multiplier={self.noise_multiplier!r} but DP is off")
-        for name, low in (("num_blocks", 0), ("num_groups", 0), ("delta_size", 1), ("participants", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name, low in (("num_blocks", 0), ("num_groups", 0), ("delta_size", 1), ("participants", 1),
+                          ("count_cap", 1)):
+            check_int(name, getattr(self, name), low=low)
         if (self.num_blocks == 0) != (self.num_groups == 0):
             raise ConfigError(f"num_blocks={self.num_blocks}, num_groups={self.num_groups}: both 0 or both > 0")
-        if self.secure_aggregation and (isinstance(self.modulus_bits, bool) or not isinstance(self.modulus_bits, int)):
-            raise ConfigError(f"secure aggregation needs an integer modulus_bits, got {self.modulus_bits!r}")
+        if self.secure_aggregation:
+            check_int("modulus_bits (secure aggregation)", self.modulus_bits, low=2)
         if self.dp_mode == "distributed" and self.mechanism not in DISTRIBUTED_MECHANISMS:
             raise ConfigError(f"distributed mechanism must be one of {DISTRIBUTED_MECHANISMS}, got {self.mechanism!r}")
 

@@ -15,10 +15,10 @@ of groups below `min_group_size` (default 5, never below 2).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
+from mrff_secure.checks import check_bool, check_choice, check_int, check_number
 from mrff_secure.dp import DPConfig
 from mrff_secure.errors import ConfigError
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
@@ -127,13 +127,7 @@ class SecureAggregation(StrEnum):
 
 def check_min_group_size(min_group_size: int) -> None:
     """Refuse a minimum group size that lets a group sum reveal one user (below 2)."""
-    if not isinstance(min_group_size, int) or isinstance(min_group_size, bool) or min_group_size < 2:
-        raise ConfigError(f"min_group_size must be an int >= 2 (a group of one leaks its update), got {min_group_size!r}")
-
-
-def _positive_int(name: str, value: object, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+    check_int("min_group_size (a group of one leaks its update)", min_group_size, low=2)
 
 
 @dataclass(frozen=True)
@@ -154,23 +148,15 @@ class RoundSpec:
     count_cap: int  # the example count is uploaded as min(count, cap) / cap
 
     def __post_init__(self) -> None:
-        if self.dp_mode not in DP_MODES:
-            raise ConfigError(f"dp mode must be one of {DP_MODES}, got {self.dp_mode!r}")
+        check_choice("dp mode", self.dp_mode, DP_MODES)
         for name in ("clip", "lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
-        if isinstance(self.noise_multiplier, bool) or not isinstance(self.noise_multiplier, (int, float)) \
-                or not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
-            raise ConfigError(f"noise_multiplier must be finite and >= 0, got {self.noise_multiplier!r}")
+            check_number(name, getattr(self, name), low=0.0, low_open=True)
+        check_number("noise_multiplier", self.noise_multiplier, low=0.0)
         for name in ("local_steps", "min_survivors", "count_cap"):
-            _positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name), low=1)
         check_min_group_size(self.min_group_size)
-        if self.mechanism not in MECHANISMS:
-            raise ConfigError(f"mechanism must be one of {MECHANISMS}, got {self.mechanism!r}")
-        if isinstance(self.modulus_bits, bool) or not isinstance(self.modulus_bits, int) \
-                or not 8 <= self.modulus_bits <= 62:
-            raise ConfigError(f"modulus_bits must be an int in [8, 62], got {self.modulus_bits!r}")
+        check_choice("mechanism", self.mechanism, MECHANISMS)
+        check_int("modulus_bits", self.modulus_bits, low=8, high=62)
 
     @property
     def noise_survivors(self) -> int:
@@ -220,20 +206,17 @@ class PrivacySettings:
                               f"got secure_sum={self.secure_sum.value!r}")
         if self.modulus_bits is None and self.secure:
             raise ConfigError("secure aggregation needs modulus_bits (the ring of the secure sums)")
-        if self.modulus_bits is not None and (isinstance(self.modulus_bits, bool) or not isinstance(self.modulus_bits, int)
-                                              or not 8 <= self.modulus_bits <= 62):
-            raise ConfigError(f"modulus_bits must be an integer in [8, 62], got {self.modulus_bits!r}")
-        if self.noise_sampling not in NOISE_SAMPLING:
-            raise ConfigError(f"noise_sampling must be one of {NOISE_SAMPLING}, got {self.noise_sampling!r}")
+        if self.modulus_bits is not None:
+            check_int("modulus_bits", self.modulus_bits, low=8, high=62)
+        check_choice("noise_sampling", self.noise_sampling, NOISE_SAMPLING)
         if self.noise_sampling == "aggregate" and self.secure_sum is not SecureAggregation.FAST:
             raise ConfigError("noise_sampling='aggregate' is a shortcut of the fast secure sum only")
         if self.count_cap is not None:
-            _positive_int("count_cap", self.count_cap)
+            check_int("count_cap", self.count_cap, low=1)
         for name in ("insecure_reproducible_noise", "clip_from_private_data"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
         if self.min_group_size is not None:
-            _positive_int("min_group_size", self.min_group_size)
+            check_int("min_group_size", self.min_group_size, low=1)
             if self.secure:
                 check_min_group_size(self.min_group_size)
 
