@@ -1,6 +1,6 @@
 """User-level membership inference with canary clients: the claim check of a DP cell.
 
-Setup (Andrew et al. ICLR 2024, one-shot estimate for FL; ATTACKS.md): m canary clients join the
+Setup (Andrew et al. ICLR 2024, one-shot estimate for FL): m canary clients join the
 population (`with_canaries`: copies of random real users, appended after them). Each is included
 with probability 1/2, drawn from OS entropy and kept sealed until the audit ends. Every canary takes
 part in every round (client fraction 1), so neither the participant list nor the counts reveal

@@ -6,7 +6,7 @@ Adversary: the server under `secagg` or `secagg+dp`, with the participant lists 
 sum. Score of (user u, row r) = (mean energy of row r in the sums of u's rounds - mean in the other
 rounds) / (mean energy of row r over all rounds). A row touched by one user lights up exactly when
 that user takes part; a row most users touch lights up in every round whoever takes part, so the
-attack can only ever find the rare ones ("rare values through sums", ATTACKS.md).
+attack can only ever find the rare ones.
 
 Metric: AUC over (user, rare row) pairs, rare = touched by at most RARE_USERS users (the pairs where
 a sum can betray one user; the population baseline is near chance there), with all rows reported

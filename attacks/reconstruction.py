@@ -9,7 +9,7 @@ Metrics over (real user, non-padding row) pairs: F1 of the touched rows at that 
 TPR at 1% FPR. Because popular values are touched by most users, a score that knows nothing about
 the user still beats random guessing; the population baseline (each row scored by the fraction of
 users who touch it, the most favourable population-level score) is reported beside it, and
-`advantage_auc` = attack AUC - baseline AUC is the per-user leak (R4 of ATTACKS.md).
+`advantage_auc` = attack AUC - baseline AUC is the per-user leak (rule R4 of attacks/grid.py).
 """
 
 from __future__ import annotations

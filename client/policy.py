@@ -5,7 +5,7 @@ client trains or reveals anything it checks the proposal against this policy: se
 on, the secure-aggregation floors (`SecAggPolicy`: participants, k, the threshold rule
 2t - k > c_max, survivors) and the DP floor (allowed modes, least noise multiplier, largest clip,
 least minimum group size). In the update phase it also refuses to sign a survivor list shorter than
-the `min_survivors` its noise share was sized for (W7 of SECURITY-REVIEW.md). `join_evaluation`
+the `min_survivors` its noise share was sized for (W7 in SECURITY.md). `join_evaluation`
 false keeps its held-out labels and scores out of the federated evaluation (an exact sum outside
 epsilon); the client says so when it enrols, so the evaluation does not wait for it.
 

@@ -1,4 +1,4 @@
-"""The flat update vector of DESIGN.md and its inverse.
+"""The flat update vector (README, "How it is built") and its inverse.
 
     [ shared delta | for each block, for each group: group delta (or zeros) |
       for each block: one-hot of the client's group | number of local examples ]

@@ -31,7 +31,7 @@ def default_threshold(num_neighbours: int, corrupt_neighbours: int = DEFAULT_COR
     """t = the smallest threshold that withstands `corrupt_neighbours` colluding neighbours, at most k - 1.
 
     With c colluding neighbours a server unmasks a client by a split view iff c >= 2t - k; t = floor(k/2) + 1
-    (a bare majority) fails to 2 colluders at even k, 1 at odd k (SECURITY-REVIEW.md W2). t stays below
+    (a bare majority) fails to 2 colluders at even k, 1 at odd k (SECURITY.md, W2). t stays below
     k (for k >= 3): with odd k and an odd number of clients one client has only k - 1 neighbours, and
     every client should survive one neighbour's dropout. Where k is too small for the bound, t = k - 1
     and clients whose policy needs more refuse such a round.

@@ -4,7 +4,7 @@ A session is one secure sum: one phase of one round of one run. Its context is
 (run id, phase, round id, a fresh nonce chosen for the session). Every key
 bundle, commitment and consistency signature covers the context's bytes, so a
 bundle or signature made for another run, phase, round or session cannot be
-replayed into this one (W11 of SECURITY-REVIEW.md): round ids restart with
+replayed into this one (W11 in SECURITY.md): round ids restart with
 every run, the nonce does not repeat.
 """
 

@@ -3,7 +3,7 @@
 seed = SHA-256(domain | session context | digest of the participant set | every participant's
 reveal, in participant order). Each client committed to its reveal in its key bundle, before the
 participant set was fixed, so neither the server nor colluding clients can steer the graph by
-choosing bundles or participants (W3 of SECURITY-REVIEW.md): a colluder can only withhold its
+choosing bundles or participants (W3 in SECURITY.md): a colluder can only withhold its
 reveal, which aborts the session. The seed keys an AES-256-CTR keystream that draws a
 pseudorandom ordering of the clients; on that ring each client is joined to the floor(k/2)
 clients on either side (a Harary graph), plus the client opposite when k is odd. The graph is

@@ -4,7 +4,7 @@ A credential binds one client id to one Ed25519 identity key. The identity
 authority (an offline Ed25519 key, `mrff certs issue-client`) signs it once per
 client; clients carry it in every key bundle and verify each peer's credential
 themselves, so the server can neither invent a participant (sybil) nor re-bind
-an id to another key (W1 of SECURITY-REVIEW.md).
+an id to another key (W1 in SECURITY.md).
 
 Wire format (100 bytes, big-endian): client id (u32) | identity public key (32) |
 authority signature (64) over DOMAIN | version | client id | key.

@@ -2,7 +2,7 @@
 
 The server proposes a round (participants, k, t); the client checks the proposal
 against this policy before it reveals anything, and checks the survivor lists
-against it before it helps to unmask. SECURITY-REVIEW.md W2, W3 and W7 show what
+against it before it helps to unmask. SECURITY.md's W2, W3 and W7 show what
 happens when a client takes the server's word instead.
 
 The threshold rule: a server colluding with c of a client's k neighbours can

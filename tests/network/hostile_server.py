@@ -1,7 +1,7 @@
 """A lying coordinator for the malicious-server tests: the real `mrff server`, with one lie patched in.
 
 Run as `python tests/network/hostile_server.py LIE -- SERVER-ARGS...`. Each lie changes what the
-server proposes or does in a way an honest client must refuse (SECURITY-REVIEW.md):
+server proposes or does in a way an honest client must refuse (SECURITY.md, its table of weaknesses):
 
 - weak-threshold (W2): announce t = floor(k/2) + 1, so 2t - k <= 2 colluding neighbours could unmask.
 - huge-noise-survivors (W7): announce min_survivors = 10^6, so each client's noise share is ~0.

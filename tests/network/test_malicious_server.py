@@ -2,7 +2,7 @@
 
 The server is the real `mrff server` with one lie patched in (tests/network/hostile_server.py).
 Each test checks that no round completes (nothing is released), and that the clients name the
-reason: their own policy, not the server's word, decided (SECURITY-REVIEW.md W2, W3, W7)."""
+reason: their own policy, not the server's word, decided (SECURITY.md: W2, W3, W7)."""
 
 from __future__ import annotations
 

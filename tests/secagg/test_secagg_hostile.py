@@ -6,7 +6,7 @@ its colluders hold, and asserts it never holds t shares of both of the target's 
 attack needs more than the policy allows, a control runs the same attack with the policy broken and
 recovers the target's input exactly, so the harness itself is shown to work.
 
-One section per weakness of SECURITY-REVIEW.md that lives in the secure-aggregation layer (W1-W3,
+One section per weakness of SECURITY.md's table that lives in the secure-aggregation layer (W1-W3,
 W8, W10, W11); W4-W7 and W9 are tested where they live (network client, DP encoding)."""
 
 from __future__ import annotations
