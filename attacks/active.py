@@ -31,8 +31,9 @@ DEFAULT_POLICY = SecAggPolicy(min_survivors=8)
 
 
 def _config(**changes) -> SecAggConfig:
-    return SecAggConfig(**{**dict(num_clients=CLIENTS, vector_length=LENGTH, max_abs=MAX_ABS,
-                                  num_neighbours=NEIGHBOURS), **changes})
+    return SecAggConfig(
+        **{**dict(num_clients=CLIENTS, vector_length=LENGTH, max_abs=MAX_ABS, num_neighbours=NEIGHBOURS), **changes}
+    )
 
 
 def _masked(round_id: int, policy: SecAggPolicy) -> Round:
@@ -55,8 +56,9 @@ def _both_shares(policy: SecAggPolicy) -> object:
     signatures = {c: r.clients[c].consistency_check(listed) for c in everyone}
     asked = r.server.graph[TARGET][0]
     neighbours = r.server.graph[asked]
-    request = UnmaskRequest(r.round_id, asked, tuple(v for v in neighbours), (TARGET,),
-                            tuple(signatures[v] for v in neighbours))
+    request = UnmaskRequest(
+        r.round_id, asked, tuple(v for v in neighbours), (TARGET,), tuple(signatures[v] for v in neighbours)
+    )
     return r.clients[asked].unmask(wire(request))
 
 
@@ -81,7 +83,9 @@ def _stale_bundle(policy: SecAggPolicy) -> object:
 def _list_without_the_client(policy: SecAggPolicy) -> object:
     """A survivor list that omits the client it is shown to (a split view's first step)."""
     r = _masked(5, policy)
-    return r.clients[TARGET].consistency_check(SurvivorList(r.round_id, tuple(c for c in range(CLIENTS) if c != TARGET)))
+    return r.clients[TARGET].consistency_check(
+        SurvivorList(r.round_id, tuple(c for c in range(CLIENTS) if c != TARGET))
+    )
 
 
 ACTIVE_ATTACKS = {
@@ -104,6 +108,10 @@ def run_active_attacks(policy: SecAggPolicy = DEFAULT_POLICY) -> dict:
         else:
             results[name] = {"outcome": "leaked", "error": None}
     leaked = [n for n, r in results.items() if r["outcome"] == "leaked"]
-    return {"threat_model": "malicious-server", "attacks": results,
-            "verdict": "holds" if not leaked else "fails", "leaked": leaked,
-            "see": "tests/secagg/test_secagg_hostile.py, tests/network/test_malicious_server.py"}
+    return {
+        "threat_model": "malicious-server",
+        "attacks": results,
+        "verdict": "holds" if not leaked else "fails",
+        "leaked": leaked,
+        "see": "tests/secagg/test_secagg_hostile.py, tests/network/test_malicious_server.py",
+    }

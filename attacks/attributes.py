@@ -54,8 +54,8 @@ class UserColumnRecorder:
 
     def _block(self, vectors: np.ndarray) -> np.ndarray:
         rows, cols = self.shape
-        weight = vectors[..., self.offset:self.offset + rows * cols].reshape(*vectors.shape[:-1], rows, cols)
-        return weight[..., cols - self.user_dim:]  # (..., P, user_dim)
+        weight = vectors[..., self.offset : self.offset + rows * cols].reshape(*vectors.shape[:-1], rows, cols)
+        return weight[..., cols - self.user_dim :]  # (..., P, user_dim)
 
     def on_round(self, view: ServerView) -> None:
         self.threat_model = view.threat_model
@@ -79,7 +79,7 @@ def attribute_templates(table: AttributeTable, model: ModelConfig, seed: int) ->
     probe = AttributeTable(table.field_names, table.vocab_sizes, table.spans, tokens)
     vectors = initial_user_vectors(probe, model.attribute_dim, torch.Generator().manual_seed(seed + 1)).numpy()
     dim = model.attribute_dim
-    return [vectors[: vocab - 1, f * dim:(f + 1) * dim] for f, vocab in enumerate(table.vocab_sizes)]
+    return [vectors[: vocab - 1, f * dim : (f + 1) * dim] for f, vocab in enumerate(table.vocab_sizes)]
 
 
 def _first_values(table: AttributeTable) -> np.ndarray:
@@ -102,7 +102,7 @@ def infer_attributes(recorder: UserColumnRecorder, data: ClientData, model: Mode
         for sign in (1.0, -1.0):
             picks, total = [], 0.0
             for f, template in enumerate(templates):
-                segment = sign * direction[f * dim:(f + 1) * dim]
+                segment = sign * direction[f * dim : (f + 1) * dim]
                 scores = template @ segment / np.maximum(np.linalg.norm(template, axis=1), 1e-12)
                 picks.append(int(np.argmax(scores)))
                 total += float(scores.max())
@@ -116,5 +116,9 @@ def infer_attributes(recorder: UserColumnRecorder, data: ClientData, model: Mode
         majority = float(counts.max() / users)
         fields[name] = {"accuracy": accuracy, "majority_baseline": majority, "advantage": accuracy - majority}
     advantages = [v["advantage"] for v in fields.values()]
-    return {"fields": fields, "mean_accuracy": float(np.mean([v["accuracy"] for v in fields.values()])),
-            "mean_advantage": float(np.mean(advantages)), "max_advantage": float(np.max(advantages))}
+    return {
+        "fields": fields,
+        "mean_accuracy": float(np.mean([v["accuracy"] for v in fields.values()])),
+        "mean_advantage": float(np.mean(advantages)),
+        "max_advantage": float(np.max(advantages)),
+    }

@@ -47,12 +47,17 @@ def epsilon_lower_bound(tp: int, fn: int, fp: int, tn: int, *, delta: float, alp
 
 def _counts(scores: np.ndarray, included: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
     guess = scores > threshold
-    return (int((guess & included).sum()), int((~guess & included).sum()), int((guess & ~included).sum()),
-            int((~guess & ~included).sum()))
+    return (
+        int((guess & included).sum()),
+        int((~guess & included).sum()),
+        int((guess & ~included).sum()),
+        int((~guess & ~included).sum()),
+    )
 
 
-def split_half_bound(scores: np.ndarray, included: np.ndarray, *, delta: float, alpha: float = 0.05,
-                     seed: int = 0) -> dict[str, float]:
+def split_half_bound(
+    scores: np.ndarray, included: np.ndarray, *, delta: float, alpha: float = 0.05, seed: int = 0
+) -> dict[str, float]:
     """Choose the threshold on a random half of the canaries, bound epsilon on the other half.
 
     Returns the bound, the threshold, the evaluation half's counts and `max_certifiable`: the bound
@@ -62,21 +67,27 @@ def split_half_bound(scores: np.ndarray, included: np.ndarray, *, delta: float, 
     if scores.shape != included.shape or scores.ndim != 1:
         raise ConfigError("scores and included must be 1-D of one length")
     order = np.random.default_rng(seed).permutation(scores.size)
-    choose, evaluate = order[: scores.size // 2], order[scores.size // 2:]
+    choose, evaluate = order[: scores.size // 2], order[scores.size // 2 :]
     if included[evaluate].all() or not included[evaluate].any():
         raise ConfigError("the evaluation half holds canaries of one kind only: use more canaries")
     best, threshold = -math.inf, float(np.median(scores))
     for candidate in np.unique(scores[choose]):
         tp, fn, fp, tn = _counts(scores[choose], included[choose], candidate)
-        point = max(math.log((tp + 0.5) / (tp + fn + 1.0)) - math.log((fp + 0.5) / (fp + tn + 1.0)),
-                    math.log((tn + 0.5) / (tn + fp + 1.0)) - math.log((fn + 0.5) / (fn + tp + 1.0)))
+        point = max(
+            math.log((tp + 0.5) / (tp + fn + 1.0)) - math.log((fp + 0.5) / (fp + tn + 1.0)),
+            math.log((tn + 0.5) / (tn + fp + 1.0)) - math.log((fn + 0.5) / (fn + tp + 1.0)),
+        )
         if point > best:
             best, threshold = point, float(candidate)
     tp, fn, fp, tn = _counts(scores[evaluate], included[evaluate], threshold)
     positives, negatives = tp + fn, fp + tn
-    return {"epsilon_lower_bound": epsilon_lower_bound(tp, fn, fp, tn, delta=delta, alpha=alpha),
-            "max_certifiable": epsilon_lower_bound(positives, 0, 0, negatives, delta=delta, alpha=alpha),
-            "threshold": threshold, "confidence": 1 - alpha, "evaluated": {"tp": tp, "fn": fn, "fp": fp, "tn": tn}}
+    return {
+        "epsilon_lower_bound": epsilon_lower_bound(tp, fn, fp, tn, delta=delta, alpha=alpha),
+        "max_certifiable": epsilon_lower_bound(positives, 0, 0, negatives, delta=delta, alpha=alpha),
+        "threshold": threshold,
+        "confidence": 1 - alpha,
+        "evaluated": {"tp": tp, "fn": fn, "fp": fp, "tn": tn},
+    }
 
 
 def claimed_tradeoff(fpr: float, *, epsilon: float, delta: float) -> float:
@@ -86,14 +97,22 @@ def claimed_tradeoff(fpr: float, *, epsilon: float, delta: float) -> float:
     return min(1.0, math.exp(epsilon) * fpr + delta, 1.0 - math.exp(-epsilon) * (1.0 - fpr - delta))
 
 
-def tradeoff_check(scores: np.ndarray, included: np.ndarray, *, epsilon: float, delta: float,
-                   fprs=(0.01, 0.05, 0.1), alpha: float = 0.05, seed: int = 0) -> dict:
+def tradeoff_check(
+    scores: np.ndarray,
+    included: np.ndarray,
+    *,
+    epsilon: float,
+    delta: float,
+    fprs=(0.01, 0.05, 0.1),
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict:
     """R3: at each target FPR, the threshold is the (1 - FPR) quantile of the excluded canaries' scores of
     one random half; on the other half the lower bound on TPR must not exceed the claimed trade-off
     curve at the upper bound on FPR (Clopper-Pearson, alpha split over 2 rates x the FPR targets)."""
     scores, included = np.asarray(scores, dtype=np.float64), np.asarray(included, dtype=bool)
     order = np.random.default_rng(seed + 1).permutation(scores.size)
-    choose, evaluate = order[: scores.size // 2], order[scores.size // 2:]
+    choose, evaluate = order[: scores.size // 2], order[scores.size // 2 :]
     a = alpha / (2 * len(fprs))
     points, violated = [], False
     out_a = scores[choose][~included[choose]]
@@ -103,8 +122,16 @@ def tradeoff_check(scores: np.ndarray, included: np.ndarray, *, epsilon: float, 
         tpr_lo, _ = clopper_pearson(tp, tp + fn, a)
         _, fpr_hi = clopper_pearson(fp, fp + tn, a)
         allowed = claimed_tradeoff(fpr_hi, epsilon=epsilon, delta=delta)
-        points.append({"target_fpr": target, "threshold": threshold, "tpr_lower": tpr_lo, "fpr_upper": fpr_hi,
-                       "claimed_max_tpr": allowed, "violated": tpr_lo > allowed})
+        points.append(
+            {
+                "target_fpr": target,
+                "threshold": threshold,
+                "tpr_lower": tpr_lo,
+                "fpr_upper": fpr_hi,
+                "claimed_max_tpr": allowed,
+                "violated": tpr_lo > allowed,
+            }
+        )
         violated |= tpr_lo > allowed
     return {"verdict": "fails" if violated else "holds", "points": points, "confidence": 1 - alpha}
 
@@ -133,5 +160,10 @@ def one_run_bound(scores: np.ndarray, included: np.ndarray, *, guess_fraction: f
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if tail(mid) < beta else (lo, mid)
         bound = lo
-    return {"epsilon_lower_bound": bound, "guesses": guesses, "correct": correct, "confidence": 1 - beta,
-            "note": "delta = 0 form (Steinke, Nasr, Jagielski 2023): informational"}
+    return {
+        "epsilon_lower_bound": bound,
+        "guesses": guesses,
+        "correct": correct,
+        "confidence": 1 - beta,
+        "note": "delta = 0 form (Steinke, Nasr, Jagielski 2023): informational",
+    }

@@ -51,12 +51,22 @@ def with_canaries(data: ClientData, num_canaries: int, *, seed: int = 0) -> Clie
 class CanaryAudit:
     """The canaries of one cell: inserts them (`transform`), reads each round's view (`on_round`)."""
 
-    def __init__(self, layout: UpdateLayout, *, first_row: int, num_canaries: int, clip: float,
-                 clip_uploads: bool, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        layout: UpdateLayout,
+        *,
+        first_row: int,
+        num_canaries: int,
+        clip: float,
+        clip_uploads: bool,
+        seed: int | None = None,
+    ) -> None:
         check_number("clip", clip, low=0.0, low_open=True)
         if layout.shared_size < 2 * num_canaries:
-            raise ConfigError(f"{num_canaries} canaries need disjoint supports: the shared part has only "
-                              f"{layout.shared_size} coordinates")
+            raise ConfigError(
+                f"{num_canaries} canaries need disjoint supports: the shared part has only "
+                f"{layout.shared_size} coordinates"
+            )
         self.layout, self.first_row, self.m, self.clip = layout, first_row, num_canaries, float(clip)
         self.clip_uploads = clip_uploads  # DP modes clip every delta part to C before noise
         self.seed = secrets.randbits(64) if seed is None else seed
@@ -102,8 +112,10 @@ class CanaryAudit:
         position = {int(p): i for i, p in enumerate(participants)}
         missing = [k for k in range(self.m) if self.first_row + k not in position]
         if missing:
-            raise ConfigError(f"canaries {missing[:5]} did not take part in round {view.round_index}: a canary "
-                              "audit needs every canary in every round (client fraction 1)")
+            raise ConfigError(
+                f"canaries {missing[:5]} did not take part in round {view.round_index}: a canary "
+                "audit needs every canary in every round (client fraction 1)"
+            )
         if view.individual_updates is not None:
             uploads = view.individual_updates[[position[self.first_row + k] for k in range(self.m)]]
             own = self._project(uploads[:, : self.layout.delta_size]).numpy()  # (m, m)
@@ -120,8 +132,13 @@ class CanaryAudit:
             raise ConfigError("the canary audit saw no round")
         scores = self._statistic / self.rounds
         included = self.included
-        out = {"canaries": self.m, "included": int(included.sum()), "rounds": self.rounds,
-               "threat_model": self.threat_model, "sealed_seed": str(self.seed)}
+        out = {
+            "canaries": self.m,
+            "included": int(included.sum()),
+            "rounds": self.rounds,
+            "threat_model": self.threat_model,
+            "sealed_seed": str(self.seed),
+        }
         out.update({f"canary_{k}": v for k, v in binary_scores(included, scores).items()})
         out["bound"] = split_half_bound(scores, included, delta=delta, alpha=alpha, seed=self.seed % (2**32))
         out["one_run"] = one_run_bound(scores, included)
@@ -136,6 +153,11 @@ class CanaryAudit:
             measured_z = math.sqrt(self.rounds) * sd  # per-round noise std in units of C
         else:
             mu_hat, interval, measured_z = math.inf, (math.inf, math.inf), 0.0
-        out["mechanism"] = {"mu_hat": mu_hat, "mu_hat_95": list(interval), "claimed_mu": claimed_mu,
-                            "measured_noise_multiplier": measured_z, "claimed_noise_multiplier": noise_multiplier}
+        out["mechanism"] = {
+            "mu_hat": mu_hat,
+            "mu_hat_95": list(interval),
+            "claimed_mu": claimed_mu,
+            "measured_noise_multiplier": measured_z,
+            "claimed_noise_multiplier": noise_multiplier,
+        }
         return out

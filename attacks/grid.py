@@ -76,15 +76,25 @@ from mrff_secure.round.spec import SUM_VIEWS, PrivacySettings, SecureAggregation
 AUDIT_MODULUS_BITS = 48  # the ring of the grid's secure cells (its committed results were measured with it)
 GRID_THREAT_MODELS = (ThreatModel.PLAIN, ThreatModel.SECAGG, ThreatModel.SECAGG_DP, ThreatModel.LOCAL_DP)
 DP_THREAT_MODELS = (ThreatModel.SECAGG_DP, ThreatModel.LOCAL_DP)
-POWER = {"reconstruction_f1": 0.95, "membership_auc": 0.9, "attribute_advantage": 0.2, "group_accuracy": 0.95,
-         "canary_auc": 1.0}
+POWER = {
+    "reconstruction_f1": 0.95,
+    "membership_auc": 0.9,
+    "attribute_advantage": 0.2,
+    "group_accuracy": 0.95,
+    "canary_auc": 1.0,
+}
 R4_MAX_ADVANTAGE = 0.05
 R5_TOLERANCE = 0.05
 FAMILY_CONFIDENCE = 0.95  # default: R1-R3 hold together for every DP cell of the grid at this confidence (Bonferroni)
 SIGNIFICANCE_Z = 2.33  # a gain breaks a rule only when it exceeds the tolerance by 2.33 standard errors (1%)
 ATTACK_SCORES = ("reconstruction_auc", "membership_auc", "attribute_advantage", "group_advantage", "canary_auc")
-CHANCE = {"reconstruction_auc": 0.5, "membership_auc": 0.5, "attribute_advantage": 0.0, "group_advantage": 0.0,
-          "canary_auc": 0.5}
+CHANCE = {
+    "reconstruction_auc": 0.5,
+    "membership_auc": 0.5,
+    "attribute_advantage": 0.0,
+    "group_advantage": 0.0,
+    "canary_auc": 0.5,
+}
 """Where each score carries no signal: R5 reads max(score, chance), since a score moving about below
 chance is no attack getting stronger."""
 SUM_VIEW_POPULATION_SCORES = ("reconstruction_auc", "membership_auc")
@@ -117,9 +127,15 @@ class Cell:
             raise ConfigError(f"a {self.threat_model} cell has no noise")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"threat_model": self.threat_model, "noise_multiplier": self.noise_multiplier,
-                "target_epsilon": self.target_epsilon, "seed": self.seed, "client_fraction": self.client_fraction,
-                "rounds": self.rounds, "misreport_noise": self.misreport_noise}
+        return {
+            "threat_model": self.threat_model,
+            "noise_multiplier": self.noise_multiplier,
+            "target_epsilon": self.target_epsilon,
+            "seed": self.seed,
+            "client_fraction": self.client_fraction,
+            "rounds": self.rounds,
+            "misreport_noise": self.misreport_noise,
+        }
 
     @property
     def slug(self) -> str:
@@ -139,9 +155,12 @@ class Cell:
             return None, True
         if self.threat_model == ThreatModel.SECAGG:
             return None, False
-        dp = DPConfig(mode="local" if self.threat_model == ThreatModel.LOCAL_DP else "distributed", clip=clip,
-                      noise_multiplier=None if self.target_epsilon is not None else self.noise_multiplier,
-                      target_epsilon=self.target_epsilon)
+        dp = DPConfig(
+            mode="local" if self.threat_model == ThreatModel.LOCAL_DP else "distributed",
+            clip=clip,
+            noise_multiplier=None if self.target_epsilon is not None else self.noise_multiplier,
+            target_epsilon=self.target_epsilon,
+        )
         if self.threat_model == ThreatModel.SECAGG_DP:
             return PrivacySettings(dp=dp, secure_sum=SecureAggregation.FAST, modulus_bits=AUDIT_MODULUS_BITS), True
         return PrivacySettings(dp=dp), True
@@ -155,9 +174,16 @@ def default_cells(*, levels=(0.1, 0.3, 0.5), targets=(1.0, 4.0), seeds=(0,), sam
             cells += [Cell(model, noise_multiplier=z, seed=seed) for z in levels]
             cells += [Cell(model, target_epsilon=e, seed=seed) for e in targets]
         if sampled is not None:  # disaggregation across rounds: secure aggregation alone, and with DP
-            cells += [Cell(ThreatModel.SECAGG, seed=seed, client_fraction=sampled, rounds=SAMPLED_ROUNDS),
-                      Cell(ThreatModel.SECAGG_DP, noise_multiplier=max(levels), seed=seed, client_fraction=sampled,
-                           rounds=SAMPLED_ROUNDS)]
+            cells += [
+                Cell(ThreatModel.SECAGG, seed=seed, client_fraction=sampled, rounds=SAMPLED_ROUNDS),
+                Cell(
+                    ThreatModel.SECAGG_DP,
+                    noise_multiplier=max(levels),
+                    seed=seed,
+                    client_fraction=sampled,
+                    rounds=SAMPLED_ROUNDS,
+                ),
+            ]
     return cells
 
 
@@ -213,17 +239,34 @@ def _claim(pipeline: PrivacyPipeline, *, misreport_noise: float = 1.0) -> tuple[
         accountant = claimed
     account = accountant.account()
     release = accountant.history[-1][0]
-    claim = {"epsilon": json_epsilon(account.epsilon), "delta": account.delta, "adjacency": account.adjacency,
-             "mechanism": account.mechanism, "noise_multiplier": release.noise_multiplier, "clip": release.clip,
-             "rounds": account.rounds, "sample_rate": accountant.sample_rate, "epsilon_bound": account.bound,
-             "noise_source": noise_source(pipeline), "sampling": SAMPLING_TEXT,
-             "modulus_bits": release.modulus_bits if release.secure_aggregation else None,
-             "min_group_size": pipeline.min_group_size}
+    claim = {
+        "epsilon": json_epsilon(account.epsilon),
+        "delta": account.delta,
+        "adjacency": account.adjacency,
+        "mechanism": account.mechanism,
+        "noise_multiplier": release.noise_multiplier,
+        "clip": release.clip,
+        "rounds": account.rounds,
+        "sample_rate": accountant.sample_rate,
+        "epsilon_bound": account.bound,
+        "noise_source": noise_source(pipeline),
+        "sampling": SAMPLING_TEXT,
+        "modulus_bits": release.modulus_bits if release.secure_aggregation else None,
+        "min_group_size": pipeline.min_group_size,
+    }
     return claim, release.noise_multiplier, account.delta
 
 
-def run_cell(cell: Cell, data: ClientData, *, model: ModelConfig, rounds: int, canaries: int, clip: float,
-             on_round: Callable[[int, int], None] | None = None) -> dict:
+def run_cell(
+    cell: Cell,
+    data: ClientData,
+    *,
+    model: ModelConfig,
+    rounds: int,
+    canaries: int,
+    clip: float,
+    on_round: Callable[[int, int], None] | None = None,
+) -> dict:
     """Train one cell (with its canaries when every client takes part) and run every attack on its view.
     `on_round(done, total)` is called after each round (a progress bar)."""
     start = time.perf_counter()
@@ -241,8 +284,13 @@ def run_cell(cell: Cell, data: ClientData, *, model: ModelConfig, rounds: int, c
     observers, transforms = [recorder, columns, groups], [groups.transform]
     audit = None
     if with_audit:
-        audit = CanaryAudit(layout, first_row=data.num_users, num_canaries=canaries, clip=clip,
-                            clip_uploads=cell.threat_model in DP_THREAT_MODELS)
+        audit = CanaryAudit(
+            layout,
+            first_row=data.num_users,
+            num_canaries=canaries,
+            clip=clip,
+            clip_uploads=cell.threat_model in DP_THREAT_MODELS,
+        )
         observers.append(audit)
         transforms.append(audit.transform)
     sim.observer, sim.update_transform = _Both(*observers), _Chain(*transforms)  # attached before any round
@@ -255,47 +303,86 @@ def run_cell(cell: Cell, data: ClientData, *, model: ModelConfig, rounds: int, c
     if sim.privacy is not None:
         claim, z, delta = _claim(sim.privacy, misreport_noise=cell.misreport_noise)
     else:
-        z, delta = 0.0, 1.0 / audited.num_users ** 1.1
-        claim = {"epsilon": "inf", "delta": delta, "adjacency": None, "mechanism": None, "noise_multiplier": 0.0,
-                 "clip": None, "rounds": rounds, "sample_rate": cell.client_fraction}
+        z, delta = 0.0, 1.0 / audited.num_users**1.1
+        claim = {
+            "epsilon": "inf",
+            "delta": delta,
+            "adjacency": None,
+            "mechanism": None,
+            "noise_multiplier": 0.0,
+            "clip": None,
+            "rounds": rounds,
+            "sample_rate": cell.client_fraction,
+        }
     recon = reconstruct_rows(recorder, data)
     membership = item_membership(recorder, data, seed=cell.seed)
     attributes = infer_attributes(columns, data, model, seed=cell.seed)
     group_result = infer_groups(groups, data.num_users)
     canary = audit.result(noise_multiplier=z, delta=delta) if audit is not None else None
-    disaggregation = (disaggregate(recorder, data) if cell.threat_model in SUM_VIEWS and cell.client_fraction < 1.0
-                      else None)
+    disaggregation = (
+        disaggregate(recorder, data) if cell.threat_model in SUM_VIEWS and cell.client_fraction < 1.0 else None
+    )
     utility = sim.evaluate("test")
-    scores = {"reconstruction_f1": recon["f1"], "reconstruction_auc": recon["auc"], "membership_auc": membership["auc"],
-              "attribute_advantage": attributes["mean_advantage"],
-              "group_accuracy": group_result.get("accuracy"), "group_advantage": group_result.get("advantage"),
-              "canary_auc": canary["canary_auc"] if canary else None}
+    scores = {
+        "reconstruction_f1": recon["f1"],
+        "reconstruction_auc": recon["auc"],
+        "membership_auc": membership["auc"],
+        "attribute_advantage": attributes["mean_advantage"],
+        "group_accuracy": group_result.get("accuracy"),
+        "group_advantage": group_result.get("advantage"),
+        "canary_auc": canary["canary_auc"] if canary else None,
+    }
     users = data.num_users
-    errors = {"reconstruction_auc": auc_standard_error(recon["auc"], recon["positives"], recon["negatives"]),
-              "membership_auc": auc_standard_error(membership["auc"], membership["positives"], membership["negatives"]),
-              "attribute_advantage": max(accuracy_standard_error(f["accuracy"], users)
-                                         for f in attributes["fields"].values()),
-              "group_advantage": (accuracy_standard_error(group_result["accuracy"], users)
-                                  if group_result.get("applicable") else None),
-              "canary_auc": (auc_standard_error(canary["canary_auc"], canary["canary_positives"],
-                                                canary["canary_negatives"]) if canary else None)}
+    errors = {
+        "reconstruction_auc": auc_standard_error(recon["auc"], recon["positives"], recon["negatives"]),
+        "membership_auc": auc_standard_error(membership["auc"], membership["positives"], membership["negatives"]),
+        "attribute_advantage": max(
+            accuracy_standard_error(f["accuracy"], users) for f in attributes["fields"].values()
+        ),
+        "group_advantage": (
+            accuracy_standard_error(group_result["accuracy"], users) if group_result.get("applicable") else None
+        ),
+        "canary_auc": (
+            auc_standard_error(canary["canary_auc"], canary["canary_positives"], canary["canary_negatives"])
+            if canary
+            else None
+        ),
+    }
     if disaggregation and disaggregation.get("applicable"):
         rare = disaggregation.get("rare_rows", {})
         scores["disaggregation_rare_auc"] = rare.get("auc")
         scores["disaggregation_rare_advantage"] = rare.get("advantage_auc")
         if rare.get("applicable", True) and rare.get("auc") is not None:
-            errors["disaggregation_rare_advantage"] = auc_standard_error(rare["auc"], rare["positives"], rare["negatives"])
-    return _clean({
-        "cell": cell.name, "threat_model": cell.threat_model, "seed": cell.seed, "client_fraction": cell.client_fraction,
-        "noise_multiplier": z, "target_epsilon": cell.target_epsilon, "misreport_noise": cell.misreport_noise,
-        "claim": claim,
-        "view": {"rounds": recorder.rounds, "rounds_with_individual_updates": recorder.individual_views},
-        "reconstruction": recon, "membership": membership, "attributes": attributes, "groups": group_result,
-        "canary": canary, "disaggregation": disaggregation,
-        "utility": {"test_auc": utility.auc, "test_log_loss": utility.log_loss,
-                    "note": "evaluated on private held-out data without noise: operator only"},
-        "scores": scores, "standard_errors": errors, "seconds": time.perf_counter() - start,
-    })
+            errors["disaggregation_rare_advantage"] = auc_standard_error(
+                rare["auc"], rare["positives"], rare["negatives"]
+            )
+    return _clean(
+        {
+            "cell": cell.name,
+            "threat_model": cell.threat_model,
+            "seed": cell.seed,
+            "client_fraction": cell.client_fraction,
+            "noise_multiplier": z,
+            "target_epsilon": cell.target_epsilon,
+            "misreport_noise": cell.misreport_noise,
+            "claim": claim,
+            "view": {"rounds": recorder.rounds, "rounds_with_individual_updates": recorder.individual_views},
+            "reconstruction": recon,
+            "membership": membership,
+            "attributes": attributes,
+            "groups": group_result,
+            "canary": canary,
+            "disaggregation": disaggregation,
+            "utility": {
+                "test_auc": utility.auc,
+                "test_log_loss": utility.log_loss,
+                "note": "evaluated on private held-out data without noise: operator only",
+            },
+            "scores": scores,
+            "standard_errors": errors,
+            "seconds": time.perf_counter() - start,
+        }
+    )
 
 
 def _num(value) -> float:
@@ -323,11 +410,20 @@ def evaluate_rules(results: list[dict], *, family_confidence: float = FAMILY_CON
     if not plain:
         rules["R0"] = {"verdict": "inconclusive", "evidence": "no plain cell: the attacks' power is unknown"}
     else:
-        lacking = sorted({name for r in plain for name, bar in POWER.items()
-                          if r["scores"].get(name) is None or not _num(r["scores"][name]) >= bar})
-        rules["R0"] = {"verdict": "holds" if not lacking else "inconclusive",
-                       "attacks_without_power": lacking, "thresholds": POWER,
-                       "evidence": {r["cell"]: {k: r["scores"].get(k) for k in POWER} for r in plain}}
+        lacking = sorted(
+            {
+                name
+                for r in plain
+                for name, bar in POWER.items()
+                if r["scores"].get(name) is None or not _num(r["scores"][name]) >= bar
+            }
+        )
+        rules["R0"] = {
+            "verdict": "holds" if not lacking else "inconclusive",
+            "attacks_without_power": lacking,
+            "thresholds": POWER,
+            "evidence": {r["cell"]: {k: r["scores"].get(k) for k in POWER} for r in plain},
+        }
     r1, r2, r3 = {}, {}, {}
     audited = [r for r in results if r["threat_model"] in DP_THREAT_MODELS and r.get("canary")]
     # Bonferroni over the cells: every claim of the grid holds together at family_confidence, so that a
@@ -337,18 +433,30 @@ def evaluate_rules(results: list[dict], *, family_confidence: float = FAMILY_CON
     for r in audited:
         claimed, delta = _num(r["claim"]["epsilon"]), _num(r["claim"]["delta"])
         scores, included = np.asarray(r["canary"]["scores"]), np.asarray(r["canary"]["included"], dtype=bool)
-        bound = split_half_bound(scores, included, delta=delta, alpha=alpha, seed=int(r["canary"]["sealed_seed"]) % 2**32)
+        bound = split_half_bound(
+            scores, included, delta=delta, alpha=alpha, seed=int(r["canary"]["sealed_seed"]) % 2**32
+        )
         lower, ceiling = _num(bound["epsilon_lower_bound"]), _num(bound["max_certifiable"])
         verdict = "fails" if lower > claimed else ("not refutable at m" if claimed >= ceiling else "holds")
-        r1[r["cell"]] = {"verdict": verdict, "epsilon_lower_bound": lower, "claimed_epsilon": claimed,
-                         "max_certifiable": ceiling, "canaries": r["canary"]["canaries"], "confidence_per_cell": 1 - alpha,
-                         "one_run_second_opinion": r["canary"]["one_run"]["epsilon_lower_bound"]}
+        r1[r["cell"]] = {
+            "verdict": verdict,
+            "epsilon_lower_bound": lower,
+            "claimed_epsilon": claimed,
+            "max_certifiable": ceiling,
+            "canaries": r["canary"]["canaries"],
+            "confidence_per_cell": 1 - alpha,
+            "one_run_second_opinion": r["canary"]["one_run"]["epsilon_lower_bound"],
+        }
         mech = dict(r["canary"]["mechanism"])
         mu_hat, (low95, high95) = _num(mech["mu_hat"]), (_num(x) for x in mech["mu_hat_95"])
         se = (high95 - low95) / (2 * 1.96) if math.isfinite(high95 - low95) else 0.0
         interval = [mu_hat - z_crit * se, mu_hat + z_crit * se] if math.isfinite(mu_hat) else [mu_hat, mu_hat]
-        r2[r["cell"]] = {"verdict": "fails" if interval[0] > _num(mech["claimed_mu"]) else "holds", **mech,
-                         "mu_hat_family": interval, "confidence_per_cell": 1 - alpha}
+        r2[r["cell"]] = {
+            "verdict": "fails" if interval[0] > _num(mech["claimed_mu"]) else "holds",
+            **mech,
+            "mu_hat_family": interval,
+            "confidence_per_cell": 1 - alpha,
+        }
         r3[r["cell"]] = tradeoff_check(scores, included, epsilon=claimed, delta=delta, alpha=alpha, seed=r["seed"])
     family = {"family_confidence": family_confidence, "cells_tested": len(audited)}
     rules["R1"] = {"verdict": _verdict(r1), **family, "cells": r1}
@@ -359,31 +467,48 @@ def evaluate_rules(results: list[dict], *, family_confidence: float = FAMILY_CON
         if r["threat_model"] not in SUM_VIEWS:
             continue
         se = r.get("standard_errors", {})
-        gains = {"reconstruction": (_num(r["reconstruction"]["advantage_auc"]), se.get("reconstruction_auc")),
-                 "membership": (_num(r["membership"]["advantage_auc"]), se.get("membership_auc")),
-                 "attributes": (_num(r["attributes"]["max_advantage"]), se.get("attribute_advantage"))}
+        gains = {
+            "reconstruction": (_num(r["reconstruction"]["advantage_auc"]), se.get("reconstruction_auc")),
+            "membership": (_num(r["membership"]["advantage_auc"]), se.get("membership_auc")),
+            "attributes": (_num(r["attributes"]["max_advantage"]), se.get("attribute_advantage")),
+        }
         if r["groups"].get("applicable"):
             gains["groups"] = (_num(r["groups"]["advantage"]), se.get("group_advantage"))
         if r["scores"].get("disaggregation_rare_advantage") is not None:
-            gains["disaggregation_rare_rows"] = (_num(r["scores"]["disaggregation_rare_advantage"]),
-                                                 se.get("disaggregation_rare_advantage"))
-        significant = {name: gain for name, (gain, error) in gains.items()
-                       if gain > R4_MAX_ADVANTAGE + SIGNIFICANCE_Z * (_num(error) if error is not None else 0.0)}
+            gains["disaggregation_rare_rows"] = (
+                _num(r["scores"]["disaggregation_rare_advantage"]),
+                se.get("disaggregation_rare_advantage"),
+            )
+        significant = {
+            name: gain
+            for name, (gain, error) in gains.items()
+            if gain > R4_MAX_ADVANTAGE + SIGNIFICANCE_Z * (_num(error) if error is not None else 0.0)
+        }
         findings = []
         sampled_secagg = r["threat_model"] == ThreatModel.SECAGG and r.get("client_fraction", 1.0) < 1.0
         if sampled_secagg and significant:
-            findings.append(f"with sampling the server sees who took part, and sums over few clients betray them "
-                            f"({', '.join(f'{k} {v:+.3f}' for k, v in significant.items())} over the population): "
-                            "secure aggregation alone is not DP")
-        if r["threat_model"] == ThreatModel.SECAGG and r["scores"].get("canary_auc") is not None \
-                and _num(r["scores"]["canary_auc"]) > 0.9:
-            findings.append(f"canary AUC {_num(r['scores']['canary_auc']):.3f} at noise 0: secure aggregation alone is "
-                            "not DP (a user's presence shows in the sums)")
+            findings.append(
+                f"with sampling the server sees who took part, and sums over few clients betray them "
+                f"({', '.join(f'{k} {v:+.3f}' for k, v in significant.items())} over the population): "
+                "secure aggregation alone is not DP"
+            )
+        if (
+            r["threat_model"] == ThreatModel.SECAGG
+            and r["scores"].get("canary_auc") is not None
+            and _num(r["scores"]["canary_auc"]) > 0.9
+        ):
+            findings.append(
+                f"canary AUC {_num(r['scores']['canary_auc']):.3f} at noise 0: secure aggregation alone is "
+                "not DP (a user's presence shows in the sums)"
+            )
         counted = {} if sampled_secagg else significant  # a noiseless sampled cell is a finding, not a claim
         ok = r["view"]["rounds_with_individual_updates"] == 0 and not counted
-        entry = {"verdict": "holds" if ok else "fails", "individual_views": r["view"]["rounds_with_individual_updates"],
-                 "advantages_over_population": {k: {"gain": g, "standard_error": e} for k, (g, e) in gains.items()},
-                 "significant_gains": significant}
+        entry = {
+            "verdict": "holds" if ok else "fails",
+            "individual_views": r["view"]["rounds_with_individual_updates"],
+            "advantages_over_population": {k: {"gain": g, "standard_error": e} for k, (g, e) in gains.items()},
+            "significant_gains": significant,
+        }
         if findings:
             entry["finding"] = " ; ".join(findings)
         r4[r["cell"]] = entry
@@ -391,9 +516,17 @@ def evaluate_rules(results: list[dict], *, family_confidence: float = FAMILY_CON
     r5 = {}
     for model in DP_THREAT_MODELS:
         for seed in sorted({r["seed"] for r in results}):
-            cells = sorted((r for r in results if r["threat_model"] == model and r["seed"] == seed
-                            and r["target_epsilon"] is None and r.get("client_fraction", 1.0) >= 1.0),
-                           key=lambda r: _num(r["noise_multiplier"]))
+            cells = sorted(
+                (
+                    r
+                    for r in results
+                    if r["threat_model"] == model
+                    and r["seed"] == seed
+                    and r["target_epsilon"] is None
+                    and r.get("client_fraction", 1.0) >= 1.0
+                ),
+                key=lambda r: _num(r["noise_multiplier"]),
+            )
             for attack in ATTACK_SCORES:
                 if model in SUM_VIEWS and attack in SUM_VIEW_POPULATION_SCORES:
                     continue
@@ -402,17 +535,31 @@ def evaluate_rules(results: list[dict], *, family_confidence: float = FAMILY_CON
                 errors = [_num(c.get("standard_errors", {}).get(attack) or 0.0) for c in usable]
                 if len(values) < 2:
                     continue
-                rises = [(a, b) for a, b, ea, eb in zip(values, values[1:], errors, errors[1:])
-                         if b > a + R5_TOLERANCE + SIGNIFICANCE_Z * (ea * ea + eb * eb) ** 0.5]
-                r5[f"{model} seed={seed} {attack}"] = {"verdict": "fails" if rises else "holds",
-                                                       "noise_multipliers": [c["noise_multiplier"] for c in usable],
-                                                       "values": values, "standard_errors": errors}
+                rises = [
+                    (a, b)
+                    for a, b, ea, eb in zip(values, values[1:], errors, errors[1:])
+                    if b > a + R5_TOLERANCE + SIGNIFICANCE_Z * (ea * ea + eb * eb) ** 0.5
+                ]
+                r5[f"{model} seed={seed} {attack}"] = {
+                    "verdict": "fails" if rises else "holds",
+                    "noise_multipliers": [c["noise_multiplier"] for c in usable],
+                    "values": values,
+                    "standard_errors": errors,
+                }
     rules["R5"] = {"verdict": _verdict(r5), "tolerance": R5_TOLERANCE, "series": r5}
     return rules
 
 
-def run_grid(data: ClientData, cells: list[Cell], *, model: ModelConfig | None = None, rounds: int = 5,
-             canaries: int = 100, clip: float = 1.0, progress=None) -> dict[str, Any]:
+def run_grid(
+    data: ClientData,
+    cells: list[Cell],
+    *,
+    model: ModelConfig | None = None,
+    rounds: int = 5,
+    canaries: int = 100,
+    clip: float = 1.0,
+    progress=None,
+) -> dict[str, Any]:
     """Every cell, then the rules. `progress(cell_result)` is called after each cell."""
     model = model or ModelConfig(maxlen=data.maxlen)
     results = []
@@ -423,13 +570,33 @@ def run_grid(data: ClientData, cells: list[Cell], *, model: ModelConfig | None =
     return grid_report(data, results, rounds=rounds, canaries=canaries, clip=clip)
 
 
-def grid_report(data: ClientData, results: list[dict], *, rounds: int, canaries: int, clip: float,
-                family_confidence: float = FAMILY_CONFIDENCE) -> dict[str, Any]:
+def grid_report(
+    data: ClientData,
+    results: list[dict],
+    *,
+    rounds: int,
+    canaries: int,
+    clip: float,
+    family_confidence: float = FAMILY_CONFIDENCE,
+) -> dict[str, Any]:
     """The grid's report from finished cells: the malicious-server cells, the rules, provenance."""
     active = run_active_attacks()
     rules = evaluate_rules(results, family_confidence=family_confidence)
-    rules["malicious-server"] = {"verdict": active["verdict"], "leaked": active["leaked"],
-                                 "refused": sorted(n for n, r in active["attacks"].items() if r["outcome"] == "refused")}
-    return {"dataset": data.name, "users": data.num_users, "rounds": rounds, "canaries": canaries, "clip": clip,
-            "commit": source_commit(), "python": platform.python_version(), "torch": torch.__version__,
-            "cells": results, "malicious_server": active, "rules": rules}
+    rules["malicious-server"] = {
+        "verdict": active["verdict"],
+        "leaked": active["leaked"],
+        "refused": sorted(n for n, r in active["attacks"].items() if r["outcome"] == "refused"),
+    }
+    return {
+        "dataset": data.name,
+        "users": data.num_users,
+        "rounds": rounds,
+        "canaries": canaries,
+        "clip": clip,
+        "commit": source_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cells": results,
+        "malicious_server": active,
+        "rules": rules,
+    }

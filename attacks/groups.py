@@ -30,7 +30,9 @@ class GroupRecorder:
 
     def _one_hots(self, vectors: np.ndarray) -> np.ndarray:
         start = self.layout.delta_size
-        return vectors[..., start:start + self.layout.count_size].reshape(*vectors.shape[:-1], self.blocks, self.groups)
+        return vectors[..., start : start + self.layout.count_size].reshape(
+            *vectors.shape[:-1], self.blocks, self.groups
+        )
 
     def transform(self, vectors: torch.Tensor, round_index: int, rows: np.ndarray) -> torch.Tensor:
         if self.groups:
@@ -70,5 +72,10 @@ def infer_groups(recorder: GroupRecorder, num_real_users: int) -> dict:
         for b in range(recorder.blocks):
             baseline += int(np.bincount(true[:, b], minlength=recorder.groups).max())
     accuracy, majority = correct / total, baseline / total
-    return {"applicable": True, "accuracy": accuracy, "majority_baseline": majority, "advantage": accuracy - majority,
-            "guesses": total}
+    return {
+        "applicable": True,
+        "accuracy": accuracy,
+        "majority_baseline": majority,
+        "advantage": accuracy - majority,
+        "guesses": total,
+    }

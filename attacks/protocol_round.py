@@ -57,9 +57,17 @@ def seeded_context(seed: bytes, round_id: int, phase: int = 0) -> SessionContext
 
 
 class Round:
-    def __init__(self, config: SecAggConfig, ids: Iterable[int], *, round_id: int = 1,
-                 policy: SecAggPolicy | None = None, identities: Identities | None = None,
-                 context: SessionContext | None = None, seed: bytes | None = None) -> None:
+    def __init__(
+        self,
+        config: SecAggConfig,
+        ids: Iterable[int],
+        *,
+        round_id: int = 1,
+        policy: SecAggPolicy | None = None,
+        identities: Identities | None = None,
+        context: SessionContext | None = None,
+        seed: bytes | None = None,
+    ) -> None:
         self.config = config
         self.ids = sorted(ids)
         if identities is None:
@@ -69,37 +77,63 @@ class Round:
             context = SessionContext.fresh(round_id=round_id) if seed is None else seeded_context(seed, round_id)
         self.context = context
         self.policy = policy if policy is not None else simulation_policy(config)
-        self.server = ServerSession(config, context=self.context,
-                                    authority_public_key=self.identities.authority_public_key, participants=self.ids)
+        self.server = ServerSession(
+            config,
+            context=self.context,
+            authority_public_key=self.identities.authority_public_key,
+            participants=self.ids,
+        )
         self.clients: dict[int, ClientSession] = {c: self.session(c, seed=seed) for c in self.ids}
         self.participants: ParticipantSet | None = None
         self.neighbourhoods: dict[int, Neighbourhood] = {}
         self.deliveries: dict[int, ShareDelivery] = {}
         self.uploads: dict[int, MaskedInput] = {}
 
-    def session(self, client: int, *, seed: bytes | None = None, policy: SecAggPolicy | None = None,
-                context: SessionContext | None = None, allowed: Iterable[int] | None = None) -> ClientSession:
+    def session(
+        self,
+        client: int,
+        *,
+        seed: bytes | None = None,
+        policy: SecAggPolicy | None = None,
+        context: SessionContext | None = None,
+        allowed: Iterable[int] | None = None,
+    ) -> ClientSession:
         """A fresh ClientSession of one of this round's clients (deterministic when `seed` is given;
         `allowed`: the participants it may be shown, as a phase-2 session bound to phase 1)."""
-        random = primitives.system_random if seed is None else primitives.keystream_random(derive(seed, "client", client))
-        return ClientSession(self.config, context=context or self.context, client_id=client,
-                             identity_key=self.identities.keys[client], credential=self.identities.credentials[client],
-                             authority_public_key=self.identities.authority_public_key,
-                             policy=policy or self.policy, allowed_participants=allowed, random=random)
+        random = (
+            primitives.system_random if seed is None else primitives.keystream_random(derive(seed, "client", client))
+        )
+        return ClientSession(
+            self.config,
+            context=context or self.context,
+            client_id=client,
+            identity_key=self.identities.keys[client],
+            credential=self.identities.credentials[client],
+            authority_public_key=self.identities.authority_public_key,
+            policy=policy or self.policy,
+            allowed_participants=allowed,
+            random=random,
+        )
 
     @property
     def round_id(self) -> int:
         return self.context.round_id
 
-    def _step(self, stage: Stage, deliveries: Mapping[int, Message | None],
-              inputs: Mapping[int, np.ndarray] | None = None) -> dict[int, Message]:
+    def _step(
+        self, stage: Stage, deliveries: Mapping[int, Message | None], inputs: Mapping[int, np.ndarray] | None = None
+    ) -> dict[int, Message]:
         """Every client with a delivery takes `stage`'s step of the stage table; the server receives each reply
         (every message through the 'wire'). Returns the replies."""
         step = BY_STAGE[stage]
         replies = {}
         for c, delivered in deliveries.items():
-            reply = wire(step.client_step(self.clients[c], None if delivered is None else wire(delivered),
-                                          None if inputs is None else inputs[c]))
+            reply = wire(
+                step.client_step(
+                    self.clients[c],
+                    None if delivered is None else wire(delivered),
+                    None if inputs is None else inputs[c],
+                )
+            )
             step.receive(self.server, reply)
             replies[c] = reply
         return replies
@@ -153,8 +187,9 @@ class Round:
         """The neighbours whose shares `client` received (and whose pairwise masks it applied)."""
         return tuple(s.sender for s in self.deliveries[client].shares)
 
-    def strip_masks(self, target: int, seed_shares: Sequence[shamir.Share],
-                    key_shares: Sequence[shamir.Share]) -> np.ndarray:
+    def strip_masks(
+        self, target: int, seed_shares: Sequence[shamir.Share], key_shares: Sequence[shamir.Share]
+    ) -> np.ndarray:
         """The attacker's last step: rebuild the target's self-mask seed and mask key from t shares each
         and remove every mask from its upload. Returns the signed vector it gets."""
         t, bits, d = self.config.t, self.config.bits, self.config.vector_length
@@ -164,8 +199,9 @@ class Round:
         guess -= masking.self_mask(seed, round_id=self.round_id, client_id=target, length=d, modulus_bits=bits)
         for v in self.held_by(target):
             secret = primitives.agree(private, self.server.bundle(v).mask_public_key)
-            mask = masking.pairwise_mask(secret, round_id=self.round_id, id_a=target, id_b=v, length=d,
-                                         modulus_bits=bits)
+            mask = masking.pairwise_mask(
+                secret, round_id=self.round_id, id_a=target, id_b=v, length=d, modulus_bits=bits
+            )
             masking.apply_signed(guess, mask, owner=v, peer=target)  # the target added the opposite sign
         masking.reduce(guess, bits)
         return from_ring(guess, bits)

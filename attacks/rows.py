@@ -62,8 +62,10 @@ class ItemRows:
 
     def take(self, vectors: np.ndarray) -> np.ndarray:
         """(..., layout.size) update vectors -> (..., num_rows, dim) item-attribute rows."""
-        parts = [vectors[..., s:s + v * self.dim].reshape(*vectors.shape[:-1], v, self.dim)
-                 for s, v in zip(self.starts, self.vocab_sizes)]
+        parts = [
+            vectors[..., s : s + v * self.dim].reshape(*vectors.shape[:-1], v, self.dim)
+            for s, v in zip(self.starts, self.vocab_sizes)
+        ]
         return np.concatenate(parts, axis=-2)
 
     def item_matrix(self, table: AttributeTable) -> np.ndarray:

@@ -24,10 +24,18 @@ def binary_scores(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     labels = np.asarray(labels, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
     if labels.all() or not labels.any():
-        return {"auc": float("nan"), "tpr_at_1pct_fpr": float("nan"), "positives": int(labels.sum()),
-                "negatives": int((~labels).sum())}
-    return {"auc": float(auc(labels.astype(np.float64), scores)), "tpr_at_1pct_fpr": tpr_at_fpr(labels, scores, 0.01),
-            "positives": int(labels.sum()), "negatives": int((~labels).sum())}
+        return {
+            "auc": float("nan"),
+            "tpr_at_1pct_fpr": float("nan"),
+            "positives": int(labels.sum()),
+            "negatives": int((~labels).sum()),
+        }
+    return {
+        "auc": float(auc(labels.astype(np.float64), scores)),
+        "tpr_at_1pct_fpr": tpr_at_fpr(labels, scores, 0.01),
+        "positives": int(labels.sum()),
+        "negatives": int((~labels).sum()),
+    }
 
 
 def f1(labels: np.ndarray, predicted: np.ndarray) -> float:

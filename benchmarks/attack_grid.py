@@ -49,13 +49,23 @@ def main() -> None:
     data = make_synthetic() if args.dataset == "synthetic" else load_kuaisar_r(args.data_dir)
     cells = default_cells(levels=tuple(args.levels), targets=tuple(args.targets), seeds=tuple(args.seeds))
     start = time.perf_counter()
-    report = run_grid(data, cells, rounds=args.rounds, canaries=args.canaries,
-                      progress=lambda r: print(f"{r['cell']}: {r['scores']} ({r['seconds']:.1f} s)", flush=True))
+    report = run_grid(
+        data,
+        cells,
+        rounds=args.rounds,
+        canaries=args.canaries,
+        progress=lambda r: print(f"{r['cell']}: {r['scores']} ({r['seconds']:.1f} s)", flush=True),
+    )
     seconds = time.perf_counter() - start
-    report["benchmark"] = {"seconds": seconds, "cells": len(cells), "threads": torch.get_num_threads(),
-                           "cpus": os.cpu_count(), "target_seconds": TARGET_SECONDS if args.dataset == "synthetic" else None,
-                           "target_met": seconds <= TARGET_SECONDS if args.dataset == "synthetic" else None,
-                           "note": "shared 2-core machine; other work may have run at the same time"}
+    report["benchmark"] = {
+        "seconds": seconds,
+        "cells": len(cells),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "target_seconds": TARGET_SECONDS if args.dataset == "synthetic" else None,
+        "target_met": seconds <= TARGET_SECONDS if args.dataset == "synthetic" else None,
+        "note": "shared 2-core machine; other work may have run at the same time",
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     if args.plots is not None:

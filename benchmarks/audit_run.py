@@ -44,13 +44,21 @@ def main() -> None:
     seconds = time.perf_counter() - start
     grid = json.loads((folder / "grid.json").read_text())
     report = json.loads((folder / "report.json").read_text())
-    out = {"benchmark": {"command": "mrff " + " ".join(argv[:-3] + ["--no-progress"]), "wall_seconds": seconds,
-                         "exit_code": code, "cells": len(grid["cells"]), "cpus": os.cpu_count(),
-                         "target_seconds": TARGET_SECONDS if args.dataset == "synthetic" else None,
-                         "target_met": (seconds <= TARGET_SECONDS) if args.dataset == "synthetic" else None,
-                         "cell_seconds": {c["cell"]: c["seconds"] for c in grid["cells"]},
-                         "note": "shared 2-core machine; other work may have run at the same time"},
-           "verdicts": report["verdicts"], "grid": grid}
+    out = {
+        "benchmark": {
+            "command": "mrff " + " ".join(argv[:-3] + ["--no-progress"]),
+            "wall_seconds": seconds,
+            "exit_code": code,
+            "cells": len(grid["cells"]),
+            "cpus": os.cpu_count(),
+            "target_seconds": TARGET_SECONDS if args.dataset == "synthetic" else None,
+            "target_met": (seconds <= TARGET_SECONDS) if args.dataset == "synthetic" else None,
+            "cell_seconds": {c["cell"]: c["seconds"] for c in grid["cells"]},
+            "note": "shared 2-core machine; other work may have run at the same time",
+        },
+        "verdicts": report["verdicts"],
+        "grid": grid,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=1) + "\n")
     shutil.copy(folder / "report.html", RESULTS / f"{args.name}.html")

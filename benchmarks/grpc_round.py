@@ -39,22 +39,61 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "grpc_round.json"
 TARGET_RATIO = 1.5
 
 
-def run_one(n: int, mode: str, *, processes: int, rounds: int, data_dir: Path, pki: Path, work: Path,
-            timeout: float) -> dict:
+def run_one(
+    n: int, mode: str, *, processes: int, rounds: int, data_dir: Path, pki: Path, work: Path, timeout: float
+) -> dict:
     import grpc  # noqa: F401  (fail early if missing)
 
     run_dir = work / f"{mode}-{n}"
     data_args = ["--dataset", "kuaisar-r", "--data-dir", str(data_dir)]
     cmd = [sys.executable, "-m", "mrff_secure.app.cli"]
     # the identity authority certifies every client (offline, before the run: not timed)
-    subprocess.run(cmd + ["certs", "issue-client", "--certs", str(pki), "--users", f"0-{n - 1}", "--state-dir",
-                          str(run_dir / "clients")], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        cmd
+        + [
+            "certs",
+            "issue-client",
+            "--certs",
+            str(pki),
+            "--users",
+            f"0-{n - 1}",
+            "--state-dir",
+            str(run_dir / "clients"),
+        ],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    server = subprocess.Popen(cmd + ["server", "--run-dir", str(run_dir), "--address", "127.0.0.1:0", "--certs",
-                                     str(pki), "--linger", "60", "--rounds", str(rounds), "--min-clients", str(n),
-                                     "--secure-aggregation", {"secure": "on", "plain": "off"}[mode], "--train-timeout", "1800", "--stage-timeout", "1800"]
-                              + data_args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    server = subprocess.Popen(
+        cmd
+        + [
+            "server",
+            "--run-dir",
+            str(run_dir),
+            "--address",
+            "127.0.0.1:0",
+            "--certs",
+            str(pki),
+            "--linger",
+            "60",
+            "--rounds",
+            str(rounds),
+            "--min-clients",
+            str(n),
+            "--secure-aggregation",
+            {"secure": "on", "plain": "off"}[mode],
+            "--train-timeout",
+            "1800",
+            "--stage-timeout",
+            "1800",
+        ]
+        + data_args,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     clients = []
     try:
         line = server.stdout.readline()
@@ -65,11 +104,28 @@ def run_one(n: int, mode: str, *, processes: int, rounds: int, data_dir: Path, p
         for i in range(processes):
             lo, hi = i * per, min(n, (i + 1) * per) - 1
             if lo <= hi:
-                clients.append(subprocess.Popen(
-                    cmd + ["client", "--server", address, "--users", f"{lo}-{hi}", "--certs", str(pki),
-                           "--state-dir", str(run_dir / "clients"), "--retry-timeout", "600"] + data_args
-                    + (["--allow-plain"] if mode == "plain" else []),
-                    cwd=ROOT, stdout=subprocess.DEVNULL))
+                clients.append(
+                    subprocess.Popen(
+                        cmd
+                        + [
+                            "client",
+                            "--server",
+                            address,
+                            "--users",
+                            f"{lo}-{hi}",
+                            "--certs",
+                            str(pki),
+                            "--state-dir",
+                            str(run_dir / "clients"),
+                            "--retry-timeout",
+                            "600",
+                        ]
+                        + data_args
+                        + (["--allow-plain"] if mode == "plain" else []),
+                        cwd=ROOT,
+                        stdout=subprocess.DEVNULL,
+                    )
+                )
         codes = [p.wait(timeout=timeout) for p in clients]
         server_code = server.wait(timeout=120)
     finally:
@@ -79,14 +135,26 @@ def run_one(n: int, mode: str, *, processes: int, rounds: int, data_dir: Path, p
                 p.wait()
     usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     records = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
-    rounds_out = [{k: r.get(k) for k in ("round", "type", "seconds", "server_cpu_seconds", "wire_bytes")}
-                  | {"survivors": len(r.get("phases", {}).get("update", {}).get("survivors", [])),
-                     "stage_seconds": {ph: v.get("stage_seconds") for ph, v in r.get("phases", {}).items()}}
-                  for r in records if r["type"] in ("round", "round_aborted")]
-    return {"clients": n, "mode": mode, "client_processes": processes, "exit_codes": codes + [server_code],
-            "rounds": rounds_out, "run_wall_seconds": round(time.perf_counter() - started, 2),
-            "all_processes_cpu_seconds": round((usage1.ru_utime + usage1.ru_stime)
-                                               - (usage0.ru_utime + usage0.ru_stime), 2)}
+    rounds_out = [
+        {k: r.get(k) for k in ("round", "type", "seconds", "server_cpu_seconds", "wire_bytes")}
+        | {
+            "survivors": len(r.get("phases", {}).get("update", {}).get("survivors", [])),
+            "stage_seconds": {ph: v.get("stage_seconds") for ph, v in r.get("phases", {}).items()},
+        }
+        for r in records
+        if r["type"] in ("round", "round_aborted")
+    ]
+    return {
+        "clients": n,
+        "mode": mode,
+        "client_processes": processes,
+        "exit_codes": codes + [server_code],
+        "rounds": rounds_out,
+        "run_wall_seconds": round(time.perf_counter() - started, 2),
+        "all_processes_cpu_seconds": round(
+            (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime), 2
+        ),
+    }
 
 
 def summarize(results: list[dict]) -> list[dict]:
@@ -96,9 +164,12 @@ def summarize(results: list[dict]) -> list[dict]:
         row = {"clients": n}
         for mode, r in by_mode.items():
             last = r["rounds"][-1] if r["rounds"] else {}
-            row[mode] = {"round_seconds": last.get("seconds"), "server_cpu_seconds": last.get("server_cpu_seconds"),
-                         "bytes_per_client": (last.get("wire_bytes") or {}).get("per_participant"),
-                         "completed": last.get("type") == "round"}
+            row[mode] = {
+                "round_seconds": last.get("seconds"),
+                "server_cpu_seconds": last.get("server_cpu_seconds"),
+                "bytes_per_client": (last.get("wire_bytes") or {}).get("per_participant"),
+                "completed": last.get("type") == "round",
+            }
         if "secure" in row and "plain" in row and row["plain"]["round_seconds"]:
             ratio = row["secure"]["round_seconds"] / row["plain"]["round_seconds"]
             row["secure_over_plain_latency"] = round(ratio, 3)
@@ -124,31 +195,61 @@ def main() -> int:
     import grpc
     import torch
 
-    environment = {"python": platform.python_version(), "torch": torch.__version__, "grpc": grpc.__version__,
-                   "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(), "platform": platform.platform(),
-                   "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    environment = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "grpc": grpc.__version__,
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "platform": platform.platform(),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="mrff-grpc-bench-") as tmp:
         work = Path(tmp)
-        subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "certs", "--out", str(work / "pki")], check=True,
-                       cwd=ROOT, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "mrff_secure.app.cli", "certs", "--out", str(work / "pki")],
+            check=True,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
         for n in args.sizes:
             for mode in args.modes:
                 print(f"{mode} n={n} ...", flush=True)
                 try:
-                    result = run_one(n, mode, processes=args.client_processes, rounds=args.rounds,
-                                     data_dir=args.data_dir, pki=work / "pki", work=work, timeout=args.timeout)
+                    result = run_one(
+                        n,
+                        mode,
+                        processes=args.client_processes,
+                        rounds=args.rounds,
+                        data_dir=args.data_dir,
+                        pki=work / "pki",
+                        work=work,
+                        timeout=args.timeout,
+                    )
                 except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
                     result = {"clients": n, "mode": mode, "error": f"{type(exc).__name__}: {exc}", "rounds": []}
                 results.append(result)
                 print(json.dumps(result["rounds"][-1] if result["rounds"] else result), flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
-                payload = {"benchmark": "grpc_round", "environment": environment, "note": args.note,
-                           "config": {"sizes": args.sizes, "modes": args.modes, "rounds": args.rounds,
-                                      "client_processes": args.client_processes, "model": "ModelConfig() defaults",
-                                      "dataset": "KuaiSAR-R", "tls": True, "dp": "off"},
-                           "summary": summarize([r for r in results if r["rounds"]]), "runs": results,
-                           "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                payload = {
+                    "benchmark": "grpc_round",
+                    "environment": environment,
+                    "note": args.note,
+                    "config": {
+                        "sizes": args.sizes,
+                        "modes": args.modes,
+                        "rounds": args.rounds,
+                        "client_processes": args.client_processes,
+                        "model": "ModelConfig() defaults",
+                        "dataset": "KuaiSAR-R",
+                        "tls": True,
+                        "dp": "off",
+                    },
+                    "summary": summarize([r for r in results if r["rounds"]]),
+                    "runs": results,
+                    "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
                 tmp_out = args.out.with_suffix(".json.tmp")
                 tmp_out.write_text(json.dumps(payload, indent=2) + "\n")
                 os.replace(tmp_out, args.out)

@@ -76,8 +76,9 @@ def one(backend: str, users: int, fraction: float, repeats: int, threads: int, d
         data = load_kuaisar_r(KUAISAR)
         model = ModelConfig(maxlen=data.maxlen)
     else:
-        data = make_synthetic(num_users=users, num_items=2000, maxlen=MAXLEN, min_interactions=5,
-                              max_interactions=MAXLEN, seed=0)
+        data = make_synthetic(
+            num_users=users, num_items=2000, maxlen=MAXLEN, min_interactions=5, max_interactions=MAXLEN, seed=0
+        )
         model = ModelConfig(maxlen=MAXLEN)
     federation = FederationConfig(rounds=repeats + 1, client_fraction=fraction, seed=0)
     base = rss_mib([os.getpid()])
@@ -89,10 +90,23 @@ def one(backend: str, users: int, fraction: float, repeats: int, threads: int, d
     else:
         sim = FederatedSimulation(data, model, federation)
     build = time.perf_counter() - start
-    private_bytes = sum(p.numel() * p.element_size() for n, p in sim.model.named_parameters()
-                        if sim.roles[n].value == "private")
-    data_bytes = sum(getattr(data, n).nbytes for n in ("train_seq", "train_target", "train_label", "val_seq",
-                                                        "val_item", "val_label", "test_seq", "test_item", "test_label"))
+    private_bytes = sum(
+        p.numel() * p.element_size() for n, p in sim.model.named_parameters() if sim.roles[n].value == "private"
+    )
+    data_bytes = sum(
+        getattr(data, n).nbytes
+        for n in (
+            "train_seq",
+            "train_target",
+            "train_label",
+            "val_seq",
+            "val_item",
+            "val_label",
+            "test_seq",
+            "test_item",
+            "test_label",
+        )
+    )
     rounds = []
     sim.train_round()  # warm-up
     for _ in range(repeats):
@@ -103,13 +117,23 @@ def one(backend: str, users: int, fraction: float, repeats: int, threads: int, d
     sim.evaluate("val")
     evaluation = time.perf_counter() - start
     pids = [os.getpid()] + (actor_pids() if backend == "ray" else [])
-    out = {"backend": backend, "dataset": dataset, "clients": data.num_users, "client_fraction": fraction,
-           "participants": result.participants, "threads": threads if backend == "single" else "2 actors x 1",
-           "round_seconds_median": round(statistics.median(rounds), 4), "round_seconds_all": [round(t, 4) for t in rounds],
-           "eval_pass_seconds": round(evaluation, 4), "build_seconds": round(build, 2),
-           "update_vector_floats": sim.layout.size,
-           "private_bytes_per_client": private_bytes, "data_bytes_per_client": round(data_bytes / data.num_users, 1),
-           "resident_mib": round(rss_mib(pids), 1), "driver_resident_mib_before_build": round(base, 1)}
+    out = {
+        "backend": backend,
+        "dataset": dataset,
+        "clients": data.num_users,
+        "client_fraction": fraction,
+        "participants": result.participants,
+        "threads": threads if backend == "single" else "2 actors x 1",
+        "round_seconds_median": round(statistics.median(rounds), 4),
+        "round_seconds_all": [round(t, 4) for t in rounds],
+        "eval_pass_seconds": round(evaluation, 4),
+        "build_seconds": round(build, 2),
+        "update_vector_floats": sim.layout.size,
+        "private_bytes_per_client": private_bytes,
+        "data_bytes_per_client": round(data_bytes / data.num_users, 1),
+        "resident_mib": round(rss_mib(pids), 1),
+        "driver_resident_mib_before_build": round(base, 1),
+    }
     out["resident_bytes_per_client"] = round((out["resident_mib"] - base) * 2**20 / data.num_users, 1)
     if backend == "ray":
         out["transfer"] = object_store_transfer(sim)
@@ -137,7 +161,11 @@ def object_store_transfer(sim) -> dict:
             ray.get(touch.remote(ray.put(array)))
             times.append(time.perf_counter() - start)
         seconds = statistics.median(times)
-        out[name] = {"bytes": array.nbytes, "seconds": round(seconds, 5), "gb_per_s": round(array.nbytes / seconds / 1e9, 3)}
+        out[name] = {
+            "bytes": array.nbytes,
+            "seconds": round(seconds, 5),
+            "gb_per_s": round(array.nbytes / seconds / 1e9, 3),
+        }
     return out
 
 
@@ -162,8 +190,9 @@ def matmul_floor() -> dict:
 def run_child(args: argparse.Namespace, *spec) -> dict:
     command = [sys.executable, __file__, "--child", *map(str, spec), "--repeats", str(args.repeats)]
     print(" ".join(map(str, spec)), flush=True)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600,
-                          env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=3600, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    )
     if done.returncode != 0:
         return {"spec": list(map(str, spec)), "error": done.stderr[-1500:]}
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -182,13 +211,22 @@ def lpt_makespan(durations: list[float], slots: int) -> float:
 
 def cost_model(results: dict, floor: dict) -> dict:
     machines, cores = 8, os.cpu_count() or 2
-    model = {"machines": machines, "cores_per_machine": cores,
-             "assumptions": "8 machines like this one (2 cores, 1 Ray actor per core); 10 Gbit/s between them "
-                            "(1.25 GB/s; the measured local object store rate is the upper bound); the driver on "
-                            "one of them; per-client costs measured here."}
+    model = {
+        "machines": machines,
+        "cores_per_machine": cores,
+        "assumptions": "8 machines like this one (2 cores, 1 Ray actor per core); 10 Gbit/s between them "
+        "(1.25 GB/s; the measured local object store rate is the upper bound); the driver on "
+        "one of them; per-client costs measured here.",
+    }
     big = next((r for r in results["populations"] if r.get("clients") == 1_000_000 and r["backend"] == "ray"), None)
-    ten = next((r for r in results["populations"] if r.get("clients") == 10_000 and r["backend"] == "ray"
-                and r.get("client_fraction") == 1.0), None)
+    ten = next(
+        (
+            r
+            for r in results["populations"]
+            if r.get("clients") == 10_000 and r["backend"] == "ray" and r.get("client_fraction") == 1.0
+        ),
+        None,
+    )
     if big and ten and "error" not in big and "error" not in ten:
         per_client = ten["round_seconds_median"] / ten["participants"]  # 2 actors of 1 thread on one machine
         per_client_core = per_client * 2  # one core's time per client
@@ -200,28 +238,41 @@ def cost_model(results: dict, floor: dict) -> dict:
         memory_gib = 1_000_000 * (big["private_bytes_per_client"] + big["data_bytes_per_client"]) / 2**30
         model["round_of_1M_clients"] = {
             "core_seconds_per_client": round(per_client_core, 6),
-            "compute_seconds": round(compute, 1), "broadcast_seconds": round(broadcast, 5),
-            "gather_seconds": round(gather, 5), "round_seconds": round(compute + broadcast + gather, 1),
+            "compute_seconds": round(compute, 1),
+            "broadcast_seconds": round(broadcast, 5),
+            "gather_seconds": round(gather, 5),
+            "round_seconds": round(compute + broadcast + gather, 1),
             "single_machine_round_seconds": round(1_000_000 * per_client_core / cores, 1),
-            "state_gib_total": round(memory_gib, 1), "state_gib_per_machine": round(memory_gib / machines, 2),
+            "state_gib_total": round(memory_gib, 1),
+            "state_gib_per_machine": round(memory_gib / machines, 2),
             "note": "every one of the 1M clients trains in the round (compute from the measured per-client cost of "
-                    "the 10k-client Ray round, split over 16 one-thread actors); the model broadcast and the actors' "
-                    "float64 sums are a few MB, so the network hardly counts at this model size. The state (private "
-                    "parameters and data of 1M clients) fits one 24 GiB machine (measured: 12 GiB resident in the "
-                    "single process); what 8 machines buy is time, and room for larger models.",
+            "the 10k-client Ray round, split over 16 one-thread actors); the model broadcast and the actors' "
+            "float64 sums are a few MB, so the network hardly counts at this model size. The state (private "
+            "parameters and data of 1M clients) fits one 24 GiB machine (measured: 12 GiB resident in the "
+            "single process); what 8 machines buy is time, and room for larger models.",
         }
     pairs = {}
     for r in results["populations"] + results["crossover"]:
         if "error" not in r:
             pairs.setdefault((r["clients"], r["participants"]), {})[r["backend"]] = r["round_seconds_median"]
     model["ray_over_single_by_participants"] = [
-        {"clients": c, "participants": p, "single_seconds": v["single"], "ray_seconds": v["ray"],
-         "ratio": round(v["ray"] / v["single"], 3)}
-        for (c, p), v in sorted(pairs.items(), key=lambda kv: (kv[0][1], kv[0][0])) if "single" in v and "ray" in v]
+        {
+            "clients": c,
+            "participants": p,
+            "single_seconds": v["single"],
+            "ray_seconds": v["ray"],
+            "ratio": round(v["ray"] / v["single"], 3),
+        }
+        for (c, p), v in sorted(pairs.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+        if "single" in v and "ray" in v
+    ]
     faster = [row["participants"] for row in model["ray_over_single_by_participants"] if row["ratio"] < 1]
-    model["crossover"] = (f"Ray (2 actors x 1 thread) is faster than the single process (torch on both cores) "
-                          f"from {min(faster)} participants per round on, the smallest measured"
-                          if faster else "Ray was not faster at any measured round size")
+    model["crossover"] = (
+        f"Ray (2 actors x 1 thread) is faster than the single process (torch on both cores) "
+        f"from {min(faster)} participants per round on, the smallest measured"
+        if faster
+        else "Ray was not faster at any measured round size"
+    )
     kuaisar_rows = {r["backend"] + str(r["threads"]): r for r in results["kuaisar_r"] if "error" not in r}
     if kuaisar_rows and "2_threads_gflops" in floor:
         floor_seconds = 38.0 / floor["2_threads_gflops"]  # ~38 GFLOP of forward and backward per round
@@ -229,7 +280,8 @@ def cost_model(results: dict, floor: dict) -> dict:
             "floor_seconds": round(floor_seconds, 3),
             **{name: round(r["round_seconds_median"] / floor_seconds, 1) for name, r in kuaisar_rows.items()},
             "note": "38 GFLOP per round (issue 13's estimate) at the matmul rate measured in this run; how far each "
-                    "backend's round is from it (x)"}
+            "backend's round is from it (x)",
+        }
     audit_path = ROOT / "benchmarks" / "results" / "audit_kuaisar_r.json"
     kuaisar = {r["backend"] + str(r["threads"]): r for r in results["kuaisar_r"] if "error" not in r}
     if audit_path.exists() and "single1" in kuaisar and "single2" in kuaisar:
@@ -240,14 +292,17 @@ def cost_model(results: dict, floor: dict) -> dict:
         slots = machines * cores
         makespan = lpt_makespan(durations, slots)
         model["kuaisar_r_audit_grid"] = {
-            "cells": len(durations), "seeds": 3, "cell_seconds_measured_2_threads": cells,
+            "cells": len(durations),
+            "seeds": 3,
+            "cell_seconds_measured_2_threads": cells,
             "one_thread_slowdown": round(one_thread, 3),
             "one_machine_sequential_seconds": round(3 * sum(cells.values()), 0),
-            "ray_tasks": slots, "makespan_seconds": round(makespan, 0),
+            "ray_tasks": slots,
+            "makespan_seconds": round(makespan, 0),
             "longest_cell_seconds": round(max(durations), 0),
             "speedup": round(3 * sum(cells.values()) / makespan, 2),
             "note": "cells as 1-CPU Ray tasks, longest first; the makespan is bounded below by the longest cell "
-                    "(local-dp z=0.5), so beyond ~16 slots more machines do not help without splitting cells.",
+            "(local-dp z=0.5), so beyond ~16 slots more machines do not help without splitting cells.",
         }
     return model
 
@@ -286,15 +341,27 @@ def main() -> int:
     kuaisar = {r["backend"] + str(r["threads"]): r for r in results["kuaisar_r"] if "error" not in r}
     overhead = None
     if "single" + str(cores) in kuaisar and "ray2 actors x 1" in kuaisar:
-        overhead = kuaisar["ray2 actors x 1"]["round_seconds_median"] / kuaisar["single" + str(cores)]["round_seconds_median"]
+        overhead = (
+            kuaisar["ray2 actors x 1"]["round_seconds_median"] / kuaisar["single" + str(cores)]["round_seconds_median"]
+        )
     report = {
         "benchmark": "ray_scale",
-        "machine": {"cpus": cores, "python": sys.version.split()[0], "platform": platform.platform(),
-                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "machine": {
+            "cpus": cores,
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
         "floor": {**floor, "note": "torch fp32 1024x1024 matmul in this run; transfer rates under each Ray result"},
-        "repeats": args.repeats, **results,
-        "targets": {"kuaisar_r_ray_overhead_le_1.3x": {"measured": None if overhead is None else round(overhead, 3),
-                                                       "met": None if overhead is None else overhead <= TARGET_OVERHEAD}},
+        "repeats": args.repeats,
+        **results,
+        "targets": {
+            "kuaisar_r_ray_overhead_le_1.3x": {
+                "measured": None if overhead is None else round(overhead, 3),
+                "met": None if overhead is None else overhead <= TARGET_OVERHEAD,
+            }
+        },
     }
     report["cost_model"] = cost_model(results, floor)
     args.out.parent.mkdir(parents=True, exist_ok=True)

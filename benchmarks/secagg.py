@@ -58,8 +58,7 @@ from mrff_secure.secagg.server import ServerSession  # noqa: E402
 from mrff_secure.secagg.stages import Stage  # noqa: E402
 
 LEVELS = 2**15  # quantization levels per side: 16-bit values before summing
-STAGES = ["session_setup", "advertise_keys", "reveal_seed", "share_keys", "masked_input", "consistency_check",
-          "unmask"]
+STAGES = ["session_setup", "advertise_keys", "reveal_seed", "share_keys", "masked_input", "consistency_check", "unmask"]
 
 
 def _timed(fn, *args, **kwargs):
@@ -77,10 +76,20 @@ def _library_version() -> dict:
     library changes under concurrent work: results belong to this version)."""
     root = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "log", "-1", "--format=%h %cI", "--", "mrff_secure/secagg"], cwd=root,
-                                capture_output=True, text=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "mrff_secure/secagg"], cwd=root,
-                               capture_output=True, text=True, timeout=30).stdout.strip()
+        commit = subprocess.run(
+            ["git", "log", "-1", "--format=%h %cI", "--", "mrff_secure/secagg"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "mrff_secure/secagg"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError) as exc:
         return {"unknown": str(exc)}
     return {"last_commit": commit, "uncommitted_changes": bool(dirty)}
@@ -98,8 +107,12 @@ def _cpu_model() -> str:
 
 def environment() -> dict:
     return {
-        "python": platform.python_version(), "numpy": np.__version__, "cryptography": cryptography.__version__,
-        "machine": platform.machine(), "cpu_model": _cpu_model(), "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "cryptography": cryptography.__version__,
+        "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpus": os.cpu_count(),
         "mrff_secure_secagg": _library_version(),
         "note": "shared 2-core machine with concurrent work (training runs, test suites): timings are noisy",
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -111,10 +124,15 @@ def client_input(seed: int, client: int, d: int, max_abs: int) -> np.ndarray:
     return np.random.default_rng([seed, client]).integers(-max_abs, max_abs + 1, d)
 
 
-def instrumented_round(config: SecAggConfig, *, round_id: int, input_for: Callable[[int], np.ndarray],
-                       drop_at_masked_input: Collection[int] | Callable[[dict], Collection[int]] = (),
-                       identities: Identities | None = None,
-                       policy: SecAggPolicy | None = None) -> dict:
+def instrumented_round(
+    config: SecAggConfig,
+    *,
+    round_id: int,
+    input_for: Callable[[int], np.ndarray],
+    drop_at_masked_input: Collection[int] | Callable[[dict], Collection[int]] = (),
+    identities: Identities | None = None,
+    policy: SecAggPolicy | None = None,
+) -> dict:
     """One secure sum of all config.num_clients clients, every stage timed (see the module docstring).
 
     drop_at_masked_input: the clients that fall silent at MASKED_INPUT, or a function of the neighbour
@@ -168,8 +186,9 @@ def instrumented_round(config: SecAggConfig, *, round_id: int, input_for: Callab
         server_cpu[stage] += cpu() - start_cpu
         return result
 
-    server = ServerSession(config, context=context, authority_public_key=identities.authority_public_key,
-                           participants=ids)
+    server = ServerSession(
+        config, context=context, authority_public_key=identities.authority_public_key, participants=ids
+    )
     clients = {}
     for c in ids:
         start_cpu = cpu()
@@ -194,7 +213,7 @@ def instrumented_round(config: SecAggConfig, *, round_id: int, input_for: Callab
             if c in gone or (masked and c in dropped):
                 continue
             x = input_for(c) if masked else None  # untimed
-            run = (lambda: step.client_step(clients[c], None if data is None else step.delivered.from_bytes(data), x))
+            run = lambda: step.client_step(clients[c], None if data is None else step.delivered.from_bytes(data), x)
             receive = receive_upload if masked else (lambda m: step.receive(server, m))
             if exchange(step.name, c, run, step.submitted, receive) and masked:
                 expected += x
@@ -208,15 +227,28 @@ def instrumented_round(config: SecAggConfig, *, round_id: int, input_for: Callab
         raise RuntimeError("benchmark round returned a wrong sum")
     client_sum = {s: sum(v) for s, v in client_t.items()}
     return {
-        "n": n, "d": config.vector_length, "k": config.k, "t": config.t, "modulus_bits": config.bits,
-        "client_times": client_t, "client_sum_s": client_sum, "server_s": server_t,
+        "n": n,
+        "d": config.vector_length,
+        "k": config.k,
+        "t": config.t,
+        "modulus_bits": config.bits,
+        "client_times": client_t,
+        "client_sum_s": client_sum,
+        "server_s": server_t,
         "round_s": sum(client_sum.values()) + sum(server_t.values()),
-        "client_cpu_s": client_cpu, "server_cpu_s": server_cpu,
+        "client_cpu_s": client_cpu,
+        "server_cpu_s": server_cpu,
         "round_cpu_s": sum(client_cpu.values()) + sum(server_cpu.values()),
         "wall_s_incl_untimed_input_generation": wall,
-        "bytes_up": up, "bytes_down": down, "masked_payload_bytes": max(payload_bytes),
-        "survivors": len(result.survivors), "dropped_at_masked_input": len(dropped), "gave_up": sorted(gone),
-        "sum_exact": True, "server": server, "context": context,
+        "bytes_up": up,
+        "bytes_down": down,
+        "masked_payload_bytes": max(payload_bytes),
+        "survivors": len(result.survivors),
+        "dropped_at_masked_input": len(dropped),
+        "gave_up": sorted(gone),
+        "sum_exact": True,
+        "server": server,
+        "context": context,
     }
 
 
@@ -228,8 +260,9 @@ def clear_credential_cache() -> None:
         cache.cache_clear()
 
 
-def recoverable_dropouts(graph: dict[int, tuple[int, ...]], fraction: float, t: int, seed: int,
-                         tries: int = 10_000) -> set[int]:
+def recoverable_dropouts(
+    graph: dict[int, tuple[int, ...]], fraction: float, t: int, seed: int, tries: int = 10_000
+) -> set[int]:
     """A uniformly drawn set of round(fraction * n) clients, redrawn until the round stays recoverable
     (every client keeps >= t surviving neighbours), so a benchmark round never aborts by chance."""
     ids = sorted(graph)
@@ -259,8 +292,10 @@ def floor_time(k: int, d: int, bits: int, reps: int = 3) -> float:
 def verify_time(server: ServerSession, context: SessionContext, client: int, reps: int = 3) -> float:
     """k Ed25519 verifications of `client`'s neighbours' real bundle signatures (median of reps)."""
     ctx = context.to_bytes()
-    items = [(b.credential.identity_public_key, b.signature, b.signed_payload(ctx))
-             for b in (server.bundle(v) for v in server.graph[client])]
+    items = [
+        (b.credential.identity_public_key, b.signature, b.signed_payload(ctx))
+        for b in (server.bundle(v) for v in server.graph[client])
+    ]
     times = []
     for _ in range(reps):
         start = time.perf_counter()
@@ -274,14 +309,23 @@ def full_round(n: int, d: int, dropout: float, *, k: int | None = None, seed: in
     """The whole protocol with all n clients; dropouts leave at MASKED_INPUT (the costly case)."""
     config = SecAggConfig(num_clients=n, vector_length=d, max_abs=LEVELS, num_neighbours=k)
     clear_credential_cache()
-    run = instrumented_round(config, round_id=seed, input_for=lambda c: client_input(seed, c, d, LEVELS),
-                             drop_at_masked_input=lambda graph: recoverable_dropouts(graph, dropout, config.t, seed))
+    run = instrumented_round(
+        config,
+        round_id=seed,
+        input_for=lambda c: client_input(seed, c, d, LEVELS),
+        drop_at_masked_input=lambda graph: recoverable_dropouts(graph, dropout, config.t, seed),
+    )
     client_median = {s: _median(v) for s, v in run["client_times"].items()}
     floor = floor_time(config.k, d, config.bits)
     verify = _median([verify_time(run["server"], run["context"], c, reps=1) for c in range(min(n, 10))])
     return {
         "method": "full",
-        "n": n, "d": d, "dropout": dropout, "k": config.k, "t": config.t, "modulus_bits": config.bits,
+        "n": n,
+        "d": d,
+        "dropout": dropout,
+        "k": config.k,
+        "t": config.t,
+        "modulus_bits": config.bits,
         "upload_bits_per_value": run["masked_payload_bytes"] * 8 / d,
         "client_s": client_median,
         "client_total_s": sum(v for v in client_median.values() if v is not None),
@@ -290,7 +334,8 @@ def full_round(n: int, d: int, dropout: float, *, k: int | None = None, seed: in
         "round_s": run["round_s"],
         "floor_s": floor,
         "floor_with_verify_s": floor + verify,
-        "survivors": run["survivors"], "gave_up": run["gave_up"],
+        "survivors": run["survivors"],
+        "gave_up": run["gave_up"],
         "sum_exact": True,
     }
 
@@ -301,7 +346,7 @@ def shamir_bench(n: int = 100, t: int = 51, reps: int = 21) -> dict:
     for _ in range(reps):
         shares, s = _timed(shamir.split, secret, n, t)
         split_t.append(s)
-        recovered, s = _timed(shamir.combine, shares[n - t:], t)
+        recovered, s = _timed(shamir.combine, shares[n - t :], t)
         combine_t.append(s)
         if recovered != secret:
             raise RuntimeError("Shamir round trip failed")
@@ -354,46 +399,86 @@ def main() -> None:
     for k in (10, 99):
         runs = [full_round(100, anchor_d, 0.0, k=k, seed=20 + r) for r in range(3)]
         m = _merge(runs)
-        masking_anchor[k] = {"n": 100, "d": anchor_d, "k": m["k"], "t": m["t"], "modulus_bits": m["modulus_bits"],
-                             "client_s": m["client_s"], "floor_s": m["floor_s"], "reps": 3}
+        masking_anchor[k] = {
+            "n": 100,
+            "d": anchor_d,
+            "k": m["k"],
+            "t": m["t"],
+            "modulus_bits": m["modulus_bits"],
+            "client_s": m["client_s"],
+            "floor_s": m["floor_s"],
+            "reps": 3,
+        }
     server_anchor = {}
     for dropout in (0.0, 0.1):
         runs = [full_round(100, anchor_d, dropout, k=11, seed=50 + r) for r in range(3)]
-        server_anchor[dropout] = {"server_unmask_s": _median([r["server_s"]["unmask"] for r in runs]),
-                                  "server_total_s": _median([r["server_total_s"] for r in runs]),
-                                  "k": runs[0]["k"], "t": runs[0]["t"], "reps": 3}
+        server_anchor[dropout] = {
+            "server_unmask_s": _median([r["server_s"]["unmask"] for r in runs]),
+            "server_total_s": _median([r["server_total_s"] for r in runs]),
+            "k": runs[0]["k"],
+            "t": runs[0]["t"],
+            "reps": 3,
+        }
     sh = shamir_bench()
-    report["anchors"] = {"client_masking_d50k": {str(k): v for k, v in masking_anchor.items()},
-                         "server_unmask_n100_k11_d50k": {str(k): v for k, v in server_anchor.items()},
-                         "shamir_n100_t51": sh}
+    report["anchors"] = {
+        "client_masking_d50k": {str(k): v for k, v in masking_anchor.items()},
+        "server_unmask_n100_k11_d50k": {str(k): v for k, v in server_anchor.items()},
+        "shamir_n100_t51": sh,
+    }
 
     full = report["runs"]
     worst_ratio = max(r["masked_input_over_floor"] for r in full)
     bits_ok = all(r["upload_bits_per_value"] == r["modulus_bits"] for r in full)
     unmask_10 = server_anchor[0.1]["server_unmask_s"]
     report["targets"] = [
-        {"target": "client time <= 2x the floor (masked-input stage: k agreements + k expansions + self mask + packing)",
-         "measured": f"worst masked_input/floor = {worst_ratio:.2f}",
-         "per_run": {f"n={r['n']} p={r['dropout']}": round(r["masked_input_over_floor"], 2) for r in full},
-         "met": worst_ratio <= 2.0},
-        {"target": "client total per round <= 2x the floor (all stages; floor = k agreements + k expansions)",
-         "measured": ", ".join(f"n={r['n']} p={r['dropout']}: {r['client_total_over_floor']:.1f}x" for r in full),
-         "measured_vs_floor_with_k_verifications": ", ".join(
-             f"n={r['n']} p={r['dropout']}: {r['client_total_over_floor_with_verify']:.1f}x" for r in full),
-         "met": all(r["client_total_over_floor"] <= 2.0 for r in full)},
-        {"target": "Shamir n=100 t=51 share <= 20 ms", "measured_ms": sh["split_s"] * 1e3,
-         "anchor_flower_ms": 385, "met": sh["split_s"] <= 0.020},
-        {"target": "Shamir n=100 t=51 combine <= 20 ms", "measured_ms": sh["combine_s"] * 1e3,
-         "anchor_flower_ms": 413, "met": sh["combine_s"] <= 0.020},
-        {"target": "server unmask N=100 k=11 d=50k <= 0.3 s (10% dropout)", "measured_s": unmask_10,
-         "measured_s_no_dropout": server_anchor[0.0]["server_unmask_s"], "anchor_flower_s": 3.8,
-         "met": unmask_10 <= 0.3},
-        {"target": "client masking d=50k, k=10 (anchor 12.6 ms)",
-         "measured_ms": masking_anchor[10]["client_s"]["masked_input"] * 1e3, "informational": True},
-        {"target": "client masking d=50k, k=99 (anchor 121 ms)",
-         "measured_ms": masking_anchor[99]["client_s"]["masked_input"] * 1e3, "informational": True},
-        {"target": "upload bits per value = the modulus width, not 64",
-         "measured": {f"n={r['n']}": r["upload_bits_per_value"] for r in full}, "met": bits_ok},
+        {
+            "target": "client time <= 2x the floor (masked-input stage: k agreements + k expansions + self mask + packing)",
+            "measured": f"worst masked_input/floor = {worst_ratio:.2f}",
+            "per_run": {f"n={r['n']} p={r['dropout']}": round(r["masked_input_over_floor"], 2) for r in full},
+            "met": worst_ratio <= 2.0,
+        },
+        {
+            "target": "client total per round <= 2x the floor (all stages; floor = k agreements + k expansions)",
+            "measured": ", ".join(f"n={r['n']} p={r['dropout']}: {r['client_total_over_floor']:.1f}x" for r in full),
+            "measured_vs_floor_with_k_verifications": ", ".join(
+                f"n={r['n']} p={r['dropout']}: {r['client_total_over_floor_with_verify']:.1f}x" for r in full
+            ),
+            "met": all(r["client_total_over_floor"] <= 2.0 for r in full),
+        },
+        {
+            "target": "Shamir n=100 t=51 share <= 20 ms",
+            "measured_ms": sh["split_s"] * 1e3,
+            "anchor_flower_ms": 385,
+            "met": sh["split_s"] <= 0.020,
+        },
+        {
+            "target": "Shamir n=100 t=51 combine <= 20 ms",
+            "measured_ms": sh["combine_s"] * 1e3,
+            "anchor_flower_ms": 413,
+            "met": sh["combine_s"] <= 0.020,
+        },
+        {
+            "target": "server unmask N=100 k=11 d=50k <= 0.3 s (10% dropout)",
+            "measured_s": unmask_10,
+            "measured_s_no_dropout": server_anchor[0.0]["server_unmask_s"],
+            "anchor_flower_s": 3.8,
+            "met": unmask_10 <= 0.3,
+        },
+        {
+            "target": "client masking d=50k, k=10 (anchor 12.6 ms)",
+            "measured_ms": masking_anchor[10]["client_s"]["masked_input"] * 1e3,
+            "informational": True,
+        },
+        {
+            "target": "client masking d=50k, k=99 (anchor 121 ms)",
+            "measured_ms": masking_anchor[99]["client_s"]["masked_input"] * 1e3,
+            "informational": True,
+        },
+        {
+            "target": "upload bits per value = the modulus width, not 64",
+            "measured": {f"n={r['n']}": r["upload_bits_per_value"] for r in full},
+            "met": bits_ok,
+        },
     ]
     report["notes"] = [
         "Since commit 3d99296 (O(k) neighbour verification) the probe and server_components modes are gone: "

@@ -107,11 +107,13 @@ N_KUAISAR_R = 1791
 D_RAW = 71_386
 D_PADDED = 131_072
 MODULUS_BITS = 32
-D_SOURCE = ("raw: UpdateLayout.from_model(build_model(ModelConfig(maxlen=data.maxlen), load_kuaisar_r(...))).size on "
-            "../shared/datasets/KuaiSAR-R: 71,377 delta coordinates (shared 33,745 + 2 blocks x 4 groups x 4,704) + "
-            "8 one-hot + 1 example count = 71,386; padded: secure_round_plans(...).update.padded_dim via "
-            "client_update.round_plans(RoundSpec(...), layout, 1791) = 131,072 (dp off and distributed alike); "
-            "1,791 users. Hard-coded fallbacks; d_check re-derives them in a subprocess.")
+D_SOURCE = (
+    "raw: UpdateLayout.from_model(build_model(ModelConfig(maxlen=data.maxlen), load_kuaisar_r(...))).size on "
+    "../shared/datasets/KuaiSAR-R: 71,377 delta coordinates (shared 33,745 + 2 blocks x 4 groups x 4,704) + "
+    "8 one-hot + 1 example count = 71,386; padded: secure_round_plans(...).update.padded_dim via "
+    "client_update.round_plans(RoundSpec(...), layout, 1791) = 131,072 (dp off and distributed alike); "
+    "1,791 users. Hard-coded fallbacks; d_check re-derives them in a subprocess."
+)
 FLOOR_SAMPLE = 50
 
 CHECK_D = """
@@ -145,22 +147,35 @@ def check_d() -> dict:
     path = ROOT.parent / "shared" / "datasets" / "KuaiSAR-R"
     if not path.is_dir():
         return {"checked": False, "reason": f"{path} is absent: fell back to d = {D_PADDED} (raw {D_RAW})"}
-    out = subprocess.run([sys.executable, "-c", CHECK_D.format(path=str(path), bits=MODULUS_BITS)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK_D.format(path=str(path), bits=MODULUS_BITS)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     if out.returncode != 0:
-        return {"checked": False, "reason": f"layout check failed ({out.stderr.strip()[-300:]}): fell back to "
-                                            f"d = {D_PADDED} (raw {D_RAW})"}
+        return {
+            "checked": False,
+            "reason": f"layout check failed ({out.stderr.strip()[-300:]}): fell back to d = {D_PADDED} (raw {D_RAW})",
+        }
     found = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"checked": True, **found, "matches_hard_coded": found["size"] == D_RAW and found["users"] == N_KUAISAR_R
-            and found["padded_dim_dp_off"] == D_PADDED == found["padded_dim_dp_distributed"]}
+    return {
+        "checked": True,
+        **found,
+        "matches_hard_coded": found["size"] == D_RAW
+        and found["users"] == N_KUAISAR_R
+        and found["padded_dim_dp_off"] == D_PADDED == found["padded_dim_dp_distributed"],
+    }
 
 
 def make_config(n: int, d: int, bits: int = MODULUS_BITS) -> SecAggConfig:
     """What a b-bit network round uses: modulus_bits = b, max_abs = (2^(b-1) - 1) // (n 2^g) with the range
     check's guard bits g = guard_bits(d) (secagg.config.max_abs_for, without importing torch),
     default k and t."""
-    return SecAggConfig(num_clients=n, vector_length=d, max_abs=((1 << (bits - 1)) - 1) // (n << guard_bits(d)),
-                        modulus_bits=bits)
+    return SecAggConfig(
+        num_clients=n, vector_length=d, max_abs=((1 << (bits - 1)) - 1) // (n << guard_bits(d)), modulus_bits=bits
+    )
 
 
 def _median(values):
@@ -211,13 +226,17 @@ def measure_floor(server, context, config: SecAggConfig, sample: list[int]) -> d
             ops[name] += len(bundles)
     scale = config.num_clients / len(sample)
     scaled = {name: seconds * scale for name, seconds in parts.items()}
-    return {"floor_s": sum(scaled.values()), "components_s": scaled,
-            "floor_cpu_s": sum(parts_cpu.values()) * scale,
-            "components_cpu_s": {name: seconds * scale for name, seconds in parts_cpu.items()},
-            "unit_us": {name: parts[name] / ops[name] * 1e6 for name in parts},
-            "unit_cpu_us": {name: parts_cpu[name] / ops[name] * 1e6 for name in parts},
-            "sample_clients": len(sample), "scaled_by": scale,
-            "per_client_ms": sum(parts.values()) / len(sample) * 1e3}
+    return {
+        "floor_s": sum(scaled.values()),
+        "components_s": scaled,
+        "floor_cpu_s": sum(parts_cpu.values()) * scale,
+        "components_cpu_s": {name: seconds * scale for name, seconds in parts_cpu.items()},
+        "unit_us": {name: parts[name] / ops[name] * 1e6 for name in parts},
+        "unit_cpu_us": {name: parts_cpu[name] / ops[name] * 1e6 for name in parts},
+        "sample_clients": len(sample),
+        "scaled_by": scale,
+        "per_client_ms": sum(parts.values()) / len(sample) * 1e3,
+    }
 
 
 def unit_costs(config: SecAggConfig, reps: int = 200, which: int = 0) -> dict:
@@ -238,8 +257,9 @@ def unit_costs(config: SecAggConfig, reps: int = 200, which: int = 0) -> dict:
 
     return {
         "sign": per_call(lambda: primitives.sign(identity, message)),
-        "derive_key": per_call(lambda: primitives.derive_key(key, purpose=b"pairwise-mask", round_id=0, id_a=1,
-                                                             id_b=2)),
+        "derive_key": per_call(
+            lambda: primitives.derive_key(key, purpose=b"pairwise-mask", round_id=0, id_a=1, id_b=2)
+        ),
         "seal": per_call(lambda: primitives.seal(key, aead_plain, sender=1, receiver=2, round_id=0)),
         "open_sealed": per_call(lambda: primitives.open_sealed(key, sealed, sender=1, receiver=2, round_id=0)),
         "check_agreement_public_key": per_call(lambda: primitives.check_agreement_public_key(peer)),
@@ -250,10 +270,20 @@ def unit_costs(config: SecAggConfig, reps: int = 200, which: int = 0) -> dict:
 
 # The primitives counted during the round: (module, attribute). masking imported derive_key and
 # expand_mask by name, so its bindings are wrapped too (each call is counted once).
-COUNTED = [(primitives, "verify"), (primitives, "sign"), (primitives, "agree"),
-           (primitives, "check_agreement_public_key"), (primitives, "derive_key"), (masking, "derive_key"),
-           (primitives, "expand_mask"), (masking, "expand_mask"), (primitives, "seal"), (primitives, "open_sealed"),
-           (shamir, "combine"), (shamir, "split_many")]
+COUNTED = [
+    (primitives, "verify"),
+    (primitives, "sign"),
+    (primitives, "agree"),
+    (primitives, "check_agreement_public_key"),
+    (primitives, "derive_key"),
+    (masking, "derive_key"),
+    (primitives, "expand_mask"),
+    (masking, "expand_mask"),
+    (primitives, "seal"),
+    (primitives, "open_sealed"),
+    (shamir, "combine"),
+    (shamir, "split_many"),
+]
 
 
 @contextmanager
@@ -267,6 +297,7 @@ def counting_primitives():
         def counted(*args, **kwargs):
             counts[name] += 1
             return fn(*args, **kwargs)
+
         return counted
 
     for module, name, fn in originals:
@@ -280,8 +311,12 @@ def counting_primitives():
 
 def protocol_crypto(counts: dict[str, int], floor_units_us: dict, units: dict) -> dict:
     """The round's primitive calls (counted) costed at this run's unit times (see the docstring)."""
-    unit = {"verify": floor_units_us["verifications"] * 1e-6, "agree": floor_units_us["agreements"] * 1e-6,
-            "expand_mask": floor_units_us["expansions"] * 1e-6, **units}
+    unit = {
+        "verify": floor_units_us["verifications"] * 1e-6,
+        "agree": floor_units_us["agreements"] * 1e-6,
+        "expand_mask": floor_units_us["expansions"] * 1e-6,
+        **units,
+    }
     cost = {name: count * unit[name] for name, count in counts.items() if count}
     return {"cost_s": cost, "total_s": sum(cost.values())}
 
@@ -306,9 +341,13 @@ def one_round(config: SecAggConfig, identities, *, seed: int, dropout: float, sa
     gc.callbacks.append(on_gc)
     try:
         with counting_primitives() as counts:
-            run = instrumented_round(config, round_id=seed, identities=identities,
-                                     input_for=lambda c: client_input(seed, c, d, config.max_abs),
-                                     drop_at_masked_input=drop)
+            run = instrumented_round(
+                config,
+                round_id=seed,
+                identities=identities,
+                input_for=lambda c: client_input(seed, c, d, config.max_abs),
+                drop_at_masked_input=drop,
+            )
     finally:
         gc.callbacks.remove(on_gc)
     cache_info = cache.cache_info()._asdict() if cache is not None and hasattr(cache, "cache_info") else None
@@ -322,27 +361,45 @@ def one_round(config: SecAggConfig, identities, *, seed: int, dropout: float, sa
     dropped = run["dropped_at_masked_input"]
     crypto = protocol_crypto(counts, floor["unit_us"], units)
     crypto_cpu = protocol_crypto(counts, floor["unit_cpu_us"], units_cpu)
-    stages = {s: {"client_sum_s": sum(v), "client_median_ms": (_median(v) or 0) * 1e3,
-                  "client_max_ms": max(v, default=0) * 1e3, "clients": len(v), "server_s": run["server_s"][s],
-                  "client_sum_cpu_s": run["client_cpu_s"][s], "server_cpu_s": run["server_cpu_s"][s]}
-              for s, v in client_times.items()}
+    stages = {
+        s: {
+            "client_sum_s": sum(v),
+            "client_median_ms": (_median(v) or 0) * 1e3,
+            "client_max_ms": max(v, default=0) * 1e3,
+            "clients": len(v),
+            "server_s": run["server_s"][s],
+            "client_sum_cpu_s": run["client_cpu_s"][s],
+            "server_cpu_s": run["server_cpu_s"][s],
+        }
+        for s, v in client_times.items()
+    }
     return {
-        "seed": seed, "dropout": dropout, "round_s": run["round_s"],
-        "client_total_s": sum(run["client_sum_s"].values()), "server_total_s": sum(run["server_s"].values()),
+        "seed": seed,
+        "dropout": dropout,
+        "round_s": run["round_s"],
+        "client_total_s": sum(run["client_sum_s"].values()),
+        "server_total_s": sum(run["server_s"].values()),
         "wall_s_incl_untimed_input_generation": run["wall_s_incl_untimed_input_generation"],
-        "gc_pause_s": gc_time[0], "gc_collections": gc_time[1],
-        "stages": stages, "bytes_up": run["bytes_up"], "bytes_down": run["bytes_down"],
-        "survivors": run["survivors"], "dropped_at_masked_input": dropped, "gave_up": run["gave_up"],
+        "gc_pause_s": gc_time[0],
+        "gc_collections": gc_time[1],
+        "stages": stages,
+        "bytes_up": run["bytes_up"],
+        "bytes_down": run["bytes_down"],
+        "survivors": run["survivors"],
+        "dropped_at_masked_input": dropped,
+        "gave_up": run["gave_up"],
         "sum_exact": run["sum_exact"],
         "round_cpu_s": run["round_cpu_s"],
-        "floor": floor, "ratio_round_over_floor": run["round_s"] / floor["floor_s"],
+        "floor": floor,
+        "ratio_round_over_floor": run["round_s"] / floor["floor_s"],
         "ratio_round_over_floor_cpu": run["round_cpu_s"] / floor["floor_cpu_s"],
         "unit_costs_us": {name: seconds * 1e6 for name, seconds in units.items()},
         "unit_costs_cpu_us": {name: seconds * 1e6 for name, seconds in units_cpu.items()},
         "primitive_calls": counts,
         "primitive_calls_per_client": {name: count / config.num_clients for name, count in counts.items()},
         "credential_cache": cache_info,
-        "protocol_crypto": crypto, "protocol_crypto_cpu": crypto_cpu,
+        "protocol_crypto": crypto,
+        "protocol_crypto_cpu": crypto_cpu,
         "ratio_round_over_protocol_crypto": run["round_s"] / crypto["total_s"],
         "ratio_round_over_protocol_crypto_cpu": run["round_cpu_s"] / crypto_cpu["total_s"],
     }
@@ -354,18 +411,29 @@ def summarize(rounds: list[dict]) -> dict:
     crypto = _median([r["protocol_crypto"]["total_s"] for r in rounds])
     round_s = med("round_s")
     return {
-        "reps": len(rounds), "round_s": round_s, "round_s_all": [r["round_s"] for r in rounds],
-        "client_total_s": med("client_total_s"), "server_total_s": med("server_total_s"),
-        "floor_s": floor, "floor_s_all": [r["floor"]["floor_s"] for r in rounds],
-        "floor_components_s": {name: _median([r["floor"]["components_s"][name] for r in rounds])
-                               for name in rounds[0]["floor"]["components_s"]},
+        "reps": len(rounds),
+        "round_s": round_s,
+        "round_s_all": [r["round_s"] for r in rounds],
+        "client_total_s": med("client_total_s"),
+        "server_total_s": med("server_total_s"),
+        "floor_s": floor,
+        "floor_s_all": [r["floor"]["floor_s"] for r in rounds],
+        "floor_components_s": {
+            name: _median([r["floor"]["components_s"][name] for r in rounds])
+            for name in rounds[0]["floor"]["components_s"]
+        },
         "ratio_round_over_floor": round_s / floor,
         "ratio_each_rep": [r["ratio_round_over_floor"] for r in rounds],
-        "protocol_crypto_s": crypto, "ratio_round_over_protocol_crypto": round_s / crypto,
+        "protocol_crypto_s": crypto,
+        "ratio_round_over_protocol_crypto": round_s / crypto,
         "protocol_crypto_over_floor": crypto / floor,
-        "stages": {s: {key: _median([r["stages"][s][key] for r in rounds])
-                       for key in ("client_sum_s", "client_median_ms", "server_s", "client_sum_cpu_s", "server_cpu_s")}
-                   for s in STAGES},
+        "stages": {
+            s: {
+                key: _median([r["stages"][s][key] for r in rounds])
+                for key in ("client_sum_s", "client_median_ms", "server_s", "client_sum_cpu_s", "server_cpu_s")
+            }
+            for s in STAGES
+        },
         "round_cpu_s": med("round_cpu_s"),
         "floor_cpu_s": _median([r["floor"]["floor_cpu_s"] for r in rounds]),
         "ratio_round_over_floor_cpu": med("round_cpu_s") / _median([r["floor"]["floor_cpu_s"] for r in rounds]),
@@ -423,14 +491,22 @@ def profile_round(n: int, d: int, seed: int = 900, top: int = 30) -> dict:
     rows.sort(reverse=True)
     by_cum = sorted(((ct, tt, nc, where) for tt, ct, nc, where, f in rows if "mrff_secure" in f), reverse=True)
     return {
-        "n": n, "d": d, "k": config.k, "t": config.t,
-        "profiled_total_s": total, "round_s_under_profile": run["round_s"],
-        "stage_client_sum_s": run["client_sum_s"], "stage_server_s": run["server_s"],
+        "n": n,
+        "d": d,
+        "k": config.k,
+        "t": config.t,
+        "profiled_total_s": total,
+        "round_s_under_profile": run["round_s"],
+        "stage_client_sum_s": run["client_sum_s"],
+        "stage_server_s": run["server_s"],
         "own_time_by_category_s": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
-        "top_own_time": [{"function": w, "own_s": round(tt, 4), "cum_s": round(ct, 4), "calls": nc}
-                         for tt, ct, nc, w, _ in rows[:top]],
-        "top_cumulative_mrff_secure": [{"function": w, "cum_s": round(ct, 4), "own_s": round(tt, 4), "calls": nc}
-                                       for ct, tt, nc, w in by_cum[:top]],
+        "top_own_time": [
+            {"function": w, "own_s": round(tt, 4), "cum_s": round(ct, 4), "calls": nc}
+            for tt, ct, nc, w, _ in rows[:top]
+        ],
+        "top_cumulative_mrff_secure": [
+            {"function": w, "cum_s": round(ct, 4), "own_s": round(tt, 4), "calls": nc} for ct, tt, nc, w in by_cum[:top]
+        ],
         "note": "cProfile adds a per-call overhead, which inflates Python-heavy code relative to OpenSSL calls",
     }
 
@@ -468,38 +544,57 @@ def linear_pieces(n: int, d: int, reps: int = 5) -> dict:
     # name: (function, times per client in a round)
     pieces = {
         "reveal_seed: ParticipantSet.from_bytes": (lambda: ParticipantSet.from_bytes(pset_bytes), 1),
-        "reveal_seed: ids, sortedness, own-entry scan": (lambda: (
-            [a >= b for a, b in zip(pset.client_ids, pset.client_ids[1:])],
-            [e for e in pset.entries if e.client_id == probe]), 1),
+        "reveal_seed: ids, sortedness, own-entry scan": (
+            lambda: (
+                [a >= b for a, b in zip(pset.client_ids, pset.client_ids[1:])],
+                [e for e in pset.entries if e.client_id == probe],
+            ),
+            1,
+        ),
         "share_keys: Neighbourhood.from_bytes (n reveals + k bundles)": (
-            lambda: Neighbourhood.from_bytes(neighbourhood_bytes), 1),
+            lambda: Neighbourhood.from_bytes(neighbourhood_bytes),
+            1,
+        ),
         "share_keys: n graph-seed commitment checks (SHA-256 each)": (check_commitments, 1),
-        "share_keys: bundle-digest dict over n entries": (
-            lambda: {e.client_id: e.bundle_digest for e in entries}, 1),
+        "share_keys: bundle-digest dict over n entries": (lambda: {e.client_id: e.bundle_digest for e in entries}, 1),
         "ParticipantSet.client_ids (tuple of n; reveal_seed, share_keys, consistency_check)": (
-            lambda: pset.client_ids, 3),
+            lambda: pset.client_ids,
+            3,
+        ),
         "share_keys: participants.digest() (re-serializes the whole set)": (pset.digest, 1),
         "share_keys: graph_seed over n reveals": (lambda: graph_seed(ctx, digest, nb.reveals), 1),
         "share_keys: neighbours_of (ring order of n)": (
-            lambda: neighbours_of(seed, pset.client_ids, config.k, probe), 1),
+            lambda: neighbours_of(seed, pset.client_ids, config.k, probe),
+            1,
+        ),
         "consistency_check: SurvivorList.from_bytes (n ids)": (lambda: SurvivorList.from_bytes(survivor_bytes), 1),
         "consistency_check: survivor/participant set checks": (
-            lambda: (set(survivors) - set(pset.client_ids), set(survivors) & set(neighbours)), 1),
+            lambda: (set(survivors) - set(pset.client_ids), set(survivors) & set(neighbours)),
+            1,
+        ),
         "consistency_payload (n ids serialized; client at consistency_check and unmask, server per signature)": (
-            lambda: consistency_payload(ctx, seed, survivors), 3),
+            lambda: consistency_payload(ctx, seed, survivors),
+            3,
+        ),
     }
     measured = {name: (_best_of(fn, reps), times) for name, (fn, times) in pieces.items()}
     per_client_wall = sum(w * times for (w, _), times in measured.values())
     per_client_cpu = sum(c * times for (_, c), times in measured.values())
     return {
-        "n": n, "k": config.k,
+        "n": n,
+        "k": config.k,
         "per_call_ms": {name: round(w * 1e3, 3) for name, ((w, _), _) in measured.items()},
         "per_call_cpu_ms": {name: round(c * 1e3, 3) for name, ((_, c), _) in measured.items()},
         "calls_per_client": {name: times for name, (_, times) in measured.items()},
-        "per_client_ms": per_client_wall * 1e3, "per_client_cpu_ms": per_client_cpu * 1e3,
-        "round_s (x n)": per_client_wall * n, "round_cpu_s (x n)": per_client_cpu * n,
-        "bytes": {"participant_set": len(pset_bytes), "neighbourhood": len(neighbourhood_bytes),
-                  "survivor_list": len(survivor_bytes)},
+        "per_client_ms": per_client_wall * 1e3,
+        "per_client_cpu_ms": per_client_cpu * 1e3,
+        "round_s (x n)": per_client_wall * n,
+        "round_cpu_s (x n)": per_client_cpu * n,
+        "bytes": {
+            "participant_set": len(pset_bytes),
+            "neighbourhood": len(neighbourhood_bytes),
+            "survivor_list": len(survivor_bytes),
+        },
     }
 
 
@@ -522,19 +617,24 @@ def vector_pieces(config: SecAggConfig, reps: int = 5) -> dict:
 
     pieces = {  # name: (function, calls per client)
         "client: to_ring + astype to the word dtype": (
-            lambda: to_ring(x, bits, max_abs=config.max_abs).astype(primitives.word_dtype(bits)), 1),
+            lambda: to_ring(x, bits, max_abs=config.max_abs).astype(primitives.word_dtype(bits)),
+            1,
+        ),
         "client: k + 1 in-place mask additions + reduce": (adds, 1),
         "client: packing.pack to b bits": (lambda: packing.pack(ring, bits), 1),
         "client: MaskedInput.to_bytes": (message.to_bytes, 1),
         "server: MaskedInput.from_bytes": (lambda: MaskedInput.from_bytes(data), 1),
         "server: packing.unpack + astype": (
-            lambda: packing.unpack(packed, bits, d).astype(primitives.word_dtype(bits)), 1),
+            lambda: packing.unpack(packed, bits, d).astype(primitives.word_dtype(bits)),
+            1,
+        ),
         "server: add to the running sum": (lambda: total.__iadd__(ring), 1),
     }
     measured = {name: (_best_of(fn, reps), times) for name, (fn, times) in pieces.items()}
     per_client_cpu = sum(c * times for (_, c), times in measured.values())
     return {
-        "d": d, "modulus_bits": bits,
+        "d": d,
+        "modulus_bits": bits,
         "per_call_ms": {name: round(w * 1e3, 3) for name, ((w, _), _) in measured.items()},
         "per_call_cpu_ms": {name: round(c * 1e3, 3) for name, ((_, c), _) in measured.items()},
         "per_client_cpu_ms": per_client_cpu * 1e3,
@@ -570,27 +670,38 @@ def findings(report: dict) -> dict:
             f"{verifies * verify_us * 1e-6:.1f} s CPU. Per client: k bundle signatures at share_keys and up to k "
             "consistency signatures at unmask; the server: each bundle (credential and signature) and each "
             "consistency signature. The floor's k verifications are "
-            f"{summary['floor_components_s']['verifications'] / summary['floor_s']:.0%} of its wall time."),
+            f"{summary['floor_components_s']['verifications'] / summary['floor_s']:.0%} of its wall time."
+        ),
         "1a_credential_cache": (
-            ("the library caches verified credentials process-wide (secagg.identity._verified, lru_cache; "
-             f"after this run's round: {cache}). In this single-process simulation the server's admission check "
-             "fills it for all clients, so no client pays for a neighbour's credential: the measured round is "
-             "optimistic there. In a deployment each client caches the peers it has met; with a fresh random graph "
-             f"every round most of its k neighbours are new for many rounds: up to n*k = {n * k} more verifications, "
-             f"~{cold_credentials:.1f} s CPU per round summed over clients (estimate), ~{k * verify_us / 1e3:.1f} ms "
-             "per client.") if cache is not None else (
-             f"credentials are verified every session: caching verified credentials across rounds would save up to "
-             f"k+1 = {k + 1} verifications per client per round, ~{n * (k + 1) * verify_us * 1e-6:.1f} s CPU per "
-             "round (estimate)")),
+            (
+                "the library caches verified credentials process-wide (secagg.identity._verified, lru_cache; "
+                f"after this run's round: {cache}). In this single-process simulation the server's admission check "
+                "fills it for all clients, so no client pays for a neighbour's credential: the measured round is "
+                "optimistic there. In a deployment each client caches the peers it has met; with a fresh random graph "
+                f"every round most of its k neighbours are new for many rounds: up to n*k = {n * k} more verifications, "
+                f"~{cold_credentials:.1f} s CPU per round summed over clients (estimate), ~{k * verify_us / 1e3:.1f} ms "
+                "per client."
+            )
+            if cache is not None
+            else (
+                f"credentials are verified every session: caching verified credentials across rounds would save up to "
+                f"k+1 = {k + 1} verifications per client per round, ~{n * (k + 1) * verify_us * 1e-6:.1f} s CPU per "
+                "round (estimate)"
+            )
+        ),
         "1b_suggestion_stop_at_t_consistency_signatures": (
             f"at unmask, stop verifying once t = {t} neighbours' consistency signatures verified (the rule is >= t "
             f"signers), instead of all (up to k = {k}): ~{stop_at_t:.1f} s CPU per round (estimate); a bad extra "
-            "signature would then be ignored rather than abort the client (a policy choice)."),
+            "signature would then be ignored rather than abort the client (a policy choice)."
+        ),
         "2_o_n_per_client_work": (
             f"{linear['per_client_cpu_ms']:.1f} ms CPU per client of pure-Python work that grows with n "
             f"({linear_total:.1f} s CPU per round at n = {n}, O(n^2) in one process): "
-            + "; ".join(f"{name} {ms:.2f} ms x{linear['calls_per_client'][name]}"
-                        for name, ms in sorted(linear["per_call_cpu_ms"].items(), key=lambda kv: -kv[1]))),
+            + "; ".join(
+                f"{name} {ms:.2f} ms x{linear['calls_per_client'][name]}"
+                for name, ms in sorted(linear["per_call_cpu_ms"].items(), key=lambda kv: -kv[1])
+            )
+        ),
         "2_suggestions": [
             "decode fixed-width lists without a Python object per item: ParticipantSet entries (68 bytes), "
             "Neighbourhood reveals (32 bytes) and id lists (u32) with one np.frombuffer / memoryview slicing "
@@ -608,20 +719,25 @@ def findings(report: dict) -> dict:
         ],
         "3_o_d_vector_work": (
             f"{vector['per_client_cpu_ms']:.1f} ms CPU per client: "
-            + "; ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(vector["per_call_cpu_ms"].items(),
-                                                                      key=lambda kv: -kv[1]))
-            + "; packing.pack works in uint64 with reduceat: a uint32 path for b <= 32 would cut it"),
-        "4_gc": (f"{acc['gc_pause_s (inside the above)']:.1f} s of garbage-collector pauses per round "
-                 f"({_median([r['gc_collections'] for r in rounds])} collections over {n} live sessions): "
-                 "gc.freeze() after building the sessions, or a larger gen-0 threshold, in the in-memory driver "
-                 "and the simulation"),
-        "projected_ratio_cpu_if_1b_2_4_done (estimate: round - 1b - 90% of 2 - GC pauses, over the floor)":
-            projected / floor,
+            + "; ".join(
+                f"{name} {ms:.2f} ms" for name, ms in sorted(vector["per_call_cpu_ms"].items(), key=lambda kv: -kv[1])
+            )
+            + "; packing.pack works in uint64 with reduceat: a uint32 path for b <= 32 would cut it"
+        ),
+        "4_gc": (
+            f"{acc['gc_pause_s (inside the above)']:.1f} s of garbage-collector pauses per round "
+            f"({_median([r['gc_collections'] for r in rounds])} collections over {n} live sessions): "
+            "gc.freeze() after building the sessions, or a larger gen-0 threshold, in the in-memory driver "
+            "and the simulation"
+        ),
+        "projected_ratio_cpu_if_1b_2_4_done (estimate: round - 1b - 90% of 2 - GC pauses, over the floor)": projected
+        / floor,
         "remaining_gap_note": (
             "even with the crypto the round makes and nothing else, it would be "
             f"{summary['protocol_crypto_cpu_s'] / floor:.1f}x the floor (CPU): the consistency signatures, k more "
             "agreements (share encryption), the self mask and the server's checks are the price of the design, "
-            "not of the code"),
+            "not of the code"
+        ),
     }
 
 
@@ -634,10 +750,14 @@ def accounting(report: dict) -> dict:
     crypto_cpu = summary["protocol_crypto_cpu_s"]
     linear = report["linear_per_client_pieces"]["round_cpu_s (x n)"]
     vector = report["vector_pieces"]["round_cpu_s (x n)"]
-    crypto_parts = {name: _median([r["protocol_crypto_cpu"]["cost_s"].get(name, 0.0) for r in rounds])
-                    for name in rounds[0]["protocol_crypto_cpu"]["cost_s"]}
-    calls = {name: _median([r["primitive_calls_per_client"][name] for r in rounds])
-             for name in rounds[0]["primitive_calls_per_client"]}
+    crypto_parts = {
+        name: _median([r["protocol_crypto_cpu"]["cost_s"].get(name, 0.0) for r in rounds])
+        for name in rounds[0]["protocol_crypto_cpu"]["cost_s"]
+    }
+    calls = {
+        name: _median([r["primitive_calls_per_client"][name] for r in rounds])
+        for name in rounds[0]["primitive_calls_per_client"]
+    }
     rest = round_cpu - crypto_cpu - linear - vector
     return {
         "round_cpu_s": round_cpu,
@@ -649,12 +769,16 @@ def accounting(report: dict) -> dict:
         "o_d_vector_work_cpu_s (to_ring, mask additions, pack/unpack, masked-input bytes; vector_pieces x n)": vector,
         "rest_cpu_s (other message encoding/decoding, Shamir split, stage checks, session objects, GC)": rest,
         "gc_pause_s (inside the above)": summary["gc_pause_s"],
-        "shares_of_round": {"floor": floor_cpu / round_cpu, "crypto beyond floor": (crypto_cpu - floor_cpu) / round_cpu,
-                            "O(n) per-client pieces": linear / round_cpu, "O(d) vector work": vector / round_cpu,
-                            "rest": rest / round_cpu},
+        "shares_of_round": {
+            "floor": floor_cpu / round_cpu,
+            "crypto beyond floor": (crypto_cpu - floor_cpu) / round_cpu,
+            "O(n) per-client pieces": linear / round_cpu,
+            "O(d) vector work": vector / round_cpu,
+            "rest": rest / round_cpu,
+        },
         "round_without_o_n_pieces_over_floor": (round_cpu - linear) / floor_cpu,
         "note": "CPU time of this process (process_time); protocol crypto costed at unit times measured in the "
-                "same run; the O(n) pieces at full n on one client (median of 5), times n",
+        "same run; the O(n) pieces at full n on one client (median of 5), times n",
     }
 
 
@@ -666,19 +790,27 @@ def headline(report: dict) -> dict:
             continue
         sm = report[label]["summary"]
         out[label] = {
-            "d": report[label]["d"], "reps": sm["reps"], "round_s": round(sm["round_s"], 2),
-            "client_total_s": round(sm["client_total_s"], 2), "server_total_s": round(sm["server_total_s"], 2),
-            "floor_s": round(sm["floor_s"], 2), "ratio": round(sm["ratio_round_over_floor"], 2),
-            "round_cpu_s": round(sm["round_cpu_s"], 2), "floor_cpu_s": round(sm["floor_cpu_s"], 2),
+            "d": report[label]["d"],
+            "reps": sm["reps"],
+            "round_s": round(sm["round_s"], 2),
+            "client_total_s": round(sm["client_total_s"], 2),
+            "server_total_s": round(sm["server_total_s"], 2),
+            "floor_s": round(sm["floor_s"], 2),
+            "ratio": round(sm["ratio_round_over_floor"], 2),
+            "round_cpu_s": round(sm["round_cpu_s"], 2),
+            "floor_cpu_s": round(sm["floor_cpu_s"], 2),
             "ratio_cpu": round(sm["ratio_round_over_floor_cpu"], 2),
             "target_le_2x_met": sm["target_round_le_2x_floor_met"],
-            "stages_client_sum_s / server_s": {s: [round(v["client_sum_s"], 2), round(v["server_s"], 2)]
-                                               for s, v in sm["stages"].items()},
+            "stages_client_sum_s / server_s": {
+                s: [round(v["client_sum_s"], 2), round(v["server_s"], 2)] for s, v in sm["stages"].items()
+            },
         }
-    out["note"] = ("round_s = sum over clients of client time + server time, every message serialized and parsed; "
-                   "floor = k X25519 agreements + k mask expansions of d values + k Ed25519 verifications per client, "
-                   f"measured on {FLOOR_SAMPLE} sampled clients in the same process and scaled to n; medians over reps; "
-                   "shared noisy 2-core machine")
+    out["note"] = (
+        "round_s = sum over clients of client time + server time, every message serialized and parsed; "
+        "floor = k X25519 agreements + k mask expansions of d values + k Ed25519 verifications per client, "
+        f"measured on {FLOOR_SAMPLE} sampled clients in the same process and scaled to n; medians over reps; "
+        "shared noisy 2-core machine"
+    )
     return out
 
 
@@ -687,13 +819,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/secagg_round.json"))
     parser.add_argument("--n", type=int, default=N_KUAISAR_R)
     parser.add_argument("--d", type=int, default=None, help="default: the padded length (d_check or 131,072)")
-    parser.add_argument("--raw-d-reps", type=int, default=1,
-                        help="reps of the same round at the raw (unpadded) length (0: skip)")
+    parser.add_argument(
+        "--raw-d-reps", type=int, default=1, help="reps of the same round at the raw (unpadded) length (0: skip)"
+    )
     parser.add_argument("--no-check-d", action="store_true", help="do not re-derive d from the dataset")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--dropout-reps", type=int, default=1, help="reps of the 10%%-dropout round (0: skip)")
-    parser.add_argument("--profile-n", type=str, default="300,1791",
-                        help="comma-separated n of the profiled rounds ('' or 0: none)")
+    parser.add_argument(
+        "--profile-n", type=str, default="300,1791", help="comma-separated n of the profiled rounds ('' or 0: none)"
+    )
     parser.add_argument("--quick", action="store_true", help="n=120, d=5000, one rep of each: a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -711,32 +845,57 @@ def main() -> None:
         args.d = d_padded
     if args.quick:
         d_raw = 3000
-    report["sizes"] = {"raw_update_vector_length": d_raw, "padded_length (benchmarked as the real round)": args.d,
-                       "from_dataset": bool(report.get("d_check", {}).get("checked"))}
+    report["sizes"] = {
+        "raw_update_vector_length": d_raw,
+        "padded_length (benchmarked as the real round)": args.d,
+        "from_dataset": bool(report.get("d_check", {}).get("checked")),
+    }
     config = make_config(args.n, args.d)
-    report["config"] = {"n": config.num_clients, "d": config.vector_length, "max_abs": config.max_abs,
-                        "modulus_bits": config.bits, "k": config.k, "t": config.t,
-                        "word_dtype": str(primitives.word_dtype(config.bits))}
+    report["config"] = {
+        "n": config.num_clients,
+        "d": config.vector_length,
+        "max_abs": config.max_abs,
+        "modulus_bits": config.bits,
+        "k": config.k,
+        "t": config.t,
+        "word_dtype": str(primitives.word_dtype(config.bits)),
+    }
     print(json.dumps(report["config"]), flush=True)
 
     start = time.perf_counter()
     identities = make_identities(list(range(config.num_clients)))
     report["enrolment_s"] = time.perf_counter() - start  # keys + credentials: once per deployment, not per round
-    sample = sorted(np.random.default_rng(7).choice(config.num_clients, min(FLOOR_SAMPLE, config.num_clients),
-                                                    replace=False).tolist())
+    sample = sorted(
+        np.random.default_rng(7)
+        .choice(config.num_clients, min(FLOOR_SAMPLE, config.num_clients), replace=False)
+        .tolist()
+    )
 
     def run(label: str, dropout: float, reps: int, cfg: SecAggConfig = config) -> None:
         rounds = []
         for rep in range(reps):
             result = one_round(cfg, identities, seed=rep + (100 if dropout else 0), dropout=dropout, sample=sample)
             rounds.append(result)
-            print(json.dumps({"label": label, "rep": rep, "round_s": result["round_s"],
-                              "floor_s": result["floor"]["floor_s"], "ratio": result["ratio_round_over_floor"],
-                              "round_cpu_s": result["round_cpu_s"], "floor_cpu_s": result["floor"]["floor_cpu_s"],
-                              "ratio_cpu": result["ratio_round_over_floor_cpu"],
-                              "protocol_crypto_s": result["protocol_crypto"]["total_s"],
-                              "stages": {s: (round(v["client_sum_s"], 2), round(v["server_s"], 2))
-                                         for s, v in result["stages"].items()}}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "label": label,
+                        "rep": rep,
+                        "round_s": result["round_s"],
+                        "floor_s": result["floor"]["floor_s"],
+                        "ratio": result["ratio_round_over_floor"],
+                        "round_cpu_s": result["round_cpu_s"],
+                        "floor_cpu_s": result["floor"]["floor_cpu_s"],
+                        "ratio_cpu": result["ratio_round_over_floor_cpu"],
+                        "protocol_crypto_s": result["protocol_crypto"]["total_s"],
+                        "stages": {
+                            s: (round(v["client_sum_s"], 2), round(v["server_s"], 2))
+                            for s, v in result["stages"].items()
+                        },
+                    }
+                ),
+                flush=True,
+            )
             gc.collect()
         report[label] = {"d": cfg.vector_length, "summary": summarize(rounds), "rounds": rounds}
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,16 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = [("sasrec", True), ("sasrec", False), ("hstu", True), ("hstu", False), ("llama", True), ("llama", False),
-           ("ncf", False), ("pa", False)]
+CONFIGS = [
+    ("sasrec", True),
+    ("sasrec", False),
+    ("hstu", True),
+    ("hstu", False),
+    ("llama", True),
+    ("llama", False),
+    ("ncf", False),
+    ("pa", False),
+]
 PAPER_TEST_SECONDS = {"sasrec": 0.0614, "hstu": 0.0726, "llama": 0.0503}  # Table 3, per client model
 PAPER_PARAMETERS = {"sasrec": 52_720, "hstu": 62_530, "llama": 57_830}
 PUBLIC_CODE = {"train_round_seconds": "68-96", "eval_pass_seconds": "about 60", "peak_memory_mib": 630}
@@ -44,7 +52,7 @@ def matmul_gflops(threads: int, size: int = 1024, repeats: int = 20) -> float:
         start = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / statistics.median(times) / 1e9
+    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 def round_gflop(sim, data, clients: int = 16) -> float:
@@ -85,10 +93,13 @@ def round_phases(sim, data, top: int = 12) -> dict:
     shard.plain_sum(None)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    return {"local_training_seconds_median": round(statistics.median(train), 4),
-            "update_sum_seconds_median": round(statistics.median(summing), 4),
-            "profiled_training_top_ops": [{"op": e.key, "self_share": round(e.self_cpu_time_total / total, 4),
-                                           "calls": e.count} for e in events[:top]]}
+    return {
+        "local_training_seconds_median": round(statistics.median(train), 4),
+        "update_sum_seconds_median": round(statistics.median(summing), 4),
+        "profiled_training_top_ops": [
+            {"op": e.key, "self_share": round(e.self_cpu_time_total / total, 4), "calls": e.count} for e in events[:top]
+        ],
+    }
 
 
 def measure_one(backbone: str, mrff: bool, repeats: int, chunk_size: int, data_dir: Path) -> dict:
@@ -98,8 +109,9 @@ def measure_one(backbone: str, mrff: bool, repeats: int, chunk_size: int, data_d
     from mrff_secure.federation.simulation import FederatedSimulation
 
     data = load_kuaisar_r(data_dir)
-    sim = FederatedSimulation(data, ModelConfig(backbone=backbone, mrff=mrff),
-                              FederationConfig(rounds=repeats + 1, chunk_size=chunk_size))
+    sim = FederatedSimulation(
+        data, ModelConfig(backbone=backbone, mrff=mrff), FederationConfig(rounds=repeats + 1, chunk_size=chunk_size)
+    )
     gflop = round_gflop(sim, data)
     sim.train_round()  # warm-up
     sim.evaluate("val")
@@ -142,10 +154,25 @@ def main() -> int:
     results = {}
     for backbone, mrff in CONFIGS:
         name = f"{backbone}{' w/ MRFF' if mrff else ''}"
-        proc = subprocess.run([sys.executable, __file__, "--one", backbone, "1" if mrff else "0", "--repeats",
-                               str(args.repeats), "--chunk-size", str(args.chunk_size), "--data-dir", str(args.data_dir)],
-                              capture_output=True, text=True, check=False,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                backbone,
+                "1" if mrff else "0",
+                "--repeats",
+                str(args.repeats),
+                "--chunk-size",
+                str(args.chunk_size),
+                "--data-dir",
+                str(args.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+        )
         if proc.returncode:
             raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -162,23 +189,39 @@ def main() -> int:
             entry["paper_test_seconds_per_client_model"] = PAPER_TEST_SECONDS[backbone]
     mrff = results["sasrec w/ MRFF"]
     report = {
-        "benchmark": "sim_speed", "dataset": "KuaiSAR-R", "clients": 1791,
-        "machine": {"cpus": os.cpu_count(), "torch_threads": threads, "python": sys.version.split()[0],
-                    "torch": torch.__version__, "platform": platform.platform(),
-                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
-        "matmul_gflops_measured": round(rate, 1), "matmul_gflops_before_after": [round(rate_before, 1), round(rate_after, 1)],
-        "chunk_size": args.chunk_size, "repeats": args.repeats, "results": results,
+        "benchmark": "sim_speed",
+        "dataset": "KuaiSAR-R",
+        "clients": 1791,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": threads,
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
+        "matmul_gflops_measured": round(rate, 1),
+        "matmul_gflops_before_after": [round(rate_before, 1), round(rate_after, 1)],
+        "chunk_size": args.chunk_size,
+        "repeats": args.repeats,
+        "results": results,
         "public_code": PUBLIC_CODE,
         "targets": {
-            "mrff_sasrec_round_le_2x_floor": {"measured_seconds": mrff["train_round_seconds_median"],
-                                              "floor_seconds": mrff["floor_seconds"],
-                                              "ratio": mrff["round_over_floor"], "met": mrff["round_over_floor"] <= 2.0},
-            "eval_pass_le_0.25s": {"measured": mrff["eval_pass_seconds_median"],
-                                   "met": mrff["eval_pass_seconds_median"] <= 0.25},
+            "mrff_sasrec_round_le_2x_floor": {
+                "measured_seconds": mrff["train_round_seconds_median"],
+                "floor_seconds": mrff["floor_seconds"],
+                "ratio": mrff["round_over_floor"],
+                "met": mrff["round_over_floor"] <= 2.0,
+            },
+            "eval_pass_le_0.25s": {
+                "measured": mrff["eval_pass_seconds_median"],
+                "met": mrff["eval_pass_seconds_median"] <= 0.25,
+            },
         },
         "note": "parameters.per_client_active counts one group FFN (or adapter) per block: what one client's forward "
-                "uses, comparable with the paper's Table 3; parameters.total holds every group's. inference_ms_per_user "
-                "is the vectorized evaluation pass divided by the users, not the paper's per-model test time.",
+        "uses, comparable with the paper's Table 3; parameters.total holds every group's. inference_ms_per_user "
+        "is the vectorized evaluation pass divided by the users, not the paper's per-model test time.",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -38,19 +38,53 @@ LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 PAPER_AUC = (0.7070, 0.7039, 0.7037, 0.7037, 0.7038, 0.7037)
 PAPER_LOGLOSS = (0.6583, 0.6552, 0.6733, 0.6653, 0.6622, 0.6690)
 PAPER_ROUNDS = 500
-AUC_NOTE = ("one held-out item per user: 1,791 test labels, AUC standard error about 0.014; differences below "
-            "that are within noise")
+AUC_NOTE = (
+    "one held-out item per user: 1,791 test labels, AUC standard error about 0.014; differences below "
+    "that are within noise"
+)
 
 
 def run_name(mode: str, z: float, rounds: int) -> str:
     return f"{mode}-z{z:g}-r{rounds}"
 
 
-def run_args(mode: str, z: float, rounds: int, clip: float, data_dir: Path, out: Path, eval_every: int,
-             mechanism: str, noise_sampling: str) -> list[str]:
-    args = [sys.executable, "-m", "mrff_secure.app.cli", "train", "--dataset", "kuaisar-r", "--data-dir", str(data_dir),
-            "--rounds", str(rounds), "--seed", "0", "--run-dir", str(out), "--no-progress", "--eval-every", str(eval_every),
-            "--dp", mode, "--clip", repr(clip), "--noise-multiplier", repr(z), "--clip-from-private-data"]
+def run_args(
+    mode: str,
+    z: float,
+    rounds: int,
+    clip: float,
+    data_dir: Path,
+    out: Path,
+    eval_every: int,
+    mechanism: str,
+    noise_sampling: str,
+) -> list[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "mrff_secure.app.cli",
+        "train",
+        "--dataset",
+        "kuaisar-r",
+        "--data-dir",
+        str(data_dir),
+        "--rounds",
+        str(rounds),
+        "--seed",
+        "0",
+        "--run-dir",
+        str(out),
+        "--no-progress",
+        "--eval-every",
+        str(eval_every),
+        "--dp",
+        mode,
+        "--clip",
+        repr(clip),
+        "--noise-multiplier",
+        repr(z),
+        "--clip-from-private-data",
+    ]
     if mode == "distributed":
         args += ["--secure-aggregation", "on", "--mechanism", mechanism, "--noise-sampling", noise_sampling]
     return args
@@ -71,7 +105,7 @@ def measure_norms(data_dir: Path, rounds: int) -> dict:
     sim = None
 
     def tap(vectors, round_index, client_rows):
-        head = vectors[:, :sim.layout.delta_size].to(torch.float64)
+        head = vectors[:, : sim.layout.delta_size].to(torch.float64)
         norms.setdefault(round_index, []).append(torch.linalg.vector_norm(head, dim=1).numpy())
         return vectors
 
@@ -83,8 +117,12 @@ def measure_norms(data_dir: Path, rounds: int) -> dict:
         values = np.concatenate(parts)
         per_round[str(r)] = {f"q{int(q * 100)}": float(np.quantile(values, q)) for q in (0, 0.1, 0.5, 0.9, 1.0)}
     pooled = np.concatenate([np.concatenate(p) for p in norms.values()])
-    return {"rounds_measured": rounds, "per_round": per_round, "median_all": float(np.median(pooled)),
-            "delta_size": sim.layout.delta_size}
+    return {
+        "rounds_measured": rounds,
+        "per_round": per_round,
+        "median_all": float(np.median(pooled)),
+        "delta_size": sim.layout.delta_size,
+    }
 
 
 def collect(path: Path, rounds: int, mode: str, z: float, clip: float) -> dict | None:
@@ -95,8 +133,14 @@ def collect(path: Path, rounds: int, mode: str, z: float, clip: float) -> dict |
     summary = json.loads(summary_path.read_text())
     evaluation = json.loads(evaluation_path.read_text())
     privacy = summary.get("privacy", {})
-    if (summary.get("rounds") != rounds or "test_auc" not in evaluation or privacy.get("mode") != mode
-            or privacy.get("noise_multiplier") != z or privacy.get("clip") != clip or "release" not in privacy):
+    if (
+        summary.get("rounds") != rounds
+        or "test_auc" not in evaluation
+        or privacy.get("mode") != mode
+        or privacy.get("noise_multiplier") != z
+        or privacy.get("clip") != clip
+        or "release" not in privacy
+    ):
         return None
     return {**summary, **evaluation}
 
@@ -135,16 +179,26 @@ def epsilon_at(privacy: dict, rounds: int) -> dict:
 def level_row(summary: dict, level: int, rounds: int) -> dict:
     p = summary["privacy"]
     row = {
-        "z": p["noise_multiplier"], "noise_std": p["noise_std"], "rounds": rounds,
-        "test_auc": summary["test_auc"], "test_auc_ci95": summary["test_auc_ci95"],
-        "test_logloss": summary["test_logloss"], "best_round": summary["best_round"], "val_auc": summary["val_auc"],
-        "paper_auc": PAPER_AUC[level], "paper_logloss": PAPER_LOGLOSS[level],
+        "z": p["noise_multiplier"],
+        "noise_std": p["noise_std"],
+        "rounds": rounds,
+        "test_auc": summary["test_auc"],
+        "test_auc_ci95": summary["test_auc_ci95"],
+        "test_logloss": summary["test_logloss"],
+        "best_round": summary["best_round"],
+        "val_auc": summary["val_auc"],
+        "paper_auc": PAPER_AUC[level],
+        "paper_logloss": PAPER_LOGLOSS[level],
         "auc_met": summary["test_auc"] >= PAPER_AUC[level],
         "auc_gap": summary["test_auc"] - PAPER_AUC[level],
         "logloss_met": summary["test_logloss"] <= PAPER_LOGLOSS[level],
-        "delta": p["delta"], "accounted_noise_multiplier": p["accounted_noise_multiplier"],
-        "private": p["private"], "adjacency": p["adjacency"], "mechanism": p["mechanism"],
-        "epsilon_all_rounds": p["epsilon"], "epsilon_bound": p["epsilon_bound"],
+        "delta": p["delta"],
+        "accounted_noise_multiplier": p["accounted_noise_multiplier"],
+        "private": p["private"],
+        "adjacency": p["adjacency"],
+        "mechanism": p["mechanism"],
+        "epsilon_all_rounds": p["epsilon"],
+        "epsilon_bound": p["epsilon_bound"],
         "epsilon_per_round": p["epsilon_per_round"],
         "gaussian_limit_all_rounds": p["gaussian_limit"],
         f"epsilon_at_{PAPER_ROUNDS}_rounds": epsilon_at(p, PAPER_ROUNDS),
@@ -178,22 +232,37 @@ def best_within(path: Path, rounds: int) -> dict | None:
     if not rows:
         return None
     best = max(rows, key=lambda r: r["val_auc"])  # the first maximum, as run_training picks it
-    return {"rounds": rounds, "best_round": best["round"], "test_auc": best["test_auc"],
-            "test_logloss": best["test_logloss"]}
+    return {
+        "rounds": rounds,
+        "best_round": best["round"],
+        "test_auc": best["test_auc"],
+        "test_logloss": best["test_logloss"],
+    }
 
 
 def superseded_rows(previous: dict) -> dict | None:
     """The AUCs and epsilons of a results file written before issue 9 (seed-derived noise, old accounting)."""
-    rows = {mode: [r for r in table if "epsilon_prv_all_rounds" in r]
-            for mode, table in (previous.get("table") or {}).items()}
+    rows = {
+        mode: [r for r in table if "epsilon_prv_all_rounds" in r]
+        for mode, table in (previous.get("table") or {}).items()
+    }
     if not any(rows.values()):
         return None
-    keep = ("z", "rounds", "test_auc", "test_logloss", "epsilon_prv_all_rounds", "epsilon_rdp_all_rounds",
-            "epsilon_discrete_all_rounds", "epsilon_prv_per_upload", "seconds_per_round")
+    keep = (
+        "z",
+        "rounds",
+        "test_auc",
+        "test_logloss",
+        "epsilon_prv_all_rounds",
+        "epsilon_rdp_all_rounds",
+        "epsilon_discrete_all_rounds",
+        "epsilon_prv_per_upload",
+        "seconds_per_round",
+    )
     return {
         "note": "results before issue 9 (commit af3c2e5): DP noise drawn from the run seed (regenerable: not "
-                "private), local noise a float Gaussian, add/remove adjacency in local mode, the Gaussian limit as "
-                "the headline, phase-2 uploads carrying the one-hots. Kept for comparison only; no epsilon here holds.",
+        "private), local noise a float Gaussian, add/remove adjacency in local mode, the Gaussian limit as "
+        "the headline, phase-2 uploads carrying the one-hots. Kept for comparison only; no epsilon here holds.",
         "rounds": previous.get("rounds"),
         "table": {mode: [{k: r.get(k) for k in keep if k in r} for r in table] for mode, table in rows.items()},
     }
@@ -222,13 +291,19 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "table2_kuaisar_r.json")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--nice", type=int, default=10)
-    parser.add_argument("--rounds-reason", default="CPU was shared with other engineers' work",
-                        help="why the rounds are below the paper's 500 (written into the JSON)")
+    parser.add_argument(
+        "--rounds-reason",
+        default="CPU was shared with other engineers' work",
+        help="why the rounds are below the paper's 500 (written into the JSON)",
+    )
     args = parser.parse_args()
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     superseded = previous.get("superseded") or superseded_rows(previous)
     if args.measure_norms:
-        previous["clip_choice"] = {**previous.get("clip_choice", {}), "measured": measure_norms(args.data_dir, args.norm_rounds)}
+        previous["clip_choice"] = {
+            **previous.get("clip_choice", {}),
+            "measured": measure_norms(args.data_dir, args.norm_rounds),
+        }
         write(args.out, previous)
         print(json.dumps(previous["clip_choice"], indent=2))
         return 0
@@ -240,8 +315,13 @@ def main() -> int:
         args.clip = float(round(measured["median_all"]))
     rounds = {"local": args.rounds, "distributed": args.rounds_distributed or args.rounds}
     started = time.time()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
-           "MPLBACKEND": "Agg"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "MPLBACKEND": "Agg",
+    }
     jobs = [(mode, z) for mode in args.modes for z in args.levels]
     done: dict[tuple[str, float], dict] = {}
 
@@ -262,76 +342,101 @@ def main() -> int:
                 row["seconds_per_round"] = round_seconds(path_of(mode, z))
                 if mode == "local" and rounds["distributed"] < rounds["local"]:
                     # the same run cut at the distributed runs' length, for a like-for-like comparison
-                    row[f"within_first_{rounds['distributed']}_rounds"] = best_within(path_of(mode, z),
-                                                                                      rounds["distributed"])
+                    row[f"within_first_{rounds['distributed']}_rounds"] = best_within(
+                        path_of(mode, z), rounds["distributed"]
+                    )
                 rows.append(row)
             table[mode] = rows
         finished = [r for rows in table.values() for r in rows if "test_auc" in r]
         return {
-            "benchmark": "table2", "dataset": "KuaiSAR-R", "method": "FedSASRec w/ MRFF",
+            "benchmark": "table2",
+            "dataset": "KuaiSAR-R",
+            "method": "FedSASRec w/ MRFF",
             "setup": "paper's reference setup: Adam lr 0.1 fresh each round, one local step, all 1,791 clients per "
-                     "round, dropout 0.5, 2 blocks, 1 head, 4 groups, alpha 0.1, seed 0, test metric at the "
-                     f"best-validation round (validation every {args.eval_every} round(s) and at the last)",
-            "rounds": rounds, "paper_rounds": PAPER_ROUNDS,
-            "rounds_note": (f"reduced rounds ({rounds['local']} local, {rounds['distributed']} distributed) because "
-                            f"{args.rounds_reason}; the full {PAPER_ROUNDS}-round runs are left for later. Epsilons "
-                            f"are given for the rounds run and, for reference, for {PAPER_ROUNDS} rounds."),
+            "round, dropout 0.5, 2 blocks, 1 head, 4 groups, alpha 0.1, seed 0, test metric at the "
+            f"best-validation round (validation every {args.eval_every} round(s) and at the last)",
+            "rounds": rounds,
+            "paper_rounds": PAPER_ROUNDS,
+            "rounds_note": (
+                f"reduced rounds ({rounds['local']} local, {rounds['distributed']} distributed) because "
+                f"{args.rounds_reason}; the full {PAPER_ROUNDS}-round runs are left for later. Epsilons "
+                f"are given for the rounds run and, for reference, for {PAPER_ROUNDS} rounds."
+            ),
             **({"superseded": superseded} if superseded else {}),
             "clip": args.clip,
-            "clip_choice": {**previous.get("clip_choice", {}),
-                            "chosen": args.clip,
-                            "why": "C = the median unclipped delta-part norm of the first plain rounds, rounded. Adam's "
-                                   "first step moves every coordinate with a nonzero gradient by about lr = 0.1, so a "
-                                   "client's norm is about 0.1 * sqrt(#coordinates touched) and the distribution is "
-                                   "narrow (see measured): a C near the median keeps the update's size (at most a few "
-                                   "percent shrink) while the noise std z*C stays as small as that allows; a much "
-                                   "smaller C only rescales every update (a smaller effective learning rate) with the "
-                                   "same signal-to-noise ratio per round."},
-            "paper": {"z": list(LEVELS), "auc": list(PAPER_AUC), "logloss": list(PAPER_LOGLOSS),
-                      "note": "the paper states no epsilon, no clipping bound and no accountant for these levels"},
+            "clip_choice": {
+                **previous.get("clip_choice", {}),
+                "chosen": args.clip,
+                "why": "C = the median unclipped delta-part norm of the first plain rounds, rounded. Adam's "
+                "first step moves every coordinate with a nonzero gradient by about lr = 0.1, so a "
+                "client's norm is about 0.1 * sqrt(#coordinates touched) and the distribution is "
+                "narrow (see measured): a C near the median keeps the update's size (at most a few "
+                "percent shrink) while the noise std z*C stays as small as that allows; a much "
+                "smaller C only rescales every update (a smaller effective learning rate) with the "
+                "same signal-to-noise ratio per round.",
+            },
+            "paper": {
+                "z": list(LEVELS),
+                "auc": list(PAPER_AUC),
+                "logloss": list(PAPER_LOGLOSS),
+                "note": "the paper states no epsilon, no clipping bound and no accountant for these levels",
+            },
             "privacy_model": {
                 "unit": "one user, every round counted (a user in every round), no amplification by sampling",
                 "local": "each client clips its delta part to C and adds grid discrete Gaussian noise of std z*C "
-                         "(snapped to a power-of-two grid, noise from OS entropy) to every coordinate of its upload "
-                         "(delta part, one-hot group per block, example count / cap); the server sees identified "
-                         "uploads: replace-one adjacency, sensitivity sqrt(4C^2 + 2B + 1) + 2^-20 C; the headline is "
-                         "the RDP bound at q = 1 (the discrete Gaussian's RDP is at most the continuous one's)",
+                "(snapped to a power-of-two grid, noise from OS entropy) to every coordinate of its upload "
+                "(delta part, one-hot group per block, example count / cap); the server sees identified "
+                "uploads: replace-one adjacency, sensitivity sqrt(4C^2 + 2B + 1) + 2^-20 C; the headline is "
+                "the RDP bound at q = 1 (the discrete Gaussian's RDP is at most the continuous one's)",
                 "distributed": f"secure aggregation (fast ring-sum path, bit-identical to the real state machines in "
-                               f"tests), distributed {'discrete Gaussian' if args.mechanism == 'ddg' else 'Skellam'} "
-                               f"noise of total std z*C in the update sum (no one-hots in phase 2) and z*sqrt(2) in the "
-                               f"phase-1 count sum, noise_sampling={args.noise_sampling}; min_group_size 5; zero-out "
-                               f"adjacency (phase 2 sqrt(C^2 + 1), phase 1 sqrt(B)); the headline is the integer "
-                               f"mechanism's RDP bound over both phases; the replace-one figure is given beside it",
+                f"tests), distributed {'discrete Gaussian' if args.mechanism == 'ddg' else 'Skellam'} "
+                f"noise of total std z*C in the update sum (no one-hots in phase 2) and z*sqrt(2) in the "
+                f"phase-1 count sum, noise_sampling={args.noise_sampling}; min_group_size 5; zero-out "
+                f"adjacency (phase 2 sqrt(C^2 + 1), phase 1 sqrt(B)); the headline is the integer "
+                f"mechanism's RDP bound over both phases; the replace-one figure is given beside it",
                 "gaussian_limit": "the continuous Gaussian at the same sensitivity and std, for reference only; its PRV "
-                                  "figure is null where RDP exceeds 500 (opacus' PRV is unreliable there)",
+                "figure is null where RDP exceeds 500 (opacus' PRV is unreliable there)",
                 "local_count_floor": "local mode: a group FFN is updated only when its noisy count clears "
-                                     "max(1, 3 z C sqrt(n)), three stds of the count noise (post-processing)",
+                "max(1, 3 z C sqrt(n)), three stds of the count noise (post-processing)",
                 "clip": "C was chosen from measured update norms of private data (clip_choice): that choice is "
-                        "released outside the guarantee, and each run says so",
+                "released outside the guarantee, and each run says so",
                 "outside_the_guarantee": "AUC, LogLoss, best round: evaluated on private held-out data (each run's "
-                                         "operator-only/ folder)",
+                "operator-only/ folder)",
             },
             "note": AUC_NOTE,
             "targets": {
-                mode: {f"z={r['z']:g}": {"measured_auc": r["test_auc"], "paper_auc": r["paper_auc"],
-                                          "met": r["auc_met"], "epsilon": r["epsilon_all_rounds"],
-                                          "adjacency": r["adjacency"]}
-                       for r in rows if "test_auc" in r}
+                mode: {
+                    f"z={r['z']:g}": {
+                        "measured_auc": r["test_auc"],
+                        "paper_auc": r["paper_auc"],
+                        "met": r["auc_met"],
+                        "epsilon": r["epsilon_all_rounds"],
+                        "adjacency": r["adjacency"],
+                    }
+                    for r in rows
+                    if "test_auc" in r
+                }
                 for mode, rows in table.items()
             },
-            "met_count": {mode: f"{sum(1 for r in rows if r.get('auc_met'))} of {sum(1 for r in rows if 'test_auc' in r)}"
-                          for mode, rows in table.items()},
-            "reading": (f"z is a noise multiplier here: the noise std is z*C = {args.clip:g}*z per coordinate, while a "
-                        "client's delta coordinates are about +-lr = 0.1 (Adam's first step). Local mode: each upload "
-                        "carries that noise, so the server's mean carries z*C/sqrt(n) per coordinate per round and "
-                        "utility falls with z. Distributed mode: the sum carries z*C once, i.e. z*C/n on the mean, "
-                        "so utility is that of DP off at the same number of rounds (compare the local rows' "
-                        "within_first_N_rounds figures). The epsilons at the paper's levels are far beyond any "
-                        "meaningful guarantee."),
-            "runs_finished": len(finished), "runs_planned": len(jobs),
-            "table": table, "orchestrator_wall_seconds": round(time.time() - started, 1),
+            "met_count": {
+                mode: f"{sum(1 for r in rows if r.get('auc_met'))} of {sum(1 for r in rows if 'test_auc' in r)}"
+                for mode, rows in table.items()
+            },
+            "reading": (
+                f"z is a noise multiplier here: the noise std is z*C = {args.clip:g}*z per coordinate, while a "
+                "client's delta coordinates are about +-lr = 0.1 (Adam's first step). Local mode: each upload "
+                "carries that noise, so the server's mean carries z*C/sqrt(n) per coordinate per round and "
+                "utility falls with z. Distributed mode: the sum carries z*C once, i.e. z*C/n on the mean, "
+                "so utility is that of DP off at the same number of rounds (compare the local rows' "
+                "within_first_N_rounds figures). The epsilons at the paper's levels are far beyond any "
+                "meaningful guarantee."
+            ),
+            "runs_finished": len(finished),
+            "runs_planned": len(jobs),
+            "table": table,
+            "orchestrator_wall_seconds": round(time.time() - started, 1),
             "orchestrator_note": "wall time of this invocation only (finished runs are collected, not rerun); "
-                                 "see seconds_per_round per row",
+            "see seconds_per_round per row",
         }
 
     pending = []
@@ -356,9 +461,17 @@ def main() -> int:
                     print(f"done (started earlier): {run_name(job[0], job[1], rounds[job[0]])}", flush=True)
         while pending and len(running) + len(elsewhere) < args.parallel:
             mode, z = pending.pop(0)
-            cmd = ["nice", "-n", str(args.nice)] + run_args(mode, z, rounds[mode], args.clip, args.data_dir,
-                                                            path_of(mode, z), args.eval_every, args.mechanism,
-                                                            args.noise_sampling)
+            cmd = ["nice", "-n", str(args.nice)] + run_args(
+                mode,
+                z,
+                rounds[mode],
+                args.clip,
+                args.data_dir,
+                path_of(mode, z),
+                args.eval_every,
+                args.mechanism,
+                args.noise_sampling,
+            )
             proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             path_of(mode, z).mkdir(parents=True, exist_ok=True)
             (path_of(mode, z) / ".running").write_text(str(proc.pid))
@@ -372,7 +485,9 @@ def main() -> int:
             running.remove(item)
             summary = collect(path_of(mode, z), rounds[mode], mode, z, args.clip)
             if proc.returncode != 0 or summary is None:
-                print(f"{run_name(mode, z, rounds[mode])} failed: {proc.stderr.read().decode()[-2000:]}", file=sys.stderr)
+                print(
+                    f"{run_name(mode, z, rounds[mode])} failed: {proc.stderr.read().decode()[-2000:]}", file=sys.stderr
+                )
                 continue
             done[(mode, z)] = summary
             write(args.out, result())

@@ -28,8 +28,18 @@ from mrff_secure.round.spec import DP_MODES, RoundSpec
 from mrff_secure.secagg.config import DEFAULT_CORRUPT_NEIGHBOURS, SecAggConfig
 from mrff_secure.secagg.policy import PolicyViolation, SecAggPolicy
 
-POLICY_FIELDS = ("min_participants", "min_neighbours", "corrupt_neighbours", "min_survivors", "allow_plain",
-                 "dp_modes", "min_noise_multiplier", "max_clip", "min_group_size", "join_evaluation")
+POLICY_FIELDS = (
+    "min_participants",
+    "min_neighbours",
+    "corrupt_neighbours",
+    "min_survivors",
+    "allow_plain",
+    "dp_modes",
+    "min_noise_multiplier",
+    "max_clip",
+    "min_group_size",
+    "join_evaluation",
+)
 
 
 @dataclass(frozen=True)
@@ -61,9 +71,16 @@ class ClientPolicy:
         check_int("policy min_group_size", self.min_group_size, low=2)
         check_bool("policy allow_plain", self.allow_plain)
         check_bool("policy join_evaluation", self.join_evaluation)
-        object.__setattr__(self, "secagg", SecAggPolicy(
-            min_participants=self.min_participants, min_neighbours=self.min_neighbours,
-            corrupt_neighbours=self.corrupt_neighbours, min_survivors=self.min_survivors))
+        object.__setattr__(
+            self,
+            "secagg",
+            SecAggPolicy(
+                min_participants=self.min_participants,
+                min_neighbours=self.min_neighbours,
+                corrupt_neighbours=self.corrupt_neighbours,
+                min_survivors=self.min_survivors,
+            ),
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -102,27 +119,39 @@ class ClientPolicy:
     def check_round(self, *, secure: bool, spec: RoundSpec) -> None:
         """Refuse a proposal weaker than the policy (raises PolicyViolation naming the parameter)."""
         if not secure and not self.allow_plain:
-            raise PolicyViolation("the server proposes plain (unmasked) aggregation; the policy requires secure "
-                                  "aggregation (allow_plain is false)")
+            raise PolicyViolation(
+                "the server proposes plain (unmasked) aggregation; the policy requires secure "
+                "aggregation (allow_plain is false)"
+            )
         if spec.dp_mode not in self.dp_modes:
-            raise PolicyViolation(f"the server proposes DP mode {spec.dp_mode!r}; the policy allows {list(self.dp_modes)}")
+            raise PolicyViolation(
+                f"the server proposes DP mode {spec.dp_mode!r}; the policy allows {list(self.dp_modes)}"
+            )
         if spec.dp_mode != "off":
             if spec.noise_multiplier < self.min_noise_multiplier:
-                raise PolicyViolation(f"the server proposes noise multiplier {spec.noise_multiplier}, below the policy's "
-                                      f"min_noise_multiplier={self.min_noise_multiplier}")
+                raise PolicyViolation(
+                    f"the server proposes noise multiplier {spec.noise_multiplier}, below the policy's "
+                    f"min_noise_multiplier={self.min_noise_multiplier}"
+                )
             if spec.clip > self.max_clip:
-                raise PolicyViolation(f"the server proposes clip {spec.clip}, above the policy's max_clip={self.max_clip}")
+                raise PolicyViolation(
+                    f"the server proposes clip {spec.clip}, above the policy's max_clip={self.max_clip}"
+                )
         elif self.min_noise_multiplier > 0:
-            raise PolicyViolation("the server proposes DP off; the policy requires noise multiplier >= "
-                                  f"{self.min_noise_multiplier}")
+            raise PolicyViolation(
+                f"the server proposes DP off; the policy requires noise multiplier >= {self.min_noise_multiplier}"
+            )
         if spec.min_group_size < self.min_group_size:
-            raise PolicyViolation(f"the server proposes min_group_size {spec.min_group_size}, below the policy's "
-                                  f"{self.min_group_size}")
+            raise PolicyViolation(
+                f"the server proposes min_group_size {spec.min_group_size}, below the policy's {self.min_group_size}"
+            )
 
     def session_policy(self, config: SecAggConfig, *, noise_survivors: int = 0) -> SecAggPolicy:
         """The secure-aggregation policy of one session. `noise_survivors` (distributed DP): the number
         of survivors the client's noise share was sized for; the client signs no shorter survivor list."""
         if noise_survivors > config.num_clients:
-            raise PolicyViolation(f"the noise share is sized for {noise_survivors} survivors, more than the "
-                                  f"{config.num_clients} clients the session admits: the sum could never carry it")
+            raise PolicyViolation(
+                f"the noise share is sized for {noise_survivors} survivors, more than the "
+                f"{config.num_clients} clients the session admits: the sum could never carry it"
+            )
         return dataclasses.replace(self.secagg, min_survivors=max(self.secagg.min_survivors, noise_survivors))

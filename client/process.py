@@ -28,8 +28,15 @@ from mrff_secure.round.update_vector import UpdateLayout
 
 log = logging.getLogger("mrff.client")
 
-__all__ = ["ClientFailure", "Connection", "FaultInjection", "ProcessShared", "parse_pause", "parse_users",
-           "run_process"]
+__all__ = [
+    "ClientFailure",
+    "Connection",
+    "FaultInjection",
+    "ProcessShared",
+    "parse_pause",
+    "parse_users",
+    "run_process",
+]
 
 
 @dataclass
@@ -53,7 +60,9 @@ class ProcessShared:
             if key not in self._models:
                 model, params = build_global(config, self.data, seed)
                 roles = parameter_roles(model)
-                private = {n: (tuple(p.shape), p.dtype) for n, p in model.named_parameters() if roles[n] is Role.PRIVATE}
+                private = {
+                    n: (tuple(p.shape), p.dtype) for n, p in model.named_parameters() if roles[n] is Role.PRIVATE
+                }
                 shared = {n: (tuple(t.shape), t.dtype) for n, t in params.items()}
                 self._models[key] = (model, UpdateLayout.from_model(model), shared, private)
             return self._models[key]
@@ -101,9 +110,18 @@ def parse_pause(text: str) -> tuple[int, int, int]:
         raise ConfigError(f"--pause-after must be ROUND:{{counts,update}}:STAGE, got {text!r}") from exc
 
 
-def run_process(users: list[int], connection: Connection, state_dir: Path, data: ClientData, *,
-                client_seed: int, pause: tuple[int, int, int] | None = None, policy: ClientPolicy | None = None,
-                reproducible_noise: bool = False, emit: Callable[[str], None]) -> int:
+def run_process(
+    users: list[int],
+    connection: Connection,
+    state_dir: Path,
+    data: ClientData,
+    *,
+    client_seed: int,
+    pause: tuple[int, int, int] | None = None,
+    policy: ClientPolicy | None = None,
+    reproducible_noise: bool = False,
+    emit: Callable[[str], None],
+) -> int:
     """Run every logical client of this process in its own thread; 0 if all finished the run. `emit` takes
     the process's lines for the operator (one per round, and PAUSED under fault injection)."""
     torch.set_num_threads(1)
@@ -140,9 +158,18 @@ def run_process(users: list[int], connection: Connection, state_dir: Path, data:
     def body(user: int) -> None:
         client = None
         try:
-            client = LogicalClient(user, connection, UserStore(state_dir, user), shared, client_seed=client_seed,
-                                   fault=fault, stop=stop, policy=policy, reproducible_noise=reproducible_noise,
-                                   reporter=reporter)
+            client = LogicalClient(
+                user,
+                connection,
+                UserStore(state_dir, user),
+                shared,
+                client_seed=client_seed,
+                fault=fault,
+                stop=stop,
+                policy=policy,
+                reproducible_noise=reproducible_noise,
+                reporter=reporter,
+            )
             with clients_lock:
                 clients.append(client)
             if stop.is_set():

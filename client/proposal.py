@@ -31,12 +31,15 @@ def check_schema(body: pb.RoundBody, schema_digest: str, schema_summary: str, us
     schema is a different deployment, or a misconfigured one; no round of it is played, ever."""
     if body.schema_digest != schema_digest:
         theirs = body.schema_summary or "(not announced)"
-        raise ClientFailure(f"user {user}: refusing the server: its data schema differs from ours; "
-                            f"server: {theirs}; this client: {schema_summary}")
+        raise ClientFailure(
+            f"user {user}: refusing the server: its data schema differs from ours; "
+            f"server: {theirs}; this client: {schema_summary}"
+        )
 
 
-def verified_parameters(body: pb.RoundBody, layout: UpdateLayout,
-                        template: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[str, torch.Tensor]:
+def verified_parameters(
+    body: pb.RoundBody, layout: UpdateLayout, template: dict[str, tuple[tuple[int, ...], torch.dtype]]
+) -> dict[str, torch.Tensor]:
     """The announced global parameters, refused unless they fit the model and the signed digest."""
     try:
         params = tensors.from_proto(body.parameters, template)
@@ -52,16 +55,27 @@ def verified_parameters(body: pb.RoundBody, layout: UpdateLayout,
 def accepted_spec(body: pb.RoundBody, policy: ClientPolicy, user: int) -> RoundSpec:
     """The round's settings, refused (ConfigError, PolicyViolation) unless our own policy accepts them: the
     signature only says who proposed them."""
-    spec = RoundSpec(local_steps=body.training.local_steps, optimizer=body.training.optimizer,
-                     lr=body.training.lr, dp_mode=body.dp.mode, clip=body.dp.clip,
-                     noise_multiplier=body.dp.noise_multiplier, min_survivors=max(body.dp.min_survivors, 1),
-                     mechanism=body.dp.mechanism, modulus_bits=body.dp.modulus_bits,
-                     count_cap=body.dp.count_cap, min_group_size=body.min_group_size)
+    spec = RoundSpec(
+        local_steps=body.training.local_steps,
+        optimizer=body.training.optimizer,
+        lr=body.training.lr,
+        dp_mode=body.dp.mode,
+        clip=body.dp.clip,
+        noise_multiplier=body.dp.noise_multiplier,
+        min_survivors=max(body.dp.min_survivors, 1),
+        mechanism=body.dp.mechanism,
+        modulus_bits=body.dp.modulus_bits,
+        count_cap=body.dp.count_cap,
+        min_group_size=body.min_group_size,
+    )
     policy.check_round(secure=body.secure, spec=spec)
     if spec.dp_mode == "off" and body.secure and not _DP_OFF_WARNED.is_set():
         _DP_OFF_WARNED.set()  # once per process, not once per logical client
-        log.warning("user %d: the server runs with DP off: secure aggregation alone protects this client only "
-                    "against an honest-but-curious server (SECURITY.md)", user)
+        log.warning(
+            "user %d: the server runs with DP off: secure aggregation alone protects this client only "
+            "against an honest-but-curious server (SECURITY.md)",
+            user,
+        )
     return spec
 
 
@@ -80,33 +94,45 @@ def check_exact_counts(group_counts: np.ndarray, num_blocks: int, survivors: int
     moves counts between groups is not caught: see SECURITY.md)."""
     per_block = group_counts.reshape(num_blocks, -1).sum(axis=1)
     if np.any(per_block != survivors):
-        raise PolicyViolation(f"the phase-1 counts add up to {per_block.tolist()} per block, "
-                              f"but {survivors} clients survived phase 1")
+        raise PolicyViolation(
+            f"the phase-1 counts add up to {per_block.tolist()} per block, but {survivors} clients survived phase 1"
+        )
 
 
-def announced_secagg_config(params: pb.SecAggParameters, phase: Phase, num_clients: int,
-                            plans: SecureRoundPlans | None, input_length: int) -> SecAggConfig:
+def announced_secagg_config(
+    params: pb.SecAggParameters, phase: Phase, num_clients: int, plans: SecureRoundPlans | None, input_length: int
+) -> SecAggConfig:
     """A phase's announced secure-aggregation parameters, refused (PolicyViolation) unless the lengths and
     ranges equal what we compute ourselves from the round's public parameters (AuthenticationError when
     they are not even valid)."""
     try:
-        config = SecAggConfig(num_clients=params.num_clients, vector_length=params.vector_length,
-                              max_abs=params.max_abs, modulus_bits=params.modulus_bits,
-                              num_neighbours=params.num_neighbours, threshold=params.threshold)
+        config = SecAggConfig(
+            num_clients=params.num_clients,
+            vector_length=params.vector_length,
+            max_abs=params.max_abs,
+            modulus_bits=params.modulus_bits,
+            num_neighbours=params.num_neighbours,
+            threshold=params.threshold,
+        )
     except ConfigError as exc:
         raise AuthenticationError(f"announced secure-aggregation parameters are invalid: {exc}") from exc
     n = num_clients
     if phase == Phase.EVALUATION or plans is None:  # fixed by the public encoding, the modulus sized to fit
-        expected = (n, evaluation_sum.LENGTH, evaluation_sum.MAX_ABS,
-                    SecAggConfig(num_clients=n, vector_length=evaluation_sum.LENGTH,
-                                 max_abs=evaluation_sum.MAX_ABS).bits)
+        expected = (
+            n,
+            evaluation_sum.LENGTH,
+            evaluation_sum.MAX_ABS,
+            SecAggConfig(num_clients=n, vector_length=evaluation_sum.LENGTH, max_abs=evaluation_sum.MAX_ABS).bits,
+        )
     else:
-        plan, plan_max_abs = ((plans.counts, plans.counts_max_abs) if phase == Phase.COUNTS else
-                              (plans.update, plans.update_max_abs))
-        expected = ((n, 1, 1, config.bits) if plan is None else
-                    (n, plan.padded_dim, plan_max_abs, plan.modulus_bits))
+        plan, plan_max_abs = (
+            (plans.counts, plans.counts_max_abs) if phase == Phase.COUNTS else (plans.update, plans.update_max_abs)
+        )
+        expected = (n, 1, 1, config.bits) if plan is None else (n, plan.padded_dim, plan_max_abs, plan.modulus_bits)
     announced = (config.num_clients, config.vector_length, config.max_abs, config.bits)
     if announced != expected or input_length != config.vector_length:
-        raise PolicyViolation(f"announced (clients, length, max_abs, modulus bits) {announced} differ from "
-                              f"{expected}, computed from the round's public parameters")
+        raise PolicyViolation(
+            f"announced (clients, length, max_abs, modulus bits) {announced} differ from "
+            f"{expected}, computed from the round's public parameters"
+        )
     return config

@@ -62,12 +62,12 @@ class RoundReporter:
         results = self._pending.pop(round_id)
         done = list(results.values())
         seconds = max(r.ended for r in done) - min(r.started for r in done)
-        line = (f"[ROUND {round_id}] {_ids(results)}: trained {sum(r.examples for r in done):.0f} examples, "
-                f"uploaded {_size(sum(r.uploaded for r in done))}, {seconds:.1f} s")
+        line = (
+            f"[ROUND {round_id}] {_ids(results)}: trained {sum(r.examples for r in done):.0f} examples, "
+            f"uploaded {_size(sum(r.uploaded for r in done))}, {seconds:.1f} s"
+        )
         failed = [r.status for r in done if r.status != "completed"]
         if failed:
             reason = failed[0] if len(failed[0]) <= 120 else failed[0][:117] + "..."
             line += f"; {len(failed)} of {len(done)} not completed, {reason}" if len(done) > 1 else f"; {reason}"
         self.emit(line)
-
-

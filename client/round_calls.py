@@ -28,15 +28,25 @@ class RoundFailed(Exception):
 class RoundCalls:
     """Submit and Fetch for one logical client; `on_upload(bytes)` counts what it submitted."""
 
-    def __init__(self, user: int, transport: Transport, *, stop: threading.Event, fault: FaultInjection | None,
-                 on_upload: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        user: int,
+        transport: Transport,
+        *,
+        stop: threading.Event,
+        fault: FaultInjection | None,
+        on_upload: Callable[[int], None],
+    ) -> None:
         self.user, self.transport, self.stop, self.fault, self.on_upload = user, transport, stop, fault, on_upload
 
     def submit(self, body: pb.RoundBody, phase: int, stage: int, message: messages.Message) -> None:
         payload = message.to_bytes()
         try:
-            self.transport.call("Submit", pb.SubmitRequest(round_id=body.round_id, phase=phase, stage=stage,
-                                                           payload=payload), timeout=SUBMIT_TIMEOUT_S)
+            self.transport.call(
+                "Submit",
+                pb.SubmitRequest(round_id=body.round_id, phase=phase, stage=stage, payload=payload),
+                timeout=SUBMIT_TIMEOUT_S,
+            )
         except grpc.RpcError as exc:
             raise RoundFailed(f"submit {pb.Stage.Name(stage)}: {exc.code().name}: {exc.details()}") from exc
         self.on_upload(len(payload))
@@ -49,8 +59,11 @@ class RoundCalls:
     def fetch(self, body: pb.RoundBody, phase: int, stage: int) -> pb.FetchReply:
         while True:
             try:
-                reply = self.transport.call("Fetch", pb.FetchRequest(round_id=body.round_id, phase=phase, stage=stage,
-                                                                     wait_ms=POLL_MS), timeout=POLL_MS / 1000 + 30)
+                reply = self.transport.call(
+                    "Fetch",
+                    pb.FetchRequest(round_id=body.round_id, phase=phase, stage=stage, wait_ms=POLL_MS),
+                    timeout=POLL_MS / 1000 + 30,
+                )
             except grpc.RpcError as exc:
                 raise RoundFailed(f"fetch {pb.Stage.Name(stage)}: {exc.code().name}: {exc.details()}") from exc
             if not reply.pending:

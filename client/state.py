@@ -49,7 +49,9 @@ class UserStore(IdentityFiles):
         return buffer.getvalue()
 
     @staticmethod
-    def _decode(path: Path, template: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> tuple[dict[str, torch.Tensor], int]:
+    def _decode(
+        path: Path, template: dict[str, tuple[tuple[int, ...], torch.dtype]]
+    ) -> tuple[dict[str, torch.Tensor], int]:
         try:
             with np.load(path, allow_pickle=False) as archive:
                 names = {k[2:] for k in archive.files if k.startswith("p/")}

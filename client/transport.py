@@ -85,8 +85,16 @@ class Diagnosis:
 
 
 _OPENSSL = re.compile(r"OPENSSL_internal:([A-Z0-9_]+)(?::\s*([^:]+))?")
-_CA_PROBLEMS = ("CERTIFICATE_VERIFY_FAILED", "BAD_SIGNATURE", "certificate signature failure", "local issuer",
-                "self signed", "self-signed", "unknown ca", "UNKNOWN_CA")
+_CA_PROBLEMS = (
+    "CERTIFICATE_VERIFY_FAILED",
+    "BAD_SIGNATURE",
+    "certificate signature failure",
+    "local issuer",
+    "self signed",
+    "self-signed",
+    "unknown ca",
+    "UNKNOWN_CA",
+)
 _NOT_TLS = ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST", "record layer failure")
 
 
@@ -135,31 +143,42 @@ def describe(diagnosis: Diagnosis, connection: Connection) -> str:
     """One line naming the cause of a permanent failure, and what to do about it."""
     target = connection.target
     where = f"cannot connect to {target}:"
-    ca = (f"CA {connection.ca_file}" if connection.ca_file else
-          "the CA this client trusts (--ca, default CERTS/ca.crt)")
+    ca = f"CA {connection.ca_file}" if connection.ca_file else "the CA this client trusts (--ca, default CERTS/ca.crt)"
     kind, reason = diagnosis.kind, diagnosis.reason
     if kind == "tls_ca":
         return f"{where} the server's certificate is not signed by {ca}: TLS handshake failed ({reason})"
     if kind == "tls_name":
         host = connection.server_name or target.rsplit(":", 1)[0]
-        return (f"{where} the server's certificate does not name {host} (TLS host name check failed); "
-                "connect with a name in its certificate or pass --server-name")
+        return (
+            f"{where} the server's certificate does not name {host} (TLS host name check failed); "
+            "connect with a name in its certificate or pass --server-name"
+        )
     if kind == "client_cert":
         if connection.client_certificate:
-            return (f"{where} the server refused our client certificate (mutual TLS): it is not signed by the CA "
-                    "the server trusts for clients")
+            return (
+                f"{where} the server refused our client certificate (mutual TLS): it is not signed by the CA "
+                "the server trusts for clients"
+            )
         if connection.client_certificate is None:
-            return (f"{where} the server closed the connection after the TLS handshake: it requires a client "
-                    "certificate (mutual TLS): pass --mtls, with a client certificate (CERTS/client.crt, client.key) "
-                    "signed by the CA the server trusts for clients")
-        return (f"{where} the server requires a client certificate (mutual TLS): pass --mtls "
-                "(the client certificate and key are read from CERTS/client.crt and CERTS/client.key)")
+            return (
+                f"{where} the server closed the connection after the TLS handshake: it requires a client "
+                "certificate (mutual TLS): pass --mtls, with a client certificate (CERTS/client.crt, client.key) "
+                "signed by the CA the server trusts for clients"
+            )
+        return (
+            f"{where} the server requires a client certificate (mutual TLS): pass --mtls "
+            "(the client certificate and key are read from CERTS/client.crt and CERTS/client.key)"
+        )
     if kind == "not_tls":
-        return (f"{where} the server does not speak TLS (TLS handshake failed: {reason}); it was started with "
-                "--insecure, or it is not an mrff server")
+        return (
+            f"{where} the server does not speak TLS (TLS handshake failed: {reason}); it was started with "
+            "--insecure, or it is not an mrff server"
+        )
     if kind == "needs_tls":
-        return (f"{where} the server closed the connection at once: it expects TLS and this client was started "
-                "with --insecure")
+        return (
+            f"{where} the server closed the connection at once: it expects TLS and this client was started "
+            "with --insecure"
+        )
     if kind == "tls":
         return f"{where} TLS handshake failed ({reason})"
     raise AssertionError(kind)
@@ -168,19 +187,24 @@ def describe(diagnosis: Diagnosis, connection: Connection) -> str:
 def _unreachable(diagnosis: Diagnosis, connection: Connection, waited: float, contacted: bool) -> str:
     target = connection.target
     if diagnosis.kind == "refused" and not contacted:
-        return (f"nothing listening at {target} (connection refused, for {waited:.0f} s): start the server first, "
-                "or check --server")
+        return (
+            f"nothing listening at {target} (connection refused, for {waited:.0f} s): start the server first, "
+            "or check --server"
+        )
     if diagnosis.kind == "resolve":
         return f"cannot connect to {target}: its host name does not resolve ({diagnosis.reason})"
-    return (f"server {target} unreachable for {waited:.0f} s ({diagnosis.reason}); it did not come back within "
-            "--retry-timeout")
+    return (
+        f"server {target} unreachable for {waited:.0f} s ({diagnosis.reason}); it did not come back within "
+        "--retry-timeout"
+    )
 
 
 class Transport:
     """One channel to the coordinator, for one logical client; every RPC goes through `call`."""
 
-    def __init__(self, user: int, connection: Connection, *, stop: threading.Event,
-                 enrol_request: Callable[[], pb.EnrolRequest]) -> None:
+    def __init__(
+        self, user: int, connection: Connection, *, stop: threading.Event, enrol_request: Callable[[], pb.EnrolRequest]
+    ) -> None:
         self.user = user
         self.connection = connection
         self.stop = stop
@@ -254,8 +278,11 @@ class Transport:
                     budget = self.connection.first_contact_timeout
                 waited = now - failing_since
                 if waited >= budget:
-                    raise ConnectionFailed(describe(diagnosis, self.connection) if diagnosis.permanent else
-                                           _unreachable(diagnosis, self.connection, waited, self.contacted)) from exc
+                    raise ConnectionFailed(
+                        describe(diagnosis, self.connection)
+                        if diagnosis.permanent
+                        else _unreachable(diagnosis, self.connection, waited, self.contacted)
+                    ) from exc
                 pause = delay * (0.5 + random.random())
                 if streak is not None:  # look again soon: the point is to be sure, not to wait
                     pause = min(pause, 0.5)

@@ -68,10 +68,20 @@ log = logging.getLogger("mrff.client")
 
 
 class LogicalClient:
-    def __init__(self, user: int, connection: Connection, store: UserStore, shared: ProcessShared, *,
-                 client_seed: int, fault: FaultInjection | None = None, stop: threading.Event | None = None,
-                 policy: ClientPolicy | None = None, reproducible_noise: bool = False,
-                 reporter: RoundReporter | None = None) -> None:
+    def __init__(
+        self,
+        user: int,
+        connection: Connection,
+        store: UserStore,
+        shared: ProcessShared,
+        *,
+        client_seed: int,
+        fault: FaultInjection | None = None,
+        stop: threading.Event | None = None,
+        policy: ClientPolicy | None = None,
+        reproducible_noise: bool = False,
+        reporter: RoundReporter | None = None,
+    ) -> None:
         self.user = user
         self.connection = connection
         self.store = store
@@ -93,10 +103,14 @@ class LogicalClient:
 
     def _enrol_request(self) -> pb.EnrolRequest:
         proof = primitives.sign(self.identity, signing.enrol_payload(self.user, self.identity_public))
-        return pb.EnrolRequest(protocol_version=limits.PROTOCOL_VERSION, client_id=self.user,
-                               identity_public_key=self.identity_public, proof=proof,
-                               credential=self.credential.to_bytes(),
-                               skips_evaluation=not self.policy.join_evaluation)
+        return pb.EnrolRequest(
+            protocol_version=limits.PROTOCOL_VERSION,
+            client_id=self.user,
+            identity_public_key=self.identity_public,
+            proof=proof,
+            credential=self.credential.to_bytes(),
+            skips_evaluation=not self.policy.join_evaluation,
+        )
 
     def enrol(self) -> None:
         self.transport.enrol()
@@ -120,11 +134,13 @@ class LogicalClient:
         while True:
             try:
                 try:
-                    reply = self.transport.call("GetRound", pb.GetRoundRequest(after_round=after, wait_ms=POLL_MS),
-                                                timeout=POLL_MS / 1000 + 30)
+                    reply = self.transport.call(
+                        "GetRound", pb.GetRoundRequest(after_round=after, wait_ms=POLL_MS), timeout=POLL_MS / 1000 + 30
+                    )
                 except grpc.RpcError as exc:
-                    raise ClientFailure(f"user {self.user}: the server refused GetRound: {exc.code().name}: "
-                                        f"{exc.details()}") from exc
+                    raise ClientFailure(
+                        f"user {self.user}: the server refused GetRound: {exc.code().name}: {exc.details()}"
+                    ) from exc
                 if reply.pending:
                     continue
                 body = self._verified(reply.round, pb.RoundBody)
@@ -180,21 +196,36 @@ class LogicalClient:
         if (body.run_id, r) in self._masked_rounds:
             # A second session for a round we already masked an input for would let the server difference
             # two sums over different participant sets that both hold our (nearly identical) update.
-            raise RoundFailed(f"refusing round {r} of run {body.run_id}: we already sent an input "
-                               "for it in another session")
+            raise RoundFailed(
+                f"refusing round {r} of run {body.run_id}: we already sent an input for it in another session"
+            )
         dtype = next(iter(params.values())).dtype
-        fractions = (torch.tensor(list(body.group_fractions), dtype=dtype).reshape(layout.num_blocks, layout.num_groups)
-                     if layout.num_groups else None)
+        fractions = (
+            torch.tensor(list(body.group_fractions), dtype=dtype).reshape(layout.num_blocks, layout.num_groups)
+            if layout.num_groups
+            else None
+        )
         private = self.store.load_private(private_template)
         with self.shared.train_lock:  # the model object is shared: read and train it one thread at a time
             if private is None:
                 private = initial_private(model, self.shared.data, config, seed, self.user)
             # The federated evaluation scores the model we received, with our private part before training.
-            evaluation_input = (evaluation_sum.client_vector(evaluate_user(model, params, private, self.shared.data,
-                                                                           self.user))
-                                if body.HasField("evaluation_secagg") and self.policy.join_evaluation else None)
-            update = train_user(model, params, private, self.shared.data, self.user, fractions, spec, config,
-                                torch_seed(self.client_seed, r, self.user))
+            evaluation_input = (
+                evaluation_sum.client_vector(evaluate_user(model, params, private, self.shared.data, self.user))
+                if body.HasField("evaluation_secagg") and self.policy.join_evaluation
+                else None
+            )
+            update = train_user(
+                model,
+                params,
+                private,
+                self.shared.data,
+                self.user,
+                fractions,
+                spec,
+                config,
+                torch_seed(self.client_seed, r, self.user),
+            )
         if self._result is not None:
             self._result.examples = float(update.num_examples.sum())
         self.store.save_pending(r, update.private)
@@ -207,8 +238,9 @@ class LogicalClient:
             counts = self._upload(plans, Phase.COUNTS, group_one_hots(layout, update.routes)[0].numpy(), body)
         else:
             counts = np.zeros(1, dtype=np.int64)  # no groups: phase 1 sums nothing, it only fixes the survivors
-        counts_session = self._phase(body, Phase.COUNTS, body.counts_secagg, counts, plans,
-                                     noise_survivors=spec.noise_survivors)
+        counts_session = self._phase(
+            body, Phase.COUNTS, body.counts_secagg, counts, plans, noise_survivors=spec.noise_survivors
+        )
         group_counts = self._phase1_counts(body, layout.num_blocks * layout.num_groups)
         phase1_survivors = None if counts_session is None else counts_session.signed_survivors
         if spec.dp_mode == "off" and phase1_survivors is not None and layout.num_groups:
@@ -217,24 +249,52 @@ class LogicalClient:
             except PolicyViolation as exc:
                 raise RoundFailed(f"refusing round {r}: {exc}") from exc
         # We decide which slots to zero, from the phase-1 counts and the minimum group size our policy accepted.
-        suppressed = (suppressed_groups(torch.as_tensor(group_counts.reshape(layout.num_blocks, layout.num_groups)),
-                                        spec.min_group_size) if layout.num_groups else None)
-        vector = update_vectors(layout, update.deltas, update.routes, update.num_examples, suppressed=suppressed,
-                                count_cap=spec.count_cap)[0].detach().to(torch.float64).numpy()  # (size,)
-        update_session = self._phase(body, Phase.UPDATE, body.update_secagg, self._upload(plans, Phase.UPDATE, vector,
-                                                                                          body),
-                                     plans, allowed=phase1_survivors, noise_survivors=spec.noise_survivors)
+        suppressed = (
+            suppressed_groups(
+                torch.as_tensor(group_counts.reshape(layout.num_blocks, layout.num_groups)), spec.min_group_size
+            )
+            if layout.num_groups
+            else None
+        )
+        vector = (
+            update_vectors(
+                layout,
+                update.deltas,
+                update.routes,
+                update.num_examples,
+                suppressed=suppressed,
+                count_cap=spec.count_cap,
+            )[0]
+            .detach()
+            .to(torch.float64)
+            .numpy()
+        )  # (size,)
+        update_session = self._phase(
+            body,
+            Phase.UPDATE,
+            body.update_secagg,
+            self._upload(plans, Phase.UPDATE, vector, body),
+            plans,
+            allowed=phase1_survivors,
+            noise_survivors=spec.noise_survivors,
+        )
         if evaluation_input is not None:
-            self._evaluation(body, evaluation_input, None if update_session is None else update_session.signed_survivors)
+            self._evaluation(
+                body, evaluation_input, None if update_session is None else update_session.signed_survivors
+            )
         self._finish(body)
 
     def _upload(self, plans: SecureRoundPlans, phase: Phase, vector: np.ndarray, body: pb.RoundBody) -> np.ndarray:
         """One phase's ring residues (`round.participant.phase_upload`) with this client's generator: OS
         entropy, unless reproducible noise was asked for (a debugging switch: such a run is not private)."""
         insecure_seed = self.client_seed if self.reproducible_noise else None
-        return phase_upload(plans, phase, vector, rotation_seed=rotation_seed(body.training.model_seed,
-                                                                              body.round_id, phase),
-                            rng=client_generator(insecure_seed, body.round_id, phase, self.user))
+        return phase_upload(
+            plans,
+            phase,
+            vector,
+            rotation_seed=rotation_seed(body.training.model_seed, body.round_id, phase),
+            rng=client_generator(insecure_seed, body.round_id, phase, self.user),
+        )
 
     def _phase1_counts(self, body: pb.RoundBody, size: int) -> np.ndarray:
         """The phase-1 group counts the server signed when it opened the update phase."""
@@ -262,8 +322,17 @@ class LogicalClient:
         except RoundFailed as exc:
             log.info("user %d: round %d: the federated evaluation failed: %s", self.user, body.round_id, exc)
 
-    def _phase(self, body: pb.RoundBody, phase: int, params: pb.SecAggParameters, residues: np.ndarray,
-               plans, *, allowed: tuple[int, ...] | None = None, noise_survivors: int = 0) -> ClientSession | None:
+    def _phase(
+        self,
+        body: pb.RoundBody,
+        phase: int,
+        params: pb.SecAggParameters,
+        residues: np.ndarray,
+        plans,
+        *,
+        allowed: tuple[int, ...] | None = None,
+        noise_survivors: int = 0,
+    ) -> ClientSession | None:
         """Run one secure sum of our ring residues; returns the finished client session (None without secagg)."""
         try:
             config = announced_secagg_config(params, Phase(phase), len(body.participants), plans, residues.size)
@@ -274,16 +343,27 @@ class LogicalClient:
         if not body.secure:
             self._masked_rounds.add((body.run_id, body.round_id))
             ring = to_ring(signed, config.bits, max_abs=config.max_abs)
-            self.calls.submit(body, phase, pb.MASKED_INPUT, messages.MaskedInput(
-                sid, self.user, config.bits, config.vector_length, packing.pack(ring, config.bits)))
+            self.calls.submit(
+                body,
+                phase,
+                pb.MASKED_INPUT,
+                messages.MaskedInput(
+                    sid, self.user, config.bits, config.vector_length, packing.pack(ring, config.bits)
+                ),
+            )
             return None
         try:
             context = SessionContext(run_context_id(body.run_id), phase, sid, bytes(params.session_nonce))
-            session = ClientSession(config, context=context, client_id=self.user, identity_key=self.identity,
-                                    credential=self.credential,
-                                    authority_public_key=self.connection.authority_public_key,
-                                    policy=self.policy.session_policy(config, noise_survivors=noise_survivors),
-                                    allowed_participants=allowed)
+            session = ClientSession(
+                config,
+                context=context,
+                client_id=self.user,
+                identity_key=self.identity,
+                credential=self.credential,
+                authority_public_key=self.connection.authority_public_key,
+                policy=self.policy.session_policy(config, noise_survivors=noise_survivors),
+                allowed_participants=allowed,
+            )
             delivered = None
             for step in STAGES:
                 if step.delivered is not None:
@@ -295,5 +375,3 @@ class LogicalClient:
         except (AggregationAborted, SecAggError, ConfigError) as exc:
             raise RoundFailed(f"secure aggregation refused or aborted: {exc}") from exc
         return session
-
-

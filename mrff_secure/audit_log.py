@@ -114,31 +114,49 @@ def verify(path: Path, public_key: Ed25519PublicKey | None = None) -> VerifyRepo
         if record.get("type") != HEAD:
             continue
         seq, head = record.get("covers_seq"), record.get("head")
-        good = (isinstance(seq, int) and 0 <= seq < record["seq"] and isinstance(head, str)
-                and len(head) == 64 and records[seq]["digest"] == head)
+        good = (
+            isinstance(seq, int)
+            and 0 <= seq < record["seq"]
+            and isinstance(head, str)
+            and len(head) == 64
+            and records[seq]["digest"] == head
+        )
         try:
             if not good:
                 raise InvalidSignature
             public_key.verify(bytes.fromhex(str(record.get("signature", ""))), head_message(seq, head))
         except (InvalidSignature, ValueError):
-            what = ("signed by another key (no signature verifies under the key given)" if valid == 0 else
-                    f"rewritten: the signature of line {record['seq'] + 1} does not verify (the log is intact "
-                    f"and signed through line {signed_through + 1})")
+            what = (
+                "signed by another key (no signature verifies under the key given)"
+                if valid == 0
+                else f"rewritten: the signature of line {record['seq'] + 1} does not verify (the log is intact "
+                f"and signed through line {signed_through + 1})"
+            )
             return _broken(count, prev, what, signed_through=signed_through)
         valid += 1
         signed_through, last_head = max(signed_through, seq), record["seq"]
     if valid == 0:
         return _broken(count, prev, "unsigned: no head signature in the log", signed_through=-1)
-    finished = any(r.get("type") == "run_finished" for r in records[:signed_through + 1])
-    unsigned = [r for r in records[signed_through + 1:] if r.get("type") != HEAD]
+    finished = any(r.get("type") == "run_finished" for r in records[: signed_through + 1])
+    unsigned = [r for r in records[signed_through + 1 :] if r.get("type") != HEAD]
     if finished and not unsigned:
         return VerifyReport(True, count, prev, status="ok", signed_through=signed_through, finished=True)
     tail = f"; the last {len(unsigned)} records are not covered by a signature" if unsigned else ""
-    what = ("records after the signed end of the run" if finished else
-            f"incomplete: no signed run_finished record: the run did not finish, or the log was cut after "
-            f"line {last_head + 1} (its last signature){tail}")
-    return VerifyReport(False, count, prev, what, status="broken" if finished else "unfinished",
-                        signed_through=signed_through, finished=finished)
+    what = (
+        "records after the signed end of the run"
+        if finished
+        else f"incomplete: no signed run_finished record: the run did not finish, or the log was cut after "
+        f"line {last_head + 1} (its last signature){tail}"
+    )
+    return VerifyReport(
+        False,
+        count,
+        prev,
+        what,
+        status="broken" if finished else "unfinished",
+        signed_through=signed_through,
+        finished=finished,
+    )
 
 
 class AuditLog:
@@ -188,9 +206,16 @@ class AuditLog:
             digest = self._write(record)
             if self._signing_key is not None and record.get("type") in SIGNED_TYPES:
                 covers = self._seq - 1
-                self._write({"type": HEAD, "covers_seq": covers, "head": digest, "software": software_version(),
-                             "config_digest": self.config_digest,
-                             "signature": self._signing_key.sign(head_message(covers, digest)).hex()})
+                self._write(
+                    {
+                        "type": HEAD,
+                        "covers_seq": covers,
+                        "head": digest,
+                        "software": software_version(),
+                        "config_digest": self.config_digest,
+                        "signature": self._signing_key.sign(head_message(covers, digest)).hex(),
+                    }
+                )
                 sync = True
             self._handle.flush()
             if sync:

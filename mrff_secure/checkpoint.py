@@ -36,15 +36,18 @@ def load_arrays(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is empty, cut short or corrupt (not an .npz archive); restore it from a "
-                              "backup or start a new run")
+        raise CheckpointError(
+            f"{path} is empty, cut short or corrupt (not an .npz archive); restore it from a backup or start a new run"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(bytes(archive[META]).decode())
             arrays = {name: archive[name].copy() for name in archive.files if name != META}
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path} is empty, cut short or corrupt ({type(exc).__name__}: {exc or 'no data'}); "
-                              "restore it from a backup or start a new run") from exc
+        raise CheckpointError(
+            f"{path} is empty, cut short or corrupt ({type(exc).__name__}: {exc or 'no data'}); "
+            "restore it from a backup or start a new run"
+        ) from exc
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: its header is not a JSON object")
     return arrays, meta

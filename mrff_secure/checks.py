@@ -17,6 +17,7 @@ from mrff_secure.errors import ConfigError, MrffError
 
 def _bounds(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:
     """' >= 1', ' < 1', ' in (0, 1]' ... ('' without bounds)."""
+
     def text(bound: float) -> str:
         return f"{bound:g}" if isinstance(bound, float) else str(bound)
 
@@ -29,22 +30,39 @@ def _bounds(low: float | None, high: float | None, low_open: bool = False, high_
     return ""
 
 
-def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None,
-              error: type[MrffError] = ConfigError) -> int:
+def check_int(
+    name: str, value: Any, *, low: int | None = None, high: int | None = None, error: type[MrffError] = ConfigError
+) -> int:
     """``value``, an int (not a bool) in [low, high] (either bound optional)."""
-    if (isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low)
-            or (high is not None and value > high)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or (low is not None and value < low)
+        or (high is not None and value > high)
+    ):
         raise error(f"{name} must be an int{_bounds(low, high)}, got {value!r}")
     return value
 
 
-def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False, error: type[MrffError] = ConfigError) -> float:
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    error: type[MrffError] = ConfigError,
+) -> float:
     """``value`` as a float: a finite int or float (not a bool) within the bounds, each optional and
     inclusive unless ``low_open`` / ``high_open``."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or (low is not None and (value <= low if low_open else value < low))
-            or (high is not None and (value >= high if high_open else value > high))):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (low is not None and (value <= low if low_open else value < low))
+        or (high is not None and (value >= high if high_open else value > high))
+    ):
         raise error(f"{name} must be a finite number{_bounds(low, high, low_open, high_open)}, got {value!r}")
     return float(value)
 

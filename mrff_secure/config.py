@@ -45,12 +45,16 @@ class ModelConfig:
             check_int(name, getattr(self, name), low=1)
         check_number("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
         if self.mrff and self.backbone in BASELINES:
-            raise ConfigError(f"backbone {self.backbone!r} is a non-sequential baseline with no feed-forward part "
-                              "for MRFF to replace; use it with mrff off (--no-mrff)")
+            raise ConfigError(
+                f"backbone {self.backbone!r} is a non-sequential baseline with no feed-forward part "
+                "for MRFF to replace; use it with mrff off (--no-mrff)"
+            )
         if self.mrff or self.backbone == "pa":
             check_int("num_groups (with MRFF)", self.num_groups, low=1)
         if any(d < 1 for d in self.gate_hidden_dims + self.prediction_dims):
-            raise ConfigError(f"layer sizes must be >= 1, got gate {self.gate_hidden_dims}, prediction {self.prediction_dims}")
+            raise ConfigError(
+                f"layer sizes must be >= 1, got gate {self.gate_hidden_dims}, prediction {self.prediction_dims}"
+            )
         check_number("balance_alpha", self.balance_alpha, low=0.0)
         check_choice("routing", self.routing, ROUTING_MODES)
 

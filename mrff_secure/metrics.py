@@ -66,8 +66,9 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
 
     labels, probs = _check(labels, probs)
     logits = _logit(probs)
-    result = minimize_scalar(lambda log_t: log_loss(labels, _sigmoid(logits / np.exp(log_t))),
-                             bounds=(-4.0, 4.0), method="bounded")
+    result = minimize_scalar(
+        lambda log_t: log_loss(labels, _sigmoid(logits / np.exp(log_t))), bounds=(-4.0, 4.0), method="bounded"
+    )
     return float(np.exp(result.x))
 
 

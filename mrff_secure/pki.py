@@ -38,10 +38,18 @@ class CertPaths:
     folder: Path
 
     def __getattr__(self, name: str) -> Path:  # ca_crt -> folder / "ca.crt"
-        files = {"ca_crt": "ca.crt", "ca_key": "ca.key", "server_crt": "server.crt", "server_key": "server.key",
-                 "client_crt": "client.crt", "client_key": "client.key", "signing_key": "signing.key",
-                 "signing_pub": "signing.pub", "identity_ca_key": "identity-ca.key",
-                 "identity_ca_pub": "identity-ca.pub"}
+        files = {
+            "ca_crt": "ca.crt",
+            "ca_key": "ca.key",
+            "server_crt": "server.crt",
+            "server_key": "server.key",
+            "client_crt": "client.crt",
+            "client_key": "client.key",
+            "signing_key": "signing.key",
+            "signing_pub": "signing.pub",
+            "identity_ca_key": "identity-ca.key",
+            "identity_ca_pub": "identity-ca.pub",
+        }
         if name not in files:
             raise AttributeError(name)
         return self.folder / files[name]
@@ -50,8 +58,8 @@ class CertPaths:
 class IdentityFiles:
     """One logical client's identity in its state folder (STATE_DIR/user-<id>/):
 
-        identity.key    its Ed25519 identity key (PEM, mode 0600), made on first use
-        credential.bin  the identity authority's credential for that key (`mrff certs issue-client`)
+    identity.key    its Ed25519 identity key (PEM, mode 0600), made on first use
+    credential.bin  the identity authority's credential for that key (`mrff certs issue-client`)
     """
 
     def __init__(self, root: Path, user: int) -> None:
@@ -72,27 +80,36 @@ class IdentityFiles:
         try:
             credential = ClientCredential.from_bytes(path.read_bytes())
         except FileNotFoundError as exc:
-            raise CheckpointError(f"{path} is missing: run `mrff certs issue-client` for user {self.user} "
-                                  "(the identity authority certifies each client's identity key)") from exc
+            raise CheckpointError(
+                f"{path} is missing: run `mrff certs issue-client` for user {self.user} "
+                "(the identity authority certifies each client's identity key)"
+            ) from exc
         except (OSError, ProtocolViolation) as exc:
             raise CheckpointError(f"{path} is not a readable credential: {exc}") from exc
         if credential.client_id != self.user:
-            raise CheckpointError(f"{path} is not the identity authority's credential for user {self.user}: it "
-                                  f"certifies client {credential.client_id}; run `mrff certs issue-client` for "
-                                  f"user {self.user}")
+            raise CheckpointError(
+                f"{path} is not the identity authority's credential for user {self.user}: it "
+                f"certifies client {credential.client_id}; run `mrff certs issue-client` for "
+                f"user {self.user}"
+            )
         try:
             certified = verify_credential(authority_public_key, credential, client_id=self.user)
         except AuthenticationError as exc:
-            raise CheckpointError(f"{path} is not the identity authority's credential for user {self.user}: it "
-                                  "does not verify under the identity authority's key (identity-ca.pub in --certs, "
-                                  "or --identity-ca); have it issued by that authority (`mrff certs issue-client`)"
-                                  ) from exc
+            raise CheckpointError(
+                f"{path} is not the identity authority's credential for user {self.user}: it "
+                "does not verify under the identity authority's key (identity-ca.pub in --certs, "
+                "or --identity-ca); have it issued by that authority (`mrff certs issue-client`)"
+            ) from exc
         if not self.identity_path.exists():
-            raise CheckpointError(f"{self.identity_path} is missing: the key {path} certifies is gone; make a new "
-                                  f"key (`mrff client-key`) and have it certified (`mrff certs issue-client --force`)")
+            raise CheckpointError(
+                f"{self.identity_path} is missing: the key {path} certifies is gone; make a new "
+                f"key (`mrff client-key`) and have it certified (`mrff certs issue-client --force`)"
+            )
         if certified != self.identity_key().public_key().public_bytes_raw():
-            raise CheckpointError(f"{path} certifies another identity key than {self.identity_path}: have this key "
-                                  "certified (`mrff certs issue-client`)")
+            raise CheckpointError(
+                f"{path} certifies another identity key than {self.identity_path}: have this key "
+                "certified (`mrff certs issue-client`)"
+            )
         return credential
 
     def identity_key(self) -> Ed25519PrivateKey:
@@ -107,8 +124,12 @@ class IdentityFiles:
                 raise CheckpointError(f"{path} is not an Ed25519 key")
             return key
         key = Ed25519PrivateKey.generate()
-        write_bytes_atomic(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                   serialization.NoEncryption()))
+        write_bytes_atomic(
+            path,
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+        )
         os.chmod(path, 0o600)
         return key
 
@@ -119,13 +140,18 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mrff-secure development"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mrff-secure development"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
@@ -140,11 +166,17 @@ def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
 
 def _leaf(ca_key, ca_name: x509.Name, common_name: str, usage, hosts: list[str] | None, now: dt.datetime):
     key = ec.generate_private_key(ec.SECP256R1())
-    builder = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(ca_name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=VALIDITY_DAYS))
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALIDITY_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
     if hosts:
         builder = builder.add_extension(_san(hosts), critical=False)
     return key, builder.sign(ca_key, hashes.SHA256())
@@ -159,14 +191,31 @@ def make_dev_pki(folder: Path, *, hosts: list[str] | None = None, overwrite: boo
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("mrff-secure development CA")
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-          .not_valid_after(now + dt.timedelta(days=VALIDITY_DAYS))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALIDITY_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     server_key, server_cert = _leaf(ca_key, ca_name, hosts[0], ExtendedKeyUsageOID.SERVER_AUTH, hosts, now)
     client_key, client_cert = _leaf(ca_key, ca_name, "mrff-client", ExtendedKeyUsageOID.CLIENT_AUTH, None, now)
     signing = Ed25519PrivateKey.generate()
@@ -178,12 +227,14 @@ def make_dev_pki(folder: Path, *, hosts: list[str] | None = None, overwrite: boo
     _write_private(paths.client_key, _key_pem(client_key))
     write_bytes_atomic(paths.client_crt, client_cert.public_bytes(pem))
     _write_private(paths.signing_key, _key_pem(signing))
-    write_bytes_atomic(paths.signing_pub, signing.public_key().public_bytes(
-        pem, serialization.PublicFormat.SubjectPublicKeyInfo))
+    write_bytes_atomic(
+        paths.signing_pub, signing.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     authority = Ed25519PrivateKey.generate()
     _write_private(paths.identity_ca_key, _key_pem(authority))
-    write_bytes_atomic(paths.identity_ca_pub, authority.public_key().public_bytes(
-        pem, serialization.PublicFormat.SubjectPublicKeyInfo))
+    write_bytes_atomic(
+        paths.identity_ca_pub, authority.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return paths
 
 
@@ -191,16 +242,19 @@ def load_authority_public_key(path: Path) -> bytes:
     """The identity authority's raw Ed25519 public key (32 bytes) from its PEM file (identity-ca.pub)."""
     from mrff_secure.wire.signing import load_public_key
 
-    return load_public_key(path, "identity authority's public key (identity-ca.pub, made by `mrff certs`)"
-                           ).public_bytes_raw()
+    return load_public_key(
+        path, "identity authority's public key (identity-ca.pub, made by `mrff certs`)"
+    ).public_bytes_raw()
 
 
 def load_authority_key(paths: CertPaths) -> Ed25519PrivateKey:
     """The identity authority's private key (identity-ca.key): only `mrff certs issue-client` needs it."""
     from mrff_secure.wire.signing import load_private_key
 
-    return load_private_key(paths.identity_ca_key, "identity authority's key (identity-ca.key, made by `mrff certs`; "
-                                                   "--certs names its folder)")
+    return load_private_key(
+        paths.identity_ca_key,
+        "identity authority's key (identity-ca.key, made by `mrff certs`; --certs names its folder)",
+    )
 
 
 def load_identity_public_key(path: Path) -> bytes:
@@ -230,8 +284,15 @@ def _conflict(out: Path, client_id: int, identity_public_key: bytes) -> str | No
     return None
 
 
-def issue_client_credential(paths: CertPaths, client_id: int, identity_public_key: bytes, out: Path, *,
-                            force: bool = False, authority: Ed25519PrivateKey | None = None) -> ClientCredential:
+def issue_client_credential(
+    paths: CertPaths,
+    client_id: int,
+    identity_public_key: bytes,
+    out: Path,
+    *,
+    force: bool = False,
+    authority: Ed25519PrivateKey | None = None,
+) -> ClientCredential:
     """Sign (client id -> identity key) with the identity authority and write the credential (100 bytes).
 
     An existing credential at `out` for another key or id is never replaced without `force`: re-binding
@@ -242,8 +303,10 @@ def issue_client_credential(paths: CertPaths, client_id: int, identity_public_ke
     out = Path(out)
     problem = _conflict(out, client_id, credential.identity_public_key)
     if problem is not None and not force:
-        raise ConfigError(f"{problem}; re-binding client {client_id} needs --force (only if that client really "
-                          "has a new identity key)")
+        raise ConfigError(
+            f"{problem}; re-binding client {client_id} needs --force (only if that client really "
+            "has a new identity key)"
+        )
     write_bytes_atomic(out, credential.to_bytes())
     return credential
 
@@ -260,8 +323,10 @@ def issue_state_credentials(paths: CertPaths, users: list[int], state_dir: Path,
     problems = [p for p in (_conflict(s.credential_path, s.user, k) for s, k in zip(stores, keys)) if p]
     if problems and not force:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ConfigError(f"{problems[0]}{more}; re-binding needs --force (only if those clients really have new "
-                          "identity keys); no credential was written")
+        raise ConfigError(
+            f"{problems[0]}{more}; re-binding needs --force (only if those clients really have new "
+            "identity keys); no credential was written"
+        )
     for store, key in zip(stores, keys):
         issue_client_credential(paths, store.user, key, store.credential_path, force=True, authority=authority)
     return len(users)

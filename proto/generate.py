@@ -32,8 +32,14 @@ def generate(out: Path) -> list[Path]:
     include = Path(protoc.__file__).parent / "_proto"
     written = []
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={tmp}",
-                f"--pyi_out={tmp}", f"--grpc_python_out={tmp}"]
+        args = [
+            "grpc_tools.protoc",
+            f"-I{PROTO_ROOT}",
+            f"-I{include}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+        ]
         args += [str(s.relative_to(PROTO_ROOT)) for s in sources]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")

@@ -21,7 +21,9 @@ FILENAME = "checkpoint.npz"
 
 def save(run_dir: Path, params: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     arrays = {f"param/{name}": t.detach().cpu().numpy() for name, t in params.items()}
-    return save_arrays(Path(run_dir) / FILENAME, arrays, {**meta, "format": FORMAT_VERSION, "param_order": list(params)})
+    return save_arrays(
+        Path(run_dir) / FILENAME, arrays, {**meta, "format": FORMAT_VERSION, "param_order": list(params)}
+    )
 
 
 def load(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

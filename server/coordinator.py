@@ -75,24 +75,41 @@ def _evaluation_text(evaluation: dict[str, Any] | None) -> str:
 
 def evaluation_config(num_clients: int, options: dict[str, int] | None = None) -> SecAggConfig:
     """The evaluation sum's parameters: every client can check them from the public constants alone."""
-    return SecAggConfig(num_clients=num_clients, vector_length=evaluation_sum.LENGTH, max_abs=evaluation_sum.MAX_ABS,
-                        **(options or {}))
+    return SecAggConfig(
+        num_clients=num_clients, vector_length=evaluation_sum.LENGTH, max_abs=evaluation_sum.MAX_ABS, **(options or {})
+    )
 
 
 def secagg_parameters(config: SecAggConfig, secagg_round_id: int, nonce: bytes) -> pb.SecAggParameters:
-    return pb.SecAggParameters(secagg_round_id=secagg_round_id, num_clients=config.num_clients,
-                               vector_length=config.vector_length, max_abs=config.max_abs,
-                               modulus_bits=config.bits, num_neighbours=config.k, threshold=config.t,
-                               session_nonce=nonce)
+    return pb.SecAggParameters(
+        secagg_round_id=secagg_round_id,
+        num_clients=config.num_clients,
+        vector_length=config.vector_length,
+        max_abs=config.max_abs,
+        modulus_bits=config.bits,
+        num_neighbours=config.k,
+        threshold=config.t,
+        session_nonce=nonce,
+    )
 
 
 class Coordinator:
     """One training run's server. `run()` plays the rounds; the other public methods are called by
     request threads."""
 
-    def __init__(self, run_dir: Path, settings: ServerSettings, model_config: ModelConfig, schema: PublicSchema,
-                 spec: RoundSpec, signing_key, *, authority_public_key: bytes, resume: bool = False,
-                 on_round_line: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        settings: ServerSettings,
+        model_config: ModelConfig,
+        schema: PublicSchema,
+        spec: RoundSpec,
+        signing_key,
+        *,
+        authority_public_key: bytes,
+        resume: bool = False,
+        on_round_line: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings, self.model_config, self.base_spec = settings, model_config, spec
         self.on_round_line = on_round_line  # the operator's one line per round (the command prints it)
         self._signing_key = signing_key
@@ -119,20 +136,23 @@ class Coordinator:
         return self.state.params_template()
 
     # -------------------------------------------------------------- requests
-    def enrol(self, client_id: int, public_key: bytes, proof: bytes, credential: bytes, *,
-              skips_evaluation: bool = False) -> bytes:
+    def enrol(
+        self, client_id: int, public_key: bytes, proof: bytes, credential: bytes, *, skips_evaluation: bool = False
+    ) -> bytes:
         if not 0 <= client_id <= MAX_CLIENT_ID:
             raise Malformed(f"client id {client_id} is outside [0, {MAX_CLIENT_ID}]")
         if len(public_key) != primitives.PUBLIC_KEY_BYTES:
             raise Malformed(f"identity key must be {primitives.PUBLIC_KEY_BYTES} bytes, got {len(public_key)}")
         try:
-            certified = verify_credential(self.authority_public_key, ClientCredential.from_bytes(credential),
-                                          client_id=client_id)
+            certified = verify_credential(
+                self.authority_public_key, ClientCredential.from_bytes(credential), client_id=client_id
+            )
         except ProtocolViolation as exc:
             raise EnrolmentRefused(f"no readable credential from the identity authority: {exc}") from exc
         except AuthenticationError as exc:
-            raise EnrolmentRefused(f"the credential is not the identity authority's statement for client "
-                                   f"{client_id}") from exc
+            raise EnrolmentRefused(
+                f"the credential is not the identity authority's statement for client {client_id}"
+            ) from exc
         if not hmac.compare_digest(certified, public_key):
             raise EnrolmentRefused(f"the credential of client {client_id} certifies another identity key")
         try:
@@ -145,8 +165,14 @@ class Coordinator:
                 raise EnrolmentRefused(f"client id {client_id} is already bound to another identity key in this run")
             if known is None:  # a new binding: audited with its credential, so a resumed server keeps it
                 self.state.identities[client_id] = public_key
-                self.audit.append({"type": "enrolled", "client": client_id, "identity_key": public_key.hex(),
-                                   "credential": bytes(credential).hex()})
+                self.audit.append(
+                    {
+                        "type": "enrolled",
+                        "client": client_id,
+                        "identity_key": public_key.hex(),
+                        "credential": bytes(credential).hex(),
+                    }
+                )
             return self.gate.open_session(client_id, skips_evaluation=skips_evaluation)
 
     def authenticate(self, client_id: int, token: bytes) -> bool:
@@ -166,8 +192,16 @@ class Coordinator:
 
     def record_rejection(self, client_id: int | None, method: str, status: str, reason: str) -> None:
         rs = self.gate.current_round()
-        self.audit.append({"type": "rejected", "client": client_id, "method": method, "status": status,
-                           "reason": reason[:500], "round": None if rs is None else rs.round_id})
+        self.audit.append(
+            {
+                "type": "rejected",
+                "client": client_id,
+                "method": method,
+                "status": status,
+                "reason": reason[:500],
+                "round": None if rs is None else rs.round_id,
+            }
+        )
 
     def all_saw_finish(self) -> bool:
         """Every client enrolled with this server process has received the end-of-run announcement."""
@@ -188,8 +222,9 @@ class Coordinator:
             while state.next_round < self.settings.rounds:
                 self._play_round(state.next_round)
             self.gate.announce(state.next_round, self._body(state.next_round, (), None, finished=True), finished=True)
-            self.audit.append({"type": "run_finished", "rounds": state.next_round, "model_digest": self.model_digest()},
-                              sync=True)
+            self.audit.append(
+                {"type": "run_finished", "rounds": state.next_round, "model_digest": self.model_digest()}, sync=True
+            )
         except (Stopped, ShuttingDown):
             log.info("coordinator stopped")
         except BaseException as exc:  # surfaced by the command; the process must not hang silently
@@ -201,12 +236,25 @@ class Coordinator:
         data = body.SerializeToString()
         return pb.SignedBody(body=data, signature=signing.sign_body(self._signing_key, data))
 
-    def _body(self, round_id: int, participants: tuple[int, ...], spec: RoundSpec | None, *,
-              finished: bool = False, configs: tuple[SecAggConfig, SecAggConfig] | None = None,
-              nonces: tuple[bytes, ...] = (b"", b""), evaluation: SecAggConfig | None = None) -> pb.SignedBody:
+    def _body(
+        self,
+        round_id: int,
+        participants: tuple[int, ...],
+        spec: RoundSpec | None,
+        *,
+        finished: bool = False,
+        configs: tuple[SecAggConfig, SecAggConfig] | None = None,
+        nonces: tuple[bytes, ...] = (b"", b""),
+        evaluation: SecAggConfig | None = None,
+    ) -> pb.SignedBody:
         state = self.state
-        body = pb.RoundBody(run_id=state.run_id, round_id=round_id, finished=finished,
-                            last_completed_round=state.last_completed, secure=self.settings.secure)
+        body = pb.RoundBody(
+            run_id=state.run_id,
+            round_id=round_id,
+            finished=finished,
+            last_completed_round=state.last_completed,
+            secure=self.settings.secure,
+        )
         if not finished and spec is not None and configs is not None:
             body.participants.extend(participants)
             body.parameters.extend(tensors.to_proto(state.params))
@@ -216,14 +264,29 @@ class Coordinator:
             body.counts_secagg.CopyFrom(secagg_parameters(configs[0], 2 * round_id, nonces[0]))
             body.update_secagg.CopyFrom(secagg_parameters(configs[1], 2 * round_id + 1, nonces[1]))
             if evaluation is not None:
-                body.evaluation_secagg.CopyFrom(secagg_parameters(evaluation, EVALUATION_SESSION_BASE + round_id,
-                                                                  nonces[2]))
-            body.dp.CopyFrom(pb.DPParameters(mode=spec.dp_mode, clip=spec.clip, noise_multiplier=spec.noise_multiplier,
-                                             min_survivors=spec.min_survivors, mechanism=spec.mechanism,
-                                             modulus_bits=spec.modulus_bits, count_cap=spec.count_cap))
-            body.training.CopyFrom(pb.TrainingParameters(local_steps=spec.local_steps, optimizer=spec.optimizer,
-                                                         lr=spec.lr, model_seed=self.settings.seed,
-                                                         model_config_json=model_config_json(self.model_config)))
+                body.evaluation_secagg.CopyFrom(
+                    secagg_parameters(evaluation, EVALUATION_SESSION_BASE + round_id, nonces[2])
+                )
+            body.dp.CopyFrom(
+                pb.DPParameters(
+                    mode=spec.dp_mode,
+                    clip=spec.clip,
+                    noise_multiplier=spec.noise_multiplier,
+                    min_survivors=spec.min_survivors,
+                    mechanism=spec.mechanism,
+                    modulus_bits=spec.modulus_bits,
+                    count_cap=spec.count_cap,
+                )
+            )
+            body.training.CopyFrom(
+                pb.TrainingParameters(
+                    local_steps=spec.local_steps,
+                    optimizer=spec.optimizer,
+                    lr=spec.lr,
+                    model_seed=self.settings.seed,
+                    model_config_json=model_config_json(self.model_config),
+                )
+            )
             body.min_group_size = spec.min_group_size
             body.model_digest = tensors.digest(state.params)
             body.schema_digest, body.schema_summary = state.schema_digest, state.schema_summary
@@ -248,38 +311,77 @@ class Coordinator:
         configs = plan_configs(plans, n, options=self.settings.secagg_options())
         nonces = tuple(secrets.token_bytes(NONCE_BYTES) for _ in range(3))  # fresh per session
         evaluation = evaluation_config(n, self.settings.secagg_options()) if self.settings.evaluates(r) else None
-        rs = RoundState(r, participants, spec, self._body(r, participants, spec, configs=configs, nonces=nonces,
-                                                      evaluation=evaluation), announcement_evaluates=evaluation is not None)
+        rs = RoundState(
+            r,
+            participants,
+            spec,
+            self._body(r, participants, spec, configs=configs, nonces=nonces, evaluation=evaluation),
+            announcement_evaluates=evaluation is not None,
+        )
         evaluated_model = self.model_digest() if evaluation is not None else ""  # the round's starting model
         self.gate.begin_round(rs)
 
         def announce() -> None:  # under the lock, once the counts phase accepts inputs
             self.gate.announce(r, rs.announcement)
 
-        record: dict[str, Any] = {"type": "round", "round": r, "participants": list(participants),
-                                  "secure": self.settings.secure, "dp_mode": spec.dp_mode, "phases": {}}
+        record: dict[str, Any] = {
+            "type": "round",
+            "round": r,
+            "participants": list(participants),
+            "secure": self.settings.secure,
+            "dp_mode": spec.dp_mode,
+            "phases": {},
+        }
         try:
-            ring1, survivors1 = self._phase(rs, Phase.COUNTS, configs[0], 2 * r, nonces[0], set(participants),
-                                            self.settings.train_timeout, record, on_open=announce)
+            ring1, survivors1 = self._phase(
+                rs,
+                Phase.COUNTS,
+                configs[0],
+                2 * r,
+                nonces[0],
+                set(participants),
+                self.settings.train_timeout,
+                record,
+                on_open=announce,
+            )
             seed = self.settings.seed
             if plans.counts is not None:  # the phase-1 sum, decoded (noisy under DP) and rounded to counts >= 0
-                counts = decode_counts(plans, ring1, survivors=len(survivors1),
-                                       rotation_seed=rotation_seed(seed, r, Phase.COUNTS))
+                counts = decode_counts(
+                    plans, ring1, survivors=len(survivors1), rotation_seed=rotation_seed(seed, r, Phase.COUNTS)
+                )
             else:
                 counts = np.zeros((0, 0), dtype=np.int64)
             suppressed = suppressed_groups(counts, spec.min_group_size)
-            start = self._sign(pb.UpdatePhaseBody(run_id=self.state.run_id, round_id=r, group_counts=counts.reshape(-1).tolist()))
+            start = self._sign(
+                pb.UpdatePhaseBody(run_id=self.state.run_id, round_id=r, group_counts=counts.reshape(-1).tolist())
+            )
 
             def publish_start() -> None:  # runs under the lock once the phase's first stage is open
                 rs.phase_start = start
 
-            ring2, survivors2 = self._phase(rs, Phase.UPDATE, configs[1], 2 * r + 1, nonces[1], set(survivors1),
-                                            self.settings.stage_timeout, record, on_open=publish_start)
-            summed = decode_sum(plans.update, ring2, survivors=len(survivors2),
-                                rotation_seed=rotation_seed(seed, r, Phase.UPDATE))
-            applied, examples = apply_decoded(self.state.params, self.layout, summed, survivors=len(survivors2),
-                                              phase1_survivors=len(survivors1), counts=counts,
-                                              suppressed=suppressed)
+            ring2, survivors2 = self._phase(
+                rs,
+                Phase.UPDATE,
+                configs[1],
+                2 * r + 1,
+                nonces[1],
+                set(survivors1),
+                self.settings.stage_timeout,
+                record,
+                on_open=publish_start,
+            )
+            summed = decode_sum(
+                plans.update, ring2, survivors=len(survivors2), rotation_seed=rotation_seed(seed, r, Phase.UPDATE)
+            )
+            applied, examples = apply_decoded(
+                self.state.params,
+                self.layout,
+                summed,
+                survivors=len(survivors2),
+                phase1_survivors=len(survivors1),
+                counts=counts,
+                suppressed=suppressed,
+            )
         except (SecAggError, ConfigError, PrivacyError) as exc:  # aborted, or a sum that cannot be used
             outcome = pb.RoundOutcome(round_id=r, completed=False, reason=f"{type(exc).__name__}: {exc}")
             record.update(type="round_aborted", reason=str(exc), model_digest=self.model_digest())
@@ -290,31 +392,50 @@ class Coordinator:
             self.state.ledger.step(release=round_release(spec, self.layout, n))
             epsilon = ledger_summary(self.state.ledger)
             outcome = pb.RoundOutcome(round_id=r, completed=True, survivors=len(survivors2))
-            record.update(group_counts=counts.tolist(), suppressed=suppressed.astype(int).tolist(),
-                          examples=round(examples, 3), model_digest=self.model_digest(), epsilon=epsilon)
+            record.update(
+                group_counts=counts.tolist(),
+                suppressed=suppressed.astype(int).tolist(),
+                examples=round(examples, 3),
+                model_digest=self.model_digest(),
+                epsilon=epsilon,
+            )
             if evaluation is not None:
-                record["evaluation"] = self._evaluate(rs, evaluation, nonces[2], survivors2, record,
-                                                      evaluated_model)
+                record["evaluation"] = self._evaluate(rs, evaluation, nonces[2], survivors2, record, evaluated_model)
         wire = self.gate.wire_bytes()
-        record.update(seconds=round(time.perf_counter() - started, 4),
-                      server_cpu_seconds=round(time.process_time() - cpu0, 4),
-                      wire_bytes={**wire, "per_participant": round((wire["received"] + wire["sent"]) / n, 1),
-                                  "announcement": len(rs.announcement.body) + len(rs.announcement.signature)})
+        record.update(
+            seconds=round(time.perf_counter() - started, 4),
+            server_cpu_seconds=round(time.process_time() - cpu0, 4),
+            wire_bytes={
+                **wire,
+                "per_participant": round((wire["received"] + wire["sent"]) / n, 1),
+                "announcement": len(rs.announcement.body) + len(rs.announcement.signature),
+            },
+        )
         self.state.next_round = r + 1
         self.state.save()
         self.audit.append(record, sync=True)
         self.gate.end_round(rs, outcome)
-        dropouts = sorted({c for phase in record["phases"].values() for stage in phase["dropouts"].values() for c in stage})
+        dropouts = sorted(
+            {c for phase in record["phases"].values() for stage in phase["dropouts"].values() for c in stage}
+        )
         eps = record.get("epsilon", {}).get("epsilon") if outcome.completed else None
         if self.on_round_line is not None:
             self.on_round_line(
                 f"[ROUND {r}] {'completed' if outcome.completed else 'ABORTED: ' + outcome.reason}: {n} participants, "
                 f"{len(dropouts)} dropped, {record['seconds']:.2f} s"
                 + (f", epsilon so far {eps if isinstance(eps, str) else format(eps, '.4g')}" if eps is not None else "")
-                + _evaluation_text(record.get("evaluation")))
+                + _evaluation_text(record.get("evaluation"))
+            )
 
-    def _evaluate(self, rs: RoundState, config: SecAggConfig, nonce: bytes, survivors: tuple[int, ...], record: dict,
-                  evaluated_model: str) -> dict[str, Any]:
+    def _evaluate(
+        self,
+        rs: RoundState,
+        config: SecAggConfig,
+        nonce: bytes,
+        survivors: tuple[int, ...],
+        record: dict,
+        evaluated_model: str,
+    ) -> dict[str, Any]:
         """The federated evaluation of the model round `rs` started from, over the update phase's survivors:
         a secure sum of their held-out score histograms (evaluation_sum). Its failure leaves the round
         completed (the model step is already decided) and is recorded, not raised."""
@@ -322,11 +443,23 @@ class Coordinator:
         def open_phase() -> None:  # under the lock, once the phase's first stage is open
             rs.evaluation_open = True
 
-        out: dict[str, Any] = {"evaluated_model": evaluated_model, "outside_the_guarantee": evaluation_sum.OUTSIDE_THE_GUARANTEE}
+        out: dict[str, Any] = {
+            "evaluated_model": evaluated_model,
+            "outside_the_guarantee": evaluation_sum.OUTSIDE_THE_GUARANTEE,
+        }
         try:
             joining = set(survivors) - self.gate.skipping_evaluation()  # their policy: no held-out scores
-            ring, clients = self._phase(rs, Phase.EVALUATION, config, EVALUATION_SESSION_BASE + rs.round_id, nonce,
-                                        joining, self.settings.stage_timeout, record, on_open=open_phase)
+            ring, clients = self._phase(
+                rs,
+                Phase.EVALUATION,
+                config,
+                EVALUATION_SESSION_BASE + rs.round_id,
+                nonce,
+                joining,
+                self.settings.stage_timeout,
+                record,
+                on_open=open_phase,
+            )
             splits = evaluation_sum.decode(from_ring(ring.astype(np.uint64), config.bits))
         except (SecAggError, ConfigError) as exc:
             log.warning("round %d: federated evaluation failed: %s", rs.round_id, exc)
@@ -336,8 +469,16 @@ class Coordinator:
         return out
 
     # ---------------------------------------------------------------- stages
-    def _stage(self, ps: PhaseState, record: dict, stage: int, expected: set[int], timeout: float,
-               outbox: dict[int, bytes] | None = None, on_open: Callable[[], None] | None = None) -> set[int]:
+    def _stage(
+        self,
+        ps: PhaseState,
+        record: dict,
+        stage: int,
+        expected: set[int],
+        timeout: float,
+        outbox: dict[int, bytes] | None = None,
+        on_open: Callable[[], None] | None = None,
+    ) -> set[int]:
         """Run one stage through the gate and record its dropouts and duration."""
         opened = time.monotonic()
         received, missing = self.gate.run_stage(ps, stage, expected, timeout, outbox, on_open)
@@ -346,15 +487,25 @@ class Coordinator:
         entry["stage_seconds"][WIRE_NAMES[stage]] = round(time.monotonic() - opened, 4)  # open -> last answer
         return received
 
-    def _phase(self, rs: RoundState, phase: Phase, config: SecAggConfig, secagg_round_id: int, nonce: bytes,
-               expected: set[int], first_timeout: float, record: dict, on_open: Callable[[], None] | None = None
-               ) -> tuple[np.ndarray, tuple[int, ...]]:
+    def _phase(
+        self,
+        rs: RoundState,
+        phase: Phase,
+        config: SecAggConfig,
+        secagg_round_id: int,
+        nonce: bytes,
+        expected: set[int],
+        first_timeout: float,
+        record: dict,
+        on_open: Callable[[], None] | None = None,
+    ) -> tuple[np.ndarray, tuple[int, ...]]:
         """One secure sum of the round, stage by stage of the stage table (or one plain stage)."""
         ps = PhaseState(phase, config, secagg_round_id, nonce)
         if self.settings.secure:
             context = SessionContext(run_context_id(self.state.run_id), phase, secagg_round_id, nonce)
-            ps.session = ServerSession(config, context=context, authority_public_key=self.authority_public_key,
-                                       participants=expected)
+            ps.session = ServerSession(
+                config, context=context, authority_public_key=self.authority_public_key, participants=expected
+            )
         self.gate.open_phase(rs, ps)
         if not self.settings.secure:
             got = self._stage(ps, record, pb.MASKED_INPUT, expected, first_timeout, on_open=on_open)
@@ -370,8 +521,15 @@ class Coordinator:
         outbox: dict[int, bytes] | None = None
         for step in STAGES:
             first = outbox is None
-            self._stage(ps, record, step.wire, expected if first else set(outbox), first_timeout if first else
-                        self.settings.stage_timeout, outbox, on_open if first else None)
+            self._stage(
+                ps,
+                record,
+                step.wire,
+                expected if first else set(outbox),
+                first_timeout if first else self.settings.stage_timeout,
+                outbox,
+                on_open if first else None,
+            )
             if step.close is None:
                 break
             deliveries = step.close(session)
@@ -386,5 +544,7 @@ class Coordinator:
         if survivors < 1:
             raise AggregationAborted(f"no client sent its {phase.label} input")
         if phase == Phase.UPDATE and spec.dp_mode == "distributed" and survivors < spec.min_survivors:
-            raise AggregationAborted(f"{survivors} survivors carry less noise than the {spec.min_survivors} "
-                                     "the distributed DP mode was sized for; nothing is released")
+            raise AggregationAborted(
+                f"{survivors} survivors carry less noise than the {spec.min_survivors} "
+                "the distributed DP mode was sized for; nothing is released"
+            )

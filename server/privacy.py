@@ -23,22 +23,31 @@ from mrff_secure.round.update_vector import UpdateLayout
 def round_release(spec: RoundSpec, layout: UpdateLayout, participants: int) -> RoundRelease:
     """The public description of one networked round (what the clients encode with)."""
     blocks = layout.num_blocks if layout.num_groups else 0
-    return RoundRelease(dp_mode=spec.dp_mode, secure_aggregation=True, clip=spec.clip,
-                        noise_multiplier=spec.noise_multiplier if spec.dp_mode == "distributed" else 0.0,
-                        num_blocks=blocks, num_groups=layout.num_groups, delta_size=layout.delta_size,
-                        participants=participants,
-                        n_min=spec.min_survivors if spec.dp_mode == "distributed" else participants,
-                        mechanism=spec.mechanism if spec.dp_mode == "distributed" else None,
-                        modulus_bits=spec.modulus_bits, count_cap=spec.count_cap)
+    return RoundRelease(
+        dp_mode=spec.dp_mode,
+        secure_aggregation=True,
+        clip=spec.clip,
+        noise_multiplier=spec.noise_multiplier if spec.dp_mode == "distributed" else 0.0,
+        num_blocks=blocks,
+        num_groups=layout.num_groups,
+        delta_size=layout.delta_size,
+        participants=participants,
+        n_min=spec.min_survivors if spec.dp_mode == "distributed" else participants,
+        mechanism=spec.mechanism if spec.dp_mode == "distributed" else None,
+        modulus_bits=spec.modulus_bits,
+        count_cap=spec.count_cap,
+    )
 
 
-def calibrate(spec: RoundSpec, layout: UpdateLayout, *, participants: int, target_epsilon: float, rounds: int,
-              delta: float) -> float:
+def calibrate(
+    spec: RoundSpec, layout: UpdateLayout, *, participants: int, target_epsilon: float, rounds: int, delta: float
+) -> float:
     """z that spends `target_epsilon` over `rounds` rounds of `participants` clients: the headline of the
     ledger below (the discrete bound of the mechanism the clients encode), so the ledger's epsilon after
     `rounds` such rounds is <= the target and close to it. What the calibration had to say is logged."""
-    calibration = calibrate_release(round_release(spec, layout, participants), target_epsilon=target_epsilon,
-                                    rounds=max(rounds, 1), delta=delta)
+    calibration = calibrate_release(
+        round_release(spec, layout, participants), target_epsilon=target_epsilon, rounds=max(rounds, 1), delta=delta
+    )
     for note in calibration.notes:
         logging.getLogger(__name__).warning("calibration: %s", note)
     return calibration.noise_multiplier
@@ -48,11 +57,17 @@ def ledger_summary(ledger: RoundAccountant) -> dict[str, Any]:
     """The coordinator's epsilon so far, JSON-ready for the audit record: epsilons as floats or "inf" (a
     noiseless round: no guarantee, never 0.0 or null)."""
     eps = ledger.epsilon()
-    return {"epsilon": json_epsilon(eps), "delta": ledger.delta, "rounds_accounted": ledger.rounds,
-            "noiseless_rounds": ledger.noiseless_rounds, "adjacency": ZERO_OUT,
-            "adjacency_meaning": ADJACENCY_TEXT[ZERO_OUT],
-            "epsilon_replace_one": json_epsilon(ledger.epsilon(replace_one=True)),
-            "bound": "RDP of the distributed integer mechanism as the clients encoded it, both phases, every "
-                     "completed round, for a user in every round (no amplification by sampling)",
-            "warnings": privacy_warnings(epsilon=eps, delta=ledger.delta,
-                                         noise_multiplier=0.0 if ledger.noiseless_rounds else 1.0)}
+    return {
+        "epsilon": json_epsilon(eps),
+        "delta": ledger.delta,
+        "rounds_accounted": ledger.rounds,
+        "noiseless_rounds": ledger.noiseless_rounds,
+        "adjacency": ZERO_OUT,
+        "adjacency_meaning": ADJACENCY_TEXT[ZERO_OUT],
+        "epsilon_replace_one": json_epsilon(ledger.epsilon(replace_one=True)),
+        "bound": "RDP of the distributed integer mechanism as the clients encoded it, both phases, every "
+        "completed round, for a user in every round (no amplification by sampling)",
+        "warnings": privacy_warnings(
+            epsilon=eps, delta=ledger.delta, noise_multiplier=0.0 if ledger.noiseless_rounds else 1.0
+        ),
+    }

@@ -54,11 +54,15 @@ def metrics_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             last_epsilon = record["epsilon"]
         wire = record.get("wire_bytes", {})
         row: dict[str, Any] = {
-            "round": record.get("round"), "completed": completed, "participants": len(record.get("participants", [])),
-            "phases": _phase_rows(record), "seconds": record.get("seconds"),
+            "round": record.get("round"),
+            "completed": completed,
+            "participants": len(record.get("participants", [])),
+            "phases": _phase_rows(record),
+            "seconds": record.get("seconds"),
             "bytes_per_participant": wire.get("per_participant"),
             "epsilon": (last_epsilon or {}).get("epsilon", "inf"),
-            "delta": (last_epsilon or {}).get("delta"), "adjacency": (last_epsilon or {}).get("adjacency"),
+            "delta": (last_epsilon or {}).get("delta"),
+            "adjacency": (last_epsilon or {}).get("adjacency"),
         }
         if completed:
             row["group_counts_seen_by_server"] = record.get("group_counts")
@@ -75,10 +79,15 @@ def _evaluation_row(record: dict[str, Any]) -> dict[str, Any]:
         return {}
     if not evaluation.get("available"):
         return {"evaluation_failed": evaluation.get("reason")}
-    return {"val_auc": evaluation["val"]["auc"], "val_logloss": evaluation["val"]["log_loss"],
-            "test_auc": evaluation["test"]["auc"], "test_logloss": evaluation["test"]["log_loss"],
-            "evaluation_clients": evaluation.get("clients"), "evaluated_after_round": record.get("round") - 1,
-            "evaluated_model": evaluation.get("evaluated_model")}
+    return {
+        "val_auc": evaluation["val"]["auc"],
+        "val_logloss": evaluation["val"]["log_loss"],
+        "test_auc": evaluation["test"]["auc"],
+        "test_logloss": evaluation["test"]["log_loss"],
+        "evaluation_clients": evaluation.get("clients"),
+        "evaluated_after_round": record.get("round") - 1,
+        "evaluated_model": evaluation.get("evaluated_model"),
+    }
 
 
 def evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -89,11 +98,22 @@ def evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not evaluated:
         return {"available": False, "reason": NO_EVALUATION, "outside_the_guarantee": OUTSIDE_THE_GUARANTEE}
     best = max(evaluated, key=lambda r: r["val_auc"])
-    keys = ("val_auc", "val_logloss", "test_auc", "test_logloss", "evaluation_clients", "evaluated_after_round",
-            "evaluated_model")
-    return {"available": True, "kind": f"federated: secure sum of held-out score histograms ({BINS} bins per label)",
-            "rounds_evaluated": len(evaluated), "best": {"round": best["round"], **{k: best.get(k) for k in keys}},
-            "outside_the_guarantee": OUTSIDE_THE_GUARANTEE}
+    keys = (
+        "val_auc",
+        "val_logloss",
+        "test_auc",
+        "test_logloss",
+        "evaluation_clients",
+        "evaluated_after_round",
+        "evaluated_model",
+    )
+    return {
+        "available": True,
+        "kind": f"federated: secure sum of held-out score histograms ({BINS} bins per label)",
+        "rounds_evaluated": len(evaluated),
+        "best": {"round": best["round"], **{k: best.get(k) for k in keys}},
+        "outside_the_guarantee": OUTSIDE_THE_GUARANTEE,
+    }
 
 
 def summary_of(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,18 +121,30 @@ def summary_of(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dic
     finished = next((r for r in records if r.get("type") == "run_finished"), None)
     completed = [r for r in records if r.get("type") == "round"]
     planned = started.get("settings", {}).get("rounds")
-    privacy = dict(completed[-1]["epsilon"]) if completed and isinstance(completed[-1].get("epsilon"), dict) else {
-        "epsilon": "inf", "note": "no completed round"}
+    privacy = (
+        dict(completed[-1]["epsilon"])
+        if completed and isinstance(completed[-1].get("epsilon"), dict)
+        else {"epsilon": "inf", "note": "no completed round"}
+    )
     spec = started.get("spec", {})
-    privacy.update(mode=spec.get("dp_mode"), mechanism=spec.get("mechanism") if spec.get("dp_mode") != "off" else None,
-                   noise_multiplier=spec.get("noise_multiplier"), clip=spec.get("clip"),
-                   private=spec.get("dp_mode") not in (None, "off") and privacy.get("epsilon") != "inf")
+    privacy.update(
+        mode=spec.get("dp_mode"),
+        mechanism=spec.get("mechanism") if spec.get("dp_mode") != "off" else None,
+        noise_multiplier=spec.get("noise_multiplier"),
+        clip=spec.get("clip"),
+        private=spec.get("dp_mode") not in (None, "off") and privacy.get("epsilon") != "inf",
+    )
     return {
-        "kind": "network", "run_id": started.get("run_id"), "rounds": planned,
-        "rounds_completed": len(completed), "rounds_aborted": sum(not r["completed"] for r in rows),
+        "kind": "network",
+        "run_id": started.get("run_id"),
+        "rounds": planned,
+        "rounds_completed": len(completed),
+        "rounds_aborted": sum(not r["completed"] for r in rows),
         "finished": finished is not None,
         "model_digest": (finished or (completed[-1] if completed else {})).get("model_digest"),
-        "round_parameters": spec, "settings": started.get("settings", {}), "privacy": privacy,
+        "round_parameters": spec,
+        "settings": started.get("settings", {}),
+        "privacy": privacy,
         "evaluation": evaluation_summary(rows),
     }
 

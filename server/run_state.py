@@ -62,7 +62,9 @@ class ServerSettings:
         check_number("max_dropout_fraction", self.max_dropout_fraction, low=0.0, high=1.0, high_open=True)
 
     def secagg_options(self) -> dict[str, int]:
-        return {k: v for k, v in (("num_neighbours", self.num_neighbours), ("threshold", self.threshold)) if v is not None}
+        return {
+            k: v for k, v in (("num_neighbours", self.num_neighbours), ("threshold", self.threshold)) if v is not None
+        }
 
     def evaluates(self, round_id: int) -> bool:
         """Round `round_id` ends with a federated evaluation of the model it started from."""
@@ -80,23 +82,44 @@ class RunState:
     ledger: RoundAccountant
     identities: dict[int, bytes]
 
-    def __init__(self, run_dir: Path, settings: ServerSettings, model_config: ModelConfig, schema: PublicSchema,
-                 spec: RoundSpec, signing_key) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        settings: ServerSettings,
+        model_config: ModelConfig,
+        schema: PublicSchema,
+        spec: RoundSpec,
+        signing_key,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.settings, self.model_config, self.spec = settings, model_config, spec
         self.model, self._initial_params = build_global(model_config, schema, settings.seed)  # the public schema only
         self.schema_digest, self.schema_summary = schema.digest(), schema.describe()
         self.layout = UpdateLayout.from_model(self.model)
-        self.config_digest = hashlib.sha256(json.dumps(
-            {"settings": dataclasses.asdict(settings), "spec": dataclasses.asdict(spec),
-             "model_config": model_config_json(model_config), "schema": self.schema_digest},
-            sort_keys=True).encode()).hexdigest()
+        self.config_digest = hashlib.sha256(
+            json.dumps(
+                {
+                    "settings": dataclasses.asdict(settings),
+                    "spec": dataclasses.asdict(spec),
+                    "model_config": model_config_json(model_config),
+                    "schema": self.schema_digest,
+                },
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()
         self.audit = AuditLog(self.run_dir / "audit.jsonl", signing_key, config_digest=self.config_digest)
 
     # ------------------------------------------------------------- creation
     @classmethod
-    def create(cls, run_dir: Path, settings: ServerSettings, model_config: ModelConfig, schema: PublicSchema,
-               spec: RoundSpec, signing_key) -> "RunState":
+    def create(
+        cls,
+        run_dir: Path,
+        settings: ServerSettings,
+        model_config: ModelConfig,
+        schema: PublicSchema,
+        spec: RoundSpec,
+        signing_key,
+    ) -> "RunState":
         state = cls(run_dir, settings, model_config, schema, spec, signing_key)
         if (state.run_dir / checkpoint.FILENAME).exists():
             raise ConfigError(f"{state.run_dir} already holds a run; use --resume {state.run_dir} or a new folder")
@@ -105,31 +128,57 @@ class RunState:
         state.next_round, state.last_completed = 0, -1
         groups = state.layout.num_groups
         dtype = next(iter(state.params.values())).dtype
-        state.group_fractions = (torch.full((state.layout.num_blocks, groups), 1.0 / groups, dtype=dtype)
-                                 if groups else None)
+        state.group_fractions = (
+            torch.full((state.layout.num_blocks, groups), 1.0 / groups, dtype=dtype) if groups else None
+        )
         state.ledger = RoundAccountant(delta=settings.dp_delta)
         state.identities = {}
         state.save()
-        state.audit.append({"type": "run_started", "run_id": state.run_id, "settings": dataclasses.asdict(settings),
-                            "spec": dataclasses.asdict(spec), "model_config": model_config_json(model_config),
-                            "model_digest": state.model_digest(), "software": software_version(),
-                            "config_digest": state.config_digest}, sync=True)
+        state.audit.append(
+            {
+                "type": "run_started",
+                "run_id": state.run_id,
+                "settings": dataclasses.asdict(settings),
+                "spec": dataclasses.asdict(spec),
+                "model_config": model_config_json(model_config),
+                "model_digest": state.model_digest(),
+                "software": software_version(),
+                "config_digest": state.config_digest,
+            },
+            sync=True,
+        )
         return state
 
     @classmethod
-    def resume(cls, run_dir: Path, settings: ServerSettings, model_config: ModelConfig, schema: PublicSchema,
-               spec: RoundSpec, signing_key) -> "RunState":
+    def resume(
+        cls,
+        run_dir: Path,
+        settings: ServerSettings,
+        model_config: ModelConfig,
+        schema: PublicSchema,
+        spec: RoundSpec,
+        signing_key,
+    ) -> "RunState":
         state = cls(run_dir, settings, model_config, schema, spec, signing_key)
         if state.audit.finished:
-            raise ConfigError(f"the run in {state.run_dir} has finished (its audit log ends with a signed "
-                              "run_finished): it is not resumed; start a new run in another --run-dir")
+            raise ConfigError(
+                f"the run in {state.run_dir} has finished (its audit log ends with a signed "
+                "run_finished): it is not resumed; start a new run in another --run-dir"
+            )
         params, meta = checkpoint.load(state.run_dir)
         state._restore(params, meta)
         for record in read_records(state.audit.path):  # bindings made after the checkpoint
             if record.get("type") == "enrolled":
                 state.identities.setdefault(int(record["client"]), bytes.fromhex(record["identity_key"]))
-        state.audit.append({"type": "resumed", "next_round": state.next_round, "model_digest": state.model_digest(),
-                            "repaired": state.audit.repaired}, sync=True)
+        state.audit.append(
+            {
+                "type": "resumed",
+                "next_round": state.next_round,
+                "model_digest": state.model_digest(),
+                "repaired": state.audit.repaired,
+            },
+            sync=True,
+        )
         return state
 
     def _restore(self, params: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -168,11 +217,14 @@ class RunState:
     def save(self) -> None:
         """The checkpoint, written atomically."""
         meta: dict[str, Any] = {
-            "run_id": self.run_id, "next_round": self.next_round, "last_completed_round": self.last_completed,
+            "run_id": self.run_id,
+            "next_round": self.next_round,
+            "last_completed_round": self.last_completed,
             "group_fractions": None if self.group_fractions is None else self.group_fractions.tolist(),
-            "ledger": self.ledger.state_dict(), "rng": {"sampling": "numpy.default_rng([seed, round])",
-                                                        "seed": self.settings.seed},
+            "ledger": self.ledger.state_dict(),
+            "rng": {"sampling": "numpy.default_rng([seed, round])", "seed": self.settings.seed},
             "identities": {str(c): k.hex() for c, k in sorted(self.identities.items())},
-            "model_digest": self.model_digest(), "model_config": model_config_json(self.model_config),
+            "model_digest": self.model_digest(),
+            "model_config": model_config_json(self.model_config),
         }
         checkpoint.save(self.run_dir, self.params, meta)

@@ -97,8 +97,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
             session = b""
         if client is None or not self._coordinator.authenticate(client, session):
             self._coordinator.record_rejection(client, name, "UNAUTHENTICATED", "unknown client or session")
-            return _deny(grpc.StatusCode.UNAUTHENTICATED,
-                         "unknown client or session: enrol first (sessions end when the server restarts)")
+            return _deny(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "unknown client or session: enrol first (sessions end when the server restarts)",
+            )
         return continuation(handler_call_details)
 
 
@@ -109,8 +111,14 @@ class CoordinatorService:
         self.coordinator = coordinator
         self.max_upload = max_upload_bytes
 
-    def _call(self, name: str, request_type, raw: bytes, context: grpc.ServicerContext,
-              body: Callable[[int | None, object], object]) -> bytes:
+    def _call(
+        self,
+        name: str,
+        request_type,
+        raw: bytes,
+        context: grpc.ServicerContext,
+        body: Callable[[int | None, object], object],
+    ) -> bytes:
         client = _client_id(_metadata(context.invocation_metadata()))
         try:
             if len(raw) > self.max_upload:
@@ -136,10 +144,17 @@ class CoordinatorService:
     def enrol(self, raw: bytes, context) -> bytes:
         def body(_client, request: pb.EnrolRequest) -> pb.EnrolReply:
             if request.protocol_version != limits.PROTOCOL_VERSION:
-                raise errors.Malformed(f"protocol version {request.protocol_version} is not supported "
-                                       f"(this server speaks {limits.PROTOCOL_VERSION})")
-            token = self.coordinator.enrol(request.client_id, request.identity_public_key, request.proof,
-                                           request.credential, skips_evaluation=request.skips_evaluation)
+                raise errors.Malformed(
+                    f"protocol version {request.protocol_version} is not supported "
+                    f"(this server speaks {limits.PROTOCOL_VERSION})"
+                )
+            token = self.coordinator.enrol(
+                request.client_id,
+                request.identity_public_key,
+                request.proof,
+                request.credential,
+                skips_evaluation=request.skips_evaluation,
+            )
             return pb.EnrolReply(session_token=token, run_id=self.coordinator.run_id)
 
         return self._call("Enrol", pb.EnrolRequest, raw, context, body)
@@ -172,19 +187,27 @@ class CoordinatorService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {"Enrol": self.enrol, "GetRound": self.get_round, "Submit": self.submit, "Fetch": self.fetch}
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()})
+        return grpc.method_handlers_generic_handler(
+            SERVICE, {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()}
+        )
 
 
-def create_server(address: str, coordinator: Coordinator, *, tls: TlsFiles | None,
-                  max_upload_bytes: int = limits.DEFAULT_MAX_UPLOAD_BYTES, max_workers: int = 2048
-                  ) -> tuple[grpc.Server, int]:
+def create_server(
+    address: str,
+    coordinator: Coordinator,
+    *,
+    tls: TlsFiles | None,
+    max_upload_bytes: int = limits.DEFAULT_MAX_UPLOAD_BYTES,
+    max_workers: int = 2048,
+) -> tuple[grpc.Server, int]:
     """A started-ready (not yet started) server bound to `address` ("host:port", port 0 = any);
     returns (server, bound port). tls=None binds an insecure port: only for `--insecure`."""
     # gRPC's own cap is 4x ours, so most oversized messages reach the servicer and get audited.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mrff-rpc"),
-                         interceptors=[AuthInterceptor(coordinator)],
-                         options=limits.server_options(4 * max_upload_bytes))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mrff-rpc"),
+        interceptors=[AuthInterceptor(coordinator)],
+        options=limits.server_options(4 * max_upload_bytes),
+    )
     server.add_generic_rpc_handlers([CoordinatorService(coordinator, max_upload_bytes).handler()])
     try:
         if tls is None:
@@ -193,7 +216,8 @@ def create_server(address: str, coordinator: Coordinator, *, tls: TlsFiles | Non
             credentials = grpc.ssl_server_credentials(
                 [(read_file(tls.key, "server key"), read_file(tls.cert, "server certificate"))],
                 root_certificates=None if tls.client_ca is None else read_file(tls.client_ca, "client CA"),
-                require_client_auth=tls.client_ca is not None)
+                require_client_auth=tls.client_ca is not None,
+            )
             port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:  # newer gRPC raises instead of returning 0
         raise ConfigError(f"could not bind {address}: {exc}") from exc

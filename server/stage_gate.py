@@ -175,8 +175,10 @@ class StageGate:
                 open_stage = WIRE_NAMES.get(ps.stage, "none (closing)") if ps.stage is not None else "none (closing)"
                 raise WrongStage(f"stage {step.name} is not open (open: {open_stage})")
             if client_id not in ps.expected:
-                raise NotParticipant(f"client {client_id} is not expected at stage {WIRE_NAMES[stage]} "
-                                     "(it dropped out of an earlier stage)")
+                raise NotParticipant(
+                    f"client {client_id} is not expected at stage {WIRE_NAMES[stage]} "
+                    "(it dropped out of an earlier stage)"
+                )
             if client_id in ps.received:
                 raise Replay(f"client {client_id} already answered stage {WIRE_NAMES[stage]}")
             try:
@@ -184,16 +186,18 @@ class StageGate:
             except ProtocolViolation as exc:
                 raise Malformed(f"payload does not parse: {exc}") from exc
             if type(message) is not step.submitted:
-                raise Malformed(f"stage {step.name} takes {step.submitted.__name__}, "
-                                f"got {type(message).__name__}")
+                raise Malformed(f"stage {step.name} takes {step.submitted.__name__}, got {type(message).__name__}")
             if message.client_id != client_id:
                 raise NotParticipant(f"client {client_id} sent a message in the name of client {message.client_id}")
             if message.round_id != ps.secagg_round_id:
                 raise WrongRound(f"message is for secagg round {message.round_id}, expected {ps.secagg_round_id}")
             if isinstance(message, messages.MaskedInput) and (
-                    message.length != ps.config.vector_length or message.modulus_bits != ps.config.bits):
-                raise WrongLength(f"vector of {message.length} values x {message.modulus_bits} bits, expected "
-                                  f"{ps.config.vector_length} x {ps.config.bits}")
+                message.length != ps.config.vector_length or message.modulus_bits != ps.config.bits
+            ):
+                raise WrongLength(
+                    f"vector of {message.length} values x {message.modulus_bits} bits, expected "
+                    f"{ps.config.vector_length} x {ps.config.bits}"
+                )
             try:
                 if ps.session is None:  # plain aggregation
                     ps.plain[client_id] = packing.unpack(message.payload, message.modulus_bits, message.length)
@@ -235,8 +239,10 @@ class StageGate:
                     box = None if ps is None else ps.outbox.get(stage)
                     if box is not None:
                         if client_id not in box:
-                            raise NotParticipant(f"client {client_id} has no part in stage {WIRE_NAMES[stage]} "
-                                                 "(dropped out of an earlier stage)")
+                            raise NotParticipant(
+                                f"client {client_id} has no part in stage {WIRE_NAMES[stage]} "
+                                "(dropped out of an earlier stage)"
+                            )
                         return "payload", box[client_id]
                 else:
                     raise WrongStage(f"stage {stage} has nothing to fetch in phase {_phase_label(phase)}")
@@ -270,9 +276,15 @@ class StageGate:
             rs.phases[ps.phase] = ps
             rs.current_phase = ps.phase
 
-    def run_stage(self, ps: PhaseState, stage: int, expected: set[int], timeout: float,
-                  outbox: dict[int, bytes] | None = None, on_open: Callable[[], None] | None = None
-                  ) -> tuple[set[int], list[int]]:
+    def run_stage(
+        self,
+        ps: PhaseState,
+        stage: int,
+        expected: set[int],
+        timeout: float,
+        outbox: dict[int, bytes] | None = None,
+        on_open: Callable[[], None] | None = None,
+    ) -> tuple[set[int], list[int]]:
         """Open `stage`, publish its server messages (a client that reads them can answer at once), run
         `on_open` under the lock, and wait for the expected clients or the deadline. Returns the clients
         that answered and the sorted missing ones (dropouts, no longer active until their next call)."""

@@ -47,11 +47,22 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     config = options.flat(options.resolve(args, "audit"))
     if config["dataset"] != "synthetic" and not config["data_dir"]:
         raise ConfigError(f"--dataset {config['dataset']} needs --data-dir DIR")
-    return {"dataset": config["dataset"], "data_dir": config["data_dir"], "recbole_name": config["recbole_name"],
-            "users": config["synthetic_users"], "rounds": config["rounds_per_cell"], "canaries": config["canaries"],
-            "clip": config["clip"], "levels": config["levels"], "targets": config["targets"], "seeds": config["seeds"],
-            "sampled_fraction": config["sampled_fraction"], "cells": config["cells"],
-            "misreport_noise": config["misreport_noise"], "confidence": config["confidence"]}
+    return {
+        "dataset": config["dataset"],
+        "data_dir": config["data_dir"],
+        "recbole_name": config["recbole_name"],
+        "users": config["synthetic_users"],
+        "rounds": config["rounds_per_cell"],
+        "canaries": config["canaries"],
+        "clip": config["clip"],
+        "levels": config["levels"],
+        "targets": config["targets"],
+        "seeds": config["seeds"],
+        "sampled_fraction": config["sampled_fraction"],
+        "cells": config["cells"],
+        "misreport_noise": config["misreport_noise"],
+        "confidence": config["confidence"],
+    }
 
 
 def config_digest(config: dict[str, Any]) -> str:
@@ -71,16 +82,23 @@ def load_data(config: dict[str, Any]):
 def audit_cells(config: dict[str, Any]) -> list:
     from attacks.grid import Cell, default_cells
 
-    cells = default_cells(levels=tuple(config["levels"]), targets=tuple(config["targets"]),
-                          seeds=tuple(config["seeds"]), sampled=config["sampled_fraction"] or None)
+    cells = default_cells(
+        levels=tuple(config["levels"]),
+        targets=tuple(config["targets"]),
+        seeds=tuple(config["seeds"]),
+        sampled=config["sampled_fraction"] or None,
+    )
     if config["misreport_noise"] != 1.0:
-        cells = [Cell(**{**c.to_dict(), "misreport_noise": float(config["misreport_noise"])})
-                 if c.noise_multiplier > 0 or c.target_epsilon is not None else c for c in cells]
+        cells = [
+            Cell(**{**c.to_dict(), "misreport_noise": float(config["misreport_noise"])})
+            if c.noise_multiplier > 0 or c.target_epsilon is not None
+            else c
+            for c in cells
+        ]
     if config["cells"]:
         chosen = [c for c in cells if any(pattern in c.name for pattern in config["cells"])]
         if not chosen:
-            raise ConfigError(f"--cells {config['cells']} matches none of the grid's cells: "
-                              f"{[c.name for c in cells]}")
+            raise ConfigError(f"--cells {config['cells']} matches none of the grid's cells: {[c.name for c in cells]}")
         cells = chosen
     return cells
 
@@ -95,10 +113,15 @@ def _prepare(out: Path, config: dict[str, Any]) -> None:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path} is unreadable ({exc}): remove it or use another --out") from exc
         if stored.get("digest") != digest:
-            differ = sorted(k for k in set(config) | set(stored.get("config", {}))
-                            if config.get(k) != stored.get("config", {}).get(k))
-            raise ConfigError(f"{out} holds an audit with another configuration (differs in {differ}): resume it "
-                              "with the same options, or use another --out")
+            differ = sorted(
+                k
+                for k in set(config) | set(stored.get("config", {}))
+                if config.get(k) != stored.get("config", {}).get(k)
+            )
+            raise ConfigError(
+                f"{out} holds an audit with another configuration (differs in {differ}): resume it "
+                "with the same options, or use another --out"
+            )
         return
     write_json_atomic(path, {"config": config, "digest": digest})
 
@@ -111,8 +134,14 @@ def _cell_alone(cell_dict: dict, data, config: dict, threads: int) -> dict:
     from mrff_secure.config import ModelConfig
 
     torch.set_num_threads(int(threads))
-    return run_cell(Cell(**cell_dict), data, model=ModelConfig(maxlen=data.maxlen), rounds=config["rounds"],
-                    canaries=config["canaries"], clip=config["clip"])
+    return run_cell(
+        Cell(**cell_dict),
+        data,
+        model=ModelConfig(maxlen=data.maxlen),
+        rounds=config["rounds"],
+        canaries=config["canaries"],
+        clip=config["clip"],
+    )
 
 
 def _cell_worker(payload: tuple[dict, dict, str]) -> dict:
@@ -129,8 +158,16 @@ def _ray_cell(cell_dict: dict, data, config: dict, threads: int) -> dict:
     return _cell_alone(cell_dict, writable_copy(data), config, threads)
 
 
-def _run_on_ray(todo: list, data, config: dict[str, Any], results: dict[str, dict], *, address: str | None,
-                threads: int, progress: bool) -> None:
+def _run_on_ray(
+    todo: list,
+    data,
+    config: dict[str, Any],
+    results: dict[str, dict],
+    *,
+    address: str | None,
+    threads: int,
+    progress: bool,
+) -> None:
     """Every cell of `todo` as a Ray task of `threads` CPUs; each result written as soon as it arrives."""
     from mrff_secure.federation.ray_backend import connect, import_ray
 
@@ -154,8 +191,16 @@ def _run_on_ray(todo: list, data, config: dict[str, Any], results: dict[str, dic
             ray.shutdown()
 
 
-def run_audit(out: Path, config: dict[str, Any], *, workers: int = 1, progress: bool = True, backend: str = "single",
-              ray_address: str | None = None, threads_per_worker: int = 1) -> dict[str, Any]:
+def run_audit(
+    out: Path,
+    config: dict[str, Any],
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    backend: str = "single",
+    ray_address: str | None = None,
+    threads_per_worker: int = 1,
+) -> dict[str, Any]:
     """Run (or resume) the audit in `out`; returns the grid report (also written to out/grid.json).
 
     backend "single": the cells in this process, or in `workers` processes; "ray": every cell a Ray task
@@ -200,15 +245,28 @@ def run_audit(out: Path, config: dict[str, Any], *, workers: int = 1, progress: 
                 from tqdm import tqdm
 
                 bar = tqdm(total=cell.rounds or config["rounds"], desc=cell.name, unit="round", leave=True)
-            result = run_cell(cell, data, model=model, rounds=config["rounds"], canaries=config["canaries"],
-                              clip=config["clip"], on_round=(lambda done, total: bar.update(1)) if bar else None)
+            result = run_cell(
+                cell,
+                data,
+                model=model,
+                rounds=config["rounds"],
+                canaries=config["canaries"],
+                clip=config["clip"],
+                on_round=(lambda done, total: bar.update(1)) if bar else None,
+            )
             if bar is not None:
                 bar.close()
             write_json_atomic(path, result)
             results[cell.name] = result
     ordered = [results[c.name] for c in cells]
-    report = grid_report(data, ordered, rounds=config["rounds"], canaries=config["canaries"], clip=config["clip"],
-                         family_confidence=config["confidence"])
+    report = grid_report(
+        data,
+        ordered,
+        rounds=config["rounds"],
+        canaries=config["canaries"],
+        clip=config["clip"],
+        family_confidence=config["confidence"],
+    )
     report["config"], report["config_digest"] = config, config_digest(config)
     write_json_atomic(out / "grid.json", report)
     return report
@@ -221,8 +279,9 @@ def exit_code(rules: dict[str, Any]) -> int:
         return EXIT_CLAIM_FAILS
     r0 = rules.get("R0", {})
     lacking = set(r0.get("attacks_without_power", []))
-    if r0.get("verdict") == "inconclusive" and (not r0.get("thresholds") or lacking >= set(r0["thresholds"])
-                                                or "canary_auc" in lacking):
+    if r0.get("verdict") == "inconclusive" and (
+        not r0.get("thresholds") or lacking >= set(r0["thresholds"]) or "canary_auc" in lacking
+    ):
         return EXIT_CLAIM_FAILS
     if any(v == "inconclusive" for n, v in verdicts.items() if n != "R0"):
         return EXIT_CLAIM_FAILS
@@ -240,13 +299,24 @@ def audit_main(args: argparse.Namespace) -> int:
     _prepare(out, config)
     options.write_config(out, resolved, "audit")
     if args.backend == "ray" and args.workers != 1:
-        raise ConfigError("--workers is the single backend's process pool; with --backend ray every cell is a Ray "
-                          "task and the cluster's CPUs (--threads-per-worker each) decide how many run at once")
-    grid = run_audit(out, config, workers=args.workers, progress=not args.no_progress, backend=args.backend,
-                     ray_address=args.ray_address, threads_per_worker=args.threads_per_worker)
+        raise ConfigError(
+            "--workers is the single backend's process pool; with --backend ray every cell is a Ray "
+            "task and the cluster's CPUs (--threads-per-worker each) decide how many run at once"
+        )
+    grid = run_audit(
+        out,
+        config,
+        workers=args.workers,
+        progress=not args.no_progress,
+        backend=args.backend,
+        ray_address=args.ray_address,
+        threads_per_worker=args.threads_per_worker,
+    )
     paths = write_report(out, signing_key=args.signing_key)
     code = exit_code(grid["rules"])
     for name, rule in grid["rules"].items():
         print(f"{name}: {rule['verdict']}")
-    print(f"report: {paths['html']} ({'every claim holds' if code == 0 else 'A CLAIM FAILS OR THE AUDIT IS INCONCLUSIVE'})")
+    print(
+        f"report: {paths['html']} ({'every claim holds' if code == 0 else 'A CLAIM FAILS OR THE AUDIT IS INCONCLUSIVE'})"
+    )
     return code

@@ -35,19 +35,30 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _run_folder_arguments(p: argparse.ArgumentParser, default: str | None) -> None:
-    p.add_argument("--run-dir", type=Path, default=Path(default) if default else None, required=default is None,
-                   help=f"the run folder{f' (default: {default})' if default else ''}")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path(default) if default else None,
+        required=default is None,
+        help=f"the run folder{f' (default: {default})' if default else ''}",
+    )
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train in the vectorized simulation and write a run folder",
-                       description="Train MRFF in the vectorized simulation. The run folder gets config.toml (the "
-                                   "resolved configuration), metrics.jsonl, summary.json, checkpoints, and "
-                                   "operator-only/ (evaluations outside the privacy guarantee).")
+    p = sub.add_parser(
+        "train",
+        help="train in the vectorized simulation and write a run folder",
+        description="Train MRFF in the vectorized simulation. The run folder gets config.toml (the "
+        "resolved configuration), metrics.jsonl, summary.json, checkpoints, and "
+        "operator-only/ (evaluations outside the privacy guarantee).",
+    )
     _run_folder_arguments(p, "runs/latest")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --run-dir (default: refuse)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --run-dir from its last checkpoint, with its own configuration")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its last checkpoint, with its own configuration",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON to stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -56,14 +67,23 @@ def _add_train(sub) -> None:
 
 
 def _add_privacy(sub) -> None:
-    p = sub.add_parser("privacy", help="epsilon for a noise multiplier, or the noise for a target epsilon",
-                       description="The accounting of `mrff train`, `mrff server` and `mrff audit`, for one "
-                                   "configuration: give --noise-multiplier or --target-epsilon.")
-    p.add_argument("--clients", type=int, required=True, metavar="N",
-                   help="number of users; sets the default delta 1/N^1.1")
-    p.add_argument("--dim", type=int, default=None, metavar="D",
-                   help="--dp distributed (required): length of the clipped delta part (a run's "
-                        "privacy.update_plan.dim minus blocks*groups+1)")
+    p = sub.add_parser(
+        "privacy",
+        help="epsilon for a noise multiplier, or the noise for a target epsilon",
+        description="The accounting of `mrff train`, `mrff server` and `mrff audit`, for one "
+        "configuration: give --noise-multiplier or --target-epsilon.",
+    )
+    p.add_argument(
+        "--clients", type=int, required=True, metavar="N", help="number of users; sets the default delta 1/N^1.1"
+    )
+    p.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        metavar="D",
+        help="--dp distributed (required): length of the clipped delta part (a run's "
+        "privacy.update_plan.dim minus blocks*groups+1)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     add_options(p, "privacy")
@@ -71,11 +91,14 @@ def _add_privacy(sub) -> None:
 
 
 def _add_audit(sub) -> None:
-    p = sub.add_parser("audit", help="the privacy audit: every threat model and noise level, attacks, rules, report",
-                       description="Train under each threat model and noise level, attack what the server saw, "
-                                   "evaluate the rules R0-R5 and write the report. Exit 0: every claim holds; 3: a "
-                                   "claim fails or the audit is inconclusive. Resumable: run it again on the same "
-                                   "--run-dir.")
+    p = sub.add_parser(
+        "audit",
+        help="the privacy audit: every threat model and noise level, attacks, rules, report",
+        description="Train under each threat model and noise level, attack what the server saw, "
+        "evaluate the rules R0-R5 and write the report. Exit 0: every claim holds; 3: a "
+        "claim fails or the audit is inconclusive. Resumable: run it again on the same "
+        "--run-dir.",
+    )
     _run_folder_arguments(p, None)
     p.add_argument("--workers", type=int, default=1, help="cells run in parallel processes (default: 1)")
     p.add_argument("--signing-key", type=Path, default=None, help="Ed25519 key (PEM) that signs report.json's SHA-256")
@@ -87,18 +110,27 @@ def _add_audit(sub) -> None:
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="the privacy report (JSON, Markdown, HTML) of audit, training or network runs")
-    p.add_argument("folders", nargs="+", type=Path, help="audit, training (mrff train) or network (mrff server) folders")
+    p.add_argument(
+        "folders", nargs="+", type=Path, help="audit, training (mrff train) or network (mrff server) folders"
+    )
     p.add_argument("--signing-key", type=Path, default=None, help="Ed25519 key (PEM) that signs report.json's SHA-256")
-    p.add_argument("--signing-pub", type=Path, default=None,
-                   help="network runs: the server's signing public key, to check the audit log's signatures")
+    p.add_argument(
+        "--signing-pub",
+        type=Path,
+        default=None,
+        help="network runs: the server's signing public key, to check the audit log's signatures",
+    )
     p.set_defaults(handler="mrff_secure.app.report_command:report_main")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mrff", description="MRFF federated recommendation with secure aggregation and DP. "
-                                              "Every command takes --config TOML and --set TABLE.KEY=VALUE.",
-                     epilog="exit codes: 0 done, 1 runtime failure, 2 usage error, 3 (audit) a claim fails or the "
-                            "audit is inconclusive, 130 interrupted")
+    parser = _Parser(
+        prog="mrff",
+        description="MRFF federated recommendation with secure aggregation and DP. "
+        "Every command takes --config TOML and --set TABLE.KEY=VALUE.",
+        epilog="exit codes: 0 done, 1 runtime failure, 2 usage error, 3 (audit) a claim fails or the "
+        "audit is inconclusive, 130 interrupted",
+    )
     parser.add_argument("--version", action="version", version=f"mrff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
@@ -112,8 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(verbose: bool) -> None:
     # force=True: opacus' import installs a root handler, after which basicConfig would do nothing
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        force=True,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
 
 
 def _handler(name):
@@ -152,8 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a defect of ours: one line, the traceback with -v
         if verbose:
             raise
-        print(f"{prefix} internal error {type(exc).__name__}: {exc} (run with -v for the traceback; please report it)",
-              file=sys.stderr, flush=True)
+        print(
+            f"{prefix} internal error {type(exc).__name__}: {exc} (run with -v for the traceback; please report it)",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_FAILURE
 
 

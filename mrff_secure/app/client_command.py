@@ -13,16 +13,28 @@ from mrff_secure.errors import ConfigError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="run logical clients against `mrff server` (TLS by default)")
-    p.add_argument("--server", default="127.0.0.1:50051", help="host:port of the coordinator (default: 127.0.0.1:50051)")
+    p.add_argument(
+        "--server", default="127.0.0.1:50051", help="host:port of the coordinator (default: 127.0.0.1:50051)"
+    )
     p.add_argument("--users", required=True, help="user ids hosted here, e.g. 0-99 or 1,5,9")
-    p.add_argument("--state-dir", type=Path, default=Path("client-state"),
-                   help="per-user keys and private parameters (user-<id>/; default: client-state)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("client-state"),
+        help="per-user keys and private parameters (user-<id>/; default: client-state)",
+    )
     p.add_argument("--ca", type=Path, help="CA certificate that signed the server's (default: CERTS/ca.crt)")
     p.add_argument("--signing-pub", type=Path, help="server's parameter-signing key (default: CERTS/signing.pub)")
-    p.add_argument("--identity-ca", type=Path, help="the identity authority's public key (default: CERTS/identity-ca.pub)")
+    p.add_argument(
+        "--identity-ca", type=Path, help="the identity authority's public key (default: CERTS/identity-ca.pub)"
+    )
     p.add_argument("--server-name", help="TLS name to check in the server's certificate (default: the host)")
-    p.add_argument("--client-seed", type=int, default=None,
-                   help="seed of local training's dropout (default: random; fix it only for reproducibility tests)")
+    p.add_argument(
+        "--client-seed",
+        type=int,
+        default=None,
+        help="seed of local training's dropout (default: random; fix it only for reproducibility tests)",
+    )
     g = p.add_argument_group("privacy policy (what this client refuses, whatever the server proposes)")
     g.add_argument("--policy", type=Path, help="JSON file of policy fields (client/policy.py); flags override it")
     g.add_argument("--min-participants", type=int, help="the least participants of a round (default: the policy's)")
@@ -30,25 +42,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--min-survivors", type=int, help="the least survivors an unmask request may name")
     g.add_argument("--min-noise-multiplier", type=float, help="refuse rounds with less noise (DP on)")
     g.add_argument("--max-clip", type=float, help="refuse rounds with a larger clip bound")
-    g.add_argument("--min-group-size", type=int, dest="policy_min_group_size",
-                   help="the least minimum group size accepted (default 5)")
+    g.add_argument(
+        "--min-group-size",
+        type=int,
+        dest="policy_min_group_size",
+        help="the least minimum group size accepted (default 5)",
+    )
     g.add_argument("--require-dp", action="store_true", help="refuse rounds with DP off")
     g.add_argument("--allow-plain", action="store_true", help="accept unmasked aggregation (benchmarks only)")
-    g.add_argument("--no-evaluation", action="store_true",
-                   help="do not join the federated evaluation: its sum of held-out labels and scores is exact and "
-                        "outside epsilon (README: federated evaluation)")
-    p.add_argument("--pause-after", metavar="ROUND:PHASE:STAGE",
-                   help="fault injection for tests: stop after submitting this stage and wait to be killed")
+    g.add_argument(
+        "--no-evaluation",
+        action="store_true",
+        help="do not join the federated evaluation: its sum of held-out labels and scores is exact and "
+        "outside epsilon (README: federated evaluation)",
+    )
+    p.add_argument(
+        "--pause-after",
+        metavar="ROUND:PHASE:STAGE",
+        help="fault injection for tests: stop after submitting this stage and wait to be killed",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, with gRPC's own lines")
     options.add_options(p, "client")
     p.set_defaults(handler="mrff_secure.app.client_command:client_main")
 
-    k = sub.add_parser("client-key", help="make the users' identity keys and export their public keys for the "
-                                          "identity authority (`mrff certs issue-client --identity-pub`)")
+    k = sub.add_parser(
+        "client-key",
+        help="make the users' identity keys and export their public keys for the "
+        "identity authority (`mrff certs issue-client --identity-pub`)",
+    )
     k.add_argument("--users", required=True, help="user ids, e.g. 0-99 or 1,5,9")
-    k.add_argument("--state-dir", type=Path, default=Path("client-state"),
-                   help="the clients' state folder: keys are made in user-<id>/identity.key if missing "
-                        "(default: client-state)")
+    k.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("client-state"),
+        help="the clients' state folder: keys are made in user-<id>/identity.key if missing (default: client-state)",
+    )
     k.add_argument("--out-dir", type=Path, required=True, help="where to write user-<id>.pub (public keys only)")
     k.set_defaults(handler="mrff_secure.app.client_command:client_key_main")
 
@@ -64,11 +92,15 @@ def client_key_main(args: argparse.Namespace) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for user in users:
         public = UserStore(args.state_dir, user).identity_key().public_key()
-        write_bytes_atomic(args.out_dir / f"user-{user}.pub", public.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    print(f"wrote {len(users)} public keys to {args.out_dir}/user-<id>.pub: send them to the identity authority "
-          f"(`mrff certs issue-client --client-id ID --identity-pub user-ID.pub --out credential.bin`) and put each "
-          f"credential in {args.state_dir}/user-<id>/credential.bin")
+        write_bytes_atomic(
+            args.out_dir / f"user-{user}.pub",
+            public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        )
+    print(
+        f"wrote {len(users)} public keys to {args.out_dir}/user-<id>.pub: send them to the identity authority "
+        f"(`mrff certs issue-client --client-id ID --identity-pub user-ID.pub --out credential.bin`) and put each "
+        f"credential in {args.state_dir}/user-<id>/credential.bin"
+    )
     return 0
 
 
@@ -104,32 +136,54 @@ def client_main(args: argparse.Namespace) -> int:
     if not args.insecure:
         ca = read_file(args.ca or certs.ca_crt, "CA certificate")
         if args.mtls:
-            credentials = grpc.ssl_channel_credentials(ca, read_file(certs.client_key, "client key"),
-                                                       read_file(certs.client_crt, "client certificate"))
+            credentials = grpc.ssl_channel_credentials(
+                ca, read_file(certs.client_key, "client key"), read_file(certs.client_crt, "client certificate")
+            )
         else:
             credentials = grpc.ssl_channel_credentials(ca)
     elif args.mtls:
         raise ConfigError("--mtls needs TLS; drop --insecure")
-    connection = Connection(target=args.server, credentials=credentials,
-                            signing_key=signing.load_public_key(args.signing_pub or certs.signing_pub),
-                            authority_public_key=load_authority_public_key(args.identity_ca or certs.identity_ca_pub),
-                            retry_timeout=args.retry_timeout, server_name=args.server_name)
+    connection = Connection(
+        target=args.server,
+        credentials=credentials,
+        signing_key=signing.load_public_key(args.signing_pub or certs.signing_pub),
+        authority_public_key=load_authority_public_key(args.identity_ca or certs.identity_ca_pub),
+        retry_timeout=args.retry_timeout,
+        server_name=args.server_name,
+    )
     check_credentials(users, args.state_dir, connection.authority_public_key)  # before data, before the network
     seed = args.client_seed if args.client_seed is not None else int.from_bytes(os.urandom(8), "big") >> 1
     data = options.load_dataset(args)
     pause = parse_pause(args.pause_after) if args.pause_after else None
     policy = ClientPolicy.from_file(args.policy) if args.policy else ClientPolicy()
-    policy = policy.with_overrides(min_participants=args.min_participants, corrupt_neighbours=args.corrupt_neighbours,
-                                   min_survivors=args.min_survivors, min_noise_multiplier=args.min_noise_multiplier,
-                                   max_clip=args.max_clip, allow_plain=True if args.allow_plain else None,
-                                   join_evaluation=False if args.no_evaluation else None,
-                                   min_group_size=args.policy_min_group_size,
-                                   dp_modes=("distributed",) if args.require_dp else None)
+    policy = policy.with_overrides(
+        min_participants=args.min_participants,
+        corrupt_neighbours=args.corrupt_neighbours,
+        min_survivors=args.min_survivors,
+        min_noise_multiplier=args.min_noise_multiplier,
+        max_clip=args.max_clip,
+        allow_plain=True if args.allow_plain else None,
+        join_evaluation=False if args.no_evaluation else None,
+        min_group_size=args.policy_min_group_size,
+        dp_modes=("distributed",) if args.require_dp else None,
+    )
     if not policy.join_evaluation:
         print("NOTE this client's policy: no held-out scores for the federated evaluation", file=sys.stderr, flush=True)
     if args.insecure_reproducible_noise:
-        print("WARNING --insecure-reproducible-noise: this client's DP noise is derived from --client-seed; "
-              "its uploads are NOT PRIVATE", file=sys.stderr, flush=True)
-    return run_process(users, connection, args.state_dir, data, client_seed=seed, pause=pause, policy=policy,
-                       reproducible_noise=args.insecure_reproducible_noise,
-                       emit=lambda line: print(line, flush=True))
+        print(
+            "WARNING --insecure-reproducible-noise: this client's DP noise is derived from --client-seed; "
+            "its uploads are NOT PRIVATE",
+            file=sys.stderr,
+            flush=True,
+        )
+    return run_process(
+        users,
+        connection,
+        args.state_dir,
+        data,
+        client_seed=seed,
+        pause=pause,
+        policy=policy,
+        reproducible_noise=args.insecure_reproducible_noise,
+        emit=lambda line: print(line, flush=True),
+    )

@@ -122,36 +122,53 @@ OPERATOR_ONLY = "operator-only"
 
 def output_classification(privacy: dict[str, Any]) -> dict[str, Any]:
     """What the run folder holds, by what covers it (summary.json's "outputs")."""
-    covered = ("covered by the epsilon in privacy" if privacy.get("private") else
-               "NOT covered: this run carries no guarantee (privacy.private is false)")
+    covered = (
+        "covered by the epsilon in privacy"
+        if privacy.get("private")
+        else "NOT covered: this run carries no guarantee (privacy.private is false)"
+    )
     outside = {
         f"{OPERATOR_ONLY}/metrics.jsonl": "true group sizes per round, fraction of clipped uploads, validation and "
-                                          "test AUC / LogLoss on private held-out data",
+        "test AUC / LogLoss on private held-out data",
         f"{OPERATOR_ONLY}/evaluation.json": "best round, test AUC and LogLoss with interval, temperature, number of "
-                                            "training interactions: computed on private data without noise",
+        "training interactions: computed on private data without noise",
         f"{OPERATOR_ONLY}/predictions.npz": "per-user click probabilities on private held-out items",
         f"{OPERATOR_ONLY}/training.png": "validation AUC and true group sizes per round",
     }
     if privacy.get("clip") is not None and "private data" in str(privacy.get("clip_choice", "")):
         outside["the clip bound C (summary.json privacy.clip)"] = "chosen from private data (declared)"
     return {
-        "covered_by_epsilon": {"metrics.jsonl: epsilon, group_counts_seen_by_server": covered,
-                               "the trained global model (not written by `mrff train`)": covered},
-        "public": {"summary.json: config, parameters, privacy, users, inference_ms_per_user": "configuration, "
-                   "model size and timing; the number of users is visible to the server",
-                   "metrics.jsonl: round, participants, train_seconds": "who takes part is visible to the server"},
+        "covered_by_epsilon": {
+            "metrics.jsonl: epsilon, group_counts_seen_by_server": covered,
+            "the trained global model (not written by `mrff train`)": covered,
+        },
+        "public": {
+            "summary.json: config, parameters, privacy, users, inference_ms_per_user": "configuration, "
+            "model size and timing; the number of users is visible to the server",
+            "metrics.jsonl: round, participants, train_seconds": "who takes part is visible to the server",
+        },
         "outside_the_guarantee": outside,
     }
 
 
-def _save_checkpoint(out: Path, sim: FederatedSimulation, accountant: PrivacyPipeline, best: dict | None,
-                     best_probs: tuple[np.ndarray, np.ndarray] | None, fingerprint: str) -> None:
+def _save_checkpoint(
+    out: Path,
+    sim: FederatedSimulation,
+    accountant: PrivacyPipeline,
+    best: dict | None,
+    best_probs: tuple[np.ndarray, np.ndarray] | None,
+    fingerprint: str,
+) -> None:
     arrays = {f"sim/{k}": v for k, v in sim.state_arrays().items()}
     if best_probs is not None:
         arrays["best/test_probability"], arrays["best/val_probability"] = best_probs
-    meta = {"format": CHECKPOINT_FORMAT, "rounds_done": sim.round_index, "fingerprint": fingerprint,
-            "accountant": accountant.accountant.state_dict(),
-            "best": None if best is None else {k: _finite(v) if isinstance(v, float) else v for k, v in best.items()}}
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "rounds_done": sim.round_index,
+        "fingerprint": fingerprint,
+        "accountant": accountant.accountant.state_dict(),
+        "best": None if best is None else {k: _finite(v) if isinstance(v, float) else v for k, v in best.items()},
+    }
     save_arrays(out / CHECKPOINT, arrays, meta)
 
 
@@ -166,8 +183,9 @@ def _load_checkpoint(out: Path, sim: FederatedSimulation, accountant: PrivacyPip
     best = meta.get("best")
     if best is not None:
         best = {k: (float("nan") if v is None and k != "round" else v) for k, v in best.items()}
-    probs = ((arrays["best/test_probability"], arrays["best/val_probability"])
-             if "best/test_probability" in arrays else None)
+    probs = (
+        (arrays["best/test_probability"], arrays["best/val_probability"]) if "best/test_probability" in arrays else None
+    )
     return int(meta["rounds_done"]), best, probs
 
 
@@ -189,11 +207,24 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
-def run_training(data: ClientData, model_config: ModelConfig, federation: FederationConfig, out_dir: str | Path,
-                 progress: bool = True, extra_config: dict[str, Any] | None = None,
-                 privacy: PrivacySettings | None = None, *, checkpoint_every: int = 10, resume: bool = False,
-                 fingerprint: str = "", should_stop: Callable[[], bool] | None = None, backend: str = "single",
-                 workers: int = 2, threads_per_worker: int = 1, ray_address: str | None = None) -> dict[str, Any]:
+def run_training(
+    data: ClientData,
+    model_config: ModelConfig,
+    federation: FederationConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    extra_config: dict[str, Any] | None = None,
+    privacy: PrivacySettings | None = None,
+    *,
+    checkpoint_every: int = 10,
+    resume: bool = False,
+    fingerprint: str = "",
+    should_stop: Callable[[], bool] | None = None,
+    backend: str = "single",
+    workers: int = 2,
+    threads_per_worker: int = 1,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
     """Train for `federation.rounds` rounds, evaluating every `eval_every`; write the run folder.
 
     Returns summary.json's content plus, under "operator-only", the evaluation written to
@@ -211,31 +242,71 @@ def run_training(data: ClientData, model_config: ModelConfig, federation: Federa
     if backend == "ray":
         from mrff_secure.federation.ray_backend import RaySimulation
 
-        sim = RaySimulation(data, model_config, federation, privacy=privacy, workers=workers,
-                            threads_per_worker=threads_per_worker, address=ray_address)
+        sim = RaySimulation(
+            data,
+            model_config,
+            federation,
+            privacy=privacy,
+            workers=workers,
+            threads_per_worker=threads_per_worker,
+            address=ray_address,
+        )
     elif backend == "single":
         sim = FederatedSimulation(data, model_config, federation, privacy=privacy)
     else:
         raise ConfigError(f"--backend must be single or ray, got {backend!r}")
     try:
-        return _run(sim, data, model_config, federation, Path(out_dir), progress, extra_config, privacy,
-                    checkpoint_every, resume, fingerprint, should_stop)
+        return _run(
+            sim,
+            data,
+            model_config,
+            federation,
+            Path(out_dir),
+            progress,
+            extra_config,
+            privacy,
+            checkpoint_every,
+            resume,
+            fingerprint,
+            should_stop,
+        )
     finally:
         if backend == "ray":
             sim.close()
 
 
-def _run(sim: FederatedSimulation, data: ClientData, model_config: ModelConfig, federation: FederationConfig,
-         out: Path, progress: bool, extra_config: dict[str, Any] | None, privacy: PrivacySettings | None,
-         checkpoint_every: int, resume: bool, fingerprint: str, should_stop: Callable[[], bool] | None
-         ) -> dict[str, Any]:
+def _run(
+    sim: FederatedSimulation,
+    data: ClientData,
+    model_config: ModelConfig,
+    federation: FederationConfig,
+    out: Path,
+    progress: bool,
+    extra_config: dict[str, Any] | None,
+    privacy: PrivacySettings | None,
+    checkpoint_every: int,
+    resume: bool,
+    fingerprint: str,
+    should_stop: Callable[[], bool] | None,
+) -> dict[str, Any]:
     operator = out / OPERATOR_ONLY
     operator.mkdir(parents=True, exist_ok=True)
     settings = privacy if privacy is not None else PrivacySettings()
     # The plain path has no pipeline in the simulation; this one only keeps its (infinite) account.
-    accountant = sim.privacy if sim.privacy is not None else PrivacyPipeline(
-        settings, layout=sim.layout, num_users=max(data.num_users, 2), maxlen=data.maxlen, rounds=federation.rounds,
-        sample_rate=federation.client_fraction, seed=federation.seed, federation_min_group_size=federation.min_group_size)
+    accountant = (
+        sim.privacy
+        if sim.privacy is not None
+        else PrivacyPipeline(
+            settings,
+            layout=sim.layout,
+            num_users=max(data.num_users, 2),
+            maxlen=data.maxlen,
+            rounds=federation.rounds,
+            sample_rate=federation.client_fraction,
+            seed=federation.seed,
+            federation_min_group_size=federation.min_group_size,
+        )
+    )
     metrics_path, operator_metrics_path = out / "metrics.jsonl", operator / "metrics.jsonl"
     best: dict[str, Any] | None = None
     best_test_probs = best_val_probs = None
@@ -263,12 +334,17 @@ def _run(sim: FederatedSimulation, data: ClientData, model_config: ModelConfig, 
     for r in iterator:
         result = sim.train_round()
         if not all(bool(torch.isfinite(t).all()) for t in sim.global_params.values()):
-            raise MrffError(f"training diverged in round {r}: the global model has non-finite values (the last "
-                            f"checkpoint holds round {(r // checkpoint_every) * checkpoint_every}); lower --lr or "
-                            "--clip, or add --local-steps 1")
-        public: dict[str, Any] = {"round": r, "participants": result.participants,
-                                  "train_seconds": round(result.seconds, 4),
-                                  "group_counts_seen_by_server": result.server_group_counts}
+            raise MrffError(
+                f"training diverged in round {r}: the global model has non-finite values (the last "
+                f"checkpoint holds round {(r // checkpoint_every) * checkpoint_every}); lower --lr or "
+                "--clip, or add --local-steps 1"
+            )
+        public: dict[str, Any] = {
+            "round": r,
+            "participants": result.participants,
+            "train_seconds": round(result.seconds, 4),
+            "group_counts_seen_by_server": result.server_group_counts,
+        }
         public.update(accountant.record_round())
         row: dict[str, Any] = {"round": r, "group_sizes": result.group_counts}
         if result.clipped_fraction is not None:
@@ -277,22 +353,43 @@ def _run(sim: FederatedSimulation, data: ClientData, model_config: ModelConfig, 
             start = time.perf_counter()
             val = sim.evaluate("val")
             test = sim.evaluate("test")
-            row.update(val_auc=_finite(val.auc), val_logloss=_finite(val.log_loss),
-                       test_auc=_finite(test.auc), test_logloss=_finite(test.log_loss),
-                       eval_seconds=round(time.perf_counter() - start, 4))
-            if best is not None and math.isfinite(val.log_loss) and math.isfinite(best["val_logloss"]) \
-                    and val.log_loss > 2 * best["val_logloss"] and not warnings:
-                warnings.append(f"validation LogLoss grew from {best['val_logloss']:.4f} (round {best['round']}) to "
-                                f"{val.log_loss:.4f} (round {r}): training may be diverging (operator-only evaluation)")
+            row.update(
+                val_auc=_finite(val.auc),
+                val_logloss=_finite(val.log_loss),
+                test_auc=_finite(test.auc),
+                test_logloss=_finite(test.log_loss),
+                eval_seconds=round(time.perf_counter() - start, 4),
+            )
+            if (
+                best is not None
+                and math.isfinite(val.log_loss)
+                and math.isfinite(best["val_logloss"])
+                and val.log_loss > 2 * best["val_logloss"]
+                and not warnings
+            ):
+                warnings.append(
+                    f"validation LogLoss grew from {best['val_logloss']:.4f} (round {best['round']}) to "
+                    f"{val.log_loss:.4f} (round {r}): training may be diverging (operator-only evaluation)"
+                )
                 log.warning(warnings[-1])
             if best is None or (math.isfinite(val.auc) and val.auc > best["val_auc"]):
-                best = {"round": r, "val_auc": val.auc, "val_logloss": val.log_loss,
-                        "test_auc": test.auc, "test_logloss": test.log_loss}
+                best = {
+                    "round": r,
+                    "val_auc": val.auc,
+                    "val_logloss": val.log_loss,
+                    "test_auc": test.auc,
+                    "test_logloss": test.log_loss,
+                }
                 best_test_probs, best_val_probs = test.probabilities, val.probabilities
             if progress:
                 iterator.set_postfix(val_auc=f"{val.auc:.4f}", test_auc=f"{test.auc:.4f}")
-        log.info("round %d: %d participants, %.2f s, epsilon so far %s", r, result.participants, result.seconds,
-                 public.get("epsilon"))
+        log.info(
+            "round %d: %d participants, %.2f s, epsilon so far %s",
+            r,
+            result.participants,
+            result.seconds,
+            public.get("epsilon"),
+        )
         rows.append(row)
         with metrics_path.open("a") as handle:
             handle.write(json.dumps(public) + "\n")
@@ -304,8 +401,14 @@ def _run(sim: FederatedSimulation, data: ClientData, model_config: ModelConfig, 
             stopped_early = r + 1
             log.info("early stopping after round %d: validation AUC best at round %d", r, best["round"])
         if converged or stopping or (r + 1) % checkpoint_every == 0 or r == federation.rounds - 1:
-            _save_checkpoint(out, sim, accountant, best,
-                             None if best_test_probs is None else (best_test_probs, best_val_probs), fingerprint)
+            _save_checkpoint(
+                out,
+                sim,
+                accountant,
+                best,
+                None if best_test_probs is None else (best_test_probs, best_val_probs),
+                fingerprint,
+            )
         if stopping and r < federation.rounds - 1 and not converged:
             raise TrainingInterrupted(r + 1)
         if converged:
@@ -320,18 +423,28 @@ def _run(sim: FederatedSimulation, data: ClientData, model_config: ModelConfig, 
         "parameters": parameter_counts(sim),
         "paper_sasrec_parameters": PAPER_SASREC_PARAMETERS,
         "inference_ms_per_user": round(inference_ms_per_user(sim), 5),
-        "config": {"model": asdict(model_config), "federation": asdict(federation),
-                   "privacy": accountant.describe(), **(extra_config or {})},
+        "config": {
+            "model": asdict(model_config),
+            "federation": asdict(federation),
+            "privacy": accountant.describe(),
+            **(extra_config or {}),
+        },
         "privacy": privacy_json,
         "outputs": output_classification(privacy_json),
     }
-    evaluation: dict[str, Any] = {"outside_the_guarantee": "computed on private data without noise; operator only",
-                                  "train_interactions": data.num_train_interactions, "warnings": warnings}
+    evaluation: dict[str, Any] = {
+        "outside_the_guarantee": "computed on private data without noise; operator only",
+        "train_interactions": data.num_train_interactions,
+        "warnings": warnings,
+    }
     if best is not None:
         _, low, high = auc_confidence_interval(data.test_label, best_test_probs)
         evaluation.update(
-            best_round=best["round"], val_auc=_finite(best["val_auc"]), val_logloss=_finite(best["val_logloss"]),
-            test_auc=_finite(best["test_auc"]), test_logloss=_finite(best["test_logloss"]),
+            best_round=best["round"],
+            val_auc=_finite(best["val_auc"]),
+            val_logloss=_finite(best["val_logloss"]),
+            test_auc=_finite(best["test_auc"]),
+            test_logloss=_finite(best["test_logloss"]),
             test_auc_ci95=[_finite(low), _finite(high)],
         )
         # Post-hoc temperature scaling fitted on validation (reported beside the raw figure, never instead of it).
@@ -339,11 +452,20 @@ def _run(sim: FederatedSimulation, data: ClientData, model_config: ModelConfig, 
         evaluation["calibration"] = {
             "method": "temperature scaling fitted on the validation predictions of the best round",
             "temperature": temperature,
-            "test_logloss_calibrated": _finite(log_loss(data.test_label, apply_temperature(best_test_probs, temperature))),
+            "test_logloss_calibrated": _finite(
+                log_loss(data.test_label, apply_temperature(best_test_probs, temperature))
+            ),
         }
         buffer = io.BytesIO()
-        np.savez(buffer, user_ids=data.user_ids, val_probability=best_val_probs, val_label=data.val_label,
-                 test_probability=best_test_probs, test_label=data.test_label, best_round=np.int64(best["round"]))
+        np.savez(
+            buffer,
+            user_ids=data.user_ids,
+            val_probability=best_val_probs,
+            val_label=data.val_label,
+            test_probability=best_test_probs,
+            test_label=data.test_label,
+            best_round=np.int64(best["round"]),
+        )
         write_bytes_atomic(operator / "predictions.npz", buffer.getvalue())
     write_json_atomic(operator / "evaluation.json", evaluation)
     write_json_atomic(out / "summary.json", summary)

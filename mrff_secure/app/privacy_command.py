@@ -42,34 +42,60 @@ def _jsonable(value: Any) -> Any:
 
 
 def privacy_report(
-    *, rounds: int, clients: int, sample_rate: float = 1.0, mode: str = "local",
-    noise_multiplier: float | None = None, target_epsilon: float | None = None, delta: float | None = None,
-    clip: float = 1.0, blocks: int = 2, groups: int = 4, dim: int | None = None, mechanism: str | None = None,
-    max_dropout_fraction: float = 0.0, modulus_bits: int = options.BY_NAME["modulus_bits"].default,
+    *,
+    rounds: int,
+    clients: int,
+    sample_rate: float = 1.0,
+    mode: str = "local",
+    noise_multiplier: float | None = None,
+    target_epsilon: float | None = None,
+    delta: float | None = None,
+    clip: float = 1.0,
+    blocks: int = 2,
+    groups: int = 4,
+    dim: int | None = None,
+    mechanism: str | None = None,
+    max_dropout_fraction: float = 0.0,
+    modulus_bits: int = options.BY_NAME["modulus_bits"].default,
     noise_sampling: str = "per_client",
 ) -> dict[str, Any]:
     """All the figures ``mrff privacy`` prints, as a dict, from `round.accountant` (the accountant of `mrff train`)."""
-    config = DPConfig(mode=mode, clip=clip, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
-                      delta=delta, mechanism=mechanism, max_dropout_fraction=max_dropout_fraction)
+    config = DPConfig(
+        mode=mode,
+        clip=clip,
+        noise_multiplier=noise_multiplier,
+        target_epsilon=target_epsilon,
+        delta=delta,
+        mechanism=mechanism,
+        max_dropout_fraction=max_dropout_fraction,
+    )
     check_int("--rounds", rounds, low=1)
     check_number("--client-fraction", sample_rate, low=0.0, high=1.0, low_open=True)
     check_int("--blocks", blocks, low=0)
     check_int("--groups", groups, low=0)
     if mode == "distributed" and dim is None:
-        raise ConfigError("--dp distributed accounts the integer mechanism itself: pass --dim (the length of the "
-                          "clipped delta part; a run prints it as privacy.update_plan.dim - blocks*groups - 1)")
+        raise ConfigError(
+            "--dp distributed accounts the integer mechanism itself: pass --dim (the length of the "
+            "clipped delta part; a run prints it as privacy.update_plan.dim - blocks*groups - 1)"
+        )
     d = config.resolve_delta(clients)
     n = participants_per_round(clients, sample_rate)
     with_groups = groups > 0 and blocks > 0
     release = RoundRelease(
-        dp_mode=mode, secure_aggregation=mode == "distributed", clip=clip, noise_multiplier=0.0,
-        num_blocks=blocks if with_groups else 0, num_groups=groups if with_groups else 0,
-        delta_size=dim if dim is not None else 1, participants=n,
+        dp_mode=mode,
+        secure_aggregation=mode == "distributed",
+        clip=clip,
+        noise_multiplier=0.0,
+        num_blocks=blocks if with_groups else 0,
+        num_groups=groups if with_groups else 0,
+        delta_size=dim if dim is not None else 1,
+        participants=n,
         n_min=config.min_survivors(n) if mode == "distributed" else None,
         mechanism=config.mechanism_name if mode == "distributed" else None,
         modulus_bits=modulus_bits if mode == "distributed" else None,
         count_cap=1,  # the example count is uploaded scaled to [0, 1]: its cap does not enter the accounting
-        single_noise_draw=noise_sampling == "aggregate")
+        single_noise_draw=noise_sampling == "aggregate",
+    )
     calibration_notes: tuple[str, ...] = ()
     if config.target_epsilon is not None:
         calibration = calibrate_release(release, target_epsilon=config.target_epsilon, rounds=rounds, delta=d)
@@ -81,21 +107,35 @@ def privacy_report(
     accounted = account.to_json()
     accounted["notes"] = [*(f"calibration: {n}" for n in calibration_notes), *accounted["notes"]]
     report: dict[str, Any] = {
-        "mode": mode, "noise_multiplier": z, "clip": clip, "noise_std": z * clip,
-        "blocks": release.num_blocks, "groups": release.num_groups,
+        "mode": mode,
+        "noise_multiplier": z,
+        "clip": clip,
+        "noise_std": z * clip,
+        "blocks": release.num_blocks,
+        "groups": release.num_groups,
         "delta_source": "given" if delta is not None else f"default 1/n^1.1 with n={clients}",
-        "rounds": rounds, "clients": clients, "sample_rate": sample_rate, "participants_per_round": n,
-        "target_epsilon": target_epsilon, **accounted,
+        "rounds": rounds,
+        "clients": clients,
+        "sample_rate": sample_rate,
+        "participants_per_round": n,
+        "target_epsilon": target_epsilon,
+        **accounted,
         "warnings": privacy_warnings(epsilon=account.epsilon, delta=d, noise_multiplier=z, n_users=clients),
     }
     if mode == "distributed":
         plans = release.plans()
-        report.update({
-            "n_min": plans.n_min, "max_dropout_fraction": max_dropout_fraction, "dim": dim,
-            "modulus_bits": modulus_bits, "scale": plans.update.scale, "padded_dim": plans.update.padded_dim,
-            "modular_clipping_probability": plans.update.clipping.any_coordinate,
-            "share_variance": plans.update.share_variance,
-        })
+        report.update(
+            {
+                "n_min": plans.n_min,
+                "max_dropout_fraction": max_dropout_fraction,
+                "dim": dim,
+                "modulus_bits": modulus_bits,
+                "scale": plans.update.scale,
+                "padded_dim": plans.update.padded_dim,
+                "modular_clipping_probability": plans.update.clipping.any_coordinate,
+                "share_variance": plans.update.share_variance,
+            }
+        )
     return _jsonable(report)
 
 
@@ -123,8 +163,11 @@ def format_report(report: dict[str, Any]) -> str:
     """Human-readable lines for :func:`privacy_report`'s dict (epsilons to 4 significant digits; z to 6, the
     calibrated z being rounded up to 6 so that the printed z is the one accounted)."""
     limit = report["gaussian_limit"]
-    prv = (_fmt_eps(limit["epsilon_prv"]) if limit.get("accountant", "prv") == "prv"
-           else "out of range (RDP bound used, see notes)")
+    prv = (
+        _fmt_eps(limit["epsilon_prv"])
+        if limit.get("accountant", "prv") == "prv"
+        else "out of range (RDP bound used, see notes)"
+    )
     lines = [
         f"mode: {report['mode']}   mechanism: {report['mechanism']}   adjacency: {report['adjacency']}",
         f"noise multiplier z: {_fmt(report['noise_multiplier'], 6)} (accounted "
@@ -147,8 +190,10 @@ def format_report(report: dict[str, Any]) -> str:
     if "epsilon_replace_one" in report:
         lines.append(f"the same release under replace-one adjacency: {_fmt_eps(report['epsilon_replace_one'])}")
     if "n_min" in report:
-        lines.append(f"noise shares assume >= {report['n_min']} survivors; scale {_fmt(report['scale'], 6)}; modular "
-                     f"clipping probability {_fmt(report['modular_clipping_probability'], 3)}")
+        lines.append(
+            f"noise shares assume >= {report['n_min']} survivors; scale {_fmt(report['scale'], 6)}; modular "
+            f"clipping probability {_fmt(report['modular_clipping_probability'], 3)}"
+        )
     lines.append(f"sampling: {report['sampling']}")
     lines.extend(f"note: {n}" for n in report["notes"])
     lines.extend(f"warning: {w}" for w in report.get("warnings", []))
@@ -168,9 +213,17 @@ def privacy_main(args: argparse.Namespace) -> int:
     if args.dp == "distributed" and args.mechanism == "gaussian":
         raise ConfigError("--dp distributed uses an integer mechanism: --mechanism discrete_gaussian or skellam")
     report = privacy_report(
-        rounds=args.rounds, clients=args.clients, sample_rate=args.client_fraction, mode=args.dp,
-        noise_multiplier=args.noise_multiplier, target_epsilon=args.target_epsilon, delta=args.delta,
-        clip=args.clip, blocks=args.blocks, groups=args.groups if args.mrff else 0, dim=args.dim,
+        rounds=args.rounds,
+        clients=args.clients,
+        sample_rate=args.client_fraction,
+        mode=args.dp,
+        noise_multiplier=args.noise_multiplier,
+        target_epsilon=args.target_epsilon,
+        delta=args.delta,
+        clip=args.clip,
+        blocks=args.blocks,
+        groups=args.groups if args.mrff else 0,
+        dim=args.dim,
         mechanism=args.mechanism if args.dp == "distributed" else None,
         max_dropout_fraction=args.max_dropout_fraction if args.dp == "distributed" else 0.0,
         modulus_bits=args.modulus_bits,

@@ -22,13 +22,22 @@ NETWORK_DP_MODES = ("off", "distributed")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("server", help="run the gRPC coordinator (TLS by default)",
-                       description="The coordinator of secure rounds over gRPC. A new run needs --run-dir; "
-                                   "--run-dir DIR --resume continues it after a crash with its own configuration.")
-    p.add_argument("--run-dir", type=Path, required=True, help="folder of the checkpoint, the audit log and config.toml")
+    p = sub.add_parser(
+        "server",
+        help="run the gRPC coordinator (TLS by default)",
+        description="The coordinator of secure rounds over gRPC. A new run needs --run-dir; "
+        "--run-dir DIR --resume continues it after a crash with its own configuration.",
+    )
+    p.add_argument(
+        "--run-dir", type=Path, required=True, help="folder of the checkpoint, the audit log and config.toml"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir after a crash")
-    p.add_argument("--schema", type=Path, help="the dataset's public schema (`mrff schema`): the server then reads "
-                                               "no dataset file (default: derive it from --dataset)")
+    p.add_argument(
+        "--schema",
+        type=Path,
+        help="the dataset's public schema (`mrff schema`): the server then reads "
+        "no dataset file (default: derive it from --dataset)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, with gRPC's own lines")
     options.add_options(p, "server")
     p.set_defaults(handler="mrff_secure.app.server_command:server_main")
@@ -38,22 +47,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     options.add_options(sc, "schema")
     sc.set_defaults(handler="mrff_secure.app.server_command:schema_main")
 
-    c = sub.add_parser("certs", help="make a development PKI (TLS CA, server/client certificates, signing key, "
-                                     "identity authority); `mrff certs issue-client` certifies clients")
+    c = sub.add_parser(
+        "certs",
+        help="make a development PKI (TLS CA, server/client certificates, signing key, "
+        "identity authority); `mrff certs issue-client` certifies clients",
+    )
     c.add_argument("--out", type=Path, default=Path("certs"), help="the folder to write (default: certs)")
     c.add_argument("--host", action="append", default=[], help="extra server host name or IP (repeatable)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing PKI in --out")
     c.set_defaults(handler="mrff_secure.app.server_command:certs_main")
     csub = c.add_subparsers(dest="certs_command")
-    i = csub.add_parser("issue-client", help="the identity authority certifies client identity keys (offline)",
-                        description="Sign (client id -> identity key) with CERTS/identity-ca.key. One client: "
-                                    "--client-id N --identity-pub FILE --out FILE. Development: --users 0-99 "
-                                    "--state-dir DIR makes missing keys in DIR/user-<id>/ and writes each "
-                                    "credential.bin beside them. An id bound to another key is refused without --force.")
+    i = csub.add_parser(
+        "issue-client",
+        help="the identity authority certifies client identity keys (offline)",
+        description="Sign (client id -> identity key) with CERTS/identity-ca.key. One client: "
+        "--client-id N --identity-pub FILE --out FILE. Development: --users 0-99 "
+        "--state-dir DIR makes missing keys in DIR/user-<id>/ and writes each "
+        "credential.bin beside them. An id bound to another key is refused without --force.",
+    )
     i.add_argument("--certs", type=Path, default=Path("certs"), help="folder holding identity-ca.key (default: certs)")
     i.add_argument("--client-id", type=int, help="one client: its id (with --identity-pub and --out)")
-    i.add_argument("--identity-pub", type=Path,
-                   help="one client: its Ed25519 identity public key (PEM, written by `mrff client-key`)")
+    i.add_argument(
+        "--identity-pub",
+        type=Path,
+        help="one client: its Ed25519 identity public key (PEM, written by `mrff client-key`)",
+    )
     i.add_argument("--out", type=Path, help="one client: where to write its credential")
     i.add_argument("--users", help="development form: ids like 0-99; keys and credentials in --state-dir")
     i.add_argument("--state-dir", type=Path, help="development form: the clients' state folder (user-<id>/)")
@@ -62,23 +80,36 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     a = sub.add_parser("audit-log", help="inspect a run's hash-chained, signed audit log")
     asub = a.add_subparsers(dest="audit_command", required=True)
-    v = asub.add_parser("verify", help="check the chain and the server's signatures; exit 0 only for an intact, "
-                                       "signed, finished run",
-                        description="Exit 0: intact, every signature valid, signed through run_finished. Exit 1: "
-                                    "broken (empty, altered, rewritten, signed by another key) or unfinished (the "
-                                    "run did not finish, or the log was cut). One line says which.")
+    v = asub.add_parser(
+        "verify",
+        help="check the chain and the server's signatures; exit 0 only for an intact, signed, finished run",
+        description="Exit 0: intact, every signature valid, signed through run_finished. Exit 1: "
+        "broken (empty, altered, rewritten, signed by another key) or unfinished (the "
+        "run did not finish, or the log was cut). One line says which.",
+    )
     v.add_argument("run_dir", type=Path, help="the server's run folder (or a run-local folder)")
-    v.add_argument("--signing-pub", type=Path, default=None,
-                   help="the server's signing public key you trust (default: certs/signing.pub, or RUN_DIR/certs/"
-                        "signing.pub for a run-local folder)")
-    v.add_argument("--allow-unfinished", action="store_true",
-                   help="exit 0 for an intact, signed log of a run that has not finished (yet)")
+    v.add_argument(
+        "--signing-pub",
+        type=Path,
+        default=None,
+        help="the server's signing public key you trust (default: certs/signing.pub, or RUN_DIR/certs/"
+        "signing.pub for a run-local folder)",
+    )
+    v.add_argument(
+        "--allow-unfinished",
+        action="store_true",
+        help="exit 0 for an intact, signed log of a run that has not finished (yet)",
+    )
     v.set_defaults(handler="mrff_secure.app.server_command:audit_verify_main")
 
     r = sub.add_parser("run-local", help="a server and P client processes on loopback, end to end")
     r.add_argument("--client-processes", type=int, default=2, help="client processes (default: 2)")
-    r.add_argument("--clients", type=int, default=20, help="logical clients (users 0..N-1), spread over the "
-                                                           "processes (default: 20)")
+    r.add_argument(
+        "--clients",
+        type=int,
+        default=20,
+        help="logical clients (users 0..N-1), spread over the processes (default: 20)",
+    )
     r.add_argument("--run-dir", type=Path, default=Path("runs/local"), help="a new folder (default: runs/local)")
     r.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds (default: 3600)")
     r.add_argument("--client-seed", type=int, default=None, help="seed of the clients' dropout (default: random)")
@@ -93,9 +124,11 @@ def certs_main(args: argparse.Namespace) -> int:
 
     options.writable_folder(args.out, "--out")
     paths = make_dev_pki(args.out, hosts=args.host, overwrite=args.overwrite)
-    print(f"wrote the development PKI to {paths.folder}: ca.crt, server.crt/key, client.crt/key, "
-          "signing.key/pub, identity-ca.key/pub (keys mode 0600; for development only; keep identity-ca.key "
-          "offline and certify clients with `mrff certs issue-client`)")
+    print(
+        f"wrote the development PKI to {paths.folder}: ca.crt, server.crt/key, client.crt/key, "
+        "signing.key/pub, identity-ca.key/pub (keys mode 0600; for development only; keep identity-ca.key "
+        "offline and certify clients with `mrff certs issue-client`)"
+    )
     return 0
 
 
@@ -107,9 +140,11 @@ def schema_main(args: argparse.Namespace) -> int:
     data = options.load_dataset(args)
     schema = PublicSchema.of(data)
     schema.save(args.out)
-    print(f"wrote the public schema of {schema.name} to {args.out}: {schema.item_attributes.num_rows} items, "
-          f"{schema.user_attributes.num_fields} user fields, maxlen {schema.maxlen}, population {schema.population} "
-          "(no user rows)")
+    print(
+        f"wrote the public schema of {schema.name} to {args.out}: {schema.item_attributes.num_rows} items, "
+        f"{schema.user_attributes.num_fields} user fields, maxlen {schema.maxlen}, population {schema.population} "
+        "(no user rows)"
+    )
     return 0
 
 
@@ -122,8 +157,9 @@ def issue_client_main(args: argparse.Namespace) -> int:
         options.writable_file(args.out, "--out")
     if args.users is not None:
         if args.state_dir is None or args.client_id is not None or args.out is not None or args.identity_pub:
-            raise ConfigError("the development form takes --users and --state-dir (not --client-id, --identity-pub "
-                              "or --out)")
+            raise ConfigError(
+                "the development form takes --users and --state-dir (not --client-id, --identity-pub or --out)"
+            )
         count = issue_state_credentials(paths, parse_users(args.users), args.state_dir, force=args.force)
         print(f"issued {count} credentials into {args.state_dir}/user-<id>/credential.bin")
         return 0
@@ -131,8 +167,10 @@ def issue_client_main(args: argparse.Namespace) -> int:
         raise ConfigError("give --client-id, --identity-pub and --out (or, for development, --users with --state-dir)")
     key = load_identity_public_key(args.identity_pub)
     issue_client_credential(paths, args.client_id, key, args.out, force=args.force)
-    print(f"issued the credential of client {args.client_id} to {args.out}: copy it to the client's "
-          f"STATE_DIR/user-{args.client_id}/credential.bin")
+    print(
+        f"issued the credential of client {args.client_id} to {args.out}: copy it to the client's "
+        f"STATE_DIR/user-{args.client_id}/credential.bin"
+    )
     return 0
 
 
@@ -149,12 +187,16 @@ def audit_verify_main(args: argparse.Namespace) -> int:
         raise ConfigError(f"no signing public key at {key_path}: pass --signing-pub FILE (the server's signing.pub)")
     report = verify(log_path, signing.load_public_key(key_path))
     if report.ok:
-        print(f"ok: {report.records} records, chain intact, signed by {key_path} through the end of the finished run; "
-              f"last digest {report.last_digest}")
+        print(
+            f"ok: {report.records} records, chain intact, signed by {key_path} through the end of the finished run; "
+            f"last digest {report.last_digest}"
+        )
         return 0
     if report.status == "unfinished":
-        print(f"UNFINISHED: {report.records} records, chain intact, signed through line {report.signed_through + 1}: "
-              f"{report.problem}")
+        print(
+            f"UNFINISHED: {report.records} records, chain intact, signed through line {report.signed_through + 1}: "
+            f"{report.problem}"
+        )
         return 0 if args.allow_unfinished else 1
     print(f"BROKEN ({log_path}): {report.problem}")
     return 1
@@ -171,8 +213,10 @@ def round_spec(args: argparse.Namespace, maxlen: int):
     from mrff_secure.round.spec import RoundSpec
 
     if args.dp not in NETWORK_DP_MODES:
-        raise ConfigError(f"--dp {args.dp} is not available on the network (only off or distributed: a network client "
-                          "adds its share of the noise under secure aggregation)")
+        raise ConfigError(
+            f"--dp {args.dp} is not available on the network (only off or distributed: a network client "
+            "adds its share of the noise under secure aggregation)"
+        )
     if args.secure_aggregation == "inmemory":
         raise ConfigError("--secure-aggregation inmemory is for `mrff train`; the network runs the protocol for real")
     secure = args.secure_aggregation != "off"
@@ -180,31 +224,53 @@ def round_spec(args: argparse.Namespace, maxlen: int):
     mechanism = args.mechanism or "discrete_gaussian"
     if args.dp == "distributed":
         if not secure:
-            raise ConfigError("--dp distributed needs secure aggregation: its noise is split among the clients "
-                              "and only the secure sum carries all of it (drop --secure-aggregation off)")
+            raise ConfigError(
+                "--dp distributed needs secure aggregation: its noise is split among the clients "
+                "and only the secure sum carries all of it (drop --secure-aggregation off)"
+            )
         if z is not None and target is not None:
             raise ConfigError("give --noise-multiplier or --target-epsilon, not both")
         if target is None and (z is None or z <= 0):
-            raise ConfigError("--dp distributed with no noise gives no privacy: give --noise-multiplier > 0 "
-                              "or --target-epsilon (or run --dp off, and say so)")
+            raise ConfigError(
+                "--dp distributed with no noise gives no privacy: give --noise-multiplier > 0 "
+                "or --target-epsilon (or run --dp off, and say so)"
+            )
         if mechanism == "gaussian":
             raise ConfigError("--dp distributed uses an integer mechanism: --mechanism discrete_gaussian or skellam")
     elif z not in (None, 0.0) or target is not None:
         raise ConfigError("--noise-multiplier/--target-epsilon need --dp distributed")
-    return RoundSpec(local_steps=args.local_steps, optimizer=args.optimizer, lr=args.lr, dp_mode=args.dp,
-                     clip=args.clip, noise_multiplier=(z if z is not None else (1.0 if target else 0.0)),
-                     min_survivors=1, min_group_size=args.min_group_size, mechanism=mechanism,
-                     modulus_bits=args.modulus_bits, count_cap=maxlen)  # min_survivors: set per round
+    return RoundSpec(
+        local_steps=args.local_steps,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        dp_mode=args.dp,
+        clip=args.clip,
+        noise_multiplier=(z if z is not None else (1.0 if target else 0.0)),
+        min_survivors=1,
+        min_group_size=args.min_group_size,
+        mechanism=mechanism,
+        modulus_bits=args.modulus_bits,
+        count_cap=maxlen,
+    )  # min_survivors: set per round
 
 
 def _server_settings(args: argparse.Namespace):
     from server.run_state import ServerSettings
 
-    return ServerSettings(rounds=args.rounds, seed=args.seed, client_fraction=args.client_fraction,
-                          min_clients=args.min_clients, secure=args.secure_aggregation != "off",
-                          train_timeout=args.train_timeout, stage_timeout=args.stage_timeout, dp_delta=args.delta,
-                          max_dropout_fraction=args.max_dropout_fraction, num_neighbours=args.num_neighbours,
-                          threshold=args.threshold, eval_every=args.eval_every)
+    return ServerSettings(
+        rounds=args.rounds,
+        seed=args.seed,
+        client_fraction=args.client_fraction,
+        min_clients=args.min_clients,
+        secure=args.secure_aggregation != "off",
+        train_timeout=args.train_timeout,
+        stage_timeout=args.stage_timeout,
+        dp_delta=args.delta,
+        max_dropout_fraction=args.max_dropout_fraction,
+        num_neighbours=args.num_neighbours,
+        threshold=args.threshold,
+        eval_every=args.eval_every,
+    )
 
 
 def _calibrated(spec, args: argparse.Namespace, data):
@@ -221,10 +287,19 @@ def _calibrated(spec, args: argparse.Namespace, data):
     model, _ = build_global(options.model_config(args, data.maxlen), data, args.seed)
     n = max(args.min_clients, participants_per_round(data.num_users, args.client_fraction))
     sized = dataclasses.replace(spec, min_survivors=min_survivors(n, args.max_dropout_fraction))
-    z = calibrate(sized, UpdateLayout.from_model(model), participants=n, target_epsilon=args.target_epsilon,
-                  rounds=args.rounds, delta=args.delta)
-    print(f"CALIBRATED noise multiplier {z:.6g} for epsilon {args.target_epsilon} over {args.rounds} rounds of "
-          f"{n} clients (delta {args.delta:.3g}, zero-out adjacency)", flush=True)
+    z = calibrate(
+        sized,
+        UpdateLayout.from_model(model),
+        participants=n,
+        target_epsilon=args.target_epsilon,
+        rounds=args.rounds,
+        delta=args.delta,
+    )
+    print(
+        f"CALIBRATED noise multiplier {z:.6g} for epsilon {args.target_epsilon} over {args.rounds} rounds of "
+        f"{n} clients (delta {args.delta:.3g}, zero-out adjacency)",
+        flush=True,
+    )
     return dataclasses.replace(spec, noise_multiplier=z)
 
 
@@ -234,8 +309,11 @@ def _resolve_server(args: argparse.Namespace) -> dict:
     run_dir = Path(args.run_dir)
     stored = run_dir / CONFIG_FILE
     if args.resume:
-        run_settings = [n for n in options.COMMAND_OPTIONS["server"]
-                        if options.BY_NAME[n].table != "network" and getattr(args, n, None) is not None]
+        run_settings = [
+            n
+            for n in options.COMMAND_OPTIONS["server"]
+            if options.BY_NAME[n].table != "network" and getattr(args, n, None) is not None
+        ]
         if run_settings or args.config is not None:
             flags = ", ".join(options.BY_NAME[n].flag for n in run_settings) or "--config"
             raise ConfigError(f"--resume continues the run with its own configuration ({stored}); drop {flags}")
@@ -273,25 +351,42 @@ def server_main(args: argparse.Namespace) -> int:
     if args.delta is None:
         args.delta = default_delta(data.num_users)  # as mrff train: 1/n^1.1 over the dataset's users
     if args.dp == "off" and args.secure_aggregation != "off":
-        print("NOTE --dp off: secure aggregation alone protects clients only against an honest-but-curious "
-              "server (SECURITY.md)", file=sys.stderr, flush=True)
+        print(
+            "NOTE --dp off: secure aggregation alone protects clients only against an honest-but-curious "
+            "server (SECURITY.md)",
+            file=sys.stderr,
+            flush=True,
+        )
     certs = CertPaths(args.certs)
     signing_key = signing.load_private_key(certs.signing_key)
     spec = round_spec(args, data.maxlen)
     if args.target_epsilon is not None:
         spec = _calibrated(spec, args, data)
-    coordinator = Coordinator(run_dir, _server_settings(args), options.model_config(args, data.maxlen), data,
-                              spec, signing_key, authority_public_key=load_authority_public_key(certs.identity_ca_pub),
-                              resume=resume, on_round_line=lambda line: print(line, flush=True))
+    coordinator = Coordinator(
+        run_dir,
+        _server_settings(args),
+        options.model_config(args, data.maxlen),
+        data,
+        spec,
+        signing_key,
+        authority_public_key=load_authority_public_key(certs.identity_ca_pub),
+        resume=resume,
+        on_round_line=lambda line: print(line, flush=True),
+    )
     tls = None if args.insecure else TlsFiles(certs.server_crt, certs.server_key, certs.ca_crt if args.mtls else None)
-    server, port = create_server(args.address, coordinator, tls=tls,
-                                 max_upload_bytes=args.max_upload_mib << 20, max_workers=args.max_workers)
+    server, port = create_server(
+        args.address, coordinator, tls=tls, max_upload_bytes=args.max_upload_mib << 20, max_workers=args.max_workers
+    )
     host = args.address.rsplit(":", 1)[0]
     server.start()
-    write_json_atomic(run_dir / ENDPOINT_FILE, {"address": f"{host}:{port}", "pid": os.getpid(),
-                                                "tls": tls is not None})
-    print(f"LISTENING {host}:{port} run {coordinator.run_id} ({'TLS' if tls else 'INSECURE'}"
-          f"{', mutual TLS' if args.mtls and tls else ''})", flush=True)
+    write_json_atomic(
+        run_dir / ENDPOINT_FILE, {"address": f"{host}:{port}", "pid": os.getpid(), "tls": tls is not None}
+    )
+    print(
+        f"LISTENING {host}:{port} run {coordinator.run_id} ({'TLS' if tls else 'INSECURE'}"
+        f"{', mutual TLS' if args.mtls and tls else ''})",
+        flush=True,
+    )
 
     def terminate(signum, frame) -> None:
         coordinator.stop()
@@ -320,9 +415,12 @@ def server_main(args: argparse.Namespace) -> int:
     completed = sum(r.get("type") == "round" for r in records)
     aborted = sum(r.get("type") == "round_aborted" for r in records)
     finished = any(r.get("type") == "run_finished" for r in records)
-    print(f"DONE {completed} of {args.rounds} rounds completed, {aborted} aborted; run "
-          f"{'finished' if finished else 'NOT FINISHED (resume it with --resume)'}; "
-          f"model_digest={coordinator.model_digest()}", flush=True)
+    print(
+        f"DONE {completed} of {args.rounds} rounds completed, {aborted} aborted; run "
+        f"{'finished' if finished else 'NOT FINISHED (resume it with --resume)'}; "
+        f"model_digest={coordinator.model_digest()}",
+        flush=True,
+    )
     return 0 if finished else 1
 
 
@@ -348,9 +446,26 @@ def run_local_main(args: argparse.Namespace) -> int:
     security = ["--insecure"] if args.insecure else []
     verbose = ["-v"] if args.verbose else []
     cmd = [sys.executable, "-m", "mrff_secure.app.cli"]
-    server = subprocess.Popen(cmd + ["server", "--config", str(shared), "--run-dir", str(run_dir / "server"),
-                                     "--address", "127.0.0.1:0", "--certs", str(certs.folder), "--linger", "30"]
-                              + security + verbose, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        cmd
+        + [
+            "server",
+            "--config",
+            str(shared),
+            "--run-dir",
+            str(run_dir / "server"),
+            "--address",
+            "127.0.0.1:0",
+            "--certs",
+            str(certs.folder),
+            "--linger",
+            "30",
+        ]
+        + security
+        + verbose,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     clients: list[subprocess.Popen] = []
     try:
         line = server.stdout.readline()
@@ -370,10 +485,29 @@ def run_local_main(args: argparse.Namespace) -> int:
             lo, hi = i * per, min(args.clients, (i + 1) * per) - 1
             if lo > hi:
                 break
-            clients.append(subprocess.Popen(cmd + ["client", "--server", address, "--users", f"{lo}-{hi}",
-                                                   "--certs", str(certs.folder), "--state-dir", str(run_dir / "clients"),
-                                                   "--client-seed", str(seed), "--config", str(shared)]
-                                            + security + verbose + client_policy))
+            clients.append(
+                subprocess.Popen(
+                    cmd
+                    + [
+                        "client",
+                        "--server",
+                        address,
+                        "--users",
+                        f"{lo}-{hi}",
+                        "--certs",
+                        str(certs.folder),
+                        "--state-dir",
+                        str(run_dir / "clients"),
+                        "--client-seed",
+                        str(seed),
+                        "--config",
+                        str(shared),
+                    ]
+                    + security
+                    + verbose
+                    + client_policy
+                )
+            )
         deadline = time.monotonic() + args.timeout
         while any(p.poll() is None for p in clients + [server]):
             failed = [p.returncode for p in clients + [server] if p.poll() not in (None, 0)]
@@ -399,6 +533,8 @@ def run_local_main(args: argparse.Namespace) -> int:
     report = verify(run_dir / "server" / "audit.jsonl", signing.load_public_key(certs.signing_pub))
     rounds = [r for r in read_records(run_dir / "server" / "audit.jsonl") if r["type"] in ("round", "round_aborted")]
     completed = sum(r["type"] == "round" for r in rounds)
-    print(f"run-local: {completed}/{len(rounds)} rounds completed; audit log "
-          f"{'intact' if report.ok else 'BROKEN: ' + report.problem}; client exit codes {codes}; server {server_code}")
+    print(
+        f"run-local: {completed}/{len(rounds)} rounds completed; audit log "
+        f"{'intact' if report.ok else 'BROKEN: ' + report.problem}; client exit codes {codes}; server {server_code}"
+    )
     return 0 if server_code == 0 and all(c == 0 for c in codes) and report.ok else 1

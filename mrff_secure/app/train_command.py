@@ -13,8 +13,16 @@ from pathlib import Path
 from mrff_secure.app import options
 from mrff_secure.errors import ConfigError
 
-RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "checkpoint.npz", "report.json", "report.md",
-             "report.html", "report.json.sig")
+RUN_FILES = (
+    "config.toml",
+    "metrics.jsonl",
+    "summary.json",
+    "checkpoint.npz",
+    "report.json",
+    "report.md",
+    "report.html",
+    "report.json.sig",
+)
 RUN_FOLDERS = ("operator-only", "plots")
 
 
@@ -32,8 +40,10 @@ def _prepare_run_dir(args: argparse.Namespace) -> None:
         return
     if _holds_a_run(run_dir):
         if not args.overwrite:
-            raise ConfigError(f"--run-dir {run_dir} already holds a run: --resume continues it, --overwrite "
-                              "replaces it, or choose another --run-dir")
+            raise ConfigError(
+                f"--run-dir {run_dir} already holds a run: --resume continues it, --overwrite "
+                "replaces it, or choose another --run-dir"
+            )
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
         for name in RUN_FOLDERS:
@@ -45,11 +55,16 @@ def _resume_configuration(args: argparse.Namespace) -> None:
     """--resume runs with the run's own configuration: it reads RUN/config.toml; other settings are refused,
     except the [scale] ones (--backend, --workers, ...): they do not change the result, so a run may continue
     on another backend."""
-    given = [options.BY_NAME[n].flag for n in options.COMMAND_OPTIONS["train"]
-             if getattr(args, n, None) is not None and options.BY_NAME[n].table != "scale"]
+    given = [
+        options.BY_NAME[n].flag
+        for n in options.COMMAND_OPTIONS["train"]
+        if getattr(args, n, None) is not None and options.BY_NAME[n].table != "scale"
+    ]
     if given or args.config is not None or args.overrides:
-        raise ConfigError(f"--resume continues the run with its own configuration ({args.run_dir}/config.toml); "
-                          f"drop {', '.join(given) or '--config/--set'}")
+        raise ConfigError(
+            f"--resume continues the run with its own configuration ({args.run_dir}/config.toml); "
+            f"drop {', '.join(given) or '--config/--set'}"
+        )
     if not (args.run_dir / "config.toml").exists():
         raise ConfigError(f"--resume: {args.run_dir}/config.toml is missing")
     args.config = args.run_dir / "config.toml"
@@ -70,28 +85,44 @@ def privacy_settings(args: argparse.Namespace):
     if dp != "off" and args.noise_multiplier is not None and args.target_epsilon is not None:
         raise ConfigError("give --noise-multiplier or --target-epsilon, not both")
     if dp == "distributed" and secure == "off":
-        raise ConfigError("--dp distributed needs secure aggregation: its noise is split among the clients and only "
-                          "the secure sum carries all of it (drop --secure-aggregation off)")
+        raise ConfigError(
+            "--dp distributed needs secure aggregation: its noise is split among the clients and only "
+            "the secure sum carries all of it (drop --secure-aggregation off)"
+        )
     if args.mechanism is not None and dp == "off":
         raise ConfigError("--mechanism needs --dp local or --dp distributed")
     if dp == "local" and args.mechanism not in (None, "gaussian"):
         raise ConfigError(f"--dp local adds Gaussian noise; --mechanism {args.mechanism} is for --dp distributed")
     if dp == "distributed" and args.mechanism == "gaussian":
         raise ConfigError("--dp distributed uses an integer mechanism: --mechanism discrete_gaussian or skellam")
-    config = DPConfig(mode=dp, clip=args.clip, noise_multiplier=args.noise_multiplier if dp != "off" else None,
-                      target_epsilon=args.target_epsilon, delta=args.delta, mechanism=args.mechanism if dp != "off" else None,
-                      max_dropout_fraction=args.max_dropout_fraction if dp == "distributed" else 0.0)
-    return PrivacySettings(dp=config, secure_sum=secure_sum, modulus_bits=args.modulus_bits,
-                           noise_sampling=args.noise_sampling, count_cap=args.count_cap,
-                           min_group_size=args.min_group_size if secure_sum != "off" else None,
-                           insecure_reproducible_noise=args.insecure_reproducible_noise,
-                           clip_from_private_data=args.clip_from_private_data)
+    config = DPConfig(
+        mode=dp,
+        clip=args.clip,
+        noise_multiplier=args.noise_multiplier if dp != "off" else None,
+        target_epsilon=args.target_epsilon,
+        delta=args.delta,
+        mechanism=args.mechanism if dp != "off" else None,
+        max_dropout_fraction=args.max_dropout_fraction if dp == "distributed" else 0.0,
+    )
+    return PrivacySettings(
+        dp=config,
+        secure_sum=secure_sum,
+        modulus_bits=args.modulus_bits,
+        noise_sampling=args.noise_sampling,
+        count_cap=args.count_cap,
+        min_group_size=args.min_group_size if secure_sum != "off" else None,
+        insecure_reproducible_noise=args.insecure_reproducible_noise,
+        clip_from_private_data=args.clip_from_private_data,
+    )
 
 
 def fingerprint(config: dict) -> str:
     """What a checkpoint must match: the configuration minus the settings that do not change the result."""
-    kept = {t: {k: v for k, v in body.items() if k not in ("eval_every", "checkpoint_every")}
-            for t, body in config.items() if t != "scale"}  # a run may continue on another backend
+    kept = {
+        t: {k: v for k, v in body.items() if k not in ("eval_every", "checkpoint_every")}
+        for t, body in config.items()
+        if t != "scale"
+    }  # a run may continue on another backend
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
@@ -110,14 +141,26 @@ def train_main(args: argparse.Namespace) -> int:
     data = options.load_dataset(args)
     model_config = options.model_config(args, data.maxlen)
     federation = FederationConfig(
-        rounds=args.rounds, local_steps=args.local_steps, client_fraction=args.client_fraction,
-        optimizer=args.optimizer, lr=args.lr, seed=args.seed, eval_every=args.eval_every, chunk_size=args.chunk_size,
-        weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, server_optimizer=args.server_optimizer,
-        server_lr=args.server_lr, server_momentum=args.server_momentum, patience=args.patience,
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        client_fraction=args.client_fraction,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        chunk_size=args.chunk_size,
+        weight_decay=args.weight_decay,
+        lr_schedule=args.lr_schedule,
+        server_optimizer=args.server_optimizer,
+        server_lr=args.server_lr,
+        server_momentum=args.server_momentum,
+        patience=args.patience,
     )
     if args.patience and privacy.dp.enabled:
-        raise ConfigError("--patience stops on the validation AUC, computed on private data without noise: the "
-                          "stopping round would be a release outside the DP guarantee; give a fixed --rounds")
+        raise ConfigError(
+            "--patience stops on the validation AUC, computed on private data without noise: the "
+            "stopping round would be a release outside the DP guarantee; give a fixed --rounds"
+        )
     if not args.resume:
         options.write_config(args.run_dir, config, "train")
     stop_requested = []
@@ -130,20 +173,38 @@ def train_main(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        summary = run_training(data, model_config, federation, args.run_dir, progress=not args.no_progress,
-                               extra_config={"dataset": args.dataset, "backend": args.backend}, privacy=privacy,
-                               checkpoint_every=args.checkpoint_every, resume=args.resume,
-                               fingerprint=fingerprint(config), should_stop=lambda: bool(stop_requested),
-                               backend=args.backend, workers=args.workers, threads_per_worker=args.threads_per_worker,
-                               ray_address=args.ray_address)
+        summary = run_training(
+            data,
+            model_config,
+            federation,
+            args.run_dir,
+            progress=not args.no_progress,
+            extra_config={"dataset": args.dataset, "backend": args.backend},
+            privacy=privacy,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            fingerprint=fingerprint(config),
+            should_stop=lambda: bool(stop_requested),
+            backend=args.backend,
+            workers=args.workers,
+            threads_per_worker=args.threads_per_worker,
+            ray_address=args.ray_address,
+        )
     except TrainingInterrupted as stop:
-        print(f"mrff train: interrupted after round {stop.rounds_done}; {args.run_dir} is consistent (checkpoint of "
-              f"round {stop.rounds_done}): continue with `mrff train --resume --run-dir {args.run_dir}`",
-              file=sys.stderr, flush=True)
+        print(
+            f"mrff train: interrupted after round {stop.rounds_done}; {args.run_dir} is consistent (checkpoint of "
+            f"round {stop.rounds_done}): continue with `mrff train --resume --run-dir {args.run_dir}`",
+            file=sys.stderr,
+            flush=True,
+        )
         return 130
     except KeyboardInterrupt:
-        print(f"mrff train: interrupted mid-round; {args.run_dir} keeps its last checkpoint: continue with "
-              f"`mrff train --resume --run-dir {args.run_dir}`", file=sys.stderr, flush=True)
+        print(
+            f"mrff train: interrupted mid-round; {args.run_dir} keeps its last checkpoint: continue with "
+            f"`mrff train --resume --run-dir {args.run_dir}`",
+            file=sys.stderr,
+            flush=True,
+        )
         return 130
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -153,12 +214,17 @@ def train_main(args: argparse.Namespace) -> int:
     p = summary["privacy"]
     evaluation = summary[OPERATOR_ONLY]
     auc, loss = evaluation.get("test_auc"), evaluation.get("test_logloss")
-    guarantee = (f"epsilon {options.fmt_epsilon(p['epsilon'])} at delta {p['delta']:.3g} ({p['adjacency']}, "
-                 f"{p['mechanism']})" if p["private"] else f"NOT PRIVATE (epsilon {options.fmt_epsilon(p['epsilon'])})")
-    print(f"{data.name}: {guarantee}; wrote {args.run_dir}/summary.json, metrics.jsonl, config.toml. Operator only "
-          f"(outside the guarantee, in {args.run_dir}/{OPERATOR_ONLY}/): best validation round "
-          f"{evaluation.get('best_round')}, test AUC {'n/a' if auc is None else f'{auc:.4f}'}, test LogLoss "
-          f"{'n/a' if loss is None else f'{loss:.4f}'}")
+    guarantee = (
+        f"epsilon {options.fmt_epsilon(p['epsilon'])} at delta {p['delta']:.3g} ({p['adjacency']}, {p['mechanism']})"
+        if p["private"]
+        else f"NOT PRIVATE (epsilon {options.fmt_epsilon(p['epsilon'])})"
+    )
+    print(
+        f"{data.name}: {guarantee}; wrote {args.run_dir}/summary.json, metrics.jsonl, config.toml. Operator only "
+        f"(outside the guarantee, in {args.run_dir}/{OPERATOR_ONLY}/): best validation round "
+        f"{evaluation.get('best_round')}, test AUC {'n/a' if auc is None else f'{auc:.4f}'}, test LogLoss "
+        f"{'n/a' if loss is None else f'{loss:.4f}'}"
+    )
     for warning in p.get("warnings", []) + evaluation.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     return 0

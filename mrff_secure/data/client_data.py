@@ -32,15 +32,18 @@ class AttributeTable:
                 f"{len(self.vocab_sizes)} vocab sizes, {len(self.spans)} spans"
             )
         if self.tokens.ndim != 2 or self.tokens.dtype != np.int64:
-            raise DataFormatError(f"attribute tokens must be a 2-D int64 array, got {self.tokens.dtype} {self.tokens.shape}")
+            raise DataFormatError(
+                f"attribute tokens must be a 2-D int64 array, got {self.tokens.dtype} {self.tokens.shape}"
+            )
         if self.spans[-1][1] != self.tokens.shape[1]:
-            raise DataFormatError(f"spans end at column {self.spans[-1][1]} but the table has {self.tokens.shape[1]} columns")
+            raise DataFormatError(
+                f"spans end at column {self.spans[-1][1]} but the table has {self.tokens.shape[1]} columns"
+            )
         for name, vocab, (lo, hi) in zip(self.field_names, self.vocab_sizes, self.spans):
             block = self.tokens[:, lo:hi]
             if block.size and (block.min() < 0 or block.max() >= vocab):
                 raise DataFormatError(
-                    f"attribute '{name}' has token ids outside [0, {vocab - 1}] "
-                    f"(min {block.min()}, max {block.max()})"
+                    f"attribute '{name}' has token ids outside [0, {vocab - 1}] (min {block.min()}, max {block.max()})"
                 )
 
     @property

@@ -28,9 +28,7 @@ def read_table(path: Path, delimiter: str = ",") -> tuple[list[str], list[list[s
                 if not row:
                     continue
                 if len(row) != len(header):
-                    raise DataFormatError(
-                        f"{path}, line {line_no}: expected {len(header)} fields, got {len(row)}"
-                    )
+                    raise DataFormatError(f"{path}, line {line_no}: expected {len(header)} fields, got {len(row)}")
                 rows.append(row)
     except UnicodeDecodeError as exc:
         raise DataFormatError(f"{path}: not UTF-8 text ({exc})") from None
@@ -47,8 +45,9 @@ def column_index(path: Path, header: list[str], name: str) -> int:
     return header.index(name)
 
 
-def _parsed_column(path: Path, header: list[str], rows: list[list[str]], name: str,
-                   parse: Callable[[str], float], dtype: type) -> np.ndarray:
+def _parsed_column(
+    path: Path, header: list[str], rows: list[list[str]], name: str, parse: Callable[[str], float], dtype: type
+) -> np.ndarray:
     """Column `name`, each cell through `parse`, which raises ValueError saying what the cell is not."""
     idx = column_index(path, header, name)
     out = np.empty(len(rows), dtype=dtype)

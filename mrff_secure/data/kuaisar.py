@@ -33,8 +33,15 @@ def _feature_rows(path: Path, id_column: str) -> tuple[list[str], list[list[str]
     return header, rows, ids
 
 
-def _attribute_table(path: Path, header: list[str], rows: list[list[str]], row_ids: np.ndarray,
-                     names: list[str], num_rows: int, pad_row_zero: bool) -> AttributeTable:
+def _attribute_table(
+    path: Path,
+    header: list[str],
+    rows: list[list[str]],
+    row_ids: np.ndarray,
+    names: list[str],
+    num_rows: int,
+    pad_row_zero: bool,
+) -> AttributeTable:
     """One token column per feature; row `row_ids[i]` holds file line i. Padding index = max + 1."""
     tokens = np.zeros((num_rows, len(names)), dtype=np.int64)
     vocab = []
@@ -86,5 +93,6 @@ def load_kuaisar_r(data_dir: str | Path, maxlen: int = 65) -> ClientData:
         raise DataFormatError(f"{inter_path}: user {missing[0]} (and {len(missing) - 1} more) has no interactions")
 
     seqs = leave_one_out(np.arange(num_users), inter_users, inter_items, clicks, timestamps, maxlen, str(inter_path))
-    return ClientData(name=NAME, user_attributes=users, item_attributes=items,
-                      user_ids=np.arange(num_users, dtype=np.int64), **seqs)
+    return ClientData(
+        name=NAME, user_attributes=users, item_attributes=items, user_ids=np.arange(num_users, dtype=np.int64), **seqs
+    )

@@ -49,8 +49,16 @@ def _require(path: Path, names: list[str], types: list[str], field: str, allowed
     return idx
 
 
-def _attributes(path: Path, names: list[str], types: list[str], rows: list[list[str]], key: str,
-                order: dict[str, int], num_rows: int, pad_row_zero: bool) -> AttributeTable:
+def _attributes(
+    path: Path,
+    names: list[str],
+    types: list[str],
+    rows: list[list[str]],
+    key: str,
+    order: dict[str, int],
+    num_rows: int,
+    pad_row_zero: bool,
+) -> AttributeTable:
     """Attribute table with one row per entity in `order` (entity token -> row index)."""
     key_idx = names.index(key)
     row_of = np.full(len(rows), -1, np.int64)
@@ -132,11 +140,15 @@ def load_recbole(
         labels = float_column(inter_path, names, rows, label_field)
         if not np.isin(labels, (0.0, 1.0)).all():
             bad = int(np.flatnonzero(~np.isin(labels, (0.0, 1.0)))[0])
-            raise DataFormatError(f"{inter_path}, line {bad + 2}, column '{label_field}': label {labels[bad]} is not 0 or 1")
+            raise DataFormatError(
+                f"{inter_path}, line {bad + 2}, column '{label_field}': label {labels[bad]} is not 0 or 1"
+            )
     elif rating_field in names:
         labels = (float_column(inter_path, names, rows, rating_field) >= rating_threshold).astype(np.float64)
     else:
-        raise DataFormatError(f"{inter_path}: needs a '{label_field}' column or a '{rating_field}' column for the click label")
+        raise DataFormatError(
+            f"{inter_path}: needs a '{label_field}' column or a '{rating_field}' column for the click label"
+        )
 
     user_tokens = [r[u_idx].strip() for r in rows]
     item_tokens = [r[i_idx].strip() for r in rows]
@@ -170,5 +182,10 @@ def load_recbole(
         user_attrs = _id_table("user_id", len(user_order), False)
 
     seqs = leave_one_out(np.array(sorted(user_order)), users, items, labels, timestamps, maxlen, str(inter_path))
-    return ClientData(name=name, user_attributes=user_attrs, item_attributes=item_attrs,
-                      user_ids=np.arange(len(user_order), dtype=np.int64), **seqs)
+    return ClientData(
+        name=name,
+        user_attributes=user_attrs,
+        item_attributes=item_attrs,
+        user_ids=np.arange(len(user_order), dtype=np.int64),
+        **seqs,
+    )

@@ -50,8 +50,9 @@ class PublicSchema:
     @classmethod
     def of(cls, data: ClientData) -> "PublicSchema":
         users = data.user_attributes
-        empty = AttributeTable(users.field_names, users.vocab_sizes, users.spans,
-                               np.zeros((0, users.tokens.shape[1]), dtype=np.int64))
+        empty = AttributeTable(
+            users.field_names, users.vocab_sizes, users.spans, np.zeros((0, users.tokens.shape[1]), dtype=np.int64)
+        )
         return cls(data.name, data.item_attributes, empty, data.maxlen, data.num_users)
 
     def digest(self) -> str:
@@ -65,20 +66,32 @@ class PublicSchema:
     def describe(self) -> str:
         """One line naming what differs when two schemas do."""
         items, users = self.item_attributes, self.user_attributes
-        return (f"{self.name}: {items.num_rows - 1} items with fields {list(items.field_names)} (vocabularies "
-                f"{list(items.vocab_sizes)}), user fields {list(users.field_names)} (vocabularies "
-                f"{list(users.vocab_sizes)}), maxlen {self.maxlen}")
+        return (
+            f"{self.name}: {items.num_rows - 1} items with fields {list(items.field_names)} (vocabularies "
+            f"{list(items.vocab_sizes)}), user fields {list(users.field_names)} (vocabularies "
+            f"{list(users.vocab_sizes)}), maxlen {self.maxlen}"
+        )
 
     # ------------------------------------------------------------------ files
     def to_json(self) -> dict[str, Any]:
         items, users = self.item_attributes, self.user_attributes
         return {
-            "format": FORMAT, "version": VERSION, "name": self.name, "maxlen": self.maxlen,
+            "format": FORMAT,
+            "version": VERSION,
+            "name": self.name,
+            "maxlen": self.maxlen,
             "population": self.population,
-            "items": {"field_names": list(items.field_names), "vocab_sizes": list(items.vocab_sizes),
-                      "spans": [list(s) for s in items.spans], "tokens": items.tokens.tolist()},
-            "user_fields": {"field_names": list(users.field_names), "vocab_sizes": list(users.vocab_sizes),
-                            "spans": [list(s) for s in users.spans]},
+            "items": {
+                "field_names": list(items.field_names),
+                "vocab_sizes": list(items.vocab_sizes),
+                "spans": [list(s) for s in items.spans],
+                "tokens": items.tokens.tolist(),
+            },
+            "user_fields": {
+                "field_names": list(users.field_names),
+                "vocab_sizes": list(users.vocab_sizes),
+                "spans": [list(s) for s in users.spans],
+            },
         }
 
     def save(self, path: Path) -> None:
@@ -109,11 +122,18 @@ class PublicSchema:
         width = int(users["spans"][-1][1]) if users["spans"] else 0
         return cls(
             name=str(doc["name"]),
-            item_attributes=AttributeTable(tuple(map(str, items["field_names"])), tuple(map(int, items["vocab_sizes"])),
-                                           tuple(tuple(map(int, s)) for s in items["spans"]), tokens),
-            user_attributes=AttributeTable(tuple(map(str, users["field_names"])), tuple(map(int, users["vocab_sizes"])),
-                                           tuple(tuple(map(int, s)) for s in users["spans"]),
-                                           np.zeros((0, width), dtype=np.int64)),
+            item_attributes=AttributeTable(
+                tuple(map(str, items["field_names"])),
+                tuple(map(int, items["vocab_sizes"])),
+                tuple(tuple(map(int, s)) for s in items["spans"]),
+                tokens,
+            ),
+            user_attributes=AttributeTable(
+                tuple(map(str, users["field_names"])),
+                tuple(map(int, users["vocab_sizes"])),
+                tuple(tuple(map(int, s)) for s in users["spans"]),
+                np.zeros((0, width), dtype=np.int64),
+            ),
             maxlen=int(doc["maxlen"]),
             population=int(doc["population"]),
         )

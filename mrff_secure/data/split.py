@@ -14,7 +14,7 @@ def left_pad(values: np.ndarray, maxlen: int, pad: float | int = 0) -> np.ndarra
     out = np.full(maxlen, pad, dtype=values.dtype)
     tail = values[-maxlen:]
     if len(tail):
-        out[maxlen - len(tail):] = tail
+        out[maxlen - len(tail) :] = tail
     return out
 
 
@@ -58,8 +58,8 @@ def leave_one_out(
     }
     num_train = 0
     for u in range(num_users):
-        seq = items[starts[u]:starts[u + 1]]
-        lab = labels[starts[u]:starts[u + 1]].astype(np.float32)
+        seq = items[starts[u] : starts[u + 1]]
+        lab = labels[starts[u] : starts[u + 1]].astype(np.float32)
         train, train_lab = seq[:-2], lab[:-2]
         num_train += len(train)
         out["train_seq"][u] = left_pad(train[:-1], maxlen)

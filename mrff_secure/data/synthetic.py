@@ -28,7 +28,9 @@ def make_synthetic(
     seed: int = 0,
 ) -> ClientData:
     if num_users < 2 or num_items < 2 or num_groups < 1:
-        raise ConfigError(f"synthetic data needs >= 2 users, >= 2 items, >= 1 group; got {num_users}, {num_items}, {num_groups}")
+        raise ConfigError(
+            f"synthetic data needs >= 2 users, >= 2 items, >= 1 group; got {num_users}, {num_items}, {num_groups}"
+        )
     if not 3 <= min_interactions <= max_interactions:
         raise ConfigError(f"need 3 <= min_interactions <= max_interactions, got {min_interactions}, {max_interactions}")
     rng = np.random.default_rng(seed)
@@ -36,7 +38,9 @@ def make_synthetic(
 
     # Items (row 0 = padding): category, sub-category (nested in category), type.
     category = rng.integers(0, num_categories, num_items)
-    subcategory = category * (num_subcategories // num_categories) + rng.integers(0, num_subcategories // num_categories, num_items)
+    subcategory = category * (num_subcategories // num_categories) + rng.integers(
+        0, num_subcategories // num_categories, num_items
+    )
     item_type = rng.integers(0, num_types, num_items)
     item_vocab = (num_categories + 1, num_subcategories + 1, num_types + 1)
     item_tokens = np.zeros((num_items + 1, 3), np.int64)
@@ -51,7 +55,9 @@ def make_synthetic(
     activity = rng.integers(0, 4, num_users)
     user_vocab = (num_groups + 1, 6, 5)
     users = AttributeTable(
-        ("segment", "age_band", "activity"), user_vocab, ((0, 1), (1, 2), (2, 3)),
+        ("segment", "age_band", "activity"),
+        user_vocab,
+        ((0, 1), (1, 2), (2, 3)),
         np.stack([noisy_group, age_band, activity], axis=1).astype(np.int64),
     )
 
@@ -79,9 +85,19 @@ def make_synthetic(
         all_items.append(seq)
         all_times.append(np.arange(lengths[u], dtype=np.float64))
     seqs = leave_one_out(
-        np.arange(num_users), np.concatenate(all_users), np.concatenate(all_items),
-        np.array(all_labels), np.concatenate(all_times), maxlen, "synthetic",
+        np.arange(num_users),
+        np.concatenate(all_users),
+        np.concatenate(all_items),
+        np.array(all_labels),
+        np.concatenate(all_times),
+        maxlen,
+        "synthetic",
     )
-    return ClientData(name=f"synthetic(seed={seed})", user_attributes=users, item_attributes=items,
-                      user_ids=np.arange(num_users, dtype=np.int64), ground_truth_groups=groups.astype(np.int64),
-                      **seqs)
+    return ClientData(
+        name=f"synthetic(seed={seed})",
+        user_attributes=users,
+        item_attributes=items,
+        user_ids=np.arange(num_users, dtype=np.int64),
+        ground_truth_groups=groups.astype(np.int64),
+        **seqs,
+    )

@@ -62,9 +62,11 @@ def _check_entry(entry: Sequence[float]) -> HistoryEntry:
     z, q, steps = entry
     if isinstance(steps, np.integer):  # a count from numpy is as good as an int
         steps = int(steps)
-    return (check_number("noise_multiplier", z, low=0.0, error=PrivacyError),
-            check_number("sample_rate", q, low=0.0, high=1.0, error=PrivacyError),
-            check_int("steps", steps, low=0, error=PrivacyError))
+    return (
+        check_number("noise_multiplier", z, low=0.0, error=PrivacyError),
+        check_number("sample_rate", q, low=0.0, high=1.0, error=PrivacyError),
+        check_int("steps", steps, low=0, error=PrivacyError),
+    )
 
 
 def normalize_history(history: Sequence[Sequence[float]]) -> list[HistoryEntry]:
@@ -125,8 +127,9 @@ def rdp_epsilon_upper_estimate(*, history: Sequence[Sequence[float]], delta: flo
         return settled
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        curve = sum(compute_rdp(q=q, noise_multiplier=z, steps=steps, orders=list(_ESTIMATE_ORDERS))
-                    for z, q, steps in hist)
+        curve = sum(
+            compute_rdp(q=q, noise_multiplier=z, steps=steps, orders=list(_ESTIMATE_ORDERS)) for z, q, steps in hist
+        )
     return rdp_to_epsilon(orders=_ESTIMATE_ORDERS, rdp=curve, delta=delta)
 
 
@@ -156,8 +159,9 @@ def _fmt_z(hist: list[HistoryEntry]) -> str:
     return f"z={zs[0]:.4g}" if len(zs) == 1 else f"z={zs[0]:.4g}..{zs[-1]:.4g}"
 
 
-def prv_out_of_range(*, history: Sequence[Sequence[float]], delta: float, rdp: float | None = None,
-                     eps_error: float = PRV_EPS_ERROR) -> str | None:
+def prv_out_of_range(
+    *, history: Sequence[Sequence[float]], delta: float, rdp: float | None = None, eps_error: float = PRV_EPS_ERROR
+) -> str | None:
     """Why PRV is not asked for ``history`` (None: it is in its fast, reliable range)."""
     hist = normalize_history(history)
     if not hist:
@@ -165,12 +169,16 @@ def prv_out_of_range(*, history: Sequence[Sequence[float]], delta: float, rdp: f
     if rdp is None:  # the estimate is >= RDP: it may refuse PRV a little early, never late
         rdp = rdp_epsilon_upper_estimate(history=hist, delta=delta)
     if rdp > PRV_MAX_EPSILON:
-        return (f"PRV out of range at {_fmt_z(hist)}: RDP epsilon {rdp:.4g} > {PRV_MAX_EPSILON:g} is beyond its "
-                "numerical range; RDP bound used")
+        return (
+            f"PRV out of range at {_fmt_z(hist)}: RDP epsilon {rdp:.4g} > {PRV_MAX_EPSILON:g} is beyond its "
+            "numerical range; RDP bound used"
+        )
     points = prv_grid_points(history=hist, delta=delta, eps_error=eps_error)
     if points > PRV_MAX_GRID_POINTS:
-        return (f"PRV out of range at {_fmt_z(hist)}: its grid would need {points:.3g} points "
-                f"(> {PRV_MAX_GRID_POINTS:.3g}: seconds to minutes of FFTs); RDP bound used")
+        return (
+            f"PRV out of range at {_fmt_z(hist)}: its grid would need {points:.3g} points "
+            f"(> {PRV_MAX_GRID_POINTS:.3g}: seconds to minutes of FFTs); RDP bound used"
+        )
     return None
 
 
@@ -238,9 +246,14 @@ class Epsilons:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready: infinite epsilons as "inf"; where PRV was out of range ``epsilon_prv`` carries the RDP
         bound used instead (``accountant`` "rdp", the reason in ``prv_note``), never null."""
-        return {"epsilon": json_epsilon(self.headline), "accountant": self.accountant,
-                "epsilon_prv": json_epsilon(self.headline), "epsilon_rdp": json_epsilon(self.rdp),
-                "prv_note": self.prv_note, "delta": self.delta}
+        return {
+            "epsilon": json_epsilon(self.headline),
+            "accountant": self.accountant,
+            "epsilon_prv": json_epsilon(self.headline),
+            "epsilon_rdp": json_epsilon(self.rdp),
+            "prv_note": self.prv_note,
+            "delta": self.delta,
+        }
 
 
 def gaussian_epsilons(*, history: Sequence[Sequence[float]], delta: float) -> Epsilons:
@@ -286,8 +299,13 @@ def ddg_tau(*, share_sigma: float, n_shares: int) -> float:
 
 
 def ddg_rdp(
-    *, orders: Sequence[float], l2_sensitivity: float, l1_sensitivity: float, share_sigma: float,
-    n_shares: int, dim: int,
+    *,
+    orders: Sequence[float],
+    l2_sensitivity: float,
+    l1_sensitivity: float,
+    share_sigma: float,
+    n_shares: int,
+    dim: int,
 ) -> np.ndarray:
     """RDP of a sum of ``n_shares`` discrete Gaussians N_Z(0, sigma^2) per coordinate in ``dim``
     coordinates, for an integer difference of L2 norm <= Delta2, L1 norm <= Delta1
@@ -326,7 +344,9 @@ def skellam_rdp(
     alpha = _orders(orders)
     d2sq = l2_sensitivity**2
     v = total_variance
-    extra = np.minimum(((2.0 * alpha - 1.0) * d2sq + 6.0 * l1_sensitivity) / (4.0 * v * v), 3.0 * l1_sensitivity / (2.0 * v))
+    extra = np.minimum(
+        ((2.0 * alpha - 1.0) * d2sq + 6.0 * l1_sensitivity) / (4.0 * v * v), 3.0 * l1_sensitivity / (2.0 * v)
+    )
     return alpha * d2sq / (2.0 * v) + extra
 
 
@@ -370,8 +390,17 @@ class DiscreteAccount:
 
 
 def discrete_epsilon(
-    *, mechanism: str, noise_multiplier: float, clip: float, scale: float, dim: int, n_min: int,
-    rounds: int, delta: float, beta: float, l2_bound: float | None = None,
+    *,
+    mechanism: str,
+    noise_multiplier: float,
+    clip: float,
+    scale: float,
+    dim: int,
+    n_min: int,
+    rounds: int,
+    delta: float,
+    beta: float,
+    l2_bound: float | None = None,
     orders: Sequence[float] = DISCRETE_ORDERS,
 ) -> DiscreteAccount:
     """Epsilon of ``rounds`` rounds of a distributed discrete mechanism, worst case n_min shares.
@@ -391,17 +420,29 @@ def discrete_epsilon(
     d2 = rounded_l2_bound(scaled_norm=bound * scale, dim=dim, beta=beta)
     d1 = rounded_l1_bound(l2_bound=d2, dim=dim)
     total_std = noise_multiplier * clip * scale
-    account = dict(mechanism=mechanism, delta=delta, rounds=rounds, l2_sensitivity=d2,
-                   l1_sensitivity=d1, total_std=total_std, n_shares=n_min)
+    account = dict(
+        mechanism=mechanism,
+        delta=delta,
+        rounds=rounds,
+        l2_sensitivity=d2,
+        l1_sensitivity=d1,
+        total_std=total_std,
+        n_shares=n_min,
+    )
     if rounds == 0:
         return DiscreteAccount(epsilon=0.0, **account)
     if total_std == 0.0:
         return DiscreteAccount(epsilon=math.inf, **account)
     if mechanism == "discrete_gaussian":
-        per_round = ddg_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1,
-                            share_sigma=total_std / math.sqrt(n_min), n_shares=n_min, dim=dim)
+        per_round = ddg_rdp(
+            orders=orders,
+            l2_sensitivity=d2,
+            l1_sensitivity=d1,
+            share_sigma=total_std / math.sqrt(n_min),
+            n_shares=n_min,
+            dim=dim,
+        )
     else:
-        per_round = skellam_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1,
-                                total_variance=total_std**2)
+        per_round = skellam_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1, total_variance=total_std**2)
     eps = rdp_to_epsilon(orders=orders, rdp=per_round * rounds, delta=delta)
     return DiscreteAccount(epsilon=eps, **account)

@@ -41,13 +41,17 @@ class SearchResult:
     def note(self, target_epsilon: float, what: str = "epsilon") -> str | None:
         """A sentence for the report's notes where the search did not simply converge."""
         if self.status == "at_min":
-            return (f"target epsilon {target_epsilon:g} is above the {what} {self.epsilon:.4g} of the smallest noise "
-                    f"multiplier the calibration considers (z = {self.noise_multiplier:g}): z = "
-                    f"{self.noise_multiplier:g} is used and its epsilon reported")
+            return (
+                f"target epsilon {target_epsilon:g} is above the {what} {self.epsilon:.4g} of the smallest noise "
+                f"multiplier the calibration considers (z = {self.noise_multiplier:g}): z = "
+                f"{self.noise_multiplier:g} is used and its epsilon reported"
+            )
         if self.status == "time_budget":
-            return (f"calibration stopped at its {CALIBRATION_SECONDS:g} s budget after {self.evaluations} accountant "
-                    f"calls: z = {self.noise_multiplier:.6g} spends {self.epsilon:.4g} <= {target_epsilon:g} (valid), "
-                    f"the smallest such z is above {self.lower:.6g}")
+            return (
+                f"calibration stopped at its {CALIBRATION_SECONDS:g} s budget after {self.evaluations} accountant "
+                f"calls: z = {self.noise_multiplier:.6g} spends {self.epsilon:.4g} <= {target_epsilon:g} (valid), "
+                f"the smallest such z is above {self.lower:.6g}"
+            )
         return None
 
 
@@ -61,9 +65,16 @@ def _log_interpolate(lo: float, e_lo: float, hi: float, e_hi: float, target: flo
 
 
 def search_noise_multiplier(
-    eps: Callable[[float], float], *, target_epsilon: float, start: float, rtol: float = 1e-4,
-    epsilon_tolerance: float | None = None, z_min: float = Z_MIN, z_max: float = Z_MAX,
-    time_budget: float = CALIBRATION_SECONDS, first_factor: float = 2.0,
+    eps: Callable[[float], float],
+    *,
+    target_epsilon: float,
+    start: float,
+    rtol: float = 1e-4,
+    epsilon_tolerance: float | None = None,
+    z_min: float = Z_MIN,
+    z_max: float = Z_MAX,
+    time_budget: float = CALIBRATION_SECONDS,
+    first_factor: float = 2.0,
 ) -> SearchResult:
     """The smallest z in [z_min, z_max] (to ``rtol``, or until target - epsilon <= ``epsilon_tolerance``)
     with eps(z) <= target_epsilon, for an epsilon that falls as z grows (a non-monotone eps only

@@ -60,19 +60,16 @@ class DPConfig:
             check_number("DPConfig.target_epsilon", self.target_epsilon, low=0.0, low_open=True)
         if self.delta is not None:
             check_number("DPConfig.delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
-        frac = check_number("DPConfig.max_dropout_fraction", self.max_dropout_fraction, low=0.0, high=1.0,
-                            high_open=True)
+        frac = check_number(
+            "DPConfig.max_dropout_fraction", self.max_dropout_fraction, low=0.0, high=1.0, high_open=True
+        )
         check_number("DPConfig.rounding_beta", self.rounding_beta, low=0.0, high=1.0, high_open=True)
 
         if self.mode == "off":
             if self.noise_multiplier not in (None, 0, 0.0):
-                raise ConfigError(
-                    f"DPConfig.noise_multiplier={self.noise_multiplier!r} but mode='off' adds no noise"
-                )
+                raise ConfigError(f"DPConfig.noise_multiplier={self.noise_multiplier!r} but mode='off' adds no noise")
             if self.target_epsilon is not None:
-                raise ConfigError(
-                    f"DPConfig.target_epsilon={self.target_epsilon!r} cannot be met with mode='off'"
-                )
+                raise ConfigError(f"DPConfig.target_epsilon={self.target_epsilon!r} cannot be met with mode='off'")
         else:
             if (self.noise_multiplier is None) == (self.target_epsilon is None):
                 raise ConfigError(
@@ -92,8 +89,7 @@ class DPConfig:
         }[self.mode]
         if self.mechanism is not None and self.mechanism not in allowed:
             raise ConfigError(
-                f"DPConfig.mechanism={self.mechanism!r} is not valid for mode={self.mode!r}; "
-                f"choose one of {allowed}"
+                f"DPConfig.mechanism={self.mechanism!r} is not valid for mode={self.mode!r}; choose one of {allowed}"
             )
 
     @property

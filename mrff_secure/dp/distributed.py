@@ -56,18 +56,39 @@ def max_scale(*, l2_bound: float, noise_std: float, n_min: int, mechanism: str |
     return cap
 
 
-def _clip_report(*, mechanism: str, l2_bound: float, scale: float, padded_dim: int, n_clients: int,
-                 n_min: int, noise_std: float, modulus_bits: int) -> ModularClippingReport:
+def _clip_report(
+    *,
+    mechanism: str,
+    l2_bound: float,
+    scale: float,
+    padded_dim: int,
+    n_clients: int,
+    n_min: int,
+    noise_std: float,
+    modulus_bits: int,
+) -> ModularClippingReport:
     share_var = (noise_std * scale) ** 2 / n_min
     return modular_clipping_probability(
-        l2_bound=l2_bound, scale=scale, padded_dim=padded_dim, n_clients=n_clients,
-        share_variance=share_var, modulus_bits=modulus_bits, mechanism=mechanism,
+        l2_bound=l2_bound,
+        scale=scale,
+        padded_dim=padded_dim,
+        n_clients=n_clients,
+        share_variance=share_var,
+        modulus_bits=modulus_bits,
+        mechanism=mechanism,
     )
 
 
 def choose_scale(
-    *, mechanism: str, l2_bound: float, noise_std: float, padded_dim: int, n_clients: int, n_min: int,
-    modulus_bits: int, target_clip_probability: float = DEFAULT_TARGET_CLIP_PROBABILITY,
+    *,
+    mechanism: str,
+    l2_bound: float,
+    noise_std: float,
+    padded_dim: int,
+    n_clients: int,
+    n_min: int,
+    modulus_bits: int,
+    target_clip_probability: float = DEFAULT_TARGET_CLIP_PROBABILITY,
 ) -> float:
     """Largest scale (1/gamma) whose modular-clipping bound over all coordinates is <= target.
 
@@ -75,16 +96,34 @@ def choose_scale(
     to C * scale); the modulus caps it. For the discrete Gaussian the share sigma must also reach
     1/2; PrivacyError if the modulus leaves no admissible scale.
     """
-    check_number("target_clip_probability", target_clip_probability, low=0.0, high=1.0, low_open=True,
-                 high_open=True, error=PrivacyError)
+    check_number(
+        "target_clip_probability",
+        target_clip_probability,
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        high_open=True,
+        error=PrivacyError,
+    )
 
     def prob(s: float) -> float:
-        return _clip_report(mechanism=mechanism, l2_bound=l2_bound, scale=s, padded_dim=padded_dim,
-                            n_clients=n_clients, n_min=n_min, noise_std=noise_std,
-                            modulus_bits=modulus_bits).any_coordinate
+        return _clip_report(
+            mechanism=mechanism,
+            l2_bound=l2_bound,
+            scale=s,
+            padded_dim=padded_dim,
+            n_clients=n_clients,
+            n_min=n_min,
+            noise_std=noise_std,
+            modulus_bits=modulus_bits,
+        ).any_coordinate
 
-    lo, hi = 1e-12, min(float(2**modulus_bits),
-                        max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min, mechanism=mechanism))
+    lo, hi = (
+        1e-12,
+        min(
+            float(2**modulus_bits), max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min, mechanism=mechanism)
+        ),
+    )
     if prob(hi) <= target_clip_probability:
         lo = hi
     if prob(lo) > target_clip_probability:
@@ -141,16 +180,33 @@ class DistributedPlan:
     def account(self, *, rounds: int, delta: float) -> DiscreteAccount:
         """The discrete mechanism's (epsilon, delta) over ``rounds`` rounds (worst case n_min)."""
         return discrete_epsilon(
-            mechanism=self.mechanism, noise_multiplier=self.noise_multiplier, clip=self.clip,
-            scale=self.scale, dim=self.padded_dim, n_min=self.n_min, rounds=rounds, delta=delta,
-            beta=self.beta, l2_bound=self.l2_bound,
+            mechanism=self.mechanism,
+            noise_multiplier=self.noise_multiplier,
+            clip=self.clip,
+            scale=self.scale,
+            dim=self.padded_dim,
+            n_min=self.n_min,
+            rounds=rounds,
+            delta=delta,
+            beta=self.beta,
+            l2_bound=self.l2_bound,
         )
 
 
 def plan_distributed(
-    *, mechanism: str, dim: int, n_clients: int, clip: float, noise_multiplier: float, modulus_bits: int,
-    max_dropout_fraction: float | None = None, n_min: int | None = None, clip_len: int | None = None,
-    extra_sensitivity: float = 0.0, beta: float = DEFAULT_ROUNDING_BETA, scale: float | None = None,
+    *,
+    mechanism: str,
+    dim: int,
+    n_clients: int,
+    clip: float,
+    noise_multiplier: float,
+    modulus_bits: int,
+    max_dropout_fraction: float | None = None,
+    n_min: int | None = None,
+    clip_len: int | None = None,
+    extra_sensitivity: float = 0.0,
+    beta: float = DEFAULT_ROUNDING_BETA,
+    scale: float | None = None,
     target_clip_probability: float = DEFAULT_TARGET_CLIP_PROBABILITY,
 ) -> DistributedPlan:
     """Fix a round's distributed-DP parameters; ``scale=None`` picks it with :func:`choose_scale`.
@@ -162,8 +218,9 @@ def plan_distributed(
         raise PrivacyError("plan_distributed needs exactly one of max_dropout_fraction and n_min")
     check_int("n_clients", n_clients, low=1, error=PrivacyError)
     if n_min is not None:
-        check_int("n_min (the survivors the noise shares are sized for)", n_min, low=1, high=n_clients,
-                  error=PrivacyError)
+        check_int(
+            "n_min (the survivors the noise shares are sized for)", n_min, low=1, high=n_clients, error=PrivacyError
+        )
     check_choice("mechanism", mechanism, DISTRIBUTED_MECHANISM_CLASSES, error=PrivacyError)
     check_int("modulus_bits", modulus_bits, low=2, high=MAX_MODULUS_BITS, error=PrivacyError)
     padded = next_power_of_two(dim)
@@ -178,25 +235,52 @@ def plan_distributed(
     l2_bound = math.sqrt(clip * clip + extra_sensitivity * extra_sensitivity)
     noise_std = noise_multiplier * clip
     if scale is None:
-        scale = choose_scale(mechanism=mechanism, l2_bound=l2_bound, noise_std=noise_std, padded_dim=padded,
-                             n_clients=n_clients, n_min=n_min, modulus_bits=modulus_bits,
-                             target_clip_probability=target_clip_probability)
+        scale = choose_scale(
+            mechanism=mechanism,
+            l2_bound=l2_bound,
+            noise_std=noise_std,
+            padded_dim=padded,
+            n_clients=n_clients,
+            n_min=n_min,
+            modulus_bits=modulus_bits,
+            target_clip_probability=target_clip_probability,
+        )
     else:
         check_number("scale", scale, low=0.0, low_open=True, error=PrivacyError)
         largest = max_scale(l2_bound=l2_bound, noise_std=noise_std, n_min=n_min, mechanism=mechanism)
         if scale > largest:
             raise PrivacyError(f"scale={scale} exceeds the supported maximum {largest:.4g} (float64 / sampler range)")
     # constructing the mechanism validates the share (discrete Gaussian sigma >= 1/2)
-    mech = DISTRIBUTED_MECHANISM_CLASSES[mechanism](noise_multiplier=noise_multiplier, clip=clip,
-                                                     scale=float(scale), n_min=n_min)
-    report = _clip_report(mechanism=mechanism, l2_bound=l2_bound, scale=float(scale), padded_dim=padded,
-                          n_clients=n_clients, n_min=n_min, noise_std=noise_std, modulus_bits=modulus_bits)
+    mech = DISTRIBUTED_MECHANISM_CLASSES[mechanism](
+        noise_multiplier=noise_multiplier, clip=clip, scale=float(scale), n_min=n_min
+    )
+    report = _clip_report(
+        mechanism=mechanism,
+        l2_bound=l2_bound,
+        scale=float(scale),
+        padded_dim=padded,
+        n_clients=n_clients,
+        n_min=n_min,
+        noise_std=noise_std,
+        modulus_bits=modulus_bits,
+    )
     return DistributedPlan(
-        mechanism=mechanism, dim=dim, padded_dim=padded, clip_len=clip_len, n_clients=n_clients, n_min=n_min,
-        clip=float(clip), extra_sensitivity=float(extra_sensitivity), l2_bound=l2_bound,
-        noise_multiplier=float(noise_multiplier), scale=float(scale), modulus_bits=modulus_bits, beta=float(beta),
+        mechanism=mechanism,
+        dim=dim,
+        padded_dim=padded,
+        clip_len=clip_len,
+        n_clients=n_clients,
+        n_min=n_min,
+        clip=float(clip),
+        extra_sensitivity=float(extra_sensitivity),
+        l2_bound=l2_bound,
+        noise_multiplier=float(noise_multiplier),
+        scale=float(scale),
+        modulus_bits=modulus_bits,
+        beta=float(beta),
         rounded_l2_bound=rounded_l2_bound(scaled_norm=l2_bound * float(scale), dim=padded, beta=beta),
-        share_variance=mech.share_variance, clipping=report,
+        share_variance=mech.share_variance,
+        clipping=report,
     )
 
 
@@ -207,7 +291,8 @@ class DistributedEncoder:
         self.plan = plan
         self.rotation = RandomizedHadamard(plan.dim, seed=rotation_seed)
         self.mechanism = DISTRIBUTED_MECHANISM_CLASSES[plan.mechanism](
-            noise_multiplier=plan.noise_multiplier, clip=plan.clip, scale=plan.scale, n_min=plan.n_min)
+            noise_multiplier=plan.noise_multiplier, clip=plan.clip, scale=plan.scale, n_min=plan.n_min
+        )
 
     def encode(self, update: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
         """Float update (dim,) or (clients, dim) -> residues mod 2^b (int64), (..., padded_dim).
@@ -221,7 +306,7 @@ class DistributedEncoder:
         x = update.astype(np.float64)
         if p.clip_len < p.dim:
             x, _ = clip_prefix_l2(x, clip=p.clip, prefix_len=p.clip_len)
-            tail = np.linalg.norm(np.atleast_2d(x)[:, p.clip_len:], axis=1)
+            tail = np.linalg.norm(np.atleast_2d(x)[:, p.clip_len :], axis=1)
             if np.any(tail > p.extra_sensitivity * (1 + 1e-12)):
                 raise PrivacyError(
                     f"the unclipped tail has L2 norm {float(tail.max())} > declared extra_sensitivity "

@@ -138,7 +138,9 @@ def sample_skellam(variance: float, size: int | tuple[int, ...], rng: np.random.
     """
     v = check_number("variance", variance, low=0.0, low_open=True, error=PrivacyError)
     if v > SKELLAM_MAX_VARIANCE * (1.0 + 1e-9):  # the planner caps at exactly 2^46
-        raise PrivacyError(f"Skellam variance {v:.4g} > 2^46: numpy's Poisson sampler is inaccurate there; lower the scale")
+        raise PrivacyError(
+            f"Skellam variance {v:.4g} > 2^46: numpy's Poisson sampler is inaccurate there; lower the scale"
+        )
     shape = (size,) if isinstance(size, int) else tuple(size)
     return rng.poisson(v / 2.0, size=shape).astype(np.int64) - rng.poisson(v / 2.0, size=shape).astype(np.int64)
 

@@ -32,8 +32,17 @@ from mrff_secure.round.participant import update_vectors
 from mrff_secure.round.spec import Phase
 from mrff_secure.round.update_vector import UpdateLayout
 
-DATA_ARRAYS = ("train_seq", "train_target", "train_label", "val_seq", "val_item", "val_label", "test_seq",
-               "test_item", "test_label")
+DATA_ARRAYS = (
+    "train_seq",
+    "train_target",
+    "train_label",
+    "val_seq",
+    "val_item",
+    "val_label",
+    "test_seq",
+    "test_item",
+    "test_label",
+)
 
 
 def chunk_blocks(rows: np.ndarray, chunk_size: int) -> list[tuple[int, np.ndarray]]:
@@ -62,8 +71,9 @@ def chunk_seed(seed: int, round_index: int, block: int) -> int:
     return int(np.random.SeedSequence([seed, round_index, block, 7]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def model_and_private(data: ClientData, model_config: ModelConfig, federation: FederationConfig,
-                      rows: np.ndarray) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def model_and_private(
+    data: ClientData, model_config: ModelConfig, federation: FederationConfig, rows: np.ndarray
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The model (initialised from the run seed), its global parameters, and the starting private parameters
     of the users `rows` (each user's own: a function of the seed and that user's attributes only)."""
     torch.manual_seed(federation.seed)
@@ -71,14 +81,16 @@ def model_and_private(data: ClientData, model_config: ModelConfig, federation: F
     roles = parameter_roles(model)
     params = dict(model.named_parameters())
     global_params = {n: p.detach().clone() for n, p in params.items() if roles[n] is not Role.PRIVATE}
-    user_init = initial_user_vectors(data.user_attributes, model_config.attribute_dim,
-                                     torch.Generator().manual_seed(federation.seed + 1))
+    user_init = initial_user_vectors(
+        data.user_attributes, model_config.attribute_dim, torch.Generator().manual_seed(federation.seed + 1)
+    )
     index = torch.as_tensor(rows)
     private = {}
     for n, p in params.items():
         if roles[n] is Role.PRIVATE:
-            private[n] = (user_init[index].clone() if n == "user.vector"
-                          else p.detach().expand(len(rows), *p.shape).clone())
+            private[n] = (
+                user_init[index].clone() if n == "user.vector" else p.detach().expand(len(rows), *p.shape).clone()
+            )
     return model, global_params, private
 
 
@@ -93,8 +105,15 @@ class _Trained:
 class ClientShard:
     """The users `rows` (sorted global row ids, whole row blocks) of `data` and their private state."""
 
-    def __init__(self, data: ClientData, model_config: ModelConfig, federation: FederationConfig,
-                 rows: np.ndarray | None = None, *, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        data: ClientData,
+        model_config: ModelConfig,
+        federation: FederationConfig,
+        rows: np.ndarray | None = None,
+        *,
+        threads: int | None = None,
+    ) -> None:
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.rows = np.arange(data.num_users) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -123,8 +142,13 @@ class ClientShard:
         return torch.as_tensor(positions)
 
     # ----------------------------------------------------------------- training
-    def train(self, global_params: dict[str, torch.Tensor], group_fractions: torch.Tensor | None,
-              participants: np.ndarray, round_index: int) -> torch.Tensor:
+    def train(
+        self,
+        global_params: dict[str, torch.Tensor],
+        group_fractions: torch.Tensor | None,
+        participants: np.ndarray,
+        round_index: int,
+    ) -> torch.Tensor:
         """Local training of this shard's participants (sorted global rows), chunk by chunk; their private
         parts are updated here. Returns their routes (clients, blocks), in row order."""
         self.model.train()
@@ -134,11 +158,19 @@ class ClientShard:
             torch.manual_seed(chunk_seed(self.federation.seed, round_index, block))
             local = self._local(rows)
             result = train_clients(
-                self.model, global_params, {n: t[local] for n, t in self.private.items()},
-                self._tensors["train_seq"][local], self._tensors["train_target"][local],
-                self._tensors["train_label"][local], group_fractions, balance_alpha=self.model_config.balance_alpha,
-                local_steps=self.federation.local_steps, optimizer=self.federation.optimizer,
-                lr=self.federation.client_lr(round_index), weight_decay=self.federation.weight_decay)
+                self.model,
+                global_params,
+                {n: t[local] for n, t in self.private.items()},
+                self._tensors["train_seq"][local],
+                self._tensors["train_target"][local],
+                self._tensors["train_label"][local],
+                group_fractions,
+                balance_alpha=self.model_config.balance_alpha,
+                local_steps=self.federation.local_steps,
+                optimizer=self.federation.optimizer,
+                lr=self.federation.client_lr(round_index),
+                weight_decay=self.federation.weight_decay,
+            )
             for n, t in result.private.items():
                 self.private[n][local] = t
             self._trained.append(_Trained(block, rows, local, result))
@@ -150,8 +182,14 @@ class ClientShard:
     def _vectors(self, item: _Trained, suppressed: torch.Tensor | None, scaled: bool) -> torch.Tensor:
         examples = self.num_examples[item.local]
         if scaled:  # what a privacy-preserving client uploads (`round.participant`)
-            return update_vectors(self.layout, item.result.deltas, item.result.routes, examples,
-                                  suppressed=suppressed, count_cap=self._pipeline.count_cap)
+            return update_vectors(
+                self.layout,
+                item.result.deltas,
+                item.result.routes,
+                examples,
+                suppressed=suppressed,
+                count_cap=self._pipeline.count_cap,
+            )
         return self.layout.build(item.result.deltas, item.result.routes, examples, suppressed)
 
     def _take(self):
@@ -159,8 +197,9 @@ class ClientShard:
             yield self._trained.pop(0)
 
     # ----------------------------------------------------------------- uploads
-    def plain_sum(self, suppressed: torch.Tensor | None, *, transform=None, round_index: int = 0,
-                  keep_individual: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def plain_sum(
+        self, suppressed: torch.Tensor | None, *, transform=None, round_index: int = 0, keep_individual: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The sum of the trained clients' update vectors, float64 (and, if asked, the vectors themselves).
 
         Each chunk's float sum is added into a float64 total: the sum of a few float sums in float64 hardly
@@ -170,8 +209,9 @@ class ClientShard:
         individual = []
         for item in self._take():
             if transform is None and not keep_individual:  # nothing needs the vectors: sum per parameter
-                summed += self.layout.build_sum(item.result.deltas, item.result.routes, self.num_examples[item.local],
-                                                suppressed)
+                summed += self.layout.build_sum(
+                    item.result.deltas, item.result.routes, self.num_examples[item.local], suppressed
+                )
                 continue
             vectors = self._vectors(item, suppressed, scaled=False)
             if transform is not None:
@@ -181,8 +221,9 @@ class ClientShard:
                 individual.append(vectors)
         return summed, (torch.cat(individual) if keep_individual and individual else None)
 
-    def local_dp_sum(self, round_index: int, *, transform=None, keep_individual: bool = False
-                     ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    def local_dp_sum(
+        self, round_index: int, *, transform=None, keep_individual: bool = False
+    ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
         """Local DP: the float64 sum of the clients' clipped, noised uploads (as `plain_sum`), how many were
         clipped, the uploads."""
         pipeline = self._pipeline
@@ -199,8 +240,9 @@ class ClientShard:
                 individual.append(uploads)
         return summed, clipped, (torch.cat(individual) if keep_individual and individual else None)
 
-    def secure_update(self, suppressed: torch.Tensor | None, num_clients: int, round_index: int, session=None, *,
-                      transform=None) -> tuple[int, object]:
+    def secure_update(
+        self, suppressed: torch.Tensor | None, num_clients: int, round_index: int, session=None, *, transform=None
+    ) -> tuple[int, object]:
         """Secure phase 2, the clients' side: each trained client's vector encoded into ring residues and
         added to `session` (None: a partial ring sum of this shard, returned). Returns (uploads whose delta
         part exceeded the clip, the session)."""
@@ -212,10 +254,12 @@ class ClientShard:
             vectors = self._vectors(item, suppressed, scaled=True)
             if transform is not None:
                 vectors = transform(vectors, round_index, item.rows)
-            head = vectors[:, :self.layout.delta_size].to(torch.float64)
+            head = vectors[:, : self.layout.delta_size].to(torch.float64)
             clipped += int((torch.linalg.vector_norm(head, dim=1) > pipeline.clip).sum())
             rows64 = vectors.to(torch.float64).numpy()  # client ids are the data rows
-            session.add(item.rows, pipeline.encode_chunk(Phase.UPDATE, num_clients, item.rows, rows64, round_index, item.block))
+            session.add(
+                item.rows, pipeline.encode_chunk(Phase.UPDATE, num_clients, item.rows, rows64, round_index, item.block)
+            )
         return clipped, session
 
     # --------------------------------------------------------------- evaluation
@@ -225,8 +269,15 @@ class ClientShard:
         out = []
         for _, chunk in chunk_blocks(rows, self.federation.chunk_size):
             local = self._local(chunk)
-            out.append(predict_clients(self.model, global_params, {n: t[local] for n, t in self.private.items()},
-                                       self._tensors[f"{split}_seq"][local], self._tensors[f"{split}_item"][local]))
+            out.append(
+                predict_clients(
+                    self.model,
+                    global_params,
+                    {n: t[local] for n, t in self.private.items()},
+                    self._tensors[f"{split}_seq"][local],
+                    self._tensors[f"{split}_item"][local],
+                )
+            )
         return torch.cat(out) if out else torch.zeros(0, dtype=self.dtype)
 
     def routes(self, global_params: dict[str, torch.Tensor]) -> np.ndarray:

@@ -40,7 +40,9 @@ def model_config_from_json(text: str) -> ModelConfig:
         raise ConfigError(f"model configuration is not valid: {exc}") from exc
 
 
-def build_global(config: ModelConfig, data: ClientData, model_seed: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+def build_global(
+    config: ModelConfig, data: ClientData, model_seed: int
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """The model and its initial shared and group parameters (as FederatedSimulation builds them)."""
     torch.manual_seed(model_seed)
     model = build_model(config, data)
@@ -49,12 +51,14 @@ def build_global(config: ModelConfig, data: ClientData, model_seed: int) -> tupl
     return model, params
 
 
-def initial_private(model: torch.nn.Module, data: ClientData, config: ModelConfig, model_seed: int,
-                    user: int) -> dict[str, torch.Tensor]:
+def initial_private(
+    model: torch.nn.Module, data: ClientData, config: ModelConfig, model_seed: int, user: int
+) -> dict[str, torch.Tensor]:
     """User `user`'s starting private parameters (no batch dimension)."""
     roles = parameter_roles(model)
-    vectors = initial_user_vectors(data.user_attributes, config.attribute_dim,
-                                   torch.Generator().manual_seed(model_seed + 1))  # (users, dim)
+    vectors = initial_user_vectors(
+        data.user_attributes, config.attribute_dim, torch.Generator().manual_seed(model_seed + 1)
+    )  # (users, dim)
     out = {}
     for n, p in model.named_parameters():
         if roles[n] is Role.PRIVATE:
@@ -75,9 +79,17 @@ class LocalUpdate:
     num_examples: torch.Tensor  # (1,)
 
 
-def train_user(model: torch.nn.Module, global_params: Mapping[str, torch.Tensor], private: Mapping[str, torch.Tensor],
-               data: ClientData, user: int, group_fractions: torch.Tensor | None, spec: RoundSpec,
-               config: ModelConfig, seed: int) -> LocalUpdate:
+def train_user(
+    model: torch.nn.Module,
+    global_params: Mapping[str, torch.Tensor],
+    private: Mapping[str, torch.Tensor],
+    data: ClientData,
+    user: int,
+    group_fractions: torch.Tensor | None,
+    spec: RoundSpec,
+    config: ModelConfig,
+    seed: int,
+) -> LocalUpdate:
     """Train one user's local steps from the global model (a chunk of one client)."""
     dtype = next(iter(global_params.values())).dtype
     idx = slice(user, user + 1)
@@ -86,15 +98,30 @@ def train_user(model: torch.nn.Module, global_params: Mapping[str, torch.Tensor]
     label = torch.as_tensor(data.train_label[idx]).to(dtype)
     torch.manual_seed(seed)
     model.train()
-    result = train_clients(model, dict(global_params), {n: t.unsqueeze(0) for n, t in private.items()}, seq, target,
-                           label, group_fractions, balance_alpha=config.balance_alpha, local_steps=spec.local_steps,
-                           optimizer=spec.optimizer, lr=spec.lr)
+    result = train_clients(
+        model,
+        dict(global_params),
+        {n: t.unsqueeze(0) for n, t in private.items()},
+        seq,
+        target,
+        label,
+        group_fractions,
+        balance_alpha=config.balance_alpha,
+        local_steps=spec.local_steps,
+        optimizer=spec.optimizer,
+        lr=spec.lr,
+    )
     examples = (target != 0).sum(1).to(dtype)  # (1,)
     return LocalUpdate(result.deltas, {n: t[0].clone() for n, t in result.private.items()}, result.routes, examples)
 
 
-def evaluate_user(model: torch.nn.Module, global_params: Mapping[str, torch.Tensor],
-                  private: Mapping[str, torch.Tensor], data: ClientData, user: int) -> dict[str, tuple[float, int]]:
+def evaluate_user(
+    model: torch.nn.Module,
+    global_params: Mapping[str, torch.Tensor],
+    private: Mapping[str, torch.Tensor],
+    data: ClientData,
+    user: int,
+) -> dict[str, tuple[float, int]]:
     """The user's click probability and label of its held-out item of each split (val, test), with the
     model it received and its private part: its input to the federated evaluation (evaluation_sum)."""
     model.eval()
@@ -102,7 +129,12 @@ def evaluate_user(model: torch.nn.Module, global_params: Mapping[str, torch.Tens
     batch = {n: t.unsqueeze(0) for n, t in private.items()}
     out = {}
     for split in ("val", "test"):
-        probability = predict_clients(model, dict(global_params), batch, torch.as_tensor(getattr(data, f"{split}_seq")[idx]),
-                                      torch.as_tensor(getattr(data, f"{split}_item")[idx]))
+        probability = predict_clients(
+            model,
+            dict(global_params),
+            batch,
+            torch.as_tensor(getattr(data, f"{split}_seq")[idx]),
+            torch.as_tensor(getattr(data, f"{split}_item")[idx]),
+        )
         out[split] = (float(probability[0]), int(getattr(data, f"{split}_label")[user]))
     return out

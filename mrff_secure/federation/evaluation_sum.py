@@ -28,10 +28,12 @@ LOSS_FRACTION_BITS = 10
 PER_SPLIT = 2 * BINS + 2
 LENGTH = len(SPLITS) * PER_SPLIT
 MAX_ABS = int(LOSS_CAP * 2**LOSS_FRACTION_BITS)  # the largest entry one client may input
-OUTSIDE_THE_GUARANTEE = ("federated evaluation: the exact secure sum of every client's held-out score histogram "
-                         "(by label, 128 bins), log-loss and count, per split; an exact aggregate of private held-out "
-                         "data NOT covered by epsilon: two evaluations over survivor sets differing in one client "
-                         "reveal that client's held-out labels and score bins")
+OUTSIDE_THE_GUARANTEE = (
+    "federated evaluation: the exact secure sum of every client's held-out score histogram "
+    "(by label, 128 bins), log-loss and count, per split; an exact aggregate of private held-out "
+    "data NOT covered by epsilon: two evaluations over survivor sets differing in one client "
+    "reveal that client's held-out labels and score bins"
+)
 
 
 def client_vector(scores: dict[str, tuple[float, int]]) -> np.ndarray:
@@ -63,9 +65,13 @@ class SplitEvaluation:
     negatives: int
 
     def to_json(self) -> dict:
-        return {"clients": self.clients, "auc": None if math.isnan(self.auc) else round(self.auc, 6),
-                "log_loss": None if math.isnan(self.log_loss) else round(self.log_loss, 6),
-                "positives": self.positives, "negatives": self.negatives}
+        return {
+            "clients": self.clients,
+            "auc": None if math.isnan(self.auc) else round(self.auc, 6),
+            "log_loss": None if math.isnan(self.log_loss) else round(self.log_loss, 6),
+            "positives": self.positives,
+            "negatives": self.negatives,
+        }
 
 
 def binned_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
@@ -84,13 +90,16 @@ def decode(summed: np.ndarray) -> dict[str, SplitEvaluation]:
         raise ConfigError(f"an evaluation sum has {LENGTH} entries, got shape {summed.shape}")
     out = {}
     for i, split in enumerate(SPLITS):
-        block = summed[i * PER_SPLIT:(i + 1) * PER_SPLIT]
-        negatives, positives = block[:BINS], block[BINS:2 * BINS]
+        block = summed[i * PER_SPLIT : (i + 1) * PER_SPLIT]
+        negatives, positives = block[:BINS], block[BINS : 2 * BINS]
         count = int(block[2 * BINS + 1])
-        if (block[:2 * BINS] < 0).any() or int(block[:2 * BINS].sum()) != count or block[2 * BINS] < 0:
-            raise ConfigError(f"the {split} evaluation sum is inconsistent (histogram total {int(block[:2 * BINS].sum())}"
-                              f" for {count} clients): a client's input was malformed")
+        if (block[: 2 * BINS] < 0).any() or int(block[: 2 * BINS].sum()) != count or block[2 * BINS] < 0:
+            raise ConfigError(
+                f"the {split} evaluation sum is inconsistent (histogram total {int(block[: 2 * BINS].sum())}"
+                f" for {count} clients): a client's input was malformed"
+            )
         loss = float(block[2 * BINS]) / 2**LOSS_FRACTION_BITS / count if count else float("nan")
-        out[split] = SplitEvaluation(count, binned_auc(positives, negatives), loss, int(positives.sum()),
-                                     int(negatives.sum()))
+        out[split] = SplitEvaluation(
+            count, binned_auc(positives, negatives), loss, int(positives.sum()), int(negatives.sum())
+        )
     return out

@@ -32,9 +32,16 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-def client_loss(model: nn.Module, params: dict[str, torch.Tensor], seq: torch.Tensor, target: torch.Tensor,
-                label: torch.Tensor, group_fractions: torch.Tensor | None, balance_alpha: float,
-                routes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def client_loss(
+    model: nn.Module,
+    params: dict[str, torch.Tensor],
+    seq: torch.Tensor,
+    target: torch.Tensor,
+    label: torch.Tensor,
+    group_fractions: torch.Tensor | None,
+    balance_alpha: float,
+    routes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 8 for one user: BCE over the non-padding positions + alpha * N * sum_l sum_i f_i^l p_i^l (Eq. 7).
 
     Returns (loss, routes); routes is an empty tensor without MRFF.
@@ -58,8 +65,9 @@ class LocalResult:
     routes: torch.Tensor  # (clients, blocks) long; (clients, 0) without MRFF
 
 
-def _adam_step(g: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None, step: int, lr: float,
-               last_step: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+def _adam_step(
+    g: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None, step: int, lr: float, last_step: bool
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """The change Adam makes to a parameter at `step` (1-based), as torch.optim.Adam computes it.
 
     At the first step from a fresh state m_hat = g and v_hat = g^2, so the change is
@@ -73,15 +81,26 @@ def _adam_step(g: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None,
     m, v = state if state is not None else (torch.zeros_like(g), torch.zeros_like(g))
     m = m * beta1 + (1 - beta1) * g
     v = v * beta2 + (1 - beta2) * g * g
-    bias1, bias2 = 1 - beta1 ** step, 1 - beta2 ** step
-    denom = v.sqrt() / (bias2 ** 0.5) + ADAM_EPS
+    bias1, bias2 = 1 - beta1**step, 1 - beta2**step
+    denom = v.sqrt() / (bias2**0.5) + ADAM_EPS
     return -(lr / bias1) * m / denom, (m, v)
 
 
-def train_clients(model: nn.Module, global_params: dict[str, torch.Tensor], private: dict[str, torch.Tensor],
-                  seq: torch.Tensor, target: torch.Tensor, label: torch.Tensor,
-                  group_fractions: torch.Tensor | None, *, balance_alpha: float, local_steps: int,
-                  optimizer: str, lr: float, weight_decay: float = 0.0) -> LocalResult:
+def train_clients(
+    model: nn.Module,
+    global_params: dict[str, torch.Tensor],
+    private: dict[str, torch.Tensor],
+    seq: torch.Tensor,
+    target: torch.Tensor,
+    label: torch.Tensor,
+    group_fractions: torch.Tensor | None,
+    *,
+    balance_alpha: float,
+    local_steps: int,
+    optimizer: str,
+    lr: float,
+    weight_decay: float = 0.0,
+) -> LocalResult:
     """Train a chunk of clients. private: (clients, *shape); seq/target/label: (clients, maxlen).
 
     `weight_decay` is decoupled: every step also moves each parameter by -lr * weight_decay * its value.
@@ -91,8 +110,9 @@ def train_clients(model: nn.Module, global_params: dict[str, torch.Tensor], priv
     stacked = {n: global_params[n] for n in group_block}  # enter undifferentiated
     change_of = {n: n + ROUTED_CHANGE_SUFFIX for n in group_block}
     base = {n: t for n, t in global_params.items() if n not in group_block}
-    base.update({change_of[n]: torch.zeros(global_params[n].shape[1:], dtype=global_params[n].dtype)
-                 for n in group_block})
+    base.update(
+        {change_of[n]: torch.zeros(global_params[n].shape[1:], dtype=global_params[n].dtype) for n in group_block}
+    )
     names = list(base) + list(private)  # what is differentiated: shared, routed changes, private
     deltas: dict[str, torch.Tensor] = {}  # accumulated change per name, (clients, *shape)
     state: dict[str, tuple | None] = {}
@@ -109,9 +129,11 @@ def train_clients(model: nn.Module, global_params: dict[str, torch.Tensor], priv
         else:
             params = {n: (base[n] if n in base else private[n]) + deltas[n] for n in names}
             in_dims = {n: 0 for n in names}
-        grads, step_routes = vmap(grad(loss_fn, has_aux=True),
-                                  in_dims=(in_dims, None, 0, 0, 0, None if routes is None else 0),
-                                  randomness="different")(params, stacked, seq, target, label, routes)
+        grads, step_routes = vmap(
+            grad(loss_fn, has_aux=True),
+            in_dims=(in_dims, None, 0, 0, 0, None if routes is None else 0),
+            randomness="different",
+        )(params, stacked, seq, target, label, routes)
         if routes is None and step_routes.numel():
             routes = step_routes  # the route of the first step holds for the whole round
             if weight_decay:
@@ -135,8 +157,13 @@ def train_clients(model: nn.Module, global_params: dict[str, torch.Tensor], priv
     )
 
 
-def predict_clients(model: nn.Module, global_params: dict[str, torch.Tensor], private: dict[str, torch.Tensor],
-                    seq: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+def predict_clients(
+    model: nn.Module,
+    global_params: dict[str, torch.Tensor],
+    private: dict[str, torch.Tensor],
+    seq: torch.Tensor,
+    candidate: torch.Tensor,
+) -> torch.Tensor:
     """Click probabilities (clients,) of one candidate per client, scored from the last position.
 
     The model must be in eval mode.

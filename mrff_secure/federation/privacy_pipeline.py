@@ -68,16 +68,28 @@ from mrff_secure.round.spec import Phase, PrivacySettings, SecureAggregation
 from mrff_secure.round.update_vector import UpdateLayout
 
 LOCAL_COUNT_SIGMAS = 3.0  # local mode: a group FFN moves only when its noisy count clears 3 noise stds
-NOT_PRIVATE = ("NOT PRIVATE: insecure_reproducible_noise drew the DP noise from the run seed; anyone who knows "
-               "the seed can remove it")
+NOT_PRIVATE = (
+    "NOT PRIVATE: insecure_reproducible_noise drew the DP noise from the run seed; anyone who knows "
+    "the seed can remove it"
+)
 
 
 class PrivacyPipeline:
     """Privacy of one training run: per-round client transforms, secure sums, and the accountant."""
 
-    def __init__(self, settings: PrivacySettings, *, layout: UpdateLayout, num_users: int, maxlen: int,
-                 rounds: int, sample_rate: float, seed: int, federation_min_group_size: int = 1,
-                 participants: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: PrivacySettings,
+        *,
+        layout: UpdateLayout,
+        num_users: int,
+        maxlen: int,
+        rounds: int,
+        sample_rate: float,
+        seed: int,
+        federation_min_group_size: int = 1,
+        participants: int | None = None,
+    ) -> None:
         self.settings = settings
         self.dp = settings.dp
         self.layout = layout
@@ -97,8 +109,9 @@ class PrivacyPipeline:
             target = self.dp.target_epsilon
             if target is None:  # DPConfig guarantees one of the two
                 raise PrivacyError("DPConfig has neither noise_multiplier nor target_epsilon")
-            self.noise_multiplier = calibrate_noise_multiplier(template, target_epsilon=target,
-                                                               rounds=max(rounds, 1), delta=self.delta)
+            self.noise_multiplier = calibrate_noise_multiplier(
+                template, target_epsilon=target, rounds=max(rounds, 1), delta=self.delta
+            )
         self.release = template.with_noise_multiplier(self.noise_multiplier)
         self.accountant = RoundAccountant(delta=self.delta, sample_rate=sample_rate)
         self.accounted_noise_multiplier = self.release.accounted_noise_multiplier()
@@ -109,13 +122,21 @@ class PrivacyPipeline:
         """The public description of this run's rounds at noise multiplier z (`round.accountant`)."""
         n = self.participants if participants is None else participants
         return RoundRelease(
-            dp_mode=self.dp.mode, secure_aggregation=self.settings.secure, clip=self.clip, noise_multiplier=z,
-            num_blocks=self.blocks, num_groups=self.layout.num_groups if self.blocks else 0,
-            delta_size=self.layout.delta_size, participants=n,
+            dp_mode=self.dp.mode,
+            secure_aggregation=self.settings.secure,
+            clip=self.clip,
+            noise_multiplier=z,
+            num_blocks=self.blocks,
+            num_groups=self.layout.num_groups if self.blocks else 0,
+            delta_size=self.layout.delta_size,
+            participants=n,
             n_min=self.dp.min_survivors(n) if self.settings.secure else None,
             mechanism=self.mechanism if self.dp.mode == "distributed" else None,
-            modulus_bits=self.settings.modulus_bits, count_cap=self.count_cap, rounding_beta=self.dp.rounding_beta,
-            single_noise_draw=self.settings.noise_sampling == "aggregate")
+            modulus_bits=self.settings.modulus_bits,
+            count_cap=self.count_cap,
+            rounding_beta=self.dp.rounding_beta,
+            single_noise_draw=self.settings.noise_sampling == "aggregate",
+        )
 
     # ------------------------------------------------------------ properties
     @property
@@ -193,18 +214,25 @@ class PrivacyPipeline:
     def secure_session(self, phase: int, num_clients: int, round_index: int):
         """A fresh secure-sum session of the configured backend for one phase of a round."""
         _, plan = self._phase_plan(phase, num_clients)
-        return open_session(self.settings.secure_sum.value, num_clients=num_clients, dim=plan.padded_dim,
-                            modulus_bits=plan.modulus_bits, round_id=round_id_for(round_index, phase))
+        return open_session(
+            self.settings.secure_sum.value,
+            num_clients=num_clients,
+            dim=plan.padded_dim,
+            modulus_bits=plan.modulus_bits,
+            round_id=round_id_for(round_index, phase),
+        )
 
     def partial_session(self, phase: int, num_clients: int, round_index: int) -> RingSum:
         """A ring sum over some of a round's clients (another process's share of the fast secure sum)."""
         if self.settings.secure_sum is not SecureAggregation.FAST:
-            raise ConfigError(f"secure_sum={self.settings.secure_sum.value!r} cannot be split over processes; "
-                              "use 'fast'")
+            raise ConfigError(
+                f"secure_sum={self.settings.secure_sum.value!r} cannot be split over processes; use 'fast'"
+            )
         return self.secure_session(phase, num_clients, round_index)
 
-    def encode_chunk(self, phase: int, num_clients: int, ids: np.ndarray, vectors: np.ndarray, round_index: int,
-                     block: int) -> np.ndarray:
+    def encode_chunk(
+        self, phase: int, num_clients: int, ids: np.ndarray, vectors: np.ndarray, round_index: int, block: int
+    ) -> np.ndarray:
         """The clients' side of a secure phase: each row (float64) encoded with the shared participant encoding
         (clip, rotation, scaling, conditional rounding, noise share) into ring residues (chunk, padded)."""
         plans, plan = self._phase_plan(phase, num_clients)
@@ -212,11 +240,21 @@ class PrivacyPipeline:
         client_plans = without_noise(plans) if aggregate else plans
         seed = rotation_seed(self.seed, round_index, phase)
         if self.settings.insecure_reproducible_noise and not aggregate:  # each client from its own generator,
-            return np.stack([phase_upload(client_plans, Phase(phase), row, rotation_seed=seed,  # as a network
-                                          rng=client_generator(self.seed, round_index, phase, c))  # client draws
-                             for c, row in zip(ids, vectors)])
-        return phase_upload(client_plans, Phase(phase), vectors, rotation_seed=seed,
-                            rng=self.chunk_generator(round_index, phase, block))
+            return np.stack(
+                [
+                    phase_upload(
+                        client_plans,
+                        Phase(phase),
+                        row,
+                        rotation_seed=seed,  # as a network
+                        rng=client_generator(self.seed, round_index, phase, c),
+                    )  # client draws
+                    for c, row in zip(ids, vectors)
+                ]
+            )
+        return phase_upload(
+            client_plans, Phase(phase), vectors, rotation_seed=seed, rng=self.chunk_generator(round_index, phase, block)
+        )
 
     def finish_secure_sum(self, phase: int, num_clients: int, ring: np.ndarray, round_index: int) -> np.ndarray:
         """The server's side: the ring sum of the phase (plus the one summed noise draw of the 'aggregate'
@@ -224,7 +262,9 @@ class PrivacyPipeline:
         _, plan = self._phase_plan(phase, num_clients)
         if self.settings.noise_sampling == "aggregate" and plan.noise_multiplier > 0:
             # One draw of the sum of n shares per coordinate (see PrivacySettings.noise_sampling).
-            ring = add_to_ring(plan, ring, summed_noise_shares(plan, num_clients, self.noise_generator(round_index, phase)))
+            ring = add_to_ring(
+                plan, ring, summed_noise_shares(plan, num_clients, self.noise_generator(round_index, phase))
+            )
         self.last_ring_sums[phase] = ring.copy()
         return decode_sum(plan, ring, survivors=num_clients, rotation_seed=rotation_seed(self.seed, round_index, phase))
 

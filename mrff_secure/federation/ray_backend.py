@@ -72,8 +72,10 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as error:
-        raise ConfigError(f"--ray-address {address}: nothing accepts connections there ({error.strerror or error}); "
-                          "start the cluster with `ray start --head`") from None
+        raise ConfigError(
+            f"--ray-address {address}: nothing accepts connections there ({error.strerror or error}); "
+            "start the cluster with `ray start --head`"
+        ) from None
 
 
 def connect(ray, address: str | None, num_cpus: int | None) -> bool:
@@ -96,8 +98,10 @@ def connect(ray, address: str | None, num_cpus: int | None) -> bool:
 def writable_copy(data: ClientData) -> ClientData:
     """Ray hands arrays over read-only (from its object store): a process's own writable copy."""
     items = data.item_attributes
-    return dataclasses.replace(data.subset(np.arange(data.num_users)),
-                               item_attributes=dataclasses.replace(items, tokens=np.array(items.tokens)))
+    return dataclasses.replace(
+        data.subset(np.arange(data.num_users)),
+        item_attributes=dataclasses.replace(items, tokens=np.array(items.tokens)),
+    )
 
 
 def shard_rows(num_users: int, rows_per_block: int, workers: int) -> list[np.ndarray]:
@@ -113,8 +117,15 @@ def shard_rows(num_users: int, rows_per_block: int, workers: int) -> list[np.nda
 class ShardActor:
     """One Ray actor: a ClientShard over a contiguous range of user rows (`first`, `first + users`)."""
 
-    def __init__(self, data: ClientData, first: int, model_config: ModelConfig, federation: FederationConfig,
-                 threads: int, pipeline_args: dict | None) -> None:
+    def __init__(
+        self,
+        data: ClientData,
+        first: int,
+        model_config: ModelConfig,
+        federation: FederationConfig,
+        threads: int,
+        pipeline_args: dict | None,
+    ) -> None:
         self.first = int(first)
         data = writable_copy(data)
         self.shard = ClientShard(data, model_config, federation, np.arange(data.num_users), threads=threads)
@@ -166,16 +177,29 @@ class RaySimulation(FederatedSimulation):
     each). `address`: a running cluster ('auto', or host:port of `ray start --head`); None starts a local
     Ray instance for this process (shut down by `close`) unless Ray is already initialised."""
 
-    def __init__(self, data: ClientData, model_config: ModelConfig, federation: FederationConfig,
-                 observer: RoundObserver | None = None, plain_individual_view: bool = True,
-                 update_transform: Callable | None = None, privacy: PrivacySettings | None = None, *,
-                 workers: int = 2, threads_per_worker: int = 1, address: str | None = None) -> None:
+    def __init__(
+        self,
+        data: ClientData,
+        model_config: ModelConfig,
+        federation: FederationConfig,
+        observer: RoundObserver | None = None,
+        plain_individual_view: bool = True,
+        update_transform: Callable | None = None,
+        privacy: PrivacySettings | None = None,
+        *,
+        workers: int = 2,
+        threads_per_worker: int = 1,
+        address: str | None = None,
+    ) -> None:
         if update_transform is not None:
-            raise ConfigError("the ray backend does not run update transforms (the canary audit): use the "
-                              "single-process backend")
+            raise ConfigError(
+                "the ray backend does not run update transforms (the canary audit): use the single-process backend"
+            )
         if privacy is not None and privacy.secure and privacy.secure_sum != "fast":
-            raise ConfigError(f"the ray backend needs secure_sum='fast' (the ring sum); {privacy.secure_sum!r} "
-                              "runs the SecAgg+ protocol between all clients in one process")
+            raise ConfigError(
+                f"the ray backend needs secure_sum='fast' (the ring sum); {privacy.secure_sum!r} "
+                "runs the SecAgg+ protocol between all clients in one process"
+            )
         check_int("--threads-per-worker", threads_per_worker, low=1)
         self._ray = import_ray()
         self.workers, self.threads_per_worker, self.address = int(workers), int(threads_per_worker), address
@@ -186,8 +210,12 @@ class RaySimulation(FederatedSimulation):
 
     # ------------------------------------------------------------------ shards
     def _build_global(self):
-        model, global_params, _ = model_and_private(self.data.subset(np.zeros(0, dtype=np.int64)),
-                                                    self.model_config, self.federation, np.zeros(0, dtype=np.int64))
+        model, global_params, _ = model_and_private(
+            self.data.subset(np.zeros(0, dtype=np.int64)),
+            self.model_config,
+            self.federation,
+            np.zeros(0, dtype=np.int64),
+        )
         return model, global_params
 
     def _start_shards(self) -> None:
@@ -197,20 +225,41 @@ class RaySimulation(FederatedSimulation):
         if self.privacy is not None:
             p = self.privacy
             # The driver's calibrated noise multiplier, so that no actor calibrates again.
-            dp = dataclasses.replace(p.dp, noise_multiplier=p.noise_multiplier, target_epsilon=None) if p.dp.enabled else p.dp
-            pipeline_args = dict(settings=dataclasses.replace(p.settings, dp=dp), num_users=p.num_users,
-                                 maxlen=self.data.maxlen, rounds=p.rounds, sample_rate=p.sample_rate, seed=p.seed,
-                                 federation_min_group_size=self.federation.min_group_size,
-                                 participants=p.participants)
+            dp = (
+                dataclasses.replace(p.dp, noise_multiplier=p.noise_multiplier, target_epsilon=None)
+                if p.dp.enabled
+                else p.dp
+            )
+            pipeline_args = dict(
+                settings=dataclasses.replace(p.settings, dp=dp),
+                num_users=p.num_users,
+                maxlen=self.data.maxlen,
+                rounds=p.rounds,
+                sample_rate=p.sample_rate,
+                seed=p.seed,
+                federation_min_group_size=self.federation.min_group_size,
+                participants=p.participants,
+            )
         needed = len(self._shard_ranges) * self.threads_per_worker
         available = int(ray.cluster_resources().get("CPU", 0))
         if needed > available:  # the actors beyond the cluster's CPUs would wait forever to be placed
             self.close()
-            raise ConfigError(f"--workers {len(self._shard_ranges)} x --threads-per-worker {self.threads_per_worker} "
-                              f"needs {needed} CPUs; the Ray cluster has {available}")
+            raise ConfigError(
+                f"--workers {len(self._shard_ranges)} x --threads-per-worker {self.threads_per_worker} "
+                f"needs {needed} CPUs; the Ray cluster has {available}"
+            )
         remote = ray.remote(num_cpus=self.threads_per_worker)(ShardActor)
-        self._actors = [remote.remote(self.data.subset(rows), int(rows[0]), self.model_config, self.federation,
-                                      self.threads_per_worker, pipeline_args) for rows in self._shard_ranges]
+        self._actors = [
+            remote.remote(
+                self.data.subset(rows),
+                int(rows[0]),
+                self.model_config,
+                self.federation,
+                self.threads_per_worker,
+                pipeline_args,
+            )
+            for rows in self._shard_ranges
+        ]
         ray.get([a.ready.remote() for a in self._actors])
 
     def close(self) -> None:
@@ -267,8 +316,11 @@ class RaySimulation(FederatedSimulation):
         results = self._each("local_dp_sum", r, keep_individual)
         summed = torch.from_numpy(np.sum([s for s, _, _ in results], axis=0, dtype=np.float64))
         individual = [i for _, _, i in results if i is not None]
-        return (summed, sum(c for _, c, _ in results),
-                torch.from_numpy(np.concatenate(individual)) if keep_individual and individual else None)
+        return (
+            summed,
+            sum(c for _, c, _ in results),
+            torch.from_numpy(np.concatenate(individual)) if keep_individual and individual else None,
+        )
 
     def _secure_update_sum(self, suppressed, n: int, r: int):
         pipeline = self.privacy
@@ -292,7 +344,9 @@ class RaySimulation(FederatedSimulation):
         loads = []
         for actor, rows in zip(self._actors, self._shard_ranges):
             lo, hi = int(rows[0]), int(rows[-1]) + 1
-            loads.append(actor.load_private_arrays.remote({n: np.ascontiguousarray(v[lo:hi]) for n, v in arrays.items()}))
+            loads.append(
+                actor.load_private_arrays.remote({n: np.ascontiguousarray(v[lo:hi]) for n, v in arrays.items()})
+            )
         self._ray.get(loads)
 
     def _predict(self, split: str, sorted_rows: np.ndarray) -> np.ndarray:

@@ -87,10 +87,16 @@ class FederatedSimulation:
     inserts its canaries there). Every `ServerView` says its `threat_model`.
     """
 
-    def __init__(self, data: ClientData, model_config: ModelConfig, federation: FederationConfig,
-                 observer: RoundObserver | None = None, plain_individual_view: bool = True,
-                 update_transform: Callable[[torch.Tensor, int, np.ndarray], torch.Tensor] | None = None,
-                 privacy: PrivacySettings | None = None) -> None:
+    def __init__(
+        self,
+        data: ClientData,
+        model_config: ModelConfig,
+        federation: FederationConfig,
+        observer: RoundObserver | None = None,
+        plain_individual_view: bool = True,
+        update_transform: Callable[[torch.Tensor, int, np.ndarray], torch.Tensor] | None = None,
+        privacy: PrivacySettings | None = None,
+    ) -> None:
         if model_config.maxlen != data.maxlen:
             model_config = ModelConfig(**{**model_config.__dict__, "maxlen": data.maxlen})
         self.data, self.model_config, self.federation = data, model_config, federation
@@ -103,17 +109,31 @@ class FederatedSimulation:
         users = data.num_users
         blocks, groups = self.layout.num_blocks, self.layout.num_groups
         # Balance loss uses last round's fractions; before any round, uniform (its gradient is then zero).
-        self.group_fractions = torch.full((blocks, groups), 1.0 / max(groups, 1), dtype=self.global_params[next(iter(self.global_params))].dtype) if groups else None
+        self.group_fractions = (
+            torch.full(
+                (blocks, groups), 1.0 / max(groups, 1), dtype=self.global_params[next(iter(self.global_params))].dtype
+            )
+            if groups
+            else None
+        )
         self.round_index = 0
-        self.server_optimizer = ServerOptimizer(federation.server_optimizer, federation.server_lr,
-                                                federation.server_momentum)
+        self.server_optimizer = ServerOptimizer(
+            federation.server_optimizer, federation.server_lr, federation.server_momentum
+        )
         self.dtype = next(self.model.parameters()).dtype
         self.threat_model = ThreatModel.of(privacy, plain_individual_view=plain_individual_view)
         self.privacy: PrivacyPipeline | None = None
         if privacy is not None and not privacy.plain:
-            self.privacy = PrivacyPipeline(privacy, layout=self.layout, num_users=users, maxlen=data.maxlen,
-                                           rounds=federation.rounds, sample_rate=federation.client_fraction,
-                                           seed=federation.seed, federation_min_group_size=federation.min_group_size)
+            self.privacy = PrivacyPipeline(
+                privacy,
+                layout=self.layout,
+                num_users=users,
+                maxlen=data.maxlen,
+                rounds=federation.rounds,
+                sample_rate=federation.client_fraction,
+                seed=federation.seed,
+                federation_min_group_size=federation.min_group_size,
+            )
         self._start_shards()
 
     # ------------------------------------------------------------------ shards
@@ -140,8 +160,9 @@ class FederatedSimulation:
 
     def _plain_sum(self, suppressed, r: int, keep_individual: bool):
         """(sum of the participants' update vectors, float64; their vectors if kept)."""
-        return self._shard.plain_sum(suppressed, transform=self.update_transform, round_index=r,
-                                     keep_individual=keep_individual)
+        return self._shard.plain_sum(
+            suppressed, transform=self.update_transform, round_index=r, keep_individual=keep_individual
+        )
 
     def _local_dp_sum(self, r: int, keep_individual: bool):
         """(float64 sum of the noisy uploads, how many were clipped, the uploads if kept)."""
@@ -159,7 +180,9 @@ class FederatedSimulation:
         """Everything a round changes (the model, every user's private part, last round's group
         fractions, the server optimizer's state), as named arrays for a checkpoint; `round_index` goes beside them."""
         arrays = {f"global/{n}": t.detach().numpy().copy() for n, t in self.global_params.items()}
-        arrays.update({k: t.detach().numpy().copy() for k, t in self.server_optimizer.state_arrays(self.global_params).items()})
+        arrays.update(
+            {k: t.detach().numpy().copy() for k, t in self.server_optimizer.state_arrays(self.global_params).items()}
+        )
         arrays.update({f"private/{n}": v for n, v in self._private_arrays().items()})
         if self.group_fractions is not None:
             arrays["group_fractions"] = self.group_fractions.numpy().copy()
@@ -178,16 +201,20 @@ class FederatedSimulation:
         expected = self.state_arrays()
         missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
         if missing or extra:
-            raise CheckpointError(f"the checkpoint does not match this model and dataset (missing {missing[:3]}, "
-                                  f"unexpected {extra[:3]})")
+            raise CheckpointError(
+                f"the checkpoint does not match this model and dataset (missing {missing[:3]}, unexpected {extra[:3]})"
+            )
         for name, reference in expected.items():
             if arrays[name].shape != reference.shape or arrays[name].dtype != reference.dtype:
-                raise CheckpointError(f"the checkpoint's {name} is {arrays[name].dtype}{list(arrays[name].shape)}, "
-                                      f"this model's {reference.dtype}{list(reference.shape)}")
+                raise CheckpointError(
+                    f"the checkpoint's {name} is {arrays[name].dtype}{list(arrays[name].shape)}, "
+                    f"this model's {reference.dtype}{list(reference.shape)}"
+                )
         self.global_params = {n: torch.from_numpy(arrays[f"global/{n}"]) for n in self.global_params}
-        self.server_optimizer.load_state_arrays({k: torch.from_numpy(v) for k, v in arrays.items()
-                                                 if k.startswith(("server_m/", "server_v/"))})
-        self._load_private_arrays({n[len("private/"):]: v for n, v in arrays.items() if n.startswith("private/")})
+        self.server_optimizer.load_state_arrays(
+            {k: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(("server_m/", "server_v/"))}
+        )
+        self._load_private_arrays({n[len("private/") :]: v for n, v in arrays.items() if n.startswith("private/")})
         if self.group_fractions is not None:
             self.group_fractions = torch.from_numpy(arrays["group_fractions"])
         self.round_index = int(round_index)
@@ -201,11 +228,19 @@ class FederatedSimulation:
         k = max(1, int(round(users * self.federation.client_fraction)))
         return np.sort(rng.choice(users, size=k, replace=False))
 
-    def _apply(self, summed: torch.Tensor, *, uploads: int, counts: torch.Tensor,
-               suppressed: torch.Tensor | None) -> None:
+    def _apply(
+        self, summed: torch.Tensor, *, uploads: int, counts: torch.Tensor, suppressed: torch.Tensor | None
+    ) -> None:
         """The server's step (`round.aggregate`), then the server optimizer's."""
-        step = aggregate_round(self.global_params, self.layout, summed, uploads=uploads, counts=counts,
-                               suppressed=suppressed, counted_clients=uploads)
+        step = aggregate_round(
+            self.global_params,
+            self.layout,
+            summed,
+            uploads=uploads,
+            counts=counts,
+            suppressed=suppressed,
+            counted_clients=uploads,
+        )
         self.global_params = self.server_optimizer.step(self.global_params, step.averaged)
         if step.group_fractions is not None:
             self.group_fractions = step.group_fractions
@@ -219,22 +254,32 @@ class FederatedSimulation:
         routes = self._train(participants, r)  # (clients, blocks)
         groups = self.layout.num_groups
         # Phase 1: the group counts alone. Phase 2: the updates, with slots of too-small groups zeroed.
-        counts = (torch.nn.functional.one_hot(routes, groups).sum(0).to(self.dtype) if groups
-                  else torch.zeros(0, 0))
+        counts = torch.nn.functional.one_hot(routes, groups).sum(0).to(self.dtype) if groups else torch.zeros(0, 0)
         suppressed = suppressed_groups(counts, self.federation.min_group_size) if groups else None
         keep_individual = self.observer is not None and self.plain_individual_view
         summed, individual = self._plain_sum(suppressed, r, keep_individual)
         summed = summed.to(self.dtype)
         self._apply(summed, uploads=len(participants), counts=counts, suppressed=suppressed)
         if self.observer is not None:
-            self.observer.on_round(ServerView(
-                round_index=r, participants=participants, layout=self.layout, group_counts=counts,
-                summed_update=summed, individual_updates=individual if keep_individual else None,
-                threat_model=self.threat_model,
-            ))
+            self.observer.on_round(
+                ServerView(
+                    round_index=r,
+                    participants=participants,
+                    layout=self.layout,
+                    group_counts=counts,
+                    summed_update=summed,
+                    individual_updates=individual if keep_individual else None,
+                    threat_model=self.threat_model,
+                )
+            )
         self.round_index += 1
-        return RoundResult(r, len(participants), counts.to(torch.long).tolist(), time.perf_counter() - start,
-                           server_group_counts=counts.tolist())
+        return RoundResult(
+            r,
+            len(participants),
+            counts.to(torch.long).tolist(),
+            time.perf_counter() - start,
+            server_group_counts=counts.tolist(),
+        )
 
     def _train_round_private(self) -> RoundResult:
         """One round under local DP or secure aggregation (see the module docstring)."""
@@ -245,8 +290,7 @@ class FederatedSimulation:
         n = len(participants)
         routes = self._train(participants, r)  # (clients, blocks)
         groups = self.layout.num_groups
-        true_counts = (torch.nn.functional.one_hot(routes, groups).sum(0).to(self.dtype) if groups
-                       else torch.zeros(0, 0))
+        true_counts = torch.nn.functional.one_hot(routes, groups).sum(0).to(self.dtype) if groups else torch.zeros(0, 0)
         if pipeline.mode == "local":
             # No count phase in the clear: the server learns counts only from the noisy uploads.
             summed, clipped, individual_view = self._local_dp_sum(r, self.observer is not None)
@@ -254,8 +298,12 @@ class FederatedSimulation:
             _, _, noisy_counts, _ = self.layout.split(summed)
             server_counts = noisy_counts.clone() if groups else torch.zeros(0, 0)
             # a group FFN moves only when its noisy count clears the floor; fractions from counts >= 0
-            self._apply(summed, uploads=n, counts=server_counts.clamp(min=0) if groups else server_counts,
-                        suppressed=server_counts < pipeline.local_count_floor(n) if groups else None)
+            self._apply(
+                summed,
+                uploads=n,
+                counts=server_counts.clamp(min=0) if groups else server_counts,
+                suppressed=server_counts < pipeline.local_count_floor(n) if groups else None,
+            )
         else:
             # Phase 1: the secure count sum. Phase 2: the updates, slots of too-small groups zeroed.
             one_hots = group_one_hots(self.layout, routes).to(self.dtype) if groups else None
@@ -266,14 +314,27 @@ class FederatedSimulation:
             self._apply(summed, uploads=n, counts=server_counts, suppressed=suppressed)
             individual_view = None
         if self.observer is not None:
-            self.observer.on_round(ServerView(
-                round_index=r, participants=participants, layout=self.layout, group_counts=server_counts,
-                summed_update=summed, individual_updates=individual_view, threat_model=self.threat_model,
-            ))
+            self.observer.on_round(
+                ServerView(
+                    round_index=r,
+                    participants=participants,
+                    layout=self.layout,
+                    group_counts=server_counts,
+                    summed_update=summed,
+                    individual_updates=individual_view,
+                    threat_model=self.threat_model,
+                )
+            )
         self.round_index += 1
         seen = [[round(float(c), 4) for c in row] for row in server_counts.tolist()]
-        return RoundResult(r, n, true_counts.to(torch.long).tolist(), time.perf_counter() - start,
-                           clipped_fraction=clipped / n, server_group_counts=seen)
+        return RoundResult(
+            r,
+            n,
+            true_counts.to(torch.long).tolist(),
+            time.perf_counter() - start,
+            clipped_fraction=clipped / n,
+            server_group_counts=seen,
+        )
 
     # ------------------------------------------------------------- evaluation
     def predict(self, split: str, rows: np.ndarray | None = None) -> np.ndarray:

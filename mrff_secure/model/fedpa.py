@@ -57,8 +57,11 @@ class GroupAdapters(nn.Module):
     def __init__(self, dims: list[int], num_groups: int) -> None:
         super().__init__()
         for name, shape in _adapter_shapes(dims).items():
-            init = (uniform_init_(torch.empty(num_groups, *shape), shape[1]) if name.startswith("down")
-                    else torch.zeros(num_groups, *shape))
+            init = (
+                uniform_init_(torch.empty(num_groups, *shape), shape[1])
+                if name.startswith("down")
+                else torch.zeros(num_groups, *shape)
+            )
             add_group_parameter(self, name, init)
 
 

@@ -75,5 +75,7 @@ class HSTUBlock(nn.Module):
 class HSTU(SequenceCTR):
     def __init__(self, config: ModelConfig, data: ClientData) -> None:
         super().__init__(config, data)
-        self._finish([HSTUBlock(self.hidden, self.user_dim, config) for _ in range(config.num_blocks)],
-                     nn.LayerNorm(self.hidden, eps=1e-8))
+        self._finish(
+            [HSTUBlock(self.hidden, self.user_dim, config) for _ in range(config.num_blocks)],
+            nn.LayerNorm(self.hidden, eps=1e-8),
+        )

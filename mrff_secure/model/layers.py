@@ -130,11 +130,18 @@ def ffn_parameter_shapes(kind: str, hidden: int) -> dict[str, tuple[tuple[int, .
     swiglu: down(silu(gate x) * up x), no biases, inner size = hidden (LLaMA's feed-forward part).
     """
     if kind == "relu":
-        return {"w1": ((hidden, hidden), hidden), "b1": ((hidden,), hidden),
-                "w2": ((hidden, hidden), hidden), "b2": ((hidden,), hidden)}
+        return {
+            "w1": ((hidden, hidden), hidden),
+            "b1": ((hidden,), hidden),
+            "w2": ((hidden, hidden), hidden),
+            "b2": ((hidden,), hidden),
+        }
     if kind == "swiglu":
-        return {"w_gate": ((hidden, hidden), hidden), "w_up": ((hidden, hidden), hidden),
-                "w_down": ((hidden, hidden), hidden)}
+        return {
+            "w_gate": ((hidden, hidden), hidden),
+            "w_up": ((hidden, hidden), hidden),
+            "w_down": ((hidden, hidden), hidden),
+        }
     raise ValueError(f"feed-forward kind must be one of {FFN_KINDS}, got {kind!r}")
 
 

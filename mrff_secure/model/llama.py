@@ -90,5 +90,6 @@ class LLaMA(SequenceCTR):
 
     def __init__(self, config: ModelConfig, data: ClientData) -> None:
         super().__init__(config, data)
-        self._finish([LLaMABlock(self.hidden, self.user_dim, config) for _ in range(config.num_blocks)],
-                     RMSNorm(self.hidden))
+        self._finish(
+            [LLaMABlock(self.hidden, self.user_dim, config) for _ in range(config.num_blocks)], RMSNorm(self.hidden)
+        )

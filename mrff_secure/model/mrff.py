@@ -43,24 +43,35 @@ class GroupFeedForwards(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, route_one_hot: torch.Tensor) -> torch.Tensor:
-        weights = {name: routed_group_weight(self, name, route_one_hot)
-                   for name in ffn_parameter_shapes(self.kind, x.shape[-1])}
+        weights = {
+            name: routed_group_weight(self, name, route_one_hot)
+            for name in ffn_parameter_shapes(self.kind, x.shape[-1])
+        }
         return apply_ffn(self.kind, weights, x, self.dropout, self.training)
 
 
 class MRFFFeedForward(nn.Module):
     """Gate + user FFN + group FFNs. Returns the output, the gate probabilities and the route."""
 
-    def __init__(self, hidden: int, user_dim: int, num_groups: int, gate_hidden_dims: tuple[int, ...],
-                 dropout: float, routing: str, kind: str = "relu") -> None:
+    def __init__(
+        self,
+        hidden: int,
+        user_dim: int,
+        num_groups: int,
+        gate_hidden_dims: tuple[int, ...],
+        dropout: float,
+        routing: str,
+        kind: str = "relu",
+    ) -> None:
         super().__init__()
         self.gate = MLP([hidden + user_dim, *gate_hidden_dims, num_groups])
         self.user_ffn = UserFeedForward(hidden, dropout, kind)
         self.group_ffns = GroupFeedForwards(hidden, num_groups, dropout, kind)
         self.routing = routing
 
-    def forward(self, x: torch.Tensor, real: torch.Tensor, user: torch.Tensor,
-                route: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, real: torch.Tensor, user: torch.Tensor, route: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (seq, hidden); real: (seq,) 1.0 at non-padding positions; user: (user_dim,).
 
         `route` forces the group (used for local steps after the first, so that a

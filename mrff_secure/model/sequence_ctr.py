@@ -26,13 +26,15 @@ from mrff_secure.model.mrff import MRFFFeedForward
 def make_feed_forward(config: ModelConfig, hidden: int, user_dim: int, kind: str) -> nn.Module:
     """The block's feed-forward part: MRFF (user + group FFNs of `kind`) or one shared FFN of `kind`."""
     if config.mrff:
-        return MRFFFeedForward(hidden, user_dim, config.num_groups, config.gate_hidden_dims, config.dropout,
-                               config.routing, kind)
+        return MRFFFeedForward(
+            hidden, user_dim, config.num_groups, config.gate_hidden_dims, config.dropout, config.routing, kind
+        )
     return FeedForward(hidden, config.dropout, kind)
 
 
-def feed_forward_part(ffn: nn.Module, x: torch.Tensor, real: torch.Tensor, user: torch.Tensor,
-                      route: torch.Tensor | None):
+def feed_forward_part(
+    ffn: nn.Module, x: torch.Tensor, real: torch.Tensor, user: torch.Tensor, route: torch.Tensor | None
+):
     """(output, gate probs or None, route or None) of a block's feed-forward part."""
     if isinstance(ffn, MRFFFeedForward):
         return ffn(x, real, user, route)

@@ -33,8 +33,16 @@ from mrff_secure.errors import ConfigError
 from mrff_secure.provenance import source_commit
 
 REPORT_SCHEMA = "mrff-report/1"
-SCORE_COLUMNS = ("reconstruction_f1", "reconstruction_auc", "membership_auc", "attribute_advantage",
-                 "group_accuracy", "group_advantage", "canary_auc", "disaggregation_rare_auc")
+SCORE_COLUMNS = (
+    "reconstruction_f1",
+    "reconstruction_auc",
+    "membership_auc",
+    "attribute_advantage",
+    "group_accuracy",
+    "group_advantage",
+    "canary_auc",
+    "disaggregation_rare_auc",
+)
 RULE_CLAIMS = {
     "R0": "the attacks have power where nothing protects the data (plain, no noise)",
     "R1": "no canary audit shows more privacy loss than the accountant's epsilon",
@@ -46,13 +54,13 @@ RULE_CLAIMS = {
 }
 SERVER_SAW = {
     "plain": "every client's update vector, identified (shared delta, every group slot, group one-hots, example "
-             "count), every round",
+    "count), every round",
     "secagg": "only each round's sums: the phase-1 group counts and the phase-2 sum of the update vectors; who "
-              "took part",
+    "took part",
     "secagg+dp": "only each round's sums, each with distributed discrete noise (counts included); who took part",
     "local-dp": "every client's update vector with its own noise on every coordinate, identified, every round",
     "malicious-server": "whatever it chooses to send and receive in the secure-aggregation protocol, with "
-                        "colluding clients (active attacks against the real client code)",
+    "colluding clients (active attacks against the real client code)",
 }
 PACKAGES = ("mrff-secure", "torch", "numpy", "scipy", "opacus", "cryptography", "grpcio", "pandas", "matplotlib")
 
@@ -78,8 +86,11 @@ def dataset_checksum(config: dict[str, Any]) -> dict[str, Any]:
     """SHA-256 of the dataset's files (a real dataset) or of the generator's parameters (synthetic)."""
     if config.get("dataset", "synthetic") == "synthetic":
         params = {"generator": "mrff_secure.data.make_synthetic", "users": config.get("users", 400)}
-        return {"dataset": "synthetic", "sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
-                "of": params}
+        return {
+            "dataset": "synthetic",
+            "sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
+            "of": params,
+        }
     folder = Path(config["data_dir"])
     digest, files = hashlib.sha256(), []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -103,14 +114,20 @@ def _number(value) -> float | None:
 def _attack_rows(cells: list[dict]) -> list[dict[str, Any]]:
     rows = []
     for c in cells:
-        row = {"cell": c["cell"], "threat_model": c["threat_model"], "seed": c["seed"],
-               "noise_multiplier": _number(c["noise_multiplier"]), "claimed_epsilon": c["claim"]["epsilon"]}
+        row = {
+            "cell": c["cell"],
+            "threat_model": c["threat_model"],
+            "seed": c["seed"],
+            "noise_multiplier": _number(c["noise_multiplier"]),
+            "claimed_epsilon": c["claim"]["epsilon"],
+        }
         bound = (c.get("canary") or {}).get("bound") or {}
         row["epsilon_lower_bound"] = _number(bound.get("epsilon_lower_bound"))
         for key in SCORE_COLUMNS:
             row[key] = _number(c["scores"].get(key))
-            row[f"{key}_se"] = _number(c.get("standard_errors", {}).get(key.replace("_f1", "_auc")
-                                                                         if key == "reconstruction_f1" else key))
+            row[f"{key}_se"] = _number(
+                c.get("standard_errors", {}).get(key.replace("_f1", "_auc") if key == "reconstruction_f1" else key)
+            )
         rows.append(row)
     return rows
 
@@ -121,8 +138,11 @@ def _verdicts(rules: dict[str, Any]) -> list[dict[str, Any]]:
         evidence = ""
         if rule == "R0":
             lacking = body.get("attacks_without_power", [])
-            evidence = ("every attack has power" if not lacking else
-                        f"without power (their results prove nothing): {', '.join(lacking)}")
+            evidence = (
+                "every attack has power"
+                if not lacking
+                else f"without power (their results prove nothing): {', '.join(lacking)}"
+            )
         elif rule == "malicious-server":
             evidence = f"{len(body.get('refused', []))} refused, {len(body.get('leaked', []))} leaked"
         elif "cells" in body or "series" in body:
@@ -133,7 +153,9 @@ def _verdicts(rules: dict[str, Any]) -> list[dict[str, Any]]:
             evidence = ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) or "no applicable cell"
             if "family_confidence" in body and items:
                 evidence += f" (together at {body['family_confidence']:g} confidence over {body['cells_tested']} cells)"
-        out.append({"claim": RULE_CLAIMS.get(rule, rule), "rule": rule, "verdict": body["verdict"], "evidence": evidence})
+        out.append(
+            {"claim": RULE_CLAIMS.get(rule, rule), "rule": rule, "verdict": body["verdict"], "evidence": evidence}
+        )
     return out
 
 
@@ -156,21 +178,32 @@ def _statement(cells: list[dict]) -> dict[str, Any]:
         "accountant (the proven bound of the mechanism used: the grid discrete Gaussian for local DP, the "
         "distributed discrete Gaussian for secure aggregation). No amplification by sampling is claimed: the "
         "server sees who takes part. Adjacency: replace-one where the server sees identified uploads "
-        "(local DP), zero-out under secure aggregation. Not accounted for: " + "; ".join(not_accounted) + ".")
-    return {"unit": "one user (all of a user's data)", "adjacency": adjacency, "epsilon": epsilons, "delta": deltas,
-            "accountant": "mrff_secure.round.accountant.account_rounds (opacus RDP/PRV; discrete bounds)",
-            "sampling": "none claimed: a user in every round", "not_accounted": not_accounted, "text": text}
+        "(local DP), zero-out under secure aggregation. Not accounted for: " + "; ".join(not_accounted) + "."
+    )
+    return {
+        "unit": "one user (all of a user's data)",
+        "adjacency": adjacency,
+        "epsilon": epsilons,
+        "delta": deltas,
+        "accountant": "mrff_secure.round.accountant.account_rounds (opacus RDP/PRV; discrete bounds)",
+        "sampling": "none claimed: a user in every round",
+        "not_accounted": not_accounted,
+        "text": text,
+    }
 
 
 def _mechanism(grid: dict[str, Any]) -> dict[str, Any]:
     dp = [c for c in grid["cells"] if c["claim"].get("mechanism")]
-    return {"clip": grid.get("clip"), "noise_multipliers": sorted({_number(c["noise_multiplier"]) for c in dp}),
-            "mechanisms": sorted({f"{c['threat_model']}: {c['claim']['mechanism']}" for c in dp}),
-            "noise_source": sorted({c["claim"].get("noise_source", "") for c in dp}),
-            "modulus_bits": sorted({c["claim"]["modulus_bits"] for c in dp if c["claim"].get("modulus_bits")}),
-            "min_group_size": sorted({c["claim"]["min_group_size"] for c in dp if c["claim"].get("min_group_size")}),
-            "notes": "secure cells: the fast ring sum of the SecAgg+ protocol (bit-identical to the in-memory "
-                     "state machines, tested); every coordinate, counts included, carries its noise share"}
+    return {
+        "clip": grid.get("clip"),
+        "noise_multipliers": sorted({_number(c["noise_multiplier"]) for c in dp}),
+        "mechanisms": sorted({f"{c['threat_model']}: {c['claim']['mechanism']}" for c in dp}),
+        "noise_source": sorted({c["claim"].get("noise_source", "") for c in dp}),
+        "modulus_bits": sorted({c["claim"]["modulus_bits"] for c in dp if c["claim"].get("modulus_bits")}),
+        "min_group_size": sorted({c["claim"]["min_group_size"] for c in dp if c["claim"].get("min_group_size")}),
+        "notes": "secure cells: the fast ring sum of the SecAgg+ protocol (bit-identical to the in-memory "
+        "state machines, tested); every coordinate, counts included, carries its noise share",
+    }
 
 
 def _audit_report(folder: Path) -> dict[str, Any]:
@@ -181,21 +214,35 @@ def _audit_report(folder: Path) -> dict[str, Any]:
     return {
         "verdicts": _verdicts(grid["rules"]),
         "privacy_statement": _statement(cells),
-        "threat_models": [{"name": name, "server_saw": SERVER_SAW[name]}
-                          for name in dict.fromkeys([c["threat_model"] for c in cells] + ["malicious-server"])],
+        "threat_models": [
+            {"name": name, "server_saw": SERVER_SAW[name]}
+            for name in dict.fromkeys([c["threat_model"] for c in cells] + ["malicious-server"])
+        ],
         "mechanism": _mechanism(grid),
         "attacks": _attack_rows(cells),
         "power": grid["rules"].get("R0", {}),
         "malicious_server": grid.get("malicious_server"),
         "rules": grid["rules"],
-        "utility": [{"cell": c["cell"], "threat_model": c["threat_model"], "noise_multiplier": _number(c["noise_multiplier"]),
-                     "target_epsilon": c.get("target_epsilon"), "test_auc": _number(c["utility"]["test_auc"])}
-                    for c in cells],
+        "utility": [
+            {
+                "cell": c["cell"],
+                "threat_model": c["threat_model"],
+                "noise_multiplier": _number(c["noise_multiplier"]),
+                "target_epsilon": c.get("target_epsilon"),
+                "test_auc": _number(c["utility"]["test_auc"]),
+            }
+            for c in cells
+        ],
         "network": {"applicable": False, "reason": "an audit runs in the simulation; see a network run's report"},
-        "reproducibility": {"commit": grid.get("commit", source_commit()), "config": config,
-                            "config_digest": grid.get("config_digest"), "dataset": dataset_checksum(config),
-                            "seeds": sorted({c["seed"] for c in cells}), "versions": _versions(),
-                            "plain_cell_example": plain["cell"] if plain else None},
+        "reproducibility": {
+            "commit": grid.get("commit", source_commit()),
+            "config": config,
+            "config_digest": grid.get("config_digest"),
+            "dataset": dataset_checksum(config),
+            "seeds": sorted({c["seed"] for c in cells}),
+            "versions": _versions(),
+            "plain_cell_example": plain["cell"] if plain else None,
+        },
     }
 
 
@@ -203,28 +250,59 @@ def _training_report(folder: Path) -> dict[str, Any]:
     summary = _read_json(folder / "summary.json")
     privacy = summary.get("privacy", {})
     mode = privacy.get("mode", "off")
-    model = {"off": "plain" if privacy.get("secure_aggregation", "off") == "off" else "secagg",
-             "local": "local-dp", "distributed": "secagg+dp"}.get(mode, "plain")
+    model = {
+        "off": "plain" if privacy.get("secure_aggregation", "off") == "off" else "secagg",
+        "local": "local-dp",
+        "distributed": "secagg+dp",
+    }.get(mode, "plain")
     eps = privacy.get("epsilon", "inf")
     statement = {
-        "unit": "one user (all of a user's data)", "adjacency": [f"{model}: {privacy.get('adjacency')}"],
-        "epsilon": {"run": eps}, "delta": [privacy.get("delta")], "accountant": privacy.get("epsilon_bound"),
-        "sampling": privacy.get("sampling"), "not_accounted": privacy.get("notes", []),
+        "unit": "one user (all of a user's data)",
+        "adjacency": [f"{model}: {privacy.get('adjacency')}"],
+        "epsilon": {"run": eps},
+        "delta": [privacy.get("delta")],
+        "accountant": privacy.get("epsilon_bound"),
+        "sampling": privacy.get("sampling"),
+        "not_accounted": privacy.get("notes", []),
         "text": f"This training run claims epsilon {eps} at delta {privacy.get('delta')} for a user in every round "
-                f"({privacy.get('adjacency')} adjacency, {privacy.get('mechanism')}). It was not audited: run "
-                "`mrff audit` for attack evidence."}
+        f"({privacy.get('adjacency')} adjacency, {privacy.get('mechanism')}). It was not audited: run "
+        "`mrff audit` for attack evidence.",
+    }
     return {
-        "verdicts": [{"claim": "the run's epsilon", "rule": "accounted", "verdict": "not audited",
-                      "evidence": f"epsilon {eps} ({'private' if privacy.get('private') else 'NOT private'})"}],
+        "verdicts": [
+            {
+                "claim": "the run's epsilon",
+                "rule": "accounted",
+                "verdict": "not audited",
+                "evidence": f"epsilon {eps} ({'private' if privacy.get('private') else 'NOT private'})",
+            }
+        ],
         "privacy_statement": statement,
         "threat_models": [{"name": model, "server_saw": SERVER_SAW[model]}],
-        "mechanism": {k: privacy.get(k) for k in ("clip", "noise_multiplier", "mechanism", "noise_source",
-                                                  "min_group_size", "modulus_bits", "secure_aggregation")},
-        "attacks": [], "power": {"applicable": False, "reason": "no attacks were run on a training run"},
-        "rules": {}, "malicious_server": None, "utility": [],
+        "mechanism": {
+            k: privacy.get(k)
+            for k in (
+                "clip",
+                "noise_multiplier",
+                "mechanism",
+                "noise_source",
+                "min_group_size",
+                "modulus_bits",
+                "secure_aggregation",
+            )
+        },
+        "attacks": [],
+        "power": {"applicable": False, "reason": "no attacks were run on a training run"},
+        "rules": {},
+        "malicious_server": None,
+        "utility": [],
         "network": {"applicable": False, "reason": "a simulation run"},
-        "reproducibility": {"commit": source_commit(), "config": summary.get("config"), "versions": _versions(),
-                            "seeds": [summary.get("config", {}).get("federation", {}).get("seed")]},
+        "reproducibility": {
+            "commit": source_commit(),
+            "config": summary.get("config"),
+            "versions": _versions(),
+            "seeds": [summary.get("config", {}).get("federation", {}).get("seed")],
+        },
     }
 
 
@@ -238,39 +316,83 @@ def _network_report(folder: Path, audit_public_key=None) -> dict[str, Any]:
     for r in rounds:
         wire = r.get("wire_bytes", {})
         n = max(1, len(r.get("participants", [])))
-        per_round.append({"round": r.get("round"), "completed": r.get("type") == "round", "participants": n,
-                          "bytes_from_devices_per_participant": round(wire.get("received", 0) / n, 1),
-                          "bytes_to_devices_per_participant": round(wire.get("sent", 0) / n, 1),
-                          "epsilon": r.get("epsilon")})
+        per_round.append(
+            {
+                "round": r.get("round"),
+                "completed": r.get("type") == "round",
+                "participants": n,
+                "bytes_from_devices_per_participant": round(wire.get("received", 0) / n, 1),
+                "bytes_to_devices_per_participant": round(wire.get("sent", 0) / n, 1),
+                "epsilon": r.get("epsilon"),
+            }
+        )
     last_eps = next((r["epsilon"] for r in reversed(per_round) if r["epsilon"] is not None), "inf")
     settings = started.get("settings", {})
     return {
-        "verdicts": [{"claim": "the audit log is intact and signed by the server through the end of the run",
-                      "rule": "audit-log",
-                      "verdict": ("not audited" if audit_public_key is None and check.ok else
-                                  "holds" if check.ok else "fails"),
-                      "evidence": f"{check.records} records" + (
-                          ": chain intact; signatures NOT checked (give `mrff report --signing-pub`)"
-                          if audit_public_key is None and check.ok else "" if check.ok else f": {check.problem}")}],
-        "privacy_statement": {"unit": "one user", "epsilon": {"run": last_eps}, "delta": [settings.get("delta")],
-                              "adjacency": ["secagg+dp: zero-out"], "accountant": "the coordinator's ledger",
-                              "sampling": "none claimed: a user in every round", "not_accounted": [],
-                              "text": f"The coordinator's ledger records epsilon {last_eps} after the last round."},
-        "threat_models": [{"name": "secagg+dp" if settings.get("dp_mode") == "distributed" else "secagg",
-                           "server_saw": SERVER_SAW["secagg+dp" if settings.get("dp_mode") == "distributed" else "secagg"]}],
-        "mechanism": {k: settings.get(k) for k in ("dp_mode", "clip", "noise_multiplier", "mechanism", "modulus_bits",
-                                                   "min_group_size")},
-        "attacks": [], "power": {"applicable": False, "reason": "no attacks were run on a network run"},
-        "rules": {}, "malicious_server": None, "utility": [],
-        "network": {"applicable": True, "audit_log": {"ok": check.ok, "records": check.records,
-                                                      "last_digest": check.last_digest, "problem": check.problem},
-                    "left_each_device": ("per round, per secure sum: the key bundle (ADVERTISE_KEYS), the seed reveal, "
-                                         "encrypted Shamir shares for its k neighbours (SHARE_KEYS), the masked ring vector "
-                                         "(MASKED_INPUT), a consistency signature and the unmask response; nothing in "
-                                         "the clear about its update"),
-                    "rounds": per_round},
-        "reproducibility": {"commit": source_commit(), "config": settings, "run_id": started.get("run_id"),
-                            "versions": _versions()},
+        "verdicts": [
+            {
+                "claim": "the audit log is intact and signed by the server through the end of the run",
+                "rule": "audit-log",
+                "verdict": (
+                    "not audited" if audit_public_key is None and check.ok else "holds" if check.ok else "fails"
+                ),
+                "evidence": f"{check.records} records"
+                + (
+                    ": chain intact; signatures NOT checked (give `mrff report --signing-pub`)"
+                    if audit_public_key is None and check.ok
+                    else ""
+                    if check.ok
+                    else f": {check.problem}"
+                ),
+            }
+        ],
+        "privacy_statement": {
+            "unit": "one user",
+            "epsilon": {"run": last_eps},
+            "delta": [settings.get("delta")],
+            "adjacency": ["secagg+dp: zero-out"],
+            "accountant": "the coordinator's ledger",
+            "sampling": "none claimed: a user in every round",
+            "not_accounted": [],
+            "text": f"The coordinator's ledger records epsilon {last_eps} after the last round.",
+        },
+        "threat_models": [
+            {
+                "name": "secagg+dp" if settings.get("dp_mode") == "distributed" else "secagg",
+                "server_saw": SERVER_SAW["secagg+dp" if settings.get("dp_mode") == "distributed" else "secagg"],
+            }
+        ],
+        "mechanism": {
+            k: settings.get(k)
+            for k in ("dp_mode", "clip", "noise_multiplier", "mechanism", "modulus_bits", "min_group_size")
+        },
+        "attacks": [],
+        "power": {"applicable": False, "reason": "no attacks were run on a network run"},
+        "rules": {},
+        "malicious_server": None,
+        "utility": [],
+        "network": {
+            "applicable": True,
+            "audit_log": {
+                "ok": check.ok,
+                "records": check.records,
+                "last_digest": check.last_digest,
+                "problem": check.problem,
+            },
+            "left_each_device": (
+                "per round, per secure sum: the key bundle (ADVERTISE_KEYS), the seed reveal, "
+                "encrypted Shamir shares for its k neighbours (SHARE_KEYS), the masked ring vector "
+                "(MASKED_INPUT), a consistency signature and the unmask response; nothing in "
+                "the clear about its update"
+            ),
+            "rounds": per_round,
+        },
+        "reproducibility": {
+            "commit": source_commit(),
+            "config": settings,
+            "run_id": started.get("run_id"),
+            "versions": _versions(),
+        },
     }
 
 
@@ -285,7 +407,14 @@ def build_report(folder: Path, *, audit_public_key=None) -> dict[str, Any]:
     elif (folder / "summary.json").is_file():
         kind, body = "training", _training_report(folder)
     else:
-        raise ConfigError(f"{folder} holds no grid.json (mrff audit), audit.jsonl (mrff server) or summary.json "
-                          "(mrff train): nothing to report on")
-    return {"schema": REPORT_SCHEMA, "kind": kind, "source": str(folder),
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **body}
+        raise ConfigError(
+            f"{folder} holds no grid.json (mrff audit), audit.jsonl (mrff server) or summary.json "
+            "(mrff train): nothing to report on"
+        )
+    return {
+        "schema": REPORT_SCHEMA,
+        "kind": kind,
+        "source": str(folder),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **body,
+    }

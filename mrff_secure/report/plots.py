@@ -61,8 +61,13 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     if floor is not None:
         grid = np.logspace(np.log10(floor / 2), 0, 50)
         ax.plot(grid, grid, "k:", lw=1, label="chance")
-    ax.set(xscale="log", yscale="log", xlabel="false positive rate", ylabel="true positive rate",
-           title=f"canary audit ROC (seed {seed})")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title=f"canary audit ROC (seed {seed})",
+    )
     ax.legend(fontsize=6)
     path = out_dir / "canary_roc.png"
     written.append(_save(fig, path))
@@ -70,8 +75,14 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     models = ("secagg+dp", "local-dp")
     fig, axes = plt.subplots(1, len(models), figsize=(11, 4), sharey=True)
     for ax, model in zip(axes, models):
-        series = sorted((c for c in cells if c["threat_model"] == model and c["target_epsilon"] is None
-                         and c.get("client_fraction", 1.0) >= 1.0), key=lambda c: _number(c["noise_multiplier"]))
+        series = sorted(
+            (
+                c
+                for c in cells
+                if c["threat_model"] == model and c["target_epsilon"] is None and c.get("client_fraction", 1.0) >= 1.0
+            ),
+            key=lambda c: _number(c["noise_multiplier"]),
+        )
         for key, label in SCORE_LABELS.items():
             by_z: dict[float, list[float]] = {}
             for c in series:
@@ -88,8 +99,11 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 5))
     for model, marker in zip(models, ("o", "s")):
-        points = [(_number(c["claim"]["epsilon"]), _number(c["canary"]["bound"]["epsilon_lower_bound"]))
-                  for c in cells if c["threat_model"] == model and c.get("canary")]
+        points = [
+            (_number(c["claim"]["epsilon"]), _number(c["canary"]["bound"]["epsilon_lower_bound"]))
+            for c in cells
+            if c["threat_model"] == model and c.get("canary")
+        ]
         if points:
             claimed, bound = np.asarray(points).T
             ax.scatter(claimed, bound, marker=marker, label=model)
@@ -99,8 +113,12 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     lim = ax.get_xlim()
     xs = np.logspace(-1, np.log10(max(lim[1], 10)), 50)
     ax.plot(xs, xs, "k:", lw=1, label="bound = claim")
-    ax.set(xscale="log", xlabel="claimed epsilon (accountant)", ylabel="empirical epsilon lower bound (95%)",
-           title="claims against the canary bound")
+    ax.set(
+        xscale="log",
+        xlabel="claimed epsilon (accountant)",
+        ylabel="empirical epsilon lower bound (95%)",
+        title="claims against the canary bound",
+    )
     ax.legend(fontsize=7)
     path = out_dir / "bound_vs_claim.png"
     written.append(_save(fig, path))
@@ -117,8 +135,9 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     plain = [_number(c["utility"]["test_auc"]) for c in cells if c["threat_model"] == "plain"]
     if plain:
         ax.axhline(float(np.mean(plain)), color="k", ls=":", lw=1, label="plain (no noise)")
-    ax.set(xlabel="noise multiplier z (std z*C, C = 1)", ylabel="test AUC (operator only)",
-           title="utility against noise")
+    ax.set(
+        xlabel="noise multiplier z (std z*C, C = 1)", ylabel="test AUC (operator only)", title="utility against noise"
+    )
     ax.legend(fontsize=7)
     path = out_dir / "utility_vs_noise.png"
     written.append(_save(fig, path))

@@ -41,8 +41,13 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
     ]
     ms = report.get("malicious_server")
     if ms:
-        out.append(("Malicious server: active attacks", "kv",
-                    {name: f"{r['outcome']}: {r['error']}" for name, r in ms["attacks"].items()}))
+        out.append(
+            (
+                "Malicious server: active attacks",
+                "kv",
+                {name: f"{r['outcome']}: {r['error']}" for name, r in ms["attacks"].items()},
+            )
+        )
     out.append(("Plots", "plots", report.get("plots", [])))
     out.append(("Utility", "table", utility_table(report)))
     network = report.get("network", {})
@@ -53,8 +58,13 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
     else:
         out.append(("Network run", "text", f"Not applicable: {network.get('reason', '')}"))
     repro = dict(report["reproducibility"])
-    out.append(("Reproducibility", "kv", {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
-                                          for k, v in repro.items()}))
+    out.append(
+        (
+            "Reproducibility",
+            "kv",
+            {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for k, v in repro.items()},
+        )
+    )
     return out
 
 
@@ -67,8 +77,12 @@ def _kv_value(value: Any) -> str:
 
 
 def render_markdown(report: dict[str, Any], *, digest: str, signature: str | None) -> str:
-    lines = [f"# mrff-secure privacy report ({report['kind']})", "",
-             f"Source: `{report['source']}`; created {report['created_utc']}; schema {report['schema']}.", ""]
+    lines = [
+        f"# mrff-secure privacy report ({report['kind']})",
+        "",
+        f"Source: `{report['source']}`; created {report['created_utc']}; schema {report['schema']}.",
+        "",
+    ]
     for title, kind, content in _sections(report):
         lines += [f"## {title}", ""]
         if kind == "table":
@@ -79,8 +93,13 @@ def render_markdown(report: dict[str, Any], *, digest: str, signature: str | Non
             lines += [f"- **{k}**: {_kv_value(v)}" for k, v in content.items()] + [""]
         elif kind == "plots":
             lines += [f"![{PLOT_TITLES.get(p, p)}]({p})" for p in content] + [""]
-    lines += ["## Integrity", "", f"SHA-256 of report.json: `{digest}`",
-              f"Signature (Ed25519, report.json.sig): `{signature}`" if signature else "Not signed.", ""]
+    lines += [
+        "## Integrity",
+        "",
+        f"SHA-256 of report.json: `{digest}`",
+        f"Signature (Ed25519, report.json.sig): `{signature}`" if signature else "Not signed.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -96,36 +115,51 @@ code{font-size:.85em;word-break:break-all}
 
 
 def render_html(report: dict[str, Any], folder: Path, *, digest: str, signature: str | None) -> str:
-    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-             f"<title>mrff-secure privacy report ({html.escape(report['kind'])})</title>",
-             f"<style>{STYLE}</style></head><body>",
-             f"<h1>mrff-secure privacy report ({html.escape(report['kind'])})</h1>",
-             f"<p>Source: <code>{html.escape(report['source'])}</code>; created {html.escape(report['created_utc'])}; "
-             f"schema {html.escape(report['schema'])}.</p>"]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>mrff-secure privacy report ({html.escape(report['kind'])})</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>mrff-secure privacy report ({html.escape(report['kind'])})</h1>",
+        f"<p>Source: <code>{html.escape(report['source'])}</code>; created {html.escape(report['created_utc'])}; "
+        f"schema {html.escape(report['schema'])}.</p>",
+    ]
     for title, kind, content in _sections(report):
         anchor = "verdicts" if title == "Verdicts" else ""
         parts.append(f"<h2{' id=' + repr(anchor) if anchor else ''}>{html.escape(title)}</h2>")
         if kind == "table":
             table = to_html(content)
             if title == "Verdicts":
-                for verdict, css in (("holds", "holds"), ("fails", "fails"), ("inconclusive", "other"),
-                                     ("not refutable at m", "other")):
+                for verdict, css in (
+                    ("holds", "holds"),
+                    ("fails", "fails"),
+                    ("inconclusive", "other"),
+                    ("not refutable at m", "other"),
+                ):
                     table = table.replace(f"<td>{verdict}</td>", f"<td class='{css}'>{verdict}</td>")
             parts.append(table)
         elif kind == "text":
             parts.append(f"<p>{html.escape(content)}</p>")
         elif kind == "kv":
-            parts.append("<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_kv_value(v))}</td></tr>"
-                                             for k, v in content.items()) + "</table>")
+            parts.append(
+                "<table>"
+                + "".join(
+                    f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_kv_value(v))}</td></tr>"
+                    for k, v in content.items()
+                )
+                + "</table>"
+            )
         elif kind == "plots":
             for name in content:
                 data = base64.b64encode((folder / name).read_bytes()).decode()
                 label = html.escape(PLOT_TITLES.get(name, name))
-                parts.append(f"<figure><img alt='{label}' src='data:image/png;base64,{data}'>"
-                             f"<figcaption>{label}</figcaption></figure>")
+                parts.append(
+                    f"<figure><img alt='{label}' src='data:image/png;base64,{data}'>"
+                    f"<figcaption>{label}</figcaption></figure>"
+                )
     parts.append("<h2>Integrity</h2>")
     parts.append(f"<p>SHA-256 of report.json: <code>{digest}</code></p>")
-    parts.append(f"<p>Signature (Ed25519, report.json.sig): <code>{signature}</code></p>" if signature else
-                 "<p>Not signed.</p>")
+    parts.append(
+        f"<p>Signature (Ed25519, report.json.sig): <code>{signature}</code></p>" if signature else "<p>Not signed.</p>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts)

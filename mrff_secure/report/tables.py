@@ -9,10 +9,15 @@ from typing import Any
 import pandas as pd
 
 ATTACK_COLUMNS = {
-    "cell": "cell", "claimed_epsilon": "claimed epsilon", "epsilon_lower_bound": "canary lower bound (95%)",
-    "reconstruction_f1": "reconstruction F1", "reconstruction_auc": "reconstruction AUC",
-    "membership_auc": "IMIA AUC", "attribute_advantage": "attributes: acc - majority",
-    "group_advantage": "groups: acc - majority", "canary_auc": "canary AUC",
+    "cell": "cell",
+    "claimed_epsilon": "claimed epsilon",
+    "epsilon_lower_bound": "canary lower bound (95%)",
+    "reconstruction_f1": "reconstruction F1",
+    "reconstruction_auc": "reconstruction AUC",
+    "membership_auc": "IMIA AUC",
+    "attribute_advantage": "attributes: acc - majority",
+    "group_advantage": "groups: acc - majority",
+    "canary_auc": "canary AUC",
     "disaggregation_rare_auc": "disaggregation AUC (rare rows)",
 }
 
@@ -58,8 +63,10 @@ def attack_table(report: dict[str, Any]) -> pd.DataFrame:
         if se is None:
             out[label] = [fmt(v) for v in frame[key]]
         else:
-            out[label] = [fmt(v) if e is None or (isinstance(e, float) and math.isnan(e)) else f"{fmt(v)} +- {fmt(e)}"
-                          for v, e in zip(frame[key].where(frame[key].notna(), None), se.where(se.notna(), None))]
+            out[label] = [
+                fmt(v) if e is None or (isinstance(e, float) and math.isnan(e)) else f"{fmt(v)} +- {fmt(e)}"
+                for v, e in zip(frame[key].where(frame[key].notna(), None), se.where(se.notna(), None))
+            ]
     return out
 
 
@@ -67,8 +74,13 @@ def utility_table(report: dict[str, Any]) -> pd.DataFrame:
     frame = grid_frame(report)
     if frame.empty or "test_auc" not in frame:
         return pd.DataFrame(columns=["cell", "noise multiplier", "test AUC (operator only)"])
-    return pd.DataFrame({"cell": frame["cell"], "noise multiplier": [fmt(v) for v in frame["noise_multiplier"]],
-                         "test AUC (operator only)": [fmt(v) for v in frame["test_auc"]]})
+    return pd.DataFrame(
+        {
+            "cell": frame["cell"],
+            "noise multiplier": [fmt(v) for v in frame["noise_multiplier"]],
+            "test AUC (operator only)": [fmt(v) for v in frame["test_auc"]],
+        }
+    )
 
 
 def network_table(report: dict[str, Any]) -> pd.DataFrame:

@@ -15,7 +15,9 @@ from mrff_secure.report.render import render_html, render_markdown
 SIGNATURE_DOMAIN = b"mrff-secure/v1/report-sha256\x00"
 
 
-def write_report(folder: Path, *, signing_key: Path | None = None, audit_public_key: Path | None = None) -> dict[str, Path]:
+def write_report(
+    folder: Path, *, signing_key: Path | None = None, audit_public_key: Path | None = None
+) -> dict[str, Path]:
     folder = Path(folder)
     trusted = None
     if audit_public_key is not None:

@@ -42,8 +42,10 @@ from mrff_secure.dp.calibration import Z_MAX, search_noise_multiplier
 from mrff_secure.errors import ConfigError, PrivacyError
 from mrff_secure.round.release import ADJACENCY_TEXT, RoundRelease, round_rdp_curve
 
-SAMPLING_TEXT = ("no amplification by sampling: the server learns who takes part in a round and the simulation draws "
-                 "a fixed-size subset (not Poisson); the headline accounts a user who takes part in every round")
+SAMPLING_TEXT = (
+    "no amplification by sampling: the server learns who takes part in a round and the simulation draws "
+    "a fixed-size subset (not Poisson); the headline accounts a user who takes part in every round"
+)
 CALIBRATION_RTOL = 1e-4
 WEAK_EPSILON = 10.0  # above this the report warns: a weak guarantee
 STATE_VERSION = 2
@@ -51,8 +53,13 @@ STATE_VERSION = 2
 History = Sequence[tuple[RoundRelease, int]]
 
 
-def history_epsilon(history: History, *, delta: float, replace_one: bool = False,
-                    curve_of: Callable[[RoundRelease, bool], np.ndarray] | None = None) -> float:
+def history_epsilon(
+    history: History,
+    *,
+    delta: float,
+    replace_one: bool = False,
+    curve_of: Callable[[RoundRelease, bool], np.ndarray] | None = None,
+) -> float:
     """The proven epsilon of a history [(release, rounds)] (see the module docstring). `curve_of(release,
     replace_one)` gives a distributed release's RDP curve (default: `round_rdp_curve`; accountants cache it)."""
     spent = [(release, rounds) for release, rounds in history if rounds]
@@ -74,8 +81,14 @@ def history_epsilon(history: History, *, delta: float, replace_one: bool = False
     return rdp_to_epsilon(orders=DISCRETE_ORDERS, rdp=total, delta=delta)
 
 
-def _headline(release: RoundRelease, rounds: int, delta: float, *, replace_one: bool = False,
-              curve_of: Callable[[RoundRelease, bool], np.ndarray] | None = None) -> float:
+def _headline(
+    release: RoundRelease,
+    rounds: int,
+    delta: float,
+    *,
+    replace_one: bool = False,
+    curve_of: Callable[[RoundRelease, bool], np.ndarray] | None = None,
+) -> float:
     """The proven epsilon of ``rounds`` rounds of one release."""
     return history_epsilon([(release, rounds)], delta=delta, replace_one=replace_one, curve_of=curve_of)
 
@@ -108,14 +121,22 @@ class PrivacyAccount:
         if limit.prv_note and not any(limit.prv_note in n for n in notes):
             notes.append(f"Gaussian limit (reference only, at the accounted multiplier): {limit.prv_note}")
         out = {
-            "epsilon": j(self.epsilon), "delta": self.delta, "rounds_accounted": self.rounds,
-            "adjacency": self.adjacency, "adjacency_meaning": ADJACENCY_TEXT[self.adjacency],
-            "epsilon_bound": self.bound, "mechanism": self.mechanism,
+            "epsilon": j(self.epsilon),
+            "delta": self.delta,
+            "rounds_accounted": self.rounds,
+            "adjacency": self.adjacency,
+            "adjacency_meaning": ADJACENCY_TEXT[self.adjacency],
+            "epsilon_bound": self.bound,
+            "mechanism": self.mechanism,
             "accounted_noise_multiplier": self.accounted_noise_multiplier,
-            "gaussian_limit": {"epsilon_prv": j(limit.headline), "epsilon_rdp": j(limit.rdp),
-                               "accountant": limit.accountant, "prv_note": limit.prv_note,
-                               "meaning": "the continuous Gaussian at the same sensitivity and std, every round: "
-                                          "reference only, not the guarantee of the mechanism used"},
+            "gaussian_limit": {
+                "epsilon_prv": j(limit.headline),
+                "epsilon_rdp": j(limit.rdp),
+                "accountant": limit.accountant,
+                "prv_note": limit.prv_note,
+                "meaning": "the continuous Gaussian at the same sensitivity and std, every round: "
+                "reference only, not the guarantee of the mechanism used",
+            },
             "epsilon_per_round": j(self.epsilon_per_round),
             "sampling": SAMPLING_TEXT,
             "notes": notes,
@@ -123,9 +144,12 @@ class PrivacyAccount:
         if self.epsilon_replace_one is not None:
             out["epsilon_replace_one"] = j(self.epsilon_replace_one)
         if self.typical_rounds is not None:
-            out["typical_user"] = {"rounds": self.typical_rounds, "epsilon": j(self.epsilon_typical),
-                                   "meaning": "a user sampled in q*T rounds (the expected number), beside the "
-                                              "headline; not a guarantee for every user"}
+            out["typical_user"] = {
+                "rounds": self.typical_rounds,
+                "epsilon": j(self.epsilon_typical),
+                "meaning": "a user sampled in q*T rounds (the expected number), beside the "
+                "headline; not a guarantee for every user",
+            }
         return out
 
 
@@ -152,26 +176,41 @@ def account_rounds(release: RoundRelease, *, rounds: int, delta: float, sample_r
         bound = "none: DP is off (no noise, no guarantee)"
         notes.append("DP off: no clipping noise, no guarantee; epsilon is infinite (never 0)")
     elif release.dp_mode == "local":
-        bound = ("RDP of the grid discrete Gaussian (at most the continuous Gaussian's; Canonne, Kamath, Steinke 2020) "
-                 "with replace-one sensitivity sqrt(4C^2 + 2B + 1) + 2^-20 C, every round, opacus conversion")
+        bound = (
+            "RDP of the grid discrete Gaussian (at most the continuous Gaussian's; Canonne, Kamath, Steinke 2020) "
+            "with replace-one sensitivity sqrt(4C^2 + 2B + 1) + 2^-20 C, every round, opacus conversion"
+        )
         notes.append("the discrete Gaussian sampler's acceptance test is computed in float64, not exact arithmetic")
     else:
-        bound = (f"RDP of the distributed {release.mechanism} (integer mechanism as encoded: scale, rounding, "
-                 "n_min shares), both phases per round, every round")
+        bound = (
+            f"RDP of the distributed {release.mechanism} (integer mechanism as encoded: scale, rounding, "
+            "n_min shares), both phases per round, every round"
+        )
     replace_one = None
     if release.secure_aggregation:
-        replace_one = _headline(release, rounds, delta, replace_one=True) if release.dp_mode == "distributed" \
-            else math.inf
+        replace_one = (
+            _headline(release, rounds, delta, replace_one=True) if release.dp_mode == "distributed" else math.inf
+        )
     per_round = _headline(release, 1, delta, curve_of=curve)
     typical_rounds = typical = None
     if sample_rate < 1.0 and rounds:
         typical_rounds = max(1, round(sample_rate * rounds))
         typical = _headline(release, typical_rounds, delta, curve_of=curve)
     return PrivacyAccount(
-        epsilon=eps, delta=float(delta), rounds=rounds, adjacency=release.adjacency, bound=bound,
-        mechanism=release.mechanism_name, accounted_noise_multiplier=z_acc, gaussian_limit=limit,
-        epsilon_replace_one=replace_one, epsilon_per_round=per_round, typical_rounds=typical_rounds,
-        epsilon_typical=typical, notes=tuple(notes))
+        epsilon=eps,
+        delta=float(delta),
+        rounds=rounds,
+        adjacency=release.adjacency,
+        bound=bound,
+        mechanism=release.mechanism_name,
+        accounted_noise_multiplier=z_acc,
+        gaussian_limit=limit,
+        epsilon_replace_one=replace_one,
+        epsilon_per_round=per_round,
+        typical_rounds=typical_rounds,
+        epsilon_typical=typical,
+        notes=tuple(notes),
+    )
 
 
 @dataclass(frozen=True)
@@ -229,11 +268,16 @@ def calibrate_release(release: RoundRelease, *, target_epsilon: float, rounds: i
         found = search_noise_multiplier(eps, target_epsilon=target, start=start, rtol=CALIBRATION_RTOL)
     except PrivacyError as exc:
         bound = "discrete bound" if release.dp_mode == "distributed" else "RDP bound"
-        why = (f"the integer plan is unusable up to z = {Z_MAX:g} ({unusable[-1]})" if unusable and "spends inf" in str(exc)
-               else f"even z = {Z_MAX:g} spends more ({exc})")
-        raise ConfigError(f"--target-epsilon {target:g} cannot be reached over {rounds} rounds at delta {delta:.3g} "
-                          f"under the {release.mechanism_name} {bound}: {why}; raise --target-epsilon or --delta, "
-                          "or lower --rounds") from exc
+        why = (
+            f"the integer plan is unusable up to z = {Z_MAX:g} ({unusable[-1]})"
+            if unusable and "spends inf" in str(exc)
+            else f"even z = {Z_MAX:g} spends more ({exc})"
+        )
+        raise ConfigError(
+            f"--target-epsilon {target:g} cannot be reached over {rounds} rounds at delta {delta:.3g} "
+            f"under the {release.mechanism_name} {bound}: {why}; raise --target-epsilon or --delta, "
+            "or lower --rounds"
+        ) from exc
     z, e = found.noise_multiplier, found.epsilon
     notes: list[str] = []
     if found.status == "at_min":
@@ -255,19 +299,29 @@ def calibrate_noise_multiplier(release: RoundRelease, *, target_epsilon: float, 
     return calibrate_release(release, target_epsilon=target_epsilon, rounds=rounds, delta=delta).noise_multiplier
 
 
-def privacy_warnings(*, epsilon: float, delta: float, noise_multiplier: float, n_users: int | None = None,
-                     weak_epsilon: float = WEAK_EPSILON) -> list[str]:
+def privacy_warnings(
+    *,
+    epsilon: float,
+    delta: float,
+    noise_multiplier: float,
+    n_users: int | None = None,
+    weak_epsilon: float = WEAK_EPSILON,
+) -> list[str]:
     """The warnings every privacy report carries: no noise, a weak epsilon (> 10), delta >= 1/n for n users."""
     out: list[str] = []
     if noise_multiplier == 0:
         out.append("no noise (z = 0): no privacy guarantee, epsilon is inf")
     elif math.isnan(epsilon) or epsilon > weak_epsilon:
         shown = "inf" if math.isnan(epsilon) or math.isinf(epsilon) else f"{epsilon:.4g}"
-        out.append(f"epsilon {shown} > {weak_epsilon:g}: a weak guarantee (an attacker's odds of telling whether a "
-                   f"user took part can grow by up to e^{shown})")
+        out.append(
+            f"epsilon {shown} > {weak_epsilon:g}: a weak guarantee (an attacker's odds of telling whether a "
+            f"user took part can grow by up to e^{shown})"
+        )
     if n_users is not None and n_users >= 1 and delta >= 1.0 / n_users:
-        out.append(f"delta {delta:.3g} >= 1/n = {1.0 / n_users:.3g} (n = {n_users} users): a mechanism that publishes "
-                   "one random user's data in full meets this delta; use delta < 1/n (default 1/n^1.1)")
+        out.append(
+            f"delta {delta:.3g} >= 1/n = {1.0 / n_users:.3g} (n = {n_users} users): a mechanism that publishes "
+            "one random user's data in full meets this delta; use delta < 1/n (default 1/n^1.1)"
+        )
     return out
 
 
@@ -314,14 +368,19 @@ class RoundAccountant:
         """The account of a history of one release (`account_rounds`): the simulation's rounds."""
         releases = {release for release, _ in self.history}
         if len(releases) != 1:
-            raise PrivacyError(f"account() describes a history of one release; this one has {len(releases)} "
-                               "(use epsilon())")
+            raise PrivacyError(
+                f"account() describes a history of one release; this one has {len(releases)} (use epsilon())"
+            )
         return account_rounds(releases.pop(), rounds=self.rounds, delta=self.delta, sample_rate=self.sample_rate)
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state: delta, sample rate and the history (each release's public fields, its rounds)."""
-        return {"version": STATE_VERSION, "delta": self.delta, "sample_rate": self.sample_rate,
-                "history": [{"release": release.to_dict(), "rounds": rounds} for release, rounds in self.history]}
+        return {
+            "version": STATE_VERSION,
+            "delta": self.delta,
+            "sample_rate": self.sample_rate,
+            "history": [{"release": release.to_dict(), "rounds": rounds} for release, rounds in self.history],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict`'s state; PrivacyError naming what is wrong (the history is revalidated)."""

@@ -25,9 +25,16 @@ class AggregateStep:
     group_fractions: torch.Tensor | None  # (blocks, groups); None without groups
 
 
-def aggregate_round(global_params: dict[str, torch.Tensor], layout: UpdateLayout, summed: torch.Tensor, *,
-                    uploads: int, counts: torch.Tensor, suppressed: torch.Tensor | None,
-                    counted_clients: int) -> AggregateStep:
+def aggregate_round(
+    global_params: dict[str, torch.Tensor],
+    layout: UpdateLayout,
+    summed: torch.Tensor,
+    *,
+    uploads: int,
+    counts: torch.Tensor,
+    suppressed: torch.Tensor | None,
+    counted_clients: int,
+) -> AggregateStep:
     """The averaged model from a round's summed update vector (layout.size,): shared parts over `uploads`,
     group slots over `counts` (blocks, groups) with the `suppressed` slots kept; fractions = counts /
     counted_clients (the clients the counts were summed over)."""
@@ -37,8 +44,13 @@ def aggregate_round(global_params: dict[str, torch.Tensor], layout: UpdateLayout
     return AggregateStep(apply_sum(global_params, layout, summed, uploads, averaging), counts / counted_clients)
 
 
-def apply_sum(global_params: dict[str, torch.Tensor], layout: UpdateLayout, summed: torch.Tensor,
-              num_participants: int, group_counts: torch.Tensor) -> dict[str, torch.Tensor]:
+def apply_sum(
+    global_params: dict[str, torch.Tensor],
+    layout: UpdateLayout,
+    summed: torch.Tensor,
+    num_participants: int,
+    group_counts: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """New global parameters: shared += sum / participants; group += group sum / group count.
 
     `group_counts` (blocks, groups) are the counts used for averaging (from the
@@ -57,9 +69,16 @@ def apply_sum(global_params: dict[str, torch.Tensor], layout: UpdateLayout, summ
     return out
 
 
-def apply_decoded(global_params: dict[str, torch.Tensor], layout: UpdateLayout, summed: np.ndarray, *,
-                  survivors: int, phase1_survivors: int, counts: np.ndarray,
-                  suppressed: np.ndarray) -> tuple[AggregateStep, float]:
+def apply_decoded(
+    global_params: dict[str, torch.Tensor],
+    layout: UpdateLayout,
+    summed: np.ndarray,
+    *,
+    survivors: int,
+    phase1_survivors: int,
+    counts: np.ndarray,
+    suppressed: np.ndarray,
+) -> tuple[AggregateStep, float]:
     """The coordinator's step from a decoded phase-2 sum (float, layout.size): `aggregate_round` over the
     update phase's survivors with the phase-1 counts (fractions over the phase-1 survivors). Also returns
     the summed example counts (scaled to [0, 1] each, noisy under DP)."""
@@ -69,8 +88,15 @@ def apply_decoded(global_params: dict[str, torch.Tensor], layout: UpdateLayout, 
         raise ConfigError(f"decoded sum has shape {tuple(total.shape)}, layout expects ({layout.size},)")
     group_counts = torch.as_tensor(np.asarray(counts), dtype=dtype)
     mask = torch.as_tensor(np.asarray(suppressed, dtype=bool)) if layout.num_groups else None
-    step = aggregate_round(dict(global_params), layout, total, uploads=survivors, counts=group_counts,
-                           suppressed=mask, counted_clients=phase1_survivors)
+    step = aggregate_round(
+        dict(global_params),
+        layout,
+        total,
+        uploads=survivors,
+        counts=group_counts,
+        suppressed=mask,
+        counted_clients=phase1_survivors,
+    )
     return step, float(total[-1])
 
 
@@ -108,7 +134,10 @@ class ServerOptimizer:
                 out[name] = x + self.lr * m
             else:
                 m = self.momentum * m + (1 - self.momentum) * change
-                v = SERVER_ADAM_BETA2 * self.second.get(name, torch.zeros_like(x)) + (1 - SERVER_ADAM_BETA2) * change * change
+                v = (
+                    SERVER_ADAM_BETA2 * self.second.get(name, torch.zeros_like(x))
+                    + (1 - SERVER_ADAM_BETA2) * change * change
+                )
                 self.second[name] = v
                 out[name] = x + self.lr * m / (v.sqrt() + SERVER_ADAM_EPS)
             self.first[name] = m
@@ -125,5 +154,5 @@ class ServerOptimizer:
         return arrays
 
     def load_state_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
-        self.first = {k[len("server_m/"):]: v for k, v in arrays.items() if k.startswith("server_m/")}
-        self.second = {k[len("server_v/"):]: v for k, v in arrays.items() if k.startswith("server_v/")}
+        self.first = {k[len("server_m/") :]: v for k, v in arrays.items() if k.startswith("server_m/")}
+        self.second = {k[len("server_v/") :]: v for k, v in arrays.items() if k.startswith("server_v/")}

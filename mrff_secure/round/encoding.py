@@ -133,12 +133,37 @@ class SecureRoundPlans:
         return self.update.dim
 
 
-def _phase_plan(*, mechanism: str, dim: int, n: int, n_min: int, clip: float, z: float, bits: int,
-                clip_len: int | None, extra: float, beta: float, max_abs: int, single_noise_draw: bool) -> DistributedPlan:
+def _phase_plan(
+    *,
+    mechanism: str,
+    dim: int,
+    n: int,
+    n_min: int,
+    clip: float,
+    z: float,
+    bits: int,
+    clip_len: int | None,
+    extra: float,
+    beta: float,
+    max_abs: int,
+    single_noise_draw: bool,
+) -> DistributedPlan:
     """plan_distributed with the scale also capped so a client's coordinates stay within max_abs."""
+
     def plan(scale: float | None = None) -> DistributedPlan:
-        return plan_distributed(mechanism=mechanism, dim=dim, n_clients=n, n_min=n_min, clip=clip, noise_multiplier=z,
-                                modulus_bits=bits, clip_len=clip_len, extra_sensitivity=extra, beta=beta, scale=scale)
+        return plan_distributed(
+            mechanism=mechanism,
+            dim=dim,
+            n_clients=n,
+            n_min=n_min,
+            clip=clip,
+            noise_multiplier=z,
+            modulus_bits=bits,
+            clip_len=clip_len,
+            extra_sensitivity=extra,
+            beta=beta,
+            scale=scale,
+        )
 
     auto = plan()
     # |coordinate| <= rounded L2 bound <= l2 * scale + sqrt(p), plus the noise share's tail
@@ -149,15 +174,25 @@ def _phase_plan(*, mechanism: str, dim: int, n: int, n_min: int, clip: float, z:
         # one draw of the n summed shares must stay within the sampler's accurate range too
         cap = min(cap, math.sqrt(max_share_variance(mechanism) * n_min / n) / (z * clip))
     if cap <= 0:
-        raise ConfigError(f"a {bits}-bit modulus leaves no room for {n} clients of dimension {dim}: "
-                          "raise modulus_bits")
+        raise ConfigError(f"a {bits}-bit modulus leaves no room for {n} clients of dimension {dim}: raise modulus_bits")
     return auto if auto.scale <= cap else plan(cap)
 
 
 def secure_round_plans(
-    *, delta_size: int, num_blocks: int, num_groups: int, dp_mode: str, mechanism: str | None, clip: float,
-    noise_multiplier: float, n_clients: int, n_min: int, modulus_bits: int, count_cap: int,
-    rounding_beta: float = DEFAULT_ROUNDING_BETA, single_noise_draw: bool = False,
+    *,
+    delta_size: int,
+    num_blocks: int,
+    num_groups: int,
+    dp_mode: str,
+    mechanism: str | None,
+    clip: float,
+    noise_multiplier: float,
+    n_clients: int,
+    n_min: int,
+    modulus_bits: int,
+    count_cap: int,
+    rounding_beta: float = DEFAULT_ROUNDING_BETA,
+    single_noise_draw: bool = False,
 ) -> SecureRoundPlans:
     """The plans of a secure round from public parameters only (see the module docstring).
 
@@ -170,8 +205,10 @@ def secure_round_plans(
     if (num_blocks == 0) != (num_groups == 0):
         raise ConfigError(f"num_blocks={num_blocks} and num_groups={num_groups}: both zero (no groups) or both > 0")
     if dp_mode not in SECURE_DP_MODES:
-        raise ConfigError(f"dp_mode of a secure round must be one of {SECURE_DP_MODES}, got {dp_mode!r} "
-                          "(local DP has no secure sum: each client sends its own fully noised vector)")
+        raise ConfigError(
+            f"dp_mode of a secure round must be one of {SECURE_DP_MODES}, got {dp_mode!r} "
+            "(local DP has no secure sum: each client sends its own fully noised vector)"
+        )
     z = check_number("noise_multiplier", noise_multiplier, low=0.0)
     if dp_mode == "off" and z != 0.0:
         raise ConfigError(f"noise_multiplier={noise_multiplier!r} but dp_mode='off' adds no noise")
@@ -189,26 +226,50 @@ def secure_round_plans(
     bits = check_int("modulus_bits", modulus_bits, low=2)
     if not (isinstance(rounding_beta, (int, float)) and 0.0 <= rounding_beta < 1.0):
         raise ConfigError(f"rounding_beta must be in [0, 1), got {rounding_beta!r}")
+
     def phase_plan(*, dim: int, clip: float, clip_len: int | None, extra: float, max_abs: int) -> DistributedPlan:
-        return _phase_plan(mechanism=mech, dim=dim, n=n, n_min=n_min, clip=clip, z=z, bits=bits, clip_len=clip_len,
-                           extra=extra, beta=float(rounding_beta), max_abs=max_abs,
-                           single_noise_draw=single_noise_draw)
+        return _phase_plan(
+            mechanism=mech,
+            dim=dim,
+            n=n,
+            n_min=n_min,
+            clip=clip,
+            z=z,
+            bits=bits,
+            clip_len=clip_len,
+            extra=extra,
+            beta=float(rounding_beta),
+            max_abs=max_abs,
+            single_noise_draw=single_noise_draw,
+        )
 
     size = delta_size + num_blocks * num_groups + 1
     # each phase's bound leaves the range check guard bits for its own (padded) length; ConfigError when
     # the modulus cannot hold n clients
     update_max_abs = max_abs_for(n, bits, vector_length=next_power_of_two(size))
-    update = phase_plan(dim=size, clip=clip, clip_len=delta_size, extra=PHASE2_COUNT_SENSITIVITY,
-                        max_abs=update_max_abs)
+    update = phase_plan(
+        dim=size, clip=clip, clip_len=delta_size, extra=PHASE2_COUNT_SENSITIVITY, max_abs=update_max_abs
+    )
     counts, counts_max_abs = None, None
     if num_groups:
         counts_max_abs = max_abs_for(n, bits, vector_length=next_power_of_two(num_blocks * num_groups))
-        counts = phase_plan(dim=num_blocks * num_groups, clip=math.sqrt(num_blocks), clip_len=None, extra=0.0,
-                            max_abs=counts_max_abs)
-    return SecureRoundPlans(counts=counts, update=update, delta_size=delta_size, num_blocks=num_blocks,
-                            num_groups=num_groups, n_clients=n, n_min=n_min, modulus_bits=bits,
-                            counts_max_abs=counts_max_abs, update_max_abs=update_max_abs, count_cap=count_cap,
-                            dp_mode=dp_mode)
+        counts = phase_plan(
+            dim=num_blocks * num_groups, clip=math.sqrt(num_blocks), clip_len=None, extra=0.0, max_abs=counts_max_abs
+        )
+    return SecureRoundPlans(
+        counts=counts,
+        update=update,
+        delta_size=delta_size,
+        num_blocks=num_blocks,
+        num_groups=num_groups,
+        n_clients=n,
+        n_min=n_min,
+        modulus_bits=bits,
+        counts_max_abs=counts_max_abs,
+        update_max_abs=update_max_abs,
+        count_cap=count_cap,
+        dp_mode=dp_mode,
+    )
 
 
 def without_noise(plans: SecureRoundPlans) -> SecureRoundPlans:
@@ -217,25 +278,38 @@ def without_noise(plans: SecureRoundPlans) -> SecureRoundPlans:
     def quiet(p: DistributedPlan | None) -> DistributedPlan | None:
         if p is None:
             return None
-        return plan_distributed(mechanism=p.mechanism, dim=p.dim, n_clients=p.n_clients, n_min=p.n_min, clip=p.clip,
-                                noise_multiplier=0.0, modulus_bits=p.modulus_bits, clip_len=p.clip_len,
-                                extra_sensitivity=p.extra_sensitivity, beta=p.beta, scale=p.scale)
+        return plan_distributed(
+            mechanism=p.mechanism,
+            dim=p.dim,
+            n_clients=p.n_clients,
+            n_min=p.n_min,
+            clip=p.clip,
+            noise_multiplier=0.0,
+            modulus_bits=p.modulus_bits,
+            clip_len=p.clip_len,
+            extra_sensitivity=p.extra_sensitivity,
+            beta=p.beta,
+            scale=p.scale,
+        )
 
     return SecureRoundPlans(**{**plans.__dict__, "counts": quiet(plans.counts), "update": quiet(plans.update)})
 
 
 def _rows(name: str, values: np.ndarray, length: int) -> np.ndarray:
     if not isinstance(values, np.ndarray) or values.ndim not in (1, 2) or values.shape[-1] != length:
-        raise PrivacyError(f"{name} must be a numpy array of shape ({length},) or (clients, {length}), "
-                           f"got {getattr(values, 'shape', type(values).__name__)}")
+        raise PrivacyError(
+            f"{name} must be a numpy array of shape ({length},) or (clients, {length}), "
+            f"got {getattr(values, 'shape', type(values).__name__)}"
+        )
     out = values.astype(np.float64)
     if not np.all(np.isfinite(out)):
         raise PrivacyError(f"{name} has a non-finite value")
     return out
 
 
-def counts_upload(plans: SecureRoundPlans, one_hots: np.ndarray, *, rotation_seed: int | bytes,
-                  rng: np.random.Generator) -> np.ndarray:
+def counts_upload(
+    plans: SecureRoundPlans, one_hots: np.ndarray, *, rotation_seed: int | bytes, rng: np.random.Generator
+) -> np.ndarray:
     """Phase-1 residues of the group one-hots (see the module docstring)."""
     if plans.counts is None:
         raise PrivacyError("this layout has no groups: a round has no count phase")
@@ -248,20 +322,24 @@ def counts_upload(plans: SecureRoundPlans, one_hots: np.ndarray, *, rotation_see
     return DistributedEncoder(plans.counts, rotation_seed=rotation_seed).encode(x, rng=rng)
 
 
-def update_upload(plans: SecureRoundPlans, vector: np.ndarray, *, rotation_seed: int | bytes,
-                  rng: np.random.Generator) -> np.ndarray:
+def update_upload(
+    plans: SecureRoundPlans, vector: np.ndarray, *, rotation_seed: int | bytes, rng: np.random.Generator
+) -> np.ndarray:
     """Phase-2 residues of the layout vector, one-hot coordinates zeroed (see the module docstring)."""
     x = _rows("vector", vector, plans.size)
-    x[..., plans.delta_size:plans.delta_size + plans.count_size] = 0.0  # W5: no group one-hots in phase 2
+    x[..., plans.delta_size : plans.delta_size + plans.count_size] = 0.0  # W5: no group one-hots in phase 2
     count = x[..., -1]
     if np.any(count < 0.0) or np.any(count > 1.0):
-        raise PrivacyError("the example count must be uploaded as min(count, cap) / cap in [0, 1] "
-                           "(round.participant.scaled_example_count); got a value outside")
+        raise PrivacyError(
+            "the example count must be uploaded as min(count, cap) / cap in [0, 1] "
+            "(round.participant.scaled_example_count); got a value outside"
+        )
     return DistributedEncoder(plans.update, rotation_seed=rotation_seed).encode(x, rng=rng)
 
 
-def decode_sum(plan: DistributedPlan, ring_sum: np.ndarray, *, survivors: int,
-               rotation_seed: int | bytes) -> np.ndarray:
+def decode_sum(
+    plan: DistributedPlan, ring_sum: np.ndarray, *, survivors: int, rotation_seed: int | bytes
+) -> np.ndarray:
     """The ring sum of one phase over ``survivors`` clients -> the float sum (plan.dim,)."""
     ring = np.asarray(ring_sum)
     if ring.dtype.kind not in "iu" or ring.shape != (plan.padded_dim,):
@@ -269,8 +347,9 @@ def decode_sum(plan: DistributedPlan, ring_sum: np.ndarray, *, survivors: int,
     return DistributedEncoder(plan, rotation_seed=rotation_seed).decode(ring.astype(np.int64), survivors=survivors)
 
 
-def decode_counts(plans: SecureRoundPlans, ring_sum: np.ndarray, *, survivors: int,
-                  rotation_seed: int | bytes) -> np.ndarray:
+def decode_counts(
+    plans: SecureRoundPlans, ring_sum: np.ndarray, *, survivors: int, rotation_seed: int | bytes
+) -> np.ndarray:
     """Phase 1 decoded and rounded to integers >= 0: (blocks, groups) int64 (noisy when DP is on)."""
     if plans.counts is None:
         raise PrivacyError("this layout has no groups: a round has no count phase")
@@ -294,8 +373,9 @@ def summed_noise_shares(plan: DistributedPlan, n_shares: int, rng: np.random.Gen
 
 def add_to_ring(plan: DistributedPlan, ring_sum: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """(ring_sum + noise) mod 2^b."""
-    return wrap_to_modulus(centered_lift(ring_sum, modulus_bits=plan.modulus_bits) + noise,
-                           modulus_bits=plan.modulus_bits)
+    return wrap_to_modulus(
+        centered_lift(ring_sum, modulus_bits=plan.modulus_bits) + noise, modulus_bits=plan.modulus_bits
+    )
 
 
 # ----------------------------------------------------------------- a networked round's plans and sessions
@@ -306,26 +386,47 @@ def round_plans(spec: RoundSpec, layout: UpdateLayout, num_clients: int) -> Secu
     the secure sums with them, and each client computes them itself and compares (never trusting the
     announced lengths). The same function as the simulation's secure path."""
     if spec.dp_mode == "local":
-        raise ConfigError("local DP has no secure sum; the network runs DP under secure aggregation "
-                          "(--dp distributed) or none (--dp off)")
+        raise ConfigError(
+            "local DP has no secure sum; the network runs DP under secure aggregation "
+            "(--dp distributed) or none (--dp off)"
+        )
     distributed = spec.dp_mode == "distributed"
-    return secure_round_plans(delta_size=layout.delta_size, num_blocks=layout.num_blocks if layout.num_groups else 0,
-                              num_groups=layout.num_groups, dp_mode=spec.dp_mode, mechanism=spec.mechanism,
-                              clip=spec.clip, noise_multiplier=spec.noise_multiplier if distributed else 0.0,
-                              n_clients=num_clients, n_min=spec.min_survivors if distributed else 1,
-                              modulus_bits=spec.modulus_bits, count_cap=spec.count_cap)
+    return secure_round_plans(
+        delta_size=layout.delta_size,
+        num_blocks=layout.num_blocks if layout.num_groups else 0,
+        num_groups=layout.num_groups,
+        dp_mode=spec.dp_mode,
+        mechanism=spec.mechanism,
+        clip=spec.clip,
+        noise_multiplier=spec.noise_multiplier if distributed else 0.0,
+        n_clients=num_clients,
+        n_min=spec.min_survivors if distributed else 1,
+        modulus_bits=spec.modulus_bits,
+        count_cap=spec.count_cap,
+    )
 
 
-def plan_configs(plans: SecureRoundPlans, num_clients: int, *,
-                 options: Mapping[str, int] | None = None) -> tuple[SecAggConfig, SecAggConfig]:
+def plan_configs(
+    plans: SecureRoundPlans, num_clients: int, *, options: Mapping[str, int] | None = None
+) -> tuple[SecAggConfig, SecAggConfig]:
     """(phase-1 config, phase-2 config): the secure sums sized by the round's plans. Without groups,
     phase 1 sums one zero per client (it only fixes the survivors the update phase is bound to)."""
     extra = dict(options or {})
     if plans.counts is None or plans.counts_max_abs is None:
         counts = SecAggConfig(num_clients=num_clients, vector_length=1, max_abs=1, **extra)
     else:
-        counts = SecAggConfig(num_clients=num_clients, vector_length=plans.counts.padded_dim,
-                              max_abs=plans.counts_max_abs, modulus_bits=plans.counts.modulus_bits, **extra)
-    update = SecAggConfig(num_clients=num_clients, vector_length=plans.update.padded_dim,
-                          max_abs=plans.update_max_abs, modulus_bits=plans.update.modulus_bits, **extra)
+        counts = SecAggConfig(
+            num_clients=num_clients,
+            vector_length=plans.counts.padded_dim,
+            max_abs=plans.counts_max_abs,
+            modulus_bits=plans.counts.modulus_bits,
+            **extra,
+        )
+    update = SecAggConfig(
+        num_clients=num_clients,
+        vector_length=plans.update.padded_dim,
+        max_abs=plans.update_max_abs,
+        modulus_bits=plans.update.modulus_bits,
+        **extra,
+    )
     return counts, update

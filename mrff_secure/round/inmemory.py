@@ -46,11 +46,18 @@ class Identities:
     def authority_public_key(self) -> bytes:
         return primitives.identity_public_bytes(self.authority_key)
 
-    def session(self, config: SecAggConfig, context: SessionContext, client_id: int,
-                policy: SecAggPolicy | None = None) -> ClientSession:
-        return ClientSession(config, context=context, client_id=client_id, identity_key=self.keys[client_id],
-                             credential=self.credentials[client_id], authority_public_key=self.authority_public_key,
-                             policy=policy)
+    def session(
+        self, config: SecAggConfig, context: SessionContext, client_id: int, policy: SecAggPolicy | None = None
+    ) -> ClientSession:
+        return ClientSession(
+            config,
+            context=context,
+            client_id=client_id,
+            identity_key=self.keys[client_id],
+            credential=self.credentials[client_id],
+            authority_public_key=self.authority_public_key,
+            policy=policy,
+        )
 
 
 def make_identities(client_ids: Collection[int]) -> Identities:
@@ -75,11 +82,16 @@ def _wired(deliveries: Mapping[int, Message]) -> dict[int, Message]:
     return {c: parsed.setdefault(id(m), wire(m)) for c, m in deliveries.items()}
 
 
-def run_round(config: SecAggConfig, *, round_id: int, inputs: Mapping[int, np.ndarray],
-              identities: Identities | None = None, policy: SecAggPolicy | None = None,
-              context: SessionContext | None = None,
-              dropouts: Dropouts | Callable[[Mapping[int, tuple[int, ...]]], Dropouts] | None = None
-              ) -> AggregateResult:
+def run_round(
+    config: SecAggConfig,
+    *,
+    round_id: int,
+    inputs: Mapping[int, np.ndarray],
+    identities: Identities | None = None,
+    policy: SecAggPolicy | None = None,
+    context: SessionContext | None = None,
+    dropouts: Dropouts | Callable[[Mapping[int, tuple[int, ...]]], Dropouts] | None = None,
+) -> AggregateResult:
     """Run one secure sum of `inputs` (client id -> signed int vector) in memory, stage by stage of
     `round.stages.STAGES`.
 
@@ -96,8 +108,9 @@ def run_round(config: SecAggConfig, *, round_id: int, inputs: Mapping[int, np.nd
     policy = policy if policy is not None else simulation_policy(config)
     gone: set[int] = set()
     drops: Dropouts = {} if dropouts is None or callable(dropouts) else dropouts
-    server = ServerSession(config, context=context, authority_public_key=identities.authority_public_key,
-                           participants=ids)
+    server = ServerSession(
+        config, context=context, authority_public_key=identities.authority_public_key, participants=ids
+    )
     clients = {c: identities.session(config, context, c, policy) for c in ids}
     deliveries: Mapping[int, Message | None] = dict.fromkeys(ids)
     for step in STAGES:

@@ -68,15 +68,23 @@ def group_one_hots(layout: UpdateLayout, routes: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.one_hot(routes.long(), layout.num_groups).reshape(clients, -1)
 
 
-def update_vectors(layout: UpdateLayout, deltas: dict[str, torch.Tensor], routes: torch.Tensor | None,
-                   num_examples: torch.Tensor, *, suppressed: torch.Tensor | None, count_cap: int) -> torch.Tensor:
+def update_vectors(
+    layout: UpdateLayout,
+    deltas: dict[str, torch.Tensor],
+    routes: torch.Tensor | None,
+    num_examples: torch.Tensor,
+    *,
+    suppressed: torch.Tensor | None,
+    count_cap: int,
+) -> torch.Tensor:
     """Phase-2 vectors before encoding, (clients, layout.size): the deltas (suppressed slots zeroed), the
     one-hots (zeroed later by the encoder) and the scaled example count."""
     return layout.build(deltas, routes, scaled_example_count(num_examples, count_cap), suppressed)
 
 
-def phase_upload(plans: SecureRoundPlans, phase: Phase, vectors: np.ndarray, *, rotation_seed: int,
-                 rng: np.random.Generator) -> np.ndarray:
+def phase_upload(
+    plans: SecureRoundPlans, phase: Phase, vectors: np.ndarray, *, rotation_seed: int, rng: np.random.Generator
+) -> np.ndarray:
     """The ring residues of one phase's float vectors ((size,) or (clients, size)), `round.encoding`'s
     counts or update encoding under the phase's public rotation seed."""
     upload = counts_upload if phase == Phase.COUNTS else update_upload

@@ -44,6 +44,8 @@ ADJACENCY_TEXT = {
     REPLACE_ONE: "replace-one: one user's upload replaced by any other (the server sees identified uploads)",
     ZERO_OUT: "zero-out: one user's contribution replaced by zeros (secure aggregation; who took part is visible)",
 }
+
+
 def participants_per_round(num_users: int, client_fraction: float) -> int:
     """Clients per round as the simulation samples them: all, or max(1, round(users * fraction))."""
     return num_users if client_fraction >= 1.0 else max(1, int(round(num_users * client_fraction)))
@@ -87,8 +89,13 @@ class RoundRelease:
         check_number("noise_multiplier", self.noise_multiplier, low=0.0)
         if self.dp_mode == "off" and self.noise_multiplier != 0:
             raise ConfigError(f"noise_multiplier={self.noise_multiplier!r} but DP is off")
-        for name, low in (("num_blocks", 0), ("num_groups", 0), ("delta_size", 1), ("participants", 1),
-                          ("count_cap", 1)):
+        for name, low in (
+            ("num_blocks", 0),
+            ("num_groups", 0),
+            ("delta_size", 1),
+            ("participants", 1),
+            ("count_cap", 1),
+        ):
             check_int(name, getattr(self, name), low=low)
         if (self.num_blocks == 0) != (self.num_groups == 0):
             raise ConfigError(f"num_blocks={self.num_blocks}, num_groups={self.num_groups}: both 0 or both > 0")
@@ -133,11 +140,20 @@ class RoundRelease:
         if not self.secure_aggregation or self.modulus_bits is None:  # __post_init__: secure implies a modulus
             return None
         return secure_round_plans(
-            delta_size=self.delta_size, num_blocks=self.num_blocks, num_groups=self.num_groups,
-            dp_mode="distributed" if self.dp_mode == "distributed" else "off", mechanism=self.mechanism,
-            clip=self.clip, noise_multiplier=self.noise_multiplier, n_clients=self.participants,
-            n_min=self.n_min if self.n_min is not None else self.participants, modulus_bits=self.modulus_bits,
-            count_cap=self.count_cap, rounding_beta=self.rounding_beta, single_noise_draw=self.single_noise_draw)
+            delta_size=self.delta_size,
+            num_blocks=self.num_blocks,
+            num_groups=self.num_groups,
+            dp_mode="distributed" if self.dp_mode == "distributed" else "off",
+            mechanism=self.mechanism,
+            clip=self.clip,
+            noise_multiplier=self.noise_multiplier,
+            n_clients=self.participants,
+            n_min=self.n_min if self.n_min is not None else self.participants,
+            modulus_bits=self.modulus_bits,
+            count_cap=self.count_cap,
+            rounding_beta=self.rounding_beta,
+            single_noise_draw=self.single_noise_draw,
+        )
 
     def with_noise_multiplier(self, z: float) -> RoundRelease:
         return RoundRelease(**{**self.__dict__, "noise_multiplier": float(z)})
@@ -152,17 +168,26 @@ class RoundRelease:
         return asdict(self)
 
 
-def discrete_round_rdp(plan: DistributedPlan, *, orders: tuple[float, ...] = DISCRETE_ORDERS, sensitivity_factor: float = 1.0) -> np.ndarray:
+def discrete_round_rdp(
+    plan: DistributedPlan, *, orders: tuple[float, ...] = DISCRETE_ORDERS, sensitivity_factor: float = 1.0
+) -> np.ndarray:
     """RDP curve of one release under ``plan`` (zero-out; factor 2 bounds replace-one by the triangle inequality)."""
-    d2 = sensitivity_factor * rounded_l2_bound(scaled_norm=plan.l2_bound * plan.scale, dim=plan.padded_dim,
-                                               beta=plan.beta)
+    d2 = sensitivity_factor * rounded_l2_bound(
+        scaled_norm=plan.l2_bound * plan.scale, dim=plan.padded_dim, beta=plan.beta
+    )
     d1 = sensitivity_factor * rounded_l1_bound(l2_bound=d2 / sensitivity_factor, dim=plan.padded_dim)
     total_std = plan.noise_multiplier * plan.clip * plan.scale
     if total_std == 0.0:
         return np.full(len(orders), np.inf)
     if plan.mechanism == "discrete_gaussian":
-        return ddg_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1,
-                       share_sigma=total_std / math.sqrt(plan.n_min), n_shares=plan.n_min, dim=plan.padded_dim)
+        return ddg_rdp(
+            orders=orders,
+            l2_sensitivity=d2,
+            l1_sensitivity=d1,
+            share_sigma=total_std / math.sqrt(plan.n_min),
+            n_shares=plan.n_min,
+            dim=plan.padded_dim,
+        )
     return skellam_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1, total_variance=total_std**2)
 
 

@@ -50,8 +50,10 @@ def _check_chunk(client_ids: np.ndarray, residues: np.ndarray, dim: int, modulus
     # the centred value r lies in [-max_abs, max_abs] iff (r + max_abs) mod 2^b <= 2 max_abs (one pass)
     if values.size and int(((ring + np.uint64(max_abs)) & mask).max()) > 2 * max_abs:
         signed = from_ring(ring, modulus_bits)  # centred representatives, (clients, dim)
-        raise InputRangeError(f"input coordinate {int(np.abs(signed).max())} exceeds max_abs {max_abs} that the "
-                              f"{modulus_bits}-bit modulus was sized for")
+        raise InputRangeError(
+            f"input coordinate {int(np.abs(signed).max())} exceeds max_abs {max_abs} that the "
+            f"{modulus_bits}-bit modulus was sized for"
+        )
     return ring
 
 
@@ -103,8 +105,9 @@ class InMemorySecAgg:
         if num_clients < 3:
             raise ConfigError(f"secure aggregation needs at least 3 clients, got {num_clients}")
         self.max_abs = max_abs_for(num_clients, modulus_bits, vector_length=dim)
-        self.config = SecAggConfig(num_clients=num_clients, vector_length=dim, max_abs=self.max_abs,
-                                   modulus_bits=modulus_bits)
+        self.config = SecAggConfig(
+            num_clients=num_clients, vector_length=dim, max_abs=self.max_abs, modulus_bits=modulus_bits
+        )
         self.dim, self.modulus_bits, self.round_id = dim, modulus_bits, round_id
         self.num_clients = num_clients
         self._inputs: dict[int, np.ndarray] = {}
@@ -141,4 +144,3 @@ def round_id_for(round_index: int, phase: int) -> int:
     if round_index < 0 or phase not in (1, 2):
         raise ConfigError(f"bad round {round_index} / phase {phase}")
     return 2 * round_index + (phase - 1)
-

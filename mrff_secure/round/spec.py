@@ -196,14 +196,17 @@ class PrivacySettings:
         if not isinstance(self.dp, DPConfig):
             raise ConfigError(f"PrivacySettings.dp must be a DPConfig, got {type(self.dp).__name__}")
         if self.secure_sum not in tuple(SecureAggregation):
-            raise ConfigError(f"secure_sum must be one of {tuple(m.value for m in SecureAggregation)}, "
-                              f"got {self.secure_sum!r}")
+            raise ConfigError(
+                f"secure_sum must be one of {tuple(m.value for m in SecureAggregation)}, got {self.secure_sum!r}"
+            )
         object.__setattr__(self, "secure_sum", SecureAggregation(self.secure_sum))
         if self.dp.mode == "distributed" and not self.secure:
             raise ConfigError("distributed DP needs secure aggregation: set secure_sum to 'fast' or 'inmemory'")
         if self.dp.mode == "local" and self.secure:
-            raise ConfigError("local DP runs without secure aggregation here (each noisy upload is seen); "
-                              f"got secure_sum={self.secure_sum.value!r}")
+            raise ConfigError(
+                "local DP runs without secure aggregation here (each noisy upload is seen); "
+                f"got secure_sum={self.secure_sum.value!r}"
+            )
         if self.modulus_bits is None and self.secure:
             raise ConfigError("secure aggregation needs modulus_bits (the ring of the secure sums)")
         if self.modulus_bits is not None:

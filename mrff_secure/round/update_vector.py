@@ -86,8 +86,10 @@ class UpdateLayout:
     def _check_slot_shapes(self, deltas: dict[str, torch.Tensor], block: int, clients: int) -> None:
         for name, shape in zip(self.group_names[block], self.group_shapes[block]):
             if tuple(deltas[name].shape) != (clients, *shape):
-                raise ConfigError(f"group delta {name} has shape {tuple(deltas[name].shape)}, expected "
-                                  f"{(clients, *shape)}: one routed slot per client")
+                raise ConfigError(
+                    f"group delta {name} has shape {tuple(deltas[name].shape)}, expected "
+                    f"{(clients, *shape)}: one routed slot per client"
+                )
 
     def _routed_slots(self, deltas: dict[str, torch.Tensor], block: int, clients: int) -> torch.Tensor:
         """(clients, group_size): each client's change of its routed slot in `block`, the block's names concatenated."""
@@ -102,8 +104,13 @@ class UpdateLayout:
             return torch.zeros(0, 0, dtype=torch.long)
         return routes
 
-    def build(self, deltas: dict[str, torch.Tensor], routes: torch.Tensor | None, num_examples: torch.Tensor,
-              suppressed: torch.Tensor | None = None) -> torch.Tensor:
+    def build(
+        self,
+        deltas: dict[str, torch.Tensor],
+        routes: torch.Tensor | None,
+        num_examples: torch.Tensor,
+        suppressed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Update vectors (clients, size) from per-client deltas: shared (clients, *param shape); group
         (clients, *slot shape), the change of the client's routed slot, placed in that slot (every other slot
         is zero: what a client did not train is never averaged into a group it is not in). `suppressed`
@@ -125,8 +132,13 @@ class UpdateLayout:
         parts.append(num_examples.reshape(clients, 1))
         return torch.cat(parts, dim=1)
 
-    def build_sum(self, deltas: dict[str, torch.Tensor], routes: torch.Tensor | None, num_examples: torch.Tensor,
-                  suppressed: torch.Tensor | None = None) -> torch.Tensor:
+    def build_sum(
+        self,
+        deltas: dict[str, torch.Tensor],
+        routes: torch.Tensor | None,
+        num_examples: torch.Tensor,
+        suppressed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """`build(...).sum(0)` without materialising the (clients, size) vectors: one reduction per parameter
         and per group (the plain simulation's sum when nothing needs the individual vectors)."""
         self._check_names(deltas)
@@ -139,15 +151,20 @@ class UpdateLayout:
             if suppressed is not None and bool(suppressed[block].any()):
                 routed = routed * (~suppressed[block]).to(routed.dtype)
             # per name, the same (clients, groups, n) reduction as `build(...).sum(0)`: the same float sums
-            per_name = [(routed.unsqueeze(-1) * deltas[n].reshape(clients, 1, -1)).sum(0) for n in self.group_names[block]]
+            per_name = [
+                (routed.unsqueeze(-1) * deltas[n].reshape(clients, 1, -1)).sum(0) for n in self.group_names[block]
+            ]
             parts.append(torch.cat(per_name, dim=-1).reshape(-1))  # (groups * group_size,)
         if self.count_size:
-            parts.append(torch.nn.functional.one_hot(routes.long(), self.num_groups).to(num_examples.dtype)
-                         .sum(0).reshape(-1))
+            parts.append(
+                torch.nn.functional.one_hot(routes.long(), self.num_groups).to(num_examples.dtype).sum(0).reshape(-1)
+            )
         parts.append(num_examples.sum().reshape(1))
         return torch.cat(parts)
 
-    def split(self, vector: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    def split(
+        self, vector: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Inverse of `build` for one vector (e.g. a sum): shared parts, group parts, counts, example count.
 
         Group parts come back stacked (groups, *shape) per name; counts are (blocks, groups).
@@ -158,17 +175,17 @@ class UpdateLayout:
         shared = {}
         for name, shape in zip(self.shared_names, self.shared_shapes):
             n = math.prod(shape)
-            shared[name] = vector[offset:offset + n].view(shape)
+            shared[name] = vector[offset : offset + n].view(shape)
             offset += n
         groups = {}
         for names, shapes in zip(self.group_names, self.group_shapes):
-            block = vector[offset:offset + self.num_groups * self.group_size].view(self.num_groups, self.group_size)
+            block = vector[offset : offset + self.num_groups * self.group_size].view(self.num_groups, self.group_size)
             inner = 0
             for name, shape in zip(names, shapes):
                 n = math.prod(shape)
-                groups[name] = block[:, inner:inner + n].reshape(self.num_groups, *shape)
+                groups[name] = block[:, inner : inner + n].reshape(self.num_groups, *shape)
                 inner += n
             offset += self.num_groups * self.group_size
-        counts = vector[offset:offset + self.count_size].view(self.num_blocks, self.num_groups)
+        counts = vector[offset : offset + self.count_size].view(self.num_blocks, self.num_groups)
         offset += self.count_size
         return shared, groups, counts, vector[offset]

@@ -92,10 +92,19 @@ class ClientSession:
     next to honest clients, which then refuse the round.
     """
 
-    def __init__(self, config: SecAggConfig, *, context: SessionContext, client_id: int,
-                 identity_key: Ed25519PrivateKey, credential: ClientCredential, authority_public_key: bytes,
-                 policy: SecAggPolicy | None = None, allowed_participants: Collection[int] | None = None,
-                 random: primitives.RandomBytes = primitives.system_random) -> None:
+    def __init__(
+        self,
+        config: SecAggConfig,
+        *,
+        context: SessionContext,
+        client_id: int,
+        identity_key: Ed25519PrivateKey,
+        credential: ClientCredential,
+        authority_public_key: bytes,
+        policy: SecAggPolicy | None = None,
+        allowed_participants: Collection[int] | None = None,
+        random: primitives.RandomBytes = primitives.system_random,
+    ) -> None:
         """credential: this client's own, issued by the authority whose raw Ed25519 public key is
         `authority_public_key`; policy: the client's floors (default SecAggPolicy());
         allowed_participants: if given, a participant set naming anyone else is refused (binds the
@@ -107,8 +116,9 @@ class ClientSession:
         try:
             certified = verify_credential(authority_public_key, credential, client_id=client_id)
         except AuthenticationError as exc:
-            raise ConfigError(f"client {client_id}: our own credential is not the authority's statement for "
-                              "this client id") from exc
+            raise ConfigError(
+                f"client {client_id}: our own credential is not the authority's statement for this client id"
+            ) from exc
         if certified != primitives.identity_public_bytes(identity_key):
             raise ConfigError(f"client {client_id}: our credential certifies another identity key")
         self.policy = policy if policy is not None else SecAggPolicy()
@@ -162,8 +172,13 @@ class ClientSession:
         key = self._cipher_keys.get(peer)
         if key is None:
             secret = primitives.agree(self._cipher_key, self._roster[peer].cipher_public_key)
-            key = primitives.derive_key(secret, purpose=primitives.PURPOSE_SHARE_ENCRYPTION,
-                                        round_id=self.round_id, id_a=self.client_id, id_b=peer)
+            key = primitives.derive_key(
+                secret,
+                purpose=primitives.PURPOSE_SHARE_ENCRYPTION,
+                round_id=self.round_id,
+                id_a=self.client_id,
+                id_b=peer,
+            )
             self._cipher_keys[peer] = key
         return key
 
@@ -172,12 +187,15 @@ class ClientSession:
         if bundle.round_id != self.round_id:
             raise ProtocolViolation(f"key bundle of client {bundle.client_id} is for round {bundle.round_id}")
         if bundle.digest() != expected_digest:
-            raise ProtocolViolation(f"key bundle of client {bundle.client_id} differs from the one the participant "
-                                    "set fixed")
+            raise ProtocolViolation(
+                f"key bundle of client {bundle.client_id} differs from the one the participant set fixed"
+            )
         try:
             identity = verify_credential(self._authority, bundle.credential, client_id=bundle.client_id)
         except AuthenticationError as exc:
-            raise AuthenticationError(f"client {bundle.client_id} has no credential from our identity authority") from exc
+            raise AuthenticationError(
+                f"client {bundle.client_id} has no credential from our identity authority"
+            ) from exc
         primitives.verify(identity, bundle.signature, bundle.signed_payload(self._context_bytes))
         return identity
 
@@ -188,11 +206,15 @@ class ClientSession:
         """Fresh X25519 keys and commitments for this session, signed with the identity key."""
         ctx = self._context_bytes
         unsigned = AdvertiseKeys(
-            self.round_id, self.client_id, primitives.agreement_public_bytes(self._cipher_key),
+            self.round_id,
+            self.client_id,
+            primitives.agreement_public_bytes(self._cipher_key),
             primitives.agreement_public_bytes(self._mask_key),
             primitives.commitment(PURPOSE_GRAPH_SEED, ctx, self.client_id, self._graph_reveal),
             primitives.commitment(PURPOSE_SELF_MASK_SEED, ctx, self.client_id, self._self_mask_seed),
-            self._credential, bytes(primitives.SIGNATURE_BYTES))
+            self._credential,
+            bytes(primitives.SIGNATURE_BYTES),
+        )
         self._advert = replace(unsigned, signature=primitives.sign(self._identity_key, unsigned.signed_payload(ctx)))
         return self._advert
 
@@ -206,15 +228,22 @@ class ClientSession:
         _sorted_unique(ids, "the participant set")
         if len(ids) > self.config.num_clients:
             raise ProtocolViolation(
-                f"participant set has {len(ids)} clients but the modulus was sized for {self.config.num_clients}")
+                f"participant set has {len(ids)} clients but the modulus was sized for {self.config.num_clients}"
+            )
         self.policy.check_participants(len(ids))
         if self._allowed is not None and not set(ids) <= self._allowed:
-            raise ProtocolViolation(f"client {self.client_id}: the participant set names "
-                                    f"{sorted(set(ids) - self._allowed)[:10]}, who may not take part in this session")
+            raise ProtocolViolation(
+                f"client {self.client_id}: the participant set names "
+                f"{sorted(set(ids) - self._allowed)[:10]}, who may not take part in this session"
+            )
         own = [e for e in participants.entries if e.client_id == self.client_id]
         advert = self._advert
-        if advert is None or len(own) != 1 or own[0].bundle_digest != advert.digest() \
-                or own[0].graph_commitment != advert.graph_commitment:
+        if (
+            advert is None
+            or len(own) != 1
+            or own[0].bundle_digest != advert.digest()
+            or own[0].graph_commitment != advert.graph_commitment
+        ):
             raise ProtocolViolation(f"client {self.client_id}: the participant set does not carry our own key bundle")
         self._participants = participants
         return SeedReveal(self.round_id, self.client_id, self._graph_reveal)
@@ -242,9 +271,11 @@ class ClientSession:
         ids = participants.client_ids
         self.neighbours = neighbours_of(self._seed, ids, self.config.k, self.client_id)
         if tuple(b.client_id for b in neighbourhood.bundles) != self.neighbours:
-            raise ProtocolViolation(f"client {self.client_id}: the server sent the bundles of "
-                                    f"{[b.client_id for b in neighbourhood.bundles]}, our neighbours are "
-                                    f"{list(self.neighbours)}")
+            raise ProtocolViolation(
+                f"client {self.client_id}: the server sent the bundles of "
+                f"{[b.client_id for b in neighbourhood.bundles]}, our neighbours are "
+                f"{list(self.neighbours)}"
+            )
         digests = {e.client_id: e.bundle_digest for e in entries}
         for bundle in neighbourhood.bundles:
             self._identities[bundle.client_id] = self._verified_bundle(bundle, digests[bundle.client_id])
@@ -252,18 +283,26 @@ class ClientSession:
         t = self.config.t
         if len(self.neighbours) < t:
             raise AggregationAborted(
-                f"client {self.client_id}: {len(self.neighbours)} neighbours, fewer than the threshold t={t}")
+                f"client {self.client_id}: {len(self.neighbours)} neighbours, fewer than the threshold t={t}"
+            )
         if 2 * t <= len(self.neighbours):
             raise ConfigError(f"threshold t={t} is not a strict majority of our {len(self.neighbours)} neighbours")
 
         mask_private = primitives.agreement_private_bytes(self._mask_key)
-        shares = shamir.split_many([self._self_mask_seed, mask_private], [v + 1 for v in self.neighbours], t,
-                                   random=self._random)
+        shares = shamir.split_many(
+            [self._self_mask_seed, mask_private], [v + 1 for v in self.neighbours], t, random=self._random
+        )
         sealed = []
         for peer, (self_share, key_share) in zip(self.neighbours, shares):
             payload = SharePayload(self.client_id, peer, self_share.value, key_share.value).to_bytes()
-            ciphertext = primitives.seal(self._cipher_key_with(peer), payload, sender=self.client_id,
-                                         receiver=peer, round_id=self.round_id, random=self._random)
+            ciphertext = primitives.seal(
+                self._cipher_key_with(peer),
+                payload,
+                sender=self.client_id,
+                receiver=peer,
+                round_id=self.round_id,
+                random=self._random,
+            )
             sealed.append(EncryptedShare(self.client_id, peer, ciphertext))
         return ShareKeys(self.round_id, self.client_id, tuple(sealed))
 
@@ -280,9 +319,15 @@ class ClientSession:
         for item in delivery.shares:
             if item.receiver != self.client_id or item.sender not in self.neighbours or item.sender in held:
                 raise ProtocolViolation(
-                    f"client {self.client_id}: unexpected share from {item.sender} to {item.receiver}")
-            plaintext = primitives.open_sealed(self._cipher_key_with(item.sender), item.ciphertext,
-                                               sender=item.sender, receiver=self.client_id, round_id=self.round_id)
+                    f"client {self.client_id}: unexpected share from {item.sender} to {item.receiver}"
+                )
+            plaintext = primitives.open_sealed(
+                self._cipher_key_with(item.sender),
+                item.ciphertext,
+                sender=item.sender,
+                receiver=self.client_id,
+                round_id=self.round_id,
+            )
             payload = SharePayload.from_bytes(plaintext)
             if payload.sender != item.sender or payload.receiver != self.client_id:
                 raise ProtocolViolation(f"client {self.client_id}: share payload names the wrong pair")
@@ -290,7 +335,8 @@ class ClientSession:
         t = self.config.t
         if len(held) < t:
             raise AggregationAborted(
-                f"client {self.client_id}: only {len(held)} neighbours shared keys, fewer than t={t}")
+                f"client {self.client_id}: only {len(held)} neighbours shared keys, fewer than t={t}"
+            )
 
         values = np.asarray(vector)
         if values.shape != (self.config.vector_length,):
@@ -299,12 +345,14 @@ class ClientSession:
         ring = to_ring(values, bits, max_abs=self.config.max_abs)
         length = self.config.vector_length
         masked = ring.astype(primitives.word_dtype(bits))  # (d,) word dtype
-        masked += masking.self_mask(self._self_mask_seed, round_id=self.round_id, client_id=self.client_id,
-                                    length=length, modulus_bits=bits)
+        masked += masking.self_mask(
+            self._self_mask_seed, round_id=self.round_id, client_id=self.client_id, length=length, modulus_bits=bits
+        )
         for peer in sorted(held):
             secret = primitives.agree(self._mask_key, self._roster[peer].mask_public_key)
-            mask = masking.pairwise_mask(secret, round_id=self.round_id, id_a=self.client_id, id_b=peer,
-                                         length=length, modulus_bits=bits)
+            mask = masking.pairwise_mask(
+                secret, round_id=self.round_id, id_a=self.client_id, id_b=peer, length=length, modulus_bits=bits
+            )
             masking.apply_signed(masked, mask, owner=self.client_id, peer=peer)
         masking.reduce(masked, bits)
         self._held = held
@@ -329,11 +377,13 @@ class ClientSession:
         not_shared = surviving_neighbours - set(self._held)
         if not_shared:
             raise ProtocolViolation(
-                f"client {self.client_id}: survivors {sorted(not_shared)} never shared keys with us")
+                f"client {self.client_id}: survivors {sorted(not_shared)} never shared keys with us"
+            )
         t = self.config.t
         if len(surviving_neighbours) < t:
             raise AggregationAborted(
-                f"client {self.client_id}: {len(surviving_neighbours)} of our neighbours survived, fewer than t={t}")
+                f"client {self.client_id}: {len(surviving_neighbours)} of our neighbours survived, fewer than t={t}"
+            )
         self._signed_survivors = survivors
         signature = primitives.sign(self._identity_key, consistency_payload(self._context_bytes, self._seed, survivors))
         return ConsistencySignature(self.round_id, self.client_id, signature)
@@ -356,25 +406,33 @@ class ClientSession:
         if both:
             raise ProtocolViolation(
                 f"client {self.client_id}: clients {sorted(both)} are listed both as survivors and dropped; "
-                "refusing to reveal both shares of a peer")
+                "refusing to reveal both shares of a peer"
+            )
         strangers = (set(survivors) | set(dropped)) - set(self._held)
         if strangers:
             raise ProtocolViolation(
-                f"client {self.client_id}: {sorted(strangers)} are not neighbours that shared keys with us")
+                f"client {self.client_id}: {sorted(strangers)} are not neighbours that shared keys with us"
+            )
         signed_set = set(signed)
         if not set(survivors) <= signed_set:
             raise ProtocolViolation(
-                f"survivors {sorted(set(survivors) - signed_set)} are not on the survivor list we signed")
+                f"survivors {sorted(set(survivors) - signed_set)} are not on the survivor list we signed"
+            )
         if set(dropped) & signed_set:
             raise ProtocolViolation(
-                f"clients {sorted(set(dropped) & signed_set)} are called dropped but are on the survivor list we signed")
+                f"clients {sorted(set(dropped) & signed_set)} are called dropped but are on the survivor list we signed"
+            )
         t = self.config.t
         if len(survivors) < t:
-            raise ProtocolViolation(f"client {self.client_id}: only {len(survivors)} surviving neighbours listed, need t={t}")
+            raise ProtocolViolation(
+                f"client {self.client_id}: only {len(survivors)} surviving neighbours listed, need t={t}"
+            )
         held = set(self._held)
         if set(survivors) != held & signed_set or set(dropped) != held - signed_set:
-            raise ProtocolViolation(f"client {self.client_id}: the request's lists differ from the survivor list we "
-                                    "signed, restricted to the neighbours that shared keys with us")
+            raise ProtocolViolation(
+                f"client {self.client_id}: the request's lists differ from the survivor list we "
+                "signed, restricted to the neighbours that shared keys with us"
+            )
 
         payload = consistency_payload(self._context_bytes, self._seed, signed)
         signers: set[int] = set()
@@ -387,7 +445,8 @@ class ClientSession:
             signers.add(sig.client_id)
         if len(signers) < t:
             raise ProtocolViolation(
-                f"client {self.client_id}: {len(signers)} neighbours signed the survivor list, need t={t}")
+                f"client {self.client_id}: {len(signers)} neighbours signed the survivor list, need t={t}"
+            )
 
         for peer in survivors:
             if self._revealed.get(peer, ShareKind.SELF_MASK) is not ShareKind.SELF_MASK:

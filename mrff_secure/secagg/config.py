@@ -141,6 +141,7 @@ def max_abs_for(num_clients: int, modulus_bits: int, *, vector_length: int) -> i
     guard = guard_bits(vector_length)
     value = ((1 << (modulus_bits - 1)) - 1) // (num_clients << guard)
     if value < 1:
-        raise ConfigError(f"a {modulus_bits}-bit modulus cannot hold a sum over {num_clients} clients with "
-                          f"{guard} guard bits")
+        raise ConfigError(
+            f"a {modulus_bits}-bit modulus cannot hold a sum over {num_clients} clients with {guard} guard bits"
+        )
     return value

@@ -45,13 +45,17 @@ class SessionContext:
     @classmethod
     def fresh(cls, *, round_id: int, phase: int = 0, run_id: bytes | None = None) -> "SessionContext":
         """A context with a new random nonce (and a new random run id unless given)."""
-        return cls(run_id if run_id is not None else os.urandom(RUN_ID_BYTES), phase, round_id,
-                   os.urandom(NONCE_BYTES))
+        return cls(run_id if run_id is not None else os.urandom(RUN_ID_BYTES), phase, round_id, os.urandom(NONCE_BYTES))
 
     def to_bytes(self) -> bytes:
         """domain | version (u8) | run id (16) | phase (u8) | round id (u64) | nonce (32), big-endian."""
-        return (_DOMAIN + struct.pack(">B", PROTOCOL_VERSION) + self.run_id + struct.pack(">BQ", self.phase, self.round_id)
-                + self.nonce)
+        return (
+            _DOMAIN
+            + struct.pack(">B", PROTOCOL_VERSION)
+            + self.run_id
+            + struct.pack(">BQ", self.phase, self.round_id)
+            + self.nonce
+        )
 
 
 def run_context_id(run_id: str) -> bytes:

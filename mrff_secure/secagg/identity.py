@@ -36,21 +36,29 @@ class ClientCredential:
     SIZE: ClassVar[int] = 4 + primitives.PUBLIC_KEY_BYTES + primitives.SIGNATURE_BYTES
 
     def signed_payload(self) -> bytes:
-        return (CREDENTIAL_DOMAIN + struct.pack(">BI", primitives.PROTOCOL_VERSION, self.client_id)
-                + self.identity_public_key)
+        return (
+            CREDENTIAL_DOMAIN
+            + struct.pack(">BI", primitives.PROTOCOL_VERSION, self.client_id)
+            + self.identity_public_key
+        )
 
     def to_bytes(self) -> bytes:
         if not 0 <= self.client_id < 2**32:
             raise ProtocolViolation(f"client id {self.client_id!r} does not fit in u32")
-        if len(self.identity_public_key) != primitives.PUBLIC_KEY_BYTES or len(self.signature) != primitives.SIGNATURE_BYTES:
+        if (
+            len(self.identity_public_key) != primitives.PUBLIC_KEY_BYTES
+            or len(self.signature) != primitives.SIGNATURE_BYTES
+        ):
             raise ProtocolViolation("credential key or signature has the wrong length")
         return struct.pack(">I", self.client_id) + self.identity_public_key + self.signature
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ClientCredential":
         if not isinstance(data, (bytes, bytearray)) or len(data) != cls.SIZE:
-            raise ProtocolViolation(f"a client credential is {cls.SIZE} bytes, got "
-                                    f"{len(data) if isinstance(data, (bytes, bytearray)) else type(data).__name__}")
+            raise ProtocolViolation(
+                f"a client credential is {cls.SIZE} bytes, got "
+                f"{len(data) if isinstance(data, (bytes, bytearray)) else type(data).__name__}"
+            )
         data = bytes(data)
         (client_id,) = struct.unpack(">I", data[:4])
         return cls(client_id, data[4:36], data[36:])
@@ -60,12 +68,14 @@ def issue_credential(authority_key: Ed25519PrivateKey, client_id: int, identity_
     """Sign (client id -> identity key) with the authority's key (done offline, once per client)."""
     unsigned = ClientCredential(client_id, bytes(identity_public_key), bytes(primitives.SIGNATURE_BYTES))
     unsigned.to_bytes()  # validates the id and the key length
-    return ClientCredential(client_id, unsigned.identity_public_key,
-                            primitives.sign(authority_key, unsigned.signed_payload()))
+    return ClientCredential(
+        client_id, unsigned.identity_public_key, primitives.sign(authority_key, unsigned.signed_payload())
+    )
 
 
-def verify_credential(authority_public_key: bytes, credential: ClientCredential, *,
-                      client_id: int | None = None) -> bytes:
+def verify_credential(
+    authority_public_key: bytes, credential: ClientCredential, *, client_id: int | None = None
+) -> bytes:
     """Return the certified identity key; raise AuthenticationError unless the authority signed it
     (and, when `client_id` is given, it certifies that id).
 

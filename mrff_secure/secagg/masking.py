@@ -26,8 +26,9 @@ def self_mask(seed: bytes, *, round_id: int, client_id: int, length: int, modulu
     return expand_mask(key, length, modulus_bits)
 
 
-def pairwise_mask(shared_secret: bytes, *, round_id: int, id_a: int, id_b: int, length: int,
-                  modulus_bits: int) -> np.ndarray:
+def pairwise_mask(
+    shared_secret: bytes, *, round_id: int, id_a: int, id_b: int, length: int, modulus_bits: int
+) -> np.ndarray:
     """PRG(s_ab) from the X25519 secret of a pair; the same for (a, b) and (b, a). (length,) word dtype."""
     key = derive_key(shared_secret, purpose=PURPOSE_PAIRWISE_MASK, round_id=round_id, id_a=id_a, id_b=id_b)
     return expand_mask(key, length, modulus_bits)

@@ -63,7 +63,7 @@ class _Reader:
     def _take(self, size: int) -> bytes:
         if size < 0 or self._pos + size > len(self._data):
             raise ProtocolViolation("message is truncated")
-        chunk = self._data[self._pos:self._pos + size]
+        chunk = self._data[self._pos : self._pos + size]
         self._pos += size
         return chunk
 
@@ -167,8 +167,15 @@ class AdvertiseKeys(Message):
 
     def signed_payload(self, context: bytes) -> bytes:
         """What the identity key signs: label | session context | id | keys | commitments."""
-        return (b"mrff-secagg-keys" + context + struct.pack(">I", self.client_id) + self.cipher_public_key
-                + self.mask_public_key + self.graph_commitment + self.self_mask_commitment)
+        return (
+            b"mrff-secagg-keys"
+            + context
+            + struct.pack(">I", self.client_id)
+            + self.cipher_public_key
+            + self.mask_public_key
+            + self.graph_commitment
+            + self.self_mask_commitment
+        )
 
     def digest(self) -> bytes:
         """SHA-256 of the whole encoded bundle: what the participant set fixes."""
@@ -185,9 +192,16 @@ class AdvertiseKeys(Message):
 
     @classmethod
     def _read(cls, r: _Reader, round_id: int) -> "AdvertiseKeys":
-        return cls(round_id, r.u32(), r.fixed(PUBLIC_KEY_BYTES), r.fixed(PUBLIC_KEY_BYTES), r.fixed(COMMITMENT_BYTES),
-                   r.fixed(COMMITMENT_BYTES), ClientCredential.from_bytes(r.fixed(ClientCredential.SIZE)),
-                   r.fixed(SIGNATURE_BYTES))
+        return cls(
+            round_id,
+            r.u32(),
+            r.fixed(PUBLIC_KEY_BYTES),
+            r.fixed(PUBLIC_KEY_BYTES),
+            r.fixed(COMMITMENT_BYTES),
+            r.fixed(COMMITMENT_BYTES),
+            ClientCredential.from_bytes(r.fixed(ClientCredential.SIZE)),
+            r.fixed(SIGNATURE_BYTES),
+        )
 
 
 _BUNDLE_BYTES = 4 + 2 * PUBLIC_KEY_BYTES + 2 * COMMITMENT_BYTES + ClientCredential.SIZE + SIGNATURE_BYTES
@@ -483,8 +497,9 @@ class UnmaskRequest(Message):
         survivors = r.ids()
         dropped = r.ids()
         n = r.count(4 + SIGNATURE_BYTES)
-        return cls(round_id, receiver, survivors, dropped,
-                   tuple(ConsistencySignature._read(r, round_id) for _ in range(n)))
+        return cls(
+            round_id, receiver, survivors, dropped, tuple(ConsistencySignature._read(r, round_id) for _ in range(n))
+        )
 
 
 @dataclass(frozen=True)
@@ -537,6 +552,17 @@ class UnmaskResponse(Message):
 
 _BY_TAG: dict[int, type[Message]] = {
     cls.TAG: cls
-    for cls in (AdvertiseKeys, ParticipantSet, SeedReveal, Neighbourhood, ShareKeys, ShareDelivery, MaskedInput,
-                SurvivorList, ConsistencySignature, UnmaskRequest, UnmaskResponse)
+    for cls in (
+        AdvertiseKeys,
+        ParticipantSet,
+        SeedReveal,
+        Neighbourhood,
+        ShareKeys,
+        ShareDelivery,
+        MaskedInput,
+        SurvivorList,
+        ConsistencySignature,
+        UnmaskRequest,
+        UnmaskResponse,
+    )
 }

@@ -45,7 +45,7 @@ def pack(values: np.ndarray, bits: int) -> bytes:
         spills = np.flatnonzero(shift + np.uint64(bits) > np.uint64(64))
         if spills.size:
             out[word[spills] + np.uint64(1)] += words[spills] >> (np.uint64(64) - shift[spills])
-    return out.astype("<u8").tobytes()[:packed_size(count, bits)]
+    return out.astype("<u8").tobytes()[: packed_size(count, bits)]
 
 
 def unpack(data: bytes, bits: int, count: int) -> np.ndarray:

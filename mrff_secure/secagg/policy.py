@@ -47,8 +47,9 @@ class SecAggPolicy:
         if self.min_participants < 3:
             raise ConfigError(f"policy min_participants must be >= 3, got {self.min_participants}")
         if self.min_survivors < 3:
-            raise ConfigError(f"policy min_survivors must be >= 3 (a sum of two reveals each to the other), "
-                              f"got {self.min_survivors}")
+            raise ConfigError(
+                f"policy min_survivors must be >= 3 (a sum of two reveals each to the other), got {self.min_survivors}"
+            )
         if self.min_neighbours < 2:
             raise ConfigError(f"policy min_neighbours must be >= 2, got {self.min_neighbours}")
 
@@ -56,15 +57,18 @@ class SecAggPolicy:
         """Refuse announced parameters weaker than the policy (before anything is revealed)."""
         k, t = config.k, config.t
         if config.num_clients < self.min_participants:
-            raise PolicyViolation(f"the round is sized for {config.num_clients} clients, below the policy's "
-                                  f"min_participants={self.min_participants}")
+            raise PolicyViolation(
+                f"the round is sized for {config.num_clients} clients, below the policy's "
+                f"min_participants={self.min_participants}"
+            )
         if k < self.min_neighbours and k < config.num_clients - 1:
             raise PolicyViolation(f"k={k} neighbours is below the policy's min_neighbours={self.min_neighbours}")
         if 2 * t - k <= self.corrupt_neighbours:
             raise PolicyViolation(
                 f"threshold t={t} with k={k} neighbours gives 2t - k = {2 * t - k}: {2 * t - k} colluding "
                 f"neighbours could unmask a client by a split view; the policy tolerates "
-                f"corrupt_neighbours={self.corrupt_neighbours}, which needs t >= {threshold_for(k, self.corrupt_neighbours)}")
+                f"corrupt_neighbours={self.corrupt_neighbours}, which needs t >= {threshold_for(k, self.corrupt_neighbours)}"
+            )
 
     def check_participants(self, count: int) -> None:
         if count < self.min_participants:
@@ -73,4 +77,3 @@ class SecAggPolicy:
     def check_survivors(self, count: int) -> None:
         if count < self.min_survivors:
             raise PolicyViolation(f"{count} survivors, below the policy's min_survivors={self.min_survivors}")
-

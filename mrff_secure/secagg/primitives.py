@@ -140,8 +140,15 @@ def commitment(purpose: bytes, context: bytes, client_id: int, secret: bytes) ->
     binding by collision resistance), labelled with its purpose, the session context and the client."""
     if len(secret) != KEY_BYTES:
         raise ValueError(f"committed secrets are {KEY_BYTES} bytes, got {len(secret)}")
-    return hashlib.sha256(_DOMAIN + b"-commit" + struct.pack(">B", len(purpose)) + purpose + context
-                          + struct.pack(">I", client_id) + secret).digest()
+    return hashlib.sha256(
+        _DOMAIN
+        + b"-commit"
+        + struct.pack(">B", len(purpose))
+        + purpose
+        + context
+        + struct.pack(">I", client_id)
+        + secret
+    ).digest()
 
 
 def hkdf_info(purpose: bytes, round_id: int, low_id: int, high_id: int) -> bytes:
@@ -212,8 +219,9 @@ def _share_ad(sender: int, receiver: int, round_id: int) -> bytes:
     return _DOMAIN + struct.pack(">BQII", PROTOCOL_VERSION, round_id, sender, receiver)
 
 
-def seal(key: bytes, plaintext: bytes, *, sender: int, receiver: int, round_id: int,
-         random: RandomBytes = system_random) -> bytes:
+def seal(
+    key: bytes, plaintext: bytes, *, sender: int, receiver: int, round_id: int, random: RandomBytes = system_random
+) -> bytes:
     """nonce (12 bytes) | AES-256-GCM ciphertext+tag, with AD = version | round | sender | receiver."""
     nonce = random(NONCE_BYTES)
     return nonce + AESGCM(key).encrypt(nonce, plaintext, _share_ad(sender, receiver, round_id))

@@ -57,8 +57,14 @@ class ServerSession:
     """The server's side of one session (transport-agnostic). An honest server; the hostile ones
     of the tests subclass or bypass it, and the clients' checks are what stop them."""
 
-    def __init__(self, config: SecAggConfig, *, context: SessionContext, authority_public_key: bytes,
-                 participants: Collection[int] | None = None) -> None:
+    def __init__(
+        self,
+        config: SecAggConfig,
+        *,
+        context: SessionContext,
+        authority_public_key: bytes,
+        participants: Collection[int] | None = None,
+    ) -> None:
         """authority_public_key: the identity authority's raw Ed25519 key (clients carry its
         credentials); participants: the client ids invited to the session (None: any certified client)."""
         self.config = config
@@ -89,7 +95,8 @@ class ServerSession:
             raise ProtocolViolation(f"server is in stage {self.stage.name}, not {stage.name}")
         if message is not None and message.round_id != self.round_id:
             raise ProtocolViolation(
-                f"{type(message).__name__} is for round {message.round_id}, this is round {self.round_id}")
+                f"{type(message).__name__} is for round {message.round_id}, this is round {self.round_id}"
+            )
 
     def _abort(self, reason: str) -> AggregationAborted:
         self.stage = Stage.ABORTED
@@ -122,11 +129,16 @@ class ServerSession:
         """End stage 0: fix the participant set (ids, graph commitments, bundle digests)."""
         self._expect(Stage.ADVERTISE_KEYS)
         if len(self._bundles) < max(3, self.config.t + 1):
-            raise self._abort(f"{len(self._bundles)} clients advertised keys, need at least "
-                              f"{max(3, self.config.t + 1)}")
-        self.participants = ParticipantSet(self.round_id, tuple(
-            ParticipantEntry(c, self._bundles[c].graph_commitment, self._bundles[c].digest())
-            for c in sorted(self._bundles)))
+            raise self._abort(
+                f"{len(self._bundles)} clients advertised keys, need at least {max(3, self.config.t + 1)}"
+            )
+        self.participants = ParticipantSet(
+            self.round_id,
+            tuple(
+                ParticipantEntry(c, self._bundles[c].graph_commitment, self._bundles[c].digest())
+                for c in sorted(self._bundles)
+            ),
+        )
         self.stage = Stage.REVEAL_SEED
         return self.participants
 
@@ -156,8 +168,9 @@ class ServerSession:
         self._seed = graph_seed(self._context_bytes, self.participants.digest(), reveals)
         self.graph = neighbour_graph(self._seed, ids, self.config.k)
         self.stage = Stage.SHARE_KEYS
-        return {c: Neighbourhood(self.round_id, c, reveals, tuple(self._bundles[v] for v in self.graph[c]))
-                for c in ids}
+        return {
+            c: Neighbourhood(self.round_id, c, reveals, tuple(self._bundles[v] for v in self.graph[c])) for c in ids
+        }
 
     # --- stage 2 ---------------------------------------------------------------------------
 
@@ -181,8 +194,10 @@ class ServerSession:
                     inbox[share.receiver].append(share)
         self._delivered = {u: frozenset(s.sender for s in shares) for u, shares in inbox.items()}
         self.stage = Stage.MASKED_INPUT
-        return {u: ShareDelivery(self.round_id, u, tuple(sorted(shares, key=lambda s: s.sender)))
-                for u, shares in inbox.items()}
+        return {
+            u: ShareDelivery(self.round_id, u, tuple(sorted(shares, key=lambda s: s.sender)))
+            for u, shares in inbox.items()
+        }
 
     # --- stage 3 ---------------------------------------------------------------------------
 
@@ -194,7 +209,8 @@ class ServerSession:
         if message.modulus_bits != self.config.bits or message.length != self.config.vector_length:
             raise ProtocolViolation(
                 f"client {sender} sent {message.length} values of {message.modulus_bits} bits, expected "
-                f"{self.config.vector_length} of {self.config.bits}")
+                f"{self.config.vector_length} of {self.config.bits}"
+            )
         values = packing.unpack(message.payload, message.modulus_bits, message.length)
         self._masked[sender] = values.astype(primitives.word_dtype(self.config.bits))
 
@@ -243,8 +259,9 @@ class ServerSession:
             if len(signers) < t:
                 continue  # the client would refuse; it cannot help this round
             held = self._delivered[u]
-            requests[u] = UnmaskRequest(self.round_id, u, tuple(sorted(held & survivors)),
-                                        tuple(sorted(held - survivors)), tuple(signers))
+            requests[u] = UnmaskRequest(
+                self.round_id, u, tuple(sorted(held & survivors)), tuple(sorted(held - survivors)), tuple(signers)
+            )
         self._recoverable(set(requests))
         self._requests = requests
         self.stage = Stage.UNMASK
@@ -258,8 +275,10 @@ class ServerSession:
         request = self._requests.get(sender)
         if request is None or sender in self._responses:
             raise ProtocolViolation(f"unexpected UnmaskResponse from client {sender}")
-        if (tuple(s.owner for s in message.self_mask_shares) != request.survivors
-                or tuple(s.owner for s in message.key_shares) != request.dropped):
+        if (
+            tuple(s.owner for s in message.self_mask_shares) != request.survivors
+            or tuple(s.owner for s in message.key_shares) != request.dropped
+        ):
             raise ProtocolViolation(f"client {sender} answered for other clients than requested")
         if any(s.share.x != sender + 1 for s in message.self_mask_shares + message.key_shares):
             raise ProtocolViolation(f"client {sender} sent shares at the wrong evaluation point")
@@ -292,19 +311,24 @@ class ServerSession:
             seed = self._combine(self_shares[u], u)
             committed = self._bundles[u].self_mask_commitment
             if primitives.commitment(PURPOSE_SELF_MASK_SEED, self._context_bytes, u, seed) != committed:
-                raise self._abort(f"the self-mask seed of client {u} rebuilt from its shares does not match its "
-                                  "commitment (a corrupted share, or a client that masked with another seed)")
+                raise self._abort(
+                    f"the self-mask seed of client {u} rebuilt from its shares does not match its "
+                    "commitment (a corrupted share, or a client that masked with another seed)"
+                )
             total -= masking.self_mask(seed, round_id=self.round_id, client_id=u, length=length, modulus_bits=bits)
         for v in sorted(key_shares):
             private = self._combine(key_shares[v], v)
             key = primitives.agreement_key_from_bytes(private)
             if primitives.agreement_public_bytes(key) != self._bundles[v].mask_public_key:
-                raise self._abort(f"recovered mask key of dropped client {v} does not match its advertised key "
-                                  "(a neighbour sent a corrupted share)")
+                raise self._abort(
+                    f"recovered mask key of dropped client {v} does not match its advertised key "
+                    "(a neighbour sent a corrupted share)"
+                )
             for u in sorted(self._delivered[v] & set(self.survivors)):
                 secret = primitives.agree(key, self._bundles[u].mask_public_key)
-                mask = masking.pairwise_mask(secret, round_id=self.round_id, id_a=u, id_b=v, length=length,
-                                             modulus_bits=bits)
+                mask = masking.pairwise_mask(
+                    secret, round_id=self.round_id, id_a=u, id_b=v, length=length, modulus_bits=bits
+                )
                 # survivor u added sign(u, v) * mask; remove it
                 masking.apply_signed(total, mask, owner=v, peer=u)
         masking.reduce(total, bits)
@@ -312,7 +336,9 @@ class ServerSession:
         exact = from_ring(ring_sum, bits)
         bound = len(self.survivors) * self.config.max_abs
         if exact.size and int(np.abs(exact).max()) > bound:
-            raise self._abort(f"the decoded sum leaves the range +-{bound} that {len(self.survivors)} inputs of "
-                              f"max_abs {self.config.max_abs} allow (an input or a mask was not what it claimed)")
+            raise self._abort(
+                f"the decoded sum leaves the range +-{bound} that {len(self.survivors)} inputs of "
+                f"max_abs {self.config.max_abs} allow (an input or a mask was not what it claimed)"
+            )
         self.stage = Stage.DONE
         return AggregateResult(self.round_id, self.survivors, ring_sum, exact)

@@ -79,8 +79,9 @@ def _check_points(xs: Sequence[int]) -> np.ndarray:
     return points.astype(np.uint64)
 
 
-def split_many(secrets: Sequence[bytes], xs: Sequence[int], threshold: int,
-               *, random: RandomBytes = system_random) -> list[list[Share]]:
+def split_many(
+    secrets: Sequence[bytes], xs: Sequence[int], threshold: int, *, random: RandomBytes = system_random
+) -> list[list[Share]]:
     """Share several 32-byte secrets at the points `xs`; result[i][j] is the share of secret j at xs[i].
 
     Any `threshold` shares of a secret recover it; fewer are uniformly random.
@@ -100,8 +101,9 @@ def split_many(secrets: Sequence[bytes], xs: Sequence[int], threshold: int,
     return [[Share(int(points[i]), values[i, j].tobytes()) for j in range(len(secrets))] for i in range(points.size)]
 
 
-def split(secret: bytes, n: int, threshold: int, *, xs: Sequence[int] | None = None,
-          random: RandomBytes = system_random) -> list[Share]:
+def split(
+    secret: bytes, n: int, threshold: int, *, xs: Sequence[int] | None = None, random: RandomBytes = system_random
+) -> list[Share]:
     """Share one 32-byte secret into n shares (at x = 1..n unless `xs` is given), threshold t."""
     points = list(range(1, n + 1)) if xs is None else list(xs)
     if len(points) != n:

@@ -31,8 +31,11 @@ def to_proto(params: Mapping[str, torch.Tensor]) -> list[pb.Tensor]:
     for name, tensor in params.items():
         array = tensor.detach().cpu().contiguous().numpy()
         dtype = _name(tensor.dtype)
-        out.append(pb.Tensor(name=name, shape=list(array.shape), dtype=dtype,
-                             data=array.astype(_DTYPES[dtype], copy=False).tobytes()))
+        out.append(
+            pb.Tensor(
+                name=name, shape=list(array.shape), dtype=dtype, data=array.astype(_DTYPES[dtype], copy=False).tobytes()
+            )
+        )
     return out
 
 
@@ -47,7 +50,9 @@ def from_proto(tensors, expected: Mapping[str, tuple[tuple[int, ...], torch.dtyp
             raise DataFormatError(f"parameter {t.name!r} is {t.dtype}{tuple(t.shape)}, expected {_name(dtype)}{shape}")
         np_dtype = _DTYPES[t.dtype]
         if len(t.data) != math.prod(shape) * np_dtype.itemsize:
-            raise DataFormatError(f"parameter {t.name!r} has {len(t.data)} bytes, expected {math.prod(shape) * np_dtype.itemsize}")
+            raise DataFormatError(
+                f"parameter {t.name!r} has {len(t.data)} bytes, expected {math.prod(shape) * np_dtype.itemsize}"
+            )
         array = np.frombuffer(t.data, dtype=np_dtype).reshape(shape).copy()
         out[t.name] = torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=False))
     missing = set(expected) - set(out)

@@ -22,8 +22,14 @@ SMALL = ["--synthetic-users", "12", "--maxlen", "6", "--attribute-dim", "4", "--
 
 
 def mrff(*argv: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", *argv], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "mrff_secure.app.cli", *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def one_line_error(result: subprocess.CompletedProcess, code: int, needle: str) -> None:
@@ -43,9 +49,18 @@ def test_help_answers_in_under_a_second_without_torch_or_opacus():
         times.append(time.perf_counter() - start)
         assert result.returncode == 0 and "audit" in result.stdout
     assert sorted(times)[1] < 1.0, times  # the median of three, interpreter start included (4-5 s before)
-    probe = subprocess.run([sys.executable, "-c", "import sys, mrff_secure.app.cli as c; c.build_parser(); "
-                            "print(sorted(m for m in ('torch', 'opacus', 'grpc', 'pandas') if m in sys.modules))"],
-                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, mrff_secure.app.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('torch', 'opacus', 'grpc', 'pandas') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert probe.stdout.strip() == "[]"
 
 
@@ -83,26 +98,39 @@ def test_one_name_and_one_default_per_quantity():
     for name, sub in _subparsers(parser):
         flags = {s for a in sub._actions for s in a.option_strings}
         # the old second names of a quantity are gone from every command
-        assert not flags & {"--dp-delta", "--mode", "--dp-mechanism", "--sample-rate", "--aggregation", "--out"} \
-            or name in ("schema", "certs", "certs issue-client"), (name, flags)
+        assert not flags & {
+            "--dp-delta",
+            "--mode",
+            "--dp-mechanism",
+            "--sample-rate",
+            "--aggregation",
+            "--out",
+        } or name in ("schema", "certs", "certs issue-client"), (name, flags)
         for action in sub._actions:
             option = options.BY_NAME.get(action.dest)
             if option is not None and action.option_strings:
                 seen.setdefault(option.key, action.option_strings[0])
                 assert action.option_strings[0] == seen[option.key], (name, option.key)
     # train and the server agree: one default each for delta, clip, dropout fraction, users, modulus
-    for key in ("privacy.delta", "privacy.clip", "privacy.max_dropout_fraction", "data.synthetic_users",
-                "privacy.modulus_bits", "privacy.min_group_size"):
+    for key in (
+        "privacy.delta",
+        "privacy.clip",
+        "privacy.max_dropout_fraction",
+        "data.synthetic_users",
+        "privacy.modulus_bits",
+        "privacy.min_group_size",
+    ):
         assert key in options.BY_KEY
 
 
 # ------------------------------------------------------------------ the configuration file
 def test_config_file_set_overrides_and_flags_in_that_order_and_written_back(tmp_path):
     config = tmp_path / "run.toml"
-    config.write_text('[federation]\nrounds = 7\nlr = 0.05\n[privacy]\nclip = 0.5\n[model]\ngroups = 3\n')
+    config.write_text("[federation]\nrounds = 7\nlr = 0.05\n[privacy]\nclip = 0.5\n[model]\ngroups = 3\n")
     parser = cli.build_parser()
-    args = parser.parse_args(["train", "--config", str(config), "--set", "federation.lr=0.2", "--set", "groups=2",
-                              "--rounds", "9"])
+    args = parser.parse_args(
+        ["train", "--config", str(config), "--set", "federation.lr=0.2", "--set", "groups=2", "--rounds", "9"]
+    )
     resolved = options.resolve(args, "train")
     assert resolved["federation"]["rounds"] == 9  # flag > --set > file > default
     assert resolved["federation"]["lr"] == 0.2 and resolved["model"]["groups"] == 2
@@ -112,13 +140,16 @@ def test_config_file_set_overrides_and_flags_in_that_order_and_written_back(tmp_
     assert again == resolved
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("[privacy]\nclip = -1\n", "privacy.clip in"),
-    ("[privacy]\nclip = \"big\"\n", "must be a number"),
-    ("[colour]\nred = 1\n", "unknown table [colour]"),
-    ("[federation]\nrouns = 3\n", "unknown keys ['rouns'] in [federation]"),
-    ("[federation\nrounds = 3\n", "is not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("[privacy]\nclip = -1\n", "privacy.clip in"),
+        ('[privacy]\nclip = "big"\n', "must be a number"),
+        ("[colour]\nred = 1\n", "unknown table [colour]"),
+        ("[federation]\nrouns = 3\n", "unknown keys ['rouns'] in [federation]"),
+        ("[federation\nrounds = 3\n", "is not valid TOML"),
+    ],
+)
 def test_bad_configuration_files_are_one_line_usage_errors(tmp_path, text, needle):
     config = tmp_path / "bad.toml"
     config.write_text(text)
@@ -126,17 +157,23 @@ def test_bad_configuration_files_are_one_line_usage_errors(tmp_path, text, needl
 
 
 # ------------------------------------------------------------------ user mistakes: one line, exit 2
-@pytest.mark.parametrize("argv,needle", [
-    (["train", "--rounds", "0"], "--rounds must be >= 1, got 0"),
-    (["train", "--noise-multiplier", "-1", "--dp", "local"], "--noise-multiplier must be >= 0"),
-    (["train", "--client-fraction", "1.5"], "--client-fraction must be <= 1"),
-    (["train", "--set", "nonsense=1"], "unknown key 'nonsense'"),
-    (["privacy", "--noise-multiplier", "1", "--rounds", "0", "--clients", "10", "--dp", "local"], "--rounds must be >= 1"),
-    (["server", "--run-dir", "{tmp}/s", "--address", "127.0.0.1:99999"], "the port must be in 1-65535"),
-    (["server", "--run-dir", "{tmp}/s", "--address", "nohost"], "--address must be HOST:PORT"),
-    (["client", "--server", "127.0.0.1:0", "--users", "0"], "the port must be in 1-65535"),
-    (["server", "--run-dir", "{tmp}/s", "--dp", "local"], "--dp local is not available on the network"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["train", "--rounds", "0"], "--rounds must be >= 1, got 0"),
+        (["train", "--noise-multiplier", "-1", "--dp", "local"], "--noise-multiplier must be >= 0"),
+        (["train", "--client-fraction", "1.5"], "--client-fraction must be <= 1"),
+        (["train", "--set", "nonsense=1"], "unknown key 'nonsense'"),
+        (
+            ["privacy", "--noise-multiplier", "1", "--rounds", "0", "--clients", "10", "--dp", "local"],
+            "--rounds must be >= 1",
+        ),
+        (["server", "--run-dir", "{tmp}/s", "--address", "127.0.0.1:99999"], "the port must be in 1-65535"),
+        (["server", "--run-dir", "{tmp}/s", "--address", "nohost"], "--address must be HOST:PORT"),
+        (["client", "--server", "127.0.0.1:0", "--users", "0"], "the port must be in 1-65535"),
+        (["server", "--run-dir", "{tmp}/s", "--dp", "local"], "--dp local is not available on the network"),
+    ],
+)
 def test_user_mistakes_name_the_flag_in_one_line(tmp_path, argv, needle):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     if argv[0] == "train":
@@ -184,8 +221,19 @@ def test_ctrl_c_leaves_a_consistent_run_and_resume_gives_the_uninterrupted_resul
     reference = tmp_path / "reference"
     assert _train(reference) == 0
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "mrff_secure.app.cli", "train", "--rounds", "4", "--checkpoint-every", "2",
-            "--run-dir", str(run), *SMALL]
+    argv = [
+        sys.executable,
+        "-m",
+        "mrff_secure.app.cli",
+        "train",
+        "--rounds",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--run-dir",
+        str(run),
+        *SMALL,
+    ]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 120
@@ -259,9 +307,26 @@ def _wait_for_mapped(pid: int, library: str, timeout: float = 60.0) -> None:
 
 
 def test_ctrl_c_in_privacy_is_one_line_and_exit_130():
-    proc = subprocess.Popen([sys.executable, "-m", "mrff_secure.app.cli", "privacy", "--dp", "local", "--target-epsilon",
-                             "3", "--rounds", "300", "--clients", "1000"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mrff_secure.app.cli",
+            "privacy",
+            "--dp",
+            "local",
+            "--target-epsilon",
+            "3",
+            "--rounds",
+            "300",
+            "--clients",
+            "1000",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_sigint_handler(proc.pid)  # a SIGINT before Python's own handler kills the process (-2)
     # Inside the command: scipy is mapped once the accountants are being imported. (A fixed 0.5 s sleep
     # here failed once, right after a full suite: starting Python itself took longer, and Ctrl-C during
@@ -280,11 +345,14 @@ def test_ctrl_c_while_the_command_line_is_read_is_one_line_and_130(delay):
     # the defect: a SIGINT before main's handler (while the parser is built: slow under load) escaped as a
     # KeyboardInterrupt traceback and the process died of SIGINT (-2). A SIGINT during the interpreter's own
     # start-up (site) is Python's, before any of our code: the child says when our module is loaded.
-    code = ("import sys\nimport mrff_secure.app.cli as cli\nprint('loaded', flush=True)\n"
-            "sys.argv = ['mrff', 'privacy', '--dp', 'local', '--target-epsilon', '3', '--rounds', '300', "
-            "'--clients', '1000']\ncli.entry()\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    code = (
+        "import sys\nimport mrff_secure.app.cli as cli\nprint('loaded', flush=True)\n"
+        "sys.argv = ['mrff', 'privacy', '--dp', 'local', '--target-epsilon', '3', '--rounds', '300', "
+        "'--clients', '1000']\ncli.entry()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "loaded"
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
@@ -298,18 +366,21 @@ def test_ctrl_c_while_the_command_line_is_read_is_one_line_and_130(delay):
 def test_an_interrupt_after_the_command_returned_does_not_disturb_the_exit():
     # Python restores the default SIGINT action while it finalizes; `entry` ignores SIGINT once main has
     # returned, so a finished command keeps its exit code (an atexit hook interrupts during the exit)
-    code = ("import atexit, os, signal, time\n"
-            "import mrff_secure.app.cli as cli\n"
-            "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))\n"
-            "cli.main = lambda: 0\n"
-            "cli.entry()\n")
+    code = (
+        "import atexit, os, signal, time\n"
+        "import mrff_secure.app.cli as cli\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))\n"
+        "cli.main = lambda: 0\n"
+        "cli.entry()\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "KeyboardInterrupt" not in result.stderr, (result.returncode, result.stderr)
 
 
 def test_a_weak_epsilon_is_a_warning_in_the_summary_and_on_stderr(tmp_path):
-    result = mrff("train", "--rounds", "1", "--dp", "local", "--noise-multiplier", "0.3", "--run-dir",
-                  str(tmp_path / "r"), *SMALL)
+    result = mrff(
+        "train", "--rounds", "1", "--dp", "local", "--noise-multiplier", "0.3", "--run-dir", str(tmp_path / "r"), *SMALL
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert any("> 10: a weak guarantee" in w for w in summary["privacy"]["warnings"])

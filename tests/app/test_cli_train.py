@@ -12,8 +12,25 @@ from mrff_secure.app.cli import main
 
 def test_train_writes_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--dataset", "synthetic", "--synthetic-users", "60", "--maxlen", "12", "--rounds", "3",
-                 "--run-dir", str(out), "--json", "--no-progress", "--seed", "1"])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "synthetic",
+            "--synthetic-users",
+            "60",
+            "--maxlen",
+            "12",
+            "--rounds",
+            "3",
+            "--run-dir",
+            str(out),
+            "--json",
+            "--no-progress",
+            "--seed",
+            "1",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     evaluation = printed.pop("operator-only")
@@ -45,14 +62,35 @@ def test_train_writes_run_folder(tmp_path, capsys):
         assert saved["test_probability"].shape == (60,) and int(saved["best_round"]) == evaluation["best_round"]
     assert evaluation["calibration"]["temperature"] > 0
     outside = summary["outputs"]["outside_the_guarantee"]
-    assert {"operator-only/metrics.jsonl", "operator-only/evaluation.json", "operator-only/predictions.npz",
-            "operator-only/training.png"} <= set(outside)
+    assert {
+        "operator-only/metrics.jsonl",
+        "operator-only/evaluation.json",
+        "operator-only/predictions.npz",
+        "operator-only/training.png",
+    } <= set(outside)
 
 
 def test_no_mrff_baseline_has_no_groups(tmp_path, capsys):
     out = tmp_path / "base"
-    assert main(["train", "--synthetic-users", "40", "--maxlen", "10", "--rounds", "1", "--no-mrff",
-                 "--run-dir", str(out), "--json", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--synthetic-users",
+                "40",
+                "--maxlen",
+                "10",
+                "--rounds",
+                "1",
+                "--no-mrff",
+                "--run-dir",
+                str(out),
+                "--json",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["parameters"]["group"] == 0
     assert json.loads((out / "operator-only" / "metrics.jsonl").read_text())["group_sizes"] == []
@@ -73,13 +111,36 @@ def test_console_script_runs():
     assert result.returncode == 0 and "train" in result.stdout
 
 
-@pytest.mark.parametrize("flags,groups", [(["--backbone", "hstu"], True), (["--backbone", "llama", "--no-mrff"], False),
-                                          (["--backbone", "ncf", "--no-mrff"], False),
-                                          (["--backbone", "pa", "--no-mrff"], True)])
+@pytest.mark.parametrize(
+    "flags,groups",
+    [
+        (["--backbone", "hstu"], True),
+        (["--backbone", "llama", "--no-mrff"], False),
+        (["--backbone", "ncf", "--no-mrff"], False),
+        (["--backbone", "pa", "--no-mrff"], True),
+    ],
+)
 def test_every_backbone_and_baseline_trains_through_mrff_train(tmp_path, capsys, flags, groups):
     out = tmp_path / "run"
-    assert main(["train", "--synthetic-users", "40", "--maxlen", "10", "--rounds", "2", *flags,
-                 "--run-dir", str(out), "--json", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--synthetic-users",
+                "40",
+                "--maxlen",
+                "10",
+                "--rounds",
+                "2",
+                *flags,
+                "--run-dir",
+                str(out),
+                "--json",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["config"]["model"]["backbone"] == flags[1]
     assert (summary["parameters"]["group"] > 0) == groups

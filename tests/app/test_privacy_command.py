@@ -8,8 +8,22 @@ from mrff_secure.app.privacy_command import privacy_report
 from mrff_secure.dp.accounting import epsilon, local_upload_epsilon
 from mrff_secure.dp.sensitivity import compose_noise_multipliers
 
-KEYS = {"mechanism", "mode", "noise_multiplier", "clip", "delta", "epsilon", "epsilon_bound", "adjacency",
-        "gaussian_limit", "rounds", "clients", "sample_rate", "blocks", "groups"}
+KEYS = {
+    "mechanism",
+    "mode",
+    "noise_multiplier",
+    "clip",
+    "delta",
+    "epsilon",
+    "epsilon_bound",
+    "adjacency",
+    "gaussian_limit",
+    "rounds",
+    "clients",
+    "sample_rate",
+    "blocks",
+    "groups",
+}
 
 
 def _run(argv, capsys):
@@ -26,8 +40,10 @@ def local_z_eff(z, clip=1.0, blocks=2):
 
 
 def test_local_json_is_replace_one_with_the_layouts_count_part_and_no_amplification(capsys):
-    rc, out, _ = _run(["--noise-multiplier", "1.0", "--rounds", "50", "--clients", "1000", "--client-fraction", "0.1",
-                       "--json"], capsys)
+    rc, out, _ = _run(
+        ["--noise-multiplier", "1.0", "--rounds", "50", "--clients", "1000", "--client-fraction", "0.1", "--json"],
+        capsys,
+    )
     assert rc == 0
     data = json.loads(out)
     assert KEYS <= set(data)
@@ -43,9 +59,11 @@ def test_local_json_is_replace_one_with_the_layouts_count_part_and_no_amplificat
     assert data["epsilon"] > 3 * amplified.rdp
     assert data["typical_user"]["rounds"] == 5
     assert data["typical_user"]["epsilon"] == pytest.approx(
-        epsilon(noise_multiplier=z_eff, sample_rate=1.0, rounds=5, delta=1000**-1.1).rdp)
-    assert data["epsilon_per_round"] == pytest.approx(local_upload_epsilon(noise_multiplier=z_eff,
-                                                                          delta=1000**-1.1).rdp)
+        epsilon(noise_multiplier=z_eff, sample_rate=1.0, rounds=5, delta=1000**-1.1).rdp
+    )
+    assert data["epsilon_per_round"] == pytest.approx(
+        local_upload_epsilon(noise_multiplier=z_eff, delta=1000**-1.1).rdp
+    )
 
 
 def test_zero_noise_prints_inf_as_a_string(capsys):
@@ -58,8 +76,9 @@ def test_zero_noise_prints_inf_as_a_string(capsys):
 
 
 def test_target_epsilon_calibrates_the_headline(capsys):
-    rc, out, _ = _run(["--target-epsilon", "8", "--rounds", "100", "--clients", "500", "--delta", "1e-5",
-                       "--json"], capsys)
+    rc, out, _ = _run(
+        ["--target-epsilon", "8", "--rounds", "100", "--clients", "500", "--delta", "1e-5", "--json"], capsys
+    )
     data = json.loads(out)
     assert rc == 0 and data["delta"] == 1e-5
     assert 7.9 <= data["epsilon"] <= 8.0
@@ -84,8 +103,26 @@ def test_bad_values_exit_nonzero_with_a_message(capsys):
 
 
 def test_distributed_report_headlines_the_discrete_bound_of_both_phases(capsys):
-    rc, out, _ = _run(["--noise-multiplier", "1.0", "--rounds", "10", "--clients", "100", "--dp", "distributed",
-                       "--max-dropout-fraction", "0.2", "--dim", "1000", "--modulus-bits", "32", "--json"], capsys)
+    rc, out, _ = _run(
+        [
+            "--noise-multiplier",
+            "1.0",
+            "--rounds",
+            "10",
+            "--clients",
+            "100",
+            "--dp",
+            "distributed",
+            "--max-dropout-fraction",
+            "0.2",
+            "--dim",
+            "1000",
+            "--modulus-bits",
+            "32",
+            "--json",
+        ],
+        capsys,
+    )
     data = json.loads(out)
     assert rc == 0 and KEYS <= set(data)
     assert data["mechanism"] == "discrete_gaussian" and data["n_min"] == 80 and data["adjacency"] == "zero-out"
@@ -94,7 +131,8 @@ def test_distributed_report_headlines_the_discrete_bound_of_both_phases(capsys):
     assert data["epsilon"] >= data["gaussian_limit"]["epsilon_rdp"]
     # D3: both phases: the update (sqrt(C^2 + 1)) and the one-hots (sqrt(2)) at std z*C and z*sqrt(2)
     assert data["accounted_noise_multiplier"] == pytest.approx(
-        compose_noise_multipliers([(math.sqrt(2.0), 1.0), (math.sqrt(2.0), math.sqrt(2.0))]))
+        compose_noise_multipliers([(math.sqrt(2.0), 1.0), (math.sqrt(2.0), math.sqrt(2.0))])
+    )
     assert data["epsilon_replace_one"] > 1.5 * data["epsilon"]
 
 

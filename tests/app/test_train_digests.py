@@ -18,17 +18,56 @@ import pytest
 
 from mrff_secure.app.cli import main
 
-COMMON = ["train", "--dataset", "synthetic", "--synthetic-users", "40", "--maxlen", "10", "--rounds", "2",
-          "--seed", "3", "--checkpoint-every", "1", "--no-progress"]
+COMMON = [
+    "train",
+    "--dataset",
+    "synthetic",
+    "--synthetic-users",
+    "40",
+    "--maxlen",
+    "10",
+    "--rounds",
+    "2",
+    "--seed",
+    "3",
+    "--checkpoint-every",
+    "1",
+    "--no-progress",
+]
 TIMING_KEYS = {"seconds", "train_seconds", "inference_ms_per_user", "eval_seconds", "round_seconds"}
 
 PINNED = {
     "plain": ([], "0632b72996f1bd6cb4257557bca30b2272a8dc5e3db1f3720e0999ff802dcb6c"),
-    "local_dp": (["--dp", "local", "--noise-multiplier", "1.0", "--insecure-reproducible-noise"], "f5f79723baf78b5c4e6c87691e93c14234ccef2b2539bc06c47bc6465d3f32b1"),
-    "secure_dp": (["--dp", "distributed", "--noise-multiplier", "1.0", "--secure-aggregation", "on",
-                   "--insecure-reproducible-noise"], "9a28dca46f6409f645f4ee3a1d83c179df3764ff9cad472477842363e9c60d1e"),
-    "secure_inmemory": (["--dp", "distributed", "--noise-multiplier", "1.0", "--secure-aggregation", "inmemory",
-                         "--synthetic-users", "12", "--insecure-reproducible-noise"], "c15daf82a00ef7678d5b6bce5bfc61a0d5761c9eb2f6fd1a94b47fcbf5d829aa"),
+    "local_dp": (
+        ["--dp", "local", "--noise-multiplier", "1.0", "--insecure-reproducible-noise"],
+        "f5f79723baf78b5c4e6c87691e93c14234ccef2b2539bc06c47bc6465d3f32b1",
+    ),
+    "secure_dp": (
+        [
+            "--dp",
+            "distributed",
+            "--noise-multiplier",
+            "1.0",
+            "--secure-aggregation",
+            "on",
+            "--insecure-reproducible-noise",
+        ],
+        "9a28dca46f6409f645f4ee3a1d83c179df3764ff9cad472477842363e9c60d1e",
+    ),
+    "secure_inmemory": (
+        [
+            "--dp",
+            "distributed",
+            "--noise-multiplier",
+            "1.0",
+            "--secure-aggregation",
+            "inmemory",
+            "--synthetic-users",
+            "12",
+            "--insecure-reproducible-noise",
+        ],
+        "c15daf82a00ef7678d5b6bce5bfc61a0d5761c9eb2f6fd1a94b47fcbf5d829aa",
+    ),
 }
 
 

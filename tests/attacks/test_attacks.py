@@ -54,14 +54,23 @@ def _recorded(data, rounds=2, **kwargs):
 # ------------------------------------------------------------------ threat models
 
 
-@pytest.mark.parametrize("kwargs, expected", [
-    ({}, ThreatModel.PLAIN),
-    ({"plain_individual_view": False}, ThreatModel.SECAGG),
-    ({"privacy": PrivacySettings(dp=DPConfig(mode="local", clip=1.0, noise_multiplier=1.0))}, ThreatModel.LOCAL_DP),
-    ({"privacy": PrivacySettings(modulus_bits=48, dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0),
-                                 secure_sum="fast")}, ThreatModel.SECAGG_DP),
-    ({"privacy": PrivacySettings(modulus_bits=48, secure_sum="fast")}, ThreatModel.SECAGG),
-])
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({}, ThreatModel.PLAIN),
+        ({"plain_individual_view": False}, ThreatModel.SECAGG),
+        ({"privacy": PrivacySettings(dp=DPConfig(mode="local", clip=1.0, noise_multiplier=1.0))}, ThreatModel.LOCAL_DP),
+        (
+            {
+                "privacy": PrivacySettings(
+                    modulus_bits=48, dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0), secure_sum="fast"
+                )
+            },
+            ThreatModel.SECAGG_DP,
+        ),
+        ({"privacy": PrivacySettings(modulus_bits=48, secure_sum="fast")}, ThreatModel.SECAGG),
+    ],
+)
 def test_every_view_names_its_threat_model_and_sum_views_hold_no_individual_update(data, kwargs, expected):
     recorder = _recorded(data, rounds=1, **kwargs)
     assert recorder.threat_model == expected
@@ -110,8 +119,9 @@ def test_sums_hide_the_user_beyond_the_population_baseline(data):
 
 
 def test_touched_rows_are_the_attribute_rows_of_the_training_items(data):
-    rows = ItemRows.from_layout(FederatedSimulation(data, MODEL, FederationConfig(rounds=0)).layout,
-                                data.item_attributes)
+    rows = ItemRows.from_layout(
+        FederatedSimulation(data, MODEL, FederationConfig(rounds=0)).layout, data.item_attributes
+    )
     truth = touched_rows(data, rows)
     user = 4
     items = np.unique(np.r_[data.train_seq[user], data.train_target[user]])
@@ -157,8 +167,14 @@ def _canary_cell(data, *, z: float, rounds: int = 3, canaries: int = 60):
     layout = FederatedSimulation(audited, MODEL, FederationConfig(rounds=0)).layout
     audit = CanaryAudit(layout, first_row=data.num_users, num_canaries=canaries, clip=1.0, clip_uploads=z > 0)
     privacy = PrivacySettings(dp=DPConfig(mode="local", clip=1.0, noise_multiplier=z)) if z > 0 else None
-    sim = FederatedSimulation(audited, MODEL, FederationConfig(rounds=rounds), observer=audit,
-                              update_transform=audit.transform, privacy=privacy)
+    sim = FederatedSimulation(
+        audited,
+        MODEL,
+        FederationConfig(rounds=rounds),
+        observer=audit,
+        update_transform=audit.transform,
+        privacy=privacy,
+    )
     for _ in range(rounds):
         sim.train_round()
     return audit
@@ -182,9 +198,16 @@ def test_the_rules_fail_when_the_claim_is_false(data):
 
     def cell(claimed_z: float, claimed_eps: float) -> dict:
         canary = audit.result(noise_multiplier=claimed_z, delta=1e-5)
-        return {"cell": f"local-dp z={claimed_z}", "threat_model": ThreatModel.LOCAL_DP, "seed": 0, "noise_multiplier": claimed_z,
-                "target_epsilon": None, "claim": {"epsilon": claimed_eps, "delta": 1e-5}, "canary": canary,
-                "scores": {"reconstruction_auc": 0.5, "membership_auc": 0.5, "canary_auc": canary["canary_auc"]}}
+        return {
+            "cell": f"local-dp z={claimed_z}",
+            "threat_model": ThreatModel.LOCAL_DP,
+            "seed": 0,
+            "noise_multiplier": claimed_z,
+            "target_epsilon": None,
+            "claim": {"epsilon": claimed_eps, "delta": 1e-5},
+            "canary": canary,
+            "scores": {"reconstruction_auc": 0.5, "membership_auc": 0.5, "canary_auc": canary["canary_auc"]},
+        }
 
     false_rules = evaluate_rules([cell(0.6, 0.2)])
     assert false_rules["R2"]["verdict"] == "fails" and false_rules["R1"]["verdict"] == "fails"
@@ -195,11 +218,21 @@ def test_the_rules_fail_when_the_claim_is_false(data):
 
 
 def test_a_small_grid_runs_end_to_end_with_a_verdict_for_every_rule(data):
-    cells = [Cell(ThreatModel.PLAIN), Cell(ThreatModel.SECAGG), Cell(ThreatModel.SECAGG_DP, noise_multiplier=1.0), Cell(ThreatModel.LOCAL_DP, noise_multiplier=1.0),
-             Cell(ThreatModel.LOCAL_DP, noise_multiplier=3.0)]
+    cells = [
+        Cell(ThreatModel.PLAIN),
+        Cell(ThreatModel.SECAGG),
+        Cell(ThreatModel.SECAGG_DP, noise_multiplier=1.0),
+        Cell(ThreatModel.LOCAL_DP, noise_multiplier=1.0),
+        Cell(ThreatModel.LOCAL_DP, noise_multiplier=3.0),
+    ]
     report = run_grid(data, cells, model=MODEL, rounds=2, canaries=40)
     json.dumps(report)  # JSON-ready
-    assert {r["threat_model"] for r in report["cells"]} == {ThreatModel.PLAIN, ThreatModel.SECAGG, ThreatModel.SECAGG_DP, ThreatModel.LOCAL_DP}
+    assert {r["threat_model"] for r in report["cells"]} == {
+        ThreatModel.PLAIN,
+        ThreatModel.SECAGG,
+        ThreatModel.SECAGG_DP,
+        ThreatModel.LOCAL_DP,
+    }
     assert set(report["rules"]) == {"R0", "R1", "R2", "R3", "R4", "R5", "malicious-server"}
     assert report["rules"]["R4"]["verdict"] == "holds"
     assert "secure aggregation alone is not DP" in report["rules"]["R4"]["cells"]["secagg z=0 seed=0"]["finding"]
@@ -229,8 +262,14 @@ def _views(data, rounds=2, **kwargs):
             columns.on_round(view)
             groups.on_round(view)
 
-    sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=rounds, **kwargs.pop("federation", {})),
-                              observer=Both(), update_transform=groups.transform, **kwargs)
+    sim = FederatedSimulation(
+        data,
+        MODEL,
+        FederationConfig(rounds=rounds, **kwargs.pop("federation", {})),
+        observer=Both(),
+        update_transform=groups.transform,
+        **kwargs,
+    )
     for _ in range(rounds):
         sim.train_round()
     return columns, groups
@@ -244,7 +283,7 @@ def test_templates_are_the_starting_user_vectors(data):
     for user in (0, 7):
         for f, (lo, _) in enumerate(data.user_attributes.spans):
             value = data.user_attributes.tokens[user, lo]
-            assert np.allclose(start[user, f * dim:(f + 1) * dim], templates[f][value])
+            assert np.allclose(start[user, f * dim : (f + 1) * dim], templates[f][value])
 
 
 def test_attribute_and_group_inference_have_power_on_raw_updates_and_none_on_sums(data):
@@ -276,16 +315,20 @@ def test_disaggregation_finds_rare_rows_under_sampling_and_dp_stops_it():
     def run(**kwargs):
         probe = FederatedSimulation(sparse, MODEL, FederationConfig(rounds=0))
         recorder = RowRecorder(ItemRows.from_layout(probe.layout, sparse.item_attributes), sparse.num_users)
-        sim = FederatedSimulation(sparse, MODEL, FederationConfig(rounds=30, client_fraction=0.1), observer=recorder,
-                                  **kwargs)
+        sim = FederatedSimulation(
+            sparse, MODEL, FederationConfig(rounds=30, client_fraction=0.1), observer=recorder, **kwargs
+        )
         for _ in range(30):
             sim.train_round()
         return disaggregate(recorder, sparse)
 
     plain_sums = run(plain_individual_view=False)
     assert plain_sums["rare_rows"]["auc"] > 0.85 and plain_sums["rare_rows"]["advantage_auc"] > 0.15
-    noisy = run(privacy=PrivacySettings(modulus_bits=48, dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=0.5),
-                                        secure_sum="fast"))
+    noisy = run(
+        privacy=PrivacySettings(
+            modulus_bits=48, dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=0.5), secure_sum="fast"
+        )
+    )
     assert noisy["rare_rows"]["advantage_auc"] < 0.05
 
 
@@ -335,10 +378,16 @@ def test_active_attacks_are_refused_and_leak_once_the_policy_is_weakened():
 
 def test_r5_fails_on_an_attack_that_grows_with_noise_and_ignores_moves_below_chance():
     def cell(z, canary_auc, attribute_advantage):
-        return {"cell": f"local-dp z={z}", "threat_model": ThreatModel.LOCAL_DP, "seed": 0, "noise_multiplier": z,
-                "target_epsilon": None, "claim": {"epsilon": 1e3, "delta": 1e-5},
-                "scores": {"canary_auc": canary_auc, "attribute_advantage": attribute_advantage},
-                "standard_errors": {"canary_auc": 0.01, "attribute_advantage": 0.01}}
+        return {
+            "cell": f"local-dp z={z}",
+            "threat_model": ThreatModel.LOCAL_DP,
+            "seed": 0,
+            "noise_multiplier": z,
+            "target_epsilon": None,
+            "claim": {"epsilon": 1e3, "delta": 1e-5},
+            "scores": {"canary_auc": canary_auc, "attribute_advantage": attribute_advantage},
+            "standard_errors": {"canary_auc": 0.01, "attribute_advantage": 0.01},
+        }
 
     growing = evaluate_rules([cell(0.1, 0.6, -0.2), cell(0.5, 0.9, -0.05)])["R5"]
     assert growing["verdict"] == "fails"

@@ -28,8 +28,11 @@ def test_split_rule_against_raw_file(kuaisar, kuaisar_dir):
     """Re-derive three users' split by hand from df.csv with a stable (user, timestamp) sort."""
     rows = list(csv.DictReader(open(kuaisar_dir / "df.csv")))
     for user in (0, 7, 1790):
-        mine = [(float(r["timestamp"]), i, int(r["video_id"]) or 69704, int(r["is_click"]))
-                for i, r in enumerate(rows) if int(r["user_id"]) == user]
+        mine = [
+            (float(r["timestamp"]), i, int(r["video_id"]) or 69704, int(r["is_click"]))
+            for i, r in enumerate(rows)
+            if int(r["user_id"]) == user
+        ]
         mine.sort(key=lambda x: (x[0], x[1]))
         items = [m[2] for m in mine]
         labels = [m[3] for m in mine]

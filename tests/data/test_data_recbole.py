@@ -69,22 +69,35 @@ def test_token_seq_and_float_attributes(tmp_path):
 
 def test_label_column_wins(tmp_path):
     inter = "user_id:token\titem_id:token\tlabel:float\ttimestamp:float\n" + "".join(
-        f"u{u}\ti{i}\t{(u + i) % 2}\t{i}\n" for u in range(3) for i in range(4))
+        f"u{u}\ti{i}\t{(u + i) % 2}\t{i}\n" for u in range(3) for i in range(4)
+    )
     data = load_recbole(write(tmp_path, inter=inter, item=None, user=None), maxlen=3)
     assert data.item_attributes.field_names == ("item_id",)
     assert data.user_attributes.field_names == ("user_id",)
     assert data.test_label.tolist() == [1.0, 0.0, 1.0]
 
 
-@pytest.mark.parametrize("inter,match", [
-    ("user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t1\n", "needs a 'label' column or a 'rating' column"),
-    ("user_id\titem_id:token\trating:float\ttimestamp:float\nu1\ti1\t1\t1\n", "header cell 'user_id' must be 'name:type'"),
-    ("user_id:token\titem_id:token\trating:float\nu1\ti1\t1\n", "missing column 'timestamp'"),
-    ("user_id:token\titem_id:token\trating:float\ttimestamp:float\nu1\ti1\tfive\t1\n", "line 2, column 'rating': 'five' is not a number"),
-    ("user_id:token\titem_id:token\trating:float\ttimestamp:float\nu1\ti1\t5\t1\nu1\ti2\t5\t2\n", "fewer than 3 interactions"),
-    ("user_id:token\titem_id:token\trating:float\ttimestamp:float\n", "no data rows"),
-    ("user_id:token\titem_id:token\tlabel:float\ttimestamp:float\nu1\ti1\t3\t1\n", "label 3.0 is not 0 or 1"),
-])
+@pytest.mark.parametrize(
+    "inter,match",
+    [
+        ("user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t1\n", "needs a 'label' column or a 'rating' column"),
+        (
+            "user_id\titem_id:token\trating:float\ttimestamp:float\nu1\ti1\t1\t1\n",
+            "header cell 'user_id' must be 'name:type'",
+        ),
+        ("user_id:token\titem_id:token\trating:float\nu1\ti1\t1\n", "missing column 'timestamp'"),
+        (
+            "user_id:token\titem_id:token\trating:float\ttimestamp:float\nu1\ti1\tfive\t1\n",
+            "line 2, column 'rating': 'five' is not a number",
+        ),
+        (
+            "user_id:token\titem_id:token\trating:float\ttimestamp:float\nu1\ti1\t5\t1\nu1\ti2\t5\t2\n",
+            "fewer than 3 interactions",
+        ),
+        ("user_id:token\titem_id:token\trating:float\ttimestamp:float\n", "no data rows"),
+        ("user_id:token\titem_id:token\tlabel:float\ttimestamp:float\nu1\ti1\t3\t1\n", "label 3.0 is not 0 or 1"),
+    ],
+)
 def test_bad_inter_files(tmp_path, inter, match):
     with pytest.raises(DataFormatError, match=match):
         load_recbole(write(tmp_path, inter=inter, item=None, user=None))

@@ -32,13 +32,16 @@ def test_schema_holds_no_user_rows_and_builds_the_same_global_model(tmp_path) ->
     assert all(torch.equal(from_data[k], from_schema[k]) for k in from_data)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.update(format="other"), "not an mrff-public-schema"),
-    (lambda d: d.update(version=9), "version 9"),
-    (lambda d: d["items"].pop("tokens"), "tokens"),
-    (lambda d: d["items"].update(vocab_sizes=[1, 1, 1]), "outside"),
-    (lambda d: d.update(maxlen=0), "maxlen"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(format="other"), "not an mrff-public-schema"),
+        (lambda d: d.update(version=9), "version 9"),
+        (lambda d: d["items"].pop("tokens"), "tokens"),
+        (lambda d: d["items"].update(vocab_sizes=[1, 1, 1]), "outside"),
+        (lambda d: d.update(maxlen=0), "maxlen"),
+    ],
+)
 def test_corrupt_schema_files_are_refused_with_a_named_problem(tmp_path, mutate, message) -> None:
     doc = PublicSchema.of(make_synthetic(num_users=5, maxlen=6, seed=0)).to_json()
     mutate(doc)
@@ -59,6 +62,8 @@ def test_mrff_schema_command_writes_a_schema_the_server_can_use(tmp_path) -> Non
     from mrff_secure.app.cli import main
 
     out = tmp_path / "schema.json"
-    assert main(["schema", "--out", str(out), "--dataset", "synthetic", "--synthetic-users", "30", "--maxlen", "7"]) == 0
+    assert (
+        main(["schema", "--out", str(out), "--dataset", "synthetic", "--synthetic-users", "30", "--maxlen", "7"]) == 0
+    )
     schema = PublicSchema.load(out)
     assert (schema.population, schema.maxlen, schema.user_attributes.num_rows) == (30, 7, 0)

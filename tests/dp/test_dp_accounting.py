@@ -78,8 +78,9 @@ def test_more_noise_less_epsilon():
     assert eps == sorted(eps, reverse=True)
 
 
-@pytest.mark.parametrize("bad", [dict(delta=0.0), dict(delta=1.0), dict(noise_multiplier=-1.0),
-                                 dict(sample_rate=1.5), dict(rounds=-1)])
+@pytest.mark.parametrize(
+    "bad", [dict(delta=0.0), dict(delta=1.0), dict(noise_multiplier=-1.0), dict(sample_rate=1.5), dict(rounds=-1)]
+)
 def test_bad_parameters(bad):
     kwargs = dict(noise_multiplier=1.0, sample_rate=0.1, rounds=10, delta=1e-5) | bad
     with pytest.raises(PrivacyError):
@@ -100,8 +101,9 @@ def test_ddg_rdp_known_answer_and_single_share():
     a = 2 / (math.sqrt(2) * 0.5)
     b = 4 / (math.sqrt(2) * 0.5)
     alpha = 3
-    want = min(alpha * a * a / 2 + tau * 4, alpha / 2 * (a * a + 2 * b * tau + tau * tau * 4),
-               alpha / 2 * (a + tau * 2) ** 2)
+    want = min(
+        alpha * a * a / 2 + tau * 4, alpha / 2 * (a * a + 2 * b * tau + tau * tau * 4), alpha / 2 * (a + tau * 2) ** 2
+    )
     got = ddg_rdp(orders=[alpha], l2_sensitivity=2, l1_sensitivity=4, share_sigma=0.5, n_shares=2, dim=4)
     assert got[0] == pytest.approx(want)
     with pytest.raises(PrivacyError):
@@ -125,9 +127,20 @@ def test_discrete_epsilon_approaches_gaussian_limit(mechanism):
     # the same conversion, computed straight from opacus
     rdp = compute_rdp(q=1.0, noise_multiplier=z, steps=rounds, orders=list(DISCRETE_ORDERS))
     assert gauss == pytest.approx(float(get_privacy_spent(orders=list(DISCRETE_ORDERS), rdp=rdp, delta=delta)[0]))
-    eps = [discrete_epsilon(mechanism=mechanism, noise_multiplier=z, clip=clip, scale=s, dim=dim, n_min=n_min,
-                            rounds=rounds, delta=delta, beta=math.exp(-0.5)).epsilon
-           for s in (2.0**6, 2.0**9, 2.0**12, 2.0**16, 2.0**22)]
+    eps = [
+        discrete_epsilon(
+            mechanism=mechanism,
+            noise_multiplier=z,
+            clip=clip,
+            scale=s,
+            dim=dim,
+            n_min=n_min,
+            rounds=rounds,
+            delta=delta,
+            beta=math.exp(-0.5),
+        ).epsilon
+        for s in (2.0**6, 2.0**9, 2.0**12, 2.0**16, 2.0**22)
+    ]
     assert all(e >= gauss * (1 - 1e-9) for e in eps)  # never better than the continuous Gaussian
     assert eps == sorted(eps, reverse=True)  # finer scale, closer to it
     assert eps[-1] == pytest.approx(gauss, rel=2e-3)
@@ -140,6 +153,14 @@ def test_discrete_epsilon_zero_noise_and_zero_rounds():
 
 
 def test_discrete_account_uses_the_worst_case_share_count():
-    kw = dict(mechanism="discrete_gaussian", noise_multiplier=1.0, clip=1.0, scale=2.0**10, dim=256,
-              rounds=10, delta=1e-5, beta=math.exp(-0.5))
+    kw = dict(
+        mechanism="discrete_gaussian",
+        noise_multiplier=1.0,
+        clip=1.0,
+        scale=2.0**10,
+        dim=256,
+        rounds=10,
+        delta=1e-5,
+        beta=math.exp(-0.5),
+    )
     assert discrete_epsilon(n_min=80, **kw).n_shares == 80

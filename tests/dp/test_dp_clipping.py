@@ -12,8 +12,10 @@ floats = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=32)
 
 
 @settings(max_examples=150, deadline=None)
-@given(x=arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 40)), elements=floats),
-       clip=st.floats(min_value=1e-3, max_value=1e3))
+@given(
+    x=arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 40)), elements=floats),
+    clip=st.floats(min_value=1e-3, max_value=1e3),
+)
 def test_clipped_norms_never_exceed_c_numpy(x, clip):
     out, norms = clip_l2(x, clip)
     assert out.dtype == x.dtype and out.shape == x.shape
@@ -24,8 +26,10 @@ def test_clipped_norms_never_exceed_c_numpy(x, clip):
 
 
 @settings(max_examples=100, deadline=None)
-@given(x=arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(1, 30)), elements=floats),
-       clip=st.floats(min_value=1e-3, max_value=1e3))
+@given(
+    x=arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(1, 30)), elements=floats),
+    clip=st.floats(min_value=1e-3, max_value=1e3),
+)
 def test_clipped_norms_never_exceed_c_torch_and_match_numpy(x, clip):
     t = torch.from_numpy(x).to(torch.float32)
     out, norms = clip_l2(t, clip)

@@ -50,7 +50,7 @@ def test_frozen_and_round_trip():
 
 def test_delta_default_is_one_over_n_to_the_1_1():
     cfg = DPConfig(mode="local", noise_multiplier=1.0)
-    assert cfg.resolve_delta(1791) == pytest.approx(1791 ** -1.1)
+    assert cfg.resolve_delta(1791) == pytest.approx(1791**-1.1)
     assert DPConfig(mode="local", noise_multiplier=1.0, delta=1e-6).resolve_delta(1791) == 1e-6
     assert default_delta(1000) < 1 / 1000
     with pytest.raises(ConfigError):

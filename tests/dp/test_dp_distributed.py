@@ -57,8 +57,9 @@ def test_modular_clipping_bound_holds_empirically():
     # a deliberately tight modulus so that wrap-around is frequent enough to measure
     n, p, c, scale, var, bits = 20, 64, 1.0, 40.0, 30.0, 10
     for mech in ("discrete_gaussian", "skellam"):
-        rep = modular_clipping_probability(l2_bound=c, scale=scale, padded_dim=p, n_clients=n,
-                                           share_variance=var, modulus_bits=bits, mechanism=mech)
+        rep = modular_clipping_probability(
+            l2_bound=c, scale=scale, padded_dim=p, n_clients=n, share_variance=var, modulus_bits=bits, mechanism=mech
+        )
         assert 0 < rep.per_coordinate < 1 and rep.half_range == 512
         assert rep.any_coordinate == min(1.0, rep.per_coordinate * p)
         rng = np.random.default_rng(1)
@@ -73,13 +74,22 @@ def test_modular_clipping_bound_holds_empirically():
 
 
 def test_choose_scale_meets_target_and_is_maximal():
-    kw = dict(mechanism="skellam", l2_bound=1.0, noise_std=1.0, padded_dim=1024, n_clients=100, n_min=90,
-              modulus_bits=20)
+    kw = dict(
+        mechanism="skellam", l2_bound=1.0, noise_std=1.0, padded_dim=1024, n_clients=100, n_min=90, modulus_bits=20
+    )
     s = choose_scale(**kw, target_clip_probability=1e-6)
+
     def prob(scale):
-        return modular_clipping_probability(l2_bound=1.0, scale=scale, padded_dim=1024, n_clients=100,
-                                            share_variance=(scale * 1.0) ** 2 / 90, modulus_bits=20,
-                                            mechanism="skellam").any_coordinate
+        return modular_clipping_probability(
+            l2_bound=1.0,
+            scale=scale,
+            padded_dim=1024,
+            n_clients=100,
+            share_variance=(scale * 1.0) ** 2 / 90,
+            modulus_bits=20,
+            mechanism="skellam",
+        ).any_coordinate
+
     assert prob(s) <= 1e-6 < prob(s * 1.01)
     with pytest.raises(PrivacyError, match="too small"):
         choose_scale(**(kw | dict(modulus_bits=4, n_clients=10**6)))
@@ -88,8 +98,15 @@ def test_choose_scale_meets_target_and_is_maximal():
 @pytest.mark.parametrize("mechanism", ["discrete_gaussian", "skellam"])
 def test_end_to_end_sum_has_target_noise(mechanism):
     n, dim, z, clip = 12, 300, 0.5, 1.0
-    plan = plan_distributed(mechanism=mechanism, dim=dim, n_clients=n, max_dropout_fraction=0.0, clip=clip,
-                            noise_multiplier=z, modulus_bits=32)
+    plan = plan_distributed(
+        mechanism=mechanism,
+        dim=dim,
+        n_clients=n,
+        max_dropout_fraction=0.0,
+        clip=clip,
+        noise_multiplier=z,
+        modulus_bits=32,
+    )
     assert plan.padded_dim == 512 and plan.n_min == 12
     assert plan.clipping.any_coordinate <= 1e-6
     enc = DistributedEncoder(plan, rotation_seed=b"round-3")
@@ -110,8 +127,17 @@ def test_end_to_end_sum_has_target_noise(mechanism):
 
 
 def test_plan_with_count_tail_and_dropouts():
-    plan = plan_distributed(mechanism="skellam", dim=10, n_clients=10, max_dropout_fraction=0.3, clip=1.0,
-                            noise_multiplier=1.0, modulus_bits=40, clip_len=8, extra_sensitivity=math.sqrt(2))
+    plan = plan_distributed(
+        mechanism="skellam",
+        dim=10,
+        n_clients=10,
+        max_dropout_fraction=0.3,
+        clip=1.0,
+        noise_multiplier=1.0,
+        modulus_bits=40,
+        clip_len=8,
+        extra_sensitivity=math.sqrt(2),
+    )
     assert plan.n_min == 7 and plan.l2_bound == pytest.approx(math.sqrt(3))
     assert plan.share_variance == pytest.approx((plan.scale * 1.0) ** 2 / 7)
     enc = DistributedEncoder(plan, rotation_seed=5)
@@ -125,5 +151,13 @@ def test_plan_with_count_tail_and_dropouts():
 
 def test_plan_refuses_impossible_discrete_gaussian_share():
     with pytest.raises(PrivacyError, match="sigma"):
-        plan_distributed(mechanism="discrete_gaussian", dim=100, n_clients=1000, max_dropout_fraction=0.0,
-                         clip=1.0, noise_multiplier=0.01, modulus_bits=40, scale=1.0)
+        plan_distributed(
+            mechanism="discrete_gaussian",
+            dim=100,
+            n_clients=1000,
+            max_dropout_fraction=0.0,
+            clip=1.0,
+            noise_multiplier=0.01,
+            modulus_bits=40,
+            scale=1.0,
+        )

@@ -23,8 +23,10 @@ def _var_tolerance(variance: float, n: int, excess_kurtosis: float = 0.0) -> flo
 
 
 def test_interface():
-    for mech in (GridDiscreteGaussian(noise_multiplier=1.0, clip=1.0, dim=4),
-                 DistributedSkellam(noise_multiplier=1.0, clip=1.0, scale=10.0, n_min=4)):
+    for mech in (
+        GridDiscreteGaussian(noise_multiplier=1.0, clip=1.0, dim=4),
+        DistributedSkellam(noise_multiplier=1.0, clip=1.0, scale=10.0, n_min=4),
+    ):
         assert isinstance(mech, NoiseMechanism)
         assert mech.noise_std > 0
 
@@ -41,7 +43,8 @@ def test_rng_and_array_types_are_checked():
         GridDiscreteGaussian(noise_multiplier=1.0, clip=1.0, dim=3).add_noise(np.zeros(3), rng=None)
     with pytest.raises(PrivacyError):
         DistributedSkellam(noise_multiplier=1.0, clip=1.0, scale=10.0, n_min=2).add_noise(
-            np.zeros(3), rng=np.random.default_rng(0))  # floats, not integers
+            np.zeros(3), rng=np.random.default_rng(0)
+        )  # floats, not integers
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 3.7, 40.0])
@@ -93,8 +96,14 @@ def test_check_survivors():
         check_survivors(survivors=7, n_min=8)
 
 
-@pytest.mark.parametrize("bad", [dict(noise_multiplier=-1.0, clip=1.0), dict(noise_multiplier=1.0, clip=0.0),
-                                 dict(noise_multiplier=float("nan"), clip=1.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(noise_multiplier=-1.0, clip=1.0),
+        dict(noise_multiplier=1.0, clip=0.0),
+        dict(noise_multiplier=float("nan"), clip=1.0),
+    ],
+)
 def test_bad_parameters(bad):
     with pytest.raises(PrivacyError):
         GridDiscreteGaussian(**bad, dim=4)
@@ -123,6 +132,7 @@ def test_grid_gaussian_outputs_do_not_depend_on_the_inputs_low_bits():
     assert np.array_equal(out, mech.add_noise(nudged, rng=np.random.default_rng(5)))
     units = out / mech.gamma
     assert np.array_equal(units, np.round(units))  # every output is an exact grid point
+
     def float_gaussian(v):  # the construction D7 forbids: float noise of std z*C added to the input
         return v + np.random.default_rng(5).normal(0.0, 0.35, size=v.shape)
 

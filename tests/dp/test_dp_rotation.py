@@ -14,7 +14,7 @@ def test_next_power_of_two():
 
 @pytest.mark.parametrize("p", [1, 2, 8, 256])
 def test_fwht_is_exactly_an_involution_up_to_p_on_integers(p):
-    x = np.random.default_rng(p).integers(-10**6, 10**6, size=(3, p))
+    x = np.random.default_rng(p).integers(-(10**6), 10**6, size=(3, p))
     assert np.array_equal(fwht(fwht(x)), p * x)
     t = torch.from_numpy(x)
     assert torch.equal(fwht(fwht(t)), p * t)

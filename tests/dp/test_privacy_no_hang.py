@@ -41,14 +41,36 @@ def timed(fn, *args, **kwargs):
 
 
 def local_release(**changes):
-    base = dict(dp_mode="local", secure_aggregation=False, clip=1.0, noise_multiplier=0.0, num_blocks=2,
-                num_groups=4, delta_size=1, participants=100, modulus_bits=None, count_cap=1)
+    base = dict(
+        dp_mode="local",
+        secure_aggregation=False,
+        clip=1.0,
+        noise_multiplier=0.0,
+        num_blocks=2,
+        num_groups=4,
+        delta_size=1,
+        participants=100,
+        modulus_bits=None,
+        count_cap=1,
+    )
     return RoundRelease(**{**base, **changes})
 
 
 def distributed_release(mechanism="skellam", **changes):
-    base = dict(dp_mode="distributed", secure_aggregation=True, clip=1.0, noise_multiplier=1.0, num_blocks=2,
-                num_groups=4, delta_size=1000, participants=100, n_min=70, mechanism=mechanism, modulus_bits=32, count_cap=1)
+    base = dict(
+        dp_mode="distributed",
+        secure_aggregation=True,
+        clip=1.0,
+        noise_multiplier=1.0,
+        num_blocks=2,
+        num_groups=4,
+        delta_size=1000,
+        participants=100,
+        n_min=70,
+        mechanism=mechanism,
+        modulus_bits=32,
+        count_cap=1,
+    )
     return RoundRelease(**{**base, **changes})
 
 
@@ -90,8 +112,17 @@ def test_huge_target_answers_fast_with_a_valid_bound_and_names_the_fallback(targ
 @pytest.mark.parametrize("target", [1e6, 1000.0])
 @pytest.mark.parametrize("mechanism", ["discrete_gaussian", "skellam"])
 def test_huge_target_distributed_answers_fast(target, mechanism):
-    report = timed(privacy_report, rounds=10, clients=100, target_epsilon=target, mode="distributed", dim=1000,
-                   mechanism=mechanism, max_dropout_fraction=0.3, modulus_bits=32)
+    report = timed(
+        privacy_report,
+        rounds=10,
+        clients=100,
+        target_epsilon=target,
+        mode="distributed",
+        dim=1000,
+        mechanism=mechanism,
+        max_dropout_fraction=0.3,
+        modulus_bits=32,
+    )
     assert 0.99 * target <= report["epsilon"] <= target
     assert any("RDP bound used" in n for n in report["notes"])
 
@@ -168,17 +199,27 @@ def test_search_is_bounded_in_time_and_returns_a_valid_z():
 # ---------------------------------------------------------------- the headline is the mechanism's, and calibrated
 
 
-@pytest.mark.parametrize("clients,dim,dropout,rounds", [(100, 1000, 0.0, 10), (10, 100_000, 0.3, 10),
-                                                        (1000, 10_000, 0.3, 100)])
+@pytest.mark.parametrize(
+    "clients,dim,dropout,rounds", [(100, 1000, 0.0, 10), (10, 100_000, 0.3, 10), (1000, 10_000, 0.3, 100)]
+)
 def test_skellam_calibration_targets_the_discrete_headline(clients, dim, dropout, rounds):
-    report = privacy_report(rounds=rounds, clients=clients, target_epsilon=8.0, mode="distributed", dim=dim,
-                            mechanism="skellam", max_dropout_fraction=dropout, modulus_bits=32)
+    report = privacy_report(
+        rounds=rounds,
+        clients=clients,
+        target_epsilon=8.0,
+        mode="distributed",
+        dim=dim,
+        mechanism="skellam",
+        max_dropout_fraction=dropout,
+        modulus_bits=32,
+    )
     assert report["mechanism"] == "skellam"
     assert 0.9 * 8.0 <= report["epsilon"] <= 8.0
     # accounted afresh from the printed z, the discrete bound is the headline (not the Gaussian limit's PRV)
     release = distributed_release(participants=clients, n_min=report["n_min"], delta_size=dim)
-    account = account_rounds(release.with_noise_multiplier(report["noise_multiplier"]), rounds=rounds,
-                             delta=report["delta"])
+    account = account_rounds(
+        release.with_noise_multiplier(report["noise_multiplier"]), rounds=rounds, delta=report["delta"]
+    )
     assert account.epsilon == pytest.approx(report["epsilon"]) and account.epsilon <= 8.0
     assert report["gaussian_limit"]["epsilon_prv"] < report["epsilon"]
     assert "8" in format_report(report).split("epsilon (headline")[1].split("bound:")[0]
@@ -189,12 +230,27 @@ def test_the_coordinators_calibration_spends_at_most_the_target_in_its_ledger():
     from mrff_secure.round.update_vector import UpdateLayout
     from server.privacy import calibrate, ledger_summary, round_release
 
-    layout = UpdateLayout(shared_names=("a",), shared_shapes=((5000,),), group_names=(("g1",), ("g2",)),
-                          group_shapes=(((100,),), ((100,),)), num_groups=4)
+    layout = UpdateLayout(
+        shared_names=("a",),
+        shared_shapes=((5000,),),
+        group_names=(("g1",), ("g2",)),
+        group_shapes=(((100,),), ((100,),)),
+        num_groups=4,
+    )
     for mechanism in ("skellam", "discrete_gaussian"):
-        spec = RoundSpec(local_steps=1, optimizer="adam", lr=0.1, dp_mode="distributed", clip=1.0,
-                         noise_multiplier=1.0, min_survivors=35, min_group_size=5, mechanism=mechanism,
-                         modulus_bits=32, count_cap=65)
+        spec = RoundSpec(
+            local_steps=1,
+            optimizer="adam",
+            lr=0.1,
+            dp_mode="distributed",
+            clip=1.0,
+            noise_multiplier=1.0,
+            min_survivors=35,
+            min_group_size=5,
+            mechanism=mechanism,
+            modulus_bits=32,
+            count_cap=65,
+        )
         z = calibrate(spec, layout, participants=50, target_epsilon=8.0, rounds=20, delta=1e-5)
         ledger = RoundAccountant(delta=1e-5)
         calibrated = RoundSpec(**{**spec.__dict__, "noise_multiplier": z})
@@ -217,8 +273,10 @@ def test_infinite_epsilon_is_the_string_inf_everywhere(capsys):
     assert "epsilon (headline, a user in every round): inf" in text and "None" not in text and "null" not in text
     assert "warning: no noise" in text
     # the CLI's JSON
-    assert cli.main(["privacy", "--noise-multiplier", "0", "--rounds", "5", "--clients", "100", "--dp", "local",
-                     "--json"]) == 0
+    assert (
+        cli.main(["privacy", "--noise-multiplier", "0", "--rounds", "5", "--clients", "100", "--dp", "local", "--json"])
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["epsilon"] == "inf" and data["gaussian_limit"]["epsilon_prv"] == "inf"
     # the accountant's JSON and the coordinator's ledger
@@ -254,8 +312,9 @@ def test_warnings_delta_weak_epsilon_and_no_noise():
 
 
 def test_numbers_are_printed_to_a_sensible_precision():
-    report = privacy_report(rounds=10, clients=100, target_epsilon=8.0, mode="distributed", dim=1000,
-                            mechanism="skellam", modulus_bits=32)
+    report = privacy_report(
+        rounds=10, clients=100, target_epsilon=8.0, mode="distributed", dim=1000, mechanism="skellam", modulus_bits=32
+    )
     text = format_report(report)
     assert not re.search(r"\d\.\d{7,}", text), text  # never 17 significant digits
     assert "epsilon (headline, a user in every round): 8 " in text  # 7.9999..., rounded up at 4 digits

@@ -63,24 +63,25 @@ def test_local_uploads_are_clipped_and_noised_on_every_coordinate(data):
     views = {}
     for z in (0.0, 0.7):
         observer = Recorder()
-        sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=1, chunk_size=0), observer=observer,
-                                  privacy=local(z))
+        sim = FederatedSimulation(
+            data, MODEL, FederationConfig(rounds=1, chunk_size=0), observer=observer, privacy=local(z)
+        )
         sim.train_round()
         views[z] = observer.views[0]
     layout = views[0.0].layout
     quiet = views[0.0].individual_updates  # z = 0: clipped and snapped to the grid, no noise
     assert quiet.shape == (12, layout.size)
-    norms = torch.linalg.vector_norm(quiet[:, :layout.delta_size].double(), dim=1)
+    norms = torch.linalg.vector_norm(quiet[:, : layout.delta_size].double(), dim=1)
     # clipped to C; the grid moves a vector by at most 2^-21 C (accounted), the float32 cast by ~1e-7 relative
     assert float(norms.max()) <= 0.5 * (1 + 2.0**-21) * (1 + 1.2e-7)
-    tail = quiet[:, layout.delta_size:]
+    tail = quiet[:, layout.delta_size :]
     assert set(tail[:, :-1].unique().tolist()) <= {0.0, 1.0}  # the one-hots, unclipped and unnoised
     assert torch.all(tail[:, :-1].sum(1) == layout.num_blocks)
     assert float(tail[:, -1].min()) > 0 and float(tail[:, -1].max()) <= 1.0  # count / cap
     # the same clients, seeds and training: the difference is the noise alone, on every coordinate
     noise = (views[0.7].individual_updates - quiet).double()
     assert abs(float(noise.std()) / (0.7 * 0.5) - 1) < 0.02
-    count_noise = noise[:, layout.delta_size:]
+    count_noise = noise[:, layout.delta_size :]
     assert abs(float(count_noise.std()) / (0.7 * 0.5) - 1) < 0.35  # 12 clients x 5 coordinates
     assert bool((count_noise != 0).all())
     assert torch.allclose(views[0.7].summed_update, views[0.7].individual_updates.sum(0), atol=1e-4)
@@ -88,8 +89,9 @@ def test_local_uploads_are_clipped_and_noised_on_every_coordinate(data):
 
 def test_local_mode_averages_with_the_noisy_counts_from_the_uploads(data):
     observer = Recorder()
-    sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=1, chunk_size=0), observer=observer,
-                              privacy=local(0.3))
+    sim = FederatedSimulation(
+        data, MODEL, FederationConfig(rounds=1, chunk_size=0), observer=observer, privacy=local(0.3)
+    )
     before = dict(sim.global_params)
     result = sim.train_round()
     view = observer.views[0]
@@ -107,8 +109,9 @@ def test_local_mode_averages_with_the_noisy_counts_from_the_uploads(data):
 
 def test_local_accounting_is_replace_one_with_the_count_part(data, tmp_path):
     z, clip, rounds = 0.9, 0.5, 2
-    summary = run_training(data, MODEL, FederationConfig(rounds=rounds, chunk_size=0), tmp_path, progress=False,
-                           privacy=local(z, clip))
+    summary = run_training(
+        data, MODEL, FederationConfig(rounds=rounds, chunk_size=0), tmp_path, progress=False, privacy=local(z, clip)
+    )
     privacy = summary["privacy"]
     # D4: the server sees identified uploads: replace-one, sensitivity sqrt(4C^2 + 2B + 1) (+ the grid's 2^-20 C)
     z_eff = z * clip / (math.sqrt(4 * clip**2 + 2 * 2 + 1) + 2.0**-20 * clip)
@@ -141,16 +144,22 @@ def test_dp_off_run_reports_an_infinite_epsilon_never_zero(data, tmp_path):
 
 def test_distributed_accounting_composes_both_phases_and_headlines_the_discrete_bound(data, tmp_path):
     z, clip = 1.1, 0.5
-    settings = PrivacySettings(modulus_bits=48, dp=DPConfig(mode="distributed", clip=clip, noise_multiplier=z), secure_sum="fast",
-                               min_group_size=2)
-    summary = run_training(data, MODEL, FederationConfig(rounds=1, chunk_size=0), tmp_path, progress=False,
-                           privacy=settings)
+    settings = PrivacySettings(
+        modulus_bits=48,
+        dp=DPConfig(mode="distributed", clip=clip, noise_multiplier=z),
+        secure_sum="fast",
+        min_group_size=2,
+    )
+    summary = run_training(
+        data, MODEL, FederationConfig(rounds=1, chunk_size=0), tmp_path, progress=False, privacy=settings
+    )
     privacy = summary["privacy"]
     # phase 2 carries the example count (<= 1) but no one-hots (W5); phase 1 the one-hots of 2 blocks
     z_round = compose_noise_multipliers([(math.sqrt(clip**2 + 1.0), z * clip), (math.sqrt(2), z * math.sqrt(2))])
     assert privacy["accounted_noise_multiplier"] == pytest.approx(z_round)
     assert privacy["gaussian_limit"]["epsilon_rdp"] == pytest.approx(
-        epsilon(noise_multiplier=z_round, sample_rate=1.0, rounds=1, delta=privacy["delta"]).rdp)
+        epsilon(noise_multiplier=z_round, sample_rate=1.0, rounds=1, delta=privacy["delta"]).rdp
+    )
     assert privacy["mode"] == "distributed" and privacy["secure_aggregation"] == "fast"
     assert privacy["adjacency"] == "zero-out" and privacy["epsilon_replace_one"] > privacy["epsilon"]
     # D6: the headline is the integer mechanism's proven bound, not its Gaussian limit
@@ -167,41 +176,87 @@ def test_calibrating_with_mrff_privacy_then_training_at_that_z_spends_the_target
 
     target, rounds, clip = 6.0, 3, 0.5
     layout = Sim(data, MODEL, FederationConfig(rounds=rounds)).layout
-    report = privacy_report(rounds=rounds, clients=12, mode=mode, target_epsilon=target, clip=clip, blocks=2,
-                            groups=2, dim=layout.delta_size if mode == "distributed" else None)
+    report = privacy_report(
+        rounds=rounds,
+        clients=12,
+        mode=mode,
+        target_epsilon=target,
+        clip=clip,
+        blocks=2,
+        groups=2,
+        dim=layout.delta_size if mode == "distributed" else None,
+    )
     secure = "fast" if mode == "distributed" else "off"
-    settings = PrivacySettings(modulus_bits=32, dp=DPConfig(mode=mode, clip=clip, noise_multiplier=report["noise_multiplier"]),
-                               secure_sum=secure, min_group_size=2 if mode == "distributed" else None)
-    summary = run_training(data, MODEL, FederationConfig(rounds=rounds, chunk_size=0), tmp_path, progress=False,
-                           privacy=settings)
+    settings = PrivacySettings(
+        modulus_bits=32,
+        dp=DPConfig(mode=mode, clip=clip, noise_multiplier=report["noise_multiplier"]),
+        secure_sum=secure,
+        min_group_size=2 if mode == "distributed" else None,
+    )
+    summary = run_training(
+        data, MODEL, FederationConfig(rounds=rounds, chunk_size=0), tmp_path, progress=False, privacy=settings
+    )
     assert summary["privacy"]["epsilon"] == pytest.approx(report["epsilon"], rel=1e-9)
     assert target * 0.99 <= summary["privacy"]["epsilon"] <= target
     # and `mrff train --target-epsilon` calibrates to the same z
-    calibrated = PrivacySettings(modulus_bits=32, dp=DPConfig(mode=mode, clip=clip, target_epsilon=target), secure_sum=secure,
-                                 min_group_size=2 if mode == "distributed" else None)
-    summary = run_training(data, MODEL, FederationConfig(rounds=rounds, chunk_size=0), tmp_path / "t", progress=False,
-                           privacy=calibrated)
+    calibrated = PrivacySettings(
+        modulus_bits=32,
+        dp=DPConfig(mode=mode, clip=clip, target_epsilon=target),
+        secure_sum=secure,
+        min_group_size=2 if mode == "distributed" else None,
+    )
+    summary = run_training(
+        data, MODEL, FederationConfig(rounds=rounds, chunk_size=0), tmp_path / "t", progress=False, privacy=calibrated
+    )
     assert summary["privacy"]["noise_multiplier"] == pytest.approx(report["noise_multiplier"], rel=1e-9)
 
 
 def test_no_amplification_is_claimed_when_a_fraction_of_clients_takes_part(data, tmp_path):
     """D5: a fixed-size subset, participation visible: the headline is a user in every round."""
     z, clip, rounds = 2.0, 0.5, 4
-    summary = run_training(data, MODEL, FederationConfig(rounds=rounds, chunk_size=0, client_fraction=0.5), tmp_path,
-                           progress=False, privacy=local(z, clip))
+    summary = run_training(
+        data,
+        MODEL,
+        FederationConfig(rounds=rounds, chunk_size=0, client_fraction=0.5),
+        tmp_path,
+        progress=False,
+        privacy=local(z, clip),
+    )
     privacy = summary["privacy"]
     z_eff = privacy["accounted_noise_multiplier"]
     every_round = epsilon(noise_multiplier=z_eff, sample_rate=1.0, rounds=rounds, delta=privacy["delta"]).rdp
     amplified = epsilon(noise_multiplier=z_eff, sample_rate=0.5, rounds=rounds, delta=privacy["delta"]).rdp
     assert privacy["epsilon"] == pytest.approx(every_round) and privacy["epsilon"] > amplified
     assert privacy["typical_user"]["rounds"] == 2
-    assert privacy["typical_user"]["epsilon"] < privacy["epsilon"] and "not a guarantee" in privacy["typical_user"]["meaning"]
+    assert (
+        privacy["typical_user"]["epsilon"] < privacy["epsilon"]
+        and "not a guarantee" in privacy["typical_user"]["meaning"]
+    )
 
 
 def test_cli_train_with_local_dp_writes_the_privacy_summary(tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli.main(["train", "--synthetic-users", "10", "--maxlen", "8", "--rounds", "1", "--no-progress",
-                     "--dp", "local", "--clip", "0.5", "--noise-multiplier", "1.0", "--run-dir", str(out), "--json"])
+    code = cli.main(
+        [
+            "train",
+            "--synthetic-users",
+            "10",
+            "--maxlen",
+            "8",
+            "--rounds",
+            "1",
+            "--no-progress",
+            "--dp",
+            "local",
+            "--clip",
+            "0.5",
+            "--noise-multiplier",
+            "1.0",
+            "--run-dir",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["privacy"]["mode"] == "local" and summary["privacy"]["noise_multiplier"] == 1.0
@@ -209,23 +264,47 @@ def test_cli_train_with_local_dp_writes_the_privacy_summary(tmp_path, capsys):
     assert isinstance(summary["privacy"]["epsilon"], float) and summary["privacy"]["private"] is True
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--dp", "local", "--noise-multiplier", "1", "--mechanism", "skellam"], "--mechanism"),
-    (["--dp", "local", "--clip", "1"], "--noise-multiplier"),
-    (["--noise-multiplier", "1"], "need --dp"),
-    (["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1", "--min-group-size", "1"], "--min-group-size must be >= 2"),
-    (["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1", "--secure-aggregation", "off"], "secure"),
-    (["--dp", "local", "--clip", "-1", "--noise-multiplier", "1"], "--clip must be > 0"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--dp", "local", "--noise-multiplier", "1", "--mechanism", "skellam"], "--mechanism"),
+        (["--dp", "local", "--clip", "1"], "--noise-multiplier"),
+        (["--noise-multiplier", "1"], "need --dp"),
+        (
+            ["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1", "--min-group-size", "1"],
+            "--min-group-size must be >= 2",
+        ),
+        (["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1", "--secure-aggregation", "off"], "secure"),
+        (["--dp", "local", "--clip", "-1", "--noise-multiplier", "1"], "--clip must be > 0"),
+    ],
+)
 def test_cli_train_rejects_bad_privacy_arguments(tmp_path, capsys, argv, needle):
-    code = cli.main(["train", "--synthetic-users", "10", "--rounds", "1", "--no-progress", "--run-dir", str(tmp_path), *argv])
+    code = cli.main(
+        ["train", "--synthetic-users", "10", "--rounds", "1", "--no-progress", "--run-dir", str(tmp_path), *argv]
+    )
     assert code == 2
     assert needle in capsys.readouterr().err
 
 
 def test_cli_noise_multiplier_and_target_epsilon_are_exclusive(tmp_path, capsys):
-    assert cli.main(["train", "--dp", "local", "--clip", "1", "--noise-multiplier", "1", "--target-epsilon", "3",
-                     "--run-dir", str(tmp_path)]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                "--dp",
+                "local",
+                "--clip",
+                "1",
+                "--noise-multiplier",
+                "1",
+                "--target-epsilon",
+                "3",
+                "--run-dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "give --noise-multiplier or --target-epsilon, not both" in capsys.readouterr().err
 
 
@@ -234,8 +313,9 @@ def test_local_round_uses_no_phase_one_in_the_clear(data):
     counts = []
     for seed in (0, 1):
         observer = Recorder()
-        sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=1, chunk_size=0, seed=seed), observer=observer,
-                                  privacy=local(0.5))
+        sim = FederatedSimulation(
+            data, MODEL, FederationConfig(rounds=1, chunk_size=0, seed=seed), observer=observer, privacy=local(0.5)
+        )
         sim.train_round()
         counts.append(observer.views[0].group_counts)
     for noisy in counts:
@@ -246,8 +326,9 @@ def test_local_round_uses_no_phase_one_in_the_clear(data):
 # ---------------------------------------------------------------- D1: noise nobody can regenerate
 
 
-def strip_local_noise_with_the_seed(uploads: np.ndarray, seed: int, round_index: int, z: float,
-                                    clip: float) -> list[np.ndarray]:
+def strip_local_noise_with_the_seed(
+    uploads: np.ndarray, seed: int, round_index: int, z: float, clip: float
+) -> list[np.ndarray]:
     """The D1 attacker: knowing the run seed (summary.json records it), regenerate the noise and subtract it.
 
     Tries the seed derivation the simulation used before (torch.randn) and the one of the
@@ -269,10 +350,12 @@ def test_an_observer_who_knows_the_seed_cannot_strip_the_local_noise(data, repro
     uploads = {}
     for noise in (0.0, z):
         observer = Recorder()
-        settings = PrivacySettings(dp=DPConfig(mode="local", clip=clip, noise_multiplier=noise),
-                                   insecure_reproducible_noise=reproducible)
-        sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=1, chunk_size=0, seed=seed), observer=observer,
-                                  privacy=settings)
+        settings = PrivacySettings(
+            dp=DPConfig(mode="local", clip=clip, noise_multiplier=noise), insecure_reproducible_noise=reproducible
+        )
+        sim = FederatedSimulation(
+            data, MODEL, FederationConfig(rounds=1, chunk_size=0, seed=seed), observer=observer, privacy=settings
+        )
         sim.train_round()
         uploads[noise] = observer.views[0].individual_updates.double().numpy()
     exact = uploads[0.0]  # the clipped uploads themselves (z = 0, same training)
@@ -288,26 +371,49 @@ def test_an_observer_who_knows_the_seed_cannot_strip_the_local_noise(data, repro
 
 
 def test_insecure_reproducible_noise_marks_every_output_not_private(data, tmp_path):
-    settings = PrivacySettings(dp=DPConfig(mode="local", clip=0.5, noise_multiplier=1.0),
-                               insecure_reproducible_noise=True)
-    summary = run_training(data, MODEL, FederationConfig(rounds=2, chunk_size=0), tmp_path, progress=False,
-                           privacy=settings)
+    settings = PrivacySettings(
+        dp=DPConfig(mode="local", clip=0.5, noise_multiplier=1.0), insecure_reproducible_noise=True
+    )
+    summary = run_training(
+        data, MODEL, FederationConfig(rounds=2, chunk_size=0), tmp_path, progress=False, privacy=settings
+    )
     assert summary["privacy"]["private"] is False and "NOT PRIVATE" in summary["privacy"]["not_private"]
     assert "run seed" in summary["privacy"]["noise_source"]
-    assert "NOT covered" in summary["outputs"]["covered_by_epsilon"]["metrics.jsonl: epsilon, group_counts_seen_by_server"]
+    assert (
+        "NOT covered" in summary["outputs"]["covered_by_epsilon"]["metrics.jsonl: epsilon, group_counts_seen_by_server"]
+    )
     for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         assert row["private"] is False and "NOT PRIVATE" in row["not_private"]
-    default = run_training(data, MODEL, FederationConfig(rounds=1, chunk_size=0), tmp_path / "d", progress=False,
-                           privacy=local(1.0))
+    default = run_training(
+        data, MODEL, FederationConfig(rounds=1, chunk_size=0), tmp_path / "d", progress=False, privacy=local(1.0)
+    )
     assert default["privacy"]["private"] is True and "os.urandom" in default["privacy"]["noise_source"]
 
 
 def test_a_clip_bound_from_private_data_is_flagged(tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli.main(["train", "--synthetic-users", "10", "--maxlen", "8", "--rounds", "1", "--no-progress",
-                     "--dp", "local", "--clip", "0.5", "--noise-multiplier", "1.0", "--clip-from-private-data",
-                     "--run-dir", str(out)])
+    code = cli.main(
+        [
+            "train",
+            "--synthetic-users",
+            "10",
+            "--maxlen",
+            "8",
+            "--rounds",
+            "1",
+            "--no-progress",
+            "--dp",
+            "local",
+            "--clip",
+            "0.5",
+            "--noise-multiplier",
+            "1.0",
+            "--clip-from-private-data",
+            "--run-dir",
+            str(out),
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert "private data" in summary["privacy"]["clip_choice"]
@@ -319,9 +425,19 @@ def test_the_summary_records_the_release_it_accounted(data, tmp_path):
     from mrff_secure.round.accountant import account_rounds
     from mrff_secure.round.release import RoundRelease
 
-    summary = run_training(data, MODEL, FederationConfig(rounds=2, chunk_size=0), tmp_path, progress=False,
-                           privacy=PrivacySettings(modulus_bits=48, dp=DPConfig(mode="distributed", clip=0.5, noise_multiplier=1.0),
-                                                   secure_sum="fast", min_group_size=2))
+    summary = run_training(
+        data,
+        MODEL,
+        FederationConfig(rounds=2, chunk_size=0),
+        tmp_path,
+        progress=False,
+        privacy=PrivacySettings(
+            modulus_bits=48,
+            dp=DPConfig(mode="distributed", clip=0.5, noise_multiplier=1.0),
+            secure_sum="fast",
+            min_group_size=2,
+        ),
+    )
     p = json.loads((tmp_path / "summary.json").read_text())["privacy"]
     again = account_rounds(RoundRelease(**p["release"]), rounds=2, delta=p["delta"])
     assert again.epsilon == summary["privacy"]["epsilon"]

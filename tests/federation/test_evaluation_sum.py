@@ -21,12 +21,15 @@ def test_the_summed_vectors_give_the_auc_within_the_bin_bound_and_the_logloss(se
     for split in ev.SPLITS:
         y, p = labels[split], np.nan_to_num(probs[split], nan=0.5)
         bins = np.minimum((p * ev.BINS).astype(int), ev.BINS - 1)
-        same_bin = sum(int(((bins == b) & (y == 1)).sum()) * int(((bins == b) & (y == 0)).sum())
-                       for b in range(ev.BINS)) / (int(y.sum()) * int((1 - y).sum()))
+        same_bin = sum(
+            int(((bins == b) & (y == 1)).sum()) * int(((bins == b) & (y == 0)).sum()) for b in range(ev.BINS)
+        ) / (int(y.sum()) * int((1 - y).sum()))
         assert result[split].clients == n and result[split].positives == int(y.sum())
         assert abs(result[split].auc - auc(y, p)) <= same_bin / 2 + 1e-12
         clipped = np.clip(np.where(y == 1, p, 1 - p), np.exp(-ev.LOSS_CAP), 1.0)
-        assert result[split].log_loss == pytest.approx(float(np.mean(-np.log(clipped))), abs=2.0**-ev.LOSS_FRACTION_BITS)
+        assert result[split].log_loss == pytest.approx(
+            float(np.mean(-np.log(clipped))), abs=2.0**-ev.LOSS_FRACTION_BITS
+        )
     assert 0.5 < result["val"].auc < 1.0  # the planted signal shows
 
 
@@ -56,6 +59,8 @@ def test_a_clients_held_out_scores_are_the_simulations_predictions():
     for split in ev.SPLITS:
         expected = sim.predict(split)
         for user in range(data.num_users):
-            scores = evaluate_user(sim.model, sim.global_params, {n: t[user] for n, t in sim.private.items()}, data, user)
+            scores = evaluate_user(
+                sim.model, sim.global_params, {n: t[user] for n, t in sim.private.items()}, data, user
+            )
             assert scores[split][0] == pytest.approx(float(expected[user]), abs=1e-6)
             assert scores[split][1] == int(getattr(data, f"{split}_label")[user])

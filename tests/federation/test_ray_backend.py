@@ -137,14 +137,29 @@ REPRODUCIBLE = dict(insecure_reproducible_noise=True)
 CASES = {
     "plain": (FederationConfig(rounds=2, seed=1, chunk_size=32), None),
     "plain, sampled": (FederationConfig(rounds=2, seed=2, chunk_size=16, client_fraction=0.4), None),
-    "local DP": (FederationConfig(rounds=2, seed=3, chunk_size=32),
-                 PrivacySettings(dp=DPConfig(mode="local", clip=1.0, noise_multiplier=0.5), **REPRODUCIBLE)),
-    "secure, distributed DP": (FederationConfig(rounds=2, seed=4, chunk_size=32),
-                               PrivacySettings(modulus_bits=48, dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0),
-                                               secure_sum="fast", **REPRODUCIBLE)),
-    "secure, aggregate noise": (FederationConfig(rounds=2, seed=5, chunk_size=32, client_fraction=0.5),
-                                PrivacySettings(modulus_bits=48, dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0),
-                                                secure_sum="fast", noise_sampling="aggregate", **REPRODUCIBLE)),
+    "local DP": (
+        FederationConfig(rounds=2, seed=3, chunk_size=32),
+        PrivacySettings(dp=DPConfig(mode="local", clip=1.0, noise_multiplier=0.5), **REPRODUCIBLE),
+    ),
+    "secure, distributed DP": (
+        FederationConfig(rounds=2, seed=4, chunk_size=32),
+        PrivacySettings(
+            modulus_bits=48,
+            dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0),
+            secure_sum="fast",
+            **REPRODUCIBLE,
+        ),
+    ),
+    "secure, aggregate noise": (
+        FederationConfig(rounds=2, seed=5, chunk_size=32, client_fraction=0.5),
+        PrivacySettings(
+            modulus_bits=48,
+            dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0),
+            secure_sum="fast",
+            noise_sampling="aggregate",
+            **REPRODUCIBLE,
+        ),
+    ),
 }
 
 
@@ -195,10 +210,29 @@ def test_the_ray_backend_refuses_what_it_cannot_run_the_same(local_ray, data):
 def _train(tmp_path, name, *extra):
     run = tmp_path / name
     done = subprocess.run(
-        [sys.executable, "-m", "mrff_secure.app.cli", "train", "--synthetic-users", "60", "--rounds", "2", "--blocks", "1",
-         "--chunk-size", "16", "--run-dir", str(run), "--no-progress", *extra],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"})  # torch: 1 thread, as the actor
+        [
+            sys.executable,
+            "-m",
+            "mrff_secure.app.cli",
+            "train",
+            "--synthetic-users",
+            "60",
+            "--rounds",
+            "2",
+            "--blocks",
+            "1",
+            "--chunk-size",
+            "16",
+            "--run-dir",
+            str(run),
+            "--no-progress",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"},
+    )  # torch: 1 thread, as the actor
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     rows = [json.loads(line) for line in (run / "operator-only" / "metrics.jsonl").read_text().splitlines()]
@@ -217,9 +251,32 @@ def test_mrff_train_backend_ray_writes_the_single_process_run(local_ray, tmp_pat
 def _audit(out, *extra):
     from mrff_secure.app import cli
 
-    return cli.main(["audit", "--synthetic-users", "40", "--rounds-per-cell", "2", "--canaries", "40", "--levels", "0.3",
-                     "--targets", "4", "--sampled-fraction", "0", "--no-progress", "--run-dir", str(out),
-                     "--cells", "plain", "local-dp z=0.3", "--backend", "ray", *extra])
+    return cli.main(
+        [
+            "audit",
+            "--synthetic-users",
+            "40",
+            "--rounds-per-cell",
+            "2",
+            "--canaries",
+            "40",
+            "--levels",
+            "0.3",
+            "--targets",
+            "4",
+            "--sampled-fraction",
+            "0",
+            "--no-progress",
+            "--run-dir",
+            str(out),
+            "--cells",
+            "plain",
+            "local-dp z=0.3",
+            "--backend",
+            "ray",
+            *extra,
+        ]
+    )
 
 
 def test_mrff_audit_runs_its_cells_as_ray_tasks(local_ray, tmp_path, capsys):
@@ -243,11 +300,37 @@ def test_ctrl_c_in_a_ray_run_keeps_the_run_folder_and_it_resumes(local_ray, tmp_
     import time
 
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "mrff_secure.app.cli", "train", "--synthetic-users", "60", "--rounds", "6", "--blocks",
-            "1", "--chunk-size", "16", "--checkpoint-every", "1", "--run-dir", str(run), "--no-progress",
-            "--backend", "ray", "--workers", "2"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"})
+    argv = [
+        sys.executable,
+        "-m",
+        "mrff_secure.app.cli",
+        "train",
+        "--synthetic-users",
+        "60",
+        "--rounds",
+        "6",
+        "--blocks",
+        "1",
+        "--chunk-size",
+        "16",
+        "--checkpoint-every",
+        "1",
+        "--run-dir",
+        str(run),
+        "--no-progress",
+        "--backend",
+        "ray",
+        "--workers",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"},
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:

@@ -46,11 +46,17 @@ class VectorTap:
         return vectors
 
 
-def secure(z=0.5, backend="fast", mechanism=None, sampling="per_client", clip=0.5, min_group_size=None,
-           reproducible=False):
-    return PrivacySettings(modulus_bits=48, dp=DPConfig(mode="distributed", clip=clip, noise_multiplier=z, mechanism=mechanism),
-                           secure_sum=backend, noise_sampling=sampling, min_group_size=min_group_size,
-                           insecure_reproducible_noise=reproducible)
+def secure(
+    z=0.5, backend="fast", mechanism=None, sampling="per_client", clip=0.5, min_group_size=None, reproducible=False
+):
+    return PrivacySettings(
+        modulus_bits=48,
+        dp=DPConfig(mode="distributed", clip=clip, noise_multiplier=z, mechanism=mechanism),
+        secure_sum=backend,
+        noise_sampling=sampling,
+        min_group_size=min_group_size,
+        insecure_reproducible_noise=reproducible,
+    )
 
 
 def test_ring_sum_and_inmemory_secagg_agree_bit_for_bit_on_random_residues():
@@ -73,8 +79,10 @@ def test_secure_sums_refuse_out_of_range_inputs_and_repeated_clients():
     n, bits = 4, 24  # a length-3 sum keeps guard_bits(3) = 14 bits of headroom
     limit = max_abs_for(n, bits, vector_length=3)
     too_big = np.full((1, 3), limit + 1)
-    for session in (RingSum(num_clients=n, dim=3, modulus_bits=bits),
-                    InMemorySecAgg(num_clients=n, dim=3, modulus_bits=bits, round_id=0)):
+    for session in (
+        RingSum(num_clients=n, dim=3, modulus_bits=bits),
+        InMemorySecAgg(num_clients=n, dim=3, modulus_bits=bits, round_id=0),
+    ):
         with pytest.raises(InputRangeError):
             session.add(np.array([0]), too_big)
     fast = RingSum(num_clients=n, dim=3, modulus_bits=bits)
@@ -88,8 +96,13 @@ def test_training_round_inmemory_secagg_equals_fast_ring_sum_bit_for_bit(data):
     sims = {}
     for backend in ("inmemory", "fast"):
         observer = Recorder()
-        sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=1, chunk_size=5), observer=observer,
-                                  privacy=secure(z=0.5, backend=backend, min_group_size=2, reproducible=True))
+        sim = FederatedSimulation(
+            data,
+            MODEL,
+            FederationConfig(rounds=1, chunk_size=5),
+            observer=observer,
+            privacy=secure(z=0.5, backend=backend, min_group_size=2, reproducible=True),
+        )
         sim.train_round()
         sims[backend] = (sim, observer)
     fast, slow = sims["fast"][0], sims["inmemory"][0]
@@ -104,8 +117,13 @@ def test_training_round_inmemory_secagg_equals_fast_ring_sum_bit_for_bit(data):
 @pytest.mark.parametrize("backend", ["fast", "inmemory"])
 def test_secure_observer_sees_only_sums_and_phase_one_counts(data, backend):
     observer = Recorder()
-    sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=1, chunk_size=0), observer=observer,
-                              privacy=secure(z=0.0, backend=backend, min_group_size=2))
+    sim = FederatedSimulation(
+        data,
+        MODEL,
+        FederationConfig(rounds=1, chunk_size=0),
+        observer=observer,
+        privacy=secure(z=0.0, backend=backend, min_group_size=2),
+    )
     result = sim.train_round()
     view = observer.views[0]
     assert view.individual_updates is None
@@ -118,15 +136,21 @@ def test_two_phase_round_zeroes_small_groups_and_decodes_the_plain_sum(data):
     tap = VectorTap()
     observer = Recorder()
     model = ModelConfig(maxlen=8, num_groups=3, dropout=0.0)  # routes [[4, 5, 3], [4, 7, 1]] on this data
-    sim = FederatedSimulation(data, model, FederationConfig(rounds=1, chunk_size=0), observer=observer,
-                              update_transform=tap, privacy=secure(z=0.0, clip=50.0, min_group_size=5))
+    sim = FederatedSimulation(
+        data,
+        model,
+        FederationConfig(rounds=1, chunk_size=0),
+        observer=observer,
+        update_transform=tap,
+        privacy=secure(z=0.0, clip=50.0, min_group_size=5),
+    )
     before = {n: p.clone() for n, p in sim.global_params.items()}
     result = sim.train_round()
     counts = torch.tensor(result.group_counts, dtype=torch.float32)
     small = (counts > 0) & (counts < 5)
     assert bool(small.any()), "the fixture should route some group below 5 users"
     plain = torch.cat(tap.rows).to(torch.float64)  # built with the phase-1 suppression, before encoding
-    assert float(torch.linalg.vector_norm(plain[:, :sim.layout.delta_size], dim=1).max()) < 50.0  # nothing clipped
+    assert float(torch.linalg.vector_norm(plain[:, : sim.layout.delta_size], dim=1).max()) < 50.0  # nothing clipped
     _, group_parts, _, _ = sim.layout.split(plain.sum(0))
     for block, names in enumerate(sim.layout.group_names):
         for name in names:
@@ -136,27 +160,41 @@ def test_two_phase_round_zeroes_small_groups_and_decodes_the_plain_sum(data):
     # z = 0 and a clip bound above every norm: the decoded secure sum is the plain sum up to the
     # rounding of the integer encoding (~1/scale per coordinate) and the cast to the model's float32
     expected = plain.sum(0)
-    expected[sim.layout.delta_size:sim.layout.delta_size + sim.layout.count_size] = 0.0  # phase 2 has no one-hots
+    expected[sim.layout.delta_size : sim.layout.delta_size + sim.layout.count_size] = 0.0  # phase 2 has no one-hots
     expected = expected.to(torch.float32)
-    torch.testing.assert_close(observer.views[0].summed_update, expected, atol=1e-6, rtol=torch.finfo(torch.float32).eps)
+    torch.testing.assert_close(
+        observer.views[0].summed_update, expected, atol=1e-6, rtol=torch.finfo(torch.float32).eps
+    )
 
 
-@pytest.mark.parametrize("mechanism,sampling", [("discrete_gaussian", "per_client"), ("skellam", "per_client"),
-                                                ("discrete_gaussian", "aggregate"), ("skellam", "aggregate")])
+@pytest.mark.parametrize(
+    "mechanism,sampling",
+    [
+        ("discrete_gaussian", "per_client"),
+        ("skellam", "per_client"),
+        ("discrete_gaussian", "aggregate"),
+        ("skellam", "aggregate"),
+    ],
+)
 def test_decoded_sum_carries_noise_of_std_z_c(data, mechanism, sampling):
     z, clip = 0.8, 0.5
     tap = VectorTap()
     observer = Recorder()
-    sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=1, chunk_size=0), observer=observer,
-                              update_transform=tap,
-                              privacy=secure(z=z, mechanism=mechanism, sampling=sampling, clip=clip, min_group_size=2))
+    sim = FederatedSimulation(
+        data,
+        MODEL,
+        FederationConfig(rounds=1, chunk_size=0),
+        observer=observer,
+        update_transform=tap,
+        privacy=secure(z=z, mechanism=mechanism, sampling=sampling, clip=clip, min_group_size=2),
+    )
     sim.train_round()
     plain = torch.cat(tap.rows).to(torch.float64)
     delta = sim.layout.delta_size
     clipped = plain.clone()
     norms = torch.linalg.vector_norm(plain[:, :delta], dim=1, keepdim=True)
     clipped[:, :delta] *= torch.clamp(clip / norms, max=1.0)
-    clipped[:, delta:delta + sim.layout.count_size] = 0.0  # phase 2 uploads no one-hots (W5)
+    clipped[:, delta : delta + sim.layout.count_size] = 0.0  # phase 2 uploads no one-hots (W5)
     noise = observer.views[0].summed_update.to(torch.float64) - clipped.sum(0)  # (size,)
     # ~12.9k coordinates: the sample std is within 3% of z*C with overwhelming probability
     assert abs(float(noise.std()) / (z * clip) - 1.0) < 0.03
@@ -175,7 +213,9 @@ def test_secure_settings_are_validated():
     with pytest.raises(ConfigError):
         PrivacySettings(secure_sum="fast", modulus_bits=70)
     assert PrivacySettings(modulus_bits=48, secure_sum="fast").resolved_min_group_size() == 5
-    assert PrivacySettings(modulus_bits=48, secure_sum="fast").resolved_min_group_size(7) == 7  # the federation's own setting
+    assert (
+        PrivacySettings(modulus_bits=48, secure_sum="fast").resolved_min_group_size(7) == 7
+    )  # the federation's own setting
     assert PrivacySettings(modulus_bits=48, secure_sum="fast", min_group_size=3).resolved_min_group_size(7) == 3
     assert PrivacySettings().resolved_min_group_size() == 1
 
@@ -186,8 +226,12 @@ def test_an_observer_who_knows_the_seed_cannot_recover_the_true_group_counts(dat
     from mrff_secure.round.encoding import add_to_ring, decode_counts, summed_noise_shares
 
     seed, z = 4, 5.0
-    sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=1, chunk_size=0, seed=seed),
-                              privacy=secure(z=z, sampling="aggregate", min_group_size=2, reproducible=reproducible))
+    sim = FederatedSimulation(
+        data,
+        MODEL,
+        FederationConfig(rounds=1, chunk_size=0, seed=seed),
+        privacy=secure(z=z, sampling="aggregate", min_group_size=2, reproducible=reproducible),
+    )
     result = sim.train_round()
     pipeline = sim.privacy
     plans = pipeline.plans_for(12)
@@ -211,13 +255,18 @@ def test_every_backbone_and_baseline_runs_the_secure_and_local_dp_paths(data, ba
     model = ModelConfig(backbone=backbone, mrff=mrff, maxlen=8, num_groups=2, dropout=0.0)
     plain = FederatedSimulation(data, model, FederationConfig(rounds=1, chunk_size=5, min_group_size=2))
     plain.train_round()
-    secured = FederatedSimulation(data, model, FederationConfig(rounds=1, chunk_size=5),
-                                  privacy=secure(z=0.0, clip=1e3, min_group_size=2))
+    secured = FederatedSimulation(
+        data, model, FederationConfig(rounds=1, chunk_size=5), privacy=secure(z=0.0, clip=1e3, min_group_size=2)
+    )
     secured.train_round()
     for name, value in plain.global_params.items():
         torch.testing.assert_close(secured.global_params[name], value, atol=1e-5, rtol=1e-5)
-    local = FederatedSimulation(data, model, FederationConfig(rounds=1, chunk_size=5),
-                                privacy=PrivacySettings(dp=DPConfig(mode="local", clip=0.01, noise_multiplier=0.5)))
+    local = FederatedSimulation(
+        data,
+        model,
+        FederationConfig(rounds=1, chunk_size=5),
+        privacy=PrivacySettings(dp=DPConfig(mode="local", clip=0.01, noise_multiplier=0.5)),
+    )
     result = local.train_round()
     assert result.clipped_fraction == 1.0  # every update is larger than 0.01
     assert all(bool(torch.isfinite(t).all()) for t in local.global_params.values())

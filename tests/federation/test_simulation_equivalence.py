@@ -17,8 +17,9 @@ from mrff_secure.federation.simulation import FederatedSimulation
 from mrff_secure.model.roles import Role
 
 
-def reference_round(sim: FederatedSimulation, fractions, local_steps: int, lr: float, optimizer: str,
-                    weight_decay: float = 0.0):
+def reference_round(
+    sim: FederatedSimulation, fractions, local_steps: int, lr: float, optimizer: str, weight_decay: float = 0.0
+):
     """One round, one client at a time, with torch.optim and autograd: the semantics the engine vectorizes."""
     data, roles = sim.data, sim.roles
     shared_sum = {n: torch.zeros_like(p) for n, p in sim.global_params.items() if roles[n] is Role.SHARED}
@@ -33,8 +34,11 @@ def reference_round(sim: FederatedSimulation, fractions, local_steps: int, lr: f
             for n, p in model.named_parameters():
                 p.copy_(sim.global_params[n] if n in sim.global_params else sim.private[n][u])
         if optimizer == "adam":
-            opt = (torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay) if weight_decay
-                   else torch.optim.Adam(model.parameters(), lr=lr))
+            opt = (
+                torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+                if weight_decay
+                else torch.optim.Adam(model.parameters(), lr=lr)
+            )
         else:
             opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
         seq = torch.as_tensor(data.train_seq[u])
@@ -45,7 +49,9 @@ def reference_round(sim: FederatedSimulation, fractions, local_steps: int, lr: f
             opt.zero_grad()
             logits, probs, routes = model(seq, target, route)
             real = (target != 0).double()
-            loss = (F.binary_cross_entropy_with_logits(logits, label, reduction="none") * real).sum() / real.sum().clamp(min=1)
+            loss = (
+                F.binary_cross_entropy_with_logits(logits, label, reduction="none") * real
+            ).sum() / real.sum().clamp(min=1)
             if probs is not None:
                 loss = loss + sim.model_config.balance_alpha * groups * (fractions * probs).sum()
             loss.backward()
@@ -81,13 +87,18 @@ def float64():
     torch.set_default_dtype(previous)
 
 
-@pytest.mark.parametrize("local_steps,optimizer,routing", [(1, "adam", "paper"), (3, "adam", "scaled"), (2, "sgd", "paper")])
+@pytest.mark.parametrize(
+    "local_steps,optimizer,routing", [(1, "adam", "paper"), (3, "adam", "scaled"), (2, "sgd", "paper")]
+)
 def test_vectorized_round_matches_per_client_loop(local_steps, optimizer, routing):
     data = make_synthetic(num_users=24, num_items=60, min_interactions=5, max_interactions=20, maxlen=10, seed=3)
     model_config = ModelConfig(dropout=0.0, maxlen=10, num_groups=3, routing=routing)
     lr = 0.1 if optimizer == "adam" else 0.5
-    sim = FederatedSimulation(data, model_config, FederationConfig(rounds=2, local_steps=local_steps,
-                                                                   optimizer=optimizer, lr=lr, chunk_size=7))
+    sim = FederatedSimulation(
+        data,
+        model_config,
+        FederationConfig(rounds=2, local_steps=local_steps, optimizer=optimizer, lr=lr, chunk_size=7),
+    )
     for _ in range(2):  # the second round uses the first round's group fractions in the balance loss
         fractions = sim.group_fractions.clone()
         expected, expected_private, counts = reference_round(sim, fractions, local_steps, lr, optimizer)
@@ -99,8 +110,9 @@ def test_vectorized_round_matches_per_client_loop(local_steps, optimizer, routin
             torch.testing.assert_close(sim.private[n], value, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backbone,mrff", [("hstu", True), ("hstu", False), ("llama", True), ("llama", False),
-                                           ("ncf", False), ("pa", False)])
+@pytest.mark.parametrize(
+    "backbone,mrff", [("hstu", True), ("hstu", False), ("llama", True), ("llama", False), ("ncf", False), ("pa", False)]
+)
 def test_every_backbone_and_baseline_round_matches_per_client_loop(backbone, mrff):
     """Each model's vectorized rounds (two local Adam steps, so the forced route of the later step is used;
     two rounds, so the balance loss has non-uniform fractions) equal one model per client with torch.optim."""
@@ -125,11 +137,14 @@ def test_every_backbone_and_baseline_round_matches_per_client_loop(backbone, mrf
 def test_weight_decay_matches_torch_adamw_and_sgd(optimizer, local_steps):
     data = make_synthetic(num_users=18, num_items=50, min_interactions=5, max_interactions=15, maxlen=9, seed=8)
     lr = 0.05 if optimizer == "adam" else 0.5
-    sim = FederatedSimulation(data, ModelConfig(dropout=0.0, maxlen=9, num_groups=2),
-                              FederationConfig(rounds=1, local_steps=local_steps, optimizer=optimizer, lr=lr,
-                                               weight_decay=0.3, chunk_size=5))
-    expected, expected_private, _ = reference_round(sim, sim.group_fractions.clone(), local_steps, lr, optimizer,
-                                                    weight_decay=0.3)
+    sim = FederatedSimulation(
+        data,
+        ModelConfig(dropout=0.0, maxlen=9, num_groups=2),
+        FederationConfig(rounds=1, local_steps=local_steps, optimizer=optimizer, lr=lr, weight_decay=0.3, chunk_size=5),
+    )
+    expected, expected_private, _ = reference_round(
+        sim, sim.group_fractions.clone(), local_steps, lr, optimizer, weight_decay=0.3
+    )
     sim.train_round()
     for n, value in expected.items():
         torch.testing.assert_close(sim.global_params[n], value, atol=1e-5, rtol=1e-5)
@@ -139,7 +154,9 @@ def test_weight_decay_matches_torch_adamw_and_sgd(optimizer, local_steps):
 
 def test_fedsasrec_round_matches_per_client_loop():
     data = make_synthetic(num_users=16, num_items=40, min_interactions=5, max_interactions=15, maxlen=8, seed=5)
-    sim = FederatedSimulation(data, ModelConfig(dropout=0.0, maxlen=8, mrff=False), FederationConfig(rounds=1, chunk_size=5))
+    sim = FederatedSimulation(
+        data, ModelConfig(dropout=0.0, maxlen=8, mrff=False), FederationConfig(rounds=1, chunk_size=5)
+    )
     before = {n: p.clone() for n, p in sim.global_params.items()}
     deltas = {n: torch.zeros_like(p) for n, p in before.items()}
     for u in range(data.num_users):
@@ -152,7 +169,10 @@ def test_fedsasrec_round_matches_per_client_loop():
         target = torch.as_tensor(data.train_target[u])
         logits, _, _ = model(torch.as_tensor(data.train_seq[u]), target)
         real = (target != 0).double()
-        loss = (F.binary_cross_entropy_with_logits(logits, torch.as_tensor(data.train_label[u]).double(), reduction="none") * real).sum() / real.sum().clamp(min=1)
+        loss = (
+            F.binary_cross_entropy_with_logits(logits, torch.as_tensor(data.train_label[u]).double(), reduction="none")
+            * real
+        ).sum() / real.sum().clamp(min=1)
         loss.backward()
         opt.step()
         for n, p in model.named_parameters():

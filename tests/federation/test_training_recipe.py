@@ -21,8 +21,9 @@ def data():
 
 
 def _sim(data, **federation):
-    return FederatedSimulation(data, ModelConfig(maxlen=8, num_groups=3, dropout=0.0),
-                               FederationConfig(rounds=4, chunk_size=8, **federation))
+    return FederatedSimulation(
+        data, ModelConfig(maxlen=8, num_groups=3, dropout=0.0), FederationConfig(rounds=4, chunk_size=8, **federation)
+    )
 
 
 def test_server_optimizers_first_step_from_the_mean(data):
@@ -100,19 +101,28 @@ def test_cosine_schedule_reaches_the_clients(data):
     for n in constant.global_params:
         assert torch.equal(scheduled.global_params[n], constant.global_params[n])  # round 0: full lr
     scheduled.train_round()
-    reduced = FederatedSimulation(data, ModelConfig(maxlen=8, num_groups=3, dropout=0.0),
-                                  FederationConfig(rounds=4, chunk_size=8, lr=scheduled.federation.client_lr(1)))
+    reduced = FederatedSimulation(
+        data,
+        ModelConfig(maxlen=8, num_groups=3, dropout=0.0),
+        FederationConfig(rounds=4, chunk_size=8, lr=scheduled.federation.client_lr(1)),
+    )
     reduced.load_state_arrays(constant.state_arrays(), 1)
     reduced.train_round()
     for n in reduced.global_params:
         torch.testing.assert_close(scheduled.global_params[n], reduced.global_params[n], atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("server_optimizer", "sgd", "server_optimizer"), ("server_lr", 0.0, "server_lr"),
-    ("server_momentum", 1.0, "server_momentum"), ("weight_decay", -0.1, "weight_decay"),
-    ("lr_schedule", "step", "lr_schedule"), ("patience", -1, "patience"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("server_optimizer", "sgd", "server_optimizer"),
+        ("server_lr", 0.0, "server_lr"),
+        ("server_momentum", 1.0, "server_momentum"),
+        ("weight_decay", -0.1, "weight_decay"),
+        ("lr_schedule", "step", "lr_schedule"),
+        ("patience", -1, "patience"),
+    ],
+)
 def test_bad_recipe_values_are_named(field, value, match):
     with pytest.raises(ConfigError, match=match):
         FederationConfig(**{field: value})
@@ -120,8 +130,23 @@ def test_bad_recipe_values_are_named(field, value, match):
 
 def test_early_stopping_ends_the_run_and_says_so(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--synthetic-users", "30", "--maxlen", "8", "--rounds", "60", "--patience", "3", "--lr", "0.3",
-            "--run-dir", str(out), "--json", "--no-progress"]
+    argv = [
+        "train",
+        "--synthetic-users",
+        "30",
+        "--maxlen",
+        "8",
+        "--rounds",
+        "60",
+        "--patience",
+        "3",
+        "--lr",
+        "0.3",
+        "--run-dir",
+        str(out),
+        "--json",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     evaluation = json.loads((out / "operator-only" / "evaluation.json").read_text())
@@ -137,8 +162,24 @@ def test_early_stopping_ends_the_run_and_says_so(tmp_path, capsys):
 
 
 def test_early_stopping_is_refused_under_dp(tmp_path, capsys):
-    assert main(["train", "--rounds", "3", "--patience", "2", "--dp", "local", "--noise-multiplier", "1.0",
-                 "--run-dir", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--rounds",
+                "3",
+                "--patience",
+                "2",
+                "--dp",
+                "local",
+                "--noise-multiplier",
+                "1.0",
+                "--run-dir",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "--patience" in capsys.readouterr().err
 
 

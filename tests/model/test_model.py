@@ -74,8 +74,9 @@ def test_fedsasrec_has_no_groups(data):
     assert probs is None and routes is None and logits.shape == (10,)
 
 
-@pytest.mark.parametrize("field,value", [("num_blocks", 0), ("dropout", 1.0), ("routing", "soft"), ("num_groups", 0),
-                                         ("backbone", "bert")])
+@pytest.mark.parametrize(
+    "field,value", [("num_blocks", 0), ("dropout", 1.0), ("routing", "soft"), ("num_groups", 0), ("backbone", "bert")]
+)
 def test_bad_model_config_names_the_value(field, value):
     with pytest.raises(ConfigError, match=field if field != "num_groups" else "num_groups"):
         ModelConfig(**{field: value})

@@ -45,8 +45,14 @@ class Proc:
 
     def __init__(self, args: list[str], log: Path) -> None:
         self.log = open(log, "w")
-        self.popen = subprocess.Popen([sys.executable, "-m", "mrff_secure.app.cli"] + args, stdout=subprocess.PIPE,
-                                      stderr=self.log, text=True, cwd=ROOT, env=_env())
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "mrff_secure.app.cli"] + args,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            cwd=ROOT,
+            env=_env(),
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -95,10 +101,22 @@ class Proc:
         return self.popen.wait(timeout=timeout)
 
 
-def start_server(tmp: Path, certs: Path, run_dir: Path, *, extra: list[str] = (), resume: bool = False,
-                 address: str = "127.0.0.1:0", name: str = "server") -> tuple[Proc, str]:
+def start_server(
+    tmp: Path,
+    certs: Path,
+    run_dir: Path,
+    *,
+    extra: list[str] = (),
+    resume: bool = False,
+    address: str = "127.0.0.1:0",
+    name: str = "server",
+) -> tuple[Proc, str]:
     args = ["server", "--address", address, "--certs", str(certs), "--linger", "2"]
-    args += ["--run-dir", str(run_dir), "--resume"] if resume else ["--run-dir", str(run_dir)] + DATA_ARGS + MODEL_ARGS + list(extra)
+    args += (
+        ["--run-dir", str(run_dir), "--resume"]
+        if resume
+        else ["--run-dir", str(run_dir)] + DATA_ARGS + MODEL_ARGS + list(extra)
+    )
     proc = Proc(args, tmp / f"{name}.log")
     line = proc.wait_line("LISTENING", timeout=90)
     return proc, line.split()[1]
@@ -112,11 +130,25 @@ def issue_credentials(certs: Path, users: str, state_dir: Path) -> None:
     issue_state_credentials(CertPaths(certs), parse_users(users), state_dir)
 
 
-def start_clients(tmp: Path, certs: Path, address: str, users: str, *, seed: int = 7, extra: list[str] = (),
-                  name: str = "clients") -> Proc:
+def start_clients(
+    tmp: Path, certs: Path, address: str, users: str, *, seed: int = 7, extra: list[str] = (), name: str = "clients"
+) -> Proc:
     issue_credentials(certs, users, tmp / "state")
-    args = ["client", "--server", address, "--users", users, "--certs", str(certs),
-            "--state-dir", str(tmp / "state"), "--client-seed", str(seed), "--retry-timeout", "60"] + DATA_ARGS
+    args = [
+        "client",
+        "--server",
+        address,
+        "--users",
+        users,
+        "--certs",
+        str(certs),
+        "--state-dir",
+        str(tmp / "state"),
+        "--client-seed",
+        str(seed),
+        "--retry-timeout",
+        "60",
+    ] + DATA_ARGS
     args += CLIENT_POLICY + list(extra)  # a test's own flags come last and win
     return Proc(args, tmp / f"{name}-{users}.log")
 

@@ -24,8 +24,14 @@ from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server import coordinator
 
-LIES = ("weak-threshold", "huge-noise-survivors", "drop-below-noise-survivors", "tiny-k", "no-guard-bits",
-        "weak-evaluation-threshold")
+LIES = (
+    "weak-threshold",
+    "huge-noise-survivors",
+    "drop-below-noise-survivors",
+    "tiny-k",
+    "no-guard-bits",
+    "weak-evaluation-threshold",
+)
 
 
 def _patch_configs(change) -> None:
@@ -54,21 +60,42 @@ def _patch_announced_dp(change) -> None:
 
 def install(lie: str) -> None:
     if lie == "weak-threshold":
-        _patch_configs(lambda c: SecAggConfig(num_clients=c.num_clients, vector_length=c.vector_length,
-                                              max_abs=c.max_abs, modulus_bits=c.bits, num_neighbours=c.k,
-                                              threshold=c.k // 2 + 1))
+        _patch_configs(
+            lambda c: SecAggConfig(
+                num_clients=c.num_clients,
+                vector_length=c.vector_length,
+                max_abs=c.max_abs,
+                modulus_bits=c.bits,
+                num_neighbours=c.k,
+                threshold=c.k // 2 + 1,
+            )
+        )
     elif lie == "weak-evaluation-threshold":
         honest_evaluation = coordinator.evaluation_config
 
         def weak(num_clients, options=None):
             c = honest_evaluation(num_clients, options)
-            return SecAggConfig(num_clients=c.num_clients, vector_length=c.vector_length, max_abs=c.max_abs,
-                                modulus_bits=c.bits, num_neighbours=c.k, threshold=c.k // 2 + 1)
+            return SecAggConfig(
+                num_clients=c.num_clients,
+                vector_length=c.vector_length,
+                max_abs=c.max_abs,
+                modulus_bits=c.bits,
+                num_neighbours=c.k,
+                threshold=c.k // 2 + 1,
+            )
 
         coordinator.evaluation_config = weak
     elif lie == "tiny-k":
-        _patch_configs(lambda c: SecAggConfig(num_clients=c.num_clients, vector_length=c.vector_length,
-                                              max_abs=c.max_abs, modulus_bits=c.bits, num_neighbours=2, threshold=2))
+        _patch_configs(
+            lambda c: SecAggConfig(
+                num_clients=c.num_clients,
+                vector_length=c.vector_length,
+                max_abs=c.max_abs,
+                modulus_bits=c.bits,
+                num_neighbours=2,
+                threshold=2,
+            )
+        )
     elif lie == "no-guard-bits":
         honest = coordinator.secagg_parameters
 

@@ -56,8 +56,9 @@ def test_audit_log_verify_command(tmp_path, capsys) -> None:
 
     key = Ed25519PrivateKey.generate()
     pub = tmp_path / "signing.pub"
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, key)
     for i in range(3):

@@ -33,14 +33,30 @@ def _write_run(path: Path, key: Ed25519PrivateKey, rounds: int = 30, finish: boo
 
 def _pem(key: Ed25519PrivateKey, folder: Path) -> Path:
     path = folder / "signing.pub"
-    path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    path.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return path
 
 
 def _verify_cli(run_dir: Path, pub: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "audit-log", "verify", str(run_dir),
-                           "--signing-pub", str(pub), *extra], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mrff_secure.app.cli",
+            "audit-log",
+            "verify",
+            str(run_dir),
+            "--signing-pub",
+            str(pub),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 @pytest.fixture()
@@ -81,14 +97,20 @@ def test_a_log_cut_short_by_25_records_is_named_unfinished(signed_run):
     lines = path.read_bytes().split(b"\n")[:-1]
     path.write_bytes(b"\n".join(lines[:-25]) + b"\n")  # ends with a round record whose signature was cut
     report = verify(path, key.public_key())
-    assert not report.ok and report.status == "unfinished" and "was cut after line 41 (its last signature)" in report.problem
+    assert (
+        not report.ok
+        and report.status == "unfinished"
+        and "was cut after line 41 (its last signature)" in report.problem
+    )
     assert "the last 1 records are not covered by a signature" in report.problem
     done = _verify_cli(run, pub)
     assert done.returncode == 1 and done.stdout.startswith("UNFINISHED") and "cut" in done.stdout
     assert _verify_cli(run, pub, "--allow-unfinished").returncode == 0
     path.write_bytes(b"\n".join(lines[:-26]) + b"\n")  # cut right after that signature: no unsigned tail
     report = verify(path, key.public_key())
-    assert report.status == "unfinished" and "cut after line 41" in report.problem and "not covered" not in report.problem
+    assert (
+        report.status == "unfinished" and "cut after line 41" in report.problem and "not covered" not in report.problem
+    )
 
 
 def test_a_rewritten_log_with_recomputed_digests_is_refused(signed_run):
@@ -127,8 +149,22 @@ def test_an_unsigned_log_and_a_missing_key_are_refused(tmp_path):
     _write_run(run / "audit.jsonl", None)  # a log written without a key: a chain anyone could rebuild
     key = Ed25519PrivateKey.generate()
     assert verify(run / "audit.jsonl", key.public_key()).problem.startswith("unsigned")
-    done = subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "audit-log", "verify", str(run), "--signing-pub",
-                           str(tmp_path / "missing.pub")], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mrff_secure.app.cli",
+            "audit-log",
+            "verify",
+            str(run),
+            "--signing-pub",
+            str(tmp_path / "missing.pub"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert done.returncode == 2 and "no signing public key" in done.stderr and "Traceback" not in done.stderr
 
 

@@ -43,8 +43,9 @@ def tls_server(pki):
 @pytest.fixture(scope="module")
 def mtls_server(pki):
     tmp, certs, _ = pki
-    server, address = harness.start_server(tmp, certs, tmp / "run-mtls", extra=["--mtls", "--min-clients", "50"],
-                                           name="mtls")
+    server, address = harness.start_server(
+        tmp, certs, tmp / "run-mtls", extra=["--mtls", "--min-clients", "50"], name="mtls"
+    )
     yield address
     server.stop()
 
@@ -52,8 +53,24 @@ def mtls_server(pki):
 def run_client(pki, address: str, *extra: str, name: str) -> tuple[int, float, str]:
     """(exit code, seconds from start to exit, stderr) of one `mrff client` (default --retry-timeout)."""
     tmp, certs, _ = pki
-    args = ["client", "--server", address, "--users", "0", "--certs", str(certs), "--state-dir", str(tmp / "state"),
-            "--client-seed", "1"] + harness.DATA_ARGS + harness.CLIENT_POLICY + list(extra)
+    args = (
+        [
+            "client",
+            "--server",
+            address,
+            "--users",
+            "0",
+            "--certs",
+            str(certs),
+            "--state-dir",
+            str(tmp / "state"),
+            "--client-seed",
+            "1",
+        ]
+        + harness.DATA_ARGS
+        + harness.CLIENT_POLICY
+        + list(extra)
+    )
     started = time.monotonic()
     proc = harness.Proc(args, tmp / f"{name}.log")
     try:
@@ -88,9 +105,20 @@ def test_mtls_server_without_mtls_names_the_client_certificate(pki, mtls_server)
 
 def test_mtls_with_a_client_certificate_of_another_ca_names_the_client_certificate(pki, mtls_server) -> None:
     _, certs, stranger = pki  # the stranger's client.crt/key, our CA, signing key and identity authority
-    code, seconds, stderr = run_client(pki, mtls_server, "--mtls", "--certs", str(stranger), "--ca",
-                                       str(certs / "ca.crt"), "--signing-pub", str(certs / "signing.pub"),
-                                       "--identity-ca", str(certs / "identity-ca.pub"), name="foreign-client-cert")
+    code, seconds, stderr = run_client(
+        pki,
+        mtls_server,
+        "--mtls",
+        "--certs",
+        str(stranger),
+        "--ca",
+        str(certs / "ca.crt"),
+        "--signing-pub",
+        str(certs / "signing.pub"),
+        "--identity-ca",
+        str(certs / "identity-ca.pub"),
+        name="foreign-client-cert",
+    )
     assert code == 1, stderr
     assert seconds < 20, (seconds, stderr)
     assert_one_line(stderr)
@@ -138,14 +166,22 @@ class FakeError(grpc.RpcError):
         return self._details
 
 
-REFUSED = FakeError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: UNKNOWN: "
-                    "ipv4:127.0.0.1:9: Failed to connect to remote host: Connection refused")
-WRONG_CA = FakeError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: UNKNOWN: "
-                     "ipv4:127.0.0.1:9: Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:"
-                     "SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get local issuer "
-                     "certificate: OK")
-CLOSED_AT_CONNECT = FakeError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: "
-                              "UNAVAILABLE: ipv4:127.0.0.1:9: Socket closed")
+REFUSED = FakeError(
+    grpc.StatusCode.UNAVAILABLE,
+    "failed to connect to all addresses; last error: UNKNOWN: "
+    "ipv4:127.0.0.1:9: Failed to connect to remote host: Connection refused",
+)
+WRONG_CA = FakeError(
+    grpc.StatusCode.UNAVAILABLE,
+    "failed to connect to all addresses; last error: UNKNOWN: "
+    "ipv4:127.0.0.1:9: Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:"
+    "SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get local issuer "
+    "certificate: OK",
+)
+CLOSED_AT_CONNECT = FakeError(
+    grpc.StatusCode.UNAVAILABLE,
+    "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:9: Socket closed",
+)
 CLOSED_IN_FLIGHT = FakeError(grpc.StatusCode.UNAVAILABLE, "Socket closed")
 
 
@@ -174,8 +210,13 @@ class Scripted:
 
 
 def make_transport(**fields) -> Transport:
-    connection = Connection(target="127.0.0.1:9", credentials=grpc.ssl_channel_credentials(), signing_key=None,
-                            authority_public_key=b"", **fields)
+    connection = Connection(
+        target="127.0.0.1:9",
+        credentials=grpc.ssl_channel_credentials(),
+        signing_key=None,
+        authority_public_key=b"",
+        **fields,
+    )
     t = Transport(0, connection, stop=threading.Event(), enrol_request=lambda: None)
     t.close()  # only its retry loop is exercised
     return t
@@ -214,11 +255,13 @@ def test_a_permanent_error_must_last_before_it_is_believed(monkeypatch) -> None:
 def test_the_ca_file_and_the_client_certificate_are_named_when_known() -> None:
     ca = transport.describe(classify(WRONG_CA, tls=True), make_transport(ca_file="pki/ca.crt").connection)
     assert "not signed by CA pki/ca.crt: TLS handshake failed (unable to get local issuer certificate)" in ca
-    without = transport.describe(classify(CLOSED_AT_CONNECT, tls=True),
-                                 make_transport(client_certificate=False).connection)
+    without = transport.describe(
+        classify(CLOSED_AT_CONNECT, tls=True), make_transport(client_certificate=False).connection
+    )
     assert "the server requires a client certificate (mutual TLS): pass --mtls" in without
-    refused = transport.describe(classify(CLOSED_AT_CONNECT, tls=True),
-                                 make_transport(client_certificate=True).connection)
+    refused = transport.describe(
+        classify(CLOSED_AT_CONNECT, tls=True), make_transport(client_certificate=True).connection
+    )
     assert "refused our client certificate" in refused
 
 
@@ -241,20 +284,31 @@ def test_one_line_per_round_for_the_clients_of_a_process() -> None:
     participants = (0, 1, 2, 3, 4, 5)
     for user in range(4):
         assert out.getvalue() == ""  # not before every user of this process that the round sampled is done
-        reporter.record(3, user, RoundResult(participants, started=10.0 + user, ended=12.1 + user, examples=40,
-                                             uploaded=3 * 2**19))
+        reporter.record(
+            3, user, RoundResult(participants, started=10.0 + user, ended=12.1 + user, examples=40, uploaded=3 * 2**19)
+        )
     assert out.getvalue() == "[ROUND 3] users 0-3: trained 160 examples, uploaded 6.0 MiB, 5.1 s\n"
-    reporter.record(4, 1, RoundResult((1, 3), started=0.0, ended=1.0, examples=40, uploaded=2048,
-                                      status="aborted: 1 survivors < threshold 2"))
+    reporter.record(
+        4,
+        1,
+        RoundResult(
+            (1, 3), started=0.0, ended=1.0, examples=40, uploaded=2048, status="aborted: 1 survivors < threshold 2"
+        ),
+    )
     reporter.record(5, 1, RoundResult((1,), started=0.0, ended=0.5, examples=40, uploaded=4096))  # 4 cut short
     assert out.getvalue().splitlines()[1:] == [
         "[ROUND 4] user 1: trained 40 examples, uploaded 2.0 KiB, 1.0 s; aborted: 1 survivors < threshold 2",
-        "[ROUND 5] user 1: trained 40 examples, uploaded 4.0 KiB, 0.5 s"]
+        "[ROUND 5] user 1: trained 40 examples, uploaded 4.0 KiB, 0.5 s",
+    ]
 
 
 def test_a_network_run_prints_one_line_per_round(pki, tmp_path, certs, procs) -> None:
-    server, address = harness.start_server(tmp_path, certs, tmp_path / "run", extra=[
-        "--rounds", "2", "--min-clients", "8", "--min-group-size", "2", "--stage-timeout", "30"])
+    server, address = harness.start_server(
+        tmp_path,
+        certs,
+        tmp_path / "run",
+        extra=["--rounds", "2", "--min-clients", "8", "--min-group-size", "2", "--stage-timeout", "30"],
+    )
     procs.append(server)
     clients = harness.start_clients(tmp_path, certs, address, "0-7")
     procs.append(clients)
@@ -268,8 +322,9 @@ def test_a_network_run_prints_one_line_per_round(pki, tmp_path, certs, procs) ->
 def test_a_client_refuses_a_server_built_for_another_data_schema(tmp_path, certs, procs) -> None:
     """Issue 12: the server's model is for histories of 10 items, these clients' data has 12: they play
     no round, and say both schemas in one line."""
-    server, address = harness.start_server(tmp_path, certs, tmp_path / "run", extra=["--min-clients", "3"],
-                                           name="schema")
+    server, address = harness.start_server(
+        tmp_path, certs, tmp_path / "run", extra=["--min-clients", "3"], name="schema"
+    )
     procs.append(server)
     clients = harness.start_clients(tmp_path, certs, address, "0-2", extra=["--maxlen", "12"])
     procs.append(clients)
@@ -278,5 +333,8 @@ def test_a_client_refuses_a_server_built_for_another_data_schema(tmp_path, certs
     assert "Traceback" not in stderr and stderr.startswith("mrff client: error: "), stderr
     assert "its data schema differs from ours" in stderr, stderr
     assert "maxlen 10; this client: " in stderr and stderr.rstrip().endswith("maxlen 12"), stderr
-    assert not [line for line in clients.output if line.startswith("[ROUND") and "trained" in line
-                and "not completed" not in line and "refus" not in line]
+    assert not [
+        line
+        for line in clients.output
+        if line.startswith("[ROUND") and "trained" in line and "not completed" not in line and "refus" not in line
+    ]

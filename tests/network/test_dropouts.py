@@ -28,8 +28,23 @@ def scenario(tmp_path_factory, certs):
     run_dir = tmp / "run"
     started: list[harness.Proc] = []
     try:
-        server, address = harness.start_server(tmp, certs, run_dir, extra=[
-            "--rounds", "3", "--min-clients", "9", "--min-group-size", "2", "--stage-timeout", "6", "--threshold", "5"])
+        server, address = harness.start_server(
+            tmp,
+            certs,
+            run_dir,
+            extra=[
+                "--rounds",
+                "3",
+                "--min-clients",
+                "9",
+                "--min-group-size",
+                "2",
+                "--stage-timeout",
+                "6",
+                "--threshold",
+                "5",
+            ],
+        )
         started.append(server)
         a = harness.start_clients(tmp, certs, address, "0-2", extra=POLICY)
         b = harness.start_clients(tmp, certs, address, "3-5", extra=POLICY + ["--pause-after", "1:update:share_keys"])
@@ -37,24 +52,34 @@ def scenario(tmp_path_factory, certs):
         started += [a, b, c]
         c.wait_line("PAUSED", timeout=120)
         c.kill()
-        round0 = harness.wait_for_record(run_dir, lambda r: r.get("round") == 0 and r["type"].startswith("round"),
-                                         timeout=90, procs=started)
-        c2 = harness.start_clients(tmp, certs, address, "6-8", extra=POLICY + ["--pause-after", "1:update:share_keys"],
-                                   name="clients-restart1")
+        round0 = harness.wait_for_record(
+            run_dir, lambda r: r.get("round") == 0 and r["type"].startswith("round"), timeout=90, procs=started
+        )
+        c2 = harness.start_clients(
+            tmp, certs, address, "6-8", extra=POLICY + ["--pause-after", "1:update:share_keys"], name="clients-restart1"
+        )
         started.append(c2)
         b.wait_line("PAUSED", timeout=120)
         c2.wait_line("PAUSED", timeout=120)
         b.kill()
         c2.kill()
-        round1 = harness.wait_for_record(run_dir, lambda r: r.get("round") == 1 and r["type"].startswith("round"),
-                                         timeout=90, procs=started)
+        round1 = harness.wait_for_record(
+            run_dir, lambda r: r.get("round") == 1 and r["type"].startswith("round"), timeout=90, procs=started
+        )
         b3 = harness.start_clients(tmp, certs, address, "3-5", name="clients-restart2", extra=POLICY)
         c3 = harness.start_clients(tmp, certs, address, "6-8", name="clients-restart2", extra=POLICY)
         started += [b3, c3]
         server_code = server.wait(timeout=150)
         codes = [p.wait(timeout=60) for p in (a, b3, c3)]
-        yield {"run_dir": run_dir, "round0": round0, "round1": round1, "server_code": server_code, "codes": codes,
-               "records": harness.audit_records(run_dir), "server": server}
+        yield {
+            "run_dir": run_dir,
+            "round0": round0,
+            "round1": round1,
+            "server_code": server_code,
+            "codes": codes,
+            "records": harness.audit_records(run_dir),
+            "server": server,
+        }
     finally:
         for proc in reversed(started):
             proc.stop()
@@ -69,12 +94,28 @@ def test_client_killed_after_share_keys_round_completes_with_exact_survivor_sum(
     assert update["survivors"] == [0, 1, 2, 3, 4, 5]
     assert scenario["round0"]["phases"]["counts"]["survivors"] == list(range(9))
     spec = RoundSpec(**scenario["records"][0]["spec"])
-    expected = run_reference(harness.data(), harness.model_config(), spec, seed=0, client_seed=7, rounds=1,
-                             users=list(range(9)), drops={0: {"update": {6, 7, 8}}},
-                             options={"threshold": 5})
+    expected = run_reference(
+        harness.data(),
+        harness.model_config(),
+        spec,
+        seed=0,
+        client_seed=7,
+        rounds=1,
+        users=list(range(9)),
+        drops={0: {"update": {6, 7, 8}}},
+        options={"threshold": 5},
+    )
     assert round0["model_digest"] == expected[0]  # the exact sum of the six survivors, applied
-    everyone = run_reference(harness.data(), harness.model_config(), spec, seed=0, client_seed=7, rounds=1,
-                             users=list(range(9)), options={"threshold": 5})
+    everyone = run_reference(
+        harness.data(),
+        harness.model_config(),
+        spec,
+        seed=0,
+        client_seed=7,
+        rounds=1,
+        users=list(range(9)),
+        options={"threshold": 5},
+    )
     assert everyone[0] != expected[0]  # the dropouts really changed the sum
 
 

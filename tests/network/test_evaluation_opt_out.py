@@ -15,9 +15,23 @@ pytestmark = pytest.mark.timeout(240)
 def test_a_client_that_opts_out_of_the_evaluation_trains_but_sends_no_scores(tmp_path, certs, procs) -> None:
     run_dir = tmp_path / "run"
     stage_timeout = 20
-    server, address = harness.start_server(tmp_path, certs, run_dir, extra=[
-        "--rounds", "1", "--min-clients", "8", "--stage-timeout", str(stage_timeout), "--train-timeout", "60",
-        "--min-group-size", "2"])
+    server, address = harness.start_server(
+        tmp_path,
+        certs,
+        run_dir,
+        extra=[
+            "--rounds",
+            "1",
+            "--min-clients",
+            "8",
+            "--stage-timeout",
+            str(stage_timeout),
+            "--train-timeout",
+            "60",
+            "--min-group-size",
+            "2",
+        ],
+    )
     procs.append(server)
     opted_out = harness.start_clients(tmp_path, certs, address, "0", extra=["--no-evaluation"], name="opted-out")
     procs.append(opted_out)

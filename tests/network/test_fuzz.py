@@ -36,9 +36,15 @@ pytestmark = pytest.mark.timeout(300)
 
 SERVICE = "/mrff_secure.v1.Coordinator/"
 METHODS = ("Enrol", "GetRound", "Submit", "Fetch")
-ACCEPTABLE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-              grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS,
-              grpc.StatusCode.RESOURCE_EXHAUSTED}
+ACCEPTABLE = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 HOSTILE = 500
 
 
@@ -59,7 +65,10 @@ class Fuzzer:
         self.session = b""
 
     def meta(self, client: int = HOSTILE, session: bytes | None = None):
-        return ((limits.META_CLIENT, str(client)), (limits.META_SESSION, (self.session if session is None else session).hex()))
+        return (
+            (limits.META_CLIENT, str(client)),
+            (limits.META_SESSION, (self.session if session is None else session).hex()),
+        )
 
     def expect_refused(self, call, *allowed: grpc.StatusCode) -> grpc.StatusCode:
         """Send one hostile message; it must be refused with a clear status."""
@@ -76,13 +85,18 @@ class Fuzzer:
             return code
         raise AssertionError("a hostile message was accepted")
 
-    def enrol_request(self, client=HOSTILE, key=None, public=None, version=limits.PROTOCOL_VERSION, proof=None,
-                      credential=None):
+    def enrol_request(
+        self, client=HOSTILE, key=None, public=None, version=limits.PROTOCOL_VERSION, proof=None, credential=None
+    ):
         key = key or self.key
         public = public or self.public
-        return pb.EnrolRequest(protocol_version=version, client_id=client, identity_public_key=public,
-                               proof=proof if proof is not None else primitives.sign(key, signing.enrol_payload(client, public)),
-                               credential=(self.credential.to_bytes() if credential is None else credential))
+        return pb.EnrolRequest(
+            protocol_version=version,
+            client_id=client,
+            identity_public_key=public,
+            proof=proof if proof is not None else primitives.sign(key, signing.enrol_payload(client, public)),
+            credential=(self.credential.to_bytes() if credential is None else credential),
+        )
 
     def garbage(self) -> bytes:
         size = self.rng.choice([1, 3, 17, 64, 300, 2000])
@@ -99,22 +113,32 @@ def before_round(f: Fuzzer) -> None:
     # 2. enrolment (W1) without a credential, with one from another authority, for another id or another key
     foreign = primitives.generate_identity_key()
     stranger = primitives.generate_identity_key()
-    no_credential = [b"", bytes(100), f.credential.to_bytes()[:-1],
-                     issue_credential(foreign, HOSTILE, f.public).to_bytes(),
-                     issue_credential(f.authority, HOSTILE + 1, f.public).to_bytes(),
-                     issue_credential(f.authority, HOSTILE, primitives.identity_public_bytes(stranger)).to_bytes()]
+    no_credential = [
+        b"",
+        bytes(100),
+        f.credential.to_bytes()[:-1],
+        issue_credential(foreign, HOSTILE, f.public).to_bytes(),
+        issue_credential(f.authority, HOSTILE + 1, f.public).to_bytes(),
+        issue_credential(f.authority, HOSTILE, primitives.identity_public_bytes(stranger)).to_bytes(),
+    ]
     for i in range(60):
         request = f.enrol_request(credential=no_credential[i % len(no_credential)])
         f.expect_refused(lambda: f.stub.Enrol(request, timeout=10), grpc.StatusCode.PERMISSION_DENIED)
     # 3. bad enrolment content: version, key size, proof by another key, proof for another id
     other = primitives.generate_identity_key()
-    bad = [f.enrol_request(version=2), f.enrol_request(public=b"\x01" * 31),
-           f.enrol_request(proof=primitives.sign(other, signing.enrol_payload(HOSTILE, f.public))),
-           f.enrol_request(proof=primitives.sign(f.key, signing.enrol_payload(HOSTILE + 1, f.public))),
-           f.enrol_request(client=2**31)]
+    bad = [
+        f.enrol_request(version=2),
+        f.enrol_request(public=b"\x01" * 31),
+        f.enrol_request(proof=primitives.sign(other, signing.enrol_payload(HOSTILE, f.public))),
+        f.enrol_request(proof=primitives.sign(f.key, signing.enrol_payload(HOSTILE + 1, f.public))),
+        f.enrol_request(client=2**31),
+    ]
     for i in range(100):
-        f.expect_refused(lambda: f.stub.Enrol(bad[i % len(bad)], metadata=token_meta, timeout=10),
-                         grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
+        f.expect_refused(
+            lambda: f.stub.Enrol(bad[i % len(bad)], metadata=token_meta, timeout=10),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.UNAUTHENTICATED,
+        )
     # 4. mutated valid requests (flipped bytes) to Enrol
     valid = f.enrol_request().SerializeToString()
     for _ in range(100):
@@ -125,12 +149,19 @@ def before_round(f: Fuzzer) -> None:
     # 5. now enrol for real, and hit session checks and round checks
     f.session = f.stub.Enrol(f.enrol_request(), metadata=token_meta, timeout=10).session_token
     for i in range(100):
-        f.expect_refused(lambda: f.stub.GetRound(pb.GetRoundRequest(after_round=-1, wait_ms=0),
-                                                 metadata=f.meta(session=bytes(32)), timeout=10),
-                         grpc.StatusCode.UNAUTHENTICATED)
+        f.expect_refused(
+            lambda: f.stub.GetRound(
+                pb.GetRoundRequest(after_round=-1, wait_ms=0), metadata=f.meta(session=bytes(32)), timeout=10
+            ),
+            grpc.StatusCode.UNAUTHENTICATED,
+        )
     for i in range(100):
-        request = pb.SubmitRequest(round_id=f.rng.randrange(2**40), phase=f.rng.choice([0, 1, 2, 9]),
-                                   stage=f.rng.randrange(8), payload=f.garbage())
+        request = pb.SubmitRequest(
+            round_id=f.rng.randrange(2**40),
+            phase=f.rng.choice([0, 1, 2, 9]),
+            stage=f.rng.randrange(8),
+            payload=f.garbage(),
+        )
         f.expect_refused(lambda: f.stub.Submit(request, metadata=f.meta(), timeout=10), grpc.StatusCode.OUT_OF_RANGE)
     for i in range(100):
         request = pb.FetchRequest(round_id=f.rng.randrange(1, 2**40), phase=1, stage=f.rng.randrange(8), wait_ms=0)
@@ -146,14 +177,20 @@ def before_round(f: Fuzzer) -> None:
     # the server keeps the first binding of the run
     rekeyed = issue_credential(f.authority, HOSTILE, primitives.identity_public_bytes(other)).to_bytes()
     for i in range(20):
-        f.expect_refused(lambda: f.stub.Enrol(f.enrol_request(key=other, public=primitives.identity_public_bytes(other),
-                                                              credential=rekeyed),
-                                              metadata=token_meta, timeout=10), grpc.StatusCode.PERMISSION_DENIED)
+        f.expect_refused(
+            lambda: f.stub.Enrol(
+                f.enrol_request(key=other, public=primitives.identity_public_bytes(other), credential=rekeyed),
+                metadata=token_meta,
+                timeout=10,
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
     # 8. oversized (server runs with --max-upload-mib 1)
     for i in range(4):
         request = pb.SubmitRequest(round_id=0, phase=1, stage=1, payload=bytes((1 << 20) + 10 + i))
-        f.expect_refused(lambda: f.stub.Submit(request, metadata=f.meta(), timeout=30),
-                         grpc.StatusCode.RESOURCE_EXHAUSTED)
+        f.expect_refused(
+            lambda: f.stub.Submit(request, metadata=f.meta(), timeout=30), grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
 
 
 def submit(f: Fuzzer, round_id: int, phase: int, stage: int, message_bytes: bytes, *allowed):
@@ -163,8 +200,9 @@ def submit(f: Fuzzer, round_id: int, phase: int, stage: int, message_bytes: byte
 
 def fetch(f: Fuzzer, round_id: int, phase: int, stage: int) -> pb.FetchReply:
     while True:
-        reply = f.stub.Fetch(pb.FetchRequest(round_id=round_id, phase=phase, stage=stage, wait_ms=5000),
-                             metadata=f.meta(), timeout=60)
+        reply = f.stub.Fetch(
+            pb.FetchRequest(round_id=round_id, phase=phase, stage=stage, wait_ms=5000), metadata=f.meta(), timeout=60
+        )
         if not reply.pending:
             return reply
 
@@ -176,13 +214,25 @@ def during_round(f: Fuzzer, certs) -> None:
     body = pb.RoundBody.FromString(reply.round.body)
     assert HOSTILE in body.participants
     r, params = body.round_id, body.counts_secagg
-    config = SecAggConfig(num_clients=params.num_clients, vector_length=params.vector_length, max_abs=params.max_abs,
-                          modulus_bits=params.modulus_bits, num_neighbours=params.num_neighbours,
-                          threshold=params.threshold)
+    config = SecAggConfig(
+        num_clients=params.num_clients,
+        vector_length=params.vector_length,
+        max_abs=params.max_abs,
+        modulus_bits=params.modulus_bits,
+        num_neighbours=params.num_neighbours,
+        threshold=params.threshold,
+    )
     sid = params.secagg_round_id
     context = SessionContext(run_context_id(body.run_id), pb.COUNTS, sid, bytes(params.session_nonce))
-    session = ClientSession(config, context=context, client_id=HOSTILE, identity_key=f.key, credential=f.credential,
-                            authority_public_key=f.authority_public, policy=SecAggPolicy(corrupt_neighbours=1))
+    session = ClientSession(
+        config,
+        context=context,
+        client_id=HOSTILE,
+        identity_key=f.key,
+        credential=f.credential,
+        authority_public_key=f.authority_public,
+        policy=SecAggPolicy(corrupt_neighbours=1),
+    )
     advert = session.advertise_keys()
     forged = dataclasses.replace(advert, signature=bytes(64))
     in_name_of_0 = dataclasses.replace(advert, client_id=0)
@@ -198,24 +248,42 @@ def during_round(f: Fuzzer, certs) -> None:
         submit(f, r, pb.UPDATE, pb.ADVERTISE_KEYS, advert.to_bytes(), grpc.StatusCode.FAILED_PRECONDITION)
         submit(f, r + 1, pb.COUNTS, pb.ADVERTISE_KEYS, advert.to_bytes(), grpc.StatusCode.OUT_OF_RANGE)
         submit(f, r, pb.COUNTS, pb.OUTCOME, advert.to_bytes(), grpc.StatusCode.FAILED_PRECONDITION)
-    f.stub.Submit(pb.SubmitRequest(round_id=r, phase=pb.COUNTS, stage=pb.ADVERTISE_KEYS, payload=advert.to_bytes()),
-                  metadata=f.meta(), timeout=30)  # the one honest message: it joins the round
+    f.stub.Submit(
+        pb.SubmitRequest(round_id=r, phase=pb.COUNTS, stage=pb.ADVERTISE_KEYS, payload=advert.to_bytes()),
+        metadata=f.meta(),
+        timeout=30,
+    )  # the one honest message: it joins the round
     for i in range(5):  # replays: ALREADY_EXISTS while the stage is open, FAILED_PRECONDITION once it closed
-        submit(f, r, pb.COUNTS, pb.ADVERTISE_KEYS, advert.to_bytes(),
-               grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION)
+        submit(
+            f,
+            r,
+            pb.COUNTS,
+            pb.ADVERTISE_KEYS,
+            advert.to_bytes(),
+            grpc.StatusCode.ALREADY_EXISTS,
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
     participants = messages.ParticipantSet.from_bytes(fetch(f, r, pb.COUNTS, pb.REVEAL_SEED).payload)
     reveal = session.reveal_seed(participants)
-    f.stub.Submit(pb.SubmitRequest(round_id=r, phase=pb.COUNTS, stage=pb.REVEAL_SEED, payload=reveal.to_bytes()),
-                  metadata=f.meta(), timeout=30)
+    f.stub.Submit(
+        pb.SubmitRequest(round_id=r, phase=pb.COUNTS, stage=pb.REVEAL_SEED, payload=reveal.to_bytes()),
+        metadata=f.meta(),
+        timeout=30,
+    )
     neighbourhood = messages.Neighbourhood.from_bytes(fetch(f, r, pb.COUNTS, pb.SHARE_KEYS).payload)
     share = session.share_keys(neighbourhood)
-    f.stub.Submit(pb.SubmitRequest(round_id=r, phase=pb.COUNTS, stage=pb.SHARE_KEYS, payload=share.to_bytes()),
-                  metadata=f.meta(), timeout=30)
+    f.stub.Submit(
+        pb.SubmitRequest(round_id=r, phase=pb.COUNTS, stage=pb.SHARE_KEYS, payload=share.to_bytes()),
+        metadata=f.meta(),
+        timeout=30,
+    )
     delivery = messages.ShareDelivery.from_bytes(fetch(f, r, pb.COUNTS, pb.MASKED_INPUT).payload)
     assert delivery.receiver == HOSTILE
     bits, length = config.bits, config.vector_length
     too_long = messages.MaskedInput(sid, HOSTILE, bits, length + 1, packing.pack(np.zeros(length + 1, np.uint64), bits))
-    wrong_bits = messages.MaskedInput(sid, HOSTILE, bits + 1, length, packing.pack(np.zeros(length, np.uint64), bits + 1))
+    wrong_bits = messages.MaskedInput(
+        sid, HOSTILE, bits + 1, length, packing.pack(np.zeros(length, np.uint64), bits + 1)
+    )
     for i in range(10):
         submit(f, r, pb.COUNTS, pb.MASKED_INPUT, too_long.to_bytes(), grpc.StatusCode.INVALID_ARGUMENT)
         submit(f, r, pb.COUNTS, pb.MASKED_INPUT, wrong_bits.to_bytes(), grpc.StatusCode.INVALID_ARGUMENT)
@@ -224,15 +292,34 @@ def during_round(f: Fuzzer, certs) -> None:
 
 def test_fuzz_thousand_hostile_messages_then_a_normal_round(tmp_path, certs, procs) -> None:
     run_dir = tmp_path / "run"
-    server, address = harness.start_server(tmp_path, certs, run_dir, extra=[
-        "--rounds", "1", "--min-clients", "5", "--min-group-size", "2", "--stage-timeout", "8",
-        "--train-timeout", "60", "--max-upload-mib", "1", "--threshold", "3"])
+    server, address = harness.start_server(
+        tmp_path,
+        certs,
+        run_dir,
+        extra=[
+            "--rounds",
+            "1",
+            "--min-clients",
+            "5",
+            "--min-group-size",
+            "2",
+            "--stage-timeout",
+            "8",
+            "--train-timeout",
+            "60",
+            "--max-upload-mib",
+            "1",
+            "--threshold",
+            "3",
+        ],
+    )
     procs.append(server)
     f = Fuzzer(address, certs)
     before_round(f)
     # 5 clients, k = 4, t = 3: the clients withstand 1 colluding neighbour (2t - k = 2 > 1)
-    clients = harness.start_clients(tmp_path, certs, address, "0-3",
-                                    extra=["--corrupt-neighbours", "1", "--min-group-size", "2"])
+    clients = harness.start_clients(
+        tmp_path, certs, address, "0-3", extra=["--corrupt-neighbours", "1", "--min-group-size", "2"]
+    )
     procs.append(clients)
     during_round(f, certs)
     assert server.wait(timeout=200) == 0, server.stderr()
@@ -249,7 +336,12 @@ def test_fuzz_thousand_hostile_messages_then_a_normal_round(tmp_path, certs, pro
     assert rounds[0]["phases"]["counts"]["dropouts"]["masked_input"] == [HOSTILE]
     assert rounds[0]["phases"]["counts"]["survivors"] == [0, 1, 2, 3]
     assert rounds[0]["phases"]["update"]["survivors"] == [0, 1, 2, 3]
-    assert set(f.codes) >= {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
-                            grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OUT_OF_RANGE,
-                            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert set(f.codes) >= {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
     f.channel.close()

@@ -23,8 +23,14 @@ HOSTILE = harness.ROOT / "tests" / "network" / "hostile_server.py"
 class HostileServer(harness.Proc):
     def __init__(self, lie: str, args: list[str], log) -> None:  # same as Proc, another entry point
         self.log = open(log, "w")
-        self.popen = subprocess.Popen([sys.executable, str(HOSTILE), lie, "--"] + args, stdout=subprocess.PIPE,
-                                      stderr=self.log, text=True, cwd=harness.ROOT, env=harness._env())
+        self.popen = subprocess.Popen(
+            [sys.executable, str(HOSTILE), lie, "--"] + args,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            cwd=harness.ROOT,
+            env=harness._env(),
+        )
         self.lines = queue.Queue()
         self.output = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -32,8 +38,26 @@ class HostileServer(harness.Proc):
 
 def _run(tmp_path, certs, procs, lie: str, server_extra: list[str], client_extra: list[str] = ()) -> tuple[list, str]:
     run_dir = tmp_path / "run"
-    args = ["--address", "127.0.0.1:0", "--certs", str(certs), "--linger", "2", "--run-dir", str(run_dir),
-            "--rounds", "1", "--min-clients", "8", "--stage-timeout", "8", "--train-timeout", "15", "--min-group-size", "2"]
+    args = [
+        "--address",
+        "127.0.0.1:0",
+        "--certs",
+        str(certs),
+        "--linger",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--rounds",
+        "1",
+        "--min-clients",
+        "8",
+        "--stage-timeout",
+        "8",
+        "--train-timeout",
+        "15",
+        "--min-group-size",
+        "2",
+    ]
     server = HostileServer(lie, args + harness.DATA_ARGS + harness.MODEL_ARGS + server_extra, tmp_path / "server.log")
     procs.append(server)
     address = server.wait_line("LISTENING", timeout=90).split()[1]
@@ -80,16 +104,26 @@ def test_a_ring_announced_without_guard_bits_is_refused(tmp_path, certs, procs) 
 
 
 def test_noise_sized_for_absent_survivors_is_refused(tmp_path, certs, procs) -> None:
-    rounds, log = _run(tmp_path, certs, procs, "huge-noise-survivors",
-                       ["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1"])
+    rounds, log = _run(
+        tmp_path,
+        certs,
+        procs,
+        "huge-noise-survivors",
+        ["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1"],
+    )
     assert [r["type"] for r in rounds] == ["round_aborted"]
     assert "n_min=1000000 survivors cannot exceed the 8 participants" in log
     assert rounds[0]["phases"]["counts"]["dropouts"]["advertise_keys"] == list(range(8))
 
 
 def test_survivor_list_below_the_noise_survivors_is_not_unmasked(tmp_path, certs, procs) -> None:
-    rounds, log = _run(tmp_path, certs, procs, "drop-below-noise-survivors",
-                       ["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1"])
+    rounds, log = _run(
+        tmp_path,
+        certs,
+        procs,
+        "drop-below-noise-survivors",
+        ["--dp", "distributed", "--clip", "1", "--noise-multiplier", "1"],
+    )
     assert [r["type"] for r in rounds] == ["round_aborted"]
     assert "7 survivors, below the policy's min_survivors=8" in log
     update = rounds[0]["phases"]["update"]["dropouts"]

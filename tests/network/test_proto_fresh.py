@@ -20,7 +20,8 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     assert {p.name for p in written} == {p.name for p in checked_in.glob("*_pb2*")}
     for path in written:
         assert path.read_bytes() == (checked_in / path.name).read_bytes(), (
-            f"{path.name} is stale: run `python proto/generate.py` and commit the result")
+            f"{path.name} is stale: run `python proto/generate.py` and commit the result"
+        )
 
 
 def test_generated_modules_import() -> None:

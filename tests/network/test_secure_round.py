@@ -36,19 +36,29 @@ def simulated_run(rounds: int) -> tuple[list[str], list[dict]]:
     """(model digest after each round, the federated evaluation of each round's starting model: what the
     evaluation's secure sum over all USERS clients decodes to)."""
     data = harness.data().subset(np.arange(USERS))
-    privacy = PrivacySettings(dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=0.5,
-                                          mechanism="discrete_gaussian", max_dropout_fraction=0.3),
-                              secure_sum="inmemory", modulus_bits=32, min_group_size=2,
-                              insecure_reproducible_noise=True)
-    sim = FederatedSimulation(data, harness.model_config(), FederationConfig(rounds=rounds, seed=0, chunk_size=1),
-                              privacy=privacy)
+    privacy = PrivacySettings(
+        dp=DPConfig(
+            mode="distributed", clip=1.0, noise_multiplier=0.5, mechanism="discrete_gaussian", max_dropout_fraction=0.3
+        ),
+        secure_sum="inmemory",
+        modulus_bits=32,
+        min_group_size=2,
+        insecure_reproducible_noise=True,
+    )
+    sim = FederatedSimulation(
+        data, harness.model_config(), FederationConfig(rounds=rounds, seed=0, chunk_size=1), privacy=privacy
+    )
     digests, evaluations = [], []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the client processes train: float reductions depend on the thread count
     try:
         for _ in range(rounds):
-            summed = sum(evaluation_sum.client_vector(evaluate_user(
-                sim.model, sim.global_params, {n: t[u] for n, t in sim.private.items()}, data, u)) for u in range(USERS))
+            summed = sum(
+                evaluation_sum.client_vector(
+                    evaluate_user(sim.model, sim.global_params, {n: t[u] for n, t in sim.private.items()}, data, u)
+                )
+                for u in range(USERS)
+            )
             evaluations.append({k: v.to_json() for k, v in evaluation_sum.decode(summed).items()})
             sim.train_round()
             digests.append(tensors.digest(sim.global_params).hex())
@@ -60,12 +70,42 @@ def simulated_run(rounds: int) -> tuple[list[str], list[dict]]:
 def test_secure_dp_rounds_over_grpc_equal_the_simulation_bit_for_bit(tmp_path) -> None:
     run_dir = tmp_path / "local"
     done = subprocess.run(
-        [sys.executable, "-m", "mrff_secure.app.cli", "run-local", "--client-processes", "2", "--clients", str(USERS),
-         "--run-dir", str(run_dir), "--client-seed", "0", "--insecure-reproducible-noise", "--rounds", "2",
-         "--dp", "distributed", "--clip", "1.0", "--noise-multiplier", "0.5", "--min-group-size", "2",
-         "--stage-timeout", "60", "--timeout", "250"]
-        + harness.DATA_ARGS + harness.MODEL_ARGS,
-        capture_output=True, text=True, cwd=harness.ROOT, timeout=280)
+        [
+            sys.executable,
+            "-m",
+            "mrff_secure.app.cli",
+            "run-local",
+            "--client-processes",
+            "2",
+            "--clients",
+            str(USERS),
+            "--run-dir",
+            str(run_dir),
+            "--client-seed",
+            "0",
+            "--insecure-reproducible-noise",
+            "--rounds",
+            "2",
+            "--dp",
+            "distributed",
+            "--clip",
+            "1.0",
+            "--noise-multiplier",
+            "0.5",
+            "--min-group-size",
+            "2",
+            "--stage-timeout",
+            "60",
+            "--timeout",
+            "250",
+        ]
+        + harness.DATA_ARGS
+        + harness.MODEL_ARGS,
+        capture_output=True,
+        text=True,
+        cwd=harness.ROOT,
+        timeout=280,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2/2 rounds completed; audit log intact" in done.stdout
     assert "(TLS)" in done.stdout

@@ -19,23 +19,36 @@ from . import harness
 pytestmark = pytest.mark.timeout(240)
 
 
-def enrol(address: str, credentials, authority_folder, client: int = 900, *, credential_id: int | None = None,
-          key=None, credential_key=None):
+def enrol(
+    address: str,
+    credentials,
+    authority_folder,
+    client: int = 900,
+    *,
+    credential_id: int | None = None,
+    key=None,
+    credential_key=None,
+):
     """Enrol `key` (default: a fresh one) as `client`, with a credential from the authority in
     `authority_folder` (None: none) issued for `credential_id` (default: the same id) and for the public
     key of `credential_key` (default: the enrolled key)."""
-    channel = (grpc.secure_channel(address, credentials) if credentials is not None
-               else grpc.insecure_channel(address))
+    channel = grpc.secure_channel(address, credentials) if credentials is not None else grpc.insecure_channel(address)
     key = key if key is not None else primitives.generate_identity_key()
     public = primitives.identity_public_bytes(key)
     credential = b""
     if authority_folder is not None:
         authority = signing.load_private_key(authority_folder / "identity-ca.key")
         certified = public if credential_key is None else primitives.identity_public_bytes(credential_key)
-        credential = issue_credential(authority, client if credential_id is None else credential_id,
-                                      certified).to_bytes()
-    request = pb.EnrolRequest(protocol_version=limits.PROTOCOL_VERSION, client_id=client, identity_public_key=public,
-                              proof=primitives.sign(key, signing.enrol_payload(client, public)), credential=credential)
+        credential = issue_credential(
+            authority, client if credential_id is None else credential_id, certified
+        ).to_bytes()
+    request = pb.EnrolRequest(
+        protocol_version=limits.PROTOCOL_VERSION,
+        client_id=client,
+        identity_public_key=public,
+        proof=primitives.sign(key, signing.enrol_payload(client, public)),
+        credential=credential,
+    )
     try:
         return pb_grpc.CoordinatorStub(channel).Enrol(request, timeout=5)
     finally:
@@ -51,8 +64,12 @@ def code_of(call) -> grpc.StatusCode:
 def test_tls_credentials_and_signed_parameters(tmp_path, certs, procs) -> None:
     stranger = make_dev_pki(tmp_path / "stranger").folder  # another CA, identity authority and signing key
     run_dir = tmp_path / "run"
-    server, address = harness.start_server(tmp_path, certs, run_dir, extra=[
-        "--rounds", "1", "--min-clients", "3", "--train-timeout", "5", "--stage-timeout", "5"])
+    server, address = harness.start_server(
+        tmp_path,
+        certs,
+        run_dir,
+        extra=["--rounds", "1", "--min-clients", "3", "--train-timeout", "5", "--stage-timeout", "5"],
+    )
     procs.append(server)
     good_ca = grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes())
     wrong_ca = grpc.ssl_channel_credentials((stranger / "ca.crt").read_bytes())
@@ -62,11 +79,15 @@ def test_tls_credentials_and_signed_parameters(tmp_path, certs, procs) -> None:
     # W1: the server binds no id to a key without the identity authority's credential for exactly that pair
     assert code_of(lambda: enrol(address, good_ca, None)) == grpc.StatusCode.PERMISSION_DENIED
     assert code_of(lambda: enrol(address, good_ca, stranger)) == grpc.StatusCode.PERMISSION_DENIED
-    assert code_of(lambda: enrol(address, good_ca, certs, client=902, credential_id=903)) == \
-        grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        code_of(lambda: enrol(address, good_ca, certs, client=902, credential_id=903))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
     certified_elsewhere = primitives.generate_identity_key()  # a genuine credential, but for another key
-    assert code_of(lambda: enrol(address, good_ca, certs, client=902, credential_key=certified_elsewhere)) == \
-        grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        code_of(lambda: enrol(address, good_ca, certs, client=902, credential_key=certified_elsewhere))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
     assert enrol(address, good_ca, certs, client=901).session_token  # the right CA and credential do join
     records = harness.audit_records(run_dir)
     refusals = [r for r in records if r["type"] == "rejected" and r["method"] == "Enrol"]
@@ -77,18 +98,33 @@ def test_tls_credentials_and_signed_parameters(tmp_path, certs, procs) -> None:
     assert "certifies another identity key" in refusals[3]["reason"]
     enrolled = [r for r in records if r["type"] == "enrolled"]
     assert [r["client"] for r in enrolled] == [901]  # only the certified client was bound, with its credential
-    assert ClientCredential.from_bytes(bytes.fromhex(enrolled[0]["credential"])).identity_public_key.hex() == \
-        enrolled[0]["identity_key"]
+    assert (
+        ClientCredential.from_bytes(bytes.fromhex(enrolled[0]["credential"])).identity_public_key.hex()
+        == enrolled[0]["identity_key"]
+    )
 
     # Started together to save time. Clients 2-4 hold another signing key: they refuse the round the
     # server announces (901 above never answers and is dropped with them). Client 1 trusts another
     # identity authority than the one that certified it: it refuses to start.
-    no_ca = harness.start_clients(tmp_path, certs, address, "0", name="wrong-ca",
-                                  extra=["--ca", str(stranger / "ca.crt"), "--retry-timeout", "3"])
-    other_authority = harness.start_clients(tmp_path, certs, address, "1", name="other-authority",
-                                            extra=["--identity-ca", str(stranger / "identity-ca.pub")])
-    forged = harness.start_clients(tmp_path, certs, address, "2-4", name="wrong-signing-key",
-                                   extra=["--signing-pub", str(stranger / "signing.pub")])
+    no_ca = harness.start_clients(
+        tmp_path, certs, address, "0", name="wrong-ca", extra=["--ca", str(stranger / "ca.crt"), "--retry-timeout", "3"]
+    )
+    other_authority = harness.start_clients(
+        tmp_path,
+        certs,
+        address,
+        "1",
+        name="other-authority",
+        extra=["--identity-ca", str(stranger / "identity-ca.pub")],
+    )
+    forged = harness.start_clients(
+        tmp_path,
+        certs,
+        address,
+        "2-4",
+        name="wrong-signing-key",
+        extra=["--signing-pub", str(stranger / "signing.pub")],
+    )
     procs += [no_ca, other_authority, forged]
     assert no_ca.wait(timeout=90) == 1  # a runtime failure, named at once (tests/network/test_client_errors.py)
     assert "the server's certificate is not signed by" in no_ca.stderr(), no_ca.stderr()
@@ -103,8 +139,23 @@ def test_tls_credentials_and_signed_parameters(tmp_path, certs, procs) -> None:
 
 def test_a_client_without_a_credential_refuses_to_start(tmp_path, certs) -> None:
     state = tmp_path / "bare-state"
-    proc = harness.Proc(["client", "--server", "127.0.0.1:9", "--users", "3", "--certs", str(certs),
-                         "--state-dir", str(state), "--retry-timeout", "2"] + harness.DATA_ARGS, tmp_path / "bare.log")
+    proc = harness.Proc(
+        [
+            "client",
+            "--server",
+            "127.0.0.1:9",
+            "--users",
+            "3",
+            "--certs",
+            str(certs),
+            "--state-dir",
+            str(state),
+            "--retry-timeout",
+            "2",
+        ]
+        + harness.DATA_ARGS,
+        tmp_path / "bare.log",
+    )
     assert proc.wait(timeout=60) == 2
     assert "credential.bin is missing: run `mrff certs issue-client` for user 3" in proc.stderr()
     proc.stop()
@@ -130,17 +181,35 @@ def client_store(state, user: int):
     return UserStore(state, user)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (_rotate_key, "credential.bin certifies another identity key than"),
-    (_copy_credential_of_user_4, "is not the identity authority's credential for user 3: it certifies client 4"),
-    (_truncate, "credential.bin is not a readable credential"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_rotate_key, "credential.bin certifies another identity key than"),
+        (_copy_credential_of_user_4, "is not the identity authority's credential for user 3: it certifies client 4"),
+        (_truncate, "credential.bin is not a readable credential"),
+    ],
+)
 def test_a_client_refuses_to_start_with_a_credential_for_another_key_or_id(tmp_path, certs, damage, message) -> None:
     state = tmp_path / "state"
     harness.issue_credentials(certs, "3-4", state)
     damage(state, 3)
-    proc = harness.Proc(["client", "--server", "127.0.0.1:9", "--users", "3-4", "--certs", str(certs),
-                         "--state-dir", str(state), "--retry-timeout", "2"] + harness.DATA_ARGS, tmp_path / "c.log")
+    proc = harness.Proc(
+        [
+            "client",
+            "--server",
+            "127.0.0.1:9",
+            "--users",
+            "3-4",
+            "--certs",
+            str(certs),
+            "--state-dir",
+            str(state),
+            "--retry-timeout",
+            "2",
+        ]
+        + harness.DATA_ARGS,
+        tmp_path / "c.log",
+    )
     assert proc.wait(timeout=60) == 2
     assert message in proc.stderr() and "user-3" in proc.stderr()
     assert "unreachable" not in proc.stderr()  # refused before it tried the network
@@ -156,35 +225,79 @@ def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> 
     def pub(name: str):
         path = tmp_path / name
         key = primitives.generate_identity_key()
-        path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
+        path.write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
         return path
 
     out = tmp_path / "cred.bin"
 
     def issue(key_file, *extra):
-        return subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "certs", "issue-client", "--certs", str(certs),
-                               "--client-id", "5", "--identity-pub", str(key_file), "--out", str(out), *extra],
-                              capture_output=True, text=True, cwd=harness.ROOT, env=harness._env(), timeout=60)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mrff_secure.app.cli",
+                "certs",
+                "issue-client",
+                "--certs",
+                str(certs),
+                "--client-id",
+                "5",
+                "--identity-pub",
+                str(key_file),
+                "--out",
+                str(out),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=harness.ROOT,
+            env=harness._env(),
+            timeout=60,
+        )
 
     first, second = pub("a.pem"), pub("b.pem")
     assert issue(first).returncode == 0
     assert issue(first).returncode == 0  # the same binding again is fine
     refused = issue(second)
     assert refused.returncode == 2 and "needs --force" in refused.stderr
-    assert ClientCredential.from_bytes(out.read_bytes()).identity_public_key == \
-        signing.load_public_key(first).public_bytes_raw()  # untouched
+    assert (
+        ClientCredential.from_bytes(out.read_bytes()).identity_public_key
+        == signing.load_public_key(first).public_bytes_raw()
+    )  # untouched
     assert issue(second, "--force").returncode == 0
-    assert ClientCredential.from_bytes(out.read_bytes()).identity_public_key == \
-        signing.load_public_key(second).public_bytes_raw()
+    assert (
+        ClientCredential.from_bytes(out.read_bytes()).identity_public_key
+        == signing.load_public_key(second).public_bytes_raw()
+    )
 
     # the other refusals: no authority key in --certs, a file that is no Ed25519 public key, an id the server refuses
     assert "identity authority's key" in issue(first, "--certs", str(tmp_path)).stderr
     (tmp_path / "garbage.pem").write_text("not a key")
     assert "client's identity public key" in issue(tmp_path / "garbage.pem").stderr
-    big = subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", "certs", "issue-client", "--certs", str(certs),
-                          "--client-id", str(2**31), "--identity-pub", str(first), "--out", str(tmp_path / "x.bin")],
-                         capture_output=True, text=True, cwd=harness.ROOT, env=harness._env(), timeout=60)
+    big = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mrff_secure.app.cli",
+            "certs",
+            "issue-client",
+            "--certs",
+            str(certs),
+            "--client-id",
+            str(2**31),
+            "--identity-pub",
+            str(first),
+            "--out",
+            str(tmp_path / "x.bin"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=harness.ROOT,
+        env=harness._env(),
+        timeout=60,
+    )
     assert big.returncode == 2 and "is outside" in big.stderr and not (tmp_path / "x.bin").exists()
 
 
@@ -195,14 +308,20 @@ def test_issue_client_bulk_form_refuses_to_rebind_without_force(tmp_path, certs)
     state = tmp_path / "state"
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "mrff_secure.app.cli", *args], capture_output=True, text=True,
-                              cwd=harness.ROOT, env=harness._env(), timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "mrff_secure.app.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=harness.ROOT,
+            env=harness._env(),
+            timeout=60,
+        )
 
     def bulk(*extra):
         return cli("certs", "issue-client", "--certs", str(certs), "--users", "0-2", "--state-dir", str(state), *extra)
 
     assert bulk().returncode == 0
-    authority = (certs / "identity-ca.pub")
+    authority = certs / "identity-ca.pub"
     from mrff_secure.pki import load_authority_public_key
 
     for user in range(3):
@@ -222,8 +341,18 @@ def test_issue_client_bulk_form_refuses_to_rebind_without_force(tmp_path, certs)
     made = cli("client-key", "--users", "7", "--state-dir", str(state), "--out-dir", str(tmp_path / "pubs"))
     assert made.returncode == 0, made.stderr
     assert b"PRIVATE" not in (tmp_path / "pubs" / "user-7.pub").read_bytes()
-    single = cli("certs", "issue-client", "--certs", str(certs), "--client-id", "7", "--identity-pub",
-                 str(tmp_path / "pubs" / "user-7.pub"), "--out", str(state / "user-7" / "credential.bin"))
+    single = cli(
+        "certs",
+        "issue-client",
+        "--certs",
+        str(certs),
+        "--client-id",
+        "7",
+        "--identity-pub",
+        str(tmp_path / "pubs" / "user-7.pub"),
+        "--out",
+        str(state / "user-7" / "credential.bin"),
+    )
     assert single.returncode == 0, single.stderr
     client_store(state, 7).credential(load_authority_public_key(authority))
 
@@ -253,6 +382,8 @@ def test_mutual_tls_requires_a_client_certificate(tmp_path, certs, procs) -> Non
     procs.append(server)
     ca = (certs / "ca.crt").read_bytes()
     without = grpc.ssl_channel_credentials(ca)
-    with_cert = grpc.ssl_channel_credentials(ca, (certs / "client.key").read_bytes(), (certs / "client.crt").read_bytes())
+    with_cert = grpc.ssl_channel_credentials(
+        ca, (certs / "client.key").read_bytes(), (certs / "client.crt").read_bytes()
+    )
     assert code_of(lambda: enrol(address, without, certs)) == grpc.StatusCode.UNAVAILABLE
     assert enrol(address, with_cert, certs).session_token

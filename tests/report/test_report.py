@@ -19,9 +19,21 @@ from mrff_secure.report.tables import fmt
 from mrff_secure.report.write import verify_report_signature
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "audit_small" / "grid.json"
-SECTIONS = ("Verdicts", "Privacy statement", "Claimed epsilon per cell", "Threat models: what the server saw",
-            "Mechanism", "Attacks (score +- standard error)", "Power of the attacks (R0)",
-            "Malicious server: active attacks", "Plots", "Utility", "Network run", "Reproducibility", "Integrity")
+SECTIONS = (
+    "Verdicts",
+    "Privacy statement",
+    "Claimed epsilon per cell",
+    "Threat models: what the server saw",
+    "Mechanism",
+    "Attacks (score +- standard error)",
+    "Power of the attacks (R0)",
+    "Malicious server: active attacks",
+    "Plots",
+    "Utility",
+    "Network run",
+    "Reproducibility",
+    "Integrity",
+)
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -36,10 +48,12 @@ def audit_dir(tmp_path):
 def _keys(tmp_path):
     key = Ed25519PrivateKey.generate()
     private, public = tmp_path / "signing.key", tmp_path / "signing.pub"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return private, public
 
 
@@ -72,8 +86,29 @@ def test_every_section_is_rendered_and_the_numbers_agree(audit_dir, tmp_path):
 
 def test_reports_of_training_runs_and_refusal_of_other_folders(tmp_path, capsys):
     run = tmp_path / "run"
-    assert cli.main(["train", "--synthetic-users", "10", "--maxlen", "8", "--rounds", "1", "--no-progress",
-                     "--dp", "local", "--clip", "1.0", "--noise-multiplier", "1.0", "--run-dir", str(run)]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--synthetic-users",
+                "10",
+                "--maxlen",
+                "8",
+                "--rounds",
+                "1",
+                "--no-progress",
+                "--dp",
+                "local",
+                "--clip",
+                "1.0",
+                "--noise-multiplier",
+                "1.0",
+                "--run-dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert cli.main(["report", str(run)]) == 0
     report = json.loads((run / "report.json").read_text())
     assert report["kind"] == "training" and report["verdicts"][0]["verdict"] == "not audited"
@@ -87,8 +122,27 @@ def _audit(out, *extra):
     # fails R1-R3 by chance in up to 5% of runs (R2 did, once, in CI)
     if "--misreport-noise" not in extra:
         extra = ("--confidence", "0.999", *extra)
-    return cli.main(["audit", "--synthetic-users", "40", "--rounds-per-cell", "2", "--canaries", "40", "--levels", "0.3",
-                     "--targets", "4", "--sampled-fraction", "0", "--no-progress", "--run-dir", str(out), *extra])
+    return cli.main(
+        [
+            "audit",
+            "--synthetic-users",
+            "40",
+            "--rounds-per-cell",
+            "2",
+            "--canaries",
+            "40",
+            "--levels",
+            "0.3",
+            "--targets",
+            "4",
+            "--sampled-fraction",
+            "0",
+            "--no-progress",
+            "--run-dir",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_audit_exit_codes_resume_and_a_claim_made_false(tmp_path, capsys):
@@ -117,7 +171,7 @@ def test_audit_exit_codes_resume_and_a_claim_made_false(tmp_path, capsys):
 
 def test_bad_audit_configurations_are_refused(tmp_path, capsys):
     config = tmp_path / "audit.toml"
-    config.write_text("[audit]\nrounds_per_cell = 2\ncolour = \"blue\"\n")
+    config.write_text('[audit]\nrounds_per_cell = 2\ncolour = "blue"\n')
     assert cli.main(["audit", "--config", str(config), "--run-dir", str(tmp_path / "a")]) == 2
     assert "unknown keys ['colour'] in [audit]" in capsys.readouterr().err
     assert cli.main(["audit", "--dataset", "kuaisar-r", "--run-dir", str(tmp_path / "b")]) == 2
@@ -126,8 +180,10 @@ def test_bad_audit_configurations_are_refused(tmp_path, capsys):
     assert "matches none" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(BROWSER is None and not os.environ.get("MRFF_REQUIRE_BROWSER"),
-                    reason="Debian's chromium is not installed (.ci/run installs it)")
+@pytest.mark.skipif(
+    BROWSER is None and not os.environ.get("MRFF_REQUIRE_BROWSER"),
+    reason="Debian's chromium is not installed (.ci/run installs it)",
+)
 def test_the_html_report_in_a_real_browser(audit_dir, tmp_path):
     """Headless Chromium opens report.html from disk with the network off: no console errors, every plot
     decoded with a non-zero size, the verdict table visible."""

@@ -15,9 +15,20 @@ DELTA = 1e-5
 
 
 def release(mode="distributed", z=1.0, **changes):
-    base = dict(dp_mode=mode, secure_aggregation=mode == "distributed", clip=0.5, noise_multiplier=z, num_blocks=2,
-                num_groups=4, delta_size=500, participants=50, n_min=50, modulus_bits=48, count_cap=1,
-                mechanism="discrete_gaussian" if mode == "distributed" else None)
+    base = dict(
+        dp_mode=mode,
+        secure_aggregation=mode == "distributed",
+        clip=0.5,
+        noise_multiplier=z,
+        num_blocks=2,
+        num_groups=4,
+        delta_size=500,
+        participants=50,
+        n_min=50,
+        modulus_bits=48,
+        count_cap=1,
+        mechanism="discrete_gaussian" if mode == "distributed" else None,
+    )
     return RoundRelease(**{**base, **changes})
 
 
@@ -27,10 +38,14 @@ def test_sensitivities_follow_the_servers_view():
     assert local.gaussian_parts() == [(pytest.approx(math.sqrt(4 * 0.25 + 2 * 2 + 1) + 2.0**-20 * 0.5), 0.5)]
     secure = release()
     assert secure.adjacency == "zero-out"
-    assert secure.gaussian_parts() == [(pytest.approx(math.sqrt(0.25 + 1)), 0.5), (pytest.approx(math.sqrt(2)),
-                                                                                     pytest.approx(math.sqrt(2)))]
-    assert secure.gaussian_parts("replace-one") == [(pytest.approx(math.sqrt(1 + 1)), 0.5),
-                                                    (pytest.approx(2.0), pytest.approx(math.sqrt(2)))]
+    assert secure.gaussian_parts() == [
+        (pytest.approx(math.sqrt(0.25 + 1)), 0.5),
+        (pytest.approx(math.sqrt(2)), pytest.approx(math.sqrt(2))),
+    ]
+    assert secure.gaussian_parts("replace-one") == [
+        (pytest.approx(math.sqrt(1 + 1)), 0.5),
+        (pytest.approx(2.0), pytest.approx(math.sqrt(2))),
+    ]
     assert release(num_blocks=0, num_groups=0).gaussian_parts() == [(pytest.approx(math.sqrt(1.25)), 0.5)]
 
 
@@ -53,8 +68,9 @@ def test_sampling_never_amplifies_the_headline():
     assert full.epsilon > epsilon(noise_multiplier=z_acc, sample_rate=0.1, rounds=30, delta=DELTA).rdp
 
 
-@pytest.mark.parametrize("mode,mechanism", [("local", None), ("distributed", "discrete_gaussian"),
-                                            ("distributed", "skellam")])
+@pytest.mark.parametrize(
+    "mode,mechanism", [("local", None), ("distributed", "discrete_gaussian"), ("distributed", "skellam")]
+)
 def test_calibration_reaches_the_headline_target(mode, mechanism):
     template = release(mode, z=0.0 if mode == "local" else 1.0, mechanism=mechanism)
     z = calibrate_noise_multiplier(template, target_epsilon=5.0, rounds=10, delta=DELTA)
@@ -71,8 +87,11 @@ def test_the_accountant_records_rounds_and_restores_its_state():
     other = RoundAccountant(delta=DELTA)
     other.load_state_dict(json.loads(json.dumps(acc.state_dict())))
     assert other.history == acc.history and other.epsilon() == second
-    for broken in ({"version": 1, "rounds": 2}, {**acc.state_dict(), "history": [{"release": {}, "rounds": 1}]},
-                   {**acc.state_dict(), "history": [{"release": release().to_dict(), "rounds": 0}]}):
+    for broken in (
+        {"version": 1, "rounds": 2},
+        {**acc.state_dict(), "history": [{"release": {}, "rounds": 1}]},
+        {**acc.state_dict(), "history": [{"release": release().to_dict(), "rounds": 0}]},
+    ):
         with pytest.raises(PrivacyError, match="accountant state"):
             other.load_state_dict(broken)
     with pytest.raises(PrivacyError, match="delta"):
@@ -97,17 +116,21 @@ def test_a_history_of_differing_rounds_sums_their_curves():
     assert acc.epsilon() == math.inf and acc.noiseless_rounds == 1
 
 
-@pytest.mark.parametrize("changes,needle", [
-    (dict(dp_mode="local", secure_aggregation=True), "local DP"),
-    (dict(secure_aggregation=False), "needs secure aggregation"),
-    (dict(dp_mode="off"), "DP is off"),
-    (dict(mechanism="gaussian"), "mechanism"),
-    (dict(num_blocks=0), "num_blocks"),
-    (dict(clip=0.0), "clip"),
-])
+@pytest.mark.parametrize(
+    "changes,needle",
+    [
+        (dict(dp_mode="local", secure_aggregation=True), "local DP"),
+        (dict(secure_aggregation=False), "needs secure aggregation"),
+        (dict(dp_mode="off"), "DP is off"),
+        (dict(mechanism="gaussian"), "mechanism"),
+        (dict(num_blocks=0), "num_blocks"),
+        (dict(clip=0.0), "clip"),
+    ],
+)
 def test_bad_releases_are_refused(changes, needle):
     with pytest.raises(ConfigError, match=needle):
         release(**changes)
     with pytest.raises(ConfigError, match="DP"):
-        calibrate_noise_multiplier(release("off", z=0.0, secure_aggregation=True), target_epsilon=1.0, rounds=1,
-                                   delta=DELTA)
+        calibrate_noise_multiplier(
+            release("off", z=0.0, secure_aggregation=True), target_epsilon=1.0, rounds=1, delta=DELTA
+        )

@@ -25,18 +25,28 @@ SIZE = DELTA + BLOCKS * GROUPS + 1
 
 def _uploads(dp_mode: str, z: float, n: int, n_min: int, rng: np.random.Generator):
     clip = 1.0
-    plans = secure_round_plans(delta_size=DELTA, num_blocks=BLOCKS, num_groups=GROUPS, dp_mode=dp_mode,
-                               mechanism="discrete_gaussian", clip=clip, noise_multiplier=z, n_clients=n, n_min=n_min,
-                               modulus_bits=48, count_cap=20)
+    plans = secure_round_plans(
+        delta_size=DELTA,
+        num_blocks=BLOCKS,
+        num_groups=GROUPS,
+        dp_mode=dp_mode,
+        mechanism="discrete_gaussian",
+        clip=clip,
+        noise_multiplier=z,
+        n_clients=n,
+        n_min=n_min,
+        modulus_bits=48,
+        count_cap=20,
+    )
     vectors = np.zeros((n, SIZE))
-    vectors[:, :DELTA - SLOT] = rng.normal(0, 0.3 / math.sqrt(DELTA - SLOT), size=(n, DELTA - SLOT))
+    vectors[:, : DELTA - SLOT] = rng.normal(0, 0.3 / math.sqrt(DELTA - SLOT), size=(n, DELTA - SLOT))
     target = rng.normal(0, 0.5 / math.sqrt(SLOT), size=SLOT)  # norm ~0.5 < C: not clipped
-    vectors[0, DELTA - SLOT:DELTA] = target  # only the target is in this slot; the others send zeros there
+    vectors[0, DELTA - SLOT : DELTA] = target  # only the target is in this slot; the others send zeros there
     vectors[:, DELTA] = 1.0  # their one-hots (zeroed by the encoder in phase 2 anyway)
     vectors[:, -1] = scaled_example_count(torch.full((n,), 10.0, dtype=torch.float64), 20).numpy()
     residues = np.stack([update_upload(plans, v, rotation_seed=9, rng=rng) for v in vectors])
     ring = np.mod(residues.sum(0), 1 << 48).astype(np.int64)
-    recovered = decode_sum(plans.update, ring, survivors=n, rotation_seed=9)[DELTA - SLOT:DELTA]
+    recovered = decode_sum(plans.update, ring, survivors=n, rotation_seed=9)[DELTA - SLOT : DELTA]
     return target, recovered, clip
 
 

@@ -30,7 +30,9 @@ def test_roles_follow_module_types(data):
             elif isinstance(module, GroupFeedForwards):
                 assert roles[full] is Role.GROUP
     private = {n for n, r in roles.items() if r is Role.PRIVATE}
-    assert private == {"user.vector"} | {f"blocks.{b}.ffn.user_ffn.{p}" for b in range(2) for p in ("w1", "b1", "w2", "b2")}
+    assert private == {"user.vector"} | {
+        f"blocks.{b}.ffn.user_ffn.{p}" for b in range(2) for p in ("w1", "b1", "w2", "b2")
+    }
     # the gate is shared even though it sits inside the MRFF module
     assert roles["blocks.0.ffn.gate.layers.0.weight"] is Role.SHARED
 
@@ -118,8 +120,10 @@ def test_suppressed_groups_send_zeros(data):
 def test_only_the_routed_slot_is_sent(data):
     """A client's group delta lands in its routed slot only; a delta holding every slot is refused, by name."""
     layout, params, deltas = _layout_with_unit_deltas(data, num_groups=3, clients=1)
-    for vector in (layout.build(deltas, torch.tensor([[2, 1]]), torch.ones(1))[0],
-                   layout.build_sum(deltas, torch.tensor([[2, 1]]), torch.ones(1))):
+    for vector in (
+        layout.build(deltas, torch.tensor([[2, 1]]), torch.ones(1))[0],
+        layout.build_sum(deltas, torch.tensor([[2, 1]]), torch.ones(1)),
+    ):
         groups = layout.split(vector)[1]
         for block, route in enumerate((2, 1)):
             for name in layout.group_names[block]:
@@ -131,10 +135,15 @@ def test_only_the_routed_slot_is_sent(data):
         layout.build(deltas, torch.tensor([[2, 1]]), torch.ones(1))
 
 
-@pytest.mark.parametrize("backbone,mrff,private_modules", [
-    ("hstu", True, {"user", "user_ffn"}), ("llama", True, {"user", "user_ffn"}),
-    ("ncf", False, {"user"}), ("pa", False, {"user", "user_adapters"}),
-])
+@pytest.mark.parametrize(
+    "backbone,mrff,private_modules",
+    [
+        ("hstu", True, {"user", "user_ffn"}),
+        ("llama", True, {"user", "user_ffn"}),
+        ("ncf", False, {"user"}),
+        ("pa", False, {"user", "user_adapters"}),
+    ],
+)
 def test_every_model_declares_private_and_group_parts_structurally(data, backbone, mrff, private_modules):
     """Private parameters are exactly those of the user-level modules; group ones are stacked per group; the
     update vector holds neither a private name nor a parameter of the wrong size."""
@@ -164,8 +173,10 @@ def test_build_sum_is_the_sum_of_the_built_vectors(data, backbone, mrff):
     params = dict(model.named_parameters())
     gen = torch.Generator().manual_seed(1)
     names = layout.shared_names + tuple(x for b in layout.group_names for x in b)
-    deltas = {n: torch.randn(9, *(params[n].shape if n in layout.shared_names else params[n].shape[1:]), generator=gen)
-              for n in names}
+    deltas = {
+        n: torch.randn(9, *(params[n].shape if n in layout.shared_names else params[n].shape[1:]), generator=gen)
+        for n in names
+    }
     routes = torch.randint(0, 3, (9, layout.num_blocks), generator=gen)
     examples = torch.arange(9.0)
     suppressed = torch.zeros(layout.num_blocks, 3, dtype=torch.bool)

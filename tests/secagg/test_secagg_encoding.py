@@ -76,11 +76,19 @@ def test_config_refuses_a_wrapping_modulus_naming_the_numbers():
         SecAggConfig(num_clients=10**6, vector_length=1, max_abs=2**50)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"num_clients": 2}, {"vector_length": 0}, {"max_abs": 0}, {"num_neighbours": 1},
-    {"num_neighbours": 10}, {"threshold": 2, "num_neighbours": 6}, {"threshold": 7, "num_neighbours": 6},
-    {"num_clients": 5.0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_clients": 2},
+        {"vector_length": 0},
+        {"max_abs": 0},
+        {"num_neighbours": 1},
+        {"num_neighbours": 10},
+        {"threshold": 2, "num_neighbours": 6},
+        {"threshold": 7, "num_neighbours": 6},
+        {"num_clients": 5.0},
+    ],
+)
 def test_config_validation(kwargs):
     base = {"num_clients": 10, "vector_length": 4, "max_abs": 100}
     base.update(kwargs)

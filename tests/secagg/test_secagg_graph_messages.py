@@ -40,14 +40,16 @@ def test_graph_seed_depends_on_context_participants_and_every_reveal():
         changed = list(reveals)
         changed[i] = os.urandom(32)
         assert seed != graph_seed(context, participants, changed)
-    assert neighbour_graph(seed, range(20), 4) != neighbour_graph(graph_seed(context, participants, reveals[::-1]),
-                                                                 range(20), 4)
+    assert neighbour_graph(seed, range(20), 4) != neighbour_graph(
+        graph_seed(context, participants, reveals[::-1]), range(20), 4
+    )
 
 
 def _bundle(client: int) -> m.AdvertiseKeys:
     credential = ClientCredential(client, bytes([5]) * 32, bytes([6]) * 64)
-    return m.AdvertiseKeys(3, client, bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32, bytes([4]) * 32, credential,
-                           bytes([3]) * 64)
+    return m.AdvertiseKeys(
+        3, client, bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32, bytes([4]) * 32, credential, bytes([3]) * 64
+    )
 
 
 def _sample_messages() -> list[m.Message]:
@@ -56,8 +58,13 @@ def _sample_messages() -> list[m.Message]:
     bundle = _bundle(4)
     return [
         bundle,
-        m.ParticipantSet(3, (m.ParticipantEntry(4, bytes([7]) * 32, bytes([8]) * 32),
-                             m.ParticipantEntry(9, bytes([9]) * 32, bytes([10]) * 32))),
+        m.ParticipantSet(
+            3,
+            (
+                m.ParticipantEntry(4, bytes([7]) * 32, bytes([8]) * 32),
+                m.ParticipantEntry(9, bytes([9]) * 32, bytes([10]) * 32),
+            ),
+        ),
         m.SeedReveal(3, 4, bytes([11]) * 32),
         m.Neighbourhood(3, 4, (bytes([12]) * 32, bytes([13]) * 32), (bundle, _bundle(9))),
         m.ShareKeys(3, 4, (m.EncryptedShare(4, 5, b"abc"), m.EncryptedShare(4, 6, b""))),
@@ -97,7 +104,7 @@ def test_header_checks():
 
 def test_known_encoding():
     data = m.SurvivorList(0x0102, (7, 9)).to_bytes()
-    assert data.hex() == "01" "06" "0000000000000102" "00000002" "00000007" "00000009"
+    assert data.hex() == "01060000000000000102000000020000000700000009"
 
 
 def test_writer_refuses_wrong_field_sizes():
@@ -159,14 +166,22 @@ def test_protocol_known_answers(vectors):
         credential = issue_credential(authority, client, primitives.identity_public_bytes(identity))
         assert credential.to_bytes().hex() == case["credential"]
         reveal = bytes.fromhex(case["reveal"])
-        keys = [primitives.agreement_public_bytes(primitives.agreement_key_from_bytes(bytes.fromhex(case[name])))
-                for name in ("cipher_key", "mask_key")]
-        unsigned = m.AdvertiseKeys(context.round_id, client, *keys,
-                                   primitives.commitment(m.PURPOSE_GRAPH_SEED, ctx, client, reveal),
-                                   primitives.commitment(m.PURPOSE_SELF_MASK_SEED, ctx, client,
-                                                         bytes.fromhex(case["self_mask_seed"])), credential, bytes(64))
-        bundle = m.AdvertiseKeys(**{**unsigned.__dict__,
-                                    "signature": primitives.sign(identity, unsigned.signed_payload(ctx))})
+        keys = [
+            primitives.agreement_public_bytes(primitives.agreement_key_from_bytes(bytes.fromhex(case[name])))
+            for name in ("cipher_key", "mask_key")
+        ]
+        unsigned = m.AdvertiseKeys(
+            context.round_id,
+            client,
+            *keys,
+            primitives.commitment(m.PURPOSE_GRAPH_SEED, ctx, client, reveal),
+            primitives.commitment(m.PURPOSE_SELF_MASK_SEED, ctx, client, bytes.fromhex(case["self_mask_seed"])),
+            credential,
+            bytes(64),
+        )
+        bundle = m.AdvertiseKeys(
+            **{**unsigned.__dict__, "signature": primitives.sign(identity, unsigned.signed_payload(ctx))}
+        )
         assert bundle.to_bytes().hex() == case["bundle"]
         assert bundle.digest().hex() == case["digest"]
         parsed = m.AdvertiseKeys.from_bytes(bytes.fromhex(case["bundle"]))
@@ -188,8 +203,9 @@ def test_protocol_known_answers(vectors):
     survivors = tuple(data["consistency"]["survivors"])
     payload = m.consistency_payload(ctx, seed, survivors)
     assert payload.hex() == data["consistency"]["payload"]
-    primitives.verify(bundles[0].credential.identity_public_key, bytes.fromhex(data["consistency"]["signature_by_3"]),
-                      payload)
+    primitives.verify(
+        bundles[0].credential.identity_public_key, bytes.fromhex(data["consistency"]["signature_by_3"]), payload
+    )
     hood = m.Neighbourhood(context.round_id, 3, tuple(reveals), tuple(b for b in bundles if b.client_id in graph[3]))
     assert hood.to_bytes().hex() == data["neighbourhood_of_3"]
     assert m.Neighbourhood.from_bytes(hood.to_bytes()) == hood

@@ -78,12 +78,17 @@ def _signatures(r: Round, survivor_list: SurvivorList, signers) -> dict[int, Con
     return {c: r.clients[c].consistency_check(survivor_list) for c in signers}
 
 
-def _request(r: Round, client: int, alive: tuple[int, ...], sigs: dict[int, ConsistencySignature],
-             **changes) -> UnmaskRequest:
+def _request(
+    r: Round, client: int, alive: tuple[int, ...], sigs: dict[int, ConsistencySignature], **changes
+) -> UnmaskRequest:
     neighbours = r.server.graph[client]
-    request = UnmaskRequest(r.round_id, client, tuple(v for v in neighbours if v in alive),
-                            tuple(v for v in neighbours if v not in alive),
-                            tuple(sigs[v] for v in neighbours if v in sigs))
+    request = UnmaskRequest(
+        r.round_id,
+        client,
+        tuple(v for v in neighbours if v in alive),
+        tuple(v for v in neighbours if v not in alive),
+        tuple(sigs[v] for v in neighbours if v in sigs),
+    )
     return replace(request, **changes)
 
 
@@ -135,8 +140,18 @@ def test_calling_a_signed_survivor_dropped_is_refused():
         r.clients[asked].unmask(request)
 
 
-@pytest.mark.parametrize("pattern", ["both", "not neighbours", "sorted", "need t=", "signed the survivor list",
-                                     "unexpected consistency signature", "differ from the survivor list"])
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "both",
+        "not neighbours",
+        "sorted",
+        "need t=",
+        "signed the survivor list",
+        "unexpected consistency signature",
+        "differ from the survivor list",
+    ],
+)
 def test_overlapping_lists_and_strangers_are_refused(pattern):
     r, _ = _masked()
     everyone = tuple(range(N))
@@ -218,22 +233,36 @@ def test_tampered_or_misrouted_shares_are_refused():
 SYBIL = 100
 
 
-def _bundle(r: Round, client_id: int, *, signer, credential, reveal: bytes, context: SessionContext | None = None,
-            cipher_public_key: bytes | None = None, mask_public_key: bytes | None = None) -> AdvertiseKeys:
+def _bundle(
+    r: Round,
+    client_id: int,
+    *,
+    signer,
+    credential,
+    reveal: bytes,
+    context: SessionContext | None = None,
+    cipher_public_key: bytes | None = None,
+    mask_public_key: bytes | None = None,
+) -> AdvertiseKeys:
     """A key bundle the attacker makes: fresh agreement keys (or the given ones), a graph commitment it
     can open with `reveal`, signed by `signer` over the context."""
     ctx = (context or r.context).to_bytes()
     unsigned = AdvertiseKeys(
-        r.round_id, client_id,
+        r.round_id,
+        client_id,
         cipher_public_key or primitives.agreement_public_bytes(primitives.generate_agreement_key()),
         mask_public_key or primitives.agreement_public_bytes(primitives.generate_agreement_key()),
         primitives.commitment(PURPOSE_GRAPH_SEED, ctx, client_id, reveal),
-        primitives.commitment(PURPOSE_SELF_MASK_SEED, ctx, client_id, bytes(32)), credential, bytes(64))
+        primitives.commitment(PURPOSE_SELF_MASK_SEED, ctx, client_id, bytes(32)),
+        credential,
+        bytes(64),
+    )
     return replace(unsigned, signature=primitives.sign(signer, unsigned.signed_payload(ctx)))
 
 
-def _rogue_server(r: Round, forged: dict[int, AdvertiseKeys], reveals: dict[int, bytes], *,
-                  leave_out: tuple[int, ...] = ()):
+def _rogue_server(
+    r: Round, forged: dict[int, AdvertiseKeys], reveals: dict[int, bytes], *, leave_out: tuple[int, ...] = ()
+):
     """A malicious server after the honest bundles are in (r.advertise()): it lists every honest client
     (except `leave_out`, and those whose id a forged bundle takes) and the forged bundles, with graph
     commitments it can open with `reveals`; shows every listed honest client that participant set,
@@ -244,8 +273,10 @@ def _rogue_server(r: Round, forged: dict[int, AdvertiseKeys], reveals: dict[int,
     ctx = r.context.to_bytes()
     honest = {c: r.server.bundle(c) for c in r.ids if c not in forged and c not in leave_out}
     entries = [ParticipantEntry(c, b.graph_commitment, b.digest()) for c, b in honest.items()]
-    entries += [ParticipantEntry(c, primitives.commitment(PURPOSE_GRAPH_SEED, ctx, c, reveals[c]), b.digest())
-                for c, b in forged.items()]
+    entries += [
+        ParticipantEntry(c, primitives.commitment(PURPOSE_GRAPH_SEED, ctx, c, reveals[c]), b.digest())
+        for c, b in forged.items()
+    ]
     participants = ParticipantSet(r.round_id, tuple(sorted(entries, key=lambda e: e.client_id)))
     opened = {c: wire(r.clients[c].reveal_seed(wire(participants))).reveal for c in honest} | reveals
     ordered = tuple(opened[c] for c in participants.client_ids)
@@ -255,12 +286,19 @@ def _rogue_server(r: Round, forged: dict[int, AdvertiseKeys], reveals: dict[int,
     return participants, graph, hoods
 
 
-@pytest.mark.parametrize("how,at_client,at_server", [
-    ("another authority", "client 100 has no credential from our identity authority", "signature did not verify"),
-    ("another id", "client 100 has no credential from our identity authority", "credential is for another client id"),
-    ("uncertified key", "signature did not verify", "signature did not verify"),
-    ("stale context", "signature did not verify", "signature did not verify"),
-])
+@pytest.mark.parametrize(
+    "how,at_client,at_server",
+    [
+        ("another authority", "client 100 has no credential from our identity authority", "signature did not verify"),
+        (
+            "another id",
+            "client 100 has no credential from our identity authority",
+            "credential is for another client id",
+        ),
+        ("uncertified key", "signature did not verify", "signature did not verify"),
+        ("stale context", "signature did not verify", "signature did not verify"),
+    ],
+)
 def test_sybil_bundles_are_refused_by_the_neighbour_and_by_the_honest_server(how, at_client, at_server):
     """The malicious server lists a sybil in the participant set (with the digest of the sybil's bundle, so
     the digest check passes) and hands the sybil's bundle to each of its neighbours. Every honest
@@ -316,8 +354,9 @@ def test_a_participant_set_with_a_bundle_other_than_the_one_it_fixed_is_refused(
     r.advertise()
     hood = r.reveal()[TARGET]
     victim = _neighbours(r)[0]
-    sybil = _bundle(r, victim, signer=r.identities.keys[victim], credential=r.identities.credentials[victim],
-                    reveal=bytes(32))  # even a bundle the real client could have signed
+    sybil = _bundle(
+        r, victim, signer=r.identities.keys[victim], credential=r.identities.credentials[victim], reveal=bytes(32)
+    )  # even a bundle the real client could have signed
     forged = replace(hood, bundles=tuple(sybil if b.client_id == victim else b for b in hood.bundles))
     with pytest.raises(ProtocolViolation, match=f"key bundle of client {victim} differs from the one the participant"):
         r.clients[TARGET].share_keys(forged)
@@ -361,8 +400,7 @@ def _plan(graph, t: int, colluders: set[int], drop_believers: set[int]) -> tuple
     key shares, honest neighbours that answer)."""
     honest = {TARGET} | (set(graph[TARGET]) - colluders)
     side = {c: c in drop_believers for c in honest}
-    answering = {h for h in honest - {TARGET}
-                 if sum(1 for v in graph[h] if v not in honest or side[v] == side[h]) >= t}
+    answering = {h for h in honest - {TARGET} if sum(1 for v in graph[h] if v not in honest or side[v] == side[h]) >= t}
     seeds = len(colluders) + sum(1 for h in answering if not side[h])
     keys = len(colluders) + sum(1 for h in answering if side[h])
     return seeds, keys, answering
@@ -382,11 +420,19 @@ def _split_view(r: Round, colluders: set[int], drop_believers: set[int]):
     sigs = {c: wire(r.clients[c].consistency_check(SurvivorList(r.round_id, shown[c]))) for c in honest}
     responses, answered = [], set()
     for h in sorted(honest - {TARGET}):
-        signatures = tuple(sigs[v] if v in honest else r.colluder_signature(v, shown[h])
-                           for v in graph[h] if v not in honest or shown[v] == shown[h])
+        signatures = tuple(
+            sigs[v] if v in honest else r.colluder_signature(v, shown[h])
+            for v in graph[h]
+            if v not in honest or shown[v] == shown[h]
+        )
         held = r.held_by(h)
-        request = UnmaskRequest(r.round_id, h, tuple(v for v in held if v in shown[h]),
-                                tuple(v for v in held if v not in shown[h]), signatures)
+        request = UnmaskRequest(
+            r.round_id,
+            h,
+            tuple(v for v in held if v in shown[h]),
+            tuple(v for v in held if v not in shown[h]),
+            signatures,
+        )
         try:
             responses.append(r.clients[h].unmask(wire(request)))
             answered.add(h)
@@ -398,10 +444,13 @@ def _split_view(r: Round, colluders: set[int], drop_believers: set[int]):
 def _best_placement(graph, t: int, c: int) -> set[int]:
     """The attacker's best choice of c colluders among the target's neighbours: the one whose best split
     gets the most shares of the scarcer secret."""
+
     def score(colluders):
         honest = sorted(set(graph[TARGET]) - set(colluders))
-        return max(min(_plan(graph, t, set(colluders), {h for i, h in enumerate(honest) if mask >> i & 1})[:2])
-                   for mask in range(2 ** len(honest)))
+        return max(
+            min(_plan(graph, t, set(colluders), {h for i, h in enumerate(honest) if mask >> i & 1})[:2])
+            for mask in range(2 ** len(honest))
+        )
 
     return set(max(combinations(graph[TARGET], c), key=score))
 
@@ -478,7 +527,9 @@ def test_a_colluder_regrinding_its_bundle_cannot_choose_the_graph():
     ctx, ids = r.context.to_bytes(), tuple(r.ids)
 
     def participants_with(bundle):
-        entries = [ParticipantEntry(c, r.server.bundle(c).graph_commitment, r.server.bundle(c).digest()) for c in honest]
+        entries = [
+            ParticipantEntry(c, r.server.bundle(c).graph_commitment, r.server.bundle(c).digest()) for c in honest
+        ]
         entries.append(ParticipantEntry(colluder, bundle.graph_commitment, bundle.digest()))
         return ParticipantSet(r.round_id, tuple(sorted(entries, key=lambda e: e.client_id)))
 
@@ -488,8 +539,7 @@ def test_a_colluder_regrinding_its_bundle_cannot_choose_the_graph():
         reveal = derive(b"grind", attempt)
         bundle = _bundle(r, colluder, signer=key, credential=credential, reveal=reveal)
         aimed_set = participants_with(bundle)
-        aimed = neighbour_graph(graph_seed(ctx, aimed_set.digest(), tuple(guessed.get(c, reveal) for c in ids)),
-                                ids, K)
+        aimed = neighbour_graph(graph_seed(ctx, aimed_set.digest(), tuple(guessed.get(c, reveal) for c in ids)), ids, K)
         if colluder in aimed[TARGET]:
             break
     else:
@@ -506,8 +556,9 @@ def test_a_colluder_regrinding_its_bundle_cannot_choose_the_graph():
     # after the honest reveals, the colluder grinds a reveal that would put it next to the target
     for attempt in range(200):
         late = derive(b"late", attempt)
-        late_graph = neighbour_graph(graph_seed(ctx, participants.digest(),
-                                                tuple(real.get(c, late) for c in ids)), ids, K)
+        late_graph = neighbour_graph(
+            graph_seed(ctx, participants.digest(), tuple(real.get(c, late) for c in ids)), ids, K
+        )
         if colluder in late_graph[TARGET] and late != reveal:
             break
     else:
@@ -518,8 +569,9 @@ def test_a_colluder_regrinding_its_bundle_cannot_choose_the_graph():
     hoods = r.server.close_reveal_seed()
     assert r.server.graph != aimed  # what the colluder aimed at is not what it got
     target = r.clients[TARGET]
-    late_hood = Neighbourhood(r.round_id, TARGET, tuple(real.get(c, late) for c in ids),
-                              tuple(hoods[TARGET].bundles))  # (its bundles do not matter: refused first)
+    late_hood = Neighbourhood(
+        r.round_id, TARGET, tuple(real.get(c, late) for c in ids), tuple(hoods[TARGET].bundles)
+    )  # (its bundles do not matter: refused first)
     with pytest.raises(ProtocolViolation, match=f"reveal of client {colluder} does not open its commitment"):
         target.share_keys(wire(late_hood))
     other = r.clients[honest[1]]  # given the honest neighbourhood, a client derives the server's graph
@@ -598,8 +650,9 @@ def test_participant_sets_the_policy_or_our_entry_forbid_are_refused():
         r.clients[TARGET].reveal_seed(replace(full, entries=full.entries[::-1]))
     r, full = advertised()
     with pytest.raises(ProtocolViolation, match="sorted by client id without repeats"):
-        r.clients[TARGET].reveal_seed(replace(full, entries=tuple(sorted(full.entries + full.entries[:1],
-                                                                         key=lambda e: e.client_id))))
+        r.clients[TARGET].reveal_seed(
+            replace(full, entries=tuple(sorted(full.entries + full.entries[:1], key=lambda e: e.client_id)))
+        )
     r, full = advertised()
     padded = full.entries + tuple(ParticipantEntry(1000 + i, bytes(32), bytes(32)) for i in range(N))
     with pytest.raises(ProtocolViolation, match="sized for"):
@@ -694,7 +747,7 @@ def _finish_with(r: Round, tamper=lambda c, response: response, *, silent=(), or
     for c in survivors.survivors:
         r.server.receive_consistency_signature(r.clients[c].consistency_check(survivors))
     requests = r.server.close_consistency_check()
-    for c in (order or sorted(requests)):
+    for c in order or sorted(requests):
         if c in requests and c not in silent:
             r.server.receive_unmask_response(tamper(c, r.clients[c].unmask(requests[c])))
     return r.server.finish()
@@ -733,8 +786,10 @@ def test_a_shifted_self_mask_share_aborts_instead_of_a_wrong_sum():
             honest["shifted"] = next(s.share for s in response.self_mask_shares if s.owner == TARGET)
         return response
 
-    with pytest.raises(AggregationAborted, match=f"self-mask seed of client {TARGET} rebuilt from its shares does "
-                                                 "not match its commitment"):
+    with pytest.raises(
+        AggregationAborted,
+        match=f"self-mask seed of client {TARGET} rebuilt from its shares does not match its commitment",
+    ):
         _finish_with(r, shift, silent={silent})
     # the attack was a real one: the shifted shares rebuild a different, well-formed seed
     others = [shamir.Share(x, r.clients[x - 1]._held[TARGET].self_mask_share) for x in points if x - 1 != corrupt]
@@ -771,8 +826,10 @@ def test_a_dealer_masking_with_a_seed_other_than_it_committed_to_aborts():
     r.clients[TARGET]._self_mask_seed = derive(b"another seed", 13)  # after the commitment was made
     r.share()
     r.mask(inputs)
-    with pytest.raises(AggregationAborted, match=f"self-mask seed of client {TARGET} rebuilt from its shares does "
-                                                 "not match its commitment"):
+    with pytest.raises(
+        AggregationAborted,
+        match=f"self-mask seed of client {TARGET} rebuilt from its shares does not match its commitment",
+    ):
         _finish_with(r)
 
 
@@ -815,8 +872,11 @@ def test_a_ring_without_guard_bits_is_refused_before_any_key_exists():
     passed a coordinate with probability 1 - 15/65536) is refused by the config every client builds, naming
     the guard bits and the modulus it would need; one bit more is accepted."""
     no_headroom = ((1 << 15) - 1) // N
-    with pytest.raises(ConfigError, match=r"modulus_bits=16 leaves no room for the range check.*2\^2 guard bits.*"
-                                          r"modulus_bits >= 18"):
+    with pytest.raises(
+        ConfigError,
+        match=r"modulus_bits=16 leaves no room for the range check.*2\^2 guard bits.*"
+        r"modulus_bits >= 18",
+    ):
         _config(max_abs=no_headroom, modulus_bits=16)
     assert _config(max_abs=no_headroom, modulus_bits=18).bits == 18
     assert _config(max_abs=no_headroom).bits == 18
@@ -852,21 +912,30 @@ def test_an_out_of_range_input_is_caught_by_the_output_range_check():
 # --- W10: invalid X25519 keys ---------------------------------------------------------------------
 
 _P = 2**255 - 19
-SMALL_ORDER = [0, 1, 325606250916557431795983626356110631294008115727848805560023387167927233504,
-               39382357235489614581723060781553021112529911719440698176882885853963445705823, _P - 1]
+SMALL_ORDER = [
+    0,
+    1,
+    325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    _P - 1,
+]
 NON_CANONICAL = [_P, _P + 1, _P + SMALL_ORDER[2], 2**255 - 1, 2**256 - 1]
 
 
-@pytest.mark.parametrize("bad", [(u, "small-order") for u in SMALL_ORDER] + [(u, "canonical") for u in NON_CANONICAL],
-                         ids=lambda b: hex(b[0])[:10])
+@pytest.mark.parametrize(
+    "bad",
+    [(u, "small-order") for u in SMALL_ORDER] + [(u, "canonical") for u in NON_CANONICAL],
+    ids=lambda b: hex(b[0])[:10],
+)
 @pytest.mark.parametrize("field", ["mask_public_key", "cipher_public_key"])
 def test_small_order_or_non_canonical_keys_are_refused_at_advertise(bad, field):
     u, reason = bad
     r = Round(_config(), range(N), round_id=15)
     honest = r.clients[TARGET].advertise_keys()
     forged = replace(honest, **{field: u.to_bytes(32, "little")})
-    forged = replace(forged, signature=primitives.sign(r.identities.keys[TARGET],
-                                                       forged.signed_payload(r.context.to_bytes())))
+    forged = replace(
+        forged, signature=primitives.sign(r.identities.keys[TARGET], forged.signed_payload(r.context.to_bytes()))
+    )
     with pytest.raises(ProtocolViolation, match=reason):
         r.server.receive_advertise_keys(wire(forged))
     r.server.receive_advertise_keys(honest)  # the honest bundle still enters
@@ -877,8 +946,9 @@ def test_a_valid_key_with_its_top_bit_set_is_refused_at_advertise():
     honest = r.clients[TARGET].advertise_keys()
     flipped = honest.mask_public_key[:31] + bytes([honest.mask_public_key[31] | 0x80])
     forged = replace(honest, mask_public_key=flipped)
-    forged = replace(forged, signature=primitives.sign(r.identities.keys[TARGET],
-                                                       forged.signed_payload(r.context.to_bytes())))
+    forged = replace(
+        forged, signature=primitives.sign(r.identities.keys[TARGET], forged.signed_payload(r.context.to_bytes()))
+    )
     with pytest.raises(ProtocolViolation, match="not a canonical X25519 encoding"):
         r.server.receive_advertise_keys(forged)
 
@@ -897,8 +967,9 @@ def test_a_small_order_key_relayed_by_a_hostile_server_is_refused_by_the_neighbo
     keys = {"cipher_public_key": primitives.agreement_public_bytes(cipher), field: (1).to_bytes(32, "little")}
     colluder = _bundle(r, SYBIL, signer=identity, credential=credential, reveal=derive(b"colluder"), **keys)
     with pytest.raises(ProtocolViolation, match="small-order"):
-        ServerSession(r.config, context=r.context,
-                      authority_public_key=r.identities.authority_public_key).receive_advertise_keys(colluder)
+        ServerSession(
+            r.config, context=r.context, authority_public_key=r.identities.authority_public_key
+        ).receive_advertise_keys(colluder)
     _, graph, hoods = _rogue_server(r, {SYBIL: colluder}, {SYBIL: derive(b"colluder")})
     victims = graph[SYBIL]
     if field == "cipher_public_key":
@@ -910,11 +981,13 @@ def test_a_small_order_key_relayed_by_a_hostile_server_is_refused_by_the_neighbo
     sent = {c: r.clients[c].share_keys(wire(hood)) for c, hood in hoods.items()}
     for c in victims:
         secret = primitives.agree(cipher, r.server.bundle(c).cipher_public_key)
-        key = primitives.derive_key(secret, purpose=primitives.PURPOSE_SHARE_ENCRYPTION, round_id=r.round_id,
-                                    id_a=SYBIL, id_b=c)
+        key = primitives.derive_key(
+            secret, purpose=primitives.PURPOSE_SHARE_ENCRYPTION, round_id=r.round_id, id_a=SYBIL, id_b=c
+        )
         payload = SharePayload(SYBIL, c, bytes(44), bytes(44)).to_bytes()
-        from_colluder = EncryptedShare(SYBIL, c, primitives.seal(key, payload, sender=SYBIL, receiver=c,
-                                                                 round_id=r.round_id))
+        from_colluder = EncryptedShare(
+            SYBIL, c, primitives.seal(key, payload, sender=SYBIL, receiver=c, round_id=r.round_id)
+        )
         shares = [s for m in sent.values() for s in m.shares if s.receiver == c] + [from_colluder]
         delivery = ShareDelivery(r.round_id, c, tuple(sorted(shares, key=lambda s: s.sender)))
         with pytest.raises(ProtocolViolation, match="peer agreement key rejected"):
@@ -926,9 +999,12 @@ def test_a_small_order_key_relayed_by_a_hostile_server_is_refused_by_the_neighbo
 
 
 def _other_context(context: SessionContext, field: str) -> SessionContext:
-    return {"run_id": replace(context, run_id=bytes(16)), "phase": replace(context, phase=context.phase + 1),
-            "round_id": replace(context, round_id=context.round_id + 1),
-            "nonce": replace(context, nonce=bytes(32))}[field]
+    return {
+        "run_id": replace(context, run_id=bytes(16)),
+        "phase": replace(context, phase=context.phase + 1),
+        "round_id": replace(context, round_id=context.round_id + 1),
+        "nonce": replace(context, nonce=bytes(32)),
+    }[field]
 
 
 @pytest.mark.parametrize("field", ["run_id", "phase", "round_id", "nonce"])
@@ -955,8 +1031,11 @@ def test_bundles_and_survivor_signatures_of_another_session_are_refused(field):
     assert everyone == tuple(range(N))
     sigs = _signatures(r2, SurvivorList(r2.round_id, everyone), [c for c in range(N) if c != victim])
     seed = r2.graph_seed()
-    stale_sig = ConsistencySignature(r2.round_id, victim, primitives.sign(
-        r2.identities.keys[victim], consistency_payload(other.to_bytes(), seed, everyone)))
+    stale_sig = ConsistencySignature(
+        r2.round_id,
+        victim,
+        primitives.sign(r2.identities.keys[victim], consistency_payload(other.to_bytes(), seed, everyone)),
+    )
     with pytest.raises(AuthenticationError, match="signature did not verify"):
         r2.server.receive_consistency_signature(wire(stale_sig))
     asked = next(c for c in _neighbours(r2, victim) if c != TARGET)
@@ -972,8 +1051,9 @@ def test_stage_messages_of_another_session_are_refused():
     do not open this session's commitments. A message of another round is refused on its header."""
     context = SessionContext.fresh(round_id=17)
     r = Round(_config(), range(N), context=context, policy=SecAggPolicy())
-    old = Round(_config(), range(N), identities=r.identities, context=replace(context, nonce=bytes(32)),
-                policy=SecAggPolicy())
+    old = Round(
+        _config(), range(N), identities=r.identities, context=replace(context, nonce=bytes(32)), policy=SecAggPolicy()
+    )
     old_set = old.advertise()
     old_hoods = old.reveal()
     participants = r.advertise()

@@ -26,7 +26,7 @@ def test_hkdf_domain_separation():
 
 def test_hkdf_info_is_fixed_width_big_endian():
     info = p.hkdf_info(b"x", 0x0102030405060708, 1, 2)
-    assert info.endswith(bytes.fromhex("0102030405060708" "00000001" "00000002"))
+    assert info.endswith(bytes.fromhex("01020304050607080000000100000002"))
 
 
 @pytest.mark.parametrize("bits", [1, 8, 17, 32, 33, 62])

@@ -35,7 +35,7 @@ def test_secure_sum_equals_plain_sum(n, d, log_max, data):
     config = SecAggConfig(num_clients=n, vector_length=d, max_abs=max_abs, num_neighbours=k)
     ids = sorted(data.draw(st.sets(st.integers(0, 2**31 - 3), min_size=n, max_size=n)))
     values = data.draw(st.lists(st.integers(-max_abs, max_abs), min_size=n * d, max_size=n * d))
-    inputs = {c: np.array(values[i * d:(i + 1) * d], dtype=np.int64) for i, c in enumerate(ids)}
+    inputs = {c: np.array(values[i * d : (i + 1) * d], dtype=np.int64) for i, c in enumerate(ids)}
     result = run_round(config, round_id=data.draw(st.integers(0, 2**64 - 1)), inputs=inputs)
     plain = np.sum(np.stack(list(inputs.values())), axis=0)
     assert np.array_equal(result.total, plain)
@@ -51,8 +51,9 @@ def test_wide_modulus_uses_uint64_words():
     assert np.array_equal(run_round(config, round_id=2, inputs=inputs).total, sum(inputs.values()))
 
 
-@pytest.mark.parametrize("stage", [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT,
-                                   Stage.CONSISTENCY_CHECK, Stage.UNMASK])
+@pytest.mark.parametrize(
+    "stage", [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK]
+)
 def test_dropouts_at_each_stage(stage):
     n, d = 14, 20
     config = SecAggConfig(num_clients=n, vector_length=d, max_abs=1000, num_neighbours=8, threshold=5)
@@ -78,8 +79,12 @@ def test_a_dropout_at_reveal_seed_aborts_cleanly():
         r.server.close_reveal_seed()
     assert r.server.stage is Stage.ABORTED and r.server.graph == {}
     late = r.clients[3].reveal_seed(participants)
-    for refused in (lambda: r.server.receive_seed_reveal(late), r.server.close_reveal_seed, r.server.close_share_keys,
-                    r.server.finish):
+    for refused in (
+        lambda: r.server.receive_seed_reveal(late),
+        r.server.close_reveal_seed,
+        r.server.close_share_keys,
+        r.server.finish,
+    ):
         with pytest.raises(ProtocolViolation, match="server is in stage ABORTED"):
             refused()
     # the clients revealed nothing but their bundles and graph-seed openings: none has shared a key
@@ -111,8 +116,13 @@ def test_dropouts_spread_over_all_stages():
     n, d = 20, 10
     config = SecAggConfig(num_clients=n, vector_length=d, max_abs=50, num_neighbours=10, threshold=6)
     inputs = _inputs(n, d, 50, seed=5)
-    schedule = {Stage.ADVERTISE_KEYS: {0}, Stage.SHARE_KEYS: {5}, Stage.MASKED_INPUT: {10},
-                Stage.CONSISTENCY_CHECK: {15}, Stage.UNMASK: {19}}
+    schedule = {
+        Stage.ADVERTISE_KEYS: {0},
+        Stage.SHARE_KEYS: {5},
+        Stage.MASKED_INPUT: {10},
+        Stage.CONSISTENCY_CHECK: {15},
+        Stage.UNMASK: {19},
+    }
     result = run_round(config, round_id=12, inputs=inputs, dropouts=schedule)
     expected = [c for c in range(n) if c not in {0, 5, 10}]
     assert result.survivors == tuple(expected)
@@ -160,8 +170,9 @@ def test_too_few_clients_abort_before_anything_is_shared():
 def test_aborted_server_returns_nothing():
     config = SecAggConfig(num_clients=N, vector_length=6, max_abs=100, num_neighbours=K)
     identities = make_identities(list(range(N)))
-    server = ServerSession(config, context=SessionContext.fresh(round_id=1),
-                           authority_public_key=identities.authority_public_key)
+    server = ServerSession(
+        config, context=SessionContext.fresh(round_id=1), authority_public_key=identities.authority_public_key
+    )
     with pytest.raises(AggregationAborted):
         server.close_advertise_keys()
     assert server.stage is Stage.ABORTED
@@ -196,11 +207,23 @@ def test_client_refuses_a_credential_for_another_key_or_id():
     from mrff_secure.errors import ConfigError
 
     with pytest.raises(ConfigError, match="another identity key|not the authority"):
-        ClientSession(config, context=context, client_id=0, identity_key=identities.keys[1],
-                      credential=identities.credentials[0], authority_public_key=identities.authority_public_key)
+        ClientSession(
+            config,
+            context=context,
+            client_id=0,
+            identity_key=identities.keys[1],
+            credential=identities.credentials[0],
+            authority_public_key=identities.authority_public_key,
+        )
     with pytest.raises(ConfigError, match="not the authority"):
-        ClientSession(config, context=context, client_id=0, identity_key=identities.keys[0],
-                      credential=identities.credentials[1], authority_public_key=identities.authority_public_key)
+        ClientSession(
+            config,
+            context=context,
+            client_id=0,
+            identity_key=identities.keys[0],
+            credential=identities.credentials[1],
+            authority_public_key=identities.authority_public_key,
+        )
 
 
 def test_server_ignores_bad_client_messages_and_goes_on():
@@ -217,7 +240,9 @@ def test_server_ignores_bad_client_messages_and_goes_on():
     r.share()
     masked = [c.masked_input(r.deliveries[c.client_id], np.arange(4)) for c in r.clients.values()]
     with pytest.raises(ProtocolViolation, match="expected 4 of"):
-        r.server.receive_masked_input(MaskedInput(3, 0, config.bits, 3, packing.pack(np.zeros(3, np.uint64), config.bits)))
+        r.server.receive_masked_input(
+            MaskedInput(3, 0, config.bits, 3, packing.pack(np.zeros(3, np.uint64), config.bits))
+        )
     with pytest.raises(ProtocolViolation):
         r.server.receive_masked_input(MaskedInput(3, 0, config.bits, 4, b"\x00"))
     for m in masked:

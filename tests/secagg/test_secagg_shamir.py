@@ -21,8 +21,12 @@ def _share(item: dict) -> shamir.Share:
 
 def test_known_answer_generate(vectors):
     for case in vectors("shamir")["generate"]:
-        shares = shamir.split(bytes.fromhex(case["secret"]), case["n"], case["t"],
-                              random=primitives.keystream_random(bytes.fromhex(case["seed"])))
+        shares = shamir.split(
+            bytes.fromhex(case["secret"]),
+            case["n"],
+            case["t"],
+            random=primitives.keystream_random(bytes.fromhex(case["seed"])),
+        )
         assert [{"x": s.x, "value": s.value.hex()} for s in shares] == case["shares"]
 
 
@@ -108,15 +112,18 @@ def test_split_many_matches_split_semantics():
         assert shamir.combine(random.sample(column, 3), 3) == secret
 
 
-@pytest.mark.parametrize("bad", [
-    lambda: shamir.split(bytes(31), 3, 2),
-    lambda: shamir.split(bytes(32), 3, 4),
-    lambda: shamir.split(bytes(32), 3, 0),
-    lambda: shamir.split(bytes(32), 3, 2, xs=[1, 1, 2]),
-    lambda: shamir.split(bytes(32), 3, 2, xs=[0, 1, 2]),
-    lambda: shamir.Share(0, bytes(44)),
-    lambda: shamir.Share(1, bytes(43)),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: shamir.split(bytes(31), 3, 2),
+        lambda: shamir.split(bytes(32), 3, 4),
+        lambda: shamir.split(bytes(32), 3, 0),
+        lambda: shamir.split(bytes(32), 3, 2, xs=[1, 1, 2]),
+        lambda: shamir.split(bytes(32), 3, 2, xs=[0, 1, 2]),
+        lambda: shamir.Share(0, bytes(44)),
+        lambda: shamir.Share(1, bytes(43)),
+    ],
+)
 def test_invalid_inputs_raise(bad):
     with pytest.raises(SecAggError):
         bad()

@@ -19,8 +19,19 @@ from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server.errors import Malformed, NotParticipant, Replay, ShuttingDown, WrongLength, WrongRound, WrongStage
 from server.stage_gate import PhaseState, RoundState, StageGate, Stopped
 
-SPEC = RoundSpec(local_steps=1, optimizer="adam", lr=0.1, dp_mode="off", clip=1.0, noise_multiplier=0.0,
-                 min_survivors=1, min_group_size=5, mechanism="discrete_gaussian", modulus_bits=32, count_cap=65)
+SPEC = RoundSpec(
+    local_steps=1,
+    optimizer="adam",
+    lr=0.1,
+    dp_mode="off",
+    clip=1.0,
+    noise_multiplier=0.0,
+    min_survivors=1,
+    min_group_size=5,
+    mechanism="discrete_gaussian",
+    modulus_bits=32,
+    count_cap=65,
+)
 
 PARTICIPANTS = (1, 2, 3)
 
@@ -29,12 +40,14 @@ def _config() -> SecAggConfig:
     return SecAggConfig(num_clients=len(PARTICIPANTS), vector_length=6, max_abs=100)
 
 
-def _masked_input(client: int, secagg_round: int, config: SecAggConfig, *, length: int | None = None,
-                  sender: int | None = None) -> bytes:
+def _masked_input(
+    client: int, secagg_round: int, config: SecAggConfig, *, length: int | None = None, sender: int | None = None
+) -> bytes:
     n = config.vector_length if length is None else length
     values = np.arange(n, dtype=np.uint64) + np.uint64(client)
-    return messages.MaskedInput(secagg_round, client if sender is None else sender, config.bits, n,
-                                packing.pack(values, config.bits)).to_bytes()
+    return messages.MaskedInput(
+        secagg_round, client if sender is None else sender, config.bits, n, packing.pack(values, config.bits)
+    ).to_bytes()
 
 
 @pytest.fixture()
@@ -71,18 +84,32 @@ def test_an_upload_is_taken_once_and_every_misdirected_one_is_refused_by_name(ga
     gate.submit(1, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config))
     assert np.array_equal(ps.plain[1], np.arange(6) + 1)
     refusals = [
-        (Replay, "already answered", lambda: gate.submit(1, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config))),
+        (
+            Replay,
+            "already answered",
+            lambda: gate.submit(1, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config)),
+        ),
         (WrongRound, "round 5 is not running", lambda: gate.submit(2, 5, Phase.COUNTS, pb.MASKED_INPUT, b"")),
         (NotParticipant, "not a participant", lambda: gate.submit(9, 4, Phase.COUNTS, pb.MASKED_INPUT, b"")),
         (WrongStage, "phase update is not open", lambda: gate.submit(2, 4, Phase.UPDATE, pb.MASKED_INPUT, b"")),
         (WrongStage, "share_keys is not open", lambda: gate.submit(2, 4, Phase.COUNTS, pb.SHARE_KEYS, b"")),
         (WrongStage, "takes no client messages", lambda: gate.submit(2, 4, Phase.COUNTS, pb.OUTCOME, b"")),
         (Malformed, "does not parse", lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, b"\x00junk")),
-        (NotParticipant, "in the name of client 3",
-         lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 8, config, sender=3))),
-        (WrongRound, "secagg round 9", lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 9, config))),
-        (WrongLength, "expected 6", lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT,
-                                                        _masked_input(2, 8, config, length=5))),
+        (
+            NotParticipant,
+            "in the name of client 3",
+            lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 8, config, sender=3)),
+        ),
+        (
+            WrongRound,
+            "secagg round 9",
+            lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 9, config)),
+        ),
+        (
+            WrongLength,
+            "expected 6",
+            lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 8, config, length=5)),
+        ),
     ]
     for error, words, call in refusals:
         with pytest.raises(error, match=words):
@@ -128,8 +155,9 @@ def test_fetch_waits_for_the_published_message_and_gives_each_client_only_its_ow
     reader = threading.Thread(target=lambda: got.update(one=gate.fetch(1, 0, Phase.UPDATE, pb.REVEAL_SEED, wait=5)))
     reader.start()
     time.sleep(0.05)
-    stage = threading.Thread(target=lambda: gate.run_stage(ps, pb.REVEAL_SEED, {1, 2}, 0.3,
-                                                           outbox={1: b"for one", 2: b"for two"}))
+    stage = threading.Thread(
+        target=lambda: gate.run_stage(ps, pb.REVEAL_SEED, {1, 2}, 0.3, outbox={1: b"for one", 2: b"for two"})
+    )
     stage.start()
     reader.join(5)
     assert got["one"] == ("payload", b"for one")

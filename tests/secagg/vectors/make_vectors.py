@@ -27,8 +27,15 @@ def shamir_vectors() -> dict:
         seed = bytes([index]) * 32
         secret = bytes(range(index, index + 32))
         shares = shamir.split(secret, n, t, random=primitives.keystream_random(seed))
-        generate.append({"seed": seed.hex(), "secret": secret.hex(), "n": n, "t": t,
-                         "shares": [{"x": s.x, "value": s.value.hex()} for s in shares]})
+        generate.append(
+            {
+                "seed": seed.hex(),
+                "secret": secret.hex(),
+                "n": n,
+                "t": t,
+                "shares": [{"x": s.x, "value": s.value.hex()} for s in shares],
+            }
+        )
     verify = [{"t": g["t"], "secret": g["secret"], "shares": g["shares"][::-1][: g["t"]]} for g in generate]
     first = generate[1]
     invalid = [
@@ -41,22 +48,38 @@ def shamir_vectors() -> dict:
 
 def packing_vectors() -> dict:
     generate = []
-    for bits, values in [(1, [1, 0, 1, 1, 0, 0, 0, 1, 1]), (3, [0, 7, 5, 2]), (12, [0xABC, 0x123, 0xFFF]),
-                         (17, [0, 1, 131071, 65536]), (32, [0xDEADBEEF, 1]), (62, [2**62 - 1, 12345]),
-                         (64, [2**64 - 1, 0])]:
-        generate.append({"bits": bits, "values": [str(v) for v in values],
-                         "packed": packing.pack(np.array(values, dtype=np.uint64), bits).hex()})
+    for bits, values in [
+        (1, [1, 0, 1, 1, 0, 0, 0, 1, 1]),
+        (3, [0, 7, 5, 2]),
+        (12, [0xABC, 0x123, 0xFFF]),
+        (17, [0, 1, 131071, 65536]),
+        (32, [0xDEADBEEF, 1]),
+        (62, [2**62 - 1, 12345]),
+        (64, [2**64 - 1, 0]),
+    ]:
+        generate.append(
+            {
+                "bits": bits,
+                "values": [str(v) for v in values],
+                "packed": packing.pack(np.array(values, dtype=np.uint64), bits).hex(),
+            }
+        )
     invalid = [
         {"reason": "wrong length", "bits": 12, "count": 3, "packed": "bc3a12"},
         {"reason": "non-zero padding", "bits": 3, "count": 2, "packed": "ff"},
     ]
-    return {"order": "value i at bits [i*b, (i+1)*b), least significant bit first", "generate": generate,
-            "invalid": invalid}
+    return {
+        "order": "value i at bits [i*b, (i+1)*b), least significant bit first",
+        "generate": generate,
+        "invalid": invalid,
+    }
 
 
 def encoding_vectors() -> dict:
-    ring = [{"bits": b, "q": q, "ring": [str(int(v)) for v in to_ring(np.array(q, dtype=np.int64), b)]}
-            for b, q in [(8, [-128, -1, 0, 1, 127]), (33, [-(2**32), -5, 0, 2**32 - 1]), (62, [-(2**61), 2**61 - 1])]]
+    ring = [
+        {"bits": b, "q": q, "ring": [str(int(v)) for v in to_ring(np.array(q, dtype=np.int64), b)]}
+        for b, q in [(8, [-128, -1, 0, 1, 127]), (33, [-(2**32), -5, 0, 2**32 - 1]), (62, [-(2**61), 2**61 - 1])]
+    ]
     return {"ring": ring}
 
 
@@ -73,14 +96,27 @@ def protocol_vectors() -> dict:
         cipher = primitives.agreement_key_from_bytes(bytes([client + 100]) * 32)
         mask = primitives.agreement_key_from_bytes(bytes([client + 150]) * 32)
         reveal, self_seed = bytes([client + 1]) * 32, bytes([client + 2]) * 32
-        secrets.append({"identity_key": (bytes([client]) * 32).hex(), "cipher_key": (bytes([client + 100]) * 32).hex(),
-                        "mask_key": (bytes([client + 150]) * 32).hex(), "self_mask_seed": self_seed.hex()})
+        secrets.append(
+            {
+                "identity_key": (bytes([client]) * 32).hex(),
+                "cipher_key": (bytes([client + 100]) * 32).hex(),
+                "mask_key": (bytes([client + 150]) * 32).hex(),
+                "self_mask_seed": self_seed.hex(),
+            }
+        )
         unsigned = messages.AdvertiseKeys(
-            context.round_id, client, primitives.agreement_public_bytes(cipher), primitives.agreement_public_bytes(mask),
+            context.round_id,
+            client,
+            primitives.agreement_public_bytes(cipher),
+            primitives.agreement_public_bytes(mask),
             primitives.commitment(messages.PURPOSE_GRAPH_SEED, ctx, client, reveal),
-            primitives.commitment(messages.PURPOSE_SELF_MASK_SEED, ctx, client, self_seed), credential, bytes(64))
-        bundle = messages.AdvertiseKeys(**{**unsigned.__dict__, "signature": primitives.sign(
-            identity, unsigned.signed_payload(ctx))})
+            primitives.commitment(messages.PURPOSE_SELF_MASK_SEED, ctx, client, self_seed),
+            credential,
+            bytes(64),
+        )
+        bundle = messages.AdvertiseKeys(
+            **{**unsigned.__dict__, "signature": primitives.sign(identity, unsigned.signed_payload(ctx))}
+        )
         bundles.append(bundle)
         identities.append(identity)
         reveals.append(reveal)
@@ -91,16 +127,30 @@ def protocol_vectors() -> dict:
     survivors = (3, 7, 20)
     payload = messages.consistency_payload(ctx, seed, survivors)
     signature = primitives.sign(identities[0], payload)
-    neighbourhood = messages.Neighbourhood(context.round_id, 3, tuple(reveals),
-                                           tuple(b for b in bundles if b.client_id in graph[3]))
+    neighbourhood = messages.Neighbourhood(
+        context.round_id, 3, tuple(reveals), tuple(b for b in bundles if b.client_id in graph[3])
+    )
     return {
-        "context": {"run_id": context.run_id.hex(), "phase": context.phase, "round_id": context.round_id,
-                    "nonce": context.nonce.hex(), "bytes": ctx.hex()},
+        "context": {
+            "run_id": context.run_id.hex(),
+            "phase": context.phase,
+            "round_id": context.round_id,
+            "nonce": context.nonce.hex(),
+            "bytes": ctx.hex(),
+        },
         "authority_key": (bytes([0xA0]) * 32).hex(),
         "authority_public_key": primitives.identity_public_bytes(authority).hex(),
-        "clients": [{"client_id": b.client_id, **secret, "reveal": r.hex(), "credential": b.credential.to_bytes().hex(),
-                     "bundle": b.to_bytes().hex(), "digest": b.digest().hex()}
-                    for b, r, secret in zip(bundles, reveals, secrets)],
+        "clients": [
+            {
+                "client_id": b.client_id,
+                **secret,
+                "reveal": r.hex(),
+                "credential": b.credential.to_bytes().hex(),
+                "bundle": b.to_bytes().hex(),
+                "digest": b.digest().hex(),
+            }
+            for b, r, secret in zip(bundles, reveals, secrets)
+        ],
         "participant_set": {"bytes": participants.to_bytes().hex(), "digest": participants.digest().hex()},
         "seed_reveal": messages.SeedReveal(context.round_id, 3, reveals[0]).to_bytes().hex(),
         "graph_seed": seed.hex(),
@@ -108,18 +158,28 @@ def protocol_vectors() -> dict:
         "consistency": {"survivors": list(survivors), "payload": payload.hex(), "signature_by_3": signature.hex()},
         "neighbourhood_of_3": neighbourhood.to_bytes().hex(),
         "invalid": [
-            {"reason": "participant count beyond the message", "error": "list count exceeds the message size",
-             "bytes": participants.to_bytes()[:10].hex() + "000000ff"},
+            {
+                "reason": "participant count beyond the message",
+                "error": "list count exceeds the message size",
+                "bytes": participants.to_bytes()[:10].hex() + "000000ff",
+            },
             {"reason": "truncated bundle", "error": "truncated", "bytes": bundles[0].to_bytes()[:-1].hex()},
-            {"reason": "trailing byte", "error": "1 trailing bytes",
-             "bytes": messages.SeedReveal(context.round_id, 3, reveals[0]).to_bytes().hex() + "00"},
+            {
+                "reason": "trailing byte",
+                "error": "1 trailing bytes",
+                "bytes": messages.SeedReveal(context.round_id, 3, reveals[0]).to_bytes().hex() + "00",
+            },
         ],
     }
 
 
 def main() -> None:
-    for name, build in [("shamir", shamir_vectors), ("packing", packing_vectors), ("encoding", encoding_vectors),
-                        ("protocol", protocol_vectors)]:
+    for name, build in [
+        ("shamir", shamir_vectors),
+        ("packing", packing_vectors),
+        ("encoding", encoding_vectors),
+        ("protocol", protocol_vectors),
+    ]:
         (HERE / f"{name}.json").write_text(json.dumps(build(), indent=1) + "\n")
 
 
