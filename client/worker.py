@@ -21,7 +21,6 @@ import torch
 from client.policy import ClientPolicy
 from client.proposal import (
     accepted_spec,
-    announced_secagg_config,
     check_exact_counts,
     check_schema,
     phase1_counts,
@@ -29,9 +28,10 @@ from client.proposal import (
 )
 from client.report import RoundReporter, RoundResult
 from client.round_calls import POLL_MS, RoundCalls, RoundFailed
+from client.secure_sums import SecureSums
 from client.state import UserStore
 from client.transport import ClientFailure, Connection, Reconnected, Transport
-from mrff_secure.errors import AggregationAborted, AuthenticationError, ConfigError, PrivacyError, SecAggError
+from mrff_secure.errors import AuthenticationError, ConfigError, PrivacyError
 from mrff_secure.federation import evaluation_sum
 from mrff_secure.federation.client_update import (
     evaluate_user,
@@ -40,21 +40,14 @@ from mrff_secure.federation.client_update import (
     torch_seed,
     train_user,
 )
-from mrff_secure.round.encoding import SecureRoundPlans, round_plans
+from mrff_secure.round.encoding import round_plans
 from mrff_secure.round.participant import (
-    client_generator,
     group_one_hots,
-    phase_upload,
-    rotation_seed,
     suppressed_groups,
     update_vectors,
 )
 from mrff_secure.round.spec import Phase
-from mrff_secure.round.stages import STAGES, Stage
-from mrff_secure.secagg import messages, packing, primitives
-from mrff_secure.secagg.client import ClientSession
-from mrff_secure.secagg.context import SessionContext, run_context_id
-from mrff_secure.secagg.encoding import from_ring, to_ring
+from mrff_secure.secagg import primitives
 from mrff_secure.secagg.policy import PolicyViolation
 from mrff_secure.wire import limits, signing
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
@@ -89,7 +82,6 @@ class LogicalClient:
         self.client_seed = client_seed
         self.policy = policy if policy is not None else ClientPolicy()
         self.reproducible_noise = reproducible_noise  # debugging only: noise from client_seed, NOT private
-        self._masked_rounds: set[tuple[str, int]] = set()  # (run id, round) we sent an input for
         self.fault = fault
         self.stop = stop or threading.Event()
         self.reporter = reporter
@@ -98,6 +90,15 @@ class LogicalClient:
         self.credential = store.credential(connection.authority_public_key)  # refuses to start without one
         self.transport = Transport(user, connection, stop=self.stop, enrol_request=self._enrol_request)
         self.calls = RoundCalls(user, self.transport, stop=self.stop, fault=fault, on_upload=self._count_upload)
+        self.sums = SecureSums(
+            user,
+            self.calls,
+            identity_key=self.identity,
+            credential=self.credential,
+            authority_public_key=connection.authority_public_key,
+            policy=self.policy,
+            insecure_seed=client_seed if reproducible_noise else None,
+        )
         self.rounds_played = 0
         self._result: RoundResult | None = None  # the round being played
 
@@ -193,7 +194,7 @@ class LogicalClient:
         except (ConfigError, PolicyViolation) as exc:
             raise RoundFailed(f"refusing round {body.round_id}: {exc}") from exc
         r, seed = body.round_id, body.training.model_seed
-        if (body.run_id, r) in self._masked_rounds:
+        if self.sums.sent_input(body):
             # A second session for a round we already masked an input for would let the server difference
             # two sums over different participant sets that both hold our (nearly identical) update.
             raise RoundFailed(
@@ -215,16 +216,9 @@ class LogicalClient:
                 if body.HasField("evaluation_secagg") and self.policy.join_evaluation
                 else None
             )
+            dropout_seed = torch_seed(self.client_seed, r, self.user)
             update = train_user(
-                model,
-                params,
-                private,
-                self.shared.data,
-                self.user,
-                fractions,
-                spec,
-                config,
-                torch_seed(self.client_seed, r, self.user),
+                model, params, private, self.shared.data, self.user, fractions, spec, config, dropout_seed
             )
         if self._result is not None:
             self._result.examples = float(update.num_examples.sum())
@@ -235,10 +229,10 @@ class LogicalClient:
         except (ConfigError, PrivacyError) as exc:
             raise RoundFailed(f"refusing round {r}: its privacy parameters are impossible: {exc}") from exc
         if plans.counts is not None:
-            counts = self._upload(plans, Phase.COUNTS, group_one_hots(layout, update.routes)[0].numpy(), body)
+            counts = self.sums.upload(plans, Phase.COUNTS, group_one_hots(layout, update.routes)[0].numpy(), body)
         else:
             counts = np.zeros(1, dtype=np.int64)  # no groups: phase 1 sums nothing, it only fixes the survivors
-        counts_session = self._phase(
+        counts_session = self.sums.run(
             body, Phase.COUNTS, body.counts_secagg, counts, plans, noise_survivors=spec.noise_survivors
         )
         group_counts = self._phase1_counts(body, layout.num_blocks * layout.num_groups)
@@ -256,45 +250,24 @@ class LogicalClient:
             if layout.num_groups
             else None
         )
-        vector = (
-            update_vectors(
-                layout,
-                update.deltas,
-                update.routes,
-                update.num_examples,
-                suppressed=suppressed,
-                count_cap=spec.count_cap,
-            )[0]
-            .detach()
-            .to(torch.float64)
-            .numpy()
-        )  # (size,)
-        update_session = self._phase(
+        vectors = update_vectors(
+            layout, update.deltas, update.routes, update.num_examples, suppressed=suppressed, count_cap=spec.count_cap
+        )
+        vector = vectors[0].detach().to(torch.float64).numpy()  # (size,)
+        update_session = self.sums.run(
             body,
             Phase.UPDATE,
             body.update_secagg,
-            self._upload(plans, Phase.UPDATE, vector, body),
+            self.sums.upload(plans, Phase.UPDATE, vector, body),
             plans,
             allowed=phase1_survivors,
             noise_survivors=spec.noise_survivors,
         )
         if evaluation_input is not None:
-            self._evaluation(
+            self.sums.evaluation(
                 body, evaluation_input, None if update_session is None else update_session.signed_survivors
             )
         self._finish(body)
-
-    def _upload(self, plans: SecureRoundPlans, phase: Phase, vector: np.ndarray, body: pb.RoundBody) -> np.ndarray:
-        """One phase's ring residues (`round.participant.phase_upload`) with this client's generator: OS
-        entropy, unless reproducible noise was asked for (a debugging switch: such a run is not private)."""
-        insecure_seed = self.client_seed if self.reproducible_noise else None
-        return phase_upload(
-            plans,
-            phase,
-            vector,
-            rotation_seed=rotation_seed(body.training.model_seed, body.round_id, phase),
-            rng=client_generator(insecure_seed, body.round_id, phase, self.user),
-        )
 
     def _phase1_counts(self, body: pb.RoundBody, size: int) -> np.ndarray:
         """The phase-1 group counts the server signed when it opened the update phase."""
@@ -312,66 +285,3 @@ class LogicalClient:
             log.info("user %d: round %d aborted: %s", self.user, body.round_id, outcome.reason)
             if self._result is not None:
                 self._result.status = f"aborted: {outcome.reason}"
-
-    def _evaluation(self, body: pb.RoundBody, scores: np.ndarray, update_survivors: tuple[int, ...] | None) -> None:
-        """Our held-out scores through the evaluation's secure sum, among the update phase's survivors. Its
-        failure costs the round nothing: the update is already in the server's sum."""
-        try:
-            self.calls.fetch(body, Phase.EVALUATION, pb.ADVERTISE_KEYS)  # the phase is open
-            self._phase(body, Phase.EVALUATION, body.evaluation_secagg, scores, None, allowed=update_survivors)
-        except RoundFailed as exc:
-            log.info("user %d: round %d: the federated evaluation failed: %s", self.user, body.round_id, exc)
-
-    def _phase(
-        self,
-        body: pb.RoundBody,
-        phase: int,
-        params: pb.SecAggParameters,
-        residues: np.ndarray,
-        plans,
-        *,
-        allowed: tuple[int, ...] | None = None,
-        noise_survivors: int = 0,
-    ) -> ClientSession | None:
-        """Run one secure sum of our ring residues; returns the finished client session (None without secagg)."""
-        try:
-            config = announced_secagg_config(params, Phase(phase), len(body.participants), plans, residues.size)
-        except PolicyViolation as exc:
-            raise RoundFailed(f"refusing round {body.round_id}: {exc}") from exc
-        signed = from_ring(np.asarray(residues, dtype=np.int64).astype(np.uint64), config.bits)  # centred
-        sid = params.secagg_round_id
-        if not body.secure:
-            self._masked_rounds.add((body.run_id, body.round_id))
-            ring = to_ring(signed, config.bits, max_abs=config.max_abs)
-            self.calls.submit(
-                body,
-                phase,
-                pb.MASKED_INPUT,
-                messages.MaskedInput(
-                    sid, self.user, config.bits, config.vector_length, packing.pack(ring, config.bits)
-                ),
-            )
-            return None
-        try:
-            context = SessionContext(run_context_id(body.run_id), phase, sid, bytes(params.session_nonce))
-            session = ClientSession(
-                config,
-                context=context,
-                client_id=self.user,
-                identity_key=self.identity,
-                credential=self.credential,
-                authority_public_key=self.connection.authority_public_key,
-                policy=self.policy.session_policy(config, noise_survivors=noise_survivors),
-                allowed_participants=allowed,
-            )
-            delivered = None
-            for step in STAGES:
-                if step.delivered is not None:
-                    delivered = step.delivered.from_bytes(self.calls.fetch(body, phase, step.wire).payload)
-                reply = step.client_step(session, delivered, signed)
-                if step.stage is Stage.MASKED_INPUT:
-                    self._masked_rounds.add((body.run_id, body.round_id))  # from here on a sum may hold our input
-                self.calls.submit(body, phase, step.wire, reply)
-        except (AggregationAborted, SecAggError, ConfigError) as exc:
-            raise RoundFailed(f"secure aggregation refused or aborted: {exc}") from exc
-        return session

@@ -18,25 +18,9 @@ All DP randomness (local noise; rounding and noise shares) comes from
 run seed, unless the run sets the debugging switch ``insecure_reproducible_noise``, in which case
 every output says "not private".
 
-Accounting: one function for every command, `round.accountant` (`RoundRelease`, `RoundAccountant`,
-`account_rounds`, `calibrate_noise_multiplier`): the headline is the proven bound of the mechanism
-actually used, under the adjacency the server's view allows (replace-one in local mode, zero-out
-under secure aggregation), for a user who takes part in every round (no amplification by
-sampling). See that module.
-
-Which group counts the server divides by (decided here, once):
-- local mode: there is no secure aggregation, so a count phase in the clear would reveal every
-  client's group with no noise at all. The server therefore uses the NOISY counts, the sum of the
-  noisy one-hots it received, for averaging (a group keeps its FFN when its noisy count is below
-  max(min_group_size, 1, 3 z C sqrt(n)), three stds of the count noise) and for the next round's
-  balance-loss fractions (clamped at 0): post-processing of the DP uploads, no extra privacy
-  cost. The shared part is divided by the number of uploads (public: the server sees who uploaded).
-- secure mode: the two-phase round. Phase 1 secure-sums the one-hots alone with its own noise
-  (std z*sqrt(blocks)); the server rounds the decoded counts to integers, suppresses the groups
-  below min_group_size and divides group sums by these same phase-1 counts. Phase 2 secure-sums
-  the full vectors with the suppressed slots zeroed and the one-hot coordinates zeroed (W5:
-  otherwise phase-1 minus phase-2 counts would reveal the groups of clients that dropped in
-  between); its count part is the example count alone, sensitivity 1.
+Accounting: `round.accountant.RoundAccountant`, one history of `RoundRelease` entries (the headline is
+the proven bound of the mechanism actually used, for a user in every round). The counts the server
+divides group sums by, per mode, are described in `round.aggregate`.
 """
 
 from __future__ import annotations

@@ -4,6 +4,20 @@ averaged model, then the server optimizer's step. Used by the simulation and the
 Shared parts are divided by the number of uploads; group slots by the group counts the server holds
 (phase 1 under secure aggregation, noisy under DP), 0 where the group is suppressed (the FFN stays);
 next round's balance-loss fractions are the counts over the clients they were counted among.
+
+Which group counts the server divides by, per privacy mode (the simulation passes them in):
+- local mode: there is no secure aggregation, so a count phase in the clear would reveal every
+  client's group with no noise at all. The server therefore uses the NOISY counts, the sum of the
+  noisy one-hots it received, for averaging (a group keeps its FFN when its noisy count is below
+  max(min_group_size, 1, 3 z C sqrt(n)), three stds of the count noise) and for the next round's
+  balance-loss fractions (clamped at 0): post-processing of the DP uploads, no extra privacy
+  cost. The shared part is divided by the number of uploads (public: the server sees who uploaded).
+- secure mode: the two-phase round. Phase 1 secure-sums the one-hots alone with its own noise
+  (std z*sqrt(blocks)); the server rounds the decoded counts to integers, suppresses the groups
+  below min_group_size and divides group sums by these same phase-1 counts. Phase 2 secure-sums
+  the full vectors with the suppressed slots zeroed and the one-hot coordinates zeroed (W5:
+  otherwise phase-1 minus phase-2 counts would reveal the groups of clients that dropped in
+  between); its count part is the example count alone, sensitivity 1.
 """
 
 from __future__ import annotations
