@@ -31,6 +31,7 @@ from typing import Any
 from mrff_secure.audit_log import read_records, verify
 from mrff_secure.errors import ConfigError
 from mrff_secure.provenance import source_commit
+from mrff_secure.round.spec import ThreatModel
 
 REPORT_SCHEMA = "mrff-report/1"
 SCORE_COLUMNS = (
@@ -249,12 +250,9 @@ def _audit_report(folder: Path) -> dict[str, Any]:
 def _training_report(folder: Path) -> dict[str, Any]:
     summary = _read_json(folder / "summary.json")
     privacy = summary.get("privacy", {})
-    mode = privacy.get("mode", "off")
-    model = {
-        "off": "plain" if privacy.get("secure_aggregation", "off") == "off" else "secagg",
-        "local": "local-dp",
-        "distributed": "secagg+dp",
-    }.get(mode, "plain")
+    model = ThreatModel.of_modes(
+        dp_mode=privacy.get("mode", "off"), secure_aggregation=privacy.get("secure_aggregation", "off") != "off"
+    )
     eps = privacy.get("epsilon", "inf")
     statement = {
         "unit": "one user (all of a user's data)",
@@ -328,6 +326,9 @@ def _network_report(folder: Path, audit_public_key=None) -> dict[str, Any]:
         )
     last_eps = next((r["epsilon"] for r in reversed(per_round) if r["epsilon"] is not None), "inf")
     settings = started.get("settings", {})
+    network_model = ThreatModel.of_modes(
+        dp_mode=started.get("spec", {}).get("dp_mode", "off"), secure_aggregation=settings.get("secure", True)
+    )
     return {
         "verdicts": [
             {
@@ -350,18 +351,13 @@ def _network_report(folder: Path, audit_public_key=None) -> dict[str, Any]:
             "unit": "one user",
             "epsilon": {"run": last_eps},
             "delta": [settings.get("delta")],
-            "adjacency": ["secagg+dp: zero-out"],
+            "adjacency": [f"{network_model}: zero-out"],
             "accountant": "the coordinator's ledger",
             "sampling": "none claimed: a user in every round",
             "not_accounted": [],
             "text": f"The coordinator's ledger records epsilon {last_eps} after the last round.",
         },
-        "threat_models": [
-            {
-                "name": "secagg+dp" if settings.get("dp_mode") == "distributed" else "secagg",
-                "server_saw": SERVER_SAW["secagg+dp" if settings.get("dp_mode") == "distributed" else "secagg"],
-            }
-        ],
+        "threat_models": [{"name": network_model, "server_saw": SERVER_SAW[network_model]}],
         "mechanism": {
             k: settings.get(k)
             for k in ("dp_mode", "clip", "noise_multiplier", "mechanism", "modulus_bits", "min_group_size")

@@ -67,13 +67,24 @@ class ThreatModel(StrEnum):
     MALICIOUS_SERVER = "malicious-server"
 
     @classmethod
+    def of_modes(cls, *, dp_mode: str, secure_aggregation: bool, individual_view: bool = True) -> ThreatModel:
+        """The view a run's server has, from its DP mode ("off", "local", "distributed") and whether it
+        aggregates securely (`individual_view`: a plain run's observer sees identified uploads)."""
+        check_choice("dp mode", dp_mode, DP_MODES)
+        if dp_mode == "local":
+            return cls.LOCAL_DP
+        if dp_mode == "distributed":
+            return cls.SECAGG_DP
+        return cls.SECAGG if secure_aggregation or not individual_view else cls.PLAIN
+
+    @classmethod
     def of(cls, privacy: PrivacySettings | None, *, plain_individual_view: bool) -> ThreatModel:
         """The model a simulation's observer lives in, from the run's privacy settings."""
-        if privacy is None or privacy.plain:
-            return cls.PLAIN if plain_individual_view else cls.SECAGG
-        if privacy.dp.mode == "local":
-            return cls.LOCAL_DP
-        return cls.SECAGG_DP if privacy.dp.enabled else cls.SECAGG
+        if privacy is None:
+            return cls.of_modes(dp_mode="off", secure_aggregation=False, individual_view=plain_individual_view)
+        return cls.of_modes(
+            dp_mode=privacy.dp.mode, secure_aggregation=privacy.secure, individual_view=plain_individual_view
+        )
 
     @property
     def individual_view(self) -> bool:
