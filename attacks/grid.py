@@ -162,7 +162,9 @@ class Cell:
             target_epsilon=self.target_epsilon,
         )
         if self.threat_model == ThreatModel.SECAGG_DP:
-            return PrivacySettings(dp=dp, secure_sum=SecureAggregation.FAST, modulus_bits=AUDIT_MODULUS_BITS), True
+            return PrivacySettings(
+                dp=dp, secure_aggregation=SecureAggregation.FAST, modulus_bits=AUDIT_MODULUS_BITS
+            ), True
         return PrivacySettings(dp=dp), True
 
 

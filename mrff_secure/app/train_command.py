@@ -73,11 +73,11 @@ def _resume_configuration(args: argparse.Namespace) -> None:
 def privacy_settings(args: argparse.Namespace):
     """PrivacySettings from the resolved train options (ConfigError names the flag)."""
     from mrff_secure.dp import DPConfig
-    from mrff_secure.round.spec import PrivacySettings
+    from mrff_secure.round.spec import PrivacySettings, SecureAggregation
 
     dp = args.dp
     secure = args.secure_aggregation or ("on" if dp == "distributed" else "off")
-    secure_sum = {"on": "fast", "off": "off", "inmemory": "inmemory"}[secure]
+    secure_aggregation = SecureAggregation.from_option(secure)
     if dp == "off" and (args.noise_multiplier not in (None, 0.0) or args.target_epsilon is not None):
         raise ConfigError("--noise-multiplier/--target-epsilon need --dp local or --dp distributed")
     if dp != "off" and args.noise_multiplier is None and args.target_epsilon is None:
@@ -106,11 +106,11 @@ def privacy_settings(args: argparse.Namespace):
     )
     return PrivacySettings(
         dp=config,
-        secure_sum=secure_sum,
+        secure_aggregation=secure_aggregation,
         modulus_bits=args.modulus_bits,
         noise_sampling=args.noise_sampling,
         count_cap=args.count_cap,
-        min_group_size=args.min_group_size if secure_sum != "off" else None,
+        min_group_size=args.min_group_size if secure_aggregation is not SecureAggregation.OFF else None,
         insecure_reproducible_noise=args.insecure_reproducible_noise,
         clip_from_private_data=args.clip_from_private_data,
     )

@@ -199,7 +199,7 @@ class PrivacyPipeline:
         """A fresh secure-sum session of the configured backend for one phase of a round."""
         _, plan = self._phase_plan(phase, num_clients)
         return open_session(
-            self.settings.secure_sum.value,
+            self.settings.secure_aggregation.value,
             num_clients=num_clients,
             dim=plan.padded_dim,
             modulus_bits=plan.modulus_bits,
@@ -208,9 +208,9 @@ class PrivacyPipeline:
 
     def partial_session(self, phase: int, num_clients: int, round_index: int) -> RingSum:
         """A ring sum over some of a round's clients (another process's share of the fast secure sum)."""
-        if self.settings.secure_sum is not SecureAggregation.FAST:
+        if self.settings.secure_aggregation is not SecureAggregation.FAST:
             raise ConfigError(
-                f"secure_sum={self.settings.secure_sum.value!r} cannot be split over processes; use 'fast'"
+                f"secure_aggregation={self.settings.secure_aggregation.value!r} cannot be split over processes; use 'fast'"
             )
         return self.secure_session(phase, num_clients, round_index)
 

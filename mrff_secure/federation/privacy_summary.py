@@ -24,7 +24,7 @@ def privacy_summary(pipeline: PrivacyPipeline, *, participants_per_round: int | 
     out: dict[str, Any] = {
         "private": pipeline.private,
         "mode": mode,
-        "secure_aggregation": pipeline.settings.secure_sum,
+        "secure_aggregation": pipeline.settings.secure_aggregation,
         "noise_multiplier": pipeline.noise_multiplier,
         "target_epsilon": pipeline.dp.target_epsilon,
         "clip": pipeline.clip if pipeline.dp.enabled or pipeline.settings.secure else None,

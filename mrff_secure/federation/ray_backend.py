@@ -195,9 +195,9 @@ class RaySimulation(FederatedSimulation):
             raise ConfigError(
                 "the ray backend does not run update transforms (the canary audit): use the single-process backend"
             )
-        if privacy is not None and privacy.secure and privacy.secure_sum != "fast":
+        if privacy is not None and privacy.secure and privacy.secure_aggregation != "fast":
             raise ConfigError(
-                f"the ray backend needs secure_sum='fast' (the ring sum); {privacy.secure_sum!r} "
+                f"the ray backend needs secure_aggregation='fast' (the ring sum); {privacy.secure_aggregation!r} "
                 "runs the SecAgg+ protocol between all clients in one process"
             )
         check_int("--threads-per-worker", threads_per_worker, low=1)

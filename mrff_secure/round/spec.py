@@ -195,7 +195,7 @@ class PrivacySettings:
     """
 
     dp: DPConfig = field(default_factory=DPConfig)
-    secure_sum: SecureAggregation = SecureAggregation.OFF
+    secure_aggregation: SecureAggregation = SecureAggregation.OFF
     modulus_bits: int | None = None  # the ring Z_{2^b} of the secure sums: required with secure aggregation
     noise_sampling: str = "per_client"
     count_cap: int | None = None
@@ -206,24 +206,24 @@ class PrivacySettings:
     def __post_init__(self) -> None:
         if not isinstance(self.dp, DPConfig):
             raise ConfigError(f"PrivacySettings.dp must be a DPConfig, got {type(self.dp).__name__}")
-        if self.secure_sum not in tuple(SecureAggregation):
+        if self.secure_aggregation not in tuple(SecureAggregation):
             raise ConfigError(
-                f"secure_sum must be one of {tuple(m.value for m in SecureAggregation)}, got {self.secure_sum!r}"
+                f"secure_aggregation must be one of {tuple(m.value for m in SecureAggregation)}, got {self.secure_aggregation!r}"
             )
-        object.__setattr__(self, "secure_sum", SecureAggregation(self.secure_sum))
+        object.__setattr__(self, "secure_aggregation", SecureAggregation(self.secure_aggregation))
         if self.dp.mode == "distributed" and not self.secure:
-            raise ConfigError("distributed DP needs secure aggregation: set secure_sum to 'fast' or 'inmemory'")
+            raise ConfigError("distributed DP needs secure aggregation: set secure_aggregation to 'fast' or 'inmemory'")
         if self.dp.mode == "local" and self.secure:
             raise ConfigError(
                 "local DP runs without secure aggregation here (each noisy upload is seen); "
-                f"got secure_sum={self.secure_sum.value!r}"
+                f"got secure_aggregation={self.secure_aggregation.value!r}"
             )
         if self.modulus_bits is None and self.secure:
             raise ConfigError("secure aggregation needs modulus_bits (the ring of the secure sums)")
         if self.modulus_bits is not None:
             check_int("modulus_bits", self.modulus_bits, low=8, high=62)
         check_choice("noise_sampling", self.noise_sampling, NOISE_SAMPLING)
-        if self.noise_sampling == "aggregate" and self.secure_sum is not SecureAggregation.FAST:
+        if self.noise_sampling == "aggregate" and self.secure_aggregation is not SecureAggregation.FAST:
             raise ConfigError("noise_sampling='aggregate' is a shortcut of the fast secure sum only")
         if self.count_cap is not None:
             check_int("count_cap", self.count_cap, low=1)
@@ -236,7 +236,7 @@ class PrivacySettings:
 
     @property
     def secure(self) -> bool:
-        return self.secure_sum is not SecureAggregation.OFF
+        return self.secure_aggregation is not SecureAggregation.OFF
 
     @property
     def plain(self) -> bool:

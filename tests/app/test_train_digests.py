@@ -5,7 +5,9 @@ A digest changes only when behaviour changes. If a change is meant to alter resu
 re-pin the digest printed by the failing assertion. Re-pinned once: the accountant's checkpoint state became its
 history of releases (`round.accountant.RoundAccountant.state_dict`, version 2); every summary, metric, evaluation
 and checkpoint array, and the rest of the checkpoint's header, were checked equal to the pre-refactoring code's.
-Plain once more: the summary's noise_source names the module that now holds the generator (round.encoding)."""
+Plain once more: the summary's noise_source names the module that now holds the generator (round.encoding).
+Every mode once more: the summary's config.privacy key secure_sum is secure_aggregation (one name, as the option);
+nothing else in the summary or the checkpoint changed."""
 
 from __future__ import annotations
 
@@ -37,10 +39,10 @@ COMMON = [
 TIMING_KEYS = {"seconds", "train_seconds", "inference_ms_per_user", "eval_seconds", "round_seconds"}
 
 PINNED = {
-    "plain": ([], "0632b72996f1bd6cb4257557bca30b2272a8dc5e3db1f3720e0999ff802dcb6c"),
+    "plain": ([], "c0647c6b11682c963dbb09b7f1453920f446fda5bd5bf937f7eb9c369c31a425"),
     "local_dp": (
         ["--dp", "local", "--noise-multiplier", "1.0", "--insecure-reproducible-noise"],
-        "f5f79723baf78b5c4e6c87691e93c14234ccef2b2539bc06c47bc6465d3f32b1",
+        "101b4561503ef538629aa9de93c3c3096664698bef11a79d821223cab4714e2a",
     ),
     "secure_dp": (
         [
@@ -52,7 +54,7 @@ PINNED = {
             "on",
             "--insecure-reproducible-noise",
         ],
-        "9a28dca46f6409f645f4ee3a1d83c179df3764ff9cad472477842363e9c60d1e",
+        "3eadb731ab8879071d26b6abae2e1a1cbc49afbab3b189c12cd1fa7f0125b01b",
     ),
     "secure_inmemory": (
         [
@@ -66,7 +68,7 @@ PINNED = {
             "12",
             "--insecure-reproducible-noise",
         ],
-        "c15daf82a00ef7678d5b6bce5bfc61a0d5761c9eb2f6fd1a94b47fcbf5d829aa",
+        "08943d4c869e4701ceaf6492701ec696e09b855f0ed8c86e083fe02d90f15df3",
     ),
 }
 

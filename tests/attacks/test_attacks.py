@@ -63,12 +63,14 @@ def _recorded(data, rounds=2, **kwargs):
         (
             {
                 "privacy": PrivacySettings(
-                    modulus_bits=48, dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0), secure_sum="fast"
+                    modulus_bits=48,
+                    dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0),
+                    secure_aggregation="fast",
                 )
             },
             ThreatModel.SECAGG_DP,
         ),
-        ({"privacy": PrivacySettings(modulus_bits=48, secure_sum="fast")}, ThreatModel.SECAGG),
+        ({"privacy": PrivacySettings(modulus_bits=48, secure_aggregation="fast")}, ThreatModel.SECAGG),
     ],
 )
 def test_every_view_names_its_threat_model_and_sum_views_hold_no_individual_update(data, kwargs, expected):
@@ -326,7 +328,7 @@ def test_disaggregation_finds_rare_rows_under_sampling_and_dp_stops_it():
     assert plain_sums["rare_rows"]["auc"] > 0.85 and plain_sums["rare_rows"]["advantage_auc"] > 0.15
     noisy = run(
         privacy=PrivacySettings(
-            modulus_bits=48, dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=0.5), secure_sum="fast"
+            modulus_bits=48, dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=0.5), secure_aggregation="fast"
         )
     )
     assert noisy["rare_rows"]["advantage_auc"] < 0.05

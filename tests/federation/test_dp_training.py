@@ -147,7 +147,7 @@ def test_distributed_accounting_composes_both_phases_and_headlines_the_discrete_
     settings = PrivacySettings(
         modulus_bits=48,
         dp=DPConfig(mode="distributed", clip=clip, noise_multiplier=z),
-        secure_sum="fast",
+        secure_aggregation="fast",
         min_group_size=2,
     )
     summary = run_training(
@@ -190,7 +190,7 @@ def test_calibrating_with_mrff_privacy_then_training_at_that_z_spends_the_target
     settings = PrivacySettings(
         modulus_bits=32,
         dp=DPConfig(mode=mode, clip=clip, noise_multiplier=report["noise_multiplier"]),
-        secure_sum=secure,
+        secure_aggregation=secure,
         min_group_size=2 if mode == "distributed" else None,
     )
     summary = run_training(
@@ -202,7 +202,7 @@ def test_calibrating_with_mrff_privacy_then_training_at_that_z_spends_the_target
     calibrated = PrivacySettings(
         modulus_bits=32,
         dp=DPConfig(mode=mode, clip=clip, target_epsilon=target),
-        secure_sum=secure,
+        secure_aggregation=secure,
         min_group_size=2 if mode == "distributed" else None,
     )
     summary = run_training(
@@ -434,7 +434,7 @@ def test_the_summary_records_the_release_it_accounted(data, tmp_path):
         privacy=PrivacySettings(
             modulus_bits=48,
             dp=DPConfig(mode="distributed", clip=0.5, noise_multiplier=1.0),
-            secure_sum="fast",
+            secure_aggregation="fast",
             min_group_size=2,
         ),
     )

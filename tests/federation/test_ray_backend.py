@@ -146,7 +146,7 @@ CASES = {
         PrivacySettings(
             modulus_bits=48,
             dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0),
-            secure_sum="fast",
+            secure_aggregation="fast",
             **REPRODUCIBLE,
         ),
     ),
@@ -155,7 +155,7 @@ CASES = {
         PrivacySettings(
             modulus_bits=48,
             dp=DPConfig(mode="distributed", clip=1.0, noise_multiplier=1.0),
-            secure_sum="fast",
+            secure_aggregation="fast",
             noise_sampling="aggregate",
             **REPRODUCIBLE,
         ),
@@ -203,8 +203,8 @@ def test_the_ray_backend_refuses_what_it_cannot_run_the_same(local_ray, data):
         RaySimulation(data, MODEL, federation, update_transform=lambda v, r, rows: v)
     with pytest.raises(ConfigError, match="needs 4 CPUs; the Ray cluster has 3"):
         RaySimulation(data, MODEL, FederationConfig(rounds=1, chunk_size=16), workers=4)
-    with pytest.raises(ConfigError, match="secure_sum='fast'"):
-        RaySimulation(data, MODEL, federation, privacy=PrivacySettings(modulus_bits=48, secure_sum="inmemory"))
+    with pytest.raises(ConfigError, match="secure_aggregation='fast'"):
+        RaySimulation(data, MODEL, federation, privacy=PrivacySettings(modulus_bits=48, secure_aggregation="inmemory"))
 
 
 def _train(tmp_path, name, *extra):

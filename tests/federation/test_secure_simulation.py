@@ -52,7 +52,7 @@ def secure(
     return PrivacySettings(
         modulus_bits=48,
         dp=DPConfig(mode="distributed", clip=clip, noise_multiplier=z, mechanism=mechanism),
-        secure_sum=backend,
+        secure_aggregation=backend,
         noise_sampling=sampling,
         min_group_size=min_group_size,
         insecure_reproducible_noise=reproducible,
@@ -207,16 +207,18 @@ def test_secure_settings_are_validated():
     with pytest.raises(ConfigError):
         secure(min_group_size=1)  # a group of one would release its member's update
     with pytest.raises(ConfigError):
-        PrivacySettings(modulus_bits=48, dp=DPConfig(mode="local", clip=1.0, noise_multiplier=1.0), secure_sum="fast")
+        PrivacySettings(
+            modulus_bits=48, dp=DPConfig(mode="local", clip=1.0, noise_multiplier=1.0), secure_aggregation="fast"
+        )
     with pytest.raises(ConfigError):
         secure(backend="inmemory", sampling="aggregate")
     with pytest.raises(ConfigError):
-        PrivacySettings(secure_sum="fast", modulus_bits=70)
-    assert PrivacySettings(modulus_bits=48, secure_sum="fast").resolved_min_group_size() == 5
+        PrivacySettings(secure_aggregation="fast", modulus_bits=70)
+    assert PrivacySettings(modulus_bits=48, secure_aggregation="fast").resolved_min_group_size() == 5
     assert (
-        PrivacySettings(modulus_bits=48, secure_sum="fast").resolved_min_group_size(7) == 7
+        PrivacySettings(modulus_bits=48, secure_aggregation="fast").resolved_min_group_size(7) == 7
     )  # the federation's own setting
-    assert PrivacySettings(modulus_bits=48, secure_sum="fast", min_group_size=3).resolved_min_group_size(7) == 3
+    assert PrivacySettings(modulus_bits=48, secure_aggregation="fast", min_group_size=3).resolved_min_group_size(7) == 3
     assert PrivacySettings().resolved_min_group_size() == 1
 
 

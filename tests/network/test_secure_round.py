@@ -40,7 +40,7 @@ def simulated_run(rounds: int) -> tuple[list[str], list[dict]]:
         dp=DPConfig(
             mode="distributed", clip=1.0, noise_multiplier=0.5, mechanism="discrete_gaussian", max_dropout_fraction=0.3
         ),
-        secure_sum="inmemory",
+        secure_aggregation="inmemory",
         modulus_bits=32,
         min_group_size=2,
         insecure_reproducible_noise=True,

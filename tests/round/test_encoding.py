@@ -85,7 +85,7 @@ def test_simulation_encoder_equals_the_shared_functions_bit_for_bit(mechanism, b
     settings = PrivacySettings(
         modulus_bits=48,
         dp=DPConfig(mode="distributed", clip=0.5, noise_multiplier=0.7, mechanism=mechanism),
-        secure_sum=backend,
+        secure_aggregation=backend,
         min_group_size=2,
         insecure_reproducible_noise=True,
     )
