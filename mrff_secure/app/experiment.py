@@ -179,7 +179,7 @@ def _load_checkpoint(out: Path, sim: FederatedSimulation, accountant: PrivacyPip
     if meta.get("fingerprint") != fingerprint:
         raise CheckpointError(f"{out / CHECKPOINT} belongs to another configuration or dataset than {out}/config.toml")
     sim.load_state_arrays({k[4:]: v for k, v in arrays.items() if k.startswith("sim/")}, meta["rounds_done"])
-    accountant.accountant.load_state_dict(meta["accountant"])
+    accountant.load_accountant_state(meta["accountant"])
     best = meta.get("best")
     if best is not None:
         best = {k: (float("nan") if v is None and k != "round" else v) for k, v in best.items()}

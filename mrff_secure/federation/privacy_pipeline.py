@@ -278,6 +278,10 @@ class PrivacyPipeline:
             row["not_private"] = NOT_PRIVATE
         return row
 
+    def load_accountant_state(self, state: dict[str, Any]) -> None:
+        """Restore the accountant from a checkpoint (a version-1 round count is rounds of this run's release)."""
+        self.accountant.load_state_dict(state, release_of_counted_rounds=self.release)
+
     def account(self) -> PrivacyAccount:
         """The accountant's account of the rounds released so far (zero rounds of this run's release before any)."""
         if not self.accountant.history:

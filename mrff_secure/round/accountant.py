@@ -382,8 +382,15 @@ class RoundAccountant:
             "history": [{"release": release.to_dict(), "rounds": rounds} for release, rounds in self.history],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict`'s state; PrivacyError naming what is wrong (the history is revalidated)."""
+    def load_state_dict(self, state: dict[str, Any], *, release_of_counted_rounds: RoundRelease | None = None) -> None:
+        """Restore `state_dict`'s state; PrivacyError naming what is wrong (the history is revalidated).
+
+        release_of_counted_rounds: a run whose every round has one release may also restore the state of
+        checkpoints written before the accountant kept a history (version 1: only a round count)."""
+        if release_of_counted_rounds is not None and isinstance(state, dict) and state.get("version") == 1:
+            rounds = check_int("the accountant state's rounds", state.get("rounds"), low=0, error=PrivacyError)
+            self.history = [(release_of_counted_rounds, rounds)] if rounds else []
+            return
         try:
             if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
                 raise ValueError(f"expected version {STATE_VERSION}")

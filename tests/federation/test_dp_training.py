@@ -441,3 +441,34 @@ def test_the_summary_records_the_release_it_accounted(data, tmp_path):
     p = json.loads((tmp_path / "summary.json").read_text())["privacy"]
     again = account_rounds(RoundRelease(**p["release"]), rounds=2, delta=p["delta"])
     assert again.epsilon == summary["privacy"]["epsilon"]
+
+
+def test_a_checkpoint_from_before_the_accountants_history_resumes_with_the_same_epsilon(data, tmp_path):
+    """Version-1 accountant state (a round count) is read as that many rounds of the run's own release."""
+    from mrff_secure.errors import PrivacyError
+    from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
+    from mrff_secure.round.accountant import RoundAccountant
+    from mrff_secure.round.update_vector import UpdateLayout
+
+    sim = FederatedSimulation(data, MODEL, FederationConfig(rounds=3, chunk_size=0))
+    settings = PrivacySettings(dp=DPConfig(mode="local", clip=0.5, noise_multiplier=1.0))
+
+    def pipeline() -> PrivacyPipeline:
+        layout = UpdateLayout.from_model(sim.model)
+        return PrivacyPipeline(
+            settings, layout=layout, num_users=data.num_users, maxlen=data.maxlen, rounds=3, sample_rate=1.0, seed=0
+        )
+
+    ran = pipeline()
+    for _ in range(3):
+        ran.record_round()
+    old = pipeline()
+    old.load_accountant_state({"version": 1, "rounds": 3})
+    assert old.accountant.history == ran.accountant.history and old.accountant.epsilon() == ran.accountant.epsilon()
+    new = pipeline()
+    new.load_accountant_state(ran.accountant.state_dict())
+    assert new.accountant.history == ran.accountant.history
+    with pytest.raises(PrivacyError, match="rounds"):
+        pipeline().load_accountant_state({"version": 1, "rounds": -1})
+    with pytest.raises(PrivacyError, match="version 2"):  # without the run's release, a round count is refused
+        RoundAccountant(delta=ran.delta).load_state_dict({"version": 1, "rounds": 3})
