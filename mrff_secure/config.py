@@ -68,7 +68,7 @@ class ModelConfig:
 class FederationConfig:
     """How rounds run. Defaults are the paper's setup: Adam lr 0.1, fresh each round, one step, all clients."""
 
-    rounds: int = 500
+    rounds: int  # required: the command line owns the default (mrff_secure.app.options)
     local_steps: int = 1
     client_fraction: float = 1.0
     optimizer: str = "adam"

@@ -125,7 +125,7 @@ def test_cosine_schedule_reaches_the_clients(data):
 )
 def test_bad_recipe_values_are_named(field, value, match):
     with pytest.raises(ConfigError, match=match):
-        FederationConfig(**{field: value})
+        FederationConfig(rounds=1, **{field: value})
 
 
 def test_early_stopping_ends_the_run_and_says_so(tmp_path, capsys):
