@@ -50,7 +50,7 @@ def _parsed_column(
 ) -> np.ndarray:
     """Column `name`, each cell through `parse`, which raises ValueError saying what the cell is not."""
     idx = column_index(path, header, name)
-    out = np.empty(len(rows), dtype=dtype)
+    out: np.ndarray = np.empty(len(rows), dtype=dtype)
     for i, row in enumerate(rows):
         text = row[idx].strip()
         try:

@@ -29,6 +29,12 @@ FORMAT = "mrff-public-schema"
 VERSION = 1
 
 
+def _span(span: Any) -> tuple[int, int]:
+    """A field's [start, end) columns from the document (ValueError unless exactly two values)."""
+    lo, hi = span
+    return int(lo), int(hi)
+
+
 @dataclass(frozen=True)
 class PublicSchema:
     """name, item_attributes (the catalogue, row 0 = padding), user_attributes (fields and vocabularies,
@@ -125,13 +131,13 @@ class PublicSchema:
             item_attributes=AttributeTable(
                 tuple(map(str, items["field_names"])),
                 tuple(map(int, items["vocab_sizes"])),
-                tuple(tuple(map(int, s)) for s in items["spans"]),
+                tuple(_span(s) for s in items["spans"]),
                 tokens,
             ),
             user_attributes=AttributeTable(
                 tuple(map(str, users["field_names"])),
                 tuple(map(int, users["vocab_sizes"])),
-                tuple(tuple(map(int, s)) for s in users["spans"]),
+                tuple(_span(s) for s in users["spans"]),
                 np.zeros((0, width), dtype=np.int64),
             ),
             maxlen=int(doc["maxlen"]),

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 
 from mrff_secure.errors import DataFormatError
 
 MIN_INTERACTIONS = 3  # training needs >= 1 item, plus validation and test
+
+
+class SplitSequences(TypedDict):
+    """The sequence arrays of `ClientData` and its `num_train_interactions` (see `ClientData` for shapes)."""
+
+    train_seq: np.ndarray
+    train_target: np.ndarray
+    train_label: np.ndarray
+    val_seq: np.ndarray
+    val_item: np.ndarray
+    val_label: np.ndarray
+    test_seq: np.ndarray
+    test_item: np.ndarray
+    test_label: np.ndarray
+    num_train_interactions: int
 
 
 def left_pad(values: np.ndarray, maxlen: int, pad: float | int = 0) -> np.ndarray:
@@ -26,7 +43,7 @@ def leave_one_out(
     timestamps: np.ndarray,
     maxlen: int,
     source: str,
-) -> dict[str, np.ndarray | int]:
+) -> SplitSequences:
     """Split interactions per user by (user, timestamp) with a stable sort (ties keep file order).
 
     `users` must be row indices 0..U-1 (in `user_order`'s numbering). Returns the
@@ -45,7 +62,7 @@ def leave_one_out(
             "train, validation and test items"
         )
     starts = np.concatenate([[0], np.cumsum(counts)])
-    out = {
+    out: dict[str, np.ndarray] = {
         "train_seq": np.zeros((num_users, maxlen), np.int64),
         "train_target": np.zeros((num_users, maxlen), np.int64),
         "train_label": np.zeros((num_users, maxlen), np.float32),
@@ -69,4 +86,15 @@ def leave_one_out(
         out["val_item"][u], out["val_label"][u] = seq[-2], lab[-2]
         out["test_seq"][u] = left_pad(seq[:-1], maxlen)
         out["test_item"][u], out["test_label"][u] = seq[-1], lab[-1]
-    return {**out, "num_train_interactions": num_train}
+    return SplitSequences(
+        train_seq=out["train_seq"],
+        train_target=out["train_target"],
+        train_label=out["train_label"],
+        val_seq=out["val_seq"],
+        val_item=out["val_item"],
+        val_label=out["val_label"],
+        test_seq=out["test_seq"],
+        test_item=out["test_item"],
+        test_label=out["test_label"],
+        num_train_interactions=num_train,
+    )

@@ -420,19 +420,23 @@ def discrete_epsilon(
     d2 = rounded_l2_bound(scaled_norm=bound * scale, dim=dim, beta=beta)
     d1 = rounded_l1_bound(l2_bound=d2, dim=dim)
     total_std = noise_multiplier * clip * scale
-    account = dict(
-        mechanism=mechanism,
-        delta=delta,
-        rounds=rounds,
-        l2_sensitivity=d2,
-        l1_sensitivity=d1,
-        total_std=total_std,
-        n_shares=n_min,
-    )
+
+    def account(epsilon: float) -> DiscreteAccount:
+        return DiscreteAccount(
+            mechanism=mechanism,
+            epsilon=epsilon,
+            delta=delta,
+            rounds=rounds,
+            l2_sensitivity=d2,
+            l1_sensitivity=d1,
+            total_std=total_std,
+            n_shares=n_min,
+        )
+
     if rounds == 0:
-        return DiscreteAccount(epsilon=0.0, **account)
+        return account(0.0)
     if total_std == 0.0:
-        return DiscreteAccount(epsilon=math.inf, **account)
+        return account(math.inf)
     if mechanism == "discrete_gaussian":
         per_round = ddg_rdp(
             orders=orders,
@@ -444,5 +448,4 @@ def discrete_epsilon(
         )
     else:
         per_round = skellam_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1, total_variance=total_std**2)
-    eps = rdp_to_epsilon(orders=orders, rdp=per_round * rounds, delta=delta)
-    return DiscreteAccount(epsilon=eps, **account)
+    return account(rdp_to_epsilon(orders=orders, rdp=per_round * rounds, delta=delta))

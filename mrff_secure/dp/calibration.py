@@ -98,30 +98,35 @@ def search_noise_multiplier(
     z = min(max(start if math.isfinite(start) and start > 0 else 1.0, z_min), z_max)
     e = f(z)
     factor = float(first_factor)
+    # the bracket [lower, upper] is open on one side until the first doubling crosses the target
+    lower: float | None
+    upper: float | None
     if e <= target_epsilon:
-        hi, e_hi, lo, e_lo = z, e, None, math.inf
-        while hi > z_min:
-            cand = max(hi / factor, z_min)
+        upper, e_hi, lower, e_lo = z, e, None, math.inf
+        while upper > z_min:
+            cand = max(upper / factor, z_min)
             e_c = f(cand)
             if e_c > target_epsilon:
-                lo, e_lo = cand, e_c
+                lower, e_lo = cand, e_c
                 break
-            hi, e_hi = cand, e_c
+            upper, e_hi = cand, e_c
             factor *= factor
-        if lo is None:
-            return SearchResult(hi, e_hi, "at_min", None, calls)
+        if lower is None:
+            return SearchResult(upper, e_hi, "at_min", None, calls)
     else:
-        lo, e_lo, hi, e_hi = z, e, None, math.inf
-        while lo < z_max:
-            cand = min(lo * factor, z_max)
+        lower, e_lo, upper, e_hi = z, e, None, math.inf
+        while lower < z_max:
+            cand = min(lower * factor, z_max)
             e_c = f(cand)
             if e_c <= target_epsilon:
-                hi, e_hi = cand, e_c
+                upper, e_hi = cand, e_c
                 break
-            lo, e_lo = cand, e_c
+            lower, e_lo = cand, e_c
             factor *= factor
-        if hi is None:
+        if upper is None:
             raise PrivacyError(f"cannot reach epsilon {target_epsilon:g}: even z = {z_max:g} spends {e_lo:.4g}")
+    lo: float = lower
+    hi: float = upper
 
     def done() -> bool:
         if hi / lo <= 1.0 + rtol:

@@ -231,6 +231,8 @@ def plan_distributed(
     check_number("noise_multiplier", noise_multiplier, low=0.0, error=PrivacyError)
     check_number("clip", clip, low=0.0, low_open=True, error=PrivacyError)
     if n_min is None:
+        if max_dropout_fraction is None:  # excluded by the exactly-one check above; kept for the type checker
+            raise PrivacyError("plan_distributed needs exactly one of max_dropout_fraction and n_min")
         n_min = min_survivors(n_clients, max_dropout_fraction)
     l2_bound = math.sqrt(clip * clip + extra_sensitivity * extra_sensitivity)
     noise_std = noise_multiplier * clip

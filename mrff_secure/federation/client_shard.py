@@ -14,6 +14,7 @@ client's training and encoding are the same computation whichever process runs i
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +30,12 @@ from mrff_secure.model import build_model
 from mrff_secure.model.layers import initial_user_vectors
 from mrff_secure.model.roles import Role, parameter_roles
 from mrff_secure.round.participant import update_vectors
+from mrff_secure.round.secure_sum import SecureSumSession
 from mrff_secure.round.spec import Phase
 from mrff_secure.round.update_vector import UpdateLayout
+
+# (a chunk's plain update vectors, round index, the chunk's client rows) -> the vectors the clients upload
+UpdateTransform = Callable[[torch.Tensor, int, np.ndarray], torch.Tensor]
 
 DATA_ARRAYS = (
     "train_seq",
@@ -135,6 +140,12 @@ class ClientShard:
         """The privacy pipeline whose client-side transforms this shard applies (None: plain rounds)."""
         self._pipeline = pipeline
 
+    def _privacy(self) -> PrivacyPipeline:
+        """The pipeline set by `set_pipeline`; ConfigError when there is none (the private uploads need it)."""
+        if self._pipeline is None:
+            raise ConfigError("a private upload needs the shard's privacy pipeline: call set_pipeline first")
+        return self._pipeline
+
     def _local(self, rows: np.ndarray) -> torch.Tensor:
         positions = np.searchsorted(self.rows, rows)
         if len(rows) and (positions.max() >= len(self.rows) or np.any(self.rows[positions] != rows)):
@@ -188,17 +199,22 @@ class ClientShard:
                 item.result.routes,
                 examples,
                 suppressed=suppressed,
-                count_cap=self._pipeline.count_cap,
+                count_cap=self._privacy().count_cap,
             )
         return self.layout.build(item.result.deltas, item.result.routes, examples, suppressed)
 
-    def _take(self):
+    def _take(self) -> Iterator[_Trained]:
         while self._trained:
             yield self._trained.pop(0)
 
     # ----------------------------------------------------------------- uploads
     def plain_sum(
-        self, suppressed: torch.Tensor | None, *, transform=None, round_index: int = 0, keep_individual: bool = False
+        self,
+        suppressed: torch.Tensor | None,
+        *,
+        transform: UpdateTransform | None = None,
+        round_index: int = 0,
+        keep_individual: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The sum of the trained clients' update vectors, float64 (and, if asked, the vectors themselves).
 
@@ -206,7 +222,7 @@ class ClientShard:
         depends on their order, so shards' totals added by the server round to the same floats as one total
         (a float32 result differs only where a float64 sum falls within 2^-53 of a float32 rounding point)."""
         summed = torch.zeros(self.layout.size, dtype=torch.float64)
-        individual = []
+        individual: list[torch.Tensor] = []
         for item in self._take():
             if transform is None and not keep_individual:  # nothing needs the vectors: sum per parameter
                 summed += self.layout.build_sum(
@@ -222,13 +238,14 @@ class ClientShard:
         return summed, (torch.cat(individual) if keep_individual and individual else None)
 
     def local_dp_sum(
-        self, round_index: int, *, transform=None, keep_individual: bool = False
+        self, round_index: int, *, transform: UpdateTransform | None = None, keep_individual: bool = False
     ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
         """Local DP: the float64 sum of the clients' clipped, noised uploads (as `plain_sum`), how many were
         clipped, the uploads."""
-        pipeline = self._pipeline
+        pipeline = self._privacy()
         summed = torch.zeros(self.layout.size, dtype=torch.float64)
-        clipped, individual = 0, []
+        clipped = 0
+        individual: list[torch.Tensor] = []
         for item in self._take():
             vectors = self._vectors(item, None, scaled=True)
             if transform is not None:
@@ -241,12 +258,18 @@ class ClientShard:
         return summed, clipped, (torch.cat(individual) if keep_individual and individual else None)
 
     def secure_update(
-        self, suppressed: torch.Tensor | None, num_clients: int, round_index: int, session=None, *, transform=None
-    ) -> tuple[int, object]:
+        self,
+        suppressed: torch.Tensor | None,
+        num_clients: int,
+        round_index: int,
+        session: SecureSumSession | None = None,
+        *,
+        transform: UpdateTransform | None = None,
+    ) -> tuple[int, SecureSumSession]:
         """Secure phase 2, the clients' side: each trained client's vector encoded into ring residues and
         added to `session` (None: a partial ring sum of this shard, returned). Returns (uploads whose delta
         part exceeded the clip, the session)."""
-        pipeline = self._pipeline
+        pipeline = self._privacy()
         if session is None:
             session = pipeline.partial_session(Phase.UPDATE, num_clients, round_index)
         clipped = 0

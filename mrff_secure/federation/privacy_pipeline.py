@@ -34,6 +34,7 @@ import torch
 
 from mrff_secure.dp import clip_prefix_l2
 from mrff_secure.dp.accounting import json_epsilon
+from mrff_secure.dp.distributed import DistributedPlan
 from mrff_secure.dp.mechanisms import GridDiscreteGaussian
 from mrff_secure.errors import ConfigError, PrivacyError
 from mrff_secure.round.accountant import PrivacyAccount, RoundAccountant, account_rounds, calibrate_noise_multiplier
@@ -47,7 +48,7 @@ from mrff_secure.round.participant import (
     suppressed_groups,
 )
 from mrff_secure.round.release import RoundRelease, participants_per_round
-from mrff_secure.round.secure_sum import RingSum, open_session, round_id_for
+from mrff_secure.round.secure_sum import RingSum, SecureSumSession, open_session, round_id_for
 from mrff_secure.round.spec import Phase, PrivacySettings, SecureAggregation
 from mrff_secure.round.update_vector import UpdateLayout
 
@@ -191,11 +192,14 @@ class PrivacyPipeline:
             self._plans[n] = plans
         return self._plans[n]
 
-    def _phase_plan(self, phase: int, num_clients: int):
+    def _phase_plan(self, phase: int, num_clients: int) -> tuple[SecureRoundPlans, DistributedPlan]:
         plans = self.plans_for(num_clients)
-        return plans, (plans.counts if phase == Phase.COUNTS else plans.update)
+        plan = plans.counts if phase == Phase.COUNTS else plans.update
+        if plan is None:
+            raise ConfigError("the round has no count phase: the model has no groups")
+        return plans, plan
 
-    def secure_session(self, phase: int, num_clients: int, round_index: int):
+    def secure_session(self, phase: int, num_clients: int, round_index: int) -> SecureSumSession:
         """A fresh secure-sum session of the configured backend for one phase of a round."""
         _, plan = self._phase_plan(phase, num_clients)
         return open_session(
@@ -212,7 +216,10 @@ class PrivacyPipeline:
             raise ConfigError(
                 f"secure_aggregation={self.settings.secure_aggregation.value!r} cannot be split over processes; use 'fast'"
             )
-        return self.secure_session(phase, num_clients, round_index)
+        session = self.secure_session(phase, num_clients, round_index)
+        if not isinstance(session, RingSum):  # the 'fast' backend's session is a RingSum (`open_session`)
+            raise ConfigError(f"secure_sum={self.settings.secure_sum.value!r} opened a {type(session).__name__}")
+        return session
 
     def encode_chunk(
         self, phase: int, num_clients: int, ids: np.ndarray, vectors: np.ndarray, round_index: int, block: int

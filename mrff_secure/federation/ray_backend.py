@@ -323,9 +323,9 @@ class RaySimulation(FederatedSimulation):
         )
 
     def _secure_update_sum(self, suppressed, n: int, r: int):
-        pipeline = self.privacy
+        pipeline = self._pipeline()
         mask = None if suppressed is None else suppressed.numpy()
-        session = pipeline.secure_session(Phase.UPDATE, n, r)
+        session = pipeline.partial_session(Phase.UPDATE, n, r)  # the shards' partial ring sums merge into it
         clipped = 0
         for shard_clipped, ids, total in self._each("secure_update", mask, n, r):
             session.merge(ids, total)

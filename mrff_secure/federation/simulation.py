@@ -30,6 +30,7 @@ import torch
 from mrff_secure.allocator import keep_freed_memory
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
+from mrff_secure.errors import ConfigError
 from mrff_secure.federation.client_shard import ClientShard
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
 from mrff_secure.metrics import auc, log_loss
@@ -136,6 +137,12 @@ class FederatedSimulation:
             )
         self._start_shards()
 
+    def _pipeline(self) -> PrivacyPipeline:
+        """The privacy pipeline of a private run (local DP or secure aggregation); ConfigError in a plain run."""
+        if self.privacy is None:
+            raise ConfigError("a plain run has no privacy pipeline: no private round can run")
+        return self.privacy
+
     # ------------------------------------------------------------------ shards
     def _build_global(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         """The model and the global parameters; here the in-process shard of every user builds both."""
@@ -170,7 +177,7 @@ class FederatedSimulation:
 
     def _secure_update_sum(self, suppressed, n: int, r: int) -> tuple[np.ndarray, int]:
         """Phase 2 through the configured secure-sum backend: (decoded float sum, uploads clipped)."""
-        pipeline = self.privacy
+        pipeline = self._pipeline()
         session = pipeline.secure_session(Phase.UPDATE, n, r)
         clipped, session = self._shard.secure_update(suppressed, n, r, session, transform=self.update_transform)
         return pipeline.finish_secure_sum(Phase.UPDATE, n, session.finish(), r), clipped
@@ -283,7 +290,7 @@ class FederatedSimulation:
 
     def _train_round_private(self) -> RoundResult:
         """One round under local DP or secure aggregation (see the module docstring)."""
-        pipeline = self.privacy
+        pipeline = self._pipeline()
         start = time.perf_counter()
         r = self.round_index
         participants = self.sample_clients(r)
@@ -306,9 +313,13 @@ class FederatedSimulation:
             )
         else:
             # Phase 1: the secure count sum. Phase 2: the updates, slots of too-small groups zeroed.
-            one_hots = group_one_hots(self.layout, routes).to(self.dtype) if groups else None
-            server_counts = pipeline.secure_counts(participants, one_hots, r) if groups else torch.zeros(0, 0)
-            suppressed = pipeline.suppressed(server_counts) if groups else None
+            suppressed: torch.Tensor | None = None
+            if groups:
+                one_hots = group_one_hots(self.layout, routes).to(self.dtype)
+                server_counts = pipeline.secure_counts(participants, one_hots, r)
+                suppressed = pipeline.suppressed(server_counts)
+            else:
+                server_counts = torch.zeros(0, 0)
             total, clipped = self._secure_update_sum(suppressed, n, r)
             summed = torch.as_tensor(total, dtype=self.dtype)
             self._apply(summed, uploads=n, counts=server_counts, suppressed=suppressed)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ import torch
 from mrff_secure.errors import DataFormatError
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 
-_DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+_DTYPES: dict[str, np.dtype[np.floating[Any]]] = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -27,7 +28,7 @@ def _name(dtype: torch.dtype) -> str:
 
 
 def to_proto(params: Mapping[str, torch.Tensor]) -> list[pb.Tensor]:
-    out = []
+    out: list[pb.Tensor] = []
     for name, tensor in params.items():
         array = tensor.detach().cpu().contiguous().numpy()
         dtype = _name(tensor.dtype)
@@ -39,7 +40,9 @@ def to_proto(params: Mapping[str, torch.Tensor]) -> list[pb.Tensor]:
     return out
 
 
-def from_proto(tensors, expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[str, torch.Tensor]:
+def from_proto(
+    tensors: Iterable[pb.Tensor], expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]]
+) -> dict[str, torch.Tensor]:
     """Decode exactly the expected parameters (name -> (shape, dtype)); anything else is refused."""
     out: dict[str, torch.Tensor] = {}
     for t in tensors:
