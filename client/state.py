@@ -18,6 +18,7 @@ import io
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,8 @@ class UserStore(IdentityFiles):
 
     @staticmethod
     def _encode(tensors: dict[str, torch.Tensor], round_id: int) -> bytes:
-        arrays = {f"p/{n}": t.detach().cpu().numpy() for n, t in tensors.items()}
+        # Any: numpy's savez stub has `allow_pickle: bool` beside **kwds, which a dict of arrays cannot rule out
+        arrays: dict[str, Any] = {f"p/{n}": t.detach().cpu().numpy() for n, t in tensors.items()}
         arrays[ROUND_KEY] = np.asarray([round_id], dtype=np.int64)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)

@@ -114,15 +114,14 @@ def verify(path: Path, public_key: Ed25519PublicKey | None = None) -> VerifyRepo
         if record.get("type") != HEAD:
             continue
         seq, head = record.get("covers_seq"), record.get("head")
-        good = (
-            isinstance(seq, int)
-            and 0 <= seq < record["seq"]
-            and isinstance(head, str)
-            and len(head) == 64
-            and records[seq]["digest"] == head
-        )
         try:
-            if not good:
+            if not (
+                isinstance(seq, int)
+                and 0 <= seq < record["seq"]
+                and isinstance(head, str)
+                and len(head) == 64
+                and records[seq]["digest"] == head
+            ):
                 raise InvalidSignature
             public_key.verify(bytes.fromhex(str(record.get("signature", ""))), head_message(seq, head))
         except (InvalidSignature, ValueError):

@@ -26,7 +26,9 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any])
         raise ValueError(f"{META} is reserved for the header")
     payload = json.dumps(meta, sort_keys=True, allow_nan=False).encode()
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays, **{META: np.frombuffer(payload, dtype=np.uint8)})
+    # Any: numpy's savez stub has `allow_pickle: bool` beside **kwds, and a dict of arrays cannot show it lacks that key
+    named: dict[str, Any] = {**arrays, META: np.frombuffer(payload, dtype=np.uint8)}
+    np.savez(buffer, **named)
     write_bytes_atomic(path, buffer.getvalue())
     return Path(path)
 

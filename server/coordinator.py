@@ -501,13 +501,14 @@ class Coordinator:
     ) -> tuple[np.ndarray, tuple[int, ...]]:
         """One secure sum of the round, stage by stage of the stage table (or one plain stage)."""
         ps = PhaseState(phase, config, secagg_round_id, nonce)
+        session: ServerSession | None = None  # None: plain aggregation
         if self.settings.secure:
             context = SessionContext(run_context_id(self.state.run_id), phase, secagg_round_id, nonce)
-            ps.session = ServerSession(
+            session = ps.session = ServerSession(
                 config, context=context, authority_public_key=self.authority_public_key, participants=expected
             )
         self.gate.open_phase(rs, ps)
-        if not self.settings.secure:
+        if session is None:
             got = self._stage(ps, record, pb.MASKED_INPUT, expected, first_timeout, on_open=on_open)
             survivors = tuple(sorted(got))
             self._check_survivors(phase, rs.spec, len(survivors))
@@ -517,7 +518,6 @@ class Coordinator:
             total &= np.uint64((1 << config.bits) - 1)
             record["phases"][phase.label]["survivors"] = list(survivors)
             return total.astype(np.int64), survivors
-        session = ps.session
         outbox: dict[int, bytes] | None = None
         for step in STAGES:
             first = outbox is None
@@ -525,7 +525,7 @@ class Coordinator:
                 ps,
                 record,
                 step.wire,
-                expected if first else set(outbox),
+                expected if outbox is None else set(outbox),
                 first_timeout if first else self.settings.stage_timeout,
                 outbox,
                 on_open if first else None,

@@ -85,7 +85,7 @@ def _evaluation_row(record: dict[str, Any]) -> dict[str, Any]:
         "test_auc": evaluation["test"]["auc"],
         "test_logloss": evaluation["test"]["log_loss"],
         "evaluation_clients": evaluation.get("clients"),
-        "evaluated_after_round": record.get("round") - 1,
+        "evaluated_after_round": record["round"] - 1,
         "evaluated_model": evaluation.get("evaluated_model"),
     }
 

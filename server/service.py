@@ -9,13 +9,14 @@ coordinator become one gRPC status each, only here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from mrff_secure.errors import ConfigError
 from mrff_secure.pki import read_file
@@ -58,7 +59,10 @@ class TlsFiles:
     client_ca: Path | None = None  # set: mutual TLS, clients must present a certificate from this CA
 
 
-def _metadata(items) -> dict[str, str]:
+RequestT = TypeVar("RequestT", bound=Message)
+
+
+def _metadata(items: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
     """Text metadata as a dict (binary "-bin" entries are ignored: we define none)."""
     return {k: v for k, v in (items or ()) if isinstance(v, str)}
 
@@ -66,6 +70,12 @@ def _metadata(items) -> dict[str, str]:
 def _client_id(metadata: dict[str, str]) -> int | None:
     value = metadata.get(limits.META_CLIENT, "")
     return int(value) if value.isdigit() and len(value) <= 10 else None
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    """End the call with `code` (grpc's abort raises; the raise below only states that for the type checker)."""
+    context.abort(code, message)
+    raise RuntimeError(f"grpc.ServicerContext.abort returned instead of ending the call with {code}")
 
 
 def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
@@ -114,10 +124,10 @@ class CoordinatorService:
     def _call(
         self,
         name: str,
-        request_type,
+        request_type: type[RequestT],
         raw: bytes,
         context: grpc.ServicerContext,
-        body: Callable[[int | None, object], object],
+        body: Callable[[int | None, RequestT], Message],
     ) -> bytes:
         client = _client_id(_metadata(context.invocation_metadata()))
         try:
@@ -127,19 +137,19 @@ class CoordinatorService:
                 request = request_type.FromString(raw)
             except (DecodeError, ValueError) as exc:
                 raise errors.Malformed(f"{request_type.__name__} does not parse: {exc}") from exc
-            response = body(client, request).SerializeToString()
+            response: bytes = body(client, request).SerializeToString()
             self.coordinator.count_bytes(len(raw), len(response))
             return response
         except errors.Rejected as exc:
             code = STATUS.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT)
             if not isinstance(exc, NOT_AUDITED):
                 self.coordinator.record_rejection(client, name, code.name, str(exc))
-            context.abort(code, str(exc))
+            _abort(context, code, str(exc))
         except grpc.RpcError:
             raise
         except Exception:  # a bug: answer INTERNAL, keep serving
             log.exception("internal error in %s", name)
-            context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+            _abort(context, grpc.StatusCode.INTERNAL, "internal server error")
 
     def enrol(self, raw: bytes, context) -> bytes:
         def body(_client, request: pb.EnrolRequest) -> pb.EnrolReply:

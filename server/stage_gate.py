@@ -199,7 +199,9 @@ class StageGate:
                     f"{ps.config.vector_length} x {ps.config.bits}"
                 )
             try:
-                if ps.session is None:  # plain aggregation
+                if ps.session is None:  # plain aggregation: its one stage is MASKED_INPUT
+                    if not isinstance(message, messages.MaskedInput):
+                        raise Malformed(f"plain aggregation takes MaskedInput, got {type(message).__name__}")
                     ps.plain[client_id] = packing.unpack(message.payload, message.modulus_bits, message.length)
                 else:
                     step.receive(ps.session, message)

@@ -30,9 +30,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -155,7 +156,7 @@ def _save_checkpoint(
     out: Path,
     sim: FederatedSimulation,
     accountant: PrivacyPipeline,
-    best: dict | None,
+    best: dict[str, Any] | None,
     best_probs: tuple[np.ndarray, np.ndarray] | None,
     fingerprint: str,
 ) -> None:
@@ -172,7 +173,10 @@ def _save_checkpoint(
     save_arrays(out / CHECKPOINT, arrays, meta)
 
 
-def _load_checkpoint(out: Path, sim: FederatedSimulation, accountant: PrivacyPipeline, fingerprint: str):
+def _load_checkpoint(
+    out: Path, sim: FederatedSimulation, accountant: PrivacyPipeline, fingerprint: str
+) -> tuple[int, dict[str, Any] | None, tuple[np.ndarray, np.ndarray] | None]:
+    """(rounds done, the best round's figures, its (test, val) probabilities) of the checkpoint in `out`."""
     arrays, meta = load_arrays(out / CHECKPOINT)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{out / CHECKPOINT}: unsupported format {meta.get('format')!r}")
@@ -239,6 +243,7 @@ def run_training(
     `backend` "ray" shards the clients over `workers` Ray actors (federation.ray_backend; the same
     result as "single", the default) on the cluster at `ray_address` or a local Ray instance.
     """
+    sim: FederatedSimulation
     if backend == "ray":
         from mrff_secure.federation.ray_backend import RaySimulation
 
@@ -271,8 +276,7 @@ def run_training(
             should_stop,
         )
     finally:
-        if backend == "ray":
-            sim.close()
+        sim.close()
 
 
 def _run(
@@ -309,12 +313,10 @@ def _run(
     )
     metrics_path, operator_metrics_path = out / "metrics.jsonl", operator / "metrics.jsonl"
     best: dict[str, Any] | None = None
-    best_test_probs = best_val_probs = None
+    best_probs: tuple[np.ndarray, np.ndarray] | None = None  # the best round's (test, val) probabilities
     first = 0
     if resume:
-        first, best, probs = _load_checkpoint(out, sim, accountant, fingerprint)
-        if probs is not None:
-            best_test_probs, best_val_probs = probs
+        first, best, best_probs = _load_checkpoint(out, sim, accountant, fingerprint)
         rows = _read_rows(operator_metrics_path, first)  # operator-only rows (true group sizes, evaluations)
         _write_rows(metrics_path, _read_rows(metrics_path, first))
         _write_rows(operator_metrics_path, rows)
@@ -325,11 +327,14 @@ def _run(
     stopped_early = None  # rounds run when early stopping ended the run
     if federation.patience and best is not None and first and first - 1 - best["round"] >= federation.patience:
         stopped_early = first  # a resumed run that had already stopped early: nothing more to train
-    iterator = range(first, federation.rounds if stopped_early is None else first)
+    iterator: Iterable[int] = range(first, federation.rounds if stopped_early is None else first)
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(iterator, desc=f"training {data.name}", unit="round", initial=first, total=federation.rounds)
+        iterator = bar = tqdm(
+            iterator, desc=f"training {data.name}", unit="round", initial=first, total=federation.rounds
+        )
     warnings: list[str] = []
     for r in iterator:
         result = sim.train_round()
@@ -380,9 +385,9 @@ def _run(
                     "test_auc": test.auc,
                     "test_logloss": test.log_loss,
                 }
-                best_test_probs, best_val_probs = test.probabilities, val.probabilities
-            if progress:
-                iterator.set_postfix(val_auc=f"{val.auc:.4f}", test_auc=f"{test.auc:.4f}")
+                best_probs = (test.probabilities, val.probabilities)
+            if bar is not None:
+                bar.set_postfix(val_auc=f"{val.auc:.4f}", test_auc=f"{test.auc:.4f}")
         log.info(
             "round %d: %d participants, %.2f s, epsilon so far %s",
             r,
@@ -396,8 +401,9 @@ def _run(
         with operator_metrics_path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         stopping = should_stop is not None and should_stop()
-        converged = bool(federation.patience) and best is not None and r - best["round"] >= federation.patience
-        if converged:
+        converged = False
+        if federation.patience and best is not None and r - best["round"] >= federation.patience:
+            converged = True
             stopped_early = r + 1
             log.info("early stopping after round %d: validation AUC best at round %d", r, best["round"])
         if converged or stopping or (r + 1) % checkpoint_every == 0 or r == federation.rounds - 1:
@@ -406,7 +412,7 @@ def _run(
                 sim,
                 accountant,
                 best,
-                None if best_test_probs is None else (best_test_probs, best_val_probs),
+                best_probs,
                 fingerprint,
             )
         if stopping and r < federation.rounds - 1 and not converged:
@@ -438,6 +444,9 @@ def _run(
         "warnings": warnings,
     }
     if best is not None:
+        if best_probs is None:
+            raise CheckpointError(f"{out / CHECKPOINT} names a best round but holds none of its predictions")
+        best_test_probs, best_val_probs = best_probs
         _, low, high = auc_confidence_interval(data.test_label, best_test_probs)
         evaluation.update(
             best_round=best["round"],

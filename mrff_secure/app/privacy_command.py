@@ -100,8 +100,10 @@ def privacy_report(
     if config.target_epsilon is not None:
         calibration = calibrate_release(release, target_epsilon=config.target_epsilon, rounds=rounds, delta=d)
         z, calibration_notes = calibration.noise_multiplier, calibration.notes
+    elif config.noise_multiplier is not None:
+        z = float(config.noise_multiplier)
     else:
-        z = float(config.noise_multiplier)  # type: ignore[arg-type]
+        raise ConfigError(f"--dp {mode} adds no noise to account: give --noise-multiplier or --target-epsilon")
     release = release.with_noise_multiplier(z)
     account = account_rounds(release, rounds=rounds, delta=d, sample_rate=sample_rate)
     accounted = account.to_json()
@@ -124,6 +126,8 @@ def privacy_report(
     }
     if mode == "distributed":
         plans = release.plans()
+        if plans is None:  # a distributed release always has secure plans (`RoundRelease.plans`)
+            raise ConfigError("--dp distributed: the release has no secure-aggregation plans")
         report.update(
             {
                 "n_min": plans.n_min,

@@ -468,7 +468,10 @@ def run_local_main(args: argparse.Namespace) -> int:
     )
     clients: list[subprocess.Popen] = []
     try:
-        line = server.stdout.readline()
+        server_out = server.stdout
+        if server_out is None:  # stdout=PIPE always opens one
+            raise MrffError("the server process has no output pipe")
+        line = server_out.readline()
         if not line.startswith("LISTENING"):
             raise MrffError(f"the server did not start (said {line!r})")
         address = line.split()[1]
@@ -518,7 +521,7 @@ def run_local_main(args: argparse.Namespace) -> int:
             time.sleep(0.5)
         codes = [p.returncode for p in clients]
         server_code = server.returncode
-        tail = server.stdout.read()
+        tail = server_out.read()
     finally:
         for p in clients + [server]:
             if p.poll() is None:

@@ -9,9 +9,13 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mrff_secure.app import options
 from mrff_secure.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used: the command line starts without torch
+    from mrff_secure.round.spec import PrivacySettings
 
 RUN_FILES = (
     "config.toml",
@@ -70,7 +74,7 @@ def _resume_configuration(args: argparse.Namespace) -> None:
     args.config = args.run_dir / "config.toml"
 
 
-def privacy_settings(args: argparse.Namespace):
+def privacy_settings(args: argparse.Namespace) -> PrivacySettings:
     """PrivacySettings from the resolved train options (ConfigError names the flag)."""
     from mrff_secure.dp import DPConfig
     from mrff_secure.round.spec import PrivacySettings, SecureAggregation

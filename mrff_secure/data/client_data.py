@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -53,6 +54,16 @@ class AttributeTable:
     @property
     def num_rows(self) -> int:
         return int(self.tokens.shape[0])
+
+
+class AttributeSource(Protocol):
+    """What a model is built from: the attribute tables of a `ClientData` or of the public schema (`PublicSchema`)."""
+
+    @property
+    def item_attributes(self) -> AttributeTable: ...
+
+    @property
+    def user_attributes(self) -> AttributeTable: ...
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from mrff_secure.config import ModelConfig
-from mrff_secure.data.client_data import ClientData
+from mrff_secure.data.client_data import AttributeSource, ClientData
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.local_training import predict_clients, train_clients
 from mrff_secure.model import build_model
@@ -41,7 +41,7 @@ def model_config_from_json(text: str) -> ModelConfig:
 
 
 def build_global(
-    config: ModelConfig, data: ClientData, model_seed: int
+    config: ModelConfig, data: AttributeSource, model_seed: int
 ) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """The model and its initial shared and group parameters (as FederatedSimulation builds them)."""
     torch.manual_seed(model_seed)

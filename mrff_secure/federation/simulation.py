@@ -374,3 +374,6 @@ class FederatedSimulation:
 
     def _routes(self) -> np.ndarray:
         return self._shard.routes(self.global_params)
+
+    def close(self) -> None:
+        """Release what the simulation holds outside this process: nothing here (the Ray backend stops its actors)."""

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrff_secure.config import ModelConfig
-from mrff_secure.data.client_data import ClientData
+from mrff_secure.data.client_data import AttributeSource
 from mrff_secure.model.layers import MLP, UserItemModel, add_group_parameter, routed_group_weight, uniform_init_
 from mrff_secure.model.roles import Role
 
@@ -30,7 +30,7 @@ PA_RANK = 4
 
 
 def _adapter_shapes(dims: list[int]) -> dict[str, tuple[int, ...]]:
-    shapes = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
         shapes[f"down{i}"] = (PA_RANK, fan_in)
         shapes[f"up{i}"] = (fan_out, PA_RANK)
@@ -66,7 +66,7 @@ class GroupAdapters(nn.Module):
 
 
 class PA(UserItemModel):
-    def __init__(self, config: ModelConfig, data: ClientData) -> None:
+    def __init__(self, config: ModelConfig, data: AttributeSource) -> None:
         super().__init__(config, data)
         dims = [self.user_dim + self.hidden, *PA_LAYER_DIMS]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))

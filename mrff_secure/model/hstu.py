@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrff_secure.config import ModelConfig
-from mrff_secure.data.client_data import ClientData
+from mrff_secure.data.client_data import AttributeSource
 from mrff_secure.model.layers import dropout, uniform_init_
 from mrff_secure.model.sequence_ctr import SequenceCTR, feed_forward_part, make_feed_forward
 
@@ -73,7 +73,7 @@ class HSTUBlock(nn.Module):
 
 
 class HSTU(SequenceCTR):
-    def __init__(self, config: ModelConfig, data: ClientData) -> None:
+    def __init__(self, config: ModelConfig, data: AttributeSource) -> None:
         super().__init__(config, data)
         self._finish(
             [HSTUBlock(self.hidden, self.user_dim, config) for _ in range(config.num_blocks)],

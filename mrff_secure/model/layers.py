@@ -13,12 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrff_secure.config import ModelConfig
-from mrff_secure.data.client_data import AttributeTable, ClientData
+from mrff_secure.data.client_data import AttributeSource, AttributeTable
 from mrff_secure.model.roles import Role
 
 
 class AttributeEmbedding(nn.Module):
     """Concatenation of one embedding per attribute field (token_seq fields: mean of their tokens)."""
+
+    tokens: torch.Tensor  # a buffer (register_buffer): (rows, width)
 
     def __init__(self, table: AttributeTable, dim: int) -> None:
         super().__init__()
@@ -77,7 +79,7 @@ class UserItemModel(nn.Module):
     """Base of the non-sequential baselines (NCF, FedPA): they score one target item from its attribute
     embedding (``items``, width ``hidden``) and the private user vector (``user``, width ``user_dim``)."""
 
-    def __init__(self, config: ModelConfig, data: ClientData) -> None:
+    def __init__(self, config: ModelConfig, data: AttributeSource) -> None:
         super().__init__()
         self.config = config
         self.items = AttributeEmbedding(data.item_attributes, config.attribute_dim)

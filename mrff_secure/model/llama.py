@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrff_secure.config import ModelConfig
-from mrff_secure.data.client_data import ClientData
+from mrff_secure.data.client_data import AttributeSource
 from mrff_secure.model.layers import dropout, uniform_init_
 from mrff_secure.model.sequence_ctr import SequenceCTR, feed_forward_part, make_feed_forward
 
@@ -44,6 +44,9 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 class RotaryAttention(nn.Module):
     """Multi-head causal softmax attention, no biases, rotary positions on q and k."""
+
+    cos: torch.Tensor  # buffers (register_buffer): (maxlen, head / 2)
+    sin: torch.Tensor
 
     def __init__(self, hidden: int, num_heads: int, maxlen: int, dropout: float) -> None:
         super().__init__()
@@ -88,7 +91,7 @@ class LLaMABlock(nn.Module):
 class LLaMA(SequenceCTR):
     uses_positions = False
 
-    def __init__(self, config: ModelConfig, data: ClientData) -> None:
+    def __init__(self, config: ModelConfig, data: AttributeSource) -> None:
         super().__init__(config, data)
         self._finish(
             [LLaMABlock(self.hidden, self.user_dim, config) for _ in range(config.num_blocks)], RMSNorm(self.hidden)

@@ -14,14 +14,14 @@ import torch
 from torch import nn
 
 from mrff_secure.config import ModelConfig
-from mrff_secure.data.client_data import ClientData
+from mrff_secure.data.client_data import AttributeSource
 from mrff_secure.model.layers import MLP, UserItemModel
 
 NCF_MLP_DIMS = (64, 32, 16)
 
 
 class NCF(UserItemModel):
-    def __init__(self, config: ModelConfig, data: ClientData) -> None:
+    def __init__(self, config: ModelConfig, data: AttributeSource) -> None:
         super().__init__(config, data)
         self.item_projection = nn.Linear(self.hidden, self.user_dim)  # GMF needs equal sizes
         self.mlp = MLP([self.user_dim + self.hidden, *NCF_MLP_DIMS], relu_last=True)

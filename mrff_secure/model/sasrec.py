@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mrff_secure.config import ModelConfig
-from mrff_secure.data.client_data import ClientData
+from mrff_secure.data.client_data import AttributeSource
 from mrff_secure.model.layers import CausalSelfAttention
 from mrff_secure.model.sequence_ctr import SequenceCTR, feed_forward_part, make_feed_forward
 
@@ -35,7 +35,7 @@ class Block(nn.Module):
 
 
 class SASRec(SequenceCTR):
-    def __init__(self, config: ModelConfig, data: ClientData) -> None:
+    def __init__(self, config: ModelConfig, data: AttributeSource) -> None:
         super().__init__(config, data)
         self._finish(
             [Block(self.hidden, self.user_dim, config) for _ in range(config.num_blocks)],

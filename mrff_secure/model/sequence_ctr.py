@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mrff_secure.config import ModelConfig
-from mrff_secure.data.client_data import ClientData
+from mrff_secure.data.client_data import AttributeSource
 from mrff_secure.model.layers import MLP, AttributeEmbedding, FeedForward, UserEmbedding, dropout
 from mrff_secure.model.mrff import MRFFFeedForward
 
@@ -50,7 +50,7 @@ class SequenceCTR(nn.Module):
 
     uses_positions = True
 
-    def __init__(self, config: ModelConfig, data: ClientData) -> None:
+    def __init__(self, config: ModelConfig, data: AttributeSource) -> None:
         super().__init__()
         self.config = config
         self.items = AttributeEmbedding(data.item_attributes, config.attribute_dim)

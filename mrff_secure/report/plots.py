@@ -125,13 +125,13 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for model in models:
-        by_z: dict[float, list[float]] = {}
+        auc_by_z: dict[float, list[float]] = {}
         for c in cells:
             if c["threat_model"] == model and c["target_epsilon"] is None and c.get("client_fraction", 1.0) >= 1.0:
-                by_z.setdefault(_number(c["noise_multiplier"]), []).append(_number(c["utility"]["test_auc"]))
-        if by_z:
-            zs = sorted(by_z)
-            ax.plot(zs, [float(np.mean(by_z[z])) for z in zs], marker="o", label=model)
+                auc_by_z.setdefault(_number(c["noise_multiplier"]), []).append(_number(c["utility"]["test_auc"]))
+        if auc_by_z:
+            zs = sorted(auc_by_z)
+            ax.plot(zs, [float(np.mean(auc_by_z[z])) for z in zs], marker="o", label=model)
     plain = [_number(c["utility"]["test_auc"]) for c in cells if c["threat_model"] == "plain"]
     if plain:
         ax.axhline(float(np.mean(plain)), color="k", ls=":", lw=1, label="plain (no noise)")

@@ -15,6 +15,7 @@ called by the simulation's client shard and by the network client alike.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -37,7 +38,10 @@ def scaled_example_count(num_examples: torch.Tensor, count_cap: int) -> torch.Te
     return num_examples.clamp(max=float(count_cap)) / float(count_cap)
 
 
-def suppressed_groups(counts: torch.Tensor, min_group_size: int) -> torch.Tensor:
+CountsT = TypeVar("CountsT", torch.Tensor, np.ndarray)  # the simulation's tensors, the coordinator's arrays
+
+
+def suppressed_groups(counts: CountsT, min_group_size: int) -> CountsT:
     """(blocks, groups) bool: the phase-1 counts below min_group_size, zero included (a noisy count can
     read 0 while a member exists: its slot must be zeroed too). Every client and the server apply it."""
     return counts < min_group_size

@@ -63,7 +63,7 @@ class StageStep:
     wire: int  # pb.Stage
     name: str
     delivered: type[messages.Message] | None  # what the server hands each client first (None: nothing)
-    submitted: type[messages.Message]
+    submitted: type[messages.ClientMessage]
     client_step: Callable[[ClientSession, Any, np.ndarray | None], messages.Message]
     receive: Callable[[ServerSession, Any], None]
     close: Callable[[ServerSession], Deliveries] | None  # None: the last stage (then finish())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import wraps
-from typing import Callable, Collection, ParamSpec, TypeVar
+from typing import Callable, Collection, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -51,24 +51,25 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _stage(expected: Stage, following: Stage) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def _stage(
+    expected: Stage, following: Stage
+) -> Callable[[Callable[Concatenate[ClientSession, P], R]], Callable[Concatenate[ClientSession, P], R]]:
     """Check the stage before the step; advance on success, abort the session on any failure."""
 
-    def decorate(step: Callable[P, R]) -> Callable[P, R]:
+    def decorate(step: Callable[Concatenate[ClientSession, P], R]) -> Callable[Concatenate[ClientSession, P], R]:
         @wraps(step)
-        def run(*args: P.args, **kwargs: P.kwargs) -> R:
-            self = args[0]
-            if self.stage is not expected:  # type: ignore[attr-defined]
+        def run(self: ClientSession, *args: P.args, **kwargs: P.kwargs) -> R:
+            if self.stage is not expected:
                 raise ProtocolViolation(
-                    f"client {self.client_id}: {step.__name__} is not allowed in stage "  # type: ignore[attr-defined]
-                    f"{self.stage.name} (expected {expected.name})"  # type: ignore[attr-defined]
+                    f"client {self.client_id}: {step.__name__} is not allowed in stage "
+                    f"{self.stage.name} (expected {expected.name})"
                 )
             try:
-                result = step(*args, **kwargs)
+                result = step(self, *args, **kwargs)
             except BaseException:
-                self.stage = Stage.ABORTED  # type: ignore[attr-defined]
+                self.stage = Stage.ABORTED
                 raise
-            self.stage = following  # type: ignore[attr-defined]
+            self.stage = following
             return result
 
         return run

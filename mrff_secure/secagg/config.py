@@ -122,15 +122,22 @@ class SecAggConfig:
     @property
     def bits(self) -> int:
         """modulus_bits, typed as int (always set after validation)."""
-        return int(self.modulus_bits)  # type: ignore[arg-type]
+        return _resolved("modulus_bits", self.modulus_bits)
 
     @property
     def k(self) -> int:
-        return int(self.num_neighbours)  # type: ignore[arg-type]
+        return _resolved("num_neighbours", self.num_neighbours)
 
     @property
     def t(self) -> int:
-        return int(self.threshold)  # type: ignore[arg-type]
+        return _resolved("threshold", self.threshold)
+
+
+def _resolved(name: str, value: int | None) -> int:
+    """A SecAggConfig field that __post_init__ resolves from None to a number."""
+    if value is None:
+        raise ConfigError(f"SecAggConfig.{name} is unset: the config was not built through __post_init__")
+    return int(value)
 
 
 def max_abs_for(num_clients: int, modulus_bits: int, *, vector_length: int) -> int:

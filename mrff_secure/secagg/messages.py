@@ -124,6 +124,12 @@ class Message:
         return message
 
 
+class ClientMessage(Message):
+    """Base of the messages a client sends the server (each stage's submission): each names its sender."""
+
+    client_id: int
+
+
 def decode(data: bytes) -> Message:
     """Decode any message; raise ProtocolViolation on anything malformed."""
     if not isinstance(data, (bytes, bytearray)) or len(data) < _HEADER.size:
@@ -150,7 +156,7 @@ PURPOSE_SELF_MASK_SEED = b"self-mask-seed"
 
 
 @dataclass(frozen=True)
-class AdvertiseKeys(Message):
+class AdvertiseKeys(ClientMessage):
     """Client -> server: two fresh X25519 public keys, commitments to the client's graph-seed
     contribution and to its self-mask seed, and its credential from the identity authority; signed
     with the certified identity key over the session context (see `signed_payload`)."""
@@ -256,7 +262,7 @@ class ParticipantSet(Message):
 
 
 @dataclass(frozen=True)
-class SeedReveal(Message):
+class SeedReveal(ClientMessage):
     """Client -> server (stage REVEAL_SEED): the opening of the client's graph commitment."""
 
     TAG: ClassVar[int] = 10
@@ -355,7 +361,7 @@ class EncryptedShare:
 
 
 @dataclass(frozen=True)
-class ShareKeys(Message):
+class ShareKeys(ClientMessage):
     """Client -> server: one encrypted share for each neighbour."""
 
     TAG: ClassVar[int] = 3
@@ -400,7 +406,7 @@ class ShareDelivery(Message):
 
 
 @dataclass(frozen=True)
-class MaskedInput(Message):
+class MaskedInput(ClientMessage):
     """Client -> server: the masked vector, bit-packed to modulus_bits per value."""
 
     TAG: ClassVar[int] = 5
@@ -441,7 +447,7 @@ class SurvivorList(Message):
 
 
 @dataclass(frozen=True)
-class ConsistencySignature(Message):
+class ConsistencySignature(ClientMessage):
     """Client -> server: the client's Ed25519 signature of (round, graph seed, survivor list)."""
 
     TAG: ClassVar[int] = 7
@@ -525,7 +531,7 @@ class OwnedShare:
 
 
 @dataclass(frozen=True)
-class UnmaskResponse(Message):
+class UnmaskResponse(ClientMessage):
     """Client -> server: self-mask shares of surviving neighbours, key shares of dropped ones."""
 
     TAG: ClassVar[int] = 9

@@ -203,7 +203,7 @@ def expand_mask(key: bytes, length: int, modulus_bits: int) -> np.ndarray:
     size = length * dtype.itemsize
     buffer = np.empty(size + 15, dtype=np.uint8)  # update_into wants block_size - 1 spare bytes
     encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
-    written = encryptor.update_into(_zero_bytes(size), buffer)
+    written = encryptor.update_into(_zero_bytes(size), buffer.data)  # the memoryview of `buffer`: written in place
     if written != size:
         raise RuntimeError("short keystream")  # cannot happen with CTR; guards the view below
     words = buffer[:size].view(dtype)  # (length,)
