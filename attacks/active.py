@@ -70,14 +70,14 @@ def _few_survivors(policy: SecAggPolicy) -> object:
     return r.clients[TARGET].consistency_check(SurvivorList(r.round_id, keep))
 
 
-def _stale_bundle(policy: SecAggPolicy) -> object:
+def _stale_bundle(policy: SecAggPolicy) -> None:
     """Replay the target's key bundle from another session (another nonce), relabelled to this round: its
     signature binds the session, so it does not verify (checked here where the server admits it; the
     neighbours' own check is in tests/secagg, W11)."""
     r = Round(_config(), range(CLIENTS), round_id=4, policy=policy)
     other = replace(r.context, nonce=bytes(32))
     stale = replace(r.session(TARGET, context=other).advertise_keys(), round_id=r.round_id)
-    return r.server.receive_advertise_keys(wire(stale))
+    r.server.receive_advertise_keys(wire(stale))
 
 
 def _list_without_the_client(policy: SecAggPolicy) -> object:
@@ -99,7 +99,7 @@ ACTIVE_ATTACKS = {
 
 def run_active_attacks(policy: SecAggPolicy = DEFAULT_POLICY) -> dict:
     """Every active attack: {name: {"outcome": "refused" | "leaked", "error": ...}} and a verdict."""
-    results = {}
+    results: dict[str, dict[str, str | None]] = {}
     for name, attack in ACTIVE_ATTACKS.items():
         try:
             attack(policy)

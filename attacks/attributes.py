@@ -87,6 +87,17 @@ def _first_values(table: AttributeTable) -> np.ndarray:
     return np.stack([table.tokens[:, lo] for lo, _ in table.spans], axis=1)
 
 
+def _best_values(templates: list[np.ndarray], direction: np.ndarray, dim: int) -> tuple[float, list[int]]:
+    """(summed best scores, each field's best-matching value) of one sign of a user's direction."""
+    picks, total = [], 0.0
+    for f, template in enumerate(templates):
+        segment = direction[f * dim : (f + 1) * dim]
+        scores = template @ segment / np.maximum(np.linalg.norm(template, axis=1), 1e-12)
+        picks.append(int(np.argmax(scores)))
+        total += float(scores.max())
+    return total, picks
+
+
 def infer_attributes(recorder: UserColumnRecorder, data: ClientData, model: ModelConfig, *, seed: int) -> dict:
     require_view(recorder.threat_model or "", INDIVIDUAL_VIEWS + SUM_VIEWS, "user-attribute inference")
     table = data.user_attributes
@@ -98,16 +109,10 @@ def infer_attributes(recorder: UserColumnRecorder, data: ClientData, model: Mode
     for u in range(users):
         values, vectors = np.linalg.eigh(recorder.gram[u])
         direction = vectors[:, -1]  # up to sign
-        best = None
-        for sign in (1.0, -1.0):
-            picks, total = [], 0.0
-            for f, template in enumerate(templates):
-                segment = sign * direction[f * dim : (f + 1) * dim]
-                scores = template @ segment / np.maximum(np.linalg.norm(template, axis=1), 1e-12)
-                picks.append(int(np.argmax(scores)))
-                total += float(scores.max())
-            if best is None or total > best[0]:
-                best = (total, picks)
+        best = _best_values(templates, direction, dim)
+        flipped = _best_values(templates, -1.0 * direction, dim)
+        if flipped[0] > best[0]:
+            best = flipped
         guesses[u] = best[1]
     fields = {}
     for f, name in enumerate(table.field_names):

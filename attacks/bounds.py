@@ -11,6 +11,7 @@ evaluated on (`split_half_bound`), never as the best of a grid on the same ones.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -57,7 +58,7 @@ def _counts(scores: np.ndarray, included: np.ndarray, threshold: float) -> tuple
 
 def split_half_bound(
     scores: np.ndarray, included: np.ndarray, *, delta: float, alpha: float = 0.05, seed: int = 0
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Choose the threshold on a random half of the canaries, bound epsilon on the other half.
 
     Returns the bound, the threshold, the evaluation half's counts and `max_certifiable`: the bound

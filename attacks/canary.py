@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,13 +127,13 @@ class CanaryAudit:
         self._statistic += release / self.clip
         self.rounds += 1
 
-    def result(self, *, noise_multiplier: float, delta: float, alpha: float = 0.05) -> dict:
+    def result(self, *, noise_multiplier: float, delta: float, alpha: float = 0.05) -> dict[str, Any]:
         """Unseal: AUC, the epsilon lower bound and the mechanism check (see the module docstring)."""
         if self.rounds == 0:
             raise ConfigError("the canary audit saw no round")
         scores = self._statistic / self.rounds
         included = self.included
-        out = {
+        out: dict[str, Any] = {
             "canaries": self.m,
             "included": int(included.sum()),
             "rounds": self.rounds,

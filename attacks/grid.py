@@ -281,7 +281,10 @@ def run_cell(
     sim = FederatedSimulation(audited, model, federation, plain_individual_view=individual, privacy=settings)
     layout = sim.layout
     recorder = RowRecorder(ItemRows.from_layout(layout, audited.item_attributes), audited.num_users)
-    columns = UserColumnRecorder(layout, sim.model.user_dim, audited.num_users)
+    user_dim = sim.model.user_dim  # the private user vector's width (every backbone sets it)
+    if not isinstance(user_dim, int):
+        raise ConfigError(f"the {model.backbone} model has no integer user_dim")
+    columns = UserColumnRecorder(layout, user_dim, audited.num_users)
     groups = GroupRecorder(layout, audited.num_users)
     observers, transforms = [recorder, columns, groups], [groups.transform]
     audit = None

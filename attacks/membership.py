@@ -14,6 +14,8 @@ number excluded is reported). The population baseline scores (u, i) by item i's 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from attacks.recorder import RowRecorder
@@ -23,7 +25,7 @@ from mrff_secure.data.client_data import ClientData
 from mrff_secure.round.spec import INDIVIDUAL_VIEWS, SUM_VIEWS, require_view
 
 
-def item_membership(recorder: RowRecorder, data: ClientData, *, seed: int = 0) -> dict[str, float]:
+def item_membership(recorder: RowRecorder, data: ClientData, *, seed: int = 0) -> dict[str, Any]:
     require_view(recorder.threat_model or "", INDIVIDUAL_VIEWS + SUM_VIEWS, "interaction membership inference")
     rng = np.random.default_rng(seed)
     rows = recorder.rows
@@ -36,8 +38,8 @@ def item_membership(recorder: RowRecorder, data: ClientData, *, seed: int = 0) -
     seen = members.copy()
     for name in ("val_seq", "test_seq"):
         values = getattr(data, name)
-        u, c = np.nonzero(values != 0)
-        seen[u, values[u, c]] = True
+        user_rows, positions = np.nonzero(values != 0)
+        seen[user_rows, values[user_rows, positions]] = True
     seen[np.arange(data.num_users), data.val_item] = True
     seen[np.arange(data.num_users), data.test_item] = True
     # score of (u, i): min over i's rows of u's energy, via a masked min

@@ -11,11 +11,12 @@ gives the same graph, bundles and masks, so a test can replay one graph under se
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from mrff_secure.errors import ProtocolViolation
 from mrff_secure.round.inmemory import Identities, make_identities, simulation_policy, wire
 from mrff_secure.round.stages import BY_STAGE
 from mrff_secure.secagg import masking, packing, primitives, shamir
@@ -96,7 +97,7 @@ class Round:
         seed: bytes | None = None,
         policy: SecAggPolicy | None = None,
         context: SessionContext | None = None,
-        allowed: Iterable[int] | None = None,
+        allowed: Collection[int] | None = None,
     ) -> ClientSession:
         """A fresh ClientSession of one of this round's clients (deterministic when `seed` is given;
         `allowed`: the participants it may be shown, as a phase-2 session bound to phase 1)."""
@@ -155,7 +156,10 @@ class Round:
 
     def mask(self, inputs: dict[int, np.ndarray]) -> None:
         replies = self._step(Stage.MASKED_INPUT, {c: self.deliveries[c] for c in self.ids}, inputs)
-        self.uploads.update(replies)  # type: ignore[arg-type]
+        for c, reply in replies.items():
+            if not isinstance(reply, MaskedInput):  # the stage table's MASKED_INPUT step submits a MaskedInput
+                raise ProtocolViolation(f"client {c} answered MASKED_INPUT with a {type(reply).__name__}")
+            self.uploads[c] = reply
 
     def until_masked(self, inputs: dict[int, np.ndarray]) -> "Round":
         self.advertise()
@@ -174,6 +178,8 @@ class Round:
 
     def graph_seed(self) -> bytes:
         """The graph seed, from public data only (context, participant set, the reveals)."""
+        if self.participants is None:
+            raise ProtocolViolation("the graph seed needs the participant set: run advertise() first")
         reveals = next(iter(self.neighbourhoods.values())).reveals
         return graph_seed(self.context.to_bytes(), self.participants.digest(), reveals)
 

@@ -14,6 +14,8 @@ users who touch it, the most favourable population-level score) is reported besi
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from attacks.recorder import RowRecorder
@@ -25,7 +27,7 @@ from mrff_secure.round.spec import INDIVIDUAL_VIEWS, SUM_VIEWS, require_view
 NULL_QUANTILE = 0.99
 
 
-def reconstruct_rows(recorder: RowRecorder, data: ClientData) -> dict[str, float]:
+def reconstruct_rows(recorder: RowRecorder, data: ClientData) -> dict[str, Any]:
     """Run the attack for the first `data.num_users` users of the recorder (canaries, if any, follow them)."""
     require_view(recorder.threat_model or "", INDIVIDUAL_VIEWS + SUM_VIEWS, "interaction reconstruction")
     users = data.num_users

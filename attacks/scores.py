@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from mrff_secure.metrics import auc
@@ -20,7 +22,8 @@ def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float) -> float:
     return float((scores[labels] > bar).mean())
 
 
-def binary_scores(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+def binary_scores(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """auc and tpr_at_1pct_fpr (floats, nan without both classes), positives and negatives (ints): a JSON record."""
     labels = np.asarray(labels, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
     if labels.all() or not labels.any():

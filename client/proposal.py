@@ -117,6 +117,7 @@ def announced_secagg_config(
     except ConfigError as exc:
         raise AuthenticationError(f"announced secure-aggregation parameters are invalid: {exc}") from exc
     n = num_clients
+    expected: tuple[int, int, int | None, int]  # (clients, length, max_abs, modulus bits); None matches no announcement
     if phase == Phase.EVALUATION or plans is None:  # fixed by the public encoding, the modulus sized to fit
         expected = (
             n,

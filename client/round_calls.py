@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import grpc
 
@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 
 POLL_MS = 10_000
 SUBMIT_TIMEOUT_S = 60.0
+
+
+# protobuf takes an enum field's number, but the generated stubs type the fields as the enum classes only (or names):
+# the casts say that `phase` / `stage` hold pb.Phase / pb.Stage numbers (round.spec.Phase and pb.Stage values)
+def _wire_phase(phase: int) -> pb.Phase:
+    return cast(pb.Phase, phase)
+
+
+def _wire_stage(stage: int) -> pb.Stage:
+    return cast(pb.Stage, stage)
 
 
 class RoundFailed(Exception):
@@ -44,7 +54,9 @@ class RoundCalls:
         try:
             self.transport.call(
                 "Submit",
-                pb.SubmitRequest(round_id=body.round_id, phase=phase, stage=stage, payload=payload),
+                pb.SubmitRequest(
+                    round_id=body.round_id, phase=_wire_phase(phase), stage=_wire_stage(stage), payload=payload
+                ),
                 timeout=SUBMIT_TIMEOUT_S,
             )
         except grpc.RpcError as exc:
@@ -61,7 +73,9 @@ class RoundCalls:
             try:
                 reply = self.transport.call(
                     "Fetch",
-                    pb.FetchRequest(round_id=body.round_id, phase=phase, stage=stage, wait_ms=POLL_MS),
+                    pb.FetchRequest(
+                        round_id=body.round_id, phase=_wire_phase(phase), stage=_wire_stage(stage), wait_ms=POLL_MS
+                    ),
                     timeout=POLL_MS / 1000 + 30,
                 )
             except grpc.RpcError as exc:

@@ -209,7 +209,7 @@ class Transport:
         self.connection = connection
         self.stop = stop
         self._enrol_request = enrol_request
-        options = limits.client_options() + list(CHANNEL_OPTIONS)
+        options: list[tuple[str, int | str]] = [*limits.client_options(), *CHANNEL_OPTIONS]
         if connection.server_name:
             options.append(("grpc.ssl_target_name_override", connection.server_name))
         if connection.credentials is None:
