@@ -30,7 +30,7 @@ TARGET = 5
 DEFAULT_POLICY = SecAggPolicy(min_survivors=8)
 
 
-def _config(**changes) -> SecAggConfig:
+def _config(**changes: int) -> SecAggConfig:
     return SecAggConfig(
         **{**dict(num_clients=CLIENTS, vector_length=LENGTH, max_abs=MAX_ABS, num_neighbours=NEIGHBOURS), **changes}
     )

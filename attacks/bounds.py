@@ -11,6 +11,7 @@ evaluated on (`split_half_bound`), never as the best of a grid on the same ones.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -104,7 +105,7 @@ def tradeoff_check(
     *,
     epsilon: float,
     delta: float,
-    fprs=(0.01, 0.05, 0.1),
+    fprs: Sequence[float] = (0.01, 0.05, 0.1),
     alpha: float = 0.05,
     seed: int = 0,
 ) -> dict:

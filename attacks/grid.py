@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -66,9 +67,10 @@ from mrff_secure.data.client_data import ClientData
 from mrff_secure.dp import DPConfig
 from mrff_secure.dp.accounting import json_epsilon
 from mrff_secure.errors import ConfigError
+from mrff_secure.federation.client_shard import UpdateTransform
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
 from mrff_secure.federation.privacy_summary import noise_source
-from mrff_secure.federation.simulation import FederatedSimulation
+from mrff_secure.federation.simulation import FederatedSimulation, RoundObserver, ServerView
 from mrff_secure.provenance import source_commit
 from mrff_secure.round.accountant import SAMPLING_TEXT, RoundAccountant
 from mrff_secure.round.spec import SUM_VIEWS, PrivacySettings, SecureAggregation, ThreatModel
@@ -168,8 +170,14 @@ class Cell:
         return PrivacySettings(dp=dp), True
 
 
-def default_cells(*, levels=(0.1, 0.3, 0.5), targets=(1.0, 4.0), seeds=(0,), sampled: float | None = 0.1) -> list[Cell]:
-    cells = []
+def default_cells(
+    *,
+    levels: Sequence[float] = (0.1, 0.3, 0.5),
+    targets: Sequence[float] = (1.0, 4.0),
+    seeds: Sequence[int] = (0,),
+    sampled: float | None = 0.1,
+) -> list[Cell]:
+    cells: list[Cell] = []
     for seed in seeds:
         cells += [Cell(ThreatModel.PLAIN, seed=seed), Cell(ThreatModel.SECAGG, seed=seed)]
         for model in DP_THREAT_MODELS:
@@ -190,10 +198,10 @@ def default_cells(*, levels=(0.1, 0.3, 0.5), targets=(1.0, 4.0), seeds=(0,), sam
 
 
 class _Both:
-    def __init__(self, *observers) -> None:
+    def __init__(self, *observers: RoundObserver) -> None:
         self.observers = observers
 
-    def on_round(self, view) -> None:
+    def on_round(self, view: ServerView) -> None:
         for observer in self.observers:
             observer.on_round(view)
 
@@ -217,10 +225,10 @@ def _clean(value: Any) -> Any:
 class _Chain:
     """Several update transforms, one after the other (each sees the previous one's output)."""
 
-    def __init__(self, *transforms) -> None:
+    def __init__(self, *transforms: UpdateTransform) -> None:
         self.transforms = transforms
 
-    def __call__(self, vectors, round_index, rows):
+    def __call__(self, vectors: torch.Tensor, round_index: int, rows: np.ndarray) -> torch.Tensor:
         for transform in self.transforms:
             vectors = transform(vectors, round_index, rows)
         return vectors
@@ -286,7 +294,8 @@ def run_cell(
         raise ConfigError(f"the {model.backbone} model has no integer user_dim")
     columns = UserColumnRecorder(layout, user_dim, audited.num_users)
     groups = GroupRecorder(layout, audited.num_users)
-    observers, transforms = [recorder, columns, groups], [groups.transform]
+    observers: list[RoundObserver] = [recorder, columns, groups]
+    transforms: list[UpdateTransform] = [groups.transform]
     audit = None
     if with_audit:
         audit = CanaryAudit(
@@ -390,7 +399,7 @@ def run_cell(
     )
 
 
-def _num(value) -> float:
+def _num(value: Any) -> float:
     """A JSON-ready number ("inf", "nan" strings included) back to float."""
     return float(value)
 
@@ -563,7 +572,7 @@ def run_grid(
     rounds: int = 5,
     canaries: int = 100,
     clip: float = 1.0,
-    progress=None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Every cell, then the rules. `progress(cell_result)` is called after each cell."""
     model = model or ModelConfig(maxlen=data.maxlen)

@@ -28,6 +28,9 @@ from mrff_secure.round.update_vector import UpdateLayout
 
 log = logging.getLogger("mrff.client")
 
+ParameterSpecs = dict[str, tuple[tuple[int, ...], torch.dtype]]  # name -> (shape, dtype)
+ClientModel = tuple[torch.nn.Module, UpdateLayout, ParameterSpecs, ParameterSpecs]  # model, layout, shared, private
+
 __all__ = [
     "ClientFailure",
     "Connection",
@@ -46,7 +49,7 @@ class ProcessShared:
 
     data: ClientData
     train_lock: threading.Lock = field(default_factory=threading.Lock)
-    _models: dict = field(default_factory=dict)
+    _models: dict[tuple[str, int], ClientModel] = field(default_factory=dict)
     schema_digest: str = field(init=False)  # of our own data: a server announcing another schema is refused
     schema_summary: str = field(init=False)
 
@@ -54,7 +57,8 @@ class ProcessShared:
         schema = PublicSchema.of(self.data)
         self.schema_digest, self.schema_summary = schema.digest(), schema.describe()
 
-    def model(self, config: ModelConfig, seed: int):
+    def model(self, config: ModelConfig, seed: int) -> ClientModel:
+        """(model, its update layout, shared and private parameter specs name -> (shape, dtype)), built once."""
         key = (repr(config), seed)
         with self.train_lock:
             if key not in self._models:

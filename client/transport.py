@@ -24,10 +24,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf.message import Message
 
 from mrff_secure.errors import ConnectionFailed, MrffError
 from mrff_secure.wire import limits
@@ -234,7 +235,7 @@ class Transport:
             raise ClientFailure(f"user {self.user}: enrolment refused: {exc.code().name}: {exc.details()}") from exc
         self.session = reply.session_token
 
-    def call(self, name: str, request, *, timeout: float):
+    def call(self, name: str, request: Message, *, timeout: float) -> Any:
         """The RPC `name` in our session. Reconnected if the server forgot the session (we enrolled again);
         grpc.RpcError for the server's refusals; ConnectionFailed if it cannot be reached."""
         try:
@@ -245,7 +246,14 @@ class Transport:
                 raise Reconnected() from exc
             raise
 
-    def _retrying(self, method, request, *, timeout: float, metadata):
+    def _retrying(
+        self,
+        method: Callable[..., Any],
+        request: Message,
+        *,
+        timeout: float,
+        metadata: tuple[tuple[str, str], ...] | None,
+    ) -> Any:
         delay = 0.2
         failing_since = None  # when this run of failures began
         streak: tuple[str, float] | None = None  # (kind, since) of a permanent-looking failure

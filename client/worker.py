@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import numpy as np
 import torch
+from google.protobuf.message import Message
 
 from client.policy import ClientPolicy
 from client.proposal import (
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["ClientFailure", "Connection", "LogicalClient"]
 
 log = logging.getLogger("mrff.client")
+BodyT = TypeVar("BodyT", bound=Message)  # a signed body's message type
 
 
 class LogicalClient:
@@ -123,7 +125,7 @@ class LogicalClient:
         if self._result is not None:
             self._result.uploaded += size
 
-    def _verified(self, signed: pb.SignedBody, message_type):
+    def _verified(self, signed: pb.SignedBody, message_type: type[BodyT]) -> BodyT:
         signing.verify_body(self.connection.signing_key, signed.body, signed.signature)
         return message_type.FromString(signed.body)
 

@@ -73,8 +73,12 @@ class VerifyReport:
     finished: bool = False
 
 
-def _broken(records: int, prev: str, problem: str, **kw) -> VerifyReport:
-    return VerifyReport(False, records, prev, problem, status="broken", **kw)
+def _broken(
+    records: int, prev: str, problem: str, *, torn_tail: bool = False, signed_through: int = -1
+) -> VerifyReport:
+    return VerifyReport(
+        False, records, prev, problem, torn_tail=torn_tail, status="broken", signed_through=signed_through
+    )
 
 
 def verify(path: Path, public_key: Ed25519PublicKey | None = None) -> VerifyReport:

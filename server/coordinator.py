@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.message import Message
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.schema import PublicSchema
@@ -104,7 +106,7 @@ class Coordinator:
         model_config: ModelConfig,
         schema: PublicSchema,
         spec: RoundSpec,
-        signing_key,
+        signing_key: Ed25519PrivateKey,
         *,
         authority_public_key: bytes,
         resume: bool = False,
@@ -232,7 +234,7 @@ class Coordinator:
             log.exception("coordinator failed")
             raise
 
-    def _sign(self, body) -> pb.SignedBody:
+    def _sign(self, body: Message) -> pb.SignedBody:
         data = body.SerializeToString()
         return pb.SignedBody(body=data, signature=signing.sign_body(self._signing_key, data))
 

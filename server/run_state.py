@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mrff_secure.audit_log import AuditLog, read_records, software_version
 from mrff_secure.checks import check_int, check_number
@@ -89,7 +90,7 @@ class RunState:
         model_config: ModelConfig,
         schema: PublicSchema,
         spec: RoundSpec,
-        signing_key,
+        signing_key: Ed25519PrivateKey,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.settings, self.model_config, self.spec = settings, model_config, spec
@@ -118,7 +119,7 @@ class RunState:
         model_config: ModelConfig,
         schema: PublicSchema,
         spec: RoundSpec,
-        signing_key,
+        signing_key: Ed25519PrivateKey,
     ) -> "RunState":
         state = cls(run_dir, settings, model_config, schema, spec, signing_key)
         if (state.run_dir / checkpoint.FILENAME).exists():
@@ -157,7 +158,7 @@ class RunState:
         model_config: ModelConfig,
         schema: PublicSchema,
         spec: RoundSpec,
-        signing_key,
+        signing_key: Ed25519PrivateKey,
     ) -> "RunState":
         state = cls(run_dir, settings, model_config, schema, spec, signing_key)
         if state.audit.finished:

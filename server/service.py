@@ -78,6 +78,13 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
     raise RuntimeError(f"grpc.ServicerContext.abort returned instead of ending the call with {code}")
 
 
+def _authenticated(client: int | None) -> int:
+    """The caller's client id; the interceptor admits no session call without one."""
+    if client is None:
+        raise errors.UnknownClient("no client id in the call's metadata: enrol first")
+    return client
+
+
 def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     def handler(request: bytes, context: grpc.ServicerContext) -> None:
         context.abort(code, message)
@@ -92,7 +99,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def __init__(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method or ""
         if not method.startswith(f"/{SERVICE}/"):
             return continuation(handler_call_details)
@@ -151,8 +162,8 @@ class CoordinatorService:
             log.exception("internal error in %s", name)
             _abort(context, grpc.StatusCode.INTERNAL, "internal server error")
 
-    def enrol(self, raw: bytes, context) -> bytes:
-        def body(_client, request: pb.EnrolRequest) -> pb.EnrolReply:
+    def enrol(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        def body(_client: int | None, request: pb.EnrolRequest) -> pb.EnrolReply:
             if request.protocol_version != limits.PROTOCOL_VERSION:
                 raise errors.Malformed(
                     f"protocol version {request.protocol_version} is not supported "
@@ -169,25 +180,27 @@ class CoordinatorService:
 
         return self._call("Enrol", pb.EnrolRequest, raw, context, body)
 
-    def get_round(self, raw: bytes, context) -> bytes:
-        def body(client, request: pb.GetRoundRequest) -> pb.GetRoundReply:
+    def get_round(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        def body(client: int | None, request: pb.GetRoundRequest) -> pb.GetRoundReply:
             wait = min(request.wait_ms, limits.MAX_WAIT_MS) / 1000.0
             signed = self.coordinator.get_round(request.after_round, wait, client)
             return pb.GetRoundReply(pending=True) if signed is None else pb.GetRoundReply(round=signed)
 
         return self._call("GetRound", pb.GetRoundRequest, raw, context, body)
 
-    def submit(self, raw: bytes, context) -> bytes:
-        def body(client, request: pb.SubmitRequest) -> pb.SubmitReply:
-            self.coordinator.submit(client, request.round_id, request.phase, request.stage, request.payload)
+    def submit(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        def body(client: int | None, request: pb.SubmitRequest) -> pb.SubmitReply:
+            self.coordinator.submit(
+                _authenticated(client), request.round_id, request.phase, request.stage, request.payload
+            )
             return pb.SubmitReply()
 
         return self._call("Submit", pb.SubmitRequest, raw, context, body)
 
-    def fetch(self, raw: bytes, context) -> bytes:
-        def body(client, request: pb.FetchRequest) -> pb.FetchReply:
+    def fetch(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        def body(client: int | None, request: pb.FetchRequest) -> pb.FetchReply:
             wait = min(request.wait_ms, limits.MAX_WAIT_MS) / 1000.0
-            got = self.coordinator.fetch(client, request.round_id, request.phase, request.stage, wait)
+            got = self.coordinator.fetch(_authenticated(client), request.round_id, request.phase, request.stage, wait)
             if got is None:
                 return pb.FetchReply(pending=True)
             kind, value = got

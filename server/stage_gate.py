@@ -76,13 +76,13 @@ class RoundState:
     round_id: int
     participants: tuple[int, ...]
     spec: RoundSpec
-    announcement: Any  # pb.SignedBody
+    announcement: pb.SignedBody
     phases: dict[int, PhaseState] = field(default_factory=dict)
     current_phase: int | None = None
-    phase_start: Any = None  # pb.SignedBody of the update phase's start (the group counts)
+    phase_start: pb.SignedBody | None = None  # the update phase's start (the group counts)
     announcement_evaluates: bool = False  # the announcement carries evaluation parameters
     evaluation_open: bool = False  # the evaluation phase accepts inputs
-    outcome: Any = None  # pb.RoundOutcome once decided
+    outcome: pb.RoundOutcome | None = None  # once decided
 
 
 class StageGate:
@@ -92,8 +92,8 @@ class StageGate:
         self._sessions: dict[int, bytes] = {}
         self._active: set[int] = set()
         self._round: RoundState | None = None
-        self._outcomes: dict[int, Any] = {}
-        self._announcement: tuple[int, Any] | None = None
+        self._outcomes: dict[int, pb.RoundOutcome] = {}
+        self._announcement: tuple[int, pb.SignedBody] | None = None
         self._wire = {"received": 0, "sent": 0, "calls": 0}  # protobuf message bytes of the current round
         self._finished = False
         self._saw_finish: set[int] = set()
@@ -146,7 +146,7 @@ class StageGate:
         return True
 
     # ------------------------------------------------------------- requests
-    def get_round(self, after_round: int, wait: float, client_id: int | None = None):
+    def get_round(self, after_round: int, wait: float, client_id: int | None = None) -> pb.SignedBody | None:
         deadline = time.monotonic() + wait
         with self.condition:
             while True:
@@ -309,7 +309,7 @@ class StageGate:
                 self._active.discard(c)  # until its next call: a dead client is not sampled again
             return set(ps.received), missing
 
-    def end_round(self, rs: RoundState, outcome) -> None:
+    def end_round(self, rs: RoundState, outcome: pb.RoundOutcome) -> None:
         with self.condition:
             rs.outcome = outcome
             rs.current_phase = None
@@ -318,7 +318,7 @@ class StageGate:
                 del self._outcomes[old]
             self.condition.notify_all()
 
-    def announce(self, round_id: int, body, *, finished: bool = False) -> None:
+    def announce(self, round_id: int, body: pb.SignedBody, *, finished: bool = False) -> None:
         """Publish a round's announcement (under the lock; waiters are woken). `finished`: the end of the run."""
         with self.condition:
             if finished:

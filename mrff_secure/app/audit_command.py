@@ -32,12 +32,16 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mrff_secure.app import options
 from mrff_secure.atomic import write_json_atomic
 from mrff_secure.checks import check_int
 from mrff_secure.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used: `mrff --help` starts without torch
+    from attacks.grid import Cell
+    from mrff_secure.data.client_data import ClientData
 
 EXIT_HOLDS, EXIT_ERROR, EXIT_USAGE, EXIT_CLAIM_FAILS = 0, 1, 2, 3
 
@@ -69,7 +73,7 @@ def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-def load_data(config: dict[str, Any]):
+def load_data(config: dict[str, Any]) -> ClientData:
     from mrff_secure.data import load_kuaisar_r, load_recbole, make_synthetic
 
     if config["dataset"] == "synthetic":
@@ -126,7 +130,7 @@ def _prepare(out: Path, config: dict[str, Any]) -> None:
     write_json_atomic(path, {"config": config, "digest": digest})
 
 
-def _cell_alone(cell_dict: dict, data, config: dict, threads: int) -> dict:
+def _cell_alone(cell_dict: dict[str, Any], data: ClientData, config: dict[str, Any], threads: int) -> dict[str, Any]:
     """One cell in a process of its own (a pool worker or a Ray task), on `threads` torch threads."""
     import torch
 
@@ -151,7 +155,7 @@ def _cell_worker(payload: tuple[dict, dict, str]) -> dict:
     return result
 
 
-def _ray_cell(cell_dict: dict, data, config: dict, threads: int) -> dict:
+def _ray_cell(cell_dict: dict[str, Any], data: ClientData, config: dict[str, Any], threads: int) -> dict[str, Any]:
     """One cell as a Ray task (anywhere in the cluster): the result comes back to the driver, which writes it."""
     from mrff_secure.federation.ray_backend import writable_copy
 
@@ -159,8 +163,8 @@ def _ray_cell(cell_dict: dict, data, config: dict, threads: int) -> dict:
 
 
 def _run_on_ray(
-    todo: list,
-    data,
+    todo: list[tuple[Cell, Path]],
+    data: ClientData,
     config: dict[str, Any],
     results: dict[str, dict],
     *,
@@ -215,7 +219,7 @@ def run_audit(
     model = ModelConfig(maxlen=data.maxlen)
     cells = audit_cells(config)
     results: dict[str, dict] = {}
-    todo = []
+    todo: list[tuple[Cell, Path]] = []
     for cell in cells:
         path = out / "cells" / f"{cell.slug}.json"
         if path.exists():

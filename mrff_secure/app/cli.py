@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from mrff_secure import __version__
 from mrff_secure.app import client_command, server_command
@@ -24,12 +25,13 @@ from mrff_secure.app.options import add_options
 from mrff_secure.errors import ConfigError, MrffError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+Command = Callable[[argparse.Namespace], int]  # a command's handler: the parsed arguments -> exit code
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with every default in the help (the options' help lines say them already)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
 
@@ -44,7 +46,7 @@ def _run_folder_arguments(p: argparse.ArgumentParser, default: str | None) -> No
     )
 
 
-def _add_train(sub) -> None:
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train in the vectorized simulation and write a run folder",
@@ -66,7 +68,7 @@ def _add_train(sub) -> None:
     p.set_defaults(handler="mrff_secure.app.train_command:train_main")
 
 
-def _add_privacy(sub) -> None:
+def _add_privacy(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "privacy",
         help="epsilon for a noise multiplier, or the noise for a target epsilon",
@@ -90,7 +92,7 @@ def _add_privacy(sub) -> None:
     p.set_defaults(handler="mrff_secure.app.privacy_command:privacy_main")
 
 
-def _add_audit(sub) -> None:
+def _add_audit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "audit",
         help="the privacy audit: every threat model and noise level, attacks, rules, report",
@@ -108,7 +110,7 @@ def _add_audit(sub) -> None:
     p.set_defaults(handler="mrff_secure.app.audit_command:audit_main")
 
 
-def _add_report(sub) -> None:
+def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="the privacy report (JSON, Markdown, HTML) of audit, training or network runs")
     p.add_argument(
         "folders", nargs="+", type=Path, help="audit, training (mrff train) or network (mrff server) folders"
@@ -151,7 +153,8 @@ def _configure_logging(verbose: bool) -> None:
     )
 
 
-def _handler(name):
+def _handler(name: str | Command) -> Command:
+    """A command's function: itself, or "module:function" imported now (each command imports what it needs)."""
     if callable(name):
         return name
     module, _, function = name.partition(":")

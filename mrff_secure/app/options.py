@@ -19,10 +19,14 @@ import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from mrff_secure.checks import check_bool
 from mrff_secure.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used: this module imports nothing heavy
+    from mrff_secure.config import ModelConfig
+    from mrff_secure.data.client_data import ClientData
 
 TABLES = ("data", "model", "federation", "privacy", "network", "audit", "scale")
 
@@ -720,7 +724,7 @@ def check_port(address: str, *, flag: str = "--address", allow_any: bool = False
     return address
 
 
-def load_dataset(args: argparse.Namespace):
+def load_dataset(args: argparse.Namespace) -> ClientData:
     """The dataset the resolved [data] options name (imports the data package only now)."""
     from mrff_secure.data import load_kuaisar_r, load_recbole, make_synthetic
 
@@ -740,7 +744,7 @@ def load_dataset(args: argparse.Namespace):
     )
 
 
-def model_config(args: argparse.Namespace, maxlen: int):
+def model_config(args: argparse.Namespace, maxlen: int) -> ModelConfig:
     """The ModelConfig of the resolved [model] options."""
     from mrff_secure.config import ModelConfig
 

@@ -10,11 +10,18 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from mrff_secure.app import options
 from mrff_secure.atomic import write_json_atomic
 from mrff_secure.checks import check_int, check_number
 from mrff_secure.errors import ConfigError, MrffError
+
+if TYPE_CHECKING:  # imported where used: the command line starts without torch
+    from mrff_secure.data.schema import PublicSchema
+    from mrff_secure.round.spec import RoundSpec
+    from server.run_state import ServerSettings
 
 ENDPOINT_FILE = "endpoint.json"
 CONFIG_FILE = "config.toml"
@@ -203,7 +210,7 @@ def audit_verify_main(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ server
-def round_spec(args: argparse.Namespace, maxlen: int):
+def round_spec(args: argparse.Namespace, maxlen: int) -> RoundSpec:
     """The round parameters the server proposes, validated as `mrff train` validates its own.
 
     Refused: DP modes the network does not run; distributed DP without secure aggregation; DP with no
@@ -254,7 +261,7 @@ def round_spec(args: argparse.Namespace, maxlen: int):
     )  # min_survivors: set per round
 
 
-def _server_settings(args: argparse.Namespace):
+def _server_settings(args: argparse.Namespace) -> ServerSettings:
     from server.run_state import ServerSettings
 
     return ServerSettings(
@@ -273,7 +280,7 @@ def _server_settings(args: argparse.Namespace):
     )
 
 
-def _calibrated(spec, args: argparse.Namespace, data):
+def _calibrated(spec: RoundSpec, args: argparse.Namespace, data: PublicSchema) -> RoundSpec:
     """The spec with z calibrated to --target-epsilon over --rounds, by the accountant the server then uses,
     for the expected participants per round: max(--min-clients, the dataset's users x --client-fraction)."""
     import dataclasses
@@ -388,7 +395,7 @@ def server_main(args: argparse.Namespace) -> int:
         flush=True,
     )
 
-    def terminate(signum, frame) -> None:
+    def terminate(signum: int, frame: FrameType | None) -> None:
         coordinator.stop()
 
     signal.signal(signal.SIGTERM, terminate)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from mrff_secure.app import options
@@ -169,7 +170,7 @@ def train_main(args: argparse.Namespace) -> int:
         options.write_config(args.run_dir, config, "train")
     stop_requested = []
 
-    def on_interrupt(signum, frame) -> None:
+    def on_interrupt(signum: int, frame: FrameType | None) -> None:
         # the first Ctrl-C ends the run after the current round (checkpointed); a second one at once
         stop_requested.append(signum)
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -310,7 +310,7 @@ class ClientShard:
         in_dims = ({n: (0 if n in self.private else None) for n in params}, 0)
         seq = self._tensors["val_seq"]
 
-        def one(p, s):
+        def one(p: dict[str, torch.Tensor], s: torch.Tensor) -> torch.Tensor:
             return functional_call(self.model, p, (s, torch.zeros_like(s)))[2]
 
         with torch.no_grad():

@@ -119,7 +119,14 @@ def train_clients(
     routes = None
     routed_global: dict[str, torch.Tensor] = {}  # group name -> (clients, *slot shape), once routes are known
 
-    def loss_fn(p, fixed, s, t, y, r):
+    def loss_fn(
+        p: dict[str, torch.Tensor],
+        fixed: dict[str, torch.Tensor],
+        s: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        r: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return client_loss(model, {**p, **fixed}, s, t, y, group_fractions, balance_alpha, r)
 
     for step in range(1, local_steps + 1):
@@ -171,7 +178,7 @@ def predict_clients(
     params = {**global_params, **private}
     in_dims = ({n: (0 if n in private else None) for n in params}, 0, 0)
 
-    def logit(p, s, c):
+    def logit(p: dict[str, torch.Tensor], s: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return functional_call(model, p, (s, c))[0]
 
     with torch.no_grad():

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,16 +41,17 @@ from mrff_secure.checks import check_int
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.errors import ConfigError
-from mrff_secure.federation.client_shard import ClientShard, block_rows, model_and_private
+from mrff_secure.federation.client_shard import ClientShard, UpdateTransform, block_rows, model_and_private
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
 from mrff_secure.federation.simulation import FederatedSimulation, RoundObserver
+from mrff_secure.round.secure_sum import RingSum
 from mrff_secure.round.spec import Phase, PrivacySettings
 
 INSTALL_HINT = "the ray backend needs Ray: pip install -e '.[ray]'"
 
 
-def import_ray():
-    """Ray, or a ConfigError that says how to install it."""
+def import_ray() -> Any:
+    """Ray, or a ConfigError that says how to install it (Any: Ray is an optional dependency)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
@@ -78,7 +79,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def connect(ray, address: str | None, num_cpus: int | None) -> bool:
+def connect(ray: Any, address: str | None, num_cpus: int | None) -> bool:
     """Join the cluster at `address`, or start a local Ray instance with `num_cpus` CPUs (None: all of this
     machine's) when `address` is None; nothing when Ray is already initialised. True if this call started
     or joined it (the caller then shuts it down)."""
@@ -124,7 +125,7 @@ class ShardActor:
         model_config: ModelConfig,
         federation: FederationConfig,
         threads: int,
-        pipeline_args: dict | None,
+        pipeline_args: dict[str, Any] | None,
     ) -> None:
         self.first = int(first)
         data = writable_copy(data)
@@ -140,35 +141,47 @@ class ShardActor:
     def _global(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         return {n: torch.from_numpy(np.array(a)) for n, a in arrays.items()}
 
-    def train(self, global_arrays, fractions, participants, round_index):
-        fractions = None if fractions is None else torch.from_numpy(np.array(fractions))
-        return self.shard.train(self._global(global_arrays), fractions, participants, round_index).numpy()
+    def train(
+        self,
+        global_arrays: dict[str, np.ndarray],
+        fractions: np.ndarray | None,
+        participants: np.ndarray,
+        round_index: int,
+    ) -> np.ndarray:
+        group_fractions = None if fractions is None else torch.from_numpy(np.array(fractions))
+        return self.shard.train(self._global(global_arrays), group_fractions, participants, round_index).numpy()
 
-    def plain_sum(self, suppressed, round_index, keep_individual):
-        suppressed = None if suppressed is None else torch.from_numpy(np.array(suppressed))
-        summed, individual = self.shard.plain_sum(suppressed, round_index=round_index, keep_individual=keep_individual)
+    def plain_sum(
+        self, suppressed: np.ndarray | None, round_index: int, keep_individual: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        mask = None if suppressed is None else torch.from_numpy(np.array(suppressed))
+        summed, individual = self.shard.plain_sum(mask, round_index=round_index, keep_individual=keep_individual)
         return summed.numpy(), None if individual is None else individual.numpy()
 
-    def local_dp_sum(self, round_index, keep_individual):
+    def local_dp_sum(self, round_index: int, keep_individual: bool) -> tuple[np.ndarray, int, np.ndarray | None]:
         summed, clipped, individual = self.shard.local_dp_sum(round_index, keep_individual=keep_individual)
         return summed.numpy(), clipped, None if individual is None else individual.numpy()
 
-    def secure_update(self, suppressed, num_clients, round_index):
-        suppressed = None if suppressed is None else torch.from_numpy(np.array(suppressed))
-        clipped, session = self.shard.secure_update(suppressed, num_clients, round_index)
+    def secure_update(
+        self, suppressed: np.ndarray | None, num_clients: int, round_index: int
+    ) -> tuple[int, np.ndarray, np.ndarray]:
+        mask = None if suppressed is None else torch.from_numpy(np.array(suppressed))
+        clipped, session = self.shard.secure_update(mask, num_clients, round_index)
+        if not isinstance(session, RingSum):  # the shard opens its own partial ring sum (`partial_session`)
+            raise ConfigError(f"a shard's secure update needs a partial ring sum, got {type(session).__name__}")
         ids, total = session.partial()
         return clipped, ids, total
 
-    def predict(self, global_arrays, split, rows):
+    def predict(self, global_arrays: dict[str, np.ndarray], split: str, rows: np.ndarray) -> np.ndarray:
         return self.shard.predict(self._global(global_arrays), split, rows).numpy()
 
-    def routes(self, global_arrays):
+    def routes(self, global_arrays: dict[str, np.ndarray]) -> np.ndarray:
         return self.shard.routes(self._global(global_arrays))
 
-    def private_arrays(self):
+    def private_arrays(self) -> dict[str, np.ndarray]:
         return self.shard.private_arrays()
 
-    def load_private_arrays(self, arrays):
+    def load_private_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.shard.load_private_arrays(arrays)
 
 
@@ -184,7 +197,7 @@ class RaySimulation(FederatedSimulation):
         federation: FederationConfig,
         observer: RoundObserver | None = None,
         plain_individual_view: bool = True,
-        update_transform: Callable | None = None,
+        update_transform: UpdateTransform | None = None,
         privacy: PrivacySettings | None = None,
         *,
         workers: int = 2,
@@ -204,12 +217,12 @@ class RaySimulation(FederatedSimulation):
         self._ray = import_ray()
         self.workers, self.threads_per_worker, self.address = int(workers), int(threads_per_worker), address
         self._shard_ranges = shard_rows(data.num_users, block_rows(federation), self.workers)
-        self._actors: list = []
+        self._actors: list[Any] = []  # Ray actor handles
         self._started_ray = False
         super().__init__(data, model_config, federation, observer, plain_individual_view, None, privacy)
 
     # ------------------------------------------------------------------ shards
-    def _build_global(self):
+    def _build_global(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         model, global_params, _ = model_and_private(
             self.data.subset(np.zeros(0, dtype=np.int64)),
             self.model_config,
@@ -272,10 +285,10 @@ class RaySimulation(FederatedSimulation):
             ray.shutdown()
             self._started_ray = False
 
-    def __enter__(self):
+    def __enter__(self) -> RaySimulation:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _split(self, sorted_rows: np.ndarray) -> list[np.ndarray]:
@@ -283,10 +296,12 @@ class RaySimulation(FederatedSimulation):
         starts = [int(r[0]) for r in self._shard_ranges[1:]]
         return np.split(np.asarray(sorted_rows, dtype=np.int64), np.searchsorted(sorted_rows, starts))
 
-    def _global_ref(self):
+    def _global_ref(self) -> Any:
+        """The global parameters in Ray's object store (a Ray ObjectRef), put once per call that needs them."""
         return self._ray.put({n: t.detach().numpy() for n, t in self.global_params.items()})
 
-    def _each(self, method: str, *args) -> list:
+    def _each(self, method: str, *args: Any) -> list[Any]:
+        """Every actor's `method(*args)`, in actor order."""
         return self._ray.get([getattr(a, method).remote(*args) for a in self._actors])
 
     @property
@@ -305,14 +320,16 @@ class RaySimulation(FederatedSimulation):
         routes = self._ray.get([a.train.remote(ref, fractions, p, r) for a, p in zip(self._actors, parts)])
         return torch.from_numpy(np.concatenate(routes))
 
-    def _plain_sum(self, suppressed, r: int, keep_individual: bool):
+    def _plain_sum(
+        self, suppressed: torch.Tensor | None, r: int, keep_individual: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         mask = None if suppressed is None else suppressed.numpy()
         results = self._each("plain_sum", mask, r, keep_individual)
         summed = torch.from_numpy(np.sum([s for s, _ in results], axis=0, dtype=np.float64))
         individual = [i for _, i in results if i is not None]
         return summed, (torch.from_numpy(np.concatenate(individual)) if keep_individual and individual else None)
 
-    def _local_dp_sum(self, r: int, keep_individual: bool):
+    def _local_dp_sum(self, r: int, keep_individual: bool) -> tuple[torch.Tensor, int, torch.Tensor | None]:
         results = self._each("local_dp_sum", r, keep_individual)
         summed = torch.from_numpy(np.sum([s for s, _, _ in results], axis=0, dtype=np.float64))
         individual = [i for _, _, i in results if i is not None]
@@ -322,7 +339,7 @@ class RaySimulation(FederatedSimulation):
             torch.from_numpy(np.concatenate(individual)) if keep_individual and individual else None,
         )
 
-    def _secure_update_sum(self, suppressed, n: int, r: int):
+    def _secure_update_sum(self, suppressed: torch.Tensor | None, n: int, r: int) -> tuple[np.ndarray, int]:
         pipeline = self._pipeline()
         mask = None if suppressed is None else suppressed.numpy()
         session = pipeline.partial_session(Phase.UPDATE, n, r)  # the shards' partial ring sums merge into it

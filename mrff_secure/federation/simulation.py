@@ -165,17 +165,19 @@ class FederatedSimulation:
         """Local training of every participant; their routes (clients, blocks) in row order."""
         return self._shard.train(self.global_params, self.group_fractions, participants, r)
 
-    def _plain_sum(self, suppressed, r: int, keep_individual: bool):
+    def _plain_sum(
+        self, suppressed: torch.Tensor | None, r: int, keep_individual: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(sum of the participants' update vectors, float64; their vectors if kept)."""
         return self._shard.plain_sum(
             suppressed, transform=self.update_transform, round_index=r, keep_individual=keep_individual
         )
 
-    def _local_dp_sum(self, r: int, keep_individual: bool):
+    def _local_dp_sum(self, r: int, keep_individual: bool) -> tuple[torch.Tensor, int, torch.Tensor | None]:
         """(float64 sum of the noisy uploads, how many were clipped, the uploads if kept)."""
         return self._shard.local_dp_sum(r, transform=self.update_transform, keep_individual=keep_individual)
 
-    def _secure_update_sum(self, suppressed, n: int, r: int) -> tuple[np.ndarray, int]:
+    def _secure_update_sum(self, suppressed: torch.Tensor | None, n: int, r: int) -> tuple[np.ndarray, int]:
         """Phase 2 through the configured secure-sum backend: (decoded float sum, uploads clipped)."""
         pipeline = self._pipeline()
         session = pipeline.secure_session(Phase.UPDATE, n, r)

@@ -22,7 +22,14 @@ from torch import nn
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import AttributeSource
-from mrff_secure.model.layers import MLP, UserItemModel, add_group_parameter, routed_group_weight, uniform_init_
+from mrff_secure.model.layers import (
+    MLP,
+    ModelOutput,
+    UserItemModel,
+    add_group_parameter,
+    routed_group_weight,
+    uniform_init_,
+)
 from mrff_secure.model.roles import Role
 
 PA_LAYER_DIMS = (64, 32)
@@ -76,7 +83,7 @@ class PA(UserItemModel):
         self.mix = nn.Linear(self.user_dim, len(self.layers))
         self.output = nn.Linear(dims[-1], 1)
 
-    def forward(self, seq: torch.Tensor, targets: torch.Tensor, routes: torch.Tensor | None = None):
+    def forward(self, seq: torch.Tensor, targets: torch.Tensor, routes: torch.Tensor | None = None) -> ModelOutput:
         """Logits of `targets`, gate probs (1, groups), route (1,); `routes` forces the group."""
         user = self.user()
         probs = self.gate(user).softmax(-1)

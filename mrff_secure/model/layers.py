@@ -16,6 +16,9 @@ from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import AttributeSource, AttributeTable
 from mrff_secure.model.roles import Role
 
+# (logits or features, gate probabilities or None, routes or None): what a model or block's forward returns
+ModelOutput = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
 
 class AttributeEmbedding(nn.Module):
     """Concatenation of one embedding per attribute field (token_seq fields: mean of their tokens)."""

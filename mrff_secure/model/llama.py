@@ -20,7 +20,7 @@ from torch import nn
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import AttributeSource
-from mrff_secure.model.layers import dropout, uniform_init_
+from mrff_secure.model.layers import ModelOutput, dropout, uniform_init_
 from mrff_secure.model.sequence_ctr import SequenceCTR, feed_forward_part, make_feed_forward
 
 ROPE_BASE = 10_000.0
@@ -82,7 +82,9 @@ class LLaMABlock(nn.Module):
         self.ffn_norm = RMSNorm(hidden)
         self.ffn = make_feed_forward(config, hidden, user_dim, "swiglu")
 
-    def forward(self, x: torch.Tensor, real: torch.Tensor, user: torch.Tensor, route: torch.Tensor | None):
+    def forward(
+        self, x: torch.Tensor, real: torch.Tensor, user: torch.Tensor, route: torch.Tensor | None
+    ) -> ModelOutput:
         x = x + dropout(self.attention(self.attention_norm(x)), self.attention.dropout, self.training)
         out, probs, route = feed_forward_part(self.ffn, self.ffn_norm(x), real, user, route)
         return (x + out) * real.unsqueeze(-1), probs, route

@@ -15,7 +15,7 @@ from torch import nn
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import AttributeSource
-from mrff_secure.model.layers import MLP, UserItemModel
+from mrff_secure.model.layers import MLP, ModelOutput, UserItemModel
 
 NCF_MLP_DIMS = (64, 32, 16)
 
@@ -27,7 +27,7 @@ class NCF(UserItemModel):
         self.mlp = MLP([self.user_dim + self.hidden, *NCF_MLP_DIMS], relu_last=True)
         self.output = nn.Linear(self.user_dim + NCF_MLP_DIMS[-1], 1)
 
-    def forward(self, seq: torch.Tensor, targets: torch.Tensor, routes: torch.Tensor | None = None):
+    def forward(self, seq: torch.Tensor, targets: torch.Tensor, routes: torch.Tensor | None = None) -> ModelOutput:
         """Logits of `targets` ((seq,) in training, () at inference); no gate, so probs and routes are None."""
         item = self.items(targets)
         user = self.user().expand(*targets.shape, self.user_dim)

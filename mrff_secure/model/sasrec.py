@@ -12,7 +12,7 @@ from torch import nn
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import AttributeSource
-from mrff_secure.model.layers import CausalSelfAttention
+from mrff_secure.model.layers import CausalSelfAttention, ModelOutput
 from mrff_secure.model.sequence_ctr import SequenceCTR, feed_forward_part, make_feed_forward
 
 
@@ -25,7 +25,9 @@ class Block(nn.Module):
         self.residual = config.ffn_residual
         self.ffn = make_feed_forward(config, hidden, user_dim, "relu")
 
-    def forward(self, x: torch.Tensor, real: torch.Tensor, user: torch.Tensor, route: torch.Tensor | None):
+    def forward(
+        self, x: torch.Tensor, real: torch.Tensor, user: torch.Tensor, route: torch.Tensor | None
+    ) -> ModelOutput:
         q = self.attention_norm(x)
         x = self.ffn_norm(q + self.attention(q, x))  # (seq, hidden)
         out, probs, route = feed_forward_part(self.ffn, x, real, user, route)

@@ -19,7 +19,7 @@ from torch import nn
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import AttributeSource
-from mrff_secure.model.layers import MLP, AttributeEmbedding, FeedForward, UserEmbedding, dropout
+from mrff_secure.model.layers import MLP, AttributeEmbedding, FeedForward, ModelOutput, UserEmbedding, dropout
 from mrff_secure.model.mrff import MRFFFeedForward
 
 
@@ -34,7 +34,7 @@ def make_feed_forward(config: ModelConfig, hidden: int, user_dim: int, kind: str
 
 def feed_forward_part(
     ffn: nn.Module, x: torch.Tensor, real: torch.Tensor, user: torch.Tensor, route: torch.Tensor | None
-):
+) -> ModelOutput:
     """(output, gate probs or None, route or None) of a block's feed-forward part."""
     if isinstance(ffn, MRFFFeedForward):
         return ffn(x, real, user, route)
@@ -68,7 +68,7 @@ class SequenceCTR(nn.Module):
         self.predict = MLP(prediction_dims, relu_last=True)
         self.output = nn.Linear(prediction_dims[-1], 1)
 
-    def encode(self, seq: torch.Tensor, routes: torch.Tensor | None = None):
+    def encode(self, seq: torch.Tensor, routes: torch.Tensor | None = None) -> ModelOutput:
         """seq: (maxlen,) item rows. Returns features (maxlen, hidden), gate probs (blocks, groups), routes (blocks,)."""
         dtype = self.output.weight.dtype
         real = (seq != 0).to(dtype)  # (seq,)
@@ -94,7 +94,7 @@ class SequenceCTR(nn.Module):
         x = torch.cat([features, self.items(candidates), user], dim=-1)
         return self.output(self.predict(x)).squeeze(-1)
 
-    def forward(self, seq: torch.Tensor, targets: torch.Tensor, routes: torch.Tensor | None = None):
+    def forward(self, seq: torch.Tensor, targets: torch.Tensor, routes: torch.Tensor | None = None) -> ModelOutput:
         """Logits, gate probs (blocks, groups) and routes (blocks,).
 
         targets (seq,): training, the next item at every position -> logits (seq,).

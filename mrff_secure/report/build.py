@@ -28,6 +28,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from mrff_secure.audit_log import read_records, verify
 from mrff_secure.errors import ConfigError
 from mrff_secure.provenance import source_commit
@@ -103,7 +105,7 @@ def dataset_checksum(config: dict[str, Any]) -> dict[str, Any]:
     return {"dataset": config["dataset"], "sha256": digest.hexdigest(), "files": files}
 
 
-def _number(value) -> float | None:
+def _number(value: Any) -> float | None:
     if value is None:
         return None
     try:
@@ -304,7 +306,7 @@ def _training_report(folder: Path) -> dict[str, Any]:
     }
 
 
-def _network_report(folder: Path, audit_public_key=None) -> dict[str, Any]:
+def _network_report(folder: Path, audit_public_key: Ed25519PublicKey | None = None) -> dict[str, Any]:
     log = folder / "audit.jsonl"
     check = verify(log, audit_public_key)
     records = read_records(log) if log.is_file() else []
@@ -392,7 +394,7 @@ def _network_report(folder: Path, audit_public_key=None) -> dict[str, Any]:
     }
 
 
-def build_report(folder: Path, *, audit_public_key=None) -> dict[str, Any]:
+def build_report(folder: Path, *, audit_public_key: Ed25519PublicKey | None = None) -> dict[str, Any]:
     """The report of an audit folder (grid.json), a network run (audit.jsonl; its signatures checked under
     `audit_public_key`, the server's signing public key, when given) or a training run (summary.json)."""
     folder = Path(folder)

@@ -5,8 +5,12 @@ Table 2 curve). PNG files; matplotlib (Agg). Input: the grid's report (attacks.g
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # matplotlib is imported where a plot is drawn
+    from matplotlib.figure import Figure
 
 SCORE_LABELS = {
     "reconstruction_auc": "reconstruction AUC",
@@ -25,11 +29,11 @@ def _roc(scores: np.ndarray, included: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return np.r_[0.0, fpr], np.r_[0.0, tpr]
 
 
-def _number(value) -> float:
+def _number(value: Any) -> float:
     return float(value) if value is not None else float("nan")
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
