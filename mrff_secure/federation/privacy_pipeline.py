@@ -218,7 +218,9 @@ class PrivacyPipeline:
             )
         session = self.secure_session(phase, num_clients, round_index)
         if not isinstance(session, RingSum):  # the 'fast' backend's session is a RingSum (`open_session`)
-            raise ConfigError(f"secure_sum={self.settings.secure_sum.value!r} opened a {type(session).__name__}")
+            raise ConfigError(
+                f"secure_aggregation={self.settings.secure_aggregation.value!r} opened a {type(session).__name__}"
+            )
         return session
 
     def encode_chunk(
