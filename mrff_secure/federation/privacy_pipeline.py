@@ -25,7 +25,6 @@ divides group sums by, per mode, are described in `round.aggregate`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from typing import Any
 
@@ -36,8 +35,8 @@ from mrff_secure.dp import clip_prefix_l2
 from mrff_secure.dp.accounting import json_epsilon
 from mrff_secure.dp.distributed import DistributedPlan
 from mrff_secure.dp.mechanisms import GridDiscreteGaussian
-from mrff_secure.errors import ConfigError, PrivacyError
-from mrff_secure.round.accountant import PrivacyAccount, RoundAccountant, account_rounds, calibrate_noise_multiplier
+from mrff_secure.errors import ConfigError
+from mrff_secure.round.accountant import PrivacyAccount, RoundAccountant, account_rounds, run_noise_multiplier
 from mrff_secure.round.encoding import SecureRoundPlans, add_to_ring, decode_sum, summed_noise_shares, without_noise
 from mrff_secure.round.participant import (
     SIMULATION_NOISE_STREAM,
@@ -52,7 +51,6 @@ from mrff_secure.round.secure_sum import RingSum, SecureSumSession, open_session
 from mrff_secure.round.spec import Phase, PrivacySettings, SecureAggregation
 from mrff_secure.round.update_vector import UpdateLayout
 
-LOCAL_COUNT_SIGMAS = 3.0  # local mode: a group FFN moves only when its noisy count clears 3 noise stds
 NOT_PRIVATE = (
     "NOT PRIVATE: insecure_reproducible_noise drew the DP noise from the run seed; anyone who knows "
     "the seed can remove it"
@@ -86,17 +84,13 @@ class PrivacyPipeline:
         self.clip = float(self.dp.clip)
         self.blocks = layout.num_blocks if layout.num_groups else 0
         template = self._release(0.0 if not self.dp.enabled else 1.0)
-        if not self.dp.enabled:
-            self.noise_multiplier = 0.0
-        elif self.dp.noise_multiplier is not None:
-            self.noise_multiplier = float(self.dp.noise_multiplier)
-        else:
-            target = self.dp.target_epsilon
-            if target is None:  # DPConfig guarantees one of the two
-                raise PrivacyError("DPConfig has neither noise_multiplier nor target_epsilon")
-            self.noise_multiplier = calibrate_noise_multiplier(
-                template, target_epsilon=target, rounds=max(rounds, 1), delta=self.delta
-            )
+        self.noise_multiplier = run_noise_multiplier(
+            template,
+            noise_multiplier=self.dp.noise_multiplier,
+            target_epsilon=self.dp.target_epsilon,
+            rounds=rounds,
+            delta=self.delta,
+        )
         self.release = template.with_noise_multiplier(self.noise_multiplier)
         self.accountant = RoundAccountant(delta=self.delta, sample_rate=sample_rate)
         self.accounted_noise_multiplier = self.release.accounted_noise_multiplier()
@@ -169,16 +163,6 @@ class PrivacyPipeline:
         mechanism = GridDiscreteGaussian(noise_multiplier=self.noise_multiplier, clip=self.clip, dim=rows.shape[1])
         noisy = mechanism.add_noise(clipped, rng=rng)
         return torch.from_numpy(noisy).to(vectors.dtype), torch.from_numpy(np.asarray(norms))
-
-    def local_count_floor(self, num_uploads: int) -> float:
-        """The smallest noisy count a group FFN is updated with: max(min_group_size, 1, 3 sigma).
-
-        sigma = z*C*sqrt(n) is the std of the noise in a summed count (public: z, C and n are
-        known). Below three sigmas a count is indistinguishable from noise, and dividing a
-        noise-dominated slot sum by it would move the FFN by noise of order 1/count per coordinate.
-        """
-        sigma = self.noise_multiplier * self.clip * math.sqrt(num_uploads)
-        return max(float(self.min_group_size), 1.0, LOCAL_COUNT_SIGMAS * sigma)
 
     # ------------------------------------------------------------ secure mode
     def plans_for(self, n: int) -> SecureRoundPlans:

@@ -35,7 +35,7 @@ from mrff_secure.federation.client_shard import ClientShard
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
 from mrff_secure.metrics import auc, log_loss
 from mrff_secure.model.roles import parameter_roles
-from mrff_secure.round.aggregate import ServerOptimizer, aggregate_round
+from mrff_secure.round.aggregate import ServerOptimizer, aggregate_round, local_count_floor
 from mrff_secure.round.participant import group_one_hots, suppressed_groups
 from mrff_secure.round.spec import Phase, PrivacySettings, ThreatModel
 from mrff_secure.round.update_vector import UpdateLayout
@@ -311,7 +311,14 @@ class FederatedSimulation:
                 summed,
                 uploads=n,
                 counts=server_counts.clamp(min=0) if groups else server_counts,
-                suppressed=server_counts < pipeline.local_count_floor(n) if groups else None,
+                suppressed=server_counts
+                < local_count_floor(
+                    min_group_size=pipeline.min_group_size,
+                    noise_std=pipeline.noise_multiplier * pipeline.clip,
+                    uploads=n,
+                )
+                if groups
+                else None,
             )
         else:
             # Phase 1: the secure count sum. Phase 2: the updates, slots of too-small groups zeroed.

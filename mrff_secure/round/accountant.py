@@ -299,6 +299,20 @@ def calibrate_noise_multiplier(release: RoundRelease, *, target_epsilon: float, 
     return calibrate_release(release, target_epsilon=target_epsilon, rounds=rounds, delta=delta).noise_multiplier
 
 
+def run_noise_multiplier(
+    template: RoundRelease, *, noise_multiplier: float | None, target_epsilon: float | None, rounds: int, delta: float
+) -> float:
+    """A run's z: 0 without DP, the one given, or the one calibrated (`calibrate_noise_multiplier`) so that
+    ``rounds`` rounds of ``template`` spend ``target_epsilon``."""
+    if template.dp_mode == "off":
+        return 0.0
+    if noise_multiplier is not None:
+        return float(noise_multiplier)
+    if target_epsilon is None:
+        raise PrivacyError("DP needs a noise multiplier or a target epsilon")
+    return calibrate_noise_multiplier(template, target_epsilon=target_epsilon, rounds=max(rounds, 1), delta=delta)
+
+
 def privacy_warnings(
     *,
     epsilon: float,

@@ -22,6 +22,7 @@ Which group counts the server divides by, per privacy mode (the simulation passe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,8 @@ import torch
 
 from mrff_secure.errors import ConfigError
 from mrff_secure.round.update_vector import UpdateLayout
+
+LOCAL_COUNT_SIGMAS = 3.0  # local mode: a group FFN moves only when its noisy count clears 3 noise stds
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,16 @@ def apply_sum(
             scale = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
             out[name] = global_params[name] + total * scale.view(-1, *([1] * (total.dim() - 1)))
     return out
+
+
+def local_count_floor(*, min_group_size: int, noise_std: float, uploads: int) -> float:
+    """Local DP: the smallest noisy count a group FFN is updated with, max(min_group_size, 1, 3 sigma).
+
+    sigma = noise_std * sqrt(uploads) is the std of the noise in a summed count (public: z, C and n are
+    known). Below three sigmas a count is indistinguishable from noise, and dividing a noise-dominated
+    slot sum by it would move the FFN by noise of order 1/count per coordinate.
+    """
+    return max(float(min_group_size), 1.0, LOCAL_COUNT_SIGMAS * noise_std * math.sqrt(uploads))
 
 
 def apply_decoded(

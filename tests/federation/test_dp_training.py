@@ -21,7 +21,7 @@ from mrff_secure.dp import (
 )
 from mrff_secure.federation.privacy_summary import privacy_summary
 from mrff_secure.federation.simulation import FederatedSimulation
-from mrff_secure.round.aggregate import apply_sum
+from mrff_secure.round.aggregate import apply_sum, local_count_floor
 from mrff_secure.round.spec import PrivacySettings
 
 MODEL = ModelConfig(maxlen=8, num_groups=2, dropout=0.0)
@@ -98,7 +98,7 @@ def test_local_mode_averages_with_the_noisy_counts_from_the_uploads(data):
     _, _, noisy_counts, _ = view.layout.split(view.summed_update)
     assert torch.equal(view.group_counts, noisy_counts)
     assert not torch.equal(noisy_counts, torch.tensor(result.group_counts, dtype=noisy_counts.dtype))
-    floor = sim.privacy.local_count_floor(12)
+    floor = local_count_floor(min_group_size=sim.privacy.min_group_size, noise_std=0.3 * 0.5, uploads=12)
     assert floor == pytest.approx(3 * 0.3 * 0.5 * math.sqrt(12))  # three stds of the count noise
     averaging = torch.where(noisy_counts >= floor, noisy_counts, torch.zeros_like(noisy_counts))
     expected = apply_sum(before, view.layout, view.summed_update, 12, averaging)
