@@ -111,62 +111,33 @@ def _o(table: str, name: str, kind: type, default: Any, help: str, **kw: Any) ->
     return Option(table, name, kind, default, help, **kw)
 
 
+# One option per line: the table reads as a table (the formatter leaves it as written).
+# fmt: off
 OPTIONS: tuple[Option, ...] = (
     # ---------------------------------------------------------------- data
-    _o(
-        "data",
-        "dataset",
-        str,
-        "synthetic",
-        "synthetic (embedded, no download), kuaisar-r or recbole",
-        choices=("synthetic", "kuaisar-r", "recbole"),
-    ),
+    _o("data", "dataset", str, "synthetic", "synthetic (embedded, no download), kuaisar-r or recbole",
+       choices=("synthetic", "kuaisar-r", "recbole")),
     _o("data", "data_dir", Path, None, "folder of the dataset files (kuaisar-r, recbole)", optional=True),
     _o("data", "recbole_name", str, None, "recbole: atomic file stem (not set: the folder name)", optional=True),
     _o("data", "label_field", str, "label", "recbole: 0/1 label column, else rating >= --rating-threshold"),
     _o("data", "rating_threshold", float, 4.0, "recbole: a rating at least this is a click"),
     _o("data", "synthetic_users", int, 400, "users of the synthetic dataset", low=3),
     _o("data", "data_seed", int, 0, "seed of the synthetic generator", low=0),
-    _o(
-        "data",
-        "maxlen",
-        int,
-        0,
-        "history length; 0 = the dataset's default (kuaisar-r 65, recbole 50, synthetic 30)",
-        low=0,
-    ),
+    _o("data", "maxlen", int, 0, "history length; 0 = the dataset's default (kuaisar-r 65, recbole 50, synthetic 30)",
+       low=0),
     # ---------------------------------------------------------------- model
-    _o(
-        "model",
-        "backbone",
-        str,
-        "sasrec",
-        "the model: a sequential backbone (sasrec, hstu, llama) or a "
-        "non-sequential baseline (ncf: FedNCF, pa: FedPA; both need --no-mrff)",
-        choices=("sasrec", "hstu", "llama", "ncf", "pa"),
-    ),
-    _o(
-        "model",
-        "mrff",
-        bool,
-        True,
-        "MRFF's user and group feed-forward parts; --no-mrff: one shared feed-forward "
-        "part (the plain backbone, e.g. FedSASRec)",
-        negative_flag="--no-mrff",
-    ),
+    _o("model", "backbone", str, "sasrec", "the model: a sequential backbone (sasrec, hstu, llama) or a "
+       "non-sequential baseline (ncf: FedNCF, pa: FedPA; both need --no-mrff)",
+       choices=("sasrec", "hstu", "llama", "ncf", "pa")),
+    _o("model", "mrff", bool, True, "MRFF's user and group feed-forward parts; --no-mrff: one shared feed-forward "
+                                     "part (the plain backbone, e.g. FedSASRec)", negative_flag="--no-mrff"),
     _o("model", "groups", int, 4, "user groups per block", low=1),
     _o("model", "blocks", int, 2, "transformer blocks", low=1),
     _o("model", "heads", int, 1, "attention heads", low=1),
     _o("model", "attribute_dim", int, 8, "embedding size of each attribute", low=1),
     _o("model", "dropout", float, 0.5, "dropout rate", low=0.0, below=1.0),
-    _o(
-        "model",
-        "routing",
-        str,
-        "paper",
-        "paper: FFN_u(h) + FFN_g(h); scaled: FFN_u(h) + p_g FFN_g(h)",
-        choices=("paper", "scaled"),
-    ),
+    _o("model", "routing", str, "paper", "paper: FFN_u(h) + FFN_g(h); scaled: FFN_u(h) + p_g FFN_g(h)",
+       choices=("paper", "scaled")),
     _o("model", "balance_alpha", float, 0.1, "weight of the group-balance loss", low=0.0),
     # ---------------------------------------------------------------- federation
     _o("federation", "rounds", int, 30, "training rounds", low=1),
@@ -176,353 +147,126 @@ OPTIONS: tuple[Option, ...] = (
     _o("federation", "lr", float, 0.1, "the clients' learning rate", above=0.0),
     _o("federation", "seed", int, 0, "model initialisation, client sampling and dropout", low=0),
     _o("federation", "weight_decay", float, 0.0, "the clients' decoupled weight decay per local step (AdamW)", low=0.0),
-    _o(
-        "federation",
-        "lr_schedule",
-        str,
-        "constant",
-        "the clients' lr over rounds: constant, or cosine decay to 0 at --rounds",
-        choices=("constant", "cosine"),
-    ),
-    _o(
-        "federation",
-        "server_optimizer",
-        str,
-        "avg",
-        "avg: the new model is the clients' mean (the paper); avgm: "
-        "FedAvgM; adam: FedAdam (Reddi et al. 2021), on the mean's change",
-        choices=("avg", "avgm", "adam"),
-    ),
-    _o(
-        "federation",
-        "server_lr",
-        float,
-        1.0,
-        "the server optimizer's learning rate (avg with 1: the mean itself)",
-        above=0.0,
-    ),
+    _o("federation", "lr_schedule", str, "constant", "the clients' lr over rounds: constant, or cosine decay to 0 at "
+                                                      "--rounds", choices=("constant", "cosine")),
+    _o("federation", "server_optimizer", str, "avg", "avg: the new model is the clients' mean (the paper); avgm: "
+       "FedAvgM; adam: FedAdam (Reddi et al. 2021), on the mean's change", choices=("avg", "avgm", "adam")),
+    _o("federation", "server_lr", float, 1.0, "the server optimizer's learning rate (avg with 1: the mean itself)",
+       above=0.0),
     _o("federation", "server_momentum", float, 0.9, "avgm: momentum; adam: beta1", low=0.0, below=1.0),
-    _o(
-        "federation",
-        "patience",
-        int,
-        0,
-        "early stopping: stop once validation AUC has not improved for this many "
-        "rounds (0: run every round; not with --dp: the stopping round would "
-        "depend on private data outside the guarantee)",
-        low=0,
-    ),
+    _o("federation", "patience", int, 0, "early stopping: stop once validation AUC has not improved for this many "
+                                         "rounds (0: run every round; not with --dp: the stopping round would "
+                                         "depend on private data outside the guarantee)", low=0),
     _o("federation", "eval_every", int, 1, "rounds between evaluations", low=1),
     _o("federation", "chunk_size", int, 64, "simulation: clients per vectorized chunk (0 = all)", low=0),
-    _o(
-        "federation",
-        "checkpoint_every",
-        int,
-        10,
-        "mrff train: rounds between checkpoints (--resume continues from the last)",
-        low=1,
-    ),
+    _o("federation", "checkpoint_every", int, 10, "mrff train: rounds between checkpoints (--resume continues from "
+                                                  "the last)", low=1),
     _o("federation", "min_clients", int, 3, "network: a round starts once this many clients are enrolled", low=1),
     # ---------------------------------------------------------------- privacy
-    _o(
-        "privacy",
-        "dp",
-        str,
-        "off",
-        "off: no noise (epsilon inf); local: every client adds the full noise z*C; "
-        "distributed: noise shares under secure aggregation",
-        choices=("off", "local", "distributed"),
-    ),
+    _o("privacy", "dp", str, "off", "off: no noise (epsilon inf); local: every client adds the full noise z*C; "
+                                    "distributed: noise shares under secure aggregation",
+       choices=("off", "local", "distributed")),
     _o("privacy", "clip", float, 1.0, "L2 clip bound C of each update's delta part", above=0.0),
     _o("privacy", "noise_multiplier", float, None, "z: noise std / C (or --target-epsilon)", low=0.0, optional=True),
-    _o(
-        "privacy",
-        "target_epsilon",
-        float,
-        None,
-        "calibrate z to spend this epsilon over --rounds",
-        above=0.0,
-        optional=True,
-    ),
-    _o(
-        "privacy",
-        "delta",
-        float,
-        None,
-        "delta of (epsilon, delta); not set: 1/n^1.1 for n users",
-        above=0.0,
-        below=1.0,
-        optional=True,
-    ),
-    _o(
-        "privacy",
-        "mechanism",
-        str,
-        None,
-        "local: gaussian; distributed: discrete_gaussian (not set) or skellam",
-        choices=("gaussian", "discrete_gaussian", "skellam"),
-        optional=True,
-    ),
-    _o(
-        "privacy",
-        "max_dropout_fraction",
-        float,
-        0.3,
-        "distributed: the noise shares stay sufficient if at most this fraction of the clients drops",
-        low=0.0,
-        below=1.0,
-    ),
-    _o(
-        "privacy",
-        "secure_aggregation",
-        str,
-        None,
-        "on: the server learns only group-wise sums; off: plain "
-        "uploads; inmemory (mrff train): the real protocol state machines "
-        "in memory. Not set: on with --dp distributed and for the network "
-        "server, off otherwise",
-        choices=("off", "on", "inmemory"),
-        optional=True,
-    ),
+    _o("privacy", "target_epsilon", float, None, "calibrate z to spend this epsilon over --rounds", above=0.0,
+       optional=True),
+    _o("privacy", "delta", float, None, "delta of (epsilon, delta); not set: 1/n^1.1 for n users", above=0.0,
+       below=1.0, optional=True),
+    _o("privacy", "mechanism", str, None, "local: gaussian; distributed: discrete_gaussian (not set) or skellam",
+       choices=("gaussian", "discrete_gaussian", "skellam"), optional=True),
+    _o("privacy", "max_dropout_fraction", float, 0.3, "distributed: the noise shares stay sufficient if at most "
+                                                      "this fraction of the clients drops", low=0.0, below=1.0),
+    _o("privacy", "secure_aggregation", str, None, "on: the server learns only group-wise sums; off: plain "
+                                                   "uploads; inmemory (mrff train): the real protocol state machines "
+                                                   "in memory. Not set: on with --dp distributed and for the network "
+                                                   "server, off otherwise", choices=("off", "on", "inmemory"),
+       optional=True),
     _o("privacy", "modulus_bits", int, 32, "the secure sums' ring Z_{2^B}", low=8, high=62),
-    _o(
-        "privacy",
-        "min_group_size",
-        int,
-        5,
-        "secure aggregation: groups with fewer clients in phase 1 send zeros",
-        low=2,
-    ),
-    _o(
-        "privacy",
-        "noise_sampling",
-        str,
-        "per_client",
-        "mrff train, distributed: aggregate draws the summed noise shares once (a simulation shortcut)",
-        choices=("per_client", "aggregate"),
-    ),
-    _o(
-        "privacy",
-        "count_cap",
-        int,
-        None,
-        "the example count is uploaded as min(count, cap)/cap (not set: the history length)",
-        low=1,
-        optional=True,
-    ),
-    _o(
-        "privacy",
-        "clip_from_private_data",
-        bool,
-        False,
-        "declare that C was chosen from private data (listed as released outside the guarantee)",
-    ),
-    _o(
-        "privacy",
-        "insecure_reproducible_noise",
-        bool,
-        False,
-        "DEBUGGING ONLY, NOT PRIVATE: draw the DP noise from the seed instead of the OS's entropy",
-    ),
+    _o("privacy", "min_group_size", int, 5, "secure aggregation: groups with fewer clients in phase 1 send zeros",
+       low=2),
+    _o("privacy", "noise_sampling", str, "per_client", "mrff train, distributed: aggregate draws the summed noise "
+                                                      "shares once (a simulation shortcut)",
+       choices=("per_client", "aggregate")),
+    _o("privacy", "count_cap", int, None, "the example count is uploaded as min(count, cap)/cap (not set: the "
+                                          "history length)", low=1, optional=True),
+    _o("privacy", "clip_from_private_data", bool, False, "declare that C was chosen from private data (listed as "
+                                                         "released outside the guarantee)"),
+    _o("privacy", "insecure_reproducible_noise", bool, False, "DEBUGGING ONLY, NOT PRIVATE: draw the DP noise from "
+                                                              "the seed instead of the OS's entropy"),
     # ---------------------------------------------------------------- network
-    _o(
-        "network",
-        "address",
-        str,
-        "127.0.0.1:50051",
-        "host:port (the server binds it, clients connect to it; port 0: any free port, server only)",
-    ),
+    _o("network", "address", str, "127.0.0.1:50051", "host:port (the server binds it, clients connect to it; "
+                                                     "port 0: any free port, server only)"),
     _o("network", "certs", Path, "certs", "folder written by `mrff certs`"),
     _o("network", "mtls", bool, False, "mutual TLS: clients present CERTS/client.crt"),
     _o("network", "insecure", bool, False, "plaintext gRPC (no TLS): only for debugging on loopback"),
     _o("network", "train_timeout", float, 120.0, "seconds for local training (announcement to keys)", above=0.0),
     _o("network", "stage_timeout", float, 30.0, "seconds per secure-aggregation stage", above=0.0),
-    _o(
-        "network",
-        "num_neighbours",
-        int,
-        None,
-        "secure aggregation graph degree (not set: every other client)",
-        low=2,
-        optional=True,
-    ),
-    _o(
-        "network",
-        "threshold",
-        int,
-        None,
-        "Shamir threshold t (not set: from the client policy's rule)",
-        low=2,
-        optional=True,
-    ),
+    _o("network", "num_neighbours", int, None, "secure aggregation graph degree (not set: every other client)",
+       low=2, optional=True),
+    _o("network", "threshold", int, None, "Shamir threshold t (not set: from the client policy's rule)", low=2,
+       optional=True),
     _o("network", "max_upload_mib", int, 64, "largest accepted client message", low=1),
     _o("network", "max_workers", int, 2048, "server request threads (one per waiting client)", low=1),
-    _o(
-        "network",
-        "linger",
-        float,
-        60.0,
-        "after the last round, serve until every client has the end-of-run message, at most this long",
-        low=0.0,
-    ),
-    _o(
-        "network",
-        "retry_timeout",
-        float,
-        120.0,
-        "client: keep reconnecting for this long while the server is unavailable",
-        above=0.0,
-    ),
+    _o("network", "linger", float, 60.0, "after the last round, serve until every client has the end-of-run "
+                                         "message, at most this long", low=0.0),
+    _o("network", "retry_timeout", float, 120.0, "client: keep reconnecting for this long while the server is "
+                                                 "unavailable", above=0.0),
     # ---------------------------------------------------------------- audit
     _o("audit", "rounds_per_cell", int, 5, "training rounds of every cell", low=1),
     _o("audit", "canaries", int, 100, "canary clients per cell", low=0),
     _o("audit", "levels", list, [0.1, 0.3, 0.5], "noise multipliers of the DP cells", above=0.0),
     _o("audit", "targets", list, [1.0, 4.0], "calibrated target epsilons of the DP cells", above=0.0),
     _o("audit", "seeds", list, [0], "seeds: every cell once per seed", item=int, low=0),
-    _o(
-        "audit",
-        "sampled_fraction",
-        float,
-        0.1,
-        "client fraction of the disaggregation cells (0 = none)",
-        low=0.0,
-        high=1.0,
-    ),
+    _o("audit", "sampled_fraction", float, 0.1, "client fraction of the disaggregation cells (0 = none)", low=0.0,
+       high=1.0),
     _o("audit", "cells", list, None, "run only the cells whose name contains one of these", item=str, optional=True),
-    _o(
-        "audit",
-        "confidence",
-        float,
-        0.95,
-        "R1-R3 hold together over the DP cells at this confidence: an honest "
-        "mechanism fails by chance with probability at most 1 - confidence",
-        low=0.5,
-        below=1.0,
-    ),
+    _o("audit", "confidence", float, 0.95, "R1-R3 hold together over the DP cells at this confidence: an honest "
+                                           "mechanism fails by chance with probability at most 1 - confidence",
+       low=0.5, below=1.0),
     _o("audit", "misreport_noise", float, 1.0, "TESTING THE AUDIT ONLY: claim z x FACTOR while adding z", above=0.0),
     # ---------------------------------------------------------------- scale
-    _o(
-        "scale",
-        "backend",
-        str,
-        "single",
-        "single: this process; ray: clients sharded over Ray actors (train) or "
-        "cells as Ray tasks (audit); needs pip install -e '.[ray]'",
-        choices=("single", "ray"),
-    ),
-    _o(
-        "scale",
-        "ray_address",
-        str,
-        None,
-        "ray: a running cluster (auto, or HOST:PORT of `ray start --head`); not "
-        "set: a local Ray instance for this command",
-        optional=True,
-    ),
+    _o("scale", "backend", str, "single", "single: this process; ray: clients sharded over Ray actors (train) or "
+                                         "cells as Ray tasks (audit); needs pip install -e '.[ray]'",
+       choices=("single", "ray")),
+    _o("scale", "ray_address", str, None, "ray: a running cluster (auto, or HOST:PORT of `ray start --head`); not "
+                                          "set: a local Ray instance for this command", optional=True),
     _o("scale", "workers", int, 2, "ray, train: actors the clients are sharded over", low=1),
     _o("scale", "threads_per_worker", int, 1, "ray: torch threads (and Ray CPUs) of each actor or audit cell", low=1),
 )
+# fmt: on
 BY_KEY = {o.key: o for o in OPTIONS}
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 assert len(BY_NAME) == len(OPTIONS), "option names must be unique across tables"
 
 # Which quantities each command takes (by name); the rest of a --config file is ignored by it.
-_DATA = (
-    "dataset",
-    "data_dir",
-    "recbole_name",
-    "label_field",
-    "rating_threshold",
-    "synthetic_users",
-    "data_seed",
-    "maxlen",
-)
+# Which command takes which options: one tuple per line (the formatter leaves it as written).
+# fmt: off
+_DATA = ("dataset", "data_dir", "recbole_name", "label_field", "rating_threshold", "synthetic_users", "data_seed",
+         "maxlen")
 _MODEL = ("backbone", "mrff", "groups", "blocks", "heads", "attribute_dim", "dropout", "routing", "balance_alpha")
 _TRAINING = ("rounds", "local_steps", "client_fraction", "optimizer", "lr", "seed")
 _RECIPE = ("weight_decay", "lr_schedule", "server_optimizer", "server_lr", "server_momentum", "patience")  # train only
-_NETWORK_PRIVACY = (
-    "dp",
-    "clip",
-    "noise_multiplier",
-    "target_epsilon",
-    "delta",
-    "mechanism",
-    "max_dropout_fraction",
-    "secure_aggregation",
-    "modulus_bits",
-    "min_group_size",
-)
+_NETWORK_PRIVACY = ("dp", "clip", "noise_multiplier", "target_epsilon", "delta", "mechanism", "max_dropout_fraction",
+                    "secure_aggregation", "modulus_bits", "min_group_size")
 COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
-    "train": _DATA
-    + _MODEL
-    + _TRAINING
-    + ("eval_every", "chunk_size", "checkpoint_every")
-    + _RECIPE
-    + _NETWORK_PRIVACY
-    + ("noise_sampling", "count_cap", "clip_from_private_data", "insecure_reproducible_noise")
-    + ("backend", "ray_address", "workers", "threads_per_worker"),
-    "server": _DATA
-    + _MODEL
-    + _TRAINING
-    + ("min_clients", "eval_every")
-    + _NETWORK_PRIVACY
-    + (
-        "address",
-        "certs",
-        "mtls",
-        "insecure",
-        "train_timeout",
-        "stage_timeout",
-        "num_neighbours",
-        "threshold",
-        "max_upload_mib",
-        "max_workers",
-        "linger",
-    ),
-    "run-local": _DATA
-    + _MODEL
-    + _TRAINING
-    + ("min_clients", "eval_every")
-    + _NETWORK_PRIVACY
-    + ("insecure", "train_timeout", "stage_timeout", "num_neighbours", "threshold", "insecure_reproducible_noise"),
+    "train": _DATA + _MODEL + _TRAINING + ("eval_every", "chunk_size", "checkpoint_every") + _RECIPE + _NETWORK_PRIVACY
+             + ("noise_sampling", "count_cap", "clip_from_private_data", "insecure_reproducible_noise")
+             + ("backend", "ray_address", "workers", "threads_per_worker"),
+    "server": _DATA + _MODEL + _TRAINING + ("min_clients", "eval_every") + _NETWORK_PRIVACY
+              + ("address", "certs", "mtls", "insecure", "train_timeout", "stage_timeout", "num_neighbours",
+                 "threshold", "max_upload_mib", "max_workers", "linger"),
+    "run-local": _DATA + _MODEL + _TRAINING + ("min_clients", "eval_every") + _NETWORK_PRIVACY
+                 + ("insecure", "train_timeout", "stage_timeout", "num_neighbours", "threshold",
+                    "insecure_reproducible_noise"),
     "client": _DATA + ("certs", "mtls", "insecure", "retry_timeout", "insecure_reproducible_noise"),
     "schema": _DATA,
-    "privacy": (
-        "rounds",
-        "client_fraction",
-        "dp",
-        "clip",
-        "noise_multiplier",
-        "target_epsilon",
-        "delta",
-        "mechanism",
-        "max_dropout_fraction",
-        "modulus_bits",
-        "noise_sampling",
-        "blocks",
-        "groups",
-        "mrff",
-    ),
-    "audit": (
-        "dataset",
-        "data_dir",
-        "recbole_name",
-        "synthetic_users",
-        "clip",
-        "rounds_per_cell",
-        "canaries",
-        "levels",
-        "targets",
-        "seeds",
-        "sampled_fraction",
-        "cells",
-        "confidence",
-        "misreport_noise",
-        "backend",
-        "ray_address",
-        "threads_per_worker",
-    ),
+    "privacy": ("rounds", "client_fraction", "dp", "clip", "noise_multiplier", "target_epsilon", "delta", "mechanism",
+                "max_dropout_fraction", "modulus_bits", "noise_sampling", "blocks", "groups", "mrff"),
+    "audit": ("dataset", "data_dir", "recbole_name", "synthetic_users", "clip", "rounds_per_cell", "canaries",
+              "levels", "targets", "seeds", "sampled_fraction", "cells", "confidence", "misreport_noise",
+              "backend", "ray_address", "threads_per_worker"),
 }
+# fmt: on
 
 
 def _default_text(option: Option) -> str:

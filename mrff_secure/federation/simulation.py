@@ -254,6 +254,29 @@ class FederatedSimulation:
         if step.group_fractions is not None:
             self.group_fractions = step.group_fractions
 
+    def _observe(
+        self,
+        r: int,
+        participants: np.ndarray,
+        counts: torch.Tensor,
+        summed: torch.Tensor,
+        individual: torch.Tensor | None,
+    ) -> None:
+        """Hand the observer exactly what the server saw this round (individual uploads only in the views that
+        hold them)."""
+        if self.observer is not None:
+            self.observer.on_round(
+                ServerView(
+                    round_index=r,
+                    participants=participants,
+                    layout=self.layout,
+                    group_counts=counts,
+                    summed_update=summed,
+                    individual_updates=individual,
+                    threat_model=self.threat_model,
+                )
+            )
+
     def train_round(self) -> RoundResult:
         if self.privacy is not None:
             return self._train_round_private()
@@ -269,18 +292,7 @@ class FederatedSimulation:
         summed, individual = self._plain_sum(suppressed, r, keep_individual)
         summed = summed.to(self.dtype)
         self._apply(summed, uploads=len(participants), counts=counts, suppressed=suppressed)
-        if self.observer is not None:
-            self.observer.on_round(
-                ServerView(
-                    round_index=r,
-                    participants=participants,
-                    layout=self.layout,
-                    group_counts=counts,
-                    summed_update=summed,
-                    individual_updates=individual if keep_individual else None,
-                    threat_model=self.threat_model,
-                )
-            )
+        self._observe(r, participants, counts, summed, individual if keep_individual else None)
         self.round_index += 1
         return RoundResult(
             r,
@@ -333,18 +345,7 @@ class FederatedSimulation:
             summed = torch.as_tensor(total, dtype=self.dtype)
             self._apply(summed, uploads=n, counts=server_counts, suppressed=suppressed)
             individual_view = None
-        if self.observer is not None:
-            self.observer.on_round(
-                ServerView(
-                    round_index=r,
-                    participants=participants,
-                    layout=self.layout,
-                    group_counts=server_counts,
-                    summed_update=summed,
-                    individual_updates=individual_view,
-                    threat_model=self.threat_model,
-                )
-            )
+        self._observe(r, participants, server_counts, summed, individual_view)
         self.round_index += 1
         seen = [[round(float(c), 4) for c in row] for row in server_counts.tolist()]
         return RoundResult(

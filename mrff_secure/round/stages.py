@@ -69,68 +69,30 @@ class StageStep:
     close: Callable[[ServerSession], Deliveries] | None  # None: the last stage (then finish())
 
 
+# One stage per entry, its columns in the order of StageStep (the formatter leaves the table as written).
+# fmt: off
 STAGES: tuple[StageStep, ...] = (
-    StageStep(
-        Stage.ADVERTISE_KEYS,
-        pb.ADVERTISE_KEYS,
-        "advertise_keys",
-        None,
-        messages.AdvertiseKeys,
-        lambda client, _, __: client.advertise_keys(),
-        lambda server, m: server.receive_advertise_keys(m),
-        _close_advertise_keys,
-    ),
-    StageStep(
-        Stage.REVEAL_SEED,
-        pb.REVEAL_SEED,
-        "reveal_seed",
-        messages.ParticipantSet,
-        messages.SeedReveal,
-        lambda client, d, _: client.reveal_seed(d),
-        lambda server, m: server.receive_seed_reveal(m),
-        lambda server: server.close_reveal_seed(),
-    ),
-    StageStep(
-        Stage.SHARE_KEYS,
-        pb.SHARE_KEYS,
-        "share_keys",
-        messages.Neighbourhood,
-        messages.ShareKeys,
-        lambda client, d, _: client.share_keys(d),
-        lambda server, m: server.receive_share_keys(m),
-        lambda server: server.close_share_keys(),
-    ),
-    StageStep(
-        Stage.MASKED_INPUT,
-        pb.MASKED_INPUT,
-        "masked_input",
-        messages.ShareDelivery,
-        messages.MaskedInput,
-        lambda client, d, value: client.masked_input(d, _required(value)),
-        lambda server, m: server.receive_masked_input(m),
-        _close_masked_input,
-    ),
-    StageStep(
-        Stage.CONSISTENCY_CHECK,
-        pb.CONSISTENCY_CHECK,
-        "consistency_check",
-        messages.SurvivorList,
-        messages.ConsistencySignature,
-        lambda client, d, _: client.consistency_check(d),
-        lambda server, m: server.receive_consistency_signature(m),
-        lambda server: server.close_consistency_check(),
-    ),
-    StageStep(
-        Stage.UNMASK,
-        pb.UNMASK,
-        "unmask",
-        messages.UnmaskRequest,
-        messages.UnmaskResponse,
-        lambda client, d, _: client.unmask(d),
-        lambda server, m: server.receive_unmask_response(m),
-        None,
-    ),
+    StageStep(Stage.ADVERTISE_KEYS, pb.ADVERTISE_KEYS, "advertise_keys", None, messages.AdvertiseKeys,
+              lambda client, _, __: client.advertise_keys(),
+              lambda server, m: server.receive_advertise_keys(m), _close_advertise_keys),
+    StageStep(Stage.REVEAL_SEED, pb.REVEAL_SEED, "reveal_seed", messages.ParticipantSet, messages.SeedReveal,
+              lambda client, d, _: client.reveal_seed(d),
+              lambda server, m: server.receive_seed_reveal(m), lambda server: server.close_reveal_seed()),
+    StageStep(Stage.SHARE_KEYS, pb.SHARE_KEYS, "share_keys", messages.Neighbourhood, messages.ShareKeys,
+              lambda client, d, _: client.share_keys(d),
+              lambda server, m: server.receive_share_keys(m), lambda server: server.close_share_keys()),
+    StageStep(Stage.MASKED_INPUT, pb.MASKED_INPUT, "masked_input", messages.ShareDelivery, messages.MaskedInput,
+              lambda client, d, value: client.masked_input(d, _required(value)),
+              lambda server, m: server.receive_masked_input(m), _close_masked_input),
+    StageStep(Stage.CONSISTENCY_CHECK, pb.CONSISTENCY_CHECK, "consistency_check", messages.SurvivorList,
+              messages.ConsistencySignature, lambda client, d, _: client.consistency_check(d),
+              lambda server, m: server.receive_consistency_signature(m),
+              lambda server: server.close_consistency_check()),
+    StageStep(Stage.UNMASK, pb.UNMASK, "unmask", messages.UnmaskRequest, messages.UnmaskResponse,
+              lambda client, d, _: client.unmask(d),
+              lambda server, m: server.receive_unmask_response(m), None),
 )
+# fmt: on
 
 BY_STAGE = {step.stage: step for step in STAGES}
 BY_WIRE = {step.wire: step for step in STAGES}
