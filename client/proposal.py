@@ -118,6 +118,8 @@ def announced_secagg_config(
         raise AuthenticationError(f"announced secure-aggregation parameters are invalid: {exc}") from exc
     n = num_clients
     expected: tuple[int, int, int | None, int]  # (clients, length, max_abs, modulus bits); None matches no announcement
+    if phase != Phase.EVALUATION and plans is None:
+        raise PolicyViolation(f"the {phase.label} phase has no plans of ours to check its parameters against")
     if phase == Phase.EVALUATION or plans is None:  # fixed by the public encoding, the modulus sized to fit
         expected = (
             n,
