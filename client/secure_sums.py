@@ -1,10 +1,12 @@
 """A logical client's side of a round's secure sums: each phase's ring residues (its DP generator, the
 phase's public rotation seed), the announced parameters checked against our own, the stage table run with
-the client state machine, and the rule that one round gets at most one input from us."""
+the client state machine; each masked input is written into the client's ledger (by the `on_release` callback
+the logical client gives) before it is sent."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -12,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from client.policy import ClientPolicy
 from client.proposal import announced_secagg_config
 from client.round_calls import RoundCalls, RoundFailed
-from mrff_secure.errors import AggregationAborted, ConfigError, SecAggError
+from mrff_secure.errors import AggregationAborted, ConfigError, PrivacyError, SecAggError
 from mrff_secure.round.encoding import SecureRoundPlans
 from mrff_secure.round.participant import client_generator, phase_upload, rotation_seed
 from mrff_secure.round.spec import Phase
@@ -26,6 +28,12 @@ from mrff_secure.secagg.policy import PolicyViolation
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 
 log = logging.getLogger("mrff.client")
+OnRelease = Callable[[Phase, str], None]  # (phase, session label): record it, or raise to send nothing
+
+
+def session_label(params: pb.SecAggParameters) -> str:
+    """Which secure sum a release went into: its session id and the first bytes of its nonce."""
+    return f"{params.secagg_round_id}:{bytes(params.session_nonce)[:8].hex()}"
 
 
 class SecureSums:
@@ -45,12 +53,6 @@ class SecureSums:
     ) -> None:
         self.user, self.calls, self.policy, self.insecure_seed = user, calls, policy, insecure_seed
         self.identity_key, self.credential, self.authority_public_key = identity_key, credential, authority_public_key
-        self._input_sent: set[tuple[str, int]] = set()  # (run id, round) we sent an input for
-
-    def sent_input(self, body: pb.RoundBody) -> bool:
-        """We already sent an input for this round of this run: a second session for it would let the server
-        difference two sums over different participant sets that both hold our (nearly identical) update."""
-        return (body.run_id, body.round_id) in self._input_sent
 
     def upload(self, plans: SecureRoundPlans, phase: Phase, vector: np.ndarray, body: pb.RoundBody) -> np.ndarray:
         """One phase's ring residues (`round.participant.phase_upload`) with this client's generator."""
@@ -70,10 +72,12 @@ class SecureSums:
         residues: np.ndarray,
         plans: SecureRoundPlans | None,
         *,
+        on_release: OnRelease,
         allowed: tuple[int, ...] | None = None,
         noise_survivors: int = 0,
     ) -> ClientSession | None:
-        """One secure sum of our ring residues; the finished client session (None without secure aggregation)."""
+        """One secure sum of our ring residues; the finished client session (None without secure aggregation).
+        `on_release(phase, session)` is called just before the masked input leaves (it raises to refuse)."""
         try:
             config = announced_secagg_config(params, phase, len(body.participants), plans, residues.size)
         except PolicyViolation as exc:
@@ -81,7 +85,7 @@ class SecureSums:
         signed = from_ring(np.asarray(residues, dtype=np.int64).astype(np.uint64), config.bits)  # centred
         sid = params.secagg_round_id
         if not body.secure:
-            self._input_sent.add((body.run_id, body.round_id))
+            self._release(on_release, phase, params, body)
             ring = to_ring(signed, config.bits, max_abs=config.max_abs)
             packed = packing.pack(ring, config.bits)
             message = messages.MaskedInput(sid, self.user, config.bits, config.vector_length, packed)
@@ -104,18 +108,39 @@ class SecureSums:
                 if step.delivered is not None:
                     delivered = step.delivered.from_bytes(self.calls.fetch(body, phase, step.wire).payload)
                 reply = step.client_step(session, delivered, signed)
-                if step.stage is Stage.MASKED_INPUT:
-                    self._input_sent.add((body.run_id, body.round_id))  # from here on a sum may hold our input
+                if step.stage is Stage.MASKED_INPUT:  # from here on a sum may hold our input
+                    self._release(on_release, phase, params, body)
                 self.calls.submit(body, phase, step.wire, reply)
         except (AggregationAborted, SecAggError, ConfigError) as exc:
             raise RoundFailed(f"secure aggregation refused or aborted: {exc}") from exc
         return session
 
-    def evaluation(self, body: pb.RoundBody, scores: np.ndarray, update_survivors: tuple[int, ...] | None) -> None:
+    @staticmethod
+    def _release(on_release: OnRelease, phase: Phase, params: pb.SecAggParameters, body: pb.RoundBody) -> None:
+        try:
+            on_release(phase, session_label(params))
+        except PrivacyError as exc:
+            raise RoundFailed(f"refusing round {body.round_id}: {exc}") from exc
+
+    def evaluation(
+        self,
+        body: pb.RoundBody,
+        scores: np.ndarray,
+        update_survivors: tuple[int, ...] | None,
+        on_release: OnRelease,
+    ) -> None:
         """Our held-out scores through the evaluation's secure sum, among the update phase's survivors. Its
         failure costs the round nothing: the update is already in the server's sum."""
         try:
             self.calls.fetch(body, Phase.EVALUATION, pb.ADVERTISE_KEYS)  # the phase is open
-            self.run(body, Phase.EVALUATION, body.evaluation_secagg, scores, None, allowed=update_survivors)
+            self.run(
+                body,
+                Phase.EVALUATION,
+                body.evaluation_secagg,
+                scores,
+                None,
+                on_release=on_release,
+                allowed=update_survivors,
+            )
         except RoundFailed as exc:
             log.info("user %d: round %d: the federated evaluation failed: %s", self.user, body.round_id, exc)
