@@ -62,7 +62,8 @@ def ledger_summary(ledger: RoundAccountant) -> dict[str, Any]:
     return {
         "epsilon": json_epsilon(eps),
         "delta": ledger.delta,
-        "rounds_accounted": ledger.rounds,
+        "rounds_accounted": sum(n for release, n in ledger.history if release.phases in ("both", "counts")),
+        "releases_accounted": ledger.rounds,
         "noiseless_rounds": ledger.noiseless_rounds,
         "adjacency": ZERO_OUT,
         "adjacency_meaning": ADJACENCY_TEXT[ZERO_OUT],
