@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--allow-dp-off",
         action="store_true",
-        help="accept rounds with DP off (no guarantee against a malicious server; needs --accept-weaker-privacy "
-        "and --max-epsilon inf)",
+        help="accept rounds with DP off (no guarantee against a malicious server; needs --min-noise-multiplier 0, "
+        "--max-epsilon inf and --accept-weaker-privacy)",
     )
     g.add_argument(
         "--max-epsilon",

@@ -445,7 +445,7 @@ def _run_local_policy(args: argparse.Namespace) -> list[str]:
     default cap would not admit, tiny groups) the clients say so on every round."""
     weaker: list[str] = []
     if args.dp == "off":
-        weaker += ["--allow-dp-off", "--max-epsilon", "inf"]
+        weaker += ["--allow-dp-off", "--min-noise-multiplier", "0", "--max-epsilon", "inf"]
     elif args.noise_multiplier is not None:  # the operator chose the noise: its epsilon is the server's to report
         weaker += ["--min-noise-multiplier", str(min(args.noise_multiplier, 0.5)), "--max-epsilon", "inf"]
     elif args.target_epsilon is not None and args.target_epsilon > 10.0:

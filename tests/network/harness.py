@@ -24,7 +24,16 @@ MODEL_ARGS = ["--attribute-dim", "4", "--dropout", "0.0"]
 # The test servers run with tiny groups (12 users) and, unless a test says otherwise, DP off (the tests of
 # the protocol check exact sums): their clients' policy accepts a minimum group size of 2 and DP off, which
 # is weaker than the safe defaults (tests/network/test_client_ledger.py tests those), so it says so.
-CLIENT_POLICY = ["--min-group-size", "2", "--allow-dp-off", "--max-epsilon", "inf", "--accept-weaker-privacy"]
+CLIENT_POLICY = [
+    "--min-group-size",
+    "2",
+    "--allow-dp-off",
+    "--min-noise-multiplier",
+    "0",
+    "--max-epsilon",
+    "inf",
+    "--accept-weaker-privacy",
+]
 SERVER_DP_OFF = ["--dp", "off"]  # a network server's default is distributed DP
 
 
