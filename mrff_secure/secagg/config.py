@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from mrff_secure.checks import check_int
@@ -17,22 +18,24 @@ MAX_CLIENT_ID = 2**31 - 3
 
 def default_graph(num_clients: int) -> tuple[int, int]:
     """The server's default (k, t): sizing.graph_for(n) with its defaults (5% of the clients
-    corrupt, 10% dropping out, split views <= 2^-40 and aborts <= 2^-20 over the n clients, and
-    2t - k > DEFAULT_CORRUPT_NEIGHBOURS).
+    corrupt, 10% dropping out, split views <= 2^-40 and aborts <= 2^-20 over the n clients,
+    2t - k > DEFAULT_CORRUPT_NEIGHBOURS), with k at least min(n - 1, 2 ceil(log2 n)), the O(log n)
+    degree SecAgg+ suggests and this project used before: below about 40 clients the fractions round
+    to a colluder or a dropout or none, and the denser graph keeps small rounds' dropout margin.
 
-    Where no (k, t) meets those bounds (n <= 5: one colluder, one dropout and the c_max rule leave
-    no threshold among so few), the complete graph k = n - 1 with default_threshold(k), which
-    fails one of them; a client's policy judges whether it takes part.
+    Where no (k, t) meets those bounds (n <= 5: c_max = 2 needs t = k among so few), the complete
+    graph k = n - 1 with default_threshold(k), which does not; a client's policy judges whether it
+    takes part.
     """
     check_int("num_clients", num_clients, low=3)
     try:
-        return graph_for(num_clients)
+        return graph_for(num_clients, min_neighbours=2 * math.ceil(math.log2(num_clients)))
     except ConfigError:
         return num_clients - 1, default_threshold(num_clients - 1)
 
 
 def default_num_neighbours(num_clients: int) -> int:
-    """k of default_graph(n): O(log n) neighbours as SecAgg+ suggests, sized for a corrupt fraction."""
+    """k of default_graph(n)."""
     return default_graph(num_clients)[0]
 
 

@@ -132,8 +132,9 @@ def graph_for(
     security_bits: int = DEFAULT_SECURITY_BITS,
     liveness_bits: int = DEFAULT_LIVENESS_BITS,
     corrupt_neighbours: int = DEFAULT_CORRUPT_NEIGHBOURS,
+    min_neighbours: int = 2,
 ) -> tuple[int, int]:
-    """The smallest k, and with it the smallest t, such that with c = fraction_count(n, corrupt_fraction)
+    """The smallest k >= min_neighbours, and with it the smallest t, such that with c = fraction_count(n, corrupt_fraction)
     corrupt and m = fraction_count(n, dropout_fraction) dropped clients
 
         n x split_view_probability(n, k, t, c) <= 2^-security_bits,
@@ -151,9 +152,10 @@ def graph_for(
     check_int("security_bits", security_bits, low=0)
     check_int("liveness_bits", liveness_bits, low=0)
     check_int("corrupt_neighbours", corrupt_neighbours, low=0)
+    check_int("min_neighbours", min_neighbours, low=0)
     corrupt = fraction_count(n, corrupt_fraction)
     dropped = fraction_count(n, dropout_fraction)
-    for k in range(2, n):
+    for k in range(min(max(2, min_neighbours), n - 1), n):
         cap = k - 1 if k >= 3 else k
         for t in range(max(k // 2 + 1, threshold_for(k, corrupt_neighbours)), cap + 1):
             if not within_bound(n, split_view_probability(n, k, t, corrupt), security_bits):

@@ -13,7 +13,7 @@ import pytest
 
 from mrff_secure.errors import ConfigError
 from mrff_secure.round.inmemory import make_identities
-from mrff_secure.secagg.config import SecAggConfig, default_graph
+from mrff_secure.secagg.config import SecAggConfig, default_graph, default_threshold
 from mrff_secure.secagg.context import SessionContext
 from mrff_secure.secagg.graph import neighbour_graph, neighbours_of
 from mrff_secure.secagg.policy import PolicyViolation, SecAggPolicy
@@ -200,10 +200,20 @@ def test_graph_for_refuses_impossible_fractions_by_name():
         graph_for(200, 0.4, 0.3)
 
 
-def test_server_default_is_graph_for():
-    for n in (10, 100, 1791):
+def test_server_default_is_graph_for_with_the_old_degree_as_a_floor():
+    """default_graph = graph_for with k >= min(n - 1, 2 ceil(log2 n)): unchanged up to 40 clients
+    (where the fractions round to one colluder or none), graph_for's smallest k from 50 on."""
+    for n in range(6, 41):
+        old_k = min(n - 1, 2 * math.ceil(math.log2(n)))
+        assert default_graph(n) == (old_k, default_threshold(old_k)), n
+    for n in (50, 100, 1791, 10000):
+        assert graph_for(n)[0] > 2 * math.ceil(math.log2(n))
+        assert default_graph(n) == graph_for(n)
         config = SecAggConfig(num_clients=n, vector_length=4, max_abs=1)
         assert (config.k, config.t) == graph_for(n)
+    # the floor is the smallest k at or above it that meets the bounds, with the smallest t there
+    k, t = graph_for(1000, min_neighbours=90)
+    assert k == 90 and t == min(s for s in range(46, 90) if _meets(1000, 90, s, 50, 100))
 
 
 # --- the client's policy ---------------------------------------------------------------------------
