@@ -21,8 +21,9 @@ one client's n - 1 others, with f taken as the decimal it is written as (0.05 x 
 
 Bounds are union bounds over the n clients: n x (per-client probability) <= 2^-bits. Each graph
 draw is one chance: a server that aborts and re-runs sessions draws r graphs and gets r times the
-bound (the abort counting of W16 in SECURITY.md limits r). Only the split view is bounded here; the
-honest-survivor subgraph staying connected (else the server learns a component's partial sum) is not.
+bound (W16 of the security review: clients should count aborted sessions). Only the split view is
+bounded here; the honest-survivor subgraph staying connected (else the server learns a component's
+partial sum) is not.
 """
 
 from __future__ import annotations
@@ -134,8 +135,8 @@ def graph_for(
     corrupt_neighbours: int = DEFAULT_CORRUPT_NEIGHBOURS,
     min_neighbours: int = 2,
 ) -> tuple[int, int]:
-    """The smallest k >= min_neighbours, and with it the smallest t, such that with c = fraction_count(n, corrupt_fraction)
-    corrupt and m = fraction_count(n, dropout_fraction) dropped clients
+    """The smallest k >= min_neighbours, and with it the smallest t, such that with
+    c = fraction_count(n, corrupt_fraction) corrupt and m = fraction_count(n, dropout_fraction) dropped
 
         n x split_view_probability(n, k, t, c) <= 2^-security_bits,
         n x dropout_failure_probability(n, k, t, m) <= 2^-liveness_bits,
