@@ -7,24 +7,36 @@ from dataclasses import dataclass
 
 from mrff_secure.checks import check_int
 from mrff_secure.errors import ConfigError
+from mrff_secure.secagg.sizing import DEFAULT_CORRUPT_NEIGHBOURS as DEFAULT_CORRUPT_NEIGHBOURS
+from mrff_secure.secagg.sizing import graph_for
+from mrff_secure.secagg.sizing import threshold_for as threshold_for
 
 MAX_MODULUS_BITS = 62
 MAX_CLIENT_ID = 2**31 - 3
 """Client ids are Shamir x-coordinates minus one in the field GF(2^31 - 1)."""
 
 
+def default_graph(num_clients: int) -> tuple[int, int]:
+    """The server's default (k, t): sizing.graph_for(n) with its defaults (5% of the clients
+    corrupt, 10% dropping out, split views <= 2^-40 and aborts <= 2^-20 over the n clients,
+    2t - k > DEFAULT_CORRUPT_NEIGHBOURS), with k at least min(n - 1, 2 ceil(log2 n)), the O(log n)
+    degree SecAgg+ suggests and this project used before: below about 40 clients the fractions round
+    to a colluder or a dropout or none, and the denser graph keeps small rounds' dropout margin.
+
+    Where no (k, t) meets those bounds (n <= 5: c_max = 2 needs t = k among so few), the complete
+    graph k = n - 1 with default_threshold(k), which does not; a client's policy judges whether it
+    takes part.
+    """
+    check_int("num_clients", num_clients, low=3)
+    try:
+        return graph_for(num_clients, min_neighbours=2 * math.ceil(math.log2(num_clients)))
+    except ConfigError:
+        return num_clients - 1, default_threshold(num_clients - 1)
+
+
 def default_num_neighbours(num_clients: int) -> int:
-    """k = min(n - 1, 2 * ceil(log2 n)): O(log n) neighbours, as SecAgg+ suggests."""
-    return min(num_clients - 1, 2 * math.ceil(math.log2(num_clients)))
-
-
-DEFAULT_CORRUPT_NEIGHBOURS = 2
-"""c_max of the default policy: the corrupt neighbours (sybils, colluders) a client withstands."""
-
-
-def threshold_for(num_neighbours: int, corrupt_neighbours: int) -> int:
-    """The smallest t with 2t - k > c_max (see policy.py for why)."""
-    return (num_neighbours + corrupt_neighbours) // 2 + 1
+    """k of default_graph(n)."""
+    return default_graph(num_clients)[0]
 
 
 def default_threshold(num_neighbours: int, corrupt_neighbours: int = DEFAULT_CORRUPT_NEIGHBOURS) -> int:
@@ -77,9 +89,11 @@ class SecAggConfig:
     max_abs: every client input coordinate lies in [-max_abs, max_abs].
     modulus_bits: b, the ring Z_{2^b}; None picks the smallest b that cannot wrap and leaves the
         range check guard_bits(vector_length) bits of headroom (a smaller b is refused).
-    num_neighbours: k, neighbours per client in the SecAgg+ graph; None = default_num_neighbours(n).
-    threshold: t, Shamir threshold among a client's neighbours; None = default_threshold(k): withstands
-        DEFAULT_CORRUPT_NEIGHBOURS colluding neighbours.
+    num_neighbours: k, neighbours per client in the SecAgg+ graph; None (with threshold None) = the k
+        and t of default_graph(n), sized for a corrupt and a dropout fraction (sizing.py).
+    threshold: t, Shamir threshold among a client's neighbours; None = default_graph(n)'s t where k is
+        None too, else default_threshold(k): withstands DEFAULT_CORRUPT_NEIGHBOURS colluding neighbours
+        (not sized for a fraction: a client's policy checks that).
     """
 
     num_clients: int
@@ -111,11 +125,16 @@ class SecAggConfig:
             )
         object.__setattr__(self, "modulus_bits", bits)
 
-        k = default_num_neighbours(self.num_clients) if self.num_neighbours is None else self.num_neighbours
-        check_int(f"num_neighbours (of {self.num_clients} clients)", k, low=2, high=self.num_clients - 1)
+        if self.num_neighbours is None:
+            k, default_t = default_graph(self.num_clients)
+        else:
+            k = check_int(
+                f"num_neighbours (of {self.num_clients} clients)", self.num_neighbours, low=2, high=self.num_clients - 1
+            )
+            default_t = default_threshold(k)
         object.__setattr__(self, "num_neighbours", k)
 
-        t = default_threshold(k) if self.threshold is None else self.threshold
+        t = default_t if self.threshold is None else self.threshold
         check_int(f"threshold (a strict majority of the {k} neighbours)", t, low=k // 2 + 1, high=k)
         object.__setattr__(self, "threshold", t)
 

@@ -11,6 +11,7 @@ from mrff_secure.errors import ConfigError, ProtocolViolation
 from mrff_secure.secagg import packing
 from mrff_secure.secagg.config import RANGE_CHECK_SECURITY_BITS, SecAggConfig, guard_bits, required_modulus_bits
 from mrff_secure.secagg.encoding import InputRangeError, check_no_wrap, from_ring, to_ring
+from mrff_secure.secagg.sizing import graph_for
 
 
 def test_encoding_known_answers(vectors):
@@ -98,9 +99,15 @@ def test_config_validation(kwargs):
 
 def test_config_defaults():
     config = SecAggConfig(num_clients=100, vector_length=4, max_abs=100)
-    assert (config.k, config.t) == (14, 9)  # 2t - k = 4 > 2 colluding neighbours (the default c_max)
+    # sized for 5% corrupt, 10% dropping out (sizing.graph_for): 2t - k = 6 > the 5 corrupt others,
+    # k - t = 10 = the 10 dropped others
+    assert (config.k, config.t) == graph_for(100) == (26, 16)
     assert 2 * config.t - config.k > 2
-    assert SecAggConfig(num_clients=1791, vector_length=4, max_abs=1).t == 13  # k = 22, t <= k - 1
+    large = SecAggConfig(num_clients=1791, vector_length=4, max_abs=1)
+    assert (large.k, large.t) == graph_for(1791)
+    # an explicit k keeps the absolute rule: t withstands 2 colluding neighbours, t <= k - 1
+    assert SecAggConfig(num_clients=1791, vector_length=4, max_abs=1, num_neighbours=22).t == 13
+    # n <= 5 has no (k, t) meeting the fractions: the complete graph with the absolute rule
     small = SecAggConfig(num_clients=3, vector_length=4, max_abs=100)
     assert (small.k, small.t) == (2, 2)
     assert SecAggConfig(num_clients=5, vector_length=4, max_abs=1).t == 3  # k = 4: t = k - 1 (one dropout survives)

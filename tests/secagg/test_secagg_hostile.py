@@ -375,7 +375,8 @@ def test_policy_refuses_thresholds_a_split_view_with_c_max_colluders_defeats(k, 
 
 def test_policy_refuses_exactly_the_thresholds_with_2t_minus_k_at_most_c_max():
     """Every (k, t, c_max) with k in 2..12: the client is refused at construction (before it has made
-    any key) iff 2t - k <= c_max, and accepts every other proposal."""
+    any key) iff 2t - k <= c_max, and accepts every other proposal (the absolute rule alone: no
+    corrupt fraction, whose check test_sizing.py covers)."""
     ids = make_identities([0])
     context = SessionContext.fresh(round_id=1)
     refused = accepted = 0
@@ -383,7 +384,7 @@ def test_policy_refuses_exactly_the_thresholds_with_2t_minus_k_at_most_c_max():
         for t in range(k // 2 + 1, k + 1):
             config = SecAggConfig(num_clients=16, vector_length=2, max_abs=10, num_neighbours=k, threshold=t)
             for c_max in range(0, 5):
-                policy = SecAggPolicy(corrupt_neighbours=c_max)
+                policy = SecAggPolicy(corrupt_neighbours=c_max, corrupt_fraction=0.0)
                 if 2 * t - k <= c_max:
                     with pytest.raises(PolicyViolation, match="split view"):
                         ids.session(config, context, 0, policy)
