@@ -34,6 +34,7 @@ from mrff_secure.errors import ConfigError
 from mrff_secure.round.spec import DP_MODES, RoundSpec
 from mrff_secure.secagg.config import DEFAULT_CORRUPT_NEIGHBOURS, SecAggConfig
 from mrff_secure.secagg.policy import PolicyViolation, SecAggPolicy
+from mrff_secure.secagg.sizing import DEFAULT_CORRUPT_FRACTION, DEFAULT_SECURITY_BITS
 
 POLICY_FIELDS = (
     "min_participants",
@@ -51,6 +52,8 @@ POLICY_FIELDS = (
     "min_honest_shares",
     "max_aborted_sessions",
     "accept_weaker",
+    "corrupt_fraction",
+    "security_bits",
 )
 SAFE_DP_MODES = ("distributed",)
 SAFE_MIN_NOISE_MULTIPLIER = 0.5
@@ -81,6 +84,8 @@ class ClientPolicy:
     min_honest_shares: int = SAFE_MIN_HONEST_SHARES  # noise survivors beyond the c_max colluding ones
     max_aborted_sessions: int = SAFE_MAX_ABORTED_SESSIONS  # per round, ended before anything was sent
     accept_weaker: bool = False  # settings weaker than the safe defaults are refused unless this is set
+    corrupt_fraction: float = DEFAULT_CORRUPT_FRACTION  # (k, t) must keep a split view unlikely at this fraction
+    security_bits: int = DEFAULT_SECURITY_BITS  # ... below 2^-bits over the round
     secagg: SecAggPolicy = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +121,8 @@ class ClientPolicy:
                 min_neighbours=self.min_neighbours,
                 corrupt_neighbours=self.corrupt_neighbours,
                 min_survivors=self.min_survivors,
+                corrupt_fraction=self.corrupt_fraction,
+                security_bits=self.security_bits,
             ),
         )
 
@@ -132,6 +139,8 @@ class ClientPolicy:
             ("max_aborted_sessions", SAFE_MAX_ABORTED_SESSIONS, False),
             ("min_group_size", 5, True),
             ("corrupt_neighbours", DEFAULT_CORRUPT_NEIGHBOURS, True),
+            ("corrupt_fraction", DEFAULT_CORRUPT_FRACTION, True),
+            ("security_bits", DEFAULT_SECURITY_BITS, True),
         ):
             value = getattr(self, name)
             if (value < safe) if lower_is_weaker else (value > safe):

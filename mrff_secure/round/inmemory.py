@@ -69,8 +69,11 @@ def make_identities(client_ids: Collection[int]) -> Identities:
 
 
 def simulation_policy(config: SecAggConfig) -> SecAggPolicy:
-    """The policy of simulated honest clients: the default, with c_max lowered to what (k, t) allow."""
-    return SecAggPolicy(corrupt_neighbours=max(0, min(DEFAULT_CORRUPT_NEIGHBOURS, 2 * config.t - config.k - 1)))
+    """The policy of simulated honest clients: the default, with c_max lowered to what (k, t) allow and no corrupt
+    fraction (the simulation has no adversary; the (k, t) a benchmark chooses is played as given)."""
+    return SecAggPolicy(
+        corrupt_neighbours=max(0, min(DEFAULT_CORRUPT_NEIGHBOURS, 2 * config.t - config.k - 1)), corrupt_fraction=0.0
+    )
 
 
 Dropouts = Mapping[Stage, set[int]]

@@ -232,6 +232,7 @@ class ClientSession:
                 f"participant set has {len(ids)} clients but the modulus was sized for {self.config.num_clients}"
             )
         self.policy.check_participants(len(ids))
+        self.policy.check_graph(len(ids), self.config.k, self.config.t)  # the graph the actual set will have
         if self._allowed is not None and not set(ids) <= self._allowed:
             raise ProtocolViolation(
                 f"client {self.client_id}: the participant set names "
