@@ -91,7 +91,9 @@ class LogicalClient:
         self.identity_public = primitives.identity_public_bytes(self.identity)
         self.credential = store.credential(connection.authority_public_key)  # refuses to start without one
         self.transport = Transport(user, connection, stop=self.stop, enrol_request=self._enrol_request)
-        self.calls = RoundCalls(user, self.transport, stop=self.stop, fault=fault, on_upload=self._count_upload)
+        self.calls = RoundCalls(
+            user, self.transport, stop=self.stop, fault=fault, on_upload=self._count_upload, identity_key=self.identity
+        )
         self.sums = SecureSums(
             user,
             self.calls,
@@ -104,8 +106,9 @@ class LogicalClient:
         self.rounds_played = 0
         self._result: RoundResult | None = None  # the round being played
 
-    def _enrol_request(self) -> pb.EnrolRequest:
-        proof = primitives.sign(self.identity, signing.enrol_payload(self.user, self.identity_public))
+    def _enrol_request(self, run_id: str, nonce: bytes) -> pb.EnrolRequest:
+        """Our answer to the server's challenge: the proof signs its run id and nonce with our identity key."""
+        proof = primitives.sign(self.identity, signing.enrol_payload(run_id, nonce, self.user, self.identity_public))
         return pb.EnrolRequest(
             protocol_version=limits.PROTOCOL_VERSION,
             client_id=self.user,
@@ -113,6 +116,7 @@ class LogicalClient:
             proof=proof,
             credential=self.credential.to_bytes(),
             skips_evaluation=not self.policy.join_evaluation,
+            challenge_nonce=nonce,
         )
 
     def enrol(self) -> None:
