@@ -27,6 +27,7 @@ from client.proposal import (
     phase1_counts,
     verified_parameters,
 )
+from client.receipts import record_receipt
 from client.report import RoundReporter, RoundResult
 from client.round_calls import POLL_MS, RoundCalls, RoundFailed
 from client.secure_sums import SecureSums
@@ -151,6 +152,7 @@ class LogicalClient:
                 if reply.pending:
                     continue
                 body = self._verified(reply.round, pb.RoundBody)
+                record_receipt(self.store.folder, reply.round, body)  # evidence of the audit log's head (W20)
                 after = body.round_id
                 self.store.resolve(body.last_completed_round)
                 if body.finished:

@@ -249,6 +249,8 @@ class AuditLog:
         ended windows are forgotten. Under the lock."""
         for kind, window in list(self._refusals.items()):
             ended = now is not None and window.ends <= now
+            if now is not None and not ended:
+                continue
             if window.suppressed:
                 self._write(
                     {

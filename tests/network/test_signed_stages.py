@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
+from client.receipts import check_receipts
 from mrff_secure.pki import IdentityFiles
 from mrff_secure.secagg import messages, packing, primitives
 from mrff_secure.secagg.client import ClientSession
@@ -137,3 +138,7 @@ def test_a_masked_input_in_the_victims_name_without_its_key_is_refused_and_the_r
     assert rounds[0]["phases"]["counts"]["dropouts"]["masked_input"] == [VICTIM]  # nothing of the forgery counted
     assert rounds[0]["phases"]["counts"]["survivors"] == [0, 1, 2, 3]
     assert rounds[0]["phases"]["update"]["survivors"] == [0, 1, 2, 3]
+    # W20: each real client kept a receipt of every signed chain head it was announced, and the log has them all
+    key = signing.load_public_key(certs / "signing.pub")
+    report = check_receipts(run_dir / "audit.jsonl", key, [tmp_path / "state"])
+    assert report.ok and report.checked >= 8, report  # 4 clients x (round 0, the end of the run)
