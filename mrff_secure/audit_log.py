@@ -19,7 +19,7 @@ the run folder):
 Appends are flushed (and fsynced for the records that get a signature).
 
 Refused calls are aggregated (`record_refusal`), so a flood of them cannot grow the log without bound:
-the first refusal of a kind (client, method, status, reason with its numbers blanked) in a window of
+the first refusal of a kind (client, method, status, reason) in a window of
 `refusal_window_s` is written at once with "count": 1; further ones of that kind in the window are
 counted and written as one record ("aggregated": true, "count": how many) when the window ends, before
 the next signed record, and at close. At most `MAX_REFUSAL_KINDS` kinds per window; refusals of any
@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -51,13 +50,11 @@ SIGNED_TYPES = ("run_started", "resumed", "round", "round_aborted", "run_finishe
 HEAD = "head_signature"
 REFUSAL_WINDOW_S = 60.0
 MAX_REFUSAL_KINDS = 256  # distinct refusal kinds per window before they are counted together
-_NUMBERS = re.compile(r"[0-9]+")
 
 
 def refusal_kind(record: dict[str, Any]) -> tuple[Any, ...]:
-    """What refusals are aggregated by: client, method, status and the reason with its numbers blanked."""
-    reason = _NUMBERS.sub("#", str(record.get("reason", "")))[:200]
-    return (record.get("client"), record.get("method"), record.get("status"), reason)
+    """What refusals are aggregated by: client, method, status and reason."""
+    return (record.get("client"), record.get("method"), record.get("status"), str(record.get("reason", ""))[:500])
 
 
 @dataclass

@@ -17,8 +17,8 @@ from mrff_secure.wire.signing import ENROL_NONCE_BYTES
 from server.errors import Rejected
 
 LIFETIME_S = 60.0
-PER_PEER = 256
-TOTAL = 8192
+PER_PEER = 1024  # one host may run many logical clients that enrol at once
+TOTAL = 16384
 
 
 class TooManyChallenges(Rejected):

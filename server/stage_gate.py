@@ -9,7 +9,8 @@ fetch returns what the open round has published for that client, or waits for it
 
 A stage closes when every expected client has answered or at its deadline; whoever is missing is a
 dropout and is not sampled again until its next call. Between stages no stage is open, so a late
-message is refused, never half-applied. No gRPC, no crypto policy and no model state here.
+message is refused, never half-applied. No gRPC, no crypto policy and no model state here; the one
+signature checked here is the sender's own on each stage message (its enrolled identity key), before parsing.
 """
 
 from __future__ import annotations

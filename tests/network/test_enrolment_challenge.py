@@ -60,6 +60,15 @@ def test_a_recorded_enrolment_replays_neither_into_the_same_run_nor_into_another
     unchallenged.ClearField("challenge_nonce")
     assert code_of(lambda: stub_b.Enrol(unchallenged, timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
 
+    # a challenge for an impossible id, or one that does not parse, is refused and audited too
+    assert code_of(lambda: enrolment.challenge(stub_b, 2**31)) == grpc.StatusCode.INVALID_ARGUMENT
+    raw = channel_b.unary_unary("/mrff_secure.v1.Coordinator/EnrolChallenge")
+    assert code_of(lambda: raw(b"\xff\xff\xff", timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
+    challenges = [
+        r for r in harness.audit_records(run_b) if r["type"] == "rejected" and r["method"] == "EnrolChallenge"
+    ]
+    assert len(challenges) == 2, challenges
+
     for run_dir, count in ((run_a, 1), (run_b, 3)):
         refusals = [r for r in harness.audit_records(run_dir) if r["type"] == "rejected" and r["method"] == "Enrol"]
         assert len(refusals) == count, refusals

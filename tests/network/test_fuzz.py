@@ -338,7 +338,7 @@ def test_fuzz_thousand_hostile_messages_then_a_normal_round(tmp_path, certs, pro
     rejected = [r for r in records if r["type"] == "rejected"]
     # every refused message is counted (aggregated per kind, W19; the clients' own late calls may add some)
     assert sum(r["count"] for r in rejected) >= f.sent
-    assert len(rejected) < f.sent / 3  # ... in fewer records (the 300 garbage calls spoof 300 client ids: 300 kinds)
+    assert len(rejected) < f.sent / 2  # ... in fewer records (at most 256 kinds and their counts per window)
     rounds = harness.round_records(run_dir)
     assert len(rounds) == 1 and rounds[0]["type"] == "round"
     assert HOSTILE in rounds[0]["participants"]
