@@ -108,7 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--receipts",
         type=Path,
         nargs="+",
-        default=(),
+        default=None,
         metavar="PATH",
         help="clients' receipts (STATE_DIR/user-<id>/receipts.jsonl, or a folder holding them): each signed chain "
         "head a client received must be in the log; catches a log rewritten by the signing key's holder",
