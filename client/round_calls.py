@@ -1,5 +1,6 @@
-"""A logical client's Submit and Fetch calls within a round it plays: a refused call ends the round for this
-client (`RoundFailed`), a fetch waits until the server has published the stage's message, and the
+"""A logical client's Submit and Fetch calls within a round it plays: every submitted stage message is signed
+with the client's identity key (bound to the run, phase, secure-aggregation session, stage and the payload's
+SHA-256), a refused call ends the round for this client (`RoundFailed`), a fetch waits until the server has published the stage's message, and the
 fault-injection hook of the tests stops the client right after a chosen submission."""
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.transport import ClientFailure, Transport
-from mrff_secure.secagg import messages
+from mrff_secure.errors import ConfigError
+from mrff_secure.round.spec import Phase
+from mrff_secure.secagg import messages, primitives
+from mrff_secure.wire import signing
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 
 if TYPE_CHECKING:
@@ -35,6 +40,30 @@ class RoundFailed(Exception):
     """This round cannot go on for us (aborted, dropped, refused); wait for the next one."""
 
 
+def phase_secagg(body: pb.RoundBody, phase: int) -> pb.SecAggParameters:
+    """The announced secure-aggregation parameters of one phase of the round."""
+    if phase == Phase.COUNTS:
+        return body.counts_secagg
+    if phase == Phase.UPDATE:
+        return body.update_secagg
+    if phase == Phase.EVALUATION:
+        return body.evaluation_secagg
+    raise ConfigError(f"unknown phase {phase}")
+
+
+def stage_signature(
+    identity_key: Ed25519PrivateKey, body: pb.RoundBody, phase: int, stage: int, client_id: int, payload: bytes
+) -> bytes:
+    """Our identity key's signature of a stage message of this round (mrff_secure.wire.signing.stage_payload)."""
+    params = phase_secagg(body, phase)
+    return primitives.sign(
+        identity_key,
+        signing.stage_payload(
+            body.run_id, phase, params.secagg_round_id, params.session_nonce, stage, client_id, payload
+        ),
+    )
+
+
 class RoundCalls:
     """Submit and Fetch for one logical client; `on_upload(bytes)` counts what it submitted."""
 
@@ -46,16 +75,23 @@ class RoundCalls:
         stop: threading.Event,
         fault: FaultInjection | None,
         on_upload: Callable[[int], None],
+        identity_key: Ed25519PrivateKey,
     ) -> None:
         self.user, self.transport, self.stop, self.fault, self.on_upload = user, transport, stop, fault, on_upload
+        self.identity_key = identity_key  # signs every submitted stage message
 
     def submit(self, body: pb.RoundBody, phase: int, stage: int, message: messages.Message) -> None:
         payload = message.to_bytes()
+        signature = stage_signature(self.identity_key, body, phase, stage, self.user, payload)
         try:
             self.transport.call(
                 "Submit",
                 pb.SubmitRequest(
-                    round_id=body.round_id, phase=_wire_phase(phase), stage=_wire_stage(stage), payload=payload
+                    round_id=body.round_id,
+                    phase=_wire_phase(phase),
+                    stage=_wire_stage(stage),
+                    payload=payload,
+                    signature=signature,
                 ),
                 timeout=SUBMIT_TIMEOUT_S,
             )

@@ -204,7 +204,12 @@ class Transport:
     """One channel to the coordinator, for one logical client; every RPC goes through `call`."""
 
     def __init__(
-        self, user: int, connection: Connection, *, stop: threading.Event, enrol_request: Callable[[], pb.EnrolRequest]
+        self,
+        user: int,
+        connection: Connection,
+        *,
+        stop: threading.Event,
+        enrol_request: Callable[[str, bytes], pb.EnrolRequest],
     ) -> None:
         self.user = user
         self.connection = connection
@@ -219,6 +224,7 @@ class Transport:
             self.channel = grpc.secure_channel(connection.target, connection.credentials, options=options)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
         self.session = b""
+        self.enrolled_run_id: str | None = None  # the run id our last enrolment proof was signed for
         self.contacted = False  # the server answered at least once (a refusal is then a restart)
 
     def close(self) -> None:
@@ -227,13 +233,29 @@ class Transport:
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return ((limits.META_CLIENT, str(self.user)), (limits.META_SESSION, self.session.hex()))
 
-    def enrol(self) -> None:
-        """Enrol (again): a new session. ClientFailure if the server refuses us."""
+    def enrol(self) -> str:
+        """Enrol (again): ask the server for a challenge (its run id and a fresh nonce), sign it into the
+        enrolment proof (`enrol_request(run_id, nonce)`), and start a new session. Returns the run id we
+        enrolled in (also kept as `enrolled_run_id`). ClientFailure if the server refuses us."""
         try:
-            reply = self._retrying(self.stub.Enrol, self._enrol_request(), timeout=30.0, metadata=None)
+            challenge = self._retrying(
+                self.stub.EnrolChallenge, pb.EnrolChallengeRequest(client_id=self.user), timeout=30.0, metadata=None
+            )
+            run_id = str(challenge.run_id)
+            reply = self._retrying(
+                self.stub.Enrol, self._enrol_request(run_id, bytes(challenge.nonce)), timeout=30.0, metadata=None
+            )
         except grpc.RpcError as exc:
             raise ClientFailure(f"user {self.user}: enrolment refused: {exc.code().name}: {exc.details()}") from exc
+        except ValueError as exc:  # a challenge we cannot sign (a nonce of the wrong length)
+            raise ClientFailure(f"user {self.user}: the server's enrolment challenge is malformed: {exc}") from exc
+        if reply.run_id != run_id:
+            raise ClientFailure(
+                f"user {self.user}: the server enrolled us in run {reply.run_id!r} but challenged us for run {run_id!r}"
+            )
         self.session = reply.session_token
+        self.enrolled_run_id = run_id
+        return run_id
 
     def call(self, name: str, request: Message, *, timeout: float) -> Any:
         """The RPC `name` in our session. Reconnected if the server forgot the session (we enrolled again);

@@ -31,6 +31,7 @@ from client.proposal import (
     phase1_counts,
     verified_parameters,
 )
+from client.receipts import record_receipt
 from client.report import RoundReporter, RoundResult
 from client.round_calls import POLL_MS, RoundCalls, RoundFailed
 from client.secure_sums import OnRelease, SecureSums
@@ -122,7 +123,9 @@ class LogicalClient:
         self.identity_public = primitives.identity_public_bytes(self.identity)
         self.credential = store.credential(connection.authority_public_key)  # refuses to start without one
         self.transport = Transport(user, connection, stop=self.stop, enrol_request=self._enrol_request)
-        self.calls = RoundCalls(user, self.transport, stop=self.stop, fault=fault, on_upload=self._count_upload)
+        self.calls = RoundCalls(
+            user, self.transport, stop=self.stop, fault=fault, on_upload=self._count_upload, identity_key=self.identity
+        )
         self.sums = SecureSums(
             user,
             self.calls,
@@ -141,11 +144,11 @@ class LogicalClient:
         )
         self.rounds_played = 0
         self._result: RoundResult | None = None  # the round being played
-        self._run_id: str | None = None  # the run we enrolled in: rounds of another run are refused
         self._derived: dict[tuple[str, int], TrainedInput] = {}  # each round's input, derived once
 
-    def _enrol_request(self) -> pb.EnrolRequest:
-        proof = primitives.sign(self.identity, signing.enrol_payload(self.user, self.identity_public))
+    def _enrol_request(self, run_id: str, nonce: bytes) -> pb.EnrolRequest:
+        """Our answer to the server's challenge: the proof signs its run id and nonce with our identity key."""
+        proof = primitives.sign(self.identity, signing.enrol_payload(run_id, nonce, self.user, self.identity_public))
         return pb.EnrolRequest(
             protocol_version=limits.PROTOCOL_VERSION,
             client_id=self.user,
@@ -153,6 +156,7 @@ class LogicalClient:
             proof=proof,
             credential=self.credential.to_bytes(),
             skips_evaluation=not self.policy.join_evaluation,
+            challenge_nonce=nonce,
         )
 
     def enrol(self) -> None:
@@ -187,13 +191,13 @@ class LogicalClient:
                 if reply.pending:
                     continue
                 body = self._verified(reply.round, pb.RoundBody)
-                if self._run_id is None:
-                    self._run_id = body.run_id  # pinned until we enrol again
-                elif body.run_id != self._run_id:
+                enrolled = self.transport.enrolled_run_id
+                if body.run_id != enrolled:  # our anti-replay is pinned to the run we enrolled in, not to a label
                     raise ClientFailure(
                         f"user {self.user}: refusing the server: it announces run {body.run_id!r}, but this "
-                        f"client enrolled in run {self._run_id!r} (a relabelled replay is not a new run)"
+                        f"client enrolled in run {enrolled!r} (a relabelled replay is not a new run)"
                     )
+                record_receipt(self.store.folder, reply.round, body)  # evidence of the audit log's head (W20)
                 after = body.round_id
                 self.store.resolve(body.last_completed_round)
                 if body.finished:
@@ -203,7 +207,6 @@ class LogicalClient:
                     self._play_reported(body)
             except Reconnected:
                 after = -1  # the restarted server may replay a round we saw: our ledger decides what we send
-                self._run_id = None
             except RoundFailed as exc:
                 log.info("user %d: round %d: %s", self.user, after, exc)
                 self.store.discard()

@@ -17,6 +17,14 @@ the run folder):
   finish, or the log was cut after its last signature (records after it are named as unsigned);
 - ok: intact, signed through a run_finished record.
 Appends are flushed (and fsynced for the records that get a signature).
+
+Refused calls are aggregated (`record_refusal`), so a flood of them cannot grow the log without bound:
+the first refusal of a kind (client, method, status, reason) in a window of
+`refusal_window_s` is written at once with "count": 1; further ones of that kind in the window are
+counted and written as one record ("aggregated": true, "count": how many) when the window ends, before
+the next signed record, and at close. At most `MAX_REFUSAL_KINDS` kinds per window; refusals of any
+further kind are counted together under one "overflow" record. Summing "count" over the rejected records
+gives the number of refused calls.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +48,22 @@ GENESIS = "0" * 64
 SIGNATURE_DOMAIN = b"mrff-secure/v1/audit-head\x00"
 SIGNED_TYPES = ("run_started", "resumed", "round", "round_aborted", "run_finished")
 HEAD = "head_signature"
+REFUSAL_WINDOW_S = 60.0
+MAX_REFUSAL_KINDS = 256  # distinct refusal kinds per window before they are counted together
+
+
+def refusal_kind(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What refusals are aggregated by: client, method, status and reason."""
+    return (record.get("client"), record.get("method"), record.get("status"), str(record.get("reason", ""))[:500])
+
+
+@dataclass
+class _RefusalWindow:
+    first: dict[str, Any]  # the record written at once
+    started: str  # UTC time of the first refusal
+    ends: float  # monotonic time the window closes
+    suppressed: int = 0  # refusals of this kind since, not yet written
+    last: str = ""
 
 
 def record_digest(record: dict[str, Any]) -> str:
@@ -167,8 +192,17 @@ class AuditLog:
     is cut off and noted in the next record, any other damage is refused. With `signing_key`, every
     record of SIGNED_TYPES is followed by a signed head."""
 
-    def __init__(self, path: Path, signing_key: Ed25519PrivateKey | None = None, *, config_digest: str = "") -> None:
+    def __init__(
+        self,
+        path: Path,
+        signing_key: Ed25519PrivateKey | None = None,
+        *,
+        config_digest: str = "",
+        refusal_window_s: float = REFUSAL_WINDOW_S,
+    ) -> None:
         self.path = Path(path)
+        self.refusal_window_s = refusal_window_s
+        self._refusals: dict[tuple[Any, ...], _RefusalWindow] = {}
         self._lock = threading.Lock()
         self._signing_key, self.config_digest = signing_key, config_digest
         self.repaired = ""
@@ -193,6 +227,11 @@ class AuditLog:
     def last_digest(self) -> str:
         return self._prev
 
+    def head(self) -> tuple[int, str]:
+        """(index, digest) of the last record written (-1 and GENESIS for an empty log)."""
+        with self._lock:
+            return self._seq - 1, self._prev
+
     def _write(self, record: dict[str, Any]) -> str:
         full = {**record, "seq": self._seq, "prev": self._prev}
         full.setdefault("time", utc_now())
@@ -202,10 +241,63 @@ class AuditLog:
         self._prev = full["digest"]
         return full["digest"]
 
+    def _flush_refusals(self, now: float | None) -> None:
+        """Write the suppressed counts of the windows that ended by `now` (None: of every window); the
+        ended windows are forgotten. Under the lock."""
+        for kind, window in list(self._refusals.items()):
+            ended = now is not None and window.ends <= now
+            if now is not None and not ended:
+                continue
+            if window.suppressed:
+                self._write(
+                    {
+                        **window.first,
+                        "count": window.suppressed,
+                        "aggregated": True,
+                        "window_start": window.started,
+                        "last": window.last,
+                    }
+                )
+                window.suppressed = 0
+            if ended:
+                del self._refusals[kind]
+
+    def record_refusal(self, record: dict[str, Any]) -> None:
+        """A refused call, aggregated by `refusal_kind` (see the module docstring). Nothing is recorded
+        once the log holds a finished run."""
+        with self._lock:
+            if self.finished:
+                return
+            now = time.monotonic()
+            self._flush_refusals(now)
+            kind = refusal_kind(record)
+            if kind not in self._refusals and len(self._refusals) >= MAX_REFUSAL_KINDS:
+                kind = ("overflow",)
+                record = {
+                    "type": record.get("type", "rejected"),
+                    "client": None,
+                    "method": None,
+                    "status": None,
+                    "reason": f"more than {MAX_REFUSAL_KINDS} kinds of refusal in {self.refusal_window_s:g} s: "
+                    "counted together",
+                    "round": record.get("round"),
+                }
+            window = self._refusals.get(kind)
+            if window is not None:
+                window.suppressed += 1
+                window.last = utc_now()
+                return
+            first = {**record, "count": 1}
+            self._write(first)
+            self._handle.flush()
+            self._refusals[kind] = _RefusalWindow(first, first.get("time", utc_now()), now + self.refusal_window_s)
+
     def append(self, record: dict[str, Any], *, sync: bool = False) -> str:
         with self._lock:
             if self.finished:
                 raise CheckpointError(f"audit log {self.path} ends with a finished run: nothing is appended to it")
+            if record.get("type") in SIGNED_TYPES:  # the counts so far get covered by the signature
+                self._flush_refusals(None)
             digest = self._write(record)
             if self._signing_key is not None and record.get("type") in SIGNED_TYPES:
                 covers = self._seq - 1
@@ -228,7 +320,11 @@ class AuditLog:
             return digest
 
     def close(self) -> None:
+        """Write the pending refusal counts (unless the run finished), then close."""
         with self._lock:
+            if not self.finished and not self._handle.closed:
+                self._flush_refusals(None)
+                self._handle.flush()
             self._handle.close()
 
 

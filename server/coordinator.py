@@ -51,6 +51,7 @@ from mrff_secure.secagg.identity import ClientCredential, verify_credential
 from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire import signing, tensors
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
+from server.enrol_challenges import ChallengeBook
 from server.errors import BadSignature, EnrolmentRefused, Malformed, ShuttingDown
 from server.privacy import ledger_summary, round_release
 from server.run_state import RunState, ServerSettings
@@ -118,7 +119,8 @@ class Coordinator:
         self.authority_public_key = bytes(authority_public_key)  # the identity authority (credentials)
         open_run = RunState.resume if resume else RunState.create
         self.state = open_run(Path(run_dir), settings, model_config, schema, spec, signing_key)
-        self.gate = StageGate()
+        self.gate = StageGate(self.state.run_id)
+        self.challenges = ChallengeBook()  # enrolment nonces
         self.audit = self.state.audit
         self.layout = self.state.layout
         self.error: BaseException | None = None
@@ -138,13 +140,34 @@ class Coordinator:
         return self.state.params_template()
 
     # -------------------------------------------------------------- requests
+    def enrol_challenge(self, peer: str, client_id: int) -> bytes:
+        """A fresh single-use nonce the client must sign into its enrolment proof (with our run id)."""
+        if not 0 <= client_id <= MAX_CLIENT_ID:
+            raise Malformed(f"client id {client_id} is outside [0, {MAX_CLIENT_ID}]")
+        return self.challenges.issue(peer, client_id)
+
     def enrol(
-        self, client_id: int, public_key: bytes, proof: bytes, credential: bytes, *, skips_evaluation: bool = False
+        self,
+        client_id: int,
+        public_key: bytes,
+        proof: bytes,
+        credential: bytes,
+        nonce: bytes,
+        *,
+        skips_evaluation: bool = False,
     ) -> bytes:
         if not 0 <= client_id <= MAX_CLIENT_ID:
             raise Malformed(f"client id {client_id} is outside [0, {MAX_CLIENT_ID}]")
         if len(public_key) != primitives.PUBLIC_KEY_BYTES:
             raise Malformed(f"identity key must be {primitives.PUBLIC_KEY_BYTES} bytes, got {len(public_key)}")
+        if len(nonce) != signing.ENROL_NONCE_BYTES:
+            raise EnrolmentRefused(
+                f"no enrolment challenge answered (nonce of {len(nonce)} bytes): ask EnrolChallenge first"
+            )
+        if not self.challenges.redeem(nonce, client_id):  # single use: a recorded enrolment does not replay
+            raise EnrolmentRefused(
+                f"the enrolment challenge of client {client_id} is unknown, used or expired (a replayed enrolment?)"
+            )
         try:
             certified = verify_credential(
                 self.authority_public_key, ClientCredential.from_bytes(credential), client_id=client_id
@@ -158,9 +181,11 @@ class Coordinator:
         if not hmac.compare_digest(certified, public_key):
             raise EnrolmentRefused(f"the credential of client {client_id} certifies another identity key")
         try:
-            primitives.verify(public_key, proof, signing.enrol_payload(client_id, public_key))
+            primitives.verify(public_key, proof, signing.enrol_payload(self.run_id, nonce, client_id, public_key))
         except AuthenticationError as exc:
-            raise BadSignature("enrolment proof does not verify under the identity key") from exc
+            raise BadSignature(
+                "enrolment proof does not verify under the identity key for this run and challenge"
+            ) from exc
         with self.gate.condition:
             known = self.state.identities.get(client_id)
             if known is not None and not hmac.compare_digest(known, public_key):
@@ -175,7 +200,7 @@ class Coordinator:
                         "credential": bytes(credential).hex(),
                     }
                 )
-            return self.gate.open_session(client_id, skips_evaluation=skips_evaluation)
+            return self.gate.open_session(client_id, public_key, skips_evaluation=skips_evaluation)
 
     def authenticate(self, client_id: int, token: bytes) -> bool:
         return self.gate.authenticate(client_id, token)
@@ -183,8 +208,10 @@ class Coordinator:
     def get_round(self, after_round: int, wait: float, client_id: int | None = None) -> pb.SignedBody | None:
         return self.gate.get_round(after_round, wait, client_id)
 
-    def submit(self, client_id: int, round_id: int, phase: int, stage: int, payload: bytes) -> None:
-        self.gate.submit(client_id, round_id, phase, stage, payload)
+    def submit(
+        self, client_id: int, round_id: int, phase: int, stage: int, payload: bytes, signature: bytes = b""
+    ) -> None:
+        self.gate.submit(client_id, round_id, phase, stage, payload, signature)
 
     def fetch(self, client_id: int, round_id: int, phase: int, stage: int, wait: float) -> tuple[str, Any] | None:
         return self.gate.fetch(client_id, round_id, phase, stage, wait)
@@ -194,7 +221,7 @@ class Coordinator:
 
     def record_rejection(self, client_id: int | None, method: str, status: str, reason: str) -> None:
         rs = self.gate.current_round()
-        self.audit.append(
+        self.audit.record_refusal(  # aggregated: a flood of refusals cannot grow the log without bound (W19)
             {
                 "type": "rejected",
                 "client": client_id,
@@ -257,6 +284,9 @@ class Coordinator:
             last_completed_round=state.last_completed,
             secure=self.settings.secure,
         )
+        head_seq, head_digest = self.audit.head()  # clients keep the signed head as a receipt (W20)
+        if head_seq >= 0:
+            body.audit_head.CopyFrom(pb.AuditHead(seq=head_seq, digest=head_digest))
         if not finished and spec is not None and configs is not None:
             body.participants.extend(participants)
             body.parameters.extend(tensors.to_proto(state.params))

@@ -24,6 +24,7 @@ from mrff_secure.wire import limits
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server import errors
 from server.coordinator import Coordinator
+from server.enrol_challenges import TooManyChallenges
 
 log = logging.getLogger("mrff.server")
 
@@ -50,6 +51,8 @@ class Oversized(errors.Rejected):
 
 
 STATUS[Oversized] = grpc.StatusCode.RESOURCE_EXHAUSTED
+STATUS[TooManyChallenges] = grpc.StatusCode.RESOURCE_EXHAUSTED
+OPEN_METHODS = ("EnrolChallenge", "Enrol")  # no session yet: the enrolment proof authenticates
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,8 @@ def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Enrol is open (the coordinator checks the credential from the identity authority and a proof of
-    the key); every other call needs a live session (client id + session token)."""
+    """EnrolChallenge and Enrol are open (the coordinator checks the credential from the identity authority
+    and a proof of the key over its run id and a fresh challenge); every other call needs a live session (client id + session token)."""
 
     def __init__(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
@@ -109,7 +112,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return continuation(handler_call_details)
         metadata = _metadata(handler_call_details.invocation_metadata)
         name = method.rsplit("/", 1)[-1]
-        if name == "Enrol":
+        if name in OPEN_METHODS:
             return continuation(handler_call_details)
         client = _client_id(metadata)
         try:
@@ -162,6 +165,13 @@ class CoordinatorService:
             log.exception("internal error in %s", name)
             _abort(context, grpc.StatusCode.INTERNAL, "internal server error")
 
+    def enrol_challenge(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        def body(_client: int | None, request: pb.EnrolChallengeRequest) -> pb.EnrolChallengeReply:
+            nonce = self.coordinator.enrol_challenge(context.peer() or "", request.client_id)
+            return pb.EnrolChallengeReply(run_id=self.coordinator.run_id, nonce=nonce)
+
+        return self._call("EnrolChallenge", pb.EnrolChallengeRequest, raw, context, body)
+
     def enrol(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
         def body(_client: int | None, request: pb.EnrolRequest) -> pb.EnrolReply:
             if request.protocol_version != limits.PROTOCOL_VERSION:
@@ -174,6 +184,7 @@ class CoordinatorService:
                 request.identity_public_key,
                 request.proof,
                 request.credential,
+                request.challenge_nonce,
                 skips_evaluation=request.skips_evaluation,
             )
             return pb.EnrolReply(session_token=token, run_id=self.coordinator.run_id)
@@ -191,7 +202,12 @@ class CoordinatorService:
     def submit(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
         def body(client: int | None, request: pb.SubmitRequest) -> pb.SubmitReply:
             self.coordinator.submit(
-                _authenticated(client), request.round_id, request.phase, request.stage, request.payload
+                _authenticated(client),
+                request.round_id,
+                request.phase,
+                request.stage,
+                request.payload,
+                request.signature,
             )
             return pb.SubmitReply()
 
@@ -209,7 +225,13 @@ class CoordinatorService:
         return self._call("Fetch", pb.FetchRequest, raw, context, body)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        methods = {"Enrol": self.enrol, "GetRound": self.get_round, "Submit": self.submit, "Fetch": self.fetch}
+        methods = {
+            "EnrolChallenge": self.enrol_challenge,
+            "Enrol": self.enrol,
+            "GetRound": self.get_round,
+            "Submit": self.submit,
+            "Fetch": self.fetch,
+        }
         return grpc.method_handlers_generic_handler(
             SERVICE, {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()}
         )

@@ -9,7 +9,8 @@ fetch returns what the open round has published for that client, or waits for it
 
 A stage closes when every expected client has answered or at its deadline; whoever is missing is a
 dropout and is not sampled again until its next call. Between stages no stage is open, so a late
-message is refused, never half-applied. No gRPC, no crypto policy and no model state here.
+message is refused, never half-applied. No gRPC, no crypto policy and no model state here; the one
+signature checked here is the sender's own on each stage message (its enrolled identity key), before parsing.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import numpy as np
 from mrff_secure.errors import AuthenticationError, ProtocolViolation, SecAggError
 from mrff_secure.round.spec import Phase, RoundSpec
 from mrff_secure.round.stages import BY_WIRE, WIRE_NAMES
-from mrff_secure.secagg import messages, packing
+from mrff_secure.secagg import messages, packing, primitives
 from mrff_secure.secagg.config import SecAggConfig
 from mrff_secure.secagg.server import ServerSession
+from mrff_secure.wire import signing
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server.errors import (
     BadSignature,
@@ -36,6 +38,7 @@ from server.errors import (
     Replay,
     RoundAborted,
     ShuttingDown,
+    UnknownClient,
     WrongLength,
     WrongRound,
     WrongStage,
@@ -86,7 +89,8 @@ class RoundState:
 
 
 class StageGate:
-    def __init__(self) -> None:
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id  # bound into every stage message's signature
         self.condition = threading.Condition()  # re-entrant: the driver's callbacks run under it
         self._stopped = False
         self._sessions: dict[int, bytes] = {}
@@ -98,14 +102,17 @@ class StageGate:
         self._finished = False
         self._saw_finish: set[int] = set()
         self._skip_evaluation: set[int] = set()
+        self._identity_keys: dict[int, bytes] = {}  # the key each client enrolled with: its stage messages verify
 
     # ------------------------------------------------------------ sessions
-    def open_session(self, client_id: int, *, skips_evaluation: bool = False) -> bytes:
-        """A fresh session token for an enrolled client (it replaces any earlier one). `skips_evaluation`:
-        its policy sends no held-out scores, so the evaluation does not wait for it."""
+    def open_session(self, client_id: int, identity_key: bytes, *, skips_evaluation: bool = False) -> bytes:
+        """A fresh session token for an enrolled client (it replaces any earlier one); its stage messages must
+        be signed by `identity_key` (raw Ed25519). `skips_evaluation`: its policy sends no held-out scores, so
+        the evaluation does not wait for it."""
         with self.condition:
             token = secrets.token_bytes(32)
             self._sessions[client_id] = token
+            self._identity_keys[client_id] = bytes(identity_key)
             if skips_evaluation:
                 self._skip_evaluation.add(client_id)
             else:
@@ -157,7 +164,11 @@ class StageGate:
                 if not self._wait(deadline):
                     return None
 
-    def submit(self, client_id: int, round_id: int, phase: int, stage: int, payload: bytes) -> None:
+    def submit(
+        self, client_id: int, round_id: int, phase: int, stage: int, payload: bytes, signature: bytes = b""
+    ) -> None:
+        """Accept one stage message: it must be signed by the sender's enrolled identity key over
+        `signing.stage_payload` of the open round, phase, session and stage (checked before the payload is parsed)."""
         with self.condition:
             rs = self._round
             if rs is None or rs.outcome is not None or rs.round_id != round_id:
@@ -181,6 +192,7 @@ class StageGate:
                 )
             if client_id in ps.received:
                 raise Replay(f"client {client_id} already answered stage {WIRE_NAMES[stage]}")
+            self._check_signature(client_id, ps, stage, payload, signature)
             try:
                 message = messages.decode(payload)
             except ProtocolViolation as exc:
@@ -212,6 +224,23 @@ class StageGate:
             ps.received.add(client_id)
             if ps.received >= ps.expected:
                 self.condition.notify_all()
+
+    def _check_signature(self, client_id: int, ps: PhaseState, stage: int, payload: bytes, signature: bytes) -> None:
+        key = self._identity_keys.get(client_id)
+        if key is None:
+            raise UnknownClient(f"client {client_id} has no enrolled identity key")
+        if not signature:
+            raise BadSignature(f"stage {WIRE_NAMES[stage]}: the message is not signed by client {client_id}")
+        signed = signing.stage_payload(
+            self.run_id, ps.phase, ps.secagg_round_id, ps.nonce, stage, client_id, bytes(payload)
+        )
+        try:
+            primitives.verify(key, bytes(signature), signed)
+        except AuthenticationError as exc:
+            raise BadSignature(
+                f"stage {WIRE_NAMES[stage]}: the signature does not verify under the identity key client "
+                f"{client_id} enrolled with"
+            ) from exc
 
     def fetch(self, client_id: int, round_id: int, phase: int, stage: int, wait: float) -> tuple[str, Any] | None:
         deadline = time.monotonic() + wait

@@ -90,17 +90,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = asub.add_parser(
         "verify",
         help="check the chain and the server's signatures; exit 0 only for an intact, signed, finished run",
-        description="Exit 0: intact, every signature valid, signed through run_finished. Exit 1: "
-        "broken (empty, altered, rewritten, signed by another key) or unfinished (the "
-        "run did not finish, or the log was cut). One line says which.",
+        description="Exit 0: intact, every signature valid under the key you give, signed through run_finished "
+        "(and, with --receipts, every client's receipt found in the log). Exit 1: broken (empty, altered, "
+        "rewritten, signed by another key, contradicted by a receipt) or unfinished (the run did not finish, "
+        "or the log was cut). One line says which. Without receipts the holder of the signing key can rewrite "
+        "the whole log and re-sign it: only clients' receipts catch that.",
     )
     v.add_argument("run_dir", type=Path, help="the server's run folder (or a run-local folder)")
     v.add_argument(
         "--signing-pub",
         type=Path,
         default=None,
-        help="the server's signing public key you trust (default: certs/signing.pub, or RUN_DIR/certs/"
-        "signing.pub for a run-local folder)",
+        help="required: the server's signing public key as you obtained it out of band (never one from the run "
+        "folder: whoever can rewrite the log can replace that file too)",
+    )
+    v.add_argument(
+        "--receipts",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="clients' receipts (STATE_DIR/user-<id>/receipts.jsonl, or a folder holding them): each signed chain "
+        "head a client received must be in the log; catches a log rewritten by the signing key's holder",
     )
     v.add_argument(
         "--allow-unfinished",
@@ -188,25 +199,41 @@ def audit_verify_main(args: argparse.Namespace) -> int:
     log_path = find_log(args.run_dir)
     key_path = args.signing_pub
     if key_path is None:
-        local = Path(args.run_dir) / "certs" / "signing.pub"
-        key_path = local if local.is_file() else Path("certs") / "signing.pub"
-    if not key_path.is_file():
-        raise ConfigError(f"no signing public key at {key_path}: pass --signing-pub FILE (the server's signing.pub)")
-    report = verify(log_path, signing.load_public_key(key_path))
+        raise ConfigError(
+            "pass --signing-pub FILE: the server's signing public key as you obtained it out of band. A key "
+            "stored in the run folder is never used: whoever rewrote the log could have replaced it."
+        )
+    if not Path(key_path).is_file():
+        raise ConfigError(f"no signing public key at {key_path} (--signing-pub)")
+    public_key = signing.load_public_key(key_path)
+    report = verify(log_path, public_key)
+    if report.status == "broken":
+        print(f"BROKEN ({log_path}): {report.problem}")
+        return 1
+    receipts = ""
+    if args.receipts:
+        from client.receipts import check_receipts
+
+        checked = check_receipts(log_path, public_key, args.receipts)
+        if not checked.ok:
+            print(f"BROKEN ({log_path}): {checked.problem}")
+            return 1
+        receipts = f"; all {checked.checked} client receipts found in the log"
+        if checked.other_runs:
+            receipts += f" ({checked.other_runs} receipts of other runs skipped)"
+    else:
+        receipts = "; no client receipts checked (a rewrite by the signing key's holder is only caught with --receipts)"
     if report.ok:
         print(
             f"ok: {report.records} records, chain intact, signed by {key_path} through the end of the finished run; "
-            f"last digest {report.last_digest}"
+            f"last digest {report.last_digest}{receipts}"
         )
         return 0
-    if report.status == "unfinished":
-        print(
-            f"UNFINISHED: {report.records} records, chain intact, signed through line {report.signed_through + 1}: "
-            f"{report.problem}"
-        )
-        return 0 if args.allow_unfinished else 1
-    print(f"BROKEN ({log_path}): {report.problem}")
-    return 1
+    print(
+        f"UNFINISHED: {report.records} records, chain intact, signed through line {report.signed_through + 1}: "
+        f"{report.problem}{receipts}"
+    )
+    return 0 if args.allow_unfinished else 1
 
 
 # ------------------------------------------------------------------ server

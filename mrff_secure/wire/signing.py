@@ -6,6 +6,7 @@ out of band (`mrff certs` writes both) and refuse any body that does not verify.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -51,9 +52,46 @@ def load_public_key(path: Path, what: str = "signing public key") -> Ed25519Publ
     return key
 
 
-ENROL_DOMAIN = b"mrff-secure/v1/enrol\x00"
+ENROL_DOMAIN = b"mrff-secure/v1/enrol-challenge\x00"
+STAGE_DOMAIN = b"mrff-secure/v1/stage-message\x00"
+ENROL_NONCE_BYTES = 32
 
 
-def enrol_payload(client_id: int, public_key: bytes) -> bytes:
-    """What a client signs at enrolment to prove it holds the identity key it enrols."""
-    return ENROL_DOMAIN + int(client_id).to_bytes(4, "big") + bytes(public_key)
+def _run_id_bytes(run_id: str) -> bytes:
+    """The run id with its length in front (u16 BE), so no two (run id, rest) pairs sign the same bytes."""
+    encoded = run_id.encode("utf-8")
+    if len(encoded) > 0xFFFF:
+        raise ValueError(f"run id of {len(encoded)} bytes is too long to sign")
+    return len(encoded).to_bytes(2, "big") + encoded
+
+
+def enrol_payload(run_id: str, nonce: bytes, client_id: int, public_key: bytes) -> bytes:
+    """What a client signs at enrolment: the server's run id and its fresh challenge nonce, the client id
+    and the identity key it enrols. Bound to one run and one challenge, so a recorded proof replays nowhere."""
+    if len(nonce) != ENROL_NONCE_BYTES:
+        raise ValueError(f"the enrolment nonce must be {ENROL_NONCE_BYTES} bytes, got {len(nonce)}")
+    return ENROL_DOMAIN + _run_id_bytes(run_id) + bytes(nonce) + int(client_id).to_bytes(4, "big") + bytes(public_key)
+
+
+def stage_payload(
+    run_id: str,
+    phase: int,
+    secagg_round_id: int,
+    session_nonce: bytes,
+    stage: int,
+    client_id: int,
+    payload: bytes,
+) -> bytes:
+    """What a client signs with its identity key for each submitted stage message: where it belongs (run,
+    phase, secure-aggregation session and its nonce, stage), who sends it, and the SHA-256 of its bytes."""
+    return (
+        STAGE_DOMAIN
+        + _run_id_bytes(run_id)
+        + int(phase).to_bytes(4, "big")
+        + int(secagg_round_id).to_bytes(8, "big")
+        + len(session_nonce).to_bytes(1, "big")
+        + bytes(session_nonce)
+        + int(stage).to_bytes(4, "big")
+        + int(client_id).to_bytes(4, "big")
+        + hashlib.sha256(bytes(payload)).digest()
+    )

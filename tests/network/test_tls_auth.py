@@ -10,11 +10,10 @@ import pytest
 from mrff_secure.pki import make_dev_pki
 from mrff_secure.secagg import primitives
 from mrff_secure.secagg.identity import ClientCredential, issue_credential
-from mrff_secure.wire import limits, signing
-from mrff_secure.wire.v1 import coordinator_pb2 as pb
+from mrff_secure.wire import signing
 from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
 
-from . import harness
+from . import enrolment, harness
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -42,15 +41,9 @@ def enrol(
         credential = issue_credential(
             authority, client if credential_id is None else credential_id, certified
         ).to_bytes()
-    request = pb.EnrolRequest(
-        protocol_version=limits.PROTOCOL_VERSION,
-        client_id=client,
-        identity_public_key=public,
-        proof=primitives.sign(key, signing.enrol_payload(client, public)),
-        credential=credential,
-    )
     try:
-        return pb_grpc.CoordinatorStub(channel).Enrol(request, timeout=5)
+        stub = pb_grpc.CoordinatorStub(channel)
+        return stub.Enrol(enrolment.enrol_request(stub, key, client, credential), timeout=5)
     finally:
         channel.close()
 

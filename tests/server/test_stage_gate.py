@@ -13,10 +13,20 @@ import numpy as np
 import pytest
 
 from mrff_secure.round.spec import Phase, RoundSpec
-from mrff_secure.secagg import messages, packing
+from mrff_secure.secagg import messages, packing, primitives
 from mrff_secure.secagg.config import SecAggConfig
+from mrff_secure.wire import signing
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
-from server.errors import Malformed, NotParticipant, Replay, ShuttingDown, WrongLength, WrongRound, WrongStage
+from server.errors import (
+    BadSignature,
+    Malformed,
+    NotParticipant,
+    Replay,
+    ShuttingDown,
+    WrongLength,
+    WrongRound,
+    WrongStage,
+)
 from server.stage_gate import PhaseState, RoundState, StageGate, Stopped
 
 SPEC = RoundSpec(
@@ -34,6 +44,33 @@ SPEC = RoundSpec(
 )
 
 PARTICIPANTS = (1, 2, 3)
+RUN_ID = "run-under-test"
+KEYS = {c: primitives.generate_identity_key() for c in (*PARTICIPANTS, 9)}
+SESSION_NONCE = b"n" * 16  # the fixture's phase: secagg round 8, this nonce
+
+
+def _public(client: int) -> bytes:
+    return primitives.identity_public_bytes(KEYS[client])
+
+
+def _submit(
+    gate: StageGate,
+    client: int,
+    round_id: int,
+    phase: int,
+    stage: int,
+    payload: bytes,
+    *,
+    key=None,
+    secagg_round: int = 8,
+    nonce: bytes = SESSION_NONCE,
+    signature: bytes | None = None,
+) -> None:
+    """Submit as a client does: signed by its identity key over the stage's context (or as told)."""
+    if signature is None:
+        signed = signing.stage_payload(RUN_ID, phase, secagg_round, nonce, stage, client, payload)
+        signature = primitives.sign(key if key is not None else KEYS[client], signed)
+    gate.submit(client, round_id, phase, stage, payload, signature)
 
 
 def _config() -> SecAggConfig:
@@ -53,9 +90,9 @@ def _masked_input(
 @pytest.fixture()
 def gate_with_phase():
     """A gate with round 4 open and its counts phase's masked-input stage accepting uploads (plain sum)."""
-    gate = StageGate()
+    gate = StageGate(RUN_ID)
     for c in PARTICIPANTS:
-        gate.open_session(c)
+        gate.open_session(c, _public(c))
     rs = RoundState(4, PARTICIPANTS, SPEC, announcement=pb.SignedBody(body=b"r4"))
     gate.begin_round(rs)
     ps = PhaseState(Phase.COUNTS, _config(), secagg_round_id=8, nonce=b"n" * 16)
@@ -81,34 +118,34 @@ def gate_with_phase():
 def test_an_upload_is_taken_once_and_every_misdirected_one_is_refused_by_name(gate_with_phase):
     gate, rs, ps, driver, result = gate_with_phase
     config = ps.config
-    gate.submit(1, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config))
+    _submit(gate, 1, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config))
     assert np.array_equal(ps.plain[1], np.arange(6) + 1)
     refusals = [
         (
             Replay,
             "already answered",
-            lambda: gate.submit(1, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config)),
+            lambda: _submit(gate, 1, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config)),
         ),
-        (WrongRound, "round 5 is not running", lambda: gate.submit(2, 5, Phase.COUNTS, pb.MASKED_INPUT, b"")),
-        (NotParticipant, "not a participant", lambda: gate.submit(9, 4, Phase.COUNTS, pb.MASKED_INPUT, b"")),
-        (WrongStage, "phase update is not open", lambda: gate.submit(2, 4, Phase.UPDATE, pb.MASKED_INPUT, b"")),
-        (WrongStage, "share_keys is not open", lambda: gate.submit(2, 4, Phase.COUNTS, pb.SHARE_KEYS, b"")),
-        (WrongStage, "takes no client messages", lambda: gate.submit(2, 4, Phase.COUNTS, pb.OUTCOME, b"")),
-        (Malformed, "does not parse", lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, b"\x00junk")),
+        (WrongRound, "round 5 is not running", lambda: _submit(gate, 2, 5, Phase.COUNTS, pb.MASKED_INPUT, b"")),
+        (NotParticipant, "not a participant", lambda: _submit(gate, 9, 4, Phase.COUNTS, pb.MASKED_INPUT, b"")),
+        (WrongStage, "phase update is not open", lambda: _submit(gate, 2, 4, Phase.UPDATE, pb.MASKED_INPUT, b"")),
+        (WrongStage, "share_keys is not open", lambda: _submit(gate, 2, 4, Phase.COUNTS, pb.SHARE_KEYS, b"")),
+        (WrongStage, "takes no client messages", lambda: _submit(gate, 2, 4, Phase.COUNTS, pb.OUTCOME, b"")),
+        (Malformed, "does not parse", lambda: _submit(gate, 2, 4, Phase.COUNTS, pb.MASKED_INPUT, b"\x00junk")),
         (
             NotParticipant,
             "in the name of client 3",
-            lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 8, config, sender=3)),
+            lambda: _submit(gate, 2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 8, config, sender=3)),
         ),
         (
             WrongRound,
             "secagg round 9",
-            lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 9, config)),
+            lambda: _submit(gate, 2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 9, config)),
         ),
         (
             WrongLength,
             "expected 6",
-            lambda: gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 8, config, length=5)),
+            lambda: _submit(gate, 2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 8, config, length=5)),
         ),
     ]
     for error, words, call in refusals:
@@ -120,16 +157,16 @@ def test_an_upload_is_taken_once_and_every_misdirected_one_is_refused_by_name(ga
 def test_a_stage_closes_at_its_deadline_naming_the_dropouts_and_late_uploads_are_refused(gate_with_phase):
     gate, rs, ps, driver, result = gate_with_phase
     config = ps.config
-    gate.submit(2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 8, config))
-    gate.submit(3, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(3, 8, config))
+    _submit(gate, 2, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(2, 8, config))
+    _submit(gate, 3, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(3, 8, config))
     driver.join(5)
     received, missing = result["stage"]
     assert received == {2, 3} and missing == [1]
     with pytest.raises(WrongStage, match="none \\(closing\\)"):
-        gate.submit(1, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config))
+        _submit(gate, 1, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config))
     assert set(ps.plain) == {2, 3}
     # the dropout is not sampled again until its next authenticated call
-    token = gate.open_session(1)
+    token = gate.open_session(1, _public(1))
     assert gate.wait_for_clients(3) == [1, 2, 3]
     assert gate.authenticate(1, token) and not gate.authenticate(1, b"x" * 32)
 
@@ -138,14 +175,14 @@ def test_a_stage_with_every_answer_closes_before_its_deadline(gate_with_phase):
     gate, rs, ps, driver, result = gate_with_phase
     started = time.monotonic()
     for c in PARTICIPANTS:
-        gate.submit(c, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(c, 8, ps.config))
+        _submit(gate, c, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(c, 8, ps.config))
     driver.join(5)
     assert time.monotonic() - started < 0.5
     assert result["stage"] == ({1, 2, 3}, [])
 
 
 def test_fetch_waits_for_the_published_message_and_gives_each_client_only_its_own():
-    gate = StageGate()
+    gate = StageGate(RUN_ID)
     rs = RoundState(0, PARTICIPANTS, SPEC, announcement=pb.SignedBody(body=b"r0"))
     gate.begin_round(rs)
     ps = PhaseState(Phase.UPDATE, _config(), secagg_round_id=1, nonce=b"n" * 16)
@@ -174,9 +211,9 @@ def test_fetch_waits_for_the_published_message_and_gives_each_client_only_its_ow
 
 
 def test_announcements_reach_waiting_clients_and_the_end_is_seen_by_all():
-    gate = StageGate()
+    gate = StageGate(RUN_ID)
     for c in (1, 2):
-        gate.open_session(c)
+        gate.open_session(c, _public(c))
     assert gate.get_round(-1, wait=0.05, client_id=1) is None
     got: dict = {}
     waiter = threading.Thread(target=lambda: got.update(r=gate.get_round(-1, wait=5, client_id=1)))
@@ -192,7 +229,7 @@ def test_announcements_reach_waiting_clients_and_the_end_is_seen_by_all():
 
 
 def test_stop_ends_a_waiting_stage_and_refuses_waiting_requests():
-    gate = StageGate()
+    gate = StageGate(RUN_ID)
     rs = RoundState(0, PARTICIPANTS, SPEC, announcement=pb.SignedBody(body=b"r0"))
     gate.begin_round(rs)
     ps = PhaseState(Phase.COUNTS, _config(), secagg_round_id=0, nonce=b"n" * 16)
@@ -214,3 +251,41 @@ def test_stop_ends_a_waiting_stage_and_refuses_waiting_requests():
     assert raised and time.monotonic() - started < 1
     with pytest.raises(ShuttingDown):
         gate.get_round(-1, wait=5)
+
+
+def test_a_stage_message_not_signed_by_the_senders_enrolled_key_is_refused_and_the_stage_goes_on(gate_with_phase):
+    gate, rs, ps, driver, result = gate_with_phase
+    config = ps.config
+    genuine = _masked_input(1, 8, config)
+    forged = [
+        ("is not signed", dict(signature=b"")),
+        ("does not verify", dict(key=KEYS[2])),  # another enrolled client signs in client 1's name
+        ("does not verify", dict(key=primitives.generate_identity_key())),  # an outsider's key
+        ("does not verify", dict(signature=bytes(64))),
+        ("does not verify", dict(secagg_round=9)),  # signed for another session
+        ("does not verify", dict(nonce=b"m" * 16)),
+    ]
+    for words, how in forged:
+        with pytest.raises(BadSignature, match=words):
+            _submit(gate, 1, 4, Phase.COUNTS, pb.MASKED_INPUT, genuine, **how)
+    signature = primitives.sign(
+        KEYS[1], signing.stage_payload(RUN_ID, Phase.COUNTS, 8, SESSION_NONCE, pb.MASKED_INPUT, 1, genuine)
+    )
+    with pytest.raises(BadSignature, match="does not verify"):  # a valid signature over other bytes
+        gate.submit(
+            1, 4, Phase.COUNTS, pb.MASKED_INPUT, _masked_input(1, 8, config, length=6)[:-1] + b"\x01", signature
+        )
+    with pytest.raises(BadSignature, match="does not verify"):  # signed for another run
+        gate.submit(
+            1,
+            4,
+            Phase.COUNTS,
+            pb.MASKED_INPUT,
+            genuine,
+            primitives.sign(
+                KEYS[1], signing.stage_payload("other-run", Phase.COUNTS, 8, SESSION_NONCE, pb.MASKED_INPUT, 1, genuine)
+            ),
+        )
+    assert ps.plain == {} and ps.received == set(), "a forged message must leave nothing behind"
+    gate.submit(1, 4, Phase.COUNTS, pb.MASKED_INPUT, genuine, signature)  # the genuine one still goes through
+    assert np.array_equal(ps.plain[1], np.arange(6) + 1)

@@ -38,21 +38,37 @@ UNMASK: Stage
 OUTCOME: Stage
 REVEAL_SEED: Stage
 
+class EnrolChallengeRequest(_message.Message):
+    __slots__ = ("client_id",)
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    def __init__(self, client_id: _Optional[int] = ...) -> None: ...
+
+class EnrolChallengeReply(_message.Message):
+    __slots__ = ("run_id", "nonce")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    nonce: bytes
+    def __init__(self, run_id: _Optional[str] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
 class EnrolRequest(_message.Message):
-    __slots__ = ("protocol_version", "client_id", "identity_public_key", "proof", "credential", "skips_evaluation")
+    __slots__ = ("protocol_version", "client_id", "identity_public_key", "proof", "credential", "skips_evaluation", "challenge_nonce")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     PROOF_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     SKIPS_EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_NONCE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     client_id: int
     identity_public_key: bytes
     proof: bytes
     credential: bytes
     skips_evaluation: bool
-    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[int] = ..., identity_public_key: _Optional[bytes] = ..., proof: _Optional[bytes] = ..., credential: _Optional[bytes] = ..., skips_evaluation: _Optional[bool] = ...) -> None: ...
+    challenge_nonce: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[int] = ..., identity_public_key: _Optional[bytes] = ..., proof: _Optional[bytes] = ..., credential: _Optional[bytes] = ..., skips_evaluation: _Optional[bool] = ..., challenge_nonce: _Optional[bytes] = ...) -> None: ...
 
 class EnrolReply(_message.Message):
     __slots__ = ("session_token", "run_id")
@@ -135,7 +151,7 @@ class TrainingParameters(_message.Message):
     def __init__(self, local_steps: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., model_seed: _Optional[int] = ..., model_config_json: _Optional[str] = ...) -> None: ...
 
 class RoundBody(_message.Message):
-    __slots__ = ("run_id", "round_id", "finished", "last_completed_round", "secure", "participants", "parameters", "group_fractions", "num_blocks", "num_groups", "counts_secagg", "update_secagg", "dp", "training", "min_group_size", "model_digest", "schema_digest", "schema_summary", "evaluation_secagg")
+    __slots__ = ("run_id", "round_id", "finished", "last_completed_round", "secure", "participants", "parameters", "group_fractions", "num_blocks", "num_groups", "counts_secagg", "update_secagg", "dp", "training", "min_group_size", "model_digest", "schema_digest", "schema_summary", "evaluation_secagg", "audit_head")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +171,7 @@ class RoundBody(_message.Message):
     SCHEMA_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_SECAGG_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_HEAD_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round_id: int
     finished: bool
@@ -174,7 +191,16 @@ class RoundBody(_message.Message):
     schema_digest: str
     schema_summary: str
     evaluation_secagg: SecAggParameters
-    def __init__(self, run_id: _Optional[str] = ..., round_id: _Optional[int] = ..., finished: _Optional[bool] = ..., last_completed_round: _Optional[int] = ..., secure: _Optional[bool] = ..., participants: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., group_fractions: _Optional[_Iterable[float]] = ..., num_blocks: _Optional[int] = ..., num_groups: _Optional[int] = ..., counts_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., update_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., dp: _Optional[_Union[DPParameters, _Mapping]] = ..., training: _Optional[_Union[TrainingParameters, _Mapping]] = ..., min_group_size: _Optional[int] = ..., model_digest: _Optional[bytes] = ..., schema_digest: _Optional[str] = ..., schema_summary: _Optional[str] = ..., evaluation_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ...) -> None: ...
+    audit_head: AuditHead
+    def __init__(self, run_id: _Optional[str] = ..., round_id: _Optional[int] = ..., finished: _Optional[bool] = ..., last_completed_round: _Optional[int] = ..., secure: _Optional[bool] = ..., participants: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., group_fractions: _Optional[_Iterable[float]] = ..., num_blocks: _Optional[int] = ..., num_groups: _Optional[int] = ..., counts_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., update_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., dp: _Optional[_Union[DPParameters, _Mapping]] = ..., training: _Optional[_Union[TrainingParameters, _Mapping]] = ..., min_group_size: _Optional[int] = ..., model_digest: _Optional[bytes] = ..., schema_digest: _Optional[str] = ..., schema_summary: _Optional[str] = ..., evaluation_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., audit_head: _Optional[_Union[AuditHead, _Mapping]] = ...) -> None: ...
+
+class AuditHead(_message.Message):
+    __slots__ = ("seq", "digest")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    digest: str
+    def __init__(self, seq: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class UpdatePhaseBody(_message.Message):
     __slots__ = ("run_id", "round_id", "group_counts")
@@ -203,16 +229,18 @@ class GetRoundReply(_message.Message):
     def __init__(self, pending: _Optional[bool] = ..., round: _Optional[_Union[SignedBody, _Mapping]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("round_id", "phase", "stage", "payload")
+    __slots__ = ("round_id", "phase", "stage", "payload", "signature")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     phase: Phase
     stage: Stage
     payload: bytes
-    def __init__(self, round_id: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., stage: _Optional[_Union[Stage, str]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, round_id: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., stage: _Optional[_Union[Stage, str]] = ..., payload: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ()

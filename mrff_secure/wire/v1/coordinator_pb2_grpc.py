@@ -35,6 +35,11 @@ class CoordinatorStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.EnrolChallenge = channel.unary_unary(
+                '/mrff_secure.v1.Coordinator/EnrolChallenge',
+                request_serializer=mrff__secure_dot_v1_dot_coordinator__pb2.EnrolChallengeRequest.SerializeToString,
+                response_deserializer=mrff__secure_dot_v1_dot_coordinator__pb2.EnrolChallengeReply.FromString,
+                _registered_method=True)
         self.Enrol = channel.unary_unary(
                 '/mrff_secure.v1.Coordinator/Enrol',
                 request_serializer=mrff__secure_dot_v1_dot_coordinator__pb2.EnrolRequest.SerializeToString,
@@ -59,6 +64,12 @@ class CoordinatorStub:
 
 class CoordinatorServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def EnrolChallenge(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Enrol(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -87,6 +98,11 @@ class CoordinatorServicer:
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'EnrolChallenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrolChallenge,
+                    request_deserializer=mrff__secure_dot_v1_dot_coordinator__pb2.EnrolChallengeRequest.FromString,
+                    response_serializer=mrff__secure_dot_v1_dot_coordinator__pb2.EnrolChallengeReply.SerializeToString,
+            ),
             'Enrol': grpc.unary_unary_rpc_method_handler(
                     servicer.Enrol,
                     request_deserializer=mrff__secure_dot_v1_dot_coordinator__pb2.EnrolRequest.FromString,
@@ -117,6 +133,33 @@ def add_CoordinatorServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Coordinator:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def EnrolChallenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mrff_secure.v1.Coordinator/EnrolChallenge',
+            mrff__secure_dot_v1_dot_coordinator__pb2.EnrolChallengeRequest.SerializeToString,
+            mrff__secure_dot_v1_dot_coordinator__pb2.EnrolChallengeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Enrol(request,
