@@ -17,6 +17,9 @@ server proposes or does in a way an honest client must refuse (SECURITY.md, its 
   aborted, and the model frozen, so the next round is the same round again: each release costs the
   clients epsilon, which their ledgers count until their cap stops them.
 - relabel-and-replay (W12): after round 0, announce round 0 again under a new run-id label.
+- malformed-round-0 (W19): round 0's signed announcement has group fractions of the wrong length and
+  round 1's a model configuration that is no JSON object; round 2 is honest. Clients refuse the bad
+  rounds and play the honest one.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ LIES = (
     "weak-evaluation-threshold",
     "freeze-and-replay",
     "relabel-and-replay",
+    "malformed-round-0",
 )
 
 
@@ -98,6 +102,21 @@ def _patch_announced_dp(change) -> None:
         if body.finished:
             return signed
         change(body.dp)
+        return self._sign(body)
+
+    coordinator.Coordinator._body = lying
+
+
+def _patch_announced_body(change) -> None:
+    """Sign round bodies changed by `change(body)` (the server itself plays the honest round)."""
+    honest = coordinator.Coordinator._body
+
+    def lying(self, *args, **kwargs):
+        signed = honest(self, *args, **kwargs)
+        body = pb.RoundBody.FromString(signed.body)
+        if body.finished:
+            return signed
+        change(body)
         return self._sign(body)
 
     coordinator.Coordinator._body = lying
@@ -169,6 +188,15 @@ def install(lie: str) -> None:
         _patch_freeze()
     elif lie == "relabel-and-replay":
         _patch_relabel()
+    elif lie == "malformed-round-0":
+
+        def malform(body):
+            if body.round_id == 0:
+                del body.group_fractions[1:]
+            elif body.round_id == 1:
+                body.training.model_config_json = "[1, 2"
+
+        _patch_announced_body(malform)
     else:
         raise SystemExit(f"unknown lie {lie!r}; one of {LIES}")
 

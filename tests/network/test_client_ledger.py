@@ -123,3 +123,19 @@ def test_counts_released_before_an_abort_are_accounted_on_both_sides(tmp_path, c
         ledger = _ledger(tmp_path / "state", user)
         assert _phases(ledger, 0) == ["counts"]
         assert ledger["epsilon"] == pytest.approx(server_epsilon, rel=1e-9)
+
+
+def test_malformed_signed_announcements_cost_a_round_not_the_client(tmp_path, certs, procs):
+    """W19: a signed announcement with group fractions of the wrong length (round 0) or a model configuration
+    that is no JSON object (round 1) is refused by every client, which stays and plays the honest round 2."""
+    extra = ["--rounds", "3", "--dp", "distributed", "--noise-multiplier", "4.0"]
+    server, address, run_dir = _hostile(tmp_path, certs, procs, "malformed-round-0", extra)
+    clients = harness.start_clients(tmp_path, certs, address, ALL, extra=["-v"], policy=[])
+    procs.append(clients)
+    assert server.wait(timeout=240) == 0, server.stderr()[-3000:]
+    assert clients.wait(timeout=60) == 0, clients.stderr()[-3000:]
+    assert [r["type"] for r in harness.round_records(run_dir)] == ["round_aborted", "round_aborted", "round"]
+    stderr = clients.stderr()
+    assert "group fractions announced, expected" in stderr and "model configuration is not acceptable" in stderr
+    for user in range(harness.USERS):
+        assert sorted({e["round"] for e in _ledger(tmp_path / "state", user)["releases"]}) == [2]
