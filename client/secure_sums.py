@@ -10,12 +10,14 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.policy import ClientPolicy
-from client.proposal import announced_secagg_config
+from client.proposal import announced_evaluation_release, announced_secagg_config
 from client.round_calls import RoundCalls, RoundFailed
-from mrff_secure.errors import AggregationAborted, ConfigError, SecAggError
+from mrff_secure.errors import AggregationAborted, ConfigError, PrivacyError, SecAggError
+from mrff_secure.federation import evaluation_sum
 from mrff_secure.round.encoding import SecureRoundPlans
+from mrff_secure.round.evaluation_release import EvaluationRelease
 from mrff_secure.round.participant import client_generator, phase_upload, rotation_seed
-from mrff_secure.round.spec import Phase
+from mrff_secure.round.spec import Phase, RoundSpec
 from mrff_secure.round.stages import STAGES, Stage
 from mrff_secure.secagg import messages, packing
 from mrff_secure.secagg.client import ClientSession
@@ -46,6 +48,7 @@ class SecureSums:
         self.user, self.calls, self.policy, self.insecure_seed = user, calls, policy, insecure_seed
         self.identity_key, self.credential, self.authority_public_key = identity_key, credential, authority_public_key
         self._input_sent: set[tuple[str, int]] = set()  # (run id, round) we sent an input for
+        self._evaluations_scored: dict[str, int] = {}  # run id -> evaluations we sent held-out scores to
 
     def sent_input(self, body: pb.RoundBody) -> bool:
         """We already sent an input for this round of this run: a second session for it would let the server
@@ -111,11 +114,52 @@ class SecureSums:
             raise RoundFailed(f"secure aggregation refused or aborted: {exc}") from exc
         return session
 
-    def evaluation(self, body: pb.RoundBody, scores: np.ndarray, update_survivors: tuple[int, ...] | None) -> None:
-        """Our held-out scores through the evaluation's secure sum, among the update phase's survivors. Its
-        failure costs the round nothing: the update is already in the server's sum."""
+    def evaluation(
+        self,
+        body: pb.RoundBody,
+        spec: RoundSpec,
+        scores: np.ndarray,
+        update_survivors: tuple[int, ...] | None,
+    ) -> EvaluationRelease | None:
+        """The round's federated evaluation: our held-out scores (`evaluation_sum.client_vector`), or zeros when our
+        policy keeps them out of this one (`ClientPolicy.check_evaluation`), encoded with our noise share under the
+        round's DP (`announced_evaluation_release`), through a secure sum over exactly the update phase's survivors
+        we signed: we unmask no survivor list shorter than it. Returns the release our scores went into (None:
+        we sent zeros, or nothing). Its failure costs the round nothing: the update is already in the server's sum."""
+        r = body.round_id
         try:
+            release = announced_evaluation_release(body, spec)
+        except PolicyViolation as exc:
+            log.info("user %d: round %d: refusing the federated evaluation: %s", self.user, r, exc)
+            return None
+        if release is None:
+            return None
+        scored = self._evaluations_scored.get(body.run_id, 0)
+        try:
+            self.policy.check_evaluation(noisy=release.noisy, scored=scored)
+            vector = scores
+        except PolicyViolation as exc:
+            log.info("user %d: round %d: zeros for the federated evaluation: %s", self.user, r, exc)
+            vector = evaluation_sum.ZERO_VECTOR
+        try:
+            residues = evaluation_sum.encode(
+                release,
+                vector,
+                rotation_seed=rotation_seed(body.training.model_seed, r, Phase.EVALUATION),
+                rng=client_generator(self.insecure_seed, r, Phase.EVALUATION, self.user),
+            )
             self.calls.fetch(body, Phase.EVALUATION, pb.ADVERTISE_KEYS)  # the phase is open
-            self.run(body, Phase.EVALUATION, body.evaluation_secagg, scores, None, allowed=update_survivors)
-        except RoundFailed as exc:
-            log.info("user %d: round %d: the federated evaluation failed: %s", self.user, body.round_id, exc)
+            if vector is scores:
+                self._evaluations_scored[body.run_id] = scored + 1  # counted before any input can leave
+            self.run(
+                body,
+                Phase.EVALUATION,
+                body.evaluation_secagg,
+                residues,
+                None,
+                allowed=update_survivors,
+                noise_survivors=0 if update_survivors is None else len(update_survivors),
+            )
+        except (RoundFailed, ConfigError, PrivacyError) as exc:
+            log.info("user %d: round %d: the federated evaluation failed: %s", self.user, r, exc)
+        return release if vector is scores else None

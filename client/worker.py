@@ -213,9 +213,10 @@ class LogicalClient:
             if private is None:
                 private = initial_private(model, self.shared.data, config, seed, self.user)
             # The federated evaluation scores the model we received, with our private part before training.
+            # (scored whenever one is announced; SecureSums.evaluation sends zeros instead if our policy says so)
             evaluation_input = (
                 evaluation_sum.client_vector(evaluate_user(model, params, private, self.shared.data, self.user))
-                if body.HasField("evaluation_secagg") and self.policy.join_evaluation
+                if body.HasField("evaluation_secagg")
                 else None
             )
             dropout_seed = torch_seed(self.client_seed, r, self.user)
@@ -267,7 +268,7 @@ class LogicalClient:
         )
         if evaluation_input is not None:
             self.sums.evaluation(
-                body, evaluation_input, None if update_session is None else update_session.signed_survivors
+                body, spec, evaluation_input, None if update_session is None else update_session.signed_survivors
             )
         self._finish(body)
 

@@ -61,13 +61,17 @@ def ledger_summary(ledger: RoundAccountant) -> dict[str, Any]:
         "epsilon": json_epsilon(eps),
         "delta": ledger.delta,
         "rounds_accounted": ledger.rounds,
+        "evaluations_accounted": ledger.evaluations,  # federated evaluations released (each a DP release)
         "noiseless_rounds": ledger.noiseless_rounds,
         "adjacency": ZERO_OUT,
         "adjacency_meaning": ADJACENCY_TEXT[ZERO_OUT],
         "epsilon_replace_one": json_epsilon(ledger.epsilon(replace_one=True)),
         "bound": "RDP of the distributed integer mechanism as the clients encoded it, both phases, every "
-        "completed round, for a user in every round (no amplification by sampling)",
+        "completed round, and every released federated evaluation, for a user in every round (no amplification "
+        "by sampling)",
         "warnings": privacy_warnings(
-            epsilon=eps, delta=ledger.delta, noise_multiplier=0.0 if ledger.noiseless_rounds else 1.0
+            epsilon=eps,
+            delta=ledger.delta,
+            noise_multiplier=0.0 if ledger.noiseless_rounds or ledger.noiseless_evaluations else 1.0,
         ),
     }

@@ -276,7 +276,8 @@ def _server_settings(args: argparse.Namespace) -> ServerSettings:
         max_dropout_fraction=args.max_dropout_fraction,
         num_neighbours=args.num_neighbours,
         threshold=args.threshold,
-        eval_every=args.eval_every,
+        eval_every=args.federated_eval_every,
+        max_evaluations=args.max_evaluations,
     )
 
 
