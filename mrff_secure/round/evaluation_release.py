@@ -24,6 +24,7 @@ participants and n_min), by the server and by each client alike.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -109,32 +110,8 @@ class EvaluationRelease:
         return self.noise_multiplier * L2_BOUND
 
     def plan(self) -> DistributedPlan:
-        """The integer plan every client encodes with and the server decodes with."""
-        z, n, n_min, mech = float(self.noise_multiplier), self.participants, self.n_min, self.mechanism
-        mechanism = "discrete_gaussian" if mech is None else mech
-
-        def planned(scale: float | None = None) -> DistributedPlan:
-            return plan_distributed(
-                mechanism=mechanism,
-                dim=VECTOR_LENGTH,
-                n_clients=n,
-                n_min=n_min,
-                clip=L2_BOUND,
-                noise_multiplier=z,
-                modulus_bits=self.modulus_bits,
-                beta=self.rounding_beta,
-                scale=scale,
-            )
-
-        auto = planned()
-        # as for a round's phases: a client's |coordinate| <= rounded L2 bound + its share's tail < max_abs
-        share_std = z * L2_BOUND / math.sqrt(n_min)
-        cap = (self.max_abs - math.sqrt(auto.padded_dim)) / (auto.l2_bound + SHARE_TAIL_SIGMAS * share_std)
-        cap = min(cap, max_scale(l2_bound=auto.l2_bound, noise_std=z * L2_BOUND, n_min=n_min, mechanism=mechanism))
-        cap = min(cap, math.sqrt(max_share_variance(mechanism) * n_min) / (z * L2_BOUND)) if z > 0 else cap
-        if cap <= 0:
-            raise ConfigError(f"a {self.modulus_bits}-bit modulus leaves no room for an evaluation of {n} clients")
-        return auto if auto.scale <= cap else planned(cap)
+        """The integer plan every client encodes with and the server decodes with (computed once per release)."""
+        return _plan_of(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields (an accountant history entry); `EvaluationRelease(**d)` rebuilds and validates."""
@@ -148,8 +125,38 @@ class EvaluationRelease:
             "noise_std_per_coordinate": self.noise_std,
             "adjacency": self.adjacency,
             "adjacency_meaning": ADJACENCY_TEXT[ZERO_OUT],
-            "in_epsilon": True,
+            "in_epsilon": self.noisy,
         }
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_of(release: EvaluationRelease) -> DistributedPlan:
+    """`EvaluationRelease.plan`, cached: the scale search runs once per release."""
+    z, n, n_min, mech = float(release.noise_multiplier), release.participants, release.n_min, release.mechanism
+    mechanism = "discrete_gaussian" if mech is None else mech
+
+    def planned(scale: float | None = None) -> DistributedPlan:
+        return plan_distributed(
+            mechanism=mechanism,
+            dim=VECTOR_LENGTH,
+            n_clients=n,
+            n_min=n_min,
+            clip=L2_BOUND,
+            noise_multiplier=z,
+            modulus_bits=release.modulus_bits,
+            beta=release.rounding_beta,
+            scale=scale,
+        )
+
+    auto = planned()
+    # as for a round's phases: a client's |coordinate| <= rounded L2 bound + its share's tail < max_abs
+    share_std = z * L2_BOUND / math.sqrt(n_min)
+    cap = (release.max_abs - math.sqrt(auto.padded_dim)) / (auto.l2_bound + SHARE_TAIL_SIGMAS * share_std)
+    cap = min(cap, max_scale(l2_bound=auto.l2_bound, noise_std=z * L2_BOUND, n_min=n_min, mechanism=mechanism))
+    cap = min(cap, math.sqrt(max_share_variance(mechanism) * n_min) / (z * L2_BOUND)) if z > 0 else cap
+    if cap <= 0:
+        raise ConfigError(f"a {release.modulus_bits}-bit modulus leaves no room for an evaluation of {n} clients")
+    return auto if auto.scale <= cap else planned(cap)
 
 
 def evaluation_release(spec: RoundSpec, participants: int) -> EvaluationRelease:
