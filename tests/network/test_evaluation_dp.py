@@ -1,0 +1,60 @@
+"""The federated evaluation inside the guarantee, over real gRPC with real processes: a DP run that asks for an
+evaluation releases it noised and its ledger (the round line, metrics.jsonl, summary.json) includes its cost; the
+same run without one (the default) evaluates nothing and reports the rounds' epsilon alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mrff_secure.round.accountant import RoundAccountant
+from mrff_secure.round.evaluation_release import EvaluationRelease
+
+from . import harness
+
+pytestmark = pytest.mark.timeout(300)
+
+DP = ["--dp", "distributed", "--noise-multiplier", "1.0", "--clip", "1.0", "--min-group-size", "2"]
+COMMON = ["--rounds", "1", "--min-clients", "8", "--stage-timeout", "20", "--train-timeout", "60"]
+
+
+def _run(tmp_path, certs, procs, name: str, extra: list[str], client_extra: list[str] = ()) -> tuple[dict, dict, str]:
+    run_dir = tmp_path / name
+    server, address = harness.start_server(tmp_path, certs, run_dir, extra=COMMON + DP + extra, name=name)
+    procs.append(server)
+    clients = harness.start_clients(tmp_path, certs, address, "0-7", name=f"{name}-clients", extra=list(client_extra))
+    procs.append(clients)
+    assert server.wait(timeout=200) == 0, server.stderr()[-3000:]
+    assert clients.wait(timeout=60) == 0
+    [record] = harness.round_records(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return record, summary, server.stderr()
+
+
+def test_an_evaluated_run_reports_the_evaluation_in_epsilon_and_an_unevaluated_one_does_not(
+    tmp_path, certs, procs
+) -> None:
+    plain, plain_summary, _ = _run(tmp_path, certs, procs, "default", [])
+    assert "evaluation" not in plain and "evaluation" not in plain["phases"]  # none unless asked
+    assert plain["epsilon"]["evaluations_accounted"] == 0
+    assert plain_summary["evaluation"]["available"] is False
+
+    evaluated, summary, _ = _run(tmp_path, certs, procs, "evaluated", ["--federated-eval-every", "1"])
+    assert evaluated["phases"]["evaluation"]["survivors"] == evaluated["phases"]["update"]["survivors"]
+    evaluation = evaluated["evaluation"]
+    assert evaluation["available"] and evaluation["in_epsilon"] and "outside_the_guarantee" not in evaluation
+    release = EvaluationRelease(**{k: evaluation["release"][k] for k in EvaluationRelease.__dataclass_fields__})
+    assert release.noisy and release.noise_multiplier == 1.0 and release.participants == 8
+    eps, eps_without = evaluated["epsilon"]["epsilon"], plain["epsilon"]["epsilon"]
+    assert evaluated["epsilon"]["evaluations_accounted"] == 1 and evaluated["epsilon"]["rounds_accounted"] == 1
+    assert eps > eps_without > 0  # the same round, plus the evaluation's release
+    # the ledger's figure is the round's curve plus the evaluation's, converted once
+    alone = RoundAccountant(delta=evaluated["epsilon"]["delta"])
+    alone.step(release=release)
+    assert eps < eps_without + alone.epsilon()
+    assert summary["privacy"]["epsilon"] == eps and summary["privacy"]["private"] is True
+    assert summary["privacy"]["evaluations_accounted"] == 1
+    assert summary["evaluation"]["available"] and "in the run's epsilon" in summary["evaluation"]["guarantee"]
+    metrics = [json.loads(line) for line in (tmp_path / "evaluated" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["epsilon"] == eps
