@@ -58,3 +58,19 @@ def test_an_evaluated_run_reports_the_evaluation_in_epsilon_and_an_unevaluated_o
     assert summary["evaluation"]["available"] and "in the run's epsilon" in summary["evaluation"]["guarantee"]
     metrics = [json.loads(line) for line in (tmp_path / "evaluated" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0]["epsilon"] == eps
+
+
+def test_an_evaluation_without_one_update_survivor_is_refused_by_the_others(tmp_path, certs, procs) -> None:
+    """W14's differencing attack: the server runs the evaluation over the update's survivors minus client 0. The
+    other clients unmask no survivor list shorter than the update's they signed: nothing is released, the round
+    stays completed, and the ledger accounts no evaluation."""
+    from .test_malicious_server import _run as run_hostile
+
+    rounds, log = run_hostile(
+        tmp_path, certs, procs, "evaluation-without-target", ["--federated-eval-every", "1", *DP[:4]]
+    )
+    [record] = rounds
+    assert record["type"] == "round" and record["phases"]["update"]["survivors"] == list(range(8))
+    assert record["evaluation"]["available"] is False
+    assert "7 survivors, below the policy's min_survivors=8" in log and "federated evaluation failed" in log
+    assert record["epsilon"]["evaluations_accounted"] == 0
