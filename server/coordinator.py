@@ -74,8 +74,10 @@ def _evaluation_text(evaluation: dict[str, Any] | None) -> str:
     val = evaluation["val"]
     auc = "n/a" if val["auc"] is None else f"{val['auc']:.4f}"
     loss = "n/a" if val["log_loss"] is None else f"{val['log_loss']:.4f}"
+    scale = (evaluation.get("auc_error_scale") or {}).get("val")
     noise = (
-        f"DP noise std {evaluation['noise_std']:.3g}, in epsilon"
+        f"DP noise std {evaluation['noise_std']:.3g} per bin, AUC error of order "
+        f"{'unbounded' if scale is None else format(scale, '.2g')}, in epsilon"
         if evaluation.get("in_epsilon")
         else "exact: outside any guarantee"
     )
