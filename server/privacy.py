@@ -15,6 +15,7 @@ from typing import Any
 
 from mrff_secure.dp.accounting import json_epsilon
 from mrff_secure.round.accountant import RoundAccountant, calibrate_release, privacy_warnings
+from mrff_secure.round.evaluation_release import evaluation_release
 from mrff_secure.round.release import ADJACENCY_TEXT, ZERO_OUT, RoundRelease
 from mrff_secure.round.spec import RoundSpec
 from mrff_secure.round.update_vector import UpdateLayout
@@ -40,13 +41,26 @@ def round_release(spec: RoundSpec, layout: UpdateLayout, participants: int) -> R
 
 
 def calibrate(
-    spec: RoundSpec, layout: UpdateLayout, *, participants: int, target_epsilon: float, rounds: int, delta: float
+    spec: RoundSpec,
+    layout: UpdateLayout,
+    *,
+    participants: int,
+    target_epsilon: float,
+    rounds: int,
+    delta: float,
+    evaluations: int = 0,
 ) -> float:
     """z that spends `target_epsilon` over `rounds` rounds of `participants` clients: the headline of the
     ledger below (the discrete bound of the mechanism the clients encode), so the ledger's epsilon after
-    `rounds` such rounds is <= the target and close to it. What the calibration had to say is logged."""
+    `rounds` such rounds is <= the target and close to it; `evaluations` federated evaluations (the run's planned
+    ones) are included, so rounds and evaluations together spend it. What the calibration had to say is logged."""
     calibration = calibrate_release(
-        round_release(spec, layout, participants), target_epsilon=target_epsilon, rounds=max(rounds, 1), delta=delta
+        round_release(spec, layout, participants),
+        target_epsilon=target_epsilon,
+        rounds=max(rounds, 1),
+        delta=delta,
+        evaluation=evaluation_release(spec, participants) if evaluations else None,
+        evaluations=evaluations,
     )
     for note in calibration.notes:
         logging.getLogger(__name__).warning("calibration: %s", note)

@@ -281,6 +281,14 @@ def _server_settings(args: argparse.Namespace) -> ServerSettings:
     )
 
 
+def planned_evaluations(rounds: int, every: int, cap: int) -> int:
+    """The federated evaluations a run of `rounds` rounds releases at most: every `every` rounds and the last
+    (none when `every` is 0), at most `cap` (the coordinator's schedule, `ServerSettings.evaluates`)."""
+    if every == 0:
+        return 0
+    return min(cap, sum(1 for r in range(rounds) if r % every == 0 or r == rounds - 1))
+
+
 def _calibrated(spec: RoundSpec, args: argparse.Namespace, data: PublicSchema) -> RoundSpec:
     """The spec with z calibrated to --target-epsilon over --rounds, by the accountant the server then uses,
     for the expected participants per round: max(--min-clients, the dataset's users x --client-fraction)."""
@@ -295,6 +303,7 @@ def _calibrated(spec: RoundSpec, args: argparse.Namespace, data: PublicSchema) -
     model, _ = build_global(options.model_config(args, data.maxlen), data, args.seed)
     n = max(args.min_clients, participants_per_round(data.num_users, args.client_fraction))
     sized = dataclasses.replace(spec, min_survivors=min_survivors(n, args.max_dropout_fraction))
+    evaluations = planned_evaluations(args.rounds, args.federated_eval_every, args.max_evaluations)
     z = calibrate(
         sized,
         UpdateLayout.from_model(model),
@@ -302,10 +311,11 @@ def _calibrated(spec: RoundSpec, args: argparse.Namespace, data: PublicSchema) -
         target_epsilon=args.target_epsilon,
         rounds=args.rounds,
         delta=args.delta,
+        evaluations=evaluations,
     )
     print(
-        f"CALIBRATED noise multiplier {z:.6g} for epsilon {args.target_epsilon} over {args.rounds} rounds of "
-        f"{n} clients (delta {args.delta:.3g}, zero-out adjacency)",
+        f"CALIBRATED noise multiplier {z:.6g} for epsilon {args.target_epsilon} over {args.rounds} rounds"
+        f" and {evaluations} federated evaluations of {n} clients (delta {args.delta:.3g}, zero-out adjacency)",
         flush=True,
     )
     return dataclasses.replace(spec, noise_multiplier=z)

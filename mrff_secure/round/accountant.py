@@ -23,6 +23,7 @@ The continuous Gaussian's PRV and RDP figures ("gaussian_limit") are shown for r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -252,12 +253,23 @@ def _round_up(z: float, digits: int = 6) -> float:
     return float(f"{math.ceil(z / unit - 1e-9) * unit:.{digits}g}")
 
 
-def calibrate_release(release: RoundRelease, *, target_epsilon: float, rounds: int, delta: float) -> Calibration:
+def calibrate_release(
+    release: RoundRelease,
+    *,
+    target_epsilon: float,
+    rounds: int,
+    delta: float,
+    evaluation: EvaluationRelease | None = None,
+    evaluations: int = 0,
+) -> Calibration:
     """The smallest z (to CALIBRATION_RTOL, rounded up to 6 significant digits) whose headline epsilon over
     ``rounds`` rounds is <= target: the proven bound of the mechanism used (local: the grid discrete
     Gaussian's RDP; distributed: the discrete Gaussian's / Skellam's RDP over the integer plans, rebuilt
     for every z as the clients would), never its Gaussian limit. So accounting the returned z gives at
     most the target, and close to it (z to 1e-4 relative).
+
+    ``evaluation`` / ``evaluations``: a run that also releases this many federated evaluations (at the same z)
+    is calibrated so that its rounds and its evaluations together spend at most the target.
 
     ``release``'s own noise_multiplier is ignored. z is searched in [Z_MIN, Z_MAX] (every call a closed
     form, the search bounded in time): a target that even Z_MAX misses is refused (ConfigError naming
@@ -273,8 +285,11 @@ def calibrate_release(release: RoundRelease, *, target_epsilon: float, rounds: i
 
     def eps(z: float) -> float:
         try:
-            value = _headline(release.with_noise_multiplier(z), rounds, delta)
-        except PrivacyError as exc:  # e.g. a share too fine for the modulus: treat as unusable
+            history: list[tuple[Release, int]] = [(release.with_noise_multiplier(z), rounds)]
+            if evaluation is not None and evaluations > 0:
+                history.append((dataclasses.replace(evaluation, noise_multiplier=z), evaluations))
+            value = history_epsilon(history, delta=delta)
+        except (PrivacyError, ConfigError) as exc:  # e.g. a share too fine for the modulus: treat as unusable
             unusable.append(str(exc))
             return math.inf
         return math.inf if math.isnan(value) else value

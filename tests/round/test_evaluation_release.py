@@ -130,3 +130,34 @@ def test_the_accountant_adds_evaluations_and_round_trips_their_kind():
     # an exact evaluation (DP off) leaves no guarantee: infinite, never 0
     acc.step(release=evaluation_release(spec("off"), 50))
     assert math.isinf(acc.epsilon()) and acc.noiseless_evaluations == 1
+
+
+def test_a_target_epsilon_is_spent_by_the_rounds_and_the_planned_evaluations_together():
+    from mrff_secure.round.accountant import calibrate_release, history_epsilon
+
+    template, evaluation = round_release(), evaluation_release(spec(), 50)
+    alone = calibrate_release(template, target_epsilon=4.0, rounds=5, delta=DELTA)
+    both = calibrate_release(template, target_epsilon=4.0, rounds=5, delta=DELTA, evaluation=evaluation, evaluations=3)
+    assert both.noise_multiplier > alone.noise_multiplier  # three more releases need more noise
+    z = both.noise_multiplier
+    spent = history_epsilon(
+        [
+            (template.with_noise_multiplier(z), 5),
+            (EvaluationRelease(**{**evaluation.to_dict(), "noise_multiplier": z}), 3),
+        ],
+        delta=DELTA,
+    )
+    assert spent == pytest.approx(both.epsilon) and 4.0 * 0.99 < spent <= 4.0
+    # the rounds alone at that z spend less than the target: the evaluations' share is real
+    assert history_epsilon([(template.with_noise_multiplier(z), 5)], delta=DELTA) < 4.0 * 0.95
+
+
+def test_the_server_plans_its_evaluations_as_it_schedules_them():
+    from mrff_secure.app.server_command import planned_evaluations
+    from server.run_state import ServerSettings
+
+    for rounds, every, cap in ((10, 0, 5), (10, 1, 5), (10, 3, 10), (1, 1, 5), (7, 2, 2), (10, 4, 0)):
+        settings = ServerSettings(rounds=rounds, eval_every=every, max_evaluations=cap)
+        scheduled = sum(settings.evaluates(r) for r in range(rounds))
+        assert planned_evaluations(rounds, every, cap) == min(scheduled, cap)
+    assert ServerSettings().eval_every == 0 and not any(ServerSettings().evaluates(r) for r in range(3))
