@@ -5,7 +5,8 @@ server saw and released, nothing more:
 
 RUN_DIR/metrics.jsonl  one line per round: completed or aborted, participants, survivors of each
                        phase, dropouts, seconds, the group counts the server decoded (noisy under DP:
-                       covered by the epsilon), the epsilon spent so far with its delta and adjacency,
+                       covered by the epsilon), the epsilon spent so far with its delta and adjacency
+                       (the federated evaluations released so far included: `evaluations_accounted`),
                        and the bytes on the wire per participant
 RUN_DIR/summary.json   rounds planned / completed / aborted, whether the run finished, the final model
                        digest, the round parameters, the privacy account of the last completed round
@@ -65,6 +66,7 @@ def metrics_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "epsilon": (last_epsilon or {}).get("epsilon", "inf"),
             "delta": (last_epsilon or {}).get("delta"),
             "adjacency": (last_epsilon or {}).get("adjacency"),
+            "evaluations_accounted": (last_epsilon or {}).get("evaluations_accounted", 0),
         }
         if completed:
             row["group_counts_seen_by_server"] = record.get("group_counts")
