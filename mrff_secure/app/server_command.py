@@ -264,6 +264,14 @@ def round_spec(args: argparse.Namespace, maxlen: int) -> RoundSpec:
 def _server_settings(args: argparse.Namespace) -> ServerSettings:
     from server.run_state import ServerSettings
 
+    if args.federated_eval_every and args.dp == "off":
+        print(
+            "NOTE with --dp off the federated evaluation is an exact sum outside any guarantee: clients send zeros "
+            "there unless their policy has allow_exact_evaluation",
+            file=sys.stderr,
+            flush=True,
+        )
+
     return ServerSettings(
         rounds=args.rounds,
         seed=args.seed,

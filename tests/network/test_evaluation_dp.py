@@ -74,3 +74,24 @@ def test_an_evaluation_without_one_update_survivor_is_refused_by_the_others(tmp_
     assert record["evaluation"]["available"] is False
     assert "7 survivors, below the policy's min_survivors=8" in log and "federated evaluation failed" in log
     assert record["epsilon"]["evaluations_accounted"] == 0
+
+
+def test_with_dp_off_clients_send_zeros_to_an_exact_evaluation(tmp_path, certs, procs) -> None:
+    """DP off: the evaluation would be exact, so the default client policy (allow_exact_evaluation false) sends
+    zeros: the sum counts no client, and every output says the release is outside any guarantee."""
+    run_dir = tmp_path / "off"
+    extra = COMMON + ["--dp", "off", "--min-group-size", "2", "--federated-eval-every", "1"]
+    server, address = harness.start_server(tmp_path, certs, run_dir, extra=extra, name="off")
+    procs.append(server)
+    clients = harness.start_clients(tmp_path, certs, address, "0-7", name="off-clients", extra=["-v"])
+    procs.append(clients)
+    assert server.wait(timeout=200) == 0, server.stderr()[-3000:]
+    assert clients.wait(timeout=60) == 0
+    assert "allow_exact_evaluation" in server.stderr() and "allow_exact_evaluation false" in clients.stderr()
+    [record] = harness.round_records(run_dir)
+    evaluation = record["evaluation"]
+    assert evaluation["available"] and not evaluation["in_epsilon"] and evaluation["outside_the_guarantee"]
+    assert evaluation["clients"] == 0 and evaluation["val"]["positives"] == 0 and evaluation["val"]["auc"] is None
+    assert record["epsilon"]["epsilon"] == "inf" and record["epsilon"]["evaluations_accounted"] == 1
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["privacy"]["private"] is False and "outside_the_guarantee" in summary["evaluation"]
