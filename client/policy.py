@@ -12,6 +12,13 @@ otherwise the client sends zeros in it (with its noise share), so the sum stays 
 
 A policy is read from a JSON file (`mrff client --policy FILE`) whose keys are the field names
 below; flags override single fields. Unknown keys are an error, so a typo never weakens a policy.
+
+Safe by default (SECURITY.md, "The client's defaults"): distributed DP required, noise multiplier >= 0.5,
+at least 3 honest noise shares beyond the c_max colluding survivors, an epsilon cap of 10 at delta 1e-5
+over every release of the user's data (the client's ledger, client/ledger.py), at most 2 sessions of a
+round that end before anything is sent. A policy weaker than any of these is refused unless
+`accept_weaker` is set (`--accept-weaker-privacy`), and then the client warns, naming each weaker
+setting, on every round it plays.
 """
 
 from __future__ import annotations
@@ -40,27 +47,43 @@ POLICY_FIELDS = (
     "max_clip",
     "min_group_size",
     "join_evaluation",
+    "max_epsilon",
+    "delta",
+    "min_honest_shares",
+    "max_aborted_sessions",
+    "accept_weaker",
     "max_evaluations",
     "allow_exact_evaluation",
 )
+SAFE_DP_MODES = ("distributed",)
+SAFE_MIN_NOISE_MULTIPLIER = 0.5
+SAFE_MAX_EPSILON = 10.0
+SAFE_DELTA = 1e-5
+SAFE_MIN_HONEST_SHARES = 3
+SAFE_MAX_ABORTED_SESSIONS = 2
 
 
 @dataclass(frozen=True)
 class ClientPolicy:
-    """See the module docstring. Defaults: secure aggregation required, c_max = 2, any DP mode (a
-    round with DP off is accepted, and the client says it protects only against an honest-but-curious
-    server), noise multiplier >= 0, clip unbounded, minimum group size >= 5."""
+    """See the module docstring. Defaults: secure aggregation required, c_max = 2, distributed DP with noise
+    multiplier >= 0.5 and >= 3 honest noise shares, epsilon <= 10 at delta 1e-5 over the ledger, clip
+    unbounded, minimum group size >= 5, at most 2 sessions of a round that end before anything is sent."""
 
     min_participants: int = 3
     min_neighbours: int = 2
     corrupt_neighbours: int = DEFAULT_CORRUPT_NEIGHBOURS
     min_survivors: int = 3
     allow_plain: bool = False
-    dp_modes: tuple[str, ...] = DP_MODES
-    min_noise_multiplier: float = 0.0
+    dp_modes: tuple[str, ...] = SAFE_DP_MODES
+    min_noise_multiplier: float = SAFE_MIN_NOISE_MULTIPLIER
     max_clip: float = math.inf
     min_group_size: int = 5
     join_evaluation: bool = True  # send held-out scores to the federated evaluation (else zeros)
+    max_epsilon: float = SAFE_MAX_EPSILON  # the ledger's cap over every release of this user's data
+    delta: float = SAFE_DELTA  # the delta the ledger accounts at
+    min_honest_shares: int = SAFE_MIN_HONEST_SHARES  # noise survivors beyond the c_max colluding ones
+    max_aborted_sessions: int = SAFE_MAX_ABORTED_SESSIONS  # per round, ended before anything was sent
+    accept_weaker: bool = False  # settings weaker than the safe defaults are refused unless this is set
     max_evaluations: int = 5  # send held-out scores to at most this many evaluations per run (then zeros)
     allow_exact_evaluation: bool = False  # DP off: send held-out scores to an exact (noiseless) evaluation
     secagg: SecAggPolicy = field(init=False, repr=False, compare=False)
@@ -78,6 +101,20 @@ class ClientPolicy:
         check_bool("policy join_evaluation", self.join_evaluation)
         check_int("policy max_evaluations", self.max_evaluations, low=0)
         check_bool("policy allow_exact_evaluation", self.allow_exact_evaluation)
+        if self.max_epsilon != math.inf:  # inf: no cap (weaker than the default: needs accept_weaker)
+            check_number("policy max_epsilon", self.max_epsilon, low=0.0, low_open=True)
+        check_number("policy delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_int("policy min_honest_shares", self.min_honest_shares, low=1)
+        check_int("policy max_aborted_sessions", self.max_aborted_sessions, low=0)
+        check_bool("policy accept_weaker", self.accept_weaker)
+        weaker = self.weaker_settings()
+        if weaker and not self.accept_weaker:
+            raise ConfigError(
+                "this client policy is weaker than the safe defaults: "
+                + "; ".join(weaker)
+                + ". Lowering them takes --accept-weaker-privacy (policy accept_weaker: true), and the client "
+                "then warns on every round"
+            )
         object.__setattr__(
             self,
             "secagg",
@@ -89,16 +126,44 @@ class ClientPolicy:
             ),
         )
 
+    def weaker_settings(self) -> list[str]:
+        """Each setting weaker than the safe defaults, with the default it lowers (empty: none)."""
+        out = []
+        if set(self.dp_modes) - set(SAFE_DP_MODES):
+            out.append(f"dp_modes {list(self.dp_modes)} admits more than {list(SAFE_DP_MODES)}")
+        for name, safe, lower_is_weaker in (
+            ("min_noise_multiplier", SAFE_MIN_NOISE_MULTIPLIER, True),
+            ("max_epsilon", SAFE_MAX_EPSILON, False),
+            ("delta", SAFE_DELTA, False),
+            ("min_honest_shares", SAFE_MIN_HONEST_SHARES, True),
+            ("max_aborted_sessions", SAFE_MAX_ABORTED_SESSIONS, False),
+            ("min_group_size", 5, True),
+            ("corrupt_neighbours", DEFAULT_CORRUPT_NEIGHBOURS, True),
+        ):
+            value = getattr(self, name)
+            if (value < safe) if lower_is_weaker else (value > safe):
+                out.append(f"{name}={value:g} (safe default {safe:g})")
+        if self.allow_plain:
+            out.append("allow_plain: true (unmasked uploads accepted)")
+        if self.allow_exact_evaluation:
+            out.append("allow_exact_evaluation: true (held-out scores in an exact evaluation, outside epsilon)")
+        return out
+
     # ------------------------------------------------------------------ loading
-    @classmethod
-    def from_file(cls, path: Path) -> "ClientPolicy":
+    @staticmethod
+    def read_file(path: Path) -> dict[str, Any]:
+        """A policy file's fields, unchecked (see `from_dict`)."""
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read the client policy {path}: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"client policy {path} must be a JSON object")
-        return cls.from_dict(data, source=str(path))
+        return data
+
+    @classmethod
+    def from_file(cls, path: Path) -> "ClientPolicy":
+        return cls.from_dict(cls.read_file(path), source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "policy") -> "ClientPolicy":
@@ -106,8 +171,9 @@ class ClientPolicy:
         if unknown:
             raise ConfigError(f"{source}: unknown policy keys {sorted(unknown)} (known: {list(POLICY_FIELDS)})")
         values = dict(data)
-        if values.get("max_clip") is None:
-            values.pop("max_clip", None)
+        for unbounded in ("max_clip", "max_epsilon"):  # null: no bound
+            if unbounded in values and values[unbounded] is None:
+                values[unbounded] = math.inf
         try:
             return cls(**values)
         except TypeError as exc:
@@ -120,6 +186,7 @@ class ClientPolicy:
         out = {name: getattr(self, name) for name in POLICY_FIELDS}
         out["dp_modes"] = list(self.dp_modes)
         out["max_clip"] = None if math.isinf(self.max_clip) else self.max_clip
+        out["max_epsilon"] = None if math.isinf(self.max_epsilon) else self.max_epsilon
         return out
 
     # ------------------------------------------------------------------ checks
@@ -134,6 +201,14 @@ class ClientPolicy:
             raise PolicyViolation(
                 f"the server proposes DP mode {spec.dp_mode!r}; the policy allows {list(self.dp_modes)}"
             )
+        if spec.dp_mode == "distributed":
+            honest = spec.noise_survivors - self.corrupt_neighbours
+            if honest < self.min_honest_shares:
+                raise PolicyViolation(
+                    f"the server sizes the noise for {spec.noise_survivors} survivors: with c_max="
+                    f"{self.corrupt_neighbours} colluding ones that leaves {honest} honest noise shares, below the "
+                    f"policy's min_honest_shares={self.min_honest_shares}"
+                )
         if spec.dp_mode != "off":
             if spec.noise_multiplier < self.min_noise_multiplier:
                 raise PolicyViolation(

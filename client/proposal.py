@@ -142,11 +142,14 @@ def announced_secagg_config(
     return config
 
 
-def announced_evaluation_release(body: pb.RoundBody, spec: RoundSpec) -> EvaluationRelease | None:
+def announced_evaluation_release(
+    body: pb.RoundBody, spec: RoundSpec, *, colluding_survivors: int = 0
+) -> EvaluationRelease | None:
     """The federated evaluation a round announces, as our ledger records it: the round's mechanism, noise
     multiplier, n_min and modulus from `spec` (the round's settings our policy accepted, `accepted_spec`) and its
-    participants; None when the round announces no evaluation. Refused (PolicyViolation) when the announced
-    evaluation sum is not on the round's modulus (its noise would not be what we account)."""
+    participants, accounted with the n_min - `colluding_survivors` honest shares (our policy's
+    corrupt_neighbours); None when the round announces no evaluation. Refused (PolicyViolation) when the
+    announced evaluation sum is not on the round's modulus (its noise would not be what we account)."""
     if not body.HasField("evaluation_secagg"):
         return None
     if body.evaluation_secagg.modulus_bits != spec.modulus_bits:
@@ -155,6 +158,6 @@ def announced_evaluation_release(body: pb.RoundBody, spec: RoundSpec) -> Evaluat
             f"{spec.modulus_bits}"
         )
     try:
-        return evaluation_release(spec, len(body.participants))
+        return evaluation_release(spec, len(body.participants), colluding_survivors=colluding_survivors)
     except ConfigError as exc:
         raise PolicyViolation(f"the round's evaluation is impossible: {exc}") from exc

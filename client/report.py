@@ -18,6 +18,8 @@ class RoundResult:
     examples: float = 0.0
     uploaded: int = 0  # bytes of the payloads we submitted
     status: str = "completed"  # or "aborted: ...", "refused: ...", "interrupted: ..."
+    epsilon: float | None = None  # the client's own ledger after the round (None: refused before counting)
+    epsilon_cap: float | None = None
 
 
 def _size(n: int) -> str:
@@ -66,6 +68,11 @@ class RoundReporter:
             f"[ROUND {round_id}] {_ids(results)}: trained {sum(r.examples for r in done):.0f} examples, "
             f"uploaded {_size(sum(r.uploaded for r in done))}, {seconds:.1f} s"
         )
+        spent = [r for r in done if r.epsilon is not None]
+        if spent:
+            worst = max(spent, key=lambda r: r.epsilon or 0.0)
+            cap = f" of cap {worst.epsilon_cap:g}" if worst.epsilon_cap is not None else ""
+            line += f", epsilon {worst.epsilon:.3g}{cap} (own ledger)"
         failed = [r.status for r in done if r.status != "completed"]
         if failed:
             reason = failed[0] if len(failed[0]) <= 120 else failed[0][:117] + "..."

@@ -1,10 +1,12 @@
 """A logical client's side of a round's secure sums: each phase's ring residues (its DP generator, the
 phase's public rotation seed), the announced parameters checked against our own, the stage table run with
-the client state machine, and the rule that one round gets at most one input from us."""
+the client state machine; each masked input is written into the client's ledger (by the `on_release` callback
+the logical client gives) before it is sent."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -28,6 +30,12 @@ from mrff_secure.secagg.policy import PolicyViolation
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 
 log = logging.getLogger("mrff.client")
+OnRelease = Callable[[Phase, str], None]  # (phase, session label): record it, or raise to send nothing
+
+
+def session_label(params: pb.SecAggParameters) -> str:
+    """Which secure sum a release went into: its session id and the first bytes of its nonce."""
+    return f"{params.secagg_round_id}:{bytes(params.session_nonce)[:8].hex()}"
 
 
 class SecureSums:
@@ -47,13 +55,7 @@ class SecureSums:
     ) -> None:
         self.user, self.calls, self.policy, self.insecure_seed = user, calls, policy, insecure_seed
         self.identity_key, self.credential, self.authority_public_key = identity_key, credential, authority_public_key
-        self._input_sent: set[tuple[str, int]] = set()  # (run id, round) we sent an input for
         self._evaluations_scored: dict[str, int] = {}  # run id -> evaluations we sent held-out scores to
-
-    def sent_input(self, body: pb.RoundBody) -> bool:
-        """We already sent an input for this round of this run: a second session for it would let the server
-        difference two sums over different participant sets that both hold our (nearly identical) update."""
-        return (body.run_id, body.round_id) in self._input_sent
 
     def upload(self, plans: SecureRoundPlans, phase: Phase, vector: np.ndarray, body: pb.RoundBody) -> np.ndarray:
         """One phase's ring residues (`round.participant.phase_upload`) with this client's generator."""
@@ -73,10 +75,12 @@ class SecureSums:
         residues: np.ndarray,
         plans: SecureRoundPlans | None,
         *,
+        on_release: OnRelease,
         allowed: tuple[int, ...] | None = None,
         noise_survivors: int = 0,
     ) -> ClientSession | None:
-        """One secure sum of our ring residues; the finished client session (None without secure aggregation)."""
+        """One secure sum of our ring residues; the finished client session (None without secure aggregation).
+        `on_release(phase, session)` is called just before the masked input leaves (it raises to refuse)."""
         try:
             config = announced_secagg_config(params, phase, len(body.participants), plans, residues.size)
         except PolicyViolation as exc:
@@ -84,7 +88,7 @@ class SecureSums:
         signed = from_ring(np.asarray(residues, dtype=np.int64).astype(np.uint64), config.bits)  # centred
         sid = params.secagg_round_id
         if not body.secure:
-            self._input_sent.add((body.run_id, body.round_id))
+            self._release(on_release, phase, params, body)
             ring = to_ring(signed, config.bits, max_abs=config.max_abs)
             packed = packing.pack(ring, config.bits)
             message = messages.MaskedInput(sid, self.user, config.bits, config.vector_length, packed)
@@ -107,40 +111,54 @@ class SecureSums:
                 if step.delivered is not None:
                     delivered = step.delivered.from_bytes(self.calls.fetch(body, phase, step.wire).payload)
                 reply = step.client_step(session, delivered, signed)
-                if step.stage is Stage.MASKED_INPUT:
-                    self._input_sent.add((body.run_id, body.round_id))  # from here on a sum may hold our input
+                if step.stage is Stage.MASKED_INPUT:  # from here on a sum may hold our input
+                    self._release(on_release, phase, params, body)
                 self.calls.submit(body, phase, step.wire, reply)
         except (AggregationAborted, SecAggError, ConfigError) as exc:
             raise RoundFailed(f"secure aggregation refused or aborted: {exc}") from exc
         return session
 
+    @staticmethod
+    def _release(on_release: OnRelease, phase: Phase, params: pb.SecAggParameters, body: pb.RoundBody) -> None:
+        try:
+            on_release(phase, session_label(params))
+        except PrivacyError as exc:
+            raise RoundFailed(f"refusing round {body.round_id}: {exc}") from exc
+
     def evaluation(
         self,
         body: pb.RoundBody,
         spec: RoundSpec,
-        scores: np.ndarray,
+        scores: np.ndarray | None,
         update_survivors: tuple[int, ...] | None,
+        on_release: OnRelease,
     ) -> EvaluationRelease | None:
         """The round's federated evaluation: our held-out scores (`evaluation_sum.client_vector`), or zeros when our
-        policy keeps them out of this one (`ClientPolicy.check_evaluation`), encoded with our noise share under the
-        round's DP (`announced_evaluation_release`), through a secure sum over exactly the update phase's survivors
-        we signed: we unmask no survivor list shorter than it. Returns the release our scores went into (None:
-        we sent zeros, or nothing). Its failure costs the round nothing: the update is already in the server's sum."""
+        policy keeps them out of this one (`ClientPolicy.check_evaluation`) or our ledger refuses the release
+        (`on_release(Phase.EVALUATION, session)`, called before anything is encoded: it records the release or
+        raises), encoded with our noise share under the round's DP (`announced_evaluation_release`), through a
+        secure sum over exactly the update phase's survivors we signed: we unmask no survivor list shorter than
+        it. Zeros release nothing about us, so they are not recorded. Returns the release our scores went into
+        (None: zeros, or nothing sent). Its failure costs the round nothing: the update is already in the sum."""
         r = body.round_id
         try:
-            release = announced_evaluation_release(body, spec)
+            release = announced_evaluation_release(body, spec, colluding_survivors=self.policy.corrupt_neighbours)
         except PolicyViolation as exc:
             log.info("user %d: round %d: refusing the federated evaluation: %s", self.user, r, exc)
             return None
         if release is None:
             return None
         scored = self._evaluations_scored.get(body.run_id, 0)
+        vector = evaluation_sum.ZERO_VECTOR
         try:
+            if scores is None:
+                raise PolicyViolation("no held-out scores were computed for this round")
             self.policy.check_evaluation(noisy=release.noisy, scored=scored)
+            on_release(Phase.EVALUATION, session_label(body.evaluation_secagg))  # recorded, or refused
             vector = scores
-        except PolicyViolation as exc:
+            self._evaluations_scored[body.run_id] = scored + 1
+        except (PolicyViolation, PrivacyError) as exc:
             log.info("user %d: round %d: zeros for the federated evaluation: %s", self.user, r, exc)
-            vector = evaluation_sum.ZERO_VECTOR
         try:
             residues = evaluation_sum.encode(
                 release,
@@ -149,17 +167,16 @@ class SecureSums:
                 rng=client_generator(self.insecure_seed, r, Phase.EVALUATION, self.user),
             )
             self.calls.fetch(body, Phase.EVALUATION, pb.ADVERTISE_KEYS)  # the phase is open
-            if vector is scores:
-                self._evaluations_scored[body.run_id] = scored + 1  # counted before any input can leave
             self.run(
                 body,
                 Phase.EVALUATION,
                 body.evaluation_secagg,
                 residues,
                 None,
+                on_release=lambda phase, session: None,  # recorded above; zeros release nothing
                 allowed=update_survivors,
                 noise_survivors=0 if update_survivors is None else len(update_survivors),
             )
         except (RoundFailed, ConfigError, PrivacyError) as exc:
             log.info("user %d: round %d: the federated evaluation failed: %s", self.user, r, exc)
-        return release if vector is scores else None
+        return None if vector is evaluation_sum.ZERO_VECTOR else release

@@ -4,6 +4,7 @@
     STATE_DIR/user-<id>/credential.bin the identity authority's credential for that key (`mrff certs issue-client`)
     STATE_DIR/user-<id>/private.npz    committed private parameters (user embedding, user FFN)
     STATE_DIR/user-<id>/pending.npz    parameters trained in a round whose outcome is not known yet
+    STATE_DIR/user-<id>/ledger.json    every release this client made (client/ledger.py)
 
 A round's private parameters are committed only when the server reports the round completed
 (or a later announcement names it as the last completed round); otherwise they are discarded,
@@ -36,6 +37,11 @@ class UserStore(IdentityFiles):
     @property
     def private_path(self) -> Path:
         return self.folder / "private.npz"
+
+    @property
+    def ledger_path(self) -> Path:
+        """The client's privacy ledger (client/ledger.py)."""
+        return self.folder / "ledger.json"
 
     @property
     def pending_path(self) -> Path:

@@ -2,7 +2,8 @@
 secure-aggregation client state machine through each round (the protocol and round logic; the
 network side, retries and the classification of connection failures are in client/transport.py).
 
-It refuses any round whose signed parameters do not verify under the server's signing key. Server
+It refuses any round whose signed parameters do not verify under the server's signing key, or that its own
+policy or its own privacy ledger (client/ledger.py: one release per input, the epsilon cap) forbids. Server
 restarted (session unknown): the transport enrols again and we pick up the current round. Each
 process prints one line per round on stdout for its logical clients: "[ROUND n] users 0-3: ...".
 """
@@ -10,8 +11,10 @@ process prints one line per round on stdout for its logical clients: "[ROUND n] 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 from google.protobuf.message import Message
 
+from client.ledger import ClientLedger, LedgerRefusal
 from client.policy import ClientPolicy
 from client.proposal import (
     accepted_spec,
@@ -29,12 +33,14 @@ from client.proposal import (
 )
 from client.report import RoundReporter, RoundResult
 from client.round_calls import POLL_MS, RoundCalls, RoundFailed
-from client.secure_sums import SecureSums
+from client.secure_sums import OnRelease, SecureSums
 from client.state import UserStore
 from client.transport import ClientFailure, Connection, Reconnected, Transport
+from mrff_secure.config import ModelConfig
 from mrff_secure.errors import AuthenticationError, ConfigError, PrivacyError
 from mrff_secure.federation import evaluation_sum
 from mrff_secure.federation.client_update import (
+    LocalUpdate,
     evaluate_user,
     initial_private,
     model_config_from_json,
@@ -47,7 +53,9 @@ from mrff_secure.round.participant import (
     suppressed_groups,
     update_vectors,
 )
-from mrff_secure.round.spec import Phase
+from mrff_secure.round.release import RoundRelease, network_round_release
+from mrff_secure.round.spec import Phase, RoundSpec
+from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.secagg import primitives
 from mrff_secure.secagg.policy import PolicyViolation
 from mrff_secure.wire import limits, signing
@@ -57,6 +65,29 @@ if TYPE_CHECKING:
     from client.process import FaultInjection, ProcessShared
 
 __all__ = ["ClientFailure", "Connection", "LogicalClient"]
+
+
+@dataclass(frozen=True)
+class TrainedInput:
+    """A round's input, derived once: the trained update and the evaluation scores of the received model."""
+
+    update: LocalUpdate
+    evaluation_input: np.ndarray | None
+
+
+def exact_release(update_release: RoundRelease) -> RoundRelease:
+    """A release without noise (the federated evaluation's exact sum): it makes epsilon infinite."""
+    return RoundRelease(
+        **{
+            **update_release.__dict__,
+            "dp_mode": "off",
+            "noise_multiplier": 0.0,
+            "mechanism": None,
+            "colluding_survivors": 0,
+            "phases": "both",
+        }
+    )
+
 
 log = logging.getLogger("mrff.client")
 BodyT = TypeVar("BodyT", bound=Message)  # a signed body's message type
@@ -101,8 +132,17 @@ class LogicalClient:
             policy=self.policy,
             insecure_seed=client_seed if reproducible_noise else None,
         )
+        self.ledger = ClientLedger(
+            store.ledger_path,
+            user=user,
+            delta=self.policy.delta,
+            max_epsilon=self.policy.max_epsilon,
+            max_aborted_sessions=self.policy.max_aborted_sessions,
+        )
         self.rounds_played = 0
         self._result: RoundResult | None = None  # the round being played
+        self._run_id: str | None = None  # the run we enrolled in: rounds of another run are refused
+        self._derived: dict[tuple[str, int], TrainedInput] = {}  # each round's input, derived once
 
     def _enrol_request(self) -> pb.EnrolRequest:
         proof = primitives.sign(self.identity, signing.enrol_payload(self.user, self.identity_public))
@@ -147,6 +187,13 @@ class LogicalClient:
                 if reply.pending:
                     continue
                 body = self._verified(reply.round, pb.RoundBody)
+                if self._run_id is None:
+                    self._run_id = body.run_id  # pinned until we enrol again
+                elif body.run_id != self._run_id:
+                    raise ClientFailure(
+                        f"user {self.user}: refusing the server: it announces run {body.run_id!r}, but this "
+                        f"client enrolled in run {self._run_id!r} (a relabelled replay is not a new run)"
+                    )
                 after = body.round_id
                 self.store.resolve(body.last_completed_round)
                 if body.finished:
@@ -155,7 +202,8 @@ class LogicalClient:
                 if self.user in body.participants:
                     self._play_reported(body)
             except Reconnected:
-                after = -1  # the restarted server may replay a round we saw: take part again
+                after = -1  # the restarted server may replay a round we saw: our ledger decides what we send
+                self._run_id = None
             except RoundFailed as exc:
                 log.info("user %d: round %d: %s", self.user, after, exc)
                 self.store.discard()
@@ -185,58 +233,58 @@ class LogicalClient:
             self.reporter.record(body.round_id, self.user, result)
 
     def _play(self, body: pb.RoundBody) -> None:
-        """One round: check what the server proposes, train, then upload through the two secure sums (and the
-        evaluation's), each phase's input encoded by `round.participant` from public parameters only."""
+        """One round: check what the server proposes and what our ledger allows, train (once per round), then
+        upload through the two secure sums (and the evaluation's), each phase's input encoded by
+        `round.participant` from public parameters only and written into our ledger before it leaves."""
         check_schema(body, self.shared.schema_digest, self.shared.schema_summary, self.user)
-        config = model_config_from_json(body.training.model_config_json)
-        model, layout, shared_template, private_template = self.shared.model(config, body.training.model_seed)
+        r, seed = body.round_id, body.training.model_seed
+        try:
+            config = model_config_from_json(body.training.model_config_json)
+        except ConfigError as exc:
+            raise RoundFailed(f"refusing round {r}: its model configuration is not acceptable: {exc}") from exc
+        model, layout, shared_template, private_template = self.shared.model(config, seed)
         params = verified_parameters(body, layout, shared_template)
         try:
             spec = accepted_spec(body, self.policy, self.user)
+            # Computed by us from the public parameters: the announced lengths and ranges must match.
+            plans = round_plans(spec, layout, len(body.participants))
         except (ConfigError, PolicyViolation) as exc:
-            raise RoundFailed(f"refusing round {body.round_id}: {exc}") from exc
-        r, seed = body.round_id, body.training.model_seed
-        if self.sums.sent_input(body):
-            # A second session for a round we already masked an input for would let the server difference
-            # two sums over different participant sets that both hold our (nearly identical) update.
-            raise RoundFailed(
-                f"refusing round {r} of run {body.run_id}: we already sent an input for it in another session"
-            )
-        dtype = next(iter(params.values())).dtype
-        fractions = (
-            torch.tensor(list(body.group_fractions), dtype=dtype).reshape(layout.num_blocks, layout.num_groups)
-            if layout.num_groups
-            else None
+            raise RoundFailed(f"refusing round {r}: {exc}") from exc
+        except PrivacyError as exc:
+            raise RoundFailed(f"refusing round {r}: its privacy parameters are impossible: {exc}") from exc
+        release = network_round_release(
+            spec, layout, len(body.participants), colluding_survivors=self.policy.corrupt_neighbours
         )
-        private = self.store.load_private(private_template)
-        with self.shared.train_lock:  # the model object is shared: read and train it one thread at a time
-            if private is None:
-                private = initial_private(model, self.shared.data, config, seed, self.user)
-            # The federated evaluation scores the model we received, with our private part before training.
-            # (scored whenever one is announced; SecureSums.evaluation sends zeros instead if our policy says so)
-            evaluation_input = (
-                evaluation_sum.client_vector(evaluate_user(model, params, private, self.shared.data, self.user))
-                if body.HasField("evaluation_secagg")
-                else None
+        phase_releases = {Phase.COUNTS: release.phase("counts"), Phase.UPDATE: release.phase("update")}
+        try:
+            epsilon_after = self.ledger.begin_session(body.run_id, r, (release,))
+        except LedgerRefusal as exc:
+            raise RoundFailed(f"refusing round {r}: {exc}") from exc
+        for weaker in self.policy.weaker_settings():
+            log.warning(
+                "user %d: round %d: this client's policy is weaker than the safe default: %s", self.user, r, weaker
             )
-            dropout_seed = torch_seed(self.client_seed, r, self.user)
-            update = train_user(
-                model, params, private, self.shared.data, self.user, fractions, spec, config, dropout_seed
-            )
+        if self._result is not None:
+            self._result.epsilon, self._result.epsilon_cap = epsilon_after, self.policy.max_epsilon
+        fractions = self._group_fractions(body, layout, next(iter(params.values())).dtype)
+        derived = self._derive(body, model, params, private_template, config, fractions, spec)
+        on_release = self._on_release(body, phase_releases)
+        update = derived.update
         if self._result is not None:
             self._result.examples = float(update.num_examples.sum())
         self.store.save_pending(r, update.private)
-        try:
-            # Computed by us from the public parameters: the announced lengths and ranges must match.
-            plans = round_plans(spec, layout, len(body.participants))
-        except (ConfigError, PrivacyError) as exc:
-            raise RoundFailed(f"refusing round {r}: its privacy parameters are impossible: {exc}") from exc
         if plans.counts is not None:
             counts = self.sums.upload(plans, Phase.COUNTS, group_one_hots(layout, update.routes)[0].numpy(), body)
         else:
             counts = np.zeros(1, dtype=np.int64)  # no groups: phase 1 sums nothing, it only fixes the survivors
         counts_session = self.sums.run(
-            body, Phase.COUNTS, body.counts_secagg, counts, plans, noise_survivors=spec.noise_survivors
+            body,
+            Phase.COUNTS,
+            body.counts_secagg,
+            counts,
+            plans,
+            on_release=on_release,
+            noise_survivors=spec.noise_survivors,
         )
         group_counts = self._phase1_counts(body, layout.num_blocks * layout.num_groups)
         phase1_survivors = None if counts_session is None else counts_session.signed_survivors
@@ -263,14 +311,79 @@ class LogicalClient:
             body.update_secagg,
             self.sums.upload(plans, Phase.UPDATE, vector, body),
             plans,
+            on_release=on_release,
             allowed=phase1_survivors,
             noise_survivors=spec.noise_survivors,
         )
-        if evaluation_input is not None:
+        if body.HasField("evaluation_secagg"):  # our scores, or zeros if we keep them out (SecureSums.evaluation)
             self.sums.evaluation(
-                body, spec, evaluation_input, None if update_session is None else update_session.signed_survivors
+                body,
+                spec,
+                derived.evaluation_input,
+                None if update_session is None else update_session.signed_survivors,
+                on_release,
             )
+        if self._result is not None:
+            self._result.epsilon = self.ledger.epsilon()
         self._finish(body)
+
+    def _group_fractions(self, body: pb.RoundBody, layout: UpdateLayout, dtype: torch.dtype) -> torch.Tensor | None:
+        """The announced group fractions, refused (the round, not the client) when they do not fit the layout."""
+        if not layout.num_groups:
+            return None
+        expected = layout.num_blocks * layout.num_groups
+        values = list(body.group_fractions)
+        if len(values) != expected or not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+            raise RoundFailed(
+                f"refusing round {body.round_id}: {len(values)} group fractions announced, expected {expected} "
+                "values in [0, 1]"
+            )
+        return torch.tensor(values, dtype=dtype).reshape(layout.num_blocks, layout.num_groups)
+
+    def _derive(
+        self,
+        body: pb.RoundBody,
+        model: torch.nn.Module,
+        params: dict[str, torch.Tensor],
+        private_template: dict[str, tuple[tuple[int, ...], torch.dtype]],
+        config: ModelConfig,
+        fractions: torch.Tensor | None,
+        spec: RoundSpec,
+    ) -> TrainedInput:
+        """The round's input, derived once per (run, round): a retried session (one that ended before anything
+        was sent, as many as our ledger allows) sends what the first derivation gave, never a new one."""
+        key = (body.run_id, body.round_id)
+        if key in self._derived:
+            return self._derived[key]
+        private = self.store.load_private(private_template)
+        with self.shared.train_lock:  # the model object is shared: read and train it one thread at a time
+            if private is None:
+                private = initial_private(model, self.shared.data, config, body.training.model_seed, self.user)
+            # The federated evaluation scores the model we received, with our private part before training.
+            evaluation_input = (
+                evaluation_sum.client_vector(evaluate_user(model, params, private, self.shared.data, self.user))
+                if body.HasField("evaluation_secagg") and self.policy.join_evaluation
+                else None
+            )
+            dropout_seed = torch_seed(self.client_seed, body.round_id, self.user)
+            update = train_user(
+                model, params, private, self.shared.data, self.user, fractions, spec, config, dropout_seed
+            )
+        derived = self._derived[key] = TrainedInput(update, evaluation_input)
+        for old in [k for k in self._derived if k[0] != key[0] or k[1] < key[1] - 1]:
+            del self._derived[old]  # a round's retries come before the next round
+        return derived
+
+    def _on_release(self, body: pb.RoundBody, phase_releases: dict[Phase, RoundRelease]) -> OnRelease:
+        """Our ledger's record of each phase's masked input, written before it leaves (it raises to refuse)."""
+
+        def record(phase: Phase, session: str) -> None:
+            release = phase_releases.get(phase)
+            if release is None:  # the evaluation's sum: exact, so infinite epsilon unless DP covers it
+                release = exact_release(phase_releases[Phase.UPDATE])
+            self.ledger.record_release(body.run_id, body.round_id, phase.label, session, release)
+
+        return record
 
     def _phase1_counts(self, body: pb.RoundBody, size: int) -> np.ndarray:
         """The phase-1 group counts the server signed when it opened the update phase."""

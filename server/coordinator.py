@@ -342,6 +342,7 @@ class Coordinator:
             announcement_evaluates=evaluation is not None,
         )
         evaluated_model = self.model_digest() if evaluation is not None else ""  # the round's starting model
+        release = round_release(spec, self.layout, n, corrupt_neighbours=self.settings.corrupt_neighbours)
         self.gate.begin_round(rs)
 
         def announce() -> None:  # under the lock, once the counts phase accepts inputs
@@ -374,6 +375,7 @@ class Coordinator:
                 )
             else:
                 counts = np.zeros((0, 0), dtype=np.int64)
+            self.state.ledger.step(release=release.phase("counts"))  # released: the clients learn the counts
             suppressed = suppressed_groups(counts, spec.min_group_size)
             start = self._sign(
                 pb.UpdatePhaseBody(run_id=self.state.run_id, round_id=r, group_counts=counts.reshape(-1).tolist())
@@ -396,6 +398,7 @@ class Coordinator:
             summed = decode_sum(
                 plans.update, ring2, survivors=len(survivors2), rotation_seed=rotation_seed(seed, r, Phase.UPDATE)
             )
+            self.state.ledger.step(release=release.phase("update"))  # released to us, whatever happens next
             applied, examples = apply_decoded(
                 self.state.params,
                 self.layout,
@@ -407,12 +410,16 @@ class Coordinator:
             )
         except (SecAggError, ConfigError, PrivacyError) as exc:  # aborted, or a sum that cannot be used
             outcome = pb.RoundOutcome(round_id=r, completed=False, reason=f"{type(exc).__name__}: {exc}")
-            record.update(type="round_aborted", reason=str(exc), model_digest=self.model_digest())
+            record.update(
+                type="round_aborted",
+                reason=str(exc),
+                model_digest=self.model_digest(),
+                epsilon=ledger_summary(self.state.ledger),  # what was released before the abort is accounted
+            )
         else:
             self.state.params = applied.averaged
             self.state.group_fractions = applied.group_fractions
             self.state.last_completed = r
-            self.state.ledger.step(release=round_release(spec, self.layout, n))
             epsilon = ledger_summary(self.state.ledger)
             outcome = pb.RoundOutcome(round_id=r, completed=True, survivors=len(survivors2))
             record.update(
@@ -441,7 +448,7 @@ class Coordinator:
         dropouts = sorted(
             {c for phase in record["phases"].values() for stage in phase["dropouts"].values() for c in stage}
         )
-        eps = record.get("epsilon", {}).get("epsilon") if outcome.completed else None
+        eps = record.get("epsilon", {}).get("epsilon")
         if self.on_round_line is not None:
             self.on_round_line(
                 f"[ROUND {r}] {'completed' if outcome.completed else 'ABORTED: ' + outcome.reason}: {n} participants, "
@@ -473,7 +480,9 @@ class Coordinator:
         def open_phase() -> None:  # under the lock, once the phase's first stage is open
             rs.evaluation_open = True
 
-        release = evaluation_release(rs.spec, len(rs.participants))
+        release = evaluation_release(
+            rs.spec, len(rs.participants), colluding_survivors=self.settings.corrupt_neighbours
+        )
         out: dict[str, Any] = {
             "evaluated_model": evaluated_model,
             "release": release.describe(),

@@ -2,7 +2,9 @@
 
 A networked run's rounds differ (the participants, and so n_min and the integer plans, change with
 who is online), so each completed round adds the RDP curve of its own release (both phases, the
-mechanism as the clients encoded it) and epsilon is converted once from the sum. Adjacency is
+mechanism as the clients encoded it) and epsilon is converted once from the sum. Each phase is accounted
+when it is released (the phase-1 counts of a round aborted later included), with the noise of the
+survivors less the c_max colluding ones, exactly as each client's own ledger (client/ledger.py) does. Adjacency is
 zero-out (secure aggregation); `epsilon_replace_one` is given beside it. A user is accounted as
 taking part in every completed round (no amplification by sampling is claimed: the server sees who
 takes part).
@@ -16,28 +18,18 @@ from typing import Any
 from mrff_secure.dp.accounting import json_epsilon
 from mrff_secure.round.accountant import RoundAccountant, calibrate_release, privacy_warnings
 from mrff_secure.round.evaluation_release import evaluation_release
-from mrff_secure.round.release import ADJACENCY_TEXT, ZERO_OUT, RoundRelease
+from mrff_secure.round.release import ADJACENCY_TEXT, ZERO_OUT, RoundRelease, network_round_release
 from mrff_secure.round.spec import RoundSpec
 from mrff_secure.round.update_vector import UpdateLayout
+from mrff_secure.secagg.config import DEFAULT_CORRUPT_NEIGHBOURS
 
 
-def round_release(spec: RoundSpec, layout: UpdateLayout, participants: int) -> RoundRelease:
-    """The public description of one networked round (what the clients encode with)."""
-    blocks = layout.num_blocks if layout.num_groups else 0
-    return RoundRelease(
-        dp_mode=spec.dp_mode,
-        secure_aggregation=True,
-        clip=spec.clip,
-        noise_multiplier=spec.noise_multiplier if spec.dp_mode == "distributed" else 0.0,
-        num_blocks=blocks,
-        num_groups=layout.num_groups,
-        delta_size=layout.delta_size,
-        participants=participants,
-        n_min=spec.min_survivors if spec.dp_mode == "distributed" else participants,
-        mechanism=spec.mechanism if spec.dp_mode == "distributed" else None,
-        modulus_bits=spec.modulus_bits,
-        count_cap=spec.count_cap,
-    )
+def round_release(
+    spec: RoundSpec, layout: UpdateLayout, participants: int, *, corrupt_neighbours: int = DEFAULT_CORRUPT_NEIGHBOURS
+) -> RoundRelease:
+    """The public description of one networked round (what the clients encode with and account in their own
+    ledgers): the noise of the survivors less the `corrupt_neighbours` colluding ones."""
+    return network_round_release(spec, layout, participants, colluding_survivors=corrupt_neighbours)
 
 
 def calibrate(
@@ -48,6 +40,7 @@ def calibrate(
     target_epsilon: float,
     rounds: int,
     delta: float,
+    corrupt_neighbours: int = DEFAULT_CORRUPT_NEIGHBOURS,
     evaluations: int = 0,
 ) -> float:
     """z that spends `target_epsilon` over `rounds` rounds of `participants` clients: the headline of the
@@ -55,11 +48,13 @@ def calibrate(
     `rounds` such rounds is <= the target and close to it; `evaluations` federated evaluations (the run's planned
     ones) are included, so rounds and evaluations together spend it. What the calibration had to say is logged."""
     calibration = calibrate_release(
-        round_release(spec, layout, participants),
+        round_release(spec, layout, participants, corrupt_neighbours=corrupt_neighbours),
         target_epsilon=target_epsilon,
         rounds=max(rounds, 1),
         delta=delta,
-        evaluation=evaluation_release(spec, participants) if evaluations else None,
+        evaluation=evaluation_release(spec, participants, colluding_survivors=corrupt_neighbours)
+        if evaluations
+        else None,
         evaluations=evaluations,
     )
     for note in calibration.notes:
@@ -74,15 +69,20 @@ def ledger_summary(ledger: RoundAccountant) -> dict[str, Any]:
     return {
         "epsilon": json_epsilon(eps),
         "delta": ledger.delta,
-        "rounds_accounted": ledger.rounds,
+        "rounds_accounted": sum(
+            n
+            for release, n in ledger.history
+            if isinstance(release, RoundRelease) and release.phases in ("both", "counts")
+        ),
+        "releases_accounted": ledger.rounds,
         "evaluations_accounted": ledger.evaluations,  # federated evaluations released (each a DP release)
         "noiseless_rounds": ledger.noiseless_rounds,
         "adjacency": ZERO_OUT,
         "adjacency_meaning": ADJACENCY_TEXT[ZERO_OUT],
         "epsilon_replace_one": json_epsilon(ledger.epsilon(replace_one=True)),
-        "bound": "RDP of the distributed integer mechanism as the clients encoded it, both phases, every "
-        "completed round, and every released federated evaluation, for a user in every round (no amplification "
-        "by sampling)",
+        "bound": "RDP of the distributed integer mechanism as the clients encoded it, every phase released "
+        "(aborted rounds included) and every released federated evaluation, the noise of the survivors less the "
+        "c_max colluding ones, for a user in every round (no amplification by sampling)",
         "warnings": privacy_warnings(
             epsilon=eps,
             delta=ledger.delta,

@@ -32,6 +32,7 @@ from mrff_secure.model.roles import Role, parameter_roles
 from mrff_secure.round.accountant import RoundAccountant
 from mrff_secure.round.spec import RoundSpec
 from mrff_secure.round.update_vector import UpdateLayout
+from mrff_secure.secagg.config import DEFAULT_CORRUPT_NEIGHBOURS
 from mrff_secure.wire import tensors
 from server import checkpoint
 
@@ -48,6 +49,7 @@ class ServerSettings:
     train_timeout: float = 120.0  # announcement -> advertise keys of the counts phase (local training)
     stage_timeout: float = 30.0  # every other stage
     dp_delta: float = 1e-5
+    corrupt_neighbours: int = DEFAULT_CORRUPT_NEIGHBOURS  # c_max: colluding survivors the accounting assumes
     max_dropout_fraction: float = 0.3  # distributed DP: noise sized for ceil(n * (1 - f)) survivors
     num_neighbours: int | None = None
     threshold: int | None = None

@@ -48,7 +48,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="policy_min_group_size",
         help="the least minimum group size accepted (default 5)",
     )
-    g.add_argument("--require-dp", action="store_true", help="refuse rounds with DP off")
+    g.add_argument("--require-dp", action="store_true", help="refuse rounds with DP off (the default)")
+    g.add_argument(
+        "--allow-dp-off",
+        action="store_true",
+        help="accept rounds with DP off (no guarantee against a malicious server; needs --accept-weaker-privacy "
+        "and --max-epsilon inf)",
+    )
+    g.add_argument(
+        "--max-epsilon",
+        type=float,
+        help="the cap of this client's own ledger over every release of its data (default 10; inf: no cap)",
+    )
+    g.add_argument(
+        "--max-aborted-sessions",
+        type=int,
+        help="sessions of one round that may end before this client sends anything (default 2)",
+    )
+    g.add_argument(
+        "--min-honest-shares",
+        type=int,
+        help="the least noise shares beyond the c_max colluding survivors (default 3)",
+    )
+    g.add_argument(
+        "--accept-weaker-privacy",
+        action="store_true",
+        help="allow policy values below the safe defaults; the client then warns on every round",
+    )
     g.add_argument("--allow-plain", action="store_true", help="accept unmasked aggregation (benchmarks only)")
     g.add_argument(
         "--no-evaluation",
@@ -156,7 +182,10 @@ def client_main(args: argparse.Namespace) -> int:
     seed = args.client_seed if args.client_seed is not None else int.from_bytes(os.urandom(8), "big") >> 1
     data = options.load_dataset(args)
     pause = parse_pause(args.pause_after) if args.pause_after else None
-    policy = ClientPolicy.from_file(args.policy) if args.policy else ClientPolicy()
+    # Built permissively, then checked once with the acceptance the user actually gave (file or flag).
+    file_values = ClientPolicy.read_file(args.policy) if args.policy else {}
+    accept = bool(args.accept_weaker_privacy or file_values.get("accept_weaker", False))
+    policy = ClientPolicy.from_dict({**file_values, "accept_weaker": True}, source=str(args.policy or "policy"))
     policy = policy.with_overrides(
         min_participants=args.min_participants,
         corrupt_neighbours=args.corrupt_neighbours,
@@ -166,8 +195,19 @@ def client_main(args: argparse.Namespace) -> int:
         allow_plain=True if args.allow_plain else None,
         join_evaluation=False if args.no_evaluation else None,
         min_group_size=args.policy_min_group_size,
-        dp_modes=("distributed",) if args.require_dp else None,
+        dp_modes=("off", "distributed") if args.allow_dp_off else ("distributed",) if args.require_dp else None,
+        max_epsilon=args.max_epsilon,
+        max_aborted_sessions=args.max_aborted_sessions,
+        min_honest_shares=args.min_honest_shares,
     )
+    policy = ClientPolicy.from_dict({**policy.to_dict(), "accept_weaker": accept})
+    weaker = policy.weaker_settings()
+    if weaker:
+        print(
+            "WARNING this client's privacy policy is weaker than the safe defaults: " + "; ".join(weaker),
+            file=sys.stderr,
+            flush=True,
+        )
     if not policy.join_evaluation:
         print("NOTE this client's policy: no held-out scores for the federated evaluation", file=sys.stderr, flush=True)
     if args.insecure_reproducible_noise:

@@ -185,6 +185,9 @@ OPTIONS: tuple[Option, ...] = (
                                                    "in memory. Not set: on with --dp distributed and for the network "
                                                    "server, off otherwise", choices=("off", "on", "inmemory"),
        optional=True),
+    _o("privacy", "corrupt_neighbours", int, 2, "network: c_max, the colluding survivors the accounting assumes "
+                                                "(only the other survivors' noise shares are counted; the clients' "
+                                                "default policy assumes 2)", low=0),
     _o("privacy", "modulus_bits", int, 32, "the secure sums' ring Z_{2^B}", low=8, high=62),
     _o("privacy", "min_group_size", int, 5, "secure aggregation: groups with fewer clients in phase 1 send zeros",
        low=2),
@@ -252,15 +255,17 @@ _TRAINING = ("rounds", "local_steps", "client_fraction", "optimizer", "lr", "see
 _RECIPE = ("weight_decay", "lr_schedule", "server_optimizer", "server_lr", "server_momentum", "patience")  # train only
 _NETWORK_PRIVACY = ("dp", "clip", "noise_multiplier", "target_epsilon", "delta", "mechanism", "max_dropout_fraction",
                     "secure_aggregation", "modulus_bits", "min_group_size")
+_SERVER_PRIVACY = ("corrupt_neighbours",)
 COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
     "train": _DATA + _MODEL + _TRAINING + ("eval_every", "chunk_size", "checkpoint_every") + _RECIPE + _NETWORK_PRIVACY
              + ("noise_sampling", "count_cap", "clip_from_private_data", "insecure_reproducible_noise")
              + ("backend", "ray_address", "workers", "threads_per_worker"),
     "server": _DATA + _MODEL + _TRAINING + ("min_clients", "federated_eval_every", "max_evaluations") + _NETWORK_PRIVACY
+              + _SERVER_PRIVACY
               + ("address", "certs", "mtls", "insecure", "train_timeout", "stage_timeout", "num_neighbours",
                  "threshold", "max_upload_mib", "max_workers", "linger"),
     "run-local": _DATA + _MODEL + _TRAINING + ("min_clients", "federated_eval_every", "max_evaluations")
-                 + _NETWORK_PRIVACY
+                 + _NETWORK_PRIVACY + _SERVER_PRIVACY
                  + ("insecure", "train_timeout", "stage_timeout", "num_neighbours", "threshold",
                     "insecure_reproducible_noise"),
     "client": _DATA + ("certs", "mtls", "insecure", "retry_timeout", "insecure_reproducible_noise"),
@@ -272,16 +277,29 @@ COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
               "backend", "ray_address", "threads_per_worker"),
 }
 # fmt: on
+# A network run is private by default: distributed DP (its noise calibrated to NETWORK_TARGET_EPSILON over
+# --rounds unless --noise-multiplier or --target-epsilon is given), which the clients' default policy requires.
+COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "server": {"dp": "distributed"},
+    "run-local": {"dp": "distributed"},
+}
+NETWORK_TARGET_EPSILON = 8.0  # below the clients' default cap (10) over every release of their data
 
 
-def _default_text(option: Option) -> str:
-    if option.default is None:
+def default_of(option: Option, command: str) -> Any:
+    """The option's default for `command` (a network run's privacy defaults differ from a simulation's)."""
+    return COMMAND_DEFAULTS.get(command, {}).get(option.name, option.default)
+
+
+def _default_text(option: Option, command: str = "") -> str:
+    default = default_of(option, command)
+    if default is None:
         return "not set"
     if option.kind is bool:
-        return "on" if option.default else "off"
-    if isinstance(option.default, list):
-        return " ".join(str(v) for v in option.default)
-    return str(option.default)
+        return "on" if default else "off"
+    if isinstance(default, list):
+        return " ".join(str(v) for v in default)
+    return str(default)
 
 
 def add_options(parser: argparse.ArgumentParser, command: str) -> None:
@@ -308,7 +326,7 @@ def add_options(parser: argparse.ArgumentParser, command: str) -> None:
         group = groups.get(option.table)
         if group is None:
             group = groups[option.table] = parser.add_argument_group(f"[{option.table}]")
-        text = f"{option.help} (default: {_default_text(option)})"
+        text = f"{option.help} (default: {_default_text(option, command)})"
         if option.kind is bool:
             if option.negative_flag:
                 group.add_argument(
@@ -388,7 +406,7 @@ def resolve(args: argparse.Namespace, command: str) -> dict[str, dict[str, Any]]
     """The command's configuration (defaults < --config < --set < flags), checked; also set on `args`
     under each option's name, so that handlers read `args.noise_multiplier` whatever the source."""
     names = COMMAND_OPTIONS[command]
-    values: dict[str, tuple[Any, str]] = {n: (BY_NAME[n].default, BY_NAME[n].flag) for n in names}
+    values: dict[str, tuple[Any, str]] = {n: (default_of(BY_NAME[n], command), BY_NAME[n].flag) for n in names}
     if getattr(args, "config", None) is not None:
         for table, body in load_toml(args.config).items():
             for key, value in body.items():

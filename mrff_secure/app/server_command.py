@@ -237,6 +237,8 @@ def round_spec(args: argparse.Namespace, maxlen: int) -> RoundSpec:
             )
         if z is not None and target is not None:
             raise ConfigError("give --noise-multiplier or --target-epsilon, not both")
+        if target is None and z is None:  # the network's private default: calibrate to a stated epsilon
+            target = args.target_epsilon = options.NETWORK_TARGET_EPSILON
         if target is None and (z is None or z <= 0):
             raise ConfigError(
                 "--dp distributed with no noise gives no privacy: give --noise-multiplier > 0 "
@@ -261,6 +263,9 @@ def round_spec(args: argparse.Namespace, maxlen: int) -> RoundSpec:
     )  # min_survivors: set per round
 
 
+NETWORK_MAX_DEFAULT_DELTA = 1e-5  # the clients' default policy accounts at delta 1e-5
+
+
 def _server_settings(args: argparse.Namespace) -> ServerSettings:
     from server.run_state import ServerSettings
 
@@ -281,6 +286,7 @@ def _server_settings(args: argparse.Namespace) -> ServerSettings:
         train_timeout=args.train_timeout,
         stage_timeout=args.stage_timeout,
         dp_delta=args.delta,
+        corrupt_neighbours=args.corrupt_neighbours,
         max_dropout_fraction=args.max_dropout_fraction,
         num_neighbours=args.num_neighbours,
         threshold=args.threshold,
@@ -320,6 +326,7 @@ def _calibrated(spec: RoundSpec, args: argparse.Namespace, data: PublicSchema) -
         rounds=args.rounds,
         delta=args.delta,
         evaluations=evaluations,
+        corrupt_neighbours=args.corrupt_neighbours,
     )
     print(
         f"CALIBRATED noise multiplier {z:.6g} for epsilon {args.target_epsilon} over {args.rounds} rounds"
@@ -374,8 +381,8 @@ def server_main(args: argparse.Namespace) -> int:
         data = PublicSchema.load(args.schema)  # no user data in this process at all
     else:
         data = PublicSchema.of(options.load_dataset(args))  # the dataset files are read, only the schema is kept
-    if args.delta is None:
-        args.delta = default_delta(data.num_users)  # as mrff train: 1/n^1.1 over the dataset's users
+    if args.delta is None:  # 1/n^1.1 over the dataset's users (as mrff train), at most the clients' default 1e-5
+        args.delta = min(default_delta(data.num_users), NETWORK_MAX_DEFAULT_DELTA)
     if args.dp == "off" and args.secure_aggregation != "off":
         print(
             "NOTE --dp off: secure aggregation alone protects clients only against an honest-but-curious "
@@ -451,6 +458,24 @@ def server_main(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ run-local
+def _run_local_policy(args: argparse.Namespace) -> list[str]:
+    """run-local plays both sides: its clients accept what the operator chose for its server, and no less.
+    Where that is weaker than a client's safe defaults (DP off, a chosen noise multiplier whose epsilon the
+    default cap would not admit, tiny groups) the clients say so on every round."""
+    weaker: list[str] = []
+    if args.dp == "off":
+        weaker += ["--allow-dp-off", "--max-epsilon", "inf"]
+    elif args.noise_multiplier is not None:  # the operator chose the noise: its epsilon is the server's to report
+        weaker += ["--min-noise-multiplier", str(min(args.noise_multiplier, 0.5)), "--max-epsilon", "inf"]
+    elif args.target_epsilon is not None and args.target_epsilon > 10.0:
+        weaker += ["--max-epsilon", str(args.target_epsilon)]
+    if args.secure_aggregation == "off":
+        weaker.append("--allow-plain")
+    if weaker or args.min_group_size < 5 or args.corrupt_neighbours < 2:
+        weaker.append("--accept-weaker-privacy")
+    return weaker
+
+
 def run_local_main(args: argparse.Namespace) -> int:
     from mrff_secure.audit_log import read_records, verify
     from mrff_secure.pki import CertPaths, issue_state_credentials, make_dev_pki
@@ -498,14 +523,21 @@ def run_local_main(args: argparse.Namespace) -> int:
         if server_out is None:  # stdout=PIPE always opens one
             raise MrffError("the server process has no output pipe")
         line = server_out.readline()
+        while line and not line.startswith("LISTENING"):  # what the server says before it listens (calibration)
+            print(line.strip(), flush=True)
+            line = server_out.readline()
         if not line.startswith("LISTENING"):
-            raise MrffError(f"the server did not start (said {line!r})")
+            raise MrffError(f"the server did not start (exit code {server.wait()}; its errors are above)")
         address = line.split()[1]
         print(line.strip(), flush=True)
         # run-local plays both sides: its clients' policy accepts what its server proposes (and no less)
-        client_policy = ["--min-group-size", str(args.min_group_size)]
-        if args.secure_aggregation == "off":
-            client_policy.append("--allow-plain")
+        client_policy = [
+            "--min-group-size",
+            str(args.min_group_size),
+            "--corrupt-neighbours",
+            str(args.corrupt_neighbours),
+        ]
+        client_policy += _run_local_policy(args)
         if args.insecure_reproducible_noise:
             client_policy.append("--insecure-reproducible-noise")
         per = -(-args.clients // args.client_processes)

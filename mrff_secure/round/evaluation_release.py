@@ -73,6 +73,7 @@ class EvaluationRelease:
     modulus_bits: int
     mechanism: str | None = None
     rounding_beta: float = DEFAULT_ROUNDING_BETA
+    colluding_survivors: int = 0  # accounted with the noise of the n_min - c honest shares only (W17)
 
     def __post_init__(self) -> None:
         if self.dp_mode not in EVALUATION_MODES:
@@ -83,6 +84,7 @@ class EvaluationRelease:
         check_int("participants", self.participants, low=3)
         check_int("n_min", self.n_min, low=1, high=self.participants)
         check_int("modulus_bits", self.modulus_bits, low=2)
+        check_int("colluding_survivors", self.colluding_survivors, low=0)
         if self.dp_mode == "distributed" and self.mechanism not in DISTRIBUTED_MECHANISMS:
             raise ConfigError(f"distributed mechanism must be one of {DISTRIBUTED_MECHANISMS}, got {self.mechanism!r}")
 
@@ -159,9 +161,10 @@ def _plan_of(release: EvaluationRelease) -> DistributedPlan:
     return auto if auto.scale <= cap else planned(cap)
 
 
-def evaluation_release(spec: RoundSpec, participants: int) -> EvaluationRelease:
+def evaluation_release(spec: RoundSpec, participants: int, *, colluding_survivors: int = 0) -> EvaluationRelease:
     """The evaluation release of a round with public settings `spec` and `participants` clients: the round's
-    mechanism, noise multiplier, n_min and modulus (DP off: exact, n_min 1). Server and clients alike."""
+    mechanism, noise multiplier, n_min and modulus (DP off: exact, n_min 1), accounted with the noise of the
+    n_min - `colluding_survivors` honest shares (the threat model's c_max). Server and clients alike."""
     distributed = spec.dp_mode == "distributed"
     if spec.dp_mode not in EVALUATION_MODES:
         raise ConfigError(f"a federated evaluation runs under secure aggregation, not with DP mode {spec.dp_mode!r}")
@@ -172,15 +175,21 @@ def evaluation_release(spec: RoundSpec, participants: int) -> EvaluationRelease:
         n_min=spec.min_survivors if distributed else 1,
         modulus_bits=spec.modulus_bits,
         mechanism=spec.mechanism if distributed else None,
+        colluding_survivors=colluding_survivors if distributed else 0,
     )
 
 
 def evaluation_rdp_curve(release: EvaluationRelease, *, replace_one: bool = False) -> np.ndarray:
     """The RDP curve (at DISCRETE_ORDERS) of one evaluation: the discrete mechanism's bound over its plan (zero-out;
-    replace-one doubles the sensitivity). Infinite at every order when it carries no noise."""
+    replace-one doubles the sensitivity), counting the n_min - colluding_survivors honest shares only. Infinite at
+    every order when it carries no noise (or no honest share)."""
     if not release.noisy:
         return np.full(len(DISCRETE_ORDERS), np.inf)
-    return discrete_round_rdp(release.plan(), sensitivity_factor=2.0 if replace_one else 1.0)
+    return discrete_round_rdp(
+        release.plan(),
+        sensitivity_factor=2.0 if replace_one else 1.0,
+        colluding_survivors=release.colluding_survivors,
+    )
 
 
 def check_evaluation_survivors(release: EvaluationRelease, survivors: int) -> None:

@@ -17,6 +17,12 @@ Adjacency (stated with every epsilon):
 The distributed modes' curve is the RDP bound of the distributed discrete Gaussian / Skellam
 (Kairouz, Liu, Steinke 2021; Agarwal, Kairouz, Liu 2021) over the round's integer plans (scale,
 padded lengths, n_min) from `round.encoding.secure_round_plans`, both phases.
+
+Colluding survivors (`colluding_survivors`, c): survivors that are the server's accomplices add noise the
+server knows and can subtract, so a release is accounted with the noise of the n_min - c honest shares
+only (W17 in SECURITY.md); c = 0 is the honest-but-curious accounting. A release can describe one phase
+of a round (`phases`: "counts" or "update", each accounted when it is released, so a round aborted after
+phase 1 still costs its counts) or both ("both", the default).
 """
 
 from __future__ import annotations
@@ -36,8 +42,11 @@ from mrff_secure.dp.mechanisms import GRID_SLACK
 from mrff_secure.dp.sensitivity import compose_noise_multipliers
 from mrff_secure.errors import ConfigError, PrivacyError
 from mrff_secure.round.encoding import SecureRoundPlans, secure_round_plans
+from mrff_secure.round.spec import RoundSpec
+from mrff_secure.round.update_vector import UpdateLayout
 
 RELEASE_MODES = ("off", "local", "distributed")
+RELEASE_PHASES = ("both", "counts", "update")
 REPLACE_ONE = "replace-one"
 ZERO_OUT = "zero-out"
 ADJACENCY_TEXT = {
@@ -60,7 +69,8 @@ class RoundRelease:
     clipped part's length; participants: clients per round; n_min: survivors the distributed noise
     shares are sized for; mechanism: "discrete_gaussian" or "skellam" (distributed) - local mode
     always uses the grid discrete Gaussian. modulus_bits, count_cap, rounding_beta and
-    single_noise_draw decide the integer plans (distributed).
+    single_noise_draw decide the integer plans (distributed). colluding_survivors and phases: see the
+    module docstring.
     """
 
     dp_mode: str
@@ -77,6 +87,8 @@ class RoundRelease:
     mechanism: str | None = None
     rounding_beta: float = DEFAULT_ROUNDING_BETA
     single_noise_draw: bool = False
+    colluding_survivors: int = 0
+    phases: str = "both"
 
     def __post_init__(self) -> None:
         if self.dp_mode not in RELEASE_MODES:
@@ -101,6 +113,11 @@ class RoundRelease:
             raise ConfigError(f"num_blocks={self.num_blocks}, num_groups={self.num_groups}: both 0 or both > 0")
         if self.secure_aggregation:
             check_int("modulus_bits (secure aggregation)", self.modulus_bits, low=2)
+        check_int("colluding_survivors", self.colluding_survivors, low=0)
+        if self.phases not in RELEASE_PHASES:
+            raise ConfigError(f"phases must be one of {RELEASE_PHASES}, got {self.phases!r}")
+        if self.phases != "both" and not self.secure_aggregation:
+            raise ConfigError(f"phases={self.phases!r}: only secure aggregation releases its phases apart")
         if self.dp_mode == "distributed" and self.mechanism not in DISTRIBUTED_MECHANISMS:
             raise ConfigError(f"distributed mechanism must be one of {DISTRIBUTED_MECHANISMS}, got {self.mechanism!r}")
 
@@ -158,20 +175,68 @@ class RoundRelease:
     def with_noise_multiplier(self, z: float) -> RoundRelease:
         return RoundRelease(**{**self.__dict__, "noise_multiplier": float(z)})
 
+    def phase(self, phases: str) -> RoundRelease:
+        """The same round, describing only `phases` ("counts" or "update") of its releases."""
+        return RoundRelease(**{**self.__dict__, "phases": phases})
+
+    @property
+    def honest_shares(self) -> int:
+        """Noise shares the accounting counts on: the n_min survivors less the colluding ones."""
+        n_min = self.n_min if self.n_min is not None else self.participants
+        return n_min - self.colluding_survivors
+
     @property
     def noisy(self) -> bool:
         """The round carries DP noise (else it has no guarantee: epsilon is infinite)."""
         return self.dp_mode != "off" and self.noise_multiplier > 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able fields (a checkpoint's accountant history); `RoundRelease(**d)` rebuilds and validates."""
-        return asdict(self)
+        """JSON-able fields (a checkpoint's accountant history); `RoundRelease(**d)` rebuilds and validates.
+        The fields added later (colluding_survivors, phases) are left out at their defaults, so histories
+        written before them read the same."""
+        out = asdict(self)
+        for name, default in (("colluding_survivors", 0), ("phases", "both")):
+            if out[name] == default:
+                del out[name]
+        return out
+
+
+def network_round_release(
+    spec: RoundSpec, layout: UpdateLayout, participants: int, *, colluding_survivors: int
+) -> RoundRelease:
+    """What one networked round (secure aggregation, both phases) releases about a user, from its public
+    parameters: the server's ledger and each client's ledger describe a round with this one function,
+    counting the noise of the survivors less `colluding_survivors` (the threat model's c_max)."""
+    distributed = spec.dp_mode == "distributed"
+    return RoundRelease(
+        dp_mode=spec.dp_mode,
+        secure_aggregation=True,
+        clip=spec.clip,
+        noise_multiplier=spec.noise_multiplier if distributed else 0.0,
+        num_blocks=layout.num_blocks if layout.num_groups else 0,
+        num_groups=layout.num_groups,
+        delta_size=layout.delta_size,
+        participants=participants,
+        n_min=spec.min_survivors if distributed else participants,
+        mechanism=spec.mechanism if distributed else None,
+        modulus_bits=spec.modulus_bits,
+        count_cap=spec.count_cap,
+        colluding_survivors=colluding_survivors if distributed else 0,
+    )
 
 
 def discrete_round_rdp(
-    plan: DistributedPlan, *, orders: tuple[float, ...] = DISCRETE_ORDERS, sensitivity_factor: float = 1.0
+    plan: DistributedPlan,
+    *,
+    orders: tuple[float, ...] = DISCRETE_ORDERS,
+    sensitivity_factor: float = 1.0,
+    colluding_survivors: int = 0,
 ) -> np.ndarray:
-    """RDP curve of one release under ``plan`` (zero-out; factor 2 bounds replace-one by the triangle inequality)."""
+    """RDP curve of one release under ``plan`` (zero-out; factor 2 bounds replace-one by the triangle inequality),
+    counting the noise of the plan.n_min - colluding_survivors honest shares only (none left: infinite)."""
+    honest = plan.n_min - colluding_survivors
+    if honest < 1:
+        return np.full(len(orders), np.inf)
     d2 = sensitivity_factor * rounded_l2_bound(
         scaled_norm=plan.l2_bound * plan.scale, dim=plan.padded_dim, beta=plan.beta
     )
@@ -185,20 +250,24 @@ def discrete_round_rdp(
             l2_sensitivity=d2,
             l1_sensitivity=d1,
             share_sigma=total_std / math.sqrt(plan.n_min),
-            n_shares=plan.n_min,
+            n_shares=honest,
             dim=plan.padded_dim,
         )
-    return skellam_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1, total_variance=total_std**2)
+    honest_variance = total_std**2 * honest / plan.n_min
+    return skellam_rdp(orders=orders, l2_sensitivity=d2, l1_sensitivity=d1, total_variance=honest_variance)
 
 
 def round_rdp_curve(release: RoundRelease, *, replace_one: bool = False) -> np.ndarray:
-    """The RDP curve (at DISCRETE_ORDERS) of one round of a distributed release, both phases; zero-out
-    adjacency, or replace-one (sensitivities doubled: the triangle inequality)."""
+    """The RDP curve (at DISCRETE_ORDERS) of a distributed release, the phases it describes, with the honest
+    shares only; zero-out adjacency, or replace-one (sensitivities doubled: the triangle inequality)."""
     plans = release.plans()
     if plans is None:
         raise PrivacyError("a round without secure aggregation has no discrete RDP curve")
     factor = 2.0 if replace_one else 1.0
-    curve = discrete_round_rdp(plans.update, sensitivity_factor=factor)
-    if plans.counts is not None:
-        curve = curve + discrete_round_rdp(plans.counts, sensitivity_factor=factor)
+    colluding = release.colluding_survivors
+    curve = np.zeros(len(DISCRETE_ORDERS))
+    if release.phases in ("both", "update"):
+        curve = curve + discrete_round_rdp(plans.update, sensitivity_factor=factor, colluding_survivors=colluding)
+    if plans.counts is not None and release.phases in ("both", "counts"):
+        curve = curve + discrete_round_rdp(plans.counts, sensitivity_factor=factor, colluding_survivors=colluding)
     return curve

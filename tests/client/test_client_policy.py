@@ -12,7 +12,13 @@ from mrff_secure.errors import ConfigError
 
 def test_a_policy_round_trips_through_its_file(tmp_path):
     policy = ClientPolicy(
-        min_participants=5, allow_plain=True, dp_modes=("distributed",), max_clip=2.0, join_evaluation=False
+        min_participants=5,
+        allow_plain=True,
+        dp_modes=("distributed",),
+        max_clip=2.0,
+        join_evaluation=False,
+        max_epsilon=4.0,
+        accept_weaker=True,
     )
     path = tmp_path / "policy.json"
     path.write_text(json.dumps(policy.to_dict()))
@@ -28,8 +34,36 @@ def test_a_policy_round_trips_through_its_file(tmp_path):
         ({"allow_plain": 1}, "allow_plain must be true or false"),
         ({"min_group_size": 1}, "min_group_size must be an int >= 2"),
         ({"dp_modes": []}, "dp_modes must be a non-empty subset"),
+        ({"max_epsilon": -1}, "max_epsilon must be"),
+        ({"max_aborted_sessions": -1}, "max_aborted_sessions must be"),
     ],
 )
 def test_a_bad_policy_is_refused_naming_the_field(data, words):
     with pytest.raises(ConfigError, match=words):
         ClientPolicy.from_dict(data)
+
+
+def test_the_default_policy_is_the_safe_one():
+    policy = ClientPolicy()
+    assert policy.dp_modes == ("distributed",) and policy.min_noise_multiplier >= 0.5
+    assert policy.max_epsilon == 10.0 and policy.delta == 1e-5 and policy.max_aborted_sessions == 2
+    assert policy.min_honest_shares >= 3 and policy.weaker_settings() == []
+
+
+@pytest.mark.parametrize(
+    "weaker, named",
+    [
+        ({"dp_modes": ["off", "distributed"]}, "dp_modes"),
+        ({"min_noise_multiplier": 0.0}, "min_noise_multiplier=0"),
+        ({"max_epsilon": None}, "max_epsilon=inf"),
+        ({"max_aborted_sessions": 10}, "max_aborted_sessions=10"),
+        ({"min_honest_shares": 1}, "min_honest_shares=1"),
+        ({"corrupt_neighbours": 0}, "corrupt_neighbours=0"),
+        ({"min_group_size": 2}, "min_group_size=2"),
+    ],
+)
+def test_lowering_a_safe_default_takes_an_explicit_acceptance(weaker, named):
+    with pytest.raises(ConfigError, match="--accept-weaker-privacy"):
+        ClientPolicy.from_dict(weaker)
+    accepted = ClientPolicy.from_dict({**weaker, "accept_weaker": True})
+    assert any(named in text for text in accepted.weaker_settings())

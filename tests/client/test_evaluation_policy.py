@@ -19,7 +19,9 @@ def test_scores_go_only_where_the_policy_allows():
         policy.check_evaluation(noisy=True, scored=5)
     with pytest.raises(PolicyViolation, match="allow_exact_evaluation"):
         policy.check_evaluation(noisy=False, scored=0)
-    ClientPolicy(allow_exact_evaluation=True).check_evaluation(noisy=False, scored=0)
+    with pytest.raises(Exception, match="allow_exact_evaluation"):  # weaker than the safe defaults
+        ClientPolicy(allow_exact_evaluation=True)
+    ClientPolicy(allow_exact_evaluation=True, accept_weaker=True).check_evaluation(noisy=False, scored=0)
     with pytest.raises(PolicyViolation, match="join_evaluation"):
         ClientPolicy(join_evaluation=False).check_evaluation(noisy=True, scored=0)
     assert ClientPolicy.from_dict({"max_evaluations": 0}).to_dict()["max_evaluations"] == 0

@@ -21,8 +21,11 @@ USERS = 12
 MAXLEN = 10
 DATA_ARGS = ["--dataset", "synthetic", "--synthetic-users", str(USERS), "--maxlen", str(MAXLEN), "--data-seed", "0"]
 MODEL_ARGS = ["--attribute-dim", "4", "--dropout", "0.0"]
-# The test servers run with tiny groups (12 users): their clients' policy accepts a minimum group size of 2.
-CLIENT_POLICY = ["--min-group-size", "2"]
+# The test servers run with tiny groups (12 users) and, unless a test says otherwise, DP off (the tests of
+# the protocol check exact sums): their clients' policy accepts a minimum group size of 2 and DP off, which
+# is weaker than the safe defaults (tests/network/test_client_ledger.py tests those), so it says so.
+CLIENT_POLICY = ["--min-group-size", "2", "--allow-dp-off", "--max-epsilon", "inf", "--accept-weaker-privacy"]
+SERVER_DP_OFF = ["--dp", "off"]  # a network server's default is distributed DP
 
 
 def data():
@@ -115,7 +118,11 @@ def start_server(
     args += (
         ["--run-dir", str(run_dir), "--resume"]
         if resume
-        else ["--run-dir", str(run_dir)] + DATA_ARGS + MODEL_ARGS + list(extra)
+        else ["--run-dir", str(run_dir)]
+        + DATA_ARGS
+        + MODEL_ARGS
+        + ([] if "--dp" in extra else SERVER_DP_OFF)
+        + list(extra)
     )
     proc = Proc(args, tmp / f"{name}.log")
     line = proc.wait_line("LISTENING", timeout=90)

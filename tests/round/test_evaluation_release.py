@@ -99,6 +99,19 @@ def test_the_rdp_curve_is_the_distributed_discrete_gaussians_bound():
     # about the Gaussian's alpha / (2 z^2) at the same sensitivity and std
     assert curve[0] == pytest.approx(DISCRETE_ORDERS[0] / 2.0, rel=1e-3)
     assert np.all(evaluation_rdp_curve(release, replace_one=True) > curve)
+    # colluding survivors' shares are known to the server: only the n_min - c honest ones count (W17)
+    colluding = evaluation_release(spec(z=1.0), 50, colluding_survivors=2)
+    assert colluding.plan() == plan  # the same noise is added; only its accounting differs
+    honest = ddg_rdp(
+        orders=DISCRETE_ORDERS,
+        l2_sensitivity=d2,
+        l1_sensitivity=d1,
+        share_sigma=1.0 * math.sqrt(5) * plan.scale / math.sqrt(35),
+        n_shares=33,
+        dim=1024,
+    )
+    np.testing.assert_allclose(evaluation_rdp_curve(colluding), honest, rtol=1e-12)
+    assert np.all(honest > curve)
     assert np.all(np.isinf(evaluation_rdp_curve(evaluation_release(spec("off"), 50))))
 
 
