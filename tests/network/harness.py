@@ -138,8 +138,17 @@ def issue_credentials(certs: Path, users: str, state_dir: Path) -> None:
 
 
 def start_clients(
-    tmp: Path, certs: Path, address: str, users: str, *, seed: int = 7, extra: list[str] = (), name: str = "clients"
+    tmp: Path,
+    certs: Path,
+    address: str,
+    users: str,
+    *,
+    seed: int = 7,
+    extra: list[str] = (),
+    name: str = "clients",
+    policy: list[str] | None = None,
 ) -> Proc:
+    """`policy`: the clients' policy flags (default CLIENT_POLICY, the protocol tests' permissive one)."""
     issue_credentials(certs, users, tmp / "state")
     args = [
         "client",
@@ -156,7 +165,7 @@ def start_clients(
         "--retry-timeout",
         "60",
     ] + DATA_ARGS
-    args += CLIENT_POLICY + list(extra)  # a test's own flags come last and win
+    args += (CLIENT_POLICY if policy is None else list(policy)) + list(extra)  # a test's own flags come last
     return Proc(args, tmp / f"{name}-{users}.log")
 
 

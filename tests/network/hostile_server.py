@@ -16,6 +16,10 @@ server proposes or does in a way an honest client must refuse (SECURITY.md, its 
 - evaluation-without-target (W14): honest rounds, but the federated evaluation run over the update's
   survivors minus the first one, so that its difference with an evaluation over all of them would give
   that client's held-out labels.
+- freeze-and-replay (W12, freeze and difference): every round is summed, reported to the clients as
+  aborted, and the model frozen, so the next round is the same round again: each release costs the
+  clients epsilon, which their ledgers count until their cap stops them.
+- relabel-and-replay (W12): after round 0, announce round 0 again under a new run-id label.
 """
 
 from __future__ import annotations
@@ -35,7 +39,48 @@ LIES = (
     "no-guard-bits",
     "weak-evaluation-threshold",
     "evaluation-without-target",
+    "freeze-and-replay",
+    "relabel-and-replay",
 )
+
+
+def _patch_freeze() -> None:
+    """Every round summed, reported to the clients as aborted, and the model frozen: the next round is the
+    same round again under the next round id (its sum minus the last one, the target left out, is the
+    target's update: the freeze-and-difference attack of W12)."""
+    honest_play = coordinator.Coordinator._play_round
+
+    def play(self, r):
+        frozen = dict(self.state.params)
+        honest_end = self.gate.end_round
+
+        def lying_end(rs, outcome):
+            honest_end(rs, pb.RoundOutcome(round_id=outcome.round_id, completed=False, reason="aborted"))
+
+        self.gate.end_round = lying_end
+        try:
+            honest_play(self, r)
+        finally:
+            self.gate.end_round = honest_end
+        self.state.params = frozen
+        self.state.last_completed = -1
+
+    coordinator.Coordinator._play_round = play
+
+
+def _patch_relabel() -> None:
+    """After round 0, round 0 again under a new run-id label."""
+    honest_play = coordinator.Coordinator._play_round
+    replayed: list[int] = []
+
+    def play(self, r):
+        honest_play(self, r)
+        if r == 0 and not replayed:
+            replayed.append(r)
+            self.state.next_round = 0
+            self.state.run_id = "relabelled-" + self.state.run_id
+
+    coordinator.Coordinator._play_round = play
 
 
 def _patch_configs(change) -> None:
@@ -131,6 +176,10 @@ def install(lie: str) -> None:
 
         ServerSession.receive_masked_input = receive
         coordinator.Coordinator._check_survivors = lambda self, *args: None  # and skip the honest server's own check
+    elif lie == "freeze-and-replay":
+        _patch_freeze()
+    elif lie == "relabel-and-replay":
+        _patch_relabel()
     else:
         raise SystemExit(f"unknown lie {lie!r}; one of {LIES}")
 
