@@ -83,7 +83,9 @@ def test_with_dp_off_clients_send_zeros_to_an_exact_evaluation(tmp_path, certs, 
     extra = COMMON + ["--dp", "off", "--min-group-size", "2", "--federated-eval-every", "1"]
     server, address = harness.start_server(tmp_path, certs, run_dir, extra=extra, name="off")
     procs.append(server)
-    clients = harness.start_clients(tmp_path, certs, address, "0-7", name="off-clients", extra=["-v"])
+    clients = harness.start_clients(
+        tmp_path, certs, address, "0-7", name="off-clients", extra=["-v", "--min-noise-multiplier", "0"]
+    )
     procs.append(clients)
     assert server.wait(timeout=200) == 0, server.stderr()[-3000:]
     assert clients.wait(timeout=60) == 0
