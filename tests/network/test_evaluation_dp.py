@@ -97,3 +97,22 @@ def test_with_dp_off_clients_send_zeros_to_an_exact_evaluation(tmp_path, certs, 
     assert record["epsilon"]["epsilon"] == "inf" and record["epsilon"]["evaluations_accounted"] == 1
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["privacy"]["private"] is False and "outside_the_guarantee" in summary["evaluation"]
+
+
+def test_the_server_stops_evaluating_at_its_cap(tmp_path, certs, procs) -> None:
+    """--max-evaluations 2 over 3 rounds evaluated every round: rounds 0 and 1 are evaluated and accounted, round 2
+    announces no evaluation at all."""
+    run_dir = tmp_path / "capped"
+    extra = ["--rounds", "3", "--min-clients", "8", "--stage-timeout", "20", "--train-timeout", "60"]
+    extra += DP + ["--federated-eval-every", "1", "--max-evaluations", "2"]
+    server, address = harness.start_server(tmp_path, certs, run_dir, extra=extra, name="capped")
+    procs.append(server)
+    clients = harness.start_clients(tmp_path, certs, address, "0-7", name="capped-clients")
+    procs.append(clients)
+    assert server.wait(timeout=250) == 0, server.stderr()[-3000:]
+    assert clients.wait(timeout=60) == 0
+    rounds = harness.round_records(run_dir)
+    assert [r["type"] for r in rounds] == ["round"] * 3
+    assert [r["epsilon"]["evaluations_accounted"] for r in rounds] == [1, 2, 2]
+    assert [("evaluation" in r, "evaluation" in r["phases"]) for r in rounds] == [(True, True)] * 2 + [(False, False)]
+    assert all(r["evaluation"]["available"] for r in rounds[:2])
