@@ -55,7 +55,6 @@ class SecureSums:
     ) -> None:
         self.user, self.calls, self.policy, self.insecure_seed = user, calls, policy, insecure_seed
         self.identity_key, self.credential, self.authority_public_key = identity_key, credential, authority_public_key
-        self._evaluations_scored: dict[str, int] = {}  # run id -> evaluations we sent held-out scores to
 
     def upload(self, plans: SecureRoundPlans, phase: Phase, vector: np.ndarray, body: pb.RoundBody) -> np.ndarray:
         """One phase's ring residues (`round.participant.phase_upload`) with this client's generator."""
@@ -132,6 +131,8 @@ class SecureSums:
         scores: np.ndarray | None,
         update_survivors: tuple[int, ...] | None,
         on_release: OnRelease,
+        *,
+        scored: int,
     ) -> EvaluationRelease | None:
         """The round's federated evaluation: our held-out scores (`evaluation_sum.client_vector`), or zeros when our
         policy keeps them out of this one (`ClientPolicy.check_evaluation`) or our ledger refuses the release
@@ -139,7 +140,8 @@ class SecureSums:
         raises), encoded with our noise share under the round's DP (`announced_evaluation_release`), through a
         secure sum over exactly the update phase's survivors we signed: we unmask no survivor list shorter than
         it. Zeros release nothing about us, so they are not recorded. Returns the release our scores went into
-        (None: zeros, or nothing sent). Its failure costs the round nothing: the update is already in the sum."""
+        (None: zeros, or nothing sent). `scored`: the evaluations of this run our ledger already holds our scores
+        for (the policy's max_evaluations). Its failure costs the round nothing: the update is already in the sum."""
         r = body.round_id
         try:
             release = announced_evaluation_release(body, spec, colluding_survivors=self.policy.corrupt_neighbours)
@@ -148,7 +150,6 @@ class SecureSums:
             return None
         if release is None:
             return None
-        scored = self._evaluations_scored.get(body.run_id, 0)
         vector = evaluation_sum.ZERO_VECTOR
         try:
             if scores is None:
@@ -156,7 +157,6 @@ class SecureSums:
             self.policy.check_evaluation(noisy=release.noisy, scored=scored)
             on_release(Phase.EVALUATION, session_label(body.evaluation_secagg))  # recorded, or refused
             vector = scores
-            self._evaluations_scored[body.run_id] = scored + 1
         except (PolicyViolation, PrivacyError) as exc:
             log.info("user %d: round %d: zeros for the federated evaluation: %s", self.user, r, exc)
         try:

@@ -322,6 +322,7 @@ class LogicalClient:
                 derived.evaluation_input,
                 None if update_session is None else update_session.signed_survivors,
                 on_release,
+                scored=sum(1 for e in self.ledger.entries if (e.run_id, e.phase) == (body.run_id, "evaluation")),
             )
         if self._result is not None:
             self._result.epsilon = self.ledger.epsilon()
