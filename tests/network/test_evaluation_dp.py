@@ -116,3 +116,26 @@ def test_the_server_stops_evaluating_at_its_cap(tmp_path, certs, procs) -> None:
     assert [r["epsilon"]["evaluations_accounted"] for r in rounds] == [1, 2, 2]
     assert [("evaluation" in r, "evaluation" in r["phases"]) for r in rounds] == [(True, True)] * 2 + [(False, False)]
     assert all(r["evaluation"]["available"] for r in rounds[:2])
+
+
+def test_a_client_sends_zeros_past_its_own_max_evaluations(tmp_path, certs, procs) -> None:
+    """The client's cap, whatever the server asks: a policy of max_evaluations 1 scores round 0's evaluation and
+    sends zeros in round 1's (counted from its ledger), while the other clients score both."""
+    run_dir = tmp_path / "client-cap"
+    extra = ["--rounds", "2", "--min-clients", "8", "--stage-timeout", "20", "--train-timeout", "60"]
+    server, address = harness.start_server(
+        tmp_path, certs, run_dir, extra=extra + DP + ["--federated-eval-every", "1"], name="client-cap"
+    )
+    procs.append(server)
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"max_evaluations": 1}))
+    capped = harness.start_clients(tmp_path, certs, address, "0", name="capped", extra=["-v", "--policy", str(policy)])
+    others = harness.start_clients(tmp_path, certs, address, "1-7", name="others", extra=["-v"])
+    procs.extend([capped, others])
+    assert server.wait(timeout=250) == 0, server.stderr()[-3000:]
+    assert capped.wait(timeout=60) == 0 and others.wait(timeout=60) == 0
+    zeros = [line for line in capped.stderr().splitlines() if "zeros for the federated evaluation" in line]
+    assert len(zeros) == 1 and "round 1" in zeros[0] and "max_evaluations" in zeros[0]
+    assert "zeros for the federated evaluation" not in others.stderr()
+    rounds = harness.round_records(run_dir)
+    assert [r["phases"]["evaluation"]["survivors"] for r in rounds] == [list(range(8))] * 2
