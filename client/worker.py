@@ -243,7 +243,10 @@ class LogicalClient:
         except ConfigError as exc:
             raise RoundFailed(f"refusing round {r}: its model configuration is not acceptable: {exc}") from exc
         model, layout, shared_template, private_template = self.shared.model(config, seed)
-        params = verified_parameters(body, layout, shared_template)
+        try:  # signed but malformed: this round is refused, the client stays for the next one
+            params = verified_parameters(body, layout, shared_template)
+        except AuthenticationError as exc:
+            raise RoundFailed(f"refusing round {r}: {exc}") from exc
         try:
             spec = accepted_spec(body, self.policy, self.user)
             # Computed by us from the public parameters: the announced lengths and ranges must match.
@@ -389,7 +392,11 @@ class LogicalClient:
     def _phase1_counts(self, body: pb.RoundBody, size: int) -> np.ndarray:
         """The phase-1 group counts the server signed when it opened the update phase."""
         start = self.calls.fetch(body, Phase.UPDATE, pb.ADVERTISE_KEYS)
-        return phase1_counts(body, self._verified(start.phase_start, pb.UpdatePhaseBody), size)
+        phase_body = self._verified(start.phase_start, pb.UpdatePhaseBody)
+        try:
+            return phase1_counts(body, phase_body, size)
+        except AuthenticationError as exc:
+            raise RoundFailed(f"refusing round {body.round_id}: {exc}") from exc
 
     def _finish(self, body: pb.RoundBody) -> None:
         """The round's outcome: keep our new private part if it completed, else forget it."""

@@ -201,13 +201,6 @@ def client_main(args: argparse.Namespace) -> int:
         min_honest_shares=args.min_honest_shares,
     )
     policy = ClientPolicy.from_dict({**policy.to_dict(), "accept_weaker": accept})
-    weaker = policy.weaker_settings()
-    if weaker:
-        print(
-            "WARNING this client's privacy policy is weaker than the safe defaults: " + "; ".join(weaker),
-            file=sys.stderr,
-            flush=True,
-        )
     if not policy.join_evaluation:
         print("NOTE this client's policy: no held-out scores for the federated evaluation", file=sys.stderr, flush=True)
     if args.insecure_reproducible_noise:

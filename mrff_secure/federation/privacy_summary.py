@@ -44,7 +44,7 @@ def privacy_summary(pipeline: PrivacyPipeline, *, participants_per_round: int | 
         "count_part": _count_part_note(pipeline),
         **account.to_json(),
         # exactly what was accounted: `dp.account_rounds(dp.RoundRelease(**release), rounds=..., delta=...)`
-        "release": dict(pipeline.release.__dict__),
+        "release": pipeline.release.to_dict(),
     }
     out["notes"] = list(out["notes"])
     headline = out["epsilon"]

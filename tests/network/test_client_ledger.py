@@ -42,7 +42,7 @@ def test_frozen_replays_are_each_accounted_until_the_cap_stops_the_client(tmp_pa
     round is the last one again. The clients (default policy) count every release in their own ledgers,
     equal to the server's epsilon of the sums it took, and stop at their cap (10) instead of at the
     server's word."""
-    extra = ["--rounds", "6", "--dp", "distributed", "--noise-multiplier", "2.0"]
+    extra = ["--rounds", "4", "--dp", "distributed", "--noise-multiplier", "2.0"]
     server, address, run_dir = _hostile(tmp_path, certs, procs, "freeze-and-replay", extra)
     clients = harness.start_clients(tmp_path, certs, address, ALL, extra=["-v"], policy=[])
     procs.append(clients)
@@ -50,7 +50,7 @@ def test_frozen_replays_are_each_accounted_until_the_cap_stops_the_client(tmp_pa
     clients.wait(timeout=60)
     rounds = harness.round_records(run_dir)
     summed = [r for r in rounds if r["type"] == "round"]
-    assert 2 <= len(summed) < 6 and rounds[len(summed)]["type"] == "round_aborted"  # then the clients stopped
+    assert 2 <= len(summed) < 4 and rounds[len(summed)]["type"] == "round_aborted"  # then the clients stopped
     assert "past its cap max_epsilon=10" in clients.stderr()
     server_epsilon = summed[-1]["epsilon"]["epsilon"]
     for user in range(harness.USERS):
