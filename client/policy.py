@@ -5,9 +5,10 @@ client trains or reveals anything it checks the proposal against this policy: se
 on, the secure-aggregation floors (`SecAggPolicy`: participants, k, the threshold rule
 2t - k > c_max, survivors) and the DP floor (allowed modes, least noise multiplier, largest clip,
 least minimum group size). In the update phase it also refuses to sign a survivor list shorter than
-the `min_survivors` its noise share was sized for (W7 in SECURITY.md). `join_evaluation`
-false keeps its held-out labels and scores out of the federated evaluation (an exact sum outside
-epsilon); the client says so when it enrols, so the evaluation does not wait for it.
+the `min_survivors` its noise share was sized for (W7 in SECURITY.md). The federated evaluation (a DP
+release under the round's distributed noise) gets its held-out scores only if `join_evaluation`, at most
+`max_evaluations` times per run, and, with DP off (an exact sum), only if `allow_exact_evaluation`;
+otherwise the client sends zeros in it (with its noise share), so the sum stays over the update's survivors.
 
 A policy is read from a JSON file (`mrff client --policy FILE`) whose keys are the field names
 below; flags override single fields. Unknown keys are an error, so a typo never weakens a policy.
@@ -54,6 +55,8 @@ POLICY_FIELDS = (
     "accept_weaker",
     "corrupt_fraction",
     "security_bits",
+    "max_evaluations",
+    "allow_exact_evaluation",
 )
 SAFE_DP_MODES = ("distributed",)
 SAFE_MIN_NOISE_MULTIPLIER = 0.5
@@ -78,7 +81,7 @@ class ClientPolicy:
     min_noise_multiplier: float = SAFE_MIN_NOISE_MULTIPLIER
     max_clip: float = math.inf
     min_group_size: int = 5
-    join_evaluation: bool = True  # send held-out scores to the federated evaluation
+    join_evaluation: bool = True  # send held-out scores to the federated evaluation (else zeros)
     max_epsilon: float = SAFE_MAX_EPSILON  # the ledger's cap over every release of this user's data
     delta: float = SAFE_DELTA  # the delta the ledger accounts at
     min_honest_shares: int = SAFE_MIN_HONEST_SHARES  # noise survivors beyond the c_max colluding ones
@@ -86,6 +89,8 @@ class ClientPolicy:
     accept_weaker: bool = False  # settings weaker than the safe defaults are refused unless this is set
     corrupt_fraction: float = DEFAULT_CORRUPT_FRACTION  # (k, t) must keep a split view unlikely at this fraction
     security_bits: int = DEFAULT_SECURITY_BITS  # ... below 2^-bits over the round
+    max_evaluations: int = 5  # send held-out scores to at most this many evaluations per run (then zeros)
+    allow_exact_evaluation: bool = False  # DP off: send held-out scores to an exact (noiseless) evaluation
     secagg: SecAggPolicy = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +104,8 @@ class ClientPolicy:
         check_int("policy min_group_size", self.min_group_size, low=2)
         check_bool("policy allow_plain", self.allow_plain)
         check_bool("policy join_evaluation", self.join_evaluation)
+        check_int("policy max_evaluations", self.max_evaluations, low=0)
+        check_bool("policy allow_exact_evaluation", self.allow_exact_evaluation)
         if self.max_epsilon != math.inf:  # inf: no cap (weaker than the default: needs accept_weaker)
             check_number("policy max_epsilon", self.max_epsilon, low=0.0, low_open=True)
         check_number("policy delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
@@ -147,6 +154,8 @@ class ClientPolicy:
                 out.append(f"{name}={value:g} (safe default {safe:g})")
         if self.allow_plain:
             out.append("allow_plain: true (unmasked uploads accepted)")
+        if self.allow_exact_evaluation:
+            out.append("allow_exact_evaluation: true (held-out scores in an exact evaluation, outside epsilon)")
         return out
 
     # ------------------------------------------------------------------ loading
@@ -227,6 +236,16 @@ class ClientPolicy:
             raise PolicyViolation(
                 f"the server proposes min_group_size {spec.min_group_size}, below the policy's {self.min_group_size}"
             )
+
+    def check_evaluation(self, *, noisy: bool, scored: int) -> None:
+        """Refuse (PolicyViolation) to send held-out scores to this evaluation: opted out, `scored` evaluations of
+        this run already got them (max_evaluations), or it is exact (DP off) and allow_exact_evaluation is false."""
+        if not self.join_evaluation:
+            raise PolicyViolation("the policy keeps held-out scores out of the federated evaluation (join_evaluation)")
+        if scored >= self.max_evaluations:
+            raise PolicyViolation(f"{scored} evaluations of this run already have our scores (max_evaluations)")
+        if not noisy and not self.allow_exact_evaluation:
+            raise PolicyViolation("the evaluation carries no DP noise and the policy has allow_exact_evaluation false")
 
     def session_policy(self, config: SecAggConfig, *, noise_survivors: int = 0) -> SecAggPolicy:
         """The secure-aggregation policy of one session. `noise_survivors` (distributed DP): the number

@@ -13,11 +13,12 @@ import torch
 from client.policy import ClientPolicy
 from client.transport import ClientFailure
 from mrff_secure.errors import AuthenticationError, ConfigError, MrffError
-from mrff_secure.federation import evaluation_sum
 from mrff_secure.round.encoding import SecureRoundPlans
+from mrff_secure.round.evaluation_release import PADDED_LENGTH as EVALUATION_LENGTH
+from mrff_secure.round.evaluation_release import EvaluationRelease, evaluation_release
 from mrff_secure.round.spec import Phase, RoundSpec
 from mrff_secure.round.update_vector import UpdateLayout
-from mrff_secure.secagg.config import SecAggConfig
+from mrff_secure.secagg.config import SecAggConfig, max_abs_for
 from mrff_secure.secagg.policy import PolicyViolation
 from mrff_secure.wire import tensors
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
@@ -120,13 +121,13 @@ def announced_secagg_config(
     expected: tuple[int, int, int | None, int]  # (clients, length, max_abs, modulus bits); None matches no announcement
     if phase != Phase.EVALUATION and plans is None:
         raise PolicyViolation(f"the {phase.label} phase has no plans of ours to check its parameters against")
-    if phase == Phase.EVALUATION or plans is None:  # fixed by the public encoding, the modulus sized to fit
-        expected = (
-            n,
-            evaluation_sum.LENGTH,
-            evaluation_sum.MAX_ABS,
-            SecAggConfig(num_clients=n, vector_length=evaluation_sum.LENGTH, max_abs=evaluation_sum.MAX_ABS).bits,
-        )
+    if phase == Phase.EVALUATION or plans is None:  # the evaluation's fixed length, sized for the round's modulus
+        # (SecureSums.evaluation checks the modulus against the round's own before it gets here)
+        try:
+            evaluation_max_abs: int | None = max_abs_for(n, config.bits, vector_length=EVALUATION_LENGTH)
+        except ConfigError:
+            evaluation_max_abs = None
+        expected = (n, EVALUATION_LENGTH, evaluation_max_abs, config.bits)
     else:
         plan, plan_max_abs = (
             (plans.counts, plans.counts_max_abs) if phase == Phase.COUNTS else (plans.update, plans.update_max_abs)
@@ -139,3 +140,24 @@ def announced_secagg_config(
             f"{expected}, computed from the round's public parameters"
         )
     return config
+
+
+def announced_evaluation_release(
+    body: pb.RoundBody, spec: RoundSpec, *, colluding_survivors: int = 0
+) -> EvaluationRelease | None:
+    """The federated evaluation a round announces, as our ledger records it: the round's mechanism, noise
+    multiplier, n_min and modulus from `spec` (the round's settings our policy accepted, `accepted_spec`) and its
+    participants, accounted with the n_min - `colluding_survivors` honest shares (our policy's
+    corrupt_neighbours); None when the round announces no evaluation. Refused (PolicyViolation) when the
+    announced evaluation sum is not on the round's modulus (its noise would not be what we account)."""
+    if not body.HasField("evaluation_secagg"):
+        return None
+    if body.evaluation_secagg.modulus_bits != spec.modulus_bits:
+        raise PolicyViolation(
+            f"the evaluation sum is announced on a {body.evaluation_secagg.modulus_bits}-bit modulus, the round's is "
+            f"{spec.modulus_bits}"
+        )
+    try:
+        return evaluation_release(spec, len(body.participants), colluding_survivors=colluding_survivors)
+    except ConfigError as exc:
+        raise PolicyViolation(f"the round's evaluation is impossible: {exc}") from exc

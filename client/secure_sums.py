@@ -12,12 +12,14 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.policy import ClientPolicy
-from client.proposal import announced_secagg_config
+from client.proposal import announced_evaluation_release, announced_secagg_config
 from client.round_calls import RoundCalls, RoundFailed
 from mrff_secure.errors import AggregationAborted, ConfigError, PrivacyError, SecAggError
+from mrff_secure.federation import evaluation_sum
 from mrff_secure.round.encoding import SecureRoundPlans
+from mrff_secure.round.evaluation_release import EvaluationRelease
 from mrff_secure.round.participant import client_generator, phase_upload, rotation_seed
-from mrff_secure.round.spec import Phase
+from mrff_secure.round.spec import Phase, RoundSpec
 from mrff_secure.round.stages import STAGES, Stage
 from mrff_secure.secagg import messages, packing
 from mrff_secure.secagg.client import ClientSession
@@ -125,22 +127,56 @@ class SecureSums:
     def evaluation(
         self,
         body: pb.RoundBody,
-        scores: np.ndarray,
+        spec: RoundSpec,
+        scores: np.ndarray | None,
         update_survivors: tuple[int, ...] | None,
         on_release: OnRelease,
-    ) -> None:
-        """Our held-out scores through the evaluation's secure sum, among the update phase's survivors. Its
-        failure costs the round nothing: the update is already in the server's sum."""
+        *,
+        scored: int,
+    ) -> EvaluationRelease | None:
+        """The round's federated evaluation: our held-out scores (`evaluation_sum.client_vector`), or zeros when our
+        policy keeps them out of this one (`ClientPolicy.check_evaluation`) or our ledger refuses the release
+        (`on_release(Phase.EVALUATION, session)`, called before anything is encoded: it records the release or
+        raises), encoded with our noise share under the round's DP (`announced_evaluation_release`), through a
+        secure sum over exactly the update phase's survivors we signed: we unmask no survivor list shorter than
+        it. Zeros release nothing about us, so they are not recorded. Returns the release our scores went into
+        (None: zeros, or nothing sent). `scored`: the evaluations of this run our ledger already holds our scores
+        for (the policy's max_evaluations). Its failure costs the round nothing: the update is already in the sum."""
+        r = body.round_id
         try:
+            release = announced_evaluation_release(body, spec, colluding_survivors=self.policy.corrupt_neighbours)
+        except PolicyViolation as exc:
+            log.info("user %d: round %d: refusing the federated evaluation: %s", self.user, r, exc)
+            return None
+        if release is None:
+            return None
+        vector = evaluation_sum.ZERO_VECTOR
+        try:
+            if scores is None:
+                raise PolicyViolation("no held-out scores were computed for this round")
+            self.policy.check_evaluation(noisy=release.noisy, scored=scored)
+            on_release(Phase.EVALUATION, session_label(body.evaluation_secagg))  # recorded, or refused
+            vector = scores
+        except (PolicyViolation, PrivacyError) as exc:
+            log.info("user %d: round %d: zeros for the federated evaluation: %s", self.user, r, exc)
+        try:
+            residues = evaluation_sum.encode(
+                release,
+                vector,
+                rotation_seed=rotation_seed(body.training.model_seed, r, Phase.EVALUATION),
+                rng=client_generator(self.insecure_seed, r, Phase.EVALUATION, self.user),
+            )
             self.calls.fetch(body, Phase.EVALUATION, pb.ADVERTISE_KEYS)  # the phase is open
             self.run(
                 body,
                 Phase.EVALUATION,
                 body.evaluation_secagg,
-                scores,
+                residues,
                 None,
-                on_release=on_release,
+                on_release=lambda phase, session: None,  # recorded above; zeros release nothing
                 allowed=update_survivors,
+                noise_survivors=0 if update_survivors is None else len(update_survivors),
             )
-        except RoundFailed as exc:
-            log.info("user %d: round %d: the federated evaluation failed: %s", self.user, body.round_id, exc)
+        except (RoundFailed, ConfigError, PrivacyError) as exc:
+            log.info("user %d: round %d: the federated evaluation failed: %s", self.user, r, exc)
+        return None if vector is evaluation_sum.ZERO_VECTOR else release

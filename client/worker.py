@@ -321,12 +321,14 @@ class LogicalClient:
             allowed=phase1_survivors,
             noise_survivors=spec.noise_survivors,
         )
-        if derived.evaluation_input is not None:
+        if body.HasField("evaluation_secagg"):  # our scores, or zeros if we keep them out (SecureSums.evaluation)
             self.sums.evaluation(
                 body,
+                spec,
                 derived.evaluation_input,
                 None if update_session is None else update_session.signed_survivors,
                 on_release,
+                scored=sum(1 for e in self.ledger.entries if (e.run_id, e.phase) == (body.run_id, "evaluation")),
             )
         if self._result is not None:
             self._result.epsilon = self.ledger.epsilon()

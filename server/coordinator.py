@@ -1,5 +1,6 @@
 """The round driver: enrolment, round sampling, the two secure sums per round (and the federated
-evaluation's third), the DP mode, the global update, checkpoints and the audit log.
+evaluation's third, when scheduled: a DP release stepped into the ledger), the DP mode, the global update,
+checkpoints and the audit log.
 
 Three parts, one concept each: the run's durable state (run_state.py: parameters, counters, ledger,
 identities, checkpoint, audit log), the transport-free stage gate (stage_gate.py: what request threads
@@ -40,13 +41,14 @@ from mrff_secure.federation import evaluation_sum
 from mrff_secure.federation.client_update import model_config_json
 from mrff_secure.round.aggregate import apply_decoded
 from mrff_secure.round.encoding import decode_counts, decode_sum, plan_configs, round_plans
+from mrff_secure.round.evaluation_release import PADDED_LENGTH as EVALUATION_LENGTH
+from mrff_secure.round.evaluation_release import evaluation_release
 from mrff_secure.round.participant import rotation_seed, suppressed_groups
 from mrff_secure.round.spec import Phase, RoundSpec
 from mrff_secure.round.stages import STAGES, WIRE_NAMES, Stage, delivery_bytes
 from mrff_secure.secagg import primitives
-from mrff_secure.secagg.config import MAX_CLIENT_ID, SecAggConfig
+from mrff_secure.secagg.config import MAX_CLIENT_ID, SecAggConfig, max_abs_for
 from mrff_secure.secagg.context import NONCE_BYTES, SessionContext, run_context_id
-from mrff_secure.secagg.encoding import from_ring
 from mrff_secure.secagg.identity import ClientCredential, verify_credential
 from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire import signing, tensors
@@ -73,13 +75,30 @@ def _evaluation_text(evaluation: dict[str, Any] | None) -> str:
     val = evaluation["val"]
     auc = "n/a" if val["auc"] is None else f"{val['auc']:.4f}"
     loss = "n/a" if val["log_loss"] is None else f"{val['log_loss']:.4f}"
-    return f", validation AUC {auc} LogLoss {loss} (starting model, {evaluation['clients']} clients)"
+    scale = (evaluation.get("auc_error_scale") or {}).get("val")
+    noise = (
+        f"DP noise std {evaluation['noise_std']:.3g} per bin, AUC error of order "
+        f"{'unbounded' if scale is None else format(scale, '.2g')}, in epsilon"
+        if evaluation.get("in_epsilon")
+        else "exact: outside any guarantee"
+    )
+    return f", validation AUC {auc} LogLoss {loss} (starting model, {evaluation['clients']} clients, {noise})"
 
 
-def evaluation_config(num_clients: int, options: dict[str, int] | None = None) -> SecAggConfig:
-    """The evaluation sum's parameters: every client can check them from the public constants alone."""
+def _finite(value: float) -> float | None:
+    """A JSON-safe number: None for inf or nan."""
+    return round(value, 6) if np.isfinite(value) else None
+
+
+def evaluation_config(num_clients: int, modulus_bits: int, options: dict[str, int] | None = None) -> SecAggConfig:
+    """The evaluation sum's parameters: every client computes them from the round's public parameters (the
+    evaluation's fixed length, the round's modulus and participants)."""
     return SecAggConfig(
-        num_clients=num_clients, vector_length=evaluation_sum.LENGTH, max_abs=evaluation_sum.MAX_ABS, **(options or {})
+        num_clients=num_clients,
+        vector_length=EVALUATION_LENGTH,
+        max_abs=max_abs_for(num_clients, modulus_bits, vector_length=EVALUATION_LENGTH),
+        modulus_bits=modulus_bits,
+        **(options or {}),
     )
 
 
@@ -342,7 +361,9 @@ class Coordinator:
         plans = round_plans(spec, self.layout, n)
         configs = plan_configs(plans, n, options=self.settings.secagg_options())
         nonces = tuple(secrets.token_bytes(NONCE_BYTES) for _ in range(3))  # fresh per session
-        evaluation = evaluation_config(n, self.settings.secagg_options()) if self.settings.evaluates(r) else None
+        evaluation = (
+            evaluation_config(n, spec.modulus_bits, self.settings.secagg_options()) if self._evaluation_due(r) else None
+        )
         rs = RoundState(
             r,
             participants,
@@ -466,6 +487,11 @@ class Coordinator:
                 + _evaluation_text(record.get("evaluation"))
             )
 
+    def _evaluation_due(self, r: int) -> bool:
+        """Round r ends with a federated evaluation: scheduled (--federated-eval-every) and under the run's cap
+        (--max-evaluations, counted by the ledger, so a resumed run keeps its count)."""
+        return self.settings.evaluates(r) and self.state.ledger.evaluations < self.settings.max_evaluations
+
     def _evaluate(
         self,
         rs: RoundState,
@@ -475,36 +501,62 @@ class Coordinator:
         record: dict,
         evaluated_model: str,
     ) -> dict[str, Any]:
-        """The federated evaluation of the model round `rs` started from, over the update phase's survivors:
-        a secure sum of their held-out score histograms (evaluation_sum). Its failure leaves the round
-        completed (the model step is already decided) and is recorded, not raised."""
+        """The federated evaluation of the model round `rs` started from, over exactly the update phase's survivors
+        (a client whose policy keeps its held-out items out sends zeros): a secure sum of their held-out score
+        histograms under the round's distributed DP (`evaluation_sum`, `round.evaluation_release`). When it is
+        released the ledger is stepped with its release and the round's epsilon updated. Its failure leaves the
+        round completed (the model step is already decided) and is recorded, not raised."""
 
         def open_phase() -> None:  # under the lock, once the phase's first stage is open
             rs.evaluation_open = True
 
+        release = evaluation_release(
+            rs.spec, len(rs.participants), colluding_survivors=self.settings.corrupt_neighbours
+        )
         out: dict[str, Any] = {
             "evaluated_model": evaluated_model,
-            "outside_the_guarantee": evaluation_sum.OUTSIDE_THE_GUARANTEE,
+            "release": release.describe(),
+            "in_epsilon": release.noisy,
+            "noise_std": release.noise_std,
+            "guarantee": evaluation_sum.guarantee_text(release),
         }
+        if not release.noisy:
+            out["outside_the_guarantee"] = evaluation_sum.OUTSIDE_THE_GUARANTEE
         try:
-            joining = set(survivors) - self.gate.skipping_evaluation()  # their policy: no held-out scores
             ring, clients = self._phase(
                 rs,
                 Phase.EVALUATION,
                 config,
                 EVALUATION_SESSION_BASE + rs.round_id,
                 nonce,
-                joining,
+                set(survivors),
                 self.settings.stage_timeout,
                 record,
                 on_open=open_phase,
             )
-            splits = evaluation_sum.decode(from_ring(ring.astype(np.uint64), config.bits))
-        except (SecAggError, ConfigError) as exc:
+            if set(clients) != set(survivors):
+                raise AggregationAborted(
+                    f"the evaluation sum is over {len(clients)} of the update's {len(survivors)} survivors: "
+                    "it is released over exactly the update's survivors or not at all"
+                )
+            seed = rotation_seed(self.settings.seed, rs.round_id, Phase.EVALUATION)
+            splits = evaluation_sum.decode_ring(release, ring, survivors=len(clients), rotation_seed=seed)
+        except (SecAggError, ConfigError, PrivacyError) as exc:
             log.warning("round %d: federated evaluation failed: %s", rs.round_id, exc)
             out.update(available=False, reason=f"{type(exc).__name__}: {exc}")
             return out
-        out.update(available=True, clients=len(clients), **{split: e.to_json() for split, e in splits.items()})
+        self.state.ledger.step(release=release)  # released: its cost is in every epsilon from here on
+        record["epsilon"] = ledger_summary(self.state.ledger)
+        out.update(
+            available=True,
+            clients=splits["val"].clients,
+            survivors=len(clients),
+            auc_error_scale={
+                split: _finite(evaluation_sum.auc_error_scale(release, e.positives, e.negatives))
+                for split, e in splits.items()
+            },
+            **{split: e.to_json() for split, e in splits.items()},
+        )
         return out
 
     # ---------------------------------------------------------------- stages

@@ -17,6 +17,7 @@ from typing import Any
 
 from mrff_secure.dp.accounting import json_epsilon
 from mrff_secure.round.accountant import RoundAccountant, calibrate_release, privacy_warnings
+from mrff_secure.round.evaluation_release import evaluation_release
 from mrff_secure.round.release import ADJACENCY_TEXT, ZERO_OUT, RoundRelease, network_round_release
 from mrff_secure.round.spec import RoundSpec
 from mrff_secure.round.update_vector import UpdateLayout
@@ -40,15 +41,21 @@ def calibrate(
     rounds: int,
     delta: float,
     corrupt_neighbours: int = DEFAULT_CORRUPT_NEIGHBOURS,
+    evaluations: int = 0,
 ) -> float:
     """z that spends `target_epsilon` over `rounds` rounds of `participants` clients: the headline of the
     ledger below (the discrete bound of the mechanism the clients encode), so the ledger's epsilon after
-    `rounds` such rounds is <= the target and close to it. What the calibration had to say is logged."""
+    `rounds` such rounds is <= the target and close to it; `evaluations` federated evaluations (the run's planned
+    ones) are included, so rounds and evaluations together spend it. What the calibration had to say is logged."""
     calibration = calibrate_release(
         round_release(spec, layout, participants, corrupt_neighbours=corrupt_neighbours),
         target_epsilon=target_epsilon,
         rounds=max(rounds, 1),
         delta=delta,
+        evaluation=evaluation_release(spec, participants, colluding_survivors=corrupt_neighbours)
+        if evaluations
+        else None,
+        evaluations=evaluations,
     )
     for note in calibration.notes:
         logging.getLogger(__name__).warning("calibration: %s", note)
@@ -62,16 +69,23 @@ def ledger_summary(ledger: RoundAccountant) -> dict[str, Any]:
     return {
         "epsilon": json_epsilon(eps),
         "delta": ledger.delta,
-        "rounds_accounted": sum(n for release, n in ledger.history if release.phases in ("both", "counts")),
+        "rounds_accounted": sum(
+            n
+            for release, n in ledger.history
+            if isinstance(release, RoundRelease) and release.phases in ("both", "counts")
+        ),
         "releases_accounted": ledger.rounds,
+        "evaluations_accounted": ledger.evaluations,  # federated evaluations released (each a DP release)
         "noiseless_rounds": ledger.noiseless_rounds,
         "adjacency": ZERO_OUT,
         "adjacency_meaning": ADJACENCY_TEXT[ZERO_OUT],
         "epsilon_replace_one": json_epsilon(ledger.epsilon(replace_one=True)),
         "bound": "RDP of the distributed integer mechanism as the clients encoded it, every phase released "
-        "(aborted rounds included), the noise of the survivors less the c_max colluding ones, for a user in "
-        "every round (no amplification by sampling)",
+        "(aborted rounds included) and every released federated evaluation, the noise of the survivors less the "
+        "c_max colluding ones, for a user in every round (no amplification by sampling)",
         "warnings": privacy_warnings(
-            epsilon=eps, delta=ledger.delta, noise_multiplier=0.0 if ledger.noiseless_rounds else 1.0
+            epsilon=eps,
+            delta=ledger.delta,
+            noise_multiplier=0.0 if ledger.noiseless_rounds or ledger.noiseless_evaluations else 1.0,
         ),
     }

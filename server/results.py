@@ -5,21 +5,24 @@ server saw and released, nothing more:
 
 RUN_DIR/metrics.jsonl  one line per round: completed or aborted, participants, survivors of each
                        phase, dropouts, seconds, the group counts the server decoded (noisy under DP:
-                       covered by the epsilon), the epsilon spent so far with its delta and adjacency,
+                       covered by the epsilon), the epsilon spent so far with its delta and adjacency
+                       (the federated evaluations released so far included: `evaluations_accounted`),
                        and the bytes on the wire per participant
 RUN_DIR/summary.json   rounds planned / completed / aborted, whether the run finished, the final model
                        digest, the round parameters, the privacy account of the last completed round
                        (the mechanism actually used), and the evaluation available
 RUN_DIR/training.png   epsilon, survivors and seconds per round
 
-Evaluation is federated (federation/evaluation_sum.py): in an evaluated round each client scores its
-own held-out validation and test items with the model the round started from (after the previous
-round) and its private part, and the secure sum of their score histograms by label, log-losses and
-counts gives the server the binned AUC and the mean LogLoss (exact: two evaluations over survivor sets
-differing in one client difference to that client's held-out labels and bins). The metrics row of
-round r carries them (`val_auc`, ..., `evaluated_after_round` r - 1, `evaluation_clients`); the
-summary's `best` is the row with the best validation AUC. That exact aggregate of held-out data is
-outside the run's epsilon, and both files say so (`outside_the_guarantee`).
+Evaluation is federated (federation/evaluation_sum.py), only in the rounds the operator asked for
+(`--federated-eval-every`, at most `--max-evaluations`): each update survivor scores its own held-out
+validation and test items with the model the round started from (after the previous round) and its
+private part, and the secure sum of their score histograms by label, log-losses and counts, under the
+round's distributed DP noise, gives the server a noisy binned AUC and mean LogLoss. Each released
+evaluation is stepped into the ledger, so every epsilon here includes it (`evaluations_accounted`).
+The metrics row of round r carries them (`val_auc`, ..., `evaluated_after_round` r - 1,
+`evaluation_clients`, `evaluation_noise_std`, `evaluation_in_epsilon`); the summary's `best` is the row
+with the best validation AUC. With DP off the evaluation is exact and outside any guarantee, and both
+files say so (`outside_the_guarantee`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def metrics_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "epsilon": (last_epsilon or {}).get("epsilon", "inf"),
             "delta": (last_epsilon or {}).get("delta"),
             "adjacency": (last_epsilon or {}).get("adjacency"),
+            "evaluations_accounted": (last_epsilon or {}).get("evaluations_accounted", 0),
         }
         if completed:
             row["group_counts_seen_by_server"] = record.get("group_counts")
@@ -87,17 +91,20 @@ def _evaluation_row(record: dict[str, Any]) -> dict[str, Any]:
         "evaluation_clients": evaluation.get("clients"),
         "evaluated_after_round": record["round"] - 1,
         "evaluated_model": evaluation.get("evaluated_model"),
+        "evaluation_noise_std": evaluation.get("noise_std"),
+        "evaluation_in_epsilon": bool(evaluation.get("in_epsilon")),
     }
 
 
 def evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The best evaluated row on validation AUC, and what the evaluation is."""
-    from mrff_secure.federation.evaluation_sum import BINS, OUTSIDE_THE_GUARANTEE
+    """The best evaluated row on validation AUC, and what the evaluation is (in the run's epsilon, or exact)."""
+    from mrff_secure.federation.evaluation_sum import BINS, IN_THE_GUARANTEE, OUTSIDE_THE_GUARANTEE
 
-    evaluated = [r for r in rows if r.get("val_auc") is not None]
+    evaluated = [r for r in rows if r.get("val_auc") is not None or r.get("evaluation_clients") is not None]
     if not evaluated:
-        return {"available": False, "reason": NO_EVALUATION, "outside_the_guarantee": OUTSIDE_THE_GUARANTEE}
-    best = max(evaluated, key=lambda r: r["val_auc"])
+        return {"available": False, "reason": NO_EVALUATION}
+    scored = [r for r in evaluated if r.get("val_auc") is not None]
+    best = max(scored, key=lambda r: r["val_auc"]) if scored else evaluated[-1]
     keys = (
         "val_auc",
         "val_logloss",
@@ -106,14 +113,19 @@ def evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "evaluation_clients",
         "evaluated_after_round",
         "evaluated_model",
+        "evaluation_noise_std",
     )
-    return {
+    out: dict[str, Any] = {
         "available": True,
-        "kind": f"federated: secure sum of held-out score histograms ({BINS} bins per label)",
+        "kind": f"federated: secure sum of held-out score histograms ({BINS} bins per label), noisy under DP",
         "rounds_evaluated": len(evaluated),
         "best": {"round": best["round"], **{k: best.get(k) for k in keys}},
-        "outside_the_guarantee": OUTSIDE_THE_GUARANTEE,
+        "guarantee": IN_THE_GUARANTEE,
     }
+    if not all(r.get("evaluation_in_epsilon") for r in evaluated):
+        out["guarantee"] = OUTSIDE_THE_GUARANTEE
+        out["outside_the_guarantee"] = OUTSIDE_THE_GUARANTEE
+    return out
 
 
 def summary_of(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:

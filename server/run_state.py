@@ -53,10 +53,12 @@ class ServerSettings:
     max_dropout_fraction: float = 0.3  # distributed DP: noise sized for ceil(n * (1 - f)) survivors
     num_neighbours: int | None = None
     threshold: int | None = None
-    eval_every: int = 1  # federated evaluation every this many rounds (and at the last)
+    eval_every: int = 0  # federated evaluation every this many rounds (and at the last); 0: none
+    max_evaluations: int = 5  # at most this many federated evaluations per run (each a release in epsilon)
 
     def __post_init__(self) -> None:
-        check_int("--eval-every", self.eval_every, low=1)
+        check_int("--federated-eval-every", self.eval_every, low=0)
+        check_int("--max-evaluations", self.max_evaluations, low=0)
         check_int("rounds", self.rounds, low=0)
         check_int("min_clients (secure aggregation needs 3)", self.min_clients, low=3)
         check_number("client_fraction", self.client_fraction, low=0.0, high=1.0, low_open=True)
@@ -70,7 +72,10 @@ class ServerSettings:
         }
 
     def evaluates(self, round_id: int) -> bool:
-        """Round `round_id` ends with a federated evaluation of the model it started from."""
+        """Round `round_id` is scheduled to end with a federated evaluation of the model it started from (the
+        coordinator also stops at `max_evaluations`)."""
+        if self.eval_every == 0 or self.max_evaluations == 0:
+            return False
         return round_id % self.eval_every == 0 or round_id == self.rounds - 1
 
 

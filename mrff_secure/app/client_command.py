@@ -79,8 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--no-evaluation",
         action="store_true",
-        help="do not join the federated evaluation: its sum of held-out labels and scores is exact and "
-        "outside epsilon (README: federated evaluation)",
+        help="send zeros, not this client's held-out scores, to the federated evaluation (a DP release "
+        "in the run's epsilon; policy fields join_evaluation, max_evaluations, allow_exact_evaluation; README: "
+        "federated evaluation)",
     )
     p.add_argument(
         "--pause-after",

@@ -158,6 +158,10 @@ OPTIONS: tuple[Option, ...] = (
                                          "rounds (0: run every round; not with --dp: the stopping round would "
                                          "depend on private data outside the guarantee)", low=0),
     _o("federation", "eval_every", int, 1, "rounds between evaluations", low=1),
+    _o("federation", "federated_eval_every", int, 0, "network: rounds between federated evaluations (0: none; "
+                                                     "else also the last round); each is a DP release in epsilon",
+       low=0),
+    _o("federation", "max_evaluations", int, 5, "network: at most this many federated evaluations per run", low=0),
     _o("federation", "chunk_size", int, 64, "simulation: clients per vectorized chunk (0 = all)", low=0),
     _o("federation", "checkpoint_every", int, 10, "mrff train: rounds between checkpoints (--resume continues from "
                                                   "the last)", low=1),
@@ -258,10 +262,12 @@ COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
     "train": _DATA + _MODEL + _TRAINING + ("eval_every", "chunk_size", "checkpoint_every") + _RECIPE + _NETWORK_PRIVACY
              + ("noise_sampling", "count_cap", "clip_from_private_data", "insecure_reproducible_noise")
              + ("backend", "ray_address", "workers", "threads_per_worker"),
-    "server": _DATA + _MODEL + _TRAINING + ("min_clients", "eval_every") + _NETWORK_PRIVACY + _SERVER_PRIVACY
+    "server": _DATA + _MODEL + _TRAINING + ("min_clients", "federated_eval_every", "max_evaluations") + _NETWORK_PRIVACY
+              + _SERVER_PRIVACY
               + ("address", "certs", "mtls", "insecure", "train_timeout", "stage_timeout", "num_neighbours",
                  "threshold", "max_upload_mib", "max_workers", "linger"),
-    "run-local": _DATA + _MODEL + _TRAINING + ("min_clients", "eval_every") + _NETWORK_PRIVACY + _SERVER_PRIVACY
+    "run-local": _DATA + _MODEL + _TRAINING + ("min_clients", "federated_eval_every", "max_evaluations")
+                 + _NETWORK_PRIVACY + _SERVER_PRIVACY
                  + ("insecure", "train_timeout", "stage_timeout", "num_neighbours", "threshold",
                     "insecure_reproducible_noise"),
     "client": _DATA + ("certs", "mtls", "insecure", "retry_timeout", "insecure_reproducible_noise"),

@@ -296,6 +296,14 @@ NETWORK_MAX_DEFAULT_DELTA = 1e-5  # the clients' default policy accounts at delt
 def _server_settings(args: argparse.Namespace) -> ServerSettings:
     from server.run_state import ServerSettings
 
+    if args.federated_eval_every and args.dp == "off":
+        print(
+            "NOTE with --dp off the federated evaluation is an exact sum outside any guarantee: clients send zeros "
+            "there unless their policy has allow_exact_evaluation",
+            file=sys.stderr,
+            flush=True,
+        )
+
     return ServerSettings(
         rounds=args.rounds,
         seed=args.seed,
@@ -309,8 +317,17 @@ def _server_settings(args: argparse.Namespace) -> ServerSettings:
         max_dropout_fraction=args.max_dropout_fraction,
         num_neighbours=args.num_neighbours,
         threshold=args.threshold,
-        eval_every=args.eval_every,
+        eval_every=args.federated_eval_every,
+        max_evaluations=args.max_evaluations,
     )
+
+
+def planned_evaluations(rounds: int, every: int, cap: int) -> int:
+    """The federated evaluations a run of `rounds` rounds releases at most: every `every` rounds and the last
+    (none when `every` is 0), at most `cap` (the coordinator's schedule, `ServerSettings.evaluates`)."""
+    if every == 0:
+        return 0
+    return min(cap, sum(1 for r in range(rounds) if r % every == 0 or r == rounds - 1))
 
 
 def _calibrated(spec: RoundSpec, args: argparse.Namespace, data: PublicSchema) -> RoundSpec:
@@ -327,6 +344,7 @@ def _calibrated(spec: RoundSpec, args: argparse.Namespace, data: PublicSchema) -
     model, _ = build_global(options.model_config(args, data.maxlen), data, args.seed)
     n = max(args.min_clients, participants_per_round(data.num_users, args.client_fraction))
     sized = dataclasses.replace(spec, min_survivors=min_survivors(n, args.max_dropout_fraction))
+    evaluations = planned_evaluations(args.rounds, args.federated_eval_every, args.max_evaluations)
     z = calibrate(
         sized,
         UpdateLayout.from_model(model),
@@ -334,11 +352,12 @@ def _calibrated(spec: RoundSpec, args: argparse.Namespace, data: PublicSchema) -
         target_epsilon=args.target_epsilon,
         rounds=args.rounds,
         delta=args.delta,
+        evaluations=evaluations,
         corrupt_neighbours=args.corrupt_neighbours,
     )
     print(
-        f"CALIBRATED noise multiplier {z:.6g} for epsilon {args.target_epsilon} over {args.rounds} rounds of "
-        f"{n} clients (delta {args.delta:.3g}, zero-out adjacency)",
+        f"CALIBRATED noise multiplier {z:.6g} for epsilon {args.target_epsilon} over {args.rounds} rounds"
+        f" and {evaluations} federated evaluations of {n} clients (delta {args.delta:.3g}, zero-out adjacency)",
         flush=True,
     )
     return dataclasses.replace(spec, noise_multiplier=z)

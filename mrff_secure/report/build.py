@@ -60,7 +60,8 @@ SERVER_SAW = {
     "count), every round",
     "secagg": "only each round's sums: the phase-1 group counts and the phase-2 sum of the update vectors; who "
     "took part",
-    "secagg+dp": "only each round's sums, each with distributed discrete noise (counts included); who took part",
+    "secagg+dp": "only each round's sums, each with distributed discrete noise (counts included; in a network "
+    "run's evaluated rounds also the noisy sum of held-out score histograms); who took part",
     "local-dp": "every client's update vector with its own noise on every coordinate, identified, every round",
     "malicious-server": "whatever it chooses to send and receive in the secure-aggregation protocol, with "
     "colluding clients (active attacks against the real client code)",
@@ -313,20 +314,39 @@ def _network_report(folder: Path, audit_public_key: Ed25519PublicKey | None = No
     started = next((r for r in records if r.get("type") == "run_started"), {})
     rounds = [r for r in records if r.get("type") in ("round", "round_aborted")]
     per_round = []
+    released_evaluations, exact_evaluations = 0, 0
     for r in rounds:
         wire = r.get("wire_bytes", {})
         n = max(1, len(r.get("participants", [])))
-        per_round.append(
-            {
-                "round": r.get("round"),
-                "completed": r.get("type") == "round",
-                "participants": n,
-                "bytes_from_devices_per_participant": round(wire.get("received", 0) / n, 1),
-                "bytes_to_devices_per_participant": round(wire.get("sent", 0) / n, 1),
-                "epsilon": r.get("epsilon"),
-            }
-        )
+        ledger = r.get("epsilon")
+        evaluation = r.get("evaluation") or {}
+        row = {
+            "round": r.get("round"),
+            "completed": r.get("type") == "round",
+            "participants": n,
+            "bytes_from_devices_per_participant": round(wire.get("received", 0) / n, 1),
+            "bytes_to_devices_per_participant": round(wire.get("sent", 0) / n, 1),
+            "epsilon": ledger.get("epsilon") if isinstance(ledger, dict) else ledger,
+        }
+        if evaluation:  # the federated evaluation of this round: a release in the ledger when available
+            row["evaluation"] = (
+                "failed: nothing released"
+                if not evaluation.get("available")
+                else f"released in epsilon (noise std {evaluation.get('noise_std', 0):.3g})"
+                if evaluation.get("in_epsilon")
+                else "released exactly: NOT in any epsilon"
+            )
+            if evaluation.get("available"):
+                released_evaluations += 1
+                exact_evaluations += not evaluation.get("in_epsilon")
+        per_round.append(row)
     last_eps = next((r["epsilon"] for r in reversed(per_round) if r["epsilon"] is not None), "inf")
+    evaluations_text = (
+        f", including its {released_evaluations} federated evaluation(s) (each a DP release of the noisy sum of "
+        "held-out score histograms)"
+        if released_evaluations
+        else "; no federated evaluation was released"
+    )
     settings = started.get("settings", {})
     network_model = ThreatModel.of_modes(
         dp_mode=started.get("spec", {}).get("dp_mode", "off"), secure_aggregation=settings.get("secure", True)
@@ -356,8 +376,12 @@ def _network_report(folder: Path, audit_public_key: Ed25519PublicKey | None = No
             "adjacency": [f"{network_model}: zero-out"],
             "accountant": "the coordinator's ledger",
             "sampling": "none claimed: a user in every round",
-            "not_accounted": [],
-            "text": f"The coordinator's ledger records epsilon {last_eps} after the last round.",
+            "not_accounted": (
+                [f"{exact_evaluations} exact federated evaluation(s) (DP off): held-out score histograms without noise"]
+                if exact_evaluations
+                else []
+            ),
+            "text": f"The coordinator's ledger records epsilon {last_eps} after the last round{evaluations_text}.",
         },
         "threat_models": [{"name": network_model, "server_saw": SERVER_SAW[network_model]}],
         "mechanism": {

@@ -1,5 +1,5 @@
-"""What rounds cost one user: the accountant of a run (a history of round releases, in the shape of opacus'
-accountants), the account it reports, and the calibration of z to a target epsilon.
+"""What rounds cost one user: the accountant of a run (a history of round releases and federated evaluations, in
+the shape of opacus' accountants), the account it reports, and the calibration of z to a target epsilon.
 
 `mrff privacy`, `mrff train` (`PrivacyPipeline`) and the coordinator describe each round with a
 `round.release.RoundRelease` and account the history of their rounds here, so that a calibrated z
@@ -14,14 +14,16 @@ Headline: the proven bound of the mechanism actually used.
 - local: the grid discrete Gaussian (`dp.mechanisms.GridDiscreteGaussian`): its RDP is at most the
   continuous Gaussian's at the same sensitivity (including the grid's slack), converted by opacus'
   ``get_privacy_spent``, every round at q = 1.
-- distributed: the RDP curves of the rounds' integer plans (`round.release.round_rdp_curve`), summed
-  over the history and converted once.
+- distributed: the RDP curves of the rounds' integer plans (`round.release.round_rdp_curve`) and of the
+  federated evaluations' (`round.evaluation_release.evaluation_rdp_curve`), summed over the history and
+  converted once.
 - DP off (or z = 0) in any round: infinite (never 0).
 The continuous Gaussian's PRV and RDP figures ("gaussian_limit") are shown for reference only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,8 @@ from mrff_secure.dp.accounting import (
 )
 from mrff_secure.dp.calibration import Z_MAX, search_noise_multiplier
 from mrff_secure.errors import ConfigError, PrivacyError
+from mrff_secure.round.evaluation_release import KIND as EVALUATION_KIND
+from mrff_secure.round.evaluation_release import EvaluationRelease, evaluation_rdp_curve
 from mrff_secure.round.release import ADJACENCY_TEXT, RoundRelease, round_rdp_curve
 
 SAMPLING_TEXT = (
@@ -48,9 +52,22 @@ SAMPLING_TEXT = (
 )
 CALIBRATION_RTOL = 1e-4
 WEAK_EPSILON = 10.0  # above this the report warns: a weak guarantee
-STATE_VERSION = 2
+STATE_VERSION = 3  # version 3: each history entry names its kind ("round" or "evaluation"); 2 still loads
+ROUND_KIND = "round"
 
-History = Sequence[tuple[RoundRelease, int]]
+Release = RoundRelease | EvaluationRelease  # a history entry's release: a training round or a federated evaluation
+History = Sequence[tuple[Release, int]]
+
+
+def release_rdp_curve(release: Release, replace_one: bool = False) -> np.ndarray:
+    """The RDP curve (at DISCRETE_ORDERS) of one distributed release: a round's two phases or one evaluation."""
+    if isinstance(release, EvaluationRelease):
+        return evaluation_rdp_curve(release, replace_one=replace_one)
+    return round_rdp_curve(release, replace_one=replace_one)
+
+
+def release_kind(release: Release) -> str:
+    return EVALUATION_KIND if isinstance(release, EvaluationRelease) else ROUND_KIND
 
 
 def history_epsilon(
@@ -58,10 +75,11 @@ def history_epsilon(
     *,
     delta: float,
     replace_one: bool = False,
-    curve_of: Callable[[RoundRelease, bool], np.ndarray] | None = None,
+    curve_of: Callable[[Release, bool], np.ndarray] | None = None,
 ) -> float:
-    """The proven epsilon of a history [(release, rounds)] (see the module docstring). `curve_of(release,
-    replace_one)` gives a distributed release's RDP curve (default: `round_rdp_curve`; accountants cache it)."""
+    """The proven epsilon of a history [(release, times)] of rounds and evaluations (see the module docstring).
+    `curve_of(release, replace_one)` gives a distributed release's RDP curve (default: `release_rdp_curve`;
+    accountants cache it)."""
     spent = [(release, rounds) for release, rounds in history if rounds]
     if not spent:
         return 0.0
@@ -69,10 +87,13 @@ def history_epsilon(
         return math.inf
     modes = {release.dp_mode for release, _ in spent}
     if modes == {"local"}:
-        return rdp_epsilon(history=[(r.accounted_noise_multiplier(), 1.0, n) for r, n in spent], delta=delta)
+        local = [(r, n) for r, n in spent if isinstance(r, RoundRelease)]
+        if len(local) != len(spent):
+            raise PrivacyError("a local-DP history has no federated evaluation release")
+        return rdp_epsilon(history=[(r.accounted_noise_multiplier(), 1.0, n) for r, n in local], delta=delta)
     if modes != {"distributed"}:
         raise PrivacyError(f"a history mixes DP modes {sorted(modes)}: account each run on its own")
-    curve = curve_of or (lambda release, replace: round_rdp_curve(release, replace_one=replace))
+    curve = curve_of or release_rdp_curve
     total = np.zeros(len(DISCRETE_ORDERS))
     for release, rounds in spent:
         total = total + curve(release, replace_one) * rounds
@@ -87,7 +108,7 @@ def _headline(
     delta: float,
     *,
     replace_one: bool = False,
-    curve_of: Callable[[RoundRelease, bool], np.ndarray] | None = None,
+    curve_of: Callable[[Release, bool], np.ndarray] | None = None,
 ) -> float:
     """The proven epsilon of ``rounds`` rounds of one release."""
     return history_epsilon([(release, rounds)], delta=delta, replace_one=replace_one, curve_of=curve_of)
@@ -164,9 +185,9 @@ def account_rounds(release: RoundRelease, *, rounds: int, delta: float, sample_r
     z_acc = release.accounted_noise_multiplier()
     cached: dict[bool, np.ndarray] = {}
 
-    def curve(r: RoundRelease, replace: bool) -> np.ndarray:
+    def curve(r: Release, replace: bool) -> np.ndarray:
         if replace not in cached:
-            cached[replace] = round_rdp_curve(r, replace_one=replace)
+            cached[replace] = release_rdp_curve(r, replace)
         return cached[replace]
 
     eps = _headline(release, rounds, delta, curve_of=curve)
@@ -232,12 +253,23 @@ def _round_up(z: float, digits: int = 6) -> float:
     return float(f"{math.ceil(z / unit - 1e-9) * unit:.{digits}g}")
 
 
-def calibrate_release(release: RoundRelease, *, target_epsilon: float, rounds: int, delta: float) -> Calibration:
+def calibrate_release(
+    release: RoundRelease,
+    *,
+    target_epsilon: float,
+    rounds: int,
+    delta: float,
+    evaluation: EvaluationRelease | None = None,
+    evaluations: int = 0,
+) -> Calibration:
     """The smallest z (to CALIBRATION_RTOL, rounded up to 6 significant digits) whose headline epsilon over
     ``rounds`` rounds is <= target: the proven bound of the mechanism used (local: the grid discrete
     Gaussian's RDP; distributed: the discrete Gaussian's / Skellam's RDP over the integer plans, rebuilt
     for every z as the clients would), never its Gaussian limit. So accounting the returned z gives at
     most the target, and close to it (z to 1e-4 relative).
+
+    ``evaluation`` / ``evaluations``: a run that also releases this many federated evaluations (at the same z)
+    is calibrated so that its rounds and its evaluations together spend at most the target.
 
     ``release``'s own noise_multiplier is ignored. z is searched in [Z_MIN, Z_MAX] (every call a closed
     form, the search bounded in time): a target that even Z_MAX misses is refused (ConfigError naming
@@ -253,8 +285,11 @@ def calibrate_release(release: RoundRelease, *, target_epsilon: float, rounds: i
 
     def eps(z: float) -> float:
         try:
-            value = _headline(release.with_noise_multiplier(z), rounds, delta)
-        except PrivacyError as exc:  # e.g. a share too fine for the modulus: treat as unusable
+            history: list[tuple[Release, int]] = [(release.with_noise_multiplier(z), rounds)]
+            if evaluation is not None and evaluations > 0:
+                history.append((dataclasses.replace(evaluation, noise_multiplier=z), evaluations))
+            value = history_epsilon(history, delta=delta)
+        except (PrivacyError, ConfigError) as exc:  # e.g. a share too fine for the modulus: treat as unusable
             unusable.append(str(exc))
             return math.inf
         return math.inf if math.isnan(value) else value
@@ -340,19 +375,20 @@ def privacy_warnings(
 
 
 class RoundAccountant:
-    """The accountant of a run: the history of its round releases [(release, rounds)], in the shape of opacus'
-    accountants (consecutive equal releases share one entry), their epsilon converted once from the summed
-    RDP, and a JSON-able `state_dict` for checkpoints. Used by the simulation and the coordinator."""
+    """The accountant of a run: the history of its releases [(release, times)], training rounds (`RoundRelease`)
+    and federated evaluations (`EvaluationRelease`), in the shape of opacus' accountants (consecutive equal
+    releases share one entry), their epsilon converted once from the summed RDP curves, and a JSON-able
+    `state_dict` for checkpoints. Used by the simulation and the coordinator."""
 
     def __init__(self, *, delta: float, sample_rate: float = 1.0) -> None:
         check_number("delta", delta, low=0.0, high=1.0, low_open=True, high_open=True, error=PrivacyError)
         check_number("sample_rate", sample_rate, low=0.0, high=1.0, low_open=True, error=PrivacyError)
         self.delta, self.sample_rate = float(delta), float(sample_rate)
-        self.history: list[tuple[RoundRelease, int]] = []
-        self._curves: dict[tuple[RoundRelease, bool], np.ndarray] = {}
+        self.history: list[tuple[Release, int]] = []
+        self._curves: dict[tuple[Release, bool], np.ndarray] = {}
 
-    def step(self, *, release: RoundRelease) -> float:
-        """One more round released; returns the headline epsilon so far."""
+    def step(self, *, release: Release) -> float:
+        """One more release (a round, or a federated evaluation); returns the headline epsilon so far."""
         if self.history and self.history[-1][0] == release:
             self.history[-1] = (release, self.history[-1][1] + 1)
         else:
@@ -361,17 +397,30 @@ class RoundAccountant:
 
     @property
     def rounds(self) -> int:
-        return sum(rounds for _, rounds in self.history)
+        """Training rounds accounted (evaluations not counted: see `evaluations`)."""
+        return sum(rounds for release, rounds in self.history if isinstance(release, RoundRelease))
+
+    @property
+    def evaluations(self) -> int:
+        """Federated evaluations accounted."""
+        return sum(times for release, times in self.history if isinstance(release, EvaluationRelease))
 
     @property
     def noiseless_rounds(self) -> int:
         """Rounds released without noise (any one makes epsilon infinite)."""
-        return sum(rounds for release, rounds in self.history if not release.noisy)
+        return sum(
+            rounds for release, rounds in self.history if isinstance(release, RoundRelease) and not release.noisy
+        )
 
-    def _curve(self, release: RoundRelease, replace_one: bool) -> np.ndarray:
+    @property
+    def noiseless_evaluations(self) -> int:
+        """Evaluations released exactly (DP off: any one makes epsilon infinite)."""
+        return sum(t for release, t in self.history if isinstance(release, EvaluationRelease) and not release.noisy)
+
+    def _curve(self, release: Release, replace_one: bool) -> np.ndarray:
         key = (release, replace_one)
         if key not in self._curves:
-            self._curves[key] = round_rdp_curve(release, replace_one=replace_one)
+            self._curves[key] = release_rdp_curve(release, replace_one)
         return self._curves[key]
 
     def epsilon(self, *, replace_one: bool = False) -> float:
@@ -381,37 +430,50 @@ class RoundAccountant:
     def account(self) -> PrivacyAccount:
         """The account of a history of one release (`account_rounds`): the simulation's rounds."""
         releases = {release for release, _ in self.history}
-        if len(releases) != 1:
+        only = releases.pop() if len(releases) == 1 else None
+        if not isinstance(only, RoundRelease):
             raise PrivacyError(
-                f"account() describes a history of one release; this one has {len(releases)} (use epsilon())"
+                "account() describes a history of one release, a round; this one has "
+                f"{len(releases) + (only is not None)} releases, or an evaluation (use epsilon())"
             )
-        return account_rounds(releases.pop(), rounds=self.rounds, delta=self.delta, sample_rate=self.sample_rate)
+        return account_rounds(only, rounds=self.rounds, delta=self.delta, sample_rate=self.sample_rate)
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-able state: delta, sample rate and the history (each release's public fields, its rounds)."""
+        """JSON-able state: delta, sample rate and the history (each entry's kind, its release's public fields, how
+        many times it was released)."""
         return {
             "version": STATE_VERSION,
             "delta": self.delta,
             "sample_rate": self.sample_rate,
-            "history": [{"release": release.to_dict(), "rounds": rounds} for release, rounds in self.history],
+            "history": [
+                {"kind": release_kind(release), "release": release.to_dict(), "rounds": rounds}
+                for release, rounds in self.history
+            ],
         }
 
     def load_state_dict(self, state: dict[str, Any], *, release_of_counted_rounds: RoundRelease | None = None) -> None:
         """Restore `state_dict`'s state; PrivacyError naming what is wrong (the history is revalidated).
 
         release_of_counted_rounds: a run whose every round has one release may also restore the state of
-        checkpoints written before the accountant kept a history (version 1: only a round count)."""
+        checkpoints written before the accountant kept a history (version 1: only a round count). Version 2 (rounds
+        only, no kinds) loads as a history of rounds."""
         if release_of_counted_rounds is not None and isinstance(state, dict) and state.get("version") == 1:
             rounds = check_int("the accountant state's rounds", state.get("rounds"), low=0, error=PrivacyError)
             self.history = [(release_of_counted_rounds, rounds)] if rounds else []
             return
         try:
-            if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-                raise ValueError(f"expected version {STATE_VERSION}")
-            history = []
+            if not isinstance(state, dict) or state.get("version") not in (2, STATE_VERSION):
+                raise ValueError(f"expected version 2 or {STATE_VERSION}")
+            history: list[tuple[Release, int]] = []
             for entry in state["history"]:
                 rounds = check_int("rounds", entry["rounds"], low=1, error=PrivacyError)
-                history.append((RoundRelease(**entry["release"]), rounds))
+                kind = entry.get("kind", ROUND_KIND) if state["version"] == STATE_VERSION else ROUND_KIND
+                if kind == ROUND_KIND:
+                    history.append((RoundRelease(**entry["release"]), rounds))
+                elif kind == EVALUATION_KIND:
+                    history.append((EvaluationRelease(**entry["release"]), rounds))
+                else:
+                    raise ValueError(f"unknown history entry kind {kind!r}")
             delta, sample_rate = float(state["delta"]), float(state["sample_rate"])
         except (KeyError, TypeError, ValueError, ConfigError, PrivacyError) as exc:
             raise PrivacyError(f"unreadable accountant state: {exc}") from exc

@@ -34,7 +34,7 @@ class Phase(IntEnum):
 
     COUNTS = pb.COUNTS  # the group one-hots alone
     UPDATE = pb.UPDATE  # the update vectors, small groups zeroed
-    EVALUATION = pb.EVALUATION  # the held-out scores (federation.evaluation_sum), outside epsilon
+    EVALUATION = pb.EVALUATION  # the held-out scores (federation.evaluation_sum), a DP release when DP is on
 
     @property
     def label(self) -> str:

@@ -1,5 +1,6 @@
-"""Federated evaluation's integer encoding: the sum of the clients' vectors gives the AUC within the
-stated quantisation bound and the LogLoss to 2^-10 nats, and a malformed sum is refused."""
+"""Federated evaluation's encoding: the exact sum of the clients' vectors gives the AUC within the stated
+quantisation bound and the LogLoss, one client's vector stays within its stated L2 bound, and a malformed
+exact sum is refused. (The noisy sum: tests/federation/test_evaluation_dp.py.)"""
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ def test_the_summed_vectors_give_the_auc_within_the_bin_bound_and_the_logloss(se
     probs = {s: np.clip(rng.beta(2, 2, n) * 0.6 + 0.2 * labels[s], 1e-9, 1 - 1e-9) for s in ev.SPLITS}
     probs["test"][:3] = [0.0, 1.0, np.nan]  # the edges: clipped losses, a non-finite score
     total = sum(ev.client_vector({s: (probs[s][u], int(labels[s][u])) for s in ev.SPLITS}) for u in range(n))
-    result = ev.decode(total)
+    result = ev.decode(total, exact=True)
     for split in ev.SPLITS:
         y, p = labels[split], np.nan_to_num(probs[split], nan=0.5)
         bins = np.minimum((p * ev.BINS).astype(int), ev.BINS - 1)
@@ -27,24 +28,24 @@ def test_the_summed_vectors_give_the_auc_within_the_bin_bound_and_the_logloss(se
         assert result[split].clients == n and result[split].positives == int(y.sum())
         assert abs(result[split].auc - auc(y, p)) <= same_bin / 2 + 1e-12
         clipped = np.clip(np.where(y == 1, p, 1 - p), np.exp(-ev.LOSS_CAP), 1.0)
-        assert result[split].log_loss == pytest.approx(
-            float(np.mean(-np.log(clipped))), abs=2.0**-ev.LOSS_FRACTION_BITS
-        )
+        assert result[split].log_loss == pytest.approx(float(np.mean(-np.log(clipped))), abs=1e-9)
     assert 0.5 < result["val"].auc < 1.0  # the planted signal shows
 
 
 def test_one_label_gives_no_auc_and_a_malformed_sum_is_refused():
     only_clicks = sum(ev.client_vector({s: (0.7, 1) for s in ev.SPLITS}) for _ in range(4))
-    assert np.isnan(ev.decode(only_clicks)["val"].auc) and ev.decode(only_clicks)["val"].to_json()["auc"] is None
+    assert ev.decode(only_clicks, exact=True)["val"].auc is None
+    assert ev.decode(only_clicks, exact=True)["val"].to_json()["auc"] is None
     bad = only_clicks.copy()
     bad[3] += 1  # one more histogram entry than clients counted
     with pytest.raises(ConfigError, match="inconsistent"):
-        ev.decode(bad)
+        ev.decode(bad, exact=True)
     with pytest.raises(ConfigError, match="entries"):
         ev.decode(np.zeros(5, dtype=np.int64))
     with pytest.raises(ConfigError, match="label"):
         ev.client_vector({"val": (0.5, 2), "test": (0.5, 0)})
-    assert int(ev.client_vector({s: (0.0, 1) for s in ev.SPLITS}).max()) == ev.MAX_ABS
+    worst = ev.client_vector({s: (0.0, 1) for s in ev.SPLITS})  # every loss at the cap
+    assert np.linalg.norm(worst) == pytest.approx(ev.L2_BOUND) and ev.L2_BOUND == pytest.approx(np.sqrt(5))
 
 
 def test_a_clients_held_out_scores_are_the_simulations_predictions():

@@ -13,6 +13,9 @@ server proposes or does in a way an honest client must refuse (SECURITY.md, its 
   through almost surely.
 - weak-evaluation-threshold (W2 on the third sum): honest counts and update sums, but the federated
   evaluation's sum announced with t = floor(k/2) + 1.
+- evaluation-without-target (W14): honest rounds, but the federated evaluation run over the update's
+  survivors minus the first one, so that its difference with an evaluation over all of them would give
+  that client's held-out labels.
 - freeze-and-replay (W12, freeze and difference): every round is summed, reported to the clients as
   aborted, and the model frozen, so the next round is the same round again: each release costs the
   clients epsilon, which their ledgers count until their cap stops them.
@@ -38,6 +41,7 @@ LIES = (
     "tiny-k",
     "no-guard-bits",
     "weak-evaluation-threshold",
+    "evaluation-without-target",
     "freeze-and-replay",
     "relabel-and-replay",
     "malformed-round-0",
@@ -137,8 +141,8 @@ def install(lie: str) -> None:
     elif lie == "weak-evaluation-threshold":
         honest_evaluation = coordinator.evaluation_config
 
-        def weak(num_clients, options=None):
-            c = honest_evaluation(num_clients, options)
+        def weak(num_clients, modulus_bits, options=None):
+            c = honest_evaluation(num_clients, modulus_bits, options)
             return SecAggConfig(
                 num_clients=c.num_clients,
                 vector_length=c.vector_length,
@@ -149,6 +153,13 @@ def install(lie: str) -> None:
             )
 
         coordinator.evaluation_config = weak
+    elif lie == "evaluation-without-target":
+        honest_evaluate = coordinator.Coordinator._evaluate
+
+        def without_target(self, rs, config, nonce, survivors, record, evaluated_model):
+            return honest_evaluate(self, rs, config, nonce, tuple(survivors[1:]), record, evaluated_model)
+
+        coordinator.Coordinator._evaluate = without_target
     elif lie == "tiny-k":
         _patch_configs(
             lambda c: SecAggConfig(

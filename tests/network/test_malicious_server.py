@@ -78,9 +78,9 @@ def test_weak_threshold_is_refused_before_anything_is_revealed(tmp_path, certs, 
 
 
 def test_a_weak_threshold_on_the_evaluation_sum_alone_is_refused(tmp_path, certs, procs) -> None:
-    """The third sum (held-out scores, outside epsilon) is checked by each client like the other two: the
+    """The third sum (held-out scores, a DP release) is checked by each client like the other two: the
     update completes, the evaluation gets no keys at all, and nothing of it is released."""
-    rounds, log = _run(tmp_path, certs, procs, "weak-evaluation-threshold", [])
+    rounds, log = _run(tmp_path, certs, procs, "weak-evaluation-threshold", ["--federated-eval-every", "1"])
     assert [r["type"] for r in rounds] == ["round"]
     assert "2t - k = 2" in log and "federated evaluation failed" in log
     assert rounds[0]["phases"]["evaluation"]["dropouts"]["advertise_keys"] == list(range(8))

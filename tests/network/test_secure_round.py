@@ -19,10 +19,13 @@ import torch
 
 from mrff_secure.config import FederationConfig
 from mrff_secure.dp import DPConfig
+from mrff_secure.dp.config import min_survivors
 from mrff_secure.federation import evaluation_sum
 from mrff_secure.federation.client_update import evaluate_user
 from mrff_secure.federation.simulation import FederatedSimulation
-from mrff_secure.round.spec import PrivacySettings
+from mrff_secure.round.evaluation_release import evaluation_release
+from mrff_secure.round.participant import client_generator, rotation_seed
+from mrff_secure.round.spec import Phase, PrivacySettings, RoundSpec
 from mrff_secure.wire import tensors
 
 from . import harness
@@ -34,7 +37,24 @@ USERS = 8
 
 def simulated_run(rounds: int) -> tuple[list[str], list[dict]]:
     """(model digest after each round, the federated evaluation of each round's starting model: what the
-    evaluation's secure sum over all USERS clients decodes to)."""
+    evaluation's secure sum over all USERS clients decodes to, each client's noise share drawn from its
+    reproducible generator as the network clients draw it)."""
+    release = evaluation_release(
+        RoundSpec(
+            local_steps=1,
+            optimizer="adam",
+            lr=0.1,
+            dp_mode="distributed",
+            clip=1.0,
+            noise_multiplier=0.5,
+            min_survivors=min_survivors(USERS, 0.3),
+            min_group_size=2,
+            mechanism="discrete_gaussian",
+            modulus_bits=32,
+            count_cap=1,
+        ),
+        USERS,
+    )
     data = harness.data().subset(np.arange(USERS))
     privacy = PrivacySettings(
         dp=DPConfig(
@@ -53,13 +73,22 @@ def simulated_run(rounds: int) -> tuple[list[str], list[dict]]:
     torch.set_num_threads(1)  # as the client processes train: float reductions depend on the thread count
     try:
         for _ in range(rounds):
-            summed = sum(
-                evaluation_sum.client_vector(
-                    evaluate_user(sim.model, sim.global_params, {n: t[u] for n, t in sim.private.items()}, data, u)
+            r = len(evaluations)
+            ring = sum(
+                evaluation_sum.encode(
+                    release,
+                    evaluation_sum.client_vector(
+                        evaluate_user(sim.model, sim.global_params, {n: t[u] for n, t in sim.private.items()}, data, u)
+                    ),
+                    rotation_seed=rotation_seed(0, r, Phase.EVALUATION),
+                    rng=client_generator(0, r, Phase.EVALUATION, u),
                 )
                 for u in range(USERS)
+            ) % (1 << 32)
+            decoded = evaluation_sum.decode_ring(
+                release, ring, survivors=USERS, rotation_seed=rotation_seed(0, r, Phase.EVALUATION)
             )
-            evaluations.append({k: v.to_json() for k, v in evaluation_sum.decode(summed).items()})
+            evaluations.append({k: v.to_json() for k, v in decoded.items()})
             sim.train_round()
             digests.append(tensors.digest(sim.global_params).hex())
     finally:
@@ -94,6 +123,8 @@ def test_secure_dp_rounds_over_grpc_equal_the_simulation_bit_for_bit(tmp_path) -
             "0.5",
             "--min-group-size",
             "2",
+            "--federated-eval-every",
+            "1",
             "--stage-timeout",
             "60",
             "--timeout",
@@ -119,6 +150,7 @@ def test_secure_dp_rounds_over_grpc_equal_the_simulation_bit_for_bit(tmp_path) -
         assert r["participants"] == list(range(USERS)) and r["secure"]
         assert r["phases"]["update"]["survivors"] == list(range(USERS))
         assert r["epsilon"]["adjacency"] == "zero-out" and r["epsilon"]["rounds_accounted"] == i + 1
+        assert r["epsilon"]["evaluations_accounted"] == i + 1  # each round's evaluation is in its epsilon
         assert 0 < r["epsilon"]["epsilon"] < r["epsilon"]["epsilon_replace_one"]
     assert started["spec"]["dp_mode"] == "distributed" and started["spec"]["noise_multiplier"] == 0.5
     expected, evaluations = simulated_run(2)
@@ -137,18 +169,22 @@ def test_secure_dp_rounds_over_grpc_equal_the_simulation_bit_for_bit(tmp_path) -
     assert summary["privacy"]["mechanism"] == "discrete_gaussian" and summary["privacy"]["private"] is True
     assert summary["privacy"]["epsilon"] == rounds[-1]["epsilon"]["epsilon"]
     # the federated evaluation: each round's starting model scored by every client on its own held-out
-    # items, decoded from the secure sum, equals the simulation's predictions summed the same way
+    # items, with its noise share, decoded from the secure sum, equals the simulation's predictions encoded
+    # and summed the same way
     for m, r, want in zip(metrics, rounds, evaluations):
-        assert r["evaluation"]["available"] and r["evaluation"]["clients"] == USERS
+        assert r["evaluation"]["available"] and r["evaluation"]["clients"] == want["val"]["clients"]
         assert {k: r["evaluation"][k] for k in ("val", "test")} == want
         assert (m["val_auc"], m["test_logloss"]) == (want["val"]["auc"], want["test"]["log_loss"])
-        assert m["evaluated_after_round"] == m["round"] - 1 and m["evaluation_clients"] == USERS
-        assert "NOT covered by epsilon" in r["evaluation"]["outside_the_guarantee"]
+        assert m["evaluated_after_round"] == m["round"] - 1 and m["evaluation_clients"] == want["val"]["clients"]
+        assert r["evaluation"]["in_epsilon"] and "outside_the_guarantee" not in r["evaluation"]
     assert rounds[0]["evaluation"]["evaluated_model"] == started["model_digest"]
     assert rounds[1]["evaluation"]["evaluated_model"] == expected[0]
     assert r["phases"]["evaluation"]["survivors"] == list(range(USERS))
     best = summary["evaluation"]["best"]
-    assert summary["evaluation"]["available"] and best["val_auc"] == max(e["val"]["auc"] for e in evaluations)
-    assert "NOT covered by epsilon" in summary["evaluation"]["outside_the_guarantee"]
+    assert summary["evaluation"]["available"] and best["val_auc"] == max(
+        (e["val"]["auc"] for e in evaluations if e["val"]["auc"] is not None), default=None
+    )
+    assert "in the run's epsilon" in summary["evaluation"]["guarantee"]
+    assert "outside_the_guarantee" not in summary["evaluation"]
     assert "validation AUC" in done.stdout
     assert (server_dir / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
