@@ -1,14 +1,16 @@
 """The deployment's PKI, shared by server and client: a development PKI made with `cryptography` alone,
 the identity authority's credentials, and each client's identity key on disk.
 
-`make_dev_pki` (`mrff certs`) writes into one folder: ca.crt / ca.key (a self-signed TLS CA),
-server.crt / server.key (SANs: localhost, 127.0.0.1 and any --host), client.crt / client.key (for
-mutual TLS), signing.key / signing.pub (Ed25519: the server signs round parameters, clients verify
-them) and identity-ca.key / identity-ca.pub (Ed25519: the identity authority, which certifies each
-client's identity key; keep identity-ca.key offline, away from the server). `mrff certs issue-client`
-issues one credential per client (mrff_secure.secagg.identity). `IdentityFiles` is one client's
-identity key and credential in its state folder. Private keys are written atomically with mode 0600.
-For development and tests, not production.
+`make_dev_pki` (`mrff certs`) writes the deployment's certificates folder: ca.crt / ca.key (a self-signed
+TLS CA), server.crt / server.key (SANs: localhost, 127.0.0.1 and any --host), client.crt / client.key (mutual
+TLS, the default), signing.key / signing.pub (Ed25519: the server signs round parameters, clients verify
+them). The identity authority, which certifies each client's identity key, has its own folder and command
+(`make_authority`, `mrff certs authority --out AUTHORITY_DIR`): identity-ca.key / identity-ca.pub; only
+its public key is copied into a certificates folder (`publish_authority`). A server refuses to start if it
+can read the authority's private key (`readable_authority_keys`, W15 in SECURITY.md): with it a server
+could certify sybils. `mrff certs issue-client --authority AUTHORITY_DIR` issues one credential per client
+(mrff_secure.secagg.identity). `IdentityFiles` is one client's identity key and credential in its state
+folder. Private keys are written atomically with mode 0600. For development and tests, not production.
 """
 
 from __future__ import annotations
@@ -47,12 +49,30 @@ class CertPaths:
             "client_key": "client.key",
             "signing_key": "signing.key",
             "signing_pub": "signing.pub",
-            "identity_ca_key": "identity-ca.key",
-            "identity_ca_pub": "identity-ca.pub",
+            "identity_ca_pub": "identity-ca.pub",  # the authority's public key only (publish_authority)
         }
         if name not in files:
             raise AttributeError(name)
         return self.folder / files[name]
+
+
+AUTHORITY_KEY_FILE = "identity-ca.key"
+AUTHORITY_PUB_FILE = "identity-ca.pub"
+
+
+@dataclass(frozen=True)
+class AuthorityPaths:
+    """The identity authority's own folder (`mrff certs authority --out`): never a server's."""
+
+    folder: Path
+
+    @property
+    def key(self) -> Path:
+        return self.folder / AUTHORITY_KEY_FILE
+
+    @property
+    def pub(self) -> Path:
+        return self.folder / AUTHORITY_PUB_FILE
 
 
 class IdentityFiles:
@@ -190,7 +210,8 @@ def _leaf(
 
 
 def make_dev_pki(folder: Path, *, hosts: list[str] | None = None, overwrite: bool = False) -> CertPaths:
-    """Create the development CA, server and client certificates, the signing key and the identity authority."""
+    """Create the development CA, server and client certificates and the signing key (no identity authority:
+    `make_authority` makes it in a folder of its own)."""
     paths = CertPaths(Path(folder))
     if paths.ca_key.exists() and not overwrite:
         raise ConfigError(f"{paths.ca_key} exists; pass --overwrite to replace the development PKI")
@@ -237,12 +258,79 @@ def make_dev_pki(folder: Path, *, hosts: list[str] | None = None, overwrite: boo
     write_bytes_atomic(
         paths.signing_pub, signing.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
+    return paths
+
+
+def make_authority(folder: Path, *, overwrite: bool = False) -> AuthorityPaths:
+    """Create the identity authority's key pair in its own folder (identity-ca.key mode 0600, identity-ca.pub).
+    The folder must not be a certificates folder a server reads (one with server.key)."""
+    paths = AuthorityPaths(Path(folder))
+    if (paths.folder / "server.key").exists():
+        raise ConfigError(
+            f"{paths.folder} holds a server key: the identity authority's key must live apart from the server's "
+            "(W15); choose another --out"
+        )
+    if paths.key.exists() and not overwrite:
+        raise ConfigError(
+            f"{paths.key} exists; pass --overwrite to replace the identity authority (every credential it "
+            "issued then stops verifying)"
+        )
     authority = Ed25519PrivateKey.generate()
-    _write_private(paths.identity_ca_key, _key_pem(authority))
+    _write_private(paths.key, _key_pem(authority))
     write_bytes_atomic(
-        paths.identity_ca_pub, authority.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
+        paths.pub,
+        authority.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
     )
     return paths
+
+
+def publish_authority(authority: AuthorityPaths, certs_folder: Path) -> Path:
+    """Copy the authority's public key (never its private key) into a certificates folder; returns the copy."""
+    target = CertPaths(Path(certs_folder)).identity_ca_pub
+    write_bytes_atomic(target, read_file(authority.pub, "identity authority's public key"))
+    return target
+
+
+_PEM_PRIVATE = b"PRIVATE KEY-----"
+_SCAN_MAX_BYTES = 1 << 16  # a PEM key is a few hundred bytes; larger files (checkpoints, logs) are not keys
+_SCAN_MAX_FILES = 10_000
+
+
+def readable_authority_keys(folders: list[Path], authority_public_key: bytes) -> list[Path]:
+    """Files in `folders` (and their subfolders) a process could use as the identity authority's private key:
+    any file named identity-ca.key, and any readable PEM private key whose public key is the authority's
+    (`authority_public_key`, raw 32 bytes), whatever its name."""
+    found: list[Path] = []
+    seen = 0
+    for folder in folders:
+        if not Path(folder).is_dir():
+            continue
+        for path in sorted(Path(folder).rglob("*")):
+            seen += 1
+            if seen > _SCAN_MAX_FILES:
+                return found
+            try:
+                if not path.is_file():
+                    continue
+                if path.name == AUTHORITY_KEY_FILE:
+                    found.append(path)
+                    continue
+                if path.stat().st_size > _SCAN_MAX_BYTES:
+                    continue
+                data = path.read_bytes()
+            except OSError:  # unreadable: not usable by this process either
+                continue
+            if _PEM_PRIVATE not in data:
+                continue
+            try:
+                key = serialization.load_pem_private_key(data, password=None)
+            except (ValueError, TypeError):
+                continue
+            if isinstance(key, Ed25519PrivateKey) and key.public_key().public_bytes_raw() == authority_public_key:
+                found.append(path)
+    return found
 
 
 def load_authority_public_key(path: Path) -> bytes:
@@ -250,18 +338,20 @@ def load_authority_public_key(path: Path) -> bytes:
     from mrff_secure.wire.signing import load_public_key
 
     return load_public_key(
-        path, "identity authority's public key (identity-ca.pub, made by `mrff certs`)"
+        path, "identity authority's public key (identity-ca.pub, made by `mrff certs authority`)"
     ).public_bytes_raw()
 
 
-def load_authority_key(paths: CertPaths) -> Ed25519PrivateKey:
+def load_authority_key(paths: AuthorityPaths) -> Ed25519PrivateKey:
     """The identity authority's private key (identity-ca.key): only `mrff certs issue-client` needs it."""
     from mrff_secure.wire.signing import load_private_key
 
-    return load_private_key(
-        paths.identity_ca_key,
-        "identity authority's key (identity-ca.key, made by `mrff certs`; --certs names its folder)",
-    )
+    if not paths.key.exists():
+        raise ConfigError(
+            f"no identity authority key at {paths.key}: make one with `mrff certs authority --out {paths.folder}` "
+            "(--authority names its folder)"
+        )
+    return load_private_key(paths.key, "identity authority's key (identity-ca.key, `mrff certs authority`)")
 
 
 def load_identity_public_key(path: Path) -> bytes:
@@ -292,7 +382,7 @@ def _conflict(out: Path, client_id: int, identity_public_key: bytes) -> str | No
 
 
 def issue_client_credential(
-    paths: CertPaths,
+    paths: AuthorityPaths,
     client_id: int,
     identity_public_key: bytes,
     out: Path,
@@ -318,7 +408,7 @@ def issue_client_credential(
     return credential
 
 
-def issue_state_credentials(paths: CertPaths, users: list[int], state_dir: Path, *, force: bool = False) -> int:
+def issue_state_credentials(paths: AuthorityPaths, users: list[int], state_dir: Path, *, force: bool = False) -> int:
     """Development form: make each user's identity key in its client state folder (if missing) and write
     its credential there (STATE_DIR/user-<id>/credential.bin). Every user is checked before any
     credential is written, so a refusal leaves the folder as it was. Returns the number issued."""

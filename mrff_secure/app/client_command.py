@@ -133,7 +133,7 @@ def client_main(args: argparse.Namespace) -> int:
     users = parse_users(args.users)
     certs = CertPaths(args.certs)
     credentials = None
-    if not args.insecure:
+    if not args.insecure:  # mutual TLS by default: we present CERTS/client.crt (--insecure-no-mtls: none)
         ca = read_file(args.ca or certs.ca_crt, "CA certificate")
         if args.mtls:
             credentials = grpc.ssl_channel_credentials(
@@ -141,8 +141,6 @@ def client_main(args: argparse.Namespace) -> int:
             )
         else:
             credentials = grpc.ssl_channel_credentials(ca)
-    elif args.mtls:
-        raise ConfigError("--mtls needs TLS; drop --insecure")
     connection = Connection(
         target=args.server,
         credentials=credentials,
@@ -150,6 +148,7 @@ def client_main(args: argparse.Namespace) -> int:
         authority_public_key=load_authority_public_key(args.identity_ca or certs.identity_ca_pub),
         retry_timeout=args.retry_timeout,
         server_name=args.server_name,
+        client_certificate=bool(args.mtls) and not args.insecure,
     )
     check_credentials(users, args.state_dir, connection.authority_public_key)  # before data, before the network
     seed = args.client_seed if args.client_seed is not None else int.from_bytes(os.urandom(8), "big") >> 1

@@ -50,7 +50,7 @@ HOSTILE = 500
 
 class Fuzzer:
     def __init__(self, address: str, certs) -> None:
-        credentials = grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes())
+        credentials = harness.client_tls(certs)
         self.channel = grpc.secure_channel(address, credentials, options=limits.client_options())
         self.stub = pb_grpc.CoordinatorStub(self.channel)
         self.raw = {m: self.channel.unary_unary(SERVICE + m) for m in METHODS}
@@ -59,7 +59,7 @@ class Fuzzer:
         self.rng = random.Random(1234)
         self.key = primitives.generate_identity_key()
         self.public = primitives.identity_public_bytes(self.key)
-        self.authority = signing.load_private_key(certs / "identity-ca.key")
+        self.authority = signing.load_private_key(harness.authority_of(certs) / "identity-ca.key")
         self.authority_public = primitives.identity_public_bytes(self.authority)
         self.credential = issue_credential(self.authority, HOSTILE, self.public)  # a certified, hostile client
         self.session = b""
