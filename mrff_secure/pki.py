@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from mrff_secure.atomic import write_bytes_atomic
 from mrff_secure.errors import AuthenticationError, CheckpointError, ConfigError, ProtocolViolation
 from mrff_secure.secagg.config import MAX_CLIENT_ID
-from mrff_secure.secagg.identity import ClientCredential, issue_credential, verify_credential
+from mrff_secure.secagg.identity import ClientCredential, CredentialExpired, issue_credential, verify_credential
 
 VALIDITY_DAYS = 365
 
@@ -74,6 +77,117 @@ class AuthorityPaths:
     def pub(self) -> Path:
         return self.folder / AUTHORITY_PUB_FILE
 
+    @property
+    def revoked(self) -> Path:
+        return self.folder / REVOKED_FILE
+
+
+REVOKED_FILE = "revoked.json"
+_REVOCATION_DOMAIN = b"mrff-secure/revocations/v1\x00"
+_MAX_REVOCATION_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class RevocationList:
+    """The identity authority's signed list of revoked (client id, identity key) pairs (`mrff certs revoke`;
+    `issue-client --force` adds the key it replaces). A server refuses to enrol a revoked pair and a client
+    refuses to start with one. File (JSON): {"format": "mrff-revocations", "version": 1, "issued_at",
+    "revoked": [{"client", "identity_key" (hex)}...], "signature"}: Ed25519 by the authority over a domain
+    tag and the canonical JSON of the other fields."""
+
+    issued_at: int
+    revoked: frozenset[tuple[int, bytes]]
+    source: str = ""  # where it was read from (messages only)
+
+    def covers(self, client_id: int, identity_public_key: bytes) -> bool:
+        return (int(client_id), bytes(identity_public_key)) in self.revoked
+
+    def _body(self) -> dict:
+        entries = sorted(self.revoked)
+        return {
+            "format": "mrff-revocations",
+            "version": 1,
+            "issued_at": self.issued_at,
+            "revoked": [{"client": c, "identity_key": k.hex()} for c, k in entries],
+        }
+
+    @staticmethod
+    def _signed(body: dict) -> bytes:
+        return _REVOCATION_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    def signed_by(self, authority: Ed25519PrivateKey) -> bytes:
+        body = self._body()
+        signature = authority.sign(self._signed(body))
+        return json.dumps({**body, "signature": signature.hex()}, indent=1).encode()
+
+    @classmethod
+    def load(cls, path: Path, authority_public_key: bytes) -> "RevocationList":
+        """The list at `path`, its signature checked under the authority's key (ConfigError naming the file)."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        path = Path(path)
+        data = read_file(path, "revocation list")
+        if len(data) > _MAX_REVOCATION_BYTES:
+            raise ConfigError(f"{path} is not a revocation list: {len(data)} bytes")
+        try:
+            fields = json.loads(data)
+            if not isinstance(fields, dict) or fields.get("format") != "mrff-revocations":
+                raise ValueError("not an mrff revocation list")
+            if fields.get("version") != 1:
+                raise ValueError(f"version {fields.get('version')!r} is not supported (this reads version 1)")
+            signature = bytes.fromhex(fields.pop("signature"))
+            issued_at = fields["issued_at"]
+            revoked = set()
+            for entry in fields["revoked"]:
+                key = bytes.fromhex(entry["identity_key"])
+                if not isinstance(entry["client"], int) or len(key) != 32:
+                    raise ValueError(f"bad entry {entry!r:.80}")
+                revoked.add((entry["client"], key))
+            if not isinstance(issued_at, int):
+                raise ValueError("issued_at is not an integer")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{path} is not a readable revocation list: {exc}") from exc
+        result = cls(issued_at, frozenset(revoked), str(path))
+        if result._body() != fields:
+            raise ConfigError(f"{path} is not a readable revocation list: unexpected or duplicated fields")
+        try:
+            Ed25519PublicKey.from_public_bytes(authority_public_key).verify(signature, cls._signed(fields))
+        except (InvalidSignature, ValueError) as exc:
+            raise ConfigError(
+                f"{path} is not signed by the identity authority this process trusts (identity-ca.pub): refusing it"
+            ) from exc
+        return result
+
+
+def revoke(
+    paths: AuthorityPaths, entries: list[tuple[int, bytes]], *, publish_to: Sequence[Path] = ()
+) -> RevocationList:
+    """Add (client id, identity key) pairs to the authority's signed revocation list (AUTHORITY/revoked.json,
+    made if missing), and copy it into each certificates folder of `publish_to`."""
+    authority = load_authority_key(paths)
+    public = authority.public_key().public_bytes_raw()
+    current = RevocationList.load(paths.revoked, public).revoked if paths.revoked.exists() else frozenset()
+    for client_id, key in entries:
+        _check_client_id(client_id)
+        if len(key) != 32:
+            raise ConfigError(f"an identity key is 32 bytes, got {len(key)}")
+    updated = RevocationList(int(time.time()), frozenset(current | {(c, bytes(k)) for c, k in entries}))
+    data = updated.signed_by(authority)
+    write_bytes_atomic(paths.revoked, data)
+    for folder in publish_to:
+        write_bytes_atomic(Path(folder) / REVOKED_FILE, data)
+    return RevocationList(updated.issued_at, updated.revoked, str(paths.revoked))
+
+
+def load_revocations(path: Path | None, certs_folder: Path, authority_public_key: bytes) -> RevocationList | None:
+    """The revocation list named by --revoked, else CERTS/revoked.json if there is one, else None."""
+    if path is None:
+        path = Path(certs_folder) / REVOKED_FILE
+        if not path.exists():
+            return None
+    return RevocationList.load(path, authority_public_key)
+
 
 class IdentityFiles:
     """One logical client's identity in its state folder (STATE_DIR/user-<id>/):
@@ -94,8 +208,9 @@ class IdentityFiles:
     def identity_path(self) -> Path:
         return self.folder / "identity.key"
 
-    def credential(self, authority_public_key: bytes) -> ClientCredential:
-        """This user's credential, checked against the identity authority and our own identity key."""
+    def credential(self, authority_public_key: bytes, revoked: RevocationList | None = None) -> ClientCredential:
+        """This user's credential, checked against the identity authority (signature, expiry), its revocation
+        list when given, and our own identity key."""
         path = self.credential_path
         try:
             credential = ClientCredential.from_bytes(path.read_bytes())
@@ -114,6 +229,8 @@ class IdentityFiles:
             )
         try:
             certified = verify_credential(authority_public_key, credential, client_id=self.user)
+        except CredentialExpired as exc:
+            raise CheckpointError(f"{path}: {exc} for user {self.user}") from exc
         except AuthenticationError as exc:
             raise CheckpointError(
                 f"{path} is not the identity authority's credential for user {self.user}: it "
@@ -129,6 +246,11 @@ class IdentityFiles:
             raise CheckpointError(
                 f"{path} certifies another identity key than {self.identity_path}: have this key "
                 "certified (`mrff certs issue-client`)"
+            )
+        if revoked is not None and revoked.covers(self.user, certified):
+            raise CheckpointError(
+                f"{path}: the identity authority revoked user {self.user}'s identity key ({revoked.source}): "
+                f"make a new key and have it certified (`mrff certs issue-client --force`)"
             )
         return credential
 
@@ -366,19 +488,42 @@ def _check_client_id(client_id: int) -> None:
         raise ConfigError(f"client id {client_id} is outside [0, {MAX_CLIENT_ID}]: the server would refuse it")
 
 
+def _existing_key(out: Path, client_id: int) -> bytes | None:
+    """The identity key the credential at `out` binds `client_id` to (None: none readable for that id)."""
+    try:
+        existing = ClientCredential.from_bytes(out.read_bytes())
+    except (OSError, ProtocolViolation):
+        return None
+    return existing.identity_public_key if existing.client_id == client_id else None
+
+
 def _conflict(out: Path, client_id: int, identity_public_key: bytes) -> str | None:
     """Why writing (client_id -> key) to `out` would re-bind an id, or None if it would not."""
     if not out.exists():
         return None
     try:
         existing = ClientCredential.from_bytes(out.read_bytes())
-    except (OSError, ProtocolViolation):
+    except ProtocolViolation as exc:
+        if "version-1" in str(exc) or "format version" in str(exc):
+            return None  # an old-format credential: re-issuing it is what its message asks for
+        return f"{out} exists and is not a readable credential"
+    except OSError:
         return f"{out} exists and is not a readable credential"
     if existing.client_id != client_id:
         return f"{out} holds the credential of client {existing.client_id}, not {client_id}"
     if existing.identity_public_key != identity_public_key:
         return f"{out} binds client {client_id} to another identity key"
     return None
+
+
+def _expiry(valid_days: float | None) -> int:
+    from mrff_secure.secagg.identity import DEFAULT_VALIDITY_SECONDS
+
+    if valid_days is None:
+        return int(time.time()) + DEFAULT_VALIDITY_SECONDS
+    if not 0 < valid_days <= 3660:
+        raise ConfigError(f"--valid-days must be in (0, 3660], got {valid_days}")
+    return int(time.time() + valid_days * 86400)
 
 
 def issue_client_credential(
@@ -389,26 +534,34 @@ def issue_client_credential(
     *,
     force: bool = False,
     authority: Ed25519PrivateKey | None = None,
+    valid_days: float | None = None,
 ) -> ClientCredential:
-    """Sign (client id -> identity key) with the identity authority and write the credential (100 bytes).
+    """Sign (client id -> identity key, until its expiry) with the identity authority and write the credential.
 
     An existing credential at `out` for another key or id is never replaced without `force`: re-binding
-    an id to another key is exactly what the authority exists to prevent."""
+    an id to another key is exactly what the authority exists to prevent. With `force`, the key it
+    replaces is added to the authority's revocation list (`revoke`), so the old credential stops
+    verifying at every server given the list, not only when it expires."""
     _check_client_id(client_id)
     authority = authority if authority is not None else load_authority_key(paths)
-    credential = issue_credential(authority, client_id, identity_public_key)
+    credential = issue_credential(authority, client_id, identity_public_key, expires_at=_expiry(valid_days))
     out = Path(out)
     problem = _conflict(out, client_id, credential.identity_public_key)
     if problem is not None and not force:
         raise ConfigError(
             f"{problem}; re-binding client {client_id} needs --force (only if that client really "
-            "has a new identity key)"
+            "has a new identity key; the old key is then revoked)"
         )
+    replaced = _existing_key(out, client_id)
+    if replaced is not None and replaced != credential.identity_public_key:
+        revoke(paths, [(client_id, replaced)])
     write_bytes_atomic(out, credential.to_bytes())
     return credential
 
 
-def issue_state_credentials(paths: AuthorityPaths, users: list[int], state_dir: Path, *, force: bool = False) -> int:
+def issue_state_credentials(
+    paths: AuthorityPaths, users: list[int], state_dir: Path, *, force: bool = False, valid_days: float | None = None
+) -> int:
     """Development form: make each user's identity key in its client state folder (if missing) and write
     its credential there (STATE_DIR/user-<id>/credential.bin). Every user is checked before any
     credential is written, so a refusal leaves the folder as it was. Returns the number issued."""
@@ -425,7 +578,9 @@ def issue_state_credentials(paths: AuthorityPaths, users: list[int], state_dir: 
             "identity keys); no credential was written"
         )
     for store, key in zip(stores, keys):
-        issue_client_credential(paths, store.user, key, store.credential_path, force=True, authority=authority)
+        issue_client_credential(
+            paths, store.user, key, store.credential_path, force=True, authority=authority, valid_days=valid_days
+        )
     return len(users)
 
 

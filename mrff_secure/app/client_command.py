@@ -6,9 +6,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mrff_secure.app import options
 from mrff_secure.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mrff_secure.pki import RevocationList
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--identity-ca", type=Path, help="the identity authority's public key (default: CERTS/identity-ca.pub)"
     )
     p.add_argument("--server-name", help="TLS name to check in the server's certificate (default: the host)")
+    p.add_argument(
+        "--revoked",
+        type=Path,
+        help="the identity authority's signed revocation list (default: CERTS/revoked.json if there is one): "
+        "a user whose key it revokes refuses to start",
+    )
     p.add_argument(
         "--client-seed",
         type=int,
@@ -104,15 +114,18 @@ def client_key_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_credentials(users: list[int], state_dir: Path, authority_public_key: bytes) -> None:
-    """Refuse to start unless every hosted user holds the identity authority's credential for its own key."""
+def check_credentials(
+    users: list[int], state_dir: Path, authority_public_key: bytes, revoked: RevocationList | None = None
+) -> None:
+    """Refuse to start unless every hosted user holds the identity authority's credential for its own key,
+    unexpired and not revoked."""
     from client.state import UserStore
     from mrff_secure.errors import CheckpointError
 
     problems = []
     for user in users:
         try:
-            UserStore(state_dir, user).credential(authority_public_key)
+            UserStore(state_dir, user).credential(authority_public_key, revoked)
         except CheckpointError as exc:
             problems.append(str(exc))
     if problems:
@@ -125,7 +138,7 @@ def client_main(args: argparse.Namespace) -> int:
 
     from client.policy import ClientPolicy
     from client.process import Connection, parse_pause, parse_users, run_process
-    from mrff_secure.pki import CertPaths, load_authority_public_key, read_file
+    from mrff_secure.pki import CertPaths, load_authority_public_key, load_revocations, read_file
     from mrff_secure.wire import signing
 
     options.resolve(args, "client")
@@ -150,7 +163,8 @@ def client_main(args: argparse.Namespace) -> int:
         server_name=args.server_name,
         client_certificate=bool(args.mtls) and not args.insecure,
     )
-    check_credentials(users, args.state_dir, connection.authority_public_key)  # before data, before the network
+    revoked = load_revocations(args.revoked, certs.folder, connection.authority_public_key)
+    check_credentials(users, args.state_dir, connection.authority_public_key, revoked)  # before data and network
     seed = args.client_seed if args.client_seed is not None else int.from_bytes(os.urandom(8), "big") >> 1
     data = options.load_dataset(args)
     pause = parse_pause(args.pause_after) if args.pause_after else None

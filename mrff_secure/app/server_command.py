@@ -45,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the dataset's public schema (`mrff schema`): the server then reads "
         "no dataset file (default: derive it from --dataset)",
     )
+    p.add_argument(
+        "--revoked",
+        type=Path,
+        default=None,
+        help="the identity authority's signed revocation list (`mrff certs revoke`): enrolment of a "
+        "revoked key is refused (default: CERTS/revoked.json if there is one)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, with gRPC's own lines")
     options.add_options(p, "server")
     p.set_defaults(handler="mrff_secure.app.server_command:server_main")
@@ -98,8 +105,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--out", type=Path, help="one client: where to write its credential")
     i.add_argument("--users", help="development form: ids like 0-99; keys and credentials in --state-dir")
     i.add_argument("--state-dir", type=Path, help="development form: the clients' state folder (user-<id>/)")
-    i.add_argument("--force", action="store_true", help="replace a credential that binds the id to another key")
+    i.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a credential that binds the id to another key (the replaced key is revoked: "
+        "AUTHORITY/revoked.json)",
+    )
+    i.add_argument(
+        "--valid-days", type=float, default=None, help="the credentials expire after this many days (default: 365)"
+    )
     i.set_defaults(handler="mrff_secure.app.server_command:issue_client_main")
+    rv = csub.add_parser(
+        "revoke",
+        help="the identity authority revokes a client's identity key (signed list AUTHORITY/revoked.json)",
+        description="Add (client id, identity key) to the authority's signed revocation list. The key: "
+        "--identity-pub FILE or --credential FILE (the credential that certifies it). --certs CERTS copies "
+        "the list there: `mrff server` reads CERTS/revoked.json (or --revoked FILE) and refuses to enrol a "
+        "revoked key; `mrff client` refuses to start with one.",
+    )
+    rv.add_argument("--authority", type=Path, default=Path("authority"), help="the authority's folder")
+    rv.add_argument("--client-id", type=int, required=True, help="the client whose key is revoked")
+    rv.add_argument("--identity-pub", type=Path, help="the revoked Ed25519 identity public key (PEM)")
+    rv.add_argument("--credential", type=Path, help="or: a credential that certifies the revoked key")
+    rv.add_argument("--certs", type=Path, action="append", default=[], help="copy the list here (repeatable)")
+    rv.set_defaults(handler="mrff_secure.app.server_command:revoke_main")
 
     a = sub.add_parser("audit-log", help="inspect a run's hash-chained, signed audit log")
     asub = a.add_subparsers(dest="audit_command", required=True)
@@ -202,16 +231,47 @@ def issue_client_main(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "the development form takes --users and --state-dir (not --client-id, --identity-pub or --out)"
             )
-        count = issue_state_credentials(paths, parse_users(args.users), args.state_dir, force=args.force)
+        count = issue_state_credentials(
+            paths, parse_users(args.users), args.state_dir, force=args.force, valid_days=args.valid_days
+        )
         print(f"issued {count} credentials into {args.state_dir}/user-<id>/credential.bin")
         return 0
     if args.client_id is None or args.identity_pub is None or args.out is None or args.state_dir is not None:
         raise ConfigError("give --client-id, --identity-pub and --out (or, for development, --users with --state-dir)")
     key = load_identity_public_key(args.identity_pub)
-    issue_client_credential(paths, args.client_id, key, args.out, force=args.force)
+    issue_client_credential(paths, args.client_id, key, args.out, force=args.force, valid_days=args.valid_days)
     print(
         f"issued the credential of client {args.client_id} to {args.out}: copy it to the client's "
         f"STATE_DIR/user-{args.client_id}/credential.bin"
+    )
+    return 0
+
+
+def revoke_main(args: argparse.Namespace) -> int:
+    from mrff_secure.pki import AuthorityPaths, load_identity_public_key, revoke
+    from mrff_secure.secagg.identity import ClientCredential
+
+    if (args.identity_pub is None) == (args.credential is None):
+        raise ConfigError("give the revoked key: --identity-pub FILE or --credential FILE (one of them)")
+    if args.identity_pub is not None:
+        key = load_identity_public_key(args.identity_pub)
+    else:
+        from mrff_secure.errors import ProtocolViolation
+        from mrff_secure.pki import read_file
+
+        try:
+            credential = ClientCredential.from_bytes(read_file(args.credential, "credential"))
+        except ProtocolViolation as exc:
+            raise ConfigError(f"{args.credential} is not a readable credential: {exc}") from exc
+        if credential.client_id != args.client_id:
+            raise ConfigError(f"{args.credential} certifies client {credential.client_id}, not {args.client_id}")
+        key = credential.identity_public_key
+    paths = AuthorityPaths(args.authority)
+    listed = revoke(paths, [(args.client_id, key)], publish_to=args.certs)
+    copies = f"; copied to {', '.join(str(c) for c in args.certs)}" if args.certs else ""
+    print(
+        f"revoked client {args.client_id}'s key {key.hex()[:16]}...: {len(listed.revoked)} revoked in "
+        f"{paths.revoked}{copies} (give it to the server: CERTS/revoked.json or --revoked)"
     )
     return 0
 
@@ -395,14 +455,18 @@ def _resolve_server(args: argparse.Namespace) -> dict:
 def server_main(args: argparse.Namespace) -> int:
     from mrff_secure.data.schema import PublicSchema
     from mrff_secure.dp.config import default_delta
-    from mrff_secure.pki import CertPaths, load_authority_public_key
+    from mrff_secure.pki import CertPaths, load_authority_public_key, load_revocations
     from mrff_secure.wire import signing
-    from server.coordinator import Coordinator
     from server.message_caps import MessageCaps
+    from server.revocation import RevocationCheckingCoordinator
     from server.service import TlsFiles, create_server
 
     _resolve_server(args)
     resume, run_dir = args.resume, Path(args.run_dir)
+    certs = CertPaths(args.certs)
+    authority_public_key = load_authority_public_key(certs.identity_ca_pub)
+    refuse_authority_key([certs.folder, run_dir], authority_public_key)  # W15: before anything else is read
+    revoked = load_revocations(args.revoked, certs.folder, authority_public_key)
     if args.schema is not None:
         data = PublicSchema.load(args.schema)  # no user data in this process at all
     else:
@@ -416,14 +480,11 @@ def server_main(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    certs = CertPaths(args.certs)
-    authority_public_key = load_authority_public_key(certs.identity_ca_pub)
-    refuse_authority_key([certs.folder, run_dir], authority_public_key)
     signing_key = signing.load_private_key(certs.signing_key)
     spec = round_spec(args, data.maxlen)
     if args.target_epsilon is not None:
         spec = _calibrated(spec, args, data)
-    coordinator = Coordinator(
+    coordinator = RevocationCheckingCoordinator(
         run_dir,
         _server_settings(args),
         options.model_config(args, data.maxlen),
@@ -431,6 +492,7 @@ def server_main(args: argparse.Namespace) -> int:
         spec,
         signing_key,
         authority_public_key=authority_public_key,
+        revoked=revoked,
         resume=resume,
         on_round_line=lambda line: print(line, flush=True),
     )
