@@ -79,7 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--run-dir. --certs CERTS copies the public key (only) into the server's and clients' folder.",
     )
     au.add_argument("--out", type=Path, required=True, help="the authority's folder (not a --certs folder)")
-    au.add_argument("--certs", type=Path, action="append", default=[], help="copy identity-ca.pub here (repeatable)")
+    au.add_argument(
+        "--certs", type=Path, action="append", default=[], help="copy identity-ca.pub here (repeatable) (default: none)"
+    )
     au.add_argument("--overwrite", action="store_true", help="replace an existing authority in --out")
     au.set_defaults(handler="mrff_secure.app.server_command:authority_main")
     i = csub.add_parser(
@@ -123,11 +125,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the list there: `mrff server` reads CERTS/revoked.json (or --revoked FILE) and refuses to enrol a "
         "revoked key; `mrff client` refuses to start with one.",
     )
-    rv.add_argument("--authority", type=Path, default=Path("authority"), help="the authority's folder")
+    rv.add_argument(
+        "--authority", type=Path, default=Path("authority"), help="the authority's folder (default: authority)"
+    )
     rv.add_argument("--client-id", type=int, required=True, help="the client whose key is revoked")
     rv.add_argument("--identity-pub", type=Path, help="the revoked Ed25519 identity public key (PEM)")
     rv.add_argument("--credential", type=Path, help="or: a credential that certifies the revoked key")
-    rv.add_argument("--certs", type=Path, action="append", default=[], help="copy the list here (repeatable)")
+    rv.add_argument(
+        "--certs", type=Path, action="append", default=[], help="copy the list here (repeatable) (default: none)"
+    )
     rv.set_defaults(handler="mrff_secure.app.server_command:revoke_main")
 
     a = sub.add_parser("audit-log", help="inspect a run's hash-chained, signed audit log")
