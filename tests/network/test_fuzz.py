@@ -185,7 +185,7 @@ def before_round(f: Fuzzer) -> None:
             ),
             grpc.StatusCode.PERMISSION_DENIED,
         )
-    # 8. oversized (server runs with --max-upload-mib 1)
+    # 8. oversized: far over the run's computed receive cap (server/message_caps.py)
     for i in range(4):
         request = pb.SubmitRequest(round_id=0, phase=1, stage=1, payload=bytes((1 << 20) + 10 + i))
         f.expect_refused(
@@ -329,7 +329,9 @@ def test_fuzz_thousand_hostile_messages_then_a_normal_round(tmp_path, certs, pro
     assert sum(f.codes.values()) == f.sent
     records = harness.audit_records(run_dir)
     rejected = [r for r in records if r["type"] == "rejected"]
-    assert len(rejected) >= f.sent  # one entry per refused message (the clients' own late calls may add some)
+    # one entry per refused message (the clients' own late calls may add some), except the 4 oversized ones:
+    # gRPC refuses those itself, over the run's computed receive cap, before any handler sees them
+    assert len(rejected) >= f.sent - 4
     rounds = harness.round_records(run_dir)
     assert len(rounds) == 1 and rounds[0]["type"] == "round"
     assert HOSTILE in rounds[0]["participants"]
