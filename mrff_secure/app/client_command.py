@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("client", help="run logical clients against `mrff server` (TLS by default)")
+    p = sub.add_parser("client", help="run logical clients against `mrff server` (mutual TLS by default)")
     p.add_argument(
         "--server", default="127.0.0.1:50051", help="host:port of the coordinator (default: 127.0.0.1:50051)"
     )

@@ -31,7 +31,7 @@ NETWORK_DP_MODES = ("off", "distributed")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "server",
-        help="run the gRPC coordinator (TLS by default)",
+        help="run the gRPC coordinator (mutual TLS by default)",
         description="The coordinator of secure rounds over gRPC. A new run needs --run-dir; "
         "--run-dir DIR --resume continues it after a crash with its own configuration.",
     )
