@@ -66,13 +66,14 @@ from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.dp import DPConfig
 from mrff_secure.dp.accounting import json_epsilon
-from mrff_secure.errors import ConfigError
+from mrff_secure.errors import ConfigError, PrivacyError
 from mrff_secure.federation.client_shard import UpdateTransform
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
 from mrff_secure.federation.privacy_summary import noise_source
 from mrff_secure.federation.simulation import FederatedSimulation, RoundObserver, ServerView
 from mrff_secure.provenance import source_commit
 from mrff_secure.round.accountant import SAMPLING_TEXT, RoundAccountant
+from mrff_secure.round.release import RoundRelease
 from mrff_secure.round.spec import SUM_VIEWS, PrivacySettings, SecureAggregation, ThreatModel
 
 AUDIT_MODULUS_BITS = 48  # the ring of the grid's secure cells (its committed results were measured with it)
@@ -241,14 +242,18 @@ def _claim(pipeline: PrivacyPipeline, *, misreport_noise: float = 1.0) -> tuple[
     at a noise multiplier scaled by it, accounted as if that were the noise added.
     """
     accountant = pipeline.accountant
+    if not all(isinstance(entry, RoundRelease) for entry, _ in accountant.history):
+        raise PrivacyError("an audited simulation's history holds training rounds only")
     if misreport_noise != 1.0:
         claimed = RoundAccountant(delta=accountant.delta, sample_rate=accountant.sample_rate)
         for release, rounds in accountant.history:
+            assert isinstance(release, RoundRelease)  # checked above
             for _ in range(rounds):
                 claimed.step(release=release.with_noise_multiplier(release.noise_multiplier * misreport_noise))
         accountant = claimed
     account = accountant.account()
     release = accountant.history[-1][0]
+    assert isinstance(release, RoundRelease)  # checked above
     claim = {
         "epsilon": json_epsilon(account.epsilon),
         "delta": account.delta,

@@ -49,7 +49,10 @@ def seeded_identities(ids: Iterable[int], seed: bytes) -> Identities:
     """make_identities, but every key derived from `seed` (a reproducible authority and clients)."""
     authority = Ed25519PrivateKey.from_private_bytes(derive(seed, "authority"))
     keys = {c: Ed25519PrivateKey.from_private_bytes(derive(seed, "identity", c)) for c in ids}
-    credentials = {c: issue_credential(authority, c, primitives.identity_public_bytes(k)) for c, k in keys.items()}
+    credentials = {  # a fixed expiry (2100-01-01): the credentials' bytes, hence the graph, are reproducible
+        c: issue_credential(authority, c, primitives.identity_public_bytes(k), expires_at=4_102_444_800)
+        for c, k in keys.items()
+    }
     return Identities(authority, keys, credentials)
 
 

@@ -163,12 +163,13 @@ def describe(diagnosis: Diagnosis, connection: Connection) -> str:
         if connection.client_certificate is None:
             return (
                 f"{where} the server closed the connection after the TLS handshake: it requires a client "
-                "certificate (mutual TLS): pass --mtls, with a client certificate (CERTS/client.crt, client.key) "
-                "signed by the CA the server trusts for clients"
+                "certificate (mutual TLS, the default): present one (CERTS/client.crt, client.key) signed by the "
+                "CA the server trusts for clients, without --insecure-no-mtls"
             )
         return (
-            f"{where} the server requires a client certificate (mutual TLS): pass --mtls "
-            "(the client certificate and key are read from CERTS/client.crt and CERTS/client.key)"
+            f"{where} the server requires a client certificate (mutual TLS, the default): drop "
+            "--insecure-no-mtls (the client certificate and key are read from CERTS/client.crt and "
+            "CERTS/client.key)"
         )
     if kind == "not_tls":
         return (

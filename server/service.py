@@ -25,6 +25,7 @@ from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server import errors
 from server.coordinator import Coordinator
 from server.enrol_challenges import TooManyChallenges
+from server.message_caps import MessageCaps
 
 log = logging.getLogger("mrff.server")
 
@@ -131,9 +132,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
 class CoordinatorService:
     """Parses requests, calls the coordinator, maps its errors to statuses."""
 
-    def __init__(self, coordinator: Coordinator, max_upload_bytes: int) -> None:
+    def __init__(self, coordinator: Coordinator, caps: MessageCaps) -> None:
         self.coordinator = coordinator
-        self.max_upload = max_upload_bytes
+        self.caps = caps  # the largest request each method of this run can legitimately be
 
     def _call(
         self,
@@ -145,8 +146,11 @@ class CoordinatorService:
     ) -> bytes:
         client = _client_id(_metadata(context.invocation_metadata()))
         try:
-            if len(raw) > self.max_upload:
-                raise Oversized(f"message of {len(raw)} bytes exceeds the limit of {self.max_upload}")
+            if len(raw) > self.caps.of(name):  # before parsing: nothing of it is kept
+                raise Oversized(
+                    f"{name} request of {len(raw)} bytes is over this run's limit of {self.caps.of(name)} bytes "
+                    f"for {name}"
+                )
             try:
                 request = request_type.FromString(raw)
             except (DecodeError, ValueError) as exc:
@@ -244,16 +248,28 @@ def create_server(
     tls: TlsFiles | None,
     max_upload_bytes: int = limits.DEFAULT_MAX_UPLOAD_BYTES,
     max_workers: int = 2048,
+    caps: MessageCaps | None = None,
 ) -> tuple[grpc.Server, int]:
     """A started-ready (not yet started) server bound to `address` ("host:port", port 0 = any);
-    returns (server, bound port). tls=None binds an insecure port: only for `--insecure`."""
-    # gRPC's own cap is 4x ours, so most oversized messages reach the servicer and get audited.
+    returns (server, bound port). tls=None binds an insecure port: only for `--insecure`.
+
+    caps: the largest request of each method (default: computed from the coordinator's model layout and
+    round spec, ConfigError if that is over max_upload_bytes). gRPC itself refuses any message over the
+    largest of them (RESOURCE_EXHAUSTED, before it is buffered whole); the servicer refuses, and audits, a
+    request over its own method's cap."""
+    if caps is None:
+        caps = MessageCaps.for_run(
+            coordinator.layout,
+            coordinator.base_spec,
+            num_neighbours=coordinator.settings.num_neighbours,
+            ceiling=max_upload_bytes,
+        )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mrff-rpc"),
         interceptors=[AuthInterceptor(coordinator)],
-        options=limits.server_options(4 * max_upload_bytes),
+        options=limits.server_options(caps.receive),
     )
-    server.add_generic_rpc_handlers([CoordinatorService(coordinator, max_upload_bytes).handler()])
+    server.add_generic_rpc_handlers([CoordinatorService(coordinator, caps).handler()])
     try:
         if tls is None:
             port = server.add_insecure_port(address)

@@ -6,13 +6,17 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mrff_secure.app import options
 from mrff_secure.errors import ConfigError
 
+if TYPE_CHECKING:
+    from mrff_secure.pki import RevocationList
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("client", help="run logical clients against `mrff server` (TLS by default)")
+    p = sub.add_parser("client", help="run logical clients against `mrff server` (mutual TLS by default)")
     p.add_argument(
         "--server", default="127.0.0.1:50051", help="host:port of the coordinator (default: 127.0.0.1:50051)"
     )
@@ -29,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--identity-ca", type=Path, help="the identity authority's public key (default: CERTS/identity-ca.pub)"
     )
     p.add_argument("--server-name", help="TLS name to check in the server's certificate (default: the host)")
+    p.add_argument(
+        "--revoked",
+        type=Path,
+        help="the identity authority's signed revocation list (default: CERTS/revoked.json if there is one): "
+        "a user whose key it revokes refuses to start",
+    )
     p.add_argument(
         "--client-seed",
         type=int,
@@ -131,15 +141,18 @@ def client_key_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_credentials(users: list[int], state_dir: Path, authority_public_key: bytes) -> None:
-    """Refuse to start unless every hosted user holds the identity authority's credential for its own key."""
+def check_credentials(
+    users: list[int], state_dir: Path, authority_public_key: bytes, revoked: RevocationList | None = None
+) -> None:
+    """Refuse to start unless every hosted user holds the identity authority's credential for its own key,
+    unexpired and not revoked."""
     from client.state import UserStore
     from mrff_secure.errors import CheckpointError
 
     problems = []
     for user in users:
         try:
-            UserStore(state_dir, user).credential(authority_public_key)
+            UserStore(state_dir, user).credential(authority_public_key, revoked)
         except CheckpointError as exc:
             problems.append(str(exc))
     if problems:
@@ -152,7 +165,7 @@ def client_main(args: argparse.Namespace) -> int:
 
     from client.policy import ClientPolicy
     from client.process import Connection, parse_pause, parse_users, run_process
-    from mrff_secure.pki import CertPaths, load_authority_public_key, read_file
+    from mrff_secure.pki import CertPaths, load_authority_public_key, load_revocations, read_file
     from mrff_secure.wire import signing
 
     options.resolve(args, "client")
@@ -160,7 +173,7 @@ def client_main(args: argparse.Namespace) -> int:
     users = parse_users(args.users)
     certs = CertPaths(args.certs)
     credentials = None
-    if not args.insecure:
+    if not args.insecure:  # mutual TLS by default: we present CERTS/client.crt (--insecure-no-mtls: none)
         ca = read_file(args.ca or certs.ca_crt, "CA certificate")
         if args.mtls:
             credentials = grpc.ssl_channel_credentials(
@@ -168,8 +181,6 @@ def client_main(args: argparse.Namespace) -> int:
             )
         else:
             credentials = grpc.ssl_channel_credentials(ca)
-    elif args.mtls:
-        raise ConfigError("--mtls needs TLS; drop --insecure")
     connection = Connection(
         target=args.server,
         credentials=credentials,
@@ -177,8 +188,10 @@ def client_main(args: argparse.Namespace) -> int:
         authority_public_key=load_authority_public_key(args.identity_ca or certs.identity_ca_pub),
         retry_timeout=args.retry_timeout,
         server_name=args.server_name,
+        client_certificate=bool(args.mtls) and not args.insecure,
     )
-    check_credentials(users, args.state_dir, connection.authority_public_key)  # before data, before the network
+    revoked = load_revocations(args.revoked, certs.folder, connection.authority_public_key)
+    check_credentials(users, args.state_dir, connection.authority_public_key, revoked)  # before data and network
     seed = args.client_seed if args.client_seed is not None else int.from_bytes(os.urandom(8), "big") >> 1
     data = options.load_dataset(args)
     pause = parse_pause(args.pause_after) if args.pause_after else None

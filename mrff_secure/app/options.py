@@ -204,7 +204,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("network", "address", str, "127.0.0.1:50051", "host:port (the server binds it, clients connect to it; "
                                                      "port 0: any free port, server only)"),
     _o("network", "certs", Path, "certs", "folder written by `mrff certs`"),
-    _o("network", "mtls", bool, False, "mutual TLS: clients present CERTS/client.crt"),
+    _o("network", "mtls", bool, True, "mutual TLS: the server accepts only clients presenting a certificate of "
+                                     "its CA, clients present CERTS/client.crt; turning it off makes the server "
+                                     "print a warning", negative_flag="--insecure-no-mtls"),
     _o("network", "insecure", bool, False, "plaintext gRPC (no TLS): only for debugging on loopback"),
     _o("network", "train_timeout", float, 120.0, "seconds for local training (announcement to keys)", above=0.0),
     _o("network", "stage_timeout", float, 30.0, "seconds per secure-aggregation stage", above=0.0),

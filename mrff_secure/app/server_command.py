@@ -31,7 +31,7 @@ NETWORK_DP_MODES = ("off", "distributed")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "server",
-        help="run the gRPC coordinator (TLS by default)",
+        help="run the gRPC coordinator (mutual TLS by default)",
         description="The coordinator of secure rounds over gRPC. A new run needs --run-dir; "
         "--run-dir DIR --resume continues it after a crash with its own configuration.",
     )
@@ -45,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the dataset's public schema (`mrff schema`): the server then reads "
         "no dataset file (default: derive it from --dataset)",
     )
+    p.add_argument(
+        "--revoked",
+        type=Path,
+        default=None,
+        help="the identity authority's signed revocation list (`mrff certs revoke`): enrolment of a "
+        "revoked key is refused (default: CERTS/revoked.json if there is one)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, with gRPC's own lines")
     options.add_options(p, "server")
     p.set_defaults(handler="mrff_secure.app.server_command:server_main")
@@ -56,23 +63,41 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = sub.add_parser(
         "certs",
-        help="make a development PKI (TLS CA, server/client certificates, signing key, "
-        "identity authority); `mrff certs issue-client` certifies clients",
+        help="make a development PKI (TLS CA, server/client certificates, signing key); `mrff certs "
+        "authority` makes the identity authority apart, `mrff certs issue-client` certifies clients",
     )
     c.add_argument("--out", type=Path, default=Path("certs"), help="the folder to write (default: certs)")
     c.add_argument("--host", action="append", default=[], help="extra server host name or IP (repeatable)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing PKI in --out")
     c.set_defaults(handler="mrff_secure.app.server_command:certs_main")
     csub = c.add_subparsers(dest="certs_command")
+    au = csub.add_parser(
+        "authority",
+        help="make the identity authority's key pair in a folder of its own (offline, never the server's)",
+        description="Write AUTHORITY_DIR/identity-ca.key (mode 0600) and identity-ca.pub. Keep the folder "
+        "off the server: a server refuses to start if it can read identity-ca.key in its --certs or "
+        "--run-dir. --certs CERTS copies the public key (only) into the server's and clients' folder.",
+    )
+    au.add_argument("--out", type=Path, required=True, help="the authority's folder (not a --certs folder)")
+    au.add_argument(
+        "--certs", type=Path, action="append", default=[], help="copy identity-ca.pub here (repeatable) (default: none)"
+    )
+    au.add_argument("--overwrite", action="store_true", help="replace an existing authority in --out")
+    au.set_defaults(handler="mrff_secure.app.server_command:authority_main")
     i = csub.add_parser(
         "issue-client",
         help="the identity authority certifies client identity keys (offline)",
-        description="Sign (client id -> identity key) with CERTS/identity-ca.key. One client: "
+        description="Sign (client id -> identity key) with AUTHORITY/identity-ca.key. One client: "
         "--client-id N --identity-pub FILE --out FILE. Development: --users 0-99 "
         "--state-dir DIR makes missing keys in DIR/user-<id>/ and writes each "
         "credential.bin beside them. An id bound to another key is refused without --force.",
     )
-    i.add_argument("--certs", type=Path, default=Path("certs"), help="folder holding identity-ca.key (default: certs)")
+    i.add_argument(
+        "--authority",
+        type=Path,
+        default=Path("authority"),
+        help="the identity authority's folder (`mrff certs authority --out`; default: authority)",
+    )
     i.add_argument("--client-id", type=int, help="one client: its id (with --identity-pub and --out)")
     i.add_argument(
         "--identity-pub",
@@ -82,8 +107,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--out", type=Path, help="one client: where to write its credential")
     i.add_argument("--users", help="development form: ids like 0-99; keys and credentials in --state-dir")
     i.add_argument("--state-dir", type=Path, help="development form: the clients' state folder (user-<id>/)")
-    i.add_argument("--force", action="store_true", help="replace a credential that binds the id to another key")
+    i.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a credential that binds the id to another key (the replaced key is revoked: "
+        "AUTHORITY/revoked.json)",
+    )
+    i.add_argument(
+        "--valid-days", type=float, default=None, help="the credentials expire after this many days (default: 365)"
+    )
     i.set_defaults(handler="mrff_secure.app.server_command:issue_client_main")
+    rv = csub.add_parser(
+        "revoke",
+        help="the identity authority revokes a client's identity key (signed list AUTHORITY/revoked.json)",
+        description="Add (client id, identity key) to the authority's signed revocation list. The key: "
+        "--identity-pub FILE or --credential FILE (the credential that certifies it). --certs CERTS copies "
+        "the list there: `mrff server` reads CERTS/revoked.json (or --revoked FILE) and refuses to enrol a "
+        "revoked key; `mrff client` refuses to start with one.",
+    )
+    rv.add_argument(
+        "--authority", type=Path, default=Path("authority"), help="the authority's folder (default: authority)"
+    )
+    rv.add_argument("--client-id", type=int, required=True, help="the client whose key is revoked")
+    rv.add_argument("--identity-pub", type=Path, help="the revoked Ed25519 identity public key (PEM)")
+    rv.add_argument("--credential", type=Path, help="or: a credential that certifies the revoked key")
+    rv.add_argument(
+        "--certs", type=Path, action="append", default=[], help="copy the list here (repeatable) (default: none)"
+    )
+    rv.set_defaults(handler="mrff_secure.app.server_command:revoke_main")
 
     a = sub.add_parser("audit-log", help="inspect a run's hash-chained, signed audit log")
     asub = a.add_subparsers(dest="audit_command", required=True)
@@ -144,8 +195,22 @@ def certs_main(args: argparse.Namespace) -> int:
     paths = make_dev_pki(args.out, hosts=args.host, overwrite=args.overwrite)
     print(
         f"wrote the development PKI to {paths.folder}: ca.crt, server.crt/key, client.crt/key, "
-        "signing.key/pub, identity-ca.key/pub (keys mode 0600; for development only; keep identity-ca.key "
-        "offline and certify clients with `mrff certs issue-client`)"
+        "signing.key/pub (keys mode 0600; for development only); make the identity authority apart with "
+        f"`mrff certs authority --out AUTHORITY_DIR --certs {paths.folder}`"
+    )
+    return 0
+
+
+def authority_main(args: argparse.Namespace) -> int:
+    from mrff_secure.pki import make_authority, publish_authority
+
+    options.writable_folder(args.out, "--out")
+    paths = make_authority(args.out, overwrite=args.overwrite)
+    copies = [str(publish_authority(paths, folder)) for folder in args.certs]
+    print(
+        f"wrote the identity authority to {paths.folder}: identity-ca.key (mode 0600: keep it offline, never "
+        f"where a server can read it) and identity-ca.pub"
+        + (f"; copied the public key to {', '.join(copies)}" if copies else "")
     )
     return 0
 
@@ -168,9 +233,14 @@ def schema_main(args: argparse.Namespace) -> int:
 
 def issue_client_main(args: argparse.Namespace) -> int:
     from client.process import parse_users
-    from mrff_secure.pki import CertPaths, issue_client_credential, issue_state_credentials, load_identity_public_key
+    from mrff_secure.pki import (
+        AuthorityPaths,
+        issue_client_credential,
+        issue_state_credentials,
+        load_identity_public_key,
+    )
 
-    paths = CertPaths(args.certs)
+    paths = AuthorityPaths(args.authority)
     if args.out is not None:
         options.writable_file(args.out, "--out")
     if args.users is not None:
@@ -178,16 +248,47 @@ def issue_client_main(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "the development form takes --users and --state-dir (not --client-id, --identity-pub or --out)"
             )
-        count = issue_state_credentials(paths, parse_users(args.users), args.state_dir, force=args.force)
+        count = issue_state_credentials(
+            paths, parse_users(args.users), args.state_dir, force=args.force, valid_days=args.valid_days
+        )
         print(f"issued {count} credentials into {args.state_dir}/user-<id>/credential.bin")
         return 0
     if args.client_id is None or args.identity_pub is None or args.out is None or args.state_dir is not None:
         raise ConfigError("give --client-id, --identity-pub and --out (or, for development, --users with --state-dir)")
     key = load_identity_public_key(args.identity_pub)
-    issue_client_credential(paths, args.client_id, key, args.out, force=args.force)
+    issue_client_credential(paths, args.client_id, key, args.out, force=args.force, valid_days=args.valid_days)
     print(
         f"issued the credential of client {args.client_id} to {args.out}: copy it to the client's "
         f"STATE_DIR/user-{args.client_id}/credential.bin"
+    )
+    return 0
+
+
+def revoke_main(args: argparse.Namespace) -> int:
+    from mrff_secure.pki import AuthorityPaths, load_identity_public_key, revoke
+    from mrff_secure.secagg.identity import ClientCredential
+
+    if (args.identity_pub is None) == (args.credential is None):
+        raise ConfigError("give the revoked key: --identity-pub FILE or --credential FILE (one of them)")
+    if args.identity_pub is not None:
+        key = load_identity_public_key(args.identity_pub)
+    else:
+        from mrff_secure.errors import ProtocolViolation
+        from mrff_secure.pki import read_file
+
+        try:
+            credential = ClientCredential.from_bytes(read_file(args.credential, "credential"))
+        except ProtocolViolation as exc:
+            raise ConfigError(f"{args.credential} is not a readable credential: {exc}") from exc
+        if credential.client_id != args.client_id:
+            raise ConfigError(f"{args.credential} certifies client {credential.client_id}, not {args.client_id}")
+        key = credential.identity_public_key
+    paths = AuthorityPaths(args.authority)
+    listed = revoke(paths, [(args.client_id, key)], publish_to=args.certs)
+    copies = f"; copied to {', '.join(str(c) for c in args.certs)}" if args.certs else ""
+    print(
+        f"revoked client {args.client_id}'s key {key.hex()[:16]}...: {len(listed.revoked)} revoked in "
+        f"{paths.revoked}{copies} (give it to the server: CERTS/revoked.json or --revoked)"
     )
     return 0
 
@@ -237,6 +338,22 @@ def audit_verify_main(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ server
+def refuse_authority_key(folders: list[Path], authority_public_key: bytes) -> None:
+    """ConfigError naming the file if this process can read the identity authority's private key in `folders`
+    (by its name, identity-ca.key, or by its content: any PEM private key of the authority's public key)."""
+    from mrff_secure.pki import readable_authority_keys
+
+    found = readable_authority_keys(folders, authority_public_key)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise ConfigError(
+            f"refusing to start: {found[0]}{more} is the identity authority's private key (or named like it) and "
+            "this server can read it; a server holding it can certify clients of its own (sybils, W15 in "
+            "SECURITY.md). Move it off this machine (`mrff certs authority --out` makes the authority in a "
+            "folder of its own) and start again"
+        )
+
+
 def round_spec(args: argparse.Namespace, maxlen: int) -> RoundSpec:
     """The round parameters the server proposes, validated as `mrff train` validates its own.
 
@@ -397,13 +514,18 @@ def _resolve_server(args: argparse.Namespace) -> dict:
 def server_main(args: argparse.Namespace) -> int:
     from mrff_secure.data.schema import PublicSchema
     from mrff_secure.dp.config import default_delta
-    from mrff_secure.pki import CertPaths, load_authority_public_key
+    from mrff_secure.pki import CertPaths, load_authority_public_key, load_revocations
     from mrff_secure.wire import signing
-    from server.coordinator import Coordinator
+    from server.message_caps import MessageCaps
+    from server.revocation import RevocationCheckingCoordinator
     from server.service import TlsFiles, create_server
 
     _resolve_server(args)
     resume, run_dir = args.resume, Path(args.run_dir)
+    certs = CertPaths(args.certs)
+    authority_public_key = load_authority_public_key(certs.identity_ca_pub)
+    refuse_authority_key([certs.folder, run_dir], authority_public_key)  # W15: before anything else is read
+    revoked = load_revocations(args.revoked, certs.folder, authority_public_key)
     if args.schema is not None:
         data = PublicSchema.load(args.schema)  # no user data in this process at all
     else:
@@ -417,34 +539,52 @@ def server_main(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    certs = CertPaths(args.certs)
     signing_key = signing.load_private_key(certs.signing_key)
     spec = round_spec(args, data.maxlen)
     if args.target_epsilon is not None:
         spec = _calibrated(spec, args, data)
-    coordinator = Coordinator(
+    coordinator = RevocationCheckingCoordinator(
         run_dir,
         _server_settings(args),
         options.model_config(args, data.maxlen),
         data,
         spec,
         signing_key,
-        authority_public_key=load_authority_public_key(certs.identity_ca_pub),
+        authority_public_key=authority_public_key,
+        revoked=revoked,
         resume=resume,
         on_round_line=lambda line: print(line, flush=True),
     )
     tls = None if args.insecure else TlsFiles(certs.server_crt, certs.server_key, certs.ca_crt if args.mtls else None)
-    server, port = create_server(
-        args.address, coordinator, tls=tls, max_upload_bytes=args.max_upload_mib << 20, max_workers=args.max_workers
+    if tls is None:
+        print(
+            "WARNING --insecure: plaintext gRPC, no TLS and no client certificates: anyone who can reach this "
+            "port can call the server; only for debugging on loopback",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif tls.client_ca is None:
+        print(
+            "WARNING --insecure-no-mtls: the server accepts TLS clients without a client certificate; any "
+            "outsider who can reach this port can send it requests (W19 in SECURITY.md)",
+            file=sys.stderr,
+            flush=True,
+        )
+    caps = MessageCaps.for_run(
+        coordinator.layout, spec, num_neighbours=args.num_neighbours, ceiling=args.max_upload_mib << 20
     )
+    server, port = create_server(args.address, coordinator, tls=tls, caps=caps, max_workers=args.max_workers)
     host = args.address.rsplit(":", 1)[0]
     server.start()
     write_json_atomic(
         run_dir / ENDPOINT_FILE, {"address": f"{host}:{port}", "pid": os.getpid(), "tls": tls is not None}
     )
+    security = (
+        "INSECURE" if tls is None else ("mutual TLS" if tls.client_ca is not None else "TLS, NO client certificates")
+    )
     print(
-        f"LISTENING {host}:{port} run {coordinator.run_id} ({'TLS' if tls else 'INSECURE'}"
-        f"{', mutual TLS' if args.mtls and tls else ''})",
+        f"LISTENING {host}:{port} run {coordinator.run_id} ({security}; largest request {caps.receive} bytes, "
+        f"Enrol {caps.enrol})",
         flush=True,
     )
 
@@ -505,7 +645,7 @@ def _run_local_policy(args: argparse.Namespace) -> list[str]:
 
 def run_local_main(args: argparse.Namespace) -> int:
     from mrff_secure.audit_log import read_records, verify
-    from mrff_secure.pki import CertPaths, issue_state_credentials, make_dev_pki
+    from mrff_secure.pki import CertPaths, issue_state_credentials, make_authority, make_dev_pki, publish_authority
 
     config = options.resolve(args, "run-local")
     check_int("--client-processes", args.client_processes, low=1)
@@ -517,7 +657,10 @@ def run_local_main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--run-dir {run_dir} is not an empty folder; choose a new --run-dir")
     certs = CertPaths(run_dir / "certs")
     make_dev_pki(certs.folder)
-    issue_state_credentials(certs, list(range(args.clients)), run_dir / "clients")
+    # the identity authority in a folder of its own, never named to the server process (W15)
+    authority = make_authority(run_dir / "authority")
+    publish_authority(authority, certs.folder)
+    issue_state_credentials(authority, list(range(args.clients)), run_dir / "clients")
     config["federation"]["min_clients"] = max(args.min_clients, args.clients)
     # one configuration for both sides: the server and every client read the same file
     shared = options.write_config(run_dir, config, "run-local")

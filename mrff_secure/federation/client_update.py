@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
 
-from mrff_secure.config import ModelConfig
+from mrff_secure.config import SEQUENTIAL_BACKBONES, ModelConfig
 from mrff_secure.data.client_data import AttributeSource, ClientData
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.local_training import predict_clients, train_clients
@@ -27,23 +28,126 @@ def model_config_json(config: ModelConfig) -> str:
     return json.dumps(asdict(config), sort_keys=True)
 
 
-def model_config_from_json(text: str) -> ModelConfig:
+MAX_MODEL_CONFIG_CHARS = 16 * 1024
+"""Longest model configuration JSON a client reads (the real one is a few hundred characters)."""
+MAX_MODEL_PARAMETERS = 1 << 27
+"""Largest model a client builds: 128 Mi parameters (512 MiB at float32). The shared part travels in one
+announcement (at most limits.MAX_ANNOUNCEMENT_BYTES = 256 MiB, 64 Mi float32 values); the cap leaves as
+much again for the client's private part and the item tables."""
+MAX_LAYERS = 8
+"""Most hidden layers of the gate and prediction MLPs."""
+MAX_LAYER_WIDTH = 16_384
+"""Widest hidden layer of the gate and prediction MLPs."""
+_INT_FIELDS = {"attribute_dim": 1024, "num_blocks": 64, "num_heads": 256, "maxlen": 8192, "num_groups": 1024}
+_FLOAT_FIELDS = ("dropout", "balance_alpha")
+_BOOL_FIELDS = ("mrff", "ffn_residual")
+_STR_FIELDS = ("backbone", "routing")
+_LAYER_FIELDS = ("gate_hidden_dims", "prediction_dims")
+
+
+def _field(name: str, value: object) -> object:
+    """One announced field, checked for type and size before anything is built from it."""
+    if name in _INT_FIELDS:
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _INT_FIELDS[name]:
+            raise ConfigError(
+                f"model configuration: {name} must be an integer in [1, {_INT_FIELDS[name]}], got {value!r}"
+            )
+        return value
+    if name in _FLOAT_FIELDS:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ConfigError(f"model configuration: {name} must be a finite number, got {value!r}")
+        return float(value)
+    if name in _BOOL_FIELDS:
+        if not isinstance(value, bool):
+            raise ConfigError(f"model configuration: {name} must be true or false, got {value!r}")
+        return value
+    if name in _STR_FIELDS:
+        if not isinstance(value, str) or len(value) > 64:
+            raise ConfigError(f"model configuration: {name} must be a short string, got {value!r:.80}")
+        return value
+    if name in _LAYER_FIELDS:
+        if (
+            not isinstance(value, list)
+            or len(value) > MAX_LAYERS
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_LAYER_WIDTH for v in value)
+        ):
+            raise ConfigError(
+                f"model configuration: {name} must be a list of at most {MAX_LAYERS} integers in "
+                f"[1, {MAX_LAYER_WIDTH}], got {value!r:.80}"
+            )
+        return tuple(value)
+    raise ConfigError(f"model configuration: unknown field {name!r:.80}")
+
+
+def model_config_from_json(text: str, data: AttributeSource | None = None) -> ModelConfig:
+    """The announced model configuration, every field checked for type and size before any model is built
+    (a hostile server's configuration is refused by name, never allocated). With `data` (the client's own
+    attribute tables) also: maxlen matches the data's, the heads divide the hidden size, and the model's
+    parameter count is at most MAX_MODEL_PARAMETERS."""
+    if not isinstance(text, str) or len(text) > MAX_MODEL_CONFIG_CHARS:
+        size = len(text) if isinstance(text, str) else type(text).__name__
+        raise ConfigError(f"model configuration: at most {MAX_MODEL_CONFIG_CHARS} characters of JSON, got {size}")
     try:
-        fields = json.loads(text)
-        if not isinstance(fields, dict):
-            raise ValueError("not an object")
-        for key in ("gate_hidden_dims", "prediction_dims"):
-            if key in fields:
-                fields[key] = tuple(fields[key])
-        return ModelConfig(**fields)
+        fields = json.loads(text, parse_constant=lambda c: math.nan)
+    except ValueError as exc:
+        raise ConfigError(f"model configuration is not valid JSON: {exc}") from exc
+    if not isinstance(fields, dict):
+        raise ConfigError(f"model configuration must be a JSON object, got {type(fields).__name__}")
+    checked = {name: _field(name, value) for name, value in fields.items()}
+    try:
+        config = ModelConfig(**checked)  # type: ignore[arg-type]
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"model configuration is not valid: {exc}") from exc
+    lower = minimum_parameter_count(config)
+    if lower > MAX_MODEL_PARAMETERS:
+        raise ConfigError(
+            f"model configuration: num_blocks {config.num_blocks} x attribute_dim {config.attribute_dim} (maxlen "
+            f"{config.maxlen}) make at least {lower:,} parameters, over the cap of {MAX_MODEL_PARAMETERS:,}"
+        )
+    if data is not None:
+        maxlen = getattr(data, "maxlen", None)
+        if maxlen is not None and config.maxlen != maxlen:
+            raise ConfigError(f"model configuration: maxlen {config.maxlen} is not this data's history length {maxlen}")
+        check_model_size(config, data)
+    return config
+
+
+def minimum_parameter_count(config: ModelConfig) -> int:
+    """A lower bound on the parameters of any model built from `config`, from the configuration alone: the
+    hidden size is at least attribute_dim (one item attribute field), each sequential block holds at least
+    its attention's 4 h^2 + 4 h, and the position table maxlen x h."""
+    if config.backbone not in SEQUENTIAL_BACKBONES:
+        return 0
+    h = config.attribute_dim
+    return config.num_blocks * (4 * h * h + 4 * h) + config.maxlen * h
+
+
+def check_model_size(config: ModelConfig, data: AttributeSource) -> int:
+    """Refuse (ConfigError naming the field) a configuration whose heads do not divide the hidden size of
+    `data`'s items or whose model has more than MAX_MODEL_PARAMETERS parameters; returns the parameter count.
+    The count builds the model on torch's meta device: shapes only, no memory for values."""
+    hidden = config.attribute_dim * len(data.item_attributes.vocab_sizes)
+    if config.backbone in SEQUENTIAL_BACKBONES and hidden % config.num_heads:
+        raise ConfigError(
+            f"model configuration: num_heads {config.num_heads} does not divide the hidden size {hidden} "
+            f"(attribute_dim {config.attribute_dim} x {len(data.item_attributes.vocab_sizes)} item fields)"
+        )
+    with torch.device("meta"):
+        count = sum(p.numel() for p in build_model(config, data).parameters())
+    if count > MAX_MODEL_PARAMETERS:
+        raise ConfigError(
+            f"model configuration: {count:,} parameters (attribute_dim {config.attribute_dim}, num_blocks "
+            f"{config.num_blocks}, num_groups {config.num_groups}, prediction_dims {config.prediction_dims}) "
+            f"is over the cap of {MAX_MODEL_PARAMETERS:,}"
+        )
+    return count
 
 
 def build_global(
     config: ModelConfig, data: AttributeSource, model_seed: int
 ) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """The model and its initial shared and group parameters (as FederatedSimulation builds them)."""
+    check_model_size(config, data)  # before any allocation
     torch.manual_seed(model_seed)
     model = build_model(config, data)
     roles = parameter_roles(model)

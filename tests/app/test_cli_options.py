@@ -105,7 +105,7 @@ def test_one_name_and_one_default_per_quantity():
             "--sample-rate",
             "--aggregation",
             "--out",
-        } or name in ("schema", "certs", "certs issue-client"), (name, flags)
+        } or name in ("schema", "certs", "certs authority", "certs issue-client"), (name, flags)
         for action in sub._actions:
             option = options.BY_NAME.get(action.dest)
             if option is not None and action.option_strings:

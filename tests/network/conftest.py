@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from mrff_secure.pki import make_dev_pki
+from . import harness
 
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory) -> Path:
-    return make_dev_pki(tmp_path_factory.mktemp("pki")).folder
+    return harness.make_pki(tmp_path_factory.mktemp("pki") / "certs")
 
 
 @pytest.fixture()

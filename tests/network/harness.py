@@ -138,12 +138,37 @@ def start_server(
     return proc, line.split()[1]
 
 
+def client_tls(certs: Path):
+    """The channel credentials of a client of the PKI `certs`: its CA and its client certificate (mutual TLS,
+    the servers' default)."""
+    import grpc
+
+    return grpc.ssl_channel_credentials(
+        (certs / "ca.crt").read_bytes(), (certs / "client.key").read_bytes(), (certs / "client.crt").read_bytes()
+    )
+
+
+def authority_of(certs: Path) -> Path:
+    """The identity authority's folder of the PKI whose certificates folder is `certs` (`make_pki`)."""
+    return certs.parent / f"{certs.name}-authority"
+
+
+def make_pki(certs: Path) -> Path:
+    """A development PKI as an operator makes it: `certs` (TLS, signing key, the authority's public key) and
+    the identity authority apart, in authority_of(certs). Returns `certs`."""
+    from mrff_secure.pki import make_authority, make_dev_pki, publish_authority
+
+    make_dev_pki(certs)
+    publish_authority(make_authority(authority_of(certs)), certs)
+    return certs
+
+
 def issue_credentials(certs: Path, users: str, state_dir: Path) -> None:
     """The identity authority certifies the users' identity keys (made in their state folders if missing)."""
     from client.process import parse_users
-    from mrff_secure.pki import CertPaths, issue_state_credentials
+    from mrff_secure.pki import AuthorityPaths, issue_state_credentials
 
-    issue_state_credentials(CertPaths(certs), parse_users(users), state_dir)
+    issue_state_credentials(AuthorityPaths(authority_of(certs)), parse_users(users), state_dir)
 
 
 def start_clients(

@@ -18,7 +18,6 @@ from client import transport
 from client.report import RoundReporter, RoundResult
 from client.transport import Connection, Transport, classify
 from mrff_secure.errors import ConnectionFailed
-from mrff_secure.pki import make_dev_pki
 
 from . import harness
 
@@ -29,13 +28,15 @@ pytestmark = pytest.mark.timeout(240)
 def pki(tmp_path_factory, certs):
     tmp = tmp_path_factory.mktemp("client-errors")
     harness.issue_credentials(certs, "0", tmp / "state")
-    return tmp, certs, make_dev_pki(tmp / "stranger").folder
+    return tmp, certs, harness.make_pki(tmp / "stranger")
 
 
 @pytest.fixture(scope="module")
 def tls_server(pki):
     tmp, certs, _ = pki
-    server, address = harness.start_server(tmp, certs, tmp / "run-tls", extra=["--min-clients", "50"], name="tls")
+    server, address = harness.start_server(
+        tmp, certs, tmp / "run-tls", extra=["--insecure-no-mtls", "--min-clients", "50"], name="tls"
+    )
     yield address
     server.stop()
 
@@ -43,9 +44,7 @@ def tls_server(pki):
 @pytest.fixture(scope="module")
 def mtls_server(pki):
     tmp, certs, _ = pki
-    server, address = harness.start_server(
-        tmp, certs, tmp / "run-mtls", extra=["--mtls", "--min-clients", "50"], name="mtls"
-    )
+    server, address = harness.start_server(tmp, certs, tmp / "run-mtls", extra=["--min-clients", "50"], name="mtls")
     yield address
     server.stop()
 
@@ -96,11 +95,11 @@ def test_wrong_ca_ends_at_once_naming_the_certificate(pki, tls_server) -> None:
 
 
 def test_mtls_server_without_mtls_names_the_client_certificate(pki, mtls_server) -> None:
-    code, seconds, stderr = run_client(pki, mtls_server, name="no-mtls")
+    code, seconds, stderr = run_client(pki, mtls_server, "--insecure-no-mtls", name="no-mtls")
     assert code == 1, stderr
     assert seconds < 20, (seconds, stderr)
     assert_one_line(stderr)
-    assert "requires a client certificate" in stderr and "--mtls" in stderr
+    assert "requires a client certificate" in stderr and "drop --insecure-no-mtls" in stderr
 
 
 def test_mtls_with_a_client_certificate_of_another_ca_names_the_client_certificate(pki, mtls_server) -> None:
@@ -108,7 +107,6 @@ def test_mtls_with_a_client_certificate_of_another_ca_names_the_client_certifica
     code, seconds, stderr = run_client(
         pki,
         mtls_server,
-        "--mtls",
         "--certs",
         str(stranger),
         "--ca",
@@ -258,7 +256,7 @@ def test_the_ca_file_and_the_client_certificate_are_named_when_known() -> None:
     without = transport.describe(
         classify(CLOSED_AT_CONNECT, tls=True), make_transport(client_certificate=False).connection
     )
-    assert "the server requires a client certificate (mutual TLS): pass --mtls" in without
+    assert "the server requires a client certificate (mutual TLS, the default): drop --insecure-no-mtls" in without
     refused = transport.describe(
         classify(CLOSED_AT_CONNECT, tls=True), make_transport(client_certificate=True).connection
     )

@@ -139,7 +139,10 @@ def test_secure_dp_rounds_over_grpc_equal_the_simulation_bit_for_bit(tmp_path) -
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2/2 rounds completed; audit log intact" in done.stdout
-    assert "(TLS)" in done.stdout
+    assert "(mutual TLS;" in done.stdout
+    # W15: the identity authority's key was made apart, never in the server's certificates or run folder
+    assert (run_dir / "authority" / "identity-ca.key").is_file() and (run_dir / "certs" / "identity-ca.pub").is_file()
+    assert not list(run_dir.glob("certs/*identity-ca.key")) and not list(run_dir.glob("server/**/identity-ca.key"))
 
     server_dir = run_dir / "server"
     records = harness.audit_records(server_dir)

@@ -1,5 +1,5 @@
 """Only clients that trust the server's CA, hold a credential from the identity authority for their
-own id and key, and (with --mtls) present a client certificate can join; clients refuse a server
+own id and key, and present a client certificate (mutual TLS, the default) can join; clients refuse a server
 whose signed parameters do not verify, and refuse to start without a credential of their authority."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from mrff_secure.pki import make_dev_pki
 from mrff_secure.secagg import primitives
 from mrff_secure.secagg.identity import ClientCredential, issue_credential
 from mrff_secure.wire import signing
@@ -28,15 +27,15 @@ def enrol(
     key=None,
     credential_key=None,
 ):
-    """Enrol `key` (default: a fresh one) as `client`, with a credential from the authority in
-    `authority_folder` (None: none) issued for `credential_id` (default: the same id) and for the public
+    """Enrol `key` (default: a fresh one) as `client`, with a credential from the authority of the PKI
+    whose certificates folder is `authority_folder` (None: none) issued for `credential_id` (default: the same id) and for the public
     key of `credential_key` (default: the enrolled key)."""
     channel = grpc.secure_channel(address, credentials) if credentials is not None else grpc.insecure_channel(address)
     key = key if key is not None else primitives.generate_identity_key()
     public = primitives.identity_public_bytes(key)
     credential = b""
     if authority_folder is not None:
-        authority = signing.load_private_key(authority_folder / "identity-ca.key")
+        authority = signing.load_private_key(harness.authority_of(authority_folder) / "identity-ca.key")
         certified = public if credential_key is None else primitives.identity_public_bytes(credential_key)
         credential = issue_credential(
             authority, client if credential_id is None else credential_id, certified
@@ -55,7 +54,7 @@ def code_of(call) -> grpc.StatusCode:
 
 
 def test_tls_credentials_and_signed_parameters(tmp_path, certs, procs) -> None:
-    stranger = make_dev_pki(tmp_path / "stranger").folder  # another CA, identity authority and signing key
+    stranger = harness.make_pki(tmp_path / "stranger")  # another CA, identity authority and signing key
     run_dir = tmp_path / "run"
     server, address = harness.start_server(
         tmp_path,
@@ -64,7 +63,7 @@ def test_tls_credentials_and_signed_parameters(tmp_path, certs, procs) -> None:
         extra=["--rounds", "1", "--min-clients", "3", "--train-timeout", "5", "--stage-timeout", "5"],
     )
     procs.append(server)
-    good_ca = grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes())
+    good_ca = harness.client_tls(certs)
     wrong_ca = grpc.ssl_channel_credentials((stranger / "ca.crt").read_bytes())
 
     assert code_of(lambda: enrol(address, wrong_ca, certs)) == grpc.StatusCode.UNAVAILABLE  # certificate refused
@@ -233,8 +232,8 @@ def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> 
                 "mrff_secure.app.cli",
                 "certs",
                 "issue-client",
-                "--certs",
-                str(certs),
+                "--authority",
+                str(harness.authority_of(certs)),
                 "--client-id",
                 "5",
                 "--identity-pub",
@@ -265,8 +264,9 @@ def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> 
         == signing.load_public_key(second).public_bytes_raw()
     )
 
-    # the other refusals: no authority key in --certs, a file that is no Ed25519 public key, an id the server refuses
-    assert "identity authority's key" in issue(first, "--certs", str(tmp_path)).stderr
+    # the other refusals: no authority key in --authority, a file that is no Ed25519 public key, an id the server
+    # refuses
+    assert "no identity authority key at" in issue(first, "--authority", str(tmp_path)).stderr
     (tmp_path / "garbage.pem").write_text("not a key")
     assert "client's identity public key" in issue(tmp_path / "garbage.pem").stderr
     big = subprocess.run(
@@ -276,8 +276,8 @@ def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> 
             "mrff_secure.app.cli",
             "certs",
             "issue-client",
-            "--certs",
-            str(certs),
+            "--authority",
+            str(harness.authority_of(certs)),
             "--client-id",
             str(2**31),
             "--identity-pub",
@@ -311,7 +311,17 @@ def test_issue_client_bulk_form_refuses_to_rebind_without_force(tmp_path, certs)
         )
 
     def bulk(*extra):
-        return cli("certs", "issue-client", "--certs", str(certs), "--users", "0-2", "--state-dir", str(state), *extra)
+        return cli(
+            "certs",
+            "issue-client",
+            "--authority",
+            str(harness.authority_of(certs)),
+            "--users",
+            "0-2",
+            "--state-dir",
+            str(state),
+            *extra,
+        )
 
     assert bulk().returncode == 0
     authority = certs / "identity-ca.pub"
@@ -337,8 +347,8 @@ def test_issue_client_bulk_form_refuses_to_rebind_without_force(tmp_path, certs)
     single = cli(
         "certs",
         "issue-client",
-        "--certs",
-        str(certs),
+        "--authority",
+        str(harness.authority_of(certs)),
         "--client-id",
         "7",
         "--identity-pub",
@@ -356,7 +366,7 @@ def test_a_resumed_server_keeps_every_binding_of_the_run(tmp_path, certs, procs)
     run_dir = tmp_path / "run"
     server, address = harness.start_server(tmp_path, certs, run_dir, extra=["--min-clients", "50"])
     procs.append(server)
-    channel = grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes())
+    channel = harness.client_tls(certs)
     first = primitives.generate_identity_key()
     assert enrol(address, channel, certs, client=7, key=first).session_token
     server.kill()  # no round ran: the checkpoint on disk predates the enrolment
@@ -371,7 +381,7 @@ def test_a_resumed_server_keeps_every_binding_of_the_run(tmp_path, certs, procs)
 
 
 def test_mutual_tls_requires_a_client_certificate(tmp_path, certs, procs) -> None:
-    server, address = harness.start_server(tmp_path, certs, tmp_path / "run", extra=["--mtls", "--min-clients", "50"])
+    server, address = harness.start_server(tmp_path, certs, tmp_path / "run", extra=["--min-clients", "50"])
     procs.append(server)
     ca = (certs / "ca.crt").read_bytes()
     without = grpc.ssl_channel_credentials(ca)

@@ -163,7 +163,9 @@ def test_protocol_known_answers(vectors):
     for case in data["clients"]:
         client = case["client_id"]
         identity = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(case["identity_key"]))
-        credential = issue_credential(authority, client, primitives.identity_public_bytes(identity))
+        credential = issue_credential(
+            authority, client, primitives.identity_public_bytes(identity), expires_at=data["credential_expires_at"]
+        )
         assert credential.to_bytes().hex() == case["credential"]
         reveal = bytes.fromhex(case["reveal"])
         keys = [

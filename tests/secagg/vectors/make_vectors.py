@@ -19,6 +19,7 @@ from mrff_secure.secagg.graph import graph_seed, neighbour_graph
 from mrff_secure.secagg.identity import issue_credential
 
 HERE = Path(__file__).parent
+CREDENTIAL_EXPIRES_AT = 4_102_444_800  # 2100-01-01 UTC: the vectors' credentials are fixed bytes
 
 
 def shamir_vectors() -> dict:
@@ -92,7 +93,9 @@ def protocol_vectors() -> dict:
     bundles, entries, reveals, identities, secrets = [], [], [], [], []
     for client in (3, 7, 11, 20):
         identity = Ed25519PrivateKey.from_private_bytes(bytes([client]) * 32)
-        credential = issue_credential(authority, client, primitives.identity_public_bytes(identity))
+        credential = issue_credential(
+            authority, client, primitives.identity_public_bytes(identity), expires_at=CREDENTIAL_EXPIRES_AT
+        )
         cipher = primitives.agreement_key_from_bytes(bytes([client + 100]) * 32)
         mask = primitives.agreement_key_from_bytes(bytes([client + 150]) * 32)
         reveal, self_seed = bytes([client + 1]) * 32, bytes([client + 2]) * 32
@@ -140,6 +143,7 @@ def protocol_vectors() -> dict:
         },
         "authority_key": (bytes([0xA0]) * 32).hex(),
         "authority_public_key": primitives.identity_public_bytes(authority).hex(),
+        "credential_expires_at": CREDENTIAL_EXPIRES_AT,
         "clients": [
             {
                 "client_id": b.client_id,
