@@ -34,12 +34,21 @@ from typing import Any
 from mrff_secure.atomic import write_json_atomic
 from mrff_secure.dp.accounting import json_epsilon
 from mrff_secure.errors import CheckpointError, ConfigError, PrivacyError
-from mrff_secure.round.accountant import RoundAccountant
+from mrff_secure.round.accountant import EVALUATION_KIND, ROUND_KIND, Release, RoundAccountant, release_kind
+from mrff_secure.round.evaluation_release import EvaluationRelease
 from mrff_secure.round.release import RoundRelease
 
 LEDGER_FORMAT = "mrff-client-ledger"
 LEDGER_VERSION = 1
 RELEASE_PHASES = ("counts", "update", "evaluation")
+
+
+def _release(kind: str, fields: dict[str, Any]) -> Release:
+    if kind == ROUND_KIND:
+        return RoundRelease(**fields)
+    if kind == EVALUATION_KIND:
+        return EvaluationRelease(**fields)
+    raise ValueError(f"unknown release kind {kind!r}")
 
 
 class LedgerRefusal(PrivacyError):
@@ -56,7 +65,7 @@ class LedgerEntry:
     round_id: int
     phase: str
     session: str  # the secure sum's session id and nonce (hex): which sum holds it
-    release: RoundRelease
+    release: Release  # a training round's phase, or a federated evaluation
     sent_at: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,6 +74,7 @@ class LedgerEntry:
             "round": self.round_id,
             "phase": self.phase,
             "session": self.session,
+            "kind": release_kind(self.release),
             "release": self.release.to_dict(),
             "sent_at": self.sent_at,
         }
@@ -103,7 +113,7 @@ class ClientLedger:
                     round_id=int(e["round"]),
                     phase=str(e["phase"]),
                     session=str(e["session"]),
-                    release=RoundRelease(**e["release"]),
+                    release=_release(e.get("kind", ROUND_KIND), e["release"]),
                     sent_at=float(e["sent_at"]),
                 )
                 for e in state["releases"]
@@ -136,7 +146,7 @@ class ClientLedger:
         )
 
     # ------------------------------------------------------------------ accounting
-    def epsilon(self, extra: tuple[RoundRelease, ...] = ()) -> float:
+    def epsilon(self, extra: tuple[Release, ...] = ()) -> float:
         """The epsilon of every release so far (plus `extra`, not yet sent), at the policy's delta."""
         accountant = RoundAccountant(delta=self.delta)
         for entry in self.entries:
@@ -156,7 +166,7 @@ class ClientLedger:
                 accountant.step(release=entry.release)
         return accountant.epsilon()
 
-    def _check_cap(self, releases: tuple[RoundRelease, ...], what: str) -> float:
+    def _check_cap(self, releases: tuple[Release, ...], what: str) -> float:
         after = self.epsilon(releases)
         if not after <= self.max_epsilon:  # also refuses inf and nan
             shown = "inf (no noise)" if math.isinf(after) else f"{after:.4g}"
@@ -167,7 +177,7 @@ class ClientLedger:
         return after
 
     # ------------------------------------------------------------------ the rules
-    def begin_session(self, run_id: str, round_id: int, phases: tuple[RoundRelease, ...]) -> float:
+    def begin_session(self, run_id: str, round_id: int, phases: tuple[Release, ...]) -> float:
         """A session of round `round_id` of `run_id` is about to start (before training or any key is made):
         refused if any phase of the round was already sent, if the round's sessions ran out, or if the
         round's releases (`phases`, all of them) would pass the cap. Returns the epsilon after the round."""
@@ -192,7 +202,7 @@ class ClientLedger:
         self._save()
         return after
 
-    def record_release(self, run_id: str, round_id: int, phase: str, session: str, release: RoundRelease) -> float:
+    def record_release(self, run_id: str, round_id: int, phase: str, session: str, release: Release) -> float:
         """Write `release` down before it is sent (raises, sending nothing, if it would pass the cap or if this
         phase of the round was already released). Returns the epsilon with it."""
         if phase not in RELEASE_PHASES:

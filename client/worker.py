@@ -26,6 +26,7 @@ from client.ledger import ClientLedger, LedgerRefusal
 from client.policy import ClientPolicy
 from client.proposal import (
     accepted_spec,
+    announced_evaluation_release,
     check_exact_counts,
     check_schema,
     phase1_counts,
@@ -48,13 +49,14 @@ from mrff_secure.federation.client_update import (
     torch_seed,
     train_user,
 )
+from mrff_secure.round.accountant import Release
 from mrff_secure.round.encoding import round_plans
 from mrff_secure.round.participant import (
     group_one_hots,
     suppressed_groups,
     update_vectors,
 )
-from mrff_secure.round.release import RoundRelease, network_round_release
+from mrff_secure.round.release import network_round_release
 from mrff_secure.round.spec import Phase, RoundSpec
 from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.secagg import primitives
@@ -74,20 +76,6 @@ class TrainedInput:
 
     update: LocalUpdate
     evaluation_input: np.ndarray | None
-
-
-def exact_release(update_release: RoundRelease) -> RoundRelease:
-    """A release without noise (the federated evaluation's exact sum): it makes epsilon infinite."""
-    return RoundRelease(
-        **{
-            **update_release.__dict__,
-            "dp_mode": "off",
-            "noise_multiplier": 0.0,
-            "mechanism": None,
-            "colluding_survivors": 0,
-            "phases": "both",
-        }
-    )
 
 
 log = logging.getLogger("mrff.client")
@@ -242,7 +230,7 @@ class LogicalClient:
         check_schema(body, self.shared.schema_digest, self.shared.schema_summary, self.user)
         r, seed = body.round_id, body.training.model_seed
         try:
-            config = model_config_from_json(body.training.model_config_json)
+            config = model_config_from_json(body.training.model_config_json, self.shared.data)
         except ConfigError as exc:
             raise RoundFailed(f"refusing round {r}: its model configuration is not acceptable: {exc}") from exc
         model, layout, shared_template, private_template = self.shared.model(config, seed)
@@ -261,8 +249,17 @@ class LogicalClient:
         release = network_round_release(
             spec, layout, len(body.participants), colluding_survivors=self.policy.corrupt_neighbours
         )
-        phase_releases = {Phase.COUNTS: release.phase("counts"), Phase.UPDATE: release.phase("update")}
+        phase_releases: dict[Phase, Release] = {
+            Phase.COUNTS: release.phase("counts"),
+            Phase.UPDATE: release.phase("update"),
+        }
         try:
+            evaluation = announced_evaluation_release(body, spec, colluding_survivors=self.policy.corrupt_neighbours)
+        except PolicyViolation as exc:
+            raise RoundFailed(f"refusing round {r}: {exc}") from exc
+        if evaluation is not None:
+            phase_releases[Phase.EVALUATION] = evaluation
+        try:  # the cap, for the round's training phases before anything is made (an evaluation past it gets zeros)
             epsilon_after = self.ledger.begin_session(body.run_id, r, (release,))
         except LedgerRefusal as exc:
             raise RoundFailed(f"refusing round {r}: {exc}") from exc
@@ -340,10 +337,10 @@ class LogicalClient:
             return None
         expected = layout.num_blocks * layout.num_groups
         values = list(body.group_fractions)
-        if len(values) != expected or not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+        if len(values) != expected or not all(math.isfinite(v) for v in values):
             raise RoundFailed(
                 f"refusing round {body.round_id}: {len(values)} group fractions announced, expected {expected} "
-                "values in [0, 1]"
+                "finite values"
             )
         return torch.tensor(values, dtype=dtype).reshape(layout.num_blocks, layout.num_groups)
 
@@ -381,14 +378,11 @@ class LogicalClient:
             del self._derived[old]  # a round's retries come before the next round
         return derived
 
-    def _on_release(self, body: pb.RoundBody, phase_releases: dict[Phase, RoundRelease]) -> OnRelease:
+    def _on_release(self, body: pb.RoundBody, phase_releases: dict[Phase, Release]) -> OnRelease:
         """Our ledger's record of each phase's masked input, written before it leaves (it raises to refuse)."""
 
         def record(phase: Phase, session: str) -> None:
-            release = phase_releases.get(phase)
-            if release is None:  # the evaluation's sum: exact, so infinite epsilon unless DP covers it
-                release = exact_release(phase_releases[Phase.UPDATE])
-            self.ledger.record_release(body.run_id, body.round_id, phase.label, session, release)
+            self.ledger.record_release(body.run_id, body.round_id, phase.label, session, phase_releases[phase])
 
         return record
 

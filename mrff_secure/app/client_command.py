@@ -48,9 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("privacy policy (what this client refuses, whatever the server proposes)")
     g.add_argument("--policy", type=Path, help="JSON file of policy fields (client/policy.py); flags override it")
     g.add_argument("--min-participants", type=int, help="the least participants of a round (default: the policy's)")
-    g.add_argument("--corrupt-neighbours", type=int, help="c_max: colluding neighbours to withstand (2t - k > c_max)")
+    g.add_argument(
+        "--corrupt-neighbours",
+        type=int,
+        help="c_max: colluding neighbours to withstand (2t - k > c_max) and colluding survivors whose noise "
+        "shares are not counted (default: 2)",
+    )
     g.add_argument("--min-survivors", type=int, help="the least survivors an unmask request may name")
-    g.add_argument("--min-noise-multiplier", type=float, help="refuse rounds with less noise (DP on)")
+    g.add_argument("--min-noise-multiplier", type=float, help="refuse rounds with less noise (default: 0.5)")
     g.add_argument("--max-clip", type=float, help="refuse rounds with a larger clip bound")
     g.add_argument(
         "--min-group-size",
