@@ -9,7 +9,7 @@ are computed once at start from the run's public parameters, never constants:
   neighbour, for the largest neighbourhood any round of this run can have (the configured
   --num-neighbours, or the default k for the most clients an id can name); AdvertiseKeys and the
   others are of fixed size.
-- Enrol, GetRound, Fetch: fixed fields (ids, keys, signatures, a credential), a few hundred bytes.
+- EnrolChallenge, Enrol, GetRound, Fetch: fixed fields (ids, keys, signatures, a credential), a few hundred bytes.
 
 MARGIN_BYTES is added to each: the protobuf framing of the request (a few dozen bytes) and room for a
 few fixed-size fields a later protocol version may add (a signature, a nonce), never a second vector.
@@ -35,7 +35,7 @@ ENROL_BYTES = 4096 - MARGIN_BYTES // 2
 """EnrolRequest's own fields (id, 32-byte key, 64-byte proof, a credential of about a hundred bytes, flags) are
 under 400 bytes; this leaves room for a challenge-response (W18) and stays a few KiB with the margin."""
 POLL_BYTES = 64
-"""GetRoundRequest and FetchRequest: a handful of integers."""
+"""EnrolChallengeRequest, GetRoundRequest and FetchRequest: a handful of integers."""
 
 
 def _masked_input_bytes(vector_length: int, bits: int) -> int:
@@ -64,18 +64,25 @@ def _advertise_bytes() -> int:
 class MessageCaps:
     """The largest request (bytes, MARGIN_BYTES included) each method accepts."""
 
+    enrol_challenge: int
     enrol: int
     get_round: int
     submit: int
     fetch: int
 
     def of(self, method: str) -> int:
-        return {"Enrol": self.enrol, "GetRound": self.get_round, "Submit": self.submit, "Fetch": self.fetch}[method]
+        return {
+            "EnrolChallenge": self.enrol_challenge,
+            "Enrol": self.enrol,
+            "GetRound": self.get_round,
+            "Submit": self.submit,
+            "Fetch": self.fetch,
+        }[method]
 
     @property
     def receive(self) -> int:
         """The transport's cap (grpc.max_receive_message_length): the largest of the methods' caps."""
-        return max(self.enrol, self.get_round, self.submit, self.fetch)
+        return max(self.enrol_challenge, self.enrol, self.get_round, self.submit, self.fetch)
 
     @classmethod
     def for_run(
@@ -97,6 +104,7 @@ class MessageCaps:
             _advertise_bytes(),
         )
         caps = cls(
+            enrol_challenge=POLL_BYTES + MARGIN_BYTES,
             enrol=ENROL_BYTES + MARGIN_BYTES,
             get_round=POLL_BYTES + MARGIN_BYTES,
             submit=largest + MARGIN_BYTES,

@@ -153,3 +153,12 @@ def test_the_cap_follows_the_model(tmp_path, certs, procs) -> None:
     receive, enrol_cap = listening_caps(next(t for t in server.output if t.startswith("LISTENING")))
     small, large = expected_caps(4), expected_caps(8)
     assert receive == large.receive > small.receive and enrol_cap == small.enrol
+
+
+def test_every_method_of_the_service_has_a_cap() -> None:
+    """A method added to the protocol without a cap would fail every call (the merge of the enrolment
+    challenge did): each RPC the service declares has its own cap, within the transport's."""
+    caps = expected_caps(4)
+    (service,) = pb.DESCRIPTOR.services_by_name.values()
+    for method in service.methods:
+        assert 0 < caps.of(method.name) <= caps.receive, method.name
