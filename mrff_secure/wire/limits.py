@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: credentials with expiry, the enrolment challenge, signed stage messages
 
 MIB = 1 << 20
 MAX_ANNOUNCEMENT_BYTES = 256 * MIB

@@ -7,7 +7,10 @@ history of releases (`round.accountant.RoundAccountant.state_dict`, version 2); 
 and checkpoint array, and the rest of the checkpoint's header, were checked equal to the pre-refactoring code's.
 Plain once more: the summary's noise_source names the module that now holds the generator (round.encoding).
 Every mode once more: the summary's config.privacy key secure_sum is secure_aggregation (one name, as the option);
-nothing else in the summary or the checkpoint changed."""
+nothing else in the summary or the checkpoint changed. Every mode once more: the checkpoint's accountant state is
+version 3 (each history entry names its kind, "round" or "evaluation", as the federated evaluation is accounted);
+side by side with the previous code, the summary, metrics, evaluation, every checkpoint array and the rest of the
+checkpoint's header are equal."""
 
 from __future__ import annotations
 
@@ -44,10 +47,10 @@ PINNED_THREADS = 2
 TIMING_KEYS = {"seconds", "train_seconds", "inference_ms_per_user", "eval_seconds", "round_seconds"}
 
 PINNED = {
-    "plain": ([], "c0647c6b11682c963dbb09b7f1453920f446fda5bd5bf937f7eb9c369c31a425"),
+    "plain": ([], "d8699c9fd781255b7ccd0ecad5fa1beb3f17d3581046aa7778301675a19ab335"),
     "local_dp": (
         ["--dp", "local", "--noise-multiplier", "1.0", "--insecure-reproducible-noise"],
-        "101b4561503ef538629aa9de93c3c3096664698bef11a79d821223cab4714e2a",
+        "a08ebfff3a2788f8924f7ba9136ddfcf3a2dee8a7a786ca2b95bdacea4331096",
     ),
     "secure_dp": (
         [
@@ -59,7 +62,7 @@ PINNED = {
             "on",
             "--insecure-reproducible-noise",
         ],
-        "3eadb731ab8879071d26b6abae2e1a1cbc49afbab3b189c12cd1fa7f0125b01b",
+        "3e29193f25822605c33a83a2c2a89b47d8b9ddcb95cf0726feea27fe0c7d2a30",
     ),
     "secure_inmemory": (
         [
@@ -73,7 +76,7 @@ PINNED = {
             "12",
             "--insecure-reproducible-noise",
         ],
-        "08943d4c869e4701ceaf6492701ec696e09b855f0ed8c86e083fe02d90f15df3",
+        "c2ac0e901b8526e89f99af9a85b493ca45ebddc9eb33aa71a911592427707bda",
     ),
 }
 

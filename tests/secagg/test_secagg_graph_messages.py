@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mrff_secure.errors import ProtocolViolation
 from mrff_secure.secagg import messages as m
+from mrff_secure.secagg import primitives
 from mrff_secure.secagg.graph import graph_seed, neighbour_graph, neighbours_of
 from mrff_secure.secagg.identity import ClientCredential
 from mrff_secure.secagg.shamir import Share
@@ -81,7 +82,7 @@ def _sample_messages() -> list[m.Message]:
 @pytest.mark.parametrize("message", _sample_messages(), ids=lambda x: type(x).__name__)
 def test_message_roundtrip(message):
     data = message.to_bytes()
-    assert data[0] == 1 and data[1] == message.TAG
+    assert data[0] == primitives.PROTOCOL_VERSION and data[1] == message.TAG
     assert int.from_bytes(data[2:10], "big") == message.round_id
     assert type(message).from_bytes(data) == message
     assert m.decode(data) == message
@@ -95,7 +96,7 @@ def test_message_roundtrip(message):
 def test_header_checks():
     data = m.SurvivorList(3, (1,)).to_bytes()
     with pytest.raises(ProtocolViolation, match="version"):
-        m.decode(b"\x02" + data[1:])
+        m.decode(bytes([primitives.PROTOCOL_VERSION + 1]) + data[1:])
     with pytest.raises(ProtocolViolation, match="tag"):
         m.decode(data[:1] + b"\xee" + data[2:])
     with pytest.raises(ProtocolViolation, match="expected AdvertiseKeys"):
@@ -104,7 +105,7 @@ def test_header_checks():
 
 def test_known_encoding():
     data = m.SurvivorList(0x0102, (7, 9)).to_bytes()
-    assert data.hex() == "01060000000000000102000000020000000700000009"
+    assert data.hex() == "02060000000000000102000000020000000700000009"  # version 2
 
 
 def test_writer_refuses_wrong_field_sizes():
