@@ -171,6 +171,13 @@ def test_secure_dp_rounds_over_grpc_equal_the_simulation_bit_for_bit(tmp_path) -
     assert summary["finished"] and summary["rounds_completed"] == 2 and summary["model_digest"] == expected[-1]
     assert summary["privacy"]["mechanism"] == "discrete_gaussian" and summary["privacy"]["private"] is True
     assert summary["privacy"]["epsilon"] == rounds[-1]["epsilon"]["epsilon"]
+    # every client's own ledger (client/ledger.py) accounts exactly what the server's does on this honest run
+    for user in range(USERS):
+        ledger = json.loads((run_dir / "clients" / f"user-{user}" / "ledger.json").read_text())
+        assert ledger["epsilon"] == pytest.approx(summary["privacy"]["epsilon"], rel=1e-9)
+        assert sorted({(e["round"], e["phase"]) for e in ledger["releases"]}) == [
+            (r, phase) for r in range(2) for phase in ("counts", "evaluation", "update")
+        ]
     # the federated evaluation: each round's starting model scored by every client on its own held-out
     # items, with its noise share, decoded from the secure sum, equals the simulation's predictions encoded
     # and summed the same way
