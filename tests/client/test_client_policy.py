@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 
@@ -67,3 +69,34 @@ def test_lowering_a_safe_default_takes_an_explicit_acceptance(weaker, named):
         ClientPolicy.from_dict(weaker)
     accepted = ClientPolicy.from_dict({**weaker, "accept_weaker": True})
     assert any(named in text for text in accepted.weaker_settings())
+
+
+@pytest.mark.parametrize(
+    "dp_mode, z, needle",
+    [
+        ("off", 0.0, "the server proposes DP mode 'off'; the policy allows ['distributed']"),
+        ("distributed", 1e-6, "below the policy's min_noise_multiplier=0.5"),
+        ("distributed", 0.49, "below the policy's min_noise_multiplier=0.5"),
+    ],
+)
+def test_the_default_policy_refuses_rounds_without_real_noise(dp_mode, z, needle):
+    """W13: no flags, no DP off, no z of 1e-6 (each refused naming the rule)."""
+    from mrff_secure.round.spec import RoundSpec
+    from mrff_secure.secagg.policy import PolicyViolation
+
+    spec = RoundSpec(
+        local_steps=1,
+        optimizer="adam",
+        lr=0.1,
+        dp_mode=dp_mode,
+        clip=1.0,
+        noise_multiplier=z,
+        min_survivors=9,
+        mechanism="discrete_gaussian",
+        modulus_bits=32,
+        count_cap=10,
+        min_group_size=5,
+    )
+    with pytest.raises(PolicyViolation, match=re.escape(needle)):
+        ClientPolicy().check_round(secure=True, spec=spec)
+    ClientPolicy().check_round(secure=True, spec=dataclasses.replace(spec, dp_mode="distributed", noise_multiplier=0.5))
