@@ -139,6 +139,6 @@ def test_a_masked_input_in_the_victims_name_without_its_key_is_refused_and_the_r
     assert rounds[0]["phases"]["counts"]["survivors"] == [0, 1, 2, 3]
     assert rounds[0]["phases"]["update"]["survivors"] == [0, 1, 2, 3]
     # W20: each real client kept a receipt of every signed chain head it was announced, and the log has them all
-    key = signing.load_public_key(certs / "signing.pub")
-    report = check_receipts(run_dir / "audit.jsonl", key, [tmp_path / "state"])
+    server_key = signing.load_public_key(certs / "signing.pub")
+    report = check_receipts(run_dir / "audit.jsonl", server_key, [tmp_path / "state"])
     assert report.ok and report.checked >= 8, report  # 4 clients x (round 0, the end of the run)
