@@ -26,11 +26,10 @@ from mrff_secure.pki import (
 )
 from mrff_secure.secagg import primitives
 from mrff_secure.secagg.identity import ClientCredential, CredentialExpired, issue_credential, verify_credential
-from mrff_secure.wire import limits, signing
-from mrff_secure.wire.v1 import coordinator_pb2 as pb
+from mrff_secure.wire import signing
 from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
 
-from . import harness
+from . import enrolment, harness
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -117,15 +116,10 @@ def test_revocation_list_is_signed_and_re_keying_revokes_the_old_key(tmp_path, c
 
 
 def _enrol(stub, authority_key, client: int, key, *, expires_at: int | None = None):
+    """Enrol through the server's challenge with a credential the authority issues now."""
     public = primitives.identity_public_bytes(key)
-    request = pb.EnrolRequest(
-        protocol_version=limits.PROTOCOL_VERSION,
-        client_id=client,
-        identity_public_key=public,
-        proof=primitives.sign(key, signing.enrol_payload(client, public)),
-        credential=issue_credential(authority_key, client, public, expires_at=expires_at).to_bytes(),
-    )
-    return stub.Enrol(request, timeout=30)
+    credential = issue_credential(authority_key, client, public, expires_at=expires_at).to_bytes()
+    return stub.Enrol(enrolment.enrol_request(stub, key, client, credential), timeout=30)
 
 
 def test_server_refuses_revoked_and_expired_credentials_and_the_client_refuses_to_start(tmp_path, certs, procs) -> None:

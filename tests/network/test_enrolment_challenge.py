@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from client.transport import Connection, Transport
+from mrff_secure.pki import AuthorityPaths, load_authority_key
 from mrff_secure.secagg import primitives
 from mrff_secure.secagg.identity import issue_credential
 from mrff_secure.wire import limits, signing
@@ -36,12 +37,12 @@ def test_a_recorded_enrolment_replays_neither_into_the_same_run_nor_into_another
     procs.append(server_a)
     server_b, address_b = harness.start_server(tmp_path, certs, run_b, extra=waiting, name="server-b")
     procs.append(server_b)
-    credentials = grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes())
+    credentials = harness.client_tls(certs)  # mutual TLS, the servers' default
     channel_a = grpc.secure_channel(address_a, credentials)
     channel_b = grpc.secure_channel(address_b, credentials)
     stub_a, stub_b = pb_grpc.CoordinatorStub(channel_a), pb_grpc.CoordinatorStub(channel_b)
     key = primitives.generate_identity_key()
-    authority = signing.load_private_key(certs / "identity-ca.key")
+    authority = load_authority_key(AuthorityPaths(harness.authority_of(certs)))
     credential = issue_credential(authority, VICTIM, primitives.identity_public_bytes(key)).to_bytes()
 
     recorded = enrolment.enrol_request(stub_a, key, VICTIM, credential)

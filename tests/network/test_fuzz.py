@@ -128,10 +128,11 @@ def before_round(f: Fuzzer) -> None:
     for i in range(60):
         request = f.enrol_request(credential=no_credential[i % len(no_credential)])
         f.expect_refused(lambda: f.stub.Enrol(request, timeout=10), grpc.StatusCode.PERMISSION_DENIED)
-    # 3. bad enrolment content: version, key size, proof by another key, proof for another id
+    # 3. bad enrolment content: an older or newer version, key size, proof by another key, proof for another id
     other = primitives.generate_identity_key()
     bad = [
-        lambda: f.enrol_request(version=2),
+        lambda: f.enrol_request(version=limits.PROTOCOL_VERSION - 1),  # a client of the previous protocol
+        lambda: f.enrol_request(version=limits.PROTOCOL_VERSION + 1),
         lambda: f.enrol_request(public=b"\x01" * 31),
         lambda: f.enrol_request(proof=(other, HOSTILE)),
         lambda: f.enrol_request(proof=(f.key, HOSTILE + 1)),

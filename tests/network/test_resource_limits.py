@@ -17,12 +17,12 @@ from mrff_secure.round.spec import RoundSpec
 from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.secagg import primitives
 from mrff_secure.secagg.identity import issue_credential
-from mrff_secure.wire import limits, signing
+from mrff_secure.wire import signing
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
 from server.message_caps import MARGIN_BYTES, MessageCaps
 
-from . import harness
+from . import enrolment, harness
 
 pytestmark = pytest.mark.timeout(300)
 FLOOD_BYTES = 48 << 20  # each oversized Enrol; the old receive cap (4 x 64 MiB) let all four in whole
@@ -62,17 +62,13 @@ def listening_caps(line: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def enrol_request(certs: Path, client: int, *, padding: int = 0) -> pb.EnrolRequest:
+def enrol_request(stub: pb_grpc.CoordinatorStub, certs: Path, client: int, *, padding: int = 0) -> pb.EnrolRequest:
+    """A genuine enrolment answering a fresh challenge of the server, its credential followed by `padding` zeros."""
     key = primitives.generate_identity_key()
     public = primitives.identity_public_bytes(key)
     authority = signing.load_private_key(harness.authority_of(certs) / "identity-ca.key")
-    return pb.EnrolRequest(
-        protocol_version=limits.PROTOCOL_VERSION,
-        client_id=client,
-        identity_public_key=public,
-        proof=primitives.sign(key, signing.enrol_payload(client, public)),
-        credential=issue_credential(authority, client, public).to_bytes() + bytes(padding),
-    )
+    credential = issue_credential(authority, client, public).to_bytes() + bytes(padding)
+    return enrolment.enrol_request(stub, key, client, credential)
 
 
 def test_oversized_enrols_are_refused_early_and_a_round_still_passes(tmp_path, certs, procs) -> None:
@@ -108,7 +104,7 @@ def test_oversized_enrols_are_refused_early_and_a_round_still_passes(tmp_path, c
     stub = pb_grpc.CoordinatorStub(channel)
     # over Enrol's cap, under the transport's: the servicer refuses it by name, before parsing, and audits it
     with pytest.raises(grpc.RpcError) as info:
-        stub.Enrol(enrol_request(certs, 700, padding=enrol_cap), timeout=30)
+        stub.Enrol(enrol_request(stub, certs, 700, padding=enrol_cap), timeout=30)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f"over this run's limit of {enrol_cap} bytes for Enrol" in info.value.details()
     rejected = [r for r in harness.audit_records(run_dir) if r["type"] == "rejected"]
@@ -120,7 +116,7 @@ def test_oversized_enrols_are_refused_early_and_a_round_still_passes(tmp_path, c
 
     def flood(i: int) -> None:
         try:
-            stub.Enrol(enrol_request(certs, 800 + i, padding=FLOOD_BYTES), timeout=60)
+            stub.Enrol(enrol_request(stub, certs, 800 + i, padding=FLOOD_BYTES), timeout=60)
         except grpc.RpcError as exc:
             codes.append(exc.code())
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from client.receipts import check_receipts
-from mrff_secure.pki import IdentityFiles
+from mrff_secure.pki import AuthorityPaths, IdentityFiles, load_authority_key
 from mrff_secure.secagg import messages, packing, primitives
 from mrff_secure.secagg.client import ClientSession
 from mrff_secure.secagg.config import SecAggConfig
@@ -45,9 +45,9 @@ def test_a_masked_input_in_the_victims_name_without_its_key_is_refused_and_the_r
     extra = ["--rounds", "1", "--min-clients", "5", "--min-group-size", "2", "--stage-timeout", "8"]
     server, address = harness.start_server(tmp_path, certs, run_dir, extra=extra + ["--threshold", "3"])
     procs.append(server)
-    channel = grpc.secure_channel(address, grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes()))
+    channel = grpc.secure_channel(address, harness.client_tls(certs))
     stub = pb_grpc.CoordinatorStub(channel)
-    authority = signing.load_private_key(certs / "identity-ca.key")
+    authority = load_authority_key(AuthorityPaths(harness.authority_of(certs)))
     key = primitives.generate_identity_key()
     credential = issue_credential(authority, VICTIM, primitives.identity_public_bytes(key))
     session_token = stub.Enrol(
@@ -139,6 +139,6 @@ def test_a_masked_input_in_the_victims_name_without_its_key_is_refused_and_the_r
     assert rounds[0]["phases"]["counts"]["survivors"] == [0, 1, 2, 3]
     assert rounds[0]["phases"]["update"]["survivors"] == [0, 1, 2, 3]
     # W20: each real client kept a receipt of every signed chain head it was announced, and the log has them all
-    key = signing.load_public_key(certs / "signing.pub")
-    report = check_receipts(run_dir / "audit.jsonl", key, [tmp_path / "state"])
+    server_key = signing.load_public_key(certs / "signing.pub")
+    report = check_receipts(run_dir / "audit.jsonl", server_key, [tmp_path / "state"])
     assert report.ok and report.checked >= 8, report  # 4 clients x (round 0, the end of the run)
