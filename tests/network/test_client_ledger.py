@@ -19,7 +19,7 @@ from .test_malicious_server import HostileServer
 pytestmark = pytest.mark.timeout(300)
 ALL = f"0-{harness.USERS - 1}"
 # A refused round costs the server its train timeout: short, as 12 clients train in about a second.
-COMMON = ["--min-clients", str(harness.USERS), "--stage-timeout", "8", "--train-timeout", "6", "--linger", "2"]
+COMMON = ["--min-clients", str(harness.USERS), "--stage-timeout", "8", "--train-timeout", "5", "--linger", "2"]
 
 
 def _ledger(state: Path, user: int) -> dict:

@@ -4,6 +4,10 @@ whose signed parameters do not verify, and refuse to start without a credential 
 
 from __future__ import annotations
 
+import contextlib
+import io
+from types import SimpleNamespace
+
 import grpc
 import pytest
 
@@ -208,10 +212,21 @@ def test_a_client_refuses_to_start_with_a_credential_for_another_key_or_id(tmp_p
     proc.stop()
 
 
-def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> None:
-    import subprocess
-    import sys
+def _mrff_in_process(*argv: str) -> SimpleNamespace:
+    """`mrff ARGV` in this process (the same `main` the program runs; no interpreter start per call): its exit
+    code and what it wrote to stderr."""
+    from mrff_secure.app import cli
 
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(list(argv))
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+    return SimpleNamespace(returncode=code, stderr=err.getvalue())
+
+
+def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> None:
     from cryptography.hazmat.primitives import serialization
 
     def pub(name: str):
@@ -225,11 +240,8 @@ def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> 
     out = tmp_path / "cred.bin"
 
     def issue(key_file, *extra):
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "mrff_secure.app.cli",
+        return _mrff_in_process(
+            *[
                 "certs",
                 "issue-client",
                 "--authority",
@@ -241,12 +253,7 @@ def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> 
                 "--out",
                 str(out),
                 *extra,
-            ],
-            capture_output=True,
-            text=True,
-            cwd=harness.ROOT,
-            env=harness._env(),
-            timeout=60,
+            ]
         )
 
     first, second = pub("a.pem"), pub("b.pem")
@@ -269,11 +276,8 @@ def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> 
     assert "no identity authority key at" in issue(first, "--authority", str(tmp_path)).stderr
     (tmp_path / "garbage.pem").write_text("not a key")
     assert "client's identity public key" in issue(tmp_path / "garbage.pem").stderr
-    big = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mrff_secure.app.cli",
+    big = _mrff_in_process(
+        *[
             "certs",
             "issue-client",
             "--authority",
@@ -284,31 +288,16 @@ def test_issue_client_refuses_to_rebind_an_id_without_force(tmp_path, certs) -> 
             str(first),
             "--out",
             str(tmp_path / "x.bin"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=harness.ROOT,
-        env=harness._env(),
-        timeout=60,
+        ]
     )
     assert big.returncode == 2 and "is outside" in big.stderr and not (tmp_path / "x.bin").exists()
 
 
 def test_issue_client_bulk_form_refuses_to_rebind_without_force(tmp_path, certs) -> None:
-    import subprocess
-    import sys
-
     state = tmp_path / "state"
 
     def cli(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "mrff_secure.app.cli", *args],
-            capture_output=True,
-            text=True,
-            cwd=harness.ROOT,
-            env=harness._env(),
-            timeout=60,
-        )
+        return _mrff_in_process(*args)
 
     def bulk(*extra):
         return cli(
