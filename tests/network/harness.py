@@ -125,7 +125,7 @@ def start_server(
 ) -> tuple[Proc, str]:
     args = ["server", "--address", address, "--certs", str(certs), "--linger", "2"]
     args += (
-        ["--run-dir", str(run_dir), "--resume"]
+        ["--run-dir", str(run_dir), "--resume"] + list(extra)  # resume: only deployment options ([network])
         if resume
         else ["--run-dir", str(run_dir)]
         + DATA_ARGS
