@@ -94,6 +94,9 @@ class ClientLedger:
         self.sessions: dict[tuple[str, int], int] = {}  # (run, round) -> sessions started
         self.derived: set[tuple[str, int]] = set()  # (run, round) whose input was derived
         self._load()
+        self._accountant = RoundAccountant(delta=delta)  # every entry, stepped as it is appended (curves cached)
+        for entry in self.entries:
+            self._accountant.step(release=entry.release)
 
     # ------------------------------------------------------------------ file
     def _load(self) -> None:
@@ -148,12 +151,7 @@ class ClientLedger:
     # ------------------------------------------------------------------ accounting
     def epsilon(self, extra: tuple[Release, ...] = ()) -> float:
         """The epsilon of every release so far (plus `extra`, not yet sent), at the policy's delta."""
-        accountant = RoundAccountant(delta=self.delta)
-        for entry in self.entries:
-            accountant.step(release=entry.release)
-        for release in extra:
-            accountant.step(release=release)
-        return accountant.epsilon()
+        return self._accountant.epsilon(extra=extra)
 
     def released(self, run_id: str, round_id: int) -> list[LedgerEntry]:
         return [e for e in self.entries if (e.run_id, e.round_id) == (run_id, round_id)]
@@ -217,6 +215,7 @@ class ClientLedger:
                 )
         after = self._check_cap((release,), f"the {phase} of round {round_id} of run {run_id!r}")
         self.entries.append(LedgerEntry(run_id, round_id, phase, session, release, time.time()))
+        self._accountant.step(release=release)
         self._save()
         return after
 

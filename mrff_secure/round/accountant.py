@@ -423,9 +423,11 @@ class RoundAccountant:
             self._curves[key] = release_rdp_curve(release, replace_one)
         return self._curves[key]
 
-    def epsilon(self, *, replace_one: bool = False) -> float:
-        """The headline epsilon of the history (replace_one: the same releases under replace-one adjacency)."""
-        return history_epsilon(self.history, delta=self.delta, replace_one=replace_one, curve_of=self._curve)
+    def epsilon(self, *, replace_one: bool = False, extra: Sequence[Release] = ()) -> float:
+        """The headline epsilon of the history (replace_one: the same releases under replace-one adjacency);
+        `extra`: releases not made yet, added to it (what the history would cost with them)."""
+        history = list(self.history) + [(release, 1) for release in extra] if extra else self.history
+        return history_epsilon(history, delta=self.delta, replace_one=replace_one, curve_of=self._curve)
 
     def account(self) -> PrivacyAccount:
         """The account of a history of one release (`account_rounds`): the simulation's rounds."""

@@ -98,17 +98,7 @@ def _patch_configs(change) -> None:
 
 def _patch_announced_dp(change) -> None:
     """Sign a round body whose DP parameters differ from what the server itself computes with."""
-    honest = coordinator.Coordinator._body
-
-    def lying(self, *args, **kwargs):
-        signed = honest(self, *args, **kwargs)
-        body = pb.RoundBody.FromString(signed.body)
-        if body.finished:
-            return signed
-        change(body.dp)
-        return self._sign(body)
-
-    coordinator.Coordinator._body = lying
+    _patch_announced_body(lambda body: change(body.dp))
 
 
 def _patch_announced_body(change) -> None:
