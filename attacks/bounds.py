@@ -10,12 +10,13 @@ evaluated on (`split_half_bound`), never as the best of a grid on the same ones.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from mrff_secure.checks import check_number
 from mrff_secure.errors import ConfigError
@@ -168,4 +169,205 @@ def one_run_bound(scores: np.ndarray, included: np.ndarray, *, guess_fraction: f
         "correct": correct,
         "confidence": 1 - beta,
         "note": "delta = 0 form (Steinke, Nasr, Jagielski 2023): informational",
+    }
+
+
+# ------------------------------------------------------------------ Gaussian differential privacy
+#
+# mu-GDP (Dong, Roth, Su 2019): telling the two neighbours apart is no easier than telling N(0, 1) from
+# N(mu, 1). It is (epsilon, delta)-DP exactly for delta(epsilon) = Phi(-epsilon/mu + mu/2)
+# - e^epsilon Phi(-epsilon/mu - mu/2), for every epsilon >= 0.
+
+
+def _check_mu(mu: float) -> float:
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or math.isnan(mu) or mu < 0:
+        raise ConfigError(f"mu must be a number >= 0 (inf allowed), got {mu!r}")
+    return float(mu)
+
+
+def gdp_delta(mu: float, epsilon: float) -> float:
+    """delta(epsilon) of mu-GDP, in log space: no overflow for epsilon up to 1e4 and beyond."""
+    mu = _check_mu(mu)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or math.isnan(epsilon) or epsilon < 0:
+        raise ConfigError(f"epsilon must be a number >= 0 (inf allowed), got {epsilon!r}")
+    if mu == 0.0 or epsilon == math.inf:
+        return 0.0
+    if mu == math.inf:
+        return 1.0
+    x = mu / 2 - epsilon / mu
+    log_first = float(special.log_ndtr(x))
+    if log_first == -math.inf:
+        return 0.0
+    gap = epsilon + float(special.log_ndtr(x - mu)) - log_first  # log(second term / first term) < 0
+    if gap >= 0.0:
+        return 0.0
+    return max(0.0, math.exp(log_first) * -math.expm1(gap))
+
+
+def _check_delta(delta: float, *, low_open: bool = False) -> float:
+    return check_number("delta", delta, low=0.0, high=1.0, low_open=low_open)
+
+
+def gdp_epsilon(mu: float, delta: float) -> float:
+    """The smallest epsilon at which mu-GDP is (epsilon, delta)-DP (bisection; inf at delta = 0, mu > 0)."""
+    mu, delta = _check_mu(mu), _check_delta(delta)
+    if delta >= gdp_delta(mu, 0.0):
+        return 0.0
+    if delta == 0.0 or mu == math.inf:
+        return math.inf
+    lo, hi = 0.0, 1.0
+    while gdp_delta(mu, hi) > delta:
+        lo, hi = hi, 2 * hi
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if gdp_delta(mu, mid) > delta else (lo, mid)
+    return hi
+
+
+def gdp_mu(epsilon: float, delta: float) -> float:
+    """The mu whose epsilon at `delta` is `epsilon` (inf when delta = 0; inf when delta = 1 is not met)."""
+    epsilon = check_number("epsilon", epsilon, low=0.0)
+    delta = _check_delta(delta)
+    if delta == 0.0:
+        return 0.0 if epsilon == 0.0 else math.inf  # only mu = 0 is pure DP
+    if delta >= 1.0:
+        return math.inf
+    lo, hi = 0.0, 1.0
+    while gdp_delta(hi, epsilon) < delta:
+        lo, hi = hi, 2 * hi
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if gdp_delta(mid, epsilon) < delta else (lo, mid)
+    return lo
+
+
+# ------------------------------------------------------------------ one-run audits (guessing games)
+#
+# Both audits (Steinke, Nasr, Jagielski 2023; Mahloujifar, Melis, Chaudhuri 2024) need: m canaries, each
+# included independently with probability 1/2, and guesses that depend on the release only (never on
+# which canaries were included). Here: "in" for the top half of the guesses by score, "out" for the
+# bottom half. The number of guesses r is fixed in advance; with several candidate r the bound is the
+# largest over them, each at alpha / (number of candidates) (Bonferroni), so it still holds with
+# probability >= 1 - alpha.
+
+DEFAULT_GUESS_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+
+
+def _scores_and_labels(scores: np.ndarray, included: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(included)
+    if scores.ndim != 1 or labels.shape != scores.shape:
+        raise ConfigError(f"scores and included must be 1-D of one length, got {scores.shape} and {labels.shape}")
+    if scores.size < 2:
+        raise ConfigError(f"need at least 2 canaries, got {scores.size}")
+    if not np.isfinite(scores).all():
+        raise ConfigError("scores must be finite")
+    if labels.dtype != bool:
+        if not np.isin(labels, (0, 1)).all():
+            raise ConfigError("included must hold booleans (or 0/1)")
+        labels = labels.astype(bool)
+    return scores, labels
+
+
+def _guess_counts(m: int, guesses: int | Sequence[int] | None) -> list[int]:
+    """The candidate total numbers of guesses (each in [2, m]), fixed before the labels are read."""
+    if guesses is None:
+        candidates = sorted({max(2, min(m, round(f * m))) for f in DEFAULT_GUESS_FRACTIONS})
+    else:
+        raw = [guesses] if isinstance(guesses, int) else list(guesses)
+        if not raw:
+            raise ConfigError("guesses must name at least one number of guesses")
+        candidates = []
+        for r in raw:
+            if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 2 <= r <= m:
+                raise ConfigError(f"each number of guesses must be an int in [2, {m}], got {r!r}")
+            candidates.append(int(r))
+        candidates = sorted(set(candidates))
+    return candidates
+
+
+def _correct_guesses(scores: np.ndarray, included: np.ndarray, guesses: int) -> int:
+    """Correct guesses when the top guesses // 2 scores are called "in" and the bottom rest "out"."""
+    order = np.argsort(scores, kind="stable")
+    top, bottom = guesses // 2, guesses - guesses // 2
+    return int(included[order[scores.size - top :]].sum() + (~included[order[:bottom]]).sum())
+
+
+def one_run_p_value(epsilon: float, delta: float, *, canaries: int, guesses: int, correct: int) -> float:
+    """Steinke, Nasr, Jagielski (2023), Theorem with delta > 0: if the mechanism is (epsilon, delta)-DP with
+    respect to each of m canaries, P[>= v correct of r guesses] <= P[Bin(r, q) >= v]
+    + 2 m delta max_{1 <= i <= v} P[v - i <= Bin(r, q) < v] / i, with q = e^epsilon / (1 + e^epsilon)."""
+    m, r, v = canaries, guesses, correct
+    if not 0 <= v <= r <= m:
+        raise ConfigError(f"need 0 <= correct <= guesses <= canaries, got {v}, {r}, {m}")
+    if v == 0:
+        return 1.0
+    q = 1.0 / (1.0 + math.exp(-epsilon)) if epsilon < 700 else 1.0
+    tail = float(stats.binom.sf(v - 1, r, q))
+    if delta == 0.0:
+        return min(1.0, tail)
+    below = stats.binom.pmf(np.arange(v - 1, -1, -1), r, q)  # P[Bin = v-1], P[Bin = v-2], ..., P[Bin = 0]
+    window = float(np.max(np.cumsum(below) / np.arange(1, v + 1)))
+    return min(1.0, tail + 2 * m * delta * window)
+
+
+@functools.lru_cache(maxsize=4096)
+def _one_run_epsilon(m: int, r: int, v: int, delta: float, alpha: float) -> float:
+    """The largest epsilon (to 1e-6) found rejected: one_run_p_value(epsilon) <= alpha; 0 when none is."""
+
+    def rejected(eps: float) -> bool:
+        return one_run_p_value(eps, delta, canaries=m, guesses=r, correct=v) <= alpha
+
+    if not rejected(0.0):
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while rejected(hi):
+        lo, hi = hi, 2 * hi
+        if hi > 1e4:
+            return lo
+    while hi - lo > 1e-6:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if rejected(mid) else (lo, mid)
+    return lo  # rejected: at most the supremum of the rejected epsilons, hence valid
+
+
+def one_run_epsilon_bound(
+    scores: np.ndarray,
+    included: np.ndarray,
+    *,
+    delta: float,
+    alpha: float = 0.05,
+    guesses: int | Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """The one-run epsilon lower bound with delta > 0 (Steinke, Nasr, Jagielski, NeurIPS 2023).
+
+    `guesses`: the total number of guesses r (top r // 2 scores guessed "in", bottom r - r // 2 "out"),
+    or several candidates (the bound is the largest, each at alpha / candidates), or None for
+    r = 10%, 25%, 50% and 100% of the canaries. Holds with probability >= 1 - alpha when each canary
+    was included independently with probability 1/2. `max_certifiable`: the bound if every guess of the
+    chosen candidate were correct (for the largest candidate: `max_certifiable(m, ...)`)."""
+    scores, labels = _scores_and_labels(scores, included)
+    delta = _check_delta(delta)
+    alpha = check_number("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
+    m = scores.size
+    counts = _guess_counts(m, guesses)
+    level = alpha / len(counts)
+    candidates = []
+    for r in counts:
+        v = _correct_guesses(scores, labels, r)
+        candidates.append({"guesses": r, "correct": v, "epsilon_lower_bound": _one_run_epsilon(m, r, v, delta, level)})
+    best = max(candidates, key=lambda c: c["epsilon_lower_bound"])
+    return {
+        "epsilon_lower_bound": best["epsilon_lower_bound"],
+        "guesses": best["guesses"],
+        "correct": best["correct"],
+        "confidence": 1 - alpha,
+        "delta": delta,
+        "max_certifiable": _one_run_epsilon(m, best["guesses"], best["guesses"], delta, level),
+        "candidates": candidates,
+        "alpha_per_candidate": level,
     }
