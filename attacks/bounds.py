@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -301,9 +301,7 @@ def one_run_p_value(epsilon: float, delta: float, *, canaries: int, guesses: int
     """Steinke, Nasr, Jagielski (2023), Theorem with delta > 0: if the mechanism is (epsilon, delta)-DP with
     respect to each of m canaries, P[>= v correct of r guesses] <= P[Bin(r, q) >= v]
     + 2 m delta max_{1 <= i <= v} P[v - i <= Bin(r, q) < v] / i, with q = e^epsilon / (1 + e^epsilon)."""
-    m, r, v = canaries, guesses, correct
-    if not 0 <= v <= r <= m:
-        raise ConfigError(f"need 0 <= correct <= guesses <= canaries, got {v}, {r}, {m}")
+    m, r, v = _check_counts(canaries, guesses, correct)
     if v == 0:
         return 1.0
     q = 1.0 / (1.0 + math.exp(-epsilon)) if epsilon < 700 else 1.0
@@ -335,6 +333,26 @@ def _one_run_epsilon(m: int, r: int, v: int, delta: float, alpha: float) -> floa
     return lo  # rejected: at most the supremum of the rejected epsilons, hence valid
 
 
+def _check_counts(canaries: int, guesses: int, correct: int) -> tuple[int, int, int]:
+    for name, value in (("canaries", canaries), ("guesses", guesses), ("correct", correct)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ConfigError(f"{name} must be an int, got {value!r}")
+    if not 0 <= correct <= guesses <= canaries or guesses < 1:
+        raise ConfigError(
+            f"need 0 <= correct <= guesses <= canaries and guesses >= 1, got {correct}, {guesses}, {canaries}"
+        )
+    return int(canaries), int(guesses), int(correct)
+
+
+def one_run_epsilon_from_counts(
+    *, canaries: int, guesses: int, correct: int, delta: float, alpha: float = 0.05
+) -> float:
+    """The one-run epsilon lower bound from counts: guesses fixed before the labels were read."""
+    m, r, v = _check_counts(canaries, guesses, correct)
+    alpha = check_number("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
+    return _one_run_epsilon(m, r, v, _check_delta(delta), alpha)
+
+
 def one_run_epsilon_bound(
     scores: np.ndarray,
     included: np.ndarray,
@@ -348,8 +366,8 @@ def one_run_epsilon_bound(
     `guesses`: the total number of guesses r (top r // 2 scores guessed "in", bottom r - r // 2 "out"),
     or several candidates (the bound is the largest, each at alpha / candidates), or None for
     r = 10%, 25%, 50% and 100% of the canaries. Holds with probability >= 1 - alpha when each canary
-    was included independently with probability 1/2. `max_certifiable`: the bound if every guess of the
-    chosen candidate were correct (for the largest candidate: `max_certifiable(m, ...)`)."""
+    was included independently with probability 1/2. `max_certifiable`: the bound if every guess were
+    correct (the best candidate then): no claim above it can be refuted with these canaries."""
     scores, labels = _scores_and_labels(scores, included)
     delta = _check_delta(delta)
     alpha = check_number("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
@@ -367,7 +385,249 @@ def one_run_epsilon_bound(
         "correct": best["correct"],
         "confidence": 1 - alpha,
         "delta": delta,
-        "max_certifiable": _one_run_epsilon(m, best["guesses"], best["guesses"], delta, level),
+        "max_certifiable": max(_one_run_epsilon(m, r, r, delta, level) for r in counts),
         "candidates": candidates,
         "alpha_per_candidate": level,
+    }
+
+
+# ------------------------------------------------------------------ f-DP one-run audit
+#
+# Mahloujifar, Melis, Chaudhuri ("Auditing f-differential privacy in one run", 2024). Let W be the correct
+# guesses among r guesses on m canaries, p_w = P[W = w], A_i = sum_{w >= i} p_w w / r (W >= i and a random
+# one of the guesses is right) and B_i = sum_{w >= i} p_w (r - w) / r (W >= i and it is wrong). Flipping
+# the chosen canary turns "W >= i, right" into "W >= i - 1, wrong" on the same release; f-DP for each
+# canary and Jensen over the m canaries (the inverse blow-up g(y) = 1 - f^{-1}(... ) is convex) give
+#     h_{i-1} >= g(r_i)   with r_i = r A_i / m, h_i = r B_i / m,  g = the inverse of y -> 1 - f(1 - y)
+# (mu-GDP: g(y) = Phi(Phi^-1(y) - mu)). The least total probability sum_w p_w = m (r_0 + h_0) / r that
+# carries P[W >= v] = tau puts tau at w = v and, going down, the least p_i each constraint needs; when
+# it exceeds 1, P[W >= v] < tau. Rejecting at tau = alpha gives a test of level alpha.
+
+
+def _gaussian_inverse_blowup(mus: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    def g(y: np.ndarray) -> np.ndarray:
+        return np.asarray(special.ndtr(special.ndtri(np.clip(y, 0.0, 1.0)) - mus))
+
+    return g
+
+
+def _approximate_dp_inverse_blowup(epsilons: np.ndarray, delta: float) -> Callable[[np.ndarray], np.ndarray]:
+    shrink, log_grow = np.exp(-epsilons), np.minimum(epsilons, 700.0)
+
+    def g(y: np.ndarray) -> np.ndarray:
+        y = np.clip(y, 0.0, 1.0)
+        with np.errstate(divide="ignore"):  # log(0) = -inf: the term is then 1 - delta
+            upper = 1.0 - delta - np.exp(np.minimum(log_grow + np.log1p(-y), 1.0))
+        return np.maximum(0.0, np.maximum(shrink * (y - delta), upper))
+
+    return g
+
+
+def _fdp_least_mass(g: Callable[[np.ndarray], np.ndarray], m: int, r: int, v: int, tau: np.ndarray) -> np.ndarray:
+    """The least total probability m (r_0 + h_0) / r of a distribution of W with P[W >= v] = tau."""
+    right, wrong = tau * v / m, tau * (r - v) / m
+    for i in range(v - 1, -1, -1):
+        needed = np.maximum(wrong, g(right))
+        # Both only grow, and r_0 + h_0 > 1 >= r / m already rejects: capping at 2 keeps every decision
+        # and keeps the numbers finite.
+        right = np.minimum(right + (i / (r - i)) * (needed - wrong), 2.0)
+        wrong = np.minimum(needed, 2.0)
+    return np.asarray(m * (right + wrong) / r)
+
+
+def fdp_tail_bound(mu: float, *, canaries: int, guesses: int, correct: int) -> float:
+    """An upper bound (to 1e-9) on P[>= correct of the guesses are right] for a mu-GDP mechanism."""
+    m, r, v = _check_counts(canaries, guesses, correct)
+    if v == 0:
+        return 1.0
+    g = _gaussian_inverse_blowup(np.array([_check_mu(mu)]))
+    lo, hi = 0.0, 1.0
+    if _fdp_least_mass(g, m, r, v, np.array([1.0]))[0] <= 1.0:
+        return 1.0
+    while hi - lo > 1e-9:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _fdp_least_mass(g, m, r, v, np.array([mid]))[0] <= 1.0 else (lo, mid)
+    return hi
+
+
+_MARGIN = 1e-9  # a rejection needs the least mass above 1 + _MARGIN: rounding never rejects
+
+
+def _largest_rejected(
+    family: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]], m: int, r: int, v: int, alpha: float
+) -> float:
+    """The largest parameter found whose curve the observation rejects at level alpha (0 when none is):
+    a point of the rejected set, so at most its supremum. Doubling, then three rounds of a 33-point grid."""
+
+    def rejected(params: np.ndarray) -> np.ndarray:
+        tau = np.full(params.shape, alpha)
+        return np.asarray(_fdp_least_mass(family(params), m, r, v, tau) > 1.0 + _MARGIN)
+
+    if v == 0 or not rejected(np.array([0.0]))[0]:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while rejected(np.array([hi]))[0]:
+        lo, hi = hi, 2 * hi
+        if hi > 1e4:
+            return lo
+    for _ in range(3):
+        grid = np.linspace(lo, hi, 33)
+        hits = np.flatnonzero(rejected(grid))
+        if hits.size == 0:
+            break
+        k = int(hits[-1])
+        lo, hi = float(grid[k]), float(grid[min(k + 1, grid.size - 1)])
+    return lo
+
+
+@functools.lru_cache(maxsize=4096)
+def _fdp_mu(m: int, r: int, v: int, alpha: float) -> float:
+    return _largest_rejected(_gaussian_inverse_blowup, m, r, v, alpha)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fdp_epsilon(m: int, r: int, v: int, delta: float, alpha: float) -> float:
+    return _largest_rejected(lambda eps: _approximate_dp_inverse_blowup(eps, delta), m, r, v, alpha)
+
+
+def fdp_mu_from_counts(*, canaries: int, guesses: int, correct: int, alpha: float = 0.05) -> float:
+    """The f-DP one-run mu lower bound from counts: guesses fixed before the labels were read."""
+    m, r, v = _check_counts(canaries, guesses, correct)
+    alpha = check_number("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
+    return _fdp_mu(m, r, v, alpha)
+
+
+def fdp_one_run_mu_bound(
+    scores: np.ndarray,
+    included: np.ndarray,
+    *,
+    alpha: float = 0.05,
+    delta: float | None = None,
+    guesses: int | Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """The one-run f-DP audit (Mahloujifar, Melis, Chaudhuri 2024) for Gaussian trade-off curves: the
+    largest mu whose mu-GDP the correct guesses reject at level alpha (guesses as in
+    `one_run_epsilon_bound`, several candidates at alpha / candidates each).
+
+    With `delta`: `epsilon_lower_bound_at_delta` = gdp_epsilon(mu_lower_bound, delta), the epsilon of the
+    rejected Gaussian curve: a bound on the mechanism's epsilon(delta) when its trade-off curve is
+    Gaussian (as a Gaussian mechanism's is). `epsilon_lower_bound_any_mechanism` needs no such
+    assumption: the same audit run on the (epsilon, delta)-DP curve itself."""
+    scores, labels = _scores_and_labels(scores, included)
+    alpha = check_number("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
+    m = scores.size
+    counts = _guess_counts(m, guesses)
+    level = alpha / len(counts)
+    candidates = []
+    for r in counts:
+        v = _correct_guesses(scores, labels, r)
+        candidates.append({"guesses": r, "correct": v, "mu_lower_bound": _fdp_mu(m, r, v, level)})
+    best = max(candidates, key=lambda c: c["mu_lower_bound"])
+    out: dict[str, Any] = {
+        "mu_lower_bound": best["mu_lower_bound"],
+        "guesses": best["guesses"],
+        "correct": best["correct"],
+        "confidence": 1 - alpha,
+        "max_certifiable_mu": max(_fdp_mu(m, r, r, level) for r in counts),
+        "candidates": candidates,
+        "alpha_per_candidate": level,
+    }
+    if delta is not None:
+        delta = _check_delta(delta)
+        out["delta"] = delta
+        out["epsilon_lower_bound_at_delta"] = gdp_epsilon(best["mu_lower_bound"], delta)
+        out["epsilon_lower_bound_any_mechanism"] = max(
+            _fdp_epsilon(m, c["guesses"], c["correct"], delta, level) for c in candidates
+        )
+    return out
+
+
+def max_certifiable(
+    m: int, *, delta: float, alpha: float = 0.05, guesses: int | Sequence[int] | None = None
+) -> dict[str, float]:
+    """The largest epsilon each bound can certify with m canaries, half of them in, if the attack were
+    perfect (every guess right): a claim above it is "not refutable at m", never "passes".
+
+    split_half: Clopper-Pearson on the evaluation half (`split_half_bound`); one_run: Steinke et al. with
+    delta; fdp_mu: the f-DP one-run mu, fdp_epsilon_at_delta its Gaussian epsilon at delta and
+    fdp_epsilon_any_mechanism the f-DP audit of the (epsilon, delta) curve itself. One-run bounds use
+    the candidates of `guesses` (default as in `one_run_epsilon_bound`), each at alpha / candidates."""
+    if isinstance(m, bool) or not isinstance(m, int) or m < 4:
+        raise ConfigError(f"m must be an int >= 4, got {m!r}")
+    delta = _check_delta(delta)
+    alpha = check_number("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
+    evaluated = m - m // 2
+    positives = evaluated // 2
+    counts = _guess_counts(m, guesses)
+    level = alpha / len(counts)
+    mu = max(_fdp_mu(m, r, r, level) for r in counts)
+    return {
+        "split_half": epsilon_lower_bound(positives, 0, 0, evaluated - positives, delta=delta, alpha=alpha),
+        "one_run": max(_one_run_epsilon(m, r, r, delta, level) for r in counts),
+        "fdp_mu": mu,
+        "fdp_epsilon_at_delta": gdp_epsilon(mu, delta),
+        "fdp_epsilon_any_mechanism": max(_fdp_epsilon(m, r, r, delta, level) for r in counts),
+    }
+
+
+# ------------------------------------------------------------------ mechanism checks with known quantities
+
+
+def variance_shortfall_test(residuals: np.ndarray, *, claimed_std: float, alpha: float = 0.05) -> dict[str, Any]:
+    """Residuals that should be iid N(0, claimed_std^2): the one-sided chi-square test of a variance below
+    the claim (the mean is known to be 0, so sum(x^2) / claimed_std^2 ~ chi2(n)); it fails only when there
+    is less noise than claimed. `detectable_shortfall`: the relative std shortfall 1 - std_true /
+    claimed_std that this test catches with 95% power at this alpha and n."""
+    x = np.asarray(residuals, dtype=np.float64).ravel()
+    if x.size < 1:
+        raise ConfigError("variance_shortfall_test needs at least one residual")
+    if not np.isfinite(x).all():
+        raise ConfigError("residuals must be finite")
+    claimed_std = check_number("claimed_std", claimed_std, low=0.0, low_open=True)
+    alpha = check_number("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
+    n = x.size
+    statistic = float(np.sum(np.square(x / claimed_std)))
+    p_value = float(stats.chi2.cdf(statistic, n))
+    critical, at_power = float(stats.chi2.ppf(alpha, n)), float(stats.chi2.ppf(0.95, n))
+    return {
+        "verdict": "fails" if p_value < alpha else "holds",
+        "samples": n,
+        "variance_ratio": statistic / n,
+        "p_value": p_value,
+        "alpha": alpha,
+        "detectable_shortfall": 1.0 - math.sqrt(critical / at_power),
+    }
+
+
+def known_shift_test(
+    scores: np.ndarray, included: np.ndarray, *, claimed_mu: float, alpha: float = 0.05
+) -> dict[str, Any]:
+    """Canary scores normalised so that, under the claim, out ~ N(0, 1) and in ~ N(mu, 1) with
+    mu <= claimed_mu: the one-sided z-test (unit variance known under the claim) that the separation
+    mean_in - mean_out exceeds claimed_mu. Fails when p < alpha, i.e. when the lower limit exceeds the
+    claim. `detectable_mu_ratio`: the smallest mu_true / claimed_mu caught with 95% power at these
+    counts and alpha (with unit variance; less noise than claimed only makes it easier)."""
+    values, labels = _scores_and_labels(scores, included)
+    claimed_mu = check_number("claimed_mu", claimed_mu, low=0.0)
+    alpha = check_number("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
+    inside, outside = values[labels], values[~labels]
+    if inside.size == 0 or outside.size == 0:
+        raise ConfigError("known_shift_test needs included and excluded canaries")
+    estimate = float(inside.mean() - outside.mean())
+    se = math.sqrt(1 / inside.size + 1 / outside.size)
+    z_alpha = float(stats.norm.isf(alpha))
+    p_value = float(stats.norm.sf((estimate - claimed_mu) / se))
+    return {
+        "verdict": "fails" if p_value < alpha else "holds",
+        "estimate": estimate,
+        "lower_limit": estimate - z_alpha * se,
+        "upper_limit": estimate + z_alpha * se,
+        "claimed_mu": claimed_mu,
+        "p_value": p_value,
+        "alpha": alpha,
+        "included": int(inside.size),
+        "excluded": int(outside.size),
+        "detectable_mu_ratio": (
+            1.0 + (z_alpha + float(stats.norm.isf(0.05))) * se / claimed_mu if claimed_mu > 0 else math.inf
+        ),
     }
