@@ -6,6 +6,12 @@ rates give a lower bound on epsilon that holds with the stated confidence. Both 
 tried and the larger taken, so each of the four rates gets alpha / 4 (Bonferroni): the result holds
 with probability >= 1 - alpha. The threshold must be chosen on other canaries than those it is
 evaluated on (`split_half_bound`), never as the best of a grid on the same ones.
+
+Also here: Gaussian DP conversions (`gdp_delta`, `gdp_epsilon`, `gdp_mu`); the one-run audits, which use
+all m canaries at once (`one_run_epsilon_bound`: Steinke, Nasr, Jagielski 2023 with delta > 0;
+`fdp_one_run_mu_bound`: Mahloujifar, Melis, Chaudhuri 2024 on Gaussian and (epsilon, delta) curves);
+`max_certifiable`, what m canaries can certify at best; and two mechanism checks against known quantities
+(`variance_shortfall_test`, `known_shift_test`).
 """
 
 from __future__ import annotations
@@ -144,7 +150,7 @@ def one_run_bound(scores: np.ndarray, included: np.ndarray, *, guess_fraction: f
     guess "in" for the top `guess_fraction` of scores and "out" for the bottom one (fixed in advance);
     under epsilon-DP the correct guesses are dominated by Binomial(r, e^eps / (1 + e^eps)), so the
     largest epsilon at which v or more correct guesses still has probability >= beta is the bound.
-    It ignores delta (the run's delta > 0 would lower it slightly): informational, not a verdict."""
+    It ignores delta: informational, not a verdict (`one_run_epsilon_bound` is the delta > 0 form)."""
     scores, included = np.asarray(scores, dtype=np.float64), np.asarray(included, dtype=bool)
     k = max(1, int(guess_fraction * scores.size))
     order = np.argsort(scores, kind="stable")
@@ -302,6 +308,7 @@ def one_run_p_value(epsilon: float, delta: float, *, canaries: int, guesses: int
     respect to each of m canaries, P[>= v correct of r guesses] <= P[Bin(r, q) >= v]
     + 2 m delta max_{1 <= i <= v} P[v - i <= Bin(r, q) < v] / i, with q = e^epsilon / (1 + e^epsilon)."""
     m, r, v = _check_counts(canaries, guesses, correct)
+    epsilon, delta = check_number("epsilon", epsilon, low=0.0), _check_delta(delta)
     if v == 0:
         return 1.0
     q = 1.0 / (1.0 + math.exp(-epsilon)) if epsilon < 700 else 1.0
