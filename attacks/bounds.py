@@ -404,9 +404,11 @@ def one_run_epsilon_bound(
 # guesses among r guesses on m canaries, p_w = P[W = w], A_i = sum_{w >= i} p_w w / r (W >= i and a random
 # one of the guesses is right) and B_i = sum_{w >= i} p_w (r - w) / r (W >= i and it is wrong). Flipping
 # the chosen canary turns "W >= i, right" into "W >= i - 1, wrong" on the same release; f-DP for each
-# canary and Jensen over the m canaries (the inverse blow-up g(y) = 1 - f^{-1}(... ) is convex) give
-#     h_{i-1} >= g(r_i)   with r_i = r A_i / m, h_i = r B_i / m,  g = the inverse of y -> 1 - f(1 - y)
-# (mu-GDP: g(y) = Phi(Phi^-1(y) - mu)). The least total probability sum_w p_w = m (r_0 + h_0) / r that
+# canary (an event of probability x on one side has at least g(x) on the other, g the inverse of the
+# blow-up x -> 1 - f(x), convex) and Jensen over the m canaries give
+#     h_{i-1} >= g(r_i)   with r_i = r A_i / m, h_i = r B_i / m
+# (mu-GDP: g(y) = Phi(Phi^-1(y) - mu); (eps, delta)-DP: max(0, e^-eps (y - delta), 1 - delta - e^eps (1 - y))).
+# The least total probability sum_w p_w = m (r_0 + h_0) / r that
 # carries P[W >= v] = tau puts tau at w = v and, going down, the least p_i each constraint needs; when
 # it exceeds 1, P[W >= v] < tau. Rejecting at tau = alpha gives a test of level alpha.
 
