@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from mrff_secure.checks import check_bool
 from mrff_secure.errors import ConfigError
+from mrff_secure.federation.planted_defects import PLANTED_DEFECTS
 
 if TYPE_CHECKING:  # imported where used: this module imports nothing heavy
     from mrff_secure.config import ModelConfig
@@ -224,17 +225,21 @@ OPTIONS: tuple[Option, ...] = (
                                                  "unavailable", above=0.0),
     # ---------------------------------------------------------------- audit
     _o("audit", "rounds_per_cell", int, 5, "training rounds of every cell", low=1),
-    _o("audit", "canaries", int, 100, "canary clients per cell", low=0),
+    _o("audit", "canaries", int, 1000, "canaries (m) per cell: contributions inserted in the release, not users; "
+                                       "0: no canary, so no DP claim can be tested", low=0),
     _o("audit", "levels", list, [0.1, 0.3, 0.5], "noise multipliers of the DP cells", above=0.0),
     _o("audit", "targets", list, [1.0, 4.0], "calibrated target epsilons of the DP cells", above=0.0),
     _o("audit", "seeds", list, [0], "seeds: every cell once per seed", item=int, low=0),
     _o("audit", "sampled_fraction", float, 0.1, "client fraction of the disaggregation cells (0 = none)", low=0.0,
        high=1.0),
     _o("audit", "cells", list, None, "run only the cells whose name contains one of these", item=str, optional=True),
-    _o("audit", "confidence", float, 0.95, "R1-R3 hold together over the DP cells at this confidence: an honest "
-                                           "mechanism fails by chance with probability at most 1 - confidence",
-       low=0.5, below=1.0),
+    _o("audit", "confidence", float, 0.99, "every test of the audit together at this confidence: an honest "
+                                           "implementation gets a verdict other than 'holds' with probability at "
+                                           "most 1 - confidence (the stated false-alarm rate)", low=0.5, below=1.0),
     _o("audit", "misreport_noise", float, 1.0, "TESTING THE AUDIT ONLY: claim z x FACTOR while adding z", above=0.0),
+    _o("audit", "planted_defect", str, None, "TESTING THE AUDIT ONLY: plant this privacy defect in every DP cell "
+                                             "(mrff_secure/federation/planted_defects.py)", optional=True,
+       choices=tuple(PLANTED_DEFECTS)),
     # ---------------------------------------------------------------- scale
     _o("scale", "backend", str, "single", "single: this process; ray: clients sharded over Ray actors (train) or "
                                          "cells as Ray tasks (audit); needs pip install -e '.[ray]'",
@@ -278,7 +283,7 @@ COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
                 "max_dropout_fraction", "modulus_bits", "noise_sampling", "blocks", "groups", "mrff"),
     "audit": ("dataset", "data_dir", "recbole_name", "synthetic_users", "clip", "rounds_per_cell", "canaries",
               "levels", "targets", "seeds", "sampled_fraction", "cells", "confidence", "misreport_noise",
-              "backend", "ray_address", "threads_per_worker"),
+              "planted_defect", "backend", "ray_address", "threads_per_worker"),
 }
 # fmt: on
 # A network run is private by default: distributed DP (its noise calibrated to NETWORK_TARGET_EPSILON over

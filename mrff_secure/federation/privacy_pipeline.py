@@ -25,17 +25,20 @@ divides group sums by, per mode, are described in `round.aggregate`.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any
+import math
+from dataclasses import asdict, replace
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from mrff_secure.dp import clip_prefix_l2
 from mrff_secure.dp.accounting import json_epsilon
+from mrff_secure.dp.discretize import wrap_to_modulus
 from mrff_secure.dp.distributed import DistributedPlan
 from mrff_secure.dp.mechanisms import GridDiscreteGaussian
 from mrff_secure.errors import ConfigError
+from mrff_secure.federation.planted_defects import CLIP_SKIPPED_FACTOR, check_defect
 from mrff_secure.round.accountant import PrivacyAccount, RoundAccountant, account_rounds, run_noise_multiplier
 from mrff_secure.round.encoding import SecureRoundPlans, add_to_ring, decode_sum, summed_noise_shares, without_noise
 from mrff_secure.round.participant import (
@@ -51,6 +54,8 @@ from mrff_secure.round.secure_sum import RingSum, SecureSumSession, open_session
 from mrff_secure.round.spec import Phase, PrivacySettings, SecureAggregation
 from mrff_secure.round.update_vector import UpdateLayout
 
+AUDIT_ROWS_BLOCK = 2**31 - 1  # the rounding stream of the audit's rows (a block no chunk of users has)
+AUDIT_ROWS_CHUNK = 128  # the audit's rows are encoded this many at a time
 NOT_PRIVATE = (
     "NOT PRIVATE: insecure_reproducible_noise drew the DP noise from the run seed; anyone who knows "
     "the seed can remove it"
@@ -72,8 +77,10 @@ class PrivacyPipeline:
         seed: int,
         federation_min_group_size: int = 1,
         participants: int | None = None,
+        planted_defect: str | None = None,
     ) -> None:
         self.settings = settings
+        self.planted_defect = check_defect(planted_defect)  # TESTING THE AUDIT ONLY (`planted_defects`)
         self.dp = settings.dp
         self.layout = layout
         self.num_users, self.rounds, self.sample_rate, self.seed = num_users, rounds, sample_rate, seed
@@ -96,6 +103,11 @@ class PrivacyPipeline:
         self.accounted_noise_multiplier = self.release.accounted_noise_multiplier()
         self._plans: dict[int, SecureRoundPlans] = {}
         self.last_ring_sums: dict[int, np.ndarray] = {}  # phase -> ring sum of the last round (audit, tests)
+        self.audit_rows: Callable[[int, int], np.ndarray | None] | None = None
+        """THE AUDIT ONLY: `audit_rows(phase, round_index)` -> float rows (k, phase length) added to a secure
+        phase's sum through the clients' encoding (clip, rotation, scaling, rounding) but with no noise share
+        of their own: canary contributions (Andrew et al. 2023), not users; the participants' noise is the
+        release's noise."""
 
     def _release(self, z: float, participants: int | None = None) -> RoundRelease:
         """The public description of this run's rounds at noise multiplier z (`round.accountant`)."""
@@ -140,7 +152,9 @@ class PrivacyPipeline:
     @property
     def insecure_seed(self) -> int | None:
         """The seed DP randomness is derived from (insecure_reproducible_noise only), else None: OS entropy."""
-        return self.seed if self.settings.insecure_reproducible_noise else None
+        if self.settings.insecure_reproducible_noise or self.planted_defect == "noise_from_seed":
+            return self.seed
+        return None
 
     def noise_generator(self, round_index: int, phase: int) -> np.random.Generator:
         """The generator of a round's aggregate DP draw (`round.participant.dp_generator`)."""
@@ -153,26 +167,55 @@ class PrivacyPipeline:
         return dp_generator(self.insecure_seed, (round_index, phase, SIMULATION_NOISE_STREAM, block))
 
     # ------------------------------------------------------------ local mode
-    def privatize_local(self, vectors: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def privatize_local(
+        self, vectors: torch.Tensor, rng: np.random.Generator, *, prefix_len: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip each row's delta part to C, add grid discrete Gaussian noise of std z*C to every coordinate.
 
         Returns (uploads in the vectors' dtype: a post-processing cast, norms before clipping).
+        prefix_len (the audit's canaries only): rows hold a subset of an upload's coordinates, the first
+        prefix_len of them from the delta part, every other coordinate of the upload zero: the clip is the
+        same and each coordinate's noise is drawn alone, so only these need drawing (the grid's spacing, a
+        2^-20 C detail, is that of the subset's length).
         """
         rows = vectors.detach().to(torch.float64).numpy()  # (clients, size)
-        clipped, norms = clip_prefix_l2(rows, clip=self.clip, prefix_len=self.layout.delta_size)
-        mechanism = GridDiscreteGaussian(noise_multiplier=self.noise_multiplier, clip=self.clip, dim=rows.shape[1])
+        prefix = self.layout.delta_size if prefix_len is None else prefix_len
+        clip = self.clip * CLIP_SKIPPED_FACTOR if self.planted_defect == "clip_skipped" else self.clip
+        clipped, norms = clip_prefix_l2(rows, clip=clip, prefix_len=prefix)
+        z = self.noise_multiplier * (0.5 if self.planted_defect == "noise_halved" else 1.0)
+        mechanism = GridDiscreteGaussian(noise_multiplier=z, clip=self.clip, dim=rows.shape[1])
         noisy = mechanism.add_noise(clipped, rng=rng)
+        if self.planted_defect == "count_phase_noiseless":  # the one-hots and the count, snapped, no noise
+            noisy[:, prefix:] = np.rint(clipped[:, prefix:] / mechanism.gamma) * mechanism.gamma
         return torch.from_numpy(noisy).to(vectors.dtype), torch.from_numpy(np.asarray(norms))
 
     # ------------------------------------------------------------ secure mode
+    def _planned_release(self, n: int) -> RoundRelease:
+        """The release the clients' plans are made from: the claimed one, unless a defect is planted."""
+        release = self._release(self.noise_multiplier, n)
+        defect = self.planted_defect
+        if defect == "noise_halved":
+            return release.with_noise_multiplier(self.noise_multiplier / 2)
+        if defect == "clip_skipped":  # the same noise std z C around a clip 100 times larger
+            factor = CLIP_SKIPPED_FACTOR
+            return replace(release, clip=self.clip * factor, noise_multiplier=self.noise_multiplier / factor)
+        if defect == "dropout_share_uncompensated":
+            return replace(release, n_min=n)
+        return release
+
     def plans_for(self, n: int) -> SecureRoundPlans:
         """The round's plans from public parameters (`round.encoding.secure_round_plans`), cached per n."""
         if n not in self._plans:
             if n < 3:
                 raise ConfigError(f"secure aggregation needs at least 3 participants per round, got {n}")
-            plans = self._release(self.noise_multiplier, n).plans()
+            plans = self._planned_release(n).plans()
             if plans is None:
                 raise ConfigError("the run has no secure aggregation: a round has no secure plans")
+            if self.planted_defect == "count_phase_noiseless":
+                plans = replace(plans, counts=without_noise(plans).counts)
+            elif self.planted_defect == "clip_skipped":  # the count phase as claimed: only the update's clip moves
+                honest = self._release(self.noise_multiplier, n).plans()
+                plans = replace(plans, counts=honest.counts if honest is not None else None)
             self._plans[n] = plans
         return self._plans[n]
 
@@ -236,7 +279,15 @@ class PrivacyPipeline:
     def finish_secure_sum(self, phase: int, num_clients: int, ring: np.ndarray, round_index: int) -> np.ndarray:
         """The server's side: the ring sum of the phase (plus the one summed noise draw of the 'aggregate'
         shortcut), decoded to floats (dim,)."""
-        _, plan = self._phase_plan(phase, num_clients)
+        plans, plan = self._phase_plan(phase, num_clients)
+        extra = self.audit_rows(phase, round_index) if self.audit_rows is not None else None
+        if extra is not None and len(extra):
+            quiet, seed = without_noise(plans), rotation_seed(self.seed, round_index, phase)
+            rng = self.chunk_generator(round_index, phase, AUDIT_ROWS_BLOCK)
+            for start in range(0, len(extra), AUDIT_ROWS_CHUNK):
+                rows = np.asarray(extra[start : start + AUDIT_ROWS_CHUNK], dtype=np.float64)
+                residues = phase_upload(quiet, Phase(phase), rows, rotation_seed=seed, rng=rng)
+                ring = add_to_ring(plan, ring, wrap_to_modulus(residues.sum(0), modulus_bits=plan.modulus_bits))
         if self.settings.noise_sampling == "aggregate" and plan.noise_multiplier > 0:
             # One draw of the sum of n shares per coordinate (see PrivacySettings.noise_sampling).
             ring = add_to_ring(
@@ -260,16 +311,27 @@ class PrivacyPipeline:
 
     def suppressed(self, counts: torch.Tensor) -> torch.Tensor:
         """(blocks, groups) bool: `round.participant.suppressed_groups` at this run's minimum group size."""
-        return suppressed_groups(counts, self.min_group_size)
+        floor = 1 if self.planted_defect == "group_of_one_released" else self.min_group_size
+        return suppressed_groups(counts, floor)
 
     # ------------------------------------------------------------ accounting
     def record_round(self) -> dict[str, Any]:
         """Record one finished round; return the epsilon spent so far (JSON-ready) for metrics.jsonl."""
-        eps = self.accountant.step(release=self.release)
+        eps = self.accountant.step(release=self.accounted_release())
         row: dict[str, Any] = {"epsilon": json_epsilon(eps), "private": self.private}
         if self.settings.insecure_reproducible_noise:
             row["not_private"] = NOT_PRIVATE
         return row
+
+    def accounted_release(self) -> RoundRelease:
+        """What the accountant is told a round released: the release, unless a defect is planted."""
+        if self.planted_defect == "replace_one_as_add_remove" and self.dp.mode == "local" and self.noise_multiplier:
+            # the add/remove sensitivity sqrt(C^2 + B + 1) in place of replace-one's: the same curve as the
+            # honest sensitivity at a noise multiplier larger by their ratio
+            c, b = self.clip, self.blocks
+            ratio = math.sqrt(4 * c * c + 2 * b + 1) / math.sqrt(c * c + b + 1)
+            return self.release.with_noise_multiplier(self.noise_multiplier * ratio)
+        return self.release
 
     def load_accountant_state(self, state: dict[str, Any]) -> None:
         """Restore the accountant from a checkpoint (a version-1 round count is rounds of this run's release)."""

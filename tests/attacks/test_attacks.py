@@ -20,7 +20,6 @@ from attacks.bounds import (
     split_half_bound,
     tradeoff_check,
 )
-from attacks.canary import CanaryAudit, with_canaries
 from attacks.disaggregation import disaggregate
 from attacks.grid import Cell, evaluate_rules, run_grid
 from attacks.groups import GroupRecorder, infer_groups
@@ -164,61 +163,6 @@ def test_the_lower_bound_is_valid_for_a_mechanism_of_known_epsilon():
 # ------------------------------------------------------------------ canary audit and the rules
 
 
-def _canary_cell(data, *, z: float, rounds: int = 3, canaries: int = 60):
-    audited = with_canaries(data, canaries)
-    layout = FederatedSimulation(audited, MODEL, FederationConfig(rounds=0)).layout
-    audit = CanaryAudit(layout, first_row=data.num_users, num_canaries=canaries, clip=1.0, clip_uploads=z > 0)
-    privacy = PrivacySettings(dp=DPConfig(mode="local", clip=1.0, noise_multiplier=z)) if z > 0 else None
-    sim = FederatedSimulation(
-        audited,
-        MODEL,
-        FederationConfig(rounds=rounds),
-        observer=audit,
-        update_transform=audit.transform,
-        privacy=privacy,
-    )
-    for _ in range(rounds):
-        sim.train_round()
-    return audit
-
-
-def test_canaries_are_separated_without_noise_and_the_mechanism_check_matches_the_true_noise(data):
-    assert _canary_cell(data, z=0.0).result(noise_multiplier=0.0, delta=1e-5)["canary_auc"] == 1.0
-    audit = _canary_cell(data, z=1.0, rounds=4, canaries=120)
-    truthful = audit.result(noise_multiplier=1.0, delta=1e-5)["mechanism"]
-    # the noise is fresh in every run: a 99.9% interval (a 95% one would miss in 1 run of 20)
-    low, high = truthful["mu_hat_95"]
-    wider = 3.29 / 1.96 * (high - low) / 2
-    assert truthful["mu_hat"] - wider <= truthful["claimed_mu"] <= truthful["mu_hat"] + wider + 0.5
-    assert 0.75 < truthful["measured_noise_multiplier"] < 1.3
-
-
-def test_the_rules_fail_when_the_claim_is_false(data):
-    """The same noisy cell audited against a false claim: noise twice what was used (R2 fails) and an
-    epsilon far below what the canaries show (R1 fails); the true claim passes both."""
-    audit = _canary_cell(data, z=0.3, rounds=3, canaries=120)
-
-    def cell(claimed_z: float, claimed_eps: float) -> dict:
-        canary = audit.result(noise_multiplier=claimed_z, delta=1e-5)
-        return {
-            "cell": f"local-dp z={claimed_z}",
-            "threat_model": ThreatModel.LOCAL_DP,
-            "seed": 0,
-            "noise_multiplier": claimed_z,
-            "target_epsilon": None,
-            "claim": {"epsilon": claimed_eps, "delta": 1e-5},
-            "canary": canary,
-            "scores": {"reconstruction_auc": 0.5, "membership_auc": 0.5, "canary_auc": canary["canary_auc"]},
-        }
-
-    false_rules = evaluate_rules([cell(0.6, 0.2)])
-    assert false_rules["R2"]["verdict"] == "fails" and false_rules["R1"]["verdict"] == "fails"
-    assert false_rules["R3"]["verdict"] == "fails"
-    true_rules = evaluate_rules([cell(0.3, 500.0)], family_confidence=0.999)  # fresh noise: no chance failure
-    assert true_rules["R2"]["verdict"] == "holds" and true_rules["R1"]["verdict"] == "not refutable at m"
-    assert true_rules["R3"]["verdict"] == "holds"
-
-
 def test_a_small_grid_runs_end_to_end_with_a_verdict_for_every_rule(data):
     cells = [
         Cell(ThreatModel.PLAIN),
@@ -235,7 +179,8 @@ def test_a_small_grid_runs_end_to_end_with_a_verdict_for_every_rule(data):
         ThreatModel.SECAGG_DP,
         ThreatModel.LOCAL_DP,
     }
-    assert set(report["rules"]) == {"R0", "R1", "R2", "R3", "R4", "R5", "malicious-server"}
+    assert set(report["rules"]) == {"R0", "R1", "R2", "R3", "R4", "R5", "malicious-server", "budget"}
+    assert report["verdict"]["verdict"] in ("holds", "fails", "inconclusive", "no claim tested")
     assert report["rules"]["R4"]["verdict"] == "holds"
     assert "secure aggregation alone is not DP" in report["rules"]["R4"]["cells"]["secagg z=0 seed=0"]["finding"]
     dp = [r for r in report["cells"] if r["threat_model"] == ThreatModel.SECAGG_DP][0]
