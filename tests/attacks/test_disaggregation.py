@@ -64,19 +64,19 @@ def test_only_the_chosen_rows_are_fitted():
 @pytest.fixture(scope="module")
 def rare_data():
     return make_synthetic(
-        num_users=40, num_items=150, maxlen=12, min_interactions=5, max_interactions=12, seed=3, rare_values=8
+        num_users=30, num_items=120, maxlen=12, min_interactions=5, max_interactions=12, seed=3, rare_values=6
     )
 
 
 def test_planted_rare_values_are_found_in_secure_sums_with_sampling(rare_data):
     probe = FederatedSimulation(rare_data, MODEL, FederationConfig(rounds=0))
     recorder = RowRecorder(ItemRows.from_layout(probe.layout, rare_data.item_attributes), rare_data.num_users)
-    federation = FederationConfig(rounds=24, client_fraction=0.15, seed=1)
+    federation = FederationConfig(rounds=16, client_fraction=0.2, seed=1)
     sim = FederatedSimulation(rare_data, MODEL, federation, observer=recorder, plain_individual_view=False)
-    for _ in range(24):
+    for _ in range(16):
         sim.train_round()
     result = disaggregate(recorder, rare_data)
     rare, in_out = result["rare_rows"], result["in_out"]["rare_rows"]
-    assert result["applicable"] and rare["rows"] >= 8 and rare["positives"] >= 8
-    assert rare["auc"] > 0.97 and rare["auc"] >= in_out["auc"] and rare["advantage_auc"] > 0.25
+    assert result["applicable"] and rare["rows"] >= 6 and rare["positives"] >= 6
+    assert rare["auc"] > 0.93 and rare["auc"] > in_out["auc"] + 0.03 and rare["advantage_auc"] > 0.2
     assert rare["tpr_at_0.1pct_fpr"] <= rare["tpr_at_1pct_fpr"]
