@@ -47,10 +47,10 @@ from mrff_secure.dp import clip_prefix_l2
 from mrff_secure.dp.mechanisms import GridDiscreteGaussian
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.client_shard import chunk_blocks
-from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
+from mrff_secure.federation.privacy_pipeline import AUDIT_ROWS_BLOCK, AUDIT_ROWS_CHUNK, PrivacyPipeline
 from mrff_secure.federation.simulation import ServerView
-from mrff_secure.round.encoding import decode_sum, summed_noise_shares, wrap_to_modulus
-from mrff_secure.round.participant import SIMULATION_NOISE_STREAM, dp_generator, rotation_seed
+from mrff_secure.round.encoding import add_to_ring, decode_sum, summed_noise_shares, without_noise, wrap_to_modulus
+from mrff_secure.round.participant import SIMULATION_NOISE_STREAM, dp_generator, phase_upload, rotation_seed
 from mrff_secure.round.release import RoundRelease
 from mrff_secure.round.spec import Phase
 
@@ -149,6 +149,8 @@ class CanaryAudit:
         self._known: dict[int, dict[str, np.ndarray]] = {}  # sum views: round -> what the auditor knows was sent
         self._sent: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}  # individual views: (rows, clipped) chunks
         self.suppression_violations = 0  # sum views: slots sent for a group whose released count is too small
+        self._replay_round: int | None = None  # sum views: the first round, replayed from the public seed
+        self.seed_reproduces_release: bool | None = None
         self._statistic = np.zeros(num_canaries)
         self.rounds = 0
         self.releases_seen = 0
@@ -189,6 +191,10 @@ class CanaryAudit:
         if self.individual:
             self._sent.setdefault(round_index, []).append((np.asarray(rows), clipped))
         else:
+            if self._replay_round is None:
+                self._replay_round = round_index
+            if round_index == self._replay_round:  # kept for the seed replay (one round only)
+                self._sent.setdefault(round_index, []).append((np.asarray(rows), x.copy()))
             known = self._known.setdefault(round_index, {})
             hots = slice(self.layout.delta_size, self.layout.delta_size + self.blocks * self.groups)
             counts = clipped[:, hots].sum(0)
@@ -276,23 +282,58 @@ class CanaryAudit:
             canary_sum[self.coords[k]] += self.clip * self.signs[k]
         residual = centred - canary_sum
         sigma = claimed_noise_std(release, n)
-        plans = self.pipeline.plans_for(n)  # the public plans: the same as the claim's unless a defect is planted
-        seed = rotation_seed(self.pipeline.seed, view.round_index, Phase.UPDATE)
+        if self.seed_reproduces_release is None and sigma > 0:
+            self.seed_reproduces_release = self._replayed_ring(view, n)
         replay = None
-        if sigma > 0:
-            draw = summed_noise_shares(
-                plans.update,
-                n,
-                dp_generator(self.pipeline.seed, (view.round_index, Phase.UPDATE, SIMULATION_NOISE_STREAM)),
-            )
-            ring = wrap_to_modulus(draw, modulus_bits=plans.update.modulus_bits)
-            replay = decode_sum(plans.update, ring, survivors=n, rotation_seed=seed)
         self.update_noise.add(residual, sigma, replay)
         ring_counts = self.pipeline.last_ring_sums.get(Phase.COUNTS)
+        plans = self.pipeline.plans_for(n)
         if plans.counts is not None and ring_counts is not None and "counts" in known:
             count_seed = rotation_seed(self.pipeline.seed, view.round_index, Phase.COUNTS)
             decoded = decode_sum(plans.counts, ring_counts, survivors=n, rotation_seed=count_seed)
             self.count_noise.add(decoded - known["counts"], claimed_noise_std(release, n, Phase.COUNTS))
+
+    def _replayed_ring(self, view: ServerView, n: int) -> bool:
+        """Sum views: does the run's public seed reproduce the round's update ring sum exactly? Every chunk of
+        what was sent (and the canaries) encoded again with the generators a seeded run would use: with DP
+        randomness from the operating system the two differ in every coordinate."""
+        chunks = self._sent.pop(view.round_index, [])
+        actual = self.pipeline.last_ring_sums.get(Phase.UPDATE)
+        if not chunks or actual is None:
+            return False
+        pipeline, r, phase = self.pipeline, view.round_index, Phase.UPDATE
+        plans = pipeline.plans_for(n)
+        seed = rotation_seed(pipeline.seed, r, phase)
+        aggregate = pipeline.settings.noise_sampling == "aggregate"
+        chunk_plans = without_noise(plans) if aggregate else plans
+        ring = np.zeros(plans.update.padded_dim, dtype=np.int64)
+        for rows, vectors in chunks:
+            block = chunk_blocks(np.sort(rows), self.block_rows)[0][0]
+            generator = dp_generator(pipeline.seed, (r, phase, SIMULATION_NOISE_STREAM, block))
+            residues = phase_upload(chunk_plans, phase, vectors, rotation_seed=seed, rng=generator)
+            ring = add_to_ring(
+                plans.update, ring, wrap_to_modulus(residues.sum(0), modulus_bits=plans.update.modulus_bits)
+            )
+        extra = self.rows_for(phase, r)
+        if extra is not None and len(extra):
+            generator = dp_generator(pipeline.seed, (r, phase, SIMULATION_NOISE_STREAM, AUDIT_ROWS_BLOCK))
+            for start in range(0, len(extra), AUDIT_ROWS_CHUNK):
+                residues = phase_upload(
+                    without_noise(plans),
+                    phase,
+                    extra[start : start + AUDIT_ROWS_CHUNK],
+                    rotation_seed=seed,
+                    rng=generator,
+                )
+                ring = add_to_ring(
+                    plans.update, ring, wrap_to_modulus(residues.sum(0), modulus_bits=plans.update.modulus_bits)
+                )
+        if aggregate:
+            noise = summed_noise_shares(
+                plans.update, n, dp_generator(pipeline.seed, (r, phase, SIMULATION_NOISE_STREAM))
+            )
+            ring = add_to_ring(plans.update, ring, noise)
+        return bool(np.array_equal(ring, actual))
 
     def _check_suppression(self, sent: np.ndarray, view: ServerView) -> None:
         """Count the group slots that were sent although the released count is below the minimum group size."""
@@ -339,6 +380,7 @@ class CanaryAudit:
             "measured_shift_se": shift_se,
             "claimed_noise_std": claimed_std,
             "suppression_violations": self.suppression_violations,
+            "seed_reproduces_release": self.seed_reproduces_release,
             "update_noise": self.update_noise.to_dict(),
             "count_noise": self.count_noise.to_dict(),
         }

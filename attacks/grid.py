@@ -38,6 +38,7 @@ from attacks.canary import CanaryAudit, claimed_noise_std
 from attacks.disaggregation import disaggregate
 from attacks.groups import GroupRecorder, infer_groups
 from attacks.membership import item_membership
+from attacks.oracle import membership_ceiling
 from attacks.reconstruction import reconstruct_rows
 from attacks.recorder import RowRecorder
 from attacks.rows import ItemRows
@@ -123,8 +124,11 @@ class Cell:
         """(settings, plain_individual_view) of the cell's simulation."""
         if self.threat_model == ThreatModel.PLAIN:
             return None, True
-        if self.threat_model == ThreatModel.SECAGG:
-            return None, False
+        if self.threat_model == ThreatModel.SECAGG:  # the real secure path without noise (canaries need it)
+            off = DPConfig(mode="off", clip=clip)
+            return PrivacySettings(
+                dp=off, secure_aggregation=SecureAggregation.FAST, modulus_bits=AUDIT_MODULUS_BITS
+            ), False
         dp = DPConfig(
             mode="local" if self.threat_model == ThreatModel.LOCAL_DP else "distributed",
             clip=clip,
@@ -327,6 +331,10 @@ def run_cell(
         canary = audit.result(claimed_std=claimed_noise_std(claimed_release, claimed_release.participants))
     recon = reconstruct_rows(recorder, data)
     membership = item_membership(recorder, data, seed=cell.seed)
+    oracle = None
+    if cell.threat_model == ThreatModel.PLAIN:  # R0's membership bar: what an oracle of the touched rows reaches
+        ceiling = membership_ceiling(data, seed=cell.seed)
+        oracle = {k: ceiling[k] for k in ("oracle_auc_rows", "oracle_auc_counts")}
     attributes = infer_attributes(columns, data, model, seed=cell.seed)
     group_result = infer_groups(groups, data.num_users)
     disaggregation = (
@@ -381,6 +389,7 @@ def run_cell(
             "view": {"rounds": recorder.rounds, "rounds_with_individual_updates": recorder.individual_views},
             "reconstruction": recon,
             "membership": membership,
+            "oracle": oracle,
             "attributes": attributes,
             "groups": group_result,
             "canary": canary,

@@ -20,7 +20,7 @@ configuration), 1 on other errors (unreadable data). An honest implementation ge
 probability at most 1 - confidence (default 1%: every test of the audit shares that budget).
 
 `--config FILE`: the TOML run configuration shared by every command (`mrff_secure.app.options`): the audit
-reads [data] dataset, data_dir, recbole_name, synthetic_users; [privacy] clip; and its own [audit]
+reads [data] dataset, data_dir, recbole_name, synthetic_users, synthetic_rare_values (default 20 here); [privacy] clip; and its own [audit]
 table (rounds_per_cell, canaries, levels, targets, seeds, sampled_fraction, cells, confidence,
 misreport_noise, planted_defect). Flags and --set win over the file.
 """
@@ -57,6 +57,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         "data_dir": config["data_dir"],
         "recbole_name": config["recbole_name"],
         "users": config["synthetic_users"],
+        "rare_values": config["synthetic_rare_values"],
         "rounds": config["rounds_per_cell"],
         "canaries": config["canaries"],
         "clip": config["clip"],
@@ -79,7 +80,7 @@ def load_data(config: dict[str, Any]) -> ClientData:
     from mrff_secure.data import load_kuaisar_r, load_recbole, make_synthetic
 
     if config["dataset"] == "synthetic":
-        return make_synthetic(num_users=config["users"])
+        return make_synthetic(num_users=config["users"], rare_values=config.get("rare_values", 0))
     if config["dataset"] == "kuaisar-r":
         return load_kuaisar_r(Path(config["data_dir"]))
     return load_recbole(Path(config["data_dir"]), name=config["recbole_name"])

@@ -123,6 +123,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("data", "label_field", str, "label", "recbole: 0/1 label column, else rating >= --rating-threshold"),
     _o("data", "rating_threshold", float, 4.0, "recbole: a rating at least this is a click"),
     _o("data", "synthetic_users", int, 400, "users of the synthetic dataset", low=3),
+    _o("data", "synthetic_rare_values", int, 0, "synthetic: attribute values each touched by exactly one user (rare "
+                                                "rows, as real data has; the audit plants 20)", low=0),
     _o("data", "data_seed", int, 0, "seed of the synthetic generator", low=0),
     _o("data", "maxlen", int, 0, "history length; 0 = the dataset's default (kuaisar-r 65, recbole 50, synthetic 30)",
        low=0),
@@ -281,16 +283,18 @@ COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
     "schema": _DATA,
     "privacy": ("rounds", "client_fraction", "dp", "clip", "noise_multiplier", "target_epsilon", "delta", "mechanism",
                 "max_dropout_fraction", "modulus_bits", "noise_sampling", "blocks", "groups", "mrff"),
-    "audit": ("dataset", "data_dir", "recbole_name", "synthetic_users", "clip", "rounds_per_cell", "canaries",
+    "audit": ("dataset", "data_dir", "recbole_name", "synthetic_users", "synthetic_rare_values", "clip", "rounds_per_cell", "canaries",
               "levels", "targets", "seeds", "sampled_fraction", "cells", "confidence", "misreport_noise",
               "planted_defect", "backend", "ray_address", "threads_per_worker"),
 }
 # fmt: on
 # A network run is private by default: distributed DP (its noise calibrated to NETWORK_TARGET_EPSILON over
 # --rounds unless --noise-multiplier or --target-epsilon is given), which the clients' default policy requires.
+AUDIT_RARE_VALUES = 20  # the audit's synthetic data has rare rows, so rare-value attacks and disaggregation run
 COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
     "server": {"dp": "distributed"},
     "run-local": {"dp": "distributed"},
+    "audit": {"synthetic_rare_values": AUDIT_RARE_VALUES},
 }
 NETWORK_TARGET_EPSILON = 8.0  # below the clients' default cap (10) over every release of their data
 
