@@ -1,0 +1,397 @@
+"""The audit's network cell: a lying server against real client processes over real gRPC on 127.0.0.1.
+
+One `mrff server` with the `network-cell` lie patched in (`attacks.hostile_server`, its CELL_* schedule) and
+two `mrff client` processes (six logical clients each, the real client code with its DEFAULT policy and its
+own privacy ledger, client/ledger.py), mutual TLS as deployed by default, distributed DP, a tiny synthetic
+data set. The server plays three lies in one run:
+
+- freeze-and-difference (W12): rounds 0 and 1 are summed, reported aborted and the model frozen, so round 1
+  asks every client for the release of round 0's input again (the difference of the two sums, a client
+  left out of one, would isolate its input or its noise).
+- evaluation-differencing (W14): rounds 2 and 3 end with federated evaluations of two models that differ in
+  one parameter; the difference of the two evaluation sums is what that parameter does to the clients'
+  held-out scores.
+- relabelled-replay (W12): round 3 is announced again under a new run-id label (the same round, a "new run").
+
+Each lie is judged from what the server actually obtained (the sums it unmasked, in its own audit log) and
+what each client's ledger holds: "refused" (the lie's release was not obtained; the client's refusal line is
+the evidence), "accounted" (every sum obtained holds releases the ledger recorded, and the ledger's epsilon
+equals the epsilon of the server's own accountant after the lie's rounds) or "leaked" (a sum obtained that the
+ledger did not record, or a ledger epsilon below the server's).
+
+The processes are shared with the network tests (tests/network/harness.py): `ChildProcess`, `make_pki`,
+`issue_credentials`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from attacks.hostile_server import CELL_EVALUATED_ROUNDS, CELL_FROZEN_ROUNDS, CELL_RELABELLED_ROUND, CELL_ROUNDS
+from client.ledger import ClientLedger
+from mrff_secure.round.accountant import RoundAccountant
+
+SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding attacks/, client/, server/, mrff_secure/
+
+USERS = 12
+CLIENT_PROCESSES = ("0-5", "6-11")
+MAXLEN = 10
+DATA_ARGS = ["--dataset", "synthetic", "--synthetic-users", str(USERS), "--maxlen", str(MAXLEN), "--data-seed", "0"]
+MODEL_ARGS = ["--attribute-dim", "4", "--dropout", "0.0"]
+NOISE_MULTIPLIER = 6.0  # the four rounds and two evaluations stay under the clients' default cap (10)
+# A refused round costs the server its train timeout: short, as 12 clients train in about a second.
+SERVER_ARGS = ["--min-clients", str(USERS), "--stage-timeout", "8", "--train-timeout", "5", "--linger", "1"]
+SERVER_ARGS += ["--rounds", str(CELL_ROUNDS), "--dp", "distributed", "--noise-multiplier", str(NOISE_MULTIPLIER)]
+SERVER_ARGS += ["--federated-eval-every", "1"]  # the lie keeps the evaluations of CELL_EVALUATED_ROUNDS only
+RELABEL_REFUSAL = "a relabelled replay is not a new run"
+EVALUATION_ZEROS = "zeros for the federated evaluation"
+REL_TOLERANCE = 1e-9  # the two accountants run the same code on the same releases
+
+
+class NetworkCellError(RuntimeError):
+    """The cell could not be played (a process did not start or did not finish in time): no verdict."""
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process: this source tree first on the path, one thread per process."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SOURCE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+class ChildProcess:
+    """`python ARGS...` as a child process whose stdout lines are collected by a reader thread (stderr to `log`);
+    stopped by its PID."""
+
+    def __init__(self, args: list[str], log: Path, *, cwd: Path = SOURCE_ROOT) -> None:
+        self.log: IO[str] = open(log, "w")
+        self.popen = subprocess.Popen(
+            [sys.executable, *args], stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=cwd, env=child_env()
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def wait_line(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.popen.poll() is not None and self.lines.empty():
+                    break
+                continue
+            if line.startswith(prefix):
+                return line.strip()
+        raise AssertionError(f"no line starting with {prefix!r} within {timeout}s; stderr: {self.stderr()[-3000:]}")
+
+    def stderr(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+
+def authority_of(certs: Path) -> Path:
+    """The identity authority's folder of the PKI whose certificates folder is `certs` (`make_pki`)."""
+    return certs.parent / f"{certs.name}-authority"
+
+
+def make_pki(certs: Path) -> Path:
+    """A development PKI as an operator makes it: `certs` (TLS, signing key, the authority's public key) and
+    the identity authority apart, in authority_of(certs). Returns `certs`."""
+    from mrff_secure.pki import make_authority, make_dev_pki, publish_authority
+
+    make_dev_pki(certs)
+    publish_authority(make_authority(authority_of(certs)), certs)
+    return certs
+
+
+def issue_credentials(certs: Path, users: str, state_dir: Path) -> None:
+    """The identity authority certifies the users' identity keys (made in their state folders if missing)."""
+    from client.process import parse_users
+    from mrff_secure.pki import AuthorityPaths, issue_state_credentials
+
+    issue_state_credentials(AuthorityPaths(authority_of(certs)), parse_users(users), state_dir)
+
+
+# ---------------------------------------------------------------------------------------------- judging
+def _audit_records(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _obtained(record: dict[str, Any], user: int) -> set[str]:
+    """The phases of a round whose sum the server unmasked with `user`'s masked input in it."""
+    phases = {
+        label
+        for label, phase in record.get("phases", {}).items()
+        if label != "evaluation" and user in phase.get("survivors", ())
+    }
+    evaluation = record.get("evaluation") or {}
+    if evaluation.get("available") and user in record["phases"].get("evaluation", {}).get("survivors", ()):
+        phases.add("evaluation")
+    return phases
+
+
+def _server_epsilon(record: dict[str, Any]) -> float:
+    value = record["epsilon"]["epsilon"]
+    return math.inf if value == "inf" else float(value)
+
+
+def _ledger_epsilon(ledger: ClientLedger, run_id: str, last_round: int) -> float:
+    """The epsilon of the ledger's releases of `run_id` up to round `last_round` (what the client had spent when
+    the lie's rounds ended)."""
+    accountant = RoundAccountant(delta=ledger.delta)
+    for entry in ledger.entries:
+        if entry.run_id == run_id and entry.round_id <= last_round:
+            accountant.step(release=entry.release)
+    return accountant.epsilon()
+
+
+def _line_of(stderr: str, user: int, needle: str) -> str | None:
+    """The client's log line for `user` containing `needle` (its refusal), if any."""
+    for line in stderr.splitlines():
+        if needle in line and f"user {user}:" in line:
+            return line.strip()
+    return None
+
+
+def _judge(
+    name: str,
+    rounds: list[dict[str, Any]],
+    key_rounds: tuple[int, ...],
+    ledgers: dict[int, ClientLedger],
+    run_id: str,
+    stderr: str,
+    *,
+    key_phase: str | None = None,
+) -> dict[str, Any]:
+    """One lie's outcome over the rounds it played (`rounds`: their server records, in order). `key_rounds`: the
+    rounds whose releases the lie asks for (the second release of the same input; the evaluations)."""
+    leaks: list[str] = []
+    zeros: list[str] = []
+    epsilons: dict[int, float] = {}
+    last_round = rounds[-1]["round"]
+    server_epsilon = _server_epsilon(rounds[-1])
+    for user, ledger in ledgers.items():
+        for record in rounds:
+            r = record["round"]
+            recorded = {e.phase for e in ledger.released(run_id, r)}
+            for phase in sorted(_obtained(record, user) - recorded):
+                zero_line = _line_of(stderr, user, EVALUATION_ZEROS) if phase == "evaluation" else None
+                if zero_line is not None and f"round {r}:" in zero_line:
+                    zeros.append(zero_line)  # its noise share and zeros: nothing of its data
+                else:
+                    leaks.append(f"user {user}: the server unmasked its {phase} of round {r}; its ledger has no entry")
+        epsilons[user] = _ledger_epsilon(ledger, run_id, last_round)
+    low = {u: e for u, e in epsilons.items() if e < server_epsilon * (1 - REL_TOLERANCE)}
+    for user, eps in sorted(low.items()):
+        leaks.append(f"user {user}: ledger epsilon {eps:.6g} below the server's accountant {server_epsilon:.6g}")
+    by_round = {record["round"]: record for record in rounds}
+    key_obtained = sorted(
+        {
+            (r, phase)
+            for r in key_rounds
+            for user in ledgers
+            for phase in _obtained(by_round[r], user)
+            if key_phase is None or phase == key_phase
+        }
+    )
+    client_epsilon = max(epsilons.values())
+    result: dict[str, Any] = {
+        "rounds": [record["round"] for record in rounds],
+        "client_epsilon": client_epsilon,
+        "client_epsilon_min": min(epsilons.values()),
+        "server_epsilon": server_epsilon,
+        "releases_obtained": sorted({(record["round"], p) for record in rounds for u in ledgers for p in _obtained(record, u)}),
+    }
+    if leaks:
+        result.update(outcome="leaked", evidence=leaks[:5], leaks=len(leaks))
+    elif not key_obtained:
+        result.update(outcome="refused", evidence=zeros[:3] or [f"{name}: no sum of the lie's rounds was unmasked"])
+    else:
+        matching = sum(1 for e in epsilons.values() if math.isclose(e, server_epsilon, rel_tol=REL_TOLERANCE))
+        result.update(
+            outcome="accounted",
+            evidence=[
+                f"the server unmasked {', '.join(f'round {r} {p}' for r, p in key_obtained)}; every client's ledger "
+                f"records each of its releases in them, and {matching} of {len(ledgers)} ledgers say epsilon "
+                f"{client_epsilon:.6g} after round {last_round} = the server's own accountant {server_epsilon:.6g}"
+            ]
+            + zeros[:3],
+            ledgers_matching=matching,
+        )
+        if matching != len(ledgers):  # above the server's: the client counted more than was obtained (safe side)
+            result["evidence"].append(f"{len(ledgers) - matching} ledgers account more than the server obtained")
+    return result
+
+
+def _judge_relabel(
+    rounds: list[dict[str, Any]], ledgers: dict[int, ClientLedger], run_id: str, stderr: str
+) -> dict[str, Any]:
+    """The relabelled round: refused when no sum of it was unmasked, no ledger holds a release under another run
+    id, and the clients named the reason."""
+    relabelled = rounds[-1] if len(rounds) > len(CELL_FROZEN_ROUNDS) + len(CELL_EVALUATED_ROUNDS) else None
+    obtained = sorted({(u, p) for u in ledgers for p in (_obtained(relabelled, u) if relabelled else set())})
+    foreign = sorted({e.run_id for ledger in ledgers.values() for e in ledger.entries if e.run_id != run_id})
+    lines = {u: _line_of(stderr, u, RELABEL_REFUSAL) for u in ledgers}
+    epsilons = {u: ledger.epsilon() for u, ledger in ledgers.items()}
+    result: dict[str, Any] = {
+        "rounds": [CELL_RELABELLED_ROUND],
+        "client_epsilon": max(epsilons.values()),
+        "server_epsilon": None if relabelled is None else _server_epsilon(relabelled),
+        "server_record": None if relabelled is None else relabelled["type"],
+    }
+    if obtained or foreign:
+        leaks = [f"user {u}: the server unmasked its {p} of the relabelled round" for u, p in obtained]
+        leaks += [f"a ledger holds releases under the relabelled run {r!r}" for r in foreign]
+        result.update(outcome="leaked", evidence=leaks[:5])
+    elif all(lines.values()):
+        result.update(
+            outcome="refused",
+            evidence=[str(lines[min(lines)])]
+            + [f"all {len(lines)} clients refused it; no sum of the relabelled round was unmasked"],
+        )
+    else:
+        missing = sorted(u for u, line in lines.items() if line is None)
+        result.update(
+            outcome="refused",
+            evidence=[f"no sum of the relabelled round was unmasked, but users {missing} printed no refusal line"],
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def run_network_cell(workdir: Path, *, timeout_s: float = 90) -> dict[str, Any]:
+    """Play the cell (module docstring) in `workdir` (the PKI, the run folder, the clients' state and logs) and
+    judge each lie: {"verdict": "holds" | "fails", "lies": {name: {"outcome", "evidence", "client_epsilon",
+    "server_epsilon", ...}}, "seconds"}. Raises NetworkCellError if the processes did not finish in `timeout_s`."""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    certs = make_pki(workdir / "certs")
+    run_dir, state = workdir / "run", workdir / "state"
+    procs: list[ChildProcess] = []
+    try:
+        server = ChildProcess(
+            ["-m", "attacks.hostile_server", "network-cell", "--", "--address", "127.0.0.1:0"]
+            + ["--certs", str(certs), "--run-dir", str(run_dir)]
+            + SERVER_ARGS
+            + DATA_ARGS
+            + MODEL_ARGS,
+            workdir / "server.log",
+            cwd=workdir,
+        )
+        procs.append(server)
+        for users in CLIENT_PROCESSES:
+            issue_credentials(certs, users, state)
+        try:
+            address = server.wait_line("LISTENING", timeout=max(1.0, deadline - time.monotonic())).split()[1]
+        except AssertionError as exc:
+            raise NetworkCellError(f"the hostile server did not start: {exc}") from exc
+        clients = [
+            ChildProcess(
+                ["-m", "mrff_secure.app.cli", "client", "--server", address, "--users", users]
+                + ["--certs", str(certs), "--state-dir", str(state), "--client-seed", "7", "--retry-timeout", "30"]
+                + DATA_ARGS
+                + ["-v"],
+                workdir / f"clients-{users}.log",
+                cwd=workdir,
+            )
+            for users in CLIENT_PROCESSES
+        ]
+        procs.extend(clients)
+        for proc in [*clients, server]:  # the clients leave after the relabelled round; then the server ends the run
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired as exc:
+                logs = "\n".join(p.stderr()[-1500:] for p in procs)
+                raise NetworkCellError(f"the network cell did not finish within {timeout_s} s; logs:\n{logs}") from exc
+        stderr = "\n".join(c.stderr() for c in clients)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    records = _audit_records(run_dir)
+    rounds = [r for r in records if r.get("type") in ("round", "round_aborted")]
+    if len(rounds) < len(CELL_FROZEN_ROUNDS) + len(CELL_EVALUATED_ROUNDS):
+        raise NetworkCellError(
+            f"the server recorded {len(rounds)} rounds, the cell needs rounds 0-{CELL_RELABELLED_ROUND}; "
+            f"server log: {(workdir / 'server.log').read_text()[-2000:]}"
+        )
+    start = next(r for r in records if r.get("type") == "run_started")  # the run the clients enrolled in
+    run_id, delta = str(start["run_id"]), float(start["settings"]["dp_delta"])
+    ledgers = {}  # each client's own ledger, read as the client reads it, at its own delta (the cap does not matter)
+    for user in range(USERS):
+        path = state / f"user-{user}" / "ledger.json"
+        own_delta = float(json.loads(path.read_text())["delta"]) if path.exists() else delta
+        if own_delta != delta:
+            raise NetworkCellError(f"user {user}'s ledger is at delta {own_delta}, the server's at {delta}")
+        ledgers[user] = ClientLedger(path, user=user, delta=own_delta, max_epsilon=math.inf, max_aborted_sessions=0)
+    frozen = rounds[: len(CELL_FROZEN_ROUNDS)]
+    evaluated = rounds[len(CELL_FROZEN_ROUNDS) : len(CELL_FROZEN_ROUNDS) + len(CELL_EVALUATED_ROUNDS)]
+    lies = {
+        "freeze-and-difference": _judge(
+            "freeze-and-difference", frozen, CELL_FROZEN_ROUNDS[1:], ledgers, run_id, stderr
+        ),
+        "evaluation-differencing": _judge(
+            "evaluation-differencing",
+            evaluated,
+            CELL_EVALUATED_ROUNDS,
+            ledgers,
+            run_id,
+            stderr,
+            key_phase="evaluation",
+        ),
+        "relabelled-replay": _judge_relabel(rounds, ledgers, run_id, stderr),
+    }
+    models = [(r.get("evaluation") or {}).get("evaluated_model") for r in evaluated]
+    lies["evaluation-differencing"]["evaluated_models"] = models
+    leaked = [name for name, lie in lies.items() if lie["outcome"] == "leaked"]
+    return {
+        "threat_model": "malicious-server (network: real processes, mutual TLS, the clients' default policy)",
+        "verdict": "holds" if not leaked else "fails",
+        "leaked": leaked,
+        "lies": lies,
+        "seconds": round(time.monotonic() - started, 2),
+        "see": "tests/network/test_client_ledger.py, tests/attacks/test_network_cell.py",
+    }
