@@ -242,7 +242,9 @@ def _judge(
         "client_epsilon": client_epsilon,
         "client_epsilon_min": min(epsilons.values()),
         "server_epsilon": server_epsilon,
-        "releases_obtained": sorted({(record["round"], p) for record in rounds for u in ledgers for p in _obtained(record, u)}),
+        "releases_obtained": sorted(
+            {(record["round"], p) for record in rounds for u in ledgers for p in _obtained(record, u)}
+        ),
     }
     if leaks:
         result.update(outcome="leaked", evidence=leaks[:5], leaks=len(leaks))
@@ -266,14 +268,18 @@ def _judge(
 
 
 def _judge_relabel(
-    rounds: list[dict[str, Any]], ledgers: dict[int, ClientLedger], run_id: str, stderr: str
+    rounds: list[dict[str, Any]], ledgers: dict[int, ClientLedger], run_id: str, client_logs: dict[str, str]
 ) -> dict[str, Any]:
     """The relabelled round: refused when no sum of it was unmasked, no ledger holds a release under another run
-    id, and the clients named the reason."""
+    id, and every client process named the reason (a process prints its first logical client's refusal and how
+    many of its logical clients refused: "6 of 6 logical clients failed; first: user 3: refusing the server: ...")."""
     relabelled = rounds[-1] if len(rounds) > len(CELL_FROZEN_ROUNDS) + len(CELL_EVALUATED_ROUNDS) else None
     obtained = sorted({(u, p) for u in ledgers for p in (_obtained(relabelled, u) if relabelled else set())})
     foreign = sorted({e.run_id for ledger in ledgers.values() for e in ledger.entries if e.run_id != run_id})
-    lines = {u: _line_of(stderr, u, RELABEL_REFUSAL) for u in ledgers}
+    lines = {
+        users: next((line.strip() for line in log.splitlines() if RELABEL_REFUSAL in line), None)
+        for users, log in client_logs.items()
+    }
     epsilons = {u: ledger.epsilon() for u, ledger in ledgers.items()}
     result: dict[str, Any] = {
         "rounds": [CELL_RELABELLED_ROUND],
@@ -285,18 +291,16 @@ def _judge_relabel(
         leaks = [f"user {u}: the server unmasked its {p} of the relabelled round" for u, p in obtained]
         leaks += [f"a ledger holds releases under the relabelled run {r!r}" for r in foreign]
         result.update(outcome="leaked", evidence=leaks[:5])
-    elif all(lines.values()):
-        result.update(
-            outcome="refused",
-            evidence=[str(lines[min(lines)])]
-            + [f"all {len(lines)} clients refused it; no sum of the relabelled round was unmasked"],
-        )
-    else:
-        missing = sorted(u for u, line in lines.items() if line is None)
-        result.update(
-            outcome="refused",
-            evidence=[f"no sum of the relabelled round was unmasked, but users {missing} printed no refusal line"],
-        )
+        return result
+    silent = sorted(users for users, line in lines.items() if line is None)
+    result.update(
+        outcome="refused",
+        evidence=[line for line in lines.values() if line is not None]
+        + [
+            "no sum of the relabelled round was unmasked and no ledger holds a release under its run id"
+            + (f"; client processes {silent} printed no refusal line" if silent else "")
+        ],
+    )
     return result
 
 
@@ -347,7 +351,8 @@ def run_network_cell(workdir: Path, *, timeout_s: float = 90) -> dict[str, Any]:
             except subprocess.TimeoutExpired as exc:
                 logs = "\n".join(p.stderr()[-1500:] for p in procs)
                 raise NetworkCellError(f"the network cell did not finish within {timeout_s} s; logs:\n{logs}") from exc
-        stderr = "\n".join(c.stderr() for c in clients)
+        client_logs = {users: c.stderr() for users, c in zip(CLIENT_PROCESSES, clients)}
+        stderr = "\n".join(client_logs.values())
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -382,7 +387,7 @@ def run_network_cell(workdir: Path, *, timeout_s: float = 90) -> dict[str, Any]:
             stderr,
             key_phase="evaluation",
         ),
-        "relabelled-replay": _judge_relabel(rounds, ledgers, run_id, stderr),
+        "relabelled-replay": _judge_relabel(rounds, ledgers, run_id, client_logs),
     }
     models = [(r.get("evaluation") or {}).get("evaluated_model") for r in evaluated]
     lies["evaluation-differencing"]["evaluated_models"] = models
