@@ -33,6 +33,7 @@ weaknesses):
 
 from __future__ import annotations
 
+import dataclasses
 import runpy
 import sys
 from collections.abc import Callable
@@ -62,6 +63,7 @@ CELL_EVALUATED_ROUNDS = (2, 3)  # federated evaluations of two models that diffe
 CELL_RELABELLED_ROUND = 3  # announced again under a new run-id label, after round 3
 CELL_ROUNDS = 4  # the run's --rounds: rounds 0-3, then the relabelled round 3 (the fifth round played)
 CELL_SHIFT = 0.5  # what round 3's model adds to one parameter of round 2's
+CELL_RELABEL_WAIT_S = 3.0  # the relabelled round's train timeout (clients refuse as soon as they read it)
 
 
 def _patch_freeze() -> None:
@@ -139,6 +141,7 @@ def _patch_network_cell() -> None:
             relabelled.append(r)
             self.state.next_round = r
             self.state.run_id = "relabelled-" + self.state.run_id
+            self.settings = dataclasses.replace(self.settings, train_timeout=CELL_RELABEL_WAIT_S)
 
     coordinator.Coordinator._play_round = play  # type: ignore[method-assign]
     coordinator.Coordinator._evaluation_due = due  # type: ignore[method-assign]

@@ -30,6 +30,7 @@ import math
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -50,7 +51,7 @@ DATA_ARGS = ["--dataset", "synthetic", "--synthetic-users", str(USERS), "--maxle
 MODEL_ARGS = ["--attribute-dim", "4", "--dropout", "0.0"]
 NOISE_MULTIPLIER = 6.0  # the four rounds and two evaluations stay under the clients' default cap (10)
 # A refused round costs the server its train timeout: short, as 12 clients train in about a second.
-SERVER_ARGS = ["--min-clients", str(USERS), "--stage-timeout", "8", "--train-timeout", "5", "--linger", "1"]
+SERVER_ARGS = ["--min-clients", str(USERS), "--stage-timeout", "8", "--train-timeout", "6", "--linger", "1"]
 SERVER_ARGS += ["--rounds", str(CELL_ROUNDS), "--dp", "distributed", "--noise-multiplier", str(NOISE_MULTIPLIER)]
 SERVER_ARGS += ["--federated-eval-every", "1"]  # the lie keeps the evaluations of CELL_EVALUATED_ROUNDS only
 RELABEL_REFUSAL = "a relabelled replay is not a new run"
@@ -159,6 +160,18 @@ def _audit_records(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _run_finished(run_dir: Path) -> bool:
+    """The server has recorded the end of the run (read while it writes: a line being written is skipped)."""
+    path = run_dir / "audit.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else ():
+        try:
+            if json.loads(line).get("type") == "run_finished":
+                return True
+        except ValueError:
+            continue
+    return False
+
+
 def _obtained(record: dict[str, Any], user: int) -> set[str]:
     """The phases of a round whose sum the server unmasked with `user`'s masked input in it."""
     phases = {
@@ -187,16 +200,15 @@ def _ledger_epsilon(ledger: ClientLedger, run_id: str, last_round: int) -> float
     return accountant.epsilon()
 
 
-def _line_of(stderr: str, user: int, needle: str) -> str | None:
-    """The client's log line for `user` containing `needle` (its refusal), if any."""
+def _line_of(stderr: str, *needles: str) -> str | None:
+    """The first line of a client log containing every one of `needles`, if any."""
     for line in stderr.splitlines():
-        if needle in line and f"user {user}:" in line:
+        if all(needle in line for needle in needles):
             return line.strip()
     return None
 
 
 def _judge(
-    name: str,
     rounds: list[dict[str, Any]],
     key_rounds: tuple[int, ...],
     ledgers: dict[int, ClientLedger],
@@ -206,9 +218,11 @@ def _judge(
     key_phase: str | None = None,
 ) -> dict[str, Any]:
     """One lie's outcome over the rounds it played (`rounds`: their server records, in order). `key_rounds`: the
-    rounds whose releases the lie asks for (the second release of the same input; the evaluations)."""
+    rounds whose releases the lie asks for (the second release of the same input; the evaluations), `key_phase`
+    the phase if only one counts. A sum the server unmasked holds a client's data unless the client said it sent
+    zeros in it (an evaluation its policy keeps its scores out of)."""
     leaks: list[str] = []
-    zeros: list[str] = []
+    zeros: dict[tuple[int, int, str], str] = {}  # (user, round, phase) -> the client's line
     epsilons: dict[int, float] = {}
     last_round = rounds[-1]["round"]
     server_epsilon = _server_epsilon(rounds[-1])
@@ -217,9 +231,11 @@ def _judge(
             r = record["round"]
             recorded = {e.phase for e in ledger.released(run_id, r)}
             for phase in sorted(_obtained(record, user) - recorded):
-                zero_line = _line_of(stderr, user, EVALUATION_ZEROS) if phase == "evaluation" else None
-                if zero_line is not None and f"round {r}:" in zero_line:
-                    zeros.append(zero_line)  # its noise share and zeros: nothing of its data
+                zero_line = (
+                    _line_of(stderr, f"user {user}: round {r}: ", EVALUATION_ZEROS) if phase == "evaluation" else None
+                )
+                if zero_line is not None:
+                    zeros[user, r, phase] = zero_line  # its noise share and zeros: nothing of its data
                 else:
                     leaks.append(f"user {user}: the server unmasked its {phase} of round {r}; its ledger has no entry")
         epsilons[user] = _ledger_epsilon(ledger, run_id, last_round)
@@ -227,13 +243,13 @@ def _judge(
     for user, eps in sorted(low.items()):
         leaks.append(f"user {user}: ledger epsilon {eps:.6g} below the server's accountant {server_epsilon:.6g}")
     by_round = {record["round"]: record for record in rounds}
-    key_obtained = sorted(
+    key_obtained = sorted(  # the lie's releases the server got with some client's data in them
         {
             (r, phase)
             for r in key_rounds
             for user in ledgers
             for phase in _obtained(by_round[r], user)
-            if key_phase is None or phase == key_phase
+            if (key_phase is None or phase == key_phase) and (user, r, phase) not in zeros
         }
     )
     client_epsilon = max(epsilons.values())
@@ -246,10 +262,16 @@ def _judge(
             {(record["round"], p) for record in rounds for u in ledgers for p in _obtained(record, u)}
         ),
     }
+    refusals = [line for r in key_rounds if (line := _line_of(stderr, f"round {r}", "refus")) is not None] + sorted(
+        set(zeros.values())
+    )
     if leaks:
         result.update(outcome="leaked", evidence=leaks[:5], leaks=len(leaks))
-    elif not key_obtained:
-        result.update(outcome="refused", evidence=zeros[:3] or [f"{name}: no sum of the lie's rounds was unmasked"])
+    elif not key_obtained:  # refused, if the clients said so; else the lie was not played out
+        result.update(
+            outcome="refused" if refusals else "inconclusive",
+            evidence=refusals[:3] or ["no sum of the lie's rounds was unmasked, and no client said it refused"],
+        )
     else:
         matching = sum(1 for e in epsilons.values() if math.isclose(e, server_epsilon, rel_tol=REL_TOLERANCE))
         result.update(
@@ -259,7 +281,7 @@ def _judge(
                 f"records each of its releases in them, and {matching} of {len(ledgers)} ledgers say epsilon "
                 f"{client_epsilon:.6g} after round {last_round} = the server's own accountant {server_epsilon:.6g}"
             ]
-            + zeros[:3],
+            + sorted(set(zeros.values()))[:3],
             ledgers_matching=matching,
         )
         if matching != len(ledgers):  # above the server's: the client counted more than was obtained (safe side)
@@ -293,18 +315,28 @@ def _judge_relabel(
         result.update(outcome="leaked", evidence=leaks[:5])
         return result
     silent = sorted(users for users, line in lines.items() if line is None)
-    result.update(
-        outcome="refused",
-        evidence=[line for line in lines.values() if line is not None]
-        + [
-            "no sum of the relabelled round was unmasked and no ledger holds a release under its run id"
-            + (f"; client processes {silent} printed no refusal line" if silent else "")
-        ],
-    )
+    nothing = "no sum of the relabelled round was unmasked and no ledger holds a release under its run id"
+    if silent:  # nothing obtained, but not because the clients said no: the lie was not judged
+        result.update(outcome="inconclusive", evidence=[f"{nothing}; client processes {silent} printed no refusal"])
+    else:
+        result.update(outcome="refused", evidence=[line for line in lines.values() if line is not None] + [nothing])
     return result
 
 
 # ---------------------------------------------------------------------------------------------- the run
+def _late(timeout_s: float, procs: list[ChildProcess]) -> str:
+    logs = "\n".join(p.stderr()[-1500:] for p in procs)
+    return f"the network cell did not finish within {timeout_s} s; logs:\n{logs}"
+
+
+def _free_port() -> int:
+    """A port nothing listens on now (the server binds it a few seconds later; the clients need it first)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def run_network_cell(workdir: Path, *, timeout_s: float = 90) -> dict[str, Any]:
     """Play the cell (module docstring) in `workdir` (the PKI, the run folder, the clients' state and logs) and
     judge each lie: {"verdict": "holds" | "fails", "lies": {name: {"outcome", "evidence", "client_epsilon",
@@ -316,9 +348,12 @@ def run_network_cell(workdir: Path, *, timeout_s: float = 90) -> dict[str, Any]:
     certs = make_pki(workdir / "certs")
     run_dir, state = workdir / "run", workdir / "state"
     procs: list[ChildProcess] = []
+    address = f"127.0.0.1:{_free_port()}"
     try:
+        for users in CLIENT_PROCESSES:
+            issue_credentials(certs, users, state)
         server = ChildProcess(
-            ["-m", "attacks.hostile_server", "network-cell", "--", "--address", "127.0.0.1:0"]
+            ["-m", "attacks.hostile_server", "network-cell", "--", "--address", address]
             + ["--certs", str(certs), "--run-dir", str(run_dir)]
             + SERVER_ARGS
             + DATA_ARGS
@@ -327,12 +362,12 @@ def run_network_cell(workdir: Path, *, timeout_s: float = 90) -> dict[str, Any]:
             cwd=workdir,
         )
         procs.append(server)
-        for users in CLIENT_PROCESSES:
-            issue_credentials(certs, users, state)
-        try:
-            address = server.wait_line("LISTENING", timeout=max(1.0, deadline - time.monotonic())).split()[1]
-        except AssertionError as exc:
-            raise NetworkCellError(f"the hostile server did not start: {exc}") from exc
+        # The clients start while the server opens its listener (they retry a first contact for 10 s): once the
+        # server has opened its run (its audit log exists) it listens within seconds.
+        while not (run_dir / "audit.jsonl").exists():
+            if server.popen.poll() is not None or time.monotonic() > deadline:
+                raise NetworkCellError(f"the hostile server did not start: {server.stderr()[-3000:]}")
+            time.sleep(0.05)
         clients = [
             ChildProcess(
                 ["-m", "mrff_secure.app.cli", "client", "--server", address, "--users", users]
@@ -345,12 +380,24 @@ def run_network_cell(workdir: Path, *, timeout_s: float = 90) -> dict[str, Any]:
             for users in CLIENT_PROCESSES
         ]
         procs.extend(clients)
-        for proc in [*clients, server]:  # the clients leave after the relabelled round; then the server ends the run
+        try:
+            server.wait_line("LISTENING", timeout=max(1.0, deadline - time.monotonic()))
+        except AssertionError as exc:
+            raise NetworkCellError(f"the hostile server did not start: {exc}") from exc
+        for client in clients:  # they leave after the relabelled round
             try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                client.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired as exc:
-                logs = "\n".join(p.stderr()[-1500:] for p in procs)
-                raise NetworkCellError(f"the network cell did not finish within {timeout_s} s; logs:\n{logs}") from exc
+                raise NetworkCellError(_late(timeout_s, procs)) from exc
+        # The server aborts the relabelled round (no client left) and records the end of the run: then its audit
+        # log is complete and it is stopped (not left to linger for clients that are gone).
+        while not _run_finished(run_dir):
+            if server.popen.poll() is not None:
+                break
+            if time.monotonic() > deadline:
+                raise NetworkCellError(_late(timeout_s, procs))
+            time.sleep(0.1)
+        server.kill()  # its records are written (synced); nothing is left for it to do
         client_logs = {users: c.stderr() for users, c in zip(CLIENT_PROCESSES, clients)}
         stderr = "\n".join(client_logs.values())
     finally:
@@ -375,11 +422,8 @@ def run_network_cell(workdir: Path, *, timeout_s: float = 90) -> dict[str, Any]:
     frozen = rounds[: len(CELL_FROZEN_ROUNDS)]
     evaluated = rounds[len(CELL_FROZEN_ROUNDS) : len(CELL_FROZEN_ROUNDS) + len(CELL_EVALUATED_ROUNDS)]
     lies = {
-        "freeze-and-difference": _judge(
-            "freeze-and-difference", frozen, CELL_FROZEN_ROUNDS[1:], ledgers, run_id, stderr
-        ),
+        "freeze-and-difference": _judge(frozen, CELL_FROZEN_ROUNDS[1:], ledgers, run_id, stderr),
         "evaluation-differencing": _judge(
-            "evaluation-differencing",
             evaluated,
             CELL_EVALUATED_ROUNDS,
             ledgers,
@@ -392,9 +436,10 @@ def run_network_cell(workdir: Path, *, timeout_s: float = 90) -> dict[str, Any]:
     models = [(r.get("evaluation") or {}).get("evaluated_model") for r in evaluated]
     lies["evaluation-differencing"]["evaluated_models"] = models
     leaked = [name for name, lie in lies.items() if lie["outcome"] == "leaked"]
+    unjudged = [name for name, lie in lies.items() if lie["outcome"] == "inconclusive"]
     return {
         "threat_model": "malicious-server (network: real processes, mutual TLS, the clients' default policy)",
-        "verdict": "holds" if not leaked else "fails",
+        "verdict": "fails" if leaked else "inconclusive" if unjudged else "holds",
         "leaked": leaked,
         "lies": lies,
         "seconds": round(time.monotonic() - started, 2),
