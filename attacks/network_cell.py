@@ -40,6 +40,7 @@ from typing import IO, Any
 
 from attacks.hostile_server import CELL_EVALUATED_ROUNDS, CELL_FROZEN_ROUNDS, CELL_RELABELLED_ROUND, CELL_ROUNDS
 from client.ledger import ClientLedger
+from mrff_secure.dp.accounting import json_epsilon
 from mrff_secure.round.accountant import RoundAccountant
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding attacks/, client/, server/, mrff_secure/
@@ -255,12 +256,13 @@ def _judge(
     client_epsilon = max(epsilons.values())
     result: dict[str, Any] = {
         "rounds": [record["round"] for record in rounds],
-        "client_epsilon": client_epsilon,
-        "client_epsilon_min": min(epsilons.values()),
-        "server_epsilon": server_epsilon,
-        "releases_obtained": sorted(
-            {(record["round"], p) for record in rounds for u in ledgers for p in _obtained(record, u)}
-        ),
+        "client_epsilon": json_epsilon(client_epsilon),  # the largest of the clients' ledgers
+        "client_epsilon_min": json_epsilon(min(epsilons.values())),
+        "server_epsilon": json_epsilon(server_epsilon),
+        "releases_obtained": [  # (round, phase) of every sum unmasked with some client's masked input in it
+            list(pair)
+            for pair in sorted({(rec["round"], p) for rec in rounds for u in ledgers for p in _obtained(rec, u)})
+        ],
     }
     refusals = [line for r in key_rounds if (line := _line_of(stderr, f"round {r}", "refus")) is not None] + sorted(
         set(zeros.values())
@@ -305,8 +307,8 @@ def _judge_relabel(
     epsilons = {u: ledger.epsilon() for u, ledger in ledgers.items()}
     result: dict[str, Any] = {
         "rounds": [CELL_RELABELLED_ROUND],
-        "client_epsilon": max(epsilons.values()),
-        "server_epsilon": None if relabelled is None else _server_epsilon(relabelled),
+        "client_epsilon": json_epsilon(max(epsilons.values())),
+        "server_epsilon": None if relabelled is None else json_epsilon(_server_epsilon(relabelled)),
         "server_record": None if relabelled is None else relabelled["type"],
     }
     if obtained or foreign:
@@ -398,11 +400,28 @@ def run_network_cell(workdir: Path, *, timeout_s: float = 90) -> dict[str, Any]:
                 raise NetworkCellError(_late(timeout_s, procs))
             time.sleep(0.1)
         server.kill()  # its records are written (synced); nothing is left for it to do
-        client_logs = {users: c.stderr() for users, c in zip(CLIENT_PROCESSES, clients)}
-        stderr = "\n".join(client_logs.values())
     finally:
         for proc in reversed(procs):
             proc.stop()
+    lies = judge_cell(workdir)
+    leaked = [name for name, lie in lies.items() if lie["outcome"] == "leaked"]
+    unjudged = [name for name, lie in lies.items() if lie["outcome"] == "inconclusive"]
+    return {
+        "threat_model": "malicious-server (network: real processes, mutual TLS, the clients' default policy)",
+        "verdict": "fails" if leaked else "inconclusive" if unjudged else "holds",
+        "leaked": leaked,
+        "lies": lies,
+        "seconds": round(time.monotonic() - started, 2),
+        "see": "tests/network/test_client_ledger.py, tests/attacks/test_network_cell.py",
+    }
+
+
+def judge_cell(workdir: Path) -> dict[str, dict[str, Any]]:
+    """Each lie's outcome from what a played cell left in `workdir`: the server's audit log (run/audit.jsonl),
+    each client's ledger (state/user-*/ledger.json) and the client processes' logs (clients-*.log)."""
+    run_dir, state = workdir / "run", workdir / "state"
+    client_logs = {users: (workdir / f"clients-{users}.log").read_text() for users in CLIENT_PROCESSES}
+    stderr = "\n".join(client_logs.values())
     records = _audit_records(run_dir)
     rounds = [r for r in records if r.get("type") in ("round", "round_aborted")]
     if len(rounds) < len(CELL_FROZEN_ROUNDS) + len(CELL_EVALUATED_ROUNDS):
@@ -424,24 +443,10 @@ def run_network_cell(workdir: Path, *, timeout_s: float = 90) -> dict[str, Any]:
     lies = {
         "freeze-and-difference": _judge(frozen, CELL_FROZEN_ROUNDS[1:], ledgers, run_id, stderr),
         "evaluation-differencing": _judge(
-            evaluated,
-            CELL_EVALUATED_ROUNDS,
-            ledgers,
-            run_id,
-            stderr,
-            key_phase="evaluation",
+            evaluated, CELL_EVALUATED_ROUNDS, ledgers, run_id, stderr, key_phase="evaluation"
         ),
         "relabelled-replay": _judge_relabel(rounds, ledgers, run_id, client_logs),
     }
     models = [(r.get("evaluation") or {}).get("evaluated_model") for r in evaluated]
     lies["evaluation-differencing"]["evaluated_models"] = models
-    leaked = [name for name, lie in lies.items() if lie["outcome"] == "leaked"]
-    unjudged = [name for name, lie in lies.items() if lie["outcome"] == "inconclusive"]
-    return {
-        "threat_model": "malicious-server (network: real processes, mutual TLS, the clients' default policy)",
-        "verdict": "fails" if leaked else "inconclusive" if unjudged else "holds",
-        "leaked": leaked,
-        "lies": lies,
-        "seconds": round(time.monotonic() - started, 2),
-        "see": "tests/network/test_client_ledger.py, tests/attacks/test_network_cell.py",
-    }
+    return lies
