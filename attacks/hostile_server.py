@@ -25,7 +25,7 @@ weaknesses):
 - malformed-round-0 (W19): round 0's signed announcement has group fractions of the wrong length and
   round 1's a model configuration that is no JSON object; round 2 is honest. Clients refuse the bad
   rounds and play the honest one.
-- network-cell (the audit's network cell, four rounds then a relabelled one, CELL_SCHEDULE): rounds 0 and 1
+- network-cell (the audit's network cell, four rounds then a relabelled one, the CELL_* constants): rounds 0 and 1
   freeze and replay (each summed, reported aborted, the model frozen: round 1 is round 0 again); rounds 2
   and 3 end with federated evaluations of two models that differ in one place (round 3 announces round 2's
   starting model with one parameter changed); then round 3 is announced again under a new run-id label.
@@ -66,6 +66,23 @@ CELL_SHIFT = 0.5  # what round 3's model adds to one parameter of round 2's
 CELL_RELABEL_WAIT_S = 3.0  # the relabelled round's train timeout (clients refuse as soon as they read it)
 
 
+def _play_frozen(honest_play: Callable[[Any, int], None], coordinator_self: Any, r: int) -> None:
+    """Round r played and summed, reported to the clients as aborted, and the model frozen."""
+    frozen = dict(coordinator_self.state.params)
+    honest_end = coordinator_self.gate.end_round
+
+    def lying_end(rs: Any, outcome: pb.RoundOutcome) -> None:
+        honest_end(rs, pb.RoundOutcome(round_id=outcome.round_id, completed=False, reason="aborted"))
+
+    coordinator_self.gate.end_round = lying_end
+    try:
+        honest_play(coordinator_self, r)
+    finally:
+        coordinator_self.gate.end_round = honest_end
+    coordinator_self.state.params = frozen
+    coordinator_self.state.last_completed = -1
+
+
 def _patch_freeze() -> None:
     """Every round summed, reported to the clients as aborted, and the model frozen: the next round is the
     same round again under the next round id (its sum minus the last one, the target left out, is the
@@ -73,19 +90,7 @@ def _patch_freeze() -> None:
     honest_play = coordinator.Coordinator._play_round
 
     def play(self: Any, r: int) -> None:
-        frozen = dict(self.state.params)
-        honest_end = self.gate.end_round
-
-        def lying_end(rs: Any, outcome: pb.RoundOutcome) -> None:
-            honest_end(rs, pb.RoundOutcome(round_id=outcome.round_id, completed=False, reason="aborted"))
-
-        self.gate.end_round = lying_end
-        try:
-            honest_play(self, r)
-        finally:
-            self.gate.end_round = honest_end
-        self.state.params = frozen
-        self.state.last_completed = -1
+        _play_frozen(honest_play, self, r)
 
     coordinator.Coordinator._play_round = play  # type: ignore[method-assign]
 
@@ -124,19 +129,7 @@ def _patch_network_cell() -> None:
                 changed.view(-1)[0] += CELL_SHIFT
                 self.state.params = {**starting, name: changed}
         else:
-            frozen = dict(self.state.params)
-            honest_end = self.gate.end_round
-
-            def lying_end(rs: Any, outcome: pb.RoundOutcome) -> None:
-                honest_end(rs, pb.RoundOutcome(round_id=outcome.round_id, completed=False, reason="aborted"))
-
-            self.gate.end_round = lying_end
-            try:
-                honest_play(self, r)
-            finally:
-                self.gate.end_round = honest_end
-            self.state.params = frozen
-            self.state.last_completed = -1
+            _play_frozen(honest_play, self, r)
         if r == CELL_RELABELLED_ROUND and not relabelled:
             relabelled.append(r)
             self.state.next_round = r

@@ -50,8 +50,9 @@ CLIENT_PROCESSES = ("0-5", "6-11")
 MAXLEN = 10
 DATA_ARGS = ["--dataset", "synthetic", "--synthetic-users", str(USERS), "--maxlen", str(MAXLEN), "--data-seed", "0"]
 MODEL_ARGS = ["--attribute-dim", "4", "--dropout", "0.0"]
-NOISE_MULTIPLIER = 6.0  # the four rounds and two evaluations stay under the clients' default cap (10)
-# A refused round costs the server its train timeout: short, as 12 clients train in about a second.
+NOISE_MULTIPLIER = 6.0  # the four rounds and two evaluations cost epsilon 3.2, under the clients' default cap (10)
+# --train-timeout: round 0's first stage (12 clients' first training) took up to 4.3 s on 2 busy cores; the
+# relabelled round, which every client refuses, waits hostile_server.CELL_RELABEL_WAIT_S only.
 SERVER_ARGS = ["--min-clients", str(USERS), "--stage-timeout", "8", "--train-timeout", "6", "--linger", "1"]
 SERVER_ARGS += ["--rounds", str(CELL_ROUNDS), "--dp", "distributed", "--noise-multiplier", str(NOISE_MULTIPLIER)]
 SERVER_ARGS += ["--federated-eval-every", "1"]  # the lie keeps the evaluations of CELL_EVALUATED_ROUNDS only
