@@ -141,8 +141,9 @@ class _Delivery:
 
 class _InMemorySum:
     """The server side of one secure sum for the network client's `SecureSums.run`: its `calls.fetch` and
-    `calls.submit`, in memory, with a real `ServerSession`. Every message goes through its byte encoding; a stage
-    closes when every client it was delivered to has answered; a client that fails ends the sum for everyone."""
+    `calls.submit`, in memory, with a `ServerSession` (here the attacker's). Every message goes through its byte
+    encoding; a stage closes when every client it was delivered to has answered; a client that fails ends the sum
+    for everyone."""
 
     def __init__(self, server: ServerSession, participants: tuple[int, ...]) -> None:
         self.server = server
