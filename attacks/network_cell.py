@@ -58,6 +58,12 @@ SERVER_ARGS += ["--rounds", str(CELL_ROUNDS), "--dp", "distributed", "--noise-mu
 SERVER_ARGS += ["--federated-eval-every", "1"]  # the lie keeps the evaluations of CELL_EVALUATED_ROUNDS only
 RELABEL_REFUSAL = "a relabelled replay is not a new run"
 EVALUATION_ZEROS = "zeros for the federated evaluation"
+LIES = {
+    "freeze-and-difference": "rounds 0 and 1 summed, reported aborted, the model frozen: round 1 asks for round 0's "
+    "input again (W12)",
+    "evaluation-differencing": "federated evaluations of two models that differ in one parameter, rounds 2 and 3 (W14)",
+    "relabelled-replay": "round 3 announced again under a new run-id label (W12)",
+}
 REL_TOLERANCE = 1e-9  # the two accountants run the same code on the same releases
 
 
@@ -450,4 +456,4 @@ def judge_cell(workdir: Path) -> dict[str, dict[str, Any]]:
     }
     models = [(r.get("evaluation") or {}).get("evaluated_model") for r in evaluated]
     lies["evaluation-differencing"]["evaluated_models"] = models
-    return lies
+    return {name: {"lie": LIES[name], **lie} for name, lie in lies.items()}
