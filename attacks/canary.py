@@ -231,12 +231,14 @@ class CanaryAudit:
         order = [position[int(r)] for r in rows]
         replay = self._local_replay(view, rows, sent) if view.round_index == ROUND_ZERO else None
         residual = uploads[order] - sent
+        delta = self.layout.delta_size
         if replay is not None:
             first = replay.shape[0]
-            self.update_noise.add(residual[:first], sigma, replay)
-            self.update_noise.add(residual[first:], sigma)
+            self.update_noise.add(residual[:first, :delta], sigma, replay[:, :delta])
+            self.update_noise.add(residual[first:, :delta], sigma)
         else:
-            self.update_noise.add(residual, sigma)
+            self.update_noise.add(residual[:, :delta], sigma)
+        self.count_noise.add(residual[:, delta:], sigma)  # the one-hots and the example count
         # the canaries' uploads, through the real mechanism
         inside, outside = self._difference()
         chosen = np.where(self.included[:, None], inside, outside)
@@ -246,7 +248,8 @@ class CanaryAudit:
         rng = self.pipeline.chunk_generator(view.round_index, 0, CANARY_STREAM_BLOCK)
         noisy, _ = self.pipeline.privatize_local(torch.from_numpy(before), rng, prefix_len=s)
         y = noisy.numpy()
-        self.update_noise.add(y - chosen, sigma)
+        self.update_noise.add(y[:, :s] - chosen[:, :s], sigma)
+        self.count_noise.add(y[:, s:] - chosen[:, s:], sigma)
         d = inside - outside
         mid = (inside + outside) / 2
         norm = np.linalg.norm(d, axis=1)

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import math
 import platform
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -38,6 +40,7 @@ from attacks.canary import CanaryAudit, claimed_noise_std
 from attacks.disaggregation import disaggregate
 from attacks.groups import GroupRecorder, infer_groups
 from attacks.membership import item_membership
+from attacks.network_cell import NetworkCellError, run_network_cell
 from attacks.oracle import membership_ceiling
 from attacks.reconstruction import reconstruct_rows
 from attacks.recorder import RowRecorder
@@ -406,6 +409,15 @@ def run_cell(
     )
 
 
+def _network_cell() -> dict[str, Any]:
+    """The network cell in a folder of its own; a cell that cannot run is inconclusive, with the reason."""
+    with tempfile.TemporaryDirectory(prefix="mrff-network-cell-") as folder:
+        try:
+            return run_network_cell(Path(folder), timeout_s=90)
+        except NetworkCellError as exc:
+            return {"verdict": "inconclusive", "leaked": [], "lies": {}, "error": str(exc)}
+
+
 def run_grid(
     data: ClientData,
     cells: list[Cell],
@@ -434,8 +446,10 @@ def grid_report(
     canaries: int,
     clip: float,
     family_confidence: float = FAMILY_CONFIDENCE,
+    network_cell: bool = False,
 ) -> dict[str, Any]:
-    """The grid's report from finished cells: the malicious-server cells, the rules, provenance."""
+    """The grid's report from finished cells: the malicious-server cells (and, with `network_cell`, a real
+    server and clients on loopback against a lying server: `attacks.network_cell`), the rules, provenance."""
     active = run_active_attacks()
     rules = evaluate_rules(results, family_confidence=family_confidence)
     rules["malicious-server"] = {
@@ -443,6 +457,13 @@ def grid_report(
         "leaked": active["leaked"],
         "refused": sorted(n for n, r in active["attacks"].items() if r["outcome"] == "refused"),
     }
+    network = _network_cell() if network_cell else None
+    if network is not None:
+        rules["network"] = {
+            "verdict": network["verdict"],
+            "leaked": network.get("leaked", []),
+            "outcomes": {name: lie["outcome"] for name, lie in network.get("lies", {}).items()},
+        }
     verdict = overall_verdict(rules, results)
     return {
         "verdict": verdict,
@@ -456,5 +477,6 @@ def grid_report(
         "torch": torch.__version__,
         "cells": results,
         "malicious_server": active,
+        "network_cell": network,
         "rules": rules,
     }

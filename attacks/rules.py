@@ -510,6 +510,16 @@ def overall_verdict(rules: dict[str, Any], results: list[dict]) -> dict[str, Any
     not_tested: list[str] = []
     r0 = rules.get("R0", {})
     inconclusive = []
+    if rules.get("network", {}).get("verdict") == "inconclusive":
+        inconclusive.append(
+            {
+                "rule": "network",
+                "cell": "network cell",
+                "what": "the network cell could not judge every lie: "
+                + ", ".join(f"{k} {v}" for k, v in rules["network"].get("outcomes", {}).items()),
+                "next": "rerun; if it stays inconclusive, read the cell's evidence in grid.json (network_cell)",
+            }
+        )
     if r0.get("verdict") == "inconclusive":
         lacking = r0.get("attacks_without_power") or ["every attack (no plain cell)"]
         bars = r0.get("thresholds", {})
@@ -528,6 +538,10 @@ def overall_verdict(rules: dict[str, Any], results: list[dict]) -> dict[str, Any
                 f"{cell}: the claim (epsilon {entry['claimed_epsilon']:.3g}) is above what {entry['canaries']} "
                 f"canaries can certify (epsilon {entry['max_certifiable_epsilon']:.3g}): R1 could not have failed"
             )
+    if "network" not in rules:
+        not_tested.append(
+            "the network path: no lying server was played against real client processes (--no-network-cell)"
+        )
     for cell, entry in rules.get("R4", {}).get("cells", {}).items():
         if entry.get("finding"):
             not_tested.append(f"{cell}: {entry['finding']} (a finding, not a DP claim)")
@@ -537,15 +551,18 @@ def overall_verdict(rules: dict[str, Any], results: list[dict]) -> dict[str, Any
         verdict = "fails"
         first = problems[0]
         headline = f"A PRIVACY CLAIM FAILS: {first['rule']} in {first['cell']}: {first['what']}"
+    elif not dp_cells:
+        verdict, problems = "no claim tested", inconclusive
+        headline = "NO DP CLAIM TESTED: no cell of this audit makes a DP claim"
     elif inconclusive:
         verdict, problems = "inconclusive", inconclusive
         headline = f"INCONCLUSIVE: {inconclusive[0]['what']}: the audit proves nothing either way"
-    elif not dp_cells or not refutable:
+    elif not refutable:
         verdict = "no claim tested"
         headline = (
-            "NO DP CLAIM TESTED: no cell of this audit makes a DP claim"
-            if not dp_cells
-            else "NO DP CLAIM TESTED: every claim is above what the canaries can certify"
+            "NO DP CLAIM TESTED: every claim is above what the canaries can certify"
+            if any(r.get("canary") for r in dp_cells)
+            else "NO DP CLAIM TESTED: no DP cell had canaries (--canaries 0, or only sampled cells)"
         )
     else:
         verdict = "holds"

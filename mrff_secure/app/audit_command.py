@@ -68,6 +68,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         "cells": config["cells"],
         "misreport_noise": config["misreport_noise"],
         "planted_defect": config["planted_defect"],
+        "network_cell": config["network_cell"],
         "confidence": config["confidence"],
     }
 
@@ -276,6 +277,7 @@ def run_audit(
         canaries=config["canaries"],
         clip=config["clip"],
         family_confidence=config["confidence"],
+        network_cell=config.get("network_cell", True),
     )
     report["config"], report["config_digest"] = config, config_digest(config)
     write_json_atomic(out / "grid.json", report)

@@ -239,6 +239,9 @@ OPTIONS: tuple[Option, ...] = (
                                            "implementation gets a verdict other than 'holds' with probability at "
                                            "most 1 - confidence (the stated false-alarm rate)", low=0.5, below=1.0),
     _o("audit", "misreport_noise", float, 1.0, "TESTING THE AUDIT ONLY: claim z x FACTOR while adding z", above=0.0),
+    _o("audit", "network_cell", bool, True, "play a lying server against real client processes on loopback "
+                                           "(attacks/network_cell.py, ~40 s); --no-network-cell leaves it out "
+                                           "(the verdict then says so)", negative_flag="--no-network-cell"),
     _o("audit", "planted_defect", str, None, "TESTING THE AUDIT ONLY: plant this privacy defect in every DP cell "
                                              "(mrff_secure/federation/planted_defects.py)", optional=True,
        choices=tuple(PLANTED_DEFECTS)),
@@ -285,7 +288,7 @@ COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
                 "max_dropout_fraction", "modulus_bits", "noise_sampling", "blocks", "groups", "mrff"),
     "audit": ("dataset", "data_dir", "recbole_name", "synthetic_users", "synthetic_rare_values", "clip", "rounds_per_cell", "canaries",
               "levels", "targets", "seeds", "sampled_fraction", "cells", "confidence", "misreport_noise",
-              "planted_defect", "backend", "ray_address", "threads_per_worker"),
+              "planted_defect", "network_cell", "backend", "ray_address", "threads_per_worker"),
 }
 # fmt: on
 # A network run is private by default: distributed DP (its noise calibrated to NETWORK_TARGET_EPSILON over
