@@ -452,12 +452,25 @@ def _plot_files(folder: Path) -> list[str]:
 
 
 def _run_verdict(
-    *, what: str, epsilon: Any, delta: Any, match: dict[str, Any] | None, broken: str | None = None
+    *,
+    what: str,
+    epsilon: Any,
+    delta: Any,
+    match: dict[str, Any] | None,
+    broken: str | None = None,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     """A run's overall verdict: fails when its audit log is broken; else the verdict of the audit of the same
     privacy configuration when one is given and matches; else no claim tested ("not audited")."""
-    claim = f"its epsilon {fmt(number(epsilon))} at delta {fmt(number(delta))} is the accountant's claim"
-    base: dict[str, Any] = {"alpha": None, "tests": 0, "problems": [], "not_tested": [], "source": "the run folder"}
+    claim = f"this {what}'s epsilon {fmt(number(epsilon))} at delta {fmt(number(delta))} is the accountant's claim"
+    base: dict[str, Any] = {
+        "alpha": None,
+        "tests": 0,
+        "problems": [],
+        "not_tested": [],
+        "warnings": list(warnings or []),
+        "source": "the run folder",
+    }
     if broken is not None:
         return {
             **base,
@@ -478,9 +491,9 @@ def _run_verdict(
             **base,
             "verdict": match["verdict"],
             "exit_code": 0 if match["verdict"] in ("holds", NO_CLAIM) else 3,
-            "headline": f"This {what}'s privacy configuration was audited: {match['text']}; {claim}.",
+            "headline": f"Audited: {claim}, and {match['text']}.",
         }
-    why = match["text"] if match is not None else "no audit was given (`mrff report RUN --audit AUDIT_DIR`)"
+    why = match["text"] if match is not None else "no audit was given"
     return {
         **base,
         "verdict": NO_CLAIM,
@@ -525,7 +538,7 @@ def _training_report(folder: Path, audit_dir: Path | None = None) -> dict[str, A
         "mechanism": privacy.get("mechanism") if dp else "none (no noise)",
         "clip C": _number(privacy.get("clip")),
         "noise multiplier z": _number(privacy.get("noise_multiplier")),
-        "noise multiplier as accounted (per share, survivors and rounding included)": _number(
+        "noise multiplier as accounted (summary.json privacy.accounted_noise_multiplier)": _number(
             privacy.get("accounted_noise_multiplier")
         ),
         "rounds (accounted)": rounds,
@@ -545,7 +558,9 @@ def _training_report(folder: Path, audit_dir: Path | None = None) -> dict[str, A
         "delta source": privacy.get("delta_source"),
     }
     return {
-        "verdict": _run_verdict(what="training run", epsilon=eps, delta=delta, match=match),
+        "verdict": _run_verdict(
+            what="training run", epsilon=eps, delta=delta, match=match, warnings=privacy.get("warnings", [])
+        ),
         "terms": {
             k: v for k, v in TERMS.items() if k in ("epsilon, delta", "zero-out adjacency", "replace-one adjacency")
         },
@@ -612,8 +627,8 @@ def _network_report(
             "round": r.get("round"),
             "completed": r.get("type") == "round",
             "participants": n,
-            "bytes_from_devices_per_participant": round(wire.get("received", 0) / n, 1),
-            "bytes_to_devices_per_participant": round(wire.get("sent", 0) / n, 1),
+            "bytes_from_devices_per_participant": round(wire.get("received", 0) / n),
+            "bytes_to_devices_per_participant": round(wire.get("sent", 0) / n),
             "epsilon": _number(ledger.get("epsilon") if isinstance(ledger, dict) else ledger),
         }
         if evaluation:  # the federated evaluation of this round: a release in the ledger when available
@@ -702,16 +717,31 @@ def _network_report(
             + (f"; {match['text']}" if match is not None else "; no audit given"),
         },
     ]
+    replace = _number(last_ledger.get("epsilon_replace_one"))
+    other = (
+        f" (under replace-one adjacency, one user's data swapped for another's: epsilon {fmt(replace)})"
+        if replace is not None and adjacency != "replace-one"
+        else ""
+    )
     text = (
         f"{network_model} network run: each user's data, over the {completed} completed round(s), is "
-        f"({fmt(last_eps)}, {fmt(delta)})-DP under {adjacency} adjacency, by the coordinator's ledger "
-        f"(the distributed {spec.get('mechanism')} with noise multiplier z = {fmt(_number(spec.get('noise_multiplier')))} "
-        f"at clip C = {fmt(_number(spec.get('clip')))}){evaluations_text}. Not accounted: {'; '.join(not_accounted)}."
+        f"({fmt(last_eps)}, {fmt(delta)})-DP under {adjacency} adjacency{other}; mechanism: the distributed "
+        f"{spec.get('mechanism')} with noise multiplier z = {fmt(_number(spec.get('noise_multiplier')))} at clip "
+        f"C = {fmt(_number(spec.get('clip')))}; accountant: the coordinator's ledger, "
+        f"{last_ledger.get('bound', 'its bound not recorded')}{evaluations_text}. Not accounted: "
+        f"{'; '.join(not_accounted)}."
         if dp_mode != "off"
         else f"{network_model} network run: no DP: epsilon is unbounded (∞){evaluations_text}."
     )
     return {
-        "verdict": _run_verdict(what="network run", epsilon=last_eps, delta=delta, match=match, broken=broken),
+        "verdict": _run_verdict(
+            what="network run",
+            epsilon=last_eps,
+            delta=delta,
+            match=match,
+            broken=broken,
+            warnings=list(last_ledger.get("warnings", [])),
+        ),
         "terms": {
             k: v for k, v in TERMS.items() if k in ("epsilon, delta", "zero-out adjacency", "replace-one adjacency")
         },

@@ -153,6 +153,9 @@ def render_markdown(report: dict[str, Any], *, digest: str, signature: str | Non
     if verdict.get("problems"):
         lines.append("")
     lines += [_alpha_text(verdict), ""]
+    lines += [f"Warning: {warning}" for warning in verdict.get("warnings", [])]
+    if verdict.get("warnings"):
+        lines.append("")
     if verdict.get("not_tested"):
         lines += ["Not tested:", ""] + [f"- {line}" for line in verdict["not_tested"]] + [""]
     lines += [
@@ -223,6 +226,8 @@ def _banner_html(verdict: dict[str, Any]) -> str:
             parts.append(f"<li>and {len(problems) - BANNER_PROBLEMS} more: see <a href='#problems'>Problems</a></li>")
         parts.append("</ul>")
     parts.append(f"<p class='small'>{html.escape(_alpha_text(verdict))}</p>")
+    for warning in verdict.get("warnings", []):
+        parts.append(f"<p class='small'><b>Warning:</b> {html.escape(str(warning))}</p>")
     not_tested = verdict.get("not_tested", [])
     if not_tested:
         parts.append("<p class='small'><b>Not tested:</b></p><ul class='small'>")
