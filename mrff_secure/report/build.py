@@ -144,11 +144,15 @@ def _attack_rows(cells: list[dict]) -> list[dict[str, Any]]:
             "claimed_epsilon": _number(c["claim"]["epsilon"]),
         }
         bound = (c.get("canary") or {}).get("bound") or {}
+        disaggregation = c.get("disaggregation") or {}
+        no_rare_rows = (
+            disaggregation.get("applicable") and (disaggregation.get("rare_rows") or {}).get("applicable") is False
+        )
         row["epsilon_lower_bound"] = _number(bound.get("epsilon_lower_bound"))
         row["not_computed"] = []
         for key in SCORE_COLUMNS:
             raw = number(c["scores"].get(key))
-            if raw is not None and math.isnan(raw):
+            if (raw is not None and math.isnan(raw)) or (key == "disaggregation_rare_auc" and no_rare_rows):
                 row["not_computed"].append(key)
             row[key] = _number(raw)
             row[f"{key}_se"] = _number(
@@ -220,8 +224,8 @@ def cell_statement(cell: dict[str, Any]) -> dict[str, Any]:
         f"{name}: each user's data, over {fmt(rounds)} rounds, is ({fmt(eps)}, {fmt(delta)})-DP under "
         f"{adjacency} adjacency{other}; mechanism: {claim.get('mechanism')} with noise multiplier "
         f"z = {fmt(_number(claim.get('noise_multiplier')))} at clip C = {fmt(_number(claim.get('clip')))}; "
-        f"accountant: {claim.get('epsilon_bound') or 'the project accountant'}; sampling: none claimed (a user "
-        f"in every round); not accounted: {NOT_ACCOUNTED_SHORT} (see above)."
+        f"accountant: {claim.get('epsilon_bound') or 'the project accountant'}; sampling: no amplification "
+        f"claimed (accounted for a user in every round); not accounted: {NOT_ACCOUNTED_SHORT} (see above)."
     )
     return {
         "cell": name,
@@ -345,21 +349,29 @@ def _low_fpr(cells: list[dict]) -> list[dict[str, Any]]:
                     "note": "TPR at 0.1% FPR not computed: the grid keeps only the attack's 1% point",
                 }
             )
-        rare = ((c.get("disaggregation") or {}).get("rare_rows")) or {}
-        if rare and rare.get("auc") is not None:
+        disaggregation = c.get("disaggregation") or {}
+        for part, label in (("all_rows", "disaggregation (all rows)"), ("rare_rows", "disaggregation (rare rows)")):
+            body = disaggregation.get(part) if disaggregation.get("applicable") else None
+            if not isinstance(body, dict):
+                continue
+            note = "TPR at 0.1% FPR not computed: the grid keeps only the attack's 1% point"
+            if body.get("applicable") is False:
+                note = f"not computed: no rare rows in this data (values touched by at most {disaggregation.get('rare_users', '?')} users)"
             rows.append(
                 {
                     "cell": c["cell"],
-                    "attack": "disaggregation (rare rows)",
-                    "auc": _number(rare.get("auc")),
+                    "attack": label,
+                    "auc": _number(body.get("auc")),
                     "tpr_at_0.1%_fpr": None,
-                    "tpr_at_1%_fpr": _number(rare.get("tpr_at_1pct_fpr")),
-                    "negatives": rare.get("negatives"),
-                    "note": "TPR at 0.1% FPR not computed: the grid keeps only the attack's 1% point",
+                    "tpr_at_1%_fpr": _number(body.get("tpr_at_1pct_fpr")),
+                    "negatives": body.get("negatives"),
+                    "note": note,
                 }
             )
     for row in rows:
         missing = [k for k in ("auc", "tpr_at_1%_fpr") if row[k] is None]
+        if missing and row["note"].startswith("not computed"):
+            continue
         if missing and not row["note"]:
             row["note"] = "not computed: the attack had no members or no non-members in this cell"
         elif missing:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mrff_secure.report.tables import fmt
+
 if TYPE_CHECKING:  # matplotlib is imported where a plot is drawn
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -122,7 +124,9 @@ def _canary_roc(cells: list[dict], seed: int, path: Path) -> Path:
             floor = min(floor, 0.5 / negatives)
             fpr, tpr = roc(scores, included)
             look = style(index)
-            ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), lw=1.4, label=cell["cell"], **look)
+            auc = _number(cell["canary"].get("canary_auc"))
+            label = f"{cell['cell']} (AUC {fmt(auc)})"  # curves that coincide (AUC 1) stay told apart
+            ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), lw=1.4, label=label, **look)
             epsilon, delta = _number(cell["claim"].get("epsilon")), _number(cell["claim"].get("delta"))
             if cell["claim"].get("adjacency") and math.isfinite(epsilon):
                 grid = np.logspace(np.log10(floor), 0, 200)
@@ -134,7 +138,7 @@ def _canary_roc(cells: list[dict], seed: int, path: Path) -> Path:
                         lw=1.0,
                         color=look["color"],
                         linestyle=(0, (1, 1.5)),
-                        label=f"{cell['cell'].rsplit(' seed=', 1)[0]}: claimed limit (epsilon {epsilon:.3g})",
+                        label=f"{cell['cell'].rsplit(' seed=', 1)[0]}: claimed limit (epsilon {fmt(epsilon)})",
                     )
         if panel:
             grid = np.logspace(np.log10(floor), 0, 50)

@@ -155,7 +155,7 @@ def low_fpr_table(report: dict[str, Any]) -> pd.DataFrame:
             {
                 "cell": r["cell"],
                 "attack": r["attack"],
-                "AUC": fmt(r.get("auc")),
+                "AUC": fmt(r.get("auc")) if r.get("auc") is not None else NOT_COMPUTED,
                 "TPR at 0.1% FPR": fmt(r.get("tpr_at_0.1%_fpr"))
                 if r.get("tpr_at_0.1%_fpr") is not None
                 else NOT_COMPUTED,

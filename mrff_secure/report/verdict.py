@@ -44,6 +44,16 @@ TERMS = {
 }
 
 
+RULE_NAMES = {
+    "R1": "the canary bound on epsilon",
+    "R2": "the noise actually released",
+    "R3": "the claimed trade-off curve",
+    "R4": "secure aggregation hides individuals",
+    "R5": "attacks weaken with noise",
+    "malicious-server": "active attacks refused",
+}
+
+
 def _problem(rule: str, cell: str, what: str, then: str) -> dict[str, str]:
     return {"rule": rule, "cell": cell, "what": what, "next": then}
 
@@ -175,14 +185,23 @@ def derive_verdict(rules: dict[str, Any]) -> dict[str, Any]:
         not thresholds or set(lacking) >= set(thresholds) or "canary_auc" in lacking
     )
     others_inconclusive = [n for n, b in rules.items() if n != "R0" and b.get("verdict") == INCONCLUSIVE]
-    tested = [n for n, b in rules.items() if n not in ("R0",) and b.get("verdict") in (HOLDS, FAILS)]
+    tested = []  # "R2 in 10 cells": the rules that tested something, with how many cells or series held
+    for name, body in rules.items():
+        items = body.get("cells", body.get("series"))
+        if name == "R0":
+            continue
+        if isinstance(items, dict):
+            held = sum(1 for b in items.values() if b.get("verdict") == HOLDS)
+            if held:
+                unit = "series" if "series" in body else ("cell" if held == 1 else "cells")
+                tested.append(f"{name} in {held} {unit}")
+        elif body.get("verdict") in (HOLDS, FAILS):
+            tested.append(name)
     if problems:
         verdict = FAILS
-        first = problems[0]
-        headline = (
-            f"{len(problems)} claim{'s' if len(problems) > 1 else ''} fail{'' if len(problems) > 1 else 's'}; "
-            f"first: {first['rule']} in {first['cell']}: {first['what']}"
-        )
+        named = "; ".join(f"{p['rule']} ({RULE_NAMES.get(p['rule'], p['rule'])}) in {p['cell']}" for p in problems[:3])
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        headline = f"{len(problems)} claim{'s' if len(problems) > 1 else ''} fail{'' if len(problems) > 1 else 's'}: {named}{more}."
     elif inconclusive_r0 or others_inconclusive:
         verdict = INCONCLUSIVE
         why = []
@@ -200,7 +219,7 @@ def derive_verdict(rules: dict[str, Any]) -> dict[str, Any]:
         headline = "No claim was tested: the audit had no DP or secure-aggregation cell."
     else:
         verdict = HOLDS
-        headline = f"Every claim the audit tested holds ({', '.join(tested)})" + (
+        headline = f"Every claim the audit tested holds: {', '.join(tested)}" + (
             f"; {len(not_tested)} thing(s) it could not test are listed below." if not_tested else "."
         )
     alpha = None if family is None else min(1.0, 3 * (1.0 - family))
