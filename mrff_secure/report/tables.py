@@ -11,7 +11,7 @@ import pandas as pd
 ATTACK_COLUMNS = {
     "cell": "cell",
     "claimed_epsilon": "claimed epsilon",
-    "epsilon_lower_bound": "canary lower bound on epsilon",
+    "epsilon_lower_bound": "canary lower bound (95%, this cell alone)",
     "reconstruction_f1": "reconstruction F1",
     "reconstruction_auc": "reconstruction AUC",
     "membership_auc": "IMIA AUC",
@@ -168,7 +168,8 @@ def low_fpr_table(report: dict[str, Any]) -> pd.DataFrame:
     )
     frame.attrs["note"] = (
         "TPR at x% FPR: the members an attack finds while flagging at most x% of non-members. With n non-members "
-        "the FPR moves in steps of 1/n: below 1/n the TPR shown is the one at zero false positives."
+        "the FPR moves in steps of 1/n: below 1/n the TPR shown is the one at zero false positives. For the "
+        "interaction MIA and disaggregation the grid keeps only the 1% point: their 0.1% point is not computed."
     )
     return frame
 
