@@ -249,10 +249,9 @@ def _statement(cells: list[dict]) -> dict[str, Any]:
         "stated below for a user who takes part in every round of that cell, from the project's one "
         "accountant (the proven bound of the mechanism used: the grid discrete Gaussian for local DP, the "
         "distributed discrete Gaussian under secure aggregation). No amplification by sampling is claimed: "
-        "the server sees who takes part. Adjacency: replace-one where the server sees identified uploads "
-        "(local DP), zero-out under secure aggregation. Not accounted for in any cell: "
-        + "; ".join(NOT_ACCOUNTED)
-        + "."
+        "the server sees who takes part. Adjacency: replace-one (one user's data swapped for another's) where "
+        "the server sees identified uploads (local DP), zero-out (one user's data replaced by nothing) under "
+        "secure aggregation. Not accounted for in any cell: " + "; ".join(NOT_ACCOUNTED) + "."
     )
     return {
         "unit": "one user (all of a user's data)",
@@ -505,6 +504,14 @@ def _run_verdict(
             "exit_code": 0 if match["verdict"] in ("holds", NO_CLAIM) else 3,
             "headline": f"Audited: {claim}, and {match['text']}.",
         }
+    eps = number(epsilon)
+    if eps is None or math.isinf(eps):
+        return {
+            **base,
+            "verdict": NO_CLAIM,
+            "exit_code": 0,
+            "headline": f"No privacy claim: this {what}'s epsilon is unbounded (∞), so there is nothing to test.",
+        }
     why = match["text"] if match is not None else "no audit was given"
     return {
         **base,
@@ -554,7 +561,10 @@ def _training_report(folder: Path, audit_dir: Path | None = None) -> dict[str, A
             privacy.get("accounted_noise_multiplier")
         ),
         "rounds (accounted)": rounds,
-        "secure aggregation": privacy.get("secure_aggregation", "off"),
+        "secure aggregation": {
+            "fast": "fast: the simulation's ring sum of the SecAgg+ protocol (bit-identical to its state machines)",
+            "inmemory": "inmemory: the SecAgg+ state machines, in one process",
+        }.get(str(privacy.get("secure_aggregation")), privacy.get("secure_aggregation", "off")),
         "k, t (neighbours, threshold)": "not applicable: the simulation's fast ring sum has no neighbour graph"
         if secure
         else "not applicable: no secure aggregation",

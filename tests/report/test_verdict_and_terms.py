@@ -377,3 +377,14 @@ def test_the_html_never_prints_a_python_dict(tmp_path):
     page = write_report(folder)["html"].read_text()
     body = page.split("<h2>Reproducibility</h2>")[0].split("</style>")[1]
     assert re.search(r"\{'|\{\"", body) is None
+
+
+def test_a_run_without_dp_makes_no_claim(tmp_path):
+    run = tmp_path / "plain"
+    run.mkdir()
+    summary = {"privacy": {"mode": "off", "secure_aggregation": "off", "epsilon": "inf", "private": False}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    report = build_report(run)
+    assert report["threat_models"][0]["name"] == "plain"
+    assert report["verdict"]["verdict"] == "no claim tested"
+    assert "unbounded (∞)" in report["verdict"]["headline"] and report["mechanism"]["mechanism"] == "none (no noise)"
