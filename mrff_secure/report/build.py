@@ -342,7 +342,7 @@ def _low_fpr(cells: list[dict]) -> list[dict[str, Any]]:
                     "cell": c["cell"],
                     "attack": "interaction MIA",
                     "auc": _number(membership.get("auc")),
-                    "tpr_at_0.1%_fpr": None,
+                    "tpr_at_0.1%_fpr": _number(membership.get("tpr_at_0.1pct_fpr")),  # when the grid keeps it
                     "tpr_at_1%_fpr": _number(membership.get("tpr_at_1pct_fpr")),
                     "negatives": membership.get("negatives"),
                     "note": "",
@@ -361,7 +361,7 @@ def _low_fpr(cells: list[dict]) -> list[dict[str, Any]]:
                     "cell": c["cell"],
                     "attack": label,
                     "auc": _number(body.get("auc")),
-                    "tpr_at_0.1%_fpr": None,
+                    "tpr_at_0.1%_fpr": _number(body.get("tpr_at_0.1pct_fpr")),
                     "tpr_at_1%_fpr": _number(body.get("tpr_at_1pct_fpr")),
                     "negatives": body.get("negatives"),
                     "note": note,

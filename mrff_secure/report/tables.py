@@ -168,8 +168,8 @@ def low_fpr_table(report: dict[str, Any]) -> pd.DataFrame:
     )
     frame.attrs["note"] = (
         "TPR at x% FPR: the members an attack finds while flagging at most x% of non-members. With n non-members "
-        "the FPR moves in steps of 1/n: below 1/n the TPR shown is the one at zero false positives. For the "
-        "interaction MIA and disaggregation the grid keeps only the 1% point: their 0.1% point is not computed."
+        "the FPR moves in steps of 1/n: below 1/n the TPR shown is the one at zero false positives. 'not computed' "
+        "at 0.1% for the interaction MIA or disaggregation: grid.json keeps only their 1% point (tpr_at_1pct_fpr)."
     )
     return frame
 
