@@ -16,22 +16,28 @@ SIGNATURE_DOMAIN = b"mrff-secure/v1/report-sha256\x00"
 
 
 def write_report(
-    folder: Path, *, signing_key: Path | None = None, audit_public_key: Path | None = None
+    folder: Path,
+    *,
+    signing_key: Path | None = None,
+    audit_public_key: Path | None = None,
+    audit_dir: Path | None = None,
 ) -> dict[str, Path]:
+    """Write the report of `folder` (see build_report); `audit_dir`: the audit whose cell of the same privacy
+    configuration a network or training run's report cites."""
     folder = Path(folder)
     trusted = None
     if audit_public_key is not None:
         from mrff_secure.wire.signing import load_public_key
 
         trusted = load_public_key(audit_public_key, "server's signing public key")
-    report = build_report(folder, audit_public_key=trusted)
+    report = build_report(folder, audit_public_key=trusted, audit_dir=audit_dir)
     if report["kind"] == "audit":
         from mrff_secure.report.plots import write_plots
 
         grid = json.loads((folder / "grid.json").read_text())
         report["plots"] = [p.name for p in write_plots(grid, folder)]
     else:
-        report["plots"] = []
+        report["plots"] = report.pop("run_plots", [])
     data = (json.dumps(report, indent=1, sort_keys=False, allow_nan=False) + "\n").encode()
     write_bytes_atomic(folder / "report.json", data)
     digest = hashlib.sha256(data).hexdigest()

@@ -9,6 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,12 +21,16 @@ from mrff_secure.report.write import verify_report_signature
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "audit_small" / "grid.json"
 SECTIONS = (
+    "What the terms mean",
     "Verdicts",
     "Privacy statement",
+    "Privacy statement per cell",
     "Claimed epsilon per cell",
+    "Claimed epsilon against the canary bound (R1)",
     "Threat models: what the server saw",
     "Mechanism",
-    "Attacks (score +- standard error)",
+    "Attacks (score ± standard error)",
+    "TPR at low FPR",
     "Power of the attacks (R0)",
     "Malicious server: active attacks",
     "Plots",
@@ -70,7 +75,7 @@ def test_every_section_is_rendered_and_the_numbers_agree(audit_dir, tmp_path):
         assert f"| {row['rule']} | {row['claim']} | {row['verdict']} |" in markdown
     for row in report["attacks"]:  # the attack table: the same formatted numbers in both renderings
         for key in ("canary_auc", "reconstruction_f1", "membership_auc"):
-            shown = fmt(row[key]) if row.get(f"{key}_se") is None else f"{fmt(row[key])} +- {fmt(row[f'{key}_se'])}"
+            shown = fmt(row[key]) if row.get(f"{key}_se") is None else f"{fmt(row[key])} ± {fmt(row[f'{key}_se'])}"
             assert shown in markdown and shown in page, (row["cell"], key, shown)
     for cell, epsilon in report["privacy_statement"]["epsilon"].items():
         assert f"**{cell}**: {fmt(epsilon)}" in markdown and f"<td>{fmt(epsilon)}</td>" in page
@@ -180,20 +185,39 @@ def test_bad_audit_configurations_are_refused(tmp_path, capsys):
     assert "matches none" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(
+needs_browser = pytest.mark.skipif(
     BROWSER is None and not os.environ.get("MRFF_REQUIRE_BROWSER"),
     reason="Debian's chromium is not installed (.ci/run installs it)",
 )
-def test_the_html_report_in_a_real_browser(audit_dir, tmp_path):
-    """Headless Chromium opens report.html from disk with the network off: no console errors, every plot
-    decoded with a non-zero size, the verdict table visible."""
+FAILING_CELL = "secagg+dp z=1 seed=0"
+BANNER_RGB = {"holds": (0x1B, 0x7F, 0x2A), "fails": (0xB3, 0x15, 0x1B)}  # render.STYLE's banner colours
+
+
+def _with_failing_r2(folder: Path) -> None:
+    """The fixture with R2 failing in one cell (grid.json without a verdict: the report derives it)."""
+    grid = json.loads((folder / "grid.json").read_text())
+    grid["rules"]["R2"]["cells"][FAILING_CELL].update(verdict="fails", mu_hat=4.71, mu_hat_family=[2.9, 6.5])
+    grid["rules"]["R2"]["verdict"] = "fails"
+    (folder / "grid.json").write_text(json.dumps(grid))
+
+
+@needs_browser
+@pytest.mark.parametrize("verdict", ["holds", "fails"])
+def test_the_html_report_in_a_real_browser(audit_dir, tmp_path, verdict):
+    """Headless Chromium opens report.html from disk with the network off, in a 1280x800 window: no console
+    errors, every plot decoded with a non-zero size, the verdict table present, and on the first screen the
+    verdict banner, in its colour, uncovered; with a failing cell the banner names it."""
+    from PIL import Image
     from playwright.sync_api import sync_playwright
 
     assert BROWSER is not None, "MRFF_REQUIRE_BROWSER is set but chromium is missing"
+    if verdict == "fails":
+        _with_failing_r2(audit_dir)
     paths = write_report(audit_dir)
+    screenshot = tmp_path / "first_screen.png"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
-        context = browser.new_context(offline=True)
+        context = browser.new_context(offline=True, viewport={"width": 1280, "height": 800})
         page = context.new_page()
         errors = []
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
@@ -204,13 +228,39 @@ def test_the_html_report_in_a_real_browser(audit_dir, tmp_path):
         sizes = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
         assert len(sizes) == 4 and all(done and w > 0 and h > 0 for done, w, h in sizes), sizes
         assert page.is_visible("#verdicts") and page.is_visible("table")
-        rows = page.locator("table").first.locator("tr").count()
+        rows = page.locator("#verdicts + table tr").count()
         assert rows == len(json.loads(paths["json"].read_text())["verdicts"]) + 1
-        page.screenshot(path=str(tmp_path / "report.png"))
+        # the banner: on the first screen (scrolled to the top), its word and headline inside the window
+        assert page.evaluate("window.scrollY") == 0
+        word, headline = page.locator("#verdict .word"), page.locator("#verdict .headline")
+        assert word.inner_text().strip() == verdict.upper()
+        boxes = [word.bounding_box(), headline.bounding_box()]
+        assert all(b is not None and b["y"] >= 0 and b["y"] + b["height"] <= 800 for b in boxes), boxes
+        word_box = boxes[0]
+        assert word_box is not None and word_box["height"] >= 30  # big
+        # nothing covers it: the element at the word's centre is the word
+        covering = page.evaluate(
+            "([x, y]) => document.elementFromPoint(x, y).closest('#verdict .word') !== null",
+            [word_box["x"] + word_box["width"] / 2, word_box["y"] + word_box["height"] / 2],
+        )
+        assert covering
+        if verdict == "fails":
+            assert FAILING_CELL in headline.inner_text()
+            problem = page.locator("#verdict li").first
+            assert FAILING_CELL in problem.inner_text() and "Next:" in problem.inner_text()
+            box = problem.bounding_box()
+            assert box is not None and box["y"] + box["height"] <= 800
+        page.screenshot(path=str(screenshot))  # the first screen only
         browser.close()
     assert errors == []
     assert all(url.startswith(("file:", "data:")) for url in requests), requests
-    assert (tmp_path / "report.png").stat().st_size > 10_000
+    image = Image.open(screenshot).convert("RGB")
+    assert image.size == (1280, 800)
+    # the banner's colour fills the top of the first screen, left of the word
+    x, y = int(word_box["x"]) - 8, int(word_box["y"] + word_box["height"] / 2)
+    assert all(abs(a - b) <= 8 for a, b in zip(image.getpixel((x, y)), BANNER_RGB[verdict])), image.getpixel((x, y))
+    top = np.asarray(image.crop((0, 0, 1280, 200)))
+    assert (top.min(axis=2) < 200).mean() > 0.3  # the top rows are not white: the banner is painted
 
 
 def test_cells_run_in_parallel_processes(tmp_path):
