@@ -122,6 +122,13 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="network runs: the server's signing public key, to check the audit log's signatures",
     )
+    p.add_argument(
+        "--audit",
+        type=Path,
+        default=None,
+        help="network and training runs: the audit folder whose cell of the same privacy configuration the report "
+        "cites (matched by a digest of mechanism, clip, z, k, t, rounds); without it the report says 'not audited'",
+    )
     p.set_defaults(handler="mrff_secure.app.report_command:report_main")
 
 

@@ -214,7 +214,7 @@ OPTIONS: tuple[Option, ...] = (
     _o("network", "train_timeout", float, 120.0, "seconds for local training (announcement to keys)", above=0.0),
     _o("network", "stage_timeout", float, 30.0, "seconds per secure-aggregation stage", above=0.0),
     _o("network", "num_neighbours", int, None, "secure aggregation graph degree k (not set: the smallest k, with t, that keeps a split "
-                                            "view below 2^-40 with 5% corrupt and 10% dropped clients; at least "
+                                            "view below 2^-40 with 5%% corrupt and 10%% dropped clients; at least "
                                             "2 ceil(log2 n))",
        low=2, optional=True),
     _o("network", "threshold", int, None, "Shamir threshold t (not set: from the client policy's rule)", low=2,

@@ -12,7 +12,9 @@ def report_main(args: argparse.Namespace) -> int:
     code = 0
     for folder in args.folders:
         try:
-            paths = write_report(folder, signing_key=args.signing_key, audit_public_key=args.signing_pub)
+            paths = write_report(
+                folder, signing_key=args.signing_key, audit_public_key=args.signing_pub, audit_dir=args.audit
+            )
         except (MrffError, OSError, ValueError) as exc:
             print(f"mrff report: {folder}: {exc}")
             code = 1

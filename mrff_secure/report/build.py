@@ -64,12 +64,14 @@ SCORE_COLUMNS = (
 )
 RULE_CLAIMS = {
     "R0": "the attacks have power where nothing protects the data (plain, no noise)",
-    "R1": "no canary audit shows more privacy loss than the accountant's epsilon",
-    "R2": "the noise actually released is at least the noise the accountant was told",
+    "R1": "no canary audit shows more privacy loss than the accountant's epsilon (or its Gaussian mu)",
+    "R2": "the release is exactly the claimed mechanism: the claimed noise, the claimed sensitivity, noise not "
+    "from the public seed, small groups suppressed, every release accounted",
     "R3": "no test beats the claimed (epsilon, delta) trade-off curve",
     "R4": "secure aggregation shows the server no individual update and nothing per user beyond the population",
     "R5": "attacks do not get stronger with more noise",
     "malicious-server": "a lying server's active attacks are refused by the client code",
+    "network": "a lying server on the network gets no release the client's ledger does not account",
 }
 SERVER_SAW = {
     "plain": "every client's update vector, identified (shared delta, every group slot, group one-hots, example "
@@ -175,17 +177,26 @@ def _verdicts(rules: dict[str, Any]) -> list[dict[str, Any]]:
             )
         elif rule == "malicious-server":
             evidence = f"{len(body.get('refused', []))} refused, {len(body.get('leaked', []))} leaked"
+        elif rule == "network":
+            evidence = ", ".join(f"{k}: {v}" for k, v in body.get("outcomes", {}).items()) or "no lie judged"
+        elif rule == "budget" or "verdict" not in body:
+            continue
         elif "cells" in body or "series" in body:
             items = body.get("cells", body.get("series", {}))
             counts: dict[str, int] = {}
             for item in items.values():
                 counts[item["verdict"]] = counts.get(item["verdict"], 0) + 1
             evidence = ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) or "no applicable cell"
-            if "family_confidence" in body and items:
-                confidence = number(body["family_confidence"])
+            if rule == "R2" and body.get("pooled_noise"):
+                evidence += "; noise " + ", ".join(
+                    f"{label} {fmt(number(t['variance_ratio']))} of the claimed variance over {t['samples']} samples"
+                    for label, t in body["pooled_noise"].items()
+                )
+            budget = rules.get("budget", {})
+            if budget and items:
                 evidence += (
-                    f" (all {body['cells_tested']} DP cells together at family confidence {fmt(confidence)}: "
-                    f"a false alarm in at most {fmt(1 - confidence if confidence is not None else None)} of honest audits)"
+                    f" (each test at {fmt(number(body.get('alpha_per_test')))}; all {budget.get('total_tests')} tests "
+                    f"together: a false alarm in at most {fmt(number(budget.get('alpha')))} of honest audits)"
                 )
         out.append(
             {"claim": RULE_CLAIMS.get(rule, rule), "rule": rule, "verdict": body["verdict"], "evidence": evidence}
@@ -297,10 +308,18 @@ def _bounds(grid: dict[str, Any]) -> list[dict[str, Any]]:
                 "claimed_epsilon": _number(body.get("claimed_epsilon")),
                 "epsilon_replace_one": _number(claim.get("epsilon_replace_one")),
                 "epsilon_lower_bound": _number(body.get("epsilon_lower_bound")),
-                "max_certifiable": _number(body.get("max_certifiable")),
+                "max_certifiable": _number(body.get("max_certifiable_epsilon", body.get("max_certifiable"))),
+                "claimed_mu": _number(body.get("claimed_mu")),
+                "mu_lower_bound": _number(body.get("mu_lower_bound")),
+                "max_certifiable_mu": _number(body.get("max_certifiable_mu")),
+                "canary_epsilon_if_as_claimed": _number(body.get("canary_epsilon_if_as_claimed")),
                 "canaries": body.get("canaries"),
-                "confidence_per_cell": _number(body.get("confidence_per_cell")),
-                "one_run_second_opinion": _number(body.get("one_run_second_opinion")),
+                "confidence_per_cell": _number(body.get("confidence_per_test", body.get("confidence_per_cell"))),
+                "one_run_second_opinion": _number(
+                    (body.get("second_opinions") or {}).get(
+                        "one_run_steinke_epsilon", body.get("one_run_second_opinion")
+                    )
+                ),
                 "verdict": body.get("verdict"),
             }
         )
@@ -382,7 +401,9 @@ def _terms(grid: dict[str, Any], verdict: dict[str, Any]) -> dict[str, str]:
     terms = dict(TERMS)
     m = grid.get("canaries")
     terms["m (canaries per cell)"] = f"m = {fmt(m)} in this audit: " + terms["m (canaries per cell)"]
-    family = grid.get("rules", {}).get("R1", {}).get("family_confidence")
+    budget = grid.get("rules", {}).get("budget", {})
+    alpha = number(budget.get("alpha")) if budget.get("alpha") is not None else None
+    family = (1 - alpha) if alpha is not None else grid.get("rules", {}).get("R1", {}).get("family_confidence")
     if family is not None:
         terms["family confidence"] = f"{fmt(number(family))} in this audit: " + terms["family confidence"]
     if verdict.get("alpha") is not None:

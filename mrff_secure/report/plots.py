@@ -218,7 +218,7 @@ def _bound_vs_claim(grid: dict[str, Any], path: Path) -> Path:
         if not body:
             continue
         points.append((c["threat_model"], _number(c["claim"]["epsilon"]), _number(body.get("epsilon_lower_bound"))))
-        ceiling.append(_number(body.get("max_certifiable")))
+        ceiling.append(_number(body.get("max_certifiable_epsilon", body.get("max_certifiable"))))
     finite = [p for p in points if math.isfinite(p[1])]
     positive = [b for _, _, b in finite if b > 0]
     floor = min([0.01, *(b / 2 for b in positive)])

@@ -130,8 +130,12 @@ def bounds_table(report: dict[str, Any]) -> pd.DataFrame:
                 else ("same" if r.get("adjacency") == "replace-one" else "not stated"),
                 "canary lower bound": fmt(r.get("epsilon_lower_bound")),
                 "max certifiable": fmt(r.get("max_certifiable")),
+                "claimed mu": fmt(r.get("claimed_mu")),
+                "canary mu lower bound": fmt(r.get("mu_lower_bound")),
+                "max certifiable mu": fmt(r.get("max_certifiable_mu")),
+                "most these canaries can show (as claimed)": fmt(r.get("canary_epsilon_if_as_claimed")),
                 "m": fmt(r.get("canaries")),
-                "confidence per cell": fmt(r.get("confidence_per_cell")),
+                "confidence per test": fmt(r.get("confidence_per_cell")),
                 "one-run bound (second opinion)": fmt(r.get("one_run_second_opinion")),
                 "verdict": r.get("verdict"),
             }

@@ -27,18 +27,24 @@ TERMS = {
     "contribution): the adjacency of secure aggregation, where who takes part is visible anyway",
     "replace-one adjacency": "the two datasets differ in one user's data being swapped for another user's: "
     "about twice the sensitivity, the natural adjacency where the server sees each identified upload",
-    "m (canaries per cell)": "the number of synthetic canary clients in an audited cell; each is included with "
-    "probability 1/2 from a sealed seed, and the audit tries to tell the included ones from the others",
-    "max certifiable": "the largest epsilon lower bound that m canaries could ever show at the cell's "
-    "confidence, even perfectly separated (it grows with m, never above about ln(m))",
+    "m (canaries per cell)": "the number of canary contributions in an audited cell (not users: each is a "
+    "worst-case contribution for the cell's adjacency, inserted in the real release path); each is included "
+    "with probability 1/2 from a sealed seed, and the audit tries to tell the included ones from the others",
+    "max certifiable": "the largest lower bound (epsilon, or Gaussian mu) that m canaries could ever show at "
+    "the test's confidence, even perfectly separated: a claim above it cannot be refuted with m canaries",
     "not refutable at m": "the claimed epsilon is above what m canaries can certify, so no outcome of the "
     "canary test could contradict it; R1 says nothing about such a cell (it is not a pass)",
-    "family confidence": "R1, R2 and R3 each hold together over all the audited DP cells at this confidence "
-    "(Bonferroni: every cell tested at 1 - (1 - confidence) / cells)",
+    "family confidence": "every statistical test of the audit (R1-R5 over all cells) holds together at this "
+    "confidence (Bonferroni: each test at alpha / tests, alpha = 1 - confidence)",
     "alpha (false-alarm rate)": "the probability that an honest implementation gets a verdict other than "
     "holds by chance alone (the canary noise is fresh in every run)",
-    "mu, mu_hat": "the canary test statistic's separation in standard deviations: claimed mu = sqrt(R) / z "
-    "from the mechanism, mu_hat measured; mu_hat above mu means less noise than claimed",
+    "mu (Gaussian DP)": "a mechanism is mu-GDP when telling its outputs on two adjacent datasets apart is no "
+    "easier than telling N(0, 1) from N(mu, 1); the claim's mu is the mu whose (epsilon, delta) curve gives the "
+    "claimed epsilon at the claimed delta, and R1 fails when the canaries' lower bound on mu is above it",
+    "exact mechanism check (R2)": "the auditor knows what every client sent, so the release minus what was sent "
+    "is the noise alone: its variance must be the claimed one (chi-square over every coordinate of every "
+    "round), an included canary must move the release by no more than the claimed sensitivity, and the noise "
+    "must not be reproducible from the run's public seed",
     "TPR at low FPR": "the fraction of members an attack finds while wrongly flagging at most 0.1% (or 1%) of "
     "non-members; with n non-members the smallest step of FPR is 1/n",
 }
@@ -46,7 +52,7 @@ TERMS = {
 
 RULE_NAMES = {
     "R1": "the canary bound on epsilon",
-    "R2": "the noise actually released",
+    "R2": "the exact mechanism check",
     "R3": "the claimed trade-off curve",
     "R4": "secure aggregation hides individuals",
     "R5": "attacks weaken with noise",

@@ -92,6 +92,14 @@ def test_every_option_of_every_command_has_a_help_line_and_shared_ones_show_thei
                 assert "default" in action.help, f"mrff {name} {action.option_strings[0]} hides its default"
 
 
+def test_every_command_prints_its_help():
+    """argparse formats help lazily: a stray '%' in one help line crashes only that command's --help."""
+    parser = cli.build_parser()
+    for name, sub in _subparsers(parser):
+        text = sub.format_help()
+        assert name.split()[-1] in text or "usage" in text
+
+
 def test_one_name_and_one_default_per_quantity():
     parser = cli.build_parser()
     seen: dict[str, str] = {}
