@@ -496,7 +496,8 @@ def _problem_lines(name: str, rule: dict) -> list[dict[str, str]]:
                     }
                 )
     if name in ("malicious-server", "network") and rule.get("verdict") == "fails":
-        out.append({"rule": name, "cell": name, "what": f"leaked: {rule.get('leaked')}", "next": NEXT_STEP[name]})
+        where = "active attacks against the client code" if name == "malicious-server" else "network cell"
+        out.append({"rule": name, "cell": where, "what": f"leaked: {rule.get('leaked')}", "next": NEXT_STEP[name]})
     return out
 
 

@@ -266,6 +266,9 @@ def _audit(out, *extra):
             "4",
             "--sampled-fraction",
             "0",
+            "--synthetic-rare-values",
+            "0",
+            "--no-network-cell",
             "--no-progress",
             "--run-dir",
             str(out),
@@ -281,13 +284,16 @@ def _audit(out, *extra):
 
 def test_mrff_audit_runs_its_cells_as_ray_tasks(local_ray, tmp_path, capsys):
     out = tmp_path / "audit"
-    assert _audit(out, "--confidence", "0.999") == 0
+    code = _audit(out)
     assert "2 cells as Ray tasks" in capsys.readouterr().out
     grid = json.loads((out / "grid.json").read_text())
+    # the one verdict decides the exit code (z = 0.3 claims more than 40 canaries can refute: not tested)
+    assert code == grid["verdict"]["exit_code"] and grid["verdict"]["verdict"] != "fails"
     assert [c["cell"] for c in grid["cells"]] == ["plain z=0 seed=0", "local-dp z=0.3 seed=0"]
     assert all((out / "cells" / f"{n}.json").is_file() for n in ("plain_z=0_seed=0", "local-dp_z=0.3_seed=0"))
     # the same claim checks: a misreported noise level fails on Ray too
     assert _audit(tmp_path / "lie", "--misreport-noise", "4") == 3
+    assert json.loads((tmp_path / "lie" / "grid.json").read_text())["verdict"]["verdict"] == "fails"
     assert _audit(tmp_path / "w", "--workers", "2") == 2
     assert "--workers is the single backend's process pool" in capsys.readouterr().err
 

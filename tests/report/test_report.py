@@ -123,25 +123,24 @@ def test_reports_of_training_runs_and_refusal_of_other_folders(tmp_path, capsys)
 
 
 def _audit(out, *extra):
-    # honest runs at 0.999: the canary noise is fresh each run, and at the default 0.95 an honest mechanism
-    # fails R1-R3 by chance in up to 5% of runs (R2 did, once, in CI)
-    if "--misreport-noise" not in extra:
-        extra = ("--confidence", "0.999", *extra)
     return cli.main(
         [
             "audit",
             "--synthetic-users",
             "40",
+            "--synthetic-rare-values",
+            "0",
             "--rounds-per-cell",
             "2",
             "--canaries",
-            "40",
+            "2000",
             "--levels",
             "0.3",
             "--targets",
             "4",
             "--sampled-fraction",
             "0",
+            "--no-network-cell",  # played once in tests/attacks/test_network_cell.py
             "--no-progress",
             "--run-dir",
             str(out),
@@ -150,28 +149,39 @@ def _audit(out, *extra):
     )
 
 
-def test_audit_exit_codes_resume_and_a_claim_made_false(tmp_path, capsys):
+def test_audit_verdict_exit_codes_resume_and_a_claim_made_false(tmp_path, capsys):
     out = tmp_path / "audit"
-    assert _audit(out, "--cells", "plain", "local-dp z=0.3") == 0
+    code = _audit(out, "--cells", "plain", "local-dp eps=4")
     grid = json.loads((out / "grid.json").read_text())
-    assert [c["cell"] for c in grid["cells"]] == ["plain z=0 seed=0", "local-dp z=0.3 seed=0"]
+    printed = capsys.readouterr().out
+    # one verdict: the exit code, grid.json and the console's first line agree
+    assert code == grid["verdict"]["exit_code"]
+    assert printed.startswith(f"VERDICT: {grid['verdict']['verdict'].upper()}: {grid['verdict']['headline']}")
+    # an honest run: HOLDS, or INCONCLUSIVE where 40 users leave an attack without power (never a failure)
+    assert grid["verdict"]["verdict"] in ("holds", "inconclusive"), grid["verdict"]
+    assert grid["rules"]["R1"]["cells"]["local-dp eps=4 seed=0"]["verdict"] == "holds"  # refutable, not refuted
+    assert "not tested: the network path" in printed
+    assert [c["cell"] for c in grid["cells"]] == ["plain z=0 seed=0", "local-dp eps=4 seed=0"]
     assert (out / "report.html").is_file()
     # resume: a finished cell is read back, a missing one run again
-    (out / "cells" / "local-dp_z=0.3_seed=0.json").unlink()
-    capsys.readouterr()
-    assert _audit(out, "--cells", "plain", "local-dp z=0.3") == 0
+    (out / "cells" / "local-dp_eps=4_seed=0.json").unlink()
+    assert _audit(out, "--cells", "plain", "local-dp eps=4") == code
     assert "plain z=0 seed=0: resumed from" in capsys.readouterr().out
     assert json.loads((out / "grid.json").read_text())["cells"][0] == grid["cells"][0]
     # another configuration in the same folder is refused, naming what differs (a usage error: exit 2)
-    assert _audit(out, "--cells", "plain", "local-dp z=0.3", "--canaries", "30") == 2
+    assert _audit(out, "--cells", "plain", "local-dp eps=4", "--canaries", "30") == 2
     assert "differs in ['canaries']" in capsys.readouterr().err
-    # the accountant told four times the noise actually added: the audit must say a claim fails (exit 3).
-    # (claimed mu = sqrt(2)/1.2 = 1.18 against a true 4.71 with a standard error of about 0.6: missed with
-    # probability ~1e-4; at a factor of 2 the miss would be ~4%, too often for a test)
+    # the accountant told twice the noise actually added: the residuals carry a quarter of the claimed
+    # variance, which the exact noise test cannot miss (p ~ 0 over ~10^5 samples): FAILS, exit 3, named
     lie = tmp_path / "lie"
-    assert _audit(lie, "--cells", "plain", "local-dp z=0.3", "--misreport-noise", "4") == 3
-    rules = json.loads((lie / "grid.json").read_text())["rules"]
-    assert rules["R2"]["verdict"] == "fails"
+    assert _audit(lie, "--cells", "local-dp z=0.3", "--misreport-noise", "2") == 3
+    verdict = json.loads((lie / "grid.json").read_text())["verdict"]
+    assert verdict["verdict"] == "fails" and verdict["problems"][0]["rule"] == "R2"
+    assert "MISREPORTED" in verdict["problems"][0]["cell"]
+    # no canary, so no DP claim can be tested: said plainly, and not exit 0
+    none = tmp_path / "none"
+    assert _audit(none, "--cells", "local-dp z=0.3", "--canaries", "0") == 3
+    assert json.loads((none / "grid.json").read_text())["verdict"]["verdict"] == "no claim tested"
 
 
 def test_bad_audit_configurations_are_refused(tmp_path, capsys):
