@@ -82,6 +82,7 @@ class NoiseTally:
         self.sum_squares = 0.0  # sum of (residual / claimed std)^2
         self.cross = 0.0  # sum of residual * seed-replayed noise, both / claimed std
         self.replay_squares = 0.0
+        self.replayed_residual_squares = 0.0  # sum of squares of the residuals that have a replay
         self.replayed = 0
 
     def add(self, residual: np.ndarray, claimed_std: float, replay: np.ndarray | None = None) -> None:
@@ -94,11 +95,16 @@ class NoiseTally:
             q = np.asarray(replay, dtype=np.float64).ravel() / claimed_std
             self.cross += float(r @ q)
             self.replay_squares += float(q @ q)
+            self.replayed_residual_squares += float(r @ r)
             self.replayed += r.size
 
     def to_dict(self) -> dict[str, Any]:
         ratio = self.sum_squares / self.samples if self.samples else math.nan
-        corr = self.cross / math.sqrt(self.sum_squares * self.replay_squares) if self.replayed else math.nan
+        corr = (
+            self.cross / math.sqrt(self.replayed_residual_squares * self.replay_squares)
+            if self.replayed and self.replay_squares > 0
+            else math.nan
+        )
         return {
             "samples": self.samples,
             "sum_squares": self.sum_squares,

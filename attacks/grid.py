@@ -465,18 +465,20 @@ def grid_report(
             "outcomes": {name: lie["outcome"] for name, lie in network.get("lies", {}).items()},
         }
     verdict = overall_verdict(rules, results)
-    return {
-        "verdict": verdict,
-        "dataset": data.name,
-        "users": data.num_users,
-        "rounds": rounds,
-        "canaries": canaries,
-        "clip": clip,
-        "commit": source_commit(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cells": results,
-        "malicious_server": active,
-        "network_cell": network,
-        "rules": rules,
-    }
+    return _clean(
+        {
+            "verdict": verdict,
+            "dataset": data.name,
+            "users": data.num_users,
+            "rounds": rounds,
+            "canaries": canaries,
+            "clip": clip,
+            "commit": source_commit(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cells": results,
+            "malicious_server": active,
+            "network_cell": network,
+            "rules": rules,
+        }
+    )

@@ -215,6 +215,7 @@ def _bounds(r: dict, alpha_test: float) -> dict[str, Any]:
         "canaries": m,
         "max_certifiable_epsilon": ceiling,
         "max_certifiable_mu": mu_ceiling,
+        "max_certifiable_epsilon_gaussian": gdp_epsilon(mu_ceiling, delta),
         "canary_mu_if_as_claimed": canary_mu,
         "canary_epsilon_if_as_claimed": gdp_epsilon(canary_mu, delta) if math.isfinite(canary_mu) else math.inf,
         "second_opinions": {
@@ -537,7 +538,8 @@ def overall_verdict(rules: dict[str, Any], results: list[dict]) -> dict[str, Any
         if entry["verdict"] == "not refutable at m":
             not_tested.append(
                 f"{cell}: the claim (epsilon {entry['claimed_epsilon']:.3g}) is above what {entry['canaries']} "
-                f"canaries can certify (epsilon {entry['max_certifiable_epsilon']:.3g}): R1 could not have failed"
+                f"canaries can certify (epsilon {entry['max_certifiable_epsilon_gaussian']:.3g} for a Gaussian "
+                f"mechanism, {entry['max_certifiable_epsilon']:.3g} for any): R1 could not have failed"
             )
     if "network" not in rules:
         not_tested.append(
