@@ -6,6 +6,12 @@ reports `refused` (the client raised the typed error that names the problem, bef
 attack wanted) or `leaked` (the client answered). They are a summary for the audit: the full hostile
 suite, one test per weakness, is tests/secagg/test_secagg_hostile.py and tests/network.
 
+The model-inconsistency attack (Pasquini et al., CCS 2022) runs the network client's own secure-sum code
+(`client.secure_sums.SecureSums.run`, one thread per client) against an in-memory server: the server
+announces one model to the target and a crafted one to everyone else, inside one secure sum. It is refused
+only if a client's session is bound to the model it was sent (the model digest in what the session signs),
+so that clients holding different models cannot finish one sum together.
+
 The clients hold `DEFAULT_POLICY` (c_max = 2 corrupt neighbours, at least 8 survivors to unmask), as
 a network client's policy file would set it; a weaker policy passed in shows that the checks are
 what stops the attacks (the tests' control: the same attacks then leak).
@@ -13,17 +19,35 @@ what stops the attacks (the tests' control: the same attacks then leak).
 
 from __future__ import annotations
 
-from dataclasses import replace
+import hashlib
+import secrets
+import threading
+from dataclasses import dataclass, replace
+from typing import Any, cast
 
 import numpy as np
+import torch
 
 from attacks.protocol_round import Round
-from mrff_secure.errors import SecAggError
+from client.policy import ClientPolicy
+from client.round_calls import RoundCalls, RoundFailed
+from client.secure_sums import SecureSums
+from mrff_secure.errors import AggregationAborted, SecAggError
+from mrff_secure.round.encoding import decode_sum, plan_configs, secure_round_plans
 from mrff_secure.round.inmemory import make_identities, wire
+from mrff_secure.round.participant import rotation_seed
+from mrff_secure.round.spec import Phase
+from mrff_secure.round.stages import BY_WIRE, STAGES, delivery_bytes
 from mrff_secure.secagg.config import SecAggConfig
-from mrff_secure.secagg.context import SessionContext
-from mrff_secure.secagg.messages import SurvivorList, UnmaskRequest
+from mrff_secure.secagg.context import NONCE_BYTES, SessionContext, run_context_id
+from mrff_secure.secagg.identity import verify_credential
+from mrff_secure.secagg.messages import AdvertiseKeys, SeedReveal, SurvivorList, UnmaskRequest
 from mrff_secure.secagg.policy import SecAggPolicy
+from mrff_secure.secagg.server import AggregateResult, ServerSession
+from mrff_secure.secagg.stages import Stage
+from mrff_secure.wire import tensors
+from mrff_secure.wire.v1 import coordinator_pb2 as pb
+from server.coordinator import secagg_parameters
 
 CLIENTS, NEIGHBOURS, LENGTH, MAX_ABS = 12, 6, 32, 1000
 TARGET = 5
@@ -88,25 +112,234 @@ def _list_without_the_client(policy: SecAggPolicy) -> object:
     )
 
 
+# ------------------------------------------------------------------ model inconsistency (Pasquini et al. 2022)
+MODEL_INCONSISTENCY = "model inconsistency: another model to the target inside one sum (Pasquini et al.)"
+UPDATE_LENGTH = 24  # the update vector's length in the model-inconsistency round (DP off: exact sums)
+WAIT_S = 20.0  # a stage that never completes (a client refused) ends the sum after this long
+
+
+class _LyingServerSession(ServerSession):
+    """The attacker's server session: it admits every certified key bundle and every graph-seed reveal without
+    checking them against the session (it would not refuse its own lie); only the clients check each other's."""
+
+    def receive_advertise_keys(self, message: AdvertiseKeys) -> None:
+        self._expect(Stage.ADVERTISE_KEYS, message)
+        self._identities[message.client_id] = verify_credential(
+            self._authority, message.credential, client_id=message.client_id
+        )
+        self._bundles[message.client_id] = message
+
+    def receive_seed_reveal(self, message: SeedReveal) -> None:
+        self._expect(Stage.REVEAL_SEED, message)
+        self._reveals[message.client_id] = message.reveal
+
+
+@dataclass
+class _Delivery:
+    payload: bytes
+
+
+class _InMemorySum:
+    """The server side of one secure sum for the network client's `SecureSums.run`: its `calls.fetch` and
+    `calls.submit`, in memory, with a `ServerSession` (here the attacker's). Every message goes through its byte
+    encoding; a stage closes when every client it was delivered to has answered; a client that fails ends the sum
+    for everyone."""
+
+    def __init__(self, server: ServerSession, participants: tuple[int, ...]) -> None:
+        self.server = server
+        self.condition = threading.Condition()
+        self.expected: dict[int, set[int]] = {STAGES[0].wire: set(participants)}
+        self.answered: dict[int, set[int]] = {step.wire: set() for step in STAGES}
+        self.delivered: dict[int, dict[int, bytes]] = {}
+        self.result: AggregateResult | None = None
+        self.failure: str | None = None
+
+    def fail(self, reason: str) -> None:
+        with self.condition:
+            self.failure = self.failure or reason
+            self.condition.notify_all()
+
+    def calls(self, user: int) -> RoundCalls:
+        outer = self
+
+        class Calls:
+            def fetch(self, body: pb.RoundBody, phase: Phase, wire_stage: int) -> _Delivery:
+                with outer.condition:
+                    ready = outer.condition.wait_for(
+                        lambda: outer.failure is not None or user in outer.delivered.get(wire_stage, {}), WAIT_S
+                    )
+                    if outer.failure is not None or not ready:
+                        raise AggregationAborted(outer.failure or f"stage {wire_stage} never reached user {user}")
+                    return _Delivery(outer.delivered[wire_stage][user])
+
+            def submit(self, body: pb.RoundBody, phase: Phase, wire_stage: int, reply: Any) -> None:
+                outer.receive(user, wire_stage, reply)
+
+        return cast(RoundCalls, Calls())
+
+    def receive(self, user: int, wire_stage: int, reply: Any) -> None:
+        step = BY_WIRE[wire_stage]
+        with self.condition:
+            try:
+                step.receive(self.server, wire(reply))
+                self.answered[wire_stage].add(user)
+                if self.answered[wire_stage] != self.expected[wire_stage]:
+                    return
+                if step.close is None:
+                    self.result = self.server.finish()
+                else:
+                    deliveries = delivery_bytes(step.close(self.server))
+                    following = STAGES[STAGES.index(step) + 1].wire
+                    self.delivered[following] = deliveries
+                    self.expected[following] = set(deliveries)
+            except SecAggError as exc:
+                self.failure = self.failure or f"the server: {type(exc).__name__}: {exc}"
+            self.condition.notify_all()
+
+
+def _model_inconsistency(policy: SecAggPolicy, *, bind_model: bool = False) -> dict[str, Any]:
+    """The server sends the target the real model and every other client a crafted one whose update is zero (a
+    model with dead units, Pasquini et al. CCS 2022), all inside one secure sum of the update phase: the sum is
+    the target's update alone. Each client runs the network client's own secure-sum code on the round body it
+    was sent (signed bodies of the same run, round and session, differing in their model and its digest). If the
+    clients' sessions finish together, the model is not bound into the session: leaked, with the evidence.
+
+    `bind_model` (the control, what a binding would do): each body's session nonce is the hash of the server's
+    nonce and the model digest, so a client's session is bound to the model it was sent."""
+    n = CLIENTS
+    client_policy = ClientPolicy(
+        min_participants=policy.min_participants,
+        min_neighbours=policy.min_neighbours,
+        corrupt_neighbours=policy.corrupt_neighbours,
+        min_survivors=policy.min_survivors,
+        corrupt_fraction=policy.corrupt_fraction,
+        security_bits=policy.security_bits,
+        accept_weaker=True,  # only the secure-aggregation part of the policy is used here
+    )
+    plans = secure_round_plans(
+        delta_size=UPDATE_LENGTH - 1,
+        num_blocks=0,
+        num_groups=0,
+        dp_mode="off",
+        mechanism=None,
+        clip=1.0,
+        noise_multiplier=0.0,
+        n_clients=n,
+        n_min=1,
+        modulus_bits=32,
+        count_cap=1,
+    )
+    config = plan_configs(plans, n)[1]
+    run_id, round_id, sid, nonce = "pasquini-run", 0, 1, secrets.token_bytes(NONCE_BYTES)
+    generator = torch.Generator().manual_seed(0)
+    models = {  # what the server sends: the real model to the target, a crafted one to the others
+        "target": {"w": torch.randn(4, 4, generator=generator)},
+        "crafted": {"w": torch.zeros(4, 4)},
+    }
+    bodies = {}
+    for name, params in models.items():
+        body = pb.RoundBody(run_id=run_id, round_id=round_id, secure=True, participants=range(n))
+        body.parameters.extend(tensors.to_proto(params))
+        body.model_digest = tensors.digest(params)
+        bound = hashlib.sha256(nonce + bytes(body.model_digest)).digest()[:NONCE_BYTES] if bind_model else nonce
+        body.update_secagg.CopyFrom(secagg_parameters(config, sid, bound))
+        bodies[name] = body
+    rng = np.random.default_rng(5)
+    target_update = np.clip(rng.normal(0.0, 0.1, plans.size), -0.2, 0.2)
+    target_update[-1] = 1.0  # the example count's slot
+    identities = make_identities(range(n))
+    server = _LyingServerSession(
+        config,
+        context=SessionContext(
+            run_context_id(run_id), Phase.UPDATE, sid, bytes(bodies["crafted"].update_secagg.session_nonce)
+        ),
+        authority_public_key=identities.authority_public_key,
+        participants=range(n),
+    )
+    exchange = _InMemorySum(server, tuple(range(n)))
+    crashes: dict[int, BaseException] = {}  # not a refusal: the attack itself is broken, and says so
+
+    def play(user: int) -> None:
+        body = bodies["target" if user == TARGET else "crafted"]
+        update = target_update if user == TARGET else np.zeros(plans.size)  # the crafted model's update is zero
+        sums = SecureSums(
+            user,
+            exchange.calls(user),
+            identity_key=identities.keys[user],
+            credential=identities.credentials[user],
+            authority_public_key=identities.authority_public_key,
+            policy=client_policy,
+            insecure_seed=None,
+        )
+        try:
+            sums.run(
+                body,
+                Phase.UPDATE,
+                body.update_secagg,
+                sums.upload(plans, Phase.UPDATE, update, body),
+                plans,
+                on_release=lambda phase, session: None,
+            )
+        except RoundFailed as exc:
+            exchange.fail(f"user {user}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - raised again below, in the caller's thread
+            crashes[user] = exc
+            exchange.fail(f"user {user} crashed: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=play, args=(user,), daemon=True) for user in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT_S * len(STAGES))
+    if crashes:
+        user = min(crashes)
+        raise RuntimeError(f"the model-inconsistency attack broke in user {user}'s thread") from crashes[user]
+    if exchange.result is None:  # the first failure is the client (or stage) that stopped the sum; the rest followed
+        raise AggregationAborted(exchange.failure or "the secure sum did not finish")
+    decoded = decode_sum(
+        plans.update,
+        exchange.result.ring_sum,
+        survivors=len(exchange.result.survivors),
+        rotation_seed=rotation_seed(0, round_id, Phase.UPDATE),
+    )
+    error = float(np.max(np.abs(decoded - target_update)))
+    digests = {name: bytes(body.model_digest).hex()[:16] for name, body in bodies.items()}
+    return {
+        "evidence": [
+            f"the target (user {TARGET}) was sent model {digests['target']}..., the other {n - 1} clients model "
+            f"{digests['crafted']}...; all {len(exchange.result.survivors)} finished one secure sum together (a "
+            "session binds run, phase, round and nonce, not the model it was sent)",
+            f"the unmasked sum is the target's update alone: largest difference {error:.3g} over {plans.size} "
+            "coordinates (DP off; under distributed DP it carries every participant's noise share, which the "
+            "target's ledger accounts, but no other client's update hides it)",
+        ],
+        "max_abs_error": error,
+    }
+
+
 ACTIVE_ATTACKS = {
     "weak threshold (2t - k <= c_max)": _weak_threshold,
     "both shares of one client requested": _both_shares,
     "unmask below the survivor floor": _few_survivors,
     "key bundle replayed from another session": _stale_bundle,
     "survivor list that omits the client (split view)": _list_without_the_client,
+    MODEL_INCONSISTENCY: _model_inconsistency,
 }
 
 
 def run_active_attacks(policy: SecAggPolicy = DEFAULT_POLICY) -> dict:
-    """Every active attack: {name: {"outcome": "refused" | "leaked", "error": ...}} and a verdict."""
-    results: dict[str, dict[str, str | None]] = {}
+    """Every active attack: {name: {"outcome": "refused" | "leaked", "error": ..., "evidence": [...] when an
+    attack says what it obtained}} and a verdict."""
+    results: dict[str, dict[str, Any]] = {}
     for name, attack in ACTIVE_ATTACKS.items():
         try:
-            attack(policy)
+            obtained = attack(policy)
         except SecAggError as exc:
             results[name] = {"outcome": "refused", "error": f"{type(exc).__name__}: {exc}"}
         else:
             results[name] = {"outcome": "leaked", "error": None}
+            if isinstance(obtained, dict) and "evidence" in obtained:
+                results[name]["evidence"] = obtained["evidence"]
     leaked = [n for n, r in results.items() if r["outcome"] == "leaked"]
     return {
         "threat_model": "malicious-server",

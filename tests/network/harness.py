@@ -1,20 +1,18 @@
 """Real processes on 127.0.0.1 for the network tests: `mrff server` and `mrff client` started with
-subprocess, addressed by the port the server reports, and stopped by PID."""
+subprocess, addressed by the port the server reports, and stopped by PID (the process class and the PKI
+helpers are the audit's network cell's, attacks/network_cell.py, re-exported here)."""
 
 from __future__ import annotations
 
 import json
-import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
+from attacks.network_cell import ChildProcess, authority_of, child_env, issue_credentials, make_pki
 from mrff_secure.config import ModelConfig
 from mrff_secure.data import make_synthetic
+
+__all__ = ["Proc", "authority_of", "issue_credentials", "make_pki"]
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS = 12
@@ -45,72 +43,14 @@ def model_config() -> ModelConfig:
     return ModelConfig(attribute_dim=4, dropout=0.0, maxlen=MAXLEN)
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
+_env = child_env  # shared with the audit's network cell (attacks/network_cell.py)
 
 
-class Proc:
-    """A child process whose stdout lines are collected by a reader thread."""
+class Proc(ChildProcess):
+    """`mrff ARGS...` (python -m mrff_secure.app.cli) as a child process: `ChildProcess`."""
 
     def __init__(self, args: list[str], log: Path) -> None:
-        self.log = open(log, "w")
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "mrff_secure.app.cli"] + args,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            cwd=ROOT,
-            env=_env(),
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.popen.stdout:
-            self.output.append(line)
-            self.lines.put(line)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def wait_line(self, prefix: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.popen.poll() is not None and self.lines.empty():
-                    break
-                continue
-            if line.startswith(prefix):
-                return line.strip()
-        raise AssertionError(f"no line starting with {prefix!r} within {timeout}s; stderr: {self.stderr()[-3000:]}")
-
-    def stderr(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text()
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            os.kill(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            os.kill(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
-
-    def wait(self, timeout: float) -> int:
-        return self.popen.wait(timeout=timeout)
+        super().__init__(["-m", "mrff_secure.app.cli", *args], log, cwd=ROOT)
 
 
 def start_server(
@@ -146,29 +86,6 @@ def client_tls(certs: Path):
     return grpc.ssl_channel_credentials(
         (certs / "ca.crt").read_bytes(), (certs / "client.key").read_bytes(), (certs / "client.crt").read_bytes()
     )
-
-
-def authority_of(certs: Path) -> Path:
-    """The identity authority's folder of the PKI whose certificates folder is `certs` (`make_pki`)."""
-    return certs.parent / f"{certs.name}-authority"
-
-
-def make_pki(certs: Path) -> Path:
-    """A development PKI as an operator makes it: `certs` (TLS, signing key, the authority's public key) and
-    the identity authority apart, in authority_of(certs). Returns `certs`."""
-    from mrff_secure.pki import make_authority, make_dev_pki, publish_authority
-
-    make_dev_pki(certs)
-    publish_authority(make_authority(authority_of(certs)), certs)
-    return certs
-
-
-def issue_credentials(certs: Path, users: str, state_dir: Path) -> None:
-    """The identity authority certifies the users' identity keys (made in their state folders if missing)."""
-    from client.process import parse_users
-    from mrff_secure.pki import AuthorityPaths, issue_state_credentials
-
-    issue_state_credentials(AuthorityPaths(authority_of(certs)), parse_users(users), state_dir)
 
 
 def start_clients(

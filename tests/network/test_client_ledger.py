@@ -1,6 +1,6 @@
 """The client owns its privacy, over real gRPC with real processes on 127.0.0.1 (SECURITY-REVIEW W12, W13, W17).
 
-A lying server (tests/network/hostile_server.py) freezes a round and replays it, or relabels the run; an
+A lying server (attacks/hostile_server.py) freezes a round and replays it, or relabels the run; an
 honest one proposes DP off or almost no noise, or aborts a round after its counts. The clients run their
 DEFAULT policy (no weakening flag) and their own ledgers (client/ledger.py) decide: nothing is released
 twice, nothing without noise, every release is accounted when it is sent, and the client's epsilon equals

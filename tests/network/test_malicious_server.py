@@ -1,39 +1,23 @@
 """A lying coordinator over real gRPC, with real client processes on 127.0.0.1: the clients refuse.
 
-The server is the real `mrff server` with one lie patched in (tests/network/hostile_server.py).
+The server is the real `mrff server` with one lie patched in (attacks/hostile_server.py).
 Each test checks that no round completes (nothing is released), and that the clients name the
 reason: their own policy, not the server's word, decided (SECURITY.md: W2, W3, W7)."""
 
 from __future__ import annotations
 
-import queue
-import subprocess
-import sys
-import threading
-
 import pytest
+
+from attacks.network_cell import ChildProcess
 
 from . import harness
 
 pytestmark = pytest.mark.timeout(240)
 
-HOSTILE = harness.ROOT / "tests" / "network" / "hostile_server.py"
 
-
-class HostileServer(harness.Proc):
-    def __init__(self, lie: str, args: list[str], log) -> None:  # same as Proc, another entry point
-        self.log = open(log, "w")
-        self.popen = subprocess.Popen(
-            [sys.executable, str(HOSTILE), lie, "--"] + args,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            cwd=harness.ROOT,
-            env=harness._env(),
-        )
-        self.lines = queue.Queue()
-        self.output = []
-        threading.Thread(target=self._read, daemon=True).start()
+class HostileServer(ChildProcess):
+    def __init__(self, lie: str, args: list[str], log) -> None:  # `mrff server` with the lie installed
+        super().__init__(["-m", "attacks.hostile_server", lie, "--", *args], log, cwd=harness.ROOT)
 
 
 def _run(tmp_path, certs, procs, lie: str, server_extra: list[str], client_extra: list[str] = ()) -> tuple[list, str]:
