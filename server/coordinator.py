@@ -48,7 +48,7 @@ from mrff_secure.round.spec import Phase, RoundSpec
 from mrff_secure.round.stages import STAGES, WIRE_NAMES, Stage, delivery_bytes
 from mrff_secure.secagg import primitives
 from mrff_secure.secagg.config import MAX_CLIENT_ID, SecAggConfig, max_abs_for
-from mrff_secure.secagg.context import NONCE_BYTES, SessionContext, run_context_id
+from mrff_secure.secagg.context import NONCE_BYTES, SessionContext, round_body_digest, run_context_id
 from mrff_secure.secagg.identity import ClientCredential, verify_credential
 from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire import signing, tensors
@@ -594,7 +594,14 @@ class Coordinator:
         ps = PhaseState(phase, config, secagg_round_id, nonce)
         session: ServerSession | None = None  # None: plain aggregation
         if self.settings.secure:
-            context = SessionContext(run_context_id(self.state.run_id), phase, secagg_round_id, nonce)
+            announced = pb.RoundBody.FromString(rs.announcement.body)  # bound whole, as each client binds it (W21)
+            context = SessionContext(
+                run_context_id(self.state.run_id),
+                phase,
+                secagg_round_id,
+                nonce,
+                round_body_digest(announced.SerializeToString(deterministic=True)),
+            )
             session = ps.session = ServerSession(
                 config, context=context, authority_public_key=self.authority_public_key, participants=expected
             )
