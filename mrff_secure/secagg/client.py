@@ -190,7 +190,8 @@ class ClientSession:
     def _other_round_body(self, clients: list[int], theirs: bytes) -> ProtocolViolation:
         """The refusal when participants accepted another round body than ours (W21)."""
         return ProtocolViolation(
-            f"client {self.client_id}: {OTHER_ROUND_BODY}: participants {clients[:10]} "
+            f"client {self.client_id}: {OTHER_ROUND_BODY}: "
+            f"{'participants' if len(clients) > 1 else 'participant'} {clients[:10]} "
             f"{'are' if len(clients) > 1 else 'is'} bound to round body {theirs.hex()[:16]}..., this client accepted "
             f"{self.context.round_body_digest.hex()[:16]}..."
         )
