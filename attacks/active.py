@@ -9,8 +9,10 @@ suite, one test per weakness, is tests/secagg/test_secagg_hostile.py and tests/n
 The model-inconsistency attack (Pasquini et al., CCS 2022) runs the network client's own secure-sum code
 (`client.secure_sums.SecureSums.run`, one thread per client) against an in-memory server: the server
 announces one model to the target and a crafted one to everyone else, inside one secure sum. It is refused
-only if a client's session is bound to the model it was sent (the model digest in what the session signs),
-so that clients holding different models cannot finish one sum together.
+because a client's session is bound to the whole round body it accepted (W21: its digest is in the session
+context every signature, commitment and the graph seed cover, and in the key bundle and participant entry),
+so that clients holding different rounds cannot finish one sum together; its control (`bind_round_body=False`,
+the client as it was before W21) leaks.
 
 The clients hold `DEFAULT_POLICY` (c_max = 2 corrupt neighbours, at least 8 survivors to unmask), as
 a network client's policy file would set it; a weaker policy passed in shows that the checks are
@@ -19,7 +21,6 @@ what stops the attacks (the tests' control: the same attacks then leak).
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import threading
 from dataclasses import dataclass, replace
@@ -39,7 +40,7 @@ from mrff_secure.round.participant import rotation_seed
 from mrff_secure.round.spec import Phase
 from mrff_secure.round.stages import BY_WIRE, STAGES, delivery_bytes
 from mrff_secure.secagg.config import SecAggConfig
-from mrff_secure.secagg.context import NONCE_BYTES, SessionContext, run_context_id
+from mrff_secure.secagg.context import NONCE_BYTES, SessionContext
 from mrff_secure.secagg.identity import verify_credential
 from mrff_secure.secagg.messages import AdvertiseKeys, SeedReveal, SurvivorList, UnmaskRequest
 from mrff_secure.secagg.policy import SecAggPolicy
@@ -139,6 +140,24 @@ class _Delivery:
     payload: bytes
 
 
+class ClientsRefused(AggregationAborted):
+    """The sum never finished because clients refused it; `evidence`: their refusal lines."""
+
+    def __init__(self, message: str, evidence: list[str]) -> None:
+        super().__init__(message)
+        self.evidence = evidence
+
+
+class _UnboundSums(SecureSums):
+    """The control: the network client as it was before W21, its sessions bound to the run, phase, round and nonce
+    only (every body gets the same all-zero round-body digest), so rounds that differ elsewhere share one session."""
+
+    @staticmethod
+    def session_context(body: pb.RoundBody, phase: Phase, params: pb.SecAggParameters) -> SessionContext:
+        context = SecureSums.session_context(body, phase, params)
+        return replace(context, round_body_digest=bytes(len(context.round_body_digest)))
+
+
 class _InMemorySum:
     """The server side of one secure sum for the network client's `SecureSums.run`: its `calls.fetch` and
     `calls.submit`, in memory, with a `ServerSession` (here the attacker's). Every message goes through its byte
@@ -153,10 +172,13 @@ class _InMemorySum:
         self.delivered: dict[int, dict[int, bytes]] = {}
         self.result: AggregateResult | None = None
         self.failure: str | None = None
+        self.refusals: dict[int, str] = {}  # user -> what its own client code said when it stopped
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, user: int | None = None) -> None:
         with self.condition:
             self.failure = self.failure or reason
+            if user is not None:
+                self.refusals[user] = reason
             self.condition.notify_all()
 
     def calls(self, user: int) -> RoundCalls:
@@ -164,13 +186,14 @@ class _InMemorySum:
 
         class Calls:
             def fetch(self, body: pb.RoundBody, phase: Phase, wire_stage: int) -> _Delivery:
-                with outer.condition:
-                    ready = outer.condition.wait_for(
+                with outer.condition:  # a delivery already made is handed over (its client judges it itself)
+                    outer.condition.wait_for(
                         lambda: outer.failure is not None or user in outer.delivered.get(wire_stage, {}), WAIT_S
                     )
-                    if outer.failure is not None or not ready:
+                    delivered = outer.delivered.get(wire_stage, {})
+                    if user not in delivered:
                         raise AggregationAborted(outer.failure or f"stage {wire_stage} never reached user {user}")
-                    return _Delivery(outer.delivered[wire_stage][user])
+                    return _Delivery(delivered[user])
 
             def submit(self, body: pb.RoundBody, phase: Phase, wire_stage: int, reply: Any) -> None:
                 outer.receive(user, wire_stage, reply)
@@ -197,15 +220,16 @@ class _InMemorySum:
             self.condition.notify_all()
 
 
-def _model_inconsistency(policy: SecAggPolicy, *, bind_model: bool = False) -> dict[str, Any]:
+def _model_inconsistency(policy: SecAggPolicy, *, bind_round_body: bool = True) -> dict[str, Any]:
     """The server sends the target the real model and every other client a crafted one whose update is zero (a
-    model with dead units, Pasquini et al. CCS 2022), all inside one secure sum of the update phase: the sum is
-    the target's update alone. Each client runs the network client's own secure-sum code on the round body it
-    was sent (signed bodies of the same run, round and session, differing in their model and its digest). If the
-    clients' sessions finish together, the model is not bound into the session: leaked, with the evidence.
+    model with dead units, Pasquini et al. CCS 2022), all inside one secure sum of the update phase: the sum would
+    be the target's update alone. Each client runs the network client's own secure-sum code on the round body it
+    was sent (signed bodies of the same run, round and session, differing in their model and its digest). The
+    clients refuse (W21: each session is bound to the round body its client accepted): `ClientsRefused`, with the
+    target's refusal line and another client's. If the sessions finished together: leaked, with the evidence.
 
-    `bind_model` (the control, what a binding would do): each body's session nonce is the hash of the server's
-    nonce and the model digest, so a client's session is bound to the model it was sent."""
+    `bind_round_body=False` (the control): the clients as they were before W21 (`_UnboundSums`, sessions bound
+    to the run, phase, round and nonce only): the sum finishes and is the target's update alone."""
     n = CLIENTS
     client_policy = ClientPolicy(
         min_participants=policy.min_participants,
@@ -241,18 +265,16 @@ def _model_inconsistency(policy: SecAggPolicy, *, bind_model: bool = False) -> d
         body = pb.RoundBody(run_id=run_id, round_id=round_id, secure=True, participants=range(n))
         body.parameters.extend(tensors.to_proto(params))
         body.model_digest = tensors.digest(params)
-        bound = hashlib.sha256(nonce + bytes(body.model_digest)).digest()[:NONCE_BYTES] if bind_model else nonce
-        body.update_secagg.CopyFrom(secagg_parameters(config, sid, bound))
+        body.update_secagg.CopyFrom(secagg_parameters(config, sid, nonce))
         bodies[name] = body
     rng = np.random.default_rng(5)
     target_update = np.clip(rng.normal(0.0, 0.1, plans.size), -0.2, 0.2)
     target_update[-1] = 1.0  # the example count's slot
     identities = make_identities(range(n))
-    server = _LyingServerSession(
+    sums_class = SecureSums if bind_round_body else _UnboundSums
+    server = _LyingServerSession(  # its own session: the one the majority's round body gives (it admits any bundle)
         config,
-        context=SessionContext(
-            run_context_id(run_id), Phase.UPDATE, sid, bytes(bodies["crafted"].update_secagg.session_nonce)
-        ),
+        context=sums_class.session_context(bodies["crafted"], Phase.UPDATE, bodies["crafted"].update_secagg),
         authority_public_key=identities.authority_public_key,
         participants=range(n),
     )
@@ -262,7 +284,7 @@ def _model_inconsistency(policy: SecAggPolicy, *, bind_model: bool = False) -> d
     def play(user: int) -> None:
         body = bodies["target" if user == TARGET else "crafted"]
         update = target_update if user == TARGET else np.zeros(plans.size)  # the crafted model's update is zero
-        sums = SecureSums(
+        sums = sums_class(
             user,
             exchange.calls(user),
             identity_key=identities.keys[user],
@@ -281,7 +303,7 @@ def _model_inconsistency(policy: SecAggPolicy, *, bind_model: bool = False) -> d
                 on_release=lambda phase, session: None,
             )
         except RoundFailed as exc:
-            exchange.fail(f"user {user}: {exc}")
+            exchange.fail(f"user {user}: {exc}", user)
         except Exception as exc:  # noqa: BLE001 - raised again below, in the caller's thread
             crashes[user] = exc
             exchange.fail(f"user {user} crashed: {type(exc).__name__}: {exc}")
@@ -294,8 +316,10 @@ def _model_inconsistency(policy: SecAggPolicy, *, bind_model: bool = False) -> d
     if crashes:
         user = min(crashes)
         raise RuntimeError(f"the model-inconsistency attack broke in user {user}'s thread") from crashes[user]
-    if exchange.result is None:  # the first failure is the client (or stage) that stopped the sum; the rest followed
-        raise AggregationAborted(exchange.failure or "the secure sum did not finish")
+    if exchange.result is None:  # the target's own refusal, and another client's: each says why it stopped
+        others = sorted(u for u in exchange.refusals if u != TARGET)
+        evidence = [exchange.refusals[u] for u in ([TARGET] if TARGET in exchange.refusals else []) + others[:1]]
+        raise ClientsRefused(evidence[0] if evidence else exchange.failure or "the secure sum did not finish", evidence)
     decoded = decode_sum(
         plans.update,
         exchange.result.ring_sum,
@@ -308,7 +332,7 @@ def _model_inconsistency(policy: SecAggPolicy, *, bind_model: bool = False) -> d
         "evidence": [
             f"the target (user {TARGET}) was sent model {digests['target']}..., the other {n - 1} clients model "
             f"{digests['crafted']}...; all {len(exchange.result.survivors)} finished one secure sum together (a "
-            "session binds run, phase, round and nonce, not the model it was sent)",
+            "session bound to run, phase, round and nonce, not to the round body it was sent)",
             f"the unmasked sum is the target's update alone: largest difference {error:.3g} over {plans.size} "
             "coordinates (DP off; under distributed DP it carries every participant's noise share, which the "
             "target's ledger accounts, but no other client's update hides it)",
@@ -336,6 +360,8 @@ def run_active_attacks(policy: SecAggPolicy = DEFAULT_POLICY) -> dict:
             obtained = attack(policy)
         except SecAggError as exc:
             results[name] = {"outcome": "refused", "error": f"{type(exc).__name__}: {exc}"}
+            if isinstance(exc, ClientsRefused):  # the clients' own refusal lines
+                results[name]["evidence"] = exc.evidence
         else:
             results[name] = {"outcome": "leaked", "error": None}
             if isinstance(obtained, dict) and "evidence" in obtained:

@@ -57,7 +57,13 @@ def seeded_identities(ids: Iterable[int], seed: bytes) -> Identities:
 
 
 def seeded_context(seed: bytes, round_id: int, phase: int = 0) -> SessionContext:
-    return SessionContext(derive(seed, "run")[:16], phase, round_id, derive(seed, "nonce", round_id, phase))
+    return SessionContext(
+        derive(seed, "run")[:16],
+        phase,
+        round_id,
+        derive(seed, "nonce", round_id, phase),
+        derive(seed, "round body", round_id, phase),
+    )
 
 
 class Round:

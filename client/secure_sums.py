@@ -23,7 +23,7 @@ from mrff_secure.round.spec import Phase, RoundSpec
 from mrff_secure.round.stages import STAGES, Stage
 from mrff_secure.secagg import messages, packing
 from mrff_secure.secagg.client import ClientSession
-from mrff_secure.secagg.context import SessionContext, run_context_id
+from mrff_secure.secagg.context import SessionContext, round_body_digest, run_context_id
 from mrff_secure.secagg.encoding import from_ring, to_ring
 from mrff_secure.secagg.identity import ClientCredential
 from mrff_secure.secagg.policy import PolicyViolation
@@ -66,6 +66,19 @@ class SecureSums:
             rng=client_generator(self.insecure_seed, body.round_id, phase, self.user),
         )
 
+    @staticmethod
+    def session_context(body: pb.RoundBody, phase: Phase, params: pb.SecAggParameters) -> SessionContext:
+        """What our session of `phase` is bound to: the run, phase, session id and nonce, and the digest of the whole
+        round body we verified and accepted (model, participants, DP and training parameters, everything signed:
+        W21), so that clients shown different rounds cannot finish a sum together."""
+        return SessionContext(
+            run_context_id(body.run_id),
+            phase,
+            params.secagg_round_id,
+            bytes(params.session_nonce),
+            round_body_digest(body.SerializeToString(deterministic=True)),
+        )
+
     def run(
         self,
         body: pb.RoundBody,
@@ -94,7 +107,7 @@ class SecureSums:
             self.calls.submit(body, phase, pb.MASKED_INPUT, message)
             return None
         try:
-            context = SessionContext(run_context_id(body.run_id), phase, sid, bytes(params.session_nonce))
+            context = self.session_context(body, phase, params)
             session = ClientSession(
                 config,
                 context=context,

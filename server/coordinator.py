@@ -48,7 +48,7 @@ from mrff_secure.round.spec import Phase, RoundSpec
 from mrff_secure.round.stages import STAGES, WIRE_NAMES, Stage, delivery_bytes
 from mrff_secure.secagg import primitives
 from mrff_secure.secagg.config import MAX_CLIENT_ID, SecAggConfig, max_abs_for
-from mrff_secure.secagg.context import NONCE_BYTES, SessionContext, run_context_id
+from mrff_secure.secagg.context import NONCE_BYTES, SessionContext, round_body_digest, run_context_id
 from mrff_secure.secagg.identity import ClientCredential, verify_credential
 from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire import signing, tensors
@@ -63,7 +63,14 @@ log = logging.getLogger("mrff.server")
 
 EVALUATION_SESSION_BASE = 1 << 40  # secagg round ids of the evaluation sums: 2^40 + round (never 2r, 2r + 1)
 
-__all__ = ["Coordinator", "ServerSettings", "evaluation_config", "secagg_parameters", "EVALUATION_SESSION_BASE"]
+__all__ = [
+    "Coordinator",
+    "ServerSettings",
+    "evaluation_config",
+    "secagg_parameters",
+    "announced_session_context",
+    "EVALUATION_SESSION_BASE",
+]
 
 
 def _evaluation_text(evaluation: dict[str, Any] | None) -> str:
@@ -112,6 +119,22 @@ def secagg_parameters(config: SecAggConfig, secagg_round_id: int, nonce: bytes) 
         num_neighbours=config.k,
         threshold=config.t,
         session_nonce=nonce,
+    )
+
+
+def announced_session_context(
+    announcement: pb.SignedBody, phase: Phase, secagg_round_id: int, nonce: bytes
+) -> SessionContext:
+    """The context of one secure sum of the round we announced: its run, phase, session id and nonce, and the
+    digest of the whole round body we signed, computed as each client computes it from the body it verified
+    (`client.secure_sums.SecureSums.session_context`): a client shown another round cannot join the sum (W21)."""
+    body = pb.RoundBody.FromString(announcement.body)
+    return SessionContext(
+        run_context_id(body.run_id),
+        phase,
+        secagg_round_id,
+        nonce,
+        round_body_digest(body.SerializeToString(deterministic=True)),
     )
 
 
@@ -594,7 +617,7 @@ class Coordinator:
         ps = PhaseState(phase, config, secagg_round_id, nonce)
         session: ServerSession | None = None  # None: plain aggregation
         if self.settings.secure:
-            context = SessionContext(run_context_id(self.state.run_id), phase, secagg_round_id, nonce)
+            context = announced_session_context(rs.announcement, phase, secagg_round_id, nonce)
             session = ps.session = ServerSession(
                 config, context=context, authority_public_key=self.authority_public_key, participants=expected
             )

@@ -48,6 +48,10 @@ from mrff_secure.secagg.policy import SecAggPolicy
 from mrff_secure.secagg.stages import ShareKind, Stage
 
 P = ParamSpec("P")
+OTHER_ROUND_BODY = (
+    "the other clients of this session accepted another round body: the server showed different rounds to "
+    "different clients (model inconsistency)"
+)
 R = TypeVar("R")
 
 
@@ -183,10 +187,22 @@ class ClientSession:
             self._cipher_keys[peer] = key
         return key
 
+    def _other_round_body(self, clients: list[int], theirs: bytes) -> ProtocolViolation:
+        """The refusal when participants accepted another round body than ours (W21)."""
+        return ProtocolViolation(
+            f"client {self.client_id}: {OTHER_ROUND_BODY}: "
+            f"{'participants' if len(clients) > 1 else 'participant'} {clients[:10]} "
+            f"{'are' if len(clients) > 1 else 'is'} bound to round body {theirs.hex()[:16]}..., this client accepted "
+            f"{self.context.round_body_digest.hex()[:16]}..."
+        )
+
     def _verified_bundle(self, bundle: AdvertiseKeys, expected_digest: bytes) -> bytes:
-        """Check a neighbour's bundle against the participant set and the authority; its identity key."""
+        """Check a neighbour's bundle against the participant set, our round body and the authority; its identity
+        key."""
         if bundle.round_id != self.round_id:
             raise ProtocolViolation(f"key bundle of client {bundle.client_id} is for round {bundle.round_id}")
+        if bundle.round_body_digest != self.context.round_body_digest:
+            raise self._other_round_body([bundle.client_id], bundle.round_body_digest)
         if bundle.digest() != expected_digest:
             raise ProtocolViolation(
                 f"key bundle of client {bundle.client_id} differs from the one the participant set fixed"
@@ -215,6 +231,7 @@ class ClientSession:
             primitives.commitment(PURPOSE_SELF_MASK_SEED, ctx, self.client_id, self._self_mask_seed),
             self._credential,
             bytes(primitives.SIGNATURE_BYTES),
+            self.context.round_body_digest,
         )
         self._advert = replace(unsigned, signature=primitives.sign(self._identity_key, unsigned.signed_payload(ctx)))
         return self._advert
@@ -223,7 +240,8 @@ class ClientSession:
 
     @_stage(Stage.REVEAL_SEED, Stage.SHARE_KEYS)
     def reveal_seed(self, participants: ParticipantSet) -> SeedReveal:
-        """Check the fixed participant set (size, our own entry), then open our graph commitment."""
+        """Check the fixed participant set (size, every participant's round body is ours, our own entry), then
+        open our graph commitment."""
         self._check_round(participants)
         ids = participants.client_ids
         _sorted_unique(ids, "the participant set")
@@ -238,6 +256,9 @@ class ClientSession:
                 f"client {self.client_id}: the participant set names "
                 f"{sorted(set(ids) - self._allowed)[:10]}, who may not take part in this session"
             )
+        others = [e for e in participants.entries if e.round_body_digest != self.context.round_body_digest]
+        if others:
+            raise self._other_round_body([e.client_id for e in others], others[0].round_body_digest)
         own = [e for e in participants.entries if e.client_id == self.client_id]
         advert = self._advert
         if (

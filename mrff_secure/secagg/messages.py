@@ -151,6 +151,7 @@ def decode(data: bytes) -> Message:
 
 
 COMMITMENT_BYTES = 32
+ROUND_BODY_DIGEST_BYTES = 32
 PURPOSE_GRAPH_SEED = b"graph-seed"
 PURPOSE_SELF_MASK_SEED = b"self-mask-seed"
 
@@ -170,6 +171,7 @@ class AdvertiseKeys(ClientMessage):
     self_mask_commitment: bytes  # commitment to b_u, checked by the server after reconstruction
     credential: ClientCredential  # (client id -> identity key), signed by the identity authority
     signature: bytes  # Ed25519 by the identity key over signed_payload(context)
+    round_body_digest: bytes  # the round body the client accepted (its context's), in the signed context too (W21)
 
     def signed_payload(self, context: bytes) -> bytes:
         """What the identity key signs: label | session context | id | keys | commitments."""
@@ -189,6 +191,7 @@ class AdvertiseKeys(ClientMessage):
 
     def _write(self, w: _Writer) -> None:
         w.u32(self.client_id)
+        w.fixed(self.round_body_digest, ROUND_BODY_DIGEST_BYTES, "round body digest")
         w.fixed(self.cipher_public_key, PUBLIC_KEY_BYTES, "cipher public key")
         w.fixed(self.mask_public_key, PUBLIC_KEY_BYTES, "mask public key")
         w.fixed(self.graph_commitment, COMMITMENT_BYTES, "graph commitment")
@@ -198,39 +201,52 @@ class AdvertiseKeys(ClientMessage):
 
     @classmethod
     def _read(cls, r: _Reader, round_id: int) -> "AdvertiseKeys":
+        client_id, body_digest = r.u32(), r.fixed(ROUND_BODY_DIGEST_BYTES)
         return cls(
             round_id,
-            r.u32(),
+            client_id,
             r.fixed(PUBLIC_KEY_BYTES),
             r.fixed(PUBLIC_KEY_BYTES),
             r.fixed(COMMITMENT_BYTES),
             r.fixed(COMMITMENT_BYTES),
             ClientCredential.from_bytes(r.fixed(ClientCredential.SIZE)),
             r.fixed(SIGNATURE_BYTES),
+            body_digest,
         )
 
 
-_BUNDLE_BYTES = 4 + 2 * PUBLIC_KEY_BYTES + 2 * COMMITMENT_BYTES + ClientCredential.SIZE + SIGNATURE_BYTES
+_BUNDLE_BYTES = (
+    4 + ROUND_BODY_DIGEST_BYTES + 2 * PUBLIC_KEY_BYTES + 2 * COMMITMENT_BYTES + ClientCredential.SIZE + SIGNATURE_BYTES
+)
 
 
 @dataclass(frozen=True)
 class ParticipantEntry:
-    """One participant as the participant set fixes it: id, graph commitment, digest of its bundle."""
+    """One participant as the participant set fixes it: id, graph commitment, digest of its bundle, and the round
+    body digest its bundle carries (so that every client sees, before revealing anything, whether all participants
+    accepted the round body it accepted: W21)."""
 
     client_id: int
     graph_commitment: bytes
     bundle_digest: bytes
+    round_body_digest: bytes
 
-    SIZE: ClassVar[int] = 4 + 2 * COMMITMENT_BYTES
+    SIZE: ClassVar[int] = 4 + 2 * COMMITMENT_BYTES + ROUND_BODY_DIGEST_BYTES
+
+    @classmethod
+    def of(cls, bundle: AdvertiseKeys) -> "ParticipantEntry":
+        """The entry of a participant whose key bundle is `bundle`."""
+        return cls(bundle.client_id, bundle.graph_commitment, bundle.digest(), bundle.round_body_digest)
 
     def _write(self, w: _Writer) -> None:
         w.u32(self.client_id)
         w.fixed(self.graph_commitment, COMMITMENT_BYTES, "graph commitment")
         w.fixed(self.bundle_digest, COMMITMENT_BYTES, "bundle digest")
+        w.fixed(self.round_body_digest, ROUND_BODY_DIGEST_BYTES, "round body digest")
 
     @classmethod
     def _read(cls, r: _Reader) -> "ParticipantEntry":
-        return cls(r.u32(), r.fixed(COMMITMENT_BYTES), r.fixed(COMMITMENT_BYTES))
+        return cls(r.u32(), r.fixed(COMMITMENT_BYTES), r.fixed(COMMITMENT_BYTES), r.fixed(ROUND_BODY_DIGEST_BYTES))
 
 
 @dataclass(frozen=True)

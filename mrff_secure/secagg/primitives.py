@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from mrff_secure.errors import AuthenticationError, ProtocolViolation
 
-PROTOCOL_VERSION = 2  # 2: credentials with expiry, the enrolment challenge, signed stage messages
+PROTOCOL_VERSION = 3  # 2: credentials with expiry, the enrolment challenge, signed stage messages; 3: the round body
+# in the session context, the key bundle and the participant set (W21)
 KEY_BYTES = 32
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64

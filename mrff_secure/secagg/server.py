@@ -108,8 +108,8 @@ class ServerSession:
     # --- stage 0 ---------------------------------------------------------------------------
 
     def receive_advertise_keys(self, message: AdvertiseKeys) -> None:
-        """Admit a bundle only with a credential from the authority, a valid signature over this
-        session's context and two valid agreement keys (W1, W10, W11)."""
+        """Admit a bundle only with a credential from the authority, the round body this session belongs to, a
+        valid signature over this session's context and two valid agreement keys (W1, W10, W11, W21)."""
         self._expect(Stage.ADVERTISE_KEYS, message)
         client = message.client_id
         if self._invited is not None and client not in self._invited:
@@ -119,6 +119,12 @@ class ServerSession:
         if len(self._bundles) >= self.config.num_clients:
             raise ProtocolViolation(f"round already has the maximum of {self.config.num_clients} clients")
         identity = verify_credential(self._authority, message.credential, client_id=client)
+        if message.round_body_digest != self.context.round_body_digest:
+            raise ProtocolViolation(
+                f"client {client} accepted another round body ({message.round_body_digest.hex()[:16]}...) than the "
+                f"one this session belongs to ({self.context.round_body_digest.hex()[:16]}...): it was shown another "
+                "round"
+            )
         primitives.verify(identity, message.signature, message.signed_payload(self._context_bytes))
         primitives.check_agreement_public_key(message.cipher_public_key)
         primitives.check_agreement_public_key(message.mask_public_key)
@@ -134,10 +140,7 @@ class ServerSession:
             )
         self.participants = ParticipantSet(
             self.round_id,
-            tuple(
-                ParticipantEntry(c, self._bundles[c].graph_commitment, self._bundles[c].digest())
-                for c in sorted(self._bundles)
-            ),
+            tuple(ParticipantEntry.of(self._bundles[c]) for c in sorted(self._bundles)),
         )
         self.stage = Stage.REVEAL_SEED
         return self.participants

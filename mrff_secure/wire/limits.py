@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-PROTOCOL_VERSION = 2  # 2: credentials with expiry, the enrolment challenge, signed stage messages
+PROTOCOL_VERSION = 3  # 2: credentials with expiry, the enrolment challenge, signed stage messages; 3: secure sums
+# bound to the round body (W21)
 
 MIB = 1 << 20
 MAX_ANNOUNCEMENT_BYTES = 256 * MIB

@@ -315,20 +315,15 @@ def test_active_attacks_are_refused_and_leak_once_the_policy_is_weakened():
     from attacks.active import MODEL_INCONSISTENCY, run_active_attacks
     from mrff_secure.secagg.policy import SecAggPolicy
 
-    # the model-inconsistency attack is not refused by any policy (the client binds no model into its session:
-    # tests/attacks/test_model_inconsistency.py); every other attack is
     report = run_active_attacks()
-    assert report["verdict"] == "fails" and report["leaked"] == [MODEL_INCONSISTENCY]
-    assert all(
-        r["outcome"] == "refused" and r["error"] for n, r in report["attacks"].items() if n != MODEL_INCONSISTENCY
-    )
+    assert report["verdict"] == "holds" and report["leaked"] == []
+    assert all(r["outcome"] == "refused" and r["error"] for r in report["attacks"].values())
     weak = run_active_attacks(SecAggPolicy(corrupt_neighbours=0, min_survivors=3))
     assert weak["verdict"] == "fails"
-    assert set(weak["leaked"]) == {
-        "weak threshold (2t - k <= c_max)",
-        "unmask below the survivor floor",
-        MODEL_INCONSISTENCY,
-    }
+    # the model-inconsistency attack stays refused under any policy: the round-body binding (W21) is not a policy
+    # setting (its control, the client without the binding, is in tests/attacks/test_model_inconsistency.py)
+    assert set(weak["leaked"]) == {"weak threshold (2t - k <= c_max)", "unmask below the survivor floor"}
+    assert weak["attacks"][MODEL_INCONSISTENCY]["outcome"] == "refused"
 
 
 def test_r5_fails_on_an_attack_that_grows_with_noise_and_ignores_moves_below_chance():

@@ -23,7 +23,7 @@ import pytest
 from mrff_secure.secagg import messages, packing, primitives
 from mrff_secure.secagg.client import ClientSession
 from mrff_secure.secagg.config import SecAggConfig
-from mrff_secure.secagg.context import SessionContext, run_context_id
+from mrff_secure.secagg.context import SessionContext, round_body_digest, run_context_id
 from mrff_secure.secagg.identity import issue_credential
 from mrff_secure.secagg.policy import SecAggPolicy
 from mrff_secure.wire import limits, signing
@@ -231,7 +231,13 @@ def during_round(f: Fuzzer, certs) -> None:
         threshold=params.threshold,
     )
     sid = params.secagg_round_id
-    context = SessionContext(run_context_id(body.run_id), pb.COUNTS, sid, bytes(params.session_nonce))
+    context = SessionContext(
+        run_context_id(body.run_id),
+        pb.COUNTS,
+        sid,
+        bytes(params.session_nonce),
+        round_body_digest(body.SerializeToString(deterministic=True)),
+    )
     session = ClientSession(
         config,
         context=context,

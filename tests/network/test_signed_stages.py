@@ -16,7 +16,7 @@ from mrff_secure.pki import AuthorityPaths, IdentityFiles, load_authority_key
 from mrff_secure.secagg import messages, packing, primitives
 from mrff_secure.secagg.client import ClientSession
 from mrff_secure.secagg.config import SecAggConfig
-from mrff_secure.secagg.context import SessionContext, run_context_id
+from mrff_secure.secagg.context import SessionContext, round_body_digest, run_context_id
 from mrff_secure.secagg.identity import issue_credential
 from mrff_secure.secagg.policy import SecAggPolicy
 from mrff_secure.wire import limits, signing
@@ -72,7 +72,13 @@ def test_a_masked_input_in_the_victims_name_without_its_key_is_refused_and_the_r
         threshold=params.threshold,
     )
     sid = params.secagg_round_id
-    context = SessionContext(run_context_id(body.run_id), pb.COUNTS, sid, bytes(params.session_nonce))
+    context = SessionContext(
+        run_context_id(body.run_id),
+        pb.COUNTS,
+        sid,
+        bytes(params.session_nonce),
+        round_body_digest(body.SerializeToString(deterministic=True)),
+    )
     session = ClientSession(
         config,
         context=context,

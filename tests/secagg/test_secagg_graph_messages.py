@@ -49,7 +49,15 @@ def test_graph_seed_depends_on_context_participants_and_every_reveal():
 def _bundle(client: int) -> m.AdvertiseKeys:
     credential = ClientCredential(client, bytes([5]) * 32, bytes([6]) * 64)
     return m.AdvertiseKeys(
-        3, client, bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32, bytes([4]) * 32, credential, bytes([3]) * 64
+        3,
+        client,
+        bytes([1]) * 32,
+        bytes([2]) * 32,
+        bytes([3]) * 32,
+        bytes([4]) * 32,
+        credential,
+        bytes([3]) * 64,
+        bytes([14]) * 32,
     )
 
 
@@ -62,8 +70,8 @@ def _sample_messages() -> list[m.Message]:
         m.ParticipantSet(
             3,
             (
-                m.ParticipantEntry(4, bytes([7]) * 32, bytes([8]) * 32),
-                m.ParticipantEntry(9, bytes([9]) * 32, bytes([10]) * 32),
+                m.ParticipantEntry(4, bytes([7]) * 32, bytes([8]) * 32, bytes([14]) * 32),
+                m.ParticipantEntry(9, bytes([9]) * 32, bytes([10]) * 32, bytes([14]) * 32),
             ),
         ),
         m.SeedReveal(3, 4, bytes([11]) * 32),
@@ -105,15 +113,17 @@ def test_header_checks():
 
 def test_known_encoding():
     data = m.SurvivorList(0x0102, (7, 9)).to_bytes()
-    assert data.hex() == "02060000000000000102000000020000000700000009"  # version 2
+    assert data.hex() == "03060000000000000102000000020000000700000009"  # version 3
 
 
 def test_writer_refuses_wrong_field_sizes():
     credential = ClientCredential(4, bytes(32), bytes(64))
     with pytest.raises(ProtocolViolation):
-        m.AdvertiseKeys(3, 4, bytes(31), bytes(32), bytes(32), bytes(32), credential, bytes(64)).to_bytes()
+        m.AdvertiseKeys(3, 4, bytes(31), bytes(32), bytes(32), bytes(32), credential, bytes(64), bytes(32)).to_bytes()
     with pytest.raises(ProtocolViolation):
-        m.AdvertiseKeys(3, 4, bytes(32), bytes(32), bytes(31), bytes(32), credential, bytes(64)).to_bytes()
+        m.AdvertiseKeys(3, 4, bytes(32), bytes(32), bytes(31), bytes(32), credential, bytes(64), bytes(32)).to_bytes()
+    with pytest.raises(ProtocolViolation, match="round body digest"):
+        m.AdvertiseKeys(3, 4, bytes(32), bytes(32), bytes(32), bytes(32), credential, bytes(64), bytes(31)).to_bytes()
     with pytest.raises(ProtocolViolation):
         m.SeedReveal(3, 4, bytes(33)).to_bytes()
     with pytest.raises(ProtocolViolation):
@@ -155,7 +165,13 @@ def test_protocol_known_answers(vectors):
 
     data = vectors("protocol")
     c = data["context"]
-    context = SessionContext(bytes.fromhex(c["run_id"]), c["phase"], c["round_id"], bytes.fromhex(c["nonce"]))
+    context = SessionContext(
+        bytes.fromhex(c["run_id"]),
+        c["phase"],
+        c["round_id"],
+        bytes.fromhex(c["nonce"]),
+        bytes.fromhex(c["round_body_digest"]),
+    )
     ctx = context.to_bytes()
     assert ctx.hex() == c["bytes"]
     authority = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(data["authority_key"]))
@@ -181,6 +197,7 @@ def test_protocol_known_answers(vectors):
             primitives.commitment(m.PURPOSE_SELF_MASK_SEED, ctx, client, bytes.fromhex(case["self_mask_seed"])),
             credential,
             bytes(64),
+            context.round_body_digest,
         )
         bundle = m.AdvertiseKeys(
             **{**unsigned.__dict__, "signature": primitives.sign(identity, unsigned.signed_payload(ctx))}
@@ -193,7 +210,7 @@ def test_protocol_known_answers(vectors):
         primitives.verify(certified, parsed.signature, parsed.signed_payload(ctx))
         bundles.append(bundle)
         reveals.append(reveal)
-        entries.append(m.ParticipantEntry(client, bundle.graph_commitment, bundle.digest()))
+        entries.append(m.ParticipantEntry(client, bundle.graph_commitment, bundle.digest(), context.round_body_digest))
     participants = m.ParticipantSet(context.round_id, tuple(entries))
     assert participants.to_bytes().hex() == data["participant_set"]["bytes"]
     assert participants.digest().hex() == data["participant_set"]["digest"]

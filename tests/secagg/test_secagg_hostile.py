@@ -256,6 +256,7 @@ def _bundle(
         primitives.commitment(PURPOSE_SELF_MASK_SEED, ctx, client_id, bytes(32)),
         credential,
         bytes(64),
+        (context or r.context).round_body_digest,
     )
     return replace(unsigned, signature=primitives.sign(signer, unsigned.signed_payload(ctx)))
 
@@ -272,9 +273,11 @@ def _rogue_server(
     Returns (participant set, graph, neighbourhoods of the honest listed clients)."""
     ctx = r.context.to_bytes()
     honest = {c: r.server.bundle(c) for c in r.ids if c not in forged and c not in leave_out}
-    entries = [ParticipantEntry(c, b.graph_commitment, b.digest()) for c, b in honest.items()]
+    entries = [ParticipantEntry.of(b) for b in honest.values()]
     entries += [
-        ParticipantEntry(c, primitives.commitment(PURPOSE_GRAPH_SEED, ctx, c, reveals[c]), b.digest())
+        ParticipantEntry(
+            c, primitives.commitment(PURPOSE_GRAPH_SEED, ctx, c, reveals[c]), b.digest(), b.round_body_digest
+        )
         for c, b in forged.items()
     ]
     participants = ParticipantSet(r.round_id, tuple(sorted(entries, key=lambda e: e.client_id)))
@@ -528,10 +531,8 @@ def test_a_colluder_regrinding_its_bundle_cannot_choose_the_graph():
     ctx, ids = r.context.to_bytes(), tuple(r.ids)
 
     def participants_with(bundle):
-        entries = [
-            ParticipantEntry(c, r.server.bundle(c).graph_commitment, r.server.bundle(c).digest()) for c in honest
-        ]
-        entries.append(ParticipantEntry(colluder, bundle.graph_commitment, bundle.digest()))
+        entries = [ParticipantEntry.of(r.server.bundle(c)) for c in honest]
+        entries.append(ParticipantEntry.of(bundle))
         return ParticipantSet(r.round_id, tuple(sorted(entries, key=lambda e: e.client_id)))
 
     key, credential = r.identities.keys[colluder], r.identities.credentials[colluder]
@@ -655,7 +656,7 @@ def test_participant_sets_the_policy_or_our_entry_forbid_are_refused():
             replace(full, entries=tuple(sorted(full.entries + full.entries[:1], key=lambda e: e.client_id)))
         )
     r, full = advertised()
-    padded = full.entries + tuple(ParticipantEntry(1000 + i, bytes(32), bytes(32)) for i in range(N))
+    padded = full.entries + tuple(ParticipantEntry(1000 + i, bytes(32), bytes(32), bytes(32)) for i in range(N))
     with pytest.raises(ProtocolViolation, match="sized for"):
         r.clients[TARGET].reveal_seed(replace(full, entries=padded))
     # phase 2 bound to the survivors of phase 1: anyone else listed is refused

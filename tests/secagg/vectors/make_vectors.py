@@ -87,7 +87,7 @@ def encoding_vectors() -> dict:
 def protocol_vectors() -> dict:
     """The session context, credentials, commitments, key bundles, participant set, graph seed and graph,
     consistency payload and the stage-1 messages, all from fixed keys and bytes (Ed25519 is deterministic)."""
-    context = SessionContext(bytes(range(16)), 1, 0x0102030405060708, bytes(range(32, 64)))
+    context = SessionContext(bytes(range(16)), 1, 0x0102030405060708, bytes(range(32, 64)), bytes(range(64, 96)))
     ctx = context.to_bytes()
     authority = Ed25519PrivateKey.from_private_bytes(bytes([0xA0]) * 32)
     bundles, entries, reveals, identities, secrets = [], [], [], [], []
@@ -116,6 +116,7 @@ def protocol_vectors() -> dict:
             primitives.commitment(messages.PURPOSE_SELF_MASK_SEED, ctx, client, self_seed),
             credential,
             bytes(64),
+            context.round_body_digest,
         )
         bundle = messages.AdvertiseKeys(
             **{**unsigned.__dict__, "signature": primitives.sign(identity, unsigned.signed_payload(ctx))}
@@ -123,7 +124,7 @@ def protocol_vectors() -> dict:
         bundles.append(bundle)
         identities.append(identity)
         reveals.append(reveal)
-        entries.append(messages.ParticipantEntry(client, bundle.graph_commitment, bundle.digest()))
+        entries.append(messages.ParticipantEntry.of(bundle))
     participants = messages.ParticipantSet(context.round_id, tuple(entries))
     seed = graph_seed(ctx, participants.digest(), reveals)
     graph = neighbour_graph(seed, participants.client_ids, 2)
@@ -139,6 +140,7 @@ def protocol_vectors() -> dict:
             "phase": context.phase,
             "round_id": context.round_id,
             "nonce": context.nonce.hex(),
+            "round_body_digest": context.round_body_digest.hex(),
             "bytes": ctx.hex(),
         },
         "authority_key": (bytes([0xA0]) * 32).hex(),
