@@ -66,8 +66,9 @@ def row_log_p(recorder: RowRecorder, sigma: float, users: int | None = None) -> 
     b = np.maximum(recorder.energy[:users] - signed_energy / safe_rounds, 0.0) / sigma**2
     log_pa = stats.chi2.logsf(a, dim)
     spread_dof = np.broadcast_to((rounds - 1.0) * dim, b.shape)
-    log_pb = np.where(spread_dof > 0, stats.chi2.logsf(b, np.maximum(spread_dof, 1.0)), 0.0)
-    joint = stats.chi2.logsf(-2.0 * (log_pa + log_pb), FISHER_DOF)
+    spread = spread_dof > 0  # one round: no spread, the signed sum's test alone
+    log_pb = np.where(spread, stats.chi2.logsf(b, np.maximum(spread_dof, 1.0)), 0.0)
+    joint = np.where(spread, stats.chi2.logsf(-2.0 * (log_pa + log_pb), FISHER_DOF), log_pa)
     return np.where(rounds > 0, joint, 0.0)
 
 
