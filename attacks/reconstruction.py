@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from attacks.recorder import RowRecorder
 from attacks.rows import touched_rows
@@ -53,6 +53,17 @@ def view_noise_std(recorder: RowRecorder, noise_std: float | None, users: int) -
     return float(np.sqrt(recorder.energy[:users, rows.padding_rows].sum() / coordinates)), "padding rows"
 
 
+def chi2_logsf(x: np.ndarray, dof: np.ndarray | float) -> np.ndarray:
+    """log P(chi2(dof) > x), finite where scipy's underflows to -inf (far in the tail: the leading terms of
+    the upper incomplete gamma function's expansion), so that scores keep their order there."""
+    x = np.asarray(x, dtype=np.float64)
+    exact = stats.chi2.logsf(x, dof)
+    half = np.asarray(dof, dtype=np.float64) / 2.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tail = -x / 2.0 + (half - 1.0) * np.log(np.maximum(x, 1e-300) / 2.0) - special.gammaln(half)
+    return np.where(np.isfinite(exact), exact, tail)
+
+
 def row_log_p(recorder: RowRecorder, sigma: float, users: int | None = None) -> np.ndarray:
     """(users, num_rows) log p-value of "this row is pure noise of std sigma" (Fisher's join of the signed
     sum's and the spread's chi-square tests); users never seen get 0 (p = 1). sigma must be > 0."""
@@ -64,11 +75,11 @@ def row_log_p(recorder: RowRecorder, sigma: float, users: int | None = None) -> 
     safe_rounds = np.maximum(rounds, 1.0)
     a = signed_energy / (safe_rounds * sigma**2)
     b = np.maximum(recorder.energy[:users] - signed_energy / safe_rounds, 0.0) / sigma**2
-    log_pa = stats.chi2.logsf(a, dim)
+    log_pa = chi2_logsf(a, dim)
     spread_dof = np.broadcast_to((rounds - 1.0) * dim, b.shape)
     spread = spread_dof > 0  # one round: no spread, the signed sum's test alone
-    log_pb = np.where(spread, stats.chi2.logsf(b, np.maximum(spread_dof, 1.0)), 0.0)
-    joint = np.where(spread, stats.chi2.logsf(-2.0 * (log_pa + log_pb), FISHER_DOF), log_pa)
+    log_pb = np.where(spread, chi2_logsf(b, np.maximum(spread_dof, 1.0)), 0.0)
+    joint = np.where(spread, chi2_logsf(-2.0 * (log_pa + log_pb), FISHER_DOF), log_pa)
     return np.where(rounds > 0, joint, 0.0)
 
 

@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 
 from attacks.membership import item_membership
-from attacks.reconstruction import ALPHA, reconstruct_rows, row_log_p
+from attacks.reconstruction import ALPHA, chi2_logsf, reconstruct_rows, row_log_p
 from attacks.recorder import RowRecorder, step_pull
 from attacks.rows import ItemRows, touched_rows
 from attacks.scores import auc_standard_error, binary_scores
@@ -147,3 +147,15 @@ def test_step_pull_reads_the_gradient_size_from_adams_shortfall():
     pull = step_pull(steps.reshape(1, 5, 1))[0]  # one client, five rows of one coordinate
     assert pull[3] == 0.0 and pull[0] < pull[1] < pull[2] < pull[4]
     assert np.allclose(pull[:3], np.log(np.abs(gradients[:3]) / eps), atol=1e-3)
+
+
+def test_log_p_keeps_its_order_far_in_the_tail():
+    """A noise-free sum scored at a small sigma lies far beyond where chi2's survival function underflows:
+    the log p-values stay finite and ordered there (else every touched row ties and the AUC reads 0.5)."""
+    x = np.geomspace(1.0, 1e9, 400)
+    for dof in (2.0, 4.0, 48.0):
+        values = chi2_logsf(x, dof)
+        assert np.isfinite(values).all() and (np.diff(values) < 0).all()
+        finite = np.isfinite(stats.chi2.logsf(x, dof))
+        assert np.allclose(values[finite], stats.chi2.logsf(x[finite], dof))
+        assert (~finite).any()  # the range reaches where scipy gives -inf
