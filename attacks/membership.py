@@ -10,8 +10,8 @@ item i's attribute rows (an item was used only if all of its rows were touched).
 Calibration (LiRA / RMIA style): the attack's score is the mean of two ranks,
 - per user: the score's rank among the user's own scores over public reference items (random
   catalogue items): "how does this item stand among the items this user could have had";
-- per item: the score's rank among the same item's scores over other observed users (reference users:
-  their updates only, never their data): "how does this user stand on this item".
+- per item: the score's rank among the same item's scores over observed users (up to REFERENCE_USERS
+  at random: their updates only, never their data): "how does this user stand on this item".
 `variants` reports the uncalibrated score and each rank alone. No shadow users: the reference users
 are the observed population (members of the item among them blunt the per-item rank).
 
