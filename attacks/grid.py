@@ -258,6 +258,16 @@ def _claim(pipeline: PrivacyPipeline, *, misreport_noise: float = 1.0) -> tuple[
     return claim, release.noise_multiplier, account.delta
 
 
+def _view_noise_std(pipeline: PrivacyPipeline | None, cell: Cell) -> float:
+    """The per-coordinate std of the noise the cell's claim says each round's view carries (0 without DP):
+    local DP z C; a secure sum every participant's share, z C sqrt(n / n_min). A misreported cell's attacks
+    use its false claim, as an attacker who believes it would."""
+    if pipeline is None or not pipeline.dp.enabled:
+        return 0.0
+    release = _claimed_release(pipeline, cell.misreport_noise)
+    return claimed_noise_std(release, release.participants)
+
+
 def _item_coordinates(rows: ItemRows) -> np.ndarray:
     """The update vector's coordinates inside the item tables (the row attacks' slice: no canary there)."""
     return np.concatenate([np.arange(s, s + v * rows.dim) for s, v in zip(rows.starts, rows.vocab_sizes)])
@@ -332,8 +342,9 @@ def run_cell(
     canary = None
     if audit is not None and claimed_release is not None:
         canary = audit.result(claimed_std=claimed_noise_std(claimed_release, claimed_release.participants))
-    recon = reconstruct_rows(recorder, data)
-    membership = item_membership(recorder, data, seed=cell.seed)
+    view_noise = _view_noise_std(sim.privacy, cell)  # the attacks' null: the claimed noise of the view
+    recon = reconstruct_rows(recorder, data, noise_std=view_noise)
+    membership = item_membership(recorder, data, seed=cell.seed, noise_std=view_noise)
     oracle = None
     if cell.threat_model == ThreatModel.PLAIN:  # R0's membership bar: what an oracle of the touched rows reaches
         ceiling = membership_ceiling(data, seed=cell.seed)
