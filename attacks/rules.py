@@ -336,6 +336,8 @@ def _rule_verdict(cells: dict) -> str:
         return "fails"
     if not verdicts:
         return "not applicable"
+    if "not private without noise" in verdicts:
+        return "holds under DP; not private without noise"
     return "holds" if "holds" in verdicts else "not refutable at m"
 
 
@@ -390,8 +392,10 @@ def evaluate_rules(results: list[dict], *, family_confidence: float = FAMILY_CON
             )
         counted = {} if noiseless else significant
         ok = r["view"]["rounds_with_individual_updates"] == 0 and not counted
+        # secure aggregation alone makes no DP claim: per-user findings there are its own verdict, never "holds"
+        verdict = "fails" if not ok else ("not private without noise" if findings else "holds")
         entry: dict[str, Any] = {
-            "verdict": "holds" if ok else "fails",
+            "verdict": verdict,
             "individual_views": r["view"]["rounds_with_individual_updates"],
             "advantages_over_population": {k: {"gain": g, "standard_error": e} for k, (g, e) in gains.items()},
             "significant_gains": significant,
@@ -559,24 +563,31 @@ def overall_verdict(rules: dict[str, Any], results: list[dict]) -> dict[str, Any
         verdict = "fails"
         first = problems[0]
         headline = f"A PRIVACY CLAIM FAILS: {first['rule']} in {first['cell']}: {first['what']}"
-    elif not dp_cells:
+    elif not dp_cells or not any(r.get("canary") for r in dp_cells):
         verdict, problems = "no claim tested", inconclusive
-        headline = "NO DP CLAIM TESTED: no cell of this audit makes a DP claim"
+        headline = (
+            "NO DP CLAIM TESTED: no cell of this audit makes a DP claim"
+            if not dp_cells
+            else "NO DP CLAIM TESTED: no DP cell had canaries (--canaries 0, or only sampled cells)"
+        )
     elif inconclusive:
         verdict, problems = "inconclusive", inconclusive
         headline = f"INCONCLUSIVE: {inconclusive[0]['what']}: the audit proves nothing either way"
     elif not refutable:
         verdict = "no claim tested"
-        headline = (
-            "NO DP CLAIM TESTED: every claim is above what the canaries can certify"
-            if any(r.get("canary") for r in dp_cells)
-            else "NO DP CLAIM TESTED: no DP cell had canaries (--canaries 0, or only sampled cells)"
-        )
+        headline = "NO DP CLAIM TESTED: every claim is above what the canaries can certify"
     else:
         verdict = "holds"
+        findings = [c for c, e in rules.get("R4", {}).get("cells", {}).items() if e.get("finding")]
         headline = (
             f"EVERY CLAIM HOLDS: {len(dp_cells)} DP cells ({len(refutable)} with a claim the canaries could refute), "
             f"{rules['budget']['total_tests']} tests, false-alarm rate <= {rules['budget']['alpha']:.3g}"
+            + (
+                f"; secure aggregation without noise is not private (per-user findings in {len(findings)} cells: "
+                "it makes no DP claim)"
+                if findings
+                else ""
+            )
         )
     return {
         "verdict": verdict,

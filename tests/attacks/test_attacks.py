@@ -181,8 +181,13 @@ def test_a_small_grid_runs_end_to_end_with_a_verdict_for_every_rule(data):
     }
     assert set(report["rules"]) == {"R0", "R1", "R2", "R3", "R4", "R5", "malicious-server", "budget"}
     assert report["verdict"]["verdict"] in ("holds", "fails", "inconclusive", "no claim tested")
-    assert report["rules"]["R4"]["verdict"] == "holds"
-    assert "secure aggregation alone is not DP" in report["rules"]["R4"]["cells"]["secagg z=0 seed=0"]["finding"]
+    # secure aggregation alone: a finding with a verdict of its own, never "holds"; the DP cell holds
+    assert report["rules"]["R4"]["verdict"] == "holds under DP; not private without noise"
+    secagg = report["rules"]["R4"]["cells"]["secagg z=0 seed=0"]
+    assert (
+        secagg["verdict"] == "not private without noise" and "secure aggregation alone is not DP" in secagg["finding"]
+    )
+    assert report["rules"]["R4"]["cells"]["secagg+dp z=1 seed=0"]["verdict"] == "holds"
     dp = [r for r in report["cells"] if r["threat_model"] == ThreatModel.SECAGG_DP][0]
     assert dp["claim"]["adjacency"] and dp["claim"]["epsilon"] != "inf"
 
