@@ -135,8 +135,11 @@ def _number(value: Any) -> float | str | None:
     return x
 
 
-def _attack_rows(cells: list[dict]) -> list[dict[str, Any]]:
+def _attack_rows(cells: list[dict], r1: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per cell; the canary lower bound is R1's (every test at the audit's alpha per test) where
+    grid.json has it, else the cell's own (an older grid.json)."""
     rows = []
+    r1 = r1 or {}
     for c in cells:
         row = {
             "cell": c["cell"],
@@ -145,7 +148,7 @@ def _attack_rows(cells: list[dict]) -> list[dict[str, Any]]:
             "noise_multiplier": _number(c["noise_multiplier"]),
             "claimed_epsilon": _number(c["claim"]["epsilon"]),
         }
-        bound = (c.get("canary") or {}).get("bound") or {}
+        bound = r1.get(c["cell"]) or (c.get("canary") or {}).get("bound") or {}
         disaggregation = c.get("disaggregation") or {}
         no_rare_rows = (
             disaggregation.get("applicable") and (disaggregation.get("rare_rows") or {}).get("applicable") is False
@@ -432,7 +435,7 @@ def _audit_report(folder: Path) -> dict[str, Any]:
         "mechanism": _mechanism(grid),
         "bounds": _bounds(grid),
         "low_fpr": _low_fpr(cells),
-        "attacks": _attack_rows(cells),
+        "attacks": _attack_rows(cells, grid.get("rules", {}).get("R1", {}).get("cells")),
         "power": grid["rules"].get("R0", {}),
         "malicious_server": grid.get("malicious_server"),
         "rules": _json_safe(grid["rules"]),

@@ -11,7 +11,7 @@ import pandas as pd
 ATTACK_COLUMNS = {
     "cell": "cell",
     "claimed_epsilon": "claimed epsilon",
-    "epsilon_lower_bound": "canary lower bound (95%, this cell alone)",
+    "epsilon_lower_bound": "canary epsilon lower bound (R1)",
     "reconstruction_f1": "reconstruction F1",
     "reconstruction_auc": "reconstruction AUC",
     "membership_auc": "IMIA AUC",
