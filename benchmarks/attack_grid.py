@@ -6,7 +6,7 @@ Run: python benchmarks/attack_grid.py --out benchmarks/results/attack_grid_synth
 
 Cells (attacks/grid.py): plain, secagg, and for secagg+dp and local-dp the noise multipliers 0.1, 0.3,
 0.5 at C = 1 (noise std 0.1 ... 0.5 on every uploaded coordinate, the paper's Table 2 levels) and the
-calibrated cells at target epsilon 1 and 4; 100 canary clients per cell; plus two sampled cells
+calibrated cells at target epsilon 1 and 4; 1,000 canaries per cell (contributions, not users); plus two sampled cells
 (client fraction 0.1, 30 rounds, no canaries: secagg and secagg+dp at z = 0.5) for disaggregation.
 Rounds: 5 by default. The claims checked are about what the server saw (views) and the epsilon
 accounted for exactly those rounds, so a fully trained model is not needed for them; the utility

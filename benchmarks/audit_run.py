@@ -5,7 +5,7 @@ Run: python benchmarks/audit_run.py --dataset synthetic --name audit_synthetic
 
 Writes benchmarks/results/<name>.json (wall time, the verdicts, the exit code, the grid with every
 cell) and <name>.html (the self-contained report). The audit runs in a fresh folder under /tmp (not
-resumed), in-process, with the default grid (one seed, 5 rounds, 100 canaries). Target: the synthetic
+resumed), in-process, with the default grid (one seed, 5 rounds, 1,000 canaries). Target: the synthetic
 audit in <= 300 s on 2 cores.
 """
 

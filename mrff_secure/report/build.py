@@ -340,6 +340,20 @@ def tpr_at_fpr(scores: list[float], included: list[bool], fpr: float) -> float |
     return sum(s > bar for s in inside) / len(inside)
 
 
+def _tpr_interval(tpr: Any, positives: Any) -> list[float] | None:
+    """The 95% Clopper-Pearson interval of a TPR measured on `positives` members (None where unknown).
+    It covers the members' sampling only: the FPR's own uncertainty (1/n steps) is stated beside it."""
+    rate = number(tpr)
+    if rate is None or math.isnan(rate) or not isinstance(positives, int) or positives <= 0:
+        return None
+    from scipy.stats import beta
+
+    hits = round(rate * positives)
+    low = 0.0 if hits == 0 else float(beta.ppf(0.025, hits, positives - hits + 1))
+    high = 1.0 if hits == positives else float(beta.ppf(0.975, hits + 1, positives - hits))
+    return [low, high]
+
+
 def _low_fpr(cells: list[dict]) -> list[dict[str, Any]]:
     rows = []
     for c in cells:
@@ -354,6 +368,7 @@ def _low_fpr(cells: list[dict]) -> list[dict[str, Any]]:
                     "tpr_at_0.1%_fpr": tpr_at_fpr(scores, included, 0.001),
                     "tpr_at_1%_fpr": tpr_at_fpr(scores, included, 0.01),
                     "negatives": sum(not i for i in included),
+                    "positives": sum(included),
                     "note": "",
                 }
             )
@@ -367,6 +382,7 @@ def _low_fpr(cells: list[dict]) -> list[dict[str, Any]]:
                     "tpr_at_0.1%_fpr": _number(membership.get("tpr_at_0.1pct_fpr")),  # when the grid keeps it
                     "tpr_at_1%_fpr": _number(membership.get("tpr_at_1pct_fpr")),
                     "negatives": membership.get("negatives"),
+                    "positives": membership.get("positives"),
                     "note": "",
                 }
             )
@@ -386,9 +402,13 @@ def _low_fpr(cells: list[dict]) -> list[dict[str, Any]]:
                     "tpr_at_0.1%_fpr": _number(body.get("tpr_at_0.1pct_fpr")),
                     "tpr_at_1%_fpr": _number(body.get("tpr_at_1pct_fpr")),
                     "negatives": body.get("negatives"),
+                    "positives": body.get("positives"),
                     "note": note,
                 }
             )
+    for row in rows:
+        for key in ("tpr_at_0.1%_fpr", "tpr_at_1%_fpr"):
+            row[f"{key}_95"] = _tpr_interval(row.get(key), row.get("positives"))
     for row in rows:
         missing = [k for k in ("auc", "tpr_at_1%_fpr") if row[k] is None]
         if missing and row["note"].startswith("not computed"):

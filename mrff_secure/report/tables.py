@@ -151,6 +151,13 @@ def bounds_table(report: dict[str, Any]) -> pd.DataFrame:
     return frame
 
 
+def _with_interval(row: dict[str, Any], key: str) -> str:
+    if row.get(key) is None:
+        return NOT_COMPUTED
+    interval = row.get(f"{key}_95")
+    return f"{fmt(row[key])} [{fmt(interval[0])}, {fmt(interval[1])}]" if interval else fmt(row[key])
+
+
 def low_fpr_table(report: dict[str, Any]) -> pd.DataFrame:
     """Per cell and attack: AUC, TPR at 0.1% and 1% FPR, and the non-members that set the FPR's step."""
     rows = report.get("low_fpr", [])
@@ -160,10 +167,8 @@ def low_fpr_table(report: dict[str, Any]) -> pd.DataFrame:
                 "cell": r["cell"],
                 "attack": r["attack"],
                 "AUC": fmt(r.get("auc")) if r.get("auc") is not None else NOT_COMPUTED,
-                "TPR at 0.1% FPR": fmt(r.get("tpr_at_0.1%_fpr"))
-                if r.get("tpr_at_0.1%_fpr") is not None
-                else NOT_COMPUTED,
-                "TPR at 1% FPR": fmt(r.get("tpr_at_1%_fpr")) if r.get("tpr_at_1%_fpr") is not None else NOT_COMPUTED,
+                "TPR at 0.1% FPR [95%]": _with_interval(r, "tpr_at_0.1%_fpr"),
+                "TPR at 1% FPR [95%]": _with_interval(r, "tpr_at_1%_fpr"),
                 "non-members (FPR step 1/n)": fmt(r.get("negatives")),
                 "note": r.get("note") or "",
             }
@@ -173,7 +178,8 @@ def low_fpr_table(report: dict[str, Any]) -> pd.DataFrame:
     frame.attrs["note"] = (
         "TPR at x% FPR: the members an attack finds while flagging at most x% of non-members. With n non-members "
         "the FPR moves in steps of 1/n: below 1/n the TPR shown is the one at zero false positives. 'not computed' "
-        "at 0.1% for the interaction MIA or disaggregation: grid.json keeps only their 1% point (tpr_at_1pct_fpr)."
+        "where grid.json keeps no such point. [95%]: the Clopper-Pearson interval over the members (the FPR's 1/n "
+        "step is its own uncertainty)."
     )
     return frame
 

@@ -199,6 +199,9 @@ def test_tpr_at_low_fpr_per_cell(tmp_path):
         # the grid's own 1% point (attacks.scores.tpr_at_fpr) and ours agree
         assert row["tpr_at_1%_fpr"] == pytest.approx(cell["canary"]["canary_tpr_at_1pct_fpr"])
         assert row["tpr_at_0.1%_fpr"] <= row["tpr_at_1%_fpr"]
+        low, high = row["tpr_at_1%_fpr_95"]  # Clopper-Pearson over the included canaries
+        assert low <= row["tpr_at_1%_fpr"] <= high and high - low < 1.0
+        assert row["positives"] == sum(bool(i) for i in cell["canary"]["included"])
     # by hand: 4 members, 10 non-members (7, 2, 2, 1.5, 1, 0.4, ...); at FPR x, floor(10 x) non-members may
     # score above the threshold
     scores = [9, 8, 1, 0.35, 7, 2, 2, 1.5, 1, 0.4, 0.3, 0.2, 0.1, 0.0]
