@@ -27,12 +27,14 @@ PLANTED_DEFECTS: dict[str, str] = {
 NOT_PLANTED: dict[str, str] = {
     "input_released_twice": "the simulation releases each round's input once; a second release of the same "
     "input is a network attack, refused by the client's ledger and checked by the audit's network cell",
-    "evaluation_exact": "the audit's simulated cells release no federated evaluation; the evaluation's noise "
-    "is checked by tests/round/test_evaluation_release.py, not by the audit",
+    "evaluation_exact": "the audit's simulated cells release no federated evaluation, so it neither plants nor "
+    "detects an exact evaluation sum; the client refuses to send exact evaluations under its default policy "
+    "(tests/network/test_evaluation_dp.py), and the network cell checks that each evaluation is accounted",
     "amplification_with_visible_participation": "the accountant never claims amplification by sampling "
     "(every round is accounted as if the user took part); nothing to plant",
-    "masks_reused_across_rounds": "the audit's cells sum in the ring without pairwise masks (the protocol's "
-    "masks are tested by tests/secagg and by the malicious-server row); nothing to plant in the grid",
+    "masks_reused_across_rounds": "the audit's cells sum in the ring without pairwise masks, so it neither plants "
+    "nor detects mask reuse; the protocol derives every mask from keys and a session context fresh for each "
+    "(run, round, phase, round body), which the malicious-server row's replayed-bundle attack exercises",
 }
 
 CLIP_SKIPPED_FACTOR = 100.0
