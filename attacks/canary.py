@@ -47,10 +47,10 @@ from mrff_secure.dp import clip_prefix_l2
 from mrff_secure.dp.mechanisms import GridDiscreteGaussian
 from mrff_secure.errors import ConfigError
 from mrff_secure.federation.client_shard import chunk_blocks
-from mrff_secure.federation.privacy_pipeline import AUDIT_ROWS_BLOCK, AUDIT_ROWS_CHUNK, PrivacyPipeline
+from mrff_secure.federation.privacy_pipeline import AUDIT_ROWS_BLOCK, PrivacyPipeline
 from mrff_secure.federation.simulation import ServerView
-from mrff_secure.round.encoding import add_to_ring, decode_sum, summed_noise_shares, without_noise, wrap_to_modulus
-from mrff_secure.round.participant import SIMULATION_NOISE_STREAM, dp_generator, phase_upload, rotation_seed
+from mrff_secure.round.encoding import add_to_ring, decode_sum, summed_noise_shares, wrap_to_modulus
+from mrff_secure.round.participant import SIMULATION_NOISE_STREAM, dp_generator, rotation_seed
 from mrff_secure.round.release import RoundRelease
 from mrff_secure.round.spec import Phase
 
@@ -311,37 +311,22 @@ class CanaryAudit:
         if not chunks or actual is None:
             return False
         pipeline, r, phase = self.pipeline, view.round_index, Phase.UPDATE
-        plans = pipeline.plans_for(n)
-        seed = rotation_seed(pipeline.seed, r, phase)
-        aggregate = pipeline.settings.noise_sampling == "aggregate"
-        chunk_plans = without_noise(plans) if aggregate else plans
-        ring = np.zeros(plans.update.padded_dim, dtype=np.int64)
+        plan = pipeline.plans_for(n).update
+
+        def seeded(block: int) -> np.random.Generator:  # what `chunk_generator` gives a seeded run
+            return dp_generator(pipeline.seed, (r, phase, SIMULATION_NOISE_STREAM, block))
+
+        ring = np.zeros(plan.padded_dim, dtype=np.int64)
         for rows, vectors in chunks:
             block = chunk_blocks(np.sort(rows), self.block_rows)[0][0]
-            generator = dp_generator(pipeline.seed, (r, phase, SIMULATION_NOISE_STREAM, block))
-            residues = phase_upload(chunk_plans, phase, vectors, rotation_seed=seed, rng=generator)
-            ring = add_to_ring(
-                plans.update, ring, wrap_to_modulus(residues.sum(0), modulus_bits=plans.update.modulus_bits)
-            )
+            residues = pipeline.encode_chunk(phase, n, rows, vectors, r, block, rng=seeded(block))
+            ring = add_to_ring(plan, ring, wrap_to_modulus(residues.sum(0), modulus_bits=plan.modulus_bits))
         extra = self.rows_for(phase, r)
         if extra is not None and len(extra):
-            generator = dp_generator(pipeline.seed, (r, phase, SIMULATION_NOISE_STREAM, AUDIT_ROWS_BLOCK))
-            for start in range(0, len(extra), AUDIT_ROWS_CHUNK):
-                residues = phase_upload(
-                    without_noise(plans),
-                    phase,
-                    extra[start : start + AUDIT_ROWS_CHUNK],
-                    rotation_seed=seed,
-                    rng=generator,
-                )
-                ring = add_to_ring(
-                    plans.update, ring, wrap_to_modulus(residues.sum(0), modulus_bits=plans.update.modulus_bits)
-                )
-        if aggregate:
-            noise = summed_noise_shares(
-                plans.update, n, dp_generator(pipeline.seed, (r, phase, SIMULATION_NOISE_STREAM))
-            )
-            ring = add_to_ring(plans.update, ring, noise)
+            ring = add_to_ring(plan, ring, pipeline.encode_audit_rows(phase, n, extra, r, seeded(AUDIT_ROWS_BLOCK)))
+        if pipeline.settings.noise_sampling == "aggregate" and plan.noise_multiplier > 0:
+            noise = summed_noise_shares(plan, n, dp_generator(pipeline.seed, (r, phase, SIMULATION_NOISE_STREAM)))
+            ring = add_to_ring(plan, ring, noise)
         return bool(np.array_equal(ring, actual))
 
     def _check_suppression(self, sent: np.ndarray, view: ServerView) -> None:

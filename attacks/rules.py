@@ -226,6 +226,14 @@ def _bounds(r: dict, alpha_test: float) -> dict[str, Any]:
     }
 
 
+def detectable_std_shortfall(samples: int, alpha_test: float) -> float:
+    """The smallest relative shortfall of the noise std that the two-sided chi-square test over `samples`
+    residuals detects with 95% power at `alpha_test` (normal approximation of chi-square, var 2 / samples)."""
+    z_a, z_b = float(stats.norm.ppf(1 - alpha_test / 2)), float(stats.norm.ppf(0.95))
+    detectable_var = max(0.0, 1.0 - (z_a + z_b) * math.sqrt(2.0 / samples))
+    return 1.0 - math.sqrt(detectable_var)
+
+
 def _two_sided_chi_square(sum_squares: float, samples: int, alpha_test: float) -> dict[str, Any]:
     """sum_squares of `samples` residuals / claimed std: chi-square with `samples` degrees of freedom when the
     noise is exactly the claimed one. Fails on either side (less noise: a privacy defect; more: something was
@@ -233,9 +241,6 @@ def _two_sided_chi_square(sum_squares: float, samples: int, alpha_test: float) -
     ratio = sum_squares / samples
     low = float(stats.chi2.cdf(sum_squares, samples))
     p = min(1.0, 2 * min(low, 1.0 - low))
-    # the smallest std shortfall detected with 95% power: ratio r with chi2 quantile at r * samples
-    z_a, z_b = float(stats.norm.ppf(1 - alpha_test / 2)), float(stats.norm.ppf(0.95))
-    detectable_var = max(0.0, 1.0 - (z_a + z_b) * math.sqrt(2.0 / samples))
     return {
         "verdict": "fails" if p < alpha_test else "holds",
         "samples": samples,
@@ -245,7 +250,7 @@ def _two_sided_chi_square(sum_squares: float, samples: int, alpha_test: float) -
             float(stats.chi2.ppf(1 - alpha_test / 2, samples)) / samples,
         ],
         "p_value": p,
-        "detectable_std_shortfall": 1.0 - math.sqrt(detectable_var),
+        "detectable_std_shortfall": detectable_std_shortfall(samples, alpha_test),
     }
 
 
@@ -310,9 +315,7 @@ def _mechanism(results: list[dict], alpha_test: float) -> dict[str, Any]:
             "seed_reproduces_release": canary.get("seed_reproduces_release"),
             "update_noise_ratio": num(update["variance_ratio"]),
             "update_noise_samples": int(update["samples"]),
-            "detectable_std_shortfall": _two_sided_chi_square(
-                float(update["samples"]), int(update["samples"]), alpha_test
-            )["detectable_std_shortfall"]
+            "detectable_std_shortfall": detectable_std_shortfall(int(update["samples"]), alpha_test)
             if update["samples"]
             else None,
             "count_noise_ratio": num(canary["count_noise"]["variance_ratio"])

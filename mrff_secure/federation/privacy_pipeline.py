@@ -38,7 +38,7 @@ from mrff_secure.dp.discretize import wrap_to_modulus
 from mrff_secure.dp.distributed import DistributedPlan
 from mrff_secure.dp.mechanisms import GridDiscreteGaussian
 from mrff_secure.errors import ConfigError
-from mrff_secure.federation.planted_defects import CLIP_SKIPPED_FACTOR, check_defect
+from mrff_secure.federation.planted_defects import CLIP_SKIPPED_FACTOR
 from mrff_secure.round.accountant import PrivacyAccount, RoundAccountant, account_rounds, run_noise_multiplier
 from mrff_secure.round.encoding import SecureRoundPlans, add_to_ring, decode_sum, summed_noise_shares, without_noise
 from mrff_secure.round.participant import (
@@ -77,10 +77,9 @@ class PrivacyPipeline:
         seed: int,
         federation_min_group_size: int = 1,
         participants: int | None = None,
-        planted_defect: str | None = None,
     ) -> None:
         self.settings = settings
-        self.planted_defect = check_defect(planted_defect)  # TESTING THE AUDIT ONLY (`planted_defects`)
+        self.planted_defect: str | None = None  # TESTING THE AUDIT ONLY: set by attacks.grid (`planted_defects`)
         self.dp = settings.dp
         self.layout = layout
         self.num_users, self.rounds, self.sample_rate, self.seed = num_users, rounds, sample_rate, seed
@@ -251,10 +250,19 @@ class PrivacyPipeline:
         return session
 
     def encode_chunk(
-        self, phase: int, num_clients: int, ids: np.ndarray, vectors: np.ndarray, round_index: int, block: int
+        self,
+        phase: int,
+        num_clients: int,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        round_index: int,
+        block: int,
+        *,
+        rng: np.random.Generator | None = None,
     ) -> np.ndarray:
         """The clients' side of a secure phase: each row (float64) encoded with the shared participant encoding
-        (clip, rotation, scaling, conditional rounding, noise share) into ring residues (chunk, padded)."""
+        (clip, rotation, scaling, conditional rounding, noise share) into ring residues (chunk, padded).
+        `rng` (the audit's seed replay only): the chunk's generator in place of `chunk_generator`'s."""
         plans, plan = self._phase_plan(phase, num_clients)
         aggregate = self.settings.noise_sampling == "aggregate" and plan.noise_multiplier > 0
         client_plans = without_noise(plans) if aggregate else plans
@@ -272,22 +280,31 @@ class PrivacyPipeline:
                     for c, row in zip(ids, vectors)
                 ]
             )
-        return phase_upload(
-            client_plans, Phase(phase), vectors, rotation_seed=seed, rng=self.chunk_generator(round_index, phase, block)
-        )
+        generator = rng if rng is not None else self.chunk_generator(round_index, phase, block)
+        return phase_upload(client_plans, Phase(phase), vectors, rotation_seed=seed, rng=generator)
+
+    def encode_audit_rows(
+        self, phase: int, num_clients: int, rows: np.ndarray, round_index: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """The ring sum (padded,) of the audit's rows (`audit_rows`) through the clients' encoding without a
+        noise share, AUDIT_ROWS_CHUNK rows at a time."""
+        plans, plan = self._phase_plan(phase, num_clients)
+        quiet, seed = without_noise(plans), rotation_seed(self.seed, round_index, phase)
+        total = np.zeros(plan.padded_dim, dtype=np.int64)
+        for start in range(0, len(rows), AUDIT_ROWS_CHUNK):
+            chunk = np.asarray(rows[start : start + AUDIT_ROWS_CHUNK], dtype=np.float64)
+            residues = phase_upload(quiet, Phase(phase), chunk, rotation_seed=seed, rng=rng)
+            total = add_to_ring(plan, total, wrap_to_modulus(residues.sum(0), modulus_bits=plan.modulus_bits))
+        return total
 
     def finish_secure_sum(self, phase: int, num_clients: int, ring: np.ndarray, round_index: int) -> np.ndarray:
-        """The server's side: the ring sum of the phase (plus the one summed noise draw of the 'aggregate'
-        shortcut), decoded to floats (dim,)."""
-        plans, plan = self._phase_plan(phase, num_clients)
+        """The server's side: the ring sum of the phase (plus the audit's rows, and the one summed noise draw of
+        the 'aggregate' shortcut), decoded to floats (dim,)."""
+        _, plan = self._phase_plan(phase, num_clients)
         extra = self.audit_rows(phase, round_index) if self.audit_rows is not None else None
         if extra is not None and len(extra):
-            quiet, seed = without_noise(plans), rotation_seed(self.seed, round_index, phase)
             rng = self.chunk_generator(round_index, phase, AUDIT_ROWS_BLOCK)
-            for start in range(0, len(extra), AUDIT_ROWS_CHUNK):
-                rows = np.asarray(extra[start : start + AUDIT_ROWS_CHUNK], dtype=np.float64)
-                residues = phase_upload(quiet, Phase(phase), rows, rotation_seed=seed, rng=rng)
-                ring = add_to_ring(plan, ring, wrap_to_modulus(residues.sum(0), modulus_bits=plan.modulus_bits))
+            ring = add_to_ring(plan, ring, self.encode_audit_rows(phase, num_clients, extra, round_index, rng))
         if self.settings.noise_sampling == "aggregate" and plan.noise_multiplier > 0:
             # One draw of the sum of n shares per coordinate (see PrivacySettings.noise_sampling).
             ring = add_to_ring(
