@@ -641,20 +641,20 @@ def _serve(args: argparse.Namespace, run_folder: NewRunFolder) -> int:
     security = (
         "INSECURE" if tls is None else ("mutual TLS" if tls.client_ca is not None else "TLS, NO client certificates")
     )
-    run_folder.started()
-    print(
-        f"LISTENING {host}:{port} run {coordinator.run_id} ({security}; largest request {caps.receive} bytes, "
-        f"Enrol {caps.enrol})",
-        flush=True,
-    )
     stopped_by: list[int] = []
 
     def terminate(signum: int, frame: FrameType | None) -> None:
         stopped_by.append(signum)
         coordinator.stop()
 
-    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGTERM, terminate)  # before LISTENING: whoever reads it may send a signal at once
     signal.signal(signal.SIGINT, terminate)
+    run_folder.started()
+    print(
+        f"LISTENING {host}:{port} run {coordinator.run_id} ({security}; largest request {caps.receive} bytes, "
+        f"Enrol {caps.enrol})",
+        flush=True,
+    )
     driver = threading.Thread(target=coordinator.run, name="mrff-rounds", daemon=True)
     driver.start()
     while driver.is_alive():
@@ -783,6 +783,28 @@ def _prepare_run_local_folder(run_dir: Path, overwrite: bool) -> None:
     shutil.rmtree(run_dir)
 
 
+def _check_clients_accept_the_rounds(args: argparse.Namespace) -> None:
+    """run-local's clients keep their policy's minimum of honest noise shares: a round of --clients sizes the
+    noise for n_min survivors, and those beyond the --corrupt-neighbours colluding ones must be enough, or every
+    client refuses every round (the run would only time out)."""
+    from client.policy import SAFE_MIN_HONEST_SHARES
+    from mrff_secure.dp.config import min_survivors
+
+    if args.dp != "distributed":
+        return
+    dropout, colluding = args.max_dropout_fraction, args.corrupt_neighbours
+    n_min = min_survivors(args.clients, dropout)
+    if n_min - colluding >= SAFE_MIN_HONEST_SHARES:
+        return
+    smallest = next(n for n in range(3, 1 << 20) if min_survivors(n, dropout) - colluding >= SAFE_MIN_HONEST_SHARES)
+    raise ConfigError(
+        f"--clients {args.clients}: a round of {args.clients} clients sizes its noise for {n_min} survivors "
+        f"(--max-dropout-fraction {dropout:g}), {n_min - colluding} beyond the {colluding} colluding ones "
+        f"(--corrupt-neighbours); the clients' policy needs {SAFE_MIN_HONEST_SHARES} and would refuse every round: "
+        f"give --clients {smallest} or more"
+    )
+
+
 def run_local_main(args: argparse.Namespace) -> int:
     from mrff_secure.app.run_folder import NewRunFolder
 
@@ -791,6 +813,7 @@ def run_local_main(args: argparse.Namespace) -> int:
     check_int("--clients", args.clients, low=3)
     check_number("--timeout", args.timeout, low=0.0, low_open=True)
     round_spec(args, 1)  # the server's own checks, before any process starts
+    _check_clients_accept_the_rounds(args)
     if args.insecure:
         print("WARNING --insecure: plaintext gRPC on 127.0.0.1, for debugging only", file=sys.stderr, flush=True)
     run_dir = Path(args.run_dir)
