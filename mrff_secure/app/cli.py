@@ -102,7 +102,7 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
         "--run-dir.",
     )
     _run_folder_arguments(p, None)
-    p.add_argument("--workers", type=int, default=1, help="cells run in parallel processes (default: 1)")
+    p.add_argument("--processes", type=int, default=1, help="cells run in this many parallel processes (default: 1)")
     p.add_argument("--signing-key", type=Path, default=None, help="Ed25519 key (PEM) that signs report.json's SHA-256")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")

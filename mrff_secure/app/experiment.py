@@ -225,7 +225,7 @@ def run_training(
     fingerprint: str = "",
     should_stop: Callable[[], bool] | None = None,
     backend: str = "single",
-    workers: int = 2,
+    actors: int = 2,
     threads_per_worker: int = 1,
     ray_address: str | None = None,
 ) -> dict[str, Any]:
@@ -240,7 +240,7 @@ def run_training(
     from it (its `fingerprint`, a digest of the configuration, must match). `should_stop()` is asked
     after every round: when true, the round's checkpoint is written and TrainingInterrupted raised.
 
-    `backend` "ray" shards the clients over `workers` Ray actors (federation.ray_backend; the same
+    `backend` "ray" shards the clients over `actors` Ray actors (federation.ray_backend; the same
     result as "single", the default) on the cluster at `ray_address` or a local Ray instance.
     """
     sim: FederatedSimulation
@@ -252,7 +252,7 @@ def run_training(
             model_config,
             federation,
             privacy=privacy,
-            workers=workers,
+            actors=actors,
             threads_per_worker=threads_per_worker,
             address=ray_address,
         )

@@ -881,7 +881,7 @@ def _run_local(args: argparse.Namespace, run_dir: Path, run_folder: NewRunFolder
             lo, hi = i * per, min(args.clients, (i + 1) * per) - 1
             if lo > hi:
                 break
-            client_args = ["client", "--server", address, "--users", f"{lo}-{hi}", "--certs", str(certs.folder)]
+            client_args = ["client", "--address", address, "--users", f"{lo}-{hi}", "--certs", str(certs.folder)]
             client_args += [
                 "--state-dir",
                 str(run_dir / "clients"),

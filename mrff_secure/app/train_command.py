@@ -58,7 +58,7 @@ def _prepare_run_dir(args: argparse.Namespace) -> None:
 
 def _resume_configuration(args: argparse.Namespace) -> None:
     """--resume runs with the run's own configuration: it reads RUN/config.toml; other settings are refused,
-    except the [scale] ones (--backend, --workers, ...): they do not change the result, so a run may continue
+    except the [scale] ones (--backend, --actors, ...): they do not change the result, so a run may continue
     on another backend."""
     given = [
         options.BY_NAME[n].flag
@@ -191,7 +191,7 @@ def train_main(args: argparse.Namespace) -> int:
             fingerprint=fingerprint(config),
             should_stop=lambda: bool(stop_requested),
             backend=args.backend,
-            workers=args.workers,
+            actors=args.actors,
             threads_per_worker=args.threads_per_worker,
             ray_address=args.ray_address,
         )
