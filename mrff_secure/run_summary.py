@@ -115,25 +115,28 @@ def _network_lines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("participants/round", _participants(summary.get("participants_per_round"), "clients starting a round")),
         (
             "dropped",
-            "n/a"
-            if dropped is None
-            else f"{dropped['total']} in all, at most {dropped['max_per_round']} in a round",
+            "n/a" if dropped is None else f"{dropped['total']} in all, at most {dropped['max_per_round']} in a round",
         ),
         ("privacy", _guarantee(summary.get("privacy", {}))),
     ]
     evaluation = summary.get("evaluation") or {}
     best = evaluation.get("best") if evaluation.get("available") else None
-    if not best or best.get("val_auc") is None:
+    if not best:
         return lines + [("best validation", NOT_EVALUATED), ("test", NOT_EVALUATED)]
     after = best.get("evaluated_after_round")
-    model = "" if after is None else f", the model after round {after}"
-    kind = "federated" + (", noisy under DP" if summary.get("privacy", {}).get("private") else ", exact")
+    noisy = "noisy under DP" if summary.get("privacy", {}).get("private") else "exact"
+    what = f"federated, {noisy}, {evaluation.get('rounds_evaluated', 1)} evaluated"
+    if after is not None:
+        what += f"; the model after round {after}"
     return lines + [
-        ("best validation", f"AUC {_metric(best['val_auc'])} at round {best['round']} ({kind}{model})"),
+        (
+            "best validation",
+            f"AUC {_metric(best.get('val_auc'))}, LogLoss {_metric(best.get('val_logloss'))} at round "
+            f"{best['round']} ({what})",
+        ),
         (
             "test",
-            f"AUC {_metric(best.get('test_auc'))}, LogLoss {_metric(best.get('test_logloss'))} "
-            f"at round {best['round']}",
+            f"AUC {_metric(best.get('test_auc'))}, LogLoss {_metric(best.get('test_logloss'))} at round {best['round']}",
         ),
     ]
 

@@ -136,7 +136,6 @@ def plot_training(rows: list[dict[str, Any]], path: Path) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-
 def output_classification(privacy: dict[str, Any]) -> dict[str, Any]:
     """What the run folder holds, by what covers it (summary.json's "outputs")."""
     covered = (
