@@ -112,6 +112,9 @@ def plot_training(rows: list[dict[str, Any]], path: Path) -> None:
     blocks = len(rows[0]["group_sizes"]) if rows and rows[0]["group_sizes"] else 0
     groups = len(rows[0]["group_sizes"][0]) if blocks else 0
     legend_columns = max(1, math.ceil(groups / LEGEND_ROWS))
+    # a colour per group: tab10's repeat after 10 groups, so more groups take tab20's or a sequential map's
+    colormap = matplotlib.colormaps["tab10" if groups <= 10 else "tab20" if groups <= 20 else "viridis"]
+    colours = [colormap(g if groups <= 20 else g / max(groups - 1, 1)) for g in range(groups)]
     fig, axes = plt.subplots(
         1 + blocks,
         1,
@@ -126,7 +129,9 @@ def plot_training(rows: list[dict[str, Any]], path: Path) -> None:
         sizes = np.array([r["group_sizes"][b] for r in rows])  # (rounds, groups)
         ax = axes[1 + b, 0]
         if groups:
-            ax.stackplot([r["round"] for r in rows], sizes.T, labels=[f"group {g}" for g in range(groups)])
+            ax.stackplot(
+                [r["round"] for r in rows], sizes.T, labels=[f"group {g}" for g in range(groups)], colors=colours
+            )
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", ncols=legend_columns)
         ax.set_ylabel(f"block {b} users")
         ax.set_xlabel("round")
