@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # imported where used: the command line starts without torch
 RUN_FILES = (
     "config.toml",
     "metrics.jsonl",
+    "metrics.csv",
     "summary.json",
     "checkpoint.npz",
     "report.json",
@@ -216,20 +217,15 @@ def train_main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
         return 0
-    p = summary["privacy"]
-    evaluation = summary[OPERATOR_ONLY]
-    auc, loss = evaluation.get("test_auc"), evaluation.get("test_logloss")
-    guarantee = (
-        f"epsilon {options.fmt_epsilon(p['epsilon'])} at delta {p['delta']:.3g} ({p['adjacency']}, {p['mechanism']})"
-        if p["private"]
-        else f"NOT PRIVATE (epsilon {options.fmt_epsilon(p['epsilon'])})"
-    )
+    from mrff_secure.run_summary import format_run_summary
+
+    print(f"{data.name}: {format_run_summary(summary, args.run_dir)}")
     print(
-        f"{data.name}: {guarantee}; wrote {args.run_dir}/summary.json, metrics.jsonl, config.toml. Operator only "
-        f"(outside the guarantee, in {args.run_dir}/{OPERATOR_ONLY}/): best validation round "
-        f"{evaluation.get('best_round')}, test AUC {'n/a' if auc is None else f'{auc:.4f}'}, test LogLoss "
-        f"{'n/a' if loss is None else f'{loss:.4f}'}"
+        f"wrote {args.run_dir}/summary.json, metrics.jsonl, metrics.csv, config.toml. Operator only (outside the "
+        f"guarantee): {args.run_dir}/{OPERATOR_ONLY}/ (evaluation.json, metrics.jsonl, metrics.csv, "
+        "predictions.npz, training.png)"
     )
-    for warning in p.get("warnings", []) + evaluation.get("warnings", []):
+    # the evaluation's warnings (training may be diverging) were logged when they arose: not repeated here
+    for warning in summary["privacy"].get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
