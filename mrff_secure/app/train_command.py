@@ -13,6 +13,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from mrff_secure.app import options
+from mrff_secure.app.run_folder import NewRunFolder
 from mrff_secure.errors import ConfigError
 
 if TYPE_CHECKING:  # imported where used: the command line starts without torch
@@ -133,6 +134,11 @@ def fingerprint(config: dict) -> str:
 
 
 def train_main(args: argparse.Namespace) -> int:
+    with NewRunFolder(args.run_dir) as run_folder:  # a start that fails (before a round is done) leaves no run
+        return _train(args, run_folder)
+
+
+def _train(args: argparse.Namespace, run_folder: NewRunFolder) -> int:
     if args.resume and args.overwrite:
         raise ConfigError("give --resume or --overwrite, not both")
     if args.resume:
@@ -177,6 +183,10 @@ def train_main(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         print("\nmrff train: stopping after this round (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
+    def round_done() -> bool:  # asked after every round: the run exists from the first one on
+        run_folder.started()
+        return bool(stop_requested)
+
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         summary = run_training(
@@ -190,7 +200,7 @@ def train_main(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             resume=args.resume,
             fingerprint=fingerprint(config),
-            should_stop=lambda: bool(stop_requested),
+            should_stop=round_done,
             backend=args.backend,
             actors=args.actors,
             threads_per_worker=args.threads_per_worker,
