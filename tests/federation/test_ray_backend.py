@@ -242,7 +242,7 @@ def _train(tmp_path, name, *extra):
 def test_mrff_train_backend_ray_writes_the_single_process_run(local_ray, tmp_path):
     # local_ray: skipped where Ray cannot start; the command starts its own local instance beside it
     single, _ = _train(tmp_path, "single")
-    sharded, run = _train(tmp_path, "ray", "--backend", "ray", "--workers", "2", "--threads-per-worker", "1")
+    sharded, run = _train(tmp_path, "ray", "--backend", "ray", "--actors", "2", "--threads-per-worker", "1")
     assert single == sharded and len(single) == 2
     assert json.loads((run / "summary.json").read_text())["config"]["backend"] == "ray"
     assert 'backend = "ray"' in (run / "config.toml").read_text()
