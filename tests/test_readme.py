@@ -10,11 +10,13 @@ repository's code first on PYTHONPATH (so `mrff` is this checkout's), and must e
 nothing of the clone: a runnable block may need only what it makes itself (a fresh clone's parent has no
 `../shared`). Every other bash block (long commands: the audit, the test suite, Ray) is not run, but each
 of its `mrff ...` lines must parse with the real command-line parser, so a renamed flag or command
-fails here too. No README link or path may point into `../shared/`.
+fails here too. A `--dim D` in a runnable block must be the delta length (`privacy.release.delta_size`)
+of the runs the block trains. No README link or path may point into `../shared/`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -162,3 +164,8 @@ def test_runnable_block_runs(block: Block, tmp_path: Path) -> None:
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"{block.name}: still running after {HANG_SECONDS} s") from exc
     assert done.returncode == 0, f"{block.name}: exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    # a `--dim D` the block gives `mrff privacy` is the delta length its own training runs report
+    dims = {int(d) for d in re.findall(r"--dim (\d+)", block.text)}
+    for summary in tmp_path.glob("runs/*/summary.json"):
+        delta_size = json.loads(summary.read_text())["privacy"]["release"]["delta_size"]
+        assert not dims or dims == {delta_size}, f"{block.name}: --dim {dims}, but {summary} says {delta_size}"
