@@ -17,6 +17,7 @@ import dataclasses
 import hmac
 import logging
 import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -54,6 +55,7 @@ from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire import signing, tensors
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server.enrol_challenges import ChallengeBook
+from server.enrolment_lines import EnrolmentLines
 from server.errors import BadSignature, EnrolmentRefused, Malformed, ShuttingDown
 from server.privacy import ledger_summary, round_release
 from server.run_state import RunState, ServerSettings
@@ -156,7 +158,7 @@ class Coordinator:
         on_round_line: Callable[[str], None] | None = None,
     ) -> None:
         self.settings, self.model_config, self.base_spec = settings, model_config, spec
-        self.on_round_line = on_round_line  # the operator's one line per round (the command prints it)
+        self.on_round_line = on_round_line  # the operator's lines: one per round, enrolment (the command prints them)
         self._signing_key = signing_key
         self.authority_public_key = bytes(authority_public_key)  # the identity authority (credentials)
         open_run = RunState.resume if resume else RunState.create
@@ -166,10 +168,18 @@ class Coordinator:
         self.audit = self.state.audit
         self.layout = self.state.layout
         self.error: BaseException | None = None
+        self._line_lock = threading.Lock()  # lines come from request threads and the driver: one at a time
+        self.lines = None if on_round_line is None else EnrolmentLines(settings.min_clients, self._line)
 
     @property
     def run_id(self) -> str:
         return self.state.run_id
+
+    def _line(self, text: str) -> None:
+        """One operator line, never interleaved with another (print writes the text and its newline apart)."""
+        if self.on_round_line is not None:
+            with self._line_lock:
+                self.on_round_line(text)
 
     @property
     def run_dir(self) -> Path:
@@ -197,7 +207,10 @@ class Coordinator:
         nonce: bytes,
         *,
         skips_evaluation: bool = False,
+        schema_digest: str = "",
     ) -> bytes:
+        """Admit a client (see EnrolRequest); EnrolmentRefused and friends name why not. `schema_digest`: the data
+        schema the client says it has (empty: not said; the client checks our signed one in any case)."""
         if not 0 <= client_id <= MAX_CLIENT_ID:
             raise Malformed(f"client id {client_id} is outside [0, {MAX_CLIENT_ID}]")
         if len(public_key) != primitives.PUBLIC_KEY_BYTES:
@@ -228,6 +241,11 @@ class Coordinator:
             raise BadSignature(
                 "enrolment proof does not verify under the identity key for this run and challenge"
             ) from exc
+        if schema_digest and not hmac.compare_digest(schema_digest.encode(), self.state.schema_digest.encode()):
+            raise EnrolmentRefused(
+                f"the data schema of client {client_id} differs from the one the model is built for (check --maxlen "
+                f"and the dataset on both sides); server: {self.state.schema_summary}"
+            )
         with self.gate.condition:
             known = self.state.identities.get(client_id)
             if known is not None and not hmac.compare_digest(known, public_key):
@@ -242,7 +260,29 @@ class Coordinator:
                         "credential": bytes(credential).hex(),
                     }
                 )
-            return self.gate.open_session(client_id, public_key, skips_evaluation=skips_evaluation)
+            again = self.gate.has_session(client_id)
+            token = self.gate.open_session(client_id, public_key, skips_evaluation=skips_evaluation)
+            count = self.gate.session_count()
+        if self.lines is not None:
+            self.lines.enrolled(client_id, count, again=again)
+        return token
+
+    def enrolment_refused(self, client_id: int, reason: str) -> None:
+        """The operator's line for a refused enrolment (the audit log records the same reason)."""
+        if self.lines is not None:
+            self.lines.refused(client_id, reason)
+
+    def deployment(self, client_id: int, nonce: bytes) -> pb.SignedBody:
+        """The signed DeploymentBody of an enrolment reply: the run, the client, its challenge and the model's data
+        schema, which the client checks before it waits for a round."""
+        body = pb.DeploymentBody(
+            run_id=self.run_id,
+            client_id=client_id,
+            challenge_nonce=nonce,
+            schema_digest=self.state.schema_digest,
+            schema_summary=self.state.schema_summary,
+        ).SerializeToString()
+        return pb.SignedBody(body=body, signature=signing.sign_deployment(self._signing_key, body))
 
     def authenticate(self, client_id: int, token: bytes) -> bool:
         return self.gate.authenticate(client_id, token)
@@ -368,7 +408,9 @@ class Coordinator:
 
     def _sample(self, round_id: int) -> tuple[int, ...]:
         """Wait for enough active clients, then sample (reproducibly from the seed and the round)."""
-        eligible = self.gate.wait_for_clients(self.settings.min_clients)
+        eligible = self.gate.wait_for_clients(
+            self.settings.min_clients, None if self.lines is None else self.lines.waiting
+        )
         if self.settings.client_fraction >= 1.0:
             return tuple(eligible)
         rng = np.random.default_rng([self.settings.seed, round_id])
@@ -503,7 +545,7 @@ class Coordinator:
         )
         eps = record.get("epsilon", {}).get("epsilon")
         if self.on_round_line is not None:
-            self.on_round_line(
+            self._line(
                 f"[ROUND {r}] {'completed' if outcome.completed else 'ABORTED: ' + outcome.reason}: {n} participants, "
                 f"{len(dropouts)} dropped, {record['seconds']:.2f} s"
                 + (f", epsilon so far {eps if isinstance(eps, str) else format(eps, '.4g')}" if eps is not None else "")

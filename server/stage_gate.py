@@ -133,14 +133,26 @@ class StageGate:
         with self.condition:
             return set(self._skip_evaluation)
 
-    def wait_for_clients(self, minimum: int) -> list[int]:
-        """Block until at least `minimum` clients with a session are active; return them, sorted."""
+    def wait_for_clients(self, minimum: int, on_wait: Callable[[int], None] | None = None) -> list[int]:
+        """Block until at least `minimum` clients with a session are active; return them, sorted. `on_wait(active)`
+        is called (under the lock) about once a second while there are fewer."""
         with self.condition:
             while True:
                 eligible = sorted(self._active & set(self._sessions))
                 if len(eligible) >= minimum:
                     return eligible
+                if on_wait is not None:
+                    on_wait(len(eligible))
                 self._wait(time.monotonic() + 1.0)
+
+    def has_session(self, client_id: int) -> bool:
+        with self.condition:
+            return client_id in self._sessions
+
+    def session_count(self) -> int:
+        """Clients enrolled with this server process (each holds a session)."""
+        with self.condition:
+            return len(self._sessions)
 
     def _wait(self, deadline: float) -> bool:
         """Wait on the condition until notified or the deadline; False once the deadline passed."""
