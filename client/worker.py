@@ -211,7 +211,15 @@ class LogicalClient:
                 after = body.round_id
                 self.store.resolve(body.last_completed_round)
                 if body.finished:
-                    log.info("user %d: run finished after round %d", self.user, body.last_completed_round)
+                    if body.unfinished_reason:  # the server stopped the run early; it may resume it later
+                        log.warning(
+                            "user %d: the server ended the run unfinished after round %d: %s",
+                            self.user,
+                            body.last_completed_round,
+                            body.unfinished_reason[:500],
+                        )
+                    else:
+                        log.info("user %d: run finished after round %d", self.user, body.last_completed_round)
                     return
                 if self.user in body.participants:
                     self._play_reported(body)
