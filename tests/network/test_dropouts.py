@@ -126,7 +126,7 @@ def test_below_threshold_round_aborts_and_next_round_proceeds(scenario) -> None:
     assert round1["phases"]["update"]["dropouts"]["masked_input"] == [3, 4, 5, 6, 7, 8]
     assert round1["model_digest"] == scenario["round0"]["model_digest"]  # nothing released, model unchanged
     rounds = [r for r in scenario["records"] if r["type"] in ("round", "round_aborted")]
-    assert [r["type"] for r in rounds] == ["round", "round_aborted", "round"]
+    assert [r["type"] for r in rounds] == ["round", "round_aborted", "round", "round"]  # the aborted one retried
     assert rounds[2]["phases"]["update"]["survivors"] == list(range(9))
     assert rounds[2]["model_digest"] != round1["model_digest"]
     assert scenario["server_code"] == 0, scenario["server"].stderr()
