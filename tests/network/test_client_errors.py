@@ -375,3 +375,26 @@ def test_a_client_refuses_a_server_built_for_another_data_schema(tmp_path, certs
     assert sorted(line.split()[4].rstrip(":") for line in refused) == ["0", "1", "2"], server.output
     assert all("data schema" in line and "maxlen 10" in line for line in refused), refused
     assert not [line for line in server.output if line.startswith("ENROLLED")], server.output
+
+
+def test_a_client_started_before_its_server_waits_for_it(tmp_path, certs, procs) -> None:
+    """Issue C: nothing listens yet; the client keeps trying for its --retry-timeout (here 60 s, past the old 10 s
+    first-contact limit), says so in one line, and plays the run once the server is up."""
+    with socket.socket() as probe:  # a free port, closed again: connection refused until the server binds it
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    started = time.monotonic()
+    clients = harness.start_clients(tmp_path, certs, address, "0-2", name="early")
+    procs.append(clients)
+    line = clients.wait_line("WAITING", timeout=60)
+    assert line.startswith(f"WAITING for the server at {address} (connection refused); retrying for up to 60 s"), line
+    time.sleep(max(0.0, 12.0 - (time.monotonic() - started)))  # longer than the old 10 s limit
+    assert clients.popen.poll() is None, clients.stderr()  # still waiting
+    server, _ = harness.start_server(
+        tmp_path, certs, tmp_path / "run", address=address, extra=["--rounds", "1", "--min-clients", "3"]
+    )
+    procs.append(server)
+    assert clients.wait(timeout=90) == 0, clients.stderr()
+    assert server.wait(timeout=60) == 0, server.stderr()
+    said = [line for line in clients.output if line.startswith(("WAITING", "SERVER"))]
+    assert len(said) == 2 and said[1].startswith(f"SERVER at {address} answers again after "), said
