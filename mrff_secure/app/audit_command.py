@@ -15,7 +15,7 @@ The audit folder:
 Exit code: the one verdict (`attacks.rules.overall_verdict`, the same in the console, the report's banner
 and report.json): 0 when every claim holds (and at least one DP claim could have been refuted), 3 when a
 claim fails, the audit is inconclusive (an attack without power: R0) or no DP claim was tested (no DP cell,
---canaries 0, or every claim above what the canaries can certify); 2 on a usage error (a bad option or
+or every claim above what the canaries can certify; --canaries 0 is refused); 2 on a usage error (a bad option or
 configuration), 1 on other errors (unreadable data). An honest implementation gets 3 by chance with
 probability at most 1 - confidence (default 1%: every test of the audit shares that budget).
 
@@ -122,7 +122,7 @@ def _prepare(out: Path, config: dict[str, Any]) -> None:
         try:
             stored = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path} is unreadable ({exc}): remove it or use another --out") from exc
+            raise ConfigError(f"{path} is unreadable ({exc}): remove it or use another --run-dir") from exc
         if stored.get("digest") != digest:
             differ = sorted(
                 k
@@ -131,7 +131,7 @@ def _prepare(out: Path, config: dict[str, Any]) -> None:
             )
             raise ConfigError(
                 f"{out} holds an audit with another configuration (differs in {differ}): resume it "
-                "with the same options, or use another --out"
+                "with the same options, or use another --run-dir"
             )
         return
     write_json_atomic(path, {"config": config, "digest": digest})
@@ -297,14 +297,31 @@ def audit_main(args: argparse.Namespace) -> int:
     check_int("--workers", args.workers, low=1, high=(os.cpu_count() or 1) * 4)
     resolved = options.resolve(args, "audit")
     config = resolve_config(args)
-    out = options.writable_folder(args.run_dir, "--run-dir")
-    _prepare(out, config)
-    options.write_config(out, resolved, "audit")
+    if config["canaries"] == 0:
+        raise ConfigError(
+            "--canaries 0 leaves no DP claim the audit could test (its verdict could only be NO CLAIM TESTED, "
+            "exit 3): give --canaries m (default 1000)"
+        )
+    from attacks.rules import DP_THREAT_MODELS
+
+    if not any(cell.threat_model in DP_THREAT_MODELS for cell in audit_cells(config)):
+        print(
+            "NOTE no cell of this grid makes a DP claim (no secagg+dp or local-dp cell): the attacks run, but the "
+            "verdict will be NO CLAIM TESTED (exit 3)",
+            flush=True,
+        )
     if args.backend == "ray" and args.workers != 1:
         raise ConfigError(
             "--workers is the single backend's process pool; with --backend ray every cell is a Ray "
             "task and the cluster's CPUs (--threads-per-worker each) decide how many run at once"
         )
+    from mrff_secure.app.run_folder import NewRunFolder
+
+    with NewRunFolder(Path(args.run_dir)) as run_folder:  # a refused start leaves no folder behind
+        out = options.writable_folder(args.run_dir, "--run-dir")
+        _prepare(out, config)
+        options.write_config(out, resolved, "audit")
+        run_folder.started()  # from here, finished cells stay for a resume
     grid = run_audit(
         out,
         config,
@@ -316,7 +333,7 @@ def audit_main(args: argparse.Namespace) -> int:
     )
     paths = write_report(out, signing_key=args.signing_key)
     verdict = grid["verdict"]
-    print(f"VERDICT: {verdict['verdict'].upper()}: {verdict['headline']}")
+    print(f"VERDICT: {verdict['headline']} (exit {verdict['exit_code']})")
     for problem in verdict["problems"]:
         print(f"  {problem['rule']} {problem['cell']}: {problem['what']}\n    next: {problem['next']}")
     for line in verdict["not_tested"]:

@@ -208,7 +208,13 @@ def privacy_main(args: argparse.Namespace) -> int:
     """Run ``mrff privacy`` (parser in mrff_secure.app.cli, options from mrff_secure.app.options); print the report."""
     options.resolve(args, "privacy")
     if args.dp == "off":
-        raise ConfigError("--dp off adds no noise: epsilon is inf. Give --dp local or --dp distributed")
+        given = "--noise-multiplier" if args.noise_multiplier is not None else "--target-epsilon"
+        what = f"{given} needs a DP mode" if args.noise_multiplier is not None or args.target_epsilon else "no DP mode"
+        raise ConfigError(
+            f"{what} (--dp is off: no noise, epsilon inf): add --dp local (each client adds Gaussian noise to "
+            "its own update, as `mrff train --dp local`) or --dp distributed --dim D (noise shares summed under "
+            "secure aggregation, as `mrff server`)"
+        )
     if (args.noise_multiplier is None) == (args.target_epsilon is None):
         raise ConfigError("give exactly one of --noise-multiplier Z and --target-epsilon E")
     check_int("--clients", args.clients, low=2)

@@ -11,6 +11,9 @@ from mrff_secure.report.write import write_report
 def report_main(args: argparse.Namespace) -> int:
     code = 0
     for folder in args.folders:
+        if not (folder / "audit.jsonl").is_file() and (folder / "server" / "audit.jsonl").is_file():
+            print(f"mrff report: {folder} is a run-local folder: the report is of its server run, {folder / 'server'}")
+            folder = folder / "server"
         try:
             paths = write_report(
                 folder, signing_key=args.signing_key, audit_public_key=args.signing_pub, audit_dir=args.audit

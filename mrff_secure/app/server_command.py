@@ -19,6 +19,7 @@ from mrff_secure.checks import check_int, check_number
 from mrff_secure.errors import ConfigError, MrffError
 
 if TYPE_CHECKING:  # imported where used: the command line starts without torch
+    from mrff_secure.app.run_folder import NewRunFolder
     from mrff_secure.data.schema import PublicSchema
     from mrff_secure.round.spec import RoundSpec
     from server.run_state import ServerSettings
@@ -179,7 +180,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=20,
         help="logical clients (users 0..N-1), spread over the processes (default: 20)",
     )
-    r.add_argument("--run-dir", type=Path, default=Path("runs/local"), help="a new folder (default: runs/local)")
+    r.add_argument(
+        "--run-dir", type=Path, default=Path("runs/local"), help="a new or empty folder (default: runs/local)"
+    )
+    r.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier run-local folder in --run-dir (default: refuse)"
+    )
     r.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds (default: 3600)")
     r.add_argument("--client-seed", type=int, default=None, help="seed of the clients' dropout (default: random)")
     r.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -449,17 +455,18 @@ def planned_evaluations(rounds: int, every: int, cap: int) -> int:
 
 def _calibrated(spec: RoundSpec, args: argparse.Namespace, data: PublicSchema) -> RoundSpec:
     """The spec with z calibrated to --target-epsilon over --rounds, by the accountant the server then uses,
-    for the expected participants per round: max(--min-clients, the dataset's users x --client-fraction)."""
+    for rounds of --min-clients participants: the fewest a round runs with. A round with more participants
+    sizes the noise shares for more survivors, so it spends less (the colluding ones are a smaller part of
+    them): the target holds for every run, not only for one of the expected size."""
     import dataclasses
 
     from mrff_secure.dp.config import min_survivors
     from mrff_secure.federation.client_update import build_global
-    from mrff_secure.round.release import participants_per_round
     from mrff_secure.round.update_vector import UpdateLayout
     from server.privacy import calibrate
 
     model, _ = build_global(options.model_config(args, data.maxlen), data, args.seed)
-    n = max(args.min_clients, participants_per_round(data.num_users, args.client_fraction))
+    n = args.min_clients
     sized = dataclasses.replace(spec, min_survivors=min_survivors(n, args.max_dropout_fraction))
     evaluations = planned_evaluations(args.rounds, args.federated_eval_every, args.max_evaluations)
     z = calibrate(
@@ -474,7 +481,7 @@ def _calibrated(spec: RoundSpec, args: argparse.Namespace, data: PublicSchema) -
     )
     print(
         f"CALIBRATED noise multiplier {z:.6g} for epsilon {args.target_epsilon} over {args.rounds} rounds"
-        f" and {evaluations} federated evaluations of {n} clients (delta {args.delta:.3g}, zero-out adjacency)",
+        f" and {evaluations} federated evaluations, for rounds of at least {n} clients (delta {args.delta:.3g}, zero-out adjacency)",
         flush=True,
     )
     return dataclasses.replace(spec, noise_multiplier=z)
@@ -498,10 +505,10 @@ def _resolve_server(args: argparse.Namespace) -> dict:
             raise ConfigError(f"cannot resume: {stored} is missing (is --run-dir a server run folder?)")
         args.config = stored
         config = options.resolve(args, "server")
-        options.check_port(args.address, allow_any=True)
+        _check_address(args)
         return config
     config = options.resolve(args, "server")
-    options.check_port(args.address, allow_any=True)
+    _check_address(args)
     round_spec(args, 1)  # every check of the round parameters before anything is written
     if (run_dir / "checkpoint.npz").exists() or (run_dir / "audit.jsonl").exists():
         raise ConfigError(f"{run_dir} already holds a run; add --resume to continue it, or choose another --run-dir")
@@ -511,7 +518,59 @@ def _resolve_server(args: argparse.Namespace) -> dict:
     return config
 
 
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def _check_address(args: argparse.Namespace) -> None:
+    """--address as HOST:PORT that this machine can bind now, checked before anything is written: a port in
+    use is named as such (gRPC's own message says only "Failed to bind"), and plaintext (--insecure) is
+    served on a loopback address only."""
+    import errno
+    import socket
+
+    options.check_port(args.address, allow_any=True)
+    host, _, port_text = args.address.rpartition(":")
+    if args.insecure and host not in _LOOPBACK_HOSTS:
+        raise ConfigError(
+            f"--insecure serves plaintext gRPC (no TLS, anyone can call it): only on a loopback address, "
+            f"e.g. --address 127.0.0.1:{port_text}, not {args.address}"
+        )
+    port = int(port_text)
+    if port == 0:
+        return
+    bare = host.strip("[]")
+    try:
+        addresses = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--address {args.address}: the host {host!r} is not known ({exc.strerror})") from None
+    for family, kind, proto, _, sockaddr in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is no conflict
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"port {args.address} is in use (another server?): stop that process or choose another "
+                        "--address port"
+                    ) from None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise ConfigError(f"--address {args.address}: {host} is not an address of this machine") from None
+                if exc.errno == errno.EACCES:
+                    raise ConfigError(
+                        f"--address {args.address}: binding port {port} needs privileges; choose a port above 1023"
+                    ) from None
+                raise
+
+
 def server_main(args: argparse.Namespace) -> int:
+    from mrff_secure.app.run_folder import NewRunFolder
+
+    with NewRunFolder(Path(args.run_dir)) as run_folder:  # a failed start leaves no run behind
+        return _serve(args, run_folder)
+
+
+def _serve(args: argparse.Namespace, run_folder: NewRunFolder) -> int:
     from mrff_secure.data.schema import PublicSchema
     from mrff_secure.dp.config import default_delta
     from mrff_secure.pki import CertPaths, load_authority_public_key, load_revocations
@@ -582,17 +641,20 @@ def server_main(args: argparse.Namespace) -> int:
     security = (
         "INSECURE" if tls is None else ("mutual TLS" if tls.client_ca is not None else "TLS, NO client certificates")
     )
+    stopped_by: list[int] = []
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        stopped_by.append(signum)
+        coordinator.stop()
+
+    signal.signal(signal.SIGTERM, terminate)  # before LISTENING: whoever reads it may send a signal at once
+    signal.signal(signal.SIGINT, terminate)
+    run_folder.started()
     print(
         f"LISTENING {host}:{port} run {coordinator.run_id} ({security}; largest request {caps.receive} bytes, "
         f"Enrol {caps.enrol})",
         flush=True,
     )
-
-    def terminate(signum: int, frame: FrameType | None) -> None:
-        coordinator.stop()
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)
     driver = threading.Thread(target=coordinator.run, name="mrff-rounds", daemon=True)
     driver.start()
     while driver.is_alive():
@@ -628,6 +690,9 @@ def server_main(args: argparse.Namespace) -> int:
         + f"; model_digest={coordinator.model_digest()}",
         flush=True,
     )
+    if stopped_by:  # Ctrl-C (130) or SIGTERM (143): the run folder is consistent, --resume continues it
+        print(f"mrff server: interrupted; resume with mrff server --run-dir {run_dir} --resume", file=sys.stderr)
+        return 128 + stopped_by[0]
     return 0 if finished else 1
 
 
@@ -650,18 +715,125 @@ def _run_local_policy(args: argparse.Namespace) -> list[str]:
     return weaker
 
 
-def run_local_main(args: argparse.Namespace) -> int:
-    from mrff_secure.audit_log import read_records, verify
-    from mrff_secure.pki import CertPaths, issue_state_credentials, make_authority, make_dev_pki, publish_authority
+class _ProcessLines:
+    """Every child process's output, line by line as it comes, each line whole and prefixed with its source
+    (`server | ...`, `clients 0-9 | ...`), and the run's progress (rounds done of the total, with an ETA)."""
 
-    config = options.resolve(args, "run-local")
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+        self.lock = threading.Lock()
+        self.listening: str | None = None  # the server's LISTENING line, once it listens
+        self.server_lines: list[str] = []
+        self.rounds_done = 0
+        self.started = time.monotonic()
+        self.width = 0
+        self.readers: list[threading.Thread] = []
+
+    def follow(self, process: subprocess.Popen, label: str) -> None:
+        self.width = max(self.width, len(label))
+        reader = threading.Thread(target=self._read, args=(process, label), name=f"lines-{label}", daemon=True)
+        self.readers.append(reader)
+        reader.start()
+
+    def say(self, label: str, line: str) -> None:
+        with self.lock:
+            print(f"{label:<{self.width}} | {line}", flush=True)
+
+    def _read(self, process: subprocess.Popen, label: str) -> None:
+        assert process.stdout is not None  # stdout=PIPE always opens one
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            if label == "server":
+                self.server_lines.append(line)
+                if line.startswith("LISTENING"):
+                    self.listening = line
+                    self.started = time.monotonic()
+            self.say(label, line)
+            if label == "server" and line.startswith("[ROUND ") and (" completed" in line or " ABORTED" in line):
+                self._progress(completed=" completed" in line)
+
+    def _progress(self, *, completed: bool) -> None:
+        self.rounds_done += completed
+        elapsed = time.monotonic() - self.started
+        done = self.rounds_done
+        eta = f", about {_duration(elapsed / done * (self.rounds - done))} left" if 0 < done < self.rounds else ""
+        self.say("run-local", f"{done}/{self.rounds} rounds done in {_duration(elapsed)}{eta}")
+
+    def drain(self, timeout: float = 10.0) -> None:
+        for reader in self.readers:
+            reader.join(timeout)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def _prepare_run_local_folder(run_dir: Path, overwrite: bool) -> None:
+    """An empty or missing --run-dir; with --overwrite, an earlier run-local folder is replaced (never a folder
+    that is not one: --overwrite deletes it)."""
+    import shutil
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a folder")
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"--run-dir {run_dir} is not an empty folder; add --overwrite to replace it, or choose a new one"
+        )
+    if not ((run_dir / CONFIG_FILE).is_file() and (run_dir / "certs").is_dir()):
+        raise ConfigError(
+            f"--overwrite: {run_dir} does not look like a run-local folder (no config.toml and certs/); "
+            "not deleting it: choose a new --run-dir"
+        )
+    shutil.rmtree(run_dir)
+
+
+def _check_clients_accept_the_rounds(args: argparse.Namespace) -> None:
+    """run-local's clients keep their policy's minimum of honest noise shares: a round of --clients sizes the
+    noise for n_min survivors, and those beyond the --corrupt-neighbours colluding ones must be enough, or every
+    client refuses every round (the run would only time out)."""
+    from client.policy import SAFE_MIN_HONEST_SHARES
+    from mrff_secure.dp.config import min_survivors
+
+    if args.dp != "distributed":
+        return
+    dropout, colluding = args.max_dropout_fraction, args.corrupt_neighbours
+    n_min = min_survivors(args.clients, dropout)
+    if n_min - colluding >= SAFE_MIN_HONEST_SHARES:
+        return
+    smallest = next(n for n in range(3, 1 << 20) if min_survivors(n, dropout) - colluding >= SAFE_MIN_HONEST_SHARES)
+    raise ConfigError(
+        f"--clients {args.clients}: a round of {args.clients} clients sizes its noise for {n_min} survivors "
+        f"(--max-dropout-fraction {dropout:g}), {n_min - colluding} beyond the {colluding} colluding ones "
+        f"(--corrupt-neighbours); the clients' policy needs {SAFE_MIN_HONEST_SHARES} and would refuse every round: "
+        f"give --clients {smallest} or more"
+    )
+
+
+def run_local_main(args: argparse.Namespace) -> int:
+    from mrff_secure.app.run_folder import NewRunFolder
+
+    options.resolve(args, "run-local")
     check_int("--client-processes", args.client_processes, low=1)
     check_int("--clients", args.clients, low=3)
     check_number("--timeout", args.timeout, low=0.0, low_open=True)
     round_spec(args, 1)  # the server's own checks, before any process starts
+    _check_clients_accept_the_rounds(args)
+    if args.insecure:
+        print("WARNING --insecure: plaintext gRPC on 127.0.0.1, for debugging only", file=sys.stderr, flush=True)
     run_dir = Path(args.run_dir)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise ConfigError(f"--run-dir {run_dir} is not an empty folder; choose a new --run-dir")
+    _prepare_run_local_folder(run_dir, args.overwrite)
+    with NewRunFolder(run_dir) as run_folder:  # a start that fails leaves no run behind
+        return _run_local(args, run_dir, run_folder)
+
+
+def _run_local(args: argparse.Namespace, run_dir: Path, run_folder: NewRunFolder) -> int:
+    from mrff_secure.audit_log import read_records, verify
+    from mrff_secure.pki import CertPaths, issue_state_credentials, make_authority, make_dev_pki, publish_authority
+
+    config = options.resolve(args, "run-local")
     certs = CertPaths(run_dir / "certs")
     make_dev_pki(certs.folder)
     # the identity authority in a folder of its own, never named to the server process (W15)
@@ -674,39 +846,32 @@ def run_local_main(args: argparse.Namespace) -> int:
     security = ["--insecure"] if args.insecure else []
     verbose = ["-v"] if args.verbose else []
     cmd = [sys.executable, "-m", "mrff_secure.app.cli"]
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    lines = _ProcessLines(args.rounds)
+    server_args = ["server", "--config", str(shared), "--run-dir", str(run_dir / "server")]
+    server_args += ["--address", "127.0.0.1:0", "--certs", str(certs.folder), "--linger", "30"]
     server = subprocess.Popen(
-        cmd
-        + [
-            "server",
-            "--config",
-            str(shared),
-            "--run-dir",
-            str(run_dir / "server"),
-            "--address",
-            "127.0.0.1:0",
-            "--certs",
-            str(certs.folder),
-            "--linger",
-            "30",
-        ]
-        + security
-        + verbose,
+        cmd + server_args + security + verbose,
         stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
+        env=child_env,
     )
+    lines.follow(server, "server")
     clients: list[subprocess.Popen] = []
+    deadline = time.monotonic() + args.timeout
     try:
-        server_out = server.stdout
-        if server_out is None:  # stdout=PIPE always opens one
-            raise MrffError("the server process has no output pipe")
-        line = server_out.readline()
-        while line and not line.startswith("LISTENING"):  # what the server says before it listens (calibration)
-            print(line.strip(), flush=True)
-            line = server_out.readline()
-        if not line.startswith("LISTENING"):
-            raise MrffError(f"the server did not start (exit code {server.wait()}; its errors are above)")
-        address = line.split()[1]
-        print(line.strip(), flush=True)
+        while lines.listening is None:  # what the server says before it listens (calibration) is shown
+            if server.poll() is not None:
+                lines.drain()
+                if lines.listening is None:
+                    failure = ConfigError if server.returncode == 2 else MrffError
+                    raise failure(f"the server did not start (exit code {server.returncode}; its error is above)")
+            if time.monotonic() > deadline:
+                raise MrffError(f"the server did not listen within {args.timeout:.0f}s")
+            time.sleep(0.05)
+        run_folder.started()
+        address = lines.listening.split()[1]
         # run-local plays both sides: its clients' policy accepts what its server proposes (and no less)
         client_policy = [
             "--min-group-size",
@@ -723,49 +888,40 @@ def run_local_main(args: argparse.Namespace) -> int:
             lo, hi = i * per, min(args.clients, (i + 1) * per) - 1
             if lo > hi:
                 break
-            clients.append(
-                subprocess.Popen(
-                    cmd
-                    + [
-                        "client",
-                        "--server",
-                        address,
-                        "--users",
-                        f"{lo}-{hi}",
-                        "--certs",
-                        str(certs.folder),
-                        "--state-dir",
-                        str(run_dir / "clients"),
-                        "--client-seed",
-                        str(seed),
-                        "--config",
-                        str(shared),
-                    ]
-                    + security
-                    + verbose
-                    + client_policy
-                )
+            client_args = ["client", "--server", address, "--users", f"{lo}-{hi}", "--certs", str(certs.folder)]
+            client_args += [
+                "--state-dir",
+                str(run_dir / "clients"),
+                "--client-seed",
+                str(seed),
+                "--config",
+                str(shared),
+            ]
+            client = subprocess.Popen(
+                cmd + client_args + security + verbose + client_policy,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=child_env,
             )
-        deadline = time.monotonic() + args.timeout
+            clients.append(client)
+            lines.follow(client, f"clients {lo}-{hi}")
         while any(p.poll() is None for p in clients + [server]):
             failed = [p.returncode for p in clients + [server] if p.poll() not in (None, 0)]
             if failed:
                 raise MrffError(f"a process failed (exit codes {failed}); stopping the others")
             if time.monotonic() > deadline:
                 raise MrffError(f"run-local did not finish within {args.timeout:.0f}s")
-            time.sleep(0.5)
-        codes = [p.returncode for p in clients]
-        server_code = server.returncode
-        tail = server_out.read()
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        # the terminal's Ctrl-C reached every child too (one process group): let the server write its results
+        _stop(clients + [server], signal.SIGINT, grace=30.0)
+        lines.drain()
+        raise
     finally:
-        for p in clients + [server]:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-    print(tail.strip(), flush=True)
+        _stop(clients + [server], signal.SIGTERM, grace=10.0)
+        lines.drain()
+    codes = [p.returncode for p in clients]
     from mrff_secure.wire import signing
 
     report = verify(run_dir / "server" / "audit.jsonl", signing.load_public_key(certs.signing_pub))
@@ -773,6 +929,22 @@ def run_local_main(args: argparse.Namespace) -> int:
     completed = sum(r["type"] == "round" for r in rounds)
     print(
         f"run-local: {completed}/{len(rounds)} rounds completed; audit log "
-        f"{'intact' if report.ok else 'BROKEN: ' + report.problem}; client exit codes {codes}; server {server_code}"
+        f"{'intact' if report.ok else 'BROKEN: ' + report.problem}; client exit codes {codes}; "
+        f"server {server.returncode}; run folder {run_dir}",
+        flush=True,
     )
-    return 0 if server_code == 0 and all(c == 0 for c in codes) and report.ok else 1
+    return 0 if server.returncode == 0 and all(c == 0 for c in codes) and report.ok else 1
+
+
+def _stop(processes: list[subprocess.Popen], signum: int, *, grace: float) -> None:
+    """Send `signum` to those still running, wait up to `grace` seconds for them, then kill what is left."""
+    for p in processes:
+        if p.poll() is None:
+            p.send_signal(signum)
+    end = time.monotonic() + grace
+    for p in processes:
+        try:
+            p.wait(timeout=max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

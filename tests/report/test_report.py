@@ -156,7 +156,7 @@ def test_audit_verdict_exit_codes_resume_and_a_claim_made_false(tmp_path, capsys
     printed = capsys.readouterr().out
     # one verdict: the exit code, grid.json and the console's first line agree
     assert code == grid["verdict"]["exit_code"]
-    assert printed.startswith(f"VERDICT: {grid['verdict']['verdict'].upper()}: {grid['verdict']['headline']}")
+    assert printed.startswith(f"VERDICT: {grid['verdict']['headline']} (exit {code})")
     # an honest run: HOLDS, or INCONCLUSIVE where 40 users leave an attack without power (never a failure)
     assert grid["verdict"]["verdict"] in ("holds", "inconclusive"), grid["verdict"]
     assert grid["rules"]["R1"]["cells"]["local-dp eps=4 seed=0"]["verdict"] == "holds"  # refutable, not refuted
@@ -178,10 +178,10 @@ def test_audit_verdict_exit_codes_resume_and_a_claim_made_false(tmp_path, capsys
     verdict = json.loads((lie / "grid.json").read_text())["verdict"]
     assert verdict["verdict"] == "fails" and verdict["problems"][0]["rule"] == "R2"
     assert "MISREPORTED" in verdict["problems"][0]["cell"]
-    # no canary, so no DP claim can be tested: said plainly, and not exit 0
+    # no canary, so no DP claim can be tested: refused before anything runs (a usage error), no folder left
     none = tmp_path / "none"
-    assert _audit(none, "--cells", "local-dp z=0.3", "--canaries", "0") == 3
-    assert json.loads((none / "grid.json").read_text())["verdict"]["verdict"] == "no claim tested"
+    assert _audit(none, "--cells", "local-dp z=0.3", "--canaries", "0") == 2
+    assert "--canaries 0 leaves no DP claim" in capsys.readouterr().err and not none.exists()
 
 
 def test_bad_audit_configurations_are_refused(tmp_path, capsys):
