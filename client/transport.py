@@ -20,6 +20,7 @@ ends after `Connection.resolve_timeout` (10 s, or the retry timeout if that is s
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import threading
@@ -214,10 +215,13 @@ class ServerWait:
         self._emit = emit
         self._lock = threading.Lock()
         self._since: float | None = None  # when the current wait began; None: not waiting
+        self._reached = -math.inf  # when a logical client last reached the server after a wait
 
-    def started(self, reason: str, budget: float) -> None:
+    def started(self, reason: str, budget: float, failing_since: float) -> None:
+        """A logical client has been failing since `failing_since` (monotonic): said once per outage (a failure that
+        began before another client reached the server again is the tail of the outage already said)."""
         with self._lock:
-            if self._since is not None:
+            if self._since is not None or failing_since <= self._reached:
                 return
             self._since = time.monotonic()
         self._emit(
@@ -228,7 +232,8 @@ class ServerWait:
         with self._lock:
             if self._since is None:
                 return
-            waited, self._since = time.monotonic() - self._since, None
+            self._reached = time.monotonic()
+            waited, self._since = self._reached - self._since, None
         self._emit(f"SERVER at {self.target} answers again after {waited:.0f} s")
 
 
@@ -350,7 +355,7 @@ class Transport:
                     budget = self.connection.unresolved_timeout
                 waited = now - failing_since
                 if not diagnosis.permanent and self.waiting is not None and waited >= WAIT_NOTICE_S:
-                    self.waiting.started(diagnosis.reason, budget)
+                    self.waiting.started(diagnosis.reason, budget, failing_since)
                 if waited >= budget:
                     raise ConnectionFailed(
                         describe(diagnosis, self.connection)

@@ -176,12 +176,12 @@ CONFIG_POLICY_KEYS = {
     "clip": "max_clip",  # the largest clip bound a round may have
     "min_group_size": "min_group_size",  # the least minimum group size a round may have
     "corrupt_neighbours": "corrupt_neighbours",  # c_max the client's checks and accounting assume
-    "delta": "delta",  # the delta of the client's own ledger
     "secure_aggregation": "allow_plain",  # on: required; off: plain aggregation also accepted (weaker)
 }
 """[privacy] keys that describe how the server runs the mechanism, not what a client accepts: named in one NOTE."""
 CONFIG_SERVER_ONLY = (
     "target_epsilon",
+    "delta",  # the server's accounting; the client's ledger keeps its policy's delta (--policy delta)
     "mechanism",
     "max_dropout_fraction",
     "modulus_bits",

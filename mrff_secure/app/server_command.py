@@ -684,7 +684,7 @@ def _serve(args: argparse.Namespace, run_folder: NewRunFolder) -> int:
         + (
             "run finished"
             if finished
-            else f"run NOT finished ({why}): continue it with `mrff server --run-dir {run_dir} --resume` and the "
+            else f"run NOT FINISHED ({why}): continue it with `mrff server --run-dir {run_dir} --resume` and the "
             "same --address and --certs (clients retry for their --retry-timeout; restart any that gave up)"
         )
         + f"; model_digest={coordinator.model_digest()}",

@@ -139,15 +139,16 @@ def test_plaintext_client_against_a_tls_server_is_named(pki, tls_server) -> None
     assert "expects TLS" in stderr and "--insecure" in stderr
 
 
-def test_nothing_listening_ends_after_a_short_retry(pki) -> None:
+def test_nothing_listening_ends_after_the_retry_timeout(pki) -> None:
+    """Nothing listening is waited for --retry-timeout (a server may start after its clients), then one line."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"  # closed again: nothing listens there
-    code, seconds, stderr = run_client(pki, address, name="nothing-listening")
+    code, seconds, stderr = run_client(pki, address, "--retry-timeout", "4", name="nothing-listening")
     assert code == 1, stderr
     assert seconds < 30, (seconds, stderr)
     assert_one_line(stderr)
-    assert f"nothing listening at {address} (connection refused" in stderr
+    assert f"nothing listening at {address} (connection refused, for " in stderr and "the --retry-timeout)" in stderr
 
 
 # ---------------------------------------------------------------- the transport's rules, scripted
@@ -384,14 +385,18 @@ def test_a_client_started_before_its_server_waits_for_it(tmp_path, certs, procs)
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
     started = time.monotonic()
-    clients = harness.start_clients(tmp_path, certs, address, "0-2", name="early")
+    clients = harness.start_clients(tmp_path, certs, address, "0-7", name="early")  # 8: k, t for c_max = 2
     procs.append(clients)
     line = clients.wait_line("WAITING", timeout=60)
     assert line.startswith(f"WAITING for the server at {address} (connection refused); retrying for up to 60 s"), line
     time.sleep(max(0.0, 12.0 - (time.monotonic() - started)))  # longer than the old 10 s limit
     assert clients.popen.poll() is None, clients.stderr()  # still waiting
     server, _ = harness.start_server(
-        tmp_path, certs, tmp_path / "run", address=address, extra=["--rounds", "1", "--min-clients", "3"]
+        tmp_path,
+        certs,
+        tmp_path / "run",
+        address=address,
+        extra=["--rounds", "1", "--min-clients", "8", "--min-group-size", "2"],
     )
     procs.append(server)
     assert clients.wait(timeout=90) == 0, clients.stderr()
