@@ -100,8 +100,8 @@ def test_tls_credentials_and_signed_parameters(tmp_path, certs, procs) -> None:
     )
 
     # Started together to save time. Clients 2-4 hold another signing key: they refuse the server at
-    # enrolment (its signed deployment does not verify; 901 above never answers and is dropped with them). Client 1 trusts another
-    # identity authority than the one that certified it: it refuses to start.
+    # enrolment (its signed deployment does not verify; 901 above never answers and is dropped with them).
+    # Client 1 trusts another identity authority than the one that certified it: it refuses to start.
     no_ca = harness.start_clients(
         tmp_path, certs, address, "0", name="wrong-ca", extra=["--ca", str(stranger / "ca.crt"), "--retry-timeout", "3"]
     )
