@@ -379,7 +379,7 @@ def run_network_cell(workdir: Path, *, timeout_s: float = 90) -> dict[str, Any]:
             time.sleep(0.05)
         clients = [
             ChildProcess(
-                ["-m", "mrff_secure.app.cli", "client", "--server", address, "--users", users]
+                ["-m", "mrff_secure.app.cli", "client", "--address", address, "--users", users]
                 + ["--certs", str(certs), "--state-dir", str(state), "--client-seed", "7", "--retry-timeout", "30"]
                 + DATA_ARGS
                 + ["-v"],

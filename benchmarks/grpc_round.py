@@ -109,7 +109,7 @@ def run_one(
                         cmd
                         + [
                             "client",
-                            "--server",
+                            "--address",
                             address,
                             "--users",
                             f"{lo}-{hi}",

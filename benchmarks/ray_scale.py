@@ -86,7 +86,7 @@ def one(backend: str, users: int, fraction: float, repeats: int, threads: int, d
     if backend == "ray":
         from mrff_secure.federation.ray_backend import RaySimulation
 
-        sim = RaySimulation(data, model, federation, workers=2, threads_per_worker=1)
+        sim = RaySimulation(data, model, federation, actors=2, threads_per_worker=1)
     else:
         sim = FederatedSimulation(data, model, federation)
     build = time.perf_counter() - start

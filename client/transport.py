@@ -14,7 +14,7 @@ server requires a client certificate we do not present; one side does not speak 
 error is only believed once it has lasted `CONFIRM_S` (a server killed in the middle of a handshake
 is not a wrong CA); after we reached the server once, `CONFIRM_AFTER_CONTACT_S`.
 
-The one exception: a host name that does not resolve, before the first contact (a typo in `--server`),
+The one exception: a host name that does not resolve, before the first contact (a typo in `--address`),
 ends after `Connection.resolve_timeout` (10 s, or the retry timeout if that is shorter).
 """
 
@@ -85,7 +85,7 @@ class Diagnosis:
 
     @property
     def unresolved(self) -> bool:
-        """Bounded by the resolve timeout until we have reached the server once (a typo in --server)."""
+        """Bounded by the resolve timeout until we have reached the server once (a typo in --address)."""
         return self.kind == "resolve"
 
 
@@ -195,7 +195,7 @@ def _unreachable(diagnosis: Diagnosis, connection: Connection, waited: float, co
     if diagnosis.kind == "refused" and not contacted:
         return (
             f"nothing listening at {target} (connection refused, for {waited:.0f} s, the --retry-timeout): "
-            "start the server, or check --server"
+            "start the server, or check --address"
         )
     if diagnosis.kind == "resolve":
         return f"cannot connect to {target}: its host name does not resolve ({diagnosis.reason})"

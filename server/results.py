@@ -1,16 +1,21 @@
-"""A network run's results, in the files `mrff train` writes: metrics.jsonl, summary.json, training.png.
+"""A network run's results, in the files `mrff train` writes: metrics.jsonl, metrics.csv, summary.json,
+training.png.
 
 Everything here is derived from the run's audit log (`mrff_secure/audit_log.py`), so it says exactly what the
 server saw and released, nothing more:
 
 RUN_DIR/metrics.jsonl  one line per round: completed or aborted, participants, survivors of each
-                       phase, dropouts, seconds, the group counts the server decoded (noisy under DP:
+                       phase, dropouts (per phase, and `dropped`: the distinct clients that dropped out in
+                       any phase), seconds, the group counts the server decoded (noisy under DP:
                        covered by the epsilon), the epsilon spent so far with its delta and adjacency
                        (the federated evaluations released so far included: `evaluations_accounted`),
                        and the bytes on the wire per participant
+RUN_DIR/metrics.csv    the same rows as CSV for plotting, lists left out (mrff_secure/metrics_csv.py)
 RUN_DIR/summary.json   rounds planned / completed / aborted, whether the run finished, the final model
-                       digest, the round parameters, the privacy account of the last completed round
-                       (the mechanism actually used), and the evaluation available
+                       digest, participants per round (min / median / max) and dropouts (in all, most in a
+                       round), the round parameters, the privacy account of the last completed round (the
+                       mechanism actually used), and the evaluation available (`mrff server` prints it with
+                       mrff_secure/run_summary.py's format_run_summary)
 RUN_DIR/training.png   epsilon, survivors and seconds per round
 
 Evaluation is federated (federation/evaluation_sum.py), only in the rounds the operator asked for
@@ -32,9 +37,23 @@ from pathlib import Path
 from typing import Any
 
 from mrff_secure.atomic import write_bytes_atomic, write_json_atomic
+from mrff_secure.metrics_csv import write_metrics_csv
+from mrff_secure.run_summary import spread
 
 ROUND_TYPES = ("round", "round_aborted")
 NO_EVALUATION = "no round of this run completed a federated evaluation"
+
+
+def _dropped(record: dict[str, Any]) -> int:
+    """The distinct clients that dropped out of the round in any phase."""
+    return len(
+        {
+            client
+            for phase in record.get("phases", {}).values()
+            for stage in phase.get("dropouts", {}).values()
+            for client in stage
+        }
+    )
 
 
 def _phase_rows(record: dict[str, Any]) -> dict[str, Any]:
@@ -61,6 +80,7 @@ def metrics_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "round": record.get("round"),
             "completed": completed,
             "participants": len(record.get("participants", [])),
+            "dropped": _dropped(record),
             "phases": _phase_rows(record),
             "seconds": record.get("seconds"),
             "bytes_per_participant": wire.get("per_participant"),
@@ -156,6 +176,11 @@ def summary_of(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dic
         "rounds_aborted": sum(not r["completed"] for r in rows),
         "finished": finished is not None,
         "model_digest": (finished or (completed[-1] if completed else {})).get("model_digest"),
+        "participants_per_round": spread([r["participants"] for r in rows]),
+        "dropped": {
+            "total": sum(r.get("dropped", 0) for r in rows),
+            "max_per_round": max((r.get("dropped", 0) for r in rows), default=0),
+        },
         "round_parameters": spec,
         "settings": started.get("settings", {}),
         "privacy": privacy,
@@ -192,13 +217,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_results(run_dir: Path) -> dict[str, Any]:
-    """metrics.jsonl, summary.json and training.png of the run in `run_dir`, from its audit log."""
+    """metrics.jsonl, metrics.csv, summary.json and training.png of the run in `run_dir`, from its audit log
+    (each rewritten whole, atomically: a resumed run's files hold every round once)."""
     from mrff_secure.audit_log import read_records
 
     run_dir = Path(run_dir)
     records = read_records(run_dir / "audit.jsonl")
     rows = metrics_rows(records)
     write_bytes_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    write_metrics_csv(run_dir / "metrics.csv", rows)
     summary = summary_of(records, rows)
     write_json_atomic(run_dir / "summary.json", summary)
     if rows:

@@ -206,7 +206,7 @@ def run_audit(
     out: Path,
     config: dict[str, Any],
     *,
-    workers: int = 1,
+    processes: int = 1,
     progress: bool = True,
     backend: str = "single",
     ray_address: str | None = None,
@@ -214,7 +214,7 @@ def run_audit(
 ) -> dict[str, Any]:
     """Run (or resume) the audit in `out`; returns the grid report (also written to out/grid.json).
 
-    backend "single": the cells in this process, or in `workers` processes; "ray": every cell a Ray task
+    backend "single": the cells in this process, or in `processes` processes; "ray": every cell a Ray task
     of `threads_per_worker` CPUs on the cluster at `ray_address` (None: a local Ray instance)."""
     from attacks.grid import grid_report, run_cell
     from mrff_secure.config import ModelConfig
@@ -242,8 +242,8 @@ def run_audit(
     if backend == "ray" and todo:
         (out / "cells").mkdir(parents=True, exist_ok=True)
         _run_on_ray(todo, data, config, results, address=ray_address, threads=threads_per_worker, progress=progress)
-    elif workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+    elif processes > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=processes) as pool:
             payloads = [(c.to_dict(), config, str(p)) for c, p in todo]
             for (cell, _), result in zip(todo, pool.map(_cell_worker, payloads)):
                 results[cell.name] = result
@@ -294,7 +294,7 @@ def audit_main(args: argparse.Namespace) -> int:
     """`mrff audit` (parser in mrff_secure.app.cli); errors propagate to the CLI's one-line handler."""
     from mrff_secure.report import write_report
 
-    check_int("--workers", args.workers, low=1, high=(os.cpu_count() or 1) * 4)
+    check_int("--processes", args.processes, low=1, high=(os.cpu_count() or 1) * 4)
     resolved = options.resolve(args, "audit")
     config = resolve_config(args)
     if config["canaries"] == 0:
@@ -310,9 +310,9 @@ def audit_main(args: argparse.Namespace) -> int:
             "verdict will be NO CLAIM TESTED (exit 3)",
             flush=True,
         )
-    if args.backend == "ray" and args.workers != 1:
+    if args.backend == "ray" and args.processes != 1:
         raise ConfigError(
-            "--workers is the single backend's process pool; with --backend ray every cell is a Ray "
+            "--processes is the single backend's process pool; with --backend ray every cell is a Ray "
             "task and the cluster's CPUs (--threads-per-worker each) decide how many run at once"
         )
     from mrff_secure.app.run_folder import NewRunFolder
@@ -325,7 +325,7 @@ def audit_main(args: argparse.Namespace) -> int:
     grid = run_audit(
         out,
         config,
-        workers=args.workers,
+        processes=args.processes,
         progress=not args.no_progress,
         backend=args.backend,
         ray_address=args.ray_address,

@@ -5,7 +5,8 @@ network commands' parsers from `server_command` and `client_command`, which impo
 the top; each command's handler is named "module:function" and imported when it runs), so `mrff --help`
 answers at once. Exit codes, for every command: 0 done (for `mrff audit`: every claim holds), 1 a runtime
 failure (one line naming it), 2 a user mistake (one line naming the flag), 3 `mrff audit`: a claim
-fails or the audit is inconclusive, 130 interrupted (Ctrl-C; the run folder stays consistent).
+fails or the audit is inconclusive, 130 interrupted (Ctrl-C; the run folder stays consistent), 141 the
+reader of stdout closed the pipe (`mrff privacy ... | head`: silent, as any Unix tool).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mrff_secure.app.options import add_options
 from mrff_secure.errors import ConfigError, MrffError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool whose reader closed the pipe
 Command = Callable[[argparse.Namespace], int]  # a command's handler: the parsed arguments -> exit code
 
 
@@ -102,7 +104,7 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
         "--run-dir.",
     )
     _run_folder_arguments(p, None)
-    p.add_argument("--workers", type=int, default=1, help="cells run in parallel processes (default: 1)")
+    p.add_argument("--processes", type=int, default=1, help="cells run in this many parallel processes (default: 1)")
     p.add_argument("--signing-key", type=Path, default=None, help="Ed25519 key (PEM) that signs report.json's SHA-256")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -190,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mrff {args.command}: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # whoever read stdout has gone (`mrff privacy ... | head`): nothing to say to it
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"{prefix} {exc.strerror or exc}{where}", file=sys.stderr, flush=True)
@@ -203,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         return EXIT_FAILURE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def entry() -> None:

@@ -18,9 +18,6 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="run logical clients against `mrff server` (mutual TLS by default)")
-    p.add_argument(
-        "--server", default="127.0.0.1:50051", help="host:port of the coordinator (default: 127.0.0.1:50051)"
-    )
     p.add_argument("--users", required=True, help="user ids hosted here, e.g. 0-99 or 1,5,9")
     p.add_argument(
         "--state-dir",
@@ -275,7 +272,7 @@ def client_main(args: argparse.Namespace) -> int:
     from mrff_secure.wire import signing
 
     options.resolve(args, "client")
-    options.check_port(args.server, flag="--server")
+    options.check_port(args.address)
     policy = client_policy(args)  # before the credentials, the data and the network: a bad policy ends at once
     users = parse_users(args.users)
     certs = CertPaths(args.certs)
@@ -289,7 +286,7 @@ def client_main(args: argparse.Namespace) -> int:
         else:
             credentials = grpc.ssl_channel_credentials(ca)
     connection = Connection(
-        target=args.server,
+        target=args.address,
         credentials=credentials,
         signing_key=signing.load_public_key(args.signing_pub or certs.signing_pub),
         authority_public_key=load_authority_public_key(args.identity_ca or certs.identity_ca_pub),

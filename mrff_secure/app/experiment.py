@@ -9,9 +9,11 @@ RUN_DIR/summary.json   shareable: configuration, parameter counts, inference tim
 RUN_DIR/metrics.jsonl  shareable: one JSON line per round (round, participants, seconds, the epsilon
                        spent so far, and the group counts the server itself saw: the noisy counts
                        under DP, covered by the epsilon)
+RUN_DIR/metrics.csv    shareable: the same rows as CSV for plotting, lists left out (mrff_secure/metrics_csv.py)
 RUN_DIR/operator-only/ released OUTSIDE the guarantee, for the operator alone:
     metrics.jsonl      per round: the true group sizes, the fraction of clipped uploads, validation and
                        test AUC / LogLoss on private held-out data
+    metrics.csv        per round: the shareable and the operator-only columns together, for plotting
     evaluation.json    best-validation round, its test AUC (DeLong 95% interval) and LogLoss, the
                        temperature calibration, the number of training interactions
     predictions.npz    the best round's per-user validation and test probabilities and labels (no pickle)
@@ -47,8 +49,10 @@ from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
 from mrff_secure.federation.privacy_summary import privacy_summary
 from mrff_secure.federation.simulation import FederatedSimulation
 from mrff_secure.metrics import apply_temperature, auc_confidence_interval, fit_temperature, log_loss
+from mrff_secure.metrics_csv import write_metrics_csv
 from mrff_secure.model.roles import Role
 from mrff_secure.round.spec import PrivacySettings
+from mrff_secure.run_summary import OPERATOR_ONLY, format_epsilon, spread
 
 log = logging.getLogger(__name__)
 PAPER_SASREC_PARAMETERS = 52_720  # Table 3, KuaiSAR-R
@@ -89,7 +93,15 @@ def _finite(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+LEGEND_ROWS = 12  # group legend entries per column: many groups make more columns, never a taller legend
+
+
 def plot_training(rows: list[dict[str, Any]], path: Path) -> None:
+    """operator-only/training.png: validation AUC, and the true group sizes of each block stacked, per round.
+
+    The group legend sits right of its axes, in columns of at most LEGEND_ROWS entries, and the figure is
+    laid out by constrained layout: inside the axes (tight_layout) the legend of 24 or more groups was
+    taller than the axes and matplotlib warned "Tight layout not applied"."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,27 +110,35 @@ def plot_training(rows: list[dict[str, Any]], path: Path) -> None:
     rounds = [r["round"] for r in rows if r.get("val_auc") is not None]
     val_auc = [r["val_auc"] for r in rows if r.get("val_auc") is not None]
     blocks = len(rows[0]["group_sizes"]) if rows and rows[0]["group_sizes"] else 0
-    fig, axes = plt.subplots(1 + blocks, 1, figsize=(7, 2.6 * (1 + blocks)), squeeze=False)
+    groups = len(rows[0]["group_sizes"][0]) if blocks else 0
+    legend_columns = max(1, math.ceil(groups / LEGEND_ROWS))
+    # a colour per group: tab10's repeat after 10 groups, so more groups take tab20's or a sequential map's
+    colormap = matplotlib.colormaps["tab10" if groups <= 10 else "tab20" if groups <= 20 else "viridis"]
+    colours = [colormap(g if groups <= 20 else g / max(groups - 1, 1)) for g in range(groups)]
+    fig, axes = plt.subplots(
+        1 + blocks,
+        1,
+        figsize=(7 + 1.3 * legend_columns, 2.6 * (1 + blocks)),
+        squeeze=False,
+        layout="constrained",
+    )
     axes[0, 0].plot(rounds, val_auc, color="tab:blue")
     axes[0, 0].set_ylabel("validation AUC")
     axes[0, 0].set_xlabel("round")
     for b in range(blocks):
         sizes = np.array([r["group_sizes"][b] for r in rows])  # (rounds, groups)
         ax = axes[1 + b, 0]
-        ax.stackplot([r["round"] for r in rows], sizes.T, labels=[f"group {g}" for g in range(sizes.shape[1])])
+        if groups:
+            ax.stackplot(
+                [r["round"] for r in rows], sizes.T, labels=[f"group {g}" for g in range(groups)], colors=colours
+            )
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", ncols=legend_columns)
         ax.set_ylabel(f"block {b} users")
         ax.set_xlabel("round")
-        ax.legend(loc="upper right", fontsize="small")
-    fig.tight_layout()
-    import io
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     write_bytes_atomic(path, buffer.getvalue())
-
-
-OPERATOR_ONLY = "operator-only"
 
 
 def output_classification(privacy: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +151,8 @@ def output_classification(privacy: dict[str, Any]) -> dict[str, Any]:
     outside = {
         f"{OPERATOR_ONLY}/metrics.jsonl": "true group sizes per round, fraction of clipped uploads, validation and "
         "test AUC / LogLoss on private held-out data",
+        f"{OPERATOR_ONLY}/metrics.csv": "metrics.jsonl's and operator-only/metrics.jsonl's rows joined by round, "
+        "as CSV",
         f"{OPERATOR_ONLY}/evaluation.json": "best round, test AUC and LogLoss with interval, temperature, number of "
         "training interactions: computed on private data without noise",
         f"{OPERATOR_ONLY}/predictions.npz": "per-user click probabilities on private held-out items",
@@ -147,6 +169,7 @@ def output_classification(privacy: dict[str, Any]) -> dict[str, Any]:
             "summary.json: config, parameters, privacy, users, inference_ms_per_user": "configuration, "
             "model size and timing; the number of users is visible to the server",
             "metrics.jsonl: round, participants, train_seconds": "who takes part is visible to the server",
+            "metrics.csv": "metrics.jsonl's rows as CSV (lists left out)",
         },
         "outside_the_guarantee": outside,
     }
@@ -211,6 +234,14 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
+def _write_csv(out: Path, public_rows: list[dict[str, Any]], operator_rows: list[dict[str, Any]]) -> None:
+    """metrics.csv from the shareable rows; operator-only/metrics.csv from both, joined by round."""
+    write_metrics_csv(out / "metrics.csv", public_rows)
+    operator_by_round = {r["round"]: r for r in operator_rows}
+    joined = [{**p, **operator_by_round.get(p["round"], {})} for p in public_rows]
+    write_metrics_csv(out / OPERATOR_ONLY / "metrics.csv", joined)
+
+
 def run_training(
     data: ClientData,
     model_config: ModelConfig,
@@ -225,7 +256,7 @@ def run_training(
     fingerprint: str = "",
     should_stop: Callable[[], bool] | None = None,
     backend: str = "single",
-    workers: int = 2,
+    actors: int = 2,
     threads_per_worker: int = 1,
     ray_address: str | None = None,
 ) -> dict[str, Any]:
@@ -240,7 +271,7 @@ def run_training(
     from it (its `fingerprint`, a digest of the configuration, must match). `should_stop()` is asked
     after every round: when true, the round's checkpoint is written and TrainingInterrupted raised.
 
-    `backend` "ray" shards the clients over `workers` Ray actors (federation.ray_backend; the same
+    `backend` "ray" shards the clients over `actors` Ray actors (federation.ray_backend; the same
     result as "single", the default) on the cluster at `ray_address` or a local Ray instance.
     """
     sim: FederatedSimulation
@@ -252,7 +283,7 @@ def run_training(
             model_config,
             federation,
             privacy=privacy,
-            workers=workers,
+            actors=actors,
             threads_per_worker=threads_per_worker,
             address=ray_address,
         )
@@ -318,12 +349,14 @@ def _run(
     if resume:
         first, best, best_probs = _load_checkpoint(out, sim, accountant, fingerprint)
         rows = _read_rows(operator_metrics_path, first)  # operator-only rows (true group sizes, evaluations)
-        _write_rows(metrics_path, _read_rows(metrics_path, first))
+        public_rows = _read_rows(metrics_path, first)
+        _write_rows(metrics_path, public_rows)
         _write_rows(operator_metrics_path, rows)
     else:
         metrics_path.write_text("")  # a fresh run starts fresh logs
         operator_metrics_path.write_text("")
-        rows = []
+        rows, public_rows = [], []
+    _write_csv(out, public_rows, rows)
     stopped_early = None  # rounds run when early stopping ended the run
     if federation.patience and best is not None and first and first - 1 - best["round"] >= federation.patience:
         stopped_early = first  # a resumed run that had already stopped early: nothing more to train
@@ -393,13 +426,15 @@ def _run(
             r,
             result.participants,
             result.seconds,
-            public.get("epsilon"),
+            format_epsilon(public.get("epsilon")),
         )
         rows.append(row)
+        public_rows.append(public)
         with metrics_path.open("a") as handle:
             handle.write(json.dumps(public) + "\n")
         with operator_metrics_path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
+        _write_csv(out, public_rows, rows)
         stopping = should_stop is not None and should_stop()
         converged = False
         if federation.patience and best is not None and r - best["round"] >= federation.patience:
@@ -421,11 +456,13 @@ def _run(
             break
     privacy_json = privacy_summary(accountant, participants_per_round=len(sim.sample_clients(0)))
     summary: dict[str, Any] = {
+        "kind": "training",
         "dataset": data.name,
         "users": data.num_users,
         "rounds": federation.rounds,
         "rounds_run": stopped_early or federation.rounds,
         "stopped_early": stopped_early is not None,
+        "participants_per_round": spread([r["participants"] for r in public_rows]),
         "parameters": parameter_counts(sim),
         "paper_sasrec_parameters": PAPER_SASREC_PARAMETERS,
         "inference_ms_per_user": round(inference_ms_per_user(sim), 5),

@@ -251,11 +251,19 @@ OPTIONS: tuple[Option, ...] = (
        choices=("single", "ray")),
     _o("scale", "ray_address", str, None, "ray: a running cluster (auto, or HOST:PORT of `ray start --head`); not "
                                           "set: a local Ray instance for this command", optional=True),
-    _o("scale", "workers", int, 2, "ray, train: actors the clients are sharded over", low=1),
+    _o("scale", "actors", int, 2, "ray, train: Ray actors the clients are sharded over", low=1),
     _o("scale", "threads_per_worker", int, 1, "ray: torch threads (and Ray CPUs) of each actor or audit cell", low=1),
 )
 # fmt: on
 BY_KEY = {o.key: o for o in OPTIONS}
+RENAMED_KEYS = {"scale.workers": "scale.actors"}  # old configuration keys, named in the refusal
+# old flags: refused with their new name (one concept, one flag: `--workers` meant processes in `audit` and
+# Ray actors in `train`; the client's `--server` is everyone else's `--address`)
+RENAMED_FLAGS: dict[str, dict[str, str]] = {
+    "train": {"--workers": "--actors"},
+    "audit": {"--workers": "--processes"},
+    "client": {"--server": "--address"},
+}
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 assert len(BY_NAME) == len(OPTIONS), "option names must be unique across tables"
 
@@ -273,7 +281,7 @@ _SERVER_PRIVACY = ("corrupt_neighbours",)
 COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
     "train": _DATA + _MODEL + _TRAINING + ("eval_every", "chunk_size", "checkpoint_every") + _RECIPE + _NETWORK_PRIVACY
              + ("noise_sampling", "count_cap", "clip_from_private_data", "insecure_reproducible_noise")
-             + ("backend", "ray_address", "workers", "threads_per_worker"),
+             + ("backend", "ray_address", "actors", "threads_per_worker"),
     "server": _DATA + _MODEL + _TRAINING + ("min_clients", "federated_eval_every", "max_evaluations") + _NETWORK_PRIVACY
               + _SERVER_PRIVACY
               + ("address", "certs", "mtls", "insecure", "train_timeout", "stage_timeout", "num_neighbours",
@@ -282,7 +290,7 @@ COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
                  + _NETWORK_PRIVACY + _SERVER_PRIVACY
                  + ("insecure", "train_timeout", "stage_timeout", "num_neighbours", "threshold",
                     "insecure_reproducible_noise"),
-    "client": _DATA + ("certs", "mtls", "insecure", "retry_timeout", "insecure_reproducible_noise"),
+    "client": _DATA + ("address", "certs", "mtls", "insecure", "retry_timeout", "insecure_reproducible_noise"),
     "schema": _DATA,
     "privacy": ("rounds", "client_fraction", "dp", "clip", "noise_multiplier", "target_epsilon", "delta", "mechanism",
                 "max_dropout_fraction", "modulus_bits", "noise_sampling", "blocks", "groups", "mrff"),
@@ -365,6 +373,7 @@ def add_options(parser: argparse.ArgumentParser, command: str) -> None:
                 choices=option.choices,
                 help=text,
             )
+    add_renamed_flags(parser, command)
 
 
 def _arg_type(kind: type, option: Option) -> Callable[[str], Any]:
@@ -396,7 +405,12 @@ def load_toml(path: Path) -> dict[str, dict[str, Any]]:
         unknown = sorted(k for k in body if f"{table}.{k}" not in BY_KEY)
         if unknown:
             known = sorted(o.name for o in OPTIONS if o.table == table)
-            raise ConfigError(f"--config {path}: unknown keys {unknown} in [{table}]; known: {known}")
+            renamed = "".join(
+                f"; {table}.{k} is now {RENAMED_KEYS[f'{table}.{k}']}"
+                for k in unknown
+                if f"{table}.{k}" in RENAMED_KEYS
+            )
+            raise ConfigError(f"--config {path}: unknown keys {unknown} in [{table}]{renamed}; known: {known}")
     return raw
 
 
@@ -575,3 +589,22 @@ def writable_file(path: Path, flag: str) -> Path:
         raise ConfigError(f"{flag} {path} is a folder; give a file name")
     writable_folder(path.parent, f"{flag} {path}: its folder")
     return path
+
+
+class _RenamedFlag(argparse.Action):
+    """An old flag: a usage error that names the new one."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(f"{option_string} is now {self.metavar} (one name per concept across the commands)")
+
+
+def add_renamed_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """The old flags of `command`, hidden from --help, refused with their new names."""
+    for old, new in RENAMED_FLAGS.get(command, {}).items():
+        parser.add_argument(old, action=_RenamedFlag, metavar=new, help=argparse.SUPPRESS, nargs="?")

@@ -207,16 +207,15 @@ def format_report(report: dict[str, Any]) -> str:
 def privacy_main(args: argparse.Namespace) -> int:
     """Run ``mrff privacy`` (parser in mrff_secure.app.cli, options from mrff_secure.app.options); print the report."""
     options.resolve(args, "privacy")
-    if args.dp == "off":
-        given = "--noise-multiplier" if args.noise_multiplier is not None else "--target-epsilon"
-        what = f"{given} needs a DP mode" if args.noise_multiplier is not None or args.target_epsilon else "no DP mode"
-        raise ConfigError(
-            f"{what} (--dp is off: no noise, epsilon inf): add --dp local (each client adds Gaussian noise to "
-            "its own update, as `mrff train --dp local`) or --dp distributed --dim D (noise shares summed under "
-            "secure aggregation, as `mrff server`)"
-        )
     if (args.noise_multiplier is None) == (args.target_epsilon is None):
         raise ConfigError("give exactly one of --noise-multiplier Z and --target-epsilon E")
+    if args.dp == "off":
+        given = "--noise-multiplier" if args.noise_multiplier is not None else "--target-epsilon"
+        raise ConfigError(
+            f"{given} needs a DP mode (--dp is off: no noise, epsilon inf): add --dp local (each client adds "
+            "Gaussian noise to its own update, as `mrff train --dp local`) or --dp distributed --dim D (noise "
+            "shares summed under secure aggregation, as `mrff server`)"
+        )
     check_int("--clients", args.clients, low=2)
     if args.dp == "local" and args.mechanism not in (None, "gaussian"):
         raise ConfigError(f"--dp local adds Gaussian noise; --mechanism {args.mechanism} is for --dp distributed")

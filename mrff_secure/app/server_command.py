@@ -670,9 +670,11 @@ def _serve(args: argparse.Namespace, run_folder: NewRunFolder) -> int:
     if coordinator.error is not None:
         raise MrffError(f"coordinator failed: {coordinator.error}")
     from mrff_secure.audit_log import read_records
+    from mrff_secure.run_summary import format_run_summary
     from server.results import write_results
 
-    write_results(run_dir)  # metrics.jsonl, summary.json, training.png, as mrff train writes them
+    summary = write_results(run_dir)  # metrics.jsonl/.csv, summary.json, the plot, as mrff train writes them
+    print(format_run_summary(summary, run_dir), flush=True)
     records = read_records(run_dir / "audit.jsonl")
     completed = sum(r.get("type") == "round" for r in records)
     aborted = sum(r.get("type") == "round_aborted" for r in records)
@@ -888,7 +890,7 @@ def _run_local(args: argparse.Namespace, run_dir: Path, run_folder: NewRunFolder
             lo, hi = i * per, min(args.clients, (i + 1) * per) - 1
             if lo > hi:
                 break
-            client_args = ["client", "--server", address, "--users", f"{lo}-{hi}", "--certs", str(certs.folder)]
+            client_args = ["client", "--address", address, "--users", f"{lo}-{hi}", "--certs", str(certs.folder)]
             client_args += [
                 "--state-dir",
                 str(run_dir / "clients"),

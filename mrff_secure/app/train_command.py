@@ -13,6 +13,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from mrff_secure.app import options
+from mrff_secure.app.run_folder import NewRunFolder
 from mrff_secure.errors import ConfigError
 
 if TYPE_CHECKING:  # imported where used: the command line starts without torch
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # imported where used: the command line starts without torch
 RUN_FILES = (
     "config.toml",
     "metrics.jsonl",
+    "metrics.csv",
     "summary.json",
     "checkpoint.npz",
     "report.json",
@@ -58,7 +60,7 @@ def _prepare_run_dir(args: argparse.Namespace) -> None:
 
 def _resume_configuration(args: argparse.Namespace) -> None:
     """--resume runs with the run's own configuration: it reads RUN/config.toml; other settings are refused,
-    except the [scale] ones (--backend, --workers, ...): they do not change the result, so a run may continue
+    except the [scale] ones (--backend, --actors, ...): they do not change the result, so a run may continue
     on another backend."""
     given = [
         options.BY_NAME[n].flag
@@ -132,6 +134,11 @@ def fingerprint(config: dict) -> str:
 
 
 def train_main(args: argparse.Namespace) -> int:
+    with NewRunFolder(args.run_dir) as run_folder:  # a start that fails (before a round is done) leaves no run
+        return _train(args, run_folder)
+
+
+def _train(args: argparse.Namespace, run_folder: NewRunFolder) -> int:
     if args.resume and args.overwrite:
         raise ConfigError("give --resume or --overwrite, not both")
     if args.resume:
@@ -176,6 +183,10 @@ def train_main(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         print("\nmrff train: stopping after this round (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
+    def round_done() -> bool:  # asked after every round: the run exists from the first one on
+        run_folder.started()
+        return bool(stop_requested)
+
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         summary = run_training(
@@ -189,9 +200,9 @@ def train_main(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             resume=args.resume,
             fingerprint=fingerprint(config),
-            should_stop=lambda: bool(stop_requested),
+            should_stop=round_done,
             backend=args.backend,
-            workers=args.workers,
+            actors=args.actors,
             threads_per_worker=args.threads_per_worker,
             ray_address=args.ray_address,
         )
@@ -216,20 +227,15 @@ def train_main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
         return 0
-    p = summary["privacy"]
-    evaluation = summary[OPERATOR_ONLY]
-    auc, loss = evaluation.get("test_auc"), evaluation.get("test_logloss")
-    guarantee = (
-        f"epsilon {options.fmt_epsilon(p['epsilon'])} at delta {p['delta']:.3g} ({p['adjacency']}, {p['mechanism']})"
-        if p["private"]
-        else f"NOT PRIVATE (epsilon {options.fmt_epsilon(p['epsilon'])})"
-    )
+    from mrff_secure.run_summary import format_run_summary
+
+    print(f"{data.name}: {format_run_summary(summary, args.run_dir)}")
     print(
-        f"{data.name}: {guarantee}; wrote {args.run_dir}/summary.json, metrics.jsonl, config.toml. Operator only "
-        f"(outside the guarantee, in {args.run_dir}/{OPERATOR_ONLY}/): best validation round "
-        f"{evaluation.get('best_round')}, test AUC {'n/a' if auc is None else f'{auc:.4f}'}, test LogLoss "
-        f"{'n/a' if loss is None else f'{loss:.4f}'}"
+        f"wrote {args.run_dir}/summary.json, metrics.jsonl, metrics.csv, config.toml. Operator only (outside the "
+        f"guarantee): {args.run_dir}/{OPERATOR_ONLY}/ (evaluation.json, metrics.jsonl, metrics.csv, "
+        "predictions.npz, training.png)"
     )
-    for warning in p.get("warnings", []) + evaluation.get("warnings", []):
+    # the evaluation's warnings (training may be diverging) were logged when they arose: not repeated here
+    for warning in summary["privacy"].get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -1,10 +1,21 @@
-"""Privacy accounting: opacus' PRV (headline) and RDP (cross-check) accountants, user level.
+"""Privacy accounting math, user level: opacus' RDP and PRV accountants for Gaussian histories, and the RDP
+bounds of the distributed discrete mechanisms.
 
-Gaussian case (local mode, and the continuous limit of distributed mode): the history is
-[(noise_multiplier, sample_rate, steps), ...] exactly as opacus' accountants keep it; one step is
-one round, the unit of privacy is one user (add/remove), ``sample_rate`` is the Poisson
-client-sampling rate. Amplification by sampling assumes the adversary does not learn which users
-took part in a round; set sample_rate=1 (worst case) where it does.
+Which figure is a run's guarantee is decided in `mrff_secure/round/accountant.py`, not here. Its headline
+is the RDP bound of the mechanism used: local DP, the Gaussian RDP of :func:`rdp_epsilon` (the grid
+discrete Gaussian's RDP is at most the continuous one's) at q = 1 every round; distributed DP, the
+discrete curves below, summed over the rounds and converted once by :func:`rdp_to_epsilon`. The PRV
+figure of :func:`gaussian_epsilons` is the continuous Gaussian's, shown beside the headline for
+reference only ("gaussian_limit"); ``Epsilons.headline`` is the headline of that reference, not of a run.
+
+Gaussian case: the history is [(noise_multiplier, sample_rate, steps), ...] exactly as opacus'
+accountants keep it; one step is one round, the unit of privacy is one user. The adjacency enters only
+through the noise multiplier, which the caller computes as noise std / L2 sensitivity under the
+adjacency of the release (`round.release.RoundRelease.accounted_noise_multiplier`): replace-one for
+local DP, whose uploads the server sees identified (one upload replaced by any other: sensitivity
+sqrt(4 C^2 + 2 B + 1) with B blocks with group one-hots); zero-out under secure aggregation (one user's
+contribution replaced by zeros). ``sample_rate`` is a Poisson client-sampling rate; the runs pass 1
+(no amplification: the server learns who took part in a round).
 
 Conventions: a history with a z = 0 entry that touches a user yields ``math.inf`` (no noise, no
 guarantee, never 0); an empty history yields 0.0 (nothing released). The PRV accountant breaks
@@ -15,13 +26,14 @@ eps_error / sqrt(T log(12000 / delta) / 2), so a tiny z (huge epsilon) or many r
 billions of points and minutes of FFTs. :func:`prv_out_of_range` predicts that grid from RDP
 alone (cheap) and PRV is only called where the grid has at most ``PRV_MAX_GRID_POINTS`` points
 (about a second) and RDP is at most ``PRV_MAX_EPSILON``; elsewhere, or where PRV returns a
-non-finite or overflow-range value, ``Epsilons.prv`` is None, the headline is the RDP bound
+non-finite or overflow-range value, ``Epsilons.prv`` is None, ``Epsilons.headline`` is the RDP bound
 (always a valid upper bound) and ``prv_note`` says so ("PRV out of range at z=...; RDP bound used").
 
 Discrete mechanisms (distributed mode): the RDP bounds of the distributed discrete Gaussian
 (Kairouz, Liu, Steinke 2021, Prop. 14) and of Skellam (Agarwal, Kairouz, Liu 2021, Thm. 3.5 /
-Cor. 3.6), written here from the papers, composed over rounds and converted with opacus'
-``get_privacy_spent``. We do NOT amplify them by sampling (conservative): every round counts.
+Cor. 3.6), written here from the papers, for the L2 / L1 sensitivities the caller passes (zero-out;
+`round.release` doubles them for the replace-one figure), composed over rounds and converted with
+opacus' ``get_privacy_spent``. We do NOT amplify them by sampling (conservative): every round counts.
 """
 
 from __future__ import annotations
@@ -226,8 +238,9 @@ def json_epsilon(value: float | None) -> float | str | None:
 
 @dataclass(frozen=True)
 class Epsilons:
-    """Epsilon at ``delta`` from both accountants. ``prv`` is None where PRV was out of range or could
-    not be trusted (see ``prv_note``); ``headline`` is PRV when available, else the RDP bound."""
+    """Epsilon of a continuous Gaussian history at ``delta`` from both accountants. ``prv`` is None where PRV
+    was out of range or could not be trusted (see ``prv_note``); ``headline`` is PRV when available, else
+    the RDP bound. A run reports these as its "gaussian_limit", for reference only (module docstring)."""
 
     prv: float | None
     rdp: float
@@ -257,8 +270,9 @@ class Epsilons:
 
 
 def gaussian_epsilons(*, history: Sequence[Sequence[float]], delta: float) -> Epsilons:
-    """PRV (headline) and RDP (cross-check) epsilons of a Gaussian history at ``delta``; PRV only
-    where it is fast and reliable (:func:`prv_out_of_range`), else the RDP bound with a note."""
+    """PRV and RDP epsilons of a continuous Gaussian history at ``delta`` (a run's reference figures, not
+    its headline); PRV only where it is fast and reliable (:func:`prv_out_of_range`), else the RDP bound
+    with a note."""
     rdp = rdp_epsilon(history=history, delta=delta)
     if rdp == 0.0 or math.isinf(rdp):
         return Epsilons(prv=rdp, rdp=rdp, delta=float(delta))

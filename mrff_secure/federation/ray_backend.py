@@ -105,13 +105,13 @@ def writable_copy(data: ClientData) -> ClientData:
     )
 
 
-def shard_rows(num_users: int, rows_per_block: int, workers: int) -> list[np.ndarray]:
+def shard_rows(num_users: int, rows_per_block: int, actors: int) -> list[np.ndarray]:
     """Contiguous ranges of whole row blocks (`client_shard.block_rows`; 0: one block), as even as blocks
     allow, one per worker (none empty)."""
-    check_int("--workers", workers, low=1)
+    check_int("--actors", actors, low=1)
     block = rows_per_block if rows_per_block else max(num_users, 1)
     num_blocks = -(-num_users // block)
-    ranges = np.array_split(np.arange(num_blocks), min(workers, max(num_blocks, 1)))
+    ranges = np.array_split(np.arange(num_blocks), min(actors, max(num_blocks, 1)))
     return [np.arange(r[0] * block, min((r[-1] + 1) * block, num_users)) for r in ranges if len(r)]
 
 
@@ -200,7 +200,7 @@ class RaySimulation(FederatedSimulation):
         update_transform: UpdateTransform | None = None,
         privacy: PrivacySettings | None = None,
         *,
-        workers: int = 2,
+        actors: int = 2,
         threads_per_worker: int = 1,
         address: str | None = None,
     ) -> None:
@@ -215,8 +215,8 @@ class RaySimulation(FederatedSimulation):
             )
         check_int("--threads-per-worker", threads_per_worker, low=1)
         self._ray = import_ray()
-        self.workers, self.threads_per_worker, self.address = int(workers), int(threads_per_worker), address
-        self._shard_ranges = shard_rows(data.num_users, block_rows(federation), self.workers)
+        self.actors, self.threads_per_worker, self.address = int(actors), int(threads_per_worker), address
+        self._shard_ranges = shard_rows(data.num_users, block_rows(federation), self.actors)
         self._actors: list[Any] = []  # Ray actor handles
         self._started_ray = False
         super().__init__(data, model_config, federation, observer, plain_individual_view, None, privacy)
@@ -233,7 +233,7 @@ class RaySimulation(FederatedSimulation):
 
     def _start_shards(self) -> None:
         ray = self._ray
-        self._started_ray = connect(ray, self.address, self.workers * self.threads_per_worker)
+        self._started_ray = connect(ray, self.address, self.actors * self.threads_per_worker)
         pipeline_args = None
         if self.privacy is not None:
             p = self.privacy
@@ -258,7 +258,7 @@ class RaySimulation(FederatedSimulation):
         if needed > available:  # the actors beyond the cluster's CPUs would wait forever to be placed
             self.close()
             raise ConfigError(
-                f"--workers {len(self._shard_ranges)} x --threads-per-worker {self.threads_per_worker} "
+                f"--actors {len(self._shard_ranges)} x --threads-per-worker {self.threads_per_worker} "
                 f"needs {needed} CPUs; the Ray cluster has {available}"
             )
         remote = ray.remote(num_cpus=self.threads_per_worker)(ShardActor)

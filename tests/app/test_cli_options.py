@@ -178,7 +178,7 @@ def test_bad_configuration_files_are_one_line_usage_errors(tmp_path, text, needl
         ),
         (["server", "--run-dir", "{tmp}/s", "--address", "127.0.0.1:99999"], "the port must be in 1-65535"),
         (["server", "--run-dir", "{tmp}/s", "--address", "nohost"], "--address must be HOST:PORT"),
-        (["client", "--server", "127.0.0.1:0", "--users", "0"], "the port must be in 1-65535"),
+        (["client", "--address", "127.0.0.1:0", "--users", "0"], "the port must be in 1-65535"),
         (["server", "--run-dir", "{tmp}/s", "--dp", "local"], "--dp local is not available on the network"),
     ],
 )

@@ -131,3 +131,21 @@ def test_run_local_refuses_a_client_count_whose_rounds_its_clients_would_refuse(
     err = capsys.readouterr().err
     assert "--clients 4: a round of 4 clients sizes its noise for 3 survivors" in err
     assert "give --clients 6 or more" in err and not run.exists()
+
+
+def test_a_closed_stdout_ends_the_command_silently_with_141(tmp_path):
+    """`mrff privacy ... | head` printed "error: Broken pipe"; now the command ends quietly, as a Unix tool does."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mrff_secure.app.cli", "privacy", "--dp", "local", "--noise-multiplier", "1"]
+        + ["--rounds", "10", "--clients", "100"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before the command writes anything
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err == ""

@@ -32,11 +32,11 @@ def data():
 # ------------------------------------------------------------- without Ray
 
 
-@pytest.mark.parametrize("users, block, workers", [(150, 32, 2), (150, 32, 7), (10, 32, 3), (150, 0, 4), (64, 16, 4)])
-def test_shards_are_contiguous_whole_blocks_covering_every_user(users, block, workers):
-    shards = shard_rows(users, block, workers)
+@pytest.mark.parametrize("users, block, actors", [(150, 32, 2), (150, 32, 7), (10, 32, 3), (150, 0, 4), (64, 16, 4)])
+def test_shards_are_contiguous_whole_blocks_covering_every_user(users, block, actors):
+    shards = shard_rows(users, block, actors)
     assert np.array_equal(np.concatenate(shards), np.arange(users))
-    assert 1 <= len(shards) <= workers
+    assert 1 <= len(shards) <= actors
     for rows in shards:
         assert np.all(np.diff(rows) == 1)
         if block:
@@ -77,8 +77,8 @@ def test_a_dead_cluster_address_is_named_in_seconds():
         _check_reachable("127.0.0.1:99999")
 
 
-def test_workers_must_be_positive():
-    with pytest.raises(ConfigError, match="--workers"):
+def test_actors_must_be_positive():
+    with pytest.raises(ConfigError, match="--actors"):
         shard_rows(10, 4, 0)
 
 
@@ -111,10 +111,10 @@ class Views:
         self.views.append(view)
 
 
-def _pair(data, federation, privacy=None, rounds=2, workers=2):
+def _pair(data, federation, privacy=None, rounds=2, actors=2):
     single_views, ray_views = Views(), Views()
     single = FederatedSimulation(data, MODEL, federation, observer=single_views, privacy=privacy)
-    sharded = RaySimulation(data, MODEL, federation, observer=ray_views, privacy=privacy, workers=workers)
+    sharded = RaySimulation(data, MODEL, federation, observer=ray_views, privacy=privacy, actors=actors)
     for _ in range(rounds):
         a, b = single.train_round(), sharded.train_round()
         assert a.group_counts == b.group_counts and a.server_group_counts == b.server_group_counts
@@ -166,7 +166,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_ray_backend_equals_the_single_process_bit_for_bit(local_ray, data, case):
     federation, privacy = CASES[case]
-    single, sharded, single_views, ray_views = _pair(data, federation, privacy, workers=3)
+    single, sharded, single_views, ray_views = _pair(data, federation, privacy, actors=3)
     try:
         _assert_same(single, sharded)
         for a, b in zip(single_views, ray_views, strict=True):
@@ -185,7 +185,7 @@ def test_a_checkpoint_moves_between_the_backends(local_ray, data):
     for _ in range(2):
         single.train_round()
     saved = single.state_arrays()
-    sharded = RaySimulation(data, MODEL, federation, workers=2)
+    sharded = RaySimulation(data, MODEL, federation, actors=2)
     try:
         sharded.load_state_arrays(saved, 2)
         assert all(np.array_equal(v, sharded.state_arrays()[k]) for k, v in saved.items())
@@ -202,7 +202,7 @@ def test_the_ray_backend_refuses_what_it_cannot_run_the_same(local_ray, data):
     with pytest.raises(ConfigError, match="update transforms"):
         RaySimulation(data, MODEL, federation, update_transform=lambda v, r, rows: v)
     with pytest.raises(ConfigError, match="needs 4 CPUs; the Ray cluster has 3"):
-        RaySimulation(data, MODEL, FederationConfig(rounds=1, chunk_size=16), workers=4)
+        RaySimulation(data, MODEL, FederationConfig(rounds=1, chunk_size=16), actors=4)
     with pytest.raises(ConfigError, match="secure_aggregation='fast'"):
         RaySimulation(data, MODEL, federation, privacy=PrivacySettings(modulus_bits=48, secure_aggregation="inmemory"))
 
@@ -242,7 +242,7 @@ def _train(tmp_path, name, *extra):
 def test_mrff_train_backend_ray_writes_the_single_process_run(local_ray, tmp_path):
     # local_ray: skipped where Ray cannot start; the command starts its own local instance beside it
     single, _ = _train(tmp_path, "single")
-    sharded, run = _train(tmp_path, "ray", "--backend", "ray", "--workers", "2", "--threads-per-worker", "1")
+    sharded, run = _train(tmp_path, "ray", "--backend", "ray", "--actors", "2", "--threads-per-worker", "1")
     assert single == sharded and len(single) == 2
     assert json.loads((run / "summary.json").read_text())["config"]["backend"] == "ray"
     assert 'backend = "ray"' in (run / "config.toml").read_text()
@@ -294,8 +294,8 @@ def test_mrff_audit_runs_its_cells_as_ray_tasks(local_ray, tmp_path, capsys):
     # the same claim checks: a misreported noise level fails on Ray too
     assert _audit(tmp_path / "lie", "--misreport-noise", "4") == 3
     assert json.loads((tmp_path / "lie" / "grid.json").read_text())["verdict"]["verdict"] == "fails"
-    assert _audit(tmp_path / "w", "--workers", "2") == 2
-    assert "--workers is the single backend's process pool" in capsys.readouterr().err
+    assert _audit(tmp_path / "w", "--processes", "2") == 2
+    assert "--processes is the single backend's process pool" in capsys.readouterr().err
 
 
 def test_ctrl_c_in_a_ray_run_keeps_the_run_folder_and_it_resumes(local_ray, tmp_path):
@@ -326,7 +326,7 @@ def test_ctrl_c_in_a_ray_run_keeps_the_run_folder_and_it_resumes(local_ray, tmp_
         "--no-progress",
         "--backend",
         "ray",
-        "--workers",
+        "--actors",
         "2",
     ]
     proc = subprocess.Popen(

@@ -103,7 +103,7 @@ def start_clients(
     issue_credentials(certs, users, tmp / "state")
     args = [
         "client",
-        "--server",
+        "--address",
         address,
         "--users",
         users,

@@ -55,7 +55,7 @@ def run_client(pki, address: str, *extra: str, name: str) -> tuple[int, float, s
     args = (
         [
             "client",
-            "--server",
+            "--address",
             address,
             "--users",
             "0",

@@ -155,7 +155,7 @@ def test_server_refuses_revoked_and_expired_credentials_and_the_client_refuses_t
     store.credential_path.write_bytes(
         issue_credential(authority_key, 5, primitives.identity_public_bytes(old_key)).to_bytes()
     )
-    args = ["client", "--server", address, "--users", "5", "--certs", str(server_certs), "--state-dir", str(state)]
+    args = ["client", "--address", address, "--users", "5", "--certs", str(server_certs), "--state-dir", str(state)]
     done = subprocess.run(
         [sys.executable, "-m", "mrff_secure.app.cli", *args, *harness.DATA_ARGS],
         capture_output=True,

@@ -139,7 +139,7 @@ def test_a_client_without_a_credential_refuses_to_start(tmp_path, certs) -> None
     proc = harness.Proc(
         [
             "client",
-            "--server",
+            "--address",
             "127.0.0.1:9",
             "--users",
             "3",
@@ -193,7 +193,7 @@ def test_a_client_refuses_to_start_with_a_credential_for_another_key_or_id(tmp_p
     proc = harness.Proc(
         [
             "client",
-            "--server",
+            "--address",
             "127.0.0.1:9",
             "--users",
             "3-4",

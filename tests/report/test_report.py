@@ -275,7 +275,7 @@ def test_the_html_report_in_a_real_browser(audit_dir, tmp_path, verdict):
 
 def test_cells_run_in_parallel_processes(tmp_path):
     out = tmp_path / "parallel"
-    code = _audit(out, "--cells", "plain", "local-dp eps=4", "--workers", "2")
+    code = _audit(out, "--cells", "plain", "local-dp eps=4", "--processes", "2")
     grid = json.loads((out / "grid.json").read_text())
     assert code == grid["verdict"]["exit_code"] and grid["verdict"]["verdict"] in ("holds", "inconclusive")
     assert [c["cell"] for c in grid["cells"]] == ["plain z=0 seed=0", "local-dp eps=4 seed=0"]
