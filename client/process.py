@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from client.policy import ClientPolicy
-from client.report import RoundReporter
+from client.report import EnrolmentReporter, RoundReporter
 from client.state import UserStore
-from client.transport import ClientFailure, Connection
+from client.transport import ClientFailure, Connection, ServerWait
 from client.worker import LogicalClient
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
@@ -48,6 +48,8 @@ class ProcessShared:
     a lock around local training (torch's global RNG seeds dropout, so training is serialized)."""
 
     data: ClientData
+    waiting: ServerWait | None = None  # the process's line while the server is away
+    enrolment: EnrolmentReporter | None = None  # the process's line once its users are enrolled
     train_lock: threading.Lock = field(default_factory=threading.Lock)
     _models: dict[tuple[str, int], ClientModel] = field(default_factory=dict)
     schema_digest: str = field(init=False)  # of our own data: a server announcing another schema is refused
@@ -127,11 +129,12 @@ def run_process(
     emit: Callable[[str], None],
 ) -> int:
     """Run every logical client of this process in its own thread; 0 if all finished the run. `emit` takes
-    the process's lines for the operator (one per round, and PAUSED under fault injection)."""
+    the process's lines for the operator (ENROLLED once its users are enrolled, WAITING while the server is away,
+    one per round, and PAUSED under fault injection)."""
     torch.set_num_threads(1)
     if max(users) >= data.num_users:
         raise ConfigError(f"user {max(users)} does not exist: the dataset has {data.num_users} users")
-    shared = ProcessShared(data)
+    shared = ProcessShared(data, waiting=ServerWait(connection.target, emit), enrolment=EnrolmentReporter(users, emit))
     stop = threading.Event()
     failures: list[str] = []
     paused: set[int] = set()

@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from client.policy import ClientPolicy
 from client.transport import ClientFailure
@@ -20,22 +21,46 @@ from mrff_secure.round.spec import Phase, RoundSpec
 from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.secagg.config import SecAggConfig, max_abs_for
 from mrff_secure.secagg.policy import PolicyViolation
-from mrff_secure.wire import tensors
+from mrff_secure.wire import limits, signing, tensors
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 
 log = logging.getLogger("mrff.client")
 _DP_OFF_WARNED = threading.Event()
 
 
-def check_schema(body: pb.RoundBody, schema_digest: str, schema_summary: str, user: int) -> None:
+def check_schema(body: pb.RoundBody | pb.DeploymentBody, schema_digest: str, schema_summary: str, user: int) -> None:
     """The server's model must be built for our data (catalogue, user fields, history length): another
-    schema is a different deployment, or a misconfigured one; no round of it is played, ever."""
+    schema is a different deployment, or a misconfigured one; no round of it is played, ever. Checked on the
+    signed DeploymentBody of the enrolment reply (before we wait for a round) and again on every round."""
     if body.schema_digest != schema_digest:
         theirs = body.schema_summary or "(not announced)"
         raise ClientFailure(
             f"user {user}: refusing the server: its data schema differs from ours; "
             f"server: {theirs}; this client: {schema_summary}"
         )
+
+
+def verified_deployment(
+    reply: pb.EnrolReply, signing_key: Ed25519PublicKey, *, user: int, nonce: bytes
+) -> pb.DeploymentBody:
+    """The enrolment reply's DeploymentBody, refused (ClientFailure) unless the server signed it for this run,
+    this client and this enrolment's challenge: we trust no schema the server did not sign."""
+    if not reply.HasField("deployment"):
+        raise ClientFailure(
+            f"user {user}: refusing the server: its enrolment reply carries no signed deployment (an older "
+            f"protocol than {limits.PROTOCOL_VERSION}?)"
+        )
+    try:
+        signing.verify_deployment(signing_key, reply.deployment.body, reply.deployment.signature)
+    except AuthenticationError as exc:
+        raise ClientFailure(f"user {user}: refusing the server: {exc}") from exc
+    body = pb.DeploymentBody.FromString(reply.deployment.body)
+    if body.run_id != reply.run_id or body.client_id != user or body.challenge_nonce != nonce:
+        raise ClientFailure(
+            f"user {user}: refusing the server: its signed deployment is for run {body.run_id!r}, client "
+            f"{body.client_id}, another challenge: not this enrolment"
+        )
+    return body
 
 
 def verified_parameters(

@@ -78,3 +78,26 @@ class RoundReporter:
             reason = failed[0] if len(failed[0]) <= 120 else failed[0][:117] + "..."
             line += f"; {len(failed)} of {len(done)} not completed, {reason}" if len(done) > 1 else f"; {reason}"
         self.emit(line)
+
+
+class EnrolmentReporter:
+    """The process's line once every one of its users has enrolled: `ENROLLED users 0-9 in run R; waiting for
+    the first round` (again after a server restart: every user enrols anew, and the line says so)."""
+
+    def __init__(self, users: Iterable[int], emit: Callable[[str], None]) -> None:
+        self.users = frozenset(users)
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._enrolled: set[int] = set()
+        self._lines = 0
+
+    def enrolled(self, user: int, run_id: str) -> None:
+        with self._lock:
+            self._enrolled.add(user)
+            if self._enrolled != self.users:
+                return
+            self._enrolled = set()
+            again = self._lines > 0
+            self._lines += 1
+        waiting = "the next round (enrolled again: the server restarted)" if again else "the first round"
+        self._emit(f"ENROLLED {_ids(self.users)} in run {run_id}; waiting for {waiting}")

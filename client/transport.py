@@ -2,8 +2,11 @@
 jitter, enrolling again when a restarted server forgot our session, and the classification of
 failures into the ones worth waiting out and the ones retrying never fixes.
 
-Transient, retried for `Connection.retry_timeout` (120 s by default): the server restarting once we
-have reached it (connection refused, connection reset), UNAVAILABLE, deadlines.
+One rule for a server that is not there: nothing listening (connection refused), a connection reset,
+UNAVAILABLE and deadlines are retried for `Connection.retry_timeout` (`--retry-timeout`, 120 s by
+default), before the first contact as after it: a client started before its server, or across a
+server restart or `--resume`, keeps trying that long, and its process prints one line
+(`WAITING for the server at HOST:PORT ...`) when it starts waiting and one when the server answers again.
 
 Permanent, ended within seconds with one `ConnectionFailed` line naming the cause: the TLS handshake
 fails (the server's certificate is not signed by our CA, or does not name the host we asked for; the
@@ -11,13 +14,13 @@ server requires a client certificate we do not present; one side does not speak 
 error is only believed once it has lasted `CONFIRM_S` (a server killed in the middle of a handshake
 is not a wrong CA); after we reached the server once, `CONFIRM_AFTER_CONTACT_S`.
 
-Nothing listening (connection refused) or a host name that does not resolve, before the first
-contact: a server may still be starting, so this is retried, but only for `Connection.connect_timeout`
-(default: 10 s, or the retry timeout if that is shorter), then `ConnectionFailed`.
+The one exception: a host name that does not resolve, before the first contact (a typo in `--address`),
+ends after `Connection.resolve_timeout` (10 s, or the retry timeout if that is shorter).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import threading
@@ -35,10 +38,11 @@ from mrff_secure.wire import limits
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from mrff_secure.wire.v1 import coordinator_pb2_grpc as pb_grpc
 
-CONNECT_TIMEOUT = 10.0  # nothing listening at start: how long we wait for a server still starting
+RESOLVE_TIMEOUT = 10.0  # a host name that does not resolve, before the first contact
 CONFIRM_S = 2.0  # a permanent-looking error must last this long before we give up
 CONFIRM_AFTER_CONTACT_S = 10.0  # ... and this long once we have reached the server (it may be restarting)
 MAX_BACKOFF = 5.0
+WAIT_NOTICE_S = 1.0  # a failure that lasts this long is a wait the operator is told about (not a blip)
 # gRPC's own reconnection backoff grows to 120 s by default: a restarted server would be found late.
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5_000)]
 RETRIED_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
@@ -60,13 +64,13 @@ class Connection:
     authority_public_key: bytes  # the identity authority's raw Ed25519 key: peers' credentials verify under it
     retry_timeout: float = 120.0  # transient failures (a server restarting) are retried this long
     server_name: str | None = None  # TLS name override (the certificate's host name)
-    connect_timeout: float | None = None  # nothing listening before the first contact (None: CONNECT_TIMEOUT)
+    resolve_timeout: float | None = None  # a host name that does not resolve, before first contact (None: 10 s)
     ca_file: Path | str | None = None  # only named in messages: the CA the credentials trust
     client_certificate: bool | None = None  # only for messages: the credentials hold one (None: unknown)
 
     @property
-    def first_contact_timeout(self) -> float:
-        wanted = CONNECT_TIMEOUT if self.connect_timeout is None else self.connect_timeout
+    def unresolved_timeout(self) -> float:
+        wanted = RESOLVE_TIMEOUT if self.resolve_timeout is None else self.resolve_timeout
         return min(wanted, self.retry_timeout)
 
 
@@ -80,9 +84,9 @@ class Diagnosis:
         return self.kind in ("tls_ca", "tls_name", "client_cert", "not_tls", "needs_tls", "tls")
 
     @property
-    def before_contact_only(self) -> bool:
-        """Bounded by the first-contact timeout until we have reached the server once."""
-        return self.kind in ("refused", "resolve")
+    def unresolved(self) -> bool:
+        """Bounded by the resolve timeout until we have reached the server once (a typo in --address)."""
+        return self.kind == "resolve"
 
 
 _OPENSSL = re.compile(r"OPENSSL_internal:([A-Z0-9_]+)(?::\s*([^:]+))?")
@@ -190,8 +194,8 @@ def _unreachable(diagnosis: Diagnosis, connection: Connection, waited: float, co
     target = connection.target
     if diagnosis.kind == "refused" and not contacted:
         return (
-            f"nothing listening at {target} (connection refused, for {waited:.0f} s): start the server first, "
-            "or check --server"
+            f"nothing listening at {target} (connection refused, for {waited:.0f} s, the --retry-timeout): "
+            "start the server, or check --address"
         )
     if diagnosis.kind == "resolve":
         return f"cannot connect to {target}: its host name does not resolve ({diagnosis.reason})"
@@ -199,6 +203,38 @@ def _unreachable(diagnosis: Diagnosis, connection: Connection, waited: float, co
         f"server {target} unreachable for {waited:.0f} s ({diagnosis.reason}); it did not come back within "
         "--retry-timeout"
     )
+
+
+class ServerWait:
+    """One process's lines while its logical clients wait for the server: `WAITING ...` when the first of them
+    starts waiting, `SERVER ... answers again` when one reaches it again (shared by the logical clients, so a
+    process of thousands prints two lines, not thousands)."""
+
+    def __init__(self, target: str, emit: Callable[[str], None]) -> None:
+        self.target = target
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._since: float | None = None  # when the current wait began; None: not waiting
+        self._reached = -math.inf  # when a logical client last reached the server after a wait
+
+    def started(self, reason: str, budget: float, failing_since: float) -> None:
+        """A logical client has been failing since `failing_since` (monotonic): said once per outage (a failure that
+        began before another client reached the server again is the tail of the outage already said)."""
+        with self._lock:
+            if self._since is not None or failing_since <= self._reached:
+                return
+            self._since = time.monotonic()
+        self._emit(
+            f"WAITING for the server at {self.target} ({reason}); retrying for up to {budget:.0f} s (--retry-timeout)"
+        )
+
+    def ended(self) -> None:
+        with self._lock:
+            if self._since is None:
+                return
+            self._reached = time.monotonic()
+            waited, self._since = self._reached - self._since, None
+        self._emit(f"SERVER at {self.target} answers again after {waited:.0f} s")
 
 
 class Transport:
@@ -211,11 +247,15 @@ class Transport:
         *,
         stop: threading.Event,
         enrol_request: Callable[[str, bytes], pb.EnrolRequest],
+        on_enrolled: Callable[[pb.EnrolReply, bytes], None] | None = None,
+        waiting: ServerWait | None = None,
     ) -> None:
         self.user = user
         self.connection = connection
         self.stop = stop
         self._enrol_request = enrol_request
+        self._on_enrolled = on_enrolled  # checks the reply (the signed deployment) before we keep the session
+        self.waiting = waiting  # the process's one line while the server is away
         options: list[tuple[str, int | str]] = [*limits.client_options(), *CHANNEL_OPTIONS]
         if connection.server_name:
             options.append(("grpc.ssl_target_name_override", connection.server_name))
@@ -254,6 +294,8 @@ class Transport:
             raise ClientFailure(
                 f"user {self.user}: the server enrolled us in run {reply.run_id!r} but challenged us for run {run_id!r}"
             )
+        if self._on_enrolled is not None:
+            self._on_enrolled(reply, bytes(challenge.nonce))  # raises ClientFailure to refuse this server
         self.session = reply.session_token
         self.enrolled_run_id = run_id
         return run_id
@@ -287,10 +329,14 @@ class Transport:
             try:
                 reply = method(request, timeout=timeout, metadata=metadata)
                 self.contacted = True
+                if failing_since is not None and self.waiting is not None:
+                    self.waiting.ended()
                 return reply
             except grpc.RpcError as exc:
                 if exc.code() not in RETRIED_CODES:
                     self.contacted = True  # the server itself answered
+                    if failing_since is not None and self.waiting is not None:
+                        self.waiting.ended()
                     raise
                 if self.stop.is_set():  # our own close() cancelled it
                     raise ClientFailure(f"user {self.user}: stopped") from exc
@@ -305,9 +351,11 @@ class Transport:
                 else:
                     streak = None
                 budget = self.connection.retry_timeout
-                if diagnosis.before_contact_only and not self.contacted:
-                    budget = self.connection.first_contact_timeout
+                if diagnosis.unresolved and not self.contacted:
+                    budget = self.connection.unresolved_timeout
                 waited = now - failing_since
+                if not diagnosis.permanent and self.waiting is not None and waited >= WAIT_NOTICE_S:
+                    self.waiting.started(diagnosis.reason, budget, failing_since)
                 if waited >= budget:
                     raise ConnectionFailed(
                         describe(diagnosis, self.connection)

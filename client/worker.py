@@ -30,6 +30,7 @@ from client.proposal import (
     check_exact_counts,
     check_schema,
     phase1_counts,
+    verified_deployment,
     verified_parameters,
 )
 from client.receipts import record_receipt
@@ -110,7 +111,14 @@ class LogicalClient:
         self.identity = store.identity_key()
         self.identity_public = primitives.identity_public_bytes(self.identity)
         self.credential = store.credential(connection.authority_public_key)  # refuses to start without one
-        self.transport = Transport(user, connection, stop=self.stop, enrol_request=self._enrol_request)
+        self.transport = Transport(
+            user,
+            connection,
+            stop=self.stop,
+            enrol_request=self._enrol_request,
+            on_enrolled=self._check_deployment,
+            waiting=shared.waiting,
+        )
         self.calls = RoundCalls(
             user, self.transport, stop=self.stop, fault=fault, on_upload=self._count_upload, identity_key=self.identity
         )
@@ -145,7 +153,16 @@ class LogicalClient:
             credential=self.credential.to_bytes(),
             skips_evaluation=not self.policy.join_evaluation,
             challenge_nonce=nonce,
+            schema_digest=self.shared.schema_digest,
         )
+
+    def _check_deployment(self, reply: pb.EnrolReply, nonce: bytes) -> None:
+        """At enrolment, before we wait for any round: the server's signed deployment must be for this run, this
+        client and this challenge, and its model built for our data schema (else ClientFailure, both named)."""
+        deployment = verified_deployment(reply, self.connection.signing_key, user=self.user, nonce=nonce)
+        check_schema(deployment, self.shared.schema_digest, self.shared.schema_summary, self.user)
+        if self.shared.enrolment is not None:
+            self.shared.enrolment.enrolled(self.user, reply.run_id)
 
     def enrol(self) -> None:
         self.transport.enrol()
@@ -164,7 +181,12 @@ class LogicalClient:
     # --------------------------------------------------------------- rounds
     def run(self) -> None:
         """Enrol, then play every round this client is sampled for, until the server says finished."""
-        self.enrol()
+        try:
+            self.enrol()
+        except ClientFailure as exc:
+            if "data schema" in str(exc) and "this client:" not in str(exc):  # the server refused it: name ours too
+                raise ClientFailure(f"{exc}; this client: {self.shared.schema_summary}") from exc
+            raise
         after = -1
         while True:
             try:
@@ -189,7 +211,15 @@ class LogicalClient:
                 after = body.round_id
                 self.store.resolve(body.last_completed_round)
                 if body.finished:
-                    log.info("user %d: run finished after round %d", self.user, body.last_completed_round)
+                    if body.unfinished_reason:  # the server stopped the run early; it may resume it later
+                        log.warning(
+                            "user %d: the server ended the run unfinished after round %d: %s",
+                            self.user,
+                            body.last_completed_round,
+                            body.unfinished_reason[:500],
+                        )
+                    else:
+                        log.info("user %d: run finished after round %d", self.user, body.last_completed_round)
                     return
                 if self.user in body.participants:
                     self._play_reported(body)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import logging
+import re
 import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -54,6 +56,7 @@ from mrff_secure.secagg.server import ServerSession
 from mrff_secure.wire import signing, tensors
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 from server.enrol_challenges import ChallengeBook
+from server.enrolment_lines import EnrolmentLines
 from server.errors import BadSignature, EnrolmentRefused, Malformed, ShuttingDown
 from server.privacy import ledger_summary, round_release
 from server.run_state import RunState, ServerSettings
@@ -62,6 +65,13 @@ from server.stage_gate import PhaseState, RoundState, StageGate, Stopped
 log = logging.getLogger("mrff.server")
 
 EVALUATION_SESSION_BASE = 1 << 40  # secagg round ids of the evaluation sums: 2^40 + round (never 2r, 2r + 1)
+MAX_ABORTED_IN_A_ROW = 3  # aborted rounds retried in a row before the run stops unfinished (see Coordinator.run)
+_SECAGG_ROUND_PREFIX = re.compile(r"^round \d+ aborted: ")  # the secure sum's own session number, not our round
+
+
+class RunUnfinished(Exception):
+    """The run stops before it completed its rounds (the reason); it can be resumed."""
+
 
 __all__ = [
     "Coordinator",
@@ -156,7 +166,7 @@ class Coordinator:
         on_round_line: Callable[[str], None] | None = None,
     ) -> None:
         self.settings, self.model_config, self.base_spec = settings, model_config, spec
-        self.on_round_line = on_round_line  # the operator's one line per round (the command prints it)
+        self.on_round_line = on_round_line  # the operator's lines: one per round, enrolment (the command prints them)
         self._signing_key = signing_key
         self.authority_public_key = bytes(authority_public_key)  # the identity authority (credentials)
         open_run = RunState.resume if resume else RunState.create
@@ -166,10 +176,20 @@ class Coordinator:
         self.audit = self.state.audit
         self.layout = self.state.layout
         self.error: BaseException | None = None
+        self.unfinished: str | None = None  # why the run stopped before completing its rounds (run())
+        self._after_abort = False  # the round about to be sampled retries an aborted one
+        self._line_lock = threading.Lock()  # lines come from request threads and the driver: one at a time
+        self.lines = None if on_round_line is None else EnrolmentLines(settings.min_clients, self._line)
 
     @property
     def run_id(self) -> str:
         return self.state.run_id
+
+    def _line(self, text: str) -> None:
+        """One operator line, never interleaved with another (print writes the text and its newline apart)."""
+        if self.on_round_line is not None:
+            with self._line_lock:
+                self.on_round_line(text)
 
     @property
     def run_dir(self) -> Path:
@@ -197,7 +217,10 @@ class Coordinator:
         nonce: bytes,
         *,
         skips_evaluation: bool = False,
+        schema_digest: str = "",
     ) -> bytes:
+        """Admit a client (see EnrolRequest); EnrolmentRefused and friends name why not. `schema_digest`: the data
+        schema the client says it has (empty: not said; the client checks our signed one in any case)."""
         if not 0 <= client_id <= MAX_CLIENT_ID:
             raise Malformed(f"client id {client_id} is outside [0, {MAX_CLIENT_ID}]")
         if len(public_key) != primitives.PUBLIC_KEY_BYTES:
@@ -228,6 +251,11 @@ class Coordinator:
             raise BadSignature(
                 "enrolment proof does not verify under the identity key for this run and challenge"
             ) from exc
+        if schema_digest and not hmac.compare_digest(schema_digest.encode(), self.state.schema_digest.encode()):
+            raise EnrolmentRefused(
+                f"the data schema of client {client_id} differs from the one the model is built for (check --maxlen "
+                f"and the dataset on both sides); server: {self.state.schema_summary}"
+            )
         with self.gate.condition:
             known = self.state.identities.get(client_id)
             if known is not None and not hmac.compare_digest(known, public_key):
@@ -242,7 +270,29 @@ class Coordinator:
                         "credential": bytes(credential).hex(),
                     }
                 )
-            return self.gate.open_session(client_id, public_key, skips_evaluation=skips_evaluation)
+            again = self.gate.has_session(client_id)
+            token = self.gate.open_session(client_id, public_key, skips_evaluation=skips_evaluation)
+            count = self.gate.session_count()
+        if self.lines is not None:
+            self.lines.enrolled(client_id, count, again=again)
+        return token
+
+    def enrolment_refused(self, client_id: int, reason: str) -> None:
+        """The operator's line for a refused enrolment (the audit log records the same reason)."""
+        if self.lines is not None:
+            self.lines.refused(client_id, reason)
+
+    def deployment(self, client_id: int, nonce: bytes) -> pb.SignedBody:
+        """The signed DeploymentBody of an enrolment reply: the run, the client, its challenge and the model's data
+        schema, which the client checks before it waits for a round."""
+        body = pb.DeploymentBody(
+            run_id=self.run_id,
+            client_id=client_id,
+            challenge_nonce=nonce,
+            schema_digest=self.state.schema_digest,
+            schema_summary=self.state.schema_summary,
+        ).SerializeToString()
+        return pb.SignedBody(body=body, signature=signing.sign_deployment(self._signing_key, body))
 
     def authenticate(self, client_id: int, token: bytes) -> bool:
         return self.gate.authenticate(client_id, token)
@@ -287,15 +337,61 @@ class Coordinator:
 
     # ---------------------------------------------------------------- rounds
     def run(self) -> None:
-        """Play the remaining rounds, then announce the end. Returns when done or stopped."""
+        """Play rounds until `--rounds` of them have completed, then announce the end. Returns when done or stopped.
+
+        An aborted round is retried as a new round: a new round id (ids are never reused, so no client is asked
+        again for an input it released), a new sample and new sessions; whatever it released stays accounted
+        (the server's ledger and every client's). So the round ids run to `rounds` plus the aborted rounds. The
+        retries are bounded: after MAX_ABORTED_IN_A_ROW aborted rounds in a row, or max(MAX_ABORTED_IN_A_ROW,
+        rounds) aborted rounds in one server process, or when fewer than --min-clients clients are active within
+        --train-timeout of an aborted round, the run stops unfinished: the clients are told why (they leave), the
+        audit log gets `run_stopped`, no `run_finished`, and `mrff server --resume` continues it. A server stopped
+        by a signal leaves its round aborted (recorded now, or on --resume after a SIGKILL); the resumed server
+        starts a new round."""
         state = self.state
+        in_a_row = aborted_here = 0
         try:
-            while state.next_round < self.settings.rounds:
+            while state.next_round < self.settings.rounds + state.aborted_rounds:
+                aborted_before = state.aborted_rounds
+                self._after_abort = in_a_row > 0
                 self._play_round(state.next_round)
+                if state.aborted_rounds == aborted_before:
+                    in_a_row = 0
+                    continue
+                in_a_row, aborted_here = in_a_row + 1, aborted_here + 1
+                if in_a_row >= MAX_ABORTED_IN_A_ROW:
+                    raise RunUnfinished(f"{in_a_row} rounds in a row were aborted")
+                if aborted_here >= max(MAX_ABORTED_IN_A_ROW, self.settings.rounds):
+                    raise RunUnfinished(f"{aborted_here} rounds of this server process were aborted")
             self.gate.announce(state.next_round, self._body(state.next_round, (), None, finished=True), finished=True)
             self.audit.append(
-                {"type": "run_finished", "rounds": state.next_round, "model_digest": self.model_digest()}, sync=True
+                {
+                    "type": "run_finished",
+                    "rounds": state.completed_rounds,
+                    "aborted_rounds": state.aborted_rounds,
+                    "model_digest": self.model_digest(),
+                },
+                sync=True,
             )
+        except RunUnfinished as exc:
+            self.unfinished = str(exc)
+            self.audit.append(
+                {
+                    "type": "run_stopped",
+                    "reason": self.unfinished,
+                    "completed_rounds": state.completed_rounds,
+                    "aborted_rounds": state.aborted_rounds,
+                    "next_round": state.next_round,
+                    "model_digest": self.model_digest(),
+                },
+                sync=True,
+            )
+            self._line(
+                f"STOPPED the run unfinished: {self.unfinished}; {state.completed_rounds} of {self.settings.rounds} "
+                "rounds completed (it can be resumed with --resume)"
+            )
+            body = self._body(state.next_round, (), None, finished=True, unfinished_reason=self.unfinished)
+            self.gate.announce(state.next_round, body, finished=True)
         except (Stopped, ShuttingDown):
             log.info("coordinator stopped")
         except BaseException as exc:  # surfaced by the command; the process must not hang silently
@@ -317,6 +413,7 @@ class Coordinator:
         configs: tuple[SecAggConfig, SecAggConfig] | None = None,
         nonces: tuple[bytes, ...] = (b"", b""),
         evaluation: SecAggConfig | None = None,
+        unfinished_reason: str = "",
     ) -> pb.SignedBody:
         state = self.state
         body = pb.RoundBody(
@@ -325,6 +422,7 @@ class Coordinator:
             finished=finished,
             last_completed_round=state.last_completed,
             secure=self.settings.secure,
+            unfinished_reason=unfinished_reason,
         )
         head_seq, head_digest = self.audit.head()  # clients keep the signed head as a receipt (W20)
         if head_seq >= 0:
@@ -367,8 +465,17 @@ class Coordinator:
         return self._sign(body)
 
     def _sample(self, round_id: int) -> tuple[int, ...]:
-        """Wait for enough active clients, then sample (reproducibly from the seed and the round)."""
-        eligible = self.gate.wait_for_clients(self.settings.min_clients)
+        """Wait for enough active clients, then sample (reproducibly from the seed and the round). The retry of an
+        aborted round waits at most --train-timeout (RunUnfinished): the clients it needs may be gone."""
+        wait = self.settings.train_timeout if self._after_abort else None
+        eligible = self.gate.wait_for_clients(
+            self.settings.min_clients, None if self.lines is None else self.lines.waiting, timeout=wait
+        )
+        if len(eligible) < self.settings.min_clients:
+            raise RunUnfinished(
+                f"only {len(eligible)} of the --min-clients {self.settings.min_clients} clients were active within "
+                f"--train-timeout {self.settings.train_timeout:g} s to retry the aborted round"
+            )
         if self.settings.client_fraction >= 1.0:
             return tuple(eligible)
         rng = np.random.default_rng([self.settings.seed, round_id])
@@ -396,7 +503,11 @@ class Coordinator:
         )
         evaluated_model = self.model_digest() if evaluation is not None else ""  # the round's starting model
         release = round_release(spec, self.layout, n, corrupt_neighbours=self.settings.corrupt_neighbours)
+        state = self.state
+        state.next_round, state.round_in_progress = r + 1, r  # the id is consumed before anyone sees it
+        state.save()
         self.gate.begin_round(rs)
+        current = [Phase.COUNTS]  # the phase running, for the abort's reason
 
         def announce() -> None:  # under the lock, once the counts phase accepts inputs
             self.gate.announce(r, rs.announcement)
@@ -429,6 +540,8 @@ class Coordinator:
             else:
                 counts = np.zeros((0, 0), dtype=np.int64)
             self.state.ledger.step(release=release.phase("counts"))  # released: the clients learn the counts
+            self.state.save()  # the step survives a SIGKILL (the resumed server records this round aborted)
+            current[0] = Phase.UPDATE
             suppressed = suppressed_groups(counts, spec.min_group_size)
             start = self._sign(
                 pb.UpdatePhaseBody(run_id=self.state.run_id, round_id=r, group_counts=counts.reshape(-1).tolist())
@@ -452,6 +565,7 @@ class Coordinator:
                 plans.update, ring2, survivors=len(survivors2), rotation_seed=rotation_seed(seed, r, Phase.UPDATE)
             )
             self.state.ledger.step(release=release.phase("update"))  # released to us, whatever happens next
+            self.state.save()
             applied, examples = apply_decoded(
                 self.state.params,
                 self.layout,
@@ -462,14 +576,33 @@ class Coordinator:
                 suppressed=suppressed,
             )
         except (SecAggError, ConfigError, PrivacyError) as exc:  # aborted, or a sum that cannot be used
-            outcome = pb.RoundOutcome(round_id=r, completed=False, reason=f"{type(exc).__name__}: {exc}")
+            reason = f"{current[0].label} phase: {_SECAGG_ROUND_PREFIX.sub('', str(exc))}"  # our round numbering
+            outcome = pb.RoundOutcome(round_id=r, completed=False, reason=f"{type(exc).__name__}: {reason}")
+            state.aborted_rounds += 1
             record.update(
                 type="round_aborted",
-                reason=str(exc),
+                reason=reason,
                 model_digest=self.model_digest(),
                 epsilon=ledger_summary(self.state.ledger),  # what was released before the abort is accounted
             )
+        except (Stopped, ShuttingDown):  # a signal: the round ends aborted, recorded now; a resumed run starts anew
+            reason = "the server was stopped during the round"
+            state.aborted_rounds += 1
+            state.round_in_progress = None
+            state.save()
+            record.update(
+                type="round_aborted",
+                reason=reason,
+                interrupted=True,
+                model_digest=self.model_digest(),
+                epsilon=ledger_summary(self.state.ledger),
+            )
+            self.audit.append(record, sync=True)
+            self.gate.end_round(rs, pb.RoundOutcome(round_id=r, completed=False, reason=reason))
+            self._line(f"[ROUND {r}] ABORTED: {reason}: {n} participants")
+            raise
         else:
+            state.completed_rounds += 1
             self.state.params = applied.averaged
             self.state.group_fractions = applied.group_fractions
             self.state.last_completed = r
@@ -494,7 +627,7 @@ class Coordinator:
                 "announcement": len(rs.announcement.body) + len(rs.announcement.signature),
             },
         )
-        self.state.next_round = r + 1
+        state.round_in_progress = None
         self.state.save()
         self.audit.append(record, sync=True)
         self.gate.end_round(rs, outcome)
@@ -503,17 +636,22 @@ class Coordinator:
         )
         eps = record.get("epsilon", {}).get("epsilon")
         if self.on_round_line is not None:
-            self.on_round_line(
-                f"[ROUND {r}] {'completed' if outcome.completed else 'ABORTED: ' + outcome.reason}: {n} participants, "
+            self._line(
+                f"[ROUND {r}] {'completed' if outcome.completed else 'ABORTED: ' + outcome.reason}: "
+                f"{state.completed_rounds} of {self.settings.rounds} rounds completed, {n} participants, "
                 f"{len(dropouts)} dropped, {record['seconds']:.2f} s"
                 + (f", epsilon so far {eps if isinstance(eps, str) else format(eps, '.4g')}" if eps is not None else "")
                 + _evaluation_text(record.get("evaluation"))
             )
 
     def _evaluation_due(self, r: int) -> bool:
-        """Round r ends with a federated evaluation: scheduled (--federated-eval-every) and under the run's cap
-        (--max-evaluations, counted by the ledger, so a resumed run keeps its count)."""
-        return self.settings.evaluates(r) and self.state.ledger.evaluations < self.settings.max_evaluations
+        """Round r ends with a federated evaluation: scheduled (--federated-eval-every, counted in completed rounds:
+        round r is the run's (completed_rounds + 1)-th if it completes, whatever ids aborted rounds took) and under
+        the run's cap (--max-evaluations, counted by the ledger, so a resumed run keeps its count)."""
+        return (
+            self.settings.evaluates(self.state.completed_rounds)
+            and self.state.ledger.evaluations < self.settings.max_evaluations
+        )
 
     def _evaluate(
         self,

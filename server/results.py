@@ -24,8 +24,8 @@ validation and test items with the model the round started from (after the previ
 private part, and the secure sum of their score histograms by label, log-losses and counts, under the
 round's distributed DP noise, gives the server a noisy binned AUC and mean LogLoss. Each released
 evaluation is stepped into the ledger, so every epsilon here includes it (`evaluations_accounted`).
-The metrics row of round r carries them (`val_auc`, ..., `evaluated_after_round` r - 1,
-`evaluation_clients`, `evaluation_noise_std`, `evaluation_in_epsilon`); the summary's `best` is the row
+The metrics row of round r carries them (`val_auc`, ..., `evaluated_after_round`: the last completed round
+before r, which aborted rounds' ids may separate from it, -1 for the starting model; `evaluation_clients`, `evaluation_noise_std`, `evaluation_in_epsilon`); the summary's `best` is the row
 with the best validation AUC. With DP off the evaluation is exact and outside any guarantee, and both
 files say so (`outside_the_guarantee`).
 """
@@ -68,6 +68,7 @@ def _phase_rows(record: dict[str, Any]) -> dict[str, Any]:
 def metrics_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     last_epsilon: dict[str, Any] | None = None
+    last_completed = -1  # the round whose model the next round starts from
     for record in records:
         if record.get("type") not in ROUND_TYPES:
             continue
@@ -90,14 +91,15 @@ def metrics_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         if completed:
             row["group_counts_seen_by_server"] = record.get("group_counts")
-            row.update(_evaluation_row(record))
+            row.update(_evaluation_row(record, last_completed))
+            last_completed = record["round"]
         else:
             row["reason"] = record.get("reason")
         rows.append(row)
     return rows
 
 
-def _evaluation_row(record: dict[str, Any]) -> dict[str, Any]:
+def _evaluation_row(record: dict[str, Any], evaluated_after: int) -> dict[str, Any]:
     evaluation = record.get("evaluation")
     if not evaluation:
         return {}
@@ -109,7 +111,7 @@ def _evaluation_row(record: dict[str, Any]) -> dict[str, Any]:
         "test_auc": evaluation["test"]["auc"],
         "test_logloss": evaluation["test"]["log_loss"],
         "evaluation_clients": evaluation.get("clients"),
-        "evaluated_after_round": record["round"] - 1,
+        "evaluated_after_round": evaluated_after,
         "evaluated_model": evaluation.get("evaluated_model"),
         "evaluation_noise_std": evaluation.get("noise_std"),
         "evaluation_in_epsilon": bool(evaluation.get("in_epsilon")),

@@ -7,6 +7,11 @@ the signed audit log. `RunState.create` starts a run in an empty folder; `RunSta
 checkpoint, checks it against the model and its digest, and re-reads the enrolments audited after
 the checkpoint. `save()` writes the checkpoint atomically (server/checkpoint.py). No locks and no
 transport here: the round driver (coordinator.py) owns when state changes.
+
+Round ids are never reused within a run: a round's id is consumed (`next_round` saved past it, with
+`round_in_progress`) before it is announced, so a server stopped in the middle of round r resumes at
+round r + 1, and `resume` records round r as aborted (its releases are in the ledger, saved as they
+happen). `completed_rounds` and `aborted_rounds` count the run's rounds of each kind.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from mrff_secure.round.update_vector import UpdateLayout
 from mrff_secure.secagg.config import DEFAULT_CORRUPT_NEIGHBOURS
 from mrff_secure.wire import tensors
 from server import checkpoint
+from server.privacy import ledger_summary
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,11 @@ class RunState:
 
     run_id: str
     params: dict[str, torch.Tensor]
-    next_round: int
+    next_round: int  # the id of the next round to announce (ids are never reused)
     last_completed: int
+    completed_rounds: int
+    aborted_rounds: int
+    round_in_progress: int | None  # announced, not ended: aborted if the server stops before it ends
     group_fractions: torch.Tensor | None
     ledger: RoundAccountant
     identities: dict[int, bytes]
@@ -134,6 +143,7 @@ class RunState:
         state.run_id = secrets.token_hex(8)
         state.params = state._initial_params
         state.next_round, state.last_completed = 0, -1
+        state.completed_rounds, state.aborted_rounds, state.round_in_progress = 0, 0, None
         groups = state.layout.num_groups
         dtype = next(iter(state.params.values())).dtype
         state.group_fractions = (
@@ -175,18 +185,44 @@ class RunState:
             )
         params, meta = checkpoint.load(state.run_dir)
         state._restore(params, meta)
-        for record in read_records(state.audit.path):  # bindings made after the checkpoint
+        records = list(read_records(state.audit.path))
+        for record in records:  # bindings made after the checkpoint
             if record.get("type") == "enrolled":
                 state.identities.setdefault(int(record["client"]), bytes.fromhex(record["identity_key"]))
+        if "completed_rounds" not in meta:  # a checkpoint of an older version: count the log's rounds
+            state.completed_rounds = sum(r.get("type") == "round" for r in records)
+            state.aborted_rounds = sum(r.get("type") == "round_aborted" for r in records)
         state.audit.append(
             {
                 "type": "resumed",
                 "next_round": state.next_round,
+                "completed_rounds": state.completed_rounds,
                 "model_digest": state.model_digest(),
                 "repaired": state.audit.repaired,
             },
             sync=True,
         )
+        interrupted = state.round_in_progress
+        if interrupted is not None and not any(
+            r.get("type") in ("round", "round_aborted") and r.get("round") == interrupted for r in records
+        ):
+            state.aborted_rounds += 1
+            state.round_in_progress = None
+            state.save()
+            state.audit.append(
+                {
+                    "type": "round_aborted",
+                    "round": interrupted,
+                    "reason": "the server stopped during this round (found on --resume); its id is not reused",
+                    "interrupted": True,
+                    "model_digest": state.model_digest(),
+                    "epsilon": ledger_summary(state.ledger),  # what was released before the stop is accounted
+                },
+                sync=True,
+            )
+        elif interrupted is not None:  # its record was written, the checkpoint after it was not
+            state.round_in_progress = None
+            state.save()
         return state
 
     def _restore(self, params: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -204,6 +240,10 @@ class RunState:
         self.run_id = str(meta["run_id"])
         self.next_round = int(meta["next_round"])
         self.last_completed = int(meta["last_completed_round"])
+        self.completed_rounds = int(meta.get("completed_rounds", 0))
+        self.aborted_rounds = int(meta.get("aborted_rounds", 0))
+        in_progress = meta.get("round_in_progress")
+        self.round_in_progress = None if in_progress is None else int(in_progress)
         fractions = meta.get("group_fractions")
         dtype = next(iter(params.values())).dtype
         self.group_fractions = None if fractions is None else torch.tensor(fractions, dtype=dtype)
@@ -228,6 +268,9 @@ class RunState:
             "run_id": self.run_id,
             "next_round": self.next_round,
             "last_completed_round": self.last_completed,
+            "completed_rounds": self.completed_rounds,
+            "aborted_rounds": self.aborted_rounds,
+            "round_in_progress": self.round_in_progress,
             "group_fractions": None if self.group_fractions is None else self.group_fractions.tolist(),
             "ledger": self.ledger.state_dict(),
             "rng": {"sampling": "numpy.default_rng([seed, round])", "seed": self.settings.seed},

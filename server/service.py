@@ -178,20 +178,29 @@ class CoordinatorService:
 
     def enrol(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
         def body(_client: int | None, request: pb.EnrolRequest) -> pb.EnrolReply:
-            if request.protocol_version != limits.PROTOCOL_VERSION:
-                raise errors.Malformed(
-                    f"protocol version {request.protocol_version} is not supported "
-                    f"(this server speaks {limits.PROTOCOL_VERSION})"
+            try:
+                if request.protocol_version != limits.PROTOCOL_VERSION:
+                    raise errors.Malformed(
+                        f"protocol version {request.protocol_version} is not supported "
+                        f"(this server speaks {limits.PROTOCOL_VERSION})"
+                    )
+                token = self.coordinator.enrol(
+                    request.client_id,
+                    request.identity_public_key,
+                    request.proof,
+                    request.credential,
+                    request.challenge_nonce,
+                    skips_evaluation=request.skips_evaluation,
+                    schema_digest=request.schema_digest[:128],
                 )
-            token = self.coordinator.enrol(
-                request.client_id,
-                request.identity_public_key,
-                request.proof,
-                request.credential,
-                request.challenge_nonce,
-                skips_evaluation=request.skips_evaluation,
+            except errors.Rejected as exc:  # the operator's line; the audit record follows in _call
+                self.coordinator.enrolment_refused(request.client_id, str(exc)[:500])
+                raise
+            return pb.EnrolReply(
+                session_token=token,
+                run_id=self.coordinator.run_id,
+                deployment=self.coordinator.deployment(request.client_id, request.challenge_nonce),
             )
-            return pb.EnrolReply(session_token=token, run_id=self.coordinator.run_id)
 
         return self._call("Enrol", pb.EnrolRequest, raw, context, body)
 

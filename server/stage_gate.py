@@ -103,6 +103,7 @@ class StageGate:
         self._saw_finish: set[int] = set()
         self._skip_evaluation: set[int] = set()
         self._identity_keys: dict[int, bytes] = {}  # the key each client enrolled with: its stage messages verify
+        self._polling: dict[int, int] = {}  # client -> its GetRound calls waiting now (it is alive)
 
     # ------------------------------------------------------------ sessions
     def open_session(self, client_id: int, identity_key: bytes, *, skips_evaluation: bool = False) -> bytes:
@@ -133,14 +134,30 @@ class StageGate:
         with self.condition:
             return set(self._skip_evaluation)
 
-    def wait_for_clients(self, minimum: int) -> list[int]:
-        """Block until at least `minimum` clients with a session are active; return them, sorted."""
+    def wait_for_clients(
+        self, minimum: int, on_wait: Callable[[int], None] | None = None, *, timeout: float | None = None
+    ) -> list[int]:
+        """Block until at least `minimum` clients with a session are active (or `timeout` seconds, then return
+        fewer); return them, sorted. `on_wait(active)` is called (under the lock) about once a second while there
+        are fewer. A client waiting in GetRound counts as active: it is there."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self.condition:
             while True:
-                eligible = sorted(self._active & set(self._sessions))
-                if len(eligible) >= minimum:
+                eligible = sorted((self._active | set(self._polling)) & set(self._sessions))
+                if len(eligible) >= minimum or (deadline is not None and time.monotonic() >= deadline):
                     return eligible
-                self._wait(time.monotonic() + 1.0)
+                if on_wait is not None:
+                    on_wait(len(eligible))
+                self._wait(time.monotonic() + 1.0 if deadline is None else min(deadline, time.monotonic() + 1.0))
+
+    def has_session(self, client_id: int) -> bool:
+        with self.condition:
+            return client_id in self._sessions
+
+    def session_count(self) -> int:
+        """Clients enrolled with this server process (each holds a session)."""
+        with self.condition:
+            return len(self._sessions)
 
     def _wait(self, deadline: float) -> bool:
         """Wait on the condition until notified or the deadline; False once the deadline passed."""
@@ -156,13 +173,21 @@ class StageGate:
     def get_round(self, after_round: int, wait: float, client_id: int | None = None) -> pb.SignedBody | None:
         deadline = time.monotonic() + wait
         with self.condition:
-            while True:
-                if self._announcement is not None and self._announcement[0] > after_round:
-                    if self._finished and client_id is not None:
-                        self._saw_finish.add(client_id)
-                    return self._announcement[1]
-                if not self._wait(deadline):
-                    return None
+            if client_id is not None:
+                self._polling[client_id] = self._polling.get(client_id, 0) + 1
+            try:
+                while True:
+                    if self._announcement is not None and self._announcement[0] > after_round:
+                        if self._finished and client_id is not None:
+                            self._saw_finish.add(client_id)
+                        return self._announcement[1]
+                    if not self._wait(deadline):
+                        return None
+            finally:
+                if client_id is not None:
+                    left = self._polling.pop(client_id) - 1
+                    if left:
+                        self._polling[client_id] = left
 
     def submit(
         self, client_id: int, round_id: int, phase: int, stage: int, payload: bytes, signature: bytes = b""

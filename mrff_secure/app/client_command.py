@@ -12,6 +12,7 @@ from mrff_secure.app import options
 from mrff_secure.errors import ConfigError
 
 if TYPE_CHECKING:
+    from client.policy import ClientPolicy
     from mrff_secure.pki import RevocationList
 
 
@@ -162,16 +163,117 @@ def check_credentials(
         raise ConfigError(f"{problems[0]}{more}")
 
 
+# What the [privacy] table of `mrff client --config FILE` means to a client: the least it accepts, as policy fields
+# (the server proposes; the client refuses a round below them). A value that lowers a safe default is refused
+# unless --accept-weaker-privacy is given, as for a policy file or a flag: a configuration file never weakens the
+# client silently.
+CONFIG_POLICY_KEYS = {
+    "dp": "dp_modes",  # distributed: required; off: DP off also accepted (weaker); local: not run over a network
+    "noise_multiplier": "min_noise_multiplier",  # the least noise multiplier a round may have
+    "clip": "max_clip",  # the largest clip bound a round may have
+    "min_group_size": "min_group_size",  # the least minimum group size a round may have
+    "corrupt_neighbours": "corrupt_neighbours",  # c_max the client's checks and accounting assume
+    "secure_aggregation": "allow_plain",  # on: required; off: plain aggregation also accepted (weaker)
+}
+"""[privacy] keys that describe how the server runs the mechanism, not what a client accepts: named in one NOTE."""
+CONFIG_SERVER_ONLY = (
+    "target_epsilon",
+    "delta",  # the server's accounting; the client's ledger keeps its policy's delta (--policy delta)
+    "mechanism",
+    "max_dropout_fraction",
+    "modulus_bits",
+    "count_cap",
+    "noise_sampling",
+    "clip_from_private_data",
+)
+CONFIG_CLIENT_OPTIONS = ("insecure_reproducible_noise",)  # read by options.resolve, as the flag of that name
+
+
+def config_policy(path: Path) -> tuple[dict[str, object], list[str]]:
+    """The policy fields the [privacy] table of `path` sets (CONFIG_POLICY_KEYS), and the keys it holds that are the
+    server's alone (CONFIG_SERVER_ONLY). Each value is checked as `mrff server` checks it; a value no client can
+    use (dp = "local") is refused, naming the key and the file."""
+    table = options.load_toml(path).get("privacy", {})
+    fields: dict[str, object] = {}
+    server_only = []
+    for key, raw in table.items():
+        source = f"privacy.{key} in {path}"
+        value = options.BY_KEY[f"privacy.{key}"].check(raw, source)
+        if key in CONFIG_CLIENT_OPTIONS:
+            continue
+        if key in CONFIG_SERVER_ONLY:
+            server_only.append(key)
+        elif key not in CONFIG_POLICY_KEYS:
+            raise ConfigError(
+                f"{source}: `mrff client` has no use for it (the client's keys: {sorted(CONFIG_POLICY_KEYS)})"
+            )
+        elif value is None:
+            continue
+        elif key == "dp":
+            if value == "local":
+                raise ConfigError(
+                    f'{source}: dp = "local" is not run over the network; a client accepts "distributed" or, with '
+                    '--accept-weaker-privacy, "off"'
+                )
+            fields["dp_modes"] = ["off", "distributed"] if value == "off" else ["distributed"]
+        elif key == "secure_aggregation":
+            fields["allow_plain"] = value == "off"
+        else:
+            fields[CONFIG_POLICY_KEYS[key]] = value
+    return fields, server_only
+
+
+def client_policy(args: argparse.Namespace) -> ClientPolicy:
+    """The client's policy from its sources, the later winning: the safe defaults, the [privacy] table of --config
+    (`config_policy`), the --policy file, the flags. Built permissively, then checked once with the acceptance the
+    user actually gave (file or flag): a policy weaker than the safe defaults needs --accept-weaker-privacy."""
+    from client.policy import ClientPolicy
+
+    configured, server_only = config_policy(args.config) if args.config else ({}, [])
+    if server_only:
+        print(
+            f"NOTE --config {args.config}: [privacy] {', '.join(server_only)} are the server's settings; this client "
+            "checks every round's values against its own policy",
+            file=sys.stderr,
+            flush=True,
+        )
+    file_values = {**configured, **(ClientPolicy.read_file(args.policy) if args.policy else {})}
+    accept = bool(args.accept_weaker_privacy or file_values.get("accept_weaker", False))
+    policy = ClientPolicy.from_dict({**file_values, "accept_weaker": True}, source=str(args.policy or "policy"))
+    policy = policy.with_overrides(
+        min_participants=args.min_participants,
+        corrupt_neighbours=args.corrupt_neighbours,
+        min_survivors=args.min_survivors,
+        min_noise_multiplier=args.min_noise_multiplier,
+        max_clip=args.max_clip,
+        allow_plain=True if args.allow_plain else None,
+        join_evaluation=False if args.no_evaluation else None,
+        min_group_size=args.policy_min_group_size,
+        dp_modes=("off", "distributed") if args.allow_dp_off else ("distributed",) if args.require_dp else None,
+        max_epsilon=args.max_epsilon,
+        max_aborted_sessions=args.max_aborted_sessions,
+        min_honest_shares=args.min_honest_shares,
+    )
+    try:
+        policy = ClientPolicy.from_dict({**policy.to_dict(), "accept_weaker": accept})
+    except ConfigError as exc:
+        if not configured:
+            raise
+        named = ", ".join(f"{k}={v}" for k, v in configured.items())
+        raise ConfigError(f"{exc} (the [privacy] table of --config {args.config} sets {named})") from exc
+    return policy
+
+
 def client_main(args: argparse.Namespace) -> int:
     import grpc
 
-    from client.policy import ClientPolicy
     from client.process import Connection, parse_pause, parse_users, run_process
     from mrff_secure.pki import CertPaths, load_authority_public_key, load_revocations, read_file
     from mrff_secure.wire import signing
 
     options.resolve(args, "client")
     options.check_port(args.address)
+    policy = client_policy(args)  # before the credentials, the data and the network: a bad policy ends at once
     users = parse_users(args.users)
     certs = CertPaths(args.certs)
     credentials = None
@@ -197,25 +299,6 @@ def client_main(args: argparse.Namespace) -> int:
     seed = args.client_seed if args.client_seed is not None else int.from_bytes(os.urandom(8), "big") >> 1
     data = options.load_dataset(args)
     pause = parse_pause(args.pause_after) if args.pause_after else None
-    # Built permissively, then checked once with the acceptance the user actually gave (file or flag).
-    file_values = ClientPolicy.read_file(args.policy) if args.policy else {}
-    accept = bool(args.accept_weaker_privacy or file_values.get("accept_weaker", False))
-    policy = ClientPolicy.from_dict({**file_values, "accept_weaker": True}, source=str(args.policy or "policy"))
-    policy = policy.with_overrides(
-        min_participants=args.min_participants,
-        corrupt_neighbours=args.corrupt_neighbours,
-        min_survivors=args.min_survivors,
-        min_noise_multiplier=args.min_noise_multiplier,
-        max_clip=args.max_clip,
-        allow_plain=True if args.allow_plain else None,
-        join_evaluation=False if args.no_evaluation else None,
-        min_group_size=args.policy_min_group_size,
-        dp_modes=("off", "distributed") if args.allow_dp_off else ("distributed",) if args.require_dp else None,
-        max_epsilon=args.max_epsilon,
-        max_aborted_sessions=args.max_aborted_sessions,
-        min_honest_shares=args.min_honest_shares,
-    )
-    policy = ClientPolicy.from_dict({**policy.to_dict(), "accept_weaker": accept})
     if not policy.join_evaluation:
         print("NOTE this client's policy: no held-out scores for the federated evaluation", file=sys.stderr, flush=True)
     if args.insecure_reproducible_noise:

@@ -678,11 +678,18 @@ def _serve(args: argparse.Namespace, run_folder: NewRunFolder) -> int:
     records = read_records(run_dir / "audit.jsonl")
     completed = sum(r.get("type") == "round" for r in records)
     aborted = sum(r.get("type") == "round_aborted" for r in records)
-    finished = any(r.get("type") == "run_finished" for r in records)
+    planned = coordinator.settings.rounds
+    finished = completed >= planned and any(r.get("type") == "run_finished" for r in records)  # exit 0 only then
+    why = coordinator.unfinished or "the server was stopped"
     print(
-        f"DONE {completed} of {args.rounds} rounds completed, {aborted} aborted; run "
-        f"{'finished' if finished else 'NOT FINISHED (resume it with --resume)'}; "
-        f"model_digest={coordinator.model_digest()}",
+        f"DONE {completed} of {planned} rounds completed, {aborted} aborted; "
+        + (
+            "run finished"
+            if finished
+            else f"run NOT FINISHED ({why}): continue it with `mrff server --run-dir {run_dir} --resume` and the "
+            "same --address and --certs (clients retry for their --retry-timeout; restart any that gave up)"
+        )
+        + f"; model_digest={coordinator.model_digest()}",
         flush=True,
     )
     if stopped_by:  # Ctrl-C (130) or SIGTERM (143): the run folder is consistent, --resume continues it

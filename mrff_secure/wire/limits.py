@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-PROTOCOL_VERSION = 3  # 2: credentials with expiry, the enrolment challenge, signed stage messages; 3: secure sums
-# bound to the round body (W21)
+# 2: credentials with expiry, the enrolment challenge, signed stage messages; 3: secure sums bound to the round
+# body (W21); 4: the signed DeploymentBody (the data schema) in the enrolment reply
+PROTOCOL_VERSION = 4
 
 MIB = 1 << 20
 MAX_ANNOUNCEMENT_BYTES = 256 * MIB

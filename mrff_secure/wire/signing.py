@@ -30,6 +30,22 @@ def verify_body(public_key: Ed25519PublicKey, body: bytes, signature: bytes) -> 
         raise AuthenticationError("signed parameters do not verify against the server's signing key") from exc
 
 
+DEPLOYMENT_DOMAIN = b"mrff-secure/v1/deployment-body\x00"  # the enrolment reply's DeploymentBody
+
+
+def sign_deployment(key: Ed25519PrivateKey, body: bytes) -> bytes:
+    """The server's signature of a serialized DeploymentBody (its own domain: never valid as a round body)."""
+    return key.sign(DEPLOYMENT_DOMAIN + body)
+
+
+def verify_deployment(public_key: Ed25519PublicKey, body: bytes, signature: bytes) -> None:
+    """Raise AuthenticationError unless `signature` is the server's signature of the DeploymentBody `body`."""
+    try:
+        public_key.verify(bytes(signature), DEPLOYMENT_DOMAIN + bytes(body))
+    except (InvalidSignature, ValueError) as exc:
+        raise AuthenticationError("the enrolment reply's deployment does not verify against the server's key") from exc
+
+
 def load_private_key(path: Path, what: str = "signing key") -> Ed25519PrivateKey:
     """An Ed25519 private key from a PEM file; `what` names it in the error."""
     try:

@@ -139,15 +139,16 @@ def test_plaintext_client_against_a_tls_server_is_named(pki, tls_server) -> None
     assert "expects TLS" in stderr and "--insecure" in stderr
 
 
-def test_nothing_listening_ends_after_a_short_retry(pki) -> None:
+def test_nothing_listening_ends_after_the_retry_timeout(pki) -> None:
+    """Nothing listening is waited for --retry-timeout (a server may start after its clients), then one line."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"  # closed again: nothing listens there
-    code, seconds, stderr = run_client(pki, address, name="nothing-listening")
+    code, seconds, stderr = run_client(pki, address, "--retry-timeout", "4", name="nothing-listening")
     assert code == 1, stderr
     assert seconds < 30, (seconds, stderr)
     assert_one_line(stderr)
-    assert f"nothing listening at {address} (connection refused" in stderr
+    assert f"nothing listening at {address} (connection refused, for " in stderr and "the --retry-timeout)" in stderr
 
 
 # ---------------------------------------------------------------- the transport's rules, scripted
@@ -220,16 +221,38 @@ def make_transport(**fields) -> Transport:
     return t
 
 
-def test_refused_before_contact_is_bounded_by_the_connect_timeout() -> None:
-    t = make_transport(retry_timeout=60.0, connect_timeout=0.6)
+def test_refused_before_contact_is_waited_for_the_retry_timeout_with_one_line() -> None:
+    """Issue C: a client started before its server keeps trying for --retry-timeout (not 10 s), and its
+    process says once that it waits; a second logical client of the process adds no line."""
+    lines: list[str] = []
+    waiting = transport.ServerWait("127.0.0.1:9", lines.append)
+    t = make_transport(retry_timeout=2.5, resolve_timeout=0.2)
+    t.waiting = waiting
     started = time.monotonic()
-    with pytest.raises(ConnectionFailed, match="nothing listening at 127.0.0.1:9"):
+    with pytest.raises(ConnectionFailed, match=r"nothing listening at 127.0.0.1:9 .*--retry-timeout"):
         t._retrying(Scripted(*[REFUSED] * 1000), None, timeout=1, metadata=None)
+    assert 2.5 <= time.monotonic() - started < 5
+    other = make_transport(retry_timeout=60.0)
+    other.waiting = waiting
+    assert other._retrying(Scripted(*[REFUSED] * 8), None, timeout=1, metadata=None) == "ok"  # the server came up
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("WAITING for the server at 127.0.0.1:9 (connection refused); retrying for up to 2 s")
+    assert lines[1].startswith("SERVER at 127.0.0.1:9 answers again after ")
+
+
+def test_a_host_name_that_does_not_resolve_ends_after_the_resolve_timeout() -> None:
+    unresolved = FakeError(
+        grpc.StatusCode.UNAVAILABLE, "DNS resolution failed for nosuchhost:9: C-ares status is not ARES_SUCCESS"
+    )
+    t = make_transport(retry_timeout=60.0, resolve_timeout=0.6)
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed, match="does not resolve"):
+        t._retrying(Scripted(*[unresolved] * 1000), None, timeout=1, metadata=None)
     assert time.monotonic() - started < 3
 
 
 def test_refused_after_contact_is_a_restart_waited_for_the_retry_timeout() -> None:
-    t = make_transport(retry_timeout=1.5, connect_timeout=0.2)
+    t = make_transport(retry_timeout=1.5, resolve_timeout=0.2)
     t.contacted = True
     started = time.monotonic()
     with pytest.raises(ConnectionFailed, match="unreachable"):
@@ -315,24 +338,68 @@ def test_a_network_run_prints_one_line_per_round(pki, tmp_path, certs, procs) ->
     assert [line.split("]")[0] for line in rounds] == ["[ROUND 0", "[ROUND 1"], clients.output
     assert all(" users 0-7: trained " in line and " uploaded " in line for line in rounds), rounds
     assert all("not completed" not in line for line in rounds), rounds
+    # issue A: both sides say the enrolment (the client once all its users are in, the server per client)
+    enrolled = [line for line in clients.output if line.startswith("ENROLLED")]
+    assert len(enrolled) == 1 and enrolled[0].startswith("ENROLLED users 0-7 in run "), clients.output
+    assert enrolled[0].rstrip().endswith("; waiting for the first round"), enrolled
+    assert clients.output.index(enrolled[0]) < clients.output.index(rounds[0])
+    said = [line.rstrip() for line in server.output if line.startswith("ENROLLED")]
+    assert [line.split(" (client")[0] for line in said] == [f"ENROLLED {n} of 8 needed" for n in range(1, 8)] + [
+        "ENROLLED 8 clients, 8 needed: enough to start rounds"
+    ], server.output
 
 
 def test_a_client_refuses_a_server_built_for_another_data_schema(tmp_path, certs, procs) -> None:
-    """Issue 12: the server's model is for histories of 10 items, these clients' data has 12: they play
-    no round, and say both schemas in one line."""
+    """Issue 12, and issue A: the server's model is for histories of 10 items, these clients' data has 12: they
+    are refused at enrolment (not at the first round, after a wait), say both schemas in one line and exit 1
+    within seconds; the server prints one REFUSED line per client, naming it and the reason."""
     server, address = harness.start_server(
         tmp_path, certs, tmp_path / "run", extra=["--min-clients", "3"], name="schema"
     )
     procs.append(server)
+    started = time.monotonic()
     clients = harness.start_clients(tmp_path, certs, address, "0-2", extra=["--maxlen", "12"])
     procs.append(clients)
     assert clients.wait(timeout=120) == 1, clients.stderr()
+    assert time.monotonic() - started < 30  # the process's start (data, torch) and three refused enrolments
     stderr = clients.stderr()
     assert "Traceback" not in stderr and stderr.startswith("mrff client: error: "), stderr
-    assert "its data schema differs from ours" in stderr, stderr
+    assert "data schema" in stderr, stderr
     assert "maxlen 10; this client: " in stderr and stderr.rstrip().endswith("maxlen 12"), stderr
-    assert not [
-        line
-        for line in clients.output
-        if line.startswith("[ROUND") and "trained" in line and "not completed" not in line and "refus" not in line
-    ]
+    assert not [line for line in clients.output if line.startswith(("[ROUND", "ENROLLED"))], clients.output
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        refused = [line for line in server.output if line.startswith("REFUSED enrolment of client ")]
+        if len(refused) >= 3:
+            break
+        time.sleep(0.2)
+    assert sorted(line.split()[4].rstrip(":") for line in refused) == ["0", "1", "2"], server.output
+    assert all("data schema" in line and "maxlen 10" in line for line in refused), refused
+    assert not [line for line in server.output if line.startswith("ENROLLED")], server.output
+
+
+def test_a_client_started_before_its_server_waits_for_it(tmp_path, certs, procs) -> None:
+    """Issue C: nothing listens yet; the client keeps trying for its --retry-timeout (here 60 s, past the old 10 s
+    first-contact limit), says so in one line, and plays the run once the server is up."""
+    with socket.socket() as probe:  # a free port, closed again: connection refused until the server binds it
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    started = time.monotonic()
+    clients = harness.start_clients(tmp_path, certs, address, "0-7", name="early")  # 8: k, t for c_max = 2
+    procs.append(clients)
+    line = clients.wait_line("WAITING", timeout=60)
+    assert line.startswith(f"WAITING for the server at {address} (connection refused); retrying for up to 60 s"), line
+    time.sleep(max(0.0, 12.0 - (time.monotonic() - started)))  # longer than the old 10 s limit
+    assert clients.popen.poll() is None, clients.stderr()  # still waiting
+    server, _ = harness.start_server(
+        tmp_path,
+        certs,
+        tmp_path / "run",
+        address=address,
+        extra=["--rounds", "1", "--min-clients", "8", "--min-group-size", "2"],
+    )
+    procs.append(server)
+    assert clients.wait(timeout=90) == 0, clients.stderr()
+    assert server.wait(timeout=60) == 0, server.stderr()
+    said = [line for line in clients.output if line.startswith(("WAITING", "SERVER"))]
+    assert len(said) == 2 and said[1].startswith(f"SERVER at {address} answers again after "), said

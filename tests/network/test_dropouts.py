@@ -122,11 +122,11 @@ def test_client_killed_after_share_keys_round_completes_with_exact_survivor_sum(
 def test_below_threshold_round_aborts_and_next_round_proceeds(scenario) -> None:
     round1 = scenario["round1"]
     assert round1["type"] == "round_aborted", round1
-    assert "aborted" in round1["reason"]
+    assert round1["reason"].startswith("update phase: ")  # in our round numbering: no secure-sum session number
     assert round1["phases"]["update"]["dropouts"]["masked_input"] == [3, 4, 5, 6, 7, 8]
     assert round1["model_digest"] == scenario["round0"]["model_digest"]  # nothing released, model unchanged
     rounds = [r for r in scenario["records"] if r["type"] in ("round", "round_aborted")]
-    assert [r["type"] for r in rounds] == ["round", "round_aborted", "round"]
+    assert [r["type"] for r in rounds] == ["round", "round_aborted", "round", "round"]  # the aborted one retried
     assert rounds[2]["phases"]["update"]["survivors"] == list(range(9))
     assert rounds[2]["model_digest"] != round1["model_digest"]
     assert scenario["server_code"] == 0, scenario["server"].stderr()

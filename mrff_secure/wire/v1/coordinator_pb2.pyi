@@ -53,7 +53,7 @@ class EnrolChallengeReply(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., nonce: _Optional[bytes] = ...) -> None: ...
 
 class EnrolRequest(_message.Message):
-    __slots__ = ("protocol_version", "client_id", "identity_public_key", "proof", "credential", "skips_evaluation", "challenge_nonce")
+    __slots__ = ("protocol_version", "client_id", "identity_public_key", "proof", "credential", "skips_evaluation", "challenge_nonce", "schema_digest")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class EnrolRequest(_message.Message):
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     SKIPS_EVALUATION_FIELD_NUMBER: _ClassVar[int]
     CHALLENGE_NONCE_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_DIGEST_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     client_id: int
     identity_public_key: bytes
@@ -68,15 +69,32 @@ class EnrolRequest(_message.Message):
     credential: bytes
     skips_evaluation: bool
     challenge_nonce: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[int] = ..., identity_public_key: _Optional[bytes] = ..., proof: _Optional[bytes] = ..., credential: _Optional[bytes] = ..., skips_evaluation: _Optional[bool] = ..., challenge_nonce: _Optional[bytes] = ...) -> None: ...
+    schema_digest: str
+    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[int] = ..., identity_public_key: _Optional[bytes] = ..., proof: _Optional[bytes] = ..., credential: _Optional[bytes] = ..., skips_evaluation: _Optional[bool] = ..., challenge_nonce: _Optional[bytes] = ..., schema_digest: _Optional[str] = ...) -> None: ...
 
 class EnrolReply(_message.Message):
-    __slots__ = ("session_token", "run_id")
+    __slots__ = ("session_token", "run_id", "deployment")
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     session_token: bytes
     run_id: str
-    def __init__(self, session_token: _Optional[bytes] = ..., run_id: _Optional[str] = ...) -> None: ...
+    deployment: SignedBody
+    def __init__(self, session_token: _Optional[bytes] = ..., run_id: _Optional[str] = ..., deployment: _Optional[_Union[SignedBody, _Mapping]] = ...) -> None: ...
+
+class DeploymentBody(_message.Message):
+    __slots__ = ("run_id", "client_id", "challenge_nonce", "schema_digest", "schema_summary")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_NONCE_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    client_id: int
+    challenge_nonce: bytes
+    schema_digest: str
+    schema_summary: str
+    def __init__(self, run_id: _Optional[str] = ..., client_id: _Optional[int] = ..., challenge_nonce: _Optional[bytes] = ..., schema_digest: _Optional[str] = ..., schema_summary: _Optional[str] = ...) -> None: ...
 
 class SignedBody(_message.Message):
     __slots__ = ("body", "signature")
@@ -151,7 +169,7 @@ class TrainingParameters(_message.Message):
     def __init__(self, local_steps: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., model_seed: _Optional[int] = ..., model_config_json: _Optional[str] = ...) -> None: ...
 
 class RoundBody(_message.Message):
-    __slots__ = ("run_id", "round_id", "finished", "last_completed_round", "secure", "participants", "parameters", "group_fractions", "num_blocks", "num_groups", "counts_secagg", "update_secagg", "dp", "training", "min_group_size", "model_digest", "schema_digest", "schema_summary", "evaluation_secagg", "audit_head")
+    __slots__ = ("run_id", "round_id", "finished", "last_completed_round", "secure", "participants", "parameters", "group_fractions", "num_blocks", "num_groups", "counts_secagg", "update_secagg", "dp", "training", "min_group_size", "model_digest", "schema_digest", "schema_summary", "evaluation_secagg", "audit_head", "unfinished_reason")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +190,7 @@ class RoundBody(_message.Message):
     SCHEMA_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_SECAGG_FIELD_NUMBER: _ClassVar[int]
     AUDIT_HEAD_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_REASON_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round_id: int
     finished: bool
@@ -192,7 +211,8 @@ class RoundBody(_message.Message):
     schema_summary: str
     evaluation_secagg: SecAggParameters
     audit_head: AuditHead
-    def __init__(self, run_id: _Optional[str] = ..., round_id: _Optional[int] = ..., finished: _Optional[bool] = ..., last_completed_round: _Optional[int] = ..., secure: _Optional[bool] = ..., participants: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., group_fractions: _Optional[_Iterable[float]] = ..., num_blocks: _Optional[int] = ..., num_groups: _Optional[int] = ..., counts_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., update_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., dp: _Optional[_Union[DPParameters, _Mapping]] = ..., training: _Optional[_Union[TrainingParameters, _Mapping]] = ..., min_group_size: _Optional[int] = ..., model_digest: _Optional[bytes] = ..., schema_digest: _Optional[str] = ..., schema_summary: _Optional[str] = ..., evaluation_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., audit_head: _Optional[_Union[AuditHead, _Mapping]] = ...) -> None: ...
+    unfinished_reason: str
+    def __init__(self, run_id: _Optional[str] = ..., round_id: _Optional[int] = ..., finished: _Optional[bool] = ..., last_completed_round: _Optional[int] = ..., secure: _Optional[bool] = ..., participants: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., group_fractions: _Optional[_Iterable[float]] = ..., num_blocks: _Optional[int] = ..., num_groups: _Optional[int] = ..., counts_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., update_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., dp: _Optional[_Union[DPParameters, _Mapping]] = ..., training: _Optional[_Union[TrainingParameters, _Mapping]] = ..., min_group_size: _Optional[int] = ..., model_digest: _Optional[bytes] = ..., schema_digest: _Optional[str] = ..., schema_summary: _Optional[str] = ..., evaluation_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., audit_head: _Optional[_Union[AuditHead, _Mapping]] = ..., unfinished_reason: _Optional[str] = ...) -> None: ...
 
 class AuditHead(_message.Message):
     __slots__ = ("seq", "digest")
