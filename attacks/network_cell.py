@@ -154,7 +154,7 @@ def make_pki(certs: Path) -> Path:
 
 def issue_credentials(certs: Path, users: str, state_dir: Path) -> None:
     """The identity authority certifies the users' identity keys (made in their state folders if missing)."""
-    from client.process import parse_users
+    from mrff_secure.checks import parse_users
     from mrff_secure.pki import AuthorityPaths, issue_state_credentials
 
     issue_state_credentials(AuthorityPaths(authority_of(certs)), parse_users(users), state_dir)

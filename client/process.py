@@ -16,6 +16,7 @@ from client.report import EnrolmentReporter, RoundReporter
 from client.state import UserStore
 from client.transport import ClientFailure, Connection, ServerWait
 from client.worker import LogicalClient
+from mrff_secure.checks import parse_users
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import ClientData
 from mrff_secure.data.schema import PublicSchema
@@ -83,26 +84,6 @@ class FaultInjection:
     phase: int
     stage: int
     on_pause: Callable[[int], None]
-
-
-def parse_users(text: str) -> list[int]:
-    """'0-99', '3,5,7' or '0-9,20' -> sorted unique ids."""
-    users: set[int] = set()
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError(part)
-                users.update(range(lo, hi + 1))
-            elif part:
-                users.add(int(part))
-    except ValueError as exc:
-        raise ConfigError(f"--users must look like 0-99 or 1,2,5, got {text!r}") from exc
-    if not users or min(users) < 0:
-        raise ConfigError(f"--users must name non-negative ids, got {text!r}")
-    return sorted(users)
 
 
 def parse_pause(text: str) -> tuple[int, int, int]:

@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from mrff_secure.run_summary import format_epsilon
+
 
 @dataclass
 class RoundResult:
@@ -71,8 +73,8 @@ class RoundReporter:
         spent = [r for r in done if r.epsilon is not None]
         if spent:
             worst = max(spent, key=lambda r: r.epsilon or 0.0)
-            cap = f" of cap {worst.epsilon_cap:g}" if worst.epsilon_cap is not None else ""
-            line += f", epsilon {worst.epsilon:.3g}{cap} (own ledger)"
+            cap = f" of cap {format_epsilon(worst.epsilon_cap)}" if worst.epsilon_cap is not None else ""
+            line += f", epsilon {format_epsilon(worst.epsilon)}{cap} (own ledger)"
         failed = [r.status for r in done if r.status != "completed"]
         if failed:
             reason = failed[0] if len(failed[0]) <= 120 else failed[0][:117] + "..."

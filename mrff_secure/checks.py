@@ -79,3 +79,23 @@ def check_choice(name: str, value: Any, choices: Collection[str], *, error: type
     if not isinstance(value, str) or value not in choices:
         raise error(f"{name} must be one of {', '.join(repr(str(c)) for c in choices)}, got {value!r}")
     return value
+
+
+def parse_users(text: str) -> list[int]:
+    """'0-99', '3,5,7' or '0-9,20' -> sorted unique ids."""
+    users: set[int] = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError(part)
+                users.update(range(lo, hi + 1))
+            elif part:
+                users.add(int(part))
+    except ValueError as exc:
+        raise ConfigError(f"--users must look like 0-99 or 1,2,5, got {text!r}") from exc
+    if not users or min(users) < 0:
+        raise ConfigError(f"--users must name non-negative ids, got {text!r}")
+    return sorted(users)

@@ -48,6 +48,7 @@ from mrff_secure.round.evaluation_release import evaluation_release
 from mrff_secure.round.participant import rotation_seed, suppressed_groups
 from mrff_secure.round.spec import Phase, RoundSpec
 from mrff_secure.round.stages import STAGES, WIRE_NAMES, Stage, delivery_bytes
+from mrff_secure.run_summary import format_epsilon
 from mrff_secure.secagg import primitives
 from mrff_secure.secagg.config import MAX_CLIENT_ID, SecAggConfig, max_abs_for
 from mrff_secure.secagg.context import NONCE_BYTES, SessionContext, round_body_digest, run_context_id
@@ -640,7 +641,7 @@ class Coordinator:
                 f"[ROUND {r}] {'completed' if outcome.completed else 'ABORTED: ' + outcome.reason}: "
                 f"{state.completed_rounds} of {self.settings.rounds} rounds completed, {n} participants, "
                 f"{len(dropouts)} dropped, {record['seconds']:.2f} s"
-                + (f", epsilon so far {eps if isinstance(eps, str) else format(eps, '.4g')}" if eps is not None else "")
+                + (f", epsilon so far {format_epsilon(eps)}" if eps is not None else "")
                 + _evaluation_text(record.get("evaluation"))
             )
 

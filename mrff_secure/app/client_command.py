@@ -124,14 +124,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def client_key_main(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
 
-    from client.process import parse_users
-    from client.state import UserStore
     from mrff_secure.atomic import write_bytes_atomic
+    from mrff_secure.checks import parse_users
+    from mrff_secure.pki import IdentityFiles  # not the client's state: no torch for a key
 
     users = parse_users(args.users)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for user in users:
-        public = UserStore(args.state_dir, user).identity_key().public_key()
+        public = IdentityFiles(args.state_dir, user).identity_key().public_key()
         write_bytes_atomic(
             args.out_dir / f"user-{user}.pub",
             public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),

@@ -224,7 +224,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("network", "linger", float, 60.0, "after the last round, serve until every client has the end-of-run "
                                          "message, at most this long", low=0.0),
     _o("network", "retry_timeout", float, 120.0, "client: keep reconnecting for this long while the server is "
-                                                 "unavailable", above=0.0),
+                                                 "unavailable, before the first contact too (clients may start "
+                                                 "before their server)", above=0.0),
     # ---------------------------------------------------------------- audit
     _o("audit", "rounds_per_cell", int, 5, "training rounds of every cell", low=1),
     _o("audit", "canaries", int, 1000, "canaries (m) per cell: contributions inserted in the release, not users; "

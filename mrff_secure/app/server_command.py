@@ -238,7 +238,7 @@ def schema_main(args: argparse.Namespace) -> int:
 
 
 def issue_client_main(args: argparse.Namespace) -> int:
-    from client.process import parse_users
+    from mrff_secure.checks import parse_users
     from mrff_secure.pki import (
         AuthorityPaths,
         issue_client_credential,
@@ -463,6 +463,7 @@ def _calibrated(spec: RoundSpec, args: argparse.Namespace, data: PublicSchema) -
     from mrff_secure.dp.config import min_survivors
     from mrff_secure.federation.client_update import build_global
     from mrff_secure.round.update_vector import UpdateLayout
+    from mrff_secure.run_summary import format_epsilon
     from server.privacy import calibrate
 
     model, _ = build_global(options.model_config(args, data.maxlen), data, args.seed)
@@ -480,7 +481,7 @@ def _calibrated(spec: RoundSpec, args: argparse.Namespace, data: PublicSchema) -
         corrupt_neighbours=args.corrupt_neighbours,
     )
     print(
-        f"CALIBRATED noise multiplier {z:.6g} for epsilon {args.target_epsilon} over {args.rounds} rounds"
+        f"CALIBRATED noise multiplier {z:.6g} for epsilon {format_epsilon(args.target_epsilon)} over {args.rounds} rounds"
         f" and {evaluations} federated evaluations, for rounds of at least {n} clients (delta {args.delta:.3g}, zero-out adjacency)",
         flush=True,
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from client.process import parse_pause, parse_users
+from client.process import parse_pause, parse_users  # parse_users: mrff_secure.checks, used by the client
 from client.state import UserStore
 from mrff_secure.audit_log import AuditLog, read_records, verify
 from mrff_secure.errors import CheckpointError, ConfigError
