@@ -85,8 +85,8 @@ def _add_privacy(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="D",
-        help="--dp distributed (required): length of the clipped delta part (a run's "
-        "privacy.update_plan.dim minus blocks*groups+1)",
+        help="--dp distributed (required): length of the clipped delta part (a run's summary.json states it "
+        "as privacy.release.delta_size)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")

@@ -76,7 +76,7 @@ def privacy_report(
     if mode == "distributed" and dim is None:
         raise ConfigError(
             "--dp distributed accounts the integer mechanism itself: pass --dim (the length of the "
-            "clipped delta part; a run prints it as privacy.update_plan.dim - blocks*groups - 1)"
+            "clipped delta part: a run's summary.json states it as privacy.release.delta_size)"
         )
     d = config.resolve_delta(clients)
     n = participants_per_round(clients, sample_rate)

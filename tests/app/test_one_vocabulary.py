@@ -42,3 +42,16 @@ def test_an_old_configuration_key_is_refused_with_its_new_name(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "unknown keys ['workers'] in [scale]; scale.workers is now scale.actors" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_report_takes_a_run_local_folder_as_audit_log_verify_does(tmp_path, capsys):
+    """`mrff audit-log verify` took a run-local folder and `mrff report` refused it; now both take it."""
+    import shutil
+    from pathlib import Path
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "network_run" / "audit.jsonl"  # a real run-local run's log
+    (tmp_path / "local" / "server").mkdir(parents=True)
+    shutil.copy(fixture, tmp_path / "local" / "server" / "audit.jsonl")
+    assert cli.main(["report", str(tmp_path / "local")]) == 0
+    assert "is a run-local folder: the report is of its server run" in capsys.readouterr().out
+    assert (tmp_path / "local" / "server" / "report.html").is_file()
