@@ -94,9 +94,13 @@ def _evaluation_text(evaluation: dict[str, Any] | None) -> str:
     auc = "n/a" if val["auc"] is None else f"{val['auc']:.4f}"
     loss = "n/a" if val["log_loss"] is None else f"{val['log_loss']:.4f}"
     scale = (evaluation.get("auc_error_scale") or {}).get("val")
+    # the mean log-loss is the noisy sum of clipped losses (each / LOSS_CAP) x LOSS_CAP / clients, clipped to
+    # [0, LOSS_CAP]: with few clients the noise dominates (a 0.0000 then means nothing), so its scale is shown
+    loss_scale = evaluation["noise_std"] * evaluation_sum.LOSS_CAP / max(int(evaluation["clients"]), 1)
     noise = (
         f"DP noise std {evaluation['noise_std']:.3g} per bin, AUC error of order "
-        f"{'unbounded' if scale is None else format(scale, '.2g')}, in epsilon"
+        f"{'unbounded' if scale is None else format(scale, '.2g')}, LogLoss error of order {loss_scale:.2g}, "
+        "in epsilon"
         if evaluation.get("in_epsilon")
         else "exact: outside any guarantee"
     )

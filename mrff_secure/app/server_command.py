@@ -600,6 +600,9 @@ def _serve(args: argparse.Namespace, run_folder: NewRunFolder) -> int:
             flush=True,
         )
     signing_key = signing.load_private_key(certs.signing_key)
+    refused = _default_clients_refuse(args, args.min_clients, "--min-clients")
+    if refused:  # the clients' policies are theirs: a warning, not a refusal
+        print(f"WARNING {refused} (unless they accept weaker privacy)", file=sys.stderr, flush=True)
     spec = round_spec(args, data.maxlen)
     if args.target_epsilon is not None:
         spec = _calibrated(spec, args, data)
@@ -793,25 +796,25 @@ def _prepare_run_local_folder(run_dir: Path, overwrite: bool) -> None:
     shutil.rmtree(run_dir)
 
 
-def _check_clients_accept_the_rounds(args: argparse.Namespace) -> None:
-    """run-local's clients keep their policy's minimum of honest noise shares: a round of --clients sizes the
-    noise for n_min survivors, and those beyond the --corrupt-neighbours colluding ones must be enough, or every
-    client refuses every round (the run would only time out)."""
+def _default_clients_refuse(args: argparse.Namespace, participants: int, flag: str) -> str | None:
+    """Why clients with the default policy would refuse every round of `participants` clients, or None. A
+    round sizes its noise for n_min survivors, and those beyond the --corrupt-neighbours colluding ones must
+    be at least the policy's minimum of honest noise shares."""
     from client.policy import SAFE_MIN_HONEST_SHARES
     from mrff_secure.dp.config import min_survivors
 
     if args.dp != "distributed":
-        return
+        return None
     dropout, colluding = args.max_dropout_fraction, args.corrupt_neighbours
-    n_min = min_survivors(args.clients, dropout)
+    n_min = min_survivors(participants, dropout)
     if n_min - colluding >= SAFE_MIN_HONEST_SHARES:
-        return
+        return None
     smallest = next(n for n in range(3, 1 << 20) if min_survivors(n, dropout) - colluding >= SAFE_MIN_HONEST_SHARES)
-    raise ConfigError(
-        f"--clients {args.clients}: a round of {args.clients} clients sizes its noise for {n_min} survivors "
+    return (
+        f"{flag} {participants}: a round of {participants} clients sizes its noise for {n_min} survivors "
         f"(--max-dropout-fraction {dropout:g}), {n_min - colluding} beyond the {colluding} colluding ones "
-        f"(--corrupt-neighbours); the clients' policy needs {SAFE_MIN_HONEST_SHARES} and would refuse every round: "
-        f"give --clients {smallest} or more"
+        f"(--corrupt-neighbours); the clients' default policy needs {SAFE_MIN_HONEST_SHARES} and would refuse every "
+        f"round: give {flag} {smallest} or more"
     )
 
 
@@ -823,7 +826,9 @@ def run_local_main(args: argparse.Namespace) -> int:
     check_int("--clients", args.clients, low=3)
     check_number("--timeout", args.timeout, low=0.0, low_open=True)
     round_spec(args, 1)  # the server's own checks, before any process starts
-    _check_clients_accept_the_rounds(args)
+    refused = _default_clients_refuse(args, args.clients, "--clients")  # run-local's clients keep that policy
+    if refused:
+        raise ConfigError(refused)
     if args.insecure:
         print("WARNING --insecure: plaintext gRPC on 127.0.0.1, for debugging only", file=sys.stderr, flush=True)
     run_dir = Path(args.run_dir)

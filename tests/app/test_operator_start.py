@@ -133,6 +133,16 @@ def test_run_local_refuses_a_client_count_whose_rounds_its_clients_would_refuse(
     assert "give --clients 6 or more" in err and not run.exists()
 
 
+def test_a_server_whose_smallest_round_default_clients_refuse_says_so(tmp_path):
+    """`mrff server` with --min-clients 3 under distributed DP proposed rounds every default client refuses,
+    silently; now its start warns, naming the smallest --min-clients they accept."""
+    args = _server_args("--min-clients", "3")
+    refused = server_command._default_clients_refuse(args, args.min_clients, "--min-clients")
+    assert refused is not None and "give --min-clients 6 or more" in refused
+    assert server_command._default_clients_refuse(args, 6, "--min-clients") is None
+    assert server_command._default_clients_refuse(_server_args("--dp", "off"), 3, "--min-clients") is None
+
+
 def test_a_closed_stdout_ends_the_command_silently_with_141(tmp_path):
     """`mrff privacy ... | head` printed "error: Broken pipe"; now the command ends quietly, as a Unix tool does."""
     import subprocess
