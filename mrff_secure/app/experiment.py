@@ -190,10 +190,40 @@ def _save_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "rounds_done": sim.round_index,
         "fingerprint": fingerprint,
+        "compute_threads": _compute_threads(sim),
         "accountant": accountant.accountant.state_dict(),
         "best": None if best is None else {k: _finite(v) if isinstance(v, float) else v for k, v in best.items()},
     }
     save_arrays(out / CHECKPOINT, arrays, meta)
+
+
+def _compute_threads(sim: FederatedSimulation) -> int:
+    """The torch threads each training computation runs with: this process's, or each Ray actor's. Kernels
+    split their work by it and round differently, so a run's result depends on it (not on the backend)."""
+    per_actor = getattr(sim, "threads_per_worker", None)
+    return int(per_actor) if per_actor is not None else torch.get_num_threads()
+
+
+def _use_recorded_threads(sim: FederatedSimulation, recorded: int, out: Path) -> None:
+    """A resume computes with the thread count the run was trained with, so it continues the same run (a
+    resume on another machine or with other threads would otherwise change the result): this process takes
+    it; Ray actors, whose count is --threads-per-worker, must be given it."""
+    current = _compute_threads(sim)
+    if current == recorded:
+        return
+    if getattr(sim, "threads_per_worker", None) is not None:
+        raise ConfigError(
+            f"{out} was trained with {recorded} torch threads per computation, and a result depends on the thread "
+            f"count: resume it with --threads-per-worker {recorded} (not {current})"
+        )
+    torch.set_num_threads(recorded)
+    log.warning(
+        "%s was trained with %d torch threads: the resume computes with %d too (not %d), so it continues the same run",
+        out,
+        recorded,
+        recorded,
+        current,
+    )
 
 
 def _load_checkpoint(
@@ -205,6 +235,8 @@ def _load_checkpoint(
         raise CheckpointError(f"{out / CHECKPOINT}: unsupported format {meta.get('format')!r}")
     if meta.get("fingerprint") != fingerprint:
         raise CheckpointError(f"{out / CHECKPOINT} belongs to another configuration or dataset than {out}/config.toml")
+    if meta.get("compute_threads") is not None:
+        _use_recorded_threads(sim, int(meta["compute_threads"]), out)
     sim.load_state_arrays({k[4:]: v for k, v in arrays.items() if k.startswith("sim/")}, meta["rounds_done"])
     accountant.load_accountant_state(meta["accountant"])
     best = meta.get("best")

@@ -11,7 +11,9 @@ nothing else in the summary or the checkpoint changed. Every mode once more: the
 version 3 (each history entry names its kind, "round" or "evaluation", as the federated evaluation is accounted);
 side by side with the previous code, the summary, metrics, evaluation, every checkpoint array and the rest of the
 checkpoint's header are equal. Every mode once more: the summary gained "kind", "participants_per_round" and the
-two metrics.csv entries of "outputs"; without them each digest is the previous one."""
+two metrics.csv entries of "outputs"; without them each digest is the previous one. Every mode once more: the
+checkpoint's header gained "compute_threads" (a resume computes with the run's thread count); with it left out,
+each digest is the previous one (checked)."""
 
 from __future__ import annotations
 
@@ -48,10 +50,10 @@ PINNED_THREADS = 2
 TIMING_KEYS = {"seconds", "train_seconds", "inference_ms_per_user", "eval_seconds", "round_seconds"}
 
 PINNED = {
-    "plain": ([], "5503fbbfa3468ca7ba46e0b93106e1aea75dc1199134548d01b0a3b872a5d212"),
+    "plain": ([], "102deff48779ff48b6b14f8bf602db130e47e8939885eb9b28073000bcba5940"),
     "local_dp": (
         ["--dp", "local", "--noise-multiplier", "1.0", "--insecure-reproducible-noise"],
-        "be36bc50dd80393a618c449c60c64804716b2f0764d87e432b8f91862ce6247a",
+        "6e1d266937e0c972673c5d4d412b083320ff44f34985f0dd1defddae810a7047",
     ),
     "secure_dp": (
         [
@@ -63,7 +65,7 @@ PINNED = {
             "on",
             "--insecure-reproducible-noise",
         ],
-        "da5458f6108f38c41ff996db2032a1131594957d490cb70d88decc3bebe42d47",
+        "6a794a138837d907a40af64a9141804b34bb5201b6cb09c9e45b4ef0a6aa5c4b",
     ),
     "secure_inmemory": (
         [
@@ -77,7 +79,7 @@ PINNED = {
             "12",
             "--insecure-reproducible-noise",
         ],
-        "17b45728433664e0a157399a5c61cd61afe818144c295da89e558b5e22965d3d",
+        "9492e13c909073092ba12a18d9e87162dae1a33fcabed6a2060a99b743670d0c",
     ),
 }
 
