@@ -44,6 +44,10 @@ def _lines(proc: subprocess.Popen) -> queue.Queue[str]:
 
 
 def _until(lines: queue.Queue[str], seen: list[str], predicate, timeout: float) -> str:
+    """The first line, already seen or still to come, that `predicate` accepts (processes print in any order)."""
+    for line in seen:
+        if predicate(line):
+            return line
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -59,14 +63,14 @@ def _until(lines: queue.Queue[str], seen: list[str], predicate, timeout: float) 
 def test_lines_stream_live_with_prefixes_and_ctrl_c_stops_everything_with_130(tmp_path):
     run_dir = tmp_path / "run"
     proc = _run_local(
-        "--clients", "8", "--client-processes", "2", "--rounds", "40", "--run-dir", str(run_dir),
+        "--clients", "8", "--client-processes", "2", "--rounds", "100", "--run-dir", str(run_dir),
         "--min-group-size", "2", *harness.DATA_ARGS, *harness.MODEL_ARGS,
     )  # fmt: skip
     lines, seen = _lines(proc), []
     try:
         # the server's round line and the progress line arrive while the run goes on, not after it
         _until(lines, seen, lambda s: s.startswith("server") and "[ROUND 0] completed" in s, 120)
-        progress = _until(lines, seen, lambda s: s.startswith("run-local") and "1/40 rounds done" in s, 10)
+        progress = _until(lines, seen, lambda s: s.startswith("run-local") and "1/100 rounds done" in s, 10)
         assert proc.poll() is None and "left" in progress  # the ETA
         _until(lines, seen, lambda s: s.startswith("clients 0-3 ") and "[ROUND 0] users 0-3" in s, 30)
         _until(lines, seen, lambda s: s.startswith("clients 4-7 ") and "[ROUND 0] users 4-7" in s, 30)
