@@ -821,7 +821,7 @@ def _default_clients_refuse(args: argparse.Namespace, participants: int, flag: s
 def run_local_main(args: argparse.Namespace) -> int:
     from mrff_secure.app.run_folder import NewRunFolder
 
-    options.resolve(args, "run-local")
+    config = options.resolve(args, "run-local")
     check_int("--client-processes", args.client_processes, low=1)
     check_int("--clients", args.clients, low=3)
     check_number("--timeout", args.timeout, low=0.0, low_open=True)
@@ -834,14 +834,13 @@ def run_local_main(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     _prepare_run_local_folder(run_dir, args.overwrite)
     with NewRunFolder(run_dir) as run_folder:  # a start that fails leaves no run behind
-        return _run_local(args, run_dir, run_folder)
+        return _run_local(args, config, run_dir, run_folder)
 
 
-def _run_local(args: argparse.Namespace, run_dir: Path, run_folder: NewRunFolder) -> int:
+def _run_local(args: argparse.Namespace, config: dict, run_dir: Path, run_folder: NewRunFolder) -> int:
     from mrff_secure.audit_log import read_records, verify
     from mrff_secure.pki import CertPaths, issue_state_credentials, make_authority, make_dev_pki, publish_authority
 
-    config = options.resolve(args, "run-local")
     certs = CertPaths(run_dir / "certs")
     make_dev_pki(certs.folder)
     # the identity authority in a folder of its own, never named to the server process (W15)
