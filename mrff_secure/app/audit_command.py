@@ -185,10 +185,11 @@ def _run_on_ray(
     ray = import_ray()
     started = connect(ray, address, None)
     try:
-        task = ray.remote(num_cpus=threads)(_ray_cell)
+        task = ray.remote(num_cpus=threads, scheduling_strategy="SPREAD")(_ray_cell)  # over every node
         data_ref = ray.put(data)  # once, for every task: the nodes need no copy of the dataset on disk
         pending = {task.remote(cell.to_dict(), data_ref, config, threads): (cell, path) for cell, path in todo}
-        print(f"{len(pending)} cells as Ray tasks on {int(ray.cluster_resources().get('CPU', 0))} CPUs", flush=True)
+        cpus, nodes = int(ray.cluster_resources().get("CPU", 0)), sum(1 for n in ray.nodes() if n.get("Alive"))
+        print(f"{len(pending)} cells as Ray tasks on {cpus} CPUs of {nodes} node{'s' * (nodes > 1)}", flush=True)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             cell, path = pending.pop(done[0])

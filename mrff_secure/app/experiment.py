@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -319,6 +320,9 @@ def run_training(
             threads_per_worker=threads_per_worker,
             address=ray_address,
         )
+        # where the actors run (node ids) goes into summary.json's config; the console line adds their IPs
+        extra_config = {**(extra_config or {}), "ray": sim.placement_summary()}
+        print(sim.placement_line(), file=sys.stderr, flush=True)
     elif backend == "single":
         sim = FederatedSimulation(data, model_config, federation, privacy=privacy)
     else:

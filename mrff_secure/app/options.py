@@ -251,7 +251,8 @@ OPTIONS: tuple[Option, ...] = (
                                          "cells as Ray tasks (audit); needs pip install -e '.[ray]'",
        choices=("single", "ray")),
     _o("scale", "ray_address", str, None, "ray: a running cluster (auto, or HOST:PORT of `ray start --head`); not "
-                                          "set: a local Ray instance for this command", optional=True),
+                                          "set: the cluster at RAY_ADDRESS if that is set, else a local Ray "
+                                          "instance for this command", optional=True),
     _o("scale", "actors", int, 2, "ray, train: Ray actors the clients are sharded over", low=1),
     _o("scale", "threads_per_worker", int, 1, "ray: torch threads (and Ray CPUs) of each actor or audit cell", low=1),
 )

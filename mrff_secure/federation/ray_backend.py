@@ -18,6 +18,13 @@ and then across actors (`ClientShard.plain_sum`), and round to the same floats a
 a float64 total falls within 2^-53 of a float32 rounding point. Torch's kernels can round differently
 with another thread count: equality holds for equal `threads_per_worker` and single-process threads.
 
+On a cluster of several machines (`address`: --ray-address, else RAY_ADDRESS): the actors are placed
+with Ray's SPREAD strategy, so they go to as many nodes as have free CPUs, and `placement` says which
+node each runs on. Everything an actor needs travels through Ray's object store (its users' data as
+an argument, the global model as an object reference); the nodes need no files of the run, only the
+same Python environment. A node that leaves mid-run takes its actors' private state with it: the run
+stops with ShardLost, and its folder resumes from the last checkpoint.
+
 Not supported here (refused with ConfigError, use the single process): an `update_transform` (a
 Python callable of the driver: the canary audit) and the 'inmemory' SecAgg+ protocol (its clients
 exchange keys and masks with each other across every shard).
@@ -31,6 +38,7 @@ only on machines and a network you trust (README, "Scale-out on Ray").
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any
 
@@ -40,14 +48,21 @@ import torch
 from mrff_secure.checks import check_int
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.client_data import ClientData
-from mrff_secure.errors import ConfigError
+from mrff_secure.errors import ConfigError, MrffError
 from mrff_secure.federation.client_shard import ClientShard, UpdateTransform, block_rows, model_and_private
 from mrff_secure.federation.privacy_pipeline import PrivacyPipeline
 from mrff_secure.federation.simulation import FederatedSimulation, RoundObserver
 from mrff_secure.round.secure_sum import RingSum
 from mrff_secure.round.spec import Phase, PrivacySettings
 
+log = logging.getLogger(__name__)
+
 INSTALL_HINT = "the ray backend needs Ray: pip install -e '.[ray]'"
+
+
+class ShardLost(MrffError):
+    """A Ray actor died (its node left the cluster, or its process was killed): its clients' private state
+    went with it, so the run cannot go on; the run folder keeps its last checkpoint."""
 
 
 def import_ray() -> Any:
@@ -79,14 +94,31 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to join: `address` (--ray-address, [scale] ray_address), else the RAY_ADDRESS environment
+    variable if set and not empty, else None (a local Ray instance)."""
+    if address:
+        return address
+    return os.environ.get("RAY_ADDRESS") or None
+
+
 def connect(ray: Any, address: str | None, num_cpus: int | None) -> bool:
-    """Join the cluster at `address`, or start a local Ray instance with `num_cpus` CPUs (None: all of this
-    machine's) when `address` is None; nothing when Ray is already initialised. True if this call started
-    or joined it (the caller then shuts it down)."""
+    """Join the cluster at `cluster_address(address)`, or start a local Ray instance with `num_cpus` CPUs
+    (None: all of this machine's) when there is none; nothing when Ray is already initialised. True if this
+    call started or joined it (the caller then shuts it down)."""
     if ray.is_initialized():
         return False
+    address = cluster_address(address)
     if address is None:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", configure_logging=False)
+        # "local": a new instance even where `ray start` left a cluster's address on this machine (Ray would
+        # otherwise join that cluster unasked)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            logging_level="WARNING",
+            configure_logging=False,
+        )
     else:
         _check_reachable(address)
         try:
@@ -134,8 +166,17 @@ class ShardActor:
         if pipeline_args is not None:
             self.shard.set_pipeline(PrivacyPipeline(layout=self.shard.layout, **pipeline_args))
 
-    def ready(self) -> int:
-        return len(self.shard.rows)
+    def placement(self) -> dict[str, str]:
+        """Where this actor runs: its Ray node's id and IP address, and the machine's host name."""
+        import socket
+
+        import ray
+
+        return {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
+            "host": socket.gethostname(),
+        }
 
     @staticmethod
     def _global(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -187,8 +228,10 @@ class ShardActor:
 
 class RaySimulation(FederatedSimulation):
     """`FederatedSimulation` with its clients on `workers` Ray actors (`threads_per_worker` torch threads
-    each). `address`: a running cluster ('auto', or host:port of `ray start --head`); None starts a local
-    Ray instance for this process (shut down by `close`) unless Ray is already initialised."""
+    each). `address`: a running cluster ('auto', or host:port of `ray start --head`); None: the cluster at
+    RAY_ADDRESS if set, else a local Ray instance for this process (shut down by `close`); nothing is
+    started or joined when Ray is already initialised. After the start, `placement` says where each actor
+    runs."""
 
     def __init__(
         self,
@@ -218,6 +261,7 @@ class RaySimulation(FederatedSimulation):
         self.actors, self.threads_per_worker, self.address = int(actors), int(threads_per_worker), address
         self._shard_ranges = shard_rows(data.num_users, block_rows(federation), self.actors)
         self._actors: list[Any] = []  # Ray actor handles
+        self.placement: list[dict[str, Any]] = []  # per actor: actor, users [first, end), node_id, node_ip, host
         self._started_ray = False
         super().__init__(data, model_config, federation, observer, plain_individual_view, None, privacy)
 
@@ -261,7 +305,15 @@ class RaySimulation(FederatedSimulation):
                 f"--actors {len(self._shard_ranges)} x --threads-per-worker {self.threads_per_worker} "
                 f"needs {needed} CPUs; the Ray cluster has {available}"
             )
-        remote = ray.remote(num_cpus=self.threads_per_worker)(ShardActor)
+        largest = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=0)
+        if self.threads_per_worker > largest:  # an actor's CPUs must be on one node
+            self.close()
+            raise ConfigError(
+                f"--threads-per-worker {self.threads_per_worker} needs that many CPUs on one node; the Ray "
+                f"cluster's largest node has {largest}"
+            )
+        # SPREAD: the actors go to as many nodes as have room (placed where the CPUs are, never packed first)
+        remote = ray.remote(num_cpus=self.threads_per_worker, scheduling_strategy="SPREAD")(ShardActor)
         self._actors = [
             remote.remote(
                 self.data.subset(rows),
@@ -273,13 +325,52 @@ class RaySimulation(FederatedSimulation):
             )
             for rows in self._shard_ranges
         ]
-        ray.get([a.ready.remote() for a in self._actors])
+        where = self._get([a.placement.remote() for a in self._actors])
+        self.placement = [
+            {"actor": i, "users": [int(rows[0]), int(rows[-1]) + 1], **node}
+            for i, (rows, node) in enumerate(zip(self._shard_ranges, where))
+        ]
+        log.info("%s", self.placement_line())
+
+    def placement_summary(self) -> dict[str, Any]:
+        """Where the actors run, for the run's summary: the number of nodes and, per actor, its users
+        [first, end) and its node's id (Ray's hex id). IP addresses and host names stay in `placement`."""
+        return {
+            "nodes": len({p["node_id"] for p in self.placement}),
+            "actors": [{k: p[k] for k in ("actor", "users", "node_id")} for p in self.placement],
+        }
+
+    def placement_line(self) -> str:
+        """One line for the console: how many actors on how many nodes, and which on which."""
+        by_node: dict[str, list[int]] = {}
+        for p in self.placement:
+            by_node.setdefault(f"{p['node_ip']} ({p['host']}, node {p['node_id'][:8]})", []).append(p["actor"])
+        nodes = "; ".join(f"{node}: actor{'s' * (len(a) > 1)} {', '.join(map(str, a))}" for node, a in by_node.items())
+        return f"ray: {len(self.placement)} actors on {len(by_node)} node{'s' * (len(by_node) > 1)}: {nodes}"
+
+    def _get(self, refs: Any) -> Any:
+        """`ray.get(refs)`; ShardLost when an actor died on the way (a node that left the cluster)."""
+        ray = self._ray
+        try:
+            return ray.get(refs)
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            # Ray's message says why on a line of its own ("The actor died because its node has died. ...")
+            why = next((line for line in lines if line.startswith("The actor died because")), lines[:1])
+            raise ShardLost(
+                f"a Ray actor of this run was lost ({type(error).__name__}: {''.join(why)}); its "
+                "clients' private state went with it: the run folder keeps its last checkpoint, continue it with "
+                "`mrff train --resume` and the same --run-dir (the checkpoint's rounds are kept)"
+            ) from None
 
     def close(self) -> None:
         """Stop the actors (their private state goes with them) and a Ray instance this run started."""
         ray = self._ray
         for actor in self._actors:
-            ray.kill(actor)
+            try:
+                ray.kill(actor)
+            except Exception:  # an actor whose node is gone: nothing left to stop
+                pass
         self._actors = []
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
@@ -302,7 +393,7 @@ class RaySimulation(FederatedSimulation):
 
     def _each(self, method: str, *args: Any) -> list[Any]:
         """Every actor's `method(*args)`, in actor order."""
-        return self._ray.get([getattr(a, method).remote(*args) for a in self._actors])
+        return self._get([getattr(a, method).remote(*args) for a in self._actors])
 
     @property
     def private(self) -> dict[str, torch.Tensor]:
@@ -317,7 +408,7 @@ class RaySimulation(FederatedSimulation):
         ref = self._global_ref()
         fractions = None if self.group_fractions is None else self.group_fractions.numpy()
         parts = self._split(participants)
-        routes = self._ray.get([a.train.remote(ref, fractions, p, r) for a, p in zip(self._actors, parts)])
+        routes = self._get([a.train.remote(ref, fractions, p, r) for a, p in zip(self._actors, parts)])
         return torch.from_numpy(np.concatenate(routes))
 
     def _plain_sum(
@@ -364,12 +455,12 @@ class RaySimulation(FederatedSimulation):
             loads.append(
                 actor.load_private_arrays.remote({n: np.ascontiguousarray(v[lo:hi]) for n, v in arrays.items()})
             )
-        self._ray.get(loads)
+        self._get(loads)
 
     def _predict(self, split: str, sorted_rows: np.ndarray) -> np.ndarray:
         ref = self._global_ref()
         parts = self._split(sorted_rows)
-        out = self._ray.get([a.predict.remote(ref, split, p) for a, p in zip(self._actors, parts)])
+        out = self._get([a.predict.remote(ref, split, p) for a, p in zip(self._actors, parts)])
         return np.concatenate(out)
 
     def _routes(self) -> np.ndarray:
