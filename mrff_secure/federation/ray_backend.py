@@ -75,21 +75,22 @@ def import_ray() -> Any:
     return ray
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
+def _check_reachable(address: str, timeout: float = 5.0, source: str = "--ray-address") -> None:
     """A HOST:PORT cluster address must accept a TCP connection (Ray itself retries a dead address for
-    minutes); 'auto' and ray:// addresses are left to Ray."""
+    minutes); 'auto' and ray:// addresses are left to Ray. `source`: where the address came from, for the
+    error."""
     import socket
 
     host, sep, port = address.rpartition(":")
     if not sep or address == "auto" or "://" in address:
         return
     if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"--ray-address must be auto or HOST:PORT with a port in 1-65535, got {address!r}")
+        raise ConfigError(f"{source} must be auto or HOST:PORT with a port in 1-65535, got {address!r}")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as error:
         raise ConfigError(
-            f"--ray-address {address}: nothing accepts connections there ({error.strerror or error}); "
+            f"{source} {address}: nothing accepts connections there ({error.strerror or error}); "
             "start the cluster with `ray start --head`"
         ) from None
 
@@ -108,6 +109,7 @@ def connect(ray: Any, address: str | None, num_cpus: int | None) -> bool:
     call started or joined it (the caller then shuts it down)."""
     if ray.is_initialized():
         return False
+    source = "--ray-address" if address else "RAY_ADDRESS"
     address = cluster_address(address)
     if address is None:
         # "local": a new instance even where `ray start` left a cluster's address on this machine (Ray would
@@ -120,11 +122,11 @@ def connect(ray: Any, address: str | None, num_cpus: int | None) -> bool:
             configure_logging=False,
         )
     else:
-        _check_reachable(address)
+        _check_reachable(address, source=source)
         try:
             ray.init(address=address, logging_level="WARNING", configure_logging=False)
         except ConnectionError as error:
-            raise ConfigError(f"--ray-address {address}: no Ray cluster answers there ({error})") from None
+            raise ConfigError(f"{source} {address}: no Ray cluster answers there ({error})") from None
     return True
 
 
@@ -312,7 +314,7 @@ class RaySimulation(FederatedSimulation):
                 f"--threads-per-worker {self.threads_per_worker} needs that many CPUs on one node; the Ray "
                 f"cluster's largest node has {largest}"
             )
-        # SPREAD: the actors go to as many nodes as have room (placed where the CPUs are, never packed first)
+        # SPREAD: the actors take turns over the nodes with free CPUs (Ray's default fills a node before the next)
         remote = ray.remote(num_cpus=self.threads_per_worker, scheduling_strategy="SPREAD")(ShardActor)
         self._actors = [
             remote.remote(
@@ -356,9 +358,9 @@ class RaySimulation(FederatedSimulation):
         except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as error:
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             # Ray's message says why on a line of its own ("The actor died because its node has died. ...")
-            why = next((line for line in lines if line.startswith("The actor died because")), lines[:1])
+            why = next((line for line in lines if line.startswith("The actor died because")), lines[0] if lines else "")
             raise ShardLost(
-                f"a Ray actor of this run was lost ({type(error).__name__}: {''.join(why)}); its "
+                f"a Ray actor of this run was lost ({type(error).__name__}: {why}); its "
                 "clients' private state went with it: the run folder keeps its last checkpoint, continue it with "
                 "`mrff train --resume` and the same --run-dir (the checkpoint's rounds are kept)"
             ) from None

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from mrff_secure.checkpoint import load_arrays
+from mrff_secure.errors import ConfigError
 from mrff_secure.federation import ray_backend
 from mrff_secure.federation.ray_backend import cluster_address, connect
 
@@ -52,6 +53,10 @@ def test_the_cluster_comes_from_the_option_then_ray_address_else_a_local_instanc
         assert cluster_address(None) == here and cluster_address("10.0.0.1:6379") == "10.0.0.1:6379"
         connect(fake, None, 3)
         assert fake.calls[-1]["address"] == here and "num_cpus" not in fake.calls[-1]  # joined, nothing started
+    # a dead RAY_ADDRESS is named as what it is, in seconds (Ray retries one for minutes)
+    monkeypatch.setenv("RAY_ADDRESS", here)  # nothing listens there any more
+    with pytest.raises(ConfigError, match=f"RAY_ADDRESS {here}: nothing accepts connections"):
+        connect(fake, None, 3)
     monkeypatch.setenv("RAY_ADDRESS", "")  # empty: as if unset
     assert cluster_address(None) is None
 
