@@ -63,9 +63,6 @@ def test_the_cluster_comes_from_the_option_then_ray_address_else_a_local_instanc
 
 # ------------------------------------------------------------- with Ray
 
-ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
-from ray.cluster_utils import Cluster  # noqa: E402
-
 ROUNDS = 4
 LOST_IN_ROUND = 2  # the worker node leaves after this round's training, before its sum
 
@@ -76,6 +73,9 @@ def two_nodes(monkeypatch):
     worker node, seconds to start). The cluster keeps its files (and the address file that a bare
     `ray.init()` on this machine would join) in a private, short temp folder (Ray's socket paths must fit
     107 bytes), so another Ray test running beside it neither joins it nor collides with it."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    from ray.cluster_utils import Cluster
+
     temp = tempfile.mkdtemp(prefix="mrffray", dir="/tmp")
     monkeypatch.setenv("RAY_TMPDIR", temp)
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
@@ -152,6 +152,8 @@ def _assert_same_run(a, b):
 
 
 def _alive_nodes():
+    import ray
+
     return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
 
 
@@ -169,6 +171,11 @@ def test_a_run_spread_over_two_nodes_loses_one_mid_round_and_resumes_to_the_sing
     seconds["single process"] = time.perf_counter() - tick
     reference = _result(tmp_path / "single")
     capsys.readouterr()
+
+    # an actor's CPUs must be on one node: 2 threads on nodes of 1 CPU are refused at once, not left waiting
+    wide = ["--backend", "ray", "--actors", "1", "--threads-per-worker", "2", "--ray-address", cluster.address]
+    assert _train(tmp_path / "wide", *wide) == 2
+    assert "needs that many CPUs on one node; the Ray cluster's largest node has 1" in capsys.readouterr().err
 
     sums = []
     plain_sum = ray_backend.RaySimulation._plain_sum
