@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
@@ -42,6 +43,7 @@ def one(layout: str, users: int, repeats: int) -> dict:
 
     from mrff_secure.config import FederationConfig, ModelConfig
     from mrff_secure.data import make_synthetic
+    from mrff_secure.federation.ray_backend import RaySimulation
     from mrff_secure.federation.simulation import FederatedSimulation
 
     torch.set_num_threads(1)  # as each actor
@@ -56,24 +58,22 @@ def one(layout: str, users: int, repeats: int) -> dict:
         import ray
         from ray.cluster_utils import Cluster
 
-        from mrff_secure.federation.ray_backend import RaySimulation
-
         start = time.perf_counter()
         if layout == "one-node":
             cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
         else:
             cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
             worker = cluster.add_node(num_cpus=1)
-        ray.init(address=cluster.address, logging_level="WARNING", configure_logging=False)
+        ray.init(address=cluster.address, logging_level=logging.WARNING, configure_logging=False)
         out["cluster_start_seconds"] = round(time.perf_counter() - start, 2)
     start = time.perf_counter()
-    sim = (
+    sim: FederatedSimulation = (
         FederatedSimulation(data, model, federation)
         if layout == "single"
         else RaySimulation(data, model, federation, actors=2, threads_per_worker=1)
     )
     out["build_seconds"] = round(time.perf_counter() - start, 2)
-    if layout != "single":
+    if isinstance(sim, RaySimulation):
         out["nodes"] = sim.placement_summary()["nodes"]
         out["placement"] = sim.placement_line()
     start = time.perf_counter()
@@ -90,9 +90,9 @@ def one(layout: str, users: int, repeats: int) -> dict:
     sim.evaluate("val")
     out["eval_pass_seconds"] = round(time.perf_counter() - start, 4)
     out["update_vector_floats"] = sim.layout.size
-    if layout != "single":
+    if isinstance(sim, RaySimulation):
         out["global_model_transfer"] = transfer(sim)
-    if layout == "two-nodes":
+    if isinstance(sim, RaySimulation) and cluster is not None and worker is not None:  # two nodes
         state = sim.state_arrays()  # what a checkpoint holds
         done = sim.round_index
         start = time.perf_counter()
