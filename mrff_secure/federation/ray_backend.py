@@ -307,12 +307,15 @@ class RaySimulation(FederatedSimulation):
                 f"--actors {len(self._shard_ranges)} x --threads-per-worker {self.threads_per_worker} "
                 f"needs {needed} CPUs; the Ray cluster has {available}"
             )
-        largest = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=0)
-        if self.threads_per_worker > largest:  # an actor's CPUs must be on one node
+        # an actor's CPUs must be on one node: the CPUs in all are not enough where they are split over nodes
+        node_cpus = sorted((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), reverse=True)
+        fits = sum(cpus // self.threads_per_worker for cpus in node_cpus)
+        if fits < len(self._shard_ranges):
             self.close()
             raise ConfigError(
-                f"--threads-per-worker {self.threads_per_worker} needs that many CPUs on one node; the Ray "
-                f"cluster's largest node has {largest}"
+                f"--actors {len(self._shard_ranges)} x --threads-per-worker {self.threads_per_worker}: an actor's "
+                f"CPUs must be on one node, and the Ray cluster's nodes (CPUs: {', '.join(map(str, node_cpus))}) "
+                f"have room for {fits} such actors"
             )
         # SPREAD: the actors take turns over the nodes with free CPUs (Ray's default fills a node before the next)
         remote = ray.remote(num_cpus=self.threads_per_worker, scheduling_strategy="SPREAD")(ShardActor)

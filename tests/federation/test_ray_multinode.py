@@ -175,7 +175,7 @@ def test_a_run_spread_over_two_nodes_loses_one_mid_round_and_resumes_to_the_sing
     # an actor's CPUs must be on one node: 2 threads on nodes of 1 CPU are refused at once, not left waiting
     wide = ["--backend", "ray", "--actors", "1", "--threads-per-worker", "2", "--ray-address", cluster.address]
     assert _train(tmp_path / "wide", *wide) == 2
-    assert "needs that many CPUs on one node; the Ray cluster's largest node has 1" in capsys.readouterr().err
+    assert "nodes (CPUs: 1, 1) have room for 0 such actors" in capsys.readouterr().err
 
     sums = []
     plain_sum = ray_backend.RaySimulation._plain_sum
