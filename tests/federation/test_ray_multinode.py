@@ -2,7 +2,8 @@
 node on this machine, one CPU each, as `ray start` would make them on two machines). `mrff train --backend
 ray --ray-address` spreads its actors over both nodes, records which node each ran on, and gives the single
 process's run bit for bit; a node lost mid-round stops the run with a clear error, and the run folder
-resumes on a replacement node to the uninterrupted run's result."""
+resumes on a replacement node to the uninterrupted run's result; `mrff audit --backend ray` runs its
+cells on the same cluster."""
 
 from __future__ import annotations
 
@@ -226,4 +227,41 @@ def test_a_run_spread_over_two_nodes_loses_one_mid_round_and_resumes_to_the_sing
     assert len(second_nodes & first_nodes) == 1  # the head stayed; the worker node is gone
     assert placement["nodes"] == 2 and {a["node_id"] for a in placement["actors"]} == second_nodes
     assert [a["users"] for a in placement["actors"]] == [[0, 32], [32, 60]]  # whole blocks of 16 rows
+
+    # the audit on the same cluster: its cells as Ray tasks over both nodes
+    from mrff_secure.app import cli
+
+    tick = time.perf_counter()
+    audit = [*AUDIT, "--run-dir", str(tmp_path / "audit"), "--ray-address", cluster.address]
+    code = cli.main(audit)
+    seconds["audit, 2 cells"] = time.perf_counter() - tick
+    assert "2 cells as Ray tasks on 2 CPUs of 2 nodes" in capsys.readouterr().out
+    grid = json.loads((tmp_path / "audit" / "grid.json").read_text())
+    assert code == grid["verdict"]["exit_code"] and len(grid["cells"]) == 2
     print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+
+
+AUDIT = [
+    "audit",
+    "--backend",
+    "ray",
+    "--synthetic-users",
+    "40",
+    "--rounds-per-cell",
+    "2",
+    "--canaries",
+    "40",
+    "--levels",
+    "0.3",
+    "--targets",
+    "4",
+    "--sampled-fraction",
+    "0",
+    "--synthetic-rare-values",
+    "0",
+    "--no-network-cell",
+    "--no-progress",
+    "--cells",
+    "plain",
+    "local-dp z=0.3",
+]
