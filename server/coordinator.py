@@ -460,6 +460,7 @@ class Coordinator:
                     local_steps=spec.local_steps,
                     optimizer=spec.optimizer,
                     lr=spec.lr,
+                    weight_decay=spec.weight_decay,
                     model_seed=self.settings.seed,
                     model_config_json=model_config_json(self.model_config),
                 )
@@ -487,10 +488,20 @@ class Coordinator:
         k = max(self.settings.min_clients, int(round(len(eligible) * self.settings.client_fraction)))
         return tuple(int(c) for c in np.sort(rng.choice(eligible, size=min(k, len(eligible)), replace=False)))
 
+    def round_lr(self) -> float:
+        """The clients' lr of the next training round: the run's schedule (`FederationConfig.client_lr`, as `mrff
+        train` evaluates it) at the number of rounds completed so far, so a retried aborted round keeps its step
+        of the schedule; announced, signed, in the round's body."""
+        return self.settings.recipe(lr=self.base_spec.lr).client_lr(self.state.completed_rounds)
+
     def _play_round(self, r: int) -> None:
         participants = self._sample(r)
         n = len(participants)
-        spec = dataclasses.replace(self.base_spec, min_survivors=min_survivors(n, self.settings.max_dropout_fraction))
+        spec = dataclasses.replace(
+            self.base_spec,
+            min_survivors=min_survivors(n, self.settings.max_dropout_fraction),
+            lr=self.round_lr(),
+        )
         started = time.perf_counter()
         cpu0 = time.process_time()
         plans = round_plans(spec, self.layout, n)
@@ -523,6 +534,7 @@ class Coordinator:
             "participants": list(participants),
             "secure": self.settings.secure,
             "dp_mode": spec.dp_mode,
+            "lr": spec.lr,
             "phases": {},
         }
         try:
@@ -608,7 +620,7 @@ class Coordinator:
             raise
         else:
             state.completed_rounds += 1
-            self.state.params = applied.averaged
+            self.state.params = state.server_optimizer.step(state.params, applied.averaged)
             self.state.group_fractions = applied.group_fractions
             self.state.last_completed = r
             epsilon = ledger_summary(self.state.ledger)

@@ -402,6 +402,7 @@ def round_spec(args: argparse.Namespace, maxlen: int) -> RoundSpec:
         local_steps=args.local_steps,
         optimizer=args.optimizer,
         lr=args.lr,
+        weight_decay=args.weight_decay,
         dp_mode=args.dp,
         clip=args.clip,
         noise_multiplier=(z if z is not None else (1.0 if target else 0.0)),
@@ -442,6 +443,10 @@ def _server_settings(args: argparse.Namespace) -> ServerSettings:
         threshold=args.threshold,
         eval_every=args.federated_eval_every,
         max_evaluations=args.max_evaluations,
+        server_optimizer=args.server_optimizer,
+        server_lr=args.server_lr,
+        server_momentum=args.server_momentum,
+        lr_schedule=args.lr_schedule,
     )
 
 
