@@ -84,7 +84,7 @@ __all__ = [
 ]
 
 
-def _evaluation_text(evaluation: dict[str, Any] | None) -> str:
+def _evaluation_text(evaluation: dict[str, Any] | None, model: str = "starting model") -> str:
     """', validation AUC 0.6821 LogLoss 0.6512 (starting model, 8 clients)' for the round's line."""
     if not evaluation:
         return ""
@@ -104,7 +104,7 @@ def _evaluation_text(evaluation: dict[str, Any] | None) -> str:
         if evaluation.get("in_epsilon")
         else "exact: outside any guarantee"
     )
-    return f", validation AUC {auc} LogLoss {loss} (starting model, {evaluation['clients']} clients, {noise})"
+    return f", validation AUC {auc} LogLoss {loss} ({model}, {evaluation['clients']} clients, {noise})"
 
 
 def _finite(value: float) -> float | None:
@@ -368,6 +368,8 @@ class Coordinator:
                     raise RunUnfinished(f"{in_a_row} rounds in a row were aborted")
                 if aborted_here >= max(MAX_ABORTED_IN_A_ROW, self.settings.rounds):
                     raise RunUnfinished(f"{aborted_here} rounds of this server process were aborted")
+            if self.settings.evaluates_final_model and state.final_evaluation_round is None:
+                self._final_evaluation(state.next_round)
             self.gate.announce(state.next_round, self._body(state.next_round, (), None, finished=True), finished=True)
             self.audit.append(
                 {
@@ -419,6 +421,7 @@ class Coordinator:
         nonces: tuple[bytes, ...] = (b"", b""),
         evaluation: SecAggConfig | None = None,
         unfinished_reason: str = "",
+        evaluation_only: bool = False,
     ) -> pb.SignedBody:
         state = self.state
         body = pb.RoundBody(
@@ -432,14 +435,16 @@ class Coordinator:
         head_seq, head_digest = self.audit.head()  # clients keep the signed head as a receipt (W20)
         if head_seq >= 0:
             body.audit_head.CopyFrom(pb.AuditHead(seq=head_seq, digest=head_digest))
-        if not finished and spec is not None and configs is not None:
+        if not finished and spec is not None and (configs is not None or evaluation_only):
+            body.evaluation_only = evaluation_only
             body.participants.extend(participants)
             body.parameters.extend(tensors.to_proto(state.params))
             if state.group_fractions is not None:
                 body.group_fractions.extend(state.group_fractions.reshape(-1).tolist())
             body.num_blocks, body.num_groups = self.layout.num_blocks, self.layout.num_groups
-            body.counts_secagg.CopyFrom(secagg_parameters(configs[0], 2 * round_id, nonces[0]))
-            body.update_secagg.CopyFrom(secagg_parameters(configs[1], 2 * round_id + 1, nonces[1]))
+            if configs is not None:
+                body.counts_secagg.CopyFrom(secagg_parameters(configs[0], 2 * round_id, nonces[0]))
+                body.update_secagg.CopyFrom(secagg_parameters(configs[1], 2 * round_id + 1, nonces[1]))
             if evaluation is not None:
                 body.evaluation_secagg.CopyFrom(
                     secagg_parameters(evaluation, EVALUATION_SESSION_BASE + round_id, nonces[2])
@@ -667,8 +672,78 @@ class Coordinator:
         the run's cap (--max-evaluations, counted by the ledger, so a resumed run keeps its count)."""
         return (
             self.settings.evaluates(self.state.completed_rounds)
-            and self.state.ledger.evaluations < self.settings.max_evaluations
+            and self.state.ledger.evaluations < self.settings.round_evaluations_cap
         )
+
+    def _final_evaluation(self, r: int) -> None:
+        """The federated evaluation of the final model, once per run, after the last round (`--final-evaluation`):
+        round id `r` (consumed, and the attempt saved, before it is announced: a resumed run does not repeat it)
+        announces the final model with only an evaluation sum (`evaluation_only`) to every active client, and
+        `_evaluate` runs it as a round's evaluation, over exactly those participants. Each client decides for
+        itself, as for any release: its policy or its epsilon budget may keep its scores out (it sends zeros, so
+        the sum goes on), and the record's `clients` says how many scored. Recorded as `final_evaluation` in the
+        audit log (results.py: the summary's `final_evaluation`), released or not."""
+        state = self.state
+        eligible = self.gate.wait_for_clients(
+            self.settings.min_clients,
+            None if self.lines is None else self.lines.waiting,
+            timeout=self.settings.train_timeout,
+        )
+        participants = tuple(sorted(eligible))
+        n = len(participants)
+        state.next_round, state.final_evaluation_round = r + 1, r
+        state.save()
+        evaluated_model = self.model_digest()
+        record: dict[str, Any] = {
+            "type": "final_evaluation",
+            "round": r,
+            "participants": list(participants),
+            "model_digest": evaluated_model,
+            "phases": {},
+        }
+        if n < self.settings.min_clients:
+            out: dict[str, Any] = {
+                "available": False,
+                "reason": f"only {n} of the --min-clients {self.settings.min_clients} clients were active within "
+                f"--train-timeout {self.settings.train_timeout:g} s",
+            }
+        else:
+            # no training: the run's base lr (the schedule may reach 0 after the last round)
+            spec = dataclasses.replace(
+                self.base_spec, min_survivors=min_survivors(n, self.settings.max_dropout_fraction)
+            )
+            config = evaluation_config(n, spec.modulus_bits, self.settings.secagg_options())
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            body = self._body(r, participants, spec, nonces=(b"", b"", nonce), evaluation=config, evaluation_only=True)
+            rs = RoundState(r, participants, spec, body, announcement_evaluates=True)
+            self.gate.begin_round(rs)
+            try:
+                out = self._evaluate(
+                    rs,
+                    config,
+                    nonce,
+                    participants,
+                    record,
+                    evaluated_model,
+                    on_open=lambda: self.gate.announce(r, rs.announcement),
+                )
+            except (Stopped, ShuttingDown):
+                self.gate.end_round(rs, pb.RoundOutcome(round_id=r, completed=False, reason="the server was stopped"))
+                raise
+            self.gate.end_round(
+                rs, pb.RoundOutcome(round_id=r, completed=bool(out.get("available")), reason=out.get("reason", ""))
+            )
+        record["evaluation"] = out
+        record["epsilon"] = ledger_summary(state.ledger)
+        state.save()
+        self.audit.append(record, sync=True)
+        if out.get("available") and not out.get("clients"):
+            text = ": every client kept its scores out (its policy or its epsilon budget): nothing to report"
+        elif out.get("available"):
+            text = _evaluation_text(out, "final model")
+        else:
+            text = f": not released: {out.get('reason')}"
+        self._line(f"[FINAL EVALUATION] {n} participants{text}")
 
     def _evaluate(
         self,
@@ -678,6 +753,7 @@ class Coordinator:
         survivors: tuple[int, ...],
         record: dict,
         evaluated_model: str,
+        on_open: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """The federated evaluation of the model round `rs` started from, over exactly the update phase's survivors
         (a client whose policy keeps its held-out items out sends zeros): a secure sum of their held-out score
@@ -687,6 +763,8 @@ class Coordinator:
 
         def open_phase() -> None:  # under the lock, once the phase's first stage is open
             rs.evaluation_open = True
+            if on_open is not None:  # the final evaluation: its announcement
+                on_open()
 
         release = evaluation_release(
             rs.spec, len(rs.participants), colluding_survivors=self.settings.corrupt_neighbours

@@ -28,7 +28,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mrff_secure.audit_log import AuditLog, read_records, software_version
-from mrff_secure.checks import check_int, check_number
+from mrff_secure.checks import check_bool, check_int, check_number
 from mrff_secure.config import FederationConfig, ModelConfig
 from mrff_secure.data.schema import PublicSchema
 from mrff_secure.errors import CheckpointError, ConfigError, PrivacyError
@@ -62,6 +62,7 @@ class ServerSettings:
     threshold: int | None = None
     eval_every: int = 0  # federated evaluation every this many rounds (and at the last); 0: none
     max_evaluations: int = 5  # at most this many federated evaluations per run (each a release in epsilon)
+    final_evaluation: bool = False  # after the last round, one federated evaluation of the final model
     # The tuned recipe's server side, as `mrff train` runs it (`FederationConfig`, which validates them); the
     # clients' weight decay is in the RoundSpec
     server_optimizer: str = "avg"
@@ -72,6 +73,7 @@ class ServerSettings:
     def __post_init__(self) -> None:
         check_int("--federated-eval-every", self.eval_every, low=0)
         check_int("--max-evaluations", self.max_evaluations, low=0)
+        check_bool("--final-evaluation", self.final_evaluation)
         check_int("rounds", self.rounds, low=0)
         check_int("min_clients (secure aggregation needs 3)", self.min_clients, low=3)
         check_number("client_fraction", self.client_fraction, low=0.0, high=1.0, low_open=True)
@@ -106,10 +108,20 @@ class ServerSettings:
 
     def evaluates(self, round_id: int) -> bool:
         """Round `round_id` is scheduled to end with a federated evaluation of the model it started from (the
-        coordinator also stops at `max_evaluations`)."""
-        if self.eval_every == 0 or self.max_evaluations == 0:
+        coordinator also stops at `round_evaluations_cap`)."""
+        if self.eval_every == 0 or self.round_evaluations_cap == 0:
             return False
         return round_id % self.eval_every == 0 or round_id == self.rounds - 1
+
+    @property
+    def evaluates_final_model(self) -> bool:
+        """One federated evaluation of the final model after the last round (within --max-evaluations)."""
+        return self.final_evaluation and self.max_evaluations > 0
+
+    @property
+    def round_evaluations_cap(self) -> int:
+        """The evaluations the rounds may release: --max-evaluations, less the final model's, kept for it."""
+        return self.max_evaluations - int(self.evaluates_final_model)
 
 
 class RunState:
@@ -122,6 +134,7 @@ class RunState:
     completed_rounds: int
     aborted_rounds: int
     round_in_progress: int | None  # announced, not ended: aborted if the server stops before it ends
+    final_evaluation_round: int | None  # the round id the final evaluation took (attempted once per run)
     group_fractions: torch.Tensor | None
     ledger: RoundAccountant
     identities: dict[int, bytes]
@@ -172,6 +185,7 @@ class RunState:
         state.params = state._initial_params
         state.next_round, state.last_completed = 0, -1
         state.completed_rounds, state.aborted_rounds, state.round_in_progress = 0, 0, None
+        state.final_evaluation_round = None
         groups = state.layout.num_groups
         dtype = next(iter(state.params.values())).dtype
         state.group_fractions = (
@@ -284,6 +298,8 @@ class RunState:
         self.aborted_rounds = int(meta.get("aborted_rounds", 0))
         in_progress = meta.get("round_in_progress")
         self.round_in_progress = None if in_progress is None else int(in_progress)
+        final = meta.get("final_evaluation_round")
+        self.final_evaluation_round = None if final is None else int(final)
         fractions = meta.get("group_fractions")
         dtype = next(iter(params.values())).dtype
         self.group_fractions = None if fractions is None else torch.tensor(fractions, dtype=dtype)
@@ -311,6 +327,7 @@ class RunState:
             "completed_rounds": self.completed_rounds,
             "aborted_rounds": self.aborted_rounds,
             "round_in_progress": self.round_in_progress,
+            "final_evaluation_round": self.final_evaluation_round,
             "group_fractions": None if self.group_fractions is None else self.group_fractions.tolist(),
             "ledger": self.ledger.state_dict(),
             "rng": {"sampling": "numpy.default_rng([seed, round])", "seed": self.settings.seed},

@@ -167,6 +167,9 @@ OPTIONS: tuple[Option, ...] = (
                                                      "else also the last round); each is a DP release in epsilon",
        low=0),
     _o("federation", "max_evaluations", int, 5, "network: at most this many federated evaluations per run", low=0),
+    _o("federation", "final_evaluation", bool, False, "network: after the last round, one federated evaluation of "
+                                                      "the final model (a DP release in epsilon, one of "
+                                                      "--max-evaluations; each client may refuse it)"),
     _o("federation", "chunk_size", int, 64, "simulation: clients per vectorized chunk (0 = all)", low=0),
     _o("federation", "checkpoint_every", int, 10, "mrff train: rounds between checkpoints (--resume continues from "
                                                   "the last)", low=1),
@@ -286,12 +289,14 @@ COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
              + _NETWORK_PRIVACY
              + ("noise_sampling", "count_cap", "clip_from_private_data", "insecure_reproducible_noise")
              + ("backend", "ray_address", "actors", "threads_per_worker"),
-    "server": _DATA + _MODEL + _TRAINING + _RECIPE + ("min_clients", "federated_eval_every", "max_evaluations")
+    "server": _DATA + _MODEL + _TRAINING + _RECIPE + ("min_clients", "federated_eval_every", "max_evaluations",
+                                                          "final_evaluation")
               + _NETWORK_PRIVACY
               + _SERVER_PRIVACY
               + ("address", "certs", "mtls", "insecure", "train_timeout", "stage_timeout", "num_neighbours",
                  "threshold", "max_upload_mib", "max_workers", "linger"),
-    "run-local": _DATA + _MODEL + _TRAINING + _RECIPE + ("min_clients", "federated_eval_every", "max_evaluations")
+    "run-local": _DATA + _MODEL + _TRAINING + _RECIPE + ("min_clients", "federated_eval_every", "max_evaluations",
+                                                          "final_evaluation")
                  + _NETWORK_PRIVACY + _SERVER_PRIVACY
                  + ("insecure", "train_timeout", "stage_timeout", "num_neighbours", "threshold",
                     "insecure_reproducible_noise"),
