@@ -27,7 +27,7 @@ import torch
 from mrff_secure.config import FederationConfig
 from mrff_secure.dp import DPConfig
 from mrff_secure.federation.simulation import FederatedSimulation
-from mrff_secure.round.spec import PrivacySettings
+from mrff_secure.round.spec import PrivacySettings, SecureAggregation
 from mrff_secure.wire import tensors
 
 from . import harness
@@ -65,7 +65,7 @@ def simulated_digests(federation: FederationConfig) -> list[str]:
     data = harness.data().subset(np.arange(USERS))
     privacy = PrivacySettings(
         dp=DPConfig(mode="off"),
-        secure_aggregation="inmemory",
+        secure_aggregation=SecureAggregation.INMEMORY,
         modulus_bits=32,
         min_group_size=2,
         insecure_reproducible_noise=True,
