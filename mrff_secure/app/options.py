@@ -150,7 +150,7 @@ OPTIONS: tuple[Option, ...] = (
     _o("federation", "lr", float, 0.1, "the clients' learning rate", above=0.0),
     _o("federation", "seed", int, 0, "model initialisation, client sampling and dropout", low=0),
     _o("federation", "weight_decay", float, 0.0, "the clients' decoupled weight decay per local step (AdamW / SGDW; "
-                                                 "network: in the signed round, lr x it below 1)", low=0.0),
+                                                 "network: signed in each round, lr x weight decay below 1)", low=0.0),
     _o("federation", "lr_schedule", str, "constant", "the clients' lr over rounds: constant, or cosine decay toward 0 "
                                                       "at --rounds (network: the server signs each round's lr)",
        choices=("constant", "cosine")),
