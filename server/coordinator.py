@@ -1,6 +1,7 @@
 """The round driver: enrolment, round sampling, the two secure sums per round (and the federated
-evaluation's third, when scheduled: a DP release stepped into the ledger), the DP mode, the global update,
-checkpoints and the audit log.
+evaluation's third, when scheduled: a DP release stepped into the ledger), the DP mode, the global update
+(the decoded mean, then `mrff train`'s server optimizer; each round's lr from the run's schedule, signed in
+its body), the final model's evaluation (`--final-evaluation`), checkpoints and the audit log.
 
 Three parts, one concept each: the run's durable state (run_state.py: parameters, counters, ledger,
 identities, checkpoint, audit log), the transport-free stage gate (stage_gate.py: what request threads
@@ -352,7 +353,8 @@ class Coordinator:
         --train-timeout of an aborted round, the run stops unfinished: the clients are told why (they leave), the
         audit log gets `run_stopped`, no `run_finished`, and `mrff server --resume` continues it. A server stopped
         by a signal leaves its round aborted (recorded now, or on --resume after a SIGKILL); the resumed server
-        starts a new round."""
+        starts a new round. With --final-evaluation, a run that completed its rounds then evaluates the final model
+        once (`_final_evaluation`) before it announces the end."""
         state = self.state
         in_a_row = aborted_here = 0
         try:
