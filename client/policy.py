@@ -200,7 +200,12 @@ class ClientPolicy:
 
     # ------------------------------------------------------------------ checks
     def check_round(self, *, secure: bool, spec: RoundSpec) -> None:
-        """Refuse a proposal weaker than the policy (raises PolicyViolation naming the parameter)."""
+        """Refuse a proposal weaker than the policy (raises PolicyViolation naming the parameter).
+
+        The training parameters (local steps, optimizer, the round's lr, the decoupled weight decay) are not
+        privacy parameters: under DP the update's delta part is clipped to `clip` in the encoding
+        (`round.encoding`), after training, so the sensitivity of the release is C whatever they are; `RoundSpec`
+        only range-checks them (finite, lr > 0, weight_decay >= 0, lr x weight_decay < 1)."""
         if not secure and not self.allow_plain:
             raise PolicyViolation(
                 "the server proposes plain (unmasked) aggregation; the policy requires secure "

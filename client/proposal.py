@@ -80,11 +80,13 @@ def verified_parameters(
 
 def accepted_spec(body: pb.RoundBody, policy: ClientPolicy, user: int) -> RoundSpec:
     """The round's settings, refused (ConfigError, PolicyViolation) unless our own policy accepts them: the
-    signature only says who proposed them."""
+    signature only says who proposed them. The round's lr and weight decay are range-checked by `RoundSpec`
+    (a malformed value is a ConfigError naming it); they change no privacy guarantee (`ClientPolicy.check_round`)."""
     spec = RoundSpec(
         local_steps=body.training.local_steps,
         optimizer=body.training.optimizer,
         lr=body.training.lr,
+        weight_decay=body.training.weight_decay,
         dp_mode=body.dp.mode,
         clip=body.dp.clip,
         noise_multiplier=body.dp.noise_multiplier,

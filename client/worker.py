@@ -276,6 +276,9 @@ class LogicalClient:
             raise RoundFailed(f"refusing round {r}: {exc}") from exc
         except PrivacyError as exc:
             raise RoundFailed(f"refusing round {r}: its privacy parameters are impossible: {exc}") from exc
+        if body.evaluation_only:
+            self._play_final_evaluation(body, spec, model, params, private_template, config)
+            return
         release = network_round_release(
             spec, layout, len(body.participants), colluding_survivors=self.policy.corrupt_neighbours
         )
@@ -360,6 +363,53 @@ class LogicalClient:
         if self._result is not None:
             self._result.epsilon = self.ledger.epsilon()
         self._finish(body)
+
+    def _play_final_evaluation(
+        self,
+        body: pb.RoundBody,
+        spec: RoundSpec,
+        model: torch.nn.Module,
+        params: dict[str, torch.Tensor],
+        private_template: dict[str, tuple[tuple[int, ...], torch.dtype]],
+        config: ModelConfig,
+    ) -> None:
+        """The final model's federated evaluation (a round with only an evaluation sum, `evaluation_only`): our
+        held-out scores with the final model and our private part as the last completed round left it, through
+        `SecureSums.evaluation` as in any round: our policy (join_evaluation, max_evaluations, exact sums) and our
+        ledger (the epsilon cap: `record_release` refuses a release past it) decide whether they go in or zeros
+        do. The sum is over exactly the announced participants: we unmask no shorter survivor list."""
+        r = body.round_id
+        if body.HasField("counts_secagg") or body.HasField("update_secagg"):
+            raise RoundFailed(f"refusing round {r}: an evaluation-only round announces training sums")
+        try:
+            evaluation = announced_evaluation_release(body, spec, colluding_survivors=self.policy.corrupt_neighbours)
+        except PolicyViolation as exc:
+            raise RoundFailed(f"refusing round {r}: {exc}") from exc
+        if evaluation is None:
+            raise RoundFailed(f"refusing round {r}: an evaluation-only round announces no evaluation sum")
+        try:  # a session of the ledger (the release itself is checked against the cap when it is recorded)
+            self.ledger.begin_session(body.run_id, r, ())
+        except LedgerRefusal as exc:
+            raise RoundFailed(f"refusing round {r}: {exc}") from exc
+        scores = None
+        if self.policy.join_evaluation:
+            private = self.store.load_private(private_template)
+            with self.shared.train_lock:
+                if private is None:
+                    private = initial_private(model, self.shared.data, config, body.training.model_seed, self.user)
+                scores = evaluation_sum.client_vector(
+                    evaluate_user(model, params, private, self.shared.data, self.user)
+                )
+        self.sums.evaluation(
+            body,
+            spec,
+            scores,
+            tuple(body.participants),
+            self._on_release(body, {Phase.EVALUATION: evaluation}),
+            scored=sum(1 for e in self.ledger.entries if (e.run_id, e.phase) == (body.run_id, "evaluation")),
+        )
+        if self._result is not None:
+            self._result.epsilon, self._result.epsilon_cap = self.ledger.epsilon(), self.policy.max_epsilon
 
     def _group_fractions(self, body: pb.RoundBody, layout: UpdateLayout, dtype: torch.dtype) -> torch.Tensor | None:
         """The announced group fractions, refused (the round, not the client) when they do not fit the layout."""

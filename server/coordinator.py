@@ -1,6 +1,7 @@
 """The round driver: enrolment, round sampling, the two secure sums per round (and the federated
-evaluation's third, when scheduled: a DP release stepped into the ledger), the DP mode, the global update,
-checkpoints and the audit log.
+evaluation's third, when scheduled: a DP release stepped into the ledger), the DP mode, the global update
+(the decoded mean, then `mrff train`'s server optimizer; each round's lr from the run's schedule, signed in
+its body), the final model's evaluation (`--final-evaluation`), checkpoints and the audit log.
 
 Three parts, one concept each: the run's durable state (run_state.py: parameters, counters, ledger,
 identities, checkpoint, audit log), the transport-free stage gate (stage_gate.py: what request threads
@@ -84,7 +85,7 @@ __all__ = [
 ]
 
 
-def _evaluation_text(evaluation: dict[str, Any] | None) -> str:
+def _evaluation_text(evaluation: dict[str, Any] | None, model: str = "starting model") -> str:
     """', validation AUC 0.6821 LogLoss 0.6512 (starting model, 8 clients)' for the round's line."""
     if not evaluation:
         return ""
@@ -104,7 +105,7 @@ def _evaluation_text(evaluation: dict[str, Any] | None) -> str:
         if evaluation.get("in_epsilon")
         else "exact: outside any guarantee"
     )
-    return f", validation AUC {auc} LogLoss {loss} (starting model, {evaluation['clients']} clients, {noise})"
+    return f", validation AUC {auc} LogLoss {loss} ({model}, {evaluation['clients']} clients, {noise})"
 
 
 def _finite(value: float) -> float | None:
@@ -352,7 +353,8 @@ class Coordinator:
         --train-timeout of an aborted round, the run stops unfinished: the clients are told why (they leave), the
         audit log gets `run_stopped`, no `run_finished`, and `mrff server --resume` continues it. A server stopped
         by a signal leaves its round aborted (recorded now, or on --resume after a SIGKILL); the resumed server
-        starts a new round."""
+        starts a new round. With --final-evaluation, a run that completed its rounds then evaluates the final model
+        once (`_final_evaluation`) before it announces the end."""
         state = self.state
         in_a_row = aborted_here = 0
         try:
@@ -368,6 +370,8 @@ class Coordinator:
                     raise RunUnfinished(f"{in_a_row} rounds in a row were aborted")
                 if aborted_here >= max(MAX_ABORTED_IN_A_ROW, self.settings.rounds):
                     raise RunUnfinished(f"{aborted_here} rounds of this server process were aborted")
+            if self.settings.evaluates_final_model and state.final_evaluation_round is None:
+                self._final_evaluation(state.next_round)
             self.gate.announce(state.next_round, self._body(state.next_round, (), None, finished=True), finished=True)
             self.audit.append(
                 {
@@ -419,6 +423,7 @@ class Coordinator:
         nonces: tuple[bytes, ...] = (b"", b""),
         evaluation: SecAggConfig | None = None,
         unfinished_reason: str = "",
+        evaluation_only: bool = False,
     ) -> pb.SignedBody:
         state = self.state
         body = pb.RoundBody(
@@ -432,14 +437,16 @@ class Coordinator:
         head_seq, head_digest = self.audit.head()  # clients keep the signed head as a receipt (W20)
         if head_seq >= 0:
             body.audit_head.CopyFrom(pb.AuditHead(seq=head_seq, digest=head_digest))
-        if not finished and spec is not None and configs is not None:
+        if not finished and spec is not None and (configs is not None or evaluation_only):
+            body.evaluation_only = evaluation_only
             body.participants.extend(participants)
             body.parameters.extend(tensors.to_proto(state.params))
             if state.group_fractions is not None:
                 body.group_fractions.extend(state.group_fractions.reshape(-1).tolist())
             body.num_blocks, body.num_groups = self.layout.num_blocks, self.layout.num_groups
-            body.counts_secagg.CopyFrom(secagg_parameters(configs[0], 2 * round_id, nonces[0]))
-            body.update_secagg.CopyFrom(secagg_parameters(configs[1], 2 * round_id + 1, nonces[1]))
+            if configs is not None:
+                body.counts_secagg.CopyFrom(secagg_parameters(configs[0], 2 * round_id, nonces[0]))
+                body.update_secagg.CopyFrom(secagg_parameters(configs[1], 2 * round_id + 1, nonces[1]))
             if evaluation is not None:
                 body.evaluation_secagg.CopyFrom(
                     secagg_parameters(evaluation, EVALUATION_SESSION_BASE + round_id, nonces[2])
@@ -460,6 +467,7 @@ class Coordinator:
                     local_steps=spec.local_steps,
                     optimizer=spec.optimizer,
                     lr=spec.lr,
+                    weight_decay=spec.weight_decay,
                     model_seed=self.settings.seed,
                     model_config_json=model_config_json(self.model_config),
                 )
@@ -487,10 +495,20 @@ class Coordinator:
         k = max(self.settings.min_clients, int(round(len(eligible) * self.settings.client_fraction)))
         return tuple(int(c) for c in np.sort(rng.choice(eligible, size=min(k, len(eligible)), replace=False)))
 
+    def round_lr(self) -> float:
+        """The clients' lr of the next training round: the run's schedule (`FederationConfig.client_lr`, as `mrff
+        train` evaluates it) at the number of rounds completed so far, so a retried aborted round keeps its step
+        of the schedule; announced, signed, in the round's body."""
+        return self.settings.recipe(lr=self.base_spec.lr).client_lr(self.state.completed_rounds)
+
     def _play_round(self, r: int) -> None:
         participants = self._sample(r)
         n = len(participants)
-        spec = dataclasses.replace(self.base_spec, min_survivors=min_survivors(n, self.settings.max_dropout_fraction))
+        spec = dataclasses.replace(
+            self.base_spec,
+            min_survivors=min_survivors(n, self.settings.max_dropout_fraction),
+            lr=self.round_lr(),
+        )
         started = time.perf_counter()
         cpu0 = time.process_time()
         plans = round_plans(spec, self.layout, n)
@@ -523,6 +541,7 @@ class Coordinator:
             "participants": list(participants),
             "secure": self.settings.secure,
             "dp_mode": spec.dp_mode,
+            "lr": spec.lr,
             "phases": {},
         }
         try:
@@ -608,7 +627,7 @@ class Coordinator:
             raise
         else:
             state.completed_rounds += 1
-            self.state.params = applied.averaged
+            self.state.params = state.server_optimizer.step(state.params, applied.averaged)
             self.state.group_fractions = applied.group_fractions
             self.state.last_completed = r
             epsilon = ledger_summary(self.state.ledger)
@@ -655,8 +674,78 @@ class Coordinator:
         the run's cap (--max-evaluations, counted by the ledger, so a resumed run keeps its count)."""
         return (
             self.settings.evaluates(self.state.completed_rounds)
-            and self.state.ledger.evaluations < self.settings.max_evaluations
+            and self.state.ledger.evaluations < self.settings.round_evaluations_cap
         )
+
+    def _final_evaluation(self, r: int) -> None:
+        """The federated evaluation of the final model, once per run, after the last round (`--final-evaluation`):
+        round id `r` (consumed, and the attempt saved, before it is announced: a resumed run does not repeat it)
+        announces the final model with only an evaluation sum (`evaluation_only`) to every active client, and
+        `_evaluate` runs it as a round's evaluation, over exactly those participants. Each client decides for
+        itself, as for any release: its policy or its epsilon budget may keep its scores out (it sends zeros, so
+        the sum goes on), and the record's `clients` says how many scored. Recorded as `final_evaluation` in the
+        audit log (results.py: the summary's `final_evaluation`), released or not."""
+        state = self.state
+        eligible = self.gate.wait_for_clients(
+            self.settings.min_clients,
+            None if self.lines is None else self.lines.waiting,
+            timeout=self.settings.train_timeout,
+        )
+        participants = tuple(sorted(eligible))
+        n = len(participants)
+        state.next_round, state.final_evaluation_round = r + 1, r
+        state.save()
+        evaluated_model = self.model_digest()
+        record: dict[str, Any] = {
+            "type": "final_evaluation",
+            "round": r,
+            "participants": list(participants),
+            "model_digest": evaluated_model,
+            "phases": {},
+        }
+        if n < self.settings.min_clients:
+            out: dict[str, Any] = {
+                "available": False,
+                "reason": f"only {n} of the --min-clients {self.settings.min_clients} clients were active within "
+                f"--train-timeout {self.settings.train_timeout:g} s",
+            }
+        else:
+            # no training: the run's base lr (the schedule may reach 0 after the last round)
+            spec = dataclasses.replace(
+                self.base_spec, min_survivors=min_survivors(n, self.settings.max_dropout_fraction)
+            )
+            config = evaluation_config(n, spec.modulus_bits, self.settings.secagg_options())
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            body = self._body(r, participants, spec, nonces=(b"", b"", nonce), evaluation=config, evaluation_only=True)
+            rs = RoundState(r, participants, spec, body, announcement_evaluates=True)
+            self.gate.begin_round(rs)
+            try:
+                out = self._evaluate(
+                    rs,
+                    config,
+                    nonce,
+                    participants,
+                    record,
+                    evaluated_model,
+                    on_open=lambda: self.gate.announce(r, rs.announcement),
+                )
+            except (Stopped, ShuttingDown):
+                self.gate.end_round(rs, pb.RoundOutcome(round_id=r, completed=False, reason="the server was stopped"))
+                raise
+            self.gate.end_round(
+                rs, pb.RoundOutcome(round_id=r, completed=bool(out.get("available")), reason=out.get("reason", ""))
+            )
+        record["evaluation"] = out
+        record["epsilon"] = ledger_summary(state.ledger)
+        state.save()
+        self.audit.append(record, sync=True)
+        if out.get("available") and not out.get("clients"):
+            text = ": every client kept its scores out (its policy or its epsilon budget): nothing to report"
+        elif out.get("available"):
+            text = _evaluation_text(out, "final model")
+        else:
+            text = f": not released: {out.get('reason')}"
+        self._line(f"[FINAL EVALUATION] {n} participants{text}")
 
     def _evaluate(
         self,
@@ -666,6 +755,7 @@ class Coordinator:
         survivors: tuple[int, ...],
         record: dict,
         evaluated_model: str,
+        on_open: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """The federated evaluation of the model round `rs` started from, over exactly the update phase's survivors
         (a client whose policy keeps its held-out items out sends zeros): a secure sum of their held-out score
@@ -675,6 +765,8 @@ class Coordinator:
 
         def open_phase() -> None:  # under the lock, once the phase's first stage is open
             rs.evaluation_open = True
+            if on_open is not None:  # the final evaluation: its announcement
+                on_open()
 
         release = evaluation_release(
             rs.spec, len(rs.participants), colluding_survivors=self.settings.corrupt_neighbours

@@ -28,6 +28,11 @@ The metrics row of round r carries them (`val_auc`, ..., `evaluated_after_round`
 before r, which aborted rounds' ids may separate from it, -1 for the starting model; `evaluation_clients`, `evaluation_noise_std`, `evaluation_in_epsilon`); the summary's `best` is the row
 with the best validation AUC. With DP off the evaluation is exact and outside any guarantee, and both
 files say so (`outside_the_guarantee`).
+
+With `--final-evaluation` the server evaluates the final model once more after the last round (the audit log's
+`final_evaluation` record): summary.json's `final_evaluation` gives its AUC and LogLoss, or why there is none
+(not released, every client kept its scores out, or the server stopped first); the summary's privacy account
+then includes it.
 """
 
 from __future__ import annotations
@@ -154,10 +159,12 @@ def summary_of(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dic
     started = next((r for r in records if r.get("type") == "run_started"), {})
     finished = next((r for r in records if r.get("type") == "run_finished"), None)
     completed = [r for r in records if r.get("type") == "round"]
+    final = next((r for r in records if r.get("type") == "final_evaluation"), None)
     planned = started.get("settings", {}).get("rounds")
+    accounted = [r for r in records if r.get("type") in ("round", "final_evaluation")]  # the last account
     privacy = (
-        dict(completed[-1]["epsilon"])
-        if completed and isinstance(completed[-1].get("epsilon"), dict)
+        dict(accounted[-1]["epsilon"])
+        if completed and isinstance(accounted[-1].get("epsilon"), dict)
         else {"epsilon": "inf", "note": "no completed round"}
     )
     spec = started.get("spec", {})
@@ -185,7 +192,39 @@ def summary_of(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dic
         "settings": started.get("settings", {}),
         "privacy": privacy,
         "evaluation": evaluation_summary(rows),
+        "final_evaluation": final_evaluation_summary(final, started.get("settings", {})),
     }
+
+
+def final_evaluation_summary(record: dict[str, Any] | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """The final model's federated evaluation (`--final-evaluation`), or why there is none."""
+    if record is None:
+        reason = (
+            "the server stopped before it" if settings.get("final_evaluation") else "not asked (--final-evaluation)"
+        )
+        return {"available": False, "reason": reason}
+    evaluation = record.get("evaluation") or {}
+    if not evaluation.get("available"):
+        return {"available": False, "reason": evaluation.get("reason"), "evaluated_model": record.get("model_digest")}
+    out: dict[str, Any] = {
+        "available": True,
+        "round": record.get("round"),
+        "evaluated_model": evaluation.get("evaluated_model"),
+        "participants": len(record.get("participants", [])),
+        "clients": evaluation.get("clients"),
+        "val_auc": evaluation["val"]["auc"],
+        "val_logloss": evaluation["val"]["log_loss"],
+        "test_auc": evaluation["test"]["auc"],
+        "test_logloss": evaluation["test"]["log_loss"],
+        "noise_std": evaluation.get("noise_std"),
+        "in_epsilon": bool(evaluation.get("in_epsilon")),
+        "guarantee": evaluation.get("guarantee"),
+    }
+    if not evaluation.get("clients"):
+        out["refused"] = "every client kept its scores out (its policy or its epsilon budget): they sent zeros"
+    if evaluation.get("outside_the_guarantee"):
+        out["outside_the_guarantee"] = evaluation["outside_the_guarantee"]
+    return out
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -149,9 +149,11 @@ OPTIONS: tuple[Option, ...] = (
     _o("federation", "optimizer", str, "adam", "the clients' optimizer (fresh each round)", choices=("adam", "sgd")),
     _o("federation", "lr", float, 0.1, "the clients' learning rate", above=0.0),
     _o("federation", "seed", int, 0, "model initialisation, client sampling and dropout", low=0),
-    _o("federation", "weight_decay", float, 0.0, "the clients' decoupled weight decay per local step (AdamW)", low=0.0),
-    _o("federation", "lr_schedule", str, "constant", "the clients' lr over rounds: constant, or cosine decay to 0 at "
-                                                      "--rounds", choices=("constant", "cosine")),
+    _o("federation", "weight_decay", float, 0.0, "the clients' decoupled weight decay per local step (AdamW / SGDW; "
+                                                 "network: signed in each round, lr x weight decay below 1)", low=0.0),
+    _o("federation", "lr_schedule", str, "constant", "the clients' lr over rounds: constant, or cosine decay toward 0 "
+                                                      "at --rounds (network: the server signs each round's lr)",
+       choices=("constant", "cosine")),
     _o("federation", "server_optimizer", str, "avg", "avg: the new model is the clients' mean (the paper); avgm: "
        "FedAvgM; adam: FedAdam (Reddi et al. 2021), on the mean's change", choices=("avg", "avgm", "adam")),
     _o("federation", "server_lr", float, 1.0, "the server optimizer's learning rate (avg with 1: the mean itself)",
@@ -165,6 +167,9 @@ OPTIONS: tuple[Option, ...] = (
                                                      "else also the last round); each is a DP release in epsilon",
        low=0),
     _o("federation", "max_evaluations", int, 5, "network: at most this many federated evaluations per run", low=0),
+    _o("federation", "final_evaluation", bool, False, "network: after the last round, one federated evaluation of "
+                                                      "the final model (a DP release in epsilon, one of "
+                                                      "--max-evaluations; each client may refuse it)"),
     _o("federation", "chunk_size", int, 64, "simulation: clients per vectorized chunk (0 = all)", low=0),
     _o("federation", "checkpoint_every", int, 10, "mrff train: rounds between checkpoints (--resume continues from "
                                                   "the last)", low=1),
@@ -276,19 +281,23 @@ _DATA = ("dataset", "data_dir", "recbole_name", "label_field", "rating_threshold
          "maxlen")
 _MODEL = ("backbone", "mrff", "groups", "blocks", "heads", "attribute_dim", "dropout", "routing", "balance_alpha")
 _TRAINING = ("rounds", "local_steps", "client_fraction", "optimizer", "lr", "seed")
-_RECIPE = ("weight_decay", "lr_schedule", "server_optimizer", "server_lr", "server_momentum", "patience")  # train only
+_RECIPE = ("weight_decay", "lr_schedule", "server_optimizer", "server_lr", "server_momentum")  # train and network
 _NETWORK_PRIVACY = ("dp", "clip", "noise_multiplier", "target_epsilon", "delta", "mechanism", "max_dropout_fraction",
                     "secure_aggregation", "modulus_bits", "min_group_size")
 _SERVER_PRIVACY = ("corrupt_neighbours",)
 COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
-    "train": _DATA + _MODEL + _TRAINING + ("eval_every", "chunk_size", "checkpoint_every") + _RECIPE + _NETWORK_PRIVACY
+    "train": _DATA + _MODEL + _TRAINING + ("eval_every", "chunk_size", "checkpoint_every") + _RECIPE + ("patience",)
+             + _NETWORK_PRIVACY
              + ("noise_sampling", "count_cap", "clip_from_private_data", "insecure_reproducible_noise")
              + ("backend", "ray_address", "actors", "threads_per_worker"),
-    "server": _DATA + _MODEL + _TRAINING + ("min_clients", "federated_eval_every", "max_evaluations") + _NETWORK_PRIVACY
+    "server": _DATA + _MODEL + _TRAINING + _RECIPE + ("min_clients", "federated_eval_every", "max_evaluations",
+                                                          "final_evaluation")
+              + _NETWORK_PRIVACY
               + _SERVER_PRIVACY
               + ("address", "certs", "mtls", "insecure", "train_timeout", "stage_timeout", "num_neighbours",
                  "threshold", "max_upload_mib", "max_workers", "linger"),
-    "run-local": _DATA + _MODEL + _TRAINING + ("min_clients", "federated_eval_every", "max_evaluations")
+    "run-local": _DATA + _MODEL + _TRAINING + _RECIPE + ("min_clients", "federated_eval_every", "max_evaluations",
+                                                          "final_evaluation")
                  + _NETWORK_PRIVACY + _SERVER_PRIVACY
                  + ("insecure", "train_timeout", "stage_timeout", "num_neighbours", "threshold",
                     "insecure_reproducible_noise"),

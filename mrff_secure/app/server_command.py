@@ -402,6 +402,7 @@ def round_spec(args: argparse.Namespace, maxlen: int) -> RoundSpec:
         local_steps=args.local_steps,
         optimizer=args.optimizer,
         lr=args.lr,
+        weight_decay=args.weight_decay,
         dp_mode=args.dp,
         clip=args.clip,
         noise_multiplier=(z if z is not None else (1.0 if target else 0.0)),
@@ -419,7 +420,7 @@ NETWORK_MAX_DEFAULT_DELTA = 1e-5  # the clients' default policy accounts at delt
 def _server_settings(args: argparse.Namespace) -> ServerSettings:
     from server.run_state import ServerSettings
 
-    if args.federated_eval_every and args.dp == "off":
+    if (args.federated_eval_every or args.final_evaluation) and args.dp == "off":
         print(
             "NOTE with --dp off the federated evaluation is an exact sum outside any guarantee: clients send zeros "
             "there unless their policy has allow_exact_evaluation",
@@ -442,15 +443,22 @@ def _server_settings(args: argparse.Namespace) -> ServerSettings:
         threshold=args.threshold,
         eval_every=args.federated_eval_every,
         max_evaluations=args.max_evaluations,
+        final_evaluation=args.final_evaluation,
+        server_optimizer=args.server_optimizer,
+        server_lr=args.server_lr,
+        server_momentum=args.server_momentum,
+        lr_schedule=args.lr_schedule,
     )
 
 
-def planned_evaluations(rounds: int, every: int, cap: int) -> int:
+def planned_evaluations(rounds: int, every: int, cap: int, final: bool = False) -> int:
     """The federated evaluations a run of `rounds` rounds releases at most: every `every` rounds and the last
-    (none when `every` is 0), at most `cap` (the coordinator's schedule, `ServerSettings.evaluates`)."""
+    (none when `every` is 0), and the final model's with `final`, at most `cap` in all, the final one kept
+    (the coordinator's schedule: `ServerSettings.evaluates`, `round_evaluations_cap`, `evaluates_final_model`)."""
+    final_one = int(final and cap > 0)
     if every == 0:
-        return 0
-    return min(cap, sum(1 for r in range(rounds) if r % every == 0 or r == rounds - 1))
+        return final_one
+    return min(cap - final_one, sum(1 for r in range(rounds) if r % every == 0 or r == rounds - 1)) + final_one
 
 
 def _calibrated(spec: RoundSpec, args: argparse.Namespace, data: PublicSchema) -> RoundSpec:
@@ -469,7 +477,9 @@ def _calibrated(spec: RoundSpec, args: argparse.Namespace, data: PublicSchema) -
     model, _ = build_global(options.model_config(args, data.maxlen), data, args.seed)
     n = args.min_clients
     sized = dataclasses.replace(spec, min_survivors=min_survivors(n, args.max_dropout_fraction))
-    evaluations = planned_evaluations(args.rounds, args.federated_eval_every, args.max_evaluations)
+    evaluations = planned_evaluations(
+        args.rounds, args.federated_eval_every, args.max_evaluations, args.final_evaluation
+    )
     z = calibrate(
         sized,
         UpdateLayout.from_model(model),

@@ -214,6 +214,7 @@ def train_user(
         local_steps=spec.local_steps,
         optimizer=spec.optimizer,
         lr=spec.lr,
+        weight_decay=spec.weight_decay,
     )
     examples = (target != 0).sum(1).to(dtype)  # (1,)
     return LocalUpdate(result.deltas, {n: t[0].clone() for n, t in result.private.items()}, result.routes, examples)

@@ -136,6 +136,19 @@ class SecureAggregation(StrEnum):
         return options[value]
 
 
+def check_training_range(lr: float, weight_decay: float) -> None:
+    """Refuse a learning rate or decoupled weight decay outside its sane range (ConfigError naming it): each
+    finite, lr > 0, weight_decay >= 0 and lr x weight_decay < 1, so that a step's decay shrinks every weight
+    toward 0 without flipping its sign (the factor 1 - lr x weight_decay stays in (0, 1])."""
+    check_number("lr", lr, low=0.0, low_open=True)
+    check_number("weight_decay", weight_decay, low=0.0)
+    if not lr * weight_decay < 1.0:
+        raise ConfigError(
+            f"lr x weight_decay must be below 1 (a decay step would flip the weights' sign), got lr {lr!r} x "
+            f"weight_decay {weight_decay!r} = {lr * weight_decay!r}"
+        )
+
+
 def check_min_group_size(min_group_size: int) -> None:
     """Refuse a minimum group size that lets a group sum reveal one user (below 2)."""
     check_int("min_group_size (a group of one leaks its update)", min_group_size, low=2)
@@ -144,7 +157,13 @@ def check_min_group_size(min_group_size: int) -> None:
 @dataclass(frozen=True)
 class RoundSpec:
     """What every participant of a networked round must agree on besides the model (sent signed by the
-    server). Every field is required: `mrff_secure.app.options` owns the defaults."""
+    server). Every field but `weight_decay` (0: none) is required: `mrff_secure.app.options` owns the defaults.
+
+    `lr` is the round's learning rate (the server evaluates the run's schedule, `FederationConfig.client_lr`) and
+    `weight_decay` the clients' decoupled decay per local step. Neither changes a DP guarantee: the clip bounds
+    the released update whatever they are, so they are only range-checked here (`check_training_range`), which
+    is what a client does with a signed but malformed value: it refuses the round, naming the value.
+    """
 
     local_steps: int
     optimizer: str
@@ -157,11 +176,12 @@ class RoundSpec:
     mechanism: str  # secure rounds: the integer noise of the distributed mode
     modulus_bits: int  # secure rounds: the ring Z_{2^b} of the secure sums
     count_cap: int  # the example count is uploaded as min(count, cap) / cap
+    weight_decay: float = 0.0  # the clients' decoupled weight decay per local step
 
     def __post_init__(self) -> None:
         check_choice("dp mode", self.dp_mode, DP_MODES)
-        for name in ("clip", "lr"):
-            check_number(name, getattr(self, name), low=0.0, low_open=True)
+        check_number("clip", self.clip, low=0.0, low_open=True)
+        check_training_range(self.lr, self.weight_decay)
         check_number("noise_multiplier", self.noise_multiplier, low=0.0)
         for name in ("local_steps", "min_survivors", "count_cap"):
             check_int(name, getattr(self, name), low=1)

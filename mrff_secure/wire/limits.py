@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 # 2: credentials with expiry, the enrolment challenge, signed stage messages; 3: secure sums bound to the round
-# body (W21); 4: the signed DeploymentBody (the data schema) in the enrolment reply
-PROTOCOL_VERSION = 4
+# body (W21); 4: the signed DeploymentBody (the data schema) in the enrolment reply; 5: the round's weight decay
+# and scheduled lr in TrainingParameters, the final evaluation (RoundBody.evaluation_only)
+PROTOCOL_VERSION = 5
 
 MIB = 1 << 20
 MAX_ANNOUNCEMENT_BYTES = 256 * MIB

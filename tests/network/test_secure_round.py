@@ -36,9 +36,10 @@ USERS = 8
 
 
 def simulated_run(rounds: int) -> tuple[list[str], list[dict]]:
-    """(model digest after each round, the federated evaluation of each round's starting model: what the
-    evaluation's secure sum over all USERS clients decodes to, each client's noise share drawn from its
-    reproducible generator as the network clients draw it)."""
+    """(model digest after each round, the federated evaluation of each round's starting model and, last, of
+    the final model (--final-evaluation, round id `rounds`): what the evaluation's secure sum over all USERS
+    clients decodes to, each client's noise share drawn from its reproducible generator as the network clients
+    draw it)."""
     release = evaluation_release(
         RoundSpec(
             local_steps=1,
@@ -72,7 +73,7 @@ def simulated_run(rounds: int) -> tuple[list[str], list[dict]]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the client processes train: float reductions depend on the thread count
     try:
-        for _ in range(rounds):
+        for _ in range(rounds + 1):
             r = len(evaluations)
             ring = sum(
                 evaluation_sum.encode(
@@ -89,6 +90,8 @@ def simulated_run(rounds: int) -> tuple[list[str], list[dict]]:
                 release, ring, survivors=USERS, rotation_seed=rotation_seed(0, r, Phase.EVALUATION)
             )
             evaluations.append({k: v.to_json() for k, v in decoded.items()})
+            if r == rounds:  # the final model's evaluation
+                break
             sim.train_round()
             digests.append(tensors.digest(sim.global_params).hex())
     finally:
@@ -125,6 +128,7 @@ def test_secure_dp_rounds_over_grpc_equal_the_simulation_bit_for_bit(tmp_path) -
             "2",
             "--federated-eval-every",
             "1",
+            "--final-evaluation",
             "--stage-timeout",
             "60",
             "--timeout",
@@ -170,18 +174,20 @@ def test_secure_dp_rounds_over_grpc_equal_the_simulation_bit_for_bit(tmp_path) -
     summary = json.loads((server_dir / "summary.json").read_text())
     assert summary["finished"] and summary["rounds_completed"] == 2 and summary["model_digest"] == expected[-1]
     assert summary["privacy"]["mechanism"] == "discrete_gaussian" and summary["privacy"]["private"] is True
-    assert summary["privacy"]["epsilon"] == rounds[-1]["epsilon"]["epsilon"]
+    final = next(r for r in records if r["type"] == "final_evaluation")
+    assert final["epsilon"]["evaluations_accounted"] == 3  # the final model's evaluation is in the run's epsilon
+    assert summary["privacy"]["epsilon"] == final["epsilon"]["epsilon"] > rounds[-1]["epsilon"]["epsilon"]
     # every client's own ledger (client/ledger.py) accounts exactly what the server's does on this honest run
     for user in range(USERS):
         ledger = json.loads((run_dir / "clients" / f"user-{user}" / "ledger.json").read_text())
         assert ledger["epsilon"] == pytest.approx(summary["privacy"]["epsilon"], rel=1e-9)
         assert sorted({(e["round"], e["phase"]) for e in ledger["releases"]}) == [
             (r, phase) for r in range(2) for phase in ("counts", "evaluation", "update")
-        ]
+        ] + [(2, "evaluation")]
     # the federated evaluation: each round's starting model scored by every client on its own held-out
     # items, with its noise share, decoded from the secure sum, equals the simulation's predictions encoded
     # and summed the same way
-    for m, r, want in zip(metrics, rounds, evaluations):
+    for m, r, want in zip(metrics, rounds, evaluations[:2]):
         assert r["evaluation"]["available"] and r["evaluation"]["clients"] == want["val"]["clients"]
         assert {k: r["evaluation"][k] for k in ("val", "test")} == want
         assert (m["val_auc"], m["test_logloss"]) == (want["val"]["auc"], want["test"]["log_loss"])
@@ -197,4 +203,14 @@ def test_secure_dp_rounds_over_grpc_equal_the_simulation_bit_for_bit(tmp_path) -
     assert "in the run's epsilon" in summary["evaluation"]["guarantee"]
     assert "outside_the_guarantee" not in summary["evaluation"]
     assert "validation AUC" in done.stdout
+    # the final model's evaluation (--final-evaluation): every client scores the model the run ended with, in a
+    # round of its own (id 2) with only the evaluation sum, and it decodes to the simulation's
+    assert final["round"] == 2 and final["model_digest"] == expected[-1] and final["participants"] == list(range(USERS))
+    assert final["evaluation"]["available"] and final["evaluation"]["evaluated_model"] == expected[-1]
+    assert {k: final["evaluation"][k] for k in ("val", "test")} == evaluations[2]
+    assert final["phases"]["evaluation"]["survivors"] == list(range(USERS))
+    want = summary["final_evaluation"]
+    assert want["available"] and want["clients"] == evaluations[2]["val"]["clients"] and want["in_epsilon"]
+    assert (want["val_auc"], want["test_logloss"]) == (evaluations[2]["val"]["auc"], evaluations[2]["test"]["log_loss"])
+    assert "[FINAL EVALUATION] 8 participants, validation AUC" in done.stdout
     assert (server_dir / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

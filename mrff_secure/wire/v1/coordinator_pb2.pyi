@@ -155,21 +155,23 @@ class DPParameters(_message.Message):
     def __init__(self, mode: _Optional[str] = ..., clip: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., min_survivors: _Optional[int] = ..., mechanism: _Optional[str] = ..., modulus_bits: _Optional[int] = ..., count_cap: _Optional[int] = ...) -> None: ...
 
 class TrainingParameters(_message.Message):
-    __slots__ = ("local_steps", "optimizer", "lr", "model_seed", "model_config_json")
+    __slots__ = ("local_steps", "optimizer", "lr", "model_seed", "model_config_json", "weight_decay")
     LOCAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
     MODEL_SEED_FIELD_NUMBER: _ClassVar[int]
     MODEL_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     local_steps: int
     optimizer: str
     lr: float
     model_seed: int
     model_config_json: str
-    def __init__(self, local_steps: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., model_seed: _Optional[int] = ..., model_config_json: _Optional[str] = ...) -> None: ...
+    weight_decay: float
+    def __init__(self, local_steps: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., model_seed: _Optional[int] = ..., model_config_json: _Optional[str] = ..., weight_decay: _Optional[float] = ...) -> None: ...
 
 class RoundBody(_message.Message):
-    __slots__ = ("run_id", "round_id", "finished", "last_completed_round", "secure", "participants", "parameters", "group_fractions", "num_blocks", "num_groups", "counts_secagg", "update_secagg", "dp", "training", "min_group_size", "model_digest", "schema_digest", "schema_summary", "evaluation_secagg", "audit_head", "unfinished_reason")
+    __slots__ = ("run_id", "round_id", "finished", "last_completed_round", "secure", "participants", "parameters", "group_fractions", "num_blocks", "num_groups", "counts_secagg", "update_secagg", "dp", "training", "min_group_size", "model_digest", "schema_digest", "schema_summary", "evaluation_secagg", "audit_head", "unfinished_reason", "evaluation_only")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +193,7 @@ class RoundBody(_message.Message):
     EVALUATION_SECAGG_FIELD_NUMBER: _ClassVar[int]
     AUDIT_HEAD_FIELD_NUMBER: _ClassVar[int]
     UNFINISHED_REASON_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_ONLY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round_id: int
     finished: bool
@@ -212,7 +215,8 @@ class RoundBody(_message.Message):
     evaluation_secagg: SecAggParameters
     audit_head: AuditHead
     unfinished_reason: str
-    def __init__(self, run_id: _Optional[str] = ..., round_id: _Optional[int] = ..., finished: _Optional[bool] = ..., last_completed_round: _Optional[int] = ..., secure: _Optional[bool] = ..., participants: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., group_fractions: _Optional[_Iterable[float]] = ..., num_blocks: _Optional[int] = ..., num_groups: _Optional[int] = ..., counts_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., update_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., dp: _Optional[_Union[DPParameters, _Mapping]] = ..., training: _Optional[_Union[TrainingParameters, _Mapping]] = ..., min_group_size: _Optional[int] = ..., model_digest: _Optional[bytes] = ..., schema_digest: _Optional[str] = ..., schema_summary: _Optional[str] = ..., evaluation_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., audit_head: _Optional[_Union[AuditHead, _Mapping]] = ..., unfinished_reason: _Optional[str] = ...) -> None: ...
+    evaluation_only: bool
+    def __init__(self, run_id: _Optional[str] = ..., round_id: _Optional[int] = ..., finished: _Optional[bool] = ..., last_completed_round: _Optional[int] = ..., secure: _Optional[bool] = ..., participants: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., group_fractions: _Optional[_Iterable[float]] = ..., num_blocks: _Optional[int] = ..., num_groups: _Optional[int] = ..., counts_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., update_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., dp: _Optional[_Union[DPParameters, _Mapping]] = ..., training: _Optional[_Union[TrainingParameters, _Mapping]] = ..., min_group_size: _Optional[int] = ..., model_digest: _Optional[bytes] = ..., schema_digest: _Optional[str] = ..., schema_summary: _Optional[str] = ..., evaluation_secagg: _Optional[_Union[SecAggParameters, _Mapping]] = ..., audit_head: _Optional[_Union[AuditHead, _Mapping]] = ..., unfinished_reason: _Optional[str] = ..., evaluation_only: _Optional[bool] = ...) -> None: ...
 
 class AuditHead(_message.Message):
     __slots__ = ("seq", "digest")
