@@ -201,9 +201,16 @@ def install(lie: str) -> None:
         honest_evaluate = coordinator.Coordinator._evaluate
 
         def without_target(
-            self: Any, rs: Any, config: Any, nonce: bytes, survivors: Any, record: Any, evaluated_model: str
+            self: Any,
+            rs: Any,
+            config: Any,
+            nonce: bytes,
+            survivors: Any,
+            record: Any,
+            evaluated_model: str,
+            on_open: Any = None,
         ) -> Any:
-            return honest_evaluate(self, rs, config, nonce, tuple(survivors[1:]), record, evaluated_model)
+            return honest_evaluate(self, rs, config, nonce, tuple(survivors[1:]), record, evaluated_model, on_open)
 
         coordinator.Coordinator._evaluate = without_target  # type: ignore[method-assign]
     elif lie == "tiny-k":
