@@ -69,7 +69,7 @@ def test_participant_set_entries_of_the_wrong_size_are_refused_when_encoded():
 @pytest.mark.parametrize("bad", [-1, 2**32, 1.0, "7"])
 def test_id_lists_refuse_what_does_not_fit_in_u32(bad):
     with pytest.raises(ProtocolViolation, match="does not fit in u32"):
-        m.SurvivorList(1, (1, bad, 3)).to_bytes()  # type: ignore[arg-type]
+        m.SurvivorList(1, (1, bad, 3)).to_bytes()
 
 
 def test_id_lists_round_trip_at_the_largest_values_and_refuse_a_short_body():
