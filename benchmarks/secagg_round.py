@@ -169,12 +169,19 @@ def check_d() -> dict:
     }
 
 
+GRAPH_OVERRIDE: dict[str, int] = {}  # --k / --t: num_neighbours / threshold instead of the defaults
+
+
 def make_config(n: int, d: int, bits: int = MODULUS_BITS) -> SecAggConfig:
     """What a b-bit network round uses: modulus_bits = b, max_abs = (2^(b-1) - 1) // (n 2^g) with the range
     check's guard bits g = guard_bits(d) (secagg.config.max_abs_for, without importing torch),
-    default k and t."""
+    default k and t (unless --k / --t)."""
     return SecAggConfig(
-        num_clients=n, vector_length=d, max_abs=((1 << (bits - 1)) - 1) // (n << guard_bits(d)), modulus_bits=bits
+        num_clients=n,
+        vector_length=d,
+        max_abs=((1 << (bits - 1)) - 1) // (n << guard_bits(d)),
+        modulus_bits=bits,
+        **GRAPH_OVERRIDE,
     )
 
 
@@ -829,7 +836,13 @@ def main() -> None:
         "--profile-n", type=str, default="300,1791", help="comma-separated n of the profiled rounds ('' or 0: none)"
     )
     parser.add_argument("--quick", action="store_true", help="n=120, d=5000, one rep of each: a smoke run")
+    parser.add_argument("--k", type=int, default=None, help="neighbours per client (default: SecAggConfig's for n)")
+    parser.add_argument("--t", type=int, default=None, help="threshold (default: SecAggConfig's for k)")
     args = parser.parse_args()
+    if args.k is not None:
+        GRAPH_OVERRIDE["num_neighbours"] = args.k
+    if args.t is not None:
+        GRAPH_OVERRIDE["threshold"] = args.t
     if args.quick:
         args.n, args.d, args.reps, args.dropout_reps, args.profile_n = 120, 5000, 1, 1, "60"
         args.raw_d_reps, args.no_check_d = min(args.raw_d_reps, 1), True

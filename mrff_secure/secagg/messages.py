@@ -108,11 +108,15 @@ _U32_PAIR = struct.Struct(">II")
 _U32_TRIPLE = struct.Struct(">III")
 
 
+_INT_TYPES = {int, bool}  # what u32 accepted (isinstance(v, int)); subclasses of int take the slow check
+
+
 def encode_ids(values: tuple[int, ...]) -> bytes:
     """A list of u32 ids: count | ids, big-endian, packed in one call (each must be an int in [0, 2^32))."""
-    if not all(isinstance(v, int) for v in values):  # struct would accept an object with __index__
-        bad = next(v for v in values if not isinstance(v, int))
-        raise ProtocolViolation(f"value {bad!r} does not fit in u32")
+    if not set(map(type, values)) <= _INT_TYPES:  # struct would accept an object with __index__
+        bad = next((v for v in values if not isinstance(v, int)), None)
+        if bad is not None:
+            raise ProtocolViolation(f"value {bad!r} does not fit in u32")
     try:
         return struct.pack(f">I{len(values)}I", len(values), *values)
     except struct.error:
@@ -217,6 +221,10 @@ class AdvertiseKeys(ClientMessage):
         return hashlib.sha256(self.to_bytes()).digest()
 
     def _write(self, w: _Writer) -> None:
+        received: bytes | None = self.__dict__.get("_received_body")
+        if received is not None:  # decoded from these bytes: the encoding is canonical, so they are its encoding
+            w.raw(received)
+            return
         if not isinstance(self.client_id, int) or not 0 <= self.client_id <= _MAX_U32:
             raise ProtocolViolation(f"value {self.client_id!r} does not fit in u32")
         credential = self.credential.to_bytes()
@@ -246,10 +254,11 @@ class AdvertiseKeys(ClientMessage):
 
     @classmethod
     def _read(cls, r: _Reader, round_id: int) -> "AdvertiseKeys":
+        body = r.fixed(_BUNDLE.size)
         client_id, body_digest, cipher_key, mask_key, graph_commitment, self_mask_commitment, credential, signature = (
-            _BUNDLE.unpack(r.fixed(_BUNDLE.size))
+            _BUNDLE.unpack(body)
         )
-        return cls(
+        decoded = cls(
             round_id,
             client_id,
             cipher_key,
@@ -260,6 +269,8 @@ class AdvertiseKeys(ClientMessage):
             signature,
             body_digest,
         )
+        decoded.__dict__["_received_body"] = body  # re-sent (server) and hashed (digest) as received
+        return decoded
 
 
 _BUNDLE = struct.Struct(
