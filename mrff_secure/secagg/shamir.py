@@ -33,7 +33,8 @@ class Share:
     value: bytes
 
     def __post_init__(self) -> None:
-        check_int("share x", self.x, low=1, high=PRIME - 1, error=SecAggError)
+        if type(self.x) is not int or not 1 <= self.x < PRIME:  # the common case without the call
+            check_int("share x", self.x, low=1, high=PRIME - 1, error=SecAggError)
         if len(self.value) != SHARE_VALUE_BYTES:
             raise SecAggError(f"share value must be {SHARE_VALUE_BYTES} bytes, got {len(self.value)}")
 
@@ -97,8 +98,16 @@ def split_many(
     for j in range(threshold - 2, -1, -1):
         acc = (acc * x + coefficients[j]) % p
     acc = (acc * x + constant) % p
-    values = acc.astype(">u4")  # (n, secrets, limbs)
-    return [[Share(int(points[i]), values[i, j].tobytes()) for j in range(len(secrets))] for i in range(points.size)]
+    raw = acc.astype(">u4").tobytes()  # (n, secrets, limbs) big-endian u32, row-major
+    width = SHARE_VALUE_BYTES
+    xs_int = points.tolist()
+    return [
+        [
+            Share(x, raw[(i * len(secrets) + j) * width : (i * len(secrets) + j + 1) * width])
+            for j in range(len(secrets))
+        ]
+        for i, x in enumerate(xs_int)
+    ]
 
 
 def split(
