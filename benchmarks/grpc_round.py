@@ -33,41 +33,81 @@ import tempfile
 import time
 from pathlib import Path
 
+from mrff_secure.pki import AuthorityPaths, issue_state_credentials, make_authority, make_dev_pki, publish_authority
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "KuaiSAR-R"
+# the shared folder beside the checkout (/work/main) or beside its worktrees' folder (/work/wt/NAME)
+DEFAULT_DATA = next(
+    (
+        p
+        for p in (
+            ROOT.parent / "shared" / "datasets" / "KuaiSAR-R",
+            ROOT.parents[1] / "shared" / "datasets" / "KuaiSAR-R",
+        )
+        if p.is_dir()
+    ),
+    ROOT.parent / "shared" / "datasets" / "KuaiSAR-R",
+)
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "grpc_round.json"
 TARGET_RATIO = 1.5
+# DP is off (the benchmark measures the protocol, not the noise): the clients' policy must accept that
+CLIENT_POLICY = ["--allow-dp-off", "--min-noise-multiplier", "0", "--max-epsilon", "inf", "--accept-weaker-privacy"]
+
+
+def authority_of(pki: Path) -> Path:
+    """The identity authority's folder, apart from the server's certificates folder `pki`."""
+    return pki.parent / f"{pki.name}-authority"
+
+
+def make_pki(pki: Path) -> None:
+    """A development PKI (TLS, the server's signing key) and an identity authority published into it."""
+    make_dev_pki(pki)
+    publish_authority(make_authority(authority_of(pki)), pki)
 
 
 def run_one(
-    n: int, mode: str, *, processes: int, rounds: int, data_dir: Path, pki: Path, work: Path, timeout: float
+    n: int,
+    mode: str,
+    *,
+    processes: int,
+    rounds: int,
+    data_dir: Path,
+    pki: Path,
+    work: Path,
+    timeout: float,
+    profile: Path | None = None,
 ) -> dict:
     import grpc  # noqa: F401  (fail early if missing)
 
     run_dir = work / f"{mode}-{n}"
     data_args = ["--dataset", "kuaisar-r", "--data-dir", str(data_dir)]
     cmd = [sys.executable, "-m", "mrff_secure.app.cli"]
+
+    def profiled(name: str) -> list[str]:
+        """py-spy's sampling profiler around a process (--profile: the server and the first client process)."""
+        if profile is None:
+            return []
+        profile.mkdir(parents=True, exist_ok=True)
+        return [
+            "py-spy",
+            "record",
+            "--gil",
+            "--format",
+            "raw",
+            "--rate",
+            "50",
+            "-o",
+            str(profile / f"{mode}-{n}-{name}.txt"),
+            "--",
+        ]
+
     # the identity authority certifies every client (offline, before the run: not timed)
-    subprocess.run(
-        cmd
-        + [
-            "certs",
-            "issue-client",
-            "--certs",
-            str(pki),
-            "--users",
-            f"0-{n - 1}",
-            "--state-dir",
-            str(run_dir / "clients"),
-        ],
-        check=True,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-    )
+    issue_state_credentials(AuthorityPaths(authority_of(pki)), list(range(n)), run_dir / "clients")
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     server = subprocess.Popen(
-        cmd
+        profiled("server")
+        + cmd
         + [
             "server",
             "--run-dir",
@@ -88,6 +128,8 @@ def run_one(
             "1800",
             "--stage-timeout",
             "1800",
+            "--dp",
+            "off",
         ]
         + data_args,
         stdout=subprocess.PIPE,
@@ -95,8 +137,11 @@ def run_one(
         cwd=ROOT,
     )
     clients = []
+    logs = []
     try:
         line = server.stdout.readline()
+        while line.startswith("py-spy>") or line == "\n":  # the profiler's own lines (--profile)
+            line = server.stdout.readline()
         if not line.startswith("LISTENING"):
             raise RuntimeError(f"server did not start: {line!r}")
         address = line.split()[1]
@@ -104,9 +149,11 @@ def run_one(
         for i in range(processes):
             lo, hi = i * per, min(n, (i + 1) * per) - 1
             if lo <= hi:
+                logs.append((run_dir / f"client-{i}.log").open("w"))  # the policy's warnings, failures
                 clients.append(
                     subprocess.Popen(
-                        cmd
+                        (profiled("client0") if i == 0 else [])
+                        + cmd
                         + [
                             "client",
                             "--address",
@@ -121,9 +168,11 @@ def run_one(
                             "600",
                         ]
                         + data_args
+                        + CLIENT_POLICY
                         + (["--allow-plain"] if mode == "plain" else []),
                         cwd=ROOT,
                         stdout=subprocess.DEVNULL,
+                        stderr=logs[-1],
                     )
                 )
         codes = [p.wait(timeout=timeout) for p in clients]
@@ -133,6 +182,8 @@ def run_one(
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        for f in logs:
+            f.close()
     usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     records = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
     rounds_out = [
@@ -189,6 +240,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=3600.0, help="per configuration")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy the server and the first client process (raw stacks here)"
+    )
     args = parser.parse_args()
     if not (args.data_dir / "df.csv").is_file():
         raise SystemExit(f"KuaiSAR-R not found at {args.data_dir}")
@@ -207,12 +261,7 @@ def main() -> int:
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="mrff-grpc-bench-") as tmp:
         work = Path(tmp)
-        subprocess.run(
-            [sys.executable, "-m", "mrff_secure.app.cli", "certs", "--out", str(work / "pki")],
-            check=True,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-        )
+        make_pki(work / "pki")
         for n in args.sizes:
             for mode in args.modes:
                 print(f"{mode} n={n} ...", flush=True)
@@ -226,6 +275,7 @@ def main() -> int:
                         pki=work / "pki",
                         work=work,
                         timeout=args.timeout,
+                        profile=args.profile,
                     )
                 except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
                     result = {"clients": n, "mode": mode, "error": f"{type(exc).__name__}: {exc}", "rounds": []}
