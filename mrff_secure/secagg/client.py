@@ -9,6 +9,8 @@ leave the session except as the protocol prescribes.
 
 from __future__ import annotations
 
+import bisect
+import operator
 from dataclasses import replace
 from functools import wraps
 from typing import Callable, Collection, Concatenate, ParamSpec, TypeVar
@@ -82,7 +84,7 @@ def _stage(
 
 
 def _sorted_unique(ids: tuple[int, ...], what: str) -> None:
-    if any(a >= b for a, b in zip(ids, ids[1:])):
+    if not all(map(operator.lt, ids, ids[1:])):
         raise ProtocolViolation(f"{what} must be sorted by client id without repeats")
 
 
@@ -145,12 +147,14 @@ class ClientSession:
         self._self_mask_seed = random(shamir.SECRET_BYTES)
         self._advert: AdvertiseKeys | None = None
         self._participants: ParticipantSet | None = None
+        self._participant_ids: frozenset[int] = frozenset()
         self._roster: dict[int, AdvertiseKeys] = {}  # the neighbours' verified bundles
         self._identities: dict[int, bytes] = {}  # the neighbours' certified identity keys
         self._seed = b""
         self.neighbours: tuple[int, ...] = ()
         self._held: dict[int, SharePayload] = {}  # shares neighbours gave us, by sender
         self._signed_survivors: tuple[int, ...] | None = None
+        self._consistency_payload = b""  # what we signed at the consistency check
         self._revealed: dict[int, ShareKind] = {}
         self._cipher_keys: dict[int, bytes] = {}
 
@@ -251,23 +255,30 @@ class ClientSession:
             )
         self.policy.check_participants(len(ids))
         self.policy.check_graph(len(ids), self.config.k, self.config.t)  # the graph the actual set will have
-        if self._allowed is not None and not set(ids) <= self._allowed:
+        id_set = frozenset(ids)
+        if self._allowed is not None and not id_set <= self._allowed:
             raise ProtocolViolation(
                 f"client {self.client_id}: the participant set names "
-                f"{sorted(set(ids) - self._allowed)[:10]}, who may not take part in this session"
+                f"{sorted(id_set - self._allowed)[:10]}, who may not take part in this session"
             )
-        others = [e for e in participants.entries if e.round_body_digest != self.context.round_body_digest]
-        if others:
-            raise self._other_round_body([e.client_id for e in others], others[0].round_body_digest)
-        own = [e for e in participants.entries if e.client_id == self.client_id]
+        table = participants.table  # (n,) structured: the entries' columns, read from the received bytes
+        ours = np.frombuffer(self.context.round_body_digest, dtype=np.uint8)  # (32,)
+        others = np.flatnonzero((table["round_body_digest"] != ours).any(axis=1))
+        if others.size:
+            raise self._other_round_body(
+                [ids[i] for i in others.tolist()], participants.entry_at(int(others[0])).round_body_digest
+            )
+        position = bisect.bisect_left(ids, self.client_id)
+        own = participants.entry_at(position) if position < len(ids) and ids[position] == self.client_id else None
         advert = self._advert
         if (
             advert is None
-            or len(own) != 1
-            or own[0].bundle_digest != advert.digest()
-            or own[0].graph_commitment != advert.graph_commitment
+            or own is None
+            or own.bundle_digest != advert.digest()
+            or own.graph_commitment != advert.graph_commitment
         ):
             raise ProtocolViolation(f"client {self.client_id}: the participant set does not carry our own key bundle")
+        self._participant_ids = id_set
         self._participants = participants
         return SeedReveal(self.round_id, self.client_id, self._graph_reveal)
 
@@ -284,14 +295,16 @@ class ClientSession:
         if participants is None:  # unreachable through the stage machine
             raise ProtocolViolation("no participant set was fixed in this session")
         ctx = self._context_bytes
-        entries = participants.entries
-        if len(neighbourhood.reveals) != len(entries):
-            raise ProtocolViolation(f"{len(neighbourhood.reveals)} reveals for {len(entries)} participants")
-        for entry, reveal in zip(entries, neighbourhood.reveals):
-            if primitives.commitment(PURPOSE_GRAPH_SEED, ctx, entry.client_id, reveal) != entry.graph_commitment:
-                raise ProtocolViolation(f"the reveal of client {entry.client_id} does not open its commitment")
-        self._seed = graph_seed(ctx, participants.digest(), neighbourhood.reveals)
         ids = participants.client_ids
+        if len(neighbourhood.reveals) != len(ids):
+            raise ProtocolViolation(f"{len(neighbourhood.reveals)} reveals for {len(ids)} participants")
+        reveals = neighbourhood.reveal_block()
+        unopened = primitives.first_unopened(
+            PURPOSE_GRAPH_SEED, ctx, participants.table["client_id"], reveals, participants.graph_commitments()
+        )
+        if unopened is not None:
+            raise ProtocolViolation(f"the reveal of client {ids[unopened]} does not open its commitment")
+        self._seed = graph_seed(ctx, participants.digest(), neighbourhood.reveals)
         self.neighbours = neighbours_of(self._seed, ids, self.config.k, self.client_id)
         if tuple(b.client_id for b in neighbourhood.bundles) != self.neighbours:
             raise ProtocolViolation(
@@ -299,9 +312,9 @@ class ClientSession:
                 f"{[b.client_id for b in neighbourhood.bundles]}, our neighbours are "
                 f"{list(self.neighbours)}"
             )
-        digests = {e.client_id: e.bundle_digest for e in entries}
-        for bundle in neighbourhood.bundles:
-            self._identities[bundle.client_id] = self._verified_bundle(bundle, digests[bundle.client_id])
+        for bundle in neighbourhood.bundles:  # our neighbours are participants: each has its entry
+            entry = participants.entry_at(bisect.bisect_left(ids, bundle.client_id))
+            self._identities[bundle.client_id] = self._verified_bundle(bundle, entry.bundle_digest)
             self._roster[bundle.client_id] = bundle
         t = self.config.t
         if len(self.neighbours) < t:
@@ -391,12 +404,12 @@ class ClientSession:
         _sorted_unique(survivors, "the survivor list")
         if self.client_id not in survivors:
             raise ProtocolViolation(f"client {self.client_id}: survivor list omits us, yet asks us to sign it")
-        participants = self._participants.client_ids if self._participants is not None else ()
-        unknown = set(survivors) - set(participants)
+        survivor_set = set(survivors)
+        unknown = survivor_set - self._participant_ids
         if unknown:
             raise ProtocolViolation(f"survivor list names clients outside the participant set: {sorted(unknown)}")
         self.policy.check_survivors(len(survivors))
-        surviving_neighbours = set(survivors) & set(self.neighbours)
+        surviving_neighbours = survivor_set & set(self.neighbours)
         not_shared = surviving_neighbours - set(self._held)
         if not_shared:
             raise ProtocolViolation(
@@ -408,7 +421,8 @@ class ClientSession:
                 f"client {self.client_id}: {len(surviving_neighbours)} of our neighbours survived, fewer than t={t}"
             )
         self._signed_survivors = survivors
-        signature = primitives.sign(self._identity_key, consistency_payload(self._context_bytes, self._seed, survivors))
+        self._consistency_payload = consistency_payload(self._context_bytes, self._seed, survivors)
+        signature = primitives.sign(self._identity_key, self._consistency_payload)
         return ConsistencySignature(self.round_id, self.client_id, signature)
 
     # --- stage 5 ---------------------------------------------------------------------------
@@ -457,18 +471,26 @@ class ClientSession:
                 "signed, restricted to the neighbours that shared keys with us"
             )
 
-        payload = consistency_payload(self._context_bytes, self._seed, signed)
+        # Every listed signature must come from a distinct neighbour on the list we signed; the signatures are
+        # verified in the order given until t verify (the rule is ">= t neighbours signed our list"). An invalid
+        # signature met before that refuses the request; signatures after the t-th valid one are not verified
+        # (nothing rests on them: a server could as well have left them out), so a bad one there is ignored.
         signers: set[int] = set()
         for sig in request.signatures:
             if sig.round_id != self.round_id:
                 raise ProtocolViolation(f"a consistency signature is from round {sig.round_id}")
             if sig.client_id in signers or sig.client_id not in self.neighbours or sig.client_id not in signed_set:
                 raise ProtocolViolation(f"unexpected consistency signature from client {sig.client_id}")
-            primitives.verify(self._identities[sig.client_id], sig.signature, payload)
             signers.add(sig.client_id)
-        if len(signers) < t:
+        verified = 0
+        for sig in request.signatures:
+            if verified >= t:
+                break
+            primitives.verify(self._identities[sig.client_id], sig.signature, self._consistency_payload)
+            verified += 1
+        if verified < t:
             raise ProtocolViolation(
-                f"client {self.client_id}: {len(signers)} neighbours signed the survivor list, need t={t}"
+                f"client {self.client_id}: {verified} neighbours signed the survivor list, need t={t}"
             )
 
         for peer in survivors:

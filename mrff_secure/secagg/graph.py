@@ -28,17 +28,20 @@ _DOMAIN = b"mrff-secagg-graph"
 def graph_seed(context: bytes, participant_digest: bytes, reveals: Sequence[bytes]) -> bytes:
     """The 32-byte public seed of the graph (see the module docstring)."""
     digest = hashlib.sha256(_DOMAIN + struct.pack(">BI", PROTOCOL_VERSION, len(reveals)) + context + participant_digest)
-    for reveal in reveals:
-        digest.update(reveal)
+    digest.update(b"".join(reveals))  # the same hash as one update per reveal
     return digest.digest()
+
+
+def _ring(seed: bytes, client_ids: Iterable[int]) -> np.ndarray:
+    """ring_order as an int64 array (n,)."""
+    ids = np.sort(np.fromiter(client_ids, dtype=np.int64))  # (n,)
+    keys = np.frombuffer(keystream_random(seed)(8 * len(ids)), dtype="<u8")  # (n,)
+    return ids[np.lexsort((ids, keys))]  # ties (2^-64) broken by id
 
 
 def ring_order(seed: bytes, client_ids: Iterable[int]) -> list[int]:
     """The clients in a pseudorandom order drawn from the seed's keystream (64 random bits each)."""
-    ids = sorted(client_ids)
-    keys = np.frombuffer(keystream_random(seed)(8 * len(ids)), dtype="<u8")
-    order = np.lexsort((np.asarray(ids, dtype=np.int64), keys))  # ties (2^-64) broken by id
-    return [ids[i] for i in order]
+    return [int(c) for c in _ring(seed, client_ids)]
 
 
 def _neighbour_positions(position: int, n: int, k: int) -> set[int]:
@@ -63,12 +66,11 @@ def _neighbour_positions(position: int, n: int, k: int) -> set[int]:
 
 def neighbours_of(seed: bytes, client_ids: Iterable[int], k: int, client_id: int) -> tuple[int, ...]:
     """The sorted neighbours of one client (what a client computes for itself)."""
-    ring = ring_order(seed, client_ids)
-    try:
-        position = ring.index(client_id)
-    except ValueError as exc:
-        raise SecAggError(f"client {client_id} is not in the graph") from exc
-    return tuple(sorted(ring[p] for p in _neighbour_positions(position, len(ring), k)))
+    ring = _ring(seed, client_ids)
+    found = np.flatnonzero(ring == client_id)
+    if not found.size:
+        raise SecAggError(f"client {client_id} is not in the graph")
+    return tuple(sorted(int(ring[p]) for p in _neighbour_positions(int(found[0]), len(ring), k)))
 
 
 def neighbour_graph(seed: bytes, client_ids: Iterable[int], k: int) -> dict[int, tuple[int, ...]]:

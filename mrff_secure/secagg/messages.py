@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, Iterable, TypeVar
+
+import numpy as np
 
 from mrff_secure.errors import ProtocolViolation
 from mrff_secure.secagg.identity import ClientCredential
@@ -47,9 +49,11 @@ class _Writer:
         self._parts.append(bytes(data))
 
     def ids(self, values: tuple[int, ...]) -> None:
-        self.u32(len(values))
-        for v in values:
-            self.u32(v)
+        self._parts.append(encode_ids(values))
+
+    def raw(self, data: bytes) -> None:
+        """Bytes already encoded and validated by the caller."""
+        self._parts.append(data)
 
     def result(self) -> bytes:
         return b"".join(self._parts)
@@ -86,11 +90,24 @@ class _Reader:
         return n
 
     def ids(self) -> tuple[int, ...]:
-        return tuple(self.u32() for _ in range(self.count(4)))
+        n = self.count(4)
+        return struct.unpack(f">{n}I", self._take(4 * n))
 
     def finish(self) -> None:
         if self._pos != len(self._data):
             raise ProtocolViolation(f"{len(self._data) - self._pos} trailing bytes after the message")
+
+
+def encode_ids(values: tuple[int, ...]) -> bytes:
+    """A list of u32 ids: count | ids, big-endian, packed in one call (each must be an int in [0, 2^32))."""
+    if not all(isinstance(v, int) for v in values):  # struct would accept an object with __index__
+        bad = next(v for v in values if not isinstance(v, int))
+        raise ProtocolViolation(f"value {bad!r} does not fit in u32")
+    try:
+        return struct.pack(f">I{len(values)}I", len(values), *values)
+    except struct.error:
+        bad = next(v for v in values if not 0 <= v <= _MAX_U32)
+        raise ProtocolViolation(f"value {bad!r} does not fit in u32") from None
 
 
 M = TypeVar("M", bound="Message")
@@ -190,34 +207,56 @@ class AdvertiseKeys(ClientMessage):
         return hashlib.sha256(self.to_bytes()).digest()
 
     def _write(self, w: _Writer) -> None:
-        w.u32(self.client_id)
-        w.fixed(self.round_body_digest, ROUND_BODY_DIGEST_BYTES, "round body digest")
-        w.fixed(self.cipher_public_key, PUBLIC_KEY_BYTES, "cipher public key")
-        w.fixed(self.mask_public_key, PUBLIC_KEY_BYTES, "mask public key")
-        w.fixed(self.graph_commitment, COMMITMENT_BYTES, "graph commitment")
-        w.fixed(self.self_mask_commitment, COMMITMENT_BYTES, "self-mask commitment")
-        w.fixed(self.credential.to_bytes(), ClientCredential.SIZE, "credential")
-        w.fixed(self.signature, SIGNATURE_BYTES, "signature")
+        if not isinstance(self.client_id, int) or not 0 <= self.client_id <= _MAX_U32:
+            raise ProtocolViolation(f"value {self.client_id!r} does not fit in u32")
+        credential = self.credential.to_bytes()
+        for data, size, what in (
+            (self.round_body_digest, ROUND_BODY_DIGEST_BYTES, "round body digest"),
+            (self.cipher_public_key, PUBLIC_KEY_BYTES, "cipher public key"),
+            (self.mask_public_key, PUBLIC_KEY_BYTES, "mask public key"),
+            (self.graph_commitment, COMMITMENT_BYTES, "graph commitment"),
+            (self.self_mask_commitment, COMMITMENT_BYTES, "self-mask commitment"),
+            (credential, ClientCredential.SIZE, "credential"),
+            (self.signature, SIGNATURE_BYTES, "signature"),
+        ):
+            if not isinstance(data, bytes) or len(data) != size:
+                raise ProtocolViolation(f"{what} must be {size} bytes")
+        w.raw(
+            _BUNDLE.pack(
+                self.client_id,
+                self.round_body_digest,
+                self.cipher_public_key,
+                self.mask_public_key,
+                self.graph_commitment,
+                self.self_mask_commitment,
+                credential,
+                self.signature,
+            )
+        )
 
     @classmethod
     def _read(cls, r: _Reader, round_id: int) -> "AdvertiseKeys":
-        client_id, body_digest = r.u32(), r.fixed(ROUND_BODY_DIGEST_BYTES)
+        client_id, body_digest, cipher_key, mask_key, graph_commitment, self_mask_commitment, credential, signature = (
+            _BUNDLE.unpack(r.fixed(_BUNDLE.size))
+        )
         return cls(
             round_id,
             client_id,
-            r.fixed(PUBLIC_KEY_BYTES),
-            r.fixed(PUBLIC_KEY_BYTES),
-            r.fixed(COMMITMENT_BYTES),
-            r.fixed(COMMITMENT_BYTES),
-            ClientCredential.from_bytes(r.fixed(ClientCredential.SIZE)),
-            r.fixed(SIGNATURE_BYTES),
+            cipher_key,
+            mask_key,
+            graph_commitment,
+            self_mask_commitment,
+            ClientCredential.from_bytes(credential),
+            signature,
             body_digest,
         )
 
 
-_BUNDLE_BYTES = (
-    4 + ROUND_BODY_DIGEST_BYTES + 2 * PUBLIC_KEY_BYTES + 2 * COMMITMENT_BYTES + ClientCredential.SIZE + SIGNATURE_BYTES
+_BUNDLE = struct.Struct(
+    f">I{ROUND_BODY_DIGEST_BYTES}s{PUBLIC_KEY_BYTES}s{PUBLIC_KEY_BYTES}s{COMMITMENT_BYTES}s{COMMITMENT_BYTES}s"
+    f"{ClientCredential.SIZE}s{SIGNATURE_BYTES}s"
 )
+_BUNDLE_BYTES = _BUNDLE.size
 
 
 @dataclass(frozen=True)
@@ -249,32 +288,102 @@ class ParticipantEntry:
         return cls(r.u32(), r.fixed(COMMITMENT_BYTES), r.fixed(COMMITMENT_BYTES), r.fixed(ROUND_BODY_DIGEST_BYTES))
 
 
+_ENTRY = struct.Struct(f">I{COMMITMENT_BYTES}s{COMMITMENT_BYTES}s{ROUND_BODY_DIGEST_BYTES}s")
+_ENTRY_DTYPE = np.dtype(
+    [
+        ("client_id", ">u4"),
+        ("graph_commitment", "u1", (COMMITMENT_BYTES,)),
+        ("bundle_digest", "u1", (COMMITMENT_BYTES,)),
+        ("round_body_digest", "u1", (ROUND_BODY_DIGEST_BYTES,)),
+    ]
+)
+assert _ENTRY.size == _ENTRY_DTYPE.itemsize == ParticipantEntry.SIZE
+
+
+class _EntriesField:
+    """The `entries` field of ParticipantSet. A set decoded from bytes keeps its entry table (the n encoded
+    entries, one bytes object) and builds the ParticipantEntry objects only if they are asked for: a client
+    reads the columns it checks straight from the table (`ParticipantSet.table`), with no object per entry."""
+
+    def __get__(self, obj: Any, owner: Any = None) -> tuple[ParticipantEntry, ...]:
+        if obj is None:
+            raise AttributeError("entries")  # no default value for the dataclass field
+        entries: tuple[ParticipantEntry, ...] | None = obj.__dict__.get("_entries")
+        if entries is None:
+            entries = tuple(ParticipantEntry(*fields) for fields in _ENTRY.iter_unpack(obj.__dict__["_table"]))
+            obj.__dict__["_entries"] = entries
+        return entries
+
+    def __set__(self, obj: Any, value: Iterable[ParticipantEntry]) -> None:
+        obj.__dict__["_entries"] = tuple(value)
+        obj.__dict__.pop("_table", None)
+
+
 @dataclass(frozen=True)
 class ParticipantSet(Message):
     """Server -> clients (stage REVEAL_SEED): the participants, fixed before any seed is revealed.
     Sorted by client id. Entries are not signed by their clients: a client verifies the bundles of
-    its own neighbours only (against the digests here), O(k) signatures, not O(n)."""
+    its own neighbours only (against the digests here), O(k) signatures, not O(n).
+
+    The encoded entry table is kept (decoded: the received bytes; built: encoded once, every field checked),
+    so the digest, the id column and single entries cost no re-serialization."""
 
     TAG: ClassVar[int] = 2
     round_id: int
-    entries: tuple[ParticipantEntry, ...]
+    entries: _EntriesField = _EntriesField()
+
+    def _entry_table(self) -> bytes:
+        """The n encoded entries (n x ParticipantEntry.SIZE bytes)."""
+        table: bytes | None = self.__dict__.get("_table")
+        if table is None:
+            w = _Writer()
+            for entry in self.entries:
+                entry._write(w)
+            table = w.result()
+            self.__dict__["_table"] = table
+        return table
+
+    @property
+    def table(self) -> np.ndarray:
+        """The entries as a read-only structured array (n,): client_id (big-endian u32), graph_commitment,
+        bundle_digest, round_body_digest (each (32,) uint8)."""
+        return np.frombuffer(self._entry_table(), dtype=_ENTRY_DTYPE)
 
     @property
     def client_ids(self) -> tuple[int, ...]:
-        return tuple(e.client_id for e in self.entries)
+        ids: tuple[int, ...] | None = self.__dict__.get("_ids")
+        if ids is None:
+            ids = tuple(self.table["client_id"].tolist())
+            self.__dict__["_ids"] = ids
+        return ids
+
+    def entry_at(self, index: int) -> ParticipantEntry:
+        """The entry at position `index` (0 <= index < the number of entries)."""
+        return ParticipantEntry(*_ENTRY.unpack_from(self._entry_table(), index * _ENTRY.size))
+
+    def graph_commitments(self) -> bytes:
+        """Every entry's graph commitment, concatenated in entry order (n x 32 bytes)."""
+        return self.table["graph_commitment"].tobytes()
 
     def digest(self) -> bytes:
-        return hashlib.sha256(self.to_bytes()).digest()
+        digest: bytes | None = self.__dict__.get("_digest")
+        if digest is None:
+            digest = hashlib.sha256(self.to_bytes()).digest()
+            self.__dict__["_digest"] = digest
+        return digest
 
     def _write(self, w: _Writer) -> None:
-        w.u32(len(self.entries))
-        for entry in self.entries:
-            entry._write(w)
+        table = self._entry_table()
+        w.u32(len(table) // ParticipantEntry.SIZE)
+        w.raw(table)
 
     @classmethod
     def _read(cls, r: _Reader, round_id: int) -> "ParticipantSet":
         n = r.count(ParticipantEntry.SIZE)
-        return cls(round_id, tuple(ParticipantEntry._read(r) for _ in range(n)))
+        decoded = cls.__new__(cls)
+        object.__setattr__(decoded, "round_id", round_id)
+        decoded.__dict__["_table"] = r.fixed(n * ParticipantEntry.SIZE)
+        return decoded
 
 
 @dataclass(frozen=True)
@@ -306,11 +415,20 @@ class Neighbourhood(Message):
     reveals: tuple[bytes, ...]
     bundles: tuple[AdvertiseKeys, ...]
 
+    def reveal_block(self) -> bytes:
+        """Every reveal, concatenated in participant order (n x 32 bytes; a decoded message keeps its bytes)."""
+        block: bytes | None = self.__dict__.get("_reveal_block")
+        if block is None:
+            if not all(isinstance(reveal, bytes) and len(reveal) == COMMITMENT_BYTES for reveal in self.reveals):
+                raise ProtocolViolation(f"seed reveal must be {COMMITMENT_BYTES} bytes")
+            block = b"".join(self.reveals)
+            self.__dict__["_reveal_block"] = block
+        return block
+
     def _write(self, w: _Writer) -> None:
         w.u32(self.receiver)
         w.u32(len(self.reveals))
-        for reveal in self.reveals:
-            w.fixed(reveal, COMMITMENT_BYTES, "seed reveal")
+        w.raw(self.reveal_block())
         w.u32(len(self.bundles))
         for bundle in self.bundles:
             if bundle.round_id != self.round_id:
@@ -320,9 +438,13 @@ class Neighbourhood(Message):
     @classmethod
     def _read(cls, r: _Reader, round_id: int) -> "Neighbourhood":
         receiver = r.u32()
-        reveals = tuple(r.fixed(COMMITMENT_BYTES) for _ in range(r.count(COMMITMENT_BYTES)))
+        size = COMMITMENT_BYTES
+        block = r.fixed(r.count(size) * size)
+        reveals = tuple([block[i : i + size] for i in range(0, len(block), size)])
         bundles = tuple(AdvertiseKeys._read(r, round_id) for _ in range(r.count(_BUNDLE_BYTES)))
-        return cls(round_id, receiver, reveals, bundles)
+        decoded = cls(round_id, receiver, reveals, bundles)
+        decoded.__dict__["_reveal_block"] = block
+        return decoded
 
 
 # --- stage 1: share keys -------------------------------------------------------------------
@@ -483,9 +605,7 @@ class ConsistencySignature(ClientMessage):
 def consistency_payload(context: bytes, seed: bytes, survivors: tuple[int, ...]) -> bytes:
     """What each surviving client signs: binds the session context, the graph (its seed, which
     covers the participant set) and U3."""
-    w = _Writer()
-    w.ids(survivors)
-    return b"mrff-secagg-survivors" + context + seed + w.result()
+    return b"mrff-secagg-survivors" + context + seed + encode_ids(survivors)
 
 
 # --- stage 4: unmask ----------------------------------------------------------------------

@@ -11,6 +11,13 @@ import numpy as np
 
 from mrff_secure.errors import ProtocolViolation
 
+_BYTE_ALIGNED: dict[int, np.dtype[np.unsignedinteger]] = {
+    8: np.dtype("<u1"),
+    16: np.dtype("<u2"),
+    32: np.dtype("<u4"),
+    64: np.dtype("<u8"),
+}
+
 
 def packed_size(count: int, bits: int) -> int:
     """Bytes needed for `count` values of `bits` bits."""
@@ -27,7 +34,14 @@ def pack(values: np.ndarray, bits: int) -> bytes:
     """Pack unsigned values < 2^bits (1 <= bits <= 64) into packed_size(len, bits) bytes."""
     if not 1 <= bits <= 64:
         raise ValueError(f"bits must be in [1, 64], got {bits}")
-    words = np.ascontiguousarray(np.asarray(values).astype(np.uint64))  # (n,)
+    values = np.asarray(values)
+    if bits in _BYTE_ALIGNED:  # whole bytes per value: the layout is the little-endian array itself
+        if values.dtype.kind != "u":
+            values = values.astype(np.uint64)  # what the general path does with other dtypes
+        if bits < 64 and values.size and int(values.max()) >> bits:
+            raise ValueError(f"a value does not fit in {bits} bits")
+        return np.ascontiguousarray(values, dtype=_BYTE_ALIGNED[bits]).tobytes()
+    words = np.ascontiguousarray(values.astype(np.uint64))  # (n,)
     count = words.size
     if bits < 64 and count and int(words.max()) >> bits:
         raise ValueError(f"a value does not fit in {bits} bits")
@@ -58,6 +72,8 @@ def unpack(data: bytes, bits: int, count: int) -> np.ndarray:
     used = count * bits % 8
     if used and data[-1] >> used:
         raise ProtocolViolation("packed vector has non-zero padding bits")
+    if bits in _BYTE_ALIGNED:
+        return np.frombuffer(data, dtype=_BYTE_ALIGNED[bits]).astype(np.uint64)
     num_words = (count * bits + 63) // 64
     buffer = bytes(data) + bytes((num_words + 1) * 8 - size)
     stream = np.frombuffer(buffer, dtype="<u8").astype(np.uint64)  # (words + 1,)

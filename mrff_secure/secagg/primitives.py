@@ -136,20 +136,48 @@ def check_agreement_public_key(public_key: bytes) -> None:
         raise ProtocolViolation("agreement key is a small-order point") from exc
 
 
+def _commitment_prefix(purpose: bytes, context: bytes) -> "hashlib._Hash":
+    """SHA-256 state after domain | purpose | context: what every commitment of one purpose in one session
+    starts with."""
+    return hashlib.sha256(_DOMAIN + b"-commit" + struct.pack(">B", len(purpose)) + purpose + context)
+
+
 def commitment(purpose: bytes, context: bytes, client_id: int, secret: bytes) -> bytes:
     """SHA-256 commitment to a 32-byte random `secret` (hiding because the secret is uniformly random,
-    binding by collision resistance), labelled with its purpose, the session context and the client."""
+    binding by collision resistance), labelled with its purpose, the session context and the client:
+    SHA-256(domain | "-commit" | len(purpose) (u8) | purpose | context | client id (u32) | secret)."""
     if len(secret) != KEY_BYTES:
         raise ValueError(f"committed secrets are {KEY_BYTES} bytes, got {len(secret)}")
-    return hashlib.sha256(
-        _DOMAIN
-        + b"-commit"
-        + struct.pack(">B", len(purpose))
-        + purpose
-        + context
-        + struct.pack(">I", client_id)
-        + secret
-    ).digest()
+    digest = _commitment_prefix(purpose, context)
+    digest.update(struct.pack(">I", client_id) + secret)
+    return digest.digest()
+
+
+def first_unopened(
+    purpose: bytes, context: bytes, client_ids: np.ndarray, secrets: bytes, commitments: bytes
+) -> int | None:
+    """Check n commitments at once: the position of the first (client_ids[i], secret i) whose `commitment` is
+    not commitments[32 i : 32 (i + 1)], or None when every one opens. client_ids: (n,) integers;
+    secrets, commitments: n x 32 bytes each. One SHA-256 per commitment, continued from the shared prefix."""
+    n = len(client_ids)
+    if len(secrets) != n * KEY_BYTES or len(commitments) != n * 32:
+        raise ValueError(f"{n} commitments need {n * KEY_BYTES} bytes of secrets and {n * 32} of commitments")
+    rows = np.empty((n, 4 + KEY_BYTES), dtype=np.uint8)  # (n, 36): client id (u32, big-endian) | secret
+    rows[:, :4] = np.ascontiguousarray(client_ids, dtype=">u4").view(np.uint8).reshape(n, 4)
+    rows[:, 4:] = np.frombuffer(secrets, dtype=np.uint8).reshape(n, KEY_BYTES)
+    data = rows.tobytes()
+    copy = _commitment_prefix(purpose, context).copy
+    width = 4 + KEY_BYTES
+
+    def opened(start: int) -> bytes:
+        digest = copy()
+        digest.update(data[start : start + width])
+        return digest.digest()
+
+    computed = b"".join(map(opened, range(0, n * width, width)))
+    if computed == commitments:
+        return None
+    return next(i for i in range(n) if computed[32 * i : 32 * (i + 1)] != commitments[32 * i : 32 * (i + 1)])
 
 
 def hkdf_info(purpose: bytes, round_id: int, low_id: int, high_id: int) -> bytes:

@@ -84,6 +84,7 @@ class ServerSession:
         self._delivered: dict[int, frozenset[int]] = {}  # receiver -> senders whose shares it got
         self._masked: dict[int, np.ndarray] = {}  # U3
         self.survivors: tuple[int, ...] = ()
+        self._consistency_payload = b""  # what each survivor signs (fixed when the survivor list is)
         self._signatures: dict[int, ConsistencySignature] = {}  # U4
         self._requests: dict[int, UnmaskRequest] = {}
         self._responses: dict[int, UnmaskResponse] = {}  # U5
@@ -237,6 +238,7 @@ class ServerSession:
         self._expect(Stage.MASKED_INPUT)
         self._recoverable(set(self._masked))
         self.survivors = tuple(sorted(self._masked))
+        self._consistency_payload = consistency_payload(self._context_bytes, self._seed, self.survivors)
         self.stage = Stage.CONSISTENCY_CHECK
         return SurvivorList(self.round_id, self.survivors)
 
@@ -247,8 +249,7 @@ class ServerSession:
         sender = message.client_id
         if sender not in self._masked or sender in self._signatures:
             raise ProtocolViolation(f"unexpected ConsistencySignature from client {sender}")
-        payload = consistency_payload(self._context_bytes, self._seed, self.survivors)
-        primitives.verify(self._identities[sender], message.signature, payload)
+        primitives.verify(self._identities[sender], message.signature, self._consistency_payload)
         self._signatures[sender] = message
 
     def close_consistency_check(self) -> dict[int, UnmaskRequest]:

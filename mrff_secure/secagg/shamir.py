@@ -97,8 +97,16 @@ def split_many(
     for j in range(threshold - 2, -1, -1):
         acc = (acc * x + coefficients[j]) % p
     acc = (acc * x + constant) % p
-    values = acc.astype(">u4")  # (n, secrets, limbs)
-    return [[Share(int(points[i]), values[i, j].tobytes()) for j in range(len(secrets))] for i in range(points.size)]
+    raw = acc.astype(">u4").tobytes()  # (n, secrets, limbs) big-endian u32, row-major
+    width = SHARE_VALUE_BYTES
+    xs_int = points.tolist()
+    return [
+        [
+            Share(x, raw[(i * len(secrets) + j) * width : (i * len(secrets) + j + 1) * width])
+            for j in range(len(secrets))
+        ]
+        for i, x in enumerate(xs_int)
+    ]
 
 
 def split(
