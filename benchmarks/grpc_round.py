@@ -92,6 +92,7 @@ def run_one(
             "py-spy",
             "record",
             "--gil",
+            *(["--native"] if os.environ.get("GRPC_ROUND_NATIVE") else []),
             "--format",
             "raw",
             "--rate",
@@ -202,17 +203,55 @@ def run_one(
         "exit_codes": codes + [server_code],
         "rounds": rounds_out,
         "run_wall_seconds": round(time.perf_counter() - started, 2),
+        "load_average_after": os.getloadavg(),  # 1, 5, 15 minutes: the machine is shared
         "all_processes_cpu_seconds": round(
             (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime), 2
         ),
     }
 
 
+def neighbours(n: int) -> int:
+    """k, the neighbours of each client in the secure sums of an n-client round (the server's default graph)."""
+    from mrff_secure.secagg.config import default_graph
+
+    return default_graph(n)[0]
+
+
+def linear_fit(xs: list[float], ys: list[float]) -> dict | None:
+    """Least squares y = slope x + intercept, with R^2 (None under 2 distinct points)."""
+    if len(xs) < 2 or len(set(xs)) < 2:
+        return None
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    intercept = my - slope * mx
+    residual = sum((y - (slope * x + intercept)) ** 2 for x, y in zip(xs, ys))
+    total = sum((y - my) ** 2 for y in ys)
+    return {
+        "slope_seconds_per_n_k": slope,
+        "intercept_seconds": round(intercept, 4),
+        "r_squared": round(1 - residual / total, 5) if total else 1.0,
+        "points": n,
+    }
+
+
+def server_cpu_fit(summary: list[dict], mode: str = "secure") -> dict | None:
+    """The server's CPU seconds per round against n*k, fitted over the sizes measured in `mode`."""
+    points = [
+        (row["n_times_k"], row[mode]["server_cpu_seconds"])
+        for row in summary
+        if mode in row and row[mode]["completed"] and row[mode]["server_cpu_seconds"] is not None
+    ]
+    fit = linear_fit([float(x) for x, _ in points], [float(y) for _, y in points])
+    return None if fit is None else {"mode": mode, "x": "n*k", "y": "server CPU seconds per round", **fit}
+
+
 def summarize(results: list[dict]) -> list[dict]:
     out = []
     for n in sorted({r["clients"] for r in results}):
         by_mode = {r["mode"]: r for r in results if r["clients"] == n}
-        row = {"clients": n}
+        row: dict = {"clients": n, "neighbours_k": neighbours(n), "n_times_k": n * neighbours(n)}
         for mode, r in by_mode.items():
             last = r["rounds"][-1] if r["rounds"] else {}
             row[mode] = {
@@ -282,10 +321,12 @@ def main() -> int:
                 results.append(result)
                 print(json.dumps(result["rounds"][-1] if result["rounds"] else result), flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
+                summary = summarize([r for r in results if r["rounds"]])
                 payload = {
                     "benchmark": "grpc_round",
                     "environment": environment,
                     "note": args.note,
+                    "load_average_at_end": os.getloadavg(),
                     "config": {
                         "sizes": args.sizes,
                         "modes": args.modes,
@@ -296,7 +337,8 @@ def main() -> int:
                         "tls": True,
                         "dp": "off",
                     },
-                    "summary": summarize([r for r in results if r["rounds"]]),
+                    "summary": summary,
+                    "server_cpu_fit": server_cpu_fit(summary),
                     "runs": results,
                     "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 }
