@@ -40,7 +40,7 @@ def plot(results: dict, out: Path) -> None:
             xs,
             [fit["slope_seconds_per_n_k"] * x + fit["intercept_seconds"] for x in xs],
             "--",
-            label=f"secure fit: {fit['slope_seconds_per_n_k'] * 1e3:.3f} ms per n*k + {fit['intercept_seconds']:.2f} s "
+            label=f"secure fit: {fit['slope_seconds_per_n_k'] * 1e3:.3f} ms per n*k {fit['intercept_seconds']:+.2f} s "
             f"(R$^2$ = {fit['r_squared']:.3f})",
         )
     cpu.set_xlabel("n * k (clients x neighbours)")
