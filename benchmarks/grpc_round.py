@@ -140,9 +140,12 @@ def run_one(
     clients = []
     logs = []
     try:
-        line = server.stdout.readline()
+        stdout = server.stdout
+        if stdout is None:  # stdout=PIPE above: cannot happen
+            raise RuntimeError("the server's output is not piped")
+        line = stdout.readline()
         while line.startswith("py-spy>") or line == "\n":  # the profiler's own lines (--profile)
-            line = server.stdout.readline()
+            line = stdout.readline()
         if not line.startswith("LISTENING"):
             raise RuntimeError(f"server did not start: {line!r}")
         address = line.split()[1]
