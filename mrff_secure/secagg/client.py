@@ -430,7 +430,12 @@ class ClientSession:
     @_stage(Stage.UNMASK, Stage.DONE)
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
         """Reveal the self-mask share of each surviving neighbour and the key share of each dropped
-        one, only if the lists agree with the survivor list that >= t neighbours signed."""
+        one, only if the lists agree with the survivor list that >= t neighbours signed.
+
+        Policy on the consistency signatures: each must name a distinct neighbour on the list we signed; they are
+        verified in the order given until t verify. One that fails before then refuses the request; those after the
+        t-th valid one are not verified, so a bad one there is ignored (the rule needs t signers, and a server could
+        as well have left it out)."""
         self._check_round(request)
         self._check_addressee(request.receiver)
         signed = self._signed_survivors

@@ -98,11 +98,25 @@ class _Reader:
             raise ProtocolViolation(f"{len(self._data) - self._pos} trailing bytes after the message")
 
 
+def _check_u32(*values: int) -> None:
+    for value in values:
+        if not isinstance(value, int) or not 0 <= value <= _MAX_U32:
+            raise ProtocolViolation(f"value {value!r} does not fit in u32")
+
+
+_U32_PAIR = struct.Struct(">II")
+_U32_TRIPLE = struct.Struct(">III")
+
+
+_INT_TYPES = {int, bool}  # what u32 accepted (isinstance(v, int)); subclasses of int take the slow check
+
+
 def encode_ids(values: tuple[int, ...]) -> bytes:
     """A list of u32 ids: count | ids, big-endian, packed in one call (each must be an int in [0, 2^32))."""
-    if not all(isinstance(v, int) for v in values):  # struct would accept an object with __index__
-        bad = next(v for v in values if not isinstance(v, int))
-        raise ProtocolViolation(f"value {bad!r} does not fit in u32")
+    if not set(map(type, values)) <= _INT_TYPES:  # struct would accept an object with __index__
+        bad = next((v for v in values if not isinstance(v, int)), None)
+        if bad is not None:
+            raise ProtocolViolation(f"value {bad!r} does not fit in u32")
     try:
         return struct.pack(f">I{len(values)}I", len(values), *values)
     except struct.error:
@@ -207,6 +221,10 @@ class AdvertiseKeys(ClientMessage):
         return hashlib.sha256(self.to_bytes()).digest()
 
     def _write(self, w: _Writer) -> None:
+        received: bytes | None = self.__dict__.get("_received_body")
+        if received is not None:  # decoded from these bytes: the encoding is canonical, so they are its encoding
+            w.raw(received)
+            return
         if not isinstance(self.client_id, int) or not 0 <= self.client_id <= _MAX_U32:
             raise ProtocolViolation(f"value {self.client_id!r} does not fit in u32")
         credential = self.credential.to_bytes()
@@ -236,10 +254,11 @@ class AdvertiseKeys(ClientMessage):
 
     @classmethod
     def _read(cls, r: _Reader, round_id: int) -> "AdvertiseKeys":
+        body = r.fixed(_BUNDLE.size)
         client_id, body_digest, cipher_key, mask_key, graph_commitment, self_mask_commitment, credential, signature = (
-            _BUNDLE.unpack(r.fixed(_BUNDLE.size))
+            _BUNDLE.unpack(body)
         )
-        return cls(
+        decoded = cls(
             round_id,
             client_id,
             cipher_key,
@@ -250,6 +269,8 @@ class AdvertiseKeys(ClientMessage):
             signature,
             body_digest,
         )
+        decoded.__dict__["_received_body"] = body  # re-sent (server) and hashed (digest) as received
+        return decoded
 
 
 _BUNDLE = struct.Struct(
@@ -415,6 +436,18 @@ class Neighbourhood(Message):
     reveals: tuple[bytes, ...]
     bundles: tuple[AdvertiseKeys, ...]
 
+    @classmethod
+    def for_each(
+        cls, round_id: int, reveals: tuple[bytes, ...], bundles: dict[int, tuple[AdvertiseKeys, ...]]
+    ) -> dict[int, "Neighbourhood"]:
+        """One Neighbourhood per receiver (`bundles`: receiver -> its neighbours' bundles), all carrying the same
+        reveals: they are checked and joined once, not once per receiver."""
+        block = cls(round_id, 0, reveals, ()).reveal_block()
+        hoods = {receiver: cls(round_id, receiver, reveals, theirs) for receiver, theirs in bundles.items()}
+        for hood in hoods.values():
+            hood.__dict__["_reveal_block"] = block
+        return hoods
+
     def reveal_block(self) -> bytes:
         """Every reveal, concatenated in participant order (n x 32 bytes; a decoded message keeps its bytes)."""
         block: bytes | None = self.__dict__.get("_reveal_block")
@@ -465,19 +498,22 @@ class SharePayload:
     SIZE: ClassVar[int] = 8 + 2 * SHARE_VALUE_BYTES
 
     def to_bytes(self) -> bytes:
-        w = _Writer()
-        w.u32(self.sender)
-        w.u32(self.receiver)
-        w.fixed(self.self_mask_share, SHARE_VALUE_BYTES, "self-mask share")
-        w.fixed(self.key_share, SHARE_VALUE_BYTES, "key share")
-        return w.result()
+        _check_u32(self.sender, self.receiver)
+        for data, what in ((self.self_mask_share, "self-mask share"), (self.key_share, "key share")):
+            if not isinstance(data, bytes) or len(data) != SHARE_VALUE_BYTES:
+                raise ProtocolViolation(f"{what} must be {SHARE_VALUE_BYTES} bytes")
+        return _SHARE_PAYLOAD.pack(self.sender, self.receiver, self.self_mask_share, self.key_share)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "SharePayload":
-        r = _Reader(data, 0)
-        payload = cls(r.u32(), r.u32(), r.fixed(SHARE_VALUE_BYTES), r.fixed(SHARE_VALUE_BYTES))
-        r.finish()
-        return payload
+        if len(data) < _SHARE_PAYLOAD.size:
+            raise ProtocolViolation("message is truncated")
+        if len(data) > _SHARE_PAYLOAD.size:
+            raise ProtocolViolation(f"{len(data) - _SHARE_PAYLOAD.size} trailing bytes after the message")
+        return cls(*_SHARE_PAYLOAD.unpack(data))
+
+
+_SHARE_PAYLOAD = struct.Struct(f">II{SHARE_VALUE_BYTES}s{SHARE_VALUE_BYTES}s")
 
 
 @dataclass(frozen=True)
@@ -489,13 +525,14 @@ class EncryptedShare:
     ciphertext: bytes
 
     def _write(self, w: _Writer) -> None:
-        w.u32(self.sender)
-        w.u32(self.receiver)
-        w.blob(self.ciphertext)
+        _check_u32(self.sender, self.receiver, len(self.ciphertext))
+        w.raw(_U32_TRIPLE.pack(self.sender, self.receiver, len(self.ciphertext)))
+        w.raw(bytes(self.ciphertext))
 
     @classmethod
     def _read(cls, r: _Reader) -> "EncryptedShare":
-        return cls(r.u32(), r.u32(), r.blob())
+        sender, receiver, size = _U32_TRIPLE.unpack(r.fixed(_U32_TRIPLE.size))
+        return cls(sender, receiver, r.fixed(size))
 
 
 @dataclass(frozen=True)
@@ -652,13 +689,14 @@ class OwnedShare:
     share: Share
 
     def _write(self, w: _Writer) -> None:
-        w.u32(self.owner)
-        w.u32(self.share.x)
-        w.fixed(self.share.value, SHARE_VALUE_BYTES, "share value")
+        _check_u32(self.owner, self.share.x)
+        if not isinstance(self.share.value, bytes) or len(self.share.value) != SHARE_VALUE_BYTES:
+            raise ProtocolViolation(f"share value must be {SHARE_VALUE_BYTES} bytes")
+        w.raw(_U32_PAIR.pack(self.owner, self.share.x) + self.share.value)
 
     @classmethod
     def _read(cls, r: _Reader) -> "OwnedShare":
-        owner, x = r.u32(), r.u32()
+        owner, x = _U32_PAIR.unpack(r.fixed(_U32_PAIR.size))
         value = r.fixed(SHARE_VALUE_BYTES)
         try:
             return cls(owner, Share(x, value))

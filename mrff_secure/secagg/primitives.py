@@ -186,15 +186,13 @@ def first_unopened(
     rows[:, :4] = np.ascontiguousarray(client_ids, dtype=">u4").view(np.uint8).reshape(n, 4)
     rows[:, 4:] = np.frombuffer(secrets, dtype=np.uint8).reshape(n, KEY_BYTES)
     data = rows.tobytes()
-    copy = _commitment_prefix(purpose, context).copy
+    prefix = _commitment_prefix(purpose, context)
+    digests = [prefix.copy() for _ in range(n)]
     width = 4 + KEY_BYTES
-
-    def opened(start: int) -> bytes:
-        digest = copy()
-        digest.update(data[start : start + width])
-        return digest.digest()
-
-    computed = b"".join(map(opened, range(0, n * width, width)))
+    hash_type = type(prefix)
+    for _ in map(hash_type.update, digests, [data[i : i + width] for i in range(0, n * width, width)]):
+        pass
+    computed = b"".join(map(hash_type.digest, digests))
     if computed == commitments:
         return None
     return next(i for i in range(n) if computed[32 * i : 32 * (i + 1)] != commitments[32 * i : 32 * (i + 1)])

@@ -172,9 +172,9 @@ class ServerSession:
         self._seed = graph_seed(self._context_bytes, self.participants.digest(), reveals)
         self.graph = neighbour_graph(self._seed, ids, self.config.k)
         self.stage = Stage.SHARE_KEYS
-        return {
-            c: Neighbourhood(self.round_id, c, reveals, tuple(self._bundles[v] for v in self.graph[c])) for c in ids
-        }
+        return Neighbourhood.for_each(
+            self.round_id, reveals, {c: tuple(self._bundles[v] for v in self.graph[c]) for c in ids}
+        )
 
     # --- stage 2 ---------------------------------------------------------------------------
 

@@ -33,7 +33,8 @@ class Share:
     value: bytes
 
     def __post_init__(self) -> None:
-        check_int("share x", self.x, low=1, high=PRIME - 1, error=SecAggError)
+        if type(self.x) is not int or not 1 <= self.x < PRIME:  # the common case without the call
+            check_int("share x", self.x, low=1, high=PRIME - 1, error=SecAggError)
         if len(self.value) != SHARE_VALUE_BYTES:
             raise SecAggError(f"share value must be {SHARE_VALUE_BYTES} bytes, got {len(self.value)}")
 

@@ -191,3 +191,18 @@ def test_extra_signatures_past_t_are_still_checked_for_who_signed():
     foreign = replace(request.signatures[-1], client_id=stranger)  # past the t-th, from a non-neighbour
     with pytest.raises(ProtocolViolation, match=f"unexpected consistency signature from client {stranger}"):
         r.clients[asked].unmask(replace(request, signatures=request.signatures[:t] + (foreign,)))
+
+
+def test_a_decoded_bundle_is_resent_as_received_and_an_edited_one_re_encoded():
+    config = SecAggConfig(num_clients=N, vector_length=D, max_abs=1000, num_neighbours=K)
+    r = Round(config, range(N), round_id=4, policy=SecAggPolicy())
+    bundle = r.clients[0].advertise_keys()
+    data = bundle.to_bytes()
+    decoded = m.AdvertiseKeys.from_bytes(data)
+    assert decoded == bundle and decoded.to_bytes() == data and decoded.digest() == bundle.digest()
+    edited = replace(decoded, signature=bytes(64))
+    assert edited.to_bytes() == replace(bundle, signature=bytes(64)).to_bytes() != data
+    with pytest.raises(ProtocolViolation, match="signature must be 64 bytes"):
+        replace(decoded, signature=bytes(63)).to_bytes()
+    hood = m.Neighbourhood(4, 1, (bytes(32),), (decoded, edited))
+    assert m.Neighbourhood.from_bytes(hood.to_bytes()).bundles == (bundle, edited)
