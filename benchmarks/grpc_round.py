@@ -33,41 +33,82 @@ import tempfile
 import time
 from pathlib import Path
 
+from mrff_secure.pki import AuthorityPaths, issue_state_credentials, make_authority, make_dev_pki, publish_authority
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "KuaiSAR-R"
+# the shared folder beside the checkout (/work/main) or beside its worktrees' folder (/work/wt/NAME)
+DEFAULT_DATA = next(
+    (
+        p
+        for p in (
+            ROOT.parent / "shared" / "datasets" / "KuaiSAR-R",
+            ROOT.parents[1] / "shared" / "datasets" / "KuaiSAR-R",
+        )
+        if p.is_dir()
+    ),
+    ROOT.parent / "shared" / "datasets" / "KuaiSAR-R",
+)
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "grpc_round.json"
 TARGET_RATIO = 1.5
+# DP is off (the benchmark measures the protocol, not the noise): the clients' policy must accept that
+CLIENT_POLICY = ["--allow-dp-off", "--min-noise-multiplier", "0", "--max-epsilon", "inf", "--accept-weaker-privacy"]
+
+
+def authority_of(pki: Path) -> Path:
+    """The identity authority's folder, apart from the server's certificates folder `pki`."""
+    return pki.parent / f"{pki.name}-authority"
+
+
+def make_pki(pki: Path) -> None:
+    """A development PKI (TLS, the server's signing key) and an identity authority published into it."""
+    make_dev_pki(pki)
+    publish_authority(make_authority(authority_of(pki)), pki)
 
 
 def run_one(
-    n: int, mode: str, *, processes: int, rounds: int, data_dir: Path, pki: Path, work: Path, timeout: float
+    n: int,
+    mode: str,
+    *,
+    processes: int,
+    rounds: int,
+    data_dir: Path,
+    pki: Path,
+    work: Path,
+    timeout: float,
+    profile: Path | None = None,
 ) -> dict:
     import grpc  # noqa: F401  (fail early if missing)
 
     run_dir = work / f"{mode}-{n}"
     data_args = ["--dataset", "kuaisar-r", "--data-dir", str(data_dir)]
     cmd = [sys.executable, "-m", "mrff_secure.app.cli"]
+
+    def profiled(name: str) -> list[str]:
+        """py-spy's sampling profiler around a process (--profile: the server and the first client process)."""
+        if profile is None:
+            return []
+        profile.mkdir(parents=True, exist_ok=True)
+        return [
+            "py-spy",
+            "record",
+            "--gil",
+            *(["--native"] if os.environ.get("GRPC_ROUND_NATIVE") else []),
+            "--format",
+            "raw",
+            "--rate",
+            "50",
+            "-o",
+            str(profile / f"{mode}-{n}-{name}.txt"),
+            "--",
+        ]
+
     # the identity authority certifies every client (offline, before the run: not timed)
-    subprocess.run(
-        cmd
-        + [
-            "certs",
-            "issue-client",
-            "--certs",
-            str(pki),
-            "--users",
-            f"0-{n - 1}",
-            "--state-dir",
-            str(run_dir / "clients"),
-        ],
-        check=True,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-    )
+    issue_state_credentials(AuthorityPaths(authority_of(pki)), list(range(n)), run_dir / "clients")
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     server = subprocess.Popen(
-        cmd
+        profiled("server")
+        + cmd
         + [
             "server",
             "--run-dir",
@@ -88,6 +129,8 @@ def run_one(
             "1800",
             "--stage-timeout",
             "1800",
+            "--dp",
+            "off",
         ]
         + data_args,
         stdout=subprocess.PIPE,
@@ -95,8 +138,14 @@ def run_one(
         cwd=ROOT,
     )
     clients = []
+    logs = []
     try:
-        line = server.stdout.readline()
+        stdout = server.stdout
+        if stdout is None:  # stdout=PIPE above: cannot happen
+            raise RuntimeError("the server's output is not piped")
+        line = stdout.readline()
+        while line.startswith("py-spy>") or line == "\n":  # the profiler's own lines (--profile)
+            line = stdout.readline()
         if not line.startswith("LISTENING"):
             raise RuntimeError(f"server did not start: {line!r}")
         address = line.split()[1]
@@ -104,9 +153,11 @@ def run_one(
         for i in range(processes):
             lo, hi = i * per, min(n, (i + 1) * per) - 1
             if lo <= hi:
+                logs.append((run_dir / f"client-{i}.log").open("w"))  # the policy's warnings, failures
                 clients.append(
                     subprocess.Popen(
-                        cmd
+                        (profiled("client0") if i == 0 else [])
+                        + cmd
                         + [
                             "client",
                             "--address",
@@ -121,9 +172,11 @@ def run_one(
                             "600",
                         ]
                         + data_args
+                        + CLIENT_POLICY
                         + (["--allow-plain"] if mode == "plain" else []),
                         cwd=ROOT,
                         stdout=subprocess.DEVNULL,
+                        stderr=logs[-1],
                     )
                 )
         codes = [p.wait(timeout=timeout) for p in clients]
@@ -133,6 +186,8 @@ def run_one(
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        for f in logs:
+            f.close()
     usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     records = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
     rounds_out = [
@@ -151,17 +206,55 @@ def run_one(
         "exit_codes": codes + [server_code],
         "rounds": rounds_out,
         "run_wall_seconds": round(time.perf_counter() - started, 2),
+        "load_average_after": os.getloadavg(),  # 1, 5, 15 minutes: the machine is shared
         "all_processes_cpu_seconds": round(
             (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime), 2
         ),
     }
 
 
+def neighbours(n: int) -> int:
+    """k, the neighbours of each client in the secure sums of an n-client round (the server's default graph)."""
+    from mrff_secure.secagg.config import default_graph
+
+    return default_graph(n)[0]
+
+
+def linear_fit(xs: list[float], ys: list[float]) -> dict | None:
+    """Least squares y = slope x + intercept, with R^2 (None under 2 distinct points)."""
+    if len(xs) < 2 or len(set(xs)) < 2:
+        return None
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    intercept = my - slope * mx
+    residual = sum((y - (slope * x + intercept)) ** 2 for x, y in zip(xs, ys))
+    total = sum((y - my) ** 2 for y in ys)
+    return {
+        "slope_seconds_per_n_k": slope,
+        "intercept_seconds": round(intercept, 4),
+        "r_squared": round(1 - residual / total, 5) if total else 1.0,
+        "points": n,
+    }
+
+
+def server_cpu_fit(summary: list[dict], mode: str = "secure") -> dict | None:
+    """The server's CPU seconds per round against n*k, fitted over the sizes measured in `mode`."""
+    points = [
+        (row["n_times_k"], row[mode]["server_cpu_seconds"])
+        for row in summary
+        if mode in row and row[mode]["completed"] and row[mode]["server_cpu_seconds"] is not None
+    ]
+    fit = linear_fit([float(x) for x, _ in points], [float(y) for _, y in points])
+    return None if fit is None else {"mode": mode, "x": "n*k", "y": "server CPU seconds per round", **fit}
+
+
 def summarize(results: list[dict]) -> list[dict]:
     out = []
     for n in sorted({r["clients"] for r in results}):
         by_mode = {r["mode"]: r for r in results if r["clients"] == n}
-        row = {"clients": n}
+        row: dict = {"clients": n, "neighbours_k": neighbours(n), "n_times_k": n * neighbours(n)}
         for mode, r in by_mode.items():
             last = r["rounds"][-1] if r["rounds"] else {}
             row[mode] = {
@@ -189,6 +282,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=3600.0, help="per configuration")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy the server and the first client process (raw stacks here)"
+    )
     args = parser.parse_args()
     if not (args.data_dir / "df.csv").is_file():
         raise SystemExit(f"KuaiSAR-R not found at {args.data_dir}")
@@ -207,12 +303,7 @@ def main() -> int:
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="mrff-grpc-bench-") as tmp:
         work = Path(tmp)
-        subprocess.run(
-            [sys.executable, "-m", "mrff_secure.app.cli", "certs", "--out", str(work / "pki")],
-            check=True,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-        )
+        make_pki(work / "pki")
         for n in args.sizes:
             for mode in args.modes:
                 print(f"{mode} n={n} ...", flush=True)
@@ -226,16 +317,19 @@ def main() -> int:
                         pki=work / "pki",
                         work=work,
                         timeout=args.timeout,
+                        profile=args.profile,
                     )
                 except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
                     result = {"clients": n, "mode": mode, "error": f"{type(exc).__name__}: {exc}", "rounds": []}
                 results.append(result)
                 print(json.dumps(result["rounds"][-1] if result["rounds"] else result), flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
+                summary = summarize([r for r in results if r["rounds"]])
                 payload = {
                     "benchmark": "grpc_round",
                     "environment": environment,
                     "note": args.note,
+                    "load_average_at_end": os.getloadavg(),
                     "config": {
                         "sizes": args.sizes,
                         "modes": args.modes,
@@ -246,7 +340,8 @@ def main() -> int:
                         "tls": True,
                         "dp": "off",
                     },
-                    "summary": summarize([r for r in results if r["rounds"]]),
+                    "summary": summary,
+                    "server_cpu_fit": server_cpu_fit(summary),
                     "runs": results,
                     "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 }

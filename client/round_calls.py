@@ -16,13 +16,15 @@ from client.transport import ClientFailure, Transport
 from mrff_secure.errors import ConfigError
 from mrff_secure.round.spec import Phase
 from mrff_secure.secagg import messages, primitives
-from mrff_secure.wire import signing
+from mrff_secure.wire import limits, signing
 from mrff_secure.wire.v1 import coordinator_pb2 as pb
 
 if TYPE_CHECKING:
     from client.process import FaultInjection
 
 POLL_MS = 10_000
+FETCH_WAIT_MS = limits.MAX_WAIT_MS  # a fetch waits server-side as long as the server allows: it returns once the
+# message is published, and a long stage (local training before the first) costs few repeated calls
 SUBMIT_TIMEOUT_S = 60.0
 
 
@@ -110,9 +112,12 @@ class RoundCalls:
                 reply = self.transport.call(
                     "Fetch",
                     pb.FetchRequest(
-                        round_id=body.round_id, phase=_wire_phase(phase), stage=_wire_stage(stage), wait_ms=POLL_MS
+                        round_id=body.round_id,
+                        phase=_wire_phase(phase),
+                        stage=_wire_stage(stage),
+                        wait_ms=FETCH_WAIT_MS,
                     ),
-                    timeout=POLL_MS / 1000 + 30,
+                    timeout=FETCH_WAIT_MS / 1000 + 30,
                 )
             except grpc.RpcError as exc:
                 raise RoundFailed(f"fetch {pb.Stage.Name(stage)}: {exc.code().name}: {exc.details()}") from exc

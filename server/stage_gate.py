@@ -45,11 +45,12 @@ from server.errors import (
 )
 
 KEPT_OUTCOMES = 8  # outcomes of this many past rounds stay fetchable
+_PHASES = frozenset(Phase)
 
 
 def _phase_label(phase: int) -> str:
     """A phase's name for a message, or its number when a client named no known phase."""
-    return Phase(phase).label if phase in tuple(Phase) else str(phase)
+    return Phase(phase).label if phase in _PHASES else str(phase)
 
 
 class Stopped(Exception):
@@ -86,6 +87,10 @@ class RoundState:
     announcement_evaluates: bool = False  # the announcement carries evaluation parameters
     evaluation_open: bool = False  # the evaluation phase accepts inputs
     outcome: pb.RoundOutcome | None = None  # once decided
+    members: frozenset[int] = field(init=False)  # the participants, for the per-call membership checks
+
+    def __post_init__(self) -> None:
+        self.members = frozenset(self.participants)
 
 
 class StageGate:
@@ -199,7 +204,7 @@ class StageGate:
             if rs is None or rs.outcome is not None or rs.round_id != round_id:
                 current = "none" if rs is None or rs.outcome is not None else rs.round_id
                 raise WrongRound(f"round {round_id} is not running (current round: {current})")
-            if client_id not in rs.participants:
+            if client_id not in rs.members:
                 raise NotParticipant(f"client {client_id} is not a participant of round {round_id}")
             ps = rs.phases.get(phase)
             if ps is None or rs.current_phase != phase:
@@ -276,9 +281,9 @@ class StageGate:
                 rs = self._round
                 if rs is None or rs.round_id != round_id:
                     raise WrongRound(f"round {round_id} is not running")
-                if client_id not in rs.participants:
+                if client_id not in rs.members:
                     raise NotParticipant(f"client {client_id} is not a participant of round {round_id}")
-                if phase not in tuple(Phase):
+                if phase not in _PHASES:
                     raise Malformed(f"unknown phase {phase}")
                 if stage == pb.OUTCOME:
                     pass

@@ -586,6 +586,7 @@ def _serve(args: argparse.Namespace, run_folder: NewRunFolder) -> int:
     from mrff_secure.dp.config import default_delta
     from mrff_secure.pki import CertPaths, load_authority_public_key, load_revocations
     from mrff_secure.wire import signing
+    from mrff_secure.wire.collector import quiet_collector
     from server.message_caps import MessageCaps
     from server.revocation import RevocationCheckingCoordinator
     from server.service import TlsFiles, create_server
@@ -648,6 +649,7 @@ def _serve(args: argparse.Namespace, run_folder: NewRunFolder) -> int:
     )
     server, port = create_server(args.address, coordinator, tls=tls, caps=caps, max_workers=args.max_workers)
     host = args.address.rsplit(":", 1)[0]
+    quiet_collector()  # the dataset and model are loaded: the calls' objects are what the collector sees
     server.start()
     write_json_atomic(
         run_dir / ENDPOINT_FILE, {"address": f"{host}:{port}", "pid": os.getpid(), "tls": tls is not None}

@@ -77,12 +77,32 @@ def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
     return key.sign(message)
 
 
+VERIFIED_KEPT = 1 << 17  # successful verifications a process remembers (32-byte digests, oldest dropped first)
+_verified: dict[bytes, None] = {}  # insertion-ordered
+
+
 def verify(public_key: bytes, signature: bytes, message: bytes) -> None:
-    """Raise AuthenticationError unless `signature` is valid for `message` under `public_key`."""
+    """Raise AuthenticationError unless `signature` is valid for `message` under `public_key`.
+
+    A success is remembered for the process, by the SHA-256 of the exact key, signature and message (failures
+    are not): a process hosting many logical clients checks each neighbour's bundle and consistency signature
+    once, not once per logical client that has it as a neighbour. Verification is a function of those bytes,
+    so the answer is the same."""
+    public_key, signature, message = bytes(public_key), bytes(signature), bytes(message)
+    memo = hashlib.sha256(struct.pack(">II", len(public_key), len(signature)) + public_key + signature + message)
+    key = memo.digest()
+    if key in _verified:
+        return
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except (InvalidSignature, ValueError) as exc:
         raise AuthenticationError("signature did not verify") from exc
+    _verified[key] = None
+    if len(_verified) > VERIFIED_KEPT:
+        try:
+            del _verified[next(iter(_verified))]
+        except (StopIteration, KeyError, RuntimeError):  # another thread changed it meanwhile: drop nothing now
+            pass
 
 
 # --- key agreement (X25519) and derivation (HKDF-SHA256) ---------------------------------
