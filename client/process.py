@@ -26,6 +26,7 @@ from mrff_secure.model.roles import Role, parameter_roles
 from mrff_secure.round.spec import Phase
 from mrff_secure.round.stages import step_named
 from mrff_secure.round.update_vector import UpdateLayout
+from mrff_secure.secagg.primitives import remember_verified_signatures
 from mrff_secure.wire.collector import quiet_collector
 
 log = logging.getLogger("mrff.client")
@@ -117,6 +118,7 @@ def run_process(
     if max(users) >= data.num_users:
         raise ConfigError(f"user {max(users)} does not exist: the dataset has {data.num_users} users")
     shared = ProcessShared(data, waiting=ServerWait(connection.target, emit), enrolment=EnrolmentReporter(users, emit))
+    remember_verified_signatures()  # this process's logical clients check a shared neighbour's signature once
     quiet_collector()  # the dataset is loaded: the logical clients' message objects are what the collector sees
     stop = threading.Event()
     failures: list[str] = []

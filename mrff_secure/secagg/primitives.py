@@ -79,15 +79,34 @@ def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
 
 VERIFIED_KEPT = 1 << 17  # successful verifications a process remembers (32-byte digests, oldest dropped first)
 _verified: dict[bytes, None] = {}  # insertion-ordered
+_remembering = False
+
+
+def remember_verified_signatures(enabled: bool = True) -> None:
+    """Make `verify` remember its successes for the rest of the process (off by default).
+
+    For a process that hosts many logical clients (`mrff client --users 0-249`): each neighbour's bundle and
+    consistency signature is then checked once, not once per logical client that has it as a neighbour. Off
+    elsewhere: the in-memory simulation and its benchmarks model one client per device, where no client can
+    lean on another's checks."""
+    global _remembering
+    _remembering = enabled
+    if not enabled:
+        _verified.clear()
 
 
 def verify(public_key: bytes, signature: bytes, message: bytes) -> None:
     """Raise AuthenticationError unless `signature` is valid for `message` under `public_key`.
 
-    A success is remembered for the process, by the SHA-256 of the exact key, signature and message (failures
-    are not): a process hosting many logical clients checks each neighbour's bundle and consistency signature
-    once, not once per logical client that has it as a neighbour. Verification is a function of those bytes,
-    so the answer is the same."""
+    Where `remember_verified_signatures` turned it on, a success is remembered by the SHA-256 of the exact key,
+    signature and message (failures are not): verification is a function of those bytes, so the answer is the
+    same."""
+    if not _remembering:
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes(public_key)).verify(bytes(signature), bytes(message))
+        except (InvalidSignature, ValueError) as exc:
+            raise AuthenticationError("signature did not verify") from exc
+        return
     public_key, signature, message = bytes(public_key), bytes(signature), bytes(message)
     memo = hashlib.sha256(struct.pack(">II", len(public_key), len(signature)) + public_key + signature + message)
     key = memo.digest()

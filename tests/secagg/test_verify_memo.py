@@ -8,6 +8,32 @@ from mrff_secure.errors import AuthenticationError
 from mrff_secure.secagg import primitives
 
 
+@pytest.fixture(autouse=True)
+def remembering():
+    primitives.remember_verified_signatures()
+    yield
+    primitives.remember_verified_signatures(False)
+
+
+def test_nothing_is_remembered_unless_a_process_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    primitives.remember_verified_signatures(False)
+    key = primitives.generate_identity_key()
+    public = primitives.identity_public_bytes(key)
+    signature = primitives.sign(key, b"m")
+    primitives.verify(public, signature, b"m")
+    calls: list[bytes] = []
+    real = primitives.Ed25519PublicKey.from_public_bytes
+
+    def counted(data: bytes) -> primitives.Ed25519PublicKey:
+        calls.append(data)
+        return real(data)
+
+    monkeypatch.setattr(primitives.Ed25519PublicKey, "from_public_bytes", staticmethod(counted))
+    primitives.verify(public, signature, b"m")  # the simulation models one client per device: checked again
+    assert calls == [public]
+    assert primitives._verified == {}
+
+
 def test_a_success_is_remembered_and_a_changed_byte_still_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     key = primitives.generate_identity_key()
     public = primitives.identity_public_bytes(key)
