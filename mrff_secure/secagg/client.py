@@ -325,12 +325,12 @@ class ClientSession:
             raise ConfigError(f"threshold t={t} is not a strict majority of our {len(self.neighbours)} neighbours")
 
         mask_private = primitives.agreement_private_bytes(self._mask_key)
-        shares = shamir.split_many(
+        shares = shamir.split_values(
             [self._self_mask_seed, mask_private], [v + 1 for v in self.neighbours], t, random=self._random
         )
         sealed = []
         for peer, (self_share, key_share) in zip(self.neighbours, shares):
-            payload = SharePayload(self.client_id, peer, self_share.value, key_share.value).to_bytes()
+            payload = SharePayload(self.client_id, peer, self_share, key_share).to_bytes()
             ciphertext = primitives.seal(
                 self._cipher_key_with(peer),
                 payload,
