@@ -178,14 +178,19 @@ def first_unopened(
     return next(i for i in range(n) if computed[32 * i : 32 * (i + 1)] != commitments[32 * i : 32 * (i + 1)])
 
 
+_ROUND_AND_PAIR = struct.Struct(">QII")
+
+
 def hkdf_info(purpose: bytes, round_id: int, low_id: int, high_id: int) -> bytes:
-    """The labelled HKDF info: domain | version (u8) | purpose | round (u64) | id pair (2 x u32), big-endian."""
-    return (
-        _DOMAIN
-        + struct.pack(">B", PROTOCOL_VERSION)
-        + struct.pack(">B", len(purpose))
-        + purpose
-        + struct.pack(">QII", round_id, low_id, high_id)
+    """The labelled HKDF info: domain | version (u8) | len(purpose) (u8) | purpose | round (u64) | id pair
+    (2 x u32), big-endian."""
+    return b"".join(
+        (
+            _DOMAIN,
+            struct.pack(">BB", PROTOCOL_VERSION, len(purpose)),
+            purpose,
+            _ROUND_AND_PAIR.pack(round_id, low_id, high_id),
+        )
     )
 
 
