@@ -1,13 +1,14 @@
-"""Shamir's vectorized paths give exactly what the textbook code gives: the share bytes of the polynomial
-evaluation (float64 matrix product over the points' powers) against Horner's rule in Python integers, the
-batched Lagrange weights against the per-point formula, split_values against split_many; refusals kept."""
+"""The vectorized and object-reusing paths give exactly what the textbook code gives: Shamir share bytes of the
+polynomial evaluation (float64 matrix product over the points' powers) against Horner's rule in Python integers,
+the batched Lagrange weights against the per-point formula, split_values against split_many, a share cipher object
+against its key; refusals kept."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mrff_secure.errors import SecAggError
+from mrff_secure.errors import AuthenticationError, SecAggError
 from mrff_secure.secagg import primitives, shamir
 
 P = shamir.PRIME
@@ -101,3 +102,26 @@ def test_refusals_are_kept():
     one_of_two = shamir.split_many([secret], [1, 2, 3], 3)
     with pytest.raises(SecAggError, match="valid secret"):  # too few shares interpolate garbage, nearly surely
         shamir.combine([one_of_two[0][0], one_of_two[1][0]], 2)
+
+
+def test_a_share_cipher_object_seals_and_opens_as_its_key_does():
+    key = bytes(range(32))
+    cipher = primitives.share_cipher(key)
+    plaintext = bytes(range(96))
+    by_key = primitives.seal(key, plaintext, sender=4, receiver=9, round_id=7, random=primitives.keystream_random(key))
+    by_cipher = primitives.seal(
+        cipher, plaintext, sender=4, receiver=9, round_id=7, random=primitives.keystream_random(key)
+    )
+    assert by_cipher == by_key
+    assert primitives.open_sealed(cipher, by_key, sender=4, receiver=9, round_id=7) == plaintext
+    tampered = by_key[:-1] + bytes([by_key[-1] ^ 1])
+    for wrong in (
+        dict(sealed=tampered, sender=4, receiver=9, round_id=7),
+        dict(sealed=by_key, sender=9, receiver=4, round_id=7),
+        dict(sealed=by_key, sender=4, receiver=9, round_id=8),
+        dict(sealed=by_key[:27], sender=4, receiver=9, round_id=7),
+    ):
+        with pytest.raises(AuthenticationError, match="did not verify"):
+            primitives.open_sealed(cipher, **wrong)
+    with pytest.raises(AuthenticationError, match="did not verify"):
+        primitives.open_sealed(primitives.share_cipher(bytes(32)), by_key, sender=4, receiver=9, round_id=7)
