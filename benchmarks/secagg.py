@@ -28,6 +28,7 @@ Timings come from a shared 2-core machine with other work running: noisy; median
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -124,6 +125,9 @@ def client_input(seed: int, client: int, d: int, max_abs: int) -> np.ndarray:
     return np.random.default_rng([seed, client]).integers(-max_abs, max_abs + 1, d)
 
 
+UNTIMED_COLLECTION = [False]  # True during instrumented_round's untimed stage-boundary gc.collect()
+
+
 def instrumented_round(
     config: SecAggConfig,
     *,
@@ -132,6 +136,7 @@ def instrumented_round(
     drop_at_masked_input: Collection[int] | Callable[[dict], Collection[int]] = (),
     identities: Identities | None = None,
     policy: SecAggPolicy | None = None,
+    freeze_gc: bool = True,
 ) -> dict:
     """One secure sum of all config.num_clients clients, every stage timed (see the module docstring).
 
@@ -142,7 +147,42 @@ def instrumented_round(
     in wall time (perf_counter) and in this process's CPU time (process_time: less disturbed by
     other work on a shared machine). Returns the timings, byte counts, the server session (for the
     floor) and the survivors.
+
+    freeze_gc (default): model one session per device for the cyclic garbage collector. A deployed
+    client holds one session, so its collector never walks other clients' objects; this process
+    holds all n. After the sessions are built and at each stage boundary (untimed), gc.collect()
+    then gc.freeze() moves every live object into the permanent generation, which collections
+    skip: a collection during a timed step walks what was allocated since the last boundary (the
+    current stage's objects), not the n sessions' accumulated state. Collections still run and are
+    timed where they fall. gc.unfreeze() at the end (also on error). freeze_gc=False: one shared
+    heap, as before.
     """
+    try:
+        return _instrumented_round(
+            config,
+            round_id=round_id,
+            input_for=input_for,
+            drop_at_masked_input=drop_at_masked_input,
+            identities=identities,
+            policy=policy,
+            freeze_gc=freeze_gc,
+        )
+    finally:
+        if freeze_gc:
+            gc.unfreeze()
+
+
+def _instrumented_round(
+    config: SecAggConfig,
+    *,
+    round_id: int,
+    input_for: Callable[[int], np.ndarray],
+    drop_at_masked_input: Collection[int] | Callable[[dict], Collection[int]],
+    identities: Identities | None,
+    policy: SecAggPolicy | None,
+    freeze_gc: bool,
+) -> dict:
+    """instrumented_round's body (see there)."""
     n = config.num_clients
     ids = list(range(n))
     identities = identities if identities is not None else make_identities(ids)
@@ -206,6 +246,13 @@ def instrumented_round(
 
     deliveries: dict[int, bytes | None] = dict.fromkeys(ids)  # what each client fetches before its step
     for step in ROUND_STAGES:  # the one stage table (mrff_secure.round.stages)
+        if freeze_gc:  # untimed stage boundary: live objects leave the collector's walks
+            UNTIMED_COLLECTION[0] = True  # a gc.callbacks timer can skip this collection
+            try:
+                gc.collect()
+            finally:
+                UNTIMED_COLLECTION[0] = False
+            gc.freeze()
         masked = step.stage is Stage.MASKED_INPUT
         if step.stage is Stage.SHARE_KEYS and callable(drop_at_masked_input):
             dropped = set(drop_at_masked_input(server.graph))

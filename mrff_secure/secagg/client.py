@@ -17,6 +17,7 @@ from typing import Callable, Collection, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mrff_secure.checks import check_int
 from mrff_secure.errors import AggregationAborted, AuthenticationError, ConfigError, ProtocolViolation
@@ -156,7 +157,7 @@ class ClientSession:
         self._signed_survivors: tuple[int, ...] | None = None
         self._consistency_payload = b""  # what we signed at the consistency check
         self._revealed: dict[int, ShareKind] = {}
-        self._cipher_keys: dict[int, bytes] = {}
+        self._share_ciphers: dict[int, AESGCM] = {}
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -176,10 +177,11 @@ class ClientSession:
         """The survivor list this client signed (None before the consistency check)."""
         return self._signed_survivors
 
-    def _cipher_key_with(self, peer: int) -> bytes:
-        """The pair's share-encryption key, derived once (when we encrypt to the peer) and reused."""
-        key = self._cipher_keys.get(peer)
-        if key is None:
+    def _share_cipher_with(self, peer: int) -> AESGCM:
+        """The pair's share-encryption cipher (primitives.share_cipher of the derived key), made once (when we
+        encrypt to the peer) and reused to open the peer's share."""
+        cipher = self._share_ciphers.get(peer)
+        if cipher is None:
             secret = primitives.agree(self._cipher_key, self._roster[peer].cipher_public_key)
             key = primitives.derive_key(
                 secret,
@@ -188,8 +190,9 @@ class ClientSession:
                 id_a=self.client_id,
                 id_b=peer,
             )
-            self._cipher_keys[peer] = key
-        return key
+            cipher = primitives.share_cipher(key)
+            self._share_ciphers[peer] = cipher
+        return cipher
 
     def _other_round_body(self, clients: list[int], theirs: bytes) -> ProtocolViolation:
         """The refusal when participants accepted another round body than ours (W21)."""
@@ -325,14 +328,14 @@ class ClientSession:
             raise ConfigError(f"threshold t={t} is not a strict majority of our {len(self.neighbours)} neighbours")
 
         mask_private = primitives.agreement_private_bytes(self._mask_key)
-        shares = shamir.split_many(
+        shares = shamir.split_values(
             [self._self_mask_seed, mask_private], [v + 1 for v in self.neighbours], t, random=self._random
         )
         sealed = []
         for peer, (self_share, key_share) in zip(self.neighbours, shares):
-            payload = SharePayload(self.client_id, peer, self_share.value, key_share.value).to_bytes()
+            payload = SharePayload(self.client_id, peer, self_share, key_share).to_bytes()
             ciphertext = primitives.seal(
-                self._cipher_key_with(peer),
+                self._share_cipher_with(peer),
                 payload,
                 sender=self.client_id,
                 receiver=peer,
@@ -358,7 +361,7 @@ class ClientSession:
                     f"client {self.client_id}: unexpected share from {item.sender} to {item.receiver}"
                 )
             plaintext = primitives.open_sealed(
-                self._cipher_key_with(item.sender),
+                self._share_cipher_with(item.sender),
                 item.ciphertext,
                 sender=item.sender,
                 receiver=self.client_id,

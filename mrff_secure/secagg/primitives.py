@@ -217,23 +217,31 @@ def first_unopened(
     return next(i for i in range(n) if computed[32 * i : 32 * (i + 1)] != commitments[32 * i : 32 * (i + 1)])
 
 
+_ROUND_AND_PAIR = struct.Struct(">QII")
+
+
 def hkdf_info(purpose: bytes, round_id: int, low_id: int, high_id: int) -> bytes:
-    """The labelled HKDF info: domain | version (u8) | purpose | round (u64) | id pair (2 x u32), big-endian."""
-    return (
-        _DOMAIN
-        + struct.pack(">B", PROTOCOL_VERSION)
-        + struct.pack(">B", len(purpose))
-        + purpose
-        + struct.pack(">QII", round_id, low_id, high_id)
+    """The labelled HKDF info: domain | version (u8) | len(purpose) (u8) | purpose | round (u64) | id pair
+    (2 x u32), big-endian."""
+    return b"".join(
+        (
+            _DOMAIN,
+            struct.pack(">BB", PROTOCOL_VERSION, len(purpose)),
+            purpose,
+            _ROUND_AND_PAIR.pack(round_id, low_id, high_id),
+        )
     )
+
+
+_SHA256 = hashes.SHA256()  # an immutable algorithm descriptor
 
 
 def derive_key(secret: bytes, *, purpose: bytes, round_id: int, id_a: int, id_b: int) -> bytes:
     """A 256-bit key for one purpose, one round and one unordered pair of clients (HKDF-SHA256)."""
     low, high = (id_a, id_b) if id_a <= id_b else (id_b, id_a)
-    return HKDF(
-        algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=hkdf_info(purpose, round_id, low, high)
-    ).derive(secret)
+    return HKDF(algorithm=_SHA256, length=KEY_BYTES, salt=None, info=hkdf_info(purpose, round_id, low, high)).derive(
+        secret
+    )
 
 
 # --- mask generator (AES-256-CTR keystream) ------------------------------------------------
@@ -285,19 +293,35 @@ def _share_ad(sender: int, receiver: int, round_id: int) -> bytes:
     return _DOMAIN + struct.pack(">BQII", PROTOCOL_VERSION, round_id, sender, receiver)
 
 
+def share_cipher(key: bytes) -> AESGCM:
+    """The AES-256-GCM object of one share-encryption key, built once and passed to seal/open_sealed in place of
+    the key (a pair's key seals one share and opens one)."""
+    return AESGCM(key)
+
+
 def seal(
-    key: bytes, plaintext: bytes, *, sender: int, receiver: int, round_id: int, random: RandomBytes = system_random
+    key: bytes | AESGCM,
+    plaintext: bytes,
+    *,
+    sender: int,
+    receiver: int,
+    round_id: int,
+    random: RandomBytes = system_random,
 ) -> bytes:
-    """nonce (12 bytes) | AES-256-GCM ciphertext+tag, with AD = version | round | sender | receiver."""
+    """nonce (12 bytes) | AES-256-GCM ciphertext+tag, with AD = version | round | sender | receiver.
+    key: 32 bytes, or share_cipher(key)."""
     nonce = random(NONCE_BYTES)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, _share_ad(sender, receiver, round_id))
+    cipher = key if isinstance(key, AESGCM) else AESGCM(key)
+    return nonce + cipher.encrypt(nonce, plaintext, _share_ad(sender, receiver, round_id))
 
 
-def open_sealed(key: bytes, sealed: bytes, *, sender: int, receiver: int, round_id: int) -> bytes:
-    """Inverse of `seal`; any tampering, wrong key or wrong AD raises one opaque AuthenticationError."""
+def open_sealed(key: bytes | AESGCM, sealed: bytes, *, sender: int, receiver: int, round_id: int) -> bytes:
+    """Inverse of `seal`; any tampering, wrong key or wrong AD raises one opaque AuthenticationError.
+    key: 32 bytes, or share_cipher(key)."""
     if len(sealed) < NONCE_BYTES + 16:
         raise AuthenticationError("ciphertext did not verify")
+    cipher = key if isinstance(key, AESGCM) else AESGCM(key)
     try:
-        return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _share_ad(sender, receiver, round_id))
+        return cipher.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _share_ad(sender, receiver, round_id))
     except InvalidTag as exc:
         raise AuthenticationError("ciphertext did not verify") from exc

@@ -82,7 +82,8 @@ class ServerSession:
         self.graph: dict[int, tuple[int, ...]] = {}
         self._share_keys: dict[int, ShareKeys] = {}  # U2
         self._delivered: dict[int, frozenset[int]] = {}  # receiver -> senders whose shares it got
-        self._masked: dict[int, np.ndarray] = {}  # U3
+        self._masked: set[int] = set()  # U3
+        self._masked_total = masking.zeros(config.vector_length, config.bits)  # (d,) sum of U3's uploads mod 2^b
         self.survivors: tuple[int, ...] = ()
         self._consistency_payload = b""  # what each survivor signs (fixed when the survivor list is)
         self._signatures: dict[int, ConsistencySignature] = {}  # U4
@@ -215,8 +216,11 @@ class ServerSession:
                 f"client {sender} sent {message.length} values of {message.modulus_bits} bits, expected "
                 f"{self.config.vector_length} of {self.config.bits}"
             )
-        values = packing.unpack(message.payload, message.modulus_bits, message.length)
-        self._masked[sender] = values.astype(primitives.word_dtype(self.config.bits))
+        values = packing.unpack(message.payload, message.modulus_bits, message.length)  # (d,) uint64, < 2^b
+        # every upload is a survivor's (U3 is the survivor list): add it now rather than keep n vectors; the
+        # word dtype wraps mod 2^32 or 2^64, exact mod 2^b
+        np.add(self._masked_total, values, out=self._masked_total, casting="unsafe")
+        self._masked.add(sender)
 
     def _recoverable(self, holders_alive: set[int]) -> None:
         """Abort unless every survivor and every needed dropped client has >= t live share holders."""
@@ -308,9 +312,7 @@ class ServerSession:
             for item in response.key_shares:
                 key_shares.setdefault(item.owner, []).append(item.share)
 
-        total = masking.zeros(length, bits)  # (d,) word dtype
-        for u in self.survivors:
-            total += self._masked[u]
+        total = self._masked_total.copy()  # (d,) word dtype: the survivors' uploads, added as they came
         for u in self.survivors:
             seed = self._combine(self_shares[u], u)
             committed = self._bundles[u].self_mask_commitment

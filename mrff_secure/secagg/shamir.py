@@ -80,6 +80,70 @@ def _check_points(xs: Sequence[int]) -> np.ndarray:
     return points.astype(np.uint64)
 
 
+def _powers(points: np.ndarray, count: int) -> np.ndarray:
+    """(n, count) uint64: x_i^j mod p for j = 0..count-1 (each < p), doubling the filled columns per step."""
+    p = np.uint64(PRIME)
+    powers = np.empty((points.size, count), dtype=np.uint64)
+    powers[:, 0] = 1
+    filled = 1
+    step = points % p  # x^filled
+    while filled < count:
+        width = min(filled, count - filled)
+        block = powers[:, filled : filled + width]
+        np.multiply(powers[:, :width], step[:, None], out=block)  # < 2^62
+        block %= p
+        filled += width
+        if filled < count:
+            step = powers[:, filled - 1] * points % p
+    return powers
+
+
+def _evaluate(points: np.ndarray, coefficients: np.ndarray, constant: np.ndarray) -> np.ndarray:
+    """Each polynomial constant + sum_j coefficients[j] x^(j+1) mod p at every point: (n, secrets, limbs) uint64.
+
+    A matrix product of the points' powers with the coefficients, exact in float64: powers and
+    coefficients (< p < 2^31) are cut into 16-bit halves, so each product is below 2^32 and each
+    sum of t (< 2^20) of them below 2^53, where float64 holds every integer; the halves are then
+    recombined mod p in uint64. points: (n,) uint64 in [1, p); coefficients: (t-1, secrets, limbs);
+    constant: (secrets, limbs).
+    """
+    t = coefficients.shape[0] + 1
+    if t >= 1 << 20:
+        raise SecAggError(f"threshold {t} is too large for exact evaluation")
+    columns = np.concatenate([constant[None], coefficients]).reshape(t, -1)  # (t, secrets * limbs)
+    width = columns.shape[1]
+    mask, shift = np.uint64(0xFFFF), np.uint64(16)
+    halves = np.concatenate([columns & mask, columns >> shift], axis=1).astype(np.float64)  # (t, 2 width)
+    powers = _powers(points, t)  # (n, t)
+    by_low = ((powers & mask).astype(np.float64) @ halves).astype(np.uint64)  # (n, 2 width), exact
+    by_high = ((powers >> shift).astype(np.float64) @ halves).astype(np.uint64)
+    p = np.uint64(PRIME)
+    top = by_high[:, width:] % p  # coefficient of 2^32
+    middle = by_low[:, width:] + by_high[:, :width]  # coefficient of 2^16, < 2^54
+    values = ((top << shift) + middle % p) % p
+    values = ((values << shift) + by_low[:, :width] % p) % p
+    return values.reshape((points.size,) + constant.shape)
+
+
+def split_values(
+    secrets: Sequence[bytes], xs: Sequence[int], threshold: int, *, random: RandomBytes = system_random
+) -> list[list[bytes]]:
+    """split_many without the Share objects: result[i][j] is the 44-byte value of secret j's share at xs[i]
+    (the same bytes split_many would put in Share(xs[i], ...), for the same randomness)."""
+    points = _check_points(xs)
+    check_int("threshold (at most the number of shares)", threshold, low=1, high=points.size, error=SecAggError)
+    constant = np.stack([_secret_to_limbs(s) for s in secrets])  # (secrets, limbs)
+    coefficients = _random_field_elements((threshold - 1,) + constant.shape, random)  # (t-1, secrets, limbs)
+    values = _evaluate(points, coefficients, constant)  # (n, secrets, limbs)
+    raw = values.astype(">u4").tobytes()  # (n, secrets, limbs) big-endian u32, row-major
+    width = SHARE_VALUE_BYTES
+    row = width * len(secrets)
+    return [
+        [raw[start + j * width : start + (j + 1) * width] for j in range(len(secrets))]
+        for start in range(0, len(raw), row)
+    ]
+
+
 def split_many(
     secrets: Sequence[bytes], xs: Sequence[int], threshold: int, *, random: RandomBytes = system_random
 ) -> list[list[Share]]:
@@ -87,27 +151,8 @@ def split_many(
 
     Any `threshold` shares of a secret recover it; fewer are uniformly random.
     """
-    points = _check_points(xs)
-    check_int("threshold (at most the number of shares)", threshold, low=1, high=points.size, error=SecAggError)
-    constant = np.stack([_secret_to_limbs(s) for s in secrets])  # (secrets, limbs)
-    coefficients = _random_field_elements((threshold - 1,) + constant.shape, random)  # (t-1, secrets, limbs)
-    p = np.uint64(PRIME)
-    x = points[:, None, None]  # (n, 1, 1)
-    # Horner from the highest coefficient down; acc stays < p, acc * x < 2^62.
-    acc = np.zeros((points.size,) + constant.shape, dtype=np.uint64)  # (n, secrets, limbs)
-    for j in range(threshold - 2, -1, -1):
-        acc = (acc * x + coefficients[j]) % p
-    acc = (acc * x + constant) % p
-    raw = acc.astype(">u4").tobytes()  # (n, secrets, limbs) big-endian u32, row-major
-    width = SHARE_VALUE_BYTES
-    xs_int = points.tolist()
-    return [
-        [
-            Share(x, raw[(i * len(secrets) + j) * width : (i * len(secrets) + j + 1) * width])
-            for j in range(len(secrets))
-        ]
-        for i, x in enumerate(xs_int)
-    ]
+    values = split_values(secrets, xs, threshold, random=random)
+    return [[Share(int(x), value) for value in row] for x, row in zip(xs, values)]
 
 
 def split(
@@ -120,22 +165,44 @@ def split(
     return [row[0] for row in split_many([secret], points, threshold, random=random)]
 
 
+def _row_products(matrix: np.ndarray) -> np.ndarray:
+    """Product of each row mod p, (rows,) uint64, for entries < p: halving the columns pairwise
+    (each product of two entries < 2^62, reduced at once)."""
+    p = np.uint64(PRIME)
+    while matrix.shape[1] > 1:
+        if matrix.shape[1] % 2:
+            matrix = np.concatenate([matrix, np.ones((matrix.shape[0], 1), dtype=np.uint64)], axis=1)
+        matrix = matrix[:, 0::2] * matrix[:, 1::2]
+        matrix %= p
+    return matrix[:, 0]
+
+
 def lagrange_at_zero(xs: np.ndarray) -> np.ndarray:
-    """Coefficients l_i with f(0) = sum_i l_i f(x_i) mod p, for distinct non-zero xs; (t,) uint64."""
+    """Coefficients l_i with f(0) = sum_i l_i f(x_i) mod p, for distinct non-zero xs; (t,) uint64.
+
+    l_i = prod_j x_j / (x_i prod_{j != i} (x_j - x_i)) mod p: the t denominators are row products of the
+    (t, t) difference matrix (diagonal set to 1), inverted together with one modular exponentiation
+    (prefix products, one inverse, then back)."""
     p = PRIME
-    t = xs.size
-    xs_int = [int(v) for v in xs]
-    weights = np.empty(t, dtype=np.uint64)
+    points = np.asarray(xs, dtype=np.uint64) % np.uint64(p)  # (t,)
+    t = points.size
+    differences = (points[None, :] + np.uint64(p) - points[:, None]) % np.uint64(p)  # [i, j] = x_j - x_i mod p
+    np.fill_diagonal(differences, points)  # the x_i factor of each denominator
+    denominators = _row_products(differences).tolist()  # (t,) Python ints in [0, p)
+    if 0 in denominators:
+        raise SecAggError("evaluation points must be distinct and non-zero mod p")
     numerator_all = 1
-    for v in xs_int:
+    for v in points.tolist():
         numerator_all = numerator_all * v % p
-    for i, xi in enumerate(xs_int):
-        denominator = xi
-        for j, xj in enumerate(xs_int):
-            if j != i:
-                denominator = denominator * (xj - xi) % p
-        weights[i] = numerator_all * pow(denominator, p - 2, p) % p
-    return weights
+    prefix = [1] * (t + 1)  # prefix[i] = prod of denominators[:i]
+    for i, value in enumerate(denominators):
+        prefix[i + 1] = prefix[i] * value % p
+    inverse = pow(prefix[t], p - 2, p)  # 1 / prod of all denominators
+    weights = [0] * t
+    for i in range(t - 1, -1, -1):
+        weights[i] = numerator_all * inverse % p * prefix[i] % p  # inverse * prefix[i] = 1 / denominators[i]
+        inverse = inverse * denominators[i] % p
+    return np.array(weights, dtype=np.uint64)
 
 
 def combine(shares: Sequence[Share], threshold: int) -> bytes:
