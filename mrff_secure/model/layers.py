@@ -21,9 +21,15 @@ ModelOutput = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
 
 class AttributeEmbedding(nn.Module):
-    """Concatenation of one embedding per attribute field (token_seq fields: mean of their tokens)."""
+    """Concatenation of one embedding per attribute field (token_seq fields: mean of their tokens).
+
+    When every field is a single token, the lookup is one `F.embedding` into the fields' tables stacked row-wise
+    (their tokens offset into it), so one lookup and one gradient scatter serve all fields; each table's padding
+    row enters that stack detached, so it gets no gradient, as with `padding_idx`.
+    """
 
     tokens: torch.Tensor  # a buffer (register_buffer): (rows, width)
+    stacked_tokens: torch.Tensor  # single-token fields only: tokens offset into the stacked tables, (rows, fields)
 
     def __init__(self, table: AttributeTable, dim: int) -> None:
         super().__init__()
@@ -36,8 +42,16 @@ class AttributeEmbedding(nn.Module):
             self.tables.append(nn.Parameter(weight))
         self.register_buffer("tokens", torch.as_tensor(table.tokens), persistent=False)
         self.out_dim = dim * len(table.vocab_sizes)
+        self.single_tokens = all(hi - lo == 1 for lo, hi in table.spans)
+        if self.single_tokens:
+            offsets = torch.cumsum(torch.as_tensor((0, *table.vocab_sizes[:-1])), 0)
+            self.register_buffer("stacked_tokens", self.tokens + offsets, persistent=False)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.single_tokens:
+            stacked = torch.cat([part for w in self.tables for part in (w[:-1], w[-1:].detach())])
+            emb = F.embedding(self.stacked_tokens[rows], stacked)  # (..., fields, dim)
+            return emb.flatten(-2)  # (..., fields * dim)
         tokens = self.tokens[rows]  # (..., width)
         parts = []
         for weight, pad, (lo, hi) in zip(self.tables, self.padding, self.spans):
