@@ -209,6 +209,14 @@ class FeedForward(nn.Module):
         return apply_ffn(self.kind, weights, x, self.dropout, self.training)
 
 
+def causal_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q k^T / sqrt(head size) with -inf above the diagonal (a query sees itself and earlier keys): q, k
+    (heads, seq, head) -> (heads, seq, seq). One baddbmm: the mask and the scaling are fused into the matmul."""
+    seq, head = q.shape[-2], q.shape[-1]
+    mask = torch.full((seq, seq), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
+    return torch.baddbmm(mask, q, k.transpose(-1, -2), alpha=1.0 / math.sqrt(head))
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with queries from a (layer-normed) input and keys/values from another."""
 
@@ -231,10 +239,7 @@ class CausalSelfAttention(nn.Module):
         k, v = F.linear(source, w_kv, b_kv).chunk(2, dim=-1)
         head = hidden // self.num_heads
         q, k, v = (t.view(seq, self.num_heads, head).transpose(0, 1) for t in (q, k, v))  # (heads, seq, head)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(head)  # (heads, seq, seq)
-        causal = torch.ones(seq, seq, dtype=torch.bool, device=query.device).tril()
-        scores = scores.masked_fill(~causal, float("-inf"))
-        weights = dropout(scores.softmax(-1), self.dropout, self.training)
+        weights = dropout(causal_scores(q, k).softmax(-1), self.dropout, self.training)
         out = (weights @ v).transpose(0, 1).reshape(seq, hidden)
         return F.linear(out, self.out_weight, self.out_bias)
 
