@@ -24,7 +24,7 @@ class AttributeEmbedding(nn.Module):
     """Concatenation of one embedding per attribute field (token_seq fields: mean of their tokens).
 
     When every field is a single token, the lookup is one `F.embedding` into the fields' tables stacked row-wise
-    (their tokens offset into it), so one lookup and one gradient scatter serve all fields; each table's padding
+    (their tokens offset into it), so one index_select and one gradient scatter serve all fields; each table's padding
     row enters that stack detached, so it gets no gradient, as with `padding_idx`.
     """
 
@@ -50,8 +50,9 @@ class AttributeEmbedding(nn.Module):
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         if self.single_tokens:
             stacked = torch.cat([part for w in self.tables for part in (w[:-1], w[-1:].detach())])
-            emb = F.embedding(self.stacked_tokens[rows], stacked)  # (..., fields, dim)
-            return emb.flatten(-2)  # (..., fields * dim)
+            tokens = self.stacked_tokens[rows]  # (..., fields)
+            # index_select, not F.embedding: its backward (index_add) is much faster under vmap on CPU
+            return stacked.index_select(0, tokens.flatten()).view(*tokens.shape[:-1], -1)  # (..., fields * dim)
         tokens = self.tokens[rows]  # (..., width)
         parts = []
         for weight, pad, (lo, hi) in zip(self.tables, self.padding, self.spans):
