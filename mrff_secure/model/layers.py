@@ -52,7 +52,7 @@ class AttributeEmbedding(nn.Module):
             stacked = torch.cat([part for w in self.tables for part in (w[:-1], w[-1:].detach())])
             tokens = self.stacked_tokens[rows]  # (..., fields)
             # index_select, not F.embedding: its backward (index_add) is much faster under vmap on CPU
-            return stacked.index_select(0, tokens.flatten()).view(*tokens.shape[:-1], -1)  # (..., fields * dim)
+            return stacked.index_select(0, tokens.flatten()).view(*tokens.shape[:-1], self.out_dim)
         tokens = self.tokens[rows]  # (..., width)
         parts = []
         for weight, pad, (lo, hi) in zip(self.tables, self.padding, self.spans):
