@@ -23,8 +23,8 @@ ModelOutput = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 class AttributeEmbedding(nn.Module):
     """Concatenation of one embedding per attribute field (token_seq fields: mean of their tokens).
 
-    When every field is a single token, the lookup is one `F.embedding` into the fields' tables stacked row-wise
-    (their tokens offset into it), so one index_select and one gradient scatter serve all fields; each table's padding
+    When every field is a single token, the lookup is one index_select from the fields' tables stacked row-wise
+    (their tokens offset into it), so one lookup and one gradient scatter serve all fields; each table's padding
     row enters that stack detached, so it gets no gradient, as with `padding_idx`.
     """
 
@@ -128,6 +128,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if not training or p == 0.0:
         return x
     n = x.numel()
+    # every 64-bit value but 2**63 - 1 (randint's bound is exclusive): four uniform 16-bit pieces per word
     words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
     draws = words.view(torch.int16)[:n].view(x.shape).to(x.dtype)  # uniform integers in [-2**15, 2**15)
     # draw - (threshold - 0.5) is a nonzero half-integer: its sign is +1 (keep) or -1 (drop), exactly
