@@ -66,24 +66,29 @@ class LocalResult:
 
 
 def _adam_step(
-    g: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None, step: int, lr: float, last_step: bool
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-    """The change Adam makes to a parameter at `step` (1-based), as torch.optim.Adam computes it.
-
-    At the first step from a fresh state m_hat = g and v_hat = g^2, so the change is
-    -lr * g / (|g| + eps); that case runs in place on `g` without keeping state
-    (the hot path of the paper's one-step setup) when no later step needs the state.
-    """
+    g: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None, step: int, lr: float
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The change Adam makes to a parameter at `step` (1-based), as torch.optim.Adam computes it, and its new
+    state. (A single local step takes `_first_adam_changes_`, which keeps no state.)"""
     beta1, beta2 = ADAM_BETAS
-    if step == 1 and last_step:
-        denom = g.abs().add_(ADAM_EPS)
-        return g.div_(denom).mul_(-lr), None
     m, v = state if state is not None else (torch.zeros_like(g), torch.zeros_like(g))
     m = m * beta1 + (1 - beta1) * g
     v = v * beta2 + (1 - beta2) * g * g
     bias1, bias2 = 1 - beta1**step, 1 - beta2**step
     denom = v.sqrt() / (bias2**0.5) + ADAM_EPS
     return -(lr / bias1) * m / denom, (m, v)
+
+
+def _first_adam_changes_(grads: list[torch.Tensor], lr: float) -> None:
+    """Adam's change at the first step from a fresh state, in place on every gradient at once.
+
+    There m_hat = g and v_hat = g^2, so the change is -lr * g / (|g| + eps) (torch.optim.Adam's arithmetic);
+    torch._foreach_* makes one call per operation for all tensors (the hot path of the paper's one-step setup).
+    """
+    denoms = torch._foreach_abs(grads)
+    torch._foreach_add_(denoms, ADAM_EPS)
+    torch._foreach_div_(grads, denoms)
+    torch._foreach_mul_(grads, -lr)
 
 
 def train_clients(
@@ -145,11 +150,16 @@ def train_clients(
             routes = step_routes  # the route of the first step holds for the whole round
             if weight_decay:
                 routed_global = {n: t[routes[:, group_block[n]]] for n, t in stacked.items()}
+        one_step_adam = optimizer == "adam" and step == local_steps == 1  # the hot path: the paper's setup
+        if one_step_adam:
+            _first_adam_changes_([grads[n] for n in names], lr)  # in place: the gradients become the changes
         for n in names:
-            if optimizer == "sgd":
+            if one_step_adam:
+                change = grads[n]
+            elif optimizer == "sgd":
                 change = grads[n].mul_(-lr)
             else:
-                change, state[n] = _adam_step(grads[n], state.get(n), step, lr, step == local_steps)
+                change, state[n] = _adam_step(grads[n], state.get(n), step, lr)
             if weight_decay:
                 change = change.sub_(params[n], alpha=lr * weight_decay)
             deltas[n] = change if n not in deltas else deltas[n].add_(change)

@@ -53,7 +53,7 @@ class PointwiseAttention(nn.Module):
         bias = self.relative_bias[:, distance]  # (heads, seq, seq)
         visible = torch.ones(seq, seq, dtype=x.dtype, device=x.device).tril() * real.unsqueeze(0)  # causal, real keys
         seen = visible.sum(-1, keepdim=True).clamp(min=1.0)  # (seq, 1)
-        weights = F.silu(q @ k.transpose(-1, -2) / math.sqrt(head) + bias) * visible / seen
+        weights = F.silu(torch.baddbmm(bias, q, k.transpose(-1, -2), alpha=1.0 / math.sqrt(head))) * (visible / seen)
         weights = dropout(weights, self.dropout, self.training)
         attended = (weights @ v).transpose(0, 1).reshape(seq, hidden)
         return F.linear(self.output_norm(attended) * u, self.out_weight, self.out_bias)

@@ -12,15 +12,13 @@ The input and prediction layers are `sequence_ctr.SequenceCTR`'s.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mrff_secure.config import ModelConfig
 from mrff_secure.data.client_data import AttributeSource
-from mrff_secure.model.layers import ModelOutput, dropout, uniform_init_
+from mrff_secure.model.layers import ModelOutput, causal_scores, dropout, uniform_init_
 from mrff_secure.model.sequence_ctr import SequenceCTR, feed_forward_part, make_feed_forward
 
 ROPE_BASE = 10_000.0
@@ -68,9 +66,7 @@ class RotaryAttention(nn.Module):
         q, k, v = (t.view(seq, self.num_heads, head).transpose(0, 1) for t in (q, k, v))  # (heads, seq, head)
         cos, sin = self.cos[:seq].to(x.dtype), self.sin[:seq].to(x.dtype)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(head)
-        causal = torch.ones(seq, seq, dtype=torch.bool, device=x.device).tril()
-        weights = dropout(scores.masked_fill(~causal, float("-inf")).softmax(-1), self.dropout, self.training)
+        weights = dropout(causal_scores(q, k).softmax(-1), self.dropout, self.training)
         return F.linear((weights @ v).transpose(0, 1).reshape(seq, hidden), self.out_weight)
 
 
