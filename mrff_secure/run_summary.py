@@ -121,23 +121,50 @@ def _network_lines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
     evaluation = summary.get("evaluation") or {}
     best = evaluation.get("best") if evaluation.get("available") else None
+    final = _final_model_line(summary)
     if not best:
-        return lines + [("best validation", NOT_EVALUATED), ("test", NOT_EVALUATED)]
+        return lines + [("best validation", NOT_EVALUATED), ("test", NOT_EVALUATED)] + final
     after = best.get("evaluated_after_round")
     noisy = "noisy under DP" if summary.get("privacy", {}).get("private") else "exact"
     what = f"federated, {noisy}, {evaluation.get('rounds_evaluated', 1)} evaluated"
     if after is not None:
         what += f"; the model after round {after}"
-    return lines + [
+    return (
+        lines
+        + [
+            (
+                "best validation",
+                f"AUC {_metric(best.get('val_auc'))}, LogLoss {_metric(best.get('val_logloss'))} at round "
+                f"{best['round']} ({what})",
+            ),
+            (
+                "test",
+                f"AUC {_metric(best.get('test_auc'))}, LogLoss {_metric(best.get('test_logloss'))} at round {best['round']}",
+            ),
+        ]
+        + final
+    )
+
+
+def _final_model_line(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The final model's evaluation (`--final-evaluation`) as one line, or why there is none; nothing when it
+    was not asked for."""
+    final = summary.get("final_evaluation") or {}
+    if not final:
+        return []
+    if not final.get("available"):
+        reason = str(final.get("reason") or "no evaluation")
+        return [] if reason.startswith("not asked") else [("final model", f"not evaluated: {reason}")]
+    if final.get("refused"):
+        return [("final model", f"not evaluated: {final['refused']}")]
+    noisy = "noisy under DP" if final.get("in_epsilon") else "exact"
+    return [
         (
-            "best validation",
-            f"AUC {_metric(best.get('val_auc'))}, LogLoss {_metric(best.get('val_logloss'))} at round "
-            f"{best['round']} ({what})",
-        ),
-        (
-            "test",
-            f"AUC {_metric(best.get('test_auc'))}, LogLoss {_metric(best.get('test_logloss'))} at round {best['round']}",
-        ),
+            "final model",
+            f"validation AUC {_metric(final.get('val_auc'))}, LogLoss {_metric(final.get('val_logloss'))}; test AUC "
+            f"{_metric(final.get('test_auc'))}, LogLoss {_metric(final.get('test_logloss'))} (federated, {noisy}, "
+            f"{final.get('clients')} of {final.get('participants')} clients scored)",
+        )
     ]
 
 

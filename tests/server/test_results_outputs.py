@@ -145,3 +145,26 @@ def test_a_run_without_evaluation_says_so():
     records = [r for r in RECORDS if "evaluation" not in r]
     got = table(format_run_summary(summary_of(records, metrics_rows(records))))
     assert got["best validation"] == "not evaluated" and got["test"] == "not evaluated"
+
+
+def test_the_final_models_evaluation_has_its_own_line_or_says_why_not():
+    summary = summary_of(RECORDS, metrics_rows(RECORDS))
+    assert "final model" not in table(format_run_summary(summary))  # not asked: no line
+    summary["final_evaluation"] = {
+        "available": True,
+        "participants": 20,
+        "clients": 18,
+        "val_auc": 0.7,
+        "val_logloss": 0.61,
+        "test_auc": None,
+        "test_logloss": 0.6,
+        "in_epsilon": True,
+    }
+    assert table(format_run_summary(summary))["final model"] == (
+        "validation AUC 0.7000, LogLoss 0.6100; test AUC n/a, LogLoss 0.6000 (federated, noisy under DP, 18 of 20 "
+        "clients scored)"
+    )
+    summary["final_evaluation"]["refused"] = "every client kept its scores out"
+    assert table(format_run_summary(summary))["final model"] == "not evaluated: every client kept its scores out"
+    summary["final_evaluation"] = {"available": False, "reason": "the server stopped before it"}
+    assert table(format_run_summary(summary))["final model"] == "not evaluated: the server stopped before it"
