@@ -143,9 +143,10 @@ def test_a_misreported_noise_fails_the_noise_test_and_names_its_cell(data):
     """The claim says twice the noise that was added: the residuals carry a quarter of the claimed variance."""
     cell = Cell(ThreatModel.LOCAL_DP, noise_multiplier=0.5, misreport_noise=2.0)
     result = run_cell(cell, data, model=MODEL, rounds=2, canaries=CANARIES, clip=1.0)
-    assert result["canary"]["update_noise"]["variance_ratio"] == pytest.approx(0.25, rel=0.02)
+    ratio = result["canary"]["update_noise"]["variance_ratio"]
+    assert ratio == pytest.approx(0.25, rel=0.02)  # the noise is drawn from the OS: 0.2494 and 0.2503 both occur
     rules = evaluate_rules([result])
     verdict = overall_verdict(rules, [result])
     assert verdict["verdict"] == "fails"
     assert "local-dp update noise" in verdict["problems"][0]["cell"] and "MISREPORTED" in verdict["problems"][0]["cell"]
-    assert "0.25" in verdict["problems"][0]["what"] and verdict["problems"][0]["next"]
+    assert f"variance {ratio:.4f} over" in verdict["problems"][0]["what"] and verdict["problems"][0]["next"]
