@@ -82,9 +82,10 @@ class ServerSettings:
         check_number("max_dropout_fraction", self.max_dropout_fraction, low=0.0, high=1.0, high_open=True)
         self.recipe(lr=1.0)  # the recipe's checks: FederationConfig's
 
-    def recipe(self, *, lr: float, weight_decay: float = 0.0) -> FederationConfig:
+    def recipe(self, *, lr: float) -> FederationConfig:
         """The run's recipe as `mrff train` holds it: the server optimizer and the clients' lr schedule from base
-        lr `lr` (`FederationConfig.client_lr`, evaluated by the server, announced in each round's body)."""
+        lr `lr` (`FederationConfig.client_lr`, evaluated by the server, announced in each round's body). The weight
+        decay is the round spec's (`RoundSpec.weight_decay`, checked there)."""
         return FederationConfig(
             rounds=self.rounds,
             client_fraction=self.client_fraction,
@@ -93,7 +94,6 @@ class ServerSettings:
             server_optimizer=self.server_optimizer,
             server_lr=self.server_lr,
             server_momentum=self.server_momentum,
-            weight_decay=weight_decay,
             lr_schedule=self.lr_schedule,
         )
 
